@@ -1,0 +1,35 @@
+//! The one error type of the crate: a status code plus a message.
+
+use crate::status::*;
+use std::io;
+
+/// An error with the status code the C ABI reports and a human message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}: {message}", crate::status::status_name(*.status).trim_end_matches('\0'))]
+pub struct Error {
+    pub status: keel_status_t,
+    pub message: String,
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+impl Error {
+    pub fn new(status: keel_status_t, message: impl Into<String>) -> Self {
+        Error { status, message: message.into() }
+    }
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self::new(KEEL_STATUS_INVALID_ARGUMENT, message)
+    }
+    pub fn corruption(message: impl Into<String>) -> Self {
+        Self::new(KEEL_STATUS_CORRUPTION, message)
+    }
+    /// Wraps an OS error with what keel was doing; ENOSPC and EDQUOT become
+    /// NO_SPACE so hosts can tell "disk full" from a failing device.
+    pub fn io(context: impl std::fmt::Display, e: io::Error) -> Self {
+        let status = match e.raw_os_error() {
+            Some(libc::ENOSPC) | Some(libc::EDQUOT) => KEEL_STATUS_NO_SPACE,
+            _ => KEEL_STATUS_IO,
+        };
+        Self::new(status, format!("{context}: {e}"))
+    }
+}

@@ -1,0 +1,184 @@
+//! The panic boundary and handle checking shared by every C entry point.
+
+use crate::error::{Error, Result};
+use crate::ffi::error::{error_out, keel_error_t};
+use crate::status::*;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+/// Written over a handle's magic when it is closed, so a use after close is
+/// reported (best effort: the memory may have been reused).
+const DEAD_MAGIC: u64 = 0xDEAD_DEAD_DEAD_DEAD;
+
+/// The common prefix of every heap object handed to C.
+#[repr(C)]
+pub struct HandleHeader {
+    magic: AtomicU64,
+    poisoned: AtomicBool,
+}
+
+/// A heap object handed to C as an opaque pointer. `repr(C)` so that any
+/// handle pointer can be read as its `HandleHeader` to poison it.
+#[repr(C)]
+pub struct Handle<T> {
+    header: HandleHeader,
+    value: T,
+}
+
+/// Ties an opaque C type (`keel_wal_t`, ...) to the Rust value behind it.
+pub trait Opaque {
+    type Inner;
+    /// Tag checked on every entry; distinct per type.
+    const MAGIC: u64;
+    /// The C type name, for error messages.
+    const NAME: &'static str;
+}
+
+/// Boxes `value` and returns it as the opaque C pointer.
+pub fn into_handle<C: Opaque>(value: C::Inner) -> *mut C {
+    let h = Box::new(Handle {
+        header: HandleHeader { magic: AtomicU64::new(C::MAGIC), poisoned: AtomicBool::new(false) },
+        value,
+    });
+    Box::into_raw(h) as *mut C
+}
+
+unsafe fn header_of<'a, C: Opaque>(p: *const C) -> Result<&'a Handle<C::Inner>> {
+    if p.is_null() {
+        return Err(Error::new(KEEL_STATUS_NULL_ARGUMENT, format!("{} handle is NULL", C::NAME)));
+    }
+    let h = &*(p as *const Handle<C::Inner>);
+    if h.header.magic.load(Ordering::Acquire) != C::MAGIC {
+        return Err(Error::invalid(format!(
+            "pointer is not a live {} (wrong type or already closed)",
+            C::NAME
+        )));
+    }
+    if h.header.poisoned.load(Ordering::Acquire) {
+        return Err(Error::new(
+            KEEL_STATUS_POISONED,
+            format!("{} is poisoned by an earlier panic; close it", C::NAME),
+        ));
+    }
+    Ok(h)
+}
+
+/// Checks a handle (NULL, magic, poison) and borrows the value behind it.
+pub unsafe fn handle_ref<'a, C: Opaque>(p: *const C) -> Result<&'a C::Inner> {
+    header_of(p).map(|h| &h.value)
+}
+
+/// Like `handle_ref`, for handles that are used by one thread at a time.
+pub unsafe fn handle_mut<'a, C: Opaque>(p: *mut C) -> Result<&'a mut C::Inner> {
+    header_of(p as *const C)?;
+    Ok(&mut (*(p as *mut Handle<C::Inner>)).value)
+}
+
+/// Takes ownership back from C for `_close`/`_free`: NULL gives `None`, a
+/// poisoned handle is still released (closing is how a host recovers).
+pub unsafe fn take_handle<C: Opaque>(p: *mut C) -> Result<Option<C::Inner>> {
+    if p.is_null() {
+        return Ok(None);
+    }
+    let h = p as *mut Handle<C::Inner>;
+    if (*h).header.magic.compare_exchange(C::MAGIC, DEAD_MAGIC, Ordering::AcqRel, Ordering::Acquire).is_err() {
+        return Err(Error::invalid(format!(
+            "pointer is not a live {} (wrong type or already closed)",
+            C::NAME
+        )));
+    }
+    Ok(Some(Box::from_raw(h).value))
+}
+
+/// Marks the handle at `p` poisoned after a panic, if it still looks live.
+unsafe fn poison(p: *const u8) {
+    if p.is_null() {
+        return;
+    }
+    let header = &*(p as *const HandleHeader);
+    if header.magic.load(Ordering::Acquire) != DEAD_MAGIC {
+        header.poisoned.store(true, Ordering::Release);
+    }
+}
+
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "unknown panic payload".to_string()
+    }
+}
+
+/// Runs `body` so that no panic unwinds into C: an `Err` becomes its status
+/// (and an error object in `*err` when asked for), a panic becomes
+/// `KEEL_STATUS_PANIC` and poisons `handle` (any handle pointer or NULL).
+pub fn run(err: *mut *mut keel_error_t, handle: *const u8, body: impl FnOnce() -> Result<()>) -> keel_status_t {
+    let outcome = catch_unwind(AssertUnwindSafe(body)).unwrap_or_else(|payload| {
+        unsafe { poison(handle) };
+        Err(Error::new(KEEL_STATUS_PANIC, format!("panic inside keel: {}", panic_message(&*payload))))
+    });
+    match outcome {
+        Ok(()) => KEEL_STATUS_OK,
+        Err(e) => {
+            let status = e.status;
+            unsafe { error_out(err, e) };
+            status
+        }
+    }
+}
+
+/// The panic boundary: `ffi_boundary!(err, handle_ptr, { ...; Ok(()) })`.
+/// `handle_ptr` is the handle to poison on a panic (or `std::ptr::null::<u8>()`).
+macro_rules! ffi_boundary {
+    ($err:expr, $handle:expr, $body:block) => {
+        $crate::ffi::boundary::run($err, $handle as *const _ as *const u8, move || $body)
+    };
+}
+
+/// Checks and casts a handle: `try_handle!(ptr)` borrows the value,
+/// `try_handle!(mut ptr)` borrows it mutably; failures return early.
+macro_rules! try_handle {
+    (mut $p:expr) => {
+        unsafe { $crate::ffi::boundary::handle_mut($p)? }
+    };
+    ($p:expr) => {
+        unsafe { $crate::ffi::boundary::handle_ref($p)? }
+    };
+}
+
+/// Checks an out-parameter pointer and returns it as `&mut T`.
+pub fn out_ptr<'a, T>(p: *mut T, name: &str) -> Result<&'a mut T> {
+    if p.is_null() {
+        return Err(Error::new(KEEL_STATUS_NULL_ARGUMENT, format!("{name} is NULL")));
+    }
+    Ok(unsafe { &mut *p })
+}
+
+/// Builds a byte slice from a C (pointer, length) pair; length 0 may be NULL.
+pub fn in_bytes<'a>(p: *const u8, len: usize, name: &str) -> Result<&'a [u8]> {
+    if len == 0 {
+        return Ok(&[]);
+    }
+    if p.is_null() {
+        return Err(Error::new(KEEL_STATUS_NULL_ARGUMENT, format!("{name} is NULL with length {len}")));
+    }
+    if len > isize::MAX as usize {
+        return Err(Error::invalid(format!("{name} length {len} is too large")));
+    }
+    Ok(unsafe { std::slice::from_raw_parts(p, len) })
+}
+
+/// Reads a NUL-terminated UTF-8 path argument.
+pub fn in_path<'a>(p: *const libc::c_char, name: &str) -> Result<&'a std::path::Path> {
+    if p.is_null() {
+        return Err(Error::new(KEEL_STATUS_NULL_ARGUMENT, format!("{name} is NULL")));
+    }
+    let s = unsafe { std::ffi::CStr::from_ptr(p) };
+    let s = s.to_str().map_err(|_| Error::invalid(format!("{name} is not valid UTF-8")))?;
+    if s.is_empty() {
+        return Err(Error::invalid(format!("{name} is empty")));
+    }
+    Ok(std::path::Path::new(s))
+}

@@ -1,0 +1,60 @@
+//! Library-owned byte buffers handed to C.
+
+use crate::status::*;
+
+/// A byte buffer allocated by keel and owned by the caller, who releases
+/// it with keel_buf_free(). An empty buffer has ptr == NULL and len == 0.
+#[repr(C)]
+pub struct keel_buf_t {
+    /// First byte, or NULL when len is 0.
+    pub ptr: *mut u8,
+    /// Number of bytes.
+    pub len: usize,
+}
+
+impl keel_buf_t {
+    pub(crate) fn from_vec(bytes: Vec<u8>) -> keel_buf_t {
+        if bytes.is_empty() {
+            return keel_buf_t { ptr: std::ptr::null_mut(), len: 0 };
+        }
+        let boxed: Box<[u8]> = bytes.into_boxed_slice();
+        let len = boxed.len();
+        keel_buf_t { ptr: Box::into_raw(boxed) as *mut u8, len }
+    }
+}
+
+/// Releases the memory of `buf` (if any) and resets it to {NULL, 0}, so a
+/// second call is harmless. `buf` itself may be NULL (no-op). Only pass
+/// buffers that keel filled.
+#[no_mangle]
+pub extern "C" fn keel_buf_free(buf: *mut keel_buf_t) -> keel_status_t {
+    if buf.is_null() {
+        return KEEL_STATUS_OK;
+    }
+    let b = unsafe { &mut *buf };
+    if !b.ptr.is_null() && b.len > 0 {
+        drop(unsafe { Box::from_raw(std::ptr::slice_from_raw_parts_mut(b.ptr, b.len)) });
+    }
+    b.ptr = std::ptr::null_mut();
+    b.len = 0;
+    KEEL_STATUS_OK
+}
+
+/// Copies `data` into a caller buffer: BUFFER_TOO_SMALL (with the needed
+/// size in `*out_len`) when it does not fit.
+pub(crate) fn copy_out(data: &[u8], buf: *mut u8, cap: usize, out_len: &mut usize) -> crate::Result<()> {
+    *out_len = data.len();
+    if data.len() > cap {
+        return Err(crate::Error::new(
+            KEEL_STATUS_BUFFER_TOO_SMALL,
+            format!("buffer of {cap} bytes is too small; {} needed", data.len()),
+        ));
+    }
+    if !data.is_empty() {
+        if buf.is_null() {
+            return Err(crate::Error::new(KEEL_STATUS_NULL_ARGUMENT, "buf is NULL"));
+        }
+        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), buf, data.len()) };
+    }
+    Ok(())
+}

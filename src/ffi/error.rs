@@ -1,0 +1,70 @@
+//! Owned error objects (`keel_error_t`) and status names.
+
+use crate::error::Error;
+use crate::ffi::boundary::{handle_ref, into_handle, take_handle, Opaque};
+use crate::status::*;
+use std::ffi::CString;
+use std::os::raw::c_char;
+
+/// An error returned through a trailing `keel_error_t **err` argument:
+/// a status code and a message. Owned by the caller; free it with
+/// keel_error_free().
+pub struct keel_error_t {
+    _private: [u8; 0],
+}
+
+pub struct ErrorObject {
+    status: keel_status_t,
+    message: CString,
+}
+
+impl Opaque for keel_error_t {
+    type Inner = ErrorObject;
+    const MAGIC: u64 = 0x6b65_656c_4552_524f; // "keelERRO"
+    const NAME: &'static str = "keel_error_t";
+}
+
+/// Stores `e` into `*err` when the caller asked for details. An error
+/// already in `*err` is replaced and freed, so a reused pointer never leaks.
+pub(crate) unsafe fn error_out(err: *mut *mut keel_error_t, e: Error) {
+    if err.is_null() {
+        return;
+    }
+    let message = CString::new(e.message.replace('\0', "\\0")).unwrap_or_default();
+    let previous = std::mem::replace(&mut *err, into_handle::<keel_error_t>(ErrorObject { status: e.status, message }));
+    let _ = take_handle(previous);
+}
+
+/// Returns the name of a status code ("OK", "IO", "CORRUPTION", ...) as a
+/// static string; unknown values give "UNKNOWN". Never NULL; do not free.
+#[no_mangle]
+pub extern "C" fn keel_status_str(status: keel_status_t) -> *const c_char {
+    status_name(status).as_ptr() as *const c_char
+}
+
+/// Returns the status code carried by `err`; KEEL_STATUS_NULL_ARGUMENT when
+/// `err` is NULL or not an error object. Safe from any thread.
+#[no_mangle]
+pub extern "C" fn keel_error_code(err: *const keel_error_t) -> keel_status_t {
+    match unsafe { handle_ref(err) } {
+        Ok(e) => e.status,
+        Err(e) => e.status,
+    }
+}
+
+/// Returns the message of `err` as a NUL-terminated string borrowed from
+/// the error object: valid until keel_error_free(err). Returns a static
+/// placeholder when `err` is NULL or invalid. Never NULL.
+#[no_mangle]
+pub extern "C" fn keel_error_message(err: *const keel_error_t) -> *const c_char {
+    match unsafe { handle_ref(err) } {
+        Ok(e) => e.message.as_ptr(),
+        Err(_) => "(no error object)\0".as_ptr() as *const c_char,
+    }
+}
+
+/// Frees an error object. NULL is a no-op.
+#[no_mangle]
+pub extern "C" fn keel_error_free(err: *mut keel_error_t) {
+    let _ = unsafe { take_handle(err) };
+}

@@ -1,0 +1,22 @@
+//! The C ABI. Every `extern "C"` function lives here and is exported to
+//! `include/keel.h` by cbindgen; see docs/FFI.md for the conventions.
+//!
+//! Two macros carry the safety rules (see `boundary.rs`):
+//! `ffi_boundary!` runs a body under `catch_unwind` and turns its
+//! `Result` into a status plus an optional error object, and
+//! `try_handle!` checks and casts an opaque handle.
+
+#![allow(non_camel_case_types)] // C type names (keel_wal_t, ...) are the ABI
+
+#[macro_use]
+mod boundary;
+mod buf;
+mod error;
+mod version;
+mod wal;
+
+pub use boundary::Opaque;
+pub use buf::*;
+pub use error::*;
+pub use version::*;
+pub use wal::*;

@@ -1,0 +1,426 @@
+//! C API of the write-ahead log (`keel_wal_*`).
+
+use crate::error::Error;
+use crate::ffi::boundary::{in_bytes, in_path, into_handle, out_ptr, take_handle, Opaque};
+use crate::ffi::buf::{copy_out, keel_buf_t};
+use crate::ffi::error::keel_error_t;
+use crate::status::*;
+use crate::wal::{Durability, Options, ReadUpto, Reader, RecoveryMode, Wal};
+use std::os::raw::c_char;
+use std::time::Duration;
+
+/// A write-ahead log open on one directory. Internally synchronised: every
+/// call except keel_wal_close() may run on any thread concurrently.
+pub struct keel_wal_t {
+    _private: [u8; 0],
+}
+
+/// A cursor over the records of a WAL, opened with keel_wal_reader_open().
+/// Not thread-safe: use it from one thread at a time. It pins the segments
+/// it has yet to read so that truncation cannot delete them.
+pub struct keel_wal_reader_t {
+    _private: [u8; 0],
+}
+
+impl Opaque for keel_wal_t {
+    type Inner = Wal;
+    const MAGIC: u64 = 0x6b65_656c_5741_4c5f; // "keelWAL_"
+    const NAME: &'static str = "keel_wal_t";
+}
+
+impl Opaque for keel_wal_reader_t {
+    type Inner = Reader;
+    const MAGIC: u64 = 0x6b65_656c_5244_5252; // "keelRDRR"
+    const NAME: &'static str = "keel_wal_reader_t";
+}
+
+/// Durability mode (keel_wal_options_t.durability): an append returns only
+/// once its record is on stable storage (fdatasync, group-committed).
+pub const KEEL_DURABILITY_SYNC: u32 = 0;
+/// Durability mode: a background thread syncs every sync_interval_ms; a
+/// process crash loses nothing, a power loss may lose that window.
+pub const KEEL_DURABILITY_PERIODIC: u32 = 1;
+/// Durability mode: keel never syncs on its own (keel_wal_sync() still
+/// does); a process crash loses nothing, the OS decides when data reaches disk.
+pub const KEEL_DURABILITY_NONE: u32 = 2;
+
+/// Recovery mode (keel_wal_options_t.recovery_mode), the default: a torn
+/// tail of the last segment is cut off; any other damage fails the open
+/// with KEEL_STATUS_CORRUPTION.
+pub const KEEL_RECOVERY_TOLERATE_TAIL: u32 = 0;
+/// Recovery mode: any damage, a torn tail included, fails the open.
+pub const KEEL_RECOVERY_ABSOLUTE: u32 = 1;
+/// Recovery mode: stop at the first damage and keep the prefix before it,
+/// unless a valid record after the damage proves a hole (then CORRUPTION).
+pub const KEEL_RECOVERY_POINT_IN_TIME: u32 = 2;
+/// Recovery mode, explicitly lossy: keep the valid prefix before the first
+/// damage and move every damaged or later segment file into
+/// `<dir>/salvaged-<timestamp>/` (copied or moved, never deleted). Always opens unless I/O fails.
+pub const KEEL_RECOVERY_SALVAGE: u32 = 3;
+
+/// keel_wal_reader_open() `upto`: read only records already durable.
+pub const KEEL_WAL_READ_DURABLE: u32 = 0;
+/// keel_wal_reader_open() `upto`: read every appended record, synced or not.
+pub const KEEL_WAL_READ_APPENDED: u32 = 1;
+
+/// keel_wal_set_keep_from() value that holds nothing back.
+pub const KEEL_WAL_KEEP_NONE: u64 = u64::MAX;
+
+/// Options of keel_wal_open(). Versioned by `struct_size`: always fill it
+/// with keel_wal_options_init() first, then change the fields you need.
+#[repr(C)]
+pub struct keel_wal_options_t {
+    /// sizeof(keel_wal_options_t) as the caller compiled it (set by
+    /// keel_wal_options_init); lets newer libraries accept older structs.
+    pub struct_size: u32,
+    /// KEEL_DURABILITY_*; default KEEL_DURABILITY_SYNC.
+    pub durability: u32,
+    /// Sync interval of KEEL_DURABILITY_PERIODIC in milliseconds, 1 to
+    /// 60000; default 100. Ignored by the other modes.
+    pub sync_interval_ms: u32,
+    /// KEEL_RECOVERY_*; default KEEL_RECOVERY_TOLERATE_TAIL.
+    pub recovery_mode: u32,
+    /// Size of a segment file in bytes, preallocated and zero-filled when
+    /// the segment is created; 64 KiB to 4 GiB, default 64 MiB.
+    pub segment_size: u64,
+    /// Largest record or batch (payload bytes) one append may carry; at most
+    /// segment_size minus 96 bytes; default 16 MiB (or less for small segments).
+    pub max_record_size: u64,
+}
+
+fn options_v1_size() -> u32 {
+    std::mem::size_of::<keel_wal_options_t>() as u32
+}
+
+/// Fills `opts` with the defaults and sets struct_size.
+/// Errors: NULL_ARGUMENT when opts is NULL.
+#[no_mangle]
+pub extern "C" fn keel_wal_options_init(opts: *mut keel_wal_options_t) -> keel_status_t {
+    ffi_boundary!(std::ptr::null_mut(), std::ptr::null::<u8>(), {
+        let o = out_ptr(opts, "opts")?;
+        let d = Options::default();
+        *o = keel_wal_options_t {
+            struct_size: options_v1_size(),
+            durability: KEEL_DURABILITY_SYNC,
+            sync_interval_ms: 100,
+            recovery_mode: KEEL_RECOVERY_TOLERATE_TAIL,
+            segment_size: d.segment_size,
+            max_record_size: d.max_record_size,
+        };
+        Ok(())
+    })
+}
+
+fn options_from_c(o: &keel_wal_options_t) -> crate::Result<Options> {
+    if o.struct_size < options_v1_size() {
+        return Err(Error::invalid(format!(
+            "keel_wal_options_t.struct_size is {}, expected at least {}; call keel_wal_options_init()",
+            o.struct_size,
+            options_v1_size()
+        )));
+    }
+    let durability = match o.durability {
+        KEEL_DURABILITY_SYNC => Durability::Sync,
+        KEEL_DURABILITY_PERIODIC => {
+            if !(1..=60_000).contains(&o.sync_interval_ms) {
+                return Err(Error::invalid(format!("sync_interval_ms {} is outside 1..=60000", o.sync_interval_ms)));
+            }
+            Durability::Periodic(Duration::from_millis(o.sync_interval_ms as u64))
+        }
+        KEEL_DURABILITY_NONE => Durability::None,
+        other => return Err(Error::invalid(format!("durability {other} is not a KEEL_DURABILITY_* value"))),
+    };
+    let recovery = match o.recovery_mode {
+        KEEL_RECOVERY_TOLERATE_TAIL => RecoveryMode::TolerateTail,
+        KEEL_RECOVERY_ABSOLUTE => RecoveryMode::Absolute,
+        KEEL_RECOVERY_POINT_IN_TIME => RecoveryMode::PointInTime,
+        KEEL_RECOVERY_SALVAGE => RecoveryMode::Salvage,
+        other => return Err(Error::invalid(format!("recovery_mode {other} is not a KEEL_RECOVERY_* value"))),
+    };
+    let opts = Options { durability, recovery, segment_size: o.segment_size, max_record_size: o.max_record_size };
+    opts.validate()?;
+    Ok(opts)
+}
+
+/// Opens (creating if needed) the WAL in directory `dir` and recovers it
+/// according to the recovery mode. `opts` may be NULL for the defaults.
+/// On success `*out` receives a handle the caller must release with
+/// keel_wal_close(). The directory is locked: a second open of the same
+/// directory (in any process) fails with BUSY.
+/// Errors: NULL_ARGUMENT (dir or out NULL), INVALID_ARGUMENT (bad option),
+/// IO, NO_SPACE, CORRUPTION (damage the recovery mode does not accept), BUSY.
+#[no_mangle]
+pub extern "C" fn keel_wal_open(
+    dir: *const c_char,
+    opts: *const keel_wal_options_t,
+    out: *mut *mut keel_wal_t,
+    err: *mut *mut keel_error_t,
+) -> keel_status_t {
+    ffi_boundary!(err, std::ptr::null::<u8>(), {
+        let dir = in_path(dir, "dir")?;
+        let out = out_ptr(out, "out")?;
+        let options = if opts.is_null() { Options::default() } else { options_from_c(unsafe { &*opts })? };
+        let wal = Wal::open(dir, options)?;
+        *out = into_handle::<keel_wal_t>(wal);
+        Ok(())
+    })
+}
+
+/// Appends one record of `len` bytes (`data` may be NULL when len is 0) and
+/// writes its sequence number to `*out_seq` (may be NULL). Returns when the
+/// record is durable in SYNC mode, and once it is in the OS page cache in
+/// the other modes. Thread-safe; concurrent appends are group-committed.
+/// Errors: NULL_ARGUMENT, INVALID_ARGUMENT (record larger than
+/// max_record_size), NO_SPACE (nothing written, log still usable), IO or
+/// POISONED (a write or sync failed: the WAL refuses further appends; reopen),
+/// CLOSED.
+#[no_mangle]
+pub extern "C" fn keel_wal_append(
+    wal: *const keel_wal_t,
+    data: *const u8,
+    len: usize,
+    out_seq: *mut u64,
+    err: *mut *mut keel_error_t,
+) -> keel_status_t {
+    ffi_boundary!(err, wal, {
+        let w = try_handle!(wal);
+        let data = in_bytes(data, len, "data")?;
+        let seq = w.append(data)?;
+        if !out_seq.is_null() {
+            unsafe { *out_seq = seq };
+        }
+        Ok(())
+    })
+}
+
+/// Appends `count` records as one atomic batch: after any crash either all
+/// of them are recovered or none. The records are packed back to back in
+/// `data`; `lens[i]` is the length of record i (so `data` holds the sum of
+/// lens bytes; this layout needs no pointer array, which suits cgo). They get
+/// consecutive sequence numbers; the first is written to `*out_first_seq`
+/// (may be NULL). Durability as keel_wal_append(). count 0 is
+/// INVALID_ARGUMENT.
+/// Errors: as keel_wal_append(); the batch's total payload counts against
+/// max_record_size.
+#[no_mangle]
+pub extern "C" fn keel_wal_append_batch(
+    wal: *const keel_wal_t,
+    data: *const u8,
+    lens: *const usize,
+    count: usize,
+    out_first_seq: *mut u64,
+    err: *mut *mut keel_error_t,
+) -> keel_status_t {
+    ffi_boundary!(err, wal, {
+        let w = try_handle!(wal);
+        if count == 0 {
+            return Err(Error::invalid("a batch needs at least one record"));
+        }
+        if count > u32::MAX as usize {
+            return Err(Error::invalid(format!("batch of {count} records is too large")));
+        }
+        if lens.is_null() {
+            return Err(Error::new(KEEL_STATUS_NULL_ARGUMENT, "lens is NULL"));
+        }
+        let lens = unsafe { std::slice::from_raw_parts(lens, count) };
+        let total = lens
+            .iter()
+            .try_fold(0usize, |acc, &l| acc.checked_add(l))
+            .ok_or_else(|| Error::invalid("sum of lens overflows"))?;
+        let data = in_bytes(data, total, "data")?;
+        let mut records = Vec::with_capacity(count);
+        let mut at = 0;
+        for &l in lens {
+            records.push(&data[at..at + l]);
+            at += l;
+        }
+        let first = w.append_batch(&records)?;
+        if !out_first_seq.is_null() {
+            unsafe { *out_first_seq = first };
+        }
+        Ok(())
+    })
+}
+
+/// Makes every record appended before this call durable (one group-commit
+/// fdatasync shared with concurrent callers), in any durability mode.
+/// Errors: IO or POISONED (the sync failed; the WAL is poisoned), CLOSED.
+#[no_mangle]
+pub extern "C" fn keel_wal_sync(wal: *const keel_wal_t, err: *mut *mut keel_error_t) -> keel_status_t {
+    ffi_boundary!(err, wal, {
+        try_handle!(wal).sync()?;
+        Ok(())
+    })
+}
+
+/// Writes the durable watermark D to `*out`: every record with a sequence
+/// number <= D is on stable storage. 0 when nothing is durable yet.
+/// Errors: NULL_ARGUMENT, INVALID_ARGUMENT.
+#[no_mangle]
+pub extern "C" fn keel_wal_durable_seq(wal: *const keel_wal_t, out: *mut u64) -> keel_status_t {
+    ffi_boundary!(std::ptr::null_mut(), wal, {
+        let w = try_handle!(wal);
+        *out_ptr(out, "out")? = w.durable_seq();
+        Ok(())
+    })
+}
+
+/// Writes the sequence number of the last appended record to `*out` (0 when
+/// the log has never held a record). Sequence numbers start at 1.
+/// Errors: NULL_ARGUMENT, INVALID_ARGUMENT.
+#[no_mangle]
+pub extern "C" fn keel_wal_last_seq(wal: *const keel_wal_t, out: *mut u64) -> keel_status_t {
+    ffi_boundary!(std::ptr::null_mut(), wal, {
+        let w = try_handle!(wal);
+        *out_ptr(out, "out")? = w.last_seq();
+        Ok(())
+    })
+}
+
+/// Writes the sequence number of the first retained record to `*out`; when
+/// no record is retained it is last_seq + 1.
+/// Errors: NULL_ARGUMENT, INVALID_ARGUMENT.
+#[no_mangle]
+pub extern "C" fn keel_wal_first_seq(wal: *const keel_wal_t, out: *mut u64) -> keel_status_t {
+    ffi_boundary!(std::ptr::null_mut(), wal, {
+        let w = try_handle!(wal);
+        *out_ptr(out, "out")? = w.first_seq();
+        Ok(())
+    })
+}
+
+/// Declares every record <= `seq` persisted elsewhere (monotonic: a lower
+/// value than before is ignored). Whole segments whose records are all <=
+/// min(seq, keep_from - 1) and that no reader still needs are deleted, then
+/// the directory is synced; the active segment is never deleted.
+/// Errors: INVALID_ARGUMENT (seq > last_seq), IO, POISONED, CLOSED.
+#[no_mangle]
+pub extern "C" fn keel_wal_ack(wal: *const keel_wal_t, seq: u64, err: *mut *mut keel_error_t) -> keel_status_t {
+    ffi_boundary!(err, wal, {
+        try_handle!(wal).ack(seq)?;
+        Ok(())
+    })
+}
+
+/// Holds every record >= `seq` back from truncation (a shard transfer or a
+/// lagging replica still needs them), whatever keel_wal_ack() says.
+/// KEEL_WAL_KEEP_NONE releases the hold. It may move down again, but not
+/// below the first retained record.
+/// Errors: TRUNCATED (seq below first_seq), IO, POISONED, CLOSED.
+#[no_mangle]
+pub extern "C" fn keel_wal_set_keep_from(wal: *const keel_wal_t, seq: u64, err: *mut *mut keel_error_t) -> keel_status_t {
+    ffi_boundary!(err, wal, {
+        try_handle!(wal).set_keep_from(seq)?;
+        Ok(())
+    })
+}
+
+/// Opens a reader positioned at `from_seq` (0 means the first retained
+/// record). `upto` is KEEL_WAL_READ_DURABLE (stop at the durable watermark)
+/// or KEEL_WAL_READ_APPENDED (stop at the last appended record). The reader
+/// follows the log: records appended after it reached the end are returned
+/// by later calls to _next. Release it with keel_wal_reader_close(); it may
+/// outlive the WAL handle (calls then return CLOSED).
+/// Errors: NULL_ARGUMENT, INVALID_ARGUMENT (upto out of range, from_seq >
+/// last_seq + 1), TRUNCATED (from_seq below first_seq), IO, CLOSED.
+#[no_mangle]
+pub extern "C" fn keel_wal_reader_open(
+    wal: *const keel_wal_t,
+    from_seq: u64,
+    upto: u32,
+    out: *mut *mut keel_wal_reader_t,
+    err: *mut *mut keel_error_t,
+) -> keel_status_t {
+    ffi_boundary!(err, wal, {
+        let w = try_handle!(wal);
+        let out = out_ptr(out, "out")?;
+        let upto = match upto {
+            KEEL_WAL_READ_DURABLE => ReadUpto::Durable,
+            KEEL_WAL_READ_APPENDED => ReadUpto::Appended,
+            other => return Err(Error::invalid(format!("upto {other} is not a KEEL_WAL_READ_* value"))),
+        };
+        *out = into_handle::<keel_wal_reader_t>(w.reader(from_seq, upto)?);
+        Ok(())
+    })
+}
+
+/// Copies the next record into the caller buffer (`buf`, `cap`) and writes
+/// its sequence number to `*out_seq` and its length to `*out_len`.
+/// Returns NOT_FOUND when no further record is available yet (call again
+/// later to follow the log). When the record does not fit, returns
+/// BUFFER_TOO_SMALL with the needed size in `*out_len` and does not advance:
+/// the next call returns the same record. `buf` may be NULL when cap is 0.
+/// Errors: NULL_ARGUMENT, BUFFER_TOO_SMALL, NOT_FOUND, TRUNCATED, CORRUPTION,
+/// IO, CLOSED (the WAL was closed).
+#[no_mangle]
+pub extern "C" fn keel_wal_reader_next(
+    reader: *mut keel_wal_reader_t,
+    out_seq: *mut u64,
+    buf: *mut u8,
+    cap: usize,
+    out_len: *mut usize,
+    err: *mut *mut keel_error_t,
+) -> keel_status_t {
+    ffi_boundary!(err, reader, {
+        let r = try_handle!(mut reader);
+        let out_seq = out_ptr(out_seq, "out_seq")?;
+        let out_len = out_ptr(out_len, "out_len")?;
+        let (seq, data) = r.peek()?.ok_or_else(no_more)?;
+        copy_out(data, buf, cap, out_len)?;
+        *out_seq = seq;
+        r.advance();
+        Ok(())
+    })
+}
+
+/// Like keel_wal_reader_next() but returns the record in a new keel_buf_t
+/// that the caller frees with keel_buf_free(). `*out` is overwritten
+/// without being freed. Errors: as keel_wal_reader_next() minus
+/// BUFFER_TOO_SMALL.
+#[no_mangle]
+pub extern "C" fn keel_wal_reader_next_buf(
+    reader: *mut keel_wal_reader_t,
+    out_seq: *mut u64,
+    out: *mut keel_buf_t,
+    err: *mut *mut keel_error_t,
+) -> keel_status_t {
+    ffi_boundary!(err, reader, {
+        let r = try_handle!(mut reader);
+        let out_seq = out_ptr(out_seq, "out_seq")?;
+        let out = out_ptr(out, "out")?;
+        let (seq, data) = r.peek()?.ok_or_else(no_more)?;
+        *out = keel_buf_t::from_vec(data.to_vec());
+        *out_seq = seq;
+        r.advance();
+        Ok(())
+    })
+}
+
+fn no_more() -> Error {
+    Error::new(KEEL_STATUS_NOT_FOUND, "no further record yet")
+}
+
+/// Closes a reader and releases its segment pins. NULL is a no-op.
+#[no_mangle]
+pub extern "C" fn keel_wal_reader_close(reader: *mut keel_wal_reader_t) {
+    let _ = ffi_boundary!(std::ptr::null_mut(), std::ptr::null::<u8>(), {
+        drop(unsafe { take_handle(reader)? });
+        Ok(())
+    });
+}
+
+/// Syncs everything appended, stops the WAL's background thread and frees
+/// the handle. The handle is freed even when the final sync fails (the
+/// error is returned). NULL is a no-op returning OK. Must not race with
+/// other calls on the same handle. Readers stay valid but return CLOSED.
+/// Errors: IO (final sync failed), POISONED (the WAL was poisoned earlier:
+/// unsynced records may be lost), INVALID_ARGUMENT (not a live handle).
+#[no_mangle]
+pub extern "C" fn keel_wal_close(wal: *mut keel_wal_t, err: *mut *mut keel_error_t) -> keel_status_t {
+    ffi_boundary!(err, std::ptr::null::<u8>(), {
+        match unsafe { take_handle(wal)? } {
+            Some(w) => w.close(),
+            None => Ok(()),
+        }
+    })
+}

@@ -1,0 +1,11 @@
+//! keel: an embeddable shard engine with a C ABI.
+//!
+//! Components live in one folder each; `ffi/` is the C boundary that
+//! `include/keel.h` is generated from.
+
+pub mod error;
+pub mod ffi;
+pub mod status;
+pub mod wal;
+
+pub use error::{Error, Result};

@@ -1,0 +1,221 @@
+//! The WAL's only door to the file system.
+//!
+//! Every byte the WAL reads or writes and every directory change goes
+//! through `FileSystem`/`File`, so tests can swap in an implementation that
+//! injects faults (lost unsynced data, torn writes, forgotten directory
+//! entries, EIO, ENOSPC) deterministically from a seed.
+
+use parking_lot::RwLock;
+use std::any::Any;
+use std::fs::{self, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::os::unix::io::AsRawFd;
+use std::path::Path;
+use std::sync::Arc;
+
+/// A file opened by the WAL.
+pub trait File: Send + Sync {
+    /// Current length in bytes.
+    fn len(&self) -> io::Result<u64>;
+    /// Reads up to `buf.len()` bytes at `off`; returns how many were read (0 at end).
+    fn read_at(&self, buf: &mut [u8], off: u64) -> io::Result<usize>;
+    /// Writes all `parts`, back to back, starting at `off`. Callers never
+    /// write the same range concurrently.
+    fn write_at(&self, parts: &[&[u8]], off: u64) -> io::Result<()>;
+    /// Extends the file with zeros to at least `len` bytes, so that later
+    /// writes inside it never allocate (and cannot hit ENOSPC).
+    fn allocate(&self, len: u64) -> io::Result<()>;
+    /// fdatasync: everything written so far reaches stable storage.
+    fn sync_data(&self) -> io::Result<()>;
+}
+
+/// Directory-level operations and file opening.
+pub trait FileSystem: Send + Sync {
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()>;
+    /// Names of the entries of `dir` (files and folders).
+    fn list(&self, dir: &Path) -> io::Result<Vec<String>>;
+    /// Opens an existing file, for reading only or for reading and writing.
+    fn open(&self, path: &Path, writable: bool) -> io::Result<Arc<dyn File>>;
+    /// Creates (or truncates) a file for reading and writing.
+    fn create(&self, path: &Path) -> io::Result<Arc<dyn File>>;
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
+    fn remove(&self, path: &Path) -> io::Result<()>;
+    /// fsync of the directory itself, making creates, renames and removes durable.
+    fn sync_dir(&self, dir: &Path) -> io::Result<()>;
+    /// Takes an exclusive lock on `path` for as long as the guard lives;
+    /// `WouldBlock` when another holder has it.
+    fn lock(&self, path: &Path) -> io::Result<Box<dyn Any + Send + Sync>>;
+}
+
+/// The real file system. Writable files are memory-mapped once allocated:
+/// an append is a memcpy into the page cache (it survives a process crash
+/// like a write(2) would, without a syscall), and fdatasync on the
+/// descriptor writes the mapped pages back.
+pub struct StdFs;
+
+struct Mapping {
+    ptr: *mut u8,
+    len: usize,
+}
+
+// The mapping is shared page-cache memory; the WAL serialises writes to a
+// range and readers go through pread, so sharing the pointer is sound.
+unsafe impl Send for Mapping {}
+unsafe impl Sync for Mapping {}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        unsafe { libc::munmap(self.ptr as *mut libc::c_void, self.len) };
+    }
+}
+
+struct StdFile {
+    file: fs::File,
+    writable: bool,
+    map: RwLock<Option<Mapping>>,
+}
+
+impl StdFile {
+    fn new(file: fs::File, writable: bool) -> io::Result<StdFile> {
+        let f = StdFile { file, writable, map: RwLock::new(None) };
+        if writable {
+            f.remap()?;
+        }
+        Ok(f)
+    }
+
+    fn remap(&self) -> io::Result<()> {
+        let len = self.file.metadata()?.len() as usize;
+        let mut slot = self.map.write();
+        *slot = None;
+        if len == 0 {
+            return Ok(());
+        }
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                self.file.as_raw_fd(),
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        *slot = Some(Mapping { ptr: ptr as *mut u8, len });
+        Ok(())
+    }
+}
+
+impl File for StdFile {
+    fn len(&self) -> io::Result<u64> {
+        Ok(self.file.metadata()?.len())
+    }
+
+    fn read_at(&self, buf: &mut [u8], off: u64) -> io::Result<usize> {
+        loop {
+            match self.file.read_at(buf, off) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                r => return r,
+            }
+        }
+    }
+
+    fn write_at(&self, parts: &[&[u8]], off: u64) -> io::Result<()> {
+        let total: usize = parts.iter().map(|p| p.len()).sum();
+        let map = self.map.read();
+        match map.as_ref() {
+            Some(m) if (off as usize).checked_add(total).is_some_and(|end| end <= m.len) => {
+                let mut at = off as usize;
+                for p in parts {
+                    unsafe { std::ptr::copy_nonoverlapping(p.as_ptr(), m.ptr.add(at), p.len()) };
+                    at += p.len();
+                }
+                Ok(())
+            }
+            _ => {
+                let mut at = off;
+                for p in parts {
+                    self.file.write_all_at(p, at)?;
+                    at += p.len() as u64;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn allocate(&self, len: u64) -> io::Result<()> {
+        let cur = self.len()?;
+        if cur < len {
+            // Real zeros, not fallocate's unwritten extents: writing into an
+            // unwritten extent makes every later fdatasync commit metadata.
+            let zeros = vec![0u8; 1 << 20];
+            let mut at = cur;
+            while at < len {
+                let n = ((len - at) as usize).min(zeros.len());
+                self.file.write_all_at(&zeros[..n], at)?;
+                at += n as u64;
+            }
+        }
+        if self.writable {
+            self.remap()?;
+        }
+        Ok(())
+    }
+
+    fn sync_data(&self) -> io::Result<()> {
+        if unsafe { libc::fdatasync(self.file.as_raw_fd()) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+}
+
+struct FlockGuard(#[allow(dead_code)] fs::File); // the lock lives as long as the descriptor
+
+impl FileSystem for StdFs {
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
+        fs::create_dir_all(dir)
+    }
+
+    fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
+        let mut names = Vec::new();
+        for entry in fs::read_dir(dir)? {
+            names.push(entry?.file_name().to_string_lossy().into_owned());
+        }
+        Ok(names)
+    }
+
+    fn open(&self, path: &Path, writable: bool) -> io::Result<Arc<dyn File>> {
+        let f = OpenOptions::new().read(true).write(writable).open(path)?;
+        Ok(Arc::new(StdFile::new(f, writable)?))
+    }
+
+    fn create(&self, path: &Path) -> io::Result<Arc<dyn File>> {
+        let f = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(path)?;
+        Ok(Arc::new(StdFile::new(f, true)?))
+    }
+
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        fs::rename(from, to)
+    }
+
+    fn remove(&self, path: &Path) -> io::Result<()> {
+        fs::remove_file(path)
+    }
+
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        fs::File::open(dir)?.sync_all()
+    }
+
+    fn lock(&self, path: &Path) -> io::Result<Box<dyn Any + Send + Sync>> {
+        let f = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path)?;
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Box::new(FlockGuard(f)))
+    }
+}

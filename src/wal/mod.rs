@@ -1,0 +1,473 @@
+//! The write-ahead log: segmented, checksummed, group-committed, readable
+//! from any retained sequence number (contract: design/wal.md W1–W9;
+//! format and modes: docs/WAL.md).
+//!
+//! Invariants (asserted in tests, relied on here):
+//! - sequence numbers are dense: record `n + 1` is written right after `n`,
+//!   possibly at the start of the next segment, whose name says so;
+//! - `durable <= written`, both only grow; every segment before the active
+//!   one is fully synced (rotation syncs it first);
+//! - a sequence number is assigned only after its frame is written, so a
+//!   failed append never leaves a hole.
+
+pub mod format;
+pub mod fs;
+mod reader;
+mod recovery;
+mod segment;
+
+pub use fs::{File, FileSystem, StdFs};
+pub use reader::Reader;
+
+use crate::error::{Error, Result};
+use crate::status::*;
+use format::PendingFrame;
+use parking_lot::Mutex;
+use segment::{Active, SegmentMeta};
+use std::any::Any;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// When an append counts as done (W3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// The append returns once its record is on stable storage.
+    Sync,
+    /// A background thread syncs at this interval.
+    Periodic(Duration),
+    /// keel never syncs by itself.
+    None,
+}
+
+/// What recovery does with damage (W5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecoveryMode {
+    TolerateTail,
+    Absolute,
+    PointInTime,
+    Salvage,
+}
+
+/// How far a reader reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadUpto {
+    Durable,
+    Appended,
+}
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub durability: Durability,
+    pub recovery: RecoveryMode,
+    /// Size of a segment file (64 KiB ..= 4 GiB).
+    pub segment_size: u64,
+    /// Largest frame payload; 0 means min(16 MiB, segment_size - overhead).
+    pub max_record_size: u64,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            durability: Durability::Sync,
+            recovery: RecoveryMode::TolerateTail,
+            segment_size: 64 << 20,
+            max_record_size: 0,
+        }
+    }
+}
+
+impl Options {
+    pub fn validate(&self) -> Result<()> {
+        if !(64 << 10..=4 << 30).contains(&self.segment_size) {
+            return Err(Error::invalid(format!("segment_size {} is outside 64 KiB..=4 GiB", self.segment_size)));
+        }
+        if self.max_record_size > self.segment_size - format::OVERHEAD {
+            return Err(Error::invalid(format!(
+                "max_record_size {} does not fit a segment of {} bytes (at most segment_size - {})",
+                self.max_record_size,
+                self.segment_size,
+                format::OVERHEAD
+            )));
+        }
+        if let Durability::Periodic(d) = self.durability {
+            if d.is_zero() {
+                return Err(Error::invalid("periodic sync interval must be positive"));
+            }
+        }
+        Ok(())
+    }
+
+    fn record_limit(&self) -> u64 {
+        match self.max_record_size {
+            0 => (16 << 20).min(self.segment_size - format::OVERHEAD),
+            n => n,
+        }
+    }
+}
+
+struct State {
+    next_seq: u64,
+    /// None once closed.
+    active: Option<Active>,
+    /// Retained segments in order; the last one is the active one.
+    segments: Vec<SegmentMeta>,
+    poison: Option<Error>,
+    acked: u64,
+    keep_from: u64,
+    /// Reader id -> first sequence of the segment it reads (W6 pins).
+    pins: BTreeMap<u64, u64>,
+    next_pin: u64,
+}
+
+pub(crate) struct Shared {
+    dir: PathBuf,
+    fs: Arc<dyn FileSystem>,
+    opts: Options,
+    state: Mutex<State>,
+    /// D: every record <= durable is on stable storage.
+    durable: AtomicU64,
+    /// Last sequence number whose frame is written.
+    written: AtomicU64,
+    /// Held by the group-commit leader while it syncs for everyone.
+    sync_lock: Mutex<()>,
+    poisoned: AtomicBool,
+    closed: AtomicBool,
+    truncate_lock: Mutex<()>,
+}
+
+/// A write-ahead log open on one directory. All methods take `&self` and
+/// are safe to call from many threads.
+pub struct Wal {
+    shared: Arc<Shared>,
+    syncer: Option<(crossbeam_channel::Sender<()>, JoinHandle<()>)>,
+    _lock: Box<dyn Any + Send + Sync>,
+}
+
+impl Wal {
+    /// Opens (creating if needed) the log in `dir` on the real file system.
+    pub fn open(dir: &Path, opts: Options) -> Result<Wal> {
+        Self::open_with_fs(dir, opts, Arc::new(StdFs))
+    }
+
+    /// Opens the log through a given file system (tests inject faults here).
+    pub fn open_with_fs(dir: &Path, opts: Options, fs: Arc<dyn FileSystem>) -> Result<Wal> {
+        opts.validate()?;
+        fs.create_dir_all(dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+        let lock = fs.lock(&dir.join("LOCK")).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::WouldBlock {
+                Error::new(KEEL_STATUS_BUSY, format!("{} is already open (LOCK held)", dir.display()))
+            } else {
+                Error::io(format!("locking {}", dir.display()), e)
+            }
+        })?;
+        let rec = recovery::recover(&*fs, dir, opts.recovery, opts.segment_size)?;
+        let mut segments = rec.segments;
+        let active = match rec.active {
+            Some(a) => a,
+            None => {
+                let a = segment::create(&*fs, dir, rec.next_seq, opts.segment_size)?;
+                segments.push(SegmentMeta { first_seq: rec.next_seq, path: dir.join(segment::file_name(rec.next_seq)) });
+                a
+            }
+        };
+        let last = rec.next_seq - 1;
+        let shared = Arc::new(Shared {
+            dir: dir.to_path_buf(),
+            fs,
+            state: Mutex::new(State {
+                next_seq: rec.next_seq,
+                active: Some(active),
+                segments,
+                poison: None,
+                acked: 0,
+                keep_from: u64::MAX,
+                pins: BTreeMap::new(),
+                next_pin: 0,
+            }),
+            durable: AtomicU64::new(last),
+            written: AtomicU64::new(last),
+            sync_lock: Mutex::new(()),
+            poisoned: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
+            truncate_lock: Mutex::new(()),
+            opts,
+        });
+        let syncer = match shared.opts.durability {
+            Durability::Periodic(every) => Some(spawn_syncer(shared.clone(), every)?),
+            _ => None,
+        };
+        Ok(Wal { shared, syncer, _lock: lock })
+    }
+
+    /// Appends one record; returns its sequence number.
+    pub fn append(&self, payload: &[u8]) -> Result<u64> {
+        self.shared.append(PendingFrame::record(payload))
+    }
+
+    /// Appends records as one all-or-nothing frame; returns the first sequence number.
+    pub fn append_batch(&self, records: &[&[u8]]) -> Result<u64> {
+        if records.is_empty() {
+            return Err(Error::invalid("a batch needs at least one record"));
+        }
+        self.shared.append(PendingFrame::batch(records))
+    }
+
+    /// Makes everything appended so far durable; returns the durable watermark.
+    pub fn sync(&self) -> Result<u64> {
+        self.shared.sync()
+    }
+
+    pub fn durable_seq(&self) -> u64 {
+        self.shared.durable.load(Ordering::Acquire)
+    }
+
+    pub fn last_seq(&self) -> u64 {
+        self.shared.written.load(Ordering::Acquire)
+    }
+
+    pub fn first_seq(&self) -> u64 {
+        let st = self.shared.state.lock();
+        st.segments.first().map_or(st.next_seq, |s| s.first_seq)
+    }
+
+    /// Declares records <= `seq` persisted elsewhere and deletes the
+    /// segments that are no longer needed (W7).
+    pub fn ack(&self, seq: u64) -> Result<()> {
+        {
+            let mut st = self.shared.state.lock();
+            self.shared.check_usable(&st)?;
+            if seq >= st.next_seq {
+                return Err(Error::invalid(format!("ack {seq} is beyond the last sequence {}", st.next_seq - 1)));
+            }
+            st.acked = st.acked.max(seq);
+        }
+        self.shared.truncate()
+    }
+
+    /// Keeps every record >= `seq` (u64::MAX releases the hold).
+    pub fn set_keep_from(&self, seq: u64) -> Result<()> {
+        {
+            let mut st = self.shared.state.lock();
+            self.shared.check_usable(&st)?;
+            let first = st.segments.first().map_or(st.next_seq, |s| s.first_seq);
+            if seq != u64::MAX && seq < first {
+                return Err(Error::new(
+                    KEEL_STATUS_TRUNCATED,
+                    format!("keep_from {seq} is below the first retained record {first}"),
+                ));
+            }
+            st.keep_from = seq;
+        }
+        self.shared.truncate()
+    }
+
+    /// Opens a reader at `from` (0 = the first retained record).
+    pub fn reader(&self, from: u64, upto: ReadUpto) -> Result<Reader> {
+        Reader::open(self.shared.clone(), from, upto)
+    }
+
+    /// Syncs, stops the background thread and releases the directory.
+    pub fn close(mut self) -> Result<()> {
+        self.shutdown()
+    }
+
+    fn shutdown(&mut self) -> Result<()> {
+        if self.shared.closed.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        if let Some((stop, thread)) = self.syncer.take() {
+            drop(stop);
+            let _ = thread.join();
+        }
+        let result = self.shared.sync().map(|_| ());
+        self.shared.closed.store(true, Ordering::Release);
+        // Unmaps the active segment; readers still holding `shared` see CLOSED.
+        self.shared.state.lock().active = None;
+        result
+    }
+}
+
+impl Drop for Wal {
+    fn drop(&mut self) {
+        let _ = self.shutdown();
+    }
+}
+
+fn spawn_syncer(shared: Arc<Shared>, every: Duration) -> Result<(crossbeam_channel::Sender<()>, JoinHandle<()>)> {
+    let (stop, stopped) = crossbeam_channel::bounded::<()>(0);
+    let thread = std::thread::Builder::new()
+        .name("keel-wal-sync".into())
+        .spawn(move || {
+            while let Err(crossbeam_channel::RecvTimeoutError::Timeout) = stopped.recv_timeout(every) {
+                let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| shared.sync()));
+                match outcome {
+                    Ok(Ok(_)) => {}
+                    // A failed sync already poisoned the log; appenders see it.
+                    Ok(Err(_)) => return,
+                    Err(_) => {
+                        let mut st = shared.state.lock();
+                        shared.poison(&mut st, Error::new(KEEL_STATUS_PANIC, "WAL sync thread panicked"));
+                        return;
+                    }
+                }
+            }
+        })
+        .map_err(|e| Error::io("starting the WAL sync thread", e))?;
+    Ok((stop, thread))
+}
+
+impl Shared {
+    fn check_usable(&self, st: &State) -> Result<()> {
+        if let Some(e) = &st.poison {
+            return Err(Error::new(KEEL_STATUS_POISONED, format!("WAL is poisoned: {}", e.message)));
+        }
+        if st.active.is_none() {
+            return Err(Error::new(KEEL_STATUS_CLOSED, "WAL is closed"));
+        }
+        Ok(())
+    }
+
+    /// W9: after a failed write or sync the durable watermark freezes and
+    /// every later append fails; returns `e` for the caller that hit it.
+    fn poison(&self, st: &mut State, e: Error) -> Error {
+        if st.poison.is_none() {
+            st.poison = Some(e.clone());
+        }
+        self.poisoned.store(true, Ordering::Release);
+        e
+    }
+
+    fn append(&self, frame: PendingFrame) -> Result<u64> {
+        let limit = self.opts.record_limit();
+        if frame.payload.len() as u64 > limit {
+            return Err(Error::invalid(format!(
+                "record of {} bytes exceeds max_record_size {limit}",
+                frame.payload.len()
+            )));
+        }
+        let last = {
+            let mut st = self.state.lock();
+            self.check_usable(&st)?;
+            let size = frame.size();
+            let a = st.active.as_ref().unwrap();
+            if a.offset + size > a.capacity {
+                self.rotate(&mut st)?;
+            }
+            let seq = st.next_seq;
+            let a = st.active.as_mut().unwrap();
+            let header = frame.header(a.salt, seq);
+            if let Err(e) = a.file.write_at(&[&header, &frame.payload, frame.padding()], a.offset) {
+                let e = Error::io("writing a WAL frame", e);
+                // Disk full fails this append only: the offset and the
+                // sequence number are not consumed, so the log stays whole.
+                return Err(if e.status == KEEL_STATUS_NO_SPACE { e } else { self.poison(&mut st, e) });
+            }
+            a.offset += size;
+            st.next_seq += frame.count as u64;
+            let last = st.next_seq - 1;
+            self.written.store(last, Ordering::Release);
+            last
+        };
+        if self.opts.durability == Durability::Sync {
+            self.wait_durable(last)?;
+        }
+        Ok(last + 1 - frame.count as u64)
+    }
+
+    /// Seals the active segment (synced) and starts the next one.
+    fn rotate(&self, st: &mut State) -> Result<()> {
+        let a = st.active.as_ref().unwrap();
+        if let Err(e) = a.file.sync_data() {
+            return Err(self.poison(st, Error::io("syncing a full WAL segment", e)));
+        }
+        self.durable.fetch_max(st.next_seq - 1, Ordering::AcqRel);
+        match segment::create(&*self.fs, &self.dir, st.next_seq, self.opts.segment_size) {
+            Ok(next) => {
+                st.segments.push(SegmentMeta {
+                    first_seq: st.next_seq,
+                    path: self.dir.join(segment::file_name(st.next_seq)),
+                });
+                st.active = Some(next);
+                Ok(())
+            }
+            Err(e) if e.status == KEEL_STATUS_NO_SPACE => Err(e),
+            Err(e) => Err(self.poison(st, e)),
+        }
+    }
+
+    /// Group commit: whoever holds `sync_lock` syncs for every record
+    /// written so far; the others queue on the lock and usually find their
+    /// record covered when they get it.
+    fn wait_durable(&self, seq: u64) -> Result<()> {
+        loop {
+            if self.durable.load(Ordering::Acquire) >= seq {
+                return Ok(());
+            }
+            let _leader = self.sync_lock.lock();
+            if self.durable.load(Ordering::Acquire) >= seq {
+                return Ok(());
+            }
+            self.sync_once()?;
+        }
+    }
+
+    /// One fdatasync of the active segment, publishing D. Caller holds sync_lock.
+    fn sync_once(&self) -> Result<()> {
+        let (file, target) = {
+            let st = self.state.lock();
+            self.check_usable(&st)?;
+            (st.active.as_ref().unwrap().file.clone(), st.next_seq - 1)
+        };
+        if target <= self.durable.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        if let Err(e) = file.sync_data() {
+            let mut st = self.state.lock();
+            return Err(self.poison(&mut st, Error::io("fdatasync of the WAL", e)));
+        }
+        self.durable.fetch_max(target, Ordering::AcqRel);
+        Ok(())
+    }
+
+    fn sync(&self) -> Result<u64> {
+        let target = self.written.load(Ordering::Acquire);
+        if self.poisoned.load(Ordering::Acquire) {
+            self.check_usable(&self.state.lock())?;
+        }
+        self.wait_durable(target)?;
+        Ok(self.durable.load(Ordering::Acquire))
+    }
+
+    /// Deletes the prefix of whole segments that nobody needs (W7):
+    /// all records <= min(acked, keep_from - 1, pins - 1), never the active one.
+    fn truncate(&self) -> Result<()> {
+        let _one_at_a_time = self.truncate_lock.lock();
+        let victims: Vec<SegmentMeta> = {
+            let mut st = self.state.lock();
+            let pinned = st.pins.values().min().map_or(u64::MAX, |p| p - 1);
+            let floor = st.acked.min(st.keep_from.saturating_sub(1)).min(pinned);
+            let mut n = 0;
+            while n + 1 < st.segments.len() && st.segments[n + 1].first_seq - 1 <= floor {
+                n += 1;
+            }
+            st.segments.drain(..n).collect()
+        };
+        if victims.is_empty() {
+            return Ok(());
+        }
+        let mut first_error = None;
+        for v in &victims {
+            if let Err(e) = self.fs.remove(&v.path) {
+                first_error.get_or_insert(Error::io(format!("removing {}", v.path.display()), e));
+            }
+        }
+        if let Err(e) = self.fs.sync_dir(&self.dir) {
+            first_error.get_or_insert(Error::io(format!("syncing {}", self.dir.display()), e));
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+}

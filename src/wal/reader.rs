@@ -1,0 +1,229 @@
+//! Streaming records from a sequence number (W6).
+
+use super::format::{records, FrameHeader, FRAME_HEADER_LEN};
+use super::fs::File;
+use super::segment::SegmentMeta;
+use super::{ReadUpto, Shared};
+use crate::error::{Error, Result};
+use crate::status::*;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+const READ_CHUNK: usize = 256 << 10;
+
+struct OpenSegment {
+    meta: SegmentMeta,
+    file: Arc<dyn File>,
+    salt: u32,
+    len: u64,
+    /// Offset of the next frame to decode.
+    offset: u64,
+}
+
+/// The frame holding the next record, decoded and verified.
+struct Frame {
+    first_seq: u64,
+    payload: Vec<u8>,
+    /// (start, len) of each record inside `payload`.
+    spans: Vec<(usize, usize)>,
+}
+
+/// Reads records in order from a starting sequence number, following the
+/// log as it grows. While it lives it pins the segment it reads and every
+/// later one, so truncation cannot delete them.
+pub struct Reader {
+    shared: Arc<Shared>,
+    upto: ReadUpto,
+    pin: u64,
+    next: u64,
+    segment: Option<OpenSegment>,
+    frame: Option<Frame>,
+    /// Read-ahead window over the current segment: `window` holds the bytes
+    /// at `window_at..`.
+    window: Vec<u8>,
+    window_at: u64,
+}
+
+impl Reader {
+    pub(crate) fn open(shared: Arc<Shared>, from: u64, upto: ReadUpto) -> Result<Reader> {
+        let pin = {
+            let mut st = shared.state.lock();
+            shared.check_usable(&st)?;
+            let first = st.segments.first().map_or(st.next_seq, |s| s.first_seq);
+            let from = if from == 0 { first } else { from };
+            if from < first {
+                return Err(Error::new(
+                    KEEL_STATUS_TRUNCATED,
+                    format!("sequence {from} is below the first retained record {first}"),
+                ));
+            }
+            if from > st.next_seq {
+                return Err(Error::invalid(format!("sequence {from} is beyond the last record {}", st.next_seq - 1)));
+            }
+            let seg_first = st.segments.iter().rev().find(|s| s.first_seq <= from).map_or(from, |s| s.first_seq);
+            let id = st.next_pin;
+            st.next_pin += 1;
+            st.pins.insert(id, seg_first);
+            (id, from)
+        };
+        Ok(Reader {
+            shared,
+            upto,
+            pin: pin.0,
+            next: pin.1,
+            segment: None,
+            frame: None,
+            window: Vec::new(),
+            window_at: 0,
+        })
+    }
+
+    /// The next record without consuming it: `None` when the reader has
+    /// caught up with the log (try again later).
+    pub fn peek(&mut self) -> Result<Option<(u64, &[u8])>> {
+        if self.shared.closed.load(Ordering::Acquire) {
+            return Err(Error::new(KEEL_STATUS_CLOSED, "the WAL of this reader is closed"));
+        }
+        if self.frame.is_none() && !self.load_frame()? {
+            return Ok(None);
+        }
+        let f = self.frame.as_ref().unwrap();
+        let (start, len) = f.spans[(self.next - f.first_seq) as usize];
+        Ok(Some((self.next, &f.payload[start..start + len])))
+    }
+
+    /// Consumes the record returned by the last successful `peek`.
+    pub fn advance(&mut self) {
+        if let Some(f) = &self.frame {
+            self.next += 1;
+            if self.next >= f.first_seq + f.spans.len() as u64 {
+                self.frame = None;
+            }
+        }
+    }
+
+    /// Convenience for Rust callers: the next record as an owned copy.
+    pub fn next_record(&mut self) -> Result<Option<(u64, Vec<u8>)>> {
+        let r = self.peek()?.map(|(s, d)| (s, d.to_vec()));
+        self.advance();
+        Ok(r)
+    }
+
+    fn limit(&self) -> u64 {
+        match self.upto {
+            ReadUpto::Durable => self.shared.durable.load(Ordering::Acquire),
+            ReadUpto::Appended => self.shared.written.load(Ordering::Acquire),
+        }
+    }
+
+    /// Finds and verifies the frame that holds `self.next`; false when that
+    /// record does not exist yet.
+    fn load_frame(&mut self) -> Result<bool> {
+        if self.next > self.limit() {
+            return Ok(false);
+        }
+        loop {
+            self.move_to_segment_of_next()?;
+            let seg = self.segment.as_ref().unwrap();
+            let (at, room, salt, name) = (seg.offset, seg.len.saturating_sub(seg.offset), seg.salt, seg.meta.path.clone());
+            let next = self.next;
+            let corrupt = |why: &str| {
+                Error::corruption(format!("record {next} unreadable in {} at offset {at}: {why}", name.display()))
+            };
+            if room < FRAME_HEADER_LEN as u64 {
+                return Err(corrupt("segment ends before it"));
+            }
+            let head = self.bytes(at, FRAME_HEADER_LEN)?.to_vec();
+            let h = FrameHeader::parse(&head);
+            if !h.plausible(&head, room) {
+                return Err(corrupt("malformed frame header"));
+            }
+            let payload = self.bytes(at + FRAME_HEADER_LEN as u64, h.len as usize)?.to_vec();
+            if !h.checksum_ok(&head, &payload, salt) {
+                return Err(corrupt("checksum mismatch"));
+            }
+            let end = h.seq + h.count as u64;
+            self.segment.as_mut().unwrap().offset += h.size();
+            if end <= self.next {
+                continue; // an earlier frame while positioning
+            }
+            if h.seq > self.next {
+                return Err(corrupt(&format!("found sequence {} instead", h.seq)));
+            }
+            let spans = {
+                let recs = records(h.kind, h.count, &payload).ok_or_else(|| corrupt("bad batch table"))?;
+                recs.iter().map(|r| (r.as_ptr() as usize - payload.as_ptr() as usize, r.len())).collect()
+            };
+            self.frame = Some(Frame { first_seq: h.seq, payload, spans });
+            return Ok(true);
+        }
+    }
+
+    /// Opens the segment that holds `self.next` when the current one does
+    /// not, moving the pin forward.
+    fn move_to_segment_of_next(&mut self) -> Result<()> {
+        let target = {
+            let mut st = self.shared.state.lock();
+            let target = st.segments.iter().rev().find(|s| s.first_seq <= self.next).cloned();
+            let Some(target) = target else {
+                return Err(Error::new(KEEL_STATUS_TRUNCATED, format!("record {} is no longer retained", self.next)));
+            };
+            if self.segment.as_ref().is_some_and(|s| s.meta.first_seq == target.first_seq) {
+                None
+            } else {
+                st.pins.insert(self.pin, target.first_seq);
+                Some(target)
+            }
+        };
+        let Some(meta) = target else {
+            // Same segment: make sure the size covers what was appended since.
+            let seg = self.segment.as_mut().unwrap();
+            seg.len = seg.file.len().map_err(|e| Error::io(format!("reading {}", seg.meta.path.display()), e))?;
+            return Ok(());
+        };
+        let io = |e| Error::io(format!("opening {}", meta.path.display()), e);
+        let file = self.shared.fs.open(&meta.path, false).map_err(io)?;
+        let len = file.len().map_err(io)?;
+        let mut head = [0u8; super::format::SEGMENT_HEADER_LEN as usize];
+        let n = file.read_at(&mut head, 0).map_err(io)?;
+        let header = super::format::decode_segment_header(&head[..n])
+            .map_err(|why| Error::corruption(format!("{}: {why}", meta.path.display())))?;
+        self.window.clear();
+        self.segment = Some(OpenSegment { meta, file, salt: header.salt, len, offset: super::format::SEGMENT_HEADER_LEN });
+        Ok(())
+    }
+
+    /// `len` bytes of the current segment at `at`, through the read-ahead window.
+    fn bytes(&mut self, at: u64, len: usize) -> Result<&[u8]> {
+        let covered = at >= self.window_at && at + len as u64 <= self.window_at + self.window.len() as u64;
+        if !covered {
+            let seg = self.segment.as_ref().unwrap();
+            let want = len.max(READ_CHUNK).min((seg.len - at) as usize).max(len);
+            self.window.resize(want, 0);
+            let mut got = 0;
+            while got < want {
+                let n = seg
+                    .file
+                    .read_at(&mut self.window[got..], at + got as u64)
+                    .map_err(|e| Error::io(format!("reading {}", seg.meta.path.display()), e))?;
+                if n == 0 {
+                    break;
+                }
+                got += n;
+            }
+            if got < len {
+                return Err(Error::corruption(format!("{} ends inside a frame", seg.meta.path.display())));
+            }
+            self.window.truncate(got);
+            self.window_at = at;
+        }
+        let start = (at - self.window_at) as usize;
+        Ok(&self.window[start..start + len])
+    }
+}
+
+impl Drop for Reader {
+    fn drop(&mut self) {
+        self.shared.state.lock().pins.remove(&self.pin);
+    }
+}
