@@ -13,6 +13,15 @@ fn main() {
     println!("cargo:rerun-if-changed=cbindgen.toml");
     println!("cargo:rerun-if-changed=build.rs");
 
+    // SONAME follows the ABI version, not the crate version: libkeel.so.<ABI>.
+    let version_rs = fs::read_to_string(root.join("src/ffi/version.rs")).expect("read src/ffi/version.rs");
+    let abi = version_rs
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("pub const KEEL_ABI_VERSION: u32 = "))
+        .and_then(|rest| rest.trim_end_matches(';').parse::<u32>().ok())
+        .expect("src/ffi/version.rs defines KEEL_ABI_VERSION");
+    println!("cargo:rustc-cdylib-link-arg=-Wl,-soname,libkeel.so.{abi}");
+
     let mut config = cbindgen::Config::from_file(root.join("cbindgen.toml"))
         .expect("cbindgen.toml is readable and valid");
     let major = env::var("CARGO_PKG_VERSION_MAJOR").unwrap();

@@ -1,0 +1,34 @@
+#!/bin/sh
+# Checks the tools `make test` needs and installs the missing ones from
+# Debian's packages when running as root; otherwise names what to install.
+set -eu
+
+missing=""
+need() { # need <command-or-path> <debian-package>
+  case "$1" in
+    /*) [ -e "$1" ] || missing="$missing $2" ;;
+    *) command -v "$1" >/dev/null 2>&1 || missing="$missing $2" ;;
+  esac
+}
+
+need cc gcc
+need c++ g++
+need cmake cmake
+need ninja ninja-build
+need pkg-config pkg-config
+need /usr/include/gtest/gtest.h libgtest-dev
+need git git
+
+if [ -n "$missing" ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "deps: installing$missing"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing
+  else
+    echo "deps: missing$missing — install them with: sudo apt-get install$missing" >&2
+    exit 1
+  fi
+fi
+command -v cargo >/dev/null 2>&1 || { echo "deps: cargo not found — install Rust with rustup (https://rustup.rs)" >&2; exit 1; }
+command -v go >/dev/null 2>&1 || { echo "deps: go not found — install Go 1.21 or newer (package golang-go)" >&2; exit 1; }
+echo "deps: all tools present"
