@@ -182,3 +182,59 @@ pub fn in_path<'a>(p: *const libc::c_char, name: &str) -> Result<&'a std::path::
     }
     Ok(std::path::Path::new(s))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ffi::error::{keel_error_code, keel_error_free, keel_error_message};
+
+    struct probe_t;
+    impl Opaque for probe_t {
+        type Inner = u32;
+        const MAGIC: u64 = 0x7072_6f62_6570_726f;
+        const NAME: &'static str = "probe_t";
+    }
+    struct other_t;
+    impl Opaque for other_t {
+        type Inner = u32;
+        const MAGIC: u64 = 0x6f74_6865_726f_7468;
+        const NAME: &'static str = "other_t";
+    }
+
+    fn call(h: *mut probe_t, err: *mut *mut keel_error_t, panic: bool) -> keel_status_t {
+        ffi_boundary!(err, h, {
+            let v = try_handle!(h);
+            if panic {
+                panic!("boom {v}");
+            }
+            Ok(())
+        })
+    }
+
+    #[test]
+    fn a_panic_becomes_a_status_and_poisons_the_handle() {
+        let h = into_handle::<probe_t>(7);
+        let mut err: *mut keel_error_t = std::ptr::null_mut();
+        assert_eq!(call(h, std::ptr::null_mut(), false), KEEL_STATUS_OK);
+        assert_eq!(call(h, &mut err, true), KEEL_STATUS_PANIC);
+        assert_eq!(keel_error_code(err), KEEL_STATUS_PANIC);
+        let msg = unsafe { std::ffi::CStr::from_ptr(keel_error_message(err)) }.to_str().unwrap();
+        assert!(msg.contains("boom 7"), "{msg}");
+        // A second error replaces (and frees) the first one in the same slot.
+        assert_eq!(call(h, &mut err, false), KEEL_STATUS_POISONED);
+        assert_eq!(keel_error_code(err), KEEL_STATUS_POISONED);
+        keel_error_free(err);
+        // Closing still works on a poisoned handle; afterwards it is dead.
+        assert_eq!(unsafe { take_handle(h) }.unwrap(), Some(7));
+    }
+
+    #[test]
+    fn handles_are_checked_for_null_and_type() {
+        assert_eq!(call(std::ptr::null_mut(), std::ptr::null_mut(), false), KEEL_STATUS_NULL_ARGUMENT);
+        let other = into_handle::<other_t>(1);
+        assert_eq!(call(other as *mut probe_t, std::ptr::null_mut(), false), KEEL_STATUS_INVALID_ARGUMENT);
+        assert!(unsafe { take_handle(other as *mut probe_t) }.is_err(), "wrong type is not freed");
+        assert_eq!(unsafe { take_handle(other) }.unwrap(), Some(1));
+        assert_eq!(unsafe { take_handle::<probe_t>(std::ptr::null_mut()) }.unwrap(), None);
+    }
+}

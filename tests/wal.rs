@@ -1,0 +1,404 @@
+//! WAL behaviour through the Rust API, on the real file system.
+
+mod common;
+
+use common::TempDir;
+use keel::status::*;
+use keel::wal::{Durability, File, FileSystem, Options, ReadUpto, RecoveryMode, StdFs, Wal};
+use std::any::Any;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::Arc;
+
+fn small(durability: Durability) -> Options {
+    Options { durability, segment_size: 64 << 10, ..Options::default() }
+}
+
+fn read_all(wal: &Wal, from: u64) -> Vec<(u64, Vec<u8>)> {
+    let mut r = wal.reader(from, ReadUpto::Appended).unwrap();
+    let mut out = Vec::new();
+    while let Some(rec) = r.next_record().unwrap() {
+        out.push(rec);
+    }
+    out
+}
+
+fn record(i: u64) -> Vec<u8> {
+    format!("record-{i}-").repeat((i % 7 + 1) as usize).into_bytes()
+}
+
+fn segment_files(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "wal"))
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn round_trip_batches_and_reopen() {
+    let d = TempDir::new("roundtrip");
+    let mut expected = Vec::new();
+    {
+        let wal = Wal::open(d.path(), Options::default()).unwrap();
+        assert_eq!((wal.first_seq(), wal.last_seq(), wal.durable_seq()), (1, 0, 0));
+        for i in 1..=10 {
+            assert_eq!(wal.append(&record(i)).unwrap(), i);
+            expected.push((i, record(i)));
+        }
+        let batch: Vec<Vec<u8>> = (11..=15).map(record).collect();
+        let refs: Vec<&[u8]> = batch.iter().map(|r| &r[..]).collect();
+        assert_eq!(wal.append_batch(&refs).unwrap(), 11);
+        expected.extend((11..=15).map(|i| (i, record(i))));
+        assert_eq!(wal.append(b"").unwrap(), 16, "empty records are records");
+        expected.push((16, Vec::new()));
+        assert_eq!(wal.durable_seq(), 16, "sync mode: durable covers every returned append");
+        assert_eq!(read_all(&wal, 0), expected);
+        assert_eq!(read_all(&wal, 13), expected[12..].to_vec(), "reading from inside a batch");
+        wal.close().unwrap();
+    }
+    let wal = Wal::open(d.path(), Options::default()).unwrap();
+    assert_eq!((wal.first_seq(), wal.last_seq(), wal.durable_seq()), (1, 16, 16));
+    assert_eq!(read_all(&wal, 0), expected);
+    assert_eq!(wal.append(b"after").unwrap(), 17, "sequence numbers continue after reopen");
+}
+
+#[test]
+fn concurrent_appenders_get_dense_unique_sequences() {
+    let d = TempDir::new("concurrent");
+    let wal = Arc::new(Wal::open(d.path(), small(Durability::Sync)).unwrap());
+    let threads = 8;
+    let per = 150;
+    let handles: Vec<_> = (0..threads)
+        .map(|t| {
+            let wal = wal.clone();
+            std::thread::spawn(move || {
+                (0..per).map(|i| (wal.append(format!("t{t}-i{i}").as_bytes()).unwrap(), format!("t{t}-i{i}"))).collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let mut got: Vec<(u64, String)> = handles.into_iter().flat_map(|h| h.join().unwrap()).collect();
+    got.sort();
+    let seqs: Vec<u64> = got.iter().map(|g| g.0).collect();
+    assert_eq!(seqs, (1..=(threads * per) as u64).collect::<Vec<_>>());
+    assert!(wal.durable_seq() >= (threads * per) as u64);
+    let back = read_all(&wal, 0);
+    for ((s1, data), (s2, rec)) in got.iter().zip(back.iter()) {
+        assert_eq!((s1, data.as_bytes()), (s2, &rec[..]));
+    }
+}
+
+#[test]
+fn rotation_ack_keep_from_and_reader_pins() {
+    let d = TempDir::new("truncate");
+    let wal = Wal::open(d.path(), small(Durability::None)).unwrap();
+    let payload = vec![7u8; 1000];
+    for _ in 0..400 {
+        wal.append(&payload).unwrap();
+    }
+    let before = segment_files(d.path()).len();
+    assert!(before >= 5, "400 KB in 64 KiB segments makes several segments, got {before}");
+
+    // A reader at 1 pins every segment.
+    let mut pinned = wal.reader(1, ReadUpto::Appended).unwrap();
+    wal.ack(300).unwrap();
+    assert_eq!(wal.first_seq(), 1, "a reader pins its segments");
+    assert_eq!(segment_files(d.path()).len(), before);
+    assert_eq!(pinned.next_record().unwrap().unwrap().0, 1);
+    drop(pinned);
+
+    // keep_from holds records >= 100 whatever ack says.
+    wal.set_keep_from(100).unwrap();
+    wal.ack(300).unwrap();
+    let first = wal.first_seq();
+    assert!(first > 1 && first <= 100, "first retained {first} must be in (1, 100]");
+    wal.set_keep_from(u64::MAX).unwrap();
+    wal.ack(300).unwrap();
+    let first = wal.first_seq();
+    assert!(first > 100 && first <= 301, "first retained {first} must be in (100, 301]");
+    assert!(segment_files(d.path()).len() < before);
+    let err = wal.reader(first - 1, ReadUpto::Durable).err().unwrap();
+    assert_eq!(err.status, KEEL_STATUS_TRUNCATED);
+    assert_eq!(wal.set_keep_from(first - 1).unwrap_err().status, KEEL_STATUS_TRUNCATED);
+    assert_eq!(wal.ack(10_000).unwrap_err().status, KEEL_STATUS_INVALID_ARGUMENT);
+
+    // The active segment is never deleted, even when everything is acked.
+    wal.ack(400).unwrap();
+    assert_eq!(segment_files(d.path()).len(), 1);
+    assert_eq!(read_all(&wal, 0).last().unwrap().0, 400);
+    drop(wal);
+    let wal = Wal::open(d.path(), small(Durability::None)).unwrap();
+    assert_eq!(wal.last_seq(), 400, "a missing prefix is fine after reopen");
+}
+
+#[test]
+fn reader_follows_the_log_and_respects_the_durable_watermark() {
+    let d = TempDir::new("follow");
+    let wal = Wal::open(d.path(), small(Durability::None)).unwrap();
+    let mut durable = wal.reader(0, ReadUpto::Durable).unwrap();
+    let mut appended = wal.reader(0, ReadUpto::Appended).unwrap();
+    assert!(appended.next_record().unwrap().is_none());
+    for i in 1..=300 {
+        wal.append(&record(i)).unwrap();
+    }
+    assert!(durable.next_record().unwrap().is_none(), "nothing synced yet in None mode");
+    for i in 1..=300 {
+        assert_eq!(appended.next_record().unwrap(), Some((i, record(i))));
+    }
+    assert_eq!(wal.sync().unwrap(), 300);
+    for i in 1..=300 {
+        assert_eq!(durable.next_record().unwrap(), Some((i, record(i))));
+    }
+    assert!(durable.next_record().unwrap().is_none());
+    wal.close().unwrap();
+    assert_eq!(durable.next_record().unwrap_err().status, KEEL_STATUS_CLOSED);
+}
+
+#[test]
+fn periodic_mode_syncs_in_the_background() {
+    let d = TempDir::new("periodic");
+    let opts = Options { durability: Durability::Periodic(std::time::Duration::from_millis(5)), ..Options::default() };
+    let wal = Wal::open(d.path(), opts).unwrap();
+    let seq = wal.append(b"x").unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while wal.durable_seq() < seq {
+        assert!(std::time::Instant::now() < deadline, "background sync never advanced D");
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+}
+
+#[test]
+fn limits_and_locking() {
+    let d = TempDir::new("limits");
+    let wal = Wal::open(d.path(), small(Durability::None)).unwrap();
+    let too_big = vec![0u8; 64 << 10];
+    assert_eq!(wal.append(&too_big).unwrap_err().status, KEEL_STATUS_INVALID_ARGUMENT);
+    assert_eq!(wal.append_batch(&[]).unwrap_err().status, KEEL_STATUS_INVALID_ARGUMENT);
+    assert_eq!(Wal::open(d.path(), Options::default()).err().unwrap().status, KEEL_STATUS_BUSY);
+    let bad = Options { segment_size: 1000, ..Options::default() };
+    assert_eq!(Wal::open(&d.path().join("x"), bad).err().unwrap().status, KEEL_STATUS_INVALID_ARGUMENT);
+    // The largest allowed record fits in a fresh segment.
+    let limit = vec![1u8; (64 << 10) - 96];
+    let seq = wal.append(&limit).unwrap();
+    assert_eq!(read_all(&wal, seq)[0].1, limit);
+}
+
+/// Appends `n` records with small segments and closes; returns the records.
+fn fill(dir: &Path, n: u64) -> Vec<(u64, Vec<u8>)> {
+    let wal = Wal::open(dir, small(Durability::None)).unwrap();
+    for i in 1..=n {
+        wal.append(&record(i)).unwrap();
+    }
+    wal.close().unwrap();
+    (1..=n).map(|i| (i, record(i))).collect()
+}
+
+fn open_mode(dir: &Path, recovery: RecoveryMode) -> keel::Result<Wal> {
+    Wal::open(dir, Options { recovery, ..small(Durability::None) })
+}
+
+/// Offset just past the last non-zero byte, rounded up to the frame alignment.
+fn data_end(bytes: &[u8]) -> usize {
+    let last = bytes.iter().rposition(|&b| b != 0).unwrap();
+    (last + 8) & !7
+}
+
+#[test]
+fn torn_tail_is_cut_except_in_absolute_mode() {
+    let d = TempDir::new("torn");
+    let expected = fill(d.path(), 50);
+    let seg = segment_files(d.path()).pop().unwrap();
+    let mut bytes = std::fs::read(&seg).unwrap();
+    let end = data_end(&bytes);
+    // A frame header promising more than was written: a torn write.
+    bytes[end..end + 12].copy_from_slice(&[1, 2, 3, 4, 200, 0, 0, 0, 1, 0, 0, 0]);
+    std::fs::write(&seg, &bytes).unwrap();
+
+    let err = open_mode(d.path(), RecoveryMode::Absolute).err().unwrap();
+    assert_eq!(err.status, KEEL_STATUS_CORRUPTION);
+    let wal = open_mode(d.path(), RecoveryMode::TolerateTail).unwrap();
+    assert_eq!(read_all(&wal, 0), expected);
+    assert_eq!(wal.append(b"next").unwrap(), 51);
+    drop(wal);
+    // The tail was zeroed and synced: even absolute mode now opens cleanly.
+    assert_eq!(open_mode(d.path(), RecoveryMode::Absolute).unwrap().last_seq(), 51);
+}
+
+#[test]
+fn mid_log_corruption_follows_the_recovery_mode() {
+    let d = TempDir::new("midlog");
+    let expected = fill(d.path(), 3000);
+    let segs = segment_files(d.path());
+    assert!(segs.len() >= 3);
+    // Flip one payload byte of a record in the first segment.
+    let mut bytes = std::fs::read(&segs[0]).unwrap();
+    bytes[64 + 24 + 3] ^= 0x40;
+    std::fs::write(&segs[0], &bytes).unwrap();
+
+    for mode in [RecoveryMode::TolerateTail, RecoveryMode::Absolute, RecoveryMode::PointInTime] {
+        let err = open_mode(d.path(), mode).err().unwrap();
+        assert_eq!(err.status, KEEL_STATUS_CORRUPTION, "{mode:?}");
+        assert!(err.message.contains("valid records follow"), "{mode:?}: {}", err.message);
+    }
+    assert_eq!(segment_files(d.path()), segs, "a refused open changes nothing");
+
+    let wal = open_mode(d.path(), RecoveryMode::Salvage).unwrap();
+    assert_eq!(wal.last_seq(), 0, "the first record was damaged: the valid prefix is empty");
+    drop(wal);
+    let aside: Vec<_> = std::fs::read_dir(d.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.starts_with("salvaged-"))
+        .collect();
+    assert_eq!(aside.len(), 1);
+    let kept: usize = std::fs::read_dir(d.path().join(&aside[0])).unwrap().count();
+    assert_eq!(kept, segs.len(), "salvage keeps a copy of every segment it gave up");
+    let _ = expected;
+}
+
+#[test]
+fn missing_middle_segment_is_corruption_and_stray_temp_files_are_removed() {
+    let d = TempDir::new("hole");
+    fill(d.path(), 3000);
+    let segs = segment_files(d.path());
+    std::fs::write(d.path().join("00000000000000099999.wal.tmp"), b"half-made segment").unwrap();
+    let moved = d.path().join("moved");
+    std::fs::rename(&segs[1], &moved).unwrap();
+    let err = open_mode(d.path(), RecoveryMode::TolerateTail).err().unwrap();
+    assert_eq!(err.status, KEEL_STATUS_CORRUPTION);
+    assert!(err.message.contains("missing or duplicated"), "{}", err.message);
+    std::fs::rename(&moved, &segs[1]).unwrap();
+    let wal = open_mode(d.path(), RecoveryMode::TolerateTail).unwrap();
+    assert_eq!(wal.last_seq(), 3000);
+    assert!(!d.path().join("00000000000000099999.wal.tmp").exists());
+}
+
+/// The real file system with switches that make syncs fail with EIO or
+/// segment creation fail with ENOSPC.
+struct FlakyFs {
+    eio_on_sync: Arc<AtomicBool>,
+    nospace_on_create: Arc<AtomicBool>,
+    syncs: Arc<AtomicU32>,
+}
+
+struct FlakyFile {
+    inner: Arc<dyn File>,
+    eio_on_sync: Arc<AtomicBool>,
+    syncs: Arc<AtomicU32>,
+}
+
+impl File for FlakyFile {
+    fn len(&self) -> io::Result<u64> {
+        self.inner.len()
+    }
+    fn read_at(&self, buf: &mut [u8], off: u64) -> io::Result<usize> {
+        self.inner.read_at(buf, off)
+    }
+    fn write_at(&self, parts: &[&[u8]], off: u64) -> io::Result<()> {
+        self.inner.write_at(parts, off)
+    }
+    fn allocate(&self, len: u64) -> io::Result<()> {
+        self.inner.allocate(len)
+    }
+    fn sync_data(&self) -> io::Result<()> {
+        self.syncs.fetch_add(1, Ordering::SeqCst);
+        if self.eio_on_sync.load(Ordering::SeqCst) {
+            return Err(io::Error::from_raw_os_error(libc::EIO));
+        }
+        self.inner.sync_data()
+    }
+}
+
+impl FlakyFs {
+    fn wrap(&self, f: Arc<dyn File>) -> Arc<dyn File> {
+        Arc::new(FlakyFile { inner: f, eio_on_sync: self.eio_on_sync.clone(), syncs: self.syncs.clone() })
+    }
+}
+
+impl FileSystem for FlakyFs {
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
+        StdFs.create_dir_all(dir)
+    }
+    fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
+        StdFs.list(dir)
+    }
+    fn open(&self, path: &Path, writable: bool) -> io::Result<Arc<dyn File>> {
+        Ok(self.wrap(StdFs.open(path, writable)?))
+    }
+    fn create(&self, path: &Path) -> io::Result<Arc<dyn File>> {
+        if self.nospace_on_create.load(Ordering::SeqCst) {
+            return Err(io::Error::from_raw_os_error(libc::ENOSPC));
+        }
+        Ok(self.wrap(StdFs.create(path)?))
+    }
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        StdFs.rename(from, to)
+    }
+    fn remove(&self, path: &Path) -> io::Result<()> {
+        StdFs.remove(path)
+    }
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        StdFs.sync_dir(dir)
+    }
+    fn lock(&self, path: &Path) -> io::Result<Box<dyn Any + Send + Sync>> {
+        StdFs.lock(path)
+    }
+}
+
+fn flaky() -> (Arc<FlakyFs>, Arc<AtomicBool>, Arc<AtomicBool>) {
+    let eio = Arc::new(AtomicBool::new(false));
+    let nospace = Arc::new(AtomicBool::new(false));
+    let fs = Arc::new(FlakyFs { eio_on_sync: eio.clone(), nospace_on_create: nospace.clone(), syncs: Arc::default() });
+    (fs, eio, nospace)
+}
+
+#[test]
+fn failed_fsync_poisons_and_is_never_retried_into_an_ack() {
+    let d = TempDir::new("eio");
+    let (fs, eio, _) = flaky();
+    let wal = Wal::open_with_fs(d.path(), Options::default(), fs.clone()).unwrap();
+    wal.append(b"one").unwrap();
+    eio.store(true, Ordering::SeqCst);
+    let err = wal.append(b"two").unwrap_err();
+    assert_eq!(err.status, KEEL_STATUS_IO, "{err}");
+    assert_eq!(wal.durable_seq(), 1, "D freezes at the last successful sync");
+    eio.store(false, Ordering::SeqCst);
+    let syncs = fs.syncs.load(Ordering::SeqCst);
+    assert_eq!(wal.append(b"three").unwrap_err().status, KEEL_STATUS_POISONED);
+    assert_eq!(wal.sync().unwrap_err().status, KEEL_STATUS_POISONED);
+    assert_eq!(fs.syncs.load(Ordering::SeqCst), syncs, "a poisoned WAL never syncs again");
+    assert_eq!(wal.durable_seq(), 1);
+    assert_eq!(wal.close().unwrap_err().status, KEEL_STATUS_POISONED);
+    // Reopening recovers what reached the file (record 2 was written, not acknowledged).
+    let wal = Wal::open(d.path(), Options::default()).unwrap();
+    assert!(wal.last_seq() >= 1);
+    assert_eq!(read_all(&wal, 0)[0], (1, b"one".to_vec()));
+}
+
+#[test]
+fn disk_full_on_rotation_fails_cleanly_and_the_log_goes_on() {
+    let d = TempDir::new("enospc");
+    let (fs, _, nospace) = flaky();
+    let wal = Wal::open_with_fs(d.path(), small(Durability::Sync), fs).unwrap();
+    let payload = vec![3u8; 4000];
+    let mut last = 0;
+    nospace.store(true, Ordering::SeqCst);
+    let err = loop {
+        match wal.append(&payload) {
+            Ok(s) => last = s,
+            Err(e) => break e,
+        }
+    };
+    assert_eq!(err.status, KEEL_STATUS_NO_SPACE, "{err}");
+    assert_eq!(wal.last_seq(), last, "the failed append consumed no sequence number");
+    nospace.store(false, Ordering::SeqCst);
+    assert_eq!(wal.append(&payload).unwrap(), last + 1, "space is back: appends go on, no hole");
+    drop(wal);
+    let wal = Wal::open(d.path(), small(Durability::Sync)).unwrap();
+    let back = read_all(&wal, 0);
+    assert_eq!(back.len() as u64, last + 1);
+    assert!(back.iter().enumerate().all(|(i, (s, p))| *s == i as u64 + 1 && *p == payload));
+}
