@@ -402,3 +402,28 @@ fn disk_full_on_rotation_fails_cleanly_and_the_log_goes_on() {
     assert_eq!(back.len() as u64, last + 1);
     assert!(back.iter().enumerate().all(|(i, (s, p))| *s == i as u64 + 1 && *p == payload));
 }
+
+#[test]
+fn a_spare_segment_is_prepared_ahead_and_removed_on_close() {
+    let d = TempDir::new("spare");
+    let wal = Wal::open(d.path(), small(Durability::Sync)).unwrap();
+    let spare = d.path().join("spare.wal.tmp");
+    let wait_for_spare = || {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !spare.exists() || std::fs::metadata(&spare).unwrap().len() < 64 << 10 {
+            assert!(std::time::Instant::now() < deadline, "the preparer never made a spare segment");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    };
+    wait_for_spare();
+    let payload = vec![9u8; 4000];
+    for _ in 0..20 {
+        wal.append(&payload).unwrap(); // > 64 KiB: at least one rotation
+    }
+    assert!(segment_files(d.path()).len() >= 2);
+    wait_for_spare(); // the next one is prepared again after the rotation
+    wal.close().unwrap();
+    assert!(!spare.exists(), "close removes the spare");
+    let wal = Wal::open(d.path(), small(Durability::Sync)).unwrap();
+    assert_eq!(read_all(&wal, 0).len(), 20);
+}

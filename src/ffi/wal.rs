@@ -137,7 +137,13 @@ fn options_from_c(o: &keel_wal_options_t) -> crate::Result<Options> {
         KEEL_RECOVERY_SALVAGE => RecoveryMode::Salvage,
         other => return Err(Error::invalid(format!("recovery_mode {other} is not a KEEL_RECOVERY_* value"))),
     };
-    let opts = Options { durability, recovery, segment_size: o.segment_size, max_record_size: o.max_record_size };
+    let opts = Options {
+        durability,
+        recovery,
+        segment_size: o.segment_size,
+        max_record_size: o.max_record_size,
+        ..Options::default()
+    };
     opts.validate()?;
     Ok(opts)
 }

@@ -67,6 +67,9 @@ pub struct Options {
     pub segment_size: u64,
     /// Largest frame payload; 0 means min(16 MiB, segment_size - overhead).
     pub max_record_size: u64,
+    /// Zero-fill the next segment on a background thread so that rotation
+    /// does not stall appenders (costs one spare segment of disk).
+    pub prepare_ahead: bool,
 }
 
 impl Default for Options {
@@ -76,6 +79,7 @@ impl Default for Options {
             recovery: RecoveryMode::TolerateTail,
             segment_size: 64 << 20,
             max_record_size: 0,
+            prepare_ahead: true,
         }
     }
 }
@@ -137,6 +141,10 @@ pub(crate) struct Shared {
     poisoned: AtomicBool,
     closed: AtomicBool,
     truncate_lock: Mutex<()>,
+    /// A zero-filled, synced file ready to become the next segment.
+    spare: Mutex<Option<Arc<dyn File>>>,
+    /// Wakes the preparer thread (None without prepare_ahead).
+    prepare: Option<crossbeam_channel::Sender<()>>,
 }
 
 /// A write-ahead log open on one directory. All methods take `&self` and
@@ -144,6 +152,7 @@ pub(crate) struct Shared {
 pub struct Wal {
     shared: Arc<Shared>,
     syncer: Option<(crossbeam_channel::Sender<()>, JoinHandle<()>)>,
+    preparer: Option<JoinHandle<()>>,
     _lock: Box<dyn Any + Send + Sync>,
 }
 
@@ -175,6 +184,13 @@ impl Wal {
             }
         };
         let last = rec.next_seq - 1;
+        let (prepare, prepare_rx) = match opts.prepare_ahead {
+            true => {
+                let (tx, rx) = crossbeam_channel::bounded(1);
+                (Some(tx), Some(rx))
+            }
+            false => (None, None),
+        };
         let shared = Arc::new(Shared {
             dir: dir.to_path_buf(),
             fs,
@@ -194,13 +210,19 @@ impl Wal {
             poisoned: AtomicBool::new(false),
             closed: AtomicBool::new(false),
             truncate_lock: Mutex::new(()),
+            spare: Mutex::new(None),
+            prepare,
             opts,
         });
-        let syncer = match shared.opts.durability {
-            Durability::Periodic(every) => Some(spawn_syncer(shared.clone(), every)?),
-            _ => None,
-        };
-        Ok(Wal { shared, syncer, _lock: lock })
+        let mut wal = Wal { shared: shared.clone(), syncer: None, preparer: None, _lock: lock };
+        if let Durability::Periodic(every) = shared.opts.durability {
+            wal.syncer = Some(spawn_syncer(shared.clone(), every)?);
+        }
+        if let Some(rx) = prepare_rx {
+            wal.preparer = Some(spawn_preparer(shared.clone(), rx)?);
+            shared.wake_preparer();
+        }
+        Ok(wal)
     }
 
     /// Appends one record; returns its sequence number.
@@ -285,6 +307,14 @@ impl Wal {
         }
         let result = self.shared.sync().map(|_| ());
         self.shared.closed.store(true, Ordering::Release);
+        if let Some(thread) = self.preparer.take() {
+            // The channel's sender lives in `shared`; closed makes the thread exit.
+            self.shared.wake_preparer();
+            let _ = thread.join();
+        }
+        if self.shared.spare.lock().take().is_some() {
+            let _ = self.shared.fs.remove(&self.shared.dir.join(segment::SPARE_NAME));
+        }
         // Unmaps the active segment; readers still holding `shared` see CLOSED.
         self.shared.state.lock().active = None;
         result
@@ -320,7 +350,40 @@ fn spawn_syncer(shared: Arc<Shared>, every: Duration) -> Result<(crossbeam_chann
     Ok((stop, thread))
 }
 
+/// The preparer keeps one zero-filled spare segment ready (W8's slow half),
+/// so a rotation only writes a header, syncs and renames.
+fn spawn_preparer(shared: Arc<Shared>, wake: crossbeam_channel::Receiver<()>) -> Result<JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("keel-wal-prepare".into())
+        .spawn(move || {
+            while wake.recv().is_ok() && !shared.closed.load(Ordering::Acquire) {
+                if shared.spare.lock().is_some() {
+                    continue;
+                }
+                let tmp = shared.dir.join(segment::SPARE_NAME);
+                let made = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    segment::prepare(&*shared.fs, &tmp, shared.opts.segment_size)
+                }));
+                match made {
+                    Ok(Ok(file)) => *shared.spare.lock() = Some(file),
+                    // No spare (disk full, I/O error, panic): rotation falls
+                    // back to creating the segment itself and reports why.
+                    _ => {
+                        let _ = shared.fs.remove(&tmp);
+                    }
+                }
+            }
+        })
+        .map_err(|e| Error::io("starting the WAL preparer thread", e))
+}
+
 impl Shared {
+    fn wake_preparer(&self) {
+        if let Some(tx) = &self.prepare {
+            let _ = tx.try_send(());
+        }
+    }
+
     fn check_usable(&self, st: &State) -> Result<()> {
         if let Some(e) = &st.poison {
             return Err(Error::new(KEEL_STATUS_POISONED, format!("WAL is poisoned: {}", e.message)));
@@ -385,7 +448,16 @@ impl Shared {
             return Err(self.poison(st, Error::io("syncing a full WAL segment", e)));
         }
         self.durable.fetch_max(st.next_seq - 1, Ordering::AcqRel);
-        match segment::create(&*self.fs, &self.dir, st.next_seq, self.opts.segment_size) {
+        let spare = self.spare.lock().take();
+        let made = match spare {
+            Some(file) => {
+                let tmp = self.dir.join(segment::SPARE_NAME);
+                segment::install(&*self.fs, &self.dir, file, &tmp, st.next_seq, self.opts.segment_size)
+            }
+            None => segment::create(&*self.fs, &self.dir, st.next_seq, self.opts.segment_size),
+        };
+        self.wake_preparer();
+        match made {
             Ok(next) => {
                 st.segments.push(SegmentMeta {
                     first_seq: st.next_seq,

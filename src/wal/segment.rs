@@ -53,29 +53,49 @@ pub fn new_salt() -> u32 {
     (t.as_nanos() as u32) ^ std::process::id().rotate_left(16)
 }
 
-/// Creates segment `first_seq` following W8: temporary file, zero-filled to
-/// `capacity`, header, fdatasync, rename, directory fsync. Nothing is
-/// acknowledged in it before this returns. On failure the temporary file
-/// is removed (best effort) and the log is as it was.
-pub fn create(fs: &dyn FileSystem, dir: &Path, first_seq: u64, capacity: u64) -> Result<Active> {
-    let name = file_name(first_seq);
-    let tmp = dir.join(format!("{first_seq:020}{TEMP_SUFFIX}"));
-    let path = dir.join(&name);
+/// The file the preparer thread zero-fills ahead of time; it ends in
+/// TEMP_SUFFIX, so recovery removes it like any unfinished segment.
+pub const SPARE_NAME: &str = "spare.wal.tmp";
+
+/// Zero-fills a new file at `tmp` to `capacity` and syncs it: the slow half
+/// of W8, which can run ahead of time on the preparer thread.
+pub fn prepare(fs: &dyn FileSystem, tmp: &Path, capacity: u64) -> std::io::Result<Arc<dyn File>> {
+    let file = fs.create(tmp)?;
+    file.allocate(capacity)?;
+    file.sync_data()?;
+    Ok(file)
+}
+
+/// The fast half of W8: header, fdatasync, rename to the segment name,
+/// directory fsync. Nothing is acknowledged in the segment before this
+/// returns. On failure the temporary file is removed (best effort) and the
+/// log is as it was.
+pub fn install(fs: &dyn FileSystem, dir: &Path, file: Arc<dyn File>, tmp: &Path, first_seq: u64, capacity: u64) -> Result<Active> {
+    let path = dir.join(file_name(first_seq));
     let salt = new_salt();
-    let attempt = || -> std::io::Result<Arc<dyn File>> {
-        let file = fs.create(&tmp)?;
-        file.allocate(capacity)?;
+    let attempt = || -> std::io::Result<()> {
         file.write_at(&[&encode_segment_header(salt, first_seq)], 0)?;
         file.sync_data()?;
-        fs.rename(&tmp, &path)?;
-        fs.sync_dir(dir)?;
-        Ok(file)
+        fs.rename(tmp, &path)?;
+        fs.sync_dir(dir)
     };
     match attempt() {
-        Ok(file) => Ok(Active { file, salt, offset: SEGMENT_HEADER_LEN, capacity }),
+        Ok(()) => Ok(Active { file, salt, offset: SEGMENT_HEADER_LEN, capacity }),
+        Err(e) => {
+            let _ = fs.remove(tmp);
+            Err(Error::io(format!("creating WAL segment {}", path.display()), e))
+        }
+    }
+}
+
+/// Creates segment `first_seq` in one go (W8), when no prepared spare is at hand.
+pub fn create(fs: &dyn FileSystem, dir: &Path, first_seq: u64, capacity: u64) -> Result<Active> {
+    let tmp = dir.join(format!("{first_seq:020}{TEMP_SUFFIX}"));
+    match prepare(fs, &tmp, capacity) {
+        Ok(file) => install(fs, dir, file, &tmp, first_seq, capacity),
         Err(e) => {
             let _ = fs.remove(&tmp);
-            Err(Error::io(format!("creating WAL segment {}", path.display()), e))
+            Err(Error::io(format!("creating WAL segment {}", tmp.display()), e))
         }
     }
 }
