@@ -166,6 +166,10 @@ impl Wal {
     pub fn open_with_fs(dir: &Path, opts: Options, fs: Arc<dyn FileSystem>) -> Result<Wal> {
         opts.validate()?;
         fs.create_dir_all(dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+        // The directory's own entry must be durable before records in it are.
+        if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+            fs.sync_dir(parent).map_err(|e| Error::io(format!("syncing {}", parent.display()), e))?;
+        }
         let lock = fs.lock(&dir.join("LOCK")).map_err(|e| {
             if e.kind() == std::io::ErrorKind::WouldBlock {
                 Error::new(KEEL_STATUS_BUSY, format!("{} is already open (LOCK held)", dir.display()))
