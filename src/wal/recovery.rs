@@ -278,8 +278,10 @@ fn open_active(fs: &dyn FileSystem, scan: &SegmentScan, cut: Option<u64>, segmen
             file.write_at(&[&zeros[..n]], at).map_err(|e| io("zeroing the torn tail of", e))?;
             at += n as u64;
         }
-        file.sync_data().map_err(|e| io("syncing", e))?;
     }
+    // Records recovered from the page cache (a process crash in NONE or
+    // PERIODIC mode) become durable before D claims them.
+    file.sync_data().map_err(|e| io("syncing", e))?;
     let capacity = len.max(segment_size);
     file.allocate(capacity).map_err(|e| io("allocating", e))?;
     Ok(Active { file, salt: header.salt, offset: scan.end, capacity })
