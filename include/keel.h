@@ -297,7 +297,8 @@ const char *keel_status_str(keel_status_t status);
 
 /**
  * Returns the status code carried by `err`; KEEL_STATUS_NULL_ARGUMENT when
- * `err` is NULL or not an error object. Safe from any thread.
+ * `err` is NULL, KEEL_STATUS_INVALID_ARGUMENT when it is not a live error
+ * object. Safe from any thread.
  */
 keel_status_t keel_error_code(const struct keel_error_t *err);
 

@@ -153,6 +153,13 @@ fn reader_follows_the_log_and_respects_the_durable_watermark() {
         assert_eq!(durable.next_record().unwrap(), Some((i, record(i))));
     }
     assert!(durable.next_record().unwrap().is_none());
+    // Tailing one record at a time: each read comes after its append, and
+    // the read-ahead window must not serve the zeros seen before it.
+    for i in 301..=400 {
+        wal.append(&record(i)).unwrap();
+        assert_eq!(appended.next_record().unwrap(), Some((i, record(i))));
+        assert!(appended.next_record().unwrap().is_none());
+    }
     wal.close().unwrap();
     assert_eq!(durable.next_record().unwrap_err().status, KEEL_STATUS_CLOSED);
 }

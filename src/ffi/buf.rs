@@ -43,8 +43,8 @@ pub extern "C" fn keel_buf_free(buf: *mut keel_buf_t) -> keel_status_t {
 /// Copies `data` into a caller buffer: BUFFER_TOO_SMALL (with the needed
 /// size in `*out_len`) when it does not fit.
 pub(crate) fn copy_out(data: &[u8], buf: *mut u8, cap: usize, out_len: &mut usize) -> crate::Result<()> {
-    *out_len = data.len();
     if data.len() > cap {
+        *out_len = data.len();
         return Err(crate::Error::new(
             KEEL_STATUS_BUFFER_TOO_SMALL,
             format!("buffer of {cap} bytes is too small; {} needed", data.len()),
@@ -56,5 +56,6 @@ pub(crate) fn copy_out(data: &[u8], buf: *mut u8, cap: usize, out_len: &mut usiz
         }
         unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), buf, data.len()) };
     }
+    *out_len = data.len();
     Ok(())
 }

@@ -43,7 +43,8 @@ pub extern "C" fn keel_status_str(status: keel_status_t) -> *const c_char {
 }
 
 /// Returns the status code carried by `err`; KEEL_STATUS_NULL_ARGUMENT when
-/// `err` is NULL or not an error object. Safe from any thread.
+/// `err` is NULL, KEEL_STATUS_INVALID_ARGUMENT when it is not a live error
+/// object. Safe from any thread.
 #[no_mangle]
 pub extern "C" fn keel_error_code(err: *const keel_error_t) -> keel_status_t {
     match unsafe { handle_ref(err) } {

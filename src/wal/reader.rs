@@ -39,9 +39,11 @@ pub struct Reader {
     segment: Option<OpenSegment>,
     frame: Option<Frame>,
     /// Read-ahead window over the current segment: `window` holds the bytes
-    /// at `window_at..`.
+    /// at `window_at..`, read when records up to `window_upto` were written
+    /// (beyond that it may hold the zeros of the not yet written part).
     window: Vec<u8>,
     window_at: u64,
+    window_upto: u64,
 }
 
 impl Reader {
@@ -75,6 +77,7 @@ impl Reader {
             frame: None,
             window: Vec::new(),
             window_at: 0,
+            window_upto: 0,
         })
     }
 
@@ -121,6 +124,9 @@ impl Reader {
     fn load_frame(&mut self) -> Result<bool> {
         if self.next > self.limit() {
             return Ok(false);
+        }
+        if self.next > self.window_upto {
+            self.window.clear(); // read before this record was written
         }
         loop {
             self.move_to_segment_of_next()?;
@@ -199,6 +205,8 @@ impl Reader {
         if !covered {
             let seg = self.segment.as_ref().unwrap();
             let want = len.max(READ_CHUNK).min((seg.len - at) as usize).max(len);
+            // Every frame up to `written` is in the page cache before the pread.
+            self.window_upto = self.shared.written.load(Ordering::Acquire);
             self.window.resize(want, 0);
             let mut got = 0;
             while got < want {
