@@ -1,0 +1,138 @@
+/*
+ * keel_test.h — the few helpers every C test shares.
+ *
+ * Each test file is one executable registered with ctest. A failed check
+ * prints file:line, the expression, and (for status checks) the status
+ * name plus the keel error message, then exits 1 — so a failing test never
+ * goes unnoticed and the first failure is the one reported.
+ */
+#ifndef KEEL_TEST_H
+#define KEEL_TEST_H
+
+#define _GNU_SOURCE /* mkdtemp, nftw */
+#include "keel.h"
+
+#include <ftw.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+/* CHECK(cond): plain assertion. */
+#define CHECK(cond)                                                           \
+  do {                                                                        \
+    if (!(cond)) {                                                            \
+      fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond); \
+      exit(1);                                                                \
+    }                                                                         \
+  } while (0)
+
+/* CHECK_EQ_U64(a, b): prints both values, which a bare CHECK cannot. */
+#define CHECK_EQ_U64(a, b)                                                    \
+  do {                                                                        \
+    uint64_t a_ = (uint64_t)(a), b_ = (uint64_t)(b);                          \
+    if (a_ != b_) {                                                           \
+      fprintf(stderr, "%s:%d: CHECK failed: %s == %s (%" PRIu64 " != %" PRIu64 ")\n", \
+              __FILE__, __LINE__, #a, #b, a_, b_);                            \
+      exit(1);                                                                \
+    }                                                                         \
+  } while (0)
+
+/*
+ * CHECK_STATUS(expected, call): `call` must take `&err` as its trailing
+ * argument (a keel_error_t *err declared by KT_ERR). On mismatch prints the
+ * expected and actual status names and the keel message.
+ */
+#define KT_ERR keel_error_t *err = NULL
+#define CHECK_STATUS(expected, call)                                          \
+  do {                                                                        \
+    keel_status_t got_ = (call);                                              \
+    kt_check_status(__FILE__, __LINE__, #call, (expected), got_, &err);       \
+  } while (0)
+#define CHECK_OK(call) CHECK_STATUS(KEEL_STATUS_OK, call)
+
+/* CHECK_RC(expected, call): for calls without an error argument. */
+#define CHECK_RC(expected, call)                                              \
+  kt_check_status(__FILE__, __LINE__, #call, (expected), (call), NULL)
+
+static inline void kt_check_status(const char *file, int line, const char *expr,
+                                   keel_status_t expected, keel_status_t got,
+                                   keel_error_t **err) {
+  if (got != expected) {
+    fprintf(stderr, "%s:%d: %s\n  expected %s, got %s: %s\n", file, line, expr,
+            keel_status_str(expected), keel_status_str(got),
+            err && *err ? keel_error_message(*err) : "(no error object)");
+    exit(1);
+  }
+  if (err && *err) {
+    /* Every failure must come with a matching code and a real message. */
+    if (keel_error_code(*err) != got || keel_error_message(*err)[0] == '\0') {
+      fprintf(stderr, "%s:%d: %s\n  error object has code %s / empty message\n",
+              file, line, expr, keel_status_str(keel_error_code(*err)));
+      exit(1);
+    }
+    keel_error_free(*err);
+    *err = NULL;
+  } else if (err && got != KEEL_STATUS_OK) {
+    fprintf(stderr, "%s:%d: %s\n  returned %s but no error object\n", file, line,
+            expr, keel_status_str(got));
+    exit(1);
+  }
+}
+
+/* A fresh directory under $TMPDIR (or /tmp); kt_rmdir removes it. */
+static inline char *kt_tempdir(void) {
+  const char *base = getenv("TMPDIR");
+  char tmpl[4096];
+  snprintf(tmpl, sizeof tmpl, "%s/keel-ctest-XXXXXX", base && *base ? base : "/tmp");
+  char *dir = mkdtemp(tmpl);
+  CHECK(dir != NULL);
+  char *copy = strdup(dir);
+  CHECK(copy != NULL);
+  return copy;
+}
+
+static inline int kt_rm_one(const char *path, const struct stat *sb, int flag, struct FTW *ftw) {
+  (void)sb; (void)flag; (void)ftw;
+  return remove(path);
+}
+
+static inline void kt_rmdir(char *dir) {
+  CHECK(nftw(dir, kt_rm_one, 16, FTW_DEPTH | FTW_PHYS) == 0);
+  free(dir);
+}
+
+/* Number of segment files (*.wal) in dir, to observe truncation. */
+#include <dirent.h>
+static inline int kt_count_segments(const char *dir) {
+  DIR *d = opendir(dir);
+  CHECK(d != NULL);
+  int n = 0;
+  struct dirent *e;
+  while ((e = readdir(d)) != NULL) {
+    size_t len = strlen(e->d_name);
+    if (len > 4 && strcmp(e->d_name + len - 4, ".wal") == 0) n++;
+  }
+  closedir(d);
+  return n;
+}
+
+/* Options with a given segment size and durability. */
+static inline keel_wal_options_t kt_options(uint64_t segment_size, uint32_t durability) {
+  keel_wal_options_t o;
+  CHECK(keel_wal_options_init(&o) == KEEL_STATUS_OK);
+  if (segment_size) o.segment_size = segment_size;
+  o.durability = durability;
+  return o;
+}
+
+/* Deterministic payload for record `i` of length `len`: byte-exact checks
+ * need content that differs per record and per offset. */
+static inline void kt_fill(uint8_t *p, size_t len, uint64_t i) {
+  for (size_t k = 0; k < len; k++) p[k] = (uint8_t)(i * 131u + k * 7u + (k >> 8));
+}
+
+#define KT_PASS() do { printf("%s: ok\n", __FILE__); return 0; } while (0)
+
+#endif /* KEEL_TEST_H */
