@@ -1,0 +1,3 @@
+module keel
+
+go 1.21
