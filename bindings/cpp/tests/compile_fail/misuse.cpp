@@ -1,0 +1,46 @@
+// Misuses of keel.hpp that must be rejected at compile time. Without any
+// KEEL_MISUSE_* macro this file compiles cleanly (compile_fail.control);
+// each macro adds one misuse, which must fail with the diagnostic the
+// CMakeLists names. Never linked or run.
+#include "keel.hpp"
+
+#include <cstdint>
+
+void misuse(keel::Wal& w, keel::WalReader& r) {
+  // Correct use, which must keep compiling.
+  auto appended = w.append("x");
+  if (!appended) return;
+  const uint64_t seq = appended.value();
+  (void)seq;
+  (void)r;
+
+#ifdef KEEL_MISUSE_IGNORED_RESULT
+  w.append("dropped");  // a failed append would go unnoticed
+#endif
+#ifdef KEEL_MISUSE_IGNORED_OPEN
+  keel::Wal::open("/tmp/never");  // the WAL would be opened and closed at once, its error lost
+#endif
+#ifdef KEEL_MISUSE_IGNORED_RELEASE
+  w.release();  // leaks the handle
+#endif
+#ifdef KEEL_MISUSE_IMPLICIT_VALUE
+  uint64_t last = w.last_seq();  // the error case must be handled first
+  (void)last;
+#endif
+#ifdef KEEL_MISUSE_IMPLICIT_BOOL
+  bool synced = w.sync();  // only explicit tests (if, !, ok()) are allowed
+  (void)synced;
+#endif
+#ifdef KEEL_MISUSE_COPY_WAL
+  keel::Wal copy = w;  // two owners of one handle would close it twice
+  (void)copy;
+#endif
+#ifdef KEEL_MISUSE_COPY_READER
+  keel::WalReader copy = r;
+  (void)copy;
+#endif
+#ifdef KEEL_MISUSE_VALUE_OF_VOID
+  int nothing = w.sync().value();  // Result<void> carries no value
+  (void)nothing;
+#endif
+}
