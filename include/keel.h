@@ -193,7 +193,7 @@ typedef struct keel_wal_options_t {
   uint64_t segment_size;
   /**
    * Largest record or batch (payload bytes) one append may carry; at most
-   * segment_size minus 96 bytes; default 16 MiB (or less for small segments).
+   * segment_size minus 104 bytes; default 16 MiB (or less for small segments).
    */
   uint64_t max_record_size;
 } keel_wal_options_t;

@@ -84,7 +84,7 @@ pub struct keel_wal_options_t {
     /// the segment is created; 64 KiB to 4 GiB, default 64 MiB.
     pub segment_size: u64,
     /// Largest record or batch (payload bytes) one append may carry; at most
-    /// segment_size minus 96 bytes; default 16 MiB (or less for small segments).
+    /// segment_size minus 104 bytes; default 16 MiB (or less for small segments).
     pub max_record_size: u64,
 }
 

@@ -4,19 +4,25 @@
 //!   0  magic "KEELWAL\0"   8  format version u32   12 salt u32
 //!   16 first sequence u64  24..60 zero            60 CRC-32 of bytes 0..60
 //! Frame (starts 8-byte aligned, padded with zeros to 8 bytes):
-//!   0  CRC-32 u32 (seeded with the salt; covers bytes 4..24 and the payload)
+//!   0  CRC-32 u32 (seeded with the salt; covers bytes 4..32 and the payload)
 //!   4  payload length u32   8 type u8   9 flags u8   10 zero u16
-//!   12 record count u32     16 first sequence u64   24 payload
+//!   12 record count u32     16 first sequence u64
+//!   24 durable hint u64: the durable watermark D when the frame was written
+//!   32 payload
 //! A RECORD frame carries one record; a BATCH frame carries `count` records
 //! as `count` u32 lengths followed by the records back to back, all
-//! recovered or none. All integers are little-endian.
+//! recovered or none. A MARK frame (count 0, no payload) is written at
+//! close. All integers are little-endian.
 
 pub const MAGIC: &[u8; 8] = b"KEELWAL\0";
 pub const FORMAT_VERSION: u32 = 1;
 pub const SEGMENT_HEADER_LEN: u64 = 64;
-pub const FRAME_HEADER_LEN: usize = 24;
+pub const FRAME_HEADER_LEN: usize = 32;
 pub const FRAME_RECORD: u8 = 1;
 pub const FRAME_BATCH: u8 = 2;
+/// A frame with no record, written at close: its durable hint vouches for
+/// everything before it, so damage there is never mistaken for a tail.
+pub const FRAME_MARK: u8 = 3;
 
 /// Bytes that a frame never needs beyond its payload and the segment
 /// header: the limit check in `Options` reserves this much.
@@ -101,6 +107,10 @@ impl PendingFrame {
         Self::new(FRAME_BATCH, records.len() as u32, payload)
     }
 
+    pub fn mark() -> PendingFrame {
+        Self::new(FRAME_MARK, 0, Vec::new())
+    }
+
     fn new(kind: u8, count: u32, payload: Vec<u8>) -> PendingFrame {
         let mut payload_crc = crc32fast::Hasher::new();
         payload_crc.update(&payload);
@@ -111,13 +121,15 @@ impl PendingFrame {
         frame_size(self.payload.len())
     }
 
-    /// The 24-byte header for this frame at `seq` in a segment with `salt`.
-    pub fn header(&self, salt: u32, seq: u64) -> [u8; FRAME_HEADER_LEN] {
+    /// The header for this frame at `seq` in a segment with `salt`, written
+    /// while the durable watermark was `durable` (< seq).
+    pub fn header(&self, salt: u32, seq: u64, durable: u64) -> [u8; FRAME_HEADER_LEN] {
         let mut h = [0u8; FRAME_HEADER_LEN];
         h[4..8].copy_from_slice(&(self.payload.len() as u32).to_le_bytes());
         h[8] = self.kind;
         h[12..16].copy_from_slice(&self.count.to_le_bytes());
         h[16..24].copy_from_slice(&seq.to_le_bytes());
+        h[24..32].copy_from_slice(&durable.to_le_bytes());
         let mut crc = crc32fast::Hasher::new_with_initial(salt);
         crc.update(&h[4..]);
         crc.combine(&self.payload_crc);
@@ -140,11 +152,21 @@ pub struct FrameHeader {
     pub kind: u8,
     pub count: u32,
     pub seq: u64,
+    /// D when the frame was written: every record <= it was durable then.
+    /// Recovery uses it to tell an unsynced tail from lost durable data.
+    pub durable: u64,
 }
 
 impl FrameHeader {
     pub fn parse(b: &[u8]) -> FrameHeader {
-        FrameHeader { crc: u32_at(b, 0), len: u32_at(b, 4), kind: b[8], count: u32_at(b, 12), seq: u64_at(b, 16) }
+        FrameHeader {
+            crc: u32_at(b, 0),
+            len: u32_at(b, 4),
+            kind: b[8],
+            count: u32_at(b, 12),
+            seq: u64_at(b, 16),
+            durable: u64_at(b, 24),
+        }
     }
 
     /// Cheap structural checks that reject zero fill and most garbage
@@ -153,9 +175,16 @@ impl FrameHeader {
         let shape = match self.kind {
             FRAME_RECORD => self.count == 1,
             FRAME_BATCH => self.count >= 1 && (self.count as u64) * 4 <= self.len as u64,
+            FRAME_MARK => self.count == 0 && self.len == 0,
             _ => false,
         };
-        shape && b[9] == 0 && b[10] == 0 && b[11] == 0 && self.seq != 0 && frame_size(self.len as usize) <= room
+        shape
+            && b[9] == 0
+            && b[10] == 0
+            && b[11] == 0
+            && self.seq != 0
+            && self.durable < self.seq
+            && frame_size(self.len as usize) <= room
     }
 
     pub fn size(&self) -> u64 {
@@ -198,24 +227,42 @@ pub enum Decoded {
     Invalid(&'static str),
 }
 
-/// Decodes one frame from `b`, which holds everything from the frame's
-/// offset to the end of the segment.
-pub fn decode_frame(b: &[u8], salt: u32) -> Decoded {
+/// The frame at the start of `b`, if it is a valid one (structure,
+/// checksum under `salt`, batch table). Cost is bounded by the frame's size,
+/// so probing every offset of a segment stays linear in practice.
+pub fn valid_frame(b: &[u8], salt: u32) -> Option<FrameHeader> {
     if b.len() < FRAME_HEADER_LEN {
-        return if b.iter().all(|&x| x == 0) { Decoded::End } else { Decoded::Invalid("truncated frame header") };
+        return None;
     }
     let h = FrameHeader::parse(b);
     if !h.plausible(b, b.len() as u64) {
-        return if b.iter().all(|&x| x == 0) { Decoded::End } else { Decoded::Invalid("malformed frame header") };
+        return None;
+    }
+    let payload = &b[FRAME_HEADER_LEN..FRAME_HEADER_LEN + h.len as usize];
+    (h.checksum_ok(b, payload, salt) && records(h.kind, h.count, payload).is_some()).then_some(h)
+}
+
+/// Decodes one frame from `b`, which holds everything from the frame's
+/// offset to the end of the segment.
+pub fn decode_frame(b: &[u8], salt: u32) -> Decoded {
+    if let Some(h) = valid_frame(b, salt) {
+        return Decoded::Frame(h);
+    }
+    if b.iter().all(|&x| x == 0) {
+        return Decoded::End;
+    }
+    if b.len() < FRAME_HEADER_LEN {
+        return Decoded::Invalid("truncated frame header");
+    }
+    let h = FrameHeader::parse(b);
+    if !h.plausible(b, b.len() as u64) {
+        return Decoded::Invalid("malformed frame header");
     }
     let payload = &b[FRAME_HEADER_LEN..FRAME_HEADER_LEN + h.len as usize];
     if !h.checksum_ok(b, payload, salt) {
         return Decoded::Invalid("frame checksum mismatch");
     }
-    if records(h.kind, h.count, payload).is_none() {
-        return Decoded::Invalid("batch length table does not match its payload");
-    }
-    Decoded::Frame(h)
+    Decoded::Invalid("batch length table does not match its payload")
 }
 
 #[cfg(test)]
@@ -227,14 +274,14 @@ mod tests {
         let salt = 0x1234_5678;
         let f = PendingFrame::batch(&[b"ab", b"", b"cdef"]);
         let mut seg = Vec::new();
-        seg.extend_from_slice(&f.header(salt, 42));
+        seg.extend_from_slice(&f.header(salt, 42, 40));
         seg.extend_from_slice(&f.payload);
         seg.extend_from_slice(f.padding());
         assert_eq!(seg.len() as u64, f.size());
         seg.extend_from_slice(&[0u8; 64]);
         match decode_frame(&seg, salt) {
             Decoded::Frame(h) => {
-                assert_eq!((h.seq, h.count, h.kind), (42, 3, FRAME_BATCH));
+                assert_eq!((h.seq, h.count, h.kind, h.durable), (42, 3, FRAME_BATCH, 40));
                 let p = &seg[FRAME_HEADER_LEN..FRAME_HEADER_LEN + h.len as usize];
                 assert_eq!(records(h.kind, h.count, p).unwrap(), vec![&b"ab"[..], b"", b"cdef"]);
             }

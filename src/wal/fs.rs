@@ -48,11 +48,32 @@ pub trait FileSystem: Send + Sync {
     fn lock(&self, path: &Path) -> io::Result<Box<dyn Any + Send + Sync>>;
 }
 
-/// The real file system. Writable files are memory-mapped once allocated:
-/// an append is a memcpy into the page cache (it survives a process crash
-/// like a write(2) would, without a syscall), and fdatasync on the
-/// descriptor writes the mapped pages back.
-pub struct StdFs;
+/// The real file system, in one of two write strategies chosen by the WAL's
+/// durability mode (see docs/WAL.md, "Writes"):
+///
+/// - `StdFs::direct()` (SYNC): `pwritev` per frame; files are allocated by
+///   writing real zeros, so the fdatasync that follows every append has no
+///   unwritten extents to convert and writes back only the touched pages.
+/// - `StdFs::mapped()` (NONE, PERIODIC): files are allocated with
+///   `fallocate` (fast, and blocks are reserved, so a write into the mapping
+///   can never hit ENOSPC and raise SIGBUS) and memory-mapped; an append is
+///   a memcpy into the page cache with no system call. It survives a process
+///   crash like write(2) would; fdatasync on the descriptor writes it back.
+///   (Mapped pages are written back a whole folio at a time, which is why
+///   SYNC mode does not use the mapping.)
+#[derive(Clone, Copy, Debug)]
+pub struct StdFs {
+    map_writes: bool,
+}
+
+impl StdFs {
+    pub const fn direct() -> StdFs {
+        StdFs { map_writes: false }
+    }
+    pub const fn mapped() -> StdFs {
+        StdFs { map_writes: true }
+    }
+}
 
 struct Mapping {
     ptr: *mut u8,
@@ -72,14 +93,47 @@ impl Drop for Mapping {
 
 struct StdFile {
     file: fs::File,
-    writable: bool,
+    /// Writable and `StdFs::mapped()`: writes go through a shared mapping.
+    mapped: bool,
     map: RwLock<Option<Mapping>>,
 }
 
+/// pwritev until every byte of `parts` is written at `off`.
+fn pwritev_all(fd: libc::c_int, parts: &[&[u8]], mut off: u64) -> io::Result<()> {
+    let mut bufs: Vec<&[u8]> = parts.iter().copied().filter(|p| !p.is_empty()).collect();
+    while !bufs.is_empty() {
+        let iov: Vec<libc::iovec> = bufs
+            .iter()
+            .take(libc::UIO_MAXIOV as usize)
+            .map(|b| libc::iovec { iov_base: b.as_ptr() as *mut libc::c_void, iov_len: b.len() })
+            .collect();
+        let n = unsafe { libc::pwritev(fd, iov.as_ptr(), iov.len() as libc::c_int, off as libc::off_t) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        let mut n = n as usize;
+        off += n as u64;
+        while n > 0 {
+            if n >= bufs[0].len() {
+                n -= bufs[0].len();
+                bufs.remove(0);
+            } else {
+                bufs[0] = &bufs[0][n..];
+                n = 0;
+            }
+        }
+    }
+    Ok(())
+}
+
 impl StdFile {
-    fn new(file: fs::File, writable: bool) -> io::Result<StdFile> {
-        let f = StdFile { file, writable, map: RwLock::new(None) };
-        if writable {
+    fn new(file: fs::File, mapped: bool) -> io::Result<StdFile> {
+        let f = StdFile { file, mapped, map: RwLock::new(None) };
+        if mapped {
             f.remap()?;
         }
         Ok(f)
@@ -136,20 +190,18 @@ impl File for StdFile {
                 }
                 Ok(())
             }
-            _ => {
-                let mut at = off;
-                for p in parts {
-                    self.file.write_all_at(p, at)?;
-                    at += p.len() as u64;
-                }
-                Ok(())
-            }
+            _ => pwritev_all(self.file.as_raw_fd(), parts, off),
         }
     }
 
     fn allocate(&self, len: u64) -> io::Result<()> {
         let cur = self.len()?;
-        if cur < len {
+        if cur < len && self.mapped {
+            let r = unsafe { libc::posix_fallocate(self.file.as_raw_fd(), cur as libc::off_t, (len - cur) as libc::off_t) };
+            if r != 0 {
+                return Err(io::Error::from_raw_os_error(r));
+            }
+        } else if cur < len {
             // Real zeros, not fallocate's unwritten extents: writing into an
             // unwritten extent makes every later fdatasync commit metadata.
             let zeros = vec![0u8; 1 << 20];
@@ -160,7 +212,7 @@ impl File for StdFile {
                 at += n as u64;
             }
         }
-        if self.writable {
+        if self.mapped {
             self.remap()?;
         }
         Ok(())
@@ -191,12 +243,12 @@ impl FileSystem for StdFs {
 
     fn open(&self, path: &Path, writable: bool) -> io::Result<Arc<dyn File>> {
         let f = OpenOptions::new().read(true).write(writable).open(path)?;
-        Ok(Arc::new(StdFile::new(f, writable)?))
+        Ok(Arc::new(StdFile::new(f, writable && self.map_writes)?))
     }
 
     fn create(&self, path: &Path) -> io::Result<Arc<dyn File>> {
         let f = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(path)?;
-        Ok(Arc::new(StdFile::new(f, true)?))
+        Ok(Arc::new(StdFile::new(f, self.map_writes)?))
     }
 
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {

@@ -5,8 +5,11 @@
 //! Invariants (asserted in tests, relied on here):
 //! - sequence numbers are dense: record `n + 1` is written right after `n`,
 //!   possibly at the start of the next segment, whose name says so;
-//! - `durable <= written`, both only grow; every segment before the active
-//!   one is fully synced (rotation syncs it first);
+//! - `durable <= written`, both only grow, and D only ever covers a prefix:
+//!   a sync syncs every sealed segment before the active one (SYNC mode
+//!   syncs a full segment at rotation already);
+//! - every frame carries the D of its writing time, so recovery can tell
+//!   an unsynced tail (no later frame vouches for it) from lost durable data;
 //! - a sequence number is assigned only after its frame is written, so a
 //!   failed append never leaves a hole.
 
@@ -22,7 +25,7 @@ pub use reader::Reader;
 use crate::error::{Error, Result};
 use crate::status::*;
 use format::PendingFrame;
-use parking_lot::Mutex;
+use parking_lot::{Condvar, Mutex, MutexGuard};
 use segment::{Active, SegmentMeta};
 use std::any::Any;
 use std::collections::BTreeMap;
@@ -122,6 +125,8 @@ struct State {
     poison: Option<Error>,
     acked: u64,
     keep_from: u64,
+    /// Full segments not yet synced (NONE and PERIODIC modes), oldest first.
+    sealed: Vec<Arc<dyn File>>,
     /// Reader id -> first sequence of the segment it reads (W6 pins).
     pins: BTreeMap<u64, u64>,
     next_pin: u64,
@@ -136,13 +141,15 @@ pub(crate) struct Shared {
     durable: AtomicU64,
     /// Last sequence number whose frame is written.
     written: AtomicU64,
-    /// Held by the group-commit leader while it syncs for everyone.
-    sync_lock: Mutex<()>,
+    /// Group commit: true while a leader syncs for everyone; the others
+    /// wait on `synced`.
+    syncing: Mutex<bool>,
+    synced: Condvar,
     poisoned: AtomicBool,
     closed: AtomicBool,
     truncate_lock: Mutex<()>,
     /// A zero-filled, synced file ready to become the next segment.
-    spare: Mutex<Option<Arc<dyn File>>>,
+    spare: Mutex<Option<(Arc<dyn File>, PathBuf)>>,
     /// Wakes the preparer thread (None without prepare_ahead).
     prepare: Option<crossbeam_channel::Sender<()>>,
 }
@@ -159,7 +166,11 @@ pub struct Wal {
 impl Wal {
     /// Opens (creating if needed) the log in `dir` on the real file system.
     pub fn open(dir: &Path, opts: Options) -> Result<Wal> {
-        Self::open_with_fs(dir, opts, Arc::new(StdFs))
+        let fs = match opts.durability {
+            Durability::Sync => StdFs::direct(),
+            Durability::Periodic(_) | Durability::None => StdFs::mapped(),
+        };
+        Self::open_with_fs(dir, opts, Arc::new(fs))
     }
 
     /// Opens the log through a given file system (tests inject faults here).
@@ -205,12 +216,14 @@ impl Wal {
                 poison: None,
                 acked: 0,
                 keep_from: u64::MAX,
+                sealed: Vec::new(),
                 pins: BTreeMap::new(),
                 next_pin: 0,
             }),
             durable: AtomicU64::new(last),
             written: AtomicU64::new(last),
-            sync_lock: Mutex::new(()),
+            syncing: Mutex::new(false),
+            synced: Condvar::new(),
             poisoned: AtomicBool::new(false),
             closed: AtomicBool::new(false),
             truncate_lock: Mutex::new(()),
@@ -309,15 +322,15 @@ impl Wal {
             drop(stop);
             let _ = thread.join();
         }
-        let result = self.shared.sync().map(|_| ());
+        let result = self.shared.sync().and_then(|_| self.shared.mark_clean_close());
         self.shared.closed.store(true, Ordering::Release);
         if let Some(thread) = self.preparer.take() {
             // The channel's sender lives in `shared`; closed makes the thread exit.
             self.shared.wake_preparer();
             let _ = thread.join();
         }
-        if self.shared.spare.lock().take().is_some() {
-            let _ = self.shared.fs.remove(&self.shared.dir.join(segment::SPARE_NAME));
+        if let Some((_, path)) = self.shared.spare.lock().take() {
+            let _ = self.shared.fs.remove(&path);
         }
         // Unmaps the active segment; readers still holding `shared` see CLOSED.
         self.shared.state.lock().active = None;
@@ -360,16 +373,20 @@ fn spawn_preparer(shared: Arc<Shared>, wake: crossbeam_channel::Receiver<()>) ->
     std::thread::Builder::new()
         .name("keel-wal-prepare".into())
         .spawn(move || {
+            // Each spare gets its own name: a rotation may still be renaming
+            // the previous one when the next is created.
+            let mut made_count = 0u64;
             while wake.recv().is_ok() && !shared.closed.load(Ordering::Acquire) {
                 if shared.spare.lock().is_some() {
                     continue;
                 }
-                let tmp = shared.dir.join(segment::SPARE_NAME);
+                made_count += 1;
+                let tmp = shared.dir.join(segment::spare_name(made_count));
                 let made = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                     segment::prepare(&*shared.fs, &tmp, shared.opts.segment_size)
                 }));
                 match made {
-                    Ok(Ok(file)) => *shared.spare.lock() = Some(file),
+                    Ok(Ok(file)) => *shared.spare.lock() = Some((file, tmp)),
                     // No spare (disk full, I/O error, panic): rotation falls
                     // back to creating the segment itself and reports why.
                     _ => {
@@ -426,7 +443,7 @@ impl Shared {
             }
             let seq = st.next_seq;
             let a = st.active.as_mut().unwrap();
-            let header = frame.header(a.salt, seq);
+            let header = frame.header(a.salt, seq, self.durable.load(Ordering::Acquire));
             if let Err(e) = a.file.write_at(&[&header, &frame.payload, frame.padding()], a.offset) {
                 let e = Error::io("writing a WAL frame", e);
                 // Disk full fails this append only: the offset and the
@@ -445,24 +462,29 @@ impl Shared {
         Ok(last + 1 - frame.count as u64)
     }
 
-    /// Seals the active segment (synced) and starts the next one.
+    /// Seals the active segment and starts the next one. In SYNC mode the
+    /// full segment is synced here (little is unsynced: every append syncs);
+    /// in the other modes it waits for the next sync, which syncs sealed
+    /// segments before the active one, so D still only covers a prefix.
     fn rotate(&self, st: &mut State) -> Result<()> {
-        let a = st.active.as_ref().unwrap();
-        if let Err(e) = a.file.sync_data() {
-            return Err(self.poison(st, Error::io("syncing a full WAL segment", e)));
+        let full = st.active.as_ref().unwrap().file.clone();
+        if self.opts.durability == Durability::Sync {
+            if let Err(e) = full.sync_data() {
+                return Err(self.poison(st, Error::io("syncing a full WAL segment", e)));
+            }
+            self.durable.fetch_max(st.next_seq - 1, Ordering::AcqRel);
         }
-        self.durable.fetch_max(st.next_seq - 1, Ordering::AcqRel);
         let spare = self.spare.lock().take();
         let made = match spare {
-            Some(file) => {
-                let tmp = self.dir.join(segment::SPARE_NAME);
-                segment::install(&*self.fs, &self.dir, file, &tmp, st.next_seq, self.opts.segment_size)
-            }
+            Some((file, tmp)) => segment::install(&*self.fs, &self.dir, file, &tmp, st.next_seq, self.opts.segment_size),
             None => segment::create(&*self.fs, &self.dir, st.next_seq, self.opts.segment_size),
         };
         self.wake_preparer();
         match made {
             Ok(next) => {
+                if self.opts.durability != Durability::Sync {
+                    st.sealed.push(full);
+                }
                 st.segments.push(SegmentMeta {
                     first_seq: st.next_seq,
                     path: self.dir.join(segment::file_name(st.next_seq)),
@@ -475,38 +497,75 @@ impl Shared {
         }
     }
 
-    /// Group commit: whoever holds `sync_lock` syncs for every record
-    /// written so far; the others queue on the lock and usually find their
-    /// record covered when they get it.
+    /// Group commit: when no sync is running, the caller becomes the leader
+    /// and syncs for every record written so far; callers that arrive
+    /// meanwhile wait on the condition variable and are all released by the
+    /// leader's notify, most of them already covered by its sync.
     fn wait_durable(&self, seq: u64) -> Result<()> {
+        let mut syncing = self.syncing.lock();
         loop {
             if self.durable.load(Ordering::Acquire) >= seq {
                 return Ok(());
             }
-            let _leader = self.sync_lock.lock();
-            if self.durable.load(Ordering::Acquire) >= seq {
-                return Ok(());
+            if self.poisoned.load(Ordering::Acquire) {
+                drop(syncing);
+                self.check_usable(&self.state.lock())?;
+                unreachable!("poisoned flag set without a poison error");
             }
-            self.sync_once()?;
+            if *syncing {
+                self.synced.wait(&mut syncing);
+                continue;
+            }
+            *syncing = true;
+            let result = MutexGuard::unlocked(&mut syncing, || {
+                // Let appenders woken by the previous sync write their
+                // frames first, so this sync covers them too.
+                std::thread::yield_now();
+                self.sync_once()
+            });
+            *syncing = false;
+            self.synced.notify_all();
+            result?;
         }
     }
 
-    /// One fdatasync of the active segment, publishing D. Caller holds sync_lock.
+    /// Syncs sealed segments, then the active one, and publishes D. Only
+    /// the group-commit leader calls it.
     fn sync_once(&self) -> Result<()> {
-        let (file, target) = {
+        let (sealed, file, target) = {
             let st = self.state.lock();
             self.check_usable(&st)?;
-            (st.active.as_ref().unwrap().file.clone(), st.next_seq - 1)
+            (st.sealed.clone(), st.active.as_ref().unwrap().file.clone(), st.next_seq - 1)
         };
         if target <= self.durable.load(Ordering::Acquire) {
             return Ok(());
         }
-        if let Err(e) = file.sync_data() {
-            let mut st = self.state.lock();
-            return Err(self.poison(&mut st, Error::io("fdatasync of the WAL", e)));
+        for f in sealed.iter().chain(std::iter::once(&file)) {
+            if let Err(e) = f.sync_data() {
+                let mut st = self.state.lock();
+                return Err(self.poison(&mut st, Error::io("fdatasync of the WAL", e)));
+            }
+        }
+        if !sealed.is_empty() {
+            self.state.lock().sealed.drain(..sealed.len());
         }
         self.durable.fetch_max(target, Ordering::AcqRel);
         Ok(())
+    }
+
+    /// Writes a MARK frame carrying D (= everything) and syncs it, so that
+    /// recovery can prove any later damage hit durable data.
+    fn mark_clean_close(&self) -> Result<()> {
+        self.append(PendingFrame::mark())?;
+        let file = {
+            let st = self.state.lock();
+            self.check_usable(&st)?;
+            st.active.as_ref().unwrap().file.clone()
+        };
+        file.sync_data().map_err(|e| {
+            let mut st = self.state.lock();
+            self.poison(&mut st, Error::io("fdatasync of the WAL at close", e))
+        })
     }
 
     fn sync(&self) -> Result<u64> {

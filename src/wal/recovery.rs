@@ -1,7 +1,7 @@
 //! Opening an existing log: scan every segment, classify damage (W5) and
 //! apply the recovery mode. The outcome table is in docs/WAL.md.
 
-use super::format::{decode_frame, decode_segment_header, Decoded, SegmentHeader, SEGMENT_HEADER_LEN};
+use super::format::{decode_frame, decode_segment_header, valid_frame, Decoded, SegmentHeader, SEGMENT_HEADER_LEN};
 use super::fs::{File, FileSystem};
 use super::segment::{self, Active, SegmentMeta};
 use super::RecoveryMode;
@@ -28,14 +28,15 @@ struct SegmentScan {
     next_seq: u64,
     /// First damage in the file: offset and reason.
     damage: Option<(u64, String)>,
-    /// A valid frame exists after the damage.
-    valid_after_damage: bool,
-}
-
-impl SegmentScan {
-    fn has_records(&self) -> bool {
-        self.header.is_some_and(|h| self.next_seq > h.first_seq) || self.valid_after_damage
-    }
+    /// Valid frames anywhere in the file (before or after the damage).
+    frames: bool,
+    /// Largest durable hint among them: every record up to it had been
+    /// synced when some frame of this file was written. A frame's hint is
+    /// below its own sequence, so only frames after a damaged record can
+    /// carry a hint that covers it.
+    max_hint: u64,
+    /// Valid frames after the damage.
+    after_damage: bool,
 }
 
 pub fn read_all(file: &dyn File) -> std::io::Result<Vec<u8>> {
@@ -61,7 +62,9 @@ fn scan_segment(fs: &dyn FileSystem, meta: SegmentMeta) -> Result<SegmentScan> {
         end: 0,
         next_seq: meta.first_seq,
         damage: None,
-        valid_after_damage: false,
+        frames: false,
+        max_hint: 0,
+        after_damage: false,
         meta,
     };
     let header = match decode_segment_header(&bytes) {
@@ -82,6 +85,8 @@ fn scan_segment(fs: &dyn FileSystem, meta: SegmentMeta) -> Result<SegmentScan> {
             Decoded::Frame(h) if h.seq == scan.next_seq => {
                 off += h.size() as usize;
                 scan.next_seq += h.count as u64;
+                scan.frames = true;
+                scan.max_hint = scan.max_hint.max(h.durable);
             }
             Decoded::Frame(h) => {
                 scan.damage = Some((off as u64, format!("frame has sequence {} where {} was expected", h.seq, scan.next_seq)));
@@ -96,14 +101,15 @@ fn scan_segment(fs: &dyn FileSystem, meta: SegmentMeta) -> Result<SegmentScan> {
     }
     scan.end = off as u64;
     if let Some((at, _)) = scan.damage {
-        // Is anything valid after the damage? Frames are 8-byte aligned, so
-        // trying each aligned offset finds any that survived.
+        // What is valid after the damage? Frames are 8-byte aligned, so
+        // trying each aligned offset finds every one that survived.
         let mut probe = at as usize + 8;
         while probe + super::format::FRAME_HEADER_LEN <= bytes.len() {
-            if let Decoded::Frame(h) = decode_frame(&bytes[probe..], header.salt) {
+            if let Some(h) = valid_frame(&bytes[probe..], header.salt) {
                 if h.seq >= scan.next_seq {
-                    scan.valid_after_damage = true;
-                    break;
+                    scan.frames = true;
+                    scan.after_damage = true;
+                    scan.max_hint = scan.max_hint.max(h.durable);
                 }
             }
             probe += 8;
@@ -121,8 +127,11 @@ struct Damage {
     /// The sequence number that could not be read.
     seq: u64,
     reason: String,
-    /// A valid record exists after the damage, in this or a later segment.
-    later_valid: bool,
+    /// A valid frame after the damage was written when the damaged record
+    /// was already durable: durable data was lost, not an unsynced tail.
+    proven: bool,
+    /// Any valid frame after the damage (worth keeping a copy of).
+    evidence: bool,
     /// Damage inside the segment's frames (false: a hole between segments).
     in_frames: bool,
 }
@@ -135,7 +144,7 @@ impl Damage {
             self.offset,
             self.seq,
             self.reason,
-            if self.later_valid { "; valid records follow the damage" } else { "" }
+            if self.proven { "; valid records written after it was durable follow the damage" } else { "" }
         )
     }
 }
@@ -144,7 +153,8 @@ fn find_damage(scans: &[SegmentScan]) -> Option<Damage> {
     let mut found: Option<Damage> = None;
     for (i, s) in scans.iter().enumerate() {
         if let Some(d) = found.as_mut() {
-            d.later_valid |= s.has_records();
+            d.proven |= s.frames && s.max_hint >= d.seq;
+            d.evidence |= s.frames;
             continue;
         }
         if i > 0 {
@@ -159,7 +169,8 @@ fn find_damage(scans: &[SegmentScan]) -> Option<Damage> {
                         s.meta.path.display(),
                         s.meta.first_seq
                     ),
-                    later_valid: s.has_records(),
+                    proven: s.frames && s.max_hint >= prev.next_seq,
+                    evidence: s.frames,
                     in_frames: false,
                 });
                 continue;
@@ -171,7 +182,8 @@ fn find_damage(scans: &[SegmentScan]) -> Option<Damage> {
                 offset: *offset,
                 seq: s.next_seq,
                 reason: reason.clone(),
-                later_valid: s.valid_after_damage,
+                proven: s.max_hint >= s.next_seq,
+                evidence: s.after_damage,
                 in_frames: true,
             });
         }
@@ -204,17 +216,23 @@ pub fn recover(fs: &dyn FileSystem, dir: &Path, mode: RecoveryMode, segment_size
     let mut cut: Option<(usize, u64)> = None;
     if let Some(d) = find_damage(&scans) {
         let last = d.seg + 1 == scans.len();
-        let torn_tail = last && d.in_frames && !d.later_valid && scans[d.seg].header.is_some();
+        // Damage that no later frame vouches for is the unsynced tail a
+        // crash leaves (writeback reaches the disk in any order, so valid
+        // frames may follow it, and in NONE/PERIODIC mode a full segment
+        // may be unsynced when the next one starts); nothing there was ever
+        // part of D. A bad segment header is never a tail: headers are
+        // synced before a segment is used (W8).
+        let torn_tail = !d.proven && scans[d.seg].header.is_some();
         let accept = match mode {
             RecoveryMode::Absolute => false,
             RecoveryMode::TolerateTail => torn_tail,
-            RecoveryMode::PointInTime => !d.later_valid,
+            RecoveryMode::PointInTime => !d.proven,
             RecoveryMode::Salvage => true,
         };
         if !accept {
             return Err(Error::corruption(format!("{} (recovery mode {:?})", d.describe(&scans), mode)));
         }
-        if !last || scans[d.seg].header.is_none() || (mode == RecoveryMode::Salvage && !torn_tail) {
+        if !last || scans[d.seg].header.is_none() || !torn_tail || d.evidence {
             set_aside(fs, dir, &scans, &d)?;
         }
         keep = if scans[d.seg].header.is_some() { d.seg + 1 } else { d.seg };

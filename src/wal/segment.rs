@@ -53,9 +53,11 @@ pub fn new_salt() -> u32 {
     (t.as_nanos() as u32) ^ std::process::id().rotate_left(16)
 }
 
-/// The file the preparer thread zero-fills ahead of time; it ends in
-/// TEMP_SUFFIX, so recovery removes it like any unfinished segment.
-pub const SPARE_NAME: &str = "spare.wal.tmp";
+/// Name of the n-th file the preparer thread allocates ahead of time; it
+/// ends in TEMP_SUFFIX, so recovery removes it like any unfinished segment.
+pub fn spare_name(n: u64) -> String {
+    format!("spare-{n}{TEMP_SUFFIX}")
+}
 
 /// Zero-fills a new file at `tmp` to `capacity` and syncs it: the slow half
 /// of W8, which can run ahead of time on the preparer thread.

@@ -1,0 +1,301 @@
+//! An in-memory file system for the WAL that models what survives a crash
+//! and injects faults, all decided by a seed.
+//!
+//! Model: every file has the bytes the process sees (`data`) and the bytes
+//! on stable storage (`durable`); writes since the last fdatasync are kept
+//! in order in `pending`. Directory entries change at once but only become
+//! durable with a sync of their directory. `crash()` keeps all, some or none
+//! of each file's pending writes (tearing the last kept one at a random
+//! byte), forgets entries not yet made durable by a directory sync, and
+//! invalidates every open handle. A failed fdatasync loses its pending
+//! writes for good while the process still sees them (Linux marks the pages
+//! clean), which is exactly what makes retrying a failed fsync a lie.
+#![allow(dead_code)]
+
+use super::rng::Rng;
+use keel::wal::{File, FileSystem};
+use parking_lot::Mutex;
+use std::any::Any;
+use std::collections::{BTreeMap, BTreeSet};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Per-operation fault probabilities, in per mille.
+#[derive(Clone, Copy, Default, Debug)]
+pub struct Faults {
+    pub eio_write: u64,
+    pub eio_sync: u64,
+    pub eio_rename: u64,
+    pub eio_sync_dir: u64,
+    pub nospace_create: u64,
+    pub nospace_allocate: u64,
+}
+
+#[derive(Default)]
+struct Inode {
+    data: Vec<u8>,
+    durable: Vec<u8>,
+    pending: Vec<(u64, Vec<u8>)>,
+}
+
+struct World {
+    generation: u64,
+    inodes: Vec<Inode>,
+    names: BTreeMap<PathBuf, usize>,
+    durable_names: BTreeMap<PathBuf, usize>,
+    dirs: BTreeSet<PathBuf>,
+    locks: BTreeSet<PathBuf>,
+    faults: Faults,
+    rng: Rng,
+    /// What was injected, for the failure report.
+    injected: Vec<String>,
+}
+
+#[derive(Clone)]
+pub struct FaultFs(Arc<Mutex<World>>);
+
+fn err(code: i32) -> io::Error {
+    io::Error::from_raw_os_error(code)
+}
+
+fn apply(buf: &mut Vec<u8>, off: u64, bytes: &[u8]) {
+    let end = off as usize + bytes.len();
+    if buf.len() < end {
+        buf.resize(end, 0);
+    }
+    buf[off as usize..end].copy_from_slice(bytes);
+}
+
+impl World {
+    fn roll(&mut self, pick: fn(&Faults) -> u64, what: &str) -> bool {
+        let per_mille = pick(&self.faults);
+        if per_mille > 0 && self.rng.chance(per_mille) {
+            self.injected.push(what.to_string());
+            return true;
+        }
+        false
+    }
+}
+
+impl FaultFs {
+    pub fn new(seed: u64) -> FaultFs {
+        FaultFs(Arc::new(Mutex::new(World {
+            generation: 0,
+            inodes: Vec::new(),
+            names: BTreeMap::new(),
+            durable_names: BTreeMap::new(),
+            dirs: BTreeSet::new(),
+            locks: BTreeSet::new(),
+            faults: Faults::default(),
+            rng: Rng::new(seed),
+            injected: Vec::new(),
+        })))
+    }
+
+    pub fn set_faults(&self, f: Faults) {
+        self.0.lock().faults = f;
+    }
+
+    pub fn injected(&self) -> Vec<String> {
+        self.0.lock().injected.clone()
+    }
+
+    /// Simulates power loss: see the module comment.
+    pub fn crash(&self) {
+        let mut w = self.0.lock();
+        let w = &mut *w;
+        for ino in &mut w.inodes {
+            let pending = std::mem::take(&mut ino.pending);
+            let n = pending.len();
+            let keep: Vec<bool> = match w.rng.below(3) {
+                0 => vec![false; n],
+                1 => vec![true; n],
+                _ => (0..n).map(|_| w.rng.below(2) == 0).collect(),
+            };
+            let last_kept = keep.iter().rposition(|&k| k);
+            for (i, (off, bytes)) in pending.into_iter().enumerate() {
+                if !keep[i] {
+                    continue;
+                }
+                if Some(i) == last_kept && w.rng.below(4) == 0 && !bytes.is_empty() {
+                    let cut = w.rng.below(bytes.len() as u64) as usize;
+                    apply(&mut ino.durable, off, &bytes[..cut]);
+                } else {
+                    apply(&mut ino.durable, off, &bytes);
+                }
+            }
+            ino.data = ino.durable.clone();
+        }
+        w.names = w.durable_names.clone();
+        w.locks.clear();
+        w.generation += 1;
+    }
+
+    fn lookup(&self, path: &Path) -> io::Result<usize> {
+        self.0.lock().names.get(path).copied().ok_or_else(|| err(libc::ENOENT))
+    }
+}
+
+struct FaultFile {
+    fs: FaultFs,
+    ino: usize,
+    generation: u64,
+}
+
+impl FaultFile {
+    fn with<T>(&self, f: impl FnOnce(&mut World) -> io::Result<T>) -> io::Result<T> {
+        let mut w = self.fs.0.lock();
+        if w.generation != self.generation {
+            return Err(err(libc::EIO)); // a handle from before the crash
+        }
+        f(&mut w)
+    }
+}
+
+impl File for FaultFile {
+    fn len(&self) -> io::Result<u64> {
+        self.with(|w| Ok(w.inodes[self.ino].data.len() as u64))
+    }
+
+    fn read_at(&self, buf: &mut [u8], off: u64) -> io::Result<usize> {
+        self.with(|w| {
+            let data = &w.inodes[self.ino].data;
+            let start = (off as usize).min(data.len());
+            let n = buf.len().min(data.len() - start);
+            buf[..n].copy_from_slice(&data[start..start + n]);
+            Ok(n)
+        })
+    }
+
+    fn write_at(&self, parts: &[&[u8]], off: u64) -> io::Result<()> {
+        self.with(|w| {
+            let bytes: Vec<u8> = parts.concat();
+            if w.roll(|f| f.eio_write, "EIO on write") {
+                // Part of the write may have reached the page cache.
+                let cut = w.rng.below(bytes.len() as u64 + 1) as usize;
+                let ino = &mut w.inodes[self.ino];
+                apply(&mut ino.data, off, &bytes[..cut]);
+                ino.pending.push((off, bytes[..cut].to_vec()));
+                return Err(err(libc::EIO));
+            }
+            let ino = &mut w.inodes[self.ino];
+            apply(&mut ino.data, off, &bytes);
+            ino.pending.push((off, bytes));
+            Ok(())
+        })
+    }
+
+    fn allocate(&self, len: u64) -> io::Result<()> {
+        self.with(|w| {
+            if w.roll(|f| f.nospace_allocate, "ENOSPC on allocate") {
+                return Err(err(libc::ENOSPC));
+            }
+            let ino = &mut w.inodes[self.ino];
+            let cur = ino.data.len() as u64;
+            if cur < len {
+                let zeros = vec![0u8; (len - cur) as usize];
+                apply(&mut ino.data, cur, &zeros);
+                ino.pending.push((cur, zeros));
+            }
+            Ok(())
+        })
+    }
+
+    fn sync_data(&self) -> io::Result<()> {
+        self.with(|w| {
+            if w.roll(|f| f.eio_sync, "EIO on fdatasync") {
+                // The pending writes are lost for good, yet still visible.
+                w.inodes[self.ino].pending.clear();
+                return Err(err(libc::EIO));
+            }
+            let ino = &mut w.inodes[self.ino];
+            for (off, bytes) in std::mem::take(&mut ino.pending) {
+                apply(&mut ino.durable, off, &bytes);
+            }
+            Ok(())
+        })
+    }
+}
+
+struct LockGuard(FaultFs, PathBuf, u64);
+
+impl Drop for LockGuard {
+    fn drop(&mut self) {
+        let mut w = (self.0).0.lock();
+        if w.generation == self.2 {
+            w.locks.remove(&self.1);
+        }
+    }
+}
+
+impl FileSystem for FaultFs {
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
+        // Directories themselves are modelled as always durable.
+        self.0.lock().dirs.insert(dir.to_path_buf());
+        Ok(())
+    }
+
+    fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
+        let w = self.0.lock();
+        Ok(w.names
+            .keys()
+            .filter(|p| p.parent() == Some(dir))
+            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+            .collect())
+    }
+
+    fn open(&self, path: &Path, _writable: bool) -> io::Result<Arc<dyn File>> {
+        let ino = self.lookup(path)?;
+        let generation = self.0.lock().generation;
+        Ok(Arc::new(FaultFile { fs: self.clone(), ino, generation }))
+    }
+
+    fn create(&self, path: &Path) -> io::Result<Arc<dyn File>> {
+        let mut w = self.0.lock();
+        if w.roll(|f| f.nospace_create, "ENOSPC on create") {
+            return Err(err(libc::ENOSPC));
+        }
+        w.inodes.push(Inode::default());
+        let ino = w.inodes.len() - 1;
+        w.names.insert(path.to_path_buf(), ino);
+        Ok(Arc::new(FaultFile { fs: self.clone(), ino, generation: w.generation }))
+    }
+
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        let mut w = self.0.lock();
+        if w.roll(|f| f.eio_rename, "EIO on rename") {
+            return Err(err(libc::EIO));
+        }
+        let ino = w.names.remove(from).ok_or_else(|| err(libc::ENOENT))?;
+        w.names.insert(to.to_path_buf(), ino);
+        Ok(())
+    }
+
+    fn remove(&self, path: &Path) -> io::Result<()> {
+        self.0.lock().names.remove(path).map(|_| ()).ok_or_else(|| err(libc::ENOENT))
+    }
+
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        let mut w = self.0.lock();
+        if w.roll(|f| f.eio_sync_dir, "EIO on directory fsync") {
+            return Err(err(libc::EIO));
+        }
+        let w = &mut *w;
+        w.durable_names.retain(|p, _| p.parent() != Some(dir));
+        for (p, ino) in &w.names {
+            if p.parent() == Some(dir) {
+                w.durable_names.insert(p.clone(), *ino);
+            }
+        }
+        Ok(())
+    }
+
+    fn lock(&self, path: &Path) -> io::Result<Box<dyn Any + Send + Sync>> {
+        let mut w = self.0.lock();
+        if !w.locks.insert(path.to_path_buf()) {
+            return Err(io::Error::from(io::ErrorKind::WouldBlock));
+        }
+        Ok(Box::new(LockGuard(self.clone(), path.to_path_buf(), w.generation)))
+    }
+}
