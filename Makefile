@@ -65,14 +65,18 @@ test-go: lib
 
 test-examples: example-c example-cpp example-go
 
-example-c: lib
+# The C demo, linked against the shared library through its SONAME.
+DEMO := $(BUILD)/examples-c/wal_demo
+$(DEMO): lib examples/c/wal_demo.c
 	@mkdir -p $(BUILD)/examples-c
-	ln -sf $(CURDIR)/$(RELEASE)/libkeel.so $(BUILD)/examples-c/libkeel.so.1
+	@ln -sf $(CURDIR)/$(RELEASE)/libkeel.so $(BUILD)/examples-c/libkeel.so.1
 	$(CC) -std=c99 -Wall -Wextra -Werror -pedantic -O2 -Iinclude examples/c/wal_demo.c \
-	  -o $(BUILD)/examples-c/wal_demo $(BUILD)/examples-c/libkeel.so.1 -Wl,-rpath,'$$ORIGIN' -lpthread
+	  -o $@ $(BUILD)/examples-c/libkeel.so.1 -Wl,-rpath,'$$ORIGIN' -lpthread
+
+example-c: $(DEMO)
 	rm -rf $(BUILD)/examples-c/wal
-	$(BUILD)/examples-c/wal_demo $(BUILD)/examples-c/wal
-	$(BUILD)/examples-c/wal_demo $(BUILD)/examples-c/wal
+	$(DEMO) $(BUILD)/examples-c/wal
+	$(DEMO) $(BUILD)/examples-c/wal
 	rm -rf $(BUILD)/examples-c/wal
 	@echo "example-c: wal_demo passed twice on one directory (fresh, then reopened)"
 
@@ -95,14 +99,10 @@ valgrind: lib
 
 ## ---- demo, bench, install -----------------------------------------------
 
-demo: lib
-	@mkdir -p $(BUILD)/examples-c
-	@ln -sf $(CURDIR)/$(RELEASE)/libkeel.so $(BUILD)/examples-c/libkeel.so.1
-	@$(CC) -std=c99 -Wall -Wextra -Werror -pedantic -O2 -Iinclude examples/c/wal_demo.c \
-	  -o $(BUILD)/examples-c/wal_demo $(BUILD)/examples-c/libkeel.so.1 -Wl,-rpath,'$$ORIGIN' -lpthread
-	@echo "demo: built $(BUILD)/examples-c/wal_demo from examples/c/wal_demo.c; running it on $(BUILD)/demo-wal"
+demo: $(DEMO)
+	@echo "demo: running $(DEMO) (from examples/c/wal_demo.c) on $(BUILD)/demo-wal"
 	@rm -rf $(BUILD)/demo-wal
-	@$(BUILD)/examples-c/wal_demo $(BUILD)/demo-wal
+	@$(DEMO) $(BUILD)/demo-wal
 	@echo "demo: the log is left in $(BUILD)/demo-wal; run the demo on it again to append and recover more"
 
 bench: lib
