@@ -14,6 +14,8 @@
 //! recovered or none. A MARK frame (count 0, no payload) is written at
 //! close. All integers are little-endian.
 
+use std::borrow::Cow;
+
 pub const MAGIC: &[u8; 8] = b"KEELWAL\0";
 pub const FORMAT_VERSION: u32 = 1;
 pub const SEGMENT_HEADER_LEN: u64 = 64;
@@ -80,22 +82,27 @@ pub fn decode_segment_header(b: &[u8]) -> Result<SegmentHeader, &'static str> {
     Ok(SegmentHeader { salt: u32_at(b, 12), first_seq: u64_at(b, 16) })
 }
 
+/// Payloads at least this long get their checksum computed before the
+/// append lock and joined with the header's under it (`combine` costs about
+/// as much as checksumming a few hundred bytes, so short ones skip it).
+const PRECOMPUTE_CRC_FROM: usize = 1024;
+
 /// A frame ready to be written: its header is finished once the sequence
-/// number is known (under the append lock); the payload checksum is
-/// computed before, outside the lock.
-pub struct PendingFrame {
+/// number is known (under the append lock). A single record's payload is
+/// borrowed from the caller, not copied.
+pub struct PendingFrame<'a> {
     pub kind: u8,
     pub count: u32,
-    pub payload: Vec<u8>,
-    payload_crc: crc32fast::Hasher,
+    pub payload: Cow<'a, [u8]>,
+    payload_crc: Option<crc32fast::Hasher>,
 }
 
-impl PendingFrame {
-    pub fn record(payload: &[u8]) -> PendingFrame {
-        Self::new(FRAME_RECORD, 1, payload.to_vec())
+impl<'a> PendingFrame<'a> {
+    pub fn record(payload: &'a [u8]) -> PendingFrame<'a> {
+        Self::new(FRAME_RECORD, 1, Cow::Borrowed(payload))
     }
 
-    pub fn batch(records: &[&[u8]]) -> PendingFrame {
+    pub fn batch(records: &[&[u8]]) -> PendingFrame<'static> {
         let data: usize = records.iter().map(|r| r.len()).sum();
         let mut payload = Vec::with_capacity(4 * records.len() + data);
         for r in records {
@@ -104,16 +111,19 @@ impl PendingFrame {
         for r in records {
             payload.extend_from_slice(r);
         }
-        Self::new(FRAME_BATCH, records.len() as u32, payload)
+        PendingFrame::new(FRAME_BATCH, records.len() as u32, Cow::Owned(payload))
     }
 
-    pub fn mark() -> PendingFrame {
-        Self::new(FRAME_MARK, 0, Vec::new())
+    pub fn mark() -> PendingFrame<'static> {
+        PendingFrame::new(FRAME_MARK, 0, Cow::Borrowed(&[]))
     }
 
-    fn new(kind: u8, count: u32, payload: Vec<u8>) -> PendingFrame {
-        let mut payload_crc = crc32fast::Hasher::new();
-        payload_crc.update(&payload);
+    fn new(kind: u8, count: u32, payload: Cow<'a, [u8]>) -> PendingFrame<'a> {
+        let payload_crc = (payload.len() >= PRECOMPUTE_CRC_FROM).then(|| {
+            let mut h = crc32fast::Hasher::new();
+            h.update(&payload);
+            h
+        });
         PendingFrame { kind, count, payload, payload_crc }
     }
 
@@ -132,7 +142,10 @@ impl PendingFrame {
         h[24..32].copy_from_slice(&durable.to_le_bytes());
         let mut crc = crc32fast::Hasher::new_with_initial(salt);
         crc.update(&h[4..]);
-        crc.combine(&self.payload_crc);
+        match &self.payload_crc {
+            Some(pre) => crc.combine(pre),
+            None => crc.update(&self.payload),
+        }
         h[0..4].copy_from_slice(&crc.finalize().to_le_bytes());
         h
     }

@@ -159,6 +159,11 @@ impl StdFile {
         if ptr == libc::MAP_FAILED {
             return Err(io::Error::last_os_error());
         }
+        // Fault the pages in now (on the preparer thread for a spare): the
+        // kernel zeroes each new page-cache page on first touch, which
+        // otherwise lands on the appender as multi-millisecond stalls. A
+        // read fault does not dirty anything; failure (old kernels) is fine.
+        unsafe { libc::madvise(ptr, len, libc::MADV_POPULATE_READ) };
         *slot = Some(Mapping { ptr: ptr as *mut u8, len });
         Ok(())
     }

@@ -30,7 +30,7 @@ use segment::{Active, SegmentMeta};
 use std::any::Any;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -145,6 +145,9 @@ pub(crate) struct Shared {
     /// wait on `synced`.
     syncing: Mutex<bool>,
     synced: Condvar,
+    /// Appenders between entering `append` and having written their frame;
+    /// a new leader lets them finish so its sync covers them too.
+    appending: AtomicUsize,
     poisoned: AtomicBool,
     closed: AtomicBool,
     truncate_lock: Mutex<()>,
@@ -224,6 +227,7 @@ impl Wal {
             written: AtomicU64::new(last),
             syncing: Mutex::new(false),
             synced: Condvar::new(),
+            appending: AtomicUsize::new(0),
             poisoned: AtomicBool::new(false),
             closed: AtomicBool::new(false),
             truncate_lock: Mutex::new(()),
@@ -344,6 +348,14 @@ impl Drop for Wal {
     }
 }
 
+struct DecrementOnDrop<'a>(&'a AtomicUsize);
+
+impl Drop for DecrementOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 fn spawn_syncer(shared: Arc<Shared>, every: Duration) -> Result<(crossbeam_channel::Sender<()>, JoinHandle<()>)> {
     let (stop, stopped) = crossbeam_channel::bounded::<()>(0);
     let thread = std::thread::Builder::new()
@@ -434,6 +446,8 @@ impl Shared {
             )));
         }
         let last = {
+            self.appending.fetch_add(1, Ordering::AcqRel);
+            let _written = DecrementOnDrop(&self.appending);
             let mut st = self.state.lock();
             self.check_usable(&st)?;
             let size = frame.size();
@@ -518,9 +532,18 @@ impl Shared {
             }
             *syncing = true;
             let result = MutexGuard::unlocked(&mut syncing, || {
-                // Let appenders woken by the previous sync write their
-                // frames first, so this sync covers them too.
-                std::thread::yield_now();
+                // Appenders already on their way (often those the previous
+                // sync just released) get to write their frames first, so
+                // this sync covers them too. Bounded: a stream of new
+                // appenders cannot hold durability back.
+                let mut turns = 0;
+                loop {
+                    std::thread::yield_now();
+                    turns += 1;
+                    if turns >= 64 || self.appending.load(Ordering::Acquire) == 0 {
+                        break;
+                    }
+                }
                 self.sync_once()
             });
             *syncing = false;
