@@ -3,6 +3,7 @@
 #   sh packaging/install.sh PREFIX [DESTDIR]
 # from the repository root after `make lib`.
 #
+#   PREFIX/bin/keel-wal                      the WAL inspection tool (docs/TOOLS.md)
 #   PREFIX/include/keel.h
 #   PREFIX/lib/libkeel.so.<version>          the shared library
 #   PREFIX/lib/libkeel.so.<ABI>  -> .so.<version>   (its SONAME: what the loader opens)
@@ -24,7 +25,7 @@ case "$prefix" in
   /*) ;;
   *) echo "install: PREFIX must be an absolute path (got '$prefix')" >&2; exit 1 ;;
 esac
-for f in include/keel.h "$release/libkeel.so" "$release/libkeel.a"; do
+for f in include/keel.h "$release/libkeel.so" "$release/libkeel.a" "$release/keel-wal"; do
   [ -f "$f" ] || { echo "install: $f is missing; run 'make lib' first" >&2; exit 1; }
 done
 
@@ -54,7 +55,8 @@ native_cmake=$(echo "$native" | sed 's/-l//g; s/ \{1,\}/;/g')
 sizeof_void_p=$(( $(getconf LONG_BIT) / 8 ))
 
 root=$destdir$prefix
-install -d "$root/include" "$root/lib/pkgconfig" "$root/lib/cmake/keel"
+install -d "$root/bin" "$root/include" "$root/lib/pkgconfig" "$root/lib/cmake/keel"
+install -m 755 "$release/keel-wal" "$root/bin/keel-wal"
 install -m 644 include/keel.h "$root/include/keel.h"
 install -m 755 "$release/libkeel.so" "$root/lib/$sofile"
 ln -sfn "$sofile" "$root/lib/$soname"

@@ -21,6 +21,7 @@ mod segment;
 
 pub use fs::{File, FileSystem, StdFs};
 pub use reader::Reader;
+pub use segment::{file_name as segment_file_name, parse_name as parse_segment_name};
 
 use crate::error::{Error, Result};
 use crate::status::*;

@@ -1,0 +1,373 @@
+//! `keel-wal`: inspects a keel write-ahead log without modifying it.
+//! Usage, output and exit codes: docs/TOOLS.md. The checks mirror recovery
+//! (docs/WAL.md), reimplemented read-only in `scan.rs`.
+
+mod scan;
+
+use keel::wal::format::{records, FRAME_BATCH, FRAME_MARK};
+use keel::wal::RecoveryMode;
+use scan::{Damage, Frame, IoFail, Listing, SegmentFile, SegmentScan};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+const USAGE: &str = "\
+usage: keel-wal dump DIR [--from SEQ] [--hex]
+       keel-wal verify DIR [--mode tolerate_tail|absolute|point_in_time|salvage]
+       keel-wal stat DIR
+
+Inspects the keel WAL in DIR (or a single segment file) without changing it.
+  dump    every record: sequence, segment, offset, length, frame type, payload
+  verify  checks every segment header and frame; reports the first damage,
+          torn tail or corruption, and whether Wal::open in MODE would open
+  stat    segments, sequence range, durable watermark, stray files
+Exit status: 0 clean, 1 damage found, 2 usage error, 3 the log cannot be read.
+";
+
+enum Fail {
+    Usage(String),
+    Io(String),
+    /// Writing our own output failed (a closed pipe ends the program quietly).
+    Out(io::Error),
+}
+
+impl From<IoFail> for Fail {
+    fn from(e: IoFail) -> Fail {
+        Fail::Io(e.0)
+    }
+}
+
+impl From<io::Error> for Fail {
+    fn from(e: io::Error) -> Fail {
+        Fail::Out(e)
+    }
+}
+
+enum Command {
+    Help,
+    Dump { dir: PathBuf, from: Option<u64>, hex: bool },
+    Verify { dir: PathBuf, mode: RecoveryMode },
+    Stat { dir: PathBuf },
+}
+
+fn parse_args(args: &[String]) -> Result<Command, Fail> {
+    let usage = |msg: String| Fail::Usage(msg);
+    if args.iter().any(|a| a == "-h" || a == "--help" || a == "help") {
+        return Ok(Command::Help);
+    }
+    let (cmd, rest) = args.split_first().ok_or_else(|| usage("no command given".into()))?;
+    let mut dir: Option<PathBuf> = None;
+    let (mut from, mut hex, mut mode) = (None, false, None);
+    let mut it = rest.iter();
+    while let Some(arg) = it.next() {
+        // --opt VALUE or --opt=VALUE
+        let (name, inline) = match arg.split_once('=') {
+            Some((n, v)) if n.starts_with("--") => (n, Some(v.to_string())),
+            _ => (arg.as_str(), None),
+        };
+        let mut value = || -> Result<String, Fail> {
+            inline.clone().or_else(|| it.next().cloned()).ok_or_else(|| usage(format!("{name} needs a value")))
+        };
+        match (cmd.as_str(), name) {
+            ("dump", "--from") => {
+                let v = value()?;
+                from = Some(v.parse().map_err(|_| usage(format!("--from wants a sequence number, not '{v}'")))?);
+            }
+            ("dump", "--hex") if inline.is_none() => hex = true,
+            ("verify", "--mode") => {
+                let v = value()?;
+                mode = Some(scan::parse_mode(&v).ok_or_else(|| usage(format!("unknown recovery mode '{v}'")))?);
+            }
+            (_, n) if n.starts_with('-') && n != "-" => return Err(usage(format!("unknown option '{arg}' for {cmd}"))),
+            _ if dir.is_none() => dir = Some(PathBuf::from(arg)),
+            _ => return Err(usage(format!("unexpected argument '{arg}'"))),
+        }
+    }
+    let known = ["dump", "verify", "stat"];
+    if !known.contains(&cmd.as_str()) {
+        return Err(usage(format!("unknown command '{cmd}'")));
+    }
+    let dir = dir.ok_or_else(|| usage(format!("{cmd} needs a WAL directory")))?;
+    Ok(match cmd.as_str() {
+        "dump" => Command::Dump { dir, from, hex },
+        "verify" => Command::Verify { dir, mode: mode.unwrap_or(RecoveryMode::TolerateTail) },
+        _ => Command::Stat { dir },
+    })
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let stdout = io::stdout();
+    let mut out = io::BufWriter::new(stdout.lock());
+    let result = parse_args(&args).and_then(|cmd| match cmd {
+        Command::Help => out.write_all(USAGE.as_bytes()).map(|_| 0).map_err(Fail::Out),
+        Command::Dump { dir, from, hex } => dump(&mut out, &dir, from, hex),
+        Command::Verify { dir, mode } => verify(&mut out, &dir, mode),
+        Command::Stat { dir } => stat(&mut out, &dir),
+    });
+    let result = result.and_then(|code| out.flush().map(|_| code).map_err(Fail::Out));
+    let code = match result {
+        Ok(code) => code,
+        Err(Fail::Usage(msg)) => {
+            let _ = out.flush();
+            eprint!("keel-wal: {msg}\n{USAGE}");
+            2
+        }
+        Err(Fail::Io(msg)) => {
+            let _ = out.flush();
+            eprintln!("keel-wal: {msg}");
+            3
+        }
+        Err(Fail::Out(e)) if e.kind() == io::ErrorKind::BrokenPipe => 0,
+        Err(Fail::Out(e)) => {
+            eprintln!("keel-wal: writing output: {e}");
+            3
+        }
+    };
+    ExitCode::from(code)
+}
+
+// ---- dump ------------------------------------------------------------------
+
+fn dump(out: &mut impl Write, path: &Path, from: Option<u64>, hex: bool) -> Result<u8, Fail> {
+    let l = scan::list(path)?;
+    let Some(first) = l.segments.first() else {
+        eprintln!("keel-wal: {} holds no WAL segments", path.display());
+        return Ok(0);
+    };
+    let from = from.unwrap_or(0);
+    if from != 0 && from < first.first_seq {
+        eprintln!("keel-wal: note: sequence {from} is below the first retained record {}", first.first_seq);
+    }
+    // Segments that end before `from` are not read at all.
+    let start = l.segments.iter().rposition(|s| s.first_seq <= from).unwrap_or(0);
+    let mut expected: Option<u64> = None;
+    for seg in &l.segments[start..] {
+        if let Some(next) = expected.filter(|n| *n != seg.first_seq) {
+            eprintln!(
+                "keel-wal: stopped: segment {} starts at sequence {} where {next} was expected (missing or duplicated segment); see `keel-wal verify`",
+                seg.path.display(),
+                seg.first_seq
+            );
+            return Ok(1);
+        }
+        let bytes = scan::read_segment(&seg.path)?;
+        let s = scan::scan_segment(seg.clone(), &bytes, |f, frame| print_frame(out, f, &frame, from, hex))?;
+        if let Some((offset, why)) = &s.damage {
+            out.flush()?;
+            eprintln!(
+                "keel-wal: stopped at damage in segment {} at offset {offset} (sequence {}): {why}; see `keel-wal verify`",
+                seg.path.display(),
+                s.next_seq
+            );
+            return Ok(1);
+        }
+        expected = Some(s.next_seq);
+    }
+    Ok(0)
+}
+
+fn print_frame(out: &mut impl Write, seg: &SegmentFile, f: &Frame<'_>, from: u64, hex: bool) -> io::Result<()> {
+    let h = &f.header;
+    if h.kind == FRAME_MARK {
+        if h.seq >= from {
+            writeln!(out, "# mark segment={} offset={} next={} durable={} (clean close)", seg.name, f.offset, h.seq, h.durable)?;
+        }
+        return Ok(());
+    }
+    let recs = records(h.kind, h.count, f.payload).expect("a valid frame splits into its records");
+    for (i, rec) in recs.iter().enumerate() {
+        let seq = h.seq + i as u64;
+        if seq < from {
+            continue;
+        }
+        let kind = match h.kind {
+            FRAME_BATCH => format!("batch[{}/{}]", i + 1, h.count),
+            _ => "record".to_string(),
+        };
+        write!(out, "seq={seq} segment={} offset={} len={} type={kind}", seg.name, f.offset, rec.len())?;
+        if hex {
+            writeln!(out)?;
+            hex_dump(out, rec)?;
+        } else {
+            writeln!(out, " payload=\"{}\"", escape(rec))?;
+        }
+    }
+    Ok(())
+}
+
+/// Printable ASCII as is; quotes, backslashes and everything else escaped.
+fn escape(b: &[u8]) -> String {
+    let mut s = String::with_capacity(b.len());
+    for &c in b {
+        match c {
+            b'"' => s.push_str("\\\""),
+            b'\\' => s.push_str("\\\\"),
+            b'\n' => s.push_str("\\n"),
+            b'\r' => s.push_str("\\r"),
+            b'\t' => s.push_str("\\t"),
+            0x20..=0x7e => s.push(c as char),
+            _ => s.push_str(&format!("\\x{c:02x}")),
+        }
+    }
+    s
+}
+
+fn hex_dump(out: &mut impl Write, b: &[u8]) -> io::Result<()> {
+    for (i, chunk) in b.chunks(16).enumerate() {
+        let mut hex = String::with_capacity(50);
+        for (j, c) in chunk.iter().enumerate() {
+            hex.push_str(&format!("{}{c:02x}", if j == 8 { "  " } else { " " }));
+        }
+        let text: String = chunk.iter().map(|&c| if (0x20..=0x7e).contains(&c) { c as char } else { '.' }).collect();
+        writeln!(out, "    {:08x} {hex:<49}  |{text}|", i * 16)?;
+    }
+    Ok(())
+}
+
+// ---- verify ----------------------------------------------------------------
+
+fn verify(out: &mut impl Write, path: &Path, mode: RecoveryMode) -> Result<u8, Fail> {
+    let l = scan::list(path)?;
+    let scans = scan::scan_all(&l)?;
+    writeln!(out, "verify {} (mode {})", path.display(), scan::mode_name(mode))?;
+    let (Some(first), Some(last)) = (scans.first(), scans.last()) else {
+        writeln!(out, "clean: no segments (an empty log; Wal::open would create the first one)")?;
+        writeln!(out, "verdict: {} would open", scan::mode_name(mode))?;
+        return Ok(0);
+    };
+    writeln!(out, "segments: {} checked ({} .. {})", scans.len(), first.file.name, last.file.name)?;
+    let damage = scan::find_damage(&scans);
+    let sum = scan::summarize(&scans, damage.as_ref());
+    let code = match &damage {
+        None => {
+            let hint = sum.max_hint.map_or("none".to_string(), |h| h.to_string());
+            match sum.clean_close {
+                Some(_) => writeln!(out, "clean: {}; ends with a MARK frame (clean close), durable hint {hint}", range(&sum))?,
+                None => writeln!(out, "clean: {}; no MARK at the end (not closed cleanly, or open), durable hint {hint}", range(&sum))?,
+            }
+            let next = last.next_seq;
+            writeln!(out, "verdict: {} would open; the next append gets sequence {next}", scan::mode_name(mode))?;
+            0
+        }
+        Some(d) => {
+            report_damage(out, &scans, d)?;
+            writeln!(out, "valid prefix: {}", range(&sum))?;
+            writeln!(out, "verdict: {}", verdict(&scans, d, mode))?;
+            let others: Vec<String> = scan::MODES
+                .iter()
+                .filter(|m| **m != mode)
+                .map(|m| format!("{} would {}", scan::mode_name(*m), if d.opens(*m) { "open" } else { "fail" }))
+                .collect();
+            writeln!(out, "other modes: {}", others.join(", "))?;
+            1
+        }
+    };
+    if !l.temp.is_empty() {
+        writeln!(out, "note: open would remove {} stray temp file(s): {}", l.temp.len(), l.temp.join(" "))?;
+    }
+    if !l.salvaged.is_empty() {
+        writeln!(out, "note: {} salvaged folder(s) from earlier recoveries: {}", l.salvaged.len(), l.salvaged.join(" "))?;
+    }
+    Ok(code)
+}
+
+fn range(sum: &scan::Summary) -> String {
+    match sum.range {
+        Some((a, b)) => format!("records {a}..{b} ({} records)", sum.records),
+        None => "no records".to_string(),
+    }
+}
+
+fn report_damage(out: &mut impl Write, scans: &[SegmentScan], d: &Damage) -> io::Result<()> {
+    let seg = &scans[d.seg];
+    writeln!(out, "damage: segment {} offset {} sequence {}: {}", seg.file.path.display(), d.offset, d.seq, d.reason)?;
+    if d.bad_header {
+        writeln!(out, "kind: corruption (a damaged segment header; headers are synced before a segment is used)")?;
+    }
+    match d.proof {
+        Some((i, at, hint)) => writeln!(
+            out,
+            "kind: corruption (the valid frame at {} offset {at} has durable hint {hint} >= {}: it was written after sequence {} was durable)",
+            scans[i].file.name, d.seq, d.seq
+        )?,
+        None if !d.bad_header => writeln!(
+            out,
+            "kind: torn tail (no later valid frame has a durable hint >= {}: the unsynced end a crash leaves{})",
+            d.seq,
+            if d.evidence { "; valid frames follow it" } else { "" }
+        )?,
+        None => {}
+    }
+    Ok(())
+}
+
+fn verdict(scans: &[SegmentScan], d: &Damage, mode: RecoveryMode) -> String {
+    let name = scan::mode_name(mode);
+    if d.opens(mode) {
+        format!("{name} would open after repairing: {}", d.repair(scans))
+    } else {
+        format!("{name} would fail to open (CORRUPTION); nothing would change")
+    }
+}
+
+// ---- stat ------------------------------------------------------------------
+
+fn stat(out: &mut impl Write, path: &Path) -> Result<u8, Fail> {
+    let l: Listing = scan::list(path)?;
+    let scans = scan::scan_all(&l)?;
+    let damage = scan::find_damage(&scans);
+    let sum = scan::summarize(&scans, damage.as_ref());
+    writeln!(out, "log: {}", path.display())?;
+    writeln!(out, "segments: {}", scans.len())?;
+    if !scans.is_empty() {
+        let w = scans.iter().map(|s| s.file.name.len()).max().unwrap_or(0).max(7);
+        writeln!(out, "  {:<w$}  {:>12}  {:>12}  {:>12}  {:>8}  {:>12}", "segment", "first_seq", "last_seq", "size", "frames", "used")?;
+        for s in &scans {
+            let last = if s.next_seq > s.file.first_seq { (s.next_seq - 1).to_string() } else { "-".to_string() };
+            write!(
+                out,
+                "  {:<w$}  {:>12}  {:>12}  {:>12}  {:>8}  {:>12}",
+                s.file.name, s.file.first_seq, last, s.file.size, s.frames, s.end
+            )?;
+            match (&s.header, &s.damage) {
+                (Err(why), _) => writeln!(out, "  bad header: {why}")?,
+                (Ok(_), Some((at, why))) => writeln!(out, "  damage at offset {at}: {why}")?,
+                _ => writeln!(out)?,
+            }
+        }
+    }
+    writeln!(out, "sequences: {}", range(&sum))?;
+    let total: u64 = scans.iter().map(|s| s.file.size).sum();
+    writeln!(out, "total size: {total} bytes in {} segment(s)", scans.len())?;
+    match sum.max_hint {
+        Some(h) => writeln!(out, "durable watermark on disk: {h} (largest durable hint)")?,
+        None => writeln!(out, "durable watermark on disk: none (no frames)")?,
+    }
+    match sum.clean_close {
+        Some(_) => writeln!(out, "clean close: yes (the log ends with a MARK frame)")?,
+        None => writeln!(out, "clean close: no (the log does not end with a MARK frame)")?,
+    }
+    writeln!(out, "temp files: {}", list_or_none(&l.temp))?;
+    writeln!(out, "salvaged folders: {}", list_or_none(&l.salvaged))?;
+    if !l.other.is_empty() {
+        writeln!(out, "other files: {}", l.other.join(" "))?;
+    }
+    if let Some(d) = &damage {
+        let kind = if d.torn_tail() { "torn tail" } else { "corruption" };
+        writeln!(
+            out,
+            "damage: {kind} in segment {} at offset {} (sequence {}): {}; see `keel-wal verify`",
+            scans[d.seg].file.name, d.offset, d.seq, d.reason
+        )?;
+    }
+    Ok(0)
+}
+
+fn list_or_none(v: &[String]) -> String {
+    if v.is_empty() {
+        "none".to_string()
+    } else {
+        v.join(" ")
+    }
+}

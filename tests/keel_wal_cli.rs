@@ -1,0 +1,433 @@
+//! The `keel-wal` inspection tool (src/bin/keel-wal/), run as a process
+//! against real logs written through `keel::wal::Wal`.
+
+use keel::wal::format::{decode_frame, decode_segment_header, Decoded, SEGMENT_HEADER_LEN};
+use keel::wal::{segment_file_name, Durability, Options, RecoveryMode, Wal};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// A fresh directory, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> TempDir {
+        static N: AtomicU64 = AtomicU64::new(0);
+        let p = std::env::temp_dir().join(format!(
+            "keel-wal-cli-{tag}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+    fn path(&self) -> &Path {
+        &self.0
+    }
+    fn wal(&self) -> PathBuf {
+        self.0.join("wal")
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+fn keel_wal(args: &[&str]) -> Run {
+    let out = Command::new(env!("CARGO_BIN_EXE_keel-wal")).args(args).output().expect("running keel-wal");
+    Run {
+        code: out.status.code().expect("keel-wal was killed by a signal"),
+        stdout: String::from_utf8(out.stdout).unwrap(),
+        stderr: String::from_utf8(out.stderr).unwrap(),
+    }
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+fn opts(recovery: RecoveryMode) -> Options {
+    Options { durability: Durability::None, recovery, segment_size: 64 << 10, ..Options::default() }
+}
+
+/// Writes a log of single records and batches (every 10th append a batch
+/// of 3) spanning several 64 KiB segments, syncing now and then so the
+/// durable hints grow, and closes it cleanly. Returns (sequence, payload)
+/// of every record in order.
+fn write_log(dir: &Path, appends: u64) -> Vec<(u64, Vec<u8>)> {
+    let wal = Wal::open(dir, opts(RecoveryMode::TolerateTail)).unwrap();
+    let mut written = Vec::new();
+    for i in 0..appends {
+        if i % 10 == 9 {
+            let recs: Vec<Vec<u8>> = (0..3).map(|j| format!("batch-{i:05}-{j}").into_bytes()).collect();
+            let refs: Vec<&[u8]> = recs.iter().map(|r| &r[..]).collect();
+            let first = wal.append_batch(&refs).unwrap();
+            written.extend(recs.into_iter().enumerate().map(|(j, r)| (first + j as u64, r)));
+        } else {
+            let p = format!("rec-{i:05}-{}", "x".repeat((i % 37) as usize * 17)).into_bytes();
+            written.push((wal.append(&p).unwrap(), p));
+        }
+        if i % 50 == 49 {
+            wal.sync().unwrap();
+        }
+    }
+    wal.close().unwrap();
+    written
+}
+
+fn segment_files(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "wal"))
+        .collect();
+    v.sort();
+    v
+}
+
+/// Offset just past the last valid frame of a segment (walked here with the
+/// format functions, independently of the tool).
+fn valid_end(bytes: &[u8]) -> u64 {
+    let salt = decode_segment_header(bytes).unwrap().salt;
+    let mut off = SEGMENT_HEADER_LEN as usize;
+    loop {
+        match decode_frame(&bytes[off..], salt) {
+            Decoded::Frame(h) => off += h.size() as usize,
+            Decoded::End => return off as u64,
+            Decoded::Invalid(why) => panic!("unexpected damage at {off}: {why}"),
+        }
+    }
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// Every file and folder under `dir` with its contents, to prove that the
+/// tool changed nothing.
+fn snapshot(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut v = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            v.push((p.clone(), Vec::new()));
+            v.extend(snapshot(&p));
+        } else {
+            v.push((p.clone(), std::fs::read(&p).unwrap()));
+        }
+    }
+    v.sort();
+    v
+}
+
+/// (seq, type, payload text) of each `seq=` line of `dump` output.
+fn dumped(stdout: &str) -> Vec<(u64, String, String)> {
+    stdout
+        .lines()
+        .filter(|l| l.starts_with("seq="))
+        .map(|l| {
+            let field = |k: &str| l.split(' ').find_map(|f| f.strip_prefix(k)).unwrap().to_string();
+            let payload = l.split_once(" payload=\"").map(|(_, p)| p.strip_suffix('"').unwrap().to_string());
+            (field("seq=").parse().unwrap(), field("type="), payload.unwrap_or_default())
+        })
+        .collect()
+}
+
+#[test]
+fn dump_prints_every_record_in_order_and_from_works() {
+    let t = TempDir::new("dump");
+    let written = write_log(&t.wal(), 600);
+    let segs = segment_files(&t.wal());
+    assert!(segs.len() >= 3, "the log should span several segments, has {}", segs.len());
+
+    let r = keel_wal(&["dump", s(&t.wal())]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let got = dumped(&r.stdout);
+    assert_eq!(got.len(), written.len());
+    for ((seq, kind, text), (wseq, payload)) in got.iter().zip(&written) {
+        assert_eq!(seq, wseq);
+        assert_eq!(text.as_bytes(), &payload[..]);
+        assert_eq!(kind.starts_with("batch["), payload.starts_with(b"batch-"), "seq {seq} has type {kind}");
+    }
+    assert!(r.stdout.contains("type=batch[3/3]"));
+    // Every segment appears, with the frame offsets a segment can hold.
+    for seg in &segs {
+        let name = seg.file_name().unwrap().to_str().unwrap();
+        assert!(r.stdout.contains(&format!("segment={name} offset=64 ")), "{name} missing from the dump");
+    }
+    assert!(r.stdout.contains("# mark "), "the clean-close MARK is shown:\n{}", r.stdout.lines().last().unwrap());
+
+    // --from starts exactly there, also inside a batch and in a later segment.
+    for from in [1, 2, 29, 31, 333, written.last().unwrap().0] {
+        let r = keel_wal(&["dump", s(&t.wal()), "--from", &from.to_string()]);
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        let got: Vec<u64> = dumped(&r.stdout).iter().map(|d| d.0).collect();
+        let want: Vec<u64> = written.iter().map(|w| w.0).filter(|q| *q >= from).collect();
+        assert_eq!(got, want, "--from {from}");
+    }
+    let beyond = keel_wal(&["dump", s(&t.wal()), &format!("--from={}", written.len() + 5)]);
+    assert_eq!((beyond.code, dumped(&beyond.stdout).len()), (0, 0));
+}
+
+#[test]
+fn dump_escapes_text_and_hex_dumps() {
+    let t = TempDir::new("hex");
+    let wal = Wal::open(&t.wal(), opts(RecoveryMode::TolerateTail)).unwrap();
+    wal.append(b"hello, world").unwrap();
+    wal.append(b"quote\" back\\ nl\n \x00\xff").unwrap();
+    wal.append_batch(&[b"a", b"", b"0123456789abcdefXYZ"]).unwrap();
+    wal.close().unwrap();
+
+    let r = keel_wal(&["dump", s(&t.wal())]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stdout.contains("seq=1 segment=00000000000000000001.wal offset=64 len=12 type=record payload=\"hello, world\""), "{}", r.stdout);
+    assert!(r.stdout.contains(r#"seq=2 "#) && r.stdout.contains(r#"payload="quote\" back\\ nl\n \x00\xff""#), "{}", r.stdout);
+    assert!(r.stdout.contains("seq=4 segment=00000000000000000001.wal offset=168 len=0 type=batch[2/3] payload=\"\""), "{}", r.stdout);
+
+    let r = keel_wal(&["dump", "--hex", s(&t.wal())]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stdout.contains("seq=1 segment=00000000000000000001.wal offset=64 len=12 type=record\n"), "{}", r.stdout);
+    assert!(r.stdout.contains("00000000  68 65 6c 6c 6f 2c 20 77  6f 72 6c 64"), "{}", r.stdout);
+    assert!(r.stdout.contains("|hello, world|"), "{}", r.stdout);
+    // Second line of a 19-byte record.
+    assert!(r.stdout.contains("00000010  58 59 5a"), "{}", r.stdout);
+    assert!(!r.stdout.contains("payload="));
+}
+
+/// The value after `key` on the line starting with it.
+fn line<'a>(out: &'a str, key: &str) -> &'a str {
+    out.lines().find_map(|l| l.strip_prefix(key)).unwrap_or_else(|| panic!("no '{key}' line in:\n{out}"))
+}
+
+#[test]
+fn stat_numbers_match_what_was_written() {
+    let t = TempDir::new("stat");
+    let written = write_log(&t.wal(), 500);
+    let last = written.last().unwrap().0;
+    std::fs::write(t.wal().join("spare-9.wal.tmp"), b"").unwrap();
+    std::fs::create_dir(t.wal().join("salvaged-123")).unwrap();
+    let before = snapshot(t.path());
+
+    let r = keel_wal(&["stat", s(&t.wal())]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let out = &r.stdout;
+    let segs = segment_files(&t.wal());
+    assert_eq!(line(out, "segments: "), segs.len().to_string());
+    assert_eq!(line(out, "sequences: "), format!("records 1..{last} ({} records)", written.len()));
+    let total: u64 = segs.iter().map(|p| std::fs::metadata(p).unwrap().len()).sum();
+    assert_eq!(line(out, "total size: "), format!("{total} bytes in {} segment(s)", segs.len()));
+    assert_eq!(line(out, "durable watermark on disk: "), format!("{last} (largest durable hint)"));
+    assert!(line(out, "clean close: ").starts_with("yes"));
+    assert_eq!(line(out, "temp files: "), "spare-9.wal.tmp");
+    assert_eq!(line(out, "salvaged folders: "), "salvaged-123");
+
+    // One table row per segment: name, first, last, size, frames, used.
+    let rows: Vec<Vec<&str>> = out
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .filter(|f| f.first().is_some_and(|n| n.ends_with(".wal")))
+        .collect();
+    assert_eq!(rows.len(), segs.len());
+    let mut frames = 0;
+    for (i, (row, path)) in rows.iter().zip(&segs).enumerate() {
+        let bytes = std::fs::read(path).unwrap();
+        let first: u64 = row[1].parse().unwrap();
+        assert_eq!(row[0], segment_file_name(first));
+        assert_eq!(row[0], path.file_name().unwrap().to_str().unwrap());
+        let row_last: u64 = row[2].parse().unwrap();
+        match rows.get(i + 1) {
+            Some(next) => assert_eq!(row_last + 1, next[1].parse::<u64>().unwrap()),
+            None => assert_eq!(row_last, last),
+        }
+        assert_eq!(row[3], bytes.len().to_string());
+        assert_eq!(row[5], valid_end(&bytes).to_string(), "bytes used in {}", row[0]);
+        frames += row[4].parse::<u64>().unwrap();
+    }
+    // 500 appends (450 records + 50 batches) and the MARK.
+    assert_eq!(frames, 501);
+    assert_eq!(snapshot(t.path()), before, "stat must not change anything");
+}
+
+#[test]
+fn verify_passes_a_clean_log() {
+    let t = TempDir::new("clean");
+    let written = write_log(&t.wal(), 300);
+    let last = written.last().unwrap().0;
+    for mode in ["tolerate_tail", "absolute", "point_in_time", "salvage"] {
+        let r = keel_wal(&["verify", s(&t.wal()), "--mode", mode]);
+        assert_eq!(r.code, 0, "{mode}: {}{}", r.stdout, r.stderr);
+        assert!(r.stdout.contains(&format!("clean: records 1..{last} ({last} records); ends with a MARK frame")), "{}", r.stdout);
+        assert!(r.stdout.contains(&format!("verdict: {mode} would open; the next append gets sequence {}", last + 1)), "{}", r.stdout);
+    }
+
+    // A log whose handle was never closed (no MARK) and whose segment is
+    // zero-filled after the last frame is clean too.
+    let t = TempDir::new("unclosed");
+    let wal = Wal::open(&t.wal(), Options { durability: Durability::Sync, ..opts(RecoveryMode::TolerateTail) }).unwrap();
+    for i in 0..20 {
+        wal.append(format!("r{i}").as_bytes()).unwrap();
+    }
+    std::mem::forget(wal); // what a crash leaves: every SYNC append is on disk
+    let r = keel_wal(&["verify", s(&t.wal())]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    assert!(r.stdout.contains("clean: records 1..20 (20 records); no MARK at the end"), "{}", r.stdout);
+    let r = keel_wal(&["stat", s(&t.wal())]);
+    assert!(line(&r.stdout, "clean close: ").starts_with("no"), "{}", r.stdout);
+}
+
+#[test]
+fn verify_finds_a_flipped_payload_byte() {
+    let t = TempDir::new("flip");
+    let written = write_log(&t.wal(), 600);
+    // A single record in the middle of the first segment.
+    let (seq, payload) = written.iter().find(|(q, p)| *q > 40 && p.starts_with(b"rec-")).unwrap().clone();
+    let seg = &segment_files(&t.wal())[0];
+    let mut bytes = std::fs::read(seg).unwrap();
+    let at = find(&bytes, &payload).unwrap();
+    bytes[at + 2] ^= 0x20;
+    std::fs::write(seg, &bytes).unwrap();
+    let frame = at - 32;
+    let before = snapshot(t.path());
+
+    let r = keel_wal(&["verify", s(&t.wal())]);
+    assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
+    let want = format!("damage: segment {} offset {frame} sequence {seq}: frame checksum mismatch", seg.display());
+    assert_eq!(line(&r.stdout, "damage: "), &want["damage: ".len()..], "{}", r.stdout);
+    assert!(line(&r.stdout, "kind: ").starts_with("corruption"), "{}", r.stdout);
+    assert!(r.stdout.contains("verdict: tolerate_tail would fail to open (CORRUPTION)"), "{}", r.stdout);
+    assert!(r.stdout.contains("absolute would fail, point_in_time would fail, salvage would open"), "{}", r.stdout);
+    let salvage = keel_wal(&["verify", s(&t.wal()), "--mode=salvage"]);
+    assert_eq!(salvage.code, 1);
+    assert!(line(&salvage.stdout, "verdict: ").contains(&format!("keep records 1..{}", seq - 1)), "{}", salvage.stdout);
+
+    // dump stops at the damage, having printed everything before it.
+    let d = keel_wal(&["dump", s(&t.wal())]);
+    assert_eq!(d.code, 1);
+    assert_eq!(dumped(&d.stdout).last().unwrap().0, seq - 1);
+    assert!(d.stderr.contains(&format!("offset {frame} (sequence {seq}): frame checksum mismatch")), "{}", d.stderr);
+
+    assert_eq!(snapshot(t.path()), before, "verify and dump must not change anything");
+    // The library agrees with the verdict.
+    let err = Wal::open(&t.wal(), opts(RecoveryMode::TolerateTail)).err().expect("open must fail");
+    assert!(err.to_string().contains(&format!("offset {frame} (sequence {seq})")), "{err}");
+}
+
+#[test]
+fn verify_reports_garbage_after_the_end_as_a_torn_tail() {
+    let t = TempDir::new("tail");
+    let written = write_log(&t.wal(), 400);
+    let last = written.last().unwrap().0;
+    let seg = segment_files(&t.wal()).pop().unwrap();
+    let mut bytes = std::fs::read(&seg).unwrap();
+    let end = valid_end(&bytes) as usize;
+    bytes[end..end + 100].fill(0xab);
+    std::fs::write(&seg, &bytes).unwrap();
+
+    let r = keel_wal(&["verify", s(&t.wal())]);
+    assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
+    assert!(line(&r.stdout, "damage: ").starts_with(&format!("segment {} offset {end} sequence {}: ", seg.display(), last + 1)), "{}", r.stdout);
+    assert!(line(&r.stdout, "kind: ").starts_with("torn tail"), "{}", r.stdout);
+    assert!(line(&r.stdout, "verdict: ").starts_with(&format!("tolerate_tail would open after repairing: zero {} from offset {end}", seg.file_name().unwrap().to_str().unwrap())), "{}", r.stdout);
+    assert!(r.stdout.contains("absolute would fail, point_in_time would open, salvage would open"), "{}", r.stdout);
+    let abs = keel_wal(&["verify", s(&t.wal()), "--mode", "absolute"]);
+    assert!(abs.stdout.contains("verdict: absolute would fail to open (CORRUPTION)"), "{}", abs.stdout);
+    let st = keel_wal(&["stat", s(&t.wal())]);
+    assert!(line(&st.stdout, "damage: ").starts_with("torn tail in segment"), "{}", st.stdout);
+
+    // The library agrees: ABSOLUTE refuses, TOLERATE_TAIL cuts and keeps everything.
+    assert!(Wal::open(&t.wal(), opts(RecoveryMode::Absolute)).is_err());
+    let wal = Wal::open(&t.wal(), opts(RecoveryMode::TolerateTail)).unwrap();
+    assert_eq!(wal.last_seq(), last);
+    wal.close().unwrap();
+    assert_eq!(keel_wal(&["verify", s(&t.wal())]).code, 0);
+}
+
+#[test]
+fn verify_reports_a_bad_header_and_a_missing_segment_as_corruption() {
+    let t = TempDir::new("header");
+    write_log(&t.wal(), 600);
+    let segs = segment_files(&t.wal());
+    let mut bytes = std::fs::read(&segs[1]).unwrap();
+    bytes[20] ^= 1;
+    std::fs::write(&segs[1], &bytes).unwrap();
+    let r = keel_wal(&["verify", s(&t.wal())]);
+    assert_eq!(r.code, 1);
+    assert!(line(&r.stdout, "damage: ").starts_with(&format!("segment {} offset 0 ", segs[1].display())), "{}", r.stdout);
+    assert!(line(&r.stdout, "kind: ").starts_with("corruption (a damaged segment header"), "{}", r.stdout);
+    let salvage = keel_wal(&["verify", s(&t.wal()), "--mode", "salvage"]);
+    let moved = segs.len() - 1;
+    let name = segs[1].file_name().unwrap().to_str().unwrap();
+    let first = name.trim_end_matches(".wal").parse::<u64>().unwrap();
+    assert_eq!(
+        line(&salvage.stdout, "verdict: "),
+        format!("salvage would open after repairing: move {moved} segment(s) from {name} on to salvaged-<ns>/, keep records 1..{}", first - 1)
+    );
+
+    std::fs::remove_file(&segs[1]).unwrap();
+    let r = keel_wal(&["verify", s(&t.wal())]);
+    assert_eq!(r.code, 1);
+    let end = valid_end(&std::fs::read(&segs[0]).unwrap());
+    assert!(line(&r.stdout, "damage: ").starts_with(&format!("segment {} offset {end} ", segs[0].display())), "{}", r.stdout);
+    assert!(r.stdout.contains("(missing or duplicated segment)"), "{}", r.stdout);
+    assert!(line(&r.stdout, "kind: ").starts_with("corruption"), "{}", r.stdout);
+}
+
+#[test]
+fn unreadable_input_exits_3_with_one_line() {
+    let t = TempDir::new("missing");
+    let missing = t.path().join("no-such-dir");
+    for cmd in ["dump", "verify", "stat"] {
+        let r = keel_wal(&[cmd, s(&missing)]);
+        assert_eq!(r.code, 3, "{cmd}");
+        assert_eq!(r.stderr, format!("keel-wal: cannot open {}: No such file or directory (os error 2)\n", missing.display()));
+        assert!(r.stdout.is_empty());
+    }
+    let not_wal = t.path().join("notes.txt");
+    std::fs::write(&not_wal, b"just some text, long enough to hold a segment header's worth of bytes").unwrap();
+    let r = keel_wal(&["verify", s(&not_wal)]);
+    assert_eq!(r.code, 3);
+    assert_eq!(r.stderr, format!("keel-wal: {} is not a keel WAL segment (bad segment magic)\n", not_wal.display()));
+
+    // A single segment file can be inspected on its own.
+    write_log(&t.wal(), 10);
+    let seg = &segment_files(&t.wal())[0];
+    let r = keel_wal(&["verify", s(seg)]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    let t = TempDir::new("usage");
+    let d = s(t.path());
+    let cases: &[&[&str]] = &[
+        &[],
+        &["frobnicate", d],
+        &["dump"],
+        &["dump", d, "--from"],
+        &["dump", d, "--from", "abc"],
+        &["dump", d, "--mode", "absolute"],
+        &["verify", d, "--mode", "bogus"],
+        &["verify", d, "--hex"],
+        &["stat", d, d],
+        &["stat", d, "--verbose"],
+    ];
+    for args in cases {
+        let r = keel_wal(args);
+        assert_eq!(r.code, 2, "{args:?}: {}", r.stderr);
+        assert!(r.stderr.starts_with("keel-wal: ") && r.stderr.contains("\nusage: keel-wal dump DIR"), "{args:?}: {}", r.stderr);
+        assert!(r.stdout.is_empty());
+    }
+    let r = keel_wal(&["--help"]);
+    assert_eq!(r.code, 0);
+    assert!(r.stdout.starts_with("usage: keel-wal dump DIR"));
+}
+
