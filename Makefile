@@ -10,7 +10,7 @@ export CARGO_TERM_COLOR ?= never
 
 .PHONY: all lib header header-check deps test test-rust test-c test-cpp test-go \
         test-examples example-c example-cpp example-go test-install demo bench \
-        install clean valgrind
+        install clean valgrind soak
 
 all: lib
 
@@ -119,3 +119,10 @@ test-install: lib
 clean:
 	$(CARGO) clean
 	rm -rf $(BUILD)
+
+# kill -9 soak of the WAL with real processes (tests/wal_kill9.rs):
+# SOAK_CYCLES crash/recover cycles (default 10,000), ends with the line
+# "kill9: N cycles, M records acknowledged, K recovered, 0 lost".
+# Not part of `make test`: `cargo test` already runs a short version.
+soak:
+	KEEL_KILL9_CYCLES=$${SOAK_CYCLES:-10000} $(CARGO) test --release --locked --test wal_kill9 -- --nocapture
