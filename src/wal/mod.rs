@@ -17,6 +17,7 @@ pub mod format;
 pub mod fs;
 mod reader;
 mod recovery;
+pub mod scan;
 mod segment;
 
 pub use fs::{File, FileSystem, StdFs};

@@ -6,7 +6,8 @@ mod scan;
 
 use keel::wal::format::{records, FRAME_BATCH, FRAME_MARK};
 use keel::wal::RecoveryMode;
-use scan::{Damage, Frame, IoFail, Listing, SegmentFile, SegmentScan};
+use keel::wal::scan::{Damage, Frame, SegmentFile, SegmentScan};
+use scan::{IoFail, Listing};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -152,7 +153,7 @@ fn dump(out: &mut impl Write, path: &Path, from: Option<u64>, hex: bool) -> Resu
             return Ok(1);
         }
         let bytes = scan::read_segment(&seg.path)?;
-        let s = scan::scan_segment(seg.clone(), &bytes, |f, frame| print_frame(out, f, &frame, from, hex))?;
+        let s = keel::wal::scan::scan_segment(seg.clone(), &bytes, |f, frame| print_frame(out, f, &frame, from, hex))?;
         if let Some((offset, why)) = &s.damage {
             out.flush()?;
             eprintln!(
@@ -237,7 +238,7 @@ fn verify(out: &mut impl Write, path: &Path, mode: RecoveryMode) -> Result<u8, F
         return Ok(0);
     };
     writeln!(out, "segments: {} checked ({} .. {})", scans.len(), first.file.name, last.file.name)?;
-    let damage = scan::find_damage(&scans);
+    let damage = keel::wal::scan::find_damage(&scans);
     let sum = scan::summarize(&scans, damage.as_ref());
     let code = match &damage {
         None => {
@@ -305,7 +306,7 @@ fn report_damage(out: &mut impl Write, scans: &[SegmentScan], d: &Damage) -> io:
 fn verdict(scans: &[SegmentScan], d: &Damage, mode: RecoveryMode) -> String {
     let name = scan::mode_name(mode);
     if d.opens(mode) {
-        format!("{name} would open after repairing: {}", d.repair(scans))
+        format!("{name} would open after repairing: {}", scan::repair(d, scans))
     } else {
         format!("{name} would fail to open (CORRUPTION); nothing would change")
     }
@@ -316,7 +317,7 @@ fn verdict(scans: &[SegmentScan], d: &Damage, mode: RecoveryMode) -> String {
 fn stat(out: &mut impl Write, path: &Path) -> Result<u8, Fail> {
     let l: Listing = scan::list(path)?;
     let scans = scan::scan_all(&l)?;
-    let damage = scan::find_damage(&scans);
+    let damage = keel::wal::scan::find_damage(&scans);
     let sum = scan::summarize(&scans, damage.as_ref());
     writeln!(out, "log: {}", path.display())?;
     writeln!(out, "segments: {}", scans.len())?;
