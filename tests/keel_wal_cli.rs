@@ -1,6 +1,9 @@
 //! The `keel-wal` inspection tool (src/bin/keel-wal/), run as a process
 //! against real logs written through `keel::wal::Wal`.
 
+mod common;
+
+use common::segment_files;
 use keel::wal::format::{decode_frame, decode_segment_header, Decoded, SEGMENT_HEADER_LEN};
 use keel::wal::{segment_file_name, Durability, Options, RecoveryMode, Wal};
 use std::path::{Path, PathBuf};
@@ -84,15 +87,6 @@ fn write_log(dir: &Path, appends: u64) -> Vec<(u64, Vec<u8>)> {
     written
 }
 
-fn segment_files(dir: &Path) -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "wal"))
-        .collect();
-    v.sort();
-    v
-}
 
 /// Offset just past the last valid frame of a segment (walked here with the
 /// format functions, independently of the tool).

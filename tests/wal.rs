@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::TempDir;
+use common::{segment_files, TempDir};
 use keel::status::*;
 use keel::wal::{Durability, File, FileSystem, Options, ReadUpto, RecoveryMode, StdFs, Wal};
 use std::any::Any;
@@ -28,15 +28,6 @@ fn record(i: u64) -> Vec<u8> {
     format!("record-{i}-").repeat((i % 7 + 1) as usize).into_bytes()
 }
 
-fn segment_files(dir: &Path) -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "wal"))
-        .collect();
-    v.sort();
-    v
-}
 
 #[test]
 fn round_trip_batches_and_reopen() {
