@@ -148,7 +148,7 @@ impl Reader {
             if !h.checksum_ok(&head, &payload, salt) {
                 return Err(corrupt("checksum mismatch"));
             }
-            let end = h.seq + h.count as u64;
+            let end = h.seq.saturating_add(h.count as u64);
             self.segment.as_mut().unwrap().offset += h.size();
             if end <= self.next {
                 continue; // an earlier frame while positioning

@@ -98,7 +98,7 @@ pub fn recover(fs: &dyn FileSystem, dir: &Path, mode: RecoveryMode, segment_size
     }
 
     let next_seq = match keep {
-        0 => scans.first().map_or(1, |s| s.file.first_seq),
+        0 => scans.first().map_or(1, |s| s.file.first_seq.max(1)),
         k => scans[k - 1].next_seq,
     };
     let active = match keep {

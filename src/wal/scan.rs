@@ -77,6 +77,13 @@ pub fn scan_segment<E>(
         last_frame: None,
         file,
     };
+    if s.file.first_seq == 0 {
+        // Found by fuzzing: recovery then resumed at sequence 0.
+        let why = "segment named for sequence 0 (sequence numbers start at 1)".to_string();
+        s.header = Err(why.clone());
+        s.damage = Some((0, why));
+        return Ok(s);
+    }
     let header = match decode_segment_header(bytes) {
         Ok(h) if h.first_seq == s.file.first_seq => h,
         Ok(h) => {
@@ -96,10 +103,14 @@ pub fn scan_segment<E>(
     loop {
         match decode_frame(&bytes[off.min(bytes.len())..], header.salt) {
             Decoded::Frame(h) if h.seq == s.next_seq => {
+                let Some(after) = s.next_seq.checked_add(h.count as u64) else {
+                    s.damage = Some((off as u64, "sequence numbers run past u64::MAX".to_string()));
+                    break;
+                };
                 let payload = &bytes[off + FRAME_HEADER_LEN..off + FRAME_HEADER_LEN + h.len as usize];
                 visit(&s.file, Frame { offset: off as u64, header: h, payload })?;
                 off += h.size() as usize;
-                s.next_seq += h.count as u64;
+                s.next_seq = after;
                 s.frames += 1;
                 s.records += h.count as u64;
                 s.last_frame = Some((h.kind, h.durable));
