@@ -10,7 +10,7 @@ export CARGO_TERM_COLOR ?= never
 
 .PHONY: all lib header header-check deps test test-rust test-c test-cpp test-go \
         test-examples example-c example-cpp example-go test-install demo bench \
-        install clean valgrind soak
+        install clean valgrind soak fuzz fuzz-smoke
 
 all: lib
 
@@ -37,7 +37,7 @@ deps:
 
 ## ---- tests --------------------------------------------------------------
 
-test: deps test-rust header-check test-c test-cpp test-go test-examples test-install
+test: deps test-rust header-check test-c test-cpp test-go test-examples test-install fuzz-smoke
 	@echo "make test: all suites passed"
 
 test-rust:
@@ -126,3 +126,19 @@ clean:
 # Not part of `make test`: `cargo test` already runs a short version.
 soak:
 	KEEL_KILL9_CYCLES=$${SOAK_CYCLES:-10000} $(CARGO) test --release --locked --test wal_kill9 -- --nocapture
+
+## ---- fuzzing (fuzz/README.md) ---------------------------------------------
+
+# Coverage-guided: cargo fuzz (libFuzzer + ASan, nightly toolchain; both
+# installed when missing) on the targets frame, segment_header and recovery,
+# FUZZ_SECONDS each. Falls back to the stable mutation runner without nightly.
+FUZZ_SECONDS ?= 60
+fuzz:
+	sh fuzz/run.sh $(FUZZ_SECONDS)
+
+# Quick and stable, no extra tool: replays fuzz/corpus and fuzz/regressions
+# through every target, then mutates each for FUZZ_SMOKE_SECONDS (seeded).
+FUZZ_SMOKE_SECONDS ?= 4
+fuzz-smoke:
+	cd fuzz && FUZZ_SMOKE_SECONDS=$(FUZZ_SMOKE_SECONDS) CARGO_TARGET_DIR=$(CURDIR)/target \
+	  $(CARGO) test --locked --no-default-features -- --nocapture
