@@ -37,8 +37,12 @@ deps:
 
 ## ---- tests --------------------------------------------------------------
 
-test: deps test-rust header-check test-c test-cpp test-go test-examples test-install fuzz-smoke
-	@echo "make test: all suites passed"
+# Make stops at the first failing suite, so reaching the last line means
+# every one of them passed.
+TEST_SUITES := test-rust header-check test-c test-cpp test-go test-examples test-install fuzz-smoke
+test: deps $(TEST_SUITES)
+	@echo "make test: all suites passed ($(TEST_SUITES))"
+	@echo "suites: $(words $(TEST_SUITES)) passed, 0 failed"
 
 test-rust:
 	$(CARGO) test --locked
@@ -141,4 +145,4 @@ fuzz:
 FUZZ_SMOKE_SECONDS ?= 4
 fuzz-smoke:
 	cd fuzz && FUZZ_SMOKE_SECONDS=$(FUZZ_SMOKE_SECONDS) CARGO_TARGET_DIR=$(CURDIR)/target \
-	  $(CARGO) test --locked --no-default-features -- --nocapture
+	  $(CARGO) test --locked --no-default-features --tests -- --nocapture

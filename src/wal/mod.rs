@@ -536,15 +536,17 @@ impl Shared {
             let result = MutexGuard::unlocked(&mut syncing, || {
                 // Appenders already on their way (often those the previous
                 // sync just released) get to write their frames first, so
-                // this sync covers them too. Bounded: a stream of new
-                // appenders cannot hold durability back.
-                let mut turns = 0;
-                loop {
+                // this sync covers them too: yield while frames keep
+                // arriving. Bounded: a stream of new appenders cannot hold
+                // durability back, and a lone appender yields once.
+                let mut seen = self.written.load(Ordering::Acquire);
+                for _ in 0..64 {
                     std::thread::yield_now();
-                    turns += 1;
-                    if turns >= 64 || self.appending.load(Ordering::Acquire) == 0 {
+                    let now = self.written.load(Ordering::Acquire);
+                    if now == seen && self.appending.load(Ordering::Acquire) == 0 {
                         break;
                     }
+                    seen = now;
                 }
                 self.sync_once()
             });
