@@ -133,6 +133,24 @@ static inline void kt_fill(uint8_t *p, size_t len, uint64_t i) {
   for (size_t k = 0; k < len; k++) p[k] = (uint8_t)(i * 131u + k * 7u + (k >> 8));
 }
 
+/* Opens a WAL in `dir` (64 KiB segments, NONE mode) holding records
+ * 1..n of `len` bytes filled by kt_fill, synced. */
+static inline keel_wal_t *kt_open_filled(const char *dir, uint64_t n, size_t len) {
+  KT_ERR;
+  keel_wal_t *wal = NULL;
+  keel_wal_options_t opts = kt_options(64 << 10, KEEL_DURABILITY_NONE);
+  CHECK_OK(keel_wal_open(dir, &opts, &wal, &err));
+  uint8_t *rec = malloc(len ? len : 1);
+  CHECK(rec != NULL);
+  for (uint64_t s = 1; s <= n; s++) {
+    kt_fill(rec, len, s);
+    CHECK_OK(keel_wal_append(wal, rec, len, NULL, &err));
+  }
+  free(rec);
+  CHECK_OK(keel_wal_sync(wal, &err));
+  return wal;
+}
+
 #define KT_PASS() do { printf("%s: ok\n", __FILE__); return 0; } while (0)
 
 #endif /* KEEL_TEST_H */

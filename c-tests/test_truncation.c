@@ -37,15 +37,8 @@ static void read_through(keel_wal_t *wal, uint64_t from) {
 int main(void) {
   KT_ERR;
   char *dir = kt_tempdir();
-  keel_wal_t *wal = NULL;
-  keel_wal_options_t opts = kt_options(64 << 10, KEEL_DURABILITY_NONE);
-  CHECK_OK(keel_wal_open(dir, &opts, &wal, &err));
-  uint8_t rec[LEN];
-  for (uint64_t s = 1; s <= N; s++) {
-    kt_fill(rec, LEN, s);
-    CHECK_OK(keel_wal_append(wal, rec, LEN, NULL, &err));
-  }
-  CHECK_OK(keel_wal_sync(wal, &err));
+  keel_wal_options_t opts = kt_options(64 << 10, KEEL_DURABILITY_NONE); /* as kt_open_filled */
+  keel_wal_t *wal = kt_open_filled(dir, N, LEN);
   int segments = kt_count_segments(dir);
   CHECK(segments >= 8);
   CHECK_EQ_U64(first_seq(wal), 1);

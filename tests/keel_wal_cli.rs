@@ -3,41 +3,12 @@
 
 mod common;
 
-use common::segment_files;
+use common::{segment_files, TempDir};
 use keel::wal::format::{decode_frame, decode_segment_header, Decoded, SEGMENT_HEADER_LEN};
 use keel::wal::{segment_file_name, Durability, Options, RecoveryMode, Wal};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicU64, Ordering};
 
-/// A fresh directory, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        static N: AtomicU64 = AtomicU64::new(0);
-        let p = std::env::temp_dir().join(format!(
-            "keel-wal-cli-{tag}-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        TempDir(p)
-    }
-    fn path(&self) -> &Path {
-        &self.0
-    }
-    fn wal(&self) -> PathBuf {
-        self.0.join("wal")
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 struct Run {
     code: i32,
@@ -139,11 +110,11 @@ fn dumped(stdout: &str) -> Vec<(u64, String, String)> {
 #[test]
 fn dump_prints_every_record_in_order_and_from_works() {
     let t = TempDir::new("dump");
-    let written = write_log(&t.wal(), 600);
-    let segs = segment_files(&t.wal());
+    let written = write_log(&t.path().join("wal"), 600);
+    let segs = segment_files(&t.path().join("wal"));
     assert!(segs.len() >= 3, "the log should span several segments, has {}", segs.len());
 
-    let r = keel_wal(&["dump", s(&t.wal())]);
+    let r = keel_wal(&["dump", s(&t.path().join("wal"))]);
     assert_eq!(r.code, 0, "{}", r.stderr);
     let got = dumped(&r.stdout);
     assert_eq!(got.len(), written.len());
@@ -162,32 +133,32 @@ fn dump_prints_every_record_in_order_and_from_works() {
 
     // --from starts exactly there, also inside a batch and in a later segment.
     for from in [1, 2, 29, 31, 333, written.last().unwrap().0] {
-        let r = keel_wal(&["dump", s(&t.wal()), "--from", &from.to_string()]);
+        let r = keel_wal(&["dump", s(&t.path().join("wal")), "--from", &from.to_string()]);
         assert_eq!(r.code, 0, "{}", r.stderr);
         let got: Vec<u64> = dumped(&r.stdout).iter().map(|d| d.0).collect();
         let want: Vec<u64> = written.iter().map(|w| w.0).filter(|q| *q >= from).collect();
         assert_eq!(got, want, "--from {from}");
     }
-    let beyond = keel_wal(&["dump", s(&t.wal()), &format!("--from={}", written.len() + 5)]);
+    let beyond = keel_wal(&["dump", s(&t.path().join("wal")), &format!("--from={}", written.len() + 5)]);
     assert_eq!((beyond.code, dumped(&beyond.stdout).len()), (0, 0));
 }
 
 #[test]
 fn dump_escapes_text_and_hex_dumps() {
     let t = TempDir::new("hex");
-    let wal = Wal::open(&t.wal(), opts(RecoveryMode::TolerateTail)).unwrap();
+    let wal = Wal::open(&t.path().join("wal"), opts(RecoveryMode::TolerateTail)).unwrap();
     wal.append(b"hello, world").unwrap();
     wal.append(b"quote\" back\\ nl\n \x00\xff").unwrap();
     wal.append_batch(&[b"a", b"", b"0123456789abcdefXYZ"]).unwrap();
     wal.close().unwrap();
 
-    let r = keel_wal(&["dump", s(&t.wal())]);
+    let r = keel_wal(&["dump", s(&t.path().join("wal"))]);
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert!(r.stdout.contains("seq=1 segment=00000000000000000001.wal offset=64 len=12 type=record payload=\"hello, world\""), "{}", r.stdout);
     assert!(r.stdout.contains(r#"seq=2 "#) && r.stdout.contains(r#"payload="quote\" back\\ nl\n \x00\xff""#), "{}", r.stdout);
     assert!(r.stdout.contains("seq=4 segment=00000000000000000001.wal offset=168 len=0 type=batch[2/3] payload=\"\""), "{}", r.stdout);
 
-    let r = keel_wal(&["dump", "--hex", s(&t.wal())]);
+    let r = keel_wal(&["dump", "--hex", s(&t.path().join("wal"))]);
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert!(r.stdout.contains("seq=1 segment=00000000000000000001.wal offset=64 len=12 type=record\n"), "{}", r.stdout);
     assert!(r.stdout.contains("00000000  68 65 6c 6c 6f 2c 20 77  6f 72 6c 64"), "{}", r.stdout);
@@ -205,16 +176,16 @@ fn line<'a>(out: &'a str, key: &str) -> &'a str {
 #[test]
 fn stat_numbers_match_what_was_written() {
     let t = TempDir::new("stat");
-    let written = write_log(&t.wal(), 500);
+    let written = write_log(&t.path().join("wal"), 500);
     let last = written.last().unwrap().0;
-    std::fs::write(t.wal().join("spare-9.wal.tmp"), b"").unwrap();
-    std::fs::create_dir(t.wal().join("salvaged-123")).unwrap();
+    std::fs::write(t.path().join("wal").join("spare-9.wal.tmp"), b"").unwrap();
+    std::fs::create_dir(t.path().join("wal").join("salvaged-123")).unwrap();
     let before = snapshot(t.path());
 
-    let r = keel_wal(&["stat", s(&t.wal())]);
+    let r = keel_wal(&["stat", s(&t.path().join("wal"))]);
     assert_eq!(r.code, 0, "{}", r.stderr);
     let out = &r.stdout;
-    let segs = segment_files(&t.wal());
+    let segs = segment_files(&t.path().join("wal"));
     assert_eq!(line(out, "segments: "), segs.len().to_string());
     assert_eq!(line(out, "sequences: "), format!("records 1..{last} ({} records)", written.len()));
     let total: u64 = segs.iter().map(|p| std::fs::metadata(p).unwrap().len()).sum();
@@ -254,10 +225,10 @@ fn stat_numbers_match_what_was_written() {
 #[test]
 fn verify_passes_a_clean_log() {
     let t = TempDir::new("clean");
-    let written = write_log(&t.wal(), 300);
+    let written = write_log(&t.path().join("wal"), 300);
     let last = written.last().unwrap().0;
     for mode in ["tolerate_tail", "absolute", "point_in_time", "salvage"] {
-        let r = keel_wal(&["verify", s(&t.wal()), "--mode", mode]);
+        let r = keel_wal(&["verify", s(&t.path().join("wal")), "--mode", mode]);
         assert_eq!(r.code, 0, "{mode}: {}{}", r.stdout, r.stderr);
         assert!(r.stdout.contains(&format!("clean: records 1..{last} ({last} records); ends with a MARK frame")), "{}", r.stdout);
         assert!(r.stdout.contains(&format!("verdict: {mode} would open; the next append gets sequence {}", last + 1)), "{}", r.stdout);
@@ -266,25 +237,25 @@ fn verify_passes_a_clean_log() {
     // A log whose handle was never closed (no MARK) and whose segment is
     // zero-filled after the last frame is clean too.
     let t = TempDir::new("unclosed");
-    let wal = Wal::open(&t.wal(), Options { durability: Durability::Sync, ..opts(RecoveryMode::TolerateTail) }).unwrap();
+    let wal = Wal::open(&t.path().join("wal"), Options { durability: Durability::Sync, ..opts(RecoveryMode::TolerateTail) }).unwrap();
     for i in 0..20 {
         wal.append(format!("r{i}").as_bytes()).unwrap();
     }
     std::mem::forget(wal); // what a crash leaves: every SYNC append is on disk
-    let r = keel_wal(&["verify", s(&t.wal())]);
+    let r = keel_wal(&["verify", s(&t.path().join("wal"))]);
     assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
     assert!(r.stdout.contains("clean: records 1..20 (20 records); no MARK at the end"), "{}", r.stdout);
-    let r = keel_wal(&["stat", s(&t.wal())]);
+    let r = keel_wal(&["stat", s(&t.path().join("wal"))]);
     assert!(line(&r.stdout, "clean close: ").starts_with("no"), "{}", r.stdout);
 }
 
 #[test]
 fn verify_finds_a_flipped_payload_byte() {
     let t = TempDir::new("flip");
-    let written = write_log(&t.wal(), 600);
+    let written = write_log(&t.path().join("wal"), 600);
     // A single record in the middle of the first segment.
     let (seq, payload) = written.iter().find(|(q, p)| *q > 40 && p.starts_with(b"rec-")).unwrap().clone();
-    let seg = &segment_files(&t.wal())[0];
+    let seg = &segment_files(&t.path().join("wal"))[0];
     let mut bytes = std::fs::read(seg).unwrap();
     let at = find(&bytes, &payload).unwrap();
     bytes[at + 2] ^= 0x20;
@@ -292,72 +263,72 @@ fn verify_finds_a_flipped_payload_byte() {
     let frame = at - 32;
     let before = snapshot(t.path());
 
-    let r = keel_wal(&["verify", s(&t.wal())]);
+    let r = keel_wal(&["verify", s(&t.path().join("wal"))]);
     assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
     let want = format!("damage: segment {} offset {frame} sequence {seq}: frame checksum mismatch", seg.display());
     assert_eq!(line(&r.stdout, "damage: "), &want["damage: ".len()..], "{}", r.stdout);
     assert!(line(&r.stdout, "kind: ").starts_with("corruption"), "{}", r.stdout);
     assert!(r.stdout.contains("verdict: tolerate_tail would fail to open (CORRUPTION)"), "{}", r.stdout);
     assert!(r.stdout.contains("absolute would fail, point_in_time would fail, salvage would open"), "{}", r.stdout);
-    let salvage = keel_wal(&["verify", s(&t.wal()), "--mode=salvage"]);
+    let salvage = keel_wal(&["verify", s(&t.path().join("wal")), "--mode=salvage"]);
     assert_eq!(salvage.code, 1);
     assert!(line(&salvage.stdout, "verdict: ").contains(&format!("keep records 1..{}", seq - 1)), "{}", salvage.stdout);
 
     // dump stops at the damage, having printed everything before it.
-    let d = keel_wal(&["dump", s(&t.wal())]);
+    let d = keel_wal(&["dump", s(&t.path().join("wal"))]);
     assert_eq!(d.code, 1);
     assert_eq!(dumped(&d.stdout).last().unwrap().0, seq - 1);
     assert!(d.stderr.contains(&format!("offset {frame} (sequence {seq}): frame checksum mismatch")), "{}", d.stderr);
 
     assert_eq!(snapshot(t.path()), before, "verify and dump must not change anything");
     // The library agrees with the verdict.
-    let err = Wal::open(&t.wal(), opts(RecoveryMode::TolerateTail)).err().expect("open must fail");
+    let err = Wal::open(&t.path().join("wal"), opts(RecoveryMode::TolerateTail)).err().expect("open must fail");
     assert!(err.to_string().contains(&format!("offset {frame} (sequence {seq})")), "{err}");
 }
 
 #[test]
 fn verify_reports_garbage_after_the_end_as_a_torn_tail() {
     let t = TempDir::new("tail");
-    let written = write_log(&t.wal(), 400);
+    let written = write_log(&t.path().join("wal"), 400);
     let last = written.last().unwrap().0;
-    let seg = segment_files(&t.wal()).pop().unwrap();
+    let seg = segment_files(&t.path().join("wal")).pop().unwrap();
     let mut bytes = std::fs::read(&seg).unwrap();
     let end = valid_end(&bytes) as usize;
     bytes[end..end + 100].fill(0xab);
     std::fs::write(&seg, &bytes).unwrap();
 
-    let r = keel_wal(&["verify", s(&t.wal())]);
+    let r = keel_wal(&["verify", s(&t.path().join("wal"))]);
     assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
     assert!(line(&r.stdout, "damage: ").starts_with(&format!("segment {} offset {end} sequence {}: ", seg.display(), last + 1)), "{}", r.stdout);
     assert!(line(&r.stdout, "kind: ").starts_with("torn tail"), "{}", r.stdout);
     assert!(line(&r.stdout, "verdict: ").starts_with(&format!("tolerate_tail would open after repairing: zero {} from offset {end}", seg.file_name().unwrap().to_str().unwrap())), "{}", r.stdout);
     assert!(r.stdout.contains("absolute would fail, point_in_time would open, salvage would open"), "{}", r.stdout);
-    let abs = keel_wal(&["verify", s(&t.wal()), "--mode", "absolute"]);
+    let abs = keel_wal(&["verify", s(&t.path().join("wal")), "--mode", "absolute"]);
     assert!(abs.stdout.contains("verdict: absolute would fail to open (CORRUPTION)"), "{}", abs.stdout);
-    let st = keel_wal(&["stat", s(&t.wal())]);
+    let st = keel_wal(&["stat", s(&t.path().join("wal"))]);
     assert!(line(&st.stdout, "damage: ").starts_with("torn tail in segment"), "{}", st.stdout);
 
     // The library agrees: ABSOLUTE refuses, TOLERATE_TAIL cuts and keeps everything.
-    assert!(Wal::open(&t.wal(), opts(RecoveryMode::Absolute)).is_err());
-    let wal = Wal::open(&t.wal(), opts(RecoveryMode::TolerateTail)).unwrap();
+    assert!(Wal::open(&t.path().join("wal"), opts(RecoveryMode::Absolute)).is_err());
+    let wal = Wal::open(&t.path().join("wal"), opts(RecoveryMode::TolerateTail)).unwrap();
     assert_eq!(wal.last_seq(), last);
     wal.close().unwrap();
-    assert_eq!(keel_wal(&["verify", s(&t.wal())]).code, 0);
+    assert_eq!(keel_wal(&["verify", s(&t.path().join("wal"))]).code, 0);
 }
 
 #[test]
 fn verify_reports_a_bad_header_and_a_missing_segment_as_corruption() {
     let t = TempDir::new("header");
-    write_log(&t.wal(), 600);
-    let segs = segment_files(&t.wal());
+    write_log(&t.path().join("wal"), 600);
+    let segs = segment_files(&t.path().join("wal"));
     let mut bytes = std::fs::read(&segs[1]).unwrap();
     bytes[20] ^= 1;
     std::fs::write(&segs[1], &bytes).unwrap();
-    let r = keel_wal(&["verify", s(&t.wal())]);
+    let r = keel_wal(&["verify", s(&t.path().join("wal"))]);
     assert_eq!(r.code, 1);
     assert!(line(&r.stdout, "damage: ").starts_with(&format!("segment {} offset 0 ", segs[1].display())), "{}", r.stdout);
     assert!(line(&r.stdout, "kind: ").starts_with("corruption (a damaged segment header"), "{}", r.stdout);
-    let salvage = keel_wal(&["verify", s(&t.wal()), "--mode", "salvage"]);
+    let salvage = keel_wal(&["verify", s(&t.path().join("wal")), "--mode", "salvage"]);
     let moved = segs.len() - 1;
     let name = segs[1].file_name().unwrap().to_str().unwrap();
     let first = name.trim_end_matches(".wal").parse::<u64>().unwrap();
@@ -367,7 +338,7 @@ fn verify_reports_a_bad_header_and_a_missing_segment_as_corruption() {
     );
 
     std::fs::remove_file(&segs[1]).unwrap();
-    let r = keel_wal(&["verify", s(&t.wal())]);
+    let r = keel_wal(&["verify", s(&t.path().join("wal"))]);
     assert_eq!(r.code, 1);
     let end = valid_end(&std::fs::read(&segs[0]).unwrap());
     assert!(line(&r.stdout, "damage: ").starts_with(&format!("segment {} offset {end} ", segs[0].display())), "{}", r.stdout);
@@ -392,8 +363,8 @@ fn unreadable_input_exits_3_with_one_line() {
     assert_eq!(r.stderr, format!("keel-wal: {} is not a keel WAL segment (bad segment magic)\n", not_wal.display()));
 
     // A single segment file can be inspected on its own.
-    write_log(&t.wal(), 10);
-    let seg = &segment_files(&t.wal())[0];
+    write_log(&t.path().join("wal"), 10);
+    let seg = &segment_files(&t.path().join("wal"))[0];
     let r = keel_wal(&["verify", s(seg)]);
     assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
 }
