@@ -85,8 +85,9 @@
 
 /**
  * Recovery mode (keel_wal_options_t.recovery_mode), the default: a torn
- * tail of the last segment is cut off; any other damage fails the open
- * with KEEL_STATUS_CORRUPTION.
+ * tail (damage that no later frame proves was durable: the unsynced end
+ * a crash leaves) is cut off; damage to durable records fails the open
+ * with KEEL_STATUS_CORRUPTION. Outcome table: docs/WAL.md.
  */
 #define KEEL_RECOVERY_TOLERATE_TAIL 0
 
@@ -97,7 +98,8 @@
 
 /**
  * Recovery mode: stop at the first damage and keep the prefix before it,
- * unless a valid record after the damage proves a hole (then CORRUPTION).
+ * unless a valid frame after the damage proves the damaged record was
+ * durable (then CORRUPTION).
  */
 #define KEEL_RECOVERY_POINT_IN_TIME 2
 

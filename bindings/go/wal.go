@@ -35,13 +35,15 @@ const (
 type RecoveryMode uint32
 
 const (
-	// RecoveryTolerateTail (zero value, library default): a torn tail of
-	// the last segment is cut off; other damage fails with ErrCorruption.
+	// RecoveryTolerateTail (zero value, library default): a torn tail (the
+	// unsynced end a crash leaves) is cut off; damage to records that were
+	// durable fails with ErrCorruption.
 	RecoveryTolerateTail RecoveryMode = C.KEEL_RECOVERY_TOLERATE_TAIL
 	// RecoveryAbsolute: any damage, a torn tail included, fails Open.
 	RecoveryAbsolute RecoveryMode = C.KEEL_RECOVERY_ABSOLUTE
 	// RecoveryPointInTime: keep the prefix before the first damage unless
-	// a later valid record proves a hole (then ErrCorruption).
+	// a later valid frame proves the damaged record was durable
+	// (then ErrCorruption).
 	RecoveryPointInTime RecoveryMode = C.KEEL_RECOVERY_POINT_IN_TIME
 	// RecoverySalvage: explicitly lossy; damaged and later segments are
 	// moved to <dir>/salvaged-<timestamp>/.

@@ -45,13 +45,15 @@ pub const KEEL_DURABILITY_PERIODIC: u32 = 1;
 pub const KEEL_DURABILITY_NONE: u32 = 2;
 
 /// Recovery mode (keel_wal_options_t.recovery_mode), the default: a torn
-/// tail of the last segment is cut off; any other damage fails the open
-/// with KEEL_STATUS_CORRUPTION.
+/// tail (damage that no later frame proves was durable: the unsynced end
+/// a crash leaves) is cut off; damage to durable records fails the open
+/// with KEEL_STATUS_CORRUPTION. Outcome table: docs/WAL.md.
 pub const KEEL_RECOVERY_TOLERATE_TAIL: u32 = 0;
 /// Recovery mode: any damage, a torn tail included, fails the open.
 pub const KEEL_RECOVERY_ABSOLUTE: u32 = 1;
 /// Recovery mode: stop at the first damage and keep the prefix before it,
-/// unless a valid record after the damage proves a hole (then CORRUPTION).
+/// unless a valid frame after the damage proves the damaged record was
+/// durable (then CORRUPTION).
 pub const KEEL_RECOVERY_POINT_IN_TIME: u32 = 2;
 /// Recovery mode, explicitly lossy: keep the valid prefix before the first
 /// damage and move every damaged or later segment file into
