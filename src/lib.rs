@@ -4,7 +4,9 @@
 //! `include/keel.h` is generated from.
 
 pub mod error;
+pub mod engine;
 pub mod ffi;
+pub mod shard;
 pub mod status;
 pub mod wal;
 

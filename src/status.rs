@@ -40,6 +40,9 @@ pub const KEEL_STATUS_NOT_LEADER: keel_status_t = 13;
 pub const KEEL_STATUS_UNSUPPORTED: keel_status_t = 14;
 /// The file system is full (ENOSPC/EDQUOT); nothing was written and the data stays recoverable.
 pub const KEEL_STATUS_NO_SPACE: keel_status_t = 15;
+/// The key holds the other kind of data: an append to a key that holds a
+/// value (a put replaces a posting list; an append never replaces a value).
+pub const KEEL_STATUS_WRONG_KIND: keel_status_t = 16;
 
 /// Name of a status value as a static, NUL-terminated string.
 pub(crate) fn status_name(status: keel_status_t) -> &'static str {
@@ -60,6 +63,7 @@ pub(crate) fn status_name(status: keel_status_t) -> &'static str {
         KEEL_STATUS_NOT_LEADER => "NOT_LEADER\0",
         KEEL_STATUS_UNSUPPORTED => "UNSUPPORTED\0",
         KEEL_STATUS_NO_SPACE => "NO_SPACE\0",
+        KEEL_STATUS_WRONG_KIND => "WRONG_KIND\0",
         _ => "UNKNOWN\0",
     }
 }

@@ -261,6 +261,30 @@ impl Wal {
         self.shared.append(PendingFrame::batch(records))
     }
 
+    /// Appends one record (or, for several, one all-or-nothing batch)
+    /// without waiting for durability, whatever the mode; returns the first
+    /// sequence number. The caller waits with `wait_durable`. Shards use it
+    /// to apply operations in sequence order under their own lock while the
+    /// fdatasync is still group-committed outside it.
+    pub fn append_deferred(&self, records: &[&[u8]]) -> Result<u64> {
+        let frame = match records {
+            [] => return Err(Error::invalid("a batch needs at least one record")),
+            [one] => PendingFrame::record(one),
+            many => PendingFrame::batch(many),
+        };
+        self.shared.append_frame(frame, false)
+    }
+
+    /// Waits until every record <= `seq` is on stable storage
+    /// (group-committed with the other waiters).
+    pub fn wait_durable(&self, seq: u64) -> Result<()> {
+        self.shared.wait_durable(seq)
+    }
+
+    pub fn durability(&self) -> Durability {
+        self.shared.opts.durability
+    }
+
     /// Makes everything appended so far durable; returns the durable watermark.
     pub fn sync(&self) -> Result<u64> {
         self.shared.sync()
@@ -440,6 +464,11 @@ impl Shared {
     }
 
     fn append(&self, frame: PendingFrame) -> Result<u64> {
+        let wait = self.opts.durability == Durability::Sync;
+        self.append_frame(frame, wait)
+    }
+
+    fn append_frame(&self, frame: PendingFrame, wait: bool) -> Result<u64> {
         let limit = self.opts.record_limit();
         if frame.payload.len() as u64 > limit {
             return Err(Error::invalid(format!(
@@ -472,7 +501,7 @@ impl Shared {
             self.written.store(last, Ordering::Release);
             last
         };
-        if self.opts.durability == Durability::Sync {
+        if wait {
             self.wait_durable(last)?;
         }
         Ok(last + 1 - frame.count as u64)

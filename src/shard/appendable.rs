@@ -1,0 +1,257 @@
+//! The appendable segment: an in-memory sorted map that takes every new
+//! write and copy-on-write move, persisted by an append-only data log.
+//!
+//! Log record: `[u32 body length][u32 crc32 of body][body]`, body =
+//! `[u64 version][u8 kind][u32 key length][key][payload]`. Kinds: a value,
+//! a whole posting list (a key created or moved here), one posting item
+//! (an append to a list already here), a tombstone (a delete of a key here).
+//! The state file `seg-<id>.state` records how much of the log is durable;
+//! bytes past it are a crash's unsynced tail and are dropped at load.
+
+use super::entry::{decode_list, encode_list, Entry, Value};
+use super::files::{self, Cursor};
+use crate::error::{Error, Result};
+use parking_lot::Mutex;
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+const REC_VALUE: u8 = 1;
+const REC_LIST: u8 = 2;
+const REC_ITEM: u8 = 3;
+const REC_TOMBSTONE: u8 = 4;
+const STATE_MAGIC: u64 = 0x3154_5453_4c45_454b; // "KEELSTT1"
+
+/// The keys of the appendable segment; lives under the shard's lock.
+pub struct Appendable {
+    pub id: u64,
+    pub map: BTreeMap<Vec<u8>, Entry>,
+    /// Approximate bytes held; the shard seals past a threshold.
+    pub weight: usize,
+    /// Log records of the operation being applied, handed to `log` whole
+    /// when it is done so a flush never persists half a batch.
+    staged: Vec<u8>,
+    pub log: Arc<SegmentLog>,
+}
+
+struct LogState {
+    /// Records applied but not yet written to the file.
+    pending: Vec<u8>,
+    /// Version of the last operation whose records are in `pending` (or
+    /// already durable): a batch boundary.
+    pending_version: u64,
+    durable_len: u64,
+}
+
+/// The persistence side of the appendable segment: what its flusher runs.
+pub struct SegmentLog {
+    file: File,
+    log_path: PathBuf,
+    state_path: PathBuf,
+    state: Mutex<LogState>,
+    persisted: AtomicU64,
+}
+
+impl Appendable {
+    /// Creates an empty appendable segment with id `id`.
+    pub fn create(dir: &Path, id: u64, version: u64) -> Result<Appendable> {
+        let log = SegmentLog::open(dir, id, 0, version)?;
+        files::sync_dir(dir)?;
+        Ok(Appendable { id, map: BTreeMap::new(), weight: 0, staged: Vec::new(), log: Arc::new(log) })
+    }
+
+    /// Loads the durable part of `seg-<id>.log` and drops the rest.
+    pub fn load(dir: &Path, id: u64) -> Result<Appendable> {
+        let state_path = dir.join(files::name(id, files::STATE));
+        let (persisted, len) = match std::fs::read(&state_path) {
+            Ok(bytes) => {
+                let mut c = Cursor { bytes: files::open_small(STATE_MAGIC, &bytes, &state_path)? };
+                (c.u64()?, c.u64()?)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => (0, 0),
+            Err(e) => return Err(Error::io(format!("reading {}", state_path.display()), e)),
+        };
+        let log = SegmentLog::open(dir, id, len, persisted)?;
+        let mut bytes = vec![0u8; len as usize];
+        log.file.read_exact_at(&mut bytes, 0).map_err(|e| {
+            Error::corruption(format!("{}: shorter than its durable length {len}: {e}", log.log_path.display()))
+        })?;
+        let mut map = BTreeMap::new();
+        let mut weight = 0;
+        let mut c = Cursor { bytes: &bytes };
+        while !c.bytes.is_empty() {
+            let bad = |why: &str| Error::corruption(format!("{}: {why}", log.log_path.display()));
+            let (blen, crc) = (c.u32()? as usize, c.u32()?);
+            let body = c.take(blen).map_err(|_| bad("record cut short inside the durable length"))?;
+            if crc32fast::hash(body) != crc {
+                return Err(bad("record fails its checksum inside the durable length"));
+            }
+            let mut b = Cursor { bytes: body };
+            let (version, kind) = (b.u64()?, b.u8()?);
+            let key = b.bytes()?.to_vec();
+            let payload = b.bytes;
+            weight += key.len() + payload.len();
+            match kind {
+                REC_VALUE => {
+                    map.insert(key, Entry { version, value: Value::Bytes(payload.to_vec()) });
+                }
+                REC_LIST => {
+                    map.insert(key, Entry { version, value: Value::Posting(decode_list(payload)?) });
+                }
+                REC_ITEM => match map.get_mut(&key) {
+                    Some(Entry { version: v, value: Value::Posting(items) }) => {
+                        items.push(payload.to_vec());
+                        *v = version;
+                    }
+                    _ => return Err(bad("posting item for a key that holds no list")),
+                },
+                REC_TOMBSTONE => {
+                    map.remove(&key);
+                }
+                k => return Err(bad(&format!("record of unknown kind {k}"))),
+            }
+        }
+        // Drop the unsynced tail so new records follow durable ones.
+        log.file.set_len(len).map_err(|e| Error::io(format!("truncating {}", log.log_path.display()), e))?;
+        Ok(Appendable { id, map, weight, staged: Vec::new(), log: Arc::new(log) })
+    }
+
+    fn record(&mut self, version: u64, kind: u8, key: &[u8], payload: &[u8]) {
+        let start = self.staged.len();
+        self.staged.extend_from_slice(&[0; 8]); // length and crc, patched below
+        self.staged.extend_from_slice(&version.to_le_bytes());
+        self.staged.push(kind);
+        files::put_bytes(&mut self.staged, key);
+        self.staged.extend_from_slice(payload);
+        let body = &self.staged[start + 8..];
+        let (len, crc) = (body.len() as u32, crc32fast::hash(body));
+        self.staged[start..start + 4].copy_from_slice(&len.to_le_bytes());
+        self.staged[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+        self.weight += key.len() + payload.len();
+    }
+
+    pub fn put(&mut self, key: &[u8], value: &[u8], version: u64) {
+        self.record(version, REC_VALUE, key, value);
+        self.map.insert(key.to_vec(), Entry { version, value: Value::Bytes(value.to_vec()) });
+    }
+
+    /// Places a whole posting list here (a new key or a copy-on-write move).
+    pub fn put_list(&mut self, key: &[u8], items: Vec<Vec<u8>>, version: u64) {
+        let mut payload = Vec::new();
+        encode_list(&items, &mut payload);
+        self.record(version, REC_LIST, key, &payload);
+        self.map.insert(key.to_vec(), Entry { version, value: Value::Posting(items) });
+    }
+
+    /// Appends to a posting list that is already here.
+    pub fn push_item(&mut self, key: &[u8], item: &[u8], version: u64) {
+        self.record(version, REC_ITEM, key, item);
+        match self.map.get_mut(key) {
+            Some(Entry { version: v, value: Value::Posting(items) }) => {
+                items.push(item.to_vec());
+                *v = version;
+            }
+            _ => unreachable!("push_item on a key without a posting list here"),
+        }
+    }
+
+    pub fn remove(&mut self, key: &[u8], version: u64) {
+        if self.map.remove(key).is_some() {
+            self.record(version, REC_TOMBSTONE, key, &[]);
+        }
+    }
+
+    /// Ends an operation (or a whole batch) at `version`: its records
+    /// become visible to the flusher together.
+    pub fn finish(&mut self, version: u64) {
+        let mut st = self.log.state.lock();
+        st.pending.append(&mut self.staged);
+        st.pending_version = version;
+    }
+}
+
+impl SegmentLog {
+    fn open(dir: &Path, id: u64, durable_len: u64, persisted: u64) -> Result<SegmentLog> {
+        let log_path = dir.join(files::name(id, files::LOG));
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&log_path)
+            .map_err(|e| Error::io(format!("opening {}", log_path.display()), e))?;
+        Ok(SegmentLog {
+            file,
+            state_path: dir.join(files::name(id, files::STATE)),
+            log_path,
+            state: Mutex::new(LogState { pending: Vec::new(), pending_version: persisted, durable_len }),
+            persisted: AtomicU64::new(persisted),
+        })
+    }
+
+    pub fn persisted(&self) -> u64 {
+        self.persisted.load(Ordering::Acquire)
+    }
+
+    /// Has records applied but not durable.
+    pub fn dirty(&self) -> bool {
+        !self.state.lock().pending.is_empty()
+    }
+
+    /// The flusher (F4 inside the segment): data, fdatasync, state file,
+    /// then the in-memory persisted version. It takes the live pending
+    /// records at the time it runs; on failure they are put back and the
+    /// persisted version does not move. Returns the persisted version, a
+    /// batch boundary (`pending_version`).
+    pub fn flush(&self) -> Result<u64> {
+        let (bytes, version, offset) = {
+            let mut st = self.state.lock();
+            (std::mem::take(&mut st.pending), st.pending_version, st.durable_len)
+        };
+        if bytes.is_empty() {
+            self.persisted.fetch_max(version, Ordering::AcqRel);
+            return Ok(self.persisted());
+        }
+        let written = self.write_durably(&bytes, offset, version);
+        let mut st = self.state.lock();
+        match written {
+            Ok(()) => {
+                st.durable_len = offset + bytes.len() as u64;
+                drop(st);
+                self.persisted.fetch_max(version, Ordering::AcqRel);
+                Ok(version)
+            }
+            Err(e) => {
+                // Rewritten at the same offset by the next pass.
+                let newer = std::mem::replace(&mut st.pending, bytes);
+                st.pending.extend_from_slice(&newer);
+                Err(e)
+            }
+        }
+    }
+
+    fn write_durably(&self, bytes: &[u8], offset: u64, version: u64) -> Result<()> {
+        let io = |what: &str, e| Error::io(format!("{what} {}", self.log_path.display()), e);
+        self.file.write_all_at(bytes, offset).map_err(|e| io("writing", e))?;
+        self.file.sync_data().map_err(|e| io("syncing", e))?;
+        let mut state = Vec::with_capacity(16);
+        state.extend_from_slice(&version.to_le_bytes());
+        state.extend_from_slice(&(offset + bytes.len() as u64).to_le_bytes());
+        files::replace(&self.state_path, &files::seal_small(STATE_MAGIC, &state))
+    }
+
+    /// Removes the log and state files (after the segment is sealed).
+    pub fn remove_files(&self) -> Result<()> {
+        for p in [&self.state_path, &self.log_path] {
+            match std::fs::remove_file(p) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::io(format!("removing {}", p.display()), e)),
+            }
+        }
+        Ok(())
+    }
+}

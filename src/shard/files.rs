@@ -1,0 +1,142 @@
+//! File names inside `shards/<id>/segments/` and the one way small state
+//! files are replaced: temporary file, fsync, rename, directory fsync.
+
+use crate::error::{Error, Result};
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// The appendable segment's data log.
+pub const LOG: &str = "log";
+/// The appendable segment's state: persisted version and durable log length.
+pub const STATE: &str = "state";
+/// An immutable segment: sorted, checksummed table.
+pub const TABLE: &str = "sst";
+/// An immutable segment's deletion side-car.
+pub const DELETIONS: &str = "del";
+const TMP_SUFFIX: &str = ".tmp";
+
+pub fn name(id: u64, ext: &str) -> String {
+    format!("seg-{id:016}.{ext}")
+}
+
+/// Parses `seg-<id>.<ext>`; temporary files and strangers give `None`.
+pub fn parse(name: &str) -> Option<(u64, &str)> {
+    let rest = name.strip_prefix("seg-")?;
+    let (id, ext) = rest.split_once('.')?;
+    if id.len() != 16 || ext.contains('.') {
+        return None;
+    }
+    Some((id.parse().ok()?, ext))
+}
+
+pub fn is_temporary(name: &str) -> bool {
+    name.ends_with(TMP_SUFFIX)
+}
+
+pub fn tmp_path(path: &Path) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(TMP_SUFFIX);
+    PathBuf::from(s)
+}
+
+pub fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir).and_then(|d| d.sync_all()).map_err(|e| Error::io(format!("syncing {}", dir.display()), e))
+}
+
+/// Replaces `path` with `bytes` so that a crash leaves the old or the new
+/// file, never a mix (F4's "state file" step).
+pub fn replace(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = tmp_path(path);
+    let io = |what: &str, e| Error::io(format!("{what} {}", tmp.display()), e);
+    let mut f = OpenOptions::new().write(true).create(true).truncate(true).open(&tmp).map_err(|e| io("creating", e))?;
+    f.write_all(bytes).map_err(|e| io("writing", e))?;
+    f.sync_all().map_err(|e| io("syncing", e))?;
+    fs::rename(&tmp, path).map_err(|e| Error::io(format!("renaming {} into place", tmp.display()), e))?;
+    sync_dir(path.parent().expect("segment files live in a directory"))
+}
+
+/// Frames a small file: `[magic u64][len u32][crc u32][body]`.
+pub fn seal_small(magic: u64, body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(16 + body.len());
+    out.extend_from_slice(&magic.to_le_bytes());
+    out.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    out.extend_from_slice(&crc32fast::hash(body).to_le_bytes());
+    out.extend_from_slice(body);
+    out
+}
+
+/// Checks a file framed by `seal_small` and returns its body.
+pub fn open_small<'a>(magic: u64, bytes: &'a [u8], path: &Path) -> Result<&'a [u8]> {
+    let bad = |why: &str| Error::corruption(format!("{}: {why}", path.display()));
+    if bytes.len() < 16 || u64::from_le_bytes(bytes[..8].try_into().unwrap()) != magic {
+        return Err(bad("bad magic or cut short"));
+    }
+    let len = u32::from_le_bytes(bytes[8..12].try_into().unwrap()) as usize;
+    let crc = u32::from_le_bytes(bytes[12..16].try_into().unwrap());
+    let body = bytes.get(16..16 + len).ok_or_else(|| bad("cut short"))?;
+    if bytes.len() != 16 + len || crc32fast::hash(body) != crc {
+        return Err(bad("checksum mismatch"));
+    }
+    Ok(body)
+}
+
+/// Reads a little-endian integer field; cut input is corruption.
+pub struct Cursor<'a> {
+    pub bytes: &'a [u8],
+}
+
+impl<'a> Cursor<'a> {
+    pub fn take(&mut self, n: usize) -> Result<&'a [u8]> {
+        if self.bytes.len() < n {
+            return Err(Error::corruption("segment record cut short"));
+        }
+        let (head, tail) = self.bytes.split_at(n);
+        self.bytes = tail;
+        Ok(head)
+    }
+    pub fn u8(&mut self) -> Result<u8> {
+        Ok(self.take(1)?[0])
+    }
+    pub fn u32(&mut self) -> Result<u32> {
+        Ok(u32::from_le_bytes(self.take(4)?.try_into().unwrap()))
+    }
+    pub fn u64(&mut self) -> Result<u64> {
+        Ok(u64::from_le_bytes(self.take(8)?.try_into().unwrap()))
+    }
+    /// A `[u32 length][bytes]` field.
+    pub fn bytes(&mut self) -> Result<&'a [u8]> {
+        let n = self.u32()? as usize;
+        self.take(n)
+    }
+}
+
+pub fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
+    out.extend_from_slice(&(b.len() as u32).to_le_bytes());
+    out.extend_from_slice(b);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_parse_back() {
+        assert_eq!(parse(&name(42, TABLE)), Some((42, TABLE)));
+        assert_eq!(parse("seg-0000000000000001.sst.tmp"), None);
+        assert_eq!(parse("LOCK"), None);
+        assert!(is_temporary("seg-0000000000000001.sst.tmp"));
+    }
+
+    #[test]
+    fn small_files_reject_damage() {
+        let f = seal_small(7, b"hello");
+        assert_eq!(open_small(7, &f, Path::new("x")).unwrap(), b"hello");
+        for i in 0..f.len() {
+            let mut g = f.clone();
+            g[i] ^= 1;
+            assert!(open_small(7, &g, Path::new("x")).is_err(), "flip at {i}");
+        }
+        assert!(open_small(7, &f[..f.len() - 1], Path::new("x")).is_err());
+    }
+}

@@ -1,0 +1,212 @@
+//! An immutable segment: its data (a table file, or the frozen map of an
+//! appendable segment while its table is being written) plus the deletion
+//! side-car `seg-<id>.del`, the only part that changes.
+
+use super::entry::Entry;
+use super::files::{self, Cursor};
+use super::table::Table;
+use crate::error::{Error, Result};
+use parking_lot::Mutex;
+use std::collections::BTreeMap;
+use std::ops::Bound;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+const DEL_MAGIC: u64 = 0x314c_4544_4c45_454b; // "KEELDEL1"
+
+pub enum Data {
+    /// A sealed appendable segment whose table is being written.
+    Frozen(Arc<BTreeMap<Vec<u8>, Entry>>),
+    Table(Table),
+}
+
+struct Deletions {
+    /// key -> version of the operation that deleted or moved it away.
+    keys: BTreeMap<Vec<u8>, u64>,
+    /// Every deletion <= this is in the side-car file: the segment's
+    /// persisted version.
+    saved_upto: u64,
+    max_version: u64,
+}
+
+pub struct Sealed {
+    pub id: u64,
+    pub data: Data,
+    del_path: PathBuf,
+    deletions: Mutex<Deletions>,
+}
+
+impl Sealed {
+    pub fn new(dir: &Path, id: u64, data: Data, persisted: u64) -> Sealed {
+        Sealed {
+            id,
+            data,
+            del_path: dir.join(files::name(id, files::DELETIONS)),
+            deletions: Mutex::new(Deletions { keys: BTreeMap::new(), saved_upto: persisted, max_version: 0 }),
+        }
+    }
+
+    /// Opens a table segment with its side-car, if any.
+    pub fn load(dir: &Path, id: u64, table: Table) -> Result<Sealed> {
+        let persisted = table.max_version;
+        let s = Sealed::new(dir, id, Data::Table(table), persisted);
+        match std::fs::read(&s.del_path) {
+            Ok(bytes) => {
+                let mut c = Cursor { bytes: files::open_small(DEL_MAGIC, &bytes, &s.del_path)? };
+                let mut d = s.deletions.lock();
+                d.saved_upto = d.saved_upto.max(c.u64()?);
+                while !c.bytes.is_empty() {
+                    let key = c.bytes()?.to_vec();
+                    let v = c.u64()?;
+                    d.max_version = d.max_version.max(v);
+                    d.keys.insert(key, v);
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io(format!("reading {}", s.del_path.display()), e)),
+        }
+        Ok(s)
+    }
+
+    /// Same data under a new form (the frozen map replaced by its table),
+    /// taking over the deletions made meanwhile.
+    pub fn with_data(&self, data: Data, persisted: u64) -> Sealed {
+        let d = self.deletions.lock();
+        Sealed {
+            id: self.id,
+            data,
+            del_path: self.del_path.clone(),
+            deletions: Mutex::new(Deletions {
+                keys: d.keys.clone(),
+                saved_upto: d.saved_upto.max(persisted),
+                max_version: d.max_version,
+            }),
+        }
+    }
+
+    pub fn table(&self) -> Option<&Table> {
+        match &self.data {
+            Data::Table(t) => Some(t),
+            Data::Frozen(_) => None,
+        }
+    }
+
+    /// Entries in the data, live or deleted.
+    pub fn len(&self) -> u64 {
+        match &self.data {
+            Data::Table(t) => t.count,
+            Data::Frozen(m) => m.len() as u64,
+        }
+    }
+
+    pub fn size(&self) -> usize {
+        match &self.data {
+            Data::Table(t) => t.size(),
+            Data::Frozen(_) => 0,
+        }
+    }
+
+    pub fn deleted_count(&self) -> usize {
+        self.deletions.lock().keys.len()
+    }
+
+    /// The live entry for `key` (None when absent or deleted).
+    pub fn get(&self, key: &[u8]) -> Result<Option<Entry>> {
+        if self.deletions.lock().keys.contains_key(key) {
+            return Ok(None);
+        }
+        match &self.data {
+            Data::Table(t) => t.get(key),
+            Data::Frozen(m) => Ok(m.get(key).cloned()),
+        }
+    }
+
+    pub fn mark_deleted(&self, key: &[u8], version: u64) {
+        let mut d = self.deletions.lock();
+        d.keys.insert(key.to_vec(), version);
+        d.max_version = d.max_version.max(version);
+    }
+
+    /// Has unsaved changes: deletions after the persisted version, or
+    /// data that is only in memory (a frozen map whose table is not
+    /// written yet counts, so F5 never acks past it).
+    pub fn dirty(&self) -> bool {
+        let d = self.deletions.lock();
+        matches!(self.data, Data::Frozen(_)) || d.max_version > d.saved_upto
+    }
+
+    /// Largest version in the data or the side-car.
+    pub fn max_version(&self) -> u64 {
+        let data = match &self.data {
+            Data::Table(t) => t.max_version,
+            Data::Frozen(m) => m.values().map(|e| e.version).max().unwrap_or(0),
+        };
+        data.max(self.deletions.lock().max_version)
+    }
+
+    pub fn persisted(&self) -> u64 {
+        self.deletions.lock().saved_upto
+    }
+
+    /// Deletions with version > `since`, for handing over to a merged segment.
+    pub fn deletions_after(&self, since: u64) -> Vec<(Vec<u8>, u64)> {
+        self.deletions.lock().keys.iter().filter(|(_, &v)| v > since).map(|(k, &v)| (k.clone(), v)).collect()
+    }
+
+    /// The flusher of a copy-on-write source (F3, F4): persists every
+    /// deletion with version <= `bound` (the destination's persisted
+    /// version, so a moved key is never deleted here before its copy is
+    /// durable there) and then moves the persisted version to `bound`.
+    pub fn flush(&self, bound: u64) -> Result<()> {
+        let body = {
+            let mut d = self.deletions.lock();
+            let saved = d.saved_upto;
+            if !d.keys.values().any(|&v| v > saved && v <= bound) {
+                // Everything at or below the bound is already in the file.
+                d.saved_upto = saved.max(bound);
+                return Ok(());
+            }
+            let mut body = Vec::new();
+            body.extend_from_slice(&bound.to_le_bytes());
+            for (k, &v) in d.keys.iter().filter(|(_, &v)| v <= bound) {
+                files::put_bytes(&mut body, k);
+                body.extend_from_slice(&v.to_le_bytes());
+            }
+            body
+        };
+        files::replace(&self.del_path, &files::seal_small(DEL_MAGIC, &body))?;
+        let mut d = self.deletions.lock();
+        d.saved_upto = d.saved_upto.max(bound);
+        Ok(())
+    }
+
+    /// Entries with key >= `start` in key order, without those deleted at
+    /// a version <= `deleted_upto` (u64::MAX: every deletion counts).
+    pub fn live_from<'a>(
+        &'a self,
+        start: &'a [u8],
+        deleted_upto: u64,
+    ) -> Box<dyn Iterator<Item = Result<(Vec<u8>, Entry)>> + 'a> {
+        let deleted: BTreeMap<Vec<u8>, u64> =
+            self.deletions.lock().keys.iter().filter(|(_, &v)| v <= deleted_upto).map(|(k, &v)| (k.clone(), v)).collect();
+        let all: Box<dyn Iterator<Item = Result<(Vec<u8>, Entry)>> + 'a> = match &self.data {
+            Data::Table(t) => Box::new(t.iter_from(start)),
+            Data::Frozen(m) => Box::new(
+                m.range::<[u8], _>((Bound::Included(start), Bound::Unbounded)).map(|(k, e)| Ok((k.clone(), e.clone()))),
+            ),
+        };
+        Box::new(all.filter(move |r| !matches!(r, Ok((k, _)) if deleted.contains_key(k))))
+    }
+
+    pub fn remove_files(&self, dir: &Path) -> Result<()> {
+        for ext in [files::TABLE, files::DELETIONS] {
+            let p = dir.join(files::name(self.id, ext));
+            match std::fs::remove_file(&p) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::io(format!("removing {}", p.display()), e)),
+            }
+        }
+        Ok(())
+    }
+}

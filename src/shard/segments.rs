@@ -1,0 +1,210 @@
+//! The segment set of a shard and how operations change it. Lives under
+//! the shard's one `RwLock`: writers apply under the write lock, readers
+//! and the flush capture (F2) hold the read lock, so the set is always
+//! seen between whole operations (and whole batches).
+//!
+//! Invariant: a key has at most one live copy across all segments.
+//! Changing a key that lives in an immutable segment moves it (copy-on-
+//! write): the new version goes to the appendable segment, the old copy is
+//! marked deleted in its segment's side-car with the same version.
+
+use super::appendable::Appendable;
+use super::entry::{Entry, Kind, Value};
+use super::op::Op;
+use super::sealed::Sealed;
+use crate::error::{Error, Result};
+use crate::status::KEEL_STATUS_WRONG_KIND;
+use std::collections::{BTreeMap, HashMap};
+use std::ops::Bound;
+use std::sync::Arc;
+
+pub struct Segments {
+    pub appendable: Appendable,
+    /// Immutable segments, oldest first.
+    pub sealed: Vec<Arc<Sealed>>,
+    /// Version of the last operation applied (whole batches only).
+    pub applied: u64,
+    pub next_id: u64,
+}
+
+/// Where the live copy of a key is.
+enum Place {
+    Appendable,
+    Sealed(usize),
+}
+
+fn wrong_kind(key: &[u8]) -> Error {
+    Error::new(
+        KEEL_STATUS_WRONG_KIND,
+        format!("key {:?} holds a value; append needs a posting list or an absent key", String::from_utf8_lossy(key)),
+    )
+}
+
+impl Segments {
+    fn locate(&self, key: &[u8]) -> Result<Option<(Place, Entry)>> {
+        if let Some(e) = self.appendable.map.get(key) {
+            // Cloned only when asked for; callers below use kind and version.
+            return Ok(Some((Place::Appendable, e.clone())));
+        }
+        for (i, s) in self.sealed.iter().enumerate().rev() {
+            if let Some(e) = s.get(key)? {
+                return Ok(Some((Place::Sealed(i), e)));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Version and kind of the live copy, without copying posting lists
+    /// held in memory.
+    fn peek(&self, key: &[u8]) -> Result<Option<(u64, Kind)>> {
+        if let Some(e) = self.appendable.map.get(key) {
+            return Ok(Some((e.version, e.value.kind())));
+        }
+        Ok(self.locate(key)?.map(|(_, e)| (e.version, e.value.kind())))
+    }
+
+    pub fn get(&self, key: &[u8]) -> Result<Option<Entry>> {
+        Ok(self.locate(key)?.map(|(_, e)| e))
+    }
+
+    /// Rejects a write that would append to a value, before it reaches
+    /// the WAL (so replay never meets it). Earlier operations of the same
+    /// batch count.
+    pub fn check(&self, ops: &[Op]) -> Result<()> {
+        let mut batch: HashMap<&[u8], Option<Kind>> = HashMap::new();
+        for op in ops {
+            op.check()?;
+            let key = op.key();
+            let now = match batch.get(key) {
+                Some(k) => *k,
+                None => self.peek(key)?.map(|(_, k)| k),
+            };
+            let after = match op {
+                Op::Put { .. } => Some(Kind::Value),
+                Op::Delete { .. } => None,
+                Op::Append { .. } if now == Some(Kind::Value) => return Err(wrong_kind(key)),
+                Op::Append { .. } => Some(Kind::Posting),
+            };
+            batch.insert(key, after);
+        }
+        Ok(())
+    }
+
+    /// Applies one checked operation at `version`.
+    pub fn apply(&mut self, op: &Op, version: u64) -> Result<()> {
+        let key = op.key();
+        let place = if self.appendable.map.contains_key(key) {
+            Some((Place::Appendable, None))
+        } else {
+            self.locate(key)?.map(|(p, e)| (p, Some(e)))
+        };
+        match op {
+            Op::Put { value, .. } => {
+                if let Some((Place::Sealed(i), _)) = place {
+                    self.sealed[i].mark_deleted(key, version);
+                }
+                self.appendable.put(key, value, version);
+            }
+            Op::Delete { .. } => match place {
+                Some((Place::Appendable, _)) => self.appendable.remove(key, version),
+                Some((Place::Sealed(i), _)) => self.sealed[i].mark_deleted(key, version),
+                None => {}
+            },
+            Op::Append { item, .. } => match place {
+                Some((Place::Appendable, _)) => match self.appendable.map[key].value {
+                    Value::Posting(_) => self.appendable.push_item(key, item, version),
+                    Value::Bytes(_) => return Err(wrong_kind(key)),
+                },
+                Some((Place::Sealed(i), Some(Entry { value: Value::Posting(mut items), .. }))) => {
+                    items.push(item.clone());
+                    self.sealed[i].mark_deleted(key, version);
+                    self.appendable.put_list(key, items, version);
+                }
+                Some((Place::Sealed(_), _)) => return Err(wrong_kind(key)),
+                None => self.appendable.put_list(key, vec![item.clone()], version),
+            },
+        }
+        Ok(())
+    }
+
+    pub fn max_version(&self) -> u64 {
+        let a = self.appendable.map.values().map(|e| e.version).max().unwrap_or(0);
+        self.sealed.iter().map(|s| s.max_version()).fold(a, u64::max)
+    }
+
+    /// Ends a write (a single operation or a whole batch) at `version`.
+    pub fn finish(&mut self, version: u64) {
+        self.applied = version;
+        self.appendable.finish(version);
+    }
+
+    /// Replay of one WAL operation (F6). First restores the one-live-copy
+    /// invariant for its key (a crash can leave an old copy whose deletion
+    /// was not yet saved: only keys of unacknowledged operations can be in
+    /// that state, and replay visits all of them), then applies the
+    /// operation only if it is newer than the key's stored version.
+    pub fn replay(&mut self, op: &Op, version: u64) -> Result<()> {
+        let key = op.key();
+        let mut copies: Vec<(Place, u64)> = Vec::new();
+        if let Some(e) = self.appendable.map.get(key) {
+            copies.push((Place::Appendable, e.version));
+        }
+        for (i, s) in self.sealed.iter().enumerate() {
+            if let Some(e) = s.get(key)? {
+                copies.push((Place::Sealed(i), e.version));
+            }
+        }
+        let newest = copies.iter().map(|(_, v)| *v).max();
+        if copies.len() > 1 {
+            let keep = newest.unwrap();
+            let mut kept = false;
+            for (place, v) in &copies {
+                if *v == keep && !kept {
+                    kept = true;
+                    continue;
+                }
+                match place {
+                    Place::Appendable => self.appendable.remove(key, keep),
+                    Place::Sealed(i) => self.sealed[*i].mark_deleted(key, keep),
+                }
+            }
+        }
+        if newest.is_some_and(|v| v >= version) {
+            return Ok(());
+        }
+        match self.apply(op, version) {
+            // Cannot happen for a log written by keel (writes are checked
+            // before they are logged); a damaged or foreign log can.
+            Err(e) if e.status == KEEL_STATUS_WRONG_KIND => {
+                Err(Error::corruption(format!("WAL operation {version} appends to a value: {}", e.message)))
+            }
+            other => other,
+        }
+    }
+
+    /// Every live key in [start, end) (end None = unbounded), in order.
+    /// Copies the range: the caller holds the read lock only this long.
+    pub fn range(&self, start: &[u8], end: Option<&[u8]>) -> Result<Vec<(Vec<u8>, Entry)>> {
+        let in_range = |k: &[u8]| end.map_or(true, |e| k < e);
+        let mut out: BTreeMap<Vec<u8>, Entry> = BTreeMap::new();
+        let mut keep = |k: Vec<u8>, e: Entry| {
+            if out.get(&k).map_or(true, |have| have.version < e.version) {
+                out.insert(k, e);
+            }
+        };
+        for s in &self.sealed {
+            for r in s.live_from(start, u64::MAX) {
+                let (k, e) = r?;
+                if !in_range(&k) {
+                    break;
+                }
+                keep(k, e);
+            }
+        }
+        let upper = end.map_or(Bound::Unbounded, Bound::Excluded);
+        for (k, e) in self.appendable.map.range::<[u8], _>((Bound::Included(start), upper)) {
+            keep(k.clone(), e.clone());
+        }
+        Ok(out.into_iter().collect())
+    }
+}

@@ -1,0 +1,349 @@
+//! The immutable segment file (`seg-<id>.sst`): sorted entries in
+//! checksummed blocks, a sparse index (first key of each block), a Bloom
+//! filter and the ids of the segments it replaces (set by a merge).
+//!
+//! ```text
+//! block*   : entry* [u32 crc32 of the entries]        (~4 KiB each)
+//! entry    : [u32 klen][u32 vlen][u64 version][u8 kind][key][value]
+//! index    : ([u32 klen][first key][u64 offset][u32 length])*   per block
+//! filter   : Bloom bits over every key (bloom.rs)
+//! replaced : [u64 segment id]*
+//! footer   : [u64 magic][u32 format][u32 0][u64 index_off][u64 filter_off]
+//!            [u64 replaced_off][u64 count][u64 max_version]
+//!            [u32 crc32 of index..replaced][u32 crc32 of the footer so far]
+//! ```
+//! The file is mapped read-only; only the sparse index is decoded into
+//! memory (one key per block), blocks are checked when read.
+
+use super::bloom;
+use super::entry::{decode_list, encode_list, Entry, Value};
+use super::files::{self, Cursor};
+use crate::error::{Error, Result};
+use std::fs::{File, OpenOptions};
+use std::io::{BufWriter, Write};
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+
+const MAGIC: u64 = 0x314c_4254_4c45_454b; // "KEELTBL1"
+const FORMAT: u32 = 1;
+const FOOTER: usize = 64;
+const BLOCK_TARGET: usize = 4096;
+const KIND_VALUE: u8 = 1;
+const KIND_POSTING: u8 = 2;
+
+struct IndexEntry {
+    first_key: Vec<u8>,
+    offset: usize,
+    len: usize,
+}
+
+/// A read-only memory map of a whole file.
+struct Map {
+    ptr: *mut libc::c_void,
+    len: usize,
+}
+
+// SAFETY: the mapping is read-only and never changes while mapped.
+unsafe impl Send for Map {}
+unsafe impl Sync for Map {}
+
+impl Map {
+    fn new(file: &File, len: usize) -> std::io::Result<Map> {
+        let ptr = unsafe { libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ, libc::MAP_SHARED, file.as_raw_fd(), 0) };
+        if ptr == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(Map { ptr, len })
+    }
+    fn bytes(&self) -> &[u8] {
+        unsafe { std::slice::from_raw_parts(self.ptr as *const u8, self.len) }
+    }
+}
+
+impl Drop for Map {
+    fn drop(&mut self) {
+        unsafe { libc::munmap(self.ptr, self.len) };
+    }
+}
+
+/// An open immutable segment file.
+pub struct Table {
+    path: PathBuf,
+    map: Map,
+    index: Vec<IndexEntry>,
+    filter: (usize, usize),
+    pub replaced: Vec<u64>,
+    pub count: u64,
+    pub max_version: u64,
+}
+
+fn encode_entry(out: &mut Vec<u8>, key: &[u8], e: &Entry) {
+    let start = out.len();
+    out.extend_from_slice(&(key.len() as u32).to_le_bytes());
+    out.extend_from_slice(&[0; 4]); // value length, patched below
+    out.extend_from_slice(&e.version.to_le_bytes());
+    out.push(match e.value {
+        Value::Bytes(_) => KIND_VALUE,
+        Value::Posting(_) => KIND_POSTING,
+    });
+    out.extend_from_slice(key);
+    let vstart = out.len();
+    match &e.value {
+        Value::Bytes(b) => out.extend_from_slice(b),
+        Value::Posting(items) => encode_list(items, out),
+    }
+    let vlen = (out.len() - vstart) as u32;
+    out[start + 4..start + 8].copy_from_slice(&vlen.to_le_bytes());
+}
+
+fn decode_entry<'a>(c: &mut Cursor<'a>) -> Result<(&'a [u8], u64, u8, &'a [u8])> {
+    let klen = c.u32()? as usize;
+    let vlen = c.u32()? as usize;
+    let version = c.u64()?;
+    let kind = c.u8()?;
+    Ok((c.take(klen)?, version, kind, c.take(vlen)?))
+}
+
+fn to_entry(version: u64, kind: u8, value: &[u8]) -> Result<Entry> {
+    let value = match kind {
+        KIND_VALUE => Value::Bytes(value.to_vec()),
+        KIND_POSTING => Value::Posting(decode_list(value)?),
+        k => return Err(Error::corruption(format!("segment entry of unknown kind {k}"))),
+    };
+    Ok(Entry { version, value })
+}
+
+/// Writes a table from entries in strictly increasing key order, durably
+/// (temporary file, fsync, rename, directory fsync), and opens it.
+pub fn write(
+    path: &Path,
+    entries: impl Iterator<Item = Result<(Vec<u8>, Entry)>>,
+    replaced: &[u64],
+) -> Result<Table> {
+    let tmp = files::tmp_path(path);
+    let io = |e| Error::io(format!("writing {}", tmp.display()), e);
+    let file = OpenOptions::new().write(true).create(true).truncate(true).open(&tmp).map_err(io)?;
+    let mut w = BufWriter::with_capacity(1 << 20, file);
+    let mut offset = 0usize;
+    let mut index = Vec::new();
+    let mut hashes = Vec::new();
+    let mut block = Vec::with_capacity(2 * BLOCK_TARGET);
+    let mut first_key: Option<Vec<u8>> = None;
+    let mut last_key: Option<Vec<u8>> = None;
+    let mut max_version = 0;
+    let mut finish_block = |block: &mut Vec<u8>, first: Vec<u8>, w: &mut BufWriter<File>| -> Result<()> {
+        let crc = crc32fast::hash(block);
+        block.extend_from_slice(&crc.to_le_bytes());
+        w.write_all(block).map_err(io)?;
+        index.push(IndexEntry { first_key: first, offset, len: block.len() });
+        offset += block.len();
+        block.clear();
+        Ok(())
+    };
+    for item in entries {
+        let (key, entry) = item?;
+        if last_key.as_ref().is_some_and(|l| *l >= key) {
+            return Err(Error::new(crate::status::KEEL_STATUS_PANIC, "table keys out of order (bug)"));
+        }
+        hashes.push(bloom::hash64(&key));
+        max_version = max_version.max(entry.version);
+        first_key.get_or_insert_with(|| key.clone());
+        encode_entry(&mut block, &key, &entry);
+        last_key = Some(key);
+        if block.len() >= BLOCK_TARGET {
+            finish_block(&mut block, first_key.take().unwrap(), &mut w)?;
+        }
+    }
+    if !block.is_empty() {
+        finish_block(&mut block, first_key.take().unwrap(), &mut w)?;
+    }
+    let mut meta = Vec::new();
+    for ix in &index {
+        files::put_bytes(&mut meta, &ix.first_key);
+        meta.extend_from_slice(&(ix.offset as u64).to_le_bytes());
+        meta.extend_from_slice(&(ix.len as u32).to_le_bytes());
+    }
+    let filter_off = offset + meta.len();
+    meta.extend_from_slice(&bloom::build(&hashes));
+    let replaced_off = offset + meta.len();
+    for id in replaced {
+        meta.extend_from_slice(&id.to_le_bytes());
+    }
+    let mut footer = Vec::with_capacity(FOOTER);
+    footer.extend_from_slice(&MAGIC.to_le_bytes());
+    footer.extend_from_slice(&FORMAT.to_le_bytes());
+    footer.extend_from_slice(&0u32.to_le_bytes());
+    for v in [offset as u64, filter_off as u64, replaced_off as u64, hashes.len() as u64, max_version] {
+        footer.extend_from_slice(&v.to_le_bytes());
+    }
+    footer.extend_from_slice(&crc32fast::hash(&meta).to_le_bytes());
+    footer.extend_from_slice(&crc32fast::hash(&footer).to_le_bytes());
+    w.write_all(&meta).map_err(io)?;
+    w.write_all(&footer).map_err(io)?;
+    let file = w.into_inner().map_err(|e| io(e.into_error()))?;
+    file.sync_all().map_err(io)?;
+    drop(file);
+    std::fs::rename(&tmp, path).map_err(|e| Error::io(format!("renaming {}", tmp.display()), e))?;
+    files::sync_dir(path.parent().unwrap())?;
+    Table::open(path)
+}
+
+impl Table {
+    pub fn open(path: &Path) -> Result<Table> {
+        let bad = |why: &str| Error::corruption(format!("{}: {why}", path.display()));
+        let file = File::open(path).map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
+        let len = file.metadata().map_err(|e| Error::io(format!("reading {}", path.display()), e))?.len() as usize;
+        if len < FOOTER {
+            return Err(bad("shorter than a table footer"));
+        }
+        let map = Map::new(&file, len).map_err(|e| Error::io(format!("mapping {}", path.display()), e))?;
+        let bytes = map.bytes();
+        let f = &bytes[len - FOOTER..];
+        let mut c = Cursor { bytes: f };
+        let (magic, format) = (c.u64()?, c.u32()?);
+        c.u32()?;
+        let (index_off, filter_off, replaced_off) = (c.u64()? as usize, c.u64()? as usize, c.u64()? as usize);
+        let (count, max_version) = (c.u64()?, c.u64()?);
+        let (meta_crc, footer_crc) = (c.u32()?, c.u32()?);
+        if magic != MAGIC || crc32fast::hash(&f[..FOOTER - 4]) != footer_crc {
+            return Err(bad("footer damaged or not a keel table"));
+        }
+        if format != FORMAT {
+            return Err(bad(&format!("table format {format} is not supported")));
+        }
+        let meta_end = len - FOOTER;
+        if !(index_off <= filter_off && filter_off <= replaced_off && replaced_off <= meta_end) {
+            return Err(bad("footer offsets out of order"));
+        }
+        if crc32fast::hash(&bytes[index_off..meta_end]) != meta_crc {
+            return Err(bad("index, filter or replaced list damaged"));
+        }
+        let mut index = Vec::new();
+        let mut c = Cursor { bytes: &bytes[index_off..filter_off] };
+        while !c.bytes.is_empty() {
+            let first_key = c.bytes()?.to_vec();
+            let (offset, len) = (c.u64()? as usize, c.u32()? as usize);
+            if offset.checked_add(len).map_or(true, |end| end > index_off) || len < 4 {
+                return Err(bad("index entry points outside the blocks"));
+            }
+            index.push(IndexEntry { first_key, offset, len });
+        }
+        if (replaced_off..meta_end).len() % 8 != 0 {
+            return Err(bad("replaced list is not a whole number of ids"));
+        }
+        let replaced = bytes[replaced_off..meta_end].chunks(8).map(|c| u64::from_le_bytes(c.try_into().unwrap())).collect();
+        Ok(Table { path: path.to_path_buf(), index, filter: (filter_off, replaced_off), replaced, count, max_version, map })
+    }
+
+    /// Bytes of the file (for merge policy and stats).
+    pub fn size(&self) -> usize {
+        self.map.len
+    }
+
+    fn block(&self, i: usize) -> Result<&[u8]> {
+        let ix = &self.index[i];
+        let raw = &self.map.bytes()[ix.offset..ix.offset + ix.len];
+        let (body, crc) = raw.split_at(raw.len() - 4);
+        if crc32fast::hash(body) != u32::from_le_bytes(crc.try_into().unwrap()) {
+            return Err(Error::corruption(format!("{}: block at offset {} fails its checksum", self.path.display(), ix.offset)));
+        }
+        Ok(body)
+    }
+
+    /// Index of the block that would hold `key`.
+    fn block_for(&self, key: &[u8]) -> Option<usize> {
+        self.index.partition_point(|ix| ix.first_key.as_slice() <= key).checked_sub(1)
+    }
+
+    pub fn get(&self, key: &[u8]) -> Result<Option<Entry>> {
+        let (lo, hi) = self.filter;
+        if !bloom::may_contain(&self.map.bytes()[lo..hi], bloom::hash64(key)) {
+            return Ok(None);
+        }
+        let Some(b) = self.block_for(key) else { return Ok(None) };
+        let mut c = Cursor { bytes: self.block(b)? };
+        while !c.bytes.is_empty() {
+            let (k, version, kind, value) = decode_entry(&mut c)?;
+            match k.cmp(key) {
+                std::cmp::Ordering::Less => continue,
+                std::cmp::Ordering::Equal => return to_entry(version, kind, value).map(Some),
+                std::cmp::Ordering::Greater => break,
+            }
+        }
+        Ok(None)
+    }
+
+    /// Every entry with key >= `start`, in key order.
+    pub fn iter_from<'a>(&'a self, start: &'a [u8]) -> impl Iterator<Item = Result<(Vec<u8>, Entry)>> + 'a {
+        let first = self.block_for(start).unwrap_or(0);
+        (first..self.index.len())
+            .flat_map(move |b| {
+                let block = match self.block(b) {
+                    Ok(block) => block,
+                    Err(e) => return vec![Err(e)],
+                };
+                let mut c = Cursor { bytes: block };
+                let mut out = Vec::new();
+                while !c.bytes.is_empty() {
+                    match decode_entry(&mut c) {
+                        Ok((k, _, _, _)) if k < start => {}
+                        Ok((k, version, kind, value)) => out.push(to_entry(version, kind, value).map(|e| (k.to_vec(), e))),
+                        Err(e) => {
+                            out.push(Err(e));
+                            break;
+                        }
+                    }
+                }
+                out
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entries(n: u32) -> Vec<(Vec<u8>, Entry)> {
+        (0..n)
+            .map(|i| {
+                let value = if i % 3 == 0 {
+                    Value::Posting(vec![i.to_le_bytes().to_vec(), b"x".to_vec()])
+                } else {
+                    Value::Bytes(vec![i as u8; (i % 200) as usize])
+                };
+                (format!("key-{i:06}").into_bytes(), Entry { version: i as u64 + 1, value })
+            })
+            .collect()
+    }
+
+    #[test]
+    fn writes_reads_and_detects_damage() {
+        let dir = std::env::temp_dir().join(format!("keel-table-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("t.sst");
+        let all = entries(3000);
+        let t = write(&path, all.clone().into_iter().map(Ok), &[4, 5]).unwrap();
+        assert_eq!((t.count, t.max_version, t.replaced.clone()), (3000, 3000, vec![4, 5]));
+        for (k, e) in &all {
+            assert_eq!(t.get(k).unwrap().as_ref(), Some(e));
+        }
+        assert_eq!(t.get(b"key-").unwrap(), None);
+        assert_eq!(t.get(b"zzz").unwrap(), None);
+        let from: Vec<_> = t.iter_from(b"key-002500").map(|r| r.unwrap()).collect();
+        assert_eq!(from, all[2500..].to_vec());
+        drop(t);
+        // A flipped byte in a block is caught on read; in the footer, at open.
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[100] ^= 0x40;
+        std::fs::write(&path, &bytes).unwrap();
+        let t = Table::open(&path).unwrap();
+        assert!(all.iter().any(|(k, _)| t.get(k).is_err()));
+        drop(t);
+        let n = bytes.len();
+        bytes[100] ^= 0x40;
+        bytes[n - 20] ^= 1;
+        std::fs::write(&path, &bytes).unwrap();
+        assert_eq!(Table::open(&path).err().unwrap().status, crate::status::KEEL_STATUS_CORRUPTION);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,256 @@
+//! Shard behaviour through the Rust API: kinds, batches, scans, sealing,
+//! copy-on-write, merges, reopen, bounded WAL, misuse. A seeded model
+//! test compares every read with a BTreeMap after random writes, flushes
+//! and reopens (KEEL_SHARD_SEED=<n> replays one seed).
+
+mod common;
+
+use common::rng::Rng;
+use common::TempDir;
+use keel::shard::{Entry, Op, Options, Shard, Value, MAX_KEY_SIZE};
+use keel::status::*;
+use keel::wal::Durability;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+fn small() -> Options {
+    Options {
+        durability: Durability::None,
+        wal_segment_size: 64 << 10,
+        flush_interval: None,
+        seal_bytes: 8 << 10,
+        max_sealed: 3,
+        unordered_flush_seed: None,
+    }
+}
+
+fn value(e: Option<Entry>) -> Option<Value> {
+    e.map(|e| e.value)
+}
+
+#[test]
+fn kinds_meet_as_documented() {
+    let dir = TempDir::new("shard-kinds");
+    let s = Shard::open(dir.path(), small()).unwrap();
+    let v1 = s.put(b"k", b"one").unwrap();
+    // An append never replaces a value.
+    let err = s.append(b"k", b"item").unwrap_err();
+    assert_eq!(err.status, KEEL_STATUS_WRONG_KIND);
+    assert_eq!(value(s.get(b"k").unwrap()), Some(Value::Bytes(b"one".to_vec())));
+    // An append creates a list; a put replaces it with a value.
+    let a1 = s.append(b"p", b"x").unwrap();
+    let a2 = s.append(b"p", b"y").unwrap();
+    assert!(v1 < a1 && a1 < a2);
+    let e = s.get(b"p").unwrap().unwrap();
+    assert_eq!((e.version, e.value), (a2, Value::Posting(vec![b"x".to_vec(), b"y".to_vec()])));
+    s.put(b"p", b"flat").unwrap();
+    assert_eq!(value(s.get(b"p").unwrap()), Some(Value::Bytes(b"flat".to_vec())));
+    // A delete makes the key absent: an append then starts a new list.
+    s.delete(b"k").unwrap();
+    assert_eq!(s.get(b"k").unwrap(), None);
+    s.append(b"k", b"z").unwrap();
+    assert_eq!(value(s.get(b"k").unwrap()), Some(Value::Posting(vec![b"z".to_vec()])));
+    s.close().unwrap();
+}
+
+#[test]
+fn a_batch_applies_whole_or_not_at_all() {
+    let dir = TempDir::new("shard-batch");
+    let s = Shard::open(dir.path(), small()).unwrap();
+    s.put(b"v", b"value").unwrap();
+    let bad = [Op::Put { key: b"a".to_vec(), value: b"1".to_vec() }, Op::Append { key: b"v".to_vec(), item: b"i".to_vec() }];
+    assert_eq!(s.write(&bad).unwrap_err().status, KEEL_STATUS_WRONG_KIND);
+    assert_eq!(s.get(b"a").unwrap(), None);
+    // Earlier operations of the same batch count: put then append fails...
+    let bad = [Op::Put { key: b"n".to_vec(), value: b"1".to_vec() }, Op::Append { key: b"n".to_vec(), item: b"i".to_vec() }];
+    assert_eq!(s.write(&bad).unwrap_err().status, KEEL_STATUS_WRONG_KIND);
+    // ...delete then append succeeds.
+    let ok = [
+        Op::Delete { key: b"v".to_vec() },
+        Op::Append { key: b"v".to_vec(), item: b"i".to_vec() },
+        Op::Put { key: b"b".to_vec(), value: b"2".to_vec() },
+    ];
+    let (first, last) = s.write(&ok).unwrap();
+    assert_eq!(last, first + 2);
+    assert_eq!(s.get(b"v").unwrap().unwrap().version, first + 1);
+    assert_eq!(s.get(b"b").unwrap().unwrap().version, last);
+    assert_eq!(s.write(&[]).unwrap_err().status, KEEL_STATUS_INVALID_ARGUMENT);
+    s.close().unwrap();
+}
+
+#[test]
+fn misuse_is_reported() {
+    let dir = TempDir::new("shard-misuse");
+    let s = Shard::open(dir.path(), small()).unwrap();
+    let huge = vec![b'k'; MAX_KEY_SIZE + 1];
+    assert_eq!(s.put(&huge, b"v").unwrap_err().status, KEEL_STATUS_INVALID_ARGUMENT);
+    assert_eq!(s.get(&huge).unwrap_err().status, KEEL_STATUS_INVALID_ARGUMENT);
+    s.put(&huge[..MAX_KEY_SIZE], b"v").unwrap();
+    // A value larger than the WAL's record limit.
+    assert_eq!(s.put(b"big", &vec![0; 70 << 10]).unwrap_err().status, KEEL_STATUS_INVALID_ARGUMENT);
+    s.put(b"a", b"1").unwrap();
+    let mut scan = s.scan(b"", None).unwrap();
+    s.close().unwrap();
+    assert_eq!(s.put(b"a", b"2").unwrap_err().status, KEEL_STATUS_CLOSED);
+    assert_eq!(s.get(b"a").unwrap_err().status, KEEL_STATUS_CLOSED);
+    assert_eq!(scan.next().unwrap().unwrap_err().status, KEEL_STATUS_CLOSED);
+    assert_eq!(s.flush(true).unwrap_err().status, KEEL_STATUS_CLOSED);
+    s.close().unwrap(); // idempotent
+    let mut bad = small();
+    bad.seal_bytes = 1;
+    assert_eq!(Shard::open(dir.path(), bad).err().unwrap().status, KEEL_STATUS_INVALID_ARGUMENT);
+}
+
+/// The model: key -> value, checked against get, multi_get and scans.
+type Model = BTreeMap<Vec<u8>, Value>;
+
+fn apply(model: &mut Model, op: &Op) {
+    match op {
+        Op::Put { key, value } => {
+            model.insert(key.clone(), Value::Bytes(value.clone()));
+        }
+        Op::Delete { key } => {
+            model.remove(key);
+        }
+        Op::Append { key, item } => match model.entry(key.clone()).or_insert(Value::Posting(Vec::new())) {
+            Value::Posting(items) => items.push(item.clone()),
+            Value::Bytes(_) => unreachable!("generator never appends to a value"),
+        },
+    }
+}
+
+fn random_op(rng: &mut Rng, model: &Model, n: u64) -> Op {
+    let k = rng.below(48);
+    let key = format!("{}{k:03}", if k % 2 == 0 { "v" } else { "p" }).into_bytes();
+    match (k % 2, rng.below(10)) {
+        (_, 0) => Op::Delete { key },
+        (0, _) => Op::Put { key, value: format!("value-{n}-{}", "x".repeat(rng.below(300) as usize)).into_bytes() },
+        _ if matches!(model.get(&key), Some(Value::Bytes(_))) => Op::Delete { key },
+        _ => Op::Append { key, item: format!("item-{n}").into_bytes() },
+    }
+}
+
+fn check(s: &Shard, model: &Model, seed: u64) {
+    let all: Vec<(Vec<u8>, Value)> = s.scan(b"", None).unwrap().map(|r| r.map(|(k, e)| (k, e.value)).unwrap()).collect();
+    let want: Vec<(Vec<u8>, Value)> = model.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    assert_eq!(all, want, "seed {seed}: full scan differs from the model");
+    for (k, v) in model {
+        assert_eq!(value(s.get(k).unwrap()).as_ref(), Some(v), "seed {seed}: get {:?}", String::from_utf8_lossy(k));
+    }
+    let keys: Vec<&[u8]> = [b"v000".as_slice(), b"p001", b"nope"].to_vec();
+    let got: Vec<Option<Value>> = s.multi_get(&keys).unwrap().into_iter().map(value).collect();
+    assert_eq!(got, keys.iter().map(|k| model.get(*k).cloned()).collect::<Vec<_>>());
+    let prefix: Vec<Vec<u8>> = s.scan_prefix(b"p0").unwrap().map(|r| r.unwrap().0).collect();
+    assert_eq!(prefix, model.keys().filter(|k| k.starts_with(b"p0")).cloned().collect::<Vec<_>>());
+}
+
+fn run_model(seed: u64, ops: u64) {
+    let dir = TempDir::new("shard-model");
+    let mut rng = Rng::new(seed);
+    let mut model = Model::new();
+    let mut s = Shard::open(dir.path(), small()).unwrap();
+    for n in 0..ops {
+        if rng.chance(50) {
+            let batch: Vec<Op> = (0..1 + rng.below(5))
+                .map(|i| {
+                    let op = random_op(&mut rng, &model, n * 10 + i);
+                    apply(&mut model, &op);
+                    op
+                })
+                .collect();
+            s.write(&batch).unwrap();
+        } else {
+            let op = random_op(&mut rng, &model, n * 10);
+            apply(&mut model, &op);
+            s.write(std::slice::from_ref(&op)).unwrap();
+        }
+        match rng.below(200) {
+            0..=5 => {
+                s.flush(true).unwrap();
+            }
+            6 => {
+                s.close().unwrap();
+                s = Shard::open(dir.path(), small()).unwrap();
+                check(&s, &model, seed);
+            }
+            _ => {}
+        }
+    }
+    check(&s, &model, seed);
+    s.close().unwrap();
+    let s = Shard::open(dir.path(), small()).unwrap();
+    check(&s, &model, seed);
+    assert!(s.stats().sealed_segments >= 1, "seed {seed}: the workload should have sealed segments");
+    s.close().unwrap();
+}
+
+#[test]
+fn random_workloads_match_a_model() {
+    if let Ok(seed) = std::env::var("KEEL_SHARD_SEED") {
+        return run_model(seed.parse().unwrap(), 3000);
+    }
+    for seed in 1..=12 {
+        run_model(seed, 1500);
+    }
+}
+
+#[test]
+fn sealed_keys_move_copy_on_write_and_merges_keep_them() {
+    let dir = TempDir::new("shard-cow");
+    let s = Shard::open(dir.path(), small()).unwrap();
+    for i in 0..400u32 {
+        s.append(format!("p{:03}", i % 40).as_bytes(), &i.to_le_bytes()).unwrap();
+        s.put(format!("v{i:03}").as_bytes(), &[7u8; 100]).unwrap();
+        if i % 50 == 0 {
+            s.flush(true).unwrap();
+        }
+    }
+    s.flush(true).unwrap();
+    let st = s.stats();
+    assert!(st.sealed_segments >= 1 && st.sealed_segments <= 4, "{st:?}");
+    for k in 0..40u32 {
+        let want: Vec<Vec<u8>> = (0..400u32).filter(|i| i % 40 == k).map(|i| i.to_le_bytes().to_vec()).collect();
+        assert_eq!(value(s.get(format!("p{k:03}").as_bytes()).unwrap()), Some(Value::Posting(want)));
+    }
+    s.close().unwrap();
+}
+
+#[test]
+fn wal_stays_bounded_under_delete_churn() {
+    let dir = TempDir::new("shard-churn");
+    let s = Shard::open(dir.path(), small()).unwrap();
+    for i in 0..20_000u32 {
+        let key = format!("k{:04}", i % 500);
+        if i % 3 == 2 {
+            s.delete(key.as_bytes()).unwrap();
+        } else {
+            s.put(key.as_bytes(), &[1u8; 64]).unwrap();
+        }
+        if i % 1000 == 999 {
+            s.flush(true).unwrap();
+        }
+    }
+    s.flush(true).unwrap();
+    let wal_files = std::fs::read_dir(dir.path().join("wal")).unwrap().count();
+    let seg_bytes: u64 = std::fs::read_dir(dir.path().join("segments")).unwrap().map(|e| e.unwrap().metadata().unwrap().len()).sum();
+    let st = s.stats();
+    assert!(wal_files <= 6, "{wal_files} WAL files after churn");
+    assert!(st.persisted_version == st.last_version, "{st:?}");
+    assert!(seg_bytes < 4 << 20, "segments hold {seg_bytes} bytes for 500 small keys");
+    s.close().unwrap();
+}
+
+#[test]
+fn periodic_flush_persists_without_being_asked() {
+    let dir = TempDir::new("shard-periodic");
+    let mut o = small();
+    o.flush_interval = Some(Duration::from_millis(20));
+    let s = Shard::open(dir.path(), o).unwrap();
+    let v = s.put(b"k", b"v").unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while s.persisted_version() < v {
+        assert!(std::time::Instant::now() < deadline, "periodic flush never ran");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    s.close().unwrap();
+}
