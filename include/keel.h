@@ -27,10 +27,11 @@
  *   A (pointer, length) pair with length 0 may have a NULL pointer.
  *
  * Threads
- *   keel_wal_t is internally synchronised: any thread may call any function
- *   on it concurrently, except that _close must be the last call and must
- *   not race with others. A reader (keel_wal_reader_t) may move between
- *   threads but must not be used by two at once. Callbacks (later
+ *   keel_wal_t, keel_engine_t and keel_shard_t are internally synchronised:
+ *   any thread may call any function on them concurrently, except that
+ *   _close must be the last call and must not race with others. Cursors
+ *   and builders (keel_wal_reader_t, keel_iter_t, keel_batch_t) may move
+ *   between threads but must not be used by two at once. Callbacks (later
  *   components) say which keel thread runs them.
  *
  * Safety
@@ -58,6 +59,43 @@
 #define KEEL_VERSION_NUMBER 100
 #define KEEL_VERSION_STRING "0.1.0"
 
+
+/**
+ * Longest key a shard accepts, in bytes; longer keys are INVALID_ARGUMENT.
+ */
+#define KEEL_SHARD_MAX_KEY_SIZE 4096
+
+/**
+ * Kind reported for a key that does not exist (keel_shard_multi_get()).
+ */
+#define KEEL_KIND_NONE 0
+
+/**
+ * The key holds a value.
+ */
+#define KEEL_KIND_VALUE 1
+
+/**
+ * The key holds a posting list, returned encoded as `[u32 little-endian
+ * length][item bytes]` per item, in append order; walk it with
+ * keel_posting_next().
+ */
+#define KEEL_KIND_POSTING 2
+
+/**
+ * Packed operation code (keel_shard_write_packed()): put key = value.
+ */
+#define KEEL_OP_PUT 1
+
+/**
+ * Packed operation code: delete key (body must be empty).
+ */
+#define KEEL_OP_DELETE 2
+
+/**
+ * Packed operation code: append the body as one item to key's posting list.
+ */
+#define KEEL_OP_APPEND 3
 
 /**
  * ABI version: bumped on every incompatible change of this header. The C++
@@ -126,11 +164,39 @@
 #define KEEL_WAL_KEEP_NONE UINT64_MAX
 
 /**
+ * A write batch under construction: operations applied atomically by
+ * keel_shard_write(). Not thread-safe; reusable after keel_batch_clear().
+ */
+typedef struct keel_batch_t keel_batch_t;
+
+/**
+ * An engine: one data directory hosting shards by u32 id. Internally
+ * synchronised: every call except keel_engine_close() may run on any
+ * thread concurrently. Only one engine (in any process) may have a
+ * directory open.
+ */
+typedef struct keel_engine_t keel_engine_t;
+
+/**
  * An error returned through a trailing `keel_error_t **err` argument:
  * a status code and a message. Owned by the caller; free it with
  * keel_error_free().
  */
 typedef struct keel_error_t keel_error_t;
+
+/**
+ * A scan over a range of keys, from one consistent state of the shard
+ * taken when the scan was opened (it holds a copy of the range: memory is
+ * proportional to what it covers). Not thread-safe.
+ */
+typedef struct keel_iter_t keel_iter_t;
+
+/**
+ * One shard of an engine: keys → values and posting lists. Internally
+ * synchronised: every call except keel_shard_close() may run on any
+ * thread concurrently.
+ */
+typedef struct keel_shard_t keel_shard_t;
 
 /**
  * A cursor over the records of a WAL, opened with keel_wal_reader_open().
@@ -164,6 +230,47 @@ typedef struct keel_buf_t {
    */
   size_t len;
 } keel_buf_t;
+
+/**
+ * Options of keel_engine_open(), applied to every shard it opens.
+ * Versioned by `struct_size`: fill with keel_engine_options_init() first.
+ */
+typedef struct keel_engine_options_t {
+  /**
+   * sizeof(keel_engine_options_t) as the caller compiled it.
+   */
+  uint32_t struct_size;
+  /**
+   * KEEL_DURABILITY_* of every shard's WAL: when a write returns.
+   * Default KEEL_DURABILITY_SYNC.
+   */
+  uint32_t durability;
+  /**
+   * Sync interval of KEEL_DURABILITY_PERIODIC, 1 to 60000 ms; default 100.
+   */
+  uint32_t sync_interval_ms;
+  /**
+   * More immutable segments than this are merged in the background,
+   * smallest first; at least 1, default 8.
+   */
+  uint32_t max_sealed_segments;
+  /**
+   * Size of each WAL segment file; 64 KiB to 4 GiB, default 64 MiB. A
+   * value or posting item must fit one WAL record (16 MiB by default,
+   * less for small segments).
+   */
+  uint64_t wal_segment_size;
+  /**
+   * Period of the background flush in milliseconds; 0 flushes only on
+   * keel_shard_flush(), when sealing and on close. Default 1000.
+   */
+  uint64_t flush_interval_ms;
+  /**
+   * The appendable segment is sealed into an immutable one past this
+   * many bytes of keys and values; at least 4096, default 32 MiB.
+   */
+  uint64_t seal_bytes;
+} keel_engine_options_t;
 
 /**
  * Options of keel_wal_open(). Versioned by `struct_size`: always fill it
@@ -280,6 +387,12 @@ typedef struct keel_wal_options_t {
  */
 #define KEEL_STATUS_NO_SPACE 15
 
+/**
+ * The key holds the other kind of data: an append to a key that holds a
+ * value (a put replaces a posting list; an append never replaces a value).
+ */
+#define KEEL_STATUS_WRONG_KIND 16
+
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
@@ -290,6 +403,71 @@ extern "C" {
  * buffers that keel filled.
  */
 keel_status_t keel_buf_free(struct keel_buf_t *buf);
+
+/**
+ * Fills `opts` with the defaults and sets struct_size.
+ * Errors: NULL_ARGUMENT.
+ */
+keel_status_t keel_engine_options_init(struct keel_engine_options_t *opts);
+
+/**
+ * Opens (creating if needed) the data directory `dir`. `opts` may be NULL
+ * for the defaults. On success `*out` receives a handle the caller
+ * releases with keel_engine_close().
+ * Errors: NULL_ARGUMENT, INVALID_ARGUMENT (bad option), BUSY (another
+ * engine has the directory open), IO, NO_SPACE.
+ */
+keel_status_t keel_engine_open(const char *dir,
+                               const struct keel_engine_options_t *opts,
+                               struct keel_engine_t **out,
+                               struct keel_error_t **err);
+
+/**
+ * Opens shard `id` (recovering it: segments loaded, WAL replayed) and
+ * writes a handle to `*out`, released with keel_shard_close(). A shard is
+ * open at most once at a time.
+ * Errors: NULL_ARGUMENT, NOT_FOUND (missing and create_if_missing is
+ * false), BUSY (already open), CLOSED (engine closed), CORRUPTION, IO,
+ * NO_SPACE.
+ */
+keel_status_t keel_engine_shard_open(const struct keel_engine_t *engine,
+                                     uint32_t id,
+                                     bool create_if_missing,
+                                     struct keel_shard_t **out,
+                                     struct keel_error_t **err);
+
+/**
+ * Deletes shard `id` and all its data (atomically: a crash leaves the
+ * whole shard or none of it).
+ * Errors: NULL_ARGUMENT, NOT_FOUND, BUSY (the shard is open), CLOSED, IO.
+ */
+keel_status_t keel_engine_shard_drop(const struct keel_engine_t *engine,
+                                     uint32_t id,
+                                     struct keel_error_t **err);
+
+/**
+ * Writes the ids of every shard (open or not), ascending, to `ids` (room
+ * for `capacity`) and their number to `*count`. When they do not fit,
+ * returns BUFFER_TOO_SMALL with the number needed in `*count` and writes
+ * nothing. `ids` may be NULL when capacity is 0 (to ask for the count).
+ * Errors: NULL_ARGUMENT, BUFFER_TOO_SMALL, CLOSED, IO.
+ */
+keel_status_t keel_engine_shard_list(const struct keel_engine_t *engine,
+                                     uint32_t *ids,
+                                     size_t capacity,
+                                     size_t *count,
+                                     struct keel_error_t **err);
+
+/**
+ * Closes every shard still open (each runs a final flush), releases the
+ * directory and frees the handle, which is freed even when a shard fails
+ * to close (the first error is returned). Shard handles still held stay
+ * valid to free: their calls return CLOSED. NULL is a no-op. Must not
+ * race with other calls on the same engine handle.
+ * Errors: IO, POISONED (a shard could not flush), INVALID_ARGUMENT (not
+ * a live handle).
+ */
+keel_status_t keel_engine_close(struct keel_engine_t *engine, struct keel_error_t **err);
 
 /**
  * Returns the name of a status code ("OK", "IO", "CORRUPTION", ...) as a
@@ -315,6 +493,269 @@ const char *keel_error_message(const struct keel_error_t *err);
  * Frees an error object. NULL is a no-op.
  */
 void keel_error_free(struct keel_error_t *err);
+
+/**
+ * Puts `value` under `key` (replacing a value or a posting list) and
+ * writes the operation's version to `*version` (may be NULL). Returns
+ * once the write is as durable as the engine's durability mode says.
+ * Errors: NULL_ARGUMENT, INVALID_ARGUMENT (key longer than
+ * KEEL_SHARD_MAX_KEY_SIZE, value larger than a WAL record), NO_SPACE,
+ * IO, POISONED, CLOSED.
+ */
+keel_status_t keel_shard_put(const struct keel_shard_t *shard,
+                             const uint8_t *key,
+                             size_t key_len,
+                             const uint8_t *value,
+                             size_t value_len,
+                             uint64_t *version,
+                             struct keel_error_t **err);
+
+/**
+ * Deletes `key` (a no-op that still gets a version when it is absent).
+ * Errors: as keel_shard_put().
+ */
+keel_status_t keel_shard_delete(const struct keel_shard_t *shard,
+                                const uint8_t *key,
+                                size_t key_len,
+                                uint64_t *version,
+                                struct keel_error_t **err);
+
+/**
+ * Appends `item` to the posting list of `key`, creating the list when
+ * the key is absent. Errors: as keel_shard_put(), plus WRONG_KIND when
+ * the key holds a value (nothing is written).
+ */
+keel_status_t keel_shard_append(const struct keel_shard_t *shard,
+                                const uint8_t *key,
+                                size_t key_len,
+                                const uint8_t *item,
+                                size_t item_len,
+                                uint64_t *version,
+                                struct keel_error_t **err);
+
+/**
+ * Applies the operations of `batch` atomically: readers and recovery see
+ * all of them or none. They get consecutive versions, the first and last
+ * written to `*first_version` / `*last_version` (each may be NULL). The
+ * batch is left as it was (clear it to reuse it).
+ * Errors: as keel_shard_append() (WRONG_KIND fails the whole batch;
+ * earlier operations of the batch count), INVALID_ARGUMENT (empty batch).
+ */
+keel_status_t keel_shard_write(const struct keel_shard_t *shard,
+                               const struct keel_batch_t *batch,
+                               uint64_t *first_version,
+                               uint64_t *last_version,
+                               struct keel_error_t **err);
+
+/**
+ * Like keel_shard_write() with the batch packed by the caller in one
+ * buffer (one call from Go or another FFI): per operation
+ * `[u8 KEEL_OP_*][u32 LE key length][u32 LE body length][key][body]`,
+ * back to back; the body is the value (put), the item (append) or empty
+ * (delete). Errors: as keel_shard_write(), INVALID_ARGUMENT for a
+ * malformed buffer (nothing is written).
+ */
+keel_status_t keel_shard_write_packed(const struct keel_shard_t *shard,
+                                      const uint8_t *ops,
+                                      size_t ops_len,
+                                      uint64_t *first_version,
+                                      uint64_t *last_version,
+                                      struct keel_error_t **err);
+
+/**
+ * Reads `key`: its bytes (a value, or an encoded posting list) into a new
+ * `*value` the caller frees with keel_buf_free() (overwritten without
+ * being freed), its KEEL_KIND_* to `*kind` and its version to `*version`
+ * (both may be NULL). Sees only whole writes and batches.
+ * Errors: NOT_FOUND (absent; *value untouched), NULL_ARGUMENT,
+ * INVALID_ARGUMENT (key too long), CORRUPTION (a damaged segment block),
+ * CLOSED.
+ */
+keel_status_t keel_shard_get(const struct keel_shard_t *shard,
+                             const uint8_t *key,
+                             size_t key_len,
+                             struct keel_buf_t *value,
+                             uint32_t *kind,
+                             uint64_t *version,
+                             struct keel_error_t **err);
+
+/**
+ * Reads `count` keys from one consistent state. Keys are packed back to
+ * back in `keys`, key i being `key_lens[i]` bytes. For each key i,
+ * `values[i]` receives a new buffer (free each with keel_buf_free(); an
+ * absent key gets {NULL, 0}), `kinds[i]` its KEEL_KIND_* (KEEL_KIND_NONE
+ * when absent) and `versions[i]` its version or 0 (`versions` may be
+ * NULL). On error nothing needs freeing.
+ * Errors: NULL_ARGUMENT, INVALID_ARGUMENT (a key too long), CORRUPTION,
+ * CLOSED.
+ */
+keel_status_t keel_shard_multi_get(const struct keel_shard_t *shard,
+                                   const uint8_t *keys,
+                                   const size_t *key_lens,
+                                   size_t count,
+                                   struct keel_buf_t *values,
+                                   uint32_t *kinds,
+                                   uint64_t *versions,
+                                   struct keel_error_t **err);
+
+/**
+ * Opens a scan over keys in [start, end), in key order. `end` NULL means
+ * no upper bound (end_len is then ignored); an empty start is the first
+ * key. Release with keel_iter_close(). The scan reads a consistent copy of
+ * the range taken now; after the shard is closed its calls return CLOSED.
+ * Errors: NULL_ARGUMENT, CORRUPTION, CLOSED.
+ */
+keel_status_t keel_shard_scan(const struct keel_shard_t *shard,
+                              const uint8_t *start,
+                              size_t start_len,
+                              const uint8_t *end,
+                              size_t end_len,
+                              struct keel_iter_t **out,
+                              struct keel_error_t **err);
+
+/**
+ * Opens a scan over every key that starts with `prefix` (all keys when
+ * prefix_len is 0). As keel_shard_scan().
+ */
+keel_status_t keel_shard_scan_prefix(const struct keel_shard_t *shard,
+                                     const uint8_t *prefix,
+                                     size_t prefix_len,
+                                     struct keel_iter_t **out,
+                                     struct keel_error_t **err);
+
+/**
+ * Moves to the next key and points `*key`/`*key_len` and
+ * `*value`/`*value_len` at its bytes (a value or an encoded posting
+ * list), owned by the iterator and valid until the next call or
+ * keel_iter_close(). `*kind` and `*version` may be NULL.
+ * Errors: NOT_FOUND at the end (pointers untouched), NULL_ARGUMENT,
+ * CLOSED (the shard was closed).
+ */
+keel_status_t keel_iter_next(struct keel_iter_t *iter,
+                             const uint8_t **key,
+                             size_t *key_len,
+                             const uint8_t **value,
+                             size_t *value_len,
+                             uint32_t *kind,
+                             uint64_t *version,
+                             struct keel_error_t **err);
+
+/**
+ * Frees a scan. NULL is a no-op.
+ */
+void keel_iter_close(struct keel_iter_t *iter);
+
+/**
+ * Walks an encoded posting list (`list`, `list_len`, as returned for
+ * KEEL_KIND_POSTING): from byte `*offset` (start at 0), points `*item` /
+ * `*item_len` into `list` at the next item and advances `*offset`.
+ * Errors: NOT_FOUND at the end, CORRUPTION (not a valid encoding),
+ * NULL_ARGUMENT, INVALID_ARGUMENT (*offset beyond list_len).
+ */
+keel_status_t keel_posting_next(const uint8_t *list,
+                                size_t list_len,
+                                size_t *offset,
+                                const uint8_t **item,
+                                size_t *item_len,
+                                struct keel_error_t **err);
+
+/**
+ * Runs a flush pass on the shard's flush thread (a pass already running
+ * is not interrupted: the request runs in the next one). With `wait`,
+ * returns when the pass is done and writes the persisted version to
+ * `*persisted_version` (may be NULL); without, returns at once with the
+ * version persisted so far.
+ * Errors: IO, NO_SPACE (the pass failed: nothing was acknowledged, the
+ * WAL still holds everything), CLOSED, POISONED.
+ */
+keel_status_t keel_shard_flush(const struct keel_shard_t *shard,
+                               bool wait,
+                               uint64_t *persisted_version,
+                               struct keel_error_t **err);
+
+/**
+ * Writes the persisted version: every operation with a version <= it is
+ * in durable segment files and its WAL records may be gone. A host whose
+ * own consensus log is the durability boundary may compact that log up
+ * to here. Errors: NULL_ARGUMENT.
+ */
+keel_status_t keel_shard_persisted_version(const struct keel_shard_t *shard, uint64_t *out);
+
+/**
+ * Writes the version of the last applied operation. Errors: NULL_ARGUMENT.
+ */
+keel_status_t keel_shard_last_version(const struct keel_shard_t *shard, uint64_t *out);
+
+/**
+ * Keeps the shard's WAL records with version >= `version` even after
+ * they are persisted (for a reader that still needs them, e.g. a shard
+ * transfer); KEEL_WAL_KEEP_NONE releases the hold.
+ * Errors: TRUNCATED (already gone), CLOSED.
+ */
+keel_status_t keel_shard_set_keep_from(const struct keel_shard_t *shard,
+                                       uint64_t version,
+                                       struct keel_error_t **err);
+
+/**
+ * Closes the shard: a final flush pass, the flush thread stopped, the WAL
+ * closed; frees the handle (even when the flush fails; the error is
+ * returned and the WAL still holds everything). Open scans then return
+ * CLOSED. A handle whose engine was closed first frees with OK. NULL is
+ * a no-op. Must not race with other calls on the same handle.
+ * Errors: IO, NO_SPACE, POISONED, INVALID_ARGUMENT (not a live handle).
+ */
+keel_status_t keel_shard_close(struct keel_shard_t *shard, struct keel_error_t **err);
+
+/**
+ * Creates an empty batch in `*out`; free it with keel_batch_free().
+ * Errors: NULL_ARGUMENT.
+ */
+keel_status_t keel_batch_new(struct keel_batch_t **out);
+
+/**
+ * Adds a put to the batch (the bytes are copied).
+ * Errors: NULL_ARGUMENT, INVALID_ARGUMENT (key too long).
+ */
+keel_status_t keel_batch_put(struct keel_batch_t *batch,
+                             const uint8_t *key,
+                             size_t key_len,
+                             const uint8_t *value,
+                             size_t value_len,
+                             struct keel_error_t **err);
+
+/**
+ * Adds a delete to the batch. Errors: as keel_batch_put().
+ */
+keel_status_t keel_batch_delete(struct keel_batch_t *batch,
+                                const uint8_t *key,
+                                size_t key_len,
+                                struct keel_error_t **err);
+
+/**
+ * Adds an append to the batch. Errors: as keel_batch_put().
+ */
+keel_status_t keel_batch_append(struct keel_batch_t *batch,
+                                const uint8_t *key,
+                                size_t key_len,
+                                const uint8_t *item,
+                                size_t item_len,
+                                struct keel_error_t **err);
+
+/**
+ * Writes the number of operations in the batch. Errors: NULL_ARGUMENT.
+ */
+keel_status_t keel_batch_count(const struct keel_batch_t *batch, size_t *out);
+
+/**
+ * Removes every operation (keeps the memory for reuse).
+ * Errors: NULL_ARGUMENT.
+ */
+keel_status_t keel_batch_clear(struct keel_batch_t *batch);
+
+/**
+ * Frees a batch. NULL is a no-op.
+ */
+void keel_batch_free(struct keel_batch_t *batch);
 
 /**
  * Returns the library version as a static string such as "0.1.0".

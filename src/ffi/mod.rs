@@ -14,12 +14,16 @@
 #[macro_use]
 mod boundary;
 mod buf;
+mod engine;
 mod error;
+mod shard;
 mod version;
 mod wal;
 
 pub use boundary::Opaque;
 pub use buf::*;
+pub use engine::*;
 pub use error::*;
+pub use shard::*;
 pub use version::*;
 pub use wal::*;

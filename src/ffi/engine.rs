@@ -1,0 +1,213 @@
+//! C API of the engine (`keel_engine_*`): a data directory hosting shards.
+
+use crate::engine::Engine;
+use crate::error::Error;
+use crate::ffi::boundary::{in_path, into_handle, out_ptr, take_handle, Opaque};
+use crate::ffi::error::keel_error_t;
+use crate::ffi::shard::keel_shard_t;
+use crate::ffi::wal::{KEEL_DURABILITY_NONE, KEEL_DURABILITY_PERIODIC, KEEL_DURABILITY_SYNC};
+use crate::shard;
+use crate::status::*;
+use crate::wal::Durability;
+use std::os::raw::c_char;
+use std::time::Duration;
+
+/// An engine: one data directory hosting shards by u32 id. Internally
+/// synchronised: every call except keel_engine_close() may run on any
+/// thread concurrently. Only one engine (in any process) may have a
+/// directory open.
+pub struct keel_engine_t {
+    _private: [u8; 0],
+}
+
+impl Opaque for keel_engine_t {
+    type Inner = Engine;
+    const MAGIC: u64 = 0x6b65_656c_454e_474e; // "keelENGN"
+    const NAME: &'static str = "keel_engine_t";
+}
+
+/// Options of keel_engine_open(), applied to every shard it opens.
+/// Versioned by `struct_size`: fill with keel_engine_options_init() first.
+#[repr(C)]
+pub struct keel_engine_options_t {
+    /// sizeof(keel_engine_options_t) as the caller compiled it.
+    pub struct_size: u32,
+    /// KEEL_DURABILITY_* of every shard's WAL: when a write returns.
+    /// Default KEEL_DURABILITY_SYNC.
+    pub durability: u32,
+    /// Sync interval of KEEL_DURABILITY_PERIODIC, 1 to 60000 ms; default 100.
+    pub sync_interval_ms: u32,
+    /// More immutable segments than this are merged in the background,
+    /// smallest first; at least 1, default 8.
+    pub max_sealed_segments: u32,
+    /// Size of each WAL segment file; 64 KiB to 4 GiB, default 64 MiB. A
+    /// value or posting item must fit one WAL record (16 MiB by default,
+    /// less for small segments).
+    pub wal_segment_size: u64,
+    /// Period of the background flush in milliseconds; 0 flushes only on
+    /// keel_shard_flush(), when sealing and on close. Default 1000.
+    pub flush_interval_ms: u64,
+    /// The appendable segment is sealed into an immutable one past this
+    /// many bytes of keys and values; at least 4096, default 32 MiB.
+    pub seal_bytes: u64,
+}
+
+fn options_v1_size() -> u32 {
+    std::mem::size_of::<keel_engine_options_t>() as u32
+}
+
+/// Fills `opts` with the defaults and sets struct_size.
+/// Errors: NULL_ARGUMENT.
+#[no_mangle]
+pub extern "C" fn keel_engine_options_init(opts: *mut keel_engine_options_t) -> keel_status_t {
+    ffi_boundary!(std::ptr::null_mut(), std::ptr::null::<u8>(), {
+        let o = out_ptr(opts, "opts")?;
+        let d = shard::Options::default();
+        *o = keel_engine_options_t {
+            struct_size: options_v1_size(),
+            durability: KEEL_DURABILITY_SYNC,
+            sync_interval_ms: 100,
+            max_sealed_segments: d.max_sealed as u32,
+            wal_segment_size: d.wal_segment_size,
+            flush_interval_ms: d.flush_interval.map_or(0, |i| i.as_millis() as u64),
+            seal_bytes: d.seal_bytes as u64,
+        };
+        Ok(())
+    })
+}
+
+fn options_from_c(o: &keel_engine_options_t) -> crate::Result<shard::Options> {
+    if o.struct_size < options_v1_size() {
+        return Err(Error::invalid(format!(
+            "keel_engine_options_t.struct_size is {}, expected at least {}; call keel_engine_options_init()",
+            o.struct_size,
+            options_v1_size()
+        )));
+    }
+    let durability = match o.durability {
+        KEEL_DURABILITY_SYNC => Durability::Sync,
+        KEEL_DURABILITY_PERIODIC if (1..=60_000).contains(&o.sync_interval_ms) => {
+            Durability::Periodic(Duration::from_millis(o.sync_interval_ms as u64))
+        }
+        KEEL_DURABILITY_PERIODIC => {
+            return Err(Error::invalid(format!("sync_interval_ms {} is outside 1..=60000", o.sync_interval_ms)))
+        }
+        KEEL_DURABILITY_NONE => Durability::None,
+        other => return Err(Error::invalid(format!("durability {other} is not a KEEL_DURABILITY_* value"))),
+    };
+    let opts = shard::Options {
+        durability,
+        wal_segment_size: o.wal_segment_size,
+        flush_interval: (o.flush_interval_ms > 0).then(|| Duration::from_millis(o.flush_interval_ms)),
+        seal_bytes: usize::try_from(o.seal_bytes).map_err(|_| Error::invalid("seal_bytes is too large"))?,
+        max_sealed: o.max_sealed_segments as usize,
+        unordered_flush_seed: None,
+    };
+    opts.validate()?;
+    Ok(opts)
+}
+
+/// Opens (creating if needed) the data directory `dir`. `opts` may be NULL
+/// for the defaults. On success `*out` receives a handle the caller
+/// releases with keel_engine_close().
+/// Errors: NULL_ARGUMENT, INVALID_ARGUMENT (bad option), BUSY (another
+/// engine has the directory open), IO, NO_SPACE.
+#[no_mangle]
+pub extern "C" fn keel_engine_open(
+    dir: *const c_char,
+    opts: *const keel_engine_options_t,
+    out: *mut *mut keel_engine_t,
+    err: *mut *mut keel_error_t,
+) -> keel_status_t {
+    ffi_boundary!(err, std::ptr::null::<u8>(), {
+        let dir = in_path(dir, "dir")?;
+        let out = out_ptr(out, "out")?;
+        let options = if opts.is_null() { shard::Options::default() } else { options_from_c(unsafe { &*opts })? };
+        *out = into_handle::<keel_engine_t>(Engine::open(dir, options)?);
+        Ok(())
+    })
+}
+
+/// Opens shard `id` (recovering it: segments loaded, WAL replayed) and
+/// writes a handle to `*out`, released with keel_shard_close(). A shard is
+/// open at most once at a time.
+/// Errors: NULL_ARGUMENT, NOT_FOUND (missing and create_if_missing is
+/// false), BUSY (already open), CLOSED (engine closed), CORRUPTION, IO,
+/// NO_SPACE.
+#[no_mangle]
+pub extern "C" fn keel_engine_shard_open(
+    engine: *const keel_engine_t,
+    id: u32,
+    create_if_missing: bool,
+    out: *mut *mut keel_shard_t,
+    err: *mut *mut keel_error_t,
+) -> keel_status_t {
+    ffi_boundary!(err, engine, {
+        let e = try_handle!(engine);
+        let out = out_ptr(out, "out")?;
+        *out = into_handle::<keel_shard_t>(e.open_shard(id, create_if_missing)?);
+        Ok(())
+    })
+}
+
+/// Deletes shard `id` and all its data (atomically: a crash leaves the
+/// whole shard or none of it).
+/// Errors: NULL_ARGUMENT, NOT_FOUND, BUSY (the shard is open), CLOSED, IO.
+#[no_mangle]
+pub extern "C" fn keel_engine_shard_drop(engine: *const keel_engine_t, id: u32, err: *mut *mut keel_error_t) -> keel_status_t {
+    ffi_boundary!(err, engine, {
+        try_handle!(engine).drop_shard(id)?;
+        Ok(())
+    })
+}
+
+/// Writes the ids of every shard (open or not), ascending, to `ids` (room
+/// for `capacity`) and their number to `*count`. When they do not fit,
+/// returns BUFFER_TOO_SMALL with the number needed in `*count` and writes
+/// nothing. `ids` may be NULL when capacity is 0 (to ask for the count).
+/// Errors: NULL_ARGUMENT, BUFFER_TOO_SMALL, CLOSED, IO.
+#[no_mangle]
+pub extern "C" fn keel_engine_shard_list(
+    engine: *const keel_engine_t,
+    ids: *mut u32,
+    capacity: usize,
+    count: *mut usize,
+    err: *mut *mut keel_error_t,
+) -> keel_status_t {
+    ffi_boundary!(err, engine, {
+        let e = try_handle!(engine);
+        let count = out_ptr(count, "count")?;
+        let list = e.list_shards()?;
+        *count = list.len();
+        if list.len() > capacity {
+            return Err(Error::new(
+                KEEL_STATUS_BUFFER_TOO_SMALL,
+                format!("{} shard ids do not fit {capacity}", list.len()),
+            ));
+        }
+        if !list.is_empty() {
+            if ids.is_null() {
+                return Err(Error::new(KEEL_STATUS_NULL_ARGUMENT, "ids is NULL"));
+            }
+            unsafe { std::ptr::copy_nonoverlapping(list.as_ptr(), ids, list.len()) };
+        }
+        Ok(())
+    })
+}
+
+/// Closes every shard still open (each runs a final flush), releases the
+/// directory and frees the handle, which is freed even when a shard fails
+/// to close (the first error is returned). Shard handles still held stay
+/// valid to free: their calls return CLOSED. NULL is a no-op. Must not
+/// race with other calls on the same engine handle.
+/// Errors: IO, POISONED (a shard could not flush), INVALID_ARGUMENT (not
+/// a live handle).
+#[no_mangle]
+pub extern "C" fn keel_engine_close(engine: *mut keel_engine_t, err: *mut *mut keel_error_t) -> keel_status_t {
+    ffi_boundary!(err, std::ptr::null::<u8>(), {
+        match unsafe { take_handle(engine)? } {
+            Some(e) => e.close(),
+            None => Ok(()),
+        }
+    })
+}
