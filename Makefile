@@ -77,12 +77,21 @@ $(DEMO): lib examples/c/wal_demo.c
 	$(CC) -std=c99 -Wall -Wextra -Werror -pedantic -O2 -Iinclude examples/c/wal_demo.c \
 	  -o $@ $(BUILD)/examples-c/libkeel.so.1 -Wl,-rpath,'$$ORIGIN' -lpthread
 
-example-c: $(DEMO)
-	rm -rf $(BUILD)/examples-c/wal
+SHARD_DEMO := $(BUILD)/examples-c/shard_demo
+$(SHARD_DEMO): lib examples/c/shard_demo.c
+	@mkdir -p $(BUILD)/examples-c
+	@ln -sf $(CURDIR)/$(RELEASE)/libkeel.so $(BUILD)/examples-c/libkeel.so.1
+	$(CC) -std=c99 -Wall -Wextra -Werror -pedantic -O2 -Iinclude examples/c/shard_demo.c \
+	  -o $@ $(BUILD)/examples-c/libkeel.so.1 -Wl,-rpath,'$$ORIGIN'
+
+example-c: $(DEMO) $(SHARD_DEMO)
+	rm -rf $(BUILD)/examples-c/wal $(BUILD)/examples-c/shard
 	$(DEMO) $(BUILD)/examples-c/wal
 	$(DEMO) $(BUILD)/examples-c/wal
-	rm -rf $(BUILD)/examples-c/wal
-	@echo "example-c: wal_demo passed twice on one directory (fresh, then reopened)"
+	$(SHARD_DEMO) $(BUILD)/examples-c/shard
+	$(SHARD_DEMO) $(BUILD)/examples-c/shard
+	rm -rf $(BUILD)/examples-c/wal $(BUILD)/examples-c/shard
+	@echo "example-c: wal_demo and shard_demo passed twice on one directory each (fresh, then reopened)"
 
 example-cpp: lib
 	@mkdir -p $(BUILD)/cpp-example
@@ -103,11 +112,13 @@ valgrind: lib
 
 ## ---- demo, bench, install -----------------------------------------------
 
-demo: $(DEMO)
+demo: $(DEMO) $(SHARD_DEMO)
 	@echo "demo: running $(DEMO) (from examples/c/wal_demo.c) on $(BUILD)/demo-wal"
 	@rm -rf $(BUILD)/demo-wal
 	@$(DEMO) $(BUILD)/demo-wal
-	@echo "demo: the log is left in $(BUILD)/demo-wal; run the demo on it again to append and recover more"
+	@echo "demo: running $(SHARD_DEMO) (from examples/c/shard_demo.c) on $(BUILD)/demo-shard"
+	@$(SHARD_DEMO) $(BUILD)/demo-shard
+	@echo "demo: the data is left in $(BUILD)/demo-wal and $(BUILD)/demo-shard; run the demo again to add to it and recover more"
 
 bench: lib
 	CARGO="$(CARGO)" BENCH_DIR="$${BENCH_DIR:-$(BUILD)/bench}" sh bench/run.sh
@@ -128,8 +139,12 @@ clean:
 # SOAK_CYCLES crash/recover cycles (default 10,000), ends with the line
 # "kill9: N cycles, M records acknowledged, K recovered, 0 lost".
 # Not part of `make test`: `cargo test` already runs a short version.
+# The shard crash loop (tests/shard_kill9.rs) runs SHARD_SOAK_CYCLES
+# (default 3,000) with the ordered flush after the WAL soak.
 soak:
 	KEEL_KILL9_CYCLES=$${SOAK_CYCLES:-10000} $(CARGO) test --release --locked --test wal_kill9 -- --nocapture
+	KEEL_SHARD_KILL9_CYCLES=$${SHARD_SOAK_CYCLES:-3000} $(CARGO) test --release --locked --test shard_kill9 \
+	  ordered_flush_survives_kill9 -- --nocapture
 
 ## ---- fuzzing (fuzz/README.md) ---------------------------------------------
 

@@ -154,8 +154,8 @@ pub struct Shard {
 
 impl Shard {
     /// Opens (creating if needed) the shard stored in `dir`: loads its
-    /// segments, replays the WAL through the version gate, runs one flush
-    /// pass and starts the flush thread.
+    /// segments, replays the WAL through the version gate and starts the
+    /// flush thread, whose first pass persists what replay applied.
     pub fn open(dir: &Path, opts: Options) -> Result<Shard> {
         opts.validate()?;
         let seg_dir = dir.join("segments");
@@ -175,19 +175,24 @@ impl Shard {
         }
         drop(reader);
         segs.finish(last);
+        // Records before the first one the WAL kept were acknowledged, so
+        // persisted; the first pass (queued below) moves this up.
+        let persisted = wal.first_seq().saturating_sub(1);
         let inner = Arc::new(Inner {
             seg_dir,
             segs: RwLock::new(segs),
             wal: RwLock::new(Some(wal)),
-            persisted: AtomicU64::new(0),
+            persisted: AtomicU64::new(persisted),
             closed: Arc::new(AtomicBool::new(false)),
             poison: Mutex::new(None),
             last_error: Mutex::new(None),
             flusher: Mutex::new(None),
             opts,
         });
-        flush::pass(&inner)?;
         let (tx, rx) = crossbeam_channel::unbounded();
+        // Replayed operations are persisted by the first pass, off the
+        // open path (recovery time is load + replay only).
+        tx.send(Request::Flush(None)).expect("receiver is alive");
         let for_thread = inner.clone();
         let thread = std::thread::Builder::new()
             .name("keel-shard-flush".into())
