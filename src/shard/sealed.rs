@@ -7,7 +7,7 @@ use super::files::{self, Cursor};
 use super::table::Table;
 use crate::error::{Error, Result};
 use parking_lot::Mutex;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -21,8 +21,9 @@ pub enum Data {
 }
 
 struct Deletions {
-    /// key -> version of the operation that deleted or moved it away.
-    keys: BTreeMap<Vec<u8>, u64>,
+    /// key -> version of the operation that deleted or moved it away
+    /// (a hash map: every lookup that finds the key in the data asks it).
+    keys: HashMap<Vec<u8>, u64>,
     /// Every deletion <= this is in the side-car file: the segment's
     /// persisted version.
     saved_upto: u64,
@@ -42,7 +43,7 @@ impl Sealed {
             id,
             data,
             del_path: dir.join(files::name(id, files::DELETIONS)),
-            deletions: Mutex::new(Deletions { keys: BTreeMap::new(), saved_upto: persisted, max_version: 0 }),
+            deletions: Mutex::new(Deletions { keys: HashMap::new(), saved_upto: persisted, max_version: 0 }),
         }
     }
 
@@ -112,13 +113,12 @@ impl Sealed {
 
     /// The live entry for `key` (None when absent or deleted).
     pub fn get(&self, key: &[u8]) -> Result<Option<Entry>> {
-        if self.deletions.lock().keys.contains_key(key) {
-            return Ok(None);
-        }
-        match &self.data {
-            Data::Table(t) => t.get(key),
-            Data::Frozen(m) => Ok(m.get(key).cloned()),
-        }
+        // The data first: its Bloom filter rejects most keys for free.
+        let found = match &self.data {
+            Data::Table(t) => t.get(key)?,
+            Data::Frozen(m) => m.get(key).cloned(),
+        };
+        Ok(found.filter(|_| !self.deletions.lock().keys.contains_key(key)))
     }
 
     pub fn mark_deleted(&self, key: &[u8], version: u64) {
@@ -168,7 +168,9 @@ impl Sealed {
             }
             let mut body = Vec::new();
             body.extend_from_slice(&bound.to_le_bytes());
-            for (k, &v) in d.keys.iter().filter(|(_, &v)| v <= bound) {
+            let mut saved: Vec<(&Vec<u8>, &u64)> = d.keys.iter().filter(|(_, &v)| v <= bound).collect();
+            saved.sort_unstable();
+            for (k, &v) in saved {
                 files::put_bytes(&mut body, k);
                 body.extend_from_slice(&v.to_le_bytes());
             }
@@ -187,7 +189,7 @@ impl Sealed {
         start: &'a [u8],
         deleted_upto: u64,
     ) -> Box<dyn Iterator<Item = Result<(Vec<u8>, Entry)>> + 'a> {
-        let deleted: BTreeMap<Vec<u8>, u64> =
+        let deleted: HashMap<Vec<u8>, u64> =
             self.deletions.lock().keys.iter().filter(|(_, &v)| v <= deleted_upto).map(|(k, &v)| (k.clone(), v)).collect();
         let all: Box<dyn Iterator<Item = Result<(Vec<u8>, Entry)>> + 'a> = match &self.data {
             Data::Table(t) => Box::new(t.iter_from(start)),

@@ -75,6 +75,11 @@ impl Segments {
         for op in ops {
             op.check()?;
             let key = op.key();
+            if !matches!(op, Op::Append { .. }) {
+                // A put or a delete is valid whatever the key holds.
+                batch.insert(key, if matches!(op, Op::Put { .. }) { Some(Kind::Value) } else { None });
+                continue;
+            }
             let now = match batch.get(key) {
                 Some(k) => *k,
                 None => self.peek(key)?.map(|(_, k)| k),

@@ -3,7 +3,8 @@
 //! filter and the ids of the segments it replaces (set by a merge).
 //!
 //! ```text
-//! block*   : entry* [u32 crc32 of the entries]        (~4 KiB each)
+//! block*   : entry* [u32 offset of each entry]* [u32 entry count]
+//!            [u32 crc32 of everything before it]        (~4 KiB each)
 //! entry    : [u32 klen][u32 vlen][u64 version][u8 kind][key][value]
 //! index    : ([u32 klen][first key][u64 offset][u32 length])*   per block
 //! filter   : Bloom bits over every key (bloom.rs)
@@ -13,7 +14,9 @@
 //!            [u32 crc32 of index..replaced][u32 crc32 of the footer so far]
 //! ```
 //! The file is mapped read-only; only the sparse index is decoded into
-//! memory (one key per block), blocks are checked when read.
+//! memory (one key per block). A block's checksum is verified the first
+//! time it is read (a bit per block remembers it), and a lookup binary-
+//! searches the block's entry offsets.
 
 use super::bloom;
 use super::entry::{decode_list, encode_list, Entry, Value};
@@ -23,6 +26,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU8, Ordering};
 
 const MAGIC: u64 = 0x314c_4254_4c45_454b; // "KEELTBL1"
 const FORMAT: u32 = 1;
@@ -75,6 +79,8 @@ pub struct Table {
     pub replaced: Vec<u64>,
     pub count: u64,
     pub max_version: u64,
+    /// One bit per block: its checksum was verified.
+    verified: Vec<AtomicU8>,
 }
 
 fn encode_entry(out: &mut Vec<u8>, key: &[u8], e: &Entry) {
@@ -128,10 +134,16 @@ pub fn write(
     let mut index = Vec::new();
     let mut hashes = Vec::new();
     let mut block = Vec::with_capacity(2 * BLOCK_TARGET);
+    let mut offsets: Vec<u32> = Vec::new();
     let mut first_key: Option<Vec<u8>> = None;
     let mut last_key: Option<Vec<u8>> = None;
     let mut max_version = 0;
-    let mut finish_block = |block: &mut Vec<u8>, first: Vec<u8>, w: &mut BufWriter<File>| -> Result<()> {
+    let mut finish_block = |block: &mut Vec<u8>, offsets: &mut Vec<u32>, first: Vec<u8>, w: &mut BufWriter<File>| -> Result<()> {
+        for o in offsets.iter() {
+            block.extend_from_slice(&o.to_le_bytes());
+        }
+        block.extend_from_slice(&(offsets.len() as u32).to_le_bytes());
+        offsets.clear();
         let crc = crc32fast::hash(block);
         block.extend_from_slice(&crc.to_le_bytes());
         w.write_all(block).map_err(io)?;
@@ -148,14 +160,15 @@ pub fn write(
         hashes.push(bloom::hash64(&key));
         max_version = max_version.max(entry.version);
         first_key.get_or_insert_with(|| key.clone());
+        offsets.push(block.len() as u32);
         encode_entry(&mut block, &key, &entry);
         last_key = Some(key);
         if block.len() >= BLOCK_TARGET {
-            finish_block(&mut block, first_key.take().unwrap(), &mut w)?;
+            finish_block(&mut block, &mut offsets, first_key.take().unwrap(), &mut w)?;
         }
     }
     if !block.is_empty() {
-        finish_block(&mut block, first_key.take().unwrap(), &mut w)?;
+        finish_block(&mut block, &mut offsets, first_key.take().unwrap(), &mut w)?;
     }
     let mut meta = Vec::new();
     for ix in &index {
@@ -223,7 +236,7 @@ impl Table {
         while !c.bytes.is_empty() {
             let first_key = c.bytes()?.to_vec();
             let (offset, len) = (c.u64()? as usize, c.u32()? as usize);
-            if offset.checked_add(len).map_or(true, |end| end > index_off) || len < 4 {
+            if offset.checked_add(len).map_or(true, |end| end > index_off) || len < 8 {
                 return Err(bad("index entry points outside the blocks"));
             }
             index.push(IndexEntry { first_key, offset, len });
@@ -232,7 +245,8 @@ impl Table {
             return Err(bad("replaced list is not a whole number of ids"));
         }
         let replaced = bytes[replaced_off..meta_end].chunks(8).map(|c| u64::from_le_bytes(c.try_into().unwrap())).collect();
-        Ok(Table { path: path.to_path_buf(), index, filter: (filter_off, replaced_off), replaced, count, max_version, map })
+        let verified = (0..index.len().div_ceil(8)).map(|_| AtomicU8::new(0)).collect();
+        Ok(Table { path: path.to_path_buf(), index, filter: (filter_off, replaced_off), replaced, count, max_version, map, verified })
     }
 
     /// Bytes of the file (for merge policy and stats).
@@ -240,14 +254,30 @@ impl Table {
         self.map.len
     }
 
-    fn block(&self, i: usize) -> Result<&[u8]> {
+    /// Block `i` without its trailer: (entries, entry offsets).
+    fn block(&self, i: usize) -> Result<(&[u8], &[u8])> {
         let ix = &self.index[i];
         let raw = &self.map.bytes()[ix.offset..ix.offset + ix.len];
         let (body, crc) = raw.split_at(raw.len() - 4);
-        if crc32fast::hash(body) != u32::from_le_bytes(crc.try_into().unwrap()) {
-            return Err(Error::corruption(format!("{}: block at offset {} fails its checksum", self.path.display(), ix.offset)));
+        let bad = |why: &str| Error::corruption(format!("{}: block at offset {} {why}", self.path.display(), ix.offset));
+        let (byte, bit) = (&self.verified[i / 8], 1u8 << (i % 8));
+        if byte.load(Ordering::Relaxed) & bit == 0 {
+            if crc32fast::hash(body) != u32::from_le_bytes(crc.try_into().unwrap()) {
+                return Err(bad("fails its checksum"));
+            }
+            byte.fetch_or(bit, Ordering::Relaxed);
         }
-        Ok(body)
+        let (rest, n) = body.split_at(body.len() - 4);
+        let n = u32::from_le_bytes(n.try_into().unwrap()) as usize;
+        let table_len = n.checked_mul(4).filter(|&t| t <= rest.len()).ok_or_else(|| bad("has a bad entry count"))?;
+        Ok(rest.split_at(rest.len() - table_len))
+    }
+
+    /// The entry at `offset` of a block's entries.
+    fn entry_at<'a>(&self, entries: &'a [u8], offsets: &[u8], i: usize) -> Result<(&'a [u8], u64, u8, &'a [u8])> {
+        let at = u32::from_le_bytes(offsets[i * 4..i * 4 + 4].try_into().unwrap()) as usize;
+        let slice = entries.get(at..).ok_or_else(|| Error::corruption(format!("{}: entry offset out of its block", self.path.display())))?;
+        decode_entry(&mut Cursor { bytes: slice })
     }
 
     /// Index of the block that would hold `key`.
@@ -261,13 +291,15 @@ impl Table {
             return Ok(None);
         }
         let Some(b) = self.block_for(key) else { return Ok(None) };
-        let mut c = Cursor { bytes: self.block(b)? };
-        while !c.bytes.is_empty() {
-            let (k, version, kind, value) = decode_entry(&mut c)?;
+        let (entries, offsets) = self.block(b)?;
+        let (mut lo, mut hi) = (0, offsets.len() / 4);
+        while lo < hi {
+            let mid = (lo + hi) / 2;
+            let (k, version, kind, value) = self.entry_at(entries, offsets, mid)?;
             match k.cmp(key) {
-                std::cmp::Ordering::Less => continue,
+                std::cmp::Ordering::Less => lo = mid + 1,
+                std::cmp::Ordering::Greater => hi = mid,
                 std::cmp::Ordering::Equal => return to_entry(version, kind, value).map(Some),
-                std::cmp::Ordering::Greater => break,
             }
         }
         Ok(None)
@@ -279,7 +311,7 @@ impl Table {
         (first..self.index.len())
             .flat_map(move |b| {
                 let block = match self.block(b) {
-                    Ok(block) => block,
+                    Ok((entries, _)) => entries,
                     Err(e) => return vec![Err(e)],
                 };
                 let mut c = Cursor { bytes: block };
