@@ -11,10 +11,9 @@
 use super::entry::{decode_list, encode_list, Entry, Value};
 use super::files::{self, Cursor};
 use crate::error::{Error, Result};
+use crate::wal::{File, FileSystem};
 use parking_lot::Mutex;
 use std::collections::BTreeMap;
-use std::fs::{File, OpenOptions};
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -48,7 +47,8 @@ struct LogState {
 
 /// The persistence side of the appendable segment: what its flusher runs.
 pub struct SegmentLog {
-    file: File,
+    fs: Arc<dyn FileSystem>,
+    file: Arc<dyn File>,
     log_path: PathBuf,
     state_path: PathBuf,
     state: Mutex<LogState>,
@@ -57,26 +57,26 @@ pub struct SegmentLog {
 
 impl Appendable {
     /// Creates an empty appendable segment with id `id`.
-    pub fn create(dir: &Path, id: u64, version: u64) -> Result<Appendable> {
-        let log = SegmentLog::open(dir, id, 0, version)?;
-        files::sync_dir(dir)?;
+    pub fn create(fs: &Arc<dyn FileSystem>, dir: &Path, id: u64, version: u64) -> Result<Appendable> {
+        let log = SegmentLog::open(fs, dir, id, 0, version)?;
+        files::sync_dir(&**fs, dir)?;
         Ok(Appendable { id, map: BTreeMap::new(), weight: 0, staged: Vec::new(), log: Arc::new(log) })
     }
 
-    /// Loads the durable part of `seg-<id>.log` and drops the rest.
-    pub fn load(dir: &Path, id: u64) -> Result<Appendable> {
+    /// Loads the durable part of `seg-<id>.log`. Bytes past it (a crash's
+    /// unsynced tail) are ignored and overwritten by the next flush.
+    pub fn load(fs: &Arc<dyn FileSystem>, dir: &Path, id: u64) -> Result<Appendable> {
         let state_path = dir.join(files::name(id, files::STATE));
-        let (persisted, len) = match std::fs::read(&state_path) {
-            Ok(bytes) => {
+        let (persisted, len) = match files::read_all(&**fs, &state_path)? {
+            Some(bytes) => {
                 let mut c = Cursor { bytes: files::open_small(STATE_MAGIC, &bytes, &state_path)? };
                 (c.u64()?, c.u64()?)
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => (0, 0),
-            Err(e) => return Err(Error::io(format!("reading {}", state_path.display()), e)),
+            None => (0, 0),
         };
-        let log = SegmentLog::open(dir, id, len, persisted)?;
+        let log = SegmentLog::open(fs, dir, id, len, persisted)?;
         let mut bytes = vec![0u8; len as usize];
-        log.file.read_exact_at(&mut bytes, 0).map_err(|e| {
+        files::read_exact(&*log.file, &mut bytes, 0).map_err(|e| {
             Error::corruption(format!("{}: shorter than its durable length {len}: {e}", log.log_path.display()))
         })?;
         let mut map = BTreeMap::new();
@@ -114,8 +114,6 @@ impl Appendable {
                 k => return Err(bad(&format!("record of unknown kind {k}"))),
             }
         }
-        // Drop the unsynced tail so new records follow durable ones.
-        log.file.set_len(len).map_err(|e| Error::io(format!("truncating {}", log.log_path.display()), e))?;
         Ok(Appendable { id, map, weight, staged: Vec::new(), log: Arc::new(log) })
     }
 
@@ -174,17 +172,11 @@ impl Appendable {
 }
 
 impl SegmentLog {
-    fn open(dir: &Path, id: u64, durable_len: u64, persisted: u64) -> Result<SegmentLog> {
+    fn open(fs: &Arc<dyn FileSystem>, dir: &Path, id: u64, durable_len: u64, persisted: u64) -> Result<SegmentLog> {
         let log_path = dir.join(files::name(id, files::LOG));
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&log_path)
-            .map_err(|e| Error::io(format!("opening {}", log_path.display()), e))?;
         Ok(SegmentLog {
-            file,
+            fs: fs.clone(),
+            file: files::open_or_create(&**fs, &log_path)?,
             state_path: dir.join(files::name(id, files::STATE)),
             log_path,
             state: Mutex::new(LogState { pending: Vec::new(), pending_version: persisted, durable_len }),
@@ -204,9 +196,11 @@ impl SegmentLog {
     /// The flusher (F4 inside the segment): data, fdatasync, state file,
     /// then the in-memory persisted version. It takes the live pending
     /// records at the time it runs; on failure they are put back and the
-    /// persisted version does not move. Returns the persisted version, a
-    /// batch boundary (`pending_version`).
-    pub fn flush(&self) -> Result<u64> {
+    /// persisted version does not move. `wal_durable(v)` must make the WAL
+    /// durable up to `v` first: data never reaches disk before its log
+    /// record (else a power loss could leave segments ahead of the WAL).
+    /// Returns the persisted version, a batch boundary (`pending_version`).
+    pub fn flush(&self, wal_durable: impl FnOnce(u64) -> Result<()>) -> Result<u64> {
         let (bytes, version, offset) = {
             let mut st = self.state.lock();
             (std::mem::take(&mut st.pending), st.pending_version, st.durable_len)
@@ -215,7 +209,7 @@ impl SegmentLog {
             self.persisted.fetch_max(version, Ordering::AcqRel);
             return Ok(self.persisted());
         }
-        let written = self.write_durably(&bytes, offset, version);
+        let written = wal_durable(version).and_then(|()| self.write_durably(&bytes, offset, version));
         let mut st = self.state.lock();
         match written {
             Ok(()) => {
@@ -235,23 +229,17 @@ impl SegmentLog {
 
     fn write_durably(&self, bytes: &[u8], offset: u64, version: u64) -> Result<()> {
         let io = |what: &str, e| Error::io(format!("{what} {}", self.log_path.display()), e);
-        self.file.write_all_at(bytes, offset).map_err(|e| io("writing", e))?;
+        self.file.write_at(&[bytes], offset).map_err(|e| io("writing", e))?;
         self.file.sync_data().map_err(|e| io("syncing", e))?;
         let mut state = Vec::with_capacity(16);
         state.extend_from_slice(&version.to_le_bytes());
         state.extend_from_slice(&(offset + bytes.len() as u64).to_le_bytes());
-        files::replace(&self.state_path, &files::seal_small(STATE_MAGIC, &state))
+        files::replace(&*self.fs, &self.state_path, &files::seal_small(STATE_MAGIC, &state))
     }
 
     /// Removes the log and state files (after the segment is sealed).
     pub fn remove_files(&self) -> Result<()> {
-        for p in [&self.state_path, &self.log_path] {
-            match std::fs::remove_file(p) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(Error::io(format!("removing {}", p.display()), e)),
-            }
-        }
-        Ok(())
+        files::remove(&*self.fs, &self.state_path)?;
+        files::remove(&*self.fs, &self.log_path)
     }
 }

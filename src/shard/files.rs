@@ -1,10 +1,14 @@
-//! File names inside `shards/<id>/segments/` and the one way small state
-//! files are replaced: temporary file, fsync, rename, directory fsync.
+//! File names inside `shards/<id>/segments/`, the one way small state
+//! files are replaced (temporary file, fsync, rename, directory fsync) and
+//! the other file helpers. All segment I/O goes through the WAL's
+//! `FileSystem`, so tests inject the same faults into segments as into
+//! the log.
 
 use crate::error::{Error, Result};
-use std::fs::{self, File, OpenOptions};
-use std::io::Write;
+use crate::wal::{File, FileSystem};
+use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// The appendable segment's data log.
 pub const LOG: &str = "log";
@@ -40,20 +44,63 @@ pub fn tmp_path(path: &Path) -> PathBuf {
     PathBuf::from(s)
 }
 
-pub fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir).and_then(|d| d.sync_all()).map_err(|e| Error::io(format!("syncing {}", dir.display()), e))
+pub fn sync_dir(fs: &dyn FileSystem, dir: &Path) -> Result<()> {
+    fs.sync_dir(dir).map_err(|e| Error::io(format!("syncing {}", dir.display()), e))
 }
 
 /// Replaces `path` with `bytes` so that a crash leaves the old or the new
 /// file, never a mix (F4's "state file" step).
-pub fn replace(path: &Path, bytes: &[u8]) -> Result<()> {
+pub fn replace(fs: &dyn FileSystem, path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = tmp_path(path);
     let io = |what: &str, e| Error::io(format!("{what} {}", tmp.display()), e);
-    let mut f = OpenOptions::new().write(true).create(true).truncate(true).open(&tmp).map_err(|e| io("creating", e))?;
-    f.write_all(bytes).map_err(|e| io("writing", e))?;
-    f.sync_all().map_err(|e| io("syncing", e))?;
-    fs::rename(&tmp, path).map_err(|e| Error::io(format!("renaming {} into place", tmp.display()), e))?;
-    sync_dir(path.parent().expect("segment files live in a directory"))
+    let f = fs.create(&tmp).map_err(|e| io("creating", e))?;
+    f.write_at(&[bytes], 0).map_err(|e| io("writing", e))?;
+    f.sync_data().map_err(|e| io("syncing", e))?;
+    fs.rename(&tmp, path).map_err(|e| Error::io(format!("renaming {} into place", tmp.display()), e))?;
+    sync_dir(fs, path.parent().expect("segment files live in a directory"))
+}
+
+/// The whole content of `path`, or None when it does not exist.
+pub fn read_all(fs: &dyn FileSystem, path: &Path) -> Result<Option<Vec<u8>>> {
+    let f = match fs.open(path, false) {
+        Ok(f) => f,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::io(format!("opening {}", path.display()), e)),
+    };
+    let len = f.len().map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+    let mut buf = vec![0u8; len as usize];
+    read_exact(&*f, &mut buf, 0).map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+    Ok(Some(buf))
+}
+
+pub fn read_exact(f: &dyn File, mut buf: &mut [u8], mut off: u64) -> std::io::Result<()> {
+    while !buf.is_empty() {
+        match f.read_at(buf, off)? {
+            0 => return Err(ErrorKind::UnexpectedEof.into()),
+            n => {
+                buf = &mut buf[n..];
+                off += n as u64;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Opens `path` for writing, creating it when it does not exist.
+pub fn open_or_create(fs: &dyn FileSystem, path: &Path) -> Result<Arc<dyn File>> {
+    match fs.open(path, true) {
+        Err(e) if e.kind() == ErrorKind::NotFound => fs.create(path),
+        other => other,
+    }
+    .map_err(|e| Error::io(format!("opening {}", path.display()), e))
+}
+
+/// Removes `path`; a file already gone is fine.
+pub fn remove(fs: &dyn FileSystem, path: &Path) -> Result<()> {
+    match fs.remove(path) {
+        Err(e) if e.kind() != ErrorKind::NotFound => Err(Error::io(format!("removing {}", path.display()), e)),
+        _ => Ok(()),
+    }
 }
 
 /// Frames a small file: `[magic u64][len u32][crc u32][body]`.

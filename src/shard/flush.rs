@@ -86,14 +86,14 @@ pub fn pass(inner: &Inner) -> Result<u64> {
         (s.appendable.log.clone(), s.sealed.clone(), s.applied)
     };
     if let Some(seed) = inner.opts.unordered_flush_seed {
-        unordered::flush(seed, &log, &sealed, applied)?;
+        unordered::flush(inner, seed, &log, &sealed, applied)?;
         return acknowledge(inner);
     }
     // F3: the copy-on-write destination first; its persisted version
     // bounds what the sources may persist.
-    let bound = log.flush()?;
+    let bound = log.flush(|v| inner.wal_durable(v))?;
     for s in &sealed {
-        s.flush(bound)?;
+        s.flush(&*inner.fs, bound)?;
     }
     acknowledge(inner)
 }
@@ -137,7 +137,7 @@ pub fn seal(inner: &Inner) -> Result<()> {
     let frozen = {
         let mut s = inner.segs.write();
         let id = s.next_id;
-        let fresh = Appendable::create(&inner.seg_dir, id, s.applied)?;
+        let fresh = Appendable::create(&inner.fs, &inner.seg_dir, id, s.applied)?;
         s.next_id += 1;
         let old = std::mem::replace(&mut s.appendable, fresh);
         // Its data is durable only up to its log's persisted version
@@ -152,8 +152,9 @@ pub fn seal(inner: &Inner) -> Result<()> {
 fn write_frozen(inner: &Inner, frozen: &Arc<Sealed>) -> Result<()> {
     let Data::Frozen(map) = &frozen.data else { return Ok(()) };
     let version = map.values().map(|e| e.version).max().unwrap_or(0);
+    inner.wal_durable(version)?;
     let path = inner.seg_dir.join(files::name(frozen.id, files::TABLE));
-    let t = table::write(&path, map.iter().map(|(k, e)| Ok((k.clone(), e.clone()))), &[])?;
+    let t = table::write(&*inner.fs, &path, map.iter().map(|(k, e)| Ok((k.clone(), e.clone()))), &[])?;
     {
         let mut s = inner.segs.write();
         let at = s.sealed.iter().position(|x| Arc::ptr_eq(x, frozen)).expect("frozen segment is in the set");
@@ -164,14 +165,9 @@ fn write_frozen(inner: &Inner, frozen: &Arc<Sealed>) -> Result<()> {
     }
     // The table holds everything the log did.
     for ext in [files::LOG, files::STATE] {
-        let p = inner.seg_dir.join(files::name(frozen.id, ext));
-        if let Err(e) = std::fs::remove_file(&p) {
-            if e.kind() != std::io::ErrorKind::NotFound {
-                return Err(Error::io(format!("removing {}", p.display()), e));
-            }
-        }
+        files::remove(&*inner.fs, &inner.seg_dir.join(files::name(frozen.id, ext)))?;
     }
-    files::sync_dir(&inner.seg_dir)
+    files::sync_dir(&*inner.fs, &inner.seg_dir)
 }
 
 /// Ids of segments to merge: the smallest ones when there are more than
@@ -210,7 +206,7 @@ pub fn merge(inner: &Inner, ids: &[u64]) -> Result<()> {
     };
     let path = inner.seg_dir.join(files::name(id, files::TABLE));
     let sources = inputs.iter().map(|x| x.live_from(b"", bound).peekable()).collect();
-    let t = table::write(&path, MergeIter { sources }, ids)?;
+    let t = table::write(&*inner.fs, &path, MergeIter { sources }, ids)?;
     {
         let mut s = inner.segs.write();
         let persisted = inputs.iter().map(|x| x.persisted()).min().unwrap_or(0);
@@ -226,9 +222,9 @@ pub fn merge(inner: &Inner, ids: &[u64]) -> Result<()> {
         s.sealed.insert(at, Arc::new(merged));
     }
     for x in &inputs {
-        x.remove_files(&inner.seg_dir)?;
+        x.remove_files(&*inner.fs, &inner.seg_dir)?;
     }
-    files::sync_dir(&inner.seg_dir)?;
+    files::sync_dir(&*inner.fs, &inner.seg_dir)?;
     pass(inner).map(|_| ())
 }
 
@@ -272,6 +268,7 @@ impl Iterator for MergeIter<'_> {
 mod unordered {
     use super::super::appendable::SegmentLog;
     use super::super::sealed::Sealed;
+    use super::Inner;
     use crate::error::Result;
     use std::sync::atomic::{AtomicU64, Ordering};
     use std::sync::Arc;
@@ -287,19 +284,21 @@ mod unordered {
         Duration::from_micros(x % 20_000)
     }
 
-    pub fn flush(seed: u64, log: &Arc<SegmentLog>, sealed: &[Arc<Sealed>], applied: u64) -> Result<()> {
+    pub fn flush(inner: &Inner, seed: u64, log: &Arc<SegmentLog>, sealed: &[Arc<Sealed>], applied: u64) -> Result<()> {
+        inner.wal_durable(applied)?;
+        let fs = &*inner.fs;
         std::thread::scope(|scope| {
             let log = log.clone();
             let d = delay(seed);
             let mut threads = vec![scope.spawn(move || {
                 std::thread::sleep(d);
-                log.flush().map(|_| ())
+                log.flush(|_| Ok(())).map(|_| ())
             })];
             for s in sealed {
                 let d = delay(seed);
                 threads.push(scope.spawn(move || {
                     std::thread::sleep(d);
-                    s.flush(applied)
+                    s.flush(fs, applied)
                 }));
             }
             threads.into_iter().try_for_each(|t| t.join().expect("flusher thread panicked"))

@@ -23,7 +23,7 @@ pub use op::{Op, MAX_KEY_SIZE};
 
 use crate::error::{Error, Result};
 use crate::status::*;
-use crate::wal::{self, Durability, ReadUpto, Wal};
+use crate::wal::{self, Durability, FileSystem, ReadUpto, StdFs, Wal};
 use crossbeam_channel::Sender;
 use flush::Request;
 use parking_lot::{Mutex, RwLock};
@@ -85,6 +85,7 @@ impl Options {
 }
 
 pub(crate) struct Inner {
+    fs: Arc<dyn FileSystem>,
     seg_dir: PathBuf,
     opts: Options,
     segs: RwLock<Segments>,
@@ -105,6 +106,12 @@ impl Inner {
             Some(w) => f(w),
             None => Err(Error::new(KEEL_STATUS_CLOSED, "shard is closed")),
         }
+    }
+
+    /// The write-ahead rule for the flush: records up to `version` are
+    /// durable in the WAL before segment data of that version is written.
+    fn wal_durable(&self, version: u64) -> Result<()> {
+        self.with_wal(|w| w.wait_durable(version))
     }
 
     fn poison(&self, e: Error) {
@@ -158,10 +165,21 @@ impl Shard {
     /// flush thread, whose first pass persists what replay applied.
     pub fn open(dir: &Path, opts: Options) -> Result<Shard> {
         opts.validate()?;
-        let seg_dir = dir.join("segments");
-        std::fs::create_dir_all(&seg_dir).map_err(|e| Error::io(format!("creating {}", seg_dir.display()), e))?;
         let wal = Wal::open(&dir.join("wal"), opts.wal_options())?;
-        let mut segs = recovery::load(&seg_dir)?;
+        Self::open_on(Arc::new(StdFs::direct()), dir, opts, wal)
+    }
+
+    /// Opens the shard through a given file system, for its WAL and its
+    /// segments alike (tests inject faults here).
+    pub fn open_with_fs(dir: &Path, opts: Options, fs: Arc<dyn FileSystem>) -> Result<Shard> {
+        opts.validate()?;
+        let wal = Wal::open_with_fs(&dir.join("wal"), opts.wal_options(), fs.clone())?;
+        Self::open_on(fs, dir, opts, wal)
+    }
+
+    fn open_on(fs: Arc<dyn FileSystem>, dir: &Path, opts: Options, wal: Wal) -> Result<Shard> {
+        let seg_dir = dir.join("segments");
+        let mut segs = recovery::load(&fs, &seg_dir)?;
         let stored = segs.max_version();
         let last = wal.last_seq();
         if stored > last {
@@ -179,6 +197,7 @@ impl Shard {
         // persisted; the first pass (queued below) moves this up.
         let persisted = wal.first_seq().saturating_sub(1);
         let inner = Arc::new(Inner {
+            fs,
             seg_dir,
             segs: RwLock::new(segs),
             wal: RwLock::new(Some(wal)),

@@ -9,28 +9,23 @@ use super::sealed::Sealed;
 use super::segments::Segments;
 use super::table::{self, Table};
 use crate::error::{Error, Result};
+use crate::wal::FileSystem;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::Arc;
 
-fn remove(dir: &Path, name: &str) -> Result<()> {
-    match std::fs::remove_file(dir.join(name)) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(Error::io(format!("removing {}", dir.join(name).display()), e)),
+pub fn load(fs: &Arc<dyn FileSystem>, dir: &Path) -> Result<Segments> {
+    let remove = |name: &str| files::remove(&**fs, &dir.join(name));
+    fs.create_dir_all(dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+    if let Some(parent) = dir.parent() {
+        files::sync_dir(&**fs, parent)?; // the segments directory's own entry
     }
-}
-
-pub fn load(dir: &Path) -> Result<Segments> {
-    std::fs::create_dir_all(dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
     let mut ids: BTreeMap<u64, BTreeSet<String>> = BTreeMap::new();
-    let entries = std::fs::read_dir(dir).map_err(|e| Error::io(format!("listing {}", dir.display()), e))?;
-    for entry in entries {
-        let name = entry.map_err(|e| Error::io(format!("listing {}", dir.display()), e))?.file_name();
-        let name = name.to_string_lossy().into_owned();
+    let names = fs.list(dir).map_err(|e| Error::io(format!("listing {}", dir.display()), e))?;
+    for name in names {
         if files::is_temporary(&name) {
             // A table or state file whose rename never happened.
-            remove(dir, &name)?;
+            remove(&name)?;
         } else if let Some((id, ext)) = files::parse(&name) {
             ids.entry(id).or_default().insert(ext.to_string());
         }
@@ -42,14 +37,14 @@ pub fn load(dir: &Path) -> Result<Segments> {
     let mut tables = BTreeMap::new();
     for (&id, exts) in &ids {
         if exts.contains(files::TABLE) {
-            tables.insert(id, Table::open(&dir.join(files::name(id, files::TABLE)))?);
+            tables.insert(id, Table::open(&**fs, &dir.join(files::name(id, files::TABLE)))?);
         }
     }
     let replaced: BTreeSet<u64> = tables.values().flat_map(|t| t.replaced.iter().copied()).collect();
     for id in &replaced {
         tables.remove(id);
         for ext in [files::TABLE, files::DELETIONS, files::LOG, files::STATE] {
-            remove(dir, &files::name(*id, ext))?;
+            remove(&files::name(*id, ext))?;
         }
     }
     // A table with a log of the same id: the seal finished, the log is spare.
@@ -59,8 +54,8 @@ pub fn load(dir: &Path) -> Result<Segments> {
             continue;
         }
         if tables.contains_key(&id) {
-            remove(dir, &files::name(id, files::LOG))?;
-            remove(dir, &files::name(id, files::STATE))?;
+            remove(&files::name(id, files::LOG))?;
+            remove(&files::name(id, files::STATE))?;
         } else if exts.contains(files::LOG) || exts.contains(files::STATE) {
             logs.push(id);
         }
@@ -69,20 +64,20 @@ pub fn load(dir: &Path) -> Result<Segments> {
     // sealed when the process stopped: seal them now.
     let appendable_id = logs.pop();
     for id in logs {
-        let a = Appendable::load(dir, id)?;
-        let t = table::write(&dir.join(files::name(id, files::TABLE)), a.map.into_iter().map(Ok), &[])?;
+        let a = Appendable::load(fs, dir, id)?;
+        let t = table::write(&**fs, &dir.join(files::name(id, files::TABLE)), a.map.into_iter().map(Ok), &[])?;
         a.log.remove_files()?;
         tables.insert(id, t);
     }
     let mut sealed = Vec::new();
     for (id, t) in tables {
-        sealed.push(Arc::new(Sealed::load(dir, id, t)?));
+        sealed.push(Arc::new(Sealed::load(&**fs, dir, id, t)?));
     }
     let appendable = match appendable_id {
-        Some(id) => Appendable::load(dir, id)?,
-        None => Appendable::create(dir, next_id, 0)?,
+        Some(id) => Appendable::load(fs, dir, id)?,
+        None => Appendable::create(fs, dir, next_id, 0)?,
     };
-    files::sync_dir(dir)?;
+    files::sync_dir(&**fs, dir)?;
     let next_id = next_id.max(appendable.id + 1);
     Ok(Segments { appendable, sealed, applied: 0, next_id })
 }

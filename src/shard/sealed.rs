@@ -5,7 +5,8 @@
 use super::entry::Entry;
 use super::files::{self, Cursor};
 use super::table::Table;
-use crate::error::{Error, Result};
+use crate::error::Result;
+use crate::wal::FileSystem;
 use parking_lot::Mutex;
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Bound;
@@ -48,11 +49,11 @@ impl Sealed {
     }
 
     /// Opens a table segment with its side-car, if any.
-    pub fn load(dir: &Path, id: u64, table: Table) -> Result<Sealed> {
+    pub fn load(fs: &dyn FileSystem, dir: &Path, id: u64, table: Table) -> Result<Sealed> {
         let persisted = table.max_version;
         let s = Sealed::new(dir, id, Data::Table(table), persisted);
-        match std::fs::read(&s.del_path) {
-            Ok(bytes) => {
+        if let Some(bytes) = files::read_all(fs, &s.del_path)? {
+            {
                 let mut c = Cursor { bytes: files::open_small(DEL_MAGIC, &bytes, &s.del_path)? };
                 let mut d = s.deletions.lock();
                 d.saved_upto = d.saved_upto.max(c.u64()?);
@@ -63,8 +64,6 @@ impl Sealed {
                     d.keys.insert(key, v);
                 }
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(Error::io(format!("reading {}", s.del_path.display()), e)),
         }
         Ok(s)
     }
@@ -157,7 +156,7 @@ impl Sealed {
     /// deletion with version <= `bound` (the destination's persisted
     /// version, so a moved key is never deleted here before its copy is
     /// durable there) and then moves the persisted version to `bound`.
-    pub fn flush(&self, bound: u64) -> Result<()> {
+    pub fn flush(&self, fs: &dyn FileSystem, bound: u64) -> Result<()> {
         let body = {
             let mut d = self.deletions.lock();
             let saved = d.saved_upto;
@@ -176,7 +175,7 @@ impl Sealed {
             }
             body
         };
-        files::replace(&self.del_path, &files::seal_small(DEL_MAGIC, &body))?;
+        files::replace(fs, &self.del_path, &files::seal_small(DEL_MAGIC, &body))?;
         let mut d = self.deletions.lock();
         d.saved_upto = d.saved_upto.max(bound);
         Ok(())
@@ -200,15 +199,8 @@ impl Sealed {
         Box::new(all.filter(move |r| !matches!(r, Ok((k, _)) if deleted.contains_key(k))))
     }
 
-    pub fn remove_files(&self, dir: &Path) -> Result<()> {
-        for ext in [files::TABLE, files::DELETIONS] {
-            let p = dir.join(files::name(self.id, ext));
-            match std::fs::remove_file(&p) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(Error::io(format!("removing {}", p.display()), e)),
-            }
-        }
-        Ok(())
+    pub fn remove_files(&self, fs: &dyn FileSystem, dir: &Path) -> Result<()> {
+        files::remove(fs, &dir.join(files::name(self.id, files::TABLE)))?;
+        files::remove(fs, &self.del_path)
     }
 }

@@ -22,9 +22,7 @@ use super::bloom;
 use super::entry::{decode_list, encode_list, Entry, Value};
 use super::files::{self, Cursor};
 use crate::error::{Error, Result};
-use std::fs::{File, OpenOptions};
-use std::io::{BufWriter, Write};
-use std::os::unix::io::AsRawFd;
+use crate::wal::{File, FileSystem, ReadMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU8, Ordering};
 
@@ -41,39 +39,49 @@ struct IndexEntry {
     len: usize,
 }
 
-/// A read-only memory map of a whole file.
-struct Map {
-    ptr: *mut libc::c_void,
-    len: usize,
+/// The bytes of a table: mapped on the real file system, read into memory
+/// on others (the fault-injecting one of the tests).
+enum Bytes {
+    Map(ReadMap),
+    Owned(Vec<u8>),
 }
 
-// SAFETY: the mapping is read-only and never changes while mapped.
-unsafe impl Send for Map {}
-unsafe impl Sync for Map {}
-
-impl Map {
-    fn new(file: &File, len: usize) -> std::io::Result<Map> {
-        let ptr = unsafe { libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ, libc::MAP_SHARED, file.as_raw_fd(), 0) };
-        if ptr == libc::MAP_FAILED {
-            return Err(std::io::Error::last_os_error());
+impl Bytes {
+    fn get(&self) -> &[u8] {
+        match self {
+            Bytes::Map(m) => m.bytes(),
+            Bytes::Owned(v) => v,
         }
-        Ok(Map { ptr, len })
-    }
-    fn bytes(&self) -> &[u8] {
-        unsafe { std::slice::from_raw_parts(self.ptr as *const u8, self.len) }
     }
 }
 
-impl Drop for Map {
-    fn drop(&mut self) {
-        unsafe { libc::munmap(self.ptr, self.len) };
+/// Appends to a new file in large writes.
+struct Writer {
+    file: std::sync::Arc<dyn File>,
+    buf: Vec<u8>,
+    at: u64,
+}
+
+impl Writer {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.buf.extend_from_slice(bytes);
+        if self.buf.len() >= 1 << 20 {
+            self.drain()?;
+        }
+        Ok(())
+    }
+    fn drain(&mut self) -> std::io::Result<()> {
+        self.file.write_at(&[&self.buf], self.at)?;
+        self.at += self.buf.len() as u64;
+        self.buf.clear();
+        Ok(())
     }
 }
 
 /// An open immutable segment file.
 pub struct Table {
     path: PathBuf,
-    map: Map,
+    map: Bytes,
     index: Vec<IndexEntry>,
     filter: (usize, usize),
     pub replaced: Vec<u64>,
@@ -122,14 +130,14 @@ fn to_entry(version: u64, kind: u8, value: &[u8]) -> Result<Entry> {
 /// Writes a table from entries in strictly increasing key order, durably
 /// (temporary file, fsync, rename, directory fsync), and opens it.
 pub fn write(
+    fs: &dyn FileSystem,
     path: &Path,
     entries: impl Iterator<Item = Result<(Vec<u8>, Entry)>>,
     replaced: &[u64],
 ) -> Result<Table> {
     let tmp = files::tmp_path(path);
     let io = |e| Error::io(format!("writing {}", tmp.display()), e);
-    let file = OpenOptions::new().write(true).create(true).truncate(true).open(&tmp).map_err(io)?;
-    let mut w = BufWriter::with_capacity(1 << 20, file);
+    let mut w = Writer { file: fs.create(&tmp).map_err(io)?, buf: Vec::with_capacity(2 << 20), at: 0 };
     let mut offset = 0usize;
     let mut index = Vec::new();
     let mut hashes = Vec::new();
@@ -138,7 +146,7 @@ pub fn write(
     let mut first_key: Option<Vec<u8>> = None;
     let mut last_key: Option<Vec<u8>> = None;
     let mut max_version = 0;
-    let mut finish_block = |block: &mut Vec<u8>, offsets: &mut Vec<u32>, first: Vec<u8>, w: &mut BufWriter<File>| -> Result<()> {
+    let mut finish_block = |block: &mut Vec<u8>, offsets: &mut Vec<u32>, first: Vec<u8>, w: &mut Writer| -> Result<()> {
         for o in offsets.iter() {
             block.extend_from_slice(&o.to_le_bytes());
         }
@@ -146,7 +154,7 @@ pub fn write(
         offsets.clear();
         let crc = crc32fast::hash(block);
         block.extend_from_slice(&crc.to_le_bytes());
-        w.write_all(block).map_err(io)?;
+        w.write(block).map_err(io)?;
         index.push(IndexEntry { first_key: first, offset, len: block.len() });
         offset += block.len();
         block.clear();
@@ -191,26 +199,30 @@ pub fn write(
     }
     footer.extend_from_slice(&crc32fast::hash(&meta).to_le_bytes());
     footer.extend_from_slice(&crc32fast::hash(&footer).to_le_bytes());
-    w.write_all(&meta).map_err(io)?;
-    w.write_all(&footer).map_err(io)?;
-    let file = w.into_inner().map_err(|e| io(e.into_error()))?;
-    file.sync_all().map_err(io)?;
-    drop(file);
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(format!("renaming {}", tmp.display()), e))?;
-    files::sync_dir(path.parent().unwrap())?;
-    Table::open(path)
+    w.write(&meta).map_err(io)?;
+    w.write(&footer).map_err(io)?;
+    w.drain().map_err(io)?;
+    w.file.sync_data().map_err(io)?;
+    drop(w);
+    fs.rename(&tmp, path).map_err(|e| Error::io(format!("renaming {}", tmp.display()), e))?;
+    files::sync_dir(fs, path.parent().unwrap())?;
+    Table::open(fs, path)
 }
 
 impl Table {
-    pub fn open(path: &Path) -> Result<Table> {
+    pub fn open(fs: &dyn FileSystem, path: &Path) -> Result<Table> {
         let bad = |why: &str| Error::corruption(format!("{}: {why}", path.display()));
-        let file = File::open(path).map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
-        let len = file.metadata().map_err(|e| Error::io(format!("reading {}", path.display()), e))?.len() as usize;
+        let map = match fs.map_readonly(path).map_err(|e| Error::io(format!("mapping {}", path.display()), e))? {
+            Some(m) => Bytes::Map(m),
+            None => Bytes::Owned(
+                files::read_all(fs, path)?.ok_or_else(|| Error::corruption(format!("{} vanished", path.display())))?,
+            ),
+        };
+        let bytes = map.get();
+        let len = bytes.len();
         if len < FOOTER {
             return Err(bad("shorter than a table footer"));
         }
-        let map = Map::new(&file, len).map_err(|e| Error::io(format!("mapping {}", path.display()), e))?;
-        let bytes = map.bytes();
         let f = &bytes[len - FOOTER..];
         let mut c = Cursor { bytes: f };
         let (magic, format) = (c.u64()?, c.u32()?);
@@ -251,13 +263,13 @@ impl Table {
 
     /// Bytes of the file (for merge policy and stats).
     pub fn size(&self) -> usize {
-        self.map.len
+        self.map.get().len()
     }
 
     /// Block `i` without its trailer: (entries, entry offsets).
     fn block(&self, i: usize) -> Result<(&[u8], &[u8])> {
         let ix = &self.index[i];
-        let raw = &self.map.bytes()[ix.offset..ix.offset + ix.len];
+        let raw = &self.map.get()[ix.offset..ix.offset + ix.len];
         let (body, crc) = raw.split_at(raw.len() - 4);
         let bad = |why: &str| Error::corruption(format!("{}: block at offset {} {why}", self.path.display(), ix.offset));
         let (byte, bit) = (&self.verified[i / 8], 1u8 << (i % 8));
@@ -287,7 +299,7 @@ impl Table {
 
     pub fn get(&self, key: &[u8]) -> Result<Option<Entry>> {
         let (lo, hi) = self.filter;
-        if !bloom::may_contain(&self.map.bytes()[lo..hi], bloom::hash64(key)) {
+        if !bloom::may_contain(&self.map.get()[lo..hi], bloom::hash64(key)) {
             return Ok(None);
         }
         let Some(b) = self.block_for(key) else { return Ok(None) };
@@ -354,7 +366,8 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("t.sst");
         let all = entries(3000);
-        let t = write(&path, all.clone().into_iter().map(Ok), &[4, 5]).unwrap();
+        let fs = crate::wal::StdFs::direct();
+        let t = write(&fs, &path, all.clone().into_iter().map(Ok), &[4, 5]).unwrap();
         assert_eq!((t.count, t.max_version, t.replaced.clone()), (3000, 3000, vec![4, 5]));
         for (k, e) in &all {
             assert_eq!(t.get(k).unwrap().as_ref(), Some(e));
@@ -368,14 +381,14 @@ mod tests {
         let mut bytes = std::fs::read(&path).unwrap();
         bytes[100] ^= 0x40;
         std::fs::write(&path, &bytes).unwrap();
-        let t = Table::open(&path).unwrap();
+        let t = Table::open(&fs, &path).unwrap();
         assert!(all.iter().any(|(k, _)| t.get(k).is_err()));
         drop(t);
         let n = bytes.len();
         bytes[100] ^= 0x40;
         bytes[n - 20] ^= 1;
         std::fs::write(&path, &bytes).unwrap();
-        assert_eq!(Table::open(&path).err().unwrap().status, crate::status::KEEL_STATUS_CORRUPTION);
+        assert_eq!(Table::open(&fs, &path).err().unwrap().status, crate::status::KEEL_STATUS_CORRUPTION);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

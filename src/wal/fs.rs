@@ -46,6 +46,22 @@ pub trait FileSystem: Send + Sync {
     /// Takes an exclusive lock on `path` for as long as the guard lives;
     /// `WouldBlock` when another holder has it.
     fn lock(&self, path: &Path) -> io::Result<Box<dyn Any + Send + Sync>>;
+    /// A read-only view of a whole file that costs no system call per read
+    /// (a memory map), if this file system offers one; `None` means read
+    /// through `File::read_at`. Shard tables, which are never modified
+    /// after they are written, are read this way.
+    fn map_readonly(&self, _path: &Path) -> io::Result<Option<ReadMap>> {
+        Ok(None)
+    }
+}
+
+/// A read-only memory map of a whole file (`FileSystem::map_readonly`).
+pub struct ReadMap(Mapping);
+
+impl ReadMap {
+    pub fn bytes(&self) -> &[u8] {
+        unsafe { std::slice::from_raw_parts(self.0.ptr, self.0.len) }
+    }
 }
 
 /// The real file system, in one of two write strategies chosen by the WAL's
@@ -274,5 +290,18 @@ impl FileSystem for StdFs {
             return Err(io::Error::last_os_error());
         }
         Ok(Box::new(FlockGuard(f)))
+    }
+
+    fn map_readonly(&self, path: &Path) -> io::Result<Option<ReadMap>> {
+        let f = fs::File::open(path)?;
+        let len = f.metadata()?.len() as usize;
+        if len == 0 {
+            return Ok(None);
+        }
+        let ptr = unsafe { libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ, libc::MAP_SHARED, f.as_raw_fd(), 0) };
+        if ptr == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Some(ReadMap(Mapping { ptr: ptr as *mut u8, len })))
     }
 }

@@ -20,7 +20,7 @@ mod recovery;
 pub mod scan;
 mod segment;
 
-pub use fs::{File, FileSystem, StdFs};
+pub use fs::{File, FileSystem, ReadMap, StdFs};
 pub use reader::Reader;
 pub use segment::{file_name as segment_file_name, parse_name as parse_segment_name};
 

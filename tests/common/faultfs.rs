@@ -50,6 +50,8 @@ struct World {
     rng: Rng,
     /// What was injected, for the failure report.
     injected: Vec<String>,
+    /// The process is "dead": every operation fails until `crash()`.
+    halted: bool,
 }
 
 #[derive(Clone)]
@@ -90,6 +92,7 @@ impl FaultFs {
             faults: Faults::default(),
             rng: Rng::new(seed),
             injected: Vec::new(),
+            halted: false,
         })))
     }
 
@@ -101,10 +104,18 @@ impl FaultFs {
         self.0.lock().injected.clone()
     }
 
+    /// Stops the world as a dying process would: from now on every
+    /// operation fails with EIO (so threads of the old process cannot write
+    /// after the crash), until `crash()`.
+    pub fn halt(&self) {
+        self.0.lock().halted = true;
+    }
+
     /// Simulates power loss: see the module comment.
     pub fn crash(&self) {
         let mut w = self.0.lock();
         let w = &mut *w;
+        w.halted = false;
         for ino in &mut w.inodes {
             let pending = std::mem::take(&mut ino.pending);
             let n = pending.len();
@@ -146,7 +157,7 @@ struct FaultFile {
 impl FaultFile {
     fn with<T>(&self, f: impl FnOnce(&mut World) -> io::Result<T>) -> io::Result<T> {
         let mut w = self.fs.0.lock();
-        if w.generation != self.generation {
+        if w.generation != self.generation || w.halted {
             return Err(err(libc::EIO)); // a handle from before the crash
         }
         f(&mut w)
@@ -229,15 +240,26 @@ impl Drop for LockGuard {
     }
 }
 
+impl FaultFs {
+    /// The world, unless the process is halted.
+    fn live(&self) -> io::Result<parking_lot::MutexGuard<'_, World>> {
+        let w = self.0.lock();
+        if w.halted {
+            return Err(err(libc::EIO));
+        }
+        Ok(w)
+    }
+}
+
 impl FileSystem for FaultFs {
     fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
         // Directories themselves are modelled as always durable.
-        self.0.lock().dirs.insert(dir.to_path_buf());
+        self.live()?.dirs.insert(dir.to_path_buf());
         Ok(())
     }
 
     fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
-        let w = self.0.lock();
+        let w = self.live()?;
         Ok(w.names
             .keys()
             .filter(|p| p.parent() == Some(dir))
@@ -246,13 +268,14 @@ impl FileSystem for FaultFs {
     }
 
     fn open(&self, path: &Path, _writable: bool) -> io::Result<Arc<dyn File>> {
+        drop(self.live()?);
         let ino = self.lookup(path)?;
         let generation = self.0.lock().generation;
         Ok(Arc::new(FaultFile { fs: self.clone(), ino, generation }))
     }
 
     fn create(&self, path: &Path) -> io::Result<Arc<dyn File>> {
-        let mut w = self.0.lock();
+        let mut w = self.live()?;
         if w.roll(|f| f.nospace_create, "ENOSPC on create") {
             return Err(err(libc::ENOSPC));
         }
@@ -263,7 +286,7 @@ impl FileSystem for FaultFs {
     }
 
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
-        let mut w = self.0.lock();
+        let mut w = self.live()?;
         if w.roll(|f| f.eio_rename, "EIO on rename") {
             return Err(err(libc::EIO));
         }
@@ -273,11 +296,11 @@ impl FileSystem for FaultFs {
     }
 
     fn remove(&self, path: &Path) -> io::Result<()> {
-        self.0.lock().names.remove(path).map(|_| ()).ok_or_else(|| err(libc::ENOENT))
+        self.live()?.names.remove(path).map(|_| ()).ok_or_else(|| err(libc::ENOENT))
     }
 
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
-        let mut w = self.0.lock();
+        let mut w = self.live()?;
         if w.roll(|f| f.eio_sync_dir, "EIO on directory fsync") {
             return Err(err(libc::EIO));
         }
