@@ -405,6 +405,13 @@ extern "C" {
 keel_status_t keel_buf_free(struct keel_buf_t *buf);
 
 /**
+ * Releases `count` buffers of an array (as filled by
+ * keel_shard_multi_get()) with keel_buf_free() each. `bufs` may be NULL
+ * when count is 0. Errors: NULL_ARGUMENT.
+ */
+keel_status_t keel_bufs_free(struct keel_buf_t *bufs, size_t count);
+
+/**
  * Fills `opts` with the defaults and sets struct_size.
  * Errors: NULL_ARGUMENT.
  */
@@ -582,8 +589,8 @@ keel_status_t keel_shard_get(const struct keel_shard_t *shard,
 /**
  * Reads `count` keys from one consistent state. Keys are packed back to
  * back in `keys`, key i being `key_lens[i]` bytes. For each key i,
- * `values[i]` receives a new buffer (free each with keel_buf_free(); an
- * absent key gets {NULL, 0}), `kinds[i]` its KEEL_KIND_* (KEEL_KIND_NONE
+ * `values[i]` receives a new buffer (free them all with keel_bufs_free();
+ * an absent key gets {NULL, 0}), `kinds[i]` its KEEL_KIND_* (KEEL_KIND_NONE
  * when absent) and `versions[i]` its version or 0 (`versions` may be
  * NULL). On error nothing needs freeing.
  * Errors: NULL_ARGUMENT, INVALID_ARGUMENT (a key too long), CORRUPTION,
@@ -600,7 +607,8 @@ keel_status_t keel_shard_multi_get(const struct keel_shard_t *shard,
 
 /**
  * Opens a scan over keys in [start, end), in key order. `end` NULL means
- * no upper bound (end_len is then ignored); an empty start is the first
+ * no upper bound (end_len is then ignored); a non-NULL `end` of length 0
+ * is the empty key, so the range is empty. An empty start is the first
  * key. Release with keel_iter_close(). The scan reads a consistent copy of
  * the range taken now; after the shard is closed its calls return CLOSED.
  * Errors: NULL_ARGUMENT, CORRUPTION, CLOSED.
@@ -685,6 +693,15 @@ keel_status_t keel_shard_persisted_version(const struct keel_shard_t *shard, uin
  * Writes the version of the last applied operation. Errors: NULL_ARGUMENT.
  */
 keel_status_t keel_shard_last_version(const struct keel_shard_t *shard, uint64_t *out);
+
+/**
+ * Reports the shard's background work: OK when the last flush pass and
+ * the sealing and merging after it succeeded; otherwise the status of the
+ * last failure (details in `*err`): IO or NO_SPACE (retried at the next
+ * pass; the WAL keeps every write meanwhile), PANIC (the shard is
+ * poisoned). Also CLOSED, NULL_ARGUMENT.
+ */
+keel_status_t keel_shard_health(const struct keel_shard_t *shard, struct keel_error_t **err);
 
 /**
  * Keeps the shard's WAL records with version >= `version` even after

@@ -40,6 +40,23 @@ pub extern "C" fn keel_buf_free(buf: *mut keel_buf_t) -> keel_status_t {
     KEEL_STATUS_OK
 }
 
+/// Releases `count` buffers of an array (as filled by
+/// keel_shard_multi_get()) with keel_buf_free() each. `bufs` may be NULL
+/// when count is 0. Errors: NULL_ARGUMENT.
+#[no_mangle]
+pub extern "C" fn keel_bufs_free(bufs: *mut keel_buf_t, count: usize) -> keel_status_t {
+    if count == 0 {
+        return KEEL_STATUS_OK;
+    }
+    if bufs.is_null() {
+        return KEEL_STATUS_NULL_ARGUMENT;
+    }
+    for i in 0..count {
+        keel_buf_free(unsafe { bufs.add(i) });
+    }
+    KEEL_STATUS_OK
+}
+
 /// Copies `data` into a caller buffer: BUFFER_TOO_SMALL (with the needed
 /// size in `*out_len`) when it does not fit.
 pub(crate) fn copy_out(data: &[u8], buf: *mut u8, cap: usize, out_len: &mut usize) -> crate::Result<()> {

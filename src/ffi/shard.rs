@@ -285,8 +285,8 @@ pub extern "C" fn keel_shard_get(
 
 /// Reads `count` keys from one consistent state. Keys are packed back to
 /// back in `keys`, key i being `key_lens[i]` bytes. For each key i,
-/// `values[i]` receives a new buffer (free each with keel_buf_free(); an
-/// absent key gets {NULL, 0}), `kinds[i]` its KEEL_KIND_* (KEEL_KIND_NONE
+/// `values[i]` receives a new buffer (free them all with keel_bufs_free();
+/// an absent key gets {NULL, 0}), `kinds[i]` its KEEL_KIND_* (KEEL_KIND_NONE
 /// when absent) and `versions[i]` its version or 0 (`versions` may be
 /// NULL). On error nothing needs freeing.
 /// Errors: NULL_ARGUMENT, INVALID_ARGUMENT (a key too long), CORRUPTION,
@@ -338,7 +338,8 @@ pub extern "C" fn keel_shard_multi_get(
 }
 
 /// Opens a scan over keys in [start, end), in key order. `end` NULL means
-/// no upper bound (end_len is then ignored); an empty start is the first
+/// no upper bound (end_len is then ignored); a non-NULL `end` of length 0
+/// is the empty key, so the range is empty. An empty start is the first
 /// key. Release with keel_iter_close(). The scan reads a consistent copy of
 /// the range taken now; after the shard is closed its calls return CLOSED.
 /// Errors: NULL_ARGUMENT, CORRUPTION, CLOSED.
@@ -494,6 +495,22 @@ pub extern "C" fn keel_shard_last_version(shard: *const keel_shard_t, out: *mut 
         let s = try_handle!(shard);
         *out_ptr(out, "out")? = s.last_version();
         Ok(())
+    })
+}
+
+/// Reports the shard's background work: OK when the last flush pass and
+/// the sealing and merging after it succeeded; otherwise the status of the
+/// last failure (details in `*err`): IO or NO_SPACE (retried at the next
+/// pass; the WAL keeps every write meanwhile), PANIC (the shard is
+/// poisoned). Also CLOSED, NULL_ARGUMENT.
+#[no_mangle]
+pub extern "C" fn keel_shard_health(shard: *const keel_shard_t, err: *mut *mut keel_error_t) -> keel_status_t {
+    ffi_boundary!(err, shard, {
+        let s = try_handle!(shard);
+        if s.is_closed() {
+            return Err(Error::new(KEEL_STATUS_CLOSED, "shard is closed"));
+        }
+        s.background_error().map_or(Ok(()), Err)
     })
 }
 

@@ -58,8 +58,11 @@ pub fn run(inner: Arc<Inner>, requests: Receiver<Request>) {
             let _ = reply.send(outcome);
             return;
         }
-        if let Err(e) = guarded(&inner, || maintain(&inner)) {
-            inner.report(e);
+        // Health: the last background failure, until a pass and the
+        // maintenance after it both succeed.
+        match outcome.and_then(|_| guarded(&inner, || maintain(&inner))) {
+            Ok(()) => *inner.last_error.lock() = None,
+            Err(e) => inner.report(e),
         }
     }
 }

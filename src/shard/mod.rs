@@ -335,7 +335,9 @@ impl Shard {
         self.inner.with_wal(|w| w.set_keep_from(seq))
     }
 
-    /// The last error of a background flush, seal or merge, if any.
+    /// The last failure of a background pass, seal or merge, if the work
+    /// after it has not succeeded since (failed work is retried; the WAL
+    /// keeps everything meanwhile).
     pub fn background_error(&self) -> Option<Error> {
         self.inner.last_error.lock().clone()
     }
