@@ -1,20 +1,37 @@
-// Package keel is the Go binding of keel's write-ahead log (the keel_wal_*
-// C API of libkeel).
+// Package keel is the Go binding of libkeel, keel's C API: an embeddable
+// shard engine and its write-ahead log.
+//
+// Two entry points:
+//
+//   - OpenEngine opens a data directory hosting shards by uint32 id. A
+//     Shard maps keys to values (Put) or posting lists (Append); Delete
+//     makes a key absent, a Batch applies several operations atomically in
+//     one call (Shard.Write), Get and MultiGet read, Scan and ScanPrefix
+//     iterate in key order. Every write gets a version: the sequence number
+//     of its record in the shard's WAL. Appending to a key that holds a
+//     value fails with ErrWrongKind; a posting list comes back encoded in
+//     Value.Bytes and Value.Items decodes it.
+//   - Open opens a bare write-ahead log (WAL, Reader).
 //
 // Build: run `make lib` at the repository root first. By default the
 // package links target/release/libkeel.a statically; with the build tag
 // keel_dynamic it links the installed libkeel.so found through pkg-config.
 //
-// Concurrency: a *WAL may be used from any number of goroutines at once
-// (the C handle is internally synchronised); Close waits for calls in
-// flight and every later call returns an error matching ErrClosed. A
-// *Reader is a cursor and must not be used by two goroutines at once.
+// Concurrency: a *WAL, an *Engine and a *Shard may be used from any number
+// of goroutines at once (the C handles are internally synchronised); their
+// Close waits for calls in flight and every later call returns an error
+// matching ErrClosed. A *Reader and an *Iterator are cursors and a *Batch
+// is a builder: none of them may be used by two goroutines at once.
 //
 // Errors: every failure is an *Error carrying the library's status code
 // and message. Compare with errors.Is against the Err* sentinels
 // (errors.Is(err, keel.ErrTruncated)) or read the Code with errors.As.
 //
-// Resources: Close is the way to release a WAL or a Reader. A value that
-// is garbage collected while still open is reported on the standard
-// logger as a leak; it is never closed behind the caller's back.
+// Resources: Close is the way to release a WAL, an Engine, a Shard, a
+// Reader or an Iterator. Engine.Close also closes the engine's shards
+// still open. A WAL, Engine, Reader or Iterator that is garbage collected
+// while still open is reported on the standard logger as a leak; it is
+// never closed behind the caller's back. Data read from keel (Get,
+// MultiGet, Iterator, Reader) is copied into Go memory owned by the
+// caller.
 package keel

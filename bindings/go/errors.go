@@ -27,6 +27,7 @@ const (
 	StatusNotLeader       Status = C.KEEL_STATUS_NOT_LEADER
 	StatusUnsupported     Status = C.KEEL_STATUS_UNSUPPORTED
 	StatusNoSpace         Status = C.KEEL_STATUS_NO_SPACE
+	StatusWrongKind       Status = C.KEEL_STATUS_WRONG_KIND
 )
 
 // String returns the library's name of the status ("IO", "TRUNCATED", ...;
@@ -81,6 +82,9 @@ var (
 	ErrNotLeader       = &Error{Code: StatusNotLeader}
 	ErrUnsupported     = &Error{Code: StatusUnsupported}
 	ErrNoSpace         = &Error{Code: StatusNoSpace}
+	// ErrWrongKind: an append to a key that holds a value (nothing was
+	// written), or Value.Items on a value that is not a posting list.
+	ErrWrongKind = &Error{Code: StatusWrongKind}
 )
 
 // ErrNoMore is what Reader.Next returns when the reader has caught up with

@@ -1,0 +1,318 @@
+package keel
+
+/*
+#include <stdlib.h>
+#include "keel.h"
+*/
+import "C"
+
+import (
+	"fmt"
+	"math"
+	"runtime"
+	"strings"
+	"sync"
+	"time"
+	"unsafe"
+)
+
+// NoBackgroundFlush is the EngineOptions.FlushInterval that turns the
+// periodic background flush off: shards then flush only on Shard.Flush,
+// when the appendable segment is sealed, and on close. (The zero value
+// means the library default, 1 s.)
+const NoBackgroundFlush time.Duration = -1
+
+// EngineOptions are the options of OpenEngine, applied to every shard the
+// engine opens. Every zero field means the library default (filled by
+// keel_engine_options_init), so a nil *EngineOptions and &EngineOptions{}
+// are the same. Values out of range make OpenEngine fail with
+// ErrInvalidArgument.
+type EngineOptions struct {
+	// Durability of every shard's WAL: when a write returns. Default
+	// DurabilitySync.
+	Durability Durability
+	// SyncInterval of DurabilityPeriodic, 1 ms to 60 s (rounded up to a
+	// whole millisecond); default 100 ms. Ignored by the other modes.
+	SyncInterval time.Duration
+	// WALSegmentSize is the size of each WAL segment file in bytes, 64 KiB
+	// to 4 GiB; default 64 MiB. A value or posting item must fit one WAL
+	// record (16 MiB by default, less for small segments).
+	WALSegmentSize uint64
+	// FlushInterval is the period of the background flush (rounded up to
+	// a whole millisecond); default 1 s. NoBackgroundFlush (any negative
+	// value) flushes only on Shard.Flush, when sealing and on close.
+	FlushInterval time.Duration
+	// SealBytes: the appendable segment is sealed into an immutable one
+	// past this many bytes of keys and values; at least 4096, default
+	// 32 MiB.
+	SealBytes uint64
+	// MaxSealedSegments: more immutable segments than this are merged in
+	// the background, smallest first; default 8.
+	MaxSealedSegments uint32
+}
+
+// durationMs rounds d (> 0) up to whole milliseconds, saturating at limit so
+// that an out-of-range value stays out of range for the library to reject
+// instead of wrapping around.
+func durationMs(d time.Duration, limit uint64) uint64 {
+	ms := uint64(d / time.Millisecond)
+	if d%time.Millisecond != 0 {
+		ms++
+	}
+	if ms > limit {
+		ms = limit
+	}
+	return ms
+}
+
+// toC starts from the library defaults and overrides the non-zero fields.
+func (o *EngineOptions) toC() (C.keel_engine_options_t, error) {
+	var c C.keel_engine_options_t
+	C.keel_engine_options_init(&c)
+	if o == nil {
+		return c, nil
+	}
+	c.durability = C.uint32_t(o.Durability)
+	if o.SyncInterval < 0 {
+		return c, newError("OpenEngine", StatusInvalidArgument, fmt.Sprintf("SyncInterval %v is negative", o.SyncInterval))
+	}
+	if o.SyncInterval > 0 {
+		c.sync_interval_ms = C.uint32_t(durationMs(o.SyncInterval, math.MaxUint32))
+	}
+	if o.WALSegmentSize != 0 {
+		c.wal_segment_size = C.uint64_t(o.WALSegmentSize)
+	}
+	switch {
+	case o.FlushInterval < 0:
+		c.flush_interval_ms = 0
+	case o.FlushInterval > 0:
+		c.flush_interval_ms = C.uint64_t(durationMs(o.FlushInterval, math.MaxUint64))
+	}
+	if o.SealBytes != 0 {
+		c.seal_bytes = C.uint64_t(o.SealBytes)
+	}
+	if o.MaxSealedSegments != 0 {
+		c.max_sealed_segments = C.uint32_t(o.MaxSealedSegments)
+	}
+	return c, nil
+}
+
+// Engine is an open data directory hosting shards by uint32 id. All
+// methods are safe for concurrent use. Only one Engine (in any process)
+// may have a directory open at a time.
+//
+// The Engine owns the shards opened through it: Close closes every Shard
+// still open, after which their methods return errors matching ErrClosed.
+type Engine struct {
+	// mu is held shared by every call into C on the engine handle and
+	// exclusively by Close (keel_engine_close must not race with them).
+	mu  sync.RWMutex
+	h   *C.keel_engine_t // nil once closed
+	dir string
+	// shards is shared with the Shards (for their Close to deregister),
+	// which never point back at the Engine: the Engine's finalizer stays
+	// out of any reference cycle.
+	shards *shardSet
+}
+
+// shardSet is the set of Shards of an Engine that are still open.
+type shardSet struct {
+	mu   sync.Mutex
+	open map[*Shard]struct{}
+}
+
+func (s *shardSet) add(sh *Shard) {
+	s.mu.Lock()
+	s.open[sh] = struct{}{}
+	s.mu.Unlock()
+}
+
+func (s *shardSet) remove(sh *Shard) {
+	s.mu.Lock()
+	delete(s.open, sh)
+	s.mu.Unlock()
+}
+
+func (s *shardSet) list() []*Shard {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]*Shard, 0, len(s.open))
+	for sh := range s.open {
+		out = append(out, sh)
+	}
+	return out
+}
+
+// OpenEngine opens (creating if needed) the data directory dir. opts may
+// be nil for the defaults. A second OpenEngine of the same directory fails
+// with ErrBusy until the first Engine is closed.
+func OpenEngine(dir string, opts *EngineOptions) (*Engine, error) {
+	if abiErr != nil {
+		return nil, abiErr
+	}
+	copts, err := opts.toC()
+	if err != nil {
+		return nil, err
+	}
+	if strings.IndexByte(dir, 0) >= 0 {
+		return nil, newError("OpenEngine", StatusInvalidArgument, fmt.Sprintf("directory %q contains a NUL byte", dir))
+	}
+	cdir := C.CString(dir)
+	defer C.free(unsafe.Pointer(cdir))
+	var h *C.keel_engine_t
+	var cerr *C.keel_error_t
+	if st := C.keel_engine_open(cdir, &copts, &h, &cerr); st != C.KEEL_STATUS_OK {
+		return nil, takeError("OpenEngine", st, cerr)
+	}
+	e := &Engine{h: h, dir: dir, shards: &shardSet{open: make(map[*Shard]struct{})}}
+	runtime.SetFinalizer(e, (*Engine).reportLeak)
+	return e, nil
+}
+
+// reportLeak runs on the finalizer goroutine and only logs (see
+// WAL.reportLeak): the shards still open leak with the engine.
+func (e *Engine) reportLeak() {
+	leakf("keel: Engine on %q was garbage collected without Close; its handle, directory lock and %d open shard(s) leak",
+		e.dir, len(e.shards.list()))
+}
+
+func (e *Engine) acquire(op string) (*C.keel_engine_t, error) {
+	if e == nil {
+		return nil, newError(op, StatusInvalidArgument, "nil *Engine")
+	}
+	e.mu.RLock()
+	if e.h == nil {
+		e.mu.RUnlock()
+		return nil, newError(op, StatusClosed, "the engine is closed")
+	}
+	return e.h, nil
+}
+
+func (e *Engine) release() {
+	e.mu.RUnlock()
+	runtime.KeepAlive(e)
+}
+
+// Dir returns the directory the engine was opened on.
+func (e *Engine) Dir() string {
+	if e == nil {
+		return ""
+	}
+	return e.dir
+}
+
+// OpenShard opens shard id, recovering its state (segments loaded, WAL
+// replayed). With create false a missing shard is ErrNotFound. A shard is
+// open at most once at a time: a second OpenShard of the same id fails
+// with ErrBusy until the first Shard is closed.
+func (e *Engine) OpenShard(id uint32, create bool) (*Shard, error) {
+	h, err := e.acquire("OpenShard")
+	if err != nil {
+		return nil, err
+	}
+	defer e.release()
+	var sh *C.keel_shard_t
+	var cerr *C.keel_error_t
+	if st := C.keel_engine_shard_open(h, C.uint32_t(id), C.bool(create), &sh, &cerr); st != C.KEEL_STATUS_OK {
+		return nil, takeError("OpenShard", st, cerr)
+	}
+	s := &Shard{h: sh, id: id, set: e.shards}
+	// No finalizer: the engine's set keeps s reachable until it is closed,
+	// by Shard.Close or Engine.Close.
+	e.shards.add(s)
+	return s, nil
+}
+
+// DropShard deletes shard id and all its data, atomically (a crash leaves
+// the whole shard or none of it). ErrBusy while the shard is open,
+// ErrNotFound when it does not exist.
+func (e *Engine) DropShard(id uint32) error {
+	h, err := e.acquire("DropShard")
+	if err != nil {
+		return err
+	}
+	defer e.release()
+	var cerr *C.keel_error_t
+	if st := C.keel_engine_shard_drop(h, C.uint32_t(id), &cerr); st != C.KEEL_STATUS_OK {
+		return takeError("DropShard", st, cerr)
+	}
+	return nil
+}
+
+// ListShards returns the ids of every shard in the directory, open or not,
+// in ascending order.
+func (e *Engine) ListShards() ([]uint32, error) {
+	h, err := e.acquire("ListShards")
+	if err != nil {
+		return nil, err
+	}
+	defer e.release()
+	// ids is Go memory without pointers; the library writes nothing when
+	// it does not fit and says how many there are, which may grow again
+	// before the next call (a shard created concurrently): loop.
+	var ids []C.uint32_t
+	for {
+		var ptr *C.uint32_t
+		if len(ids) > 0 {
+			ptr = &ids[0]
+		}
+		var n C.size_t
+		var cerr *C.keel_error_t
+		st := C.keel_engine_shard_list(h, ptr, C.size_t(len(ids)), &n, &cerr)
+		switch st {
+		case C.KEEL_STATUS_OK:
+			out := make([]uint32, int(n))
+			for i := range out {
+				out[i] = uint32(ids[i])
+			}
+			return out, nil
+		case C.KEEL_STATUS_BUFFER_TOO_SMALL:
+			C.keel_error_free(cerr)
+			ids = make([]C.uint32_t, int(n))
+		default:
+			return nil, takeError("ListShards", st, cerr)
+		}
+	}
+}
+
+// Close closes every Shard of this engine still open (each runs a final
+// flush), then releases the directory and frees the handle; it waits for
+// calls in flight on the engine and on those shards. Everything is
+// released even when a close fails; the first error is returned. A second
+// Close returns an error matching ErrClosed. Iterators stay valid but
+// their Next reports ErrClosed.
+func (e *Engine) Close() error {
+	if e == nil {
+		return newError("Close", StatusInvalidArgument, "nil *Engine")
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.h == nil {
+		return newError("Close", StatusClosed, "the engine is already closed")
+	}
+	h := e.h
+	e.h = nil
+	runtime.SetFinalizer(e, nil)
+	var first error
+	// Shards first, through their own handles, so that each Go *Shard is
+	// marked closed (its later calls fail in Go) and its handle freed.
+	// Lock order: Engine.mu, then Shard.mu, then shardSet.mu.
+	for _, s := range e.shards.list() {
+		if err := s.close("Close"); err != nil && first == nil && !isClosedErr(err) {
+			first = err
+		}
+	}
+	var cerr *C.keel_error_t
+	if st := C.keel_engine_close(h, &cerr); st != C.KEEL_STATUS_OK {
+		if err := takeError("Close", st, cerr); first == nil {
+			first = err
+		}
+	}
+	return first
+}
+
+// isClosedErr tells a Go-side "already closed" apart from real failures.
+func isClosedErr(err error) bool {
+	ke, ok := err.(*Error)
+	return ok && ke.Code == StatusClosed
+}
