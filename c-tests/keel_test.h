@@ -151,6 +151,92 @@ static inline keel_wal_t *kt_open_filled(const char *dir, uint64_t n, size_t len
   return wal;
 }
 
+/* ---- shards ------------------------------------------------------------ */
+
+/* A key, value or item given as a C string: expands to (pointer, length). */
+#define KT_S(s) (const uint8_t *)(s), strlen(s)
+
+/* Engine options with the given durability, the background flush off
+ * (flushes then happen only on keel_shard_flush, sealing and close, so a
+ * test decides when data is persisted) and 1 MiB WAL segments (each shard
+ * preallocates one). */
+static inline keel_engine_options_t kt_engine_options(uint32_t durability) {
+  keel_engine_options_t o;
+  CHECK(keel_engine_options_init(&o) == KEEL_STATUS_OK);
+  o.durability = durability;
+  o.flush_interval_ms = 0;
+  o.wal_segment_size = 1 << 20;
+  return o;
+}
+
+/* Appends one item to an expected posting-list encoding
+ * ([u32 little-endian length][bytes]); returns the new length. */
+static inline size_t kt_posting_add(uint8_t *list, size_t off, const void *item, size_t len) {
+  for (int i = 0; i < 4; i++) list[off + (size_t)i] = (uint8_t)(len >> (8 * i));
+  if (len) memcpy(list + off + 4, item, len);
+  return off + 4 + len;
+}
+
+/* KT_EXPECT_GET(shard, key, key_len, kind, want, want_len): keel_shard_get
+ * must return OK with exactly that kind and those bytes (an empty result
+ * as {NULL, 0}); evaluates to the key's version. The buffer is freed.
+ * Variadic so that KT_S("key") may stand for key, key_len. */
+static inline uint64_t kt_expect_get(const char *file, int line, const keel_shard_t *shard,
+                                     const uint8_t *key, size_t key_len, uint32_t kind,
+                                     const void *want, size_t want_len) {
+  keel_error_t *err = NULL;
+  keel_buf_t b = {NULL, 0};
+  uint32_t got_kind = 0xBAD;
+  uint64_t version = 0;
+  kt_check_status(file, line, "keel_shard_get", KEEL_STATUS_OK,
+                  keel_shard_get(shard, key, key_len, &b, &got_kind, &version, &err), &err);
+  if (got_kind != kind || b.len != want_len || (want_len && memcmp(b.ptr, want, want_len) != 0) ||
+      (b.len == 0 && b.ptr != NULL) || version == 0) {
+    fprintf(stderr, "%s:%d: get '%.*s': expected kind %u with %zu bytes, got kind %u with %zu bytes%s (version %" PRIu64 ")\n",
+            file, line, (int)key_len, (const char *)key, kind, want_len, got_kind, b.len,
+            b.len == want_len ? " that differ" : "", version);
+    exit(1);
+  }
+  CHECK(keel_buf_free(&b) == KEEL_STATUS_OK);
+  return version;
+}
+#define KT_EXPECT_GET(...) kt_expect_get(__FILE__, __LINE__, __VA_ARGS__)
+/* The common case of a value given as a C string. */
+#define KT_EXPECT_VALUE(shard, key, value) \
+  KT_EXPECT_GET((shard), KT_S(key), KEEL_KIND_VALUE, (value), strlen(value))
+
+/* KT_EXPECT_ABSENT(shard, key, key_len): NOT_FOUND, and the out-parameters
+ * stay untouched. */
+static inline void kt_expect_absent(const char *file, int line, const keel_shard_t *shard,
+                                    const uint8_t *key, size_t key_len) {
+  keel_error_t *err = NULL;
+  uint8_t sentinel = 0;
+  keel_buf_t b = {&sentinel, 12345};
+  uint32_t kind = 0xBAD;
+  uint64_t version = 0xBAD;
+  kt_check_status(file, line, "keel_shard_get", KEEL_STATUS_NOT_FOUND,
+                  keel_shard_get(shard, key, key_len, &b, &kind, &version, &err), &err);
+  if (b.ptr != &sentinel || b.len != 12345 || kind != 0xBAD || version != 0xBAD) {
+    fprintf(stderr, "%s:%d: NOT_FOUND get '%.*s' wrote its out-parameters\n", file, line,
+            (int)key_len, (const char *)key);
+    exit(1);
+  }
+}
+#define KT_EXPECT_ABSENT(...) kt_expect_absent(__FILE__, __LINE__, __VA_ARGS__)
+
+/* The version of the last applied operation of a shard. */
+static inline uint64_t kt_last_version(const keel_shard_t *shard) {
+  uint64_t v = 0;
+  CHECK(keel_shard_last_version(shard, &v) == KEEL_STATUS_OK);
+  return v;
+}
+
+static inline uint64_t kt_persisted_version(const keel_shard_t *shard) {
+  uint64_t v = 0;
+  CHECK(keel_shard_persisted_version(shard, &v) == KEEL_STATUS_OK);
+  return v;
+}
+
 #define KT_PASS() do { printf("%s: ok\n", __FILE__); return 0; } while (0)
 
 #endif /* KEEL_TEST_H */

@@ -17,10 +17,16 @@
 //   * keel::Error copies the code and message out of keel_error_t, so it is
 //     an ordinary value type; the C error object is freed immediately.
 //
-// Threads: keel::Wal is internally synchronised; any number of threads may
-// call its const members on one shared Wal. Moving, close() and destruction
-// must not race with other calls. keel::WalReader may move between threads
-// but must be used by one thread at a time (as keel_wal_reader_t).
+// Threads: keel::Wal, keel::Engine and keel::Shard are internally
+// synchronised; any number of threads may call their const members on one
+// shared object. Moving, close() and destruction must not race with other
+// calls. keel::WalReader, keel::Iterator and keel::Batch may move between
+// threads but must be used by one thread at a time (as their C handles).
+//
+// Shards: an Engine hosts Shards by id; a Shard maps each key to a value
+// or a posting list (keel::Kind). Shards may outlive their Engine: once it
+// is closed their calls fail with Status::Closed and destroying them is
+// safe. The same holds for an Iterator and its Shard.
 #ifndef KEEL_HPP
 #define KEEL_HPP
 
@@ -73,11 +79,15 @@ enum class Status : keel_status_t {
   NotLeader = KEEL_STATUS_NOT_LEADER,
   Unsupported = KEEL_STATUS_UNSUPPORTED,
   NoSpace = KEEL_STATUS_NO_SPACE,
+  WrongKind = KEEL_STATUS_WRONG_KIND,
 };
 
-// A new KEEL_STATUS_* value must get an enumerator above; this trips when
-// the header grows one (statuses are dense and never renumbered).
-static_assert(KEEL_STATUS_NO_SPACE == 15, "keel.h has new status codes: extend keel::Status");
+// A new KEEL_STATUS_* value must get an enumerator above (statuses are
+// dense and never renumbered). The preprocessor cannot list the header's
+// codes, so this pins the last one known here, and errors_test.cpp checks
+// at run time that the library names no status after it.
+static_assert(KEEL_STATUS_WRONG_KIND == 16, "keel.h has new status codes: extend keel::Status");
+inline constexpr Status last_status = Status::WrongKind;
 
 /// The C name of a status ("OK", "INVALID_ARGUMENT", ...); static storage.
 inline const char* to_string(Status s) noexcept {
@@ -245,6 +255,34 @@ inline Result<void> check_abi() {
                                         " (version " + keel_version() + ")");
 }
 
+namespace detail {
+/// check_abi() once per process: the local static is shared by every TU.
+inline const Result<void>& abi_once() {
+  static const Result<void> abi = check_abi();
+  return abi;
+}
+
+/// Checks what Wal::open()/Engine::open() need before calling C: the ABI,
+/// and a path without NUL bytes (C would see a shorter, different path).
+inline Result<void> check_open(const std::string& dir) {
+  if (const auto& abi = abi_once(); !abi) return abi.err();
+  if (dir.find('\0') != std::string::npos) {
+    return Error(Status::InvalidArgument, "directory path contains a NUL byte");
+  }
+  return {};
+}
+
+/// A millisecond count as the uint32_t option fields take it. Out-of-range
+/// values are clamped to ones the library rejects instead of wrapping.
+inline uint32_t clamp_ms(std::chrono::milliseconds ms) noexcept {
+  const auto n = ms.count();
+  return n < 0 ? 0u
+         : static_cast<unsigned long long>(n) > std::numeric_limits<uint32_t>::max()
+             ? std::numeric_limits<uint32_t>::max()
+             : static_cast<uint32_t>(n);
+}
+}  // namespace detail
+
 // ---- bytes --------------------------------------------------------------
 
 /// A borrowed (pointer, size) byte range: what append() takes. Built
@@ -303,11 +341,7 @@ class WalOptions {
   /// Interval of Durability::Periodic (1 ms to 60 s). Out-of-range values
   /// are clamped to ones the library rejects instead of wrapping around.
   WalOptions& sync_interval(std::chrono::milliseconds ms) noexcept {
-    const auto n = ms.count();
-    raw_.sync_interval_ms = n < 0 ? 0u
-                            : static_cast<unsigned long long>(n) > std::numeric_limits<uint32_t>::max()
-                                ? std::numeric_limits<uint32_t>::max()
-                                : static_cast<uint32_t>(n);
+    raw_.sync_interval_ms = detail::clamp_ms(ms);
     return *this;
   }
   WalOptions& recovery(RecoveryMode m) noexcept { raw_.recovery_mode = static_cast<uint32_t>(m); return *this; }
@@ -438,14 +472,7 @@ class Wal {
   /// Opens (creating if needed) the WAL in `dir` and recovers it. The
   /// directory is locked: a second open fails with Status::Busy.
   static Result<Wal> open(const std::string& dir, const WalOptions& opts = WalOptions()) {
-    // Checked once per process: the local static is shared by every TU.
-    static const Result<void> abi = check_abi();
-    if (!abi) return abi.err();
-    // The C side sees a NUL-terminated string: an embedded NUL would
-    // silently open a different directory.
-    if (dir.find('\0') != std::string::npos) {
-      return Error(Status::InvalidArgument, "directory path contains a NUL byte");
-    }
+    if (auto ok = detail::check_open(dir); !ok) return ok.err();
     detail::ErrorOut err;
     keel_wal_t* w = nullptr;
     const keel_status_t st = keel_wal_open(dir.c_str(), &opts.raw(), &w, err.out());
@@ -568,6 +595,690 @@ class Wal {
   }
 
   std::unique_ptr<keel_wal_t, Deleter> ptr_;
+};
+
+// ---- shards: options, kinds, values -------------------------------------------
+
+/// Longest key a shard accepts (KEEL_SHARD_MAX_KEY_SIZE); longer keys are
+/// Status::InvalidArgument.
+inline constexpr size_t max_key_size = KEEL_SHARD_MAX_KEY_SIZE;
+
+/// Options of Engine::open(), applied to every shard it opens: a copyable
+/// value wrapping keel_engine_options_t, filled with the library defaults
+/// by keel_engine_options_init(). Setters chain; values are validated by
+/// the library when the engine opens.
+class EngineOptions {
+ public:
+  EngineOptions() noexcept { keel_engine_options_init(&raw_); }  // cannot fail: the pointer is valid
+
+  /// When a write returns (every shard's WAL mode); default Durability::Sync.
+  EngineOptions& durability(Durability d) noexcept { raw_.durability = static_cast<uint32_t>(d); return *this; }
+  /// Interval of Durability::Periodic (1 ms to 60 s), clamped as WalOptions does.
+  EngineOptions& sync_interval(std::chrono::milliseconds ms) noexcept {
+    raw_.sync_interval_ms = detail::clamp_ms(ms);
+    return *this;
+  }
+  /// More immutable segments than this are merged in the background (>= 1).
+  EngineOptions& max_sealed_segments(uint32_t n) noexcept { raw_.max_sealed_segments = n; return *this; }
+  /// Size of each WAL segment file, 64 KiB to 4 GiB.
+  EngineOptions& wal_segment_size(uint64_t bytes) noexcept { raw_.wal_segment_size = bytes; return *this; }
+  /// Period of the background flush; zero (or negative) turns it off, so
+  /// shards flush only on Shard::flush(), when sealing and on close.
+  EngineOptions& flush_interval(std::chrono::milliseconds ms) noexcept {
+    raw_.flush_interval_ms = ms.count() < 0 ? 0u : static_cast<uint64_t>(ms.count());
+    return *this;
+  }
+  /// The appendable segment is sealed past this many bytes (>= 4096).
+  EngineOptions& seal_bytes(uint64_t bytes) noexcept { raw_.seal_bytes = bytes; return *this; }
+
+  Durability durability() const noexcept { return static_cast<Durability>(raw_.durability); }
+  std::chrono::milliseconds sync_interval() const noexcept { return std::chrono::milliseconds(raw_.sync_interval_ms); }
+  uint32_t max_sealed_segments() const noexcept { return raw_.max_sealed_segments; }
+  uint64_t wal_segment_size() const noexcept { return raw_.wal_segment_size; }
+  std::chrono::milliseconds flush_interval() const noexcept {
+    return std::chrono::milliseconds(static_cast<std::chrono::milliseconds::rep>(raw_.flush_interval_ms));
+  }
+  uint64_t seal_bytes() const noexcept { return raw_.seal_bytes; }
+
+  /// The C struct, for fields this wrapper does not know yet.
+  keel_engine_options_t& raw() noexcept { return raw_; }
+  const keel_engine_options_t& raw() const noexcept { return raw_; }
+
+ private:
+  keel_engine_options_t raw_;
+};
+
+/// What a key holds (KEEL_KIND_*).
+enum class Kind : uint32_t {
+  None = KEEL_KIND_NONE,        ///< absent
+  Value = KEEL_KIND_VALUE,      ///< a value
+  Posting = KEEL_KIND_POSTING,  ///< a posting list
+};
+
+/// The items of an encoded posting list (`[u32 little-endian length][bytes]`
+/// per item, as a Kind::Posting key comes back), in append order, viewing
+/// into `list`: valid as long as its memory. Walks it with
+/// keel_posting_next(); Status::Corruption when the encoding is damaged.
+inline Result<std::vector<std::string_view>> posting_item_views(ByteView list) {
+  std::vector<std::string_view> items;
+  size_t offset = 0;
+  for (;;) {
+    detail::ErrorOut err;
+    const uint8_t* item = nullptr;
+    size_t len = 0;
+    const keel_status_t st = keel_posting_next(list.data(), list.size(), &offset, &item, &len, err.out());
+    if (st == KEEL_STATUS_NOT_FOUND) return {std::move(items)};
+    if (st != KEEL_STATUS_OK) return err.take(st);
+    items.emplace_back(reinterpret_cast<const char*>(item), len);
+  }
+}
+
+/// As posting_item_views(), each item copied into its own string.
+inline Result<std::vector<std::string>> posting_items(ByteView list) {
+  auto views = posting_item_views(list);
+  if (!views) return views.err();
+  return std::vector<std::string>(views->begin(), views->end());
+}
+
+/// What a key holds, owned: its kind, the version of its last write, and
+/// its bytes (a value, or an encoded posting list: see items()).
+struct Value {
+  Kind kind = Kind::None;
+  uint64_t version = 0;
+  std::vector<uint8_t> bytes;
+
+  bool is_value() const noexcept { return kind == Kind::Value; }
+  bool is_posting() const noexcept { return kind == Kind::Posting; }
+  /// The raw bytes (for a posting list: its encoding).
+  std::string_view view() const noexcept {
+    return {reinterpret_cast<const char*>(bytes.data()), bytes.size()};
+  }
+  std::string str() const { return std::string(view()); }
+
+  /// The items of a posting list, in append order. Status::WrongKind when
+  /// this is not a posting list, Status::Corruption for a damaged encoding.
+  Result<std::vector<std::string>> items() const {
+    if (!is_posting()) return not_posting();
+    return posting_items(bytes);
+  }
+  /// As items(), viewing into `bytes`: valid while this Value is alive and unchanged.
+  Result<std::vector<std::string_view>> item_views() const {
+    if (!is_posting()) return not_posting();
+    return posting_item_views(bytes);
+  }
+
+ private:
+  Error not_posting() const {
+    return Error(Status::WrongKind, kind == Kind::Value ? "the key holds a value, not a posting list"
+                                                        : "the key is absent, not a posting list");
+  }
+};
+
+/// One key of a scan, owned.
+struct Entry {
+  std::vector<uint8_t> key;
+  Value value;
+
+  std::string_view key_view() const noexcept {
+    return {reinterpret_cast<const char*>(key.data()), key.size()};
+  }
+  std::string key_str() const { return std::string(key_view()); }
+};
+
+/// One key of a scan borrowed from its Iterator: valid until the next call
+/// on that iterator (or its destruction).
+struct EntryView {
+  ByteView key;
+  Kind kind = Kind::None;
+  uint64_t version = 0;
+  ByteView bytes;  ///< the value, or the encoded posting list
+
+  std::string_view key_view() const noexcept {
+    return {reinterpret_cast<const char*>(key.data()), key.size()};
+  }
+  std::string_view view() const noexcept {
+    return {reinterpret_cast<const char*>(bytes.data()), bytes.size()};
+  }
+  /// The items of a posting list (viewing into the iterator's memory).
+  Result<std::vector<std::string_view>> item_views() const {
+    if (kind != Kind::Posting) return Error(Status::WrongKind, "the key holds a value, not a posting list");
+    return posting_item_views(bytes);
+  }
+  /// A copy that outlives the iterator.
+  Entry to_owned() const {
+    return Entry{std::vector<uint8_t>(key.data(), key.data() + key.size()),
+                 Value{kind, version, std::vector<uint8_t>(bytes.data(), bytes.data() + bytes.size())}};
+  }
+};
+
+namespace detail {
+/// Owns keel_buf_t objects keel filled; frees them with keel_buf_free().
+struct Bufs {
+  std::vector<keel_buf_t> bufs;
+  explicit Bufs(size_t n) : bufs(n, keel_buf_t{nullptr, 0}) {}
+  Bufs(const Bufs&) = delete;
+  Bufs& operator=(const Bufs&) = delete;
+  ~Bufs() {
+    for (auto& b : bufs) keel_buf_free(&b);
+  }
+  std::vector<uint8_t> bytes(size_t i) const {
+    const keel_buf_t& b = bufs[i];
+    return b.len ? std::vector<uint8_t>(b.ptr, b.ptr + b.len) : std::vector<uint8_t>();
+  }
+};
+
+/// Keys packed back to back plus their lengths, as keel_shard_multi_get takes them.
+struct PackedKeys {
+  std::vector<uint8_t> bytes;
+  std::vector<size_t> lens;
+  PackedKeys(const ByteView* keys, size_t n) : lens(n) {
+    size_t total = 0;
+    for (size_t i = 0; i < n; ++i) total += (lens[i] = keys[i].size());
+    bytes.reserve(total);
+    for (size_t i = 0; i < n; ++i) bytes.insert(bytes.end(), keys[i].data(), keys[i].data() + keys[i].size());
+  }
+};
+}  // namespace detail
+
+// ---- scans ----------------------------------------------------------------------
+
+/// A scan over a range of keys in key order (owns a keel_iter_t, closed by
+/// the destructor). Made by Shard::scan() and Shard::scan_prefix(); it
+/// reads a consistent copy of the range taken when it was opened. After its
+/// shard is closed, calls fail with Status::Closed. One thread at a time.
+///
+///   for (const auto& e : *it) {          // e is a Result<EntryView>
+///     if (!e) return e.err();            // an error ends the loop
+///     use(e->key_view(), e->view());
+///   }
+class Iterator {
+  struct Deleter {
+    void operator()(keel_iter_t* i) const noexcept { keel_iter_close(i); }
+  };
+
+ public:
+  /// An empty iterator: every call returns Status::Closed.
+  Iterator() noexcept = default;
+  /// Takes ownership of an iterator opened through the C API.
+  explicit Iterator(keel_iter_t* owned) noexcept : ptr_(owned) {}
+
+  Iterator(Iterator&&) noexcept = default;
+  Iterator& operator=(Iterator&&) noexcept = default;
+  Iterator(const Iterator&) = delete;
+  Iterator& operator=(const Iterator&) = delete;
+
+  /// The next key, borrowed (valid until the next call on this iterator);
+  /// std::nullopt at the end.
+  Result<std::optional<EntryView>> next_view() {
+    if (!ptr_) return detail::empty_handle("keel::Iterator");
+    detail::ErrorOut err;
+    const uint8_t* key = nullptr;
+    const uint8_t* bytes = nullptr;
+    size_t key_len = 0, len = 0;
+    uint32_t kind = KEEL_KIND_NONE;
+    uint64_t version = 0;
+    const keel_status_t st = keel_iter_next(ptr_.get(), &key, &key_len, &bytes, &len, &kind, &version, err.out());
+    if (st == KEEL_STATUS_NOT_FOUND) return std::optional<EntryView>();
+    if (st != KEEL_STATUS_OK) return err.take(st);
+    return std::optional<EntryView>(EntryView{ByteView(key, key_len), static_cast<Kind>(kind), version, ByteView(bytes, len)});
+  }
+
+  /// The next key, copied out; std::nullopt at the end.
+  Result<std::optional<Entry>> next() {
+    auto v = next_view();
+    if (!v) return v.err();
+    if (!v->has_value()) return std::optional<Entry>();
+    return std::optional<Entry>((*v)->to_owned());
+  }
+
+  /// Input iterator over the remaining keys (see the class comment). Each
+  /// element is a Result<EntryView> borrowed until the next increment; an
+  /// error is yielded once and ends the walk.
+  class Cursor {
+   public:
+    using iterator_category = std::input_iterator_tag;
+    using value_type = Result<EntryView>;
+    using difference_type = std::ptrdiff_t;
+    using pointer = const value_type*;
+    using reference = const value_type&;
+
+    /// The end.
+    Cursor() noexcept = default;
+    reference operator*() const { return *current_; }
+    pointer operator->() const { return &*current_; }
+    Cursor& operator++() {
+      advance();
+      return *this;
+    }
+    friend bool operator==(const Cursor& a, const Cursor& b) noexcept { return a.owner_ == b.owner_; }
+    friend bool operator!=(const Cursor& a, const Cursor& b) noexcept { return a.owner_ != b.owner_; }
+
+   private:
+    friend class Iterator;
+    explicit Cursor(Iterator* owner) : owner_(owner) { advance(); }
+    void advance() {
+      if (!owner_) return;
+      if (current_ && !current_->ok()) return finish();  // the error was the last element
+      auto r = owner_->next_view();
+      if (!r) {
+        current_.emplace(r.err());
+      } else if (!r->has_value()) {
+        finish();
+      } else {
+        current_.emplace(**r);
+      }
+    }
+    void finish() noexcept {
+      owner_ = nullptr;
+      current_.reset();
+    }
+    Iterator* owner_ = nullptr;
+    std::optional<Result<EntryView>> current_;
+  };
+
+  /// Starts reading: the first key is fetched here.
+  Cursor begin() { return Cursor(this); }
+  Cursor end() noexcept { return Cursor(); }
+
+  explicit operator bool() const noexcept { return ptr_ != nullptr; }
+  keel_iter_t* raw() const noexcept { return ptr_.get(); }
+  /// Gives up ownership: the caller must keel_iter_close() it.
+  [[nodiscard]] keel_iter_t* release() noexcept { return ptr_.release(); }
+
+ private:
+  std::unique_ptr<keel_iter_t, Deleter> ptr_;
+};
+
+// ---- batches ---------------------------------------------------------------------
+
+/// Operations that Shard::write() applies atomically (owns a keel_batch_t;
+/// the bytes are copied in). Adding chains:
+///
+///   keel::Batch b;
+///   b.put("k", "v").append("tags/x", "k").del("old");
+///   auto versions = shard.write(b);
+///
+/// An operation that cannot be added (a key longer than max_key_size) is
+/// not added, and neither is any later one: the first error is kept, and
+/// status() and Shard::write() return it (write() then writes nothing).
+/// clear() empties the batch and forgets the error. A moved-from or
+/// released Batch is empty: status() and the calls return Status::Closed.
+/// One thread at a time.
+class Batch {
+  struct Deleter {
+    void operator()(keel_batch_t* b) const noexcept { keel_batch_free(b); }
+  };
+
+ public:
+  /// A new, empty batch.
+  Batch() noexcept {
+    keel_batch_t* b = nullptr;
+    if (keel_batch_new(&b) == KEEL_STATUS_OK) ptr_.reset(b);  // cannot fail: the pointer is valid
+  }
+  /// Takes ownership of a batch made through the C API.
+  explicit Batch(keel_batch_t* owned) noexcept : ptr_(owned) {}
+
+  Batch(Batch&&) noexcept = default;
+  Batch& operator=(Batch&&) noexcept = default;
+  Batch(const Batch&) = delete;
+  Batch& operator=(const Batch&) = delete;
+
+  /// Adds a put of `value` under `key`.
+  Batch& put(ByteView key, ByteView value) {
+    return add([&](keel_error_t** err) {
+      return keel_batch_put(ptr_.get(), key.data(), key.size(), value.data(), value.size(), err);
+    });
+  }
+  /// Adds a delete of `key`.
+  Batch& del(ByteView key) {
+    return add([&](keel_error_t** err) { return keel_batch_delete(ptr_.get(), key.data(), key.size(), err); });
+  }
+  /// Adds an append of `item` to the posting list of `key`.
+  Batch& append(ByteView key, ByteView item) {
+    return add([&](keel_error_t** err) {
+      return keel_batch_append(ptr_.get(), key.data(), key.size(), item.data(), item.size(), err);
+    });
+  }
+
+  /// Number of operations added.
+  Result<size_t> count() const {
+    if (!ptr_) return detail::empty_handle("keel::Batch");
+    size_t n = 0;
+    const keel_status_t st = keel_batch_count(ptr_.get(), &n);
+    if (st != KEEL_STATUS_OK) {
+      detail::ErrorOut none;  // this call carries no error object
+      return none.take(st);
+    }
+    return n;
+  }
+
+  /// Removes every operation and forgets a kept error; the memory is reused.
+  Result<void> clear() {
+    if (!ptr_) return detail::empty_handle("keel::Batch");
+    error_.reset();
+    detail::ErrorOut none;  // this call carries no error object
+    return detail::check(keel_batch_clear(ptr_.get()), none);
+  }
+
+  /// The first error of an operation that could not be added, if any.
+  Result<void> status() const {
+    if (!ptr_) return detail::empty_handle("keel::Batch");
+    if (error_) return *error_;
+    return {};
+  }
+
+  explicit operator bool() const noexcept { return ptr_ != nullptr; }
+  keel_batch_t* raw() const noexcept { return ptr_.get(); }
+  /// Gives up ownership: the caller must keel_batch_free() it.
+  [[nodiscard]] keel_batch_t* release() noexcept { return ptr_.release(); }
+
+ private:
+  template <class F>
+  Batch& add(F&& call) {
+    if (error_) return *this;
+    if (!ptr_) {
+      error_ = detail::empty_handle("keel::Batch");
+      return *this;
+    }
+    detail::ErrorOut err;
+    const keel_status_t st = call(err.out());
+    if (st != KEEL_STATUS_OK) error_ = err.take(st);
+    return *this;
+  }
+
+  std::unique_ptr<keel_batch_t, Deleter> ptr_;
+  std::optional<Error> error_;
+};
+
+// ---- shard ------------------------------------------------------------------------
+
+/// One shard of an Engine (owns a keel_shard_t): keys map to a value or a
+/// posting list. Every write returns its version (the WAL sequence number;
+/// a batch gets consecutive ones) once it is as durable as the engine's
+/// Durability says. The destructor closes the shard (a final flush) and
+/// ignores errors; call close() to see them. Const members are safe to
+/// call from many threads at once.
+class Shard {
+  struct Deleter {
+    void operator()(keel_shard_t* s) const noexcept { (void)keel_shard_close(s, nullptr); }
+  };
+
+ public:
+  /// An empty shard: every call returns Status::Closed.
+  Shard() noexcept = default;
+  /// Takes ownership of a handle opened through the C API.
+  explicit Shard(keel_shard_t* owned) noexcept : ptr_(owned) {}
+
+  Shard(Shard&&) noexcept = default;
+  Shard& operator=(Shard&&) noexcept = default;  // closes the shard it replaces
+  Shard(const Shard&) = delete;
+  Shard& operator=(const Shard&) = delete;
+
+  /// Puts `value` under `key`, replacing a value or a posting list.
+  Result<uint64_t> put(ByteView key, ByteView value) const {
+    return write_one([&](uint64_t* v, keel_error_t** err) {
+      return keel_shard_put(ptr_.get(), key.data(), key.size(), value.data(), value.size(), v, err);
+    });
+  }
+  /// Deletes `key`; deleting an absent key still gets a version.
+  Result<uint64_t> del(ByteView key) const {
+    return write_one([&](uint64_t* v, keel_error_t** err) {
+      return keel_shard_delete(ptr_.get(), key.data(), key.size(), v, err);
+    });
+  }
+  /// Appends `item` to the posting list of `key` (created when absent).
+  /// Status::WrongKind when the key holds a value (nothing is written).
+  Result<uint64_t> append(ByteView key, ByteView item) const {
+    return write_one([&](uint64_t* v, keel_error_t** err) {
+      return keel_shard_append(ptr_.get(), key.data(), key.size(), item.data(), item.size(), v, err);
+    });
+  }
+
+  /// Applies the batch atomically; returns the versions of its first and
+  /// last operation (consecutive). A Status::WrongKind anywhere fails it
+  /// all (earlier operations of the batch count); an empty batch is
+  /// Status::InvalidArgument. The batch is left as it was.
+  Result<std::pair<uint64_t, uint64_t>> write(const Batch& batch) const {
+    if (!ptr_) return detail::empty_handle("keel::Shard");
+    if (auto st = batch.status(); !st) return st.err();
+    detail::ErrorOut err;
+    uint64_t first = 0, last = 0;
+    const keel_status_t st = keel_shard_write(ptr_.get(), batch.raw(), &first, &last, err.out());
+    if (st != KEEL_STATUS_OK) return err.take(st);
+    return std::make_pair(first, last);
+  }
+
+  /// What `key` holds; std::nullopt when it is absent.
+  Result<std::optional<Value>> get(ByteView key) const {
+    if (!ptr_) return detail::empty_handle("keel::Shard");
+    detail::ErrorOut err;
+    detail::Bufs buf(1);
+    uint32_t kind = KEEL_KIND_NONE;
+    uint64_t version = 0;
+    const keel_status_t st =
+        keel_shard_get(ptr_.get(), key.data(), key.size(), &buf.bufs[0], &kind, &version, err.out());
+    if (st == KEEL_STATUS_NOT_FOUND) return std::optional<Value>();
+    if (st != KEEL_STATUS_OK) return err.take(st);
+    return std::optional<Value>(Value{static_cast<Kind>(kind), version, buf.bytes(0)});
+  }
+
+  /// Reads several keys from one consistent state; element i is what key
+  /// i holds, std::nullopt when absent.
+  Result<std::vector<std::optional<Value>>> multi_get(const ByteView* keys, size_t n) const {
+    if (!ptr_) return detail::empty_handle("keel::Shard");
+    const detail::PackedKeys packed(keys, n);
+    detail::Bufs values(n);
+    std::vector<uint32_t> kinds(n, KEEL_KIND_NONE);
+    std::vector<uint64_t> versions(n, 0);
+    detail::ErrorOut err;
+    const keel_status_t st = keel_shard_multi_get(ptr_.get(), packed.bytes.data(), packed.lens.data(), n,
+                                                  values.bufs.data(), kinds.data(), versions.data(), err.out());
+    if (st != KEEL_STATUS_OK) return err.take(st);
+    std::vector<std::optional<Value>> out;
+    out.reserve(n);
+    for (size_t i = 0; i < n; ++i) {
+      if (kinds[i] == KEEL_KIND_NONE) {
+        out.emplace_back();
+      } else {
+        out.emplace_back(Value{static_cast<Kind>(kinds[i]), versions[i], values.bytes(i)});
+      }
+    }
+    return {std::move(out)};
+  }
+  /// Any range whose elements convert to ByteView.
+  template <class Range>
+  Result<std::vector<std::optional<Value>>> multi_get(const Range& keys) const {
+    std::vector<ByteView> views;
+    for (const auto& k : keys) views.emplace_back(k);
+    return multi_get(views.data(), views.size());
+  }
+  Result<std::vector<std::optional<Value>>> multi_get(std::initializer_list<std::string_view> keys) const {
+    return multi_get<std::initializer_list<std::string_view>>(keys);
+  }
+
+  /// Keys in [start, end) in key (byte) order; no `end` means no upper
+  /// bound, an empty `start` the first key.
+  Result<Iterator> scan(ByteView start = ByteView(), std::optional<ByteView> end = std::nullopt) const {
+    if (!ptr_) return detail::empty_handle("keel::Shard");
+    // C reads a NULL end as "no bound": an empty end must still point somewhere.
+    static const uint8_t nothing = 0;
+    const uint8_t* end_ptr = nullptr;
+    size_t end_len = 0;
+    if (end) {
+      end_ptr = end->data() ? end->data() : &nothing;
+      end_len = end->size();
+    }
+    detail::ErrorOut err;
+    keel_iter_t* it = nullptr;
+    const keel_status_t st =
+        keel_shard_scan(ptr_.get(), start.data(), start.size(), end_ptr, end_len, &it, err.out());
+    if (st != KEEL_STATUS_OK) return err.take(st);
+    return Iterator(it);
+  }
+
+  /// Every key starting with `prefix` (every key when it is empty).
+  Result<Iterator> scan_prefix(ByteView prefix) const {
+    if (!ptr_) return detail::empty_handle("keel::Shard");
+    detail::ErrorOut err;
+    keel_iter_t* it = nullptr;
+    const keel_status_t st = keel_shard_scan_prefix(ptr_.get(), prefix.data(), prefix.size(), &it, err.out());
+    if (st != KEEL_STATUS_OK) return err.take(st);
+    return Iterator(it);
+  }
+
+  /// Runs a flush pass. With `wait`, returns once it is done with the
+  /// persisted version; without, at once with the version persisted so far.
+  Result<uint64_t> flush(bool wait = true) const {
+    if (!ptr_) return detail::empty_handle("keel::Shard");
+    detail::ErrorOut err;
+    uint64_t persisted = 0;
+    const keel_status_t st = keel_shard_flush(ptr_.get(), wait, &persisted, err.out());
+    if (st != KEEL_STATUS_OK) return err.take(st);
+    return persisted;
+  }
+
+  /// Every operation with a version <= this is in durable segment files.
+  Result<uint64_t> persisted_version() const { return get_u64(keel_shard_persisted_version); }
+  /// Version of the last applied operation (0: none yet).
+  Result<uint64_t> last_version() const { return get_u64(keel_shard_last_version); }
+
+  /// Keeps the WAL records with version >= `version` even once persisted;
+  /// keep_none releases the hold. Status::Truncated when already gone.
+  static constexpr uint64_t keep_none = KEEL_WAL_KEEP_NONE;
+  Result<void> set_keep_from(uint64_t version) const {
+    if (!ptr_) return detail::empty_handle("keel::Shard");
+    detail::ErrorOut err;
+    return detail::check(keel_shard_set_keep_from(ptr_.get(), version, err.out()), err);
+  }
+
+  /// A final flush, then frees the handle; the Shard is empty afterwards
+  /// even when the flush fails (the error is returned; the WAL still holds
+  /// everything). Closing an empty Shard, or one whose Engine was closed
+  /// first, succeeds.
+  Result<void> close() {
+    detail::ErrorOut err;
+    return detail::check(keel_shard_close(ptr_.release(), err.out()), err);
+  }
+
+  explicit operator bool() const noexcept { return ptr_ != nullptr; }
+  keel_shard_t* raw() const noexcept { return ptr_.get(); }
+  /// Gives up ownership: the caller must keel_shard_close() it.
+  [[nodiscard]] keel_shard_t* release() noexcept { return ptr_.release(); }
+
+ private:
+  template <class F>
+  Result<uint64_t> write_one(F&& call) const {
+    if (!ptr_) return detail::empty_handle("keel::Shard");
+    detail::ErrorOut err;
+    uint64_t version = 0;
+    const keel_status_t st = call(&version, err.out());
+    if (st != KEEL_STATUS_OK) return err.take(st);
+    return version;
+  }
+
+  Result<uint64_t> get_u64(keel_status_t (*fn)(const keel_shard_t*, uint64_t*)) const {
+    if (!ptr_) return detail::empty_handle("keel::Shard");
+    uint64_t v = 0;
+    const keel_status_t st = fn(ptr_.get(), &v);
+    if (st != KEEL_STATUS_OK) {
+      detail::ErrorOut none;  // these calls carry no error object
+      return none.take(st);
+    }
+    return v;
+  }
+
+  std::unique_ptr<keel_shard_t, Deleter> ptr_;
+};
+
+// ---- engine ----------------------------------------------------------------------
+
+/// An engine: one data directory hosting shards by id (owns a
+/// keel_engine_t). The destructor closes it (closing every shard still
+/// open, each with a final flush) and ignores errors; call close() to see
+/// them. Const members are safe to call from many threads at once.
+class Engine {
+  struct Deleter {
+    void operator()(keel_engine_t* e) const noexcept { (void)keel_engine_close(e, nullptr); }
+  };
+
+ public:
+  /// An empty engine: every call returns Status::Closed.
+  Engine() noexcept = default;
+  /// Takes ownership of a handle opened through the C API.
+  explicit Engine(keel_engine_t* owned) noexcept : ptr_(owned) {}
+
+  Engine(Engine&&) noexcept = default;
+  Engine& operator=(Engine&&) noexcept = default;  // closes the engine it replaces
+  Engine(const Engine&) = delete;
+  Engine& operator=(const Engine&) = delete;
+
+  /// Opens (creating if needed) the data directory `dir`. One engine per
+  /// directory: a second open fails with Status::Busy.
+  static Result<Engine> open(const std::string& dir, const EngineOptions& opts = EngineOptions()) {
+    if (auto ok = detail::check_open(dir); !ok) return ok.err();
+    detail::ErrorOut err;
+    keel_engine_t* e = nullptr;
+    const keel_status_t st = keel_engine_open(dir.c_str(), &opts.raw(), &e, err.out());
+    if (st != KEEL_STATUS_OK) return err.take(st);
+    return Engine(e);
+  }
+
+  /// Opens shard `id`, recovering it. Status::NotFound when it does not
+  /// exist and `create_if_missing` is false; Status::Busy when it is open.
+  Result<Shard> open_shard(uint32_t id, bool create_if_missing = true) const {
+    if (!ptr_) return detail::empty_handle("keel::Engine");
+    detail::ErrorOut err;
+    keel_shard_t* s = nullptr;
+    const keel_status_t st = keel_engine_shard_open(ptr_.get(), id, create_if_missing, &s, err.out());
+    if (st != KEEL_STATUS_OK) return err.take(st);
+    return Shard(s);
+  }
+
+  /// Deletes shard `id` and its data. Status::Busy while it is open,
+  /// Status::NotFound when it does not exist.
+  Result<void> drop_shard(uint32_t id) const {
+    if (!ptr_) return detail::empty_handle("keel::Engine");
+    detail::ErrorOut err;
+    return detail::check(keel_engine_shard_drop(ptr_.get(), id, err.out()), err);
+  }
+
+  /// The ids of every shard, open or not, ascending.
+  Result<std::vector<uint32_t>> list_shards() const {
+    if (!ptr_) return detail::empty_handle("keel::Engine");
+    std::vector<uint32_t> ids(16);
+    for (;;) {
+      detail::ErrorOut err;
+      size_t n = 0;
+      const keel_status_t st = keel_engine_shard_list(ptr_.get(), ids.data(), ids.size(), &n, err.out());
+      if (st == KEEL_STATUS_OK) {
+        ids.resize(n);
+        return {std::move(ids)};
+      }
+      // BUFFER_TOO_SMALL gives the count needed; shards may be created
+      // meanwhile, so ask again with that much room.
+      if (st == KEEL_STATUS_BUFFER_TOO_SMALL && n > ids.size()) {
+        ids.resize(n);
+        continue;
+      }
+      return err.take(st);
+    }
+  }
+
+  /// Closes every shard still open and frees the handle; the Engine is
+  /// empty afterwards even on error (the first error is returned). Shards
+  /// still held then fail with Status::Closed. Closing an empty Engine succeeds.
+  Result<void> close() {
+    detail::ErrorOut err;
+    return detail::check(keel_engine_close(ptr_.release(), err.out()), err);
+  }
+
+  explicit operator bool() const noexcept { return ptr_ != nullptr; }
+  keel_engine_t* raw() const noexcept { return ptr_.get(); }
+  /// Gives up ownership: the caller must keel_engine_close() it.
+  [[nodiscard]] keel_engine_t* release() noexcept { return ptr_.release(); }
+
+ private:
+  std::unique_ptr<keel_engine_t, Deleter> ptr_;
 };
 
 }  // namespace keel

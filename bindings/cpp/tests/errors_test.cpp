@@ -138,13 +138,21 @@ TEST(Errors, ReaderOutlivingItsWalReportsClosed) {
 }
 
 TEST(Errors, StatusNamesMirrorTheCApi) {
-  for (keel_status_t s = KEEL_STATUS_OK; s <= KEEL_STATUS_NO_SPACE; ++s) {
+  for (keel_status_t s = KEEL_STATUS_OK; s <= static_cast<keel_status_t>(keel::last_status); ++s) {
     EXPECT_STREQ(keel::to_string(static_cast<Status>(s)), keel_status_str(s));
+    EXPECT_STRNE(keel_status_str(s), "UNKNOWN") << s;
   }
+  // The library knows no status after the last keel::Status: a new code in
+  // keel.h must get an enumerator (the static_assert in keel.hpp only pins
+  // the last code it knows).
+  EXPECT_STREQ(keel_status_str(static_cast<keel_status_t>(keel::last_status) + 1), "UNKNOWN");
+  EXPECT_STREQ(keel::to_string(Status::WrongKind), "WRONG_KIND");
   EXPECT_STREQ(keel::to_string(Status::Truncated), "TRUNCATED");
   EXPECT_STREQ(keel::to_string(Status::Busy), "BUSY");
   static_assert(static_cast<keel_status_t>(Status::Truncated) == KEEL_STATUS_TRUNCATED);
   static_assert(static_cast<keel_status_t>(Status::NoSpace) == KEEL_STATUS_NO_SPACE);
+  static_assert(static_cast<keel_status_t>(Status::WrongKind) == KEEL_STATUS_WRONG_KIND);
+  static_assert(static_cast<uint32_t>(keel::Kind::Posting) == KEEL_KIND_POSTING);
   static_assert(static_cast<uint32_t>(keel::Durability::None) == KEEL_DURABILITY_NONE);
   static_assert(static_cast<uint32_t>(keel::RecoveryMode::Salvage) == KEEL_RECOVERY_SALVAGE);
   static_assert(static_cast<uint32_t>(keel::ReadUpto::Appended) == KEEL_WAL_READ_APPENDED);

@@ -38,3 +38,19 @@ TEST(Exceptions, ErrOfASuccessIsALogicError) {
   keel::Result<uint64_t> good = uint64_t{1};
   EXPECT_THROW((void)good.err(), std::logic_error);
 }
+
+TEST(Exceptions, ShardErrorsThrowWithTheirStatus) {
+  TempDir tmp;
+  keel::Engine engine = keel::Engine::open(tmp.engine(), keel::EngineOptions().wal_segment_size(1 << 20)).unwrap();
+  keel::Shard shard = engine.open_shard(1).unwrap();
+  EXPECT_EQ(shard.put("k", "v").unwrap(), 1u);
+  try {
+    (void)shard.append("k", "item").unwrap();
+    FAIL() << "append to a value did not throw";
+  } catch (const keel::Exception& e) {
+    EXPECT_EQ(e.code(), Status::WrongKind);
+    EXPECT_NE(std::string(e.what()).find("WRONG_KIND: "), std::string::npos) << e.what();
+  }
+  EXPECT_THROW((void)engine.open_shard(1).value(), keel::Exception);  // already open: BUSY
+  EXPECT_THROW(shard.get("k").value()->items().value(), keel::Exception);  // a value has no items
+}

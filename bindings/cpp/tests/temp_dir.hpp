@@ -24,6 +24,8 @@ class TempDir {
   const std::filesystem::path& path() const { return path_; }
   /// A WAL directory inside the temp dir (keel creates it on open).
   std::string wal(const std::string& name = "wal") const { return (path_ / name).string(); }
+  /// An engine data directory inside the temp dir (keel creates it on open).
+  std::string engine(const std::string& name = "engine") const { return (path_ / name).string(); }
 
  private:
   std::filesystem::path path_;

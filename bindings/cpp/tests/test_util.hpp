@@ -24,6 +24,18 @@ inline void open_wal(const std::string& dir, const keel::WalOptions& opts, keel:
   out = std::move(r).value();
 }
 
+// Opens an engine, or a shard of it, or fails the test.
+inline void open_engine(const std::string& dir, const keel::EngineOptions& opts, keel::Engine& out) {
+  auto r = keel::Engine::open(dir, opts);
+  ASSERT_TRUE(r.ok()) << "open engine " << dir << ": " << r.err().to_string();
+  out = std::move(r).value();
+}
+inline void open_shard(const keel::Engine& engine, uint32_t id, keel::Shard& out) {
+  auto r = engine.open_shard(id);
+  ASSERT_TRUE(r.ok()) << "open shard " << id << ": " << r.err().to_string();
+  out = std::move(r).value();
+}
+
 // Reads until the reader has caught up (next() gives nullopt).
 inline void read_all(keel::WalReader& reader, std::vector<keel::Record>& out) {
   for (;;) {

@@ -6,13 +6,17 @@
 
 #include <cstdint>
 
-void misuse(keel::Wal& w, keel::WalReader& r) {
+void misuse(keel::Wal& w, keel::WalReader& r, keel::Engine& e, keel::Shard& s) {
   // Correct use, which must keep compiling.
   auto appended = w.append("x");
   if (!appended) return;
   const uint64_t seq = appended.value();
   (void)seq;
   (void)r;
+  auto put = s.put("k", "v");
+  if (!put) return;
+  keel::Shard moved = std::move(s);
+  (void)e;
 
 #ifdef KEEL_MISUSE_IGNORED_RESULT
   w.append("dropped");  // a failed append would go unnoticed
@@ -38,6 +42,17 @@ void misuse(keel::Wal& w, keel::WalReader& r) {
 #ifdef KEEL_MISUSE_COPY_READER
   keel::WalReader copy = r;
   (void)copy;
+#endif
+#ifdef KEEL_MISUSE_COPY_ENGINE
+  keel::Engine copy = e;  // two owners would close the engine (and its shards) twice
+  (void)copy;
+#endif
+#ifdef KEEL_MISUSE_COPY_SHARD
+  keel::Shard copy = moved;  // two owners of one shard handle
+  (void)copy;
+#endif
+#ifdef KEEL_MISUSE_IGNORED_PUT
+  moved.put("k", "dropped");  // a WRONG_KIND or I/O failure would go unnoticed
 #endif
 #ifdef KEEL_MISUSE_VALUE_OF_VOID
   int nothing = w.sync().value();  // Result<void> carries no value
