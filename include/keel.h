@@ -609,7 +609,7 @@ keel_status_t keel_shard_multi_get(const struct keel_shard_t *shard,
  * Opens a scan over keys in [start, end), in key order. `end` NULL means
  * no upper bound (end_len is then ignored); a non-NULL `end` of length 0
  * is the empty key, so the range is empty. An empty start is the first
- * key. Release with keel_iter_close(). The scan reads a consistent copy of
+ * key. A reversed range (end < start) is empty. Release with keel_iter_close(). The scan reads a consistent copy of
  * the range taken now; after the shard is closed its calls return CLOSED.
  * Errors: NULL_ARGUMENT, CORRUPTION, CLOSED.
  */
@@ -685,12 +685,14 @@ keel_status_t keel_shard_flush(const struct keel_shard_t *shard,
  * Writes the persisted version: every operation with a version <= it is
  * in durable segment files and its WAL records may be gone. A host whose
  * own consensus log is the durability boundary may compact that log up
- * to here. Errors: NULL_ARGUMENT.
+ * to here. Right after open it already covers everything recovery found
+ * in the segments. Errors: NULL_ARGUMENT, CLOSED.
  */
 keel_status_t keel_shard_persisted_version(const struct keel_shard_t *shard, uint64_t *out);
 
 /**
- * Writes the version of the last applied operation. Errors: NULL_ARGUMENT.
+ * Writes the version of the last applied operation.
+ * Errors: NULL_ARGUMENT, CLOSED.
  */
 keel_status_t keel_shard_last_version(const struct keel_shard_t *shard, uint64_t *out);
 

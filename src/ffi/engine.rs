@@ -178,8 +178,8 @@ pub extern "C" fn keel_engine_shard_list(
         let e = try_handle!(engine);
         let count = out_ptr(count, "count")?;
         let list = e.list_shards()?;
-        *count = list.len();
         if list.len() > capacity {
+            *count = list.len();
             return Err(Error::new(
                 KEEL_STATUS_BUFFER_TOO_SMALL,
                 format!("{} shard ids do not fit {capacity}", list.len()),
@@ -191,6 +191,7 @@ pub extern "C" fn keel_engine_shard_list(
             }
             unsafe { std::ptr::copy_nonoverlapping(list.as_ptr(), ids, list.len()) };
         }
+        *count = list.len();
         Ok(())
     })
 }

@@ -340,7 +340,7 @@ pub extern "C" fn keel_shard_multi_get(
 /// Opens a scan over keys in [start, end), in key order. `end` NULL means
 /// no upper bound (end_len is then ignored); a non-NULL `end` of length 0
 /// is the empty key, so the range is empty. An empty start is the first
-/// key. Release with keel_iter_close(). The scan reads a consistent copy of
+/// key. A reversed range (end < start) is empty. Release with keel_iter_close(). The scan reads a consistent copy of
 /// the range taken now; after the shard is closed its calls return CLOSED.
 /// Errors: NULL_ARGUMENT, CORRUPTION, CLOSED.
 #[no_mangle]
@@ -478,24 +478,35 @@ pub extern "C" fn keel_shard_flush(
 /// Writes the persisted version: every operation with a version <= it is
 /// in durable segment files and its WAL records may be gone. A host whose
 /// own consensus log is the durability boundary may compact that log up
-/// to here. Errors: NULL_ARGUMENT.
+/// to here. Right after open it already covers everything recovery found
+/// in the segments. Errors: NULL_ARGUMENT, CLOSED.
 #[no_mangle]
 pub extern "C" fn keel_shard_persisted_version(shard: *const keel_shard_t, out: *mut u64) -> keel_status_t {
     ffi_boundary!(std::ptr::null_mut(), shard, {
         let s = try_handle!(shard);
-        *out_ptr(out, "out")? = s.persisted_version();
+        let out = out_ptr(out, "out")?;
+        *out = open_shard(s)?.persisted_version();
         Ok(())
     })
 }
 
-/// Writes the version of the last applied operation. Errors: NULL_ARGUMENT.
+/// Writes the version of the last applied operation.
+/// Errors: NULL_ARGUMENT, CLOSED.
 #[no_mangle]
 pub extern "C" fn keel_shard_last_version(shard: *const keel_shard_t, out: *mut u64) -> keel_status_t {
     ffi_boundary!(std::ptr::null_mut(), shard, {
         let s = try_handle!(shard);
-        *out_ptr(out, "out")? = s.last_version();
+        let out = out_ptr(out, "out")?;
+        *out = open_shard(s)?.last_version();
         Ok(())
     })
+}
+
+fn open_shard(s: &Shard) -> crate::Result<&Shard> {
+    match s.is_closed() {
+        true => Err(Error::new(KEEL_STATUS_CLOSED, "shard is closed")),
+        false => Ok(s),
+    }
 }
 
 /// Reports the shard's background work: OK when the last flush pass and
@@ -506,11 +517,7 @@ pub extern "C" fn keel_shard_last_version(shard: *const keel_shard_t, out: *mut 
 #[no_mangle]
 pub extern "C" fn keel_shard_health(shard: *const keel_shard_t, err: *mut *mut keel_error_t) -> keel_status_t {
     ffi_boundary!(err, shard, {
-        let s = try_handle!(shard);
-        if s.is_closed() {
-            return Err(Error::new(KEEL_STATUS_CLOSED, "shard is closed"));
-        }
-        s.background_error().map_or(Ok(()), Err)
+        open_shard(try_handle!(shard))?.background_error().map_or(Ok(()), Err)
     })
 }
 
@@ -547,7 +554,8 @@ pub extern "C" fn keel_shard_close(shard: *mut keel_shard_t, err: *mut *mut keel
 #[no_mangle]
 pub extern "C" fn keel_batch_new(out: *mut *mut keel_batch_t) -> keel_status_t {
     ffi_boundary!(std::ptr::null_mut(), std::ptr::null::<u8>(), {
-        *out_ptr(out, "out")? = into_handle::<keel_batch_t>(Batch { packed: Vec::new(), count: 0 });
+        let out = out_ptr(out, "out")?;
+        *out = into_handle::<keel_batch_t>(Batch { packed: Vec::new(), count: 0 });
         Ok(())
     })
 }

@@ -128,8 +128,13 @@ fn maintain(inner: &Inner) -> Result<()> {
     if inner.segs.read().appendable.weight >= inner.opts.seal_bytes {
         seal(inner)?;
     }
-    if let Some(ids) = merge_candidates(inner) {
-        merge(inner, &ids)?;
+    // Several merges may be due (a burst of seals, a delete-heavy
+    // stretch); bounded so a pass comes back soon.
+    for _ in 0..8 {
+        match merge_candidates(inner) {
+            Some(ids) => merge(inner, &ids)?,
+            None => break,
+        }
     }
     Ok(())
 }

@@ -187,15 +187,18 @@ impl Shard {
                 "segments hold version {stored} but the WAL ends at {last}: the WAL was lost or replaced"
             )));
         }
+        // Everything before the first operation replay had to apply is in
+        // the segments already: that is the persisted version to start from
+        // (all of it after a clean close).
+        let mut persisted = last;
         let mut reader = wal.reader(0, ReadUpto::Appended)?;
         while let Some((seq, record)) = reader.next_record()? {
-            segs.replay(&Op::decode(&record)?, seq)?;
+            if segs.replay(&Op::decode(&record)?, seq)? && persisted == last {
+                persisted = seq - 1;
+            }
         }
         drop(reader);
         segs.finish(last);
-        // Records before the first one the WAL kept were acknowledged, so
-        // persisted; the first pass (queued below) moves this up.
-        let persisted = wal.first_seq().saturating_sub(1);
         let inner = Arc::new(Inner {
             fs,
             seg_dir,

@@ -148,7 +148,8 @@ impl Segments {
     /// was not yet saved: only keys of unacknowledged operations can be in
     /// that state, and replay visits all of them), then applies the
     /// operation only if it is newer than the key's stored version.
-    pub fn replay(&mut self, op: &Op, version: u64) -> Result<()> {
+    /// Returns whether it changed anything (false: already in the segments).
+    pub fn replay(&mut self, op: &Op, version: u64) -> Result<bool> {
         let key = op.key();
         let mut copies: Vec<(Place, u64)> = Vec::new();
         if let Some(e) = self.appendable.map.get(key) {
@@ -175,9 +176,12 @@ impl Segments {
             }
         }
         if newest.is_some_and(|v| v >= version) {
-            return Ok(());
+            return Ok(copies.len() > 1);
         }
-        match self.apply(op, version) {
+        if newest.is_none() && matches!(op, Op::Delete { .. }) {
+            return Ok(false); // deleting what is not there
+        }
+        match self.apply(op, version).map(|()| true) {
             // Cannot happen for a log written by keel (writes are checked
             // before they are logged); a damaged or foreign log can.
             Err(e) if e.status == KEEL_STATUS_WRONG_KIND => {
@@ -190,6 +194,9 @@ impl Segments {
     /// Every live key in [start, end) (end None = unbounded), in order.
     /// Copies the range: the caller holds the read lock only this long.
     pub fn range(&self, start: &[u8], end: Option<&[u8]>) -> Result<Vec<(Vec<u8>, Entry)>> {
+        if end.is_some_and(|e| e <= start) {
+            return Ok(Vec::new()); // an empty (or reversed) range
+        }
         let in_range = |k: &[u8]| end.map_or(true, |e| k < e);
         let mut out: BTreeMap<Vec<u8>, Entry> = BTreeMap::new();
         let mut keep = |k: Vec<u8>, e: Entry| {
