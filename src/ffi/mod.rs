@@ -17,9 +17,11 @@ mod buf;
 mod error;
 mod version;
 mod wal;
+mod writer;
 
 pub use boundary::Opaque;
 pub use buf::*;
 pub use error::*;
 pub use version::*;
 pub use wal::*;
+pub use writer::*;
