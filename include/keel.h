@@ -31,8 +31,10 @@
  *   any thread may call any function on them concurrently, except that
  *   _close must be the last call and must not race with others. Cursors
  *   and builders (keel_wal_reader_t, keel_iter_t, keel_batch_t) may move
- *   between threads but must not be used by two at once. Callbacks (later
- *   components) say which keel thread runs them.
+ *   between threads but must not be used by two at once. keel_net_t,
+ *   keel_writer_t and keel_publisher_t are internally synchronised too.
+ *   Callbacks run on the keel thread their registering function names
+ *   (the net reactor thread for keel_net_event_fn).
  *
  * Safety
  *   NULL where a pointer is required gives KEEL_STATUS_NULL_ARGUMENT;
@@ -164,6 +166,42 @@
 #define KEEL_WAL_KEEP_NONE UINT64_MAX
 
 /**
+ * keel_net_options_t.backend: the default backend — currently
+ * KEEL_NET_BACKEND_SENDMSG (io_uring stays opt-in until benchmarks show
+ * it sends no more often and is at least as fast).
+ */
+#define KEEL_NET_BACKEND_DEFAULT 0
+
+/**
+ * Backend: nonblocking sendmsg(2) with iovecs and MSG_NOSIGNAL, epoll
+ * for writability.
+ */
+#define KEEL_NET_BACKEND_SENDMSG 1
+
+/**
+ * Backend: io_uring (IORING_OP_SENDMSG, one ring owned by the reactor
+ * thread) when a run-time probe succeeds; otherwise keel falls back to
+ * KEEL_NET_BACKEND_SENDMSG (io_uring disabled by sysctl, refused by a
+ * seccomp profile with ENOSYS/EPERM, or a kernel older than 5.11).
+ * keel_net_backend() tells which one runs.
+ */
+#define KEEL_NET_BACKEND_IO_URING 2
+
+/**
+ * keel_writer_send() flag: queue the message without sending (no
+ * syscall). It leaves with the next call without this flag on the same
+ * writer, or keel_writer_flush(). Use it for all but the last reply of a
+ * pipeline so that the whole pipeline goes out in one send.
+ */
+#define KEEL_WRITER_MORE 1
+
+/**
+ * keel_publisher_publish() flag: drain right after publishing, as
+ * keel_publisher_flush() does.
+ */
+#define KEEL_PUBLISH_FLUSH 1
+
+/**
  * A write batch under construction: operations applied atomically by
  * keel_shard_write(). Not thread-safe; reusable after keel_batch_clear().
  */
@@ -192,6 +230,19 @@ typedef struct keel_error_t keel_error_t;
 typedef struct keel_iter_t keel_iter_t;
 
 /**
+ * A reactor: one keel thread ("keel-net") that owns the waiting side of
+ * every socket adopted into it, and one send backend. Internally
+ * synchronised: every call except keel_net_close() may run on any thread.
+ */
+typedef struct keel_net_t keel_net_t;
+
+/**
+ * Fan-out of messages to subscriber sockets (keel_publisher_new()).
+ * Internally synchronised like keel_writer_t.
+ */
+typedef struct keel_publisher_t keel_publisher_t;
+
+/**
  * One shard of an engine: keys → values and posting lists. Internally
  * synchronised: every call except keel_shard_close() may run on any
  * thread concurrently.
@@ -210,6 +261,13 @@ typedef struct keel_wal_reader_t keel_wal_reader_t;
  * call except keel_wal_close() may run on any thread concurrently.
  */
 typedef struct keel_wal_t keel_wal_t;
+
+/**
+ * A connected stream socket adopted for batched writing
+ * (keel_writer_adopt()). Internally synchronised: any thread may call
+ * any function on it, except that keel_writer_close() is the last call.
+ */
+typedef struct keel_writer_t keel_writer_t;
 
 /**
  * Result code of every fallible keel call. 0 is success.
@@ -306,6 +364,230 @@ typedef struct keel_wal_options_t {
    */
   uint64_t max_record_size;
 } keel_wal_options_t;
+
+/**
+ * Event callback: keel closed connection `conn_id` on its own. `status`
+ * is KEEL_STATUS_IO (a send or socket error: EPIPE, ECONNRESET,
+ * ENOTCONN, ETIMEDOUT, ...) or KEEL_STATUS_BUSY (the cap policy: the peer
+ * did not read, see keel_writer_options_t.soft_cap_bytes/hard_cap_bytes).
+ * `message` is borrowed and valid only during the call.
+ *
+ * It runs on the keel-net reactor thread only, at most once per
+ * connection, never after keel_net_close() returned and never for a
+ * connection after keel_writer_close()/keel_publisher_unsubscribe() of it
+ * returned. It must not block for long (it holds up every socket of the
+ * net). It may call keel_writer_close() / keel_publisher_unsubscribe()
+ * (also for the connection it reports) and any send or publish function,
+ * but not keel_net_close() (which then returns KEEL_STATUS_BUSY).
+ */
+typedef void (*keel_net_event_fn)(void *user,
+                                  uint64_t conn_id,
+                                  keel_status_t status,
+                                  const char *message);
+
+/**
+ * Releases the callback's user data; called once by keel_net_close().
+ */
+typedef void (*keel_user_data_free_fn)(void *user);
+
+/**
+ * Options of keel_net_open(). Versioned by `struct_size`: fill it with
+ * keel_net_options_init() first, then change the fields you need.
+ */
+typedef struct keel_net_options_t {
+  /**
+   * sizeof(keel_net_options_t) as the caller compiled it.
+   */
+  uint32_t struct_size;
+  /**
+   * KEEL_NET_BACKEND_*; default KEEL_NET_BACKEND_DEFAULT.
+   */
+  uint32_t backend;
+  /**
+   * Event callback (see keel_net_event_fn); NULL for none.
+   */
+  keel_net_event_fn on_event;
+  /**
+   * Passed to on_event as `user`; keel never dereferences it.
+   */
+  void *user_data;
+  /**
+   * Called with user_data once keel_net_close() has stopped the reactor
+   * (after the last callback); NULL for none.
+   */
+  keel_user_data_free_fn user_data_free;
+} keel_net_options_t;
+
+/**
+ * Per-connection limits of keel_writer_adopt() and of a publisher's
+ * subscribers. Versioned by `struct_size`: fill it with
+ * keel_writer_options_init() first, then change the fields you need.
+ */
+typedef struct keel_writer_options_t {
+  /**
+   * sizeof(keel_writer_options_t) as the caller compiled it.
+   */
+  uint32_t struct_size;
+  /**
+   * Items (messages) one drain pass handles before it flushes and
+   * yields; 1 to 1000000, default 100.
+   */
+  uint32_t quota;
+  /**
+   * A batch is flushed once it holds this many bytes; 1 to 64 MiB,
+   * default 65536.
+   */
+  uint64_t max_batch_bytes;
+  /**
+   * Messages of at least this many bytes are held by reference (one
+   * copy shared by every subscriber); smaller ones are copied into the
+   * connection's buffer. Default 4096.
+   */
+  uint64_t copy_threshold;
+  /**
+   * Soft cap: when more than this many bytes are queued (appended, not
+   * yet accepted by the kernel) for longer than soft_cap_ms, keel
+   * closes the connection and reports KEEL_STATUS_BUSY. 0 disables it.
+   * Default 8 MiB.
+   */
+  uint64_t soft_cap_bytes;
+  /**
+   * Hard cap: an append that would queue more than this many bytes
+   * closes the connection at once (KEEL_STATUS_BUSY). 0 disables it.
+   * Must not be below soft_cap_bytes. Default 32 MiB.
+   */
+  uint64_t hard_cap_bytes;
+  /**
+   * iovecs per send; 1 to 1024 (IOV_MAX), default 1024.
+   */
+  uint32_t iov_max;
+  /**
+   * See soft_cap_bytes; at most 86400000, default 60000.
+   */
+  uint32_t soft_cap_ms;
+  /**
+   * Closing a writer flushes what is queued, shuts the socket down for
+   * writing and reads the peer's input until EOF; after this many
+   * milliseconds the socket is closed whatever is left. At most
+   * 600000, default 2000.
+   */
+  uint32_t close_timeout_ms;
+} keel_writer_options_t;
+
+/**
+ * Counters of one writer or subscriber (keel_writer_stats(),
+ * keel_publisher_subscriber_stats()). Set struct_size to
+ * sizeof(keel_writer_stats_t) before the call. Batch density is
+ * items_sent / sends.
+ */
+typedef struct keel_writer_stats_t {
+  /**
+   * sizeof(keel_writer_stats_t) as the caller compiled it.
+   */
+  uint32_t struct_size;
+  /**
+   * Send calls: sendmsg(2) syscalls plus io_uring SENDMSG operations.
+   */
+  uint64_t sends;
+  /**
+   * Of sends, those submitted to io_uring.
+   */
+  uint64_t uring_sends;
+  /**
+   * Sends of a lone message on an idle connection, made on the
+   * caller's thread before keel_writer_send() returned.
+   */
+  uint64_t immediate_sends;
+  /**
+   * Bytes the kernel accepted.
+   */
+  uint64_t bytes_sent;
+  /**
+   * Messages appended.
+   */
+  uint64_t items;
+  /**
+   * Messages handed to a send.
+   */
+  uint64_t items_sent;
+  /**
+   * Control items appended (close requests).
+   */
+  uint64_t control_items;
+  /**
+   * Drain passes, and those that batched (two or more messages queued
+   * when the pass started).
+   */
+  uint64_t passes;
+  uint64_t batched_passes;
+  /**
+   * Flushes by reason: the last queued message was done; the batch
+   * reached max_batch_bytes; it reached iov_max; the pass reached its
+   * quota; a fence; a close.
+   */
+  uint64_t flush_idle;
+  uint64_t flush_size;
+  uint64_t flush_iovec;
+  uint64_t flush_quota;
+  uint64_t flush_wait;
+  uint64_t flush_close;
+  /**
+   * Sends the kernel took only part of, and sends refused with EAGAIN.
+   */
+  uint64_t short_sends;
+  uint64_t eagain;
+  /**
+   * Times the connection waited for the socket to become writable.
+   */
+  uint64_t writable_waits;
+  /**
+   * Most messages one send carried.
+   */
+  uint64_t max_items_per_send;
+  /**
+   * Bytes appended and not yet accepted by the kernel, now.
+   */
+  uint64_t queued_bytes;
+  /**
+   * Age of the oldest byte not yet handed to a send, now (ns; 0 if none).
+   */
+  uint64_t oldest_unflushed_ns;
+  /**
+   * Longest time a byte waited between its append and its first send (ns).
+   */
+  uint64_t max_flush_wait_ns;
+} keel_writer_stats_t;
+
+/**
+ * Counters of a publisher (keel_publisher_stats()). Set struct_size to
+ * sizeof(keel_publisher_stats_t) before the call. The send counters are
+ * summed over the subscribers the publisher holds now.
+ */
+typedef struct keel_publisher_stats_t {
+  /**
+   * sizeof(keel_publisher_stats_t) as the caller compiled it.
+   */
+  uint32_t struct_size;
+  /**
+   * Messages published.
+   */
+  uint64_t published;
+  /**
+   * Drain points (keel_publisher_flush() and KEEL_PUBLISH_FLUSH).
+   */
+  uint64_t flushes;
+  /**
+   * Subscribers still open.
+   */
+  uint64_t subscribers;
+  /**
+   * Subscribers keel closed (caps, errors) not yet unsubscribed.
+   */
+  uint64_t cut_off;
+  uint64_t sends;
+  uint64_t bytes_sent;
+  uint64_t items_sent;
+} keel_publisher_stats_t;
 
 /**
  * Success.
@@ -946,6 +1228,224 @@ void keel_wal_reader_close(struct keel_wal_reader_t *reader);
  * unsynced records may be lost), INVALID_ARGUMENT (not a live handle).
  */
 keel_status_t keel_wal_close(struct keel_wal_t *wal, struct keel_error_t **err);
+
+/**
+ * Fills `opts` with the defaults (backend DEFAULT, no callback) and sets
+ * struct_size. Errors: NULL_ARGUMENT.
+ */
+keel_status_t keel_net_options_init(struct keel_net_options_t *opts);
+
+/**
+ * Fills `opts` with the defaults listed on each field and sets
+ * struct_size. Errors: NULL_ARGUMENT.
+ */
+keel_status_t keel_writer_options_init(struct keel_writer_options_t *opts);
+
+/**
+ * Starts a reactor thread with the backend `opts` asks for (NULL: the
+ * defaults). On success `*out` receives a handle to release with
+ * keel_net_close().
+ * Errors: NULL_ARGUMENT, INVALID_ARGUMENT (struct_size, backend out of
+ * range), IO (eventfd, epoll or the thread could not be created).
+ */
+keel_status_t keel_net_open(const struct keel_net_options_t *opts,
+                            struct keel_net_t **out,
+                            struct keel_error_t **err);
+
+/**
+ * Writes the backend that runs (KEEL_NET_BACKEND_SENDMSG or
+ * KEEL_NET_BACKEND_IO_URING) to `*out`.
+ * Errors: NULL_ARGUMENT, INVALID_ARGUMENT.
+ */
+keel_status_t keel_net_backend(const struct keel_net_t *net, uint32_t *out);
+
+/**
+ * Closes every writer and subscriber of the net (what they queued is
+ * flushed, each within its close_timeout_ms), stops the reactor thread,
+ * then calls user_data_free. No callback runs after it returns. Writer
+ * and publisher handles stay valid and answer KEEL_STATUS_CLOSED; close
+ * them as usual. NULL is a no-op returning OK. Must not race with other
+ * calls on the net handle.
+ * Errors: BUSY (called from the event callback; nothing was closed),
+ * POISONED (the reactor thread had panicked; the handle is freed anyway),
+ * INVALID_ARGUMENT (not a live handle).
+ */
+keel_status_t keel_net_close(struct keel_net_t *net, struct keel_error_t **err);
+
+/**
+ * Adopts `fd`, a connected stream socket (TCP or Unix), as a writer.
+ * On success keel owns the fd: it sets TCP_NODELAY on TCP sockets, sends
+ * with MSG_NOSIGNAL|MSG_DONTWAIT (the fd's O_NONBLOCK flag is not
+ * changed) and closes the fd when the writer is closed; the host must not
+ * write to it or close it, and may keep reading from it until it calls
+ * keel_writer_close(). On failure the fd is untouched and still the
+ * caller's. `opts` may be NULL for the defaults. `*out` receives the
+ * writer, released with keel_writer_close().
+ * Errors: NULL_ARGUMENT, INVALID_ARGUMENT (negative or closed fd, not a
+ * socket, not a stream socket, not connected, already adopted by this
+ * net, bad option), IO, CLOSED (the net is closed).
+ */
+keel_status_t keel_writer_adopt(const struct keel_net_t *net,
+                                int fd,
+                                const struct keel_writer_options_t *opts,
+                                struct keel_writer_t **out,
+                                struct keel_error_t **err);
+
+/**
+ * Writes the writer's connection id (the `conn_id` of the event
+ * callback) to `*out`. Ids are unique within a net and never reused.
+ * Errors: NULL_ARGUMENT, INVALID_ARGUMENT.
+ */
+keel_status_t keel_writer_id(const struct keel_writer_t *writer, uint64_t *out);
+
+/**
+ * Appends one message of `len` bytes (copied; `data` may be NULL when len
+ * is 0). When nothing else is pending it is sent on the calling thread
+ * before the call returns (one send); otherwise it is queued behind the
+ * pending messages and leaves with them in as few sends as possible.
+ * Never blocks: when the socket is full the rest waits for writability on
+ * the reactor thread. `flags`: 0 or KEEL_WRITER_MORE.
+ * Errors: NULL_ARGUMENT, INVALID_ARGUMENT (unknown flag), CLOSED (the
+ * writer was closed by keel earlier — the message names why — or the net
+ * is closed), IO (the send failed now; the connection is closed and the
+ * event callback reports it once), BUSY (the hard cap: the connection is
+ * closed by policy and reported).
+ */
+keel_status_t keel_writer_send(const struct keel_writer_t *writer,
+                               const uint8_t *data,
+                               size_t len,
+                               uint32_t flags,
+                               struct keel_error_t **err);
+
+/**
+ * Appends `count` messages at once, packed back to back in `data` with
+ * `lens[i]` the length of message i (no pointer array, which suits cgo).
+ * They are accepted all or none (caps) and drained together: a pipeline
+ * of N replies leaves in one send per `quota` messages. `flags`: 0 or
+ * KEEL_WRITER_MORE. count 0 is INVALID_ARGUMENT.
+ * Errors: as keel_writer_send().
+ */
+keel_status_t keel_writer_send_batch(const struct keel_writer_t *writer,
+                                     const uint8_t *data,
+                                     const size_t *lens,
+                                     size_t count,
+                                     uint32_t flags,
+                                     struct keel_error_t **err);
+
+/**
+ * Drains what KEEL_WRITER_MORE left queued (as a send without the flag
+ * would). Errors: as keel_writer_send().
+ */
+keel_status_t keel_writer_flush(const struct keel_writer_t *writer, struct keel_error_t **err);
+
+/**
+ * Copies the writer's counters into `*out` (set out->struct_size first).
+ * Works on writers keel has closed (the counters stay readable).
+ * Errors: NULL_ARGUMENT, INVALID_ARGUMENT (struct_size too small, not a
+ * live handle).
+ */
+keel_status_t keel_writer_stats(const struct keel_writer_t *writer,
+                                struct keel_writer_stats_t *out);
+
+/**
+ * Closes the writer and frees the handle: what is queued is still sent,
+ * then the socket is shut down for writing, the peer's input is read
+ * until EOF and the fd is closed — on the reactor thread, within
+ * close_timeout_ms; the call itself does not wait for that. No event
+ * callback for this writer starts after it returns (one running on
+ * another thread is waited for). May be called from the event callback.
+ * NULL is a no-op returning OK. Must be the last call on the writer.
+ * Errors: INVALID_ARGUMENT (not a live handle).
+ */
+keel_status_t keel_writer_close(struct keel_writer_t *writer, struct keel_error_t **err);
+
+/**
+ * Creates a publisher on `net`; its subscribers use `sub_opts` (NULL: the
+ * defaults). `*out` receives the handle, released with
+ * keel_publisher_close().
+ * Errors: NULL_ARGUMENT, INVALID_ARGUMENT (bad option), CLOSED.
+ */
+keel_status_t keel_publisher_new(const struct keel_net_t *net,
+                                 const struct keel_writer_options_t *sub_opts,
+                                 struct keel_publisher_t **out,
+                                 struct keel_error_t **err);
+
+/**
+ * Adopts connected stream socket `fd` as a subscriber (ownership as in
+ * keel_writer_adopt()) and writes its id to `*out_id` (the `conn_id` of
+ * the event callback). A subscriber receives every message published
+ * after this call.
+ * Errors: as keel_writer_adopt().
+ */
+keel_status_t keel_publisher_subscribe(const struct keel_publisher_t *publisher,
+                                       int fd,
+                                       uint64_t *out_id,
+                                       struct keel_error_t **err);
+
+/**
+ * Removes subscriber `id` and closes its socket as keel_writer_close()
+ * does (queued messages are still sent). Also the way to release a
+ * subscriber keel cut off. No event callback for it starts after this
+ * returns.
+ * Errors: NOT_FOUND (no such subscriber), NULL_ARGUMENT, INVALID_ARGUMENT, CLOSED.
+ */
+keel_status_t keel_publisher_unsubscribe(const struct keel_publisher_t *publisher,
+                                         uint64_t id,
+                                         struct keel_error_t **err);
+
+/**
+ * Publishes one message of `len` bytes to every open subscriber: it is
+ * copied once (held by reference when at least copy_threshold bytes long,
+ * else copied into each subscriber's buffer), queued and the subscriber
+ * marked dirty. Makes no syscall: the messages leave at the next drain
+ * point, keel_publisher_flush() or KEEL_PUBLISH_FLUSH, where each dirty
+ * subscriber gets one send. A subscriber over its caps is cut off and
+ * reported through the event callback (after the next drain point); it
+ * never slows the others. `flags`: 0 or KEEL_PUBLISH_FLUSH.
+ * Errors: NULL_ARGUMENT, INVALID_ARGUMENT (unknown flag), CLOSED.
+ */
+keel_status_t keel_publisher_publish(const struct keel_publisher_t *publisher,
+                                     const uint8_t *data,
+                                     size_t len,
+                                     uint32_t flags,
+                                     struct keel_error_t **err);
+
+/**
+ * The drain point: every subscriber with messages pending gets one drain
+ * (one send per `quota` messages) — on the calling thread with the
+ * sendmsg backend, unless its socket is full (then on the reactor when
+ * it becomes writable); with io_uring on the reactor thread, except a
+ * lone message, which is sent here. Send errors concern one subscriber
+ * and are reported through the event callback, not here.
+ * Errors: NULL_ARGUMENT, INVALID_ARGUMENT, CLOSED.
+ */
+keel_status_t keel_publisher_flush(const struct keel_publisher_t *publisher,
+                                   struct keel_error_t **err);
+
+/**
+ * Copies the publisher's counters into `*out` (set out->struct_size first).
+ * Errors: NULL_ARGUMENT, INVALID_ARGUMENT.
+ */
+keel_status_t keel_publisher_stats(const struct keel_publisher_t *publisher,
+                                   struct keel_publisher_stats_t *out);
+
+/**
+ * Copies the counters of subscriber `id` into `*out` (set
+ * out->struct_size first).
+ * Errors: NOT_FOUND, NULL_ARGUMENT, INVALID_ARGUMENT.
+ */
+keel_status_t keel_publisher_subscriber_stats(const struct keel_publisher_t *publisher,
+                                              uint64_t id,
+                                              struct keel_writer_stats_t *out,
+                                              struct keel_error_t **err);
+
+/**
+ * Unsubscribes every subscriber (queued messages are still sent, see
+ * keel_publisher_unsubscribe()) and frees the handle. NULL is a no-op
+ * returning OK. Must be the last call on the publisher.
+ * Errors: INVALID_ARGUMENT (not a live handle).
+ */
+keel_status_t keel_publisher_close(struct keel_publisher_t *publisher, struct keel_error_t **err);
 
 #ifdef __cplusplus
 }  // extern "C"

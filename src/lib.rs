@@ -3,9 +3,10 @@
 //! Components live in one folder each; `ffi/` is the C boundary that
 //! `include/keel.h` is generated from.
 
-pub mod error;
 pub mod engine;
+pub mod error;
 pub mod ffi;
+pub mod net;
 pub mod shard;
 pub mod status;
 pub mod wal;

@@ -19,6 +19,7 @@ mod error;
 mod shard;
 mod version;
 mod wal;
+mod writer;
 
 pub use boundary::Opaque;
 pub use buf::*;
@@ -27,3 +28,4 @@ pub use error::*;
 pub use shard::*;
 pub use version::*;
 pub use wal::*;
+pub use writer::*;

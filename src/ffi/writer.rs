@@ -1,0 +1,761 @@
+//! C API of the batched socket writers (`keel_net_*`, `keel_writer_*`,
+//! `keel_publisher_*`). The rules behind it: design/writer.md and
+//! docs/WRITER.md.
+
+use crate::error::Error;
+use crate::ffi::boundary::{handle_ref, in_bytes, into_handle, out_ptr, take_handle, Opaque};
+use crate::ffi::error::keel_error_t;
+use crate::net::{Backend, BackendChoice, Net, NetOptions, Publisher, PublisherStats, Writer, WriterOptions, WriterStats};
+use crate::status::*;
+use std::ffi::CString;
+use std::os::raw::{c_char, c_int, c_void};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A reactor: one keel thread ("keel-net") that owns the waiting side of
+/// every socket adopted into it, and one send backend. Internally
+/// synchronised: every call except keel_net_close() may run on any thread.
+pub struct keel_net_t {
+    _private: [u8; 0],
+}
+
+/// A connected stream socket adopted for batched writing
+/// (keel_writer_adopt()). Internally synchronised: any thread may call
+/// any function on it, except that keel_writer_close() is the last call.
+pub struct keel_writer_t {
+    _private: [u8; 0],
+}
+
+/// Fan-out of messages to subscriber sockets (keel_publisher_new()).
+/// Internally synchronised like keel_writer_t.
+pub struct keel_publisher_t {
+    _private: [u8; 0],
+}
+
+/// The value behind keel_net_t: the reactor plus the host's callback, whose
+/// user data is released exactly once when the net is closed.
+pub struct NetHandle {
+    net: Net,
+    callback: Option<Arc<CCallback>>,
+}
+
+impl Opaque for keel_net_t {
+    type Inner = NetHandle;
+    const MAGIC: u64 = 0x6b65_656c_4e45_545f; // "keelNET_"
+    const NAME: &'static str = "keel_net_t";
+}
+
+impl Opaque for keel_writer_t {
+    type Inner = Writer;
+    const MAGIC: u64 = 0x6b65_656c_5752_5452; // "keelWRTR"
+    const NAME: &'static str = "keel_writer_t";
+}
+
+impl Opaque for keel_publisher_t {
+    type Inner = Publisher;
+    const MAGIC: u64 = 0x6b65_656c_5055_424c; // "keelPUBL"
+    const NAME: &'static str = "keel_publisher_t";
+}
+
+/// keel_net_options_t.backend: the default backend — currently
+/// KEEL_NET_BACKEND_SENDMSG (io_uring stays opt-in until benchmarks show
+/// it sends no more often and is at least as fast).
+pub const KEEL_NET_BACKEND_DEFAULT: u32 = 0;
+/// Backend: nonblocking sendmsg(2) with iovecs and MSG_NOSIGNAL, epoll
+/// for writability.
+pub const KEEL_NET_BACKEND_SENDMSG: u32 = 1;
+/// Backend: io_uring (IORING_OP_SENDMSG, one ring owned by the reactor
+/// thread) when a run-time probe succeeds; otherwise keel falls back to
+/// KEEL_NET_BACKEND_SENDMSG (io_uring disabled by sysctl, refused by a
+/// seccomp profile with ENOSYS/EPERM, or a kernel older than 5.11).
+/// keel_net_backend() tells which one runs.
+pub const KEEL_NET_BACKEND_IO_URING: u32 = 2;
+
+/// keel_writer_send() flag: queue the message without sending (no
+/// syscall). It leaves with the next call without this flag on the same
+/// writer, or keel_writer_flush(). Use it for all but the last reply of a
+/// pipeline so that the whole pipeline goes out in one send.
+pub const KEEL_WRITER_MORE: u32 = 1;
+
+/// keel_publisher_publish() flag: drain right after publishing, as
+/// keel_publisher_flush() does.
+pub const KEEL_PUBLISH_FLUSH: u32 = 1;
+
+/// Event callback: keel closed connection `conn_id` on its own. `status`
+/// is KEEL_STATUS_IO (a send or socket error: EPIPE, ECONNRESET,
+/// ENOTCONN, ETIMEDOUT, ...) or KEEL_STATUS_BUSY (the cap policy: the peer
+/// did not read, see keel_writer_options_t.soft_cap_bytes/hard_cap_bytes).
+/// `message` is borrowed and valid only during the call.
+///
+/// It runs on the keel-net reactor thread only, at most once per
+/// connection, never after keel_net_close() returned and never for a
+/// connection after keel_writer_close()/keel_publisher_unsubscribe() of it
+/// returned. It must not block for long (it holds up every socket of the
+/// net). It may call keel_writer_close() / keel_publisher_unsubscribe()
+/// (also for the connection it reports) and any send or publish function,
+/// but not keel_net_close() (which then returns KEEL_STATUS_BUSY).
+pub type keel_net_event_fn =
+    Option<unsafe extern "C" fn(user: *mut c_void, conn_id: u64, status: keel_status_t, message: *const c_char)>;
+
+/// Releases the callback's user data; called once by keel_net_close().
+pub type keel_user_data_free_fn = Option<unsafe extern "C" fn(user: *mut c_void)>;
+
+/// Options of keel_net_open(). Versioned by `struct_size`: fill it with
+/// keel_net_options_init() first, then change the fields you need.
+#[repr(C)]
+pub struct keel_net_options_t {
+    /// sizeof(keel_net_options_t) as the caller compiled it.
+    pub struct_size: u32,
+    /// KEEL_NET_BACKEND_*; default KEEL_NET_BACKEND_DEFAULT.
+    pub backend: u32,
+    /// Event callback (see keel_net_event_fn); NULL for none.
+    pub on_event: keel_net_event_fn,
+    /// Passed to on_event as `user`; keel never dereferences it.
+    pub user_data: *mut c_void,
+    /// Called with user_data once keel_net_close() has stopped the reactor
+    /// (after the last callback); NULL for none.
+    pub user_data_free: keel_user_data_free_fn,
+}
+
+/// Per-connection limits of keel_writer_adopt() and of a publisher's
+/// subscribers. Versioned by `struct_size`: fill it with
+/// keel_writer_options_init() first, then change the fields you need.
+#[repr(C)]
+pub struct keel_writer_options_t {
+    /// sizeof(keel_writer_options_t) as the caller compiled it.
+    pub struct_size: u32,
+    /// Items (messages) one drain pass handles before it flushes and
+    /// yields; 1 to 1000000, default 100.
+    pub quota: u32,
+    /// A batch is flushed once it holds this many bytes; 1 to 64 MiB,
+    /// default 65536.
+    pub max_batch_bytes: u64,
+    /// Messages of at least this many bytes are held by reference (one
+    /// copy shared by every subscriber); smaller ones are copied into the
+    /// connection's buffer. Default 4096.
+    pub copy_threshold: u64,
+    /// Soft cap: when more than this many bytes are queued (appended, not
+    /// yet accepted by the kernel) for longer than soft_cap_ms, keel
+    /// closes the connection and reports KEEL_STATUS_BUSY. 0 disables it.
+    /// Default 8 MiB.
+    pub soft_cap_bytes: u64,
+    /// Hard cap: an append that would queue more than this many bytes
+    /// closes the connection at once (KEEL_STATUS_BUSY). 0 disables it.
+    /// Must not be below soft_cap_bytes. Default 32 MiB.
+    pub hard_cap_bytes: u64,
+    /// iovecs per send; 1 to 1024 (IOV_MAX), default 1024.
+    pub iov_max: u32,
+    /// See soft_cap_bytes; at most 86400000, default 60000.
+    pub soft_cap_ms: u32,
+    /// Closing a writer flushes what is queued, shuts the socket down for
+    /// writing and reads the peer's input until EOF; after this many
+    /// milliseconds the socket is closed whatever is left. At most
+    /// 600000, default 2000.
+    pub close_timeout_ms: u32,
+}
+
+/// Counters of one writer or subscriber (keel_writer_stats(),
+/// keel_publisher_subscriber_stats()). Set struct_size to
+/// sizeof(keel_writer_stats_t) before the call. Batch density is
+/// items_sent / sends.
+#[repr(C)]
+pub struct keel_writer_stats_t {
+    /// sizeof(keel_writer_stats_t) as the caller compiled it.
+    pub struct_size: u32,
+    /// Send calls: sendmsg(2) syscalls plus io_uring SENDMSG operations.
+    pub sends: u64,
+    /// Of sends, those submitted to io_uring.
+    pub uring_sends: u64,
+    /// Sends of a lone message on an idle connection, made on the
+    /// caller's thread before keel_writer_send() returned.
+    pub immediate_sends: u64,
+    /// Bytes the kernel accepted.
+    pub bytes_sent: u64,
+    /// Messages appended.
+    pub items: u64,
+    /// Messages handed to a send.
+    pub items_sent: u64,
+    /// Control items appended (close requests).
+    pub control_items: u64,
+    /// Drain passes, and those that batched (two or more messages queued
+    /// when the pass started).
+    pub passes: u64,
+    pub batched_passes: u64,
+    /// Flushes by reason: the last queued message was done; the batch
+    /// reached max_batch_bytes; it reached iov_max; the pass reached its
+    /// quota; a fence; a close.
+    pub flush_idle: u64,
+    pub flush_size: u64,
+    pub flush_iovec: u64,
+    pub flush_quota: u64,
+    pub flush_wait: u64,
+    pub flush_close: u64,
+    /// Sends the kernel took only part of, and sends refused with EAGAIN.
+    pub short_sends: u64,
+    pub eagain: u64,
+    /// Times the connection waited for the socket to become writable.
+    pub writable_waits: u64,
+    /// Most messages one send carried.
+    pub max_items_per_send: u64,
+    /// Bytes appended and not yet accepted by the kernel, now.
+    pub queued_bytes: u64,
+    /// Age of the oldest byte not yet handed to a send, now (ns; 0 if none).
+    pub oldest_unflushed_ns: u64,
+    /// Longest time a byte waited between its append and its first send (ns).
+    pub max_flush_wait_ns: u64,
+}
+
+/// Counters of a publisher (keel_publisher_stats()). Set struct_size to
+/// sizeof(keel_publisher_stats_t) before the call. The send counters are
+/// summed over the subscribers the publisher holds now.
+#[repr(C)]
+pub struct keel_publisher_stats_t {
+    /// sizeof(keel_publisher_stats_t) as the caller compiled it.
+    pub struct_size: u32,
+    /// Messages published.
+    pub published: u64,
+    /// Drain points (keel_publisher_flush() and KEEL_PUBLISH_FLUSH).
+    pub flushes: u64,
+    /// Subscribers still open.
+    pub subscribers: u64,
+    /// Subscribers keel closed (caps, errors) not yet unsubscribed.
+    pub cut_off: u64,
+    pub sends: u64,
+    pub bytes_sent: u64,
+    pub items_sent: u64,
+}
+
+/// The host's callback and user data, shared with the reactor.
+struct CCallback {
+    f: unsafe extern "C" fn(*mut c_void, u64, keel_status_t, *const c_char),
+    user: usize,
+    free: keel_user_data_free_fn,
+    freed: AtomicBool,
+}
+
+impl CCallback {
+    fn release(&self) {
+        if !self.freed.swap(true, Ordering::AcqRel) {
+            if let Some(free) = self.free {
+                unsafe { free(self.user as *mut c_void) };
+            }
+        }
+    }
+}
+
+fn net_options_size() -> u32 {
+    std::mem::size_of::<keel_net_options_t>() as u32
+}
+fn writer_options_size() -> u32 {
+    std::mem::size_of::<keel_writer_options_t>() as u32
+}
+
+/// Fills `opts` with the defaults (backend DEFAULT, no callback) and sets
+/// struct_size. Errors: NULL_ARGUMENT.
+#[no_mangle]
+pub extern "C" fn keel_net_options_init(opts: *mut keel_net_options_t) -> keel_status_t {
+    ffi_boundary!(std::ptr::null_mut(), std::ptr::null::<u8>(), {
+        *out_ptr(opts, "opts")? = keel_net_options_t {
+            struct_size: net_options_size(),
+            backend: KEEL_NET_BACKEND_DEFAULT,
+            on_event: None,
+            user_data: std::ptr::null_mut(),
+            user_data_free: None,
+        };
+        Ok(())
+    })
+}
+
+/// Fills `opts` with the defaults listed on each field and sets
+/// struct_size. Errors: NULL_ARGUMENT.
+#[no_mangle]
+pub extern "C" fn keel_writer_options_init(opts: *mut keel_writer_options_t) -> keel_status_t {
+    ffi_boundary!(std::ptr::null_mut(), std::ptr::null::<u8>(), {
+        let d = WriterOptions::default();
+        *out_ptr(opts, "opts")? = keel_writer_options_t {
+            struct_size: writer_options_size(),
+            quota: d.quota as u32,
+            max_batch_bytes: d.max_batch_bytes as u64,
+            copy_threshold: d.copy_threshold as u64,
+            soft_cap_bytes: d.soft_cap_bytes,
+            hard_cap_bytes: d.hard_cap_bytes,
+            iov_max: d.iov_max as u32,
+            soft_cap_ms: d.soft_cap.as_millis() as u32,
+            close_timeout_ms: d.close_timeout.as_millis() as u32,
+        };
+        Ok(())
+    })
+}
+
+fn writer_options_from_c(opts: *const keel_writer_options_t) -> crate::Result<WriterOptions> {
+    if opts.is_null() {
+        return Ok(WriterOptions::default());
+    }
+    let o = unsafe { &*opts };
+    if o.struct_size < writer_options_size() {
+        return Err(Error::invalid(format!(
+            "keel_writer_options_t.struct_size is {}, expected at least {}; call keel_writer_options_init()",
+            o.struct_size,
+            writer_options_size()
+        )));
+    }
+    let max_batch_bytes = usize::try_from(o.max_batch_bytes).map_err(|_| Error::invalid("max_batch_bytes is too large"))?;
+    let copy_threshold = usize::try_from(o.copy_threshold).unwrap_or(usize::MAX);
+    let w = WriterOptions {
+        max_batch_bytes,
+        quota: o.quota as usize,
+        copy_threshold,
+        iov_max: o.iov_max as usize,
+        soft_cap_bytes: o.soft_cap_bytes,
+        soft_cap: Duration::from_millis(o.soft_cap_ms as u64),
+        hard_cap_bytes: o.hard_cap_bytes,
+        close_timeout: Duration::from_millis(o.close_timeout_ms as u64),
+    };
+    w.validate()?;
+    Ok(w)
+}
+
+/// Starts a reactor thread with the backend `opts` asks for (NULL: the
+/// defaults). On success `*out` receives a handle to release with
+/// keel_net_close().
+/// Errors: NULL_ARGUMENT, INVALID_ARGUMENT (struct_size, backend out of
+/// range), IO (eventfd, epoll or the thread could not be created).
+#[no_mangle]
+pub extern "C" fn keel_net_open(
+    opts: *const keel_net_options_t,
+    out: *mut *mut keel_net_t,
+    err: *mut *mut keel_error_t,
+) -> keel_status_t {
+    ffi_boundary!(err, std::ptr::null::<u8>(), {
+        let out = out_ptr(out, "out")?;
+        let mut options = NetOptions::default();
+        let mut callback = None;
+        if !opts.is_null() {
+            let o = unsafe { &*opts };
+            if o.struct_size < net_options_size() {
+                return Err(Error::invalid(format!(
+                    "keel_net_options_t.struct_size is {}, expected at least {}; call keel_net_options_init()",
+                    o.struct_size,
+                    net_options_size()
+                )));
+            }
+            options.backend = Some(match o.backend {
+                KEEL_NET_BACKEND_DEFAULT => BackendChoice::Default,
+                KEEL_NET_BACKEND_SENDMSG => BackendChoice::Sendmsg,
+                KEEL_NET_BACKEND_IO_URING => BackendChoice::IoUring,
+                other => return Err(Error::invalid(format!("backend {other} is not a KEEL_NET_BACKEND_* value"))),
+            });
+            if let Some(f) = o.on_event {
+                let cb = Arc::new(CCallback { f, user: o.user_data as usize, free: o.user_data_free, freed: AtomicBool::new(false) });
+                let c = cb.clone();
+                options.on_event = Some(Arc::new(move |id, status, msg: &str| {
+                    let m = CString::new(msg.replace('\0', "\\0")).unwrap_or_default();
+                    unsafe { (c.f)(c.user as *mut c_void, id, status, m.as_ptr()) };
+                }));
+                callback = Some(cb);
+            } else if let Some(free) = o.user_data_free {
+                // No callback: the user data is still released at close.
+                callback = Some(Arc::new(CCallback {
+                    f: noop_event,
+                    user: o.user_data as usize,
+                    free: Some(free),
+                    freed: AtomicBool::new(false),
+                }));
+            }
+        }
+        let net = match Net::open(options) {
+            Ok(n) => n,
+            Err(e) => {
+                if let Some(cb) = &callback {
+                    cb.release();
+                }
+                return Err(e);
+            }
+        };
+        *out = into_handle::<keel_net_t>(NetHandle { net, callback });
+        Ok(())
+    })
+}
+
+unsafe extern "C" fn noop_event(_: *mut c_void, _: u64, _: keel_status_t, _: *const c_char) {}
+
+/// Writes the backend that runs (KEEL_NET_BACKEND_SENDMSG or
+/// KEEL_NET_BACKEND_IO_URING) to `*out`.
+/// Errors: NULL_ARGUMENT, INVALID_ARGUMENT.
+#[no_mangle]
+pub extern "C" fn keel_net_backend(net: *const keel_net_t, out: *mut u32) -> keel_status_t {
+    ffi_boundary!(std::ptr::null_mut(), net, {
+        let n = try_handle!(net);
+        *out_ptr(out, "out")? = match n.net.backend() {
+            Backend::Sendmsg => KEEL_NET_BACKEND_SENDMSG,
+            Backend::IoUring => KEEL_NET_BACKEND_IO_URING,
+        };
+        Ok(())
+    })
+}
+
+/// Closes every writer and subscriber of the net (what they queued is
+/// flushed, each within its close_timeout_ms), stops the reactor thread,
+/// then calls user_data_free. No callback runs after it returns. Writer
+/// and publisher handles stay valid and answer KEEL_STATUS_CLOSED; close
+/// them as usual. NULL is a no-op returning OK. Must not race with other
+/// calls on the net handle.
+/// Errors: BUSY (called from the event callback; nothing was closed),
+/// POISONED (the reactor thread had panicked; the handle is freed anyway),
+/// INVALID_ARGUMENT (not a live handle).
+#[no_mangle]
+pub extern "C" fn keel_net_close(net: *mut keel_net_t, err: *mut *mut keel_error_t) -> keel_status_t {
+    ffi_boundary!(err, std::ptr::null::<u8>(), {
+        if net.is_null() {
+            return Ok(());
+        }
+        if let Ok(n) = unsafe { handle_ref(net as *const keel_net_t) } {
+            if n.net.on_reactor_thread() {
+                return Err(Error::new(KEEL_STATUS_BUSY, "keel_net_close() cannot be called from the event callback"));
+            }
+        }
+        let Some(h) = (unsafe { take_handle(net)? }) else { return Ok(()) };
+        let result = h.net.close();
+        if let Some(cb) = h.callback {
+            cb.release();
+        }
+        result
+    })
+}
+
+/// Adopts `fd`, a connected stream socket (TCP or Unix), as a writer.
+/// On success keel owns the fd: it sets TCP_NODELAY on TCP sockets, sends
+/// with MSG_NOSIGNAL|MSG_DONTWAIT (the fd's O_NONBLOCK flag is not
+/// changed) and closes the fd when the writer is closed; the host must not
+/// write to it or close it, and may keep reading from it until it calls
+/// keel_writer_close(). On failure the fd is untouched and still the
+/// caller's. `opts` may be NULL for the defaults. `*out` receives the
+/// writer, released with keel_writer_close().
+/// Errors: NULL_ARGUMENT, INVALID_ARGUMENT (negative or closed fd, not a
+/// socket, not a stream socket, not connected, already adopted by this
+/// net, bad option), IO, CLOSED (the net is closed).
+#[no_mangle]
+pub extern "C" fn keel_writer_adopt(
+    net: *const keel_net_t,
+    fd: c_int,
+    opts: *const keel_writer_options_t,
+    out: *mut *mut keel_writer_t,
+    err: *mut *mut keel_error_t,
+) -> keel_status_t {
+    ffi_boundary!(err, net, {
+        let n = try_handle!(net);
+        let out = out_ptr(out, "out")?;
+        let o = writer_options_from_c(opts)?;
+        *out = into_handle::<keel_writer_t>(n.net.adopt(fd, &o)?);
+        Ok(())
+    })
+}
+
+/// Writes the writer's connection id (the `conn_id` of the event
+/// callback) to `*out`. Ids are unique within a net and never reused.
+/// Errors: NULL_ARGUMENT, INVALID_ARGUMENT.
+#[no_mangle]
+pub extern "C" fn keel_writer_id(writer: *const keel_writer_t, out: *mut u64) -> keel_status_t {
+    ffi_boundary!(std::ptr::null_mut(), writer, {
+        *out_ptr(out, "out")? = try_handle!(writer).id();
+        Ok(())
+    })
+}
+
+fn check_flags(flags: u32, known: u32, name: &str) -> crate::Result<()> {
+    if flags & !known != 0 {
+        return Err(Error::invalid(format!("flags {flags:#x} has bits that are not {name}")));
+    }
+    Ok(())
+}
+
+/// Appends one message of `len` bytes (copied; `data` may be NULL when len
+/// is 0). When nothing else is pending it is sent on the calling thread
+/// before the call returns (one send); otherwise it is queued behind the
+/// pending messages and leaves with them in as few sends as possible.
+/// Never blocks: when the socket is full the rest waits for writability on
+/// the reactor thread. `flags`: 0 or KEEL_WRITER_MORE.
+/// Errors: NULL_ARGUMENT, INVALID_ARGUMENT (unknown flag), CLOSED (the
+/// writer was closed by keel earlier — the message names why — or the net
+/// is closed), IO (the send failed now; the connection is closed and the
+/// event callback reports it once), BUSY (the hard cap: the connection is
+/// closed by policy and reported).
+#[no_mangle]
+pub extern "C" fn keel_writer_send(
+    writer: *const keel_writer_t,
+    data: *const u8,
+    len: usize,
+    flags: u32,
+    err: *mut *mut keel_error_t,
+) -> keel_status_t {
+    ffi_boundary!(err, writer, {
+        let w = try_handle!(writer);
+        check_flags(flags, KEEL_WRITER_MORE, "KEEL_WRITER_MORE")?;
+        let data = in_bytes(data, len, "data")?;
+        w.send(data, flags & KEEL_WRITER_MORE != 0)
+    })
+}
+
+/// Appends `count` messages at once, packed back to back in `data` with
+/// `lens[i]` the length of message i (no pointer array, which suits cgo).
+/// They are accepted all or none (caps) and drained together: a pipeline
+/// of N replies leaves in one send per `quota` messages. `flags`: 0 or
+/// KEEL_WRITER_MORE. count 0 is INVALID_ARGUMENT.
+/// Errors: as keel_writer_send().
+#[no_mangle]
+pub extern "C" fn keel_writer_send_batch(
+    writer: *const keel_writer_t,
+    data: *const u8,
+    lens: *const usize,
+    count: usize,
+    flags: u32,
+    err: *mut *mut keel_error_t,
+) -> keel_status_t {
+    ffi_boundary!(err, writer, {
+        let w = try_handle!(writer);
+        check_flags(flags, KEEL_WRITER_MORE, "KEEL_WRITER_MORE")?;
+        if count == 0 {
+            return Err(Error::invalid("a batch needs at least one message"));
+        }
+        if lens.is_null() {
+            return Err(Error::new(KEEL_STATUS_NULL_ARGUMENT, "lens is NULL"));
+        }
+        if count > isize::MAX as usize / std::mem::size_of::<usize>() {
+            return Err(Error::invalid(format!("count {count} is too large")));
+        }
+        let lens = unsafe { std::slice::from_raw_parts(lens, count) };
+        let total = lens
+            .iter()
+            .try_fold(0usize, |acc, &l| acc.checked_add(l))
+            .ok_or_else(|| Error::invalid("sum of lens overflows"))?;
+        let data = in_bytes(data, total, "data")?;
+        let mut parts = Vec::with_capacity(count);
+        let mut at = 0;
+        for &l in lens {
+            parts.push(&data[at..at + l]);
+            at += l;
+        }
+        w.send_batch(&parts, flags & KEEL_WRITER_MORE != 0)
+    })
+}
+
+/// Drains what KEEL_WRITER_MORE left queued (as a send without the flag
+/// would). Errors: as keel_writer_send().
+#[no_mangle]
+pub extern "C" fn keel_writer_flush(writer: *const keel_writer_t, err: *mut *mut keel_error_t) -> keel_status_t {
+    ffi_boundary!(err, writer, { try_handle!(writer).flush() })
+}
+
+fn stats_out(s: &WriterStats, out: &mut keel_writer_stats_t) -> crate::Result<()> {
+    let size = std::mem::size_of::<keel_writer_stats_t>() as u32;
+    if out.struct_size < size {
+        return Err(Error::invalid(format!(
+            "keel_writer_stats_t.struct_size is {}, expected at least {size}; set it to sizeof(keel_writer_stats_t)",
+            out.struct_size
+        )));
+    }
+    *out = keel_writer_stats_t {
+        struct_size: size,
+        sends: s.sends,
+        uring_sends: s.uring_sends,
+        immediate_sends: s.immediate_sends,
+        bytes_sent: s.bytes_sent,
+        items: s.items,
+        items_sent: s.items_sent,
+        control_items: s.control_items,
+        passes: s.passes,
+        batched_passes: s.batched_passes,
+        flush_idle: s.flush_idle,
+        flush_size: s.flush_size,
+        flush_iovec: s.flush_iovec,
+        flush_quota: s.flush_quota,
+        flush_wait: s.flush_wait,
+        flush_close: s.flush_close,
+        short_sends: s.short_sends,
+        eagain: s.eagain,
+        writable_waits: s.writable_waits,
+        max_items_per_send: s.max_items_per_send,
+        queued_bytes: s.queued_bytes,
+        oldest_unflushed_ns: s.oldest_unflushed_ns,
+        max_flush_wait_ns: s.max_flush_wait_ns,
+    };
+    Ok(())
+}
+
+/// Copies the writer's counters into `*out` (set out->struct_size first).
+/// Works on writers keel has closed (the counters stay readable).
+/// Errors: NULL_ARGUMENT, INVALID_ARGUMENT (struct_size too small, not a
+/// live handle).
+#[no_mangle]
+pub extern "C" fn keel_writer_stats(writer: *const keel_writer_t, out: *mut keel_writer_stats_t) -> keel_status_t {
+    ffi_boundary!(std::ptr::null_mut(), writer, {
+        let w = try_handle!(writer);
+        stats_out(&w.stats(), out_ptr(out, "out")?)
+    })
+}
+
+/// Closes the writer and frees the handle: what is queued is still sent,
+/// then the socket is shut down for writing, the peer's input is read
+/// until EOF and the fd is closed — on the reactor thread, within
+/// close_timeout_ms; the call itself does not wait for that. No event
+/// callback for this writer starts after it returns (one running on
+/// another thread is waited for). May be called from the event callback.
+/// NULL is a no-op returning OK. Must be the last call on the writer.
+/// Errors: INVALID_ARGUMENT (not a live handle).
+#[no_mangle]
+pub extern "C" fn keel_writer_close(writer: *mut keel_writer_t, err: *mut *mut keel_error_t) -> keel_status_t {
+    ffi_boundary!(err, std::ptr::null::<u8>(), {
+        drop(unsafe { take_handle(writer)? });
+        Ok(())
+    })
+}
+
+/// Creates a publisher on `net`; its subscribers use `sub_opts` (NULL: the
+/// defaults). `*out` receives the handle, released with
+/// keel_publisher_close().
+/// Errors: NULL_ARGUMENT, INVALID_ARGUMENT (bad option), CLOSED.
+#[no_mangle]
+pub extern "C" fn keel_publisher_new(
+    net: *const keel_net_t,
+    sub_opts: *const keel_writer_options_t,
+    out: *mut *mut keel_publisher_t,
+    err: *mut *mut keel_error_t,
+) -> keel_status_t {
+    ffi_boundary!(err, net, {
+        let n = try_handle!(net);
+        let out = out_ptr(out, "out")?;
+        let o = writer_options_from_c(sub_opts)?;
+        *out = into_handle::<keel_publisher_t>(n.net.publisher(&o)?);
+        Ok(())
+    })
+}
+
+/// Adopts connected stream socket `fd` as a subscriber (ownership as in
+/// keel_writer_adopt()) and writes its id to `*out_id` (the `conn_id` of
+/// the event callback). A subscriber receives every message published
+/// after this call.
+/// Errors: as keel_writer_adopt().
+#[no_mangle]
+pub extern "C" fn keel_publisher_subscribe(
+    publisher: *const keel_publisher_t,
+    fd: c_int,
+    out_id: *mut u64,
+    err: *mut *mut keel_error_t,
+) -> keel_status_t {
+    ffi_boundary!(err, publisher, {
+        let p = try_handle!(publisher);
+        let out_id = out_ptr(out_id, "out_id")?;
+        *out_id = p.subscribe(fd)?;
+        Ok(())
+    })
+}
+
+/// Removes subscriber `id` and closes its socket as keel_writer_close()
+/// does (queued messages are still sent). Also the way to release a
+/// subscriber keel cut off. No event callback for it starts after this
+/// returns.
+/// Errors: NOT_FOUND (no such subscriber), NULL_ARGUMENT, INVALID_ARGUMENT, CLOSED.
+#[no_mangle]
+pub extern "C" fn keel_publisher_unsubscribe(
+    publisher: *const keel_publisher_t,
+    id: u64,
+    err: *mut *mut keel_error_t,
+) -> keel_status_t {
+    ffi_boundary!(err, publisher, { try_handle!(publisher).unsubscribe(id) })
+}
+
+/// Publishes one message of `len` bytes to every open subscriber: it is
+/// copied once (held by reference when at least copy_threshold bytes long,
+/// else copied into each subscriber's buffer), queued and the subscriber
+/// marked dirty. Makes no syscall: the messages leave at the next drain
+/// point, keel_publisher_flush() or KEEL_PUBLISH_FLUSH, where each dirty
+/// subscriber gets one send. A subscriber over its caps is cut off and
+/// reported through the event callback (after the next drain point); it
+/// never slows the others. `flags`: 0 or KEEL_PUBLISH_FLUSH.
+/// Errors: NULL_ARGUMENT, INVALID_ARGUMENT (unknown flag), CLOSED.
+#[no_mangle]
+pub extern "C" fn keel_publisher_publish(
+    publisher: *const keel_publisher_t,
+    data: *const u8,
+    len: usize,
+    flags: u32,
+    err: *mut *mut keel_error_t,
+) -> keel_status_t {
+    ffi_boundary!(err, publisher, {
+        let p = try_handle!(publisher);
+        check_flags(flags, KEEL_PUBLISH_FLUSH, "KEEL_PUBLISH_FLUSH")?;
+        let data = in_bytes(data, len, "data")?;
+        p.publish(data, flags & KEEL_PUBLISH_FLUSH != 0)
+    })
+}
+
+/// The drain point: every subscriber with messages pending gets one drain
+/// (one send per `quota` messages) — on the calling thread with the
+/// sendmsg backend, unless its socket is full (then on the reactor when
+/// it becomes writable); with io_uring on the reactor thread, except a
+/// lone message, which is sent here. Send errors concern one subscriber
+/// and are reported through the event callback, not here.
+/// Errors: NULL_ARGUMENT, INVALID_ARGUMENT, CLOSED.
+#[no_mangle]
+pub extern "C" fn keel_publisher_flush(publisher: *const keel_publisher_t, err: *mut *mut keel_error_t) -> keel_status_t {
+    ffi_boundary!(err, publisher, { try_handle!(publisher).flush() })
+}
+
+/// Copies the publisher's counters into `*out` (set out->struct_size first).
+/// Errors: NULL_ARGUMENT, INVALID_ARGUMENT.
+#[no_mangle]
+pub extern "C" fn keel_publisher_stats(publisher: *const keel_publisher_t, out: *mut keel_publisher_stats_t) -> keel_status_t {
+    ffi_boundary!(std::ptr::null_mut(), publisher, {
+        let p = try_handle!(publisher);
+        let out = out_ptr(out, "out")?;
+        let size = std::mem::size_of::<keel_publisher_stats_t>() as u32;
+        if out.struct_size < size {
+            return Err(Error::invalid(format!(
+                "keel_publisher_stats_t.struct_size is {}, expected at least {size}",
+                out.struct_size
+            )));
+        }
+        let PublisherStats { published, flushes, subscribers, cut_off, sends, bytes_sent, items_sent } = p.stats();
+        *out = keel_publisher_stats_t {
+            struct_size: size,
+            published,
+            flushes,
+            subscribers,
+            cut_off,
+            sends,
+            bytes_sent,
+            items_sent,
+        };
+        Ok(())
+    })
+}
+
+/// Copies the counters of subscriber `id` into `*out` (set
+/// out->struct_size first).
+/// Errors: NOT_FOUND, NULL_ARGUMENT, INVALID_ARGUMENT.
+#[no_mangle]
+pub extern "C" fn keel_publisher_subscriber_stats(
+    publisher: *const keel_publisher_t,
+    id: u64,
+    out: *mut keel_writer_stats_t,
+    err: *mut *mut keel_error_t,
+) -> keel_status_t {
+    ffi_boundary!(err, publisher, {
+        let p = try_handle!(publisher);
+        let out = out_ptr(out, "out")?;
+        stats_out(&p.subscriber_stats(id)?, out)
+    })
+}
+
+/// Unsubscribes every subscriber (queued messages are still sent, see
+/// keel_publisher_unsubscribe()) and frees the handle. NULL is a no-op
+/// returning OK. Must be the last call on the publisher.
+/// Errors: INVALID_ARGUMENT (not a live handle).
+#[no_mangle]
+pub extern "C" fn keel_publisher_close(publisher: *mut keel_publisher_t, err: *mut *mut keel_error_t) -> keel_status_t {
+    ffi_boundary!(err, std::ptr::null::<u8>(), {
+        drop(unsafe { take_handle(publisher)? });
+        Ok(())
+    })
+}

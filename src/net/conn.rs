@@ -1,0 +1,437 @@
+//! Per-connection state (`Conn`), the host-side entry points that append
+//! to it and start drains (R1, R7), and the `Writer` handle.
+//!
+//! Every field of a connection is behind one lock (`Conn::st`). Host
+//! threads take it to append; whoever then finds the connection idle
+//! drains it (R1: on the caller's thread); a blocked connection is drained
+//! by the reactor thread when the socket becomes writable.
+
+use crate::error::{Error, Result};
+use crate::net::queue::{Control, PassCfg, PassEnd, Wire};
+use crate::net::reactor::{Cmd, Shared};
+use crate::net::sendmsg::{epoll_set, errno_text, SyncSink};
+use crate::net::stats::WriterStats;
+use crate::net::uring::ConnIo;
+use crate::net::{Backend, WriterOptions};
+use crate::status::*;
+use parking_lot::{Condvar, Mutex, MutexGuard};
+use std::os::fd::RawFd;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Where a connection is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Phase {
+    /// Accepting appends.
+    Open,
+    /// The host closed it: flushing, then shutdown(SHUT_WR), draining input (R10).
+    Closing,
+    /// keel closed it on its own (send error or cap): shut down, reported
+    /// once; the fd stays open until the host closes the handle.
+    Dead,
+    /// The fd is closed and every buffer released.
+    Closed,
+}
+
+pub(crate) struct ConnState {
+    pub wire: Wire,
+    pub phase: Phase,
+    /// EPOLLOUT is armed (sendmsg backend, R6).
+    pub waiting_writable: bool,
+    /// An io_uring operation (send or poll) of this connection is in flight.
+    pub in_flight: bool,
+    /// A drain is queued for the reactor thread.
+    pub scheduled: bool,
+    /// The connection is in its publisher's dirty list.
+    pub dirty: bool,
+    /// shutdown(SHUT_WR) done; discarding the peer's input until EOF.
+    pub lingering: bool,
+    pub host_closed: bool,
+    /// Why the connection is Dead (status and message of the report).
+    pub death: Option<Error>,
+    pub reported: bool,
+    pub in_callback: bool,
+    pub fd_closed: bool,
+    /// The fd must be closed once the in-flight io_uring op completes.
+    pub finalize_pending: bool,
+    pub over_soft_since: Option<Instant>,
+    /// R10: when a closing connection is closed whatever is left.
+    pub deadline: Option<Instant>,
+    pub io: ConnIo,
+}
+
+pub(crate) struct Conn {
+    pub id: u64,
+    pub fd: RawFd,
+    pub opts: WriterOptions,
+    pub cfg: PassCfg,
+    pub st: Mutex<ConnState>,
+    pub cv: Condvar,
+}
+
+/// One payload appended by the host.
+pub(crate) enum Piece<'a> {
+    Bytes(&'a [u8]),
+    Shared(Arc<[u8]>),
+}
+
+impl Piece<'_> {
+    fn len(&self) -> usize {
+        match self {
+            Piece::Bytes(b) => b.len(),
+            Piece::Shared(a) => a.len(),
+        }
+    }
+}
+
+impl Conn {
+    pub(crate) fn new(id: u64, fd: RawFd, opts: WriterOptions) -> Conn {
+        let cfg = PassCfg {
+            max_batch_bytes: opts.max_batch_bytes,
+            quota: opts.quota,
+            copy_threshold: opts.copy_threshold,
+            iov_max: opts.iov_max,
+        };
+        Conn {
+            id,
+            fd,
+            opts,
+            cfg,
+            st: Mutex::new(ConnState {
+                wire: Wire::default(),
+                phase: Phase::Open,
+                waiting_writable: false,
+                in_flight: false,
+                scheduled: false,
+                dirty: false,
+                lingering: false,
+                host_closed: false,
+                death: None,
+                reported: false,
+                in_callback: false,
+                fd_closed: false,
+                finalize_pending: false,
+                over_soft_since: None,
+                deadline: None,
+                io: ConnIo::default(),
+            }),
+            cv: Condvar::new(),
+        }
+    }
+
+    /// CLOSED (with the reason when keel closed it) unless appends are accepted.
+    pub(crate) fn check_open(&self, st: &ConnState, net: &Shared) -> Result<()> {
+        net.check_running()?;
+        match st.phase {
+            Phase::Open if !st.host_closed => Ok(()),
+            Phase::Dead => Err(Error::new(
+                KEEL_STATUS_CLOSED,
+                format!(
+                    "connection {} was closed: {}",
+                    self.id,
+                    st.death.as_ref().map_or("(unknown)".to_string(), |e| e.to_string())
+                ),
+            )),
+            _ => Err(Error::new(KEEL_STATUS_CLOSED, format!("connection {} is closed", self.id))),
+        }
+    }
+
+    /// R7: the caps, checked before `add` more bytes are queued. Returns
+    /// the policy error when the connection must be cut off.
+    pub(crate) fn check_caps(&self, st: &mut ConnState, add: u64, now: Instant, net: &Shared) -> Option<Error> {
+        let pending = st.wire.pending_bytes() + add;
+        let o = &self.opts;
+        if o.hard_cap_bytes > 0 && pending > o.hard_cap_bytes {
+            return Some(Error::new(
+                KEEL_STATUS_BUSY,
+                format!(
+                    "connection {}: {pending} bytes queued exceed the hard cap of {} bytes; closed by policy",
+                    self.id, o.hard_cap_bytes
+                ),
+            ));
+        }
+        self.update_soft(st, add, now, net)
+    }
+
+    /// Tracks how long the queue has been above the soft cap; the error
+    /// when it has been there for longer than allowed.
+    pub(crate) fn update_soft(&self, st: &mut ConnState, add: u64, now: Instant, net: &Shared) -> Option<Error> {
+        let o = &self.opts;
+        if o.soft_cap_bytes == 0 {
+            return None;
+        }
+        let pending = st.wire.pending_bytes() + add;
+        if pending <= o.soft_cap_bytes {
+            if st.over_soft_since.take().is_some() {
+                net.over_soft.fetch_sub(1, Ordering::AcqRel);
+            }
+            return None;
+        }
+        let since = *st.over_soft_since.get_or_insert_with(|| {
+            // The reactor checks soft-cap deadlines only while some
+            // connection is over its soft cap: wake it to start doing so.
+            if net.over_soft.fetch_add(1, Ordering::AcqRel) == 0 {
+                net.wake();
+            }
+            now
+        });
+        if now.duration_since(since) >= o.soft_cap {
+            return Some(Error::new(
+                KEEL_STATUS_BUSY,
+                format!(
+                    "connection {}: more than the soft cap of {} bytes queued for {} ms; closed by policy",
+                    self.id,
+                    o.soft_cap_bytes,
+                    o.soft_cap.as_millis()
+                ),
+            ));
+        }
+        None
+    }
+
+    /// Marks the connection dead (R9/R7): the queue is dropped (the outbox
+    /// too, unless an io_uring send still points into it). No syscall: the
+    /// reactor shuts the socket down and reports, exactly once.
+    pub(crate) fn kill(&self, st: &mut ConnState, e: Error, net: &Shared) {
+        if !matches!(st.phase, Phase::Open | Phase::Closing) {
+            return;
+        }
+        st.phase = Phase::Dead;
+        st.death = Some(e);
+        st.wire.queue.clear();
+        if !st.in_flight {
+            st.wire.out.clear();
+        }
+        if st.over_soft_since.take().is_some() {
+            net.over_soft.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+
+    /// Appends `pieces` (all or none) under the lock. On a cap violation the
+    /// connection is killed and the policy error returned; the caller must
+    /// see that the reactor reports it.
+    pub(crate) fn append_locked(&self, st: &mut ConnState, pieces: &[Piece], at: Instant, net: &Shared) -> Result<()> {
+        let add: usize = pieces.iter().map(|p| p.len()).sum();
+        if let Some(e) = self.check_caps(st, add as u64, at, net) {
+            self.kill(st, e.clone(), net);
+            return Err(e);
+        }
+        for p in pieces {
+            match p {
+                Piece::Bytes(b) if b.len() >= self.opts.copy_threshold => {
+                    st.wire.queue.push_shared(Arc::from(*b), at)
+                }
+                Piece::Bytes(b) => st.wire.queue.push_copy(b, at),
+                Piece::Shared(a) => st.wire.queue.push_shared(a.clone(), at),
+            }
+        }
+        st.wire.stats.items += pieces.len() as u64;
+        Ok(())
+    }
+
+    pub(crate) fn stats(&self) -> WriterStats {
+        let st = self.st.lock();
+        let mut s = st.wire.stats;
+        s.queued_bytes = st.wire.pending_bytes();
+        s.oldest_unflushed_ns = st.wire.oldest().map_or(0, |t| t.elapsed().as_nanos() as u64);
+        s
+    }
+}
+
+/// Passes the caller's thread runs before it leaves the rest to the
+/// reactor (each pass handles at most `quota` items and flushes).
+const CALLER_PASSES: usize = 16;
+
+impl Shared {
+    /// Host side: append and, unless `more`, drain (R1).
+    pub(crate) fn append(&self, conn: &Arc<Conn>, pieces: &[Piece], more: bool) -> Result<()> {
+        let mut st = conn.st.lock();
+        conn.check_open(&st, self)?;
+        if let Err(e) = conn.append_locked(&mut st, pieces, Instant::now(), self) {
+            drop(st);
+            self.cmd(Cmd::Report(conn.clone()));
+            return Err(e);
+        }
+        if more {
+            return Ok(());
+        }
+        self.kick(conn, st)
+    }
+
+    /// Host side: a control item (a marker), then drain unless `more`.
+    pub(crate) fn append_control(&self, conn: &Arc<Conn>, more: bool) -> Result<()> {
+        let mut st = conn.st.lock();
+        conn.check_open(&st, self)?;
+        st.wire.queue.push_control(Control::Marker);
+        st.wire.stats.control_items += 1;
+        if more {
+            return Ok(());
+        }
+        self.kick(conn, st)
+    }
+
+    pub(crate) fn flush(&self, conn: &Arc<Conn>) -> Result<()> {
+        let st = conn.st.lock();
+        conn.check_open(&st, self)?;
+        self.kick(conn, st)
+    }
+
+    /// Starts draining a connection that has something queued. With the
+    /// sendmsg backend the caller's thread runs the passes itself unless
+    /// the socket is blocked; with io_uring only a lone message on an idle
+    /// connection is sent here (R1) and everything else is handed to the
+    /// reactor, which owns the ring.
+    pub(crate) fn kick(&self, conn: &Arc<Conn>, mut st: MutexGuard<ConnState>) -> Result<()> {
+        if st.phase != Phase::Open || st.waiting_writable || st.in_flight || st.scheduled || st.wire.is_idle() {
+            return Ok(());
+        }
+        let lone = st.wire.out.bytes == 0 && st.wire.queue.is_lone_reply();
+        if self.backend == Backend::IoUring && !lone {
+            return self.schedule(conn, &mut st);
+        }
+        let mut sink = SyncSink { fd: conn.fd };
+        for i in 0.. {
+            let sends = st.wire.stats.sends;
+            let end = st.wire.pass(&conn.cfg, &mut sink);
+            if lone && i == 0 && st.wire.stats.sends > sends {
+                st.wire.stats.immediate_sends += 1;
+            }
+            match end {
+                PassEnd::Drained => return Ok(()),
+                PassEnd::Quota if i + 1 < CALLER_PASSES && self.backend == Backend::Sendmsg => {
+                    // R4: yield between passes (others may take the lock).
+                    MutexGuard::bump(&mut st);
+                    if st.phase != Phase::Open || st.waiting_writable || st.in_flight || st.scheduled {
+                        return Ok(());
+                    }
+                }
+                PassEnd::Quota | PassEnd::CloseReached => return self.schedule(conn, &mut st),
+                PassEnd::Blocked => {
+                    st.wire.stats.writable_waits += 1;
+                    if self.backend == Backend::IoUring {
+                        return self.schedule(conn, &mut st);
+                    }
+                    st.waiting_writable = true;
+                    if let Err(e) = epoll_set(self.epfd, libc::EPOLL_CTL_MOD, conn.fd, libc::EPOLLOUT as u32, conn.id) {
+                        let err = Error::io(format!("epoll_ctl(EPOLLOUT) for connection {}", conn.id), e);
+                        st.waiting_writable = false;
+                        conn.kill(&mut st, err.clone(), self);
+                        drop(st);
+                        self.cmd(Cmd::Report(conn.clone()));
+                        return Err(err);
+                    }
+                    return Ok(());
+                }
+                PassEnd::Failed(errno) => {
+                    let err = send_error(conn.id, errno);
+                    conn.kill(&mut st, err.clone(), self);
+                    drop(st);
+                    self.cmd(Cmd::Report(conn.clone()));
+                    return Err(err);
+                }
+                PassEnd::InFlight => unreachable!("the caller's thread never submits to io_uring"),
+            }
+        }
+        Ok(())
+    }
+
+    fn schedule(&self, conn: &Arc<Conn>, st: &mut ConnState) -> Result<()> {
+        if !st.scheduled {
+            st.scheduled = true;
+            self.cmd(Cmd::Drain(conn.clone()));
+        }
+        Ok(())
+    }
+
+    /// Host side of R10: queue a close request behind everything appended
+    /// and hand the connection to the reactor, which flushes, shuts down,
+    /// drains input and closes the fd. No callback for this connection
+    /// starts after this returns (one already running is waited for,
+    /// unless this is the reactor thread, i.e. a call from the callback).
+    pub(crate) fn close_conn(&self, conn: &Arc<Conn>) {
+        let mut st = conn.st.lock();
+        if st.host_closed {
+            return;
+        }
+        st.host_closed = true;
+        if st.phase == Phase::Open {
+            st.phase = Phase::Closing;
+            st.deadline = Some(Instant::now() + conn.opts.close_timeout);
+            st.wire.queue.push_control(Control::Close);
+            st.wire.stats.control_items += 1;
+        }
+        if !self.on_reactor_thread() {
+            while st.in_callback {
+                conn.cv.wait(&mut st);
+            }
+        }
+        drop(st);
+        self.cmd(Cmd::Close(conn.clone()));
+    }
+}
+
+/// The error a failed send reports (R9).
+pub(crate) fn send_error(id: u64, errno: i32) -> Error {
+    Error::new(KEEL_STATUS_IO, format!("connection {id}: send failed: {} (errno {errno})", errno_text(errno)))
+}
+
+/// A socket adopted for batched writing (`Net::adopt`). Calls may come
+/// from any thread; `close` (or drop) hands the socket back to the reactor
+/// to be flushed and closed.
+pub struct Writer {
+    pub(crate) conn: Arc<Conn>,
+    pub(crate) net: Arc<Shared>,
+}
+
+impl Writer {
+    /// The connection id the event callback reports.
+    pub fn id(&self) -> u64 {
+        self.conn.id
+    }
+
+    /// Appends one message. Unless `more`, it is sent before the call
+    /// returns when the connection is idle (R1), else queued behind the
+    /// pending ones. `more` only queues (no syscall) until the next call
+    /// without it or `flush`.
+    pub fn send(&self, data: &[u8], more: bool) -> Result<()> {
+        self.net.append(&self.conn, &[Piece::Bytes(data)], more)
+    }
+
+    /// Appends a payload that is referenced, not copied, when it is at
+    /// least copy_threshold long (R5).
+    pub fn send_shared(&self, data: Arc<[u8]>, more: bool) -> Result<()> {
+        self.net.append(&self.conn, &[Piece::Shared(data)], more)
+    }
+
+    /// Appends several messages at once (all or none against the caps).
+    pub fn send_batch(&self, parts: &[&[u8]], more: bool) -> Result<()> {
+        let pieces: Vec<Piece> = parts.iter().map(|p| Piece::Bytes(p)).collect();
+        self.net.append(&self.conn, &pieces, more)
+    }
+
+    /// Appends a marker, a control item that writes nothing (a fence:
+    /// what was appended before it is flushed before the pass passes it).
+    pub fn mark(&self, more: bool) -> Result<()> {
+        self.net.append_control(&self.conn, more)
+    }
+
+    /// Drains what `more` left queued.
+    pub fn flush(&self) -> Result<()> {
+        self.net.flush(&self.conn)
+    }
+
+    pub fn stats(&self) -> WriterStats {
+        self.conn.stats()
+    }
+
+    /// Closes the writer (R10): queued bytes are still sent, then the
+    /// socket is shut down and closed by the reactor.
+    pub fn close(self) {}
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        self.net.close_conn(&self.conn);
+    }
+}

@@ -1,0 +1,203 @@
+//! Fan-out: one message to many subscriber connections.
+//!
+//! `publish` encodes the message once (a large one into one refcounted
+//! buffer every subscriber references, a small one copied into each
+//! subscriber's buffer, R5), appends it to every subscriber's queue and
+//! marks the subscriber dirty. It makes no syscall. `flush` is the drain
+//! point: each dirty subscriber gets one pass, i.e. one send for up to
+//! `quota` messages. A subscriber whose socket is full waits for
+//! writability on the reactor and never delays the others; past its caps
+//! it is cut off (R7) and reported once through the event callback.
+
+use crate::error::{Error, Result};
+use crate::net::conn::{Conn, Phase, Piece};
+use crate::net::reactor::{Cmd, Shared};
+use crate::net::{WriterOptions, WriterStats};
+use crate::status::*;
+use parking_lot::Mutex;
+use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Counters of a publisher; the send counters are summed over the
+/// subscribers it holds now.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PublisherStats {
+    /// Messages published.
+    pub published: u64,
+    /// Drain points (flushes).
+    pub flushes: u64,
+    /// Subscribers still open.
+    pub subscribers: u64,
+    /// Subscribers keel closed (caps or errors) and the host has not unsubscribed yet.
+    pub cut_off: u64,
+    pub sends: u64,
+    pub bytes_sent: u64,
+    pub items_sent: u64,
+}
+
+pub struct Publisher {
+    net: Arc<Shared>,
+    opts: WriterOptions,
+    /// Subscribers in subscription order; publish holds this lock so every
+    /// subscriber sees messages in the same order.
+    subs: Mutex<Vec<Arc<Conn>>>,
+    dirty: Mutex<Vec<Arc<Conn>>>,
+    published: AtomicU64,
+    flushes: AtomicU64,
+    closed: AtomicBool,
+}
+
+impl Publisher {
+    pub(crate) fn new(net: Arc<Shared>, opts: WriterOptions) -> Publisher {
+        Publisher {
+            net,
+            opts,
+            subs: Mutex::new(Vec::new()),
+            dirty: Mutex::new(Vec::new()),
+            published: AtomicU64::new(0),
+            flushes: AtomicU64::new(0),
+            closed: AtomicBool::new(false),
+        }
+    }
+
+    fn check_open(&self) -> Result<()> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(Error::new(KEEL_STATUS_CLOSED, "the publisher is closed"));
+        }
+        self.net.check_running()
+    }
+
+    /// Adopts connected stream socket `fd` as a subscriber (keel owns the
+    /// fd from then on) and returns its id.
+    pub fn subscribe(&self, fd: RawFd) -> Result<u64> {
+        self.check_open()?;
+        let conn = self.net.adopt(fd, &self.opts)?;
+        let id = conn.id;
+        self.subs.lock().push(conn);
+        Ok(id)
+    }
+
+    /// Removes subscriber `id`: what is queued for it is still sent, then
+    /// its socket is shut down and closed (R10). NOT_FOUND for unknown ids.
+    pub fn unsubscribe(&self, id: u64) -> Result<()> {
+        self.check_open()?;
+        let conn = {
+            let mut subs = self.subs.lock();
+            let i = subs
+                .iter()
+                .position(|c| c.id == id)
+                .ok_or_else(|| Error::new(KEEL_STATUS_NOT_FOUND, format!("no subscriber {id}")))?;
+            subs.remove(i)
+        };
+        self.net.close_conn(&conn);
+        Ok(())
+    }
+
+    /// Appends `data` to every open subscriber and marks it dirty; no
+    /// syscall. With `flush`, drains right after (see `flush`).
+    pub fn publish(&self, data: &[u8], flush: bool) -> Result<()> {
+        self.check_open()?;
+        let at = Instant::now();
+        let piece = if data.len() >= self.opts.copy_threshold {
+            Piece::Shared(Arc::from(data)) // encoded once, referenced by all
+        } else {
+            Piece::Bytes(data)
+        };
+        {
+            let subs = self.subs.lock();
+            for c in subs.iter() {
+                let mut st = c.st.lock();
+                if st.phase != Phase::Open || st.host_closed {
+                    continue;
+                }
+                // A cap violation kills the subscriber here; the drain
+                // point hands the report to the reactor.
+                let _ = c.append_locked(&mut st, std::slice::from_ref(&piece), at, &self.net);
+                if !st.dirty {
+                    st.dirty = true;
+                    self.dirty.lock().push(c.clone());
+                }
+            }
+        }
+        self.published.fetch_add(1, Ordering::Relaxed);
+        if flush {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// The drain point: every dirty subscriber gets one drain (one send
+    /// per `quota` messages), on this thread with the sendmsg backend
+    /// unless its socket is full; with io_uring a lone message is sent
+    /// here and the rest handed to the reactor in one wake-up.
+    pub fn flush(&self) -> Result<()> {
+        self.check_open()?;
+        let dirty = std::mem::take(&mut *self.dirty.lock());
+        self.flushes.fetch_add(1, Ordering::Relaxed);
+        for c in dirty {
+            let mut st = c.st.lock();
+            st.dirty = false;
+            match st.phase {
+                Phase::Open if !st.host_closed => {
+                    // A send error is reported through the callback and
+                    // concerns that subscriber only.
+                    let _ = self.net.kick(&c, st);
+                }
+                Phase::Dead if !st.reported => {
+                    drop(st);
+                    self.net.cmd(Cmd::Report(c));
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    pub fn stats(&self) -> PublisherStats {
+        let mut s = PublisherStats {
+            published: self.published.load(Ordering::Relaxed),
+            flushes: self.flushes.load(Ordering::Relaxed),
+            ..Default::default()
+        };
+        for c in self.subs.lock().iter() {
+            let phase = c.st.lock().phase;
+            match phase {
+                Phase::Open => s.subscribers += 1,
+                Phase::Dead => s.cut_off += 1,
+                _ => {}
+            }
+            let w = c.stats();
+            s.sends += w.sends;
+            s.bytes_sent += w.bytes_sent;
+            s.items_sent += w.items_sent;
+        }
+        s
+    }
+
+    /// Counters of subscriber `id`.
+    pub fn subscriber_stats(&self, id: u64) -> Result<WriterStats> {
+        let subs = self.subs.lock();
+        let c = subs
+            .iter()
+            .find(|c| c.id == id)
+            .ok_or_else(|| Error::new(KEEL_STATUS_NOT_FOUND, format!("no subscriber {id}")))?;
+        Ok(c.stats())
+    }
+
+    /// Unsubscribes everyone (queued messages are still sent).
+    pub fn close(self) {}
+}
+
+impl Drop for Publisher {
+    fn drop(&mut self) {
+        if self.closed.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let subs = std::mem::take(&mut *self.subs.lock());
+        for c in subs {
+            self.net.close_conn(&c);
+        }
+    }
+}

@@ -1,0 +1,137 @@
+//! The default backend: sendmsg(2) with iovecs, `MSG_NOSIGNAL` (R9) and
+//! `MSG_DONTWAIT` (the socket's own O_NONBLOCK flag is left alone, so a host
+//! that reads from the same fd keeps its blocking mode), and epoll for
+//! writability. Also the small socket helpers both backends use.
+
+use crate::net::queue::{SendResult, Sink};
+use std::io;
+use std::os::fd::RawFd;
+
+/// Sends synchronously on the calling thread.
+pub(crate) struct SyncSink {
+    pub fd: RawFd,
+}
+
+impl Sink for SyncSink {
+    fn send(&mut self, iov: &[libc::iovec]) -> SendResult {
+        sendmsg_nb(self.fd, iov)
+    }
+}
+
+/// One nonblocking sendmsg(2): EINTR is retried (R9), EAGAIN reported as
+/// WouldBlock (R6), never SIGPIPE.
+pub(crate) fn sendmsg_nb(fd: RawFd, iov: &[libc::iovec]) -> SendResult {
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = iov.as_ptr() as *mut libc::iovec;
+    msg.msg_iovlen = iov.len() as _;
+    loop {
+        let r = unsafe { libc::sendmsg(fd, &msg, libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT) };
+        if r >= 0 {
+            return SendResult::Sent(r as usize);
+        }
+        match errno() {
+            libc::EINTR => continue,
+            libc::EAGAIN => return SendResult::WouldBlock,
+            e => return SendResult::Failed(e),
+        }
+    }
+}
+
+pub(crate) fn errno() -> i32 {
+    io::Error::last_os_error().raw_os_error().unwrap_or(0)
+}
+
+pub(crate) fn errno_text(e: i32) -> String {
+    io::Error::from_raw_os_error(e).to_string()
+}
+
+/// Reads and discards what the peer still sends after our
+/// shutdown(SHUT_WR) (R10). Returns true when the peer is done (EOF or an
+/// error) and false when the socket has nothing more right now.
+pub(crate) fn discard_input(fd: RawFd) -> bool {
+    let mut buf = [0u8; 4096];
+    for _ in 0..64 {
+        let r = unsafe { libc::recv(fd, buf.as_mut_ptr() as *mut libc::c_void, buf.len(), libc::MSG_DONTWAIT) };
+        if r > 0 {
+            continue;
+        }
+        if r == 0 {
+            return true;
+        }
+        match errno() {
+            libc::EINTR => continue,
+            libc::EAGAIN => return false,
+            _ => return true,
+        }
+    }
+    false
+}
+
+/// epoll registration of connection `id` (data = id). `events` 0 keeps the
+/// fd registered but disarmed (EPOLLONESHOT): only error/hangup report.
+pub(crate) fn epoll_set(epfd: RawFd, op: i32, fd: RawFd, events: u32, id: u64) -> io::Result<()> {
+    let mut ev = libc::epoll_event { events: events | libc::EPOLLONESHOT as u32, u64: id };
+    if unsafe { libc::epoll_ctl(epfd, op, fd, &mut ev) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+pub(crate) fn epoll_del(epfd: RawFd, fd: RawFd) {
+    let mut ev = libc::epoll_event { events: 0, u64: 0 };
+    unsafe { libc::epoll_ctl(epfd, libc::EPOLL_CTL_DEL, fd, &mut ev) };
+}
+
+/// Checks that `fd` is a connected stream socket and sets TCP_NODELAY on
+/// TCP sockets (R11). Nothing else about the fd changes.
+pub(crate) fn check_socket(fd: RawFd) -> crate::Result<()> {
+    use crate::error::Error;
+    if fd < 0 {
+        return Err(Error::invalid(format!("fd {fd} is negative")));
+    }
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    if unsafe { libc::fstat(fd, &mut st) } < 0 {
+        return Err(Error::invalid(format!("fd {fd} is not an open file descriptor: {}", io::Error::last_os_error())));
+    }
+    if st.st_mode & libc::S_IFMT != libc::S_IFSOCK {
+        return Err(Error::invalid(format!("fd {fd} is not a socket")));
+    }
+    let ty = getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_TYPE)
+        .map_err(|e| Error::io(format!("getsockopt(SO_TYPE) on fd {fd}"), e))?;
+    if ty != libc::SOCK_STREAM {
+        return Err(Error::invalid(format!("fd {fd} is not a stream socket (SO_TYPE {ty})")));
+    }
+    let domain = getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_DOMAIN)
+        .map_err(|e| Error::io(format!("getsockopt(SO_DOMAIN) on fd {fd}"), e))?;
+    let mut addr: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    if unsafe { libc::getpeername(fd, &mut addr as *mut _ as *mut libc::sockaddr, &mut len) } < 0 {
+        let e = io::Error::last_os_error();
+        return Err(Error::invalid(format!("fd {fd} is not a connected socket: {e}")));
+    }
+    if domain == libc::AF_INET || domain == libc::AF_INET6 {
+        let one: libc::c_int = 1;
+        let r = unsafe {
+            libc::setsockopt(
+                fd,
+                libc::IPPROTO_TCP,
+                libc::TCP_NODELAY,
+                &one as *const _ as *const libc::c_void,
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if r < 0 {
+            return Err(Error::io(format!("setsockopt(TCP_NODELAY) on fd {fd}"), io::Error::last_os_error()));
+        }
+    }
+    Ok(())
+}
+
+pub(crate) fn getsockopt_int(fd: RawFd, level: i32, name: i32) -> io::Result<i32> {
+    let mut v: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    if unsafe { libc::getsockopt(fd, level, name, &mut v as *mut _ as *mut libc::c_void, &mut len) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(v)
+}

@@ -1,0 +1,470 @@
+//! The batched socket writer (src/net) against real loopback TCP sockets and
+//! real threads, once per backend: every test below runs for `sendmsg`
+//! and for `io_uring` (which falls back to sendmsg, and says so, where
+//! io_uring is unavailable).
+//!
+//! Randomised tests print their seed; `KEEL_WRITER_SEED=<n>` replays one.
+
+mod common;
+
+use common::rng::Rng;
+use keel::net::{BackendChoice, Net, NetOptions, Writer, WriterOptions};
+use keel::status::*;
+use parking_lot::Mutex;
+use std::io::Read;
+use std::net::{TcpListener, TcpStream};
+use std::os::fd::{AsRawFd, IntoRawFd, RawFd};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+type Events = Arc<Mutex<Vec<(u64, u32, String)>>>;
+
+fn open_net(backend: BackendChoice) -> (Net, Events) {
+    let events: Events = Arc::default();
+    let ev = events.clone();
+    let net = Net::open(NetOptions {
+        backend: Some(backend),
+        on_event: Some(Arc::new(move |id, status, msg: &str| ev.lock().push((id, status, msg.to_string())))),
+    })
+    .unwrap();
+    if let Some(why) = net.fallback_reason() {
+        eprintln!("io_uring unavailable, running on sendmsg: {why}");
+    }
+    (net, events)
+}
+
+/// A connected loopback pair: (the fd keel adopts, the peer that reads).
+fn tcp_pair() -> (RawFd, TcpStream) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+    let (s, _) = l.accept().unwrap();
+    (s.into_raw_fd(), c)
+}
+
+fn set_buf(fd: RawFd, opt: i32, bytes: i32) {
+    let r = unsafe {
+        libc::setsockopt(fd, libc::SOL_SOCKET, opt, &bytes as *const i32 as *const libc::c_void, 4)
+    };
+    assert_eq!(r, 0);
+}
+
+/// Reads until EOF (or error) on another thread; returns what arrived.
+fn reader(mut s: TcpStream) -> JoinHandle<Vec<u8>> {
+    std::thread::spawn(move || {
+        let mut all = Vec::new();
+        let mut buf = vec![0u8; 256 << 10];
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => return all,
+                Ok(n) => all.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+}
+
+fn seed() -> u64 {
+    let s = std::env::var("KEEL_WRITER_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64);
+    eprintln!("seed {s} (replay with KEEL_WRITER_SEED={s})");
+    s
+}
+
+fn payload(rng: &mut Rng, len: usize) -> Vec<u8> {
+    let base = rng.next();
+    (0..len).map(|i| (base as usize).wrapping_add(i * 7) as u8).collect()
+}
+
+fn rand_payload(rng: &mut Rng) -> Vec<u8> {
+    let n = size(rng);
+    payload(rng, n)
+}
+
+/// A size from 1 B to 64 KiB, mostly small.
+fn size(rng: &mut Rng) -> usize {
+    match rng.below(10) {
+        0..=5 => 1 + rng.below(64) as usize,
+        6..=7 => 1 + rng.below(4096) as usize,
+        _ => 4096 + rng.below(60 << 10) as usize,
+    }
+}
+
+fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
+    let t = Instant::now();
+    while !f() {
+        assert!(t.elapsed() < limit, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// Random sends, batches, `more` runs, shared payloads and markers from
+/// several rounds; the reader must see exactly the appended bytes.
+fn random_sequences_arrive_byte_exact(backend: BackendChoice) {
+    let mut rng = Rng::new(seed());
+    let (net, events) = open_net(backend);
+    for round in 0..4 {
+        let (fd, peer) = tcp_pair();
+        if round % 2 == 1 {
+            set_buf(fd, libc::SO_SNDBUF, 16 << 10); // force short sends as well
+        }
+        let rd = reader(peer);
+        let w = net.adopt(fd, &WriterOptions::default()).unwrap();
+        let mut want = Vec::new();
+        let mut shared = Vec::new();
+        for _ in 0..200 {
+            match rng.below(6) {
+                0 | 1 => {
+                    let p = rand_payload(&mut rng);
+                    w.send(&p, false).unwrap();
+                    want.extend_from_slice(&p);
+                }
+                2 => {
+                    let parts: Vec<Vec<u8>> = (0..1 + rng.below(16)).map(|_| rand_payload(&mut rng)).collect();
+                    let refs: Vec<&[u8]> = parts.iter().map(|p| &p[..]).collect();
+                    w.send_batch(&refs, rng.chance(200)).unwrap();
+                    parts.iter().for_each(|p| want.extend_from_slice(p));
+                }
+                3 => {
+                    let p = rand_payload(&mut rng);
+                    w.send(&p, true).unwrap();
+                    want.extend_from_slice(&p);
+                    if rng.chance(300) {
+                        w.flush().unwrap();
+                    }
+                }
+                4 => {
+                    let n = 4096 + rng.below(60 << 10) as usize;
+                    let p: Arc<[u8]> = payload(&mut rng, n).into();
+                    w.send_shared(p.clone(), false).unwrap();
+                    want.extend_from_slice(&p);
+                    shared.push(p);
+                }
+                _ => w.mark(rng.chance(500)).unwrap(),
+            }
+        }
+        w.flush().unwrap();
+        wait_for("the queue to drain", Duration::from_secs(10), || w.stats().queued_bytes == 0);
+        let s = w.stats();
+        assert_eq!(s.items_sent, s.items, "every item was handed to a send");
+        drop(w); // R10: flush, shutdown, close
+        let got = rd.join().unwrap();
+        assert_eq!(got.len(), want.len(), "round {round}: byte count");
+        assert!(got == want, "round {round}: bytes differ");
+        wait_for("shared payloads released", Duration::from_secs(5), || shared.iter().all(|p| Arc::strong_count(p) == 1));
+    }
+    assert!(events.lock().is_empty(), "no error reports: {:?}", events.lock());
+    net.close().unwrap();
+}
+
+/// R6: a tiny send buffer and a reader that stalls, then reads slowly.
+/// The host thread never blocks; every byte arrives in order.
+fn short_sends_and_eagain_keep_order(backend: BackendChoice) {
+    let mut rng = Rng::new(seed());
+    let (net, events) = open_net(backend);
+    let (fd, peer) = tcp_pair();
+    // A tiny send buffer; the receive buffer stays normal (a tiny one
+    // stalls loopback TCP on its 200 ms persist timer).
+    set_buf(fd, libc::SO_SNDBUF, 4096);
+    let w = net.adopt(fd, &WriterOptions::default()).unwrap();
+    let rd = std::thread::spawn(move || {
+        let mut peer = peer;
+        std::thread::sleep(Duration::from_millis(150)); // stall: the socket fills up
+        let mut all = Vec::new();
+        let mut buf = [0u8; 1500];
+        let mut n_reads = 0u32;
+        loop {
+            match peer.read(&mut buf) {
+                Ok(0) | Err(_) => return all,
+                Ok(n) => all.extend_from_slice(&buf[..n]),
+            }
+            n_reads += 1;
+            if n_reads % 200 == 0 {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+    });
+    let mut want = Vec::new();
+    let mut slowest = Duration::ZERO;
+    while want.len() < 3 << 20 {
+        let p = rand_payload(&mut rng);
+        let t = Instant::now();
+        w.send(&p, false).unwrap();
+        slowest = slowest.max(t.elapsed());
+        want.extend_from_slice(&p);
+    }
+    let s = w.stats();
+    assert!(s.short_sends + s.eagain > 0, "the socket filled up: {s:?}");
+    assert!(s.writable_waits > 0, "{s:?}");
+    assert!(slowest < Duration::from_millis(100), "a send blocked the caller for {slowest:?}");
+    drop(w);
+    let got = rd.join().unwrap();
+    assert_eq!(got.len(), want.len());
+    assert!(got == want, "bytes differ");
+    assert!(events.lock().is_empty());
+    net.close().unwrap();
+}
+
+/// R9: the reader goes away mid-stream: one report, later sends CLOSED,
+/// referenced payloads released.
+fn peer_killed_mid_stream_reports_once(backend: BackendChoice) {
+    let (net, events) = open_net(backend);
+    let (fd, mut peer) = tcp_pair();
+    let w = net.adopt(fd, &WriterOptions::default()).unwrap();
+    let big: Arc<[u8]> = vec![7u8; 64 << 10].into();
+    let mut buf = [0u8; 1000];
+    w.send(b"hello", false).unwrap();
+    peer.read_exact(&mut buf[..5]).unwrap();
+    // Leave unread data behind so close(2) sends a RST.
+    w.send(&[1u8; 1000], false).unwrap();
+    std::thread::sleep(Duration::from_millis(20));
+    drop(peer);
+    let t = Instant::now();
+    let mut failed = None;
+    while t.elapsed() < Duration::from_secs(5) {
+        if let Err(e) = w.send_shared(big.clone(), false) {
+            failed = Some(e);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let e = failed.expect("sends keep failing after the peer is gone");
+    assert!(e.status == KEEL_STATUS_IO || e.status == KEEL_STATUS_CLOSED, "{e}");
+    wait_for("the error report", Duration::from_secs(5), || !events.lock().is_empty());
+    assert_eq!(w.send(b"x", false).unwrap_err().status, KEEL_STATUS_CLOSED);
+    std::thread::sleep(Duration::from_millis(50));
+    {
+        let ev = events.lock();
+        assert_eq!(ev.len(), 1, "exactly one report: {ev:?}");
+        assert_eq!((ev[0].0, ev[0].1), (w.id(), KEEL_STATUS_IO));
+    }
+    wait_for("the queued payloads to be released", Duration::from_secs(5), || Arc::strong_count(&big) == 1);
+    assert_eq!(w.stats().queued_bytes, 0);
+    drop(w);
+    net.close().unwrap();
+    assert_eq!(events.lock().len(), 1);
+}
+
+/// R4: pipelines of 500 messages: every pass flushes at the quota, no
+/// send carries more than `quota` items, nothing waits more than a pass.
+fn flood_respects_the_quota(backend: BackendChoice) {
+    let (net, _events) = open_net(backend);
+    let (fd, peer) = tcp_pair();
+    let rd = reader(peer);
+    let opts = WriterOptions { quota: 100, ..Default::default() };
+    let w = net.adopt(fd, &opts).unwrap();
+    let mut want = Vec::new();
+    let msgs: Vec<Vec<u8>> = (0..500u32).map(|i| format!("+reply {i:05}\r\n").into_bytes()).collect();
+    let refs: Vec<&[u8]> = msgs.iter().map(|m| &m[..]).collect();
+    for _ in 0..200 {
+        w.send_batch(&refs, false).unwrap();
+        msgs.iter().for_each(|m| want.extend_from_slice(m));
+    }
+    wait_for("the queue to drain", Duration::from_secs(10), || w.stats().queued_bytes == 0);
+    let s = w.stats();
+    eprintln!("{s:?}");
+    assert!(s.flush_quota >= 200, "each pipeline of 500 flushes at the quota: {s:?}");
+    assert!(s.max_items_per_send <= 100, "{s:?}");
+    assert_eq!(s.items_sent, 100_000);
+    let density = s.items_sent as f64 / s.sends as f64;
+    assert!(density > 50.0, "batched: {density} items per send");
+    assert!(s.max_flush_wait_ns < 2_000_000_000, "{s:?}");
+    if net.backend() == keel::net::Backend::IoUring {
+        assert!(s.uring_sends > 0, "passes went through the ring: {s:?}");
+    }
+    drop(w);
+    assert!(rd.join().unwrap() == want);
+    net.close().unwrap();
+}
+
+/// R7 + fan-out: one subscriber never reads; it is cut off by the hard
+/// cap with one report, and the fast ones receive every message.
+fn slow_subscriber_is_cut_off(backend: BackendChoice) {
+    let (net, events) = open_net(backend);
+    let opts = WriterOptions { hard_cap_bytes: 256 << 10, soft_cap_bytes: 0, ..Default::default() };
+    let publ = net.publisher(&opts).unwrap();
+    let mut fast = Vec::new();
+    for _ in 0..3 {
+        let (fd, peer) = tcp_pair();
+        publ.subscribe(fd).unwrap();
+        fast.push(reader(peer));
+    }
+    let (slow_fd, slow_peer) = tcp_pair();
+    set_buf(slow_peer.as_raw_fd(), libc::SO_RCVBUF, 4096);
+    set_buf(slow_fd, libc::SO_SNDBUF, 4096);
+    let slow = publ.subscribe(slow_fd).unwrap();
+    let mut want = Vec::new();
+    let big = vec![b'B'; 8 << 10];
+    let fast_ids: Vec<u64> = (1..=3).collect();
+    for i in 0..20_000u32 {
+        let m = if i % 100 == 0 { big.clone() } else { format!("msg {i} {}\n", i * 31).into_bytes() };
+        publ.publish(&m, i % 10 == 9).unwrap();
+        want.extend_from_slice(&m);
+        if i % 500 == 499 {
+            // The fast readers keep up on average (the publisher may not
+            // outrun them by a cap's worth); the slow one never does.
+            wait_for("fast subscribers", Duration::from_secs(5), || {
+                fast_ids.iter().all(|&id| publ.subscriber_stats(id).unwrap().queued_bytes < 64 << 10)
+            });
+        }
+    }
+    publ.flush().unwrap();
+    wait_for("the slow subscriber's report", Duration::from_secs(5), || !events.lock().is_empty());
+    let st = publ.stats();
+    assert_eq!(st.cut_off, 1, "{st:?}");
+    assert_eq!(st.subscribers, 3, "{st:?}");
+    {
+        let ev = events.lock();
+        assert_eq!(ev.len(), 1, "{ev:?}");
+        assert_eq!((ev[0].0, ev[0].1), (slow, KEEL_STATUS_BUSY));
+        assert!(ev[0].2.contains("hard cap"), "{}", ev[0].2);
+    }
+    drop(publ); // unsubscribes everyone: flush, shutdown, close
+    for r in fast {
+        let got = r.join().unwrap();
+        assert_eq!(got.len(), want.len());
+        assert!(got == want);
+    }
+    drop(slow_peer);
+    net.close().unwrap();
+    assert_eq!(events.lock().len(), 1);
+}
+
+/// R7: above the soft cap for longer than allowed, with no further
+/// appends: the reactor's deadline check cuts the connection off.
+fn soft_cap_expires_without_appends(backend: BackendChoice) {
+    let (net, events) = open_net(backend);
+    let (fd, peer) = tcp_pair();
+    set_buf(peer.as_raw_fd(), libc::SO_RCVBUF, 4096);
+    set_buf(fd, libc::SO_SNDBUF, 4096);
+    let opts = WriterOptions { soft_cap_bytes: 64 << 10, soft_cap: Duration::from_millis(100), ..Default::default() };
+    let w = net.adopt(fd, &opts).unwrap();
+    for _ in 0..64 {
+        w.send(&[0u8; 4096], false).unwrap();
+    }
+    assert!(w.stats().queued_bytes > 64 << 10);
+    wait_for("the soft-cap report", Duration::from_secs(5), || !events.lock().is_empty());
+    let ev = events.lock().clone();
+    assert_eq!(ev.len(), 1);
+    assert_eq!((ev[0].0, ev[0].1), (w.id(), KEEL_STATUS_BUSY));
+    assert!(ev[0].2.contains("soft cap"), "{}", ev[0].2);
+    assert_eq!(w.send(b"x", false).unwrap_err().status, KEEL_STATUS_CLOSED);
+    drop(w);
+    drop(peer);
+    net.close().unwrap();
+}
+
+/// R1: one message on an idle connection is one send, made before send
+/// returns; R2: control items never make a pass batch.
+fn lone_message_and_control_items(backend: BackendChoice) {
+    let (net, _events) = open_net(backend);
+    let (fd, mut peer) = tcp_pair();
+    let w = net.adopt(fd, &WriterOptions::default()).unwrap();
+    w.send(b"PONG", false).unwrap();
+    let s = w.stats();
+    assert_eq!((s.sends, s.immediate_sends, s.flush_idle, s.items_sent), (1, 1, 1, 1), "{s:?}");
+    assert_eq!(s.queued_bytes, 0, "sent before send returned");
+    let mut buf = [0u8; 4];
+    peer.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"PONG");
+
+    // One reply plus control items: the pass does not batch.
+    w.send(b"one", true).unwrap();
+    w.mark(true).unwrap();
+    w.mark(true).unwrap();
+    w.flush().unwrap();
+    wait_for("drained", Duration::from_secs(5), || w.stats().queued_bytes == 0);
+    let s = w.stats();
+    assert_eq!((s.batched_passes, s.sends, s.control_items), (0, 2, 2), "{s:?}");
+    // Two replies: it does.
+    w.send(b"two", true).unwrap();
+    w.send(b"three", true).unwrap();
+    w.flush().unwrap();
+    wait_for("drained", Duration::from_secs(5), || w.stats().queued_bytes == 0);
+    let s = w.stats();
+    assert_eq!((s.batched_passes, s.sends), (1, 3), "{s:?}");
+    let mut buf = [0u8; 11];
+    peer.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"onetwothree");
+    drop(w);
+    net.close().unwrap();
+}
+
+/// Bad fds are refused with the fd left to the caller.
+fn adopt_refuses_bad_fds(backend: BackendChoice) {
+    let (net, _events) = open_net(backend);
+    let o = WriterOptions::default();
+    assert_eq!(net.adopt(-1, &o).err().unwrap().status, KEEL_STATUS_INVALID_ARGUMENT);
+    assert_eq!(net.adopt(1_000_000, &o).err().unwrap().status, KEEL_STATUS_INVALID_ARGUMENT);
+    let mut p = [0i32; 2];
+    assert_eq!(unsafe { libc::pipe(p.as_mut_ptr()) }, 0);
+    assert!(net.adopt(p[1], &o).err().unwrap().message.contains("not a socket"));
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    assert!(net.adopt(udp.as_raw_fd(), &o).err().unwrap().message.contains("stream"));
+    let unconnected = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0) };
+    assert!(net.adopt(unconnected, &o).err().unwrap().message.contains("connected"));
+    let bad = WriterOptions { quota: 0, ..Default::default() };
+    let (fd, _peer) = tcp_pair();
+    assert_eq!(net.adopt(fd, &bad).err().unwrap().status, KEEL_STATUS_INVALID_ARGUMENT);
+    let w = net.adopt(fd, &o).unwrap();
+    assert!(net.adopt(fd, &o).err().unwrap().message.contains("already adopted"));
+    unsafe {
+        libc::close(p[0]);
+        libc::close(p[1]);
+        libc::close(unconnected);
+    }
+    net.close().unwrap();
+    // The net is gone: the writer answers CLOSED, and closing it is harmless.
+    assert_eq!(w.send(b"x", false).unwrap_err().status, KEEL_STATUS_CLOSED);
+    drop(w);
+}
+
+/// R10: closing the net flushes what a blocked connection still holds.
+fn net_close_flushes_queued_bytes(backend: BackendChoice) {
+    let (net, _events) = open_net(backend);
+    let (fd, peer) = tcp_pair();
+    let w = net.adopt(fd, &WriterOptions::default()).unwrap();
+    let data: Vec<u8> = (0..16_000_000u32).map(|i| (i % 251) as u8).collect();
+    for c in data.chunks(1000) {
+        w.send(c, false).unwrap();
+    }
+    assert!(w.stats().queued_bytes > 0, "the socket is full");
+    let rd = reader(peer);
+    net.close().unwrap();
+    let got = rd.join().unwrap();
+    assert_eq!(got.len(), data.len());
+    assert!(got == data);
+    drop(w);
+}
+
+macro_rules! per_backend {
+    ($($name:ident),* $(,)?) => {
+        mod sendmsg {
+            $( #[test] fn $name() { super::$name(keel::net::BackendChoice::Sendmsg) } )*
+        }
+        mod io_uring {
+            $( #[test] fn $name() { super::$name(keel::net::BackendChoice::IoUring) } )*
+        }
+    };
+}
+
+per_backend!(
+    random_sequences_arrive_byte_exact,
+    short_sends_and_eagain_keep_order,
+    peer_killed_mid_stream_reports_once,
+    flood_respects_the_quota,
+    slow_subscriber_is_cut_off,
+    soft_cap_expires_without_appends,
+    lone_message_and_control_items,
+    adopt_refuses_bad_fds,
+    net_close_flushes_queued_bytes,
+);
+
+#[test]
+fn default_backend_is_sendmsg() {
+    let (net, _) = open_net(BackendChoice::Default);
+    assert_eq!(net.backend(), keel::net::Backend::Sendmsg);
+    let _unused: Option<Writer> = None;
+    net.close().unwrap();
+}
