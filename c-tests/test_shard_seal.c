@@ -245,10 +245,10 @@ int main(void) {
     CHECK(count_tables(seg_dir) >= 1); /* the appendable segment was sealed */
     if (round % 4 == 0) verify(s); /* reads across tables and the appendable segment */
   }
-  /* Merging brings the tables down to MAX_SEALED. One merge runs per
-   * maintenance step (after each flush pass), and rewriting a table that
-   * is mostly deletions comes first, so under this delete-heavy load the
-   * count may exceed MAX_SEALED for a while: idle flushes let it settle. */
+  /* Merging brings the tables down to MAX_SEALED. A maintenance step
+   * (after each flush pass) runs a bounded number of merges, rewriting
+   * tables that are mostly deletions first, so under this delete-heavy load
+   * the count may exceed MAX_SEALED for a while: idle flushes settle it. */
   int tables = count_tables(seg_dir), idle = 0;
   for (; tables > MAX_SEALED && idle < 50; idle++) {
     CHECK_OK(keel_shard_flush(s, true, NULL, &err));
@@ -258,6 +258,15 @@ int main(void) {
     fprintf(stderr, "%d tables after %d idle flushes (max_sealed_segments %d)\n", tables, idle, MAX_SEALED);
     CHECK(0);
   }
+  /* keel_shard_stats agrees with the directory and with the getters. */
+  keel_shard_stats_t st;
+  st.struct_size = sizeof st;
+  CHECK_RC(KEEL_STATUS_OK, keel_shard_stats(s, &st));
+  CHECK_EQ_U64(st.sealed_segments, (uint64_t)tables);
+  CHECK_EQ_U64(st.last_version, kt_last_version(s));
+  CHECK(st.wal_first_version > 1 && st.sealed_bytes > 0);
+  st.struct_size = 4;
+  CHECK_RC(KEEL_STATUS_INVALID_ARGUMENT, keel_shard_stats(s, &st));
   /* Each round sealed at least one table, yet at most MAX_SEALED exist:
    * merges replaced the others. */
   CHECK(ntable_names >= ROUNDS);

@@ -331,6 +331,45 @@ typedef struct keel_engine_options_t {
 } keel_engine_options_t;
 
 /**
+ * What keel_shard_stats() reports. The caller sets `struct_size` to
+ * sizeof(keel_shard_stats_t) before the call (fields a newer library adds
+ * are left out for an older caller).
+ */
+typedef struct keel_shard_stats_t {
+  uint32_t struct_size;
+  /**
+   * Number of immutable segments (tables).
+   */
+  uint32_t sealed_segments;
+  /**
+   * Keys held by the appendable segment.
+   */
+  uint64_t appendable_keys;
+  /**
+   * Bytes of keys and values in the appendable segment (it is sealed
+   * past the engine's seal_bytes).
+   */
+  uint64_t appendable_bytes;
+  /**
+   * Bytes of the immutable segments' table files.
+   */
+  uint64_t sealed_bytes;
+  /**
+   * Version of the last applied operation.
+   */
+  uint64_t last_version;
+  /**
+   * As keel_shard_persisted_version().
+   */
+  uint64_t persisted_version;
+  /**
+   * First version the shard's WAL still holds (the WAL is truncated
+   * below the persisted version, in whole segment files).
+   */
+  uint64_t wal_first_version;
+} keel_shard_stats_t;
+
+/**
  * Options of keel_wal_open(). Versioned by `struct_size`: always fill it
  * with keel_wal_options_init() first, then change the fields you need.
  */
@@ -977,6 +1016,12 @@ keel_status_t keel_shard_persisted_version(const struct keel_shard_t *shard, uin
  * Errors: NULL_ARGUMENT, CLOSED.
  */
 keel_status_t keel_shard_last_version(const struct keel_shard_t *shard, uint64_t *out);
+
+/**
+ * Fills `*out` with the shard's counters (one consistent reading).
+ * Errors: NULL_ARGUMENT, INVALID_ARGUMENT (struct_size too small), CLOSED.
+ */
+keel_status_t keel_shard_stats(const struct keel_shard_t *shard, struct keel_shard_stats_t *out);
 
 /**
  * Reports the shard's background work: OK when the last flush pass and

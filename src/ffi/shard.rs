@@ -509,6 +509,56 @@ fn open_shard(s: &Shard) -> crate::Result<&Shard> {
     }
 }
 
+/// What keel_shard_stats() reports. The caller sets `struct_size` to
+/// sizeof(keel_shard_stats_t) before the call (fields a newer library adds
+/// are left out for an older caller).
+#[repr(C)]
+pub struct keel_shard_stats_t {
+    pub struct_size: u32,
+    /// Number of immutable segments (tables).
+    pub sealed_segments: u32,
+    /// Keys held by the appendable segment.
+    pub appendable_keys: u64,
+    /// Bytes of keys and values in the appendable segment (it is sealed
+    /// past the engine's seal_bytes).
+    pub appendable_bytes: u64,
+    /// Bytes of the immutable segments' table files.
+    pub sealed_bytes: u64,
+    /// Version of the last applied operation.
+    pub last_version: u64,
+    /// As keel_shard_persisted_version().
+    pub persisted_version: u64,
+    /// First version the shard's WAL still holds (the WAL is truncated
+    /// below the persisted version, in whole segment files).
+    pub wal_first_version: u64,
+}
+
+/// Fills `*out` with the shard's counters (one consistent reading).
+/// Errors: NULL_ARGUMENT, INVALID_ARGUMENT (struct_size too small), CLOSED.
+#[no_mangle]
+pub extern "C" fn keel_shard_stats(shard: *const keel_shard_t, out: *mut keel_shard_stats_t) -> keel_status_t {
+    ffi_boundary!(std::ptr::null_mut(), shard, {
+        let s = open_shard(try_handle!(shard))?;
+        let out = out_ptr(out, "out")?;
+        let size = std::mem::size_of::<keel_shard_stats_t>() as u32;
+        if out.struct_size < size {
+            return Err(Error::invalid(format!("keel_shard_stats_t.struct_size is {}, expected {size}", out.struct_size)));
+        }
+        let st = s.stats();
+        *out = keel_shard_stats_t {
+            struct_size: size,
+            sealed_segments: st.sealed_segments as u32,
+            appendable_keys: st.appendable_keys,
+            appendable_bytes: st.appendable_bytes,
+            sealed_bytes: st.sealed_bytes,
+            last_version: st.last_version,
+            persisted_version: st.persisted_version,
+            wal_first_version: st.wal_first_seq,
+        };
+        Ok(())
+    })
+}
+
 /// Reports the shard's background work: OK when the last flush pass and
 /// the sealing and merging after it succeeded; otherwise the status of the
 /// last failure (details in `*err`): IO or NO_SPACE (retried at the next
