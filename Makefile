@@ -9,7 +9,7 @@ RELEASE    := target/release
 export CARGO_TERM_COLOR ?= never
 
 .PHONY: all lib header header-check deps test test-rust test-c test-cpp test-go \
-        test-examples example-c example-cpp example-go test-install demo bench \
+        test-examples example-c example-pubsub example-cpp example-go test-install demo bench \
         install clean valgrind soak fuzz fuzz-smoke
 
 all: lib
@@ -67,7 +67,7 @@ test-cpp: lib
 test-go: lib
 	cd bindings/go && CGO_ENABLED=1 go test -race -count=1 ./...
 
-test-examples: example-c example-cpp example-go
+test-examples: example-c example-pubsub example-cpp example-go
 
 # The C demo, linked against the shared library through its SONAME.
 DEMO := $(BUILD)/examples-c/wal_demo
@@ -92,6 +92,23 @@ example-c: $(DEMO) $(SHARD_DEMO)
 	$(SHARD_DEMO) $(BUILD)/examples-c/shard
 	rm -rf $(BUILD)/examples-c/wal $(BUILD)/examples-c/shard
 	@echo "example-c: wal_demo and shard_demo passed twice on one directory each (fresh, then reopened)"
+
+# The pub/sub server (examples/c/pubsub_server.c) against real TCP
+# subscribers: pubsub_check starts it on a free port, connects clients,
+# checks every line arrives in order and one early leaver is reported.
+PUBSUB_SERVER := $(BUILD)/examples-c/pubsub_server
+PUBSUB_CHECK  := $(BUILD)/examples-c/pubsub_check
+$(PUBSUB_SERVER): lib examples/c/pubsub_server.c
+	@mkdir -p $(BUILD)/examples-c
+	@ln -sf $(CURDIR)/$(RELEASE)/libkeel.so $(BUILD)/examples-c/libkeel.so.1
+	$(CC) -std=c99 -Wall -Wextra -Werror -pedantic -O2 -Iinclude examples/c/pubsub_server.c \
+	  -o $@ $(BUILD)/examples-c/libkeel.so.1 -Wl,-rpath,'$$ORIGIN' -lpthread
+$(PUBSUB_CHECK): examples/c/pubsub_check.c
+	@mkdir -p $(BUILD)/examples-c
+	$(CC) -std=c99 -Wall -Wextra -Werror -pedantic -O2 examples/c/pubsub_check.c -o $@
+
+example-pubsub: $(PUBSUB_SERVER) $(PUBSUB_CHECK)
+	$(PUBSUB_CHECK) $(PUBSUB_SERVER)
 
 example-cpp: lib
 	@mkdir -p $(BUILD)/cpp-example
