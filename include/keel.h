@@ -600,7 +600,8 @@ typedef struct keel_writer_stats_t {
 /**
  * Counters of a publisher (keel_publisher_stats()). Set struct_size to
  * sizeof(keel_publisher_stats_t) before the call. The send counters are
- * summed over the subscribers the publisher holds now.
+ * summed over every subscriber the publisher ever had (an unsubscribed
+ * one counts as it was when it left), so they never go backwards.
  */
 typedef struct keel_publisher_stats_t {
   /**
@@ -1487,7 +1488,11 @@ keel_status_t keel_publisher_subscriber_stats(const struct keel_publisher_t *pub
 /**
  * Unsubscribes every subscriber (queued messages are still sent, see
  * keel_publisher_unsubscribe()) and frees the handle. NULL is a no-op
- * returning OK. Must be the last call on the publisher.
+ * returning OK. Must be the last call on the publisher, including calls
+ * from the event callback: if the callback uses the publisher (e.g. to
+ * unsubscribe the connection it reports), close the keel_net_t first —
+ * keel_net_close() returns only once no callback runs — or have the
+ * callback hand the id to a host thread instead.
  * Errors: INVALID_ARGUMENT (not a live handle).
  */
 keel_status_t keel_publisher_close(struct keel_publisher_t *publisher, struct keel_error_t **err);

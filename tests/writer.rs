@@ -320,6 +320,11 @@ fn slow_subscriber_is_cut_off(backend: BackendChoice) {
         assert_eq!((ev[0].0, ev[0].1), (slow, KEEL_STATUS_BUSY));
         assert!(ev[0].2.contains("hard cap"), "{}", ev[0].2);
     }
+    // Unsubscribing the cut-off one keeps its sends in the totals.
+    publ.unsubscribe(slow).unwrap();
+    let after = publ.stats();
+    assert!(after.sends >= st.sends && after.items_sent >= st.items_sent, "{st:?} then {after:?}");
+    assert_eq!((after.cut_off, after.subscribers), (0, 3), "{after:?}");
     drop(publ); // unsubscribes everyone: flush, shutdown, close
     for r in fast {
         let got = r.join().unwrap();

@@ -208,7 +208,8 @@ pub struct keel_writer_stats_t {
 
 /// Counters of a publisher (keel_publisher_stats()). Set struct_size to
 /// sizeof(keel_publisher_stats_t) before the call. The send counters are
-/// summed over the subscribers the publisher holds now.
+/// summed over every subscriber the publisher ever had (an unsubscribed
+/// one counts as it was when it left), so they never go backwards.
 #[repr(C)]
 pub struct keel_publisher_stats_t {
     /// sizeof(keel_publisher_stats_t) as the caller compiled it.
@@ -750,7 +751,11 @@ pub extern "C" fn keel_publisher_subscriber_stats(
 
 /// Unsubscribes every subscriber (queued messages are still sent, see
 /// keel_publisher_unsubscribe()) and frees the handle. NULL is a no-op
-/// returning OK. Must be the last call on the publisher.
+/// returning OK. Must be the last call on the publisher, including calls
+/// from the event callback: if the callback uses the publisher (e.g. to
+/// unsubscribe the connection it reports), close the keel_net_t first —
+/// keel_net_close() returns only once no callback runs — or have the
+/// callback hand the id to a host thread instead.
 /// Errors: INVALID_ARGUMENT (not a live handle).
 #[no_mangle]
 pub extern "C" fn keel_publisher_close(publisher: *mut keel_publisher_t, err: *mut *mut keel_error_t) -> keel_status_t {

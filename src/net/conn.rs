@@ -373,7 +373,8 @@ impl Shared {
 
 /// The error a failed send reports (R9).
 pub(crate) fn send_error(id: u64, errno: i32) -> Error {
-    Error::new(KEEL_STATUS_IO, format!("connection {id}: send failed: {} (errno {errno})", errno_text(errno)))
+    // io::Error's text already ends with "(os error N)".
+    Error::new(KEEL_STATUS_IO, format!("connection {id}: send failed: {}", errno_text(errno)))
 }
 
 /// A socket adopted for batched writing (`Net::adopt`). Calls may come

@@ -20,8 +20,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-/// Counters of a publisher; the send counters are summed over the
-/// subscribers it holds now.
+/// Counters of a publisher; the send counters are summed over every
+/// subscriber it ever had (an unsubscribed one as it was when it left).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PublisherStats {
     /// Messages published.
@@ -47,6 +47,9 @@ pub struct Publisher {
     published: AtomicU64,
     flushes: AtomicU64,
     closed: AtomicBool,
+    /// Counters of unsubscribed connections, as they were when they left,
+    /// so publisher totals never go backwards.
+    departed: Mutex<PublisherStats>,
 }
 
 impl Publisher {
@@ -59,6 +62,7 @@ impl Publisher {
             published: AtomicU64::new(0),
             flushes: AtomicU64::new(0),
             closed: AtomicBool::new(false),
+            departed: Mutex::new(PublisherStats::default()),
         }
     }
 
@@ -91,6 +95,12 @@ impl Publisher {
                 .ok_or_else(|| Error::new(KEEL_STATUS_NOT_FOUND, format!("no subscriber {id}")))?;
             subs.remove(i)
         };
+        let w = conn.stats();
+        let mut gone = self.departed.lock();
+        gone.sends += w.sends;
+        gone.bytes_sent += w.bytes_sent;
+        gone.items_sent += w.items_sent;
+        drop(gone);
         self.net.close_conn(&conn);
         Ok(())
     }
@@ -156,9 +166,13 @@ impl Publisher {
     }
 
     pub fn stats(&self) -> PublisherStats {
+        let gone = *self.departed.lock();
         let mut s = PublisherStats {
             published: self.published.load(Ordering::Relaxed),
             flushes: self.flushes.load(Ordering::Relaxed),
+            sends: gone.sends,
+            bytes_sent: gone.bytes_sent,
+            items_sent: gone.items_sent,
             ..Default::default()
         };
         for c in self.subs.lock().iter() {
