@@ -23,6 +23,10 @@
 // calls. keel::WalReader, keel::Iterator and keel::Batch may move between
 // threads but must be used by one thread at a time (as their C handles).
 //
+// keel::Net, keel::Writer and keel::Publisher (batched socket writers) are
+// internally synchronised too. A Net's event handler runs on keel's own
+// reactor thread (see keel::EventHandler).
+//
 // Shards: an Engine hosts Shards by id; a Shard maps each key to a value
 // or a posting list (keel::Kind). Shards may outlive their Engine: once it
 // is closed their calls fail with Status::Closed and destroying them is
@@ -38,6 +42,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <functional>
 #include <initializer_list>
 #include <iterator>
 #include <limits>
@@ -1279,6 +1284,601 @@ class Engine {
 
  private:
   std::unique_ptr<keel_engine_t, Deleter> ptr_;
+};
+
+// ---- batched socket writers -------------------------------------------------
+//
+// A Net is a reactor (one keel thread, "keel-net") plus a send backend; a
+// Writer is one connected stream socket adopted into a Net; a Publisher
+// fans messages out to subscriber sockets of a Net. See docs/WRITER.md.
+// All three are internally synchronised: their const members may be
+// called from any number of threads at once. Writers and Publishers may
+// outlive their Net: once it is closed their calls fail with
+// Status::Closed, and close()/destruction still release them.
+
+/// The send backend of a Net (KEEL_NET_BACKEND_*).
+enum class Backend : uint32_t {
+  Default = KEEL_NET_BACKEND_DEFAULT,   ///< the library's choice (currently Sendmsg)
+  Sendmsg = KEEL_NET_BACKEND_SENDMSG,   ///< sendmsg(2) with iovecs, epoll for writability
+  IoUring = KEEL_NET_BACKEND_IO_URING,  ///< io_uring when the run-time probe succeeds, else Sendmsg
+};
+
+/// "default", "sendmsg", "io_uring" (or "unknown").
+inline const char* to_string(Backend b) noexcept {
+  switch (b) {
+    case Backend::Default: return "default";
+    case Backend::Sendmsg: return "sendmsg";
+    case Backend::IoUring: return "io_uring";
+  }
+  return "unknown";
+}
+
+/// The event handler of a Net: keel closed connection `conn_id` (a
+/// Writer::id() or a Publisher::subscribe() id) on its own, with
+/// Status::Io (a send or socket error: the peer reset or went away) or
+/// Status::Busy (the cap policy: the peer did not read). `message` is
+/// valid only during the call.
+///
+/// It runs on the net's keel-net reactor thread only — never on a thread
+/// of yours — at most once per connection, never after Net::close() (or
+/// the Net's destructor) returned, and never for a connection after its
+/// Writer::close() / Publisher::unsubscribe() returned. Keep it short: it
+/// holds up every socket of the net. It may send, publish, close a Writer
+/// or unsubscribe (also the connection it reports), but not close its own
+/// Net (Status::Busy). It must not throw: the bridge is noexcept, so an
+/// escaping exception calls std::terminate. Whatever it captures must be
+/// safe to use from the reactor thread and must outlive the Net.
+using EventHandler = std::function<void(uint64_t conn_id, Status status, std::string_view message)>;
+
+/// Options of Net::open(): a copyable value wrapping keel_net_options_t
+/// (filled by keel_net_options_init()) plus the event handler.
+class NetOptions {
+ public:
+  NetOptions() noexcept { keel_net_options_init(&raw_); }  // cannot fail: the pointer is valid
+
+  NetOptions& backend(Backend b) noexcept { raw_.backend = static_cast<uint32_t>(b); return *this; }
+  /// The handler of connections keel closed (see EventHandler); an empty
+  /// function for none (the default).
+  NetOptions& on_event(EventHandler handler) { on_event_ = std::move(handler); return *this; }
+
+  Backend backend() const noexcept { return static_cast<Backend>(raw_.backend); }
+  const EventHandler& on_event() const noexcept { return on_event_; }
+
+  /// The C struct, for fields this wrapper does not know yet. Its callback
+  /// fields (on_event, user_data, user_data_free) are used as they are
+  /// only when no on_event() handler is set; with one, Net::open() fills
+  /// them with its bridge.
+  keel_net_options_t& raw() noexcept { return raw_; }
+  const keel_net_options_t& raw() const noexcept { return raw_; }
+
+ private:
+  keel_net_options_t raw_;
+  EventHandler on_event_;
+};
+
+/// Per-connection limits of Writer::adopt() and of a Publisher's
+/// subscribers: a copyable value wrapping keel_writer_options_t, filled
+/// with the library defaults by keel_writer_options_init(). Setters chain;
+/// the library validates the values when a writer or publisher is made.
+class WriterOptions {
+ public:
+  WriterOptions() noexcept { keel_writer_options_init(&raw_); }  // cannot fail: the pointer is valid
+
+  /// Messages one drain pass handles before it flushes and yields (1 to 1000000; default 100).
+  WriterOptions& quota(uint32_t n) noexcept { raw_.quota = n; return *this; }
+  /// A batch is flushed once it holds this many bytes (1 to 64 MiB; default 64 KiB).
+  WriterOptions& max_batch_bytes(uint64_t bytes) noexcept { raw_.max_batch_bytes = bytes; return *this; }
+  /// Messages of at least this many bytes are held by reference, smaller
+  /// ones copied (default 4096).
+  WriterOptions& copy_threshold(uint64_t bytes) noexcept { raw_.copy_threshold = bytes; return *this; }
+  /// More than this many bytes queued for longer than soft_cap_time()
+  /// closes the connection (Status::Busy); 0 disables it (default 8 MiB).
+  WriterOptions& soft_cap_bytes(uint64_t bytes) noexcept { raw_.soft_cap_bytes = bytes; return *this; }
+  /// An append that would queue more than this closes the connection at
+  /// once (Status::Busy); 0 disables it; not below soft_cap_bytes (default 32 MiB).
+  WriterOptions& hard_cap_bytes(uint64_t bytes) noexcept { raw_.hard_cap_bytes = bytes; return *this; }
+  /// iovecs per send, 1 to 1024 (default 1024).
+  WriterOptions& iov_max(uint32_t n) noexcept { raw_.iov_max = n; return *this; }
+  /// How long the soft cap may be exceeded (at most 24 h; default 60 s);
+  /// clamped as WalOptions::sync_interval() is.
+  WriterOptions& soft_cap_time(std::chrono::milliseconds ms) noexcept {
+    raw_.soft_cap_ms = detail::clamp_ms(ms);
+    return *this;
+  }
+  /// Closing flushes, shuts the socket down for writing and drains the
+  /// peer's input to EOF; after this long the socket is closed whatever
+  /// is left (at most 10 min; default 2 s).
+  WriterOptions& close_timeout(std::chrono::milliseconds ms) noexcept {
+    raw_.close_timeout_ms = detail::clamp_ms(ms);
+    return *this;
+  }
+
+  uint32_t quota() const noexcept { return raw_.quota; }
+  uint64_t max_batch_bytes() const noexcept { return raw_.max_batch_bytes; }
+  uint64_t copy_threshold() const noexcept { return raw_.copy_threshold; }
+  uint64_t soft_cap_bytes() const noexcept { return raw_.soft_cap_bytes; }
+  uint64_t hard_cap_bytes() const noexcept { return raw_.hard_cap_bytes; }
+  uint32_t iov_max() const noexcept { return raw_.iov_max; }
+  std::chrono::milliseconds soft_cap_time() const noexcept { return std::chrono::milliseconds(raw_.soft_cap_ms); }
+  std::chrono::milliseconds close_timeout() const noexcept { return std::chrono::milliseconds(raw_.close_timeout_ms); }
+
+  /// The C struct, for fields this wrapper does not know yet.
+  keel_writer_options_t& raw() noexcept { return raw_; }
+  const keel_writer_options_t& raw() const noexcept { return raw_; }
+
+ private:
+  keel_writer_options_t raw_;
+};
+
+/// Counters of one writer or subscriber (keel_writer_stats_t; see its
+/// field comments in keel.h and docs/WRITER.md, R12).
+struct WriterStats {
+  uint64_t sends = 0;               ///< send calls (sendmsg(2) + io_uring SENDMSG)
+  uint64_t uring_sends = 0;         ///< of sends, those submitted to io_uring
+  uint64_t immediate_sends = 0;     ///< lone messages sent on the caller's thread (R1)
+  uint64_t bytes_sent = 0;          ///< bytes the kernel accepted
+  uint64_t items = 0;               ///< messages appended
+  uint64_t items_sent = 0;          ///< messages handed to a send
+  uint64_t control_items = 0;       ///< control items appended (close requests)
+  uint64_t passes = 0;              ///< drain passes
+  uint64_t batched_passes = 0;      ///< passes that started with >= 2 messages queued
+  uint64_t flush_idle = 0;          ///< flushes: the last queued message was done
+  uint64_t flush_size = 0;          ///< flushes: max_batch_bytes reached
+  uint64_t flush_iovec = 0;         ///< flushes: iov_max reached
+  uint64_t flush_quota = 0;         ///< flushes: the pass reached its quota
+  uint64_t flush_wait = 0;          ///< flushes: before a fence
+  uint64_t flush_close = 0;         ///< flushes: before a close
+  uint64_t short_sends = 0;         ///< sends the kernel took only part of
+  uint64_t eagain = 0;              ///< sends refused with EAGAIN
+  uint64_t writable_waits = 0;      ///< waits for the socket to become writable
+  uint64_t max_items_per_send = 0;  ///< most messages one send carried
+  uint64_t queued_bytes = 0;        ///< appended, not yet accepted by the kernel, now
+  std::chrono::nanoseconds oldest_unflushed{0};  ///< age of the oldest byte not yet handed to a send, now
+  std::chrono::nanoseconds max_flush_wait{0};    ///< longest append-to-send wait of a byte
+
+  /// Batch density: messages per send (0 before the first send).
+  double items_per_send() const noexcept {
+    return sends ? static_cast<double>(items_sent) / static_cast<double>(sends) : 0.0;
+  }
+};
+
+/// Counters of a publisher (keel_publisher_stats_t). The send counters are
+/// summed over the subscribers it holds now.
+struct PublisherStats {
+  uint64_t published = 0;    ///< messages published
+  uint64_t flushes = 0;      ///< drain points (flush() and publish(.., true))
+  uint64_t subscribers = 0;  ///< subscribers still open
+  uint64_t cut_off = 0;      ///< subscribers keel closed, not yet unsubscribed
+  uint64_t sends = 0;
+  uint64_t bytes_sent = 0;
+  uint64_t items_sent = 0;
+};
+
+namespace detail {
+
+/// The heap state behind a Net's event handler: keel_net_options_t's
+/// user_data, released by keel through user_data_free when the net closes.
+struct NetEvents {
+  EventHandler handler;
+  // True while keel_net_open runs. Whether keel calls user_data_free when
+  // open fails depends on where it fails, so free() leaves the state alone
+  // then and Net::open deletes it itself: freed exactly once either way.
+  bool opening = true;
+
+  explicit NetEvents(EventHandler h) : handler(std::move(h)) {}
+
+  static void on_event(void* user, uint64_t conn_id, keel_status_t status, const char* message) noexcept {
+    const auto* self = static_cast<const NetEvents*>(user);
+    self->handler(conn_id, static_cast<Status>(status), message ? std::string_view(message) : std::string_view());
+  }
+  static void free(void* user) noexcept {
+    auto* self = static_cast<NetEvents*>(user);
+    if (!self->opening) delete self;
+  }
+};
+
+inline WriterStats to_stats(const keel_writer_stats_t& s) noexcept {
+  using ns = std::chrono::nanoseconds;
+  WriterStats o;
+  o.sends = s.sends;
+  o.uring_sends = s.uring_sends;
+  o.immediate_sends = s.immediate_sends;
+  o.bytes_sent = s.bytes_sent;
+  o.items = s.items;
+  o.items_sent = s.items_sent;
+  o.control_items = s.control_items;
+  o.passes = s.passes;
+  o.batched_passes = s.batched_passes;
+  o.flush_idle = s.flush_idle;
+  o.flush_size = s.flush_size;
+  o.flush_iovec = s.flush_iovec;
+  o.flush_quota = s.flush_quota;
+  o.flush_wait = s.flush_wait;
+  o.flush_close = s.flush_close;
+  o.short_sends = s.short_sends;
+  o.eagain = s.eagain;
+  o.writable_waits = s.writable_waits;
+  o.max_items_per_send = s.max_items_per_send;
+  o.queued_bytes = s.queued_bytes;
+  o.oldest_unflushed = ns(static_cast<ns::rep>(s.oldest_unflushed_ns));
+  o.max_flush_wait = ns(static_cast<ns::rep>(s.max_flush_wait_ns));
+  return o;
+}
+
+inline keel_writer_stats_t stats_out() noexcept {
+  keel_writer_stats_t s{};
+  s.struct_size = static_cast<uint32_t>(sizeof s);
+  return s;
+}
+
+}  // namespace detail
+
+/// A reactor: one keel thread ("keel-net") and one send backend, the home
+/// of Writers and Publishers (owns a keel_net_t). The destructor closes it
+/// (see close()) and ignores errors. Const members are safe to call from
+/// many threads at once; close(), moving and destruction must not race
+/// with them, and must not happen on the net's own event handler.
+class Net {
+  struct Deleter {
+    void operator()(keel_net_t* n) const noexcept { (void)keel_net_close(n, nullptr); }
+  };
+
+ public:
+  /// An empty net: every call returns Status::Closed.
+  Net() noexcept = default;
+  /// Takes ownership of a handle opened through the C API.
+  explicit Net(keel_net_t* owned) noexcept : ptr_(owned) {}
+
+  Net(Net&&) noexcept = default;
+  Net& operator=(Net&&) noexcept = default;  // closes the net it replaces
+  Net(const Net&) = delete;
+  Net& operator=(const Net&) = delete;
+
+  /// Starts a reactor thread with the backend `opts` asks for; Backend::IoUring
+  /// falls back to Backend::Sendmsg when io_uring is unavailable (backend()
+  /// tells). The event handler, if any, is copied to the heap and released
+  /// once the net is closed (by keel, through user_data_free).
+  static Result<Net> open(const NetOptions& opts = NetOptions()) {
+    if (const auto& abi = detail::abi_once(); !abi) return abi.err();
+    keel_net_options_t raw = opts.raw();
+    std::unique_ptr<detail::NetEvents> events;
+    if (opts.on_event()) {
+      events = std::make_unique<detail::NetEvents>(opts.on_event());
+      raw.on_event = &detail::NetEvents::on_event;
+      raw.user_data = events.get();
+      raw.user_data_free = &detail::NetEvents::free;
+    }
+    detail::ErrorOut err;
+    keel_net_t* n = nullptr;
+    const keel_status_t st = keel_net_open(&raw, &n, err.out());
+    if (st != KEEL_STATUS_OK) return err.take(st);  // `events` is deleted here, once
+    if (events) {
+      events->opening = false;
+      (void)events.release();  // now keel's: user_data_free deletes it
+    }
+    return Net(n);
+  }
+
+  /// The backend that runs: Backend::Sendmsg or Backend::IoUring.
+  Result<Backend> backend() const {
+    if (!ptr_) return detail::empty_handle("keel::Net");
+    uint32_t b = 0;
+    const keel_status_t st = keel_net_backend(ptr_.get(), &b);
+    if (st != KEEL_STATUS_OK) {
+      detail::ErrorOut none;  // this call carries no error object
+      return none.take(st);
+    }
+    return static_cast<Backend>(b);
+  }
+
+  /// Closes every writer and subscriber of the net (each flushes what it
+  /// queued, within its close_timeout), stops the reactor thread and
+  /// releases the event handler; no handler call runs after it returns.
+  /// It waits for those closes, including connections closed earlier
+  /// whose peers have not closed their side yet: up to the longest
+  /// close_timeout (2 s by default).
+  /// The Net is empty afterwards, except when called from its own event
+  /// handler: that returns Status::Busy and leaves the net open. Writers
+  /// and Publishers stay valid, answer Status::Closed, and are closed as
+  /// usual. Closing an empty Net succeeds.
+  Result<void> close() {
+    detail::ErrorOut err;
+    const keel_status_t st = keel_net_close(ptr_.get(), err.out());
+    if (st == KEEL_STATUS_BUSY) return err.take(st);  // on the reactor thread: nothing was closed
+    (void)ptr_.release();  // freed by keel (also on the other errors)
+    return detail::check(st, err);
+  }
+
+  explicit operator bool() const noexcept { return ptr_ != nullptr; }
+  keel_net_t* raw() const noexcept { return ptr_.get(); }
+  /// Gives up ownership: the caller must keel_net_close() it (which also
+  /// releases the event handler).
+  [[nodiscard]] keel_net_t* release() noexcept { return ptr_.release(); }
+
+ private:
+  std::unique_ptr<keel_net_t, Deleter> ptr_;
+};
+
+namespace detail {
+/// Messages packed back to back plus their lengths, as
+/// keel_writer_send_batch takes them.
+struct PackedMessages {
+  std::vector<uint8_t> bytes;
+  std::vector<size_t> lens;
+  template <class It>
+  PackedMessages(It first, It last) {
+    size_t total = 0;
+    for (It it = first; it != last; ++it) {
+      const ByteView v(*it);
+      lens.push_back(v.size());
+      total += v.size();
+    }
+    bytes.reserve(total);
+    for (It it = first; it != last; ++it) {
+      const ByteView v(*it);
+      bytes.insert(bytes.end(), v.data(), v.data() + v.size());
+    }
+  }
+};
+}  // namespace detail
+
+/// One connected stream socket (TCP or Unix) adopted into a Net for
+/// batched writing (owns a keel_writer_t). A send without `more` on an
+/// idle connection is one send(2) before it returns; messages queued
+/// meanwhile (or with `more`) leave together in as few sends as possible.
+/// Nothing blocks: when the socket is full the rest waits on the reactor.
+/// The destructor closes it (see close()). Const members are safe to call
+/// from many threads at once; close(), moving and destruction must not
+/// race with them.
+class Writer {
+  struct Deleter {
+    void operator()(keel_writer_t* w) const noexcept { (void)keel_writer_close(w, nullptr); }
+  };
+
+ public:
+  /// An empty writer: every call returns Status::Closed.
+  Writer() noexcept = default;
+  /// Takes ownership of a writer adopted through the C API.
+  explicit Writer(keel_writer_t* owned) noexcept : ptr_(owned) {}
+
+  Writer(Writer&&) noexcept = default;
+  Writer& operator=(Writer&&) noexcept = default;  // closes the writer it replaces
+  Writer(const Writer&) = delete;
+  Writer& operator=(const Writer&) = delete;
+
+  /// Adopts `fd`, a connected stream socket. On success keel owns the fd:
+  /// it sets TCP_NODELAY (TCP), sends with MSG_DONTWAIT|MSG_NOSIGNAL
+  /// (O_NONBLOCK is left as it is) and closes the fd when the writer is
+  /// closed. You may keep reading from the fd (requests) until close();
+  /// never write to it or close it. On failure (Status::InvalidArgument
+  /// for a bad, unconnected or non-stream fd or bad options,
+  /// Status::Closed for a closed net) the fd is still yours.
+  static Result<Writer> adopt(const Net& net, int fd, const WriterOptions& opts = WriterOptions()) {
+    if (!net) return detail::empty_handle("keel::Net");
+    detail::ErrorOut err;
+    keel_writer_t* w = nullptr;
+    const keel_status_t st = keel_writer_adopt(net.raw(), fd, &opts.raw(), &w, err.out());
+    if (st != KEEL_STATUS_OK) return err.take(st);
+    return Writer(w);
+  }
+
+  /// The connection id (the `conn_id` the event handler reports); unique
+  /// within the net, never reused.
+  Result<uint64_t> id() const {
+    if (!ptr_) return detail::empty_handle("keel::Writer");
+    uint64_t id = 0;
+    const keel_status_t st = keel_writer_id(ptr_.get(), &id);
+    if (st != KEEL_STATUS_OK) {
+      detail::ErrorOut none;  // this call carries no error object
+      return none.take(st);
+    }
+    return id;
+  }
+
+  /// Appends one message (copied). Without `more` it goes out now (alone
+  /// on an idle connection: one send on this thread) together with what
+  /// is queued; with `more` it is only queued (no syscall) until the next
+  /// send without `more` or flush(). Status::Io: the send failed now (the
+  /// connection is closed and reported to the handler once);
+  /// Status::Closed: keel closed it earlier (the message says why) or the
+  /// net is closed; Status::Busy: the hard cap closed it.
+  Result<void> send(ByteView msg, bool more = false) const {
+    if (!ptr_) return detail::empty_handle("keel::Writer");
+    detail::ErrorOut err;
+    return detail::check(keel_writer_send(ptr_.get(), msg.data(), msg.size(), flags(more), err.out()), err);
+  }
+
+  /// Appends `count` messages at once, accepted all or none, drained
+  /// together (one send per quota messages). They are packed into one
+  /// buffer first (the form keel_writer_send_batch takes; see
+  /// send_packed() to skip the copy). An empty batch is
+  /// Status::InvalidArgument.
+  Result<void> send_batch(const ByteView* msgs, size_t count, bool more = false) const {
+    const detail::PackedMessages packed(msgs, msgs + count);
+    return send_packed(ByteView(packed.bytes.data(), packed.bytes.size()), packed.lens.data(), count, more);
+  }
+  /// Any range whose elements convert to ByteView: std::vector<std::string_view>,
+  /// std::vector<std::string>, std::array<std::vector<uint8_t>, N>, ...
+  template <class Range, class = std::enable_if_t<!std::is_pointer_v<std::decay_t<Range>>>>
+  Result<void> send_batch(const Range& msgs, bool more = false) const {
+    using std::begin;
+    using std::end;
+    const detail::PackedMessages packed(begin(msgs), end(msgs));
+    return send_packed(ByteView(packed.bytes.data(), packed.bytes.size()), packed.lens.data(), packed.lens.size(), more);
+  }
+  Result<void> send_batch(std::initializer_list<std::string_view> msgs, bool more = false) const {
+    return send_batch<std::initializer_list<std::string_view>>(msgs, more);
+  }
+  /// send_batch() of messages already packed back to back in `data`,
+  /// message i being `lens[i]` bytes long.
+  Result<void> send_packed(ByteView data, const size_t* lens, size_t count, bool more = false) const {
+    if (!ptr_) return detail::empty_handle("keel::Writer");
+    // The total may be 0 (every message empty): keel accepts NULL data then.
+    detail::ErrorOut err;
+    return detail::check(keel_writer_send_batch(ptr_.get(), data.data(), lens, count, flags(more), err.out()), err);
+  }
+
+  /// Sends what `more` left queued (as a send without `more` would).
+  Result<void> flush() const {
+    if (!ptr_) return detail::empty_handle("keel::Writer");
+    detail::ErrorOut err;
+    return detail::check(keel_writer_flush(ptr_.get(), err.out()), err);
+  }
+
+  /// The counters; readable after keel closed the connection too.
+  Result<WriterStats> stats() const {
+    if (!ptr_) return detail::empty_handle("keel::Writer");
+    keel_writer_stats_t s = detail::stats_out();
+    const keel_status_t st = keel_writer_stats(ptr_.get(), &s);
+    if (st != KEEL_STATUS_OK) {
+      detail::ErrorOut none;  // this call carries no error object
+      return none.take(st);
+    }
+    return detail::to_stats(s);
+  }
+
+  /// Closes the writer and frees the handle: what is queued is still
+  /// sent, then the socket is shut down for writing, the peer's input is
+  /// drained to EOF and the fd closed — on the reactor thread, within
+  /// close_timeout; this call does not wait for that. No handler call for
+  /// this connection starts after it returns. May be called from the
+  /// event handler. The Writer is empty afterwards; closing an empty
+  /// Writer succeeds.
+  Result<void> close() {
+    detail::ErrorOut err;
+    return detail::check(keel_writer_close(ptr_.release(), err.out()), err);
+  }
+
+  explicit operator bool() const noexcept { return ptr_ != nullptr; }
+  keel_writer_t* raw() const noexcept { return ptr_.get(); }
+  /// Gives up ownership: the caller must keel_writer_close() it.
+  [[nodiscard]] keel_writer_t* release() noexcept { return ptr_.release(); }
+
+ private:
+  static uint32_t flags(bool more) noexcept { return more ? static_cast<uint32_t>(KEEL_WRITER_MORE) : 0u; }
+
+  std::unique_ptr<keel_writer_t, Deleter> ptr_;
+};
+
+/// Fan-out of messages to subscriber sockets of a Net (owns a
+/// keel_publisher_t). publish() copies a message once and queues it for
+/// every subscriber without a syscall; the drain point (flush(), or
+/// publish(msg, true)) gives each subscriber with messages pending one
+/// send per quota messages. A subscriber that fails or exceeds its caps
+/// is cut off and reported to the net's event handler once; it never
+/// slows the others; release it with unsubscribe(). The destructor closes
+/// the publisher (see close()). Const members are safe to call from many
+/// threads at once; close(), moving and destruction must not race with them.
+class Publisher {
+  struct Deleter {
+    void operator()(keel_publisher_t* p) const noexcept { (void)keel_publisher_close(p, nullptr); }
+  };
+
+ public:
+  /// An empty publisher: every call returns Status::Closed.
+  Publisher() noexcept = default;
+  /// Takes ownership of a publisher made through the C API.
+  explicit Publisher(keel_publisher_t* owned) noexcept : ptr_(owned) {}
+
+  Publisher(Publisher&&) noexcept = default;
+  Publisher& operator=(Publisher&&) noexcept = default;  // closes the publisher it replaces
+  Publisher(const Publisher&) = delete;
+  Publisher& operator=(const Publisher&) = delete;
+
+  /// A publisher on `net` whose subscribers use `sub_opts`.
+  static Result<Publisher> create(const Net& net, const WriterOptions& sub_opts = WriterOptions()) {
+    if (!net) return detail::empty_handle("keel::Net");
+    detail::ErrorOut err;
+    keel_publisher_t* p = nullptr;
+    const keel_status_t st = keel_publisher_new(net.raw(), &sub_opts.raw(), &p, err.out());
+    if (st != KEEL_STATUS_OK) return err.take(st);
+    return Publisher(p);
+  }
+
+  /// Adopts connected stream socket `fd` as a subscriber (ownership as in
+  /// Writer::adopt(): yours again only on failure) and returns its id,
+  /// the `conn_id` the event handler reports. It receives every message
+  /// published after this call.
+  Result<uint64_t> subscribe(int fd) const {
+    if (!ptr_) return detail::empty_handle("keel::Publisher");
+    detail::ErrorOut err;
+    uint64_t id = 0;
+    const keel_status_t st = keel_publisher_subscribe(ptr_.get(), fd, &id, err.out());
+    if (st != KEEL_STATUS_OK) return err.take(st);
+    return id;
+  }
+
+  /// Removes subscriber `id` and closes its socket as Writer::close()
+  /// does (what it queued is still sent); also how a subscriber keel cut
+  /// off is released. Status::NotFound for an unknown id.
+  Result<void> unsubscribe(uint64_t id) const {
+    if (!ptr_) return detail::empty_handle("keel::Publisher");
+    detail::ErrorOut err;
+    return detail::check(keel_publisher_unsubscribe(ptr_.get(), id, err.out()), err);
+  }
+
+  /// Queues `msg` for every open subscriber (no syscall); with `flush`
+  /// it is also the drain point.
+  Result<void> publish(ByteView msg, bool flush = false) const {
+    if (!ptr_) return detail::empty_handle("keel::Publisher");
+    detail::ErrorOut err;
+    const uint32_t flags = flush ? static_cast<uint32_t>(KEEL_PUBLISH_FLUSH) : 0u;
+    return detail::check(keel_publisher_publish(ptr_.get(), msg.data(), msg.size(), flags, err.out()), err);
+  }
+
+  /// The drain point: every subscriber with messages pending gets one
+  /// drain. A subscriber's send errors go to the event handler, not here.
+  Result<void> flush() const {
+    if (!ptr_) return detail::empty_handle("keel::Publisher");
+    detail::ErrorOut err;
+    return detail::check(keel_publisher_flush(ptr_.get(), err.out()), err);
+  }
+
+  Result<PublisherStats> stats() const {
+    if (!ptr_) return detail::empty_handle("keel::Publisher");
+    keel_publisher_stats_t s{};
+    s.struct_size = static_cast<uint32_t>(sizeof s);
+    const keel_status_t st = keel_publisher_stats(ptr_.get(), &s);
+    if (st != KEEL_STATUS_OK) {
+      detail::ErrorOut none;  // this call carries no error object
+      return none.take(st);
+    }
+    PublisherStats o;
+    o.published = s.published;
+    o.flushes = s.flushes;
+    o.subscribers = s.subscribers;
+    o.cut_off = s.cut_off;
+    o.sends = s.sends;
+    o.bytes_sent = s.bytes_sent;
+    o.items_sent = s.items_sent;
+    return o;
+  }
+
+  /// The counters of subscriber `id`; Status::NotFound for an unknown id.
+  Result<WriterStats> subscriber_stats(uint64_t id) const {
+    if (!ptr_) return detail::empty_handle("keel::Publisher");
+    detail::ErrorOut err;
+    keel_writer_stats_t s = detail::stats_out();
+    const keel_status_t st = keel_publisher_subscriber_stats(ptr_.get(), id, &s, err.out());
+    if (st != KEEL_STATUS_OK) return err.take(st);
+    return detail::to_stats(s);
+  }
+
+  /// Unsubscribes every subscriber (what they queued is still sent) and
+  /// frees the handle; the Publisher is empty afterwards. Closing an
+  /// empty Publisher succeeds.
+  Result<void> close() {
+    detail::ErrorOut err;
+    return detail::check(keel_publisher_close(ptr_.release(), err.out()), err);
+  }
+
+  explicit operator bool() const noexcept { return ptr_ != nullptr; }
+  keel_publisher_t* raw() const noexcept { return ptr_.get(); }
+  /// Gives up ownership: the caller must keel_publisher_close() it.
+  [[nodiscard]] keel_publisher_t* release() noexcept { return ptr_.release(); }
+
+ private:
+  std::unique_ptr<keel_publisher_t, Deleter> ptr_;
 };
 
 }  // namespace keel

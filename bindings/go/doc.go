@@ -1,7 +1,7 @@
 // Package keel is the Go binding of libkeel, keel's C API: an embeddable
-// shard engine and its write-ahead log.
+// shard engine, its write-ahead log and batched socket writers.
 //
-// Two entry points:
+// Three entry points:
 //
 //   - OpenEngine opens a data directory hosting shards by uint32 id. A
 //     Shard maps keys to values (Put) or posting lists (Append); Delete
@@ -12,15 +12,22 @@
 //     value fails with ErrWrongKind; a posting list comes back encoded in
 //     Value.Bytes and Value.Items decodes it.
 //   - Open opens a bare write-ahead log (WAL, Reader).
+//   - OpenNet starts keel's batched socket writers (docs/WRITER.md): a
+//     Net is a reactor thread with a send backend (sendmsg or io_uring);
+//     Adopt hands it a connected socket as a Writer (Send, SendMore,
+//     SendBatch, Flush: few send calls per message, no added latency for
+//     a lone one); NewPublisher fans messages out to subscriber sockets.
+//     NetOptions.OnEvent reports connections keel closed (peer reset, cap
+//     policy) from keel's reactor thread.
 //
 // Build: run `make lib` at the repository root first. By default the
 // package links target/release/libkeel.a statically; with the build tag
 // keel_dynamic it links the installed libkeel.so found through pkg-config.
 //
-// Concurrency: a *WAL, an *Engine and a *Shard may be used from any number
-// of goroutines at once (the C handles are internally synchronised); their
-// Close waits for calls in flight and every later call returns an error
-// matching ErrClosed. A *Reader and an *Iterator are cursors and a *Batch
+// Concurrency: a *WAL, an *Engine, a *Shard, a *Net, a *Writer and a
+// *Publisher may be used from any number of goroutines at once (the C
+// handles are internally synchronised); their Close waits for calls in
+// flight and every later call returns an error matching ErrClosed. A *Reader and an *Iterator are cursors and a *Batch
 // is a builder: none of them may be used by two goroutines at once.
 //
 // Errors: every failure is an *Error carrying the library's status code
@@ -28,10 +35,12 @@
 // (errors.Is(err, keel.ErrTruncated)) or read the Code with errors.As.
 //
 // Resources: Close is the way to release a WAL, an Engine, a Shard, a
-// Reader or an Iterator. Engine.Close also closes the engine's shards
-// still open. A WAL, Engine, Reader or Iterator that is garbage collected
-// while still open is reported on the standard logger as a leak; it is
-// never closed behind the caller's back. Data read from keel (Get,
-// MultiGet, Iterator, Reader) is copied into Go memory owned by the
-// caller.
+// Reader, an Iterator, a Net, a Writer or a Publisher. Engine.Close also
+// closes the engine's shards still open; Net.Close closes the sockets of
+// its Writers and Publishers (whose Close is still needed to free them).
+// A WAL, Engine, Reader, Iterator, Net, Writer or Publisher that is
+// garbage collected while still open is reported on the standard logger
+// as a leak; it is never closed behind the caller's back. Data read from
+// keel (Get, MultiGet, Iterator, Reader) is copied into Go memory owned
+// by the caller.
 package keel

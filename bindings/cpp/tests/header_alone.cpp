@@ -21,10 +21,17 @@ template class keel::Result<std::pair<uint64_t, uint64_t>>;
 template class keel::Result<std::vector<uint32_t>>;
 template class keel::Result<std::vector<std::string>>;
 template class keel::Result<std::vector<std::string_view>>;
+template class keel::Result<keel::Net>;
+template class keel::Result<keel::Writer>;
+template class keel::Result<keel::Publisher>;
+template class keel::Result<keel::Backend>;
+template class keel::Result<keel::WriterStats>;
+template class keel::Result<keel::PublisherStats>;
 
 // The member templates and the range-for protocol, which explicit
 // instantiation of the Result classes does not reach.
-void keel_header_alone_templates(const keel::Shard& shard, keel::Iterator& it, keel::Batch& batch) {
+void keel_header_alone_templates(const keel::Shard& shard, keel::Iterator& it, keel::Batch& batch,
+                                 const keel::Writer& writer) {
   const std::vector<std::string> keys = {"a", "b"};
   (void)shard.multi_get(keys);
   (void)shard.multi_get({"a", "b"});
@@ -34,4 +41,12 @@ void keel_header_alone_templates(const keel::Shard& shard, keel::Iterator& it, k
     if (!e) break;
     (void)e->key_view();
   }
+  // The writer's batch templates and the event handler bridge.
+  (void)writer.send_batch(keys);
+  (void)writer.send_batch({"a", "b"}, true);
+  (void)writer.send_batch(std::vector<std::string_view>{"a"});
+  auto net = keel::Net::open(keel::NetOptions().backend(keel::Backend::IoUring).on_event(
+      [](uint64_t, keel::Status, std::string_view) {}));
+  (void)net;
+  (void)keel::WriterStats().items_per_send();
 }

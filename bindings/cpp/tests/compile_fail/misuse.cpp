@@ -6,7 +6,8 @@
 
 #include <cstdint>
 
-void misuse(keel::Wal& w, keel::WalReader& r, keel::Engine& e, keel::Shard& s) {
+void misuse(keel::Wal& w, keel::WalReader& r, keel::Engine& e, keel::Shard& s, keel::Net& net,
+            keel::Writer& writer, keel::Publisher& pub) {
   // Correct use, which must keep compiling.
   auto appended = w.append("x");
   if (!appended) return;
@@ -17,6 +18,10 @@ void misuse(keel::Wal& w, keel::WalReader& r, keel::Engine& e, keel::Shard& s) {
   if (!put) return;
   keel::Shard moved = std::move(s);
   (void)e;
+  (void)net;
+  (void)pub;
+  auto sent = writer.send("x");
+  if (!sent) return;
 
 #ifdef KEEL_MISUSE_IGNORED_RESULT
   w.append("dropped");  // a failed append would go unnoticed
@@ -53,6 +58,21 @@ void misuse(keel::Wal& w, keel::WalReader& r, keel::Engine& e, keel::Shard& s) {
 #endif
 #ifdef KEEL_MISUSE_IGNORED_PUT
   moved.put("k", "dropped");  // a WRONG_KIND or I/O failure would go unnoticed
+#endif
+#ifdef KEEL_MISUSE_COPY_NET
+  keel::Net copy = net;  // two owners would close the reactor twice
+  (void)copy;
+#endif
+#ifdef KEEL_MISUSE_COPY_WRITER
+  keel::Writer copy = writer;  // two owners would close (and free) one socket twice
+  (void)copy;
+#endif
+#ifdef KEEL_MISUSE_COPY_PUBLISHER
+  keel::Publisher copy = pub;
+  (void)copy;
+#endif
+#ifdef KEEL_MISUSE_IGNORED_SEND
+  writer.send("dropped");  // a reset peer (Io) or a cut-off connection would go unnoticed
 #endif
 #ifdef KEEL_MISUSE_VALUE_OF_VOID
   int nothing = w.sync().value();  // Result<void> carries no value

@@ -1,0 +1,26 @@
+package keel
+
+// The Go functions C calls. A file of their own: with //export the cgo
+// preamble may hold declarations only (it is copied into two C files).
+
+/*
+#include <stdint.h>
+#include "keel.h"
+*/
+import "C"
+
+import (
+	"runtime/cgo"
+	"syscall"
+)
+
+// keelGoNetEvent is the Net event callback, called by keel_go_net_event
+// (net.go) on the keel-net reactor thread with the Net's cgo.Handle.
+//
+//export keelGoNetEvent
+func keelGoNetEvent(handle C.uintptr_t, connID C.uint64_t, status C.keel_status_t, message *C.char) {
+	ev := cgo.Handle(handle).Value().(*netEvents)
+	ev.reactorTid.Store(int64(syscall.Gettid()))
+	// message is borrowed for the call only: copied by GoString.
+	ev.onEvent(uint64(connID), &Error{Code: Status(status), Op: "OnEvent", Message: C.GoString(message)})
+}

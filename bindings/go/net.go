@@ -1,0 +1,243 @@
+package keel
+
+/*
+#include <stdint.h>
+#include "keel.h"
+
+// Defined in callback.go (//export): the Go side of the event callback.
+extern void keelGoNetEvent(uintptr_t handle, uint64_t conn_id, keel_status_t status, char *message);
+
+// The C callback keel calls on its reactor thread; user_data carries the
+// runtime/cgo.Handle of the Net's handler as an integer, never as a Go
+// pointer.
+static void keel_go_net_event(void *user, uint64_t conn_id, keel_status_t status, const char *message) {
+	keelGoNetEvent((uintptr_t)user, conn_id, status, (char *)message);
+}
+
+static void keel_go_set_event(keel_net_options_t *o, uintptr_t handle) {
+	o->on_event = keel_go_net_event;
+	o->user_data = (void *)handle;
+	o->user_data_free = NULL;  // the handle is deleted by Net.Close (see there)
+}
+*/
+import "C"
+
+import (
+	"fmt"
+	"runtime"
+	"runtime/cgo"
+	"sync"
+	"sync/atomic"
+	"syscall"
+)
+
+// Backend is the send backend of a Net (KEEL_NET_BACKEND_*).
+type Backend uint32
+
+const (
+	// BackendDefault (the zero value): the library's choice, currently
+	// BackendSendmsg.
+	BackendDefault Backend = C.KEEL_NET_BACKEND_DEFAULT
+	// BackendSendmsg: nonblocking sendmsg(2) with iovecs, epoll for
+	// writability.
+	BackendSendmsg Backend = C.KEEL_NET_BACKEND_SENDMSG
+	// BackendIOUring: io_uring, one ring owned by the reactor thread, when
+	// a run-time probe succeeds; otherwise keel falls back to
+	// BackendSendmsg (io_uring disabled by sysctl or seccomp, old kernel).
+	// Net.Backend tells which one runs.
+	BackendIOUring Backend = C.KEEL_NET_BACKEND_IO_URING
+)
+
+// String returns "default", "sendmsg", "io_uring" or "Backend(n)".
+func (b Backend) String() string {
+	switch b {
+	case BackendDefault:
+		return "default"
+	case BackendSendmsg:
+		return "sendmsg"
+	case BackendIOUring:
+		return "io_uring"
+	}
+	return fmt.Sprintf("Backend(%d)", uint32(b))
+}
+
+// NetOptions are the options of OpenNet; a nil *NetOptions and
+// &NetOptions{} are the same (default backend, no handler).
+type NetOptions struct {
+	// Backend asks for a send backend; BackendIOUring may fall back.
+	Backend Backend
+	// OnEvent, if not nil, is called when keel closes a connection on its
+	// own: connID is a Writer's ID or a subscriber id from
+	// Publisher.Subscribe, and err an *Error matching ErrIO (a send or
+	// socket error: the peer reset or went away) or ErrBusy (the cap
+	// policy: the peer did not read), with keel's reason as its Message.
+	//
+	// It runs on the net's keel-net reactor thread — a thread keel
+	// created, not one of Go's — at most once per connection, never after
+	// Net.Close returned and never for a connection after its Writer.Close
+	// or Publisher.Unsubscribe returned. Keep it quick and never block in
+	// it (hand the event to a goroutine through a buffered channel, say):
+	// while it runs no socket of the net makes progress. It may call the
+	// methods of Writers and Publishers (also Close/Unsubscribe of the
+	// connection it reports; a Writer already being closed on another
+	// goroutine then answers ErrClosed), but not Net.Close (ErrBusy). A
+	// panic in it crashes the program, as in any goroutine.
+	OnEvent func(connID uint64, err error)
+}
+
+// netEvents is what the cgo.Handle in keel_net_options_t.user_data holds.
+type netEvents struct {
+	onEvent func(connID uint64, err error)
+	// reactorTid is the OS thread id of the keel-net thread, recorded by
+	// each callback (0 before the first), so that Net.Close can tell it
+	// is called from OnEvent. No other goroutine ever runs on that thread:
+	// it is keel's, and Go only borrows it for the callback.
+	reactorTid atomic.Int64
+}
+
+// onReactor tells whether the calling goroutine is an OnEvent callback.
+func (ev *netEvents) onReactor() bool {
+	tid := ev.reactorTid.Load()
+	return tid != 0 && tid == int64(syscall.Gettid())
+}
+
+// Net is a reactor: one keel thread ("keel-net") that owns the waiting
+// side of every socket adopted into it, and one send backend. Writers
+// (Adopt) and Publishers (NewPublisher) live on a Net. All methods are
+// safe for concurrent use.
+//
+// Close it when done. Writers and Publishers may outlive it: their calls
+// then fail with ErrClosed, and their Close still releases them.
+type Net struct {
+	// mu is held shared by every call into C on the net handle and
+	// exclusively while Close takes the handle away (keel_net_close must
+	// not race with other calls).
+	mu sync.RWMutex
+	h  *C.keel_net_t // nil once closed
+	// events is the handle of ev, the OnEvent handler (0 and nil: none);
+	// deleted once keel_net_close has returned, after which no callback
+	// runs. Both are set by OpenNet and never change.
+	events cgo.Handle
+	ev     *netEvents
+}
+
+// OpenNet starts a reactor thread with the backend opts asks for. opts may
+// be nil for the defaults. An unknown Backend is ErrInvalidArgument.
+func OpenNet(opts *NetOptions) (*Net, error) {
+	if abiErr != nil {
+		return nil, abiErr
+	}
+	var c C.keel_net_options_t
+	C.keel_net_options_init(&c)
+	var events cgo.Handle
+	var ev *netEvents
+	if opts != nil {
+		c.backend = C.uint32_t(opts.Backend)
+		if opts.OnEvent != nil {
+			ev = &netEvents{onEvent: opts.OnEvent}
+			events = cgo.NewHandle(ev)
+			C.keel_go_set_event(&c, C.uintptr_t(events))
+		}
+	}
+	var h *C.keel_net_t
+	var cerr *C.keel_error_t
+	if st := C.keel_net_open(&c, &h, &cerr); st != C.KEEL_STATUS_OK {
+		if events != 0 {
+			events.Delete()
+		}
+		return nil, takeError("OpenNet", st, cerr)
+	}
+	n := &Net{h: h, events: events, ev: ev}
+	runtime.SetFinalizer(n, (*Net).reportLeak)
+	return n, nil
+}
+
+// reportLeak runs on the finalizer goroutine and only logs (see
+// WAL.reportLeak). (A Net whose OnEvent closure refers to the Net is
+// never collected, so never reported.)
+func (n *Net) reportLeak() {
+	leakf("keel: Net was garbage collected without Close; its reactor thread, handle and the sockets adopted into it leak")
+}
+
+func (n *Net) acquire(op string) (*C.keel_net_t, error) {
+	if n == nil {
+		return nil, newError(op, StatusInvalidArgument, "nil *Net")
+	}
+	n.mu.RLock()
+	if n.h == nil {
+		n.mu.RUnlock()
+		return nil, newError(op, StatusClosed, "the net is closed")
+	}
+	return n.h, nil
+}
+
+func (n *Net) release() {
+	n.mu.RUnlock()
+	runtime.KeepAlive(n)
+}
+
+// Backend returns the backend that runs: BackendSendmsg or BackendIOUring.
+func (n *Net) Backend() (Backend, error) {
+	h, err := n.acquire("Backend")
+	if err != nil {
+		return 0, err
+	}
+	defer n.release()
+	var b C.uint32_t
+	if st := C.keel_net_backend(h, &b); st != C.KEEL_STATUS_OK {
+		return 0, takeError("Backend", st, nil)
+	}
+	return Backend(b), nil
+}
+
+// Close closes every Writer and subscriber of the net (each flushes what
+// it queued, then its socket is shut down and closed), stops the reactor
+// thread and releases OnEvent: no OnEvent call runs after it returns. It
+// waits for calls in flight on the net and for those socket closes, up to
+// the longest WriterOptions.CloseTimeout (2 s by default; a close waits
+// for the peer to close its side). Writers and Publishers stay valid and
+// answer ErrClosed; close them as usual. A second Close returns an error
+// matching ErrClosed. Called from OnEvent it returns an error matching
+// ErrBusy and leaves the net open.
+func (n *Net) Close() error {
+	if n == nil {
+		return newError("Close", StatusInvalidArgument, "nil *Net")
+	}
+	if n.ev != nil && n.ev.onReactor() {
+		// keel_net_close would say BUSY too; answering here leaves the
+		// handle alone, so a Close racing on another goroutine is unaffected.
+		return newError("Close", StatusBusy, "Net.Close cannot be called from OnEvent")
+	}
+	n.mu.Lock()
+	h := n.h
+	n.h = nil
+	n.mu.Unlock()
+	if h == nil {
+		return newError("Close", StatusClosed, "the net is already closed")
+	}
+	// keel_net_close runs without the lock: it waits for a running
+	// OnEvent, which may call Adopt or NewPublisher on this Net and must
+	// find it closed instead of blocking on mu. Once the handle is nil no
+	// other call can use it, so close does not race with them.
+	var cerr *C.keel_error_t
+	st := C.keel_net_close(h, &cerr)
+	if st == C.KEEL_STATUS_BUSY {
+		// On the reactor thread after all (not expected past the check
+		// above): nothing was closed.
+		n.mu.Lock()
+		n.h = h
+		n.mu.Unlock()
+		return takeError("Close", st, cerr)
+	}
+	runtime.SetFinalizer(n, nil)
+	if n.events != 0 {
+		// No callback runs any more: the reactor thread is gone, and its
+		// thread id may be reused by another thread from now on.
+		n.ev.reactorTid.Store(0)
+		n.events.Delete()
+	}
+	if st != C.KEEL_STATUS_OK {
+		return takeError("Close", st, cerr)
+	}
+	return nil
+}
