@@ -2,12 +2,15 @@
 """Turns one bench/run.sh run into bench/results/<stamp>.md and .json.
 
 usage: report.py WORK_DIR OUT_PREFIX
-WORK_DIR holds machine.env, fio-<job>.json, keel.json (bench/wal.rs) and
+WORK_DIR holds machine.env, fio-<job>.json, keel.json (bench/wal.rs),
 rocksdb-<benchmark>-<N>w.{cmd,out,err,rc,sst} (db_bench runs; or
-rocksdb-skipped with the reason when db_bench was not available).
+rocksdb-skipped with the reason when db_bench was not available),
+keel-shard-<group>.json (bench/shard.rs) and rocksdb-shard-<case>.{cmd,out,err,rc}
+(the db_bench runs of the shard workloads).
 Targets come from design/wal.md "How it is measured"; a miss is reported,
 never turned into a failing exit code.
 """
+import glob
 import json
 import os
 import re
@@ -152,6 +155,280 @@ def fmt(x, digits=0):
     return f"{x:,.{digits}f}"
 
 
+# Shards vs RocksDB: keel case name -> (db_bench benchmark whose line gives the
+# rate, goal for keel / RocksDB ops/s or None when there is no goal).
+SHARD_CASES = (
+    ("durable_put_1t", "fillrandom", 1.0),
+    ("durable_put_16t", "fillrandom", 1.0),
+    ("buffered_put_1t", "fillrandom", 1.0),
+    ("read_random_1t", "readrandom", 1.0),
+    ("read_random_2t", "readrandom", 1.0),
+    ("posting_append_1t", "mergerandom", None),
+)
+SHARD_LABELS = {
+    "durable_put_1t": "durable puts, 1 thread (keel Sync / RocksDB --sync=1)",
+    "durable_put_16t": "durable puts, 16 threads (keel Sync / RocksDB --sync=1)",
+    "buffered_put_1t": "buffered puts, 1 thread (keel None / RocksDB --sync=0, WAL on)",
+    "read_random_1t": "random reads, 1 thread",
+    "read_random_2t": "random reads, 2 threads",
+    "posting_append_1t": "posting appends, 1 thread (keel append / RocksDB merge, stringappend)",
+}
+RECOVERY_GOAL = 0.70
+
+
+def shard_results(work, skipped_reason):
+    """keel-shard.json and the db_bench shard runs, paired by case."""
+    # run.sh runs bench/shard.rs once per case group (keel-shard-<group>.json).
+    paths = sorted(glob.glob(os.path.join(work, "keel-shard*.json")))
+    if not paths:
+        return None
+    keel = {"params": {}, "cases": [], "memory": None, "recovery": []}
+    for path in paths:
+        with open(path) as f:
+            part = json.load(f)
+        keel["params"] = part.get("params") or keel["params"]
+        keel["cases"] += part.get("cases", [])
+        keel["memory"] = part.get("memory") or keel["memory"]
+        keel["recovery"] += part.get("recovery", [])
+    kcases = {c["name"]: c for c in keel.get("cases", [])}
+    rows, runs = [], []
+    for name, bm, goal in SHARD_CASES:
+        base = os.path.join(work, f"rocksdb-shard-{name}")
+        r = None
+        if os.path.exists(base + ".out"):
+            text = read_text(base + ".out")
+            r, problems = parse_db_bench(bm, text)
+            rc = read_text(base + ".rc", "?").strip()
+            if rc != "0":
+                problems.insert(0, f"db_bench exit status {rc}")
+            m = re.search(r"\(\s*([0-9]+) of ([0-9]+) found\)", text)
+            r.update({
+                "case": name, "benchmark": bm,
+                "command": read_text(base + ".cmd").strip(),
+                "exit_status": rc,
+                "found": int(m.group(1)) if m else None,
+                "reads": int(m.group(2)) if m else None,
+                "problems": problems,
+                "assertions_enabled": "Assertions are enabled" in text,
+            })
+            ver = re.search(r"RocksDB:\s+version\s+(\S+)", read_text(base + ".err") + text)
+            r["rocksdb_version"] = ver.group(1) if ver else None
+            lv = re.search(r"^Level Files Size\(MB\)\n-+\n((?:\s*[0-9]+\s+[0-9]+\s+[0-9]+\n?)+)", text, re.M)
+            if lv:
+                r["levels"] = [[int(x) for x in line.split()] for line in lv.group(1).strip().splitlines()]
+            runs.append(r)
+        k = kcases.get(name)
+        row = {
+            "case": name,
+            "keel_ops_per_s": k["ops_per_s"] if k else None,
+            "keel_p50_us": k["lat_us"]["p50"] if k else None,
+            "keel_p99_us": k["lat_us"]["p99"] if k else None,
+            "keel_ops": k["ops"] if k else None,
+            "keel_found": k["found"] if k and name.startswith("read") else None,
+            "rocksdb_ops_per_s": r["ops_per_s"] if r else None,
+            "rocksdb_p50_us": r["lat_us"].get("p50") if r else None,
+            "rocksdb_p99_us": r["lat_us"].get("p99") if r else None,
+            "rocksdb_ops": r.get("operations") if r else None,
+            "rocksdb_found": r.get("found") if r else None,
+            "goal": goal,
+        }
+        row["ratio"] = (row["keel_ops_per_s"] / row["rocksdb_ops_per_s"]
+                        if row["keel_ops_per_s"] and row["rocksdb_ops_per_s"] else None)
+        rows.append(row)
+    if keel.get("memory"):
+        keel["memory"]["per_million_keys"] = memory_per_million(keel["memory"])
+    return {
+        "params": keel.get("params", {}),
+        "keel": keel.get("cases", []),
+        "memory": keel.get("memory"),
+        "recovery": keel.get("recovery", []),
+        "rocksdb": {"skipped": skipped_reason, "runs": runs},
+        "comparison": rows,
+    }
+
+
+MEMORY_POINTS = (("after_load", "after load and settle"), ("after_reading_every_key", "after reading every key once"),
+                 ("after_malloc_trim", "after malloc_trim(0)"))
+
+
+def memory_per_million(mem):
+    """Growth over the process before the shard opened, per million keys
+    (MiB); WAL mappings apart, in MiB per shard."""
+    per_m = 1e6 / mem["keys"] / 1024.0  # KiB for all keys -> MiB per million keys
+    b = mem["before_open"]
+    out = {}
+    for key, _ in MEMORY_POINTS:
+        r = mem.get(key)
+        if not r:
+            continue
+        total = (r["total_kib"] - b["total_kib"]) * per_m
+        wal_kib = r["wal_map_kib"] - b["wal_map_kib"]
+        out[key] = {"rss_mib": total, "rss_without_wal_mib": total - wal_kib * per_m,
+                    "anon_mib": (r["anon_kib"] - b["anon_kib"]) * per_m,
+                    "tables_mib": (r["sst_map_kib"] - b["sst_map_kib"]) * per_m,
+                    "wal_map_mib_per_shard": wal_kib / 1024.0}
+    return out
+
+
+def shard_targets(sh):
+    out = []
+    for row in sh["comparison"]:
+        if row["goal"] is not None and row["ratio"] is not None:
+            out.append({"id": f"shard_{row['case']}", "what": f"Shards: {SHARD_LABELS[row['case']]}: keel ops/s >= "
+                        f"{row['goal']:g} x RocksDB", "value": row["ratio"], "target": row["goal"], "cmp": ">="})
+    for rc in sh["recovery"]:
+        for cache in ("warm", "cold"):
+            r = rc.get(cache)
+            if not r:
+                continue
+            out.append({"id": f"shard_{rc['name']}_{cache}", "unit": "%",
+                        "what": f"Shards: recovery of {rc['wal_bytes'] / 2**20:,.0f} MiB of unflushed WAL "
+                                f"({rc['value_bytes']} B values, page cache {cache}): >= {RECOVERY_GOAL:.0%} of "
+                                "sequential read bandwidth",
+                        "value": r["ratio"], "target": RECOVERY_GOAL, "cmp": ">="})
+    return out
+
+
+def shard_markdown(sh, m):
+    L = ["## Shards vs RocksDB (db_bench, same directory)", ""]
+    p = sh["params"]
+    L.append(f"keel shards (`bench/shard.rs`, one shard, `Options::default()` but for the durability) against "
+             f"RocksDB's db_bench with its defaults (16 B keys, {p.get('value_bytes', 100)} B values, 64 MiB memtable, "
+             "automatic compactions) plus `--compression_type=none --bloom_bits=10` and a 2 GiB block cache. Keys are "
+             "drawn uniformly with repeats from [0, num) on both sides (db_bench `fillrandom`/`readrandom`); both sides "
+             "do the same number of operations per thread in each put case. Rates are aggregate ops/s over all "
+             "threads; latencies are per operation.")
+    L.append("")
+    rr = sh["rocksdb"]["runs"]
+    if sh["rocksdb"]["skipped"]:
+        L.append(f"RocksDB not run: {sh['rocksdb']['skipped']}. keel's numbers only.")
+        L.append("")
+    L.append("| case | ops (keel / RocksDB) | keel ops/s | p50 µs | p99 µs | RocksDB ops/s | p50 µs | p99 µs | keel / RocksDB | goal |")
+    L.append("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
+    for row in sh["comparison"]:
+        goal = "no goal (see below)" if row["goal"] is None else f">= {row['goal']:.2f}×"
+        if row["goal"] is not None and row["ratio"] is not None:
+            goal += " PASS" if row["ratio"] >= row["goal"] else " **MISS**"
+        L.append(f"| {SHARD_LABELS[row['case']]} | {fmt(row['keel_ops'])} / {fmt(row['rocksdb_ops'])} | "
+                 f"{fmt(row['keel_ops_per_s'])} | {fmt(row['keel_p50_us'], 1)} | {fmt(row['keel_p99_us'], 1)} | "
+                 f"{fmt(row['rocksdb_ops_per_s'])} | {fmt(row['rocksdb_p50_us'], 1)} | {fmt(row['rocksdb_p99_us'], 1)} | "
+                 f"{'–' if row['ratio'] is None else format(row['ratio'], '.2f') + '×'} | {goal} |")
+    L.append("")
+    kc = {c["name"]: c for c in sh["keel"]}
+    notes = []
+    reads = [r for r in sh["comparison"] if r["case"].startswith("read")]
+    hits = []
+    for r in reads:
+        k = kc.get(r["case"])
+        rk = next((x for x in rr if x["case"] == r["case"]), None)
+        kh = k["found"] / k["ops"] if k and k["ops"] else None
+        rh = rk["found"] / rk["reads"] if rk and rk.get("found") is not None and rk.get("reads") else None
+        hits.append(f"{r['case']}: keel {fmt(None if kh is None else 100 * kh, 1)} %, RocksDB {fmt(None if rh is None else 100 * rh, 1)} %")
+    load = kc.get("read_random_1t")
+    if load:
+        st = load.get("stats", {})
+        seal = load.get("seal_bytes") or 0
+        notes.append(f"**Read data set:** {fmt(p.get('load_keys'))} buffered puts (the buffered-put case), then keel "
+                     f"settled in {fmt(load.get('settle_s'), 2)} s (flush passes until sealing and merging stop) to "
+                     f"{st.get('sealed_segments')} immutable segment(s) holding {fmt(st.get('sealed_bytes', 0) / 2**20, 1)} MiB "
+                     f"and an appendable segment of {fmt(st.get('appendable_bytes', 0) / 2**20, 1)} MiB "
+                     f"({fmt(st.get('appendable_keys'))} keys); seal_bytes is {fmt(seal / 2**20)} MiB, so "
+                     f"{fmt(100 * st.get('sealed_bytes', 0) / max(1, st.get('sealed_bytes', 0) + st.get('appendable_bytes', 0)), 0)} % "
+                     "of the bytes are in immutable segments. RocksDB ran `waitforcompaction` after its load; its "
+                     "files per level (files/MB) after the load: "
+                     + next((", ".join(f"L{lv[0]} {lv[1]}/{lv[2]}" for lv in x["levels"] if lv[1])
+                             or "none (everything still in the memtable)"
+                             for x in rr if x["case"] == "buffered_put_1t" and x.get("levels")), "–")
+                     + " (the read runs reopen the database, and RocksDB writes what its WAL replay recovers to a level-0 "
+                     "file at open). Reads run for the case length on each side; the share of reads that found their key: "
+                     + "; ".join(hits) + " (the same key distribution gives the same share).")
+    notes.append("**Posting appends** have no goal: RocksDB's `mergerandom` with the `stringappend` merge operator has "
+                 "the same meaning (each operation adds an item to the end of the key's list, a read returns the whole "
+                 "list), but RocksDB only logs the operand and stores it in the memtable; the concatenation is paid "
+                 "later, by reads and compactions, while keel appends to the list in place (and copies a list that "
+                 "lives in an immutable segment into the appendable one on its first append). So this compares the "
+                 "write path only.")
+    if any(x.get("assertions_enabled") for x in rr):
+        notes.append("Debian's db_bench is **built with assertions enabled** (it warns that benchmarks are "
+                     "unnecessarily slow); this costs RocksDB CPU on every operation, most visible in the buffered "
+                     "and read cases.")
+    problems = [f"{x['case']}: {pr}" for x in rr for pr in x["problems"]]
+    if problems:
+        notes.append("**db_bench problems:** " + "; ".join(problems) + ".")
+    for n in notes:
+        L.append(n)
+        L.append("")
+
+    L.append("### Recovery of unflushed WAL (keel only)")
+    L.append("")
+    L.append("A child process puts until the WAL holds the given amount in full segments (Durability::None, "
+             "`flush_interval` None, `seal_bytes` 16 GiB: nothing is flushed or sealed) and is killed with SIGKILL; "
+             "the directory is copied so that it can be recovered twice. **Read** = plain 1 MiB read(2) calls over "
+             "the full WAL segment files. **Recovery** = `Shard::open` in a fresh process (segment load, the WAL's "
+             "recovery scan, replay of every record into the appendable segment; the first flush pass runs after "
+             "`open` returns, on the flush thread). **WAL alone** = `Wal::open` and reading every record without a "
+             "shard, also a fresh process: the WAL's part of the recovery. Page cache **warm**: every file is "
+             "fdatasync'ed and read once before each measure (read: best of 3). **Cold**: the files' pages are "
+             "dropped (posix_fadvise DONTNEED, per file) before each measure (read: best of 2), so read is the "
+             "device's sequential bandwidth. Ratio = read time ÷ open time over the same bytes.")
+    L.append("")
+    L.append("| values | puts | WAL MiB | page cache | read MiB/s | Shard::open s | recovery MiB/s | recovery / read | "
+             "WAL alone: open s | WAL alone: read records s |")
+    L.append("| ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for rc in sh["recovery"]:
+        for cache in ("warm", "cold"):
+            r = rc.get(cache)
+            if not r:
+                continue
+            w = r.get("wal_only") or {}
+            L.append(f"| {rc['value_bytes']} B | {fmt(rc['puts'])} | {fmt(rc['wal_bytes'] / 2**20)} | {cache} | "
+                     f"{fmt(r['read_mib_s'])} | {fmt(r['open_s'], 2)} | {fmt(r['recovery_mib_s'])} | "
+                     f"{100 * r['ratio']:.1f} % ({'PASS' if r['ratio'] >= RECOVERY_GOAL else '**MISS**'}, goal "
+                     f"{RECOVERY_GOAL:.0%}) | {fmt(w.get('open_s'), 2)} | {fmt(w.get('read_s'), 2)} |")
+    L.append("")
+
+    mem = sh.get("memory")
+    L.append("### Resident memory per million keys (keel only)")
+    L.append("")
+    if not mem:
+        L.append("Not measured.")
+    else:
+        st = mem.get("stats", {})
+        L.append(f"A fresh process loads {fmt(mem['keys'])} distinct keys ({mem['key_bytes']} B keys, {mem['value_bytes']} B "
+                 f"values, random order, Durability::None, default options) and settles ({st.get('sealed_segments')} "
+                 f"immutable segment(s), {fmt(st.get('appendable_keys'))} keys left in the appendable segment). "
+                 "Resident memory is VmRSS, RssAnon and RssFile of /proc/self/status minus their values before the "
+                 "shard was opened; /proc/self/smaps splits the file-backed part into table (.sst) mappings, which "
+                 "count once touched, and WAL segment mappings. The WAL maps its active segment and its prepared "
+                 "spare and pre-faults them (MADV_POPULATE_READ) in Durability::None: a fixed cost per open shard, "
+                 "not per key, so it is listed apart and left out of the per-key column. db_bench does not report "
+                 "its memory, so there is no RocksDB column.")
+        L.append("")
+        L.append("| when | RSS growth MiB / M keys | without WAL mappings, MiB / M keys | heap (anon) MiB / M keys | "
+                 "tables (mmap) MiB / M keys | WAL mappings MiB (per shard) |")
+        L.append("| --- | ---: | ---: | ---: | ---: | ---: |")
+        for key, label in MEMORY_POINTS:
+            row = mem["per_million_keys"].get(key)
+            if not row:
+                continue
+            wal = row["wal_map_mib_per_shard"]
+            L.append(f"| {label} | {fmt(row['rss_mib'], 1)} | **{fmt(row['rss_without_wal_mib'], 1)}** | {fmt(row['anon_mib'], 1)} | "
+                     f"{fmt(row['tables_mib'], 1)} | {fmt(wal, 1)} |")
+        L.append("")
+        raw = (mem["key_bytes"] + mem["value_bytes"]) * 1e6 / 2**20
+        L.append(f"Raw key + value bytes: {raw:.1f} MiB per million keys.")
+    L.append("")
+    if rr:
+        L.append("db_bench command lines (shard workloads):")
+        L.append("")
+        L.append("```")
+        for x in rr:
+            L.append(x["command"])
+        L.append("```")
+        L.append("")
+    return L
+
+
 def main():
     work, prefix = sys.argv[1], sys.argv[2]
     m = load_env(os.path.join(work, "machine.env"))
@@ -220,6 +497,10 @@ def main():
                                 "what": f"Sync, 256 B, {n} writer{'s' if n > 1 else ''}: keel p99 <= RocksDB p99",
                                 "value": c["p99_ratio"], "target": 1.0, "cmp": "<="})
 
+    shards = shard_results(work, rskip)
+    if shards:
+        targets.extend(shard_targets(shards))
+
     for t in targets:
         t["pass"] = t["value"] >= t["target"] if t["cmp"] == ">=" else t["value"] <= t["target"]
 
@@ -233,6 +514,7 @@ def main():
         },
         "keel": list(keel.values()),
         "rocksdb": {"skipped": rskip, "runs": rruns or [], "comparison": comparison},
+        "shards": shards,
         "targets": targets,
     }
     with open(prefix + ".json", "w") as f:
@@ -240,12 +522,14 @@ def main():
         f.write("\n")
 
     L = []
-    L.append(f"# keel WAL benchmark — {report['stamp']}")
+    L.append(f"# keel benchmark (WAL, shards) — {report['stamp']}")
     L.append("")
     L.append(f"**Machine:** {m.get('cpu')}, {m.get('cores')} cores, {m.get('mem_gib')} GiB RAM, {m.get('kernel')}, "
              f"bench dir on **{m.get('fs')}** ({m.get('fs_source')}, {m.get('fs_options')}), {m.get('rustc')}, {m.get('fio')}, "
              f"keel {m.get('git')}. Load average {m.get('loadavg_start')} at start, {m.get('loadavg_end')} at end; "
-             f"{m.get('secs_per_case')} s per case.")
+             f"{m.get('secs_per_case')} s per case"
+             + (" (**KEEL_BENCH_QUICK=1: a smoke run with small sizes, not for comparing**)" if m.get("quick") == "1" else "")
+             + ".")
     L.append("")
     L.append("## Targets")
     L.append("")
@@ -254,6 +538,8 @@ def main():
     for t in targets:
         if t["id"] == "none_rate":
             val, goal = fmt(t["value"]) + " /s", fmt(t["target"]) + " /s"
+        elif t.get("unit") == "%":
+            val, goal = f"{100 * t['value']:.1f} %", f"{t['cmp']} {100 * t['target']:.0f} %"
         else:
             val, goal = f"{t['value']:.2f}×", f"{t['cmp']} {t['target']:.2f}×"
         L.append(f"| {t['what']} | {val} | {goal} | {'PASS' if t['pass'] else '**MISS**'} |")
@@ -335,6 +621,13 @@ def main():
             L.append(r["command"])
         L.append("```")
     L.append("")
+    if shards:
+        L.extend(shard_markdown(shards, m))
+    else:
+        L.append("## Shards vs RocksDB")
+        L.append("")
+        L.append("Not run (no keel-shard-*.json).")
+        L.append("")
     L.append("Ratios: keel 4 KiB rate / F; keel 4 KiB p99 / P; 16-writer rate / 1-writer rate (256 B). "
              "See bench/README.md. Numbers from a busy machine (high load average) are noisy.")
     with open(prefix + ".md", "w") as f:

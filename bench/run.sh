@@ -1,12 +1,18 @@
 #!/bin/sh
-# `make bench`: the fio baseline, the keel WAL benchmark and RocksDB's db_bench
-# on the same directory, then a report in bench/results/<UTC date-time>.{md,json}.
+# `make bench`: the fio baseline, the keel WAL benchmark, keel shards and
+# RocksDB's db_bench on the same directory, then a report in
+# bench/results/<UTC date-time>.{md,json}.
 # See bench/README.md for the cases and how the ratios are computed.
 #
 # Environment:
 #   BENCH_DIR      where the files go (default build/bench; must be on the
 #                  file system you want to measure; emptied per case)
-#   BENCH_SECONDS  seconds per timed case (default 5)
+#   BENCH_SECONDS  seconds per timed case (default 5; 1 with KEEL_BENCH_QUICK=1)
+#   KEEL_BENCH_QUICK=1  a smoke run: shard sizes divided by 10 (recovery of
+#                  128 MiB instead of 1 GiB) and 1 s cases; not for comparing
+#   SHARD_SYNC_OPS, SHARD_SYNC16_OPS, SHARD_LOAD_KEYS, SHARD_POSTING_KEYS,
+#   SHARD_POSTING_OPS, SHARD_MEMORY_KEYS, SHARD_RECOVERY_MIB
+#                  shard case sizes (see bench/README.md "Shards vs RocksDB")
 #   CARGO          cargo binary (default cargo)
 #   DB_BENCH       RocksDB db_bench binary (default: db_bench from the Debian
 #                  package rocksdb-tools); the RocksDB comparison is skipped,
@@ -15,7 +21,25 @@ set -eu
 
 cd "$(dirname "$0")/.."
 BENCH_DIR=${BENCH_DIR:-build/bench}
+KEEL_BENCH_QUICK=${KEEL_BENCH_QUICK:-0}
+if [ "$KEEL_BENCH_QUICK" = 1 ]; then
+    q=10 qmib=128
+    BENCH_SECONDS=${BENCH_SECONDS:-1}
+else
+    q=1 qmib=1024
+fi
 BENCH_SECONDS=${BENCH_SECONDS:-5}
+# Shard cases (bench/shard.rs and the matching db_bench runs): operations per
+# thread for durable puts at 1 and 16 threads; puts that load the read data
+# set (also the buffered-put case); posting keys and appends; distinct keys
+# for the memory case; MiB of WAL for the recovery cases.
+SHARD_SYNC_OPS=${SHARD_SYNC_OPS:-$((20000 / q))}
+SHARD_SYNC16_OPS=${SHARD_SYNC16_OPS:-$((5000 / q))}
+SHARD_LOAD_KEYS=${SHARD_LOAD_KEYS:-$((3000000 / q))}
+SHARD_POSTING_KEYS=${SHARD_POSTING_KEYS:-$((100000 / q))}
+SHARD_POSTING_OPS=${SHARD_POSTING_OPS:-$((2000000 / q))}
+SHARD_MEMORY_KEYS=${SHARD_MEMORY_KEYS:-$((1000000 / q))}
+SHARD_RECOVERY_MIB=${SHARD_RECOVERY_MIB:-$qmib}
 CARGO=${CARGO:-cargo}
 RESULTS=bench/results
 
@@ -73,10 +97,11 @@ rocksdb_tools=$(dpkg-query -W -f='${Version}' rocksdb-tools 2>/dev/null || echo 
 git=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD -- src 2>/dev/null || echo "+dirty-src")
 loadavg_start=$(cut -d' ' -f1-3 /proc/loadavg)
 secs_per_case=$BENCH_SECONDS
+quick=$KEEL_BENCH_QUICK
 EOF
 
 # ---- build the keel benchmark first, so compiling does not overlap fio --------
-$CARGO bench --locked --bench wal --no-run
+$CARGO bench --locked --bench wal --bench shard --no-run
 
 # ---- fio baseline -----------------------------------------------------------
 fio_dir=$BENCH_DIR/fio
@@ -145,6 +170,73 @@ if [ -z "$ROCKSDB_SKIP" ]; then
 else
     echo "$ROCKSDB_SKIP" >"$WORK/rocksdb-skipped"
 fi
+
+# ---- keel shards and RocksDB on the same workloads ---------------------------
+# bench/shard.rs: durable and buffered puts, random reads, posting appends,
+# resident memory per million keys, recovery of unflushed WAL (README
+# "Shards vs RocksDB"). Each group of keel cases runs right before the
+# db_bench runs of the same workloads, with the same sizes, so that both
+# sides meet the device in about the same state (fdatasync latency on a
+# shared disk drifts over minutes).
+#
+# db_bench: its defaults (16 B keys, 100 B values, keys uniform in [0, --num)
+# with repeats, 64 MiB memtable, automatic compactions) without compression
+# (keel does not compress), with --bloom_bits=10 (keel's tables have Bloom
+# filters) and a block cache that holds the whole read data set (keel reads
+# its tables through mmap from the page cache). One db_bench run per case,
+# all in BENCH_DIR/rocksdb-shard, which the load leaves for the read runs.
+rsdb=$BENCH_DIR/rocksdb-shard
+run_keel_shard() { # case group
+    echo "bench: keel shards, $1"
+    $CARGO bench --locked --bench shard -- --dir "$BENCH_DIR/keel-shard" --out "$WORK/keel-shard-$1.json" \
+        --case "$1" --secs "$BENCH_SECONDS" --sync-ops "$SHARD_SYNC_OPS" --sync16-ops "$SHARD_SYNC16_OPS" \
+        --load-keys "$SHARD_LOAD_KEYS" --posting-keys "$SHARD_POSTING_KEYS" --posting-ops "$SHARD_POSTING_OPS" \
+        --memory-keys "$SHARD_MEMORY_KEYS" --recovery-mib "$SHARD_RECOVERY_MIB"
+    rm -rf "$BENCH_DIR/keel-shard"
+}
+run_db_bench_shard() { # case name, args...
+    [ -z "$ROCKSDB_SKIP" ] || return 0
+    name=$1
+    shift
+    out=$WORK/rocksdb-shard-$name
+    set -- "$DB_BENCH" --db="$rsdb" --key_size=16 --value_size=100 --compression_type=none \
+        --bloom_bits=10 --cache_size=2147483648 --histogram=1 "$@"
+    echo "bench: $*"
+    echo "$*" >"$out.cmd"
+    rc=0
+    timeout 900 "$@" >"$out.out" 2>"$out.err" || rc=$?
+    [ "$rc" = 0 ] || echo "bench: db_bench shard case $name failed (exit $rc); see the report" >&2
+    echo "$rc" >"$out.rc"
+}
+rm -rf "$rsdb"
+run_keel_shard durable_put
+run_db_bench_shard durable_put_1t --benchmarks=fillrandom --threads=1 --sync=1 --disable_wal=0 \
+    --num="$SHARD_SYNC_OPS" --seed=1
+rm -rf "$rsdb"
+run_db_bench_shard durable_put_16t --benchmarks=fillrandom --threads=16 --sync=1 --disable_wal=0 \
+    --num="$SHARD_SYNC16_OPS" --seed=1
+rm -rf "$rsdb"
+run_keel_shard load_read
+# The load is the buffered-put case; waitforcompaction is keel's settle.
+run_db_bench_shard buffered_put_1t --benchmarks=fillrandom,waitforcompaction,levelstats --threads=1 \
+    --sync=0 --disable_wal=0 --num="$SHARD_LOAD_KEYS" --seed=1
+# Another seed than the load's: with the same seed readrandom would draw
+# exactly the keys the load wrote (every read a hit). keel's reads also draw
+# their own keys from the same range; "found" shows both hit rates.
+for n in 1 2; do
+    run_db_bench_shard "read_random_${n}t" --benchmarks=readrandom --use_existing_db=1 --threads="$n" \
+        --num="$SHARD_LOAD_KEYS" --duration="$BENCH_SECONDS" --seed=2
+done
+rm -rf "$rsdb"
+run_keel_shard posting
+# Posting appends: the stringappend merge operator appends each 8-byte
+# operand to the key's value (',' between items): the same list semantics.
+run_db_bench_shard posting_append_1t --benchmarks=mergerandom --merge_operator=stringappend \
+    --threads=1 --sync=0 --disable_wal=0 --value_size=8 --merge_keys="$SHARD_POSTING_KEYS" \
+    --num="$SHARD_POSTING_OPS" --seed=1
+rm -rf "$rsdb"
+run_keel_shard memory
+run_keel_shard recovery
 echo "loadavg_end=$(cut -d' ' -f1-3 /proc/loadavg)" >>"$WORK/machine.env"
 
 # ---- report -----------------------------------------------------------------

@@ -1,0 +1,958 @@
+//! Shard benchmark: keel shards measured like RocksDB's db_bench measures
+//! RocksDB (`make bench` runs both through bench/run.sh, on the same
+//! directory; bench/README.md "Shards vs RocksDB" lists the pairs).
+//!
+//! Usage: cargo bench --locked --bench shard -- --dir DIR --out FILE.json [--secs S]
+//!        [--sync-ops N] [--sync16-ops N] [--load-keys N] [--posting-keys N]
+//!        [--posting-ops N] [--memory-keys N] [--recovery-mib N] [--case NAME]...
+//!
+//! Keys and values follow db_bench's defaults: 16-byte keys made like
+//! db_bench's `GenerateKeyFromInt` (the key number big-endian in 8 bytes,
+//! then eight '0' bytes), 100-byte values, key numbers drawn uniformly from
+//! [0, num) with repeats (db_bench `fillrandom` / `readrandom`). Every case
+//! works in a fresh sub-directory of DIR that is deleted after. The memory
+//! case and the recovery writer run in child processes (this same binary,
+//! `--child ...`): the memory case needs a clean process, the recovery
+//! writer is killed with SIGKILL so that nothing is flushed or closed.
+
+use keel::shard::{Options, Shard, Stats};
+use keel::wal::{self, Durability, ReadUpto, Wal};
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Barrier;
+use std::time::{Duration, Instant};
+
+const KEY_BYTES: usize = 16;
+const VALUE_BYTES: usize = 100;
+const POSTING_ITEM_BYTES: usize = 8;
+const SEED: u64 = 0x6b65_656c_6265_6e63;
+const ALL_CASES: &[&str] = &["durable_put", "load_read", "posting", "memory", "recovery"];
+
+#[derive(Clone)]
+struct Args {
+    dir: PathBuf,
+    out: Option<PathBuf>,
+    secs: f64,
+    sync_ops: u64,
+    sync16_ops: u64,
+    load_keys: u64,
+    posting_keys: u64,
+    posting_ops: u64,
+    memory_keys: u64,
+    recovery_mib: u64,
+    cases: Vec<String>,
+    child: Option<String>,
+    value_bytes: usize,
+}
+
+fn parse_args() -> Args {
+    let mut a = Args {
+        dir: PathBuf::new(),
+        out: None,
+        secs: 5.0,
+        sync_ops: 20_000,
+        sync16_ops: 5_000,
+        load_keys: 3_000_000,
+        posting_keys: 100_000,
+        posting_ops: 2_000_000,
+        memory_keys: 1_000_000,
+        recovery_mib: 1024,
+        cases: Vec::new(),
+        child: None,
+        value_bytes: VALUE_BYTES,
+    };
+    let mut dir = None;
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        let mut num = |what: &str| -> u64 {
+            it.next().and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("{what} needs a whole number"))
+        };
+        match arg.as_str() {
+            "--dir" => dir = Some(PathBuf::from(it.next().expect("--dir needs a path"))),
+            "--out" => a.out = Some(PathBuf::from(it.next().expect("--out needs a path"))),
+            "--secs" => a.secs = it.next().and_then(|s| s.parse().ok()).expect("--secs needs a number"),
+            "--sync-ops" => a.sync_ops = num("--sync-ops"),
+            "--sync16-ops" => a.sync16_ops = num("--sync16-ops"),
+            "--load-keys" => a.load_keys = num("--load-keys"),
+            "--posting-keys" => a.posting_keys = num("--posting-keys"),
+            "--posting-ops" => a.posting_ops = num("--posting-ops"),
+            "--memory-keys" => a.memory_keys = num("--memory-keys"),
+            "--recovery-mib" => a.recovery_mib = num("--recovery-mib"),
+            "--value-bytes" => a.value_bytes = num("--value-bytes") as usize,
+            "--case" => a.cases.push(it.next().expect("--case needs a name")),
+            "--child" => a.child = Some(it.next().expect("--child needs a kind")),
+            "--bench" => {} // added by `cargo bench`
+            other => panic!("unknown argument {other:?} (see the top of bench/shard.rs)"),
+        }
+    }
+    a.dir = dir.expect("--dir DIR is required");
+    if a.cases.is_empty() {
+        a.cases = ALL_CASES.iter().map(|s| s.to_string()).collect();
+    }
+    for c in &a.cases {
+        assert!(ALL_CASES.contains(&c.as_str()), "unknown case {c:?}; known: {ALL_CASES:?}");
+    }
+    a
+}
+
+// ---- keys, values, random numbers ------------------------------------------
+
+/// splitmix64: cheap, seeded, good enough to spread keys uniformly.
+struct Rng(u64);
+
+impl Rng {
+    fn new(seed: u64) -> Rng {
+        Rng(seed)
+    }
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    /// Uniform in [0, n).
+    fn below(&mut self, n: u64) -> u64 {
+        ((self.next() as u128 * n as u128) >> 64) as u64
+    }
+}
+
+/// db_bench's key for number `v` with --key_size=16: 8 bytes big-endian,
+/// then '0' bytes.
+fn key(v: u64) -> [u8; KEY_BYTES] {
+    let mut k = [b'0'; KEY_BYTES];
+    k[..8].copy_from_slice(&v.to_be_bytes());
+    k
+}
+
+/// Values are slices of one random buffer at a moving offset (as db_bench's
+/// RandomGenerator does), so no value is built per operation.
+struct Values {
+    buf: Vec<u8>,
+}
+
+impl Values {
+    fn new() -> Values {
+        let mut rng = Rng::new(SEED ^ 0x5555);
+        let mut buf = vec![0u8; 1 << 20];
+        for chunk in buf.chunks_mut(8) {
+            let x = rng.next().to_le_bytes();
+            chunk.copy_from_slice(&x[..chunk.len()]);
+        }
+        Values { buf }
+    }
+    fn at(&self, pos: &mut usize, len: usize) -> &[u8] {
+        if *pos + len > self.buf.len() {
+            *pos = 0;
+        }
+        let v = &self.buf[*pos..*pos + len];
+        *pos += len;
+        v
+    }
+}
+
+// ---- results ---------------------------------------------------------------
+
+/// A JSON object written field by field (no serde in this crate).
+#[derive(Default)]
+struct Obj(Vec<String>);
+
+impl Obj {
+    fn num(mut self, k: &str, v: f64) -> Obj {
+        self.0.push(if v.is_finite() { format!("\"{k}\":{v:.4}") } else { format!("\"{k}\":null") });
+        self
+    }
+    fn int(mut self, k: &str, v: u64) -> Obj {
+        self.0.push(format!("\"{k}\":{v}"));
+        self
+    }
+    fn str(mut self, k: &str, v: &str) -> Obj {
+        self.0.push(format!("\"{k}\":\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\"")));
+        self
+    }
+    fn raw(mut self, k: &str, v: String) -> Obj {
+        self.0.push(format!("\"{k}\":{v}"));
+        self
+    }
+    fn done(self) -> String {
+        format!("{{{}}}", self.0.join(","))
+    }
+}
+
+/// Nearest-rank percentile of sorted ns latencies, in µs.
+fn pct(sorted: &[u64], p: f64) -> Option<f64> {
+    if sorted.is_empty() {
+        return None;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil().max(1.0) as usize;
+    Some(sorted[rank.min(sorted.len()) - 1] as f64 / 1000.0)
+}
+
+/// One timed run of `threads` threads.
+struct Run {
+    ops: u64,
+    found: u64,
+    elapsed_s: f64,
+    /// Per-operation latency in ns, every operation of every thread, sorted.
+    lat_ns: Vec<u64>,
+}
+
+impl Run {
+    fn rate(&self) -> f64 {
+        self.ops as f64 / self.elapsed_s
+    }
+
+    fn lat_json(&self) -> String {
+        let l = &self.lat_ns;
+        let mean = if l.is_empty() { f64::NAN } else { l.iter().sum::<u64>() as f64 / l.len() as f64 / 1000.0 };
+        let o = |p| pct(l, p).unwrap_or(f64::NAN);
+        Obj::default()
+            .num("mean", mean)
+            .num("p50", o(50.0))
+            .num("p99", o(99.0))
+            .num("p999", o(99.9))
+            .num("max", l.last().map_or(f64::NAN, |&x| x as f64 / 1000.0))
+            .done()
+    }
+}
+
+/// Runs `body(thread index, latencies)` on `threads` threads started
+/// together; `body` returns (operations, found). Elapsed time is from the
+/// common start to the last thread's end (db_bench's aggregate rate).
+fn run_threads<F>(threads: usize, body: F) -> Run
+where
+    F: Fn(usize, &mut Vec<u64>) -> (u64, u64) + Sync,
+{
+    let barrier = Barrier::new(threads);
+    let results: Vec<(u64, u64, Instant, Instant, Vec<u64>)> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                let (barrier, body) = (&barrier, &body);
+                s.spawn(move || {
+                    let mut lat = Vec::with_capacity(1 << 16);
+                    barrier.wait();
+                    let start = Instant::now();
+                    let (ops, found) = body(t, &mut lat);
+                    (ops, found, start, Instant::now(), lat)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().expect("benchmark thread")).collect()
+    });
+    let start = results.iter().map(|r| r.2).min().unwrap();
+    let end = results.iter().map(|r| r.3).max().unwrap();
+    let mut lat_ns: Vec<u64> = Vec::new();
+    for r in &results {
+        lat_ns.extend_from_slice(&r.4);
+    }
+    lat_ns.sort_unstable();
+    Run {
+        ops: results.iter().map(|r| r.0).sum(),
+        found: results.iter().map(|r| r.1).sum(),
+        elapsed_s: end.duration_since(start).as_secs_f64(),
+        lat_ns,
+    }
+}
+
+fn stats_json(s: &Stats) -> String {
+    Obj::default()
+        .int("appendable_keys", s.appendable_keys)
+        .int("appendable_bytes", s.appendable_bytes)
+        .int("sealed_segments", s.sealed_segments)
+        .int("sealed_bytes", s.sealed_bytes)
+        .int("last_version", s.last_version)
+        .int("persisted_version", s.persisted_version)
+        .done()
+}
+
+struct Case {
+    name: String,
+    what: String,
+    durability: &'static str,
+    threads: usize,
+    run: Run,
+    extra: Obj,
+}
+
+impl Case {
+    fn json(self) -> String {
+        let mut o = Obj::default()
+            .str("name", &self.name)
+            .str("what", &self.what)
+            .str("durability", self.durability)
+            .int("threads", self.threads as u64)
+            .int("ops", self.run.ops)
+            .int("found", self.run.found)
+            .num("elapsed_s", self.run.elapsed_s)
+            .num("ops_per_s", self.run.rate())
+            .raw("lat_us", self.run.lat_json());
+        o.0.extend(self.extra.0);
+        o.done()
+    }
+
+    fn print(&self) {
+        let f = |v: Option<f64>| v.map_or("-".to_string(), |x| format!("{x:.1}"));
+        println!(
+            "shard {:<18} {:>2} thread(s): {:>10} ops {:>12.0} ops/s  p50 {:>8} us  p99 {:>8} us{}",
+            self.name,
+            self.threads,
+            self.run.ops,
+            self.run.rate(),
+            f(pct(&self.run.lat_ns, 50.0)),
+            f(pct(&self.run.lat_ns, 99.0)),
+            if self.name.starts_with("read") { format!("  found {}", self.run.found) } else { String::new() },
+        );
+    }
+}
+
+fn fresh_dir(base: &Path, name: &str) -> PathBuf {
+    let d = base.join(name);
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).expect("creating the case directory");
+    d
+}
+
+fn open(dir: &Path, opts: Options) -> Shard {
+    Shard::open(dir, opts).expect("opening the shard")
+}
+
+/// Runs flush passes until the segment set stops changing: sealing and
+/// merging happen on the flush thread right after a pass, so a second
+/// `flush(true)` waits for the maintenance the first one was followed by.
+/// (db_bench's counterpart is `waitforcompaction`.)
+fn settle(shard: &Shard) -> f64 {
+    let t0 = Instant::now();
+    let mut last = None;
+    for _ in 0..100 {
+        shard.flush(true).expect("flush");
+        let s = shard.stats();
+        let now = (s.sealed_segments, s.sealed_bytes, s.appendable_bytes, s.appendable_keys);
+        if last == Some(now) {
+            break;
+        }
+        last = Some(now);
+    }
+    if let Some(e) = shard.background_error() {
+        eprintln!("shard bench: background error after settling: {}", e.message);
+    }
+    t0.elapsed().as_secs_f64()
+}
+
+// ---- cases -----------------------------------------------------------------
+
+/// `threads` threads each put `ops` keys drawn from [0, ops) (db_bench
+/// `fillrandom --num=ops --threads=N`: each thread writes num keys of that range).
+fn put_run(shard: &Shard, threads: usize, ops: u64, values: &Values) -> Run {
+    run_threads(threads, |t, lat| {
+        let mut rng = Rng::new(SEED.wrapping_add(t as u64 * 7919));
+        let mut pos = t * 4099;
+        for _ in 0..ops {
+            let k = key(rng.below(ops));
+            let v = values.at(&mut pos, VALUE_BYTES);
+            let t0 = Instant::now();
+            shard.put(&k, v).expect("put");
+            lat.push(t0.elapsed().as_nanos() as u64);
+        }
+        (ops, 0)
+    })
+}
+
+fn durable_puts(a: &Args, values: &Values, out: &mut Vec<String>) {
+    for (threads, ops) in [(1usize, a.sync_ops), (16, a.sync16_ops)] {
+        let name = format!("durable_put_{threads}t");
+        let dir = fresh_dir(&a.dir, &name);
+        let shard = open(&dir, Options { durability: Durability::Sync, ..Options::default() });
+        let run = put_run(&shard, threads, ops, values);
+        let stats = shard.stats();
+        shard.close().expect("close");
+        let _ = std::fs::remove_dir_all(&dir);
+        let c = Case {
+            name,
+            what: format!("put, Durability::Sync, {threads} thread(s), {ops} puts per thread, keys uniform in [0, {ops})"),
+            durability: "sync",
+            threads,
+            run,
+            extra: Obj::default().raw("stats", stats_json(&stats)),
+        };
+        c.print();
+        out.push(c.json());
+    }
+}
+
+/// Buffered load of `load_keys` puts (the buffered-put rate), settle, then
+/// random reads on that data set with 1 and 2 threads for `secs` each.
+fn load_read(a: &Args, values: &Values, out: &mut Vec<String>) {
+    let n = a.load_keys;
+    let dir = fresh_dir(&a.dir, "load_read");
+    let opts = Options { durability: Durability::None, ..Options::default() };
+    let seal_bytes = opts.seal_bytes;
+    let shard = open(&dir, opts);
+    let run = put_run(&shard, 1, n, values);
+    let at_end = shard.stats();
+    let settle_s = settle(&shard);
+    let settled = shard.stats();
+    let c = Case {
+        name: "buffered_put_1t".into(),
+        what: format!("put, Durability::None, 1 thread, {n} puts, keys uniform in [0, {n}) (also loads the read data set)"),
+        durability: "none",
+        threads: 1,
+        run,
+        extra: Obj::default().raw("stats", stats_json(&at_end)),
+    };
+    c.print();
+    out.push(c.json());
+    println!(
+        "shard load settled in {settle_s:.2} s: {} sealed segment(s), {:.1} MiB sealed, appendable {:.1} MiB in {} keys (seal_bytes {:.0} MiB)",
+        settled.sealed_segments,
+        settled.sealed_bytes as f64 / 1048576.0,
+        settled.appendable_bytes as f64 / 1048576.0,
+        settled.appendable_keys,
+        seal_bytes as f64 / 1048576.0
+    );
+    let secs = Duration::from_secs_f64(a.secs);
+    for threads in [1usize, 2] {
+        let run = run_threads(threads, |t, lat| {
+            let mut rng = Rng::new(SEED ^ 0xabcd ^ (t as u64 * 104_729));
+            let deadline = Instant::now() + secs;
+            let (mut ops, mut found) = (0u64, 0u64);
+            loop {
+                let k = key(rng.below(n));
+                let t0 = Instant::now();
+                let r = shard.get(&k).expect("get");
+                let t1 = Instant::now();
+                lat.push(t1.duration_since(t0).as_nanos() as u64);
+                ops += 1;
+                found += r.is_some() as u64;
+                if t1 >= deadline {
+                    break;
+                }
+            }
+            (ops, found)
+        });
+        let c = Case {
+            name: format!("read_random_{threads}t"),
+            what: format!("get, {threads} thread(s), {:.0} s, keys uniform in [0, {n})", a.secs),
+            durability: "none",
+            threads,
+            run,
+            extra: Obj::default()
+                .raw("stats", stats_json(&settled))
+                .num("settle_s", settle_s)
+                .int("seal_bytes", seal_bytes as u64),
+        };
+        c.print();
+        out.push(c.json());
+    }
+    shard.close().expect("close");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Posting appends: `posting_ops` appends of 8-byte items to keys drawn
+/// from [0, posting_keys), Durability::None, 1 thread.
+fn posting(a: &Args, out: &mut Vec<String>) {
+    let dir = fresh_dir(&a.dir, "posting");
+    let shard = open(&dir, Options { durability: Durability::None, ..Options::default() });
+    let (keys, ops) = (a.posting_keys, a.posting_ops);
+    let run = run_threads(1, |_, lat| {
+        let mut rng = Rng::new(SEED ^ 0x1234);
+        for i in 0..ops {
+            let k = key(rng.below(keys));
+            let item = i.to_le_bytes();
+            let t0 = Instant::now();
+            shard.append(&k, &item[..POSTING_ITEM_BYTES]).expect("append");
+            lat.push(t0.elapsed().as_nanos() as u64);
+        }
+        (ops, 0)
+    });
+    let stats = shard.stats();
+    // Sanity: the lists hold every item.
+    let mut items = 0u64;
+    for k in 0..keys {
+        if let Some(e) = shard.get(&key(k)).expect("get") {
+            if let keel::shard::Value::Posting(list) = e.value {
+                items += list.len() as u64;
+            }
+        }
+    }
+    assert_eq!(items, ops, "posting lists lost items");
+    shard.close().expect("close");
+    let _ = std::fs::remove_dir_all(&dir);
+    let c = Case {
+        name: "posting_append_1t".into(),
+        what: format!("append, Durability::None, 1 thread, {ops} appends of {POSTING_ITEM_BYTES}-byte items, keys uniform in [0, {keys})"),
+        durability: "none",
+        threads: 1,
+        run,
+        extra: Obj::default()
+            .raw("stats", stats_json(&stats))
+            .int("keys", keys)
+            .int("item_bytes", POSTING_ITEM_BYTES as u64),
+    };
+    c.print();
+    out.push(c.json());
+}
+
+// ---- memory (child process) -------------------------------------------------
+
+/// Resident KiB of this process: in all, anonymous and file-backed (from
+/// /proc/self/status), and the file-backed part that is mappings of WAL
+/// segments and of tables (from /proc/self/smaps).
+#[derive(Clone, Copy, Default)]
+struct Rss {
+    total: u64,
+    anon: u64,
+    file: u64,
+    wal: u64,
+    sst: u64,
+}
+
+fn rss() -> Rss {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    let mut r = Rss { total: field("VmRSS:"), anon: field("RssAnon:"), file: field("RssFile:"), ..Rss::default() };
+    let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap_or_default();
+    let mut bucket = 0;
+    for line in smaps.lines() {
+        let first = line.split_whitespace().next().unwrap_or("");
+        if first.contains('-') && first.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
+            // A mapping header: range perms offset dev inode [path].
+            let path = line.split_whitespace().nth(5).unwrap_or("");
+            bucket = if path.ends_with(".wal") || path.ends_with(".wal.tmp") {
+                1
+            } else if path.ends_with(".sst") {
+                2
+            } else {
+                0
+            };
+        } else if let Some(v) = line.strip_prefix("Rss:") {
+            let kib: u64 = v.split_whitespace().next().and_then(|x| x.parse().ok()).unwrap_or(0);
+            match bucket {
+                1 => r.wal += kib,
+                2 => r.sst += kib,
+                _ => {}
+            }
+        }
+    }
+    r
+}
+
+fn rss_json(r: Rss) -> String {
+    Obj::default()
+        .int("total_kib", r.total)
+        .int("anon_kib", r.anon)
+        .int("file_kib", r.file)
+        .int("wal_map_kib", r.wal)
+        .int("sst_map_kib", r.sst)
+        .done()
+}
+
+/// Child: loads `memory_keys` distinct keys (a random permutation), settles,
+/// and reports resident memory before the shard is opened, after the load,
+/// after reading every key once (touching every table page) and after
+/// malloc_trim(0) (what the allocator held but no longer used).
+fn child_memory(a: &Args) {
+    let n = a.memory_keys;
+    let values = Values::new();
+    let mut order: Vec<u64> = (0..n).collect();
+    let mut rng = Rng::new(SEED ^ 0x77);
+    for i in (1..order.len()).rev() {
+        order.swap(i, rng.below(i as u64 + 1) as usize);
+    }
+    let dir = fresh_dir(&a.dir, "memory");
+    let base = rss();
+    let shard = open(&dir, Options { durability: Durability::None, ..Options::default() });
+    let mut pos = 0;
+    for &k in &order {
+        shard.put(&key(k), values.at(&mut pos, VALUE_BYTES)).expect("put");
+    }
+    settle(&shard);
+    let loaded = rss();
+    let stats = shard.stats();
+    for &k in &order {
+        assert!(shard.get(&key(k)).expect("get").is_some(), "key {k} lost");
+    }
+    let read = rss();
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    unsafe {
+        libc::malloc_trim(0);
+    }
+    let trimmed = rss();
+    let json = Obj::default()
+        .int("keys", n)
+        .int("key_bytes", KEY_BYTES as u64)
+        .int("value_bytes", VALUE_BYTES as u64)
+        .raw("before_open", rss_json(base))
+        .raw("after_load", rss_json(loaded))
+        .raw("after_reading_every_key", rss_json(read))
+        .raw("after_malloc_trim", rss_json(trimmed))
+        .raw("stats", stats_json(&stats))
+        .done();
+    shard.close().expect("close");
+    let _ = std::fs::remove_dir_all(&dir);
+    println!("{json}");
+}
+
+fn run_child(a: &Args, kind: &str, extra: &[String]) -> Command {
+    let exe = std::env::current_exe().expect("current_exe");
+    let mut cmd = Command::new(exe);
+    cmd.arg("--child").arg(kind).arg("--dir").arg(&a.dir).args(extra);
+    cmd.stdout(Stdio::piped()).stderr(Stdio::inherit());
+    cmd
+}
+
+fn memory(a: &Args) -> String {
+    let out = run_child(a, "memory", &["--memory-keys".into(), a.memory_keys.to_string()])
+        .output()
+        .expect("running the memory child");
+    assert!(out.status.success(), "memory child failed: {:?}", out.status);
+    let json = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    println!("shard memory ({} keys): {json}", a.memory_keys);
+    json
+}
+
+// ---- recovery ----------------------------------------------------------------
+
+fn wal_files(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|it| {
+            it.filter_map(|e| e.ok())
+                .filter(|e| e.file_name().to_string_lossy().ends_with(".wal"))
+                .map(|e| e.path())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+fn recovery_opts() -> Options {
+    Options {
+        durability: Durability::None,
+        flush_interval: None,
+        // Larger than anything written: no seal, everything stays in the WAL
+        // and the appendable segment.
+        seal_bytes: 16 << 30,
+        ..Options::default()
+    }
+}
+
+/// Child: puts `value_bytes` values until the WAL holds `recovery_mib` MiB
+/// of full segments, prints "ready <puts>" and waits to be killed.
+fn child_recovery_writer(a: &Args) {
+    let shard = open(&a.dir, recovery_opts());
+    let seg = Options::default().wal_segment_size;
+    let full_wanted = (a.recovery_mib << 20).div_ceil(seg) as usize;
+    let frame = (32 + 5 + KEY_BYTES + a.value_bytes).div_ceil(8) * 8;
+    let range = ((a.recovery_mib << 20) / frame as u64).max(1);
+    let values = Values::new();
+    let (mut rng, mut pos, mut puts) = (Rng::new(SEED ^ 0x99), 0usize, 0u64);
+    let wal_dir = a.dir.join("wal");
+    loop {
+        for _ in 0..1024 {
+            shard.put(&key(rng.below(range)), values.at(&mut pos, a.value_bytes)).expect("put");
+        }
+        puts += 1024;
+        // Stop right after a rotation: every segment but the active one
+        // (a few records) is full.
+        if wal_files(&wal_dir).len() > full_wanted {
+            break;
+        }
+    }
+    println!("ready {puts}");
+    std::mem::forget(shard);
+    loop {
+        std::thread::sleep(Duration::from_secs(60));
+    }
+}
+
+/// Child: opens the WAL alone and reads every record (no shard), reporting
+/// both times: the WAL's share of a shard's recovery.
+fn child_wal_scan(a: &Args) {
+    let t0 = Instant::now();
+    let w = Wal::open(&a.dir.join("wal"), wal::Options { durability: Durability::None, ..wal::Options::default() })
+        .expect("opening the WAL");
+    let opened = t0.elapsed().as_secs_f64();
+    let t1 = Instant::now();
+    let mut r = w.reader(0, ReadUpto::Appended).expect("reader");
+    let (mut records, mut bytes) = (0u64, 0u64);
+    while let Some((_, rec)) = r.peek().expect("read") {
+        records += 1;
+        bytes += rec.len() as u64;
+        r.advance();
+    }
+    let read = t1.elapsed().as_secs_f64();
+    println!("{}", Obj::default().num("open_s", opened).num("read_s", read).int("records", records).int("record_bytes", bytes).done());
+    // No close: leave the directory as a crash would (close appends a mark).
+    std::process::exit(0);
+}
+
+/// Child: times `Shard::open` on a directory a killed writer left (the
+/// recovery being measured; run it alone under a profiler to see where
+/// recovery goes), then closes the shard (not timed).
+fn child_shard_open(a: &Args) {
+    let t0 = Instant::now();
+    let shard = open(&a.dir, recovery_opts());
+    let open_s = t0.elapsed().as_secs_f64();
+    let stats = shard.stats();
+    let log_bytes: u64 = std::fs::read_dir(a.dir.join("segments"))
+        .map(|it| it.flatten().filter(|e| e.file_name().to_string_lossy().ends_with(".log")).filter_map(|e| e.metadata().ok()).map(|m| m.len()).sum())
+        .unwrap_or(0);
+    let rss = rss();
+    shard.close().expect("close");
+    println!(
+        "{}",
+        Obj::default()
+            .num("open_s", open_s)
+            .int("last_version", stats.last_version)
+            .int("appendable_keys", stats.appendable_keys)
+            .int("appendable_log_bytes", log_bytes)
+            .int("vm_rss_kib", rss.total)
+            .done()
+    );
+}
+
+/// A number field of a flat JSON object printed by a child.
+fn json_num(json: &str, field: &str) -> Option<f64> {
+    let at = json.find(&format!("\"{field}\":"))? + field.len() + 3;
+    let rest = &json[at..];
+    let end = rest.find([',', '}']).unwrap_or(rest.len());
+    rest[..end].trim().parse().ok()
+}
+
+/// fdatasync every file of `dir` so that page-cache state is the same
+/// (warm, clean) for the read baseline and for recovery.
+fn sync_files(dir: &Path) {
+    if let Ok(it) = std::fs::read_dir(dir) {
+        for e in it.flatten() {
+            if e.file_type().map(|t| t.is_file()).unwrap_or(false) {
+                if let Ok(f) = std::fs::File::open(e.path()) {
+                    let _ = f.sync_data();
+                }
+            }
+        }
+    }
+}
+
+/// Reads `files` with plain 1 MiB read(2) calls; returns seconds.
+fn read_files(files: &[PathBuf]) -> f64 {
+    let mut buf = vec![0u8; 1 << 20];
+    let t0 = Instant::now();
+    let mut sum = 0u64;
+    for p in files {
+        let mut f = std::fs::File::open(p).expect("opening a WAL file");
+        loop {
+            let n = f.read(&mut buf).expect("reading a WAL file");
+            if n == 0 {
+                break;
+            }
+            sum = sum.wrapping_add(buf[n - 1] as u64);
+        }
+    }
+    std::hint::black_box(sum);
+    t0.elapsed().as_secs_f64()
+}
+
+/// Every regular file under `dir`, recursively.
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(it) = std::fs::read_dir(dir) {
+        for e in it.flatten() {
+            match e.file_type() {
+                Ok(t) if t.is_dir() => out.extend(files_under(&e.path())),
+                Ok(t) if t.is_file() => out.push(e.path()),
+                _ => {}
+            }
+        }
+    }
+    out
+}
+
+/// Drops the (clean) page-cache pages of every file under `dir`:
+/// POSIX_FADV_DONTNEED per file, which needs no privilege and leaves the
+/// rest of the machine's cache alone.
+fn evict(dir: &Path) {
+    for p in files_under(dir) {
+        if let Ok(f) = std::fs::File::open(&p) {
+            let _ = f.sync_data();
+            unsafe {
+                use std::os::unix::io::AsRawFd;
+                libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED);
+            }
+        }
+    }
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("creating a copy");
+    for e in std::fs::read_dir(from).expect("listing").flatten() {
+        let target = to.join(e.file_name());
+        if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+            copy_tree(&e.path(), &target);
+        } else {
+            std::fs::copy(e.path(), &target).expect("copying a file");
+        }
+    }
+}
+
+/// One measure of a recovery: the read baseline, the WAL alone and
+/// `Shard::open`, each in the page-cache state `cold` asks for.
+fn recovery_measure(a: &Args, dir: &Path, files: &[PathBuf], bytes: u64, puts: u64, cold: bool) -> String {
+    let child = Args { dir: dir.to_path_buf(), ..a.clone() };
+    // Before each child: the page cache as the measure wants it (the WAL
+    // scan may have left a spare segment behind).
+    let prepare = || {
+        if cold {
+            evict(dir);
+        } else {
+            sync_files(&dir.join("wal"));
+            read_files(&files_under(dir));
+        }
+    };
+    // 1. Sequential read of the full WAL segments: the baseline.
+    let read_s = if cold {
+        (0..2)
+            .map(|_| {
+                evict(dir);
+                read_files(files)
+            })
+            .fold(f64::MAX, f64::min)
+    } else {
+        read_files(files); // warm-up
+        (0..3).map(|_| read_files(files)).fold(f64::MAX, f64::min)
+    };
+    // 2. The WAL alone: open (recovery scan) and read every record.
+    prepare();
+    let out = run_child(&child, "wal-scan", &[]).output().expect("running the WAL scan");
+    let scan = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let scan = if out.status.success() && scan.starts_with('{') { scan } else { "null".to_string() };
+    // 3. The shard, in a fresh process.
+    prepare();
+    let out = run_child(&child, "shard-open", &[]).output().expect("running the shard open");
+    let opened = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(out.status.success() && opened.starts_with('{'), "shard-open child failed: {:?}", out.status);
+    let open_s = json_num(&opened, "open_s").expect("open_s");
+    let last_version = json_num(&opened, "last_version").expect("last_version") as u64;
+    assert!(last_version >= puts, "recovered {last_version} of {puts} puts");
+    let mib = bytes as f64 / 1048576.0;
+    let (read_mib_s, recovery_mib_s) = (mib / read_s, mib / open_s);
+    println!(
+        "  {} page cache: read {read_mib_s:.0} MiB/s, Shard::open {open_s:.2} s = {recovery_mib_s:.0} MiB/s ({:.1}% of read); WAL alone {scan}",
+        if cold { "cold" } else { "warm" },
+        100.0 * recovery_mib_s / read_mib_s
+    );
+    Obj::default()
+        .num("read_s", read_s)
+        .num("read_mib_s", read_mib_s)
+        .num("open_s", open_s)
+        .num("recovery_mib_s", recovery_mib_s)
+        .num("ratio", recovery_mib_s / read_mib_s)
+        .raw("wal_only", scan)
+        .raw("shard_open", opened)
+        .done()
+}
+
+fn recovery(a: &Args, value_bytes: usize) -> String {
+    let name = format!("recovery_{}", if value_bytes >= 1024 { format!("{}k", value_bytes / 1024) } else { format!("{value_bytes}b") });
+    let dir = fresh_dir(&a.dir, &name);
+    let mut child = Args { dir: dir.clone(), ..a.clone() };
+    child.value_bytes = value_bytes;
+    // The writer, killed with SIGKILL once the WAL is big enough.
+    let t0 = Instant::now();
+    let mut w = run_child(
+        &child,
+        "recovery-writer",
+        &["--recovery-mib".into(), a.recovery_mib.to_string(), "--value-bytes".into(), value_bytes.to_string()],
+    )
+    .spawn()
+    .expect("starting the recovery writer");
+    let mut line = String::new();
+    BufReader::new(w.stdout.take().unwrap()).read_line(&mut line).expect("reading the writer");
+    w.kill().expect("killing the writer (SIGKILL)");
+    let _ = w.wait();
+    let write_s = t0.elapsed().as_secs_f64();
+    let puts: u64 = line.trim().strip_prefix("ready ").and_then(|s| s.parse().ok()).expect("writer did not report");
+    sync_files(&dir.join("wal"));
+    // `Shard::open` persists and truncates the WAL: a copy for the second measure.
+    let cold_dir = a.dir.join(format!("{name}-cold"));
+    let _ = std::fs::remove_dir_all(&cold_dir);
+    copy_tree(&dir, &cold_dir);
+    sync_files(&cold_dir.join("wal"));
+    let mut files = wal_files(&dir.join("wal"));
+    files.pop(); // the active segment: a few records, the rest zeros
+    let bytes: u64 = files.iter().map(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0)).sum();
+    println!("shard {name}: {puts} puts, {:.0} MiB of full WAL segments, written in {write_s:.1} s", bytes as f64 / 1048576.0);
+    let warm = recovery_measure(a, &dir, &files, bytes, puts, false);
+    let _ = std::fs::remove_dir_all(&dir);
+    let cold_files: Vec<PathBuf> = files.iter().map(|p| cold_dir.join("wal").join(p.file_name().unwrap())).collect();
+    let cold = recovery_measure(a, &cold_dir, &cold_files, bytes, puts, true);
+    let _ = std::fs::remove_dir_all(&cold_dir);
+    Obj::default()
+        .str("name", &name)
+        .int("value_bytes", value_bytes as u64)
+        .int("puts", puts)
+        .int("wal_bytes", bytes)
+        .int("wal_files", files.len() as u64)
+        .num("write_s", write_s)
+        .raw("warm", warm)
+        .raw("cold", cold)
+        .done()
+}
+
+fn main() {
+    let a = parse_args();
+    std::fs::create_dir_all(&a.dir).expect("creating --dir");
+    match a.child.as_deref() {
+        Some("memory") => return child_memory(&a),
+        Some("recovery-writer") => return child_recovery_writer(&a),
+        Some("wal-scan") => return child_wal_scan(&a),
+        Some("shard-open") => return child_shard_open(&a),
+        Some(other) => panic!("unknown child {other:?}"),
+        None => {}
+    }
+    let values = Values::new();
+    let mut cases = Vec::new();
+    let mut memory_json = "null".to_string();
+    let mut recoveries = Vec::new();
+    for c in &a.cases {
+        match c.as_str() {
+            "durable_put" => durable_puts(&a, &values, &mut cases),
+            "load_read" => load_read(&a, &values, &mut cases),
+            "posting" => posting(&a, &mut cases),
+            "memory" => memory_json = memory(&a),
+            "recovery" => {
+                recoveries.push(recovery(&a, VALUE_BYTES));
+                recoveries.push(recovery(&a, 4096));
+            }
+            _ => unreachable!(),
+        }
+    }
+    let params = Obj::default()
+        .int("key_bytes", KEY_BYTES as u64)
+        .int("value_bytes", VALUE_BYTES as u64)
+        .int("sync_ops", a.sync_ops)
+        .int("sync16_ops", a.sync16_ops)
+        .int("load_keys", a.load_keys)
+        .int("posting_keys", a.posting_keys)
+        .int("posting_ops", a.posting_ops)
+        .int("posting_item_bytes", POSTING_ITEM_BYTES as u64)
+        .int("memory_keys", a.memory_keys)
+        .int("recovery_mib", a.recovery_mib)
+        .num("secs", a.secs)
+        .done();
+    let json = format!(
+        "{{\"params\":{params},\"cases\":[\n{}\n],\n\"memory\":{memory_json},\n\"recovery\":[\n{}\n]}}\n",
+        cases.join(",\n"),
+        recoveries.join(",\n")
+    );
+    if let Some(out) = &a.out {
+        std::fs::write(out, json).expect("writing --out");
+    }
+}
