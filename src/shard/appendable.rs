@@ -9,11 +9,13 @@
 //! bytes past it are a crash's unsynced tail and are dropped at load.
 
 use super::entry::{decode_list, encode_list, Entry, Value};
+use super::op::OpRef;
 use super::files::{self, Cursor};
+use super::key::Key;
 use crate::error::{Error, Result};
 use crate::wal::{File, FileSystem};
 use parking_lot::Mutex;
-use std::collections::BTreeMap;
+use std::collections::btree_map::{BTreeMap, Entry as Slot};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -27,7 +29,7 @@ const STATE_MAGIC: u64 = 0x3154_5453_4c45_454b; // "KEELSTT1"
 /// The keys of the appendable segment; lives under the shard's lock.
 pub struct Appendable {
     pub id: u64,
-    pub map: BTreeMap<Vec<u8>, Entry>,
+    pub map: BTreeMap<Key, Entry>,
     /// Approximate bytes held; the shard seals past a threshold.
     pub weight: usize,
     /// Log records of the operation being applied, handed to `log` whole
@@ -91,17 +93,17 @@ impl Appendable {
             }
             let mut b = Cursor { bytes: body };
             let (version, kind) = (b.u64()?, b.u8()?);
-            let key = b.bytes()?.to_vec();
+            let key = b.bytes()?;
             let payload = b.bytes;
             weight += key.len() + payload.len();
             match kind {
                 REC_VALUE => {
-                    map.insert(key, Entry { version, value: Value::Bytes(payload.to_vec()) });
+                    map.insert(Key::new(key), Entry { version, value: Value::Bytes(payload.to_vec()) });
                 }
                 REC_LIST => {
-                    map.insert(key, Entry { version, value: Value::Posting(decode_list(payload)?) });
+                    map.insert(Key::new(key), Entry { version, value: Value::Posting(decode_list(payload)?) });
                 }
-                REC_ITEM => match map.get_mut(&key) {
+                REC_ITEM => match map.get_mut(key) {
                     Some(Entry { version: v, value: Value::Posting(items) }) => {
                         items.push(payload.to_vec());
                         *v = version;
@@ -109,7 +111,7 @@ impl Appendable {
                     _ => return Err(bad("posting item for a key that holds no list")),
                 },
                 REC_TOMBSTONE => {
-                    map.remove(&key);
+                    map.remove(key);
                 }
                 k => return Err(bad(&format!("record of unknown kind {k}"))),
             }
@@ -133,7 +135,7 @@ impl Appendable {
 
     pub fn put(&mut self, key: &[u8], value: &[u8], version: u64) {
         self.record(version, REC_VALUE, key, value);
-        self.map.insert(key.to_vec(), Entry { version, value: Value::Bytes(value.to_vec()) });
+        self.map.insert(Key::new(key), Entry { version, value: Value::Bytes(value.to_vec()) });
     }
 
     /// Places a whole posting list here (a new key or a copy-on-write move).
@@ -141,7 +143,7 @@ impl Appendable {
         let mut payload = Vec::new();
         encode_list(&items, &mut payload);
         self.record(version, REC_LIST, key, &payload);
-        self.map.insert(key.to_vec(), Entry { version, value: Value::Posting(items) });
+        self.map.insert(Key::new(key), Entry { version, value: Value::Posting(items) });
     }
 
     /// Appends to a posting list that is already here.
@@ -154,6 +156,50 @@ impl Appendable {
             }
             _ => unreachable!("push_item on a key without a posting list here"),
         }
+    }
+
+    /// Applies `op` to a key that no immutable segment holds, with one
+    /// search of the map. With `gate`, an operation not newer than the
+    /// key's version is skipped (replay). Returns whether anything changed;
+    /// `Err(())` for an append to a value.
+    pub fn apply_here(&mut self, op: OpRef, version: u64, gate: bool) -> std::result::Result<bool, ()> {
+        let key = op.key();
+        let stale = |e: &Entry| gate && e.version >= version;
+        let (kind, payload): (u8, &[u8]) = match (op, self.map.entry(Key::new(key))) {
+            (_, Slot::Occupied(o)) if stale(o.get()) => return Ok(false),
+            (OpRef::Put { value, .. }, slot) => {
+                let e = Entry { version, value: Value::Bytes(value.to_vec()) };
+                match slot {
+                    Slot::Occupied(mut o) => *o.get_mut() = e,
+                    Slot::Vacant(v) => {
+                        v.insert(e);
+                    }
+                }
+                (REC_VALUE, value)
+            }
+            (OpRef::Delete { .. }, Slot::Occupied(o)) => {
+                o.remove();
+                (REC_TOMBSTONE, &[])
+            }
+            (OpRef::Delete { .. }, Slot::Vacant(_)) => return Ok(false),
+            (OpRef::Append { item, .. }, Slot::Occupied(mut o)) => match &mut o.get_mut().value {
+                Value::Posting(items) => {
+                    items.push(item.to_vec());
+                    o.get_mut().version = version;
+                    (REC_ITEM, item)
+                }
+                Value::Bytes(_) => return Err(()),
+            },
+            (OpRef::Append { item, .. }, Slot::Vacant(v)) => {
+                v.insert(Entry { version, value: Value::Posting(vec![item.to_vec()]) });
+                let mut list = Vec::with_capacity(item.len() + 4);
+                encode_list(&[item.to_vec()], &mut list);
+                self.record(version, REC_LIST, key, &list);
+                return Ok(true);
+            }
+        };
+        self.record(version, kind, key, payload);
+        Ok(true)
     }
 
     pub fn remove(&mut self, key: &[u8], version: u64) {

@@ -162,7 +162,7 @@ fn write_frozen(inner: &Inner, frozen: &Arc<Sealed>) -> Result<()> {
     let version = map.values().map(|e| e.version).max().unwrap_or(0);
     inner.wal_durable(version)?;
     let path = inner.seg_dir.join(files::name(frozen.id, files::TABLE));
-    let t = table::write(&*inner.fs, &path, map.iter().map(|(k, e)| Ok((k.clone(), e.clone()))), &[])?;
+    let t = table::write(&*inner.fs, &path, map.iter().map(|(k, e)| Ok((k.as_slice().to_vec(), e.clone()))), &[])?;
     {
         let mut s = inner.segs.write();
         let at = s.sealed.iter().position(|x| Arc::ptr_eq(x, frozen)).expect("frozen segment is in the set");

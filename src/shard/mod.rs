@@ -12,6 +12,7 @@ mod bloom;
 mod entry;
 mod files;
 mod flush;
+mod key;
 mod op;
 mod recovery;
 mod sealed;
@@ -192,10 +193,11 @@ impl Shard {
         // (all of it after a clean close).
         let mut persisted = last;
         let mut reader = wal.reader(0, ReadUpto::Appended)?;
-        while let Some((seq, record)) = reader.next_record()? {
-            if segs.replay(&Op::decode(&record)?, seq)? && persisted == last {
+        while let Some((seq, record)) = reader.peek()? {
+            if segs.replay(op::OpRef::decode(record)?, seq)? && persisted == last {
                 persisted = seq - 1;
             }
+            reader.advance();
         }
         drop(reader);
         segs.finish(last);
@@ -244,7 +246,7 @@ impl Shard {
             segs.check(ops)?;
             let first = wal.append_deferred(&records)?;
             for (i, op) in ops.iter().enumerate() {
-                if let Err(e) = segs.apply(op, first + i as u64) {
+                if let Err(e) = segs.apply(op.as_ref(), first + i as u64) {
                     // Logged but not applied: only a reopen (replay) can
                     // make the segments whole again.
                     inner.poison(e.clone());

@@ -21,7 +21,51 @@ pub enum Op {
     Append { key: Vec<u8>, item: Vec<u8> },
 }
 
+/// An operation borrowing its bytes (a decoded WAL record during replay,
+/// or an `Op` of a write): what the segments apply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpRef<'a> {
+    Put { key: &'a [u8], value: &'a [u8] },
+    Delete { key: &'a [u8] },
+    Append { key: &'a [u8], item: &'a [u8] },
+}
+
+impl<'a> OpRef<'a> {
+    pub fn key(&self) -> &'a [u8] {
+        match *self {
+            OpRef::Put { key, .. } | OpRef::Delete { key } | OpRef::Append { key, .. } => key,
+        }
+    }
+
+    /// Decodes a WAL record without copying it.
+    pub fn decode(record: &'a [u8]) -> Result<OpRef<'a>> {
+        let corrupt = |what: &str| Error::corruption(format!("shard WAL record: {what}"));
+        if record.len() < 5 {
+            return Err(corrupt("shorter than its header"));
+        }
+        let klen = u32::from_le_bytes(record[1..5].try_into().unwrap()) as usize;
+        if klen > MAX_KEY_SIZE || record.len() < 5 + klen {
+            return Err(corrupt("key length out of range"));
+        }
+        let (key, body) = (&record[5..5 + klen], &record[5 + klen..]);
+        match record[0] {
+            OP_PUT => Ok(OpRef::Put { key, value: body }),
+            OP_DELETE if body.is_empty() => Ok(OpRef::Delete { key }),
+            OP_APPEND => Ok(OpRef::Append { key, item: body }),
+            other => Err(corrupt(&format!("unknown operation {other}"))),
+        }
+    }
+}
+
 impl Op {
+    pub fn as_ref(&self) -> OpRef<'_> {
+        match self {
+            Op::Put { key, value } => OpRef::Put { key, value },
+            Op::Delete { key } => OpRef::Delete { key },
+            Op::Append { key, item } => OpRef::Append { key, item },
+        }
+    }
+
     pub fn key(&self) -> &[u8] {
         match self {
             Op::Put { key, .. } | Op::Delete { key } | Op::Append { key, .. } => key,
@@ -48,22 +92,11 @@ impl Op {
     }
 
     pub fn decode(record: &[u8]) -> Result<Op> {
-        let corrupt = |what: &str| Error::corruption(format!("shard WAL record: {what}"));
-        if record.len() < 5 {
-            return Err(corrupt("shorter than its header"));
-        }
-        let klen = u32::from_le_bytes(record[1..5].try_into().unwrap()) as usize;
-        if klen > MAX_KEY_SIZE || record.len() < 5 + klen {
-            return Err(corrupt("key length out of range"));
-        }
-        let key = record[5..5 + klen].to_vec();
-        let body = record[5 + klen..].to_vec();
-        match record[0] {
-            OP_PUT => Ok(Op::Put { key, value: body }),
-            OP_DELETE if body.is_empty() => Ok(Op::Delete { key }),
-            OP_APPEND => Ok(Op::Append { key, item: body }),
-            other => Err(corrupt(&format!("unknown operation {other}"))),
-        }
+        Ok(match OpRef::decode(record)? {
+            OpRef::Put { key, value } => Op::Put { key: key.to_vec(), value: value.to_vec() },
+            OpRef::Delete { key } => Op::Delete { key: key.to_vec() },
+            OpRef::Append { key, item } => Op::Append { key: key.to_vec(), item: item.to_vec() },
+        })
     }
 }
 

@@ -65,7 +65,7 @@ pub fn load(fs: &Arc<dyn FileSystem>, dir: &Path) -> Result<Segments> {
     let appendable_id = logs.pop();
     for id in logs {
         let a = Appendable::load(fs, dir, id)?;
-        let t = table::write(&**fs, &dir.join(files::name(id, files::TABLE)), a.map.into_iter().map(Ok), &[])?;
+        let t = table::write(&**fs, &dir.join(files::name(id, files::TABLE)), a.map.into_iter().map(|(k, e)| Ok((k.as_slice().to_vec(), e))), &[])?;
         a.log.remove_files()?;
         tables.insert(id, t);
     }

@@ -4,6 +4,7 @@
 
 use super::entry::Entry;
 use super::files::{self, Cursor};
+use super::key::Key;
 use super::table::Table;
 use crate::error::Result;
 use crate::wal::FileSystem;
@@ -17,7 +18,7 @@ const DEL_MAGIC: u64 = 0x314c_4544_4c45_454b; // "KEELDEL1"
 
 pub enum Data {
     /// A sealed appendable segment whose table is being written.
-    Frozen(Arc<BTreeMap<Vec<u8>, Entry>>),
+    Frozen(Arc<BTreeMap<Key, Entry>>),
     Table(Table),
 }
 
@@ -193,7 +194,7 @@ impl Sealed {
         let all: Box<dyn Iterator<Item = Result<(Vec<u8>, Entry)>> + 'a> = match &self.data {
             Data::Table(t) => Box::new(t.iter_from(start)),
             Data::Frozen(m) => Box::new(
-                m.range::<[u8], _>((Bound::Included(start), Bound::Unbounded)).map(|(k, e)| Ok((k.clone(), e.clone()))),
+                m.range::<[u8], _>((Bound::Included(start), Bound::Unbounded)).map(|(k, e)| Ok((k.as_slice().to_vec(), e.clone()))),
             ),
         };
         Box::new(all.filter(move |r| !matches!(r, Ok((k, _)) if deleted.contains_key(k))))

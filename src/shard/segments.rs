@@ -10,7 +10,7 @@
 
 use super::appendable::Appendable;
 use super::entry::{Entry, Kind, Value};
-use super::op::Op;
+use super::op::{Op, OpRef};
 use super::sealed::Sealed;
 use crate::error::{Error, Result};
 use crate::status::KEEL_STATUS_WRONG_KIND;
@@ -95,38 +95,56 @@ impl Segments {
         Ok(())
     }
 
+    /// The live copy of `key` in an immutable segment, if it has one.
+    fn locate_sealed(&self, key: &[u8]) -> Result<Option<(usize, Entry)>> {
+        for (i, s) in self.sealed.iter().enumerate().rev() {
+            if let Some(e) = s.get(key)? {
+                return Ok(Some((i, e)));
+            }
+        }
+        Ok(None)
+    }
+
     /// Applies one checked operation at `version`.
-    pub fn apply(&mut self, op: &Op, version: u64) -> Result<()> {
+    pub fn apply(&mut self, op: OpRef, version: u64) -> Result<()> {
         let key = op.key();
-        let place = if self.appendable.map.contains_key(key) {
-            Some((Place::Appendable, None))
-        } else {
-            self.locate(key)?.map(|(p, e)| (p, Some(e)))
-        };
+        // Bloom filters answer "not in an immutable segment" cheaply; then
+        // the appendable segment applies it with one search (a key lives in
+        // one place, so none of the immutable ones can hold it too).
+        match self.locate_sealed(key)? {
+            None => self.appendable.apply_here(op, version, false).map(|_| ()).map_err(|()| wrong_kind(key)),
+            Some((i, e)) => self.apply_at(op, version, Some((Place::Sealed(i), Some(e)))),
+        }
+    }
+
+    /// Applies `op` to the key's live copy found at `place` (with its entry
+    /// when it is in an immutable segment).
+    fn apply_at(&mut self, op: OpRef, version: u64, place: Option<(Place, Option<Entry>)>) -> Result<()> {
+        let key = op.key();
         match op {
-            Op::Put { value, .. } => {
+            OpRef::Put { value, .. } => {
                 if let Some((Place::Sealed(i), _)) = place {
                     self.sealed[i].mark_deleted(key, version);
                 }
                 self.appendable.put(key, value, version);
             }
-            Op::Delete { .. } => match place {
+            OpRef::Delete { .. } => match place {
                 Some((Place::Appendable, _)) => self.appendable.remove(key, version),
                 Some((Place::Sealed(i), _)) => self.sealed[i].mark_deleted(key, version),
                 None => {}
             },
-            Op::Append { item, .. } => match place {
+            OpRef::Append { item, .. } => match place {
                 Some((Place::Appendable, _)) => match self.appendable.map[key].value {
                     Value::Posting(_) => self.appendable.push_item(key, item, version),
                     Value::Bytes(_) => return Err(wrong_kind(key)),
                 },
                 Some((Place::Sealed(i), Some(Entry { value: Value::Posting(mut items), .. }))) => {
-                    items.push(item.clone());
+                    items.push(item.to_vec());
                     self.sealed[i].mark_deleted(key, version);
                     self.appendable.put_list(key, items, version);
                 }
                 Some((Place::Sealed(_), _)) => return Err(wrong_kind(key)),
-                None => self.appendable.put_list(key, vec![item.clone()], version),
+                None => self.appendable.put_list(key, vec![item.to_vec()], version),
             },
         }
         Ok(())
@@ -149,39 +167,44 @@ impl Segments {
     /// that state, and replay visits all of them), then applies the
     /// operation only if it is newer than the key's stored version.
     /// Returns whether it changed anything (false: already in the segments).
-    pub fn replay(&mut self, op: &Op, version: u64) -> Result<bool> {
+    pub fn replay(&mut self, op: OpRef, version: u64) -> Result<bool> {
         let key = op.key();
-        let mut copies: Vec<(Place, u64)> = Vec::new();
-        if let Some(e) = self.appendable.map.get(key) {
-            copies.push((Place::Appendable, e.version));
-        }
+        // (place, version, entry: only for immutable segments)
+        let mut copies: Vec<(Place, u64, Option<Entry>)> = Vec::new();
         for (i, s) in self.sealed.iter().enumerate() {
             if let Some(e) = s.get(key)? {
-                copies.push((Place::Sealed(i), e.version));
+                copies.push((Place::Sealed(i), e.version, Some(e)));
             }
         }
-        let newest = copies.iter().map(|(_, v)| *v).max();
-        if copies.len() > 1 {
-            let keep = newest.unwrap();
-            let mut kept = false;
-            for (place, v) in &copies {
-                if *v == keep && !kept {
-                    kept = true;
-                    continue;
-                }
+        if copies.is_empty() {
+            // The common case: the key can only be in the appendable
+            // segment; gate and apply with one search.
+            return self.appendable.apply_here(op, version, true).map_err(|()| {
+                Error::corruption(format!("WAL operation {version} appends to a value: {}", wrong_kind(key).message))
+            });
+        }
+        if let Some(e) = self.appendable.map.get(key) {
+            copies.push((Place::Appendable, e.version, None));
+        }
+        let deduplicated = copies.len() > 1;
+        if deduplicated {
+            copies.sort_by_key(|c| std::cmp::Reverse(c.1));
+            let keep = copies[0].1;
+            for (place, _, _) in copies.drain(1..) {
                 match place {
                     Place::Appendable => self.appendable.remove(key, keep),
-                    Place::Sealed(i) => self.sealed[*i].mark_deleted(key, keep),
+                    Place::Sealed(i) => self.sealed[i].mark_deleted(key, keep),
                 }
             }
         }
-        if newest.is_some_and(|v| v >= version) {
-            return Ok(copies.len() > 1);
+        let live = copies.pop();
+        if live.as_ref().is_some_and(|c| c.1 >= version) {
+            return Ok(deduplicated);
         }
-        if newest.is_none() && matches!(op, Op::Delete { .. }) {
-            return Ok(false); // deleting what is not there
+        if live.is_none() && matches!(op, OpRef::Delete { .. }) {
+            return Ok(deduplicated); // deleting what is not there
         }
-        match self.apply(op, version).map(|()| true) {
+        match self.apply_at(op, version, live.map(|(p, _, e)| (p, e))).map(|()| true) {
             // Cannot happen for a log written by keel (writes are checked
             // before they are logged); a damaged or foreign log can.
             Err(e) if e.status == KEEL_STATUS_WRONG_KIND => {
@@ -215,7 +238,7 @@ impl Segments {
         }
         let upper = end.map_or(Bound::Unbounded, Bound::Excluded);
         for (k, e) in self.appendable.map.range::<[u8], _>((Bound::Included(start), upper)) {
-            keep(k.clone(), e.clone());
+            keep(k.as_slice().to_vec(), e.clone());
         }
         Ok(out.into_iter().collect())
     }

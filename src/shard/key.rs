@@ -1,0 +1,89 @@
+//! The key type of in-memory sorted maps: keys up to 23 bytes live inline
+//! (no heap allocation, and a B-tree search compares bytes already in the
+//! node instead of chasing a pointer per comparison, which dominated
+//! replay and point lookups on large appendable segments). Longer keys
+//! are boxed. It orders and borrows as `[u8]`, so maps are searched with
+//! plain byte slices.
+
+use std::borrow::Borrow;
+use std::cmp::Ordering;
+
+const INLINE: usize = 23;
+
+#[derive(Clone)]
+pub enum Key {
+    Inline { len: u8, bytes: [u8; INLINE] },
+    Heap(Box<[u8]>),
+}
+
+impl Key {
+    pub fn new(key: &[u8]) -> Key {
+        if key.len() <= INLINE {
+            let mut bytes = [0u8; INLINE];
+            bytes[..key.len()].copy_from_slice(key);
+            Key::Inline { len: key.len() as u8, bytes }
+        } else {
+            Key::Heap(key.into())
+        }
+    }
+
+    pub fn as_slice(&self) -> &[u8] {
+        match self {
+            Key::Inline { len, bytes } => &bytes[..*len as usize],
+            Key::Heap(b) => b,
+        }
+    }
+}
+
+impl Borrow<[u8]> for Key {
+    fn borrow(&self) -> &[u8] {
+        self.as_slice()
+    }
+}
+
+impl PartialEq for Key {
+    fn eq(&self, other: &Key) -> bool {
+        self.as_slice() == other.as_slice()
+    }
+}
+
+impl Eq for Key {}
+
+impl PartialOrd for Key {
+    fn partial_cmp(&self, other: &Key) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Key {
+    fn cmp(&self, other: &Key) -> Ordering {
+        self.as_slice().cmp(other.as_slice())
+    }
+}
+
+impl std::fmt::Debug for Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}", String::from_utf8_lossy(self.as_slice()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Key;
+    use std::collections::BTreeMap;
+
+    #[test]
+    fn orders_and_finds_like_byte_slices() {
+        let keys: Vec<Vec<u8>> = vec![vec![], b"a".to_vec(), vec![b'a'; 23], vec![b'a'; 24], b"b".to_vec(), vec![0xff; 40]];
+        let mut m = BTreeMap::new();
+        for (i, k) in keys.iter().enumerate().rev() {
+            m.insert(Key::new(k), i);
+        }
+        let order: Vec<usize> = m.values().copied().collect();
+        assert_eq!(order, (0..keys.len()).collect::<Vec<_>>());
+        for (i, k) in keys.iter().enumerate() {
+            assert_eq!(m.get(k.as_slice()), Some(&i));
+        }
+        assert_eq!(m.get(&b"c"[..]), None);
+    }
+}
