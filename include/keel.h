@@ -320,7 +320,8 @@ typedef struct keel_engine_options_t {
   uint64_t wal_segment_size;
   /**
    * Period of the background flush in milliseconds; 0 flushes only on
-   * keel_shard_flush(), when sealing and on close. Default 1000.
+   * keel_shard_flush(), when sealing and on close. Default 5000 (each
+   * pass costs a few fsyncs on the device the WAL syncs to).
    */
   uint64_t flush_interval_ms;
   /**

@@ -39,7 +39,7 @@ type EngineOptions struct {
 	// record (16 MiB by default, less for small segments).
 	WALSegmentSize uint64
 	// FlushInterval is the period of the background flush (rounded up to
-	// a whole millisecond); default 1 s. NoBackgroundFlush (any negative
+	// a whole millisecond); default 5 s. NoBackgroundFlush (any negative
 	// value) flushes only on Shard.Flush, when sealing and on close.
 	FlushInterval time.Duration
 	// SealBytes: the appendable segment is sealed into an immutable one

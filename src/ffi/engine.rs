@@ -45,7 +45,8 @@ pub struct keel_engine_options_t {
     /// less for small segments).
     pub wal_segment_size: u64,
     /// Period of the background flush in milliseconds; 0 flushes only on
-    /// keel_shard_flush(), when sealing and on close. Default 1000.
+    /// keel_shard_flush(), when sealing and on close. Default 5000 (each
+    /// pass costs a few fsyncs on the device the WAL syncs to).
     pub flush_interval_ms: u64,
     /// The appendable segment is sealed into an immutable one past this
     /// many bytes of keys and values; at least 4096, default 32 MiB.

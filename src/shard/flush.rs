@@ -122,11 +122,13 @@ fn acknowledge(inner: &Inner) -> Result<u64> {
 fn maintain(inner: &Inner) -> Result<()> {
     // A seal that failed earlier left a frozen segment: finish it first.
     let frozen: Vec<Arc<Sealed>> = inner.segs.read().sealed.iter().filter(|s| s.table().is_none()).cloned().collect();
+    let mut changed = !frozen.is_empty();
     for f in frozen {
         write_frozen(inner, &f)?;
     }
     if inner.segs.read().appendable.weight >= inner.opts.seal_bytes {
         seal(inner)?;
+        changed = true;
     }
     // Several merges may be due (a burst of seals, a delete-heavy
     // stretch); bounded so a pass comes back soon.
@@ -135,6 +137,10 @@ fn maintain(inner: &Inner) -> Result<()> {
             Some(ids) => merge(inner, &ids)?,
             None => break,
         }
+        changed = true;
+    }
+    if changed {
+        release_freed_memory();
     }
     Ok(())
 }
@@ -176,6 +182,15 @@ fn write_frozen(inner: &Inner, frozen: &Arc<Sealed>) -> Result<()> {
         files::remove(&*inner.fs, &inner.seg_dir.join(files::name(frozen.id, ext)))?;
     }
     files::sync_dir(&*inner.fs, &inner.seg_dir)
+}
+
+/// Hands the memory of a sealed map (many small allocations, freed at
+/// once) back to the system; glibc otherwise keeps most of it.
+fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 /// Ids of segments to merge: the smallest ones when there are more than

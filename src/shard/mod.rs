@@ -58,7 +58,7 @@ impl Default for Options {
         Options {
             durability: Durability::Sync,
             wal_segment_size: 64 << 20,
-            flush_interval: Some(Duration::from_secs(1)),
+            flush_interval: Some(Duration::from_secs(5)),
             seal_bytes: 32 << 20,
             max_sealed: 8,
             unordered_flush_seed: None,

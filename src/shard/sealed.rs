@@ -121,6 +121,15 @@ impl Sealed {
         Ok(found.filter(|_| !self.deletions.lock().keys.contains_key(key)))
     }
 
+    /// Whether a live copy of `key` is here, without copying it out.
+    pub fn holds(&self, key: &[u8]) -> Result<bool> {
+        let found = match &self.data {
+            Data::Table(t) => t.contains(key)?,
+            Data::Frozen(m) => m.contains_key(key),
+        };
+        Ok(found && !self.deletions.lock().keys.contains_key(key))
+    }
+
     pub fn mark_deleted(&self, key: &[u8], version: u64) {
         let mut d = self.deletions.lock();
         d.keys.insert(key.to_vec(), version);

@@ -111,9 +111,24 @@ impl Segments {
         // Bloom filters answer "not in an immutable segment" cheaply; then
         // the appendable segment applies it with one search (a key lives in
         // one place, so none of the immutable ones can hold it too).
-        match self.locate_sealed(key)? {
+        let sealed = match op {
+            // An append extends the list it finds: it needs the entry.
+            OpRef::Append { .. } => self.locate_sealed(key)?.map(|(i, e)| (i, Some(e))),
+            // A put or a delete only needs to know where the old copy is.
+            _ => {
+                let mut at = None;
+                for (i, s) in self.sealed.iter().enumerate().rev() {
+                    if s.holds(key)? {
+                        at = Some((i, None));
+                        break;
+                    }
+                }
+                at
+            }
+        };
+        match sealed {
             None => self.appendable.apply_here(op, version, false).map(|_| ()).map_err(|()| wrong_kind(key)),
-            Some((i, e)) => self.apply_at(op, version, Some((Place::Sealed(i), Some(e)))),
+            Some((i, e)) => self.apply_at(op, version, Some((Place::Sealed(i), e))),
         }
     }
 

@@ -298,6 +298,16 @@ impl Table {
     }
 
     pub fn get(&self, key: &[u8]) -> Result<Option<Entry>> {
+        self.find(key)?.map(|(version, kind, value)| to_entry(version, kind, value)).transpose()
+    }
+
+    /// Whether the table holds `key`, without decoding its value.
+    pub fn contains(&self, key: &[u8]) -> Result<bool> {
+        Ok(self.find(key)?.is_some())
+    }
+
+    /// The raw (version, kind, value) stored for `key`.
+    fn find(&self, key: &[u8]) -> Result<Option<(u64, u8, &[u8])>> {
         let (lo, hi) = self.filter;
         if !bloom::may_contain(&self.map.get()[lo..hi], bloom::hash64(key)) {
             return Ok(None);
@@ -311,7 +321,7 @@ impl Table {
             match k.cmp(key) {
                 std::cmp::Ordering::Less => lo = mid + 1,
                 std::cmp::Ordering::Greater => hi = mid,
-                std::cmp::Ordering::Equal => return to_entry(version, kind, value).map(Some),
+                std::cmp::Ordering::Equal => return Ok(Some((version, kind, value))),
             }
         }
         Ok(None)

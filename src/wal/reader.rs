@@ -141,7 +141,7 @@ impl Reader {
             }
             let head = self.bytes(at, FRAME_HEADER_LEN)?.to_vec();
             let h = FrameHeader::parse(&head);
-            if !h.plausible(&head, room) {
+            if !h.plausible(&head, room) && !h.plausible(&head, self.refresh_len()?.saturating_sub(at)) {
                 return Err(corrupt("malformed frame header"));
             }
             let payload = self.bytes(at + FRAME_HEADER_LEN as u64, h.len as usize)?.to_vec();
@@ -165,6 +165,15 @@ impl Reader {
         }
     }
 
+    /// Re-reads the current segment's size (one statx), for a frame that
+    /// seems to run past it; segments are allocated whole when created, so
+    /// this is a safety net, not the common path.
+    fn refresh_len(&mut self) -> Result<u64> {
+        let seg = self.segment.as_mut().unwrap();
+        seg.len = seg.file.len().map_err(|e| Error::io(format!("reading {}", seg.meta.path.display()), e))?;
+        Ok(seg.len)
+    }
+
     /// Opens the segment that holds `self.next` when the current one does
     /// not, moving the pin forward.
     fn move_to_segment_of_next(&mut self) -> Result<()> {
@@ -182,10 +191,7 @@ impl Reader {
             }
         };
         let Some(meta) = target else {
-            // Same segment: make sure the size covers what was appended since.
-            let seg = self.segment.as_mut().unwrap();
-            seg.len = seg.file.len().map_err(|e| Error::io(format!("reading {}", seg.meta.path.display()), e))?;
-            return Ok(());
+            return Ok(()); // same segment (its size is fixed when it is created)
         };
         let io = |e| Error::io(format!("opening {}", meta.path.display()), e);
         let file = self.shared.fs.open(&meta.path, false).map_err(io)?;

@@ -35,10 +35,20 @@ pub fn read_all(file: &dyn File) -> std::io::Result<Vec<u8>> {
 }
 
 fn read_and_scan(fs: &dyn FileSystem, name: String, path: std::path::PathBuf, first_seq: u64) -> Result<SegmentScan> {
-    let file = fs.open(&path, false).map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
-    let bytes = read_all(&*file).map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+    // Mapped when the file system can (no copy, no fresh zeroed buffer per
+    // segment); read into memory otherwise.
+    let mapped = fs.map_readonly(&path).map_err(|e| Error::io(format!("mapping {}", path.display()), e))?;
+    let owned;
+    let bytes: &[u8] = match &mapped {
+        Some(m) => m.bytes(),
+        None => {
+            let file = fs.open(&path, false).map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
+            owned = read_all(&*file).map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+            &owned
+        }
+    };
     let seg = SegmentFile { name, path, first_seq, size: bytes.len() as u64 };
-    Ok(scan_segment(seg, &bytes, |_, _| Ok::<(), std::convert::Infallible>(())).unwrap_or_else(|never| match never {}))
+    Ok(scan_segment(seg, bytes, |_, _| Ok::<(), std::convert::Infallible>(())).unwrap_or_else(|never| match never {}))
 }
 
 fn describe(d: &Damage, scans: &[SegmentScan]) -> String {
