@@ -81,7 +81,7 @@ static void lifecycle(void) {
   CHECK_EQ_U64(o.sync_interval_ms, 100);
   CHECK_EQ_U64(o.max_sealed_segments, 8);
   CHECK_EQ_U64(o.wal_segment_size, 64ull << 20);
-  CHECK_EQ_U64(o.flush_interval_ms, 1000);
+  CHECK_EQ_U64(o.flush_interval_ms, 5000);
   CHECK_EQ_U64(o.seal_bytes, 32ull << 20);
 
   keel_engine_t *engine = NULL;

@@ -323,7 +323,12 @@ static void misuse(void) {
   CHECK_RC(KEEL_STATUS_OK, keel_net_options_init(&no));
   keel_net_t *net = NULL;
   no.backend = 3;
+  events_t owned = {.mu = PTHREAD_MUTEX_INITIALIZER};
+  no.user_data = &owned;
+  no.user_data_free = free_user;
   CHECK_STATUS(KEEL_STATUS_INVALID_ARGUMENT, keel_net_open(&no, &net, &err));
+  CHECK(owned.frees == 0); /* a failed open leaves user_data to the caller */
+  no.user_data_free = NULL;
   no.backend = UINT32_MAX;
   CHECK_STATUS(KEEL_STATUS_INVALID_ARGUMENT, keel_net_open(&no, &net, &err));
   no.backend = KEEL_NET_BACKEND_DEFAULT;

@@ -1291,7 +1291,8 @@ keel_status_t keel_writer_options_init(struct keel_writer_options_t *opts);
 /**
  * Starts a reactor thread with the backend `opts` asks for (NULL: the
  * defaults). On success `*out` receives a handle to release with
- * keel_net_close().
+ * keel_net_close(), which calls `user_data_free` once. On failure keel
+ * never calls `user_data_free`: `user_data` is still the caller's.
  * Errors: NULL_ARGUMENT, INVALID_ARGUMENT (struct_size, backend out of
  * range), IO (eventfd, epoll or the thread could not be created).
  */

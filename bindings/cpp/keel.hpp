@@ -1460,10 +1460,6 @@ namespace detail {
 /// user_data, released by keel through user_data_free when the net closes.
 struct NetEvents {
   EventHandler handler;
-  // True while keel_net_open runs. Whether keel calls user_data_free when
-  // open fails depends on where it fails, so free() leaves the state alone
-  // then and Net::open deletes it itself: freed exactly once either way.
-  bool opening = true;
 
   explicit NetEvents(EventHandler h) : handler(std::move(h)) {}
 
@@ -1471,10 +1467,7 @@ struct NetEvents {
     const auto* self = static_cast<const NetEvents*>(user);
     self->handler(conn_id, static_cast<Status>(status), message ? std::string_view(message) : std::string_view());
   }
-  static void free(void* user) noexcept {
-    auto* self = static_cast<NetEvents*>(user);
-    if (!self->opening) delete self;
-  }
+  static void free(void* user) noexcept { delete static_cast<NetEvents*>(user); }
 };
 
 inline WriterStats to_stats(const keel_writer_stats_t& s) noexcept {
@@ -1551,11 +1544,9 @@ class Net {
     detail::ErrorOut err;
     keel_net_t* n = nullptr;
     const keel_status_t st = keel_net_open(&raw, &n, err.out());
-    if (st != KEEL_STATUS_OK) return err.take(st);  // `events` is deleted here, once
-    if (events) {
-      events->opening = false;
-      (void)events.release();  // now keel's: user_data_free deletes it
-    }
+    // A failed open never calls user_data_free: `events` is deleted here.
+    if (st != KEEL_STATUS_OK) return err.take(st);
+    (void)events.release();  // now keel's: user_data_free deletes it at close
     return Net(n);
   }
 

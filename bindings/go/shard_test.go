@@ -992,7 +992,7 @@ func TestEngineOptions(t *testing.T) {
 	if def != zero {
 		t.Fatalf("&EngineOptions{} differs from nil: %+v vs %+v", zero, def)
 	}
-	if def.flush_interval_ms != 1000 || def.durability != 0 || def.seal_bytes == 0 {
+	if def.flush_interval_ms != 5000 || def.durability != 0 || def.seal_bytes == 0 {
 		t.Fatalf("defaults = %+v", def)
 	}
 	c, _ := (&EngineOptions{FlushInterval: NoBackgroundFlush, SyncInterval: 1500 * time.Microsecond, MaxSealedSegments: 3}).toC()

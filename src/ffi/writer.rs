@@ -319,7 +319,8 @@ fn writer_options_from_c(opts: *const keel_writer_options_t) -> crate::Result<Wr
 
 /// Starts a reactor thread with the backend `opts` asks for (NULL: the
 /// defaults). On success `*out` receives a handle to release with
-/// keel_net_close().
+/// keel_net_close(), which calls `user_data_free` once. On failure keel
+/// never calls `user_data_free`: `user_data` is still the caller's.
 /// Errors: NULL_ARGUMENT, INVALID_ARGUMENT (struct_size, backend out of
 /// range), IO (eventfd, epoll or the thread could not be created).
 #[no_mangle]
@@ -365,15 +366,8 @@ pub extern "C" fn keel_net_open(
                 }));
             }
         }
-        let net = match Net::open(options) {
-            Ok(n) => n,
-            Err(e) => {
-                if let Some(cb) = &callback {
-                    cb.release();
-                }
-                return Err(e);
-            }
-        };
+        // On failure nothing is released: user_data stays the caller's.
+        let net = Net::open(options)?;
         *out = into_handle::<keel_net_t>(NetHandle { net, callback });
         Ok(())
     })
