@@ -500,6 +500,10 @@ def main():
     shards = shard_results(work, rskip)
     if shards:
         targets.extend(shard_targets(shards))
+    # bench/net writes its own section (net.md, net.json with its targets,
+    # shown in its own table rather than the ratio table below).
+    net_path = os.path.join(work, "net.json")
+    net = json.load(open(net_path)) if os.path.exists(net_path) else None
 
     for t in targets:
         t["pass"] = t["value"] >= t["target"] if t["cmp"] == ">=" else t["value"] <= t["target"]
@@ -515,6 +519,7 @@ def main():
         "keel": list(keel.values()),
         "rocksdb": {"skipped": rskip, "runs": rruns or [], "comparison": comparison},
         "shards": shards,
+        "net": net,
         "targets": targets,
     }
     with open(prefix + ".json", "w") as f:
@@ -522,7 +527,7 @@ def main():
         f.write("\n")
 
     L = []
-    L.append(f"# keel benchmark (WAL, shards) — {report['stamp']}")
+    L.append(f"# keel benchmark (WAL, shards, socket writers) — {report['stamp']}")
     L.append("")
     L.append(f"**Machine:** {m.get('cpu')}, {m.get('cores')} cores, {m.get('mem_gib')} GiB RAM, {m.get('kernel')}, "
              f"bench dir on **{m.get('fs')}** ({m.get('fs_source')}, {m.get('fs_options')}), {m.get('rustc')}, {m.get('fio')}, "
@@ -628,6 +633,11 @@ def main():
         L.append("")
         L.append("Not run (no keel-shard-*.json).")
         L.append("")
+    if net:
+        L += read_text(os.path.join(work, "net.md")).rstrip("\n").split("\n")
+        L.append("")
+    else:
+        L += ["## Batched socket writers", "", "Not run (bench/net produced no net.json).", ""]
     L.append("Ratios: keel 4 KiB rate / F; keel 4 KiB p99 / P; 16-writer rate / 1-writer rate (256 B). "
              "See bench/README.md. Numbers from a busy machine (high load average) are noisy.")
     with open(prefix + ".md", "w") as f:

@@ -237,6 +237,11 @@ run_db_bench_shard posting_append_1t --benchmarks=mergerandom --merge_operator=s
 rm -rf "$rsdb"
 run_keel_shard memory
 run_keel_shard recovery
+
+# ---- batched socket writers vs naive sends and Redis pub/sub (bench/net) ----
+echo "bench: batched socket writers (bench/net)"
+NET_SKIP_BUILD=1 CARGO="$CARGO" sh bench/net/run.sh "$WORK" \
+    || echo "bench: bench/net failed; its section is missing from the report" >&2
 echo "loadavg_end=$(cut -d' ' -f1-3 /proc/loadavg)" >>"$WORK/machine.env"
 
 # ---- report -----------------------------------------------------------------
