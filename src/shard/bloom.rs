@@ -34,6 +34,20 @@ fn probes(hash: u64, nbits: u64) -> impl Iterator<Item = u64> {
     (0..PROBES as u64).map(move |i| h1.wrapping_add(i.wrapping_mul(h2)) % nbits)
 }
 
+/// A key with its hash, computed once per lookup however many segments'
+/// filters it meets.
+#[derive(Clone, Copy)]
+pub struct Probe<'a> {
+    pub key: &'a [u8],
+    pub hash: u64,
+}
+
+impl<'a> Probe<'a> {
+    pub fn new(key: &'a [u8]) -> Probe<'a> {
+        Probe { key, hash: hash64(key) }
+    }
+}
+
 /// Builds the filter bytes for `hashes` (one per key).
 pub fn build(hashes: &[u64]) -> Vec<u8> {
     // A whole number of bytes, so the reader derives the size from the length.

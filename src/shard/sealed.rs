@@ -2,6 +2,7 @@
 //! appendable segment while its table is being written) plus the deletion
 //! side-car `seg-<id>.del`, the only part that changes.
 
+use super::bloom::Probe;
 use super::entry::Entry;
 use super::files::{self, Cursor};
 use super::key::Key;
@@ -35,15 +36,23 @@ struct Deletions {
 pub struct Sealed {
     pub id: u64,
     pub data: Data,
+    /// Versions up to this are durable in the data: everything for a
+    /// table; for a frozen map, what its old data log had persisted.
+    data_persisted: u64,
     del_path: PathBuf,
     deletions: Mutex<Deletions>,
 }
 
 impl Sealed {
     pub fn new(dir: &Path, id: u64, data: Data, persisted: u64) -> Sealed {
+        let data_persisted = match data {
+            Data::Table(_) => u64::MAX,
+            Data::Frozen(_) => persisted,
+        };
         Sealed {
             id,
             data,
+            data_persisted,
             del_path: dir.join(files::name(id, files::DELETIONS)),
             deletions: Mutex::new(Deletions { keys: HashMap::new(), saved_upto: persisted, max_version: 0 }),
         }
@@ -75,6 +84,10 @@ impl Sealed {
         let d = self.deletions.lock();
         Sealed {
             id: self.id,
+            data_persisted: match data {
+                Data::Table(_) => u64::MAX,
+                Data::Frozen(_) => self.data_persisted,
+            },
             data,
             del_path: self.del_path.clone(),
             deletions: Mutex::new(Deletions {
@@ -112,22 +125,22 @@ impl Sealed {
     }
 
     /// The live entry for `key` (None when absent or deleted).
-    pub fn get(&self, key: &[u8]) -> Result<Option<Entry>> {
+    pub fn get(&self, probe: &Probe) -> Result<Option<Entry>> {
         // The data first: its Bloom filter rejects most keys for free.
         let found = match &self.data {
-            Data::Table(t) => t.get(key)?,
-            Data::Frozen(m) => m.get(key).cloned(),
+            Data::Table(t) => t.get(probe)?,
+            Data::Frozen(m) => m.get(probe.key).cloned(),
         };
-        Ok(found.filter(|_| !self.deletions.lock().keys.contains_key(key)))
+        Ok(found.filter(|_| !self.deletions.lock().keys.contains_key(probe.key)))
     }
 
     /// Whether a live copy of `key` is here, without copying it out.
-    pub fn holds(&self, key: &[u8]) -> Result<bool> {
+    pub fn holds(&self, probe: &Probe) -> Result<bool> {
         let found = match &self.data {
-            Data::Table(t) => t.contains(key)?,
-            Data::Frozen(m) => m.contains_key(key),
+            Data::Table(t) => t.contains(probe)?,
+            Data::Frozen(m) => m.contains_key(probe.key),
         };
-        Ok(found && !self.deletions.lock().keys.contains_key(key))
+        Ok(found && !self.deletions.lock().keys.contains_key(probe.key))
     }
 
     pub fn mark_deleted(&self, key: &[u8], version: u64) {
@@ -153,8 +166,12 @@ impl Sealed {
         data.max(self.deletions.lock().max_version)
     }
 
+    /// Every change <= this is durable: the side-car's saved version, but
+    /// never beyond what the data itself has on disk (a frozen map whose
+    /// table failed to be written is only as durable as its old log, however
+    /// far its side-car got: F5 must not ack the WAL past that).
     pub fn persisted(&self) -> u64 {
-        self.deletions.lock().saved_upto
+        self.deletions.lock().saved_upto.min(self.data_persisted)
     }
 
     /// Deletions with version > `since`, for handing over to a merged segment.
@@ -212,5 +229,23 @@ impl Sealed {
     pub fn remove_files(&self, fs: &dyn FileSystem, dir: &Path) -> Result<()> {
         files::remove(fs, &dir.join(files::name(self.id, files::TABLE)))?;
         files::remove(fs, &self.del_path)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_frozen_segment_is_never_more_persisted_than_its_old_log() {
+        let dir = std::env::temp_dir().join(format!("keel-sealed-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let fs = crate::wal::StdFs::direct();
+        let frozen = Sealed::new(&dir, 7, Data::Frozen(Arc::new(BTreeMap::new())), 5);
+        frozen.mark_deleted(b"k", 50);
+        frozen.flush(&fs, 100).unwrap(); // the side-car reaches 100...
+        assert_eq!(frozen.persisted(), 5); // ...the data does not
+        assert!(frozen.dirty());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

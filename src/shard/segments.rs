@@ -9,6 +9,7 @@
 //! marked deleted in its segment's side-car with the same version.
 
 use super::appendable::Appendable;
+use super::bloom::Probe;
 use super::entry::{Entry, Kind, Value};
 use super::op::{Op, OpRef};
 use super::sealed::Sealed;
@@ -46,8 +47,9 @@ impl Segments {
             // Cloned only when asked for; callers below use kind and version.
             return Ok(Some((Place::Appendable, e.clone())));
         }
+        let probe = Probe::new(key);
         for (i, s) in self.sealed.iter().enumerate().rev() {
-            if let Some(e) = s.get(key)? {
+            if let Some(e) = s.get(&probe)? {
                 return Ok(Some((Place::Sealed(i), e)));
             }
         }
@@ -97,8 +99,9 @@ impl Segments {
 
     /// The live copy of `key` in an immutable segment, if it has one.
     fn locate_sealed(&self, key: &[u8]) -> Result<Option<(usize, Entry)>> {
+        let probe = Probe::new(key);
         for (i, s) in self.sealed.iter().enumerate().rev() {
-            if let Some(e) = s.get(key)? {
+            if let Some(e) = s.get(&probe)? {
                 return Ok(Some((i, e)));
             }
         }
@@ -116,9 +119,9 @@ impl Segments {
             OpRef::Append { .. } => self.locate_sealed(key)?.map(|(i, e)| (i, Some(e))),
             // A put or a delete only needs to know where the old copy is.
             _ => {
-                let mut at = None;
+                let (mut at, probe) = (None, Probe::new(key));
                 for (i, s) in self.sealed.iter().enumerate().rev() {
-                    if s.holds(key)? {
+                    if s.holds(&probe)? {
                         at = Some((i, None));
                         break;
                     }
@@ -186,8 +189,9 @@ impl Segments {
         let key = op.key();
         // (place, version, entry: only for immutable segments)
         let mut copies: Vec<(Place, u64, Option<Entry>)> = Vec::new();
+        let probe = Probe::new(key);
         for (i, s) in self.sealed.iter().enumerate() {
-            if let Some(e) = s.get(key)? {
+            if let Some(e) = s.get(&probe)? {
                 copies.push((Place::Sealed(i), e.version, Some(e)));
             }
         }

@@ -18,7 +18,7 @@
 //! time it is read (a bit per block remembers it), and a lookup binary-
 //! searches the block's entry offsets.
 
-use super::bloom;
+use super::bloom::{self, Probe};
 use super::entry::{decode_list, encode_list, Entry, Value};
 use super::files::{self, Cursor};
 use crate::error::{Error, Result};
@@ -297,19 +297,20 @@ impl Table {
         self.index.partition_point(|ix| ix.first_key.as_slice() <= key).checked_sub(1)
     }
 
-    pub fn get(&self, key: &[u8]) -> Result<Option<Entry>> {
-        self.find(key)?.map(|(version, kind, value)| to_entry(version, kind, value)).transpose()
+    pub fn get(&self, probe: &Probe) -> Result<Option<Entry>> {
+        self.find(probe)?.map(|(version, kind, value)| to_entry(version, kind, value)).transpose()
     }
 
-    /// Whether the table holds `key`, without decoding its value.
-    pub fn contains(&self, key: &[u8]) -> Result<bool> {
-        Ok(self.find(key)?.is_some())
+    /// Whether the table holds the key, without decoding its value.
+    pub fn contains(&self, probe: &Probe) -> Result<bool> {
+        Ok(self.find(probe)?.is_some())
     }
 
-    /// The raw (version, kind, value) stored for `key`.
-    fn find(&self, key: &[u8]) -> Result<Option<(u64, u8, &[u8])>> {
+    /// The raw (version, kind, value) stored for the key.
+    fn find(&self, probe: &Probe) -> Result<Option<(u64, u8, &[u8])>> {
+        let key = probe.key;
         let (lo, hi) = self.filter;
-        if !bloom::may_contain(&self.map.get()[lo..hi], bloom::hash64(key)) {
+        if !bloom::may_contain(&self.map.get()[lo..hi], probe.hash) {
             return Ok(None);
         }
         let Some(b) = self.block_for(key) else { return Ok(None) };
@@ -380,10 +381,10 @@ mod tests {
         let t = write(&fs, &path, all.clone().into_iter().map(Ok), &[4, 5]).unwrap();
         assert_eq!((t.count, t.max_version, t.replaced.clone()), (3000, 3000, vec![4, 5]));
         for (k, e) in &all {
-            assert_eq!(t.get(k).unwrap().as_ref(), Some(e));
+            assert_eq!(t.get(&Probe::new(k)).unwrap().as_ref(), Some(e));
         }
-        assert_eq!(t.get(b"key-").unwrap(), None);
-        assert_eq!(t.get(b"zzz").unwrap(), None);
+        assert_eq!(t.get(&Probe::new(b"key-")).unwrap(), None);
+        assert_eq!(t.get(&Probe::new(b"zzz")).unwrap(), None);
         let from: Vec<_> = t.iter_from(b"key-002500").map(|r| r.unwrap()).collect();
         assert_eq!(from, all[2500..].to_vec());
         drop(t);
@@ -392,7 +393,7 @@ mod tests {
         bytes[100] ^= 0x40;
         std::fs::write(&path, &bytes).unwrap();
         let t = Table::open(&fs, &path).unwrap();
-        assert!(all.iter().any(|(k, _)| t.get(k).is_err()));
+        assert!(all.iter().any(|(k, _)| t.get(&Probe::new(k)).is_err()));
         drop(t);
         let n = bytes.len();
         bytes[100] ^= 0x40;
