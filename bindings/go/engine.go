@@ -10,7 +10,6 @@ import (
 	"fmt"
 	"math"
 	"runtime"
-	"strings"
 	"sync"
 	"time"
 	"unsafe"
@@ -154,10 +153,10 @@ func OpenEngine(dir string, opts *EngineOptions) (*Engine, error) {
 	if err != nil {
 		return nil, err
 	}
-	if strings.IndexByte(dir, 0) >= 0 {
-		return nil, newError("OpenEngine", StatusInvalidArgument, fmt.Sprintf("directory %q contains a NUL byte", dir))
+	cdir, err := cPath("OpenEngine", dir)
+	if err != nil {
+		return nil, err
 	}
-	cdir := C.CString(dir)
 	defer C.free(unsafe.Pointer(cdir))
 	var h *C.keel_engine_t
 	var cerr *C.keel_error_t

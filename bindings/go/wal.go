@@ -138,6 +138,15 @@ func checkABI(header, library uint32) error {
 	return nil
 }
 
+// cPath converts a directory path for C; the caller frees it. C.CString
+// would silently cut the path at a NUL byte and open a different directory.
+func cPath(op, dir string) (*C.char, error) {
+	if strings.IndexByte(dir, 0) >= 0 {
+		return nil, newError(op, StatusInvalidArgument, fmt.Sprintf("directory %q contains a NUL byte", dir))
+	}
+	return C.CString(dir), nil
+}
+
 // Open opens (creating if needed) the WAL in directory dir and recovers it.
 // opts may be nil for the defaults. A directory can be open only once at a
 // time: a second Open fails with ErrBusy until the first is closed.
@@ -149,12 +158,10 @@ func Open(dir string, opts *Options) (*WAL, error) {
 	if err != nil {
 		return nil, err
 	}
-	// C.CString would silently cut the path at a NUL byte and open a
-	// different directory.
-	if strings.IndexByte(dir, 0) >= 0 {
-		return nil, newError("Open", StatusInvalidArgument, fmt.Sprintf("directory %q contains a NUL byte", dir))
+	cdir, err := cPath("Open", dir)
+	if err != nil {
+		return nil, err
 	}
-	cdir := C.CString(dir)
 	defer C.free(unsafe.Pointer(cdir))
 	var h *C.keel_wal_t
 	var cerr *C.keel_error_t
