@@ -170,6 +170,34 @@ pub fn in_bytes<'a>(p: *const u8, len: usize, name: &str) -> Result<&'a [u8]> {
     Ok(unsafe { std::slice::from_raw_parts(p, len) })
 }
 
+/// Splits the packed form several calls take instead of a pointer array
+/// (which suits cgo): `count` byte strings back to back in `data`, string i
+/// being `lens[i]` bytes. `lens` may be NULL when count is 0.
+pub fn in_packed<'a>(data: *const u8, lens: *const usize, count: usize, name: &str) -> Result<Vec<&'a [u8]>> {
+    if count == 0 {
+        return Ok(Vec::new());
+    }
+    if lens.is_null() {
+        return Err(Error::new(KEEL_STATUS_NULL_ARGUMENT, format!("the lengths of {name} are NULL")));
+    }
+    if count > isize::MAX as usize / std::mem::size_of::<usize>() {
+        return Err(Error::invalid(format!("count {count} of {name} is too large")));
+    }
+    let lens = unsafe { std::slice::from_raw_parts(lens, count) };
+    let total = lens
+        .iter()
+        .try_fold(0usize, |acc, &l| acc.checked_add(l))
+        .ok_or_else(|| Error::invalid(format!("the lengths of {name} overflow")))?;
+    let bytes = in_bytes(data, total, name)?;
+    let mut parts = Vec::with_capacity(count);
+    let mut at = 0;
+    for &l in lens {
+        parts.push(&bytes[at..at + l]);
+        at += l;
+    }
+    Ok(parts)
+}
+
 /// Reads a NUL-terminated UTF-8 path argument.
 pub fn in_path<'a>(p: *const libc::c_char, name: &str) -> Result<&'a std::path::Path> {
     if p.is_null() {

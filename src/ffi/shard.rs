@@ -2,7 +2,7 @@
 //! iterators (`keel_iter_*`) and the posting-list decoder.
 
 use crate::error::Error;
-use crate::ffi::boundary::{in_bytes, into_handle, out_ptr, take_handle, Opaque};
+use crate::ffi::boundary::{in_bytes, in_packed, into_handle, out_ptr, take_handle, Opaque};
 use crate::ffi::buf::keel_buf_t;
 use crate::ffi::error::keel_error_t;
 use crate::shard::{split_item, Entry, Op, Scan, Shard, Value};
@@ -307,18 +307,10 @@ pub extern "C" fn keel_shard_multi_get(
         if count == 0 {
             return Ok(());
         }
-        if key_lens.is_null() || values.is_null() || kinds.is_null() {
-            return Err(Error::new(KEEL_STATUS_NULL_ARGUMENT, "key_lens, values or kinds is NULL"));
+        if values.is_null() || kinds.is_null() {
+            return Err(Error::new(KEEL_STATUS_NULL_ARGUMENT, "values or kinds is NULL"));
         }
-        let lens = unsafe { std::slice::from_raw_parts(key_lens, count) };
-        let total = lens.iter().try_fold(0usize, |a, &l| a.checked_add(l)).ok_or_else(|| Error::invalid("sum of key_lens overflows"))?;
-        let packed = in_bytes(keys, total, "keys")?;
-        let mut split = Vec::with_capacity(count);
-        let mut at = 0;
-        for &l in lens {
-            split.push(&packed[at..at + l]);
-            at += l;
-        }
+        let split = in_packed(keys, key_lens, count, "keys")?;
         let found = s.multi_get(&split)?;
         for (i, e) in found.into_iter().enumerate() {
             let (buf, k, v) = match e {

@@ -1,7 +1,7 @@
 //! C API of the write-ahead log (`keel_wal_*`).
 
 use crate::error::Error;
-use crate::ffi::boundary::{in_bytes, in_path, into_handle, out_ptr, take_handle, Opaque};
+use crate::ffi::boundary::{in_bytes, in_packed, in_path, into_handle, out_ptr, take_handle, Opaque};
 use crate::ffi::buf::{copy_out, keel_buf_t};
 use crate::ffi::error::keel_error_t;
 use crate::status::*;
@@ -227,21 +227,7 @@ pub extern "C" fn keel_wal_append_batch(
         if count > u32::MAX as usize {
             return Err(Error::invalid(format!("batch of {count} records is too large")));
         }
-        if lens.is_null() {
-            return Err(Error::new(KEEL_STATUS_NULL_ARGUMENT, "lens is NULL"));
-        }
-        let lens = unsafe { std::slice::from_raw_parts(lens, count) };
-        let total = lens
-            .iter()
-            .try_fold(0usize, |acc, &l| acc.checked_add(l))
-            .ok_or_else(|| Error::invalid("sum of lens overflows"))?;
-        let data = in_bytes(data, total, "data")?;
-        let mut records = Vec::with_capacity(count);
-        let mut at = 0;
-        for &l in lens {
-            records.push(&data[at..at + l]);
-            at += l;
-        }
+        let records = in_packed(data, lens, count, "data")?;
         let first = w.append_batch(&records)?;
         if !out_first_seq.is_null() {
             unsafe { *out_first_seq = first };

@@ -3,7 +3,7 @@
 //! docs/WRITER.md.
 
 use crate::error::Error;
-use crate::ffi::boundary::{handle_ref, in_bytes, into_handle, out_ptr, take_handle, Opaque};
+use crate::ffi::boundary::{handle_ref, in_bytes, in_packed, into_handle, out_ptr, take_handle, Opaque};
 use crate::ffi::error::keel_error_t;
 use crate::net::{Backend, BackendChoice, Net, NetOptions, Publisher, PublisherStats, Writer, WriterOptions, WriterStats};
 use crate::status::*;
@@ -513,24 +513,7 @@ pub extern "C" fn keel_writer_send_batch(
         if count == 0 {
             return Err(Error::invalid("a batch needs at least one message"));
         }
-        if lens.is_null() {
-            return Err(Error::new(KEEL_STATUS_NULL_ARGUMENT, "lens is NULL"));
-        }
-        if count > isize::MAX as usize / std::mem::size_of::<usize>() {
-            return Err(Error::invalid(format!("count {count} is too large")));
-        }
-        let lens = unsafe { std::slice::from_raw_parts(lens, count) };
-        let total = lens
-            .iter()
-            .try_fold(0usize, |acc, &l| acc.checked_add(l))
-            .ok_or_else(|| Error::invalid("sum of lens overflows"))?;
-        let data = in_bytes(data, total, "data")?;
-        let mut parts = Vec::with_capacity(count);
-        let mut at = 0;
-        for &l in lens {
-            parts.push(&data[at..at + l]);
-            at += l;
-        }
+        let parts = in_packed(data, lens, count, "data")?;
         w.send_batch(&parts, flags & KEEL_WRITER_MORE != 0)
     })
 }
