@@ -376,6 +376,44 @@ fn failed_fsync_poisons_and_is_never_retried_into_an_ack() {
     assert_eq!(read_all(&wal, 0)[0], (1, b"one".to_vec()));
 }
 
+/// Group commit parks appenders behind a leader: when the leader's sync
+/// fails, every parked appender must wake with an error (none may hang and
+/// none may succeed after D froze).
+#[test]
+fn a_failed_group_sync_wakes_every_parked_appender_with_an_error() {
+    let d = TempDir::new("eio-group");
+    let (fs, eio, _) = flaky();
+    let wal = Arc::new(Wal::open_with_fs(d.path(), Options::default(), fs).unwrap());
+    let handles: Vec<_> = (0..16)
+        .map(|t| {
+            let (wal, eio) = (wal.clone(), eio.clone());
+            std::thread::spawn(move || {
+                for i in 0.. {
+                    if t == 0 && i == 50 {
+                        eio.store(true, Ordering::SeqCst);
+                    }
+                    match wal.append(format!("t{t}-{i}").as_bytes()) {
+                        Ok(seq) => assert!(wal.durable_seq() >= seq),
+                        Err(e) => return e.status,
+                    }
+                }
+                unreachable!()
+            })
+        })
+        .collect();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let statuses: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+        let _ = tx.send(statuses);
+    });
+    let statuses = rx.recv_timeout(std::time::Duration::from_secs(60)).expect("an appender hung after a failed sync");
+    assert!(statuses.iter().any(|&s| s == KEEL_STATUS_IO), "{statuses:?}");
+    assert!(statuses.iter().all(|&s| s == KEEL_STATUS_IO || s == KEEL_STATUS_POISONED), "{statuses:?}");
+    let frozen = wal.durable_seq();
+    assert_eq!(wal.append(b"later").unwrap_err().status, KEEL_STATUS_POISONED);
+    assert_eq!(wal.durable_seq(), frozen);
+}
+
 #[test]
 fn disk_full_on_rotation_fails_cleanly_and_the_log_goes_on() {
     let d = TempDir::new("enospc");

@@ -27,7 +27,7 @@ pub use segment::{file_name as segment_file_name, parse_name as parse_segment_na
 use crate::error::{Error, Result};
 use crate::status::*;
 use format::PendingFrame;
-use parking_lot::{Condvar, Mutex, MutexGuard};
+use parking_lot::Mutex;
 use segment::{Active, SegmentMeta};
 use std::any::Any;
 use std::collections::BTreeMap;
@@ -134,6 +134,36 @@ struct State {
     next_pin: u64,
 }
 
+/// Group-commit bookkeeping, under `Shared::commit`.
+struct Commit {
+    /// A leader is syncing; appenders that need D to grow wait for it.
+    syncing: bool,
+    /// Parked appenders, each woken once: when D covers its record, or to
+    /// lead the next sync.
+    waiters: Vec<Arc<Waiter>>,
+}
+
+/// One parked appender.
+struct Waiter {
+    seq: u64,
+    thread: std::thread::Thread,
+    woken: AtomicBool,
+}
+
+impl Waiter {
+    fn park(&self) {
+        // park() may return spuriously; the flag says whether it was us.
+        while !self.woken.load(Ordering::Acquire) {
+            std::thread::park();
+        }
+    }
+
+    fn wake(&self) {
+        self.woken.store(true, Ordering::Release);
+        self.thread.unpark();
+    }
+}
+
 pub(crate) struct Shared {
     dir: PathBuf,
     fs: Arc<dyn FileSystem>,
@@ -143,10 +173,8 @@ pub(crate) struct Shared {
     durable: AtomicU64,
     /// Last sequence number whose frame is written.
     written: AtomicU64,
-    /// Group commit: true while a leader syncs for everyone; the others
-    /// wait on `synced`.
-    syncing: Mutex<bool>,
-    synced: Condvar,
+    /// Group commit: whether a leader is syncing, and who waits for it.
+    commit: Mutex<Commit>,
     /// Appenders between entering `append` and having written their frame;
     /// a new leader lets them finish so its sync covers them too.
     appending: AtomicUsize,
@@ -227,8 +255,7 @@ impl Wal {
             }),
             durable: AtomicU64::new(last),
             written: AtomicU64::new(last),
-            syncing: Mutex::new(false),
-            synced: Condvar::new(),
+            commit: Mutex::new(Commit { syncing: false, waiters: Vec::new() }),
             appending: AtomicUsize::new(0),
             poisoned: AtomicBool::new(false),
             closed: AtomicBool::new(false),
@@ -544,44 +571,88 @@ impl Shared {
 
     /// Group commit: when no sync is running, the caller becomes the leader
     /// and syncs for every record written so far; callers that arrive
-    /// meanwhile wait on the condition variable and are all released by the
-    /// leader's notify, most of them already covered by its sync.
+    /// meanwhile park. When the sync ends the leader wakes exactly the
+    /// waiters it covered, plus the first one it did not (which leads the
+    /// next sync); the rest stay parked. Waking only those whose call can
+    /// return matters on few CPUs: every needless wake-up is two context
+    /// switches taken from the appenders the next sync should cover.
     fn wait_durable(&self, seq: u64) -> Result<()> {
-        let mut syncing = self.syncing.lock();
         loop {
-            if self.durable.load(Ordering::Acquire) >= seq {
-                return Ok(());
-            }
-            if self.poisoned.load(Ordering::Acquire) {
-                drop(syncing);
-                self.check_usable(&self.state.lock())?;
-                unreachable!("poisoned flag set without a poison error");
-            }
-            if *syncing {
-                self.synced.wait(&mut syncing);
-                continue;
-            }
-            *syncing = true;
-            let result = MutexGuard::unlocked(&mut syncing, || {
-                // Appenders already on their way (often those the previous
-                // sync just released) get to write their frames first, so
-                // this sync covers them too: yield while frames keep
-                // arriving. Bounded: a stream of new appenders cannot hold
-                // durability back, and a lone appender yields once.
-                let mut seen = self.written.load(Ordering::Acquire);
-                for _ in 0..64 {
-                    std::thread::yield_now();
-                    let now = self.written.load(Ordering::Acquire);
-                    if now == seen && self.appending.load(Ordering::Acquire) == 0 {
-                        break;
-                    }
-                    seen = now;
+            let waiter = {
+                let mut commit = self.commit.lock();
+                if self.durable.load(Ordering::Acquire) >= seq {
+                    return Ok(());
                 }
-                self.sync_once()
-            });
-            *syncing = false;
-            self.synced.notify_all();
-            result?;
+                if self.poisoned.load(Ordering::Acquire) {
+                    drop(commit);
+                    self.check_usable(&self.state.lock())?;
+                    unreachable!("poisoned flag set without a poison error");
+                }
+                if commit.syncing {
+                    let w = Arc::new(Waiter { seq, thread: std::thread::current(), woken: AtomicBool::new(false) });
+                    commit.waiters.push(w.clone());
+                    Some(w)
+                } else {
+                    commit.syncing = true;
+                    None
+                }
+            };
+            match waiter {
+                Some(w) => w.park(),
+                None => self.lead()?,
+            }
+        }
+    }
+
+    /// One group commit as its leader: sync, then hand over (see wait_durable).
+    fn lead(&self) -> Result<()> {
+        self.let_appenders_finish();
+        let result = self.sync_once();
+        let wake: Vec<Arc<Waiter>> = {
+            let mut commit = self.commit.lock();
+            commit.syncing = false;
+            if result.is_err() {
+                // Poisoned: every waiter returns the error.
+                std::mem::take(&mut commit.waiters)
+            } else {
+                let durable = self.durable.load(Ordering::Acquire);
+                let mut wake = Vec::new();
+                let mut next_leader = None;
+                commit.waiters.retain(|w| {
+                    if w.seq <= durable {
+                        wake.push(w.clone());
+                        false
+                    } else if next_leader.is_none() {
+                        next_leader = Some(w.clone());
+                        false
+                    } else {
+                        true
+                    }
+                });
+                wake.extend(next_leader);
+                wake
+            }
+        };
+        for w in &wake {
+            w.wake();
+        }
+        result
+    }
+
+    /// Appenders already on their way (often those the previous sync just
+    /// released) get to write their frames before the leader picks its
+    /// target, so its sync covers them too: yield while frames keep
+    /// arriving. Bounded: a stream of new appenders cannot hold durability
+    /// back, and a lone appender yields once.
+    fn let_appenders_finish(&self) {
+        let mut seen = self.written.load(Ordering::Acquire);
+        for _ in 0..64 {
+            std::thread::yield_now();
+            let now = self.written.load(Ordering::Acquire);
+            if now == seen && self.appending.load(Ordering::Acquire) == 0 {
+                break;
+            }
+            seen = now;
         }
     }
 
