@@ -21,6 +21,7 @@ fn small() -> Options {
         seal_bytes: 8 << 10,
         max_sealed: 3,
         unordered_flush_seed: None,
+        replay_run_bytes: 1 << 10,
     }
 }
 

@@ -45,6 +45,7 @@ fn options(unordered_seed: Option<u64>) -> Options {
         seal_bytes: 6 << 10,
         max_sealed: 3,
         unordered_flush_seed: unordered_seed,
+        replay_run_bytes: 4 << 10,
     }
 }
 

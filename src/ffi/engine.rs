@@ -102,7 +102,7 @@ fn options_from_c(o: &keel_engine_options_t) -> crate::Result<shard::Options> {
         flush_interval: (o.flush_interval_ms > 0).then(|| Duration::from_millis(o.flush_interval_ms)),
         seal_bytes: usize::try_from(o.seal_bytes).map_err(|_| Error::invalid("seal_bytes is too large"))?,
         max_sealed: o.max_sealed_segments as usize,
-        unordered_flush_seed: None,
+        ..shard::Options::default()
     };
     opts.validate()?;
     Ok(opts)

@@ -10,6 +10,18 @@ use std::cmp::Ordering;
 
 const INLINE: usize = 23;
 
+/// The first 16 bytes of `key`, zero-padded, as a big-endian number: a
+/// sort or search key that decides most comparisons with one integer
+/// compare. Different prefixes order their keys as the bytes do (where a
+/// key runs out, padding compares like a shorter key); equal prefixes need
+/// the whole keys.
+pub fn prefix(key: &[u8]) -> u128 {
+    let mut p = [0u8; 16];
+    let n = key.len().min(16);
+    p[..n].copy_from_slice(&key[..n]);
+    u128::from_be_bytes(p)
+}
+
 #[derive(Clone)]
 pub enum Key {
     Inline { len: u8, bytes: [u8; INLINE] },

@@ -24,7 +24,7 @@ pub use op::{Op, MAX_KEY_SIZE};
 
 use crate::error::{Error, Result};
 use crate::status::*;
-use crate::wal::{self, Durability, FileSystem, ReadUpto, StdFs, Wal};
+use crate::wal::{self, Durability, FileSystem, StdFs, Wal};
 use crossbeam_channel::Sender;
 use flush::Request;
 use parking_lot::{Mutex, RwLock};
@@ -51,6 +51,11 @@ pub struct Options {
     /// that flush in random order (the behaviour F1–F3 exist to prevent).
     #[doc(hidden)]
     pub unordered_flush_seed: Option<u64>,
+    /// Bytes of WAL records replayed per sorted run at open (see
+    /// `recovery::replay_wal`); tests make it tiny so that replays cross
+    /// many run boundaries.
+    #[doc(hidden)]
+    pub replay_run_bytes: usize,
 }
 
 impl Default for Options {
@@ -62,6 +67,7 @@ impl Default for Options {
             seal_bytes: 32 << 20,
             max_sealed: 8,
             unordered_flush_seed: None,
+            replay_run_bytes: 64 << 20,
         }
     }
 }
@@ -191,15 +197,7 @@ impl Shard {
         // Everything before the first operation replay had to apply is in
         // the segments already: that is the persisted version to start from
         // (all of it after a clean close).
-        let mut persisted = last;
-        let mut reader = wal.reader(0, ReadUpto::Appended)?;
-        while let Some((seq, record)) = reader.peek()? {
-            if segs.replay(op::OpRef::decode(record)?, seq)? && persisted == last {
-                persisted = seq - 1;
-            }
-            reader.advance();
-        }
-        drop(reader);
+        let persisted = recovery::replay_wal(&mut segs, &wal, opts.replay_run_bytes.max(1))?.map_or(last, |first| first - 1);
         segs.finish(last);
         let inner = Arc::new(Inner {
             fs,

@@ -21,6 +21,7 @@
 use super::bloom::{self, Probe};
 use super::entry::{decode_list, encode_list, Entry, Value};
 use super::files::{self, Cursor};
+use super::key::prefix;
 use crate::error::{Error, Result};
 use crate::wal::{File, FileSystem, ReadMap};
 use std::path::{Path, PathBuf};
@@ -51,16 +52,6 @@ struct IndexEntry {
     key_len: u32,
     offset: usize,
     len: usize,
-}
-
-/// The first 16 bytes of `key`, zero-padded, as a big-endian number.
-/// Different prefixes order their keys the same way (where a key runs out,
-/// padding compares like a shorter key); equal ones need the whole keys.
-fn prefix(key: &[u8]) -> u128 {
-    let mut p = [0u8; 16];
-    let n = key.len().min(16);
-    p[..n].copy_from_slice(&key[..n]);
-    u128::from_be_bytes(p)
 }
 
 impl SparseIndex {
