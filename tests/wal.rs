@@ -278,6 +278,7 @@ fn missing_middle_segment_is_corruption_and_stray_temp_files_are_removed() {
 /// segment creation fail with ENOSPC.
 struct FlakyFs {
     eio_on_sync: Arc<AtomicBool>,
+    panic_on_sync: Arc<AtomicBool>,
     nospace_on_create: Arc<AtomicBool>,
     syncs: Arc<AtomicU32>,
 }
@@ -285,6 +286,7 @@ struct FlakyFs {
 struct FlakyFile {
     inner: Arc<dyn File>,
     eio_on_sync: Arc<AtomicBool>,
+    panic_on_sync: Arc<AtomicBool>,
     syncs: Arc<AtomicU32>,
 }
 
@@ -306,13 +308,21 @@ impl File for FlakyFile {
         if self.eio_on_sync.load(Ordering::SeqCst) {
             return Err(io::Error::from_raw_os_error(libc::EIO));
         }
+        if self.panic_on_sync.load(Ordering::SeqCst) {
+            panic!("injected panic in fdatasync");
+        }
         self.inner.sync_data()
     }
 }
 
 impl FlakyFs {
     fn wrap(&self, f: Arc<dyn File>) -> Arc<dyn File> {
-        Arc::new(FlakyFile { inner: f, eio_on_sync: self.eio_on_sync.clone(), syncs: self.syncs.clone() })
+        Arc::new(FlakyFile {
+            inner: f,
+            eio_on_sync: self.eio_on_sync.clone(),
+            panic_on_sync: self.panic_on_sync.clone(),
+            syncs: self.syncs.clone(),
+        })
     }
 }
 
@@ -349,7 +359,12 @@ impl FileSystem for FlakyFs {
 fn flaky() -> (Arc<FlakyFs>, Arc<AtomicBool>, Arc<AtomicBool>) {
     let eio = Arc::new(AtomicBool::new(false));
     let nospace = Arc::new(AtomicBool::new(false));
-    let fs = Arc::new(FlakyFs { eio_on_sync: eio.clone(), nospace_on_create: nospace.clone(), syncs: Arc::default() });
+    let fs = Arc::new(FlakyFs {
+        eio_on_sync: eio.clone(),
+        panic_on_sync: Arc::default(),
+        nospace_on_create: nospace.clone(),
+        syncs: Arc::default(),
+    });
     (fs, eio, nospace)
 }
 
@@ -377,20 +392,20 @@ fn failed_fsync_poisons_and_is_never_retried_into_an_ack() {
 }
 
 /// Group commit parks appenders behind a leader: when the leader's sync
-/// fails, every parked appender must wake with an error (none may hang and
-/// none may succeed after D froze).
-#[test]
-fn a_failed_group_sync_wakes_every_parked_appender_with_an_error() {
-    let d = TempDir::new("eio-group");
-    let (fs, eio, _) = flaky();
-    let wal = Arc::new(Wal::open_with_fs(d.path(), Options::default(), fs).unwrap());
+/// fails (EIO, or a panic inside the file system), every parked appender
+/// must wake with an error (none may hang and none may succeed after D
+/// froze), and the log stays poisoned.
+fn group_sync_failure_wakes_every_parked_appender(name: &str, fail: fn(&FlakyFs), first_error: u32) {
+    let d = TempDir::new(name);
+    let (fs, _, _) = flaky();
+    let wal = Arc::new(Wal::open_with_fs(d.path(), Options::default(), fs.clone()).unwrap());
     let handles: Vec<_> = (0..16)
         .map(|t| {
-            let (wal, eio) = (wal.clone(), eio.clone());
+            let (wal, fs) = (wal.clone(), fs.clone());
             std::thread::spawn(move || {
                 for i in 0.. {
                     if t == 0 && i == 50 {
-                        eio.store(true, Ordering::SeqCst);
+                        fail(&fs);
                     }
                     match wal.append(format!("t{t}-{i}").as_bytes()) {
                         Ok(seq) => assert!(wal.durable_seq() >= seq),
@@ -407,11 +422,21 @@ fn a_failed_group_sync_wakes_every_parked_appender_with_an_error() {
         let _ = tx.send(statuses);
     });
     let statuses = rx.recv_timeout(std::time::Duration::from_secs(60)).expect("an appender hung after a failed sync");
-    assert!(statuses.iter().any(|&s| s == KEEL_STATUS_IO), "{statuses:?}");
-    assert!(statuses.iter().all(|&s| s == KEEL_STATUS_IO || s == KEEL_STATUS_POISONED), "{statuses:?}");
+    assert!(statuses.iter().any(|&s| s == first_error), "{statuses:?}");
+    assert!(statuses.iter().all(|&s| s == first_error || s == KEEL_STATUS_POISONED), "{statuses:?}");
     let frozen = wal.durable_seq();
     assert_eq!(wal.append(b"later").unwrap_err().status, KEEL_STATUS_POISONED);
     assert_eq!(wal.durable_seq(), frozen);
+}
+
+#[test]
+fn a_failed_group_sync_wakes_every_parked_appender_with_an_error() {
+    group_sync_failure_wakes_every_parked_appender("eio-group", |fs| fs.eio_on_sync.store(true, Ordering::SeqCst), KEEL_STATUS_IO);
+}
+
+#[test]
+fn a_panicking_group_sync_poisons_and_wakes_every_parked_appender() {
+    group_sync_failure_wakes_every_parked_appender("panic-group", |fs| fs.panic_on_sync.store(true, Ordering::SeqCst), KEEL_STATUS_PANIC);
 }
 
 #[test]

@@ -607,7 +607,12 @@ impl Shared {
     /// One group commit as its leader: sync, then hand over (see wait_durable).
     fn lead(&self) -> Result<()> {
         self.let_appenders_finish();
-        let result = self.sync_once();
+        // A panic here must still hand over below: parked appenders would
+        // otherwise wait forever for a leader that is gone.
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.sync_once())).unwrap_or_else(|_| {
+            let mut st = self.state.lock();
+            Err(self.poison(&mut st, Error::new(KEEL_STATUS_PANIC, "WAL sync panicked")))
+        });
         let wake: Vec<Arc<Waiter>> = {
             let mut commit = self.commit.lock();
             commit.syncing = false;
