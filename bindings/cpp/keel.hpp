@@ -4,11 +4,14 @@
 // may include it. Link against libkeel (shared or static) as for the C API.
 //
 // Style (after wasmtime's wasmtime.hh):
-//   * Each C handle is owned by one move-only class built on
-//     std::unique_ptr<T, Deleter>. `raw()` borrows the handle, `release()`
-//     gives ownership back to the caller (who must then close it with the C
-//     API). A moved-from, released or closed object is empty: destroying it
-//     is a no-op and every call on it returns Status::Closed.
+//   * Each C handle is owned by one move-only class deriving from
+//     detail::Handle<T, Close>, which holds the std::unique_ptr and gives
+//     every class the same ownership rules, written once: the destructor
+//     (and a move assigned over the object) closes the handle, `raw()`
+//     borrows it, `release()` gives ownership back to the caller (who must
+//     then close it with the C API). A moved-from, released or closed
+//     object is empty: destroying it is a no-op and every call on it
+//     returns Status::Closed.
 //   * Fallible calls return [[nodiscard]] keel::Result<T> (or Result<void>)
 //     holding either the value or a keel::Error. No exceptions are thrown
 //     unless KEEL_CPP_EXCEPTIONS is defined before including this header;
@@ -367,6 +370,69 @@ class WalOptions {
   keel_wal_options_t raw_;
 };
 
+// ---- handles ----------------------------------------------------------------
+
+namespace detail {
+
+// How each handle class closes its C handle when the object is destroyed or
+// a move is assigned over it. The closes that return a status ignore it: a
+// destructor has nowhere to report it (each class's close() returns it), so
+// no error object is asked for either. noexcept, as Handle requires, because
+// they run in destructors and in the noexcept move assignments.
+inline void close_wal_reader(keel_wal_reader_t* r) noexcept { keel_wal_reader_close(r); }
+inline void close_wal(keel_wal_t* w) noexcept { (void)keel_wal_close(w, nullptr); }
+inline void close_iter(keel_iter_t* i) noexcept { keel_iter_close(i); }
+inline void free_batch(keel_batch_t* b) noexcept { keel_batch_free(b); }
+inline void close_shard(keel_shard_t* s) noexcept { (void)keel_shard_close(s, nullptr); }
+inline void close_engine(keel_engine_t* e) noexcept { (void)keel_engine_close(e, nullptr); }
+inline void close_net(keel_net_t* n) noexcept { (void)keel_net_close(n, nullptr); }
+inline void close_writer(keel_writer_t* w) noexcept { (void)keel_writer_close(w, nullptr); }
+inline void close_publisher(keel_publisher_t* p) noexcept { (void)keel_publisher_close(p, nullptr); }
+
+/// The ownership every handle class shares (WalReader, Wal, Iterator,
+/// Batch, Shard, Engine, Net, Writer, Publisher), written once so the
+/// classes cannot drift apart: one owned `T*`, closed by `Close` when the
+/// object is destroyed or a move is assigned over it. Move-only, because
+/// two owners would close one handle twice. An empty object (default-made,
+/// moved from, released or closed) holds nullptr; destroying it is a no-op.
+///
+/// A class derives publicly, so that operator bool, raw() and release()
+/// are its own public API, and inherits the owning constructor with
+/// `using Handle::Handle;`. Its calls check `ptr_` themselves, to answer
+/// Status::Closed with the class's own name when it is empty.
+template <class T, void (*Close)(T*) noexcept>
+class Handle {
+ public:
+  Handle() noexcept = default;
+  explicit Handle(T* owned) noexcept : ptr_(owned) {}
+
+  Handle(Handle&&) noexcept = default;
+  Handle& operator=(Handle&&) noexcept = default;  // closes the handle it replaces
+  Handle(const Handle&) = delete;
+  Handle& operator=(const Handle&) = delete;
+
+  /// Whether a handle is held.
+  explicit operator bool() const noexcept { return ptr_ != nullptr; }
+  /// Borrows the handle (nullptr when empty); this object still owns it.
+  T* raw() const noexcept { return ptr_.get(); }
+  /// Gives up ownership: the caller must close the handle with the C
+  /// function its class names. The object is empty afterwards.
+  [[nodiscard]] T* release() noexcept { return ptr_.release(); }
+
+ protected:
+  // Protected and not virtual: a Handle exists only as the base of its
+  // class, so it cannot be made on its own, sliced out of a handle class,
+  // or deleted through a Handle*.
+  ~Handle() = default;
+
+  struct Deleter {
+    void operator()(T* p) const noexcept { Close(p); }
+  };
+  std::unique_ptr<T, Deleter> ptr_;
+};
+
+}  // namespace detail
+
 // ---- reader -----------------------------------------------------------------
 
 /// One record, owned.
@@ -395,21 +461,12 @@ struct RecordView {
 /// Made by Wal::reader(). It pins the segments it has yet to read, follows
 /// the log as it grows, and may outlive its Wal (calls then fail with
 /// Status::Closed). Use it from one thread at a time.
-class WalReader {
-  struct Deleter {
-    void operator()(keel_wal_reader_t* r) const noexcept { keel_wal_reader_close(r); }
-  };
-
+class WalReader : public detail::Handle<keel_wal_reader_t, detail::close_wal_reader> {
  public:
-  /// An empty reader.
-  WalReader() noexcept = default;
-  /// Takes ownership of a reader opened through the C API.
-  explicit WalReader(keel_wal_reader_t* owned) noexcept : ptr_(owned) {}
-
-  WalReader(WalReader&&) noexcept = default;
-  WalReader& operator=(WalReader&&) noexcept = default;
-  WalReader(const WalReader&) = delete;
-  WalReader& operator=(const WalReader&) = delete;
+  /// WalReader() is an empty reader. explicit WalReader(keel_wal_reader_t*
+  /// owned) takes ownership of a reader opened through the C API; one
+  /// given back by release() must be closed with keel_wal_reader_close().
+  using Handle::Handle;
 
   /// The next record, copied out; std::nullopt when the reader has caught
   /// up (call again later to follow the log).
@@ -443,13 +500,7 @@ class WalReader {
     }
   }
 
-  explicit operator bool() const noexcept { return ptr_ != nullptr; }
-  keel_wal_reader_t* raw() const noexcept { return ptr_.get(); }
-  /// Gives up ownership: the caller must keel_wal_reader_close() it.
-  [[nodiscard]] keel_wal_reader_t* release() noexcept { return ptr_.release(); }
-
  private:
-  std::unique_ptr<keel_wal_reader_t, Deleter> ptr_;
   std::vector<uint8_t> buf_;  // reused across next() calls
 };
 
@@ -458,21 +509,12 @@ class WalReader {
 /// A write-ahead log open on one directory (owns a keel_wal_t). The
 /// destructor closes it (syncing) and ignores errors; call close() to see
 /// them. Const members are safe to call from many threads at once.
-class Wal {
-  struct Deleter {
-    void operator()(keel_wal_t* w) const noexcept { (void)keel_wal_close(w, nullptr); }
-  };
-
+class Wal : public detail::Handle<keel_wal_t, detail::close_wal> {
  public:
-  /// An empty WAL: every call returns Status::Closed.
-  Wal() noexcept = default;
-  /// Takes ownership of a handle opened through the C API.
-  explicit Wal(keel_wal_t* owned) noexcept : ptr_(owned) {}
-
-  Wal(Wal&&) noexcept = default;
-  Wal& operator=(Wal&&) noexcept = default;  // closes the WAL it replaces
-  Wal(const Wal&) = delete;
-  Wal& operator=(const Wal&) = delete;
+  /// Wal() is empty: every call returns Status::Closed. explicit
+  /// Wal(keel_wal_t* owned) takes ownership of a handle opened through the
+  /// C API; one given back by release() must be closed with keel_wal_close().
+  using Handle::Handle;
 
   /// Opens (creating if needed) the WAL in `dir` and recovers it. The
   /// directory is locked: a second open fails with Status::Busy.
@@ -582,11 +624,6 @@ class Wal {
     return detail::check(keel_wal_close(ptr_.release(), err.out()), err);
   }
 
-  explicit operator bool() const noexcept { return ptr_ != nullptr; }
-  keel_wal_t* raw() const noexcept { return ptr_.get(); }
-  /// Gives up ownership: the caller must keel_wal_close() it.
-  [[nodiscard]] keel_wal_t* release() noexcept { return ptr_.release(); }
-
  private:
   Result<uint64_t> get(keel_status_t (*fn)(const keel_wal_t*, uint64_t*)) const {
     if (!ptr_) return detail::empty_handle("keel::Wal");
@@ -598,8 +635,6 @@ class Wal {
     }
     return v;
   }
-
-  std::unique_ptr<keel_wal_t, Deleter> ptr_;
 };
 
 // ---- shards: options, kinds, values -------------------------------------------
@@ -796,21 +831,13 @@ struct PackedKeys {
 ///     if (!e) return e.err();            // an error ends the loop
 ///     use(e->key_view(), e->view());
 ///   }
-class Iterator {
-  struct Deleter {
-    void operator()(keel_iter_t* i) const noexcept { keel_iter_close(i); }
-  };
-
+class Iterator : public detail::Handle<keel_iter_t, detail::close_iter> {
  public:
-  /// An empty iterator: every call returns Status::Closed.
-  Iterator() noexcept = default;
-  /// Takes ownership of an iterator opened through the C API.
-  explicit Iterator(keel_iter_t* owned) noexcept : ptr_(owned) {}
-
-  Iterator(Iterator&&) noexcept = default;
-  Iterator& operator=(Iterator&&) noexcept = default;
-  Iterator(const Iterator&) = delete;
-  Iterator& operator=(const Iterator&) = delete;
+  /// Iterator() is empty: every call returns Status::Closed. explicit
+  /// Iterator(keel_iter_t* owned) takes ownership of an iterator opened
+  /// through the C API; one given back by release() must be closed with
+  /// keel_iter_close().
+  using Handle::Handle;
 
   /// The next key, borrowed (valid until the next call on this iterator);
   /// std::nullopt at the end.
@@ -884,14 +911,6 @@ class Iterator {
   /// Starts reading: the first key is fetched here.
   Cursor begin() { return Cursor(this); }
   Cursor end() noexcept { return Cursor(); }
-
-  explicit operator bool() const noexcept { return ptr_ != nullptr; }
-  keel_iter_t* raw() const noexcept { return ptr_.get(); }
-  /// Gives up ownership: the caller must keel_iter_close() it.
-  [[nodiscard]] keel_iter_t* release() noexcept { return ptr_.release(); }
-
- private:
-  std::unique_ptr<keel_iter_t, Deleter> ptr_;
 };
 
 // ---- batches ---------------------------------------------------------------------
@@ -909,24 +928,17 @@ class Iterator {
 /// clear() empties the batch and forgets the error. A moved-from or
 /// released Batch is empty: status() and the calls return Status::Closed.
 /// One thread at a time.
-class Batch {
-  struct Deleter {
-    void operator()(keel_batch_t* b) const noexcept { keel_batch_free(b); }
-  };
-
+class Batch : public detail::Handle<keel_batch_t, detail::free_batch> {
  public:
   /// A new, empty batch.
   Batch() noexcept {
     keel_batch_t* b = nullptr;
     if (keel_batch_new(&b) == KEEL_STATUS_OK) ptr_.reset(b);  // cannot fail: the pointer is valid
   }
-  /// Takes ownership of a batch made through the C API.
-  explicit Batch(keel_batch_t* owned) noexcept : ptr_(owned) {}
-
-  Batch(Batch&&) noexcept = default;
-  Batch& operator=(Batch&&) noexcept = default;
-  Batch(const Batch&) = delete;
-  Batch& operator=(const Batch&) = delete;
+  /// explicit Batch(keel_batch_t* owned) takes ownership of a batch made
+  /// through the C API; one given back by release() must be freed with
+  /// keel_batch_free().
+  using Handle::Handle;
 
   /// Adds a put of `value` under `key`.
   Batch& put(ByteView key, ByteView value) {
@@ -972,11 +984,6 @@ class Batch {
     return {};
   }
 
-  explicit operator bool() const noexcept { return ptr_ != nullptr; }
-  keel_batch_t* raw() const noexcept { return ptr_.get(); }
-  /// Gives up ownership: the caller must keel_batch_free() it.
-  [[nodiscard]] keel_batch_t* release() noexcept { return ptr_.release(); }
-
  private:
   template <class F>
   Batch& add(F&& call) {
@@ -991,7 +998,6 @@ class Batch {
     return *this;
   }
 
-  std::unique_ptr<keel_batch_t, Deleter> ptr_;
   std::optional<Error> error_;
 };
 
@@ -1003,21 +1009,13 @@ class Batch {
 /// Durability says. The destructor closes the shard (a final flush) and
 /// ignores errors; call close() to see them. Const members are safe to
 /// call from many threads at once.
-class Shard {
-  struct Deleter {
-    void operator()(keel_shard_t* s) const noexcept { (void)keel_shard_close(s, nullptr); }
-  };
-
+class Shard : public detail::Handle<keel_shard_t, detail::close_shard> {
  public:
-  /// An empty shard: every call returns Status::Closed.
-  Shard() noexcept = default;
-  /// Takes ownership of a handle opened through the C API.
-  explicit Shard(keel_shard_t* owned) noexcept : ptr_(owned) {}
-
-  Shard(Shard&&) noexcept = default;
-  Shard& operator=(Shard&&) noexcept = default;  // closes the shard it replaces
-  Shard(const Shard&) = delete;
-  Shard& operator=(const Shard&) = delete;
+  /// Shard() is empty: every call returns Status::Closed. explicit
+  /// Shard(keel_shard_t* owned) takes ownership of a handle opened through
+  /// the C API; one given back by release() must be closed with
+  /// keel_shard_close().
+  using Handle::Handle;
 
   /// Puts `value` under `key`, replacing a value or a posting list.
   Result<uint64_t> put(ByteView key, ByteView value) const {
@@ -1165,11 +1163,6 @@ class Shard {
     return detail::check(keel_shard_close(ptr_.release(), err.out()), err);
   }
 
-  explicit operator bool() const noexcept { return ptr_ != nullptr; }
-  keel_shard_t* raw() const noexcept { return ptr_.get(); }
-  /// Gives up ownership: the caller must keel_shard_close() it.
-  [[nodiscard]] keel_shard_t* release() noexcept { return ptr_.release(); }
-
  private:
   template <class F>
   Result<uint64_t> write_one(F&& call) const {
@@ -1191,8 +1184,6 @@ class Shard {
     }
     return v;
   }
-
-  std::unique_ptr<keel_shard_t, Deleter> ptr_;
 };
 
 // ---- engine ----------------------------------------------------------------------
@@ -1201,21 +1192,13 @@ class Shard {
 /// keel_engine_t). The destructor closes it (closing every shard still
 /// open, each with a final flush) and ignores errors; call close() to see
 /// them. Const members are safe to call from many threads at once.
-class Engine {
-  struct Deleter {
-    void operator()(keel_engine_t* e) const noexcept { (void)keel_engine_close(e, nullptr); }
-  };
-
+class Engine : public detail::Handle<keel_engine_t, detail::close_engine> {
  public:
-  /// An empty engine: every call returns Status::Closed.
-  Engine() noexcept = default;
-  /// Takes ownership of a handle opened through the C API.
-  explicit Engine(keel_engine_t* owned) noexcept : ptr_(owned) {}
-
-  Engine(Engine&&) noexcept = default;
-  Engine& operator=(Engine&&) noexcept = default;  // closes the engine it replaces
-  Engine(const Engine&) = delete;
-  Engine& operator=(const Engine&) = delete;
+  /// Engine() is empty: every call returns Status::Closed. explicit
+  /// Engine(keel_engine_t* owned) takes ownership of a handle opened
+  /// through the C API; one given back by release() must be closed with
+  /// keel_engine_close().
+  using Handle::Handle;
 
   /// Opens (creating if needed) the data directory `dir`. One engine per
   /// directory: a second open fails with Status::Busy.
@@ -1276,14 +1259,6 @@ class Engine {
     detail::ErrorOut err;
     return detail::check(keel_engine_close(ptr_.release(), err.out()), err);
   }
-
-  explicit operator bool() const noexcept { return ptr_ != nullptr; }
-  keel_engine_t* raw() const noexcept { return ptr_.get(); }
-  /// Gives up ownership: the caller must keel_engine_close() it.
-  [[nodiscard]] keel_engine_t* release() noexcept { return ptr_.release(); }
-
- private:
-  std::unique_ptr<keel_engine_t, Deleter> ptr_;
 };
 
 // ---- batched socket writers -------------------------------------------------
@@ -1511,21 +1486,13 @@ inline keel_writer_stats_t stats_out() noexcept {
 /// (see close()) and ignores errors. Const members are safe to call from
 /// many threads at once; close(), moving and destruction must not race
 /// with them, and must not happen on the net's own event handler.
-class Net {
-  struct Deleter {
-    void operator()(keel_net_t* n) const noexcept { (void)keel_net_close(n, nullptr); }
-  };
-
+class Net : public detail::Handle<keel_net_t, detail::close_net> {
  public:
-  /// An empty net: every call returns Status::Closed.
-  Net() noexcept = default;
-  /// Takes ownership of a handle opened through the C API.
-  explicit Net(keel_net_t* owned) noexcept : ptr_(owned) {}
-
-  Net(Net&&) noexcept = default;
-  Net& operator=(Net&&) noexcept = default;  // closes the net it replaces
-  Net(const Net&) = delete;
-  Net& operator=(const Net&) = delete;
+  /// Net() is empty: every call returns Status::Closed. explicit
+  /// Net(keel_net_t* owned) takes ownership of a handle opened through the
+  /// C API; one given back by release() must be closed with
+  /// keel_net_close() (which also releases the event handler).
+  using Handle::Handle;
 
   /// Starts a reactor thread with the backend `opts` asks for; Backend::IoUring
   /// falls back to Backend::Sendmsg when io_uring is unavailable (backend()
@@ -1579,15 +1546,6 @@ class Net {
     (void)ptr_.release();  // freed by keel (also on the other errors)
     return detail::check(st, err);
   }
-
-  explicit operator bool() const noexcept { return ptr_ != nullptr; }
-  keel_net_t* raw() const noexcept { return ptr_.get(); }
-  /// Gives up ownership: the caller must keel_net_close() it (which also
-  /// releases the event handler).
-  [[nodiscard]] keel_net_t* release() noexcept { return ptr_.release(); }
-
- private:
-  std::unique_ptr<keel_net_t, Deleter> ptr_;
 };
 
 namespace detail {
@@ -1621,21 +1579,13 @@ struct PackedMessages {
 /// The destructor closes it (see close()). Const members are safe to call
 /// from many threads at once; close(), moving and destruction must not
 /// race with them.
-class Writer {
-  struct Deleter {
-    void operator()(keel_writer_t* w) const noexcept { (void)keel_writer_close(w, nullptr); }
-  };
-
+class Writer : public detail::Handle<keel_writer_t, detail::close_writer> {
  public:
-  /// An empty writer: every call returns Status::Closed.
-  Writer() noexcept = default;
-  /// Takes ownership of a writer adopted through the C API.
-  explicit Writer(keel_writer_t* owned) noexcept : ptr_(owned) {}
-
-  Writer(Writer&&) noexcept = default;
-  Writer& operator=(Writer&&) noexcept = default;  // closes the writer it replaces
-  Writer(const Writer&) = delete;
-  Writer& operator=(const Writer&) = delete;
+  /// Writer() is empty: every call returns Status::Closed. explicit
+  /// Writer(keel_writer_t* owned) takes ownership of a writer adopted
+  /// through the C API; one given back by release() must be closed with
+  /// keel_writer_close().
+  using Handle::Handle;
 
   /// Adopts `fd`, a connected stream socket. On success keel owns the fd:
   /// it sets TCP_NODELAY (TCP), sends with MSG_DONTWAIT|MSG_NOSIGNAL
@@ -1740,15 +1690,8 @@ class Writer {
     return detail::check(keel_writer_close(ptr_.release(), err.out()), err);
   }
 
-  explicit operator bool() const noexcept { return ptr_ != nullptr; }
-  keel_writer_t* raw() const noexcept { return ptr_.get(); }
-  /// Gives up ownership: the caller must keel_writer_close() it.
-  [[nodiscard]] keel_writer_t* release() noexcept { return ptr_.release(); }
-
  private:
   static uint32_t flags(bool more) noexcept { return more ? static_cast<uint32_t>(KEEL_WRITER_MORE) : 0u; }
-
-  std::unique_ptr<keel_writer_t, Deleter> ptr_;
 };
 
 /// Fan-out of messages to subscriber sockets of a Net (owns a
@@ -1760,21 +1703,13 @@ class Writer {
 /// slows the others; release it with unsubscribe(). The destructor closes
 /// the publisher (see close()). Const members are safe to call from many
 /// threads at once; close(), moving and destruction must not race with them.
-class Publisher {
-  struct Deleter {
-    void operator()(keel_publisher_t* p) const noexcept { (void)keel_publisher_close(p, nullptr); }
-  };
-
+class Publisher : public detail::Handle<keel_publisher_t, detail::close_publisher> {
  public:
-  /// An empty publisher: every call returns Status::Closed.
-  Publisher() noexcept = default;
-  /// Takes ownership of a publisher made through the C API.
-  explicit Publisher(keel_publisher_t* owned) noexcept : ptr_(owned) {}
-
-  Publisher(Publisher&&) noexcept = default;
-  Publisher& operator=(Publisher&&) noexcept = default;  // closes the publisher it replaces
-  Publisher(const Publisher&) = delete;
-  Publisher& operator=(const Publisher&) = delete;
+  /// Publisher() is empty: every call returns Status::Closed. explicit
+  /// Publisher(keel_publisher_t* owned) takes ownership of a publisher
+  /// made through the C API; one given back by release() must be closed
+  /// with keel_publisher_close().
+  using Handle::Handle;
 
   /// A publisher on `net` whose subscribers use `sub_opts`.
   static Result<Publisher> create(const Net& net, const WriterOptions& sub_opts = WriterOptions()) {
@@ -1862,14 +1797,6 @@ class Publisher {
     detail::ErrorOut err;
     return detail::check(keel_publisher_close(ptr_.release(), err.out()), err);
   }
-
-  explicit operator bool() const noexcept { return ptr_ != nullptr; }
-  keel_publisher_t* raw() const noexcept { return ptr_.get(); }
-  /// Gives up ownership: the caller must keel_publisher_close() it.
-  [[nodiscard]] keel_publisher_t* release() noexcept { return ptr_.release(); }
-
- private:
-  std::unique_ptr<keel_publisher_t, Deleter> ptr_;
 };
 
 }  // namespace keel

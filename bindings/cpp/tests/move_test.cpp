@@ -16,6 +16,26 @@ static_assert(std::is_nothrow_move_constructible_v<WalReader> && std::is_nothrow
 // Result<Wal> inherits move-only-ness: a Result cannot duplicate a handle.
 static_assert(!std::is_copy_constructible_v<keel::Result<Wal>>);
 
+// Every handle class at once (list a new one here). They share their
+// ownership rules through detail::Handle, so an edit of the base, or a
+// member added to one class, could otherwise make one copyable (two owners
+// closing one C handle twice) or its moves throwing (std::vector then
+// copies, or fails to compile, instead of moving) without any test noticing.
+// One function per class, so a failure names the class.
+template <class H>
+constexpr bool is_move_only_handle() {
+  static_assert(!std::is_copy_constructible_v<H> && !std::is_copy_assignable_v<H>, "a handle class is copyable");
+  static_assert(std::is_nothrow_move_constructible_v<H> && std::is_nothrow_move_assignable_v<H>,
+                "a handle class has a move that may throw");
+  return true;
+}
+template <class... H>
+constexpr bool are_move_only_handles() {
+  return (is_move_only_handle<H>() && ...);
+}
+static_assert(are_move_only_handles<keel::WalReader, keel::Wal, keel::Iterator, keel::Batch, keel::Shard,
+                                    keel::Engine, keel::Net, keel::Writer, keel::Publisher>());
+
 namespace {
 void expect_closed(const keel::Result<uint64_t>& r) {
   ASSERT_FALSE(r.ok());
