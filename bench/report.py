@@ -363,8 +363,10 @@ def shard_markdown(sh, m):
     L.append("")
     L.append("A child process puts until the WAL holds the given amount in full segments (Durability::None, "
              "`flush_interval` None, `seal_bytes` 16 GiB: nothing is flushed or sealed) and is killed with SIGKILL; "
-             "the directory is copied so that it can be recovered twice. **Read** = plain 1 MiB read(2) calls over "
-             "the full WAL segment files. **Recovery** = `Shard::open` in a fresh process (segment load, the WAL's "
+             "the directory is kept as it left it. **Read** = plain 1 MiB read(2) calls over "
+             "the full WAL segment files. **Recovery** = `Shard::open` in a fresh process, best of 2, each on its "
+             "own copy of the directory (open persists and truncates; the first open after the writer died was "
+             "sometimes 3x slower than the next on the same bytes) (segment load, the WAL's "
              "recovery scan, replay of every record into the appendable segment; the first flush pass runs after "
              "`open` returns, on the flush thread). **WAL alone** = `Wal::open` and reading every record without a "
              "shard, also a fresh process: the WAL's part of the recovery. Page cache **warm**: every file is "
