@@ -84,18 +84,19 @@ pub fn load(fs: &Arc<dyn FileSystem>, dir: &Path) -> Result<Segments> {
     Ok(Segments { appendable, sealed, applied: 0, next_id })
 }
 
-/// One record of a run: where its bytes sit in the run's buffer.
+/// One record of a run: where it and its key sit in the run's buffer.
 struct RunRecord {
     prefix: u128,
     seq: u64,
     start: usize,
     len: u32,
+    key_start: usize,
     key_len: u32,
 }
 
 /// Replays the whole WAL into `segs`, in runs: the records of a run (up to
-/// `run_bytes`, 64 MiB by default) are copied, sorted by key and then version, and
-/// applied in that order. Operations on different keys commute and those
+/// `run_bytes`, 64 MiB by default) are copied, sorted by key and then
+/// version, and applied in that order. Operations on different keys commute and those
 /// on one key keep their log order, so the state is the one replay in log
 /// order gives; but in key order each B-tree search walks the path the
 /// previous one left in the cache, where in log order every search was a
@@ -108,13 +109,15 @@ pub fn replay_wal(segs: &mut Segments, wal: &Wal, run_bytes: usize) -> Result<Op
     loop {
         let done = match reader.peek()? {
             Some((seq, record)) => {
-                let key_len = OpRef::decode(record)?.key().len();
+                let key = OpRef::decode(record)?.key();
+                let key_at = key.as_ptr() as usize - record.as_ptr() as usize;
                 run.push(RunRecord {
-                    prefix: prefix(&record[5..5 + key_len]),
+                    prefix: prefix(key),
                     seq,
                     start: bytes.len(),
                     len: record.len() as u32,
-                    key_len: key_len as u32,
+                    key_start: bytes.len() + key_at,
+                    key_len: key.len() as u32,
                 });
                 bytes.extend_from_slice(record);
                 false
@@ -134,7 +137,7 @@ pub fn replay_wal(segs: &mut Segments, wal: &Wal, run_bytes: usize) -> Result<Op
 }
 
 fn apply_run(segs: &mut Segments, bytes: &[u8], run: &mut [RunRecord], first_changed: &mut Option<u64>) -> Result<()> {
-    let key = |r: &RunRecord| &bytes[r.start + 5..r.start + 5 + r.key_len as usize];
+    let key = |r: &RunRecord| &bytes[r.key_start..r.key_start + r.key_len as usize];
     run.sort_unstable_by(|a, b| a.prefix.cmp(&b.prefix).then_with(|| key(a).cmp(key(b))).then(a.seq.cmp(&b.seq)));
     for r in run.iter() {
         let op = OpRef::decode(&bytes[r.start..r.start + r.len as usize])?;
