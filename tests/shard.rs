@@ -273,3 +273,34 @@ fn periodic_flush_persists_without_being_asked() {
     }
     s.close().unwrap();
 }
+
+/// Replay stops with CORRUPTION, without hanging, whether the bad record
+/// fails on the thread that reads and sorts runs (an unknown operation) or
+/// while a run is applied (an append to a key that holds a value), with
+/// more runs behind it that the reading thread is still producing.
+#[test]
+fn a_damaged_shard_log_fails_replay_cleanly() {
+    for (name, bad) in [
+        ("unknown-op", vec![9u8, 1, 0, 0, 0, b'k', b'x']),
+        ("append-to-value", Op::Append { key: b"k00001".to_vec(), item: b"i".to_vec() }.encode()),
+    ] {
+        let d = TempDir::new(name);
+        let opts = Options { flush_interval: None, ..small() };
+        let s = Shard::open(d.path(), opts.clone()).unwrap();
+        for i in 0..2_000u32 {
+            s.put(format!("k{i:05}").as_bytes(), &[7u8; 64]).unwrap();
+        }
+        // The active WAL segment keeps its records after close: replay reads
+        // them (many tiny runs) before it meets the bad one added after,
+        // and 500 good records follow it.
+        s.close().unwrap();
+        let wal = keel::wal::Wal::open(&d.path().join("wal"), keel::wal::Options { durability: Durability::None, ..Default::default() }).unwrap();
+        wal.append(&bad).unwrap();
+        for i in 0..500u32 {
+            wal.append(&Op::Put { key: format!("after{i:04}").into_bytes(), value: vec![1; 64] }.encode()).unwrap();
+        }
+        wal.close().unwrap();
+        let err = Shard::open(d.path(), opts).err().unwrap_or_else(|| panic!("{name}: replay accepted a bad record"));
+        assert_eq!(err.status, KEEL_STATUS_CORRUPTION, "{name}: {err}");
+    }
+}

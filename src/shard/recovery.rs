@@ -11,7 +11,8 @@ use super::sealed::Sealed;
 use super::segments::Segments;
 use super::table::{self, Table};
 use crate::error::{Error, Result};
-use crate::wal::{FileSystem, ReadUpto, Wal};
+use crate::status::KEEL_STATUS_PANIC;
+use crate::wal::{FileSystem, ReadUpto, Reader, Wal};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::Arc;
@@ -84,7 +85,14 @@ pub fn load(fs: &Arc<dyn FileSystem>, dir: &Path) -> Result<Segments> {
     Ok(Segments { appendable, sealed, applied: 0, next_id })
 }
 
-/// One record of a run: where it and its key sit in the run's buffer.
+/// A run of WAL records, copied out of the log and sorted (see `replay_wal`).
+#[derive(Default)]
+struct Run {
+    bytes: Vec<u8>,
+    records: Vec<RunRecord>,
+}
+
+/// One record of a run: where it and its key sit in the run's bytes.
 struct RunRecord {
     prefix: u128,
     seq: u64,
@@ -94,56 +102,91 @@ struct RunRecord {
     key_len: u32,
 }
 
-/// Replays the whole WAL into `segs`, in runs: the records of a run (up to
-/// `run_bytes`, 64 MiB by default) are copied, sorted by key and then
-/// version, and applied in that order. Operations on different keys commute and those
-/// on one key keep their log order, so the state is the one replay in log
-/// order gives; but in key order each B-tree search walks the path the
-/// previous one left in the cache, where in log order every search was a
-/// string of cache misses. Returns the lowest version replay changed
-/// (everything below it is in the segments already).
-pub fn replay_wal(segs: &mut Segments, wal: &Wal, run_bytes: usize) -> Result<Option<u64>> {
-    let mut reader = wal.reader(0, ReadUpto::Appended)?;
-    let (mut bytes, mut run) = (Vec::new(), Vec::new());
-    let mut first_changed = None;
-    loop {
-        let done = match reader.peek()? {
-            Some((seq, record)) => {
-                let key = OpRef::decode(record)?.key();
-                let key_at = key.as_ptr() as usize - record.as_ptr() as usize;
-                run.push(RunRecord {
-                    prefix: prefix(key),
-                    seq,
-                    start: bytes.len(),
-                    len: record.len() as u32,
-                    key_start: bytes.len() + key_at,
-                    key_len: key.len() as u32,
-                });
-                bytes.extend_from_slice(record);
-                false
+impl Run {
+    fn key(&self, r: &RunRecord) -> &[u8] {
+        &self.bytes[r.key_start..r.key_start + r.key_len as usize]
+    }
+
+    /// Refills the run with the next records of the log (up to `run_bytes`;
+    /// none at its end) and sorts them by key, then version.
+    fn read(&mut self, reader: &mut Reader, run_bytes: usize) -> Result<()> {
+        self.bytes.clear();
+        self.records.clear();
+        while self.bytes.len() < run_bytes {
+            let Some((seq, record)) = reader.peek()? else { break };
+            let key = OpRef::decode(record)?.key();
+            let key_at = key.as_ptr() as usize - record.as_ptr() as usize;
+            self.records.push(RunRecord {
+                prefix: prefix(key),
+                seq,
+                start: self.bytes.len(),
+                len: record.len() as u32,
+                key_start: self.bytes.len() + key_at,
+                key_len: key.len() as u32,
+            });
+            self.bytes.extend_from_slice(record);
+            reader.advance();
+        }
+        let mut records = std::mem::take(&mut self.records);
+        records.sort_unstable_by(|a, b| a.prefix.cmp(&b.prefix).then_with(|| self.key(a).cmp(self.key(b))).then(a.seq.cmp(&b.seq)));
+        self.records = records;
+        Ok(())
+    }
+
+    /// Applies the run in its sorted order; lowers `first_changed` to the
+    /// lowest version that changed anything.
+    fn apply(&self, segs: &mut Segments, first_changed: &mut Option<u64>) -> Result<()> {
+        for r in &self.records {
+            let op = OpRef::decode(&self.bytes[r.start..r.start + r.len as usize])?;
+            if segs.replay(op, r.seq)? {
+                *first_changed = Some(first_changed.map_or(r.seq, |f: u64| f.min(r.seq)));
             }
-            None => true,
-        };
-        if done || bytes.len() >= run_bytes {
-            apply_run(segs, &bytes, &mut run, &mut first_changed)?;
-            bytes.clear();
-            run.clear();
         }
-        if done {
-            return Ok(first_changed);
-        }
-        reader.advance();
+        Ok(())
     }
 }
 
-fn apply_run(segs: &mut Segments, bytes: &[u8], run: &mut [RunRecord], first_changed: &mut Option<u64>) -> Result<()> {
-    let key = |r: &RunRecord| &bytes[r.key_start..r.key_start + r.key_len as usize];
-    run.sort_unstable_by(|a, b| a.prefix.cmp(&b.prefix).then_with(|| key(a).cmp(key(b))).then(a.seq.cmp(&b.seq)));
-    for r in run.iter() {
-        let op = OpRef::decode(&bytes[r.start..r.start + r.len as usize])?;
-        if segs.replay(op, r.seq)? {
-            *first_changed = Some(first_changed.map_or(r.seq, |f: u64| f.min(r.seq)));
-        }
+/// Replays the whole WAL into `segs`, in runs: the records of a run (up to
+/// `run_bytes`, 64 MiB by default) are copied, sorted by key and then
+/// version, and applied in that order. Operations on different keys
+/// commute and those on one key keep their log order, so the state is the
+/// one replay in log order gives; but in key order each B-tree search
+/// walks the path the previous one left in the cache, where in log order
+/// every search was a string of cache misses. A second thread reads and
+/// sorts the next run while this one applies the current one. Returns the
+/// lowest version replay changed (everything below it is in the segments
+/// already).
+pub fn replay_wal(segs: &mut Segments, wal: &Wal, run_bytes: usize) -> Result<Option<u64>> {
+    let mut reader = wal.reader(0, ReadUpto::Appended)?;
+    // Two runs circulate: one being applied here, one being read there.
+    let (full_tx, full) = crossbeam_channel::bounded::<Result<Run>>(1);
+    let (empty, empty_rx) = crossbeam_channel::bounded::<Run>(2);
+    for _ in 0..2 {
+        empty.send(Run::default()).expect("the receiver is here");
     }
-    Ok(())
+    std::thread::scope(|scope| {
+        scope.spawn(move || {
+            // Ends when the log ends, on an error, or when the applying
+            // side has gone (its channel ends dropped).
+            while let Ok(mut run) = empty_rx.recv() {
+                let result = run.read(&mut reader, run_bytes).map(|()| run);
+                let last = result.as_ref().map_or(true, |run| run.records.is_empty());
+                if full_tx.send(result).is_err() || last {
+                    return;
+                }
+            }
+        });
+        // Owned by this closure: an early return drops them, which ends the
+        // reader thread wherever it waits, so the scope's join cannot hang.
+        let (full, empty) = (full, empty);
+        let mut first_changed = None;
+        loop {
+            let run = full.recv().map_err(|_| Error::new(KEEL_STATUS_PANIC, "the WAL replay reader stopped"))??;
+            if run.records.is_empty() {
+                return Ok(first_changed);
+            }
+            run.apply(segs, &mut first_changed)?;
+            let _ = empty.send(run);
+        }
+    })
 }
