@@ -280,6 +280,8 @@ struct FlakyFs {
     eio_on_sync: Arc<AtomicBool>,
     panic_on_sync: Arc<AtomicBool>,
     nospace_on_create: Arc<AtomicBool>,
+    /// Writes that carry the bytes `full-` fail with ENOSPC.
+    nospace_on_marker: Arc<AtomicBool>,
     syncs: Arc<AtomicU32>,
 }
 
@@ -287,6 +289,7 @@ struct FlakyFile {
     inner: Arc<dyn File>,
     eio_on_sync: Arc<AtomicBool>,
     panic_on_sync: Arc<AtomicBool>,
+    nospace_on_marker: Arc<AtomicBool>,
     syncs: Arc<AtomicU32>,
 }
 
@@ -298,6 +301,9 @@ impl File for FlakyFile {
         self.inner.read_at(buf, off)
     }
     fn write_at(&self, parts: &[&[u8]], off: u64) -> io::Result<()> {
+        if self.nospace_on_marker.load(Ordering::SeqCst) && parts.iter().any(|p| p.windows(5).any(|w| w == b"full-")) {
+            return Err(io::Error::from_raw_os_error(libc::ENOSPC));
+        }
         self.inner.write_at(parts, off)
     }
     fn allocate(&self, len: u64) -> io::Result<()> {
@@ -321,6 +327,7 @@ impl FlakyFs {
             inner: f,
             eio_on_sync: self.eio_on_sync.clone(),
             panic_on_sync: self.panic_on_sync.clone(),
+            nospace_on_marker: self.nospace_on_marker.clone(),
             syncs: self.syncs.clone(),
         })
     }
@@ -363,6 +370,7 @@ fn flaky() -> (Arc<FlakyFs>, Arc<AtomicBool>, Arc<AtomicBool>) {
         eio_on_sync: eio.clone(),
         panic_on_sync: Arc::default(),
         nospace_on_create: nospace.clone(),
+        nospace_on_marker: Arc::default(),
         syncs: Arc::default(),
     });
     (fs, eio, nospace)
@@ -437,6 +445,51 @@ fn a_failed_group_sync_wakes_every_parked_appender_with_an_error() {
 #[test]
 fn a_panicking_group_sync_poisons_and_wakes_every_parked_appender() {
     group_sync_failure_wakes_every_parked_appender("panic-group", |fs| fs.panic_on_sync.store(true, Ordering::SeqCst), KEEL_STATUS_PANIC);
+}
+
+/// SYNC-mode appenders hand their frames to the group-commit leader, which
+/// writes a group with one write. A full disk must still fail only the
+/// appends it hits: here every write carrying a "full-" record fails with
+/// ENOSPC, so each group holding one is retried frame by frame; the other
+/// appends of the group succeed, and the log holds exactly them, densely.
+#[test]
+fn a_full_disk_fails_only_the_appends_it_hits_inside_a_group() {
+    let d = TempDir::new("nospace-group");
+    let (fs, _, _) = flaky();
+    fs.nospace_on_marker.store(true, Ordering::SeqCst);
+    let wal = Arc::new(Wal::open_with_fs(d.path(), small(Durability::Sync), fs.clone()).unwrap());
+    let handles: Vec<_> = (0..16)
+        .map(|t| {
+            let wal = wal.clone();
+            std::thread::spawn(move || {
+                let mut ok = Vec::new();
+                for i in 0..150 {
+                    let full = (t + i) % 7 == 0;
+                    let payload = format!("{}{t}-{i}-{}", if full { "full-" } else { "ok-" }, "x".repeat(i % 50));
+                    match wal.append(payload.as_bytes()) {
+                        Ok(seq) => {
+                            assert!(!full, "an append whose write fails succeeded");
+                            ok.push((seq, payload.into_bytes()));
+                        }
+                        Err(e) => {
+                            assert!(full, "append {payload} failed: {e}");
+                            assert_eq!(e.status, KEEL_STATUS_NO_SPACE, "{e}");
+                        }
+                    }
+                }
+                ok
+            })
+        })
+        .collect();
+    let mut ok: Vec<(u64, Vec<u8>)> = handles.into_iter().flat_map(|h| h.join().unwrap()).collect();
+    ok.sort();
+    let seqs: Vec<u64> = ok.iter().map(|r| r.0).collect();
+    assert_eq!(seqs, (1..=ok.len() as u64).collect::<Vec<_>>(), "failed appends consumed no sequence number");
+    assert_eq!(read_all(&wal, 0), ok);
+    fs.nospace_on_marker.store(false, Ordering::SeqCst);
+    Arc::try_unwrap(wal).ok().unwrap().close().unwrap();
+    let wal = Wal::open(d.path(), small(Durability::Sync)).unwrap();
+    assert_eq!(read_all(&wal, 0), ok, "after reopen");
 }
 
 #[test]

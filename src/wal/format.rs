@@ -131,6 +131,11 @@ impl<'a> PendingFrame<'a> {
         frame_size(self.payload.len())
     }
 
+    /// The same frame owning its payload, to hand to another thread.
+    pub fn into_owned(self) -> PendingFrame<'static> {
+        PendingFrame { kind: self.kind, count: self.count, payload: Cow::Owned(self.payload.into_owned()), payload_crc: self.payload_crc }
+    }
+
     /// The header for this frame at `seq` in a segment with `salt`, written
     /// while the durable watermark was `durable` (< seq).
     pub fn header(&self, salt: u32, seq: u64, durable: u64) -> [u8; FRAME_HEADER_LEN] {

@@ -136,21 +136,37 @@ struct State {
 
 /// Group-commit bookkeeping, under `Shared::commit`.
 struct Commit {
-    /// A leader is syncing; appenders that need D to grow wait for it.
+    /// A leader is writing and syncing; other appenders queue or wait.
     syncing: bool,
-    /// Parked appenders, each woken once: when D covers its record, or to
-    /// lead the next sync.
+    /// Frames of SYNC-mode appends for the next leader to write, in order.
+    queue: Vec<Queued>,
+    /// Parked `wait_durable` callers, each woken once: when D covers its
+    /// record, or to lead the next sync.
     waiters: Vec<Arc<Waiter>>,
+}
+
+/// A frame handed to the group-commit leader, and who waits for it.
+struct Queued {
+    frame: PendingFrame<'static>,
+    waiter: Arc<Waiter>,
 }
 
 /// One parked appender.
 struct Waiter {
+    /// The record a `wait_durable` caller waits for (0 for a queued frame).
     seq: u64,
     thread: std::thread::Thread,
     woken: AtomicBool,
+    /// A queued frame's result, set by the leader that wrote and synced it
+    /// (its first sequence number); None when woken to lead.
+    outcome: Mutex<Option<Result<u64>>>,
 }
 
 impl Waiter {
+    fn new(seq: u64) -> Arc<Waiter> {
+        Arc::new(Waiter { seq, thread: std::thread::current(), woken: AtomicBool::new(false), outcome: Mutex::new(None) })
+    }
+
     fn park(&self) {
         // park() may return spuriously; the flag says whether it was us.
         while !self.woken.load(Ordering::Acquire) {
@@ -175,9 +191,11 @@ pub(crate) struct Shared {
     written: AtomicU64,
     /// Group commit: whether a leader is syncing, and who waits for it.
     commit: Mutex<Commit>,
-    /// Appenders between entering `append` and having written their frame;
-    /// a new leader lets them finish so its sync covers them too.
+    /// Appenders between entering `append` and having written or queued
+    /// their frame; a new leader lets them finish so its sync covers them too.
     appending: AtomicUsize,
+    /// Frames written or queued so far (the leader watches it grow).
+    arrived: AtomicU64,
     poisoned: AtomicBool,
     closed: AtomicBool,
     truncate_lock: Mutex<()>,
@@ -255,8 +273,9 @@ impl Wal {
             }),
             durable: AtomicU64::new(last),
             written: AtomicU64::new(last),
-            commit: Mutex::new(Commit { syncing: false, waiters: Vec::new() }),
+            commit: Mutex::new(Commit { syncing: false, queue: Vec::new(), waiters: Vec::new() }),
             appending: AtomicUsize::new(0),
+            arrived: AtomicU64::new(0),
             poisoned: AtomicBool::new(false),
             closed: AtomicBool::new(false),
             truncate_lock: Mutex::new(()),
@@ -490,12 +509,51 @@ impl Shared {
         e
     }
 
+    /// An append that returns once durable in SYNC mode: the frame joins
+    /// the queue and the group-commit leader writes the whole queue with
+    /// one write and syncs it (see `lead`). In the other modes it is
+    /// written at once and the call returns.
     fn append(&self, frame: PendingFrame) -> Result<u64> {
-        let wait = self.opts.durability == Durability::Sync;
-        self.append_frame(frame, wait)
+        if self.opts.durability != Durability::Sync {
+            return self.append_frame(frame, false);
+        }
+        self.check_size(&frame)?;
+        let w = Waiter::new(0);
+        let mut lead = {
+            self.appending.fetch_add(1, Ordering::AcqRel);
+            let _queued = DecrementOnDrop(&self.appending);
+            let mut c = self.commit.lock();
+            c.queue.push(Queued { frame: frame.into_owned(), waiter: w.clone() });
+            self.arrived.fetch_add(1, Ordering::AcqRel);
+            !std::mem::replace(&mut c.syncing, true)
+        };
+        loop {
+            if lead {
+                // Its own outcome is among those it sets; an error it
+                // returns is that outcome too.
+                let _ = self.lead();
+            } else {
+                w.park();
+            }
+            if let Some(outcome) = w.outcome.lock().take() {
+                return outcome;
+            }
+            // Woken to lead the next group while its frame was queued. A
+            // leader sets outcomes before it takes the commit lock to hand
+            // over, so a look under the lock cannot miss one.
+            let mut c = self.commit.lock();
+            if let Some(outcome) = w.outcome.lock().take() {
+                return outcome;
+            }
+            lead = !std::mem::replace(&mut c.syncing, true);
+            if !lead {
+                // Another appender leads now and will take the frame.
+                w.woken.store(false, Ordering::Release);
+            }
+        }
     }
 
-    fn append_frame(&self, frame: PendingFrame, wait: bool) -> Result<u64> {
+    fn check_size(&self, frame: &PendingFrame) -> Result<()> {
         let limit = self.opts.record_limit();
         if frame.payload.len() as u64 > limit {
             return Err(Error::invalid(format!(
@@ -503,35 +561,114 @@ impl Shared {
                 frame.payload.len()
             )));
         }
+        Ok(())
+    }
+
+    fn append_frame(&self, frame: PendingFrame, wait: bool) -> Result<u64> {
+        self.check_size(&frame)?;
         let last = {
             self.appending.fetch_add(1, Ordering::AcqRel);
             let _written = DecrementOnDrop(&self.appending);
             let mut st = self.state.lock();
             self.check_usable(&st)?;
-            let size = frame.size();
-            let a = st.active.as_ref().unwrap();
-            if a.offset + size > a.capacity {
-                self.rotate(&mut st)?;
-            }
-            let seq = st.next_seq;
-            let a = st.active.as_mut().unwrap();
-            let header = frame.header(a.salt, seq, self.durable.load(Ordering::Acquire));
-            if let Err(e) = a.file.write_at(&[&header, &frame.payload, frame.padding()], a.offset) {
-                let e = Error::io("writing a WAL frame", e);
-                // Disk full fails this append only: the offset and the
-                // sequence number are not consumed, so the log stays whole.
-                return Err(if e.status == KEEL_STATUS_NO_SPACE { e } else { self.poison(&mut st, e) });
-            }
-            a.offset += size;
-            st.next_seq += frame.count as u64;
-            let last = st.next_seq - 1;
-            self.written.store(last, Ordering::Release);
+            let last = self.write_frame(&mut st, &frame)?;
+            self.arrived.fetch_add(1, Ordering::AcqRel);
             last
         };
         if wait {
             self.wait_durable(last)?;
         }
         Ok(last + 1 - frame.count as u64)
+    }
+
+    /// Writes one frame at the end of the log (rotating first if it does
+    /// not fit); returns its last sequence number.
+    fn write_frame(&self, st: &mut State, frame: &PendingFrame) -> Result<u64> {
+        let size = frame.size();
+        let a = st.active.as_ref().unwrap();
+        if a.offset + size > a.capacity {
+            self.rotate(st)?;
+        }
+        let seq = st.next_seq;
+        let a = st.active.as_mut().unwrap();
+        let header = frame.header(a.salt, seq, self.durable.load(Ordering::Acquire));
+        if let Err(e) = a.file.write_at(&[&header, &frame.payload, frame.padding()], a.offset) {
+            let e = Error::io("writing a WAL frame", e);
+            // Disk full fails this append only: the offset and the
+            // sequence number are not consumed, so the log stays whole.
+            return Err(if e.status == KEEL_STATUS_NO_SPACE { e } else { self.poison(st, e) });
+        }
+        a.offset += size;
+        st.next_seq += frame.count as u64;
+        let last = st.next_seq - 1;
+        self.written.store(last, Ordering::Release);
+        Ok(last)
+    }
+
+    /// Writes a leader's group in order and returns each frame's first
+    /// sequence number or error. Frames that fit the active segment go out
+    /// in one write; a frame that needs a rotation, and every frame of a
+    /// combined write that met a full disk, is written alone, so each
+    /// append gets the outcome it would have had on its own (a full disk
+    /// fails only the appends it hits, and consumes nothing).
+    fn write_group(&self, group: &[Queued]) -> Vec<Result<u64>> {
+        let mut st = self.state.lock();
+        if let Err(e) = self.check_usable(&st) {
+            return group.iter().map(|_| Err(e.clone())).collect();
+        }
+        let mut out: Vec<Result<u64>> = Vec::with_capacity(group.len());
+        let mut buf = Vec::new();
+        let mut i = 0;
+        while i < group.len() {
+            // Collect the frames that fit the active segment.
+            let (start, salt, at, capacity) = {
+                let a = st.active.as_ref().unwrap();
+                (i, a.salt, a.offset, a.capacity)
+            };
+            let durable = self.durable.load(Ordering::Acquire);
+            let mut seq = st.next_seq;
+            buf.clear();
+            while i < group.len() && at + buf.len() as u64 + group[i].frame.size() <= capacity {
+                let f = &group[i].frame;
+                buf.extend_from_slice(&f.header(salt, seq, durable));
+                buf.extend_from_slice(&f.payload);
+                buf.extend_from_slice(f.padding());
+                seq += f.count as u64;
+                i += 1;
+            }
+            if i == start {
+                // It needs a rotation: written alone.
+                out.push(self.write_frame(&mut st, &group[i].frame).map(|last| last + 1 - group[i].frame.count as u64));
+                i += 1;
+                continue;
+            }
+            let written = st.active.as_ref().unwrap().file.write_at(&[&buf], at);
+            match written {
+                Ok(()) => {
+                    let mut first = st.next_seq;
+                    for q in &group[start..i] {
+                        out.push(Ok(first));
+                        first += q.frame.count as u64;
+                    }
+                    st.active.as_mut().unwrap().offset += buf.len() as u64;
+                    st.next_seq = seq;
+                    self.written.store(seq - 1, Ordering::Release);
+                }
+                Err(e) => {
+                    let e = Error::io("writing WAL frames", e);
+                    if e.status == KEEL_STATUS_NO_SPACE {
+                        for q in &group[start..i] {
+                            out.push(self.write_frame(&mut st, &q.frame).map(|last| last + 1 - q.frame.count as u64));
+                        }
+                    } else {
+                        let e = self.poison(&mut st, e);
+                        out.extend(group[start..].iter().map(|_| Err(e.clone())));
+                        return out;
+                    }
+                }
+            }
+        }
+        out
     }
 
     /// Seals the active segment and starts the next one. In SYNC mode the
@@ -589,7 +726,7 @@ impl Shared {
                     unreachable!("poisoned flag set without a poison error");
                 }
                 if commit.syncing {
-                    let w = Arc::new(Waiter { seq, thread: std::thread::current(), woken: AtomicBool::new(false) });
+                    let w = Waiter::new(seq);
                     commit.waiters.push(w.clone());
                     Some(w)
                 } else {
@@ -604,25 +741,37 @@ impl Shared {
         }
     }
 
-    /// One group commit as its leader: sync, then hand over (see wait_durable).
+    /// One group commit as its leader: write the queued frames, sync, then
+    /// hand over (see wait_durable).
     fn lead(&self) -> Result<()> {
         self.let_appenders_finish();
+        let group = std::mem::take(&mut self.commit.lock().queue);
+        let written = self.write_group(&group);
         // A panic here must still hand over below: parked appenders would
         // otherwise wait forever for a leader that is gone.
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.sync_once())).unwrap_or_else(|_| {
             let mut st = self.state.lock();
             Err(self.poison(&mut st, Error::new(KEEL_STATUS_PANIC, "WAL sync panicked")))
         });
+        for (q, w) in group.iter().zip(written) {
+            // A frame is done when it is written and the sync covered it.
+            let outcome = w.and_then(|first| result.clone().map(|()| first));
+            *q.waiter.outcome.lock() = Some(outcome);
+        }
         let wake: Vec<Arc<Waiter>> = {
             let mut commit = self.commit.lock();
             commit.syncing = false;
+            let mut wake: Vec<Arc<Waiter>> = group.iter().map(|q| q.waiter.clone()).collect();
             if result.is_err() {
-                // Poisoned: every waiter returns the error.
-                std::mem::take(&mut commit.waiters)
+                // Poisoned: every waiter returns the error; queued frames
+                // fail when their appender leads (it finds the log poisoned).
+                wake.append(&mut commit.waiters);
+                wake.extend(commit.queue.first().map(|q| q.waiter.clone()));
             } else {
                 let durable = self.durable.load(Ordering::Acquire);
-                let mut wake = Vec::new();
-                let mut next_leader = None;
+                // The next leader: the oldest queued frame's appender, else
+                // the first waiter this sync did not cover.
+                let mut next_leader = commit.queue.first().map(|q| q.waiter.clone());
                 commit.waiters.retain(|w| {
                     if w.seq <= durable {
                         wake.push(w.clone());
@@ -635,8 +784,8 @@ impl Shared {
                     }
                 });
                 wake.extend(next_leader);
-                wake
             }
+            wake
         };
         for w in &wake {
             w.wake();
@@ -650,10 +799,10 @@ impl Shared {
     /// arriving. Bounded: a stream of new appenders cannot hold durability
     /// back, and a lone appender yields once.
     fn let_appenders_finish(&self) {
-        let mut seen = self.written.load(Ordering::Acquire);
+        let mut seen = self.arrived.load(Ordering::Acquire);
         for _ in 0..64 {
             std::thread::yield_now();
-            let now = self.written.load(Ordering::Acquire);
+            let now = self.arrived.load(Ordering::Acquire);
             if now == seen && self.appending.load(Ordering::Acquire) == 0 {
                 break;
             }
