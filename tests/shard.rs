@@ -6,11 +6,11 @@
 mod common;
 
 use common::rng::Rng;
+use common::shard_model::{apply, Model};
 use common::TempDir;
 use keel::shard::{Entry, Op, Options, Shard, Value, MAX_KEY_SIZE};
 use keel::status::*;
 use keel::wal::Durability;
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 fn small() -> Options {
@@ -102,23 +102,6 @@ fn misuse_is_reported() {
     assert_eq!(Shard::open(dir.path(), bad).err().unwrap().status, KEEL_STATUS_INVALID_ARGUMENT);
 }
 
-/// The model: key -> value, checked against get, multi_get and scans.
-type Model = BTreeMap<Vec<u8>, Value>;
-
-fn apply(model: &mut Model, op: &Op) {
-    match op {
-        Op::Put { key, value } => {
-            model.insert(key.clone(), Value::Bytes(value.clone()));
-        }
-        Op::Delete { key } => {
-            model.remove(key);
-        }
-        Op::Append { key, item } => match model.entry(key.clone()).or_insert(Value::Posting(Vec::new())) {
-            Value::Posting(items) => items.push(item.clone()),
-            Value::Bytes(_) => unreachable!("generator never appends to a value"),
-        },
-    }
-}
 
 fn random_op(rng: &mut Rng, model: &Model, n: u64) -> Op {
     let k = rng.below(48);
@@ -155,14 +138,14 @@ fn run_model(seed: u64, ops: u64) {
             let batch: Vec<Op> = (0..1 + rng.below(5))
                 .map(|i| {
                     let op = random_op(&mut rng, &model, n * 10 + i);
-                    apply(&mut model, &op);
+                    apply(&mut model, std::slice::from_ref(&op));
                     op
                 })
                 .collect();
             s.write(&batch).unwrap();
         } else {
             let op = random_op(&mut rng, &model, n * 10);
-            apply(&mut model, &op);
+            apply(&mut model, std::slice::from_ref(&op));
             s.write(std::slice::from_ref(&op)).unwrap();
         }
         match rng.below(200) {

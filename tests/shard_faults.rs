@@ -14,13 +14,12 @@ mod common;
 
 use common::faultfs::{FaultFs, Faults};
 use common::rng::Rng;
-use keel::shard::{Op, Options, Shard, Value};
+use common::shard_model::{apply, Model};
+use keel::shard::{Op, Options, Shard};
 use keel::wal::Durability;
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
-type Model = BTreeMap<Vec<u8>, Value>;
 
 fn options() -> Options {
     Options {
@@ -57,24 +56,6 @@ fn random_batch(rng: &mut Rng, n: u64) -> Vec<Op> {
         .collect()
 }
 
-fn apply(model: &Model, ops: &[Op]) -> Model {
-    let mut m = model.clone();
-    for op in ops {
-        match op {
-            Op::Put { key, value } => {
-                m.insert(key.clone(), Value::Bytes(value.clone()));
-            }
-            Op::Delete { key } => {
-                m.remove(key);
-            }
-            Op::Append { key, item } => match m.entry(key.clone()).or_insert(Value::Posting(Vec::new())) {
-                Value::Posting(items) => items.push(item.clone()),
-                Value::Bytes(_) => unreachable!(),
-            },
-        }
-    }
-    m
-}
 
 fn state(s: &Shard) -> Result<Model, String> {
     s.scan(b"", None).map_err(|e| e.to_string())?.map(|r| r.map(|(k, e)| (k, e.value)).map_err(|e| e.to_string())).collect()
@@ -93,7 +74,8 @@ fn run_seed(seed: u64) -> Result<(), String> {
             .map_err(|e| format!("round {round}: reopen failed: {e}"))?;
         let got = state(&shard).map_err(|e| format!("round {round}: reading: {e}"))?;
         if let Some(ops) = maybe.take() {
-            let with = apply(&model, &ops);
+            let mut with = model.clone();
+            apply(&mut with, &ops);
             if got == with {
                 model = with;
             }
@@ -120,7 +102,7 @@ fn run_seed(seed: u64) -> Result<(), String> {
             n += 1;
             let ops = random_batch(&mut rng, n);
             match shard.write(&ops) {
-                Ok(_) => model = apply(&model, &ops),
+                Ok(_) => apply(&mut model, &ops),
                 Err(_) => {
                     maybe = Some(ops);
                     break;

@@ -22,10 +22,10 @@
 mod common;
 
 use common::rng::Rng;
+use common::shard_model::{apply, Model};
 use common::TempDir;
 use keel::shard::{Op, Options, Shard, Value};
 use keel::wal::Durability;
-use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::os::unix::io::FromRawFd;
 use std::os::unix::process::CommandExt;
@@ -78,24 +78,6 @@ fn batch(seed: u64, i: u64) -> Vec<Op> {
         .collect()
 }
 
-type Model = BTreeMap<Vec<u8>, Value>;
-
-fn apply(model: &mut Model, ops: &[Op]) {
-    for op in ops {
-        match op {
-            Op::Put { key, value } => {
-                model.insert(key.clone(), Value::Bytes(value.clone()));
-            }
-            Op::Delete { key } => {
-                model.remove(key);
-            }
-            Op::Append { key, item } => match model.entry(key.clone()).or_insert(Value::Posting(Vec::new())) {
-                Value::Posting(items) => items.push(item.clone()),
-                Value::Bytes(_) => unreachable!(),
-            },
-        }
-    }
-}
 
 fn report(line: &str) {
     let b = line.as_bytes();

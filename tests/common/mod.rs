@@ -3,6 +3,7 @@
 
 pub mod faultfs;
 pub mod rng;
+pub mod shard_model;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
