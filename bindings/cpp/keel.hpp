@@ -270,14 +270,22 @@ inline const Result<void>& abi_once() {
   return abi;
 }
 
-/// Checks what Wal::open()/Engine::open() need before calling C: the ABI,
-/// and a path without NUL bytes (C would see a shorter, different path).
-inline Result<void> check_open(const std::string& dir) {
+/// The static open() of the classes that own a directory (Wal, Engine):
+/// checks the ABI and that the path has no NUL byte (C would see a
+/// shorter, different path), calls the C `open` and wraps the handle it
+/// returns in `Class`.
+template <class Class, class T, class COptions>
+Result<Class> open_dir(keel_status_t (*open)(const char*, const COptions*, T**, keel_error_t**),
+                       const std::string& dir, const COptions& opts) {
   if (const auto& abi = abi_once(); !abi) return abi.err();
   if (dir.find('\0') != std::string::npos) {
     return Error(Status::InvalidArgument, "directory path contains a NUL byte");
   }
-  return {};
+  ErrorOut err;
+  T* handle = nullptr;
+  const keel_status_t st = open(dir.c_str(), &opts, &handle, err.out());
+  if (st != KEEL_STATUS_OK) return err.take(st);
+  return Class(handle);
 }
 
 /// A millisecond count as the uint32_t option fields take it. Out-of-range
@@ -519,12 +527,7 @@ class Wal : public detail::Handle<keel_wal_t, detail::close_wal> {
   /// Opens (creating if needed) the WAL in `dir` and recovers it. The
   /// directory is locked: a second open fails with Status::Busy.
   static Result<Wal> open(const std::string& dir, const WalOptions& opts = WalOptions()) {
-    if (auto ok = detail::check_open(dir); !ok) return ok.err();
-    detail::ErrorOut err;
-    keel_wal_t* w = nullptr;
-    const keel_status_t st = keel_wal_open(dir.c_str(), &opts.raw(), &w, err.out());
-    if (st != KEEL_STATUS_OK) return err.take(st);
-    return Wal(w);
+    return detail::open_dir<Wal>(keel_wal_open, dir, opts.raw());
   }
 
   /// Appends one record; returns its sequence number. Durable on return in
@@ -1203,12 +1206,7 @@ class Engine : public detail::Handle<keel_engine_t, detail::close_engine> {
   /// Opens (creating if needed) the data directory `dir`. One engine per
   /// directory: a second open fails with Status::Busy.
   static Result<Engine> open(const std::string& dir, const EngineOptions& opts = EngineOptions()) {
-    if (auto ok = detail::check_open(dir); !ok) return ok.err();
-    detail::ErrorOut err;
-    keel_engine_t* e = nullptr;
-    const keel_status_t st = keel_engine_open(dir.c_str(), &opts.raw(), &e, err.out());
-    if (st != KEEL_STATUS_OK) return err.take(st);
-    return Engine(e);
+    return detail::open_dir<Engine>(keel_engine_open, dir, opts.raw());
   }
 
   /// Opens shard `id`, recovering it. Status::NotFound when it does not
