@@ -6,6 +6,7 @@
 pub mod engine;
 pub mod error;
 pub mod ffi;
+pub mod fs;
 pub mod net;
 pub mod shard;
 pub mod status;

@@ -4,7 +4,8 @@ mod common;
 
 use common::{segment_files, TempDir};
 use keel::status::*;
-use keel::wal::{Durability, File, FileSystem, Options, ReadUpto, RecoveryMode, StdFs, Wal};
+use keel::fs::{File, FileSystem, StdFs};
+use keel::wal::{Durability, Options, ReadUpto, RecoveryMode, Wal};
 use std::any::Any;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -357,6 +358,12 @@ impl FileSystem for FlakyFs {
     }
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
         StdFs::direct().sync_dir(dir)
+    }
+    fn exists(&self, path: &Path) -> io::Result<bool> {
+        StdFs::direct().exists(path)
+    }
+    fn remove_dir_all(&self, dir: &Path) -> io::Result<()> {
+        StdFs::direct().remove_dir_all(dir)
     }
     fn lock(&self, path: &Path) -> io::Result<Box<dyn Any + Send + Sync>> {
         StdFs::direct().lock(path)

@@ -7,13 +7,15 @@
 //! ```
 
 use crate::error::{Error, Result};
+use crate::fs::{FileSystem, StdFs};
 use crate::shard::{self, Shard};
 use crate::status::*;
 use parking_lot::Mutex;
+use std::any::Any;
 use std::collections::HashMap;
-use std::fs::{File, OpenOptions};
-use std::os::unix::io::AsRawFd;
+use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// Prefix of a shard directory being dropped: renamed first so a crash
 /// never leaves half a shard under its id.
@@ -22,41 +24,69 @@ const DROPPING: &str = ".drop-";
 pub struct Engine {
     dir: PathBuf,
     opts: shard::Options,
+    /// Every file and directory operation of the engine and its shards.
+    fs: Arc<dyn FileSystem>,
+    /// Set when the caller supplied the file system (tests); otherwise each
+    /// shard's WAL picks the real file system's write strategy itself.
+    injected_fs: bool,
     shards: Mutex<Option<HashMap<u32, Shard>>>,
-    _lock: File,
-}
-
-fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir).and_then(|d| d.sync_all()).map_err(|e| Error::io(format!("syncing {}", dir.display()), e))
+    _lock: Box<dyn Any + Send + Sync>,
 }
 
 impl Engine {
     /// Opens (creating if needed) the data directory `dir`. Shards open
     /// with `opts`. BUSY when another engine (any process) has it open.
     pub fn open(dir: &Path, opts: shard::Options) -> Result<Engine> {
+        Self::open_on(dir, opts, Arc::new(StdFs::direct()), false)
+    }
+
+    /// Opens the engine with every file operation (its own and its
+    /// shards') going through `fs` (tests inject faults here).
+    pub fn open_with_fs(dir: &Path, opts: shard::Options, fs: Arc<dyn FileSystem>) -> Result<Engine> {
+        Self::open_on(dir, opts, fs, true)
+    }
+
+    fn open_on(dir: &Path, opts: shard::Options, fs: Arc<dyn FileSystem>, injected_fs: bool) -> Result<Engine> {
         opts.validate()?;
         let shards_dir = dir.join("shards");
-        std::fs::create_dir_all(&shards_dir).map_err(|e| Error::io(format!("creating {}", shards_dir.display()), e))?;
+        let io_err = |what: &str, p: &Path| {
+            let what = format!("{what} {}", p.display());
+            move |e: io::Error| Error::io(what, e)
+        };
+        fs.create_dir_all(dir).map_err(io_err("creating", dir))?;
         let lock_path = dir.join("LOCK");
-        let lock = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&lock_path)
-            .map_err(|e| Error::io(format!("opening {}", lock_path.display()), e))?;
-        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-            return Err(Error::new(KEEL_STATUS_BUSY, format!("{} is open in another engine (LOCK held)", dir.display())));
-        }
+        let lock = fs.lock(&lock_path).map_err(|e| match e.kind() {
+            io::ErrorKind::WouldBlock => {
+                Error::new(KEEL_STATUS_BUSY, format!("{} is open in another engine (LOCK held)", dir.display()))
+            }
+            _ => Error::io(format!("locking {}", lock_path.display()), e),
+        })?;
+        // Nothing is created before the lock is held.
+        fs.create_dir_all(&shards_dir).map_err(io_err("creating", &shards_dir))?;
         // Finish drops a crash interrupted.
-        for entry in std::fs::read_dir(&shards_dir).map_err(|e| Error::io("listing shards", e))?.flatten() {
-            if entry.file_name().to_string_lossy().starts_with(DROPPING) {
-                std::fs::remove_dir_all(entry.path())
-                    .map_err(|e| Error::io(format!("removing {}", entry.path().display()), e))?;
+        for name in fs.list(&shards_dir).map_err(io_err("listing", &shards_dir))? {
+            if name.starts_with(DROPPING) {
+                let doomed = shards_dir.join(&name);
+                fs.remove_dir_all(&doomed).map_err(io_err("removing", &doomed))?;
             }
         }
-        sync_dir(dir)?;
-        Ok(Engine { dir: dir.to_path_buf(), opts, shards: Mutex::new(Some(HashMap::new())), _lock: lock })
+        fs.sync_dir(dir).map_err(io_err("syncing", dir))?;
+        Ok(Engine {
+            dir: dir.to_path_buf(),
+            opts,
+            fs,
+            injected_fs,
+            shards: Mutex::new(Some(HashMap::new())),
+            _lock: lock,
+        })
+    }
+
+    fn sync_dir(&self, dir: &Path) -> Result<()> {
+        self.fs.sync_dir(dir).map_err(|e| Error::io(format!("syncing {}", dir.display()), e))
+    }
+
+    fn exists(&self, path: &Path) -> Result<bool> {
+        self.fs.exists(path).map_err(|e| Error::io(format!("looking for {}", path.display()), e))
     }
 
     fn shard_dir(&self, id: u32) -> PathBuf {
@@ -72,14 +102,17 @@ impl Engine {
             return Err(Error::new(KEEL_STATUS_BUSY, format!("shard {id} is already open; close it first")));
         }
         let dir = self.shard_dir(id);
-        if !dir.exists() {
+        if !self.exists(&dir)? {
             if !create_if_missing {
                 return Err(Error::new(KEEL_STATUS_NOT_FOUND, format!("shard {id} does not exist")));
             }
-            std::fs::create_dir_all(&dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
-            sync_dir(&self.dir.join("shards"))?;
+            self.fs.create_dir_all(&dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+            self.sync_dir(&self.dir.join("shards"))?;
         }
-        let shard = Shard::open(&dir, self.opts.clone())?;
+        let shard = match self.injected_fs {
+            true => Shard::open_with_fs(&dir, self.opts.clone(), self.fs.clone())?,
+            false => Shard::open(&dir, self.opts.clone())?,
+        };
         open.insert(id, shard.clone());
         Ok(shard)
     }
@@ -93,13 +126,13 @@ impl Engine {
         }
         open.remove(&id);
         let dir = self.shard_dir(id);
-        if !dir.exists() {
+        if !self.exists(&dir)? {
             return Err(Error::new(KEEL_STATUS_NOT_FOUND, format!("shard {id} does not exist")));
         }
         let doomed = self.dir.join("shards").join(format!("{DROPPING}{id}"));
-        std::fs::rename(&dir, &doomed).map_err(|e| Error::io(format!("renaming {}", dir.display()), e))?;
-        sync_dir(&self.dir.join("shards"))?;
-        std::fs::remove_dir_all(&doomed).map_err(|e| Error::io(format!("removing {}", doomed.display()), e))
+        self.fs.rename(&dir, &doomed).map_err(|e| Error::io(format!("renaming {}", dir.display()), e))?;
+        self.sync_dir(&self.dir.join("shards"))?;
+        self.fs.remove_dir_all(&doomed).map_err(|e| Error::io(format!("removing {}", doomed.display()), e))
     }
 
     /// Ids of every shard in the directory, open or not, ascending.
@@ -108,10 +141,12 @@ impl Engine {
             return Err(Error::new(KEEL_STATUS_CLOSED, "engine is closed"));
         }
         let dir = self.dir.join("shards");
-        let mut ids: Vec<u32> = std::fs::read_dir(&dir)
+        let mut ids: Vec<u32> = self
+            .fs
+            .list(&dir)
             .map_err(|e| Error::io(format!("listing {}", dir.display()), e))?
-            .flatten()
-            .filter_map(|e| e.file_name().to_str()?.parse().ok())
+            .iter()
+            .filter_map(|name| name.parse().ok())
             .collect();
         ids.sort_unstable();
         Ok(ids)

@@ -13,7 +13,7 @@ use super::op::OpRef;
 use super::files::{self, Cursor};
 use super::key::Key;
 use crate::error::{Error, Result};
-use crate::wal::{File, FileSystem};
+use crate::fs::{File, FileSystem};
 use parking_lot::Mutex;
 use std::collections::btree_map::{BTreeMap, Entry as Slot};
 use std::path::{Path, PathBuf};

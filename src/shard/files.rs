@@ -5,7 +5,7 @@
 //! the log.
 
 use crate::error::{Error, Result};
-use crate::wal::{File, FileSystem};
+use crate::fs::{File, FileSystem};
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -24,7 +24,8 @@ pub use op::{Op, MAX_KEY_SIZE};
 
 use crate::error::{Error, Result};
 use crate::status::*;
-use crate::wal::{self, Durability, FileSystem, StdFs, Wal};
+use crate::fs::{FileSystem, StdFs};
+use crate::wal::{self, Durability, Wal};
 use crossbeam_channel::Sender;
 use flush::Request;
 use parking_lot::{Mutex, RwLock};

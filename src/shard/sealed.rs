@@ -8,7 +8,7 @@ use super::files::{self, Cursor};
 use super::key::Key;
 use super::table::Table;
 use crate::error::Result;
-use crate::wal::FileSystem;
+use crate::fs::FileSystem;
 use parking_lot::Mutex;
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Bound;
@@ -240,7 +240,7 @@ mod tests {
     fn a_frozen_segment_is_never_more_persisted_than_its_old_log() {
         let dir = std::env::temp_dir().join(format!("keel-sealed-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let fs = crate::wal::StdFs::direct();
+        let fs = crate::fs::StdFs::direct();
         let frozen = Sealed::new(&dir, 7, Data::Frozen(Arc::new(BTreeMap::new())), 5);
         frozen.mark_deleted(b"k", 50);
         frozen.flush(&fs, 100).unwrap(); // the side-car reaches 100...

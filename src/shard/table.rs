@@ -23,7 +23,7 @@ use super::entry::{decode_list, encode_list, Entry, Value};
 use super::files::{self, Cursor};
 use super::key::prefix;
 use crate::error::{Error, Result};
-use crate::wal::{File, FileSystem, ReadMap};
+use crate::fs::{File, FileSystem, ReadMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU8, Ordering};
 
@@ -447,7 +447,7 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("t.sst");
         let all = entries(3000);
-        let fs = crate::wal::StdFs::direct();
+        let fs = crate::fs::StdFs::direct();
         let t = write(&fs, &path, all.clone().into_iter().map(Ok), &[4, 5]).unwrap();
         assert_eq!((t.count, t.max_version, t.replaced.clone()), (3000, 3000, vec![4, 5]));
         for (k, e) in &all {

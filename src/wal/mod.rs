@@ -14,17 +14,16 @@
 //!   failed append never leaves a hole.
 
 pub mod format;
-pub mod fs;
 mod reader;
 mod recovery;
 pub mod scan;
 mod segment;
 
-pub use fs::{File, FileSystem, ReadMap, StdFs};
 pub use reader::Reader;
 pub use segment::{file_name as segment_file_name, parse_name as parse_segment_name};
 
 use crate::error::{Error, Result};
+use crate::fs::{File, FileSystem, StdFs};
 use crate::status::*;
 use format::PendingFrame;
 use parking_lot::Mutex;

@@ -1,7 +1,7 @@
 //! Streaming records from a sequence number (W6).
 
 use super::format::{records, FrameHeader, FRAME_HEADER_LEN};
-use super::fs::File;
+use crate::fs::File;
 use super::segment::SegmentMeta;
 use super::{ReadUpto, Shared};
 use crate::error::{Error, Result};

@@ -2,7 +2,7 @@
 //! `keel-wal verify`), then apply the recovery mode to the first damage
 //! (W5). The outcome table is in docs/WAL.md.
 
-use super::fs::{File, FileSystem};
+use crate::fs::{File, FileSystem};
 use super::scan::{find_damage, scan_segment, Damage, SegmentFile, SegmentScan};
 use super::segment::{self, Active, SegmentMeta};
 use super::RecoveryMode;

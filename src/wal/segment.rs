@@ -1,7 +1,7 @@
 //! Segment files: names, creation (W8) and the handle of the active one.
 
 use super::format::{encode_segment_header, SEGMENT_HEADER_LEN};
-use super::fs::{File, FileSystem};
+use crate::fs::{File, FileSystem};
 use crate::error::{Error, Result};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

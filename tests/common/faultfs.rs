@@ -1,4 +1,4 @@
-//! An in-memory file system for the WAL that models what survives a crash
+//! An in-memory file system for the WAL, shards and engine that models what survives a crash
 //! and injects faults, all decided by a seed.
 //!
 //! Model: every file has the bytes the process sees (`data`) and the bytes
@@ -13,7 +13,7 @@
 #![allow(dead_code)]
 
 use super::rng::Rng;
-use keel::wal::{File, FileSystem};
+use keel::fs::{File, FileSystem};
 use parking_lot::Mutex;
 use std::any::Any;
 use std::collections::{BTreeMap, BTreeSet};
@@ -254,7 +254,8 @@ impl FaultFs {
 impl FileSystem for FaultFs {
     fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
         // Directories themselves are modelled as always durable.
-        self.live()?.dirs.insert(dir.to_path_buf());
+        let mut w = self.live()?;
+        w.dirs.extend(dir.ancestors().filter(|a| !a.as_os_str().is_empty()).map(Path::to_path_buf));
         Ok(())
     }
 
@@ -262,6 +263,7 @@ impl FileSystem for FaultFs {
         let w = self.live()?;
         Ok(w.names
             .keys()
+            .chain(w.dirs.iter())
             .filter(|p| p.parent() == Some(dir))
             .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
             .collect())
@@ -290,6 +292,17 @@ impl FileSystem for FaultFs {
         if w.roll(|f| f.eio_rename, "EIO on rename") {
             return Err(err(libc::EIO));
         }
+        if w.dirs.contains(from) {
+            // A folder: everything below it moves (folders are modelled as
+            // always durable, their files' entries as they were).
+            let moved = |p: &Path| to.join(p.strip_prefix(from).expect("below from"));
+            let w = &mut *w;
+            w.dirs = w.dirs.iter().map(|d| if d.starts_with(from) { moved(d) } else { d.clone() }).collect();
+            for names in [&mut w.names, &mut w.durable_names] {
+                *names = names.iter().map(|(p, &i)| (if p.starts_with(from) { moved(p) } else { p.clone() }, i)).collect();
+            }
+            return Ok(());
+        }
         let ino = w.names.remove(from).ok_or_else(|| err(libc::ENOENT))?;
         w.names.insert(to.to_path_buf(), ino);
         Ok(())
@@ -311,6 +324,20 @@ impl FileSystem for FaultFs {
                 w.durable_names.insert(p.clone(), *ino);
             }
         }
+        Ok(())
+    }
+
+    fn exists(&self, path: &Path) -> io::Result<bool> {
+        let w = self.live()?;
+        Ok(w.names.contains_key(path) || w.dirs.contains(path))
+    }
+
+    fn remove_dir_all(&self, dir: &Path) -> io::Result<()> {
+        let mut w = self.live()?;
+        let w = &mut *w;
+        w.dirs.retain(|d| !d.starts_with(dir));
+        w.names.retain(|p, _| !p.starts_with(dir));
+        w.durable_names.retain(|p, _| !p.starts_with(dir));
         Ok(())
     }
 

@@ -1,9 +1,10 @@
-//! The WAL's only door to the file system.
+//! keel's only door to the file system.
 //!
-//! Every byte the WAL reads or writes and every directory change goes
-//! through `FileSystem`/`File`, so tests can swap in an implementation that
-//! injects faults (lost unsynced data, torn writes, forgotten directory
-//! entries, EIO, ENOSPC) deterministically from a seed.
+//! Every byte the WAL, the shards and the engine read or write, every
+//! directory change, the engine's LOCK and every directory fsync go through
+//! `FileSystem`/`File`, so tests can swap in an implementation that injects
+//! faults (lost unsynced data, torn writes, forgotten directory entries,
+//! EIO, ENOSPC) deterministically from a seed.
 
 use parking_lot::RwLock;
 use std::any::Any;
@@ -14,7 +15,7 @@ use std::os::unix::io::AsRawFd;
 use std::path::Path;
 use std::sync::Arc;
 
-/// A file opened by the WAL.
+/// An open file.
 pub trait File: Send + Sync {
     /// Current length in bytes.
     fn len(&self) -> io::Result<u64>;
@@ -43,6 +44,10 @@ pub trait FileSystem: Send + Sync {
     fn remove(&self, path: &Path) -> io::Result<()>;
     /// fsync of the directory itself, making creates, renames and removes durable.
     fn sync_dir(&self, dir: &Path) -> io::Result<()>;
+    /// Whether `path` names a file or a folder.
+    fn exists(&self, path: &Path) -> io::Result<bool>;
+    /// Removes a folder and everything below it.
+    fn remove_dir_all(&self, dir: &Path) -> io::Result<()>;
     /// Takes an exclusive lock on `path` for as long as the guard lives;
     /// `WouldBlock` when another holder has it.
     fn lock(&self, path: &Path) -> io::Result<Box<dyn Any + Send + Sync>>;
@@ -282,6 +287,14 @@ impl FileSystem for StdFs {
 
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
         fs::File::open(dir)?.sync_all()
+    }
+
+    fn exists(&self, path: &Path) -> io::Result<bool> {
+        path.try_exists()
+    }
+
+    fn remove_dir_all(&self, dir: &Path) -> io::Result<()> {
+        fs::remove_dir_all(dir)
     }
 
     fn lock(&self, path: &Path) -> io::Result<Box<dyn Any + Send + Sync>> {
