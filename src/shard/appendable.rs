@@ -12,6 +12,7 @@ use super::entry::{decode_list, encode_list, Entry, Value};
 use super::op::OpRef;
 use super::files::{self, Cursor};
 use super::key::Key;
+use super::steps::{Step, Steps};
 use crate::error::{Error, Result};
 use crate::fs::{File, FileSystem};
 use parking_lot::Mutex;
@@ -246,7 +247,7 @@ impl SegmentLog {
     /// durable up to `v` first: data never reaches disk before its log
     /// record (else a power loss could leave segments ahead of the WAL).
     /// Returns the persisted version, a batch boundary (`pending_version`).
-    pub fn flush(&self, wal_durable: impl FnOnce(u64) -> Result<()>) -> Result<u64> {
+    pub fn flush(&self, steps: &Steps, wal_durable: impl FnOnce(u64) -> Result<()>) -> Result<u64> {
         let (bytes, version, offset) = {
             let mut st = self.state.lock();
             (std::mem::take(&mut st.pending), st.pending_version, st.durable_len)
@@ -255,7 +256,7 @@ impl SegmentLog {
             self.persisted.fetch_max(version, Ordering::AcqRel);
             return Ok(self.persisted());
         }
-        let written = wal_durable(version).and_then(|()| self.write_durably(&bytes, offset, version));
+        let written = wal_durable(version).and_then(|()| self.write_durably(steps, &bytes, offset, version));
         let mut st = self.state.lock();
         match written {
             Ok(()) => {
@@ -273,10 +274,13 @@ impl SegmentLog {
         }
     }
 
-    fn write_durably(&self, bytes: &[u8], offset: u64, version: u64) -> Result<()> {
+    fn write_durably(&self, steps: &Steps, bytes: &[u8], offset: u64, version: u64) -> Result<()> {
         let io = |what: &str, e| Error::io(format!("{what} {}", self.log_path.display()), e);
+        steps.at(Step::LogWrite);
         self.file.write_at(&[bytes], offset).map_err(|e| io("writing", e))?;
+        steps.at(Step::LogSync);
         self.file.sync_data().map_err(|e| io("syncing", e))?;
+        steps.at(Step::LogState);
         let mut state = Vec::with_capacity(16);
         state.extend_from_slice(&version.to_le_bytes());
         state.extend_from_slice(&(offset + bytes.len() as u64).to_le_bytes());

@@ -7,11 +7,12 @@
 use super::appendable::Appendable;
 use super::entry::Entry;
 use super::sealed::{Data, Sealed};
+use super::steps::Step;
 use super::table;
 use super::{files, Inner};
 use crate::error::{Error, Result};
 use crate::status::KEEL_STATUS_PANIC;
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
 use std::iter::Peekable;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -30,8 +31,16 @@ pub enum Request {
 /// concurrent pass).
 pub fn run(inner: Arc<Inner>, requests: Receiver<Request>) {
     let interval = inner.opts.flush_interval;
+    let steps = &inner.opts.steps;
     loop {
+        steps.at(Step::Idle);
         let first = match interval {
+            // A test scheduler decides when the flush looks for work.
+            _ if steps.owns_schedule() => match requests.try_recv() {
+                Ok(r) => Ok(r),
+                Err(TryRecvError::Empty) => continue,
+                Err(TryRecvError::Disconnected) => Err(RecvTimeoutError::Disconnected),
+            },
             Some(every) => requests.recv_timeout(every),
             None => requests.recv().map_err(|_| RecvTimeoutError::Disconnected),
         };
@@ -84,19 +93,22 @@ fn guarded<T>(inner: &Inner, step: impl FnOnce() -> Result<T>) -> Result<T> {
 pub fn pass(inner: &Inner) -> Result<u64> {
     // F2: capture the flushers under the read lock. They flush live
     // state when they run, not a copy taken here.
-    let (log, sealed, applied) = {
+    let (log, sealed) = {
         let s = inner.segs.read();
-        (s.appendable.log.clone(), s.sealed.clone(), s.applied)
+        (s.appendable.log.clone(), s.sealed.clone())
     };
+    let steps = &inner.opts.steps;
+    steps.at(Step::PassStart);
+    #[cfg(feature = "unordered-flush")]
     if let Some(seed) = inner.opts.unordered_flush_seed {
-        unordered::flush(inner, seed, &log, &sealed, applied)?;
+        unordered::flush(inner, seed, &log, &sealed)?;
         return acknowledge(inner);
     }
     // F3: the copy-on-write destination first; its persisted version
     // bounds what the sources may persist.
-    let bound = log.flush(|v| inner.wal_durable(v))?;
+    let bound = log.flush(steps, |v| inner.wal_durable(v))?;
     for s in &sealed {
-        s.flush(&*inner.fs, bound)?;
+        s.flush(&*inner.fs, steps, bound)?;
     }
     acknowledge(inner)
 }
@@ -105,6 +117,7 @@ pub fn pass(inner: &Inner) -> Result<u64> {
 /// version among segments with unsaved changes (or to the last applied
 /// version when none has any). The WAL keeps records >= keep_from itself.
 fn acknowledge(inner: &Inner) -> Result<u64> {
+    inner.opts.steps.at(Step::Ack);
     let safe = {
         let s = inner.segs.read();
         let a = &s.appendable.log;
@@ -148,6 +161,7 @@ fn maintain(inner: &Inner) -> Result<()> {
 /// Freezes the appendable segment (writes go to a fresh one from then
 /// on) and turns it into an immutable table.
 pub fn seal(inner: &Inner) -> Result<()> {
+    inner.opts.steps.at(Step::Seal);
     let frozen = {
         let mut s = inner.segs.write();
         let id = s.next_id;
@@ -168,7 +182,10 @@ fn write_frozen(inner: &Inner, frozen: &Arc<Sealed>) -> Result<()> {
     let version = map.values().map(|e| e.version).max().unwrap_or(0);
     inner.wal_durable(version)?;
     let path = inner.seg_dir.join(files::name(frozen.id, files::TABLE));
+    let steps = &inner.opts.steps;
+    steps.at(Step::TableWrite(frozen.id));
     let t = table::write(&*inner.fs, &path, map.iter().map(|(k, e)| Ok((k.as_slice().to_vec(), e.clone()))), &[])?;
+    steps.at(Step::TableSwap(frozen.id));
     {
         let mut s = inner.segs.write();
         let at = s.sealed.iter().position(|x| Arc::ptr_eq(x, frozen)).expect("frozen segment is in the set");
@@ -178,6 +195,7 @@ fn write_frozen(inner: &Inner, frozen: &Arc<Sealed>) -> Result<()> {
         s.sealed[at] = Arc::new(frozen.with_data(Data::Table(t), persisted));
     }
     // The table holds everything the log did.
+    steps.at(Step::RemoveReplaced(frozen.id));
     for ext in [files::LOG, files::STATE] {
         files::remove(&*inner.fs, &inner.seg_dir.join(files::name(frozen.id, ext)))?;
     }
@@ -218,6 +236,8 @@ pub fn merge(inner: &Inner, ids: &[u64]) -> Result<()> {
     // Keys deleted at or below `bound` have their new copy durable in the
     // appendable segment (F3), so leaving them out loses nothing. Later
     // deletions keep the key in the merged table and carry over, unsaved.
+    let steps = &inner.opts.steps;
+    steps.at(Step::Merge);
     pass(inner)?;
     let bound = inner.segs.read().appendable.log.persisted();
     let (inputs, id) = {
@@ -229,7 +249,9 @@ pub fn merge(inner: &Inner, ids: &[u64]) -> Result<()> {
     };
     let path = inner.seg_dir.join(files::name(id, files::TABLE));
     let sources = inputs.iter().map(|x| x.live_from(b"", bound).peekable()).collect();
+    steps.at(Step::TableWrite(id));
     let t = table::write(&*inner.fs, &path, MergeIter { sources }, ids)?;
+    steps.at(Step::TableSwap(id));
     {
         let mut s = inner.segs.write();
         let persisted = inputs.iter().map(|x| x.persisted()).min().unwrap_or(0);
@@ -244,6 +266,7 @@ pub fn merge(inner: &Inner, ids: &[u64]) -> Result<()> {
         let at = at.min(s.sealed.len());
         s.sealed.insert(at, Arc::new(merged));
     }
+    steps.at(Step::RemoveReplaced(id));
     for x in &inputs {
         x.remove_files(&*inner.fs, &inner.seg_dir)?;
     }
@@ -285,9 +308,13 @@ impl Iterator for MergeIter<'_> {
     }
 }
 
-/// The behaviour the ordered flush replaces, kept for tests only: every
-/// segment flushes its own live state on its own thread, after a random
-/// delay, in no particular order.
+/// The behaviour the ordered flush replaces, kept for tests only (cargo
+/// feature `unordered-flush`, never in the release library): every
+/// segment flushes its live state up to the last applied version, in a
+/// seeded random order, so a source may persist a deletion before its
+/// destination persists the moved copy. With a step hook, a crash between
+/// two of these steps is exactly the loss F1–F3 prevent.
+#[cfg(feature = "unordered-flush")]
 mod unordered {
     use super::super::appendable::SegmentLog;
     use super::super::sealed::Sealed;
@@ -295,36 +322,35 @@ mod unordered {
     use crate::error::Result;
     use std::sync::atomic::{AtomicU64, Ordering};
     use std::sync::Arc;
-    use std::time::Duration;
 
-    static DRAWS: AtomicU64 = AtomicU64::new(0);
+    /// Passes so far in this process, mixed into each pass's order.
+    static PASSES: AtomicU64 = AtomicU64::new(0);
 
-    fn delay(seed: u64) -> Duration {
-        let mut x = seed ^ DRAWS.fetch_add(1, Ordering::Relaxed).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    fn mix(mut x: u64) -> u64 {
         x ^= x >> 33;
         x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
-        x ^= x >> 33;
-        Duration::from_micros(x % 20_000)
+        x ^ (x >> 33)
     }
 
-    pub fn flush(inner: &Inner, seed: u64, log: &Arc<SegmentLog>, sealed: &[Arc<Sealed>], applied: u64) -> Result<()> {
+    pub fn flush(inner: &Inner, seed: u64, log: &Arc<SegmentLog>, sealed: &[Arc<Sealed>]) -> Result<()> {
+        let applied = inner.segs.read().applied;
         inner.wal_durable(applied)?;
-        let fs = &*inner.fs;
-        std::thread::scope(|scope| {
-            let log = log.clone();
-            let d = delay(seed);
-            let mut threads = vec![scope.spawn(move || {
-                std::thread::sleep(d);
-                log.flush(|_| Ok(())).map(|_| ())
-            })];
-            for s in sealed {
-                let d = delay(seed);
-                threads.push(scope.spawn(move || {
-                    std::thread::sleep(d);
-                    s.flush(fs, applied)
-                }));
+        let steps = &inner.opts.steps;
+        let pass = PASSES.fetch_add(1, Ordering::Relaxed);
+        // Index sealed.len() stands for the appendable log.
+        let mut order: Vec<usize> = (0..=sealed.len()).collect();
+        for i in (1..order.len()).rev() {
+            let j = (mix(seed ^ pass.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ i as u64) % (i as u64 + 1)) as usize;
+            order.swap(i, j);
+        }
+        for i in order {
+            match sealed.get(i) {
+                Some(s) => s.flush(&*inner.fs, steps, applied)?,
+                None => {
+                    log.flush(steps, |_| Ok(()))?;
+                }
             }
-            threads.into_iter().try_for_each(|t| t.join().expect("flusher thread panicked"))
-        })
+        }
+        Ok(())
     }
 }

@@ -17,10 +17,12 @@ mod op;
 mod recovery;
 mod sealed;
 mod segments;
+mod steps;
 mod table;
 
 pub use entry::{decode_list, encode_list, split_item, Entry, Kind, Value};
 pub use op::{Op, MAX_KEY_SIZE};
+pub use steps::{Step, StepHook, Steps};
 
 use crate::error::{Error, Result};
 use crate::status::*;
@@ -48,8 +50,10 @@ pub struct Options {
     pub seal_bytes: usize,
     /// More immutable segments than this are merged (smallest first).
     pub max_sealed: usize,
-    /// Test-only: replaces the ordered flush with per-segment threads
-    /// that flush in random order (the behaviour F1–F3 exist to prevent).
+    /// Test-only (cargo feature `unordered-flush`): replaces the ordered
+    /// flush with one that flushes the segments in a seeded random order,
+    /// each up to the last applied version (what F1–F3 exist to prevent).
+    #[cfg(feature = "unordered-flush")]
     #[doc(hidden)]
     pub unordered_flush_seed: Option<u64>,
     /// Bytes of WAL records replayed per sorted run at open (see
@@ -57,6 +61,10 @@ pub struct Options {
     /// many run boundaries.
     #[doc(hidden)]
     pub replay_run_bytes: usize,
+    /// Test-only: a hook at every step of the background work
+    /// (`steps.rs`): deterministic schedules, crashes at step k.
+    #[doc(hidden)]
+    pub steps: Steps,
 }
 
 impl Default for Options {
@@ -67,8 +75,10 @@ impl Default for Options {
             flush_interval: Some(Duration::from_secs(5)),
             seal_bytes: 32 << 20,
             max_sealed: 8,
+            #[cfg(feature = "unordered-flush")]
             unordered_flush_seed: None,
             replay_run_bytes: 64 << 20,
+            steps: Steps::default(),
         }
     }
 }
@@ -88,7 +98,14 @@ impl Options {
     }
 
     fn wal_options(&self) -> wal::Options {
-        wal::Options { durability: self.durability, segment_size: self.wal_segment_size, ..Default::default() }
+        wal::Options {
+            durability: self.durability,
+            segment_size: self.wal_segment_size,
+            // A scheduler that owns every step also owns every file
+            // operation: no segment is prepared behind its back.
+            prepare_ahead: !self.steps.owns_schedule(),
+            ..Default::default()
+        }
     }
 }
 

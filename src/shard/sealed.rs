@@ -6,6 +6,7 @@ use super::bloom::Probe;
 use super::entry::Entry;
 use super::files::{self, Cursor};
 use super::key::Key;
+use super::steps::{Step, Steps};
 use super::table::Table;
 use crate::error::Result;
 use crate::fs::FileSystem;
@@ -183,7 +184,7 @@ impl Sealed {
     /// deletion with version <= `bound` (the destination's persisted
     /// version, so a moved key is never deleted here before its copy is
     /// durable there) and then moves the persisted version to `bound`.
-    pub fn flush(&self, fs: &dyn FileSystem, bound: u64) -> Result<()> {
+    pub fn flush(&self, fs: &dyn FileSystem, steps: &Steps, bound: u64) -> Result<()> {
         let body = {
             let mut d = self.deletions.lock();
             let saved = d.saved_upto;
@@ -202,6 +203,7 @@ impl Sealed {
             }
             body
         };
+        steps.at(Step::SideCar(self.id));
         files::replace(fs, &self.del_path, &files::seal_small(DEL_MAGIC, &body))?;
         let mut d = self.deletions.lock();
         d.saved_upto = d.saved_upto.max(bound);
@@ -243,7 +245,7 @@ mod tests {
         let fs = crate::fs::StdFs::direct();
         let frozen = Sealed::new(&dir, 7, Data::Frozen(Arc::new(BTreeMap::new())), 5);
         frozen.mark_deleted(b"k", 50);
-        frozen.flush(&fs, 100).unwrap(); // the side-car reaches 100...
+        frozen.flush(&fs, &Steps::default(), 100).unwrap(); // the side-car reaches 100...
         assert_eq!(frozen.persisted(), 5); // ...the data does not
         assert!(frozen.dirty());
         std::fs::remove_dir_all(&dir).unwrap();
