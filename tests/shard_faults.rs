@@ -206,3 +206,66 @@ fn acknowledged_writes_survive_faults_and_power_loss() {
     let explore = std::env::var("KEEL_SHARD_FAULT_EXPLORE").is_ok_and(|v| v == "1");
     run(explore, 300);
 }
+
+/// A copy-on-write move into the appendable segment right before it is
+/// sealed, whose table then fails to be written: the moved copy exists
+/// only in memory (the frozen segment) and in the WAL. A pass must not let
+/// the source persist the deletion of its old copy then: the new copy is
+/// not durable. Before the fix the pass bounded sources by the fresh
+/// appendable segment's version (all of it "persisted", being empty), the
+/// source's side-car recorded the deletion, and after a crash the WAL
+/// replay rebuilt the list from its last item alone.
+#[test]
+fn regression_source_keeps_its_copy_while_the_frozen_destination_is_not_durable() {
+    let fs = FaultFs::new(1);
+    let dir = Path::new("/keel/frozen");
+    let lock = Arc::new(Lockstep::default());
+    let shard = Shard::open_with_fs(dir, options(Steps::new(lock.clone())), Arc::new(fs.clone())).unwrap();
+    let idle = |s| s == keel::shard::Step::Idle;
+    let big = "x".repeat(1200);
+    let seal_now = |tag: &str| {
+        for i in 0..4 {
+            shard.put(format!("{tag}{i}").as_bytes(), big.as_bytes()).unwrap();
+        }
+    };
+    // The list lives in a table.
+    let mut items = Vec::new();
+    for i in 0..5 {
+        shard.append(b"list", format!("item{i}").as_bytes()).unwrap();
+        items.push(format!("item{i}").into_bytes());
+    }
+    seal_now("a");
+    lock.advance_until(200, |s| matches!(s, keel::shard::Step::RemoveReplaced(_)));
+    lock.advance_until(200, idle);
+    // Enough writes after it that the WAL drops the list's records.
+    for i in 0..80 {
+        shard.put(format!("f{}", i % 8).as_bytes(), big.as_bytes()).unwrap();
+        lock.advance_up_to(100);
+    }
+    shard.flush(false).unwrap();
+    lock.advance_up_to(200);
+    assert!(shard.stats().wal_first_seq > 5, "the WAL still holds the list's records: {:?}", shard.stats());
+    // Fill the next segment; the flush passes, then stops before sealing.
+    seal_now("b");
+    lock.advance_until(200, |s| s == keel::shard::Step::Seal);
+    // Moved into the appendable segment after its last pass.
+    shard.append(b"list", b"item5").unwrap();
+    items.push(b"item5".to_vec());
+    let table = lock.advance_until(50, |s| matches!(s, keel::shard::Step::TableWrite(_)));
+    fs.set_faults(Faults { nospace_create: 1000, ..Faults::default() });
+    lock.advance_until(50, idle); // the table write fails: frozen, in memory only
+    fs.set_faults(Faults::default());
+    assert!(shard.background_error().is_some());
+    shard.put(b"other", b"1").unwrap();
+    shard.flush(false).unwrap();
+    // A full pass, then the crash as the table is written again.
+    lock.advance_until(200, |s| s == table);
+    fs.halt();
+    lock.release();
+    let _ = shard.close();
+    fs.crash();
+    let shard = Shard::open_with_fs(dir, options(Steps::default()), Arc::new(fs.clone())).unwrap();
+    let got = shard.get(b"list").unwrap().map(|e| e.value);
+    assert_eq!(got, Some(keel::shard::Value::Posting(items)));
+    shard.close().unwrap();
+}

@@ -106,11 +106,22 @@ pub fn pass(inner: &Inner) -> Result<u64> {
     }
     // F3: the copy-on-write destination first; its persisted version
     // bounds what the sources may persist.
-    let bound = log.flush(steps, |v| inner.wal_durable(v))?;
+    let bound = source_bound(log.flush(steps, |v| inner.wal_durable(v))?, &sealed);
     for s in &sealed {
         s.flush(&*inner.fs, steps, bound)?;
     }
     acknowledge(inner)
+}
+
+/// F3's bound on what sources may persist: a copy moved out of a segment
+/// lives in the appendable segment, or in a frozen one if the move came
+/// before its seal, and a frozen segment's data is durable only up to what
+/// its old log had persisted until its table is written. Deleting the old
+/// copy durably before that would leave, after a crash, only the WAL's
+/// retained records to rebuild the key from (a posting list cut to its
+/// last items).
+fn source_bound(appendable_persisted: u64, sealed: &[Arc<Sealed>]) -> u64 {
+    sealed.iter().map(|s| s.data_persisted()).fold(appendable_persisted, u64::min)
 }
 
 /// F5: after a successful pass, ack the WAL to the smallest persisted
@@ -239,7 +250,10 @@ pub fn merge(inner: &Inner, ids: &[u64]) -> Result<()> {
     let steps = &inner.opts.steps;
     steps.at(Step::Merge);
     pass(inner)?;
-    let bound = inner.segs.read().appendable.log.persisted();
+    let bound = {
+        let s = inner.segs.read();
+        source_bound(s.appendable.log.persisted(), &s.sealed)
+    };
     let (inputs, id) = {
         let mut s = inner.segs.write();
         let inputs: Vec<Arc<Sealed>> = s.sealed.iter().filter(|x| ids.contains(&x.id)).cloned().collect();

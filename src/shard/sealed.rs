@@ -167,6 +167,12 @@ impl Sealed {
         data.max(self.deletions.lock().max_version)
     }
 
+    /// Versions up to this are durable in the data (u64::MAX for a table;
+    /// for a frozen map, what its old log had persisted when it was sealed).
+    pub fn data_persisted(&self) -> u64 {
+        self.data_persisted
+    }
+
     /// Every change <= this is durable: the side-car's saved version, but
     /// never beyond what the data itself has on disk (a frozen map whose
     /// table failed to be written is only as durable as its old log, however

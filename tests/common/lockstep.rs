@@ -166,3 +166,17 @@ impl KillAt {
         n
     }
 }
+
+impl Lockstep {
+    /// Advances until the flush is parked at a step `stop` accepts
+    /// (at most `max` steps); returns that step.
+    pub fn advance_until(&self, max: u64, stop: impl Fn(Step) -> bool) -> Step {
+        for _ in 0..max {
+            let at = self.advance();
+            if stop(at) {
+                return at;
+            }
+        }
+        panic!("the flush did not reach the awaited step within {max} steps; last steps: {}", self.trace.render());
+    }
+}
