@@ -268,7 +268,9 @@ pub fn merge(inner: &Inner, ids: &[u64]) -> Result<()> {
     steps.at(Step::TableSwap(id));
     {
         let mut s = inner.segs.write();
-        let persisted = inputs.iter().map(|x| x.persisted()).min().unwrap_or(0);
+        // Deletions after `bound` are carried over unsaved: the merged
+        // side-car holds nothing yet, so it is complete only up to `bound`.
+        let persisted = inputs.iter().map(|x| x.persisted()).min().unwrap_or(0).min(bound);
         let merged = Sealed::new(&inner.seg_dir, id, Data::Table(t), persisted);
         for x in &inputs {
             for (k, v) in x.deletions_after(bound) {
