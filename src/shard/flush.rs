@@ -217,6 +217,7 @@ fn write_frozen(inner: &Inner, frozen: &Arc<Sealed>) -> Result<()> {
 /// once) back to the system; glibc otherwise keeps most of it.
 fn release_freed_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free heap memory to the system.
     unsafe {
         libc::malloc_trim(0);
     }
