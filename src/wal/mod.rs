@@ -700,7 +700,10 @@ impl Shared {
                 st.active = Some(next);
                 Ok(())
             }
-            Err(e) if e.status == KEEL_STATUS_NO_SPACE => Err(e),
+            // Out of disk, descriptors or memory before the new segment
+            // took a byte of a frame: this append fails, the log is as it
+            // was and the next append tries the rotation again.
+            Err(e) if matches!(e.status, KEEL_STATUS_NO_SPACE | KEEL_STATUS_RESOURCE) => Err(e),
             Err(e) => Err(self.poison(st, e)),
         }
     }
