@@ -1,6 +1,7 @@
 //! Running out of descriptors is transient (docs/WAL.md, "Errors"): an
 //! append whose segment rotation meets EMFILE fails with RESOURCE and
-//! leaves the log usable.
+//! leaves the log usable, and readers share the open segments, so 10,000
+//! of them fit in a small descriptor table.
 //!
 //! Each scenario lowers RLIMIT_NOFILE, so it runs in a child process (this
 //! test binary re-executed with `KEEL_RESOURCE_CHILD=<scenario>|<dir>`)
@@ -42,6 +43,7 @@ fn child_main() -> bool {
     let (scenario, dir) = spec.split_once('|').unwrap();
     match scenario {
         "rotation" => rotation_child(Path::new(dir)),
+        "readers" => readers_child(Path::new(dir)),
         other => panic!("unknown scenario {other}"),
     }
     true
@@ -136,4 +138,75 @@ fn emfile_on_rotation_returns_resource_and_does_not_poison() {
         return;
     }
     run_in_child("emfile_on_rotation_returns_resource_and_does_not_poison", "rotation");
+}
+
+/// Resident memory of this process in bytes.
+fn rss() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
+    let pages: u64 = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
+    // SAFETY: sysconf has no preconditions.
+    pages * unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as u64
+}
+
+/// How many memory maps of files in `dir` this process has.
+fn maps_of(dir: &Path) -> usize {
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+    let dir = dir.to_str().unwrap();
+    maps.lines().filter(|l| l.contains(dir)).count()
+}
+
+/// 10,000 readers that have read the log and wait for more, with a
+/// descriptor table of 256: all open and read, appends (and rotations)
+/// still work, every reader then reads the new records, and the idle
+/// readers cost little memory.
+fn readers_child(dir: &Path) {
+    limit_open_files(256);
+    const READERS: usize = 10_000;
+    const LEN: usize = 3000;
+    const PART: u64 = 25; // records of a part: 75 KB, more than one segment
+    // Payloads computed once: the readers compare 10,000 copies.
+    let payloads: Vec<Vec<u8>> = (0..=2 * PART).map(|seq| payload(seq, LEN)).collect();
+    let wal = Wal::open(dir, Options { segment_size: SEGMENT, ..Options::default() }).unwrap();
+    let mut last = 0;
+    let mut append_part = |wal: &Wal| {
+        for _ in 0..PART {
+            last = wal.append(&payloads[last as usize + 1]).unwrap();
+        }
+        last
+    };
+    let first_part = append_part(&wal);
+    let before = rss();
+    let mut readers: Vec<_> = (0..READERS).map(|_| wal.reader(1, ReadUpto::Durable).unwrap()).collect();
+    let read_all = |readers: &mut Vec<keel::wal::Reader>, from: u64, to: u64| {
+        for (i, r) in readers.iter_mut().enumerate() {
+            for seq in from..=to {
+                let (s, data) = r
+                    .next_record()
+                    .unwrap_or_else(|e| panic!("reader {i} at {seq}: {e}"))
+                    .unwrap_or_else(|| panic!("reader {i}: record {seq} missing"));
+                assert_eq!(s, seq);
+                assert!(data == payloads[seq as usize], "reader {i}: record {seq} differs");
+            }
+            assert!(r.next_record().unwrap().is_none(), "reader {i} read past the end");
+        }
+    };
+    read_all(&mut readers, 1, first_part);
+    let grown = rss().saturating_sub(before);
+    assert!(grown < 64 << 20, "{READERS} idle readers take {} MiB", grown >> 20);
+    let second_part = append_part(&wal);
+    read_all(&mut readers, first_part + 1, second_part);
+    // All of them wait in the same segment: one map of it between them
+    // (the SYNC-mode writer maps nothing), and none once they are gone.
+    assert_eq!(maps_of(dir), 1, "{READERS} readers in one segment");
+    drop(readers);
+    assert_eq!(maps_of(dir), 0, "a segment stays mapped after its last reader");
+    wal.close().unwrap();
+}
+
+#[test]
+fn ten_thousand_idle_readers_share_segments_under_a_low_fd_limit() {
+    if child_main() {
+        return;
+    }
+    run_in_child("ten_thousand_idle_readers_share_segments_under_a_low_fd_limit", "readers");
 }
