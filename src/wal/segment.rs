@@ -1,4 +1,5 @@
-//! Segment files: names, creation (W8) and the handle of the active one.
+//! Segment files: names, creation (W8), the handle of the active one and
+//! the read handle all readers of a segment share.
 
 use super::format::{decode_segment_header, encode_segment_header, SEGMENT_HEADER_LEN};
 use crate::fs::{File, FileSystem, ReadMap};
