@@ -706,7 +706,8 @@ typedef struct keel_publisher_stats_t {
 #define KEEL_STATUS_UNSUPPORTED 14
 
 /**
- * The file system is full (ENOSPC/EDQUOT); nothing was written and the data stays recoverable.
+ * The file system is full (ENOSPC/EDQUOT); nothing was written and the
+ * data stays recoverable. The log is still usable: retry once space is back.
  */
 #define KEEL_STATUS_NO_SPACE 15
 
@@ -715,6 +716,13 @@ typedef struct keel_publisher_stats_t {
  * value (a put replaces a posting list; an append never replaces a value).
  */
 #define KEEL_STATUS_WRONG_KIND 16
+
+/**
+ * The process or system ran out of a resource (EMFILE, ENFILE: too many
+ * open files; ENOMEM: memory or mappings) before anything was written. The
+ * log is still usable: retry once the resource is freed.
+ */
+#define KEEL_STATUS_RESOURCE 17
 
 #ifdef __cplusplus
 extern "C" {

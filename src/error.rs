@@ -24,10 +24,13 @@ impl Error {
         Self::new(KEEL_STATUS_CORRUPTION, message)
     }
     /// Wraps an OS error with what keel was doing; ENOSPC and EDQUOT become
-    /// NO_SPACE so hosts can tell "disk full" from a failing device.
+    /// NO_SPACE and EMFILE, ENFILE and ENOMEM become RESOURCE, so hosts can
+    /// tell "disk full" and "out of descriptors or memory" (both pass) from
+    /// a failing device.
     pub fn io(context: impl std::fmt::Display, e: io::Error) -> Self {
         let status = match e.raw_os_error() {
             Some(libc::ENOSPC) | Some(libc::EDQUOT) => KEEL_STATUS_NO_SPACE,
+            Some(libc::EMFILE) | Some(libc::ENFILE) | Some(libc::ENOMEM) => KEEL_STATUS_RESOURCE,
             _ => KEEL_STATUS_IO,
         };
         Self::new(status, format!("{context}: {e}"))

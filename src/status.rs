@@ -38,11 +38,16 @@ pub const KEEL_STATUS_TRUNCATED: keel_status_t = 12;
 pub const KEEL_STATUS_NOT_LEADER: keel_status_t = 13;
 /// The operation or option is not supported on this build or platform.
 pub const KEEL_STATUS_UNSUPPORTED: keel_status_t = 14;
-/// The file system is full (ENOSPC/EDQUOT); nothing was written and the data stays recoverable.
+/// The file system is full (ENOSPC/EDQUOT); nothing was written and the
+/// data stays recoverable. The log is still usable: retry once space is back.
 pub const KEEL_STATUS_NO_SPACE: keel_status_t = 15;
 /// The key holds the other kind of data: an append to a key that holds a
 /// value (a put replaces a posting list; an append never replaces a value).
 pub const KEEL_STATUS_WRONG_KIND: keel_status_t = 16;
+/// The process or system ran out of a resource (EMFILE, ENFILE: too many
+/// open files; ENOMEM: memory or mappings) before anything was written. The
+/// log is still usable: retry once the resource is freed.
+pub const KEEL_STATUS_RESOURCE: keel_status_t = 17;
 
 /// Name of a status value as a static, NUL-terminated string.
 pub(crate) fn status_name(status: keel_status_t) -> &'static str {
@@ -64,6 +69,7 @@ pub(crate) fn status_name(status: keel_status_t) -> &'static str {
         KEEL_STATUS_UNSUPPORTED => "UNSUPPORTED\0",
         KEEL_STATUS_NO_SPACE => "NO_SPACE\0",
         KEEL_STATUS_WRONG_KIND => "WRONG_KIND\0",
+        KEEL_STATUS_RESOURCE => "RESOURCE\0",
         _ => "UNKNOWN\0",
     }
 }

@@ -28,6 +28,7 @@ const (
 	StatusUnsupported     Status = C.KEEL_STATUS_UNSUPPORTED
 	StatusNoSpace         Status = C.KEEL_STATUS_NO_SPACE
 	StatusWrongKind       Status = C.KEEL_STATUS_WRONG_KIND
+	StatusResource        Status = C.KEEL_STATUS_RESOURCE
 )
 
 // String returns the library's name of the status ("IO", "TRUNCATED", ...;
@@ -85,6 +86,9 @@ var (
 	// ErrWrongKind: an append to a key that holds a value (nothing was
 	// written), or Value.Items on a value that is not a posting list.
 	ErrWrongKind = &Error{Code: StatusWrongKind}
+	// ErrResource: out of file descriptors or memory before anything was
+	// written; the log is still usable, retry once the resource is freed.
+	ErrResource = &Error{Code: StatusResource}
 )
 
 // ErrNoMore is what Reader.Next returns when the reader has caught up with

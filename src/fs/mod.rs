@@ -6,6 +6,10 @@
 //! faults (lost unsynced data, torn writes, forgotten directory entries,
 //! EIO, ENOSPC) deterministically from a seed.
 
+mod handles;
+
+pub use handles::Handles;
+
 use parking_lot::RwLock;
 use std::any::Any;
 use std::fs::{self, OpenOptions};

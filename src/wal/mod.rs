@@ -23,11 +23,11 @@ pub use reader::Reader;
 pub use segment::{file_name as segment_file_name, parse_name as parse_segment_name};
 
 use crate::error::{Error, Result};
-use crate::fs::{File, FileSystem, StdFs};
+use crate::fs::{File, FileSystem, Handles, StdFs};
 use crate::status::*;
 use format::PendingFrame;
 use parking_lot::Mutex;
-use segment::{Active, SegmentMeta};
+use segment::{Active, ReadSegment, SegmentMeta};
 use std::any::Any;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -202,6 +202,8 @@ pub(crate) struct Shared {
     spare: Mutex<Option<(Arc<dyn File>, PathBuf)>>,
     /// Wakes the preparer thread (None without prepare_ahead).
     prepare: Option<crossbeam_channel::Sender<()>>,
+    /// Segments open for reading, one per segment shared by all readers.
+    segment_handles: Handles<ReadSegment>,
 }
 
 /// A write-ahead log open on one directory. All methods take `&self` and
@@ -280,6 +282,7 @@ impl Wal {
             truncate_lock: Mutex::new(()),
             spare: Mutex::new(None),
             prepare,
+            segment_handles: Handles::default(),
             opts,
         });
         let mut wal = Wal { shared: shared.clone(), syncer: None, preparer: None, _lock: lock };
@@ -700,7 +703,10 @@ impl Shared {
                 st.active = Some(next);
                 Ok(())
             }
-            Err(e) if e.status == KEEL_STATUS_NO_SPACE => Err(e),
+            // Out of disk, descriptors or memory before the new segment
+            // took a byte of a frame: this append fails, the log is as it
+            // was and the next append tries the rotation again.
+            Err(e) if matches!(e.status, KEEL_STATUS_NO_SPACE | KEEL_STATUS_RESOURCE) => Err(e),
             Err(e) => Err(self.poison(st, e)),
         }
     }

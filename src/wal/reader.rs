@@ -1,8 +1,7 @@
 //! Streaming records from a sequence number (W6).
 
-use super::format::{records, FrameHeader, FRAME_HEADER_LEN};
-use crate::fs::File;
-use super::segment::SegmentMeta;
+use super::format::{records, FrameHeader, FRAME_HEADER_LEN, SEGMENT_HEADER_LEN};
+use super::segment::{self, ReadSegment, SegmentMeta, View};
 use super::{ReadUpto, Shared};
 use crate::error::{Error, Result};
 use crate::status::*;
@@ -13,8 +12,8 @@ const READ_CHUNK: usize = 256 << 10;
 
 struct OpenSegment {
     meta: SegmentMeta,
-    file: Arc<dyn File>,
-    salt: u32,
+    /// Shared with every other reader of this segment.
+    handle: Arc<ReadSegment>,
     len: u64,
     /// Offset of the next frame to decode.
     offset: u64,
@@ -30,7 +29,9 @@ struct Frame {
 
 /// Reads records in order from a starting sequence number, following the
 /// log as it grows. While it lives it pins the segment it reads and every
-/// later one, so truncation cannot delete them.
+/// later one, so truncation cannot delete them. It opens nothing of its
+/// own: the segment it reads is shared with the log's other readers, and
+/// until its first read it holds no memory beyond itself.
 pub struct Reader {
     shared: Arc<Shared>,
     upto: ReadUpto,
@@ -38,9 +39,10 @@ pub struct Reader {
     next: u64,
     segment: Option<OpenSegment>,
     frame: Option<Frame>,
-    /// Read-ahead window over the current segment: `window` holds the bytes
-    /// at `window_at..`, read when records up to `window_upto` were written
-    /// (beyond that it may hold the zeros of the not yet written part).
+    /// Read-ahead window over the current segment when it is read with
+    /// pread (no map): `window` holds the bytes at `window_at..`, read when
+    /// records up to `window_upto` were written (beyond that it may hold the
+    /// zeros of the not yet written part). Allocated at the first such read.
     window: Vec<u8>,
     window_at: u64,
     window_upto: u64,
@@ -131,7 +133,7 @@ impl Reader {
         loop {
             self.move_to_segment_of_next()?;
             let seg = self.segment.as_ref().unwrap();
-            let (at, room, salt, name) = (seg.offset, seg.len.saturating_sub(seg.offset), seg.salt, seg.meta.path.clone());
+            let (at, room, salt, name) = (seg.offset, seg.len.saturating_sub(seg.offset), seg.handle.salt, seg.meta.path.clone());
             let next = self.next;
             let corrupt = |why: &str| {
                 Error::corruption(format!("record {next} unreadable in {} at offset {at}: {why}", name.display()))
@@ -170,7 +172,7 @@ impl Reader {
     /// this is a safety net, not the common path.
     fn refresh_len(&mut self) -> Result<u64> {
         let seg = self.segment.as_mut().unwrap();
-        seg.len = seg.file.len().map_err(|e| Error::io(format!("reading {}", seg.meta.path.display()), e))?;
+        seg.len = seg.handle.view.len().map_err(|e| Error::io(format!("reading {}", seg.meta.path.display()), e))?;
         Ok(seg.len)
     }
 
@@ -193,31 +195,38 @@ impl Reader {
         let Some(meta) = target else {
             return Ok(()); // same segment (its size is fixed when it is created)
         };
-        let io = |e| Error::io(format!("opening {}", meta.path.display()), e);
-        let file = self.shared.fs.open(&meta.path, false).map_err(io)?;
-        let len = file.len().map_err(io)?;
-        let mut head = [0u8; super::format::SEGMENT_HEADER_LEN as usize];
-        let n = file.read_at(&mut head, 0).map_err(io)?;
-        let header = super::format::decode_segment_header(&head[..n])
-            .map_err(|why| Error::corruption(format!("{}: {why}", meta.path.display())))?;
+        let handle =
+            self.shared.segment_handles.get(&meta.path, || segment::open_for_reading(&*self.shared.fs, &meta.path))?;
+        let len = handle.view.len().map_err(|e| Error::io(format!("opening {}", meta.path.display()), e))?;
         self.window.clear();
-        self.segment = Some(OpenSegment { meta, file, salt: header.salt, len, offset: super::format::SEGMENT_HEADER_LEN });
+        self.segment = Some(OpenSegment { meta, handle, len, offset: SEGMENT_HEADER_LEN });
         Ok(())
     }
 
-    /// `len` bytes of the current segment at `at`, through the read-ahead window.
+    /// `len` bytes of the current segment at `at`: straight from its map,
+    /// else through the read-ahead window.
     fn bytes(&mut self, at: u64, len: usize) -> Result<&[u8]> {
+        let seg = self.segment.as_ref().unwrap();
+        let file = match &seg.handle.view {
+            View::Map(map) => {
+                // Every frame up to `written` is in the page cache, which
+                // the map shows as it is now.
+                let end = (at as usize).checked_add(len);
+                return end.and_then(|end| map.bytes().get(at as usize..end)).ok_or_else(|| {
+                    Error::corruption(format!("{} ends inside a frame", seg.meta.path.display()))
+                });
+            }
+            View::File(file) => file,
+        };
         let covered = at >= self.window_at && at + len as u64 <= self.window_at + self.window.len() as u64;
         if !covered {
-            let seg = self.segment.as_ref().unwrap();
             let want = len.max(READ_CHUNK).min((seg.len - at) as usize).max(len);
             // Every frame up to `written` is in the page cache before the pread.
             self.window_upto = self.shared.written.load(Ordering::Acquire);
             self.window.resize(want, 0);
             let mut got = 0;
             while got < want {
-                let n = seg
-                    .file
+                let n = file
                     .read_at(&mut self.window[got..], at + got as u64)
                     .map_err(|e| Error::io(format!("reading {}", seg.meta.path.display()), e))?;
                 if n == 0 {

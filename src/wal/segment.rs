@@ -1,7 +1,8 @@
-//! Segment files: names, creation (W8) and the handle of the active one.
+//! Segment files: names, creation (W8), the handle of the active one and
+//! the read handle all readers of a segment share.
 
-use super::format::{encode_segment_header, SEGMENT_HEADER_LEN};
-use crate::fs::{File, FileSystem};
+use super::format::{decode_segment_header, encode_segment_header, SEGMENT_HEADER_LEN};
+use crate::fs::{File, FileSystem, ReadMap};
 use crate::error::{Error, Result};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -38,6 +39,52 @@ pub struct Active {
     pub offset: u64,
     /// Allocated size: frames must end at or before it.
     pub capacity: u64,
+}
+
+/// A retained segment opened for reading. Every reader of the log shares
+/// one per segment (through `fs::Handles`), so readers cost no descriptor
+/// each; it is closed when the last reader moves past the segment.
+pub struct ReadSegment {
+    pub salt: u32,
+    pub view: View,
+}
+
+/// How a `ReadSegment` reaches its bytes.
+pub enum View {
+    /// A read-only map of the whole file (it holds no descriptor).
+    Map(ReadMap),
+    /// A descriptor read with `pread`, where the file system offers no map.
+    File(Arc<dyn File>),
+}
+
+impl View {
+    /// The segment's size now (segments are allocated whole when created).
+    pub fn len(&self) -> std::io::Result<u64> {
+        match self {
+            View::Map(m) => Ok(m.bytes().len() as u64),
+            View::File(f) => f.len(),
+        }
+    }
+}
+
+/// Opens a retained segment for reading and checks its header.
+pub fn open_for_reading(fs: &dyn FileSystem, path: &Path) -> Result<ReadSegment> {
+    let io = |e| Error::io(format!("opening {}", path.display()), e);
+    let mut head = [0u8; SEGMENT_HEADER_LEN as usize];
+    let (view, n) = match fs.map_readonly(path).map_err(io)? {
+        Some(map) => {
+            let n = map.bytes().len().min(head.len());
+            head[..n].copy_from_slice(&map.bytes()[..n]);
+            (View::Map(map), n)
+        }
+        None => {
+            let file = fs.open(path, false).map_err(io)?;
+            let n = file.read_at(&mut head, 0).map_err(io)?;
+            (View::File(file), n)
+        }
+    };
+    let header = decode_segment_header(&head[..n]).map_err(|why| Error::corruption(format!("{}: {why}", path.display())))?;
+    Ok(ReadSegment { salt: header.salt, view })
 }
 
 /// A random salt: seeds every frame checksum of a segment so that bytes
