@@ -20,7 +20,7 @@ mod segments;
 mod table;
 
 pub use entry::{decode_list, encode_list, split_item, Entry, Kind, Value};
-pub use op::{Op, MAX_KEY_SIZE};
+pub use op::{Op, MAX_KEY_SIZE, MAX_VALUE_SIZE};
 
 use crate::error::{Error, Result};
 use crate::status::*;
@@ -87,8 +87,15 @@ impl Options {
         self.wal_options().validate()
     }
 
+    /// The shard's WAL takes the record of the largest operation (a 16 MiB
+    /// value with a 4096-byte key) when its segments can hold it.
     fn wal_options(&self) -> wal::Options {
-        wal::Options { durability: self.durability, segment_size: self.wal_segment_size, ..Default::default() }
+        wal::Options {
+            durability: self.durability,
+            segment_size: self.wal_segment_size,
+            max_record_size: op::MAX_RECORD_SIZE.min(self.wal_segment_size.saturating_sub(wal::format::OVERHEAD)),
+            ..Default::default()
+        }
     }
 }
 
@@ -233,9 +240,7 @@ impl Shard {
         }
         let inner = &*self.inner;
         inner.check_open()?;
-        for op in ops {
-            op.check()?;
-        }
+        op::check_write(ops, inner.opts.wal_options().max_record_size)?;
         let encoded: Vec<Vec<u8>> = ops.iter().map(Op::encode).collect();
         let records: Vec<&[u8]> = encoded.iter().map(|r| r.as_slice()).collect();
         let wal = inner.wal.read();
