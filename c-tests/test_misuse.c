@@ -49,7 +49,7 @@ int main(void) {
 
   /* ---- keel_wal_open ---- */
   keel_wal_options_t opts;
-  CHECK_RC(KEEL_STATUS_OK, keel_wal_options_init(&opts));
+  CHECK_RC(KEEL_STATUS_OK, keel_wal_options_init_sized(&opts, sizeof opts));
   CHECK_EQ_U64(opts.struct_size, sizeof opts);
   keel_wal_t *wal = (keel_wal_t *)&u; /* must stay untouched on failure */
   CHECK_STATUS(KEEL_STATUS_NULL_ARGUMENT, keel_wal_open(NULL, &opts, &wal, &err));
@@ -66,6 +66,7 @@ int main(void) {
   o = opts; o.recovery_mode = UINT32_MAX; bad_options(dir, o, "recovery_mode UINT32_MAX");
   o = opts; o.struct_size = 0;         bad_options(dir, o, "struct_size 0");
   o = opts; o.struct_size = sizeof o - 1; bad_options(dir, o, "struct_size sizeof-1");
+  o = opts; o.allow_foreign_files = 2; bad_options(dir, o, "allow_foreign_files 2");
   o = opts; o.segment_size = 4096;     bad_options(dir, o, "segment_size 4096");
   o = opts; o.segment_size = (4ull << 30) + 1; bad_options(dir, o, "segment_size 4 GiB + 1");
   o = opts; o.segment_size = 64 << 10; o.max_record_size = 64 << 10;

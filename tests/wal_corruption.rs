@@ -57,7 +57,7 @@ const MODES: [RecoveryMode; 4] =
     [RecoveryMode::Absolute, RecoveryMode::TolerateTail, RecoveryMode::PointInTime, RecoveryMode::Salvage];
 
 fn options(recovery: RecoveryMode) -> Options {
-    Options { durability: Durability::None, recovery, segment_size: SEGMENT_SIZE, max_record_size: 0, prepare_ahead: false }
+    Options { durability: Durability::None, recovery, segment_size: SEGMENT_SIZE, max_record_size: 0, prepare_ahead: false, ..Options::default() }
 }
 
 fn seg_name(first_seq: u64) -> String {

@@ -348,11 +348,11 @@ enum class ReadUpto : uint32_t {
 };
 
 /// Options of Wal::open(): a copyable value wrapping keel_wal_options_t,
-/// filled with the library defaults by keel_wal_options_init(). Setters
+/// filled with the library defaults by keel_wal_options_init_sized(). Setters
 /// chain; values are validated by the library when the WAL opens.
 class WalOptions {
  public:
-  WalOptions() noexcept { keel_wal_options_init(&raw_); }  // cannot fail: the pointer is valid
+  WalOptions() noexcept { keel_wal_options_init_sized(&raw_, sizeof raw_); }  // cannot fail: valid pointer and size
 
   WalOptions& durability(Durability d) noexcept { raw_.durability = static_cast<uint32_t>(d); return *this; }
   /// Interval of Durability::Periodic (1 ms to 60 s). Out-of-range values
@@ -364,12 +364,16 @@ class WalOptions {
   WalOptions& recovery(RecoveryMode m) noexcept { raw_.recovery_mode = static_cast<uint32_t>(m); return *this; }
   WalOptions& segment_size(uint64_t bytes) noexcept { raw_.segment_size = bytes; return *this; }
   WalOptions& max_record_size(uint64_t bytes) noexcept { raw_.max_record_size = bytes; return *this; }
+  /// Open a non-empty directory that holds no keel WAL file (refused by
+  /// default: a mistyped path never gets a LOCK and a segment).
+  WalOptions& allow_foreign_files(bool allow) noexcept { raw_.allow_foreign_files = allow ? 1 : 0; return *this; }
 
   Durability durability() const noexcept { return static_cast<Durability>(raw_.durability); }
   std::chrono::milliseconds sync_interval() const noexcept { return std::chrono::milliseconds(raw_.sync_interval_ms); }
   RecoveryMode recovery() const noexcept { return static_cast<RecoveryMode>(raw_.recovery_mode); }
   uint64_t segment_size() const noexcept { return raw_.segment_size; }
   uint64_t max_record_size() const noexcept { return raw_.max_record_size; }
+  bool allow_foreign_files() const noexcept { return raw_.allow_foreign_files != 0; }
 
   /// The C struct, for fields this wrapper does not know yet.
   keel_wal_options_t& raw() noexcept { return raw_; }

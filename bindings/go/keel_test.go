@@ -821,3 +821,24 @@ func TestDynamicTagBuilds(t *testing.T) {
 		t.Fatalf("the keel_dynamic run did not pass the round trip:\n%s", out)
 	}
 }
+
+// A non-empty directory that holds no keel WAL file is refused unless
+// AllowForeignFiles is set, and nothing is written into it.
+func TestForeignDirectoryIsRefusedUnlessAllowed(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "notes.txt"), []byte("mine"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, err := Open(dir, &Options{SegmentSize: 64 << 10})
+	wantCode(t, "foreign directory", err, ErrInvalidArgument)
+	if entries, _ := os.ReadDir(dir); len(entries) != 1 {
+		t.Fatalf("the refused open wrote into the directory: %v", entries)
+	}
+	w, err := Open(dir, &Options{SegmentSize: 64 << 10, AllowForeignFiles: true})
+	if err != nil {
+		t.Fatalf("Open with AllowForeignFiles: %v", err)
+	}
+	if err := w.Close(); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+}

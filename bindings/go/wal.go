@@ -78,13 +78,17 @@ type Options struct {
 	// carry, at most SegmentSize-96; default 16 MiB (less for small
 	// segments).
 	MaxRecordSize uint64
+	// AllowForeignFiles opens a non-empty directory that holds no keel WAL
+	// file; by default Open refuses it with ErrInvalidArgument, so a
+	// mistyped path never gets a LOCK and a segment written into it.
+	AllowForeignFiles bool
 }
 
 // toC starts from the library defaults and overrides the non-zero fields,
 // so a default that changes in the library needs no change here.
 func (o *Options) toC() (C.keel_wal_options_t, error) {
 	var c C.keel_wal_options_t
-	C.keel_wal_options_init(&c)
+	C.keel_wal_options_init_sized(&c, C.size_t(C.sizeof_keel_wal_options_t))
 	if o == nil {
 		return c, nil
 	}
@@ -107,6 +111,9 @@ func (o *Options) toC() (C.keel_wal_options_t, error) {
 	}
 	if o.MaxRecordSize != 0 {
 		c.max_record_size = C.uint64_t(o.MaxRecordSize)
+	}
+	if o.AllowForeignFiles {
+		c.allow_foreign_files = 1
 	}
 	return c, nil
 }

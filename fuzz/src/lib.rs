@@ -370,6 +370,7 @@ fn options(mapped: bool, recovery: RecoveryMode) -> Options {
         segment_size: 64 << 10,
         max_record_size: 0,
         prepare_ahead: false,
+        allow_foreign_files: false,
     }
 }
 

@@ -53,6 +53,18 @@ impl Engine {
             let what = format!("{what} {}", p.display());
             move |e: io::Error| Error::io(what, e)
         };
+        // A WAL directory has a LOCK file too: say what it is before
+        // anything is created or locked.
+        match fs.list(dir) {
+            Ok(names) if names.iter().any(|n| crate::wal::parse_segment_name(n).is_some()) => {
+                return Err(Error::invalid(format!(
+                    "{} is a keel WAL directory, not an engine data directory",
+                    dir.display()
+                )))
+            }
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(io_err("listing", dir)(e)),
+            _ => {}
+        }
         fs.create_dir_all(dir).map_err(io_err("creating", dir))?;
         let lock_path = dir.join("LOCK");
         let lock = fs.lock(&lock_path).map_err(|e| match e.kind() {

@@ -23,6 +23,25 @@ impl keel_buf_t {
     }
 }
 
+/// Checks that a keel_buf_t keel is about to fill holds no buffer: one
+/// with a non-NULL `ptr` is INVALID_ARGUMENT, since overwriting it would
+/// leak what it holds (the caller zeroes it or keel_buf_free()s it first).
+pub(crate) fn check_unfilled(b: &keel_buf_t, name: &str) -> crate::Result<()> {
+    if !b.ptr.is_null() {
+        return Err(crate::Error::invalid(format!(
+            "{name} still holds a buffer (ptr is not NULL): release it with keel_buf_free() or pass it zeroed"
+        )));
+    }
+    Ok(())
+}
+
+/// A keel_buf_t out-parameter: NULL_ARGUMENT when NULL, then check_unfilled.
+pub(crate) fn buf_out<'a>(p: *mut keel_buf_t, name: &str) -> crate::Result<&'a mut keel_buf_t> {
+    let b = crate::ffi::boundary::out_ptr(p, name)?;
+    check_unfilled(b, name)?;
+    Ok(b)
+}
+
 /// Releases the memory of `buf` (if any) and resets it to {NULL, 0}, so a
 /// second call is harmless. `buf` itself may be NULL (no-op). Only pass
 /// buffers that keel filled.

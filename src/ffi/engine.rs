@@ -4,6 +4,7 @@ use crate::engine::Engine;
 use crate::error::Error;
 use crate::ffi::boundary::{in_path, into_handle, out_ptr, take_handle, Opaque};
 use crate::ffi::error::keel_error_t;
+use crate::ffi::versioned::{init_options, read_options};
 use crate::ffi::shard::keel_shard_t;
 use crate::ffi::wal::{KEEL_DURABILITY_NONE, KEEL_DURABILITY_PERIODIC, KEEL_DURABILITY_SYNC};
 use crate::shard;
@@ -26,11 +27,16 @@ impl Opaque for keel_engine_t {
     const NAME: &'static str = "keel_engine_t";
 }
 
+/// sizeof(keel_engine_options_t) of version 1.
+pub const KEEL_ENGINE_OPTIONS_SIZE_V1: u32 = 40;
+
 /// Options of keel_engine_open(), applied to every shard it opens.
-/// Versioned by `struct_size`: fill with keel_engine_options_init() first.
+/// Versioned by `struct_size` (docs/FFI.md, "Versioned structs"): fill it
+/// with keel_engine_options_init_sized(&o, sizeof o) first.
 #[repr(C)]
 pub struct keel_engine_options_t {
-    /// sizeof(keel_engine_options_t) as the caller compiled it.
+    /// sizeof(keel_engine_options_t) as the caller compiled it (set by the
+    /// init functions); keel reads only the fields it covers.
     pub struct_size: u32,
     /// KEEL_DURABILITY_* of every shard's WAL: when a write returns.
     /// Default KEEL_DURABILITY_SYNC.
@@ -40,9 +46,10 @@ pub struct keel_engine_options_t {
     /// More immutable segments than this are merged in the background,
     /// smallest first; at least 1, default 8.
     pub max_sealed_segments: u32,
-    /// Size of each WAL segment file; 64 KiB to 4 GiB, default 64 MiB. A
-    /// value or posting item must fit one WAL record (16 MiB by default,
-    /// less for small segments).
+    /// Size of each WAL segment file; 64 KiB to 4 GiB, default 64 MiB. An
+    /// operation must fit one WAL record of at most segment size - 104
+    /// bytes, so segments below about 16 MiB lower the value limit below
+    /// KEEL_SHARD_MAX_VALUE_SIZE.
     pub wal_segment_size: u64,
     /// Period of the background flush in milliseconds; 0 flushes only on
     /// keel_shard_flush(), when sealing and on close. Default 5000 (each
@@ -53,38 +60,44 @@ pub struct keel_engine_options_t {
     pub seal_bytes: u64,
 }
 
-fn options_v1_size() -> u32 {
-    std::mem::size_of::<keel_engine_options_t>() as u32
+versioned!(keel_engine_options_t, [KEEL_ENGINE_OPTIONS_SIZE_V1]);
+
+fn default_options() -> keel_engine_options_t {
+    let d = shard::Options::default();
+    keel_engine_options_t {
+        struct_size: KEEL_ENGINE_OPTIONS_SIZE_V1,
+        durability: KEEL_DURABILITY_SYNC,
+        sync_interval_ms: 100,
+        max_sealed_segments: d.max_sealed as u32,
+        wal_segment_size: d.wal_segment_size,
+        flush_interval_ms: d.flush_interval.map_or(0, |i| i.as_millis() as u64),
+        seal_bytes: d.seal_bytes as u64,
+    }
 }
 
-/// Fills `opts` with the defaults and sets struct_size.
+/// Fills the version-1 fields of `*opts` (KEEL_ENGINE_OPTIONS_SIZE_V1
+/// bytes, never more) with the defaults and sets struct_size to
+/// KEEL_ENGINE_OPTIONS_SIZE_V1. New code calls
+/// keel_engine_options_init_sized().
 /// Errors: NULL_ARGUMENT.
 #[no_mangle]
 pub extern "C" fn keel_engine_options_init(opts: *mut keel_engine_options_t) -> keel_status_t {
+    keel_engine_options_init_sized(opts, KEEL_ENGINE_OPTIONS_SIZE_V1 as usize)
+}
+
+/// Fills the `size` bytes at `opts` (pass sizeof *opts) with the defaults:
+/// the fields this library knows, zero past them, and struct_size = size.
+/// Errors: NULL_ARGUMENT, INVALID_ARGUMENT (size below
+/// KEEL_ENGINE_OPTIONS_SIZE_V1 or between two published sizes).
+#[no_mangle]
+pub extern "C" fn keel_engine_options_init_sized(opts: *mut keel_engine_options_t, size: usize) -> keel_status_t {
     ffi_boundary!(std::ptr::null_mut(), std::ptr::null::<u8>(), {
-        let o = out_ptr(opts, "opts")?;
-        let d = shard::Options::default();
-        *o = keel_engine_options_t {
-            struct_size: options_v1_size(),
-            durability: KEEL_DURABILITY_SYNC,
-            sync_interval_ms: 100,
-            max_sealed_segments: d.max_sealed as u32,
-            wal_segment_size: d.wal_segment_size,
-            flush_interval_ms: d.flush_interval.map_or(0, |i| i.as_millis() as u64),
-            seal_bytes: d.seal_bytes as u64,
-        };
-        Ok(())
+        init_options(opts, size, default_options())
     })
 }
 
-fn options_from_c(o: &keel_engine_options_t) -> crate::Result<shard::Options> {
-    if o.struct_size < options_v1_size() {
-        return Err(Error::invalid(format!(
-            "keel_engine_options_t.struct_size is {}, expected at least {}; call keel_engine_options_init()",
-            o.struct_size,
-            options_v1_size()
-        )));
-    }
+fn options_from_c(p: *const keel_engine_options_t) -> crate::Result<shard::Options> {
+    let o = read_options(p, default_options(), "keel_engine_options_init_sized")?;
     let durability = match o.durability {
         KEEL_DURABILITY_SYNC => Durability::Sync,
         KEEL_DURABILITY_PERIODIC if (1..=60_000).contains(&o.sync_interval_ms) => {
@@ -111,8 +124,9 @@ fn options_from_c(o: &keel_engine_options_t) -> crate::Result<shard::Options> {
 /// Opens (creating if needed) the data directory `dir`. `opts` may be NULL
 /// for the defaults. On success `*out` receives a handle the caller
 /// releases with keel_engine_close().
-/// Errors: NULL_ARGUMENT, INVALID_ARGUMENT (bad option), BUSY (another
-/// engine has the directory open), IO, NO_SPACE.
+/// Errors: NULL_ARGUMENT, INVALID_ARGUMENT (bad option or struct_size;
+/// `dir` is a keel WAL directory), BUSY (another engine has the directory
+/// open), IO, NO_SPACE.
 #[no_mangle]
 pub extern "C" fn keel_engine_open(
     dir: *const c_char,
@@ -123,7 +137,7 @@ pub extern "C" fn keel_engine_open(
     ffi_boundary!(err, std::ptr::null::<u8>(), {
         let dir = in_path(dir, "dir")?;
         let out = out_ptr(out, "out")?;
-        let options = if opts.is_null() { shard::Options::default() } else { options_from_c(unsafe { &*opts })? };
+        let options = options_from_c(opts)?;
         *out = into_handle::<keel_engine_t>(Engine::open(dir, options)?);
         Ok(())
     })

@@ -13,6 +13,8 @@
 
 #[macro_use]
 mod boundary;
+#[macro_use]
+mod versioned;
 mod buf;
 mod engine;
 mod error;

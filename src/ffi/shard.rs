@@ -3,7 +3,8 @@
 
 use crate::error::Error;
 use crate::ffi::boundary::{in_bytes, in_packed, into_handle, out_ptr, take_handle, Opaque};
-use crate::ffi::buf::keel_buf_t;
+use crate::ffi::buf::{buf_out, check_unfilled, keel_buf_t};
+use crate::ffi::versioned::write_stats;
 use crate::ffi::error::keel_error_t;
 use crate::shard::{split_item, Entry, Op, Scan, Shard, Value};
 use crate::status::*;
@@ -60,6 +61,13 @@ impl Opaque for keel_iter_t {
 /// Longest key a shard accepts, in bytes; longer keys are INVALID_ARGUMENT.
 pub const KEEL_SHARD_MAX_KEY_SIZE: usize = 4096;
 const _: () = assert!(KEEL_SHARD_MAX_KEY_SIZE == crate::shard::MAX_KEY_SIZE);
+/// Largest value or posting item a shard accepts, in bytes (16 MiB,
+/// included, with a key of up to KEEL_SHARD_MAX_KEY_SIZE); larger ones are
+/// INVALID_ARGUMENT. WAL segments smaller than about 16 MiB lower it: an
+/// operation must fit one WAL record of wal_segment_size - 104 bytes (key,
+/// value and 5 bytes; 4 more per operation in a batch).
+pub const KEEL_SHARD_MAX_VALUE_SIZE: usize = 16 << 20;
+const _: () = assert!(KEEL_SHARD_MAX_VALUE_SIZE == crate::shard::MAX_VALUE_SIZE);
 
 /// Kind reported for a key that does not exist (keel_shard_multi_get()).
 pub const KEEL_KIND_NONE: u32 = 0;
@@ -145,7 +153,7 @@ fn unpack(mut bytes: &[u8]) -> crate::Result<Vec<Op>> {
 /// writes the operation's version to `*version` (may be NULL). Returns
 /// once the write is as durable as the engine's durability mode says.
 /// Errors: NULL_ARGUMENT, INVALID_ARGUMENT (key longer than
-/// KEEL_SHARD_MAX_KEY_SIZE, value larger than a WAL record), NO_SPACE,
+/// KEEL_SHARD_MAX_KEY_SIZE, value larger than KEEL_SHARD_MAX_VALUE_SIZE or its WAL record), NO_SPACE,
 /// IO, POISONED, CLOSED.
 #[no_mangle]
 pub extern "C" fn keel_shard_put(
@@ -252,12 +260,14 @@ pub extern "C" fn keel_shard_write_packed(
 }
 
 /// Reads `key`: its bytes (a value, or an encoded posting list) into a new
-/// `*value` the caller frees with keel_buf_free() (overwritten without
-/// being freed), its KEEL_KIND_* to `*kind` and its version to `*version`
-/// (both may be NULL). Sees only whole writes and batches.
+/// `*value` the caller frees with keel_buf_free(), its KEEL_KIND_* to
+/// `*kind` and its version to `*version` (both may be NULL). `*value` must
+/// hold no buffer: pass it zeroed ({NULL, 0}) or released with
+/// keel_buf_free() (which zeroes it), so that reusing it cannot leak. Sees
+/// only whole writes and batches.
 /// Errors: NOT_FOUND (absent; *value untouched), NULL_ARGUMENT,
-/// INVALID_ARGUMENT (key too long), CORRUPTION (a damaged segment block),
-/// CLOSED.
+/// INVALID_ARGUMENT (key too long; value->ptr is not NULL), CORRUPTION (a
+/// damaged segment block), CLOSED.
 #[no_mangle]
 pub extern "C" fn keel_shard_get(
     shard: *const keel_shard_t,
@@ -270,7 +280,7 @@ pub extern "C" fn keel_shard_get(
 ) -> keel_status_t {
     ffi_boundary!(err, shard, {
         let s = try_handle!(shard);
-        let out = out_ptr(value, "value")?;
+        let out = buf_out(value, "value")?;
         let e = s
             .get(in_bytes(key, key_len, "key")?)?
             .ok_or_else(|| Error::new(KEEL_STATUS_NOT_FOUND, "key not found"))?;
@@ -288,9 +298,10 @@ pub extern "C" fn keel_shard_get(
 /// `values[i]` receives a new buffer (free them all with keel_bufs_free();
 /// an absent key gets {NULL, 0}), `kinds[i]` its KEEL_KIND_* (KEEL_KIND_NONE
 /// when absent) and `versions[i]` its version or 0 (`versions` may be
-/// NULL). On error nothing needs freeing.
-/// Errors: NULL_ARGUMENT, INVALID_ARGUMENT (a key too long), CORRUPTION,
-/// CLOSED.
+/// NULL). Every `values[i]` must hold no buffer (zeroed or released with
+/// keel_bufs_free()). On error nothing needs freeing.
+/// Errors: NULL_ARGUMENT, INVALID_ARGUMENT (a key too long; a values[i].ptr
+/// is not NULL), CORRUPTION, CLOSED.
 #[no_mangle]
 pub extern "C" fn keel_shard_multi_get(
     shard: *const keel_shard_t,
@@ -311,6 +322,11 @@ pub extern "C" fn keel_shard_multi_get(
             return Err(Error::new(KEEL_STATUS_NULL_ARGUMENT, "values or kinds is NULL"));
         }
         let split = in_packed(keys, key_lens, count, "keys")?;
+        // SAFETY: the caller passes room for `count` buffers at `values`
+        // (non-NULL, checked above).
+        for (i, b) in unsafe { std::slice::from_raw_parts(values, count) }.iter().enumerate() {
+            check_unfilled(b, &format!("values[{i}]"))?;
+        }
         let found = s.multi_get(&split)?;
         for (i, e) in found.into_iter().enumerate() {
             let (buf, k, v) = match e {
@@ -501,9 +517,13 @@ fn open_shard(s: &Shard) -> crate::Result<&Shard> {
     }
 }
 
+/// sizeof(keel_shard_stats_t) of version 1.
+pub const KEEL_SHARD_STATS_SIZE_V1: u32 = 56;
+
 /// What keel_shard_stats() reports. The caller sets `struct_size` to
-/// sizeof(keel_shard_stats_t) before the call (fields a newer library adds
-/// are left out for an older caller).
+/// sizeof(keel_shard_stats_t) before the call; keel writes only the fields
+/// both sides know (bytes past an older caller's struct are untouched) and
+/// sets struct_size to their size (docs/FFI.md, "Versioned structs").
 #[repr(C)]
 pub struct keel_shard_stats_t {
     pub struct_size: u32,
@@ -524,6 +544,7 @@ pub struct keel_shard_stats_t {
     /// below the persisted version, in whole segment files).
     pub wal_first_version: u64,
 }
+versioned!(keel_shard_stats_t, [KEEL_SHARD_STATS_SIZE_V1]);
 
 /// Fills `*out` with the shard's counters (one consistent reading).
 /// Errors: NULL_ARGUMENT, INVALID_ARGUMENT (struct_size too small), CLOSED.
@@ -531,14 +552,9 @@ pub struct keel_shard_stats_t {
 pub extern "C" fn keel_shard_stats(shard: *const keel_shard_t, out: *mut keel_shard_stats_t) -> keel_status_t {
     ffi_boundary!(std::ptr::null_mut(), shard, {
         let s = open_shard(try_handle!(shard))?;
-        let out = out_ptr(out, "out")?;
-        let size = std::mem::size_of::<keel_shard_stats_t>() as u32;
-        if out.struct_size < size {
-            return Err(Error::invalid(format!("keel_shard_stats_t.struct_size is {}, expected {size}", out.struct_size)));
-        }
         let st = s.stats();
-        *out = keel_shard_stats_t {
-            struct_size: size,
+        let value = keel_shard_stats_t {
+            struct_size: KEEL_SHARD_STATS_SIZE_V1,
             sealed_segments: st.sealed_segments as u32,
             appendable_keys: st.appendable_keys,
             appendable_bytes: st.appendable_bytes,
@@ -547,7 +563,7 @@ pub extern "C" fn keel_shard_stats(shard: *const keel_shard_t, out: *mut keel_sh
             persisted_version: st.persisted_version,
             wal_first_version: st.wal_first_seq,
         };
-        Ok(())
+        write_stats(out, value)
     })
 }
 

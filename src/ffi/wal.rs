@@ -2,8 +2,9 @@
 
 use crate::error::Error;
 use crate::ffi::boundary::{in_bytes, in_packed, in_path, into_handle, out_ptr, take_handle, Opaque};
-use crate::ffi::buf::{copy_out, keel_buf_t};
+use crate::ffi::buf::{buf_out, copy_out, keel_buf_t};
 use crate::ffi::error::keel_error_t;
+use crate::ffi::versioned::{init_options, read_options};
 use crate::status::*;
 use crate::wal::{Durability, Options, ReadUpto, Reader, RecoveryMode, Wal};
 use std::os::raw::c_char;
@@ -68,12 +69,18 @@ pub const KEEL_WAL_READ_APPENDED: u32 = 1;
 /// keel_wal_set_keep_from() value that holds nothing back.
 pub const KEEL_WAL_KEEP_NONE: u64 = u64::MAX;
 
-/// Options of keel_wal_open(). Versioned by `struct_size`: always fill it
-/// with keel_wal_options_init() first, then change the fields you need.
+/// sizeof(keel_wal_options_t) of version 1 (up to max_record_size).
+pub const KEEL_WAL_OPTIONS_SIZE_V1: u32 = 32;
+/// sizeof(keel_wal_options_t) of version 2 (adds allow_foreign_files).
+pub const KEEL_WAL_OPTIONS_SIZE_V2: u32 = 40;
+
+/// Options of keel_wal_open(). Versioned by `struct_size` (docs/FFI.md,
+/// "Versioned structs"): fill it with keel_wal_options_init_sized(&o,
+/// sizeof o) first, then change the fields you need.
 #[repr(C)]
 pub struct keel_wal_options_t {
-    /// sizeof(keel_wal_options_t) as the caller compiled it (set by
-    /// keel_wal_options_init); lets newer libraries accept older structs.
+    /// sizeof(keel_wal_options_t) as the caller compiled it (set by the
+    /// init functions); keel reads only the fields it covers.
     pub struct_size: u32,
     /// KEEL_DURABILITY_*; default KEEL_DURABILITY_SYNC.
     pub durability: u32,
@@ -86,41 +93,56 @@ pub struct keel_wal_options_t {
     /// the segment is created; 64 KiB to 4 GiB, default 64 MiB.
     pub segment_size: u64,
     /// Largest record or batch (payload bytes) one append may carry; at most
-    /// segment_size minus 104 bytes; default 16 MiB (or less for small segments).
+    /// segment_size minus 104 bytes. 0 (the default) means
+    /// min(16 MiB, segment_size - 104).
     pub max_record_size: u64,
+    /// Version 2. 0 (the default): keel_wal_open() refuses a non-empty
+    /// directory that holds no keel WAL file (no segment, LOCK or
+    /// salvaged-* entry) with INVALID_ARGUMENT, so a mistyped path never
+    /// gets a LOCK and a segment written into it. 1: open it anyway.
+    pub allow_foreign_files: u32,
+}
+versioned!(keel_wal_options_t, [KEEL_WAL_OPTIONS_SIZE_V1, KEEL_WAL_OPTIONS_SIZE_V2]);
+const _: () = assert!(std::mem::offset_of!(keel_wal_options_t, allow_foreign_files) == KEEL_WAL_OPTIONS_SIZE_V1 as usize);
+
+fn default_options() -> keel_wal_options_t {
+    let d = Options::default();
+    keel_wal_options_t {
+        struct_size: KEEL_WAL_OPTIONS_SIZE_V2,
+        durability: KEEL_DURABILITY_SYNC,
+        sync_interval_ms: 100,
+        recovery_mode: KEEL_RECOVERY_TOLERATE_TAIL,
+        segment_size: d.segment_size,
+        max_record_size: d.max_record_size,
+        allow_foreign_files: d.allow_foreign_files as u32,
+    }
 }
 
-fn options_v1_size() -> u32 {
-    std::mem::size_of::<keel_wal_options_t>() as u32
-}
-
-/// Fills `opts` with the defaults and sets struct_size.
+/// Fills the version-1 fields of `*opts` (KEEL_WAL_OPTIONS_SIZE_V1 bytes,
+/// never more: a program built against the first header has no room for
+/// later fields) with the defaults and sets struct_size to
+/// KEEL_WAL_OPTIONS_SIZE_V1, so later fields are not read. New code calls
+/// keel_wal_options_init_sized().
 /// Errors: NULL_ARGUMENT when opts is NULL.
 #[no_mangle]
 pub extern "C" fn keel_wal_options_init(opts: *mut keel_wal_options_t) -> keel_status_t {
+    keel_wal_options_init_sized(opts, KEEL_WAL_OPTIONS_SIZE_V1 as usize)
+}
+
+/// Fills the `size` bytes at `opts` (pass sizeof *opts) with the defaults:
+/// the fields this library knows, zero past them (the default of any field
+/// a newer header adds), and struct_size = size.
+/// Errors: NULL_ARGUMENT when opts is NULL, INVALID_ARGUMENT when size is
+/// below KEEL_WAL_OPTIONS_SIZE_V1 or between two published sizes.
+#[no_mangle]
+pub extern "C" fn keel_wal_options_init_sized(opts: *mut keel_wal_options_t, size: usize) -> keel_status_t {
     ffi_boundary!(std::ptr::null_mut(), std::ptr::null::<u8>(), {
-        let o = out_ptr(opts, "opts")?;
-        let d = Options::default();
-        *o = keel_wal_options_t {
-            struct_size: options_v1_size(),
-            durability: KEEL_DURABILITY_SYNC,
-            sync_interval_ms: 100,
-            recovery_mode: KEEL_RECOVERY_TOLERATE_TAIL,
-            segment_size: d.segment_size,
-            max_record_size: d.max_record_size,
-        };
-        Ok(())
+        init_options(opts, size, default_options())
     })
 }
 
-fn options_from_c(o: &keel_wal_options_t) -> crate::Result<Options> {
-    if o.struct_size < options_v1_size() {
-        return Err(Error::invalid(format!(
-            "keel_wal_options_t.struct_size is {}, expected at least {}; call keel_wal_options_init()",
-            o.struct_size,
-            options_v1_size()
-        )));
-    }
+fn options_from_c(p: *const keel_wal_options_t) -> crate::Result<Options> {
+    let o = read_options(p, default_options(), "keel_wal_options_init_sized")?;
     let durability = match o.durability {
         KEEL_DURABILITY_SYNC => Durability::Sync,
         KEEL_DURABILITY_PERIODIC => {
@@ -139,11 +161,17 @@ fn options_from_c(o: &keel_wal_options_t) -> crate::Result<Options> {
         KEEL_RECOVERY_SALVAGE => RecoveryMode::Salvage,
         other => return Err(Error::invalid(format!("recovery_mode {other} is not a KEEL_RECOVERY_* value"))),
     };
+    let allow_foreign_files = match o.allow_foreign_files {
+        0 => false,
+        1 => true,
+        other => return Err(Error::invalid(format!("allow_foreign_files {other} is not 0 or 1"))),
+    };
     let opts = Options {
         durability,
         recovery,
         segment_size: o.segment_size,
         max_record_size: o.max_record_size,
+        allow_foreign_files,
         ..Options::default()
     };
     opts.validate()?;
@@ -155,8 +183,10 @@ fn options_from_c(o: &keel_wal_options_t) -> crate::Result<Options> {
 /// On success `*out` receives a handle the caller must release with
 /// keel_wal_close(). The directory is locked: a second open of the same
 /// directory (in any process) fails with BUSY.
-/// Errors: NULL_ARGUMENT (dir or out NULL), INVALID_ARGUMENT (bad option),
-/// IO, NO_SPACE, CORRUPTION (damage the recovery mode does not accept), BUSY.
+/// Errors: NULL_ARGUMENT (dir or out NULL), INVALID_ARGUMENT (bad option or
+/// struct_size; `dir` is a non-empty directory holding no keel WAL file and
+/// allow_foreign_files is 0), IO, NO_SPACE, CORRUPTION (damage the recovery
+/// mode does not accept), BUSY.
 #[no_mangle]
 pub extern "C" fn keel_wal_open(
     dir: *const c_char,
@@ -167,7 +197,7 @@ pub extern "C" fn keel_wal_open(
     ffi_boundary!(err, std::ptr::null::<u8>(), {
         let dir = in_path(dir, "dir")?;
         let out = out_ptr(out, "out")?;
-        let options = if opts.is_null() { Options::default() } else { options_from_c(unsafe { &*opts })? };
+        let options = options_from_c(opts)?;
         let wal = Wal::open(dir, options)?;
         *out = into_handle::<keel_wal_t>(wal);
         Ok(())
@@ -368,9 +398,11 @@ pub extern "C" fn keel_wal_reader_next(
 }
 
 /// Like keel_wal_reader_next() but returns the record in a new keel_buf_t
-/// that the caller frees with keel_buf_free(). `*out` is overwritten
-/// without being freed. Errors: as keel_wal_reader_next() minus
-/// BUFFER_TOO_SMALL.
+/// that the caller frees with keel_buf_free(). `*out` must hold no buffer:
+/// pass it zeroed ({NULL, 0}) or released with keel_buf_free() (which
+/// zeroes it), so that reusing it cannot leak.
+/// Errors: as keel_wal_reader_next() minus BUFFER_TOO_SMALL, plus
+/// INVALID_ARGUMENT (out->ptr is not NULL; the reader does not advance).
 #[no_mangle]
 pub extern "C" fn keel_wal_reader_next_buf(
     reader: *mut keel_wal_reader_t,
@@ -381,7 +413,7 @@ pub extern "C" fn keel_wal_reader_next_buf(
     ffi_boundary!(err, reader, {
         let r = try_handle!(mut reader);
         let out_seq = out_ptr(out_seq, "out_seq")?;
-        let out = out_ptr(out, "out")?;
+        let out = buf_out(out, "out")?;
         let (seq, data) = r.peek()?.ok_or_else(no_more)?;
         *out = keel_buf_t::from_vec(data.to_vec());
         *out_seq = seq;

@@ -5,6 +5,7 @@
 use crate::error::Error;
 use crate::ffi::boundary::{handle_ref, in_bytes, in_packed, into_handle, out_ptr, take_handle, Opaque};
 use crate::ffi::error::keel_error_t;
+use crate::ffi::versioned::{init_options, read_options, write_stats};
 use crate::net::{Backend, BackendChoice, Net, NetOptions, Publisher, PublisherStats, Writer, WriterOptions, WriterStats};
 use crate::status::*;
 use std::ffi::CString;
@@ -101,8 +102,18 @@ pub type keel_net_event_fn =
 /// Releases the callback's user data; called once by keel_net_close().
 pub type keel_user_data_free_fn = Option<unsafe extern "C" fn(user: *mut c_void)>;
 
-/// Options of keel_net_open(). Versioned by `struct_size`: fill it with
-/// keel_net_options_init() first, then change the fields you need.
+/// sizeof(keel_net_options_t) of version 1.
+pub const KEEL_NET_OPTIONS_SIZE_V1: u32 = 32;
+/// sizeof(keel_writer_options_t) of version 1.
+pub const KEEL_WRITER_OPTIONS_SIZE_V1: u32 = 56;
+/// sizeof(keel_writer_stats_t) of version 1.
+pub const KEEL_WRITER_STATS_SIZE_V1: u32 = 184;
+/// sizeof(keel_publisher_stats_t) of version 1.
+pub const KEEL_PUBLISHER_STATS_SIZE_V1: u32 = 64;
+
+/// Options of keel_net_open(). Versioned by `struct_size` (docs/FFI.md,
+/// "Versioned structs"): fill it with keel_net_options_init_sized(&o,
+/// sizeof o) first, then change the fields you need.
 #[repr(C)]
 pub struct keel_net_options_t {
     /// sizeof(keel_net_options_t) as the caller compiled it.
@@ -119,8 +130,9 @@ pub struct keel_net_options_t {
 }
 
 /// Per-connection limits of keel_writer_adopt() and of a publisher's
-/// subscribers. Versioned by `struct_size`: fill it with
-/// keel_writer_options_init() first, then change the fields you need.
+/// subscribers. Versioned by `struct_size` (docs/FFI.md, "Versioned
+/// structs"): fill it with keel_writer_options_init_sized(&o, sizeof o)
+/// first, then change the fields you need.
 #[repr(C)]
 pub struct keel_writer_options_t {
     /// sizeof(keel_writer_options_t) as the caller compiled it.
@@ -157,8 +169,9 @@ pub struct keel_writer_options_t {
 
 /// Counters of one writer or subscriber (keel_writer_stats(),
 /// keel_publisher_subscriber_stats()). Set struct_size to
-/// sizeof(keel_writer_stats_t) before the call. Batch density is
-/// items_sent / sends.
+/// sizeof(keel_writer_stats_t) before the call; keel writes only the
+/// fields both sides know and sets struct_size to their size (docs/FFI.md,
+/// "Versioned structs"). Batch density is items_sent / sends.
 #[repr(C)]
 pub struct keel_writer_stats_t {
     /// sizeof(keel_writer_stats_t) as the caller compiled it.
@@ -207,7 +220,8 @@ pub struct keel_writer_stats_t {
 }
 
 /// Counters of a publisher (keel_publisher_stats()). Set struct_size to
-/// sizeof(keel_publisher_stats_t) before the call. The send counters are
+/// sizeof(keel_publisher_stats_t) before the call; keel writes only the
+/// fields both sides know and sets struct_size to their size. The send counters are
 /// summed over every subscriber the publisher ever had (an unsubscribed
 /// one counts as it was when it left), so they never go backwards.
 #[repr(C)]
@@ -227,6 +241,11 @@ pub struct keel_publisher_stats_t {
     pub items_sent: u64,
 }
 
+versioned!(keel_net_options_t, [KEEL_NET_OPTIONS_SIZE_V1]);
+versioned!(keel_writer_options_t, [KEEL_WRITER_OPTIONS_SIZE_V1]);
+versioned!(keel_writer_stats_t, [KEEL_WRITER_STATS_SIZE_V1]);
+versioned!(keel_publisher_stats_t, [KEEL_PUBLISHER_STATS_SIZE_V1]);
+
 /// The host's callback and user data, shared with the reactor.
 struct CCallback {
     f: unsafe extern "C" fn(*mut c_void, u64, keel_status_t, *const c_char),
@@ -245,47 +264,68 @@ impl CCallback {
     }
 }
 
-fn net_options_size() -> u32 {
-    std::mem::size_of::<keel_net_options_t>() as u32
-}
-fn writer_options_size() -> u32 {
-    std::mem::size_of::<keel_writer_options_t>() as u32
+fn default_net_options() -> keel_net_options_t {
+    keel_net_options_t {
+        struct_size: KEEL_NET_OPTIONS_SIZE_V1,
+        backend: KEEL_NET_BACKEND_DEFAULT,
+        on_event: None,
+        user_data: std::ptr::null_mut(),
+        user_data_free: None,
+    }
 }
 
-/// Fills `opts` with the defaults (backend DEFAULT, no callback) and sets
-/// struct_size. Errors: NULL_ARGUMENT.
+fn default_writer_options() -> keel_writer_options_t {
+    let d = WriterOptions::default();
+    keel_writer_options_t {
+        struct_size: KEEL_WRITER_OPTIONS_SIZE_V1,
+        quota: d.quota as u32,
+        max_batch_bytes: d.max_batch_bytes as u64,
+        copy_threshold: d.copy_threshold as u64,
+        soft_cap_bytes: d.soft_cap_bytes,
+        hard_cap_bytes: d.hard_cap_bytes,
+        iov_max: d.iov_max as u32,
+        soft_cap_ms: d.soft_cap.as_millis() as u32,
+        close_timeout_ms: d.close_timeout.as_millis() as u32,
+    }
+}
+
+/// Fills the version-1 fields of `*opts` (KEEL_NET_OPTIONS_SIZE_V1 bytes,
+/// never more) with the defaults (backend DEFAULT, no callback) and sets
+/// struct_size to KEEL_NET_OPTIONS_SIZE_V1. New code calls
+/// keel_net_options_init_sized(). Errors: NULL_ARGUMENT.
 #[no_mangle]
 pub extern "C" fn keel_net_options_init(opts: *mut keel_net_options_t) -> keel_status_t {
+    keel_net_options_init_sized(opts, KEEL_NET_OPTIONS_SIZE_V1 as usize)
+}
+
+/// Fills the `size` bytes at `opts` (pass sizeof *opts) with the defaults:
+/// the fields this library knows, zero past them, and struct_size = size.
+/// Errors: NULL_ARGUMENT, INVALID_ARGUMENT (size below
+/// KEEL_NET_OPTIONS_SIZE_V1 or between two published sizes).
+#[no_mangle]
+pub extern "C" fn keel_net_options_init_sized(opts: *mut keel_net_options_t, size: usize) -> keel_status_t {
     ffi_boundary!(std::ptr::null_mut(), std::ptr::null::<u8>(), {
-        *out_ptr(opts, "opts")? = keel_net_options_t {
-            struct_size: net_options_size(),
-            backend: KEEL_NET_BACKEND_DEFAULT,
-            on_event: None,
-            user_data: std::ptr::null_mut(),
-            user_data_free: None,
-        };
-        Ok(())
+        init_options(opts, size, default_net_options())
     })
 }
 
-/// Fills `opts` with the defaults listed on each field and sets
-/// struct_size. Errors: NULL_ARGUMENT.
+/// Fills the version-1 fields of `*opts` (KEEL_WRITER_OPTIONS_SIZE_V1
+/// bytes, never more) with the defaults listed on each field and sets
+/// struct_size to KEEL_WRITER_OPTIONS_SIZE_V1. New code calls
+/// keel_writer_options_init_sized(). Errors: NULL_ARGUMENT.
 #[no_mangle]
 pub extern "C" fn keel_writer_options_init(opts: *mut keel_writer_options_t) -> keel_status_t {
+    keel_writer_options_init_sized(opts, KEEL_WRITER_OPTIONS_SIZE_V1 as usize)
+}
+
+/// Fills the `size` bytes at `opts` (pass sizeof *opts) with the defaults:
+/// the fields this library knows, zero past them, and struct_size = size.
+/// Errors: NULL_ARGUMENT, INVALID_ARGUMENT (size below
+/// KEEL_WRITER_OPTIONS_SIZE_V1 or between two published sizes).
+#[no_mangle]
+pub extern "C" fn keel_writer_options_init_sized(opts: *mut keel_writer_options_t, size: usize) -> keel_status_t {
     ffi_boundary!(std::ptr::null_mut(), std::ptr::null::<u8>(), {
-        let d = WriterOptions::default();
-        *out_ptr(opts, "opts")? = keel_writer_options_t {
-            struct_size: writer_options_size(),
-            quota: d.quota as u32,
-            max_batch_bytes: d.max_batch_bytes as u64,
-            copy_threshold: d.copy_threshold as u64,
-            soft_cap_bytes: d.soft_cap_bytes,
-            hard_cap_bytes: d.hard_cap_bytes,
-            iov_max: d.iov_max as u32,
-            soft_cap_ms: d.soft_cap.as_millis() as u32,
-            close_timeout_ms: d.close_timeout.as_millis() as u32,
-        };
-        Ok(())
+        init_options(opts, size, default_writer_options())
     })
 }
 
@@ -293,14 +333,7 @@ fn writer_options_from_c(opts: *const keel_writer_options_t) -> crate::Result<Wr
     if opts.is_null() {
         return Ok(WriterOptions::default());
     }
-    let o = unsafe { &*opts };
-    if o.struct_size < writer_options_size() {
-        return Err(Error::invalid(format!(
-            "keel_writer_options_t.struct_size is {}, expected at least {}; call keel_writer_options_init()",
-            o.struct_size,
-            writer_options_size()
-        )));
-    }
+    let o = read_options(opts, default_writer_options(), "keel_writer_options_init_sized")?;
     let max_batch_bytes = usize::try_from(o.max_batch_bytes).map_err(|_| Error::invalid("max_batch_bytes is too large"))?;
     let copy_threshold = usize::try_from(o.copy_threshold).unwrap_or(usize::MAX);
     let w = WriterOptions {
@@ -334,14 +367,7 @@ pub extern "C" fn keel_net_open(
         let mut options = NetOptions::default();
         let mut callback = None;
         if !opts.is_null() {
-            let o = unsafe { &*opts };
-            if o.struct_size < net_options_size() {
-                return Err(Error::invalid(format!(
-                    "keel_net_options_t.struct_size is {}, expected at least {}; call keel_net_options_init()",
-                    o.struct_size,
-                    net_options_size()
-                )));
-            }
+            let o = read_options(opts, default_net_options(), "keel_net_options_init_sized")?;
             options.backend = Some(match o.backend {
                 KEEL_NET_BACKEND_DEFAULT => BackendChoice::Default,
                 KEEL_NET_BACKEND_SENDMSG => BackendChoice::Sendmsg,
@@ -525,16 +551,9 @@ pub extern "C" fn keel_writer_flush(writer: *const keel_writer_t, err: *mut *mut
     ffi_boundary!(err, writer, { try_handle!(writer).flush() })
 }
 
-fn stats_out(s: &WriterStats, out: &mut keel_writer_stats_t) -> crate::Result<()> {
-    let size = std::mem::size_of::<keel_writer_stats_t>() as u32;
-    if out.struct_size < size {
-        return Err(Error::invalid(format!(
-            "keel_writer_stats_t.struct_size is {}, expected at least {size}; set it to sizeof(keel_writer_stats_t)",
-            out.struct_size
-        )));
-    }
-    *out = keel_writer_stats_t {
-        struct_size: size,
+fn stats_out(s: &WriterStats, out: *mut keel_writer_stats_t) -> crate::Result<()> {
+    let value = keel_writer_stats_t {
+        struct_size: KEEL_WRITER_STATS_SIZE_V1,
         sends: s.sends,
         uring_sends: s.uring_sends,
         immediate_sends: s.immediate_sends,
@@ -558,7 +577,7 @@ fn stats_out(s: &WriterStats, out: &mut keel_writer_stats_t) -> crate::Result<()
         oldest_unflushed_ns: s.oldest_unflushed_ns,
         max_flush_wait_ns: s.max_flush_wait_ns,
     };
-    Ok(())
+    write_stats(out, value)
 }
 
 /// Copies the writer's counters into `*out` (set out->struct_size first).
@@ -569,7 +588,7 @@ fn stats_out(s: &WriterStats, out: &mut keel_writer_stats_t) -> crate::Result<()
 pub extern "C" fn keel_writer_stats(writer: *const keel_writer_t, out: *mut keel_writer_stats_t) -> keel_status_t {
     ffi_boundary!(std::ptr::null_mut(), writer, {
         let w = try_handle!(writer);
-        stats_out(&w.stats(), out_ptr(out, "out")?)
+        stats_out(&w.stats(), out)
     })
 }
 
@@ -686,17 +705,9 @@ pub extern "C" fn keel_publisher_flush(publisher: *const keel_publisher_t, err: 
 pub extern "C" fn keel_publisher_stats(publisher: *const keel_publisher_t, out: *mut keel_publisher_stats_t) -> keel_status_t {
     ffi_boundary!(std::ptr::null_mut(), publisher, {
         let p = try_handle!(publisher);
-        let out = out_ptr(out, "out")?;
-        let size = std::mem::size_of::<keel_publisher_stats_t>() as u32;
-        if out.struct_size < size {
-            return Err(Error::invalid(format!(
-                "keel_publisher_stats_t.struct_size is {}, expected at least {size}",
-                out.struct_size
-            )));
-        }
         let PublisherStats { published, flushes, subscribers, cut_off, sends, bytes_sent, items_sent } = p.stats();
-        *out = keel_publisher_stats_t {
-            struct_size: size,
+        let value = keel_publisher_stats_t {
+            struct_size: KEEL_PUBLISHER_STATS_SIZE_V1,
             published,
             flushes,
             subscribers,
@@ -705,7 +716,7 @@ pub extern "C" fn keel_publisher_stats(publisher: *const keel_publisher_t, out: 
             bytes_sent,
             items_sent,
         };
-        Ok(())
+        write_stats(out, value)
     })
 }
 
@@ -721,7 +732,6 @@ pub extern "C" fn keel_publisher_subscriber_stats(
 ) -> keel_status_t {
     ffi_boundary!(err, publisher, {
         let p = try_handle!(publisher);
-        let out = out_ptr(out, "out")?;
         stats_out(&p.subscriber_stats(id)?, out)
     })
 }

@@ -21,7 +21,7 @@ mod steps;
 mod table;
 
 pub use entry::{decode_list, encode_list, split_item, Entry, Kind, Value};
-pub use op::{Op, MAX_KEY_SIZE};
+pub use op::{Op, MAX_KEY_SIZE, MAX_VALUE_SIZE};
 pub use steps::{Step, StepHook, Steps};
 
 use crate::error::{Error, Result};
@@ -97,6 +97,8 @@ impl Options {
         self.wal_options().validate()
     }
 
+    /// The shard's WAL takes the record of the largest operation (a 16 MiB
+    /// value with a 4096-byte key) when its segments can hold it.
     fn wal_options(&self) -> wal::Options {
         wal::Options {
             durability: self.durability,
@@ -104,6 +106,7 @@ impl Options {
             // A scheduler that owns every step also owns every file
             // operation: no segment is prepared behind its back.
             prepare_ahead: !self.steps.owns_schedule(),
+            max_record_size: op::MAX_RECORD_SIZE.min(self.wal_segment_size.saturating_sub(wal::format::OVERHEAD)),
             ..Default::default()
         }
     }
@@ -250,9 +253,7 @@ impl Shard {
         }
         let inner = &*self.inner;
         inner.check_open()?;
-        for op in ops {
-            op.check()?;
-        }
+        op::check_write(ops, inner.opts.wal_options().max_record_size)?;
         let encoded: Vec<Vec<u8>> = ops.iter().map(Op::encode).collect();
         let records: Vec<&[u8]> = encoded.iter().map(|r| r.as_slice()).collect();
         let wal = inner.wal.read();

@@ -8,6 +8,16 @@ use crate::error::{Error, Result};
 
 /// Longest key a shard accepts (KEEL_SHARD_MAX_KEY_SIZE in keel.h).
 pub const MAX_KEY_SIZE: usize = 4096;
+/// Largest value or posting item a shard accepts, 16 MiB included
+/// (KEEL_SHARD_MAX_VALUE_SIZE in keel.h).
+pub const MAX_VALUE_SIZE: usize = 16 << 20;
+/// Bytes a record adds to its key and value: `[u8 op][u32 key length]`.
+const RECORD_HEADER: usize = 5;
+/// Bytes a WAL batch frame adds per record (its length).
+const BATCH_RECORD_HEADER: usize = 4;
+/// The record of the largest operation (largest key and value): the record
+/// limit of a shard's WAL, unless its segments are too small to hold it.
+pub const MAX_RECORD_SIZE: u64 = (RECORD_HEADER + MAX_KEY_SIZE + MAX_VALUE_SIZE) as u64;
 
 const OP_PUT: u8 = 1;
 const OP_DELETE: u8 = 2;
@@ -72,18 +82,41 @@ impl Op {
         }
     }
 
+    /// The value of a put, the item of an append.
+    fn body(&self) -> &[u8] {
+        match self {
+            Op::Put { value, .. } => value,
+            Op::Delete { .. } => &[],
+            Op::Append { item, .. } => item,
+        }
+    }
+
+    /// Checks the key and value sizes against the shard limits; errors
+    /// name the caller's sizes.
     pub fn check(&self) -> Result<()> {
-        check_key(self.key())
+        check_key(self.key())?;
+        let (what, len) = match self {
+            Op::Append { .. } => ("posting item", self.body().len()),
+            _ => ("value", self.body().len()),
+        };
+        if len > MAX_VALUE_SIZE {
+            return Err(Error::invalid(format!("{what} of {len} bytes exceeds the limit of {MAX_VALUE_SIZE} bytes (16 MiB)")));
+        }
+        Ok(())
+    }
+
+    fn record_len(&self) -> u64 {
+        (RECORD_HEADER + self.key().len() + self.body().len()) as u64
     }
 
     pub fn encode(&self) -> Vec<u8> {
-        let (code, body): (u8, &[u8]) = match self {
-            Op::Put { value, .. } => (OP_PUT, value),
-            Op::Delete { .. } => (OP_DELETE, &[]),
-            Op::Append { item, .. } => (OP_APPEND, item),
+        let code = match self {
+            Op::Put { .. } => OP_PUT,
+            Op::Delete { .. } => OP_DELETE,
+            Op::Append { .. } => OP_APPEND,
         };
-        let key = self.key();
-        let mut out = Vec::with_capacity(5 + key.len() + body.len());
+        let (key, body) = (self.key(), self.body());
+        let mut out = Vec::with_capacity(RECORD_HEADER + key.len() + body.len());
         out.push(code);
         out.extend_from_slice(&(key.len() as u32).to_le_bytes());
         out.extend_from_slice(key);
@@ -98,6 +131,34 @@ impl Op {
             OpRef::Append { key, item } => Op::Append { key: key.to_vec(), item: item.to_vec() },
         })
     }
+}
+
+/// Checks every operation of a write (`Op::check`) and that together they
+/// fit one WAL record of at most `record_limit` bytes (one record for a
+/// single operation, a batch frame for several), naming the caller's sizes.
+pub fn check_write(ops: &[Op], record_limit: u64) -> Result<()> {
+    for op in ops {
+        op.check()?;
+    }
+    let need = match ops {
+        [one] => one.record_len(),
+        many => many.iter().map(|op| BATCH_RECORD_HEADER as u64 + op.record_len()).sum(),
+    };
+    if need <= record_limit {
+        return Ok(());
+    }
+    let what = match ops {
+        [one] => format!("a key of {} bytes with a value of {} bytes", one.key().len(), one.body().len()),
+        many => format!(
+            "a batch of {} operations with {} bytes of keys and values",
+            many.len(),
+            many.iter().map(|op| op.key().len() + op.body().len()).sum::<usize>()
+        ),
+    };
+    Err(Error::invalid(format!(
+        "{what} needs a WAL record of {need} bytes; this shard's WAL takes at most {record_limit} \
+         (set by wal_segment_size)"
+    )))
 }
 
 pub fn check_key(key: &[u8]) -> Result<()> {
@@ -125,5 +186,21 @@ mod tests {
         assert!(Op::decode(&[1, 200, 0, 0, 0]).is_err());
         assert!(Op::decode(&[2, 0, 0, 0, 0, 1]).is_err());
         assert!(Op::check(&Op::Delete { key: vec![0; MAX_KEY_SIZE + 1] }).is_err());
+    }
+
+    #[test]
+    fn the_largest_operation_fits_the_record_limit_and_errors_name_the_callers_sizes() {
+        let big = Op::Put { key: vec![1; MAX_KEY_SIZE], value: vec![2; MAX_VALUE_SIZE] };
+        assert_eq!(big.encode().len() as u64, MAX_RECORD_SIZE);
+        check_write(std::slice::from_ref(&big), MAX_RECORD_SIZE).unwrap();
+        let over = Op::Put { key: b"k".to_vec(), value: vec![0; MAX_VALUE_SIZE + 1] };
+        let e = check_write(&[over], MAX_RECORD_SIZE).unwrap_err();
+        assert!(e.message.contains(&format!("value of {} bytes", MAX_VALUE_SIZE + 1)), "{}", e.message);
+        let item = Op::Append { key: b"k".to_vec(), item: vec![0; 1000] };
+        let e = check_write(std::slice::from_ref(&item), 900).unwrap_err();
+        assert!(e.message.contains("key of 1 bytes with a value of 1000 bytes"), "{}", e.message);
+        assert!(e.message.contains("at most 900"), "{}", e.message);
+        let e = check_write(&[item.clone(), item], 2000).unwrap_err();
+        assert!(e.message.contains("batch of 2 operations with 2002 bytes"), "{}", e.message);
     }
 }

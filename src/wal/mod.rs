@@ -74,6 +74,9 @@ pub struct Options {
     /// Zero-fill the next segment on a background thread so that rotation
     /// does not stall appenders (costs one spare segment of disk).
     pub prepare_ahead: bool,
+    /// Open a non-empty directory that holds no keel WAL file (see
+    /// `segment::check_wal_dir`); false refuses it with INVALID_ARGUMENT.
+    pub allow_foreign_files: bool,
 }
 
 impl Default for Options {
@@ -84,6 +87,7 @@ impl Default for Options {
             segment_size: 64 << 20,
             max_record_size: 0,
             prepare_ahead: true,
+            allow_foreign_files: false,
         }
     }
 }
@@ -228,6 +232,9 @@ impl Wal {
     /// Opens the log through a given file system (tests inject faults here).
     pub fn open_with_fs(dir: &Path, opts: Options, fs: Arc<dyn FileSystem>) -> Result<Wal> {
         opts.validate()?;
+        if !opts.allow_foreign_files {
+            segment::check_wal_dir(&*fs, dir)?;
+        }
         fs.create_dir_all(dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
         // The directory's own entry must be durable before records in it are.
         if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {

@@ -24,6 +24,32 @@ pub fn parse_name(name: &str) -> Option<u64> {
     digits.parse().ok()
 }
 
+/// Refuses to make `dir` a WAL when it already holds other things: a
+/// non-empty directory none of whose entries is a segment (or its temp
+/// file, or a `salvaged-*` folder recovery made), and that is not just a
+/// `LOCK`, is INVALID_ARGUMENT. A missing directory is fine (it is created).
+pub fn check_wal_dir(fs: &dyn FileSystem, dir: &Path) -> Result<()> {
+    let names = match fs.list(dir) {
+        Ok(names) => names,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(Error::io(format!("listing {}", dir.display()), e)),
+    };
+    let wal_file = |n: &String| parse_name(n).is_some() || n.ends_with(TEMP_SUFFIX) || n.starts_with("salvaged-");
+    if names.iter().any(wal_file) || names.iter().all(|n| n == "LOCK") {
+        return Ok(());
+    }
+    let mut shown: Vec<&str> = names.iter().map(String::as_str).collect();
+    shown.sort_unstable();
+    shown.truncate(3);
+    Err(Error::invalid(format!(
+        "{} is not empty ({} entries, e.g. {}) and holds no keel WAL segment: refusing to write a WAL into it; \
+         use an empty or new directory, or set allow_foreign_files",
+        dir.display(),
+        names.len(),
+        shown.join(", ")
+    )))
+}
+
 /// A retained segment as the log knows it.
 #[derive(Debug, Clone)]
 pub struct SegmentMeta {

@@ -3,6 +3,7 @@
 #include "test_util.hpp"
 
 #include <chrono>
+#include <filesystem>
 #include <fstream>
 
 using keel::Durability;
@@ -62,13 +63,23 @@ TEST(Errors, OptionsRoundTripThroughTheBuilder) {
   EXPECT_EQ(o.segment_size(), 1u << 20);
   EXPECT_EQ(o.max_record_size(), 4096u);
   EXPECT_EQ(o.raw().struct_size, sizeof(keel_wal_options_t));
-  // The defaults are the library's (keel_wal_options_init).
+  // The defaults are the library's (keel_wal_options_init_sized).
   keel_wal_options_t c;
-  ASSERT_EQ(keel_wal_options_init(&c), KEEL_STATUS_OK);
+  ASSERT_EQ(keel_wal_options_init_sized(&c, sizeof c), KEEL_STATUS_OK);
   const WalOptions d;
   EXPECT_EQ(d.durability(), Durability::Sync);
   EXPECT_EQ(d.raw().segment_size, c.segment_size);
   EXPECT_EQ(d.raw().sync_interval_ms, c.sync_interval_ms);
+  EXPECT_FALSE(d.allow_foreign_files());
+}
+
+TEST(Errors, AForeignDirectoryIsRefusedUnlessAllowed) {
+  TempDir tmp;
+  std::filesystem::create_directories(tmp.wal());
+  std::ofstream(tmp.wal() + "/notes.txt") << "not keel";
+  expect_open_error(tmp.wal(), WalOptions(), Status::InvalidArgument, "holds no keel WAL segment");
+  auto w = Wal::open(tmp.wal(), WalOptions().allow_foreign_files(true));
+  KEEL_ASSERT_OK(w);
 }
 
 TEST(Errors, SecondOpenOfTheSameDirectoryIsBusy) {
