@@ -716,6 +716,12 @@ typedef struct keel_publisher_stats_t {
  */
 #define KEEL_STATUS_WRONG_KIND 16
 
+/**
+ * A write or fence check carried a fencing token below the highest one
+ * already accepted for its bucket: a newer lease holder has written since.
+ */
+#define KEEL_STATUS_FENCED 18
+
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
@@ -823,6 +829,65 @@ const char *keel_error_message(const struct keel_error_t *err);
  * Frees an error object. NULL is a no-op.
  */
 void keel_error_free(struct keel_error_t *err);
+
+/**
+ * Grants the lease on `bucket` (`bucket_len` bytes, any content; NULL
+ * when the length is 0) for `ttl_ms` milliseconds on this node's
+ * monotonic clock and writes its fencing token to `*token`: larger than
+ * every token this engine's directory ever granted. Nothing to free.
+ * Any thread. Leases live in memory only: after the engine is reopened
+ * every lease has expired.
+ * Errors: NULL_ARGUMENT, INVALID_ARGUMENT (ttl_ms is 0 or too large),
+ * BUSY (another holder's lease has not expired), IO or NO_SPACE (the
+ * token high-water mark could not be made durable; no lease granted, or
+ * the clock failed), CORRUPTION (the high-water mark file is damaged).
+ */
+keel_status_t keel_fence_try_acquire(const struct keel_engine_t *engine,
+                                     const uint8_t *bucket,
+                                     size_t bucket_len,
+                                     uint64_t ttl_ms,
+                                     uint64_t *token,
+                                     struct keel_error_t **err);
+
+/**
+ * Writes to `*valid` whether `token` holds the lease on `bucket` now
+ * (granted, not released, not expired); false as well when the clock
+ * fails. Any thread.
+ * Errors: NULL_ARGUMENT.
+ */
+keel_status_t keel_fence_validate(const struct keel_engine_t *engine,
+                                  const uint8_t *bucket,
+                                  size_t bucket_len,
+                                  uint64_t token,
+                                  bool *valid,
+                                  struct keel_error_t **err);
+
+/**
+ * Releases the lease on `bucket` if `token` holds it and it has not
+ * expired, and writes to `*released` whether it did: an expired or
+ * superseded holder's release never clears a newer holder. Any thread.
+ * Errors: NULL_ARGUMENT.
+ */
+keel_status_t keel_fence_release(const struct keel_engine_t *engine,
+                                 const uint8_t *bucket,
+                                 size_t bucket_len,
+                                 uint64_t token,
+                                 bool *released,
+                                 struct keel_error_t **err);
+
+/**
+ * The storage-side fence: FENCED when `token` is below the highest token
+ * this engine accepted for `bucket`; otherwise records `token` as the
+ * highest and returns OK (an equal token passes). No clock is involved,
+ * so the same checks give the same answers anywhere. The highest tokens
+ * are kept in memory, per engine. Any thread.
+ * Errors: NULL_ARGUMENT, FENCED.
+ */
+keel_status_t keel_fence_check(const struct keel_engine_t *engine,
+                               const uint8_t *bucket,
+                               size_t bucket_len,
+                               uint64_t token,
+                               struct keel_error_t **err);
 
 /**
  * Puts `value` under `key` (replacing a value or a posting list) and

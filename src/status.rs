@@ -43,6 +43,9 @@ pub const KEEL_STATUS_NO_SPACE: keel_status_t = 15;
 /// The key holds the other kind of data: an append to a key that holds a
 /// value (a put replaces a posting list; an append never replaces a value).
 pub const KEEL_STATUS_WRONG_KIND: keel_status_t = 16;
+/// A write or fence check carried a fencing token below the highest one
+/// already accepted for its bucket: a newer lease holder has written since.
+pub const KEEL_STATUS_FENCED: keel_status_t = 18;
 
 /// Name of a status value as a static, NUL-terminated string.
 pub(crate) fn status_name(status: keel_status_t) -> &'static str {
@@ -64,6 +67,7 @@ pub(crate) fn status_name(status: keel_status_t) -> &'static str {
         KEEL_STATUS_UNSUPPORTED => "UNSUPPORTED\0",
         KEEL_STATUS_NO_SPACE => "NO_SPACE\0",
         KEEL_STATUS_WRONG_KIND => "WRONG_KIND\0",
+        KEEL_STATUS_FENCED => "FENCED\0",
         _ => "UNKNOWN\0",
     }
 }
