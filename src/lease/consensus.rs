@@ -78,6 +78,8 @@ pub struct ConsensusState {
     /// Per voter: the latest send time (of the current term) it acked.
     acks: HashMap<PeerId, u64>,
     applied: u64,
+    /// The commit index as this node knows it (0 when the host does not report it).
+    committed: u64,
     /// An entry of the current term has been applied (leaders only).
     term_applied: bool,
     transfer: bool,
@@ -97,6 +99,7 @@ impl ConsensusState {
             voters: Voters { incoming: vec![self_id], outgoing: Vec::new() },
             acks: HashMap::new(),
             applied: 0,
+            committed: 0,
             term_applied: false,
             transfer: false,
             quorum: None,
@@ -120,6 +123,9 @@ impl ConsensusState {
     }
     pub fn applied(&self) -> u64 {
         self.applied
+    }
+    pub fn committed(&self) -> u64 {
+        self.committed
     }
     pub fn term_applied(&self) -> bool {
         self.term_applied
@@ -190,6 +196,16 @@ impl ConsensusState {
             return Err(Error::invalid(format!("applied index {index} is below {}", self.applied)));
         }
         self.applied = index;
+        Ok(())
+    }
+
+    /// The commit index; it never goes back (INVALID_ARGUMENT). Lease reads
+    /// wait until the applied index reaches it.
+    pub fn set_committed(&mut self, index: u64) -> Result<()> {
+        if index < self.committed {
+            return Err(Error::invalid(format!("commit index {index} is below {}", self.committed)));
+        }
+        self.committed = index;
         Ok(())
     }
 
@@ -335,5 +351,8 @@ mod tests {
         s.set_applied(10).unwrap();
         assert!(s.set_applied(9).is_err());
         assert_eq!(s.applied(), 10);
+        s.set_committed(12).unwrap();
+        assert!(s.set_committed(11).is_err());
+        assert_eq!(s.committed(), 12);
     }
 }

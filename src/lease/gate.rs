@@ -1,8 +1,8 @@
 //! The read decision of one shard: serve from the lease, or prove
 //! leadership with a read-index first.
 //!
-//! A lease read is served locally at the applied index only if every gate
-//! holds: this node leads; an entry of its own term is applied (before
+//! A lease read is served locally (once the applied index reaches the
+//! commit index the host reported) only if every gate holds: this node leads; an entry of its own term is applied (before
 //! that, its applied state may lack entries an earlier leader committed);
 //! no leadership transfer is in progress (the target may win an election
 //! at once, without waiting for an election timeout); the clock reads a
@@ -50,8 +50,9 @@ impl MissReason {
 /// The outcome of the lease gate.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Decision {
-    /// Serve locally, at this applied index.
-    Serve { applied: u64 },
+    /// Serve locally once the applied index reaches `index` (the commit
+    /// index when the host reports it, else the applied index).
+    Serve { index: u64 },
     /// Not the leader: go to the leader (when known).
     NotLeader { leader_hint: Option<PeerId> },
     /// The lease does not hold: use the read-index path.
@@ -80,7 +81,7 @@ pub fn decide(state: &ConsensusState, lease_ns: u64, now: Option<u64>) -> Decisi
     if now - ack >= lease_ns {
         return Decision::Miss(MissReason::AckStale);
     }
-    Decision::Serve { applied: state.applied() }
+    Decision::Serve { index: state.applied().max(state.committed()) }
 }
 
 /// A read refused by the gate.
@@ -187,6 +188,10 @@ impl LeaseGate {
         Ok(())
     }
 
+    pub fn set_committed(&self, index: u64) -> Result<()> {
+        self.state.lock().set_committed(index)
+    }
+
     pub fn note_term_applied(&self, term: u64) -> bool {
         self.state.lock().note_term_applied(term)
     }
@@ -205,7 +210,8 @@ impl LeaseGate {
     /// read-index, shared with concurrent misses, then a wait until the
     /// applied index reaches it, all within `timeout`.
     pub fn begin_read(&self, level: Level, timeout: Duration) -> std::result::Result<ReadPermit, Refused> {
-        let deadline = Instant::now().checked_add(timeout);
+        // No deadline (a timeout too large to add) waits as long as it takes.
+        let deadline = Instant::now().checked_add(timeout).unwrap_or_else(|| Instant::now() + Duration::from_secs(365 * 86_400));
         match level {
             Level::Stale => return Ok(ReadPermit { index: self.state.lock().applied(), from_lease: false }),
             Level::Linearizable => {
@@ -218,9 +224,18 @@ impl LeaseGate {
                 }
             }
             Level::Lease => match self.decide() {
-                Decision::Serve { applied } => {
-                    self.metrics.hit();
-                    return Ok(ReadPermit { index: applied, from_lease: true });
+                Decision::Serve { index } => {
+                    let mut s = self.state.lock();
+                    return match wait_applied(&self.applied, &mut s, index, deadline) {
+                        Ok(()) => {
+                            self.metrics.hit();
+                            Ok(ReadPermit { index, from_lease: true })
+                        }
+                        Err(r) => {
+                            self.metrics.timeout();
+                            Err(r)
+                        }
+                    };
                 }
                 Decision::NotLeader { leader_hint } => {
                     self.metrics.miss(MissReason::NotLeader);
@@ -236,9 +251,7 @@ impl LeaseGate {
         })
     }
 
-    fn read_index_path(&self, deadline: Option<Instant>) -> std::result::Result<ReadPermit, Refused> {
-        // No deadline (a timeout too large to add) waits as long as it takes.
-        let deadline = deadline.unwrap_or_else(|| Instant::now() + Duration::from_secs(365 * 86_400));
+    fn read_index_path(&self, deadline: Instant) -> std::result::Result<ReadPermit, Refused> {
         let ticket = self.flight.ticket();
         let answer = self.flight.get(ticket, &*self.read_index, deadline);
         if let Some(latency) = answer.made_call {
@@ -319,7 +332,7 @@ mod tests {
         g.record_ack(2, 5, t0);
         for now in [t0, t0 + LEASE - 1] {
             g.clock().set(now).unwrap();
-            assert_eq!(g.decide(), Decision::Serve { applied: 10 });
+            assert_eq!(g.decide(), Decision::Serve { index: 10 });
             assert_eq!(g.begin_read(Level::Lease, LONG), Ok(ReadPermit { index: 10, from_lease: true }));
         }
         assert_eq!(calls.load(Ordering::SeqCst), 0, "a fresh lease makes no read-index call");
@@ -329,6 +342,20 @@ mod tests {
         assert_eq!(calls.load(Ordering::SeqCst), 1, "a stale lease costs exactly one read-index");
         let st = g.stats();
         assert_eq!((st.lease_hits, st.miss_ack_stale, st.read_index_calls), (2, 1, 1));
+    }
+
+    #[test]
+    fn a_lease_read_waits_for_the_applied_index_to_reach_the_commit_index() {
+        let t0 = 1000 * MS;
+        let (g, calls) = gate(t0, 10);
+        g.record_ack(2, 5, t0);
+        g.set_committed(12).unwrap();
+        assert_eq!(g.decide(), Decision::Serve { index: 12 });
+        assert_eq!(g.begin_read(Level::Lease, Duration::ZERO), Err(Refused::Timeout), "applied 10 < committed 12");
+        g.set_applied(12).unwrap();
+        assert_eq!(g.begin_read(Level::Lease, LONG), Ok(ReadPermit { index: 12, from_lease: true }));
+        assert_eq!(calls.load(Ordering::SeqCst), 0);
+        assert_eq!((g.stats().lease_hits, g.stats().read_index_timeouts), (1, 1));
     }
 
     #[test]

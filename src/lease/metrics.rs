@@ -7,7 +7,8 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 /// A snapshot of the counters (all since the gate was created).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct LeaseStats {
-    /// Lease-level reads served from the lease.
+    /// Lease-level reads served from the lease (a read that timed out
+    /// waiting for the applied index to reach the commit index is not one).
     pub lease_hits: u64,
     /// Lease-level misses by reason.
     pub miss_not_leader: u64,
@@ -24,8 +25,9 @@ pub struct LeaseStats {
     /// Sum and maximum of the callbacks' latency, in nanoseconds.
     pub read_index_latency_ns_total: u64,
     pub read_index_latency_ns_max: u64,
-    /// Reads that gave up with TIMEOUT (waiting for a read-index or for the
-    /// applied index to reach it).
+    /// Reads that gave up with TIMEOUT: waiting for a read-index, or for
+    /// the applied index to reach the read-index or (lease reads) the
+    /// commit index.
     pub read_index_timeouts: u64,
     /// Acks the host reported that were not counted, by reason.
     pub acks_ignored_not_leader: u64,
