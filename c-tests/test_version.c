@@ -42,6 +42,7 @@ int main(void) {
       {KEEL_STATUS_NO_SPACE, "NO_SPACE"},
       {KEEL_STATUS_WRONG_KIND, "WRONG_KIND"},
       {KEEL_STATUS_RESOURCE, "RESOURCE"},
+      {KEEL_STATUS_FENCED, "FENCED"},
   };
   const size_t n = sizeof names / sizeof names[0];
   for (size_t i = 0; i < n; i++) {

@@ -7,6 +7,7 @@ pub mod engine;
 pub mod error;
 pub mod ffi;
 pub mod fs;
+pub mod lease;
 pub mod net;
 pub mod shard;
 pub mod status;

@@ -48,6 +48,9 @@ pub const KEEL_STATUS_WRONG_KIND: keel_status_t = 16;
 /// open files; ENOMEM: memory or mappings) before anything was written. The
 /// log is still usable: retry once the resource is freed.
 pub const KEEL_STATUS_RESOURCE: keel_status_t = 17;
+/// A write or fence check carried a fencing token below the highest one
+/// already accepted for its bucket: a newer lease holder has written since.
+pub const KEEL_STATUS_FENCED: keel_status_t = 18;
 
 /// Name of a status value as a static, NUL-terminated string.
 pub(crate) fn status_name(status: keel_status_t) -> &'static str {
@@ -70,6 +73,7 @@ pub(crate) fn status_name(status: keel_status_t) -> &'static str {
         KEEL_STATUS_NO_SPACE => "NO_SPACE\0",
         KEEL_STATUS_WRONG_KIND => "WRONG_KIND\0",
         KEEL_STATUS_RESOURCE => "RESOURCE\0",
+        KEEL_STATUS_FENCED => "FENCED\0",
         _ => "UNKNOWN\0",
     }
 }

@@ -89,14 +89,15 @@ enum class Status : keel_status_t {
   NoSpace = KEEL_STATUS_NO_SPACE,
   WrongKind = KEEL_STATUS_WRONG_KIND,
   Resource = KEEL_STATUS_RESOURCE,
+  Fenced = KEEL_STATUS_FENCED,
 };
 
 // A new KEEL_STATUS_* value must get an enumerator above (statuses are
 // dense and never renumbered). The preprocessor cannot list the header's
 // codes, so this pins the last one known here, and errors_test.cpp checks
 // at run time that the library names no status after it.
-static_assert(KEEL_STATUS_RESOURCE == 17, "keel.h has new status codes: extend keel::Status");
-inline constexpr Status last_status = Status::Resource;
+static_assert(KEEL_STATUS_FENCED == 18, "keel.h has new status codes: extend keel::Status");
+inline constexpr Status last_status = Status::Fenced;
 
 /// The C name of a status ("OK", "INVALID_ARGUMENT", ...); static storage.
 inline const char* to_string(Status s) noexcept {

@@ -29,6 +29,7 @@ const (
 	StatusNoSpace         Status = C.KEEL_STATUS_NO_SPACE
 	StatusWrongKind       Status = C.KEEL_STATUS_WRONG_KIND
 	StatusResource        Status = C.KEEL_STATUS_RESOURCE
+	StatusFenced          Status = C.KEEL_STATUS_FENCED
 )
 
 // String returns the library's name of the status ("IO", "TRUNCATED", ...;
@@ -89,6 +90,9 @@ var (
 	// ErrResource: out of file descriptors or memory before anything was
 	// written; the log is still usable, retry once the resource is freed.
 	ErrResource = &Error{Code: StatusResource}
+	// ErrFenced: a fencing token below the highest accepted for its
+	// bucket (a newer lease holder has written since).
+	ErrFenced = &Error{Code: StatusFenced}
 )
 
 // ErrNoMore is what Reader.Next returns when the reader has caught up with

@@ -8,6 +8,7 @@
 
 use crate::error::{Error, Result};
 use crate::fs::{FileSystem, StdFs};
+use crate::lease::{Clock, FenceTable};
 use crate::shard::{self, Shard};
 use crate::status::*;
 use parking_lot::Mutex;
@@ -30,6 +31,8 @@ pub struct Engine {
     /// shard's WAL picks the real file system's write strategy itself.
     injected_fs: bool,
     shards: Mutex<Option<HashMap<u32, Shard>>>,
+    /// The node-local fenced lease table; its token high-water mark is `<dir>/FENCE`.
+    fences: FenceTable,
     _lock: Box<dyn Any + Send + Sync>,
 }
 
@@ -86,6 +89,7 @@ impl Engine {
         Ok(Engine {
             dir: dir.to_path_buf(),
             opts,
+            fences: FenceTable::new(dir.join("FENCE"), fs.clone(), Clock::monotonic()),
             fs,
             injected_fs,
             shards: Mutex::new(Some(HashMap::new())),
@@ -145,6 +149,10 @@ impl Engine {
         self.fs.rename(&dir, &doomed).map_err(|e| Error::io(format!("renaming {}", dir.display()), e))?;
         self.sync_dir(&self.dir.join("shards"))?;
         self.fs.remove_dir_all(&doomed).map_err(|e| Error::io(format!("removing {}", doomed.display()), e))
+    }
+
+    pub fn fences(&self) -> &FenceTable {
+        &self.fences
     }
 
     /// Ids of every shard in the directory, open or not, ascending.

@@ -1,0 +1,534 @@
+//! The read decision of one shard: serve from the lease, or prove
+//! leadership with a read-index first.
+//!
+//! A lease read is served locally (once the applied index reaches the
+//! commit index the host reported) only if every gate holds: this node leads; an entry of its own term is applied (before
+//! that, its applied state may lack entries an earlier leader committed);
+//! no leadership transfer is in progress (the target may win an election
+//! at once, without waiting for an election timeout); the clock reads a
+//! time; the quorum ack is non-zero and not in the future; and
+//! now − quorum ack < lease, strictly. Any miss falls back to the
+//! read-index path; a follower gets NOT_LEADER with the leader hint.
+
+use super::clock::Clock;
+use super::config::LeaseConfig;
+use super::consensus::{ConsensusState, PeerId, Role, Voters};
+use super::metrics::{LeaseStats, Metrics};
+use super::read_index::{ReadIndexFn, SingleFlight};
+use crate::error::{Error, Result};
+use crate::status::*;
+use parking_lot::{Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+/// The consistency a read asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Level {
+    /// Local state, no checks (may be behind, or on a deposed leader).
+    Stale,
+    /// The lease if it holds, else a read-index.
+    Lease,
+    /// Always a read-index.
+    Linearizable,
+}
+
+/// Why the lease could not serve a read. Numbered for the counters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MissReason {
+    NotLeader,
+    AckStale,
+    AckMissing,
+    AckFuture,
+    Transfer,
+    TermNotApplied,
+    Clock,
+}
+
+impl MissReason {
+    pub const COUNT: usize = 7;
+}
+
+/// The outcome of the lease gate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// Serve locally once the applied index reaches `index` (the commit
+    /// index when the host reports it, else the applied index).
+    Serve { index: u64 },
+    /// Not the leader: go to the leader (when known).
+    NotLeader { leader_hint: Option<PeerId> },
+    /// The lease does not hold: use the read-index path.
+    Miss(MissReason),
+}
+
+/// The lease gate on a snapshot of the facts at `now` (`None`: no clock).
+pub fn decide(state: &ConsensusState, lease_ns: u64, now: Option<u64>) -> Decision {
+    if state.role() != Role::Leader {
+        return Decision::NotLeader { leader_hint: state.leader() };
+    }
+    let Some(now) = now.filter(|&n| n != 0) else { return Decision::Miss(MissReason::Clock) };
+    if !state.term_applied() {
+        return Decision::Miss(MissReason::TermNotApplied);
+    }
+    if state.transfer_in_progress() {
+        return Decision::Miss(MissReason::Transfer);
+    }
+    let ack = match state.quorum_ack(now) {
+        None | Some(0) => return Decision::Miss(MissReason::AckMissing),
+        Some(ack) => ack,
+    };
+    if ack > now {
+        return Decision::Miss(MissReason::AckFuture);
+    }
+    if now - ack >= lease_ns {
+        return Decision::Miss(MissReason::AckStale);
+    }
+    Decision::Serve { index: state.applied().max(state.committed()) }
+}
+
+/// A read refused by the gate.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Refused {
+    /// This node does not lead; the leader's id when known.
+    NotLeader { leader_hint: Option<PeerId> },
+    /// The read-index or the applied index did not arrive in time.
+    Timeout,
+    /// The host's read-index callback failed with this error.
+    ReadIndex(Error),
+}
+
+impl Refused {
+    pub fn leader_hint(&self) -> Option<PeerId> {
+        match self {
+            Refused::NotLeader { leader_hint } => *leader_hint,
+            _ => None,
+        }
+    }
+}
+
+impl From<Refused> for Error {
+    fn from(r: Refused) -> Error {
+        match r {
+            Refused::NotLeader { leader_hint: Some(l) } => {
+                Error::new(KEEL_STATUS_NOT_LEADER, format!("this node is not the leader; the leader is {l}"))
+            }
+            Refused::NotLeader { leader_hint: None } => {
+                Error::new(KEEL_STATUS_NOT_LEADER, "this node is not the leader; the leader is unknown")
+            }
+            Refused::Timeout => Error::new(KEEL_STATUS_TIMEOUT, "the read-index or the applied index did not arrive in time"),
+            Refused::ReadIndex(e) => e,
+        }
+    }
+}
+
+/// Permission to read: every read under it sees at least the state at
+/// `index`. One permit serves a whole read session.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReadPermit {
+    pub index: u64,
+    /// Served from the lease (true) or after a read-index / stale (false).
+    pub from_lease: bool,
+}
+
+/// The consensus facts, the lease decision and the read-index path of
+/// one shard. Every method may be called from any thread.
+pub struct LeaseGate {
+    lease_ns: u64,
+    clock: Clock,
+    state: Mutex<ConsensusState>,
+    /// Signalled when the applied index moves.
+    applied: Condvar,
+    read_index: Box<ReadIndexFn>,
+    flight: SingleFlight,
+    metrics: Metrics,
+}
+
+impl LeaseGate {
+    /// A gate for node `self_id`; INVALID_ARGUMENT for a bad `config`.
+    pub fn new(self_id: PeerId, config: LeaseConfig, clock: Clock, read_index: Box<ReadIndexFn>) -> Result<LeaseGate> {
+        config.validate()?;
+        Ok(LeaseGate {
+            lease_ns: config.lease_ns(),
+            clock,
+            state: Mutex::new(ConsensusState::new(self_id)),
+            applied: Condvar::new(),
+            read_index,
+            flight: SingleFlight::default(),
+            metrics: Metrics::default(),
+        })
+    }
+
+    pub fn clock(&self) -> &Clock {
+        &self.clock
+    }
+
+    /// The facts as they are now (a copy).
+    pub fn state(&self) -> ConsensusState {
+        self.state.lock().clone()
+    }
+
+    pub fn set_role(&self, role: Role, term: u64, leader: Option<PeerId>) -> Result<()> {
+        self.state.lock().set_role(role, term, leader)
+    }
+
+    pub fn set_voters(&self, voters: Voters) -> Result<()> {
+        self.state.lock().set_voters(voters)
+    }
+
+    /// Records an ack (see `ConsensusState::record_ack`); an ignored one is
+    /// counted, not an error: late and stray acks are normal.
+    pub fn record_ack(&self, peer: PeerId, term: u64, sent_at: u64) {
+        let now = self.clock.now();
+        if let Err(why) = self.state.lock().record_ack(peer, term, sent_at, now) {
+            self.metrics.ack_ignored(why);
+        }
+    }
+
+    pub fn set_applied(&self, index: u64) -> Result<()> {
+        self.state.lock().set_applied(index)?;
+        self.applied.notify_all();
+        Ok(())
+    }
+
+    pub fn set_committed(&self, index: u64) -> Result<()> {
+        self.state.lock().set_committed(index)
+    }
+
+    pub fn note_term_applied(&self, term: u64) -> bool {
+        self.state.lock().note_term_applied(term)
+    }
+
+    pub fn set_transfer(&self, in_progress: bool) {
+        self.state.lock().set_transfer(in_progress)
+    }
+
+    /// The lease gate now, without counting or falling back.
+    pub fn decide(&self) -> Decision {
+        let now = self.clock.now();
+        decide(&self.state.lock(), self.lease_ns, now)
+    }
+
+    /// Begins a read (or a session of reads) at `level`: at most one
+    /// read-index, shared with concurrent misses, then a wait until the
+    /// applied index reaches it, all within `timeout`.
+    pub fn begin_read(&self, level: Level, timeout: Duration) -> std::result::Result<ReadPermit, Refused> {
+        // No deadline (a timeout too large to add) waits as long as it takes.
+        let deadline = Instant::now().checked_add(timeout).unwrap_or_else(|| Instant::now() + Duration::from_secs(365 * 86_400));
+        match level {
+            Level::Stale => return Ok(ReadPermit { index: self.state.lock().applied(), from_lease: false }),
+            Level::Linearizable => {
+                let leader_hint = {
+                    let s = self.state.lock();
+                    (s.role() != Role::Leader).then(|| s.leader())
+                };
+                if let Some(leader_hint) = leader_hint {
+                    return Err(Refused::NotLeader { leader_hint });
+                }
+            }
+            Level::Lease => match self.decide() {
+                Decision::Serve { index } => {
+                    let mut s = self.state.lock();
+                    return match wait_applied(&self.applied, &mut s, index, deadline) {
+                        Ok(()) => {
+                            self.metrics.hit();
+                            Ok(ReadPermit { index, from_lease: true })
+                        }
+                        Err(r) => {
+                            self.metrics.timeout();
+                            Err(r)
+                        }
+                    };
+                }
+                Decision::NotLeader { leader_hint } => {
+                    self.metrics.miss(MissReason::NotLeader);
+                    return Err(Refused::NotLeader { leader_hint });
+                }
+                Decision::Miss(reason) => self.metrics.miss(reason),
+            },
+        }
+        self.read_index_path(deadline).inspect_err(|r| {
+            if *r == Refused::Timeout {
+                self.metrics.timeout();
+            }
+        })
+    }
+
+    fn read_index_path(&self, deadline: Instant) -> std::result::Result<ReadPermit, Refused> {
+        let ticket = self.flight.ticket();
+        let answer = self.flight.get(ticket, &*self.read_index, deadline);
+        if let Some(latency) = answer.made_call {
+            self.metrics.read_index(latency, answer.index.is_err());
+        }
+        let index = answer.index.map_err(|e| match e.status {
+            KEEL_STATUS_TIMEOUT => Refused::Timeout,
+            KEEL_STATUS_NOT_LEADER => Refused::NotLeader { leader_hint: self.state.lock().leader() },
+            _ => Refused::ReadIndex(e),
+        })?;
+        let mut s = self.state.lock();
+        wait_applied(&self.applied, &mut s, index, deadline)?;
+        Ok(ReadPermit { index, from_lease: false })
+    }
+
+    pub fn stats(&self) -> LeaseStats {
+        self.metrics.snapshot()
+    }
+}
+
+fn wait_applied(cv: &Condvar, s: &mut MutexGuard<'_, ConsensusState>, index: u64, deadline: Instant) -> std::result::Result<(), Refused> {
+    while s.applied() < index {
+        if cv.wait_until(s, deadline).timed_out() && s.applied() < index {
+            return Err(Refused::Timeout);
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+
+    const MS: u64 = 1_000_000;
+    const LEASE: u64 = 700 * MS;
+
+    fn config() -> LeaseConfig {
+        LeaseConfig {
+            lease: Duration::from_nanos(LEASE),
+            election_timeout_min: Duration::from_millis(1000),
+            max_clock_drift: Duration::from_millis(100),
+            max_round_trip: Duration::from_millis(100),
+        }
+    }
+
+    /// A gate for node 1 of {1,2,3}, leader of term 5 with its own-term
+    /// entry applied at index 10, whose read-index returns `index` (and
+    /// counts its calls).
+    fn gate(now: u64, index: u64) -> (LeaseGate, Arc<AtomicU64>) {
+        let calls = Arc::new(AtomicU64::new(0));
+        let c = calls.clone();
+        let g = LeaseGate::new(
+            1,
+            config(),
+            Clock::manual(now),
+            Box::new(move || {
+                c.fetch_add(1, Ordering::SeqCst);
+                Ok(index)
+            }),
+        )
+        .unwrap();
+        g.set_voters(Voters { incoming: vec![1, 2, 3], outgoing: vec![] }).unwrap();
+        g.set_role(Role::Leader, 5, None).unwrap();
+        g.set_applied(10).unwrap();
+        assert!(g.note_term_applied(5));
+        (g, calls)
+    }
+
+    const LONG: Duration = Duration::from_secs(60);
+
+    #[test]
+    fn a_fresh_lease_serves_with_no_read_index_and_the_boundary_is_strict() {
+        let t0 = 1000 * MS;
+        let (g, calls) = gate(t0, 10);
+        assert_eq!(g.decide(), Decision::Miss(MissReason::AckMissing));
+        g.record_ack(2, 5, t0);
+        for now in [t0, t0 + LEASE - 1] {
+            g.clock().set(now).unwrap();
+            assert_eq!(g.decide(), Decision::Serve { index: 10 });
+            assert_eq!(g.begin_read(Level::Lease, LONG), Ok(ReadPermit { index: 10, from_lease: true }));
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 0, "a fresh lease makes no read-index call");
+        g.clock().set(t0 + LEASE).unwrap();
+        assert_eq!(g.decide(), Decision::Miss(MissReason::AckStale), "now - ack == lease is a miss");
+        assert_eq!(g.begin_read(Level::Lease, LONG), Ok(ReadPermit { index: 10, from_lease: false }));
+        assert_eq!(calls.load(Ordering::SeqCst), 1, "a stale lease costs exactly one read-index");
+        let st = g.stats();
+        assert_eq!((st.lease_hits, st.miss_ack_stale, st.read_index_calls), (2, 1, 1));
+    }
+
+    #[test]
+    fn a_lease_read_waits_for_the_applied_index_to_reach_the_commit_index() {
+        let t0 = 1000 * MS;
+        let (g, calls) = gate(t0, 10);
+        g.record_ack(2, 5, t0);
+        g.set_committed(12).unwrap();
+        assert_eq!(g.decide(), Decision::Serve { index: 12 });
+        assert_eq!(g.begin_read(Level::Lease, Duration::ZERO), Err(Refused::Timeout), "applied 10 < committed 12");
+        g.set_applied(12).unwrap();
+        assert_eq!(g.begin_read(Level::Lease, LONG), Ok(ReadPermit { index: 12, from_lease: true }));
+        assert_eq!(calls.load(Ordering::SeqCst), 0);
+        assert_eq!((g.stats().lease_hits, g.stats().read_index_timeouts), (1, 1));
+    }
+
+    #[test]
+    fn every_gate_fails_closed() {
+        let t0 = 1000 * MS;
+        let (g, _) = gate(t0, 10);
+        g.record_ack(2, 5, t0);
+        assert!(matches!(g.decide(), Decision::Serve { .. }));
+        // The clock went back below the ack: the ack is in the future.
+        g.clock().set(t0 - 1).unwrap();
+        assert_eq!(g.decide(), Decision::Miss(MissReason::AckFuture));
+        g.clock().set(0).unwrap();
+        assert_eq!(g.decide(), Decision::Miss(MissReason::Clock), "a zero clock");
+        g.clock().set(t0).unwrap();
+        g.set_transfer(true);
+        assert_eq!(g.decide(), Decision::Miss(MissReason::Transfer));
+        g.set_transfer(false);
+        assert!(matches!(g.decide(), Decision::Serve { .. }));
+        // A new term: acks and the own-term entry are forgotten.
+        g.set_role(Role::Leader, 6, None).unwrap();
+        g.record_ack(2, 6, t0);
+        assert_eq!(g.decide(), Decision::Miss(MissReason::TermNotApplied));
+        g.note_term_applied(6);
+        assert!(matches!(g.decide(), Decision::Serve { .. }));
+        g.set_role(Role::Follower, 7, Some(3)).unwrap();
+        assert_eq!(g.decide(), Decision::NotLeader { leader_hint: Some(3) });
+        let r = g.begin_read(Level::Lease, LONG).unwrap_err();
+        assert_eq!(r.leader_hint(), Some(3));
+        assert_eq!(Error::from(r).status, KEEL_STATUS_NOT_LEADER);
+        assert_eq!(g.begin_read(Level::Linearizable, LONG).unwrap_err(), Refused::NotLeader { leader_hint: Some(3) });
+        assert_eq!(g.begin_read(Level::Stale, LONG), Ok(ReadPermit { index: 10, from_lease: false }));
+        let st = g.stats();
+        assert_eq!((st.miss_not_leader, st.lease_hits), (1, 0));
+    }
+
+    #[test]
+    fn the_read_index_path_waits_for_the_applied_index_or_times_out() {
+        let t0 = 1000 * MS;
+        let (g, calls) = gate(t0, 12);
+        let g = Arc::new(g);
+        // Linearizable always asks, even with a fresh lease.
+        g.record_ack(2, 5, t0);
+        assert_eq!(g.begin_read(Level::Linearizable, Duration::ZERO), Err(Refused::Timeout), "applied 10 < 12");
+        assert_eq!(g.stats().read_index_timeouts, 1);
+        let reader = {
+            let g = g.clone();
+            std::thread::spawn(move || g.begin_read(Level::Linearizable, LONG))
+        };
+        g.set_applied(12).unwrap();
+        assert_eq!(reader.join().unwrap(), Ok(ReadPermit { index: 12, from_lease: false }));
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+    }
+
+    #[test]
+    fn a_read_index_error_is_returned_and_not_leader_carries_the_hint() {
+        let g = LeaseGate::new(
+            1,
+            config(),
+            Clock::manual(5),
+            Box::new(|| Err(Error::new(KEEL_STATUS_NOT_LEADER, "stepped down"))),
+        )
+        .unwrap();
+        g.set_voters(Voters { incoming: vec![1, 2, 3], outgoing: vec![] }).unwrap();
+        g.set_role(Role::Leader, 1, None).unwrap();
+        assert_eq!(g.begin_read(Level::Lease, LONG), Err(Refused::NotLeader { leader_hint: Some(1) }));
+        let st = g.stats();
+        assert_eq!((st.miss_term_not_applied, st.read_index_calls, st.read_index_errors), (1, 1, 1));
+        let g2 = LeaseGate::new(1, config(), Clock::manual(5), Box::new(|| Err(Error::new(KEEL_STATUS_IO, "net down")))).unwrap();
+        g2.set_role(Role::Leader, 1, None).unwrap();
+        assert_eq!(g2.begin_read(Level::Linearizable, LONG).unwrap_err(), Refused::ReadIndex(Error::new(KEEL_STATUS_IO, "net down")));
+    }
+
+    #[test]
+    fn a_bad_lease_configuration_is_refused() {
+        let cfg = LeaseConfig { lease: Duration::from_millis(900), ..config() };
+        let e = LeaseGate::new(1, cfg, Clock::monotonic(), Box::new(|| Ok(0))).err().unwrap();
+        assert_eq!(e.status, KEEL_STATUS_INVALID_ARGUMENT);
+    }
+
+    #[test]
+    fn ignored_acks_are_counted() {
+        let (g, _) = gate(1000, 10);
+        g.record_ack(2, 4, 900); // older term
+        g.record_ack(2, 5, 2000); // stamped in the future
+        g.record_ack(9, 5, 900); // a learner
+        g.set_role(Role::Follower, 5, Some(2)).unwrap();
+        g.record_ack(3, 5, 900);
+        let st = g.stats();
+        assert_eq!(
+            (st.acks_ignored_other_term, st.acks_ignored_bad_time, st.acks_ignored_not_voter, st.acks_ignored_not_leader),
+            (1, 1, 1, 1)
+        );
+    }
+
+    // ---- Deliberately broken gates -------------------------------------
+    //
+    // Each scenario plays a small timeline of a 3-node cluster (election
+    // timeout 1000 ms, lease 700 ms) in which a NEW leader commits a write
+    // before the old leader is asked for a lease read. A correct gate must
+    // not serve that read from the lease (it would miss the write). The
+    // broken variants below exist only in this test module; each one
+    // serves the unsafe read, which is what these tests assert.
+
+    #[derive(Clone, Copy, PartialEq, Debug)]
+    enum Variant {
+        Correct,
+        /// The leader stamps an ack with the time it RECEIVED the response.
+        ReceiveTimeStamps,
+        /// The gate ignores a leadership transfer in progress.
+        SkipTransferSuspension,
+    }
+
+    /// Runs the gate as `variant` would on the facts of `g` at its clock.
+    fn decide_as(variant: Variant, g: &LeaseGate) -> Decision {
+        let mut s = g.state();
+        if variant == Variant::SkipTransferSuspension {
+            s.set_transfer(false);
+        }
+        decide(&s, LEASE, g.clock().now())
+    }
+
+    /// The old leader sends a heartbeat at t=1000 ms and is paused (GC,
+    /// SIGSTOP) before handling the responses. The peers, hearing nothing
+    /// more, elect a new leader at 2000 ms (one election timeout after they
+    /// received the heartbeat), which commits a write at 2100 ms. The old
+    /// leader resumes at 3000 ms, handles the buffered responses and is
+    /// asked for a read at 3001 ms. Returns whether the read was served
+    /// from the lease although the write committed before it.
+    fn paused_leader_serves_stale(variant: Variant) -> bool {
+        let sent = 1000 * MS;
+        let resumed = 3000 * MS;
+        let new_leader_commit = 2100 * MS;
+        let (g, _) = gate(sent, 10);
+        g.clock().set(resumed).unwrap();
+        let stamp = match variant {
+            Variant::ReceiveTimeStamps => resumed,
+            _ => sent,
+        };
+        g.record_ack(2, 5, stamp);
+        g.record_ack(3, 5, stamp);
+        let read_at = resumed + MS;
+        g.clock().set(read_at).unwrap();
+        let served = matches!(decide_as(variant, &g), Decision::Serve { .. });
+        served && new_leader_commit < read_at
+    }
+
+    /// The leader has fresh acks (sent at 1000 ms) and starts transferring
+    /// leadership to peer 2 at 1000 ms. Peer 2 campaigns at once, without
+    /// waiting for an election timeout, wins at 1100 ms and commits a write
+    /// at 1150 ms. The old leader, not yet told it lost, is asked for a
+    /// read at 1200 ms: 200 ms into a 700 ms lease.
+    fn transferring_leader_serves_stale(variant: Variant) -> bool {
+        let t0 = 1000 * MS;
+        let new_leader_commit = 1150 * MS;
+        let (g, _) = gate(t0, 10);
+        g.record_ack(2, 5, t0);
+        g.record_ack(3, 5, t0);
+        g.set_transfer(true);
+        let read_at = 1200 * MS;
+        g.clock().set(read_at).unwrap();
+        let served = matches!(decide_as(variant, &g), Decision::Serve { .. });
+        served && new_leader_commit < read_at
+    }
+
+    #[test]
+    fn stamping_receive_time_would_serve_a_stale_read_after_a_pause() {
+        assert!(!paused_leader_serves_stale(Variant::Correct));
+        assert!(paused_leader_serves_stale(Variant::ReceiveTimeStamps), "the broken stamping must be caught");
+    }
+
+    #[test]
+    fn skipping_the_transfer_suspension_would_serve_a_stale_read() {
+        assert!(!transferring_leader_serves_stale(Variant::Correct));
+        assert!(transferring_leader_serves_stale(Variant::SkipTransferSuspension), "the broken gate must be caught");
+    }
+}
