@@ -63,9 +63,23 @@
 
 
 /**
+ * sizeof(keel_engine_options_t) of version 1.
+ */
+#define KEEL_ENGINE_OPTIONS_SIZE_V1 40
+
+/**
  * Longest key a shard accepts, in bytes; longer keys are INVALID_ARGUMENT.
  */
 #define KEEL_SHARD_MAX_KEY_SIZE 4096
+
+/**
+ * Largest value or posting item a shard accepts, in bytes (16 MiB,
+ * included, with a key of up to KEEL_SHARD_MAX_KEY_SIZE); larger ones are
+ * INVALID_ARGUMENT. WAL segments smaller than about 16 MiB lower it: an
+ * operation must fit one WAL record of wal_segment_size - 104 bytes (key,
+ * value and 5 bytes; 4 more per operation in a batch).
+ */
+#define KEEL_SHARD_MAX_VALUE_SIZE (16 << 20)
 
 /**
  * Kind reported for a key that does not exist (keel_shard_multi_get()).
@@ -98,6 +112,11 @@
  * Packed operation code: append the body as one item to key's posting list.
  */
 #define KEEL_OP_APPEND 3
+
+/**
+ * sizeof(keel_shard_stats_t) of version 1.
+ */
+#define KEEL_SHARD_STATS_SIZE_V1 56
 
 /**
  * ABI version: bumped on every incompatible change of this header. The C++
@@ -166,6 +185,16 @@
 #define KEEL_WAL_KEEP_NONE UINT64_MAX
 
 /**
+ * sizeof(keel_wal_options_t) of version 1 (up to max_record_size).
+ */
+#define KEEL_WAL_OPTIONS_SIZE_V1 32
+
+/**
+ * sizeof(keel_wal_options_t) of version 2 (adds allow_foreign_files).
+ */
+#define KEEL_WAL_OPTIONS_SIZE_V2 40
+
+/**
  * keel_net_options_t.backend: the default backend — currently
  * KEEL_NET_BACKEND_SENDMSG (io_uring stays opt-in until benchmarks show
  * it sends no more often and is at least as fast).
@@ -200,6 +229,26 @@
  * keel_publisher_flush() does.
  */
 #define KEEL_PUBLISH_FLUSH 1
+
+/**
+ * sizeof(keel_net_options_t) of version 1.
+ */
+#define KEEL_NET_OPTIONS_SIZE_V1 32
+
+/**
+ * sizeof(keel_writer_options_t) of version 1.
+ */
+#define KEEL_WRITER_OPTIONS_SIZE_V1 56
+
+/**
+ * sizeof(keel_writer_stats_t) of version 1.
+ */
+#define KEEL_WRITER_STATS_SIZE_V1 184
+
+/**
+ * sizeof(keel_publisher_stats_t) of version 1.
+ */
+#define KEEL_PUBLISHER_STATS_SIZE_V1 64
 
 /**
  * A write batch under construction: operations applied atomically by
@@ -291,11 +340,13 @@ typedef struct keel_buf_t {
 
 /**
  * Options of keel_engine_open(), applied to every shard it opens.
- * Versioned by `struct_size`: fill with keel_engine_options_init() first.
+ * Versioned by `struct_size` (docs/FFI.md, "Versioned structs"): fill it
+ * with keel_engine_options_init_sized(&o, sizeof o) first.
  */
 typedef struct keel_engine_options_t {
   /**
-   * sizeof(keel_engine_options_t) as the caller compiled it.
+   * sizeof(keel_engine_options_t) as the caller compiled it (set by the
+   * init functions); keel reads only the fields it covers.
    */
   uint32_t struct_size;
   /**
@@ -313,9 +364,10 @@ typedef struct keel_engine_options_t {
    */
   uint32_t max_sealed_segments;
   /**
-   * Size of each WAL segment file; 64 KiB to 4 GiB, default 64 MiB. A
-   * value or posting item must fit one WAL record (16 MiB by default,
-   * less for small segments).
+   * Size of each WAL segment file; 64 KiB to 4 GiB, default 64 MiB. An
+   * operation must fit one WAL record of at most segment size - 104
+   * bytes, so segments below about 16 MiB lower the value limit below
+   * KEEL_SHARD_MAX_VALUE_SIZE.
    */
   uint64_t wal_segment_size;
   /**
@@ -333,8 +385,9 @@ typedef struct keel_engine_options_t {
 
 /**
  * What keel_shard_stats() reports. The caller sets `struct_size` to
- * sizeof(keel_shard_stats_t) before the call (fields a newer library adds
- * are left out for an older caller).
+ * sizeof(keel_shard_stats_t) before the call; keel writes only the fields
+ * both sides know (bytes past an older caller's struct are untouched) and
+ * sets struct_size to their size (docs/FFI.md, "Versioned structs").
  */
 typedef struct keel_shard_stats_t {
   uint32_t struct_size;
@@ -371,13 +424,14 @@ typedef struct keel_shard_stats_t {
 } keel_shard_stats_t;
 
 /**
- * Options of keel_wal_open(). Versioned by `struct_size`: always fill it
- * with keel_wal_options_init() first, then change the fields you need.
+ * Options of keel_wal_open(). Versioned by `struct_size` (docs/FFI.md,
+ * "Versioned structs"): fill it with keel_wal_options_init_sized(&o,
+ * sizeof o) first, then change the fields you need.
  */
 typedef struct keel_wal_options_t {
   /**
-   * sizeof(keel_wal_options_t) as the caller compiled it (set by
-   * keel_wal_options_init); lets newer libraries accept older structs.
+   * sizeof(keel_wal_options_t) as the caller compiled it (set by the
+   * init functions); keel reads only the fields it covers.
    */
   uint32_t struct_size;
   /**
@@ -400,9 +454,17 @@ typedef struct keel_wal_options_t {
   uint64_t segment_size;
   /**
    * Largest record or batch (payload bytes) one append may carry; at most
-   * segment_size minus 104 bytes; default 16 MiB (or less for small segments).
+   * segment_size minus 104 bytes. 0 (the default) means
+   * min(16 MiB, segment_size - 104).
    */
   uint64_t max_record_size;
+  /**
+   * Version 2. 0 (the default): keel_wal_open() refuses a non-empty
+   * directory that holds no keel WAL file (no segment, LOCK or
+   * salvaged-* entry) with INVALID_ARGUMENT, so a mistyped path never
+   * gets a LOCK and a segment written into it. 1: open it anyway.
+   */
+  uint32_t allow_foreign_files;
 } keel_wal_options_t;
 
 /**
@@ -431,8 +493,9 @@ typedef void (*keel_net_event_fn)(void *user,
 typedef void (*keel_user_data_free_fn)(void *user);
 
 /**
- * Options of keel_net_open(). Versioned by `struct_size`: fill it with
- * keel_net_options_init() first, then change the fields you need.
+ * Options of keel_net_open(). Versioned by `struct_size` (docs/FFI.md,
+ * "Versioned structs"): fill it with keel_net_options_init_sized(&o,
+ * sizeof o) first, then change the fields you need.
  */
 typedef struct keel_net_options_t {
   /**
@@ -460,8 +523,9 @@ typedef struct keel_net_options_t {
 
 /**
  * Per-connection limits of keel_writer_adopt() and of a publisher's
- * subscribers. Versioned by `struct_size`: fill it with
- * keel_writer_options_init() first, then change the fields you need.
+ * subscribers. Versioned by `struct_size` (docs/FFI.md, "Versioned
+ * structs"): fill it with keel_writer_options_init_sized(&o, sizeof o)
+ * first, then change the fields you need.
  */
 typedef struct keel_writer_options_t {
   /**
@@ -517,8 +581,9 @@ typedef struct keel_writer_options_t {
 /**
  * Counters of one writer or subscriber (keel_writer_stats(),
  * keel_publisher_subscriber_stats()). Set struct_size to
- * sizeof(keel_writer_stats_t) before the call. Batch density is
- * items_sent / sends.
+ * sizeof(keel_writer_stats_t) before the call; keel writes only the
+ * fields both sides know and sets struct_size to their size (docs/FFI.md,
+ * "Versioned structs"). Batch density is items_sent / sends.
  */
 typedef struct keel_writer_stats_t {
   /**
@@ -600,7 +665,8 @@ typedef struct keel_writer_stats_t {
 
 /**
  * Counters of a publisher (keel_publisher_stats()). Set struct_size to
- * sizeof(keel_publisher_stats_t) before the call. The send counters are
+ * sizeof(keel_publisher_stats_t) before the call; keel writes only the
+ * fields both sides know and sets struct_size to their size. The send counters are
  * summed over every subscriber the publisher ever had (an unsubscribed
  * one counts as it was when it left), so they never go backwards.
  */
@@ -706,7 +772,8 @@ typedef struct keel_publisher_stats_t {
 #define KEEL_STATUS_UNSUPPORTED 14
 
 /**
- * The file system is full (ENOSPC/EDQUOT); nothing was written and the data stays recoverable.
+ * The file system is full (ENOSPC/EDQUOT); nothing was written and the
+ * data stays recoverable. The log is still usable: retry once space is back.
  */
 #define KEEL_STATUS_NO_SPACE 15
 
@@ -715,6 +782,13 @@ typedef struct keel_publisher_stats_t {
  * value (a put replaces a posting list; an append never replaces a value).
  */
 #define KEEL_STATUS_WRONG_KIND 16
+
+/**
+ * The process or system ran out of a resource (EMFILE, ENFILE: too many
+ * open files; ENOMEM: memory or mappings) before anything was written. The
+ * log is still usable: retry once the resource is freed.
+ */
+#define KEEL_STATUS_RESOURCE 17
 
 /**
  * A write or fence check carried a fencing token below the highest one
@@ -741,17 +815,29 @@ keel_status_t keel_buf_free(struct keel_buf_t *buf);
 keel_status_t keel_bufs_free(struct keel_buf_t *bufs, size_t count);
 
 /**
- * Fills `opts` with the defaults and sets struct_size.
+ * Fills the version-1 fields of `*opts` (KEEL_ENGINE_OPTIONS_SIZE_V1
+ * bytes, never more) with the defaults and sets struct_size to
+ * KEEL_ENGINE_OPTIONS_SIZE_V1. New code calls
+ * keel_engine_options_init_sized().
  * Errors: NULL_ARGUMENT.
  */
 keel_status_t keel_engine_options_init(struct keel_engine_options_t *opts);
 
 /**
+ * Fills the `size` bytes at `opts` (pass sizeof *opts) with the defaults:
+ * the fields this library knows, zero past them, and struct_size = size.
+ * Errors: NULL_ARGUMENT, INVALID_ARGUMENT (size below
+ * KEEL_ENGINE_OPTIONS_SIZE_V1 or between two published sizes).
+ */
+keel_status_t keel_engine_options_init_sized(struct keel_engine_options_t *opts, size_t size);
+
+/**
  * Opens (creating if needed) the data directory `dir`. `opts` may be NULL
  * for the defaults. On success `*out` receives a handle the caller
  * releases with keel_engine_close().
- * Errors: NULL_ARGUMENT, INVALID_ARGUMENT (bad option), BUSY (another
- * engine has the directory open), IO, NO_SPACE.
+ * Errors: NULL_ARGUMENT, INVALID_ARGUMENT (bad option or struct_size;
+ * `dir` is a keel WAL directory), BUSY (another engine has the directory
+ * open), IO, NO_SPACE.
  */
 keel_status_t keel_engine_open(const char *dir,
                                const struct keel_engine_options_t *opts,
@@ -894,7 +980,7 @@ keel_status_t keel_fence_check(const struct keel_engine_t *engine,
  * writes the operation's version to `*version` (may be NULL). Returns
  * once the write is as durable as the engine's durability mode says.
  * Errors: NULL_ARGUMENT, INVALID_ARGUMENT (key longer than
- * KEEL_SHARD_MAX_KEY_SIZE, value larger than a WAL record), NO_SPACE,
+ * KEEL_SHARD_MAX_KEY_SIZE, value larger than KEEL_SHARD_MAX_VALUE_SIZE or its WAL record), NO_SPACE,
  * IO, POISONED, CLOSED.
  */
 keel_status_t keel_shard_put(const struct keel_shard_t *shard,
@@ -959,12 +1045,14 @@ keel_status_t keel_shard_write_packed(const struct keel_shard_t *shard,
 
 /**
  * Reads `key`: its bytes (a value, or an encoded posting list) into a new
- * `*value` the caller frees with keel_buf_free() (overwritten without
- * being freed), its KEEL_KIND_* to `*kind` and its version to `*version`
- * (both may be NULL). Sees only whole writes and batches.
+ * `*value` the caller frees with keel_buf_free(), its KEEL_KIND_* to
+ * `*kind` and its version to `*version` (both may be NULL). `*value` must
+ * hold no buffer: pass it zeroed ({NULL, 0}) or released with
+ * keel_buf_free() (which zeroes it), so that reusing it cannot leak. Sees
+ * only whole writes and batches.
  * Errors: NOT_FOUND (absent; *value untouched), NULL_ARGUMENT,
- * INVALID_ARGUMENT (key too long), CORRUPTION (a damaged segment block),
- * CLOSED.
+ * INVALID_ARGUMENT (key too long; value->ptr is not NULL), CORRUPTION (a
+ * damaged segment block), CLOSED.
  */
 keel_status_t keel_shard_get(const struct keel_shard_t *shard,
                              const uint8_t *key,
@@ -980,9 +1068,10 @@ keel_status_t keel_shard_get(const struct keel_shard_t *shard,
  * `values[i]` receives a new buffer (free them all with keel_bufs_free();
  * an absent key gets {NULL, 0}), `kinds[i]` its KEEL_KIND_* (KEEL_KIND_NONE
  * when absent) and `versions[i]` its version or 0 (`versions` may be
- * NULL). On error nothing needs freeing.
- * Errors: NULL_ARGUMENT, INVALID_ARGUMENT (a key too long), CORRUPTION,
- * CLOSED.
+ * NULL). Every `values[i]` must hold no buffer (zeroed or released with
+ * keel_bufs_free()). On error nothing needs freeing.
+ * Errors: NULL_ARGUMENT, INVALID_ARGUMENT (a key too long; a values[i].ptr
+ * is not NULL), CORRUPTION, CLOSED.
  */
 keel_status_t keel_shard_multi_get(const struct keel_shard_t *shard,
                                    const uint8_t *keys,
@@ -1181,10 +1270,23 @@ const char *keel_version(void);
 uint32_t keel_abi_version(void);
 
 /**
- * Fills `opts` with the defaults and sets struct_size.
+ * Fills the version-1 fields of `*opts` (KEEL_WAL_OPTIONS_SIZE_V1 bytes,
+ * never more: a program built against the first header has no room for
+ * later fields) with the defaults and sets struct_size to
+ * KEEL_WAL_OPTIONS_SIZE_V1, so later fields are not read. New code calls
+ * keel_wal_options_init_sized().
  * Errors: NULL_ARGUMENT when opts is NULL.
  */
 keel_status_t keel_wal_options_init(struct keel_wal_options_t *opts);
+
+/**
+ * Fills the `size` bytes at `opts` (pass sizeof *opts) with the defaults:
+ * the fields this library knows, zero past them (the default of any field
+ * a newer header adds), and struct_size = size.
+ * Errors: NULL_ARGUMENT when opts is NULL, INVALID_ARGUMENT when size is
+ * below KEEL_WAL_OPTIONS_SIZE_V1 or between two published sizes.
+ */
+keel_status_t keel_wal_options_init_sized(struct keel_wal_options_t *opts, size_t size);
 
 /**
  * Opens (creating if needed) the WAL in directory `dir` and recovers it
@@ -1192,8 +1294,10 @@ keel_status_t keel_wal_options_init(struct keel_wal_options_t *opts);
  * On success `*out` receives a handle the caller must release with
  * keel_wal_close(). The directory is locked: a second open of the same
  * directory (in any process) fails with BUSY.
- * Errors: NULL_ARGUMENT (dir or out NULL), INVALID_ARGUMENT (bad option),
- * IO, NO_SPACE, CORRUPTION (damage the recovery mode does not accept), BUSY.
+ * Errors: NULL_ARGUMENT (dir or out NULL), INVALID_ARGUMENT (bad option or
+ * struct_size; `dir` is a non-empty directory holding no keel WAL file and
+ * allow_foreign_files is 0), IO, NO_SPACE, CORRUPTION (damage the recovery
+ * mode does not accept), BUSY.
  */
 keel_status_t keel_wal_open(const char *dir,
                             const struct keel_wal_options_t *opts,
@@ -1317,9 +1421,11 @@ keel_status_t keel_wal_reader_next(struct keel_wal_reader_t *reader,
 
 /**
  * Like keel_wal_reader_next() but returns the record in a new keel_buf_t
- * that the caller frees with keel_buf_free(). `*out` is overwritten
- * without being freed. Errors: as keel_wal_reader_next() minus
- * BUFFER_TOO_SMALL.
+ * that the caller frees with keel_buf_free(). `*out` must hold no buffer:
+ * pass it zeroed ({NULL, 0}) or released with keel_buf_free() (which
+ * zeroes it), so that reusing it cannot leak.
+ * Errors: as keel_wal_reader_next() minus BUFFER_TOO_SMALL, plus
+ * INVALID_ARGUMENT (out->ptr is not NULL; the reader does not advance).
  */
 keel_status_t keel_wal_reader_next_buf(struct keel_wal_reader_t *reader,
                                        uint64_t *out_seq,
@@ -1342,16 +1448,36 @@ void keel_wal_reader_close(struct keel_wal_reader_t *reader);
 keel_status_t keel_wal_close(struct keel_wal_t *wal, struct keel_error_t **err);
 
 /**
- * Fills `opts` with the defaults (backend DEFAULT, no callback) and sets
- * struct_size. Errors: NULL_ARGUMENT.
+ * Fills the version-1 fields of `*opts` (KEEL_NET_OPTIONS_SIZE_V1 bytes,
+ * never more) with the defaults (backend DEFAULT, no callback) and sets
+ * struct_size to KEEL_NET_OPTIONS_SIZE_V1. New code calls
+ * keel_net_options_init_sized(). Errors: NULL_ARGUMENT.
  */
 keel_status_t keel_net_options_init(struct keel_net_options_t *opts);
 
 /**
- * Fills `opts` with the defaults listed on each field and sets
- * struct_size. Errors: NULL_ARGUMENT.
+ * Fills the `size` bytes at `opts` (pass sizeof *opts) with the defaults:
+ * the fields this library knows, zero past them, and struct_size = size.
+ * Errors: NULL_ARGUMENT, INVALID_ARGUMENT (size below
+ * KEEL_NET_OPTIONS_SIZE_V1 or between two published sizes).
+ */
+keel_status_t keel_net_options_init_sized(struct keel_net_options_t *opts, size_t size);
+
+/**
+ * Fills the version-1 fields of `*opts` (KEEL_WRITER_OPTIONS_SIZE_V1
+ * bytes, never more) with the defaults listed on each field and sets
+ * struct_size to KEEL_WRITER_OPTIONS_SIZE_V1. New code calls
+ * keel_writer_options_init_sized(). Errors: NULL_ARGUMENT.
  */
 keel_status_t keel_writer_options_init(struct keel_writer_options_t *opts);
+
+/**
+ * Fills the `size` bytes at `opts` (pass sizeof *opts) with the defaults:
+ * the fields this library knows, zero past them, and struct_size = size.
+ * Errors: NULL_ARGUMENT, INVALID_ARGUMENT (size below
+ * KEEL_WRITER_OPTIONS_SIZE_V1 or between two published sizes).
+ */
+keel_status_t keel_writer_options_init_sized(struct keel_writer_options_t *opts, size_t size);
 
 /**
  * Starts a reactor thread with the backend `opts` asks for (NULL: the

@@ -104,7 +104,9 @@ impl Mode {
     /// the writer pauses (explore).
     fn between_writes(&self, rng: &mut Rng) {
         match self {
-            Mode::Lockstep(l) => l.advance_up_to(rng.below(6)),
+            Mode::Lockstep(l) => {
+                l.advance(rng.below(6));
+            }
             Mode::Explore(j) => j.pause(),
         }
     }
@@ -254,10 +256,10 @@ fn regression_source_keeps_its_copy_while_the_frozen_destination_is_not_durable(
     // Enough writes after it that the WAL drops the list's records.
     for i in 0..80 {
         shard.put(format!("f{}", i % 8).as_bytes(), big.as_bytes()).unwrap();
-        lock.advance_up_to(100);
+        lock.advance(100);
     }
     shard.flush(false).unwrap();
-    lock.advance_up_to(200);
+    lock.advance(200);
     assert!(shard.stats().wal_first_seq > 5, "the WAL still holds the list's records: {:?}", shard.stats());
     // Fill the next segment; the flush passes, then stops before sealing.
     seal_now("b");

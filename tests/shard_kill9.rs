@@ -51,9 +51,9 @@ use std::time::{Duration, Instant};
 const CHILD_ENV: &str = "KEEL_SHARD_CHILD";
 const PIPE_FD: i32 = 100;
 /// Writes of a deterministic child that is not killed before the end.
-const WRITES: u64 = 400;
+const WRITES: u64 = 250;
 /// Kill steps are drawn from 1..=this (about the steps of WRITES writes).
-const KILL_RANGE: u64 = 1_600;
+const KILL_RANGE: u64 = 1_000;
 
 fn options(unordered_seed: Option<u64>, steps: Steps) -> Options {
     #[cfg(not(feature = "unordered-flush"))]
@@ -135,7 +135,10 @@ impl Spec {
 fn child_main(spec: &str) -> ! {
     let spec = Spec::decode(spec);
     let unordered = spec.unordered.then_some(spec.seed);
-    let lockstep = Arc::new(Lockstep::default());
+    // Every write and every step the flush takes is one tick; the seed
+    // decides how many flush steps follow each write.
+    let ticks = Arc::new(KillAt::new(spec.kill_at.filter(|&k| k > 0)));
+    let lockstep = Arc::new(Lockstep::counting(ticks.clone()));
     let steps = match spec.kill_at {
         Some(_) => Steps::new(lockstep.clone()),
         None => Steps::new(Arc::new(Jitter::new(spec.seed, 200))),
@@ -148,10 +151,9 @@ fn child_main(spec: &str) -> ! {
         }
     };
     report("R\n");
-    let Some(kill_at) = spec.kill_at else { explore_child(&shard, spec.seed) };
-    // Every write and every step the flush takes is one tick; the seed
-    // decides how many flush steps follow each write.
-    let ticks = KillAt::new((kill_at > 0).then_some(kill_at));
+    if spec.kill_at.is_none() {
+        explore_child(&shard, spec.seed);
+    }
     for i in 0..WRITES {
         let n = ticks.tick();
         if let Err(e) = shard.write(&batch(spec.seed, i)) {
@@ -163,10 +165,7 @@ fn child_main(spec: &str) -> ! {
         if r.chance(150) {
             let _ = shard.flush(false);
         }
-        for _ in 0..r.below(6) {
-            ticks.tick();
-            lockstep.advance();
-        }
+        lockstep.advance(r.below(6));
     }
     lockstep.release();
     if let Err(e) = shard.close() {
@@ -375,7 +374,7 @@ fn ordered_flush_survives_kill9() {
     if let Ok(spec) = std::env::var(CHILD_ENV) {
         child_main(&spec);
     }
-    let cycles = env_u64("KEEL_SHARD_KILL9_CYCLES").unwrap_or(300);
+    let cycles = env_u64("KEEL_SHARD_KILL9_CYCLES").unwrap_or(200);
     let (seed, explore) = (seed(), explore());
     let started = Instant::now();
     if let Some(failure) = crash_loop("ordered_flush_survives_kill9", cycles, false, explore, seed) {

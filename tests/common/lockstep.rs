@@ -16,6 +16,7 @@ use super::rng::Rng;
 use keel::shard::{Step, StepHook};
 use parking_lot::{Condvar, Mutex};
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -55,6 +56,8 @@ struct State {
 pub struct Lockstep {
     state: Mutex<State>,
     moved: Condvar,
+    /// Counts every step the flush takes (crash tests kill at step k).
+    ticks: Option<Arc<KillAt>>,
     pub trace: Trace,
 }
 
@@ -74,6 +77,9 @@ impl StepHook for Lockstep {
         if step != Step::Idle {
             self.trace.push(format!("{step:?}"));
         }
+        if let Some(t) = &self.ticks {
+            t.tick();
+        }
     }
 
     fn owns_schedule(&self) -> bool {
@@ -82,31 +88,31 @@ impl StepHook for Lockstep {
 }
 
 impl Lockstep {
-    /// Lets the flush thread run from the step it is parked at to the
-    /// next one; returns that next step.
-    pub fn advance(&self) -> Step {
+    /// A scheduler whose flush steps also count on `ticks`.
+    pub fn counting(ticks: Arc<KillAt>) -> Lockstep {
+        Lockstep { ticks: Some(ticks), ..Lockstep::default() }
+    }
+
+    /// Lets the flush thread take `n` steps (0: none) and waits until it
+    /// is parked again; returns the step it is parked at. One hand-over
+    /// each way however many steps: the test thread stays idle meanwhile,
+    /// so the schedule is as deterministic as with one step at a time.
+    pub fn advance(&self, n: u64) -> Step {
         let mut s = self.state.lock();
         assert!(!s.free, "advance after release");
         while s.parked.is_none() {
             self.moved.wait(&mut s);
         }
-        s.grants += 1;
+        if n == 0 {
+            return s.parked.expect("parked");
+        }
+        s.grants += n;
         self.moved.notify_all();
-        // Parked again, having taken the grant: at its next step.
+        // Parked again, having taken every grant: at its step n + 1.
         while s.grants > 0 || s.parked.is_none() {
             self.moved.wait(&mut s);
         }
         s.parked.expect("parked")
-    }
-
-    /// Lets the flush run to its next step `n` times, or until it is idle
-    /// with nothing to do.
-    pub fn advance_up_to(&self, n: u64) {
-        for _ in 0..n {
-            if self.advance() == Step::Idle && self.advance() == Step::Idle {
-                return; // two idle looks in a row: no work queued
-            }
-        }
     }
 
     /// Stops scheduling: the flush runs free (to shut down).
@@ -172,7 +178,7 @@ impl Lockstep {
     /// (at most `max` steps); returns that step.
     pub fn advance_until(&self, max: u64, stop: impl Fn(Step) -> bool) -> Step {
         for _ in 0..max {
-            let at = self.advance();
+            let at = self.advance(1);
             if stop(at) {
                 return at;
             }
