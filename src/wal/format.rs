@@ -110,7 +110,7 @@ pub fn decode_segment_header(b: &[u8]) -> Result<SegmentHeader, &'static str> {
         FORMAT_VERSION => match (u64_at(b, 24), u64_at(b, 32), u32_at(b, 40)) {
             (0, 0, 0) => None,
             (prev_first, end, salt) => {
-                if prev_first == 0 || prev_first >= first_seq || end <= prev_first || end > first_seq {
+                if prev_first == 0 || prev_first >= first_seq || end < prev_first || end > first_seq {
                     return Err("segment header names an impossible previous segment");
                 }
                 Some(Link { first_seq: prev_first, salt, end })
