@@ -957,8 +957,12 @@ impl Shared {
             (victims, self.extent_snapshot(&mut st))
         };
         // The record stops listing them before they go: a listed segment
-        // that is missing is lost data to recovery.
-        self.write_extent(extent)?;
+        // that is missing is lost data to recovery. If it cannot be
+        // written, they stay (listed, retained) and a later ack retries.
+        if let Err(e) = self.write_extent(extent) {
+            self.state.lock().segments.splice(0..0, victims);
+            return Err(e);
+        }
         let mut first_error = None;
         for v in &victims {
             if let Err(e) = self.fs.remove(&v.path) {
