@@ -478,7 +478,8 @@ fn verify_refuses_what_is_not_a_wal_directory() {
     let r = keel_wal(&["verify", s(&dir)]);
     assert_eq!(r.code, 3, "{}{}", r.stdout, r.stderr);
     assert_eq!(r.stderr, format!("keel-wal: {} is named like a WAL segment but is not a regular file\n", fake.display()));
-    assert!(Wal::open(&dir, opts(RecoveryMode::TolerateTail)).is_err(), "open fails on it too");
+    let err = Wal::open(&dir, opts(RecoveryMode::TolerateTail)).err().expect("open fails on it too");
+    assert!(err.message.contains("is named like a WAL segment but is not a regular file"), "{err}");
 
     // An engine's data directory: its logs are one level down per shard.
     let data = t.path().join("engine");

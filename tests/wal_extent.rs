@@ -73,31 +73,31 @@ fn strict_refuse_salvage_continues(dir: &Path, records: &[Vec<u8>], kept: std::o
 #[test]
 fn removing_the_last_segment_of_a_closed_log() {
     let dir = TempDir::new("extent-rm-last");
-    let records = write_log(&dir.path());
-    let segs = segment_files(&dir.path());
+    let records = write_log(dir.path());
+    let segs = segment_files(dir.path());
     let last = segs.last().unwrap().file_name().unwrap().to_str().unwrap().to_string();
     let kept_to = first_seq_of(&last) - 1;
     std::fs::remove_file(dir.path().join(&last)).unwrap();
-    strict_refuse_salvage_continues(&dir.path(), &records, 1..=kept_to, &[&last, &format!("{}..=520", kept_to + 1)]);
+    strict_refuse_salvage_continues(dir.path(), &records, 1..=kept_to, &[&last, &format!("{}..=520", kept_to + 1)]);
 }
 
 #[test]
 fn renaming_the_intact_last_segment() {
     let dir = TempDir::new("extent-mv-last");
-    let records = write_log(&dir.path());
-    let segs = segment_files(&dir.path());
+    let records = write_log(dir.path());
+    let segs = segment_files(dir.path());
     let last = segs.last().unwrap().file_name().unwrap().to_str().unwrap().to_string();
     let kept_to = first_seq_of(&last) - 1;
     std::fs::rename(dir.path().join(&last), dir.path().join(format!("{:020}.wal", 9000))).unwrap();
-    strict_refuse_salvage_continues(&dir.path(), &records, 1..=kept_to, &[&last]);
+    strict_refuse_salvage_continues(dir.path(), &records, 1..=kept_to, &[&last]);
 }
 
 #[test]
 fn renaming_or_removing_the_first_segment() {
     for rename in [true, false] {
         let dir = TempDir::new("extent-first");
-        let records = write_log(&dir.path());
-        let segs = segment_files(&dir.path());
+        let records = write_log(dir.path());
+        let segs = segment_files(dir.path());
         let first = segs[0].file_name().unwrap().to_str().unwrap().to_string();
         let second = first_seq_of(segs[1].file_name().unwrap().to_str().unwrap());
         if rename {
@@ -105,69 +105,69 @@ fn renaming_or_removing_the_first_segment() {
         } else {
             std::fs::remove_file(&segs[0]).unwrap();
         }
-        strict_refuse_salvage_continues(&dir.path(), &records, second..=520, &[&first, &format!("1..={}", second - 1)]);
+        strict_refuse_salvage_continues(dir.path(), &records, second..=520, &[&first, &format!("1..={}", second - 1)]);
     }
 }
 
 #[test]
 fn removing_the_middle_segment() {
     let dir = TempDir::new("extent-rm-middle");
-    let records = write_log(&dir.path());
-    let segs = segment_files(&dir.path());
+    let records = write_log(dir.path());
+    let segs = segment_files(dir.path());
     let middle = segs[1].file_name().unwrap().to_str().unwrap().to_string();
     std::fs::remove_file(&segs[1]).unwrap();
-    strict_refuse_salvage_continues(&dir.path(), &records, 1..=first_seq_of(&middle) - 1, &[&middle]);
+    strict_refuse_salvage_continues(dir.path(), &records, 1..=first_seq_of(&middle) - 1, &[&middle]);
 }
 
 #[test]
 fn swapping_two_segments() {
     let dir = TempDir::new("extent-swap");
-    let records = write_log(&dir.path());
-    let segs = segment_files(&dir.path());
+    let records = write_log(dir.path());
+    let segs = segment_files(dir.path());
     let (a, b) = (&segs[1], &segs[2]);
     let tmp = dir.path().join("swap");
     std::fs::rename(a, &tmp).unwrap();
     std::fs::rename(b, a).unwrap();
     std::fs::rename(&tmp, b).unwrap();
     let middle = a.file_name().unwrap().to_str().unwrap();
-    strict_refuse_salvage_continues(&dir.path(), &records, 1..=first_seq_of(middle) - 1, &[middle]);
+    strict_refuse_salvage_continues(dir.path(), &records, 1..=first_seq_of(middle) - 1, &[middle]);
 }
 
 #[test]
 fn a_lost_extent_record_is_corruption_and_salvage_still_never_reissues() {
     let dir = TempDir::new("extent-meta-lost");
-    let records = write_log(&dir.path());
+    let records = write_log(dir.path());
     std::fs::remove_file(dir.path().join("wal.meta")).unwrap();
-    let last = segment_files(&dir.path()).pop().unwrap();
+    let last = segment_files(dir.path()).pop().unwrap();
     std::fs::remove_file(&last).unwrap();
     for mode in STRICT {
-        let err = Wal::open(&dir.path(), opts(mode)).err().expect("no extent record on a log that had one");
+        let err = Wal::open(dir.path(), opts(mode)).err().expect("no extent record on a log that had one");
         assert_eq!(err.status, KEEL_STATUS_CORRUPTION);
         assert!(err.message.contains("wal.meta is missing"), "{err}");
     }
     // Without the record, the surviving headers and durable hints are what
     // proves how far the log went: the next number is above them.
-    let wal = Wal::open(&dir.path(), opts(RecoveryMode::Salvage)).unwrap();
+    let wal = Wal::open(dir.path(), opts(RecoveryMode::Salvage)).unwrap();
     let kept = read_all(&wal);
     assert_eq!(kept.len() as u64, kept.last().unwrap().0);
     assert_eq!(kept, (1..=kept.len() as u64).map(|s| (s, records[s as usize - 1].clone())).collect::<Vec<_>>());
     let next = wal.append(b"x").unwrap();
     assert!(next > kept.len() as u64);
     wal.close().unwrap();
-    Wal::open(&dir.path(), opts(RecoveryMode::Absolute)).unwrap().close().unwrap();
+    Wal::open(dir.path(), opts(RecoveryMode::Absolute)).unwrap().close().unwrap();
 }
 
 #[test]
 fn truncation_keeps_the_extent_record_in_step() {
     let dir = TempDir::new("extent-truncate");
-    let records = write_log(&dir.path());
-    let wal = Wal::open(&dir.path(), opts(RecoveryMode::Absolute)).unwrap();
-    let second = first_seq_of(segment_files(&dir.path())[1].file_name().unwrap().to_str().unwrap());
+    let records = write_log(dir.path());
+    let wal = Wal::open(dir.path(), opts(RecoveryMode::Absolute)).unwrap();
+    let second = first_seq_of(segment_files(dir.path())[1].file_name().unwrap().to_str().unwrap());
     wal.ack(second).unwrap();
     assert_eq!(wal.first_seq(), second, "the first segment was truncated");
     drop(wal);
     // A truncated prefix is not a loss; the rest still is.
-    let wal = Wal::open(&dir.path(), opts(RecoveryMode::Absolute)).unwrap();
+    let wal = Wal::open(dir.path(), opts(RecoveryMode::Absolute)).unwrap();
     assert_eq!(read_all(&wal).len() as u64, 520 - second + 1);
     wal.close().unwrap();
     let _ = records;
@@ -179,14 +179,14 @@ fn an_extent_record_one_rotation_behind_is_accepted() {
     // the record listing the segments before it; the new segment's header
     // links to the last listed one, so the log is whole.
     let dir = TempDir::new("extent-behind");
-    let wal = Wal::open(&dir.path(), opts(RecoveryMode::Absolute)).unwrap();
+    let wal = Wal::open(dir.path(), opts(RecoveryMode::Absolute)).unwrap();
     let mut n = 0;
-    while segment_files(&dir.path()).len() < 2 {
+    while segment_files(dir.path()).len() < 2 {
         n += 1;
         wal.append(format!("r{n} {}", "y".repeat(400)).as_bytes()).unwrap();
     }
     let behind = std::fs::read(dir.path().join("wal.meta")).unwrap();
-    while segment_files(&dir.path()).len() < 3 {
+    while segment_files(dir.path()).len() < 3 {
         n += 1;
         wal.append(format!("r{n} {}", "y".repeat(400)).as_bytes()).unwrap();
     }
@@ -194,7 +194,7 @@ fn an_extent_record_one_rotation_behind_is_accepted() {
     assert_ne!(behind, wal_meta_before, "rotation rewrote the record");
     wal.close().unwrap();
     std::fs::write(dir.path().join("wal.meta"), &behind).unwrap();
-    let wal = Wal::open(&dir.path(), opts(RecoveryMode::Absolute)).unwrap();
+    let wal = Wal::open(dir.path(), opts(RecoveryMode::Absolute)).unwrap();
     assert_eq!(read_all(&wal).len(), n);
     assert!(wal.recovery_report().is_none());
     wal.close().unwrap();
@@ -203,11 +203,11 @@ fn an_extent_record_one_rotation_behind_is_accepted() {
 #[test]
 fn logs_written_in_format_version_1_still_open() {
     let dir = TempDir::new("extent-v1");
-    let records = write_log(&dir.path());
+    let records = write_log(dir.path());
     // What the previous release wrote: version 1 headers (zeros where the
     // link is) and no extent record.
     std::fs::remove_file(dir.path().join("wal.meta")).unwrap();
-    for seg in segment_files(&dir.path()) {
+    for seg in segment_files(dir.path()) {
         let mut b = std::fs::read(&seg).unwrap();
         b[8..12].copy_from_slice(&1u32.to_le_bytes());
         b[24..60].fill(0);
@@ -215,10 +215,10 @@ fn logs_written_in_format_version_1_still_open() {
         b[60..64].copy_from_slice(&crc.to_le_bytes());
         std::fs::write(&seg, b).unwrap();
     }
-    let wal = Wal::open(&dir.path(), opts(RecoveryMode::Absolute)).unwrap();
+    let wal = Wal::open(dir.path(), opts(RecoveryMode::Absolute)).unwrap();
     assert_eq!(read_all(&wal).len(), records.len());
     assert_eq!(wal.append(b"v2").unwrap(), 521);
     wal.close().unwrap();
     assert!(dir.path().join("wal.meta").exists(), "the record is written from the first open on");
-    Wal::open(&dir.path(), opts(RecoveryMode::Absolute)).unwrap().close().unwrap();
+    Wal::open(dir.path(), opts(RecoveryMode::Absolute)).unwrap().close().unwrap();
 }

@@ -61,7 +61,14 @@ pub fn read_all(file: &dyn File) -> std::io::Result<Vec<u8>> {
 fn read_and_scan(fs: &dyn FileSystem, name: String, path: std::path::PathBuf, first_seq: u64) -> Result<SegmentScan> {
     // Mapped when the file system can (no copy, no fresh zeroed buffer per
     // segment); read into memory otherwise.
-    let mapped = fs.map_readonly(&path).map_err(|e| Error::io(format!("mapping {}", path.display()), e))?;
+    let mapped = fs.map_readonly(&path).map_err(|e| {
+        let what = match e.raw_os_error() {
+            // mmap of a directory (or another non-file) named like a segment.
+            Some(libc::ENODEV) | Some(libc::EISDIR) => "is named like a WAL segment but is not a regular file",
+            _ => "cannot be mapped",
+        };
+        Error::io(format!("{} {what}", path.display()), e)
+    })?;
     let owned;
     let bytes: &[u8] = match &mapped {
         Some(m) => m.bytes(),
