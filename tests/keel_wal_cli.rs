@@ -454,6 +454,13 @@ fn verify_finds_deleted_renamed_and_swapped_segments_in_every_mode() {
         }
         let r = keel_wal(&["verify", s(&dir)]);
         assert_eq!(r.code, 0, "{what}: after the salvage: {}", r.stdout);
+        // The numbers salvage skipped are a declared gap, not damage.
+        let wal = Wal::open(&dir, opts(RecoveryMode::Absolute)).unwrap();
+        assert_eq!(wal.append(b"after the gap").unwrap(), 721, "{what}");
+        wal.close().unwrap();
+        let r = keel_wal(&["dump", s(&dir)]);
+        assert_eq!(r.code, 0, "{what}: {}", r.stderr);
+        assert_eq!(dumped(&r.stdout).last().map(|d| d.0), Some(721), "{what}");
     }
 }
 

@@ -151,18 +151,16 @@ fn dump(out: &mut impl Write, path: &Path, from: Option<u64>, hex: bool) -> Resu
     }
     // Segments that end before `from` are not read at all.
     let start = l.segments.iter().rposition(|s| s.first_seq <= from).unwrap_or(0);
-    let mut expected: Option<u64> = None;
+    let mut prev: Option<SegmentScan> = None;
     let mut end = first.first_seq;
     for seg in &l.segments[start..] {
-        if let Some(next) = expected.filter(|n| *n != seg.first_seq) {
-            eprintln!(
-                "keel-wal: stopped: segment {} starts at sequence {} where {next} was expected (missing or duplicated segment); see `keel-wal verify`",
-                seg.path.display(),
-                seg.first_seq
-            );
+        let bytes = scan::read_segment(&seg.path)?;
+        // The same chain check as recovery (a declared gap is no damage).
+        let quiet = keel::wal::scan::scan_segment(seg.clone(), &bytes, |_, _| Ok::<(), io::Error>(()))?;
+        if let Some(why) = prev.as_ref().and_then(|p| keel::wal::scan::does_not_follow(p, &quiet)) {
+            eprintln!("keel-wal: stopped before segment {}: {why}; see `keel-wal verify`", seg.path.display());
             return Ok(1);
         }
-        let bytes = scan::read_segment(&seg.path)?;
         let s = keel::wal::scan::scan_segment(seg.clone(), &bytes, |f, frame| print_frame(out, f, &frame, from, hex))?;
         if let Some((offset, why)) = &s.damage {
             out.flush()?;
@@ -173,8 +171,8 @@ fn dump(out: &mut impl Write, path: &Path, from: Option<u64>, hex: bool) -> Resu
             );
             return Ok(1);
         }
-        expected = Some(s.next_seq);
         end = s.next_seq;
+        prev = Some(s);
     }
     if from >= end {
         let last = if end > first.first_seq { format!("the last record is {}", end - 1) } else { "the log holds no record".to_string() };
