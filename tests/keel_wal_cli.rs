@@ -139,8 +139,13 @@ fn dump_prints_every_record_in_order_and_from_works() {
         let want: Vec<u64> = written.iter().map(|w| w.0).filter(|q| *q >= from).collect();
         assert_eq!(got, want, "--from {from}");
     }
-    let beyond = keel_wal(&["dump", s(&t.path().join("wal")), &format!("--from={}", written.len() + 5)]);
-    assert_eq!((beyond.code, dumped(&beyond.stdout).len()), (0, 0));
+    // Past the end is an error of its own (exit 4), not an empty success.
+    let last = written.last().unwrap().0;
+    let beyond = keel_wal(&["dump", s(&t.path().join("wal")), &format!("--from={}", last + 5)]);
+    assert_eq!((beyond.code, dumped(&beyond.stdout).len()), (4, 0), "{}", beyond.stderr);
+    assert!(beyond.stderr.contains(&format!("sequence {} is beyond the end", last + 5)), "{}", beyond.stderr);
+    assert!(beyond.stderr.contains(&format!("the last record is {last}")), "{}", beyond.stderr);
+    assert_eq!(keel_wal(&["dump", s(&t.path().join("wal")), &format!("--from={}", last + 1)]).code, 4);
 }
 
 #[test]
@@ -334,7 +339,10 @@ fn verify_reports_a_bad_header_and_a_missing_segment_as_corruption() {
     let first = name.trim_end_matches(".wal").parse::<u64>().unwrap();
     assert_eq!(
         line(&salvage.stdout, "verdict: "),
-        format!("salvage would open after repairing: move {moved} segment(s) from {name} on to salvaged-<ns>/, keep records 1..{}", first - 1)
+        format!(
+            "salvage would open after repairing: move {moved} segment(s) from {name} on to salvaged-<ns>/, keep records 1..{} and skip sequences {first}..720: the next append gets 721",
+            first - 1
+        )
     );
 
     std::fs::remove_file(&segs[1]).unwrap();
@@ -342,7 +350,7 @@ fn verify_reports_a_bad_header_and_a_missing_segment_as_corruption() {
     assert_eq!(r.code, 1);
     let end = valid_end(&std::fs::read(&segs[0]).unwrap());
     assert!(line(&r.stdout, "damage: ").starts_with(&format!("segment {} offset {end} ", segs[0].display())), "{}", r.stdout);
-    assert!(r.stdout.contains("(missing or duplicated segment)"), "{}", r.stdout);
+    assert!(r.stdout.contains("(missing, replaced or swapped segment)"), "{}", r.stdout);
     assert!(line(&r.stdout, "kind: ").starts_with("corruption"), "{}", r.stdout);
 }
 
@@ -396,3 +404,101 @@ fn usage_errors_exit_2() {
     assert!(r.stdout.starts_with("usage: keel-wal dump DIR"));
 }
 
+
+/// Issue #10 §3: segments deleted, renamed or swapped behind keel's back
+/// are found by every mode's verdict (exit 1), naming what is missing.
+#[test]
+fn verify_finds_deleted_renamed_and_swapped_segments_in_every_mode() {
+    type Damage = fn(&Path, &[PathBuf]);
+    let cases: [(&str, Damage, usize); 5] = [
+        ("last segment removed", |_, segs| std::fs::remove_file(segs.last().unwrap()).unwrap(), 2),
+        ("last segment renamed", |d, segs| std::fs::rename(segs.last().unwrap(), d.join("00000000000000009999.wal")).unwrap(), 2),
+        ("first segment renamed", |d, segs| std::fs::rename(&segs[0], d.join("first.bak")).unwrap(), 0),
+        ("middle segment removed", |_, segs| std::fs::remove_file(&segs[1]).unwrap(), 1),
+        (
+            "middle and last swapped",
+            |d, segs| {
+                std::fs::rename(&segs[1], d.join("x")).unwrap();
+                std::fs::rename(&segs[2], &segs[1]).unwrap();
+                std::fs::rename(d.join("x"), &segs[2]).unwrap();
+            },
+            1,
+        ),
+    ];
+    for (what, damage, missing) in cases {
+        let t = TempDir::new("extent");
+        let dir = t.path().join("wal");
+        write_log(&dir, 600);
+        let segs = segment_files(&dir);
+        assert_eq!(segs.len(), 3);
+        damage(&dir, &segs);
+        let name = segs[missing].file_name().unwrap().to_str().unwrap();
+        for mode in ["tolerate_tail", "absolute", "point_in_time", "salvage"] {
+            let r = keel_wal(&["verify", s(&dir), "--mode", mode]);
+            assert_eq!(r.code, 1, "{what}, {mode}: {}{}", r.stdout, r.stderr);
+            assert!(r.stdout.contains(name), "{what}, {mode}: {name} not named:\n{}", r.stdout);
+            let verdict = line(&r.stdout, "verdict: ");
+            if mode == "salvage" {
+                assert!(verdict.starts_with("salvage would open") && verdict.ends_with(" 721"), "{what}: {verdict}");
+            } else {
+                assert!(verdict.contains("would fail to open (CORRUPTION)"), "{what}, {mode}: {verdict}");
+            }
+            // What verify predicts is what open does.
+            let recovery = scan_mode(mode);
+            let opened = Wal::open(&dir, opts(recovery));
+            assert_eq!(opened.is_ok(), mode == "salvage", "{what}, {mode}");
+            assert!(opened.err().is_none_or(|e| e.status == keel::status::KEEL_STATUS_CORRUPTION));
+            if mode == "salvage" {
+                break; // salvage repaired the directory
+            }
+        }
+        let r = keel_wal(&["verify", s(&dir)]);
+        assert_eq!(r.code, 0, "{what}: after the salvage: {}", r.stdout);
+        // The numbers salvage skipped are a declared gap, not damage.
+        let wal = Wal::open(&dir, opts(RecoveryMode::Absolute)).unwrap();
+        assert_eq!(wal.append(b"after the gap").unwrap(), 721, "{what}");
+        wal.close().unwrap();
+        let r = keel_wal(&["dump", s(&dir)]);
+        assert_eq!(r.code, 0, "{what}: {}", r.stderr);
+        assert_eq!(dumped(&r.stdout).last().map(|d| d.0), Some(721), "{what}");
+    }
+}
+
+fn scan_mode(name: &str) -> RecoveryMode {
+    match name {
+        "tolerate_tail" => RecoveryMode::TolerateTail,
+        "absolute" => RecoveryMode::Absolute,
+        "point_in_time" => RecoveryMode::PointInTime,
+        _ => RecoveryMode::Salvage,
+    }
+}
+
+/// Issue #10 §6: things that are not a WAL are not "clean".
+#[test]
+fn verify_refuses_what_is_not_a_wal_directory() {
+    let t = TempDir::new("notwal");
+    // A directory named like a segment inside a log (Wal::open cannot read it).
+    let dir = t.path().join("wal");
+    write_log(&dir, 10);
+    let fake = dir.join("00000000000000000500.wal");
+    std::fs::create_dir(&fake).unwrap();
+    let r = keel_wal(&["verify", s(&dir)]);
+    assert_eq!(r.code, 3, "{}{}", r.stdout, r.stderr);
+    assert_eq!(r.stderr, format!("keel-wal: {} is named like a WAL segment but is not a regular file\n", fake.display()));
+    let err = Wal::open(&dir, opts(RecoveryMode::TolerateTail)).err().expect("open fails on it too");
+    assert!(err.message.contains("is named like a WAL segment but is not a regular file"), "{err}");
+
+    // An engine's data directory: its logs are one level down per shard.
+    let data = t.path().join("engine");
+    let engine = keel::engine::Engine::open(&data, keel::shard::Options::default()).unwrap();
+    drop(engine);
+    for cmd in ["verify", "dump", "stat"] {
+        let r = keel_wal(&[cmd, s(&data)]);
+        assert_eq!(r.code, 3, "{cmd}: {}{}", r.stdout, r.stderr);
+        assert!(r.stderr.contains("is not a keel WAL directory"), "{cmd}: {}", r.stderr);
+    }
+    // An empty directory is an empty log.
+    let empty = t.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    assert_eq!(keel_wal(&["verify", s(&empty)]).code, 0);
+}

@@ -40,6 +40,8 @@
 //! asserts exactly that (expected outcome: intact log).
 
 use keel::status::KEEL_STATUS_CORRUPTION;
+use keel::wal::extent::Extent;
+use keel::wal::format::decode_segment_header;
 use keel::wal::{Durability, Options, ReadUpto, RecoveryMode, Wal};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -356,11 +358,38 @@ enum Expect {
     },
 }
 
-/// The outcome table of docs/WAL.md: None means "open fails: CORRUPTION";
-/// otherwise the records [from, to] are kept and `aside` is set aside.
-fn documented(e: &Expect, mode: RecoveryMode) -> Option<(u64, u64, Vec<String>)> {
-    match e {
-        Expect::Clean { from, to } => Some((*from, *to, Vec::new())),
+/// A documented successful open: records [from, to] are kept, `aside` is
+/// set aside, and the next append gets `next` (above every sequence number
+/// the extent record says was handed out: never reissued).
+#[derive(Debug, Clone)]
+struct Outcome {
+    from: u64,
+    to: u64,
+    aside: Vec<String>,
+    next: u64,
+}
+
+/// The extent record (wal.meta) the base log was written with.
+fn base_extent(base: &Base) -> Extent {
+    Extent::decode(&base.files["wal.meta"]).expect("the base log has an extent record")
+}
+
+/// Whether the damaged files disagree with the extent record when recovery
+/// would keep the records before `kept_end`: a listed segment missing, with
+/// a damaged header or another identity, or durable records not kept.
+fn extent_disagrees(base: &Base, files: &Files, kept_end: u64) -> bool {
+    let e = base_extent(base);
+    kept_end <= e.durable
+        || e.segments.iter().any(|&(first, salt)| match files.get(&seg_name(first)) {
+            None => true,
+            Some(b) => decode_segment_header(b).map_or(true, |h| h.salt != salt || h.first_seq != first),
+        })
+}
+
+/// The outcome table of docs/WAL.md: None means "open fails: CORRUPTION".
+fn documented(base: &Base, files: &Files, e: &Expect, mode: RecoveryMode) -> Option<Outcome> {
+    let (opens, from, to, aside) = match e {
+        Expect::Clean { from, to } => (true, *from, *to, Vec::new()),
         Expect::Damage { seq, proven, header, aside } => {
             let opens = match mode {
                 RecoveryMode::Absolute => false,
@@ -368,9 +397,13 @@ fn documented(e: &Expect, mode: RecoveryMode) -> Option<(u64, u64, Vec<String>)>
                 RecoveryMode::PointInTime => !proven,
                 RecoveryMode::Salvage => true,
             };
-            opens.then(|| (1, seq - 1, aside.clone()))
+            let from = base.segs.iter().find(|s| files.contains_key(&s.name)).map_or(1, |s| s.first);
+            (opens, from, seq - 1, aside.clone())
         }
-    }
+    };
+    let opens = opens && (mode == RecoveryMode::Salvage || !extent_disagrees(base, files, to + 1));
+    let ext = base_extent(base);
+    opens.then(|| Outcome { from, to, aside, next: (to + 1).max(ext.next_seq).max(ext.durable + 1) })
 }
 
 impl Base {
@@ -400,6 +433,18 @@ impl Base {
             seq,
             proven: self.frames.iter().any(|f| f.seg > si && f.hint >= seq),
             header: true,
+            aside: self.segs[si..].iter().map(|s| s.name.clone()).collect(),
+        }
+    }
+
+    /// Segment `si` (> 0) has a valid header naming another predecessor:
+    /// the chain breaks before it, as if a segment were missing there.
+    fn link_broken(&self, si: usize) -> Expect {
+        let seq = self.segs[si].first;
+        Expect::Damage {
+            seq,
+            proven: self.frames.iter().any(|f| f.seg >= si && f.hint >= seq),
+            header: false,
             aside: self.segs[si..].iter().map(|s| s.name.clone()).collect(),
         }
     }
@@ -478,7 +523,7 @@ fn run_case(base: &Base, case: &str, files: &Files, expect: &Expect, work: &Path
     for mode in MODES {
         let name = format!("{}/{case}/{mode:?}", base.tag);
         if let Err(why) = check_mode(base, files, expect, mode, work) {
-            failures.push(format!("{name}: {why}\n    expected {:?} (case {expect:?})", documented(expect, mode)));
+            failures.push(format!("{name}: {why}\n    expected {:?} (case {expect:?})", documented(base, files, expect, mode)));
         }
     }
     failures
@@ -489,7 +534,7 @@ fn check_mode(base: &Base, files: &Files, expect: &Expect, mode: RecoveryMode, d
     let before = tree(dir);
     let started = Instant::now();
     let opened = open_timed(dir, mode)?;
-    match (documented(expect, mode), opened) {
+    match (documented(base, files, expect, mode), opened) {
         (None, Ok(wal)) => {
             let last = wal.last_seq();
             drop(wal);
@@ -516,17 +561,23 @@ fn check_mode(base: &Base, files: &Files, expect: &Expect, mode: RecoveryMode, d
             }
             Ok(())
         }
-        (Some((from, to, _)), Err(e)) => Err(format!("open failed ({e}) where records {from}..={to} were documented")),
-        (Some((from, to, aside)), Ok(wal)) => {
+        (Some(Outcome { from, to, .. }), Err(e)) => Err(format!("open failed ({e}) where records {from}..={to} were documented")),
+        (Some(Outcome { from, to, aside, next: next_seq }), Ok(wal)) => {
             let took = started.elapsed();
             let want: Vec<(u64, Vec<u8>)> = (from..=to).map(|s| (s, base.records[s as usize - 1].clone())).collect();
             let got = read_log(&wal)?;
             if got != want {
                 return Err(describe_diff(&got, &want));
             }
-            if (wal.first_seq(), wal.last_seq(), wal.durable_seq()) != (from, to, to) {
+            // Sequence numbers up to next_seq - 1 count as used even when
+            // their records are gone (a new segment declares the gap).
+            // With no record kept, the first retained segment may be the
+            // emptied damaged one or the new one after the gap.
+            let first = if to >= from { from } else { wal.first_seq().clamp(from.min(next_seq), next_seq) };
+            let last = next_seq - 1;
+            if (wal.first_seq(), wal.last_seq(), wal.durable_seq()) != (first, last, last) {
                 return Err(format!(
-                    "first/last/durable = {}/{}/{}, expected {from}/{to}/{to}",
+                    "first/last/durable = {}/{}/{}, expected {first}/{last}/{last}",
                     wal.first_seq(),
                     wal.last_seq(),
                     wal.durable_seq()
@@ -534,8 +585,8 @@ fn check_mode(base: &Base, files: &Files, expect: &Expect, mode: RecoveryMode, d
             }
             let next = format!("appended after recovery in {mode:?}").into_bytes();
             match wal.append(&next) {
-                Ok(s) if s == to + 1 => {}
-                other => return Err(format!("append after recovery gave {other:?}, expected sequence {}", to + 1)),
+                Ok(s) if s == next_seq => {}
+                other => return Err(format!("append after recovery gave {other:?}, expected sequence {next_seq}")),
             }
             wal.close().map_err(|e| format!("close after recovery: {e}"))?;
             // Set aside: exactly the given-up files, with the bytes they had.
@@ -562,7 +613,7 @@ fn check_mode(base: &Base, files: &Files, expect: &Expect, mode: RecoveryMode, d
             // The repaired log is clean: even ABSOLUTE opens it, with the new record.
             let wal = open_timed(dir, RecoveryMode::Absolute)?.map_err(|e| format!("ABSOLUTE reopen after recovery: {e}"))?;
             let mut want = want;
-            want.push((to + 1, next));
+            want.push((next_seq, next));
             let got = read_log(&wal)?;
             if got != want {
                 return Err(format!("after the ABSOLUTE reopen: {}", describe_diff(&got, &want)));
@@ -654,12 +705,13 @@ fn reseal_frame(b: &mut [u8], off: usize) {
     b[off..off + 4].copy_from_slice(&crc.to_le_bytes());
 }
 
-const HEADER_FIELDS: [(&str, std::ops::Range<usize>); 6] = [
+const HEADER_FIELDS: [(&str, std::ops::Range<usize>); 7] = [
     ("magic", 0..8),
     ("version", 8..12),
     ("salt", 12..16),
     ("first-seq", 16..24),
-    ("reserved", 24..60),
+    ("prev-link", 24..44),
+    ("reserved", 44..60),
     ("header-crc", 60..64),
 ];
 
@@ -691,6 +743,16 @@ fn segment_header_fields() {
                         // segment validates; it reads as damage at its first
                         // frame with nothing valid after it in that file.
                         (true, true, "salt") => base.salt_replaced(si),
+                        // The link to the previous segment: impossible
+                        // values are a bad header; a plausible one that
+                        // names another segment breaks the chain there; none
+                        // at all is a header of the first format-2 segment
+                        // and is checked like version 1 (by its first sequence).
+                        (true, true, "prev-link") => match decode_segment_header(seg) {
+                            Err(_) => base.header_damage(si),
+                            Ok(h) if h.prev.is_none() => base.intact(),
+                            Ok(_) => base.link_broken(si),
+                        },
                         _ => base.header_damage(si),
                     };
                     failures.extend(run_case(base, &case, &files, &expect, &work.0.join("d")));
@@ -998,6 +1060,70 @@ fn whole_file_cases() -> Vec<(&'static str, Mutation)> {
             Expect::Clean { from: 1, to: b.segs[b.last_seg()].first - 1 }
         }),
     ));
+    // Renamed and swapped segments (issue #10 §3): to a name recovery does
+    // not read (the same as a removal), to a name beyond the end, and two
+    // segments exchanging names. The extent record names what is missing.
+    for (si, at) in [(0usize, "first"), (1, "middle"), (2, "last")] {
+        v.push((
+            ["first-segment-renamed-aside", "middle-segment-renamed-aside", "last-segment-renamed-aside"][si],
+            Box::new(move |b, files| {
+                let bytes = files.remove(&b.segs[si].name).unwrap();
+                files.insert(format!("{}.old", b.segs[si].name), bytes);
+                match si {
+                    0 => Expect::Clean { from: b.segs[1].first, to: b.last_seq() },
+                    2 => Expect::Clean { from: 1, to: b.segs[2].first - 1 },
+                    _ => {
+                        let seq = b.segs[1].first;
+                        Expect::Damage {
+                            seq,
+                            proven: b.frames.iter().any(|f| f.seg > 1 && f.hint >= seq),
+                            header: false,
+                            aside: vec![b.segs[2].name.clone()],
+                        }
+                    }
+                }
+            }),
+        ));
+        let _ = at;
+        v.push((
+            ["first-segment-renamed-beyond-the-end", "middle-segment-renamed-beyond-the-end", "last-segment-renamed-beyond-the-end"]
+                [si],
+            Box::new(move |b, files| {
+                let bytes = files.remove(&b.segs[si].name).unwrap();
+                let far = seg_name(b.last_seq() + 1000);
+                files.insert(far.clone(), bytes);
+                match si {
+                    // The header names another sequence: nothing in it
+                    // proves anything, the chain ends before it.
+                    0 => Expect::Damage { seq: b.last_seq() + 1, proven: false, header: false, aside: vec![far] },
+                    1 => {
+                        let seq = b.segs[1].first;
+                        Expect::Damage {
+                            seq,
+                            proven: b.frames.iter().any(|f| f.seg == 2 && f.hint >= seq),
+                            header: false,
+                            aside: vec![b.segs[2].name.clone(), far],
+                        }
+                    }
+                    _ => Expect::Damage { seq: b.segs[2].first, proven: false, header: false, aside: vec![far] },
+                }
+            }),
+        ));
+    }
+    for (x, y, name) in [(0usize, 1usize, "first-and-middle-segments-swapped"), (1, 2, "middle-and-last-segments-swapped"), (0, 2, "first-and-last-segments-swapped")] {
+        v.push((
+            name,
+            Box::new(move |b, files| {
+                let (nx, ny) = (b.segs[x].name.clone(), b.segs[y].name.clone());
+                let bx = files.remove(&nx).unwrap();
+                let by = files.remove(&ny).unwrap();
+                files.insert(nx, by);
+                files.insert(ny, bx);
+                // Both headers now disagree with their names.
+                b.header_damage(x)
+            }),
+        ));
+    }
     // Duplicated segments.
     v.push((
         "last-segment-duplicated-under-the-next-segment-name",

@@ -32,6 +32,9 @@ struct Model {
     /// reached the file anyway (a failed call is not a promise of absence),
     /// so recovery may or may not return them — all of them or none.
     maybe: Vec<Vec<u8>>,
+    /// [from, to) of sequence numbers a recovery skipped: records appended
+    /// but never synced and lost in a crash, whose numbers are not reissued.
+    gaps: Vec<(u64, u64)>,
 }
 
 impl Model {
@@ -156,13 +159,28 @@ impl Run {
         let mut r = wal.reader(first, ReadUpto::Durable).unwrap();
         let mut expect = first;
         while let Some((seq, data)) = r.next_record().unwrap() {
-            assert_eq!(seq, expect, "hole or reordering in the recovered log");
+            if seq != expect {
+                assert!(m.gaps.contains(&(expect, seq)), "hole or reordering in the recovered log: {seq} after {}", expect - 1);
+                expect = seq;
+            }
             assert!(data == m.records[seq as usize - 1], "record {seq} differs from what was written");
             expect += 1;
         }
-        assert_eq!(expect, last + 1, "reader stopped early");
+        // The log may end before `last`: the numbers between are records
+        // never synced, lost in the crash after a rotation recorded them as
+        // handed out; they are skipped, never reissued (docs/WAL.md).
+        // A gap at the end (declared by an earlier recovery) counts as read.
+        while let Some(&(_, to)) = m.gaps.iter().find(|g| g.0 == expect && g.1 == last + 1) {
+            expect = to;
+        }
+        let kept_end = expect;
+        assert!(kept_end > m.durable, "lost acknowledged records: recovered up to {}, durable was {}", kept_end - 1, m.durable);
+        assert!(kept_end <= last + 1, "reader went past the last record");
         for &(b0, b1) in &m.batches {
-            assert!(b0 > last || b1 <= last, "batch {b0}..={b1} recovered partially (last {last})");
+            assert!(b0 >= kept_end || b1 < kept_end, "batch {b0}..={b1} recovered partially (records end at {})", kept_end - 1);
+        }
+        if kept_end <= last {
+            self.model.gaps.push((kept_end, last + 1));
         }
         self.model.records.truncate(last as usize);
         self.model.batches.retain(|&(_, b1)| b1 <= last);
@@ -201,8 +219,11 @@ impl Run {
                 let v = self.rng.below(self.model.last() + 1);
                 match wal.ack(v) {
                     Ok(()) => self.model.acked = self.model.acked.max(v),
-                    // Truncation's unlink or directory sync may fail; the ack still counts.
-                    Err(e) if e.status == KEEL_STATUS_IO => self.model.acked = self.model.acked.max(v),
+                    // Truncation's extent record write, unlink or directory
+                    // sync may fail; the ack still counts.
+                    Err(e) if e.status == KEEL_STATUS_IO || e.status == KEEL_STATUS_NO_SPACE => {
+                        self.model.acked = self.model.acked.max(v)
+                    }
                     Err(e) => assert!(self.model.poisoned && e.status == KEEL_STATUS_POISONED, "{e}"),
                 }
             }
@@ -211,7 +232,8 @@ impl Run {
                 let from = first + self.rng.below(self.model.last() + 2 - first);
                 match wal.reader(from, ReadUpto::Appended) {
                     Ok(mut r) => {
-                        for seq in from..=self.model.last() {
+                        let gaps = &self.model.gaps;
+                        for seq in (from..=self.model.last()).filter(|q| !gaps.iter().any(|g| g.0 <= *q && *q < g.1)) {
                             let (s, d) = r.next_record().unwrap().expect("record missing while open");
                             assert_eq!(s, seq);
                             assert!(d == self.model.records[seq as usize - 1], "record {seq} differs while open");

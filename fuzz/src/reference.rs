@@ -79,22 +79,70 @@ pub fn frame(b: &[u8], salt: u32) -> Option<RefFrame> {
     Some(RefFrame { kind, count, seq, durable, size, records })
 }
 
-/// (salt, first sequence) of a valid segment header.
-pub fn segment_header(b: &[u8]) -> Option<(u32, u64)> {
-    if b.len() < 64 || &b[0..8] != b"KEELWAL\0" || le32(&b[8..]) != 1 {
+/// A valid segment header as the spec defines it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RefHeader {
+    pub version: u32,
+    pub salt: u32,
+    pub first: u64,
+    /// Version 2: (previous segment's first sequence, its salt, where its
+    /// records end); None when the link is all zero, and in version 1.
+    pub link: Option<(u64, u32, u64)>,
+}
+
+/// The valid segment header at the start of `b`, if any.
+pub fn segment_header(b: &[u8]) -> Option<RefHeader> {
+    if b.len() < 64 || &b[0..8] != b"KEELWAL\0" {
         return None;
     }
     if crc32fast::hash(&b[0..60]) != le32(&b[60..]) {
         return None;
     }
-    Some((le32(&b[12..]), le64(&b[16..])))
+    let (version, salt, first) = (le32(&b[8..]), le32(&b[12..]), le64(&b[16..]));
+    let link = match version {
+        1 => None,
+        2 => {
+            let (pf, end, ps) = (le64(&b[24..]), le64(&b[32..]), le32(&b[40..]));
+            if (pf, end, ps) == (0, 0, 0) {
+                None
+            } else if pf != 0 && pf < first && pf <= end && end <= first {
+                Some((pf, ps, end))
+            } else {
+                return None;
+            }
+        }
+        _ => return None,
+    };
+    Some(RefHeader { version, salt, first, link })
+}
+
+/// The extent record (`wal.meta`, docs/WAL.md) listing every file whose
+/// header is valid and matches its name, with D = 0 and next = 0: it
+/// claims nothing about records, so recovery decides from the segments.
+pub fn extent_record(files: &[(u64, Vec<u8>)]) -> Vec<u8> {
+    let listed: Vec<(u64, u32)> = files
+        .iter()
+        .filter_map(|(name, bytes)| segment_header(bytes).filter(|h| h.first == *name && *name != 0).map(|h| (*name, h.salt)))
+        .collect();
+    let mut b = b"KEELWMT\0".to_vec();
+    b.extend_from_slice(&1u32.to_le_bytes());
+    b.extend_from_slice(&(listed.len() as u32).to_le_bytes());
+    b.extend_from_slice(&[0; 16]);
+    for (first, salt) in listed {
+        b.extend_from_slice(&first.to_le_bytes());
+        b.extend_from_slice(&salt.to_le_bytes());
+        b.extend_from_slice(&[0; 4]);
+    }
+    let crc = crc32fast::hash(&b);
+    b.extend_from_slice(&crc.to_le_bytes());
+    b
 }
 
 /// Whether some segment holds a valid frame (at an 8-byte boundary, with
 /// a valid header) whose records would run past sequence u64::MAX.
 pub fn overflows(files: &[(u64, Vec<u8>)]) -> bool {
     files.iter().any(|(_, bytes)| {
-        let Some((salt, _)) = segment_header(bytes) else { return false };
+        let Some(RefHeader { salt, .. }) = segment_header(bytes) else { return false };
         (64..bytes.len()).step_by(8).any(|off| {
             frame(&bytes[off..], salt).is_some_and(|f| f.seq.checked_add(u64::from(f.count)).is_none())
         })
@@ -102,23 +150,31 @@ pub fn overflows(files: &[(u64, Vec<u8>)]) -> bool {
 }
 
 /// The records a correct recovery keeps from these segment files (sorted
-/// by the first sequence number in their names): segments in order while
-/// each has a valid header matching its name and starts where the previous
-/// one ended; in each, valid frames from offset 64 while each carries the
-/// next sequence number; the first damage ends the log. Sequence numbers
-/// that would overflow u64 count as damage.
-pub fn chain(files: &[(u64, Vec<u8>)]) -> Vec<(u64, Vec<u8>)> {
+/// by the first sequence number in their names), and the sequence number
+/// after them: segments in order while each has a valid header matching
+/// its name and follows the previous one (a version 2 link names the
+/// previous segment's first sequence and salt and where its records end,
+/// which may be below its own first sequence: a declared gap; without a
+/// link it starts where the previous one ended); in each, valid frames
+/// from offset 64 while each carries the next sequence number; the first
+/// damage ends the log. Sequence numbers that would overflow u64 count as
+/// damage. With no segment kept, the log continues at the first file's
+/// name (at least 1).
+pub fn chain(files: &[(u64, Vec<u8>)]) -> (Vec<(u64, Vec<u8>)>, u64) {
     let mut out = Vec::new();
-    let mut expected: Option<u64> = None;
+    // (name, salt, end) of the last segment kept.
+    let mut prev: Option<(u64, u32, u64)> = None;
     for (name, bytes) in files {
-        if expected.is_some_and(|e| e != *name) {
+        let Some(h) = segment_header(bytes).filter(|h| h.first == *name && *name != 0) else { break };
+        let follows = match (prev, h.link) {
+            (None, _) => true,
+            (Some(p), Some(link)) => link == p,
+            (Some((_, _, end)), None) => end == *name,
+        };
+        if !follows {
             break;
         }
-        match segment_header(bytes) {
-            Some((_, first)) if first == *name => {}
-            _ => break,
-        }
-        let salt = segment_header(bytes).unwrap().0;
+        let salt = h.salt;
         let mut next = *name;
         let mut off = 64;
         let damaged;
@@ -142,10 +198,11 @@ pub fn chain(files: &[(u64, Vec<u8>)]) -> Vec<(u64, Vec<u8>)> {
                 }
             }
         }
+        prev = Some((*name, salt, next));
         if damaged {
             break;
         }
-        expected = Some(next);
     }
-    out
+    let end = prev.map_or_else(|| files.first().map_or(1, |f| f.0.max(1)), |p| p.2);
+    (out, end)
 }

@@ -5,7 +5,7 @@
 //! committed corpus still holds every deterministic one.
 
 use crate::{Log, ScratchDir, EXPLICIT_NAMES, FIX_FRAME_CRC, FIX_HEADER_CRC, MAPPED};
-use keel::wal::format::{encode_segment_header, PendingFrame};
+use keel::wal::format::{encode_segment_header, Link, PendingFrame};
 use keel::wal::{Durability, Options, Wal};
 
 pub struct Seed {
@@ -47,7 +47,7 @@ fn frame_bytes(f: &F, salt: u32, seq: u64, durable: u64) -> Vec<u8> {
 /// zero bytes of the allocated-but-unwritten part. Returns the bytes and
 /// the sequence number after the last record.
 fn segment(salt: u32, first: u64, frames: &[F], hint: impl Fn(u64) -> u64, tail: usize) -> (Vec<u8>, u64) {
-    let mut out = encode_segment_header(salt, first).to_vec();
+    let mut out = encode_segment_header(salt, first, None).to_vec();
     let mut seq = first;
     for f in frames {
         let p = pending(f);
@@ -114,17 +114,23 @@ pub fn seeds() -> Vec<Seed> {
     // ---- segment_header: [flags][header bytes]
     for (name, salt, first) in [("first", SALT, 1u64), ("later", 0xffff_ffff, 4097), ("big-seq", 0, 1 << 62)] {
         let mut v = vec![0u8];
-        v.extend_from_slice(&encode_segment_header(salt, first));
+        v.extend_from_slice(&encode_segment_header(salt, first, None));
         add("segment_header", name, v);
     }
     {
         let mut v = vec![FIX_HEADER_CRC];
-        v.extend_from_slice(&encode_segment_header(SALT, 77));
-        v[1 + 30] = 0xaa; // reserved byte, CRC recomputed by the harness
+        v.extend_from_slice(&encode_segment_header(SALT, 77, None));
+        v[1 + 50] = 0xaa; // reserved byte, CRC recomputed by the harness
         add("segment_header", "reserved-nonzero-fix", v);
         let mut v = vec![0u8];
-        v.extend_from_slice(&encode_segment_header(SALT, 77)[..40]);
+        v.extend_from_slice(&encode_segment_header(SALT, 77, None)[..40]);
         add("segment_header", "short", v);
+        // Format 2 links: the previous segment, and a declared gap.
+        for (name, end) in [("linked", 4097u64), ("linked-gap", 300)] {
+            let mut v = vec![0u8];
+            v.extend_from_slice(&encode_segment_header(SALT, 4097, Some(Link { first_seq: 1, salt: 0x0bad_cafe, end })));
+            add("segment_header", name, v);
+        }
     }
 
     // ---- recovery: [flags][segment][separator][segment]...

@@ -2,7 +2,10 @@
 //!
 //! Segment header (64 bytes):
 //!   0  magic "KEELWAL\0"   8  format version u32   12 salt u32
-//!   16 first sequence u64  24..60 zero            60 CRC-32 of bytes 0..60
+//!   16 first sequence u64
+//!   24 previous segment's first sequence u64 (0: none)   32 its end u64
+//!   40 previous segment's salt u32   44..60 zero          60 CRC-32 of bytes 0..60
+//! (format version 1 has zeros at 24..60: no link to the previous segment.)
 //! Frame (starts 8-byte aligned, padded with zeros to 8 bytes):
 //!   0  CRC-32 u32 (seeded with the salt; covers bytes 4..32 and the payload)
 //!   4  payload length u32   8 type u8   9 flags u8   10 zero u16
@@ -17,7 +20,10 @@
 use std::borrow::Cow;
 
 pub const MAGIC: &[u8; 8] = b"KEELWAL\0";
-pub const FORMAT_VERSION: u32 = 1;
+/// The version new segments are written with. Version 1 (no link to the
+/// previous segment) is still read: logs written before version 2 open.
+pub const FORMAT_VERSION: u32 = 2;
+pub const FORMAT_VERSION_UNLINKED: u32 = 1;
 pub const SEGMENT_HEADER_LEN: u64 = 64;
 pub const FRAME_HEADER_LEN: usize = 32;
 pub const FRAME_RECORD: u8 = 1;
@@ -47,12 +53,29 @@ fn u64_at(b: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(b[at..at + 8].try_into().unwrap())
 }
 
-pub fn encode_segment_header(salt: u32, first_seq: u64) -> [u8; SEGMENT_HEADER_LEN as usize] {
+/// What a segment header says about the segment before it: its identity
+/// and where its records end. A new segment's records continue at `end`
+/// (= its own first sequence) unless recovery declared the sequence
+/// numbers in between lost (`end` < first sequence: a gap that is never
+/// reissued).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Link {
+    pub first_seq: u64,
+    pub salt: u32,
+    pub end: u64,
+}
+
+pub fn encode_segment_header(salt: u32, first_seq: u64, prev: Option<Link>) -> [u8; SEGMENT_HEADER_LEN as usize] {
     let mut h = [0u8; SEGMENT_HEADER_LEN as usize];
     h[0..8].copy_from_slice(MAGIC);
     h[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
     h[12..16].copy_from_slice(&salt.to_le_bytes());
     h[16..24].copy_from_slice(&first_seq.to_le_bytes());
+    if let Some(p) = prev {
+        h[24..32].copy_from_slice(&p.first_seq.to_le_bytes());
+        h[32..40].copy_from_slice(&p.end.to_le_bytes());
+        h[40..44].copy_from_slice(&p.salt.to_le_bytes());
+    }
     let crc = crc32fast::hash(&h[0..60]);
     h[60..64].copy_from_slice(&crc.to_le_bytes());
     h
@@ -61,8 +84,12 @@ pub fn encode_segment_header(salt: u32, first_seq: u64) -> [u8; SEGMENT_HEADER_L
 /// A validated segment header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SegmentHeader {
+    pub version: u32,
     pub salt: u32,
     pub first_seq: u64,
+    /// The segment before it (version 2; None for the first segment of a
+    /// log and for version 1 headers).
+    pub prev: Option<Link>,
 }
 
 /// Why a segment header was rejected.
@@ -76,10 +103,22 @@ pub fn decode_segment_header(b: &[u8]) -> Result<SegmentHeader, &'static str> {
     if crc32fast::hash(&b[0..60]) != u32_at(b, 60) {
         return Err("segment header checksum mismatch");
     }
-    if u32_at(b, 8) != FORMAT_VERSION {
-        return Err("unsupported segment format version");
-    }
-    Ok(SegmentHeader { salt: u32_at(b, 12), first_seq: u64_at(b, 16) })
+    let version = u32_at(b, 8);
+    let (salt, first_seq) = (u32_at(b, 12), u64_at(b, 16));
+    let prev = match version {
+        FORMAT_VERSION_UNLINKED => None,
+        FORMAT_VERSION => match (u64_at(b, 24), u64_at(b, 32), u32_at(b, 40)) {
+            (0, 0, 0) => None,
+            (prev_first, end, salt) => {
+                if prev_first == 0 || prev_first >= first_seq || end < prev_first || end > first_seq {
+                    return Err("segment header names an impossible previous segment");
+                }
+                Some(Link { first_seq: prev_first, salt, end })
+            }
+        },
+        _ => return Err("unsupported segment format version"),
+    };
+    Ok(SegmentHeader { version, salt, first_seq, prev })
 }
 
 /// Payloads at least this long get their checksum computed before the
@@ -176,20 +215,29 @@ pub struct FrameHeader {
 }
 
 impl FrameHeader {
-    pub fn parse(b: &[u8]) -> FrameHeader {
-        FrameHeader {
+    /// The fields of the frame header at the start of `b`; None when `b`
+    /// is shorter than a frame header.
+    pub fn parse(b: &[u8]) -> Option<FrameHeader> {
+        if b.len() < FRAME_HEADER_LEN {
+            return None;
+        }
+        Some(FrameHeader {
             crc: u32_at(b, 0),
             len: u32_at(b, 4),
             kind: b[8],
             count: u32_at(b, 12),
             seq: u64_at(b, 16),
             durable: u64_at(b, 24),
-        }
+        })
     }
 
     /// Cheap structural checks that reject zero fill and most garbage
-    /// before a checksum is computed; `room` is the bytes left in the segment.
+    /// before a checksum is computed; `b` is the header `parse` read (false
+    /// when it is shorter), `room` the bytes left in the segment.
     pub fn plausible(&self, b: &[u8], room: u64) -> bool {
+        if b.len() < FRAME_HEADER_LEN {
+            return false;
+        }
         let shape = match self.kind {
             FRAME_RECORD => self.count == 1,
             FRAME_BATCH => self.count >= 1 && (self.count as u64) * 4 <= self.len as u64,
@@ -249,10 +297,7 @@ pub enum Decoded {
 /// checksum under `salt`, batch table). Cost is bounded by the frame's size,
 /// so probing every offset of a segment stays linear in practice.
 pub fn valid_frame(b: &[u8], salt: u32) -> Option<FrameHeader> {
-    if b.len() < FRAME_HEADER_LEN {
-        return None;
-    }
-    let h = FrameHeader::parse(b);
+    let h = FrameHeader::parse(b)?;
     if !h.plausible(b, b.len() as u64) {
         return None;
     }
@@ -269,10 +314,9 @@ pub fn decode_frame(b: &[u8], salt: u32) -> Decoded {
     if b.iter().all(|&x| x == 0) {
         return Decoded::End;
     }
-    if b.len() < FRAME_HEADER_LEN {
+    let Some(h) = FrameHeader::parse(b) else {
         return Decoded::Invalid("truncated frame header");
-    }
-    let h = FrameHeader::parse(b);
+    };
     if !h.plausible(b, b.len() as u64) {
         return Decoded::Invalid("malformed frame header");
     }
@@ -318,10 +362,34 @@ mod tests {
 
     #[test]
     fn segment_header_round_trip() {
-        let h = encode_segment_header(7, 99);
-        assert_eq!(decode_segment_header(&h).unwrap(), SegmentHeader { salt: 7, first_seq: 99 });
+        let h = encode_segment_header(7, 99, None);
+        assert_eq!(decode_segment_header(&h).unwrap(), SegmentHeader { version: 2, salt: 7, first_seq: 99, prev: None });
         let mut bad = h;
         bad[20] ^= 4;
         assert!(decode_segment_header(&bad).is_err());
+        let link = Link { first_seq: 40, salt: 9, end: 90 };
+        let h = encode_segment_header(7, 99, Some(link));
+        assert_eq!(decode_segment_header(&h).unwrap().prev, Some(link));
+    }
+
+    #[test]
+    fn version_1_headers_still_decode() {
+        let mut h = encode_segment_header(7, 99, None);
+        h[8..12].copy_from_slice(&1u32.to_le_bytes());
+        let crc = crc32fast::hash(&h[0..60]);
+        h[60..64].copy_from_slice(&crc.to_le_bytes());
+        assert_eq!(decode_segment_header(&h).unwrap(), SegmentHeader { version: 1, salt: 7, first_seq: 99, prev: None });
+    }
+
+    #[test]
+    fn frame_header_parse_refuses_short_input() {
+        let f = PendingFrame::record(b"abc");
+        let h = f.header(1, 5, 4);
+        for len in 0..FRAME_HEADER_LEN {
+            assert!(FrameHeader::parse(&h[..len]).is_none(), "{len} bytes parsed");
+        }
+        let parsed = FrameHeader::parse(&h).unwrap();
+        assert_eq!((parsed.seq, parsed.durable, parsed.count), (5, 4, 1));
+        assert!(!parsed.plausible(&h[..10], 100), "a short header is never plausible");
     }
 }

@@ -13,6 +13,7 @@
 //! - a sequence number is assigned only after its frame is written, so a
 //!   failed append never leaves a hole.
 
+pub mod extent;
 pub mod format;
 mod reader;
 mod recovery;
@@ -20,6 +21,7 @@ pub mod scan;
 mod segment;
 
 pub use reader::Reader;
+pub use recovery::RecoveryReport;
 pub use segment::{file_name as segment_file_name, parse_name as parse_segment_name};
 
 use crate::error::{Error, Result};
@@ -135,6 +137,8 @@ struct State {
     /// Reader id -> first sequence of the segment it reads (W6 pins).
     pins: BTreeMap<u64, u64>,
     next_pin: u64,
+    /// Bumped for every snapshot of the extent record taken (see `Shared::write_extent`).
+    extent_gen: u64,
 }
 
 /// Group-commit bookkeeping, under `Shared::commit`.
@@ -208,6 +212,12 @@ pub(crate) struct Shared {
     prepare: Option<crossbeam_channel::Sender<()>>,
     /// Segments open for reading, one per segment shared by all readers.
     segment_handles: Handles<ReadSegment>,
+    /// The newest extent snapshot written to `wal.meta`; held while writing.
+    extent_written: Mutex<u64>,
+    /// Whether a retained segment follows a declared gap (readers skip it).
+    has_gap: AtomicBool,
+    /// What recovery repaired or gave up at open.
+    report: Option<RecoveryReport>,
 }
 
 /// A write-ahead log open on one directory. All methods take `&self` and
@@ -252,11 +262,12 @@ impl Wal {
         let active = match rec.active {
             Some(a) => a,
             None => {
-                let a = segment::create(&*fs, dir, rec.next_seq, opts.segment_size)?;
-                segments.push(SegmentMeta { first_seq: rec.next_seq, path: dir.join(segment::file_name(rec.next_seq)) });
+                let a = segment::create(&*fs, dir, rec.next_seq, opts.segment_size, rec.prev)?;
+                segments.push(SegmentMeta::new(dir, rec.next_seq, a.salt, rec.prev));
                 a
             }
         };
+        let has_gap = segments.iter().any(|s| s.gap_from.is_some());
         let last = rec.next_seq - 1;
         let (prepare, prepare_rx) = match opts.prepare_ahead {
             true => {
@@ -278,6 +289,7 @@ impl Wal {
                 sealed: Vec::new(),
                 pins: BTreeMap::new(),
                 next_pin: 0,
+                extent_gen: 0,
             }),
             durable: AtomicU64::new(last),
             written: AtomicU64::new(last),
@@ -291,7 +303,12 @@ impl Wal {
             prepare,
             segment_handles: Handles::default(),
             opts,
+            extent_written: Mutex::new(0),
+            has_gap: AtomicBool::new(has_gap),
+            report: rec.report,
         });
+        // The extent of the log as opened, before any record is appended.
+        shared.record_extent()?;
         let mut wal = Wal { shared: shared.clone(), syncer: None, preparer: None, _lock: lock };
         if let Durability::Periodic(every) = shared.opts.durability {
             wal.syncer = Some(spawn_syncer(shared.clone(), every)?);
@@ -389,6 +406,12 @@ impl Wal {
         self.shared.truncate()
     }
 
+    /// What recovery repaired or gave up when this handle opened the log
+    /// (None when it found the log whole).
+    pub fn recovery_report(&self) -> Option<&RecoveryReport> {
+        self.shared.report.as_ref()
+    }
+
     /// Opens a reader at `from` (0 = the first retained record).
     pub fn reader(&self, from: u64, upto: ReadUpto) -> Result<Reader> {
         Reader::open(self.shared.clone(), from, upto)
@@ -407,7 +430,7 @@ impl Wal {
             drop(stop);
             let _ = thread.join();
         }
-        let result = self.shared.sync().and_then(|_| self.shared.mark_clean_close());
+        let result = self.shared.sync().and_then(|_| self.shared.mark_clean_close()).and_then(|_| self.shared.record_extent());
         self.shared.closed.store(true, Ordering::Release);
         if let Some(thread) = self.preparer.take() {
             // The channel's sender lives in `shared`; closed makes the thread exit.
@@ -693,9 +716,10 @@ impl Shared {
             self.durable.fetch_max(st.next_seq - 1, Ordering::AcqRel);
         }
         let spare = self.spare.lock().take();
+        let prev = Some(Self::link_to_active(st));
         let made = match spare {
-            Some((file, tmp)) => segment::install(&*self.fs, &self.dir, file, &tmp, st.next_seq, self.opts.segment_size),
-            None => segment::create(&*self.fs, &self.dir, st.next_seq, self.opts.segment_size),
+            Some((file, tmp)) => segment::install(&*self.fs, &self.dir, file, &tmp, st.next_seq, self.opts.segment_size, prev),
+            None => segment::create(&*self.fs, &self.dir, st.next_seq, self.opts.segment_size, prev),
         };
         self.wake_preparer();
         match made {
@@ -703,11 +727,9 @@ impl Shared {
                 if self.opts.durability != Durability::Sync {
                     st.sealed.push(full);
                 }
-                st.segments.push(SegmentMeta {
-                    first_seq: st.next_seq,
-                    path: self.dir.join(segment::file_name(st.next_seq)),
-                });
+                st.segments.push(SegmentMeta::new(&self.dir, st.next_seq, next.salt, prev));
                 st.active = Some(next);
+                self.record_rotation(st);
                 Ok(())
             }
             // Out of disk, descriptors or memory before the new segment
@@ -870,11 +892,70 @@ impl Shared {
         Ok(self.durable.load(Ordering::Acquire))
     }
 
+    /// The extent record's view of the log now (under the state lock), with
+    /// its generation.
+    fn extent_snapshot(&self, st: &mut State) -> (u64, extent::Extent) {
+        st.extent_gen += 1;
+        let extent = extent::Extent {
+            durable: self.durable.load(Ordering::Acquire),
+            next_seq: st.next_seq,
+            segments: st.segments.iter().map(|s| (s.first_seq, s.salt)).collect(),
+        };
+        (st.extent_gen, extent)
+    }
+
+    /// Writes a snapshot to `wal.meta` unless a newer one is written
+    /// already (truncation writes its snapshot after releasing the state
+    /// lock, so a rotation's newer one may overtake it).
+    fn write_extent(&self, (gen, extent): (u64, extent::Extent)) -> Result<()> {
+        let mut written = self.extent_written.lock();
+        if *written >= gen {
+            return Ok(());
+        }
+        extent::write(&*self.fs, &self.dir, &extent)?;
+        *written = gen;
+        Ok(())
+    }
+
+    /// Records the current extent (at open and at close).
+    fn record_extent(&self) -> Result<()> {
+        let snapshot = self.extent_snapshot(&mut self.state.lock());
+        self.write_extent(snapshot)
+    }
+
+    /// Records the extent after a rotation, under the state lock. A failure
+    /// does not fail the append: a record one rotation behind is what a
+    /// crash right after the rotation leaves too, and recovery accepts
+    /// segments after the listed ones when their headers link to them;
+    /// the next rotation, truncation or close writes it again (close
+    /// reports a failure).
+    fn record_rotation(&self, st: &mut State) {
+        let snapshot = self.extent_snapshot(st);
+        let _ = self.write_extent(snapshot);
+    }
+
+    /// The link a new segment's header carries to the active one.
+    fn link_to_active(st: &State) -> format::Link {
+        let a = st.active.as_ref().expect("rotation needs an active segment");
+        let first_seq = st.segments.last().map_or(st.next_seq, |s| s.first_seq);
+        format::Link { first_seq, salt: a.salt, end: st.next_seq }
+    }
+
+    /// `seq`, or the first sequence after the declared gap it falls in:
+    /// readers step over numbers recovery declared lost.
+    pub(crate) fn skip_gap(&self, seq: u64) -> u64 {
+        if !self.has_gap.load(Ordering::Acquire) {
+            return seq;
+        }
+        let st = self.state.lock();
+        st.segments.iter().find(|s| s.gap_from.is_some_and(|g| g <= seq) && seq < s.first_seq).map_or(seq, |s| s.first_seq)
+    }
+
     /// Deletes the prefix of whole segments that nobody needs (W7):
     /// all records <= min(acked, keep_from - 1, pins - 1), never the active one.
     fn truncate(&self) -> Result<()> {
         let _one_at_a_time = self.truncate_lock.lock();
-        let victims: Vec<SegmentMeta> = {
+        let (victims, extent) = {
             let mut st = self.state.lock();
             let pinned = st.pins.values().min().map_or(u64::MAX, |p| p - 1);
             let floor = st.acked.min(st.keep_from.saturating_sub(1)).min(pinned);
@@ -882,10 +963,18 @@ impl Shared {
             while n + 1 < st.segments.len() && st.segments[n + 1].first_seq - 1 <= floor {
                 n += 1;
             }
-            st.segments.drain(..n).collect()
+            let victims: Vec<SegmentMeta> = st.segments.drain(..n).collect();
+            if victims.is_empty() {
+                return Ok(());
+            }
+            (victims, self.extent_snapshot(&mut st))
         };
-        if victims.is_empty() {
-            return Ok(());
+        // The record stops listing them before they go: a listed segment
+        // that is missing is lost data to recovery. If it cannot be
+        // written, they stay (listed, retained) and a later ack retries.
+        if let Err(e) = self.write_extent(extent) {
+            self.state.lock().segments.splice(0..0, victims);
+            return Err(e);
         }
         let mut first_error = None;
         for v in &victims {

@@ -124,6 +124,7 @@ impl Reader {
     /// Finds and verifies the frame that holds `self.next`; false when that
     /// record does not exist yet.
     fn load_frame(&mut self) -> Result<bool> {
+        self.next = self.shared.skip_gap(self.next);
         if self.next > self.limit() {
             return Ok(false);
         }
@@ -142,7 +143,7 @@ impl Reader {
                 return Err(corrupt("segment ends before it"));
             }
             let head = self.bytes(at, FRAME_HEADER_LEN)?.to_vec();
-            let h = FrameHeader::parse(&head);
+            let h = FrameHeader::parse(&head).ok_or_else(|| corrupt("segment ends before it"))?;
             if !h.plausible(&head, room) && !h.plausible(&head, self.refresh_len()?.saturating_sub(at)) {
                 return Err(corrupt("malformed frame header"));
             }

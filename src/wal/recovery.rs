@@ -3,20 +3,44 @@
 //! (W5). The outcome table is in docs/WAL.md.
 
 use crate::fs::{File, FileSystem};
-use super::scan::{find_damage, scan_segment, Damage, SegmentFile, SegmentScan};
+use super::extent::{self, Extent};
+use super::format::Link;
+use super::scan::{find_damage, kept_end, scan_segment, Damage, SegmentFile, SegmentScan};
 use super::segment::{self, Active, SegmentMeta};
 use super::RecoveryMode;
 use crate::error::{Error, Result};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 /// What recovery leaves behind: the retained segments in order, the last
-/// one opened for appends (None when the log has no segment yet), and the
-/// sequence number the next append gets.
+/// one opened for appends (None when a new segment must be created: the
+/// log has none yet, or the next sequence number skips a declared gap),
+/// and the sequence number the next append gets.
 pub struct Recovered {
     pub segments: Vec<SegmentMeta>,
     pub active: Option<Active>,
     pub next_seq: u64,
+    /// When `active` is None: the segment the new one follows.
+    pub prev: Option<Link>,
+    /// What a lossy recovery gave up (None when the log was whole).
+    pub report: Option<RecoveryReport>,
+}
+
+/// What recovery repaired or gave up, for the caller of an explicit
+/// salvage (and of a lossy `TOLERATE_TAIL`/`POINT_IN_TIME` open).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RecoveryReport {
+    /// The first damage found, as the error of a strict mode would name it.
+    pub damage: Option<String>,
+    /// Where the segments disagree with the extent record (`wal.meta`).
+    pub extent: Vec<String>,
+    /// Sequence numbers known lost (inclusive ranges).
+    pub lost: Vec<(u64, u64)>,
+    /// Sequence numbers the log skips so that none is reissued (inclusive):
+    /// the next append gets the one after.
+    pub skipped: Option<(u64, u64)>,
+    /// The folder holding the segments set aside, if any.
+    pub set_aside: Option<std::path::PathBuf>,
 }
 
 pub fn read_all(file: &dyn File) -> std::io::Result<Vec<u8>> {
@@ -37,7 +61,14 @@ pub fn read_all(file: &dyn File) -> std::io::Result<Vec<u8>> {
 fn read_and_scan(fs: &dyn FileSystem, name: String, path: std::path::PathBuf, first_seq: u64) -> Result<SegmentScan> {
     // Mapped when the file system can (no copy, no fresh zeroed buffer per
     // segment); read into memory otherwise.
-    let mapped = fs.map_readonly(&path).map_err(|e| Error::io(format!("mapping {}", path.display()), e))?;
+    let mapped = fs.map_readonly(&path).map_err(|e| {
+        let what = match e.raw_os_error() {
+            // mmap of a directory (or another non-file) named like a segment.
+            Some(libc::ENODEV) | Some(libc::EISDIR) => "is named like a WAL segment but is not a regular file",
+            _ => "cannot be mapped",
+        };
+        Error::io(format!("{} {what}", path.display()), e)
+    })?;
     let owned;
     let bytes: &[u8] = match &mapped {
         Some(m) => m.bytes(),
@@ -68,8 +99,9 @@ pub fn recover(fs: &dyn FileSystem, dir: &Path, mode: RecoveryMode, segment_size
     let mut removed_temp = false;
     let mut found = Vec::new();
     for name in names {
-        if name.ends_with(segment::TEMP_SUFFIX) {
-            // A segment that never finished W8 holds no acknowledged record.
+        if name.ends_with(segment::TEMP_SUFFIX) || name == extent::META_TEMP {
+            // A segment that never finished W8 holds no acknowledged record;
+            // an extent record that was never renamed is not the record.
             fs.remove(&dir.join(&name)).map_err(|e| Error::io(format!("removing stray {name}"), e))?;
             removed_temp = true;
         } else if let Some(first_seq) = segment::parse_name(&name) {
@@ -80,53 +112,82 @@ pub fn recover(fs: &dyn FileSystem, dir: &Path, mode: RecoveryMode, segment_size
         fs.sync_dir(dir).map_err(|e| Error::io(format!("syncing {}", dir.display()), e))?;
     }
     found.sort();
+    let meta = extent::read(fs, dir)?;
     let scans = found
         .into_iter()
         .map(|(first_seq, name)| read_and_scan(fs, name.clone(), dir.join(&name), first_seq))
         .collect::<Result<Vec<_>>>()?;
 
     // How many segments stay, and where the last one's valid data ends.
-    let mut keep = scans.len();
-    let mut cut: Option<(usize, u64)> = None;
-    if let Some(d) = find_damage(&scans) {
-        // Damage that no later frame vouches for is the unsynced tail a
-        // crash leaves (writeback reaches the disk in any order, so valid
-        // frames may follow it, and in NONE/PERIODIC mode a full segment
-        // may be unsynced when the next one starts); nothing there was ever
-        // part of D. A bad segment header is never a tail: headers are
-        // synced before a segment is used (W8).
-        if !d.opens(mode) {
-            return Err(Error::corruption(format!("{} (recovery mode {:?})", describe(&d, &scans), mode)));
+    let damage = find_damage(&scans);
+    let keep = damage.as_ref().map_or(scans.len(), |d| d.kept_segments());
+    let cut = damage.as_ref().filter(|d| d.in_frames && !d.bad_header).map(|d| (d.seg, d.offset));
+    let kept_end = kept_end(&scans, damage.as_ref());
+    // Damage that no later frame vouches for is the unsynced tail a crash
+    // leaves (writeback reaches the disk in any order, so valid frames may
+    // follow it, and in NONE/PERIODIC mode a full segment may be unsynced
+    // when the next one starts); nothing there was ever part of D. A bad
+    // segment header is never a tail: headers are synced before a segment
+    // is used (W8). Whatever the damage, the extent record must agree: a
+    // segment it lists that is gone or replaced, or records it saw durable
+    // that are not there, is lost data only SALVAGE accepts.
+    let problems = extent::check(&meta, &scans, kept_end);
+    let refused = damage.as_ref().filter(|d| !d.opens(mode));
+    if refused.is_some() || (!problems.is_empty() && mode != RecoveryMode::Salvage) {
+        let mut why: Vec<String> = refused.map(|d| describe(d, &scans)).into_iter().collect();
+        if !problems.is_empty() {
+            let list: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
+            why.push(format!("the WAL's extent record disagrees with its segments: {}", list.join("; ")));
         }
-        if d.sets_aside(scans.len()) {
-            set_aside(fs, dir, &scans, &d)?;
-        }
-        keep = d.kept_segments();
-        if d.in_frames && !d.bad_header {
-            cut = Some((d.seg, d.offset));
-        }
+        return Err(Error::corruption(format!("{} (recovery mode {:?})", why.join("; "), mode)));
     }
 
-    let next_seq = match keep {
-        0 => scans.first().map_or(1, |s| s.file.first_seq.max(1)),
-        k => scans[k - 1].next_seq,
+    // Never reissue a sequence number: the next one is above everything
+    // the extent record (or, without one, the segment headers and durable
+    // hints) proves was handed out, even when records before it are gone.
+    let next_seq = kept_end.max(extent::next_floor(&meta, &scans));
+    let kept_extent = |s: &SegmentScan| s.header.as_ref().ok().map(|h| (s.file.first_seq, h.salt, h.prev));
+    let kept: Vec<(u64, u32, Option<Link>)> = scans[..keep].iter().filter_map(kept_extent).collect();
+    let mut set_aside_in = None;
+    if let Some(d) = damage.as_ref().filter(|d| d.sets_aside(scans.len())) {
+        // The record first, so that it never lists a segment set aside.
+        let remains = Extent {
+            durable: kept_end.saturating_sub(1),
+            next_seq,
+            segments: kept.iter().map(|&(f, salt, _)| (f, salt)).collect(),
+        };
+        extent::write(fs, dir, &remains)?;
+        set_aside_in = Some(set_aside(fs, dir, &scans, d)?);
+    }
+
+    let gap = next_seq > kept_end;
+    let cut_last = |k: usize| cut.filter(|(s, _)| *s == k - 1).map(|(_, o)| o);
+    let (active, prev) = match keep {
+        0 => (None, None),
+        k if gap => {
+            // The last kept segment ends the records before the gap: repair
+            // and sync it; appends go to a new segment that declares the gap.
+            drop(open_active(fs, &scans[k - 1], cut_last(k), segment_size)?);
+            let (first_seq, salt, _) = *kept.last().expect("kept segments have valid headers");
+            (None, Some(Link { first_seq, salt, end: kept_end }))
+        }
+        k => (Some(open_active(fs, &scans[k - 1], cut_last(k), segment_size)?), None),
     };
-    let active = match keep {
-        0 => None,
-        k => Some(open_active(fs, &scans[k - 1], cut.filter(|(s, _)| *s == k - 1).map(|(_, o)| o), segment_size)?),
-    };
-    let segments = scans
-        .into_iter()
-        .take(keep)
-        .map(|s| SegmentMeta { first_seq: s.file.first_seq, path: s.file.path })
-        .collect();
-    Ok(Recovered { segments, active, next_seq })
+    let report = (damage.is_some() || !problems.is_empty() || gap).then(|| RecoveryReport {
+        damage: damage.as_ref().map(|d| describe(d, &scans)),
+        extent: problems.iter().map(|p| p.to_string()).collect(),
+        lost: problems.iter().filter_map(|p| p.lost).collect(),
+        skipped: gap.then(|| (kept_end, next_seq - 1)),
+        set_aside: set_aside_in,
+    });
+    let segments = kept.into_iter().map(|(first, salt, link)| SegmentMeta::new(dir, first, salt, link)).collect();
+    Ok(Recovered { segments, active, next_seq, prev, report })
 }
 
 /// Moves the segments that recovery gives up into `<dir>/salvaged-<ns>/`
 /// (never deleting data): segments after the damage are moved, a damaged
 /// segment whose prefix stays in the log is copied first.
-fn set_aside(fs: &dyn FileSystem, dir: &Path, scans: &[SegmentScan], d: &Damage) -> Result<()> {
+fn set_aside(fs: &dyn FileSystem, dir: &Path, scans: &[SegmentScan], d: &Damage) -> Result<PathBuf> {
     let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();
     let aside = dir.join(format!("salvaged-{stamp}"));
     let io = |what: &str, e| Error::io(format!("{what} while setting damaged WAL segments aside in {}", aside.display()), e);
@@ -146,7 +207,7 @@ fn set_aside(fs: &dyn FileSystem, dir: &Path, scans: &[SegmentScan], d: &Damage)
     }
     fs.sync_dir(&aside).map_err(|e| io("syncing", e))?;
     fs.sync_dir(dir).map_err(|e| io("syncing", e))?;
-    Ok(())
+    Ok(aside)
 }
 
 /// Opens the last retained segment for appends at the end of its valid

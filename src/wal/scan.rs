@@ -206,6 +206,42 @@ impl Damage {
     }
 }
 
+/// The sequence number after the records recovery keeps (given the first
+/// damage): where appends continue unless a gap must be declared.
+pub fn kept_end(scans: &[SegmentScan], damage: Option<&Damage>) -> u64 {
+    match damage.map_or(scans.len(), |d| d.kept_segments()) {
+        0 => scans.first().map_or(1, |s| s.file.first_seq.max(1)),
+        k => scans[k - 1].next_seq,
+    }
+}
+
+/// Why segment `s` cannot continue the log after `prev`, if it cannot. A
+/// version 2 header names its predecessor (first sequence and salt) and
+/// where that one's records end; the end may be below its own first
+/// sequence when recovery declared the numbers between lost (a gap). A
+/// version 1 header must start exactly where `prev` ends.
+pub fn does_not_follow(prev: &SegmentScan, s: &SegmentScan) -> Option<String> {
+    let link = s.header.as_ref().ok().and_then(|h| h.prev);
+    let prev_salt = prev.header.as_ref().ok().map(|h| h.salt);
+    match link {
+        Some(l) if l.first_seq == prev.file.first_seq && Some(l.salt) == prev_salt && l.end == prev.next_seq => None,
+        Some(l) => Some(format!(
+            "next segment {} follows segment {} (salt {:#010x}) ending before sequence {}, not {} ending before {} (missing, replaced or swapped segment)",
+            s.file.name,
+            super::segment::file_name(l.first_seq),
+            l.salt,
+            l.end,
+            prev.file.name,
+            prev.next_seq
+        )),
+        None if s.file.first_seq == prev.next_seq => None,
+        None => Some(format!(
+            "next segment {} starts at sequence {} (missing or duplicated segment)",
+            s.file.name, s.file.first_seq
+        )),
+    }
+}
+
 pub fn find_damage(scans: &[SegmentScan]) -> Option<Damage> {
     let mut found: Option<Damage> = None;
     for (i, s) in scans.iter().enumerate() {
@@ -218,15 +254,12 @@ pub fn find_damage(scans: &[SegmentScan]) -> Option<Damage> {
         }
         if i > 0 {
             let prev = &scans[i - 1];
-            if s.file.first_seq != prev.next_seq {
+            if let Some(reason) = does_not_follow(prev, s) {
                 found = Some(Damage {
                     seg: i - 1,
                     offset: prev.end,
                     seq: prev.next_seq,
-                    reason: format!(
-                        "next segment {} starts at sequence {} (missing or duplicated segment)",
-                        s.file.name, s.file.first_seq
-                    ),
+                    reason,
                     bad_header: false,
                     in_frames: false,
                     proof: s.max_hint.filter(|(h, _)| *h >= prev.next_seq).map(|(h, at)| (i, at, h)),

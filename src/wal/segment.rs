@@ -1,7 +1,7 @@
 //! Segment files: names, creation (W8), the handle of the active one and
 //! the read handle all readers of a segment share.
 
-use super::format::{decode_segment_header, encode_segment_header, SEGMENT_HEADER_LEN};
+use super::format::{decode_segment_header, encode_segment_header, Link, SEGMENT_HEADER_LEN};
 use crate::fs::{File, FileSystem, ReadMap};
 use crate::error::{Error, Result};
 use std::path::{Path, PathBuf};
@@ -34,7 +34,12 @@ pub fn check_wal_dir(fs: &dyn FileSystem, dir: &Path) -> Result<()> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(Error::io(format!("listing {}", dir.display()), e)),
     };
-    let wal_file = |n: &String| parse_name(n).is_some() || n.ends_with(TEMP_SUFFIX) || n.starts_with("salvaged-");
+    let wal_file = |n: &String| {
+        parse_name(n).is_some()
+            || n.ends_with(TEMP_SUFFIX)
+            || n.starts_with("salvaged-")
+            || [super::extent::META_NAME, super::extent::META_TEMP].contains(&n.as_str())
+    };
     if names.iter().any(wal_file) || names.iter().all(|n| n == "LOCK") {
         return Ok(());
     }
@@ -55,6 +60,18 @@ pub fn check_wal_dir(fs: &dyn FileSystem, dir: &Path) -> Result<()> {
 pub struct SegmentMeta {
     pub first_seq: u64,
     pub path: PathBuf,
+    /// Its header's salt: with `first_seq`, the identity `wal.meta` records.
+    pub salt: u32,
+    /// Where the previous segment's records ended, when recovery declared
+    /// the sequence numbers from there to `first_seq` lost (never reissued).
+    pub gap_from: Option<u64>,
+}
+
+impl SegmentMeta {
+    pub fn new(dir: &Path, first_seq: u64, salt: u32, prev: Option<Link>) -> SegmentMeta {
+        let gap_from = prev.map(|p| p.end).filter(|&end| end < first_seq);
+        SegmentMeta { first_seq, path: dir.join(file_name(first_seq)), salt, gap_from }
+    }
 }
 
 /// The segment that takes appends.
@@ -145,11 +162,20 @@ pub fn prepare(fs: &dyn FileSystem, tmp: &Path, capacity: u64) -> std::io::Resul
 /// directory fsync. Nothing is acknowledged in the segment before this
 /// returns. On failure the temporary file is removed (best effort) and the
 /// log is as it was.
-pub fn install(fs: &dyn FileSystem, dir: &Path, file: Arc<dyn File>, tmp: &Path, first_seq: u64, capacity: u64) -> Result<Active> {
+/// `prev` is the segment it follows (None for the first one of a log).
+pub fn install(
+    fs: &dyn FileSystem,
+    dir: &Path,
+    file: Arc<dyn File>,
+    tmp: &Path,
+    first_seq: u64,
+    capacity: u64,
+    prev: Option<Link>,
+) -> Result<Active> {
     let path = dir.join(file_name(first_seq));
     let salt = new_salt();
     let attempt = || -> std::io::Result<()> {
-        file.write_at(&[&encode_segment_header(salt, first_seq)], 0)?;
+        file.write_at(&[&encode_segment_header(salt, first_seq, prev)], 0)?;
         file.sync_data()?;
         fs.rename(tmp, &path)?;
         fs.sync_dir(dir)
@@ -164,10 +190,10 @@ pub fn install(fs: &dyn FileSystem, dir: &Path, file: Arc<dyn File>, tmp: &Path,
 }
 
 /// Creates segment `first_seq` in one go (W8), when no prepared spare is at hand.
-pub fn create(fs: &dyn FileSystem, dir: &Path, first_seq: u64, capacity: u64) -> Result<Active> {
+pub fn create(fs: &dyn FileSystem, dir: &Path, first_seq: u64, capacity: u64, prev: Option<Link>) -> Result<Active> {
     let tmp = dir.join(format!("{first_seq:020}{TEMP_SUFFIX}"));
     match prepare(fs, &tmp, capacity) {
-        Ok(file) => install(fs, dir, file, &tmp, first_seq, capacity),
+        Ok(file) => install(fs, dir, file, &tmp, first_seq, capacity, prev),
         Err(e) => {
             let _ = fs.remove(&tmp);
             Err(Error::io(format!("creating WAL segment {}", tmp.display()), e))

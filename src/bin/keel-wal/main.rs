@@ -5,8 +5,9 @@
 mod scan;
 
 use keel::wal::format::{records, FRAME_BATCH, FRAME_MARK};
+use keel::wal::extent::{self, Problem};
 use keel::wal::RecoveryMode;
-use keel::wal::scan::{Damage, Frame, SegmentFile, SegmentScan};
+use keel::wal::scan::{kept_end, Damage, Frame, SegmentFile, SegmentScan};
 use scan::{IoFail, Listing};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
@@ -22,12 +23,15 @@ Inspects the keel WAL in DIR (or a single segment file) without changing it.
   verify  checks every segment header and frame; reports the first damage,
           torn tail or corruption, and whether Wal::open in MODE would open
   stat    segments, sequence range, durable watermark, stray files
-Exit status: 0 clean, 1 damage found, 2 usage error, 3 the log cannot be read.
+Exit status: 0 clean, 1 damage or missing segments found, 2 usage error,
+3 not a WAL or cannot be read, 4 dump --from is beyond the last record.
 ";
 
 enum Fail {
     Usage(String),
     Io(String),
+    /// `dump --from` names a record after the last one.
+    Beyond(String),
     /// Writing our own output failed (a closed pipe ends the program quietly).
     Out(io::Error),
 }
@@ -119,6 +123,11 @@ fn main() -> ExitCode {
             eprintln!("keel-wal: {msg}");
             3
         }
+        Err(Fail::Beyond(msg)) => {
+            let _ = out.flush();
+            eprintln!("keel-wal: {msg}");
+            4
+        }
         Err(Fail::Out(e)) if e.kind() == io::ErrorKind::BrokenPipe => 0,
         Err(Fail::Out(e)) => {
             eprintln!("keel-wal: writing output: {e}");
@@ -142,17 +151,16 @@ fn dump(out: &mut impl Write, path: &Path, from: Option<u64>, hex: bool) -> Resu
     }
     // Segments that end before `from` are not read at all.
     let start = l.segments.iter().rposition(|s| s.first_seq <= from).unwrap_or(0);
-    let mut expected: Option<u64> = None;
+    let mut prev: Option<SegmentScan> = None;
+    let mut end = first.first_seq;
     for seg in &l.segments[start..] {
-        if let Some(next) = expected.filter(|n| *n != seg.first_seq) {
-            eprintln!(
-                "keel-wal: stopped: segment {} starts at sequence {} where {next} was expected (missing or duplicated segment); see `keel-wal verify`",
-                seg.path.display(),
-                seg.first_seq
-            );
+        let bytes = scan::read_segment(&seg.path)?;
+        // The same chain check as recovery (a declared gap is no damage).
+        let quiet = keel::wal::scan::scan_segment(seg.clone(), &bytes, |_, _| Ok::<(), io::Error>(()))?;
+        if let Some(why) = prev.as_ref().and_then(|p| keel::wal::scan::does_not_follow(p, &quiet)) {
+            eprintln!("keel-wal: stopped before segment {}: {why}; see `keel-wal verify`", seg.path.display());
             return Ok(1);
         }
-        let bytes = scan::read_segment(&seg.path)?;
         let s = keel::wal::scan::scan_segment(seg.clone(), &bytes, |f, frame| print_frame(out, f, &frame, from, hex))?;
         if let Some((offset, why)) = &s.damage {
             out.flush()?;
@@ -163,7 +171,12 @@ fn dump(out: &mut impl Write, path: &Path, from: Option<u64>, hex: bool) -> Resu
             );
             return Ok(1);
         }
-        expected = Some(s.next_seq);
+        end = s.next_seq;
+        prev = Some(s);
+    }
+    if from >= end {
+        let last = if end > first.first_seq { format!("the last record is {}", end - 1) } else { "the log holds no record".to_string() };
+        return Err(Fail::Beyond(format!("sequence {from} is beyond the end of the log in {}: {last}", path.display())));
     }
     Ok(0)
 }
@@ -240,25 +253,41 @@ fn verify(out: &mut impl Write, path: &Path, mode: RecoveryMode) -> Result<u8, F
     writeln!(out, "segments: {} checked ({} .. {})", scans.len(), first.file.name, last.file.name)?;
     let damage = keel::wal::scan::find_damage(&scans);
     let sum = scan::summarize(&scans, damage.as_ref());
+    let kept_end = kept_end(&scans, damage.as_ref());
+    let problems = l.meta.as_ref().map_or(Vec::new(), |m| extent::check(m, &scans, kept_end));
+    let next = l.meta.as_ref().map_or(kept_end, |m| kept_end.max(extent::next_floor(m, &scans)));
     let code = match &damage {
+        None if !problems.is_empty() => {
+            writeln!(out, "valid log: {}", range(&sum))?;
+            report_extent(out, &problems)?;
+            writeln!(out, "verdict: {}", extent_verdict(mode, next, kept_end))?;
+            let others: Vec<String> = scan::MODES
+                .iter()
+                .filter(|m| **m != mode)
+                .map(|m| format!("{} would {}", scan::mode_name(*m), if *m == RecoveryMode::Salvage { "open" } else { "fail" }))
+                .collect();
+            writeln!(out, "other modes: {}", others.join(", "))?;
+            1
+        }
         None => {
             let hint = sum.max_hint.map_or("none".to_string(), |h| h.to_string());
             match sum.clean_close {
                 Some(_) => writeln!(out, "clean: {}; ends with a MARK frame (clean close), durable hint {hint}", range(&sum))?,
                 None => writeln!(out, "clean: {}; no MARK at the end (not closed cleanly, or open), durable hint {hint}", range(&sum))?,
             }
-            let next = last.next_seq;
             writeln!(out, "verdict: {} would open; the next append gets sequence {next}", scan::mode_name(mode))?;
             0
         }
         Some(d) => {
             report_damage(out, &scans, d)?;
             writeln!(out, "valid prefix: {}", range(&sum))?;
-            writeln!(out, "verdict: {}", verdict(&scans, d, mode))?;
+            report_extent(out, &problems)?;
+            let opens = |m: RecoveryMode| d.opens(m) && (problems.is_empty() || m == RecoveryMode::Salvage);
+            writeln!(out, "verdict: {}", verdict(&scans, d, mode, opens(mode), next))?;
             let others: Vec<String> = scan::MODES
                 .iter()
                 .filter(|m| **m != mode)
-                .map(|m| format!("{} would {}", scan::mode_name(*m), if d.opens(*m) { "open" } else { "fail" }))
+                .map(|m| format!("{} would {}", scan::mode_name(*m), if opens(*m) { "open" } else { "fail" }))
                 .collect();
             writeln!(out, "other modes: {}", others.join(", "))?;
             1
@@ -303,10 +332,34 @@ fn report_damage(out: &mut impl Write, scans: &[SegmentScan], d: &Damage) -> io:
     Ok(())
 }
 
-fn verdict(scans: &[SegmentScan], d: &Damage, mode: RecoveryMode) -> String {
+/// The extent record's complaints (docs/WAL.md, "The extent record").
+fn report_extent(out: &mut impl Write, problems: &[Problem]) -> io::Result<()> {
+    for p in problems {
+        writeln!(out, "missing: {p}")?;
+    }
+    Ok(())
+}
+
+fn extent_verdict(mode: RecoveryMode, next: u64, kept_end: u64) -> String {
     let name = scan::mode_name(mode);
-    if d.opens(mode) {
-        format!("{name} would open after repairing: {}", scan::repair(d, scans))
+    match mode {
+        RecoveryMode::Salvage => format!("{name} would open, report what is missing{}", skips(next, kept_end)),
+        _ => format!("{name} would fail to open (CORRUPTION); nothing would change"),
+    }
+}
+
+fn skips(next: u64, kept_end: u64) -> String {
+    if next > kept_end {
+        format!(" and skip sequences {kept_end}..{}: the next append gets {next}", next - 1)
+    } else {
+        format!("; the next append gets sequence {next}")
+    }
+}
+
+fn verdict(scans: &[SegmentScan], d: &Damage, mode: RecoveryMode, opens: bool, next: u64) -> String {
+    let name = scan::mode_name(mode);
+    if opens {
+        format!("{name} would open after repairing: {}{}", scan::repair(d, scans), skips(next, kept_end(scans, Some(d))))
     } else {
         format!("{name} would fail to open (CORRUPTION); nothing would change")
     }
@@ -353,6 +406,10 @@ fn stat(out: &mut impl Write, path: &Path) -> Result<u8, Fail> {
     writeln!(out, "salvaged folders: {}", list_or_none(&l.salvaged))?;
     if !l.other.is_empty() {
         writeln!(out, "other files: {}", l.other.join(" "))?;
+    }
+    let problems = l.meta.as_ref().map_or(Vec::new(), |m| extent::check(m, &scans, kept_end(&scans, damage.as_ref())));
+    for p in &problems {
+        writeln!(out, "missing: {p}; see `keel-wal verify`")?;
     }
     if let Some(d) = &damage {
         let kind = if d.torn_tail() { "torn tail" } else { "corruption" };

@@ -5,6 +5,7 @@
 //! directory, reads files and summarises. Nothing here opens a file for
 //! writing, takes the LOCK or repairs anything.
 
+use keel::wal::extent::{MetaFile, META_NAME, META_TEMP};
 use keel::wal::format::{decode_segment_header, FRAME_MARK};
 use keel::wal::scan::{scan_segment, Damage, SegmentFile, SegmentScan};
 use keel::wal::{parse_segment_name, RecoveryMode};
@@ -36,6 +37,8 @@ pub struct Listing {
     pub salvaged: Vec<String>,
     /// Anything else except LOCK (recovery ignores it).
     pub other: Vec<String>,
+    /// The extent record (None when a single segment file is inspected).
+    pub meta: Option<MetaFile>,
 }
 
 /// Lists `path`: a WAL directory, or a single segment file (then the
@@ -45,17 +48,24 @@ pub fn list(path: &Path) -> Result<Listing, IoFail> {
     if meta.is_file() {
         return list_single(path, meta.len());
     }
-    let mut l = Listing { segments: Vec::new(), temp: Vec::new(), salvaged: Vec::new(), other: Vec::new() };
+    let mut l = Listing { segments: Vec::new(), temp: Vec::new(), salvaged: Vec::new(), other: Vec::new(), meta: None };
+    let mut meta = None;
     let entries = std::fs::read_dir(path).map_err(|e| io_fail("read directory", path, e))?;
     for entry in entries {
         let entry = entry.map_err(|e| io_fail("read directory", path, e))?;
         let name = entry.file_name().to_string_lossy().into_owned();
         let is_dir = entry.file_type().map(|t| t.is_dir()).unwrap_or(false);
-        if let Some(first_seq) = parse_segment_name(&name).filter(|_| !is_dir) {
+        if let Some(first_seq) = parse_segment_name(&name) {
             let p = entry.path();
-            let size = entry.metadata().map_err(|e| io_fail("stat", &p, e))?.len();
-            l.segments.push(SegmentFile { name, path: p, first_seq, size });
-        } else if name.ends_with(".wal.tmp") {
+            let m = entry.metadata().map_err(|e| io_fail("stat", &p, e))?;
+            if !m.is_file() {
+                // Wal::open would try to read it as a segment and fail.
+                return Err(IoFail(format!("{} is named like a WAL segment but is not a regular file", p.display())));
+            }
+            l.segments.push(SegmentFile { name, path: p, first_seq, size: m.len() });
+        } else if name == META_NAME && !is_dir {
+            meta = Some(read_segment(&entry.path())?);
+        } else if name.ends_with(".wal.tmp") || name == META_TEMP {
             l.temp.push(name);
         } else if is_dir && name.starts_with("salvaged-") {
             l.salvaged.push(name);
@@ -67,6 +77,16 @@ pub fn list(path: &Path) -> Result<Listing, IoFail> {
     l.temp.sort();
     l.salvaged.sort();
     l.other.sort();
+    if l.segments.is_empty() && meta.is_none() && !l.other.is_empty() {
+        // Not an empty log: something else (an engine's data directory, a
+        // shard directory: its log is in shards/<id>/wal).
+        return Err(IoFail(format!(
+            "{} is not a keel WAL directory: no segments and no {META_NAME}, but it holds {}",
+            path.display(),
+            l.other.join(" ")
+        )));
+    }
+    l.meta = Some(MetaFile::from_bytes(meta.as_deref()));
     Ok(l)
 }
 
@@ -84,7 +104,7 @@ fn list_single(path: &Path, size: u64) -> Result<Listing, IoFail> {
         }
     };
     let seg = SegmentFile { name, path: path.to_path_buf(), first_seq, size };
-    Ok(Listing { segments: vec![seg], temp: Vec::new(), salvaged: Vec::new(), other: Vec::new() })
+    Ok(Listing { segments: vec![seg], temp: Vec::new(), salvaged: Vec::new(), other: Vec::new(), meta: None })
 }
 
 pub fn read_segment(path: &Path) -> Result<Vec<u8>, IoFail> {
@@ -121,7 +141,7 @@ pub fn repair(d: &Damage, scans: &[SegmentScan]) -> String {
     let kept = d.kept_segments();
     let first = scans[0].file.first_seq;
     steps.push(if kept == 0 || d.seq <= first {
-        format!("keep no record (the next append gets sequence {})", d.seq)
+        "keep no record".to_string()
     } else {
         format!("keep records {first}..{}", d.seq - 1)
     });

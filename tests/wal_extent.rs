@@ -1,0 +1,224 @@
+//! The WAL never rolls back and never reissues a sequence number (issue
+//! #10 §3; docs/WAL.md, "The extent record"): whole segments deleted,
+//! renamed or swapped behind keel's back are caught in every recovery
+//! mode, and an explicit salvage past them continues above everything
+//! ever acknowledged.
+
+mod common;
+
+use common::{segment_files, TempDir};
+use keel::status::KEEL_STATUS_CORRUPTION;
+use keel::wal::{Durability, Options, ReadUpto, RecoveryMode, Wal};
+use std::path::Path;
+
+const STRICT: [RecoveryMode; 3] = [RecoveryMode::Absolute, RecoveryMode::TolerateTail, RecoveryMode::PointInTime];
+
+fn opts(recovery: RecoveryMode) -> Options {
+    Options { durability: Durability::None, recovery, segment_size: 64 << 10, prepare_ahead: false, ..Options::default() }
+}
+
+/// 520 records over three 64 KiB segments, closed cleanly.
+fn write_log(dir: &Path) -> Vec<Vec<u8>> {
+    let wal = Wal::open(dir, opts(RecoveryMode::Absolute)).unwrap();
+    let records: Vec<Vec<u8>> = (1..=520u64).map(|i| format!("record {i} {}", "z".repeat(300)).into_bytes()).collect();
+    for (i, r) in records.iter().enumerate() {
+        assert_eq!(wal.append(r).unwrap(), i as u64 + 1);
+    }
+    wal.close().unwrap();
+    assert_eq!(segment_files(dir).len(), 3, "the log spans three segments");
+    records
+}
+
+fn read_all(wal: &Wal) -> Vec<(u64, Vec<u8>)> {
+    let mut r = wal.reader(0, ReadUpto::Appended).unwrap();
+    let mut out = Vec::new();
+    while let Some(rec) = r.next_record().unwrap() {
+        out.push(rec);
+    }
+    out
+}
+
+fn first_seq_of(name: &str) -> u64 {
+    name.strip_suffix(".wal").unwrap().parse().unwrap()
+}
+
+/// Every strict mode refuses with CORRUPTION naming `names`; SALVAGE opens
+/// with the records `kept` and the next append gets 521 (above all 520
+/// acknowledged), which survives a clean close and an ABSOLUTE reopen.
+fn strict_refuse_salvage_continues(dir: &Path, records: &[Vec<u8>], kept: std::ops::RangeInclusive<u64>, names: &[&str]) {
+    for mode in STRICT {
+        let err = Wal::open(dir, opts(mode)).err().unwrap_or_else(|| panic!("{mode:?} opened a log with acknowledged records missing"));
+        assert_eq!(err.status, KEEL_STATUS_CORRUPTION, "{mode:?}: {err}");
+        for n in names {
+            assert!(err.message.contains(n), "{mode:?}: the error does not name {n}: {err}");
+        }
+    }
+    let wal = Wal::open(dir, opts(RecoveryMode::Salvage)).unwrap();
+    let report = wal.recovery_report().expect("a salvage past lost records reports them").clone();
+    assert!(!report.lost.is_empty() || report.damage.is_some(), "{report:?}");
+    let got = read_all(&wal);
+    let want: Vec<(u64, Vec<u8>)> = kept.clone().map(|s| (s, records[s as usize - 1].clone())).collect();
+    assert_eq!(got, want, "salvage keeps exactly the records that are left");
+    assert_eq!(wal.last_seq(), 520, "the sequence numbers of the lost records stay used");
+    assert_eq!(wal.append(b"after salvage").unwrap(), 521, "a sequence number was reissued ({report:?})");
+    wal.close().unwrap();
+    let wal = Wal::open(dir, opts(RecoveryMode::Absolute)).expect("the salvaged log is consistent again");
+    let mut want = want;
+    want.push((521, b"after salvage".to_vec()));
+    assert_eq!(read_all(&wal), want);
+    assert_eq!(wal.append(b"one more").unwrap(), 522);
+    wal.close().unwrap();
+}
+
+#[test]
+fn removing_the_last_segment_of_a_closed_log() {
+    let dir = TempDir::new("extent-rm-last");
+    let records = write_log(dir.path());
+    let segs = segment_files(dir.path());
+    let last = segs.last().unwrap().file_name().unwrap().to_str().unwrap().to_string();
+    let kept_to = first_seq_of(&last) - 1;
+    std::fs::remove_file(dir.path().join(&last)).unwrap();
+    strict_refuse_salvage_continues(dir.path(), &records, 1..=kept_to, &[&last, &format!("{}..=520", kept_to + 1)]);
+}
+
+#[test]
+fn renaming_the_intact_last_segment() {
+    let dir = TempDir::new("extent-mv-last");
+    let records = write_log(dir.path());
+    let segs = segment_files(dir.path());
+    let last = segs.last().unwrap().file_name().unwrap().to_str().unwrap().to_string();
+    let kept_to = first_seq_of(&last) - 1;
+    std::fs::rename(dir.path().join(&last), dir.path().join(format!("{:020}.wal", 9000))).unwrap();
+    strict_refuse_salvage_continues(dir.path(), &records, 1..=kept_to, &[&last]);
+}
+
+#[test]
+fn renaming_or_removing_the_first_segment() {
+    for rename in [true, false] {
+        let dir = TempDir::new("extent-first");
+        let records = write_log(dir.path());
+        let segs = segment_files(dir.path());
+        let first = segs[0].file_name().unwrap().to_str().unwrap().to_string();
+        let second = first_seq_of(segs[1].file_name().unwrap().to_str().unwrap());
+        if rename {
+            std::fs::rename(&segs[0], dir.path().join("00000000000000000001.wal.old")).unwrap();
+        } else {
+            std::fs::remove_file(&segs[0]).unwrap();
+        }
+        strict_refuse_salvage_continues(dir.path(), &records, second..=520, &[&first, &format!("1..={}", second - 1)]);
+    }
+}
+
+#[test]
+fn removing_the_middle_segment() {
+    let dir = TempDir::new("extent-rm-middle");
+    let records = write_log(dir.path());
+    let segs = segment_files(dir.path());
+    let middle = segs[1].file_name().unwrap().to_str().unwrap().to_string();
+    std::fs::remove_file(&segs[1]).unwrap();
+    strict_refuse_salvage_continues(dir.path(), &records, 1..=first_seq_of(&middle) - 1, &[&middle]);
+}
+
+#[test]
+fn swapping_two_segments() {
+    let dir = TempDir::new("extent-swap");
+    let records = write_log(dir.path());
+    let segs = segment_files(dir.path());
+    let (a, b) = (&segs[1], &segs[2]);
+    let tmp = dir.path().join("swap");
+    std::fs::rename(a, &tmp).unwrap();
+    std::fs::rename(b, a).unwrap();
+    std::fs::rename(&tmp, b).unwrap();
+    let middle = a.file_name().unwrap().to_str().unwrap();
+    strict_refuse_salvage_continues(dir.path(), &records, 1..=first_seq_of(middle) - 1, &[middle]);
+}
+
+#[test]
+fn a_lost_extent_record_is_corruption_and_salvage_still_never_reissues() {
+    let dir = TempDir::new("extent-meta-lost");
+    let records = write_log(dir.path());
+    std::fs::remove_file(dir.path().join("wal.meta")).unwrap();
+    let last = segment_files(dir.path()).pop().unwrap();
+    std::fs::remove_file(&last).unwrap();
+    for mode in STRICT {
+        let err = Wal::open(dir.path(), opts(mode)).err().expect("no extent record on a log that had one");
+        assert_eq!(err.status, KEEL_STATUS_CORRUPTION);
+        assert!(err.message.contains("wal.meta is missing"), "{err}");
+    }
+    // Without the record, the surviving headers and durable hints are what
+    // proves how far the log went: the next number is above them.
+    let wal = Wal::open(dir.path(), opts(RecoveryMode::Salvage)).unwrap();
+    let kept = read_all(&wal);
+    assert_eq!(kept.len() as u64, kept.last().unwrap().0);
+    assert_eq!(kept, (1..=kept.len() as u64).map(|s| (s, records[s as usize - 1].clone())).collect::<Vec<_>>());
+    let next = wal.append(b"x").unwrap();
+    assert!(next > kept.len() as u64);
+    wal.close().unwrap();
+    Wal::open(dir.path(), opts(RecoveryMode::Absolute)).unwrap().close().unwrap();
+}
+
+#[test]
+fn truncation_keeps_the_extent_record_in_step() {
+    let dir = TempDir::new("extent-truncate");
+    let records = write_log(dir.path());
+    let wal = Wal::open(dir.path(), opts(RecoveryMode::Absolute)).unwrap();
+    let second = first_seq_of(segment_files(dir.path())[1].file_name().unwrap().to_str().unwrap());
+    wal.ack(second).unwrap();
+    assert_eq!(wal.first_seq(), second, "the first segment was truncated");
+    drop(wal);
+    // A truncated prefix is not a loss; the rest still is.
+    let wal = Wal::open(dir.path(), opts(RecoveryMode::Absolute)).unwrap();
+    assert_eq!(read_all(&wal).len() as u64, 520 - second + 1);
+    wal.close().unwrap();
+    let _ = records;
+}
+
+#[test]
+fn an_extent_record_one_rotation_behind_is_accepted() {
+    // A crash between installing a segment and rewriting wal.meta leaves
+    // the record listing the segments before it; the new segment's header
+    // links to the last listed one, so the log is whole.
+    let dir = TempDir::new("extent-behind");
+    let wal = Wal::open(dir.path(), opts(RecoveryMode::Absolute)).unwrap();
+    let mut n = 0;
+    while segment_files(dir.path()).len() < 2 {
+        n += 1;
+        wal.append(format!("r{n} {}", "y".repeat(400)).as_bytes()).unwrap();
+    }
+    let behind = std::fs::read(dir.path().join("wal.meta")).unwrap();
+    while segment_files(dir.path()).len() < 3 {
+        n += 1;
+        wal.append(format!("r{n} {}", "y".repeat(400)).as_bytes()).unwrap();
+    }
+    let wal_meta_before = std::fs::read(dir.path().join("wal.meta")).unwrap();
+    assert_ne!(behind, wal_meta_before, "rotation rewrote the record");
+    wal.close().unwrap();
+    std::fs::write(dir.path().join("wal.meta"), &behind).unwrap();
+    let wal = Wal::open(dir.path(), opts(RecoveryMode::Absolute)).unwrap();
+    assert_eq!(read_all(&wal).len(), n);
+    assert!(wal.recovery_report().is_none());
+    wal.close().unwrap();
+}
+
+#[test]
+fn logs_written_in_format_version_1_still_open() {
+    let dir = TempDir::new("extent-v1");
+    let records = write_log(dir.path());
+    // What the previous release wrote: version 1 headers (zeros where the
+    // link is) and no extent record.
+    std::fs::remove_file(dir.path().join("wal.meta")).unwrap();
+    for seg in segment_files(dir.path()) {
+        let mut b = std::fs::read(&seg).unwrap();
+        b[8..12].copy_from_slice(&1u32.to_le_bytes());
+        b[24..60].fill(0);
+        let crc = crc32fast::hash(&b[0..60]);
+        b[60..64].copy_from_slice(&crc.to_le_bytes());
+        std::fs::write(&seg, b).unwrap();
+    }
+    let wal = Wal::open(dir.path(), opts(RecoveryMode::Absolute)).unwrap();
+    assert_eq!(read_all(&wal).len(), records.len());
+    assert_eq!(wal.append(b"v2").unwrap(), 521);
+    wal.close().unwrap();
+    assert!(dir.path().join("wal.meta").exists(), "the record is written from the first open on");
+    Wal::open(dir.path(), opts(RecoveryMode::Absolute)).unwrap().close().unwrap();
+}
