@@ -529,6 +529,30 @@ TEST(Shard, FlushMakesPersistedReachLast) {
   KEEL_ASSERT_OK(s.set_keep_from(Shard::keep_none));
 }
 
+// A null `const char*` key, value or item is NullArgument from every shard
+// call and from a batch (kept as its error); nothing is written.
+TEST(ShardMisuse, NullCStringIsNullArgumentNotACrash) {
+  TempDir tmp;
+  Engine engine;
+  Shard s;
+  ASSERT_NO_FATAL_FAILURE(open_engine(tmp.engine(), small(), engine));
+  ASSERT_NO_FATAL_FAILURE(open_shard(engine, 1, s));
+  const char* none = nullptr;
+  expect_error(s.put(none, "v"), Status::NullArgument);
+  expect_error(s.put("k", none), Status::NullArgument);
+  expect_error(s.del(none), Status::NullArgument);
+  expect_error(s.append("k", none), Status::NullArgument);
+  expect_error(s.get(none), Status::NullArgument);
+  expect_error(s.multi_get(std::vector<keel::ByteView>{"k", none}), Status::NullArgument);
+  expect_error(s.scan(none), Status::NullArgument);
+  expect_error(s.scan_prefix(none), Status::NullArgument);
+  keel::Batch b;
+  b.put("k", "v").append("l", none);
+  expect_error(b.status(), Status::NullArgument);
+  expect_error(s.write(b), Status::NullArgument);
+  EXPECT_EQ(last_version(s), 0u);
+}
+
 // Tiny segments: the appendable segment seals every few KiB, tables merge,
 // and a reopen recovers every key (checked against a model).
 TEST(Shard, SealsMergesAndRecoversEveryKey) {
