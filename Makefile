@@ -125,7 +125,9 @@ valgrind: lib
 	cmake -S c-tests -B $(BUILD)/c-tests-valgrind -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DKEEL_TEST_TIMEOUT=1200 \
 	  "-DKEEL_TEST_WRAPPER=valgrind;--error-exitcode=1;--leak-check=full;--errors-for-leak-kinds=definite;--suppressions=$(CURDIR)/c-tests/valgrind.supp"
 	cmake --build $(BUILD)/c-tests-valgrind -j 2
-	cd $(BUILD)/c-tests-valgrind && ctest --output-on-failure
+	@# KEEL_TEST_VALGRIND: the io_uring cases are skipped (valgrind does not
+	@# release its thread lock in a blocking io_uring_enter; see README).
+	cd $(BUILD)/c-tests-valgrind && KEEL_TEST_VALGRIND=1 ctest --output-on-failure
 
 ## ---- demo, bench, install -----------------------------------------------
 
