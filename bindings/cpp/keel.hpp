@@ -1043,6 +1043,17 @@ class Batch : public detail::Handle<keel_batch_t, detail::free_batch> {
 /// Durability says. The destructor closes the shard (a final flush) and
 /// ignores errors; call close() to see them. Const members are safe to
 /// call from many threads at once.
+/// Counters of a shard, one consistent reading (keel_shard_stats_t).
+struct ShardStats {
+  uint32_t sealed_segments = 0;     ///< immutable segments (tables)
+  uint64_t appendable_keys = 0;     ///< keys in the appendable segment
+  uint64_t appendable_bytes = 0;    ///< key and value bytes in the appendable segment
+  uint64_t sealed_bytes = 0;        ///< bytes of the tables' files
+  uint64_t last_version = 0;        ///< version of the last applied operation
+  uint64_t persisted_version = 0;   ///< as Shard::persisted_version()
+  uint64_t wal_first_version = 0;   ///< first version the shard's WAL still holds
+};
+
 class Shard : public detail::Handle<keel_shard_t, detail::close_shard> {
  public:
   /// Shard() is empty: every call returns Status::Closed. explicit
@@ -1193,6 +1204,37 @@ class Shard : public detail::Handle<keel_shard_t, detail::close_shard> {
     if (!ptr_) return detail::empty_handle("keel::Shard");
     detail::ErrorOut err;
     return detail::check(keel_shard_set_keep_from(ptr_.get(), version, err.out()), err);
+  }
+
+  /// The shard's counters (keel_shard_stats()).
+  Result<ShardStats> stats() const {
+    if (!ptr_) return detail::empty_handle("keel::Shard");
+    keel_shard_stats_t s{};
+    s.struct_size = static_cast<uint32_t>(sizeof s);
+    const keel_status_t st = keel_shard_stats(ptr_.get(), &s);
+    if (st != KEEL_STATUS_OK) {
+      detail::ErrorOut none;  // this call carries no error object
+      return none.take(st);
+    }
+    ShardStats o;
+    o.sealed_segments = s.sealed_segments;
+    o.appendable_keys = s.appendable_keys;
+    o.appendable_bytes = s.appendable_bytes;
+    o.sealed_bytes = s.sealed_bytes;
+    o.last_version = s.last_version;
+    o.persisted_version = s.persisted_version;
+    o.wal_first_version = s.wal_first_version;
+    return o;
+  }
+
+  /// The background work's health (keel_shard_health()): success when the
+  /// last flush pass and the sealing and merging after it succeeded; else
+  /// the last failure (Status::Io or Status::NoSpace: retried at the next
+  /// pass, the WAL keeps every write meanwhile; Status::Panic: poisoned).
+  Result<void> health() const {
+    if (!ptr_) return detail::empty_handle("keel::Shard");
+    detail::ErrorOut err;
+    return detail::check(keel_shard_health(ptr_.get(), err.out()), err);
   }
 
   /// A final flush, then frees the handle; the Shard is empty afterwards
