@@ -1496,7 +1496,8 @@ struct WriterStats {
 };
 
 /// Counters of a publisher (keel_publisher_stats_t). The send counters are
-/// summed over the subscribers it holds now.
+/// summed over every subscriber it ever had (one that left counts as it
+/// was when it left), so they never go backwards.
 struct PublisherStats {
   uint64_t published = 0;    ///< messages published
   uint64_t flushes = 0;      ///< drain points (flush() and publish(.., true))
