@@ -21,6 +21,7 @@ pub use conn::Writer;
 pub use publisher::{Publisher, PublisherStats};
 pub use reactor::Net;
 pub use stats::WriterStats;
+pub use uring::Fallback;
 
 use crate::error::{Error, Result};
 use crate::status::keel_status_t;
