@@ -8,7 +8,7 @@ CARGO      ?= cargo
 RELEASE    := target/release
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: all lib header header-check deps test test-rust test-c test-cpp test-go \
+.PHONY: all lib header header-check docs-check deps test test-rust test-c test-cpp test-go \
         test-examples example-c example-pubsub example-cpp example-go test-install demo bench \
         install clean valgrind soak fuzz fuzz-smoke
 
@@ -30,6 +30,13 @@ header-check: lib
 	echo '#include "keel.h"' | c++ -std=c++17 -Wall -Wextra -Werror -pedantic -Iinclude -x c++ -fsyntax-only -
 	@echo "header-check: include/keel.h is fresh and self-contained"
 
+# The docs are self-contained: nothing in the repository points at design
+# notes outside it (each component's contract is written in docs/).
+docs-check:
+	@if grep -rnE '(\.\./shared|design/[a-z-]+\.md)' docs README.md src include bindings examples c-tests tests; then \
+	  echo "docs-check: the lines above point outside the repository; write the contract into docs/"; exit 1; fi
+	@echo "docs-check: docs/ is self-contained"
+
 ## ---- tools --------------------------------------------------------------
 
 deps:
@@ -39,7 +46,7 @@ deps:
 
 # Make stops at the first failing suite, so reaching the last line means
 # every one of them passed.
-TEST_SUITES := test-rust header-check test-c test-cpp test-go test-examples test-install fuzz-smoke
+TEST_SUITES := test-rust header-check docs-check test-c test-cpp test-go test-examples test-install fuzz-smoke
 test: deps $(TEST_SUITES)
 	@echo "make test: all suites passed ($(TEST_SUITES))"
 	@echo "suites: $(words $(TEST_SUITES)) passed, 0 failed"

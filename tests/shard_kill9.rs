@@ -1,4 +1,4 @@
-//! Crash loop for shards (design/flush.md, "How it is tested"): a child
+//! Crash loop for shards (docs/STORAGE.md, "How it is tested"): a child
 //! process runs a copy-on-write-heavy workload (puts and appends to keys
 //! that live in sealed segments, deletes, frequent seals and merges, a
 //! flush every few milliseconds) and reports every acknowledged write over

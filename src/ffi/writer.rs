@@ -1,6 +1,5 @@
 //! C API of the batched socket writers (`keel_net_*`, `keel_writer_*`,
-//! `keel_publisher_*`). The rules behind it: design/writer.md and
-//! docs/WRITER.md.
+//! `keel_publisher_*`). The rules behind it: docs/WRITER.md.
 
 use crate::error::Error;
 use crate::ffi::boundary::{handle_ref, in_bytes, in_packed, into_handle, out_ptr, take_handle, Opaque};
