@@ -1596,6 +1596,31 @@ class Net : public detail::Handle<keel_net_t, detail::close_net> {
     return Net(n);
   }
 
+  /// Why Backend::IoUring was asked for and sendmsg runs
+  /// (keel_net_fallback()): `code` is a KEEL_NET_FALLBACK_* value,
+  /// KEEL_NET_FALLBACK_NONE with an empty message when nothing fell back.
+  struct Fallback {
+    uint32_t code = KEEL_NET_FALLBACK_NONE;
+    std::string message;
+  };
+  Result<Fallback> fallback() const {
+    if (!ptr_) return detail::empty_handle("keel::Net");
+    std::string buf(256, '\0');
+    for (;;) {
+      detail::ErrorOut err;
+      uint32_t code = 0;
+      size_t len = 0;
+      const keel_status_t st = keel_net_fallback(ptr_.get(), &code, buf.data(), buf.size(), &len, err.out());
+      if (st == KEEL_STATUS_BUFFER_TOO_SMALL && len > buf.size()) {
+        buf.resize(len);
+        continue;
+      }
+      if (st != KEEL_STATUS_OK) return err.take(st);
+      buf.resize(len > 0 ? len - 1 : 0);  // without the NUL
+      return Fallback{code, std::move(buf)};
+    }
+  }
+
   /// The backend that runs: Backend::Sendmsg or Backend::IoUring.
   Result<Backend> backend() const {
     if (!ptr_) return detail::empty_handle("keel::Net");
@@ -1611,9 +1636,9 @@ class Net : public detail::Handle<keel_net_t, detail::close_net> {
   /// Closes every writer and subscriber of the net (each flushes what it
   /// queued, within its close_timeout), stops the reactor thread and
   /// releases the event handler; no handler call runs after it returns.
-  /// It waits for those closes, including connections closed earlier
-  /// whose peers have not closed their side yet: up to the longest
-  /// close_timeout (2 s by default).
+  /// It waits for queued bytes only (each within its close_timeout, 2 s by
+  /// default), never for an idle peer to close its side, also not for
+  /// writers closed earlier that are still waiting for their peer.
   /// The Net is empty afterwards, except when called from its own event
   /// handler: that returns Status::Busy and leaves the net open. Writers
   /// and Publishers stay valid, answer Status::Closed, and are closed as

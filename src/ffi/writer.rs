@@ -392,7 +392,12 @@ pub extern "C" fn keel_net_backend(net: *const keel_net_t, out: *mut u32) -> kee
 
 /// Closes every writer and subscriber of the net (what they queued is
 /// flushed, each within its close_timeout_ms), stops the reactor thread,
-/// then calls user_data_free. No callback runs after it returns. Writer
+/// then calls user_data_free. It waits for queued bytes only, never for an
+/// idle peer's EOF: once a connection is flushed it is half-closed, what
+/// already arrived is read and the fd closed (also for writers closed
+/// earlier that were still waiting for their peer). An fd adopted here
+/// cannot be adopted by another net until keel closed it (INVALID_ARGUMENT).
+/// No callback runs after it returns. Writer
 /// and publisher handles stay valid and answer KEEL_STATUS_CLOSED; close
 /// them as usual. NULL is a no-op returning OK. Must not race with other
 /// calls on the net handle.
