@@ -251,6 +251,41 @@
 #define KEEL_PUBLISHER_STATS_SIZE_V1 64
 
 /**
+ * keel_net_fallback() code: no fallback (io_uring runs, or was not asked for).
+ */
+#define KEEL_NET_FALLBACK_NONE 0
+
+/**
+ * keel_net_fallback() code: io_uring is disabled by sysctl
+ * (/proc/sys/kernel/io_uring_disabled = 2).
+ */
+#define KEEL_NET_FALLBACK_DISABLED 1
+
+/**
+ * keel_net_fallback() code: io_uring_setup failed — ENOSYS or EPERM from a
+ * seccomp profile (containers) or io_uring_disabled = 1, ENOMEM from the
+ * locked-memory limit; the message names the error.
+ */
+#define KEEL_NET_FALLBACK_SETUP 2
+
+/**
+ * keel_net_fallback() code: the kernel lacks IORING_FEAT_EXT_ARG or
+ * IORING_FEAT_NODROP (older than 5.11).
+ */
+#define KEEL_NET_FALLBACK_KERNEL 3
+
+/**
+ * keel_net_fallback() code: registering the io_uring opcode probe failed.
+ */
+#define KEEL_NET_FALLBACK_PROBE 4
+
+/**
+ * keel_net_fallback() code: the kernel lacks an opcode keel needs
+ * (SENDMSG, POLL_ADD or ASYNC_CANCEL; the message names it).
+ */
+#define KEEL_NET_FALLBACK_OPCODE 5
+
+/**
  * A write batch under construction: operations applied atomically by
  * keel_shard_write(). Not thread-safe; reusable after keel_batch_clear().
  */
@@ -1501,7 +1536,12 @@ keel_status_t keel_net_backend(const struct keel_net_t *net, uint32_t *out);
 /**
  * Closes every writer and subscriber of the net (what they queued is
  * flushed, each within its close_timeout_ms), stops the reactor thread,
- * then calls user_data_free. No callback runs after it returns. Writer
+ * then calls user_data_free. It waits for queued bytes only, never for an
+ * idle peer's EOF: once a connection is flushed it is half-closed, what
+ * already arrived is read and the fd closed (also for writers closed
+ * earlier that were still waiting for their peer). An fd adopted here
+ * cannot be adopted by another net until keel closed it (INVALID_ARGUMENT).
+ * No callback runs after it returns. Writer
  * and publisher handles stay valid and answer KEEL_STATUS_CLOSED; close
  * them as usual. NULL is a no-op returning OK. Must not race with other
  * calls on the net handle.
@@ -1689,6 +1729,25 @@ keel_status_t keel_publisher_subscriber_stats(const struct keel_publisher_t *pub
  * Errors: INVALID_ARGUMENT (not a live handle).
  */
 keel_status_t keel_publisher_close(struct keel_publisher_t *publisher, struct keel_error_t **err);
+
+/**
+ * Why the net runs the sendmsg backend although KEEL_NET_BACKEND_IO_URING
+ * was asked for, decided once at keel_net_open(). Writes a
+ * KEEL_NET_FALLBACK_* code to `*out_code` (KEEL_NET_FALLBACK_NONE when
+ * io_uring runs or was not asked for) and the message ("" for NONE) with
+ * its terminating NUL into `buf` (`cap` bytes, owned by the caller; keel
+ * allocates nothing); `*out_len` receives the message size including the
+ * NUL. Any thread may call it while the net is open.
+ * Errors: NULL_ARGUMENT (net, out_code or out_len NULL), INVALID_ARGUMENT (not
+ * a live net), BUFFER_TOO_SMALL (nothing written but `*out_len`, the size
+ * needed: call again with a buffer that large).
+ */
+keel_status_t keel_net_fallback(const struct keel_net_t *net,
+                                uint32_t *out_code,
+                                char *buf,
+                                size_t cap,
+                                size_t *out_len,
+                                struct keel_error_t **err);
 
 #ifdef __cplusplus
 }  // extern "C"

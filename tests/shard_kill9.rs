@@ -1,6 +1,6 @@
-//! Crash loop for shards: a child process runs a copy-on-write-heavy
-//! workload (puts and appends to keys that live in sealed segments,
-//! deletes, frequent seals and merges and flushes) and reports every
+//! Crash loop for shards (docs/STORAGE.md, "How it is tested"): a child
+//! process runs a copy-on-write-heavy workload (puts and appends to keys
+//! that live in sealed segments, deletes, frequent seals and merges and flushes) and reports every
 //! acknowledged write over a pipe; it dies by SIGKILL; the parent reopens
 //! the shard and compares the whole shard with a model: every acknowledged
 //! operation present, the one in flight present or absent as a whole, no

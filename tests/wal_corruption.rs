@@ -1,5 +1,5 @@
-//! The WAL corruption matrix (design/wal.md, "How it is tested for crashes",
-//! item 3): real segment files written through the public API are damaged
+//! The WAL corruption matrix (recovery outcomes in docs/WAL.md, W5): real
+//! segment files written through the public API are damaged
 //! field by field, truncated at every byte of their last frames, given stale
 //! tails, missing or duplicated segments and stray temporary files, and then
 //! reopened in every recovery mode. Each case asserts the outcome documented

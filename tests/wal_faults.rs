@@ -1,6 +1,6 @@
 //! Seeded fault injection: random workloads against the in-memory fault
 //! file system, with simulated power loss, EIO and ENOSPC, checking the
-//! WAL's promises after every crash (design/wal.md W3, W4, W9).
+//! WAL's promises after every crash (docs/WAL.md W3, W4, W9).
 //!
 //! `KEEL_FAULT_SEEDS=N` sets how many seeds run (default 10,000);
 //! `KEEL_FAULT_SEED=S` replays one seed with a trace of what it did.

@@ -1,5 +1,5 @@
-//! Kill -9 loop with real processes (design/wal.md, "How it is tested for
-//! crashes", item 2): a child process appends to a WAL and reports every
+//! Kill -9 loop with real processes (the WAL's second crash test, after
+//! the fault-injecting file system): a child process appends to a WAL and reports every
 //! acknowledged sequence number over a pipe; the parent kills it with
 //! SIGKILL at a random moment, reopens the log and checks what a process
 //! crash must leave (W3, W4, W5, W7):

@@ -28,7 +28,7 @@ fn open_net(backend: BackendChoice) -> (Net, Events) {
         on_event: Some(Arc::new(move |id, status, msg: &str| ev.lock().push((id, status, msg.to_string())))),
     })
     .unwrap();
-    if let Some(why) = net.fallback_reason() {
+    if let Some((_, why)) = net.fallback() {
         eprintln!("io_uring unavailable, running on sendmsg: {why}");
     }
     (net, events)
@@ -443,6 +443,69 @@ fn net_close_flushes_queued_bytes(backend: BackendChoice) {
     drop(w);
 }
 
+/// keel closes the fds it adopts, so one fd adopted by two nets would be
+/// closed twice: the second net refuses it (and leaves it alone), as a
+/// publisher of the second net does.
+fn fd_adopted_by_two_nets_is_refused(backend: BackendChoice) {
+    let (a, _) = open_net(backend);
+    let (b, _) = open_net(backend);
+    let (fd, peer) = tcp_pair();
+    let w = a.adopt(fd, &WriterOptions::default()).unwrap();
+    let e = b.adopt(fd, &WriterOptions::default()).err().unwrap();
+    assert_eq!(e.status, KEEL_STATUS_INVALID_ARGUMENT);
+    assert!(e.message.contains("another keel net"), "{}", e.message);
+    let publ = b.publisher(&WriterOptions::default()).unwrap();
+    assert_eq!(publ.subscribe(fd).unwrap_err().status, KEEL_STATUS_INVALID_ARGUMENT);
+    // The refusals did not touch the fd: the first net still owns it.
+    let rd = reader(peer);
+    w.send(b"still mine", false).unwrap();
+    drop(w);
+    a.close().unwrap();
+    assert_eq!(rd.join().unwrap(), b"still mine");
+    // A net keeps no claim on fds it no longer owns.
+    let (fd2, _peer2) = tcp_pair();
+    let w2 = b.adopt(fd2, &WriterOptions::default()).unwrap();
+    drop(w2);
+    drop(publ);
+    b.close().unwrap();
+}
+
+/// keel_net_close waits for queued bytes only, never for an idle peer's
+/// EOF: neither an open writer nor one the host closed earlier keeps it
+/// waiting while the peer stays connected. The close timeout is 600 s (the
+/// largest allowed);
+/// a watchdog hangs the peers up if close has not returned after 30 s
+/// (what unblocked it before the fix), and the test fails if it had to.
+fn net_close_does_not_wait_for_idle_peers(backend: BackendChoice) {
+    let (net, _) = open_net(backend);
+    let o = WriterOptions { close_timeout: Duration::from_secs(600), ..Default::default() };
+    let (fd1, peer1) = tcp_pair();
+    let (fd2, peer2) = tcp_pair();
+    let open = net.adopt(fd1, &o).unwrap();
+    let closed = net.adopt(fd2, &o).unwrap();
+    open.send(b"one", false).unwrap();
+    closed.send(b"two", false).unwrap();
+    closed.close(); // flushed, half-closed, then lingering for the peer's EOF
+    let hang_up: Vec<TcpStream> = vec![peer1.try_clone().unwrap(), peer2.try_clone().unwrap()];
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    let watchdog = std::thread::spawn(move || {
+        if done_rx.recv_timeout(Duration::from_secs(30)).is_ok() {
+            return false;
+        }
+        for p in &hang_up {
+            let _ = p.shutdown(std::net::Shutdown::Both);
+        }
+        true
+    });
+    net.close().unwrap();
+    let _ = done_tx.send(());
+    assert!(!watchdog.join().unwrap(), "keel_net_close waited for the idle peers to hang up");
+    // Everything queued arrived, then EOF.
+    assert_eq!(reader(peer1).join().unwrap(), b"one");
+    assert_eq!(reader(peer2).join().unwrap(), b"two");
+    drop(open);
+}
+
 macro_rules! per_backend {
     ($($name:ident),* $(,)?) => {
         mod sendmsg {
@@ -464,6 +527,8 @@ per_backend!(
     lone_message_and_control_items,
     adopt_refuses_bad_fds,
     net_close_flushes_queued_bytes,
+    fd_adopted_by_two_nets_is_refused,
+    net_close_does_not_wait_for_idle_peers,
 );
 
 #[test]

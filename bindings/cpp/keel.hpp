@@ -305,25 +305,45 @@ inline uint32_t clamp_ms(std::chrono::milliseconds ms) noexcept {
 
 /// A borrowed (pointer, size) byte range: what append() takes. Built
 /// implicitly from std::string_view, std::string, and contiguous vectors
-/// of bytes; the caller keeps the memory alive for the call.
+/// of bytes; the caller keeps the memory alive for the call. A null
+/// `const char*` is no string at all (not ""): the view remembers it and
+/// every call given one returns Status::NullArgument without reading it.
 class ByteView {
  public:
   constexpr ByteView() noexcept = default;
   ByteView(const void* data, size_t size) noexcept : data_(static_cast<const uint8_t*>(data)), size_(size) {}
   ByteView(std::string_view s) noexcept : ByteView(s.data(), s.size()) {}          // NOLINT
   ByteView(const std::string& s) noexcept : ByteView(s.data(), s.size()) {}        // NOLINT
-  ByteView(const char* s) noexcept : ByteView(std::string_view(s)) {}              // NOLINT
+  ByteView(const char* s) noexcept                                                 // NOLINT
+      : data_(reinterpret_cast<const uint8_t*>(s)), size_(s ? std::char_traits<char>::length(s) : 0), null_string_(!s) {}
   ByteView(const std::vector<uint8_t>& v) noexcept : ByteView(v.data(), v.size()) {}  // NOLINT
   ByteView(const std::vector<char>& v) noexcept : ByteView(v.data(), v.size()) {}     // NOLINT
 
   const uint8_t* data() const noexcept { return data_; }
   size_t size() const noexcept { return size_; }
   bool empty() const noexcept { return size_ == 0; }
+  /// Built from a null `const char*`.
+  bool null_string() const noexcept { return null_string_; }
 
  private:
   const uint8_t* data_ = nullptr;
   size_t size_ = 0;
+  bool null_string_ = false;
 };
+
+namespace detail {
+/// The error for bytes built from a null `const char*`.
+inline Error null_string_error() {
+  return Error(Status::NullArgument, "bytes made from a null const char* (pass \"\" for an empty string)");
+}
+/// Status::NullArgument when one of `views` came from a null `const char*`.
+inline Result<void> check_views(std::initializer_list<ByteView> views) {
+  for (const ByteView& v : views) {
+    if (v.null_string()) return null_string_error();
+  }
+  return {};
+}
+}  // namespace detail
 
 // ---- options --------------------------------------------------------------
 
@@ -540,6 +560,7 @@ class Wal : public detail::Handle<keel_wal_t, detail::close_wal> {
   /// Durability::Sync mode.
   Result<uint64_t> append(ByteView record) const {
     if (!ptr_) return detail::empty_handle("keel::Wal");
+    if (auto ok = detail::check_views({record}); !ok) return ok.err();
     detail::ErrorOut err;
     uint64_t seq = 0;
     const keel_status_t st = keel_wal_append(ptr_.get(), record.data(), record.size(), &seq, err.out());
@@ -556,6 +577,7 @@ class Wal : public detail::Handle<keel_wal_t, detail::close_wal> {
     std::vector<size_t> lens(count);
     size_t total = 0;
     for (size_t i = 0; i < count; ++i) {
+      if (records[i].null_string()) return detail::null_string_error();
       lens[i] = records[i].size();
       total += lens[i];
     }
@@ -709,6 +731,7 @@ enum class Kind : uint32_t {
 /// into `list`: valid as long as its memory. Walks it with
 /// keel_posting_next(); Status::Corruption when the encoding is damaged.
 inline Result<std::vector<std::string_view>> posting_item_views(ByteView list) {
+  if (auto ok = detail::check_views({list}); !ok) return ok.err();
   std::vector<std::string_view> items;
   size_t offset = 0;
   for (;;) {
@@ -820,9 +843,13 @@ struct Bufs {
 struct PackedKeys {
   std::vector<uint8_t> bytes;
   std::vector<size_t> lens;
+  bool null_string = false;  ///< a key came from a null const char*
   PackedKeys(const ByteView* keys, size_t n) : lens(n) {
     size_t total = 0;
-    for (size_t i = 0; i < n; ++i) total += (lens[i] = keys[i].size());
+    for (size_t i = 0; i < n; ++i) {
+      total += (lens[i] = keys[i].size());
+      null_string = null_string || keys[i].null_string();
+    }
     bytes.reserve(total);
     for (size_t i = 0; i < n; ++i) bytes.insert(bytes.end(), keys[i].data(), keys[i].data() + keys[i].size());
   }
@@ -951,17 +978,17 @@ class Batch : public detail::Handle<keel_batch_t, detail::free_batch> {
 
   /// Adds a put of `value` under `key`.
   Batch& put(ByteView key, ByteView value) {
-    return add([&](keel_error_t** err) {
+    return add({key, value}, [&](keel_error_t** err) {
       return keel_batch_put(ptr_.get(), key.data(), key.size(), value.data(), value.size(), err);
     });
   }
   /// Adds a delete of `key`.
   Batch& del(ByteView key) {
-    return add([&](keel_error_t** err) { return keel_batch_delete(ptr_.get(), key.data(), key.size(), err); });
+    return add({key}, [&](keel_error_t** err) { return keel_batch_delete(ptr_.get(), key.data(), key.size(), err); });
   }
   /// Adds an append of `item` to the posting list of `key`.
   Batch& append(ByteView key, ByteView item) {
-    return add([&](keel_error_t** err) {
+    return add({key, item}, [&](keel_error_t** err) {
       return keel_batch_append(ptr_.get(), key.data(), key.size(), item.data(), item.size(), err);
     });
   }
@@ -995,10 +1022,14 @@ class Batch : public detail::Handle<keel_batch_t, detail::free_batch> {
 
  private:
   template <class F>
-  Batch& add(F&& call) {
+  Batch& add(std::initializer_list<ByteView> views, F&& call) {
     if (error_) return *this;
     if (!ptr_) {
       error_ = detail::empty_handle("keel::Batch");
+      return *this;
+    }
+    if (auto ok = detail::check_views(views); !ok) {
+      error_ = ok.err();
       return *this;
     }
     detail::ErrorOut err;
@@ -1018,6 +1049,17 @@ class Batch : public detail::Handle<keel_batch_t, detail::free_batch> {
 /// Durability says. The destructor closes the shard (a final flush) and
 /// ignores errors; call close() to see them. Const members are safe to
 /// call from many threads at once.
+/// Counters of a shard, one consistent reading (keel_shard_stats_t).
+struct ShardStats {
+  uint32_t sealed_segments = 0;     ///< immutable segments (tables)
+  uint64_t appendable_keys = 0;     ///< keys in the appendable segment
+  uint64_t appendable_bytes = 0;    ///< key and value bytes in the appendable segment
+  uint64_t sealed_bytes = 0;        ///< bytes of the tables' files
+  uint64_t last_version = 0;        ///< version of the last applied operation
+  uint64_t persisted_version = 0;   ///< as Shard::persisted_version()
+  uint64_t wal_first_version = 0;   ///< first version the shard's WAL still holds
+};
+
 class Shard : public detail::Handle<keel_shard_t, detail::close_shard> {
  public:
   /// Shard() is empty: every call returns Status::Closed. explicit
@@ -1028,12 +1070,14 @@ class Shard : public detail::Handle<keel_shard_t, detail::close_shard> {
 
   /// Puts `value` under `key`, replacing a value or a posting list.
   Result<uint64_t> put(ByteView key, ByteView value) const {
+    if (auto ok = detail::check_views({key, value}); !ok) return ok.err();
     return write_one([&](uint64_t* v, keel_error_t** err) {
       return keel_shard_put(ptr_.get(), key.data(), key.size(), value.data(), value.size(), v, err);
     });
   }
   /// Deletes `key`; deleting an absent key still gets a version.
   Result<uint64_t> del(ByteView key) const {
+    if (auto ok = detail::check_views({key}); !ok) return ok.err();
     return write_one([&](uint64_t* v, keel_error_t** err) {
       return keel_shard_delete(ptr_.get(), key.data(), key.size(), v, err);
     });
@@ -1041,6 +1085,7 @@ class Shard : public detail::Handle<keel_shard_t, detail::close_shard> {
   /// Appends `item` to the posting list of `key` (created when absent).
   /// Status::WrongKind when the key holds a value (nothing is written).
   Result<uint64_t> append(ByteView key, ByteView item) const {
+    if (auto ok = detail::check_views({key, item}); !ok) return ok.err();
     return write_one([&](uint64_t* v, keel_error_t** err) {
       return keel_shard_append(ptr_.get(), key.data(), key.size(), item.data(), item.size(), v, err);
     });
@@ -1063,6 +1108,7 @@ class Shard : public detail::Handle<keel_shard_t, detail::close_shard> {
   /// What `key` holds; std::nullopt when it is absent.
   Result<std::optional<Value>> get(ByteView key) const {
     if (!ptr_) return detail::empty_handle("keel::Shard");
+    if (auto ok = detail::check_views({key}); !ok) return ok.err();
     detail::ErrorOut err;
     detail::Bufs buf(1);
     uint32_t kind = KEEL_KIND_NONE;
@@ -1079,6 +1125,7 @@ class Shard : public detail::Handle<keel_shard_t, detail::close_shard> {
   Result<std::vector<std::optional<Value>>> multi_get(const ByteView* keys, size_t n) const {
     if (!ptr_) return detail::empty_handle("keel::Shard");
     const detail::PackedKeys packed(keys, n);
+    if (packed.null_string) return detail::null_string_error();
     detail::Bufs values(n);
     std::vector<uint32_t> kinds(n, KEEL_KIND_NONE);
     std::vector<uint64_t> versions(n, 0);
@@ -1112,6 +1159,7 @@ class Shard : public detail::Handle<keel_shard_t, detail::close_shard> {
   /// bound, an empty `start` the first key.
   Result<Iterator> scan(ByteView start = ByteView(), std::optional<ByteView> end = std::nullopt) const {
     if (!ptr_) return detail::empty_handle("keel::Shard");
+    if (auto ok = detail::check_views({start, end.value_or(ByteView())}); !ok) return ok.err();
     // C reads a NULL end as "no bound": an empty end must still point somewhere.
     static const uint8_t nothing = 0;
     const uint8_t* end_ptr = nullptr;
@@ -1131,6 +1179,7 @@ class Shard : public detail::Handle<keel_shard_t, detail::close_shard> {
   /// Every key starting with `prefix` (every key when it is empty).
   Result<Iterator> scan_prefix(ByteView prefix) const {
     if (!ptr_) return detail::empty_handle("keel::Shard");
+    if (auto ok = detail::check_views({prefix}); !ok) return ok.err();
     detail::ErrorOut err;
     keel_iter_t* it = nullptr;
     const keel_status_t st = keel_shard_scan_prefix(ptr_.get(), prefix.data(), prefix.size(), &it, err.out());
@@ -1161,6 +1210,37 @@ class Shard : public detail::Handle<keel_shard_t, detail::close_shard> {
     if (!ptr_) return detail::empty_handle("keel::Shard");
     detail::ErrorOut err;
     return detail::check(keel_shard_set_keep_from(ptr_.get(), version, err.out()), err);
+  }
+
+  /// The shard's counters (keel_shard_stats()).
+  Result<ShardStats> stats() const {
+    if (!ptr_) return detail::empty_handle("keel::Shard");
+    keel_shard_stats_t s{};
+    s.struct_size = static_cast<uint32_t>(sizeof s);
+    const keel_status_t st = keel_shard_stats(ptr_.get(), &s);
+    if (st != KEEL_STATUS_OK) {
+      detail::ErrorOut none;  // this call carries no error object
+      return none.take(st);
+    }
+    ShardStats o;
+    o.sealed_segments = s.sealed_segments;
+    o.appendable_keys = s.appendable_keys;
+    o.appendable_bytes = s.appendable_bytes;
+    o.sealed_bytes = s.sealed_bytes;
+    o.last_version = s.last_version;
+    o.persisted_version = s.persisted_version;
+    o.wal_first_version = s.wal_first_version;
+    return o;
+  }
+
+  /// The background work's health (keel_shard_health()): success when the
+  /// last flush pass and the sealing and merging after it succeeded; else
+  /// the last failure (Status::Io or Status::NoSpace: retried at the next
+  /// pass, the WAL keeps every write meanwhile; Status::Panic: poisoned).
+  Result<void> health() const {
+    if (!ptr_) return detail::empty_handle("keel::Shard");
+    detail::ErrorOut err;
+    return detail::check(keel_shard_health(ptr_.get(), err.out()), err);
   }
 
   /// A final flush, then frees the handle; the Shard is empty afterwards
@@ -1422,7 +1502,8 @@ struct WriterStats {
 };
 
 /// Counters of a publisher (keel_publisher_stats_t). The send counters are
-/// summed over the subscribers it holds now.
+/// summed over every subscriber it ever had (one that left counts as it
+/// was when it left), so they never go backwards.
 struct PublisherStats {
   uint64_t published = 0;    ///< messages published
   uint64_t flushes = 0;      ///< drain points (flush() and publish(.., true))
@@ -1521,6 +1602,31 @@ class Net : public detail::Handle<keel_net_t, detail::close_net> {
     return Net(n);
   }
 
+  /// Why Backend::IoUring was asked for and sendmsg runs
+  /// (keel_net_fallback()): `code` is a KEEL_NET_FALLBACK_* value,
+  /// KEEL_NET_FALLBACK_NONE with an empty message when nothing fell back.
+  struct Fallback {
+    uint32_t code = KEEL_NET_FALLBACK_NONE;
+    std::string message;
+  };
+  Result<Fallback> fallback() const {
+    if (!ptr_) return detail::empty_handle("keel::Net");
+    std::string buf(256, '\0');
+    for (;;) {
+      detail::ErrorOut err;
+      uint32_t code = 0;
+      size_t len = 0;
+      const keel_status_t st = keel_net_fallback(ptr_.get(), &code, buf.data(), buf.size(), &len, err.out());
+      if (st == KEEL_STATUS_BUFFER_TOO_SMALL && len > buf.size()) {
+        buf.resize(len);
+        continue;
+      }
+      if (st != KEEL_STATUS_OK) return err.take(st);
+      buf.resize(len > 0 ? len - 1 : 0);  // without the NUL
+      return Fallback{code, std::move(buf)};
+    }
+  }
+
   /// The backend that runs: Backend::Sendmsg or Backend::IoUring.
   Result<Backend> backend() const {
     if (!ptr_) return detail::empty_handle("keel::Net");
@@ -1536,9 +1642,9 @@ class Net : public detail::Handle<keel_net_t, detail::close_net> {
   /// Closes every writer and subscriber of the net (each flushes what it
   /// queued, within its close_timeout), stops the reactor thread and
   /// releases the event handler; no handler call runs after it returns.
-  /// It waits for those closes, including connections closed earlier
-  /// whose peers have not closed their side yet: up to the longest
-  /// close_timeout (2 s by default).
+  /// It waits for queued bytes only (each within its close_timeout, 2 s by
+  /// default), never for an idle peer to close its side, also not for
+  /// writers closed earlier that are still waiting for their peer.
   /// The Net is empty afterwards, except when called from its own event
   /// handler: that returns Status::Busy and leaves the net open. Writers
   /// and Publishers stay valid, answer Status::Closed, and are closed as
@@ -1558,11 +1664,13 @@ namespace detail {
 struct PackedMessages {
   std::vector<uint8_t> bytes;
   std::vector<size_t> lens;
+  bool null_string = false;  ///< a message came from a null const char*
   template <class It>
   PackedMessages(It first, It last) {
     size_t total = 0;
     for (It it = first; it != last; ++it) {
       const ByteView v(*it);
+      null_string = null_string || v.null_string();
       lens.push_back(v.size());
       total += v.size();
     }
@@ -1629,6 +1737,7 @@ class Writer : public detail::Handle<keel_writer_t, detail::close_writer> {
   /// net is closed; Status::Busy: the hard cap closed it.
   Result<void> send(ByteView msg, bool more = false) const {
     if (!ptr_) return detail::empty_handle("keel::Writer");
+    if (auto ok = detail::check_views({msg}); !ok) return ok;
     detail::ErrorOut err;
     return detail::check(keel_writer_send(ptr_.get(), msg.data(), msg.size(), flags(more), err.out()), err);
   }
@@ -1640,6 +1749,7 @@ class Writer : public detail::Handle<keel_writer_t, detail::close_writer> {
   /// Status::InvalidArgument.
   Result<void> send_batch(const ByteView* msgs, size_t count, bool more = false) const {
     const detail::PackedMessages packed(msgs, msgs + count);
+    if (packed.null_string) return detail::null_string_error();
     return send_packed(ByteView(packed.bytes.data(), packed.bytes.size()), packed.lens.data(), count, more);
   }
   /// Any range whose elements convert to ByteView: std::vector<std::string_view>,
@@ -1649,6 +1759,7 @@ class Writer : public detail::Handle<keel_writer_t, detail::close_writer> {
     using std::begin;
     using std::end;
     const detail::PackedMessages packed(begin(msgs), end(msgs));
+    if (packed.null_string) return detail::null_string_error();
     return send_packed(ByteView(packed.bytes.data(), packed.bytes.size()), packed.lens.data(), packed.lens.size(), more);
   }
   Result<void> send_batch(std::initializer_list<std::string_view> msgs, bool more = false) const {
@@ -1751,6 +1862,7 @@ class Publisher : public detail::Handle<keel_publisher_t, detail::close_publishe
   /// it is also the drain point.
   Result<void> publish(ByteView msg, bool flush = false) const {
     if (!ptr_) return detail::empty_handle("keel::Publisher");
+    if (auto ok = detail::check_views({msg}); !ok) return ok;
     detail::ErrorOut err;
     const uint32_t flags = flush ? static_cast<uint32_t>(KEEL_PUBLISH_FLUSH) : 0u;
     return detail::check(keel_publisher_publish(ptr_.get(), msg.data(), msg.size(), flags, err.out()), err);

@@ -18,7 +18,7 @@ import (
 // NoBackgroundFlush is the EngineOptions.FlushInterval that turns the
 // periodic background flush off: shards then flush only on Shard.Flush,
 // when the appendable segment is sealed, and on close. (The zero value
-// means the library default, 1 s.)
+// means the library default, 5 s.)
 const NoBackgroundFlush time.Duration = -1
 
 // EngineOptions are the options of OpenEngine, applied to every shard the

@@ -29,6 +29,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
+	"unsafe"
 )
 
 // Backend is the send backend of a Net (KEEL_NET_BACKEND_*).
@@ -190,12 +191,54 @@ func (n *Net) Backend() (Backend, error) {
 	return Backend(b), nil
 }
 
+// Fallback says why BackendIOUring was asked for and the sendmsg backend
+// runs: code is a KEEL_NET_FALLBACK_* value (FallbackNone with an empty
+// reason when nothing fell back) and reason names the error, e.g.
+// "io_uring_setup failed: Function not implemented (os error 38)" under a
+// container's seccomp profile.
+func (n *Net) Fallback() (code FallbackCode, reason string, err error) {
+	h, err := n.acquire("Fallback")
+	if err != nil {
+		return 0, "", err
+	}
+	defer n.release()
+	buf := make([]byte, 256)
+	for {
+		var c C.uint32_t
+		var l C.size_t
+		var cerr *C.keel_error_t
+		st := C.keel_net_fallback(h, &c, (*C.char)(unsafe.Pointer(&buf[0])), C.size_t(len(buf)), &l, &cerr)
+		if st == C.KEEL_STATUS_BUFFER_TOO_SMALL && int(l) > len(buf) {
+			C.keel_error_free(cerr)
+			buf = make([]byte, int(l))
+			continue
+		}
+		if st != C.KEEL_STATUS_OK {
+			return 0, "", takeError("Fallback", st, cerr)
+		}
+		return FallbackCode(c), string(buf[:int(l)-1]), nil
+	}
+}
+
+// FallbackCode is why the io_uring backend was not used (Net.Fallback).
+type FallbackCode uint32
+
+// The FallbackCode values (KEEL_NET_FALLBACK_* in keel.h).
+const (
+	FallbackNone     FallbackCode = C.KEEL_NET_FALLBACK_NONE     // io_uring runs, or was not asked for
+	FallbackDisabled FallbackCode = C.KEEL_NET_FALLBACK_DISABLED // sysctl kernel.io_uring_disabled = 2
+	FallbackSetup    FallbackCode = C.KEEL_NET_FALLBACK_SETUP    // io_uring_setup failed (seccomp, io_uring_disabled = 1, memlock)
+	FallbackKernel   FallbackCode = C.KEEL_NET_FALLBACK_KERNEL   // kernel older than 5.11
+	FallbackProbe    FallbackCode = C.KEEL_NET_FALLBACK_PROBE    // the opcode probe failed
+	FallbackOpcode   FallbackCode = C.KEEL_NET_FALLBACK_OPCODE   // an opcode keel needs is missing
+)
+
 // Close closes every Writer and subscriber of the net (each flushes what
 // it queued, then its socket is shut down and closed), stops the reactor
 // thread and releases OnEvent: no OnEvent call runs after it returns. It
-// waits for calls in flight on the net and for those socket closes, up to
-// the longest WriterOptions.CloseTimeout (2 s by default; a close waits
-// for the peer to close its side). Writers and Publishers stay valid and
+// waits for calls in flight on the net and for queued bytes to leave (each
+// within its WriterOptions.CloseTimeout, 2 s by default), never for an idle
+// peer to close its side. Writers and Publishers stay valid and
 // answer ErrClosed; close them as usual. A second Close returns an error
 // matching ErrClosed. Called from OnEvent it returns an error matching
 // ErrBusy and leaves the net open.

@@ -16,7 +16,8 @@ import (
 )
 
 // PublisherStats are the counters of a Publisher. The send counters are
-// summed over the subscribers it holds now.
+// summed over every subscriber it ever had (one that left counts as it was
+// when it left), so they never go backwards.
 type PublisherStats struct {
 	Published   uint64 // messages published
 	Flushes     uint64 // drain points (Flush and Publish with flush)

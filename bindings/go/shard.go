@@ -390,6 +390,58 @@ func (s *Shard) LastVersion() (uint64, error) {
 	return uint64(v), nil
 }
 
+// ShardStats are a shard's counters, one consistent reading
+// (keel_shard_stats_t).
+type ShardStats struct {
+	SealedSegments   uint32 // immutable segments (tables)
+	AppendableKeys   uint64 // keys in the appendable segment
+	AppendableBytes  uint64 // key and value bytes in the appendable segment
+	SealedBytes      uint64 // bytes of the tables' files
+	LastVersion      uint64 // version of the last applied operation
+	PersistedVersion uint64 // as PersistedVersion
+	WALFirstVersion  uint64 // first version the shard's WAL still holds
+}
+
+// Stats returns the shard's counters.
+func (s *Shard) Stats() (ShardStats, error) {
+	h, err := s.acquire("Stats")
+	if err != nil {
+		return ShardStats{}, err
+	}
+	defer s.release()
+	var c C.keel_shard_stats_t
+	c.struct_size = C.uint32_t(unsafe.Sizeof(c))
+	if st := C.keel_shard_stats(h, &c); st != C.KEEL_STATUS_OK {
+		return ShardStats{}, takeError("Stats", st, nil)
+	}
+	return ShardStats{
+		SealedSegments:   uint32(c.sealed_segments),
+		AppendableKeys:   uint64(c.appendable_keys),
+		AppendableBytes:  uint64(c.appendable_bytes),
+		SealedBytes:      uint64(c.sealed_bytes),
+		LastVersion:      uint64(c.last_version),
+		PersistedVersion: uint64(c.persisted_version),
+		WALFirstVersion:  uint64(c.wal_first_version),
+	}, nil
+}
+
+// Health reports the shard's background work: nil when the last flush
+// pass and the sealing and merging after it succeeded; otherwise the last
+// failure (ErrIO or ErrNoSpace: retried at the next pass, the WAL keeps
+// every write meanwhile; ErrPanic: the shard is poisoned).
+func (s *Shard) Health() error {
+	h, err := s.acquire("Health")
+	if err != nil {
+		return err
+	}
+	defer s.release()
+	var cerr *C.keel_error_t
+	if st := C.keel_shard_health(h, &cerr); st != C.KEEL_STATUS_OK {
+		return takeError("Health", st, cerr)
+	}
+	return nil
+}
+
 // SetKeepFrom keeps the shard's WAL records with version >= version even
 // after they are persisted (for a reader that still needs them, e.g. a
 // shard transfer); KeepNone releases the hold. A version already gone is

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand"
+	"os"
 	"path/filepath"
 	"runtime"
 	"sort"
@@ -1100,5 +1101,70 @@ func TestShardCloseWhileWriting(t *testing.T) {
 	s = openShardT(t, e, 1)
 	if last := lastVersion(t, s); last < maxOK {
 		t.Fatalf("reopened LastVersion %d < acknowledged %d", last, maxOK)
+	}
+}
+
+// Stats and Health: healthy, then a flush pass that fails for real (the
+// segments directory replaced by a file: the pass cannot create its state
+// file), then healthy again once the directory is back. A flush request
+// is answered before the flush thread records the pass for Health, so
+// each step flushes twice: the second answer follows the first record.
+func TestShardStatsAndHealth(t *testing.T) {
+	e, dir := openEngineT(t, "", tinyOpts)
+	s := openShardT(t, e, 4)
+	if err := s.Health(); err != nil {
+		t.Fatalf("Health of a new shard: %v", err)
+	}
+	mustPut(t, s, "a", "1")
+	mustPut(t, s, "b", "22")
+	st, err := s.Stats()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.LastVersion != 2 || st.AppendableKeys != 2 || st.WALFirstVersion != 1 || st.PersistedVersion != 0 {
+		t.Fatalf("Stats: %+v", st)
+	}
+
+	seg := filepath.Join(dir, "shards", "4", "segments")
+	if err := os.Rename(seg, seg+".moved"); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(seg, []byte("x"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 2; i++ {
+		if _, err := s.Flush(true); !errors.Is(err, ErrIO) {
+			t.Fatalf("Flush with segments/ gone: %v, want ErrIO", err)
+		}
+	}
+	if err := s.Health(); !errors.Is(err, ErrIO) || !strings.Contains(err.Error(), "segments") {
+		t.Fatalf("Health after a failed pass: %v, want ErrIO naming segments/", err)
+	}
+
+	if err := os.Remove(seg); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(seg+".moved", seg); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 2; i++ {
+		if _, err := s.Flush(true); err != nil {
+			t.Fatalf("Flush with segments/ back: %v", err)
+		}
+	}
+	if err := s.Health(); err != nil {
+		t.Fatalf("Health after a good pass: %v", err)
+	}
+	if st, _ := s.Stats(); st.PersistedVersion != 2 {
+		t.Fatalf("Stats after the good pass: %+v", st)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Stats(); !errors.Is(err, ErrClosed) {
+		t.Fatalf("Stats of a closed shard: %v", err)
+	}
+	if err := s.Health(); !errors.Is(err, ErrClosed) {
+		t.Fatalf("Health of a closed shard: %v", err)
 	}
 }

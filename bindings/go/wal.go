@@ -75,7 +75,7 @@ type Options struct {
 	// SegmentSize in bytes, 64 KiB to 4 GiB; default 64 MiB.
 	SegmentSize uint64
 	// MaxRecordSize is the largest record or batch payload one append may
-	// carry, at most SegmentSize-96; default 16 MiB (less for small
+	// carry, at most SegmentSize-104; default 16 MiB (less for small
 	// segments).
 	MaxRecordSize uint64
 	// AllowForeignFiles opens a non-empty directory that holds no keel WAL

@@ -768,3 +768,36 @@ func TestNetAndWriterLeaksAreReported(t *testing.T) {
 		t.Fatal("a leaked writer's connection was closed behind the program's back")
 	}
 }
+
+// Fallback: nothing fell back for a sendmsg net; a net that asked for
+// io_uring either runs it or says why not (c-tests/test_net.c forces a
+// fallback with a seccomp filter in a child process).
+func TestNetFallback(t *testing.T) {
+	n := openNetT(t, BackendSendmsg, nil)
+	if code, reason, err := n.Fallback(); err != nil || code != FallbackNone || reason != "" {
+		t.Fatalf("Fallback of a sendmsg net: %v %q %v", code, reason, err)
+	}
+	u, err := OpenNet(&NetOptions{Backend: BackendIOUring})
+	if err != nil {
+		t.Fatal(err)
+	}
+	running, err := u.Backend()
+	if err != nil {
+		t.Fatal(err)
+	}
+	code, reason, err := u.Fallback()
+	switch {
+	case err != nil:
+		t.Fatal(err)
+	case running == BackendIOUring && (code != FallbackNone || reason != ""):
+		t.Fatalf("io_uring runs but Fallback says %v %q", code, reason)
+	case running != BackendIOUring && (code == FallbackNone || reason == ""):
+		t.Fatalf("io_uring fell back but Fallback says %v %q", code, reason)
+	}
+	if err := u.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := u.Fallback(); !errors.Is(err, ErrClosed) {
+		t.Fatalf("Fallback of a closed net: %v", err)
+	}
+}

@@ -96,7 +96,6 @@ static double now_ms(void) {
 
 static keel_publisher_t *pub;
 static unsigned connected;
-static uint64_t gone_sends, gone_items; /* counters of released subscribers */
 
 /* Accepts every pending connection and subscribes it. */
 static void accept_all(int lfd) {
@@ -119,7 +118,8 @@ static void accept_all(int lfd) {
   }
 }
 
-/* Releases the subscribers the callback reported, keeping their counters. */
+/* Releases the subscribers the callback reported (the publisher's totals
+ * keep their counters). */
 static void release_dead(void) {
   uint64_t ids[sizeof dead / sizeof dead[0]];
   pthread_mutex_lock(&lock);
@@ -128,12 +128,6 @@ static void release_dead(void) {
   ndead = 0;
   pthread_mutex_unlock(&lock);
   for (size_t i = 0; i < n; i++) {
-    keel_writer_stats_t ws;
-    ws.struct_size = sizeof ws;
-    if (keel_publisher_subscriber_stats(pub, ids[i], &ws, NULL) == KEEL_STATUS_OK) {
-      gone_sends += ws.sends;
-      gone_items += ws.items_sent;
-    }
     if (keel_publisher_unsubscribe(pub, ids[i], NULL) == KEEL_STATUS_OK) connected--;
   }
 }
@@ -282,11 +276,11 @@ int main(int argc, char **argv) {
   }
   if (stop) say("interrupted");
 
-  /* The publisher counts the subscribers it holds now: add the released. */
+  /* The publisher's totals count every subscriber it ever had. */
   keel_publisher_stats_t ps;
   ps.struct_size = sizeof ps;
   keel_publisher_stats(pub, &ps);
-  uint64_t sends = ps.sends + gone_sends, items = ps.items_sent + gone_items;
+  uint64_t sends = ps.sends, items = ps.items_sent;
   say("stats: %" PRIu64 " messages published, %" PRIu64 " copies sent in %" PRIu64
       " sends (%.2f sends per message, %.2f messages per send), %" PRIu64 " subscribers connected",
       ps.published, items, sends, ps.published ? (double)sends / (double)ps.published : 0.0,

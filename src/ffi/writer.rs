@@ -1,12 +1,12 @@
 //! C API of the batched socket writers (`keel_net_*`, `keel_writer_*`,
-//! `keel_publisher_*`). The rules behind it: design/writer.md and
-//! docs/WRITER.md.
+//! `keel_publisher_*`). The rules behind it: docs/WRITER.md.
 
 use crate::error::Error;
 use crate::ffi::boundary::{handle_ref, in_bytes, in_packed, into_handle, out_ptr, take_handle, Opaque};
+use crate::ffi::buf::copy_out;
 use crate::ffi::error::keel_error_t;
 use crate::ffi::versioned::{init_options, read_options, write_stats};
-use crate::net::{Backend, BackendChoice, Net, NetOptions, Publisher, PublisherStats, Writer, WriterOptions, WriterStats};
+use crate::net::{Backend, BackendChoice, Fallback, Net, NetOptions, Publisher, PublisherStats, Writer, WriterOptions, WriterStats};
 use crate::status::*;
 use std::ffi::CString;
 use std::os::raw::{c_char, c_int, c_void};
@@ -418,7 +418,12 @@ pub extern "C" fn keel_net_backend(net: *const keel_net_t, out: *mut u32) -> kee
 
 /// Closes every writer and subscriber of the net (what they queued is
 /// flushed, each within its close_timeout_ms), stops the reactor thread,
-/// then calls user_data_free. No callback runs after it returns. Writer
+/// then calls user_data_free. It waits for queued bytes only, never for an
+/// idle peer's EOF: once a connection is flushed it is half-closed, what
+/// already arrived is read and the fd closed (also for writers closed
+/// earlier that were still waiting for their peer). An fd adopted here
+/// cannot be adopted by another net until keel closed it (INVALID_ARGUMENT).
+/// No callback runs after it returns. Writer
 /// and publisher handles stay valid and answer KEEL_STATUS_CLOSED; close
 /// them as usual. NULL is a no-op returning OK. Must not race with other
 /// calls on the net handle.
@@ -748,6 +753,68 @@ pub extern "C" fn keel_publisher_subscriber_stats(
 pub extern "C" fn keel_publisher_close(publisher: *mut keel_publisher_t, err: *mut *mut keel_error_t) -> keel_status_t {
     ffi_boundary!(err, std::ptr::null::<u8>(), {
         drop(unsafe { take_handle(publisher)? });
+        Ok(())
+    })
+}
+
+/// keel_net_fallback() code: no fallback (io_uring runs, or was not asked for).
+pub const KEEL_NET_FALLBACK_NONE: u32 = 0;
+/// keel_net_fallback() code: io_uring is disabled by sysctl
+/// (/proc/sys/kernel/io_uring_disabled = 2).
+pub const KEEL_NET_FALLBACK_DISABLED: u32 = 1;
+/// keel_net_fallback() code: io_uring_setup failed — ENOSYS or EPERM from a
+/// seccomp profile (containers) or io_uring_disabled = 1, ENOMEM from the
+/// locked-memory limit; the message names the error.
+pub const KEEL_NET_FALLBACK_SETUP: u32 = 2;
+/// keel_net_fallback() code: the kernel lacks IORING_FEAT_EXT_ARG or
+/// IORING_FEAT_NODROP (older than 5.11).
+pub const KEEL_NET_FALLBACK_KERNEL: u32 = 3;
+/// keel_net_fallback() code: registering the io_uring opcode probe failed.
+pub const KEEL_NET_FALLBACK_PROBE: u32 = 4;
+/// keel_net_fallback() code: the kernel lacks an opcode keel needs
+/// (SENDMSG, POLL_ADD or ASYNC_CANCEL; the message names it).
+pub const KEEL_NET_FALLBACK_OPCODE: u32 = 5;
+
+/// Why the net runs the sendmsg backend although KEEL_NET_BACKEND_IO_URING
+/// was asked for, decided once at keel_net_open(). Writes a
+/// KEEL_NET_FALLBACK_* code to `*out_code` (KEEL_NET_FALLBACK_NONE when
+/// io_uring runs or was not asked for) and the message ("" for NONE) with
+/// its terminating NUL into `buf` (`cap` bytes, owned by the caller; keel
+/// allocates nothing); `*out_len` receives the message size including the
+/// NUL. Any thread may call it while the net is open.
+/// Errors: NULL_ARGUMENT (net, out_code or out_len NULL), INVALID_ARGUMENT (not
+/// a live net), BUFFER_TOO_SMALL (nothing written but `*out_len`, the size
+/// needed: call again with a buffer that large).
+#[no_mangle]
+pub extern "C" fn keel_net_fallback(
+    net: *const keel_net_t,
+    out_code: *mut u32,
+    buf: *mut c_char,
+    cap: usize,
+    out_len: *mut usize,
+    err: *mut *mut keel_error_t,
+) -> keel_status_t {
+    ffi_boundary!(err, net, {
+        let n = try_handle!(net);
+        let out_code = out_ptr(out_code, "out_code")?;
+        let out_len = out_ptr(out_len, "out_len")?;
+        let (code, why) = match n.net.fallback() {
+            None => (KEEL_NET_FALLBACK_NONE, ""),
+            Some((f, why)) => (
+                match f {
+                    Fallback::Disabled => KEEL_NET_FALLBACK_DISABLED,
+                    Fallback::Setup => KEEL_NET_FALLBACK_SETUP,
+                    Fallback::Kernel => KEEL_NET_FALLBACK_KERNEL,
+                    Fallback::Probe => KEEL_NET_FALLBACK_PROBE,
+                    Fallback::Opcode => KEEL_NET_FALLBACK_OPCODE,
+                },
+                why,
+            ),
+        };
+        let mut text = why.replace('\0', "\\0").into_bytes();
+        text.push(0);
+        copy_out(&text, buf as *mut u8, cap, out_len)?;
+        *out_code = code;
         Ok(())
     })
 }

@@ -1,5 +1,5 @@
 //! Batched socket writers and fan-out (issue #5; the contract is
-//! `design/writer.md`, rules R1–R12; docs/WRITER.md maps each rule to code).
+//! rules R1–R12 in docs/WRITER.md, which also maps each rule to code).
 //!
 //! A [`Net`] owns one reactor thread and one backend (`sendmsg` + epoll,
 //! or io_uring). Sockets are adopted into it as [`Writer`]s or as
@@ -21,6 +21,7 @@ pub use conn::Writer;
 pub use publisher::{Publisher, PublisherStats};
 pub use reactor::Net;
 pub use stats::WriterStats;
+pub use uring::Fallback;
 
 use crate::error::{Error, Result};
 use crate::status::keel_status_t;

@@ -10,12 +10,12 @@ use crate::net::conn::{send_error, Conn, ConnState, Phase, Writer};
 use crate::net::publisher::Publisher;
 use crate::net::queue::PassEnd;
 use crate::net::sendmsg::{check_socket, discard_input, epoll_del, epoll_set, getsockopt_int, SyncSink};
-use crate::net::uring::{self, UringSink, OP_POLLIN, OP_POLLOUT, OP_SEND, UD_CANCEL, UD_WAKE};
+use crate::net::uring::{self, Fallback, UringSink, OP_POLLIN, OP_POLLOUT, OP_SEND, UD_CANCEL, UD_WAKE};
 use crate::net::{Backend, BackendChoice, EventFn, NetOptions, WriterOptions};
 use crate::status::*;
 use io_uring::{types, IoUring};
 use parking_lot::Mutex;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::io;
 use std::os::fd::RawFd;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -41,11 +41,18 @@ struct Registry {
     fds: HashMap<RawFd, u64>,
 }
 
+/// Every fd some net of this process owns: keel closes an adopted fd, so
+/// a second net adopting it would close it twice (the second time maybe
+/// someone else's file that got the number). An fd leaves the set just
+/// before keel closes it, so the number can be adopted again afterwards.
+/// Taken inside a net's registry lock, never the other way round.
+static ADOPTED_FDS: parking_lot::Mutex<Option<HashSet<RawFd>>> = parking_lot::const_mutex(None);
+
 /// What host threads and the reactor share.
 pub(crate) struct Shared {
     pub backend: Backend,
     /// Why io_uring was asked for and not used.
-    pub fallback: Option<String>,
+    pub fallback: Option<(Fallback, String)>,
     wake_fd: RawFd,
     /// The epoll instance (sendmsg backend), -1 with io_uring.
     pub epfd: RawFd,
@@ -107,10 +114,17 @@ impl Shared {
         if reg.fds.contains_key(&fd) {
             return Err(Error::invalid(format!("fd {fd} is already adopted by this net handle")));
         }
+        if !ADOPTED_FDS.lock().get_or_insert_with(HashSet::new).insert(fd) {
+            return Err(Error::invalid(format!(
+                "fd {fd} is already adopted by another keel net handle (which will close it)"
+            )));
+        }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         if self.backend == Backend::Sendmsg {
-            epoll_set(self.epfd, libc::EPOLL_CTL_ADD, fd, 0, id)
-                .map_err(|e| Error::io(format!("epoll_ctl(ADD) for fd {fd}"), e))?;
+            if let Err(e) = epoll_set(self.epfd, libc::EPOLL_CTL_ADD, fd, 0, id) {
+                forget_adopted(fd);
+                return Err(Error::io(format!("epoll_ctl(ADD) for fd {fd}"), e));
+            }
         }
         let conn = Arc::new(Conn::new(id, fd, opts.clone()));
         reg.fds.insert(fd, id);
@@ -134,11 +148,20 @@ impl Shared {
         reg.by_id.remove(&conn.id);
         if reg.fds.get(&conn.fd) == Some(&conn.id) {
             reg.fds.remove(&conn.fd);
+            forget_adopted(conn.fd);
         }
     }
 
     fn is_empty(&self) -> bool {
         self.registry.lock().by_id.is_empty()
+    }
+}
+
+/// Takes `fd` out of the process-wide set (before keel closes it, or when
+/// an adoption fails and the fd stays the caller's).
+fn forget_adopted(fd: RawFd) {
+    if let Some(set) = ADOPTED_FDS.lock().as_mut() {
+        set.remove(&fd);
     }
 }
 
@@ -159,7 +182,7 @@ pub struct Net {
 
 impl Net {
     /// Starts the reactor thread. `IoUring` falls back to sendmsg when the
-    /// runtime probe fails (see `fallback_reason`).
+    /// runtime probe fails (see `fallback`).
     pub fn open(opts: NetOptions) -> Result<Net> {
         let wake_fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
         if wake_fd < 0 {
@@ -240,9 +263,10 @@ impl Net {
         self.shared.backend
     }
 
-    /// Why io_uring was asked for and the sendmsg backend runs instead.
-    pub fn fallback_reason(&self) -> Option<&str> {
-        self.shared.fallback.as_deref()
+    /// Why io_uring was asked for and the sendmsg backend runs instead:
+    /// the probe step that failed and a message naming the error.
+    pub fn fallback(&self) -> Option<(Fallback, &str)> {
+        self.shared.fallback.as_ref().map(|(f, why)| (*f, why.as_str()))
     }
 
     /// Adopts connected stream socket `fd` as a writer. keel owns the fd
@@ -539,6 +563,13 @@ impl Reactor {
             PassEnd::CloseReached => {
                 // R10: everything is flushed; half-close and drain input.
                 unsafe { libc::shutdown(conn.fd, libc::SHUT_WR) };
+                if self.stopping {
+                    // keel_net_close waits for queued bytes only, never
+                    // for an idle peer's EOF: what arrived is read, then
+                    // the fd is closed.
+                    discard_input(conn.fd);
+                    return Next::Finalize;
+                }
                 st.lingering = true;
                 self.arm(conn, st, (libc::EPOLLIN | libc::EPOLLRDHUP) as u32, OP_POLLIN)
             }
@@ -740,7 +771,15 @@ impl Reactor {
                 st.wire.queue.push_control(crate::net::queue::Control::Close);
                 st.wire.stats.control_items += 1;
             }
+            // Closed earlier by the host and flushed, now waiting for the
+            // peer's EOF: the net closing does not wait for it.
+            let flushed = st.lingering;
             drop(st);
+            if flushed {
+                discard_input(conn.fd);
+                self.finalize(&conn);
+                continue;
+            }
             self.on_close(&conn);
         }
     }

@@ -104,29 +104,49 @@ pub(crate) fn cancel(ring: &mut IoUring, io: &mut ConnIo) {
     }
 }
 
+/// Which step of the probe failed when io_uring was asked for and the
+/// sendmsg backend runs instead (`Net::fallback`; in C the
+/// KEEL_NET_FALLBACK_* codes, in this order from 1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fallback {
+    /// `/proc/sys/kernel/io_uring_disabled` is 2.
+    Disabled,
+    /// `io_uring_setup` failed: ENOSYS or EPERM from a seccomp profile or
+    /// io_uring_disabled = 1, ENOMEM from a locked-memory limit, ...
+    Setup,
+    /// The kernel lacks EXT_ARG or NODROP (older than 5.11).
+    Kernel,
+    /// Registering the opcode probe failed.
+    Probe,
+    /// An opcode keel needs (SENDMSG, POLL_ADD, ASYNC_CANCEL) is missing.
+    Opcode,
+}
+
 /// The runtime probe: io_uring must not be disabled by sysctl, ring setup
 /// must succeed (seccomp profiles give ENOSYS or EPERM), and the kernel
 /// must support SENDMSG, POLL_ADD, ASYNC_CANCEL and waiting with a
 /// timeout (EXT_ARG). Returns the ring for the reactor, or why not.
-pub(crate) fn probe() -> Result<IoUring, String> {
+pub(crate) fn probe() -> Result<IoUring, (Fallback, String)> {
     if let Ok(s) = std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled") {
         if s.trim() == "2" {
-            return Err("io_uring is disabled (/proc/sys/kernel/io_uring_disabled = 2)".into());
+            return Err((Fallback::Disabled, "io_uring is disabled (/proc/sys/kernel/io_uring_disabled = 2)".into()));
         }
     }
-    let ring = IoUring::new(256).map_err(|e| format!("io_uring_setup failed: {e}"))?;
+    let ring = IoUring::new(256).map_err(|e| (Fallback::Setup, format!("io_uring_setup failed: {e}")))?;
     if !ring.params().is_feature_ext_arg() || !ring.params().is_feature_nodrop() {
-        return Err("io_uring lacks EXT_ARG or NODROP (kernel older than 5.11)".into());
+        return Err((Fallback::Kernel, "io_uring lacks EXT_ARG or NODROP (kernel older than 5.11)".into()));
     }
     let mut p = Probe::new();
-    ring.submitter().register_probe(&mut p).map_err(|e| format!("io_uring probe failed: {e}"))?;
+    ring.submitter()
+        .register_probe(&mut p)
+        .map_err(|e| (Fallback::Probe, format!("io_uring probe failed: {e}")))?;
     for (code, name) in [
         (opcode::SendMsg::CODE, "SENDMSG"),
         (opcode::PollAdd::CODE, "POLL_ADD"),
         (opcode::AsyncCancel::CODE, "ASYNC_CANCEL"),
     ] {
         if !p.is_supported(code) {
-            return Err(format!("io_uring does not support IORING_OP_{name}"));
+            return Err((Fallback::Opcode, format!("io_uring does not support IORING_OP_{name}")));
         }
     }
     Ok(ring)

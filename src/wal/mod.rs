@@ -1,5 +1,5 @@
 //! The write-ahead log: segmented, checksummed, group-committed, readable
-//! from any retained sequence number (contract: design/wal.md W1–W9;
+//! from any retained sequence number (contract: W1–W9 in docs/WAL.md;
 //! format and modes: docs/WAL.md).
 //!
 //! Invariants (asserted in tests, relied on here):

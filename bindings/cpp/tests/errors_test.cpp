@@ -168,3 +168,24 @@ TEST(Errors, StatusNamesMirrorTheCApi) {
   static_assert(static_cast<uint32_t>(keel::RecoveryMode::Salvage) == KEEL_RECOVERY_SALVAGE);
   static_assert(static_cast<uint32_t>(keel::ReadUpto::Appended) == KEEL_WAL_READ_APPENDED);
 }
+
+// A null `const char*` is no string: every call taking bytes returns
+// NullArgument (it used to build a std::string_view from nullptr and
+// crash), appends nothing, and "" still appends an empty record.
+TEST(Errors, NullCStringIsNullArgumentNotACrash) {
+  TempDir tmp;
+  Wal wal;
+  ASSERT_NO_FATAL_FAILURE(open_wal(tmp.wal(), WalOptions(), wal));
+  const char* none = nullptr;
+  auto r = wal.append(none);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.err().code(), Status::NullArgument) << r.err().to_string();
+  EXPECT_NE(r.err().message().find("null const char*"), std::string::npos) << r.err().message();
+  auto batch = wal.append_batch(std::vector<keel::ByteView>{"a", none});
+  ASSERT_FALSE(batch.ok());
+  EXPECT_EQ(batch.err().code(), Status::NullArgument);
+  EXPECT_EQ(keel::posting_items(none).err().code(), Status::NullArgument);
+  EXPECT_EQ(wal.last_seq().value(), 0u);  // nothing was appended
+  KEEL_ASSERT_OK(wal.append(""));
+  EXPECT_EQ(wal.last_seq().value(), 1u);
+}

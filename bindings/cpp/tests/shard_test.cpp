@@ -4,6 +4,9 @@
 // Every test uses a real temporary directory.
 #include "test_util.hpp"
 
+#include <cstdio>
+#include <fstream>
+
 #include <algorithm>
 #include <map>
 #include <set>
@@ -527,6 +530,71 @@ TEST(Shard, FlushMakesPersistedReachLast) {
   EXPECT_EQ(s.flush().value(), last + 1);
   KEEL_ASSERT_OK(s.set_keep_from(last + 1));
   KEEL_ASSERT_OK(s.set_keep_from(Shard::keep_none));
+}
+
+// A null `const char*` key, value or item is NullArgument from every shard
+// call and from a batch (kept as its error); nothing is written.
+TEST(ShardMisuse, NullCStringIsNullArgumentNotACrash) {
+  TempDir tmp;
+  Engine engine;
+  Shard s;
+  ASSERT_NO_FATAL_FAILURE(open_engine(tmp.engine(), small(), engine));
+  ASSERT_NO_FATAL_FAILURE(open_shard(engine, 1, s));
+  const char* none = nullptr;
+  expect_error(s.put(none, "v"), Status::NullArgument);
+  expect_error(s.put("k", none), Status::NullArgument);
+  expect_error(s.del(none), Status::NullArgument);
+  expect_error(s.append("k", none), Status::NullArgument);
+  expect_error(s.get(none), Status::NullArgument);
+  expect_error(s.multi_get(std::vector<keel::ByteView>{"k", none}), Status::NullArgument);
+  expect_error(s.scan(none), Status::NullArgument);
+  expect_error(s.scan_prefix(none), Status::NullArgument);
+  keel::Batch b;
+  b.put("k", "v").append("l", none);
+  expect_error(b.status(), Status::NullArgument);
+  expect_error(s.write(b), Status::NullArgument);
+  EXPECT_EQ(last_version(s), 0u);
+}
+
+// stats() and health(): healthy, then a flush pass that fails for real
+// (the segments directory replaced by a file: its state file cannot be
+// created), then healthy again once it is back. A flush request is answered
+// before the flush thread records the pass for health(), so each step
+// flushes twice: the second answer comes after the first was recorded.
+TEST(Shard, StatsAndHealthFollowTheBackgroundWork) {
+  TempDir tmp;
+  Engine engine;
+  Shard s;
+  ASSERT_NO_FATAL_FAILURE(open_engine(tmp.engine(), small(), engine));
+  ASSERT_NO_FATAL_FAILURE(open_shard(engine, 3, s));
+  KEEL_ASSERT_OK(s.health());
+  KEEL_ASSERT_OK(s.put("a", "1"));
+  KEEL_ASSERT_OK(s.put("b", "22"));
+  auto st = s.stats();
+  KEEL_ASSERT_OK(st);
+  EXPECT_EQ(st->last_version, 2u);
+  EXPECT_EQ(st->appendable_keys, 2u);
+  EXPECT_EQ(st->persisted_version, s.persisted_version().value());
+  EXPECT_EQ(st->wal_first_version, 1u);
+
+  const std::string seg = tmp.engine() + "/shards/3/segments";
+  ASSERT_EQ(std::rename(seg.c_str(), (seg + ".moved").c_str()), 0);
+  { std::ofstream(seg).put('x'); }
+  for (int i = 0; i < 2; ++i) expect_error(s.flush(), Status::Io);
+  auto bad = s.health();
+  ASSERT_FALSE(bad.ok());
+  EXPECT_EQ(bad.err().code(), Status::Io);
+  EXPECT_NE(bad.err().message().find("segments"), std::string::npos) << bad.err().message();
+  EXPECT_LT(s.stats()->persisted_version, 2u);
+
+  ASSERT_EQ(std::remove(seg.c_str()), 0);
+  ASSERT_EQ(std::rename((seg + ".moved").c_str(), seg.c_str()), 0);
+  for (int i = 0; i < 2; ++i) KEEL_ASSERT_OK(s.flush());
+  KEEL_ASSERT_OK(s.health());
+  EXPECT_EQ(s.stats()->persisted_version, 2u);
+
+  expect_error(Shard().stats(), Status::Closed);
+  expect_error(Shard().health(), Status::Closed);
 }
 
 // Tiny segments: the appendable segment seals every few KiB, tables merge,

@@ -653,6 +653,30 @@ TEST(Net, DefaultsAndBackendNames) {
   expect_error(Writer::adopt(net, pair.keel_side.get(), wo), Status::InvalidArgument);
 }
 
+// fallback(): nothing fell back for a sendmsg net; a net that asked for
+// io_uring either runs it or says why not (c-tests/test_net.c forces a
+// fallback with a seccomp filter in a child process).
+TEST(Net, FallbackSaysWhyIoUringIsNotUsed) {
+  Net net;
+  ASSERT_NO_FATAL_FAILURE(open_net(NetOptions().backend(Backend::Sendmsg), net));
+  auto none = net.fallback();
+  KEEL_ASSERT_OK(none);
+  EXPECT_EQ(none->code, uint32_t{KEEL_NET_FALLBACK_NONE});
+  EXPECT_EQ(none->message, "");
+  Net uring;
+  ASSERT_NO_FATAL_FAILURE(open_net(NetOptions().backend(Backend::IoUring), uring));
+  auto why = uring.fallback();
+  KEEL_ASSERT_OK(why);
+  if (uring.backend().value() == Backend::IoUring) {
+    EXPECT_EQ(why->code, uint32_t{KEEL_NET_FALLBACK_NONE});
+    EXPECT_EQ(why->message, "");
+  } else {
+    EXPECT_NE(why->code, uint32_t{KEEL_NET_FALLBACK_NONE});
+    EXPECT_FALSE(why->message.empty());
+  }
+  expect_error(Net().fallback(), Status::Closed);
+}
+
 // Bad fds and options are refused and the fd stays the caller's; empty
 // batches, calls after the net closed and on moved-from or closed objects
 // give a status, never a crash.

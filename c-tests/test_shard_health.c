@@ -1,0 +1,103 @@
+/*
+ * keel_shard_health through the C API, with a real failure of the
+ * background work:
+ * - a healthy shard reports OK;
+ * - while the shard's segments/ directory is replaced by a regular file,
+ *   a flush pass fails (its state file cannot be created: ENOTDIR) and
+ *   health reports IO with a message naming the file, while writes and
+ *   reads go on (the WAL holds them);
+ * - once the directory is back, the next passes succeed, health is OK
+ *   again and every write is persisted;
+ * - misuse: NULL and closed handles.
+ * Root ignores permission bits, so an unwritable directory is no failure
+ * for CI (which runs as root); a file in the directory's place is.
+ */
+#include "keel_test.h"
+
+#include <stdbool.h>
+#include <sys/stat.h>
+
+/* A flush request runs in the next pass and is answered before the flush
+ * thread records the pass's outcome for health; a second request is
+ * answered only after that, so the outcome of the first is visible. */
+static keel_status_t flush_twice(const keel_shard_t *s) {
+  keel_status_t first = keel_shard_flush(s, true, NULL, NULL);
+  keel_status_t second = keel_shard_flush(s, true, NULL, NULL);
+  CHECK(first == second);
+  return second;
+}
+
+int main(void) {
+  KT_ERR;
+  char *dir = kt_tempdir();
+  keel_engine_options_t opts = kt_engine_options(KEEL_DURABILITY_NONE);
+  keel_engine_t *engine = NULL;
+  keel_shard_t *s = NULL;
+  CHECK_OK(keel_engine_open(dir, &opts, &engine, &err));
+  CHECK_OK(keel_engine_shard_open(engine, 7, true, &s, &err));
+
+  /* Healthy, before and after a successful pass. */
+  CHECK_OK(keel_shard_health(s, &err));
+  uint64_t v = 0;
+  CHECK_OK(keel_shard_put(s, KT_S("a"), KT_S("1"), &v, &err));
+  CHECK_RC(KEEL_STATUS_OK, flush_twice(s));
+  CHECK_OK(keel_shard_health(s, &err));
+  CHECK_OK(keel_shard_health(s, NULL)); /* err may be NULL */
+
+  /* The segments directory goes away behind keel's back; a file takes
+   * its name so that nothing can be created in it. */
+  char seg[4096], moved[4096];
+  snprintf(seg, sizeof seg, "%s/shards/7/segments", dir);
+  snprintf(moved, sizeof moved, "%s/shards/7/segments.moved", dir);
+  CHECK(rename(seg, moved) == 0);
+  FILE *f = fopen(seg, "w");
+  CHECK(f != NULL);
+  CHECK(fclose(f) == 0);
+
+  CHECK_OK(keel_shard_put(s, KT_S("b"), KT_S("2"), &v, &err));
+  const uint64_t last = v;
+  CHECK_STATUS(KEEL_STATUS_IO, keel_shard_flush(s, true, NULL, &err));
+  CHECK_RC(KEEL_STATUS_IO, flush_twice(s));
+  keel_status_t st = keel_shard_health(s, &err);
+  CHECK(st == KEEL_STATUS_IO);
+  CHECK(err != NULL && keel_error_code(err) == KEEL_STATUS_IO);
+  CHECK(strstr(keel_error_message(err), "segments") != NULL);
+  keel_error_free(err);
+  err = NULL;
+  CHECK_RC(KEEL_STATUS_IO, keel_shard_health(s, NULL));
+  CHECK(kt_persisted_version(s) < last);
+  /* Writes and reads go on meanwhile. */
+  CHECK_OK(keel_shard_put(s, KT_S("c"), KT_S("3"), &v, &err));
+  KT_EXPECT_VALUE(s, "b", "2");
+
+  /* Put back: the next pass succeeds and health clears. */
+  CHECK(unlink(seg) == 0);
+  CHECK(rename(moved, seg) == 0);
+  CHECK_RC(KEEL_STATUS_OK, flush_twice(s));
+  CHECK_OK(keel_shard_health(s, &err));
+  CHECK_EQ_U64(kt_persisted_version(s), v);
+
+  keel_shard_stats_t stats;
+  memset(&stats, 0, sizeof stats);
+  stats.struct_size = sizeof stats;
+  CHECK_RC(KEEL_STATUS_OK, keel_shard_stats(s, &stats));
+  CHECK_EQ_U64(stats.last_version, v);
+  CHECK_EQ_U64(stats.persisted_version, v);
+  CHECK_EQ_U64(stats.appendable_keys, 3);
+
+  /* Misuse. */
+  CHECK_STATUS(KEEL_STATUS_NULL_ARGUMENT, keel_shard_health(NULL, &err));
+  CHECK_STATUS(KEEL_STATUS_INVALID_ARGUMENT, keel_shard_health((const keel_shard_t *)engine, &err));
+  CHECK_OK(keel_shard_close(s, &err));
+  CHECK_OK(keel_engine_shard_open(engine, 7, false, &s, &err));
+  KT_EXPECT_VALUE(s, "a", "1");
+  KT_EXPECT_VALUE(s, "b", "2");
+  KT_EXPECT_VALUE(s, "c", "3");
+  CHECK_OK(keel_shard_health(s, &err));
+  CHECK_OK(keel_engine_close(engine, &err));
+  /* The engine closed the shard: health says CLOSED, the handle still frees. */
+  CHECK_STATUS(KEEL_STATUS_CLOSED, keel_shard_health(s, &err));
+  CHECK_OK(keel_shard_close(s, &err));
+  kt_rmdir(dir);
+  KT_PASS();
+}
