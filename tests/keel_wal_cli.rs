@@ -16,6 +16,15 @@ struct Run {
     stderr: String,
 }
 
+/// The tests of this file run one at a time: each spawns `keel-wal`, and
+/// a child forked by one test holds copies of the other tests' open
+/// descriptors until it execs, a WAL's LOCK among them, so a WAL closed
+/// and at once reopened by another test could find its lock still held.
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn keel_wal(args: &[&str]) -> Run {
     let out = Command::new(env!("CARGO_BIN_EXE_keel-wal")).args(args).output().expect("running keel-wal");
     Run {
@@ -109,6 +118,7 @@ fn dumped(stdout: &str) -> Vec<(u64, String, String)> {
 
 #[test]
 fn dump_prints_every_record_in_order_and_from_works() {
+    let _serial = serial();
     let t = TempDir::new("dump");
     let written = write_log(&t.path().join("wal"), 600);
     let segs = segment_files(&t.path().join("wal"));
@@ -150,6 +160,7 @@ fn dump_prints_every_record_in_order_and_from_works() {
 
 #[test]
 fn dump_escapes_text_and_hex_dumps() {
+    let _serial = serial();
     let t = TempDir::new("hex");
     let wal = Wal::open(&t.path().join("wal"), opts(RecoveryMode::TolerateTail)).unwrap();
     wal.append(b"hello, world").unwrap();
@@ -180,6 +191,7 @@ fn line<'a>(out: &'a str, key: &str) -> &'a str {
 
 #[test]
 fn stat_numbers_match_what_was_written() {
+    let _serial = serial();
     let t = TempDir::new("stat");
     let written = write_log(&t.path().join("wal"), 500);
     let last = written.last().unwrap().0;
@@ -229,6 +241,7 @@ fn stat_numbers_match_what_was_written() {
 
 #[test]
 fn verify_passes_a_clean_log() {
+    let _serial = serial();
     let t = TempDir::new("clean");
     let written = write_log(&t.path().join("wal"), 300);
     let last = written.last().unwrap().0;
@@ -256,6 +269,7 @@ fn verify_passes_a_clean_log() {
 
 #[test]
 fn verify_finds_a_flipped_payload_byte() {
+    let _serial = serial();
     let t = TempDir::new("flip");
     let written = write_log(&t.path().join("wal"), 600);
     // A single record in the middle of the first segment.
@@ -293,6 +307,7 @@ fn verify_finds_a_flipped_payload_byte() {
 
 #[test]
 fn verify_reports_garbage_after_the_end_as_a_torn_tail() {
+    let _serial = serial();
     let t = TempDir::new("tail");
     let written = write_log(&t.path().join("wal"), 400);
     let last = written.last().unwrap().0;
@@ -323,6 +338,7 @@ fn verify_reports_garbage_after_the_end_as_a_torn_tail() {
 
 #[test]
 fn verify_reports_a_bad_header_and_a_missing_segment_as_corruption() {
+    let _serial = serial();
     let t = TempDir::new("header");
     write_log(&t.path().join("wal"), 600);
     let segs = segment_files(&t.path().join("wal"));
@@ -356,6 +372,7 @@ fn verify_reports_a_bad_header_and_a_missing_segment_as_corruption() {
 
 #[test]
 fn unreadable_input_exits_3_with_one_line() {
+    let _serial = serial();
     let t = TempDir::new("missing");
     let missing = t.path().join("no-such-dir");
     for cmd in ["dump", "verify", "stat"] {
@@ -379,6 +396,7 @@ fn unreadable_input_exits_3_with_one_line() {
 
 #[test]
 fn usage_errors_exit_2() {
+    let _serial = serial();
     let t = TempDir::new("usage");
     let d = s(t.path());
     let cases: &[&[&str]] = &[
@@ -409,6 +427,7 @@ fn usage_errors_exit_2() {
 /// are found by every mode's verdict (exit 1), naming what is missing.
 #[test]
 fn verify_finds_deleted_renamed_and_swapped_segments_in_every_mode() {
+    let _serial = serial();
     type Damage = fn(&Path, &[PathBuf]);
     let cases: [(&str, Damage, usize); 5] = [
         ("last segment removed", |_, segs| std::fs::remove_file(segs.last().unwrap()).unwrap(), 2),
@@ -476,6 +495,7 @@ fn scan_mode(name: &str) -> RecoveryMode {
 /// Issue #10 §6: things that are not a WAL are not "clean".
 #[test]
 fn verify_refuses_what_is_not_a_wal_directory() {
+    let _serial = serial();
     let t = TempDir::new("notwal");
     // A directory named like a segment inside a log (Wal::open cannot read it).
     let dir = t.path().join("wal");
