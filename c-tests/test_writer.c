@@ -199,7 +199,11 @@ static void roundtrip(uint32_t backend) {
   CHECK_EQ_U64(ps.published, 100);
   CHECK_EQ_U64(ps.subscribers, 2);
   CHECK_EQ_U64(ps.items_sent, 200);
-  CHECK(ps.sends <= 20); /* one send per subscriber per drain point */
+  /* How many sends the 200 deliveries took depends on when the reactor
+   * thread drains (it may run between two publishes on a busy machine), so
+   * only the bounds that always hold are checked; batching per drain point
+   * is measured by make bench and checked deterministically in Rust. */
+  CHECK(ps.sends >= 2 && ps.sends <= ps.items_sent);
   CHECK_OK(keel_publisher_subscriber_stats(pub, ida, &s, &err));
   CHECK_EQ_U64(s.items_sent, 100);
   CHECK_STATUS(KEEL_STATUS_NOT_FOUND, keel_publisher_unsubscribe(pub, 123456, &err));
