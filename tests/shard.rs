@@ -22,6 +22,7 @@ fn small() -> Options {
         max_sealed: 3,
         unordered_flush_seed: None,
         replay_run_bytes: 1 << 10,
+        salvage: false,
     }
 }
 

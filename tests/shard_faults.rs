@@ -30,6 +30,7 @@ fn options() -> Options {
         max_sealed: 2,
         unordered_flush_seed: None,
         replay_run_bytes: 512,
+        salvage: false,
     }
 }
 

@@ -46,6 +46,7 @@ fn options(unordered_seed: Option<u64>) -> Options {
         max_sealed: 3,
         unordered_flush_seed: unordered_seed,
         replay_run_bytes: 4 << 10,
+        salvage: false,
     }
 }
 
