@@ -10,7 +10,7 @@
 mod appendable;
 mod bloom;
 mod entry;
-mod files;
+pub(crate) mod files;
 mod manifest;
 mod flush;
 mod key;
