@@ -48,6 +48,10 @@ type EngineOptions struct {
 	// MaxSealedSegments: more immutable segments than this are merged in
 	// the background, smallest first; default 8.
 	MaxSealedSegments uint32
+	// Salvage opens shards whose segment files are missing or damaged
+	// with what is left, instead of failing with ErrCorruption;
+	// Shard.SalvageReport says what is lost. Never the default.
+	Salvage bool
 }
 
 // durationMs rounds d (> 0) up to whole milliseconds, saturating at limit so
@@ -93,6 +97,7 @@ func (o *EngineOptions) toC() (C.keel_engine_options_t, error) {
 	if o.MaxSealedSegments != 0 {
 		c.max_sealed_segments = C.uint32_t(o.MaxSealedSegments)
 	}
+	c.salvage = C.bool(o.Salvage)
 	return c, nil
 }
 

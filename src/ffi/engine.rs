@@ -51,6 +51,13 @@ pub struct keel_engine_options_t {
     /// The appendable segment is sealed into an immutable one past this
     /// many bytes of keys and values; at least 4096, default 32 MiB.
     pub seal_bytes: u64,
+    /// Salvage open, never the default (false): a shard whose segment
+    /// files are missing or damaged, or whose WAL no longer reaches its
+    /// segments, opens with what is left instead of failing with
+    /// CORRUPTION; keel_shard_salvage_report() says what is lost. The
+    /// first flush then makes that the shard's state. Also rebuilds a lost
+    /// shard list from the shard directories' names.
+    pub salvage: bool,
 }
 
 fn options_v1_size() -> u32 {
@@ -72,6 +79,7 @@ pub extern "C" fn keel_engine_options_init(opts: *mut keel_engine_options_t) -> 
             wal_segment_size: d.wal_segment_size,
             flush_interval_ms: d.flush_interval.map_or(0, |i| i.as_millis() as u64),
             seal_bytes: d.seal_bytes as u64,
+            salvage: d.salvage,
         };
         Ok(())
     })
@@ -102,6 +110,7 @@ fn options_from_c(o: &keel_engine_options_t) -> crate::Result<shard::Options> {
         flush_interval: (o.flush_interval_ms > 0).then(|| Duration::from_millis(o.flush_interval_ms)),
         seal_bytes: usize::try_from(o.seal_bytes).map_err(|_| Error::invalid("seal_bytes is too large"))?,
         max_sealed: o.max_sealed_segments as usize,
+        salvage: o.salvage,
         ..shard::Options::default()
     };
     opts.validate()?;
@@ -132,9 +141,13 @@ pub extern "C" fn keel_engine_open(
 /// Opens shard `id` (recovering it: segments loaded, WAL replayed) and
 /// writes a handle to `*out`, released with keel_shard_close(). A shard is
 /// open at most once at a time.
+/// Other shards open, drop and list while one recovers.
 /// Errors: NULL_ARGUMENT, NOT_FOUND (missing and create_if_missing is
-/// false), BUSY (already open), CLOSED (engine closed), CORRUPTION, IO,
-/// NO_SPACE.
+/// false), BUSY (already open, or being opened by another thread), CLOSED
+/// (engine closed), CORRUPTION (a segment file missing, cut or
+/// substituted; the WAL starts past what the segments hold; the shard's
+/// directory vanished while the engine lists it; see docs/STORAGE.md),
+/// IO, NO_SPACE.
 #[no_mangle]
 pub extern "C" fn keel_engine_shard_open(
     engine: *const keel_engine_t,

@@ -98,7 +98,15 @@ pub fn load(fs: &Arc<dyn FileSystem>, dir: &Path, wal_has_records: bool, salvage
     let exists = fsr.exists(dir).map_err(|e| Error::io(format!("looking for {}", dir.display()), e))?;
     let list = || fsr.list(dir).map_err(|e| Error::io(format!("listing {}", dir.display()), e));
     let names = if exists { list()? } else { Vec::new() };
-    let on_disk = match exists.then(|| Manifest::read(fsr, dir)).transpose()?.flatten() {
+    let read = match exists.then(|| Manifest::read(fsr, dir)).transpose() {
+        Err(e) if salvage && e.status == KEEL_STATUS_CORRUPTION => {
+            report.lost.push(e.message);
+            move_aside(manifest::NAME, report)?;
+            None
+        }
+        other => other?.flatten(),
+    };
+    let on_disk = match read {
         Some(m) => m,
         None => {
             let segment_files: Vec<&String> = names.iter().filter(|n| files::parse(n).is_some()).collect();
