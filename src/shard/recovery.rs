@@ -190,7 +190,8 @@ pub fn load(fs: &Arc<dyn FileSystem>, dir: &Path, wal_has_records: bool, salvage
         if is_listed && !damaged.contains(&id) {
             continue;
         }
-        if leftover {
+        // A salvage open deletes nothing it could be wrong about.
+        if leftover && !salvage {
             files::remove(fsr, &dir.join(&name))?;
         } else {
             move_aside(&name, report)?;
