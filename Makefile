@@ -44,8 +44,11 @@ test: deps $(TEST_SUITES)
 	@echo "make test: all suites passed ($(TEST_SUITES))"
 	@echo "suites: $(words $(TEST_SUITES)) passed, 0 failed"
 
+# The test-only unordered flush (cargo feature) is built into the test
+# library so tests/shard_kill9.rs can show the checker catches it; the
+# release library never has it.
 test-rust:
-	$(CARGO) test --locked
+	$(CARGO) test --locked --features unordered-flush
 
 test-c: lib
 	cmake -S c-tests -B $(BUILD)/c-tests -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo
@@ -157,11 +160,18 @@ clean:
 # "kill9: N cycles, M records acknowledged, K recovered, 0 lost".
 # Not part of `make test`: `cargo test` already runs a short version.
 # The shard crash loop (tests/shard_kill9.rs) runs SHARD_SOAK_CYCLES
-# (default 3,000) with the ordered flush after the WAL soak.
+# (default 3,000) with the ordered flush after the WAL soak, in its
+# deterministic mode and then in its exploring mode (timed kills, also in
+# the middle of recovery, seeded pauses in the flush); the shard fault
+# seeds run in exploring mode too (SHARD_EXPLORE_SEEDS, default 2,000).
 soak:
 	KEEL_KILL9_CYCLES=$${SOAK_CYCLES:-10000} $(CARGO) test --release --locked --test wal_kill9 -- --nocapture
 	KEEL_SHARD_KILL9_CYCLES=$${SHARD_SOAK_CYCLES:-3000} $(CARGO) test --release --locked --test shard_kill9 \
 	  ordered_flush_survives_kill9 -- --nocapture
+	KEEL_SHARD_KILL9_EXPLORE=1 KEEL_SHARD_KILL9_CYCLES=$${SHARD_SOAK_CYCLES:-3000} $(CARGO) test --release --locked \
+	  --test shard_kill9 ordered_flush_survives_kill9 -- --nocapture
+	KEEL_SHARD_FAULT_EXPLORE=1 KEEL_SHARD_FAULT_SEEDS=$${SHARD_EXPLORE_SEEDS:-2000} $(CARGO) test --release --locked \
+	  --test shard_faults -- --nocapture
 
 ## ---- fuzzing (fuzz/README.md) ---------------------------------------------
 

@@ -20,9 +20,8 @@ fn small() -> Options {
         flush_interval: None,
         seal_bytes: 8 << 10,
         max_sealed: 3,
-        unordered_flush_seed: None,
         replay_run_bytes: 1 << 10,
-        salvage: false,
+        ..Options::default()
     }
 }
 

@@ -1,19 +1,32 @@
-//! Crash loop for shards (design/flush.md, "How it is tested"): a child
-//! process runs a copy-on-write-heavy workload (puts and appends to keys
-//! that live in sealed segments, deletes, frequent seals and merges, a
-//! flush every few milliseconds) and reports every acknowledged write over
-//! a pipe; the parent kills it with SIGKILL at a random moment, reopens
+//! Crash loop for shards: a child process runs a copy-on-write-heavy
+//! workload (puts and appends to keys that live in sealed segments,
+//! deletes, frequent seals and merges and flushes) and reports every
+//! acknowledged write over a pipe; it dies by SIGKILL; the parent reopens
 //! the shard and compares the whole shard with a model: every acknowledged
 //! operation present, the one in flight present or absent as a whole, no
 //! phantom key, every posting list holding exactly its items, in order,
 //! once.
 //!
+//! Deterministic (the default, in `make test`): the child's flush is parked
+//! at every step (tests/common/lockstep.rs) and the child's seed decides
+//! how many steps it takes after each write; every write and every flush
+//! step is one tick, and the child kills itself with SIGKILL at the tick
+//! the parent drew (it reports the tick of each acknowledged write). A
+//! failure prints `KEEL_SHARD_KILL9_SEED=S`, which replays every cycle of
+//! the loop exactly, kills included.
+//!
+//! Exploring (`KEEL_SHARD_KILL9_EXPLORE=1`, `make soak`): the flush runs
+//! free every 3 ms with seeded pauses at its steps, and the parent kills
+//! the child at a random time, one cycle in seven anywhere from exec on
+//! (often in the middle of recovery). What it finds becomes a
+//! deterministic regression.
+//!
 //! `ordered_flush_survives_kill9` runs the real ordered flush and must
-//! never find a difference (KEEL_SHARD_KILL9_CYCLES, default 300;
-//! `make soak` runs thousands). `unordered_flush_loses_posting_items`
-//! switches to per-segment flush threads with random delays (what F1–F3
-//! replace) and must find lost or duplicated items: the proof that the
-//! checker sees what ordering prevents.
+//! never find a difference (KEEL_SHARD_KILL9_CYCLES, default 300).
+//! `unordered_flush_loses_posting_items` (cargo feature `unordered-flush`)
+//! flushes the segments in a seeded random order (what F1–F3 prevent) and
+//! must find lost or duplicated items: the proof that the checker sees
+//! what ordering prevents.
 //!
 //! The child is this test binary re-executed with `KEEL_SHARD_CHILD` set.
 //! Operations are a pure function of (seed, index), so the parent replays
@@ -24,29 +37,38 @@ mod common;
 use common::rng::Rng;
 use common::shard_model::{apply, Model};
 use common::TempDir;
-use keel::shard::{Op, Options, Shard, Value};
+use common::lockstep::{Jitter, KillAt, Lockstep};
+use keel::shard::{Op, Options, Shard, Steps, Value};
 use keel::wal::Durability;
 use std::io::{BufRead, BufReader};
 use std::os::unix::io::FromRawFd;
-use std::os::unix::process::CommandExt;
-use std::path::Path;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 const CHILD_ENV: &str = "KEEL_SHARD_CHILD";
 const PIPE_FD: i32 = 100;
+/// Writes of a deterministic child that is not killed before the end.
+const WRITES: u64 = 400;
+/// Kill steps are drawn from 1..=this (about the steps of WRITES writes).
+const KILL_RANGE: u64 = 1_600;
 
-fn options(unordered_seed: Option<u64>) -> Options {
+fn options(unordered_seed: Option<u64>, steps: Steps) -> Options {
+    #[cfg(not(feature = "unordered-flush"))]
+    assert!(unordered_seed.is_none(), "the unordered flush needs the cargo feature unordered-flush");
     Options {
         durability: Durability::None, // a process crash keeps the page cache
         wal_segment_size: 64 << 10,
         flush_interval: Some(Duration::from_millis(3)),
         seal_bytes: 6 << 10,
         max_sealed: 3,
+        #[cfg(feature = "unordered-flush")]
         unordered_flush_seed: unordered_seed,
         replay_run_bytes: 4 << 10,
-        salvage: false,
+        steps,
+        ..Options::default()
     }
 }
 
@@ -79,19 +101,46 @@ fn batch(seed: u64, i: u64) -> Vec<Op> {
         .collect()
 }
 
-
 fn report(line: &str) {
     let b = line.as_bytes();
+    // SAFETY: PIPE_FD is the pipe the parent set up before exec; the
+    // buffer is valid for its length.
     if unsafe { libc::write(PIPE_FD, b.as_ptr() as *const libc::c_void, b.len()) } != b.len() as isize {
         std::process::exit(4);
     }
 }
 
+/// What a child run does, passed through the environment.
+struct Spec {
+    dir: PathBuf,
+    seed: u64,
+    unordered: bool,
+    /// Deterministic: SIGKILL itself at this step (0: never, run to the end).
+    /// None: exploring, the parent kills it at a random time.
+    kill_at: Option<u64>,
+}
+
+impl Spec {
+    fn encode(&self) -> String {
+        let kill = self.kill_at.map_or("explore".to_string(), |k| k.to_string());
+        format!("{}|{}|{}|{kill}", self.dir.display(), self.seed, self.unordered as u8)
+    }
+
+    fn decode(s: &str) -> Spec {
+        let p: Vec<&str> = s.split('|').collect();
+        Spec { dir: PathBuf::from(p[0]), seed: p[1].parse().unwrap(), unordered: p[2] == "1", kill_at: p[3].parse().ok() }
+    }
+}
+
 fn child_main(spec: &str) -> ! {
-    let parts: Vec<&str> = spec.split('|').collect();
-    let seed: u64 = parts[1].parse().unwrap();
-    let unordered = (parts[2] == "1").then_some(seed);
-    let shard = match Shard::open(Path::new(parts[0]), options(unordered)) {
+    let spec = Spec::decode(spec);
+    let unordered = spec.unordered.then_some(spec.seed);
+    let lockstep = Arc::new(Lockstep::default());
+    let steps = match spec.kill_at {
+        Some(_) => Steps::new(lockstep.clone()),
+        None => Steps::new(Arc::new(Jitter::new(spec.seed, 200))),
+    };
+    let shard = match Shard::open(&spec.dir, options(unordered, steps)) {
         Ok(s) => s,
         Err(e) => {
             report(&format!("E open: {e}\n"));
@@ -99,6 +148,38 @@ fn child_main(spec: &str) -> ! {
         }
     };
     report("R\n");
+    let Some(kill_at) = spec.kill_at else { explore_child(&shard, spec.seed) };
+    // Every write and every step the flush takes is one tick; the seed
+    // decides how many flush steps follow each write.
+    let ticks = KillAt::new((kill_at > 0).then_some(kill_at));
+    for i in 0..WRITES {
+        let n = ticks.tick();
+        if let Err(e) = shard.write(&batch(spec.seed, i)) {
+            report(&format!("E write {i}: {e}\n"));
+            std::process::exit(3);
+        }
+        report(&format!("A {i} step {n}\n"));
+        let mut r = Rng::new(spec.seed ^ i.wrapping_mul(0x2545_F491_4F6C_DD1D));
+        if r.chance(150) {
+            let _ = shard.flush(false);
+        }
+        for _ in 0..r.below(6) {
+            ticks.tick();
+            lockstep.advance();
+        }
+    }
+    lockstep.release();
+    if let Err(e) = shard.close() {
+        report(&format!("E close: {e}\n"));
+        std::process::exit(3);
+    }
+    report("C\n");
+    std::process::exit(0)
+}
+
+/// Exploring child: the flush runs free (a flush every 3 ms, seeded pauses
+/// at its steps); writes until the parent kills it.
+fn explore_child(shard: &Shard, seed: u64) -> ! {
     let deadline = Instant::now() + Duration::from_secs(60);
     for i in 0.. {
         if let Err(e) = shard.write(&batch(seed, i)) {
@@ -114,16 +195,20 @@ fn child_main(spec: &str) -> ! {
     unreachable!()
 }
 
-/// Runs one child until killed; returns how many writes it acknowledged.
-fn run_child(test: &str, dir: &Path, seed: u64, unordered: bool, rng: &mut Rng) -> Result<u64, String> {
+/// Runs one child until it is killed (or, deterministic, ends); returns
+/// how many writes it acknowledged.
+fn run_child(test: &str, spec: &Spec, rng: &mut Rng) -> Result<u64, String> {
     let mut fds = [0i32; 2];
+    // SAFETY: fds has room for the two descriptors pipe2 writes.
     assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
     let (rd, wr) = (fds[0], fds[1]);
     let mut cmd = Command::new(std::env::current_exe().unwrap());
     cmd.args([test, "--exact", "--nocapture", "--test-threads=1"])
-        .env(CHILD_ENV, format!("{}|{seed}|{}", dir.display(), unordered as u8))
+        .env(CHILD_ENV, spec.encode())
         .stdin(Stdio::null())
         .stdout(Stdio::null());
+    // SAFETY: the closure runs in the forked child before exec and only
+    // calls async-signal-safe functions (dup2, prctl).
     unsafe {
         cmd.pre_exec(move || {
             if libc::dup2(wr, PIPE_FD) < 0 {
@@ -134,8 +219,11 @@ fn run_child(test: &str, dir: &Path, seed: u64, unordered: bool, rng: &mut Rng) 
         });
     }
     let child = cmd.spawn();
+    // SAFETY: wr is this process's copy of the pipe's write end, used by
+    // nothing else; the child has its own.
     unsafe { libc::close(wr) };
     let mut child = child.map_err(|e| format!("spawn: {e}"))?;
+    // SAFETY: rd is the pipe's read end, owned from here on by the File.
     let reader = unsafe { std::fs::File::from_raw_fd(rd) };
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
@@ -149,15 +237,28 @@ fn run_child(test: &str, dir: &Path, seed: u64, unordered: bool, rng: &mut Rng) 
     let (mut opened, mut acked) = (false, 0u64);
     let take = |line: String, opened: &mut bool, acked: &mut u64| -> Result<(), String> {
         match line.split_once(' ') {
-            _ if line == "R" => *opened = true,
-            Some(("A", n)) => *acked = n.parse::<u64>().unwrap() + 1,
+            _ if line == "R" || line == "C" => *opened = true,
+            Some(("A", rest)) => *acked = rest.split(' ').next().unwrap().parse::<u64>().unwrap() + 1,
             _ => return Err(format!("child: {line}")),
         }
         Ok(())
     };
-    // One cycle in seven is killed at any moment from exec on, often in
-    // the middle of recovery (replay must survive being interrupted); the
-    // others once the shard is open, after writing for a while.
+    if spec.kill_at.is_some() {
+        // Deterministic: the child ends itself; read until the pipe closes.
+        for line in rx.iter() {
+            take(line, &mut opened, &mut acked)?;
+        }
+        let status = child.wait().map_err(|e| format!("wait: {e}"))?;
+        let killed = status.signal() == Some(libc::SIGKILL);
+        if !killed && !status.success() {
+            return Err(format!("child ended with {status}"));
+        }
+        return Ok(acked);
+    }
+    // Exploring: one cycle in seven is killed at any moment from exec on,
+    // often in the middle of recovery (replay must survive being
+    // interrupted); the others once the shard is open, after writing for a
+    // while.
     if rng.chance(150) {
         std::thread::sleep(Duration::from_millis(rng.below(40)));
     } else {
@@ -170,6 +271,7 @@ fn run_child(test: &str, dir: &Path, seed: u64, unordered: bool, rng: &mut Rng) 
         }
         std::thread::sleep(Duration::from_millis(10 + rng.below(120)));
     }
+    // SAFETY: kill only sends a signal to our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
     child.wait().map_err(|e| format!("wait: {e}"))?;
     while let Ok(line) = rx.recv_timeout(Duration::from_secs(5)) {
@@ -199,7 +301,7 @@ fn differences(got: &Model, want: &Model) -> String {
 }
 
 fn recovered(dir: &Path) -> Result<Model, String> {
-    let s = Shard::open(dir, options(None)).map_err(|e| format!("reopen: {e}"))?;
+    let s = Shard::open(dir, options(None, Steps::default())).map_err(|e| format!("reopen: {e}"))?;
     let m = s.scan(b"", None).map_err(|e| e.to_string())?.map(|r| r.map(|(k, e)| (k, e.value))).collect::<Result<_, _>>();
     s.close().map_err(|e| format!("close: {e}"))?;
     m.map_err(|e| e.to_string())
@@ -207,7 +309,7 @@ fn recovered(dir: &Path) -> Result<Model, String> {
 
 /// Runs crash cycles; returns the first violation found (with the command
 /// context), or None after `cycles` clean cycles.
-fn crash_loop(test: &str, cycles: u64, unordered: bool, seed: u64) -> Option<String> {
+fn crash_loop(test: &str, cycles: u64, unordered: bool, explore: bool, seed: u64) -> Option<String> {
     let mut rng = Rng::new(seed);
     let mut done = 0;
     while done < cycles {
@@ -220,13 +322,17 @@ fn crash_loop(test: &str, cycles: u64, unordered: bool, seed: u64) -> Option<Str
             }
             done += 1;
             let child_seed = rng.next() % 1_000_000_007;
-            let acked = match run_child(test, &dir, child_seed, unordered, &mut rng) {
+            // One deterministic child in eight runs to the end and closes.
+            let kill_at = (!explore).then(|| if rng.chance(125) { 0 } else { 1 + rng.below(KILL_RANGE) });
+            let spec = Spec { dir: dir.clone(), seed: child_seed, unordered, kill_at };
+            let at = kill_at.map_or("at a random time".into(), |k| format!("at step {k}"));
+            let acked = match run_child(test, &spec, &mut rng) {
                 Ok(n) => n,
-                Err(e) => return Some(format!("cycle {done}: {e}")),
+                Err(e) => return Some(format!("cycle {done} (child seed {child_seed}, killed {at}): {e}")),
             };
             let got = match recovered(&dir) {
                 Ok(m) => m,
-                Err(e) => return Some(format!("cycle {done} (child seed {child_seed}, {acked} acked): {e}")),
+                Err(e) => return Some(format!("cycle {done} (child seed {child_seed}, killed {at}, {acked} acked): {e}")),
             };
             let mut all_acked = model.clone();
             for i in 0..acked {
@@ -239,7 +345,7 @@ fn crash_loop(test: &str, cycles: u64, unordered: bool, seed: u64) -> Option<Str
                     std::mem::forget(tmp); // keep the directory for a post-mortem
                 }
                 return Some(format!(
-                    "cycle {done} (child seed {child_seed}, {acked} writes acknowledged, dir {}): {}",
+                    "cycle {done} (child seed {child_seed}, killed {at}, {acked} writes acknowledged, dir {}): {}",
                     dir.display(),
                     differences(&got, &all_acked)
                 ));
@@ -260,28 +366,38 @@ fn seed() -> u64 {
     })
 }
 
+fn explore() -> bool {
+    std::env::var("KEEL_SHARD_KILL9_EXPLORE").is_ok_and(|v| v == "1")
+}
+
 #[test]
 fn ordered_flush_survives_kill9() {
     if let Ok(spec) = std::env::var(CHILD_ENV) {
         child_main(&spec);
     }
     let cycles = env_u64("KEEL_SHARD_KILL9_CYCLES").unwrap_or(300);
-    let seed = seed();
+    let (seed, explore) = (seed(), explore());
     let started = Instant::now();
-    if let Some(failure) = crash_loop("ordered_flush_survives_kill9", cycles, false, seed) {
-        panic!("ordered flush lost data: {failure}\nreplay: KEEL_SHARD_KILL9_SEED={seed} cargo test --test shard_kill9 ordered");
+    if let Some(failure) = crash_loop("ordered_flush_survives_kill9", cycles, false, explore, seed) {
+        let how = if explore { "KEEL_SHARD_KILL9_EXPLORE=1 " } else { "" };
+        panic!("ordered flush lost data: {failure}\nreplay: {how}KEEL_SHARD_KILL9_SEED={seed} cargo test --test shard_kill9 ordered");
     }
-    println!("shard kill9: {cycles} cycles, ordered flush, 0 violations, {:.1} s (seed {seed})", started.elapsed().as_secs_f64());
+    let mode = if explore { "exploring (timed kills, seeded pauses)" } else { "deterministic (kill at a seeded step)" };
+    println!("shard kill9: {cycles} cycles, ordered flush, {mode}, 0 violations, {:.1} s (seed {seed})", started.elapsed().as_secs_f64());
 }
 
+/// The checker must see what the ordering prevents: with the segments
+/// flushed in a seeded random order, a kill at some step loses posting
+/// items. Deterministic, from a fixed seed (KEEL_SHARD_KILL9_SEED overrides).
+#[cfg(feature = "unordered-flush")]
 #[test]
 fn unordered_flush_loses_posting_items() {
     if let Ok(spec) = std::env::var(CHILD_ENV) {
         child_main(&spec);
     }
-    let seed = seed();
-    match crash_loop("unordered_flush_loses_posting_items", 400, true, seed) {
+    let seed = env_u64("KEEL_SHARD_KILL9_SEED").unwrap_or(1);
+    match crash_loop("unordered_flush_loses_posting_items", 400, true, false, seed) {
         Some(found) => println!("unordered flush, as expected: {found}"),
-        None => panic!("400 crash cycles with per-segment flush threads found no loss (seed {seed}): the checker is blind"),
+        None => panic!("400 crash cycles with the unordered flush found no loss (seed {seed}): the checker is blind"),
     }
 }

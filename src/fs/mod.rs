@@ -65,6 +65,9 @@ pub struct ReadMap(Mapping);
 
 impl ReadMap {
     pub fn bytes(&self) -> &[u8] {
+        // SAFETY: the mapping covers `len` readable bytes and lives as long
+        // as `self`; it is read-only (PROT_READ), so no one writes through
+        // it while the slice is borrowed.
         unsafe { std::slice::from_raw_parts(self.0.ptr, self.0.len) }
     }
 }
@@ -101,13 +104,17 @@ struct Mapping {
     len: usize,
 }
 
-// The mapping is shared page-cache memory; the WAL serialises writes to a
-// range and readers go through pread, so sharing the pointer is sound.
+// SAFETY: the mapping is shared page-cache memory owned by this value; the
+// WAL serialises writes to a range and readers go through pread, so moving
+// or sharing the pointer between threads is sound.
 unsafe impl Send for Mapping {}
+// SAFETY: as for Send: no two threads write one range at once.
 unsafe impl Sync for Mapping {}
 
 impl Drop for Mapping {
     fn drop(&mut self) {
+        // SAFETY: ptr/len are exactly what mmap returned, unmapped once,
+        // here; no slice borrowed from the mapping outlives `self`.
         unsafe { libc::munmap(self.ptr as *mut libc::c_void, self.len) };
     }
 }
@@ -128,6 +135,8 @@ fn pwritev_all(fd: libc::c_int, parts: &[&[u8]], mut off: u64) -> io::Result<()>
             .take(libc::UIO_MAXIOV as usize)
             .map(|b| libc::iovec { iov_base: b.as_ptr() as *mut libc::c_void, iov_len: b.len() })
             .collect();
+        // SAFETY: every iovec points into a live `&[u8]` of `bufs` for its
+        // length, and at most UIO_MAXIOV of them are passed.
         let n = unsafe { libc::pwritev(fd, iov.as_ptr(), iov.len() as libc::c_int, off as libc::off_t) };
         if n < 0 {
             let e = io::Error::last_os_error();
@@ -167,6 +176,8 @@ impl StdFile {
         if len == 0 {
             return Ok(());
         }
+        // SAFETY: a fresh shared mapping of `len` bytes of our own open
+        // file; failure is checked below.
         let ptr = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
@@ -184,6 +195,7 @@ impl StdFile {
         // kernel zeroes each new page-cache page on first touch, which
         // otherwise lands on the appender as multi-millisecond stalls. A
         // read fault does not dirty anything; failure (old kernels) is fine.
+        // SAFETY: ptr/len are the mapping just created.
         unsafe { libc::madvise(ptr, len, libc::MADV_POPULATE_READ) };
         *slot = Some(Mapping { ptr: ptr as *mut u8, len });
         Ok(())
@@ -211,6 +223,10 @@ impl File for StdFile {
             Some(m) if (off as usize).checked_add(total).is_some_and(|end| end <= m.len) => {
                 let mut at = off as usize;
                 for p in parts {
+                    // SAFETY: off + total <= m.len was checked above, so
+                    // [at, at + p.len()) is inside the writable mapping; the
+                    // source is a separate buffer; callers never write one
+                    // range concurrently (File::write_at's contract).
                     unsafe { std::ptr::copy_nonoverlapping(p.as_ptr(), m.ptr.add(at), p.len()) };
                     at += p.len();
                 }
@@ -223,6 +239,7 @@ impl File for StdFile {
     fn allocate(&self, len: u64) -> io::Result<()> {
         let cur = self.len()?;
         if cur < len && self.mapped {
+            // SAFETY: plain system call on our own descriptor.
             let r = unsafe { libc::posix_fallocate(self.file.as_raw_fd(), cur as libc::off_t, (len - cur) as libc::off_t) };
             if r != 0 {
                 return Err(io::Error::from_raw_os_error(r));
@@ -245,6 +262,7 @@ impl File for StdFile {
     }
 
     fn sync_data(&self) -> io::Result<()> {
+        // SAFETY: plain system call on our own descriptor.
         if unsafe { libc::fdatasync(self.file.as_raw_fd()) } != 0 {
             return Err(io::Error::last_os_error());
         }
@@ -299,6 +317,7 @@ impl FileSystem for StdFs {
 
     fn lock(&self, path: &Path) -> io::Result<Box<dyn Any + Send + Sync>> {
         let f = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path)?;
+        // SAFETY: plain system call on a descriptor we own.
         if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
             return Err(io::Error::last_os_error());
         }
@@ -311,6 +330,9 @@ impl FileSystem for StdFs {
         if len == 0 {
             return Ok(None);
         }
+        // SAFETY: a fresh read-only mapping of `len` bytes of a file we
+        // opened; failure is checked below. (A file truncated behind keel's
+        // back raises SIGBUS on access: see docs/STORAGE.md.)
         let ptr = unsafe { libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ, libc::MAP_SHARED, f.as_raw_fd(), 0) };
         if ptr == libc::MAP_FAILED {
             return Err(io::Error::last_os_error());

@@ -14,6 +14,7 @@ use super::entry::{decode_list, encode_list, Entry, Value};
 use super::op::OpRef;
 use super::files::{self, Cursor, Ident};
 use super::key::Key;
+use super::steps::{Step, Steps};
 use crate::error::{Error, Result};
 use crate::fs::{File, FileSystem};
 use parking_lot::Mutex;
@@ -272,7 +273,7 @@ impl SegmentLog {
     /// durable up to `v` first: data never reaches disk before its log
     /// record (else a power loss could leave segments ahead of the WAL).
     /// Returns the persisted version, a batch boundary (`pending_version`).
-    pub fn flush(&self, wal_durable: impl FnOnce(u64) -> Result<()>) -> Result<u64> {
+    pub fn flush(&self, steps: &Steps, wal_durable: impl FnOnce(u64) -> Result<()>) -> Result<u64> {
         let (bytes, version, offset, mut crc) = {
             let mut st = self.state.lock();
             (std::mem::take(&mut st.pending), st.pending_version, st.durable_len, st.crc.clone())
@@ -285,7 +286,7 @@ impl SegmentLog {
         // the files then prove every version the WAL is acked past, which
         // open checks against the WAL's first record.
         crc.update(&bytes);
-        let written = wal_durable(version).and_then(|()| self.write_durably(&bytes, offset, version, &crc));
+        let written = wal_durable(version).and_then(|()| self.write_durably(steps, &bytes, offset, version, &crc));
         let mut st = self.state.lock();
         match written {
             Ok(()) => {
@@ -304,12 +305,15 @@ impl SegmentLog {
         }
     }
 
-    fn write_durably(&self, bytes: &[u8], offset: u64, version: u64, crc: &crc32fast::Hasher) -> Result<()> {
+    fn write_durably(&self, steps: &Steps, bytes: &[u8], offset: u64, version: u64, crc: &crc32fast::Hasher) -> Result<()> {
         if !bytes.is_empty() {
             let io = |what: &str, e| Error::io(format!("{what} {}", self.log_path.display()), e);
+            steps.at(Step::LogWrite);
             self.file.write_at(&[bytes], offset).map_err(|e| io("writing", e))?;
+            steps.at(Step::LogSync);
             self.file.sync_data().map_err(|e| io("syncing", e))?;
         }
+        steps.at(Step::LogState);
         self.write_state(version, offset + bytes.len() as u64, crc)
     }
 

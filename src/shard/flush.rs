@@ -7,11 +7,12 @@
 use super::appendable::Appendable;
 use super::entry::Entry;
 use super::sealed::{Data, Sealed};
+use super::steps::Step;
 use super::table;
 use super::{files, Inner};
 use crate::error::{Error, Result};
 use crate::status::KEEL_STATUS_PANIC;
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
 use std::iter::Peekable;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -30,8 +31,16 @@ pub enum Request {
 /// concurrent pass).
 pub fn run(inner: Arc<Inner>, requests: Receiver<Request>) {
     let interval = inner.opts.flush_interval;
+    let steps = &inner.opts.steps;
     loop {
+        steps.at(Step::Idle);
         let first = match interval {
+            // A test scheduler decides when the flush looks for work.
+            _ if steps.owns_schedule() => match requests.try_recv() {
+                Ok(r) => Ok(r),
+                Err(TryRecvError::Empty) => continue,
+                Err(TryRecvError::Disconnected) => Err(RecvTimeoutError::Disconnected),
+            },
             Some(every) => requests.recv_timeout(every),
             None => requests.recv().map_err(|_| RecvTimeoutError::Disconnected),
         };
@@ -84,27 +93,42 @@ fn guarded<T>(inner: &Inner, step: impl FnOnce() -> Result<T>) -> Result<T> {
 pub fn pass(inner: &Inner) -> Result<u64> {
     // F2: capture the flushers under the read lock. They flush live
     // state when they run, not a copy taken here.
-    let (log, sealed, applied) = {
+    let (log, sealed) = {
         let s = inner.segs.read();
-        (s.appendable.log.clone(), s.sealed.clone(), s.applied)
+        (s.appendable.log.clone(), s.sealed.clone())
     };
+    let steps = &inner.opts.steps;
+    steps.at(Step::PassStart);
+    #[cfg(feature = "unordered-flush")]
     if let Some(seed) = inner.opts.unordered_flush_seed {
-        unordered::flush(inner, seed, &log, &sealed, applied)?;
+        unordered::flush(inner, seed, &log, &sealed)?;
         return acknowledge(inner);
     }
     // F3: the copy-on-write destination first; its persisted version
     // bounds what the sources may persist.
-    let bound = log.flush(|v| inner.wal_durable(v))?;
+    let bound = source_bound(log.flush(steps, |v| inner.wal_durable(v))?, &sealed);
     for s in &sealed {
-        s.flush(&*inner.fs, bound)?;
+        s.flush(&*inner.fs, steps, bound)?;
     }
     acknowledge(inner)
+}
+
+/// F3's bound on what sources may persist: a copy moved out of a segment
+/// lives in the appendable segment, or in a frozen one if the move came
+/// before its seal, and a frozen segment's data is durable only up to what
+/// its old log had persisted until its table is written. Deleting the old
+/// copy durably before that would leave, after a crash, only the WAL's
+/// retained records to rebuild the key from (a posting list cut to its
+/// last items).
+fn source_bound(appendable_persisted: u64, sealed: &[Arc<Sealed>]) -> u64 {
+    sealed.iter().map(|s| s.data_persisted()).fold(appendable_persisted, u64::min)
 }
 
 /// F5: after a successful pass, ack the WAL to the smallest persisted
 /// version among segments with unsaved changes (or to the last applied
 /// version when none has any). The WAL keeps records >= keep_from itself.
 fn acknowledge(inner: &Inner) -> Result<u64> {
+    inner.opts.steps.at(Step::Ack);
     // The manifest lists every file holding data the ack gives up.
     inner.sync_manifest()?;
     // The appendable segment's persisted version counts even when it is
@@ -153,6 +177,7 @@ fn maintain(inner: &Inner) -> Result<()> {
 /// Freezes the appendable segment (writes go to a fresh one from then
 /// on) and turns it into an immutable table.
 pub fn seal(inner: &Inner) -> Result<()> {
+    inner.opts.steps.at(Step::Seal);
     let frozen = {
         let mut s = inner.segs.write();
         let id = s.next_id;
@@ -171,13 +196,16 @@ pub fn seal(inner: &Inner) -> Result<()> {
 /// Turns a frozen segment into a table, durably: table, side-car, the
 /// manifest naming them, then the old log and state files go.
 fn write_frozen(inner: &Inner, frozen: &Arc<Sealed>) -> Result<()> {
+    let steps = &inner.opts.steps;
     let table = match &frozen.data {
         Data::Table(_) => frozen.clone(), // its side-car failed last time
         Data::Frozen(map) => {
             let version = map.values().map(|e| e.version).max().unwrap_or(0);
             inner.wal_durable(version)?;
             let path = inner.seg_dir.join(files::name(frozen.id, files::TABLE));
+            steps.at(Step::TableWrite(frozen.id));
             let t = table::write(&*inner.fs, &path, map.iter().map(|(k, e)| Ok((k.as_slice().to_vec(), e.clone()))), &[], frozen.ident)?;
+            steps.at(Step::TableSwap(frozen.id));
             let mut s = inner.segs.write();
             let at = s.sealed.iter().position(|x| Arc::ptr_eq(x, frozen)).expect("frozen segment is in the set");
             // Every version in the map is durable now; deletions made while
@@ -188,10 +216,11 @@ fn write_frozen(inner: &Inner, frozen: &Arc<Sealed>) -> Result<()> {
     };
     // No pass runs on this thread before the side-car is written, and the
     // manifest lists the table only then.
-    table.write_side_car(&*inner.fs)?;
+    table.write_side_car(&*inner.fs, steps)?;
     // The table holds everything the log did: once the manifest says so,
     // the log goes.
     inner.sync_manifest()?;
+    steps.at(Step::RemoveReplaced(frozen.id));
     for ext in [files::LOG, files::STATE] {
         files::remove(&*inner.fs, &inner.seg_dir.join(files::name(frozen.id, ext)))?;
     }
@@ -202,6 +231,7 @@ fn write_frozen(inner: &Inner, frozen: &Arc<Sealed>) -> Result<()> {
 /// once) back to the system; glibc otherwise keeps most of it.
 fn release_freed_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free heap memory to the system.
     unsafe {
         libc::malloc_trim(0);
     }
@@ -232,8 +262,13 @@ pub fn merge(inner: &Inner, ids: &[u64]) -> Result<()> {
     // Keys deleted at or below `bound` have their new copy durable in the
     // appendable segment (F3), so leaving them out loses nothing. Later
     // deletions keep the key in the merged table and carry over, unsaved.
+    let steps = &inner.opts.steps;
+    steps.at(Step::Merge);
     pass(inner)?;
-    let bound = inner.segs.read().appendable.log.persisted();
+    let bound = {
+        let s = inner.segs.read();
+        source_bound(s.appendable.log.persisted(), &s.sealed)
+    };
     let (inputs, id) = {
         let mut s = inner.segs.write();
         let inputs: Vec<Arc<Sealed>> = s.sealed.iter().filter(|x| ids.contains(&x.id)).cloned().collect();
@@ -244,10 +279,14 @@ pub fn merge(inner: &Inner, ids: &[u64]) -> Result<()> {
     let path = inner.seg_dir.join(files::name(id, files::TABLE));
     let sources = inputs.iter().map(|x| x.live_from(b"", bound).peekable()).collect();
     let ident = inner.segs.read().ident(id);
+    steps.at(Step::TableWrite(id));
     let t = table::write(&*inner.fs, &path, MergeIter { sources }, ids, ident)?;
-    let persisted = inputs.iter().map(|x| x.persisted()).min().unwrap_or(0);
+    steps.at(Step::TableSwap(id));
+    // Deletions after `bound` are carried over unsaved: the merged
+    // side-car holds none of them, so it is complete only up to `bound`.
+    let persisted = inputs.iter().map(|x| x.persisted()).min().unwrap_or(0).min(bound);
     let merged = Sealed::new(&inner.seg_dir, ident, Data::Table(t), persisted);
-    merged.write_side_car(&*inner.fs)?;
+    merged.write_side_car(&*inner.fs, steps)?;
     {
         let mut s = inner.segs.write();
         for x in &inputs {
@@ -261,6 +300,7 @@ pub fn merge(inner: &Inner, ids: &[u64]) -> Result<()> {
         s.sealed.insert(at, Arc::new(merged));
     }
     inner.sync_manifest()?;
+    steps.at(Step::RemoveReplaced(id));
     for x in &inputs {
         x.remove_files(&*inner.fs, &inner.seg_dir)?;
     }
@@ -302,9 +342,13 @@ impl Iterator for MergeIter<'_> {
     }
 }
 
-/// The behaviour the ordered flush replaces, kept for tests only: every
-/// segment flushes its own live state on its own thread, after a random
-/// delay, in no particular order.
+/// The behaviour the ordered flush replaces, kept for tests only (cargo
+/// feature `unordered-flush`, never in the release library): every
+/// segment flushes its live state up to the last applied version, in a
+/// seeded random order, so a source may persist a deletion before its
+/// destination persists the moved copy. With a step hook, a crash between
+/// two of these steps is exactly the loss F1–F3 prevent.
+#[cfg(feature = "unordered-flush")]
 mod unordered {
     use super::super::appendable::SegmentLog;
     use super::super::sealed::Sealed;
@@ -312,36 +356,35 @@ mod unordered {
     use crate::error::Result;
     use std::sync::atomic::{AtomicU64, Ordering};
     use std::sync::Arc;
-    use std::time::Duration;
 
-    static DRAWS: AtomicU64 = AtomicU64::new(0);
+    /// Passes so far in this process, mixed into each pass's order.
+    static PASSES: AtomicU64 = AtomicU64::new(0);
 
-    fn delay(seed: u64) -> Duration {
-        let mut x = seed ^ DRAWS.fetch_add(1, Ordering::Relaxed).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    fn mix(mut x: u64) -> u64 {
         x ^= x >> 33;
         x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
-        x ^= x >> 33;
-        Duration::from_micros(x % 20_000)
+        x ^ (x >> 33)
     }
 
-    pub fn flush(inner: &Inner, seed: u64, log: &Arc<SegmentLog>, sealed: &[Arc<Sealed>], applied: u64) -> Result<()> {
+    pub fn flush(inner: &Inner, seed: u64, log: &Arc<SegmentLog>, sealed: &[Arc<Sealed>]) -> Result<()> {
+        let applied = inner.segs.read().applied;
         inner.wal_durable(applied)?;
-        let fs = &*inner.fs;
-        std::thread::scope(|scope| {
-            let log = log.clone();
-            let d = delay(seed);
-            let mut threads = vec![scope.spawn(move || {
-                std::thread::sleep(d);
-                log.flush(|_| Ok(())).map(|_| ())
-            })];
-            for s in sealed {
-                let d = delay(seed);
-                threads.push(scope.spawn(move || {
-                    std::thread::sleep(d);
-                    s.flush(fs, applied)
-                }));
+        let steps = &inner.opts.steps;
+        let pass = PASSES.fetch_add(1, Ordering::Relaxed);
+        // Index sealed.len() stands for the appendable log.
+        let mut order: Vec<usize> = (0..=sealed.len()).collect();
+        for i in (1..order.len()).rev() {
+            let j = (mix(seed ^ pass.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ i as u64) % (i as u64 + 1)) as usize;
+            order.swap(i, j);
+        }
+        for i in order {
+            match sealed.get(i) {
+                Some(s) => s.flush(&*inner.fs, steps, applied)?,
+                None => {
+                    log.flush(steps, |_| Ok(()))?;
+                }
             }
-            threads.into_iter().try_for_each(|t| t.join().expect("flusher thread panicked"))
-        })
+        }
+        Ok(())
     }
 }

@@ -27,6 +27,7 @@
 
 use super::files::{self, Cursor};
 use super::segments::Segments;
+use super::steps::{Step, Steps};
 use crate::error::{Error, Result};
 use crate::fs::FileSystem;
 use std::hash::{BuildHasher, Hasher};
@@ -162,10 +163,11 @@ impl Written {
     /// Writes the manifest of `segs` unless the one on disk already says
     /// the same. Call before removing a file it no longer lists, and
     /// before acknowledging the WAL.
-    pub fn sync(&self, fs: &dyn FileSystem, dir: &Path, segs: &parking_lot::RwLock<Segments>) -> Result<()> {
+    pub fn sync(&self, fs: &dyn FileSystem, dir: &Path, segs: &parking_lot::RwLock<Segments>, steps: &Steps) -> Result<()> {
         let mut on_disk = self.0.lock();
         let now = Manifest::of(&segs.read());
         if now != *on_disk {
+            steps.at(Step::Manifest);
             now.write(fs, dir)?;
             *on_disk = now;
         }

@@ -18,11 +18,13 @@ mod op;
 mod recovery;
 mod sealed;
 mod segments;
+mod steps;
 mod table;
 
 pub use entry::{decode_list, encode_list, split_item, Entry, Kind, Value};
 pub use op::{Op, MAX_KEY_SIZE};
 pub use recovery::RecoveryReport;
+pub use steps::{Step, StepHook, Steps};
 
 use crate::error::{Error, Result};
 use crate::status::*;
@@ -50,8 +52,10 @@ pub struct Options {
     pub seal_bytes: usize,
     /// More immutable segments than this are merged (smallest first).
     pub max_sealed: usize,
-    /// Test-only: replaces the ordered flush with per-segment threads
-    /// that flush in random order (the behaviour F1–F3 exist to prevent).
+    /// Test-only (cargo feature `unordered-flush`): replaces the ordered
+    /// flush with one that flushes the segments in a seeded random order,
+    /// each up to the last applied version (what F1–F3 exist to prevent).
+    #[cfg(feature = "unordered-flush")]
     #[doc(hidden)]
     pub unordered_flush_seed: Option<u64>,
     /// Bytes of WAL records replayed per sorted run at open (see
@@ -65,6 +69,10 @@ pub struct Options {
     /// what is left, and its first flush makes that the new state. Never
     /// the default.
     pub salvage: bool,
+    /// Test-only: a hook at every step of the background work
+    /// (`steps.rs`): deterministic schedules, crashes at step k.
+    #[doc(hidden)]
+    pub steps: Steps,
 }
 
 impl Default for Options {
@@ -75,9 +83,11 @@ impl Default for Options {
             flush_interval: Some(Duration::from_secs(5)),
             seal_bytes: 32 << 20,
             max_sealed: 8,
+            #[cfg(feature = "unordered-flush")]
             unordered_flush_seed: None,
             replay_run_bytes: 64 << 20,
             salvage: false,
+            steps: Steps::default(),
         }
     }
 }
@@ -97,7 +107,14 @@ impl Options {
     }
 
     fn wal_options(&self) -> wal::Options {
-        wal::Options { durability: self.durability, segment_size: self.wal_segment_size, ..Default::default() }
+        wal::Options {
+            durability: self.durability,
+            segment_size: self.wal_segment_size,
+            // A scheduler that owns every step also owns every file
+            // operation: no segment is prepared behind its back.
+            prepare_ahead: !self.steps.owns_schedule(),
+            ..Default::default()
+        }
     }
 }
 
@@ -139,7 +156,7 @@ impl Inner {
     /// written (manifest.rs: before the WAL is acked, before a file it no
     /// longer lists is removed).
     fn sync_manifest(&self) -> Result<()> {
-        self.manifest.sync(&*self.fs, &self.seg_dir, &self.segs)
+        self.manifest.sync(&*self.fs, &self.seg_dir, &self.segs, &self.opts.steps)
     }
 
     fn poison(&self, e: Error) {

@@ -11,6 +11,7 @@ use super::manifest::{self, Listed, Manifest};
 use super::op::OpRef;
 use super::sealed::Sealed;
 use super::segments::Segments;
+use super::steps::Steps;
 use super::table::{self, Table};
 use crate::error::{Error, Result};
 use crate::status::{KEEL_STATUS_CORRUPTION, KEEL_STATUS_PANIC};
@@ -207,7 +208,7 @@ pub fn load(fs: &Arc<dyn FileSystem>, dir: &Path, wal_has_records: bool, salvage
         let t = table::write(fsr, &dir.join(files::name(id, files::TABLE)), a.map.into_iter().map(|(k, e)| Ok((k.as_slice().to_vec(), e))), &[], ident(id))?;
         // Deletions its frozen form saved, if any (the WAL has them all).
         let s = Sealed::load(fsr, dir, ident(id), t, false)?;
-        s.write_side_car(fsr)?;
+        s.write_side_car(fsr, &Steps::default())?; // at open: no background work yet
         tables.insert(id, s);
         sealed_now.push(a.log);
     }

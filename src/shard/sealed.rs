@@ -8,6 +8,7 @@ use super::bloom::Probe;
 use super::entry::Entry;
 use super::files::{self, Cursor, Ident};
 use super::key::Key;
+use super::steps::{Step, Steps};
 use super::table::Table;
 use crate::error::Result;
 use crate::fs::FileSystem;
@@ -185,6 +186,12 @@ impl Sealed {
         data.max(self.deletions.lock().max_version)
     }
 
+    /// Versions up to this are durable in the data (u64::MAX for a table;
+    /// for a frozen map, what its old log had persisted when it was sealed).
+    pub fn data_persisted(&self) -> u64 {
+        self.data_persisted
+    }
+
     /// Every change <= this is durable: the side-car's saved version, but
     /// never beyond what the data itself has on disk (a frozen map whose
     /// table failed to be written is only as durable as its old log, however
@@ -202,7 +209,7 @@ impl Sealed {
     /// deletion with version <= `bound` (the destination's persisted
     /// version, so a moved key is never deleted here before its copy is
     /// durable there) and then moves the persisted version to `bound`.
-    pub fn flush(&self, fs: &dyn FileSystem, bound: u64) -> Result<()> {
+    pub fn flush(&self, fs: &dyn FileSystem, steps: &Steps, bound: u64) -> Result<()> {
         let body = {
             let mut d = self.deletions.lock();
             let saved = d.saved_upto;
@@ -213,6 +220,7 @@ impl Sealed {
             }
             self.side_car(&d, bound)
         };
+        steps.at(Step::SideCar(self.id));
         files::replace(fs, &self.del_path, &body)?;
         self.side_car.store(true, Ordering::Release);
         let mut d = self.deletions.lock();
@@ -222,11 +230,12 @@ impl Sealed {
 
     /// Writes the side-car with the deletions saved so far: when a table
     /// is created, before the manifest lists it.
-    pub fn write_side_car(&self, fs: &dyn FileSystem) -> Result<()> {
+    pub fn write_side_car(&self, fs: &dyn FileSystem, steps: &Steps) -> Result<()> {
         let body = {
             let d = self.deletions.lock();
             self.side_car(&d, d.saved_upto)
         };
+        steps.at(Step::SideCar(self.id));
         files::replace(fs, &self.del_path, &body)?;
         self.side_car.store(true, Ordering::Release);
         Ok(())
@@ -287,7 +296,7 @@ mod tests {
         let fs = crate::fs::StdFs::direct();
         let frozen = Sealed::new(&dir, Ident { shard: 1, segment: 7 }, Data::Frozen(Arc::new(BTreeMap::new())), 5);
         frozen.mark_deleted(b"k", 50);
-        frozen.flush(&fs, 100).unwrap(); // the side-car reaches 100...
+        frozen.flush(&fs, &Steps::default(), 100).unwrap(); // the side-car reaches 100...
         assert_eq!(frozen.persisted(), 5); // ...the data does not
         assert!(frozen.dirty());
         std::fs::remove_dir_all(&dir).unwrap();

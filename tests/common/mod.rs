@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod faultfs;
+pub mod lockstep;
 pub mod rng;
 pub mod shard_model;
 
