@@ -1048,9 +1048,9 @@ keel_status_t keel_shard_stats(const struct keel_shard_t *shard, struct keel_sha
 keel_status_t keel_shard_health(const struct keel_shard_t *shard, struct keel_error_t **err);
 
 /**
- * Writes what the shard's open found to `*out` as UTF-8 text, one
- * finding per line, or an empty buffer ({NULL, 0}) when it found
- * nothing: files its manifest does not list, moved aside into
+ * Writes what the shard's open found to `*out` as UTF-8 text (not
+ * NUL-terminated), one finding per line, or an empty buffer ({NULL, 0})
+ * when it found nothing: files its manifest does not list, moved aside into
  * `segments/unlisted-<unix seconds>/` (any open); after a salvage open
  * (keel_engine_options_t.salvage) also each missing or damaged segment
  * file with what it held, and the versions lost. `*out` must be empty
