@@ -178,11 +178,19 @@ fn maintain(inner: &Inner) -> Result<()> {
 /// on) and turns it into an immutable table.
 pub fn seal(inner: &Inner) -> Result<()> {
     inner.opts.steps.at(Step::Seal);
+    // The fresh segment's files (log and first state file, fsynced) are
+    // created outside the write lock, so writers do not wait for them.
+    let (ident, start) = {
+        let mut s = inner.segs.write();
+        s.next_id += 1;
+        (s.ident(s.next_id - 1), s.applied)
+    };
+    let mut fresh = Appendable::create(&inner.fs, &inner.seg_dir, ident, start)?;
     let frozen = {
         let mut s = inner.segs.write();
-        let id = s.next_id;
-        let fresh = Appendable::create(&inner.fs, &inner.seg_dir, s.ident(id), s.applied)?;
-        s.next_id += 1;
+        // Empty, it is persisted up to any version; the next pass records
+        // the version of the swap in its state file.
+        fresh.finish(s.applied);
         let old = std::mem::replace(&mut s.appendable, fresh);
         // Its data is durable only up to its log's persisted version
         // until the table is written; `dirty()` says so to F5.
