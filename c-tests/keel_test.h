@@ -174,7 +174,7 @@ static inline keel_wal_t *kt_open_filled(const char *dir, uint64_t n, size_t len
  * preallocates one). */
 static inline keel_engine_options_t kt_engine_options(uint32_t durability) {
   keel_engine_options_t o;
-  CHECK(keel_engine_options_init(&o) == KEEL_STATUS_OK);
+  CHECK(keel_engine_options_init_sized(&o, sizeof o) == KEEL_STATUS_OK);
   o.durability = durability;
   o.flush_interval_ms = 0;
   o.wal_segment_size = 1 << 20;

@@ -68,6 +68,11 @@
 #define KEEL_ENGINE_OPTIONS_SIZE_V1 40
 
 /**
+ * sizeof(keel_engine_options_t) of version 2 (adds salvage).
+ */
+#define KEEL_ENGINE_OPTIONS_SIZE_V2 48
+
+/**
  * Longest key a shard accepts, in bytes; longer keys are INVALID_ARGUMENT.
  */
 #define KEEL_SHARD_MAX_KEY_SIZE 4096
@@ -416,6 +421,15 @@ typedef struct keel_engine_options_t {
    * many bytes of keys and values; at least 4096, default 32 MiB.
    */
   uint64_t seal_bytes;
+  /**
+   * Salvage open, never the default (false): a shard whose segment
+   * files are missing or damaged, or whose WAL no longer reaches its
+   * segments, opens with what is left instead of failing with
+   * CORRUPTION; keel_shard_salvage_report() says what is lost. The
+   * first flush then makes that the shard's state. Also rebuilds a lost
+   * shard list from the shard directories' names. 0 or 1 (version 2).
+   */
+  uint32_t salvage;
 } keel_engine_options_t;
 
 /**
@@ -883,9 +897,13 @@ keel_status_t keel_engine_open(const char *dir,
  * Opens shard `id` (recovering it: segments loaded, WAL replayed) and
  * writes a handle to `*out`, released with keel_shard_close(). A shard is
  * open at most once at a time.
+ * Other shards open, drop and list while one recovers.
  * Errors: NULL_ARGUMENT, NOT_FOUND (missing and create_if_missing is
- * false), BUSY (already open), CLOSED (engine closed), CORRUPTION, IO,
- * NO_SPACE.
+ * false), BUSY (already open, or being opened by another thread), CLOSED
+ * (engine closed), CORRUPTION (a segment file missing, cut or
+ * substituted; the WAL starts past what the segments hold; the shard's
+ * directory vanished while the engine lists it; see docs/STORAGE.md),
+ * IO, NO_SPACE.
  */
 keel_status_t keel_engine_shard_open(const struct keel_engine_t *engine,
                                      uint32_t id,
@@ -1222,6 +1240,21 @@ keel_status_t keel_shard_stats(const struct keel_shard_t *shard, struct keel_sha
  * poisoned). Also CLOSED, NULL_ARGUMENT.
  */
 keel_status_t keel_shard_health(const struct keel_shard_t *shard, struct keel_error_t **err);
+
+/**
+ * Writes what the shard's open found to `*out` as UTF-8 text (not
+ * NUL-terminated), one finding per line, or an empty buffer ({NULL, 0})
+ * when it found nothing: files its manifest does not list, moved aside into
+ * `segments/unlisted-<unix seconds>/` (any open); after a salvage open
+ * (keel_engine_options_t.salvage) also each missing or damaged segment
+ * file with what it held, and the versions lost. `*out` must be empty
+ * ({NULL, 0}) on entry; the caller frees it with keel_buf_free(). Any
+ * thread, any time while the shard is open.
+ * Errors: NULL_ARGUMENT, INVALID_ARGUMENT (`*out` not empty), CLOSED.
+ */
+keel_status_t keel_shard_salvage_report(const struct keel_shard_t *shard,
+                                        struct keel_buf_t *out,
+                                        struct keel_error_t **err);
 
 /**
  * Keeps the shard's WAL records with version >= `version` even after

@@ -6,10 +6,13 @@ mod common;
 
 use common::faultfs::{FaultFs, Faults};
 use keel::engine::Engine;
+use keel::fs::{File, FileSystem, StdFs};
 use keel::shard::Options;
 use keel::status::*;
+use std::io;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::Duration;
 
 fn options() -> Options {
     Options { flush_interval: None, wal_segment_size: 64 << 10, ..Options::default() }
@@ -45,5 +48,145 @@ fn engine_lock_and_directory_syncs_go_through_the_file_system() {
     let reopened = engine.open_shard(3, false).unwrap();
     assert_eq!(reopened.get(b"k").unwrap().unwrap().value, keel::shard::Value::Bytes(b"v".to_vec()));
     reopened.close().unwrap();
+    engine.close().unwrap();
+}
+
+/// The engine's data directory on the real file system.
+fn engine_at(dir: &Path) -> Engine {
+    Engine::open(dir, options()).unwrap()
+}
+
+#[test]
+fn a_vanished_shard_directory_is_corruption_not_a_fresh_shard() {
+    let t = common::TempDir::new("engine-vanished");
+    let engine = engine_at(t.path());
+    let s = engine.open_shard(3, true).unwrap();
+    s.put(b"k", b"v").unwrap();
+    s.close().unwrap();
+    engine.close().unwrap();
+    drop(engine);
+    std::fs::remove_dir_all(t.path().join("shards").join("3")).unwrap();
+    let engine = engine_at(t.path());
+    assert_eq!(engine.list_shards().unwrap(), vec![3]);
+    for create in [false, true] {
+        let e = engine.open_shard(3, create).err().expect("the shard's data is gone");
+        assert_eq!(e.status, KEEL_STATUS_CORRUPTION, "{e}");
+    }
+    // Dropping it is still possible (and makes the id free again).
+    engine.drop_shard(3).unwrap();
+    assert!(engine.open_shard(3, true).unwrap().get(b"k").unwrap().is_none());
+}
+
+#[test]
+fn only_canonical_directory_names_are_shard_ids() {
+    let t = common::TempDir::new("engine-names");
+    let engine = engine_at(t.path());
+    engine.open_shard(1, true).unwrap().close().unwrap();
+    for stray in ["01", "+1", "0001"] {
+        std::fs::create_dir(t.path().join("shards").join(stray)).unwrap();
+    }
+    assert_eq!(engine.list_shards().unwrap(), vec![1]);
+    engine.close().unwrap();
+    drop(engine);
+    assert_eq!(engine_at(t.path()).list_shards().unwrap(), vec![1]);
+}
+
+#[test]
+fn a_lost_shard_list_is_corruption_and_salvage_rebuilds_it() {
+    let t = common::TempDir::new("engine-list");
+    let engine = engine_at(t.path());
+    engine.open_shard(7, true).unwrap().close().unwrap();
+    engine.close().unwrap();
+    drop(engine);
+    std::fs::remove_file(t.path().join("SHARDS")).unwrap();
+    let e = Engine::open(t.path(), options()).err().expect("shard directories without a list");
+    assert_eq!(e.status, KEEL_STATUS_CORRUPTION, "{e}");
+    let salvaged = Engine::open(t.path(), Options { salvage: true, ..options() }).unwrap();
+    assert_eq!(salvaged.list_shards().unwrap(), vec![7]);
+}
+
+/// The real file system, except that the first look at shard 1's segment
+/// folder waits until the test lets it go: shard 1's recovery is then
+/// in progress for as long as the test needs.
+struct Gate {
+    real: StdFs,
+    entered: Mutex<Option<mpsc::Sender<()>>>,
+    release: Mutex<Option<mpsc::Receiver<()>>>,
+}
+
+impl FileSystem for Gate {
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
+        self.real.create_dir_all(dir)
+    }
+    fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
+        self.real.list(dir)
+    }
+    fn open(&self, path: &Path, writable: bool) -> io::Result<Arc<dyn File>> {
+        self.real.open(path, writable)
+    }
+    fn create(&self, path: &Path) -> io::Result<Arc<dyn File>> {
+        self.real.create(path)
+    }
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        self.real.rename(from, to)
+    }
+    fn remove(&self, path: &Path) -> io::Result<()> {
+        self.real.remove(path)
+    }
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        self.real.sync_dir(dir)
+    }
+    fn exists(&self, path: &Path) -> io::Result<bool> {
+        if path.ends_with("shards/1/segments") {
+            if let Some(entered) = self.entered.lock().unwrap().take() {
+                entered.send(()).unwrap();
+                let release = self.release.lock().unwrap().take().unwrap();
+                release.recv().unwrap();
+            }
+        }
+        self.real.exists(path)
+    }
+    fn remove_dir_all(&self, dir: &Path) -> io::Result<()> {
+        self.real.remove_dir_all(dir)
+    }
+    fn lock(&self, path: &Path) -> io::Result<Box<dyn std::any::Any + Send + Sync>> {
+        self.real.lock(path)
+    }
+}
+
+#[test]
+fn a_shard_recovering_does_not_hold_up_the_others() {
+    let t = common::TempDir::new("engine-concurrent");
+    let (entered_tx, entered) = mpsc::channel();
+    let (release, release_rx) = mpsc::channel();
+    let gate = Gate { real: StdFs::direct(), entered: Mutex::new(Some(entered_tx)), release: Mutex::new(Some(release_rx)) };
+    let engine = Arc::new(Engine::open_with_fs(t.path(), options(), Arc::new(gate)).unwrap());
+    let opener = {
+        let engine = engine.clone();
+        std::thread::spawn(move || engine.open_shard(1, true).map(|s| s.close()))
+    };
+    entered.recv().unwrap(); // shard 1 is in the middle of its recovery
+    // A guard against a hang, not a timing assertion: before the fix the
+    // engine's mutex was held through shard 1's recovery.
+    let (done_tx, done) = mpsc::channel();
+    let others = {
+        let engine = engine.clone();
+        std::thread::spawn(move || {
+            let two = engine.open_shard(2, true).unwrap();
+            two.put(b"k", b"v").unwrap();
+            two.close().unwrap();
+            let listed = engine.list_shards().unwrap();
+            let again = engine.open_shard(1, true).err().unwrap().status;
+            let dropped = engine.drop_shard(1).err().unwrap().status;
+            done_tx.send((listed, again, dropped)).unwrap();
+        })
+    };
+    let (listed, again, dropped) = done.recv_timeout(Duration::from_secs(120)).expect("other shards waited for shard 1's recovery");
+    assert_eq!(listed, vec![1, 2]);
+    assert_eq!(again, KEEL_STATUS_BUSY, "a second open of a shard being opened");
+    assert_eq!(dropped, KEEL_STATUS_BUSY, "a drop of a shard being opened");
+    release.send(()).unwrap();
+    opener.join().unwrap().unwrap().unwrap();
+    others.join().unwrap();
     engine.close().unwrap();
 }

@@ -680,7 +680,7 @@ inline constexpr size_t max_key_size = KEEL_SHARD_MAX_KEY_SIZE;
 /// the library when the engine opens.
 class EngineOptions {
  public:
-  EngineOptions() noexcept { keel_engine_options_init(&raw_); }  // cannot fail: the pointer is valid
+  EngineOptions() noexcept { keel_engine_options_init_sized(&raw_, sizeof raw_); }  // cannot fail: the pointer and size are valid
 
   /// When a write returns (every shard's WAL mode); default Durability::Sync.
   EngineOptions& durability(Durability d) noexcept { raw_.durability = static_cast<uint32_t>(d); return *this; }
@@ -701,6 +701,10 @@ class EngineOptions {
   }
   /// The appendable segment is sealed past this many bytes (>= 4096).
   EngineOptions& seal_bytes(uint64_t bytes) noexcept { raw_.seal_bytes = bytes; return *this; }
+  /// Salvage open (never the default): a shard with missing or damaged
+  /// segment files opens with what is left instead of failing with
+  /// Status::Corruption; Shard::salvage_report() says what is lost.
+  EngineOptions& salvage(bool on) noexcept { raw_.salvage = on ? 1 : 0; return *this; }
 
   Durability durability() const noexcept { return static_cast<Durability>(raw_.durability); }
   std::chrono::milliseconds sync_interval() const noexcept { return std::chrono::milliseconds(raw_.sync_interval_ms); }
@@ -710,6 +714,7 @@ class EngineOptions {
     return std::chrono::milliseconds(static_cast<std::chrono::milliseconds::rep>(raw_.flush_interval_ms));
   }
   uint64_t seal_bytes() const noexcept { return raw_.seal_bytes; }
+  bool salvage() const noexcept { return raw_.salvage != 0; }
 
   /// The C struct, for fields this wrapper does not know yet.
   keel_engine_options_t& raw() noexcept { return raw_; }
@@ -1202,6 +1207,20 @@ class Shard : public detail::Handle<keel_shard_t, detail::close_shard> {
   Result<uint64_t> persisted_version() const { return get_u64(keel_shard_persisted_version); }
   /// Version of the last applied operation (0: none yet).
   Result<uint64_t> last_version() const { return get_u64(keel_shard_last_version); }
+
+  /// What the shard's open found, one finding per line (empty when
+  /// nothing): files moved aside because the manifest does not list them
+  /// and, after a salvage open, the files and versions lost.
+  Result<std::string> salvage_report() const {
+    if (!ptr_) return detail::empty_handle("keel::Shard");
+    detail::ErrorOut err;
+    keel_buf_t buf{nullptr, 0};
+    const keel_status_t st = keel_shard_salvage_report(ptr_.get(), &buf, err.out());
+    if (st != KEEL_STATUS_OK) return err.take(st);
+    std::string text(buf.ptr ? reinterpret_cast<const char*>(buf.ptr) : "", buf.len);
+    keel_buf_free(&buf);
+    return text;
+  }
 
   /// Keeps the WAL records with version >= `version` even once persisted;
   /// keep_none releases the hold. Status::Truncated when already gone.

@@ -48,6 +48,10 @@ type EngineOptions struct {
 	// MaxSealedSegments: more immutable segments than this are merged in
 	// the background, smallest first; default 8.
 	MaxSealedSegments uint32
+	// Salvage opens shards whose segment files are missing or damaged
+	// with what is left, instead of failing with ErrCorruption;
+	// Shard.SalvageReport says what is lost. Never the default.
+	Salvage bool
 }
 
 // durationMs rounds d (> 0) up to whole milliseconds, saturating at limit so
@@ -67,7 +71,7 @@ func durationMs(d time.Duration, limit uint64) uint64 {
 // toC starts from the library defaults and overrides the non-zero fields.
 func (o *EngineOptions) toC() (C.keel_engine_options_t, error) {
 	var c C.keel_engine_options_t
-	C.keel_engine_options_init(&c)
+	C.keel_engine_options_init_sized(&c, C.size_t(unsafe.Sizeof(c)))
 	if o == nil {
 		return c, nil
 	}
@@ -92,6 +96,9 @@ func (o *EngineOptions) toC() (C.keel_engine_options_t, error) {
 	}
 	if o.MaxSealedSegments != 0 {
 		c.max_sealed_segments = C.uint32_t(o.MaxSealedSegments)
+	}
+	if o.Salvage {
+		c.salvage = 1
 	}
 	return c, nil
 }

@@ -442,6 +442,26 @@ func (s *Shard) Health() error {
 	return nil
 }
 
+// SalvageReport returns what the shard's open found, one finding per line
+// (empty when nothing): files moved aside because the shard's manifest
+// does not list them and, after a salvage open (EngineOptions.Salvage),
+// the segment files and versions lost.
+func (s *Shard) SalvageReport() (string, error) {
+	h, err := s.acquire("SalvageReport")
+	if err != nil {
+		return "", err
+	}
+	defer s.release()
+	var buf C.keel_buf_t
+	var cerr *C.keel_error_t
+	if st := C.keel_shard_salvage_report(h, &buf, &cerr); st != C.KEEL_STATUS_OK {
+		return "", takeError("SalvageReport", st, cerr)
+	}
+	text := string(goBytes(buf.ptr, buf.len))
+	C.keel_buf_free(&buf)
+	return text, nil
+}
+
 // SetKeepFrom keeps the shard's WAL records with version >= version even
 // after they are persisted (for a reader that still needs them, e.g. a
 // shard transfer); KeepNone releases the hold. A version already gone is

@@ -1168,3 +1168,38 @@ func TestShardStatsAndHealth(t *testing.T) {
 		t.Fatalf("Health of a closed shard: %v", err)
 	}
 }
+
+// A missing segment file makes OpenShard fail with ErrCorruption; with
+// EngineOptions.Salvage the shard opens and SalvageReport names the file.
+func TestMissingSegmentFileIsCorruptionAndSalvageReportsIt(t *testing.T) {
+	dir := t.TempDir()
+	opts := EngineOptions{Durability: DurabilityNone, FlushInterval: NoBackgroundFlush}
+	e, _ := openEngineT(t, dir, &opts)
+	s := openShardT(t, e, 1)
+	mustPut(t, s, "k", "v")
+	if r, err := s.SalvageReport(); err != nil || r != "" {
+		t.Fatalf("SalvageReport of a clean open = %q, %v", r, err)
+	}
+	if err := e.Close(); err != nil {
+		t.Fatal(err)
+	}
+	state := "seg-0000000000000001.state"
+	if err := os.Remove(filepath.Join(dir, "shards", "1", "segments", state)); err != nil {
+		t.Fatal(err)
+	}
+	e, _ = openEngineT(t, dir, &opts)
+	if _, err := e.OpenShard(1, false); !errors.Is(err, ErrCorruption) {
+		t.Fatalf("OpenShard with a missing state file: %v, want ErrCorruption", err)
+	}
+	if err := e.Close(); err != nil {
+		t.Fatal(err)
+	}
+	opts.Salvage = true
+	e, _ = openEngineT(t, dir, &opts)
+	s = openShardT(t, e, 1)
+	wantValue(t, s, "k", "v", nil, 0)
+	r, err := s.SalvageReport()
+	if err != nil || !strings.Contains(r, state) {
+		t.Fatalf("SalvageReport = %q, %v; want it to name %s", r, err, state)
+	}
+}

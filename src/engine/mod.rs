@@ -2,18 +2,29 @@
 //!
 //! ```text
 //! <dir>/LOCK                  held (flock) while an engine has the directory open
+//! <dir>/SHARDS                the ids of the engine's shards (checksummed,
+//!                             replaced atomically on create and drop)
 //! <dir>/shards/<id>/wal/      the shard's WAL segments
 //! <dir>/shards/<id>/segments/ the shard's appendable and immutable segments
 //! ```
+//!
+//! The shard list is the truth about which shards exist: a listed shard
+//! whose directory vanished is CORRUPTION (never NOT_FOUND followed by a
+//! silent re-create), and only the ids it holds are listed (a folder
+//! named `01` or `+1` is not shard 1). A shard is created as
+//! `shards/.new-<id>`, then listed, then renamed into place; it is dropped
+//! by renaming it to `shards/.drop-<id>`, then unlisting it, then removing
+//! it; engine open finishes either after a crash.
 
 use crate::error::{Error, Result};
 use crate::fs::{FileSystem, StdFs};
 use crate::lease::{Clock, FenceTable};
+use crate::shard::files::{self, Cursor};
 use crate::shard::{self, Shard};
 use crate::status::*;
 use parking_lot::Mutex;
 use std::any::Any;
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -21,6 +32,30 @@ use std::sync::Arc;
 /// Prefix of a shard directory being dropped: renamed first so a crash
 /// never leaves half a shard under its id.
 const DROPPING: &str = ".drop-";
+/// Prefix of a shard directory being created: renamed into place once
+/// the shard list holds its id.
+const CREATING: &str = ".new-";
+/// The engine's list of shard ids.
+const SHARD_LIST: &str = "SHARDS";
+const LIST_MAGIC: u64 = 0x3144_4853_4c45_454b; // "KEELSHD1"
+
+/// A shard id: its canonical decimal name only.
+fn parse_id(name: &str) -> Option<u32> {
+    name.parse::<u32>().ok().filter(|id| id.to_string() == name)
+}
+
+/// What the engine knows of a shard id.
+enum Slot {
+    /// Being recovered, outside the engine's mutex; a second open is BUSY.
+    Opening,
+    Open(Shard),
+}
+
+struct State {
+    slots: HashMap<u32, Slot>,
+    /// The shard list, as it is on disk.
+    ids: BTreeSet<u32>,
+}
 
 pub struct Engine {
     dir: PathBuf,
@@ -30,7 +65,8 @@ pub struct Engine {
     /// Set when the caller supplied the file system (tests); otherwise each
     /// shard's WAL picks the real file system's write strategy itself.
     injected_fs: bool,
-    shards: Mutex<Option<HashMap<u32, Shard>>>,
+    /// None once closed.
+    shards: Mutex<Option<State>>,
     /// The node-local fenced lease table; its token high-water mark is `<dir>/FENCE`.
     fences: FenceTable,
     _lock: Box<dyn Any + Send + Sync>,
@@ -78,23 +114,56 @@ impl Engine {
         })?;
         // Nothing is created before the lock is held.
         fs.create_dir_all(&shards_dir).map_err(io_err("creating", &shards_dir))?;
-        // Finish drops a crash interrupted.
-        for name in fs.list(&shards_dir).map_err(io_err("listing", &shards_dir))? {
-            if name.starts_with(DROPPING) {
-                let doomed = shards_dir.join(&name);
-                fs.remove_dir_all(&doomed).map_err(io_err("removing", &doomed))?;
-            }
-        }
-        fs.sync_dir(dir).map_err(io_err("syncing", dir))?;
-        Ok(Engine {
+        let ids = load_list(&*fs, dir, opts.salvage)?;
+        let engine = Engine {
             dir: dir.to_path_buf(),
             opts,
             fences: FenceTable::new(dir.join("FENCE"), fs.clone(), Clock::monotonic()),
             fs,
             injected_fs,
-            shards: Mutex::new(Some(HashMap::new())),
+            shards: Mutex::new(Some(State { slots: HashMap::new(), ids })),
             _lock: lock,
-        })
+        };
+        engine.finish_interrupted()?;
+        engine.sync_dir(dir)?;
+        Ok(engine)
+    }
+
+    /// Finishes the creates and drops a crash interrupted.
+    fn finish_interrupted(&self) -> Result<()> {
+        let shards_dir = self.dir.join("shards");
+        let mut guard = self.shards.lock();
+        let state = guard.as_mut().expect("open");
+        for name in self.fs.list(&shards_dir).map_err(|e| Error::io(format!("listing {}", shards_dir.display()), e))? {
+            let path = shards_dir.join(&name);
+            if let Some(id) = name.strip_prefix(DROPPING).and_then(parse_id) {
+                if state.ids.contains(&id) {
+                    state.ids = self.write_list(&state.ids, Some(id), false)?;
+                }
+                self.fs.remove_dir_all(&path).map_err(|e| Error::io(format!("removing {}", path.display()), e))?;
+            } else if let Some(id) = name.strip_prefix(CREATING).and_then(parse_id) {
+                if state.ids.contains(&id) && !self.exists(&self.shard_dir(id))? {
+                    self.fs.rename(&path, &self.shard_dir(id)).map_err(|e| Error::io(format!("renaming {}", path.display()), e))?;
+                } else {
+                    self.fs.remove_dir_all(&path).map_err(|e| Error::io(format!("removing {}", path.display()), e))?;
+                }
+            }
+        }
+        self.sync_dir(&shards_dir)
+    }
+
+    /// Writes the shard list with `id` added or removed.
+    fn write_list(&self, ids: &BTreeSet<u32>, id: Option<u32>, add: bool) -> Result<BTreeSet<u32>> {
+        let mut new = ids.clone();
+        if let Some(id) = id {
+            if add {
+                new.insert(id);
+            } else {
+                new.remove(&id);
+            }
+        }
+        store_list(&*self.fs, &self.dir, &new)?;
+        Ok(new)
     }
 
     fn sync_dir(&self, dir: &Path) -> Result<()> {
@@ -110,74 +179,129 @@ impl Engine {
     }
 
     /// Opens shard `id`. NOT_FOUND when it does not exist and
-    /// `create_if_missing` is false; BUSY when it is already open.
+    /// `create_if_missing` is false; BUSY when it is already open or being
+    /// opened; CORRUPTION when the shard list has it but its directory is
+    /// gone. The recovery runs outside the engine's mutex: other shards
+    /// open, drop and list meanwhile.
     pub fn open_shard(&self, id: u32, create_if_missing: bool) -> Result<Shard> {
-        let mut guard = self.shards.lock();
-        let open = guard.as_mut().ok_or_else(|| Error::new(KEEL_STATUS_CLOSED, "engine is closed"))?;
-        if open.get(&id).is_some_and(|s| !s.is_closed()) {
-            return Err(Error::new(KEEL_STATUS_BUSY, format!("shard {id} is already open; close it first")));
-        }
         let dir = self.shard_dir(id);
-        if !self.exists(&dir)? {
-            if !create_if_missing {
-                return Err(Error::new(KEEL_STATUS_NOT_FOUND, format!("shard {id} does not exist")));
+        {
+            let mut guard = self.shards.lock();
+            let state = guard.as_mut().ok_or_else(|| Error::new(KEEL_STATUS_CLOSED, "engine is closed"))?;
+            match state.slots.get(&id) {
+                Some(Slot::Opening) => return Err(Error::new(KEEL_STATUS_BUSY, format!("shard {id} is being opened"))),
+                Some(Slot::Open(s)) if !s.is_closed() => {
+                    return Err(Error::new(KEEL_STATUS_BUSY, format!("shard {id} is already open; close it first")))
+                }
+                _ => {}
             }
-            self.fs.create_dir_all(&dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
-            self.sync_dir(&self.dir.join("shards"))?;
+            if !state.ids.contains(&id) {
+                if !create_if_missing {
+                    return Err(Error::new(KEEL_STATUS_NOT_FOUND, format!("shard {id} does not exist")));
+                }
+                state.ids = self.create_dir(&state.ids, id)?;
+            } else if !self.exists(&dir)? {
+                return Err(Error::corruption(format!(
+                    "{}: missing, but shard {id} is in the engine's shard list ({SHARD_LIST}): its data is gone",
+                    dir.display()
+                )));
+            }
+            state.slots.insert(id, Slot::Opening);
         }
-        let shard = match self.injected_fs {
-            true => Shard::open_with_fs(&dir, self.opts.clone(), self.fs.clone())?,
-            false => Shard::open(&dir, self.opts.clone())?,
+        let opened = match self.injected_fs {
+            true => Shard::open_with_fs(&dir, self.opts.clone(), self.fs.clone()),
+            false => Shard::open(&dir, self.opts.clone()),
         };
-        open.insert(id, shard.clone());
-        Ok(shard)
+        let mut guard = self.shards.lock();
+        let Some(state) = guard.as_mut() else {
+            // The engine closed during the recovery.
+            if let Ok(s) = opened {
+                let _ = s.close();
+            }
+            return Err(Error::new(KEEL_STATUS_CLOSED, "engine closed while the shard was opening"));
+        };
+        match opened {
+            Ok(shard) => {
+                state.slots.insert(id, Slot::Open(shard.clone()));
+                Ok(shard)
+            }
+            Err(e) => {
+                state.slots.remove(&id);
+                Err(e)
+            }
+        }
+    }
+
+    /// Creates the directory of shard `id` and lists it; returns the new list.
+    fn create_dir(&self, ids: &BTreeSet<u32>, id: u32) -> Result<BTreeSet<u32>> {
+        let shards_dir = self.dir.join("shards");
+        let fresh = shards_dir.join(format!("{CREATING}{id}"));
+        let dir = self.shard_dir(id);
+        if self.exists(&dir)? {
+            return Err(Error::corruption(format!(
+                "{}: exists but shard {id} is not in the engine's shard list ({SHARD_LIST})",
+                dir.display()
+            )));
+        }
+        self.fs.create_dir_all(&fresh).map_err(|e| Error::io(format!("creating {}", fresh.display()), e))?;
+        self.sync_dir(&shards_dir)?;
+        let ids = self.write_list(ids, Some(id), true)?;
+        self.fs.rename(&fresh, &dir).map_err(|e| Error::io(format!("renaming {}", fresh.display()), e))?;
+        self.sync_dir(&shards_dir)?;
+        Ok(ids)
     }
 
     /// Deletes shard `id` and its data. BUSY while it is open.
     pub fn drop_shard(&self, id: u32) -> Result<()> {
         let mut guard = self.shards.lock();
-        let open = guard.as_mut().ok_or_else(|| Error::new(KEEL_STATUS_CLOSED, "engine is closed"))?;
-        if open.get(&id).is_some_and(|s| !s.is_closed()) {
-            return Err(Error::new(KEEL_STATUS_BUSY, format!("shard {id} is open; close it before dropping it")));
+        let state = guard.as_mut().ok_or_else(|| Error::new(KEEL_STATUS_CLOSED, "engine is closed"))?;
+        match state.slots.get(&id) {
+            Some(Slot::Opening) => return Err(Error::new(KEEL_STATUS_BUSY, format!("shard {id} is being opened"))),
+            Some(Slot::Open(s)) if !s.is_closed() => {
+                return Err(Error::new(KEEL_STATUS_BUSY, format!("shard {id} is open; close it before dropping it")))
+            }
+            _ => {}
         }
-        open.remove(&id);
-        let dir = self.shard_dir(id);
-        if !self.exists(&dir)? {
+        state.slots.remove(&id);
+        if !state.ids.contains(&id) {
             return Err(Error::new(KEEL_STATUS_NOT_FOUND, format!("shard {id} does not exist")));
         }
+        let dir = self.shard_dir(id);
         let doomed = self.dir.join("shards").join(format!("{DROPPING}{id}"));
-        self.fs.rename(&dir, &doomed).map_err(|e| Error::io(format!("renaming {}", dir.display()), e))?;
-        self.sync_dir(&self.dir.join("shards"))?;
-        self.fs.remove_dir_all(&doomed).map_err(|e| Error::io(format!("removing {}", doomed.display()), e))
+        if self.exists(&dir)? {
+            self.fs.rename(&dir, &doomed).map_err(|e| Error::io(format!("renaming {}", dir.display()), e))?;
+            self.sync_dir(&self.dir.join("shards"))?;
+        }
+        state.ids = self.write_list(&state.ids, Some(id), false)?;
+        if self.exists(&doomed)? {
+            self.fs.remove_dir_all(&doomed).map_err(|e| Error::io(format!("removing {}", doomed.display()), e))?;
+        }
+        Ok(())
     }
 
     pub fn fences(&self) -> &FenceTable {
         &self.fences
     }
 
-    /// Ids of every shard in the directory, open or not, ascending.
+    /// Ids of every shard of the engine, open or not, ascending.
     pub fn list_shards(&self) -> Result<Vec<u32>> {
-        if self.shards.lock().is_none() {
-            return Err(Error::new(KEEL_STATUS_CLOSED, "engine is closed"));
+        match &*self.shards.lock() {
+            Some(state) => Ok(state.ids.iter().copied().collect()),
+            None => Err(Error::new(KEEL_STATUS_CLOSED, "engine is closed")),
         }
-        let dir = self.dir.join("shards");
-        let mut ids: Vec<u32> = self
-            .fs
-            .list(&dir)
-            .map_err(|e| Error::io(format!("listing {}", dir.display()), e))?
-            .iter()
-            .filter_map(|name| name.parse().ok())
-            .collect();
-        ids.sort_unstable();
-        Ok(ids)
     }
 
     /// Closes every open shard (each flushes) and releases the directory
     /// when the engine is dropped. Returns the first error. Idempotent.
     pub fn close(&self) -> Result<()> {
-        let Some(open) = self.shards.lock().take() else { return Ok(()) };
+        let Some(state) = self.shards.lock().take() else { return Ok(()) };
         let mut result = Ok(());
-        for (_, shard) in open {
+        // A shard still opening is closed by its opener, which finds the
+        // engine closed.
+        for shard in state.slots.into_values().filter_map(|s| match s {
+            Slot::Open(s) => Some(s),
+            Slot::Opening => None,
+        }) {
             if let Err(e) = shard.close() {
                 if result.is_ok() {
                     result = Err(e);
@@ -191,5 +315,58 @@ impl Engine {
 impl Drop for Engine {
     fn drop(&mut self) {
         let _ = self.close();
+    }
+}
+
+/// Reads the shard list of `dir`. A missing list is written empty for a
+/// new engine; with shard directories present it is CORRUPTION (the list
+/// was lost, or an older keel without one wrote the directory), except in
+/// a salvage open, which rebuilds it from the directories' names.
+fn load_list(fs: &dyn FileSystem, dir: &Path, salvage: bool) -> Result<BTreeSet<u32>> {
+    let path = dir.join(SHARD_LIST);
+    if let Some(bytes) = files::read_all(fs, &path)? {
+        let mut c = Cursor { bytes: files::open_small(LIST_MAGIC, &bytes, &path)? };
+        let mut ids = BTreeSet::new();
+        for _ in 0..c.u32()? {
+            ids.insert(c.u32()?);
+        }
+        if !c.bytes.is_empty() {
+            return Err(Error::corruption(format!("{}: trailing bytes", path.display())));
+        }
+        return Ok(ids);
+    }
+    let shards_dir = dir.join("shards");
+    let names = fs.list(&shards_dir).map_err(|e| Error::io(format!("listing {}", shards_dir.display()), e))?;
+    let found: BTreeSet<u32> = names.iter().filter_map(|n| parse_id(n)).collect();
+    if !found.is_empty() && !salvage {
+        return Err(Error::corruption(format!(
+            "{}: missing while {} holds {} shard directories (the shard list was lost, or an older keel wrote the directory); open with salvage to rebuild it",
+            path.display(),
+            shards_dir.display(),
+            found.len()
+        )));
+    }
+    store_list(fs, dir, &found)?;
+    Ok(found)
+}
+
+fn store_list(fs: &dyn FileSystem, dir: &Path, ids: &BTreeSet<u32>) -> Result<()> {
+    let mut body = Vec::with_capacity(4 + 4 * ids.len());
+    body.extend_from_slice(&(ids.len() as u32).to_le_bytes());
+    for id in ids {
+        body.extend_from_slice(&id.to_le_bytes());
+    }
+    files::replace(fs, &dir.join(SHARD_LIST), &files::seal_small(LIST_MAGIC, &body))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn only_canonical_names_are_shard_ids() {
+        assert_eq!(super::parse_id("1"), Some(1));
+        assert_eq!(super::parse_id("4294967295"), Some(u32::MAX));
+        for bad in ["01", "+1", "-1", " 1", "1 ", "", "4294967296", ".drop-1"] {
+            assert_eq!(super::parse_id(bad), None, "{bad:?}");
+        }
     }
 }

@@ -29,6 +29,8 @@ impl Opaque for keel_engine_t {
 
 /// sizeof(keel_engine_options_t) of version 1.
 pub const KEEL_ENGINE_OPTIONS_SIZE_V1: u32 = 40;
+/// sizeof(keel_engine_options_t) of version 2 (adds salvage).
+pub const KEEL_ENGINE_OPTIONS_SIZE_V2: u32 = 48;
 
 /// Options of keel_engine_open(), applied to every shard it opens.
 /// Versioned by `struct_size` (docs/FFI.md, "Versioned structs"): fill it
@@ -58,20 +60,29 @@ pub struct keel_engine_options_t {
     /// The appendable segment is sealed into an immutable one past this
     /// many bytes of keys and values; at least 4096, default 32 MiB.
     pub seal_bytes: u64,
+    /// Salvage open, never the default (false): a shard whose segment
+    /// files are missing or damaged, or whose WAL no longer reaches its
+    /// segments, opens with what is left instead of failing with
+    /// CORRUPTION; keel_shard_salvage_report() says what is lost. The
+    /// first flush then makes that the shard's state. Also rebuilds a lost
+    /// shard list from the shard directories' names. 0 or 1 (version 2).
+    pub salvage: u32,
 }
 
-versioned!(keel_engine_options_t, [KEEL_ENGINE_OPTIONS_SIZE_V1]);
+const _: () = assert!(std::mem::offset_of!(keel_engine_options_t, salvage) == KEEL_ENGINE_OPTIONS_SIZE_V1 as usize);
+versioned!(keel_engine_options_t, [KEEL_ENGINE_OPTIONS_SIZE_V1, KEEL_ENGINE_OPTIONS_SIZE_V2]);
 
 fn default_options() -> keel_engine_options_t {
     let d = shard::Options::default();
     keel_engine_options_t {
-        struct_size: KEEL_ENGINE_OPTIONS_SIZE_V1,
+        struct_size: KEEL_ENGINE_OPTIONS_SIZE_V2,
         durability: KEEL_DURABILITY_SYNC,
         sync_interval_ms: 100,
         max_sealed_segments: d.max_sealed as u32,
         wal_segment_size: d.wal_segment_size,
         flush_interval_ms: d.flush_interval.map_or(0, |i| i.as_millis() as u64),
         seal_bytes: d.seal_bytes as u64,
+        salvage: d.salvage as u32,
     }
 }
 
@@ -115,6 +126,11 @@ fn options_from_c(p: *const keel_engine_options_t) -> crate::Result<shard::Optio
         flush_interval: (o.flush_interval_ms > 0).then(|| Duration::from_millis(o.flush_interval_ms)),
         seal_bytes: usize::try_from(o.seal_bytes).map_err(|_| Error::invalid("seal_bytes is too large"))?,
         max_sealed: o.max_sealed_segments as usize,
+        salvage: match o.salvage {
+            0 => false,
+            1 => true,
+            other => return Err(Error::invalid(format!("salvage {other} is not 0 or 1"))),
+        },
         ..shard::Options::default()
     };
     opts.validate()?;
@@ -146,9 +162,13 @@ pub extern "C" fn keel_engine_open(
 /// Opens shard `id` (recovering it: segments loaded, WAL replayed) and
 /// writes a handle to `*out`, released with keel_shard_close(). A shard is
 /// open at most once at a time.
+/// Other shards open, drop and list while one recovers.
 /// Errors: NULL_ARGUMENT, NOT_FOUND (missing and create_if_missing is
-/// false), BUSY (already open), CLOSED (engine closed), CORRUPTION, IO,
-/// NO_SPACE.
+/// false), BUSY (already open, or being opened by another thread), CLOSED
+/// (engine closed), CORRUPTION (a segment file missing, cut or
+/// substituted; the WAL starts past what the segments hold; the shard's
+/// directory vanished while the engine lists it; see docs/STORAGE.md),
+/// IO, NO_SPACE.
 #[no_mangle]
 pub extern "C" fn keel_engine_shard_open(
     engine: *const keel_engine_t,

@@ -579,6 +579,28 @@ pub extern "C" fn keel_shard_health(shard: *const keel_shard_t, err: *mut *mut k
     })
 }
 
+/// Writes what the shard's open found to `*out` as UTF-8 text (not
+/// NUL-terminated), one finding per line, or an empty buffer ({NULL, 0})
+/// when it found nothing: files its manifest does not list, moved aside into
+/// `segments/unlisted-<unix seconds>/` (any open); after a salvage open
+/// (keel_engine_options_t.salvage) also each missing or damaged segment
+/// file with what it held, and the versions lost. `*out` must be empty
+/// ({NULL, 0}) on entry; the caller frees it with keel_buf_free(). Any
+/// thread, any time while the shard is open.
+/// Errors: NULL_ARGUMENT, INVALID_ARGUMENT (`*out` not empty), CLOSED.
+#[no_mangle]
+pub extern "C" fn keel_shard_salvage_report(shard: *const keel_shard_t, out: *mut keel_buf_t, err: *mut *mut keel_error_t) -> keel_status_t {
+    ffi_boundary!(err, shard, {
+        let s = open_shard(try_handle!(shard))?;
+        let out = out_ptr(out, "out")?;
+        if !out.ptr.is_null() {
+            return Err(Error::invalid("out holds a buffer: free it with keel_buf_free() first"));
+        }
+        *out = keel_buf_t::from_vec(s.recovery_report().to_string().into_bytes());
+        Ok(())
+    })
+}
+
 /// Keeps the shard's WAL records with version >= `version` even after
 /// they are persisted (for a reader that still needs them, e.g. a shard
 /// transfer); KEEL_WAL_KEEP_NONE releases the hold.

@@ -5,12 +5,14 @@
 //! `[u64 version][u8 kind][u32 key length][key][payload]`. Kinds: a value,
 //! a whole posting list (a key created or moved here), one posting item
 //! (an append to a list already here), a tombstone (a delete of a key here).
-//! The state file `seg-<id>.state` records how much of the log is durable;
-//! bytes past it are a crash's unsynced tail and are dropped at load.
+//! The state file `seg-<id>.state` records how much of the log is durable,
+//! the crc32 of those bytes and the segment's identity; bytes past it are a
+//! crash's unsynced tail and are dropped at load. It is written when the
+//! segment is created, so a listed segment without one is damage.
 
 use super::entry::{decode_list, encode_list, Entry, Value};
 use super::op::OpRef;
-use super::files::{self, Cursor};
+use super::files::{self, Cursor, Ident};
 use super::key::Key;
 use super::steps::{Step, Steps};
 use crate::error::{Error, Result};
@@ -25,7 +27,7 @@ const REC_VALUE: u8 = 1;
 const REC_LIST: u8 = 2;
 const REC_ITEM: u8 = 3;
 const REC_TOMBSTONE: u8 = 4;
-const STATE_MAGIC: u64 = 0x3154_5453_4c45_454b; // "KEELSTT1"
+const STATE_MAGIC: u64 = 0x3254_5453_4c45_454b; // "KEELSTT2"
 
 /// The keys of the appendable segment; lives under the shard's lock.
 pub struct Appendable {
@@ -46,11 +48,14 @@ struct LogState {
     /// already durable): a batch boundary.
     pending_version: u64,
     durable_len: u64,
+    /// crc32 of the durable bytes of the log.
+    crc: crc32fast::Hasher,
 }
 
 /// The persistence side of the appendable segment: what its flusher runs.
 pub struct SegmentLog {
     fs: Arc<dyn FileSystem>,
+    ident: Ident,
     file: Arc<dyn File>,
     log_path: PathBuf,
     state_path: PathBuf,
@@ -59,29 +64,47 @@ pub struct SegmentLog {
 }
 
 impl Appendable {
-    /// Creates an empty appendable segment with id `id`.
-    pub fn create(fs: &Arc<dyn FileSystem>, dir: &Path, id: u64, version: u64) -> Result<Appendable> {
-        let log = SegmentLog::open(fs, dir, id, 0, version)?;
-        files::sync_dir(&**fs, dir)?;
-        Ok(Appendable { id, map: BTreeMap::new(), weight: 0, staged: Vec::new(), log: Arc::new(log) })
+    /// Creates an empty appendable segment (its log and its first state
+    /// file, durably) persisted up to `version`.
+    pub fn create(fs: &Arc<dyn FileSystem>, dir: &Path, ident: Ident, version: u64) -> Result<Appendable> {
+        let log_path = dir.join(files::name(ident.segment, files::LOG));
+        let file = fs.create(&log_path).map_err(|e| Error::io(format!("creating {}", log_path.display()), e))?;
+        let log = SegmentLog::new(fs, dir, ident, file, 0, crc32fast::Hasher::new(), version);
+        log.write_state(version, 0, &log.state.lock().crc)?; // syncs the directory
+        Ok(Appendable { id: ident.segment, map: BTreeMap::new(), weight: 0, staged: Vec::new(), log: Arc::new(log) })
     }
 
     /// Loads the durable part of `seg-<id>.log`. Bytes past it (a crash's
-    /// unsynced tail) are ignored and overwritten by the next flush.
-    pub fn load(fs: &Arc<dyn FileSystem>, dir: &Path, id: u64) -> Result<Appendable> {
+    /// unsynced tail) are ignored and overwritten by the next flush. A
+    /// missing log or state file, a state file of another segment or a log
+    /// whose durable bytes do not match the state's checksum is CORRUPTION.
+    pub fn load(fs: &Arc<dyn FileSystem>, dir: &Path, ident: Ident) -> Result<Appendable> {
+        let id = ident.segment;
         let state_path = dir.join(files::name(id, files::STATE));
-        let (persisted, len) = match files::read_all(&**fs, &state_path)? {
-            Some(bytes) => {
-                let mut c = Cursor { bytes: files::open_small(STATE_MAGIC, &bytes, &state_path)? };
-                (c.u64()?, c.u64()?)
-            }
-            None => (0, 0),
-        };
-        let log = SegmentLog::open(fs, dir, id, len, persisted)?;
-        let mut bytes = vec![0u8; len as usize];
-        files::read_exact(&*log.file, &mut bytes, 0).map_err(|e| {
-            Error::corruption(format!("{}: shorter than its durable length {len}: {e}", log.log_path.display()))
+        let bytes = files::read_all(&**fs, &state_path)?
+            .ok_or_else(|| Error::corruption(format!("{}: missing (the segment's durable length is unknown)", state_path.display())))?;
+        let mut c = Cursor { bytes: files::open_small(STATE_MAGIC, &bytes, &state_path)? };
+        let (persisted, len, crc) = (c.u64()?, c.u64()?, c.u32()?);
+        ident.check(Ident::decode(&mut c)?, &state_path)?;
+        let log_path = dir.join(files::name(id, files::LOG));
+        let file = fs.open(&log_path, true).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => Error::corruption(format!("{}: missing", log_path.display())),
+            _ => Error::io(format!("opening {}", log_path.display()), e),
         })?;
+        let mut bytes = vec![0u8; len as usize];
+        files::read_exact(&*file, &mut bytes, 0).map_err(|e| {
+            Error::corruption(format!("{}: shorter than its durable length {len}: {e}", log_path.display()))
+        })?;
+        let mut hasher = crc32fast::Hasher::new();
+        hasher.update(&bytes);
+        if hasher.clone().finalize() != crc {
+            return Err(Error::corruption(format!(
+                "{}: its first {len} bytes do not match the checksum in {} (a substituted or damaged log)",
+                log_path.display(),
+                state_path.display()
+            )));
+        }
+        let log = SegmentLog::new(fs, dir, ident, file, len, hasher, persisted);
         let mut map = BTreeMap::new();
         let mut weight = 0;
         let mut c = Cursor { bytes: &bytes };
@@ -219,25 +242,28 @@ impl Appendable {
 }
 
 impl SegmentLog {
-    fn open(fs: &Arc<dyn FileSystem>, dir: &Path, id: u64, durable_len: u64, persisted: u64) -> Result<SegmentLog> {
-        let log_path = dir.join(files::name(id, files::LOG));
-        Ok(SegmentLog {
+    fn new(
+        fs: &Arc<dyn FileSystem>,
+        dir: &Path,
+        ident: Ident,
+        file: Arc<dyn File>,
+        durable_len: u64,
+        crc: crc32fast::Hasher,
+        persisted: u64,
+    ) -> SegmentLog {
+        SegmentLog {
             fs: fs.clone(),
-            file: files::open_or_create(&**fs, &log_path)?,
-            state_path: dir.join(files::name(id, files::STATE)),
-            log_path,
-            state: Mutex::new(LogState { pending: Vec::new(), pending_version: persisted, durable_len }),
+            ident,
+            file,
+            log_path: dir.join(files::name(ident.segment, files::LOG)),
+            state_path: dir.join(files::name(ident.segment, files::STATE)),
+            state: Mutex::new(LogState { pending: Vec::new(), pending_version: persisted, durable_len, crc }),
             persisted: AtomicU64::new(persisted),
-        })
+        }
     }
 
     pub fn persisted(&self) -> u64 {
         self.persisted.load(Ordering::Acquire)
-    }
-
-    /// Has records applied but not durable.
-    pub fn dirty(&self) -> bool {
-        !self.state.lock().pending.is_empty()
     }
 
     /// The flusher (F4 inside the segment): data, fdatasync, state file,
@@ -248,19 +274,24 @@ impl SegmentLog {
     /// record (else a power loss could leave segments ahead of the WAL).
     /// Returns the persisted version, a batch boundary (`pending_version`).
     pub fn flush(&self, steps: &Steps, wal_durable: impl FnOnce(u64) -> Result<()>) -> Result<u64> {
-        let (bytes, version, offset) = {
+        let (bytes, version, offset, mut crc) = {
             let mut st = self.state.lock();
-            (std::mem::take(&mut st.pending), st.pending_version, st.durable_len)
+            (std::mem::take(&mut st.pending), st.pending_version, st.durable_len, st.crc.clone())
         };
-        if bytes.is_empty() {
-            self.persisted.fetch_max(version, Ordering::AcqRel);
+        if bytes.is_empty() && version <= self.persisted() {
             return Ok(self.persisted());
         }
-        let written = wal_durable(version).and_then(|()| self.write_durably(steps, &bytes, offset, version));
+        // With nothing to write the state file still moves to `version`
+        // (operations that changed only immutable segments, or nothing):
+        // the files then prove every version the WAL is acked past, which
+        // open checks against the WAL's first record.
+        crc.update(&bytes);
+        let written = wal_durable(version).and_then(|()| self.write_durably(steps, &bytes, offset, version, &crc));
         let mut st = self.state.lock();
         match written {
             Ok(()) => {
                 st.durable_len = offset + bytes.len() as u64;
+                st.crc = crc;
                 drop(st);
                 self.persisted.fetch_max(version, Ordering::AcqRel);
                 Ok(version)
@@ -274,16 +305,26 @@ impl SegmentLog {
         }
     }
 
-    fn write_durably(&self, steps: &Steps, bytes: &[u8], offset: u64, version: u64) -> Result<()> {
-        let io = |what: &str, e| Error::io(format!("{what} {}", self.log_path.display()), e);
-        steps.at(Step::LogWrite);
-        self.file.write_at(&[bytes], offset).map_err(|e| io("writing", e))?;
-        steps.at(Step::LogSync);
-        self.file.sync_data().map_err(|e| io("syncing", e))?;
+    fn write_durably(&self, steps: &Steps, bytes: &[u8], offset: u64, version: u64, crc: &crc32fast::Hasher) -> Result<()> {
+        if !bytes.is_empty() {
+            let io = |what: &str, e| Error::io(format!("{what} {}", self.log_path.display()), e);
+            steps.at(Step::LogWrite);
+            self.file.write_at(&[bytes], offset).map_err(|e| io("writing", e))?;
+            steps.at(Step::LogSync);
+            self.file.sync_data().map_err(|e| io("syncing", e))?;
+        }
         steps.at(Step::LogState);
-        let mut state = Vec::with_capacity(16);
+        self.write_state(version, offset + bytes.len() as u64, crc)
+    }
+
+    /// The state file: persisted version, durable length, crc32 of the
+    /// durable bytes, identity.
+    fn write_state(&self, version: u64, len: u64, crc: &crc32fast::Hasher) -> Result<()> {
+        let mut state = Vec::with_capacity(20 + Ident::LEN);
         state.extend_from_slice(&version.to_le_bytes());
-        state.extend_from_slice(&(offset + bytes.len() as u64).to_le_bytes());
+        state.extend_from_slice(&len.to_le_bytes());
+        state.extend_from_slice(&crc.clone().finalize().to_le_bytes());
+        self.ident.encode(&mut state);
         files::replace(&*self.fs, &self.state_path, &files::seal_small(STATE_MAGIC, &state))
     }
 

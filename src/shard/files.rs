@@ -8,7 +8,6 @@ use crate::error::{Error, Result};
 use crate::fs::{File, FileSystem};
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 /// The appendable segment's data log.
 pub const LOG: &str = "log";
@@ -19,6 +18,49 @@ pub const TABLE: &str = "sst";
 /// An immutable segment's deletion side-car.
 pub const DELETIONS: &str = "del";
 const TMP_SUFFIX: &str = ".tmp";
+/// Prefix of the folders unlisted files are moved aside into at open.
+pub const UNLISTED_PREFIX: &str = "unlisted-";
+
+/// Who a segment file belongs to: the shard (a random id drawn when the
+/// shard's manifest is first written) and the segment. Every segment file
+/// carries it (table footer, state and side-car bodies), so a file copied
+/// in from another shard or renamed to another segment's name is caught
+/// at open without reading its data.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ident {
+    pub shard: u128,
+    pub segment: u64,
+}
+
+impl Ident {
+    pub const LEN: usize = 24;
+
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.shard.to_le_bytes());
+        out.extend_from_slice(&self.segment.to_le_bytes());
+    }
+
+    pub fn decode(c: &mut Cursor) -> Result<Ident> {
+        let shard = u128::from_le_bytes(c.take(16)?.try_into().unwrap());
+        Ok(Ident { shard, segment: c.u64()? })
+    }
+
+    /// CORRUPTION naming `path` unless `found` is this identity.
+    pub fn check(&self, found: Ident, path: &Path) -> Result<()> {
+        if found == *self {
+            return Ok(());
+        }
+        let whose = if found.shard == self.shard { "this shard's" } else { "another shard's" };
+        Err(Error::corruption(format!(
+            "{}: belongs to {whose} segment {} (shard {:032x}), not segment {} of shard {:032x}: a substituted or renamed file",
+            path.display(),
+            found.segment,
+            found.shard,
+            self.segment,
+            self.shard
+        )))
+    }
+}
 
 pub fn name(id: u64, ext: &str) -> String {
     format!("seg-{id:016}.{ext}")
@@ -86,13 +128,16 @@ pub fn read_exact(f: &dyn File, mut buf: &mut [u8], mut off: u64) -> std::io::Re
     Ok(())
 }
 
-/// Opens `path` for writing, creating it when it does not exist.
-pub fn open_or_create(fs: &dyn FileSystem, path: &Path) -> Result<Arc<dyn File>> {
-    match fs.open(path, true) {
-        Err(e) if e.kind() == ErrorKind::NotFound => fs.create(path),
-        other => other,
-    }
-    .map_err(|e| Error::io(format!("opening {}", path.display()), e))
+/// Moves `name` out of `dir` into `dir/<folder>/` (created if needed),
+/// durably: files keel does not know are kept for the operator, never
+/// deleted.
+pub fn move_aside(fs: &dyn FileSystem, dir: &Path, folder: &str, name: &str) -> Result<()> {
+    let to = dir.join(folder);
+    fs.create_dir_all(&to).map_err(|e| Error::io(format!("creating {}", to.display()), e))?;
+    let from = dir.join(name);
+    fs.rename(&from, &to.join(name)).map_err(|e| Error::io(format!("moving {} into {}", from.display(), to.display()), e))?;
+    sync_dir(fs, &to)?;
+    sync_dir(fs, dir)
 }
 
 /// Removes `path`; a file already gone is fine.

@@ -129,11 +129,15 @@ fn source_bound(appendable_persisted: u64, sealed: &[Arc<Sealed>]) -> u64 {
 /// version when none has any). The WAL keeps records >= keep_from itself.
 fn acknowledge(inner: &Inner) -> Result<u64> {
     inner.opts.steps.at(Step::Ack);
+    // The manifest lists every file holding data the ack gives up.
+    inner.sync_manifest()?;
+    // The appendable segment's persisted version counts even when it is
+    // clean: its state file then proves every version acked (open checks
+    // the WAL's first record against what the files prove).
     let safe = {
         let s = inner.segs.read();
-        let a = &s.appendable.log;
-        let dirty = a.dirty().then(|| a.persisted());
-        s.sealed.iter().filter(|x| x.dirty()).map(|x| x.persisted()).chain(dirty).min().unwrap_or(s.applied)
+        let a = s.appendable.log.persisted();
+        s.sealed.iter().filter(|x| x.dirty()).map(|x| x.persisted()).fold(a, u64::min)
     };
     if safe > inner.persisted.load(Ordering::Acquire) {
         inner.with_wal(|wal| wal.ack(safe))?;
@@ -144,8 +148,9 @@ fn acknowledge(inner: &Inner) -> Result<u64> {
 
 /// Seals a big appendable segment and merges small immutable ones.
 fn maintain(inner: &Inner) -> Result<()> {
-    // A seal that failed earlier left a frozen segment: finish it first.
-    let frozen: Vec<Arc<Sealed>> = inner.segs.read().sealed.iter().filter(|s| s.table().is_none()).cloned().collect();
+    // A seal that failed earlier left a frozen segment (or a table without
+    // its side-car): finish it first.
+    let frozen: Vec<Arc<Sealed>> = inner.segs.read().sealed.iter().filter(|s| s.listable().is_none()).cloned().collect();
     let mut changed = !frozen.is_empty();
     for f in frozen {
         write_frozen(inner, &f)?;
@@ -173,39 +178,56 @@ fn maintain(inner: &Inner) -> Result<()> {
 /// on) and turns it into an immutable table.
 pub fn seal(inner: &Inner) -> Result<()> {
     inner.opts.steps.at(Step::Seal);
+    // The fresh segment's files (log and first state file, fsynced) are
+    // created outside the write lock, so writers do not wait for them.
+    let (ident, start) = {
+        let mut s = inner.segs.write();
+        s.next_id += 1;
+        (s.ident(s.next_id - 1), s.applied)
+    };
+    let mut fresh = Appendable::create(&inner.fs, &inner.seg_dir, ident, start)?;
     let frozen = {
         let mut s = inner.segs.write();
-        let id = s.next_id;
-        let fresh = Appendable::create(&inner.fs, &inner.seg_dir, id, s.applied)?;
-        s.next_id += 1;
+        // Empty, it is persisted up to any version; the next pass records
+        // the version of the swap in its state file.
+        fresh.finish(s.applied);
         let old = std::mem::replace(&mut s.appendable, fresh);
         // Its data is durable only up to its log's persisted version
         // until the table is written; `dirty()` says so to F5.
-        let f = Arc::new(Sealed::new(&inner.seg_dir, old.id, Data::Frozen(Arc::new(old.map)), old.log.persisted()));
+        let f = Arc::new(Sealed::new(&inner.seg_dir, s.ident(old.id), Data::Frozen(Arc::new(old.map)), old.log.persisted()));
         s.sealed.push(f.clone());
         f
     };
     write_frozen(inner, &frozen)
 }
 
+/// Turns a frozen segment into a table, durably: table, side-car, the
+/// manifest naming them, then the old log and state files go.
 fn write_frozen(inner: &Inner, frozen: &Arc<Sealed>) -> Result<()> {
-    let Data::Frozen(map) = &frozen.data else { return Ok(()) };
-    let version = map.values().map(|e| e.version).max().unwrap_or(0);
-    inner.wal_durable(version)?;
-    let path = inner.seg_dir.join(files::name(frozen.id, files::TABLE));
     let steps = &inner.opts.steps;
-    steps.at(Step::TableWrite(frozen.id));
-    let t = table::write(&*inner.fs, &path, map.iter().map(|(k, e)| Ok((k.as_slice().to_vec(), e.clone()))), &[])?;
-    steps.at(Step::TableSwap(frozen.id));
-    {
-        let mut s = inner.segs.write();
-        let at = s.sealed.iter().position(|x| Arc::ptr_eq(x, frozen)).expect("frozen segment is in the set");
-        // Every version in the map is durable now; deletions made while
-        // the table was written carry over, unsaved.
-        let persisted = version.max(frozen.persisted());
-        s.sealed[at] = Arc::new(frozen.with_data(Data::Table(t), persisted));
-    }
-    // The table holds everything the log did.
+    let table = match &frozen.data {
+        Data::Table(_) => frozen.clone(), // its side-car failed last time
+        Data::Frozen(map) => {
+            let version = map.values().map(|e| e.version).max().unwrap_or(0);
+            inner.wal_durable(version)?;
+            let path = inner.seg_dir.join(files::name(frozen.id, files::TABLE));
+            steps.at(Step::TableWrite(frozen.id));
+            let t = table::write(&*inner.fs, &path, map.iter().map(|(k, e)| Ok((k.as_slice().to_vec(), e.clone()))), &[], frozen.ident)?;
+            steps.at(Step::TableSwap(frozen.id));
+            let mut s = inner.segs.write();
+            let at = s.sealed.iter().position(|x| Arc::ptr_eq(x, frozen)).expect("frozen segment is in the set");
+            // Every version in the map is durable now; deletions made while
+            // the table was written carry over, unsaved.
+            s.sealed[at] = Arc::new(frozen.with_data(Data::Table(t), version.max(frozen.persisted())));
+            s.sealed[at].clone()
+        }
+    };
+    // No pass runs on this thread before the side-car is written, and the
+    // manifest lists the table only then.
+    table.write_side_car(&*inner.fs, steps)?;
+    // The table holds everything the log did: once the manifest says so,
+    // the log goes.
+    inner.sync_manifest()?;
     steps.at(Step::RemoveReplaced(frozen.id));
     for ext in [files::LOG, files::STATE] {
         files::remove(&*inner.fs, &inner.seg_dir.join(files::name(frozen.id, ext)))?;
@@ -228,7 +250,7 @@ fn release_freed_memory() {
 /// cannot grow side-cars and tables without bound).
 fn merge_candidates(inner: &Inner) -> Option<Vec<u64>> {
     let s = inner.segs.read();
-    let tables: Vec<&Arc<Sealed>> = s.sealed.iter().filter(|x| x.table().is_some()).collect();
+    let tables: Vec<&Arc<Sealed>> = s.sealed.iter().filter(|x| x.listable().is_some()).collect();
     if let Some(worn) = tables.iter().find(|x| x.deleted_count() as u64 * 2 > x.len().max(1)) {
         return Some(vec![worn.id]);
     }
@@ -264,15 +286,17 @@ pub fn merge(inner: &Inner, ids: &[u64]) -> Result<()> {
     };
     let path = inner.seg_dir.join(files::name(id, files::TABLE));
     let sources = inputs.iter().map(|x| x.live_from(b"", bound).peekable()).collect();
+    let ident = inner.segs.read().ident(id);
     steps.at(Step::TableWrite(id));
-    let t = table::write(&*inner.fs, &path, MergeIter { sources }, ids)?;
+    let t = table::write(&*inner.fs, &path, MergeIter { sources }, ids, ident)?;
     steps.at(Step::TableSwap(id));
+    // Deletions after `bound` are carried over unsaved: the merged
+    // side-car holds none of them, so it is complete only up to `bound`.
+    let persisted = inputs.iter().map(|x| x.persisted()).min().unwrap_or(0).min(bound);
+    let merged = Sealed::new(&inner.seg_dir, ident, Data::Table(t), persisted);
+    merged.write_side_car(&*inner.fs, steps)?;
     {
         let mut s = inner.segs.write();
-        // Deletions after `bound` are carried over unsaved: the merged
-        // side-car holds nothing yet, so it is complete only up to `bound`.
-        let persisted = inputs.iter().map(|x| x.persisted()).min().unwrap_or(0).min(bound);
-        let merged = Sealed::new(&inner.seg_dir, id, Data::Table(t), persisted);
         for x in &inputs {
             for (k, v) in x.deletions_after(bound) {
                 merged.mark_deleted(&k, v);
@@ -283,6 +307,7 @@ pub fn merge(inner: &Inner, ids: &[u64]) -> Result<()> {
         let at = at.min(s.sealed.len());
         s.sealed.insert(at, Arc::new(merged));
     }
+    inner.sync_manifest()?;
     steps.at(Step::RemoveReplaced(id));
     for x in &inputs {
         x.remove_files(&*inner.fs, &inner.seg_dir)?;

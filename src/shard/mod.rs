@@ -10,7 +10,8 @@
 mod appendable;
 mod bloom;
 mod entry;
-mod files;
+pub(crate) mod files;
+mod manifest;
 mod flush;
 mod key;
 mod op;
@@ -22,6 +23,7 @@ mod table;
 
 pub use entry::{decode_list, encode_list, split_item, Entry, Kind, Value};
 pub use op::{Op, MAX_KEY_SIZE, MAX_VALUE_SIZE};
+pub use recovery::RecoveryReport;
 pub use steps::{Step, StepHook, Steps};
 
 use crate::error::{Error, Result};
@@ -61,6 +63,12 @@ pub struct Options {
     /// many run boundaries.
     #[doc(hidden)]
     pub replay_run_bytes: usize,
+    /// Salvage open: missing or damaged segment files and a WAL that no
+    /// longer reaches the segments are reported (`Shard::recovery_report`)
+    /// instead of failing the open with CORRUPTION; the shard opens with
+    /// what is left, and its first flush makes that the new state. Never
+    /// the default.
+    pub salvage: bool,
     /// Test-only: a hook at every step of the background work
     /// (`steps.rs`): deterministic schedules, crashes at step k.
     #[doc(hidden)]
@@ -78,6 +86,7 @@ impl Default for Options {
             #[cfg(feature = "unordered-flush")]
             unordered_flush_seed: None,
             replay_run_bytes: 64 << 20,
+            salvage: false,
             steps: Steps::default(),
         }
     }
@@ -126,6 +135,10 @@ pub(crate) struct Inner {
     /// The last error of a background step (flush, seal, merge).
     last_error: Mutex<Option<Error>>,
     flusher: Mutex<Option<(Sender<Request>, JoinHandle<()>)>>,
+    /// The manifest on disk (manifest.rs).
+    manifest: manifest::Written,
+    /// What the open found (moved-aside files; losses of a salvage open).
+    report: RecoveryReport,
 }
 
 impl Inner {
@@ -140,6 +153,13 @@ impl Inner {
     /// durable in the WAL before segment data of that version is written.
     fn wal_durable(&self, version: u64) -> Result<()> {
         self.with_wal(|w| w.wait_durable(version))
+    }
+
+    /// Writes the manifest if the segment set changed since it was last
+    /// written (manifest.rs: before the WAL is acked, before a file it no
+    /// longer lists is removed).
+    fn sync_manifest(&self) -> Result<()> {
+        self.manifest.sync(&*self.fs, &self.seg_dir, &self.segs, &self.opts.steps)
     }
 
     fn poison(&self, e: Error) {
@@ -207,13 +227,29 @@ impl Shard {
 
     fn open_on(fs: Arc<dyn FileSystem>, dir: &Path, opts: Options, wal: Wal) -> Result<Shard> {
         let seg_dir = dir.join("segments");
-        let mut segs = recovery::load(&fs, &seg_dir)?;
-        let stored = segs.max_version();
         let last = wal.last_seq();
+        let mut report = RecoveryReport::default();
+        let loaded = recovery::load(&fs, &seg_dir, last > 0, opts.salvage, &mut report)?;
+        let mut segs = loaded.segs;
+        let stored = segs.max_version();
         if stored > last {
             return Err(Error::corruption(format!(
                 "segments hold version {stored} but the WAL ends at {last}: the WAL was lost or replaced"
             )));
+        }
+        // Every version the WAL was acknowledged past is in a segment
+        // file: a WAL that starts later lost records no file holds.
+        let first = wal.first_seq();
+        if first > loaded.proven + 1 {
+            let (a, b) = (loaded.proven + 1, first - 1);
+            if !opts.salvage {
+                return Err(Error::corruption(format!(
+                    "{}: the WAL starts at {first} but the segment files hold versions only up to {}: versions {a}..={b} are lost (a segment file is missing or was replaced)",
+                    dir.display(),
+                    loaded.proven
+                )));
+            }
+            report.lost_versions = Some((a, b));
         }
         // Everything before the first operation replay had to apply is in
         // the segments already: that is the persisted version to start from
@@ -230,6 +266,8 @@ impl Shard {
             poison: Mutex::new(None),
             last_error: Mutex::new(None),
             flusher: Mutex::new(None),
+            manifest: manifest::Written(Mutex::new(loaded.manifest)),
+            report,
             opts,
         });
         let (tx, rx) = crossbeam_channel::unbounded();
@@ -399,6 +437,12 @@ impl Shard {
             result = result.and(closed);
         }
         result
+    }
+
+    /// What the open found: files moved aside (any open) and, in a
+    /// salvage open, the files and versions that are lost.
+    pub fn recovery_report(&self) -> &RecoveryReport {
+        &self.inner.report
     }
 
     pub fn is_closed(&self) -> bool {

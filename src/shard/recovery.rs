@@ -1,89 +1,254 @@
-//! Opening a shard after any crash (F6): `load` finishes or undoes what a
-//! seal or a merge left half-done, drops what was never made durable and
-//! loads the rest; `replay_wal` then replays the WAL through the version
+//! Opening a shard after any crash (F6): `load` checks the files the
+//! manifest lists, finishes or undoes what a seal or a merge left
+//! half-done, drops what was never made durable and loads the rest;
+//! `replay_wal` then replays the WAL through the version
 //! gate (`Segments::replay` applies one operation).
 
 use super::appendable::Appendable;
-use super::files;
+use super::files::{self, Ident};
 use super::key::prefix;
+use super::manifest::{self, Listed, Manifest};
 use super::op::OpRef;
 use super::sealed::Sealed;
 use super::segments::Segments;
+use super::steps::Steps;
 use super::table::{self, Table};
 use crate::error::{Error, Result};
-use crate::status::KEEL_STATUS_PANIC;
+use crate::status::{KEEL_STATUS_CORRUPTION, KEEL_STATUS_PANIC};
 use crate::fs::FileSystem;
 use crate::wal::{ReadUpto, Reader, Wal};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::Arc;
 
-pub fn load(fs: &Arc<dyn FileSystem>, dir: &Path) -> Result<Segments> {
-    let remove = |name: &str| files::remove(&**fs, &dir.join(name));
-    fs.create_dir_all(dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
-    if let Some(parent) = dir.parent() {
-        files::sync_dir(&**fs, parent)?; // the segments directory's own entry
-    }
-    let mut ids: BTreeMap<u64, BTreeSet<String>> = BTreeMap::new();
-    let names = fs.list(dir).map_err(|e| Error::io(format!("listing {}", dir.display()), e))?;
-    for name in names {
-        if files::is_temporary(&name) {
-            // A table or state file whose rename never happened.
-            remove(&name)?;
-        } else if let Some((id, ext)) = files::parse(&name) {
-            ids.entry(id).or_default().insert(ext.to_string());
-        }
-    }
-    let next_id = ids.keys().next_back().map_or(1, |id| id + 1);
+/// What an open found: in a normal open only the files it moved aside;
+/// in a salvage open also what is gone. `Shard::recovery_report` returns
+/// it; its text form is one line per finding.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RecoveryReport {
+    /// Listed files that were missing or damaged, each with why and what
+    /// it held (salvage open only: a normal open fails instead).
+    pub lost: Vec<String>,
+    /// Versions proven lost: acknowledged out of the WAL but in no segment
+    /// file left (salvage open only).
+    pub lost_versions: Option<(u64, u64)>,
+    /// Files the manifest does not list, moved (not deleted) into
+    /// `moved_to` under the segments directory.
+    pub moved_aside: Vec<String>,
+    pub moved_to: Option<String>,
+}
 
-    // Tables first: a merged table names the segments it replaced, whose
-    // files may have outlived it in a crash.
+impl RecoveryReport {
+    pub fn is_empty(&self) -> bool {
+        *self == RecoveryReport::default()
+    }
+}
+
+impl std::fmt::Display for RecoveryReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for l in &self.lost {
+            writeln!(f, "lost: {l}")?;
+        }
+        if let Some((a, b)) = self.lost_versions {
+            writeln!(f, "lost versions: {a}..={b} (acknowledged out of the WAL, in no segment file left)")?;
+        }
+        for m in &self.moved_aside {
+            writeln!(f, "moved aside: {m} -> segments/{}/{m}", self.moved_to.as_deref().unwrap_or(""))?;
+        }
+        Ok(())
+    }
+}
+
+/// What `load` returns: the segments, the manifest now on disk and the
+/// highest version the segment files prove persisted (every version the
+/// WAL may have been acknowledged past).
+pub struct Loaded {
+    pub segs: Segments,
+    pub manifest: Manifest,
+    pub proven: u64,
+}
+
+/// Opens the segments of `dir` as its manifest lists them (F6, manifest.rs):
+/// checks every listed file (present, right size and identity), finishes
+/// or undoes what a seal or a merge left half-done, moves unlisted files
+/// aside and seals logs that were being sealed. `wal_has_records`: the
+/// shard's WAL is not empty (then a missing manifest is damage, not a new
+/// shard). With `salvage`, missing or damaged files are reported in
+/// `report` and left out instead of failing the open.
+pub fn load(fs: &Arc<dyn FileSystem>, dir: &Path, wal_has_records: bool, salvage: bool, report: &mut RecoveryReport) -> Result<Loaded> {
+    let fsr = &**fs;
+    let aside = format!(
+        "{}{}",
+        files::UNLISTED_PREFIX,
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+    );
+    let move_aside = |name: &str, report: &mut RecoveryReport| -> Result<()> {
+        files::move_aside(fsr, dir, &aside, name)?;
+        report.moved_aside.push(name.to_string());
+        report.moved_to = Some(aside.clone());
+        Ok(())
+    };
+    // A lost file is CORRUPTION, or in a salvage open a line of the report.
+    let lose = |e: Error, held: String, report: &mut RecoveryReport| -> Result<()> {
+        if !salvage || e.status != KEEL_STATUS_CORRUPTION {
+            return Err(e);
+        }
+        report.lost.push(format!("{}{held}", e.message));
+        Ok(())
+    };
+    let exists = fsr.exists(dir).map_err(|e| Error::io(format!("looking for {}", dir.display()), e))?;
+    let list = || fsr.list(dir).map_err(|e| Error::io(format!("listing {}", dir.display()), e));
+    let names = if exists { list()? } else { Vec::new() };
+    let read = match exists.then(|| Manifest::read(fsr, dir)).transpose() {
+        Err(e) if salvage && e.status == KEEL_STATUS_CORRUPTION => {
+            report.lost.push(e.message);
+            move_aside(manifest::NAME, report)?;
+            None
+        }
+        other => other?.flatten(),
+    };
+    let on_disk = match read {
+        Some(m) => m,
+        None => {
+            let segment_files: Vec<&String> = names.iter().filter(|n| files::parse(n).is_some()).collect();
+            if !segment_files.is_empty() || wal_has_records {
+                let what = match (segment_files.len(), wal_has_records) {
+                    (0, _) => "the WAL holds records".to_string(),
+                    (n, false) => format!("{n} segment files exist"),
+                    (n, true) => format!("{n} segment files exist and the WAL holds records"),
+                };
+                let e = Error::corruption(format!(
+                    "{}: missing while {what} (the list of the shard's files is lost, or an older keel without manifests wrote the shard)",
+                    manifest::path(dir).display()
+                ));
+                lose(e, "; every segment file is moved aside and the shard holds what its WAL still has".into(), report)?;
+                for n in segment_files {
+                    move_aside(n, report)?;
+                }
+            }
+            fsr.create_dir_all(dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+            if let Some(parent) = dir.parent() {
+                files::sync_dir(fsr, parent)?; // the segments directory's own entry
+            }
+            let m = Manifest { shard: manifest::new_shard_id(), next_id: 1, segments: Vec::new() };
+            m.write(fsr, dir)?;
+            m
+        }
+    };
+    let ident = |segment| Ident { shard: on_disk.shard, segment };
+    let mut damaged = BTreeSet::new();
+    let mut proven = 0;
+
+    // Listed tables (their replaced lists explain a merge's leftovers) and
+    // logs; nothing is removed or written until all of them are checked.
     let mut tables = BTreeMap::new();
-    for (&id, exts) in &ids {
-        if exts.contains(files::TABLE) {
-            tables.insert(id, Table::open(&**fs, &dir.join(files::name(id, files::TABLE)))?);
+    let mut logs = BTreeMap::new();
+    for l in &on_disk.segments {
+        match *l {
+            Listed::Table { id, size, max_version, footer_crc } => {
+                match open_table(fsr, dir, ident(id), size, footer_crc).and_then(|t| Sealed::load(fsr, dir, ident(id), t, true)) {
+                    Ok(s) => {
+                        proven = proven.max(s.persisted());
+                        tables.insert(id, s);
+                    }
+                    Err(e) => {
+                        lose(e, format!(" (segment {id}: versions up to {max_version})"), report)?;
+                        damaged.insert(id);
+                    }
+                }
+            }
+            Listed::Log { id } => match Appendable::load(fs, dir, ident(id)) {
+                Ok(a) => {
+                    proven = proven.max(a.log.persisted());
+                    logs.insert(id, a);
+                }
+                Err(e) => {
+                    lose(e, format!(" (segment {id}: an appendable segment)"), report)?;
+                    damaged.insert(id);
+                }
+            },
         }
     }
-    let replaced: BTreeSet<u64> = tables.values().flat_map(|t| t.replaced.iter().copied()).collect();
-    for id in &replaced {
-        tables.remove(id);
-        for ext in [files::TABLE, files::DELETIONS, files::LOG, files::STATE] {
-            remove(&files::name(*id, ext))?;
-        }
-    }
-    // A table with a log of the same id: the seal finished, the log is spare.
-    let mut logs = Vec::new();
-    for (&id, exts) in &ids {
-        if replaced.contains(&id) {
+    let replaced: BTreeSet<u64> = tables.values().filter_map(|s| s.table()).flat_map(|t| t.replaced.iter().copied()).collect();
+    let listed: BTreeMap<u64, &Listed> = on_disk.segments.iter().map(|l| (l.id(), l)).collect();
+    for name in if exists { list()? } else { Vec::new() } {
+        if name == manifest::NAME || name.starts_with(files::UNLISTED_PREFIX) {
             continue;
         }
-        if tables.contains_key(&id) {
-            remove(&files::name(id, files::LOG))?;
-            remove(&files::name(id, files::STATE))?;
-        } else if exts.contains(files::LOG) || exts.contains(files::STATE) {
-            logs.push(id);
+        if files::is_temporary(&name) {
+            files::remove(fsr, &dir.join(&name))?; // a rename that never happened
+            continue;
+        }
+        let Some((id, ext)) = files::parse(&name) else {
+            move_aside(&name, report)?;
+            continue;
+        };
+        let (is_listed, leftover) = match listed.get(&id) {
+            Some(Listed::Table { .. }) => ([files::TABLE, files::DELETIONS].contains(&ext), [files::LOG, files::STATE].contains(&ext)),
+            Some(Listed::Log { .. }) => ([files::LOG, files::STATE, files::DELETIONS].contains(&ext), ext == files::TABLE),
+            None => (false, id >= on_disk.next_id || replaced.contains(&id)),
+        };
+        if is_listed && !damaged.contains(&id) {
+            continue;
+        }
+        // A salvage open deletes nothing it could be wrong about.
+        if leftover && !salvage {
+            files::remove(fsr, &dir.join(&name))?;
+        } else {
+            move_aside(&name, report)?;
         }
     }
+
     // The newest log is the appendable segment; older ones were being
     // sealed when the process stopped: seal them now.
-    let appendable_id = logs.pop();
-    for id in logs {
-        let a = Appendable::load(fs, dir, id)?;
-        let t = table::write(&**fs, &dir.join(files::name(id, files::TABLE)), a.map.into_iter().map(|(k, e)| Ok((k.as_slice().to_vec(), e))), &[])?;
-        a.log.remove_files()?;
-        tables.insert(id, t);
+    let newest = on_disk.segments.iter().filter(|l| matches!(l, Listed::Log { .. })).map(Listed::id).max();
+    let appendable = newest.and_then(|id| logs.remove(&id));
+    let mut sealed_now = Vec::new();
+    for (id, a) in logs {
+        let t = table::write(fsr, &dir.join(files::name(id, files::TABLE)), a.map.into_iter().map(|(k, e)| Ok((k.as_slice().to_vec(), e))), &[], ident(id))?;
+        // Deletions its frozen form saved, if any (the WAL has them all).
+        let s = Sealed::load(fsr, dir, ident(id), t, false)?;
+        s.write_side_car(fsr, &Steps::default())?; // at open: no background work yet
+        tables.insert(id, s);
+        sealed_now.push(a.log);
     }
-    let mut sealed = Vec::new();
-    for (id, t) in tables {
-        sealed.push(Arc::new(Sealed::load(&**fs, dir, id, t)?));
-    }
-    let appendable = match appendable_id {
-        Some(id) => Appendable::load(fs, dir, id)?,
-        None => Appendable::create(fs, dir, next_id, 0)?,
+    let mut next_id = on_disk.next_id;
+    let appendable = match appendable {
+        Some(a) => a,
+        None => {
+            next_id += 1;
+            Appendable::create(fs, dir, ident(next_id - 1), proven)?
+        }
     };
-    files::sync_dir(&**fs, dir)?;
-    let next_id = next_id.max(appendable.id + 1);
-    Ok(Segments { appendable, sealed, applied: 0, next_id })
+    let segs = Segments { shard: on_disk.shard, appendable, sealed: tables.into_values().map(Arc::new).collect(), applied: 0, next_id };
+    // New files are durable; the manifest naming them goes next, and only
+    // then are the files it no longer lists removed.
+    let now = Manifest::of(&segs);
+    if now != on_disk {
+        now.write(fsr, dir)?;
+    }
+    for log in sealed_now {
+        log.remove_files()?;
+    }
+    files::sync_dir(fsr, dir)?;
+    Ok(Loaded { segs, manifest: now, proven })
+}
+
+/// Opens a listed table and checks it is the one the manifest lists.
+fn open_table(fs: &dyn FileSystem, dir: &Path, ident: Ident, size: u64, footer_crc: u32) -> Result<Table> {
+    let path = dir.join(files::name(ident.segment, files::TABLE));
+    if !fs.exists(&path).map_err(|e| Error::io(format!("looking for {}", path.display()), e))? {
+        return Err(Error::corruption(format!("{}: missing", path.display())));
+    }
+    let t = Table::open(fs, &path)?;
+    ident.check(t.ident, &path)?;
+    if t.size() as u64 != size {
+        return Err(Error::corruption(format!("{}: {} bytes, the manifest lists {size} (cut short or replaced)", path.display(), t.size())));
+    }
+    if t.footer_crc != footer_crc {
+        return Err(Error::corruption(format!("{}: not the table the manifest lists (footer checksum differs)", path.display())));
+    }
+    Ok(t)
 }
 
 /// A run of WAL records, copied out of the log and sorted (see `replay_wal`).

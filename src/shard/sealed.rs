@@ -1,10 +1,12 @@
 //! An immutable segment: its data (a table file, or the frozen map of an
 //! appendable segment while its table is being written) plus the deletion
-//! side-car `seg-<id>.del`, the only part that changes.
+//! side-car `seg-<id>.del`, the only part that changes. The side-car is
+//! written when the table is (so a listed table without one is damage)
+//! and starts with the segment's identity.
 
 use super::bloom::Probe;
 use super::entry::Entry;
-use super::files::{self, Cursor};
+use super::files::{self, Cursor, Ident};
 use super::key::Key;
 use super::steps::{Step, Steps};
 use super::table::Table;
@@ -14,9 +16,10 @@ use parking_lot::Mutex;
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-const DEL_MAGIC: u64 = 0x314c_4544_4c45_454b; // "KEELDEL1"
+const DEL_MAGIC: u64 = 0x324c_4544_4c45_454b; // "KEELDEL2"
 
 pub enum Data {
     /// A sealed appendable segment whose table is being written.
@@ -36,36 +39,50 @@ struct Deletions {
 
 pub struct Sealed {
     pub id: u64,
+    pub ident: Ident,
     pub data: Data,
     /// Versions up to this are durable in the data: everything for a
     /// table; for a frozen map, what its old data log had persisted.
     data_persisted: u64,
     del_path: PathBuf,
     deletions: Mutex<Deletions>,
+    /// The side-car file exists (the manifest lists a table only then).
+    side_car: AtomicBool,
 }
 
 impl Sealed {
-    pub fn new(dir: &Path, id: u64, data: Data, persisted: u64) -> Sealed {
+    pub fn new(dir: &Path, ident: Ident, data: Data, persisted: u64) -> Sealed {
         let data_persisted = match data {
             Data::Table(_) => u64::MAX,
             Data::Frozen(_) => persisted,
         };
+        let id = ident.segment;
         Sealed {
             id,
+            ident,
             data,
             data_persisted,
             del_path: dir.join(files::name(id, files::DELETIONS)),
             deletions: Mutex::new(Deletions { keys: HashMap::new(), saved_upto: persisted, max_version: 0 }),
+            side_car: AtomicBool::new(false),
         }
     }
 
-    /// Opens a table segment with its side-car, if any.
-    pub fn load(fs: &dyn FileSystem, dir: &Path, id: u64, table: Table) -> Result<Sealed> {
+    /// Opens a table segment with its side-car. A missing side-car is
+    /// CORRUPTION when `required` (a listed table; only a segment sealed
+    /// at open may have none: its deletions are all still in the WAL).
+    pub fn load(fs: &dyn FileSystem, dir: &Path, ident: Ident, table: Table, required: bool) -> Result<Sealed> {
         let persisted = table.max_version;
-        let s = Sealed::new(dir, id, Data::Table(table), persisted);
-        if let Some(bytes) = files::read_all(fs, &s.del_path)? {
-            {
+        let s = Sealed::new(dir, ident, Data::Table(table), persisted);
+        match files::read_all(fs, &s.del_path)? {
+            None if required => {
+                return Err(crate::error::Error::corruption(format!("{}: missing", s.del_path.display())));
+            }
+            None => {}
+            Some(bytes) => {
                 let mut c = Cursor { bytes: files::open_small(DEL_MAGIC, &bytes, &s.del_path)? };
+                ident.check(Ident::decode(&mut c)?, &s.del_path)?;
+                s.side_car.store(true, Ordering::Release);
                 let mut d = s.deletions.lock();
                 d.saved_upto = d.saved_upto.max(c.u64()?);
                 while !c.bytes.is_empty() {
@@ -85,6 +102,7 @@ impl Sealed {
         let d = self.deletions.lock();
         Sealed {
             id: self.id,
+            ident: self.ident,
             data_persisted: match data {
                 Data::Table(_) => u64::MAX,
                 Data::Frozen(_) => self.data_persisted,
@@ -96,6 +114,7 @@ impl Sealed {
                 saved_upto: d.saved_upto.max(persisted),
                 max_version: d.max_version,
             }),
+            side_car: AtomicBool::new(false),
         }
     }
 
@@ -199,21 +218,47 @@ impl Sealed {
                 d.saved_upto = saved.max(bound);
                 return Ok(());
             }
-            let mut body = Vec::new();
-            body.extend_from_slice(&bound.to_le_bytes());
-            let mut saved: Vec<(&Vec<u8>, &u64)> = d.keys.iter().filter(|(_, &v)| v <= bound).collect();
-            saved.sort_unstable();
-            for (k, &v) in saved {
-                files::put_bytes(&mut body, k);
-                body.extend_from_slice(&v.to_le_bytes());
-            }
-            body
+            self.side_car(&d, bound)
         };
         steps.at(Step::SideCar(self.id));
-        files::replace(fs, &self.del_path, &files::seal_small(DEL_MAGIC, &body))?;
+        files::replace(fs, &self.del_path, &body)?;
+        self.side_car.store(true, Ordering::Release);
         let mut d = self.deletions.lock();
         d.saved_upto = d.saved_upto.max(bound);
         Ok(())
+    }
+
+    /// Writes the side-car with the deletions saved so far: when a table
+    /// is created, before the manifest lists it.
+    pub fn write_side_car(&self, fs: &dyn FileSystem, steps: &Steps) -> Result<()> {
+        let body = {
+            let d = self.deletions.lock();
+            self.side_car(&d, d.saved_upto)
+        };
+        steps.at(Step::SideCar(self.id));
+        files::replace(fs, &self.del_path, &body)?;
+        self.side_car.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    /// A table with its side-car written: what the manifest may list as
+    /// an immutable segment (until then its log files stay the truth).
+    pub fn listable(&self) -> Option<&Table> {
+        self.table().filter(|_| self.side_car.load(Ordering::Acquire))
+    }
+
+    /// The side-car file holding every deletion <= `bound`.
+    fn side_car(&self, d: &Deletions, bound: u64) -> Vec<u8> {
+        let mut body = Vec::new();
+        self.ident.encode(&mut body);
+        body.extend_from_slice(&bound.to_le_bytes());
+        let mut saved: Vec<(&Vec<u8>, &u64)> = d.keys.iter().filter(|(_, &v)| v <= bound).collect();
+        saved.sort_unstable();
+        for (k, &v) in saved {
+            files::put_bytes(&mut body, k);
+            body.extend_from_slice(&v.to_le_bytes());
+        }
+        files::seal_small(DEL_MAGIC, &body)
     }
 
     /// Entries with key >= `start` in key order, without those deleted at
@@ -249,7 +294,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("keel-sealed-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let fs = crate::fs::StdFs::direct();
-        let frozen = Sealed::new(&dir, 7, Data::Frozen(Arc::new(BTreeMap::new())), 5);
+        let frozen = Sealed::new(&dir, Ident { shard: 1, segment: 7 }, Data::Frozen(Arc::new(BTreeMap::new())), 5);
         frozen.mark_deleted(b"k", 50);
         frozen.flush(&fs, &Steps::default(), 100).unwrap(); // the side-car reaches 100...
         assert_eq!(frozen.persisted(), 5); // ...the data does not

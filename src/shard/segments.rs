@@ -20,6 +20,8 @@ use std::ops::Bound;
 use std::sync::Arc;
 
 pub struct Segments {
+    /// The shard's identity (manifest.rs), carried by every segment file.
+    pub shard: u128,
     pub appendable: Appendable,
     /// Immutable segments, oldest first.
     pub sealed: Vec<Arc<Sealed>>,
@@ -166,6 +168,11 @@ impl Segments {
             },
         }
         Ok(())
+    }
+
+    /// The identity of segment `id` of this shard.
+    pub fn ident(&self, segment: u64) -> super::files::Ident {
+        super::files::Ident { shard: self.shard, segment }
     }
 
     pub fn max_version(&self) -> u64 {

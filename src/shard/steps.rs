@@ -42,6 +42,8 @@ pub enum Step {
     RemoveReplaced(u64),
     /// A merge is about to start.
     Merge,
+    /// The manifest (the list of live segment files) is about to be replaced.
+    Manifest,
 }
 
 /// Receives every step of a shard's background work, on the thread that

@@ -11,6 +11,7 @@
 //! replaced : [u64 segment id]*
 //! footer   : [u64 magic][u32 format][u32 0][u64 index_off][u64 filter_off]
 //!            [u64 replaced_off][u64 count][u64 max_version]
+//!            [u128 shard id][u64 segment id]
 //!            [u32 crc32 of index..replaced][u32 crc32 of the footer so far]
 //! ```
 //! The file is mapped read-only; only the sparse index is decoded into
@@ -20,16 +21,17 @@
 
 use super::bloom::{self, Probe};
 use super::entry::{decode_list, encode_list, Entry, Value};
-use super::files::{self, Cursor};
+use super::files::{self, Cursor, Ident};
 use super::key::prefix;
 use crate::error::{Error, Result};
 use crate::fs::{File, FileSystem, ReadMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU8, Ordering};
 
-const MAGIC: u64 = 0x314c_4254_4c45_454b; // "KEELTBL1"
-const FORMAT: u32 = 1;
-const FOOTER: usize = 64;
+const MAGIC: u64 = 0x324c_4254_4c45_454b; // "KEELTBL2"
+/// Format 2 added the identity (files::Ident) to the footer.
+const FORMAT: u32 = 2;
+const FOOTER: usize = 88;
 const BLOCK_TARGET: usize = 4096;
 const KIND_VALUE: u8 = 1;
 const KIND_POSTING: u8 = 2;
@@ -130,6 +132,10 @@ pub struct Table {
     pub replaced: Vec<u64>,
     pub count: u64,
     pub max_version: u64,
+    pub ident: Ident,
+    /// The footer's own checksum: the manifest records it, so a different
+    /// table under the same name is caught from the footer alone.
+    pub footer_crc: u32,
     /// One bit per block: its checksum was verified.
     verified: Vec<AtomicU8>,
 }
@@ -177,6 +183,7 @@ pub fn write(
     path: &Path,
     entries: impl Iterator<Item = Result<(Vec<u8>, Entry)>>,
     replaced: &[u64],
+    ident: Ident,
 ) -> Result<Table> {
     let tmp = files::tmp_path(path);
     let io = |e| Error::io(format!("writing {}", tmp.display()), e);
@@ -240,6 +247,7 @@ pub fn write(
     for v in [offset as u64, filter_off as u64, replaced_off as u64, hashes.len() as u64, max_version] {
         footer.extend_from_slice(&v.to_le_bytes());
     }
+    ident.encode(&mut footer);
     footer.extend_from_slice(&crc32fast::hash(&meta).to_le_bytes());
     footer.extend_from_slice(&crc32fast::hash(&footer).to_le_bytes());
     w.write(&meta).map_err(io)?;
@@ -272,9 +280,10 @@ impl Table {
         c.u32()?;
         let (index_off, filter_off, replaced_off) = (c.u64()? as usize, c.u64()? as usize, c.u64()? as usize);
         let (count, max_version) = (c.u64()?, c.u64()?);
+        let ident = Ident::decode(&mut c)?;
         let (meta_crc, footer_crc) = (c.u32()?, c.u32()?);
         if magic != MAGIC || crc32fast::hash(&f[..FOOTER - 4]) != footer_crc {
-            return Err(bad("footer damaged or not a keel table"));
+            return Err(bad("footer damaged or not a keel table (format 1 tables, written before the manifest, are not read)"));
         }
         if format != FORMAT {
             return Err(bad(&format!("table format {format} is not supported")));
@@ -303,7 +312,18 @@ impl Table {
         }
         let replaced = bytes[replaced_off..meta_end].chunks(8).map(|c| u64::from_le_bytes(c.try_into().unwrap())).collect();
         let verified = (0..index.len().div_ceil(8)).map(|_| AtomicU8::new(0)).collect();
-        Ok(Table { path: path.to_path_buf(), index, filter: (filter_off, replaced_off), replaced, count, max_version, map, verified })
+        Ok(Table {
+            path: path.to_path_buf(),
+            index,
+            filter: (filter_off, replaced_off),
+            replaced,
+            count,
+            max_version,
+            ident,
+            footer_crc,
+            map,
+            verified,
+        })
     }
 
     /// Bytes of the file (for merge policy and stats).
@@ -448,7 +468,9 @@ mod tests {
         let path = dir.join("t.sst");
         let all = entries(3000);
         let fs = crate::fs::StdFs::direct();
-        let t = write(&fs, &path, all.clone().into_iter().map(Ok), &[4, 5]).unwrap();
+        let ident = Ident { shard: 9, segment: 3 };
+        let t = write(&fs, &path, all.clone().into_iter().map(Ok), &[4, 5], ident).unwrap();
+        assert_eq!(t.ident, ident);
         assert_eq!((t.count, t.max_version, t.replaced.clone()), (3000, 3000, vec![4, 5]));
         for (k, e) in &all {
             assert_eq!(t.get(&Probe::new(k)).unwrap().as_ref(), Some(e));

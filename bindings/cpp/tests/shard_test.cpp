@@ -206,6 +206,41 @@ TEST(Engine, ShardRegistry) {
   EXPECT_EQ(last_version(six), 0u);
 }
 
+// A missing segment file is Status::Corruption; a salvage open opens the
+// shard and salvage_report() names the file.
+TEST(Engine, MissingSegmentFileIsCorruptionAndSalvageReportsIt) {
+  TempDir tmp;
+  EXPECT_FALSE(small().salvage());  // never the default
+  {
+    Engine engine;
+    Shard shard;
+    ASSERT_NO_FATAL_FAILURE(open_engine(tmp.engine(), small(), engine));
+    ASSERT_NO_FATAL_FAILURE(open_shard(engine, 1, shard));
+    KEEL_ASSERT_OK(shard.put("k", "v"));
+    auto clean = shard.salvage_report();
+    KEEL_ASSERT_OK(clean);
+    EXPECT_EQ(clean.value(), "");
+    KEEL_ASSERT_OK(shard.close());
+    KEEL_ASSERT_OK(engine.close());
+  }
+  const std::string state = "seg-0000000000000001.state";
+  ASSERT_TRUE(std::filesystem::remove(std::filesystem::path(tmp.engine()) / "shards" / "1" / "segments" / state));
+  {
+    Engine engine;
+    ASSERT_NO_FATAL_FAILURE(open_engine(tmp.engine(), small(), engine));
+    expect_error(engine.open_shard(1, false), Status::Corruption);
+    KEEL_ASSERT_OK(engine.close());
+  }
+  Engine engine;
+  Shard shard;
+  ASSERT_NO_FATAL_FAILURE(open_engine(tmp.engine(), small().salvage(true), engine));
+  ASSERT_NO_FATAL_FAILURE(open_shard(engine, 1, shard));
+  expect_value(shard, "k", "v");  // the WAL still held it
+  auto report = shard.salvage_report();
+  KEEL_ASSERT_OK(report);
+  EXPECT_NE(report.value().find(state), std::string::npos) << report.value();
+}
+
 TEST(Engine, OneEnginePerDirectoryAndBadOptions) {
   TempDir tmp;
   Engine first;

@@ -1,0 +1,363 @@
+//! Damage to a shard directory's files (missing, truncated, renamed,
+//! duplicated, swapped, substituted): a normal open fails with CORRUPTION
+//! naming the file, never opens with data silently missing; a salvage
+//! open (`Options::salvage`) opens what is left and reports what is gone.
+//! docs/STORAGE.md has the table of outcomes.
+
+mod common;
+
+use common::TempDir;
+use keel::shard::{Options, Shard, Value};
+use keel::status::*;
+use keel::wal::Durability;
+use std::path::{Path, PathBuf};
+
+fn options() -> Options {
+    Options {
+        durability: Durability::None,
+        wal_segment_size: 64 << 10,
+        flush_interval: None,
+        seal_bytes: 8 << 10,
+        max_sealed: 8,
+        ..Options::default()
+    }
+}
+
+fn seg_dir(dir: &Path) -> PathBuf {
+    dir.join("segments")
+}
+
+/// The segment files of a shard with extension `ext`, in id order.
+fn files(dir: &Path, ext: &str) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(seg_dir(dir))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == ext))
+        .collect();
+    v.sort();
+    v
+}
+
+fn corruption(dir: &Path, opts: Options) -> String {
+    match Shard::open(dir, opts) {
+        Ok(s) => {
+            let n = s.scan(b"", None).unwrap().count();
+            s.close().unwrap();
+            panic!("the damaged shard opened with {n} keys instead of failing with CORRUPTION");
+        }
+        Err(e) => {
+            assert_eq!(e.status, KEEL_STATUS_CORRUPTION, "{e}");
+            e.message
+        }
+    }
+}
+
+fn list(s: &Shard, key: &[u8]) -> usize {
+    match s.get(key).unwrap().map(|e| e.value) {
+        Some(Value::Posting(items)) => items.len(),
+        other => panic!("{other:?}"),
+    }
+}
+
+/// 200 keys sealed into tables and acknowledged out of the WAL (later
+/// writes rotate it past them), then 300 other keys.
+fn shard_with_tables(dir: &Path) {
+    let s = Shard::open(dir, options()).unwrap();
+    for i in 0..200 {
+        s.put(format!("old{i:04}").as_bytes(), &[b'o'; 1000]).unwrap();
+    }
+    s.flush(true).unwrap();
+    for i in 0..300 {
+        s.put(format!("new{i:04}").as_bytes(), &[b'n'; 1000]).unwrap();
+    }
+    s.flush(true).unwrap();
+    s.close().unwrap();
+    let first = Shard::open(dir, options()).unwrap();
+    assert!(first.stats().wal_first_seq > 200, "the WAL no longer holds the first 200 keys: {:?}", first.stats());
+    assert!(first.stats().sealed_segments >= 1);
+    first.close().unwrap();
+}
+
+#[test]
+fn a_deleted_table_is_corruption() {
+    let dir = TempDir::new("corrupt-table");
+    shard_with_tables(dir.path());
+    let tables = files(dir.path(), "sst");
+    std::fs::remove_file(&tables[0]).unwrap();
+    let msg = corruption(dir.path(), options());
+    assert!(msg.contains(tables[0].file_name().unwrap().to_str().unwrap()), "{msg}");
+}
+
+#[test]
+fn a_deleted_segments_directory_is_corruption() {
+    let dir = TempDir::new("corrupt-segdir");
+    let s = Shard::open(dir.path(), options()).unwrap();
+    for i in 0..201 {
+        s.append(b"list", format!("item-{i:04}-{}", "x".repeat(500)).as_bytes()).unwrap();
+    }
+    s.close().unwrap();
+    std::fs::remove_dir_all(seg_dir(dir.path())).unwrap();
+    corruption(dir.path(), options());
+}
+
+/// 30 items persisted in the appendable segment and acknowledged out of
+/// the WAL, 10 more after them.
+fn shard_with_appendable_list(dir: &Path) {
+    let opts = Options { seal_bytes: 1 << 20, ..options() };
+    let s = Shard::open(dir, opts.clone()).unwrap();
+    for i in 0..30 {
+        s.append(b"list", format!("{i:04}{}", "x".repeat(4000)).as_bytes()).unwrap();
+    }
+    s.flush(true).unwrap();
+    for i in 30..40 {
+        s.append(b"list", format!("{i:04}").as_bytes()).unwrap();
+    }
+    assert_eq!(list(&s, b"list"), 40);
+    s.close().unwrap();
+}
+
+#[test]
+fn a_deleted_state_file_is_corruption_and_stays_detected() {
+    let dir = TempDir::new("corrupt-state");
+    shard_with_appendable_list(dir.path());
+    let states = files(dir.path(), "state");
+    assert_eq!(states.len(), 1);
+    std::fs::remove_file(&states[0]).unwrap();
+    let msg = corruption(dir.path(), Options { seal_bytes: 1 << 20, ..options() });
+    assert!(msg.contains(states[0].file_name().unwrap().to_str().unwrap()), "{msg}");
+    // A failed open writes nothing: the damage is still there to see.
+    corruption(dir.path(), Options { seal_bytes: 1 << 20, ..options() });
+}
+
+/// A shard with several tables (with side-cars that hold deletions), an
+/// appendable segment and a WAL that no longer holds the tables' writes.
+fn fixture(dir: &Path, fill: u8) {
+    let s = Shard::open(dir, options()).unwrap();
+    for i in 0..300 {
+        s.put(format!("key{i:04}").as_bytes(), &[fill; 500]).unwrap();
+        if i % 50 == 49 {
+            s.flush(true).unwrap(); // seals, merges
+        }
+    }
+    for i in (0..300).step_by(15) {
+        s.delete(format!("key{i:04}").as_bytes()).unwrap();
+    }
+    for i in 0..20 {
+        s.append(b"list", format!("item{i}-{fill}").as_bytes()).unwrap();
+    }
+    s.flush(true).unwrap();
+    s.close().unwrap();
+    let s = Shard::open(dir, options()).unwrap();
+    assert!(s.stats().wal_first_seq > 1, "{:?}", s.stats());
+    assert!(s.recovery_report().is_empty(), "{}", s.recovery_report());
+    s.close().unwrap();
+    assert!(files(dir, "sst").len() >= 2, "{:?}", files(dir, "sst"));
+    assert!(files(dir, "del").len() >= 2);
+    assert_eq!(files(dir, "state").len(), 1);
+}
+
+fn name(p: &Path) -> String {
+    p.file_name().unwrap().to_string_lossy().into_owned()
+}
+
+fn cut(p: &Path) {
+    let bytes = std::fs::read(p).unwrap();
+    std::fs::write(p, &bytes[..bytes.len() / 2]).unwrap();
+}
+
+fn swap(a: &Path, b: &Path) {
+    let tmp = a.with_extension("swap");
+    std::fs::rename(a, &tmp).unwrap();
+    std::fs::rename(b, a).unwrap();
+    std::fs::rename(&tmp, b).unwrap();
+}
+
+type Damage = fn(&Path, &Path) -> Vec<String>;
+
+/// Each damage gets the shard directory and a second, unrelated shard's
+/// directory, and returns the names of which at least one must appear
+/// in the CORRUPTION message.
+fn damages() -> Vec<(&'static str, Damage)> {
+    vec![
+        ("table missing", |d, _| {
+            let t = &files(d, "sst")[0];
+            std::fs::remove_file(t).unwrap();
+            vec![name(t)]
+        }),
+        ("table cut short", |d, _| {
+            let t = &files(d, "sst")[0];
+            cut(t);
+            vec![name(t)]
+        }),
+        ("table renamed", |d, _| {
+            let t = &files(d, "sst")[0];
+            std::fs::rename(t, t.with_extension("sst.old")).unwrap();
+            vec![name(t)]
+        }),
+        ("two tables swapped", |d, _| {
+            let t = files(d, "sst");
+            swap(&t[0], &t[1]);
+            vec![name(&t[0]), name(&t[1])]
+        }),
+        ("a table duplicated over another", |d, _| {
+            let t = files(d, "sst");
+            std::fs::copy(&t[1], &t[0]).unwrap();
+            vec![name(&t[0])]
+        }),
+        ("a table from another shard", |d, other| {
+            let t = &files(d, "sst")[0];
+            std::fs::copy(&files(other, "sst")[0], t).unwrap();
+            vec![name(t)]
+        }),
+        ("side-car missing", |d, _| {
+            let t = &files(d, "del")[0];
+            std::fs::remove_file(t).unwrap();
+            vec![name(t)]
+        }),
+        ("two side-cars swapped", |d, _| {
+            let t = files(d, "del");
+            swap(&t[0], &t[1]);
+            vec![name(&t[0]), name(&t[1])]
+        }),
+        ("side-car cut short", |d, _| {
+            let t = &files(d, "del")[0];
+            cut(t);
+            vec![name(t)]
+        }),
+        ("state missing", |d, _| {
+            let t = &files(d, "state")[0];
+            std::fs::remove_file(t).unwrap();
+            vec![name(t)]
+        }),
+        ("state from another shard", |d, other| {
+            let t = &files(d, "state")[0];
+            std::fs::copy(&files(other, "state")[0], t).unwrap();
+            vec![name(t)]
+        }),
+        ("log missing", |d, _| {
+            let t = &files(d, "log")[0];
+            std::fs::remove_file(t).unwrap();
+            vec![name(t)]
+        }),
+        ("log cut short", |d, _| {
+            let t = &files(d, "log")[0];
+            cut(t);
+            vec![name(t)]
+        }),
+        ("log from another shard", |d, other| {
+            let t = &files(d, "log")[0];
+            std::fs::copy(&files(other, "log")[0], t).unwrap();
+            vec![name(t)]
+        }),
+        ("log and a table swapped", |d, _| {
+            let (l, t) = (&files(d, "log")[0], &files(d, "sst")[0]);
+            swap(l, t);
+            vec![name(l), name(t)]
+        }),
+        ("manifest missing", |d, _| {
+            std::fs::remove_file(seg_dir(d).join("MANIFEST")).unwrap();
+            vec!["MANIFEST".into()]
+        }),
+        ("manifest cut short", |d, _| {
+            cut(&seg_dir(d).join("MANIFEST"));
+            vec!["MANIFEST".into()]
+        }),
+        ("manifest from another shard", |d, other| {
+            std::fs::copy(seg_dir(other).join("MANIFEST"), seg_dir(d).join("MANIFEST")).unwrap();
+            ["sst", "log", "state", "del"].iter().flat_map(|e| files(d, e)).map(|p| name(&p)).collect()
+        }),
+        ("segments directory missing", |d, _| {
+            std::fs::remove_dir_all(seg_dir(d)).unwrap();
+            vec!["MANIFEST".into()]
+        }),
+        ("segments directory restored from an older copy", |d, _| {
+            // A consistent old state: every file matches the old manifest,
+            // but the WAL starts past what those files hold.
+            let old = d.join("segments-backup");
+            std::fs::remove_dir_all(seg_dir(d)).unwrap();
+            std::fs::rename(old, seg_dir(d)).unwrap();
+            vec!["WAL starts at".into()]
+        }),
+    ]
+}
+
+#[test]
+fn damaged_files_of_every_kind_are_corruption_and_salvage_opens_the_rest() {
+    let other = TempDir::new("corrupt-other");
+    fixture(other.path(), b'w'); // other contents: its files differ from ours
+    for (what, damage) in damages() {
+        let dir = TempDir::new("corrupt-matrix");
+        if what.contains("older copy") {
+            // The backup is taken early; more writes then move the WAL on.
+            let s = Shard::open(dir.path(), options()).unwrap();
+            for i in 0..100 {
+                s.put(format!("early{i:03}").as_bytes(), &[b'e'; 500]).unwrap();
+            }
+            s.close().unwrap();
+            copy_dir(&seg_dir(dir.path()), &dir.path().join("segments-backup"));
+        }
+        fixture(dir.path(), b'v');
+        let names = damage(dir.path(), other.path());
+        eprintln!("damage: {what}");
+        let msg = corruption(dir.path(), options());
+        assert!(names.iter().any(|n| msg.contains(n.as_str())), "{what}: {msg} names none of {names:?}");
+        // A failed open changes nothing: the same damage is found again.
+        assert_eq!(corruption(dir.path(), options()), msg, "{what}");
+        // Salvage opens what is left and says what is gone.
+        let s = Shard::open(dir.path(), Options { salvage: true, ..options() }).unwrap_or_else(|e| panic!("{what}: salvage: {e}"));
+        let report = s.recovery_report().to_string();
+        assert!(!report.is_empty(), "{what}: empty salvage report");
+        s.put(b"after", b"salvage").unwrap();
+        s.close().unwrap();
+        // ...and its first flush made that the shard's state.
+        let s = Shard::open(dir.path(), options()).unwrap_or_else(|e| panic!("{what}: reopen after salvage: {e}"));
+        assert!(s.get(b"after").unwrap().is_some(), "{what}");
+        s.close().unwrap();
+    }
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+    }
+}
+
+#[test]
+fn salvage_reports_missing_files_with_what_they_held() {
+    let dir = TempDir::new("corrupt-salvage");
+    shard_with_appendable_list(dir.path());
+    let state = files(dir.path(), "state")[0].clone();
+    std::fs::remove_file(&state).unwrap();
+    let opts = Options { seal_bytes: 1 << 20, salvage: true, ..options() };
+    let s = Shard::open(dir.path(), opts).unwrap();
+    let r = s.recovery_report().clone();
+    assert!(r.lost.iter().any(|l| l.contains(&name(&state))), "{r}");
+    // The WAL holds only the last 10 items: the versions of the first 30
+    // are reported lost, and the list holds what is left.
+    let (a, b) = r.lost_versions.expect("versions lost");
+    assert!(a == 1 && b < 40, "{r}");
+    assert!(list(&s, b"list") < 40);
+    // The damaged log was moved aside, not deleted.
+    assert!(r.moved_aside.iter().any(|m| m.ends_with(".log")), "{r}");
+    s.close().unwrap();
+}
+
+#[test]
+fn unlisted_files_are_moved_aside_and_leftovers_removed() {
+    let dir = TempDir::new("corrupt-unlisted");
+    fixture(dir.path(), b'v');
+    let seg = seg_dir(dir.path());
+    std::fs::write(seg.join("notes.txt"), b"an operator's file").unwrap();
+    std::fs::write(seg.join("seg-0000000000000001.sst.tmp"), b"a rename that never happened").unwrap();
+    let s = Shard::open(dir.path(), options()).unwrap();
+    let r = s.recovery_report().clone();
+    assert_eq!(r.moved_aside, vec!["notes.txt".to_string()], "{r}");
+    assert!(r.lost.is_empty() && r.lost_versions.is_none(), "{r}");
+    let aside = seg.join(r.moved_to.as_deref().unwrap());
+    assert_eq!(std::fs::read(aside.join("notes.txt")).unwrap(), b"an operator's file");
+    assert!(!seg.join("seg-0000000000000001.sst.tmp").exists());
+    assert_eq!(s.get(b"key0001").unwrap().unwrap().value, Value::Bytes(vec![b'v'; 500]));
+    s.close().unwrap();
+}
