@@ -123,13 +123,13 @@ static void wal_options_versions(const char *root) {
   free(foreign);
 }
 
-/* Every other options struct has one published version so far: check the
- * newer layout (zero tail accepted, non-zero refused), a size below
+/* The other options structs (`cur` is their newest published size): check
+ * the newer layout (zero tail accepted, non-zero refused), a size below
  * version 1, and that the legacy init writes version 1 only. */
-#define NEWER_OPTIONS(type, v1, init, init_sized, open_ok, open_refused)        \
+#define NEWER_OPTIONS(type, v1, cur, init, init_sized, open_ok, open_refused)   \
   do {                                                                           \
     struct { type now; uint64_t future[3]; } next_;                              \
-    CHECK_EQ_U64(sizeof(type), v1);                                              \
+    CHECK_EQ_U64(sizeof(type), cur);                                             \
     memset(&next_, CANARY, sizeof next_);                                        \
     CHECK_RC(KEEL_STATUS_OK, init(&next_.now));                                  \
     CHECK_EQ_U64(next_.now.struct_size, v1);                                     \
@@ -151,21 +151,21 @@ static void other_options_versions(const char *root) {
   KT_ERR;
   char *dir = subdir(root, "engine");
   keel_engine_t *e = NULL;
-  NEWER_OPTIONS(keel_engine_options_t, KEEL_ENGINE_OPTIONS_SIZE_V1, keel_engine_options_init,
+  NEWER_OPTIONS(keel_engine_options_t, KEEL_ENGINE_OPTIONS_SIZE_V1, KEEL_ENGINE_OPTIONS_SIZE_V2, keel_engine_options_init,
                 keel_engine_options_init_sized,
                 { CHECK_OK(keel_engine_open(dir, o_, &e, &err)); CHECK_OK(keel_engine_close(e, &err)); },
                 CHECK_STATUS(KEEL_STATUS_INVALID_ARGUMENT, keel_engine_open(dir, o_, &e, &err)));
   free(dir);
 
   keel_net_t *net = NULL;
-  NEWER_OPTIONS(keel_net_options_t, KEEL_NET_OPTIONS_SIZE_V1, keel_net_options_init,
+  NEWER_OPTIONS(keel_net_options_t, KEEL_NET_OPTIONS_SIZE_V1, KEEL_NET_OPTIONS_SIZE_V1, keel_net_options_init,
                 keel_net_options_init_sized,
                 { CHECK_OK(keel_net_open(o_, &net, &err)); CHECK_OK(keel_net_close(net, &err)); },
                 CHECK_STATUS(KEEL_STATUS_INVALID_ARGUMENT, keel_net_open(o_, &net, &err)));
 
   CHECK_OK(keel_net_open(NULL, &net, &err));
   keel_publisher_t *pub = NULL;
-  NEWER_OPTIONS(keel_writer_options_t, KEEL_WRITER_OPTIONS_SIZE_V1, keel_writer_options_init,
+  NEWER_OPTIONS(keel_writer_options_t, KEEL_WRITER_OPTIONS_SIZE_V1, KEEL_WRITER_OPTIONS_SIZE_V1, keel_writer_options_init,
                 keel_writer_options_init_sized,
                 { CHECK_OK(keel_publisher_new(net, o_, &pub, &err)); CHECK_OK(keel_publisher_close(pub, &err)); },
                 CHECK_STATUS(KEEL_STATUS_INVALID_ARGUMENT, keel_publisher_new(net, o_, &pub, &err)));
