@@ -252,9 +252,12 @@ impl Shard {
             report.lost_versions = Some((a, b));
         }
         // Everything before the first operation replay had to apply is in
-        // the segments already: that is the persisted version to start from
-        // (all of it after a clean close).
-        let persisted = recovery::replay_wal(&mut segs, &wal, opts.replay_run_bytes.max(1))?.map_or(last, |first| first - 1);
+        // the segments already (all of it after a clean close), and so is
+        // everything up to the lowest persisted version the files record:
+        // replay re-applies a put whose key a later, persisted delete
+        // removed, which alone would restart the count below it.
+        let replayed = recovery::replay_wal(&mut segs, &wal, opts.replay_run_bytes.max(1))?.map_or(last, |first| first - 1);
+        let persisted = replayed.max(loaded.floor.min(last));
         segs.finish(last);
         let inner = Arc::new(Inner {
             fs,

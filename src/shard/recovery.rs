@@ -66,6 +66,11 @@ pub struct Loaded {
     pub segs: Segments,
     pub manifest: Manifest,
     pub proven: u64,
+    /// The lowest persisted version among the segment files: every
+    /// operation at or below it is durable in them (F3 keeps a source's
+    /// side-car at or below its destinations), so the shard's persisted
+    /// version restarts no lower than this.
+    pub floor: u64,
 }
 
 /// Opens the segments of `dir` as its manifest lists them (F6, manifest.rs):
@@ -138,6 +143,7 @@ pub fn load(fs: &Arc<dyn FileSystem>, dir: &Path, wal_has_records: bool, salvage
     let ident = |segment| Ident { shard: on_disk.shard, segment };
     let mut damaged = BTreeSet::new();
     let mut proven = 0;
+    let mut floor = u64::MAX;
 
     // Listed tables (their replaced lists explain a merge's leftovers) and
     // logs; nothing is removed or written until all of them are checked.
@@ -149,6 +155,7 @@ pub fn load(fs: &Arc<dyn FileSystem>, dir: &Path, wal_has_records: bool, salvage
                 match open_table(fsr, dir, ident(id), size, footer_crc).and_then(|t| Sealed::load(fsr, dir, ident(id), t, true)) {
                     Ok(s) => {
                         proven = proven.max(s.persisted());
+                        floor = floor.min(s.persisted());
                         tables.insert(id, s);
                     }
                     Err(e) => {
@@ -160,6 +167,7 @@ pub fn load(fs: &Arc<dyn FileSystem>, dir: &Path, wal_has_records: bool, salvage
             Listed::Log { id } => match Appendable::load(fs, dir, ident(id)) {
                 Ok(a) => {
                     proven = proven.max(a.log.persisted());
+                    floor = floor.min(a.log.persisted());
                     logs.insert(id, a);
                 }
                 Err(e) => {
@@ -231,7 +239,8 @@ pub fn load(fs: &Arc<dyn FileSystem>, dir: &Path, wal_has_records: bool, salvage
         log.remove_files()?;
     }
     files::sync_dir(fsr, dir)?;
-    Ok(Loaded { segs, manifest: now, proven })
+    let floor = if floor == u64::MAX { 0 } else { floor };
+    Ok(Loaded { segs, manifest: now, proven, floor })
 }
 
 /// Opens a listed table and checks it is the one the manifest lists.
