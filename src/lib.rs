@@ -8,6 +8,7 @@ pub mod error;
 pub mod ffi;
 pub mod fs;
 pub mod net;
+pub mod node;
 pub mod shard;
 pub mod status;
 pub mod wal;

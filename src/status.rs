@@ -43,6 +43,12 @@ pub const KEEL_STATUS_NO_SPACE: keel_status_t = 15;
 /// The key holds the other kind of data: an append to a key that holds a
 /// value (a put replaces a posting list; an append never replaces a value).
 pub const KEEL_STATUS_WRONG_KIND: keel_status_t = 16;
+/// A node refused a peer in the handshake: bad MAC, replayed handshake, no
+/// common protocol version, wrong node id, or a non-loopback peer without
+/// a configured secret (the message says which; docs/TRANSFER.md).
+pub const KEEL_STATUS_REFUSED: keel_status_t = 20;
+/// A node peer broke the wire protocol: a malformed, oversized or unknown frame.
+pub const KEEL_STATUS_PROTOCOL: keel_status_t = 21;
 
 /// Name of a status value as a static, NUL-terminated string.
 pub(crate) fn status_name(status: keel_status_t) -> &'static str {
@@ -64,6 +70,8 @@ pub(crate) fn status_name(status: keel_status_t) -> &'static str {
         KEEL_STATUS_UNSUPPORTED => "UNSUPPORTED\0",
         KEEL_STATUS_NO_SPACE => "NO_SPACE\0",
         KEEL_STATUS_WRONG_KIND => "WRONG_KIND\0",
+        KEEL_STATUS_REFUSED => "REFUSED\0",
+        KEEL_STATUS_PROTOCOL => "PROTOCOL\0",
         _ => "UNKNOWN\0",
     }
 }
