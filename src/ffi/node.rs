@@ -273,7 +273,12 @@ pub extern "C" fn keel_node_open(
 /// Errors: NULL_ARGUMENT, INVALID_ARGUMENT, BUFFER_TOO_SMALL (`*len`
 /// holds the size needed; 64 bytes always suffice).
 #[no_mangle]
-pub extern "C" fn keel_node_addr(node: *const keel_node_t, buf: *mut c_char, cap: usize, len: *mut usize) -> keel_status_t {
+pub extern "C" fn keel_node_addr(
+    node: *const keel_node_t,
+    buf: *mut c_char,
+    cap: usize,
+    len: *mut usize,
+) -> keel_status_t {
     ffi_boundary!(std::ptr::null_mut(), node, {
         let n = try_handle!(node);
         let len = out_ptr(len, "len")?;

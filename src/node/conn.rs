@@ -59,7 +59,14 @@ enum Stage {
 }
 
 impl Conn {
-    pub fn new(seq: u64, role: Role, remote: SocketAddr, expect: Option<u64>, stream: TcpStream, writer: Writer) -> Conn {
+    pub fn new(
+        seq: u64,
+        role: Role,
+        remote: SocketAddr,
+        expect: Option<u64>,
+        stream: TcpStream,
+        writer: Writer,
+    ) -> Conn {
         Conn {
             seq,
             role,
@@ -105,7 +112,9 @@ impl Conn {
     /// Queues one frame on the batched writer.
     pub fn send(&self, node: &Inner, ty: u16, payload: &[u8]) -> Result<()> {
         let w = self.writer.read();
-        let w = w.as_ref().ok_or_else(|| Error::new(KEEL_STATUS_CLOSED, format!("connection to {} is closed", self.remote)))?;
+        let w = w
+            .as_ref()
+            .ok_or_else(|| Error::new(KEEL_STATUS_CLOSED, format!("connection to {} is closed", self.remote)))?;
         let bytes = frame::encode(ty, payload);
         w.send(&bytes, false)?;
         add(&node.counters.frames_out, 1);
@@ -227,7 +236,10 @@ impl Conn {
                     if old == 0 {
                         return fail(Reason::ClosedByPeer, self.say("closed by the peer"));
                     }
-                    return fail(Reason::Reset, self.say(format!("end of stream inside a frame ({old} bytes of it read)")));
+                    return fail(
+                        Reason::Reset,
+                        self.say(format!("end of stream inside a frame ({old} bytes of it read)")),
+                    );
                 }
                 Ok(n) => {
                     buf.truncate(old + n);
@@ -267,14 +279,24 @@ impl Conn {
         }
     }
 
-    fn on_frame(&self, node: &Inner, me: &Hello, stage: &mut Stage, ty: u16, p: &[u8]) -> std::result::Result<(), Ended> {
+    fn on_frame(
+        &self,
+        node: &Inner,
+        me: &Hello,
+        stage: &mut Stage,
+        ty: u16,
+        p: &[u8],
+    ) -> std::result::Result<(), Ended> {
         let secrets = &node.opts.secrets;
         match (&*stage, ty) {
             (Stage::AwaitHello, types::HELLO) => {
                 let peer = Hello::decode(p).map_err(|e| (Reason::Malformed, self.say(e)))?;
                 if peer.node_id == me.node_id || self.expect.is_some_and(|id| id != peer.node_id) {
                     let want = self.expect.map_or("another id".to_string(), |id| format!("node {id}"));
-                    return fail(Reason::WrongNode, self.say(format!("peer says it is node {}, expected {want}", peer.node_id)));
+                    return fail(
+                        Reason::WrongNode,
+                        self.say(format!("peer says it is node {}, expected {want}", peer.node_id)),
+                    );
                 }
                 if !node.replay.lock().first_time(&peer.nonce) {
                     return fail(Reason::Replay, self.say("HELLO repeats a nonce already seen: a replayed handshake"));
@@ -287,7 +309,11 @@ impl Conn {
                     (Reason::Version, self.say(msg))
                 })?;
                 if peer.has_secret != me.has_secret {
-                    let msg = if me.has_secret { "the peer has no cluster secret" } else { "the peer wants a cluster secret this node does not have" };
+                    let msg = if me.has_secret {
+                        "the peer has no cluster secret"
+                    } else {
+                        "the peer wants a cluster secret this node does not have"
+                    };
                     return fail(Reason::BadMac, self.say(msg));
                 }
                 self.peer_id.store(peer.node_id, Ordering::Release);
@@ -320,15 +346,18 @@ impl Conn {
                 add(&node.counters.pongs_received, 1);
                 Ok(())
             }
-            (Stage::Ready, types::HELLO | types::AUTH | types::PING | types::PONG) => {
-                fail(Reason::Malformed, self.say(format!("unexpected frame type {ty:#06x} with {} payload bytes", p.len())))
-            }
+            (Stage::Ready, types::HELLO | types::AUTH | types::PING | types::PONG) => fail(
+                Reason::Malformed,
+                self.say(format!("unexpected frame type {ty:#06x} with {} payload bytes", p.len())),
+            ),
             (Stage::Ready, _) => match Service::of(ty).and_then(|s| node.handler(s)) {
                 Some(h) => {
                     h(self.peer_id.load(Ordering::Acquire), ty, p);
                     Ok(())
                 }
-                None => fail(Reason::UnknownType, self.say(format!("frame type {ty:#06x} has no service on this node"))),
+                None => {
+                    fail(Reason::UnknownType, self.say(format!("frame type {ty:#06x} has no service on this node")))
+                }
             },
         }
     }

@@ -39,7 +39,9 @@ impl fmt::Display for FrameError {
             FrameError::Oversized { len, max } => {
                 write!(f, "frame announces {len} payload bytes, above the limit of {max}")
             }
-            FrameError::Version(v) => write!(f, "frame format version {v} is unknown (this build speaks {FRAME_VERSION})"),
+            FrameError::Version(v) => {
+                write!(f, "frame format version {v} is unknown (this build speaks {FRAME_VERSION})")
+            }
             FrameError::Flags(b) => write!(f, "frame flags {b:#04x} are reserved and must be 0"),
             FrameError::Crc { stored, computed } => {
                 write!(f, "frame CRC mismatch (stored {stored:#010x}, computed {computed:#010x})")

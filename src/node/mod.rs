@@ -14,9 +14,9 @@
 //! peer), so a blocking reader per connection is simpler than teaching the
 //! write-side reactor to dispatch reads.
 
+mod conn;
 pub mod frame;
 pub mod handshake;
-mod conn;
 #[allow(clippy::module_inception)]
 mod node;
 mod stats;
@@ -160,10 +160,9 @@ impl NodeOptions {
                 2 * self.read_limit()
             )));
         }
-        for (name, d) in [
-            ("handshake_timeout", self.handshake_timeout),
-            ("heartbeat_interval", self.heartbeat_interval),
-        ] {
+        for (name, d) in
+            [("handshake_timeout", self.handshake_timeout), ("heartbeat_interval", self.heartbeat_interval)]
+        {
             if !(1..=3_600_000).contains(&ms(d)) {
                 return Err(Error::invalid(format!("{name} of {} ms is outside 1..=3600000 ms", ms(d))));
             }

@@ -145,7 +145,8 @@ impl Node {
         }
         self.inner.check_open()?;
         let conn = self.inner.reg.lock().by_peer.get(&peer_id).cloned();
-        let conn = conn.ok_or_else(|| Error::new(KEEL_STATUS_NOT_FOUND, format!("no ready connection to peer {peer_id}")))?;
+        let conn =
+            conn.ok_or_else(|| Error::new(KEEL_STATUS_NOT_FOUND, format!("no ready connection to peer {peer_id}")))?;
         conn.send(&self.inner, ty, payload)
     }
 
@@ -234,7 +235,13 @@ impl Inner {
 
     /// Takes a connected socket: the policy check, a batched writer on a
     /// dup of it, and a reader thread.
-    fn start(self: &Arc<Inner>, stream: TcpStream, remote: SocketAddr, role: Role, expect: Option<u64>) -> Result<Arc<Conn>> {
+    fn start(
+        self: &Arc<Inner>,
+        stream: TcpStream,
+        remote: SocketAddr,
+        role: Role,
+        expect: Option<u64>,
+    ) -> Result<Arc<Conn>> {
         self.check_open()?;
         if let Some(msg) = policy_refusal(&self.opts, &remote) {
             self.counters.ended(Reason::NotLoopback, &msg);
