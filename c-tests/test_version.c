@@ -54,6 +54,9 @@ int main(void) {
     }
     CHECK(keel_status_str(names[i].code) == got); /* static: same pointer */
   }
+  /* The node's statuses are numbered from 20 on. */
+  CHECK(strcmp(keel_status_str(KEEL_STATUS_REFUSED), "REFUSED") == 0);
+  CHECK(strcmp(keel_status_str(KEEL_STATUS_PROTOCOL), "PROTOCOL") == 0);
   CHECK(strcmp(keel_status_str((keel_status_t)n), "UNKNOWN") == 0);
   CHECK(strcmp(keel_status_str(1000), "UNKNOWN") == 0);
   CHECK(strcmp(keel_status_str(UINT32_MAX), "UNKNOWN") == 0);
