@@ -58,7 +58,6 @@ static keel_node_t *open_node(keel_engine_t *engine, uint64_t id, const char *se
   o.secret = (const uint8_t *)secret;
   o.secret_len = strlen(secret);
   o.handshake_timeout_ms = 2000;
-  o.heartbeat_interval_ms = 100;
   o.close_timeout_ms = 1000;
   o.on_event = on_event;
   o.user_data = events;

@@ -189,6 +189,8 @@ impl Conn {
         let mut heard = started;
         let mut pinged = started;
         let silent_limit = o.heartbeat_interval * o.heartbeat_misses;
+        // The last read timed out without a byte.
+        let mut idle = false;
         loop {
             loop {
                 let f = match frame::decode(&buf, o.max_frame_bytes) {
@@ -206,7 +208,9 @@ impl Conn {
                 // The node's shutdown drains the writers, then ends the
                 // connection itself: no timers until then.
             } else if matches!(stage, Stage::Ready) {
-                if now.duration_since(heard) >= silent_limit {
+                // Judged only after a read found nothing: a reader that was
+                // not scheduled for a while must look at its socket first.
+                if idle && now.duration_since(heard) >= silent_limit {
                     return fail(
                         Reason::HeartbeatTimeout,
                         self.say(format!("nothing heard for {} ms", now.duration_since(heard).as_millis())),
@@ -227,6 +231,7 @@ impl Conn {
             // a complete frame is decoded above before reading on.
             let old = buf.len();
             buf.resize(old + (limit - old).min(64 << 10), 0);
+            idle = false;
             match (&self.stream).read(&mut buf[old..]) {
                 Ok(0) => {
                     buf.truncate(old);
@@ -248,7 +253,8 @@ impl Conn {
                 }
                 Err(e) => {
                     buf.truncate(old);
-                    if !matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted) {
+                    idle = matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut);
+                    if !idle && e.kind() != ErrorKind::Interrupted {
                         if let Some(e) = self.ended_elsewhere() {
                             return Err(e);
                         }
