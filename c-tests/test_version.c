@@ -43,6 +43,8 @@ int main(void) {
       {KEEL_STATUS_WRONG_KIND, "WRONG_KIND"},
       {KEEL_STATUS_RESOURCE, "RESOURCE"},
       {KEEL_STATUS_FENCED, "FENCED"},
+      {KEEL_STATUS_REFUSED, "REFUSED"},
+      {KEEL_STATUS_PROTOCOL, "PROTOCOL"},
   };
   const size_t n = sizeof names / sizeof names[0];
   for (size_t i = 0; i < n; i++) {

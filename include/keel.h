@@ -73,6 +73,16 @@
 #define KEEL_ENGINE_OPTIONS_SIZE_V2 48
 
 /**
+ * sizeof(keel_node_options_t) of version 1.
+ */
+#define KEEL_NODE_OPTIONS_SIZE_V1 112
+
+/**
+ * sizeof(keel_node_stats_t) of version 1.
+ */
+#define KEEL_NODE_STATS_SIZE_V1 208
+
+/**
  * Longest key a shard accepts, in bytes; longer keys are INVALID_ARGUMENT.
  */
 #define KEEL_SHARD_MAX_KEY_SIZE 4096
@@ -326,6 +336,13 @@ typedef struct keel_iter_t keel_iter_t;
 typedef struct keel_net_t keel_net_t;
 
 /**
+ * A node: keel's authenticated transport to other keel processes.
+ * Internally synchronised: every call except keel_node_close() may run
+ * on any thread concurrently.
+ */
+typedef struct keel_node_t keel_node_t;
+
+/**
  * Fan-out of messages to subscriber sockets (keel_publisher_new()).
  * Internally synchronised like keel_writer_t.
  */
@@ -431,6 +448,199 @@ typedef struct keel_engine_options_t {
    */
   uint32_t salvage;
 } keel_engine_options_t;
+
+/**
+ * Node event callback: peer `peer_id` finished its handshake (`status`
+ * KEEL_STATUS_OK), or a connection ended: `status` REFUSED (bad MAC,
+ * replay, version, wrong node id, non-loopback peer without a secret),
+ * PROTOCOL (malformed, oversized or unknown frame), TIMEOUT (handshake
+ * or heartbeats), BUSY (the peer stopped reading), IO (reset, send
+ * error) or CLOSED (closed by the peer or by keel_node_close()).
+ * `peer_id` is 0 when the handshake did not get as far as the peer's id.
+ * `message` is borrowed and valid only during the call.
+ *
+ * It runs on a keel thread: the connection's reader thread
+ * ("keel-node-conn"), or the thread that refused the connection (the
+ * accept thread, or the caller of keel_node_connect()). Never after
+ * keel_node_close() returned. It must not block for long and must not
+ * call keel_node_close().
+ */
+typedef void (*keel_node_event_fn)(void *user,
+                                   uint64_t peer_id,
+                                   keel_status_t status,
+                                   const char *message);
+
+/**
+ * Options of keel_node_open(). Versioned by `struct_size`: fill it with
+ * keel_node_options_init_sized(&o, sizeof o) first, then change the fields
+ * you need (docs/FFI.md, "Versioned structs").
+ */
+typedef struct keel_node_options_t {
+  /**
+   * sizeof(keel_node_options_t) as the caller compiled it.
+   */
+  uint32_t struct_size;
+  /**
+   * Non-zero to let peers that are not on loopback connect without a
+   * cluster secret; default 0 (only loopback peers without a secret).
+   */
+  uint32_t allow_remote_without_secret;
+  /**
+   * This node's id: non-zero, unique in the cluster. No default.
+   */
+  uint64_t node_id;
+  /**
+   * "host:port" to listen on, NUL-terminated, copied by
+   * keel_node_open(); port 0 picks one (keel_node_addr()). NULL: the
+   * default "127.0.0.1:0".
+   */
+  const char *listen_addr;
+  /**
+   * The cluster secret (16 to 1024 bytes), copied by keel_node_open():
+   * handshake MACs are made with it and accepted with it. NULL with
+   * length 0: no secret (no authentication; loopback peers only unless
+   * allow_remote_without_secret).
+   */
+  const uint8_t *secret;
+  size_t secret_len;
+  /**
+   * A second secret accepted alongside the first during a rotation
+   * (never used to send); NULL with length 0 for none.
+   */
+  const uint8_t *secret2;
+  size_t secret2_len;
+  /**
+   * Largest frame payload, 4 KiB to 1 GiB; default 16 MiB.
+   */
+  uint32_t max_frame_bytes;
+  /**
+   * A connection without a finished handshake is closed after this
+   * many milliseconds, 1 to 3600000; default 5000.
+   */
+  uint32_t handshake_timeout_ms;
+  /**
+   * Bytes one connection may buffer (one inbound frame plus queued
+   * outbound bytes); at least twice max_frame_bytes plus headers;
+   * default 64 MiB. A peer that stops reading is cut off past it.
+   */
+  uint64_t conn_memory_bytes;
+  /**
+   * A PING goes out every interval (1 to 3600000 ms; default 1000); a
+   * peer silent for heartbeat_misses intervals (1 to 1000; default 5)
+   * is dropped.
+   */
+  uint32_t heartbeat_interval_ms;
+  uint32_t heartbeat_misses;
+  /**
+   * keel_node_close() waits up to this long (0 to 600000 ms; default
+   * 2000) for queued frames to be sent; the rest is cancelled and counted.
+   */
+  uint32_t close_timeout_ms;
+  /**
+   * Transfers this node runs at once, 1 to 1024; default 4.
+   */
+  uint32_t max_concurrent_transfers;
+  /**
+   * Bandwidth cap of one transfer in bytes per second; 0 (default): none.
+   */
+  uint64_t transfer_bandwidth_bytes_per_sec;
+  /**
+   * Event callback (see keel_node_event_fn); NULL for none.
+   */
+  keel_node_event_fn on_event;
+  /**
+   * Passed to on_event as `user`; keel never dereferences it. It must
+   * stay valid until keel_node_close() returned.
+   */
+  void *user_data;
+} keel_node_options_t;
+
+/**
+ * Counters of a node (keel_node_stats()). Set struct_size to
+ * sizeof(keel_node_stats_t) before the call. The `refused_*` and later
+ * counters count connections that ended for that reason; the text of the
+ * last error is returned by keel_node_last_error().
+ */
+typedef struct keel_node_stats_t {
+  /**
+   * sizeof(keel_node_stats_t) as the caller compiled it.
+   */
+  uint32_t struct_size;
+  uint32_t _reserved;
+  /**
+   * Connections with a finished handshake right now.
+   */
+  uint64_t peers;
+  /**
+   * Connections accepted, and dialed by keel_node_connect().
+   */
+  uint64_t accepted;
+  uint64_t dialed;
+  /**
+   * Handshakes that finished.
+   */
+  uint64_t handshakes;
+  uint64_t frames_in;
+  uint64_t frames_out;
+  uint64_t bytes_in;
+  uint64_t bytes_out;
+  uint64_t pings_sent;
+  uint64_t pongs_received;
+  /**
+   * Outbound frames dropped unsent when a connection closed.
+   */
+  uint64_t cancelled_frames;
+  /**
+   * Refused: the MAC matched no active secret (or only one side had a secret).
+   */
+  uint64_t refused_bad_mac;
+  /**
+   * Refused: a replayed handshake (a HELLO nonce seen before).
+   */
+  uint64_t refused_replay;
+  /**
+   * Refused: no protocol version in common.
+   */
+  uint64_t refused_version;
+  /**
+   * Refused: not on loopback and no secret configured.
+   */
+  uint64_t refused_not_loopback;
+  /**
+   * Refused: the peer's node id is not the one dialed, or is this node's own.
+   */
+  uint64_t refused_wrong_node;
+  uint64_t handshake_timeouts;
+  /**
+   * Frames failing their checks (CRC, version, flags, handshake order).
+   */
+  uint64_t malformed_frames;
+  /**
+   * Frames announcing more than max_frame_bytes.
+   */
+  uint64_t oversized_frames;
+  /**
+   * Frames of a type no service handles.
+   */
+  uint64_t unknown_types;
+  uint64_t heartbeat_timeouts;
+  /**
+   * Peers cut off because they stopped reading (conn_memory_bytes).
+   */
+  uint64_t outbound_overflows;
+  /**
+   * Connections reset, failed to send, or ended inside a frame.
+   */
+  uint64_t resets;
+  /**
+   * Connections the peer closed between frames.
+   */
+  uint64_t closed_by_peer;
+  /**
+   * Connections closed by keel_node_close().
+   */
+  uint64_t closed_by_shutdown;
+} keel_node_stats_t;
 
 /**
  * What keel_shard_stats() reports. The caller sets `struct_size` to
@@ -845,6 +1055,18 @@ typedef struct keel_publisher_stats_t {
  */
 #define KEEL_STATUS_FENCED 18
 
+/**
+ * A node refused a peer in the handshake: bad MAC, replayed handshake, no
+ * common protocol version, wrong node id, or a non-loopback peer without
+ * a configured secret (the message says which; docs/TRANSFER.md).
+ */
+#define KEEL_STATUS_REFUSED 19
+
+/**
+ * A node peer broke the wire protocol: a malformed, oversized or unknown frame.
+ */
+#define KEEL_STATUS_PROTOCOL 20
+
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
@@ -1027,6 +1249,84 @@ keel_status_t keel_fence_check(const struct keel_engine_t *engine,
                                size_t bucket_len,
                                uint64_t token,
                                struct keel_error_t **err);
+
+/**
+ * Fills the `size` bytes at `opts` (pass sizeof *opts) with the defaults
+ * (node_id 0, which the caller must set) and sets struct_size = size.
+ * Errors: NULL_ARGUMENT, INVALID_ARGUMENT (size below
+ * KEEL_NODE_OPTIONS_SIZE_V1 or between two published sizes).
+ */
+keel_status_t keel_node_options_init_sized(struct keel_node_options_t *opts, size_t size);
+
+/**
+ * Opens a node for `engine` (which must stay open until the node is
+ * closed): binds the listen address and starts its threads (an accept
+ * thread, a writer reactor, and one reader thread per connection). On
+ * success `*out` receives a handle the caller releases with
+ * keel_node_close().
+ * Errors: NULL_ARGUMENT, INVALID_ARGUMENT (an option out of range, not a
+ * live engine), IO (the address cannot be bound, a thread cannot start).
+ */
+keel_status_t keel_node_open(const struct keel_engine_t *engine,
+                             const struct keel_node_options_t *opts,
+                             struct keel_node_t **out,
+                             struct keel_error_t **err);
+
+/**
+ * Writes the address the node listens on ("ip:port", the port picked
+ * when the option said 0) as a NUL-terminated string into `buf` of
+ * `cap` bytes; `*len` receives its length including the NUL.
+ * Errors: NULL_ARGUMENT, INVALID_ARGUMENT, BUFFER_TOO_SMALL (`*len`
+ * holds the size needed; 64 bytes always suffice).
+ */
+keel_status_t keel_node_addr(const struct keel_node_t *node, char *buf, size_t cap, size_t *len);
+
+/**
+ * Dials peer `peer_id` at `addr` ("host:port", NUL-terminated) and runs
+ * the handshake; returns once the peer is ready, on the calling thread.
+ * Errors: NULL_ARGUMENT, INVALID_ARGUMENT (peer_id 0 or this node's own,
+ * an address that does not resolve), IO (connect failed, or the
+ * connection broke), REFUSED (the handshake refused the peer, or the
+ * peer refused this node: the message says why), TIMEOUT (no handshake
+ * within handshake_timeout_ms), PROTOCOL, CLOSED (the node is closing).
+ */
+keel_status_t keel_node_connect(const struct keel_node_t *node,
+                                uint64_t peer_id,
+                                const char *addr,
+                                struct keel_error_t **err);
+
+/**
+ * Copies the node's counters into `*out` (struct_size set by the caller).
+ * Errors: NULL_ARGUMENT, INVALID_ARGUMENT (struct_size too small, not a
+ * live node).
+ */
+keel_status_t keel_node_stats(const struct keel_node_t *node, struct keel_node_stats_t *out);
+
+/**
+ * Writes the text of the last error that ended a connection ("" when
+ * none) as a NUL-terminated string into `buf` of `cap` bytes; `*len`
+ * receives its length including the NUL.
+ * Errors: NULL_ARGUMENT, INVALID_ARGUMENT, BUFFER_TOO_SMALL (`*len`
+ * holds the size needed).
+ */
+keel_status_t keel_node_last_error(const struct keel_node_t *node,
+                                   char *buf,
+                                   size_t cap,
+                                   size_t *len);
+
+/**
+ * Closes the node: stops accepting, gives every connection up to
+ * close_timeout_ms to send what is queued (the rest is cancelled and
+ * counted in cancelled_frames), closes the connections and joins every
+ * keel thread of the node; no event callback runs after it returns. When
+ * `final_stats` is not NULL (struct_size set by the caller) it receives
+ * the counters as they are at the end. The handle is freed; NULL is a
+ * no-op. Must not race with other calls on the node, nor run in its
+ * event callback.
+ * Errors: INVALID_ARGUMENT (not a live node, or final_stats'
+ * struct_size too small: the node is closed anyway).
+ */
+keel_status_t keel_node_close(struct keel_node_t *node, struct keel_node_stats_t *final_stats);
 
 /**
  * Puts `value` under `key` (replacing a value or a posting list) and

@@ -9,6 +9,7 @@ pub mod ffi;
 pub mod fs;
 pub mod lease;
 pub mod net;
+pub mod node;
 pub mod shard;
 pub mod status;
 pub mod wal;

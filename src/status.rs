@@ -51,6 +51,12 @@ pub const KEEL_STATUS_RESOURCE: keel_status_t = 17;
 /// A write or fence check carried a fencing token below the highest one
 /// already accepted for its bucket: a newer lease holder has written since.
 pub const KEEL_STATUS_FENCED: keel_status_t = 18;
+/// A node refused a peer in the handshake: bad MAC, replayed handshake, no
+/// common protocol version, wrong node id, or a non-loopback peer without
+/// a configured secret (the message says which; docs/TRANSFER.md).
+pub const KEEL_STATUS_REFUSED: keel_status_t = 19;
+/// A node peer broke the wire protocol: a malformed, oversized or unknown frame.
+pub const KEEL_STATUS_PROTOCOL: keel_status_t = 20;
 
 /// Name of a status value as a static, NUL-terminated string.
 pub(crate) fn status_name(status: keel_status_t) -> &'static str {
@@ -74,6 +80,8 @@ pub(crate) fn status_name(status: keel_status_t) -> &'static str {
         KEEL_STATUS_WRONG_KIND => "WRONG_KIND\0",
         KEEL_STATUS_RESOURCE => "RESOURCE\0",
         KEEL_STATUS_FENCED => "FENCED\0",
+        KEEL_STATUS_REFUSED => "REFUSED\0",
+        KEEL_STATUS_PROTOCOL => "PROTOCOL\0",
         _ => "UNKNOWN\0",
     }
 }

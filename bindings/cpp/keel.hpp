@@ -90,14 +90,16 @@ enum class Status : keel_status_t {
   WrongKind = KEEL_STATUS_WRONG_KIND,
   Resource = KEEL_STATUS_RESOURCE,
   Fenced = KEEL_STATUS_FENCED,
+  Refused = KEEL_STATUS_REFUSED,
+  Protocol = KEEL_STATUS_PROTOCOL,
 };
 
 // A new KEEL_STATUS_* value must get an enumerator above (statuses are
 // dense and never renumbered). The preprocessor cannot list the header's
 // codes, so this pins the last one known here, and errors_test.cpp checks
 // at run time that the library names no status after it.
-static_assert(KEEL_STATUS_FENCED == 18, "keel.h has new status codes: extend keel::Status");
-inline constexpr Status last_status = Status::Fenced;
+static_assert(KEEL_STATUS_PROTOCOL == 20, "keel.h has new status codes: extend keel::Status");
+inline constexpr Status last_status = Status::Protocol;
 
 /// The C name of a status ("OK", "INVALID_ARGUMENT", ...); static storage.
 inline const char* to_string(Status s) noexcept {

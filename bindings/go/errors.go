@@ -30,6 +30,8 @@ const (
 	StatusWrongKind       Status = C.KEEL_STATUS_WRONG_KIND
 	StatusResource        Status = C.KEEL_STATUS_RESOURCE
 	StatusFenced          Status = C.KEEL_STATUS_FENCED
+	StatusRefused         Status = C.KEEL_STATUS_REFUSED
+	StatusProtocol        Status = C.KEEL_STATUS_PROTOCOL
 )
 
 // String returns the library's name of the status ("IO", "TRUNCATED", ...;

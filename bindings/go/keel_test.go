@@ -738,7 +738,7 @@ func TestErrorValues(t *testing.T) {
 	names := map[Status]string{
 		StatusOK: "OK", StatusIO: "IO", StatusCorruption: "CORRUPTION", StatusBusy: "BUSY",
 		StatusClosed: "CLOSED", StatusTruncated: "TRUNCATED", StatusNoSpace: "NO_SPACE",
-		StatusWrongKind: "WRONG_KIND", StatusResource: "RESOURCE", StatusFenced: "FENCED",
+		StatusWrongKind: "WRONG_KIND", StatusResource: "RESOURCE", StatusFenced: "FENCED", StatusRefused: "REFUSED", StatusProtocol: "PROTOCOL",
 	}
 	for s, want := range names {
 		if s.String() != want {

@@ -20,13 +20,18 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 pub mod mutate;
+pub mod node;
 pub mod reference;
 pub mod seeds;
 
 /// The fuzz targets by name (the names of `fuzz_targets/*.rs` and of the
 /// folders of `corpus/` and `regressions/`).
-pub const TARGETS: &[(&str, fn(&[u8]))] =
-    &[("frame", frame), ("segment_header", segment_header), ("recovery", recovery)];
+pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+    ("frame", frame),
+    ("segment_header", segment_header),
+    ("recovery", recovery),
+    ("node_frame", node::node_frame),
+];
 
 /// Input flag: recompute the segment-header CRC(s) before decoding.
 pub const FIX_HEADER_CRC: u8 = 1;

@@ -175,6 +175,41 @@ pub fn seeds() -> Vec<Seed> {
         let _ = next;
     }
 
+    // ---- node_frame: [flags][frames]
+    {
+        use crate::node::NODE_FIX_CRC;
+        use keel::node::frame::encode;
+        use keel::node::handshake::{Hello, Role, Transcript};
+        use keel::node::types;
+        let a = Hello { min_version: 1, max_version: 1, node_id: 1, nonce: [0xa5; 32], has_secret: true };
+        let b = Hello { node_id: 2, nonce: [0x5a; 32], ..a };
+        let mac = Transcript { sender_role: Role::Dialer, version: 1, sender: &a, receiver: &b }.sign(b"fuzz secret number one");
+        let with = |flags: u8, frames: &[Vec<u8>]| {
+            let mut v = vec![flags];
+            frames.iter().for_each(|f| v.extend_from_slice(f));
+            v
+        };
+        let handshake = [encode(types::HELLO, &a.encode()), encode(types::AUTH, &mac)];
+        add("node_frame", "handshake", with(0, &handshake));
+        add("node_frame", "handshake-fix", with(NODE_FIX_CRC, &handshake));
+        add("node_frame", "hello-no-secret", with(0, &[encode(types::HELLO, &Hello { has_secret: false, ..b }.encode())]));
+        let traffic = [encode(types::PING, b""), encode(0x0100, b"a transfer batch"), encode(types::PONG, b""), encode(0x0200, &[7; 300])];
+        add("node_frame", "traffic", with(0, &traffic));
+        add("node_frame", "traffic-fix", with(NODE_FIX_CRC, &traffic));
+        let mut big = encode(0x0101, &[1; 64]);
+        big[..4].copy_from_slice(&(1u32 << 20).to_le_bytes());
+        add("node_frame", "oversized-header-fix", with(NODE_FIX_CRC, &[big]));
+        let mut torn = encode(0x0100, b"cut off in the middle");
+        torn.truncate(20);
+        add("node_frame", "torn", with(0, &[torn]));
+        let mut bad = encode(0x0100, b"flipped");
+        bad[14] ^= 1;
+        add("node_frame", "bad-crc", with(0, &[bad]));
+        let mut hello = vec![0u8];
+        hello.extend_from_slice(&a.encode());
+        add("node_frame", "bare-hello", hello);
+    }
+
     // Logs written by the real WAL (random salts: not byte-reproducible).
     for (name, durability, flags) in [("wal-written-sync", Durability::Sync, 0), ("wal-written-mapped", Durability::None, MAPPED)] {
         let dir = ScratchDir::new();

@@ -204,6 +204,11 @@ fn smoke_recovery() {
     smoke("recovery");
 }
 
+#[test]
+fn smoke_node_frame() {
+    smoke("node_frame");
+}
+
 /// Every deterministic seed is in the committed corpus, byte for byte.
 #[test]
 fn corpus_holds_the_seeds() {

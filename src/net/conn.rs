@@ -426,6 +426,13 @@ impl Writer {
         self.conn.stats()
     }
 
+    /// Why keel closed the connection on its own, if it did: a send error
+    /// (status IO) or the cap policy (status BUSY), the same error the
+    /// event callback reports.
+    pub fn death(&self) -> Option<Error> {
+        self.conn.st.lock().death.clone()
+    }
+
     /// Closes the writer (R10): queued bytes are still sent, then the
     /// socket is shut down and closed by the reactor.
     pub fn close(self) {}

@@ -1,0 +1,191 @@
+/*
+ * test_node.c — the node transport through the C API over real loopback
+ * sockets: two nodes sharing a secret connect; a node with a wrong secret
+ * is refused and the refusal is counted on both sides; options and
+ * arguments are checked. Waits are on the event callback (a condition
+ * variable), never on time.
+ */
+#include "keel_test.h"
+
+#include <pthread.h>
+
+static const char SECRET[] = "cluster secret 0123456789";
+static const char WRONG[] = "not the cluster secret 42";
+
+/* What a node's event callback saw, guarded by mu. */
+typedef struct {
+  pthread_mutex_t mu;
+  pthread_cond_t cv;
+  int ready;   /* peers that finished their handshake */
+  int refused; /* connections ended with KEEL_STATUS_REFUSED */
+} events_t;
+
+static void on_event(void *user, uint64_t peer_id, keel_status_t status, const char *message) {
+  events_t *e = user;
+  (void)peer_id;
+  CHECK(message != NULL);
+  pthread_mutex_lock(&e->mu);
+  if (status == KEEL_STATUS_OK) e->ready++;
+  if (status == KEEL_STATUS_REFUSED) e->refused++;
+  pthread_cond_broadcast(&e->cv);
+  pthread_mutex_unlock(&e->mu);
+}
+
+static void events_init(events_t *e) {
+  memset(e, 0, sizeof *e);
+  CHECK(pthread_mutex_init(&e->mu, NULL) == 0);
+  CHECK(pthread_cond_init(&e->cv, NULL) == 0);
+}
+
+/* Blocks until *counter reaches n (the ctest timeout guards a hang). */
+static void events_wait(events_t *e, const int *counter, int n) {
+  pthread_mutex_lock(&e->mu);
+  while (*counter < n) pthread_cond_wait(&e->cv, &e->mu);
+  pthread_mutex_unlock(&e->mu);
+}
+
+static void events_destroy(events_t *e) {
+  pthread_cond_destroy(&e->cv);
+  pthread_mutex_destroy(&e->mu);
+}
+
+static keel_node_t *open_node(keel_engine_t *engine, uint64_t id, const char *secret, events_t *events) {
+  KT_ERR;
+  keel_node_options_t o;
+  CHECK_RC(KEEL_STATUS_OK, keel_node_options_init_sized(&o, sizeof o));
+  o.node_id = id;
+  o.listen_addr = "127.0.0.1:0";
+  o.secret = (const uint8_t *)secret;
+  o.secret_len = strlen(secret);
+  o.handshake_timeout_ms = 2000;
+  o.close_timeout_ms = 1000;
+  o.on_event = on_event;
+  o.user_data = events;
+  keel_node_t *node = NULL;
+  CHECK_OK(keel_node_open(engine, &o, &node, &err));
+  CHECK(node != NULL);
+  return node;
+}
+
+static void addr_of(keel_node_t *node, char *buf, size_t cap) {
+  size_t len = 0;
+  CHECK_RC(KEEL_STATUS_OK, keel_node_addr(node, buf, cap, &len));
+  CHECK(len == strlen(buf) + 1);
+  CHECK(strncmp(buf, "127.0.0.1:", 10) == 0);
+  CHECK(strcmp(buf, "127.0.0.1:0") != 0); /* port 0 picked a port */
+}
+
+static keel_node_stats_t stats_of(keel_node_t *node) {
+  keel_node_stats_t s;
+  memset(&s, 0, sizeof s);
+  s.struct_size = sizeof s;
+  CHECK_RC(KEEL_STATUS_OK, keel_node_stats(node, &s));
+  return s;
+}
+
+static void two_nodes_with_a_secret_connect(keel_engine_t *engine) {
+  KT_ERR;
+  events_t ea, eb;
+  events_init(&ea);
+  events_init(&eb);
+  keel_node_t *a = open_node(engine, 1, SECRET, &ea);
+  keel_node_t *b = open_node(engine, 2, SECRET, &eb);
+  char addr[64];
+  addr_of(a, addr, sizeof addr);
+
+  CHECK_OK(keel_node_connect(b, 1, addr, &err));
+  keel_node_stats_t s = stats_of(b);
+  CHECK_EQ_U64(s.peers, 1);
+  CHECK_EQ_U64(s.dialed, 1);
+  CHECK_EQ_U64(s.handshakes, 1);
+  events_wait(&ea, &ea.ready, 1); /* the acceptor's side of the handshake */
+  s = stats_of(a);
+  CHECK_EQ_U64(s.accepted, 1);
+  CHECK_EQ_U64(s.handshakes, 1);
+
+  keel_node_stats_t fin;
+  memset(&fin, 0, sizeof fin);
+  fin.struct_size = sizeof fin;
+  CHECK_RC(KEEL_STATUS_OK, keel_node_close(b, &fin));
+  CHECK_EQ_U64(fin.closed_by_shutdown, 1);
+  CHECK_EQ_U64(fin.cancelled_frames, 0);
+  CHECK_RC(KEEL_STATUS_OK, keel_node_close(a, NULL));
+  events_destroy(&ea);
+  events_destroy(&eb);
+}
+
+static void a_wrong_secret_is_refused_and_counted(keel_engine_t *engine) {
+  KT_ERR;
+  events_t ea, ec;
+  events_init(&ea);
+  events_init(&ec);
+  keel_node_t *a = open_node(engine, 1, SECRET, &ea);
+  keel_node_t *c = open_node(engine, 3, WRONG, &ec);
+  char addr[64];
+  addr_of(a, addr, sizeof addr);
+
+  CHECK_STATUS(KEEL_STATUS_REFUSED, keel_node_connect(c, 1, addr, &err));
+  keel_node_stats_t s = stats_of(c);
+  CHECK_EQ_U64(s.refused_bad_mac, 1);
+  CHECK_EQ_U64(s.peers, 0);
+  char text[512];
+  size_t len = 0;
+  CHECK_RC(KEEL_STATUS_OK, keel_node_last_error(c, text, sizeof text, &len));
+  CHECK(strstr(text, "MAC") != NULL);
+  CHECK_RC(KEEL_STATUS_BUFFER_TOO_SMALL, keel_node_last_error(c, text, 1, &len));
+  CHECK(len > 1);
+
+  events_wait(&ea, &ea.refused, 1); /* the acceptor refused c as well */
+  s = stats_of(a);
+  CHECK_EQ_U64(s.refused_bad_mac, 1);
+  CHECK_EQ_U64(s.handshakes, 0);
+
+  CHECK_RC(KEEL_STATUS_OK, keel_node_close(c, NULL));
+  CHECK_RC(KEEL_STATUS_OK, keel_node_close(a, NULL));
+  events_destroy(&ea);
+  events_destroy(&ec);
+}
+
+static void arguments_are_checked(keel_engine_t *engine) {
+  KT_ERR;
+  keel_node_options_t o;
+  keel_node_t *node = NULL;
+  CHECK_RC(KEEL_STATUS_OK, keel_node_options_init_sized(&o, sizeof o));
+  CHECK_STATUS(KEEL_STATUS_INVALID_ARGUMENT, keel_node_open(engine, &o, &node, &err)); /* node_id 0 */
+  o.node_id = 5;
+  o.secret = (const uint8_t *)"short";
+  o.secret_len = 5;
+  CHECK_STATUS(KEEL_STATUS_INVALID_ARGUMENT, keel_node_open(engine, &o, &node, &err));
+  o.secret_len = 0;
+  o.struct_size = 8;
+  CHECK_STATUS(KEEL_STATUS_INVALID_ARGUMENT, keel_node_open(engine, &o, &node, &err));
+  CHECK_RC(KEEL_STATUS_OK, keel_node_options_init_sized(&o, sizeof o));
+  o.node_id = 5;
+  CHECK_STATUS(KEEL_STATUS_NULL_ARGUMENT, keel_node_open(NULL, &o, &node, &err));
+  CHECK_OK(keel_node_open(engine, &o, &node, &err));
+  char tiny[4];
+  size_t len = 0;
+  CHECK_RC(KEEL_STATUS_BUFFER_TOO_SMALL, keel_node_addr(node, tiny, sizeof tiny, &len));
+  CHECK(len > sizeof tiny);
+  CHECK_STATUS(KEEL_STATUS_NULL_ARGUMENT, keel_node_connect(node, 2, NULL, &err));
+  CHECK_STATUS(KEEL_STATUS_INVALID_ARGUMENT, keel_node_connect(node, 5, "127.0.0.1:1", &err));
+  keel_node_stats_t s;
+  s.struct_size = 4;
+  CHECK_RC(KEEL_STATUS_INVALID_ARGUMENT, keel_node_stats(node, &s));
+  CHECK_RC(KEEL_STATUS_OK, keel_node_close(node, NULL));
+  CHECK_RC(KEEL_STATUS_OK, keel_node_close(NULL, NULL));
+}
+
+int main(void) {
+  KT_ERR;
+  char *dir = kt_tempdir();
+  keel_engine_t *engine = NULL;
+  CHECK_OK(keel_engine_open(dir, NULL, &engine, &err));
+  two_nodes_with_a_secret_connect(engine);
+  a_wrong_secret_is_refused_and_counted(engine);
+  arguments_are_checked(engine);
+  CHECK_OK(keel_engine_close(engine, &err));
+  kt_rmdir(dir);
+  printf("test_node: ok\n");
+  return 0;
+}

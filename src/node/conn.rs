@@ -1,0 +1,379 @@
+//! One connection to a peer: the reader thread runs the handshake, reads
+//! and checks frames, answers and sends heartbeats, and hands service
+//! frames to their handler; frames go out through the connection's
+//! batched writer. Whoever ends the connection first (the reader, the
+//! writer's reactor, or the node closing) names the reason; the reader
+//! thread then releases everything and counts it once.
+
+use crate::error::{Error, Result};
+use crate::net::Writer;
+use crate::node::frame::{self, FrameError, HEADER_LEN};
+use crate::node::handshake::{self, Hello, Role, Transcript, PROTOCOL_MAX, PROTOCOL_MIN};
+use crate::node::node::Inner;
+use crate::node::stats::{add, Reason};
+use crate::node::{types, Service};
+use crate::status::*;
+use parking_lot::{Condvar, Mutex, RwLock};
+use std::io::{ErrorKind, Read};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Where a connection is in its life.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum State {
+    Handshake,
+    Ready,
+    Ended(Reason, String),
+}
+
+pub(crate) struct Conn {
+    pub seq: u64,
+    pub role: Role,
+    pub remote: SocketAddr,
+    /// The node id a dialer asked for.
+    pub expect: Option<u64>,
+    /// The reading end (a dup of the writer's socket).
+    pub stream: TcpStream,
+    pub writer: RwLock<Option<Writer>>,
+    /// The peer's node id once its HELLO was accepted, else 0.
+    pub peer_id: AtomicU64,
+    /// The first reason given to end the connection.
+    end: Mutex<Option<(Reason, String)>>,
+    pub state: Mutex<State>,
+    pub cv: Condvar,
+}
+
+type Ended = (Reason, String);
+
+fn fail<T>(r: Reason, msg: impl Into<String>) -> std::result::Result<T, Ended> {
+    Err((r, msg.into()))
+}
+
+/// What the reader knows about the handshake so far.
+enum Stage {
+    AwaitHello,
+    AwaitAuth { peer: Hello, version: u16 },
+    Ready,
+}
+
+impl Conn {
+    pub fn new(
+        seq: u64,
+        role: Role,
+        remote: SocketAddr,
+        expect: Option<u64>,
+        stream: TcpStream,
+        writer: Writer,
+    ) -> Conn {
+        Conn {
+            seq,
+            role,
+            remote,
+            expect,
+            stream,
+            writer: RwLock::new(Some(writer)),
+            peer_id: AtomicU64::new(0),
+            end: Mutex::new(None),
+            state: Mutex::new(State::Handshake),
+            cv: Condvar::new(),
+        }
+    }
+
+    fn node_closing(&self) -> bool {
+        matches!(*self.end.lock(), Some((Reason::Shutdown, _)))
+    }
+
+    /// Why the connection ends when the socket broke under the reader:
+    /// the reason given first, else why the writer's reactor closed it
+    /// (the peer stopped reading, or a send failed).
+    fn ended_elsewhere(&self) -> Option<Ended> {
+        if let Some(e) = self.end.lock().clone() {
+            return Some(e);
+        }
+        let death = self.writer.read().as_ref().and_then(|w| w.death())?;
+        let r = if death.status == KEEL_STATUS_BUSY { Reason::OutboundOverflow } else { Reason::Reset };
+        Some((r, self.say(death.message)))
+    }
+
+    /// Asks the connection to end (first reason wins) and wakes its reader.
+    pub fn end(&self, r: Reason, msg: impl Into<String>) {
+        self.end.lock().get_or_insert((r, msg.into()));
+        let _ = self.stream.shutdown(Shutdown::Both);
+    }
+
+    /// Names the reason the connection will end with, leaving the socket
+    /// open (the node's shutdown lets the writers drain first).
+    pub fn end_reason_only(&self, r: Reason, msg: &str) {
+        self.end.lock().get_or_insert((r, msg.to_string()));
+    }
+
+    /// Queues one frame on the batched writer.
+    pub fn send(&self, node: &Inner, ty: u16, payload: &[u8]) -> Result<()> {
+        let w = self.writer.read();
+        let w = w
+            .as_ref()
+            .ok_or_else(|| Error::new(KEEL_STATUS_CLOSED, format!("connection to {} is closed", self.remote)))?;
+        let bytes = frame::encode(ty, payload);
+        w.send(&bytes, false)?;
+        add(&node.counters.frames_out, 1);
+        add(&node.counters.bytes_out, bytes.len() as u64);
+        Ok(())
+    }
+
+    /// Blocks until the handshake finished (Ok) or the connection ended.
+    pub fn wait_ready(&self) -> Result<()> {
+        let mut st = self.state.lock();
+        loop {
+            match &*st {
+                State::Handshake => self.cv.wait(&mut st),
+                State::Ready => return Ok(()),
+                State::Ended(r, msg) => return Err(Error::new(r.status(), msg.clone())),
+            }
+        }
+    }
+
+    /// The reader thread: serves the connection until it ends, then
+    /// releases it.
+    pub fn run(self: Arc<Conn>, node: Arc<Inner>) {
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.serve(&node)));
+        let (r, msg) = match outcome {
+            Ok(Err(e)) => e,
+            Ok(Ok(never)) => match never {},
+            Err(_) => (Reason::Reset, format!("connection {}: the reader thread panicked", self.remote)),
+        };
+        self.finish(&node, r, msg);
+    }
+
+    fn finish(&self, node: &Inner, r: Reason, msg: String) {
+        let (r, msg) = self.end.lock().get_or_insert((r, msg)).clone();
+        let _ = self.stream.shutdown(Shutdown::Both);
+        if let Some(w) = self.writer.write().take() {
+            let s = w.stats();
+            add(&node.counters.cancelled_frames, s.items - s.items_sent);
+            drop(w);
+        }
+        // Counted before the state changes, so that whoever waits on the
+        // state (Node::connect) sees the counters already updated.
+        let mut st = self.state.lock();
+        if *st == State::Ready {
+            node.counters.peers.fetch_sub(1, Ordering::Relaxed);
+        }
+        node.counters.ended(r, &msg);
+        *st = State::Ended(r, msg.clone());
+        self.cv.notify_all();
+        drop(st);
+        node.event(self.peer_id.load(Ordering::Acquire), r.status(), &msg);
+        node.forget(self);
+    }
+
+    fn serve(&self, node: &Inner) -> std::result::Result<std::convert::Infallible, Ended> {
+        let o = &node.opts;
+        let me = Hello {
+            min_version: PROTOCOL_MIN,
+            max_version: PROTOCOL_MAX,
+            node_id: o.node_id,
+            nonce: handshake::nonce().map_err(|e| (Reason::Reset, format!("getrandom: {e}")))?,
+            has_secret: !o.secrets.is_empty(),
+        };
+        let tick = o.heartbeat_interval.min(o.handshake_timeout);
+        self.stream
+            .set_read_timeout(Some(tick))
+            .map_err(|e| (Reason::Reset, format!("{}: set read timeout: {e}", self.remote)))?;
+        self.send_or_end(node, types::HELLO, &me.encode())?;
+        let limit = o.read_limit();
+        let mut buf: Vec<u8> = Vec::new();
+        let mut stage = Stage::AwaitHello;
+        let started = Instant::now();
+        let mut heard = started;
+        let mut pinged = started;
+        let silent_limit = o.heartbeat_interval * o.heartbeat_misses;
+        // The last read timed out without a byte.
+        let mut idle = false;
+        loop {
+            loop {
+                let f = match frame::decode(&buf, o.max_frame_bytes) {
+                    Ok(Some(f)) => f,
+                    Ok(None) => break,
+                    Err(e @ FrameError::Oversized { .. }) => return fail(Reason::Oversized, self.say(e)),
+                    Err(e) => return fail(Reason::Malformed, self.say(e)),
+                };
+                add(&node.counters.frames_in, 1);
+                self.on_frame(node, &me, &mut stage, f.ty, &buf[HEADER_LEN..f.len])?;
+                buf.drain(..f.len);
+            }
+            let now = Instant::now();
+            if self.node_closing() {
+                // The node's shutdown drains the writers, then ends the
+                // connection itself: no timers until then.
+            } else if matches!(stage, Stage::Ready) {
+                // Judged only after a read found nothing: a reader that was
+                // not scheduled for a while must look at its socket first.
+                if idle && now.duration_since(heard) >= silent_limit {
+                    return fail(
+                        Reason::HeartbeatTimeout,
+                        self.say(format!("nothing heard for {} ms", now.duration_since(heard).as_millis())),
+                    );
+                }
+                if now.duration_since(pinged) >= o.heartbeat_interval {
+                    self.send_or_end(node, types::PING, &[])?;
+                    add(&node.counters.pings_sent, 1);
+                    pinged = now;
+                }
+            } else if now.duration_since(started) >= o.handshake_timeout {
+                return fail(
+                    Reason::HandshakeTimeout,
+                    self.say(format!("handshake not finished within {} ms", o.handshake_timeout.as_millis())),
+                );
+            }
+            // The buffer never holds more than one frame and its header:
+            // a complete frame is decoded above before reading on.
+            let old = buf.len();
+            buf.resize(old + (limit - old).min(64 << 10), 0);
+            idle = false;
+            match (&self.stream).read(&mut buf[old..]) {
+                Ok(0) => {
+                    buf.truncate(old);
+                    if let Some(e) = self.ended_elsewhere() {
+                        return Err(e);
+                    }
+                    if old == 0 {
+                        return fail(Reason::ClosedByPeer, self.say("closed by the peer"));
+                    }
+                    return fail(
+                        Reason::Reset,
+                        self.say(format!("end of stream inside a frame ({old} bytes of it read)")),
+                    );
+                }
+                Ok(n) => {
+                    buf.truncate(old + n);
+                    heard = Instant::now();
+                    add(&node.counters.bytes_in, n as u64);
+                }
+                Err(e) => {
+                    buf.truncate(old);
+                    idle = matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut);
+                    if !idle && e.kind() != ErrorKind::Interrupted {
+                        if let Some(e) = self.ended_elsewhere() {
+                            return Err(e);
+                        }
+                        return fail(Reason::Reset, self.say(format!("read failed: {e}")));
+                    }
+                }
+            }
+        }
+    }
+
+    /// An error text naming the connection.
+    fn say(&self, what: impl std::fmt::Display) -> String {
+        let peer = self.peer_id.load(Ordering::Acquire);
+        if peer == 0 {
+            format!("node connection from {}: {what}", self.remote)
+        } else {
+            format!("node connection to peer {peer} ({}): {what}", self.remote)
+        }
+    }
+
+    fn send_or_end(&self, node: &Inner, ty: u16, payload: &[u8]) -> std::result::Result<(), Ended> {
+        match self.send(node, ty, payload) {
+            Ok(()) => Ok(()),
+            // While the node closes, a frame the writer no longer takes is
+            // dropped and the reader keeps reading until the drain is done.
+            Err(_) if self.node_closing() => Ok(()),
+            Err(e) => Err(self.ended_elsewhere().unwrap_or_else(|| (Reason::Reset, self.say(e)))),
+        }
+    }
+
+    fn on_frame(
+        &self,
+        node: &Inner,
+        me: &Hello,
+        stage: &mut Stage,
+        ty: u16,
+        p: &[u8],
+    ) -> std::result::Result<(), Ended> {
+        let secrets = &node.opts.secrets;
+        match (&*stage, ty) {
+            (Stage::AwaitHello, types::HELLO) => {
+                let peer = Hello::decode(p).map_err(|e| (Reason::Malformed, self.say(e)))?;
+                if peer.node_id == me.node_id || self.expect.is_some_and(|id| id != peer.node_id) {
+                    let want = self.expect.map_or("another id".to_string(), |id| format!("node {id}"));
+                    return fail(
+                        Reason::WrongNode,
+                        self.say(format!("peer says it is node {}, expected {want}", peer.node_id)),
+                    );
+                }
+                if !node.replay.lock().first_time(&peer.nonce) {
+                    return fail(Reason::Replay, self.say("HELLO repeats a nonce already seen: a replayed handshake"));
+                }
+                let version = handshake::negotiate(&peer).ok_or_else(|| {
+                    let msg = format!(
+                        "no common protocol version (peer speaks {}..={}, this node {PROTOCOL_MIN}..={PROTOCOL_MAX})",
+                        peer.min_version, peer.max_version
+                    );
+                    (Reason::Version, self.say(msg))
+                })?;
+                if peer.has_secret != me.has_secret {
+                    let msg = if me.has_secret {
+                        "the peer has no cluster secret"
+                    } else {
+                        "the peer wants a cluster secret this node does not have"
+                    };
+                    return fail(Reason::BadMac, self.say(msg));
+                }
+                self.peer_id.store(peer.node_id, Ordering::Release);
+                if !me.has_secret {
+                    *stage = Stage::Ready;
+                    return self.ready(node);
+                }
+                let mine = Transcript { sender_role: self.role, version, sender: me, receiver: &peer };
+                self.send_or_end(node, types::AUTH, &mine.sign(&secrets[0]))?;
+                *stage = Stage::AwaitAuth { peer, version };
+                Ok(())
+            }
+            (Stage::AwaitAuth { peer, version }, types::AUTH) => {
+                let other = match self.role {
+                    Role::Dialer => Role::Acceptor,
+                    Role::Acceptor => Role::Dialer,
+                };
+                let theirs = Transcript { sender_role: other, version: *version, sender: peer, receiver: me };
+                if !theirs.verify(secrets, p) {
+                    return fail(Reason::BadMac, self.say("AUTH MAC matches no active secret"));
+                }
+                *stage = Stage::Ready;
+                self.ready(node)
+            }
+            (Stage::AwaitHello | Stage::AwaitAuth { .. }, _) => {
+                fail(Reason::Malformed, self.say(format!("frame type {ty:#06x} arrived before the handshake finished")))
+            }
+            (Stage::Ready, types::PING) if p.is_empty() => self.send_or_end(node, types::PONG, &[]),
+            (Stage::Ready, types::PONG) if p.is_empty() => {
+                add(&node.counters.pongs_received, 1);
+                Ok(())
+            }
+            (Stage::Ready, types::HELLO | types::AUTH | types::PING | types::PONG) => fail(
+                Reason::Malformed,
+                self.say(format!("unexpected frame type {ty:#06x} with {} payload bytes", p.len())),
+            ),
+            (Stage::Ready, _) => match Service::of(ty).and_then(|s| node.handler(s)) {
+                Some(h) => {
+                    h(self.peer_id.load(Ordering::Acquire), ty, p);
+                    Ok(())
+                }
+                None => {
+                    fail(Reason::UnknownType, self.say(format!("frame type {ty:#06x} has no service on this node")))
+                }
+            },
+        }
+    }
+
+    /// Registered (and counted) before the state changes, so that
+    /// `Node::connect` returns with the peer already reachable by `send`.
+    fn ready(&self, node: &Inner) -> std::result::Result<(), Ended> {
+        node.ready(self);
+        *self.state.lock() = State::Ready;
+        self.cv.notify_all();
+        Ok(())
+    }
+}

@@ -1,0 +1,332 @@
+//! The node itself: the listener and its accept thread, dialing, the
+//! registry of connections, sending, and shutdown.
+
+use crate::error::{Error, Result};
+use crate::net::{Net, NetOptions, WriterOptions};
+use crate::node::conn::Conn;
+use crate::node::handshake::{ReplayGuard, Role};
+use crate::node::stats::{add, Counters, NodeStats, Reason};
+use crate::node::{Handler, NodeOptions, Service};
+use crate::status::*;
+use parking_lot::{Mutex, RwLock};
+use std::collections::HashMap;
+use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+/// HELLO nonces remembered to spot replayed handshakes.
+const REPLAY_MEMORY: usize = 4096;
+
+#[derive(Default)]
+struct Registry {
+    next_seq: u64,
+    /// Every live connection with its reader thread.
+    conns: HashMap<u64, (Arc<Conn>, Option<JoinHandle<()>>)>,
+    /// Connections that finished their handshake, by peer node id (the latest wins).
+    by_peer: HashMap<u64, Arc<Conn>>,
+}
+
+/// What a node's threads share.
+pub(crate) struct Inner {
+    pub opts: NodeOptions,
+    pub counters: Counters,
+    pub replay: Mutex<ReplayGuard>,
+    handlers: RwLock<[Option<Handler>; 2]>,
+    reg: Mutex<Registry>,
+    net: Mutex<Option<Net>>,
+    writer_opts: WriterOptions,
+    closing: AtomicBool,
+}
+
+/// A node: listens, dials, and carries typed frames between authenticated
+/// peers. Every method may be called from any thread.
+pub struct Node {
+    inner: Arc<Inner>,
+    addr: SocketAddr,
+    listener: TcpListener,
+    acceptor: Option<JoinHandle<()>>,
+}
+
+fn loopback(addr: &SocketAddr) -> bool {
+    match addr {
+        SocketAddr::V4(a) => a.ip().is_loopback(),
+        SocketAddr::V6(a) => a.ip().is_loopback() || a.ip().to_ipv4_mapped().is_some_and(|v4| v4.is_loopback()),
+    }
+}
+
+/// Why a peer at `addr` may not connect at all, if it may not.
+pub(crate) fn policy_refusal(opts: &NodeOptions, addr: &SocketAddr) -> Option<String> {
+    (opts.secrets.is_empty() && !opts.allow_remote_without_secret && !loopback(addr)).then(|| {
+        format!("node connection from {addr}: refused, no cluster secret is configured and the peer is not on loopback")
+    })
+}
+
+impl Node {
+    /// Validates `opts`, binds the listener and starts the accept thread
+    /// and the writer reactor.
+    pub fn open(opts: NodeOptions) -> Result<Node> {
+        opts.validate()?;
+        let listener = TcpListener::bind(&opts.listen).map_err(|e| Error::io(format!("bind {}", opts.listen), e))?;
+        let addr = listener.local_addr().map_err(|e| Error::io("getsockname of the node listener", e))?;
+        // No event callback: when the reactor closes a connection on its
+        // own it shuts the socket down, which wakes the connection's
+        // reader, and the reader asks the writer why (`Writer::death`).
+        let net = Net::open(NetOptions::default())?;
+        let writer_opts = WriterOptions {
+            soft_cap_bytes: 0,
+            hard_cap_bytes: opts.conn_memory_bytes - opts.read_limit() as u64,
+            close_timeout: opts.close_timeout,
+            ..WriterOptions::default()
+        };
+        let inner = Arc::new(Inner {
+            opts,
+            counters: Counters::default(),
+            replay: Mutex::new(ReplayGuard::new(REPLAY_MEMORY)),
+            handlers: RwLock::new([None, None]),
+            reg: Mutex::new(Registry::default()),
+            net: Mutex::new(Some(net)),
+            writer_opts,
+            closing: AtomicBool::new(false),
+        });
+        let l = listener.try_clone().map_err(|e| Error::io("dup the node listener", e))?;
+        let i = inner.clone();
+        let acceptor = std::thread::Builder::new()
+            .name("keel-node-accept".into())
+            .spawn(move || i.accept_loop(l))
+            .map_err(|e| Error::io("spawn the node accept thread", e))?;
+        Ok(Node { inner, addr, listener, acceptor: Some(acceptor) })
+    }
+
+    /// The address the node listens on (the port picked when it was 0).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn id(&self) -> u64 {
+        self.inner.opts.node_id
+    }
+
+    /// Dials `addr` and runs the handshake; returns once `peer_id` is
+    /// ready (or why not: REFUSED, TIMEOUT, IO, PROTOCOL, CLOSED).
+    pub fn connect(&self, peer_id: u64, addr: &str) -> Result<()> {
+        if peer_id == 0 || peer_id == self.id() {
+            return Err(Error::invalid(format!("peer id {peer_id} is 0 or this node's own id")));
+        }
+        let timeout = self.inner.opts.handshake_timeout;
+        let to = addr
+            .to_socket_addrs()
+            .map_err(|e| Error::invalid(format!("peer address {addr:?}: {e}")))?
+            .next()
+            .ok_or_else(|| Error::invalid(format!("peer address {addr:?} resolves to nothing")))?;
+        let stream = TcpStream::connect_timeout(&to, timeout).map_err(|e| Error::io(format!("connect to {to}"), e))?;
+        add(&self.inner.counters.dialed, 1);
+        let conn = self.inner.start(stream, to, Role::Dialer, Some(peer_id))?;
+        conn.wait_ready()
+    }
+
+    /// Installs (or with None removes) the handler of a service's frames.
+    pub fn set_handler(&self, service: Service, handler: Option<Handler>) {
+        self.inner.handlers.write()[service as usize] = handler;
+    }
+
+    /// Sends one frame to a ready peer: `ty` must lie in a service's range
+    /// and the payload within max_frame_bytes. NOT_FOUND when no
+    /// connection to the peer is ready; BUSY when the peer stopped reading
+    /// and the connection was cut off.
+    pub fn send(&self, peer_id: u64, ty: u16, payload: &[u8]) -> Result<()> {
+        let max = self.inner.opts.max_frame_bytes as usize;
+        if Service::of(ty).is_none() {
+            return Err(Error::invalid(format!("frame type {ty:#06x} belongs to no service")));
+        }
+        if payload.len() > max {
+            return Err(Error::invalid(format!("payload of {} bytes is above max_frame_bytes {max}", payload.len())));
+        }
+        self.inner.check_open()?;
+        let conn = self.inner.reg.lock().by_peer.get(&peer_id).cloned();
+        let conn =
+            conn.ok_or_else(|| Error::new(KEEL_STATUS_NOT_FOUND, format!("no ready connection to peer {peer_id}")))?;
+        conn.send(&self.inner, ty, payload)
+    }
+
+    /// Peers with a ready connection.
+    pub fn peers(&self) -> Vec<u64> {
+        let mut v: Vec<u64> = self.inner.reg.lock().by_peer.keys().copied().collect();
+        v.sort_unstable();
+        v
+    }
+
+    pub fn stats(&self) -> NodeStats {
+        self.inner.counters.snapshot()
+    }
+
+    /// Stops accepting, gives every connection up to close_timeout to send
+    /// what is queued (the rest is cancelled and counted in
+    /// `cancelled_frames`), closes them and joins every thread. Returns the
+    /// final counters.
+    pub fn close(mut self) -> NodeStats {
+        self.shutdown();
+        self.stats()
+    }
+
+    fn shutdown(&mut self) {
+        let Some(acceptor) = self.acceptor.take() else { return };
+        self.inner.closing.store(true, Ordering::SeqCst);
+        // SAFETY: the listener's fd is open (self owns it); shutdown(2)
+        // wakes the accept thread blocked on its dup.
+        unsafe { libc::shutdown(self.listener.as_raw_fd(), libc::SHUT_RDWR) };
+        let _ = acceptor.join();
+        let conns: Vec<Arc<Conn>> = self.inner.reg.lock().conns.values().map(|(c, _)| c.clone()).collect();
+        for c in &conns {
+            // The reason only: the socket stays open while the writers drain.
+            c.end_reason_only(Reason::Shutdown, "the node is closing");
+        }
+        // Flushes every writer within close_timeout, then closes their fds.
+        if let Some(net) = self.inner.net.lock().take() {
+            let _ = net.close();
+        }
+        for c in &conns {
+            c.end(Reason::Shutdown, "the node is closing");
+        }
+        let threads: Vec<JoinHandle<()>> =
+            self.inner.reg.lock().conns.values_mut().filter_map(|(_, t)| t.take()).collect();
+        for t in threads {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+impl Inner {
+    fn check_open(&self) -> Result<()> {
+        if self.closing.load(Ordering::Acquire) {
+            return Err(Error::new(KEEL_STATUS_CLOSED, "the node is closing"));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn handler(&self, s: Service) -> Option<Handler> {
+        self.handlers.read()[s as usize].clone()
+    }
+
+    fn accept_loop(self: Arc<Inner>, listener: TcpListener) {
+        loop {
+            let accepted = listener.accept();
+            if self.closing.load(Ordering::Acquire) {
+                return;
+            }
+            match accepted {
+                Ok((stream, addr)) => {
+                    add(&self.counters.accepted, 1);
+                    let _ = self.start(stream, addr, Role::Acceptor, None);
+                }
+                // A failed accept (a connection reset while queued, out of
+                // fds) concerns that connection only.
+                Err(e) => self.counters.note_error(format!("node accept failed: {e}")),
+            }
+        }
+    }
+
+    /// Takes a connected socket: the policy check, a batched writer on a
+    /// dup of it, and a reader thread.
+    fn start(
+        self: &Arc<Inner>,
+        stream: TcpStream,
+        remote: SocketAddr,
+        role: Role,
+        expect: Option<u64>,
+    ) -> Result<Arc<Conn>> {
+        self.check_open()?;
+        if let Some(msg) = policy_refusal(&self.opts, &remote) {
+            self.counters.ended(Reason::NotLoopback, &msg);
+            self.event(0, KEEL_STATUS_REFUSED, &msg);
+            return Err(Error::new(KEEL_STATUS_REFUSED, msg));
+        }
+        let wfd = stream.try_clone().map_err(|e| Error::io("dup a node socket", e))?.into_raw_fd();
+        let adopted = match &*self.net.lock() {
+            Some(net) => net.adopt(wfd, &self.writer_opts),
+            None => Err(Error::new(KEEL_STATUS_CLOSED, "the node is closing")),
+        };
+        let writer = adopted.inspect_err(|_| {
+            // SAFETY: adopt failed, so wfd is still ours, open, and owned
+            // by nothing else; the TcpStream closes it.
+            drop(unsafe { TcpStream::from_raw_fd(wfd) });
+        })?;
+        let mut reg = self.reg.lock();
+        reg.next_seq += 1;
+        let seq = reg.next_seq;
+        let conn = Arc::new(Conn::new(seq, role, remote, expect, stream, writer));
+        let (c, me) = (conn.clone(), self.clone());
+        let thread = std::thread::Builder::new().name("keel-node-conn".into()).spawn(move || c.run(me));
+        match thread {
+            Ok(t) => {
+                reg.conns.insert(seq, (conn.clone(), Some(t)));
+                Ok(conn)
+            }
+            Err(e) => {
+                drop(reg);
+                let err = Error::io("spawn a node connection thread", e);
+                conn.end(Reason::Reset, err.to_string());
+                Err(err)
+            }
+        }
+    }
+
+    pub(crate) fn ready(&self, conn: &Conn) {
+        let peer = conn.peer_id.load(Ordering::Acquire);
+        let mut reg = self.reg.lock();
+        if let Some((c, _)) = reg.conns.get(&conn.seq) {
+            let c = c.clone();
+            reg.by_peer.insert(peer, c);
+        }
+        drop(reg);
+        add(&self.counters.handshakes, 1);
+        add(&self.counters.peers, 1);
+        self.event(peer, KEEL_STATUS_OK, "peer ready");
+    }
+
+    /// Drops an ended connection from the registry (its thread's last act).
+    pub(crate) fn forget(&self, conn: &Conn) {
+        let mut reg = self.reg.lock();
+        let peer = conn.peer_id.load(Ordering::Acquire);
+        if reg.by_peer.get(&peer).is_some_and(|c| c.seq == conn.seq) {
+            reg.by_peer.remove(&peer);
+        }
+        // While the node closes, its shutdown joins the thread instead.
+        if !self.closing.load(Ordering::Acquire) {
+            reg.conns.remove(&conn.seq);
+        }
+    }
+
+    pub(crate) fn event(&self, peer: u64, status: keel_status_t, msg: &str) {
+        if let Some(cb) = &self.opts.on_event {
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| cb(peer, status, msg)));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn without_a_secret_only_loopback_peers_are_let_in() {
+        let mut o = NodeOptions { node_id: 1, ..NodeOptions::default() };
+        let remote: SocketAddr = "192.0.2.7:4000".parse().unwrap();
+        for local in ["127.0.0.1:1", "[::1]:1", "[::ffff:127.0.0.1]:1"] {
+            assert_eq!(policy_refusal(&o, &local.parse().unwrap()), None, "{local}");
+        }
+        assert!(policy_refusal(&o, &remote).unwrap().contains("not on loopback"));
+        o.allow_remote_without_secret = true;
+        assert_eq!(policy_refusal(&o, &remote), None);
+        o.allow_remote_without_secret = false;
+        o.secrets = vec![vec![7; 16]];
+        assert_eq!(policy_refusal(&o, &remote), None);
+    }
+}

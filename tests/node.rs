@@ -1,0 +1,430 @@
+//! The node transport over real loopback TCP sockets (issue #11 §1):
+//! authenticated nodes exchanging frames, refusals of every kind, bad input
+//! from a raw TcpStream peer, heartbeats, a peer that stops reading, and
+//! shutdown that drains or cancels. No timing assertions: timeouts are
+//! small options, and every wait is on an event with a generous deadline
+//! that only guards against a hang.
+
+use crossbeam_channel::{unbounded, Receiver};
+use keel::node::frame::{self, HEADER_LEN};
+use keel::node::handshake::{self, Hello, Role, Transcript};
+use keel::node::{types, Node, NodeOptions, NodeStats, Reason, Service};
+use keel::status::*;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const HANG_GUARD: Duration = Duration::from_secs(60);
+const OLD: &[u8] = b"old cluster secret 0123456789";
+const NEW: &[u8] = b"new cluster secret 9876543210";
+const TRANSFER: u16 = 0x0100;
+
+type Events = Receiver<(u64, keel_status_t, String)>;
+
+fn options(id: u64, secrets: &[&[u8]]) -> (NodeOptions, Events) {
+    let (tx, rx) = unbounded();
+    let o = NodeOptions {
+        node_id: id,
+        secrets: secrets.iter().map(|s| s.to_vec()).collect(),
+        max_frame_bytes: 64 << 10,
+        conn_memory_bytes: 1 << 20,
+        handshake_timeout: Duration::from_millis(1000),
+        heartbeat_interval: Duration::from_millis(50),
+        // A second of silence: tests share a loaded machine.
+        heartbeat_misses: 20,
+        // A drain ends as soon as the peer closes its side; this only
+        // bounds a peer that never does.
+        close_timeout: Duration::from_secs(5),
+        on_event: Some(Arc::new(move |peer, status, msg: &str| {
+            let _ = tx.send((peer, status, msg.to_string()));
+        })),
+        ..NodeOptions::default()
+    };
+    (o, rx)
+}
+
+fn open(id: u64, secrets: &[&[u8]]) -> (Node, Events) {
+    let (o, rx) = options(id, secrets);
+    (Node::open(o).unwrap(), rx)
+}
+
+/// Waits (on the node's events) until `pred` holds for its stats.
+fn wait_for(node: &Node, events: &Events, what: &str, pred: impl Fn(&NodeStats) -> bool) -> NodeStats {
+    let deadline = Instant::now() + HANG_GUARD;
+    loop {
+        let s = node.stats();
+        if pred(&s) {
+            return s;
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if events.recv_timeout(left).is_err() {
+            panic!("hang guard: still waiting for {what}; stats {s:?}");
+        }
+    }
+}
+
+fn wait_ended(node: &Node, events: &Events, r: Reason) -> NodeStats {
+    let s = wait_for(node, events, &format!("{r:?}"), |s| s.ended(r) >= 1);
+    assert_eq!(s.peers, 0, "{s:?}");
+    s
+}
+
+/// A frame handler that forwards payloads to a channel.
+fn collect(node: &Node) -> Receiver<(u64, u16, Vec<u8>)> {
+    let (tx, rx) = unbounded();
+    node.set_handler(
+        Service::Transfer,
+        Some(Arc::new(move |peer, ty, p: &[u8]| {
+            let _ = tx.send((peer, ty, p.to_vec()));
+        })),
+    );
+    rx
+}
+
+/// A raw peer: a TcpStream speaking the protocol by hand.
+struct Raw {
+    s: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Raw {
+    fn connect(node: &Node) -> Raw {
+        let s = TcpStream::connect(node.addr()).unwrap();
+        s.set_read_timeout(Some(HANG_GUARD)).unwrap();
+        Raw { s, buf: Vec::new() }
+    }
+
+    fn send(&mut self, ty: u16, payload: &[u8]) {
+        self.s.write_all(&frame::encode(ty, payload)).unwrap();
+    }
+
+    fn read_frame(&mut self) -> (u16, Vec<u8>) {
+        loop {
+            if let Some(f) = frame::decode(&self.buf, 1 << 20).unwrap() {
+                let out = (f.ty, self.buf[HEADER_LEN..f.len].to_vec());
+                self.buf.drain(..f.len);
+                return out;
+            }
+            let mut chunk = [0u8; 4096];
+            let n = self.s.read(&mut chunk).unwrap();
+            assert!(n > 0, "the node closed the connection");
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    fn hello(id: u64, has_secret: bool) -> Hello {
+        Hello { min_version: 1, max_version: 1, node_id: id, nonce: handshake::nonce().unwrap(), has_secret }
+    }
+
+    /// Handshake with a node that has no secret.
+    fn ready(node: &Node, id: u64) -> Raw {
+        let mut r = Raw::connect(node);
+        r.send(types::HELLO, &Raw::hello(id, false).encode());
+        assert_eq!(r.read_frame().0, types::HELLO);
+        r
+    }
+
+    /// Reads until the node closes the connection (EOF or reset).
+    fn until_closed(&mut self) {
+        let mut chunk = [0u8; 4096];
+        while matches!(self.s.read(&mut chunk), Ok(n) if n > 0) {}
+    }
+}
+
+#[test]
+fn authenticated_nodes_carry_typed_frames_and_heartbeats() {
+    let (a, ea) = open(1, &[OLD]);
+    let (b, _eb) = open(2, &[OLD]);
+    let got = collect(&a);
+    b.connect(1, &a.addr().to_string()).unwrap();
+    assert_eq!(b.peers(), vec![1]);
+    wait_for(&a, &ea, "a handshake on the acceptor", |s| s.peers == 1);
+    for i in 0..100u32 {
+        b.send(1, TRANSFER + (i % 3) as u16, &i.to_le_bytes()).unwrap();
+    }
+    for i in 0..100u32 {
+        let (peer, ty, p) = got.recv_timeout(HANG_GUARD).unwrap();
+        assert_eq!((peer, ty, p), (2, TRANSFER + (i % 3) as u16, i.to_le_bytes().to_vec()), "in order");
+    }
+    // Limits of `send` itself.
+    assert_eq!(b.send(1, types::PING, b"").unwrap_err().status, KEEL_STATUS_INVALID_ARGUMENT);
+    assert_eq!(b.send(1, TRANSFER, &vec![0; (64 << 10) + 1]).unwrap_err().status, KEEL_STATUS_INVALID_ARGUMENT);
+    assert_eq!(b.send(9, TRANSFER, b"x").unwrap_err().status, KEEL_STATUS_NOT_FOUND);
+    let s = b.close();
+    assert_eq!(s.handshakes, 1);
+    wait_ended(&a, &ea, Reason::ClosedByPeer);
+}
+
+#[test]
+fn two_secrets_rotate_and_a_wrong_or_missing_secret_is_refused() {
+    // Mid-rotation: each side sends with its first secret and accepts either.
+    let (a, ea) = open(1, &[OLD, NEW]);
+    let (b, _eb) = open(2, &[NEW, OLD]);
+    b.connect(1, &a.addr().to_string()).unwrap();
+
+    let (c, _ec) = open(3, &[b"a secret nobody else has"]);
+    let e = c.connect(1, &a.addr().to_string()).unwrap_err();
+    assert_eq!(e.status, KEEL_STATUS_REFUSED, "{e}");
+    assert!(e.message.contains("MAC"), "{e}");
+    let s = c.stats();
+    assert_eq!((s.ended(Reason::BadMac), s.peers), (1, 0));
+    assert!(s.last_error.contains("MAC"), "{s:?}");
+    wait_for(&a, &ea, "a's refusal of c", |s| s.ended(Reason::BadMac) >= 1);
+
+    let (d, _ed) = open(4, &[]);
+    let e = d.connect(1, &a.addr().to_string()).unwrap_err();
+    assert_eq!(e.status, KEEL_STATUS_REFUSED, "{e}");
+    assert!(e.message.contains("secret"), "{e}");
+    wait_for(&a, &ea, "a's refusal of d", |s| s.ended(Reason::BadMac) >= 2);
+    assert_eq!(a.peers(), vec![2]);
+}
+
+#[test]
+fn a_recorded_handshake_cannot_be_replayed() {
+    let (a, ea) = open(1, &[OLD]);
+    // An honest peer with the secret, by hand, recording what it sends.
+    let me = Raw::hello(7, true);
+    let mut r = Raw::connect(&a);
+    r.send(types::HELLO, &me.encode());
+    let (ty, p) = r.read_frame();
+    assert_eq!(ty, types::HELLO);
+    let theirs = Hello::decode(&p).unwrap();
+    let mac = Transcript { sender_role: Role::Dialer, version: 1, sender: &me, receiver: &theirs }.sign(OLD);
+    r.send(types::AUTH, &mac);
+    assert_eq!(r.read_frame().0, types::AUTH);
+    wait_for(&a, &ea, "the honest handshake", |s| s.handshakes == 1);
+
+    // The same bytes again on a new connection: the nonce gives it away.
+    let mut replay = Raw::connect(&a);
+    replay.send(types::HELLO, &me.encode());
+    replay.send(types::AUTH, &mac);
+    replay.until_closed();
+    let s = wait_for(&a, &ea, "the replay refusal", |s| s.ended(Reason::Replay) == 1);
+    assert!(s.last_error.contains("replay"), "{s:?}");
+
+    // With a fresh nonce the recorded MAC no longer matches.
+    let mut forged = Raw::connect(&a);
+    forged.send(types::HELLO, &Hello { nonce: handshake::nonce().unwrap(), ..me }.encode());
+    forged.send(types::AUTH, &mac);
+    forged.until_closed();
+    wait_for(&a, &ea, "the bad MAC", |s| s.ended(Reason::BadMac) == 1);
+    assert_eq!(a.stats().handshakes, 1);
+}
+
+#[test]
+fn unknown_versions_and_wrong_node_ids_are_refused() {
+    let (a, ea) = open(1, &[]);
+    let mut r = Raw::connect(&a);
+    r.send(types::HELLO, &Hello { min_version: 5, max_version: 9, ..Raw::hello(7, false) }.encode());
+    r.until_closed();
+    let s = wait_ended(&a, &ea, Reason::Version);
+    assert!(s.last_error.contains("protocol version"), "{s:?}");
+
+    let (b, _eb) = open(2, &[]);
+    let e = b.connect(99, &a.addr().to_string()).unwrap_err();
+    assert_eq!(e.status, KEEL_STATUS_REFUSED, "{e}");
+    assert!(e.message.contains("expected node 99"), "{e}");
+    assert_eq!(b.stats().ended(Reason::WrongNode), 1);
+}
+
+#[test]
+fn a_peer_that_says_nothing_times_out_in_the_handshake() {
+    let (a, ea) = open(1, &[OLD]);
+    let mut r = Raw::connect(&a);
+    r.until_closed();
+    let s = wait_ended(&a, &ea, Reason::HandshakeTimeout);
+    assert!(s.last_error.contains("handshake"), "{s:?}");
+}
+
+#[test]
+fn garbage_oversized_and_unknown_frames_close_the_connection() {
+    let (a, ea) = open(1, &[]);
+    let mut r = Raw::connect(&a);
+    // A small length, then a frame format version nobody speaks.
+    r.s.write_all(b"\x05\x00\x00\x00\x01\x01\x09\x00garbage garbage").unwrap();
+    r.until_closed();
+    wait_ended(&a, &ea, Reason::Malformed);
+
+    // A corrupted CRC after the handshake.
+    let mut r = Raw::ready(&a, 7);
+    let mut f = frame::encode(TRANSFER, b"payload");
+    f[HEADER_LEN] ^= 0x40;
+    r.s.write_all(&f).unwrap();
+    r.until_closed();
+    let s = wait_for(&a, &ea, "a CRC error", |s| s.ended(Reason::Malformed) == 2);
+    assert!(s.last_error.contains("CRC"), "{s:?}");
+
+    // A length past the limit is refused from the header alone.
+    let mut r = Raw::ready(&a, 8);
+    let mut f = frame::encode(TRANSFER, b"");
+    f[..4].copy_from_slice(&u32::MAX.to_le_bytes());
+    r.s.write_all(&f[..HEADER_LEN]).unwrap();
+    r.until_closed();
+    let s = wait_ended(&a, &ea, Reason::Oversized);
+    assert!(s.last_error.contains("above the limit"), "{s:?}");
+
+    // A type outside every service, and a service with no handler.
+    for (peer, ty) in [(9, 0x7777u16), (10, 0x0200)] {
+        let mut r = Raw::ready(&a, peer);
+        r.send(ty, b"?");
+        r.until_closed();
+    }
+    let s = wait_for(&a, &ea, "two unknown types", |s| s.ended(Reason::UnknownType) == 2);
+    assert!(s.last_error.contains("no service"), "{s:?}");
+    assert_eq!(s.peers, 0);
+}
+
+#[test]
+fn a_peer_that_resets_or_ends_mid_frame_is_reported() {
+    let (a, ea) = open(1, &[]);
+    let half = frame::encode(TRANSFER, &[1u8; 1000]);
+    // End of stream inside a frame.
+    let mut r = Raw::ready(&a, 7);
+    r.s.write_all(&half[..500]).unwrap();
+    r.s.shutdown(std::net::Shutdown::Write).unwrap();
+    r.until_closed();
+    let s = wait_ended(&a, &ea, Reason::Reset);
+    assert!(s.last_error.contains("inside a frame"), "{s:?}");
+    // A reset (SO_LINGER 0 makes close send RST) inside a frame.
+    let mut r = Raw::ready(&a, 8);
+    r.s.write_all(&half[..500]).unwrap();
+    let linger = libc::linger { l_onoff: 1, l_linger: 0 };
+    // SAFETY: the fd is open and `linger` is a valid struct of the size given.
+    let rc = unsafe {
+        libc::setsockopt(
+            r.s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            &linger as *const libc::linger as *const libc::c_void,
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0);
+    drop(r);
+    wait_for(&a, &ea, "the reset", |s| s.ended(Reason::Reset) == 2);
+}
+
+#[test]
+fn a_peer_that_answers_pings_stays_and_gets_pongs() {
+    let (a, ea) = open(1, &[]);
+    let mut r = Raw::ready(&a, 7);
+    // Thirty PINGs are more intervals than heartbeat_misses (20): the
+    // connection lives because the peer answers them. The node answers
+    // each of the peer's PINGs in order, so once the tenth PONG is read the
+    // node has handled every PONG sent before it.
+    let (mut pings, mut pongs) = (0, 0);
+    while pings < 30 || pongs < 30 {
+        match r.read_frame() {
+            (types::PING, p) if p.is_empty() => {
+                pings += 1;
+                if pings <= 30 {
+                    r.send(types::PONG, b"");
+                    r.send(types::PING, b"");
+                }
+            }
+            (types::PONG, p) if p.is_empty() => pongs += 1,
+            other => panic!("unexpected frame {other:?}"),
+        }
+    }
+    let s = a.stats();
+    assert_eq!((s.peers, s.ended(Reason::HeartbeatTimeout)), (1, 0), "{s:?}");
+    assert!(s.pings_sent >= 30 && s.pongs_received >= 30, "{s:?}");
+    // A clean close: no more writes, read what is left until the node closes.
+    r.s.shutdown(std::net::Shutdown::Write).unwrap();
+    r.until_closed();
+    wait_ended(&a, &ea, Reason::ClosedByPeer);
+}
+
+#[test]
+fn a_silent_peer_misses_its_heartbeats() {
+    let (a, ea) = open(1, &[]);
+    let mut r = Raw::ready(&a, 7);
+    // It reads (and so sees the node's PINGs) but never answers.
+    r.until_closed();
+    let s = wait_ended(&a, &ea, Reason::HeartbeatTimeout);
+    assert!(s.pings_sent >= 1 && s.last_error.contains("nothing heard"), "{s:?}");
+}
+
+#[test]
+fn a_peer_that_stops_reading_is_cut_off_at_the_memory_limit() {
+    let (mut o, ea) = options(1, &[]);
+    o.heartbeat_interval = Duration::from_secs(600);
+    let a = Node::open(o).unwrap();
+    let _r = Raw::ready(&a, 7);
+    wait_for(&a, &ea, "the handshake", |s| s.peers == 1);
+    let chunk = vec![0u8; 60 << 10];
+    let mut sent = 0u64;
+    let err = loop {
+        match a.send(7, TRANSFER, &chunk) {
+            Ok(()) => sent += 1,
+            Err(e) => break e,
+        }
+        assert!(sent < 100_000, "the outbound limit never tripped");
+    };
+    assert!(matches!(err.status, KEEL_STATUS_BUSY | KEEL_STATUS_CLOSED | KEEL_STATUS_NOT_FOUND), "{err}");
+    let s = wait_ended(&a, &ea, Reason::OutboundOverflow);
+    assert!(s.cancelled_frames >= 1 && s.last_error.contains("hard cap"), "{s:?}");
+}
+
+#[test]
+fn close_drains_queued_frames_to_a_reading_peer() {
+    let (a, ea) = open(1, &[OLD]);
+    let (mut o, _eb) = options(2, &[OLD]);
+    o.close_timeout = HANG_GUARD; // the drain ends when a has read everything
+    let b = Node::open(o).unwrap();
+    let got = collect(&a);
+    b.connect(1, &a.addr().to_string()).unwrap();
+    let payload = vec![5u8; 8 << 10];
+    for _ in 0..500 {
+        b.send(1, TRANSFER, &payload).unwrap();
+    }
+    let s = b.close();
+    assert_eq!((s.cancelled_frames, s.ended(Reason::Shutdown)), (0, 1), "{s:?}");
+    for _ in 0..500 {
+        assert_eq!(got.recv_timeout(HANG_GUARD).unwrap().2.len(), payload.len());
+    }
+    wait_ended(&a, &ea, Reason::ClosedByPeer);
+}
+
+#[test]
+fn close_cancels_what_a_stuck_peer_never_takes_and_counts_it() {
+    let (mut o, ea) = options(1, &[]);
+    o.heartbeat_interval = Duration::from_secs(600);
+    o.conn_memory_bytes = 256 << 20;
+    o.close_timeout = Duration::from_millis(50);
+    let a = Node::open(o).unwrap();
+    let _r = Raw::ready(&a, 7);
+    wait_for(&a, &ea, "the handshake", |s| s.peers == 1);
+    // 64 MiB: far more than the loopback socket buffers hold.
+    let chunk = vec![0u8; 64 << 10];
+    for _ in 0..1024 {
+        a.send(7, TRANSFER, &chunk).unwrap();
+    }
+    let s = a.close();
+    assert!(s.cancelled_frames >= 1, "{s:?}");
+    assert_eq!(s.ended(Reason::Shutdown), 1, "{s:?}");
+}
+
+#[test]
+fn options_are_validated() {
+    let ok = NodeOptions { node_id: 1, ..NodeOptions::default() };
+    ok.validate().unwrap();
+    let bad = [
+        NodeOptions { node_id: 0, ..ok.clone() },
+        NodeOptions { secrets: vec![vec![1; 15]], ..ok.clone() },
+        NodeOptions { secrets: vec![vec![1; 16]; 3], ..ok.clone() },
+        NodeOptions { max_frame_bytes: 100, ..ok.clone() },
+        NodeOptions { conn_memory_bytes: 1 << 20, ..ok.clone() },
+        NodeOptions { heartbeat_misses: 0, ..ok.clone() },
+        NodeOptions { handshake_timeout: Duration::ZERO, ..ok.clone() },
+        NodeOptions { max_concurrent_transfers: 0, ..ok.clone() },
+    ];
+    for o in bad {
+        assert_eq!(Node::open(o).err().unwrap().status, KEEL_STATUS_INVALID_ARGUMENT);
+    }
+    let limits = NodeOptions { max_concurrent_transfers: 2, transfer_bandwidth_bytes_per_sec: 1 << 20, ..ok };
+    let n = Node::open(limits).unwrap();
+    assert_ne!(n.addr().port(), 0, "port 0 picks one");
+}
