@@ -109,6 +109,16 @@ impl Conn {
         self.end.lock().get_or_insert((r, msg.to_string()));
     }
 
+    /// Waits until the reader thread ended the connection, or `deadline`.
+    pub fn wait_ended(&self, deadline: Instant) {
+        let mut st = self.state.lock();
+        while !matches!(*st, State::Ended(..)) {
+            if self.cv.wait_until(&mut st, deadline).timed_out() {
+                return;
+            }
+        }
+    }
+
     /// Queues one frame on the batched writer.
     pub fn send(&self, node: &Inner, ty: u16, payload: &[u8]) -> Result<()> {
         let w = self.writer.read();
@@ -192,7 +202,18 @@ impl Conn {
         // The last read timed out without a byte.
         let mut idle = false;
         loop {
-            loop {
+            let closing = self.node_closing();
+            if closing {
+                // The node's shutdown sent what was queued and half-closed;
+                // it waits for the peer's EOF. Input is read and dropped
+                // until then: input left unread when the socket is shut
+                // down for reading or closed makes the kernel answer with a
+                // RST, which throws away what is still on its way to the
+                // peer. (The writer's close may have read part of it too,
+                // so it is not decoded.)
+                buf.clear();
+            }
+            while !closing {
                 let f = match frame::decode(&buf, o.max_frame_bytes) {
                     Ok(Some(f)) => f,
                     Ok(None) => break,
@@ -204,9 +225,8 @@ impl Conn {
                 buf.drain(..f.len);
             }
             let now = Instant::now();
-            if self.node_closing() {
-                // The node's shutdown drains the writers, then ends the
-                // connection itself: no timers until then.
+            if closing {
+                // No timers while the node closes: its shutdown bounds it.
             } else if matches!(stage, Stage::Ready) {
                 // Judged only after a read found nothing: a reader that was
                 // not scheduled for a while must look at its socket first.

@@ -15,6 +15,7 @@ use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::Instant;
 
 /// HELLO nonces remembered to spot replayed handshakes.
 const REPLAY_MEMORY: usize = 4096;
@@ -163,8 +164,8 @@ impl Node {
 
     /// Stops accepting, gives every connection up to close_timeout to send
     /// what is queued (the rest is cancelled and counted in
-    /// `cancelled_frames`), closes them and joins every thread. Returns the
-    /// final counters.
+    /// `cancelled_frames`) and for the peer to read it and close its side,
+    /// closes them and joins every thread. Returns the final counters.
     pub fn close(mut self) -> NodeStats {
         self.shutdown();
         self.stats()
@@ -182,10 +183,21 @@ impl Node {
             // The reason only: the socket stays open while the writers drain.
             c.end_reason_only(Reason::Shutdown, "the node is closing");
         }
-        // Flushes every writer within close_timeout, then closes their fds.
+        let deadline = Instant::now() + self.inner.opts.close_timeout;
+        // Hands every queued byte to the kernel within close_timeout, then
+        // half-closes (the FIN follows the data) and closes the writers'
+        // fds; the readers' fds keep the sockets open.
         if let Some(net) = self.inner.net.lock().take() {
             let _ = net.close();
         }
+        // The bytes are in the kernel, not yet at the peer: a socket shut
+        // down for reading or closed while the peer still sends (a PING)
+        // answers with a RST and drops them. So each reader reads on until
+        // the peer, having read everything, closes its side too.
+        for c in &conns {
+            c.wait_ended(deadline);
+        }
+        // What is left is a peer that did not close within close_timeout.
         for c in &conns {
             c.end(Reason::Shutdown, "the node is closing");
         }
