@@ -167,10 +167,7 @@ impl Conn {
         // Counted before the state changes, so that whoever waits on the
         // state (Node::connect) sees the counters already updated.
         let mut st = self.state.lock();
-        if *st == State::Ready {
-            node.counters.peers.fetch_sub(1, Ordering::Relaxed);
-        }
-        node.counters.ended(r, &msg);
+        node.counters.ended(r, &msg, *st == State::Ready);
         *st = State::Ended(r, msg.clone());
         self.cv.notify_all();
         drop(st);

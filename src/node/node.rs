@@ -256,7 +256,7 @@ impl Inner {
     ) -> Result<Arc<Conn>> {
         self.check_open()?;
         if let Some(msg) = policy_refusal(&self.opts, &remote) {
-            self.counters.ended(Reason::NotLoopback, &msg);
+            self.counters.ended(Reason::NotLoopback, &msg, false);
             self.event(0, KEEL_STATUS_REFUSED, &msg);
             return Err(Error::new(KEEL_STATUS_REFUSED, msg));
         }
@@ -298,8 +298,7 @@ impl Inner {
             reg.by_peer.insert(peer, c);
         }
         drop(reg);
-        add(&self.counters.handshakes, 1);
-        add(&self.counters.peers, 1);
+        self.counters.ready();
         self.event(peer, KEEL_STATUS_OK, "peer ready");
     }
 

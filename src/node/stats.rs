@@ -125,6 +125,9 @@ pub(crate) struct Counters {
     pub pongs_received: AtomicU64,
     pub cancelled_frames: AtomicU64,
     ended: [AtomicU64; REASONS],
+    /// Held while a connection's end is counted (peer gone, reason, text)
+    /// and while a snapshot is taken, so a snapshot never shows a reason
+    /// counted for a peer that it still lists.
     last_error: Mutex<String>,
 }
 
@@ -133,11 +136,24 @@ pub(crate) fn add(c: &AtomicU64, n: u64) {
 }
 
 impl Counters {
-    /// Counts a connection that ended; errors also become the last error.
-    pub fn ended(&self, r: Reason, message: &str) {
+    /// Counts a finished handshake: one more live peer.
+    pub fn ready(&self) {
+        let _one_step = self.last_error.lock();
+        add(&self.handshakes, 1);
+        add(&self.peers, 1);
+    }
+
+    /// Counts a connection that ended (`was_peer`: it had been counted in
+    /// `peers`); errors also become the last error. One step as far as
+    /// `snapshot` can tell.
+    pub fn ended(&self, r: Reason, message: &str, was_peer: bool) {
+        let mut last = self.last_error.lock();
+        if was_peer {
+            self.peers.fetch_sub(1, Ordering::Relaxed);
+        }
         add(&self.ended[r as usize], 1);
         if !matches!(r, Reason::ClosedByPeer | Reason::Shutdown) {
-            self.note_error(message.to_string());
+            *last = message.to_string();
         }
     }
 
@@ -146,6 +162,7 @@ impl Counters {
     }
 
     pub fn snapshot(&self) -> NodeStats {
+        let last = self.last_error.lock();
         let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
         NodeStats {
             peers: g(&self.peers),
@@ -160,7 +177,7 @@ impl Counters {
             pongs_received: g(&self.pongs_received),
             cancelled_frames: g(&self.cancelled_frames),
             ended: std::array::from_fn(|i| g(&self.ended[i])),
-            last_error: self.last_error.lock().clone(),
+            last_error: last.clone(),
         }
     }
 }
