@@ -221,7 +221,7 @@ impl Sealed {
             self.side_car(&d, bound)
         };
         steps.at(Step::SideCar(self.id));
-        files::replace(fs, &self.del_path, &body)?;
+        crate::fs::replace(fs, &self.del_path, &body)?;
         self.side_car.store(true, Ordering::Release);
         let mut d = self.deletions.lock();
         d.saved_upto = d.saved_upto.max(bound);
@@ -236,7 +236,7 @@ impl Sealed {
             self.side_car(&d, d.saved_upto)
         };
         steps.at(Step::SideCar(self.id));
-        files::replace(fs, &self.del_path, &body)?;
+        crate::fs::replace(fs, &self.del_path, &body)?;
         self.side_car.store(true, Ordering::Release);
         Ok(())
     }
