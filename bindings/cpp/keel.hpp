@@ -1357,12 +1357,60 @@ class Engine : public detail::Handle<keel_engine_t, detail::close_engine> {
     }
   }
 
+  // ---- fenced lease table (docs/LEASE.md) ----------------------------------
+  // Per engine and local to this node; after a reopen every lease has
+  // expired. Tokens only grow, across restarts too. Any thread.
+
+  /// Grants the lease on `bucket` for `ttl` (at least 1 ms) and returns its
+  /// fencing token. Status::Busy while another holder's lease runs;
+  /// Status::InvalidArgument for a zero or negative ttl.
+  Result<uint64_t> fence_try_acquire(ByteView bucket, std::chrono::milliseconds ttl) const {
+    if (!ptr_) return detail::empty_handle("keel::Engine");
+    if (auto ok = detail::check_views({bucket}); !ok) return ok.err();
+    detail::ErrorOut err;
+    uint64_t token = 0;
+    const uint64_t ms = ttl.count() < 0 ? 0u : static_cast<uint64_t>(ttl.count());
+    const keel_status_t st = keel_fence_try_acquire(ptr_.get(), bucket.data(), bucket.size(), ms, &token, err.out());
+    if (st != KEEL_STATUS_OK) return err.take(st);
+    return token;
+  }
+  /// Whether `token` holds the lease on `bucket` now (granted, not
+  /// released, not expired).
+  Result<bool> fence_validate(ByteView bucket, uint64_t token) const {
+    return fence_ask(keel_fence_validate, bucket, token);
+  }
+  /// Releases the lease if `token` holds it and it has not expired; says
+  /// whether it did (an expired holder never clears a newer one).
+  Result<bool> fence_release(ByteView bucket, uint64_t token) const {
+    return fence_ask(keel_fence_release, bucket, token);
+  }
+  /// The storage-side fence: Status::Fenced when `token` is below the
+  /// highest token accepted for `bucket`, else records it (an equal token
+  /// passes). No clock involved.
+  Result<void> fence_check(ByteView bucket, uint64_t token) const {
+    if (!ptr_) return detail::empty_handle("keel::Engine");
+    if (auto ok = detail::check_views({bucket}); !ok) return ok.err();
+    detail::ErrorOut err;
+    return detail::check(keel_fence_check(ptr_.get(), bucket.data(), bucket.size(), token, err.out()), err);
+  }
+
   /// Closes every shard still open and frees the handle; the Engine is
   /// empty afterwards even on error (the first error is returned). Shards
   /// still held then fail with Status::Closed. Closing an empty Engine succeeds.
   Result<void> close() {
     detail::ErrorOut err;
     return detail::check(keel_engine_close(ptr_.release(), err.out()), err);
+  }
+ private:
+  using FenceQuestion = keel_status_t (*)(const keel_engine_t*, const uint8_t*, size_t, uint64_t, bool*, keel_error_t**);
+  Result<bool> fence_ask(FenceQuestion ask, ByteView bucket, uint64_t token) const {
+    if (!ptr_) return detail::empty_handle("keel::Engine");
+    if (auto ok = detail::check_views({bucket}); !ok) return ok.err();
+    detail::ErrorOut err;
+    bool answer = false;
+    const keel_status_t st = ask(ptr_.get(), bucket.data(), bucket.size(), token, &answer, err.out());
+    if (st != KEEL_STATUS_OK) return err.take(st);
+    return answer;
   }
 };
 

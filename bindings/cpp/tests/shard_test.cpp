@@ -166,6 +166,44 @@ TEST(Engine, RoundTripCloseAndReopen) {
   expect_list(shard, "p", {"x1", "x2", "x3"}, 10);
 }
 
+TEST(Engine, FencedLeaseTable) {
+  TempDir tmp;
+  using std::chrono::hours;
+  uint64_t first = 0, second = 0;
+  {
+    Engine engine;
+    ASSERT_NO_FATAL_FAILURE(open_engine(tmp.engine(), small(), engine));
+    auto t1 = engine.fence_try_acquire("bucket", hours(1));
+    KEEL_ASSERT_OK(t1);
+    first = *t1;
+    expect_error(engine.fence_try_acquire("bucket", hours(1)), Status::Busy);
+    expect_error(engine.fence_try_acquire("bucket", std::chrono::milliseconds(-5)), Status::InvalidArgument);
+    EXPECT_EQ(*engine.fence_validate("bucket", first), true);
+    EXPECT_EQ(*engine.fence_validate("bucket", first + 1), false);
+    EXPECT_EQ(*engine.fence_validate("other", first), false);
+    EXPECT_EQ(*engine.fence_release("bucket", first), true);
+    EXPECT_EQ(*engine.fence_release("bucket", first), false);  // already released
+    auto t2 = engine.fence_try_acquire("bucket", hours(1));
+    KEEL_ASSERT_OK(t2);
+    second = *t2;
+    EXPECT_GT(second, first);
+    // The storage-side check: the newest token passes, an older one is fenced.
+    KEEL_ASSERT_OK(engine.fence_check("bucket", second));
+    expect_error(engine.fence_check("bucket", first), Status::Fenced);
+    KEEL_ASSERT_OK(engine.fence_check("bucket", second));
+  }
+  // After a reopen every lease has expired and tokens keep growing.
+  Engine engine;
+  ASSERT_NO_FATAL_FAILURE(open_engine(tmp.engine(), small(), engine));
+  EXPECT_EQ(*engine.fence_validate("bucket", second), false);
+  auto t3 = engine.fence_try_acquire("bucket", hours(1));
+  KEEL_ASSERT_OK(t3);
+  EXPECT_GT(*t3, second);
+  Engine empty;
+  expect_error(empty.fence_try_acquire("bucket", hours(1)), Status::Closed);
+  expect_error(empty.fence_validate("bucket", 1), Status::Closed);
+}
+
 TEST(Engine, ShardRegistry) {
   TempDir tmp;
   Engine engine;
