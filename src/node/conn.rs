@@ -209,17 +209,18 @@ impl Conn {
                 // peer. (The writer's close may have read part of it too,
                 // so it is not decoded.)
                 buf.clear();
-            }
-            while !closing {
-                let f = match frame::decode(&buf, o.max_frame_bytes) {
-                    Ok(Some(f)) => f,
-                    Ok(None) => break,
-                    Err(e @ FrameError::Oversized { .. }) => return fail(Reason::Oversized, self.say(e)),
-                    Err(e) => return fail(Reason::Malformed, self.say(e)),
-                };
-                add(&node.counters.frames_in, 1);
-                self.on_frame(node, &me, &mut stage, f.ty, &buf[HEADER_LEN..f.len])?;
-                buf.drain(..f.len);
+            } else {
+                loop {
+                    let f = match frame::decode(&buf, o.max_frame_bytes) {
+                        Ok(Some(f)) => f,
+                        Ok(None) => break,
+                        Err(e @ FrameError::Oversized { .. }) => return fail(Reason::Oversized, self.say(e)),
+                        Err(e) => return fail(Reason::Malformed, self.say(e)),
+                    };
+                    add(&node.counters.frames_in, 1);
+                    self.on_frame(node, &me, &mut stage, f.ty, &buf[HEADER_LEN..f.len])?;
+                    buf.drain(..f.len);
+                }
             }
             let now = Instant::now();
             if closing {
