@@ -44,7 +44,7 @@ header-check: lib
 # The docs are self-contained: nothing in the repository points at design
 # notes outside it (each component's contract is written in docs/).
 docs-check:
-	@if grep -rnE '(\.\./shared|design/[a-z-]+\.md)' docs README.md src include bindings examples c-tests tests; then \
+	@if grep -rnE '(\.\./shared|design/[a-z-]+\.md)' docs README.md src include bindings examples c-tests tests bench fuzz scripts; then \
 	  echo "docs-check: the lines above point outside the repository; write the contract into docs/"; exit 1; fi
 	@echo "docs-check: docs/ is self-contained"
 

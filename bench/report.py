@@ -7,7 +7,7 @@ rocksdb-<benchmark>-<N>w.{cmd,out,err,rc,sst} (db_bench runs; or
 rocksdb-skipped with the reason when db_bench was not available),
 keel-shard-<group>.json (bench/shard.rs) and rocksdb-shard-<case>.{cmd,out,err,rc}
 (the db_bench runs of the shard workloads).
-Targets come from design/wal.md "How it is measured"; a miss is reported,
+The targets are the goals of bench/README.md; a miss is reported,
 never turned into a failing exit code.
 """
 import glob
@@ -16,15 +16,7 @@ import os
 import re
 import sys
 
-
-def load_env(path):
-    env = {}
-    with open(path) as f:
-        for line in f:
-            key, _, value = line.rstrip("\n").partition("=")
-            if key:
-                env[key] = value
-    return env
+from reportlib import load_env, read_text
 
 
 def fio_job(work, name):
@@ -59,14 +51,6 @@ def fio_fsync(job):
 ROCKSDB_THREADS = (1, 4, 16, 64)
 ROCKSDB_BENCHMARKS = ("fillseq", "fillrandom")
 NUM = r"([0-9]+(?:\.[0-9]*)?(?:[eE][-+]?[0-9]+)?)"
-
-
-def read_text(path, default=""):
-    try:
-        with open(path, errors="replace") as f:
-            return f.read()
-    except OSError:
-        return default
 
 
 def parse_db_bench(bm, text):

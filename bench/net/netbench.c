@@ -1,6 +1,6 @@
 /*
- * netbench: one run of the batched-writer benchmark (design/writer.md,
- * "How it is measured"; bench/net/README.md). bench/net/run.sh runs it
+ * netbench: one run of the batched-writer benchmark (its set-up and
+ * goals are in bench/net/README.md). bench/net/run.sh runs it
  * many times and bench/net/report.py turns the runs into the report.
  *
  * One publisher process, one subscriber process (forked) holding N TCP

@@ -4,13 +4,15 @@
 usage: report.py OUT_DIR
 OUT_DIR holds net-machine.env and net-runs/ (index.tsv; per run <id>.json
 from netbench, <id>.perf from perf stat -x, and <id>.err; notes.txt).
-Goals come from design/writer.md "How it is measured" and issue #5 part 6;
-a miss is reported, never turned into a failing exit code.
+The goals are those of bench/net/README.md ("Goals"); a miss is reported, never turned into a failing exit code.
 """
 import json
 import os
 import statistics
 import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from reportlib import load_env, read_text  # noqa: E402
 
 VARIANTS = ("naive", "sendmsg", "uring", "redis")
 VLABEL = {"naive": "naive (keel, flush per message)", "sendmsg": "batched + sendmsg",
@@ -18,27 +20,6 @@ VLABEL = {"naive": "naive (keel, flush per message)", "sendmsg": "batched + send
 KEEL = "sendmsg"  # the default backend: the goals are checked on it
 SENDS_GOAL = {1: 1.02, 10: 0.15, 100: 0.03}
 NAIVE_GOAL = {1: 0.97, 10: 2.5, 100: 4.0}
-
-
-def load_env(path):
-    env = {}
-    try:
-        with open(path) as f:
-            for line in f:
-                key, _, value = line.rstrip("\n").partition("=")
-                if key:
-                    env[key] = value
-    except OSError:
-        pass
-    return env
-
-
-def read_text(path, default=""):
-    try:
-        with open(path, errors="replace") as f:
-            return f.read()
-    except OSError:
-        return default
 
 
 def parse_perf(path):
@@ -75,7 +56,7 @@ def ratio(a, b):
 def main():
     out = sys.argv[1]
     runs_dir = os.path.join(out, "net-runs")
-    m = load_env(os.path.join(out, "net-machine.env"))
+    m = load_env(os.path.join(out, "net-machine.env"), missing_ok=True)
     notes = [n for n in read_text(os.path.join(runs_dir, "notes.txt")).splitlines() if n.strip()]
 
     runs, failures = [], []

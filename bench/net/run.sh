@@ -1,6 +1,5 @@
 #!/bin/sh
-# The batched-writer benchmark (design/writer.md "How it is measured",
-# issue #5 part 6): one publisher, 1 and 10 subscribers on TCP loopback,
+# The batched-writer benchmark (goals in bench/net/README.md): one publisher, 1 and 10 subscribers on TCP loopback,
 # 40 B messages, pipeline depth 1, 10, 100, 500; variants naive (one send
 # per message through keel), batched+sendmsg, batched+io_uring and Redis
 # pub/sub. See bench/net/README.md.

@@ -356,7 +356,7 @@ fn store_list(fs: &dyn FileSystem, dir: &Path, ids: &BTreeSet<u32>) -> Result<()
     for id in ids {
         body.extend_from_slice(&id.to_le_bytes());
     }
-    files::replace(fs, &dir.join(SHARD_LIST), &files::seal_small(LIST_MAGIC, &body))
+    crate::fs::replace(fs, &dir.join(SHARD_LIST), &files::seal_small(LIST_MAGIC, &body))
 }
 
 #[cfg(test)]

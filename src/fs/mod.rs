@@ -7,8 +7,10 @@
 //! EIO, ENOSPC) deterministically from a seed.
 
 mod handles;
+mod replace;
 
 pub use handles::Handles;
+pub use replace::{replace, tmp_path, TMP_SUFFIX};
 
 use parking_lot::RwLock;
 use std::any::Any;

@@ -20,7 +20,7 @@ use crate::fs::FileSystem;
 use crate::status::*;
 use parking_lot::Mutex;
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -208,19 +208,7 @@ impl FenceTable {
         bytes[8..16].copy_from_slice(&bound.to_le_bytes());
         let crc = crc32fast::hash(&bytes[..16]);
         bytes[16..20].copy_from_slice(&crc.to_le_bytes());
-        let mut tmp = self.path.clone().into_os_string();
-        tmp.push(".tmp");
-        let tmp = PathBuf::from(tmp);
-        let io = |what: &str, p: &Path| {
-            let what = format!("{what} {}", p.display());
-            move |e| Error::io(what, e)
-        };
-        let f = self.fs.create(&tmp).map_err(io("creating", &tmp))?;
-        f.write_at(&[&bytes], 0).map_err(io("writing", &tmp))?;
-        f.sync_data().map_err(io("syncing", &tmp))?;
-        self.fs.rename(&tmp, &self.path).map_err(io("renaming into place", &tmp))?;
-        let dir = self.path.parent().unwrap_or(Path::new("."));
-        self.fs.sync_dir(dir).map_err(io("syncing", dir))
+        crate::fs::replace(&*self.fs, &self.path, &bytes)
     }
 }
 
@@ -228,6 +216,7 @@ impl FenceTable {
 mod tests {
     use super::*;
     use crate::fs::StdFs;
+    use std::path::Path;
 
     fn table(dir: &Path, now: u64) -> FenceTable {
         FenceTable::new(dir.join("FENCE"), Arc::new(StdFs::direct()), Clock::manual(now))

@@ -209,7 +209,8 @@ impl Conn {
                 // peer. (The writer's close may have read part of it too,
                 // so it is not decoded.)
                 buf.clear();
-            } else {
+            }
+            if !closing {
                 loop {
                     let f = match frame::decode(&buf, o.max_frame_bytes) {
                         Ok(Some(f)) => f,

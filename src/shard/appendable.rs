@@ -325,7 +325,7 @@ impl SegmentLog {
         state.extend_from_slice(&len.to_le_bytes());
         state.extend_from_slice(&crc.clone().finalize().to_le_bytes());
         self.ident.encode(&mut state);
-        files::replace(&*self.fs, &self.state_path, &files::seal_small(STATE_MAGIC, &state))
+        crate::fs::replace(&*self.fs, &self.state_path, &files::seal_small(STATE_MAGIC, &state))
     }
 
     /// Removes the log and state files (after the segment is sealed).

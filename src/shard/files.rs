@@ -1,13 +1,12 @@
-//! File names inside `shards/<id>/segments/`, the one way small state
-//! files are replaced (temporary file, fsync, rename, directory fsync) and
-//! the other file helpers. All segment I/O goes through the WAL's
+//! File names inside `shards/<id>/segments/` and the other file helpers
+//! (small state files are replaced by `crate::fs::replace`). All segment I/O goes through the WAL's
 //! `FileSystem`, so tests inject the same faults into segments as into
 //! the log.
 
 use crate::error::{Error, Result};
-use crate::fs::{File, FileSystem};
+use crate::fs::{File, FileSystem, TMP_SUFFIX};
 use std::io::ErrorKind;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// The appendable segment's data log.
 pub const LOG: &str = "log";
@@ -17,7 +16,6 @@ pub const STATE: &str = "state";
 pub const TABLE: &str = "sst";
 /// An immutable segment's deletion side-car.
 pub const DELETIONS: &str = "del";
-const TMP_SUFFIX: &str = ".tmp";
 /// Prefix of the folders unlisted files are moved aside into at open.
 pub const UNLISTED_PREFIX: &str = "unlisted-";
 
@@ -80,26 +78,9 @@ pub fn is_temporary(name: &str) -> bool {
     name.ends_with(TMP_SUFFIX)
 }
 
-pub fn tmp_path(path: &Path) -> PathBuf {
-    let mut s = path.as_os_str().to_owned();
-    s.push(TMP_SUFFIX);
-    PathBuf::from(s)
-}
 
 pub fn sync_dir(fs: &dyn FileSystem, dir: &Path) -> Result<()> {
     fs.sync_dir(dir).map_err(|e| Error::io(format!("syncing {}", dir.display()), e))
-}
-
-/// Replaces `path` with `bytes` so that a crash leaves the old or the new
-/// file, never a mix (F4's "state file" step).
-pub fn replace(fs: &dyn FileSystem, path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = tmp_path(path);
-    let io = |what: &str, e| Error::io(format!("{what} {}", tmp.display()), e);
-    let f = fs.create(&tmp).map_err(|e| io("creating", e))?;
-    f.write_at(&[bytes], 0).map_err(|e| io("writing", e))?;
-    f.sync_data().map_err(|e| io("syncing", e))?;
-    fs.rename(&tmp, path).map_err(|e| Error::io(format!("renaming {} into place", tmp.display()), e))?;
-    sync_dir(fs, path.parent().expect("segment files live in a directory"))
 }
 
 /// The whole content of `path`, or None when it does not exist.

@@ -152,7 +152,7 @@ impl Manifest {
 
     /// Replaces the manifest of `dir` with this one, durably.
     pub fn write(&self, fs: &dyn FileSystem, dir: &Path) -> Result<()> {
-        files::replace(fs, &path(dir), &self.encode())
+        crate::fs::replace(fs, &path(dir), &self.encode())
     }
 }
 

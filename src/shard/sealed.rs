@@ -224,7 +224,7 @@ impl Sealed {
             self.side_car(&d, bound)
         };
         steps.at(Step::SideCar(self.id));
-        files::replace(fs, &self.del_path, &body)?;
+        crate::fs::replace(fs, &self.del_path, &body)?;
         self.side_car.store(true, Ordering::Release);
         let mut d = self.deletions.lock();
         d.saved_upto = d.saved_upto.max(bound);
@@ -239,7 +239,7 @@ impl Sealed {
             self.side_car(&d, d.saved_upto)
         };
         steps.at(Step::SideCar(self.id));
-        files::replace(fs, &self.del_path, &body)?;
+        crate::fs::replace(fs, &self.del_path, &body)?;
         self.side_car.store(true, Ordering::Release);
         Ok(())
     }

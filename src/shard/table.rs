@@ -185,7 +185,7 @@ pub fn write(
     replaced: &[u64],
     ident: Ident,
 ) -> Result<Table> {
-    let tmp = files::tmp_path(path);
+    let tmp = crate::fs::tmp_path(path);
     let io = |e| Error::io(format!("writing {}", tmp.display()), e);
     let mut w = Writer { file: fs.create(&tmp).map_err(io)?, buf: Vec::with_capacity(2 << 20), at: 0 };
     let mut offset = 0usize;

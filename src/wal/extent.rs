@@ -18,6 +18,7 @@ use crate::fs::FileSystem;
 use std::path::Path;
 
 pub const META_NAME: &str = "wal.meta";
+/// `wal.meta` while it is replaced (`crate::fs::tmp_path` of it).
 pub const META_TEMP: &str = "wal.meta.tmp";
 const MAGIC: &[u8; 8] = b"KEELWMT\0";
 const VERSION: u32 = 1;
@@ -104,18 +105,7 @@ pub fn read(fs: &dyn FileSystem, dir: &Path) -> Result<MetaFile> {
 
 /// Replaces `wal.meta` atomically: a crash leaves the old one or the new one.
 pub fn write(fs: &dyn FileSystem, dir: &Path, extent: &Extent) -> Result<()> {
-    let tmp = dir.join(META_TEMP);
-    let attempt = || -> std::io::Result<()> {
-        let f = fs.create(&tmp)?;
-        f.write_at(&[&extent.encode()], 0)?;
-        f.sync_data()?;
-        fs.rename(&tmp, &dir.join(META_NAME))?;
-        fs.sync_dir(dir)
-    };
-    attempt().map_err(|e| {
-        let _ = fs.remove(&tmp);
-        Error::io(format!("writing {}", dir.join(META_NAME).display()), e)
-    })
+    crate::fs::replace(fs, &dir.join(META_NAME), &extent.encode())
 }
 
 /// One way the segments on disk fall short of what `wal.meta` records.
