@@ -132,13 +132,13 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
 /// `KEEL_STATUS_PANIC` and poisons `handle` (any handle pointer or NULL).
 pub fn run(err: *mut *mut keel_error_t, handle: *const u8, body: impl FnOnce() -> Result<()>) -> keel_status_t {
     let outcome = catch_unwind(AssertUnwindSafe(body)).unwrap_or_else(|payload| {
-        // SAFETY: `handle` is NULL (close and constructor calls pass NULL, as
-        // the handle may already be freed) or the handle this entry point was
-        // called with, which the C contract keeps alive until its `_close`,
-        // and `_close` never races with another call. Every `Handle<T>` is
-        // `repr(C)` with the `HandleHeader` first, so the pointer addresses a
-        // header whatever T is, and its fields are atomics other threads may
-        // touch at the same time.
+        // SAFETY: `handle` is NULL (every `_close` and `_free` passes NULL, as
+        // its handle may be freed by the time of a panic) or a handle argument
+        // of this entry point, which the C contract keeps alive until its
+        // `_close`, and `_close` never races with another call. Every
+        // `Handle<T>` is `repr(C)` with the `HandleHeader` first, so the
+        // pointer addresses a header whatever T is, and its fields are
+        // atomics other threads may touch at the same time.
         unsafe { poison(handle) };
         Err(Error::new(KEEL_STATUS_PANIC, format!("panic inside keel: {}", panic_message(&*payload))))
     });
