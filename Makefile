@@ -8,7 +8,7 @@ CARGO      ?= cargo
 RELEASE    := target/release
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: all lib header header-check docs-check deps test test-rust test-c test-cpp test-go \
+.PHONY: all lib header header-check docs-check deps test clippy test-rust test-c test-cpp test-go \
         test-examples example-c example-pubsub example-readme example-cpp example-go test-install demo bench \
         install clean valgrind soak fuzz fuzz-smoke
 
@@ -57,10 +57,17 @@ deps:
 
 # Make stops at the first failing suite, so reaching the last line means
 # every one of them passed.
-TEST_SUITES := test-rust header-check docs-check test-c test-cpp test-go test-examples test-install fuzz-smoke
+TEST_SUITES := clippy test-rust header-check docs-check test-c test-cpp test-go test-examples test-install fuzz-smoke
 test: deps $(TEST_SUITES)
 	@echo "make test: all suites passed ($(TEST_SUITES))"
 	@echo "suites: $(words $(TEST_SUITES)) passed, 0 failed"
+
+# Lints every target (library, tests, benches) with the feature the tests
+# use; warnings are errors. Cargo.toml's [lints.clippy] adds
+# undocumented_unsafe_blocks: each unsafe block says why it holds in a
+# `// SAFETY:` comment. First, as it fails in seconds once built.
+clippy:
+	$(CARGO) clippy --locked --all-targets --features unordered-flush -- -D warnings
 
 # The test-only unordered flush (cargo feature) is built into the test
 # library so tests/shard_kill9.rs can show the checker catches it; the

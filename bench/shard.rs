@@ -581,6 +581,8 @@ fn child_memory(a: &Args) {
     }
     let read = rss();
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim takes no pointers, locks glibc's arenas itself and
+    // only hands free heap memory back to the system.
     unsafe {
         libc::malloc_trim(0);
     }
@@ -782,6 +784,7 @@ fn evict(dir: &Path) {
     for p in files_under(dir) {
         if let Ok(f) = std::fs::File::open(&p) {
             let _ = f.sync_data();
+            // SAFETY: no pointers; the fd belongs to `f`, open for the call.
             unsafe {
                 use std::os::unix::io::AsRawFd;
                 libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED);

@@ -30,5 +30,15 @@ if [ -n "$missing" ]; then
   fi
 fi
 command -v cargo >/dev/null 2>&1 || { echo "deps: cargo not found — install Rust with rustup (https://rustup.rs)" >&2; exit 1; }
+# The clippy suite needs the clippy of the toolchain that runs cargo.
+if ! cargo clippy --version >/dev/null 2>&1; then
+  if command -v rustup >/dev/null 2>&1; then
+    echo "deps: installing clippy (rustup component add clippy)"
+    rustup component add clippy || { echo "deps: rustup could not add clippy — run: rustup component add clippy" >&2; exit 1; }
+  else
+    echo "deps: cargo clippy not found — install the clippy of the toolchain this cargo belongs to (with rustup: rustup component add clippy)" >&2
+    exit 1
+  fi
+fi
 command -v go >/dev/null 2>&1 || { echo "deps: go not found — install Go 1.21 or newer (package golang-go)" >&2; exit 1; }
 echo "deps: all tools present"

@@ -81,7 +81,7 @@ fn a_16_mib_value_with_a_4_kib_key_is_accepted_at_default_options_and_errors_nam
     assert_eq!(s.get(&key).unwrap().expect("stored").version, v);
     s.append(b"list", &value).expect("a 16 MiB posting item too");
 
-    let e = s.put(b"k", &vec![0; MAX_VALUE_SIZE + 1]).err().expect("one byte over");
+    let e = s.put(b"k", &vec![0; MAX_VALUE_SIZE + 1]).expect_err("one byte over");
     assert_eq!(e.status, KEEL_STATUS_INVALID_ARGUMENT, "{e}");
     assert!(e.message.contains(&format!("value of {} bytes", MAX_VALUE_SIZE + 1)), "{e}");
     assert!(e.message.contains(&format!("limit of {MAX_VALUE_SIZE} bytes")), "{e}");
@@ -102,7 +102,7 @@ fn a_16_mib_value_with_a_4_kib_key_is_accepted_at_default_options_and_errors_nam
     let small = shard::Options { wal_segment_size: 64 << 10, flush_interval: None, ..shard::Options::default() };
     let engine = Engine::open(d.path(), small).unwrap();
     let s = engine.open_shard(1, true).unwrap();
-    let e = s.put(b"abc", &vec![0; 70_000]).err().expect("does not fit a 64 KiB segment");
+    let e = s.put(b"abc", &vec![0; 70_000]).expect_err("does not fit a 64 KiB segment");
     assert_eq!(e.status, KEEL_STATUS_INVALID_ARGUMENT, "{e}");
     assert!(e.message.contains("key of 3 bytes with a value of 70000 bytes"), "{e}");
     assert!(e.message.contains(&format!("at most {}", (64 << 10) - 104)), "{e}");

@@ -19,6 +19,7 @@ fn header_runtime_and_cargo_versions_agree() {
     assert_eq!(header_define(&header, "KEEL_VERSION_MINOR"), env!("CARGO_PKG_VERSION_MINOR"));
     assert_eq!(header_define(&header, "KEEL_VERSION_PATCH"), env!("CARGO_PKG_VERSION_PATCH"));
     assert_eq!(header_define(&header, "KEEL_VERSION_STRING"), env!("CARGO_PKG_VERSION"));
+    // SAFETY: keel_version returns a static NUL-terminated string, never NULL.
     let runtime = unsafe { CStr::from_ptr(keel::ffi::keel_version()) }.to_str().unwrap();
     assert_eq!(runtime, env!("CARGO_PKG_VERSION"));
     assert_eq!(header_define(&header, "KEEL_ABI_VERSION"), keel::ffi::keel_abi_version().to_string());

@@ -438,7 +438,7 @@ fn group_sync_failure_wakes_every_parked_appender(name: &str, fail: fn(&FlakyFs)
         let _ = tx.send(statuses);
     });
     let statuses = rx.recv_timeout(std::time::Duration::from_secs(60)).expect("an appender hung after a failed sync");
-    assert!(statuses.iter().any(|&s| s == first_error), "{statuses:?}");
+    assert!(statuses.contains(&first_error), "{statuses:?}");
     assert!(statuses.iter().all(|&s| s == first_error || s == KEEL_STATUS_POISONED), "{statuses:?}");
     let frozen = wal.durable_seq();
     assert_eq!(wal.append(b"later").unwrap_err().status, KEEL_STATUS_POISONED);

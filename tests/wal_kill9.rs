@@ -107,6 +107,8 @@ fn payload(seq: u64, salt: u64) -> Vec<u8> {
 /// a kill never leaves half a line.
 fn report(line: &str) {
     let b = line.as_bytes();
+    // SAFETY: `b` is a live byte slice of b.len() bytes; PIPE_FD is the write
+    // end the parent dup2()ed in before exec (a bad fd is just an error).
     let n = unsafe { libc::write(PIPE_FD, b.as_ptr() as *const libc::c_void, b.len()) };
     if n != b.len() as isize {
         // The parent is gone (EPIPE) or the pipe is broken: nothing to report to.
@@ -399,6 +401,7 @@ impl Chain {
         let what = format!("mode {}, kill {} {:?}", mode.name(), if early { "after spawn" } else { "after open" }, delay);
 
         let mut fds = [0i32; 2];
+        // SAFETY: `fds` is a writable array of the two ints pipe2(2) fills.
         if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
             return Err(format!("pipe2: {}", std::io::Error::last_os_error()));
         }
@@ -412,6 +415,9 @@ impl Chain {
             .stdin(Stdio::null())
             .stdout(Stdio::from(out.try_clone().unwrap()))
             .stderr(Stdio::from(out));
+        // SAFETY: the closure runs in the forked child before exec, where only
+        // async-signal-safe calls are allowed: it makes two syscalls (dup2,
+        // prctl) and reads errno, without allocating or taking locks.
         unsafe {
             cmd.pre_exec(move || {
                 // dup2 clears close-on-exec on the copy: only the child keeps
@@ -426,7 +432,11 @@ impl Chain {
         }
         let spawned = Instant::now();
         let child = cmd.spawn();
+        // SAFETY: `wr` is the parent's write end from pipe2 above, owned by
+        // nothing else (the child has its own copy); closed once, here.
         unsafe { libc::close(wr) };
+        // SAFETY: `rd` is the read end from pipe2 above, owned by nothing
+        // else: the File takes it over and is its only closer.
         let reader = unsafe { std::fs::File::from_raw_fd(rd) };
         let mut child = child.map_err(|e| format!("spawning the child: {e}"))?;
         let (tx, rx) = mpsc::channel();
@@ -458,6 +468,8 @@ impl Chain {
                     }
                     Err(mpsc::RecvTimeoutError::Disconnected) => break, // died: the status says why
                     Err(mpsc::RecvTimeoutError::Timeout) => {
+                        // SAFETY: no pointers; the child is not reaped yet, so
+                        // its pid cannot name another process.
                         unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
                         let _ = child.wait();
                         return Err(format!("{what}: the child did not open the log within 30 s"));
@@ -466,6 +478,8 @@ impl Chain {
             }
             std::thread::sleep(delay);
         }
+        // SAFETY: no pointers; the child is not reaped yet (wait is below),
+        // so its pid cannot name another process.
         unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
         let status = child.wait().map_err(|e| format!("waiting for the child: {e}"))?;
         pump.join().unwrap();

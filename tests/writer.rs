@@ -43,6 +43,8 @@ fn tcp_pair() -> (RawFd, TcpStream) {
 }
 
 fn set_buf(fd: RawFd, opt: i32, bytes: i32) {
+    // SAFETY: SO_SNDBUF/SO_RCVBUF take an int: `bytes` is a live i32 and 4 is
+    // its size.
     let r = unsafe {
         libc::setsockopt(fd, libc::SOL_SOCKET, opt, &bytes as *const i32 as *const libc::c_void, 4)
     };
@@ -403,10 +405,12 @@ fn adopt_refuses_bad_fds(backend: BackendChoice) {
     assert_eq!(net.adopt(-1, &o).err().unwrap().status, KEEL_STATUS_INVALID_ARGUMENT);
     assert_eq!(net.adopt(1_000_000, &o).err().unwrap().status, KEEL_STATUS_INVALID_ARGUMENT);
     let mut p = [0i32; 2];
+    // SAFETY: `p` is a writable array of the two ints pipe(2) fills.
     assert_eq!(unsafe { libc::pipe(p.as_mut_ptr()) }, 0);
     assert!(net.adopt(p[1], &o).err().unwrap().message.contains("not a socket"));
     let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     assert!(net.adopt(udp.as_raw_fd(), &o).err().unwrap().message.contains("stream"));
+    // SAFETY: socket(2) takes no pointers; the new fd is closed below.
     let unconnected = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0) };
     assert!(net.adopt(unconnected, &o).err().unwrap().message.contains("connected"));
     let bad = WriterOptions { quota: 0, ..Default::default() };
@@ -414,6 +418,8 @@ fn adopt_refuses_bad_fds(backend: BackendChoice) {
     assert_eq!(net.adopt(fd, &bad).err().unwrap().status, KEEL_STATUS_INVALID_ARGUMENT);
     let w = net.adopt(fd, &o).unwrap();
     assert!(net.adopt(fd, &o).err().unwrap().message.contains("already adopted"));
+    // SAFETY: the test made these three fds and keel refused each of them,
+    // so they are still the test's own and closed once, here.
     unsafe {
         libc::close(p[0]);
         libc::close(p[1]);

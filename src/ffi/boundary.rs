@@ -43,6 +43,9 @@ pub fn into_handle<C: Opaque>(value: C::Inner) -> *mut C {
     Box::into_raw(h) as *mut C
 }
 
+/// # Safety
+/// `p` is NULL or points at a live `Handle` of some type (all share the
+/// header), which stays alive for `'a`.
 unsafe fn header_of<'a, C: Opaque>(p: *const C) -> Result<&'a Handle<C::Inner>> {
     if p.is_null() {
         return Err(Error::new(KEEL_STATUS_NULL_ARGUMENT, format!("{} handle is NULL", C::NAME)));
@@ -64,11 +67,17 @@ unsafe fn header_of<'a, C: Opaque>(p: *const C) -> Result<&'a Handle<C::Inner>> 
 }
 
 /// Checks a handle (NULL, magic, poison) and borrows the value behind it.
+///
+/// # Safety
+/// As `header_of`; the value is not borrowed mutably elsewhere during `'a`.
 pub unsafe fn handle_ref<'a, C: Opaque>(p: *const C) -> Result<&'a C::Inner> {
     header_of(p).map(|h| &h.value)
 }
 
 /// Like `handle_ref`, for handles that are used by one thread at a time.
+///
+/// # Safety
+/// As `header_of`; nothing else borrows the value during `'a`.
 pub unsafe fn handle_mut<'a, C: Opaque>(p: *mut C) -> Result<&'a mut C::Inner> {
     header_of(p as *const C)?;
     Ok(&mut (*(p as *mut Handle<C::Inner>)).value)
@@ -76,6 +85,10 @@ pub unsafe fn handle_mut<'a, C: Opaque>(p: *mut C) -> Result<&'a mut C::Inner> {
 
 /// Takes ownership back from C for `_close`/`_free`: NULL gives `None`, a
 /// poisoned handle is still released (closing is how a host recovers).
+///
+/// # Safety
+/// `p` is NULL or points at a live `Handle` of some type that nothing else
+/// uses any more (a closed one is refused by its magic, best effort).
 pub unsafe fn take_handle<C: Opaque>(p: *mut C) -> Result<Option<C::Inner>> {
     if p.is_null() {
         return Ok(None);
@@ -91,6 +104,9 @@ pub unsafe fn take_handle<C: Opaque>(p: *mut C) -> Result<Option<C::Inner>> {
 }
 
 /// Marks the handle at `p` poisoned after a panic, if it still looks live.
+///
+/// # Safety
+/// `p` is NULL or points at a live `Handle` of some type.
 unsafe fn poison(p: *const u8) {
     if p.is_null() {
         return;
@@ -116,6 +132,13 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
 /// `KEEL_STATUS_PANIC` and poisons `handle` (any handle pointer or NULL).
 pub fn run(err: *mut *mut keel_error_t, handle: *const u8, body: impl FnOnce() -> Result<()>) -> keel_status_t {
     let outcome = catch_unwind(AssertUnwindSafe(body)).unwrap_or_else(|payload| {
+        // SAFETY: `handle` is NULL (every `_close` and `_free` passes NULL, as
+        // its handle may be freed by the time of a panic) or a handle argument
+        // of this entry point, which the C contract keeps alive until its
+        // `_close`, and `_close` never races with another call. Every
+        // `Handle<T>` is `repr(C)` with the `HandleHeader` first, so the
+        // pointer addresses a header whatever T is, and its fields are
+        // atomics other threads may touch at the same time.
         unsafe { poison(handle) };
         Err(Error::new(KEEL_STATUS_PANIC, format!("panic inside keel: {}", panic_message(&*payload))))
     });
@@ -123,6 +146,10 @@ pub fn run(err: *mut *mut keel_error_t, handle: *const u8, body: impl FnOnce() -
         Ok(()) => KEEL_STATUS_OK,
         Err(e) => {
             let status = e.status;
+            // SAFETY: `err` is the entry point's `keel_error_t **err`, which the
+            // C contract makes NULL (no details wanted) or a valid slot holding
+            // NULL or an error object keel made; `error_out` checks NULL, and
+            // frees the previous object through the checked `take_handle`.
             unsafe { error_out(err, e) };
             status
         }
@@ -141,9 +168,21 @@ macro_rules! ffi_boundary {
 /// `try_handle!(mut ptr)` borrows it mutably; failures return early.
 macro_rules! try_handle {
     (mut $p:expr) => {
+        // SAFETY: `$p` is a handle argument of a C entry point: by the C
+        // contract NULL or a pointer keel returned and not yet closed
+        // (`_close` is the last call and never races). `handle_mut` rejects
+        // NULL, another type's handle and a closed one (best effort) before
+        // borrowing; the borrow ends with the entry call, and a non-`const`
+        // handle is used by one thread at a time, so it is the only `&mut`.
         unsafe { $crate::ffi::boundary::handle_mut($p)? }
     };
     ($p:expr) => {
+        // SAFETY: `$p` is a handle argument of a C entry point: by the C
+        // contract NULL or a pointer keel returned and not yet closed
+        // (`_close` is the last call and never races). `handle_ref` rejects
+        // NULL, another type's handle and a closed one (best effort) before
+        // borrowing; the shared borrow ends with the entry call and the
+        // value behind a `const` handle is internally synchronised.
         unsafe { $crate::ffi::boundary::handle_ref($p)? }
     };
 }
@@ -153,6 +192,10 @@ pub fn out_ptr<'a, T>(p: *mut T, name: &str) -> Result<&'a mut T> {
     if p.is_null() {
         return Err(Error::new(KEEL_STATUS_NULL_ARGUMENT, format!("{name} is NULL")));
     }
+    debug_assert!(p.is_aligned(), "{name} is misaligned");
+    // SAFETY: not NULL (checked above); the C contract makes a non-NULL
+    // out-parameter point at a writable, aligned T that nothing else uses
+    // during the call, and the borrow does not outlive the entry call.
     Ok(unsafe { &mut *p })
 }
 
@@ -167,6 +210,9 @@ pub fn in_bytes<'a>(p: *const u8, len: usize, name: &str) -> Result<&'a [u8]> {
     if len > isize::MAX as usize {
         return Err(Error::invalid(format!("{name} length {len} is too large")));
     }
+    // SAFETY: not NULL (checked above) and len fits in isize; the C contract
+    // for a (pointer, length) input is `len` readable bytes the caller does
+    // not change during the call, which the borrow does not outlive.
     Ok(unsafe { std::slice::from_raw_parts(p, len) })
 }
 
@@ -183,6 +229,10 @@ pub fn in_packed<'a>(data: *const u8, lens: *const usize, count: usize, name: &s
     if count > isize::MAX as usize / std::mem::size_of::<usize>() {
         return Err(Error::invalid(format!("count {count} of {name} is too large")));
     }
+    debug_assert!(lens.is_aligned(), "the lengths of {name} are misaligned");
+    // SAFETY: not NULL and count * size_of::<usize>() fits in isize (both
+    // checked above); the C contract makes `lens` an array of `count` lengths
+    // left unchanged during the call, which the borrow does not outlive.
     let lens = unsafe { std::slice::from_raw_parts(lens, count) };
     let total = lens
         .iter()
@@ -203,6 +253,9 @@ pub fn in_path<'a>(p: *const libc::c_char, name: &str) -> Result<&'a std::path::
     if p.is_null() {
         return Err(Error::new(KEEL_STATUS_NULL_ARGUMENT, format!("{name} is NULL")));
     }
+    // SAFETY: not NULL (checked above); the C contract makes a path argument
+    // a NUL-terminated string left unchanged during the call, which the
+    // borrow does not outlive.
     let s = unsafe { std::ffi::CStr::from_ptr(p) };
     let s = s.to_str().map_err(|_| Error::invalid(format!("{name} is not valid UTF-8")))?;
     if s.is_empty() {
@@ -246,6 +299,8 @@ mod tests {
         assert_eq!(call(h, std::ptr::null_mut(), false), KEEL_STATUS_OK);
         assert_eq!(call(h, &mut err, true), KEEL_STATUS_PANIC);
         assert_eq!(keel_error_code(err), KEEL_STATUS_PANIC);
+        // SAFETY: keel_error_message never returns NULL; it points at the
+        // NUL-terminated message owned by `err`, freed only further down.
         let msg = unsafe { std::ffi::CStr::from_ptr(keel_error_message(err)) }.to_str().unwrap();
         assert!(msg.contains("boom 7"), "{msg}");
         // A second error replaces (and frees) the first one in the same slot.
@@ -253,6 +308,7 @@ mod tests {
         assert_eq!(keel_error_code(err), KEEL_STATUS_POISONED);
         keel_error_free(err);
         // Closing still works on a poisoned handle; afterwards it is dead.
+        // SAFETY: `h` came from into_handle::<probe_t> and was not taken yet.
         assert_eq!(unsafe { take_handle(h) }.unwrap(), Some(7));
     }
 
@@ -261,8 +317,12 @@ mod tests {
         assert_eq!(call(std::ptr::null_mut(), std::ptr::null_mut(), false), KEEL_STATUS_NULL_ARGUMENT);
         let other = into_handle::<other_t>(1);
         assert_eq!(call(other as *mut probe_t, std::ptr::null_mut(), false), KEEL_STATUS_INVALID_ARGUMENT);
+        // SAFETY: `other` is a live handle (of another type, which is the
+        // point: the magic check refuses it before anything is freed).
         assert!(unsafe { take_handle(other as *mut probe_t) }.is_err(), "wrong type is not freed");
+        // SAFETY: `other` came from into_handle::<other_t> and is still live.
         assert_eq!(unsafe { take_handle(other) }.unwrap(), Some(1));
+        // SAFETY: NULL is allowed and gives None.
         assert_eq!(unsafe { take_handle::<probe_t>(std::ptr::null_mut()) }.unwrap(), None);
     }
 }

@@ -50,8 +50,13 @@ pub extern "C" fn keel_buf_free(buf: *mut keel_buf_t) -> keel_status_t {
     if buf.is_null() {
         return KEEL_STATUS_OK;
     }
+    // SAFETY: not NULL (checked above); the C contract makes `buf` point at a
+    // keel_buf_t the caller owns and does not use elsewhere during the call.
     let b = unsafe { &mut *buf };
     if !b.ptr.is_null() && b.len > 0 {
+        // SAFETY: only buffers keel filled may be passed (documented above),
+        // so (ptr, len) is exactly the Box<[u8]> that keel_buf_t::from_vec
+        // leaked; it is reset below, so a second call does not free it again.
         drop(unsafe { Box::from_raw(std::ptr::slice_from_raw_parts_mut(b.ptr, b.len)) });
     }
     b.ptr = std::ptr::null_mut();
@@ -71,6 +76,8 @@ pub extern "C" fn keel_bufs_free(bufs: *mut keel_buf_t, count: usize) -> keel_st
         return KEEL_STATUS_NULL_ARGUMENT;
     }
     for i in 0..count {
+        // SAFETY: `bufs` is not NULL (checked above) and, by the C contract,
+        // an array of `count` keel_buf_t, so element i < count is in bounds.
         keel_buf_free(unsafe { bufs.add(i) });
     }
     KEEL_STATUS_OK
@@ -90,6 +97,9 @@ pub(crate) fn copy_out(data: &[u8], buf: *mut u8, cap: usize, out_len: &mut usiz
         if buf.is_null() {
             return Err(crate::Error::new(KEEL_STATUS_NULL_ARGUMENT, "buf is NULL"));
         }
+        // SAFETY: `buf` is not NULL (checked above) and, by the C contract of
+        // a caller buffer, has `cap` >= data.len() writable bytes (checked
+        // above); a caller buffer cannot overlap keel's own `data`.
         unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), buf, data.len()) };
     }
     *out_len = data.len();

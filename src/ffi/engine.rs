@@ -224,6 +224,10 @@ pub extern "C" fn keel_engine_shard_list(
             if ids.is_null() {
                 return Err(Error::new(KEEL_STATUS_NULL_ARGUMENT, "ids is NULL"));
             }
+            debug_assert!(ids.is_aligned(), "ids is misaligned");
+            // SAFETY: `ids` is not NULL (checked above) and by the C contract
+            // has room for `capacity` >= list.len() ids (checked above); it is
+            // the caller's memory, so it cannot overlap the Vec `list`.
             unsafe { std::ptr::copy_nonoverlapping(list.as_ptr(), ids, list.len()) };
         }
         *count = list.len();
@@ -241,6 +245,9 @@ pub extern "C" fn keel_engine_shard_list(
 #[no_mangle]
 pub extern "C" fn keel_engine_close(engine: *mut keel_engine_t, err: *mut *mut keel_error_t) -> keel_status_t {
     ffi_boundary!(err, std::ptr::null::<u8>(), {
+        // SAFETY: by the C contract `engine` is NULL or an engine keel made,
+        // and this close is its last call, racing with none; take_handle
+        // checks the magic before taking it back.
         match unsafe { take_handle(engine)? } {
             Some(e) => e.close(),
             None => Ok(()),

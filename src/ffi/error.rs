@@ -26,6 +26,10 @@ impl Opaque for keel_error_t {
 
 /// Stores `e` into `*err` when the caller asked for details. An error
 /// already in `*err` is replaced and freed, so a reused pointer never leaks.
+///
+/// # Safety
+/// `err` is NULL or points at a writable slot holding NULL or an error
+/// object keel made that nothing else uses.
 pub(crate) unsafe fn error_out(err: *mut *mut keel_error_t, e: Error) {
     if err.is_null() {
         return;
@@ -47,6 +51,9 @@ pub extern "C" fn keel_status_str(status: keel_status_t) -> *const c_char {
 /// object. Safe from any thread.
 #[no_mangle]
 pub extern "C" fn keel_error_code(err: *const keel_error_t) -> keel_status_t {
+    // SAFETY: by the C contract `err` is NULL or an error object keel made and
+    // the caller has not freed; handle_ref checks NULL and the magic first, and
+    // the borrow ends before returning.
     match unsafe { handle_ref(err) } {
         Ok(e) => e.status,
         Err(e) => e.status,
@@ -58,14 +65,21 @@ pub extern "C" fn keel_error_code(err: *const keel_error_t) -> keel_status_t {
 /// placeholder when `err` is NULL or invalid. Never NULL.
 #[no_mangle]
 pub extern "C" fn keel_error_message(err: *const keel_error_t) -> *const c_char {
+    // SAFETY: by the C contract `err` is NULL or an error object keel made and
+    // the caller has not freed; handle_ref checks NULL and the magic first.
+    // The returned pointer outlives the borrow, as documented: the CString is
+    // owned by the error object and stays put until keel_error_free(err).
     match unsafe { handle_ref(err) } {
         Ok(e) => e.message.as_ptr(),
-        Err(_) => "(no error object)\0".as_ptr() as *const c_char,
+        Err(_) => c"(no error object)".as_ptr(),
     }
 }
 
 /// Frees an error object. NULL is a no-op.
 #[no_mangle]
 pub extern "C" fn keel_error_free(err: *mut keel_error_t) {
+    // SAFETY: by the C contract `err` is NULL or an error object keel made
+    // that the caller gives up here; take_handle checks NULL and the magic
+    // (so a double free is refused, best effort) before freeing.
     let _ = unsafe { take_handle(err) };
 }

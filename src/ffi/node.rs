@@ -397,6 +397,9 @@ pub extern "C" fn keel_node_last_error(
 #[no_mangle]
 pub extern "C" fn keel_node_close(node: *mut keel_node_t, final_stats: *mut keel_node_stats_t) -> keel_status_t {
     ffi_boundary!(std::ptr::null_mut(), std::ptr::null::<u8>(), {
+        // SAFETY: by the C contract `node` is NULL or a node keel made, and
+        // this close is its last call, racing with none (not even from its
+        // event callback); take_handle checks the magic before taking it back.
         let Some(n) = (unsafe { take_handle(node)? }) else { return Ok(()) };
         let s = n.close();
         if final_stats.is_null() {

@@ -104,8 +104,12 @@ fn value_bytes(v: &Value) -> Vec<u8> {
     }
 }
 
+/// Writes an optional `uint64_t *` out-parameter of an entry point.
 fn write_version(out: *mut u64, v: u64) {
     if !out.is_null() {
+        debug_assert!(out.is_aligned(), "version out-parameter is misaligned");
+        // SAFETY: not NULL (checked above); the C contract makes a non-NULL
+        // out-parameter a writable, aligned uint64_t for the call's duration.
         unsafe { *out = v };
     }
 }
@@ -286,6 +290,8 @@ pub extern "C" fn keel_shard_get(
             .ok_or_else(|| Error::new(KEEL_STATUS_NOT_FOUND, "key not found"))?;
         *out = keel_buf_t::from_vec(value_bytes(&e.value));
         if !kind.is_null() {
+            // SAFETY: not NULL (checked above); the C contract makes a non-NULL
+            // out-parameter a writable, aligned uint32_t for the call.
             unsafe { *kind = kind_of(&e.value) };
         }
         write_version(version, e.version);
@@ -333,6 +339,12 @@ pub extern "C" fn keel_shard_multi_get(
                 Some(e) => (keel_buf_t::from_vec(value_bytes(&e.value)), kind_of(&e.value), e.version),
                 None => (keel_buf_t::from_vec(Vec::new()), KEEL_KIND_NONE, 0),
             };
+            debug_assert!(i < count, "multi_get answered more keys than asked");
+            // SAFETY: `values` and `kinds` are not NULL (checked above) nor is
+            // `versions` when written; the C contract gives each room for
+            // `count` elements and `found` has one entry per key, so i < count.
+            // Plain stores: the old `values[i]` holds no buffer (checked
+            // above), so overwriting it leaks nothing.
             unsafe {
                 *values.add(i) = buf;
                 *kinds.add(i) = k;
@@ -417,6 +429,8 @@ pub extern "C" fn keel_iter_next(
         (*key, *key_len) = (k.as_ptr(), k.len());
         (*value, *value_len) = (bytes.as_ptr(), bytes.len());
         if !kind.is_null() {
+            // SAFETY: not NULL (checked above); the C contract makes a non-NULL
+            // out-parameter a writable, aligned uint32_t for the call.
             unsafe { *kind = kind_of(&e.value) };
         }
         write_version(version, e.version);
@@ -428,6 +442,8 @@ pub extern "C" fn keel_iter_next(
 #[no_mangle]
 pub extern "C" fn keel_iter_close(iter: *mut keel_iter_t) {
     let _ = ffi_boundary!(std::ptr::null_mut(), std::ptr::null::<u8>(), {
+        // SAFETY: by the C contract `iter` is NULL or a scan keel made, given
+        // up here and used by no other call; take_handle checks the magic.
         drop(unsafe { take_handle(iter)? });
         Ok(())
     });
@@ -622,6 +638,9 @@ pub extern "C" fn keel_shard_set_keep_from(shard: *const keel_shard_t, version: 
 #[no_mangle]
 pub extern "C" fn keel_shard_close(shard: *mut keel_shard_t, err: *mut *mut keel_error_t) -> keel_status_t {
     ffi_boundary!(err, std::ptr::null::<u8>(), {
+        // SAFETY: by the C contract `shard` is NULL or a shard handle keel
+        // made, and this close is its last call, racing with none; take_handle
+        // checks the magic before taking it back.
         match unsafe { take_handle(shard)? } {
             Some(s) => s.close(),
             None => Ok(()),
@@ -641,6 +660,10 @@ pub extern "C" fn keel_batch_new(out: *mut *mut keel_batch_t) -> keel_status_t {
 }
 
 fn batch_add(batch: *mut keel_batch_t, op: u8, key: &[u8], body: &[u8]) -> crate::Result<()> {
+    // SAFETY: `batch` is the handle argument of the calling keel_batch_*
+    // entry point: NULL or a batch keel made and not freed, used by one
+    // thread at a time (C contract); handle_mut checks NULL and the magic, and
+    // the borrow ends within the entry call.
     let b = unsafe { crate::ffi::boundary::handle_mut::<keel_batch_t>(batch)? };
     pack(&mut b.packed, op, key, body)?;
     b.count += 1;
@@ -715,6 +738,8 @@ pub extern "C" fn keel_batch_clear(batch: *mut keel_batch_t) -> keel_status_t {
 #[no_mangle]
 pub extern "C" fn keel_batch_free(batch: *mut keel_batch_t) {
     let _ = ffi_boundary!(std::ptr::null_mut(), std::ptr::null::<u8>(), {
+        // SAFETY: by the C contract `batch` is NULL or a batch keel made, given
+        // up here and used by no other call; take_handle checks the magic.
         drop(unsafe { take_handle(batch)? });
         Ok(())
     });

@@ -225,6 +225,9 @@ pub extern "C" fn keel_wal_append(
         let data = in_bytes(data, len, "data")?;
         let seq = w.append(data)?;
         if !out_seq.is_null() {
+debug_assert!(out_seq.is_aligned(), "out_seq is misaligned");
+            // SAFETY: not NULL (checked above); the C contract makes a non-NULL
+            // out-parameter a writable, aligned uint64_t for the call.
             unsafe { *out_seq = seq };
         }
         Ok(())
@@ -260,6 +263,9 @@ pub extern "C" fn keel_wal_append_batch(
         let records = in_packed(data, lens, count, "data")?;
         let first = w.append_batch(&records)?;
         if !out_first_seq.is_null() {
+debug_assert!(out_first_seq.is_aligned(), "out_first_seq is misaligned");
+            // SAFETY: not NULL (checked above); the C contract makes a non-NULL
+            // out-parameter a writable, aligned uint64_t for the call.
             unsafe { *out_first_seq = first };
         }
         Ok(())
@@ -430,6 +436,9 @@ fn no_more() -> Error {
 #[no_mangle]
 pub extern "C" fn keel_wal_reader_close(reader: *mut keel_wal_reader_t) {
     let _ = ffi_boundary!(std::ptr::null_mut(), std::ptr::null::<u8>(), {
+        // SAFETY: by the C contract `reader` is NULL or a reader keel made,
+        // given up here and used by no other call; take_handle checks the
+        // magic before taking it back.
         drop(unsafe { take_handle(reader)? });
         Ok(())
     });
@@ -444,6 +453,9 @@ pub extern "C" fn keel_wal_reader_close(reader: *mut keel_wal_reader_t) {
 #[no_mangle]
 pub extern "C" fn keel_wal_close(wal: *mut keel_wal_t, err: *mut *mut keel_error_t) -> keel_status_t {
     ffi_boundary!(err, std::ptr::null::<u8>(), {
+        // SAFETY: by the C contract `wal` is NULL or a WAL keel made, and this
+        // close is its last call, racing with none; take_handle checks the
+        // magic before taking it back.
         match unsafe { take_handle(wal)? } {
             Some(w) => w.close(),
             None => Ok(()),

@@ -258,6 +258,10 @@ impl CCallback {
     fn release(&self) {
         if !self.freed.swap(true, Ordering::AcqRel) {
             if let Some(free) = self.free {
+                // SAFETY: the host registered `free` for `user` (its
+                // user_data) to be called once when keel is done with it; the
+                // swap above makes this the only call, and release() runs only
+                // after the net closed, so no callback uses `user` any more.
                 unsafe { free(self.user as *mut c_void) };
             }
         }
@@ -379,6 +383,11 @@ pub extern "C" fn keel_net_open(
                 let c = cb.clone();
                 options.on_event = Some(Arc::new(move |id, status, msg: &str| {
                     let m = CString::new(msg.replace('\0', "\\0")).unwrap_or_default();
+                    // SAFETY: `f` is the host's non-NULL keel_net_event_fn
+                    // (an Option of fn pointer), called with the user_data
+                    // registered beside it, which stays the host's until
+                    // user_data_free at close, after the last callback; `m`
+                    // is a NUL-terminated string alive for the whole call.
                     unsafe { (c.f)(c.user as *mut c_void, id, status, m.as_ptr()) };
                 }));
                 callback = Some(cb);
@@ -436,11 +445,17 @@ pub extern "C" fn keel_net_close(net: *mut keel_net_t, err: *mut *mut keel_error
         if net.is_null() {
             return Ok(());
         }
+        // SAFETY: by the C contract `net` is a net keel made and not closed
+        // (NULL returned above); handle_ref checks the magic, and the borrow
+        // ends before take_handle below frees the handle.
         if let Ok(n) = unsafe { handle_ref(net as *const keel_net_t) } {
             if n.net.on_reactor_thread() {
                 return Err(Error::new(KEEL_STATUS_BUSY, "keel_net_close() cannot be called from the event callback"));
             }
         }
+        // SAFETY: this close is the net's last call and races with none (C
+        // contract), nor with its own callback (refused above); take_handle
+        // checks the magic before taking it back.
         let Some(h) = (unsafe { take_handle(net)? }) else { return Ok(()) };
         let result = h.net.close();
         if let Some(cb) = h.callback {
@@ -608,6 +623,9 @@ pub extern "C" fn keel_writer_stats(writer: *const keel_writer_t, out: *mut keel
 #[no_mangle]
 pub extern "C" fn keel_writer_close(writer: *mut keel_writer_t, err: *mut *mut keel_error_t) -> keel_status_t {
     ffi_boundary!(err, std::ptr::null::<u8>(), {
+        // SAFETY: by the C contract `writer` is NULL or a writer keel made and
+        // this is its last call, racing with none; take_handle checks the
+        // magic before taking it back.
         drop(unsafe { take_handle(writer)? });
         Ok(())
     })
@@ -752,6 +770,9 @@ pub extern "C" fn keel_publisher_subscriber_stats(
 #[no_mangle]
 pub extern "C" fn keel_publisher_close(publisher: *mut keel_publisher_t, err: *mut *mut keel_error_t) -> keel_status_t {
     ffi_boundary!(err, std::ptr::null::<u8>(), {
+        // SAFETY: by the C contract `publisher` is NULL or a publisher keel
+        // made and this is its last call, including from the event callback
+        // (documented above); take_handle checks the magic.
         drop(unsafe { take_handle(publisher)? });
         Ok(())
     })

@@ -22,6 +22,10 @@ use std::path::Path;
 use std::sync::Arc;
 
 /// An open file.
+// A file's length is a fallible I/O query, not a container's size: an
+// `is_empty` would be one more method every implementation must carry for
+// no caller.
+#[allow(clippy::len_without_is_empty)]
 pub trait File: Send + Sync {
     /// Current length in bytes.
     fn len(&self) -> io::Result<u64>;

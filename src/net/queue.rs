@@ -480,6 +480,8 @@ mod tests {
         fn send(&mut self, iov: &[libc::iovec]) -> SendResult {
             let mut v = Vec::new();
             for i in iov {
+                // SAFETY: the pass builds each iovec from a slice of the
+                // outbox, which it neither changes nor frees during send().
                 v.extend_from_slice(unsafe { std::slice::from_raw_parts(i.iov_base as *const u8, i.iov_len) });
             }
             if self.budget == 0 {

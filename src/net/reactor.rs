@@ -86,6 +86,10 @@ impl Shared {
     /// Wakes the reactor thread (an eventfd write).
     pub(crate) fn wake(&self) {
         let one: u64 = 1;
+        // SAFETY: `wake_fd` is this Shared's eventfd, closed only in its Drop,
+        // so open while `self` is borrowed; the 8 bytes written are `one`, a
+        // live u64 (an eventfd takes exactly 8). A full counter (EAGAIN)
+        // still leaves the reactor woken, so the result is not needed.
         unsafe { libc::write(self.wake_fd, &one as *const u64 as *const libc::c_void, 8) };
     }
 
@@ -167,8 +171,12 @@ fn forget_adopted(fd: RawFd) {
 
 impl Drop for Shared {
     fn drop(&mut self) {
+        // SAFETY: Net::open created both fds for this Shared alone; nothing
+        // else closes them, and the last reference is going away, so neither
+        // is used again.
         unsafe { libc::close(self.wake_fd) };
         if self.epfd >= 0 {
+            // SAFETY: as for wake_fd: owned by this Shared, closed only here.
             unsafe { libc::close(self.epfd) };
         }
     }
@@ -184,6 +192,7 @@ impl Net {
     /// Starts the reactor thread. `IoUring` falls back to sendmsg when the
     /// runtime probe fails (see `fallback`).
     pub fn open(opts: NetOptions) -> Result<Net> {
+        // SAFETY: eventfd takes no pointers; the new fd is owned below.
         let wake_fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
         if wake_fd < 0 {
             return Err(Error::io("eventfd", io::Error::last_os_error()));
@@ -201,16 +210,22 @@ impl Net {
         };
         let mut epfd = -1;
         if ring.is_none() {
+            // SAFETY: epoll_create1 takes no pointers; the new fd is owned below.
             epfd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
             if epfd < 0 {
                 let e = io::Error::last_os_error();
+                // SAFETY: wake_fd was created above and is shared with no one.
                 unsafe { libc::close(wake_fd) };
                 return Err(Error::io("epoll_create1", e));
             }
             let mut ev = libc::epoll_event { events: libc::EPOLLIN as u32, u64: WAKE_ID };
+            // SAFETY: `ev` is a valid epoll_event on the stack, read by the call.
             if unsafe { libc::epoll_ctl(epfd, libc::EPOLL_CTL_ADD, wake_fd, &mut ev) } < 0 {
                 let e = io::Error::last_os_error();
+                // SAFETY: both fds were created above and are shared with no
+                // one; each is closed once, here, and not used afterwards.
                 unsafe { libc::close(wake_fd) };
+                // SAFETY: as above.
                 unsafe { libc::close(epfd) };
                 return Err(Error::io("epoll_ctl(eventfd)", e));
             }
@@ -448,6 +463,8 @@ impl Reactor {
     fn wait_epoll(&mut self, timeout: Option<Duration>) {
         let mut evs = [libc::epoll_event { events: 0, u64: 0 }; 64];
         let ms = timeout.map_or(-1, |d| d.as_millis().min(i32::MAX as u128) as i32 + i32::from(d.subsec_nanos() % 1_000_000 != 0));
+        // SAFETY: `evs` is a local array of evs.len() epoll_events, the most
+        // the kernel writes; epfd is open as long as `self.sh` is.
         let n = unsafe { libc::epoll_wait(self.sh.epfd, evs.as_mut_ptr(), evs.len() as i32, ms) };
         if n <= 0 {
             return; // timeout or EINTR
@@ -464,6 +481,9 @@ impl Reactor {
 
     fn read_wake(&self) {
         let mut v: u64 = 0;
+        // SAFETY: `v` is a writable u64 and an eventfd read is exactly 8
+        // bytes; wake_fd is open as long as `self.sh` is. EAGAIN (nothing to
+        // read) leaves `v` alone and is fine.
         unsafe { libc::read(self.sh.wake_fd, &mut v as *mut u64 as *mut libc::c_void, 8) };
     }
 
@@ -562,6 +582,10 @@ impl Reactor {
             }
             PassEnd::CloseReached => {
                 // R10: everything is flushed; half-close and drain input.
+                debug_assert!(!st.fd_closed, "a pass ran on connection {} after its fd was closed", conn.id);
+                // SAFETY: no pointers. conn.fd is still this connection's:
+                // only finalize() closes it, setting phase Closed, and a pass
+                // runs only in phase Open or Closing, under the same lock.
                 unsafe { libc::shutdown(conn.fd, libc::SHUT_WR) };
                 if self.stopping {
                     // keel_net_close waits for queued bytes only, never
@@ -722,6 +746,8 @@ impl Reactor {
         st.reported = true;
         st.waiting_writable = false;
         if !st.fd_closed {
+            // SAFETY: no pointers; the fd is still this connection's (not
+            // closed yet, checked under the connection's lock).
             unsafe { libc::shutdown(conn.fd, libc::SHUT_RDWR) };
             if let Io::Epoll = self.io {
                 epoll_del(self.sh.epfd, conn.fd);
@@ -804,6 +830,10 @@ impl Reactor {
             if let Io::Epoll = self.io {
                 epoll_del(self.sh.epfd, conn.fd);
             }
+            // SAFETY: keel owns an adopted fd and closes it exactly once:
+            // here, under the connection's lock, marked by fd_closed; no
+            // operation on it is in flight (checked above), and it left the
+            // registry first, so nothing looks it up afterwards.
             unsafe { libc::close(conn.fd) };
             st.fd_closed = true;
         }

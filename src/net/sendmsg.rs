@@ -21,10 +21,15 @@ impl Sink for SyncSink {
 /// One nonblocking sendmsg(2): EINTR is retried (R9), EAGAIN reported as
 /// WouldBlock (R6), never SIGPIPE.
 pub(crate) fn sendmsg_nb(fd: RawFd, iov: &[libc::iovec]) -> SendResult {
+    // SAFETY: msghdr is a plain C struct for which all zeroes is a valid
+    // value (no name, no control data, no flags).
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
     msg.msg_iov = iov.as_ptr() as *mut libc::iovec;
     msg.msg_iovlen = iov.len() as _;
     loop {
+        // SAFETY: `msg` names only `iov`, whose iovecs the caller built from
+        // live slices of its outbox; all are borrowed for this call and the
+        // kernel only reads them during it. A bad fd is an error, not UB.
         let r = unsafe { libc::sendmsg(fd, &msg, libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT) };
         if r >= 0 {
             return SendResult::Sent(r as usize);
@@ -51,6 +56,8 @@ pub(crate) fn errno_text(e: i32) -> String {
 pub(crate) fn discard_input(fd: RawFd) -> bool {
     let mut buf = [0u8; 4096];
     for _ in 0..64 {
+        // SAFETY: `buf` is a local array of exactly buf.len() writable bytes;
+        // recv writes at most that many.
         let r = unsafe { libc::recv(fd, buf.as_mut_ptr() as *mut libc::c_void, buf.len(), libc::MSG_DONTWAIT) };
         if r > 0 {
             continue;
@@ -71,6 +78,7 @@ pub(crate) fn discard_input(fd: RawFd) -> bool {
 /// fd registered but disarmed (EPOLLONESHOT): only error/hangup report.
 pub(crate) fn epoll_set(epfd: RawFd, op: i32, fd: RawFd, events: u32, id: u64) -> io::Result<()> {
     let mut ev = libc::epoll_event { events: events | libc::EPOLLONESHOT as u32, u64: id };
+    // SAFETY: `ev` is a valid epoll_event on the stack, read by the call only.
     if unsafe { libc::epoll_ctl(epfd, op, fd, &mut ev) } < 0 {
         return Err(io::Error::last_os_error());
     }
@@ -79,6 +87,8 @@ pub(crate) fn epoll_set(epfd: RawFd, op: i32, fd: RawFd, events: u32, id: u64) -
 
 pub(crate) fn epoll_del(epfd: RawFd, fd: RawFd) {
     let mut ev = libc::epoll_event { events: 0, u64: 0 };
+    // SAFETY: `ev` is a valid epoll_event on the stack (ignored by DEL, but
+    // kernels before 2.6.9 required it non-NULL); failure is harmless here.
     unsafe { libc::epoll_ctl(epfd, libc::EPOLL_CTL_DEL, fd, &mut ev) };
 }
 
@@ -89,7 +99,10 @@ pub(crate) fn check_socket(fd: RawFd) -> crate::Result<()> {
     if fd < 0 {
         return Err(Error::invalid(format!("fd {fd} is negative")));
     }
+    // SAFETY: stat is a plain C struct of integers: all zeroes is valid.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: `st` is a writable stat on the stack; fstat fills only it, and
+    // an fd that is not open is reported as EBADF.
     if unsafe { libc::fstat(fd, &mut st) } < 0 {
         return Err(Error::invalid(format!("fd {fd} is not an open file descriptor: {}", io::Error::last_os_error())));
     }
@@ -103,14 +116,19 @@ pub(crate) fn check_socket(fd: RawFd) -> crate::Result<()> {
     }
     let domain = getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_DOMAIN)
         .map_err(|e| Error::io(format!("getsockopt(SO_DOMAIN) on fd {fd}"), e))?;
+    // SAFETY: sockaddr_storage is a plain C struct: all zeroes is valid.
     let mut addr: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
     let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    // SAFETY: `addr` is a writable sockaddr_storage (large enough for any
+    // address family) whose size is in `len`, so getpeername stays inside it.
     if unsafe { libc::getpeername(fd, &mut addr as *mut _ as *mut libc::sockaddr, &mut len) } < 0 {
         let e = io::Error::last_os_error();
         return Err(Error::invalid(format!("fd {fd} is not a connected socket: {e}")));
     }
     if domain == libc::AF_INET || domain == libc::AF_INET6 {
         let one: libc::c_int = 1;
+        // SAFETY: TCP_NODELAY takes an int: `one` is a live c_int and the
+        // length passed is its size.
         let r = unsafe {
             libc::setsockopt(
                 fd,
@@ -130,6 +148,8 @@ pub(crate) fn check_socket(fd: RawFd) -> crate::Result<()> {
 pub(crate) fn getsockopt_int(fd: RawFd, level: i32, name: i32) -> io::Result<i32> {
     let mut v: libc::c_int = 0;
     let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: `v` is a writable c_int and `len` holds its size, so the kernel
+    // writes at most that much (and updates `len`).
     if unsafe { libc::getsockopt(fd, level, name, &mut v as *mut _ as *mut libc::c_void, &mut len) } < 0 {
         return Err(io::Error::last_os_error());
     }

@@ -37,19 +37,31 @@ pub(crate) struct ConnIo {
     pub cancel_sent: bool,
 }
 
-// The raw pointers in msghdr/iovec point into this connection's own
-// outbox, which is only touched under the connection's lock.
+// SAFETY: only the raw pointers in `msg` and `iov` keep ConnIo from being
+// Send; they point at `iov` itself and into this connection's own outbox,
+// carry no thread-bound state, and are written only under the connection's
+// lock, so handing ConnIo to the reactor thread is sound.
 unsafe impl Send for ConnIo {}
 
 impl Default for ConnIo {
     fn default() -> Self {
-        ConnIo { slot: None, msg: Box::new(unsafe { std::mem::zeroed() }), iov: Vec::new(), op: None, cancel_sent: false }
+        // SAFETY: msghdr is a plain C struct for which all zeroes (NULL
+        // pointers, zero lengths) is a valid value.
+        let msg = Box::new(unsafe { std::mem::zeroed() });
+        ConnIo { slot: None, msg, iov: Vec::new(), op: None, cancel_sent: false }
     }
 }
 
 /// Pushes an SQE, submitting first when the submission queue is full.
 pub(crate) fn push(ring: &mut IoUring, sqe: &io_uring::squeue::Entry) {
     loop {
+        // SAFETY: the kernel must be able to use what an entry points at until
+        // its completion. Entries pushed here are PollAdd and AsyncCancel
+        // (an fd, a user_data: no memory) and UringSink's SendMsg, which
+        // points at its connection's ConnIo msghdr and iovecs and at outbox
+        // bytes: none of them is changed or freed while the send is in flight
+        // (no pass runs then, R8; on_cqe frees the outbox only after the
+        // completion, R10; a panicking reactor leaks them).
         if unsafe { ring.submission().push(sqe) }.is_ok() {
             return;
         }
@@ -69,6 +81,7 @@ impl Sink for UringSink<'_> {
         let (slot, gen) = self.io.slot.expect("slot assigned before a ring send");
         self.io.iov.clear();
         self.io.iov.extend_from_slice(iov);
+        // SAFETY: msghdr is a plain C struct: all zeroes is a valid value.
         *self.io.msg = unsafe { std::mem::zeroed() };
         self.io.msg.msg_iov = self.io.iov.as_mut_ptr();
         self.io.msg.msg_iovlen = self.io.iov.len() as _;

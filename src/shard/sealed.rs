@@ -21,6 +21,9 @@ use std::sync::Arc;
 
 const DEL_MAGIC: u64 = 0x324c_4544_4c45_454b; // "KEELDEL2"
 
+// Not boxed: a Data sits once in each Arc'd Sealed, and a boxed Table would
+// cost every read of the segment a pointer chase to save a few hundred bytes.
+#[allow(clippy::large_enum_variant)]
 pub enum Data {
     /// A sealed appendable segment whose table is being written.
     Frozen(Arc<BTreeMap<Key, Entry>>),

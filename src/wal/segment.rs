@@ -134,6 +134,8 @@ pub fn open_for_reading(fs: &dyn FileSystem, path: &Path) -> Result<ReadSegment>
 /// left from an older segment or zero fill never validate in a new one.
 pub fn new_salt() -> u32 {
     let mut b = [0u8; 4];
+    // SAFETY: `b` is a local array of 4 writable bytes and getrandom writes
+    // at most the 4 asked for.
     let n = unsafe { libc::getrandom(b.as_mut_ptr() as *mut libc::c_void, 4, 0) };
     if n == 4 {
         return u32::from_le_bytes(b);

@@ -131,7 +131,7 @@ pub struct Jitter {
 
 impl Jitter {
     pub fn new(seed: u64, max_micros: u64) -> Jitter {
-        Jitter { rng: Mutex::new(Rng::new(seed ^ 0x7177_e1)), max_micros, trace: Trace::default() }
+        Jitter { rng: Mutex::new(Rng::new(seed ^ 0x0071_77e1)), max_micros, trace: Trace::default() }
     }
 
     /// A pause for the writer side, from the same seed.
