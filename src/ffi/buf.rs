@@ -105,3 +105,13 @@ pub(crate) fn copy_out(data: &[u8], buf: *mut u8, cap: usize, out_len: &mut usiz
     *out_len = data.len();
     Ok(())
 }
+
+/// Copies `text` into the caller's buffer as a NUL-terminated C string
+/// (an inner NUL is written as the two characters `\0`, so C sees the
+/// whole text); `*out_len` receives its length including the NUL, and
+/// the size needed on BUFFER_TOO_SMALL.
+pub(crate) fn copy_out_c_string(text: &str, buf: *mut std::ffi::c_char, cap: usize, out_len: &mut usize) -> crate::Result<()> {
+    let mut bytes = text.replace('\0', "\\0").into_bytes();
+    bytes.push(0);
+    copy_out(&bytes, buf as *mut u8, cap, out_len)
+}

@@ -3,7 +3,7 @@
 
 use crate::error::Error;
 use crate::ffi::boundary::{in_bytes, into_handle, out_ptr, take_handle, Opaque};
-use crate::ffi::buf::copy_out;
+use crate::ffi::buf::copy_out_c_string;
 use crate::ffi::versioned::{init_options, read_options, write_stats};
 use crate::ffi::engine::keel_engine_t;
 use crate::ffi::error::keel_error_t;
@@ -286,9 +286,7 @@ pub extern "C" fn keel_node_addr(
     ffi_boundary!(std::ptr::null_mut(), node, {
         let n = try_handle!(node);
         let len = out_ptr(len, "len")?;
-        let mut s = n.addr().to_string().into_bytes();
-        s.push(0);
-        copy_out(&s, buf as *mut u8, cap, len)
+        copy_out_c_string(&n.addr().to_string(), buf, cap, len)
     })
 }
 
@@ -378,9 +376,7 @@ pub extern "C" fn keel_node_last_error(
     ffi_boundary!(std::ptr::null_mut(), node, {
         let n = try_handle!(node);
         let len = out_ptr(len, "len")?;
-        let mut s = n.stats().last_error.replace('\0', "\\0").into_bytes();
-        s.push(0);
-        copy_out(&s, buf as *mut u8, cap, len)
+        copy_out_c_string(&n.stats().last_error, buf, cap, len)
     })
 }
 

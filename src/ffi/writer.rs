@@ -3,7 +3,7 @@
 
 use crate::error::Error;
 use crate::ffi::boundary::{handle_ref, in_bytes, in_packed, into_handle, out_ptr, take_handle, Opaque};
-use crate::ffi::buf::copy_out;
+use crate::ffi::buf::copy_out_c_string;
 use crate::ffi::error::keel_error_t;
 use crate::ffi::versioned::{init_options, read_options, write_stats};
 use crate::net::{Backend, BackendChoice, Fallback, Net, NetOptions, Publisher, PublisherStats, Writer, WriterOptions, WriterStats};
@@ -832,9 +832,7 @@ pub extern "C" fn keel_net_fallback(
                 why,
             ),
         };
-        let mut text = why.replace('\0', "\\0").into_bytes();
-        text.push(0);
-        copy_out(&text, buf as *mut u8, cap, out_len)?;
+        copy_out_c_string(why, buf, cap, out_len)?;
         *out_code = code;
         Ok(())
     })
