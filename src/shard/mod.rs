@@ -2,10 +2,11 @@
 //! by one ordered flush thread per shard. docs/STORAGE.md explains the
 //! segment formats, the flush order and recovery.
 //!
-//! A write is logged, then applied to the segments under the shard's
-//! write lock (so operations are applied in version order and a reader
-//! never sees half a batch), then, in `sync` durability, waits for the
-//! group-committed fdatasync outside the lock.
+//! A write passes the shard's write gate (gate.rs): queued writes are
+//! logged as one WAL frame and applied to the segments in version order
+//! under one hold of the segments' write lock (a reader never sees half a
+//! batch), then each writer, in `sync` durability, waits for the
+//! group-committed fdatasync outside both.
 
 mod appendable;
 mod bloom;
@@ -13,6 +14,7 @@ mod entry;
 pub(crate) mod files;
 mod manifest;
 mod flush;
+mod gate;
 mod key;
 mod op;
 mod recovery;
@@ -33,7 +35,9 @@ use crate::wal::{self, Durability, Wal};
 use crossbeam_channel::Sender;
 use flush::Request;
 use parking_lot::{Mutex, RwLock};
-use segments::Segments;
+use gate::{Batch, Gate, Leader};
+use op::OpRef;
+use segments::{Overlay, Segments};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -126,6 +130,8 @@ pub(crate) struct Inner {
     seg_dir: PathBuf,
     opts: Options,
     segs: RwLock<Segments>,
+    /// Where writes are ordered (gate.rs).
+    gate: Gate,
     /// None once closed. Writers hold the read side across their append
     /// and durability wait; close takes the write side.
     wal: RwLock<Option<Wal>>,
@@ -185,6 +191,108 @@ impl Inner {
             Some((tx, _)) => tx.send(r).map_err(|_| Error::new(KEEL_STATUS_CLOSED, "shard flush thread has stopped")),
             None => Err(Error::new(KEEL_STATUS_CLOSED, "shard is closed")),
         }
+    }
+}
+
+/// A group's frame stays below this many bytes (a batch larger than it
+/// goes alone): the WAL's segments start small and grow with the write
+/// rate, and one frame must not force an oversized segment early.
+const GROUP_FRAME_BYTES: u64 = 256 << 10;
+
+impl Leader for Inner {
+    fn frame_limit(&self) -> u64 {
+        GROUP_FRAME_BYTES.min(self.opts.wal_options().max_record_size)
+    }
+
+    fn run_group(&self, group: &[Arc<Batch>]) -> Vec<Result<(u64, u64)>> {
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.log_and_apply(group))) {
+            Ok(outcomes) => outcomes,
+            Err(_) => {
+                let e = Error::new(KEEL_STATUS_PANIC, "a shard write panicked; the shard is poisoned");
+                self.poison(e.clone());
+                gate::all_failed(group, &e)
+            }
+        }
+    }
+}
+
+impl Inner {
+    /// The leader's work for one group (gate.rs): check each batch against
+    /// the segments and the batches before it, log the accepted ones as one
+    /// WAL frame, apply them in version order, all under one hold of the
+    /// segments' write lock.
+    fn log_and_apply(&self, group: &[Arc<Batch>]) -> Vec<Result<(u64, u64)>> {
+        let wal = self.wal.read();
+        let Some(wal) = wal.as_ref() else {
+            return gate::all_failed(group, &Error::new(KEEL_STATUS_CLOSED, "shard is closed"));
+        };
+        if let Err(e) = self.check_open() {
+            return gate::all_failed(group, &e);
+        }
+        let mut segs = self.segs.write();
+        let mut outcomes: Vec<Result<(u64, u64)>> = vec![Ok((0, 0)); group.len()];
+        // Puts and deletes are valid whatever a key holds: only a group with
+        // an append needs the checks.
+        if group.iter().any(|b| b.ops().any(|op| matches!(op, OpRef::Append { .. }))) {
+            let mut earlier = Overlay::new();
+            for (b, out) in group.iter().zip(outcomes.iter_mut()) {
+                if let Err(e) = segs.check(b.ops(), &mut earlier) {
+                    *out = Err(e);
+                }
+            }
+        }
+        let records: Vec<&[u8]> = group.iter().zip(&outcomes).filter(|(_, o)| o.is_ok()).flat_map(|(b, _)| b.records_iter()).collect();
+        if records.is_empty() {
+            return outcomes;
+        }
+        let first = match wal.append_deferred(&records) {
+            Ok(first) => first,
+            Err(e) => {
+                // Nothing of the group was logged.
+                for out in outcomes.iter_mut().filter(|o| o.is_ok()) {
+                    *out = Err(e.clone());
+                }
+                return outcomes;
+            }
+        };
+        let mut next = first;
+        let mut applied = None;
+        let mut failed: Option<Error> = None;
+        for (b, out) in group.iter().zip(outcomes.iter_mut()) {
+            if out.is_err() {
+                continue;
+            }
+            let start = next;
+            if failed.is_none() {
+                for op in b.ops() {
+                    if let Err(e) = segs.apply(op, next) {
+                        // Logged but not applied: only a reopen (replay)
+                        // can make the segments whole again. This batch
+                        // and the ones after it fail; replay applies them.
+                        self.poison(e.clone());
+                        failed = Some(e);
+                        break;
+                    }
+                    next += 1;
+                }
+            }
+            match &failed {
+                Some(e) => *out = Err(e.clone()),
+                None => {
+                    *out = Ok((start, next - 1));
+                    applied = Some(next - 1);
+                }
+            }
+        }
+        if let Some(last) = applied {
+            segs.finish(last);
+        }
+        let full = segs.appendable.weight >= self.opts.seal_bytes;
+        drop(segs);
+        if full {
+            let _ = self.request(Request::Maintain);
+        }
+        outcomes
     }
 }
 
@@ -263,6 +371,7 @@ impl Shard {
             fs,
             seg_dir,
             segs: RwLock::new(segs),
+            gate: Gate::default(),
             wal: RwLock::new(Some(wal)),
             persisted: AtomicU64::new(persisted),
             closed: Arc::new(AtomicBool::new(false)),
@@ -289,51 +398,33 @@ impl Shard {
     /// Applies `ops` atomically; returns the versions of the first and the
     /// last (consecutive WAL sequence numbers, one per operation).
     pub fn write(&self, ops: &[Op]) -> Result<(u64, u64)> {
+        self.write_refs(&ops.iter().map(Op::as_ref).collect::<Vec<_>>())
+    }
+
+    fn write_refs(&self, ops: &[OpRef]) -> Result<(u64, u64)> {
         if ops.is_empty() {
             return Err(Error::invalid("a write batch needs at least one operation"));
         }
         let inner = &*self.inner;
         inner.check_open()?;
         op::check_write(ops, inner.opts.wal_options().max_record_size)?;
-        let encoded: Vec<Vec<u8>> = ops.iter().map(Op::encode).collect();
-        let records: Vec<&[u8]> = encoded.iter().map(|r| r.as_slice()).collect();
-        let wal = inner.wal.read();
-        let wal = wal.as_ref().ok_or_else(|| Error::new(KEEL_STATUS_CLOSED, "shard is closed"))?;
-        let (first, last, full) = {
-            let mut segs = inner.segs.write();
-            segs.check(ops)?;
-            let first = wal.append_deferred(&records)?;
-            for (i, op) in ops.iter().enumerate() {
-                if let Err(e) = segs.apply(op.as_ref(), first + i as u64) {
-                    // Logged but not applied: only a reopen (replay) can
-                    // make the segments whole again.
-                    inner.poison(e.clone());
-                    return Err(e);
-                }
-            }
-            let last = first + ops.len() as u64 - 1;
-            segs.finish(last);
-            (first, last, segs.appendable.weight >= inner.opts.seal_bytes)
-        };
-        if wal.durability() == Durability::Sync {
-            wal.wait_durable(last)?;
-        }
-        if full {
-            let _ = inner.request(Request::Maintain);
+        let (first, last) = inner.gate.write(Batch::new(ops), inner)?;
+        if inner.opts.durability == Durability::Sync {
+            inner.wal_durable(last)?;
         }
         Ok((first, last))
     }
 
     pub fn put(&self, key: &[u8], value: &[u8]) -> Result<u64> {
-        self.write(&[Op::Put { key: key.to_vec(), value: value.to_vec() }]).map(|v| v.0)
+        self.write_refs(&[OpRef::Put { key, value }]).map(|v| v.0)
     }
 
     pub fn delete(&self, key: &[u8]) -> Result<u64> {
-        self.write(&[Op::Delete { key: key.to_vec() }]).map(|v| v.0)
+        self.write_refs(&[OpRef::Delete { key }]).map(|v| v.0)
     }
 
     pub fn append(&self, key: &[u8], item: &[u8]) -> Result<u64> {
-        self.write(&[Op::Append { key: key.to_vec(), item: item.to_vec() }]).map(|v| v.0)
+        self.write_refs(&[OpRef::Append { key, item }]).map(|v| v.0)
     }
 
     fn read<T>(&self, f: impl FnOnce(&Segments) -> Result<T>) -> Result<T> {

@@ -14,7 +14,7 @@ pub const MAX_VALUE_SIZE: usize = 16 << 20;
 /// Bytes a record adds to its key and value: `[u8 op][u32 key length]`.
 const RECORD_HEADER: usize = 5;
 /// Bytes a WAL batch frame adds per record (its length).
-const BATCH_RECORD_HEADER: usize = 4;
+pub(super) const BATCH_RECORD_HEADER: usize = 4;
 /// The record of the largest operation (largest key and value): the record
 /// limit of a shard's WAL, unless its segments are too small to hold it.
 pub const MAX_RECORD_SIZE: u64 = (RECORD_HEADER + MAX_KEY_SIZE + MAX_VALUE_SIZE) as u64;
@@ -67,6 +67,51 @@ impl<'a> OpRef<'a> {
     }
 }
 
+impl<'a> OpRef<'a> {
+    /// The value of a put, the item of an append.
+    pub fn body(&self) -> &'a [u8] {
+        match *self {
+            OpRef::Put { value, .. } => value,
+            OpRef::Delete { .. } => &[],
+            OpRef::Append { item, .. } => item,
+        }
+    }
+
+    /// Checks the key and value sizes against the shard limits; errors
+    /// name the caller's sizes.
+    pub fn check(&self) -> Result<()> {
+        check_key(self.key())?;
+        let (what, len) = match self {
+            OpRef::Append { .. } => ("posting item", self.body().len()),
+            _ => ("value", self.body().len()),
+        };
+        if len > MAX_VALUE_SIZE {
+            return Err(Error::invalid(format!("{what} of {len} bytes exceeds the limit of {MAX_VALUE_SIZE} bytes (16 MiB)")));
+        }
+        Ok(())
+    }
+
+    /// Bytes of its WAL record.
+    pub fn record_len(&self) -> u64 {
+        (RECORD_HEADER + self.key().len() + self.body().len()) as u64
+    }
+
+    /// Appends its WAL record to `out`.
+    pub fn encode_into(&self, out: &mut Vec<u8>) {
+        let code = match self {
+            OpRef::Put { .. } => OP_PUT,
+            OpRef::Delete { .. } => OP_DELETE,
+            OpRef::Append { .. } => OP_APPEND,
+        };
+        let (key, body) = (self.key(), self.body());
+        out.reserve(RECORD_HEADER + key.len() + body.len());
+        out.push(code);
+        out.extend_from_slice(&(key.len() as u32).to_le_bytes());
+        out.extend_from_slice(key);
+        out.extend_from_slice(body);
+    }
+}
+
 impl Op {
     pub fn as_ref(&self) -> OpRef<'_> {
         match self {
@@ -77,50 +122,12 @@ impl Op {
     }
 
     pub fn key(&self) -> &[u8] {
-        match self {
-            Op::Put { key, .. } | Op::Delete { key } | Op::Append { key, .. } => key,
-        }
-    }
-
-    /// The value of a put, the item of an append.
-    fn body(&self) -> &[u8] {
-        match self {
-            Op::Put { value, .. } => value,
-            Op::Delete { .. } => &[],
-            Op::Append { item, .. } => item,
-        }
-    }
-
-    /// Checks the key and value sizes against the shard limits; errors
-    /// name the caller's sizes.
-    pub fn check(&self) -> Result<()> {
-        check_key(self.key())?;
-        let (what, len) = match self {
-            Op::Append { .. } => ("posting item", self.body().len()),
-            _ => ("value", self.body().len()),
-        };
-        if len > MAX_VALUE_SIZE {
-            return Err(Error::invalid(format!("{what} of {len} bytes exceeds the limit of {MAX_VALUE_SIZE} bytes (16 MiB)")));
-        }
-        Ok(())
-    }
-
-    fn record_len(&self) -> u64 {
-        (RECORD_HEADER + self.key().len() + self.body().len()) as u64
+        self.as_ref().key()
     }
 
     pub fn encode(&self) -> Vec<u8> {
-        let code = match self {
-            Op::Put { .. } => OP_PUT,
-            Op::Delete { .. } => OP_DELETE,
-            Op::Append { .. } => OP_APPEND,
-        };
-        let (key, body) = (self.key(), self.body());
-        let mut out = Vec::with_capacity(RECORD_HEADER + key.len() + body.len());
-        out.push(code);
-        out.extend_from_slice(&(key.len() as u32).to_le_bytes());
-        out.extend_from_slice(key);
-        out.extend_from_slice(body);
+        let mut out = Vec::new();
+        self.as_ref().encode_into(&mut out);
         out
     }
 
@@ -136,7 +143,7 @@ impl Op {
 /// Checks every operation of a write (`Op::check`) and that together they
 /// fit one WAL record of at most `record_limit` bytes (one record for a
 /// single operation, a batch frame for several), naming the caller's sizes.
-pub fn check_write(ops: &[Op], record_limit: u64) -> Result<()> {
+pub fn check_write(ops: &[OpRef], record_limit: u64) -> Result<()> {
     for op in ops {
         op.check()?;
     }
@@ -185,7 +192,7 @@ mod tests {
         assert!(Op::decode(&[9, 0, 0, 0, 0]).is_err());
         assert!(Op::decode(&[1, 200, 0, 0, 0]).is_err());
         assert!(Op::decode(&[2, 0, 0, 0, 0, 1]).is_err());
-        assert!(Op::check(&Op::Delete { key: vec![0; MAX_KEY_SIZE + 1] }).is_err());
+        assert!(Op::Delete { key: vec![0; MAX_KEY_SIZE + 1] }.as_ref().check().is_err());
     }
 
     #[test]

@@ -11,13 +11,17 @@
 use super::appendable::Appendable;
 use super::bloom::Probe;
 use super::entry::{Entry, Kind, Value};
-use super::op::{Op, OpRef};
+use super::op::OpRef;
 use super::sealed::Sealed;
 use crate::error::{Error, Result};
 use crate::status::KEEL_STATUS_WRONG_KIND;
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Bound;
 use std::sync::Arc;
+
+/// The kind each key is left with by the batches checked so far in a
+/// group (None: deleted).
+pub type Overlay<'a> = HashMap<&'a [u8], Option<Kind>>;
 
 pub struct Segments {
     /// The shard's identity (manifest.rs), carried by every segment file.
@@ -71,31 +75,31 @@ impl Segments {
         Ok(self.locate(key)?.map(|(_, e)| e))
     }
 
-    /// Rejects a write that would append to a value, before it reaches
-    /// the WAL (so replay never meets it). Earlier operations of the same
-    /// batch count.
-    pub fn check(&self, ops: &[Op]) -> Result<()> {
-        let mut batch: HashMap<&[u8], Option<Kind>> = HashMap::new();
+    /// Rejects a batch that would append to a value, before it reaches
+    /// the WAL (so replay never meets it). Earlier operations of the batch
+    /// count, and so do the batches of the same group before it, whose
+    /// effects `earlier` holds; a batch that passes adds its own.
+    pub fn check<'a>(&self, ops: impl IntoIterator<Item = OpRef<'a>>, earlier: &mut Overlay<'a>) -> Result<()> {
+        let mut batch: Overlay<'a> = HashMap::new();
         for op in ops {
-            op.check()?;
             let key = op.key();
-            if !matches!(op, Op::Append { .. }) {
-                // A put or a delete is valid whatever the key holds.
-                batch.insert(key, if matches!(op, Op::Put { .. }) { Some(Kind::Value) } else { None });
-                continue;
-            }
-            let now = match batch.get(key) {
-                Some(k) => *k,
-                None => self.peek(key)?.map(|(_, k)| k),
-            };
             let after = match op {
-                Op::Put { .. } => Some(Kind::Value),
-                Op::Delete { .. } => None,
-                Op::Append { .. } if now == Some(Kind::Value) => return Err(wrong_kind(key)),
-                Op::Append { .. } => Some(Kind::Posting),
+                OpRef::Put { .. } => Some(Kind::Value),
+                OpRef::Delete { .. } => None,
+                OpRef::Append { .. } => {
+                    let now = match batch.get(key).or_else(|| earlier.get(key)) {
+                        Some(k) => *k,
+                        None => self.peek(key)?.map(|(_, k)| k),
+                    };
+                    if now == Some(Kind::Value) {
+                        return Err(wrong_kind(key));
+                    }
+                    Some(Kind::Posting)
+                }
             };
             batch.insert(key, after);
         }
+        earlier.extend(batch);
         Ok(())
     }
 
