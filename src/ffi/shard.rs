@@ -115,7 +115,7 @@ fn write_version(out: *mut u64, v: u64) {
 }
 
 fn pack(out: &mut Vec<u8>, op: u8, key: &[u8], body: &[u8]) -> crate::Result<()> {
-    crate::shard::Op::Delete { key: key.to_vec() }.check()?;
+    crate::shard::check_key(key)?;
     let body_len = u32::try_from(body.len()).map_err(|_| Error::invalid("value or item larger than 4 GiB"))?;
     out.push(op);
     out.extend_from_slice(&(key.len() as u32).to_le_bytes());

@@ -24,7 +24,7 @@ mod steps;
 mod table;
 
 pub use entry::{decode_list, encode_list, split_item, Entry, Kind, Value};
-pub use op::{Op, MAX_KEY_SIZE, MAX_VALUE_SIZE};
+pub use op::{check_key, Op, MAX_KEY_SIZE, MAX_VALUE_SIZE};
 pub use recovery::RecoveryReport;
 pub use steps::{Step, StepHook, Steps};
 
