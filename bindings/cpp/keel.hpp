@@ -45,6 +45,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <condition_variable>
 #include <cstddef>
 #include <cstdint>
 #include <cstdio>
@@ -54,6 +55,7 @@
 #include <iterator>
 #include <limits>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -2009,7 +2011,9 @@ class Publisher : public detail::Handle<keel_publisher_t, detail::close_publishe
 /// It runs on a keel thread of the node (a connection's reader, the accept
 /// thread) or on the thread in Node::connect() whose peer was refused, so
 /// possibly on several threads at once, and never after Node::close() (or
-/// the destructor) returned. Keep it short. It must not close its own Node
+/// the destructor) returned. Keep it short. It may call its Node's const
+/// members (they answer Status::Closed once the node is closing, which
+/// also reports Status::Closed to it) but must not close its own Node
 /// (Status::Busy) nor throw: the bridge is noexcept, so an escaping
 /// exception calls std::terminate. Whatever it captures must be safe to use
 /// from those threads and must outlive the Node.
@@ -2165,6 +2169,14 @@ namespace detail {
 /// it only after keel_node_close() returned (no callback runs then).
 struct NodeEvents {
   NodeEventHandler handler;
+  // The calls the handler makes on its own Node (NodeCall), counted so
+  // that closing waits for them and fails later ones: keel_node_close()
+  // frees the C handle before it joins the threads that run the handler
+  // (and the close itself reports Status::Closed to it).
+  std::mutex mu;
+  std::condition_variable drained;
+  size_t calls = 0;
+  bool closing = false;
 
   explicit NodeEvents(NodeEventHandler h) : handler(std::move(h)) {}
 
@@ -2183,6 +2195,38 @@ struct NodeEvents {
     self->handler(peer_id, static_cast<Status>(status), message ? std::string_view(message) : std::string_view());
     running() = outer;
   }
+};
+
+/// The scope of one Node call. Made from that node's own handler, it is
+/// counted in NodeEvents::calls, or closed() once the node began closing;
+/// from any other thread it does nothing (those calls must not race with
+/// closing at all).
+class NodeCall {
+ public:
+  explicit NodeCall(NodeEvents* ev) : ev_(ev && NodeEvents::running() == ev ? ev : nullptr) {
+    if (!ev_) return;
+    std::lock_guard<std::mutex> lock(ev_->mu);
+    if (ev_->closing) {
+      ev_ = nullptr;
+      closed_ = true;
+      return;
+    }
+    ++ev_->calls;
+  }
+  ~NodeCall() {
+    if (!ev_) return;
+    std::lock_guard<std::mutex> lock(ev_->mu);
+    if (--ev_->calls == 0 && ev_->closing) ev_->drained.notify_all();
+  }
+  NodeCall(const NodeCall&) = delete;
+  NodeCall& operator=(const NodeCall&) = delete;
+
+  /// The node is closing: the call must not reach keel.
+  bool closed() const noexcept { return closed_; }
+
+ private:
+  NodeEvents* ev_;
+  bool closed_ = false;
 };
 
 inline keel_node_stats_t node_stats_out() noexcept {
@@ -2264,12 +2308,21 @@ class Node : public detail::Handle<keel_node_t, detail::close_node> {
   /// is closed).
   using Handle::Handle;
   Node() noexcept = default;
-  // Moves: the base (the node handle) goes first, so a move assigned over
-  // a Node closes its node before its handler is freed.
   Node(Node&&) noexcept = default;
-  Node& operator=(Node&&) noexcept = default;
+  /// Closes the node this one held (as the destructor does) and takes `o`'s.
+  Node& operator=(Node&& o) noexcept {
+    if (this != &o) {
+      stop_handler_calls();
+      Handle::operator=(std::move(o));  // closes the node before its handler is freed below
+      events_ = std::move(o.events_);
+    }
+    return *this;
+  }
   /// Closes the node first, then frees its handler (members would go first).
-  ~Node() { ptr_.reset(); }
+  ~Node() {
+    stop_handler_calls();
+    ptr_.reset();
+  }
 
   /// Opens a node for `engine` (which must stay open until the node is
   /// closed): binds the listen address and starts the node's threads.
@@ -2313,7 +2366,8 @@ class Node : public detail::Handle<keel_node_t, detail::close_node> {
   /// The address the node listens on, "ip:port" (the port picked when the
   /// option said 0).
   Result<std::string> addr() const {
-    if (!ptr_) return detail::empty_handle("keel::Node");
+    const detail::NodeCall call(events_.get());
+    if (call.closed() || !ptr_) return detail::empty_handle("keel::Node");
     return detail::string_out(
         [this](char* buf, size_t cap, size_t* len) { return keel_node_addr(ptr_.get(), buf, cap, len); }, 64);
   }
@@ -2325,7 +2379,8 @@ class Node : public detail::Handle<keel_node_t, detail::close_node> {
   /// does not resolve), Status::Io (connect failed), Status::Timeout,
   /// Status::Protocol, Status::Closed (the node is closing).
   Result<void> connect(uint64_t peer_id, const std::string& addr) const {
-    if (!ptr_) return detail::empty_handle("keel::Node");
+    const detail::NodeCall call(events_.get());
+    if (call.closed() || !ptr_) return detail::empty_handle("keel::Node");
     if (addr.find('\0') != std::string::npos) {
       return Error(Status::InvalidArgument, "peer address contains a NUL byte");
     }
@@ -2335,7 +2390,8 @@ class Node : public detail::Handle<keel_node_t, detail::close_node> {
 
   /// The counters now.
   Result<NodeStats> stats() const {
-    if (!ptr_) return detail::empty_handle("keel::Node");
+    const detail::NodeCall call(events_.get());
+    if (call.closed() || !ptr_) return detail::empty_handle("keel::Node");
     keel_node_stats_t s = detail::node_stats_out();
     const keel_status_t st = keel_node_stats(ptr_.get(), &s);
     if (st != KEEL_STATUS_OK) {
@@ -2347,7 +2403,8 @@ class Node : public detail::Handle<keel_node_t, detail::close_node> {
 
   /// The text of the last error that ended a connection ("" when none).
   Result<std::string> last_error() const {
-    if (!ptr_) return detail::empty_handle("keel::Node");
+    const detail::NodeCall call(events_.get());
+    if (call.closed() || !ptr_) return detail::empty_handle("keel::Node");
     return detail::string_out(
         [this](char* buf, size_t cap, size_t* len) { return keel_node_last_error(ptr_.get(), buf, cap, len); }, 64);
   }
@@ -2361,10 +2418,11 @@ class Node : public detail::Handle<keel_node_t, detail::close_node> {
   /// to return); Status::Busy from the node's own event handler, which
   /// leaves the node open.
   Result<NodeStats> close() {
-    if (!ptr_) return detail::empty_handle("keel::Node");
     if (events_ && detail::NodeEvents::running() == events_.get()) {
       return Error(Status::Busy, "keel::Node::close() cannot run in the node's own event handler");
     }
+    if (!ptr_) return detail::empty_handle("keel::Node");
+    stop_handler_calls();
     keel_node_stats_t s = detail::node_stats_out();
     const keel_status_t st = keel_node_close(ptr_.release(), &s);
     events_.reset();  // keel_node_close joined every thread that calls it
@@ -2386,6 +2444,15 @@ class Node : public detail::Handle<keel_node_t, detail::close_node> {
  private:
   Node(keel_node_t* owned, std::unique_ptr<detail::NodeEvents> events) noexcept
       : Handle(owned), events_(std::move(events)) {}
+
+  /// From now on the handler's calls on this Node answer Status::Closed;
+  /// waits for those in flight (see detail::NodeEvents).
+  void stop_handler_calls() noexcept {
+    if (!events_) return;
+    std::unique_lock<std::mutex> lock(events_->mu);
+    events_->closing = true;
+    events_->drained.wait(lock, [this] { return events_->calls == 0; });
+  }
 
   std::unique_ptr<detail::NodeEvents> events_;
 };

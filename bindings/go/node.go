@@ -99,8 +99,9 @@ type NodeOptions struct {
 	// possibly on several threads at once, and never after Close returned.
 	// Keep it quick: a connection's reader waits for it, and so does a
 	// Connect (the peer's ready event comes before Connect returns). It
-	// may call the Node's methods but not Close (ErrBusy). A panic in it
-	// crashes the program, as in any goroutine.
+	// may call the Node's methods (once Close has begun they answer
+	// ErrClosed) but not Close (ErrBusy). A panic in it crashes the
+	// program, as in any goroutine.
 	OnEvent func(peer uint64, err error)
 }
 

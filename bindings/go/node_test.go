@@ -401,3 +401,35 @@ func TestNodeLeakIsReported(t *testing.T) {
 		t.Fatalf("a leaked node was closed behind the program's back: %v", err)
 	}
 }
+
+// keel reports ErrClosed to OnEvent while Close runs, after the C handle
+// is gone: OnEvent's calls on its Node then answer ErrClosed without
+// reaching keel.
+func TestNodeOnEventDuringCloseSeesClosed(t *testing.T) {
+	e := nodeEngineT(t)
+	var self atomic.Pointer[Node]
+	type seen struct{ event, stats error }
+	ch := make(chan seen, 8)
+	a := openNodeT(t, e, &NodeOptions{NodeID: 1, CloseTimeout: time.Second, OnEvent: func(peer uint64, err error) {
+		_, statsErr := self.Load().Stats()
+		ch <- seen{err, statsErr}
+	}})
+	self.Store(a)
+	b := openNodeT(t, e, &NodeOptions{NodeID: 2})
+	if err := b.Connect(1, addrOf(t, a)); err != nil {
+		t.Fatal(err)
+	}
+	if s := <-ch; s.event != nil || s.stats != nil { // a's side of the handshake, before the close
+		t.Fatalf("ready event: %v, Stats in it: %v", s.event, s.stats)
+	}
+	fin, err := a.Close() // ends b's connection: ErrClosed to OnEvent, during the close
+	if err != nil || fin.ClosedByShutdown != 1 {
+		t.Fatalf("Close: %+v, %v", fin, err)
+	}
+	s := <-ch
+	wantCode(t, "the event of the close", s.event, ErrClosed)
+	wantCode(t, "Stats in OnEvent during Close", s.stats, ErrClosed)
+	if len(ch) != 0 {
+		t.Fatalf("%d more events", len(ch))
+	}
+}

@@ -404,3 +404,43 @@ TEST_F(NodeTest, CloseFromItsOwnHandlerIsBusy) {
   KEEL_ASSERT_OK(b.close());
   KEEL_ASSERT_OK(a.close());
 }
+
+// keel reports Status::Closed to the handler while close() runs, after
+// keel_node_close() freed the C handle: the handler's own calls on its
+// Node then answer Status::Closed without reaching keel (ASan would see a
+// use after free otherwise), and close() waits for those in flight.
+TEST_F(NodeTest, HandlerCallsDuringCloseAnswerClosed) {
+  std::mutex mu;
+  std::condition_variable cv;
+  std::vector<std::pair<Status, Status>> seen;  // (event, stats() in it)
+  std::atomic<Node*> self{nullptr};
+  NodeOptions opts = NodeOptions().node_id(1).close_timeout(1000ms);
+  opts.on_event([&](uint64_t, Status st, std::string_view) {
+    auto s = self.load()->stats();
+    auto e = self.load()->last_error();
+    EXPECT_EQ(s.ok(), e.ok());
+    std::lock_guard<std::mutex> lock(mu);
+    seen.emplace_back(st, s.ok() ? Status::Ok : s.err().code());
+    cv.notify_all();
+  });
+  Node a, b;
+  ASSERT_NO_FATAL_FAILURE(open_node(engine, opts, a));
+  self.store(&a);
+  ASSERT_NO_FATAL_FAILURE(open_node(engine, NodeOptions().node_id(2), b));
+  std::string addr;
+  ASSERT_NO_FATAL_FAILURE(addr_of(a, addr));
+  KEEL_ASSERT_OK(b.connect(1, addr));
+  {
+    std::unique_lock<std::mutex> lock(mu);  // a's side of the handshake, before the close
+    ASSERT_TRUE(cv.wait_for(lock, 60s, [&] { return !seen.empty(); }));
+  }
+  auto fin = a.close();  // ends b's connection: Status::Closed to a's handler, during the close
+  KEEL_ASSERT_OK(fin);
+  EXPECT_EQ(fin->closed_by_shutdown, 1u);
+  std::lock_guard<std::mutex> lock(mu);
+  ASSERT_EQ(seen.size(), 2u);
+  EXPECT_EQ(seen[0].first, Status::Ok);
+  EXPECT_EQ(seen[0].second, Status::Ok);  // a live node answers its handler
+  EXPECT_EQ(seen[1].first, Status::Closed);
+  EXPECT_EQ(seen[1].second, Status::Closed);
+}
