@@ -138,7 +138,7 @@ fn engine_batch(seed: u64, i: u64) -> Vec<Op> {
 /// Where a child writes: a shard opened alone, or an engine's shards.
 enum Target {
     Alone(Shard),
-    Engine(Engine, Vec<Shard>),
+    Engine(Box<Engine>, Vec<Shard>),
 }
 
 impl Target {
@@ -148,7 +148,7 @@ impl Target {
         }
         let e = Engine::open(dir, Options { flush_threads: ENGINE_FLUSH_THREADS, ..opts })?;
         let shards = (0..ENGINE_SHARDS).map(|id| e.open_shard(id, true)).collect::<keel::Result<_>>()?;
-        Ok(Target::Engine(e, shards))
+        Ok(Target::Engine(Box::new(e), shards))
     }
 
     /// The shard write `i` goes to.
