@@ -73,6 +73,11 @@
 #define KEEL_ENGINE_OPTIONS_SIZE_V2 48
 
 /**
+ * sizeof(keel_engine_options_t) of version 3 (adds flush_threads).
+ */
+#define KEEL_ENGINE_OPTIONS_SIZE_V3 56
+
+/**
  * sizeof(keel_node_options_t) of version 1.
  */
 #define KEEL_NODE_OPTIONS_SIZE_V1 112
@@ -447,6 +452,15 @@ typedef struct keel_engine_options_t {
    * shard list from the shard directories' names. 0 or 1 (version 2).
    */
   uint32_t salvage;
+  /**
+   * Worker threads of the engine's flush pool, which runs the
+   * background flushes, seals and merges of all its shards: the
+   * engine's flush threads do not grow with its shards. 1 to 256, or 0
+   * (the default) for twice the cores, at least 2 and at most 8
+   * (version 3; 64 bits wide because a 32-bit field would sit in the
+   * padding that ends version 2 and leave its size unchanged).
+   */
+  uint64_t flush_threads;
 } keel_engine_options_t;
 
 /**
@@ -1498,7 +1512,7 @@ keel_status_t keel_posting_next(const uint8_t *list,
                                 struct keel_error_t **err);
 
 /**
- * Runs a flush pass on the shard's flush thread (a pass already running
+ * Runs a flush pass in the shard's flush pool (a pass already running
  * is not interrupted: the request runs in the next one). With `wait`,
  * returns when the pass is done and writes the persisted version to
  * `*persisted_version` (may be NULL); without, returns at once with the
@@ -1567,7 +1581,7 @@ keel_status_t keel_shard_set_keep_from(const struct keel_shard_t *shard,
                                        struct keel_error_t **err);
 
 /**
- * Closes the shard: a final flush pass, the flush thread stopped, the WAL
+ * Closes the shard: a final flush pass, the shard out of the flush pool, the WAL
  * closed; frees the handle (even when the flush fails; the error is
  * returned and the WAL still holds everything). Open scans then return
  * CLOSED. A handle whose engine was closed first frees with OK. NULL is

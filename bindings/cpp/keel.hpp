@@ -714,6 +714,10 @@ class EngineOptions {
   /// segment files opens with what is left instead of failing with
   /// Status::Corruption; Shard::salvage_report() says what is lost.
   EngineOptions& salvage(bool on) noexcept { raw_.salvage = on ? 1 : 0; return *this; }
+  /// Worker threads of the engine's flush pool, shared by all its shards
+  /// (1 to 256); 0, the default, lets the library pick (twice the cores,
+  /// 2 to 8).
+  EngineOptions& flush_threads(uint64_t n) noexcept { raw_.flush_threads = n; return *this; }
 
   Durability durability() const noexcept { return static_cast<Durability>(raw_.durability); }
   std::chrono::milliseconds sync_interval() const noexcept { return std::chrono::milliseconds(raw_.sync_interval_ms); }
@@ -724,6 +728,7 @@ class EngineOptions {
   }
   uint64_t seal_bytes() const noexcept { return raw_.seal_bytes; }
   bool salvage() const noexcept { return raw_.salvage != 0; }
+  uint64_t flush_threads() const noexcept { return raw_.flush_threads; }
 
   /// The C struct, for fields this wrapper does not know yet.
   keel_engine_options_t& raw() noexcept { return raw_; }

@@ -52,6 +52,11 @@ type EngineOptions struct {
 	// with what is left, instead of failing with ErrCorruption;
 	// Shard.SalvageReport says what is lost. Never the default.
 	Salvage bool
+	// FlushThreads is the number of worker threads of the engine's flush
+	// pool, which runs the background flushes, seals and merges of all
+	// its shards (1 to 256); 0 lets the library pick (twice the cores, 2
+	// to 8).
+	FlushThreads uint32
 }
 
 // durationMs rounds d (> 0) up to whole milliseconds, saturating at limit so
@@ -100,6 +105,7 @@ func (o *EngineOptions) toC() (C.keel_engine_options_t, error) {
 	if o.Salvage {
 		c.salvage = 1
 	}
+	c.flush_threads = C.uint64_t(o.FlushThreads)
 	return c, nil
 }
 

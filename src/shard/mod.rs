@@ -1,6 +1,7 @@
 //! Shards: keys → values and posting lists on top of the WAL, persisted
-//! by one ordered flush thread per shard. docs/STORAGE.md explains the
-//! segment formats, the flush order and recovery.
+//! by the ordered flush, which runs as jobs of a flush pool (one per
+//! engine; a shard opened alone has its own). docs/STORAGE.md explains
+//! the segment formats, the flush order and recovery.
 //!
 //! A write is logged, then applied to the segments under the shard's
 //! write lock (so operations are applied in version order and a reader
@@ -15,6 +16,7 @@ mod manifest;
 mod flush;
 mod key;
 mod op;
+pub(crate) mod pool;
 mod recovery;
 mod sealed;
 mod segments;
@@ -23,6 +25,7 @@ mod table;
 
 pub use entry::{decode_list, encode_list, split_item, Entry, Kind, Value};
 pub use op::{Op, MAX_KEY_SIZE, MAX_VALUE_SIZE};
+pub use pool::MAX_FLUSH_THREADS;
 pub use recovery::RecoveryReport;
 pub use steps::{Step, StepHook, Steps};
 
@@ -30,14 +33,12 @@ use crate::error::{Error, Result};
 use crate::status::*;
 use crate::fs::{FileSystem, StdFs};
 use crate::wal::{self, Durability, Wal};
-use crossbeam_channel::Sender;
-use flush::Request;
+use pool::{FlushPool, Membership, Request};
 use parking_lot::{Mutex, RwLock};
 use segments::Segments;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 #[derive(Debug, Clone)]
@@ -69,6 +70,11 @@ pub struct Options {
     /// what is left, and its first flush makes that the new state. Never
     /// the default.
     pub salvage: bool,
+    /// Worker threads of an engine's flush pool, which runs the flush,
+    /// seals and merges of all its shards (1..=256; default twice the
+    /// cores, 2 to 8). A shard opened alone (`Shard::open`) flushes on one
+    /// thread of its own.
+    pub flush_threads: usize,
     /// Test-only: a hook at every step of the background work
     /// (`steps.rs`): deterministic schedules, crashes at step k.
     #[doc(hidden)]
@@ -87,6 +93,7 @@ impl Default for Options {
             unordered_flush_seed: None,
             replay_run_bytes: 64 << 20,
             salvage: false,
+            flush_threads: pool::default_flush_threads(),
             steps: Steps::default(),
         }
     }
@@ -99,6 +106,13 @@ impl Options {
         }
         if self.max_sealed < 1 {
             return Err(Error::invalid("max_sealed must be at least 1"));
+        }
+        if !(1..=pool::MAX_FLUSH_THREADS).contains(&self.flush_threads) {
+            return Err(Error::invalid(format!(
+                "flush_threads {} is outside 1..={}",
+                self.flush_threads,
+                pool::MAX_FLUSH_THREADS
+            )));
         }
         if self.flush_interval.is_some_and(|d| d.is_zero()) {
             return Err(Error::invalid("flush interval must be positive (or none)"));
@@ -134,7 +148,8 @@ pub(crate) struct Inner {
     poison: Mutex<Option<Error>>,
     /// The last error of a background step (flush, seal, merge).
     last_error: Mutex<Option<Error>>,
-    flusher: Mutex<Option<(Sender<Request>, JoinHandle<()>)>>,
+    /// The shard's place in its flush pool; None once closed.
+    flusher: Mutex<Option<Membership>>,
     /// The manifest on disk (manifest.rs).
     manifest: manifest::Written,
     /// What the open found (moved-aside files; losses of a salvage open).
@@ -182,7 +197,7 @@ impl Inner {
 
     fn request(&self, r: Request) -> Result<()> {
         match &*self.flusher.lock() {
-            Some((tx, _)) => tx.send(r).map_err(|_| Error::new(KEEL_STATUS_CLOSED, "shard flush thread has stopped")),
+            Some(m) => m.request(r),
             None => Err(Error::new(KEEL_STATUS_CLOSED, "shard is closed")),
         }
     }
@@ -209,23 +224,32 @@ pub struct Shard {
 
 impl Shard {
     /// Opens (creating if needed) the shard stored in `dir`: loads its
-    /// segments, replays the WAL through the version gate and starts the
-    /// flush thread, whose first pass persists what replay applied.
+    /// segments, replays the WAL through the version gate and starts a
+    /// flush worker of its own, whose first pass persists what replay
+    /// applied.
     pub fn open(dir: &Path, opts: Options) -> Result<Shard> {
-        opts.validate()?;
-        let wal = Wal::open(&dir.join("wal"), opts.wal_options())?;
-        Self::open_on(Arc::new(StdFs::direct()), dir, opts, wal)
+        Self::open_in(dir, opts, None, None)
     }
 
     /// Opens the shard through a given file system, for its WAL and its
     /// segments alike (tests inject faults here).
     pub fn open_with_fs(dir: &Path, opts: Options, fs: Arc<dyn FileSystem>) -> Result<Shard> {
-        opts.validate()?;
-        let wal = Wal::open_with_fs(&dir.join("wal"), opts.wal_options(), fs.clone())?;
-        Self::open_on(fs, dir, opts, wal)
+        Self::open_in(dir, opts, Some(fs), None)
     }
 
-    fn open_on(fs: Arc<dyn FileSystem>, dir: &Path, opts: Options, wal: Wal) -> Result<Shard> {
+    /// Opens the shard with its flush work on `pool` (an engine's), or on
+    /// a one-worker pool of its own; through `fs` if given, otherwise the
+    /// real file system (with the WAL's own write strategy).
+    pub(crate) fn open_in(dir: &Path, opts: Options, fs: Option<Arc<dyn FileSystem>>, pool: Option<Arc<FlushPool>>) -> Result<Shard> {
+        opts.validate()?;
+        let (fs, wal) = match fs {
+            Some(fs) => (fs.clone(), Wal::open_with_fs(&dir.join("wal"), opts.wal_options(), fs)?),
+            None => (Arc::new(StdFs::direct()) as Arc<dyn FileSystem>, Wal::open(&dir.join("wal"), opts.wal_options())?),
+        };
+        Self::open_on(fs, dir, opts, wal, pool)
+    }
+
+    fn open_on(fs: Arc<dyn FileSystem>, dir: &Path, opts: Options, wal: Wal, pool: Option<Arc<FlushPool>>) -> Result<Shard> {
         let seg_dir = dir.join("segments");
         let last = wal.last_seq();
         let mut report = RecoveryReport::default();
@@ -273,16 +297,15 @@ impl Shard {
             report,
             opts,
         });
-        let (tx, rx) = crossbeam_channel::unbounded();
+        let pool = match pool {
+            Some(p) => p,
+            None => FlushPool::new(1, inner.opts.steps.clone())?,
+        };
+        let member = pool.register(inner.clone())?;
         // Replayed operations are persisted by the first pass, off the
         // open path (recovery time is load + replay only).
-        tx.send(Request::Flush(None)).expect("receiver is alive");
-        let for_thread = inner.clone();
-        let thread = std::thread::Builder::new()
-            .name("keel-shard-flush".into())
-            .spawn(move || flush::run(for_thread, rx))
-            .map_err(|e| Error::io("starting the shard flush thread", e))?;
-        *inner.flusher.lock() = Some((tx, thread));
+        member.request(Request::Flush(None))?;
+        *inner.flusher.lock() = Some(member);
         Ok(Shard { inner })
     }
 
@@ -368,7 +391,7 @@ impl Shard {
         self.scan(prefix, end.as_deref())
     }
 
-    /// Runs a flush pass (F1: joins the queue of the one flush thread);
+    /// Runs a flush pass (F1: shares the shard's next pass in its pool);
     /// with `wait`, returns the persisted version once it is done.
     pub fn flush(&self, wait: bool) -> Result<u64> {
         self.inner.check_open()?;
@@ -418,7 +441,7 @@ impl Shard {
         }
     }
 
-    /// Final flush pass, stops the flush thread, closes the WAL. Later
+    /// Final flush pass, leaves the flush pool, closes the WAL. Later
     /// calls on any clone (and on scans) fail with CLOSED. Idempotent.
     pub fn close(&self) -> Result<()> {
         let inner = &*self.inner;
@@ -426,14 +449,11 @@ impl Shard {
             return Ok(());
         }
         let mut result = Ok(());
-        if let Some((tx, thread)) = inner.flusher.lock().take() {
-            let (reply, done) = crossbeam_channel::bounded(1);
-            if tx.send(Request::Stop(reply)).is_ok() {
-                if let Ok(Err(e)) = done.recv() {
-                    result = Err(e);
-                }
+        let member = inner.flusher.lock().take();
+        if let Some(member) = member {
+            if let Err(e) = member.stop() {
+                result = Err(e);
             }
-            let _ = thread.join();
         }
         if let Some(wal) = inner.wal.write().take() {
             let closed = wal.close();
