@@ -149,6 +149,41 @@ pub fn spare_name(n: u64) -> String {
     format!("spare-{n}{TEMP_SUFFIX}")
 }
 
+/// The size a log's first segment gets (and the smallest `segment_size`):
+/// an idle log holds this plus a spare of twice it.
+pub const FIRST_SIZE: u64 = 64 << 10;
+
+/// Size of the segment a rotation makes for a frame of `frame` bytes:
+/// the planned size, or the power of two that holds the header and the
+/// frame when that is larger, at most `max` (which always holds the
+/// largest frame: `Options::validate`).
+pub fn size_for(planned: u64, frame: u64, max: u64) -> u64 {
+    planned.max((SEGMENT_HEADER_LEN + frame).next_power_of_two()).min(max)
+}
+
+/// The size planned for the segment after one of `made` bytes: twice the
+/// larger of the two, at most `max`. Segments thus grow with the volume
+/// written and an idle log stays small.
+pub fn grown(planned: u64, made: u64, max: u64) -> u64 {
+    planned.max(made).saturating_mul(2).min(max)
+}
+
+/// A zero-filled, synced file (a temporary name) ready to become a segment.
+pub struct Spare {
+    pub file: Arc<dyn File>,
+    pub path: PathBuf,
+    pub capacity: u64,
+    /// Its mapped pages are faulted in (`File::prefault`).
+    pub faulted: bool,
+}
+
+impl Spare {
+    /// Whether a frame of `frame` bytes fits it after the header.
+    pub fn holds(&self, frame: u64) -> bool {
+        SEGMENT_HEADER_LEN + frame <= self.capacity
+    }
+}
+
 /// Zero-fills a new file at `tmp` to `capacity` and syncs it: the slow half
 /// of W8, which can run ahead of time on the preparer thread.
 pub fn prepare(fs: &dyn FileSystem, tmp: &Path, capacity: u64) -> std::io::Result<Arc<dyn File>> {
@@ -204,6 +239,20 @@ pub fn create(fs: &dyn FileSystem, dir: &Path, first_seq: u64, capacity: u64, pr
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sizes_grow_and_fit() {
+        const MAX: u64 = 1 << 20;
+        assert_eq!(size_for(128 << 10, 100, MAX), 128 << 10, "a small frame takes the planned size");
+        assert_eq!(size_for(128 << 10, 200 << 10, MAX), 512 << 10, "a large one a power of two that fits");
+        assert_eq!(size_for(128 << 10, (128 << 10) - SEGMENT_HEADER_LEN, MAX), 128 << 10);
+        assert_eq!(size_for(128 << 10, (128 << 10) - SEGMENT_HEADER_LEN + 8, MAX), 256 << 10);
+        assert_eq!(size_for(128 << 10, MAX - SEGMENT_HEADER_LEN, MAX), MAX, "never above the maximum");
+        assert_eq!(grown(128 << 10, 64 << 10, MAX), 256 << 10);
+        assert_eq!(grown(128 << 10, 512 << 10, MAX), MAX, "after a fitted segment, twice that");
+        assert_eq!(grown(MAX, MAX, MAX), MAX);
+        assert_eq!(grown(4 << 30, 4 << 30, 4 << 30), 4 << 30);
+    }
 
     #[test]
     fn names_sort_and_parse() {
