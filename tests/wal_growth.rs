@@ -352,3 +352,66 @@ fn no_space_on_a_growing_or_fitting_rotation_fails_cleanly() {
         }
     }
 }
+
+/// A segment that holds no record yet cannot be followed (the next one
+/// would take its name, which is its first sequence number): a first
+/// record too large for a new log's 64 KiB segment replaces that segment
+/// by one that fits, with the same header.
+#[test]
+fn a_first_record_larger_than_the_first_segment_replaces_it() {
+    for durability in DURABILITIES {
+        let d = TempDir::new("growth-first");
+        let opts = Options { durability, ..Options::default() };
+        let wal = Wal::open(d.path(), opts.clone()).unwrap();
+        let mut expected = vec![payload(1, 300 * KIB as usize)];
+        assert_eq!(wal.append(&expected[0]).unwrap(), 1);
+        assert_eq!(sizes(d.path()), [512 * KIB], "{durability:?}: one segment, replaced by a larger one");
+        for s in 2..=5 {
+            expected.push(payload(s, 100));
+            assert_eq!(wal.append(&expected[s as usize - 1]).unwrap(), s);
+        }
+        assert!(read_all(&wal) == expected);
+        wal.close().unwrap();
+        recovers_in_every_mode(d.path(), &opts, &expected);
+    }
+}
+
+/// The same on the fault file system: a replacement that meets ENOSPC
+/// fails the append cleanly, and a power loss right after a replacement
+/// leaves a log that opens whole; a segment filled with nothing but the
+/// MARK frames of clean closes is replaced too.
+#[test]
+fn replacing_a_segment_without_records_survives_faults() {
+    for durability in [Durability::Sync, Durability::None] {
+        let fs = FaultFs::new(11);
+        let wal = fault_wal(&fs, durability);
+        let mut expected = Vec::new();
+        fs.set_faults(Faults { nospace_allocate: 1000, ..Faults::default() });
+        let e = append_next(&wal, &mut expected, 200 * KIB as usize).unwrap_err();
+        assert_eq!(e.status, KEEL_STATUS_NO_SPACE, "{durability:?}: {e}");
+        fs.set_faults(Faults::default());
+        append_next(&wal, &mut expected, 200 * KIB as usize).unwrap();
+        wal.sync().unwrap();
+        fs.crash();
+        drop(wal);
+        let wal = fault_wal(&fs, durability);
+        assert!(read_all(&wal) == expected, "{durability:?}: after a power loss");
+        wal.close().unwrap();
+
+        // Only clean closes, until their MARK frames fill a 64 KiB segment
+        // (a MARK frame is 32 bytes) and the next one needs another.
+        let fs = FaultFs::new(12);
+        let opts = Options { durability, segment_size: 64 * KIB, prepare_ahead: false, ..Options::default() };
+        let open = || Wal::open_with_fs(Path::new("/faultfs/wal"), opts.clone(), Arc::new(fs.clone())).unwrap();
+        for _ in 0..(64 * KIB / 32) + 2 {
+            open().close().unwrap();
+        }
+        let wal = open();
+        assert_eq!(wal.append(b"at last").unwrap(), 1, "{durability:?}");
+        drop(wal);
+        fs.crash();
+        let wal = open();
+        assert_eq!(read_all(&wal), [b"at last".to_vec()], "{durability:?}");
+        wal.close().unwrap();
+    }
+}

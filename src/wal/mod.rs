@@ -271,8 +271,8 @@ impl Wal {
         let active = match rec.active {
             Some(a) => a,
             None => {
-                let a = segment::create(&*fs, dir, rec.next_seq, segment::FIRST_SIZE, rec.prev)?;
-                segments.push(SegmentMeta::new(dir, rec.next_seq, a.salt, rec.prev));
+                let a = segment::create(&*fs, dir, segment::Head::new(rec.next_seq, rec.prev), segment::FIRST_SIZE, false)?;
+                segments.push(SegmentMeta::new(dir, rec.next_seq, a.head.salt, rec.prev));
                 a
             }
         };
@@ -669,7 +669,7 @@ impl Shared {
         let seq = st.next_seq;
         let a = st.active.as_mut().unwrap();
         debug_assert!(a.offset + size <= a.capacity, "a rotation makes room for the frame");
-        let header = frame.header(a.salt, seq, self.durable.load(Ordering::Acquire));
+        let header = frame.header(a.head.salt, seq, self.durable.load(Ordering::Acquire));
         if let Err(e) = a.file.write_at(&[&header, &frame.payload, frame.padding()], a.offset) {
             let e = Error::io("writing a WAL frame", e);
             // Disk full fails this append only: the offset and the
@@ -702,7 +702,7 @@ impl Shared {
             // Collect the frames that fit the active segment.
             let (start, salt, at, capacity) = {
                 let a = st.active.as_ref().unwrap();
-                (i, a.salt, a.offset, a.capacity)
+                (i, a.head.salt, a.offset, a.capacity)
             };
             let durable = self.durable.load(Ordering::Acquire);
             let mut seq = st.next_seq;
@@ -759,24 +759,37 @@ impl Shared {
     /// The new segment is allocated whole before a byte of the frame is
     /// written, so running out of disk or descriptors fails the append
     /// cleanly whatever its size.
+    ///
+    /// A segment is named for its first record, so one that holds no
+    /// record yet (a new log's first segment, a segment of MARK frames
+    /// only, or one whose first frame failed) cannot be followed by
+    /// another: the next would take its name. It is replaced instead by a
+    /// larger file with the same header (first sequence, salt, link), so
+    /// `wal.meta` and the segment list stay as they are and a crash at any
+    /// point leaves one valid empty segment of that name.
     fn rotate(&self, st: &mut State, frame: u64) -> Result<()> {
-        let full = st.active.as_ref().unwrap().file.clone();
-        if self.opts.durability == Durability::Sync {
+        let active = st.active.as_ref().unwrap();
+        let replacing = active.head.first_seq == st.next_seq;
+        let full = active.file.clone();
+        let head = match replacing {
+            true => active.head,
+            false => segment::Head::new(st.next_seq, Some(Self::link_to_active(st))),
+        };
+        if self.opts.durability == Durability::Sync && !replacing {
             if let Err(e) = full.sync_data() {
                 return Err(self.poison(st, Error::io("syncing a full WAL segment", e)));
             }
             self.durable.fetch_max(st.next_seq - 1, Ordering::AcqRel);
         }
-        let prev = Some(Self::link_to_active(st));
         let max = self.opts.segment_size;
         let made = {
             let mut spare = self.spare.lock();
             match spare.take() {
-                Some(s) if s.holds(frame) => segment::install(&*self.fs, &self.dir, s.file, &s.path, st.next_seq, s.capacity, prev),
+                Some(s) if s.holds(frame) => segment::install(&*self.fs, &self.dir, s.file, &s.path, head, s.capacity, replacing),
                 // Too small for this frame: kept for a later rotation.
                 kept => {
                     *spare = kept;
-                    segment::create(&*self.fs, &self.dir, st.next_seq, segment::size_for(st.planned, frame, max), prev)
+                    segment::create(&*self.fs, &self.dir, head, segment::size_for(st.planned, frame, max), replacing)
                 }
             }
         };
@@ -785,11 +798,16 @@ impl Shared {
         }
         self.wake_preparer();
         match made {
+            // Same identity: the segment list and wal.meta already say it.
+            Ok(next) if replacing => {
+                st.active = Some(next);
+                Ok(())
+            }
             Ok(next) => {
                 if self.opts.durability != Durability::Sync {
                     st.sealed.push(full);
                 }
-                st.segments.push(SegmentMeta::new(&self.dir, st.next_seq, next.salt, prev));
+                st.segments.push(SegmentMeta::new(&self.dir, head.first_seq, head.salt, head.prev));
                 st.active = Some(next);
                 self.record_rotation(st);
                 Ok(())
@@ -999,8 +1017,7 @@ impl Shared {
     /// The link a new segment's header carries to the active one.
     fn link_to_active(st: &State) -> format::Link {
         let a = st.active.as_ref().expect("rotation needs an active segment");
-        let first_seq = st.segments.last().map_or(st.next_seq, |s| s.first_seq);
-        format::Link { first_seq, salt: a.salt, end: st.next_seq }
+        format::Link { first_seq: a.head.first_seq, salt: a.head.salt, end: st.next_seq }
     }
 
     /// `seq`, or the first sequence after the declared gap it falls in:
@@ -1010,7 +1027,13 @@ impl Shared {
             return seq;
         }
         let st = self.state.lock();
-        st.segments.iter().find(|s| s.gap_from.is_some_and(|g| g <= seq) && seq < s.first_seq).map_or(seq, |s| s.first_seq)
+        // Gaps may follow each other (a segment between them that lost all
+        // its records), so the first number after one may start the next.
+        let mut seq = seq;
+        while let Some(s) = st.segments.iter().find(|s| s.gap_from.is_some_and(|g| g <= seq) && seq < s.first_seq) {
+            seq = s.first_seq;
+        }
+        seq
     }
 
     /// Deletes the prefix of whole segments that nobody needs (W7):

@@ -233,5 +233,6 @@ fn open_active(fs: &dyn FileSystem, scan: &SegmentScan, cut: Option<u64>) -> Res
     // Records recovered from the page cache (a process crash in NONE or
     // PERIODIC mode) become durable before D claims them.
     file.sync_data().map_err(|e| io("syncing", e))?;
-    Ok(Active { file, salt: header.salt, offset: scan.end, capacity: len })
+    let head = segment::Head { first_seq: scan.file.first_seq, salt: header.salt, prev: header.prev };
+    Ok(Active { file, head, offset: scan.end, capacity: len })
 }

@@ -74,10 +74,28 @@ impl SegmentMeta {
     }
 }
 
+/// What a segment's header states: its identity (first sequence number
+/// and salt, as `wal.meta` lists it) and its link to the segment before.
+#[derive(Debug, Clone, Copy)]
+pub struct Head {
+    pub first_seq: u64,
+    pub salt: u32,
+    pub prev: Option<Link>,
+}
+
+impl Head {
+    /// The header of a new segment: a fresh salt.
+    pub fn new(first_seq: u64, prev: Option<Link>) -> Head {
+        Head { first_seq, salt: new_salt(), prev }
+    }
+}
+
 /// The segment that takes appends.
 pub struct Active {
     pub file: Arc<dyn File>,
-    pub salt: u32,
+    /// Its header (a segment that holds no record yet may be replaced by a
+    /// larger one with the same header: `Shared::rotate`).
+    pub head: Head,
     /// Where the next frame goes.
     pub offset: u64,
     /// Allocated size: frames must end at or before it.
@@ -197,38 +215,53 @@ pub fn prepare(fs: &dyn FileSystem, tmp: &Path, capacity: u64) -> std::io::Resul
 /// directory fsync. Nothing is acknowledged in the segment before this
 /// returns. On failure the temporary file is removed (best effort) and the
 /// log is as it was.
-/// `prev` is the segment it follows (None for the first one of a log).
+///
+/// With `replacing`, the rename replaces the active segment of that name,
+/// which holds no record yet, by this larger one with the same header
+/// (`Shared::rotate`): either file is then a valid empty segment after a
+/// crash. If the directory sync fails after the rename, the log cannot go
+/// on: its active file is no longer the one named, and records written to
+/// the new one would not be durable without that sync. Such a failure is
+/// IO whatever the errno (the caller poisons the log).
 pub fn install(
     fs: &dyn FileSystem,
     dir: &Path,
     file: Arc<dyn File>,
     tmp: &Path,
-    first_seq: u64,
+    head: Head,
     capacity: u64,
-    prev: Option<Link>,
+    replacing: bool,
 ) -> Result<Active> {
-    let path = dir.join(file_name(first_seq));
-    let salt = new_salt();
-    let attempt = || -> std::io::Result<()> {
-        file.write_at(&[&encode_segment_header(salt, first_seq, prev)], 0)?;
+    let path = dir.join(file_name(head.first_seq));
+    let mut renamed = false;
+    let mut attempt = || -> std::io::Result<()> {
+        file.write_at(&[&encode_segment_header(head.salt, head.first_seq, head.prev)], 0)?;
         file.sync_data()?;
         fs.rename(tmp, &path)?;
+        renamed = true;
         fs.sync_dir(dir)
     };
     match attempt() {
-        Ok(()) => Ok(Active { file, salt, offset: SEGMENT_HEADER_LEN, capacity }),
+        Ok(()) => Ok(Active { file, head, offset: SEGMENT_HEADER_LEN, capacity }),
+        Err(e) if replacing && renamed => Err(Error::new(
+            crate::status::KEEL_STATUS_IO,
+            format!("syncing {} after replacing segment {}: {e}", dir.display(), path.display()),
+        )),
         Err(e) => {
-            let _ = fs.remove(tmp);
+            if !renamed {
+                let _ = fs.remove(tmp);
+            }
             Err(Error::io(format!("creating WAL segment {}", path.display()), e))
         }
     }
 }
 
-/// Creates segment `first_seq` in one go (W8), when no prepared spare is at hand.
-pub fn create(fs: &dyn FileSystem, dir: &Path, first_seq: u64, capacity: u64, prev: Option<Link>) -> Result<Active> {
-    let tmp = dir.join(format!("{first_seq:020}{TEMP_SUFFIX}"));
+/// Creates a segment in one go (W8), when no prepared spare is at hand
+/// (`replacing`: see `install`).
+pub fn create(fs: &dyn FileSystem, dir: &Path, head: Head, capacity: u64, replacing: bool) -> Result<Active> {
+    let tmp = dir.join(format!("{:020}{TEMP_SUFFIX}", head.first_seq));
     match prepare(fs, &tmp, capacity) {
-        Ok(file) => install(fs, dir, file, &tmp, first_seq, capacity, prev),
+        Ok(file) => install(fs, dir, file, &tmp, head, capacity, replacing),
         Err(e) => {
             let _ = fs.remove(&tmp);
             Err(Error::io(format!("creating WAL segment {}", tmp.display()), e))
