@@ -277,7 +277,8 @@ mod tests {
     fn sizes_grow_and_fit() {
         const MAX: u64 = 1 << 20;
         assert_eq!(size_for(128 << 10, 100, MAX), 128 << 10, "a small frame takes the planned size");
-        assert_eq!(size_for(128 << 10, 200 << 10, MAX), 512 << 10, "a large one a power of two that fits");
+        assert_eq!(size_for(128 << 10, 200 << 10, MAX), 256 << 10, "a large one a power of two that fits");
+        assert_eq!(size_for(128 << 10, 256 << 10, MAX), 512 << 10, "the header counts");
         assert_eq!(size_for(128 << 10, (128 << 10) - SEGMENT_HEADER_LEN, MAX), 128 << 10);
         assert_eq!(size_for(128 << 10, (128 << 10) - SEGMENT_HEADER_LEN + 8, MAX), 256 << 10);
         assert_eq!(size_for(128 << 10, MAX - SEGMENT_HEADER_LEN, MAX), MAX, "never above the maximum");
