@@ -426,7 +426,8 @@ typedef struct keel_engine_options_t {
    */
   uint32_t max_sealed_segments;
   /**
-   * Size of each WAL segment file; 64 KiB to 4 GiB, default 64 MiB. An
+   * Largest size of a WAL segment file; 64 KiB to 4 GiB, default 64 MiB
+   * (segments start at 64 KiB and double per rotation up to it). An
    * operation must fit one WAL record of at most segment size - 104
    * bytes, so segments below about 16 MiB lower the value limit below
    * KEEL_SHARD_MAX_VALUE_SIZE.
@@ -721,8 +722,10 @@ typedef struct keel_wal_options_t {
    */
   uint32_t recovery_mode;
   /**
-   * Size of a segment file in bytes, preallocated and zero-filled when
-   * the segment is created; 64 KiB to 4 GiB, default 64 MiB.
+   * Largest size of a segment file in bytes; 64 KiB to 4 GiB, default
+   * 64 MiB. A log's first segment is 64 KiB and each rotation doubles
+   * the next one up to this size (a record too large for the next one
+   * gets a segment that fits it); each is preallocated when created.
    */
   uint64_t segment_size;
   /**

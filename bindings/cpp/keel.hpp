@@ -391,6 +391,8 @@ class WalOptions {
     return *this;
   }
   WalOptions& recovery(RecoveryMode m) noexcept { raw_.recovery_mode = static_cast<uint32_t>(m); return *this; }
+  /// Largest segment file, 64 KiB to 4 GiB (segments start at 64 KiB and
+  /// double per rotation up to it).
   WalOptions& segment_size(uint64_t bytes) noexcept { raw_.segment_size = bytes; return *this; }
   WalOptions& max_record_size(uint64_t bytes) noexcept { raw_.max_record_size = bytes; return *this; }
   /// Open a non-empty directory that holds no keel WAL file (refused by
@@ -700,7 +702,8 @@ class EngineOptions {
   }
   /// More immutable segments than this are merged in the background (>= 1).
   EngineOptions& max_sealed_segments(uint32_t n) noexcept { raw_.max_sealed_segments = n; return *this; }
-  /// Size of each WAL segment file, 64 KiB to 4 GiB.
+  /// Largest WAL segment file, 64 KiB to 4 GiB (segments start at 64 KiB
+  /// and double per rotation up to it).
   EngineOptions& wal_segment_size(uint64_t bytes) noexcept { raw_.wal_segment_size = bytes; return *this; }
   /// Period of the background flush; zero (or negative) turns it off, so
   /// shards flush only on Shard::flush(), when sealing and on close.

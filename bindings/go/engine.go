@@ -33,8 +33,9 @@ type EngineOptions struct {
 	// SyncInterval of DurabilityPeriodic, 1 ms to 60 s (rounded up to a
 	// whole millisecond); default 100 ms. Ignored by the other modes.
 	SyncInterval time.Duration
-	// WALSegmentSize is the size of each WAL segment file in bytes, 64 KiB
-	// to 4 GiB; default 64 MiB. A value or posting item must fit one WAL
+	// WALSegmentSize is the largest size of a WAL segment file in bytes,
+	// 64 KiB to 4 GiB; default 64 MiB (segments start at 64 KiB and double
+	// per rotation up to it). A value or posting item must fit one WAL
 	// record (16 MiB by default, less for small segments).
 	WALSegmentSize uint64
 	// FlushInterval is the period of the background flush (rounded up to

@@ -50,7 +50,8 @@ pub struct keel_engine_options_t {
     /// More immutable segments than this are merged in the background,
     /// smallest first; at least 1, default 8.
     pub max_sealed_segments: u32,
-    /// Size of each WAL segment file; 64 KiB to 4 GiB, default 64 MiB. An
+    /// Largest size of a WAL segment file; 64 KiB to 4 GiB, default 64 MiB
+    /// (segments start at 64 KiB and double per rotation up to it). An
     /// operation must fit one WAL record of at most segment size - 104
     /// bytes, so segments below about 16 MiB lower the value limit below
     /// KEEL_SHARD_MAX_VALUE_SIZE.

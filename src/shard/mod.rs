@@ -45,6 +45,7 @@ use std::time::Duration;
 pub struct Options {
     /// When a write returns (the shard's WAL durability mode).
     pub durability: Durability,
+    /// Largest WAL segment (`wal::Options::segment_size`).
     pub wal_segment_size: u64,
     /// Background flush period; None flushes only when asked, when
     /// sealing and on close.
