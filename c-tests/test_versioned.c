@@ -15,6 +15,7 @@
  */
 #include "keel_test.h"
 
+#include <stddef.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 
@@ -147,11 +148,41 @@ static void wal_options_versions(const char *root) {
     CHECK_RC(KEEL_STATUS_INVALID_ARGUMENT, init_sized(&next_.now, (v1) - 8));    \
   } while (0)
 
+/* keel_engine_options_t version 3 adds flush_threads: a version-2 struct
+ * (with non-zero memory after it) gets the default pool; 0 is the
+ * default, 1..256 are taken, 257 is refused. */
+static void engine_flush_threads(const char *root) {
+  KT_ERR;
+  keel_engine_t *e = NULL;
+  CHECK_EQ_U64(offsetof(keel_engine_options_t, flush_threads), KEEL_ENGINE_OPTIONS_SIZE_V2);
+  struct { keel_engine_options_t o; uint8_t after[8]; } v2;
+  memset(&v2, CANARY, sizeof v2);
+  CHECK_RC(KEEL_STATUS_OK, keel_engine_options_init_sized(&v2.o, KEEL_ENGINE_OPTIONS_SIZE_V2));
+  CHECK_EQ_U64(v2.o.struct_size, KEEL_ENGINE_OPTIONS_SIZE_V2);
+  CHECK(all_bytes((uint8_t *)&v2.o + KEEL_ENGINE_OPTIONS_SIZE_V2, sizeof v2 - KEEL_ENGINE_OPTIONS_SIZE_V2, CANARY));
+  char *dir = subdir(root, "engine-v2");
+  CHECK_OK(keel_engine_open(dir, &v2.o, &e, &err)); /* reads no flush_threads = 0xA5A5A5A5 */
+  CHECK_OK(keel_engine_close(e, &err));
+
+  keel_engine_options_t o;
+  CHECK_RC(KEEL_STATUS_OK, keel_engine_options_init_sized(&o, sizeof o));
+  CHECK_EQ_U64(o.flush_threads, 0);
+  o.flush_threads = 1;
+  CHECK_OK(keel_engine_open(dir, &o, &e, &err));
+  keel_shard_t *s = NULL;
+  CHECK_OK(keel_engine_shard_open(e, 1, true, &s, &err));
+  CHECK_OK(keel_shard_close(s, &err));
+  CHECK_OK(keel_engine_close(e, &err));
+  o.flush_threads = 257;
+  CHECK_STATUS(KEEL_STATUS_INVALID_ARGUMENT, keel_engine_open(dir, &o, &e, &err));
+  free(dir);
+}
+
 static void other_options_versions(const char *root) {
   KT_ERR;
   char *dir = subdir(root, "engine");
   keel_engine_t *e = NULL;
-  NEWER_OPTIONS(keel_engine_options_t, KEEL_ENGINE_OPTIONS_SIZE_V1, KEEL_ENGINE_OPTIONS_SIZE_V2, keel_engine_options_init,
+  NEWER_OPTIONS(keel_engine_options_t, KEEL_ENGINE_OPTIONS_SIZE_V1, KEEL_ENGINE_OPTIONS_SIZE_V3, keel_engine_options_init,
                 keel_engine_options_init_sized,
                 { CHECK_OK(keel_engine_open(dir, o_, &e, &err)); CHECK_OK(keel_engine_close(e, &err)); },
                 CHECK_STATUS(KEEL_STATUS_INVALID_ARGUMENT, keel_engine_open(dir, o_, &e, &err)));
@@ -346,6 +377,7 @@ int main(void) {
   char *root = kt_tempdir();
   wal_options_versions(root);
   other_options_versions(root);
+  engine_flush_threads(root);
   stats_versions(root);
   filled_buffers_are_refused(root);
   engine_on_a_wal_directory(root);

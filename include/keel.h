@@ -73,6 +73,11 @@
 #define KEEL_ENGINE_OPTIONS_SIZE_V2 48
 
 /**
+ * sizeof(keel_engine_options_t) of version 3 (adds flush_threads).
+ */
+#define KEEL_ENGINE_OPTIONS_SIZE_V3 56
+
+/**
  * sizeof(keel_node_options_t) of version 1.
  */
 #define KEEL_NODE_OPTIONS_SIZE_V1 112
@@ -421,7 +426,8 @@ typedef struct keel_engine_options_t {
    */
   uint32_t max_sealed_segments;
   /**
-   * Size of each WAL segment file; 64 KiB to 4 GiB, default 64 MiB. An
+   * Largest size of a WAL segment file; 64 KiB to 4 GiB, default 64 MiB
+   * (segments start at 64 KiB and double per rotation up to it). An
    * operation must fit one WAL record of at most segment size - 104
    * bytes, so segments below about 16 MiB lower the value limit below
    * KEEL_SHARD_MAX_VALUE_SIZE.
@@ -447,6 +453,15 @@ typedef struct keel_engine_options_t {
    * shard list from the shard directories' names. 0 or 1 (version 2).
    */
   uint32_t salvage;
+  /**
+   * Worker threads of the engine's flush pool, which runs the
+   * background flushes, seals and merges of all its shards: the
+   * engine's flush threads do not grow with its shards. 1 to 256, or 0
+   * (the default) for twice the cores, at least 2 and at most 8
+   * (version 3; 64 bits wide because a 32-bit field would sit in the
+   * padding that ends version 2 and leave its size unchanged).
+   */
+  uint64_t flush_threads;
 } keel_engine_options_t;
 
 /**
@@ -707,8 +722,10 @@ typedef struct keel_wal_options_t {
    */
   uint32_t recovery_mode;
   /**
-   * Size of a segment file in bytes, preallocated and zero-filled when
-   * the segment is created; 64 KiB to 4 GiB, default 64 MiB.
+   * Largest size of a segment file in bytes; 64 KiB to 4 GiB, default
+   * 64 MiB. A log's first segment is 64 KiB and each rotation doubles
+   * the next one up to this size (a record too large for the next one
+   * gets a segment that fits it); each is preallocated when created.
    */
   uint64_t segment_size;
   /**
@@ -1498,7 +1515,7 @@ keel_status_t keel_posting_next(const uint8_t *list,
                                 struct keel_error_t **err);
 
 /**
- * Runs a flush pass on the shard's flush thread (a pass already running
+ * Runs a flush pass in the shard's flush pool (a pass already running
  * is not interrupted: the request runs in the next one). With `wait`,
  * returns when the pass is done and writes the persisted version to
  * `*persisted_version` (may be NULL); without, returns at once with the
@@ -1567,7 +1584,7 @@ keel_status_t keel_shard_set_keep_from(const struct keel_shard_t *shard,
                                        struct keel_error_t **err);
 
 /**
- * Closes the shard: a final flush pass, the flush thread stopped, the WAL
+ * Closes the shard: a final flush pass, the shard out of the flush pool, the WAL
  * closed; frees the handle (even when the flush fails; the error is
  * returned and the WAL still holds everything). Open scans then return
  * CLOSED. A handle whose engine was closed first frees with OK. NULL is

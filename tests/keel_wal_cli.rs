@@ -267,6 +267,33 @@ fn verify_passes_a_clean_log() {
     assert!(line(&r.stdout, "clean close: ").starts_with("no"), "{}", r.stdout);
 }
 
+/// Segments of different sizes (grown up to a 1 MiB maximum, one fitted
+/// to a large record) are a clean log to `verify`, `stat` and `dump`.
+#[test]
+fn a_log_of_grown_segments_is_clean() {
+    let _serial = serial();
+    let t = TempDir::new("grown");
+    let dir = t.path().join("wal");
+    let wal = Wal::open(&dir, Options { segment_size: 1 << 20, ..opts(RecoveryMode::TolerateTail) }).unwrap();
+    let mut last = 0;
+    for i in 0..600u64 {
+        let len = if i == 20 { 700 << 10 } else { 3000 };
+        last = wal.append(&vec![i as u8; len]).unwrap();
+    }
+    wal.close().unwrap();
+    let sizes: Vec<u64> = segment_files(&dir).iter().map(|p| std::fs::metadata(p).unwrap().len()).collect();
+    assert!(sizes.windows(2).any(|w| w[0] != w[1]), "segments of one size: {sizes:?}");
+    let r = keel_wal(&["verify", s(&dir), "--mode", "absolute"]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    assert!(r.stdout.contains(&format!("clean: records 1..{last} ({last} records); ends with a MARK frame")), "{}", r.stdout);
+    let r = keel_wal(&["stat", s(&dir)]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(line(&r.stdout, "total size: "), format!("{} bytes in {} segment(s)", sizes.iter().sum::<u64>(), sizes.len()));
+    let r = keel_wal(&["dump", s(&dir)]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(dumped(&r.stdout).len() as u64, last);
+}
+
 #[test]
 fn verify_finds_a_flipped_payload_byte() {
     let _serial = serial();

@@ -22,7 +22,12 @@
 //! deterministic regression.
 //!
 //! `ordered_flush_survives_kill9` runs the real ordered flush and must
-//! never find a difference (KEEL_SHARD_KILL9_CYCLES, default 300).
+//! never find a difference (KEEL_SHARD_KILL9_CYCLES, default 200).
+//! `engine_shards_on_a_shared_pool_survive_kill9` runs the same loop on an
+//! engine of 16 shards whose flush work shares a pool of 2 workers (the
+//! workers take turns in lockstep, so the schedule stays the seed's):
+//! most writes go to 4 hot shards, which seal and merge, the others get a
+//! few each (KEEL_SHARD_KILL9_ENGINE_CYCLES, default 30).
 //! `unordered_flush_loses_posting_items` (cargo feature `unordered-flush`)
 //! flushes the segments in a seeded random order (what F1–F3 prevent) and
 //! must find lost or duplicated items: the proof that the checker sees
@@ -38,6 +43,7 @@ use common::rng::Rng;
 use common::shard_model::{apply, Model};
 use common::TempDir;
 use common::lockstep::{Jitter, KillAt, Lockstep};
+use keel::engine::Engine;
 use keel::shard::{Op, Options, Shard, Steps, Value};
 use keel::wal::Durability;
 use std::io::{BufRead, BufReader};
@@ -54,6 +60,9 @@ const PIPE_FD: i32 = 100;
 const WRITES: u64 = 250;
 /// Kill steps are drawn from 1..=this (about the steps of WRITES writes).
 const KILL_RANGE: u64 = 1_000;
+/// Shards of the engine variant, and the workers of its flush pool.
+const ENGINE_SHARDS: u32 = 16;
+const ENGINE_FLUSH_THREADS: usize = 2;
 
 fn options(unordered_seed: Option<u64>, steps: Steps) -> Options {
     #[cfg(not(feature = "unordered-flush"))]
@@ -101,6 +110,63 @@ fn batch(seed: u64, i: u64) -> Vec<Op> {
         .collect()
 }
 
+/// The engine variant's shard for write `i`: one of 4 hot shards (seals,
+/// merges) four times in five, any shard otherwise.
+fn shard_of(seed: u64, i: u64) -> u32 {
+    let mut r = Rng::new(seed ^ i.wrapping_mul(0xD6E8_FEB8_6659_FD93));
+    match r.chance(800) {
+        true => r.below(4) as u32,
+        false => r.below(ENGINE_SHARDS as u64) as u32,
+    }
+}
+
+/// Write `i` as the model of an engine sees it: its keys under their
+/// shard's id (one model for all shards).
+fn engine_batch(seed: u64, i: u64) -> Vec<Op> {
+    let id = shard_of(seed, i);
+    let under = |key: Vec<u8>| [format!("{id}/").into_bytes(), key].concat();
+    batch(seed, i)
+        .into_iter()
+        .map(|op| match op {
+            Op::Put { key, value } => Op::Put { key: under(key), value },
+            Op::Delete { key } => Op::Delete { key: under(key) },
+            Op::Append { key, item } => Op::Append { key: under(key), item },
+        })
+        .collect()
+}
+
+/// Where a child writes: a shard opened alone, or an engine's shards.
+enum Target {
+    Alone(Shard),
+    Engine(Box<Engine>, Vec<Shard>),
+}
+
+impl Target {
+    fn open(dir: &Path, engine: bool, opts: Options) -> keel::Result<Target> {
+        if !engine {
+            return Shard::open(dir, opts).map(Target::Alone);
+        }
+        let e = Engine::open(dir, Options { flush_threads: ENGINE_FLUSH_THREADS, ..opts })?;
+        let shards = (0..ENGINE_SHARDS).map(|id| e.open_shard(id, true)).collect::<keel::Result<_>>()?;
+        Ok(Target::Engine(Box::new(e), shards))
+    }
+
+    /// The shard write `i` goes to.
+    fn shard(&self, seed: u64, i: u64) -> &Shard {
+        match self {
+            Target::Alone(s) => s,
+            Target::Engine(_, shards) => &shards[shard_of(seed, i) as usize],
+        }
+    }
+
+    fn close(&self) -> keel::Result<()> {
+        match self {
+            Target::Alone(s) => s.close(),
+            Target::Engine(e, _) => e.close(),
+        }
+    }
+}
+
 fn report(line: &str) {
     let b = line.as_bytes();
     // SAFETY: PIPE_FD is the pipe the parent set up before exec; the
@@ -115,6 +181,8 @@ struct Spec {
     dir: PathBuf,
     seed: u64,
     unordered: bool,
+    /// `dir` is an engine's (ENGINE_SHARDS shards), not one shard's.
+    engine: bool,
     /// Deterministic: SIGKILL itself at this step (0: never, run to the end).
     /// None: exploring, the parent kills it at a random time.
     kill_at: Option<u64>,
@@ -123,12 +191,18 @@ struct Spec {
 impl Spec {
     fn encode(&self) -> String {
         let kill = self.kill_at.map_or("explore".to_string(), |k| k.to_string());
-        format!("{}|{}|{}|{kill}", self.dir.display(), self.seed, self.unordered as u8)
+        format!("{}|{}|{}|{}|{kill}", self.dir.display(), self.seed, self.unordered as u8, self.engine as u8)
     }
 
     fn decode(s: &str) -> Spec {
         let p: Vec<&str> = s.split('|').collect();
-        Spec { dir: PathBuf::from(p[0]), seed: p[1].parse().unwrap(), unordered: p[2] == "1", kill_at: p[3].parse().ok() }
+        Spec {
+            dir: PathBuf::from(p[0]),
+            seed: p[1].parse().unwrap(),
+            unordered: p[2] == "1",
+            engine: p[3] == "1",
+            kill_at: p[4].parse().ok(),
+        }
     }
 }
 
@@ -143,8 +217,8 @@ fn child_main(spec: &str) -> ! {
         Some(_) => Steps::new(lockstep.clone()),
         None => Steps::new(Arc::new(Jitter::new(spec.seed, 200))),
     };
-    let shard = match Shard::open(&spec.dir, options(unordered, steps)) {
-        Ok(s) => s,
+    let target = match Target::open(&spec.dir, spec.engine, options(unordered, steps)) {
+        Ok(t) => t,
         Err(e) => {
             report(&format!("E open: {e}\n"));
             std::process::exit(3);
@@ -152,10 +226,11 @@ fn child_main(spec: &str) -> ! {
     };
     report("R\n");
     if spec.kill_at.is_none() {
-        explore_child(&shard, spec.seed);
+        explore_child(&target, spec.seed);
     }
     for i in 0..WRITES {
         let n = ticks.tick();
+        let shard = target.shard(spec.seed, i);
         if let Err(e) = shard.write(&batch(spec.seed, i)) {
             report(&format!("E write {i}: {e}\n"));
             std::process::exit(3);
@@ -168,7 +243,7 @@ fn child_main(spec: &str) -> ! {
         lockstep.advance(r.below(6));
     }
     lockstep.release();
-    if let Err(e) = shard.close() {
+    if let Err(e) = target.close() {
         report(&format!("E close: {e}\n"));
         std::process::exit(3);
     }
@@ -178,10 +253,10 @@ fn child_main(spec: &str) -> ! {
 
 /// Exploring child: the flush runs free (a flush every 3 ms, seeded pauses
 /// at its steps); writes until the parent kills it.
-fn explore_child(shard: &Shard, seed: u64) -> ! {
+fn explore_child(target: &Target, seed: u64) -> ! {
     let deadline = Instant::now() + Duration::from_secs(60);
     for i in 0.. {
-        if let Err(e) = shard.write(&batch(seed, i)) {
+        if let Err(e) = target.shard(seed, i).write(&batch(seed, i)) {
             report(&format!("E write {i}: {e}\n"));
             std::process::exit(3);
         }
@@ -299,21 +374,39 @@ fn differences(got: &Model, want: &Model) -> String {
     out.join("; ")
 }
 
-fn recovered(dir: &Path) -> Result<Model, String> {
-    let s = Shard::open(dir, options(None, Steps::default())).map_err(|e| format!("reopen: {e}"))?;
-    let m = s.scan(b"", None).map_err(|e| e.to_string())?.map(|r| r.map(|(k, e)| (k, e.value))).collect::<Result<_, _>>();
-    s.close().map_err(|e| format!("close: {e}"))?;
-    m.map_err(|e| e.to_string())
+fn scanned(s: &Shard) -> Result<Model, String> {
+    s.scan(b"", None).map_err(|e| e.to_string())?.map(|r| r.map(|(k, e)| (k, e.value))).collect::<Result<_, _>>().map_err(|e| e.to_string())
+}
+
+fn recovered(dir: &Path, engine: bool) -> Result<Model, String> {
+    if !engine {
+        let s = Shard::open(dir, options(None, Steps::default())).map_err(|e| format!("reopen: {e}"))?;
+        let m = scanned(&s);
+        s.close().map_err(|e| format!("close: {e}"))?;
+        return m;
+    }
+    // A child killed before its engine opened every shard lists fewer.
+    let e = Engine::open(dir, options(None, Steps::default())).map_err(|e| format!("reopen: {e}"))?;
+    let mut all = Model::new();
+    for id in e.list_shards().map_err(|e| e.to_string())? {
+        let s = e.open_shard(id, false).map_err(|e| format!("reopen shard {id}: {e}"))?;
+        for (k, v) in scanned(&s)? {
+            all.insert([format!("{id}/").into_bytes(), k].concat(), v);
+        }
+    }
+    e.close().map_err(|e| format!("close: {e}"))?;
+    Ok(all)
 }
 
 /// Runs crash cycles; returns the first violation found (with the command
 /// context), or None after `cycles` clean cycles.
-fn crash_loop(test: &str, cycles: u64, unordered: bool, explore: bool, seed: u64) -> Option<String> {
+fn crash_loop(test: &str, cycles: u64, unordered: bool, engine: bool, explore: bool, seed: u64) -> Option<String> {
     let mut rng = Rng::new(seed);
     let mut done = 0;
+    let ops = if engine { engine_batch } else { batch };
     while done < cycles {
         let tmp = TempDir::new("shard-kill9");
-        let dir = tmp.path().join("shard");
+        let dir = tmp.path().join(if engine { "engine" } else { "shard" });
         let mut model = Model::new();
         for _ in 0..5 {
             if done >= cycles {
@@ -323,22 +416,22 @@ fn crash_loop(test: &str, cycles: u64, unordered: bool, explore: bool, seed: u64
             let child_seed = rng.next() % 1_000_000_007;
             // One deterministic child in eight runs to the end and closes.
             let kill_at = (!explore).then(|| if rng.chance(125) { 0 } else { 1 + rng.below(KILL_RANGE) });
-            let spec = Spec { dir: dir.clone(), seed: child_seed, unordered, kill_at };
+            let spec = Spec { dir: dir.clone(), seed: child_seed, unordered, engine, kill_at };
             let at = kill_at.map_or("at a random time".into(), |k| format!("at step {k}"));
             let acked = match run_child(test, &spec, &mut rng) {
                 Ok(n) => n,
                 Err(e) => return Some(format!("cycle {done} (child seed {child_seed}, killed {at}): {e}")),
             };
-            let got = match recovered(&dir) {
+            let got = match recovered(&dir, engine) {
                 Ok(m) => m,
                 Err(e) => return Some(format!("cycle {done} (child seed {child_seed}, killed {at}, {acked} acked): {e}")),
             };
             let mut all_acked = model.clone();
             for i in 0..acked {
-                apply(&mut all_acked, &batch(child_seed, i));
+                apply(&mut all_acked, &ops(child_seed, i));
             }
             let mut with_in_flight = all_acked.clone();
-            apply(&mut with_in_flight, &batch(child_seed, acked));
+            apply(&mut with_in_flight, &ops(child_seed, acked));
             if got != all_acked && got != with_in_flight {
                 if !unordered {
                     std::mem::forget(tmp); // keep the directory for a post-mortem
@@ -377,12 +470,30 @@ fn ordered_flush_survives_kill9() {
     let cycles = env_u64("KEEL_SHARD_KILL9_CYCLES").unwrap_or(200);
     let (seed, explore) = (seed(), explore());
     let started = Instant::now();
-    if let Some(failure) = crash_loop("ordered_flush_survives_kill9", cycles, false, explore, seed) {
+    if let Some(failure) = crash_loop("ordered_flush_survives_kill9", cycles, false, false, explore, seed) {
         let how = if explore { "KEEL_SHARD_KILL9_EXPLORE=1 " } else { "" };
         panic!("ordered flush lost data: {failure}\nreplay: {how}KEEL_SHARD_KILL9_SEED={seed} cargo test --test shard_kill9 ordered");
     }
     let mode = if explore { "exploring (timed kills, seeded pauses)" } else { "deterministic (kill at a seeded step)" };
     println!("shard kill9: {cycles} cycles, ordered flush, {mode}, 0 violations, {:.1} s (seed {seed})", started.elapsed().as_secs_f64());
+}
+
+#[test]
+fn engine_shards_on_a_shared_pool_survive_kill9() {
+    if let Ok(spec) = std::env::var(CHILD_ENV) {
+        child_main(&spec);
+    }
+    let cycles = env_u64("KEEL_SHARD_KILL9_ENGINE_CYCLES").unwrap_or(30);
+    let (seed, explore) = (seed(), explore());
+    let started = Instant::now();
+    if let Some(failure) = crash_loop("engine_shards_on_a_shared_pool_survive_kill9", cycles, false, true, explore, seed) {
+        let how = if explore { "KEEL_SHARD_KILL9_EXPLORE=1 " } else { "" };
+        panic!("an engine's shards lost data: {failure}\nreplay: {how}KEEL_SHARD_KILL9_SEED={seed} cargo test --test shard_kill9 engine_shards");
+    }
+    println!(
+        "shard kill9: {cycles} cycles, {ENGINE_SHARDS} shards on a pool of {ENGINE_FLUSH_THREADS}, 0 violations, {:.1} s (seed {seed})",
+        started.elapsed().as_secs_f64()
+    );
 }
 
 /// The checker must see what the ordering prevents: with the segments
@@ -395,7 +506,7 @@ fn unordered_flush_loses_posting_items() {
         child_main(&spec);
     }
     let seed = env_u64("KEEL_SHARD_KILL9_SEED").unwrap_or(1);
-    match crash_loop("unordered_flush_loses_posting_items", 400, true, false, seed) {
+    match crash_loop("unordered_flush_loses_posting_items", 400, true, false, false, seed) {
         Some(found) => println!("unordered flush, as expected: {found}"),
         None => panic!("400 crash cycles with the unordered flush found no loss (seed {seed}): the checker is blind"),
     }

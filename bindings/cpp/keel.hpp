@@ -30,6 +30,10 @@
 // internally synchronised too. A Net's event handler runs on keel's own
 // reactor thread (see keel::EventHandler).
 //
+// keel::Node (keel's authenticated transport to other keel processes,
+// docs/TRANSFER.md) is internally synchronised as well; its event handler
+// runs on the node's own threads (see keel::NodeEventHandler).
+//
 // Shards: an Engine hosts Shards by id; a Shard maps each key to a value
 // or a posting list (keel::Kind). Shards may outlive their Engine: once it
 // is closed their calls fail with Status::Closed and destroying them is
@@ -41,6 +45,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <condition_variable>
 #include <cstddef>
 #include <cstdint>
 #include <cstdio>
@@ -50,6 +55,7 @@
 #include <iterator>
 #include <limits>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -385,6 +391,8 @@ class WalOptions {
     return *this;
   }
   WalOptions& recovery(RecoveryMode m) noexcept { raw_.recovery_mode = static_cast<uint32_t>(m); return *this; }
+  /// Largest segment file, 64 KiB to 4 GiB (segments start at 64 KiB and
+  /// double per rotation up to it).
   WalOptions& segment_size(uint64_t bytes) noexcept { raw_.segment_size = bytes; return *this; }
   WalOptions& max_record_size(uint64_t bytes) noexcept { raw_.max_record_size = bytes; return *this; }
   /// Open a non-empty directory that holds no keel WAL file (refused by
@@ -424,9 +432,10 @@ inline void close_engine(keel_engine_t* e) noexcept { (void)keel_engine_close(e,
 inline void close_net(keel_net_t* n) noexcept { (void)keel_net_close(n, nullptr); }
 inline void close_writer(keel_writer_t* w) noexcept { (void)keel_writer_close(w, nullptr); }
 inline void close_publisher(keel_publisher_t* p) noexcept { (void)keel_publisher_close(p, nullptr); }
+inline void close_node(keel_node_t* n) noexcept { (void)keel_node_close(n, nullptr); }
 
 /// The ownership every handle class shares (WalReader, Wal, Iterator,
-/// Batch, Shard, Engine, Net, Writer, Publisher), written once so the
+/// Batch, Shard, Engine, Net, Writer, Publisher, Node), written once so the
 /// classes cannot drift apart: one owned `T*`, closed by `Close` when the
 /// object is destroyed or a move is assigned over it. Move-only, because
 /// two owners would close one handle twice. An empty object (default-made,
@@ -693,7 +702,8 @@ class EngineOptions {
   }
   /// More immutable segments than this are merged in the background (>= 1).
   EngineOptions& max_sealed_segments(uint32_t n) noexcept { raw_.max_sealed_segments = n; return *this; }
-  /// Size of each WAL segment file, 64 KiB to 4 GiB.
+  /// Largest WAL segment file, 64 KiB to 4 GiB (segments start at 64 KiB
+  /// and double per rotation up to it).
   EngineOptions& wal_segment_size(uint64_t bytes) noexcept { raw_.wal_segment_size = bytes; return *this; }
   /// Period of the background flush; zero (or negative) turns it off, so
   /// shards flush only on Shard::flush(), when sealing and on close.
@@ -707,6 +717,10 @@ class EngineOptions {
   /// segment files opens with what is left instead of failing with
   /// Status::Corruption; Shard::salvage_report() says what is lost.
   EngineOptions& salvage(bool on) noexcept { raw_.salvage = on ? 1 : 0; return *this; }
+  /// Worker threads of the engine's flush pool, shared by all its shards
+  /// (1 to 256); 0, the default, lets the library pick (twice the cores,
+  /// 2 to 8).
+  EngineOptions& flush_threads(uint64_t n) noexcept { raw_.flush_threads = n; return *this; }
 
   Durability durability() const noexcept { return static_cast<Durability>(raw_.durability); }
   std::chrono::milliseconds sync_interval() const noexcept { return std::chrono::milliseconds(raw_.sync_interval_ms); }
@@ -717,6 +731,7 @@ class EngineOptions {
   }
   uint64_t seal_bytes() const noexcept { return raw_.seal_bytes; }
   bool salvage() const noexcept { return raw_.salvage != 0; }
+  uint64_t flush_threads() const noexcept { return raw_.flush_threads; }
 
   /// The C struct, for fields this wrapper does not know yet.
   keel_engine_options_t& raw() noexcept { return raw_; }
@@ -1982,6 +1997,472 @@ class Publisher : public detail::Handle<keel_publisher_t, detail::close_publishe
     detail::ErrorOut err;
     return detail::check(keel_publisher_close(ptr_.release(), err.out()), err);
   }
+};
+
+// ---- node transport -----------------------------------------------------------
+//
+// A Node listens on one TCP address, dials peers and carries frames between
+// peers that passed the handshake; with a cluster secret the handshake is
+// authenticated (frames are not encrypted). See docs/TRANSFER.md, "The node
+// transport".
+
+/// The event handler of a Node: peer `peer_id` finished its handshake
+/// (Status::Ok), or a connection ended: Status::Refused (bad MAC, replay,
+/// no common version, wrong node id, a non-loopback peer without a
+/// secret), Status::Protocol (malformed, oversized or unknown frame),
+/// Status::Timeout (handshake or heartbeats), Status::Busy (the peer
+/// stopped reading), Status::Io (reset, send error) or Status::Closed
+/// (closed by the peer or by Node::close()). `peer_id` is 0 when the
+/// handshake did not get as far as the peer's id; `message` is valid only
+/// during the call.
+///
+/// It runs on a keel thread of the node (a connection's reader, the accept
+/// thread) or on the thread in Node::connect() whose peer was refused, so
+/// possibly on several threads at once, and never after Node::close() (or
+/// the destructor) returned. Keep it short. It may call its Node's const
+/// members (they answer Status::Closed once the node is closing, which
+/// also reports Status::Closed to it) but must not close its own Node
+/// (Status::Busy) nor throw: the bridge is noexcept, so an escaping
+/// exception calls std::terminate. Whatever it captures must be safe to use
+/// from those threads and must outlive the Node.
+using NodeEventHandler = std::function<void(uint64_t peer_id, Status status, std::string_view message)>;
+
+class Node;
+
+/// Options of Node::open(): a copyable value wrapping keel_node_options_t,
+/// filled with the library defaults by keel_node_options_init_sized(), plus
+/// what its pointers point to: the listen address and the secrets are
+/// copied in by their setters, so nothing passed to them needs to outlive
+/// the call. Setters chain; the library validates the values when the node
+/// opens. node_id has no default: set it (0 is Status::InvalidArgument).
+class NodeOptions {
+ public:
+  NodeOptions() noexcept { keel_node_options_init_sized(&raw_, sizeof raw_); }  // cannot fail: valid pointer and size
+
+  /// This node's id: non-zero, unique in the cluster.
+  NodeOptions& node_id(uint64_t id) noexcept { raw_.node_id = id; return *this; }
+  /// "host:port" to listen on; port 0 picks one (Node::addr() tells
+  /// which). Unset or empty: the default "127.0.0.1:0".
+  NodeOptions& listen_addr(std::string addr) { listen_ = std::move(addr); return *this; }
+  /// The cluster secret (16 to 1024 bytes), copied: handshake MACs are
+  /// made with it and accepted with it. Empty: no secret (no
+  /// authentication; loopback peers only unless allow_remote_without_secret).
+  NodeOptions& secret(ByteView s) { return set_bytes(secret_, s); }
+  /// A second secret accepted alongside secret() during a rotation (never
+  /// used to send); empty for none. Not without secret().
+  NodeOptions& secret2(ByteView s) { return set_bytes(secret2_, s); }
+  /// Let peers that are not on loopback connect without a secret (default false).
+  NodeOptions& allow_remote_without_secret(bool allow) noexcept {
+    raw_.allow_remote_without_secret = allow ? 1 : 0;
+    return *this;
+  }
+  /// Largest frame payload, 4 KiB to 1 GiB (default 16 MiB).
+  NodeOptions& max_frame_bytes(uint32_t bytes) noexcept { raw_.max_frame_bytes = bytes; return *this; }
+  /// A connection without a finished handshake is closed after this long,
+  /// 1 ms to 1 h (default 5 s); also the TCP connect timeout of connect().
+  /// Durations are clamped as WalOptions::sync_interval() is.
+  NodeOptions& handshake_timeout(std::chrono::milliseconds ms) noexcept {
+    raw_.handshake_timeout_ms = detail::clamp_ms(ms);
+    return *this;
+  }
+  /// Bytes one connection may buffer (one inbound frame plus queued
+  /// outbound bytes); at least twice max_frame_bytes plus headers
+  /// (default 64 MiB).
+  NodeOptions& conn_memory_bytes(uint64_t bytes) noexcept { raw_.conn_memory_bytes = bytes; return *this; }
+  /// A PING goes out every interval, 1 ms to 1 h (default 1 s).
+  NodeOptions& heartbeat_interval(std::chrono::milliseconds ms) noexcept {
+    raw_.heartbeat_interval_ms = detail::clamp_ms(ms);
+    return *this;
+  }
+  /// A peer silent for this many intervals is dropped, 1 to 1000 (default 5).
+  NodeOptions& heartbeat_misses(uint32_t n) noexcept { raw_.heartbeat_misses = n; return *this; }
+  /// How long Node::close() waits for queued frames to be sent, 0 to 10 min
+  /// (default 2 s); the rest is cancelled and counted.
+  NodeOptions& close_timeout(std::chrono::milliseconds ms) noexcept {
+    raw_.close_timeout_ms = detail::clamp_ms(ms);
+    return *this;
+  }
+  /// Transfers the node runs at once, 1 to 1024 (default 4).
+  NodeOptions& max_concurrent_transfers(uint32_t n) noexcept { raw_.max_concurrent_transfers = n; return *this; }
+  /// Bandwidth cap of one transfer in bytes per second; 0 (default): none.
+  NodeOptions& transfer_bandwidth_bytes_per_sec(uint64_t bps) noexcept {
+    raw_.transfer_bandwidth_bytes_per_sec = bps;
+    return *this;
+  }
+  /// The event handler (see NodeEventHandler); an empty function for none
+  /// (the default).
+  NodeOptions& on_event(NodeEventHandler handler) { on_event_ = std::move(handler); return *this; }
+
+  uint64_t node_id() const noexcept { return raw_.node_id; }
+  /// The address set by listen_addr(std::string); empty when unset.
+  const std::string& listen_addr() const noexcept { return listen_; }
+  /// The secrets set by their setters (views into this object); empty when unset.
+  ByteView secret() const noexcept { return ByteView(secret_.data(), secret_.size()); }
+  ByteView secret2() const noexcept { return ByteView(secret2_.data(), secret2_.size()); }
+  bool allow_remote_without_secret() const noexcept { return raw_.allow_remote_without_secret != 0; }
+  uint32_t max_frame_bytes() const noexcept { return raw_.max_frame_bytes; }
+  std::chrono::milliseconds handshake_timeout() const noexcept {
+    return std::chrono::milliseconds(raw_.handshake_timeout_ms);
+  }
+  uint64_t conn_memory_bytes() const noexcept { return raw_.conn_memory_bytes; }
+  std::chrono::milliseconds heartbeat_interval() const noexcept {
+    return std::chrono::milliseconds(raw_.heartbeat_interval_ms);
+  }
+  uint32_t heartbeat_misses() const noexcept { return raw_.heartbeat_misses; }
+  std::chrono::milliseconds close_timeout() const noexcept { return std::chrono::milliseconds(raw_.close_timeout_ms); }
+  uint32_t max_concurrent_transfers() const noexcept { return raw_.max_concurrent_transfers; }
+  uint64_t transfer_bandwidth_bytes_per_sec() const noexcept { return raw_.transfer_bandwidth_bytes_per_sec; }
+  const NodeEventHandler& on_event() const noexcept { return on_event_; }
+
+  /// The C struct, for fields this wrapper does not know yet. Node::open()
+  /// opens with a copy of it in which listen_addr, secret and secret2
+  /// point into this object when their setters gave them a non-empty
+  /// value, and on_event/user_data are its bridge when on_event() holds a
+  /// handler; otherwise those raw fields are used as they are.
+  keel_node_options_t& raw() noexcept { return raw_; }
+  const keel_node_options_t& raw() const noexcept { return raw_; }
+
+ private:
+  friend class Node;
+
+  NodeOptions& set_bytes(std::vector<uint8_t>& out, ByteView s) {
+    null_string_ = null_string_ || s.null_string();  // reported by Node::open()
+    out.assign(s.data(), s.data() + s.size());
+    return *this;
+  }
+
+  keel_node_options_t raw_;
+  std::string listen_;
+  std::vector<uint8_t> secret_;
+  std::vector<uint8_t> secret2_;
+  bool null_string_ = false;  ///< a secret was given as a null const char*
+  NodeEventHandler on_event_;
+};
+
+/// Counters of a Node (keel_node_stats_t; docs/TRANSFER.md, "Counters").
+/// The refused_* and later counters count connections that ended for that
+/// reason, each once; Node::last_error() has the text of the last one.
+struct NodeStats {
+  uint64_t peers = 0;                 ///< connections with a finished handshake, now
+  uint64_t accepted = 0;              ///< connections accepted
+  uint64_t dialed = 0;                ///< connections dialed by Node::connect()
+  uint64_t handshakes = 0;            ///< handshakes that finished
+  uint64_t frames_in = 0;
+  uint64_t frames_out = 0;
+  uint64_t bytes_in = 0;
+  uint64_t bytes_out = 0;
+  uint64_t pings_sent = 0;
+  uint64_t pongs_received = 0;
+  uint64_t cancelled_frames = 0;      ///< outbound frames dropped unsent when a connection closed
+  uint64_t refused_bad_mac = 0;       ///< the MAC matched no active secret (or only one side had one)
+  uint64_t refused_replay = 0;        ///< a replayed handshake (a HELLO nonce seen before)
+  uint64_t refused_version = 0;       ///< no protocol version in common
+  uint64_t refused_not_loopback = 0;  ///< not on loopback and no secret configured
+  uint64_t refused_wrong_node = 0;    ///< the peer's id is not the one dialed, or is this node's own
+  uint64_t handshake_timeouts = 0;
+  uint64_t malformed_frames = 0;      ///< frames failing their checks (CRC, version, flags, order)
+  uint64_t oversized_frames = 0;      ///< frames announcing more than max_frame_bytes
+  uint64_t unknown_types = 0;         ///< frames of a type no service handles
+  uint64_t heartbeat_timeouts = 0;
+  uint64_t outbound_overflows = 0;    ///< peers cut off because they stopped reading
+  uint64_t resets = 0;                ///< connections reset, failed to send, or ended inside a frame
+  uint64_t closed_by_peer = 0;        ///< connections the peer closed between frames
+  uint64_t closed_by_shutdown = 0;    ///< connections closed by Node::close()
+};
+
+namespace detail {
+
+/// The heap state behind a Node's event handler: keel_node_options_t's
+/// user_data. keel has no hook to free it, so the Node owns it and frees
+/// it only after keel_node_close() returned (no callback runs then).
+struct NodeEvents {
+  NodeEventHandler handler;
+  // The calls the handler makes on its own Node (NodeCall), counted so
+  // that closing waits for them and fails later ones: keel_node_close()
+  // frees the C handle before it joins the threads that run the handler
+  // (and the close itself reports Status::Closed to it).
+  std::mutex mu;
+  std::condition_variable drained;
+  size_t calls = 0;
+  bool closing = false;
+
+  explicit NodeEvents(NodeEventHandler h) : handler(std::move(h)) {}
+
+  /// The NodeEvents whose handler runs on this thread now (nullptr when
+  /// none), so that Node::close() can refuse to run inside its own handler.
+  static const NodeEvents*& running() noexcept {
+    static thread_local const NodeEvents* current = nullptr;
+    return current;
+  }
+
+  static void on_event(void* user, uint64_t peer_id, keel_status_t status, const char* message) noexcept {
+    const auto* self = static_cast<const NodeEvents*>(user);
+    // Saved and restored: the handler may call connect() on this node,
+    // whose refusal calls it again on this thread.
+    const NodeEvents* outer = std::exchange(running(), self);
+    self->handler(peer_id, static_cast<Status>(status), message ? std::string_view(message) : std::string_view());
+    running() = outer;
+  }
+};
+
+/// The scope of one Node call. Made from that node's own handler, it is
+/// counted in NodeEvents::calls, or closed() once the node began closing;
+/// from any other thread it does nothing (those calls must not race with
+/// closing at all).
+class NodeCall {
+ public:
+  explicit NodeCall(NodeEvents* ev) : ev_(ev && NodeEvents::running() == ev ? ev : nullptr) {
+    if (!ev_) return;
+    std::lock_guard<std::mutex> lock(ev_->mu);
+    if (ev_->closing) {
+      ev_ = nullptr;
+      closed_ = true;
+      return;
+    }
+    ++ev_->calls;
+  }
+  ~NodeCall() {
+    if (!ev_) return;
+    std::lock_guard<std::mutex> lock(ev_->mu);
+    if (--ev_->calls == 0 && ev_->closing) ev_->drained.notify_all();
+  }
+  NodeCall(const NodeCall&) = delete;
+  NodeCall& operator=(const NodeCall&) = delete;
+
+  /// The node is closing: the call must not reach keel.
+  bool closed() const noexcept { return closed_; }
+
+ private:
+  NodeEvents* ev_;
+  bool closed_ = false;
+};
+
+inline keel_node_stats_t node_stats_out() noexcept {
+  keel_node_stats_t s{};
+  s.struct_size = static_cast<uint32_t>(sizeof s);
+  return s;
+}
+
+inline NodeStats to_stats(const keel_node_stats_t& s) noexcept {
+  NodeStats o;
+  o.peers = s.peers;
+  o.accepted = s.accepted;
+  o.dialed = s.dialed;
+  o.handshakes = s.handshakes;
+  o.frames_in = s.frames_in;
+  o.frames_out = s.frames_out;
+  o.bytes_in = s.bytes_in;
+  o.bytes_out = s.bytes_out;
+  o.pings_sent = s.pings_sent;
+  o.pongs_received = s.pongs_received;
+  o.cancelled_frames = s.cancelled_frames;
+  o.refused_bad_mac = s.refused_bad_mac;
+  o.refused_replay = s.refused_replay;
+  o.refused_version = s.refused_version;
+  o.refused_not_loopback = s.refused_not_loopback;
+  o.refused_wrong_node = s.refused_wrong_node;
+  o.handshake_timeouts = s.handshake_timeouts;
+  o.malformed_frames = s.malformed_frames;
+  o.oversized_frames = s.oversized_frames;
+  o.unknown_types = s.unknown_types;
+  o.heartbeat_timeouts = s.heartbeat_timeouts;
+  o.outbound_overflows = s.outbound_overflows;
+  o.resets = s.resets;
+  o.closed_by_peer = s.closed_by_peer;
+  o.closed_by_shutdown = s.closed_by_shutdown;
+  return o;
+}
+
+/// The NUL-terminated string a C call writes into a buffer of the
+/// caller's (keel_node_addr, keel_node_last_error), without the NUL. Asked
+/// again with the size the call names as long as it answers
+/// BUFFER_TOO_SMALL (the text may grow between two calls). These calls
+/// carry no error object.
+template <class Call>
+Result<std::string> string_out(Call call, size_t first_cap) {
+  std::string buf(first_cap, '\0');
+  for (;;) {
+    size_t len = 0;
+    const keel_status_t st = call(buf.data(), buf.size(), &len);
+    if (st == KEEL_STATUS_BUFFER_TOO_SMALL && len > buf.size()) {
+      buf.resize(len);
+      continue;
+    }
+    if (st != KEEL_STATUS_OK) {
+      ErrorOut none;
+      return none.take(st);
+    }
+    buf.resize(len > 0 ? len - 1 : 0);
+    return buf;
+  }
+}
+
+}  // namespace detail
+
+/// A node of keel's authenticated transport (owns a keel_node_t): it
+/// listens on one TCP address, dials peers with connect() and keeps a
+/// connection to every peer that passed the handshake. The destructor
+/// closes it (see close()). Const members are safe to call from many
+/// threads at once; close(), moving and destruction must not race with
+/// them, and must not happen in the node's own event handler.
+///
+/// The Node owns its event handler and frees it only once the node's
+/// threads are joined, so a handler never outlives its storage.
+class Node : public detail::Handle<keel_node_t, detail::close_node> {
+ public:
+  /// Node() is empty: every call returns Status::Closed. explicit
+  /// Node(keel_node_t* owned) takes ownership of a node opened through the
+  /// C API (its user_data stays the caller's to keep alive until the Node
+  /// is closed).
+  using Handle::Handle;
+  Node() noexcept = default;
+  Node(Node&&) noexcept = default;
+  /// Closes the node this one held (as the destructor does) and takes `o`'s.
+  Node& operator=(Node&& o) noexcept {
+    if (this != &o) {
+      stop_handler_calls();
+      Handle::operator=(std::move(o));  // closes the node before its handler is freed below
+      events_ = std::move(o.events_);
+    }
+    return *this;
+  }
+  /// Closes the node first, then frees its handler (members would go first).
+  ~Node() {
+    stop_handler_calls();
+    ptr_.reset();
+  }
+
+  /// Opens a node for `engine` (which must stay open until the node is
+  /// closed): binds the listen address and starts the node's threads.
+  /// Status::InvalidArgument for an option out of range (node_id 0, a
+  /// secret shorter than 16 bytes, ...), Status::Io when the address cannot
+  /// be bound, Status::Closed for an empty Engine. The handler, if any,
+  /// moves into the Node.
+  static Result<Node> open(const Engine& engine, NodeOptions opts) {
+    if (!engine) return detail::empty_handle("keel::Engine");
+    if (const auto& abi = detail::abi_once(); !abi) return abi.err();
+    if (opts.null_string_) return detail::null_string_error();
+    keel_node_options_t raw = opts.raw_;
+    if (!opts.listen_.empty()) {
+      if (opts.listen_.find('\0') != std::string::npos) {
+        return Error(Status::InvalidArgument, "listen_addr contains a NUL byte");
+      }
+      raw.listen_addr = opts.listen_.c_str();
+    }
+    if (!opts.secret_.empty()) {
+      raw.secret = opts.secret_.data();
+      raw.secret_len = opts.secret_.size();
+    }
+    if (!opts.secret2_.empty()) {
+      raw.secret2 = opts.secret2_.data();
+      raw.secret2_len = opts.secret2_.size();
+    }
+    std::unique_ptr<detail::NodeEvents> events;
+    if (opts.on_event_) {
+      events = std::make_unique<detail::NodeEvents>(std::move(opts.on_event_));
+      raw.on_event = &detail::NodeEvents::on_event;
+      raw.user_data = events.get();
+    }
+    detail::ErrorOut err;
+    keel_node_t* n = nullptr;
+    const keel_status_t st = keel_node_open(engine.raw(), &raw, &n, err.out());
+    // A failed open started no thread that could call the handler.
+    if (st != KEEL_STATUS_OK) return err.take(st);
+    return Node(n, std::move(events));
+  }
+
+  /// The address the node listens on, "ip:port" (the port picked when the
+  /// option said 0).
+  Result<std::string> addr() const {
+    const detail::NodeCall call(events_.get());
+    if (call.closed() || !ptr_) return detail::empty_handle("keel::Node");
+    return detail::string_out(
+        [this](char* buf, size_t cap, size_t* len) { return keel_node_addr(ptr_.get(), buf, cap, len); }, 64);
+  }
+
+  /// Dials peer `peer_id` at `addr` ("host:port") and runs the handshake;
+  /// returns once the peer is ready. Status::Refused (the handshake refused
+  /// the peer or the peer refused this node: the message says why),
+  /// Status::InvalidArgument (peer_id 0 or this node's own, an address that
+  /// does not resolve), Status::Io (connect failed), Status::Timeout,
+  /// Status::Protocol, Status::Closed (the node is closing).
+  Result<void> connect(uint64_t peer_id, const std::string& addr) const {
+    const detail::NodeCall call(events_.get());
+    if (call.closed() || !ptr_) return detail::empty_handle("keel::Node");
+    if (addr.find('\0') != std::string::npos) {
+      return Error(Status::InvalidArgument, "peer address contains a NUL byte");
+    }
+    detail::ErrorOut err;
+    return detail::check(keel_node_connect(ptr_.get(), peer_id, addr.c_str(), err.out()), err);
+  }
+
+  /// The counters now.
+  Result<NodeStats> stats() const {
+    const detail::NodeCall call(events_.get());
+    if (call.closed() || !ptr_) return detail::empty_handle("keel::Node");
+    keel_node_stats_t s = detail::node_stats_out();
+    const keel_status_t st = keel_node_stats(ptr_.get(), &s);
+    if (st != KEEL_STATUS_OK) {
+      detail::ErrorOut none;  // this call carries no error object
+      return none.take(st);
+    }
+    return detail::to_stats(s);
+  }
+
+  /// The text of the last error that ended a connection ("" when none).
+  Result<std::string> last_error() const {
+    const detail::NodeCall call(events_.get());
+    if (call.closed() || !ptr_) return detail::empty_handle("keel::Node");
+    return detail::string_out(
+        [this](char* buf, size_t cap, size_t* len) { return keel_node_last_error(ptr_.get(), buf, cap, len); }, 64);
+  }
+
+  /// Closes the node: stops accepting, gives every connection up to
+  /// close_timeout to send what is queued (the rest is cancelled and
+  /// counted), closes the connections, joins every thread of the node and
+  /// frees the event handler: no handler call runs after it returns.
+  /// Returns the counters as they are at the end. The Node is empty
+  /// afterwards. Status::Closed for an empty Node (there are no counters
+  /// to return); Status::Busy from the node's own event handler, which
+  /// leaves the node open.
+  Result<NodeStats> close() {
+    if (events_ && detail::NodeEvents::running() == events_.get()) {
+      return Error(Status::Busy, "keel::Node::close() cannot run in the node's own event handler");
+    }
+    if (!ptr_) return detail::empty_handle("keel::Node");
+    stop_handler_calls();
+    keel_node_stats_t s = detail::node_stats_out();
+    const keel_status_t st = keel_node_close(ptr_.release(), &s);
+    events_.reset();  // keel_node_close joined every thread that calls it
+    if (st != KEEL_STATUS_OK) {
+      detail::ErrorOut none;  // this call carries no error object
+      return none.take(st);
+    }
+    return detail::to_stats(s);
+  }
+
+  /// Gives up ownership: the caller must close the node with
+  /// keel_node_close(). The event handler, if any, is then never freed
+  /// (keel may call it until that close, and cannot free it).
+  [[nodiscard]] keel_node_t* release() noexcept {
+    (void)events_.release();
+    return ptr_.release();
+  }
+
+ private:
+  Node(keel_node_t* owned, std::unique_ptr<detail::NodeEvents> events) noexcept
+      : Handle(owned), events_(std::move(events)) {}
+
+  /// From now on the handler's calls on this Node answer Status::Closed;
+  /// waits for those in flight (see detail::NodeEvents).
+  void stop_handler_calls() noexcept {
+    if (!events_) return;
+    std::unique_lock<std::mutex> lock(events_->mu);
+    events_->closing = true;
+    events_->drained.wait(lock, [this] { return events_->calls == 0; });
+  }
+
+  std::unique_ptr<detail::NodeEvents> events_;
 };
 
 }  // namespace keel

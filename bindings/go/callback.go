@@ -24,3 +24,19 @@ func keelGoNetEvent(handle C.uintptr_t, connID C.uint64_t, status C.keel_status_
 	// message is borrowed for the call only: copied by GoString.
 	ev.onEvent(uint64(connID), &Error{Code: Status(status), Op: "OnEvent", Message: C.GoString(message)})
 }
+
+// keelGoNodeEvent is the Node event callback, called by keel_go_node_event
+// (node.go) on a thread of the node, or on the goroutine in Connect whose
+// peer was refused, with the Node's cgo.Handle.
+//
+//export keelGoNodeEvent
+func keelGoNodeEvent(handle C.uintptr_t, peerID C.uint64_t, status C.keel_status_t, message *C.char) {
+	ev := cgo.Handle(handle).Value().(*nodeEvents)
+	defer ev.leave(ev.enter())
+	var err error
+	if status != C.KEEL_STATUS_OK {
+		// message is borrowed for the call only: copied by GoString.
+		err = &Error{Code: Status(status), Op: "OnEvent", Message: C.GoString(message)}
+	}
+	ev.onEvent(uint64(peerID), err)
+}

@@ -33,8 +33,9 @@ type EngineOptions struct {
 	// SyncInterval of DurabilityPeriodic, 1 ms to 60 s (rounded up to a
 	// whole millisecond); default 100 ms. Ignored by the other modes.
 	SyncInterval time.Duration
-	// WALSegmentSize is the size of each WAL segment file in bytes, 64 KiB
-	// to 4 GiB; default 64 MiB. A value or posting item must fit one WAL
+	// WALSegmentSize is the largest size of a WAL segment file in bytes,
+	// 64 KiB to 4 GiB; default 64 MiB (segments start at 64 KiB and double
+	// per rotation up to it). A value or posting item must fit one WAL
 	// record (16 MiB by default, less for small segments).
 	WALSegmentSize uint64
 	// FlushInterval is the period of the background flush (rounded up to
@@ -52,6 +53,11 @@ type EngineOptions struct {
 	// with what is left, instead of failing with ErrCorruption;
 	// Shard.SalvageReport says what is lost. Never the default.
 	Salvage bool
+	// FlushThreads is the number of worker threads of the engine's flush
+	// pool, which runs the background flushes, seals and merges of all
+	// its shards (1 to 256); 0 lets the library pick (twice the cores, 2
+	// to 8).
+	FlushThreads uint32
 }
 
 // durationMs rounds d (> 0) up to whole milliseconds, saturating at limit so
@@ -100,6 +106,7 @@ func (o *EngineOptions) toC() (C.keel_engine_options_t, error) {
 	if o.Salvage {
 		c.salvage = 1
 	}
+	c.flush_threads = C.uint64_t(o.FlushThreads)
 	return c, nil
 }
 

@@ -95,6 +95,13 @@ var (
 	// ErrFenced: a fencing token below the highest accepted for its
 	// bucket (a newer lease holder has written since).
 	ErrFenced = &Error{Code: StatusFenced}
+	// ErrRefused: a Node refused a peer in the handshake (bad MAC,
+	// replay, no common version, wrong node id, a non-loopback peer
+	// without a secret), or the peer refused this node.
+	ErrRefused = &Error{Code: StatusRefused}
+	// ErrProtocol: a Node's peer broke the wire protocol (malformed,
+	// oversized or unknown frame).
+	ErrProtocol = &Error{Code: StatusProtocol}
 )
 
 // ErrNoMore is what Reader.Next returns when the reader has caught up with

@@ -745,6 +745,12 @@ func TestErrorValues(t *testing.T) {
 			t.Errorf("Status(%d).String() = %q, want %q", s, s.String(), want)
 		}
 	}
+	// The node transport's sentinels carry their codes.
+	for sentinel, code := range map[*Error]Status{ErrRefused: StatusRefused, ErrProtocol: StatusProtocol, ErrFenced: StatusFenced} {
+		if sentinel.Code != code || !errors.Is(&Error{Code: code, Message: "m"}, sentinel) {
+			t.Errorf("sentinel of %v has code %v", code, sentinel.Code)
+		}
+	}
 	if Status(999).String() != "UNKNOWN" {
 		t.Errorf("unknown status named %q", Status(999).String())
 	}

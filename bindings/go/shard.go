@@ -341,7 +341,7 @@ func (s *Shard) ScanPrefix(prefix []byte) (*Iterator, error) {
 	return newIterator(it), nil
 }
 
-// Flush runs a flush pass on the shard's flush thread. With wait it
+// Flush runs a flush pass in the engine's flush pool. With wait it
 // returns when the pass is done, with the persisted version; without, it
 // returns at once with the version persisted so far. A failed pass (ErrIO,
 // ErrNoSpace) loses nothing: the WAL still holds every write.
@@ -479,7 +479,7 @@ func (s *Shard) SetKeepFrom(version uint64) error {
 	return nil
 }
 
-// Close runs a final flush pass, stops the shard's flush thread, closes
+// Close runs a final flush pass, takes the shard out of the flush pool, closes
 // its WAL and frees the handle; it waits for calls in flight on other
 // goroutines. The handle is freed even when the flush fails (that error is
 // returned; the WAL still holds everything). A second Close, or a Close

@@ -972,6 +972,7 @@ func TestEngineOptions(t *testing.T) {
 		"tiny WALSegmentSize":    {WALSegmentSize: 1000},
 		"negative SyncInterval":  {SyncInterval: -time.Second},
 		"SyncInterval over 60 s": {Durability: DurabilityPeriodic, SyncInterval: time.Hour},
+		"FlushThreads over 256":  {FlushThreads: 257},
 	}
 	for what, o := range bad {
 		dir := t.TempDir()
@@ -1000,6 +1001,11 @@ func TestEngineOptions(t *testing.T) {
 	if c.flush_interval_ms != 0 || c.sync_interval_ms != 2 || c.max_sealed_segments != 3 {
 		t.Fatalf("converted = %+v", c)
 	}
+	if def.flush_threads != 0 {
+		t.Fatalf("default flush_threads = %d, want 0 (the library picks)", def.flush_threads)
+	}
+	one, _ := openEngineT(t, "", &EngineOptions{Durability: DurabilityNone, FlushThreads: 1})
+	mustPut(t, openShardT(t, one, 1), "k", "v")
 	// Periodic durability works end to end.
 	e, _ := openEngineT(t, "", &EngineOptions{Durability: DurabilityPeriodic, SyncInterval: 5 * time.Millisecond, FlushInterval: 10 * time.Millisecond})
 	s := openShardT(t, e, 1)
@@ -1107,7 +1113,7 @@ func TestShardCloseWhileWriting(t *testing.T) {
 // Stats and Health: healthy, then a flush pass that fails for real (the
 // segments directory replaced by a file: the pass cannot create its state
 // file), then healthy again once the directory is back. A flush request
-// is answered before the flush thread records the pass for Health, so
+// is answered before the flush job records the pass for Health, so
 // each step flushes twice: the second answer follows the first record.
 func TestShardStatsAndHealth(t *testing.T) {
 	e, dir := openEngineT(t, "", tinyOpts)

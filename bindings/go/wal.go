@@ -72,7 +72,9 @@ type Options struct {
 	// whole millisecond); default 100 ms. Ignored by the other modes.
 	SyncInterval time.Duration
 	RecoveryMode RecoveryMode
-	// SegmentSize in bytes, 64 KiB to 4 GiB; default 64 MiB.
+	// SegmentSize is the largest segment file in bytes, 64 KiB to 4 GiB;
+	// default 64 MiB. Segments start at 64 KiB and double per rotation up
+	// to it.
 	SegmentSize uint64
 	// MaxRecordSize is the largest record or batch payload one append may
 	// carry, at most SegmentSize-104; default 16 MiB (less for small

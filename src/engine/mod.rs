@@ -20,6 +20,7 @@ use crate::error::{Error, Result};
 use crate::fs::{FileSystem, StdFs};
 use crate::lease::{Clock, FenceTable};
 use crate::shard::files::{self, Cursor};
+use crate::shard::pool::FlushPool;
 use crate::shard::{self, Shard};
 use crate::status::*;
 use parking_lot::Mutex;
@@ -67,6 +68,9 @@ pub struct Engine {
     injected_fs: bool,
     /// None once closed.
     shards: Mutex<Option<State>>,
+    /// Runs the flush, seals and merges of every shard of the engine on
+    /// `opts.flush_threads` workers; shut down once the shards are closed.
+    pool: Arc<FlushPool>,
     /// The node-local fenced lease table; its token high-water mark is `<dir>/FENCE`.
     fences: FenceTable,
     _lock: Box<dyn Any + Send + Sync>,
@@ -115,6 +119,7 @@ impl Engine {
         // Nothing is created before the lock is held.
         fs.create_dir_all(&shards_dir).map_err(io_err("creating", &shards_dir))?;
         let ids = load_list(&*fs, dir, opts.salvage)?;
+        let pool = FlushPool::new(opts.flush_threads, opts.steps.clone())?;
         let engine = Engine {
             dir: dir.to_path_buf(),
             opts,
@@ -122,6 +127,7 @@ impl Engine {
             fs,
             injected_fs,
             shards: Mutex::new(Some(State { slots: HashMap::new(), ids })),
+            pool,
             _lock: lock,
         };
         engine.finish_interrupted()?;
@@ -208,10 +214,8 @@ impl Engine {
             }
             state.slots.insert(id, Slot::Opening);
         }
-        let opened = match self.injected_fs {
-            true => Shard::open_with_fs(&dir, self.opts.clone(), self.fs.clone()),
-            false => Shard::open(&dir, self.opts.clone()),
-        };
+        let fs = self.injected_fs.then(|| self.fs.clone());
+        let opened = Shard::open_in(&dir, self.opts.clone(), fs, Some(self.pool.clone()));
         let mut guard = self.shards.lock();
         let Some(state) = guard.as_mut() else {
             // The engine closed during the recovery.
@@ -291,8 +295,15 @@ impl Engine {
         }
     }
 
-    /// Closes every open shard (each flushes) and releases the directory
-    /// when the engine is dropped. Returns the first error. Idempotent.
+    /// Worker threads of the engine's flush pool.
+    pub fn flush_threads(&self) -> usize {
+        self.pool.size()
+    }
+
+    /// Closes every open shard (each flushes), then stops the flush pool
+    /// (after a shard still opening has closed itself too), and releases
+    /// the directory when the engine is dropped. Returns the first error.
+    /// Idempotent.
     pub fn close(&self) -> Result<()> {
         let Some(state) = self.shards.lock().take() else { return Ok(()) };
         let mut result = Ok(());
@@ -308,6 +319,7 @@ impl Engine {
                 }
             }
         }
+        self.pool.shutdown();
         result
     }
 }

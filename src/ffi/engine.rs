@@ -31,6 +31,8 @@ impl Opaque for keel_engine_t {
 pub const KEEL_ENGINE_OPTIONS_SIZE_V1: u32 = 40;
 /// sizeof(keel_engine_options_t) of version 2 (adds salvage).
 pub const KEEL_ENGINE_OPTIONS_SIZE_V2: u32 = 48;
+/// sizeof(keel_engine_options_t) of version 3 (adds flush_threads).
+pub const KEEL_ENGINE_OPTIONS_SIZE_V3: u32 = 56;
 
 /// Options of keel_engine_open(), applied to every shard it opens.
 /// Versioned by `struct_size` (docs/FFI.md, "Versioned structs"): fill it
@@ -48,7 +50,8 @@ pub struct keel_engine_options_t {
     /// More immutable segments than this are merged in the background,
     /// smallest first; at least 1, default 8.
     pub max_sealed_segments: u32,
-    /// Size of each WAL segment file; 64 KiB to 4 GiB, default 64 MiB. An
+    /// Largest size of a WAL segment file; 64 KiB to 4 GiB, default 64 MiB
+    /// (segments start at 64 KiB and double per rotation up to it). An
     /// operation must fit one WAL record of at most segment size - 104
     /// bytes, so segments below about 16 MiB lower the value limit below
     /// KEEL_SHARD_MAX_VALUE_SIZE.
@@ -67,15 +70,23 @@ pub struct keel_engine_options_t {
     /// first flush then makes that the shard's state. Also rebuilds a lost
     /// shard list from the shard directories' names. 0 or 1 (version 2).
     pub salvage: u32,
+    /// Worker threads of the engine's flush pool, which runs the
+    /// background flushes, seals and merges of all its shards: the
+    /// engine's flush threads do not grow with its shards. 1 to 256, or 0
+    /// (the default) for twice the cores, at least 2 and at most 8
+    /// (version 3; 64 bits wide because a 32-bit field would sit in the
+    /// padding that ends version 2 and leave its size unchanged).
+    pub flush_threads: u64,
 }
 
 const _: () = assert!(std::mem::offset_of!(keel_engine_options_t, salvage) == KEEL_ENGINE_OPTIONS_SIZE_V1 as usize);
-versioned!(keel_engine_options_t, [KEEL_ENGINE_OPTIONS_SIZE_V1, KEEL_ENGINE_OPTIONS_SIZE_V2]);
+const _: () = assert!(std::mem::offset_of!(keel_engine_options_t, flush_threads) == KEEL_ENGINE_OPTIONS_SIZE_V2 as usize);
+versioned!(keel_engine_options_t, [KEEL_ENGINE_OPTIONS_SIZE_V1, KEEL_ENGINE_OPTIONS_SIZE_V2, KEEL_ENGINE_OPTIONS_SIZE_V3]);
 
 fn default_options() -> keel_engine_options_t {
     let d = shard::Options::default();
     keel_engine_options_t {
-        struct_size: KEEL_ENGINE_OPTIONS_SIZE_V2,
+        struct_size: KEEL_ENGINE_OPTIONS_SIZE_V3,
         durability: KEEL_DURABILITY_SYNC,
         sync_interval_ms: 100,
         max_sealed_segments: d.max_sealed as u32,
@@ -83,6 +94,9 @@ fn default_options() -> keel_engine_options_t {
         flush_interval_ms: d.flush_interval.map_or(0, |i| i.as_millis() as u64),
         seal_bytes: d.seal_bytes as u64,
         salvage: d.salvage as u32,
+        // The machine decides (shard::Options's default): zero, as every
+        // field added after version 1 defaults to.
+        flush_threads: 0,
     }
 }
 
@@ -130,6 +144,10 @@ fn options_from_c(p: *const keel_engine_options_t) -> crate::Result<shard::Optio
             0 => false,
             1 => true,
             other => return Err(Error::invalid(format!("salvage {other} is not 0 or 1"))),
+        },
+        flush_threads: match o.flush_threads {
+            0 => shard::Options::default().flush_threads,
+            n => n as usize,
         },
         ..shard::Options::default()
     };

@@ -478,7 +478,7 @@ pub extern "C" fn keel_posting_next(
     })
 }
 
-/// Runs a flush pass on the shard's flush thread (a pass already running
+/// Runs a flush pass in the shard's flush pool (a pass already running
 /// is not interrupted: the request runs in the next one). With `wait`,
 /// returns when the pass is done and writes the persisted version to
 /// `*persisted_version` (may be NULL); without, returns at once with the
@@ -629,7 +629,7 @@ pub extern "C" fn keel_shard_set_keep_from(shard: *const keel_shard_t, version: 
     })
 }
 
-/// Closes the shard: a final flush pass, the flush thread stopped, the WAL
+/// Closes the shard: a final flush pass, the shard out of the flush pool, the WAL
 /// closed; frees the handle (even when the flush fails; the error is
 /// returned and the WAL still holds everything). Open scans then return
 /// CLOSED. A handle whose engine was closed first frees with OK. NULL is

@@ -89,8 +89,10 @@ pub struct keel_wal_options_t {
     pub sync_interval_ms: u32,
     /// KEEL_RECOVERY_*; default KEEL_RECOVERY_TOLERATE_TAIL.
     pub recovery_mode: u32,
-    /// Size of a segment file in bytes, preallocated and zero-filled when
-    /// the segment is created; 64 KiB to 4 GiB, default 64 MiB.
+    /// Largest size of a segment file in bytes; 64 KiB to 4 GiB, default
+    /// 64 MiB. A log's first segment is 64 KiB and each rotation doubles
+    /// the next one up to this size (a record too large for the next one
+    /// gets a segment that fits it); each is preallocated when created.
     pub segment_size: u64,
     /// Largest record or batch (payload bytes) one append may carry; at most
     /// segment_size minus 104 bytes. 0 (the default) means

@@ -39,6 +39,11 @@ pub trait File: Send + Sync {
     fn allocate(&self, len: u64) -> io::Result<()>;
     /// fdatasync: everything written so far reaches stable storage.
     fn sync_data(&self) -> io::Result<()>;
+    /// Faults in the pages of the file's writable mapping, if it has one,
+    /// so that writes through it do not stall on the kernel zeroing fresh
+    /// pages. Best effort (an old kernel may not offer it); costs page
+    /// cache, so callers do it only for files about to be written.
+    fn prefault(&self) {}
 }
 
 /// Directory-level operations and file opening.
@@ -201,12 +206,6 @@ impl StdFile {
         if ptr == libc::MAP_FAILED {
             return Err(io::Error::last_os_error());
         }
-        // Fault the pages in now (on the preparer thread for a spare): the
-        // kernel zeroes each new page-cache page on first touch, which
-        // otherwise lands on the appender as multi-millisecond stalls. A
-        // read fault does not dirty anything; failure (old kernels) is fine.
-        // SAFETY: ptr/len are the mapping just created.
-        unsafe { libc::madvise(ptr, len, libc::MADV_POPULATE_READ) };
         *slot = Some(Mapping { ptr: ptr as *mut u8, len });
         Ok(())
     }
@@ -277,6 +276,18 @@ impl File for StdFile {
             return Err(io::Error::last_os_error());
         }
         Ok(())
+    }
+
+    fn prefault(&self) {
+        // The kernel zeroes each new page-cache page on first touch, which
+        // would otherwise land on the appender as multi-millisecond stalls
+        // (the WAL's preparer thread calls this for a spare). A read fault
+        // dirties nothing; failure (old kernels) is fine.
+        if let Some(m) = self.map.read().as_ref() {
+            // SAFETY: ptr/len are a live mapping of this file, kept alive
+            // (not remapped) by the read guard for the duration of the call.
+            unsafe { libc::madvise(m.ptr as *mut libc::c_void, m.len, libc::MADV_POPULATE_READ) };
+        }
     }
 }
 

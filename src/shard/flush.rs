@@ -1,8 +1,9 @@
 //! The ordered flush (F1–F5) and the maintenance that shares its thread
 //! (sealing the appendable segment, merging immutable ones).
 //!
-//! One thread per shard runs everything here, so two passes never
-//! overlap, and no pass runs in the middle of a seal or a merge (F1).
+//! Everything here runs as one job of the flush pool (pool.rs), which
+//! runs at most one job per shard at a time, so two passes never overlap,
+//! and no pass runs in the middle of a seal or a merge (F1).
 
 use super::appendable::Appendable;
 use super::entry::Entry;
@@ -12,77 +13,27 @@ use super::table;
 use super::{files, Inner};
 use crate::error::{Error, Result};
 use crate::status::KEEL_STATUS_PANIC;
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
 use std::iter::Peekable;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-pub enum Request {
-    /// Run a pass; reply with the persisted version if a sender is given.
-    Flush(Option<Sender<Result<u64>>>),
-    /// The appendable segment may have grown past the seal threshold.
-    Maintain,
-    /// Final pass, then exit.
-    Stop(Sender<Result<u64>>),
-}
-
-/// The flush thread's loop. Requests that arrive while a pass runs wait
-/// for the next pass and share it (F1: a request never starts a second,
-/// concurrent pass).
-pub fn run(inner: Arc<Inner>, requests: Receiver<Request>) {
-    let interval = inner.opts.flush_interval;
-    let steps = &inner.opts.steps;
-    loop {
-        steps.at(Step::Idle);
-        let first = match interval {
-            // A test scheduler decides when the flush looks for work.
-            _ if steps.owns_schedule() => match requests.try_recv() {
-                Ok(r) => Ok(r),
-                Err(TryRecvError::Empty) => continue,
-                Err(TryRecvError::Disconnected) => Err(RecvTimeoutError::Disconnected),
-            },
-            Some(every) => requests.recv_timeout(every),
-            None => requests.recv().map_err(|_| RecvTimeoutError::Disconnected),
-        };
-        let mut waiters = Vec::new();
-        let mut stop = None;
-        let mut take = |r: Request, waiters: &mut Vec<Sender<Result<u64>>>| match r {
-            Request::Flush(reply) => waiters.extend(reply),
-            Request::Maintain => {}
-            Request::Stop(reply) => stop = Some(reply),
-        };
-        match first {
-            Ok(r) => take(r, &mut waiters),
-            Err(RecvTimeoutError::Timeout) => {}
-            Err(RecvTimeoutError::Disconnected) => return,
-        }
-        while let Ok(r) = requests.try_recv() {
-            take(r, &mut waiters);
-        }
-        let outcome = guarded(&inner, || pass(&inner));
-        for w in waiters {
-            let _ = w.send(outcome.clone());
-        }
-        if let Some(reply) = stop {
-            let _ = reply.send(outcome);
-            return;
-        }
-        // Health: the last background failure, until a pass and the
-        // maintenance after it both succeed.
-        match outcome.and_then(|_| guarded(&inner, || maintain(&inner))) {
-            Ok(()) => *inner.last_error.lock() = None,
-            Err(e) => inner.report(e),
-        }
+/// After a job's pass: the seal and merges. The shard's health is the
+/// last background failure, until a pass and the maintenance after it
+/// both succeed.
+pub fn maintain_after(inner: &Inner, pass: Result<u64>) {
+    match pass.and_then(|_| guarded(inner, || maintain(inner))) {
+        Ok(()) => *inner.last_error.lock() = None,
+        Err(e) => inner.report(e),
     }
 }
 
 /// Runs a step with panics caught: a panic poisons the shard (writes
 /// fail with POISONED) instead of killing the thread silently.
-fn guarded<T>(inner: &Inner, step: impl FnOnce() -> Result<T>) -> Result<T> {
+pub fn guarded<T>(inner: &Inner, step: impl FnOnce() -> Result<T>) -> Result<T> {
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(step)) {
         Ok(r) => r,
         Err(_) => {
-            let e = Error::new(KEEL_STATUS_PANIC, "shard flush thread panicked");
+            let e = Error::new(KEEL_STATUS_PANIC, "shard flush job panicked");
             inner.poison(e.clone());
             Err(e)
         }

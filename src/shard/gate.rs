@@ -3,32 +3,37 @@
 //!
 //! Writers queue their batches here. The first writer to find no leader
 //! leads one group: it takes the oldest queued batches (as many as fit one
-//! WAL frame), checks each against the segments as the batches before it
-//! leave them, logs the accepted ones as a single WAL frame (versions
-//! assigned in queue order, one write for the whole group), applies them
-//! in version order under one hold of the segments' write lock, hands
-//! every writer its outcome, and passes the lead to the oldest batch still
-//! queued. Writers therefore never take turns on the segments lock or on
-//! the WAL one frame at a time, and readers (who take the segments' read
-//! lock) still see each batch whole or not at all.
+//! WAL frame), and the shard logs them as a single WAL frame (versions
+//! assigned in queue order, one write for the whole group) and applies
+//! them in version order under one hold of the segments' write lock. The
+//! leader then hands every writer of its group its outcome and passes the
+//! lead to the oldest batch still queued. Writers therefore never take
+//! turns on the WAL one frame at a time, and readers (who take the
+//! segments' read lock) still see each batch whole or not at all.
 //!
 //! Several batches in one frame: a frame is recovered all or nothing, so a
-//! crash loses either all of a group or none of it. No batch of a group is
+//! crash keeps all of a group or none of it. No batch of a group is
 //! acknowledged before the frame is written (and, in `sync` durability,
 //! made durable), so this is no weaker than one frame per batch.
 //!
-//! Whatever must see a shard's writes stop at an exact version (a
-//! transfer's final drain, fenced writes) runs as a leader here.
+//! Work that must see a shard's writes stop at an exact version (a
+//! transfer's final drain, fenced writes) queues as a barrier
+//! (`Gate::exclusive`): it leads alone, after every batch queued before it
+//! is applied and before any batch queued after it is logged.
 
 use super::op::{OpRef, BATCH_RECORD_HEADER};
 use crate::error::{Error, Result};
 use parking_lot::{Condvar, Mutex};
+use std::collections::VecDeque;
 use std::sync::Arc;
 
-/// One writer's batch in the queue.
+/// Versions of a batch's first and last operation, or why it failed.
+pub type Outcome = Result<(u64, u64)>;
+
+/// One writer's place in the queue: its batch, or nothing for a barrier.
 pub struct Batch {
     /// The operations' WAL records, back to back; `ends[i]` is where the
-    /// record of operation i ends.
+    /// record of operation i ends. Empty for a barrier.
     records: Vec<u8>,
     ends: Vec<usize>,
     /// Bytes the batch adds to a group's frame.
@@ -41,13 +46,14 @@ enum Turn {
     Queued,
     /// This writer leads the next group.
     Lead,
-    /// Versions of the first and the last operation, or why it failed.
-    Done(Result<(u64, u64)>),
+    /// A leader logged and applied the batch (or refused it).
+    Done(Outcome),
 }
 
 impl Batch {
-    /// Encodes `ops` (already checked with `op::check_write`).
+    /// Encodes `ops` (already checked with `op::check_write`, at least one).
     pub fn new(ops: &[OpRef]) -> Arc<Batch> {
+        debug_assert!(!ops.is_empty(), "an empty batch would be a barrier");
         let mut records = Vec::with_capacity(ops.iter().map(|o| o.record_len() as usize).sum());
         let mut ends = Vec::with_capacity(ops.len());
         for op in ops {
@@ -55,25 +61,34 @@ impl Batch {
             ends.push(records.len());
         }
         let frame_bytes = (records.len() + ops.len() * BATCH_RECORD_HEADER) as u64;
+        Self::queued(records, ends, frame_bytes)
+    }
+
+    fn barrier() -> Arc<Batch> {
+        Self::queued(Vec::new(), Vec::new(), 0)
+    }
+
+    fn queued(records: Vec<u8>, ends: Vec<usize>, frame_bytes: u64) -> Arc<Batch> {
         Arc::new(Batch { records, ends, frame_bytes, turn: Mutex::new(Turn::Queued), wake: Condvar::new() })
+    }
+
+    fn is_barrier(&self) -> bool {
+        self.ends.is_empty()
     }
 
     /// The operations, decoded from the records (they were encoded from
     /// checked operations, so they decode).
     pub fn ops(&self) -> impl Iterator<Item = OpRef<'_>> {
-        self.records_iter().map(|r| OpRef::decode(r).expect("a record keel encoded decodes"))
+        self.records().map(|r| OpRef::decode(r).expect("a record keel encoded decodes"))
     }
 
-    pub fn records_iter(&self) -> impl Iterator<Item = &[u8]> {
+    /// The operations' WAL records, in order.
+    pub fn records(&self) -> impl Iterator<Item = &[u8]> {
         let starts = std::iter::once(0).chain(self.ends.iter().copied());
         starts.zip(self.ends.iter().copied()).map(|(s, e)| &self.records[s..e])
     }
 
-    pub fn len(&self) -> usize {
-        self.ends.len()
-    }
-
-    fn finish(&self, outcome: Result<(u64, u64)>) {
+    fn finish(&self, outcome: Outcome) {
         *self.turn.lock() = Turn::Done(outcome);
         self.wake.notify_one();
     }
@@ -88,67 +103,92 @@ pub struct Gate {
 #[derive(Default)]
 struct State {
     /// Invariant: while `leading` is false the queue is empty, so a writer
-    /// that finds no leader is the oldest queued batch.
+    /// that finds no leader is the oldest queued.
     leading: bool,
-    queue: Vec<Arc<Batch>>,
-}
-
-/// What a leader does with its group: log and apply the batches, giving
-/// each its outcome, in order. `frame_limit` caps a group's frame bytes.
-pub trait Leader {
-    fn frame_limit(&self) -> u64;
-    fn run_group(&self, group: &[Arc<Batch>]) -> Vec<Result<(u64, u64)>>;
+    queue: VecDeque<Arc<Batch>>,
 }
 
 impl Gate {
     /// Queues `batch` and returns its outcome once a leader (possibly this
-    /// caller) has logged and applied it.
-    pub fn write(&self, batch: Arc<Batch>, leader: &impl Leader) -> Result<(u64, u64)> {
-        let lead_now = {
-            let mut st = self.state.lock();
-            st.queue.push(batch.clone());
-            !std::mem::replace(&mut st.leading, true)
-        };
-        if !lead_now {
-            let mut turn = batch.turn.lock();
-            loop {
-                match std::mem::replace(&mut *turn, Turn::Queued) {
-                    Turn::Queued => batch.wake.wait(&mut turn),
-                    Turn::Lead => break,
-                    Turn::Done(outcome) => return outcome,
-                }
+    /// caller) has run it. A leader takes the oldest batches whose frame
+    /// bytes stay within `frame_limit` (at least its own) and gives them
+    /// to `run`, which returns one outcome per batch, in order.
+    pub fn write(&self, batch: Arc<Batch>, frame_limit: u64, run: impl FnOnce(&[Arc<Batch>]) -> Vec<Outcome>) -> Outcome {
+        if let Some(outcome) = self.enter(&batch) {
+            return outcome;
+        }
+        let _lead = PassOn(self);
+        let group = self.take_group(&batch, frame_limit);
+        let outcomes = run(&group);
+        debug_assert_eq!(outcomes.len(), group.len(), "one outcome per batch");
+        let mut own = None;
+        for (b, outcome) in group.iter().zip(outcomes) {
+            if Arc::ptr_eq(b, &batch) {
+                own = Some(outcome);
+            } else {
+                b.finish(outcome);
             }
         }
-        self.lead(&batch, leader);
-        match std::mem::replace(&mut *batch.turn.lock(), Turn::Queued) {
-            Turn::Done(outcome) => outcome,
-            _ => unreachable!("a leader's own batch is in its group"),
+        own.expect("a leader's own batch is in its group")
+    }
+
+    /// Runs `f` as a barrier in the queue: after every batch queued before
+    /// it has been logged and applied, before any batch queued after it is.
+    /// `f` must not write through this gate (it would wait for itself).
+    pub fn exclusive<T>(&self, f: impl FnOnce() -> T) -> T {
+        let me = Batch::barrier();
+        let done = self.enter(&me);
+        debug_assert!(done.is_none(), "no group takes a barrier");
+        let _lead = PassOn(self);
+        let taken = self.state.lock().queue.pop_front();
+        debug_assert!(taken.is_some_and(|b| Arc::ptr_eq(&b, &me)), "the leader is the oldest queued");
+        f()
+    }
+
+    /// Queues `b` and waits until it leads (None) or a leader has run it.
+    fn enter(&self, b: &Arc<Batch>) -> Option<Outcome> {
+        let lead_now = {
+            let mut st = self.state.lock();
+            st.queue.push_back(b.clone());
+            !std::mem::replace(&mut st.leading, true)
+        };
+        if lead_now {
+            return None;
+        }
+        let mut turn = b.turn.lock();
+        loop {
+            match std::mem::replace(&mut *turn, Turn::Queued) {
+                Turn::Queued => b.wake.wait(&mut turn),
+                Turn::Lead => return None,
+                Turn::Done(outcome) => return Some(outcome),
+            }
         }
     }
 
-    /// Runs one group as its leader, then passes the lead on.
-    fn lead(&self, own: &Arc<Batch>, leader: &impl Leader) {
-        let group = {
-            let mut st = self.state.lock();
-            debug_assert!(st.leading && Arc::ptr_eq(&st.queue[0], own), "the leader is the oldest queued batch");
-            let limit = leader.frame_limit();
-            let mut bytes = 0;
-            let take = st
-                .queue
-                .iter()
-                .take_while(|b| {
-                    bytes += b.frame_bytes;
-                    bytes <= limit
-                })
-                .count()
-                .max(1);
-            st.queue.drain(..take).collect::<Vec<_>>()
-        };
-        let outcomes = leader.run_group(&group);
-        debug_assert_eq!(outcomes.len(), group.len());
+    /// The leader's group: its own batch and the batches queued after it,
+    /// up to a barrier or the frame limit.
+    fn take_group(&self, own: &Arc<Batch>, frame_limit: u64) -> Vec<Arc<Batch>> {
+        let mut st = self.state.lock();
+        debug_assert!(st.leading && Arc::ptr_eq(&st.queue[0], own), "the leader is the oldest queued");
+        let mut bytes = own.frame_bytes;
+        let take = 1 + st
+            .queue
+            .iter()
+            .skip(1)
+            .take_while(|b| {
+                bytes += b.frame_bytes;
+                !b.is_barrier() && bytes <= frame_limit
+            })
+            .count();
+        st.queue.drain(..take).collect()
+    }
+
+    /// Ends a lead: the oldest queued writer leads next, or nobody does
+    /// while the queue is empty.
+    fn pass_on(&self) {
         let next = {
             let mut st = self.state.lock();
-            match st.queue.first() {
+            match st.queue.front() {
                 Some(b) => Some(b.clone()),
                 None => {
                     st.leading = false;
@@ -156,15 +196,6 @@ impl Gate {
                 }
             }
         };
-        // Outcomes after the hand-over is decided: a writer woken with its
-        // outcome may queue again at once and must find the state settled.
-        for (b, outcome) in group.iter().zip(outcomes) {
-            if !Arc::ptr_eq(b, own) {
-                b.finish(outcome);
-            } else {
-                *b.turn.lock() = Turn::Done(outcome);
-            }
-        }
         if let Some(b) = next {
             *b.turn.lock() = Turn::Lead;
             b.wake.notify_one();
@@ -172,8 +203,17 @@ impl Gate {
     }
 }
 
-/// The outcome every batch of a group gets when the group fails as a whole
-/// (the WAL refused its frame).
-pub fn all_failed(group: &[Arc<Batch>], e: &Error) -> Vec<Result<(u64, u64)>> {
+/// Passes the lead on when a lead ends, unwinding included (a barrier's
+/// closure may panic; the queue behind it must not wait forever).
+struct PassOn<'a>(&'a Gate);
+
+impl Drop for PassOn<'_> {
+    fn drop(&mut self) {
+        self.0.pass_on();
+    }
+}
+
+/// The outcome every batch of a group gets when the group fails as a whole.
+pub fn all_failed(group: &[Arc<Batch>], e: &Error) -> Vec<Outcome> {
     group.iter().map(|_| Err(e.clone())).collect()
 }

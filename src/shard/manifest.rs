@@ -156,7 +156,7 @@ impl Manifest {
     }
 }
 
-/// The manifest last written, shared by the flush thread's steps.
+/// The manifest last written, shared by the flush job's steps.
 pub struct Written(pub parking_lot::Mutex<Manifest>);
 
 impl Written {

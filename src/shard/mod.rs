@@ -1,6 +1,7 @@
 //! Shards: keys → values and posting lists on top of the WAL, persisted
-//! by one ordered flush thread per shard. docs/STORAGE.md explains the
-//! segment formats, the flush order and recovery.
+//! by the ordered flush, which runs as jobs of a flush pool (one per
+//! engine; a shard opened alone has its own). docs/STORAGE.md explains
+//! the segment formats, the flush order and recovery.
 //!
 //! A write passes the shard's write gate (gate.rs): queued writes are
 //! logged as one WAL frame and applied to the segments in version order
@@ -17,6 +18,7 @@ mod flush;
 mod gate;
 mod key;
 mod op;
+pub(crate) mod pool;
 mod recovery;
 mod sealed;
 mod segments;
@@ -25,6 +27,7 @@ mod table;
 
 pub use entry::{decode_list, encode_list, split_item, Entry, Kind, Value};
 pub use op::{check_key, Op, MAX_KEY_SIZE, MAX_VALUE_SIZE};
+pub use pool::MAX_FLUSH_THREADS;
 pub use recovery::RecoveryReport;
 pub use steps::{Step, StepHook, Steps};
 
@@ -32,22 +35,21 @@ use crate::error::{Error, Result};
 use crate::status::*;
 use crate::fs::{FileSystem, StdFs};
 use crate::wal::{self, Durability, Wal};
-use crossbeam_channel::Sender;
-use flush::Request;
+use pool::{FlushPool, Membership, Request};
 use parking_lot::{Mutex, RwLock};
-use gate::{Batch, Gate, Leader};
+use gate::{Batch, Gate};
 use op::OpRef;
 use segments::{Overlay, Segments};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 #[derive(Debug, Clone)]
 pub struct Options {
     /// When a write returns (the shard's WAL durability mode).
     pub durability: Durability,
+    /// Largest WAL segment (`wal::Options::segment_size`).
     pub wal_segment_size: u64,
     /// Background flush period; None flushes only when asked, when
     /// sealing and on close.
@@ -73,6 +75,11 @@ pub struct Options {
     /// what is left, and its first flush makes that the new state. Never
     /// the default.
     pub salvage: bool,
+    /// Worker threads of an engine's flush pool, which runs the flush,
+    /// seals and merges of all its shards (1..=256; default twice the
+    /// cores, 2 to 8). A shard opened alone (`Shard::open`) flushes on one
+    /// thread of its own.
+    pub flush_threads: usize,
     /// Test-only: a hook at every step of the background work
     /// (`steps.rs`): deterministic schedules, crashes at step k.
     #[doc(hidden)]
@@ -91,6 +98,7 @@ impl Default for Options {
             unordered_flush_seed: None,
             replay_run_bytes: 64 << 20,
             salvage: false,
+            flush_threads: pool::default_flush_threads(),
             steps: Steps::default(),
         }
     }
@@ -103,6 +111,13 @@ impl Options {
         }
         if self.max_sealed < 1 {
             return Err(Error::invalid("max_sealed must be at least 1"));
+        }
+        if !(1..=pool::MAX_FLUSH_THREADS).contains(&self.flush_threads) {
+            return Err(Error::invalid(format!(
+                "flush_threads {} is outside 1..={}",
+                self.flush_threads,
+                pool::MAX_FLUSH_THREADS
+            )));
         }
         if self.flush_interval.is_some_and(|d| d.is_zero()) {
             return Err(Error::invalid("flush interval must be positive (or none)"));
@@ -140,7 +155,8 @@ pub(crate) struct Inner {
     poison: Mutex<Option<Error>>,
     /// The last error of a background step (flush, seal, merge).
     last_error: Mutex<Option<Error>>,
-    flusher: Mutex<Option<(Sender<Request>, JoinHandle<()>)>>,
+    /// The shard's place in its flush pool; None once closed.
+    flusher: Mutex<Option<Membership>>,
     /// The manifest on disk (manifest.rs).
     manifest: manifest::Written,
     /// What the open found (moved-aside files; losses of a salvage open).
@@ -188,7 +204,7 @@ impl Inner {
 
     fn request(&self, r: Request) -> Result<()> {
         match &*self.flusher.lock() {
-            Some((tx, _)) => tx.send(r).map_err(|_| Error::new(KEEL_STATUS_CLOSED, "shard flush thread has stopped")),
+            Some(m) => m.request(r),
             None => Err(Error::new(KEEL_STATUS_CLOSED, "shard is closed")),
         }
     }
@@ -199,13 +215,11 @@ impl Inner {
 /// rate, and one frame must not force an oversized segment early.
 const GROUP_FRAME_BYTES: u64 = 256 << 10;
 
-impl Leader for Inner {
-    fn frame_limit(&self) -> u64 {
-        GROUP_FRAME_BYTES.min(self.opts.wal_options().max_record_size)
-    }
-
-    fn run_group(&self, group: &[Arc<Batch>]) -> Vec<Result<(u64, u64)>> {
-        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.log_and_apply(group))) {
+impl Inner {
+    /// The leader's work for one group (gate.rs); a panic poisons the
+    /// shard instead of leaving the group without outcomes.
+    fn run_group(&self, wal: &Wal, group: &[Arc<Batch>]) -> Vec<gate::Outcome> {
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.log_and_apply(wal, group))) {
             Ok(outcomes) => outcomes,
             Err(_) => {
                 let e = Error::new(KEEL_STATUS_PANIC, "a shard write panicked; the shard is poisoned");
@@ -214,26 +228,22 @@ impl Leader for Inner {
             }
         }
     }
-}
 
-impl Inner {
-    /// The leader's work for one group (gate.rs): check each batch against
-    /// the segments and the batches before it, log the accepted ones as one
-    /// WAL frame, apply them in version order, all under one hold of the
-    /// segments' write lock.
-    fn log_and_apply(&self, group: &[Arc<Batch>]) -> Vec<Result<(u64, u64)>> {
-        let wal = self.wal.read();
-        let Some(wal) = wal.as_ref() else {
-            return gate::all_failed(group, &Error::new(KEEL_STATUS_CLOSED, "shard is closed"));
-        };
+    /// Checks each batch against the segments and the batches before it,
+    /// logs the accepted ones as one WAL frame, then applies them in
+    /// version order under one hold of the segments' write lock. Only the
+    /// gate's leader changes what the segments hold (a flush, seal or
+    /// merge moves entries but keeps every key's kind), so the checks made
+    /// under the read lock still hold when the group is applied.
+    fn log_and_apply(&self, wal: &Wal, group: &[Arc<Batch>]) -> Vec<gate::Outcome> {
         if let Err(e) = self.check_open() {
             return gate::all_failed(group, &e);
         }
-        let mut segs = self.segs.write();
-        let mut outcomes: Vec<Result<(u64, u64)>> = vec![Ok((0, 0)); group.len()];
+        let mut outcomes: Vec<gate::Outcome> = vec![Ok((0, 0)); group.len()];
         // Puts and deletes are valid whatever a key holds: only a group with
         // an append needs the checks.
         if group.iter().any(|b| b.ops().any(|op| matches!(op, OpRef::Append { .. }))) {
+            let segs = self.segs.read();
             let mut earlier = Overlay::new();
             for (b, out) in group.iter().zip(outcomes.iter_mut()) {
                 if let Err(e) = segs.check(b.ops(), &mut earlier) {
@@ -241,22 +251,25 @@ impl Inner {
                 }
             }
         }
-        let records: Vec<&[u8]> = group.iter().zip(&outcomes).filter(|(_, o)| o.is_ok()).flat_map(|(b, _)| b.records_iter()).collect();
+        let records: Vec<&[u8]> =
+            group.iter().zip(&outcomes).filter(|(_, o)| o.is_ok()).flat_map(|(b, _)| b.records()).collect();
         if records.is_empty() {
             return outcomes;
         }
         let first = match wal.append_deferred(&records) {
             Ok(first) => first,
             Err(e) => {
-                // Nothing of the group was logged.
+                // Nothing of the group was logged (a failed write poisons
+                // the WAL itself; a full disk consumes nothing).
                 for out in outcomes.iter_mut().filter(|o| o.is_ok()) {
                     *out = Err(e.clone());
                 }
                 return outcomes;
             }
         };
+        let mut segs = self.segs.write();
+        debug_assert_eq!(segs.applied + 1, first, "groups are applied in version order");
         let mut next = first;
-        let mut applied = None;
         let mut failed: Option<Error> = None;
         for (b, out) in group.iter().zip(outcomes.iter_mut()) {
             if out.is_err() {
@@ -276,16 +289,13 @@ impl Inner {
                     next += 1;
                 }
             }
-            match &failed {
-                Some(e) => *out = Err(e.clone()),
-                None => {
-                    *out = Ok((start, next - 1));
-                    applied = Some(next - 1);
-                }
-            }
+            *out = match &failed {
+                Some(e) => Err(e.clone()),
+                None => Ok((start, next - 1)),
+            };
         }
-        if let Some(last) = applied {
-            segs.finish(last);
+        if next > first {
+            segs.finish(next - 1);
         }
         let full = segs.appendable.weight >= self.opts.seal_bytes;
         drop(segs);
@@ -317,23 +327,32 @@ pub struct Shard {
 
 impl Shard {
     /// Opens (creating if needed) the shard stored in `dir`: loads its
-    /// segments, replays the WAL through the version gate and starts the
-    /// flush thread, whose first pass persists what replay applied.
+    /// segments, replays the WAL through the version gate and starts a
+    /// flush worker of its own, whose first pass persists what replay
+    /// applied.
     pub fn open(dir: &Path, opts: Options) -> Result<Shard> {
-        opts.validate()?;
-        let wal = Wal::open(&dir.join("wal"), opts.wal_options())?;
-        Self::open_on(Arc::new(StdFs::direct()), dir, opts, wal)
+        Self::open_in(dir, opts, None, None)
     }
 
     /// Opens the shard through a given file system, for its WAL and its
     /// segments alike (tests inject faults here).
     pub fn open_with_fs(dir: &Path, opts: Options, fs: Arc<dyn FileSystem>) -> Result<Shard> {
-        opts.validate()?;
-        let wal = Wal::open_with_fs(&dir.join("wal"), opts.wal_options(), fs.clone())?;
-        Self::open_on(fs, dir, opts, wal)
+        Self::open_in(dir, opts, Some(fs), None)
     }
 
-    fn open_on(fs: Arc<dyn FileSystem>, dir: &Path, opts: Options, wal: Wal) -> Result<Shard> {
+    /// Opens the shard with its flush work on `pool` (an engine's), or on
+    /// a one-worker pool of its own; through `fs` if given, otherwise the
+    /// real file system (with the WAL's own write strategy).
+    pub(crate) fn open_in(dir: &Path, opts: Options, fs: Option<Arc<dyn FileSystem>>, pool: Option<Arc<FlushPool>>) -> Result<Shard> {
+        opts.validate()?;
+        let (fs, wal) = match fs {
+            Some(fs) => (fs.clone(), Wal::open_with_fs(&dir.join("wal"), opts.wal_options(), fs)?),
+            None => (Arc::new(StdFs::direct()) as Arc<dyn FileSystem>, Wal::open(&dir.join("wal"), opts.wal_options())?),
+        };
+        Self::open_on(fs, dir, opts, wal, pool)
+    }
+
+    fn open_on(fs: Arc<dyn FileSystem>, dir: &Path, opts: Options, wal: Wal, pool: Option<Arc<FlushPool>>) -> Result<Shard> {
         let seg_dir = dir.join("segments");
         let last = wal.last_seq();
         let mut report = RecoveryReport::default();
@@ -382,16 +401,15 @@ impl Shard {
             report,
             opts,
         });
-        let (tx, rx) = crossbeam_channel::unbounded();
+        let pool = match pool {
+            Some(p) => p,
+            None => FlushPool::new(1, inner.opts.steps.clone())?,
+        };
+        let member = pool.register(inner.clone())?;
         // Replayed operations are persisted by the first pass, off the
         // open path (recovery time is load + replay only).
-        tx.send(Request::Flush(None)).expect("receiver is alive");
-        let for_thread = inner.clone();
-        let thread = std::thread::Builder::new()
-            .name("keel-shard-flush".into())
-            .spawn(move || flush::run(for_thread, rx))
-            .map_err(|e| Error::io("starting the shard flush thread", e))?;
-        *inner.flusher.lock() = Some((tx, thread));
+        member.request(Request::Flush(None))?;
+        *inner.flusher.lock() = Some(member);
         Ok(Shard { inner })
     }
 
@@ -407,10 +425,18 @@ impl Shard {
         }
         let inner = &*self.inner;
         inner.check_open()?;
-        op::check_write(ops, inner.opts.wal_options().max_record_size)?;
-        let (first, last) = inner.gate.write(Batch::new(ops), inner)?;
-        if inner.opts.durability == Durability::Sync {
-            inner.wal_durable(last)?;
+        let record_limit = inner.opts.wal_options().max_record_size;
+        op::check_write(ops, record_limit)?;
+        let batch = Batch::new(ops);
+        // Held from the gate to the durability wait: close waits for it,
+        // and the leader logs with it (no second read lock, which could
+        // wait behind a pending close while that close waits for us).
+        let wal = inner.wal.read();
+        let wal = wal.as_ref().ok_or_else(|| Error::new(KEEL_STATUS_CLOSED, "shard is closed"))?;
+        let limit = GROUP_FRAME_BYTES.min(record_limit);
+        let (first, last) = inner.gate.write(batch, limit, |group| inner.run_group(wal, group))?;
+        if wal.durability() == Durability::Sync {
+            wal.wait_durable(last)?;
         }
         Ok((first, last))
     }
@@ -425,6 +451,22 @@ impl Shard {
 
     pub fn append(&self, key: &[u8], item: &[u8]) -> Result<u64> {
         self.write_refs(&[OpRef::Append { key, item }]).map(|v| v.0)
+    }
+
+    /// Runs `f` at one point of the shard's write order (its write gate):
+    /// every write that entered the gate before is logged and applied, and
+    /// none that enters after is logged until `f` returns. `f` gets the last
+    /// applied version. It must not write to, flush-wait on or close this
+    /// shard (each would wait for `f`); reads are fine.
+    pub fn under_gate<T>(&self, f: impl FnOnce(u64) -> T) -> Result<T> {
+        let inner = &*self.inner;
+        inner.check_open()?;
+        // Held like a writer's: close waits until `f` is done.
+        let wal = inner.wal.read();
+        if wal.is_none() {
+            return Err(Error::new(KEEL_STATUS_CLOSED, "shard is closed"));
+        }
+        Ok(inner.gate.exclusive(|| f(inner.segs.read().applied)))
     }
 
     fn read<T>(&self, f: impl FnOnce(&Segments) -> Result<T>) -> Result<T> {
@@ -459,7 +501,7 @@ impl Shard {
         self.scan(prefix, end.as_deref())
     }
 
-    /// Runs a flush pass (F1: joins the queue of the one flush thread);
+    /// Runs a flush pass (F1: shares the shard's next pass in its pool);
     /// with `wait`, returns the persisted version once it is done.
     pub fn flush(&self, wait: bool) -> Result<u64> {
         self.inner.check_open()?;
@@ -509,7 +551,7 @@ impl Shard {
         }
     }
 
-    /// Final flush pass, stops the flush thread, closes the WAL. Later
+    /// Final flush pass, leaves the flush pool, closes the WAL. Later
     /// calls on any clone (and on scans) fail with CLOSED. Idempotent.
     pub fn close(&self) -> Result<()> {
         let inner = &*self.inner;
@@ -517,14 +559,11 @@ impl Shard {
             return Ok(());
         }
         let mut result = Ok(());
-        if let Some((tx, thread)) = inner.flusher.lock().take() {
-            let (reply, done) = crossbeam_channel::bounded(1);
-            if tx.send(Request::Stop(reply)).is_ok() {
-                if let Ok(Err(e)) = done.recv() {
-                    result = Err(e);
-                }
+        let member = inner.flusher.lock().take();
+        if let Some(member) = member {
+            if let Err(e) = member.stop() {
+                result = Err(e);
             }
-            let _ = thread.join();
         }
         if let Some(wal) = inner.wal.write().take() {
             let closed = wal.close();

@@ -69,12 +69,15 @@ pub enum ReadUpto {
 pub struct Options {
     pub durability: Durability,
     pub recovery: RecoveryMode,
-    /// Size of a segment file (64 KiB ..= 4 GiB).
+    /// Largest size of a segment file (64 KiB ..= 4 GiB). A log's first
+    /// segment is 64 KiB and each rotation doubles the next one up to this
+    /// (a record too large for the planned size gets a segment that fits it).
     pub segment_size: u64,
     /// Largest frame payload; 0 means min(16 MiB, segment_size - overhead).
     pub max_record_size: u64,
     /// Zero-fill the next segment on a background thread so that rotation
-    /// does not stall appenders (costs one spare segment of disk).
+    /// does not stall appenders (costs one spare segment of disk, sized
+    /// like the next segment).
     pub prepare_ahead: bool,
     /// Open a non-empty directory that holds no keel WAL file (see
     /// `segment::check_wal_dir`); false refuses it with INVALID_ARGUMENT.
@@ -96,7 +99,7 @@ impl Default for Options {
 
 impl Options {
     pub fn validate(&self) -> Result<()> {
-        if !(64 << 10..=4 << 30).contains(&self.segment_size) {
+        if !(segment::FIRST_SIZE..=4 << 30).contains(&self.segment_size) {
             return Err(Error::invalid(format!("segment_size {} is outside 64 KiB..=4 GiB", self.segment_size)));
         }
         if self.max_record_size > self.segment_size - format::OVERHEAD {
@@ -139,6 +142,9 @@ struct State {
     next_pin: u64,
     /// Bumped for every snapshot of the extent record taken (see `Shared::write_extent`).
     extent_gen: u64,
+    /// Size of the next segment (`segment::grown`); the preparer makes the
+    /// spare this size.
+    planned: u64,
 }
 
 /// Group-commit bookkeeping, under `Shared::commit`.
@@ -207,7 +213,10 @@ pub(crate) struct Shared {
     closed: AtomicBool,
     truncate_lock: Mutex<()>,
     /// A zero-filled, synced file ready to become the next segment.
-    spare: Mutex<Option<(Arc<dyn File>, PathBuf)>>,
+    spare: Mutex<Option<segment::Spare>>,
+    /// A frame was written since open: only then does the preparer fault
+    /// a spare's pages in (an idle log holds no page cache for them).
+    wrote: AtomicBool,
     /// Wakes the preparer thread (None without prepare_ahead).
     prepare: Option<crossbeam_channel::Sender<()>>,
     /// Segments open for reading, one per segment shared by all readers.
@@ -257,13 +266,13 @@ impl Wal {
                 Error::io(format!("locking {}", dir.display()), e)
             }
         })?;
-        let rec = recovery::recover(&*fs, dir, opts.recovery, opts.segment_size)?;
+        let rec = recovery::recover(&*fs, dir, opts.recovery)?;
         let mut segments = rec.segments;
         let active = match rec.active {
             Some(a) => a,
             None => {
-                let a = segment::create(&*fs, dir, rec.next_seq, opts.segment_size, rec.prev)?;
-                segments.push(SegmentMeta::new(dir, rec.next_seq, a.salt, rec.prev));
+                let a = segment::create(&*fs, dir, segment::Head::new(rec.next_seq, rec.prev), segment::FIRST_SIZE, false)?;
+                segments.push(SegmentMeta::new(dir, rec.next_seq, a.head.salt, rec.prev));
                 a
             }
         };
@@ -290,6 +299,9 @@ impl Wal {
                 pins: BTreeMap::new(),
                 next_pin: 0,
                 extent_gen: 0,
+                // Growth starts over at every open, whatever size the
+                // recovered segment has: a log reopened idle stays small.
+                planned: segment::grown(segment::FIRST_SIZE, segment::FIRST_SIZE, opts.segment_size),
             }),
             durable: AtomicU64::new(last),
             written: AtomicU64::new(last),
@@ -300,6 +312,7 @@ impl Wal {
             closed: AtomicBool::new(false),
             truncate_lock: Mutex::new(()),
             spare: Mutex::new(None),
+            wrote: AtomicBool::new(false),
             prepare,
             segment_handles: Handles::default(),
             opts,
@@ -437,8 +450,8 @@ impl Wal {
             self.shared.wake_preparer();
             let _ = thread.join();
         }
-        if let Some((_, path)) = self.shared.spare.lock().take() {
-            let _ = self.shared.fs.remove(&path);
+        if let Some(spare) = self.shared.spare.lock().take() {
+            let _ = self.shared.fs.remove(&spare.path);
         }
         // Unmaps the active segment; readers still holding `shared` see CLOSED.
         self.shared.state.lock().active = None;
@@ -483,8 +496,13 @@ fn spawn_syncer(shared: Arc<Shared>, every: Duration) -> Result<(crossbeam_chann
     Ok((stop, thread))
 }
 
-/// The preparer keeps one zero-filled spare segment ready (W8's slow half),
-/// so a rotation only writes a header, syncs and renames.
+/// The preparer keeps one zero-filled spare segment of the planned size
+/// ready (W8's slow half), so a rotation only writes a header, syncs and
+/// renames; a spare left smaller than the plan (a rotation fitted a large
+/// record instead) is replaced. Once the log has written, it also faults
+/// the spare's mapped pages in (`File::prefault`), so appenders do not
+/// meet the kernel zeroing fresh page-cache pages; a log that only sits
+/// open never pays that memory.
 fn spawn_preparer(shared: Arc<Shared>, wake: crossbeam_channel::Receiver<()>) -> Result<JoinHandle<()>> {
     std::thread::Builder::new()
         .name("keel-wal-prepare".into())
@@ -493,20 +511,39 @@ fn spawn_preparer(shared: Arc<Shared>, wake: crossbeam_channel::Receiver<()>) ->
             // the previous one when the next is created.
             let mut made_count = 0u64;
             while wake.recv().is_ok() && !shared.closed.load(Ordering::Acquire) {
-                if shared.spare.lock().is_some() {
+                let planned = shared.state.lock().planned;
+                let wrote = shared.wrote.load(Ordering::Acquire);
+                let current = shared.spare.lock().as_ref().map(|s| (s.capacity, s.faulted, s.file.clone(), s.path.clone()));
+                if let Some((_, faulted, file, path)) = current.filter(|c| c.0 >= planned) {
+                    if wrote && !faulted {
+                        file.prefault();
+                        if let Some(s) = shared.spare.lock().as_mut().filter(|s| s.path == path) {
+                            s.faulted = true;
+                        }
+                    }
                     continue;
                 }
                 made_count += 1;
-                let tmp = shared.dir.join(segment::spare_name(made_count));
+                let path = shared.dir.join(segment::spare_name(made_count));
                 let made = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    segment::prepare(&*shared.fs, &tmp, shared.opts.segment_size)
+                    let file = segment::prepare(&*shared.fs, &path, planned)?;
+                    if wrote {
+                        file.prefault();
+                    }
+                    Ok::<_, std::io::Error>(file)
                 }));
                 match made {
-                    Ok(Ok(file)) => *shared.spare.lock() = Some((file, tmp)),
+                    Ok(Ok(file)) => {
+                        let spare = segment::Spare { file, path, capacity: planned, faulted: wrote };
+                        // The one it replaces is ours alone: rotations take spares out of the slot.
+                        if let Some(old) = shared.spare.lock().replace(spare) {
+                            let _ = shared.fs.remove(&old.path);
+                        }
+                    }
                     // No spare (disk full, I/O error, panic): rotation falls
                     // back to creating the segment itself and reports why.
                     _ => {
-                        let _ = shared.fs.remove(&tmp);
+                        let _ = shared.fs.remove(&path);
                     }
                 }
             }
@@ -518,6 +555,14 @@ impl Shared {
     fn wake_preparer(&self) {
         if let Some(tx) = &self.prepare {
             let _ = tx.try_send(());
+        }
+    }
+
+    /// After every frame written: the first one since open tells the
+    /// preparer that faulting the spare in now pays off.
+    fn note_written(&self) {
+        if !self.wrote.load(Ordering::Relaxed) && !self.wrote.swap(true, Ordering::AcqRel) {
+            self.wake_preparer();
         }
     }
 
@@ -619,11 +664,12 @@ impl Shared {
         let size = frame.size();
         let a = st.active.as_ref().unwrap();
         if a.offset + size > a.capacity {
-            self.rotate(st)?;
+            self.rotate(st, size)?;
         }
         let seq = st.next_seq;
         let a = st.active.as_mut().unwrap();
-        let header = frame.header(a.salt, seq, self.durable.load(Ordering::Acquire));
+        debug_assert!(a.offset + size <= a.capacity, "a rotation makes room for the frame");
+        let header = frame.header(a.head.salt, seq, self.durable.load(Ordering::Acquire));
         if let Err(e) = a.file.write_at(&[&header, &frame.payload, frame.padding()], a.offset) {
             let e = Error::io("writing a WAL frame", e);
             // Disk full fails this append only: the offset and the
@@ -634,6 +680,7 @@ impl Shared {
         st.next_seq += frame.count as u64;
         let last = st.next_seq - 1;
         self.written.store(last, Ordering::Release);
+        self.note_written();
         Ok(last)
     }
 
@@ -655,7 +702,7 @@ impl Shared {
             // Collect the frames that fit the active segment.
             let (start, salt, at, capacity) = {
                 let a = st.active.as_ref().unwrap();
-                (i, a.salt, a.offset, a.capacity)
+                (i, a.head.salt, a.offset, a.capacity)
             };
             let durable = self.durable.load(Ordering::Acquire);
             let mut seq = st.next_seq;
@@ -685,6 +732,7 @@ impl Shared {
                     st.active.as_mut().unwrap().offset += buf.len() as u64;
                     st.next_seq = seq;
                     self.written.store(seq - 1, Ordering::Release);
+                    self.note_written();
                 }
                 Err(e) => {
                     let e = Error::io("writing WAL frames", e);
@@ -703,31 +751,63 @@ impl Shared {
         out
     }
 
-    /// Seals the active segment and starts the next one. In SYNC mode the
+    /// Seals the active segment and starts the next one, large enough for
+    /// a frame of `frame` bytes (`segment::size_for`). In SYNC mode the
     /// full segment is synced here (little is unsynced: every append syncs);
     /// in the other modes it waits for the next sync, which syncs sealed
     /// segments before the active one, so D still only covers a prefix.
-    fn rotate(&self, st: &mut State) -> Result<()> {
-        let full = st.active.as_ref().unwrap().file.clone();
-        if self.opts.durability == Durability::Sync {
+    /// The new segment is allocated whole before a byte of the frame is
+    /// written, so running out of disk or descriptors fails the append
+    /// cleanly whatever its size.
+    ///
+    /// A segment is named for its first record, so one that holds no
+    /// record yet (a new log's first segment, a segment of MARK frames
+    /// only, or one whose first frame failed) cannot be followed by
+    /// another: the next would take its name. It is replaced instead by a
+    /// larger file with the same header (first sequence, salt, link), so
+    /// `wal.meta` and the segment list stay as they are and a crash at any
+    /// point leaves one valid empty segment of that name.
+    fn rotate(&self, st: &mut State, frame: u64) -> Result<()> {
+        let active = st.active.as_ref().unwrap();
+        let replacing = active.head.first_seq == st.next_seq;
+        let full = active.file.clone();
+        let head = match replacing {
+            true => active.head,
+            false => segment::Head::new(st.next_seq, Some(Self::link_to_active(st))),
+        };
+        if self.opts.durability == Durability::Sync && !replacing {
             if let Err(e) = full.sync_data() {
                 return Err(self.poison(st, Error::io("syncing a full WAL segment", e)));
             }
             self.durable.fetch_max(st.next_seq - 1, Ordering::AcqRel);
         }
-        let spare = self.spare.lock().take();
-        let prev = Some(Self::link_to_active(st));
-        let made = match spare {
-            Some((file, tmp)) => segment::install(&*self.fs, &self.dir, file, &tmp, st.next_seq, self.opts.segment_size, prev),
-            None => segment::create(&*self.fs, &self.dir, st.next_seq, self.opts.segment_size, prev),
+        let max = self.opts.segment_size;
+        let made = {
+            let mut spare = self.spare.lock();
+            match spare.take() {
+                Some(s) if s.holds(frame) => segment::install(&*self.fs, &self.dir, s.file, &s.path, head, s.capacity, replacing),
+                // Too small for this frame: kept for a later rotation.
+                kept => {
+                    *spare = kept;
+                    segment::create(&*self.fs, &self.dir, head, segment::size_for(st.planned, frame, max), replacing)
+                }
+            }
         };
+        if let Ok(next) = &made {
+            st.planned = segment::grown(st.planned, next.capacity, max);
+        }
         self.wake_preparer();
         match made {
+            // Same identity: the segment list and wal.meta already say it.
+            Ok(next) if replacing => {
+                st.active = Some(next);
+                Ok(())
+            }
             Ok(next) => {
                 if self.opts.durability != Durability::Sync {
                     st.sealed.push(full);
                 }
-                st.segments.push(SegmentMeta::new(&self.dir, st.next_seq, next.salt, prev));
+                st.segments.push(SegmentMeta::new(&self.dir, head.first_seq, head.salt, head.prev));
                 st.active = Some(next);
                 self.record_rotation(st);
                 Ok(())
@@ -937,8 +1017,7 @@ impl Shared {
     /// The link a new segment's header carries to the active one.
     fn link_to_active(st: &State) -> format::Link {
         let a = st.active.as_ref().expect("rotation needs an active segment");
-        let first_seq = st.segments.last().map_or(st.next_seq, |s| s.first_seq);
-        format::Link { first_seq, salt: a.salt, end: st.next_seq }
+        format::Link { first_seq: a.head.first_seq, salt: a.head.salt, end: st.next_seq }
     }
 
     /// `seq`, or the first sequence after the declared gap it falls in:
@@ -948,7 +1027,13 @@ impl Shared {
             return seq;
         }
         let st = self.state.lock();
-        st.segments.iter().find(|s| s.gap_from.is_some_and(|g| g <= seq) && seq < s.first_seq).map_or(seq, |s| s.first_seq)
+        // Gaps may follow each other (a segment between them that lost all
+        // its records), so the first number after one may start the next.
+        let mut seq = seq;
+        while let Some(s) = st.segments.iter().find(|s| s.gap_from.is_some_and(|g| g <= seq) && seq < s.first_seq) {
+            seq = s.first_seq;
+        }
+        seq
     }
 
     /// Deletes the prefix of whole segments that nobody needs (W7):

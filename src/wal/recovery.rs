@@ -94,7 +94,7 @@ fn describe(d: &Damage, scans: &[SegmentScan]) -> String {
 }
 
 /// Scans the log in `dir` and repairs it as `mode` allows.
-pub fn recover(fs: &dyn FileSystem, dir: &Path, mode: RecoveryMode, segment_size: u64) -> Result<Recovered> {
+pub fn recover(fs: &dyn FileSystem, dir: &Path, mode: RecoveryMode) -> Result<Recovered> {
     let names = fs.list(dir).map_err(|e| Error::io(format!("listing {}", dir.display()), e))?;
     let mut removed_temp = false;
     let mut found = Vec::new();
@@ -167,11 +167,11 @@ pub fn recover(fs: &dyn FileSystem, dir: &Path, mode: RecoveryMode, segment_size
         k if gap => {
             // The last kept segment ends the records before the gap: repair
             // and sync it; appends go to a new segment that declares the gap.
-            drop(open_active(fs, &scans[k - 1], cut_last(k), segment_size)?);
+            drop(open_active(fs, &scans[k - 1], cut_last(k))?);
             let (first_seq, salt, _) = *kept.last().expect("kept segments have valid headers");
             (None, Some(Link { first_seq, salt, end: kept_end }))
         }
-        k => (Some(open_active(fs, &scans[k - 1], cut_last(k), segment_size)?), None),
+        k => (Some(open_active(fs, &scans[k - 1], cut_last(k))?), None),
     };
     let report = (damage.is_some() || !problems.is_empty() || gap).then(|| RecoveryReport {
         damage: damage.as_ref().map(|d| describe(d, &scans)),
@@ -212,7 +212,10 @@ fn set_aside(fs: &dyn FileSystem, dir: &Path, scans: &[SegmentScan], d: &Damage)
 
 /// Opens the last retained segment for appends at the end of its valid
 /// data; with `cut`, zeroes everything after that offset first and syncs.
-fn open_active(fs: &dyn FileSystem, scan: &SegmentScan, cut: Option<u64>, segment_size: u64) -> Result<Active> {
+/// Its capacity is its length, whatever `segment_size` is now: segments
+/// differ in size (they grow, and the option may have changed), and a
+/// full one simply rotates at the next append.
+fn open_active(fs: &dyn FileSystem, scan: &SegmentScan, cut: Option<u64>) -> Result<Active> {
     let path = &scan.file.path;
     let io = |what: &str, e| Error::io(format!("{what} {}", path.display()), e);
     let file: Arc<dyn File> = fs.open(path, true).map_err(|e| io("opening", e))?;
@@ -230,7 +233,6 @@ fn open_active(fs: &dyn FileSystem, scan: &SegmentScan, cut: Option<u64>, segmen
     // Records recovered from the page cache (a process crash in NONE or
     // PERIODIC mode) become durable before D claims them.
     file.sync_data().map_err(|e| io("syncing", e))?;
-    let capacity = len.max(segment_size);
-    file.allocate(capacity).map_err(|e| io("allocating", e))?;
-    Ok(Active { file, salt: header.salt, offset: scan.end, capacity })
+    let head = segment::Head { first_seq: scan.file.first_seq, salt: header.salt, prev: header.prev };
+    Ok(Active { file, head, offset: scan.end, capacity: len })
 }

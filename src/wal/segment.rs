@@ -74,10 +74,28 @@ impl SegmentMeta {
     }
 }
 
+/// What a segment's header states: its identity (first sequence number
+/// and salt, as `wal.meta` lists it) and its link to the segment before.
+#[derive(Debug, Clone, Copy)]
+pub struct Head {
+    pub first_seq: u64,
+    pub salt: u32,
+    pub prev: Option<Link>,
+}
+
+impl Head {
+    /// The header of a new segment: a fresh salt.
+    pub fn new(first_seq: u64, prev: Option<Link>) -> Head {
+        Head { first_seq, salt: new_salt(), prev }
+    }
+}
+
 /// The segment that takes appends.
 pub struct Active {
     pub file: Arc<dyn File>,
-    pub salt: u32,
+    /// Its header (a segment that holds no record yet may be replaced by a
+    /// larger one with the same header: `Shared::rotate`).
+    pub head: Head,
     /// Where the next frame goes.
     pub offset: u64,
     /// Allocated size: frames must end at or before it.
@@ -151,6 +169,41 @@ pub fn spare_name(n: u64) -> String {
     format!("spare-{n}{TEMP_SUFFIX}")
 }
 
+/// The size a log's first segment gets (and the smallest `segment_size`):
+/// an idle log holds this plus a spare of twice it.
+pub const FIRST_SIZE: u64 = 64 << 10;
+
+/// Size of the segment a rotation makes for a frame of `frame` bytes:
+/// the planned size, or the power of two that holds the header and the
+/// frame when that is larger, at most `max` (which always holds the
+/// largest frame: `Options::validate`).
+pub fn size_for(planned: u64, frame: u64, max: u64) -> u64 {
+    planned.max((SEGMENT_HEADER_LEN + frame).next_power_of_two()).min(max)
+}
+
+/// The size planned for the segment after one of `made` bytes: twice the
+/// larger of the two, at most `max`. Segments thus grow with the volume
+/// written and an idle log stays small.
+pub fn grown(planned: u64, made: u64, max: u64) -> u64 {
+    planned.max(made).saturating_mul(2).min(max)
+}
+
+/// A zero-filled, synced file (a temporary name) ready to become a segment.
+pub struct Spare {
+    pub file: Arc<dyn File>,
+    pub path: PathBuf,
+    pub capacity: u64,
+    /// Its mapped pages are faulted in (`File::prefault`).
+    pub faulted: bool,
+}
+
+impl Spare {
+    /// Whether a frame of `frame` bytes fits it after the header.
+    pub fn holds(&self, frame: u64) -> bool {
+        SEGMENT_HEADER_LEN + frame <= self.capacity
+    }
+}
+
 /// Zero-fills a new file at `tmp` to `capacity` and syncs it: the slow half
 /// of W8, which can run ahead of time on the preparer thread.
 pub fn prepare(fs: &dyn FileSystem, tmp: &Path, capacity: u64) -> std::io::Result<Arc<dyn File>> {
@@ -164,38 +217,53 @@ pub fn prepare(fs: &dyn FileSystem, tmp: &Path, capacity: u64) -> std::io::Resul
 /// directory fsync. Nothing is acknowledged in the segment before this
 /// returns. On failure the temporary file is removed (best effort) and the
 /// log is as it was.
-/// `prev` is the segment it follows (None for the first one of a log).
+///
+/// With `replacing`, the rename replaces the active segment of that name,
+/// which holds no record yet, by this larger one with the same header
+/// (`Shared::rotate`): either file is then a valid empty segment after a
+/// crash. If the directory sync fails after the rename, the log cannot go
+/// on: its active file is no longer the one named, and records written to
+/// the new one would not be durable without that sync. Such a failure is
+/// IO whatever the errno (the caller poisons the log).
 pub fn install(
     fs: &dyn FileSystem,
     dir: &Path,
     file: Arc<dyn File>,
     tmp: &Path,
-    first_seq: u64,
+    head: Head,
     capacity: u64,
-    prev: Option<Link>,
+    replacing: bool,
 ) -> Result<Active> {
-    let path = dir.join(file_name(first_seq));
-    let salt = new_salt();
-    let attempt = || -> std::io::Result<()> {
-        file.write_at(&[&encode_segment_header(salt, first_seq, prev)], 0)?;
+    let path = dir.join(file_name(head.first_seq));
+    let mut renamed = false;
+    let mut attempt = || -> std::io::Result<()> {
+        file.write_at(&[&encode_segment_header(head.salt, head.first_seq, head.prev)], 0)?;
         file.sync_data()?;
         fs.rename(tmp, &path)?;
+        renamed = true;
         fs.sync_dir(dir)
     };
     match attempt() {
-        Ok(()) => Ok(Active { file, salt, offset: SEGMENT_HEADER_LEN, capacity }),
+        Ok(()) => Ok(Active { file, head, offset: SEGMENT_HEADER_LEN, capacity }),
+        Err(e) if replacing && renamed => Err(Error::new(
+            crate::status::KEEL_STATUS_IO,
+            format!("syncing {} after replacing segment {}: {e}", dir.display(), path.display()),
+        )),
         Err(e) => {
-            let _ = fs.remove(tmp);
+            if !renamed {
+                let _ = fs.remove(tmp);
+            }
             Err(Error::io(format!("creating WAL segment {}", path.display()), e))
         }
     }
 }
 
-/// Creates segment `first_seq` in one go (W8), when no prepared spare is at hand.
-pub fn create(fs: &dyn FileSystem, dir: &Path, first_seq: u64, capacity: u64, prev: Option<Link>) -> Result<Active> {
-    let tmp = dir.join(format!("{first_seq:020}{TEMP_SUFFIX}"));
+/// Creates a segment in one go (W8), when no prepared spare is at hand
+/// (`replacing`: see `install`).
+pub fn create(fs: &dyn FileSystem, dir: &Path, head: Head, capacity: u64, replacing: bool) -> Result<Active> {
+    let tmp = dir.join(format!("{:020}{TEMP_SUFFIX}", head.first_seq));
     match prepare(fs, &tmp, capacity) {
-        Ok(file) => install(fs, dir, file, &tmp, first_seq, capacity, prev),
+        Ok(file) => install(fs, dir, file, &tmp, head, capacity, replacing),
         Err(e) => {
             let _ = fs.remove(&tmp);
             Err(Error::io(format!("creating WAL segment {}", tmp.display()), e))
@@ -206,6 +274,21 @@ pub fn create(fs: &dyn FileSystem, dir: &Path, first_seq: u64, capacity: u64, pr
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sizes_grow_and_fit() {
+        const MAX: u64 = 1 << 20;
+        assert_eq!(size_for(128 << 10, 100, MAX), 128 << 10, "a small frame takes the planned size");
+        assert_eq!(size_for(128 << 10, 200 << 10, MAX), 256 << 10, "a large one a power of two that fits");
+        assert_eq!(size_for(128 << 10, 256 << 10, MAX), 512 << 10, "the header counts");
+        assert_eq!(size_for(128 << 10, (128 << 10) - SEGMENT_HEADER_LEN, MAX), 128 << 10);
+        assert_eq!(size_for(128 << 10, (128 << 10) - SEGMENT_HEADER_LEN + 8, MAX), 256 << 10);
+        assert_eq!(size_for(128 << 10, MAX - SEGMENT_HEADER_LEN, MAX), MAX, "never above the maximum");
+        assert_eq!(grown(128 << 10, 64 << 10, MAX), 256 << 10);
+        assert_eq!(grown(128 << 10, 512 << 10, MAX), MAX, "after a fitted segment, twice that");
+        assert_eq!(grown(MAX, MAX, MAX), MAX);
+        assert_eq!(grown(4 << 30, 4 << 30, 4 << 30), 4 << 30);
+    }
 
     #[test]
     fn names_sort_and_parse() {

@@ -27,6 +27,9 @@ template class keel::Result<keel::Publisher>;
 template class keel::Result<keel::Backend>;
 template class keel::Result<keel::WriterStats>;
 template class keel::Result<keel::PublisherStats>;
+template class keel::Result<keel::Node>;
+template class keel::Result<keel::NodeStats>;
+template class keel::Result<std::string>;
 
 // The member templates and the range-for protocol, which explicit
 // instantiation of the Result classes does not reach.
@@ -49,4 +52,10 @@ void keel_header_alone_templates(const keel::Shard& shard, keel::Iterator& it, k
       [](uint64_t, keel::Status, std::string_view) {}));
   (void)net;
   (void)keel::WriterStats().items_per_send();
+  // The node's handler bridge and its string-out calls.
+  auto node = keel::Node::open(keel::Engine(), keel::NodeOptions().node_id(1).secret("s").on_event(
+                                                   [](uint64_t, keel::Status, std::string_view) {}));
+  (void)node;
+  (void)keel::Node().addr();
+  (void)keel::Node().last_error();
 }

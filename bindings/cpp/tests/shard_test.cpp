@@ -300,6 +300,7 @@ TEST(Engine, OneEnginePerDirectoryAndBadOptions) {
   expect_invalid(no_size, "struct_size");
   expect_invalid(EngineOptions().seal_bytes(4095), "seal_bytes");
   expect_invalid(EngineOptions().max_sealed_segments(0), "max_sealed");
+  expect_invalid(EngineOptions().flush_threads(257), "flush_threads");
   expect_invalid(EngineOptions().wal_segment_size(4096), "segment_size");
   expect_invalid(EngineOptions().durability(Durability::Periodic).sync_interval(std::chrono::hours(24 * 365)),
                  "sync_interval_ms");
@@ -314,8 +315,10 @@ TEST(EngineOptions, BuilderRoundTripsAndDefaultsAreTheLibrarys) {
                      .max_sealed_segments(3)
                      .wal_segment_size(1 << 20)
                      .flush_interval(std::chrono::milliseconds(250))
-                     .seal_bytes(8192);
+                     .seal_bytes(8192)
+                     .flush_threads(3);
   EXPECT_EQ(o.durability(), Durability::Periodic);
+  EXPECT_EQ(o.flush_threads(), 3u);
   EXPECT_EQ(o.sync_interval(), std::chrono::milliseconds(20));
   EXPECT_EQ(o.max_sealed_segments(), 3u);
   EXPECT_EQ(o.wal_segment_size(), 1u << 20);
@@ -331,6 +334,9 @@ TEST(EngineOptions, BuilderRoundTripsAndDefaultsAreTheLibrarys) {
   EXPECT_EQ(d.wal_segment_size(), c.wal_segment_size);
   EXPECT_EQ(d.flush_interval(), std::chrono::milliseconds(c.flush_interval_ms));
   EXPECT_EQ(d.max_sealed_segments(), c.max_sealed_segments);
+  EXPECT_EQ(d.flush_threads(), 0u);  // the library picks
+  TempDir tmp;
+  KEEL_ASSERT_OK(Engine::open(tmp.engine(), small().flush_threads(1)));
 }
 
 // ---- shard -------------------------------------------------------------------

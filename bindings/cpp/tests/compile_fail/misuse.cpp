@@ -7,7 +7,7 @@
 #include <cstdint>
 
 void misuse(keel::Wal& w, keel::WalReader& r, keel::Engine& e, keel::Shard& s, keel::Net& net,
-            keel::Writer& writer, keel::Publisher& pub) {
+            keel::Writer& writer, keel::Publisher& pub, keel::Node& node) {
   // Correct use, which must keep compiling.
   auto appended = w.append("x");
   if (!appended) return;
@@ -20,6 +20,8 @@ void misuse(keel::Wal& w, keel::WalReader& r, keel::Engine& e, keel::Shard& s, k
   (void)e;
   (void)net;
   (void)pub;
+  auto connected = node.connect(2, "127.0.0.1:1");
+  if (!connected) return;
   auto sent = writer.send("x");
   if (!sent) return;
 
@@ -73,6 +75,13 @@ void misuse(keel::Wal& w, keel::WalReader& r, keel::Engine& e, keel::Shard& s, k
 #endif
 #ifdef KEEL_MISUSE_IGNORED_SEND
   writer.send("dropped");  // a reset peer (Io) or a cut-off connection would go unnoticed
+#endif
+#ifdef KEEL_MISUSE_COPY_NODE
+  keel::Node copy = node;  // two owners would close the node, and free its handler, twice
+  (void)copy;
+#endif
+#ifdef KEEL_MISUSE_IGNORED_CONNECT
+  node.connect(2, "127.0.0.1:1");  // a refused peer (wrong secret) would go unnoticed
 #endif
 #ifdef KEEL_MISUSE_VALUE_OF_VOID
   int nothing = w.sync().value();  // Result<void> carries no value
