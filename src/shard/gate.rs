@@ -145,6 +145,13 @@ impl Gate {
         f()
     }
 
+    /// Writers waiting in the queue (a leader's own batch leaves it when
+    /// its group is taken): tests use it to line writers up behind a
+    /// barrier in a known order.
+    pub fn queued(&self) -> usize {
+        self.state.lock().queue.len()
+    }
+
     /// Queues `b` and waits until it leads (None) or a leader has run it.
     fn enter(&self, b: &Arc<Batch>) -> Option<Outcome> {
         let lead_now = {
@@ -216,4 +223,68 @@ impl Drop for PassOn<'_> {
 /// The outcome every batch of a group gets when the group fails as a whole.
 pub fn all_failed(group: &[Arc<Batch>], e: &Error) -> Vec<Outcome> {
     group.iter().map(|_| Err(e.clone())).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::thread;
+
+    /// A one-put batch whose key names it.
+    fn batch(id: u8) -> Arc<Batch> {
+        Batch::new(&[OpRef::Put { key: &[id], value: &[0; 100] }])
+    }
+
+    /// Writers lined up behind a barrier in a known order are led in that
+    /// order: each group is the oldest queued batches up to the frame limit
+    /// (two batches here) or up to a barrier, versions follow the queue.
+    #[test]
+    fn groups_follow_the_queue_up_to_the_frame_limit_and_a_barrier() {
+        const BARRIER: u8 = 255;
+        let two = 2 * batch(0).frame_bytes;
+        let gate = Arc::new(Gate::default());
+        let groups = Arc::new(Mutex::new(Vec::<Vec<u8>>::new()));
+        let next_version = Arc::new(Mutex::new(1u64));
+        let mut writers = Vec::new();
+        gate.exclusive(|| {
+            for (i, id) in [0, 1, 2, 3, BARRIER, 4, 5].into_iter().enumerate() {
+                let (g, groups, next_version) = (gate.clone(), groups.clone(), next_version.clone());
+                writers.push(thread::spawn(move || {
+                    if id == BARRIER {
+                        g.exclusive(|| groups.lock().push(vec![BARRIER]));
+                        return None;
+                    }
+                    let outcome = g.write(batch(id), two, |group| {
+                        groups.lock().push(group.iter().map(|b| b.ops().next().unwrap().key()[0]).collect());
+                        let mut v = next_version.lock();
+                        let first = *v;
+                        *v += group.len() as u64;
+                        (first..*v).map(|x| Ok((x, x))).collect()
+                    });
+                    Some((id, outcome.unwrap()))
+                }));
+                while gate.queued() < i + 1 {
+                    thread::yield_now();
+                }
+            }
+        });
+        for w in writers {
+            if let Some((id, (first, last))) = w.join().unwrap() {
+                assert_eq!((first, last), (id as u64 + 1, id as u64 + 1), "batch {id} got its queue position");
+            }
+        }
+        assert_eq!(*groups.lock(), vec![vec![0, 1], vec![2, 3], vec![BARRIER], vec![4, 5]]);
+        assert_eq!(gate.queued(), 0);
+        assert!(!gate.state.lock().leading, "the lead ends with the queue");
+    }
+
+    /// A barrier whose closure panics still passes the lead on.
+    #[test]
+    fn a_panicking_barrier_passes_the_lead_on() {
+        let gate = Gate::default();
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| gate.exclusive(|| panic!("boom"))));
+        assert!(r.is_err());
+        let outcome = gate.write(batch(7), u64::MAX, |group| group.iter().map(|_| Ok((1, 1))).collect());
+        assert_eq!(outcome.unwrap(), (1, 1));
+    }
 }

@@ -469,6 +469,13 @@ impl Shard {
         Ok(inner.gate.exclusive(|| f(inner.segs.read().applied)))
     }
 
+    /// Writes queued at the write gate and not yet taken by a leader
+    /// (tests line writers up behind `under_gate` with it).
+    #[doc(hidden)]
+    pub fn queued_writes(&self) -> usize {
+        self.inner.gate.queued()
+    }
+
     fn read<T>(&self, f: impl FnOnce(&Segments) -> Result<T>) -> Result<T> {
         if self.inner.closed.load(Ordering::Acquire) {
             return Err(Error::new(KEEL_STATUS_CLOSED, "shard is closed"));

@@ -199,15 +199,15 @@ mod tests {
     fn the_largest_operation_fits_the_record_limit_and_errors_name_the_callers_sizes() {
         let big = Op::Put { key: vec![1; MAX_KEY_SIZE], value: vec![2; MAX_VALUE_SIZE] };
         assert_eq!(big.encode().len() as u64, MAX_RECORD_SIZE);
-        check_write(std::slice::from_ref(&big), MAX_RECORD_SIZE).unwrap();
+        check_write(&[big.as_ref()], MAX_RECORD_SIZE).unwrap();
         let over = Op::Put { key: b"k".to_vec(), value: vec![0; MAX_VALUE_SIZE + 1] };
-        let e = check_write(&[over], MAX_RECORD_SIZE).unwrap_err();
+        let e = check_write(&[over.as_ref()], MAX_RECORD_SIZE).unwrap_err();
         assert!(e.message.contains(&format!("value of {} bytes", MAX_VALUE_SIZE + 1)), "{}", e.message);
         let item = Op::Append { key: b"k".to_vec(), item: vec![0; 1000] };
-        let e = check_write(std::slice::from_ref(&item), 900).unwrap_err();
+        let e = check_write(&[item.as_ref()], 900).unwrap_err();
         assert!(e.message.contains("key of 1 bytes with a value of 1000 bytes"), "{}", e.message);
         assert!(e.message.contains("at most 900"), "{}", e.message);
-        let e = check_write(&[item.clone(), item], 2000).unwrap_err();
+        let e = check_write(&[item.as_ref(), item.as_ref()], 2000).unwrap_err();
         assert!(e.message.contains("batch of 2 operations with 2002 bytes"), "{}", e.message);
     }
 }
