@@ -2,7 +2,9 @@
  * test_node.c — the node transport through the C API over real loopback
  * sockets: two nodes sharing a secret connect; a node with a wrong secret
  * is refused and the refusal is counted on both sides; options and
- * arguments are checked. Waits are on the event callback (a condition
+ * arguments are checked; an event callback may use its node while the
+ * node closes (stats answer, close is BUSY, dialing is CLOSED). Waits are
+ * on the event callback (a condition
  * variable), never on time.
  */
 #include "keel_test.h"
@@ -18,6 +20,12 @@ typedef struct {
   pthread_cond_t cv;
   int ready;   /* peers that finished their handshake */
   int refused; /* connections ended with KEEL_STATUS_REFUSED */
+  /* When set, a CLOSED event calls back into this node and records the
+   * answers (the node is closing: its handle must still be valid). */
+  keel_node_t *node;
+  int closed;
+  keel_status_t stats_rc, close_rc, connect_rc;
+  uint64_t stats_peers_seen;
 } events_t;
 
 static void on_event(void *user, uint64_t peer_id, keel_status_t status, const char *message) {
@@ -27,6 +35,16 @@ static void on_event(void *user, uint64_t peer_id, keel_status_t status, const c
   pthread_mutex_lock(&e->mu);
   if (status == KEEL_STATUS_OK) e->ready++;
   if (status == KEEL_STATUS_REFUSED) e->refused++;
+  if (status == KEEL_STATUS_CLOSED && e->node != NULL) {
+    keel_node_stats_t s;
+    memset(&s, 0, sizeof s);
+    s.struct_size = sizeof s;
+    e->stats_rc = keel_node_stats(e->node, &s);
+    e->stats_peers_seen = s.handshakes;
+    e->close_rc = keel_node_close(e->node, NULL);
+    e->connect_rc = keel_node_connect(e->node, 9, "127.0.0.1:1", NULL);
+    e->closed++;
+  }
   pthread_cond_broadcast(&e->cv);
   pthread_mutex_unlock(&e->mu);
 }
@@ -103,12 +121,25 @@ static void two_nodes_with_a_secret_connect(keel_engine_t *engine) {
   CHECK_EQ_U64(s.accepted, 1);
   CHECK_EQ_U64(s.handshakes, 1);
 
+  /* b's callback runs during its close (the connection ends with CLOSED)
+   * and calls back into b: the handle must stay valid until the close has
+   * joined that thread (it was freed first once, and this read freed
+   * memory). */
+  pthread_mutex_lock(&eb.mu);
+  eb.node = b;
+  pthread_mutex_unlock(&eb.mu);
   keel_node_stats_t fin;
   memset(&fin, 0, sizeof fin);
   fin.struct_size = sizeof fin;
   CHECK_RC(KEEL_STATUS_OK, keel_node_close(b, &fin));
   CHECK_EQ_U64(fin.closed_by_shutdown, 1);
   CHECK_EQ_U64(fin.cancelled_frames, 0);
+  /* The close joined the thread that ran the callback: no lock needed. */
+  CHECK(eb.closed == 1);
+  CHECK_RC(KEEL_STATUS_OK, eb.stats_rc);
+  CHECK_EQ_U64(eb.stats_peers_seen, 1);
+  CHECK_RC(KEEL_STATUS_BUSY, eb.close_rc);
+  CHECK_RC(KEEL_STATUS_CLOSED, eb.connect_rc);
   CHECK_RC(KEEL_STATUS_OK, keel_node_close(a, NULL));
   events_destroy(&ea);
   events_destroy(&eb);

@@ -477,8 +477,10 @@ typedef struct keel_engine_options_t {
  * It runs on a keel thread: the connection's reader thread
  * ("keel-node-conn"), or the thread that refused the connection (the
  * accept thread, or the caller of keel_node_connect()). Never after
- * keel_node_close() returned. It must not block for long and must not
- * call keel_node_close().
+ * keel_node_close() returned; during it, yes (every connection ends with
+ * CLOSED), and it may then still call keel_node_stats() and
+ * keel_node_last_error() on its node. It must not block for long and must
+ * not call keel_node_close() (while the node closes that answers BUSY).
  */
 typedef void (*keel_node_event_fn)(void *user,
                                    uint64_t peer_id,
@@ -1338,10 +1340,14 @@ keel_status_t keel_node_last_error(const struct keel_node_t *node,
  * keel thread of the node; no event callback runs after it returns. When
  * `final_stats` is not NULL (struct_size set by the caller) it receives
  * the counters as they are at the end. The handle is freed; NULL is a
- * no-op. Must not race with other calls on the node, nor run in its
- * event callback.
+ * no-op. Must not race with other calls on the node from the host's own
+ * threads. The event callback, which still runs during the close, may
+ * call keel_node_stats() and keel_node_last_error() on its node (they
+ * answer as usual) and keel_node_connect() (CLOSED); the handle stays
+ * valid until the close returns.
  * Errors: INVALID_ARGUMENT (not a live node, or final_stats'
- * struct_size too small: the node is closed anyway).
+ * struct_size too small: the node is closed anyway), BUSY (called from
+ * the node's own event callback while it closes: nothing is done).
  */
 keel_status_t keel_node_close(struct keel_node_t *node, struct keel_node_stats_t *final_stats);
 

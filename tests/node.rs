@@ -152,7 +152,7 @@ fn authenticated_nodes_carry_typed_frames_and_heartbeats() {
     assert_eq!(b.send(1, types::PING, b"").unwrap_err().status, KEEL_STATUS_INVALID_ARGUMENT);
     assert_eq!(b.send(1, TRANSFER, &vec![0; (64 << 10) + 1]).unwrap_err().status, KEEL_STATUS_INVALID_ARGUMENT);
     assert_eq!(b.send(9, TRANSFER, b"x").unwrap_err().status, KEEL_STATUS_NOT_FOUND);
-    let s = b.close();
+    let s = b.close().unwrap();
     assert_eq!(s.handshakes, 1);
     wait_ended(&a, &ea, Reason::ClosedByPeer);
 }
@@ -380,7 +380,7 @@ fn close_drains_queued_frames_to_a_reading_peer() {
     for _ in 0..500 {
         b.send(1, TRANSFER, &payload).unwrap();
     }
-    let s = b.close();
+    let s = b.close().unwrap();
     assert_eq!((s.cancelled_frames, s.ended(Reason::Shutdown)), (0, 1), "{s:?}");
     for _ in 0..500 {
         assert_eq!(got.recv_timeout(HANG_GUARD).unwrap().2.len(), payload.len());
@@ -402,7 +402,7 @@ fn close_cancels_what_a_stuck_peer_never_takes_and_counts_it() {
     for _ in 0..1024 {
         a.send(7, TRANSFER, &chunk).unwrap();
     }
-    let s = a.close();
+    let s = a.close().unwrap();
     assert!(s.cancelled_frames >= 1, "{s:?}");
     assert_eq!(s.ended(Reason::Shutdown), 1, "{s:?}");
 }

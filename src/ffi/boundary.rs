@@ -47,6 +47,21 @@ pub fn into_handle<C: Opaque>(value: C::Inner) -> *mut C {
 /// `p` is NULL or points at a live `Handle` of some type (all share the
 /// header), which stays alive for `'a`.
 unsafe fn header_of<'a, C: Opaque>(p: *const C) -> Result<&'a Handle<C::Inner>> {
+    let h = live_header(p)?;
+    if h.header.poisoned.load(Ordering::Acquire) {
+        return Err(Error::new(
+            KEEL_STATUS_POISONED,
+            format!("{} is poisoned by an earlier panic; close it", C::NAME),
+        ));
+    }
+    Ok(h)
+}
+
+/// `header_of` without the poison check.
+///
+/// # Safety
+/// As `header_of`.
+unsafe fn live_header<'a, C: Opaque>(p: *const C) -> Result<&'a Handle<C::Inner>> {
     if p.is_null() {
         return Err(Error::new(KEEL_STATUS_NULL_ARGUMENT, format!("{} handle is NULL", C::NAME)));
     }
@@ -56,12 +71,6 @@ unsafe fn header_of<'a, C: Opaque>(p: *const C) -> Result<&'a Handle<C::Inner>> 
             "pointer is not a live {} (wrong type or already closed)",
             C::NAME
         )));
-    }
-    if h.header.poisoned.load(Ordering::Acquire) {
-        return Err(Error::new(
-            KEEL_STATUS_POISONED,
-            format!("{} is poisoned by an earlier panic; close it", C::NAME),
-        ));
     }
     Ok(h)
 }
@@ -81,6 +90,17 @@ pub unsafe fn handle_ref<'a, C: Opaque>(p: *const C) -> Result<&'a C::Inner> {
 pub unsafe fn handle_mut<'a, C: Opaque>(p: *mut C) -> Result<&'a mut C::Inner> {
     header_of(p as *const C)?;
     Ok(&mut (*(p as *mut Handle<C::Inner>)).value)
+}
+
+/// Borrows a handle for a `_close` that must finish its work before the
+/// handle is freed (callbacks may still use the handle meanwhile): checks
+/// NULL and the magic, not the poison mark (closing is how a host
+/// recovers). Free it with `take_handle` afterwards.
+///
+/// # Safety
+/// As `header_of`.
+pub unsafe fn closing_ref<'a, C: Opaque>(p: *const C) -> Result<&'a C::Inner> {
+    live_header(p).map(|h| &h.value)
 }
 
 /// Takes ownership back from C for `_close`/`_free`: NULL gives `None`, a

@@ -2,7 +2,7 @@
 //! node transport").
 
 use crate::error::Error;
-use crate::ffi::boundary::{in_bytes, into_handle, out_ptr, take_handle, Opaque};
+use crate::ffi::boundary::{closing_ref, in_bytes, into_handle, out_ptr, take_handle, Opaque};
 use crate::ffi::buf::copy_out_c_string;
 use crate::ffi::versioned::{init_options, read_options, write_stats};
 use crate::ffi::engine::keel_engine_t;
@@ -39,8 +39,10 @@ impl Opaque for keel_node_t {
 /// It runs on a keel thread: the connection's reader thread
 /// ("keel-node-conn"), or the thread that refused the connection (the
 /// accept thread, or the caller of keel_node_connect()). Never after
-/// keel_node_close() returned. It must not block for long and must not
-/// call keel_node_close().
+/// keel_node_close() returned; during it, yes (every connection ends with
+/// CLOSED), and it may then still call keel_node_stats() and
+/// keel_node_last_error() on its node. It must not block for long and must
+/// not call keel_node_close() (while the node closes that answers BUSY).
 pub type keel_node_event_fn =
     Option<unsafe extern "C" fn(user: *mut c_void, peer_id: u64, status: keel_status_t, message: *const c_char)>;
 
@@ -386,18 +388,31 @@ pub extern "C" fn keel_node_last_error(
 /// keel thread of the node; no event callback runs after it returns. When
 /// `final_stats` is not NULL (struct_size set by the caller) it receives
 /// the counters as they are at the end. The handle is freed; NULL is a
-/// no-op. Must not race with other calls on the node, nor run in its
-/// event callback.
+/// no-op. Must not race with other calls on the node from the host's own
+/// threads. The event callback, which still runs during the close, may
+/// call keel_node_stats() and keel_node_last_error() on its node (they
+/// answer as usual) and keel_node_connect() (CLOSED); the handle stays
+/// valid until the close returns.
 /// Errors: INVALID_ARGUMENT (not a live node, or final_stats'
-/// struct_size too small: the node is closed anyway).
+/// struct_size too small: the node is closed anyway), BUSY (called from
+/// the node's own event callback while it closes: nothing is done).
 #[no_mangle]
 pub extern "C" fn keel_node_close(node: *mut keel_node_t, final_stats: *mut keel_node_stats_t) -> keel_status_t {
     ffi_boundary!(std::ptr::null_mut(), std::ptr::null::<u8>(), {
-        // SAFETY: by the C contract `node` is NULL or a node keel made, and
-        // this close is its last call, racing with none (not even from its
-        // event callback); take_handle checks the magic before taking it back.
-        let Some(n) = (unsafe { take_handle(node)? }) else { return Ok(()) };
-        let s = n.close();
+        if node.is_null() {
+            return Ok(());
+        }
+        // SAFETY: by the C contract `node` is a node keel made that the
+        // host's threads do not use during its close; its event callback
+        // may (the threads it runs on are joined inside `close`, and only
+        // this call frees the handle, after that). closing_ref checks the
+        // magic (not the poison mark: closing is how a host recovers); the
+        // Node is shared-borrowed, which every method allows.
+        let n = unsafe { closing_ref(node as *const keel_node_t)? };
+        let s = n.close()?;
+        // SAFETY: every thread that could reach the handle is joined, and
+        // a second close was answered BUSY above without touching it.
+        unsafe { take_handle(node)? };
         if final_stats.is_null() {
             return Ok(());
         }

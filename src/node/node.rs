@@ -47,7 +47,8 @@ pub struct Node {
     inner: Arc<Inner>,
     addr: SocketAddr,
     listener: TcpListener,
-    acceptor: Option<JoinHandle<()>>,
+    /// Taken by the one shutdown that runs.
+    acceptor: Mutex<Option<JoinHandle<()>>>,
 }
 
 fn loopback(addr: &SocketAddr) -> bool {
@@ -97,7 +98,7 @@ impl Node {
             .name("keel-node-accept".into())
             .spawn(move || i.accept_loop(l))
             .map_err(|e| Error::io("spawn the node accept thread", e))?;
-        Ok(Node { inner, addr, listener, acceptor: Some(acceptor) })
+        Ok(Node { inner, addr, listener, acceptor: Mutex::new(Some(acceptor)) })
     }
 
     /// The address the node listens on (the port picked when it was 0).
@@ -115,6 +116,7 @@ impl Node {
         if peer_id == 0 || peer_id == self.id() {
             return Err(Error::invalid(format!("peer id {peer_id} is 0 or this node's own id")));
         }
+        self.inner.check_open()?;
         let timeout = self.inner.opts.handshake_timeout;
         let to = addr
             .to_socket_addrs()
@@ -166,14 +168,21 @@ impl Node {
     /// what is queued (the rest is cancelled and counted in
     /// `cancelled_frames`) and for the peer to read it and close its side,
     /// closes them and joins every thread. Returns the final counters.
-    pub fn close(mut self) -> NodeStats {
+    /// The node stays usable by reference meanwhile (its event handlers may
+    /// read its stats; dialing and sending answer CLOSED). BUSY when a
+    /// close already runs (a handler closing its own node).
+    pub fn close(&self) -> Result<NodeStats> {
+        if self.inner.closing.swap(true, Ordering::SeqCst) {
+            return Err(Error::new(KEEL_STATUS_BUSY, "the node is already closing"));
+        }
         self.shutdown();
-        self.stats()
+        Ok(self.stats())
     }
 
-    fn shutdown(&mut self) {
-        let Some(acceptor) = self.acceptor.take() else { return };
-        self.inner.closing.store(true, Ordering::SeqCst);
+    /// Runs once, after `closing` is set.
+    fn shutdown(&self) {
+        debug_assert!(self.inner.closing.load(Ordering::Acquire));
+        let Some(acceptor) = self.acceptor.lock().take() else { return };
         // SAFETY: the listener's fd is open (self owns it); shutdown(2)
         // wakes the accept thread blocked on its dup.
         unsafe { libc::shutdown(self.listener.as_raw_fd(), libc::SHUT_RDWR) };
@@ -211,6 +220,7 @@ impl Node {
 
 impl Drop for Node {
     fn drop(&mut self) {
+        self.inner.closing.store(true, Ordering::SeqCst);
         self.shutdown();
     }
 }

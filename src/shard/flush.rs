@@ -80,8 +80,6 @@ fn source_bound(appendable_persisted: u64, sealed: &[Arc<Sealed>]) -> u64 {
 /// version when none has any). The WAL keeps records >= keep_from itself.
 fn acknowledge(inner: &Inner) -> Result<u64> {
     inner.opts.steps.at(Step::Ack);
-    // The manifest lists every file holding data the ack gives up.
-    inner.sync_manifest()?;
     // The appendable segment's persisted version counts even when it is
     // clean: its state file then proves every version acked (open checks
     // the WAL's first record against what the files prove).
@@ -90,6 +88,10 @@ fn acknowledge(inner: &Inner) -> Result<u64> {
         let a = s.appendable.log.persisted();
         s.sealed.iter().filter(|x| x.dirty()).map(|x| x.persisted()).fold(a, u64::min)
     };
+    // The manifest lists every file holding data the ack gives up, and
+    // records the ack itself: a reopen restarts the persisted version
+    // there, never lower (the files alone may record older versions).
+    inner.sync_manifest(Some(safe))?;
     if safe > inner.persisted.load(Ordering::Acquire) {
         inner.with_wal(|wal| wal.ack(safe))?;
         inner.persisted.fetch_max(safe, Ordering::AcqRel);
@@ -178,7 +180,7 @@ fn write_frozen(inner: &Inner, frozen: &Arc<Sealed>) -> Result<()> {
     table.write_side_car(&*inner.fs, steps)?;
     // The table holds everything the log did: once the manifest says so,
     // the log goes.
-    inner.sync_manifest()?;
+    inner.sync_manifest(None)?;
     steps.at(Step::RemoveReplaced(frozen.id));
     for ext in [files::LOG, files::STATE] {
         files::remove(&*inner.fs, &inner.seg_dir.join(files::name(frozen.id, ext)))?;
@@ -258,7 +260,7 @@ pub fn merge(inner: &Inner, ids: &[u64]) -> Result<()> {
         let at = at.min(s.sealed.len());
         s.sealed.insert(at, Arc::new(merged));
     }
-    inner.sync_manifest()?;
+    inner.sync_manifest(None)?;
     steps.at(Step::RemoveReplaced(id));
     for x in &inputs {
         x.remove_files(&*inner.fs, &inner.seg_dir)?;

@@ -3,11 +3,15 @@
 //! can tell a missing, cut or substituted file from a crash's leftovers.
 //!
 //! ```text
-//! body  : [u32 format = 1][u128 shard id][u64 next segment id][u32 count] entry*
+//! body  : [u32 format = 2][u128 shard id][u64 next segment id][u64 persisted][u32 count] entry*
 //! entry : [u8 kind][u64 segment id][u64 size][u64 max version][u32 footer crc32]
 //!         kind 1: an appendable segment (or one being sealed): .log + .state
 //!         kind 2: an immutable segment: .sst of that size and footer + .del
 //! ```
+//! `persisted` is the version the WAL is acknowledged up to: every
+//! operation at or below it is in the listed files, so a reopen never
+//! reports a lower persisted version than the shard had (format 1, without
+//! it, reads as 0).
 //! framed like every small file (`files::seal_small`) and replaced whole
 //! (temporary file, fsync, rename, directory fsync).
 //!
@@ -35,7 +39,9 @@ use std::path::{Path, PathBuf};
 
 pub const NAME: &str = "MANIFEST";
 const MAGIC: u64 = 0x314e_414d_4c45_454b; // "KEELMAN1"
-const FORMAT: u32 = 1;
+const FORMAT: u32 = 2;
+/// The first format, without the persisted version; still read.
+const FORMAT_NO_PERSISTED: u32 = 1;
 const KIND_LOG: u8 = 1;
 const KIND_TABLE: u8 = 2;
 
@@ -62,6 +68,9 @@ pub struct Manifest {
     pub shard: u128,
     /// Every segment id below this has been handed out.
     pub next_id: u64,
+    /// Every version at or below it is in the listed files (the WAL's
+    /// acknowledgement); never lowered.
+    pub persisted: u64,
     pub segments: Vec<Listed>,
 }
 
@@ -81,8 +90,9 @@ pub fn path(dir: &Path) -> PathBuf {
 }
 
 impl Manifest {
-    /// The manifest describing `segs` as they are in memory.
-    pub fn of(segs: &Segments) -> Manifest {
+    /// The manifest describing `segs` as they are in memory, with every
+    /// version up to `persisted` in its files.
+    pub fn of(segs: &Segments, persisted: u64) -> Manifest {
         let mut segments: Vec<Listed> = segs
             .sealed
             .iter()
@@ -92,14 +102,15 @@ impl Manifest {
             })
             .collect();
         segments.push(Listed::Log { id: segs.appendable.id });
-        Manifest { shard: segs.shard, next_id: segs.next_id, segments }
+        Manifest { shard: segs.shard, next_id: segs.next_id, persisted, segments }
     }
 
     fn encode(&self) -> Vec<u8> {
-        let mut b = Vec::with_capacity(36 + self.segments.len() * 29);
+        let mut b = Vec::with_capacity(44 + self.segments.len() * 29);
         b.extend_from_slice(&FORMAT.to_le_bytes());
         b.extend_from_slice(&self.shard.to_le_bytes());
         b.extend_from_slice(&self.next_id.to_le_bytes());
+        b.extend_from_slice(&self.persisted.to_le_bytes());
         b.extend_from_slice(&(self.segments.len() as u32).to_le_bytes());
         for s in &self.segments {
             let (kind, id, size, max_version, crc) = match *s {
@@ -119,11 +130,12 @@ impl Manifest {
         let bad = |why: String| Error::corruption(format!("{}: {why}", path.display()));
         let mut c = Cursor { bytes: files::open_small(MAGIC, bytes, path)? };
         let format = c.u32()?;
-        if format != FORMAT {
+        if format != FORMAT && format != FORMAT_NO_PERSISTED {
             return Err(bad(format!("manifest format {format} is not supported")));
         }
         let shard = u128::from_le_bytes(c.take(16)?.try_into().unwrap());
         let next_id = c.u64()?;
+        let persisted = if format == FORMAT { c.u64()? } else { 0 };
         let count = c.u32()?;
         let mut segments = Vec::new();
         for _ in 0..count {
@@ -141,7 +153,7 @@ impl Manifest {
         if !c.bytes.is_empty() {
             return Err(bad("trailing bytes after the last segment".into()));
         }
-        Ok(Manifest { shard, next_id, segments })
+        Ok(Manifest { shard, next_id, persisted, segments })
     }
 
     /// Reads the manifest of `dir`; None when there is none.
@@ -160,12 +172,13 @@ impl Manifest {
 pub struct Written(pub parking_lot::Mutex<Manifest>);
 
 impl Written {
-    /// Writes the manifest of `segs` unless the one on disk already says
-    /// the same. Call before removing a file it no longer lists, and
-    /// before acknowledging the WAL.
-    pub fn sync(&self, fs: &dyn FileSystem, dir: &Path, segs: &parking_lot::RwLock<Segments>, steps: &Steps) -> Result<()> {
+    /// Writes the manifest of `segs`, with every version up to `persisted`
+    /// in its files, unless the one on disk already says the same. Call
+    /// before removing a file it no longer lists, and before acknowledging
+    /// the WAL (with the version to acknowledge).
+    pub fn sync(&self, fs: &dyn FileSystem, dir: &Path, segs: &parking_lot::RwLock<Segments>, persisted: u64, steps: &Steps) -> Result<()> {
         let mut on_disk = self.0.lock();
-        let now = Manifest::of(&segs.read());
+        let now = Manifest::of(&segs.read(), persisted.max(on_disk.persisted));
         if now != *on_disk {
             steps.at(Step::Manifest);
             now.write(fs, dir)?;
@@ -184,6 +197,7 @@ mod tests {
         let m = Manifest {
             shard: 0x1234_5678_9abc_def0_1122_3344_5566_7788,
             next_id: 9,
+            persisted: 76,
             segments: vec![Listed::Table { id: 3, size: 4096, max_version: 77, footer_crc: 5 }, Listed::Log { id: 8 }],
         };
         let bytes = m.encode();
@@ -194,5 +208,21 @@ mod tests {
             assert!(Manifest::decode(&b, Path::new("m")).is_err(), "flip at {i}");
         }
         assert_ne!(new_shard_id(), new_shard_id());
+    }
+
+    #[test]
+    fn a_first_format_manifest_reads_with_persisted_zero() {
+        let m = Manifest { shard: 7, next_id: 3, persisted: 0, segments: vec![Listed::Log { id: 2 }] };
+        let mut body = Vec::new();
+        body.extend_from_slice(&FORMAT_NO_PERSISTED.to_le_bytes());
+        body.extend_from_slice(&m.shard.to_le_bytes());
+        body.extend_from_slice(&m.next_id.to_le_bytes());
+        body.extend_from_slice(&1u32.to_le_bytes());
+        body.push(KIND_LOG);
+        for v in [2u64, 0, 0] {
+            body.extend_from_slice(&v.to_le_bytes());
+        }
+        body.extend_from_slice(&0u32.to_le_bytes());
+        assert_eq!(Manifest::decode(&files::seal_small(MAGIC, &body), Path::new("m")).unwrap(), m);
     }
 }

@@ -180,8 +180,11 @@ impl Inner {
     /// Writes the manifest if the segment set changed since it was last
     /// written (manifest.rs: before the WAL is acked, before a file it no
     /// longer lists is removed).
-    fn sync_manifest(&self) -> Result<()> {
-        self.manifest.sync(&*self.fs, &self.seg_dir, &self.segs, &self.opts.steps)
+    /// Writes the manifest if it changed; `ack`: the version about to be
+    /// acknowledged to the WAL, recorded with it (None keeps the last).
+    fn sync_manifest(&self, ack: Option<u64>) -> Result<()> {
+        let persisted = ack.unwrap_or(0).max(self.persisted.load(Ordering::Acquire));
+        self.manifest.sync(&*self.fs, &self.seg_dir, &self.segs, persisted, &self.opts.steps)
     }
 
     fn poison(&self, e: Error) {
@@ -358,7 +361,7 @@ impl Shard {
         let mut report = RecoveryReport::default();
         let loaded = recovery::load(&fs, &seg_dir, last > 0, opts.salvage, &mut report)?;
         let mut segs = loaded.segs;
-        let stored = segs.max_version();
+        let stored = segs.max_version().max(loaded.manifest.persisted);
         if stored > last {
             return Err(Error::corruption(format!(
                 "segments hold version {stored} but the WAL ends at {last}: the WAL was lost or replaced"

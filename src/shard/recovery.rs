@@ -66,10 +66,11 @@ pub struct Loaded {
     pub segs: Segments,
     pub manifest: Manifest,
     pub proven: u64,
-    /// The lowest persisted version among the segment files: every
-    /// operation at or below it is durable in them (F3 keeps a source's
-    /// side-car at or below its destinations), so the shard's persisted
-    /// version restarts no lower than this.
+    /// The version the manifest records as acknowledged, or (for a
+    /// manifest without one) the lowest persisted version among the
+    /// segment files: every operation at or below it is durable in them
+    /// (F3 keeps a source's side-car at or below its destinations), so the
+    /// shard's persisted version restarts no lower than this.
     pub floor: u64,
 }
 
@@ -135,7 +136,7 @@ pub fn load(fs: &Arc<dyn FileSystem>, dir: &Path, wal_has_records: bool, salvage
             if let Some(parent) = dir.parent() {
                 files::sync_dir(fsr, parent)?; // the segments directory's own entry
             }
-            let m = Manifest { shard: manifest::new_shard_id(), next_id: 1, segments: Vec::new() };
+            let m = Manifest { shard: manifest::new_shard_id(), next_id: 1, persisted: 0, segments: Vec::new() };
             m.write(fsr, dir)?;
             m
         }
@@ -231,7 +232,7 @@ pub fn load(fs: &Arc<dyn FileSystem>, dir: &Path, wal_has_records: bool, salvage
     let segs = Segments { shard: on_disk.shard, appendable, sealed: tables.into_values().map(Arc::new).collect(), applied: 0, next_id };
     // New files are durable; the manifest naming them goes next, and only
     // then are the files it no longer lists removed.
-    let now = Manifest::of(&segs);
+    let now = Manifest::of(&segs, on_disk.persisted);
     if now != on_disk {
         now.write(fsr, dir)?;
     }
@@ -239,7 +240,12 @@ pub fn load(fs: &Arc<dyn FileSystem>, dir: &Path, wal_has_records: bool, salvage
         log.remove_files()?;
     }
     files::sync_dir(fsr, dir)?;
-    let floor = if floor == u64::MAX { 0 } else { floor };
+    // The manifest's own record wins over the files' (a merged table's
+    // side-car records the oldest of its inputs); it proves the versions
+    // only while every file it lists is there (a salvage open may have
+    // lost some), but the count never restarts below it either way.
+    let floor = if floor == u64::MAX { 0 } else { floor }.max(now.persisted);
+    let proven = if damaged.is_empty() { proven.max(now.persisted) } else { proven };
     Ok(Loaded { segs, manifest: now, proven, floor })
 }
 

@@ -405,10 +405,11 @@ TEST_F(NodeTest, CloseFromItsOwnHandlerIsBusy) {
   KEEL_ASSERT_OK(a.close());
 }
 
-// keel reports Status::Closed to the handler while close() runs, after
-// keel_node_close() freed the C handle: the handler's own calls on its
-// Node then answer Status::Closed without reaching keel (ASan would see a
-// use after free otherwise), and close() waits for those in flight.
+// keel reports Status::Closed to the handler while close() runs: the
+// handler's own calls on its Node then answer Status::Closed without
+// reaching keel (the wrapper's rule: the Node is being emptied, and its
+// handle pointer must not be read beside that), and close() waits for
+// those in flight.
 TEST_F(NodeTest, HandlerCallsDuringCloseAnswerClosed) {
   std::mutex mu;
   std::condition_variable cv;
