@@ -437,7 +437,10 @@ impl Shard {
         let wal = inner.wal.read();
         let wal = wal.as_ref().ok_or_else(|| Error::new(KEEL_STATUS_CLOSED, "shard is closed"))?;
         let limit = GROUP_FRAME_BYTES.min(record_limit);
-        let (first, last) = inner.gate.write(batch, limit, |group| inner.run_group(wal, group))?;
+        let (first, last) = {
+            let _on_the_way = wal.on_the_way();
+            inner.gate.write(batch, limit, |group| inner.run_group(wal, group))?
+        };
         if wal.durability() == Durability::Sync {
             wal.wait_durable(last)?;
         }

@@ -360,6 +360,16 @@ impl Wal {
         self.shared.append_frame(frame, false)
     }
 
+    /// Counts the caller as an appender on its way until the guard drops,
+    /// as an appender queued for a group commit is counted: a sync leader
+    /// lets such appenders write their frames first, so one fdatasync
+    /// covers them too. A shard's writers hold it while queued at its
+    /// write gate, whose leader appends for them with `append_deferred`.
+    pub fn on_the_way(&self) -> impl Drop + '_ {
+        self.shared.appending.fetch_add(1, Ordering::AcqRel);
+        DecrementOnDrop(&self.shared.appending)
+    }
+
     /// Waits until every record <= `seq` is on stable storage
     /// (group-committed with the other waiters).
     pub fn wait_durable(&self, seq: u64) -> Result<()> {
