@@ -61,7 +61,10 @@ type Cluster struct {
 	started  int
 	halted   bool // clients start no new operation
 	failed   bool
-	restore  func()
+	// leaders records who led each term: raft's election safety says at
+	// most one node per term, which the cluster checks on every change.
+	leaders map[uint64]uint64
+	restore func()
 }
 
 // NewCluster starts nodes 1..3 (all voters) with the configured clients.
@@ -75,6 +78,7 @@ func NewCluster(t testing.TB, cfg Config) *Cluster {
 		sched:    &scheduler{rng: rand.New(rand.NewSource(cfg.Seed))},
 		observer: cfg.Observer,
 		nodes:    map[uint64]*Node{},
+		leaders:  map[uint64]uint64{},
 		restore:  seedCryptoRand(cfg.Seed),
 	}
 	c.net = &network{c: c, cfg: cfg.Net}
@@ -337,7 +341,6 @@ func (c *Cluster) checkReplicasAgree() {
 	}
 }
 
-
 // requireTraffic fails the test unless clients completed at least min
 // operations that started at or after from, so a fault is known to have
 // met real traffic.
@@ -353,4 +356,12 @@ func (c *Cluster) requireTraffic(what string, from Time, min int) {
 		c.t.Fatalf("seed %d: only %d operations completed after %s (at %d), want at least %d", c.cfg.Seed, n, what, from, min)
 	}
 	c.t.Logf("%d operations completed after %s", n, what)
+}
+
+func (c *Cluster) checkElectionSafety(id, term uint64) {
+	if other, ok := c.leaders[term]; ok && other != id {
+		c.failf("seed %d: nodes %d and %d both led term %d", c.cfg.Seed, other, id, term)
+		return
+	}
+	c.leaders[term] = id
 }

@@ -43,7 +43,6 @@ type Node struct {
 	up      bool
 	paused  bool
 	backlog []func() // work that arrived while paused, in arrival order
-	removed bool
 
 	leader bool
 	term   uint64
@@ -290,6 +289,9 @@ func (n *Node) setRole(leader bool, term, lead uint64) {
 		return
 	}
 	n.leader, n.term, n.lead = leader, term, lead
+	if leader {
+		n.c.checkElectionSafety(n.id, term)
+	}
 	if o := n.c.observer.Role; o != nil {
 		o(n, leader, term, lead)
 	}
@@ -318,9 +320,6 @@ func (n *Node) apply(e *pb.Entry) bool {
 			return false
 		}
 		n.conf = n.rn.ApplyConfChange(&cc)
-		if cc.GetType() == pb.ConfChangeRemoveNode && cc.GetNodeId() == n.id {
-			n.removed = true
-		}
 	default:
 		n.c.failf("node %d: entry %d of unexpected type %v", n.id, index, e.GetType())
 		return false
