@@ -1,3 +1,9 @@
+// Package raftcluster runs a cluster of etcd raft nodes whose state
+// machines are keel shards, in one process, on one goroutine, under a
+// seeded scheduler that owns the clock, the network and the faults; its
+// tests check the clients' history for linearizability with porcupine.
+// It is a module of its own so the keel binding's users never depend on
+// raft or porcupine.
 package raftcluster
 
 import (
@@ -219,11 +225,34 @@ func (c *Cluster) Restart(id uint64) {
 	c.nodes[id].handleReady()
 }
 
-// TransferLeadership asks the current leader to hand over to target.
+// TransferLeadership asks the leader to hand over to target and runs
+// until target leads. Raft abandons a transfer that does not finish
+// within an election timeout (its MsgTimeoutNow may be dropped, or
+// another node may win an election meanwhile), so the current leader is
+// asked again after each such timeout.
 func (c *Cluster) TransferLeadership(target uint64) {
-	n := c.nodes[c.Leader()]
-	n.rn.TransferLeader(target)
-	n.handleReady()
+	c.t.Helper()
+	for attempt := 0; c.Leader() != target; attempt++ {
+		if attempt == 20 {
+			c.t.Fatalf("seed %d: leadership never moved to %d", c.cfg.Seed, target)
+		}
+		n := c.nodes[c.WaitLeader()]
+		n.rn.TransferLeader(target)
+		n.handleReady()
+		c.runAtMost(2*electionTicks*TickEvery, func() bool { return c.Leader() == target })
+	}
+}
+
+// runAtMost runs events until done holds or d has passed, whichever
+// comes first.
+func (c *Cluster) runAtMost(d Time, done func() bool) {
+	c.t.Helper()
+	end := c.sched.now + d
+	for !done() && !c.failed && c.sched.next(end) {
+	}
+	if c.failed {
+		c.t.FailNow()
+	}
 }
 
 // ChangeConf proposes cc on the leader until the leader has applied it
@@ -244,12 +273,7 @@ func (c *Cluster) ChangeConf(cc *pb.ConfChange) {
 		if err := n.rn.ProposeConfChange(proto.Clone(cc).(*pb.ConfChange)); err == nil {
 			n.handleReady()
 		}
-		end := c.sched.now + 30*TickEvery
-		for !done() && c.sched.now < end && !c.failed && c.sched.next(end) {
-		}
-		if c.failed {
-			c.t.FailNow()
-		}
+		c.runAtMost(30*TickEvery, done)
 	}
 }
 
