@@ -48,6 +48,7 @@ type client struct {
 	id     int
 	seq    int
 	target uint64
+	pinned bool // target never changes (PinClient)
 	op     *op
 }
 
@@ -146,6 +147,9 @@ func (cl *client) finish(o *op, res *ReadResult, err error, node uint64) {
 
 // retarget follows a leader hint, or picks a node at random.
 func (cl *client) retarget(hint uint64) {
+	if cl.pinned {
+		return
+	}
 	if hint != 0 {
 		cl.target = hint
 		return

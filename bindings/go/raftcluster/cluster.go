@@ -199,6 +199,12 @@ func (c *Cluster) WaitLeader() uint64 {
 	return c.Leader()
 }
 
+// PinClient makes client i send every request to node id, whatever the
+// answers say, so a test knows requests reach that node; UnpinClient
+// lets it follow leader hints again.
+func (c *Cluster) PinClient(i int, id uint64) { c.clients[i].target, c.clients[i].pinned = id, true }
+func (c *Cluster) UnpinClient(i int)          { c.clients[i].pinned = false }
+
 // Partition cuts the listed nodes off from the others; Heal ends it.
 func (c *Cluster) Partition(group ...uint64) { c.net.partition(group...) }
 func (c *Cluster) Heal()                     { c.net.heal() }

@@ -117,6 +117,8 @@ func TestLeaderPartition(t *testing.T) {
 		old := c.WaitLeader()
 		c.RunFor(500 * TickEvery)
 		c.Partition(old)
+		// One client keeps asking the old leader, so reads surely reach it.
+		c.PinClient(0, old)
 		start := c.Now()
 		readsBefore := c.Node(old).readsReceived
 		defer c.requireTraffic("the partition", start, 100)
@@ -150,7 +152,9 @@ func TestLeaderPartition(t *testing.T) {
 				t.Fatalf("old leader %d answered a read of %s at %d, after new leader %d committed at %d", old, r.Key, r.Return, newLeader, committed)
 			}
 		}
-		t.Logf("partitioned leader %d at %d; leader %d committed at %d; %d messages blocked", old, start, newLeader, committed, c.net.blocked)
+		c.UnpinClient(0)
+		t.Logf("partitioned leader %d at %d (%d reads reached it); leader %d committed at %d; %d messages blocked",
+			old, start, c.Node(old).readsReceived-readsBefore, newLeader, committed, c.net.blocked)
 		c.Settle()
 	})
 }
