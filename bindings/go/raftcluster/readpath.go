@@ -31,12 +31,13 @@ var errStopped = errors.New("node is stopped")
 // ReadIndexPath is the path used today: one raft read-index round trip
 // per read. A lease read path plugs in as another ReadPath: it feeds
 // keel's lease gate from the node's Observer (role and term on every
-// change, the send time of each heartbeat and append a voter has
-// acknowledged, the voter set, the applied index), serves the read from
-// n.StateMachine() at once when the gate says the lease holds, and falls
-// back to n.ReadIndex and n.WhenApplied, as ReadIndexPath does, when it
-// does not. Every test takes the read path as a parameter, so the same
-// fault tests check both.
+// change; the time each heartbeat and append was sent, matched with the
+// voter's response to it to give that voter's ack; the applied index),
+// serves the read from n.StateMachine() at once when the gate says the
+// lease holds, and falls back to n.ReadIndex and n.WhenApplied, as
+// ReadIndexPath does, when it does not. The tests take their read path
+// from Config.ReadPath, so running every fault test with a lease path
+// is a change of that one field.
 type ReadPath interface {
 	Read(n *Node, key string, reply func(ReadResult))
 }
