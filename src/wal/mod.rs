@@ -45,7 +45,7 @@ use workers::Jobs;
 pub enum Durability {
     /// The append returns once its record is on stable storage.
     Sync,
-    /// A background thread syncs at this interval.
+    /// A background worker syncs at most this long after a write.
     Periodic(Duration),
     /// keel never syncs by itself.
     None,
@@ -144,7 +144,7 @@ struct State {
     next_pin: u64,
     /// Bumped for every snapshot of the extent record taken (see `Shared::write_extent`).
     extent_gen: u64,
-    /// Size of the next segment (`segment::grown`); the preparer makes the
+    /// Size of the next segment (`segment::grown`); preparation makes the
     /// spare this size.
     planned: u64,
 }
@@ -216,7 +216,7 @@ pub(crate) struct Shared {
     truncate_lock: Mutex<()>,
     /// A zero-filled, synced file ready to become the next segment.
     spare: Mutex<Option<segment::Spare>>,
-    /// A frame was written since open: only then does the preparer fault
+    /// A frame was written since open: only then does preparation fault
     /// a spare's pages in (an idle log holds no page cache for them).
     wrote: AtomicBool,
     /// The background workers serving this log (`workers.rs`).
@@ -517,7 +517,7 @@ impl Shared {
     }
 
     /// After every frame written: the first one since open tells the
-    /// preparer that faulting the spare in now pays off, and in PERIODIC
+    /// preparation that faulting the spare in now pays off, and in PERIODIC
     /// mode the first one since the last periodic sync queues the next.
     fn note_written(&self) {
         if !self.wrote.load(Ordering::Relaxed) && !self.wrote.swap(true, Ordering::AcqRel) {
