@@ -59,6 +59,16 @@ struct State {
     ids: BTreeSet<u32>,
 }
 
+impl State {
+    /// Lets go of the shards closed since (through `Shard::close`, which
+    /// does not tell the engine): a closed shard still holds its
+    /// appendable segment's file until its last handle goes, and the
+    /// engine's must not be that last handle for long.
+    fn forget_closed(&mut self) {
+        self.slots.retain(|_, s| !matches!(s, Slot::Open(s) if s.is_closed()));
+    }
+}
+
 /// What an engine holds now (`Engine::stats`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct EngineStats {
@@ -224,6 +234,7 @@ impl Engine {
         {
             let mut guard = self.shards.lock();
             let state = guard.as_mut().ok_or_else(|| Error::new(KEEL_STATUS_CLOSED, "engine is closed"))?;
+            state.forget_closed();
             match state.slots.get(&id) {
                 Some(Slot::Opening) => return Err(Error::new(KEEL_STATUS_BUSY, format!("shard {id} is being opened"))),
                 Some(Slot::Open(s)) if !s.is_closed() => {
@@ -332,8 +343,11 @@ impl Engine {
 
     /// What the engine holds now. CLOSED once closed.
     pub fn stats(&self) -> Result<EngineStats> {
-        let open_shards = match &*self.shards.lock() {
-            Some(state) => state.slots.values().filter(|s| matches!(s, Slot::Open(s) if !s.is_closed())).count() as u64,
+        let open_shards = match &mut *self.shards.lock() {
+            Some(state) => {
+                state.forget_closed();
+                state.slots.values().filter(|s| matches!(s, Slot::Open(_))).count() as u64
+            }
             None => return Err(Error::new(KEEL_STATUS_CLOSED, "engine is closed")),
         };
         Ok(EngineStats {
