@@ -156,7 +156,8 @@
 #define KEEL_DURABILITY_SYNC 0
 
 /**
- * Durability mode: a background thread syncs every sync_interval_ms; a
+ * Durability mode: a background worker syncs at most sync_interval_ms
+ * after a write (an idle log is not synced, having nothing to sync); a
  * process crash loses nothing, a power loss may lose that window.
  */
 #define KEEL_DURABILITY_PERIODIC 1

@@ -358,7 +358,7 @@ inline Result<void> check_views(std::initializer_list<ByteView> views) {
 /// keel_wal_options_t.durability (see KEEL_DURABILITY_*).
 enum class Durability : uint32_t {
   Sync = KEEL_DURABILITY_SYNC,          ///< append returns once durable (default)
-  Periodic = KEEL_DURABILITY_PERIODIC,  ///< background sync every sync_interval
+  Periodic = KEEL_DURABILITY_PERIODIC,  ///< background sync at most sync_interval after a write
   None = KEEL_DURABILITY_NONE,          ///< only Wal::sync() syncs
 };
 

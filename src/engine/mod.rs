@@ -4,7 +4,7 @@
 //! <dir>/LOCK                  held (flock) while an engine has the directory open
 //! <dir>/SHARDS                the ids of the engine's shards (checksummed,
 //!                             replaced atomically on create and drop)
-//! <dir>/shards/<id>/wal/      the shard's WAL segments
+//! <dir>/shards/<id>/wal/      the shard's WAL segments (no LOCK of its own: the engine's covers it)
 //! <dir>/shards/<id>/segments/ the shard's appendable and immutable segments
 //! ```
 //!
