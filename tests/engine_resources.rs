@@ -1,8 +1,9 @@
 //! What an engine costs per shard (docs/STORAGE.md, "Resource model"):
 //! 300 shards open in one engine add no thread (the flush pool and the
 //! WAL workers are the engine's, sized by options, not by shards), take
-//! no LOCK file each, and an idle one holds at most 1 MiB of disk; a
-//! periodic sync visits only the shards written since the last one.
+//! no LOCK file each, and an idle one prepares no spare segment and holds
+//! at most 1 MiB of disk; a periodic sync visits only the shards written
+//! since the last one; a closed shard gives its files back.
 //!
 //! The only test of this binary, because it counts the process's threads
 //! (/proc/self/task): no other test may start threads beside it.
@@ -176,9 +177,14 @@ fn shards_cost_no_thread_and_little_disk() {
         assert!(!wal.join("LOCK").exists(), "shard {id}: its WAL takes no LOCK of its own (the engine's covers it)");
     }
 
-    // Idle shards: at most 1 MiB each, whether or not the workers have
-    // prepared their spares yet.
-    eventually("every spare prepared", || engine.stats().unwrap().wal_queue == 0);
+    // Idle shards: no spare segment (one is prepared at the first write),
+    // at most 1 MiB of disk each.
+    assert_eq!(stats.wal_queue, 0, "idle shards queue no WAL job");
+    let spares = |id: u32| {
+        let wal = dir.join("shards").join(id.to_string()).join("wal");
+        std::fs::read_dir(wal).unwrap().filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with("spare-")).count()
+    };
+    assert!((0..SHARDS).all(|id| spares(id) == 0), "an idle shard's WAL prepares no spare");
     let most = (0..SHARDS).map(|id| disk_below(&dir.join("shards").join(id.to_string()))).max().unwrap();
     println!("{SHARDS} idle shards: {engine_threads} engine threads, {} open files, at most {most} bytes of disk per shard", stats.open_files);
     assert!(most <= 1 << 20, "an idle shard holds {most} bytes of disk");
@@ -195,6 +201,8 @@ fn shards_cost_no_thread_and_little_disk() {
         (0..WRITTEN).all(|id| now.get(&id) > synced_before.get(&id))
     });
     eventually("the periodic syncs done", || engine.stats().unwrap().wal_queue == 0);
+    eventually("a spare prepared for each written shard", || (0..WRITTEN).all(|id| spares(id) == 1));
+    assert!((WRITTEN..SHARDS).all(|id| spares(id) == 0), "still none for the idle ones");
     let now = syncs.lock().unwrap().clone();
     for id in WRITTEN..SHARDS {
         assert_eq!(now.get(&id), synced_before.get(&id), "shard {id} was not written, yet its WAL was synced");

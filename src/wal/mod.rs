@@ -276,8 +276,9 @@ impl Wal {
     }
 
     /// Opens a log hosted by an engine: its background work runs on the
-    /// engine's `workers`, and it takes no lock of its own (the engine's
-    /// lock covers its directory, and the engine opens a shard once).
+    /// engine's `workers`, it takes no lock of its own (the engine's lock
+    /// covers its directory, and the engine opens a shard once), and it
+    /// prepares no spare segment before its first write.
     /// Through `fs` if given, else the real file system.
     pub(crate) fn open_hosted(dir: &Path, opts: Options, fs: Option<Arc<dyn FileSystem>>, workers: &Workers) -> Result<Wal> {
         let fs = fs.unwrap_or_else(|| std_fs(opts.durability));
@@ -365,7 +366,13 @@ impl Wal {
         });
         // The extent of the log as opened, before any record is appended.
         shared.record_extent()?;
-        shared.wake_preparer();
+        // A log alone prepares its first spare now. An engine's log waits
+        // for its first write (`note_written`): an idle shard then holds
+        // one segment file and no spare, and opening thousands of shards
+        // queues no preparation, each with its fdatasync.
+        if host.is_none() {
+            shared.wake_preparer();
+        }
         Ok(Wal { shared, own_workers, _lock: lock })
     }
 
