@@ -78,6 +78,11 @@
 #define KEEL_ENGINE_OPTIONS_SIZE_V3 56
 
 /**
+ * sizeof(keel_engine_stats_t) of version 1.
+ */
+#define KEEL_ENGINE_STATS_SIZE_V1 48
+
+/**
  * sizeof(keel_node_options_t) of version 1.
  */
 #define KEEL_NODE_OPTIONS_SIZE_V1 112
@@ -151,7 +156,8 @@
 #define KEEL_DURABILITY_SYNC 0
 
 /**
- * Durability mode: a background thread syncs every sync_interval_ms; a
+ * Durability mode: a background worker syncs at most sync_interval_ms
+ * after a write (an idle log is not synced, having nothing to sync); a
  * process crash loses nothing, a power loss may lose that window.
  */
 #define KEEL_DURABILITY_PERIODIC 1
@@ -463,6 +469,48 @@ typedef struct keel_engine_options_t {
    */
   uint64_t flush_threads;
 } keel_engine_options_t;
+
+/**
+ * What keel_engine_stats() reports: the resources the engine holds now.
+ * The caller sets `struct_size` to sizeof(keel_engine_stats_t) before
+ * the call; keel writes only the fields both sides know (bytes past an
+ * older caller's struct are untouched) and sets struct_size to their
+ * size (docs/FFI.md, "Versioned structs").
+ */
+typedef struct keel_engine_stats_t {
+  uint32_t struct_size;
+  /**
+   * Shards open now.
+   */
+  uint32_t open_shards;
+  /**
+   * Threads the engine runs: its flush workers (flush_threads) and its
+   * WAL workers (segment preparation, periodic syncs). The same
+   * whatever the number of shards.
+   */
+  uint64_t threads;
+  /**
+   * File descriptors of this process open on files below the engine's
+   * directory (each open shard holds a few: docs/STORAGE.md,
+   * "Resource model").
+   */
+  uint64_t open_files;
+  /**
+   * Shards waiting for a flush worker.
+   */
+  uint64_t flush_queue_depth;
+  /**
+   * WAL jobs queued for the WAL workers (segment preparations, periodic
+   * syncs due now or later).
+   */
+  uint64_t wal_queue_depth;
+  /**
+   * Total nanoseconds writers waited on the engine's shared workers: a
+   * WAL segment rotation that found no prepared segment ready and made
+   * one on the writer's thread.
+   */
+  uint64_t stall_nanos;
+} keel_engine_stats_t;
 
 /**
  * Node event callback: peer `peer_id` finished its handshake (`status`
@@ -1173,6 +1221,14 @@ keel_status_t keel_engine_shard_list(const struct keel_engine_t *engine,
                                      size_t capacity,
                                      size_t *count,
                                      struct keel_error_t **err);
+
+/**
+ * Fills `*out` with the engine's resource counters.
+ * Errors: NULL_ARGUMENT, INVALID_ARGUMENT (struct_size too small, or not
+ * a live handle), CLOSED.
+ */
+keel_status_t keel_engine_stats(const struct keel_engine_t *engine,
+                                struct keel_engine_stats_t *out);
 
 /**
  * Closes every shard still open (each runs a final flush), releases the

@@ -358,7 +358,7 @@ inline Result<void> check_views(std::initializer_list<ByteView> views) {
 /// keel_wal_options_t.durability (see KEEL_DURABILITY_*).
 enum class Durability : uint32_t {
   Sync = KEEL_DURABILITY_SYNC,          ///< append returns once durable (default)
-  Periodic = KEEL_DURABILITY_PERIODIC,  ///< background sync every sync_interval
+  Periodic = KEEL_DURABILITY_PERIODIC,  ///< background sync at most sync_interval after a write
   None = KEEL_DURABILITY_NONE,          ///< only Wal::sync() syncs
 };
 
@@ -1313,6 +1313,17 @@ class Shard : public detail::Handle<keel_shard_t, detail::close_shard> {
 
 // ---- engine ----------------------------------------------------------------------
 
+/// The resources an engine holds now (keel_engine_stats_t; docs/STORAGE.md,
+/// "Resource model").
+struct EngineStats {
+  uint32_t open_shards = 0;        ///< shards open now
+  uint64_t threads = 0;            ///< flush and WAL workers; independent of the shard count
+  uint64_t open_files = 0;         ///< descriptors open on files below the engine's directory
+  uint64_t flush_queue_depth = 0;  ///< shards waiting for a flush worker
+  uint64_t wal_queue_depth = 0;    ///< WAL segment preparations and periodic syncs queued
+  std::chrono::nanoseconds stalled{0};  ///< time writers waited on the engine's shared workers
+};
+
 /// An engine: one data directory hosting shards by id (owns a
 /// keel_engine_t). The destructor closes it (closing every shard still
 /// open, each with a final flush) and ignores errors; call close() to see
@@ -1370,6 +1381,26 @@ class Engine : public detail::Handle<keel_engine_t, detail::close_engine> {
       }
       return err.take(st);
     }
+  }
+
+  /// The resources the engine holds now (keel_engine_stats()).
+  Result<EngineStats> stats() const {
+    if (!ptr_) return detail::empty_handle("keel::Engine");
+    keel_engine_stats_t s{};
+    s.struct_size = static_cast<uint32_t>(sizeof s);
+    const keel_status_t st = keel_engine_stats(ptr_.get(), &s);
+    if (st != KEEL_STATUS_OK) {
+      detail::ErrorOut none;  // this call carries no error object
+      return none.take(st);
+    }
+    EngineStats o;
+    o.open_shards = s.open_shards;
+    o.threads = s.threads;
+    o.open_files = s.open_files;
+    o.flush_queue_depth = s.flush_queue_depth;
+    o.wal_queue_depth = s.wal_queue_depth;
+    o.stalled = std::chrono::nanoseconds(static_cast<std::chrono::nanoseconds::rep>(s.stall_nanos));
+    return o;
   }
 
   // ---- fenced lease table (docs/LEASE.md) ----------------------------------

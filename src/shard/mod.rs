@@ -241,16 +241,20 @@ impl Shard {
         Self::open_in(dir, opts, Some(fs), None)
     }
 
-    /// Opens the shard with its flush work on `pool` (an engine's), or on
-    /// a one-worker pool of its own; through `fs` if given, otherwise the
-    /// real file system (with the WAL's own write strategy).
-    pub(crate) fn open_in(dir: &Path, opts: Options, fs: Option<Arc<dyn FileSystem>>, pool: Option<Arc<FlushPool>>) -> Result<Shard> {
+    /// Opens the shard with its background work on `host` (an engine's
+    /// flush pool and WAL workers), or on a one-worker flush pool and a
+    /// WAL of its own; through `fs` if given, otherwise the real file
+    /// system (with the WAL's own write strategy).
+    pub(crate) fn open_in(dir: &Path, opts: Options, fs: Option<Arc<dyn FileSystem>>, host: Option<&pool::Host>) -> Result<Shard> {
         opts.validate()?;
-        let (fs, wal) = match fs {
-            Some(fs) => (fs.clone(), Wal::open_with_fs(&dir.join("wal"), opts.wal_options(), fs)?),
-            None => (Arc::new(StdFs::direct()) as Arc<dyn FileSystem>, Wal::open(&dir.join("wal"), opts.wal_options())?),
+        let wal_dir = dir.join("wal");
+        let wal = match (host, &fs) {
+            (Some(h), _) => Wal::open_hosted(&wal_dir, opts.wal_options(), fs.clone(), &h.wal)?,
+            (None, Some(fs)) => Wal::open_with_fs(&wal_dir, opts.wal_options(), fs.clone())?,
+            (None, None) => Wal::open(&wal_dir, opts.wal_options())?,
         };
-        Self::open_on(fs, dir, opts, wal, pool)
+        let fs = fs.unwrap_or_else(|| Arc::new(StdFs::direct()));
+        Self::open_on(fs, dir, opts, wal, host.map(|h| h.flush.clone()))
     }
 
     fn open_on(fs: Arc<dyn FileSystem>, dir: &Path, opts: Options, wal: Wal, pool: Option<Arc<FlushPool>>) -> Result<Shard> {
