@@ -22,12 +22,14 @@ mod sealed;
 mod segments;
 mod steps;
 mod table;
+mod transfer;
 
 pub use entry::{decode_list, encode_list, split_item, Entry, Kind, Value};
 pub use op::{Op, MAX_KEY_SIZE, MAX_VALUE_SIZE};
 pub use pool::MAX_FLUSH_THREADS;
 pub use recovery::RecoveryReport;
 pub use steps::{Step, StepHook, Steps};
+pub use transfer::Snapshot;
 
 use crate::error::{Error, Result};
 use crate::status::*;
@@ -250,14 +252,16 @@ impl Shard {
             Some(fs) => (fs.clone(), Wal::open_with_fs(&dir.join("wal"), opts.wal_options(), fs)?),
             None => (Arc::new(StdFs::direct()) as Arc<dyn FileSystem>, Wal::open(&dir.join("wal"), opts.wal_options())?),
         };
-        Self::open_on(fs, dir, opts, wal, pool)
+        Self::open_on(fs, dir, opts, wal, pool, 0)
     }
 
-    fn open_on(fs: Arc<dyn FileSystem>, dir: &Path, opts: Options, wal: Wal, pool: Option<Arc<FlushPool>>) -> Result<Shard> {
+    /// `base`: versions up to it are the segments' by construction (an
+    /// incoming shard whose snapshot is being installed; 0 otherwise).
+    fn open_on(fs: Arc<dyn FileSystem>, dir: &Path, opts: Options, wal: Wal, pool: Option<Arc<FlushPool>>, base: u64) -> Result<Shard> {
         let seg_dir = dir.join("segments");
         let last = wal.last_seq();
         let mut report = RecoveryReport::default();
-        let loaded = recovery::load(&fs, &seg_dir, last > 0, opts.salvage, &mut report)?;
+        let loaded = recovery::load(&fs, &seg_dir, last > base, opts.salvage, &mut report)?;
         let mut segs = loaded.segs;
         let stored = segs.max_version().max(loaded.manifest.persisted);
         if stored > last {
@@ -268,7 +272,7 @@ impl Shard {
         // Every version the WAL was acknowledged past is in a segment
         // file: a WAL that starts later lost records no file holds.
         let first = wal.first_seq();
-        if first > loaded.proven + 1 {
+        if first > loaded.proven.max(base) + 1 {
             let (a, b) = (loaded.proven + 1, first - 1);
             if !opts.salvage {
                 return Err(Error::corruption(format!(
@@ -418,6 +422,14 @@ impl Shard {
         self.inner.segs.read().applied
     }
 
+    /// Holds off every write to this shard until the hold is dropped: a
+    /// transfer's final drain reads the WAL under it until a read comes
+    /// back empty. TEMPORARY: this takes the shard-wide write lock (readers
+    /// wait too); the shard's write gate replaces it once it lands.
+    pub(crate) fn hold_writes(&self) -> WriteHold<'_> {
+        WriteHold { _lock: self.inner.segs.write() }
+    }
+
     /// Keeps WAL records >= `seq` even once persisted (a transfer or a
     /// lagging follower still reads them); u64::MAX releases the hold.
     pub fn set_keep_from(&self, seq: u64) -> Result<()> {
@@ -475,6 +487,11 @@ impl Shard {
     pub fn is_closed(&self) -> bool {
         self.inner.closed.load(Ordering::Acquire)
     }
+}
+
+/// While it lives, no write is applied to its shard (`Shard::hold_writes`).
+pub(crate) struct WriteHold<'a> {
+    _lock: parking_lot::RwLockWriteGuard<'a, Segments>,
 }
 
 /// The smallest key greater than every key starting with `prefix`
