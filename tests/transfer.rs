@@ -185,3 +185,62 @@ fn a_receiver_refuses_a_shard_its_host_did_not_announce() {
     assert_eq!(dst.transfers.receiver_stats().refused_unannounced, 2);
     assert_eq!(dst.engine.open_shard(SHARD, false).err().map(|e| e.status), Some(KEEL_STATUS_NOT_FOUND));
 }
+
+#[test]
+fn writes_during_the_transfer_reach_the_receiver_and_the_hand_over_stops_them() {
+    let (src, dst) = pair("writer");
+    let shard = src.engine.open_shard(SHARD, true).unwrap();
+    write_mix(&shard, 14, 1000);
+    dst.transfers.expect(SHARD, 1);
+    // A writer keeps writing through the whole transfer until the hand-over
+    // refuses it; every write it saw succeed must be on the receiver.
+    let writer = {
+        let shard = shard.clone();
+        std::thread::spawn(move || {
+            let mut acked = Vec::new();
+            for i in 0u64.. {
+                let key = format!("w{:05}", i % 5000);
+                match shard.put(key.as_bytes(), &i.to_le_bytes()) {
+                    Ok(v) => acked.push((key, i, v)),
+                    Err(e) => {
+                        assert_eq!(e.status, KEEL_STATUS_MOVED, "{e}");
+                        return acked;
+                    }
+                }
+            }
+            unreachable!()
+        })
+    };
+    let opts = TransferOptions { hand_over: true, ..small_batches(Method::Snapshot) };
+    let r = src.transfers.send_shard(&shard, SHARD, 2, &opts).unwrap();
+    let acked = writer.join().unwrap();
+    assert!(r.handed_over && shard.is_moved(), "{r:?}");
+    assert_eq!(shard.put(b"late", b"x").unwrap_err().status, KEEL_STATUS_MOVED);
+    assert_eq!(r.last_version, shard.last_version(), "everything applied was sent");
+    check_pipeline(&r, &dst);
+    let got = received(&dst);
+    assert_eq!(shard_digest(&got).unwrap(), shard_digest(&shard).unwrap());
+    // The writer's last successful write, at its version, is there.
+    if let Some((key, i, v)) = acked.last() {
+        let e = got.get(key.as_bytes()).unwrap().expect("the last acknowledged write arrived");
+        assert_eq!((e.version, e.value), (*v, keel::shard::Value::Bytes(i.to_le_bytes().to_vec())));
+    }
+}
+
+#[test]
+fn a_digest_covers_versions_and_kinds_not_only_bytes() {
+    let (a, b) = (side("digest-a", 1), side("digest-b", 2));
+    let (x, y) = (a.engine.open_shard(1, true).unwrap(), b.engine.open_shard(1, true).unwrap());
+    x.put(b"k", b"v").unwrap();
+    y.put(b"k", b"v").unwrap();
+    assert_eq!(shard_digest(&x).unwrap(), shard_digest(&y).unwrap());
+    // Same bytes at another version.
+    y.put(b"k", b"v").unwrap();
+    assert_ne!(shard_digest(&x).unwrap(), shard_digest(&y).unwrap());
+    // A posting list holding the value's bytes as its one item.
+    x.put(b"k", b"v").unwrap();
+    x.put(b"a", b"-").unwrap();
+    y.append(b"a", b"-").unwrap();
+    assert_eq!(x.last_version(), y.last_version());
+    assert_ne!(shard_digest(&x).unwrap(), shard_digest(&y).unwrap());
+}

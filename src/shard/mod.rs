@@ -147,6 +147,8 @@ pub(crate) struct Inner {
     /// and durability wait; close takes the write side.
     wal: RwLock<Option<Wal>>,
     persisted: AtomicU64,
+    /// Handed over by a transfer (`WriteHold::hand_over`): writes are MOVED.
+    moved: AtomicBool,
     closed: Arc<AtomicBool>,
     poison: Mutex<Option<Error>>,
     /// The last error of a background step (flush, seal, merge).
@@ -297,6 +299,7 @@ impl Shard {
             segs: RwLock::new(segs),
             wal: RwLock::new(Some(wal)),
             persisted: AtomicU64::new(persisted),
+            moved: AtomicBool::new(false),
             closed: Arc::new(AtomicBool::new(false)),
             poison: Mutex::new(None),
             last_error: Mutex::new(None),
@@ -332,6 +335,9 @@ impl Shard {
         let wal = wal.as_ref().ok_or_else(|| Error::new(KEEL_STATUS_CLOSED, "shard is closed"))?;
         let (first, last, full) = {
             let mut segs = inner.segs.write();
+            if inner.moved.load(Ordering::Acquire) {
+                return Err(Error::new(KEEL_STATUS_MOVED, "the shard was handed over to another node; write there"));
+            }
             segs.check(ops)?;
             let first = wal.append_deferred(&records)?;
             for (i, op) in ops.iter().enumerate() {
@@ -427,7 +433,7 @@ impl Shard {
     /// back empty. TEMPORARY: this takes the shard-wide write lock (readers
     /// wait too); the shard's write gate replaces it once it lands.
     pub(crate) fn hold_writes(&self) -> WriteHold<'_> {
-        WriteHold { _lock: self.inner.segs.write() }
+        WriteHold { _lock: self.inner.segs.write(), moved: &self.inner.moved }
     }
 
     /// Keeps WAL records >= `seq` even once persisted (a transfer or a
@@ -492,6 +498,15 @@ impl Shard {
 /// While it lives, no write is applied to its shard (`Shard::hold_writes`).
 pub(crate) struct WriteHold<'a> {
     _lock: parking_lot::RwLockWriteGuard<'a, Segments>,
+    moved: &'a AtomicBool,
+}
+
+impl WriteHold<'_> {
+    /// Hands the shard over: every later write fails with MOVED. Under
+    /// the hold, so no write slips in between the last one sent and this.
+    pub(crate) fn hand_over(&self) {
+        self.moved.store(true, Ordering::Release);
+    }
 }
 
 /// The smallest key greater than every key starting with `prefix`

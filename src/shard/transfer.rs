@@ -81,6 +81,11 @@ impl Shard {
         Ok(Snapshot { version: s.applied, appendable: s.appendable.map.clone(), sealed: s.sealed.clone() })
     }
 
+    /// Whether a transfer handed this shard over: its writes fail with MOVED.
+    pub fn is_moved(&self) -> bool {
+        self.inner.moved.load(std::sync::atomic::Ordering::Acquire)
+    }
+
     /// Keeps the shard's WAL records >= `from` while the pin lives
     /// (TRUNCATED when they are gone already).
     pub fn pin_wal(&self, from: u64) -> Result<Pin> {

@@ -47,6 +47,11 @@ pub struct TransferOptions {
     pub max_batch_records: usize,
     /// How long the source waits for the receiver's answer to one step.
     pub ack_timeout: Duration,
+    /// Finish by handing the shard over: once the receiver has everything,
+    /// the source's shard refuses writes with MOVED (the host then closes
+    /// and drops it). Without it the source keeps its shard writable and
+    /// the receiver holds a copy as of the finish.
+    pub hand_over: bool,
 }
 
 impl Default for TransferOptions {
@@ -56,6 +61,7 @@ impl Default for TransferOptions {
             max_batch_bytes: 1 << 20,
             max_batch_records: 1024,
             ack_timeout: Duration::from_secs(30),
+            hand_over: false,
         }
     }
 }
@@ -98,6 +104,8 @@ pub struct Report {
     pub send_time: Duration,
     /// How long writes were held off for the final drain.
     pub final_hold: Duration,
+    /// The shard was handed over (`TransferOptions::hand_over`).
+    pub handed_over: bool,
     /// Most batches the source held at once (built, in flight or being read).
     pub max_batches_in_memory: usize,
 }

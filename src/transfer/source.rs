@@ -344,6 +344,12 @@ pub(super) fn run(
     }
     let last = link.report.last_version;
     link.simple(wire::FINISH, &last.to_le_bytes())?;
+    // The receiver owns the shard now: with a hand-over, later writes here
+    // fail with MOVED; none can slip in, the hold is still taken.
+    if opts.hand_over {
+        hold.hand_over();
+        link.report.handed_over = true;
+    }
     drop(hold);
     link.report.final_hold = held.elapsed();
     link.report.max_batches_in_memory = batcher.memory.max.load(Ordering::Acquire);
