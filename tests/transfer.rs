@@ -12,9 +12,9 @@ use keel::engine::Engine;
 use keel::node::{Node, NodeOptions};
 use keel::shard::{Options, Shard};
 use keel::status::*;
-use keel::transfer::{shard_digest, Method, Report, TransferOptions, Transfers};
+use keel::transfer::{shard_digest, wire, Method, Report, TransferOptions, Transfers};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 const SHARD: u32 = 7;
 
@@ -243,4 +243,51 @@ fn a_digest_covers_versions_and_kinds_not_only_bytes() {
     y.append(b"a", b"-").unwrap();
     assert_eq!(x.last_version(), y.last_version());
     assert_ne!(shard_digest(&x).unwrap(), shard_digest(&y).unwrap());
+}
+
+#[test]
+fn an_unfinished_incoming_shard_is_busy_and_steps_must_come_one_at_a_time_in_order() {
+    let (src, dst) = pair("steps");
+    dst.transfers.expect(SHARD, 1);
+    // The source's side spoken by hand, to put steps out of order.
+    let send = |id: u64, ty: u16, step: u64, acked: u64, body: &[u8]| {
+        let mut p = wire::step(id, step, acked);
+        p.extend_from_slice(body);
+        src.node.send(2, ty, &p).unwrap();
+    };
+    let seen = |steps: u64| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while dst.transfers.receiver_stats().steps < steps {
+            assert!(Instant::now() < deadline, "the receiver never saw step {steps}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    };
+    let start = [&SHARD.to_le_bytes()[..], &[wire::MODE_SNAPSHOT]].concat();
+    let begin = [&[wire::MODE_SNAPSHOT][..], &5u64.to_le_bytes(), &[0], &0u32.to_le_bytes()].concat();
+    send(99, wire::START, 1, 0, &start);
+    send(99, wire::BEGIN, 2, 1, &begin);
+    seen(2);
+    let busy = |what: &str| {
+        let e = dst.engine.open_shard(SHARD, false).err().unwrap_or_else(|| panic!("{what}: the incoming shard opened"));
+        assert_eq!(e.status, KEEL_STATUS_BUSY, "{what}: {e}");
+    };
+    busy("during the transfer");
+    // Step 3 sent before the ACK of step 2: two in flight.
+    send(99, wire::OPS, 3, 1, &0u32.to_le_bytes());
+    seen(3);
+    assert_eq!(dst.transfers.receiver_stats().overlapped, 1);
+    busy("after the reception was abandoned");
+    // A step skipped.
+    send(100, wire::START, 1, 0, &start);
+    send(100, wire::BEGIN, 3, 2, &begin);
+    seen(5);
+    let s = dst.transfers.receiver_stats();
+    assert_eq!((s.out_of_order, s.failed), (1, 2), "{s:?}");
+    busy("after a second abandoned reception");
+
+    // A real transfer finishes it; then the host opens it.
+    let shard = src.engine.open_shard(SHARD, true).unwrap();
+    write_mix(&shard, 15, 200);
+    src.transfers.send_shard(&shard, SHARD, 2, &small_batches(Method::Snapshot)).unwrap();
+    assert_eq!(shard_digest(&received(&dst)).unwrap(), shard_digest(&shard).unwrap());
 }
