@@ -262,8 +262,13 @@ fn an_unfinished_incoming_shard_is_busy_and_steps_must_come_one_at_a_time_in_ord
             std::thread::sleep(Duration::from_millis(5));
         }
     };
+    // The hand-made snapshot claims version 5 of the real shard, with the
+    // source's checksum of it, and never completes.
+    let shard = src.engine.open_shard(SHARD, true).unwrap();
+    write_mix(&shard, 15, 200);
+    let crc = shard.record_crc(5).unwrap().unwrap();
     let start = [&SHARD.to_le_bytes()[..], &[wire::MODE_SNAPSHOT]].concat();
-    let begin = [&[wire::MODE_SNAPSHOT][..], &5u64.to_le_bytes(), &[0], &0u32.to_le_bytes()].concat();
+    let begin = [&[wire::MODE_SNAPSHOT][..], &5u64.to_le_bytes(), &[1], &crc.to_le_bytes()].concat();
     send(99, wire::START, 1, 0, &start);
     send(99, wire::BEGIN, 2, 1, &begin);
     seen(2);
@@ -285,9 +290,9 @@ fn an_unfinished_incoming_shard_is_busy_and_steps_must_come_one_at_a_time_in_ord
     assert_eq!((s.out_of_order, s.failed), (1, 2), "{s:?}");
     busy("after a second abandoned reception");
 
-    // A real transfer finishes it; then the host opens it.
-    let shard = src.engine.open_shard(SHARD, true).unwrap();
-    write_mix(&shard, 15, 200);
-    src.transfers.send_shard(&shard, SHARD, 2, &small_batches(Method::Snapshot)).unwrap();
+    // A real transfer finishes it; then the host opens it. The remains of
+    // the snapshot that never completed are no base for a WAL delta.
+    let r = src.transfers.send_shard(&shard, SHARD, 2, &small_batches(Method::WalDelta)).unwrap();
+    assert!(r.snapshot && r.fallback.is_some(), "{r:?}");
     assert_eq!(shard_digest(&received(&dst)).unwrap(), shard_digest(&shard).unwrap());
 }

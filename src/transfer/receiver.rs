@@ -57,6 +57,9 @@ struct Incoming {
     /// Taken by the engine once BEGIN (or, for a WAL delta, START) opened it.
     shard: Option<Shard>,
     snapshot: bool,
+    /// A snapshot's version and the source's crc32 of its record, kept by
+    /// the shard once the snapshot is complete (`Shard::set_snapshot_base`).
+    base: Option<(u64, u32)>,
 }
 
 #[derive(Default)]
@@ -161,7 +164,7 @@ impl Receiver {
         for inc in stale {
             abandon(engine, inc);
         }
-        let mut inc = Incoming { shard_id, peer, step: 1, shard: None, snapshot: false };
+        let mut inc = Incoming { shard_id, peer, step: 1, shard: None, snapshot: false, base: None };
         if mode == wire::MODE_DELTA {
             match engine.receive_shard(shard_id, None) {
                 Ok(shard) => {
@@ -169,8 +172,9 @@ impl Receiver {
                     ack.crc = shard.record_crc(ack.version)?;
                     inc.shard = Some(shard);
                 }
-                // Nothing here yet: the source will send a snapshot.
-                Err(e) if e.status == KEEL_STATUS_NOT_FOUND => {}
+                // Nothing usable here (no such shard, or the remains of a
+                // snapshot that never completed): the source sends a snapshot.
+                Err(e) if e.status == KEEL_STATUS_NOT_FOUND || e.status == KEEL_STATUS_CORRUPTION => {}
                 Err(e) => return Err(e),
             }
         }
@@ -215,9 +219,7 @@ impl Receiver {
                         let shard = engine.receive_shard(inc.shard_id, Some(base))?;
                         let has_crc = body.u8().map_err(|e| protocol(e.message))?;
                         let crc = body.u32().map_err(|e| protocol(e.message))?;
-                        if has_crc == 1 {
-                            shard.set_snapshot_base(base, crc)?;
-                        }
+                        inc.base = (has_crc == 1).then_some((base, crc));
                         inc.shard = Some(shard);
                         inc.snapshot = true;
                     }
@@ -239,8 +241,13 @@ impl Receiver {
             }
             wire::SNAPSHOT_END => {
                 // The snapshot is durable only as a whole: its entries are
-                // in memory until this flush persists them.
-                ack.version = shard_of(inc, true)?.flush(true)?;
+                // in memory until this flush persists them. Only then may a
+                // later WAL delta build on it.
+                let shard = shard_of(inc, true)?;
+                ack.version = shard.flush(true)?;
+                if let Some((version, crc)) = inc.base {
+                    shard.set_snapshot_base(version, crc)?;
+                }
             }
             wire::OPS => {
                 let ops = wire::ops(body)?;
