@@ -93,6 +93,12 @@ impl Shard {
         self.inner.with_wal(|w| w.pin(from))
     }
 
+    /// Keeps every WAL record the shard retains now while the pin lives.
+    pub fn pin_wal_retained(&self) -> Result<Pin> {
+        self.inner.check_open()?;
+        self.inner.with_wal(|w| w.pin_retained())
+    }
+
     /// A reader of the shard's WAL from `from`, up to its durable mark.
     pub fn wal_reader(&self, from: u64) -> Result<Reader> {
         self.inner.check_open()?;
@@ -100,13 +106,18 @@ impl Shard {
     }
 
     /// Makes every logged operation durable; returns the durable mark.
+    /// Callable under `hold_writes`: the recursive read does not queue
+    /// behind a close waiting for the writers the hold blocks.
     pub fn sync_wal(&self) -> Result<u64> {
-        self.inner.with_wal(|w| w.sync())
+        match self.inner.wal.read_recursive().as_ref() {
+            Some(w) => w.sync(),
+            None => Err(Error::new(KEEL_STATUS_CLOSED, "shard is closed")),
+        }
     }
 
     /// Every operation <= this is durable in the shard's WAL.
     pub fn durable_version(&self) -> u64 {
-        self.inner.wal.read().as_ref().map_or(0, |w| w.durable_seq())
+        self.inner.wal.read_recursive().as_ref().map_or(0, |w| w.durable_seq())
     }
 
     /// The crc32 of the WAL record of `version` (the history check of a

@@ -157,8 +157,10 @@ impl Receiver {
                 ));
             }
             // An earlier attempt of the same shard that never finished
-            // (its source gave up or restarted) ends here.
-            let old: Vec<(u64, u64)> = st.running.iter().filter(|(_, i)| i.shard_id == shard_id).map(|(k, _)| *k).collect();
+            // (its source gave up or restarted), or one under the same id
+            // (a restarted source numbers its transfers afresh), ends here.
+            let old: Vec<(u64, u64)> =
+                st.running.iter().filter(|(k, i)| i.shard_id == shard_id || **k == (peer, id)).map(|(k, _)| *k).collect();
             old.into_iter().filter_map(|k| st.running.remove(&k)).collect()
         };
         for inc in stale {

@@ -253,18 +253,6 @@ fn plan(shard: &Shard, method: Method, had: u64, crc: Option<u32>, report: &mut 
     Ok(Plan::Snapshot)
 }
 
-/// Pins the WAL from the version after the persisted one (a flush that
-/// moves the persisted version and truncates in between is retried).
-fn pin_after_persisted(shard: &Shard) -> Result<crate::wal::Pin> {
-    let mut tries = 0;
-    loop {
-        match shard.pin_wal(shard.persisted_version() + 1) {
-            Err(e) if e.status == KEEL_STATUS_TRUNCATED && tries < 8 => tries += 1,
-            other => return other,
-        }
-    }
-}
-
 pub(super) fn run(
     node: &Node,
     id: u64,
@@ -297,8 +285,11 @@ pub(super) fn run(
         }
         Plan::Snapshot => {
             // Pinned before the capture: nothing after the snapshot's
-            // version can be truncated before the backfill reads it.
-            let mut pin = pin_after_persisted(shard)?;
+            // version can be truncated before the backfill reads it. What
+            // the WAL retains starts at or below the persisted version + 1
+            // (a flush truncates only what it persisted), and pinning it
+            // in one step leaves no gap for a truncation to slip into.
+            let mut pin = shard.pin_wal_retained()?;
             let snap = shard.snapshot()?;
             pin.advance(snap.version + 1);
             // Only what the source made durable is sent.

@@ -24,9 +24,21 @@ impl Wal {
     /// Pins the records >= `from`. TRUNCATED when `from` is below the
     /// first retained record (what it asks to keep is gone already).
     pub fn pin(&self, from: u64) -> Result<Pin> {
+        self.pin_at(Some(from))
+    }
+
+    /// Pins every record retained now, from the first one (or, in an
+    /// empty log, from the next one). Unlike reading `first_seq` and then
+    /// pinning it, no truncation can come in between.
+    pub fn pin_retained(&self) -> Result<Pin> {
+        self.pin_at(None)
+    }
+
+    fn pin_at(&self, from: Option<u64>) -> Result<Pin> {
         let mut st = self.shared.state.lock();
         self.shared.check_usable(&st)?;
         let first = st.segments.first().map_or(st.next_seq, |s| s.first_seq);
+        let from = from.unwrap_or(first);
         if from < first.max(1) {
             return Err(Error::new(
                 KEEL_STATUS_TRUNCATED,
