@@ -158,8 +158,10 @@ fn pins_per_holder_keep_the_lowest_and_release_on_drop() {
     let first = wal.first_seq();
     assert!(first > 250 && first <= 320, "keep_from 320 now holds: first retained {first} must be in (250, 320]");
 
-    // Nothing below the first retained record can be pinned.
+    // Nothing below the first retained record can be pinned; everything
+    // retained can, in one step.
     assert_eq!(wal.pin(first - 1).err().unwrap().status, KEEL_STATUS_TRUNCATED);
+    assert_eq!(wal.pin_retained().unwrap().from(), first);
     drop(high);
     wal.set_keep_from(u64::MAX).unwrap();
     wal.ack(380).unwrap();

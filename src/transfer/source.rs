@@ -110,7 +110,9 @@ impl Batcher {
     fn entries(&self, snap: &Snapshot, after: &mut Option<Vec<u8>>) -> Result<Option<Batch>> {
         let began = Instant::now();
         let mut b = self.start(wire::ENTRIES);
-        let chunk = snap.chunk(after.as_deref(), self.max_records, self.max_bytes)?;
+        // The chunk counts keys and values; the frame adds the rest.
+        let framing = STEP_HEADER + 4 + wire::ENTRY_OVERHEAD * self.max_records;
+        let chunk = snap.chunk(after.as_deref(), self.max_records, self.max_bytes.saturating_sub(framing))?;
         for (key, e) in &chunk {
             wire::put_entry(&mut b.payload, key, e);
             b.count += 1;
@@ -234,7 +236,9 @@ fn plan(shard: &Shard, method: Method, had: u64, crc: Option<u32>, report: &mut 
     if method == Method::Snapshot {
         return Ok(Plan::Snapshot);
     }
-    let why = if had > shard.durable_version() {
+    let why = if had == 0 && crc.is_none() {
+        "the receiver has no copy of the shard".to_string()
+    } else if had > shard.durable_version() {
         format!("the receiver has version {had}, past this shard's durable version {}", shard.durable_version())
     } else {
         match shard.pin_wal(had + 1) {

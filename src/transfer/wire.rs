@@ -126,10 +126,9 @@ pub fn put_entry(out: &mut Vec<u8>, key: &[u8], e: &Entry) {
     }
 }
 
-/// Bytes `put_entry` writes for an entry.
-pub fn entry_len(key: &[u8], e: &Entry) -> usize {
-    4 + key.len() + 8 + 1 + 4 + e.value.weight()
-}
+/// Bytes `put_entry` writes for an entry besides its key and its value's
+/// weight (`Value::weight`, which counts a posting item's length field).
+pub const ENTRY_OVERHEAD: usize = 4 + 8 + 1 + 4;
 
 pub fn entries(body: &mut Cursor) -> Result<Vec<(Vec<u8>, Entry)>> {
     let parse = |c: &mut Cursor| -> Result<Vec<(Vec<u8>, Entry)>> {
