@@ -247,3 +247,44 @@ impl Shard {
         Ok(last)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fs::StdFs;
+    use crate::shard::Op;
+
+    fn ops(range: std::ops::RangeInclusive<u64>) -> Vec<(u64, Vec<u8>)> {
+        range.map(|v| (v, Op::Put { key: format!("k{}", v % 3).into_bytes(), value: v.to_le_bytes().to_vec() }.encode())).collect()
+    }
+
+    fn apply(shard: &Shard, ops: &[(u64, Vec<u8>)]) -> Result<u64> {
+        let borrowed: Vec<(u64, &[u8])> = ops.iter().map(|(v, r)| (*v, r.as_slice())).collect();
+        shard.apply_transferred(&borrowed)
+    }
+
+    #[test]
+    fn transferred_operations_keep_their_versions_and_a_resent_batch_changes_nothing() {
+        let dir = std::env::temp_dir().join(format!("keel-incoming-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let opts = Options { flush_interval: None, ..Options::default() };
+        let shard = Shard::open_incoming(&dir, opts.clone(), Arc::new(StdFs::direct()), None, 10).unwrap();
+        assert_eq!(shard.last_version(), 10, "the WAL starts after the snapshot's version");
+        assert_eq!(apply(&shard, &ops(11..=13)).unwrap(), 13);
+        let before = shard.get(b"k1").unwrap();
+        // The same batch again, and one overlapping it: only 14 and 15 are new.
+        assert_eq!(apply(&shard, &ops(11..=13)).unwrap(), 13);
+        assert_eq!(shard.get(b"k1").unwrap(), before);
+        assert_eq!(apply(&shard, &ops(12..=15)).unwrap(), 15);
+        assert_eq!(shard.get(b"k0").unwrap().unwrap().version, 15);
+        // A gap is refused.
+        assert_eq!(apply(&shard, &ops(17..=18)).unwrap_err().status, KEEL_STATUS_PROTOCOL);
+        // Reopened normally, the shard replays its own WAL at those versions.
+        shard.close().unwrap();
+        let shard = Shard::open(&dir, opts).unwrap();
+        assert_eq!(shard.last_version(), 15);
+        assert_eq!(shard.get(b"k0").unwrap().unwrap().version, 15);
+        shard.close().unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
