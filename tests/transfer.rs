@@ -39,6 +39,11 @@ struct Side {
 }
 
 fn side(tag: &str, id: u64) -> Side {
+    side_with(tag, id, 4)
+}
+
+/// A side that runs at most `transfers` transfers at once each way.
+fn side_with(tag: &str, id: u64, transfers: u32) -> Side {
     let dir = TempDir::new(tag);
     let engine = Arc::new(Engine::open(dir.path(), shard_options()).unwrap());
     let node = Arc::new(
@@ -47,6 +52,7 @@ fn side(tag: &str, id: u64) -> Side {
             max_frame_bytes: 1 << 20,
             heartbeat_interval: Duration::from_millis(200),
             heartbeat_misses: 50,
+            max_concurrent_transfers: transfers,
             ..NodeOptions::default()
         })
         .unwrap(),
@@ -295,4 +301,32 @@ fn an_unfinished_incoming_shard_is_busy_and_steps_must_come_one_at_a_time_in_ord
     let r = src.transfers.send_shard(&shard, SHARD, 2, &small_batches(Method::WalDelta)).unwrap();
     assert!(r.snapshot && r.fallback.is_some(), "{r:?}");
     assert_eq!(shard_digest(&received(&dst)).unwrap(), shard_digest(&shard).unwrap());
+}
+
+#[test]
+fn a_receiver_takes_at_most_max_concurrent_transfers_at_once() {
+    let (src, dst) = (side("limit-src", 1), side_with("limit-dst", 2, 1));
+    src.node.connect(2, &dst.node.addr().to_string()).unwrap();
+    dst.transfers.expect(SHARD, 1);
+    dst.transfers.expect(SHARD + 1, 1);
+    // A reception of SHARD started by hand and left running.
+    let mut start = wire::step(77, 1, 0);
+    start.extend_from_slice(&[&SHARD.to_le_bytes()[..], &[wire::MODE_SNAPSHOT]].concat());
+    src.node.send(2, wire::START, &start).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while dst.transfers.receiver_stats().steps < 1 {
+        assert!(Instant::now() < deadline, "the receiver never saw the START");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let other = src.engine.open_shard(SHARD + 1, true).unwrap();
+    write_mix(&other, 16, 50);
+    let e = src.transfers.send_shard(&other, SHARD + 1, 2, &small_batches(Method::Snapshot)).unwrap_err();
+    assert_eq!(e.status, KEEL_STATUS_BUSY, "{e}");
+    // A new attempt of the running shard replaces it: the limit holds it.
+    let shard = src.engine.open_shard(SHARD, true).unwrap();
+    write_mix(&shard, 17, 50);
+    src.transfers.send_shard(&shard, SHARD, 2, &small_batches(Method::Snapshot)).unwrap();
+    assert_eq!(shard_digest(&received(&dst)).unwrap(), shard_digest(&shard).unwrap());
+    // With the slot free again, the other shard goes through.
+    src.transfers.send_shard(&other, SHARD + 1, 2, &small_batches(Method::Snapshot)).unwrap();
 }

@@ -24,7 +24,7 @@ use crate::status::*;
 use crossbeam_channel::Sender;
 use parking_lot::Mutex;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -118,6 +118,8 @@ pub struct Transfers {
     /// The source's transfers waiting for an ACK, by transfer id.
     waiting: Mutex<HashMap<u64, Sender<wire::Ack>>>,
     next_id: AtomicU64,
+    /// Transfers this node is sending now.
+    sending: AtomicUsize,
     receiver: receiver::Receiver,
 }
 
@@ -130,6 +132,7 @@ impl Transfers {
             engine,
             waiting: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
+            sending: AtomicUsize::new(0),
             receiver: receiver::Receiver::default(),
         });
         let weak: Weak<Transfers> = Arc::downgrade(&t);
@@ -153,9 +156,21 @@ impl Transfers {
 
     /// Sends `shard` (the host's open shard `shard_id`) to `peer` and
     /// returns once the receiver holds everything durably. Writes to the
-    /// shard continue meanwhile, except during the final drain.
+    /// shard continue meanwhile, except during the final drain. BUSY when
+    /// the node's `max_concurrent_transfers` are being sent already.
     pub fn send_shard(&self, shard: &Shard, shard_id: u32, peer: u64, opts: &TransferOptions) -> Result<Report> {
         opts.validate()?;
+        let max = self.node.max_concurrent_transfers();
+        if self.sending.fetch_add(1, Ordering::AcqRel) >= max {
+            self.sending.fetch_sub(1, Ordering::AcqRel);
+            return Err(Error::new(KEEL_STATUS_BUSY, format!("{max} transfers are being sent from this node already (max_concurrent_transfers)")));
+        }
+        let result = self.send_counted(shard, shard_id, peer, opts);
+        self.sending.fetch_sub(1, Ordering::AcqRel);
+        result
+    }
+
+    fn send_counted(&self, shard: &Shard, shard_id: u32, peer: u64, opts: &TransferOptions) -> Result<Report> {
         let id = (self.node.id() << 24) ^ self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = crossbeam_channel::unbounded();
         self.waiting.lock().insert(id, tx);
@@ -180,7 +195,8 @@ impl Transfers {
             }
             return;
         }
-        if let Some(ack) = self.receiver.on_step(&self.engine, peer, ty, payload) {
+        let max = self.node.max_concurrent_transfers();
+        if let Some(ack) = self.receiver.on_step(&self.engine, max, peer, ty, payload) {
             // A lost ACK times the source out; nothing else to do here.
             let _ = self.node.send(peer, wire::ACK, &ack.encode());
         }

@@ -103,7 +103,8 @@ impl Receiver {
 
     /// Handles one step from `peer`; returns the ACK to send (None when the
     /// frame is too damaged to say which transfer it belongs to).
-    pub fn on_step(&self, engine: &Engine, peer: u64, ty: u16, payload: &[u8]) -> Option<Ack> {
+    /// At most `max` receptions run at once.
+    pub fn on_step(&self, engine: &Engine, max: usize, peer: u64, ty: u16, payload: &[u8]) -> Option<Ack> {
         let Ok(step) = wire::parse_step(payload) else {
             self.note_malformed();
             return None;
@@ -112,7 +113,7 @@ impl Receiver {
         let (id, n, acked, mut body) = (step.id, step.step, step.acked, step.body);
         let mut ack = Ack { id, step: n, status: KEEL_STATUS_OK, version: 0, crc: None, message: String::new() };
         let result = if ty == wire::START {
-            self.start(engine, peer, id, n, &mut body, &mut ack)
+            self.start(engine, max, peer, id, n, &mut body, &mut ack)
         } else {
             // Taken out while it is worked on: other transfers go on meanwhile.
             let taken = self.state.lock().running.remove(&(peer, id));
@@ -139,7 +140,17 @@ impl Receiver {
         Some(ack)
     }
 
-    fn start(&self, engine: &Engine, peer: u64, id: u64, n: u64, body: &mut crate::shard::files::Cursor, ack: &mut Ack) -> Result<()> {
+    #[allow(clippy::too_many_arguments)]
+    fn start(
+        &self,
+        engine: &Engine,
+        max: usize,
+        peer: u64,
+        id: u64,
+        n: u64,
+        body: &mut crate::shard::files::Cursor,
+        ack: &mut Ack,
+    ) -> Result<()> {
         let malformed = |e: Error| Error::new(KEEL_STATUS_PROTOCOL, format!("malformed START: {}", e.message));
         let shard_id = body.u32().map_err(malformed)?;
         let mode = body.u8().map_err(malformed)?;
@@ -161,7 +172,18 @@ impl Receiver {
             // (a restarted source numbers its transfers afresh), ends here.
             let old: Vec<(u64, u64)> =
                 st.running.iter().filter(|(k, i)| i.shard_id == shard_id || **k == (peer, id)).map(|(k, _)| *k).collect();
-            old.into_iter().filter_map(|k| st.running.remove(&k)).collect()
+            let old: Vec<Incoming> = old.into_iter().filter_map(|k| st.running.remove(&k)).collect();
+            if st.running.len() >= max {
+                drop(st);
+                for inc in old {
+                    abandon(engine, inc);
+                }
+                return Err(Error::new(
+                    KEEL_STATUS_BUSY,
+                    format!("{max} transfers are being received here already (max_concurrent_transfers)"),
+                ));
+            }
+            old
         };
         for inc in stale {
             abandon(engine, inc);
