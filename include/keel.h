@@ -1134,6 +1134,13 @@ typedef struct keel_publisher_stats_t {
  */
 #define KEEL_STATUS_PROTOCOL 20
 
+/**
+ * The shard was handed over to another node by a transfer: it refuses
+ * writes from then on (reads still work until the host drops it;
+ * docs/TRANSFER.md).
+ */
+#define KEEL_STATUS_MOVED 21
+
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus

@@ -98,14 +98,15 @@ enum class Status : keel_status_t {
   Fenced = KEEL_STATUS_FENCED,
   Refused = KEEL_STATUS_REFUSED,
   Protocol = KEEL_STATUS_PROTOCOL,
+  Moved = KEEL_STATUS_MOVED,
 };
 
 // A new KEEL_STATUS_* value must get an enumerator above (statuses are
 // dense and never renumbered). The preprocessor cannot list the header's
 // codes, so this pins the last one known here, and errors_test.cpp checks
 // at run time that the library names no status after it.
-static_assert(KEEL_STATUS_PROTOCOL == 20, "keel.h has new status codes: extend keel::Status");
-inline constexpr Status last_status = Status::Protocol;
+static_assert(KEEL_STATUS_MOVED == 21, "keel.h has new status codes: extend keel::Status");
+inline constexpr Status last_status = Status::Moved;
 
 /// The C name of a status ("OK", "INVALID_ARGUMENT", ...); static storage.
 inline const char* to_string(Status s) noexcept {

@@ -32,6 +32,7 @@ const (
 	StatusFenced          Status = C.KEEL_STATUS_FENCED
 	StatusRefused         Status = C.KEEL_STATUS_REFUSED
 	StatusProtocol        Status = C.KEEL_STATUS_PROTOCOL
+	StatusMoved           Status = C.KEEL_STATUS_MOVED
 )
 
 // String returns the library's name of the status ("IO", "TRUNCATED", ...;
@@ -102,6 +103,9 @@ var (
 	// ErrProtocol: a Node's peer broke the wire protocol (malformed,
 	// oversized or unknown frame).
 	ErrProtocol = &Error{Code: StatusProtocol}
+	// ErrMoved: the shard was handed over to another node by a transfer
+	// and refuses writes.
+	ErrMoved = &Error{Code: StatusMoved}
 )
 
 // ErrNoMore is what Reader.Next returns when the reader has caught up with

@@ -16,6 +16,8 @@
 //! by renaming it to `shards/.drop-<id>`, then unlisting it, then removing
 //! it; engine open finishes either after a crash.
 
+mod incoming;
+
 use crate::error::{Error, Result};
 use crate::fs::{FileSystem, StdFs};
 use crate::lease::{Clock, FenceTable};
@@ -51,6 +53,8 @@ enum Slot {
     /// Being recovered, outside the engine's mutex; a second open is BUSY.
     Opening,
     Open(Shard),
+    /// Being received by a transfer (`incoming.rs`); opening it is BUSY.
+    Incoming(Shard),
 }
 
 struct State {
@@ -240,6 +244,7 @@ impl Engine {
                 Some(Slot::Open(s)) if !s.is_closed() => {
                     return Err(Error::new(KEEL_STATUS_BUSY, format!("shard {id} is already open; close it first")))
                 }
+                Some(Slot::Incoming(_)) => return Err(incoming::busy(id)),
                 _ => {}
             }
             if !state.ids.contains(&id) {
@@ -252,6 +257,8 @@ impl Engine {
                     "{}: missing, but shard {id} is in the engine's shard list ({SHARD_LIST}): its data is gone",
                     dir.display()
                 )));
+            } else if self.exists(&dir.join(incoming::MARKER))? {
+                return Err(incoming::busy(id));
             }
             state.slots.insert(id, Slot::Opening);
         }
@@ -305,8 +312,14 @@ impl Engine {
             Some(Slot::Open(s)) if !s.is_closed() => {
                 return Err(Error::new(KEEL_STATUS_BUSY, format!("shard {id} is open; close it before dropping it")))
             }
+            Some(Slot::Incoming(_)) => return Err(incoming::busy(id)),
             _ => {}
         }
+        self.drop_unopened(state, id)
+    }
+
+    /// Drops shard `id`, which is not open, under the engine's mutex.
+    fn drop_unopened(&self, state: &mut State, id: u32) -> Result<()> {
         state.slots.remove(&id);
         if !state.ids.contains(&id) {
             return Err(Error::new(KEEL_STATUS_NOT_FOUND, format!("shard {id} does not exist")));
@@ -370,7 +383,7 @@ impl Engine {
         // A shard still opening is closed by its opener, which finds the
         // engine closed.
         for shard in state.slots.into_values().filter_map(|s| match s {
-            Slot::Open(s) => Some(s),
+            Slot::Open(s) | Slot::Incoming(s) => Some(s),
             Slot::Opening => None,
         }) {
             if let Err(e) = shard.close() {

@@ -22,12 +22,14 @@ mod sealed;
 mod segments;
 mod steps;
 mod table;
+mod transfer;
 
 pub use entry::{decode_list, encode_list, split_item, Entry, Kind, Value};
 pub use op::{Op, MAX_KEY_SIZE, MAX_VALUE_SIZE};
 pub use pool::MAX_FLUSH_THREADS;
 pub use recovery::RecoveryReport;
 pub use steps::{Step, StepHook, Steps};
+pub use transfer::Snapshot;
 
 use crate::error::{Error, Result};
 use crate::status::*;
@@ -145,6 +147,8 @@ pub(crate) struct Inner {
     /// and durability wait; close takes the write side.
     wal: RwLock<Option<Wal>>,
     persisted: AtomicU64,
+    /// Handed over by a transfer (`WriteHold::hand_over`): writes are MOVED.
+    moved: AtomicBool,
     closed: Arc<AtomicBool>,
     poison: Mutex<Option<Error>>,
     /// The last error of a background step (flush, seal, merge).
@@ -246,6 +250,12 @@ impl Shard {
     /// WAL of its own; through `fs` if given, otherwise the real file
     /// system (with the WAL's own write strategy).
     pub(crate) fn open_in(dir: &Path, opts: Options, fs: Option<Arc<dyn FileSystem>>, host: Option<&pool::Host>) -> Result<Shard> {
+        Self::open_from(dir, opts, fs, host, 0)
+    }
+
+    /// `open_in` for a shard whose versions up to `base` are the
+    /// segments' by construction (an incoming shard; 0 otherwise).
+    fn open_from(dir: &Path, opts: Options, fs: Option<Arc<dyn FileSystem>>, host: Option<&pool::Host>, base: u64) -> Result<Shard> {
         opts.validate()?;
         let wal_dir = dir.join("wal");
         let wal = match (host, &fs) {
@@ -254,14 +264,16 @@ impl Shard {
             (None, None) => Wal::open(&wal_dir, opts.wal_options())?,
         };
         let fs = fs.unwrap_or_else(|| Arc::new(StdFs::direct()));
-        Self::open_on(fs, dir, opts, wal, host.map(|h| h.flush.clone()))
+        Self::open_on(fs, dir, opts, wal, host.map(|h| h.flush.clone()), base)
     }
 
-    fn open_on(fs: Arc<dyn FileSystem>, dir: &Path, opts: Options, wal: Wal, pool: Option<Arc<FlushPool>>) -> Result<Shard> {
+    /// `base`: versions up to it are the segments' by construction (an
+    /// incoming shard whose snapshot is being installed; 0 otherwise).
+    fn open_on(fs: Arc<dyn FileSystem>, dir: &Path, opts: Options, wal: Wal, pool: Option<Arc<FlushPool>>, base: u64) -> Result<Shard> {
         let seg_dir = dir.join("segments");
         let last = wal.last_seq();
         let mut report = RecoveryReport::default();
-        let loaded = recovery::load(&fs, &seg_dir, last > 0, opts.salvage, &mut report)?;
+        let loaded = recovery::load(&fs, &seg_dir, last > base, opts.salvage, &mut report)?;
         let mut segs = loaded.segs;
         let stored = segs.max_version().max(loaded.manifest.persisted);
         if stored > last {
@@ -272,7 +284,7 @@ impl Shard {
         // Every version the WAL was acknowledged past is in a segment
         // file: a WAL that starts later lost records no file holds.
         let first = wal.first_seq();
-        if first > loaded.proven + 1 {
+        if first > loaded.proven.max(base) + 1 {
             let (a, b) = (loaded.proven + 1, first - 1);
             if !opts.salvage {
                 return Err(Error::corruption(format!(
@@ -297,6 +309,7 @@ impl Shard {
             segs: RwLock::new(segs),
             wal: RwLock::new(Some(wal)),
             persisted: AtomicU64::new(persisted),
+            moved: AtomicBool::new(false),
             closed: Arc::new(AtomicBool::new(false)),
             poison: Mutex::new(None),
             last_error: Mutex::new(None),
@@ -332,6 +345,9 @@ impl Shard {
         let wal = wal.as_ref().ok_or_else(|| Error::new(KEEL_STATUS_CLOSED, "shard is closed"))?;
         let (first, last, full) = {
             let mut segs = inner.segs.write();
+            if inner.moved.load(Ordering::Acquire) {
+                return Err(Error::new(KEEL_STATUS_MOVED, "the shard was handed over to another node; write there"));
+            }
             segs.check(ops)?;
             let first = wal.append_deferred(&records)?;
             for (i, op) in ops.iter().enumerate() {
@@ -422,6 +438,14 @@ impl Shard {
         self.inner.segs.read().applied
     }
 
+    /// Holds off every write to this shard until the hold is dropped: a
+    /// transfer's final drain reads the WAL under it until a read comes
+    /// back empty. TEMPORARY: this takes the shard-wide write lock (readers
+    /// wait too); the shard's write gate replaces it once it lands.
+    pub(crate) fn hold_writes(&self) -> WriteHold<'_> {
+        WriteHold { _lock: self.inner.segs.write(), moved: &self.inner.moved }
+    }
+
     /// Keeps WAL records >= `seq` even once persisted (a transfer or a
     /// lagging follower still reads them); u64::MAX releases the hold.
     pub fn set_keep_from(&self, seq: u64) -> Result<()> {
@@ -478,6 +502,20 @@ impl Shard {
 
     pub fn is_closed(&self) -> bool {
         self.inner.closed.load(Ordering::Acquire)
+    }
+}
+
+/// While it lives, no write is applied to its shard (`Shard::hold_writes`).
+pub(crate) struct WriteHold<'a> {
+    _lock: parking_lot::RwLockWriteGuard<'a, Segments>,
+    moved: &'a AtomicBool,
+}
+
+impl WriteHold<'_> {
+    /// Hands the shard over: every later write fails with MOVED. Under
+    /// the hold, so no write slips in between the last one sent and this.
+    pub(crate) fn hand_over(&self) {
+        self.moved.store(true, Ordering::Release);
     }
 }
 

@@ -15,12 +15,14 @@
 
 pub mod extent;
 pub mod format;
+mod pins;
 mod reader;
 mod recovery;
 pub mod scan;
 mod segment;
 mod workers;
 
+pub use pins::Pin;
 pub use reader::Reader;
 pub use recovery::RecoveryReport;
 pub use segment::{file_name as segment_file_name, parse_name as parse_segment_name};
