@@ -15,7 +15,9 @@
  *   out with TIMEOUT;
  * - a session costs one read-index for a get, a multi_get and two scans;
  *   a session of another shard is refused;
- * - the callback's error comes back; the counters say all of it.
+ * - the callback's error comes back; the counters say all of it;
+ * - read_index_free runs once per configuration: at once when it is
+ *   refused, at the shard's close otherwise.
  */
 #include "keel_test.h"
 
@@ -29,7 +31,13 @@ struct host {
   uint64_t index;         /* what the read-index answers */
   keel_status_t status;   /* or this error */
   unsigned calls;
+  unsigned frees; /* read_index_free calls */
 };
+
+static void on_free(void *user) {
+  struct host *h = user;
+  __atomic_add_fetch(&h->frees, 1, __ATOMIC_SEQ_CST);
+}
 
 static keel_status_t read_index(void *user, uint64_t *index) {
   struct host *h = user;
@@ -52,6 +60,7 @@ static keel_lease_options_t lease_options(struct host *h) {
   o.clock = KEEL_CLOCK_MANUAL;
   o.read_index = read_index;
   o.read_index_user_data = h;
+  o.read_index_free = on_free;
   return o;
 }
 
@@ -121,7 +130,7 @@ int main(void) {
   CHECK_STATUS(KEEL_STATUS_INVALID_ARGUMENT, keel_shard_lease_stats(s, &st, &err));
 
   /* Configurations that are refused. */
-  struct host h = {10, KEEL_STATUS_OK, 0};
+  struct host h = {10, KEEL_STATUS_OK, 0, 0};
   keel_lease_options_t lo = lease_options(&h);
   lo.lease_ms = 800; /* == 1000 - 100 - 100 */
   CHECK_STATUS(KEEL_STATUS_INVALID_ARGUMENT, keel_shard_consensus_configure(s, &lo, &err));
@@ -135,11 +144,13 @@ int main(void) {
   lo.default_level = 7;
   CHECK_STATUS(KEEL_STATUS_INVALID_ARGUMENT, keel_shard_consensus_configure(s, &lo, &err));
   CHECK_STATUS(KEEL_STATUS_NULL_ARGUMENT, keel_shard_consensus_configure(s, NULL, &err));
+  CHECK_EQ_U64(h.frees, 4); /* every refused configuration handed its user data back */
 
   lo = lease_options(&h);
   lo.default_level = KEEL_READ_LEASE;
   CHECK_OK(keel_shard_consensus_configure(s, &lo, &err));
   CHECK_STATUS(KEEL_STATUS_INVALID_ARGUMENT, keel_shard_consensus_configure(s, &lo, &err));
+  CHECK_EQ_U64(h.frees, 5);
 
   /* A follower: NOT_LEADER with the hint, for _ex and for the default level. */
   CHECK_OK(keel_shard_consensus_set_role(s, KEEL_ROLE_FOLLOWER, 3, 2, &err));
@@ -269,8 +280,11 @@ int main(void) {
   CHECK_RC(KEEL_STATUS_INVALID_ARGUMENT, keel_read_options_init_sized(&small, 8));
   CHECK_RC(KEEL_STATUS_NULL_ARGUMENT, keel_read_options_init_sized(NULL, sizeof small));
 
+  CHECK_EQ_U64(h.frees, 5);
   CHECK_OK(keel_shard_close(other, &err));
+  CHECK_EQ_U64(h.frees, 6);
   CHECK_OK(keel_shard_close(s, &err));
+  CHECK_EQ_U64(h.frees, 7); /* once per configured shard, at its close */
   unsigned calls = h.calls;
   CHECK_OK(keel_engine_close(e, &err));
   CHECK_EQ_U64(h.calls, calls);

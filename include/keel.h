@@ -110,7 +110,7 @@
 /**
  * sizeof(keel_lease_options_t) of version 1.
  */
-#define KEEL_LEASE_OPTIONS_SIZE_V1 80
+#define KEEL_LEASE_OPTIONS_SIZE_V1 88
 
 /**
  * sizeof(keel_lease_stats_t) of version 1.
@@ -482,6 +482,12 @@ typedef struct keel_buf_t {
 typedef keel_status_t (*keel_read_index_fn)(void *user_data, uint64_t *index);
 
 /**
+ * Releases the user data of a keel_read_index_fn once keel no longer
+ * needs it (see keel_lease_options_t.read_index_free).
+ */
+typedef void (*keel_user_data_free_fn)(void *user_data);
+
+/**
  * Options of keel_shard_consensus_configure(). Versioned by `struct_size`
  * (docs/FFI.md, "Versioned structs"): fill it with
  * keel_lease_options_init_sized(&o, sizeof o) first. Durations are in
@@ -532,9 +538,19 @@ typedef struct keel_lease_options_t {
   keel_read_index_fn read_index;
   /**
    * Passed to read_index; keel never dereferences it. It must stay
-   * valid until keel_shard_close() returned.
+   * valid until keel_shard_close() returned (or read_index_free ran).
    */
   void *read_index_user_data;
+  /**
+   * Optional (NULL: none). When set, keel_shard_consensus_configure()
+   * takes ownership of read_index_user_data whatever it returns: keel
+   * calls read_index_free(read_index_user_data) exactly once, when it
+   * no longer needs it: when the shard closes (keel_shard_close(), or
+   * keel_engine_close() of its engine), or before configure returns an
+   * error. Only a NULL `opts`, or one whose struct_size keel cannot
+   * read, leaves ownership with the caller.
+   */
+  keel_user_data_free_fn read_index_free;
 } keel_lease_options_t;
 
 /**
@@ -984,11 +1000,6 @@ typedef void (*keel_net_event_fn)(void *user,
                                   const char *message);
 
 /**
- * Releases the callback's user data; called once by keel_net_close().
- */
-typedef void (*keel_user_data_free_fn)(void *user);
-
-/**
  * Options of keel_net_open(). Versioned by `struct_size` (docs/FFI.md,
  * "Versioned structs"): fill it with keel_net_options_init_sized(&o,
  * sizeof o) first, then change the fields you need.
@@ -1336,6 +1347,8 @@ keel_status_t keel_lease_options_init_sized(struct keel_lease_options_t *opts, s
  * refused) and starts the shard as a follower of term 0 with itself as
  * the only voter, until the host reports its facts. Once per open (the
  * facts and the callback live until keel_shard_close()).
+ * With read_index_free set, the user data is keel's from this call on,
+ * whatever it returns (see there).
  * Errors: NULL_ARGUMENT, INVALID_ARGUMENT (self_id 0, read_index NULL, a
  * lease not below election_timeout_min_ms − max_clock_drift_ms −
  * max_round_trip_ms, a bad level or clock, struct_size, already

@@ -47,8 +47,12 @@ pub const KEEL_CLOCK_MANUAL: u64 = 1;
 /// the same shard. Never called after keel_shard_close() returned.
 pub type keel_read_index_fn = Option<unsafe extern "C" fn(user_data: *mut c_void, index: *mut u64) -> keel_status_t>;
 
+/// Releases the user data of a keel_read_index_fn once keel no longer
+/// needs it (see keel_lease_options_t.read_index_free).
+pub type keel_user_data_free_fn = Option<unsafe extern "C" fn(user_data: *mut c_void)>;
+
 /// sizeof(keel_lease_options_t) of version 1.
-pub const KEEL_LEASE_OPTIONS_SIZE_V1: u32 = 80;
+pub const KEEL_LEASE_OPTIONS_SIZE_V1: u32 = 88;
 
 /// Options of keel_shard_consensus_configure(). Versioned by `struct_size`
 /// (docs/FFI.md, "Versioned structs"): fill it with
@@ -81,8 +85,16 @@ pub struct keel_lease_options_t {
     /// Required: the read-index round trip (keel_read_index_fn).
     pub read_index: keel_read_index_fn,
     /// Passed to read_index; keel never dereferences it. It must stay
-    /// valid until keel_shard_close() returned.
+    /// valid until keel_shard_close() returned (or read_index_free ran).
     pub read_index_user_data: *mut c_void,
+    /// Optional (NULL: none). When set, keel_shard_consensus_configure()
+    /// takes ownership of read_index_user_data whatever it returns: keel
+    /// calls read_index_free(read_index_user_data) exactly once, when it
+    /// no longer needs it: when the shard closes (keel_shard_close(), or
+    /// keel_engine_close() of its engine), or before configure returns an
+    /// error. Only a NULL `opts`, or one whose struct_size keel cannot
+    /// read, leaves ownership with the caller.
+    pub read_index_free: keel_user_data_free_fn,
 }
 versioned!(keel_lease_options_t, [KEEL_LEASE_OPTIONS_SIZE_V1]);
 
@@ -99,6 +111,7 @@ fn default_options() -> keel_lease_options_t {
         clock: KEEL_CLOCK_MONOTONIC,
         read_index: None,
         read_index_user_data: std::ptr::null_mut(),
+        read_index_free: None,
     }
 }
 
@@ -124,10 +137,28 @@ pub(crate) fn level_from_c(level: u32) -> crate::Result<Option<Level>> {
     }
 }
 
-/// The host's callback and user data, callable from any reading thread.
+/// The host's callback and user data, callable from any reading thread;
+/// owns the user data when the host gave a function to free it.
 struct CReadIndex {
     f: unsafe extern "C" fn(*mut c_void, *mut u64) -> keel_status_t,
+    data: UserData,
+}
+
+/// Calls the host's free function on the user data when dropped.
+struct UserData {
+    free: keel_user_data_free_fn,
     user: usize,
+}
+
+impl Drop for UserData {
+    fn drop(&mut self) {
+        if let Some(free) = self.free {
+            // SAFETY: the host handed the user data over with this function
+            // (keel_lease_options_t.read_index_free); it is called once, here,
+            // when the last owner (the options check or the gate) lets go.
+            unsafe { free(self.user as *mut c_void) };
+        }
+    }
 }
 
 impl CReadIndex {
@@ -137,7 +168,7 @@ impl CReadIndex {
         // stays valid until keel_shard_close() returned; the shard forgets
         // the gate (and this closure) at close, so no call runs later.
         // `index` is a live u64 for the call's duration.
-        let status = unsafe { (self.f)(self.user as *mut c_void, &mut index) };
+        let status = unsafe { (self.f)(self.data.user as *mut c_void, &mut index) };
         match status {
             KEEL_STATUS_OK => Ok(index),
             s => Err(Error::new(s, format!("the read-index callback failed with {}", status_name(s).trim_end_matches('\0')))),
@@ -150,6 +181,8 @@ fn consensus_from_c(p: *const keel_lease_options_t) -> crate::Result<Consensus> 
         return Err(Error::new(KEEL_STATUS_NULL_ARGUMENT, "opts is NULL (self_id, the lease and read_index are required)"));
     }
     let o = read_options(p, default_options(), "keel_lease_options_init_sized")?;
+    // Owns the user data from here: every error below frees it.
+    let data = UserData { free: o.read_index_free, user: o.read_index_user_data as usize };
     if o.self_id == 0 {
         return Err(Error::invalid("self_id is 0: give this node's non-zero consensus id"));
     }
@@ -166,7 +199,7 @@ fn consensus_from_c(p: *const keel_lease_options_t) -> crate::Result<Consensus> 
         max_clock_drift: Duration::from_millis(o.max_clock_drift_ms),
         max_round_trip: Duration::from_millis(o.max_round_trip_ms),
     };
-    let cb = CReadIndex { f, user: o.read_index_user_data as usize };
+    let cb = CReadIndex { f, data };
     let gate = LeaseGate::new(o.self_id, config, clock, Box::new(move || cb.call()))?;
     Ok(Consensus { gate, default_level, read_timeout: Duration::from_millis(o.read_timeout_ms) })
 }
@@ -176,6 +209,8 @@ fn consensus_from_c(p: *const keel_lease_options_t) -> crate::Result<Consensus> 
 /// refused) and starts the shard as a follower of term 0 with itself as
 /// the only voter, until the host reports its facts. Once per open (the
 /// facts and the callback live until keel_shard_close()).
+/// With read_index_free set, the user data is keel's from this call on,
+/// whatever it returns (see there).
 /// Errors: NULL_ARGUMENT, INVALID_ARGUMENT (self_id 0, read_index NULL, a
 /// lease not below election_timeout_min_ms − max_clock_drift_ms −
 /// max_round_trip_ms, a bad level or clock, struct_size, already
@@ -187,8 +222,10 @@ pub extern "C" fn keel_shard_consensus_configure(
     err: *mut *mut keel_error_t,
 ) -> keel_status_t {
     ffi_boundary!(err, shard, {
-        let s = try_handle!(shard);
-        s.configure_consensus(consensus_from_c(opts)?)
+        // The options first: they own the user data, and every error after
+        // that (this shard's included) frees it.
+        let c = consensus_from_c(opts)?;
+        try_handle!(shard).configure_consensus(c)
     })
 }
 
