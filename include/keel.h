@@ -482,10 +482,11 @@ typedef struct keel_buf_t {
 typedef keel_status_t (*keel_read_index_fn)(void *user_data, uint64_t *index);
 
 /**
- * Releases the user data of a keel_read_index_fn once keel no longer
- * needs it (see keel_lease_options_t.read_index_free).
+ * Releases a callback's user data, once: by keel_net_close() for a net's
+ * event callback; for a shard's read-index see
+ * keel_lease_options_t.read_index_free.
  */
-typedef void (*keel_user_data_free_fn)(void *user_data);
+typedef void (*keel_user_data_free_fn)(void *user);
 
 /**
  * Options of keel_shard_consensus_configure(). Versioned by `struct_size`

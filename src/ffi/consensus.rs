@@ -8,6 +8,7 @@ use crate::ffi::boundary::{in_u64s, out_ptr};
 use crate::ffi::error::keel_error_t;
 use crate::ffi::shard::keel_shard_t;
 use crate::ffi::versioned::{init_options, read_options, write_stats};
+use crate::ffi::writer::keel_user_data_free_fn;
 use crate::lease::{Clock, LeaseConfig, LeaseGate, Level, Role, Voters};
 use crate::shard::Consensus;
 use crate::status::*;
@@ -46,10 +47,6 @@ pub const KEEL_CLOCK_MANUAL: u64 = 1;
 /// concurrent misses share one call. It may block; it must not read from
 /// the same shard. Never called after keel_shard_close() returned.
 pub type keel_read_index_fn = Option<unsafe extern "C" fn(user_data: *mut c_void, index: *mut u64) -> keel_status_t>;
-
-/// Releases the user data of a keel_read_index_fn once keel no longer
-/// needs it (see keel_lease_options_t.read_index_free).
-pub type keel_user_data_free_fn = Option<unsafe extern "C" fn(user_data: *mut c_void)>;
 
 /// sizeof(keel_lease_options_t) of version 1.
 pub const KEEL_LEASE_OPTIONS_SIZE_V1: u32 = 88;
