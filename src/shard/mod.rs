@@ -17,6 +17,7 @@ mod flush;
 mod key;
 mod op;
 pub(crate) mod pool;
+mod reads;
 mod recovery;
 mod sealed;
 mod segments;
@@ -27,6 +28,7 @@ mod transfer;
 pub use entry::{decode_list, encode_list, split_item, Entry, Kind, Value};
 pub use op::{Op, MAX_KEY_SIZE, MAX_VALUE_SIZE};
 pub use pool::MAX_FLUSH_THREADS;
+pub use reads::Consensus;
 pub use recovery::RecoveryReport;
 pub use steps::{Step, StepHook, Steps};
 pub use transfer::Snapshot;
@@ -159,6 +161,8 @@ pub(crate) struct Inner {
     manifest: manifest::Written,
     /// What the open found (moved-aside files; losses of a salvage open).
     report: RecoveryReport,
+    /// The lease gate of reads at a consistency level (reads.rs).
+    reads: reads::Reads,
 }
 
 impl Inner {
@@ -317,6 +321,7 @@ impl Shard {
             manifest: manifest::Written(Mutex::new(loaded.manifest)),
             report,
             opts,
+            reads: Default::default(),
         });
         let pool = match pool {
             Some(p) => p,
@@ -491,6 +496,7 @@ impl Shard {
             let closed = wal.close();
             result = result.and(closed);
         }
+        inner.reads.clear();
         result
     }
 
