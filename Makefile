@@ -92,8 +92,11 @@ test-cpp: lib
 	cmake --build $(BUILD)/cpp-tests
 	ctest --test-dir $(BUILD)/cpp-tests --output-on-failure -j2
 
+# The raft test cluster is a module of its own (bindings/go/raftcluster),
+# so the binding's ./... does not reach it.
 test-go: lib
 	cd bindings/go && CGO_ENABLED=1 go test -race -count=1 ./...
+	cd bindings/go/raftcluster && CGO_ENABLED=1 go test -race -count=1 ./...
 
 test-examples: example-c example-pubsub example-cpp example-go example-readme
 
@@ -207,7 +210,9 @@ clean:
 # deterministic mode and then in its exploring mode (timed kills, also in
 # the middle of recovery, seeded pauses in the flush); the shard fault
 # seeds run in exploring mode too (SHARD_EXPLORE_SEEDS, default 2,000).
-soak:
+# Last, the Go raft test cluster runs each of its tests on
+# RAFTCLUSTER_SOAK_SEEDS (default 200) fresh seeds besides its fixed one.
+soak: lib
 	KEEL_KILL9_CYCLES=$${SOAK_CYCLES:-10000} $(CARGO) test --release --locked --test wal_kill9 -- --nocapture
 	KEEL_SHARD_KILL9_CYCLES=$${SHARD_SOAK_CYCLES:-3000} $(CARGO) test --release --locked --test shard_kill9 \
 	  ordered_flush_survives_kill9 -- --nocapture
@@ -215,6 +220,8 @@ soak:
 	  --test shard_kill9 ordered_flush_survives_kill9 -- --nocapture
 	KEEL_SHARD_FAULT_EXPLORE=1 KEEL_SHARD_FAULT_SEEDS=$${SHARD_EXPLORE_SEEDS:-2000} $(CARGO) test --release --locked \
 	  --test shard_faults -- --nocapture
+	cd bindings/go/raftcluster && RAFTCLUSTER_SOAK_SEEDS=$${RAFTCLUSTER_SOAK_SEEDS:-200} CGO_ENABLED=1 \
+	  go test -count=1 -timeout 120m .
 
 ## ---- fuzzing (fuzz/README.md) ---------------------------------------------
 

@@ -45,6 +45,7 @@ int main(void) {
       {KEEL_STATUS_FENCED, "FENCED"},
       {KEEL_STATUS_REFUSED, "REFUSED"},
       {KEEL_STATUS_PROTOCOL, "PROTOCOL"},
+      {KEEL_STATUS_MOVED, "MOVED"},
   };
   const size_t n = sizeof names / sizeof names[0];
   for (size_t i = 0; i < n; i++) {

@@ -232,6 +232,7 @@ static void stats_versions(const char *root) {
   CHECK_OK(keel_engine_shard_open(e, 1, true, &s, &err));
   CHECK_OK(keel_shard_put(s, (const uint8_t *)"k", 1, (const uint8_t *)"v", 1, NULL, &err));
   NEWER_STATS(keel_shard_stats_t, KEEL_SHARD_STATS_SIZE_V1, keel_shard_stats(s, out_));
+  NEWER_STATS(keel_engine_stats_t, KEEL_ENGINE_STATS_SIZE_V1, keel_engine_stats(e, out_));
   CHECK_OK(keel_shard_close(s, &err));
   CHECK_OK(keel_engine_close(e, &err));
   free(dir);
@@ -259,6 +260,50 @@ static void stats_versions(const char *root) {
   CHECK_OK(keel_net_close(net, &err));
   close(fds[1]);
   close(sub[1]);
+}
+
+/* The lease structs: keel_read_options_t and keel_lease_options_t like
+ * the other options (init wrappers stand for the version-1 init that new
+ * structs do not have), keel_lease_stats_t like the other stats. */
+static keel_status_t read_options_v1(keel_read_options_t *o) {
+  return keel_read_options_init_sized(o, KEEL_READ_OPTIONS_SIZE_V1);
+}
+static keel_status_t lease_options_v1(keel_lease_options_t *o) {
+  return keel_lease_options_init_sized(o, KEEL_LEASE_OPTIONS_SIZE_V1);
+}
+static keel_status_t answer_one(void *user, uint64_t *index) {
+  (void)user;
+  *index = 1;
+  return KEEL_STATUS_OK;
+}
+static void lease_versions(const char *root) {
+  KT_ERR;
+  char *dir = subdir(root, "lease-engine");
+  keel_engine_t *e = NULL;
+  keel_shard_t *s = NULL, *refused = NULL;
+  CHECK_OK(keel_engine_open(dir, NULL, &e, &err));
+  CHECK_OK(keel_engine_shard_open(e, 1, true, &s, &err));
+  CHECK_OK(keel_engine_shard_open(e, 2, true, &refused, &err));
+  keel_buf_t b = {NULL, 0};
+  NEWER_OPTIONS(keel_read_options_t, KEEL_READ_OPTIONS_SIZE_V1, KEEL_READ_OPTIONS_SIZE_V1, read_options_v1,
+                keel_read_options_init_sized,
+                { CHECK_STATUS(KEEL_STATUS_NOT_FOUND, keel_shard_get_ex(s, o_, (const uint8_t *)"k", 1, &b, NULL, NULL, &err)); },
+                CHECK_STATUS(KEEL_STATUS_INVALID_ARGUMENT, keel_shard_get_ex(s, o_, (const uint8_t *)"k", 1, &b, NULL, NULL, &err)));
+  NEWER_OPTIONS(keel_lease_options_t, KEEL_LEASE_OPTIONS_SIZE_V1, KEEL_LEASE_OPTIONS_SIZE_V1, lease_options_v1,
+                keel_lease_options_init_sized,
+                {
+                  o_->self_id = 1;
+                  o_->lease_ms = 10;
+                  o_->election_timeout_min_ms = 1000;
+                  o_->read_index = answer_one;
+                  CHECK_OK(keel_shard_consensus_configure(s, o_, &err));
+                },
+                CHECK_STATUS(KEEL_STATUS_INVALID_ARGUMENT, keel_shard_consensus_configure(refused, o_, &err)));
+  NEWER_STATS(keel_lease_stats_t, KEEL_LEASE_STATS_SIZE_V1, keel_shard_lease_stats(s, out_, NULL));
+  CHECK_OK(keel_shard_close(refused, &err));
+  CHECK_OK(keel_shard_close(s, &err));
+  CHECK_OK(keel_engine_close(e, &err));
+  free(dir);
 }
 
 /* A keel_buf_t that still holds a buffer is refused (reusing it would
@@ -379,6 +424,7 @@ int main(void) {
   other_options_versions(root);
   engine_flush_threads(root);
   stats_versions(root);
+  lease_versions(root);
   filled_buffers_are_refused(root);
   engine_on_a_wal_directory(root);
   largest_value(root);

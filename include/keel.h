@@ -63,6 +63,61 @@
 
 
 /**
+ * The read uses the shard's default level (keel_lease_options_t.default_level;
+ * stale when no consensus is configured).
+ */
+#define KEEL_READ_DEFAULT 0
+
+/**
+ * Local state, no checks: may be behind, or served by a deposed leader.
+ */
+#define KEEL_READ_STALE 1
+
+/**
+ * Served from the leader's lease when every gate holds, otherwise after a
+ * read-index (docs/LEASE.md, "The decision").
+ */
+#define KEEL_READ_LEASE 2
+
+/**
+ * Always after a read-index.
+ */
+#define KEEL_READ_LINEARIZABLE 3
+
+/**
+ * keel_shard_consensus_set_role(): not the leader (follower, candidate,
+ * learner, or not known yet).
+ */
+#define KEEL_ROLE_FOLLOWER 0
+
+/**
+ * keel_shard_consensus_set_role(): this node leads.
+ */
+#define KEEL_ROLE_LEADER 1
+
+/**
+ * keel_lease_options_t.clock: keel reads CLOCK_MONOTONIC.
+ */
+#define KEEL_CLOCK_MONOTONIC 0
+
+/**
+ * keel_lease_options_t.clock: the time is the value the host last set with
+ * keel_shard_consensus_set_clock() (starts at 0, "no time": lease reads
+ * miss until it is set). For tests and simulations.
+ */
+#define KEEL_CLOCK_MANUAL 1
+
+/**
+ * sizeof(keel_lease_options_t) of version 1.
+ */
+#define KEEL_LEASE_OPTIONS_SIZE_V1 88
+
+/**
+ * sizeof(keel_lease_stats_t) of version 1.
+ */
+#define KEEL_LEASE_STATS_SIZE_V1 168
+
+/**
  * sizeof(keel_engine_options_t) of version 1.
  */
 #define KEEL_ENGINE_OPTIONS_SIZE_V1 40
@@ -78,6 +133,11 @@
 #define KEEL_ENGINE_OPTIONS_SIZE_V3 56
 
 /**
+ * sizeof(keel_engine_stats_t) of version 1.
+ */
+#define KEEL_ENGINE_STATS_SIZE_V1 48
+
+/**
  * sizeof(keel_node_options_t) of version 1.
  */
 #define KEEL_NODE_OPTIONS_SIZE_V1 112
@@ -86,6 +146,11 @@
  * sizeof(keel_node_stats_t) of version 1.
  */
 #define KEEL_NODE_STATS_SIZE_V1 208
+
+/**
+ * sizeof(keel_read_options_t) of version 1.
+ */
+#define KEEL_READ_OPTIONS_SIZE_V1 24
 
 /**
  * Longest key a shard accepts, in bytes; longer keys are INVALID_ARGUMENT.
@@ -151,7 +216,8 @@
 #define KEEL_DURABILITY_SYNC 0
 
 /**
- * Durability mode: a background thread syncs every sync_interval_ms; a
+ * Durability mode: a background worker syncs at most sync_interval_ms
+ * after a write (an idle log is not synced, having nothing to sync); a
  * process crash loses nothing, a power loss may lose that window.
  */
 #define KEEL_DURABILITY_PERIODIC 1
@@ -354,6 +420,16 @@ typedef struct keel_node_t keel_node_t;
 typedef struct keel_publisher_t keel_publisher_t;
 
 /**
+ * A read session: reads that name it in keel_read_options_t.session see
+ * at least the state at the session's start, as its level required it,
+ * without another lease check or read-index (a request of several reads
+ * costs at most one read-index). Not tied to a thread; several threads
+ * may read under one session at once. Free it with keel_shard_read_end()
+ * before closing its shard.
+ */
+typedef struct keel_read_session_t keel_read_session_t;
+
+/**
  * One shard of an engine: keys → values and posting lists. Internally
  * synchronised: every call except keel_shard_close() may run on any
  * thread concurrently.
@@ -399,6 +475,147 @@ typedef struct keel_buf_t {
    */
   size_t len;
 } keel_buf_t;
+
+/**
+ * The host's read-index round trip: performs a consensus read-index
+ * (etcd raft: ReadIndex, then wait for its ReadState) and writes the
+ * index to `*index`, returning KEEL_STATUS_OK; or returns another status
+ * (NOT_LEADER when this node no longer leads, TIMEOUT, ...), which the
+ * read returns. Runs on the thread of a read that missed the lease;
+ * concurrent misses share one call. It may block; it must not read from
+ * the same shard. Never called after keel_shard_close() returned.
+ */
+typedef keel_status_t (*keel_read_index_fn)(void *user_data, uint64_t *index);
+
+/**
+ * Releases a callback's user data, once: by keel_net_close() for a net's
+ * event callback; for a shard's read-index see
+ * keel_lease_options_t.read_index_free.
+ */
+typedef void (*keel_user_data_free_fn)(void *user);
+
+/**
+ * Options of keel_shard_consensus_configure(). Versioned by `struct_size`
+ * (docs/FFI.md, "Versioned structs"): fill it with
+ * keel_lease_options_init_sized(&o, sizeof o) first. Durations are in
+ * milliseconds; the lease must be shorter than election_timeout_min_ms
+ * minus max_clock_drift_ms minus max_round_trip_ms.
+ */
+typedef struct keel_lease_options_t {
+  uint32_t struct_size;
+  /**
+   * KEEL_READ_* of the reads that do not name a level (keel_shard_get()
+   * and the rest, and `_ex` reads with KEEL_READ_DEFAULT). Default
+   * KEEL_READ_STALE.
+   */
+  uint32_t default_level;
+  /**
+   * This node's consensus id: non-zero (0 means "no peer" in this API).
+   */
+  uint64_t self_id;
+  /**
+   * How long after the quorum ack the leader serves lease reads.
+   */
+  uint64_t lease_ms;
+  /**
+   * The smallest election timeout the engine may pick (etcd raft:
+   * ElectionTick × tick interval).
+   */
+  uint64_t election_timeout_min_ms;
+  /**
+   * The most two nodes' clocks may drift apart over an election timeout.
+   */
+  uint64_t max_clock_drift_ms;
+  /**
+   * The longest round trip between the leader and a voter.
+   */
+  uint64_t max_round_trip_ms;
+  /**
+   * Timeout of reads that do not name one (keel_read_options_t.timeout_ms
+   * 0): the read-index and the wait for the applied index. Default 5000.
+   */
+  uint64_t read_timeout_ms;
+  /**
+   * KEEL_CLOCK_MONOTONIC (default) or KEEL_CLOCK_MANUAL.
+   */
+  uint64_t clock;
+  /**
+   * Required: the read-index round trip (keel_read_index_fn).
+   */
+  keel_read_index_fn read_index;
+  /**
+   * Passed to read_index; keel never dereferences it. It must stay
+   * valid until keel_shard_close() returned (or read_index_free ran).
+   */
+  void *read_index_user_data;
+  /**
+   * Optional (NULL: none). When set, keel_shard_consensus_configure()
+   * takes ownership of read_index_user_data whatever it returns: keel
+   * calls read_index_free(read_index_user_data) exactly once, when it
+   * no longer needs it: when the shard closes (keel_shard_close(), or
+   * keel_engine_close() of its engine), or before configure returns an
+   * error. Only a NULL `opts`, or one whose struct_size keel cannot
+   * read, leaves ownership with the caller.
+   */
+  keel_user_data_free_fn read_index_free;
+} keel_lease_options_t;
+
+/**
+ * What keel_shard_lease_stats() reports: the facts as keel holds them and
+ * the counters since keel_shard_consensus_configure(). Versioned like
+ * keel_shard_stats_t: set struct_size to sizeof before the call.
+ */
+typedef struct keel_lease_stats_t {
+  uint32_t struct_size;
+  /**
+   * KEEL_ROLE_*.
+   */
+  uint32_t role;
+  uint64_t term;
+  /**
+   * The leader's id when known (this node when it leads), else 0.
+   */
+  uint64_t leader_id;
+  uint64_t applied_index;
+  /**
+   * Lease-level reads served from the lease.
+   */
+  uint64_t lease_hits;
+  /**
+   * Lease-level misses by reason.
+   */
+  uint64_t miss_not_leader;
+  uint64_t miss_ack_stale;
+  uint64_t miss_ack_missing;
+  uint64_t miss_ack_future;
+  uint64_t miss_transfer;
+  uint64_t miss_term_not_applied;
+  uint64_t miss_clock;
+  /**
+   * Read-index callbacks made (one per shared call, not per read).
+   */
+  uint64_t read_index_calls;
+  /**
+   * Callbacks that returned an error.
+   */
+  uint64_t read_index_errors;
+  /**
+   * Sum and maximum of the callbacks' latency, in nanoseconds.
+   */
+  uint64_t read_index_latency_ns_total;
+  uint64_t read_index_latency_ns_max;
+  /**
+   * Reads that failed with TIMEOUT.
+   */
+  uint64_t read_index_timeouts;
+  /**
+   * Acks reported but not counted, by reason.
+   */
+  uint64_t acks_ignored_not_leader;
+  uint64_t acks_ignored_other_term;
+  uint64_t acks_ignored_not_voter;
+  uint64_t acks_ignored_bad_time;
+} keel_lease_stats_t;
 
 /**
  * Options of keel_engine_open(), applied to every shard it opens.
@@ -463,6 +680,48 @@ typedef struct keel_engine_options_t {
    */
   uint64_t flush_threads;
 } keel_engine_options_t;
+
+/**
+ * What keel_engine_stats() reports: the resources the engine holds now.
+ * The caller sets `struct_size` to sizeof(keel_engine_stats_t) before
+ * the call; keel writes only the fields both sides know (bytes past an
+ * older caller's struct are untouched) and sets struct_size to their
+ * size (docs/FFI.md, "Versioned structs").
+ */
+typedef struct keel_engine_stats_t {
+  uint32_t struct_size;
+  /**
+   * Shards open now.
+   */
+  uint32_t open_shards;
+  /**
+   * Threads the engine runs: its flush workers (flush_threads) and its
+   * WAL workers (segment preparation, periodic syncs). The same
+   * whatever the number of shards.
+   */
+  uint64_t threads;
+  /**
+   * File descriptors of this process open on files below the engine's
+   * directory (each open shard holds a few: docs/STORAGE.md,
+   * "Resource model").
+   */
+  uint64_t open_files;
+  /**
+   * Shards waiting for a flush worker.
+   */
+  uint64_t flush_queue_depth;
+  /**
+   * WAL jobs queued for the WAL workers (segment preparations, periodic
+   * syncs due now or later).
+   */
+  uint64_t wal_queue_depth;
+  /**
+   * Total nanoseconds writers waited on the engine's shared workers: a
+   * WAL segment rotation that found no prepared segment ready and made
+   * one on the writer's thread.
+   */
+  uint64_t stall_nanos;
+} keel_engine_stats_t;
 
 /**
  * Node event callback: peer `peer_id` finished its handshake (`status`
@@ -660,6 +919,32 @@ typedef struct keel_node_stats_t {
 } keel_node_stats_t;
 
 /**
+ * Options of the `_ex` reads and of keel_shard_read_begin(). Versioned by
+ * `struct_size` (docs/FFI.md): fill it with keel_read_options_init_sized()
+ * first. NULL options mean the shard's defaults.
+ */
+typedef struct keel_read_options_t {
+  uint32_t struct_size;
+  /**
+   * KEEL_READ_* (default KEEL_READ_DEFAULT: the shard's default level).
+   * Lease and linearizable need keel_shard_consensus_configure().
+   */
+  uint32_t level;
+  /**
+   * Bound on the read-index and the wait for the applied index, in
+   * milliseconds; past it the read fails with TIMEOUT. 0 (default): the
+   * shard's keel_lease_options_t.read_timeout_ms.
+   */
+  uint64_t timeout_ms;
+  /**
+   * A session of the same shard (keel_shard_read_begin()), or NULL. With
+   * a session the read makes no check of its own: level and timeout are
+   * ignored.
+   */
+  const struct keel_read_session_t *session;
+} keel_read_options_t;
+
+/**
  * What keel_shard_stats() reports. The caller sets `struct_size` to
  * sizeof(keel_shard_stats_t) before the call; keel writes only the fields
  * both sides know (bytes past an older caller's struct are untouched) and
@@ -764,11 +1049,6 @@ typedef void (*keel_net_event_fn)(void *user,
                                   uint64_t conn_id,
                                   keel_status_t status,
                                   const char *message);
-
-/**
- * Releases the callback's user data; called once by keel_net_close().
- */
-typedef void (*keel_user_data_free_fn)(void *user);
 
 /**
  * Options of keel_net_open(). Versioned by `struct_size` (docs/FFI.md,
@@ -1086,6 +1366,13 @@ typedef struct keel_publisher_stats_t {
  */
 #define KEEL_STATUS_PROTOCOL 20
 
+/**
+ * The shard was handed over to another node by a transfer: it refuses
+ * writes from then on (reads still work until the host drops it;
+ * docs/TRANSFER.md).
+ */
+#define KEEL_STATUS_MOVED 21
+
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
@@ -1103,6 +1390,131 @@ keel_status_t keel_buf_free(struct keel_buf_t *buf);
  * when count is 0. Errors: NULL_ARGUMENT.
  */
 keel_status_t keel_bufs_free(struct keel_buf_t *bufs, size_t count);
+
+/**
+ * Fills the `size` bytes at `opts` (pass sizeof *opts) with the defaults:
+ * the fields this library knows, zero past them, and struct_size = size.
+ * Errors: NULL_ARGUMENT, INVALID_ARGUMENT (size below
+ * KEEL_LEASE_OPTIONS_SIZE_V1 or between two published sizes).
+ */
+keel_status_t keel_lease_options_init_sized(struct keel_lease_options_t *opts, size_t size);
+
+/**
+ * Turns on lease reads for this open of the shard: validates the lease
+ * against the election timeout and margins (a violating configuration is
+ * refused) and starts the shard as a follower of term 0 with itself as
+ * the only voter, until the host reports its facts. Once per open (the
+ * facts and the callback live until keel_shard_close()).
+ * With read_index_free set, the user data is keel's from this call on,
+ * whatever it returns (see there).
+ * Errors: NULL_ARGUMENT, INVALID_ARGUMENT (self_id 0, read_index NULL, a
+ * lease not below election_timeout_min_ms − max_clock_drift_ms −
+ * max_round_trip_ms, a bad level or clock, struct_size, already
+ * configured), CLOSED.
+ */
+keel_status_t keel_shard_consensus_configure(const struct keel_shard_t *shard,
+                                             const struct keel_lease_options_t *opts,
+                                             struct keel_error_t **err);
+
+/**
+ * Reports role and term: KEEL_ROLE_LEADER or KEEL_ROLE_FOLLOWER, with the
+ * leader's id when a follower knows it (0: unknown). Call it on every
+ * change, before any ack of a new term. A new term, or losing the lead,
+ * forgets every ack, the own-term entry and any transfer.
+ * Errors: NULL_ARGUMENT, INVALID_ARGUMENT (term below the current one,
+ * a bad role, not configured), CLOSED.
+ */
+keel_status_t keel_shard_consensus_set_role(const struct keel_shard_t *shard,
+                                            uint32_t role,
+                                            uint64_t term,
+                                            uint64_t leader_id,
+                                            struct keel_error_t **err);
+
+/**
+ * Reports the voters: `incoming` always, `outgoing` too during a joint
+ * configuration (count 0 otherwise). Never list learners. Acks of peers
+ * that are no longer voters are dropped.
+ * Errors: NULL_ARGUMENT, INVALID_ARGUMENT (no incoming voter, a peer
+ * listed twice in a half, a peer id 0, not configured), CLOSED.
+ */
+keel_status_t keel_shard_consensus_set_voters(const struct keel_shard_t *shard,
+                                              const uint64_t *incoming,
+                                              size_t incoming_count,
+                                              const uint64_t *outgoing,
+                                              size_t outgoing_count,
+                                              struct keel_error_t **err);
+
+/**
+ * Reports that voter `peer_id` acknowledged a heartbeat or append of
+ * `term` that this leader SENT at `sent_at_ns` (the clock keel reads:
+ * CLOCK_MONOTONIC, or the manual value). An ack keel cannot use (not the
+ * leader, another term, not a voter, a time of 0 or after now) is counted
+ * in keel_lease_stats_t and otherwise ignored: OK all the same.
+ * Errors: NULL_ARGUMENT, INVALID_ARGUMENT (not configured), CLOSED.
+ */
+keel_status_t keel_shard_consensus_ack(const struct keel_shard_t *shard,
+                                       uint64_t peer_id,
+                                       uint64_t term,
+                                       uint64_t sent_at_ns,
+                                       struct keel_error_t **err);
+
+/**
+ * Reports the applied index (it never goes back); reads waiting for it
+ * wake up. Errors: NULL_ARGUMENT, INVALID_ARGUMENT (below the current one,
+ * not configured), CLOSED.
+ */
+keel_status_t keel_shard_consensus_set_applied(const struct keel_shard_t *shard,
+                                               uint64_t index,
+                                               struct keel_error_t **err);
+
+/**
+ * Reports the commit index as this node knows it (optional; it never goes
+ * back). A lease read waits until the applied index reaches it.
+ * Errors: as keel_shard_consensus_set_applied().
+ */
+keel_status_t keel_shard_consensus_set_committed(const struct keel_shard_t *shard,
+                                                 uint64_t index,
+                                                 struct keel_error_t **err);
+
+/**
+ * Reports that an entry of `term` has been applied; counts only when
+ * `term` is the current term and this node leads. `*recorded` (may be
+ * NULL) says whether it counted.
+ * Errors: NULL_ARGUMENT, INVALID_ARGUMENT (not configured), CLOSED.
+ */
+keel_status_t keel_shard_consensus_term_applied(const struct keel_shard_t *shard,
+                                                uint64_t term,
+                                                bool *recorded,
+                                                struct keel_error_t **err);
+
+/**
+ * Reports that a leadership transfer started (`in_progress` true; call it
+ * before the engine tells the target to campaign) or ended without this
+ * node losing the lead (false). Lease reads are suspended meanwhile.
+ * Errors: NULL_ARGUMENT, INVALID_ARGUMENT (not configured), CLOSED.
+ */
+keel_status_t keel_shard_consensus_set_transfer(const struct keel_shard_t *shard,
+                                                bool in_progress,
+                                                struct keel_error_t **err);
+
+/**
+ * Sets the time of a KEEL_CLOCK_MANUAL shard, in nanoseconds (0: no time;
+ * lease reads and acks fail closed). Tests drive time this way.
+ * Errors: NULL_ARGUMENT, INVALID_ARGUMENT (the shard reads
+ * CLOCK_MONOTONIC; not configured), CLOSED.
+ */
+keel_status_t keel_shard_consensus_set_clock(const struct keel_shard_t *shard,
+                                             uint64_t now_ns,
+                                             struct keel_error_t **err);
+
+/**
+ * Fills `*out` with the shard's lease facts and counters.
+ * Errors: NULL_ARGUMENT, INVALID_ARGUMENT (struct_size; not configured),
+ * CLOSED.
+ */
+keel_status_t keel_shard_lease_stats(const struct keel_shard_t *shard,
+                                     struct keel_lease_stats_t *out,
+                                     struct keel_error_t **err);
 
 /**
  * Fills the version-1 fields of `*opts` (KEEL_ENGINE_OPTIONS_SIZE_V1
@@ -1175,6 +1587,14 @@ keel_status_t keel_engine_shard_list(const struct keel_engine_t *engine,
                                      struct keel_error_t **err);
 
 /**
+ * Fills `*out` with the engine's resource counters.
+ * Errors: NULL_ARGUMENT, INVALID_ARGUMENT (struct_size too small, or not
+ * a live handle), CLOSED.
+ */
+keel_status_t keel_engine_stats(const struct keel_engine_t *engine,
+                                struct keel_engine_stats_t *out);
+
+/**
  * Closes every shard still open (each runs a final flush), releases the
  * directory and frees the handle, which is freed even when a shard fails
  * to close (the first error is returned). Shard handles still held stay
@@ -1204,6 +1624,13 @@ keel_status_t keel_error_code(const struct keel_error_t *err);
  * placeholder when `err` is NULL or invalid. Never NULL.
  */
 const char *keel_error_message(const struct keel_error_t *err);
+
+/**
+ * Returns the consensus id of the leader a NOT_LEADER error names, or 0
+ * when the leader is unknown, the error is of another status, or `err` is
+ * NULL or not a live error object. Safe from any thread.
+ */
+uint64_t keel_error_leader_hint(const struct keel_error_t *err);
 
 /**
  * Frees an error object. NULL is a no-op.
@@ -1352,6 +1779,38 @@ keel_status_t keel_node_last_error(const struct keel_node_t *node,
 keel_status_t keel_node_close(struct keel_node_t *node, struct keel_node_stats_t *final_stats);
 
 /**
+ * Fills the `size` bytes at `opts` (pass sizeof *opts) with the defaults.
+ * Errors: NULL_ARGUMENT, INVALID_ARGUMENT (size below
+ * KEEL_READ_OPTIONS_SIZE_V1 or between two published sizes).
+ */
+keel_status_t keel_read_options_init_sized(struct keel_read_options_t *opts, size_t size);
+
+/**
+ * Begins a read session on `shard` at the level and timeout of `opts`
+ * (NULL: the shard's defaults; `opts->session` must be NULL): the lease
+ * check or one read-index (shared with concurrent misses) happens now;
+ * the session's reads then read local state. Reads under it are
+ * linearizable as of this call (they see every write that completed
+ * before it), not as of each read. `*out` receives the session, freed
+ * with keel_shard_read_end(). `*index` (may be NULL) receives the index
+ * the session waited for (0 for a stale session of an unconfigured shard).
+ * Errors: NULL_ARGUMENT, INVALID_ARGUMENT (a bad level; lease or
+ * linearizable without consensus configured; a session in opts),
+ * NOT_LEADER (keel_error_leader_hint() names the leader when known),
+ * TIMEOUT, the read-index callback's status, CLOSED.
+ */
+keel_status_t keel_shard_read_begin(const struct keel_shard_t *shard,
+                                    const struct keel_read_options_t *opts,
+                                    struct keel_read_session_t **out,
+                                    uint64_t *index,
+                                    struct keel_error_t **err);
+
+/**
+ * Ends (frees) a read session. NULL is a no-op. No read may be using it.
+ */
+void keel_shard_read_end(struct keel_read_session_t *session);
+
+/**
  * Puts `value` under `key` (replacing a value or a posting list) and
  * writes the operation's version to `*version` (may be NULL). Returns
  * once the write is as durable as the engine's durability mode says.
@@ -1425,7 +1884,9 @@ keel_status_t keel_shard_write_packed(const struct keel_shard_t *shard,
  * `*kind` and its version to `*version` (both may be NULL). `*value` must
  * hold no buffer: pass it zeroed ({NULL, 0}) or released with
  * keel_buf_free() (which zeroes it), so that reusing it cannot leak. Sees
- * only whole writes and batches.
+ * only whole writes and batches. Reads at the shard's default level
+ * (keel_lease_options_t.default_level; stale unless configured), with the
+ * errors of keel_shard_get_ex() when that is lease or linearizable.
  * Errors: NOT_FOUND (absent; *value untouched), NULL_ARGUMENT,
  * INVALID_ARGUMENT (key too long; value->ptr is not NULL), CORRUPTION (a
  * damaged segment block), CLOSED.
@@ -1439,13 +1900,32 @@ keel_status_t keel_shard_get(const struct keel_shard_t *shard,
                              struct keel_error_t **err);
 
 /**
+ * keel_shard_get() at the consistency of `opts` (NULL: the shard's
+ * default level, as keel_shard_get()): the lease check, or a read-index
+ * and the wait for the applied index to reach it, before the read; or
+ * the session named in `opts`. Errors: as keel_shard_get(), plus
+ * INVALID_ARGUMENT (a bad level or struct_size; lease or linearizable
+ * without consensus configured), NOT_LEADER (keel_error_leader_hint()
+ * names the leader when known), TIMEOUT, the read-index callback's status.
+ */
+keel_status_t keel_shard_get_ex(const struct keel_shard_t *shard,
+                                const struct keel_read_options_t *opts,
+                                const uint8_t *key,
+                                size_t key_len,
+                                struct keel_buf_t *value,
+                                uint32_t *kind,
+                                uint64_t *version,
+                                struct keel_error_t **err);
+
+/**
  * Reads `count` keys from one consistent state. Keys are packed back to
  * back in `keys`, key i being `key_lens[i]` bytes. For each key i,
  * `values[i]` receives a new buffer (free them all with keel_bufs_free();
  * an absent key gets {NULL, 0}), `kinds[i]` its KEEL_KIND_* (KEEL_KIND_NONE
  * when absent) and `versions[i]` its version or 0 (`versions` may be
  * NULL). Every `values[i]` must hold no buffer (zeroed or released with
- * keel_bufs_free()). On error nothing needs freeing.
+ * keel_bufs_free()). On error nothing needs freeing. At the shard's
+ * default level, as keel_shard_get().
  * Errors: NULL_ARGUMENT, INVALID_ARGUMENT (a key too long; a values[i].ptr
  * is not NULL), CORRUPTION, CLOSED.
  */
@@ -1459,11 +1939,27 @@ keel_status_t keel_shard_multi_get(const struct keel_shard_t *shard,
                                    struct keel_error_t **err);
 
 /**
+ * keel_shard_multi_get() at the consistency of `opts`: one lease check or
+ * one read-index for all `count` keys. Errors: as keel_shard_multi_get()
+ * and keel_shard_get_ex().
+ */
+keel_status_t keel_shard_multi_get_ex(const struct keel_shard_t *shard,
+                                      const struct keel_read_options_t *opts,
+                                      const uint8_t *keys,
+                                      const size_t *key_lens,
+                                      size_t count,
+                                      struct keel_buf_t *values,
+                                      uint32_t *kinds,
+                                      uint64_t *versions,
+                                      struct keel_error_t **err);
+
+/**
  * Opens a scan over keys in [start, end), in key order. `end` NULL means
  * no upper bound (end_len is then ignored); a non-NULL `end` of length 0
  * is the empty key, so the range is empty. An empty start is the first
  * key. A reversed range (end < start) is empty. Release with keel_iter_close(). The scan reads a consistent copy of
  * the range taken now; after the shard is closed its calls return CLOSED.
+ * At the shard's default level, as keel_shard_get().
  * Errors: NULL_ARGUMENT, CORRUPTION, CLOSED.
  */
 keel_status_t keel_shard_scan(const struct keel_shard_t *shard,
@@ -1475,6 +1971,19 @@ keel_status_t keel_shard_scan(const struct keel_shard_t *shard,
                               struct keel_error_t **err);
 
 /**
+ * keel_shard_scan() at the consistency of `opts` (checked once, when the
+ * scan opens). Errors: as keel_shard_scan() and keel_shard_get_ex().
+ */
+keel_status_t keel_shard_scan_ex(const struct keel_shard_t *shard,
+                                 const struct keel_read_options_t *opts,
+                                 const uint8_t *start,
+                                 size_t start_len,
+                                 const uint8_t *end,
+                                 size_t end_len,
+                                 struct keel_iter_t **out,
+                                 struct keel_error_t **err);
+
+/**
  * Opens a scan over every key that starts with `prefix` (all keys when
  * prefix_len is 0). As keel_shard_scan().
  */
@@ -1483,6 +1992,17 @@ keel_status_t keel_shard_scan_prefix(const struct keel_shard_t *shard,
                                      size_t prefix_len,
                                      struct keel_iter_t **out,
                                      struct keel_error_t **err);
+
+/**
+ * keel_shard_scan_prefix() at the consistency of `opts`. Errors: as
+ * keel_shard_scan_ex().
+ */
+keel_status_t keel_shard_scan_prefix_ex(const struct keel_shard_t *shard,
+                                        const struct keel_read_options_t *opts,
+                                        const uint8_t *prefix,
+                                        size_t prefix_len,
+                                        struct keel_iter_t **out,
+                                        struct keel_error_t **err);
 
 /**
  * Moves to the next key and points `*key`/`*key_len` and

@@ -9,13 +9,20 @@ use std::io;
 pub struct Error {
     pub status: keel_status_t,
     pub message: String,
+    /// For NOT_LEADER: the leader's consensus id when this node knows it
+    /// (read from C with keel_error_leader_hint()).
+    pub leader_hint: Option<u64>,
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
 
 impl Error {
     pub fn new(status: keel_status_t, message: impl Into<String>) -> Self {
-        Error { status, message: message.into() }
+        Error { status, message: message.into(), leader_hint: None }
+    }
+    /// NOT_LEADER, naming the leader when known.
+    pub fn not_leader(leader_hint: Option<u64>, message: impl Into<String>) -> Self {
+        Error { leader_hint, ..Self::new(KEEL_STATUS_NOT_LEADER, message) }
     }
     pub fn invalid(message: impl Into<String>) -> Self {
         Self::new(KEEL_STATUS_INVALID_ARGUMENT, message)

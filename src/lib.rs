@@ -12,6 +12,7 @@ pub mod net;
 pub mod node;
 pub mod shard;
 pub mod status;
+pub mod transfer;
 pub mod wal;
 
 pub use error::{Error, Result};

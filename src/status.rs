@@ -57,6 +57,10 @@ pub const KEEL_STATUS_FENCED: keel_status_t = 18;
 pub const KEEL_STATUS_REFUSED: keel_status_t = 19;
 /// A node peer broke the wire protocol: a malformed, oversized or unknown frame.
 pub const KEEL_STATUS_PROTOCOL: keel_status_t = 20;
+/// The shard was handed over to another node by a transfer: it refuses
+/// writes from then on (reads still work until the host drops it;
+/// docs/TRANSFER.md).
+pub const KEEL_STATUS_MOVED: keel_status_t = 21;
 
 /// Name of a status value as a static, NUL-terminated string.
 pub(crate) fn status_name(status: keel_status_t) -> &'static str {
@@ -82,6 +86,7 @@ pub(crate) fn status_name(status: keel_status_t) -> &'static str {
         KEEL_STATUS_FENCED => "FENCED\0",
         KEEL_STATUS_REFUSED => "REFUSED\0",
         KEEL_STATUS_PROTOCOL => "PROTOCOL\0",
+        KEEL_STATUS_MOVED => "MOVED\0",
         _ => "UNKNOWN\0",
     }
 }

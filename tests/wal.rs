@@ -127,6 +127,48 @@ fn rotation_ack_keep_from_and_reader_pins() {
 }
 
 #[test]
+fn pins_per_holder_keep_the_lowest_and_release_on_drop() {
+    let d = TempDir::new("pins");
+    let wal = Wal::open(d.path(), small(Durability::None)).unwrap();
+    let payload = vec![7u8; 1000];
+    for _ in 0..400 {
+        wal.append(&payload).unwrap();
+    }
+    // Three holders: two pins and the host's keep_from. The lowest wins,
+    // and a later holder does not overwrite an earlier one.
+    let low = wal.pin(150).unwrap();
+    let mut high = wal.pin(250).unwrap();
+    wal.set_keep_from(320).unwrap();
+    wal.ack(380).unwrap();
+    let first = wal.first_seq();
+    assert!(first > 1 && first <= 150, "first retained {first} must be in (1, 150]");
+    assert_eq!(read_all(&wal, 150).first().unwrap().0, 150);
+
+    // Dropping the lowest leaves the next one in charge.
+    drop(low);
+    wal.ack(380).unwrap();
+    let first = wal.first_seq();
+    assert!(first > 150 && first <= 250, "first retained {first} must be in (150, 250]");
+
+    // A pin moves forward only.
+    high.advance(100);
+    assert_eq!(high.from(), 250);
+    high.advance(330);
+    wal.ack(380).unwrap();
+    let first = wal.first_seq();
+    assert!(first > 250 && first <= 320, "keep_from 320 now holds: first retained {first} must be in (250, 320]");
+
+    // Nothing below the first retained record can be pinned; everything
+    // retained can, in one step.
+    assert_eq!(wal.pin(first - 1).err().unwrap().status, KEEL_STATUS_TRUNCATED);
+    assert_eq!(wal.pin_retained().unwrap().from(), first);
+    drop(high);
+    wal.set_keep_from(u64::MAX).unwrap();
+    wal.ack(380).unwrap();
+    assert!(wal.first_seq() > 320);
+}
+
+#[test]
 fn reader_follows_the_log_and_respects_the_durable_watermark() {
     let d = TempDir::new("follow");
     let wal = Wal::open(d.path(), small(Durability::None)).unwrap();

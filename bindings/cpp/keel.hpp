@@ -98,14 +98,15 @@ enum class Status : keel_status_t {
   Fenced = KEEL_STATUS_FENCED,
   Refused = KEEL_STATUS_REFUSED,
   Protocol = KEEL_STATUS_PROTOCOL,
+  Moved = KEEL_STATUS_MOVED,
 };
 
 // A new KEEL_STATUS_* value must get an enumerator above (statuses are
 // dense and never renumbered). The preprocessor cannot list the header's
 // codes, so this pins the last one known here, and errors_test.cpp checks
 // at run time that the library names no status after it.
-static_assert(KEEL_STATUS_PROTOCOL == 20, "keel.h has new status codes: extend keel::Status");
-inline constexpr Status last_status = Status::Protocol;
+static_assert(KEEL_STATUS_MOVED == 21, "keel.h has new status codes: extend keel::Status");
+inline constexpr Status last_status = Status::Moved;
 
 /// The C name of a status ("OK", "INVALID_ARGUMENT", ...); static storage.
 inline const char* to_string(Status s) noexcept {
@@ -115,16 +116,21 @@ inline const char* to_string(Status s) noexcept {
 /// A failed call: status code and message. A plain copyable value.
 class Error {
  public:
-  Error(Status code, std::string message) : code_(code), message_(std::move(message)) {}
+  Error(Status code, std::string message, uint64_t leader_hint = 0)
+      : code_(code), message_(std::move(message)), leader_hint_(leader_hint) {}
 
   Status code() const noexcept { return code_; }
   const std::string& message() const noexcept { return message_; }
+  /// For Status::NotLeader: the leader's consensus id when this node knows
+  /// it (keel_error_leader_hint()); 0 when unknown or for other errors.
+  uint64_t leader_hint() const noexcept { return leader_hint_; }
   /// "INVALID_ARGUMENT: segment_size 1024 is outside ..." for logs.
   std::string to_string() const { return std::string(keel::to_string(code_)) + ": " + message_; }
 
  private:
   Status code_;
   std::string message_;
+  uint64_t leader_hint_;
 };
 
 #ifdef KEEL_CPP_EXCEPTIONS
@@ -155,9 +161,10 @@ struct ErrorOut {
   /// from the error object, or the status name when there is none.
   Error take(keel_status_t status) {
     std::string message = ptr ? keel_error_message(ptr) : keel_status_str(status);
+    const uint64_t leader_hint = keel_error_leader_hint(ptr);
     keel_error_free(ptr);
     ptr = nullptr;
-    return Error(static_cast<Status>(status), std::move(message));
+    return Error(static_cast<Status>(status), std::move(message), leader_hint);
   }
 };
 
@@ -358,7 +365,7 @@ inline Result<void> check_views(std::initializer_list<ByteView> views) {
 /// keel_wal_options_t.durability (see KEEL_DURABILITY_*).
 enum class Durability : uint32_t {
   Sync = KEEL_DURABILITY_SYNC,          ///< append returns once durable (default)
-  Periodic = KEEL_DURABILITY_PERIODIC,  ///< background sync every sync_interval
+  Periodic = KEEL_DURABILITY_PERIODIC,  ///< background sync at most sync_interval after a write
   None = KEEL_DURABILITY_NONE,          ///< only Wal::sync() syncs
 };
 
@@ -428,6 +435,7 @@ inline void close_wal(keel_wal_t* w) noexcept { (void)keel_wal_close(w, nullptr)
 inline void close_iter(keel_iter_t* i) noexcept { keel_iter_close(i); }
 inline void free_batch(keel_batch_t* b) noexcept { keel_batch_free(b); }
 inline void close_shard(keel_shard_t* s) noexcept { (void)keel_shard_close(s, nullptr); }
+inline void end_read_session(keel_read_session_t* s) noexcept { keel_shard_read_end(s); }
 inline void close_engine(keel_engine_t* e) noexcept { (void)keel_engine_close(e, nullptr); }
 inline void close_net(keel_net_t* n) noexcept { (void)keel_net_close(n, nullptr); }
 inline void close_writer(keel_writer_t* w) noexcept { (void)keel_writer_close(w, nullptr); }
@@ -1063,6 +1071,109 @@ class Batch : public detail::Handle<keel_batch_t, detail::free_batch> {
   std::optional<Error> error_;
 };
 
+// ---- lease reads ------------------------------------------------------------------
+
+/// The consistency of a read (KEEL_READ_*); docs/LEASE.md.
+enum class ReadLevel : uint32_t {
+  Default = KEEL_READ_DEFAULT,            ///< the shard's LeaseOptions::default_level
+  Stale = KEEL_READ_STALE,                ///< local state, no checks
+  Lease = KEEL_READ_LEASE,                ///< the leader's lease, else a read-index
+  Linearizable = KEEL_READ_LINEARIZABLE,  ///< always a read-index
+};
+
+/// This node's role in the shard's consensus group (KEEL_ROLE_*).
+enum class Role : uint32_t { Follower = KEEL_ROLE_FOLLOWER, Leader = KEEL_ROLE_LEADER };
+
+/// A read session (owns a keel_read_session_t; Shard::read_begin()): reads
+/// that name it in ReadOptions see at least the state at its start without
+/// a check of their own. End it (destroy it) before closing its shard.
+class ReadSession : public detail::Handle<keel_read_session_t, detail::end_read_session> {
+ public:
+  ReadSession() noexcept = default;
+  ReadSession(keel_read_session_t* owned, uint64_t index) noexcept : Handle(owned), index_(index) {}
+  /// The index the session waited for (0: a stale session of a shard
+  /// without consensus).
+  uint64_t index() const noexcept { return index_; }
+
+ private:
+  uint64_t index_ = 0;
+};
+
+/// Options of a read (keel_read_options_t). The defaults read at the
+/// shard's default level and timeout.
+struct ReadOptions {
+  ReadLevel level = ReadLevel::Default;
+  /// Bound on the read-index and the wait for the applied index; 0: the
+  /// shard's LeaseOptions::read_timeout.
+  std::chrono::milliseconds timeout{0};
+  /// A session of the same shard, or nullptr; with one, level and timeout
+  /// are ignored.
+  const ReadSession* session = nullptr;
+
+  ReadOptions() = default;
+  ReadOptions(ReadLevel l, std::chrono::milliseconds t = std::chrono::milliseconds(0)) : level(l), timeout(t) {}  // NOLINT: implicit on purpose
+  ReadOptions(const ReadSession& s) : session(&s) {}  // NOLINT: implicit on purpose
+
+  keel_read_options_t to_c() const noexcept {
+    keel_read_options_t o{};
+    (void)keel_read_options_init_sized(&o, sizeof o);
+    o.level = static_cast<uint32_t>(level);
+    o.timeout_ms = timeout.count() > 0 ? static_cast<uint64_t>(timeout.count()) : 0;
+    o.session = session ? session->raw() : nullptr;
+    return o;
+  }
+};
+
+/// The host's read-index round trip: the index to wait for, or an Error
+/// (Status::NotLeader, Status::Timeout, ...). Runs on a reading thread;
+/// must not throw and must not read from the same shard.
+using ReadIndexFn = std::function<Result<uint64_t>()>;
+
+/// Options of Shard::configure_consensus() (keel_lease_options_t). The
+/// lease must be shorter than election_timeout_min - max_clock_drift -
+/// max_round_trip; a configuration that is not is refused.
+struct LeaseOptions {
+  uint64_t self_id = 0;  ///< this node's consensus id, non-zero
+  std::chrono::milliseconds lease{0};
+  std::chrono::milliseconds election_timeout_min{0};
+  std::chrono::milliseconds max_clock_drift{0};
+  std::chrono::milliseconds max_round_trip{0};
+  std::chrono::milliseconds read_timeout{5000};  ///< of reads that name none
+  ReadLevel default_level = ReadLevel::Stale;    ///< of reads that name none
+  /// The clock is the value set with Shard::consensus_set_clock() (tests,
+  /// simulations) instead of CLOCK_MONOTONIC.
+  bool manual_clock = false;
+  ReadIndexFn read_index;  ///< required
+};
+
+/// A shard's lease facts and counters (keel_lease_stats_t).
+struct LeaseStats {
+  Role role = Role::Follower;
+  uint64_t term = 0;
+  uint64_t leader_id = 0;  ///< 0: unknown
+  uint64_t applied_index = 0;
+  uint64_t lease_hits = 0;
+  uint64_t miss_not_leader = 0, miss_ack_stale = 0, miss_ack_missing = 0, miss_ack_future = 0;
+  uint64_t miss_transfer = 0, miss_term_not_applied = 0, miss_clock = 0;
+  uint64_t read_index_calls = 0, read_index_errors = 0;
+  uint64_t read_index_latency_ns_total = 0, read_index_latency_ns_max = 0;
+  uint64_t read_index_timeouts = 0;
+  uint64_t acks_ignored_not_leader = 0, acks_ignored_other_term = 0, acks_ignored_not_voter = 0,
+           acks_ignored_bad_time = 0;
+};
+
+namespace detail {
+/// The C side of a ReadIndexFn, which keel owns once configured (deleted
+/// through read_index_free at the shard's close).
+inline keel_status_t read_index_call(void* user, uint64_t* index) noexcept {
+  Result<uint64_t> r = (*static_cast<const ReadIndexFn*>(user))();
+  if (!r) return static_cast<keel_status_t>(r.err().code());
+  *index = *r;
+  return KEEL_STATUS_OK;
+}
+inline void read_index_free(void* user) noexcept { delete static_cast<ReadIndexFn*>(user); }
+}  // namespace detail
+
 // ---- shard ------------------------------------------------------------------------
 
 /// One shard of an Engine (owns a keel_shard_t): keys map to a value or a
@@ -1127,24 +1238,30 @@ class Shard : public detail::Handle<keel_shard_t, detail::close_shard> {
     return std::make_pair(first, last);
   }
 
-  /// What `key` holds; std::nullopt when it is absent.
-  Result<std::optional<Value>> get(ByteView key) const {
+  /// What `key` holds; std::nullopt when it is absent. At the level of
+  /// `opts` (by default the shard's default level, stale unless
+  /// configured): Status::NotLeader (Error::leader_hint()),
+  /// Status::Timeout and the read-index's errors come from there.
+  Result<std::optional<Value>> get(ByteView key, const ReadOptions& opts = ReadOptions()) const {
     if (!ptr_) return detail::empty_handle("keel::Shard");
     if (auto ok = detail::check_views({key}); !ok) return ok.err();
     detail::ErrorOut err;
     detail::Bufs buf(1);
     uint32_t kind = KEEL_KIND_NONE;
     uint64_t version = 0;
+    const keel_read_options_t o = opts.to_c();
     const keel_status_t st =
-        keel_shard_get(ptr_.get(), key.data(), key.size(), &buf.bufs[0], &kind, &version, err.out());
+        keel_shard_get_ex(ptr_.get(), &o, key.data(), key.size(), &buf.bufs[0], &kind, &version, err.out());
     if (st == KEEL_STATUS_NOT_FOUND) return std::optional<Value>();
     if (st != KEEL_STATUS_OK) return err.take(st);
     return std::optional<Value>(Value{static_cast<Kind>(kind), version, buf.bytes(0)});
   }
 
   /// Reads several keys from one consistent state; element i is what key
-  /// i holds, std::nullopt when absent.
-  Result<std::vector<std::optional<Value>>> multi_get(const ByteView* keys, size_t n) const {
+  /// i holds, std::nullopt when absent. One lease check or read-index for
+  /// all of them.
+  Result<std::vector<std::optional<Value>>> multi_get(const ByteView* keys, size_t n,
+                                                      const ReadOptions& opts = ReadOptions()) const {
     if (!ptr_) return detail::empty_handle("keel::Shard");
     const detail::PackedKeys packed(keys, n);
     if (packed.null_string) return detail::null_string_error();
@@ -1152,8 +1269,9 @@ class Shard : public detail::Handle<keel_shard_t, detail::close_shard> {
     std::vector<uint32_t> kinds(n, KEEL_KIND_NONE);
     std::vector<uint64_t> versions(n, 0);
     detail::ErrorOut err;
-    const keel_status_t st = keel_shard_multi_get(ptr_.get(), packed.bytes.data(), packed.lens.data(), n,
-                                                  values.bufs.data(), kinds.data(), versions.data(), err.out());
+    const keel_read_options_t o = opts.to_c();
+    const keel_status_t st = keel_shard_multi_get_ex(ptr_.get(), &o, packed.bytes.data(), packed.lens.data(), n,
+                                                     values.bufs.data(), kinds.data(), versions.data(), err.out());
     if (st != KEEL_STATUS_OK) return err.take(st);
     std::vector<std::optional<Value>> out;
     out.reserve(n);
@@ -1168,18 +1286,20 @@ class Shard : public detail::Handle<keel_shard_t, detail::close_shard> {
   }
   /// Any range whose elements convert to ByteView.
   template <class Range>
-  Result<std::vector<std::optional<Value>>> multi_get(const Range& keys) const {
+  Result<std::vector<std::optional<Value>>> multi_get(const Range& keys, const ReadOptions& opts = ReadOptions()) const {
     std::vector<ByteView> views;
     for (const auto& k : keys) views.emplace_back(k);
-    return multi_get(views.data(), views.size());
+    return multi_get(views.data(), views.size(), opts);
   }
-  Result<std::vector<std::optional<Value>>> multi_get(std::initializer_list<std::string_view> keys) const {
-    return multi_get<std::initializer_list<std::string_view>>(keys);
+  Result<std::vector<std::optional<Value>>> multi_get(std::initializer_list<std::string_view> keys,
+                                                      const ReadOptions& opts = ReadOptions()) const {
+    return multi_get<std::initializer_list<std::string_view>>(keys, opts);
   }
 
   /// Keys in [start, end) in key (byte) order; no `end` means no upper
   /// bound, an empty `start` the first key.
-  Result<Iterator> scan(ByteView start = ByteView(), std::optional<ByteView> end = std::nullopt) const {
+  Result<Iterator> scan(ByteView start = ByteView(), std::optional<ByteView> end = std::nullopt,
+                        const ReadOptions& opts = ReadOptions()) const {
     if (!ptr_) return detail::empty_handle("keel::Shard");
     if (auto ok = detail::check_views({start, end.value_or(ByteView())}); !ok) return ok.err();
     // C reads a NULL end as "no bound": an empty end must still point somewhere.
@@ -1192,19 +1312,21 @@ class Shard : public detail::Handle<keel_shard_t, detail::close_shard> {
     }
     detail::ErrorOut err;
     keel_iter_t* it = nullptr;
+    const keel_read_options_t o = opts.to_c();
     const keel_status_t st =
-        keel_shard_scan(ptr_.get(), start.data(), start.size(), end_ptr, end_len, &it, err.out());
+        keel_shard_scan_ex(ptr_.get(), &o, start.data(), start.size(), end_ptr, end_len, &it, err.out());
     if (st != KEEL_STATUS_OK) return err.take(st);
     return Iterator(it);
   }
 
   /// Every key starting with `prefix` (every key when it is empty).
-  Result<Iterator> scan_prefix(ByteView prefix) const {
+  Result<Iterator> scan_prefix(ByteView prefix, const ReadOptions& opts = ReadOptions()) const {
     if (!ptr_) return detail::empty_handle("keel::Shard");
     if (auto ok = detail::check_views({prefix}); !ok) return ok.err();
     detail::ErrorOut err;
     keel_iter_t* it = nullptr;
-    const keel_status_t st = keel_shard_scan_prefix(ptr_.get(), prefix.data(), prefix.size(), &it, err.out());
+    const keel_read_options_t o = opts.to_c();
+    const keel_status_t st = keel_shard_scan_prefix_ex(ptr_.get(), &o, prefix.data(), prefix.size(), &it, err.out());
     if (st != KEEL_STATUS_OK) return err.take(st);
     return Iterator(it);
   }
@@ -1279,6 +1401,120 @@ class Shard : public detail::Handle<keel_shard_t, detail::close_shard> {
     return detail::check(keel_shard_health(ptr_.get(), err.out()), err);
   }
 
+  // ---- lease reads (docs/LEASE.md) ----
+
+  /// Turns on lease reads for this open of the shard (once). keel keeps
+  /// `opts.read_index` until the shard closes.
+  Result<void> configure_consensus(LeaseOptions opts) const {
+    if (!ptr_) return detail::empty_handle("keel::Shard");
+    if (!opts.read_index) return Error(Status::InvalidArgument, "LeaseOptions::read_index is empty");
+    keel_lease_options_t o{};
+    if (auto st = keel_lease_options_init_sized(&o, sizeof o); st != KEEL_STATUS_OK) {
+      detail::ErrorOut none;
+      return none.take(st);
+    }
+    const auto ms = [](std::chrono::milliseconds d) { return d.count() > 0 ? static_cast<uint64_t>(d.count()) : 0; };
+    o.self_id = opts.self_id;
+    o.lease_ms = ms(opts.lease);
+    o.election_timeout_min_ms = ms(opts.election_timeout_min);
+    o.max_clock_drift_ms = ms(opts.max_clock_drift);
+    o.max_round_trip_ms = ms(opts.max_round_trip);
+    o.read_timeout_ms = ms(opts.read_timeout);
+    o.default_level = static_cast<uint32_t>(opts.default_level);
+    o.clock = opts.manual_clock ? KEEL_CLOCK_MANUAL : KEEL_CLOCK_MONOTONIC;
+    o.read_index = &detail::read_index_call;
+    // keel owns it from here, and deletes it through read_index_free.
+    o.read_index_user_data = new ReadIndexFn(std::move(opts.read_index));
+    o.read_index_free = &detail::read_index_free;
+    detail::ErrorOut err;
+    return detail::check(keel_shard_consensus_configure(ptr_.get(), &o, err.out()), err);
+  }
+  /// Role and term, with the leader's id when a follower knows it (0: unknown).
+  Result<void> consensus_set_role(Role role, uint64_t term, uint64_t leader_id = 0) const {
+    return run_call([&](keel_error_t** e) {
+      return keel_shard_consensus_set_role(ptr_.get(), static_cast<uint32_t>(role), term, leader_id, e);
+    });
+  }
+  /// The voters: `incoming`, and `outgoing` during a joint configuration. No learners.
+  Result<void> consensus_set_voters(const std::vector<uint64_t>& incoming,
+                                    const std::vector<uint64_t>& outgoing = {}) const {
+    return run_call([&](keel_error_t** e) {
+      return keel_shard_consensus_set_voters(ptr_.get(), incoming.data(), incoming.size(), outgoing.data(),
+                                             outgoing.size(), e);
+    });
+  }
+  /// Voter `peer_id` acknowledged a message of `term` this leader SENT at `sent_at_ns`.
+  Result<void> consensus_ack(uint64_t peer_id, uint64_t term, uint64_t sent_at_ns) const {
+    return run_call([&](keel_error_t** e) { return keel_shard_consensus_ack(ptr_.get(), peer_id, term, sent_at_ns, e); });
+  }
+  Result<void> consensus_set_applied(uint64_t index) const {
+    return run_call([&](keel_error_t** e) { return keel_shard_consensus_set_applied(ptr_.get(), index, e); });
+  }
+  Result<void> consensus_set_committed(uint64_t index) const {
+    return run_call([&](keel_error_t** e) { return keel_shard_consensus_set_committed(ptr_.get(), index, e); });
+  }
+  /// An entry of `term` was applied; true when it counted (the current term, leading).
+  Result<bool> consensus_term_applied(uint64_t term) const {
+    bool recorded = false;
+    auto r = run_call([&](keel_error_t** e) { return keel_shard_consensus_term_applied(ptr_.get(), term, &recorded, e); });
+    if (!r) return r.err();
+    return recorded;
+  }
+  Result<void> consensus_set_transfer(bool in_progress) const {
+    return run_call([&](keel_error_t** e) { return keel_shard_consensus_set_transfer(ptr_.get(), in_progress, e); });
+  }
+  /// The time of a manual clock, in nanoseconds (0: no time).
+  Result<void> consensus_set_clock(uint64_t now_ns) const {
+    return run_call([&](keel_error_t** e) { return keel_shard_consensus_set_clock(ptr_.get(), now_ns, e); });
+  }
+
+  /// Begins a read session: the lease check or one read-index now, none
+  /// for the reads that name it (pass it as their ReadOptions).
+  Result<ReadSession> read_begin(ReadLevel level = ReadLevel::Default,
+                                 std::chrono::milliseconds timeout = std::chrono::milliseconds(0)) const {
+    if (!ptr_) return detail::empty_handle("keel::Shard");
+    const keel_read_options_t o = ReadOptions(level, timeout).to_c();
+    keel_read_session_t* session = nullptr;
+    uint64_t index = 0;
+    detail::ErrorOut err;
+    const keel_status_t st = keel_shard_read_begin(ptr_.get(), &o, &session, &index, err.out());
+    if (st != KEEL_STATUS_OK) return err.take(st);
+    return ReadSession(session, index);
+  }
+
+  /// The lease facts and counters (keel_shard_lease_stats()).
+  Result<LeaseStats> lease_stats() const {
+    if (!ptr_) return detail::empty_handle("keel::Shard");
+    keel_lease_stats_t s{};
+    s.struct_size = static_cast<uint32_t>(sizeof s);
+    detail::ErrorOut err;
+    const keel_status_t st = keel_shard_lease_stats(ptr_.get(), &s, err.out());
+    if (st != KEEL_STATUS_OK) return err.take(st);
+    LeaseStats o;
+    o.role = static_cast<Role>(s.role);
+    o.term = s.term;
+    o.leader_id = s.leader_id;
+    o.applied_index = s.applied_index;
+    o.lease_hits = s.lease_hits;
+    o.miss_not_leader = s.miss_not_leader;
+    o.miss_ack_stale = s.miss_ack_stale;
+    o.miss_ack_missing = s.miss_ack_missing;
+    o.miss_ack_future = s.miss_ack_future;
+    o.miss_transfer = s.miss_transfer;
+    o.miss_term_not_applied = s.miss_term_not_applied;
+    o.miss_clock = s.miss_clock;
+    o.read_index_calls = s.read_index_calls;
+    o.read_index_errors = s.read_index_errors;
+    o.read_index_latency_ns_total = s.read_index_latency_ns_total;
+    o.read_index_latency_ns_max = s.read_index_latency_ns_max;
+    o.read_index_timeouts = s.read_index_timeouts;
+    o.acks_ignored_not_leader = s.acks_ignored_not_leader;
+    o.acks_ignored_other_term = s.acks_ignored_other_term;
+    o.acks_ignored_not_voter = s.acks_ignored_not_voter;
+    o.acks_ignored_bad_time = s.acks_ignored_bad_time;
+    return o;
+  }
+
   /// A final flush, then frees the handle; the Shard is empty afterwards
   /// even when the flush fails (the error is returned; the WAL still holds
   /// everything). Closing an empty Shard, or one whose Engine was closed
@@ -1289,6 +1525,13 @@ class Shard : public detail::Handle<keel_shard_t, detail::close_shard> {
   }
 
  private:
+  template <class F>
+  Result<void> run_call(F&& c) const {
+    if (!ptr_) return detail::empty_handle("keel::Shard");
+    detail::ErrorOut err;
+    return detail::check(c(err.out()), err);
+  }
+
   template <class F>
   Result<uint64_t> write_one(F&& call) const {
     if (!ptr_) return detail::empty_handle("keel::Shard");
@@ -1312,6 +1555,17 @@ class Shard : public detail::Handle<keel_shard_t, detail::close_shard> {
 };
 
 // ---- engine ----------------------------------------------------------------------
+
+/// The resources an engine holds now (keel_engine_stats_t; docs/STORAGE.md,
+/// "Resource model").
+struct EngineStats {
+  uint32_t open_shards = 0;        ///< shards open now
+  uint64_t threads = 0;            ///< flush and WAL workers; independent of the shard count
+  uint64_t open_files = 0;         ///< descriptors open on files below the engine's directory
+  uint64_t flush_queue_depth = 0;  ///< shards waiting for a flush worker
+  uint64_t wal_queue_depth = 0;    ///< WAL segment preparations and periodic syncs queued
+  std::chrono::nanoseconds stalled{0};  ///< time writers waited on the engine's shared workers
+};
 
 /// An engine: one data directory hosting shards by id (owns a
 /// keel_engine_t). The destructor closes it (closing every shard still
@@ -1370,6 +1624,26 @@ class Engine : public detail::Handle<keel_engine_t, detail::close_engine> {
       }
       return err.take(st);
     }
+  }
+
+  /// The resources the engine holds now (keel_engine_stats()).
+  Result<EngineStats> stats() const {
+    if (!ptr_) return detail::empty_handle("keel::Engine");
+    keel_engine_stats_t s{};
+    s.struct_size = static_cast<uint32_t>(sizeof s);
+    const keel_status_t st = keel_engine_stats(ptr_.get(), &s);
+    if (st != KEEL_STATUS_OK) {
+      detail::ErrorOut none;  // this call carries no error object
+      return none.take(st);
+    }
+    EngineStats o;
+    o.open_shards = s.open_shards;
+    o.threads = s.threads;
+    o.open_files = s.open_files;
+    o.flush_queue_depth = s.flush_queue_depth;
+    o.wal_queue_depth = s.wal_queue_depth;
+    o.stalled = std::chrono::nanoseconds(static_cast<std::chrono::nanoseconds::rep>(s.stall_nanos));
+    return o;
   }
 
   // ---- fenced lease table (docs/LEASE.md) ----------------------------------

@@ -40,3 +40,25 @@ func keelGoNodeEvent(handle C.uintptr_t, peerID C.uint64_t, status C.keel_status
 	}
 	ev.onEvent(uint64(peerID), err)
 }
+
+// keelGoReadIndex is a shard's read-index callback, called by
+// keel_go_read_index (lease.go) on the goroutine of a read that missed
+// the lease, with the cgo.Handle of the shard's leaseHost.
+//
+//export keelGoReadIndex
+func keelGoReadIndex(handle C.uintptr_t, index *C.uint64_t) C.keel_status_t {
+	host := cgo.Handle(handle).Value().(*leaseHost)
+	i, st := host.readIndex()
+	if st == StatusOK {
+		*index = C.uint64_t(i)
+	}
+	return C.keel_status_t(st)
+}
+
+// keelGoReadIndexFree releases the handle once keel no longer needs it
+// (the shard closed, or its configuration was refused).
+//
+//export keelGoReadIndexFree
+func keelGoReadIndexFree(handle C.uintptr_t) {
+	cgo.Handle(handle).Delete()
+}

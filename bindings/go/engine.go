@@ -288,6 +288,39 @@ func (e *Engine) ListShards() ([]uint32, error) {
 	}
 }
 
+// EngineStats are the resources an engine holds now (keel_engine_stats_t;
+// docs/STORAGE.md, "Resource model").
+type EngineStats struct {
+	OpenShards      uint32        // shards open now
+	Threads         uint64        // flush and WAL workers; independent of the shard count
+	OpenFiles       uint64        // descriptors open on files below the engine's directory
+	FlushQueueDepth uint64        // shards waiting for a flush worker
+	WALQueueDepth   uint64        // WAL segment preparations and periodic syncs queued
+	Stalled         time.Duration // time writers waited on the engine's shared workers
+}
+
+// Stats returns the resources the engine holds now.
+func (e *Engine) Stats() (EngineStats, error) {
+	h, err := e.acquire("Stats")
+	if err != nil {
+		return EngineStats{}, err
+	}
+	defer e.release()
+	var c C.keel_engine_stats_t
+	c.struct_size = C.uint32_t(unsafe.Sizeof(c))
+	if st := C.keel_engine_stats(h, &c); st != C.KEEL_STATUS_OK {
+		return EngineStats{}, takeError("Stats", st, nil)
+	}
+	return EngineStats{
+		OpenShards:      uint32(c.open_shards),
+		Threads:         uint64(c.threads),
+		OpenFiles:       uint64(c.open_files),
+		FlushQueueDepth: uint64(c.flush_queue_depth),
+		WALQueueDepth:   uint64(c.wal_queue_depth),
+		Stalled:         time.Duration(c.stall_nanos),
+	}, nil
+}
+
 // Close closes every Shard of this engine still open (each runs a final
 // flush), then releases the directory and frees the handle; it waits for
 // calls in flight on the engine and on those shards. Everything is

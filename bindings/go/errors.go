@@ -32,6 +32,7 @@ const (
 	StatusFenced          Status = C.KEEL_STATUS_FENCED
 	StatusRefused         Status = C.KEEL_STATUS_REFUSED
 	StatusProtocol        Status = C.KEEL_STATUS_PROTOCOL
+	StatusMoved           Status = C.KEEL_STATUS_MOVED
 )
 
 // String returns the library's name of the status ("IO", "TRUNCATED", ...;
@@ -48,6 +49,9 @@ type Error struct {
 	// Op is the Go method that failed ("Append", "Open", ...); empty in
 	// the sentinels.
 	Op string
+	// LeaderHint is, for StatusNotLeader, the consensus id of the leader
+	// when this node knows it (keel_error_leader_hint); 0 otherwise.
+	LeaderHint uint64
 }
 
 func (e *Error) Error() string {
@@ -102,6 +106,9 @@ var (
 	// ErrProtocol: a Node's peer broke the wire protocol (malformed,
 	// oversized or unknown frame).
 	ErrProtocol = &Error{Code: StatusProtocol}
+	// ErrMoved: the shard was handed over to another node by a transfer
+	// and refuses writes.
+	ErrMoved = &Error{Code: StatusMoved}
 )
 
 // ErrNoMore is what Reader.Next returns when the reader has caught up with
@@ -120,6 +127,7 @@ func takeError(op string, st C.keel_status_t, cerr *C.keel_error_t) error {
 		// from it, so copy it before freeing.
 		e.Code = Status(C.keel_error_code(cerr))
 		e.Message = C.GoString(C.keel_error_message(cerr))
+		e.LeaderHint = uint64(C.keel_error_leader_hint(cerr))
 		C.keel_error_free(cerr)
 	}
 	return e

@@ -739,6 +739,7 @@ func TestErrorValues(t *testing.T) {
 		StatusOK: "OK", StatusIO: "IO", StatusCorruption: "CORRUPTION", StatusBusy: "BUSY",
 		StatusClosed: "CLOSED", StatusTruncated: "TRUNCATED", StatusNoSpace: "NO_SPACE",
 		StatusWrongKind: "WRONG_KIND", StatusResource: "RESOURCE", StatusFenced: "FENCED", StatusRefused: "REFUSED", StatusProtocol: "PROTOCOL",
+		StatusMoved: "MOVED",
 	}
 	for s, want := range names {
 		if s.String() != want {
@@ -746,7 +747,7 @@ func TestErrorValues(t *testing.T) {
 		}
 	}
 	// The node transport's sentinels carry their codes.
-	for sentinel, code := range map[*Error]Status{ErrRefused: StatusRefused, ErrProtocol: StatusProtocol, ErrFenced: StatusFenced} {
+	for sentinel, code := range map[*Error]Status{ErrRefused: StatusRefused, ErrProtocol: StatusProtocol, ErrFenced: StatusFenced, ErrMoved: StatusMoved} {
 		if sentinel.Code != code || !errors.Is(&Error{Code: code, Message: "m"}, sentinel) {
 			t.Errorf("sentinel of %v has code %v", code, sentinel.Code)
 		}

@@ -226,8 +226,23 @@ func (s *Shard) Write(b *Batch) (first, last uint64, err error) {
 
 // Get reads key. An absent key is an error matching ErrNotFound. A key
 // longer than MaxKeySize is ErrInvalidArgument. Get sees only whole writes
-// and batches.
-func (s *Shard) Get(key []byte) (Value, error) {
+// and batches. It reads at the shard's default level (stale unless
+// LeaseOptions.DefaultLevel says otherwise), as GetWith(key, nil).
+func (s *Shard) Get(key []byte) (Value, error) { return s.GetWith(key, nil) }
+
+// GetWith is Get at the consistency of opts (nil: the shard's defaults):
+// a follower fails with ErrNotLeader (Error.LeaderHint names the leader
+// when known), a read-index that does not arrive or apply in time with
+// ErrTimeout, a failed one with its error.
+func (s *Shard) GetWith(key []byte, opts *ReadOptions) (v Value, err error) {
+	err = withReadOptions(opts, func(o *C.keel_read_options_t) error {
+		v, err = s.get(key, o)
+		return err
+	})
+	return v, err
+}
+
+func (s *Shard) get(key []byte, o *C.keel_read_options_t) (Value, error) {
 	h, err := s.acquire("Get")
 	if err != nil {
 		return Value{}, err
@@ -239,7 +254,7 @@ func (s *Shard) Get(key []byte) (Value, error) {
 	var kind C.uint32_t
 	var ver C.uint64_t
 	var cerr *C.keel_error_t
-	st := C.keel_shard_get(h, bytesPtr(key), C.size_t(len(key)), &buf, &kind, &ver, &cerr)
+	st := C.keel_shard_get_ex(h, o, bytesPtr(key), C.size_t(len(key)), &buf, &kind, &ver, &cerr)
 	if st != C.KEEL_STATUS_OK {
 		return Value{}, takeError("Get", st, cerr)
 	}
@@ -251,8 +266,20 @@ func (s *Shard) Get(key []byte) (Value, error) {
 // MultiGet reads keys from one consistent state of the shard, in one call
 // into the library. The result has one entry per key, in order: nil for an
 // absent key. A key longer than MaxKeySize fails the whole call with
-// ErrInvalidArgument.
-func (s *Shard) MultiGet(keys [][]byte) ([]*Value, error) {
+// ErrInvalidArgument. At the shard's default level, as Get.
+func (s *Shard) MultiGet(keys [][]byte) ([]*Value, error) { return s.MultiGetWith(keys, nil) }
+
+// MultiGetWith is MultiGet at the consistency of opts, as GetWith: one
+// lease check or read-index for all the keys.
+func (s *Shard) MultiGetWith(keys [][]byte, opts *ReadOptions) (out []*Value, err error) {
+	err = withReadOptions(opts, func(o *C.keel_read_options_t) error {
+		out, err = s.multiGet(keys, o)
+		return err
+	})
+	return out, err
+}
+
+func (s *Shard) multiGet(keys [][]byte, o *C.keel_read_options_t) ([]*Value, error) {
 	// Keys packed into one buffer plus a lens array (cgo may not receive
 	// a [][]byte: Go memory holding Go pointers).
 	total := 0
@@ -286,7 +313,7 @@ func (s *Shard) MultiGet(keys [][]byte) ([]*Value, error) {
 	kinds := make([]C.uint32_t, n)
 	versions := make([]C.uint64_t, n)
 	var cerr *C.keel_error_t
-	st := C.keel_shard_multi_get(h, bytesPtr(packed), &lens[0], C.size_t(n), bufs, &kinds[0], &versions[0], &cerr)
+	st := C.keel_shard_multi_get_ex(h, o, bytesPtr(packed), &lens[0], C.size_t(n), bufs, &kinds[0], &versions[0], &cerr)
 	// On error the library leaves nothing to free, and calloc made every
 	// entry {NULL, 0}: freeing them all is harmless either way.
 	defer C.keel_bufs_free(bufs, C.size_t(n))
@@ -308,8 +335,20 @@ func (s *Shard) MultiGet(keys [][]byte) ([]*Value, error) {
 // Scan returns an Iterator over the keys in [start, end), in key order. An
 // empty start is the first key; an empty (or nil) end means no upper
 // bound. The iterator reads a consistent copy of the range taken now
-// (memory proportional to the range).
-func (s *Shard) Scan(start, end []byte) (*Iterator, error) {
+// (memory proportional to the range). At the shard's default level, as Get.
+func (s *Shard) Scan(start, end []byte) (*Iterator, error) { return s.ScanWith(start, end, nil) }
+
+// ScanWith is Scan at the consistency of opts (checked once, when the
+// scan opens), as GetWith.
+func (s *Shard) ScanWith(start, end []byte, opts *ReadOptions) (it *Iterator, err error) {
+	err = withReadOptions(opts, func(o *C.keel_read_options_t) error {
+		it, err = s.scan(start, end, o)
+		return err
+	})
+	return it, err
+}
+
+func (s *Shard) scan(start, end []byte, o *C.keel_read_options_t) (*Iterator, error) {
 	h, err := s.acquire("Scan")
 	if err != nil {
 		return nil, err
@@ -318,7 +357,7 @@ func (s *Shard) Scan(start, end []byte) (*Iterator, error) {
 	var it *C.keel_iter_t
 	var cerr *C.keel_error_t
 	// bytesPtr(end) is NULL for an empty end: "no upper bound".
-	st := C.keel_shard_scan(h, bytesPtr(start), C.size_t(len(start)), bytesPtr(end), C.size_t(len(end)), &it, &cerr)
+	st := C.keel_shard_scan_ex(h, o, bytesPtr(start), C.size_t(len(start)), bytesPtr(end), C.size_t(len(end)), &it, &cerr)
 	if st != C.KEEL_STATUS_OK {
 		return nil, takeError("Scan", st, cerr)
 	}
@@ -327,7 +366,18 @@ func (s *Shard) Scan(start, end []byte) (*Iterator, error) {
 
 // ScanPrefix returns an Iterator over every key that starts with prefix
 // (all keys for an empty prefix), in key order; as Scan.
-func (s *Shard) ScanPrefix(prefix []byte) (*Iterator, error) {
+func (s *Shard) ScanPrefix(prefix []byte) (*Iterator, error) { return s.ScanPrefixWith(prefix, nil) }
+
+// ScanPrefixWith is ScanPrefix at the consistency of opts, as ScanWith.
+func (s *Shard) ScanPrefixWith(prefix []byte, opts *ReadOptions) (it *Iterator, err error) {
+	err = withReadOptions(opts, func(o *C.keel_read_options_t) error {
+		it, err = s.scanPrefix(prefix, o)
+		return err
+	})
+	return it, err
+}
+
+func (s *Shard) scanPrefix(prefix []byte, o *C.keel_read_options_t) (*Iterator, error) {
 	h, err := s.acquire("ScanPrefix")
 	if err != nil {
 		return nil, err
@@ -335,7 +385,7 @@ func (s *Shard) ScanPrefix(prefix []byte) (*Iterator, error) {
 	defer s.release()
 	var it *C.keel_iter_t
 	var cerr *C.keel_error_t
-	if st := C.keel_shard_scan_prefix(h, bytesPtr(prefix), C.size_t(len(prefix)), &it, &cerr); st != C.KEEL_STATUS_OK {
+	if st := C.keel_shard_scan_prefix_ex(h, o, bytesPtr(prefix), C.size_t(len(prefix)), &it, &cerr); st != C.KEEL_STATUS_OK {
 		return nil, takeError("ScanPrefix", st, cerr)
 	}
 	return newIterator(it), nil

@@ -1209,3 +1209,56 @@ func TestMissingSegmentFileIsCorruptionAndSalvageReportsIt(t *testing.T) {
 		t.Fatalf("SalvageReport = %q, %v; want it to name %s", r, err, state)
 	}
 }
+
+func TestEngineStats(t *testing.T) {
+	const shards = 30
+	o := *fastOpts
+	o.Durability = DurabilityPeriodic
+	o.SyncInterval = 10 * time.Millisecond
+	o.FlushThreads = 2
+	e, dir := openEngineT(t, "", &o)
+	idle, err := e.Stats()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if idle.Threads <= 2 || idle.OpenShards != 0 || idle.OpenFiles < 1 {
+		t.Fatalf("idle engine: %+v (want flush and WAL workers, no shard, its LOCK open)", idle)
+	}
+	opened := make([]*Shard, shards)
+	for id := range opened {
+		opened[id] = openShardT(t, e, uint32(id))
+		if _, err := opened[id].Put([]byte("k"), []byte("v")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	busy, err := e.Stats()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if busy.Threads != idle.Threads {
+		t.Fatalf("threads grew with the shards: %d, then %d", idle.Threads, busy.Threads)
+	}
+	if busy.OpenShards != shards || busy.OpenFiles < idle.OpenFiles+shards {
+		t.Fatalf("%d shards open: %+v", shards, busy)
+	}
+	for id := range opened {
+		if _, err := os.Stat(filepath.Join(dir, "shards", fmt.Sprint(id), "wal", "LOCK")); !os.IsNotExist(err) {
+			t.Fatalf("shard %d's WAL has a LOCK of its own: %v", id, err)
+		}
+		if err := opened[id].Close(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	after, err := e.Stats()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if after.OpenShards != 0 || after.OpenFiles != idle.OpenFiles {
+		t.Fatalf("every shard closed: %+v, idle was %+v", after, idle)
+	}
+	if err := e.Close(); err != nil {
+		t.Fatal(err)
+	}
+	_, err = e.Stats()
+	wantCode(t, "Stats after Close", err, ErrClosed)
+}

@@ -25,7 +25,8 @@ const (
 	// once the record is on stable storage; concurrent appends share one
 	// fdatasync (group commit).
 	DurabilitySync Durability = C.KEEL_DURABILITY_SYNC
-	// DurabilityPeriodic: a background thread syncs every SyncInterval.
+	// DurabilityPeriodic: a background worker syncs at most SyncInterval
+	// after a write.
 	DurabilityPeriodic Durability = C.KEEL_DURABILITY_PERIODIC
 	// DurabilityNone: keel never syncs on its own; WAL.Sync still does.
 	DurabilityNone Durability = C.KEEL_DURABILITY_NONE

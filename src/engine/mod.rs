@@ -4,7 +4,7 @@
 //! <dir>/LOCK                  held (flock) while an engine has the directory open
 //! <dir>/SHARDS                the ids of the engine's shards (checksummed,
 //!                             replaced atomically on create and drop)
-//! <dir>/shards/<id>/wal/      the shard's WAL segments
+//! <dir>/shards/<id>/wal/      the shard's WAL segments (no LOCK of its own: the engine's covers it)
 //! <dir>/shards/<id>/segments/ the shard's appendable and immutable segments
 //! ```
 //!
@@ -16,11 +16,13 @@
 //! by renaming it to `shards/.drop-<id>`, then unlisting it, then removing
 //! it; engine open finishes either after a crash.
 
+mod incoming;
+
 use crate::error::{Error, Result};
 use crate::fs::{FileSystem, StdFs};
 use crate::lease::{Clock, FenceTable};
 use crate::shard::files::{self, Cursor};
-use crate::shard::pool::FlushPool;
+use crate::shard::pool::{FlushPool, Host};
 use crate::shard::{self, Shard};
 use crate::status::*;
 use parking_lot::Mutex;
@@ -29,6 +31,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 /// Prefix of a shard directory being dropped: renamed first so a crash
 /// never leaves half a shard under its id.
@@ -50,6 +53,8 @@ enum Slot {
     /// Being recovered, outside the engine's mutex; a second open is BUSY.
     Opening,
     Open(Shard),
+    /// Being received by a transfer (`incoming.rs`); opening it is BUSY.
+    Incoming(Shard),
 }
 
 struct State {
@@ -58,8 +63,40 @@ struct State {
     ids: BTreeSet<u32>,
 }
 
+impl State {
+    /// Lets go of the shards closed since (through `Shard::close`, which
+    /// does not tell the engine): a closed shard still holds its
+    /// appendable segment's file until its last handle goes, and the
+    /// engine's must not be that last handle for long.
+    fn forget_closed(&mut self) {
+        self.slots.retain(|_, s| !matches!(s, Slot::Open(s) if s.is_closed()));
+    }
+}
+
+/// What an engine holds now (`Engine::stats`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EngineStats {
+    /// Threads the engine runs: its flush workers and WAL workers (the
+    /// same whatever the number of shards).
+    pub threads: u64,
+    /// File descriptors of this process open on files below the engine's
+    /// directory (WAL segments and spares, segment files, the LOCK).
+    pub open_files: u64,
+    /// Shards open now.
+    pub open_shards: u64,
+    /// Shards waiting for a flush worker.
+    pub flush_queue: u64,
+    /// WAL jobs (segment preparations, periodic syncs) queued, due or not.
+    pub wal_queue: u64,
+    /// Total time writers waited on the engine's shared workers: a WAL
+    /// rotation that found no prepared segment and made one itself.
+    pub stalled: Duration,
+}
+
 pub struct Engine {
     dir: PathBuf,
+    /// `dir` resolved (symbolic links, `..`), as /proc/self/fd names files.
+    real_dir: PathBuf,
     opts: shard::Options,
     /// Every file and directory operation of the engine and its shards.
     fs: Arc<dyn FileSystem>,
@@ -69,8 +106,11 @@ pub struct Engine {
     /// None once closed.
     shards: Mutex<Option<State>>,
     /// Runs the flush, seals and merges of every shard of the engine on
-    /// `opts.flush_threads` workers; shut down once the shards are closed.
-    pool: Arc<FlushPool>,
+    /// `opts.flush_threads` workers, and the WAL segment preparation and
+    /// periodic syncs on `wal::ENGINE_WAL_WORKERS`; shut down once the
+    /// shards are closed. The engine's threads are these, whatever the
+    /// number of shards.
+    host: Host,
     /// The node-local fenced lease table; its token high-water mark is `<dir>/FENCE`.
     fences: FenceTable,
     _lock: Box<dyn Any + Send + Sync>,
@@ -119,15 +159,19 @@ impl Engine {
         // Nothing is created before the lock is held.
         fs.create_dir_all(&shards_dir).map_err(io_err("creating", &shards_dir))?;
         let ids = load_list(&*fs, dir, opts.salvage)?;
-        let pool = FlushPool::new(opts.flush_threads, opts.steps.clone())?;
+        let host = Host {
+            flush: FlushPool::new(opts.flush_threads, opts.steps.clone())?,
+            wal: crate::wal::Workers::new(crate::wal::ENGINE_WAL_WORKERS)?,
+        };
         let engine = Engine {
             dir: dir.to_path_buf(),
+            real_dir: std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf()),
             opts,
             fences: FenceTable::new(dir.join("FENCE"), fs.clone(), Clock::monotonic()),
             fs,
             injected_fs,
             shards: Mutex::new(Some(State { slots: HashMap::new(), ids })),
-            pool,
+            host,
             _lock: lock,
         };
         engine.finish_interrupted()?;
@@ -194,11 +238,13 @@ impl Engine {
         {
             let mut guard = self.shards.lock();
             let state = guard.as_mut().ok_or_else(|| Error::new(KEEL_STATUS_CLOSED, "engine is closed"))?;
+            state.forget_closed();
             match state.slots.get(&id) {
                 Some(Slot::Opening) => return Err(Error::new(KEEL_STATUS_BUSY, format!("shard {id} is being opened"))),
                 Some(Slot::Open(s)) if !s.is_closed() => {
                     return Err(Error::new(KEEL_STATUS_BUSY, format!("shard {id} is already open; close it first")))
                 }
+                Some(Slot::Incoming(_)) => return Err(incoming::busy(id)),
                 _ => {}
             }
             if !state.ids.contains(&id) {
@@ -211,11 +257,13 @@ impl Engine {
                     "{}: missing, but shard {id} is in the engine's shard list ({SHARD_LIST}): its data is gone",
                     dir.display()
                 )));
+            } else if self.exists(&dir.join(incoming::MARKER))? {
+                return Err(incoming::busy(id));
             }
             state.slots.insert(id, Slot::Opening);
         }
         let fs = self.injected_fs.then(|| self.fs.clone());
-        let opened = Shard::open_in(&dir, self.opts.clone(), fs, Some(self.pool.clone()));
+        let opened = Shard::open_in(&dir, self.opts.clone(), fs, Some(&self.host));
         let mut guard = self.shards.lock();
         let Some(state) = guard.as_mut() else {
             // The engine closed during the recovery.
@@ -264,8 +312,14 @@ impl Engine {
             Some(Slot::Open(s)) if !s.is_closed() => {
                 return Err(Error::new(KEEL_STATUS_BUSY, format!("shard {id} is open; close it before dropping it")))
             }
+            Some(Slot::Incoming(_)) => return Err(incoming::busy(id)),
             _ => {}
         }
+        self.drop_unopened(state, id)
+    }
+
+    /// Drops shard `id`, which is not open, under the engine's mutex.
+    fn drop_unopened(&self, state: &mut State, id: u32) -> Result<()> {
         state.slots.remove(&id);
         if !state.ids.contains(&id) {
             return Err(Error::new(KEEL_STATUS_NOT_FOUND, format!("shard {id} does not exist")));
@@ -297,7 +351,26 @@ impl Engine {
 
     /// Worker threads of the engine's flush pool.
     pub fn flush_threads(&self) -> usize {
-        self.pool.size()
+        self.host.flush.size()
+    }
+
+    /// What the engine holds now. CLOSED once closed.
+    pub fn stats(&self) -> Result<EngineStats> {
+        let open_shards = match &mut *self.shards.lock() {
+            Some(state) => {
+                state.forget_closed();
+                state.slots.values().filter(|s| matches!(s, Slot::Open(_))).count() as u64
+            }
+            None => return Err(Error::new(KEEL_STATUS_CLOSED, "engine is closed")),
+        };
+        Ok(EngineStats {
+            threads: (self.host.flush.size() + self.host.wal.size()) as u64,
+            open_files: open_files_below(&self.real_dir),
+            open_shards,
+            flush_queue: self.host.flush.queued() as u64,
+            wal_queue: self.host.wal.queued() as u64,
+            stalled: self.host.wal.stalled(),
+        })
     }
 
     /// Closes every open shard (each flushes), then stops the flush pool
@@ -310,7 +383,7 @@ impl Engine {
         // A shard still opening is closed by its opener, which finds the
         // engine closed.
         for shard in state.slots.into_values().filter_map(|s| match s {
-            Slot::Open(s) => Some(s),
+            Slot::Open(s) | Slot::Incoming(s) => Some(s),
             Slot::Opening => None,
         }) {
             if let Err(e) = shard.close() {
@@ -319,7 +392,8 @@ impl Engine {
                 }
             }
         }
-        self.pool.shutdown();
+        self.host.flush.shutdown();
+        self.host.wal.shutdown();
         result
     }
 }
@@ -328,6 +402,14 @@ impl Drop for Engine {
     fn drop(&mut self) {
         let _ = self.close();
     }
+}
+
+/// How many of this process's file descriptors name a file below `dir`
+/// (0 where /proc/self/fd cannot be read). Counting the descriptors
+/// themselves needs no bookkeeping in every place that opens a file.
+fn open_files_below(dir: &Path) -> u64 {
+    let Ok(fds) = std::fs::read_dir("/proc/self/fd") else { return 0 };
+    fds.filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok()).filter(|target| target.starts_with(dir)).count() as u64
 }
 
 /// Reads the shard list of `dir`. A missing list is written empty for a

@@ -236,6 +236,24 @@ pub fn in_bytes<'a>(p: *const u8, len: usize, name: &str) -> Result<&'a [u8]> {
     Ok(unsafe { std::slice::from_raw_parts(p, len) })
 }
 
+/// An input array of `count` u64 values (`p` may be NULL when count is 0).
+pub fn in_u64s<'a>(p: *const u64, count: usize, name: &str) -> Result<&'a [u64]> {
+    if count == 0 {
+        return Ok(&[]);
+    }
+    if p.is_null() {
+        return Err(Error::new(KEEL_STATUS_NULL_ARGUMENT, format!("{name} is NULL with count {count}")));
+    }
+    if count > isize::MAX as usize / std::mem::size_of::<u64>() {
+        return Err(Error::invalid(format!("count {count} of {name} is too large")));
+    }
+    debug_assert!(p.is_aligned(), "{name} is misaligned");
+    // SAFETY: not NULL and count * 8 fits in isize (both checked above); the
+    // C contract for an (array, count) input is `count` readable, aligned
+    // values left unchanged during the call, which the borrow does not outlive.
+    Ok(unsafe { std::slice::from_raw_parts(p, count) })
+}
+
 /// Splits the packed form several calls take instead of a pointer array
 /// (which suits cgo): `count` byte strings back to back in `data`, string i
 /// being `lens[i]` bytes. `lens` may be NULL when count is 0.

@@ -4,7 +4,7 @@ use crate::engine::Engine;
 use crate::error::Error;
 use crate::ffi::boundary::{in_path, into_handle, out_ptr, take_handle, Opaque};
 use crate::ffi::error::keel_error_t;
-use crate::ffi::versioned::{init_options, read_options};
+use crate::ffi::versioned::{init_options, read_options, write_stats};
 use crate::ffi::shard::keel_shard_t;
 use crate::ffi::wal::{KEEL_DURABILITY_NONE, KEEL_DURABILITY_PERIODIC, KEEL_DURABILITY_SYNC};
 use crate::shard;
@@ -250,6 +250,59 @@ pub extern "C" fn keel_engine_shard_list(
         }
         *count = list.len();
         Ok(())
+    })
+}
+
+/// sizeof(keel_engine_stats_t) of version 1.
+pub const KEEL_ENGINE_STATS_SIZE_V1: u32 = 48;
+
+/// What keel_engine_stats() reports: the resources the engine holds now.
+/// The caller sets `struct_size` to sizeof(keel_engine_stats_t) before
+/// the call; keel writes only the fields both sides know (bytes past an
+/// older caller's struct are untouched) and sets struct_size to their
+/// size (docs/FFI.md, "Versioned structs").
+#[repr(C)]
+pub struct keel_engine_stats_t {
+    pub struct_size: u32,
+    /// Shards open now.
+    pub open_shards: u32,
+    /// Threads the engine runs: its flush workers (flush_threads) and its
+    /// WAL workers (segment preparation, periodic syncs). The same
+    /// whatever the number of shards.
+    pub threads: u64,
+    /// File descriptors of this process open on files below the engine's
+    /// directory (each open shard holds a few: docs/STORAGE.md,
+    /// "Resource model").
+    pub open_files: u64,
+    /// Shards waiting for a flush worker.
+    pub flush_queue_depth: u64,
+    /// WAL jobs queued for the WAL workers (segment preparations, periodic
+    /// syncs due now or later).
+    pub wal_queue_depth: u64,
+    /// Total nanoseconds writers waited on the engine's shared workers: a
+    /// WAL segment rotation that found no prepared segment ready and made
+    /// one on the writer's thread.
+    pub stall_nanos: u64,
+}
+versioned!(keel_engine_stats_t, [KEEL_ENGINE_STATS_SIZE_V1]);
+
+/// Fills `*out` with the engine's resource counters.
+/// Errors: NULL_ARGUMENT, INVALID_ARGUMENT (struct_size too small, or not
+/// a live handle), CLOSED.
+#[no_mangle]
+pub extern "C" fn keel_engine_stats(engine: *const keel_engine_t, out: *mut keel_engine_stats_t) -> keel_status_t {
+    ffi_boundary!(std::ptr::null_mut(), engine, {
+        let st = try_handle!(engine).stats()?;
+        let value = keel_engine_stats_t {
+            struct_size: KEEL_ENGINE_STATS_SIZE_V1,
+            open_shards: st.open_shards.min(u32::MAX as u64) as u32,
+            threads: st.threads,
+            open_files: st.open_files,
+            flush_queue_depth: st.flush_queue,
+            wal_queue_depth: st.wal_queue,
+            stall_nanos: st.stalled.as_nanos().min(u64::MAX as u128) as u64,
+        };
+        write_stats(out, value)
     })
 }
 

@@ -16,6 +16,7 @@ pub struct keel_error_t {
 pub struct ErrorObject {
     status: keel_status_t,
     message: CString,
+    leader_hint: Option<u64>,
 }
 
 impl Opaque for keel_error_t {
@@ -35,7 +36,7 @@ pub(crate) unsafe fn error_out(err: *mut *mut keel_error_t, e: Error) {
         return;
     }
     let message = CString::new(e.message.replace('\0', "\\0")).unwrap_or_default();
-    let previous = std::mem::replace(&mut *err, into_handle::<keel_error_t>(ErrorObject { status: e.status, message }));
+    let previous = std::mem::replace(&mut *err, into_handle::<keel_error_t>(ErrorObject { status: e.status, message, leader_hint: e.leader_hint }));
     let _ = take_handle(previous);
 }
 
@@ -72,6 +73,20 @@ pub extern "C" fn keel_error_message(err: *const keel_error_t) -> *const c_char 
     match unsafe { handle_ref(err) } {
         Ok(e) => e.message.as_ptr(),
         Err(_) => c"(no error object)".as_ptr(),
+    }
+}
+
+/// Returns the consensus id of the leader a NOT_LEADER error names, or 0
+/// when the leader is unknown, the error is of another status, or `err` is
+/// NULL or not a live error object. Safe from any thread.
+#[no_mangle]
+pub extern "C" fn keel_error_leader_hint(err: *const keel_error_t) -> u64 {
+    // SAFETY: by the C contract `err` is NULL or an error object keel made and
+    // the caller has not freed; handle_ref checks NULL and the magic first, and
+    // the borrow ends before returning.
+    match unsafe { handle_ref(err) } {
+        Ok(e) => e.leader_hint.unwrap_or(0),
+        Err(_) => 0,
     }
 }
 

@@ -16,10 +16,12 @@ mod boundary;
 #[macro_use]
 mod versioned;
 mod buf;
+mod consensus;
 mod engine;
 mod error;
 mod fence;
 mod node;
+mod read;
 mod shard;
 mod version;
 mod wal;
@@ -27,10 +29,12 @@ mod writer;
 
 pub use boundary::Opaque;
 pub use buf::*;
+pub use consensus::*;
 pub use engine::*;
 pub use error::*;
 pub use fence::*;
 pub use node::*;
+pub use read::*;
 pub use shard::*;
 pub use version::*;
 pub use wal::*;

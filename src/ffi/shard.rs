@@ -6,6 +6,7 @@ use crate::ffi::boundary::{in_bytes, in_packed, into_handle, out_ptr, take_handl
 use crate::ffi::buf::{buf_out, check_unfilled, keel_buf_t};
 use crate::ffi::versioned::write_stats;
 use crate::ffi::error::keel_error_t;
+use crate::ffi::read::{self, keel_read_options_t};
 use crate::shard::{split_item, Entry, Op, Scan, Shard, Value};
 use crate::status::*;
 
@@ -268,7 +269,9 @@ pub extern "C" fn keel_shard_write_packed(
 /// `*kind` and its version to `*version` (both may be NULL). `*value` must
 /// hold no buffer: pass it zeroed ({NULL, 0}) or released with
 /// keel_buf_free() (which zeroes it), so that reusing it cannot leak. Sees
-/// only whole writes and batches.
+/// only whole writes and batches. Reads at the shard's default level
+/// (keel_lease_options_t.default_level; stale unless configured), with the
+/// errors of keel_shard_get_ex() when that is lease or linearizable.
 /// Errors: NOT_FOUND (absent; *value untouched), NULL_ARGUMENT,
 /// INVALID_ARGUMENT (key too long; value->ptr is not NULL), CORRUPTION (a
 /// damaged segment block), CLOSED.
@@ -282,12 +285,33 @@ pub extern "C" fn keel_shard_get(
     version: *mut u64,
     err: *mut *mut keel_error_t,
 ) -> keel_status_t {
+    keel_shard_get_ex(shard, std::ptr::null(), key, key_len, value, kind, version, err)
+}
+
+/// keel_shard_get() at the consistency of `opts` (NULL: the shard's
+/// default level, as keel_shard_get()): the lease check, or a read-index
+/// and the wait for the applied index to reach it, before the read; or
+/// the session named in `opts`. Errors: as keel_shard_get(), plus
+/// INVALID_ARGUMENT (a bad level or struct_size; lease or linearizable
+/// without consensus configured), NOT_LEADER (keel_error_leader_hint()
+/// names the leader when known), TIMEOUT, the read-index callback's status.
+#[no_mangle]
+pub extern "C" fn keel_shard_get_ex(
+    shard: *const keel_shard_t,
+    opts: *const keel_read_options_t,
+    key: *const u8,
+    key_len: usize,
+    value: *mut keel_buf_t,
+    kind: *mut u32,
+    version: *mut u64,
+    err: *mut *mut keel_error_t,
+) -> keel_status_t {
     ffi_boundary!(err, shard, {
         let s = try_handle!(shard);
         let out = buf_out(value, "value")?;
-        let e = s
-            .get(in_bytes(key, key_len, "key")?)?
-            .ok_or_else(|| Error::new(KEEL_STATUS_NOT_FOUND, "key not found"))?;
+        let key = in_bytes(key, key_len, "key")?;
+        read::begin(s, opts)?;
+        let e = s.get(key)?.ok_or_else(|| Error::new(KEEL_STATUS_NOT_FOUND, "key not found"))?;
         *out = keel_buf_t::from_vec(value_bytes(&e.value));
         if !kind.is_null() {
             // SAFETY: not NULL (checked above); the C contract makes a non-NULL
@@ -305,12 +329,31 @@ pub extern "C" fn keel_shard_get(
 /// an absent key gets {NULL, 0}), `kinds[i]` its KEEL_KIND_* (KEEL_KIND_NONE
 /// when absent) and `versions[i]` its version or 0 (`versions` may be
 /// NULL). Every `values[i]` must hold no buffer (zeroed or released with
-/// keel_bufs_free()). On error nothing needs freeing.
+/// keel_bufs_free()). On error nothing needs freeing. At the shard's
+/// default level, as keel_shard_get().
 /// Errors: NULL_ARGUMENT, INVALID_ARGUMENT (a key too long; a values[i].ptr
 /// is not NULL), CORRUPTION, CLOSED.
 #[no_mangle]
 pub extern "C" fn keel_shard_multi_get(
     shard: *const keel_shard_t,
+    keys: *const u8,
+    key_lens: *const usize,
+    count: usize,
+    values: *mut keel_buf_t,
+    kinds: *mut u32,
+    versions: *mut u64,
+    err: *mut *mut keel_error_t,
+) -> keel_status_t {
+    keel_shard_multi_get_ex(shard, std::ptr::null(), keys, key_lens, count, values, kinds, versions, err)
+}
+
+/// keel_shard_multi_get() at the consistency of `opts`: one lease check or
+/// one read-index for all `count` keys. Errors: as keel_shard_multi_get()
+/// and keel_shard_get_ex().
+#[no_mangle]
+pub extern "C" fn keel_shard_multi_get_ex(
+    shard: *const keel_shard_t,
+    opts: *const keel_read_options_t,
     keys: *const u8,
     key_lens: *const usize,
     count: usize,
@@ -333,6 +376,7 @@ pub extern "C" fn keel_shard_multi_get(
         for (i, b) in unsafe { std::slice::from_raw_parts(values, count) }.iter().enumerate() {
             check_unfilled(b, &format!("values[{i}]"))?;
         }
+        read::begin(s, opts)?;
         let found = s.multi_get(&split)?;
         for (i, e) in found.into_iter().enumerate() {
             let (buf, k, v) = match e {
@@ -362,10 +406,27 @@ pub extern "C" fn keel_shard_multi_get(
 /// is the empty key, so the range is empty. An empty start is the first
 /// key. A reversed range (end < start) is empty. Release with keel_iter_close(). The scan reads a consistent copy of
 /// the range taken now; after the shard is closed its calls return CLOSED.
+/// At the shard's default level, as keel_shard_get().
 /// Errors: NULL_ARGUMENT, CORRUPTION, CLOSED.
 #[no_mangle]
 pub extern "C" fn keel_shard_scan(
     shard: *const keel_shard_t,
+    start: *const u8,
+    start_len: usize,
+    end: *const u8,
+    end_len: usize,
+    out: *mut *mut keel_iter_t,
+    err: *mut *mut keel_error_t,
+) -> keel_status_t {
+    keel_shard_scan_ex(shard, std::ptr::null(), start, start_len, end, end_len, out, err)
+}
+
+/// keel_shard_scan() at the consistency of `opts` (checked once, when the
+/// scan opens). Errors: as keel_shard_scan() and keel_shard_get_ex().
+#[no_mangle]
+pub extern "C" fn keel_shard_scan_ex(
+    shard: *const keel_shard_t,
+    opts: *const keel_read_options_t,
     start: *const u8,
     start_len: usize,
     end: *const u8,
@@ -378,6 +439,7 @@ pub extern "C" fn keel_shard_scan(
         let out = out_ptr(out, "out")?;
         let start = in_bytes(start, start_len, "start")?;
         let end = if end.is_null() { None } else { Some(in_bytes(end, end_len, "end")?) };
+        read::begin(s, opts)?;
         *out = into_handle::<keel_iter_t>(Iter { scan: s.scan(start, end)?, current: None });
         Ok(())
     })
@@ -393,10 +455,26 @@ pub extern "C" fn keel_shard_scan_prefix(
     out: *mut *mut keel_iter_t,
     err: *mut *mut keel_error_t,
 ) -> keel_status_t {
+    keel_shard_scan_prefix_ex(shard, std::ptr::null(), prefix, prefix_len, out, err)
+}
+
+/// keel_shard_scan_prefix() at the consistency of `opts`. Errors: as
+/// keel_shard_scan_ex().
+#[no_mangle]
+pub extern "C" fn keel_shard_scan_prefix_ex(
+    shard: *const keel_shard_t,
+    opts: *const keel_read_options_t,
+    prefix: *const u8,
+    prefix_len: usize,
+    out: *mut *mut keel_iter_t,
+    err: *mut *mut keel_error_t,
+) -> keel_status_t {
     ffi_boundary!(err, shard, {
         let s = try_handle!(shard);
         let out = out_ptr(out, "out")?;
-        let scan = s.scan_prefix(in_bytes(prefix, prefix_len, "prefix")?)?;
+        let prefix = in_bytes(prefix, prefix_len, "prefix")?;
+        read::begin(s, opts)?;
+        let scan = s.scan_prefix(prefix)?;
         *out = into_handle::<keel_iter_t>(Iter { scan, current: None });
         Ok(())
     })

@@ -38,7 +38,8 @@ impl Opaque for keel_wal_reader_t {
 /// Durability mode (keel_wal_options_t.durability): an append returns only
 /// once its record is on stable storage (fdatasync, group-committed).
 pub const KEEL_DURABILITY_SYNC: u32 = 0;
-/// Durability mode: a background thread syncs every sync_interval_ms; a
+/// Durability mode: a background worker syncs at most sync_interval_ms
+/// after a write (an idle log is not synced, having nothing to sync); a
 /// process crash loses nothing, a power loss may lose that window.
 pub const KEEL_DURABILITY_PERIODIC: u32 = 1;
 /// Durability mode: keel never syncs on its own (keel_wal_sync() still

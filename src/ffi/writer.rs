@@ -99,7 +99,9 @@ pub const KEEL_PUBLISH_FLUSH: u32 = 1;
 pub type keel_net_event_fn =
     Option<unsafe extern "C" fn(user: *mut c_void, conn_id: u64, status: keel_status_t, message: *const c_char)>;
 
-/// Releases the callback's user data; called once by keel_net_close().
+/// Releases a callback's user data, once: by keel_net_close() for a net's
+/// event callback; for a shard's read-index see
+/// keel_lease_options_t.read_index_free.
 pub type keel_user_data_free_fn = Option<unsafe extern "C" fn(user: *mut c_void)>;
 
 /// sizeof(keel_net_options_t) of version 1.

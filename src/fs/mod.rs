@@ -281,7 +281,7 @@ impl File for StdFile {
     fn prefault(&self) {
         // The kernel zeroes each new page-cache page on first touch, which
         // would otherwise land on the appender as multi-millisecond stalls
-        // (the WAL's preparer thread calls this for a spare). A read fault
+        // (the WAL prepares a spare this way ahead of use). A read fault
         // dirties nothing; failure (old kernels) is fine.
         if let Some(m) = self.map.read().as_ref() {
             // SAFETY: ptr/len are a live mapping of this file, kept alive

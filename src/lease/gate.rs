@@ -108,10 +108,10 @@ impl From<Refused> for Error {
     fn from(r: Refused) -> Error {
         match r {
             Refused::NotLeader { leader_hint: Some(l) } => {
-                Error::new(KEEL_STATUS_NOT_LEADER, format!("this node is not the leader; the leader is {l}"))
+                Error::not_leader(Some(l), format!("this node is not the leader; the leader is {l}"))
             }
             Refused::NotLeader { leader_hint: None } => {
-                Error::new(KEEL_STATUS_NOT_LEADER, "this node is not the leader; the leader is unknown")
+                Error::not_leader(None, "this node is not the leader; the leader is unknown")
             }
             Refused::Timeout => Error::new(KEEL_STATUS_TIMEOUT, "the read-index or the applied index did not arrive in time"),
             Refused::ReadIndex(e) => e,
@@ -384,7 +384,8 @@ mod tests {
         assert_eq!(g.decide(), Decision::NotLeader { leader_hint: Some(3) });
         let r = g.begin_read(Level::Lease, LONG).unwrap_err();
         assert_eq!(r.leader_hint(), Some(3));
-        assert_eq!(Error::from(r).status, KEEL_STATUS_NOT_LEADER);
+        let e = Error::from(r);
+        assert_eq!((e.status, e.leader_hint), (KEEL_STATUS_NOT_LEADER, Some(3)));
         assert_eq!(g.begin_read(Level::Linearizable, LONG).unwrap_err(), Refused::NotLeader { leader_hint: Some(3) });
         assert_eq!(g.begin_read(Level::Stale, LONG), Ok(ReadPermit { index: 10, from_lease: false }));
         let st = g.stats();

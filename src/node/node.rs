@@ -110,6 +110,16 @@ impl Node {
         self.inner.opts.node_id
     }
 
+    /// Largest frame payload this node sends or accepts.
+    pub fn max_frame_bytes(&self) -> usize {
+        self.inner.opts.max_frame_bytes as usize
+    }
+
+    /// Transfers this node sends at once, and receives at once.
+    pub fn max_concurrent_transfers(&self) -> usize {
+        self.inner.opts.max_concurrent_transfers as usize
+    }
+
     /// Dials `addr` and runs the handshake; returns once `peer_id` is
     /// ready (or why not: REFUSED, TIMEOUT, IO, PROTOCOL, CLOSED).
     pub fn connect(&self, peer_id: u64, addr: &str) -> Result<()> {

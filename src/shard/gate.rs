@@ -117,7 +117,7 @@ impl Gate {
         if let Some(outcome) = self.enter(&batch) {
             return outcome;
         }
-        let _lead = PassOn(self);
+        let _lead = Hold(self);
         let group = self.take_group(&batch, frame_limit);
         let outcomes = run(&group);
         debug_assert_eq!(outcomes.len(), group.len(), "one outcome per batch");
@@ -136,13 +136,21 @@ impl Gate {
     /// it has been logged and applied, before any batch queued after it is.
     /// `f` must not write through this gate (it would wait for itself).
     pub fn exclusive<T>(&self, f: impl FnOnce() -> T) -> T {
+        let _hold = self.hold();
+        f()
+    }
+
+    /// The barrier as a guard: returns once every batch queued before it
+    /// has been logged and applied; no batch queued after it is logged
+    /// until the guard drops.
+    pub fn hold(&self) -> Hold<'_> {
         let me = Batch::barrier();
         let done = self.enter(&me);
         debug_assert!(done.is_none(), "no group takes a barrier");
-        let _lead = PassOn(self);
+        let hold = Hold(self);
         let taken = self.state.lock().queue.pop_front();
         debug_assert!(taken.is_some_and(|b| Arc::ptr_eq(&b, &me)), "the leader is the oldest queued");
-        f()
+        hold
     }
 
     /// Writers waiting in the queue (a leader's own batch leaves it when
@@ -210,11 +218,11 @@ impl Gate {
     }
 }
 
-/// Passes the lead on when a lead ends, unwinding included (a barrier's
-/// closure may panic; the queue behind it must not wait forever).
-struct PassOn<'a>(&'a Gate);
+/// A lead: passes the lead on when it ends, unwinding included (a
+/// barrier's closure may panic; the queue behind it must not wait forever).
+pub struct Hold<'a>(&'a Gate);
 
-impl Drop for PassOn<'_> {
+impl Drop for Hold<'_> {
     fn drop(&mut self) {
         self.0.pass_on();
     }

@@ -19,17 +19,21 @@ mod gate;
 mod key;
 mod op;
 pub(crate) mod pool;
+mod reads;
 mod recovery;
 mod sealed;
 mod segments;
 mod steps;
 mod table;
+mod transfer;
 
 pub use entry::{decode_list, encode_list, split_item, Entry, Kind, Value};
 pub use op::{check_key, Op, MAX_KEY_SIZE, MAX_VALUE_SIZE};
 pub use pool::MAX_FLUSH_THREADS;
+pub use reads::Consensus;
 pub use recovery::RecoveryReport;
 pub use steps::{Step, StepHook, Steps};
+pub use transfer::Snapshot;
 
 use crate::error::{Error, Result};
 use crate::status::*;
@@ -151,6 +155,8 @@ pub(crate) struct Inner {
     /// and durability wait; close takes the write side.
     wal: RwLock<Option<Wal>>,
     persisted: AtomicU64,
+    /// Handed over by a transfer (`WriteHold::hand_over`): writes are MOVED.
+    moved: AtomicBool,
     closed: Arc<AtomicBool>,
     poison: Mutex<Option<Error>>,
     /// The last error of a background step (flush, seal, merge).
@@ -161,6 +167,8 @@ pub(crate) struct Inner {
     manifest: manifest::Written,
     /// What the open found (moved-aside files; losses of a salvage open).
     report: RecoveryReport,
+    /// The lease gate of reads at a consistency level (reads.rs).
+    reads: reads::Reads,
 }
 
 impl Inner {
@@ -241,6 +249,11 @@ impl Inner {
     fn log_and_apply(&self, wal: &Wal, group: &[Arc<Batch>]) -> Vec<gate::Outcome> {
         if let Err(e) = self.check_open() {
             return gate::all_failed(group, &e);
+        }
+        // Set under a write hold (a barrier of the gate): no group logged
+        // after the hand-over can get past this.
+        if self.moved.load(Ordering::Acquire) {
+            return gate::all_failed(group, &Error::new(KEEL_STATUS_MOVED, "the shard was handed over to another node; write there"));
         }
         let mut outcomes: Vec<gate::Outcome> = vec![Ok((0, 0)); group.len()];
         // Puts and deletes are valid whatever a key holds: only a group with
@@ -343,23 +356,35 @@ impl Shard {
         Self::open_in(dir, opts, Some(fs), None)
     }
 
-    /// Opens the shard with its flush work on `pool` (an engine's), or on
-    /// a one-worker pool of its own; through `fs` if given, otherwise the
-    /// real file system (with the WAL's own write strategy).
-    pub(crate) fn open_in(dir: &Path, opts: Options, fs: Option<Arc<dyn FileSystem>>, pool: Option<Arc<FlushPool>>) -> Result<Shard> {
-        opts.validate()?;
-        let (fs, wal) = match fs {
-            Some(fs) => (fs.clone(), Wal::open_with_fs(&dir.join("wal"), opts.wal_options(), fs)?),
-            None => (Arc::new(StdFs::direct()) as Arc<dyn FileSystem>, Wal::open(&dir.join("wal"), opts.wal_options())?),
-        };
-        Self::open_on(fs, dir, opts, wal, pool)
+    /// Opens the shard with its background work on `host` (an engine's
+    /// flush pool and WAL workers), or on a one-worker flush pool and a
+    /// WAL of its own; through `fs` if given, otherwise the real file
+    /// system (with the WAL's own write strategy).
+    pub(crate) fn open_in(dir: &Path, opts: Options, fs: Option<Arc<dyn FileSystem>>, host: Option<&pool::Host>) -> Result<Shard> {
+        Self::open_from(dir, opts, fs, host, 0)
     }
 
-    fn open_on(fs: Arc<dyn FileSystem>, dir: &Path, opts: Options, wal: Wal, pool: Option<Arc<FlushPool>>) -> Result<Shard> {
+    /// `open_in` for a shard whose versions up to `base` are the
+    /// segments' by construction (an incoming shard; 0 otherwise).
+    fn open_from(dir: &Path, opts: Options, fs: Option<Arc<dyn FileSystem>>, host: Option<&pool::Host>, base: u64) -> Result<Shard> {
+        opts.validate()?;
+        let wal_dir = dir.join("wal");
+        let wal = match (host, &fs) {
+            (Some(h), _) => Wal::open_hosted(&wal_dir, opts.wal_options(), fs.clone(), &h.wal)?,
+            (None, Some(fs)) => Wal::open_with_fs(&wal_dir, opts.wal_options(), fs.clone())?,
+            (None, None) => Wal::open(&wal_dir, opts.wal_options())?,
+        };
+        let fs = fs.unwrap_or_else(|| Arc::new(StdFs::direct()));
+        Self::open_on(fs, dir, opts, wal, host.map(|h| h.flush.clone()), base)
+    }
+
+    /// `base`: versions up to it are the segments' by construction (an
+    /// incoming shard whose snapshot is being installed; 0 otherwise).
+    fn open_on(fs: Arc<dyn FileSystem>, dir: &Path, opts: Options, wal: Wal, pool: Option<Arc<FlushPool>>, base: u64) -> Result<Shard> {
         let seg_dir = dir.join("segments");
         let last = wal.last_seq();
         let mut report = RecoveryReport::default();
-        let loaded = recovery::load(&fs, &seg_dir, last > 0, opts.salvage, &mut report)?;
+        let loaded = recovery::load(&fs, &seg_dir, last > base, opts.salvage, &mut report)?;
         let mut segs = loaded.segs;
         let stored = segs.max_version().max(loaded.manifest.persisted);
         if stored > last {
@@ -370,7 +395,7 @@ impl Shard {
         // Every version the WAL was acknowledged past is in a segment
         // file: a WAL that starts later lost records no file holds.
         let first = wal.first_seq();
-        if first > loaded.proven + 1 {
+        if first > loaded.proven.max(base) + 1 {
             let (a, b) = (loaded.proven + 1, first - 1);
             if !opts.salvage {
                 return Err(Error::corruption(format!(
@@ -396,6 +421,7 @@ impl Shard {
             gate: Gate::default(),
             wal: RwLock::new(Some(wal)),
             persisted: AtomicU64::new(persisted),
+            moved: AtomicBool::new(false),
             closed: Arc::new(AtomicBool::new(false)),
             poison: Mutex::new(None),
             last_error: Mutex::new(None),
@@ -403,6 +429,7 @@ impl Shard {
             manifest: manifest::Written(Mutex::new(loaded.manifest)),
             report,
             opts,
+            reads: Default::default(),
         });
         let pool = match pool {
             Some(p) => p,
@@ -537,6 +564,15 @@ impl Shard {
         self.inner.segs.read().applied
     }
 
+    /// Holds off every write to this shard until the hold is dropped: a
+    /// barrier of the write gate (every write queued before it is logged
+    /// and applied, none after it is logged; readers are not held). A
+    /// transfer's final drain reads the WAL under it until a read comes
+    /// back empty.
+    pub(crate) fn hold_writes(&self) -> WriteHold<'_> {
+        WriteHold { _barrier: self.inner.gate.hold(), moved: &self.inner.moved }
+    }
+
     /// Keeps WAL records >= `seq` even once persisted (a transfer or a
     /// lagging follower still reads them); u64::MAX releases the hold.
     pub fn set_keep_from(&self, seq: u64) -> Result<()> {
@@ -582,6 +618,7 @@ impl Shard {
             let closed = wal.close();
             result = result.and(closed);
         }
+        inner.reads.clear();
         result
     }
 
@@ -593,6 +630,20 @@ impl Shard {
 
     pub fn is_closed(&self) -> bool {
         self.inner.closed.load(Ordering::Acquire)
+    }
+}
+
+/// While it lives, no write is applied to its shard (`Shard::hold_writes`).
+pub(crate) struct WriteHold<'a> {
+    _barrier: gate::Hold<'a>,
+    moved: &'a AtomicBool,
+}
+
+impl WriteHold<'_> {
+    /// Hands the shard over: every later write fails with MOVED. Under
+    /// the hold, so no write slips in between the last one sent and this.
+    pub(crate) fn hand_over(&self) {
+        self.moved.store(true, Ordering::Release);
     }
 }
 

@@ -121,6 +121,13 @@ struct Shared {
     turn: Option<Mutex<()>>,
 }
 
+/// What an engine shares among its shards: the flush pool and the workers
+/// that prepare WAL segments and run periodic WAL syncs.
+pub(crate) struct Host {
+    pub flush: Arc<FlushPool>,
+    pub wal: crate::wal::Workers,
+}
+
 /// A bounded pool of flush workers (see the module comment).
 pub struct FlushPool {
     shared: Arc<Shared>,
@@ -163,6 +170,11 @@ impl FlushPool {
     /// Number of worker threads.
     pub fn size(&self) -> usize {
         self.size
+    }
+
+    /// Shards queued for a job and not yet taken by a worker.
+    pub fn queued(&self) -> usize {
+        self.shared.state.lock().ready.len()
     }
 
     /// Adds a shard; its first request queues it. CLOSED once shut down.

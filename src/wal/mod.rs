@@ -15,14 +15,18 @@
 
 pub mod extent;
 pub mod format;
+mod pins;
 mod reader;
 mod recovery;
 pub mod scan;
 mod segment;
+mod workers;
 
+pub use pins::Pin;
 pub use reader::Reader;
 pub use recovery::RecoveryReport;
 pub use segment::{file_name as segment_file_name, parse_name as parse_segment_name};
+pub use workers::{Workers, ENGINE_WAL_WORKERS, WORKER_NAME};
 
 use crate::error::{Error, Result};
 use crate::fs::{File, FileSystem, Handles, StdFs};
@@ -34,16 +38,16 @@ use std::any::Any;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
-use std::thread::JoinHandle;
-use std::time::Duration;
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+use workers::Jobs;
 
 /// When an append counts as done (W3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Durability {
     /// The append returns once its record is on stable storage.
     Sync,
-    /// A background thread syncs at this interval.
+    /// A background worker syncs at most this long after a write.
     Periodic(Duration),
     /// keel never syncs by itself.
     None,
@@ -75,7 +79,7 @@ pub struct Options {
     pub segment_size: u64,
     /// Largest frame payload; 0 means min(16 MiB, segment_size - overhead).
     pub max_record_size: u64,
-    /// Zero-fill the next segment on a background thread so that rotation
+    /// Zero-fill the next segment on a background worker so that rotation
     /// does not stall appenders (costs one spare segment of disk, sized
     /// like the next segment).
     pub prepare_ahead: bool,
@@ -142,7 +146,7 @@ struct State {
     next_pin: u64,
     /// Bumped for every snapshot of the extent record taken (see `Shared::write_extent`).
     extent_gen: u64,
-    /// Size of the next segment (`segment::grown`); the preparer makes the
+    /// Size of the next segment (`segment::grown`); preparation makes the
     /// spare this size.
     planned: u64,
 }
@@ -214,11 +218,23 @@ pub(crate) struct Shared {
     truncate_lock: Mutex<()>,
     /// A zero-filled, synced file ready to become the next segment.
     spare: Mutex<Option<segment::Spare>>,
-    /// A frame was written since open: only then does the preparer fault
+    /// A frame was written since open: only then does preparation fault
     /// a spare's pages in (an idle log holds no page cache for them).
     wrote: AtomicBool,
-    /// Wakes the preparer thread (None without prepare_ahead).
-    prepare: Option<crossbeam_channel::Sender<()>>,
+    /// The background workers serving this log (`workers.rs`).
+    jobs: Arc<Jobs>,
+    /// This log, for queueing itself with `jobs`.
+    me: Weak<Shared>,
+    /// A preparation is queued and not yet taken.
+    prepare_queued: AtomicBool,
+    /// A periodic sync is queued: a frame was written since the last one.
+    sync_queued: AtomicBool,
+    /// Held by the worker preparing a spare, and by close to wait for it.
+    preparing: Mutex<()>,
+    /// Held by the worker syncing periodically, and by close to wait for it.
+    syncing: Mutex<()>,
+    /// Spares made so far (each gets its own name, `segment::spare_name`).
+    spares_made: AtomicU64,
     /// Segments open for reading, one per segment shared by all readers.
     segment_handles: Handles<ReadSegment>,
     /// The newest extent snapshot written to `wal.meta`; held while writing.
@@ -233,23 +249,45 @@ pub(crate) struct Shared {
 /// are safe to call from many threads.
 pub struct Wal {
     shared: Arc<Shared>,
-    syncer: Option<(crossbeam_channel::Sender<()>, JoinHandle<()>)>,
-    preparer: Option<JoinHandle<()>>,
-    _lock: Box<dyn Any + Send + Sync>,
+    /// The workers of a log opened alone; None when a host (an engine)
+    /// serves it.
+    own_workers: Option<Workers>,
+    /// The directory's lock; None when a host (an engine) holds a lock
+    /// covering it.
+    _lock: Option<Box<dyn Any + Send + Sync>>,
+}
+
+/// The real file system in the write strategy that suits `durability`.
+fn std_fs(durability: Durability) -> Arc<dyn FileSystem> {
+    Arc::new(match durability {
+        Durability::Sync => StdFs::direct(),
+        Durability::Periodic(_) | Durability::None => StdFs::mapped(),
+    })
 }
 
 impl Wal {
     /// Opens (creating if needed) the log in `dir` on the real file system.
     pub fn open(dir: &Path, opts: Options) -> Result<Wal> {
-        let fs = match opts.durability {
-            Durability::Sync => StdFs::direct(),
-            Durability::Periodic(_) | Durability::None => StdFs::mapped(),
-        };
-        Self::open_with_fs(dir, opts, Arc::new(fs))
+        let fs = std_fs(opts.durability);
+        Self::open_on(dir, opts, fs, None)
     }
 
     /// Opens the log through a given file system (tests inject faults here).
     pub fn open_with_fs(dir: &Path, opts: Options, fs: Arc<dyn FileSystem>) -> Result<Wal> {
+        Self::open_on(dir, opts, fs, None)
+    }
+
+    /// Opens a log hosted by an engine: its background work runs on the
+    /// engine's `workers`, it takes no lock of its own (the engine's lock
+    /// covers its directory, and the engine opens a shard once), and it
+    /// prepares no spare segment before its first write.
+    /// Through `fs` if given, else the real file system.
+    pub(crate) fn open_hosted(dir: &Path, opts: Options, fs: Option<Arc<dyn FileSystem>>, workers: &Workers) -> Result<Wal> {
+        let fs = fs.unwrap_or_else(|| std_fs(opts.durability));
+        Self::open_on(dir, opts, fs, Some(workers))
+    }
+
+    fn open_on(dir: &Path, opts: Options, fs: Arc<dyn FileSystem>, host: Option<&Workers>) -> Result<Wal> {
         opts.validate()?;
         if !opts.allow_foreign_files {
             segment::check_wal_dir(&*fs, dir)?;
@@ -259,13 +297,16 @@ impl Wal {
         if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
             fs.sync_dir(parent).map_err(|e| Error::io(format!("syncing {}", parent.display()), e))?;
         }
-        let lock = fs.lock(&dir.join("LOCK")).map_err(|e| {
-            if e.kind() == std::io::ErrorKind::WouldBlock {
-                Error::new(KEEL_STATUS_BUSY, format!("{} is already open (LOCK held)", dir.display()))
-            } else {
-                Error::io(format!("locking {}", dir.display()), e)
-            }
-        })?;
+        let lock = match host {
+            Some(_) => None,
+            None => Some(fs.lock(&dir.join("LOCK")).map_err(|e| {
+                if e.kind() == std::io::ErrorKind::WouldBlock {
+                    Error::new(KEEL_STATUS_BUSY, format!("{} is already open (LOCK held)", dir.display()))
+                } else {
+                    Error::io(format!("locking {}", dir.display()), e)
+                }
+            })?),
+        };
         let rec = recovery::recover(&*fs, dir, opts.recovery)?;
         let mut segments = rec.segments;
         let active = match rec.active {
@@ -278,14 +319,13 @@ impl Wal {
         };
         let has_gap = segments.iter().any(|s| s.gap_from.is_some());
         let last = rec.next_seq - 1;
-        let (prepare, prepare_rx) = match opts.prepare_ahead {
-            true => {
-                let (tx, rx) = crossbeam_channel::bounded(1);
-                (Some(tx), Some(rx))
-            }
-            false => (None, None),
+        // Alone, a worker per kind of background job the log has.
+        let own_workers = match host {
+            Some(_) => None,
+            None => Some(Workers::new(opts.prepare_ahead as usize + matches!(opts.durability, Durability::Periodic(_)) as usize)?),
         };
-        let shared = Arc::new(Shared {
+        let jobs = host.or(own_workers.as_ref()).expect("hosted or alone").jobs().clone();
+        let shared = Arc::new_cyclic(|me| Shared {
             dir: dir.to_path_buf(),
             fs,
             state: Mutex::new(State {
@@ -313,7 +353,13 @@ impl Wal {
             truncate_lock: Mutex::new(()),
             spare: Mutex::new(None),
             wrote: AtomicBool::new(false),
-            prepare,
+            jobs,
+            me: me.clone(),
+            prepare_queued: AtomicBool::new(false),
+            sync_queued: AtomicBool::new(false),
+            preparing: Mutex::new(()),
+            syncing: Mutex::new(()),
+            spares_made: AtomicU64::new(0),
             segment_handles: Handles::default(),
             opts,
             extent_written: Mutex::new(0),
@@ -322,15 +368,14 @@ impl Wal {
         });
         // The extent of the log as opened, before any record is appended.
         shared.record_extent()?;
-        let mut wal = Wal { shared: shared.clone(), syncer: None, preparer: None, _lock: lock };
-        if let Durability::Periodic(every) = shared.opts.durability {
-            wal.syncer = Some(spawn_syncer(shared.clone(), every)?);
-        }
-        if let Some(rx) = prepare_rx {
-            wal.preparer = Some(spawn_preparer(shared.clone(), rx)?);
+        // A log alone prepares its first spare now. An engine's log waits
+        // for its first write (`note_written`): an idle shard then holds
+        // one segment file and no spare, and opening thousands of shards
+        // queues no preparation, each with its fdatasync.
+        if host.is_none() {
             shared.wake_preparer();
         }
-        Ok(wal)
+        Ok(Wal { shared, own_workers, _lock: lock })
     }
 
     /// Appends one record; returns its sequence number.
@@ -440,7 +485,7 @@ impl Wal {
         Reader::open(self.shared.clone(), from, upto)
     }
 
-    /// Syncs, stops the background thread and releases the directory.
+    /// Syncs, waits for its background jobs to end and releases the directory.
     pub fn close(mut self) -> Result<()> {
         self.shutdown()
     }
@@ -449,16 +494,14 @@ impl Wal {
         if self.shared.closed.load(Ordering::Acquire) {
             return Ok(());
         }
-        if let Some((stop, thread)) = self.syncer.take() {
-            drop(stop);
-            let _ = thread.join();
-        }
         let result = self.shared.sync().and_then(|_| self.shared.mark_clean_close()).and_then(|_| self.shared.record_extent());
         self.shared.closed.store(true, Ordering::Release);
-        if let Some(thread) = self.preparer.take() {
-            // The channel's sender lives in `shared`; closed makes the thread exit.
-            self.shared.wake_preparer();
-            let _ = thread.join();
+        // A job a worker took before `closed` finishes first; later ones
+        // find the log closed and do nothing.
+        drop(self.shared.preparing.lock());
+        drop(self.shared.syncing.lock());
+        if let Some(workers) = self.own_workers.take() {
+            workers.shutdown();
         }
         if let Some(spare) = self.shared.spare.lock().take() {
             let _ = self.shared.fs.remove(&spare.path);
@@ -483,96 +526,95 @@ impl Drop for DecrementOnDrop<'_> {
     }
 }
 
-fn spawn_syncer(shared: Arc<Shared>, every: Duration) -> Result<(crossbeam_channel::Sender<()>, JoinHandle<()>)> {
-    let (stop, stopped) = crossbeam_channel::bounded::<()>(0);
-    let thread = std::thread::Builder::new()
-        .name("keel-wal-sync".into())
-        .spawn(move || {
-            while let Err(crossbeam_channel::RecvTimeoutError::Timeout) = stopped.recv_timeout(every) {
-                let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| shared.sync()));
-                match outcome {
-                    Ok(Ok(_)) => {}
-                    // A failed sync already poisoned the log; appenders see it.
-                    Ok(Err(_)) => return,
-                    Err(_) => {
-                        let mut st = shared.state.lock();
-                        shared.poison(&mut st, Error::new(KEEL_STATUS_PANIC, "WAL sync thread panicked"));
-                        return;
-                    }
-                }
-            }
-        })
-        .map_err(|e| Error::io("starting the WAL sync thread", e))?;
-    Ok((stop, thread))
-}
-
-/// The preparer keeps one zero-filled spare segment of the planned size
-/// ready (W8's slow half), so a rotation only writes a header, syncs and
-/// renames; a spare left smaller than the plan (a rotation fitted a large
-/// record instead) is replaced. Once the log has written, it also faults
-/// the spare's mapped pages in (`File::prefault`), so appenders do not
-/// meet the kernel zeroing fresh page-cache pages; a log that only sits
-/// open never pays that memory.
-fn spawn_preparer(shared: Arc<Shared>, wake: crossbeam_channel::Receiver<()>) -> Result<JoinHandle<()>> {
-    std::thread::Builder::new()
-        .name("keel-wal-prepare".into())
-        .spawn(move || {
-            // Each spare gets its own name: a rotation may still be renaming
-            // the previous one when the next is created.
-            let mut made_count = 0u64;
-            while wake.recv().is_ok() && !shared.closed.load(Ordering::Acquire) {
-                let planned = shared.state.lock().planned;
-                let wrote = shared.wrote.load(Ordering::Acquire);
-                let current = shared.spare.lock().as_ref().map(|s| (s.capacity, s.faulted, s.file.clone(), s.path.clone()));
-                if let Some((_, faulted, file, path)) = current.filter(|c| c.0 >= planned) {
-                    if wrote && !faulted {
-                        file.prefault();
-                        if let Some(s) = shared.spare.lock().as_mut().filter(|s| s.path == path) {
-                            s.faulted = true;
-                        }
-                    }
-                    continue;
-                }
-                made_count += 1;
-                let path = shared.dir.join(segment::spare_name(made_count));
-                let made = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    let file = segment::prepare(&*shared.fs, &path, planned)?;
-                    if wrote {
-                        file.prefault();
-                    }
-                    Ok::<_, std::io::Error>(file)
-                }));
-                match made {
-                    Ok(Ok(file)) => {
-                        let spare = segment::Spare { file, path, capacity: planned, faulted: wrote };
-                        // The one it replaces is ours alone: rotations take spares out of the slot.
-                        if let Some(old) = shared.spare.lock().replace(spare) {
-                            let _ = shared.fs.remove(&old.path);
-                        }
-                    }
-                    // No spare (disk full, I/O error, panic): rotation falls
-                    // back to creating the segment itself and reports why.
-                    _ => {
-                        let _ = shared.fs.remove(&path);
-                    }
-                }
-            }
-        })
-        .map_err(|e| Error::io("starting the WAL preparer thread", e))
-}
-
 impl Shared {
+    /// Queues a preparation unless one is queued already (or the log
+    /// prepares nothing ahead).
     fn wake_preparer(&self) {
-        if let Some(tx) = &self.prepare {
-            let _ = tx.try_send(());
+        if self.opts.prepare_ahead && !self.prepare_queued.swap(true, Ordering::AcqRel) {
+            self.jobs.prepare(self.me.clone());
         }
     }
 
     /// After every frame written: the first one since open tells the
-    /// preparer that faulting the spare in now pays off.
+    /// preparation that faulting the spare in now pays off, and in PERIODIC
+    /// mode the first one since the last periodic sync queues the next.
     fn note_written(&self) {
         if !self.wrote.load(Ordering::Relaxed) && !self.wrote.swap(true, Ordering::AcqRel) {
             self.wake_preparer();
+        }
+        if let Durability::Periodic(every) = self.opts.durability {
+            if !self.sync_queued.load(Ordering::Relaxed) && !self.sync_queued.swap(true, Ordering::AcqRel) {
+                self.jobs.sync_after(every, self.me.clone());
+            }
+        }
+    }
+
+    /// A periodic sync (a worker's job): D then covers every frame
+    /// written before it. A failed sync poisons the log, which its
+    /// appenders then see; a panic does too.
+    fn periodic_sync(&self) {
+        let _one = self.syncing.lock();
+        // Cleared first: a frame written during this sync queues the next.
+        self.sync_queued.store(false, Ordering::Release);
+        if self.closed.load(Ordering::Acquire) {
+            return;
+        }
+        if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.sync())).is_err() {
+            let mut st = self.state.lock();
+            self.poison(&mut st, Error::new(KEEL_STATUS_PANIC, "WAL periodic sync panicked"));
+        }
+    }
+
+    /// Keeps one zero-filled spare segment of the planned size ready
+    /// (W8's slow half; a worker's job), so a rotation only writes a
+    /// header, syncs and renames; a spare left smaller than the plan (a
+    /// rotation fitted a large record instead) is replaced. Once the log
+    /// has written, it also faults the spare's mapped pages in
+    /// (`File::prefault`), so appenders do not meet the kernel zeroing
+    /// fresh page-cache pages; a log that only sits open never pays that
+    /// memory.
+    fn prepare_spare(&self) {
+        let _one = self.preparing.lock();
+        // Cleared first: a rotation during this job queues the next.
+        self.prepare_queued.store(false, Ordering::Release);
+        if self.closed.load(Ordering::Acquire) {
+            return;
+        }
+        let planned = self.state.lock().planned;
+        let wrote = self.wrote.load(Ordering::Acquire);
+        let current = self.spare.lock().as_ref().map(|s| (s.capacity, s.faulted, s.file.clone(), s.path.clone()));
+        if let Some((_, faulted, file, path)) = current.filter(|c| c.0 >= planned) {
+            if wrote && !faulted {
+                file.prefault();
+                if let Some(s) = self.spare.lock().as_mut().filter(|s| s.path == path) {
+                    s.faulted = true;
+                }
+            }
+            return;
+        }
+        // Each spare gets its own name: a rotation may still be renaming
+        // the previous one when the next is created.
+        let path = self.dir.join(segment::spare_name(self.spares_made.fetch_add(1, Ordering::Relaxed) + 1));
+        let made = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let file = segment::prepare(&*self.fs, &path, planned)?;
+            if wrote {
+                file.prefault();
+            }
+            Ok::<_, std::io::Error>(file)
+        }));
+        match made {
+            Ok(Ok(file)) => {
+                let spare = segment::Spare { file, path, capacity: planned, faulted: wrote };
+                // The one it replaces is ours alone: rotations take spares out of the slot.
+                if let Some(old) = self.spare.lock().replace(spare) {
+                    let _ = self.fs.remove(&old.path);
+                }
+            }
+            // No spare (disk full, I/O error, panic): rotation falls
+            // back to creating the segment itself and reports why.
+            _ => {
+                let _ = self.fs.remove(&path);
+            }
         }
     }
 
@@ -799,7 +841,13 @@ impl Shared {
                 // Too small for this frame: kept for a later rotation.
                 kept => {
                     *spare = kept;
-                    segment::create(&*self.fs, &self.dir, head, segment::size_for(st.planned, frame, max), replacing)
+                    let started = Instant::now();
+                    let made = segment::create(&*self.fs, &self.dir, head, segment::size_for(st.planned, frame, max), replacing);
+                    if self.opts.prepare_ahead {
+                        // The workers had no fitting spare ready: this appender waited for one.
+                        self.jobs.note_stall(started.elapsed());
+                    }
+                    made
                 }
             }
         };

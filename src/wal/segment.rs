@@ -163,7 +163,7 @@ pub fn new_salt() -> u32 {
     (t.as_nanos() as u32) ^ std::process::id().rotate_left(16)
 }
 
-/// Name of the n-th file the preparer thread allocates ahead of time; it
+/// Name of the n-th file a log prepares ahead of time (`workers.rs`); it
 /// ends in TEMP_SUFFIX, so recovery removes it like any unfinished segment.
 pub fn spare_name(n: u64) -> String {
     format!("spare-{n}{TEMP_SUFFIX}")
@@ -205,7 +205,7 @@ impl Spare {
 }
 
 /// Zero-fills a new file at `tmp` to `capacity` and syncs it: the slow half
-/// of W8, which can run ahead of time on the preparer thread.
+/// of W8, which can run ahead of time on a background worker.
 pub fn prepare(fs: &dyn FileSystem, tmp: &Path, capacity: u64) -> std::io::Result<Arc<dyn File>> {
     let file = fs.create(tmp)?;
     file.allocate(capacity)?;

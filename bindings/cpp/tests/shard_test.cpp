@@ -308,6 +308,38 @@ TEST(Engine, OneEnginePerDirectoryAndBadOptions) {
   expect_error(Engine::open(""), Status::InvalidArgument);
 }
 
+TEST(Engine, StatsCountResourcesNotThreadsPerShard) {
+  TempDir tmp;
+  Engine engine;
+  const auto opts = small(Durability::Periodic).sync_interval(std::chrono::milliseconds(10)).flush_threads(2);
+  ASSERT_NO_FATAL_FAILURE(open_engine(tmp.engine(), opts, engine));
+  auto idle = engine.stats();
+  KEEL_ASSERT_OK(idle);
+  EXPECT_GT(idle->threads, 2u) << "flush workers and WAL workers";
+  EXPECT_EQ(idle->open_shards, 0u);
+  EXPECT_GE(idle->open_files, 1u) << "the engine's LOCK";
+
+  std::vector<Shard> shards(20);
+  for (uint32_t id = 0; id < shards.size(); id++) {
+    ASSERT_NO_FATAL_FAILURE(open_shard(engine, id, shards[id]));
+    KEEL_ASSERT_OK(shards[id].put("k", "v"));
+  }
+  auto busy = engine.stats();
+  KEEL_ASSERT_OK(busy);
+  EXPECT_EQ(busy->threads, idle->threads) << "shards add no thread";
+  EXPECT_EQ(busy->open_shards, shards.size());
+  EXPECT_GE(busy->open_files, idle->open_files + shards.size());
+  EXPECT_GE(busy->stalled.count(), 0);
+
+  for (auto& s : shards) KEEL_ASSERT_OK(s.close());
+  auto after = engine.stats();
+  KEEL_ASSERT_OK(after);
+  EXPECT_EQ(after->open_shards, 0u);
+  EXPECT_EQ(after->open_files, idle->open_files);
+
+  expect_error(Engine().stats(), Status::Closed);
+}
+
 TEST(EngineOptions, BuilderRoundTripsAndDefaultsAreTheLibrarys) {
   const auto o = EngineOptions()
                      .durability(Durability::Periodic)

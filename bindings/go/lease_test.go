@@ -1,0 +1,240 @@
+package keel
+
+import (
+	"errors"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+const ms = uint64(time.Millisecond)
+
+// leaseHostT is a test host: its read-index answers index (or fails), and
+// counts the calls.
+type leaseHostT struct {
+	index atomic.Uint64
+	calls atomic.Int64
+	fail  atomic.Pointer[Error]
+}
+
+func (h *leaseHostT) options() LeaseOptions {
+	return LeaseOptions{
+		SelfID: 1, Lease: 700 * time.Millisecond, ElectionTimeoutMin: time.Second,
+		MaxClockDrift: 100 * time.Millisecond, MaxRoundTrip: 100 * time.Millisecond,
+		ManualClock: true,
+		ReadIndex: func() (uint64, error) {
+			h.calls.Add(1)
+			if e := h.fail.Load(); e != nil {
+				return 0, e
+			}
+			return h.index.Load(), nil
+		},
+	}
+}
+
+// leaseShard opens shard 1 holding k=v and k2=w.
+func leaseShard(t *testing.T) *Shard {
+	t.Helper()
+	e, _ := openEngineT(t, "", nil)
+	s, err := e.OpenShard(1, true)
+	if err != nil {
+		t.Fatalf("OpenShard: %v", err)
+	}
+	for _, kv := range [][2]string{{"k", "v"}, {"k2", "w"}} {
+		if _, err := s.Put([]byte(kv[0]), []byte(kv[1])); err != nil {
+			t.Fatalf("Put: %v", err)
+		}
+	}
+	return s
+}
+
+const t0 = 1000 * ms
+
+// lead makes s the leader of term 5 over {1,2,3}, its own-term entry
+// applied at 10, with a fresh ack from voter 2 at t0.
+func lead(t *testing.T, s *Shard, h *leaseHostT) {
+	t.Helper()
+	h.index.Store(10)
+	if err := s.ConfigureConsensus(h.options()); err != nil {
+		t.Fatalf("ConfigureConsensus: %v", err)
+	}
+	c := s.Consensus()
+	must(t, c.SetVoters([]uint64{1, 2, 3}, nil))
+	must(t, c.SetRole(RoleLeader, 5, 0))
+	must(t, c.SetApplied(10))
+	if ok, err := c.TermApplied(5); err != nil || !ok {
+		t.Fatalf("TermApplied = %v, %v", ok, err)
+	}
+	must(t, c.SetClock(t0))
+	must(t, c.Ack(2, 5, t0))
+}
+
+func must(t *testing.T, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestLeaseFollowerAnswersNotLeaderWithTheHint(t *testing.T) {
+	s := leaseShard(t)
+	h := &leaseHostT{}
+	if _, err := s.GetWith([]byte("k"), &ReadOptions{Level: ReadLease}); !errors.Is(err, ErrInvalidArgument) {
+		t.Fatalf("lease read without consensus: %v, want ErrInvalidArgument", err)
+	}
+	must(t, s.ConfigureConsensus(h.options()))
+	if err := s.ConfigureConsensus(h.options()); !errors.Is(err, ErrInvalidArgument) {
+		t.Fatalf("second ConfigureConsensus: %v", err)
+	}
+	must(t, s.Consensus().SetRole(RoleFollower, 3, 2))
+	_, err := s.GetWith([]byte("k"), &ReadOptions{Level: ReadLinearizable})
+	var ke *Error
+	if !errors.As(err, &ke) || ke.Code != StatusNotLeader || ke.LeaderHint != 2 {
+		t.Fatalf("follower read: %v, want NOT_LEADER with hint 2", err)
+	}
+	if v, err := s.Get([]byte("k")); err != nil || string(v.Bytes) != "v" {
+		t.Fatalf("default (stale) Get = %q, %v", v.Bytes, err)
+	}
+	if _, err := s.GetWith([]byte("k"), &ReadOptions{Level: 9}); !errors.Is(err, ErrInvalidArgument) {
+		t.Fatalf("level 9: %v", err)
+	}
+	if h.calls.Load() != 0 {
+		t.Fatalf("%d read-index calls, want 0", h.calls.Load())
+	}
+}
+
+func TestLeaseBoundaryTransferAndCounters(t *testing.T) {
+	s := leaseShard(t)
+	h := &leaseHostT{}
+	lead(t, s, h)
+	c := s.Consensus()
+	lease := &ReadOptions{Level: ReadLease}
+	must(t, c.SetClock(t0+700*ms-1))
+	if v, err := s.GetWith([]byte("k"), lease); err != nil || string(v.Bytes) != "v" {
+		t.Fatalf("lease read = %q, %v", v.Bytes, err)
+	}
+	if n := h.calls.Load(); n != 0 {
+		t.Fatalf("a fresh lease made %d read-index calls", n)
+	}
+	must(t, c.SetClock(t0+700*ms))
+	if _, err := s.GetWith([]byte("k"), lease); err != nil {
+		t.Fatal(err)
+	}
+	if n := h.calls.Load(); n != 1 {
+		t.Fatalf("now - ack == lease made %d calls, want 1", n)
+	}
+	must(t, c.Ack(3, 5, t0+700*ms))
+	must(t, c.SetTransfer(true))
+	if _, err := s.GetWith([]byte("k"), lease); err != nil {
+		t.Fatal(err)
+	}
+	if n := h.calls.Load(); n != 2 {
+		t.Fatalf("a transfer: %d calls, want 2", n)
+	}
+	st, err := s.LeaseStats()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Role != RoleLeader || st.LeaderID != 1 || st.LeaseHits != 1 || st.MissAckStale != 1 || st.MissTransfer != 1 || st.ReadIndexCalls != 2 {
+		t.Fatalf("stats %+v", st)
+	}
+}
+
+func TestLeaseReadIndexWaitsTimesOutAndFails(t *testing.T) {
+	s := leaseShard(t)
+	h := &leaseHostT{}
+	lead(t, s, h)
+	h.index.Store(12)
+	if _, err := s.GetWith([]byte("k"), &ReadOptions{Level: ReadLinearizable, Timeout: time.Millisecond}); !errors.Is(err, ErrTimeout) {
+		t.Fatalf("applied 10 < 12: %v, want ErrTimeout", err)
+	}
+	// Concurrent readers: each waits until the applied index reaches 12.
+	var wg sync.WaitGroup
+	errs := make([]error, 4)
+	for i := range errs {
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			_, errs[i] = s.GetWith([]byte("k"), &ReadOptions{Level: ReadLinearizable, Timeout: time.Minute})
+		}(i)
+	}
+	for h.calls.Load() < 2 {
+		runtime.Gosched()
+	}
+	must(t, s.Consensus().SetApplied(12))
+	wg.Wait()
+	for i, err := range errs {
+		if err != nil {
+			t.Fatalf("reader %d: %v", i, err)
+		}
+	}
+	h.fail.Store(&Error{Code: StatusIO, Message: "net down"})
+	if _, err := s.GetWith([]byte("k"), &ReadOptions{Level: ReadLinearizable}); !errors.Is(err, ErrIO) {
+		t.Fatalf("failing read-index: %v, want ErrIO", err)
+	}
+	st, _ := s.LeaseStats()
+	if st.ReadIndexTimeouts != 1 || st.ReadIndexErrors != 1 || st.ReadIndexCalls > 7 {
+		t.Fatalf("stats %+v", st)
+	}
+}
+
+func TestLeaseSessionCostsOneReadIndex(t *testing.T) {
+	s := leaseShard(t)
+	h := &leaseHostT{}
+	lead(t, s, h)
+	rs, err := s.ReadBegin(ReadLinearizable, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rs.Index() != 10 || h.calls.Load() != 1 {
+		t.Fatalf("session index %d after %d calls", rs.Index(), h.calls.Load())
+	}
+	in := &ReadOptions{Session: rs}
+	if _, err := s.GetWith([]byte("k"), in); err != nil {
+		t.Fatal(err)
+	}
+	vals, err := s.MultiGetWith([][]byte{[]byte("k"), []byte("k2"), []byte("nope")}, in)
+	if err != nil || string(vals[1].Bytes) != "w" || vals[2] != nil {
+		t.Fatalf("MultiGetWith = %v, %v", vals, err)
+	}
+	for _, open := range []func() (*Iterator, error){
+		func() (*Iterator, error) { return s.ScanWith(nil, nil, in) },
+		func() (*Iterator, error) { return s.ScanPrefixWith([]byte("k"), in) },
+	} {
+		it, err := open()
+		if err != nil {
+			t.Fatal(err)
+		}
+		it.Close()
+	}
+	if n := h.calls.Load(); n != 1 {
+		t.Fatalf("the session's reads made %d calls, want 1", n)
+	}
+	rs.End()
+	rs.End()
+	if _, err := s.GetWith([]byte("k"), in); !errors.Is(err, ErrClosed) {
+		t.Fatalf("read in an ended session: %v, want ErrClosed", err)
+	}
+}
+
+func TestLeaseRefusedConfigurationAndRelease(t *testing.T) {
+	s := leaseShard(t)
+	h := &leaseHostT{}
+	bad := h.options()
+	bad.Lease = 800 * time.Millisecond
+	if err := s.ConfigureConsensus(bad); !errors.Is(err, ErrInvalidArgument) {
+		t.Fatalf("lease 800 of 1000-100-100: %v, want ErrInvalidArgument", err)
+	}
+	bad = h.options()
+	bad.ReadIndex = nil
+	if err := s.ConfigureConsensus(bad); !errors.Is(err, ErrInvalidArgument) {
+		t.Fatalf("no ReadIndex: %v", err)
+	}
+	lead(t, s, h)
+	must(t, s.Close())
+	if _, err := s.LeaseStats(); !errors.Is(err, ErrClosed) {
+		t.Fatalf("LeaseStats after Close: %v", err)
+	}
+}

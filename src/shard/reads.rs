@@ -1,0 +1,87 @@
+//! Reads at a consistency level (docs/LEASE.md): a shard whose host
+//! replicates it with a consensus engine gets a lease gate, fed the facts
+//! of that engine; each read, or session of reads, first asks the gate for
+//! a permit (the lease, or one shared read-index), then reads local state,
+//! which by then holds everything the permit's index covers.
+
+use super::Shard;
+use crate::error::{Error, Result};
+use crate::lease::{LeaseGate, Level, ReadPermit};
+use crate::status::*;
+use parking_lot::RwLock;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A shard's lease gate and its read defaults.
+pub struct Consensus {
+    pub gate: LeaseGate,
+    /// The level of reads that do not name one (the existing C reads).
+    pub default_level: Level,
+    /// The timeout of reads that do not name one.
+    pub read_timeout: Duration,
+}
+
+/// The shard's consensus setup: none until the host configures it.
+#[derive(Default)]
+pub(super) struct Reads(RwLock<Option<Arc<Consensus>>>);
+
+impl Reads {
+    /// Forgets the gate at close, so the host's read-index callback (and
+    /// what it points at) is never called once the shard is closed.
+    pub(super) fn clear(&self) {
+        self.0.write().take();
+    }
+}
+
+impl Shard {
+    /// Sets up lease reads for this open of the shard. Once only: a second
+    /// call is INVALID_ARGUMENT (the host's callback must stay valid until
+    /// close, and replacing the gate would forget the facts).
+    pub fn configure_consensus(&self, c: Consensus) -> Result<()> {
+        self.inner.check_open()?;
+        let mut slot = self.inner.reads.0.write();
+        if slot.is_some() {
+            return Err(Error::invalid("consensus is already configured for this shard"));
+        }
+        *slot = Some(Arc::new(c));
+        Ok(())
+    }
+
+    /// The shard's gate, to feed it facts; INVALID_ARGUMENT before
+    /// `configure_consensus`.
+    pub fn consensus(&self) -> Result<Arc<Consensus>> {
+        self.inner.check_open()?;
+        self.inner.reads.0.read().clone().ok_or_else(not_configured)
+    }
+
+    /// Permission for a read, or a session of reads, at `level` (None: the
+    /// shard's default; stale when unconfigured) within `timeout` (None: the
+    /// shard's default): every read made after it sees at least the state
+    /// at the permit's index. Errors: NOT_LEADER (with the leader hint),
+    /// TIMEOUT, the read-index callback's error, INVALID_ARGUMENT (lease or
+    /// linearizable without consensus configured), CLOSED.
+    pub fn begin_read(&self, level: Option<Level>, timeout: Option<Duration>) -> Result<ReadPermit> {
+        if self.inner.closed.load(Ordering::Acquire) {
+            return Err(Error::new(KEEL_STATUS_CLOSED, "shard is closed"));
+        }
+        let consensus = self.inner.reads.0.read().clone();
+        match consensus {
+            Some(c) => {
+                let level = level.unwrap_or(c.default_level);
+                c.gate.begin_read(level, timeout.unwrap_or(c.read_timeout)).map_err(Error::from)
+            }
+            None if matches!(level, None | Some(Level::Stale)) => Ok(ReadPermit { index: 0, from_lease: false }),
+            None => Err(not_configured()),
+        }
+    }
+
+    /// Whether both are handles of the same open shard.
+    pub fn same_shard(&self, other: &Shard) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
+    }
+}
+
+fn not_configured() -> Error {
+    Error::invalid("no consensus is configured for this shard: lease and linearizable reads need its facts (configure it first)")
+}

@@ -1,0 +1,289 @@
+//! What a shard transfer (`crate::transfer`, docs/TRANSFER.md) needs from
+//! a shard: on the source, a consistent snapshot, WAL pins and readers;
+//! on the receiver, an incoming shard that starts at the snapshot's
+//! version and applies operations with their original versions.
+
+use super::entry::{Entry, Value};
+use super::key::Key;
+use super::op::OpRef;
+use super::pool::Host;
+use super::sealed::Sealed;
+use super::{Options, Shard};
+use crate::error::{Error, Result};
+use crate::fs::{FileSystem, StdFs};
+use crate::status::*;
+use crate::wal::{extent, Pin, ReadUpto, Reader};
+use std::collections::BTreeMap;
+use std::ops::Bound;
+use std::path::Path;
+use std::sync::Arc;
+
+/// `<shard dir>/TRANSFER_BASE` (`Shard::set_snapshot_base`).
+const BASE_FILE: &str = "TRANSFER_BASE";
+const BASE_MAGIC: u64 = 0x3142_5246_4c45_454b; // "KEELFRB1"
+
+/// The shard's state at one version: the appendable segment's keys
+/// (copied) and the immutable segments (shared: a merge that replaces them
+/// later does not change what this snapshot reads, and their files stay
+/// readable while it holds them). Deletions after `version` are ignored.
+pub struct Snapshot {
+    pub version: u64,
+    appendable: BTreeMap<Key, Entry>,
+    sealed: Vec<Arc<Sealed>>,
+}
+
+impl Snapshot {
+    /// The next live entries in key order after `after` (None: from the
+    /// first key): at most `max_keys` and `max_bytes` of keys and values,
+    /// except that a chunk always holds one entry while keys remain.
+    pub fn chunk(&self, after: Option<&[u8]>, max_keys: usize, max_bytes: usize) -> Result<Vec<(Vec<u8>, Entry)>> {
+        let max_keys = max_keys.max(1);
+        let start = after.map(|a| {
+            let mut s = a.to_vec();
+            s.push(0); // the smallest key above `after`
+            s
+        });
+        let start = start.as_deref().unwrap_or(&[]);
+        let mut merged: BTreeMap<Vec<u8>, Entry> = BTreeMap::new();
+        let mut keep = |k: Vec<u8>, e: Entry| {
+            if merged.get(&k).map_or(true, |have| have.version < e.version) {
+                merged.insert(k, e);
+            }
+        };
+        for s in &self.sealed {
+            for r in s.live_from(start, self.version).take(max_keys) {
+                let (k, e) = r?;
+                keep(k, e);
+            }
+        }
+        for (k, e) in self.appendable.range::<[u8], _>((Bound::Included(start), Bound::Unbounded)).take(max_keys) {
+            keep(k.as_slice().to_vec(), e.clone());
+        }
+        let (mut out, mut bytes) = (Vec::new(), 0);
+        for (k, e) in merged.into_iter().take(max_keys) {
+            let size = k.len() + e.value.weight();
+            if !out.is_empty() && bytes + size > max_bytes {
+                break;
+            }
+            bytes += size;
+            out.push((k, e));
+        }
+        Ok(out)
+    }
+}
+
+impl Shard {
+    /// A consistent snapshot at the last applied version, taken under the
+    /// read lock (writers wait while the appendable segment is copied).
+    pub fn snapshot(&self) -> Result<Snapshot> {
+        self.inner.check_open()?;
+        let s = self.inner.segs.read();
+        Ok(Snapshot { version: s.applied, appendable: s.appendable.map.clone(), sealed: s.sealed.clone() })
+    }
+
+    /// Whether a transfer handed this shard over: its writes fail with MOVED.
+    pub fn is_moved(&self) -> bool {
+        self.inner.moved.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Keeps the shard's WAL records >= `from` while the pin lives
+    /// (TRUNCATED when they are gone already).
+    pub fn pin_wal(&self, from: u64) -> Result<Pin> {
+        self.inner.check_open()?;
+        self.inner.with_wal(|w| w.pin(from))
+    }
+
+    /// Keeps every WAL record the shard retains now while the pin lives.
+    pub fn pin_wal_retained(&self) -> Result<Pin> {
+        self.inner.check_open()?;
+        self.inner.with_wal(|w| w.pin_retained())
+    }
+
+    /// A reader of the shard's WAL from `from`, up to its durable mark.
+    pub fn wal_reader(&self, from: u64) -> Result<Reader> {
+        self.inner.check_open()?;
+        self.inner.with_wal(|w| w.reader(from, ReadUpto::Durable))
+    }
+
+    /// Makes every logged operation durable; returns the durable mark.
+    /// Callable under `hold_writes`: the recursive read does not queue
+    /// behind a close waiting for the writers the hold blocks.
+    pub fn sync_wal(&self) -> Result<u64> {
+        match self.inner.wal.read_recursive().as_ref() {
+            Some(w) => w.sync(),
+            None => Err(Error::new(KEEL_STATUS_CLOSED, "shard is closed")),
+        }
+    }
+
+    /// Every operation <= this is durable in the shard's WAL.
+    pub fn durable_version(&self) -> u64 {
+        self.inner.wal.read_recursive().as_ref().map_or(0, |w| w.durable_seq())
+    }
+
+    /// The crc32 of the WAL record of `version` (the history check of a
+    /// WAL-delta transfer), or None when the WAL no longer holds it.
+    pub fn record_crc(&self, version: u64) -> Result<Option<u32>> {
+        if version == 0 {
+            return Ok(Some(0));
+        }
+        let mut r = match self.inner.with_wal(|w| w.reader(version, ReadUpto::Appended)) {
+            Ok(r) => r,
+            Err(e) if e.status == KEEL_STATUS_TRUNCATED => return self.base_crc(version),
+            Err(e) => return Err(e),
+        };
+        match r.next_record()?.filter(|(v, _)| *v == version) {
+            Some((_, rec)) => Ok(Some(crc32fast::hash(&rec))),
+            None => self.base_crc(version),
+        }
+    }
+
+    /// The file that remembers, for a shard received as a snapshot, the
+    /// snapshot's version and the crc32 of the source's record of it: its
+    /// own WAL starts after that version, yet a later WAL delta needs the
+    /// record's checksum for its history check.
+    fn base_path(&self) -> std::path::PathBuf {
+        self.inner.seg_dir.with_file_name(BASE_FILE)
+    }
+
+    /// Records the snapshot's base (`record_crc` answers from it).
+    pub(crate) fn set_snapshot_base(&self, version: u64, crc: u32) -> Result<()> {
+        let mut body = version.to_le_bytes().to_vec();
+        body.extend_from_slice(&crc.to_le_bytes());
+        crate::fs::replace(&*self.inner.fs, &self.base_path(), &super::files::seal_small(BASE_MAGIC, &body))
+    }
+
+    fn base_crc(&self, version: u64) -> Result<Option<u32>> {
+        let path = self.base_path();
+        let Some(bytes) = super::files::read_all(&*self.inner.fs, &path)? else { return Ok(None) };
+        let mut c = super::files::Cursor { bytes: super::files::open_small(BASE_MAGIC, &bytes, &path)? };
+        let (v, crc) = (c.u64()?, c.u32()?);
+        Ok((v == version).then_some(crc))
+    }
+
+    /// Opens a new, empty incoming shard in `dir` whose versions up to
+    /// `base` come from a snapshot (`install`): its WAL starts at
+    /// `base + 1`, so transferred operations keep their versions.
+    pub(crate) fn open_incoming(
+        dir: &Path,
+        opts: Options,
+        fs: Option<Arc<dyn FileSystem>>,
+        host: Option<&Host>,
+        base: u64,
+    ) -> Result<Shard> {
+        opts.validate()?;
+        let wal_dir = dir.join("wal");
+        let real = fs.clone().unwrap_or_else(|| Arc::new(StdFs::direct()));
+        real.create_dir_all(&wal_dir).map_err(|e| Error::io(format!("creating {}", wal_dir.display()), e))?;
+        // The extent record alone starts an empty log at base + 1 (a log
+        // never reissues a number its extent record says was handed out);
+        // it claims no durable record, as there is none in this log.
+        let start = extent::Extent { durable: 0, next_seq: base + 1, segments: Vec::new() };
+        crate::fs::replace(&*real, &wal_dir.join(extent::META_NAME), &start.encode())?;
+        Self::open_from(dir, opts, fs, host, base)
+    }
+
+    /// Installs snapshot entries with their versions: a key already here
+    /// at the same or a newer version is left alone (a re-sent batch).
+    pub(crate) fn install(&self, entries: &[(Vec<u8>, Entry)]) -> Result<()> {
+        self.inner.check_open()?;
+        let mut segs = self.inner.segs.write();
+        for (key, e) in entries {
+            match segs.get(key)? {
+                Some(have) if have.version >= e.version => continue,
+                Some(_) => {
+                    return Err(Error::new(
+                        KEEL_STATUS_PROTOCOL,
+                        format!("snapshot entry {:?} at version {} arrived twice with different versions", String::from_utf8_lossy(key), e.version),
+                    ))
+                }
+                None => {}
+            }
+            match &e.value {
+                Value::Bytes(b) => segs.appendable.put(key, b, e.version),
+                Value::Posting(items) => segs.appendable.put_list(key, items.clone(), e.version),
+            }
+        }
+        let applied = segs.applied;
+        segs.finish(applied);
+        Ok(())
+    }
+
+    /// Applies transferred operations `(version, WAL record)` in version
+    /// order: those at or below the last applied version are skipped (the
+    /// version gate: a re-sent batch changes nothing); the others must
+    /// follow it without a gap. They are logged in this shard's WAL first,
+    /// at their own versions, and applied through the replay gate. Returns
+    /// once they are durable, with the last applied version.
+    pub(crate) fn apply_transferred(&self, ops: &[(u64, &[u8])]) -> Result<u64> {
+        let inner = &*self.inner;
+        inner.check_open()?;
+        let wal = inner.wal.read();
+        let wal = wal.as_ref().ok_or_else(|| Error::new(KEEL_STATUS_CLOSED, "shard is closed"))?;
+        let last = {
+            let mut segs = inner.segs.write();
+            let fresh: Vec<&(u64, &[u8])> = ops.iter().filter(|(v, _)| *v > segs.applied).collect();
+            let Some(&&(first, _)) = fresh.first() else { return Ok(segs.applied) };
+            if first != wal.last_seq() + 1 || fresh.windows(2).any(|w| w[1].0 != w[0].0 + 1) {
+                return Err(Error::new(
+                    KEEL_STATUS_PROTOCOL,
+                    format!("transferred operations from {first} do not follow this shard's last version {} without a gap", wal.last_seq()),
+                ));
+            }
+            let decoded: Vec<OpRef> = fresh.iter().map(|(_, r)| OpRef::decode(r)).collect::<Result<_>>()?;
+            let records: Vec<&[u8]> = fresh.iter().map(|(_, r)| *r).collect();
+            let at = wal.append_deferred(&records)?;
+            debug_assert_eq!(at, first, "the WAL numbers transferred operations with their versions");
+            for (i, op) in decoded.into_iter().enumerate() {
+                if let Err(e) = segs.replay(op, first + i as u64) {
+                    inner.poison(e.clone());
+                    return Err(e);
+                }
+            }
+            let last = first + fresh.len() as u64 - 1;
+            segs.finish(last);
+            last
+        };
+        wal.wait_durable(last)?;
+        Ok(last)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::shard::Op;
+
+    fn ops(range: std::ops::RangeInclusive<u64>) -> Vec<(u64, Vec<u8>)> {
+        range.map(|v| (v, Op::Put { key: format!("k{}", v % 3).into_bytes(), value: v.to_le_bytes().to_vec() }.encode())).collect()
+    }
+
+    fn apply(shard: &Shard, ops: &[(u64, Vec<u8>)]) -> Result<u64> {
+        let borrowed: Vec<(u64, &[u8])> = ops.iter().map(|(v, r)| (*v, r.as_slice())).collect();
+        shard.apply_transferred(&borrowed)
+    }
+
+    #[test]
+    fn transferred_operations_keep_their_versions_and_a_resent_batch_changes_nothing() {
+        let dir = std::env::temp_dir().join(format!("keel-incoming-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let opts = Options { flush_interval: None, ..Options::default() };
+        let shard = Shard::open_incoming(&dir, opts.clone(), None, None, 10).unwrap();
+        assert_eq!(shard.last_version(), 10, "the WAL starts after the snapshot's version");
+        assert_eq!(apply(&shard, &ops(11..=13)).unwrap(), 13);
+        let before = shard.get(b"k1").unwrap();
+        // The same batch again, and one overlapping it: only 14 and 15 are new.
+        assert_eq!(apply(&shard, &ops(11..=13)).unwrap(), 13);
+        assert_eq!(shard.get(b"k1").unwrap(), before);
+        assert_eq!(apply(&shard, &ops(12..=15)).unwrap(), 15);
+        assert_eq!(shard.get(b"k0").unwrap().unwrap().version, 15);
+        // A gap is refused.
+        assert_eq!(apply(&shard, &ops(17..=18)).unwrap_err().status, KEEL_STATUS_PROTOCOL);
+        // Reopened normally, the shard replays its own WAL at those versions.
+        shard.close().unwrap();
+        let shard = Shard::open(&dir, opts).unwrap();
+        assert_eq!(shard.last_version(), 15);
+        assert_eq!(shard.get(b"k0").unwrap().unwrap().version, 15);
+        shard.close().unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,210 @@
+//! Shard transfer between nodes (issue #11 §2–§3; docs/TRANSFER.md):
+//! the source streams a shard (a snapshot, or the WAL records a receiver
+//! lacks) over the node transport while writes continue, then drains the
+//! last writes under the shard's write hold; the receiver applies
+//! everything with its original versions.
+//!
+//! One file per part: `wire.rs` (frames), `source.rs` (the sending side:
+//! method choice, pipelined backfill, final drain), `receiver.rs` (the
+//! receiving side) and `digest.rs` (the content digest both sides compare).
+
+mod digest;
+mod receiver;
+mod source;
+pub mod wire;
+
+pub use digest::shard_digest;
+pub use receiver::ReceiverStats;
+
+use crate::engine::Engine;
+use crate::error::{Error, Result};
+use crate::node::{Node, Service};
+use crate::shard::Shard;
+use crate::status::*;
+use crossbeam_channel::Sender;
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+/// How the source asks to send a shard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    /// A consistent snapshot, then the WAL records after it.
+    Snapshot,
+    /// Only the WAL records after the receiver's last version; falls back
+    /// to a snapshot when they are not all retained or the histories differ.
+    WalDelta,
+}
+
+#[derive(Debug, Clone)]
+pub struct TransferOptions {
+    pub method: Method,
+    /// A batch holds at most this many bytes of entries or records (and
+    /// always fits a frame), except that a single larger one travels alone.
+    pub max_batch_bytes: usize,
+    pub max_batch_records: usize,
+    /// How long the source waits for the receiver's answer to one step.
+    pub ack_timeout: Duration,
+    /// Finish by handing the shard over: once the receiver has everything,
+    /// the source's shard refuses writes with MOVED (the host then closes
+    /// and drops it). Without it the source keeps its shard writable and
+    /// the receiver holds a copy as of the finish.
+    pub hand_over: bool,
+}
+
+impl Default for TransferOptions {
+    fn default() -> Self {
+        TransferOptions {
+            method: Method::Snapshot,
+            max_batch_bytes: 1 << 20,
+            max_batch_records: 1024,
+            ack_timeout: Duration::from_secs(30),
+            hand_over: false,
+        }
+    }
+}
+
+impl TransferOptions {
+    pub fn validate(&self) -> Result<()> {
+        if self.max_batch_bytes < 4096 {
+            return Err(Error::invalid(format!("max_batch_bytes {} is below 4096", self.max_batch_bytes)));
+        }
+        if self.max_batch_records == 0 || self.max_batch_records > u32::MAX as usize {
+            return Err(Error::invalid(format!("max_batch_records {} is outside 1..=u32::MAX", self.max_batch_records)));
+        }
+        if self.ack_timeout.is_zero() {
+            return Err(Error::invalid("ack_timeout must be positive"));
+        }
+        Ok(())
+    }
+}
+
+/// What a finished transfer did (the source's view).
+#[derive(Debug, Clone, Default)]
+pub struct Report {
+    /// True when the shard went as a snapshot (asked for, or fallen back to).
+    pub snapshot: bool,
+    /// Why a WAL delta fell back to a snapshot.
+    pub fallback: Option<String>,
+    /// The snapshot's version, when one was sent.
+    pub snapshot_version: Option<u64>,
+    /// The receiver's version when the transfer started (WAL delta: the
+    /// records after it were sent).
+    pub receiver_had: u64,
+    /// The last version sent: the shard's last version at the finish.
+    pub last_version: u64,
+    pub batches: u64,
+    pub entries: u64,
+    pub ops: u64,
+    pub bytes: u64,
+    /// Time spent reading batches against time sending them (until acked).
+    pub read_time: Duration,
+    pub send_time: Duration,
+    /// How long writes were held off for the final drain.
+    pub final_hold: Duration,
+    /// The shard was handed over (`TransferOptions::hand_over`).
+    pub handed_over: bool,
+    /// Most batches the source held at once (built, in flight or being read).
+    pub max_batches_in_memory: usize,
+}
+
+/// The transfer service of one node: sends shards of the host's choosing
+/// and receives the shards the host announced, into `engine`.
+pub struct Transfers {
+    node: Arc<Node>,
+    engine: Arc<Engine>,
+    /// The source's transfers waiting for an ACK, by transfer id.
+    waiting: Mutex<HashMap<u64, Sender<wire::Ack>>>,
+    next_id: AtomicU64,
+    /// Transfers this node is sending now.
+    sending: AtomicUsize,
+    receiver: receiver::Receiver,
+}
+
+impl Transfers {
+    /// Starts the transfer service on `node`, receiving into `engine`
+    /// (it installs the node's transfer handler).
+    pub fn attach(node: Arc<Node>, engine: Arc<Engine>) -> Arc<Transfers> {
+        let t = Arc::new(Transfers {
+            node: node.clone(),
+            engine,
+            waiting: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            sending: AtomicUsize::new(0),
+            receiver: receiver::Receiver::default(),
+        });
+        let weak: Weak<Transfers> = Arc::downgrade(&t);
+        node.set_handler(
+            Service::Transfer,
+            Some(Arc::new(move |peer, ty, payload: &[u8]| {
+                if let Some(t) = weak.upgrade() {
+                    t.on_frame(peer, ty, payload);
+                }
+            })),
+        );
+        t
+    }
+
+    /// Announces that `from_peer` may send shard `shard` here; anything
+    /// not announced is refused and counted. An announcement is used up
+    /// when a transfer of it finishes.
+    pub fn expect(&self, shard: u32, from_peer: u64) {
+        self.receiver.expect(shard, from_peer);
+    }
+
+    /// Sends `shard` (the host's open shard `shard_id`) to `peer` and
+    /// returns once the receiver holds everything durably. Writes to the
+    /// shard continue meanwhile, except during the final drain. BUSY when
+    /// the node's `max_concurrent_transfers` are being sent already.
+    pub fn send_shard(&self, shard: &Shard, shard_id: u32, peer: u64, opts: &TransferOptions) -> Result<Report> {
+        opts.validate()?;
+        let max = self.node.max_concurrent_transfers();
+        if self.sending.fetch_add(1, Ordering::AcqRel) >= max {
+            self.sending.fetch_sub(1, Ordering::AcqRel);
+            return Err(Error::new(KEEL_STATUS_BUSY, format!("{max} transfers are being sent from this node already (max_concurrent_transfers)")));
+        }
+        let result = self.send_counted(shard, shard_id, peer, opts);
+        self.sending.fetch_sub(1, Ordering::AcqRel);
+        result
+    }
+
+    fn send_counted(&self, shard: &Shard, shard_id: u32, peer: u64, opts: &TransferOptions) -> Result<Report> {
+        let id = (self.node.id() << 24) ^ self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = crossbeam_channel::unbounded();
+        self.waiting.lock().insert(id, tx);
+        let result = source::run(&self.node, id, rx, shard, shard_id, peer, opts);
+        self.waiting.lock().remove(&id);
+        result
+    }
+
+    pub fn receiver_stats(&self) -> ReceiverStats {
+        self.receiver.stats()
+    }
+
+    fn on_frame(&self, peer: u64, ty: u16, payload: &[u8]) {
+        if ty == wire::ACK {
+            match wire::Ack::decode(payload) {
+                Ok(ack) => {
+                    if let Some(tx) = self.waiting.lock().get(&ack.id) {
+                        let _ = tx.send(ack);
+                    }
+                }
+                Err(_) => self.receiver.note_malformed(),
+            }
+            return;
+        }
+        let max = self.node.max_concurrent_transfers();
+        if let Some(ack) = self.receiver.on_step(&self.engine, max, peer, ty, payload) {
+            // A lost ACK times the source out; nothing else to do here.
+            let _ = self.node.send(peer, wire::ACK, &ack.encode());
+        }
+    }
+}
+
+/// The status a receiver's failure carries back to the source.
+fn failed(ack: &wire::Ack) -> Error {
+    let status = if ack.status == KEEL_STATUS_OK { KEEL_STATUS_PROTOCOL } else { ack.status };
+    Error::new(status, format!("the receiver answered step {}: {}", ack.step, ack.message))
+}

@@ -1,0 +1,352 @@
+//! The sending side (docs/TRANSFER.md, "Stages"): the method choice, the
+//! snapshot, the pipelined backfill (the next batch is read while the
+//! current one is sent; one send in flight) and the final drain under
+//! the shard's write hold.
+
+use super::wire::{self, Ack, STEP_HEADER};
+use super::{failed, Method, Report, TransferOptions};
+use crate::error::{Error, Result};
+use crate::node::Node;
+use crate::shard::{Shard, Snapshot};
+use crate::status::*;
+use crate::wal::Reader;
+use crossbeam_channel::Receiver;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Backfill rounds (catch up, sync the WAL, catch up again) before the
+/// final drain takes the write hold whatever is left.
+const CATCH_UP_ROUNDS: usize = 8;
+
+/// Counts the batches the source holds, and the most at once.
+#[derive(Default)]
+struct Memory {
+    live: AtomicUsize,
+    max: AtomicUsize,
+}
+
+/// One batch's share of `Memory`, released when the batch is dropped.
+struct Held(Arc<Memory>);
+
+impl Held {
+    fn new(m: &Arc<Memory>) -> Held {
+        let now = m.live.fetch_add(1, Ordering::AcqRel) + 1;
+        m.max.fetch_max(now, Ordering::AcqRel);
+        Held(m.clone())
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.0.live.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// An encoded batch: the frame payload with room for the step header.
+struct Batch {
+    ty: u16,
+    payload: Vec<u8>,
+    count: u64,
+    /// OPS: the last version in it.
+    last: u64,
+    read: Duration,
+    _held: Held,
+}
+
+/// What builds batches: limits and the memory count.
+#[derive(Clone)]
+struct Batcher {
+    max_bytes: usize,
+    max_records: usize,
+    frame_limit: usize,
+    memory: Arc<Memory>,
+}
+
+impl Batcher {
+    fn start(&self, ty: u16) -> Batch {
+        let mut payload = vec![0; STEP_HEADER];
+        payload.extend_from_slice(&[0; 4]); // the count, set by `close`
+        Batch { ty, payload, count: 0, last: 0, read: Duration::ZERO, _held: Held::new(&self.memory) }
+    }
+
+    fn close(&self, mut b: Batch, began: Instant) -> Result<Option<Batch>> {
+        if b.count == 0 {
+            return Ok(None);
+        }
+        if b.payload.len() > self.frame_limit {
+            return Err(Error::new(
+                KEEL_STATUS_UNSUPPORTED,
+                format!(
+                    "a batch of {} bytes (one entry or record alone) exceeds the node's frame limit of {} bytes; large entries are not split yet",
+                    b.payload.len(),
+                    self.frame_limit
+                ),
+            ));
+        }
+        b.payload[STEP_HEADER..STEP_HEADER + 4].copy_from_slice(&(b.count as u32).to_le_bytes());
+        b.read = began.elapsed();
+        Ok(Some(b))
+    }
+
+    /// The next WAL records (up to the durable mark) from `reader`.
+    fn ops(&self, reader: &mut Reader) -> Result<Option<Batch>> {
+        let began = Instant::now();
+        let mut b = self.start(wire::OPS);
+        while (b.count as usize) < self.max_records {
+            let Some((version, record)) = reader.peek()? else { break };
+            if b.count > 0 && b.payload.len() + wire::op_len(record) > self.max_bytes {
+                break;
+            }
+            wire::put_op(&mut b.payload, version, record);
+            b.count += 1;
+            b.last = version;
+            reader.advance();
+        }
+        self.close(b, began)
+    }
+
+    /// The next snapshot entries after `after`.
+    fn entries(&self, snap: &Snapshot, after: &mut Option<Vec<u8>>) -> Result<Option<Batch>> {
+        let began = Instant::now();
+        let mut b = self.start(wire::ENTRIES);
+        // The chunk counts keys and values; the frame adds the rest.
+        let framing = STEP_HEADER + 4 + wire::ENTRY_OVERHEAD * self.max_records;
+        let chunk = snap.chunk(after.as_deref(), self.max_records, self.max_bytes.saturating_sub(framing))?;
+        for (key, e) in &chunk {
+            wire::put_entry(&mut b.payload, key, e);
+            b.count += 1;
+        }
+        if let Some((last, _)) = chunk.last() {
+            *after = Some(last.clone());
+        }
+        self.close(b, began)
+    }
+}
+
+/// The source's side of the conversation: one step at a time.
+struct Link<'a> {
+    node: &'a Node,
+    peer: u64,
+    id: u64,
+    acks: Receiver<Ack>,
+    timeout: Duration,
+    step: u64,
+    acked: u64,
+    report: Report,
+}
+
+impl Link<'_> {
+    /// Sends one step (its payload starts with room for the header) and
+    /// waits for its ACK.
+    fn call(&mut self, ty: u16, mut payload: Vec<u8>) -> Result<Ack> {
+        debug_assert_eq!(self.acked, self.step, "one step in flight at a time");
+        self.step += 1;
+        payload[..STEP_HEADER].copy_from_slice(&wire::step(self.id, self.step, self.acked));
+        let began = Instant::now();
+        self.node.send(self.peer, ty, &payload)?;
+        self.report.bytes += payload.len() as u64;
+        let ack = loop {
+            let ack = self.acks.recv_timeout(self.timeout).map_err(|_| {
+                Error::new(KEEL_STATUS_TIMEOUT, format!("no answer from node {} to transfer step {} within {:?}", self.peer, self.step, self.timeout))
+            })?;
+            // An ACK of an earlier step can only be a duplicate.
+            if ack.step == self.step {
+                break ack;
+            }
+        };
+        self.report.send_time += began.elapsed();
+        if ack.status != KEEL_STATUS_OK {
+            return Err(failed(&ack));
+        }
+        self.acked = self.step;
+        Ok(ack)
+    }
+
+    fn simple(&mut self, ty: u16, body: &[u8]) -> Result<Ack> {
+        let mut payload = vec![0; STEP_HEADER];
+        payload.extend_from_slice(body);
+        self.call(ty, payload)
+    }
+
+    fn send(&mut self, b: Batch) -> Result<()> {
+        self.report.read_time += b.read;
+        self.report.batches += 1;
+        match b.ty {
+            wire::ENTRIES => self.report.entries += b.count,
+            _ => {
+                self.report.ops += b.count;
+                self.report.last_version = b.last;
+            }
+        }
+        let Batch { ty, payload, _held, .. } = b;
+        self.call(ty, payload).map(drop)
+        // `_held` goes here, once the receiver has the batch.
+    }
+
+    /// Sends what `read` produces until it returns None, reading the next
+    /// batch on a second thread while the current one is sent: at most
+    /// one batch in flight and one being read. Returns `state` and the
+    /// number of batches sent.
+    fn pipeline<S: Send>(&mut self, state: S, read: impl FnMut(&mut S) -> Result<Option<Batch>> + Send) -> Result<(S, u64)> {
+        let (tx, rx) = crossbeam_channel::bounded::<Result<Batch>>(0);
+        let mut read = read;
+        std::thread::scope(|scope| {
+            let producer = scope.spawn(move || {
+                let mut state = state;
+                loop {
+                    match read(&mut state) {
+                        Ok(Some(b)) => {
+                            if tx.send(Ok(b)).is_err() {
+                                break;
+                            }
+                        }
+                        Ok(None) => break,
+                        Err(e) => {
+                            let _ = tx.send(Err(e));
+                            break;
+                        }
+                    }
+                }
+                state
+            });
+            let mut sent = 0;
+            let mut outcome = Ok(());
+            for b in &rx {
+                if let Err(e) = b.and_then(|b| self.send(b)) {
+                    outcome = Err(e);
+                    break;
+                }
+                sent += 1;
+            }
+            drop(rx); // ends a producer waiting to hand over its next batch
+            let state = producer.join().map_err(|_| Error::new(KEEL_STATUS_PANIC, "the transfer's batch reader panicked"))?;
+            outcome.map(|()| (state, sent))
+        })
+    }
+}
+
+/// The source's choice: snapshot, or the WAL records after `had`.
+enum Plan {
+    Snapshot,
+    Delta(crate::wal::Pin),
+}
+
+fn plan(shard: &Shard, method: Method, had: u64, crc: Option<u32>, report: &mut Report) -> Result<Plan> {
+    if method == Method::Snapshot {
+        return Ok(Plan::Snapshot);
+    }
+    let why = if had == 0 && crc.is_none() {
+        "the receiver has no copy of the shard".to_string()
+    } else if had > shard.durable_version() {
+        format!("the receiver has version {had}, past this shard's durable version {}", shard.durable_version())
+    } else {
+        match shard.pin_wal(had + 1) {
+            Err(e) if e.status == KEEL_STATUS_TRUNCATED => format!("the WAL no longer holds version {}", had + 1),
+            Err(e) => return Err(e),
+            // The pin comes first: record `had` stays while it is checked.
+            Ok(pin) => match (shard.record_crc(had)?, crc) {
+                (Some(mine), Some(theirs)) if mine == theirs => return Ok(Plan::Delta(pin)),
+                (None, _) => format!("the WAL no longer holds version {had} to check the receiver's history against"),
+                (_, None) => format!("the receiver cannot show its record of version {had}"),
+                _ => format!("the receiver's record of version {had} differs from this shard's: the histories diverged"),
+            },
+        }
+    };
+    report.fallback = Some(why);
+    Ok(Plan::Snapshot)
+}
+
+pub(super) fn run(
+    node: &Node,
+    id: u64,
+    acks: Receiver<Ack>,
+    shard: &Shard,
+    shard_id: u32,
+    peer: u64,
+    opts: &TransferOptions,
+) -> Result<Report> {
+    let frame_limit = node.max_frame_bytes();
+    let batcher = Batcher {
+        max_bytes: opts.max_batch_bytes.min(frame_limit),
+        max_records: opts.max_batch_records,
+        frame_limit,
+        memory: Arc::new(Memory::default()),
+    };
+    let mut link = Link { node, peer, id, acks, timeout: opts.ack_timeout, step: 0, acked: 0, report: Report::default() };
+    let mut start = shard_id.to_le_bytes().to_vec();
+    start.push(match opts.method {
+        Method::Snapshot => wire::MODE_SNAPSHOT,
+        Method::WalDelta => wire::MODE_DELTA,
+    });
+    let hello = link.simple(wire::START, &start)?;
+    link.report.receiver_had = hello.version;
+    let (mut reader, _pin) = match plan(shard, opts.method, hello.version, hello.crc, &mut link.report)? {
+        Plan::Delta(pin) => {
+            link.simple(wire::BEGIN, &[&[wire::MODE_DELTA][..], &hello.version.to_le_bytes()].concat())?;
+            link.report.last_version = hello.version;
+            (shard.wal_reader(hello.version + 1)?, pin)
+        }
+        Plan::Snapshot => {
+            // Pinned before the capture: nothing after the snapshot's
+            // version can be truncated before the backfill reads it. What
+            // the WAL retains starts at or below the persisted version + 1
+            // (a flush truncates only what it persisted), and pinning it
+            // in one step leaves no gap for a truncation to slip into.
+            let mut pin = shard.pin_wal_retained()?;
+            let snap = shard.snapshot()?;
+            pin.advance(snap.version + 1);
+            // Only what the source made durable is sent.
+            if shard.durable_version() < snap.version {
+                shard.sync_wal()?;
+            }
+            link.report.snapshot = true;
+            link.report.snapshot_version = Some(snap.version);
+            link.report.last_version = snap.version;
+            // With the checksum of its record of the snapshot's version, so
+            // a later WAL delta to this receiver can check its history.
+            let crc = shard.record_crc(snap.version)?;
+            let mut begin = vec![wire::MODE_SNAPSHOT];
+            begin.extend_from_slice(&snap.version.to_le_bytes());
+            begin.push(crc.is_some() as u8);
+            begin.extend_from_slice(&crc.unwrap_or(0).to_le_bytes());
+            link.simple(wire::BEGIN, &begin)?;
+            let b = batcher.clone();
+            link.pipeline((snap, None), move |(snap, after)| b.entries(snap, after))?;
+            link.simple(wire::SNAPSHOT_END, &[])?;
+            let from = link.report.last_version + 1;
+            (shard.wal_reader(from)?, pin)
+        }
+    };
+    // Backfill: catch up without holding writes, syncing the WAL when a
+    // read finds nothing more that is durable.
+    for _ in 0..CATCH_UP_ROUNDS {
+        let b = batcher.clone();
+        let (r, sent) = link.pipeline(reader, move |r| b.ops(r))?;
+        reader = r;
+        shard.sync_wal()?;
+        if sent == 0 {
+            break;
+        }
+    }
+    // The final drain: no write is applied while the hold lives, so a
+    // read under it that comes back empty has seen every write.
+    let hold = shard.hold_writes();
+    let held = Instant::now();
+    shard.sync_wal()?;
+    while let Some(b) = batcher.ops(&mut reader)? {
+        link.send(b)?;
+    }
+    let last = link.report.last_version;
+    link.simple(wire::FINISH, &last.to_le_bytes())?;
+    // The receiver owns the shard now: with a hand-over, later writes here
+    // fail with MOVED; none can slip in, the hold is still taken.
+    if opts.hand_over {
+        hold.hand_over();
+        link.report.handed_over = true;
+    }
+    drop(hold);
+    link.report.final_hold = held.elapsed();
+    link.report.max_batches_in_memory = batcher.memory.max.load(Ordering::Acquire);
+    Ok(link.report)
+}

@@ -1,0 +1,174 @@
+//! The transfer's frames (types in the node's transfer range
+//! 0x0100..=0x01FF) and their payloads; docs/TRANSFER.md, "Frames".
+//!
+//! Every frame from the source is a *step* of one transfer and carries
+//! `[u64 transfer id][u64 step][u64 acked]`: steps are numbered from 1
+//! and `acked` is the last step whose ACK the source had received when it
+//! sent this one. The receiver answers each step with one ACK.
+
+use crate::error::{Error, Result};
+use crate::shard::files::{put_bytes, Cursor};
+use crate::shard::{encode_list, decode_list, Entry, Value};
+use crate::status::*;
+
+/// Source → receiver: asks to send a shard. Body: `[u32 shard id][u8 method]`.
+pub const START: u16 = 0x0100;
+/// Source → receiver: how the shard comes. Body: `[u8 mode][u64 base]`,
+/// and for a snapshot `[u8 has crc][u32 crc]`: the crc32 of the source's
+/// WAL record of the base version, when it still holds it.
+pub const BEGIN: u16 = 0x0101;
+/// Source → receiver: snapshot entries. Body: `[u32 count]` then per entry
+/// `[u32 key length][key][u64 version][u8 kind][u32 length][value]`.
+pub const ENTRIES: u16 = 0x0102;
+/// Source → receiver: WAL records. Body: `[u32 count]` then per record
+/// `[u64 version][u32 length][record]`.
+pub const OPS: u16 = 0x0103;
+/// Source → receiver: the snapshot is complete. Body: empty.
+pub const SNAPSHOT_END: u16 = 0x0104;
+/// Source → receiver: the transfer is complete. Body: `[u64 last version]`.
+pub const FINISH: u16 = 0x0105;
+/// Receiver → source: the answer to one step. Payload: `[u64 transfer
+/// id][u64 step][u32 status][u64 version][u8 has crc][u32 crc][message]`.
+pub const ACK: u16 = 0x0180;
+
+/// Bytes of the step header.
+pub const STEP_HEADER: usize = 24;
+
+/// How a shard travels (BEGIN's mode).
+pub const MODE_SNAPSHOT: u8 = 1;
+pub const MODE_DELTA: u8 = 2;
+
+const KIND_VALUE: u8 = 1;
+const KIND_POSTING: u8 = 2;
+
+fn protocol(e: Error) -> Error {
+    Error::new(KEEL_STATUS_PROTOCOL, format!("malformed transfer frame: {}", e.message))
+}
+
+/// A step's header and body.
+pub struct Step<'a> {
+    pub id: u64,
+    pub step: u64,
+    pub acked: u64,
+    pub body: Cursor<'a>,
+}
+
+pub fn step(id: u64, step: u64, acked: u64) -> Vec<u8> {
+    let mut b = Vec::with_capacity(STEP_HEADER);
+    for v in [id, step, acked] {
+        b.extend_from_slice(&v.to_le_bytes());
+    }
+    b
+}
+
+pub fn parse_step(payload: &[u8]) -> Result<Step<'_>> {
+    let mut c = Cursor { bytes: payload };
+    let (id, step, acked) = (|| Ok((c.u64()?, c.u64()?, c.u64()?)))().map_err(protocol)?;
+    Ok(Step { id, step, acked, body: c })
+}
+
+/// The receiver's answer to a step.
+#[derive(Debug, Clone)]
+pub struct Ack {
+    pub id: u64,
+    pub step: u64,
+    pub status: keel_status_t,
+    /// START: the receiver's last version; otherwise its durable version.
+    pub version: u64,
+    /// START only: the crc32 of the receiver's WAL record `version`, when
+    /// its WAL still holds it.
+    pub crc: Option<u32>,
+    pub message: String,
+}
+
+impl Ack {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut b = Vec::with_capacity(33 + self.message.len());
+        b.extend_from_slice(&self.id.to_le_bytes());
+        b.extend_from_slice(&self.step.to_le_bytes());
+        b.extend_from_slice(&self.status.to_le_bytes());
+        b.extend_from_slice(&self.version.to_le_bytes());
+        b.push(self.crc.is_some() as u8);
+        b.extend_from_slice(&self.crc.unwrap_or(0).to_le_bytes());
+        b.extend_from_slice(self.message.as_bytes());
+        b
+    }
+
+    pub fn decode(payload: &[u8]) -> Result<Ack> {
+        let mut c = Cursor { bytes: payload };
+        let (id, step, status, version, has_crc, crc) =
+            (|| Ok((c.u64()?, c.u64()?, c.u32()?, c.u64()?, c.u8()?, c.u32()?)))().map_err(protocol)?;
+        let crc = match has_crc {
+            0 => None,
+            1 => Some(crc),
+            other => return Err(Error::new(KEEL_STATUS_PROTOCOL, format!("ACK has-crc flag {other} is not 0 or 1"))),
+        };
+        Ok(Ack { id, step, status, version, crc, message: String::from_utf8_lossy(c.bytes).into_owned() })
+    }
+}
+
+pub fn put_entry(out: &mut Vec<u8>, key: &[u8], e: &Entry) {
+    put_bytes(out, key);
+    out.extend_from_slice(&e.version.to_le_bytes());
+    match &e.value {
+        Value::Bytes(b) => {
+            out.push(KIND_VALUE);
+            put_bytes(out, b);
+        }
+        Value::Posting(items) => {
+            out.push(KIND_POSTING);
+            let at = out.len();
+            out.extend_from_slice(&[0; 4]);
+            encode_list(items, out);
+            let len = (out.len() - at - 4) as u32;
+            out[at..at + 4].copy_from_slice(&len.to_le_bytes());
+        }
+    }
+}
+
+/// Bytes `put_entry` writes for an entry besides its key and its value's
+/// weight (`Value::weight`, which counts a posting item's length field).
+pub const ENTRY_OVERHEAD: usize = 4 + 8 + 1 + 4;
+
+pub fn entries(body: &mut Cursor) -> Result<Vec<(Vec<u8>, Entry)>> {
+    let parse = |c: &mut Cursor| -> Result<Vec<(Vec<u8>, Entry)>> {
+        let n = c.u32()? as usize;
+        let mut out = Vec::with_capacity(n.min(1 << 16));
+        for _ in 0..n {
+            let key = c.bytes()?.to_vec();
+            let version = c.u64()?;
+            let value = match c.u8()? {
+                KIND_VALUE => Value::Bytes(c.bytes()?.to_vec()),
+                KIND_POSTING => Value::Posting(decode_list(c.bytes()?)?),
+                other => return Err(Error::corruption(format!("unknown entry kind {other}"))),
+            };
+            out.push((key, Entry { version, value }));
+        }
+        Ok(out)
+    };
+    let out = parse(body).map_err(protocol)?;
+    body.bytes.is_empty().then_some(out).ok_or_else(|| Error::new(KEEL_STATUS_PROTOCOL, "bytes after the last entry"))
+}
+
+pub fn put_op(out: &mut Vec<u8>, version: u64, record: &[u8]) {
+    out.extend_from_slice(&version.to_le_bytes());
+    put_bytes(out, record);
+}
+
+/// Bytes `put_op` writes for a record.
+pub fn op_len(record: &[u8]) -> usize {
+    12 + record.len()
+}
+
+pub fn ops<'a>(body: &mut Cursor<'a>) -> Result<Vec<(u64, &'a [u8])>> {
+    let parse = |c: &mut Cursor<'a>| -> Result<Vec<(u64, &'a [u8])>> {
+        let n = c.u32()? as usize;
+        let mut out = Vec::with_capacity(n.min(1 << 16));
+        for _ in 0..n {
+            out.push((c.u64()?, c.bytes()?));
+        }
+        Ok(out)
+    };
+    let out = parse(body).map_err(protocol)?;
+    body.bytes.is_empty().then_some(out).ok_or_else(|| Error::new(KEEL_STATUS_PROTOCOL, "bytes after the last record"))
+}

@@ -1,0 +1,332 @@
+//! Shard transfer between two engines in one process, over two nodes on
+//! real loopback sockets (issue #11 §2–§3): snapshot and WAL-delta
+//! transfers end with equal content digests on both sides, a WAL delta
+//! falls back to a snapshot when the records it needs are gone, a
+//! receiver refuses a shard its host did not announce, and the receiver
+//! sees one step at a time, in order. No timing assertions.
+
+mod common;
+
+use common::TempDir;
+use keel::engine::Engine;
+use keel::node::{Node, NodeOptions};
+use keel::shard::{Options, Shard};
+use keel::status::*;
+use keel::transfer::{shard_digest, wire, Method, Report, TransferOptions, Transfers};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const SHARD: u32 = 7;
+
+fn shard_options() -> Options {
+    Options {
+        flush_interval: None,
+        wal_segment_size: 64 << 10,
+        // Small segments: the source's state spans sealed tables (merged
+        // as they pile up) and the appendable segment.
+        seal_bytes: 16 << 10,
+        max_sealed: 3,
+        ..Options::default()
+    }
+}
+
+/// One side: an engine, its node and its transfer service.
+struct Side {
+    _dir: TempDir,
+    engine: Arc<Engine>,
+    node: Arc<Node>,
+    transfers: Arc<Transfers>,
+}
+
+fn side(tag: &str, id: u64) -> Side {
+    side_with(tag, id, 4)
+}
+
+/// A side that runs at most `transfers` transfers at once each way.
+fn side_with(tag: &str, id: u64, transfers: u32) -> Side {
+    let dir = TempDir::new(tag);
+    let engine = Arc::new(Engine::open(dir.path(), shard_options()).unwrap());
+    let node = Arc::new(
+        Node::open(NodeOptions {
+            node_id: id,
+            max_frame_bytes: 1 << 20,
+            heartbeat_interval: Duration::from_millis(200),
+            heartbeat_misses: 50,
+            max_concurrent_transfers: transfers,
+            ..NodeOptions::default()
+        })
+        .unwrap(),
+    );
+    let transfers = Transfers::attach(node.clone(), engine.clone());
+    Side { _dir: dir, engine, node, transfers }
+}
+
+/// A source (node 1) connected to a receiver (node 2).
+fn pair(tag: &str) -> (Side, Side) {
+    let (a, b) = (side(&format!("{tag}-src"), 1), side(&format!("{tag}-dst"), 2));
+    a.node.connect(2, &b.node.addr().to_string()).unwrap();
+    (a, b)
+}
+
+/// Writes a deterministic mix of puts, appends and deletes.
+fn write_mix(shard: &Shard, seed: u64, n: u64) {
+    for i in 0..n {
+        let x = seed.wrapping_mul(6364136223846793005).wrapping_add(i.wrapping_mul(1442695040888963407));
+        let key = format!("k{:04}", x % 300);
+        match x % 7 {
+            0 => {
+                shard.delete(key.as_bytes()).unwrap();
+            }
+            1 | 2 => {
+                let _ = shard.append(format!("list{:03}", x % 40).as_bytes(), format!("item{i}").as_bytes()).unwrap();
+            }
+            _ => {
+                shard.put(key.as_bytes(), &vec![(i % 251) as u8; (x % 200) as usize]).unwrap();
+            }
+        }
+    }
+}
+
+fn small_batches(method: Method) -> TransferOptions {
+    TransferOptions { method, max_batch_bytes: 4096, max_batch_records: 16, ..TransferOptions::default() }
+}
+
+/// The received shard, opened by its host once the transfer finished.
+fn received(dst: &Side) -> Shard {
+    dst.engine.open_shard(SHARD, false).unwrap()
+}
+
+/// What every transfer must show on both sides.
+fn check_pipeline(r: &Report, dst: &Side) {
+    assert!(r.max_batches_in_memory <= 2, "the source held {} batches at once", r.max_batches_in_memory);
+    let s = dst.transfers.receiver_stats();
+    assert_eq!((s.out_of_order, s.overlapped, s.malformed), (0, 0, 0), "{s:?}");
+}
+
+#[test]
+fn a_snapshot_transfer_gives_the_receiver_the_same_contents() {
+    let (src, dst) = pair("snap");
+    let shard = src.engine.open_shard(SHARD, true).unwrap();
+    write_mix(&shard, 1, 1500);
+    shard.flush(true).unwrap();
+    write_mix(&shard, 2, 500); // some of it only in the WAL and the appendable segment
+    assert!(shard.stats().sealed_segments > 0, "the snapshot spans immutable segments");
+    dst.transfers.expect(SHARD, 1);
+    let r = src.transfers.send_shard(&shard, SHARD, 2, &small_batches(Method::Snapshot)).unwrap();
+    assert!(r.snapshot && r.fallback.is_none(), "{r:?}");
+    assert_eq!(r.snapshot_version, Some(shard.last_version()));
+    assert!(r.batches > 10 && r.entries > 100, "{r:?}");
+    check_pipeline(&r, &dst);
+    // Until the transfer finished the host could not open it; now it can.
+    let got = received(&dst);
+    assert_eq!(got.last_version(), shard.last_version());
+    assert_eq!(shard_digest(&got).unwrap(), shard_digest(&shard).unwrap());
+    assert_eq!(dst.transfers.receiver_stats().finished, 1);
+}
+
+#[test]
+fn a_wal_delta_sends_only_the_records_the_receiver_lacks() {
+    let (src, dst) = pair("delta");
+    let shard = src.engine.open_shard(SHARD, true).unwrap();
+    write_mix(&shard, 3, 800);
+    dst.transfers.expect(SHARD, 1);
+    let first = src.transfers.send_shard(&shard, SHARD, 2, &small_batches(Method::Snapshot)).unwrap();
+    let had = first.last_version;
+    // The host keeps what the receiver lacks (one holder among the pins),
+    // flushes (which truncates everything else) and writes on.
+    shard.set_keep_from(had + 1).unwrap();
+    write_mix(&shard, 4, 700);
+    shard.flush(true).unwrap();
+    write_mix(&shard, 5, 100);
+    let behind = received(&dst);
+    assert_ne!(shard_digest(&behind).unwrap(), shard_digest(&shard).unwrap());
+    behind.close().unwrap();
+
+    dst.transfers.expect(SHARD, 1);
+    let r = src.transfers.send_shard(&shard, SHARD, 2, &small_batches(Method::WalDelta)).unwrap();
+    assert!(!r.snapshot && r.fallback.is_none(), "{r:?}");
+    assert_eq!(r.receiver_had, had);
+    assert_eq!(r.ops, shard.last_version() - had, "exactly the records after the receiver's version");
+    check_pipeline(&r, &dst);
+    let got = received(&dst);
+    assert_eq!(shard_digest(&got).unwrap(), shard_digest(&shard).unwrap());
+}
+
+#[test]
+fn a_wal_delta_falls_back_to_a_snapshot_when_the_records_are_gone() {
+    let (src, dst) = pair("fallback");
+    let shard = src.engine.open_shard(SHARD, true).unwrap();
+    write_mix(&shard, 6, 300);
+    dst.transfers.expect(SHARD, 1);
+    let had = src.transfers.send_shard(&shard, SHARD, 2, &small_batches(Method::Snapshot)).unwrap().last_version;
+    received(&dst).close().unwrap();
+    // Enough writes and flushes that the WAL rotates past `had` and drops it.
+    for seed in 7..12 {
+        write_mix(&shard, seed, 600);
+        shard.flush(true).unwrap();
+    }
+    assert!(shard.stats().wal_first_seq > had + 1, "{:?}", shard.stats());
+
+    dst.transfers.expect(SHARD, 1);
+    let r = src.transfers.send_shard(&shard, SHARD, 2, &small_batches(Method::WalDelta)).unwrap();
+    assert!(r.snapshot, "{r:?}");
+    let why = r.fallback.as_deref().expect("the fallback says why");
+    assert!(why.contains("no longer holds"), "{why}");
+    check_pipeline(&r, &dst);
+    assert_eq!(shard_digest(&received(&dst)).unwrap(), shard_digest(&shard).unwrap());
+}
+
+#[test]
+fn a_receiver_refuses_a_shard_its_host_did_not_announce() {
+    let (src, dst) = pair("refuse");
+    let shard = src.engine.open_shard(SHARD, true).unwrap();
+    write_mix(&shard, 13, 50);
+    let e = src.transfers.send_shard(&shard, SHARD, 2, &small_batches(Method::Snapshot)).unwrap_err();
+    assert_eq!(e.status, KEEL_STATUS_REFUSED, "{e}");
+    // Announced from another peer, or another shard: still refused.
+    dst.transfers.expect(SHARD, 9);
+    dst.transfers.expect(SHARD + 1, 1);
+    let e = src.transfers.send_shard(&shard, SHARD, 2, &small_batches(Method::Snapshot)).unwrap_err();
+    assert_eq!(e.status, KEEL_STATUS_REFUSED, "{e}");
+    assert_eq!(dst.transfers.receiver_stats().refused_unannounced, 2);
+    assert_eq!(dst.engine.open_shard(SHARD, false).err().map(|e| e.status), Some(KEEL_STATUS_NOT_FOUND));
+}
+
+#[test]
+fn writes_during_the_transfer_reach_the_receiver_and_the_hand_over_stops_them() {
+    let (src, dst) = pair("writer");
+    let shard = src.engine.open_shard(SHARD, true).unwrap();
+    write_mix(&shard, 14, 1000);
+    dst.transfers.expect(SHARD, 1);
+    // A writer keeps writing through the whole transfer until the hand-over
+    // refuses it; every write it saw succeed must be on the receiver.
+    let writer = {
+        let shard = shard.clone();
+        std::thread::spawn(move || {
+            let mut acked = Vec::new();
+            for i in 0u64.. {
+                let key = format!("w{:05}", i % 5000);
+                match shard.put(key.as_bytes(), &i.to_le_bytes()) {
+                    Ok(v) => acked.push((key, i, v)),
+                    Err(e) => {
+                        assert_eq!(e.status, KEEL_STATUS_MOVED, "{e}");
+                        return acked;
+                    }
+                }
+            }
+            unreachable!()
+        })
+    };
+    let opts = TransferOptions { hand_over: true, ..small_batches(Method::Snapshot) };
+    let r = src.transfers.send_shard(&shard, SHARD, 2, &opts).unwrap();
+    let acked = writer.join().unwrap();
+    assert!(r.handed_over && shard.is_moved(), "{r:?}");
+    assert_eq!(shard.put(b"late", b"x").unwrap_err().status, KEEL_STATUS_MOVED);
+    assert_eq!(r.last_version, shard.last_version(), "everything applied was sent");
+    check_pipeline(&r, &dst);
+    let got = received(&dst);
+    assert_eq!(shard_digest(&got).unwrap(), shard_digest(&shard).unwrap());
+    // The writer's last successful write, at its version, is there.
+    if let Some((key, i, v)) = acked.last() {
+        let e = got.get(key.as_bytes()).unwrap().expect("the last acknowledged write arrived");
+        assert_eq!((e.version, e.value), (*v, keel::shard::Value::Bytes(i.to_le_bytes().to_vec())));
+    }
+}
+
+#[test]
+fn a_digest_covers_versions_and_kinds_not_only_bytes() {
+    let (a, b) = (side("digest-a", 1), side("digest-b", 2));
+    let (x, y) = (a.engine.open_shard(1, true).unwrap(), b.engine.open_shard(1, true).unwrap());
+    x.put(b"k", b"v").unwrap();
+    y.put(b"k", b"v").unwrap();
+    assert_eq!(shard_digest(&x).unwrap(), shard_digest(&y).unwrap());
+    // Same bytes at another version.
+    y.put(b"k", b"v").unwrap();
+    assert_ne!(shard_digest(&x).unwrap(), shard_digest(&y).unwrap());
+    // A posting list holding the value's bytes as its one item.
+    x.put(b"k", b"v").unwrap();
+    x.put(b"a", b"-").unwrap();
+    y.append(b"a", b"-").unwrap();
+    assert_eq!(x.last_version(), y.last_version());
+    assert_ne!(shard_digest(&x).unwrap(), shard_digest(&y).unwrap());
+}
+
+#[test]
+fn an_unfinished_incoming_shard_is_busy_and_steps_must_come_one_at_a_time_in_order() {
+    let (src, dst) = pair("steps");
+    dst.transfers.expect(SHARD, 1);
+    // The source's side spoken by hand, to put steps out of order.
+    let send = |id: u64, ty: u16, step: u64, acked: u64, body: &[u8]| {
+        let mut p = wire::step(id, step, acked);
+        p.extend_from_slice(body);
+        src.node.send(2, ty, &p).unwrap();
+    };
+    let seen = |steps: u64| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while dst.transfers.receiver_stats().steps < steps {
+            assert!(Instant::now() < deadline, "the receiver never saw step {steps}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    };
+    // The hand-made snapshot claims version 5 of the real shard, with the
+    // source's checksum of it, and never completes.
+    let shard = src.engine.open_shard(SHARD, true).unwrap();
+    write_mix(&shard, 15, 200);
+    let crc = shard.record_crc(5).unwrap().unwrap();
+    let start = [&SHARD.to_le_bytes()[..], &[wire::MODE_SNAPSHOT]].concat();
+    let begin = [&[wire::MODE_SNAPSHOT][..], &5u64.to_le_bytes(), &[1], &crc.to_le_bytes()].concat();
+    send(99, wire::START, 1, 0, &start);
+    send(99, wire::BEGIN, 2, 1, &begin);
+    seen(2);
+    let busy = |what: &str| {
+        let e = dst.engine.open_shard(SHARD, false).err().unwrap_or_else(|| panic!("{what}: the incoming shard opened"));
+        assert_eq!(e.status, KEEL_STATUS_BUSY, "{what}: {e}");
+    };
+    busy("during the transfer");
+    // Step 3 sent before the ACK of step 2: two in flight.
+    send(99, wire::OPS, 3, 1, &0u32.to_le_bytes());
+    seen(3);
+    assert_eq!(dst.transfers.receiver_stats().overlapped, 1);
+    busy("after the reception was abandoned");
+    // A step skipped.
+    send(100, wire::START, 1, 0, &start);
+    send(100, wire::BEGIN, 3, 2, &begin);
+    seen(5);
+    let s = dst.transfers.receiver_stats();
+    assert_eq!((s.out_of_order, s.failed), (1, 2), "{s:?}");
+    busy("after a second abandoned reception");
+
+    // A real transfer finishes it; then the host opens it. The remains of
+    // the snapshot that never completed are no base for a WAL delta.
+    let r = src.transfers.send_shard(&shard, SHARD, 2, &small_batches(Method::WalDelta)).unwrap();
+    assert!(r.snapshot && r.fallback.is_some(), "{r:?}");
+    assert_eq!(shard_digest(&received(&dst)).unwrap(), shard_digest(&shard).unwrap());
+}
+
+#[test]
+fn a_receiver_takes_at_most_max_concurrent_transfers_at_once() {
+    let (src, dst) = (side("limit-src", 1), side_with("limit-dst", 2, 1));
+    src.node.connect(2, &dst.node.addr().to_string()).unwrap();
+    dst.transfers.expect(SHARD, 1);
+    dst.transfers.expect(SHARD + 1, 1);
+    // A reception of SHARD started by hand and left running.
+    let mut start = wire::step(77, 1, 0);
+    start.extend_from_slice(&[&SHARD.to_le_bytes()[..], &[wire::MODE_SNAPSHOT]].concat());
+    src.node.send(2, wire::START, &start).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while dst.transfers.receiver_stats().steps < 1 {
+        assert!(Instant::now() < deadline, "the receiver never saw the START");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let other = src.engine.open_shard(SHARD + 1, true).unwrap();
+    write_mix(&other, 16, 50);
+    let e = src.transfers.send_shard(&other, SHARD + 1, 2, &small_batches(Method::Snapshot)).unwrap_err();
+    assert_eq!(e.status, KEEL_STATUS_BUSY, "{e}");
+    // A new attempt of the running shard replaces it: the limit holds it.
+    let shard = src.engine.open_shard(SHARD, true).unwrap();
+    write_mix(&shard, 17, 50);
+    src.transfers.send_shard(&shard, SHARD, 2, &small_batches(Method::Snapshot)).unwrap();
+    assert_eq!(shard_digest(&received(&dst)).unwrap(), shard_digest(&shard).unwrap());
+    // With the slot free again, the other shard goes through.
+    src.transfers.send_shard(&other, SHARD + 1, 2, &small_batches(Method::Snapshot)).unwrap();
+}
