@@ -54,23 +54,7 @@ impl Engine {
             Some(v) => Shard::open_incoming(&dir, self.opts.clone(), fs, Some(&self.host), v),
             None => Shard::open_in(&dir, self.opts.clone(), fs, Some(&self.host)),
         };
-        let mut guard = self.shards.lock();
-        let Some(state) = guard.as_mut() else {
-            if let Ok(s) = opened {
-                let _ = s.close();
-            }
-            return Err(Error::new(KEEL_STATUS_CLOSED, "engine closed while the shard was opening"));
-        };
-        match opened {
-            Ok(shard) => {
-                state.slots.insert(id, Slot::Incoming(shard.clone()));
-                Ok(shard)
-            }
-            Err(e) => {
-                state.slots.remove(&id);
-                Err(e)
-            }
-        }
+        self.settle(id, opened, Slot::Incoming)
     }
 
     /// Ends the reception of shard `id` and closes it. `finished`: its

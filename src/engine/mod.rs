@@ -264,9 +264,15 @@ impl Engine {
         }
         let fs = self.injected_fs.then(|| self.fs.clone());
         let opened = Shard::open_in(&dir, self.opts.clone(), fs, Some(&self.host));
+        self.settle(id, opened, Slot::Open)
+    }
+
+    /// Puts the outcome of opening shard `id` (whose slot is `Opening`)
+    /// in its slot: the shard, as `slot` makes it, or nothing after an
+    /// error. A shard whose engine closed during its recovery is closed.
+    fn settle(&self, id: u32, opened: Result<Shard>, slot: fn(Shard) -> Slot) -> Result<Shard> {
         let mut guard = self.shards.lock();
         let Some(state) = guard.as_mut() else {
-            // The engine closed during the recovery.
             if let Ok(s) = opened {
                 let _ = s.close();
             }
@@ -274,7 +280,7 @@ impl Engine {
         };
         match opened {
             Ok(shard) => {
-                state.slots.insert(id, Slot::Open(shard.clone()));
+                state.slots.insert(id, slot(shard.clone()));
                 Ok(shard)
             }
             Err(e) => {
