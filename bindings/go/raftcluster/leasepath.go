@@ -146,6 +146,10 @@ func (p *LeasePath) state(n *Node) *leaseNode {
 			n.c.failf("node %d: ConfigureConsensus: %v", n.id, err)
 		}
 		p.nodes[n.id] = st
+		// The state the shard opened with: the log's initial snapshot on
+		// a fresh node, the recovered index after a restart. raft never
+		// hands those entries to Applied, yet a read index may name them.
+		p.must(n, st.cons.SetApplied(n.sm.AppliedIndex()))
 	}
 	p.must(n, st.cons.SetClock(keelNow(n.Now())))
 	if st.leader != n.leader || st.term != n.term || st.lead != n.lead {
