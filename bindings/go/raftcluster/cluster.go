@@ -39,11 +39,15 @@ type Config struct {
 	ClientTimeout Time
 }
 
+// defaultMaxDelay is DefaultConfig's longest delivery; the lease path's
+// round-trip margin is two of them.
+const defaultMaxDelay Time = 6
+
 // DefaultConfig is the configuration the tests start from.
 func DefaultConfig(seed int64) Config {
 	return Config{
 		Seed:          seed,
-		Net:           NetConfig{MinDelay: 1, MaxDelay: 6, DropRate: 0.01},
+		Net:           NetConfig{MinDelay: 1, MaxDelay: defaultMaxDelay, DropRate: 0.01},
 		ReadPath:      ReadIndexPath{},
 		Clients:       6,
 		Keys:          4,

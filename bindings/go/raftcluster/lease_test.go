@@ -5,9 +5,10 @@ import (
 	"testing"
 
 	"github.com/anishathalye/porcupine"
-
 	pb "go.etcd.io/raft/v3/raftpb"
 	"google.golang.org/protobuf/proto"
+
+	"keel"
 )
 
 // waitNewLeaderWrite runs until a node other than old leads and a write
@@ -33,6 +34,16 @@ func waitNewLeaderWrite(c *Cluster, old uint64) (uint64, Time) {
 		return false
 	})
 	return leader, committed
+}
+
+// stats returns node id's keel lease counters.
+func (p *LeasePath) stats(c *Cluster, id uint64) keel.LeaseStats {
+	c.t.Helper()
+	s, err := c.nodes[id].shard.LeaseStats()
+	if err != nil {
+		c.t.Fatalf("node %d: LeaseStats: %v", id, err)
+	}
+	return s
 }
 
 // servedAfter lists the reads node served after time t.

@@ -20,7 +20,7 @@ const (
 	leaseLength        = 60
 	leaseElectionMin   = electionTicks * TickEvery
 	leaseDrift         = TickEvery
-	leaseMaxRoundTrip  = 12
+	leaseMaxRoundTrip  = 2 * defaultMaxDelay
 	leaseReadTimeoutMs = 1000
 )
 
@@ -137,7 +137,7 @@ func (p *LeasePath) state(n *Node) *leaseNode {
 			Lease:              leaseLength * unit,
 			ElectionTimeoutMin: time.Duration(leaseElectionMin) * unit,
 			MaxClockDrift:      time.Duration(leaseDrift) * unit,
-			MaxRoundTrip:       leaseMaxRoundTrip * unit,
+			MaxRoundTrip:       time.Duration(leaseMaxRoundTrip) * unit,
 			ReadTimeout:        leaseReadTimeoutMs * time.Millisecond,
 			ManualClock:        true,
 			ReadIndex:          st.readIndex,
@@ -295,14 +295,4 @@ func (p *LeasePath) get(n *Node, st *leaseNode, key string) (ReadResult, error) 
 		return ReadResult{}, nil
 	}
 	return ReadResult{Value: string(v.Bytes), Found: true}, nil
-}
-
-// stats returns node id's keel lease counters.
-func (p *LeasePath) stats(c *Cluster, id uint64) keel.LeaseStats {
-	c.t.Helper()
-	s, err := c.nodes[id].shard.LeaseStats()
-	if err != nil {
-		c.t.Fatalf("node %d: LeaseStats: %v", id, err)
-	}
-	return s
 }
