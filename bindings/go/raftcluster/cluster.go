@@ -39,11 +39,15 @@ type Config struct {
 	ClientTimeout Time
 }
 
+// defaultMaxDelay is DefaultConfig's longest delivery; the lease path's
+// round-trip margin is two of them.
+const defaultMaxDelay Time = 6
+
 // DefaultConfig is the configuration the tests start from.
 func DefaultConfig(seed int64) Config {
 	return Config{
 		Seed:          seed,
-		Net:           NetConfig{MinDelay: 1, MaxDelay: 6, DropRate: 0.01},
+		Net:           NetConfig{MinDelay: 1, MaxDelay: defaultMaxDelay, DropRate: 0.01},
 		ReadPath:      ReadIndexPath{},
 		Clients:       6,
 		Keys:          4,
@@ -242,11 +246,21 @@ func (c *Cluster) TransferLeadership(target uint64) {
 		if attempt == 20 {
 			c.t.Fatalf("seed %d: leadership never moved to %d", c.cfg.Seed, target)
 		}
-		n := c.nodes[c.WaitLeader()]
-		n.rn.TransferLeader(target)
-		n.handleReady()
+		c.StartTransfer(target)
 		c.runAtMost(2*electionTicks*TickEvery, func() bool { return c.Leader() == target })
 	}
+}
+
+// StartTransfer asks the current leader to hand over to target and
+// returns at once; the observer hears of it first.
+func (c *Cluster) StartTransfer(target uint64) {
+	c.t.Helper()
+	n := c.nodes[c.WaitLeader()]
+	if o := c.observer.Transfer; o != nil {
+		o(n, target)
+	}
+	n.rn.TransferLeader(target)
+	n.handleReady()
 }
 
 // runAtMost runs events until done holds or d has passed, whichever

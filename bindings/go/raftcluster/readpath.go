@@ -28,16 +28,9 @@ var errStopped = errors.New("node is stopped")
 // times out and the read is left out of the history, as a read with no
 // answer has no effect).
 //
-// ReadIndexPath is the path used today: one raft read-index round trip
-// per read. A lease read path plugs in as another ReadPath: it feeds
-// keel's lease gate from the node's Observer (role and term on every
-// change; the time each heartbeat and append was sent, matched with the
-// voter's response to it to give that voter's ack; the applied index),
-// serves the read from n.StateMachine() at once when the gate says the
-// lease holds, and falls back to n.ReadIndex and n.WhenApplied, as
-// ReadIndexPath does, when it does not. The tests take their read path
-// from Config.ReadPath, so running every fault test with a lease path
-// is a change of that one field.
+// ReadIndexPath makes one raft read-index round trip per read; LeasePath
+// (leasepath.go) lets keel's lease gate decide, fed from the node's
+// Observer, and falls back to the same round trip on a miss.
 type ReadPath interface {
 	Read(n *Node, key string, reply func(ReadResult))
 }
@@ -73,11 +66,13 @@ func (localReadPath) Read(n *Node, key string, reply func(ReadResult)) {
 // Observer sees what a lease read path needs from raft, on the node's
 // loop: every raft message the node sends (with the logical time it was
 // handed to the network) and receives, every role or term change, and
-// every applied index. Messages are raft's own, read-only. Nil fields are
-// skipped.
+// every applied index, and each leadership transfer the cluster asks a
+// leader for (before raft can tell the target to campaign). Messages are
+// raft's own, read-only. Nil fields are skipped.
 type Observer struct {
 	Sent     func(n *Node, m *pb.Message, at Time)
 	Received func(n *Node, m *pb.Message, at Time)
 	Role     func(n *Node, leader bool, term, lead uint64)
 	Applied  func(n *Node, index uint64)
+	Transfer func(n *Node, target uint64)
 }
