@@ -21,6 +21,7 @@
 
 mod common;
 
+use common::child::{self, report};
 use common::rng::Rng;
 use common::shard_model::{apply, Model};
 use common::TempDir;
@@ -28,18 +29,14 @@ use keel::shard::{Op, Options, Shard, Value};
 use keel::status::KEEL_STATUS_WRONG_KIND;
 use keel::wal::Durability;
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
-use std::os::unix::io::FromRawFd;
-use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread;
 use std::time::Duration;
 
 const CHILD_ENV: &str = "KEEL_SHARD_GATE_CHILD";
-const PIPE_FD: i32 = 100;
 
 /// A shard that flushes, seals and merges while it is written, with WAL
 /// segments small enough to rotate often.
@@ -294,16 +291,6 @@ fn under_gate_sees_an_exact_version_and_refuses_after_close() {
 const KILL_WRITERS: u64 = 8;
 const KILL_BATCHES: u64 = 400;
 
-fn report(line: &str) {
-    let b = line.as_bytes();
-    // SAFETY: PIPE_FD is the pipe the parent set up before exec; the
-    // buffer is valid for its length. A line is shorter than PIPE_BUF, so
-    // lines of several threads never interleave.
-    if unsafe { libc::write(PIPE_FD, b.as_ptr() as *const libc::c_void, b.len()) } != b.len() as isize {
-        std::process::exit(4);
-    }
-}
-
 fn kill_durability(cycle: u64) -> Durability {
     match cycle % 3 {
         0 => Durability::Sync,
@@ -353,42 +340,11 @@ fn child_main(spec: &str) -> ! {
 /// Runs one child; kills it once `kill_after` batches are acknowledged
 /// (None: lets it finish). Returns each writer's acknowledged count.
 fn run_child(dir: &Path, seed: u64, cycle: u64, kill_after: Option<u64>) -> Result<Vec<u64>, String> {
-    let mut fds = [0i32; 2];
-    // SAFETY: fds has room for the two descriptors pipe2 writes.
-    assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
-    let (rd, wr) = (fds[0], fds[1]);
-    let mut cmd = Command::new(std::env::current_exe().unwrap());
-    cmd.args(["concurrent_writers_survive_kill9", "--exact", "--nocapture", "--test-threads=1"])
-        .env(CHILD_ENV, format!("{}|{seed}|{cycle}", dir.display()))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null());
-    // SAFETY: the closure runs in the forked child before exec and only
-    // calls async-signal-safe functions (dup2, prctl).
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::dup2(wr, PIPE_FD) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            Ok(())
-        });
-    }
-    let child = cmd.spawn();
-    // SAFETY: wr is this process's copy of the pipe's write end, used by
-    // nothing else; the child has its own.
-    unsafe { libc::close(wr) };
-    let mut child = child.map_err(|e| format!("spawn: {e}"))?;
-    // SAFETY: rd is the pipe's read end, owned from here on by the File.
-    let reader = unsafe { std::fs::File::from_raw_fd(rd) };
-    let (tx, rx) = mpsc::channel();
-    thread::spawn(move || {
-        for line in BufReader::new(reader).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    let child::Child { process: mut child, lines: rx } = child::spawn(
+        "concurrent_writers_survive_kill9",
+        &[(CHILD_ENV, format!("{}|{seed}|{cycle}", dir.display()))],
+        None,
+    )?;
     let mut acked = vec![0u64; KILL_WRITERS as usize];
     let mut killed = false;
     loop {

@@ -39,6 +39,7 @@
 
 mod common;
 
+use common::child::{self, report};
 use common::rng::Rng;
 use common::shard_model::{apply, Model};
 use common::TempDir;
@@ -46,16 +47,12 @@ use common::lockstep::{Jitter, KillAt, Lockstep};
 use keel::engine::Engine;
 use keel::shard::{Op, Options, Shard, Steps, Value};
 use keel::wal::Durability;
-use std::io::{BufRead, BufReader};
-use std::os::unix::io::FromRawFd;
-use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::sync::{mpsc, Arc};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const CHILD_ENV: &str = "KEEL_SHARD_CHILD";
-const PIPE_FD: i32 = 100;
 /// Writes of a deterministic child that is not killed before the end.
 const WRITES: u64 = 250;
 /// Kill steps are drawn from 1..=this (about the steps of WRITES writes).
@@ -167,15 +164,6 @@ impl Target {
     }
 }
 
-fn report(line: &str) {
-    let b = line.as_bytes();
-    // SAFETY: PIPE_FD is the pipe the parent set up before exec; the
-    // buffer is valid for its length.
-    if unsafe { libc::write(PIPE_FD, b.as_ptr() as *const libc::c_void, b.len()) } != b.len() as isize {
-        std::process::exit(4);
-    }
-}
-
 /// What a child run does, passed through the environment.
 struct Spec {
     dir: PathBuf,
@@ -272,42 +260,7 @@ fn explore_child(target: &Target, seed: u64) -> ! {
 /// Runs one child until it is killed (or, deterministic, ends); returns
 /// how many writes it acknowledged.
 fn run_child(test: &str, spec: &Spec, rng: &mut Rng) -> Result<u64, String> {
-    let mut fds = [0i32; 2];
-    // SAFETY: fds has room for the two descriptors pipe2 writes.
-    assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
-    let (rd, wr) = (fds[0], fds[1]);
-    let mut cmd = Command::new(std::env::current_exe().unwrap());
-    cmd.args([test, "--exact", "--nocapture", "--test-threads=1"])
-        .env(CHILD_ENV, spec.encode())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null());
-    // SAFETY: the closure runs in the forked child before exec and only
-    // calls async-signal-safe functions (dup2, prctl).
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::dup2(wr, PIPE_FD) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            Ok(())
-        });
-    }
-    let child = cmd.spawn();
-    // SAFETY: wr is this process's copy of the pipe's write end, used by
-    // nothing else; the child has its own.
-    unsafe { libc::close(wr) };
-    let mut child = child.map_err(|e| format!("spawn: {e}"))?;
-    // SAFETY: rd is the pipe's read end, owned from here on by the File.
-    let reader = unsafe { std::fs::File::from_raw_fd(rd) };
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(reader).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    let child::Child { process: mut child, lines: rx } = child::spawn(test, &[(CHILD_ENV, spec.encode())], None)?;
     let (mut opened, mut acked) = (false, 0u64);
     let take = |line: String, opened: &mut bool, acked: &mut u64| -> Result<(), String> {
         match line.split_once(' ') {
