@@ -29,15 +29,14 @@
 
 mod common;
 
+use common::child::{self, report};
 use common::rng::Rng;
 use common::TempDir;
 use keel::status::*;
 use keel::wal::{Durability, Options, ReadUpto, RecoveryMode, Wal};
-use std::io::{BufRead, BufReader, Write};
-use std::os::unix::io::FromRawFd;
-use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::io::Write;
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -45,7 +44,6 @@ const TEST_NAME: &str = "kill9_loop";
 /// Set in the child: `<dir>|<mode>|<salt>|<seed>`.
 const CHILD_ENV: &str = "KEEL_KILL9_CHILD";
 /// The child's end of the report pipe.
-const PIPE_FD: i32 = 100;
 const SEGMENT: u64 = 64 << 10;
 const DEFAULT_CYCLES: u64 = 300;
 
@@ -102,19 +100,6 @@ fn payload(seq: u64, salt: u64) -> Vec<u8> {
 }
 
 // ---- the child ------------------------------------------------------------
-
-/// One report line; a pipe write of fewer than PIPE_BUF bytes is atomic, so
-/// a kill never leaves half a line.
-fn report(line: &str) {
-    let b = line.as_bytes();
-    // SAFETY: `b` is a live byte slice of b.len() bytes; PIPE_FD is the write
-    // end the parent dup2()ed in before exec (a bad fd is just an error).
-    let n = unsafe { libc::write(PIPE_FD, b.as_ptr() as *const libc::c_void, b.len()) };
-    if n != b.len() as isize {
-        // The parent is gone (EPIPE) or the pipe is broken: nothing to report to.
-        std::process::exit(4);
-    }
-}
 
 fn child_fail(msg: String) -> ! {
     eprintln!("kill9 child: {msg}");
@@ -400,56 +385,10 @@ impl Chain {
         let delay = Duration::from_micros(if early { self.rng.below(15_000) } else { 5_000 + self.rng.below(45_000) });
         let what = format!("mode {}, kill {} {:?}", mode.name(), if early { "after spawn" } else { "after open" }, delay);
 
-        let mut fds = [0i32; 2];
-        // SAFETY: `fds` is a writable array of the two ints pipe2(2) fills.
-        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-            return Err(format!("pipe2: {}", std::io::Error::last_os_error()));
-        }
-        let (rd, wr) = (fds[0], fds[1]);
         let out = std::fs::File::create(log).unwrap();
-        let mut cmd = Command::new(std::env::current_exe().unwrap());
-        cmd.args([TEST_NAME, "--exact", "--nocapture", "--test-threads=1"])
-            .env(CHILD_ENV, format!("{}|{}|{salt}|{child_seed}", self.dir.display(), mode.name()))
-            .env_remove("KEEL_KILL9_SEED")
-            .env_remove("KEEL_KILL9_CYCLES")
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(out.try_clone().unwrap()))
-            .stderr(Stdio::from(out));
-        // SAFETY: the closure runs in the forked child before exec, where only
-        // async-signal-safe calls are allowed: it makes two syscalls (dup2,
-        // prctl) and reads errno, without allocating or taking locks.
-        unsafe {
-            cmd.pre_exec(move || {
-                // dup2 clears close-on-exec on the copy: only the child keeps
-                // a write end, so the parent sees EOF once it is dead.
-                if libc::dup2(wr, PIPE_FD) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                // Do not outlive a parent that died or was killed.
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
         let spawned = Instant::now();
-        let child = cmd.spawn();
-        // SAFETY: `wr` is the parent's write end from pipe2 above, owned by
-        // nothing else (the child has its own copy); closed once, here.
-        unsafe { libc::close(wr) };
-        // SAFETY: `rd` is the read end from pipe2 above, owned by nothing
-        // else: the File takes it over and is its only closer.
-        let reader = unsafe { std::fs::File::from_raw_fd(rd) };
-        let mut child = child.map_err(|e| format!("spawning the child: {e}"))?;
-        let (tx, rx) = mpsc::channel();
-        let pump = std::thread::spawn(move || {
-            for line in BufReader::new(reader).lines() {
-                let Ok(line) = line else { break };
-                if let Some(m) = parse(&line) {
-                    if tx.send(m).is_err() {
-                        break;
-                    }
-                }
-            }
-        });
+        let child::Child { process: mut child, lines: rx } =
+            child::spawn(TEST_NAME, &[(CHILD_ENV, format!("{}|{}|{salt}|{child_seed}", self.dir.display(), mode.name()))], Some(out))?;
 
         let mut pending = Vec::new();
         if early {
@@ -459,7 +398,8 @@ impl Chain {
             // Wait until the log is open, then let it append a while.
             loop {
                 match rx.recv_timeout(Duration::from_secs(30)) {
-                    Ok(m) => {
+                    Ok(line) => {
+                        let Some(m) = parse(&line) else { continue };
                         let ready = matches!(m, Msg::Ready { .. });
                         pending.push(m);
                         if ready {
@@ -482,8 +422,8 @@ impl Chain {
         // so its pid cannot name another process.
         unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
         let status = child.wait().map_err(|e| format!("waiting for the child: {e}"))?;
-        pump.join().unwrap();
-        pending.extend(rx.try_iter());
+        // The channel ends at the pipe's EOF: every line the child wrote.
+        pending.extend(rx.iter().filter_map(|line| parse(&line)));
         if status.signal() != Some(libc::SIGKILL) {
             let msg = pending.iter().find_map(|m| match m {
                 Msg::Error(s) => Some(s.clone()),
