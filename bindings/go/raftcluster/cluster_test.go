@@ -122,27 +122,8 @@ func TestLeaderPartition(t *testing.T) {
 		start := c.Now()
 		readsBefore := c.Node(old).readsReceived
 		defer c.requireTraffic("the partition", start, 100)
-		var newLeader uint64
-		c.RunUntil("a new leader on the majority side", 100*electionTicks*TickEvery, func() bool {
-			l := c.Leader()
-			if l != 0 && l != old {
-				newLeader = l
-				return true
-			}
-			return false
-		})
 		// The new leader's first write acknowledged to a client.
-		before := len(c.hist.ops)
-		var committed Time
-		c.RunUntil("a write committed by the new leader", 100*electionTicks*TickEvery, func() bool {
-			for _, op := range c.hist.ops[before:] {
-				if op.Input.(kvInput).Op != "get" && !op.Output.(kvOutput).Unknown {
-					committed = Time(op.Return)
-					return true
-				}
-			}
-			return false
-		})
+		newLeader, committed := waitNewLeaderWrite(c, old)
 		c.RunFor(600 * TickEvery)
 		if c.Node(old).readsReceived == readsBefore {
 			t.Fatalf("no client read reached the partitioned leader %d: the fault was not exercised", old)
