@@ -196,7 +196,13 @@ impl Node {
         let conn = self.inner.reg.lock().by_peer.get(&peer_id).cloned();
         let conn =
             conn.ok_or_else(|| Error::new(KEEL_STATUS_NOT_FOUND, format!("no ready connection to peer {peer_id}")))?;
-        conn.send(&self.inner, ty, payload)
+        conn.send(&self.inner, ty, payload).inspect_err(|e| {
+            // A connection that cannot take a frame is done: it leaves the
+            // peer table now, so `reconnect` dials afresh instead of
+            // finding it there until its reader notices.
+            self.inner.unregister(&conn);
+            conn.end(Reason::Reset, e.message.clone());
+        })
     }
 
     /// Peers with a ready connection.
@@ -358,13 +364,20 @@ impl Inner {
         self.event(peer, KEEL_STATUS_OK, "peer ready");
     }
 
-    /// Drops an ended connection from the registry (its thread's last act).
-    pub(crate) fn forget(&self, conn: &Conn) {
+    /// Takes the connection out of the peer table, unless a newer one
+    /// to that peer replaced it.
+    fn unregister(&self, conn: &Conn) {
         let mut reg = self.reg.lock();
         let peer = conn.peer_id.load(Ordering::Acquire);
         if reg.by_peer.get(&peer).is_some_and(|c| c.seq == conn.seq) {
             reg.by_peer.remove(&peer);
         }
+    }
+
+    /// Drops an ended connection from the registry (its thread's last act).
+    pub(crate) fn forget(&self, conn: &Conn) {
+        self.unregister(conn);
+        let mut reg = self.reg.lock();
         // While the node closes, its shutdown joins the thread instead.
         if !self.closing.load(Ordering::Acquire) {
             reg.conns.remove(&conn.seq);
