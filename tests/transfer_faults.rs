@@ -12,14 +12,16 @@
 
 mod common;
 
+use common::child::{self, report};
 use common::relay::Relay;
 use common::rng::Rng;
 use common::TempDir;
 use keel::engine::Engine;
 use keel::node::{Node, NodeOptions, Service};
-use keel::shard::{Entry, Options, Shard, Value};
+use keel::shard::{Entry, Op, Options, Shard, Step, StepHook, Steps, Value};
 use keel::status::*;
 use keel::transfer::{shard_digest, wire, Clock, Hook, Method, Retry, TransferOptions, Transfers};
+use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -152,10 +154,12 @@ fn write_load(shard: &Shard, seed: u64, n: u64) {
     }
 }
 
-/// `n` puts of fresh keys with 80-byte values: records of one size.
+/// `n` puts of fresh keys with 80-byte values: records of one size
+/// (written 50 to a batch, to spare the fsyncs).
 fn write_fixed(shard: &Shard, tag: &str, n: u64) {
-    for i in 0..n {
-        shard.put(format!("{tag}{i:06}").as_bytes(), &[7u8; 80]).unwrap();
+    let ops: Vec<Op> = (0..n).map(|i| Op::Put { key: format!("{tag}{i:06}").into_bytes(), value: vec![7; 80] }).collect();
+    for batch in ops.chunks(50) {
+        shard.write(batch).unwrap();
     }
 }
 
@@ -457,5 +461,226 @@ fn a_resent_step_is_answered_from_memory_and_applied_once() {
     let got = received(&dst);
     assert_eq!(got.get(b"a").unwrap().map(|e| (e.version, e.value)), Some((3, Value::Bytes(b"ay".to_vec()))));
     assert_eq!(got.last_version(), 10);
+    assert_in_order(&dst);
+}
+
+/// Set in a child process: the role it plays and its parameters,
+/// separated by `|`.
+const CHILD_ENV: &str = "KEEL_TRANSFER_FAULTS_CHILD";
+
+fn hex(d: [u8; 32]) -> String {
+    d.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Runs the child's role when this process is one; never returns then.
+fn run_child_if_one() {
+    let Ok(role) = std::env::var(CHILD_ENV) else { return };
+    let parts: Vec<&str> = role.split('|').collect();
+    match parts[0] {
+        "receiver" => receiver_child(Path::new(parts[1])),
+        "source" => source_child(Path::new(parts[1]), parts[2], parts[3].parse().unwrap(), parts[4]),
+        other => panic!("unknown child role {other}"),
+    }
+}
+
+/// A receiver (node 2) that reports its address, each change of its
+/// applied operations (`applied N`), and each finished transfer with the
+/// received shard's version and digest (`finished V D`); it runs until
+/// it is killed.
+fn receiver_child(dir: &Path) -> ! {
+    let me = side_at(dir, node_options(2), shard_options());
+    me.transfers.expect(SHARD, 1);
+    report(&format!("addr {}\n", me.node.addr()));
+    let (mut applied, mut finished) = (0, 0);
+    loop {
+        let s = me.transfers.receiver_stats();
+        if s.ops_applied != applied {
+            applied = s.ops_applied;
+            report(&format!("applied {applied}\n"));
+        }
+        if s.finished != finished {
+            finished = s.finished;
+            let shard = me.engine.open_shard(SHARD, false).unwrap();
+            report(&format!("finished {} {}\n", shard.last_version(), hex(shard_digest(&shard).unwrap())));
+            shard.close().unwrap();
+            me.transfers.expect(SHARD, 1);
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// A source (node 1) reaching the receiver through `relay`. Phase
+/// `first`: writes, sends a snapshot (`sent1 X`), writes about 430 KB
+/// more (`ready`), waits for the parent's `go` file and sends them as a
+/// WAL delta, which the parent kills it in the middle of. Phase `again`:
+/// restarted on the same directory, sends a WAL delta and reports
+/// `sent3 <receiver had> <ops> <snapshot> <last version> <digest>`.
+fn source_child(dir: &Path, relay: &str, seed: u64, phase: &str) -> ! {
+    // Pins and `set_keep_from` do not outlive the process, and a reopened
+    // shard flushes what it replayed, which truncates its WAL: the
+    // restarted host sets its hold again (everything retained) before
+    // that flush may acknowledge the WAL.
+    let gate = Arc::new(AckGate::default());
+    let me = side_at(dir, node_options(1), Options { steps: Steps::new(gate.clone()), ..shard_options() });
+    me.node.connect(2, relay).unwrap();
+    let shard = me.engine.open_shard(SHARD, true).unwrap();
+    shard.set_keep_from(shard.stats().wal_first_seq).unwrap();
+    gate.open();
+    if phase == "first" {
+        write_load(&shard, seed, 1000);
+        let had = me.transfers.send_shard(&shard, SHARD, 2, &faulty(Method::Snapshot, 3)).unwrap().last_version;
+        report(&format!("sent1 {had}\n"));
+        shard.set_keep_from(had).unwrap();
+        write_fixed(&shard, "f", 4000);
+        report("ready\n");
+        let deadline = std::time::Instant::now() + PATIENCE;
+        while !dir.join("go").exists() {
+            assert!(std::time::Instant::now() < deadline, "no go from the parent");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let r = me.transfers.send_shard(&shard, SHARD, 2, &faulty(Method::WalDelta, 3));
+        panic!("the transfer the parent kills ended: {r:?}");
+    }
+    let r = me.transfers.send_shard(&shard, SHARD, 2, &faulty(Method::WalDelta, 3)).unwrap();
+    let digest = hex(shard_digest(&shard).unwrap());
+    report(&format!("sent3 {} {} {} {} {digest} {:?}\n", r.receiver_had, r.ops, r.snapshot, r.last_version, r.fallback));
+    std::process::exit(0)
+}
+
+/// Holds a shard's flush before it acknowledges the WAL (which may
+/// truncate it) until `open`.
+#[derive(Default)]
+struct AckGate {
+    open: Mutex<bool>,
+    cv: std::sync::Condvar,
+}
+
+impl AckGate {
+    fn open(&self) {
+        *self.open.lock().unwrap() = true;
+        self.cv.notify_all();
+    }
+}
+
+impl StepHook for AckGate {
+    fn at(&self, step: Step) {
+        if step == Step::Ack {
+            let _open = self.cv.wait_while(self.open.lock().unwrap(), |open| !*open).unwrap();
+        }
+    }
+}
+
+/// Waits for the child's next line starting with `word`, giving the
+/// lines before it to `other`; returns the line's other words.
+fn line(c: &child::Child, word: &str, mut other: impl FnMut(&str)) -> Vec<String> {
+    loop {
+        let l = c.lines.recv_timeout(PATIENCE).unwrap_or_else(|e| panic!("waiting for the child's `{word}`: {e}"));
+        let mut w = l.split_whitespace();
+        if w.next() == Some(word) {
+            return w.map(str::to_string).collect();
+        }
+        other(&l);
+    }
+}
+
+fn kill(c: &mut child::Child) {
+    c.process.kill().unwrap();
+    let status = c.process.wait().unwrap();
+    assert_eq!(status.signal(), Some(libc::SIGKILL), "{status:?}");
+}
+
+#[test]
+fn a_receiver_killed_mid_transfer_resumes_from_what_it_acknowledged() {
+    run_child_if_one();
+    let name = "a_receiver_killed_mid_transfer_resumes_from_what_it_acknowledged";
+    let (_replay, mut rng) = Replay::new(name);
+    let src = side("kill-rx-src", node_options(1));
+    let dst_dir = TempDir::new("kill-rx-dst");
+    let role = format!("receiver|{}", dst_dir.path().display());
+    let spawn = || child::spawn(name, &[(CHILD_ENV, role.clone())], None).unwrap();
+    let mut rx = spawn();
+    let addr = line(&rx, "addr", |_| {}).remove(0);
+    let relay = Relay::start(addr.parse().unwrap());
+    src.node.connect(2, &relay.addr().to_string()).unwrap();
+    let shard = src.engine.open_shard(SHARD, true).unwrap();
+    write_load(&shard, rng.next(), 1000);
+    let had = src.transfers.send_shard(&shard, SHARD, 2, &faulty(Method::Snapshot, 3)).unwrap().last_version;
+    assert_eq!(line(&rx, "finished", |_| {}), [had.to_string(), hex(shard_digest(&shard).unwrap())]);
+
+    // About 430 KB as a WAL delta, held 100..300 KB in; the receiver is
+    // killed there, once it has reported applying some of it.
+    shard.set_keep_from(had).unwrap();
+    write_fixed(&shard, "f", 4000);
+    relay.stall_after(100_000 + rng.below(200_000));
+    let sending = {
+        let (src_t, shard) = (src.transfers.clone(), shard.clone());
+        std::thread::spawn(move || src_t.send_shard(&shard, SHARD, 2, &faulty(Method::WalDelta, 3)))
+    };
+    assert!(relay.wait_stalled(PATIENCE), "the transfer never reached the stall");
+    let applied_in = |l: &str| l.strip_prefix("applied ").map_or(0, |n| n.parse::<u64>().unwrap());
+    let mut applied = 0;
+    while applied == 0 {
+        applied = applied_in(&rx.lines.recv_timeout(PATIENCE).expect("the receiver reports what it applied"));
+    }
+    while let Ok(l) = rx.lines.try_recv() {
+        applied = applied.max(applied_in(&l));
+    }
+    kill(&mut rx);
+    relay.release();
+    let e = sending.join().unwrap().expect_err("the receiver died mid-transfer");
+    assert!(e.message.contains("retries"), "{e}");
+
+    // Restarted on the same directory, it keeps what it acknowledged.
+    let mut rx = spawn();
+    relay.set_target(line(&rx, "addr", |_| {}).remove(0).parse().unwrap());
+    src.node.reconnect(2).unwrap();
+    let r = src.transfers.send_shard(&shard, SHARD, 2, &faulty(Method::WalDelta, 3)).unwrap();
+    assert!(!r.snapshot && r.fallback.is_none(), "{r:?}");
+    assert!(r.receiver_had >= had + applied, "the receiver had {}, it had reported {applied} past {had}", r.receiver_had);
+    assert_eq!(r.ops, shard.last_version() - r.receiver_had);
+    assert_eq!(line(&rx, "finished", |_| {}), [shard.last_version().to_string(), hex(shard_digest(&shard).unwrap())]);
+    kill(&mut rx);
+}
+
+#[test]
+fn a_source_killed_mid_transfer_resumes_by_wal_delta_after_its_restart() {
+    run_child_if_one();
+    let name = "a_source_killed_mid_transfer_resumes_by_wal_delta_after_its_restart";
+    let (_replay, mut rng) = Replay::new(name);
+    let dst = side("kill-tx-dst", node_options(2));
+    let relay = Relay::start(dst.node.addr());
+    let src_dir = TempDir::new("kill-tx-src");
+    let child_seed = rng.next();
+    let role = |phase: &str| format!("source|{}|{}|{child_seed}|{phase}", src_dir.path().display(), relay.addr());
+    dst.transfers.expect(SHARD, 1);
+    let mut tx = child::spawn(name, &[(CHILD_ENV, role("first"))], None).unwrap();
+    let had: u64 = line(&tx, "sent1", |_| {})[0].parse().unwrap();
+    line(&tx, "ready", |_| {});
+    dst.transfers.expect(SHARD, 1);
+    relay.stall_after(100_000 + rng.below(200_000));
+    std::fs::write(src_dir.path().join("go"), b"").unwrap();
+    assert!(relay.wait_stalled(PATIENCE), "the transfer never reached the stall");
+    let deadline = std::time::Instant::now() + PATIENCE;
+    while dst.transfers.receiver_stats().ops_applied == 0 {
+        assert!(std::time::Instant::now() < deadline, "the receiver applied nothing before the stall");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let applied = dst.transfers.receiver_stats().ops_applied;
+    kill(&mut tx);
+    relay.release();
+
+    // Restarted: the records after what the receiver acknowledged are
+    // still in its WAL, so a WAL delta finishes the job.
+    dst.transfers.expect(SHARD, 1);
+    let mut tx = child::spawn(name, &[(CHILD_ENV, role("again"))], None).unwrap();
+    let w = line(&tx, "sent3", |_| {});
+    let (receiver_had, ops, snapshot, last): (u64, u64, bool, u64) =
+        (w[0].parse().unwrap(), w[1].parse().unwrap(), w[2].parse().unwrap(), w[3].parse().unwrap());
+    assert!(!snapshot, "{w:?}");
+    assert!(receiver_had >= had + applied, "the receiver had {receiver_had}, it had applied {applied} past {had}");
+    assert_eq!(ops, last - receiver_had);
+    let got = received(&dst);
+    assert_eq!((got.last_version(), hex(shard_digest(&got).unwrap())), (last, w[4].clone()));
+    assert!(tx.process.wait().unwrap().success());
     assert_in_order(&dst);
 }
