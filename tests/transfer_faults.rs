@@ -458,6 +458,12 @@ fn a_resent_step_is_answered_from_memory_and_applied_once() {
     assert_eq!((ack().step, dst.transfers.receiver_stats().stale_steps), (4, 1));
     send(wire::FINISH, 5, &10u64.to_le_bytes());
     assert_eq!(ack().status, KEEL_STATUS_OK);
+    // FINISH again (its ACK lost with a connection): the reception is
+    // over, yet the copy gets the same answer.
+    send(wire::FINISH, 5, &10u64.to_le_bytes());
+    let a = ack();
+    assert_eq!((a.step, a.status), (5, KEEL_STATUS_OK));
+    assert_eq!(dst.transfers.receiver_stats().resent_steps, 3, "ENTRIES twice (once with other bytes), FINISH once");
     let got = received(&dst);
     assert_eq!(got.get(b"a").unwrap().map(|e| (e.version, e.value)), Some((3, Value::Bytes(b"ay".to_vec()))));
     assert_eq!(got.last_version(), 10);

@@ -9,7 +9,7 @@ use crate::error::{Error, Result};
 use crate::shard::Shard;
 use crate::status::*;
 use parking_lot::Mutex;
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -68,7 +68,12 @@ fn bump(c: &AtomicU64, n: u64) {
 /// The largest batch body PART steps may assemble.
 const MAX_ASSEMBLED_BYTES: usize = 1 << 30;
 
+/// Finished receptions whose FINISH is remembered, to answer a copy of it
+/// (its first ACK may have been lost with the connection).
+const FINISHED_MEMORY: usize = 64;
+
 /// The last step answered, to answer a copy of it the same way.
+#[derive(Clone)]
 struct Answered {
     ty: u16,
     /// crc32 of its body: a copy must carry the same bytes.
@@ -111,6 +116,9 @@ struct State {
     expected: HashSet<(u32, u64)>,
     /// By (peer, transfer id).
     running: HashMap<(u64, u64), Running>,
+    /// The last receptions finished: (peer, transfer id), FINISH's step
+    /// and its answer.
+    finished: VecDeque<((u64, u64), u64, Answered)>,
 }
 
 #[derive(Default)]
@@ -169,19 +177,27 @@ impl Receiver {
         let running = self.state.lock().running.get(&(peer, id)).cloned();
         let result = match running {
             None if ty == wire::START => self.start(engine, max, peer, id, n, crc, &mut body, &mut ack),
-            None => Err(Error::new(KEEL_STATUS_NOT_FOUND, format!("no transfer {id} from node {peer} is running here"))),
+            None => match self.finished_answer(peer, id) {
+                Some((step, last)) if n <= step => return self.copy(step, Some(&last), ty, n, crc),
+                _ => Err(Error::new(KEEL_STATUS_NOT_FOUND, format!("no transfer {id} from node {peer} is running here"))),
+            },
             Some(running) => {
                 let mut inc = running.cell.lock();
                 if inc.ended {
                     Err(Error::new(KEEL_STATUS_NOT_FOUND, format!("transfer {id} from node {peer} has ended here")))
                 } else if n <= inc.step {
-                    return self.copy(&inc, ty, n, crc);
+                    return self.copy(inc.step, inc.last.as_ref(), ty, n, crc);
                 } else {
                     let r = self.step(engine, &mut inc, ty, n, acked, &mut body, &mut ack);
                     match (&r, ty) {
                         (Ok(()), wire::FINISH) => {
                             inc.ended = true;
                             self.forget(peer, id, &running);
+                            let mut st = self.state.lock();
+                            if st.finished.len() == FINISHED_MEMORY {
+                                st.finished.pop_front();
+                            }
+                            st.finished.push_back(((peer, id), n, Answered { ty, crc, ack: ack.clone() }));
                         }
                         (Ok(()), _) => inc.last = Some(Answered { ty, crc, ack: ack.clone() }),
                         (Err(_), _) => {
@@ -201,12 +217,13 @@ impl Receiver {
         Some(ack)
     }
 
-    /// A step numbered at or below the last one answered: a copy of the
-    /// last (the source retrying it) gets that step's ACK again; an older
-    /// one is a late copy from a broken connection and gets none.
-    fn copy(&self, inc: &Incoming, ty: u16, n: u64, crc: u32) -> Option<Ack> {
-        match &inc.last {
-            Some(last) if n == inc.step => {
+    /// A step numbered at or below `step`, the last one answered (as
+    /// `last`): a copy of it (the source retrying it) gets that step's ACK
+    /// again; an older one is a late copy from a broken connection and
+    /// gets none.
+    fn copy(&self, step: u64, last: Option<&Answered>, ty: u16, n: u64, crc: u32) -> Option<Ack> {
+        match last {
+            Some(last) if n == step => {
                 bump(&self.counters.resent_steps, 1);
                 if last.ty == ty && last.crc == crc {
                     return Some(last.ack.clone());
@@ -223,6 +240,12 @@ impl Receiver {
                 None
             }
         }
+    }
+
+    /// FINISH's step and answer, when transfer `id` from `peer` finished lately.
+    fn finished_answer(&self, peer: u64, id: u64) -> Option<(u64, Answered)> {
+        let st = self.state.lock();
+        st.finished.iter().find(|(k, _, _)| *k == (peer, id)).map(|(_, step, last)| (*step, last.clone()))
     }
 
     /// Drops the reception from the table, unless a newer one replaced it.
