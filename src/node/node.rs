@@ -196,12 +196,11 @@ impl Node {
         let conn = self.inner.reg.lock().by_peer.get(&peer_id).cloned();
         let conn =
             conn.ok_or_else(|| Error::new(KEEL_STATUS_NOT_FOUND, format!("no ready connection to peer {peer_id}")))?;
-        conn.send(&self.inner, ty, payload).inspect_err(|e| {
-            // A connection that cannot take a frame is done: it leaves the
-            // peer table now, so `reconnect` dials afresh instead of
-            // finding it there until its reader notices.
+        conn.send(&self.inner, ty, payload).inspect_err(|_| {
+            // A connection that cannot take a frame is done (its reader
+            // ends it, with the writer's reason): it leaves the peer table
+            // now, so `reconnect` dials afresh instead of finding it there.
             self.inner.unregister(&conn);
-            conn.end(Reason::Reset, e.message.clone());
         })
     }
 

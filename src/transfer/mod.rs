@@ -191,7 +191,10 @@ impl Transfers {
     /// Sends `shard` (the host's open shard `shard_id`) to `peer` and
     /// returns once the receiver holds everything durably. Writes to the
     /// shard continue meanwhile, except during the final drain. BUSY when
-    /// the node's `max_concurrent_transfers` are being sent already.
+    /// the node's `max_concurrent_transfers` are being sent already. A
+    /// step the transport loses is sent again (`TransferOptions::retry`);
+    /// when the retries run out the transfer fails, and the receiver keeps
+    /// what it acknowledged for the next one to build on.
     pub fn send_shard(&self, shard: &Shard, shard_id: u32, peer: u64, opts: &TransferOptions) -> Result<Report> {
         opts.validate()?;
         let max = self.node.max_concurrent_transfers();
