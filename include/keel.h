@@ -1883,7 +1883,9 @@ void keel_shard_read_end(struct keel_read_session_t *session);
  * once the write is as durable as the engine's durability mode says.
  * Errors: NULL_ARGUMENT, INVALID_ARGUMENT (key longer than
  * KEEL_SHARD_MAX_KEY_SIZE, value larger than KEEL_SHARD_MAX_VALUE_SIZE or its WAL record), NO_SPACE,
- * IO, POISONED, CLOSED.
+ * IO, POISONED, CLOSED, TIMEOUT (the shard held
+ * keel_engine_options_t.max_unflushed_wal_bytes of unflushed WAL for
+ * write_stall_timeout_ms while its flush was behind; nothing was written).
  */
 keel_status_t keel_shard_put(const struct keel_shard_t *shard,
                              const uint8_t *key,

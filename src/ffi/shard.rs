@@ -159,7 +159,9 @@ fn unpack(mut bytes: &[u8]) -> crate::Result<Vec<Op>> {
 /// once the write is as durable as the engine's durability mode says.
 /// Errors: NULL_ARGUMENT, INVALID_ARGUMENT (key longer than
 /// KEEL_SHARD_MAX_KEY_SIZE, value larger than KEEL_SHARD_MAX_VALUE_SIZE or its WAL record), NO_SPACE,
-/// IO, POISONED, CLOSED.
+/// IO, POISONED, CLOSED, TIMEOUT (the shard held
+/// keel_engine_options_t.max_unflushed_wal_bytes of unflushed WAL for
+/// write_stall_timeout_ms while its flush was behind; nothing was written).
 #[no_mangle]
 pub extern "C" fn keel_shard_put(
     shard: *const keel_shard_t,
