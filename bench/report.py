@@ -17,6 +17,7 @@ import re
 import sys
 
 from reportlib import load_env, read_text
+from restart_report import restart_markdown, restart_results
 
 
 def fio_job(work, name):
@@ -506,6 +507,7 @@ def main():
         "rocksdb": {"skipped": rskip, "runs": rruns or [], "comparison": comparison},
         "shards": shards,
         "net": net,
+        "restart_bound": restart_results(work),
         "targets": targets,
     }
     with open(prefix + ".json", "w") as f:
@@ -614,6 +616,7 @@ def main():
     L.append("")
     if shards:
         L.extend(shard_markdown(shards, m))
+        L.extend(restart_markdown(report["restart_bound"]))
     else:
         L.append("## Shards vs RocksDB")
         L.append("")

@@ -13,6 +13,8 @@
 #   SHARD_SYNC_OPS, SHARD_SYNC16_OPS, SHARD_LOAD_KEYS, SHARD_POSTING_KEYS,
 #   SHARD_POSTING_OPS, SHARD_MEMORY_KEYS, SHARD_RECOVERY_MIB
 #                  shard case sizes (see bench/README.md "Shards vs RocksDB")
+#   SHARD_RESTART_PINNED_MIB  MiB written through a pinned WAL before the
+#                  restart-at-the-bound case fills its unflushed WAL (256; 25 quick)
 #   CARGO          cargo binary (default cargo)
 #   DB_BENCH       RocksDB db_bench binary (default: db_bench from the Debian
 #                  package rocksdb-tools); the RocksDB comparison is skipped,
@@ -237,6 +239,15 @@ run_db_bench_shard posting_append_1t --benchmarks=mergerandom --merge_operator=s
 rm -rf "$rsdb"
 run_keel_shard memory
 run_keel_shard recovery
+
+# ---- keel: restart at the bound of unflushed WAL (bench/shard.rs restart_bound)
+# Its own output file (keel-restart.json, not keel-shard-*): report.py adds
+# its section through bench/restart_report.py.
+SHARD_RESTART_PINNED_MIB=${SHARD_RESTART_PINNED_MIB:-$((256 / q))}
+echo "bench: keel shards, restart_bound"
+$CARGO bench --locked --bench shard -- --dir "$BENCH_DIR/keel-shard" --out "$WORK/keel-restart.json" \
+    --case restart_bound --restart-pinned-mib "$SHARD_RESTART_PINNED_MIB"
+rm -rf "$BENCH_DIR/keel-shard"
 
 # ---- batched socket writers vs naive sends and Redis pub/sub (bench/net) ----
 echo "bench: batched socket writers (bench/net)"

@@ -133,9 +133,21 @@
 #define KEEL_ENGINE_OPTIONS_SIZE_V3 56
 
 /**
+ * sizeof(keel_engine_options_t) of version 4 (adds max_unflushed_wal_bytes
+ * and write_stall_timeout_ms).
+ */
+#define KEEL_ENGINE_OPTIONS_SIZE_V4 72
+
+/**
  * sizeof(keel_engine_stats_t) of version 1.
  */
 #define KEEL_ENGINE_STATS_SIZE_V1 48
+
+/**
+ * sizeof(keel_engine_stats_t) of version 2 (adds write_stalls and
+ * write_stall_nanos).
+ */
+#define KEEL_ENGINE_STATS_SIZE_V2 64
 
 /**
  * sizeof(keel_node_options_t) of version 1.
@@ -202,6 +214,12 @@
  * sizeof(keel_shard_stats_t) of version 1.
  */
 #define KEEL_SHARD_STATS_SIZE_V1 56
+
+/**
+ * sizeof(keel_shard_stats_t) of version 2 (adds the unflushed WAL, write
+ * stalls and what the open replayed).
+ */
+#define KEEL_SHARD_STATS_SIZE_V2 96
 
 /**
  * ABI version: bumped on every incompatible change of this header. The C++
@@ -679,6 +697,20 @@ typedef struct keel_engine_options_t {
    * padding that ends version 2 and leave its size unchanged).
    */
   uint64_t flush_threads;
+  /**
+   * Most bytes of logged operations a shard holds that its segment
+   * files do not: what reopening the shard replays, so it bounds the
+   * restart. Past half of it the shard's flush is started; a write that
+   * would cross it waits for the flush (write_stall_timeout_ms). 1 MiB
+   * to 1 TiB, or 0 (the default) for 64 MiB (version 4).
+   */
+  uint64_t max_unflushed_wal_bytes;
+  /**
+   * How long a write waits for the flush at max_unflushed_wal_bytes
+   * before it fails with TIMEOUT; 1 to 3600000 ms, or 0 (the default)
+   * for 5000 (version 4).
+   */
+  uint64_t write_stall_timeout_ms;
 } keel_engine_options_t;
 
 /**
@@ -721,6 +753,17 @@ typedef struct keel_engine_stats_t {
    * one on the writer's thread.
    */
   uint64_t stall_nanos;
+  /**
+   * Writes of all the engine's shards that waited for a flush because
+   * their shard held max_unflushed_wal_bytes of unflushed WAL (those
+   * that then failed with TIMEOUT included), since the engine opened
+   * (version 2).
+   */
+  uint64_t write_stalls;
+  /**
+   * Total nanoseconds those writes waited (version 2).
+   */
+  uint64_t write_stall_nanos;
 } keel_engine_stats_t;
 
 /**
@@ -982,6 +1025,30 @@ typedef struct keel_shard_stats_t {
    * below the persisted version, in whole segment files).
    */
   uint64_t wal_first_version;
+  /**
+   * Bytes of logged operations no segment file holds yet: what a reopen
+   * replays. At most keel_engine_options_t.max_unflushed_wal_bytes,
+   * give or take one write batch (version 2).
+   */
+  uint64_t unflushed_wal_bytes;
+  /**
+   * Writes that waited for the flush at that bound (those that then
+   * failed with TIMEOUT included), since the shard opened (version 2).
+   */
+  uint64_t write_stalls;
+  /**
+   * Total nanoseconds those writes waited (version 2).
+   */
+  uint64_t write_stall_nanos;
+  /**
+   * Operations the shard's open replayed from its WAL: only those past
+   * what its segment files hold, however much WAL is retained (version 2).
+   */
+  uint64_t replayed_records;
+  /**
+   * Their bytes, each with its 4-byte record header (version 2).
+   */
+  uint64_t replayed_bytes;
 } keel_shard_stats_t;
 
 /**
@@ -1816,7 +1883,9 @@ void keel_shard_read_end(struct keel_read_session_t *session);
  * once the write is as durable as the engine's durability mode says.
  * Errors: NULL_ARGUMENT, INVALID_ARGUMENT (key longer than
  * KEEL_SHARD_MAX_KEY_SIZE, value larger than KEEL_SHARD_MAX_VALUE_SIZE or its WAL record), NO_SPACE,
- * IO, POISONED, CLOSED.
+ * IO, POISONED, CLOSED, TIMEOUT (the shard held
+ * keel_engine_options_t.max_unflushed_wal_bytes of unflushed WAL for
+ * write_stall_timeout_ms while its flush was behind; nothing was written).
  */
 keel_status_t keel_shard_put(const struct keel_shard_t *shard,
                              const uint8_t *key,

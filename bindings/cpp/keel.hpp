@@ -729,6 +729,17 @@ class EngineOptions {
   /// (1 to 256); 0, the default, lets the library pick (twice the cores,
   /// 2 to 8).
   EngineOptions& flush_threads(uint64_t n) noexcept { raw_.flush_threads = n; return *this; }
+  /// Most bytes of WAL a shard holds that its segment files do not (what a
+  /// reopen replays): past it writes wait for the flush (1 MiB to 1 TiB);
+  /// 0, the default, means 64 MiB.
+  EngineOptions& max_unflushed_wal_bytes(uint64_t bytes) noexcept { raw_.max_unflushed_wal_bytes = bytes; return *this; }
+  /// How long a write waits for the flush at that bound before it fails
+  /// with Status::Timeout (1 ms to 1 hour); zero (or negative), the
+  /// default, means 5 s.
+  EngineOptions& write_stall_timeout(std::chrono::milliseconds ms) noexcept {
+    raw_.write_stall_timeout_ms = ms.count() < 0 ? 0u : static_cast<uint64_t>(ms.count());
+    return *this;
+  }
 
   Durability durability() const noexcept { return static_cast<Durability>(raw_.durability); }
   std::chrono::milliseconds sync_interval() const noexcept { return std::chrono::milliseconds(raw_.sync_interval_ms); }
@@ -740,6 +751,10 @@ class EngineOptions {
   uint64_t seal_bytes() const noexcept { return raw_.seal_bytes; }
   bool salvage() const noexcept { return raw_.salvage != 0; }
   uint64_t flush_threads() const noexcept { return raw_.flush_threads; }
+  uint64_t max_unflushed_wal_bytes() const noexcept { return raw_.max_unflushed_wal_bytes; }
+  std::chrono::milliseconds write_stall_timeout() const noexcept {
+    return std::chrono::milliseconds(static_cast<std::chrono::milliseconds::rep>(raw_.write_stall_timeout_ms));
+  }
 
   /// The C struct, for fields this wrapper does not know yet.
   keel_engine_options_t& raw() noexcept { return raw_; }
@@ -1191,6 +1206,11 @@ struct ShardStats {
   uint64_t last_version = 0;        ///< version of the last applied operation
   uint64_t persisted_version = 0;   ///< as Shard::persisted_version()
   uint64_t wal_first_version = 0;   ///< first version the shard's WAL still holds
+  uint64_t unflushed_wal_bytes = 0; ///< WAL bytes no segment file holds yet (what a reopen replays)
+  uint64_t write_stalls = 0;        ///< writes that waited for the flush at max_unflushed_wal_bytes
+  std::chrono::nanoseconds write_stall_time{0};  ///< total time those writes waited
+  uint64_t replayed_records = 0;    ///< operations the shard's open replayed from its WAL
+  uint64_t replayed_bytes = 0;      ///< their bytes (each with its 4-byte record header)
 };
 
 class Shard : public detail::Handle<keel_shard_t, detail::close_shard> {
@@ -1388,6 +1408,11 @@ class Shard : public detail::Handle<keel_shard_t, detail::close_shard> {
     o.last_version = s.last_version;
     o.persisted_version = s.persisted_version;
     o.wal_first_version = s.wal_first_version;
+    o.unflushed_wal_bytes = s.unflushed_wal_bytes;
+    o.write_stalls = s.write_stalls;
+    o.write_stall_time = std::chrono::nanoseconds(static_cast<std::chrono::nanoseconds::rep>(s.write_stall_nanos));
+    o.replayed_records = s.replayed_records;
+    o.replayed_bytes = s.replayed_bytes;
     return o;
   }
 
@@ -1565,6 +1590,8 @@ struct EngineStats {
   uint64_t flush_queue_depth = 0;  ///< shards waiting for a flush worker
   uint64_t wal_queue_depth = 0;    ///< WAL segment preparations and periodic syncs queued
   std::chrono::nanoseconds stalled{0};  ///< time writers waited on the engine's shared workers
+  uint64_t write_stalls = 0;       ///< writes of all shards that waited for a flush at max_unflushed_wal_bytes
+  std::chrono::nanoseconds write_stall_time{0};  ///< total time those writes waited
 };
 
 /// An engine: one data directory hosting shards by id (owns a
@@ -1643,6 +1670,8 @@ class Engine : public detail::Handle<keel_engine_t, detail::close_engine> {
     o.flush_queue_depth = s.flush_queue_depth;
     o.wal_queue_depth = s.wal_queue_depth;
     o.stalled = std::chrono::nanoseconds(static_cast<std::chrono::nanoseconds::rep>(s.stall_nanos));
+    o.write_stalls = s.write_stalls;
+    o.write_stall_time = std::chrono::nanoseconds(static_cast<std::chrono::nanoseconds::rep>(s.write_stall_nanos));
     return o;
   }
 

@@ -91,6 +91,11 @@ pub struct EngineStats {
     /// Total time writers waited on the engine's shared workers: a WAL
     /// rotation that found no prepared segment and made one itself.
     pub stalled: Duration,
+    /// Writes of all its shards that waited for a flush at the bound of
+    /// unflushed WAL (`shard::Options::max_unflushed_wal_bytes`), and how
+    /// long they waited in all, since the engine opened.
+    pub write_stalls: u64,
+    pub write_stall_time: Duration,
 }
 
 pub struct Engine {
@@ -162,6 +167,7 @@ impl Engine {
         let host = Host {
             flush: FlushPool::new(opts.flush_threads, opts.steps.clone())?,
             wal: crate::wal::Workers::new(crate::wal::ENGINE_WAL_WORKERS)?,
+            stalls: Default::default(),
         };
         let engine = Engine {
             dir: dir.to_path_buf(),
@@ -369,6 +375,7 @@ impl Engine {
             }
             None => return Err(Error::new(KEEL_STATUS_CLOSED, "engine is closed")),
         };
+        let (write_stalls, write_stall_time) = self.host.stalls.read();
         Ok(EngineStats {
             threads: (self.host.flush.size() + self.host.wal.size()) as u64,
             open_files: open_files_below(&self.real_dir),
@@ -376,6 +383,8 @@ impl Engine {
             flush_queue: self.host.flush.queued() as u64,
             wal_queue: self.host.wal.queued() as u64,
             stalled: self.host.wal.stalled(),
+            write_stalls,
+            write_stall_time,
         })
     }
 

@@ -33,6 +33,9 @@ pub const KEEL_ENGINE_OPTIONS_SIZE_V1: u32 = 40;
 pub const KEEL_ENGINE_OPTIONS_SIZE_V2: u32 = 48;
 /// sizeof(keel_engine_options_t) of version 3 (adds flush_threads).
 pub const KEEL_ENGINE_OPTIONS_SIZE_V3: u32 = 56;
+/// sizeof(keel_engine_options_t) of version 4 (adds max_unflushed_wal_bytes
+/// and write_stall_timeout_ms).
+pub const KEEL_ENGINE_OPTIONS_SIZE_V4: u32 = 72;
 
 /// Options of keel_engine_open(), applied to every shard it opens.
 /// Versioned by `struct_size` (docs/FFI.md, "Versioned structs"): fill it
@@ -77,16 +80,30 @@ pub struct keel_engine_options_t {
     /// (version 3; 64 bits wide because a 32-bit field would sit in the
     /// padding that ends version 2 and leave its size unchanged).
     pub flush_threads: u64,
+    /// Most bytes of logged operations a shard holds that its segment
+    /// files do not: what reopening the shard replays, so it bounds the
+    /// restart. Past half of it the shard's flush is started; a write that
+    /// would cross it waits for the flush (write_stall_timeout_ms). 1 MiB
+    /// to 1 TiB, or 0 (the default) for 64 MiB (version 4).
+    pub max_unflushed_wal_bytes: u64,
+    /// How long a write waits for the flush at max_unflushed_wal_bytes
+    /// before it fails with TIMEOUT; 1 to 3600000 ms, or 0 (the default)
+    /// for 5000 (version 4).
+    pub write_stall_timeout_ms: u64,
 }
 
 const _: () = assert!(std::mem::offset_of!(keel_engine_options_t, salvage) == KEEL_ENGINE_OPTIONS_SIZE_V1 as usize);
 const _: () = assert!(std::mem::offset_of!(keel_engine_options_t, flush_threads) == KEEL_ENGINE_OPTIONS_SIZE_V2 as usize);
-versioned!(keel_engine_options_t, [KEEL_ENGINE_OPTIONS_SIZE_V1, KEEL_ENGINE_OPTIONS_SIZE_V2, KEEL_ENGINE_OPTIONS_SIZE_V3]);
+const _: () = assert!(std::mem::offset_of!(keel_engine_options_t, max_unflushed_wal_bytes) == KEEL_ENGINE_OPTIONS_SIZE_V3 as usize);
+versioned!(
+    keel_engine_options_t,
+    [KEEL_ENGINE_OPTIONS_SIZE_V1, KEEL_ENGINE_OPTIONS_SIZE_V2, KEEL_ENGINE_OPTIONS_SIZE_V3, KEEL_ENGINE_OPTIONS_SIZE_V4]
+);
 
 fn default_options() -> keel_engine_options_t {
     let d = shard::Options::default();
     keel_engine_options_t {
-        struct_size: KEEL_ENGINE_OPTIONS_SIZE_V3,
+        struct_size: KEEL_ENGINE_OPTIONS_SIZE_V4,
         durability: KEEL_DURABILITY_SYNC,
         sync_interval_ms: 100,
         max_sealed_segments: d.max_sealed as u32,
@@ -97,6 +114,8 @@ fn default_options() -> keel_engine_options_t {
         // The machine decides (shard::Options's default): zero, as every
         // field added after version 1 defaults to.
         flush_threads: 0,
+        max_unflushed_wal_bytes: 0,
+        write_stall_timeout_ms: 0,
     }
 }
 
@@ -148,6 +167,17 @@ fn options_from_c(p: *const keel_engine_options_t) -> crate::Result<shard::Optio
         flush_threads: match o.flush_threads {
             0 => shard::Options::default().flush_threads,
             n => n as usize,
+        },
+        max_unflushed_wal_bytes: match o.max_unflushed_wal_bytes {
+            0 => shard::DEFAULT_MAX_UNFLUSHED_WAL_BYTES,
+            n => n,
+        },
+        write_stall_timeout: match o.write_stall_timeout_ms {
+            0 => shard::DEFAULT_WRITE_STALL_TIMEOUT,
+            ms if ms > shard::MAX_WRITE_STALL_TIMEOUT.as_millis() as u64 => {
+                return Err(Error::invalid(format!("write_stall_timeout_ms {ms} is outside 1..=3600000")))
+            }
+            ms => Duration::from_millis(ms),
         },
         ..shard::Options::default()
     };
@@ -255,6 +285,9 @@ pub extern "C" fn keel_engine_shard_list(
 
 /// sizeof(keel_engine_stats_t) of version 1.
 pub const KEEL_ENGINE_STATS_SIZE_V1: u32 = 48;
+/// sizeof(keel_engine_stats_t) of version 2 (adds write_stalls and
+/// write_stall_nanos).
+pub const KEEL_ENGINE_STATS_SIZE_V2: u32 = 64;
 
 /// What keel_engine_stats() reports: the resources the engine holds now.
 /// The caller sets `struct_size` to sizeof(keel_engine_stats_t) before
@@ -283,8 +316,15 @@ pub struct keel_engine_stats_t {
     /// WAL segment rotation that found no prepared segment ready and made
     /// one on the writer's thread.
     pub stall_nanos: u64,
+    /// Writes of all the engine's shards that waited for a flush because
+    /// their shard held max_unflushed_wal_bytes of unflushed WAL (those
+    /// that then failed with TIMEOUT included), since the engine opened
+    /// (version 2).
+    pub write_stalls: u64,
+    /// Total nanoseconds those writes waited (version 2).
+    pub write_stall_nanos: u64,
 }
-versioned!(keel_engine_stats_t, [KEEL_ENGINE_STATS_SIZE_V1]);
+versioned!(keel_engine_stats_t, [KEEL_ENGINE_STATS_SIZE_V1, KEEL_ENGINE_STATS_SIZE_V2]);
 
 /// Fills `*out` with the engine's resource counters.
 /// Errors: NULL_ARGUMENT, INVALID_ARGUMENT (struct_size too small, or not
@@ -294,13 +334,15 @@ pub extern "C" fn keel_engine_stats(engine: *const keel_engine_t, out: *mut keel
     ffi_boundary!(std::ptr::null_mut(), engine, {
         let st = try_handle!(engine).stats()?;
         let value = keel_engine_stats_t {
-            struct_size: KEEL_ENGINE_STATS_SIZE_V1,
+            struct_size: KEEL_ENGINE_STATS_SIZE_V2,
             open_shards: st.open_shards.min(u32::MAX as u64) as u32,
             threads: st.threads,
             open_files: st.open_files,
             flush_queue_depth: st.flush_queue,
             wal_queue_depth: st.wal_queue,
             stall_nanos: st.stalled.as_nanos().min(u64::MAX as u128) as u64,
+            write_stalls: st.write_stalls,
+            write_stall_nanos: st.write_stall_time.as_nanos().min(u64::MAX as u128) as u64,
         };
         write_stats(out, value)
     })

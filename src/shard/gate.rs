@@ -64,6 +64,12 @@ impl Batch {
         Self::queued(records, ends, frame_bytes)
     }
 
+    /// Bytes the batch adds to a group's frame (its records with their
+    /// headers).
+    pub fn frame_bytes(&self) -> u64 {
+        self.frame_bytes
+    }
+
     fn barrier() -> Arc<Batch> {
         Self::queued(Vec::new(), Vec::new(), 0)
     }

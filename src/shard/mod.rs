@@ -10,6 +10,7 @@
 //! group-committed fdatasync outside both.
 
 mod appendable;
+pub(crate) mod backlog;
 mod bloom;
 mod entry;
 pub(crate) mod files;
@@ -88,6 +89,15 @@ pub struct Options {
     /// (`steps.rs`): deterministic schedules, crashes at step k.
     #[doc(hidden)]
     pub steps: Steps,
+    /// Most bytes of logged operations the shard holds that no segment
+    /// file holds yet: what a reopen replays (`backlog.rs`). Past half of
+    /// it the flush is asked for; a write that would cross it waits for
+    /// the flush, up to `write_stall_timeout`. 1 MiB to 1 TiB, default
+    /// 64 MiB.
+    pub max_unflushed_wal_bytes: u64,
+    /// How long a write waits for the flush at that bound before it fails
+    /// with TIMEOUT; 1 ms to 1 hour, default 5 s.
+    pub write_stall_timeout: Duration,
 }
 
 impl Default for Options {
@@ -104,9 +114,20 @@ impl Default for Options {
             salvage: false,
             flush_threads: pool::default_flush_threads(),
             steps: Steps::default(),
+            max_unflushed_wal_bytes: DEFAULT_MAX_UNFLUSHED_WAL_BYTES,
+            write_stall_timeout: DEFAULT_WRITE_STALL_TIMEOUT,
         }
     }
 }
+
+/// `Options::max_unflushed_wal_bytes` by default.
+pub const DEFAULT_MAX_UNFLUSHED_WAL_BYTES: u64 = 64 << 20;
+/// `Options::write_stall_timeout` by default.
+pub const DEFAULT_WRITE_STALL_TIMEOUT: Duration = Duration::from_secs(5);
+/// The range of `Options::max_unflushed_wal_bytes`.
+pub const UNFLUSHED_WAL_BYTES_RANGE: std::ops::RangeInclusive<u64> = (1 << 20)..=(1 << 40);
+/// The longest `Options::write_stall_timeout`.
+pub const MAX_WRITE_STALL_TIMEOUT: Duration = Duration::from_secs(3600);
 
 impl Options {
     pub fn validate(&self) -> Result<()> {
@@ -122,6 +143,15 @@ impl Options {
                 self.flush_threads,
                 pool::MAX_FLUSH_THREADS
             )));
+        }
+        if !UNFLUSHED_WAL_BYTES_RANGE.contains(&self.max_unflushed_wal_bytes) {
+            return Err(Error::invalid(format!(
+                "max_unflushed_wal_bytes {} is outside 1 MiB..=1 TiB",
+                self.max_unflushed_wal_bytes
+            )));
+        }
+        if self.write_stall_timeout < Duration::from_millis(1) || self.write_stall_timeout > MAX_WRITE_STALL_TIMEOUT {
+            return Err(Error::invalid(format!("write_stall_timeout {:?} is outside 1 ms..=1 hour", self.write_stall_timeout)));
         }
         if self.flush_interval.is_some_and(|d| d.is_zero()) {
             return Err(Error::invalid("flush interval must be positive (or none)"));
@@ -155,6 +185,8 @@ pub(crate) struct Inner {
     /// and durability wait; close takes the write side.
     wal: RwLock<Option<Wal>>,
     persisted: AtomicU64,
+    /// The version this open last acknowledged to the WAL (flush.rs).
+    wal_acked: AtomicU64,
     /// Handed over by a transfer (`WriteHold::hand_over`): writes are MOVED.
     moved: AtomicBool,
     closed: Arc<AtomicBool>,
@@ -169,6 +201,10 @@ pub(crate) struct Inner {
     report: RecoveryReport,
     /// The lease gate of reads at a consistency level (reads.rs).
     reads: reads::Reads,
+    /// The unflushed WAL and the write stall that bounds it (backlog.rs).
+    backlog: backlog::Backlog,
+    /// Operations (and their bytes) the open replayed from the WAL.
+    replayed: recovery::Replayed,
 }
 
 impl Inner {
@@ -332,6 +368,17 @@ pub struct Stats {
     pub last_version: u64,
     pub persisted_version: u64,
     pub wal_first_seq: u64,
+    /// Bytes of logged operations no segment file holds yet (what a
+    /// reopen would replay), at most `Options::max_unflushed_wal_bytes`
+    /// give or take one batch.
+    pub unflushed_wal_bytes: u64,
+    /// Writes that waited for the flush at that bound, and how long they
+    /// waited in all (TIMEOUTs included).
+    pub write_stalls: u64,
+    pub write_stall_time: Duration,
+    /// Operations the open replayed from the WAL, and their bytes.
+    pub replayed_records: u64,
+    pub replayed_bytes: u64,
 }
 
 /// A shard open on `<dir>`. Cheap to clone; every method may be called
@@ -375,12 +422,22 @@ impl Shard {
             (None, None) => Wal::open(&wal_dir, opts.wal_options())?,
         };
         let fs = fs.unwrap_or_else(|| Arc::new(StdFs::direct()));
-        Self::open_on(fs, dir, opts, wal, host.map(|h| h.flush.clone()), base)
+        let shared = host.map(|h| (h.flush.clone(), h.stalls.clone()));
+        Self::open_on(fs, dir, opts, wal, shared, base)
     }
 
     /// `base`: versions up to it are the segments' by construction (an
     /// incoming shard whose snapshot is being installed; 0 otherwise).
-    fn open_on(fs: Arc<dyn FileSystem>, dir: &Path, opts: Options, wal: Wal, pool: Option<Arc<FlushPool>>, base: u64) -> Result<Shard> {
+    /// `host`: the engine's flush pool and write-stall totals.
+    fn open_on(
+        fs: Arc<dyn FileSystem>,
+        dir: &Path,
+        opts: Options,
+        wal: Wal,
+        host: Option<(Arc<FlushPool>, Arc<backlog::Stalls>)>,
+        base: u64,
+    ) -> Result<Shard> {
+        let (pool, stalls) = host.unzip();
         let seg_dir = dir.join("segments");
         let last = wal.last_seq();
         let mut report = RecoveryReport::default();
@@ -406,13 +463,26 @@ impl Shard {
             }
             report.lost_versions = Some((a, b));
         }
+        // Replay starts past what the segment files prove they hold (the
+        // version the manifest records as acknowledged, or the lowest one
+        // the files record): records the WAL keeps only for its other
+        // readers (a transfer, a follower) add nothing to a restart. A
+        // salvage open that lost files replays all the WAL still has.
+        let from = match report.lost.is_empty() {
+            true => (loaded.floor.max(base) + 1).min(last + 1).max(first),
+            false => 0,
+        };
+        let replay = recovery::replay_wal(&mut segs, &wal, from, opts.replay_run_bytes.max(1))?;
         // Everything before the first operation replay had to apply is in
         // the segments already (all of it after a clean close), and so is
         // everything up to the lowest persisted version the files record:
         // replay re-applies a put whose key a later, persisted delete
         // removed, which alone would restart the count below it.
-        let replayed = recovery::replay_wal(&mut segs, &wal, opts.replay_run_bytes.max(1))?.map_or(last, |first| first - 1);
+        let replayed = replay.first_changed.map_or(last, |first| first - 1);
         let persisted = replayed.max(loaded.floor.min(last));
+        let backlog = backlog::Backlog::new(opts.max_unflushed_wal_bytes, opts.write_stall_timeout, persisted, stalls);
+        // Replayed and not yet flushed: the first pass persists it.
+        backlog.logged(last, replay.bytes);
         segs.finish(last);
         let inner = Arc::new(Inner {
             fs,
@@ -421,6 +491,7 @@ impl Shard {
             gate: Gate::default(),
             wal: RwLock::new(Some(wal)),
             persisted: AtomicU64::new(persisted),
+            wal_acked: AtomicU64::new(0),
             moved: AtomicBool::new(false),
             closed: Arc::new(AtomicBool::new(false)),
             poison: Mutex::new(None),
@@ -430,6 +501,8 @@ impl Shard {
             report,
             opts,
             reads: Default::default(),
+            backlog,
+            replayed: replay,
         });
         let pool = match pool {
             Some(p) => p,
@@ -458,6 +531,11 @@ impl Shard {
         let record_limit = inner.opts.wal_options().max_record_size;
         op::check_write(ops, record_limit)?;
         let batch = Batch::new(ops);
+        // Before the gate and the WAL's lock: a write waiting for the flush
+        // holds nothing the flush or a close needs.
+        let admitted = inner.backlog.admit(batch.frame_bytes(), || {
+            let _ = inner.request(Request::Flush(None));
+        })?;
         // Held from the gate to the durability wait: close waits for it,
         // and the leader logs with it (no second read lock, which could
         // wait behind a pending close while that close waits for us).
@@ -468,6 +546,7 @@ impl Shard {
             let _on_the_way = wal.on_the_way();
             inner.gate.write(batch, limit, |group| inner.run_group(wal, group))?
         };
+        admitted.logged(last);
         if wal.durability() == Durability::Sync {
             wal.wait_durable(last)?;
         }
@@ -507,6 +586,13 @@ impl Shard {
     #[doc(hidden)]
     pub fn queued_writes(&self) -> usize {
         self.inner.gate.queued()
+    }
+
+    /// Writes waiting for a flush at the bound of unflushed WAL (tests
+    /// wait for a writer to stall before they let the flush go).
+    #[doc(hidden)]
+    pub fn stalled_writes(&self) -> usize {
+        self.inner.backlog.waiting()
     }
 
     fn read<T>(&self, f: impl FnOnce(&Segments) -> Result<T>) -> Result<T> {
@@ -588,6 +674,7 @@ impl Shard {
     }
 
     pub fn stats(&self) -> Stats {
+        let (write_stalls, write_stall_time) = self.inner.backlog.stalls();
         let s = self.inner.segs.read();
         Stats {
             appendable_keys: s.appendable.map.len() as u64,
@@ -597,6 +684,11 @@ impl Shard {
             last_version: s.applied,
             persisted_version: self.persisted_version(),
             wal_first_seq: self.inner.wal.read().as_ref().map_or(0, |w| w.first_seq()),
+            unflushed_wal_bytes: self.inner.backlog.unflushed(),
+            write_stalls,
+            write_stall_time,
+            replayed_records: self.inner.replayed.records,
+            replayed_bytes: self.inner.replayed.bytes,
         }
     }
 
@@ -607,6 +699,7 @@ impl Shard {
         if inner.closed.swap(true, Ordering::AcqRel) {
             return Ok(());
         }
+        inner.backlog.close();
         let mut result = Ok(());
         let member = inner.flusher.lock().take();
         if let Some(member) = member {

@@ -126,6 +126,8 @@ struct Shared {
 pub(crate) struct Host {
     pub flush: Arc<FlushPool>,
     pub wal: crate::wal::Workers,
+    /// Write stalls of all its shards (`backlog.rs`).
+    pub stalls: Arc<super::backlog::Stalls>,
 }
 
 /// A bounded pool of flush workers (see the module comment).

@@ -8,7 +8,7 @@ use super::appendable::Appendable;
 use super::files::{self, Ident};
 use super::key::prefix;
 use super::manifest::{self, Listed, Manifest};
-use super::op::OpRef;
+use super::op::{OpRef, BATCH_RECORD_HEADER};
 use super::sealed::Sealed;
 use super::segments::Segments;
 use super::steps::Steps;
@@ -266,6 +266,19 @@ fn open_table(fs: &dyn FileSystem, dir: &Path, ident: Ident, size: u64, footer_c
     Ok(t)
 }
 
+/// What `replay_wal` did.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Replayed {
+    /// The lowest version that changed anything (everything below it is
+    /// in the segments already); None when nothing changed.
+    pub first_changed: Option<u64>,
+    /// Operations read from the WAL and put through the version gate.
+    pub records: u64,
+    /// Their bytes, each with its record header as a write counts it
+    /// (`backlog.rs`).
+    pub bytes: u64,
+}
+
 /// A run of WAL records, copied out of the log and sorted (see `replay_wal`).
 #[derive(Default)]
 struct Run {
@@ -327,18 +340,18 @@ impl Run {
     }
 }
 
-/// Replays the whole WAL into `segs`, in runs: the records of a run (up to
+/// Replays the WAL from `from` (the first version the segment files may
+/// lack; 0 for the first retained record) into `segs`, in runs: the
+/// records of a run (up to
 /// `run_bytes`, 64 MiB by default) are copied, sorted by key and then
 /// version, and applied in that order. Operations on different keys
 /// commute and those on one key keep their log order, so the state is the
 /// one replay in log order gives; but in key order each B-tree search
 /// walks the path the previous one left in the cache, where in log order
 /// every search was a string of cache misses. A second thread reads and
-/// sorts the next run while this one applies the current one. Returns the
-/// lowest version replay changed (everything below it is in the segments
-/// already).
-pub fn replay_wal(segs: &mut Segments, wal: &Wal, run_bytes: usize) -> Result<Option<u64>> {
-    let mut reader = wal.reader(0, ReadUpto::Appended)?;
+/// sorts the next run while this one applies the current one.
+pub fn replay_wal(segs: &mut Segments, wal: &Wal, from: u64, run_bytes: usize) -> Result<Replayed> {
+    let mut reader = wal.reader(from, ReadUpto::Appended)?;
     // Two runs circulate: one being applied here, one being read there.
     let (full_tx, full) = crossbeam_channel::bounded::<Result<Run>>(1);
     let (empty, empty_rx) = crossbeam_channel::bounded::<Run>(2);
@@ -360,13 +373,15 @@ pub fn replay_wal(segs: &mut Segments, wal: &Wal, run_bytes: usize) -> Result<Op
         // Owned by this closure: an early return drops them, which ends the
         // reader thread wherever it waits, so the scope's join cannot hang.
         let (full, empty) = (full, empty);
-        let mut first_changed = None;
+        let mut replayed = Replayed::default();
         loop {
             let run = full.recv().map_err(|_| Error::new(KEEL_STATUS_PANIC, "the WAL replay reader stopped"))??;
             if run.records.is_empty() {
-                return Ok(first_changed);
+                return Ok(replayed);
             }
-            run.apply(segs, &mut first_changed)?;
+            replayed.records += run.records.len() as u64;
+            replayed.bytes += (run.bytes.len() + run.records.len() * BATCH_RECORD_HEADER) as u64;
+            run.apply(segs, &mut replayed.first_changed)?;
             let _ = empty.send(run);
         }
     })

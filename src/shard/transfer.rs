@@ -5,7 +5,7 @@
 
 use super::entry::{Entry, Value};
 use super::key::Key;
-use super::op::OpRef;
+use super::op::{OpRef, BATCH_RECORD_HEADER};
 use super::pool::Host;
 use super::sealed::Sealed;
 use super::{Options, Shard};
@@ -241,6 +241,9 @@ impl Shard {
             }
             let last = first + fresh.len() as u64 - 1;
             segs.finish(last);
+            // Counted toward the bound, never stalled: the transfer's
+            // sender paces itself by these calls.
+            inner.backlog.logged(last, records.iter().map(|r| (r.len() + BATCH_RECORD_HEADER) as u64).sum());
             last
         };
         wal.wait_durable(last)?;
