@@ -5,7 +5,7 @@
 
 use super::entry::{Entry, Value};
 use super::key::Key;
-use super::op::OpRef;
+use super::op::Record;
 use super::pool::Host;
 use super::sealed::Sealed;
 use super::{Options, Shard};
@@ -229,14 +229,21 @@ impl Shard {
                     format!("transferred operations from {first} do not follow this shard's last version {} without a gap", wal.last_seq()),
                 ));
             }
-            let decoded: Vec<OpRef> = fresh.iter().map(|(_, r)| OpRef::decode(r)).collect::<Result<_>>()?;
+            let decoded: Vec<Record> = fresh.iter().map(|(_, r)| Record::decode(r)).collect::<Result<_>>()?;
             let records: Vec<&[u8]> = fresh.iter().map(|(_, r)| *r).collect();
             let at = wal.append_deferred(&records)?;
             debug_assert_eq!(at, first, "the WAL numbers transferred operations with their versions");
-            for (i, op) in decoded.into_iter().enumerate() {
-                if let Err(e) = segs.replay(op, first + i as u64) {
-                    inner.poison(e.clone());
-                    return Err(e);
+            let mut replicated = inner.replicated.lock();
+            for (i, record) in decoded.into_iter().enumerate() {
+                let version = first + i as u64;
+                match record {
+                    Record::Op(op) => {
+                        if let Err(e) = segs.replay(op, version) {
+                            inner.poison(e.clone());
+                            return Err(e);
+                        }
+                    }
+                    Record::State(change) => replicated.logged(version, change),
                 }
             }
             let last = first + fresh.len() as u64 - 1;
