@@ -285,11 +285,22 @@ mod tests {
         assert_eq!(shard.get(b"k0").unwrap().unwrap().version, 15);
         // A gap is refused.
         assert_eq!(apply(&shard, &ops(17..=18)).unwrap_err().status, KEEL_STATUS_PROTOCOL);
+        // A state record in the delta (an applied entry's index and fence)
+        // reaches the replicated state too.
+        let state = crate::shard::replicated::StateChange {
+            index: Some(42),
+            fence: Some(crate::shard::Fence { bucket: b"b".to_vec(), token: 7 }),
+        };
+        let mut with_state = ops(16..=16);
+        with_state.push((17, state.encode()));
+        assert_eq!(apply(&shard, &with_state).unwrap(), 17);
+        assert_eq!((shard.applied_index(), shard.fence_highest(b"b")), (42, Some(7)));
         // Reopened normally, the shard replays its own WAL at those versions.
         shard.close().unwrap();
         let shard = Shard::open(&dir, opts).unwrap();
-        assert_eq!(shard.last_version(), 15);
-        assert_eq!(shard.get(b"k0").unwrap().unwrap().version, 15);
+        assert_eq!(shard.last_version(), 17);
+        assert_eq!(shard.get(b"k1").unwrap().unwrap().version, 16);
+        assert_eq!((shard.applied_index(), shard.fence_highest(b"b")), (42, Some(7)));
         shard.close().unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
     }
