@@ -22,7 +22,7 @@ mod common;
 use common::faultfs::FaultFs;
 use common::rng::Rng;
 use common::TempDir;
-use keel::lease::{Clock, LeaseConfig, LeaseGate, Level};
+use keel::lease::{Clock, LeaseConfig, LeaseGate, Level, Role, Voters};
 use keel::shard::{Consensus, Entry, Fence, Op, Options, Shard, Value};
 use keel::status::*;
 use keel::wal::Durability;
@@ -316,11 +316,33 @@ fn applies_feed_the_lease_gates_applied_index() {
         max_clock_drift: Duration::from_millis(100),
         max_round_trip: Duration::from_millis(100),
     };
-    let gate = LeaseGate::new(1, config, Clock::manual(0), Box::new(|| Ok(7))).unwrap();
+    // The read-index answers 7 and says when it was asked.
+    let (asked_tx, asked) = std::sync::mpsc::channel();
+    let asked_tx = parking_lot::Mutex::new(asked_tx);
+    let read_index = Box::new(move || {
+        let _ = asked_tx.lock().send(());
+        Ok(7)
+    });
+    let gate = LeaseGate::new(1, config, Clock::manual(0), read_index).unwrap();
     s.configure_consensus(Consensus { gate, default_level: Level::Stale, read_timeout: Duration::from_secs(60) }).unwrap();
     let c = s.consensus().unwrap();
     assert_eq!(c.gate.state().applied(), 3, "configuring takes the shard's applied index");
-    s.apply(7, &[], None).unwrap();
+    c.gate.set_voters(Voters { incoming: vec![1], outgoing: vec![] }).unwrap();
+    c.gate.set_role(Role::Leader, 3, None).unwrap();
+    // A linearizable read waits for index 7: only applying it through the
+    // shard lets it go (the host reports no applied index here).
+    let reader = {
+        let s = s.clone();
+        thread::spawn(move || {
+            let permit = s.begin_read(Some(Level::Linearizable), Some(Duration::from_secs(60)))?;
+            Ok::<_, keel::Error>((permit.index, s.get(b"seven")?))
+        })
+    };
+    asked.recv().unwrap();
+    s.apply(7, &[put("seven", "7")], None).unwrap();
+    let (index, seen) = reader.join().unwrap().unwrap();
+    assert_eq!(index, 7);
+    assert!(seen.is_some(), "the read waited for entry 7 and sees it");
     assert_eq!(c.gate.state().applied(), 7, "an apply moves the gate");
     // The host may report the same index itself; a lower one is its error.
     c.gate.set_applied(7).unwrap();
