@@ -279,6 +279,10 @@ static void stats_versions(const char *root) {
   NEWER_STATS(keel_engine_stats_t, KEEL_ENGINE_STATS_SIZE_V2, keel_engine_stats(e, out_));
   OLDER_STATS(keel_shard_stats_t, KEEL_SHARD_STATS_SIZE_V1, keel_shard_stats(s, out_));
   OLDER_STATS(keel_engine_stats_t, KEEL_ENGINE_STATS_SIZE_V1, keel_engine_stats(e, out_));
+  /* A result struct: the refused call checks its size before applying. */
+  NEWER_STATS(keel_apply_result_t, KEEL_APPLY_RESULT_SIZE_V1, keel_shard_apply(s, 1, NULL, NULL, out_, &err));
+  keel_error_free(err);
+  err = NULL;
   CHECK_OK(keel_shard_close(s, &err));
   CHECK_OK(keel_engine_close(e, &err));
   free(dir);

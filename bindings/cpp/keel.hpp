@@ -1139,6 +1139,50 @@ struct ReadOptions {
   }
 };
 
+/// A fencing token for a bucket, carried by a write (docs/LEASE.md,
+/// "Fenced writes"): refused with Status::Fenced when `token` is below the
+/// highest token the shard accepted for `bucket`, which otherwise becomes
+/// it. `bucket` is read during the call only.
+struct Fence {
+  ByteView bucket;
+  uint64_t token = 0;
+};
+
+/// Options of Shard::write() and Shard::apply() (keel_write_options_t).
+struct WriteOptions {
+  std::optional<Fence> fence;  ///< none by default
+
+  WriteOptions() = default;
+  WriteOptions(Fence f) : fence(f) {}  // NOLINT: implicit on purpose
+
+  keel_write_options_t to_c() const noexcept {
+    keel_write_options_t o{};
+    (void)keel_write_options_init_sized(&o, sizeof o);
+    if (fence) {
+      o.fenced = 1;
+      o.fence_bucket = fence->bucket.data();
+      o.fence_bucket_len = fence->bucket.size();
+      o.fence_token = fence->token;
+    }
+    return o;
+  }
+};
+
+/// What Shard::apply() did with an entry (keel_apply_result_t).
+struct ApplyResult {
+  /// Status::Ok when the entry's operations took effect (or it had none);
+  /// otherwise why they were refused, the same on every replica
+  /// (Status::Fenced, Status::WrongKind, Status::InvalidArgument). The
+  /// index moved either way: answer the entry's client, never retry it.
+  Status status = Status::Ok;
+  /// The index was at or below the applied index: nothing was done.
+  bool duplicate = false;
+  uint32_t op_count = 0;  ///< operations that took effect
+  uint64_t first_version = 0, last_version = 0;  ///< theirs, 0 when none
+  uint64_t applied_index = 0;  ///< the shard's, after the call
+  bool refused() const noexcept { return status != Status::Ok; }
+};
+
 /// The host's read-index round trip: the index to wait for, or an Error
 /// (Status::NotLeader, Status::Timeout, ...). Runs on a reading thread;
 /// must not throw and must not read from the same shard.
@@ -1256,6 +1300,68 @@ class Shard : public detail::Handle<keel_shard_t, detail::close_shard> {
     const keel_status_t st = keel_shard_write(ptr_.get(), batch.raw(), &first, &last, err.out());
     if (st != KEEL_STATUS_OK) return err.take(st);
     return std::make_pair(first, last);
+  }
+
+  /// write() with options: with a fence, Status::Fenced (nothing written)
+  /// when its token is below the highest this shard accepted for its
+  /// bucket; otherwise the token becomes the highest, kept across reopens.
+  Result<std::pair<uint64_t, uint64_t>> write(const Batch& batch, const WriteOptions& opts) const {
+    if (!ptr_) return detail::empty_handle("keel::Shard");
+    if (auto st = batch.status(); !st) return st.err();
+    if (opts.fence) {
+      if (auto ok = detail::check_views({opts.fence->bucket}); !ok) return ok.err();
+    }
+    detail::ErrorOut err;
+    uint64_t first = 0, last = 0;
+    const keel_write_options_t o = opts.to_c();
+    const keel_status_t st = keel_shard_write_ex(ptr_.get(), batch.raw(), &o, &first, &last, err.out());
+    if (st != KEEL_STATUS_OK) return err.take(st);
+    return std::make_pair(first, last);
+  }
+
+  /// Applies the host's committed entry `index` (its consensus log index,
+  /// from 1) with the operations of `batch` (nullptr or empty: the entry
+  /// only moves the index) and the fence of `opts`, atomically, in the
+  /// shard's write order; the index is logged with them and
+  /// applied_index() returns it from then on, across crashes and reopens.
+  /// An index at or below it changes nothing (ApplyResult::duplicate); a
+  /// refusal moves the index (ApplyResult::status). An Error means the
+  /// index did not move. Apply one entry at a time, in index order.
+  Result<ApplyResult> apply(uint64_t index, const Batch* batch = nullptr, const WriteOptions& opts = WriteOptions()) const {
+    if (!ptr_) return detail::empty_handle("keel::Shard");
+    if (batch) {
+      if (auto st = batch->status(); !st) return st.err();
+    }
+    if (opts.fence) {
+      if (auto ok = detail::check_views({opts.fence->bucket}); !ok) return ok.err();
+    }
+    detail::ErrorOut err;
+    keel_apply_result_t r{};
+    r.struct_size = sizeof r;
+    const keel_write_options_t o = opts.to_c();
+    const keel_status_t st = keel_shard_apply(ptr_.get(), index, batch ? batch->raw() : nullptr, &o, &r, err.out());
+    if (st != KEEL_STATUS_OK) return err.take(st);
+    ApplyResult out;
+    out.status = static_cast<Status>(r.status);
+    out.duplicate = r.duplicate != 0;
+    out.op_count = r.op_count;
+    out.first_version = r.first_version;
+    out.last_version = r.last_version;
+    out.applied_index = r.applied_index;
+    return out;
+  }
+  Result<ApplyResult> apply(uint64_t index, const Batch& batch, const WriteOptions& opts = WriteOptions()) const {
+    return apply(index, &batch, opts);
+  }
+
+  /// The index of the last entry applied with apply() (0: none), as it
+  /// stands after any crash and reopen: where the host's consensus engine
+  /// resumes (etcd raft: Config.Applied).
+  Result<uint64_t> applied_index() const {
+    uint64_t i = 0;
+    auto r = run_call([&](keel_error_t** e) { return keel_shard_applied_index(ptr_.get(), &i, e); });
+    if (!r) return r.err();
+    return i;
   }
 
   /// What `key` holds; std::nullopt when it is absent. At the level of

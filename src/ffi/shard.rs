@@ -38,7 +38,7 @@ impl Opaque for keel_shard_t {
 
 /// The packed operations of a batch plus their number.
 pub struct Batch {
-    packed: Vec<u8>,
+    pub(crate) packed: Vec<u8>,
     count: usize,
 }
 
@@ -106,7 +106,7 @@ fn value_bytes(v: &Value) -> Vec<u8> {
 }
 
 /// Writes an optional `uint64_t *` out-parameter of an entry point.
-fn write_version(out: *mut u64, v: u64) {
+pub(crate) fn write_version(out: *mut u64, v: u64) {
     if !out.is_null() {
         debug_assert!(out.is_aligned(), "version out-parameter is misaligned");
         // SAFETY: not NULL (checked above); the C contract makes a non-NULL
@@ -127,7 +127,7 @@ fn pack(out: &mut Vec<u8>, op: u8, key: &[u8], body: &[u8]) -> crate::Result<()>
 }
 
 /// Decodes the packed batch format (see keel_shard_write_packed()).
-fn unpack(mut bytes: &[u8]) -> crate::Result<Vec<Op>> {
+pub(crate) fn unpack(mut bytes: &[u8]) -> crate::Result<Vec<Op>> {
     let mut ops = Vec::new();
     while !bytes.is_empty() {
         let bad = || Error::invalid(format!("packed operation {} is cut short", ops.len()));
