@@ -53,6 +53,9 @@ SHARD_POSTING_OPS=${SHARD_POSTING_OPS:-$((2000000 / q))}
 SHARD_MEMORY_KEYS=${SHARD_MEMORY_KEYS:-$((1000000 / q))}
 SHARD_RECOVERY_MIB=${SHARD_RECOVERY_MIB:-$qmib}
 BENCH_PAIRS=${BENCH_PAIRS:-3}
+case $BENCH_PAIRS in
+    '' | *[!0-9]* | 0) echo "bench: BENCH_PAIRS must be a whole number >= 1 (got '$BENCH_PAIRS')" >&2; exit 1 ;;
+esac
 CARGO=${CARGO:-cargo}
 RESULTS=bench/results
 BENCH_VENV=${BENCH_VENV:-target/bench-venv}
@@ -206,7 +209,7 @@ run_keel_wal "$WORK/keel.json" sync_4k_1w none_128_1w
 # The memtable is big enough that nothing is flushed during a run (the .sst
 # files left at the end are counted and reported), so only the WAL is measured.
 # fillrandom stops after BENCH_SECONDS (--duration); fillseq ignores --duration,
-# so it gets --num (per thread) from the fillrandom rate at the same count.
+# so it gets --num (per thread) from the rate of the fillrandom just before it.
 rdb=$BENCH_DIR/rocksdb
 run_db_bench() { # binary, output name, benchmark, threads, extra args...
     bin=$1 out=$WORK/$2 bm=$3 nt=$4
