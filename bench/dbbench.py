@@ -10,7 +10,7 @@ NUM = r"([0-9]+(?:\.[0-9]*)?(?:[eE][-+]?[0-9]+)?)"
 
 
 def parse_db_bench(bm, text):
-    """One db_bench run's stdout (RocksDB 7.x format), for benchmark bm:
+    """One db_bench run's stdout (RocksDB 7.8 and 10.4 print the same), for benchmark bm:
 
     fillrandom   :    1025.830 micros/op 3840 ops/sec 3.124 seconds 11996 operations;    1.0 MB/s
     Microseconds per write:
