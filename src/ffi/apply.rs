@@ -162,7 +162,9 @@ pub extern "C" fn keel_shard_write_packed_ex(
     })
 }
 
-fn write_ex(s: &crate::shard::Shard, ops: &[Op], opts: *const keel_write_options_t, first: *mut u64, last: *mut u64) -> crate::Result<()> {
+/// The write calls' common body: `ops` with the fence of `opts` (NULL:
+/// none), the versions to `first` and `last` (each may be NULL).
+pub(crate) fn write_ex(s: &crate::shard::Shard, ops: &[Op], opts: *const keel_write_options_t, first: *mut u64, last: *mut u64) -> crate::Result<()> {
     let (f, l) = match fence_of(opts)? {
         Some(fence) => s.write_fenced(ops, fence)?,
         None => s.write(ops)?,

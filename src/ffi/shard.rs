@@ -3,6 +3,7 @@
 
 use crate::error::Error;
 use crate::ffi::boundary::{in_bytes, in_packed, into_handle, out_ptr, take_handle, Opaque};
+use crate::ffi::apply::write_ex;
 use crate::ffi::buf::{buf_out, check_unfilled, keel_buf_t};
 use crate::ffi::versioned::write_stats;
 use crate::ffi::error::keel_error_t;
@@ -235,10 +236,7 @@ pub extern "C" fn keel_shard_write(
     ffi_boundary!(err, shard, {
         let s = try_handle!(shard);
         let b = try_handle!(batch);
-        let (first, last) = s.write(&unpack(&b.packed)?)?;
-        write_version(first_version, first);
-        write_version(last_version, last);
-        Ok(())
+        write_ex(s, &unpack(&b.packed)?, std::ptr::null(), first_version, last_version)
     })
 }
 
@@ -259,10 +257,7 @@ pub extern "C" fn keel_shard_write_packed(
 ) -> keel_status_t {
     ffi_boundary!(err, shard, {
         let s = try_handle!(shard);
-        let (first, last) = s.write(&unpack(in_bytes(ops, ops_len, "ops")?)?)?;
-        write_version(first_version, first);
-        write_version(last_version, last);
-        Ok(())
+        write_ex(s, &unpack(in_bytes(ops, ops_len, "ops")?)?, std::ptr::null(), first_version, last_version)
     })
 }
 
