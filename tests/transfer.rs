@@ -12,7 +12,7 @@ use keel::engine::Engine;
 use keel::node::{Node, NodeOptions};
 use keel::shard::{Options, Shard};
 use keel::status::*;
-use keel::transfer::{shard_digest, wire, Method, Report, TransferOptions, Transfers};
+use keel::transfer::{shard_digest, wire, Finish, Method, Report, TransferOptions, Transfers};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -217,7 +217,7 @@ fn writes_during_the_transfer_reach_the_receiver_and_the_hand_over_stops_them() 
             unreachable!()
         })
     };
-    let opts = TransferOptions { hand_over: true, ..small_batches(Method::Snapshot) };
+    let opts = TransferOptions { auto_finish: Some(Finish::HandOver), ..small_batches(Method::Snapshot) };
     let r = src.transfers.send_shard(&shard, SHARD, 2, &opts).unwrap();
     let acked = writer.join().unwrap();
     assert!(r.handed_over && shard.is_moved(), "{r:?}");

@@ -5,15 +5,22 @@
 //! everything with its original versions.
 //!
 //! One file per part: `wire.rs` (frames), `source.rs` (the sending side:
-//! method choice, pipelined backfill, final drain), `receiver.rs` (the
-//! receiving side) and `digest.rs` (the content digest both sides compare).
+//! method choice, pipelined backfill; `source/finish.rs`: catching up,
+//! the final drain and the finish modes), `receiver.rs` (the receiving
+//! side), `control.rs` (what the host and a running transfer share),
+//! `handle.rs` (the host's handle on a transfer running on its own
+//! thread) and `digest.rs` (the content digest both sides compare).
 
+mod control;
 mod digest;
+mod handle;
 mod receiver;
 mod source;
 pub mod wire;
 
+pub use control::{Finish, Progress, ProgressFn, Stage};
 pub use digest::shard_digest;
+pub use handle::Transfer;
 pub use receiver::ReceiverStats;
 
 use crate::engine::Engine;
@@ -24,7 +31,7 @@ use crate::status::*;
 use crossbeam_channel::Sender;
 use parking_lot::Mutex;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -47,11 +54,12 @@ pub struct TransferOptions {
     pub max_batch_records: usize,
     /// How long the source waits for the receiver's answer to one step.
     pub ack_timeout: Duration,
-    /// Finish by handing the shard over: once the receiver has everything,
-    /// the source's shard refuses writes with MOVED (the host then closes
-    /// and drops it). Without it the source keeps its shard writable and
-    /// the receiver holds a copy as of the finish.
-    pub hand_over: bool,
+    /// Finish with this mode as soon as the receiver has caught up; None:
+    /// keep streaming new writes until the host calls `Transfer::finish`.
+    /// Default `Some(Finish::Copy)`.
+    pub auto_finish: Option<Finish>,
+    /// Called with the progress on the transfer's thread (`ProgressFn`).
+    pub progress: Option<ProgressFn>,
 }
 
 impl Default for TransferOptions {
@@ -61,7 +69,8 @@ impl Default for TransferOptions {
             max_batch_bytes: 1 << 20,
             max_batch_records: 1024,
             ack_timeout: Duration::from_secs(30),
-            hand_over: false,
+            auto_finish: Some(Finish::Copy),
+            progress: None,
         }
     }
 }
@@ -102,9 +111,10 @@ pub struct Report {
     /// Time spent reading batches against time sending them (until acked).
     pub read_time: Duration,
     pub send_time: Duration,
-    /// How long writes were held off for the final drain.
+    /// How long writes were held off for the final drain (both drains
+    /// when a hand-over followed forwarding).
     pub final_hold: Duration,
-    /// The shard was handed over (`TransferOptions::hand_over`).
+    /// The shard was handed over (`Finish::HandOver`).
     pub handed_over: bool,
     /// Most batches the source held at once (built, in flight or being read).
     pub max_batches_in_memory: usize,
@@ -155,28 +165,21 @@ impl Transfers {
     }
 
     /// Sends `shard` (the host's open shard `shard_id`) to `peer` and
-    /// returns once the receiver holds everything durably. Writes to the
-    /// shard continue meanwhile, except during the final drain. BUSY when
+    /// returns once the receiver holds everything durably: `start`, then
+    /// `wait`. `opts.auto_finish` must be a copy or a hand-over. BUSY when
     /// the node's `max_concurrent_transfers` are being sent already.
-    pub fn send_shard(&self, shard: &Shard, shard_id: u32, peer: u64, opts: &TransferOptions) -> Result<Report> {
-        opts.validate()?;
-        let max = self.node.max_concurrent_transfers();
-        if self.sending.fetch_add(1, Ordering::AcqRel) >= max {
-            self.sending.fetch_sub(1, Ordering::AcqRel);
-            return Err(Error::new(KEEL_STATUS_BUSY, format!("{max} transfers are being sent from this node already (max_concurrent_transfers)")));
+    pub fn send_shard(self: &Arc<Self>, shard: &Shard, shard_id: u32, peer: u64, opts: &TransferOptions) -> Result<Report> {
+        match opts.auto_finish {
+            Some(Finish::Copy) | Some(Finish::HandOver) => {}
+            other => {
+                return Err(Error::invalid(format!(
+                    "send_shard waits for the end of the transfer: auto_finish must be a copy or a hand-over, not {other:?}"
+                )))
+            }
         }
-        let result = self.send_counted(shard, shard_id, peer, opts);
-        self.sending.fetch_sub(1, Ordering::AcqRel);
-        result
-    }
-
-    fn send_counted(&self, shard: &Shard, shard_id: u32, peer: u64, opts: &TransferOptions) -> Result<Report> {
-        let id = (self.node.id() << 24) ^ self.next_id.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = crossbeam_channel::unbounded();
-        self.waiting.lock().insert(id, tx);
-        let result = source::run(&self.node, id, rx, shard, shard_id, peer, opts);
-        self.waiting.lock().remove(&id);
-        result
+        let t = self.start(shard, shard_id, peer, opts)?;
+        t.wait(None);
+        t.outcome().unwrap_or_else(|| Err(Error::new(KEEL_STATUS_PANIC, "the transfer settled without an outcome")))
     }
 
     pub fn receiver_stats(&self) -> ReceiverStats {

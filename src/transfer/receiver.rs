@@ -112,6 +112,13 @@ impl Receiver {
         bump(&self.counters.steps, 1);
         let (id, n, acked, mut body) = (step.id, step.step, step.acked, step.body);
         let mut ack = Ack { id, step: n, status: KEEL_STATUS_OK, version: 0, crc: None, message: String::new() };
+        if ty == wire::CANCEL {
+            let taken = self.state.lock().running.remove(&(peer, id));
+            if let Some(inc) = taken {
+                abandon(engine, inc);
+            }
+            return None;
+        }
         let result = if ty == wire::START {
             self.start(engine, max, peer, id, n, &mut body, &mut ack)
         } else {
@@ -277,6 +284,14 @@ impl Receiver {
                 let ops = wire::ops(body)?;
                 ack.version = shard_of(inc, false)?.apply_transferred(&ops)?;
                 bump(&self.counters.ops_applied, ops.len() as u64);
+            }
+            wire::FORWARD => {
+                let last = body.u64().map_err(|e| protocol(e.message))?;
+                let have = shard_of(inc, false)?.last_version();
+                if have != last {
+                    return Err(protocol(format!("the source forwards from version {last}, this shard is at {have}")));
+                }
+                ack.version = have;
             }
             wire::FINISH => {
                 let last = body.u64().map_err(|e| protocol(e.message))?;

@@ -3,6 +3,7 @@
 //! current one is sent; one send in flight) and the final drain under
 //! the shard's write hold.
 
+use super::control::{Control, Stage};
 use super::wire::{self, Ack, STEP_HEADER};
 use super::{failed, Method, Report, TransferOptions};
 use crate::error::{Error, Result};
@@ -15,8 +16,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Backfill rounds (catch up, sync the WAL, catch up again) before the
-/// final drain takes the write hold whatever is left.
+mod finish;
+
+/// Backfill rounds (catch up, sync the WAL, catch up again) after the
+/// finish was asked for, before the final drain takes the write hold
+/// whatever is left.
 const CATCH_UP_ROUNDS: usize = 8;
 
 /// Counts the batches the source holds, and the most at once.
@@ -126,6 +130,7 @@ impl Batcher {
 
 /// The source's side of the conversation: one step at a time.
 struct Link<'a> {
+    control: &'a Control,
     node: &'a Node,
     peer: u64,
     id: u64,
@@ -147,7 +152,7 @@ impl Link<'_> {
         self.node.send(self.peer, ty, &payload)?;
         self.report.bytes += payload.len() as u64;
         let ack = loop {
-            let ack = self.acks.recv_timeout(self.timeout).map_err(|_| {
+            let ack = self.control.recv_ack(&self.acks, self.timeout)?.ok_or_else(|| {
                 Error::new(KEEL_STATUS_TIMEOUT, format!("no answer from node {} to transfer step {} within {:?}", self.peer, self.step, self.timeout))
             })?;
             // An ACK of an earlier step can only be a duplicate.
@@ -169,7 +174,9 @@ impl Link<'_> {
         self.call(ty, payload)
     }
 
+    /// Sends one batch, at a batch boundary: a cancel stops it first.
     fn send(&mut self, b: Batch) -> Result<()> {
+        self.control.check()?;
         self.report.read_time += b.read;
         self.report.batches += 1;
         match b.ty {
@@ -180,8 +187,10 @@ impl Link<'_> {
             }
         }
         let Batch { ty, payload, _held, .. } = b;
-        self.call(ty, payload).map(drop)
+        self.call(ty, payload)?;
         // `_held` goes here, once the receiver has the batch.
+        self.control.sent(&self.report);
+        Ok(())
     }
 
     /// Sends what `read` produces until it returns None, reading the next
@@ -265,6 +274,7 @@ pub(super) fn run(
     shard_id: u32,
     peer: u64,
     opts: &TransferOptions,
+    control: &Arc<Control>,
 ) -> Result<Report> {
     let frame_limit = node.max_frame_bytes();
     let batcher = Batcher {
@@ -273,7 +283,7 @@ pub(super) fn run(
         frame_limit,
         memory: Arc::new(Memory::default()),
     };
-    let mut link = Link { node, peer, id, acks, timeout: opts.ack_timeout, step: 0, acked: 0, report: Report::default() };
+    let mut link = Link { control, node, peer, id, acks, timeout: opts.ack_timeout, step: 0, acked: 0, report: Report::default() };
     let mut start = shard_id.to_le_bytes().to_vec();
     start.push(match opts.method {
         Method::Snapshot => wire::MODE_SNAPSHOT,
@@ -281,7 +291,8 @@ pub(super) fn run(
     });
     let hello = link.simple(wire::START, &start)?;
     link.report.receiver_had = hello.version;
-    let (mut reader, _pin) = match plan(shard, opts.method, hello.version, hello.crc, &mut link.report)? {
+    control.stage(Stage::Backfill, &link.report);
+    let (reader, pin) = match plan(shard, opts.method, hello.version, hello.crc, &mut link.report)? {
         Plan::Delta(pin) => {
             link.simple(wire::BEGIN, &[&[wire::MODE_DELTA][..], &hello.version.to_le_bytes()].concat())?;
             link.report.last_version = hello.version;
@@ -318,35 +329,8 @@ pub(super) fn run(
             (shard.wal_reader(from)?, pin)
         }
     };
-    // Backfill: catch up without holding writes, syncing the WAL when a
-    // read finds nothing more that is durable.
-    for _ in 0..CATCH_UP_ROUNDS {
-        let b = batcher.clone();
-        let (r, sent) = link.pipeline(reader, move |r| b.ops(r))?;
-        reader = r;
-        shard.sync_wal()?;
-        if sent == 0 {
-            break;
-        }
-    }
-    // The final drain: no write is applied while the hold lives, so a
-    // read under it that comes back empty has seen every write.
-    let hold = shard.hold_writes();
-    let held = Instant::now();
-    shard.sync_wal()?;
-    while let Some(b) = batcher.ops(&mut reader)? {
-        link.send(b)?;
-    }
-    let last = link.report.last_version;
-    link.simple(wire::FINISH, &last.to_le_bytes())?;
-    // The receiver owns the shard now: with a hand-over, later writes here
-    // fail with MOVED; none can slip in, the hold is still taken.
-    if opts.hand_over {
-        hold.hand_over();
-        link.report.handed_over = true;
-    }
-    drop(hold);
-    link.report.final_hold = held.elapsed();
+    control.stage(Stage::CatchingUp, &link.report);
+    finish::run(&mut link, &batcher, reader, pin, shard, control)?;
     link.report.max_batches_in_memory = batcher.memory.max.load(Ordering::Acquire);
     Ok(link.report)
 }

@@ -27,6 +27,16 @@ pub const OPS: u16 = 0x0103;
 pub const SNAPSHOT_END: u16 = 0x0104;
 /// Source → receiver: the transfer is complete. Body: `[u64 last version]`.
 pub const FINISH: u16 = 0x0105;
+/// Source → receiver: caught up, now forwarding: the receiver checks it
+/// is at the version, keeps the shard incoming and takes the OPS that
+/// follow (each write to the source) until FINISH or CANCEL. Body:
+/// `[u64 last version]`.
+pub const FORWARD: u16 = 0x0106;
+/// Source → receiver: the source gave up (the host cancelled); not a step
+/// (it may follow a step whose ACK the source no longer waits for) and
+/// not answered. The receiver ends the reception; the shard stays
+/// incoming. Body: empty.
+pub const CANCEL: u16 = 0x0107;
 /// Receiver → source: the answer to one step. Payload: `[u64 transfer
 /// id][u64 step][u32 status][u64 version][u8 has crc][u32 crc][message]`.
 pub const ACK: u16 = 0x0180;
