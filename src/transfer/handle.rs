@@ -14,7 +14,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 /// A running (or settled) transfer. Dropping it cancels a transfer that
-/// is not over and waits for its thread.
+/// is not over and waits for its thread (except on that thread itself).
 pub struct Transfer {
     control: Arc<Control>,
     thread: Mutex<Option<JoinHandle<()>>>,
@@ -104,7 +104,11 @@ impl Drop for Transfer {
     fn drop(&mut self) {
         self.control.cancel();
         if let Some(t) = self.thread.lock().take() {
-            let _ = t.join();
+            // Dropped by its own progress callback, the thread cannot wait
+            // for itself: it ends on its own after the cancel.
+            if t.thread().id() != std::thread::current().id() {
+                let _ = t.join();
+            }
         }
     }
 }
