@@ -189,15 +189,18 @@ impl Control {
         self.state.lock().progress.clone()
     }
 
-    /// Waits until the transfer is settled; false when `timeout` passed first.
+    /// Waits until the transfer is settled and no finish it was asked for
+    /// is pending (a hand-over asked while forwarding is waited for);
+    /// false when `timeout` passed first.
     pub fn wait(&self, timeout: Option<Duration>) -> bool {
         let deadline = timeout.map(|t| Instant::now() + t);
         let mut s = self.state.lock();
-        while !s.progress.stage.is_settled() {
+        let settled = |s: &State| s.progress.stage.is_over() || (s.progress.stage.is_settled() && s.finish.is_none());
+        while !settled(&s) {
             match deadline {
                 None => self.changed.wait(&mut s),
                 Some(d) => {
-                    if self.changed.wait_until(&mut s, d).timed_out() && !s.progress.stage.is_settled() {
+                    if self.changed.wait_until(&mut s, d).timed_out() && !settled(&s) {
                         return false;
                     }
                 }
