@@ -291,11 +291,11 @@ pub(super) fn run(
     });
     let hello = link.simple(wire::START, &start)?;
     link.report.receiver_had = hello.version;
-    control.stage(Stage::Backfill, &link.report);
     let (reader, pin) = match plan(shard, opts.method, hello.version, hello.crc, &mut link.report)? {
         Plan::Delta(pin) => {
             link.simple(wire::BEGIN, &[&[wire::MODE_DELTA][..], &hello.version.to_le_bytes()].concat())?;
             link.report.last_version = hello.version;
+            control.stage(Stage::Backfill, &link.report);
             (shard.wal_reader(hello.version + 1)?, pin)
         }
         Plan::Snapshot => {
@@ -314,6 +314,7 @@ pub(super) fn run(
             link.report.snapshot = true;
             link.report.snapshot_version = Some(snap.version);
             link.report.last_version = snap.version;
+            control.stage(Stage::Backfill, &link.report);
             // With the checksum of its record of the snapshot's version, so
             // a later WAL delta to this receiver can check its history.
             let crc = shard.record_crc(snap.version)?;
