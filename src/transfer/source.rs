@@ -266,6 +266,7 @@ fn plan(shard: &Shard, method: Method, had: u64, crc: Option<u32>, report: &mut 
     Ok(Plan::Snapshot)
 }
 
+#[allow(clippy::too_many_arguments)]
 pub(super) fn run(
     node: &Node,
     id: u64,
