@@ -2458,7 +2458,8 @@ keel_status_t keel_transfer_status(const struct keel_transfer_t *t,
 /**
  * Waits up to `timeout_ms` milliseconds (KEEL_TRANSFER_WAIT_FOREVER: no
  * limit) until the transfer is settled: done, failed, cancelled, or
- * forwarding with no hand-over asked for yet. OK then
+ * forwarding with no hand-over asked for yet, and its progress callback
+ * for that stage has returned. OK then
  * (keel_transfer_status() says how it went).
  * Must not be called from the transfer's own progress callback.
  * Errors: NULL_ARGUMENT, INVALID_ARGUMENT (not a live transfer), TIMEOUT

@@ -366,7 +366,8 @@ pub extern "C" fn keel_transfer_status(t: *const keel_transfer_t, stage: *mut u3
 
 /// Waits up to `timeout_ms` milliseconds (KEEL_TRANSFER_WAIT_FOREVER: no
 /// limit) until the transfer is settled: done, failed, cancelled, or
-/// forwarding with no hand-over asked for yet. OK then
+/// forwarding with no hand-over asked for yet, and its progress callback
+/// for that stage has returned. OK then
 /// (keel_transfer_status() says how it went).
 /// Must not be called from the transfer's own progress callback.
 /// Errors: NULL_ARGUMENT, INVALID_ARGUMENT (not a live transfer), TIMEOUT

@@ -98,6 +98,10 @@ const POLL: Duration = Duration::from_millis(10);
 #[derive(Default)]
 struct State {
     progress: Progress,
+    /// The last stage whose progress callback has returned (the stage
+    /// itself when there is no callback): `wait` goes by it, so the
+    /// callback of the settling change has run when `wait` returns.
+    reported: Stage,
     error: Option<Error>,
     /// The host's finish request, taken by the transfer when it acts on it.
     finish: Option<Finish>,
@@ -195,7 +199,7 @@ impl Control {
     pub fn wait(&self, timeout: Option<Duration>) -> bool {
         let deadline = timeout.map(|t| Instant::now() + t);
         let mut s = self.state.lock();
-        let settled = |s: &State| s.progress.stage.is_over() || (s.progress.stage.is_settled() && s.finish.is_none());
+        let settled = |s: &State| s.reported.is_over() || (s.reported.is_settled() && s.finish.is_none());
         while !settled(&s) {
             match deadline {
                 None => self.changed.wait(&mut s),
@@ -256,9 +260,17 @@ impl Control {
             self.changed.notify_all();
             s.progress.clone()
         };
+        self.report(p);
+    }
+
+    /// Runs the progress callback, then marks its stage reported.
+    fn report(&self, p: Progress) {
         if let Some(f) = &self.on_progress {
             (f.0)(&p);
         }
+        let mut s = self.state.lock();
+        s.reported = p.stage;
+        self.changed.notify_all();
     }
 
     /// The host's next request, waiting up to the poll interval (forever
@@ -349,8 +361,6 @@ impl Control {
             self.changed.notify_all();
             s.progress.clone()
         };
-        if let Some(f) = &self.on_progress {
-            (f.0)(&p);
-        }
+        self.report(p);
     }
 }
