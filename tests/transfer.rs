@@ -478,3 +478,31 @@ fn send_shard_refuses_to_wait_for_a_finish_nobody_will_ask_for() {
         assert_eq!(src.transfers.send_shard(&shard, SHARD, 2, &opts).unwrap_err().status, KEEL_STATUS_INVALID_ARGUMENT);
     }
 }
+
+#[test]
+fn a_failed_forward_fails_the_transfer_but_not_the_source_write() {
+    let (src, dst) = pair("forward-fails");
+    let shard = src.engine.open_shard(SHARD, true).unwrap();
+    write_mix(&shard, 22, 200);
+    dst.transfers.expect(SHARD, 1);
+    let opts = TransferOptions {
+        auto_finish: Some(Finish::Forward),
+        ack_timeout: Duration::from_secs(5),
+        ..small_batches(Method::Snapshot)
+    };
+    let t = src.transfers.start(&shard, SHARD, 2, &opts).unwrap();
+    assert!(t.wait(None));
+    assert_eq!(t.status().0, Stage::Forwarding);
+    // The receiver goes away: the next forward cannot reach it.
+    dst.node.close().unwrap();
+    let v = shard.put(b"after", b"the receiver left").expect("the source write still succeeds");
+    assert!(t.wait(None));
+    let (stage, err) = t.status();
+    assert_eq!(stage, Stage::Failed);
+    assert!(err.is_some());
+    assert!(t.progress().report.last_version < v, "the receiver never had it");
+    // Forwarding stopped: later writes neither wait nor fail.
+    shard.put(b"later", b"x").unwrap();
+    assert!(!shard.is_moved());
+    assert_eq!(shard.get(b"after").unwrap().unwrap().version, v);
+}
