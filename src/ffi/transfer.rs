@@ -256,6 +256,7 @@ fn options_from_c(p: *const keel_transfer_options_t) -> crate::Result<TransferOp
         ack_timeout: Duration::from_millis(o.ack_timeout_ms as u64),
         auto_finish,
         progress,
+        ..TransferOptions::default()
     };
     opts.validate()?;
     Ok(opts)

@@ -8,6 +8,7 @@
 //! (`Transfer::wait`) and the writers of a forwarding shard wait on it
 //! for the transfer.
 
+use super::clock::Clock;
 use super::Report;
 use crate::error::{Error, Result};
 use crate::shard::Shard;
@@ -94,6 +95,9 @@ impl std::fmt::Debug for ProgressFn {
 
 /// How often a caught-up transfer looks for new writes to stream.
 const POLL: Duration = Duration::from_millis(10);
+
+/// The longest slice of a `pause` between two looks for a cancel.
+const PAUSE_SLICE: Duration = Duration::from_millis(50);
 
 #[derive(Default)]
 struct State {
@@ -236,6 +240,20 @@ impl Control {
             recv(self.cancel_rx) -> _ => Err(cancelled()),
             default(timeout) => Ok(None),
         }
+    }
+
+    /// Waits `d` on `clock` (a retry's backoff, the bandwidth cap's debt)
+    /// in slices, so that a cancel ends the wait within one slice; a fake
+    /// clock is moved on by the same total.
+    pub fn pause(&self, clock: &dyn Clock, d: Duration) -> Result<()> {
+        let mut left = d;
+        while !left.is_zero() {
+            self.check()?;
+            let slice = left.min(PAUSE_SLICE);
+            clock.sleep(slice);
+            left -= slice;
+        }
+        self.check()
     }
 
     /// Moves to `stage` (if it is a change) and reports the progress.

@@ -9,19 +9,26 @@
 //! the final drain and the finish modes), `receiver.rs` (the receiving
 //! side), `control.rs` (what the host and a running transfer share),
 //! `handle.rs` (the host's handle on a transfer running on its own
-//! thread) and `digest.rs` (the content digest both sides compare).
+//! thread) and `digest.rs` (the content digest both sides compare); for
+//! faults, `retry.rs` (resending a step), `pace.rs` (the bandwidth cap)
+//! and `clock.rs` (the time both wait on).
 
+mod clock;
 mod control;
 mod digest;
 mod handle;
+mod pace;
 mod receiver;
+mod retry;
 mod source;
 pub mod wire;
 
+pub use clock::{Clock, RealClock};
 pub use control::{Finish, Progress, ProgressFn, Stage};
 pub use digest::shard_digest;
 pub use handle::Transfer;
 pub use receiver::ReceiverStats;
+pub use retry::Retry;
 
 use crate::engine::Engine;
 use crate::error::{Error, Result};
@@ -60,6 +67,23 @@ pub struct TransferOptions {
     pub auto_finish: Option<Finish>,
     /// Called with the progress on the transfer's thread (`ProgressFn`).
     pub progress: Option<ProgressFn>,
+    /// How a step that the transport lost is sent again.
+    pub retry: Retry,
+    /// What the retry backoff and the bandwidth cap wait on.
+    pub clock: Arc<dyn Clock>,
+    /// Called once after the last read made without the write hold, just
+    /// before the final drain takes it (tests slip a write into that gap).
+    pub before_final_hold: Option<Hook>,
+}
+
+/// A callback of `TransferOptions`.
+#[derive(Clone)]
+pub struct Hook(pub Arc<dyn Fn() + Send + Sync>);
+
+impl std::fmt::Debug for Hook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Hook")
+    }
 }
 
 impl Default for TransferOptions {
@@ -71,6 +95,9 @@ impl Default for TransferOptions {
             ack_timeout: Duration::from_secs(30),
             auto_finish: Some(Finish::Copy),
             progress: None,
+            retry: Retry::default(),
+            clock: Arc::new(RealClock::new()),
+            before_final_hold: None,
         }
     }
 }
@@ -86,7 +113,7 @@ impl TransferOptions {
         if self.ack_timeout.is_zero() {
             return Err(Error::invalid("ack_timeout must be positive"));
         }
-        Ok(())
+        self.retry.validate()
     }
 }
 
@@ -104,9 +131,13 @@ pub struct Report {
     pub receiver_had: u64,
     /// The last version sent: the shard's last version at the finish.
     pub last_version: u64,
+    /// Batches, snapshot entries and WAL records sent, each counted once
+    /// however often the transport made its step be sent again.
     pub batches: u64,
     pub entries: u64,
     pub ops: u64,
+    /// Bytes of step frames put on the wire, every retry's copy included:
+    /// what the transfer cost the network, not the size of the shard.
     pub bytes: u64,
     /// Time spent reading batches against time sending them (until acked).
     pub read_time: Duration,
@@ -118,6 +149,13 @@ pub struct Report {
     pub handed_over: bool,
     /// Most batches the source held at once (built, in flight or being read).
     pub max_batches_in_memory: usize,
+    /// Steps sent again after the transport lost them (`TransferOptions::retry`).
+    pub retries: u64,
+    /// Time spent waiting for the bandwidth cap, on `TransferOptions::clock`.
+    pub paced: Duration,
+    /// PART steps: pieces of batches too large for one frame (a single
+    /// entry or record), sent ahead of their last piece.
+    pub parts: u64,
 }
 
 /// The transfer service of one node: sends shards of the host's choosing
@@ -141,7 +179,7 @@ impl Transfers {
             node: node.clone(),
             engine,
             waiting: Mutex::new(HashMap::new()),
-            next_id: AtomicU64::new(1),
+            next_id: AtomicU64::new(first_id()),
             sending: AtomicUsize::new(0),
             receiver: receiver::Receiver::default(),
         });
@@ -167,7 +205,10 @@ impl Transfers {
     /// Sends `shard` (the host's open shard `shard_id`) to `peer` and
     /// returns once the receiver holds everything durably: `start`, then
     /// `wait`. `opts.auto_finish` must be a copy or a hand-over. BUSY when
-    /// the node's `max_concurrent_transfers` are being sent already.
+    /// the node's `max_concurrent_transfers` are being sent already. A
+    /// step the transport loses is sent again (`TransferOptions::retry`);
+    /// when the retries run out the transfer fails, and the receiver keeps
+    /// what it acknowledged for the next one to build on.
     pub fn send_shard(self: &Arc<Self>, shard: &Shard, shard_id: u32, peer: u64, opts: &TransferOptions) -> Result<Report> {
         match opts.auto_finish {
             Some(Finish::Copy) | Some(Finish::HandOver) => {}
@@ -204,6 +245,14 @@ impl Transfers {
             let _ = self.node.send(peer, wire::ACK, &ack.encode());
         }
     }
+}
+
+/// Where this process starts numbering its transfers: a receiver takes a
+/// START under an id it is still receiving as a copy of that START, so a
+/// restarted source must not reuse the ids of the one before.
+fn first_id() -> u64 {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    (now.as_nanos() as u64) << 8
 }
 
 /// The status a receiver's failure carries back to the source.

@@ -8,7 +8,7 @@ use super::{Batcher, Link, CATCH_UP_ROUNDS};
 use crate::error::Result;
 use crate::shard::{AfterWrite, Shard};
 use crate::transfer::control::{Control, Finish, Request, Stage};
-use crate::transfer::wire;
+use crate::transfer::{wire, Hook};
 use crate::wal::{Pin, Reader};
 use std::sync::Arc;
 use std::time::Instant;
@@ -20,8 +20,12 @@ pub(super) fn run(
     mut pin: Pin,
     shard: &Shard,
     control: &Arc<Control>,
+    before_final_hold: Option<&Hook>,
 ) -> Result<()> {
     let (mut reader, mode) = catch_up(link, batcher, reader, shard)?;
+    if let Some(hook) = before_final_hold {
+        (hook.0)();
+    }
     control.stage(Stage::Draining, &link.report);
     let hold = shard.hold_writes();
     let held = Instant::now();
