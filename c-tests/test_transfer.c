@@ -120,8 +120,16 @@ static keel_transfer_options_t small_batches(seen_t *seen) {
   keel_transfer_options_t o;
   CHECK_RC(KEEL_STATUS_OK, keel_transfer_options_init_sized(&o, sizeof o));
   CHECK_EQ_U64(o.auto_finish, KEEL_TRANSFER_FINISH_NONE);
+  CHECK_EQ_U64(o.struct_size, KEEL_TRANSFER_OPTIONS_SIZE_V2);
+  /* The retry policy's fields are 0: the library's defaults. */
+  CHECK_EQ_U64(o.max_retries, 0);
+  CHECK_EQ_U64(o.first_backoff_ms, 0);
+  CHECK_EQ_U64(o.max_backoff_ms, 0);
   o.max_batch_bytes = 4096;
   o.max_batch_records = 16;
+  o.max_retries = 3;
+  o.first_backoff_ms = 10;
+  o.max_backoff_ms = 40;
   o.on_progress = seen ? on_progress : NULL;
   o.user_data = seen;
   return o;
@@ -276,6 +284,7 @@ static void cancel_then_restart(side_t *a, side_t *b) {
   fill(shard, 200);
   o.method = KEEL_TRANSFER_WAL_DELTA;
   o.auto_finish = KEEL_TRANSFER_FINISH_COPY;
+  o.max_retries = KEEL_TRANSFER_NO_RETRIES; /* loopback loses nothing */
   CHECK_OK(keel_transfer_start(a->node, shard, 8, DST, &o, &t, &err));
   CHECK_RC(KEEL_STATUS_OK, keel_transfer_wait(t, KEEL_TRANSFER_WAIT_FOREVER));
   CHECK_EQ_U64(stage_of(t), KEEL_TRANSFER_DONE);
@@ -313,6 +322,16 @@ static void bad_arguments_are_refused(side_t *a, side_t *b) {
   CHECK_STATUS(KEEL_STATUS_INVALID_ARGUMENT, keel_transfer_start(a->node, shard, 11, DST, &o, &t, &err));
   o = small_batches(NULL);
   o.max_batch_bytes = 100;
+  CHECK_STATUS(KEEL_STATUS_INVALID_ARGUMENT, keel_transfer_start(a->node, shard, 11, DST, &o, &t, &err));
+  o = small_batches(NULL);
+  o.max_retries = 1001;
+  CHECK_STATUS(KEEL_STATUS_INVALID_ARGUMENT, keel_transfer_start(a->node, shard, 11, DST, &o, &t, &err));
+  o = small_batches(NULL);
+  o.max_backoff_ms = 0;
+  o.first_backoff_ms = 6000; /* above the default max_backoff_ms of 5000 */
+  CHECK_STATUS(KEEL_STATUS_INVALID_ARGUMENT, keel_transfer_start(a->node, shard, 11, DST, &o, &t, &err));
+  o = small_batches(NULL);
+  o._reserved2 = 1;
   CHECK_STATUS(KEEL_STATUS_INVALID_ARGUMENT, keel_transfer_start(a->node, shard, 11, DST, &o, &t, &err));
   o = small_batches(NULL);
   o.struct_size = 12;

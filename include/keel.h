@@ -268,6 +268,12 @@
 #define KEEL_TRANSFER_CANCELLED 8
 
 /**
+ * keel_transfer_options_t.max_retries: a step the transport lost is
+ * not sent again; the transfer fails at once.
+ */
+#define KEEL_TRANSFER_NO_RETRIES UINT32_MAX
+
+/**
  * keel_transfer_wait(): no time limit.
  */
 #define KEEL_TRANSFER_WAIT_FOREVER UINT64_MAX
@@ -276,6 +282,11 @@
  * sizeof(keel_transfer_options_t) of version 1.
  */
 #define KEEL_TRANSFER_OPTIONS_SIZE_V1 48
+
+/**
+ * sizeof(keel_transfer_options_t) of version 2 (adds the retry policy).
+ */
+#define KEEL_TRANSFER_OPTIONS_SIZE_V2 64
 
 /**
  * sizeof(keel_transfer_progress_t) of version 1.
@@ -1187,6 +1198,24 @@ typedef struct keel_transfer_options_t {
    * valid until keel_transfer_free() returned.
    */
   void *user_data;
+  /**
+   * Retries of one step whose frame or ACK the transport lost (no
+   * connection, a dropped one, no ACK within ack_timeout_ms) before the
+   * transfer fails: 1 to 1000, KEEL_TRANSFER_NO_RETRIES for none, 0
+   * (default) for 6 (version 2).
+   */
+  uint32_t max_retries;
+  /**
+   * The wait before a step's first retry in milliseconds, doubled at
+   * each retry up to max_backoff_ms; 0 (default): 100 (version 2).
+   */
+  uint32_t first_backoff_ms;
+  /**
+   * The longest wait between two retries in milliseconds, at least
+   * first_backoff_ms; 0 (default): 5000 (version 2).
+   */
+  uint32_t max_backoff_ms;
+  uint32_t _reserved2;
 } keel_transfer_options_t;
 
 /**

@@ -2800,7 +2800,8 @@ using TransferProgressHandler = std::function<void(const TransferProgress&)>;
 
 /// Options of Transfer::start(): a copyable builder over
 /// keel_transfer_options_t with the library defaults (a snapshot, no
-/// auto-finish, 1024 records or 1 MiB per batch, 30 s ACK timeout).
+/// auto-finish, 1024 records or 1 MiB per batch, 30 s ACK timeout, 6
+/// retries of a lost step after 100 ms doubling up to 5 s).
 class TransferOptions {
  public:
   TransferOptions() noexcept { keel_transfer_options_init_sized(&raw_, sizeof raw_); }  // cannot fail
@@ -2812,6 +2813,17 @@ class TransferOptions {
   TransferOptions& max_batch_records(uint32_t n) noexcept { raw_.max_batch_records = n; return *this; }
   TransferOptions& max_batch_bytes(uint64_t n) noexcept { raw_.max_batch_bytes = n; return *this; }
   TransferOptions& ack_timeout(std::chrono::milliseconds t) noexcept { raw_.ack_timeout_ms = detail::clamp_ms(t); return *this; }
+  /// Retries of one step the transport lost, 1 to 1000 (0: the default).
+  TransferOptions& max_retries(uint32_t n) noexcept { raw_.max_retries = n; return *this; }
+  /// A lost step fails the transfer at once.
+  TransferOptions& no_retries() noexcept { raw_.max_retries = KEEL_TRANSFER_NO_RETRIES; return *this; }
+  /// The wait before a step's first retry, doubled at each retry up to
+  /// `max` (0 ms: each default).
+  TransferOptions& backoff(std::chrono::milliseconds first, std::chrono::milliseconds max) noexcept {
+    raw_.first_backoff_ms = detail::clamp_ms(first);
+    raw_.max_backoff_ms = detail::clamp_ms(max);
+    return *this;
+  }
   /// The handler moves into the Transfer, which frees it only once the
   /// transfer's thread has ended.
   TransferOptions& on_progress(TransferProgressHandler h) { on_progress_ = std::move(h); return *this; }

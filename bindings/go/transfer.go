@@ -124,7 +124,8 @@ func toProgress(p *C.keel_transfer_progress_t) TransferProgress {
 
 // TransferOptions are the options of StartTransfer; zero fields mean the
 // library defaults (a snapshot, no auto-finish, 1024 records or 1 MiB per
-// batch, a 30 s ACK timeout).
+// batch, a 30 s ACK timeout, 6 retries of a lost step after 100 ms
+// doubling up to 5 s).
 type TransferOptions struct {
 	Method TransferMethod
 	// AutoFinish finishes with this mode as soon as the receiver caught
@@ -135,6 +136,15 @@ type TransferOptions struct {
 	// AckTimeout is how long the source waits for the receiver's answer
 	// to one step (rounded up to a whole millisecond).
 	AckTimeout time.Duration
+	// MaxRetries is how often one step the transport lost (no connection,
+	// a dropped one, no ACK within AckTimeout) is sent again before the
+	// transfer fails, 1 to 1000; NoRetries fails it at once.
+	MaxRetries uint32
+	NoRetries  bool
+	// FirstBackoff is the wait before a step's first retry, doubled at each
+	// retry up to MaxBackoff (whole milliseconds, rounded up).
+	FirstBackoff time.Duration
+	MaxBackoff   time.Duration
 	// OnProgress, if not nil, runs on the transfer's own thread after
 	// every acknowledged batch and at every change of stage (the last call
 	// when the transfer is over). Keep it quick (the transfer waits for
@@ -149,8 +159,16 @@ func (o *TransferOptions) toC() (C.keel_transfer_options_t, error) {
 	if o == nil {
 		return c, nil
 	}
-	if o.AckTimeout < 0 {
-		return c, newError("StartTransfer", StatusInvalidArgument, fmt.Sprintf("AckTimeout %v is negative", o.AckTimeout))
+	for name, d := range map[string]time.Duration{"AckTimeout": o.AckTimeout, "FirstBackoff": o.FirstBackoff, "MaxBackoff": o.MaxBackoff} {
+		if d < 0 {
+			return c, newError("StartTransfer", StatusInvalidArgument, fmt.Sprintf("%s %v is negative", name, d))
+		}
+	}
+	if o.MaxRetries > 1000 {
+		return c, newError("StartTransfer", StatusInvalidArgument, fmt.Sprintf("MaxRetries %d is above 1000", o.MaxRetries))
+	}
+	if o.NoRetries && o.MaxRetries != 0 {
+		return c, newError("StartTransfer", StatusInvalidArgument, fmt.Sprintf("NoRetries with MaxRetries %d", o.MaxRetries))
 	}
 	c.method = C.uint32_t(o.Method)
 	c.auto_finish = C.uint32_t(o.AutoFinish)
@@ -163,6 +181,13 @@ func (o *TransferOptions) toC() (C.keel_transfer_options_t, error) {
 	if o.AckTimeout > 0 {
 		c.ack_timeout_ms = C.uint32_t(durationMs(o.AckTimeout, math.MaxUint32))
 	}
+	c.max_retries = C.uint32_t(o.MaxRetries)
+	if o.NoRetries {
+		c.max_retries = C.KEEL_TRANSFER_NO_RETRIES
+	}
+	// Zero stays zero: the library's default.
+	c.first_backoff_ms = C.uint32_t(durationMs(o.FirstBackoff, math.MaxUint32))
+	c.max_backoff_ms = C.uint32_t(durationMs(o.MaxBackoff, math.MaxUint32))
 	return c, nil
 }
 

@@ -200,7 +200,7 @@ func TestTransferCancelThenRestart(t *testing.T) {
 		t.Fatal(err)
 	}
 	onProgress, stages := stageSink()
-	tr, err := StartTransfer(a, shard, 8, 2, &TransferOptions{OnProgress: onProgress})
+	tr, err := StartTransfer(a, shard, 8, 2, &TransferOptions{MaxRetries: 3, FirstBackoff: 10 * time.Millisecond, MaxBackoff: 40 * time.Millisecond, OnProgress: onProgress})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -260,6 +260,16 @@ func TestTransferRefusalsAndBadOptions(t *testing.T) {
 	}
 	if _, err := StartTransfer(a, shard, 9, 2, &TransferOptions{MaxBatchBytes: 1}); !errors.Is(err, ErrInvalidArgument) {
 		t.Fatalf("tiny batches: %v", err)
+	}
+	for name, o := range map[string]*TransferOptions{
+		"1001 retries":                 {MaxRetries: 1001},
+		"retries and none":             {MaxRetries: 2, NoRetries: true},
+		"a negative backoff":           {FirstBackoff: -time.Millisecond},
+		"a first backoff past the max": {FirstBackoff: 50 * time.Millisecond, MaxBackoff: 10 * time.Millisecond},
+	} {
+		if _, err := StartTransfer(a, shard, 9, 2, o); !errors.Is(err, ErrInvalidArgument) {
+			t.Fatalf("%s: %v", name, err)
+		}
 	}
 	if err := b.ExpectTransfer(9, 0); !errors.Is(err, ErrInvalidArgument) {
 		t.Fatalf("peer 0: %v", err)

@@ -8,7 +8,7 @@ use crate::ffi::node::keel_node_t;
 use crate::ffi::shard::keel_shard_t;
 use crate::ffi::versioned::{init_options, read_options, write_stats};
 use crate::status::*;
-use crate::transfer::{shard_digest, Finish, Method, Progress, ProgressFn, Stage, Transfer, TransferOptions};
+use crate::transfer::{shard_digest, Finish, Method, Progress, ProgressFn, Retry, Stage, Transfer, TransferOptions};
 use std::os::raw::c_void;
 use std::sync::Arc;
 use std::time::Duration;
@@ -63,6 +63,10 @@ pub const KEEL_TRANSFER_FORWARDING: u32 = 5;
 pub const KEEL_TRANSFER_DONE: u32 = 6;
 pub const KEEL_TRANSFER_FAILED: u32 = 7;
 pub const KEEL_TRANSFER_CANCELLED: u32 = 8;
+
+/// keel_transfer_options_t.max_retries: a step the transport lost is
+/// not sent again; the transfer fails at once.
+pub const KEEL_TRANSFER_NO_RETRIES: u32 = u32::MAX;
 
 /// keel_transfer_wait(): no time limit.
 pub const KEEL_TRANSFER_WAIT_FOREVER: u64 = u64::MAX;
@@ -140,20 +144,35 @@ pub struct keel_transfer_options_t {
     /// Passed to on_progress; keel never dereferences it. It must stay
     /// valid until keel_transfer_free() returned.
     pub user_data: *mut c_void,
+    /// Retries of one step whose frame or ACK the transport lost (no
+    /// connection, a dropped one, no ACK within ack_timeout_ms) before the
+    /// transfer fails: 1 to 1000, KEEL_TRANSFER_NO_RETRIES for none, 0
+    /// (default) for 6 (version 2).
+    pub max_retries: u32,
+    /// The wait before a step's first retry in milliseconds, doubled at
+    /// each retry up to max_backoff_ms; 0 (default): 100 (version 2).
+    pub first_backoff_ms: u32,
+    /// The longest wait between two retries in milliseconds, at least
+    /// first_backoff_ms; 0 (default): 5000 (version 2).
+    pub max_backoff_ms: u32,
+    pub _reserved2: u32,
 }
 
 /// sizeof(keel_transfer_options_t) of version 1.
 pub const KEEL_TRANSFER_OPTIONS_SIZE_V1: u32 = 48;
+/// sizeof(keel_transfer_options_t) of version 2 (adds the retry policy).
+pub const KEEL_TRANSFER_OPTIONS_SIZE_V2: u32 = 64;
 /// sizeof(keel_transfer_progress_t) of version 1.
 pub const KEEL_TRANSFER_PROGRESS_SIZE_V1: u32 = 104;
 
-versioned!(keel_transfer_options_t, [KEEL_TRANSFER_OPTIONS_SIZE_V1]);
+const _: () = assert!(std::mem::offset_of!(keel_transfer_options_t, max_retries) == KEEL_TRANSFER_OPTIONS_SIZE_V1 as usize);
+versioned!(keel_transfer_options_t, [KEEL_TRANSFER_OPTIONS_SIZE_V1, KEEL_TRANSFER_OPTIONS_SIZE_V2]);
 versioned!(keel_transfer_progress_t, [KEEL_TRANSFER_PROGRESS_SIZE_V1]);
 
 fn default_options() -> keel_transfer_options_t {
     let d = TransferOptions::default();
     keel_transfer_options_t {
-        struct_size: KEEL_TRANSFER_OPTIONS_SIZE_V1,
+        struct_size: KEEL_TRANSFER_OPTIONS_SIZE_V2,
         method: KEEL_TRANSFER_SNAPSHOT,
         auto_finish: KEEL_TRANSFER_FINISH_NONE,
         max_batch_records: d.max_batch_records as u32,
@@ -162,6 +181,26 @@ fn default_options() -> keel_transfer_options_t {
         _reserved: 0,
         on_progress: None,
         user_data: std::ptr::null_mut(),
+        // Zero: the defaults of `Retry`, as for every field added later.
+        max_retries: 0,
+        first_backoff_ms: 0,
+        max_backoff_ms: 0,
+        _reserved2: 0,
+    }
+}
+
+/// The retry policy of version 2's fields, 0 standing for each default.
+fn retry_from_c(o: &keel_transfer_options_t) -> Retry {
+    let d = Retry::default();
+    let ms = |v: u32, default: Duration| if v == 0 { default } else { Duration::from_millis(v.into()) };
+    Retry {
+        max_retries: match o.max_retries {
+            0 => d.max_retries,
+            KEEL_TRANSFER_NO_RETRIES => 0,
+            n => n,
+        },
+        first_backoff: ms(o.first_backoff_ms, d.first_backoff),
+        max_backoff: ms(o.max_backoff_ms, d.max_backoff),
     }
 }
 
@@ -236,8 +275,8 @@ fn options_from_c(p: *const keel_transfer_options_t) -> crate::Result<TransferOp
         KEEL_TRANSFER_FINISH_NONE => None,
         mode => Some(finish_mode(mode)?),
     };
-    if o._reserved != 0 {
-        return Err(Error::invalid("keel_transfer_options_t._reserved must be 0"));
+    if o._reserved != 0 || o._reserved2 != 0 {
+        return Err(Error::invalid("keel_transfer_options_t._reserved and _reserved2 must be 0"));
     }
     let progress = o.on_progress.map(|f| {
         let cb = CProgress { f, user: o.user_data as usize };
@@ -256,6 +295,7 @@ fn options_from_c(p: *const keel_transfer_options_t) -> crate::Result<TransferOp
         ack_timeout: Duration::from_millis(o.ack_timeout_ms as u64),
         auto_finish,
         progress,
+        retry: retry_from_c(&o),
         ..TransferOptions::default()
     };
     opts.validate()?;

@@ -89,7 +89,12 @@ TEST(Transfer, MovesAShardWhileAWriterWritesAndHandsItOver) {
   KEEL_ASSERT_OK(Transfer::expect(b.node, 7, kSrc));
   Seen seen;
   auto t = Transfer::start(a.node, shard, 7, kDst,
-                           TransferOptions().max_batch_records(16).max_batch_bytes(4096).on_progress(seen.handler()));
+                           TransferOptions()
+                               .max_batch_records(16)
+                               .max_batch_bytes(4096)
+                               .max_retries(3)
+                               .backoff(std::chrono::milliseconds(10), std::chrono::milliseconds(40))
+                               .on_progress(seen.handler()));
   ASSERT_TRUE(t.ok()) << t.err().to_string();
 
   std::atomic<uint64_t> last_version{0};
@@ -182,6 +187,14 @@ TEST(Transfer, FailuresAndEmptyHandlesAreReported) {
   EXPECT_EQ(s->error->code(), Status::Refused);
   EXPECT_EQ(t->finish(FinishMode::None).err().code(), Status::InvalidArgument);
   EXPECT_EQ(Transfer::start(a.node, shard, 9, kDst, TransferOptions().max_batch_bytes(1)).err().code(),
+            Status::InvalidArgument);
+  EXPECT_EQ(Transfer::start(a.node, shard, 9, kDst, TransferOptions().max_retries(1001)).err().code(),
+            Status::InvalidArgument);
+  // A first backoff above the longest one.
+  EXPECT_EQ(Transfer::start(a.node, shard, 9, kDst,
+                            TransferOptions().backoff(std::chrono::milliseconds(50), std::chrono::milliseconds(10)))
+                .err()
+                .code(),
             Status::InvalidArgument);
   EXPECT_EQ(Transfer::expect(b.node, 9, 0).err().code(), Status::InvalidArgument);
 
