@@ -131,14 +131,23 @@ $(SHARD_DEMO): lib examples/c/shard_demo.c
 	$(CC) -std=c99 -Wall -Wextra -Werror -pedantic -O2 -Iinclude examples/c/shard_demo.c \
 	  -o $@ $(BUILD)/examples-c/libkeel.so.1 -Wl,-rpath,'$$ORIGIN'
 
-example-c: $(DEMO) $(SHARD_DEMO)
-	rm -rf $(BUILD)/examples-c/wal $(BUILD)/examples-c/shard
+TRANSFER_DEMO := $(BUILD)/examples-c/transfer_demo
+$(TRANSFER_DEMO): lib examples/c/transfer_demo.c
+	@mkdir -p $(BUILD)/examples-c
+	@ln -sf $(CURDIR)/$(RELEASE)/libkeel.so $(BUILD)/examples-c/libkeel.so.1
+	$(CC) -std=c99 -Wall -Wextra -Werror -pedantic -O2 -Iinclude examples/c/transfer_demo.c \
+	  -o $@ $(BUILD)/examples-c/libkeel.so.1 -Wl,-rpath,'$$ORIGIN' -lpthread
+
+example-c: $(DEMO) $(SHARD_DEMO) $(TRANSFER_DEMO)
+	rm -rf $(BUILD)/examples-c/wal $(BUILD)/examples-c/shard $(BUILD)/examples-c/transfer
 	$(DEMO) $(BUILD)/examples-c/wal
 	$(DEMO) $(BUILD)/examples-c/wal
 	$(SHARD_DEMO) $(BUILD)/examples-c/shard
 	$(SHARD_DEMO) $(BUILD)/examples-c/shard
-	rm -rf $(BUILD)/examples-c/wal $(BUILD)/examples-c/shard
-	@echo "example-c: wal_demo and shard_demo passed twice on one directory each (fresh, then reopened)"
+	$(TRANSFER_DEMO) $(BUILD)/examples-c/transfer | tee $(BUILD)/examples-c/transfer.out
+	grep -qx 'digests match' $(BUILD)/examples-c/transfer.out
+	rm -rf $(BUILD)/examples-c/wal $(BUILD)/examples-c/shard $(BUILD)/examples-c/transfer $(BUILD)/examples-c/transfer.out
+	@echo "example-c: wal_demo and shard_demo passed twice on one directory each (fresh, then reopened); transfer_demo moved a shard with equal digests"
 
 # The pub/sub server (examples/c/pubsub_server.c) against real TCP
 # subscribers: pubsub_check starts it on a free port, connects clients,

@@ -232,6 +232,96 @@
 #define KEEL_SHARD_STATS_SIZE_V2 96
 
 /**
+ * keel_transfer_options_t.method: a consistent snapshot, then the WAL
+ * records after it.
+ */
+#define KEEL_TRANSFER_SNAPSHOT 0
+
+/**
+ * keel_transfer_options_t.method: only the WAL records the receiver
+ * lacks; falls back to a snapshot when they are gone or the histories
+ * differ.
+ */
+#define KEEL_TRANSFER_WAL_DELTA 1
+
+/**
+ * keel_transfer_options_t.auto_finish: none, the host calls
+ * keel_transfer_finish() (not a mode of keel_transfer_finish()).
+ */
+#define KEEL_TRANSFER_FINISH_NONE 0
+
+/**
+ * Finish mode: the receiver gets a copy as of the finish; the source's
+ * shard stays writable and is no longer sent.
+ */
+#define KEEL_TRANSFER_FINISH_COPY 1
+
+/**
+ * Finish mode: the final drain runs under the source shard's write hold,
+ * the receiver owns the shard, and the source's shard refuses every
+ * later write with KEEL_STATUS_MOVED.
+ */
+#define KEEL_TRANSFER_FINISH_HAND_OVER 2
+
+/**
+ * Finish mode: after the final drain every write to the source's shard
+ * is also applied on the receiver before it returns (the receiver keeps
+ * the shard incoming), until keel_transfer_finish(HAND_OVER) or
+ * keel_transfer_cancel(). A forward that fails fails the transfer and
+ * stops forwarding; the source's write itself still succeeds.
+ */
+#define KEEL_TRANSFER_FINISH_FORWARD 3
+
+/**
+ * Stages (keel_transfer_status(), keel_transfer_progress_t.stage), in
+ * the order a transfer goes through them. FORWARDING and the last three
+ * are settled: keel_transfer_wait() returns.
+ */
+#define KEEL_TRANSFER_CONNECTING 0
+
+#define KEEL_TRANSFER_BACKFILL 1
+
+#define KEEL_TRANSFER_CATCHING_UP 2
+
+#define KEEL_TRANSFER_WAITING_FINISH 3
+
+#define KEEL_TRANSFER_DRAINING 4
+
+#define KEEL_TRANSFER_FORWARDING 5
+
+#define KEEL_TRANSFER_DONE 6
+
+#define KEEL_TRANSFER_FAILED 7
+
+#define KEEL_TRANSFER_CANCELLED 8
+
+/**
+ * keel_transfer_options_t.max_retries: a step the transport lost is
+ * not sent again; the transfer fails at once.
+ */
+#define KEEL_TRANSFER_NO_RETRIES UINT32_MAX
+
+/**
+ * keel_transfer_wait(): no time limit.
+ */
+#define KEEL_TRANSFER_WAIT_FOREVER UINT64_MAX
+
+/**
+ * sizeof(keel_transfer_options_t) of version 1.
+ */
+#define KEEL_TRANSFER_OPTIONS_SIZE_V1 48
+
+/**
+ * sizeof(keel_transfer_options_t) of version 2 (adds the retry policy).
+ */
+#define KEEL_TRANSFER_OPTIONS_SIZE_V2 64
+
+/**
+ * sizeof(keel_transfer_progress_t) of version 1.
+ */
+#define KEEL_TRANSFER_PROGRESS_SIZE_V1 104
+
+/**
  * ABI version: bumped on every incompatible change of this header. The C++
  * and Go wrappers compare it with keel_abi_version() when they start.
  */
@@ -463,6 +553,13 @@ typedef struct keel_read_session_t keel_read_session_t;
  * thread concurrently.
  */
 typedef struct keel_shard_t keel_shard_t;
+
+/**
+ * A shard transfer running on its own keel thread ("keel-transfer").
+ * Internally synchronised: every call except keel_transfer_free() may
+ * run on any thread concurrently.
+ */
+typedef struct keel_transfer_t keel_transfer_t;
 
 /**
  * A cursor over the records of a WAL, opened with keel_wal_reader_open().
@@ -1124,6 +1221,143 @@ typedef struct keel_shard_stats_t {
    */
   uint64_t replayed_bytes;
 } keel_shard_stats_t;
+
+/**
+ * A transfer's progress: its stage and counters. Versioned by
+ * `struct_size` like the stats structs (docs/FFI.md): set it to
+ * sizeof(keel_transfer_progress_t) before keel_transfer_progress(). The
+ * progress callback gets one filled by keel, whose struct_size says how
+ * many bytes are valid: read a field only when struct_size covers it.
+ */
+typedef struct keel_transfer_progress_t {
+  uint32_t struct_size;
+  /**
+   * KEEL_TRANSFER_CONNECTING .. KEEL_TRANSFER_CANCELLED.
+   */
+  uint32_t stage;
+  /**
+   * 1 when the shard goes (or went) as a snapshot.
+   */
+  uint32_t snapshot;
+  /**
+   * 1 once the shard was handed over.
+   */
+  uint32_t handed_over;
+  /**
+   * WAL records sent and acknowledged.
+   */
+  uint64_t ops_sent;
+  /**
+   * ops_sent plus the records still to send: it grows while writes
+   * continue. Snapshot entries have no total known ahead.
+   */
+  uint64_t ops_total;
+  /**
+   * Snapshot entries sent and acknowledged.
+   */
+  uint64_t entries_sent;
+  /**
+   * Bytes of every step sent (frame payloads).
+   */
+  uint64_t bytes_sent;
+  /**
+   * Batches (ENTRIES and OPS steps) sent and acknowledged.
+   */
+  uint64_t batches;
+  /**
+   * The receiver's version when the transfer started.
+   */
+  uint64_t receiver_had;
+  /**
+   * The last version the receiver has acknowledged.
+   */
+  uint64_t last_version;
+  /**
+   * Time spent reading batches, and sending them until acknowledged.
+   */
+  uint64_t read_time_us;
+  uint64_t send_time_us;
+  /**
+   * How long the source's writes were held for the final drain.
+   */
+  uint64_t final_hold_us;
+  /**
+   * Most batches held in memory at once on the source (at most 2).
+   */
+  uint64_t max_batches_in_memory;
+} keel_transfer_progress_t;
+
+/**
+ * Progress callback: called on the transfer's own thread
+ * ("keel-transfer") after every acknowledged batch and at every change of
+ * stage, the last time when the transfer is over. `progress` is borrowed
+ * for the call. It must be quick (the transfer waits for it), and must
+ * not call keel_transfer_wait() or keel_transfer_free() on its own
+ * transfer (a wait would never return); keel_transfer_status(),
+ * _progress(), _finish() and _cancel() are fine.
+ */
+typedef void (*keel_transfer_progress_fn)(void *user,
+                                          const struct keel_transfer_progress_t *progress);
+
+/**
+ * Options of keel_transfer_start(). Versioned by `struct_size`: fill it
+ * with keel_transfer_options_init_sized(&o, sizeof o) first.
+ */
+typedef struct keel_transfer_options_t {
+  uint32_t struct_size;
+  /**
+   * KEEL_TRANSFER_SNAPSHOT (default) or KEEL_TRANSFER_WAL_DELTA.
+   */
+  uint32_t method;
+  /**
+   * KEEL_TRANSFER_FINISH_*: finish with this mode as soon as the
+   * receiver has caught up; KEEL_TRANSFER_FINISH_NONE (default): keep
+   * streaming new writes until keel_transfer_finish().
+   */
+  uint32_t auto_finish;
+  /**
+   * Records or entries per batch, at least 1; default 1024.
+   */
+  uint32_t max_batch_records;
+  /**
+   * Bytes per batch, at least 4096 (and never above the node's frame
+   * limit); default 1 MiB.
+   */
+  uint64_t max_batch_bytes;
+  /**
+   * How long the source waits for the receiver's answer to one step
+   * before the transfer fails with TIMEOUT, at least 1; default 30000.
+   */
+  uint32_t ack_timeout_ms;
+  uint32_t _reserved;
+  /**
+   * Progress callback (keel_transfer_progress_fn), NULL for none.
+   */
+  keel_transfer_progress_fn on_progress;
+  /**
+   * Passed to on_progress; keel never dereferences it. It must stay
+   * valid until keel_transfer_free() returned.
+   */
+  void *user_data;
+  /**
+   * Retries of one step whose frame or ACK the transport lost (no
+   * connection, a dropped one, no ACK within ack_timeout_ms) before the
+   * transfer fails: 1 to 1000, KEEL_TRANSFER_NO_RETRIES for none, 0
+   * (default) for 6 (version 2).
+   */
+  uint32_t max_retries;
+  /**
+   * The wait before a step's first retry in milliseconds, doubled at
+   * each retry up to max_backoff_ms; 0 (default): 100 (version 2).
+   */
+  uint32_t first_backoff_ms;
+  /**
+   * The longest wait between two retries in milliseconds, at least
+   * first_backoff_ms; 0 (default): 5000 (version 2).
+   */
+  uint32_t max_backoff_ms;
+  uint32_t _reserved2;
+} keel_transfer_options_t;
 
 /**
  * Options of keel_wal_open(). Versioned by `struct_size` (docs/FFI.md,
@@ -1942,7 +2176,10 @@ keel_status_t keel_node_options_init_sized(struct keel_node_options_t *opts, siz
 /**
  * Opens a node for `engine` (which must stay open until the node is
  * closed): binds the listen address and starts its threads (an accept
- * thread, a writer reactor, and one reader thread per connection). On
+ * thread, a writer reactor, and one reader thread per connection). The
+ * node runs a transfer service: it sends shards (keel_transfer_start())
+ * and receives the shards announced with keel_transfer_expect() into
+ * `engine`. On
  * success `*out` receives a handle the caller releases with
  * keel_node_close().
  * Errors: NULL_ARGUMENT, INVALID_ARGUMENT (an option out of range, not a
@@ -2406,6 +2643,126 @@ keel_status_t keel_batch_clear(struct keel_batch_t *batch);
  * Frees a batch. NULL is a no-op.
  */
 void keel_batch_free(struct keel_batch_t *batch);
+
+/**
+ * Fills the `size` bytes at `opts` (pass sizeof *opts) with the defaults
+ * and sets struct_size = size.
+ * Errors: NULL_ARGUMENT, INVALID_ARGUMENT (size below
+ * KEEL_TRANSFER_OPTIONS_SIZE_V1 or between two published sizes).
+ */
+keel_status_t keel_transfer_options_init_sized(struct keel_transfer_options_t *opts, size_t size);
+
+/**
+ * Announces on this node that `from_peer` may send shard `shard_id`
+ * here; a transfer of anything not announced is refused (REFUSED on the
+ * source). The announcement is used up when a transfer of it finishes
+ * (copy or hand-over).
+ * Errors: NULL_ARGUMENT, INVALID_ARGUMENT (not a live node, from_peer 0).
+ */
+keel_status_t keel_transfer_expect(const struct keel_node_t *node,
+                                   uint32_t shard_id,
+                                   uint64_t from_peer);
+
+/**
+ * Starts sending `shard` (the host's open shard `shard_id` of this
+ * node's engine, or of another engine of the process) from `node` to
+ * peer `peer` (connected with keel_node_connect()) and returns at once:
+ * the transfer runs on its own thread. `opts` may be NULL (the defaults:
+ * a snapshot, finished by keel_transfer_finish()). On success `*out`
+ * receives a handle the caller releases with keel_transfer_free(). The
+ * shard stays writable throughout, except during the final drain (and
+ * after a hand-over). The node and the shard must stay open until
+ * keel_transfer_free() returned.
+ * Errors: NULL_ARGUMENT, INVALID_ARGUMENT (an option or enum out of
+ * range, not a live node or shard), BUSY (the node sends
+ * max_concurrent_transfers already), IO (the thread cannot start).
+ * Failures of the transfer itself come from keel_transfer_status().
+ */
+keel_status_t keel_transfer_start(const struct keel_node_t *node,
+                                  const struct keel_shard_t *shard,
+                                  uint32_t shard_id,
+                                  uint64_t peer,
+                                  const struct keel_transfer_options_t *opts,
+                                  struct keel_transfer_t **out,
+                                  struct keel_error_t **err);
+
+/**
+ * Asks the transfer to finish with `mode` (KEEL_TRANSFER_FINISH_COPY,
+ * _HAND_OVER or _FORWARD) once it has caught up; returns at once
+ * (keel_transfer_wait() waits for it).
+ * Errors: NULL_ARGUMENT, INVALID_ARGUMENT (mode out of range, not a live
+ * transfer, the transfer is over, or it forwards and `mode` is not a
+ * hand-over), BUSY (a finish was asked for already, auto_finish too).
+ */
+keel_status_t keel_transfer_finish(const struct keel_transfer_t *t,
+                                   uint32_t mode,
+                                   struct keel_error_t **err);
+
+/**
+ * Cancels the transfer: it stops at its next batch boundary or ACK wait
+ * (at once while it waits for the host or forwards) and settles on
+ * KEEL_TRANSFER_CANCELLED; returns at once. The source's WAL pin is
+ * released. The receiver keeps what it applied, still incoming (its host
+ * cannot open the shard: BUSY); a later transfer of the shard resumes
+ * from there by WAL delta when the source still holds the records, or
+ * replaces it by a snapshot. A no-op once the transfer is over.
+ * Errors: NULL_ARGUMENT, INVALID_ARGUMENT (not a live transfer).
+ */
+keel_status_t keel_transfer_cancel(const struct keel_transfer_t *t);
+
+/**
+ * Writes the transfer's stage (KEEL_TRANSFER_*) to `*stage`. When it is
+ * KEEL_TRANSFER_FAILED and `err` is not NULL, `*err` receives an error
+ * object with the failure's status and message (replacing one already
+ * there; free it with keel_error_free()); the call itself returns OK.
+ * Errors: NULL_ARGUMENT, INVALID_ARGUMENT (not a live transfer).
+ */
+keel_status_t keel_transfer_status(const struct keel_transfer_t *t,
+                                   uint32_t *stage,
+                                   struct keel_error_t **err);
+
+/**
+ * Waits up to `timeout_ms` milliseconds (KEEL_TRANSFER_WAIT_FOREVER: no
+ * limit) until the transfer is settled: done, failed, cancelled, or
+ * forwarding with no hand-over asked for yet, and its progress callback
+ * for that stage has returned. OK then
+ * (keel_transfer_status() says how it went).
+ * Must not be called from the transfer's own progress callback.
+ * Errors: NULL_ARGUMENT, INVALID_ARGUMENT (not a live transfer), TIMEOUT
+ * (not settled in time).
+ */
+keel_status_t keel_transfer_wait(const struct keel_transfer_t *t, uint64_t timeout_ms);
+
+/**
+ * Copies the transfer's progress into `*out` (struct_size set by the
+ * caller).
+ * Errors: NULL_ARGUMENT, INVALID_ARGUMENT (struct_size too small, not a
+ * live transfer).
+ */
+keel_status_t keel_transfer_progress(const struct keel_transfer_t *t,
+                                     struct keel_transfer_progress_t *out);
+
+/**
+ * Frees the transfer: cancels it if it is not over (a forwarding
+ * transfer stops forwarding) and waits for its thread, so no progress
+ * callback runs after it returns. NULL is a no-op. Must be the last
+ * call on the handle and must not race with others; not from the
+ * transfer's own progress callback.
+ * Errors: INVALID_ARGUMENT (not a live transfer).
+ */
+keel_status_t keel_transfer_free(struct keel_transfer_t *t);
+
+/**
+ * Writes the content digest of `shard` to `out` (32 bytes): SHA-256 over
+ * its live keys in ascending byte order with their kind, bytes and
+ * version, taken from one snapshot (docs/TRANSFER.md, "Shard digest").
+ * Two shards with equal digests hold the same data at the same versions.
+ * Errors: NULL_ARGUMENT, INVALID_ARGUMENT (not a live shard), CLOSED,
+ * IO, CORRUPTION (a segment file cannot be read).
+ */
+keel_status_t keel_shard_digest(const struct keel_shard_t *shard,
+                                uint8_t *out,
+                                struct keel_error_t **err);
 
 /**
  * Returns the library version as a static string such as "0.1.0".

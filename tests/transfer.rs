@@ -12,7 +12,7 @@ use keel::engine::Engine;
 use keel::node::{Node, NodeOptions};
 use keel::shard::{Options, Shard};
 use keel::status::*;
-use keel::transfer::{shard_digest, wire, Method, Report, TransferOptions, Transfers};
+use keel::transfer::{shard_digest, wire, Finish, Method, ProgressFn, Report, Stage, TransferOptions, Transfers};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -218,7 +218,7 @@ fn writes_during_the_transfer_reach_the_receiver_and_the_hand_over_stops_them() 
             unreachable!()
         })
     };
-    let opts = TransferOptions { hand_over: true, ..small_batches(Method::Snapshot) };
+    let opts = TransferOptions { auto_finish: Some(Finish::HandOver), ..small_batches(Method::Snapshot) };
     let r = src.transfers.send_shard(&shard, SHARD, 2, &opts).unwrap();
     let acked = writer.join().unwrap();
     assert!(r.handed_over && shard.is_moved(), "{r:?}");
@@ -331,4 +331,180 @@ fn a_receiver_takes_at_most_max_concurrent_transfers_at_once() {
     assert_eq!(shard_digest(&received(&dst)).unwrap(), shard_digest(&shard).unwrap());
     // With the slot free again, the other shard goes through.
     src.transfers.send_shard(&other, SHARD + 1, 2, &small_batches(Method::Snapshot)).unwrap();
+}
+
+/// A writer that keeps writing to `shard` until a write fails with MOVED
+/// (or `stop` is set); returns every write it saw succeed.
+fn writer(shard: &Shard, stop: Arc<std::sync::atomic::AtomicBool>) -> std::thread::JoinHandle<Vec<(String, u64, u64)>> {
+    let shard = shard.clone();
+    std::thread::spawn(move || {
+        let mut acked = Vec::new();
+        for i in 0u64.. {
+            if stop.load(std::sync::atomic::Ordering::Acquire) {
+                return acked;
+            }
+            let key = format!("w{:05}", i % 5000);
+            match shard.put(key.as_bytes(), &i.to_le_bytes()) {
+                Ok(v) => acked.push((key, i, v)),
+                Err(e) => {
+                    assert_eq!(e.status, KEEL_STATUS_MOVED, "{e}");
+                    return acked;
+                }
+            }
+        }
+        unreachable!()
+    })
+}
+
+/// Waits (without a time bound on the outcome) until `t` is in `stage`.
+fn reach(t: &keel::transfer::Transfer, stage: Stage) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while t.status().0 != stage {
+        assert!(Instant::now() < deadline, "the transfer never reached {stage:?}: {:?}", t.status());
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn a_started_transfer_streams_writes_until_the_host_hands_the_shard_over() {
+    let (src, dst) = pair("handle");
+    let shard = src.engine.open_shard(SHARD, true).unwrap();
+    write_mix(&shard, 18, 800);
+    dst.transfers.expect(SHARD, 1);
+    let seen = Arc::new(parking_lot::Mutex::new(Vec::<keel::transfer::Progress>::new()));
+    let progress = {
+        let seen = seen.clone();
+        ProgressFn(Arc::new(move |p: &keel::transfer::Progress| seen.lock().push(p.clone())))
+    };
+    let opts = TransferOptions { auto_finish: None, progress: Some(progress), ..small_batches(Method::Snapshot) };
+    let t = src.transfers.start(&shard, SHARD, 2, &opts).unwrap();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let w = writer(&shard, stop);
+    // Without a finish the transfer catches up and keeps streaming.
+    reach(&t, Stage::WaitingFinish);
+    assert!(!t.wait(Some(Duration::from_millis(1))), "waiting for the host is not settled");
+    t.finish(Finish::HandOver).unwrap();
+    assert_eq!(t.finish(Finish::Copy).unwrap_err().status, KEEL_STATUS_BUSY);
+    assert!(t.wait(None));
+    let acked = w.join().unwrap();
+    let r = t.outcome().unwrap().unwrap();
+    assert_eq!(t.status().0, Stage::Done);
+    assert!(r.handed_over && shard.is_moved(), "{r:?}");
+    assert_eq!(r.last_version, shard.last_version());
+    check_pipeline(&r, &dst);
+    let got = received(&dst);
+    assert_eq!(shard_digest(&got).unwrap(), shard_digest(&shard).unwrap());
+    if let Some((key, _, v)) = acked.last() {
+        assert_eq!(got.get(key.as_bytes()).unwrap().unwrap().version, *v);
+    }
+    // The progress went through the stages in order, its counters never
+    // went back, and the last report is the final one.
+    let seen = seen.lock();
+    assert!(seen.windows(2).all(|w| w[0].report.ops <= w[1].report.ops && w[0].report.bytes <= w[1].report.bytes));
+    for stage in [Stage::Backfill, Stage::CatchingUp, Stage::WaitingFinish, Stage::Draining, Stage::Done] {
+        assert!(seen.iter().any(|p| p.stage == stage), "no progress in {stage:?}");
+    }
+    let last = seen.last().unwrap();
+    assert_eq!((last.stage, last.report.ops, last.ops_total), (Stage::Done, r.ops, r.ops));
+    assert_eq!(t.finish(Finish::HandOver).unwrap_err().status, KEEL_STATUS_INVALID_ARGUMENT, "over");
+}
+
+#[test]
+fn forwarding_applies_every_later_write_on_the_receiver_before_it_returns() {
+    let (src, dst) = pair("forward");
+    let shard = src.engine.open_shard(SHARD, true).unwrap();
+    write_mix(&shard, 19, 500);
+    dst.transfers.expect(SHARD, 1);
+    let opts = TransferOptions { auto_finish: Some(Finish::Forward), ..small_batches(Method::Snapshot) };
+    let t = src.transfers.start(&shard, SHARD, 2, &opts).unwrap();
+    assert!(t.wait(None));
+    assert_eq!(t.status().0, Stage::Forwarding, "{:?}", t.status());
+    assert_eq!(t.finish(Finish::Copy).unwrap_err().status, KEEL_STATUS_INVALID_ARGUMENT);
+    // Each write returns once the receiver has it: the receiver's version
+    // (its ACKs) follows every single write.
+    for i in 0..50u64 {
+        let v = shard.put(format!("f{i}").as_bytes(), b"x").unwrap();
+        assert!(t.progress().report.last_version >= v, "write {v} returned before the receiver had it");
+    }
+    // The receiver still holds it as incoming: its host cannot open it.
+    assert_eq!(dst.engine.open_shard(SHARD, false).err().map(|e| e.status), Some(KEEL_STATUS_BUSY));
+    let w = writer(&shard, Arc::new(std::sync::atomic::AtomicBool::new(false)));
+    t.finish(Finish::HandOver).unwrap();
+    assert!(t.wait(None));
+    let acked = w.join().unwrap();
+    let r = t.outcome().unwrap().unwrap();
+    assert!(r.handed_over && shard.is_moved(), "{r:?}");
+    check_pipeline(&r, &dst);
+    let got = received(&dst);
+    assert_eq!(shard_digest(&got).unwrap(), shard_digest(&shard).unwrap());
+    if let Some((key, _, v)) = acked.last() {
+        assert_eq!(got.get(key.as_bytes()).unwrap().unwrap().version, *v);
+    }
+}
+
+#[test]
+fn a_cancelled_transfer_leaves_the_receiver_resumable_and_a_restart_converges() {
+    let (src, dst) = pair("cancel");
+    let shard = src.engine.open_shard(SHARD, true).unwrap();
+    write_mix(&shard, 20, 800);
+    dst.transfers.expect(SHARD, 1);
+    // A snapshot without a finish, cancelled while it waits for the host.
+    let opts = TransferOptions { auto_finish: None, ..small_batches(Method::Snapshot) };
+    let t = src.transfers.start(&shard, SHARD, 2, &opts).unwrap();
+    reach(&t, Stage::WaitingFinish);
+    let had = t.progress().report.last_version;
+    t.cancel();
+    assert!(t.wait(None));
+    let (stage, err) = t.status();
+    assert_eq!((stage, err.map(|e| e.status)), (Stage::Cancelled, None));
+    assert_eq!(t.outcome().unwrap().unwrap_err().status, KEEL_STATUS_CLOSED);
+    assert_eq!(t.finish(Finish::Copy).unwrap_err().status, KEEL_STATUS_INVALID_ARGUMENT);
+    // The receiver's shard stays incoming (BUSY to its host).
+    assert_eq!(dst.engine.open_shard(SHARD, false).err().map(|e| e.status), Some(KEEL_STATUS_BUSY));
+    drop(t);
+    // More writes, then a WAL delta resumes from what the receiver has.
+    shard.set_keep_from(had + 1).unwrap();
+    write_mix(&shard, 21, 300);
+    let r = src.transfers.send_shard(&shard, SHARD, 2, &small_batches(Method::WalDelta)).unwrap();
+    assert!(!r.snapshot, "{r:?}");
+    assert_eq!(r.receiver_had, had);
+    assert_eq!(shard_digest(&received(&dst)).unwrap(), shard_digest(&shard).unwrap());
+}
+
+#[test]
+fn send_shard_refuses_to_wait_for_a_finish_nobody_will_ask_for() {
+    let (src, _dst) = pair("nofinish");
+    let shard = src.engine.open_shard(SHARD, true).unwrap();
+    for auto_finish in [None, Some(Finish::Forward)] {
+        let opts = TransferOptions { auto_finish, ..TransferOptions::default() };
+        assert_eq!(src.transfers.send_shard(&shard, SHARD, 2, &opts).unwrap_err().status, KEEL_STATUS_INVALID_ARGUMENT);
+    }
+}
+
+#[test]
+fn a_failed_forward_fails_the_transfer_but_not_the_source_write() {
+    let (src, dst) = pair("forward-fails");
+    let shard = src.engine.open_shard(SHARD, true).unwrap();
+    write_mix(&shard, 22, 200);
+    dst.transfers.expect(SHARD, 1);
+    let opts = TransferOptions {
+        auto_finish: Some(Finish::Forward),
+        ack_timeout: Duration::from_secs(5),
+        ..small_batches(Method::Snapshot)
+    };
+    let t = src.transfers.start(&shard, SHARD, 2, &opts).unwrap();
+    assert!(t.wait(None));
+    assert_eq!(t.status().0, Stage::Forwarding);
+    // The receiver goes away: the next forward cannot reach it.
+    dst.node.close().unwrap();
+    let v = shard.put(b"after", b"the receiver left").expect("the source write still succeeds");
+    assert!(t.wait(None));
+    let (stage, err) = t.status();
+    assert_eq!(stage, Stage::Failed);
+    assert!(err.is_some());
+    assert!(t.progress().report.last_version < v, "the receiver never had it");
+    // Forwarding stopped: later writes neither wait nor fail.
+    shard.put(b"later", b"x").unwrap();
+    assert!(!shard.is_moved());
+    assert_eq!(shard.get(b"after").unwrap().unwrap().version, v);
 }

@@ -8,7 +8,8 @@
 //!
 //! Seeded: `KEEL_TRANSFER_FAULTS_SEED=S` replays a run (a failure prints
 //! the command). No timing assertions: backoffs and the bandwidth cap wait
-//! on a fake clock, and waits for the other side have generous deadlines.
+//! on a fake clock (one test sleeps a real ten-minute backoff only to
+//! cancel it), and waits for the other side have generous deadlines.
 
 mod common;
 
@@ -20,11 +21,11 @@ use keel::engine::Engine;
 use keel::node::{Node, NodeOptions, Service};
 use keel::shard::{Entry, Op, Options, Shard, Step, StepHook, Steps, Value};
 use keel::status::*;
-use keel::transfer::{shard_digest, wire, Clock, Hook, Method, Retry, TransferOptions, Transfers};
+use keel::transfer::{shard_digest, wire, Clock, Finish, Hook, Method, RealClock, Retry, Stage, TransferOptions, Transfers};
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
 const SHARD: u32 = 7;
@@ -264,6 +265,66 @@ fn when_retries_run_out_the_transfer_fails_cleanly_and_the_next_resumes_by_wal_d
     assert_in_order(&dst);
 }
 
+/// A real clock that reports each sleep as it begins: the test cancels a
+/// transfer while it sits in a backoff of ten minutes.
+#[derive(Debug)]
+struct ReportingClock {
+    real: RealClock,
+    sleeping: Mutex<mpsc::Sender<Duration>>,
+}
+
+impl Clock for ReportingClock {
+    fn now(&self) -> Duration {
+        self.real.now()
+    }
+    fn sleep(&self, d: Duration) {
+        let _ = self.sleeping.lock().unwrap().send(d);
+        self.real.sleep(d);
+    }
+}
+
+#[test]
+fn a_cancel_cuts_a_retry_backoff_short_and_the_next_transfer_resumes() {
+    let (_replay, mut rng) = Replay::new("a_cancel_cuts_a_retry_backoff_short_and_the_next_transfer_resumes");
+    let (src, dst, relay) = relayed("cancel-backoff");
+    let shard = src.engine.open_shard(SHARD, true).unwrap();
+    write_load(&shard, rng.next(), 500);
+    dst.transfers.expect(SHARD, 1);
+    let had = src.transfers.send_shard(&shard, SHARD, 2, &faulty(Method::Snapshot, 3)).unwrap().last_version;
+    shard.set_keep_from(had).unwrap();
+
+    // The connection is cut 150..250 KB into about 430 KB of records and
+    // stays unreachable: the source backs off for ten minutes before its retry.
+    write_fixed(&shard, "c", 4000);
+    relay.cut_after(150_000 + rng.below(100_000));
+    relay.refuse(true);
+    dst.transfers.expect(SHARD, 1);
+    let (tx, rx) = mpsc::channel();
+    let long = Duration::from_secs(600);
+    let opts = TransferOptions {
+        retry: Retry { max_retries: 3, first_backoff: long, max_backoff: long },
+        clock: Arc::new(ReportingClock { real: RealClock::new(), sleeping: Mutex::new(tx) }),
+        ..faulty(Method::WalDelta, 3)
+    };
+    let t = src.transfers.start(&shard, SHARD, 2, &opts).unwrap();
+    rx.recv_timeout(PATIENCE).expect("the source never began its backoff");
+    t.cancel();
+    // Without a cancellable backoff this would wait out the ten minutes.
+    assert!(t.wait(Some(PATIENCE)), "the cancel did not end the backoff");
+    assert_eq!(t.status().0, Stage::Cancelled);
+    let e = t.outcome().unwrap().unwrap_err();
+    assert!(e.message.contains("cancelled"), "{e}");
+
+    // The receiver kept what it acknowledged: the next transfer sends only the rest.
+    relay.refuse(false);
+    dst.transfers.expect(SHARD, 1);
+    let r = src.transfers.send_shard(&shard, SHARD, 2, &faulty(Method::WalDelta, 3)).unwrap();
+    assert!(!r.snapshot && r.fallback.is_none(), "{r:?}");
+    assert!(r.receiver_had > had, "the receiver had {}; it had acknowledged past {had}", r.receiver_had);
+    assert_same(&dst, &shard);
+    assert_in_order(&dst);
+}
+
 #[test]
 fn a_write_slipped_in_before_the_final_hold_reaches_the_receiver() {
     let (_replay, mut rng) = Replay::new("a_write_slipped_in_before_the_final_hold_reaches_the_receiver");
@@ -330,7 +391,7 @@ fn sustained_writes_through_a_faulty_link_all_reach_the_receiver() {
     while !started.load(Ordering::Acquire) {
         std::thread::yield_now();
     }
-    let opts = TransferOptions { hand_over: true, ..faulty(Method::Snapshot, 8) };
+    let opts = TransferOptions { auto_finish: Some(Finish::HandOver), ..faulty(Method::Snapshot, 8) };
     let r = src.transfers.send_shard(&shard, SHARD, 2, &opts).unwrap();
     let acked = writer.join().unwrap();
     assert!(r.handed_over && shard.is_moved(), "{r:?}");

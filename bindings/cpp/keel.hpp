@@ -50,6 +50,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <array>
 #include <functional>
 #include <initializer_list>
 #include <iterator>
@@ -2873,6 +2874,263 @@ class Node : public detail::Handle<keel_node_t, detail::close_node> {
 
   std::unique_ptr<detail::NodeEvents> events_;
 };
+
+// ---- shard transfer -----------------------------------------------------------
+
+/// How a transfer sends the shard (keel_transfer_options_t.method).
+enum class TransferMethod : uint32_t {
+  Snapshot = KEEL_TRANSFER_SNAPSHOT,  ///< a consistent snapshot, then the WAL after it
+  WalDelta = KEEL_TRANSFER_WAL_DELTA, ///< only the records the receiver lacks (falls back to a snapshot)
+};
+
+/// How a transfer ends once the receiver caught up (docs/TRANSFER.md).
+enum class FinishMode : uint32_t {
+  None = KEEL_TRANSFER_FINISH_NONE,          ///< auto_finish only: the host calls Transfer::finish()
+  Copy = KEEL_TRANSFER_FINISH_COPY,          ///< the receiver gets a copy; the source stays writable
+  HandOver = KEEL_TRANSFER_FINISH_HAND_OVER, ///< the receiver owns the shard; the source answers Moved
+  Forward = KEEL_TRANSFER_FINISH_FORWARD,    ///< each later source write reaches the receiver before it returns
+};
+
+/// Where a transfer is (KEEL_TRANSFER_CONNECTING ... KEEL_TRANSFER_CANCELLED).
+enum class TransferStage : uint32_t {
+  Connecting = KEEL_TRANSFER_CONNECTING,
+  Backfill = KEEL_TRANSFER_BACKFILL,
+  CatchingUp = KEEL_TRANSFER_CATCHING_UP,
+  WaitingFinish = KEEL_TRANSFER_WAITING_FINISH,
+  Draining = KEEL_TRANSFER_DRAINING,
+  Forwarding = KEEL_TRANSFER_FORWARDING,
+  Done = KEEL_TRANSFER_DONE,
+  Failed = KEEL_TRANSFER_FAILED,
+  Cancelled = KEEL_TRANSFER_CANCELLED,
+};
+
+/// A transfer's progress (keel_transfer_progress_t).
+struct TransferProgress {
+  TransferStage stage = TransferStage::Connecting;
+  bool snapshot = false;     ///< the shard goes (went) as a snapshot
+  bool handed_over = false;  ///< the shard was handed over
+  uint64_t ops_sent = 0;     ///< WAL records sent and acknowledged
+  uint64_t ops_total = 0;    ///< ops_sent plus those still to send (grows with writes)
+  uint64_t entries_sent = 0; ///< snapshot entries sent and acknowledged
+  uint64_t bytes_sent = 0;
+  uint64_t batches = 0;
+  uint64_t receiver_had = 0; ///< the receiver's version at the start
+  uint64_t last_version = 0; ///< the last version the receiver acknowledged
+  std::chrono::microseconds read_time{0}, send_time{0}, final_hold{0};
+  uint64_t max_batches_in_memory = 0;
+};
+
+/// The stage, and the error that failed the transfer (Failed only).
+struct TransferStatus {
+  TransferStage stage = TransferStage::Connecting;
+  std::optional<Error> error;
+};
+
+/// Progress handler: runs on the transfer's own keel thread after every
+/// acknowledged batch and at every change of stage (the last call when the
+/// transfer is over). It must be quick, must not throw (the bridge is
+/// noexcept: an escaping exception calls std::terminate) and must not
+/// wait() for, or destroy, its own Transfer.
+using TransferProgressHandler = std::function<void(const TransferProgress&)>;
+
+/// Options of Transfer::start(): a copyable builder over
+/// keel_transfer_options_t with the library defaults (a snapshot, no
+/// auto-finish, 1024 records or 1 MiB per batch, 30 s ACK timeout, 6
+/// retries of a lost step after 100 ms doubling up to 5 s).
+class TransferOptions {
+ public:
+  TransferOptions() noexcept { keel_transfer_options_init_sized(&raw_, sizeof raw_); }  // cannot fail
+
+  TransferOptions& method(TransferMethod m) noexcept { raw_.method = static_cast<uint32_t>(m); return *this; }
+  /// Finish with `m` as soon as the receiver caught up (FinishMode::None:
+  /// the host calls Transfer::finish()).
+  TransferOptions& auto_finish(FinishMode m) noexcept { raw_.auto_finish = static_cast<uint32_t>(m); return *this; }
+  TransferOptions& max_batch_records(uint32_t n) noexcept { raw_.max_batch_records = n; return *this; }
+  TransferOptions& max_batch_bytes(uint64_t n) noexcept { raw_.max_batch_bytes = n; return *this; }
+  TransferOptions& ack_timeout(std::chrono::milliseconds t) noexcept { raw_.ack_timeout_ms = detail::clamp_ms(t); return *this; }
+  /// Retries of one step the transport lost, 1 to 1000 (0: the default).
+  TransferOptions& max_retries(uint32_t n) noexcept { raw_.max_retries = n; return *this; }
+  /// A lost step fails the transfer at once.
+  TransferOptions& no_retries() noexcept { raw_.max_retries = KEEL_TRANSFER_NO_RETRIES; return *this; }
+  /// The wait before a step's first retry, doubled at each retry up to
+  /// `max` (0 ms: each default).
+  TransferOptions& backoff(std::chrono::milliseconds first, std::chrono::milliseconds max) noexcept {
+    raw_.first_backoff_ms = detail::clamp_ms(first);
+    raw_.max_backoff_ms = detail::clamp_ms(max);
+    return *this;
+  }
+  /// The handler moves into the Transfer, which frees it only once the
+  /// transfer's thread has ended.
+  TransferOptions& on_progress(TransferProgressHandler h) { on_progress_ = std::move(h); return *this; }
+
+ private:
+  friend class Transfer;
+  keel_transfer_options_t raw_{};
+  TransferProgressHandler on_progress_;
+};
+
+namespace detail {
+inline void free_transfer(keel_transfer_t* t) noexcept { (void)keel_transfer_free(t); }
+
+inline TransferProgress to_progress(const keel_transfer_progress_t& p) noexcept {
+  TransferProgress o;
+  o.stage = static_cast<TransferStage>(p.stage);
+  o.snapshot = p.snapshot != 0;
+  o.handed_over = p.handed_over != 0;
+  o.ops_sent = p.ops_sent;
+  o.ops_total = p.ops_total;
+  o.entries_sent = p.entries_sent;
+  o.bytes_sent = p.bytes_sent;
+  o.batches = p.batches;
+  o.receiver_had = p.receiver_had;
+  o.last_version = p.last_version;
+  o.read_time = std::chrono::microseconds(p.read_time_us);
+  o.send_time = std::chrono::microseconds(p.send_time_us);
+  o.final_hold = std::chrono::microseconds(p.final_hold_us);
+  o.max_batches_in_memory = p.max_batches_in_memory;
+  return o;
+}
+
+/// The C callback's user data: the host's handler, owned by its Transfer.
+struct TransferEvents {
+  TransferProgressHandler fn;
+  static void on_progress(void* user, const keel_transfer_progress_t* p) noexcept {
+    static_cast<TransferEvents*>(user)->fn(to_progress(*p));
+  }
+};
+}  // namespace detail
+
+/// A shard transfer running on its own keel thread (owns a
+/// keel_transfer_t). Move-only; the destructor cancels a transfer that is
+/// not over, waits for its thread and then frees the progress handler.
+/// Const members are safe from many threads at once.
+class Transfer : public detail::Handle<keel_transfer_t, detail::free_transfer> {
+ public:
+  using Handle::Handle;
+  Transfer() noexcept = default;
+  Transfer(Transfer&&) noexcept = default;
+  Transfer& operator=(Transfer&& o) noexcept {
+    if (this != &o) {
+      Handle::operator=(std::move(o));  // frees the transfer before its handler below
+      events_ = std::move(o.events_);
+    }
+    return *this;
+  }
+  ~Transfer() { ptr_.reset(); }
+
+  /// Announces on `node` that peer `from_peer` may send shard `shard_id`
+  /// there (used up once a transfer of it finishes). Status::InvalidArgument
+  /// for from_peer 0, Status::Closed for an empty Node.
+  static Result<void> expect(const Node& node, uint32_t shard_id, uint64_t from_peer) {
+    if (!node) return detail::empty_handle("keel::Node");
+    const keel_status_t st = keel_transfer_expect(node.raw(), shard_id, from_peer);
+    detail::ErrorOut none;  // this call carries no error object
+    return detail::check(st, none);
+  }
+
+  /// Starts sending `shard` (shard `shard_id`) from `node` to peer `peer`
+  /// on a keel thread; returns at once. The node and the shard must
+  /// outlive the Transfer. Status::InvalidArgument (an option out of
+  /// range), Status::Busy (the node sends max_concurrent_transfers
+  /// already), Status::Closed (an empty Node or Shard).
+  static Result<Transfer> start(const Node& node, const Shard& shard, uint32_t shard_id, uint64_t peer,
+                                TransferOptions opts = TransferOptions()) {
+    if (!node) return detail::empty_handle("keel::Node");
+    if (!shard) return detail::empty_handle("keel::Shard");
+    keel_transfer_options_t raw = opts.raw_;
+    std::unique_ptr<detail::TransferEvents> events;
+    if (opts.on_progress_) {
+      events = std::make_unique<detail::TransferEvents>(detail::TransferEvents{std::move(opts.on_progress_)});
+      raw.on_progress = &detail::TransferEvents::on_progress;
+      raw.user_data = events.get();
+    }
+    detail::ErrorOut err;
+    keel_transfer_t* t = nullptr;
+    const keel_status_t st = keel_transfer_start(node.raw(), shard.raw(), shard_id, peer, &raw, &t, err.out());
+    if (st != KEEL_STATUS_OK) return err.take(st);
+    return Transfer(t, std::move(events));
+  }
+
+  /// Asks the transfer to finish with `mode` once caught up.
+  /// Status::InvalidArgument (FinishMode::None, the transfer is over, or it
+  /// forwards and `mode` is not a hand-over), Status::Busy (a finish was
+  /// asked for already).
+  Result<void> finish(FinishMode mode) const {
+    if (!ptr_) return detail::empty_handle("keel::Transfer");
+    detail::ErrorOut err;
+    return detail::check(keel_transfer_finish(ptr_.get(), static_cast<uint32_t>(mode), err.out()), err);
+  }
+
+  /// Stops the transfer at its next batch boundary or ACK wait; the
+  /// receiver's shard stays incoming and a later transfer resumes it.
+  Result<void> cancel() const {
+    if (!ptr_) return detail::empty_handle("keel::Transfer");
+    detail::ErrorOut none;
+    return detail::check(keel_transfer_cancel(ptr_.get()), none);
+  }
+
+  Result<TransferStatus> status() const {
+    if (!ptr_) return detail::empty_handle("keel::Transfer");
+    detail::ErrorOut err;
+    uint32_t stage = 0;
+    const keel_status_t st = keel_transfer_status(ptr_.get(), &stage, err.out());
+    if (st != KEEL_STATUS_OK) return err.take(st);
+    TransferStatus out;
+    out.stage = static_cast<TransferStage>(stage);
+    if (err.ptr) out.error = err.take(keel_error_code(err.ptr));
+    return out;
+  }
+
+  Result<TransferProgress> progress() const {
+    if (!ptr_) return detail::empty_handle("keel::Transfer");
+    keel_transfer_progress_t p{};
+    p.struct_size = static_cast<uint32_t>(sizeof p);
+    const keel_status_t st = keel_transfer_progress(ptr_.get(), &p);
+    detail::ErrorOut none;
+    if (st != KEEL_STATUS_OK) return none.take(st);
+    return detail::to_progress(p);
+  }
+
+  /// Waits until the transfer is settled (done, failed, cancelled, or
+  /// forwarding with no hand-over asked for); Status::Timeout when
+  /// `timeout` passed first. status() says how it went.
+  Result<void> wait(std::chrono::milliseconds timeout) const {
+    if (!ptr_) return detail::empty_handle("keel::Transfer");
+    const uint64_t ms = timeout.count() < 0 ? 0 : static_cast<uint64_t>(timeout.count());
+    detail::ErrorOut none;
+    return detail::check(keel_transfer_wait(ptr_.get(), ms == KEEL_TRANSFER_WAIT_FOREVER ? ms - 1 : ms), none);
+  }
+  /// Waits without a time limit.
+  Result<void> wait() const {
+    if (!ptr_) return detail::empty_handle("keel::Transfer");
+    detail::ErrorOut none;
+    return detail::check(keel_transfer_wait(ptr_.get(), KEEL_TRANSFER_WAIT_FOREVER), none);
+  }
+
+  /// Gives up ownership: the caller frees it with keel_transfer_free().
+  /// The progress handler, if any, is then never freed.
+  [[nodiscard]] keel_transfer_t* release() noexcept {
+    (void)events_.release();
+    return ptr_.release();
+  }
+
+ private:
+  Transfer(keel_transfer_t* owned, std::unique_ptr<detail::TransferEvents> events) noexcept
+      : Handle(owned), events_(std::move(events)) {}
+
+  std::unique_ptr<detail::TransferEvents> events_;
+};
+
+/// The content digest of `shard`: SHA-256 over its live keys with their
+/// kind, bytes and version (docs/TRANSFER.md, "Shard digest").
+inline Result<std::array<uint8_t, 32>> shard_digest(const Shard& shard) {
+  if (!shard) return detail::empty_handle("keel::Shard");
+  std::array<uint8_t, 32> out{};
+  detail::ErrorOut err;
+  const keel_status_t st = keel_shard_digest(shard.raw(), out.data(), err.out());
+  if (st != KEEL_STATUS_OK) return err.take(st);
+  return out;
+}
 
 }  // namespace keel
 

@@ -62,3 +62,12 @@ func keelGoReadIndex(handle C.uintptr_t, index *C.uint64_t) C.keel_status_t {
 func keelGoReadIndexFree(handle C.uintptr_t) {
 	cgo.Handle(handle).Delete()
 }
+
+// keelGoTransferProgress is a transfer's progress callback, called by
+// keel_go_transfer_progress (transfer.go) on the transfer's own thread
+// with the cgo.Handle of its OnProgress.
+//
+//export keelGoTransferProgress
+func keelGoTransferProgress(handle C.uintptr_t, progress *C.keel_transfer_progress_t) {
+	cgo.Handle(handle).Value().(func(TransferProgress))(toProgress(progress))
+}

@@ -11,6 +11,7 @@ use crate::shard;
 use crate::status::*;
 use crate::wal::Durability;
 use std::os::raw::c_char;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// An engine: one data directory hosting shards by u32 id. Internally
@@ -22,7 +23,9 @@ pub struct keel_engine_t {
 }
 
 impl Opaque for keel_engine_t {
-    type Inner = Engine;
+    /// Shared with the transfer service of the engine's nodes, which
+    /// receives shards into it.
+    type Inner = Arc<Engine>;
     const MAGIC: u64 = 0x6b65_656c_454e_474e; // "keelENGN"
     const NAME: &'static str = "keel_engine_t";
 }
@@ -202,7 +205,7 @@ pub extern "C" fn keel_engine_open(
         let dir = in_path(dir, "dir")?;
         let out = out_ptr(out, "out")?;
         let options = options_from_c(opts)?;
-        *out = into_handle::<keel_engine_t>(Engine::open(dir, options)?);
+        *out = into_handle::<keel_engine_t>(Arc::new(Engine::open(dir, options)?));
         Ok(())
     })
 }

@@ -9,6 +9,7 @@ use crate::ffi::engine::keel_engine_t;
 use crate::ffi::error::keel_error_t;
 use crate::node::{Node, NodeOptions, NodeStats, Reason};
 use crate::status::*;
+use crate::transfer::Transfers;
 use std::ffi::{CStr, CString};
 use std::os::raw::{c_char, c_void};
 use std::sync::Arc;
@@ -22,9 +23,23 @@ pub struct keel_node_t {
 }
 
 impl Opaque for keel_node_t {
-    type Inner = Node;
+    type Inner = NodeHandle;
     const MAGIC: u64 = 0x6b65_656c_4e4f_4445; // "keelNODE"
     const NAME: &'static str = "keel_node_t";
+}
+
+/// A node and its transfer service (`keel_transfer_*`), which receives
+/// shards into the node's engine.
+pub struct NodeHandle {
+    pub(crate) node: Arc<Node>,
+    pub(crate) transfers: Arc<Transfers>,
+}
+
+impl std::ops::Deref for NodeHandle {
+    type Target = Node;
+    fn deref(&self) -> &Node {
+        &self.node
+    }
 }
 
 /// Node event callback: peer `peer_id` finished its handshake (`status`
@@ -253,7 +268,10 @@ fn options_from_c(p: *const keel_node_options_t) -> crate::Result<NodeOptions> {
 
 /// Opens a node for `engine` (which must stay open until the node is
 /// closed): binds the listen address and starts its threads (an accept
-/// thread, a writer reactor, and one reader thread per connection). On
+/// thread, a writer reactor, and one reader thread per connection). The
+/// node runs a transfer service: it sends shards (keel_transfer_start())
+/// and receives the shards announced with keel_transfer_expect() into
+/// `engine`. On
 /// success `*out` receives a handle the caller releases with
 /// keel_node_close().
 /// Errors: NULL_ARGUMENT, INVALID_ARGUMENT (an option out of range, not a
@@ -266,9 +284,11 @@ pub extern "C" fn keel_node_open(
     err: *mut *mut keel_error_t,
 ) -> keel_status_t {
     ffi_boundary!(err, std::ptr::null::<u8>(), {
-        try_handle!(engine);
+        let engine = try_handle!(engine);
         let out = out_ptr(out, "out")?;
-        *out = into_handle::<keel_node_t>(Node::open(options_from_c(opts)?)?);
+        let node = Arc::new(Node::open(options_from_c(opts)?)?);
+        let transfers = Transfers::attach(node.clone(), engine.clone());
+        *out = into_handle::<keel_node_t>(NodeHandle { node, transfers });
         Ok(())
     })
 }

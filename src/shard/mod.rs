@@ -193,6 +193,9 @@ pub(crate) struct Inner {
     wal_acked: AtomicU64,
     /// Handed over by a transfer (`WriteHold::hand_over`): writes are MOVED.
     moved: AtomicBool,
+    /// Runs after every successful write while a transfer forwards the
+    /// shard's writes (`WriteHold::set_after_write`).
+    after_write: RwLock<Option<Arc<dyn AfterWrite>>>,
     closed: Arc<AtomicBool>,
     poison: Mutex<Option<Error>>,
     /// The last error of a background step (flush, seal, merge).
@@ -644,6 +647,7 @@ impl Shard {
             persisted: AtomicU64::new(persisted),
             wal_acked: AtomicU64::new(0),
             moved: AtomicBool::new(false),
+            after_write: RwLock::new(None),
             closed: Arc::new(AtomicBool::new(false)),
             poison: Mutex::new(None),
             last_error: Mutex::new(None),
@@ -754,17 +758,27 @@ impl Shard {
         // Held from the gate to the durability wait: close waits for it,
         // and the leader logs with it (no second read lock, which could
         // wait behind a pending close while that close waits for us).
-        let wal = inner.wal.read();
-        let wal = wal.as_ref().ok_or_else(|| Error::new(KEEL_STATUS_CLOSED, "shard is closed"))?;
-        let limit = GROUP_FRAME_BYTES.min(inner.opts.wal_options().max_record_size);
         let w = {
-            let _on_the_way = wal.on_the_way();
-            inner.gate.write(batch, limit, |group| inner.run_group(wal, group))?
+            let wal = inner.wal.read();
+            let wal = wal.as_ref().ok_or_else(|| Error::new(KEEL_STATUS_CLOSED, "shard is closed"))?;
+            let limit = GROUP_FRAME_BYTES.min(inner.opts.wal_options().max_record_size);
+            let w = {
+                let _on_the_way = wal.on_the_way();
+                inner.gate.write(batch, limit, |group| inner.run_group(wal, group))?
+            };
+            // A duplicate entry logged nothing (its `last` is 0).
+            admitted.logged(w.last);
+            if wal.durability() == Durability::Sync && w.last > 0 {
+                wal.wait_durable(w.last)?;
+            }
+            w
         };
-        // A duplicate entry logged nothing (its `last` is 0).
-        admitted.logged(w.last);
-        if wal.durability() == Durability::Sync && w.last > 0 {
-            wal.wait_durable(w.last)?;
+        // Outside the WAL's read lock: the hook reads the WAL itself, and
+        // a close waiting for that lock must not wait for the hook.
+        let hook = inner.after_write.read().clone();
+        match hook {
+            Some(hook) if w.last > 0 => hook.after_write(w.last),
+            _ => {}
         }
         Ok(w)
     }
@@ -872,7 +886,12 @@ impl Shard {
     /// transfer's final drain reads the WAL under it until a read comes
     /// back empty.
     pub(crate) fn hold_writes(&self) -> WriteHold<'_> {
-        WriteHold { _barrier: self.inner.gate.hold(), moved: &self.inner.moved }
+        WriteHold { _barrier: self.inner.gate.hold(), moved: &self.inner.moved, after_write: &self.inner.after_write }
+    }
+
+    /// Removes the hook `WriteHold::set_after_write` installed.
+    pub(crate) fn clear_after_write(&self) {
+        self.inner.after_write.write().take();
     }
 
     /// Keeps WAL records >= `seq` even once persisted (a transfer or a
@@ -946,6 +965,15 @@ impl Shard {
 pub(crate) struct WriteHold<'a> {
     _barrier: gate::Hold<'a>,
     moved: &'a AtomicBool,
+    after_write: &'a RwLock<Option<Arc<dyn AfterWrite>>>,
+}
+
+/// What a transfer that forwards a shard's writes runs after each one.
+pub(crate) trait AfterWrite: Send + Sync {
+    /// The write that ended at version `last` succeeded here; returns once
+    /// the hook is done with it (it cannot fail the write, which is
+    /// applied and, with sync durability, durable already).
+    fn after_write(&self, last: u64);
 }
 
 impl WriteHold<'_> {
@@ -953,6 +981,12 @@ impl WriteHold<'_> {
     /// the hold, so no write slips in between the last one sent and this.
     pub(crate) fn hand_over(&self) {
         self.moved.store(true, Ordering::Release);
+    }
+
+    /// Installs the hook every later write runs once it succeeded. Under
+    /// the hold, so every write after the one the hold follows runs it.
+    pub(crate) fn set_after_write(&self, hook: Arc<dyn AfterWrite>) {
+        *self.after_write.write() = Some(hook);
     }
 }
 

@@ -5,13 +5,18 @@
 //! everything with its original versions.
 //!
 //! One file per part: `wire.rs` (frames), `source.rs` (the sending side:
-//! method choice, pipelined backfill, final drain), `receiver.rs` (the
-//! receiving side) and `digest.rs` (the content digest both sides compare);
-//! for faults, `retry.rs` (resending a step), `pace.rs` (the bandwidth cap)
+//! method choice, pipelined backfill; `source/finish.rs`: catching up,
+//! the final drain and the finish modes), `receiver.rs` (the receiving
+//! side), `control.rs` (what the host and a running transfer share),
+//! `handle.rs` (the host's handle on a transfer running on its own
+//! thread) and `digest.rs` (the content digest both sides compare); for
+//! faults, `retry.rs` (resending a step), `pace.rs` (the bandwidth cap)
 //! and `clock.rs` (the time both wait on).
 
 mod clock;
+mod control;
 mod digest;
+mod handle;
 mod pace;
 mod receiver;
 mod retry;
@@ -19,7 +24,9 @@ mod source;
 pub mod wire;
 
 pub use clock::{Clock, RealClock};
+pub use control::{Finish, Progress, ProgressFn, Stage};
 pub use digest::shard_digest;
+pub use handle::Transfer;
 pub use receiver::ReceiverStats;
 pub use retry::Retry;
 
@@ -31,7 +38,7 @@ use crate::status::*;
 use crossbeam_channel::Sender;
 use parking_lot::Mutex;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -54,11 +61,12 @@ pub struct TransferOptions {
     pub max_batch_records: usize,
     /// How long the source waits for the receiver's answer to one step.
     pub ack_timeout: Duration,
-    /// Finish by handing the shard over: once the receiver has everything,
-    /// the source's shard refuses writes with MOVED (the host then closes
-    /// and drops it). Without it the source keeps its shard writable and
-    /// the receiver holds a copy as of the finish.
-    pub hand_over: bool,
+    /// Finish with this mode as soon as the receiver has caught up; None:
+    /// keep streaming new writes until the host calls `Transfer::finish`.
+    /// Default `Some(Finish::Copy)`.
+    pub auto_finish: Option<Finish>,
+    /// Called with the progress on the transfer's thread (`ProgressFn`).
+    pub progress: Option<ProgressFn>,
     /// How a step that the transport lost is sent again.
     pub retry: Retry,
     /// What the retry backoff and the bandwidth cap wait on.
@@ -85,7 +93,8 @@ impl Default for TransferOptions {
             max_batch_bytes: 1 << 20,
             max_batch_records: 1024,
             ack_timeout: Duration::from_secs(30),
-            hand_over: false,
+            auto_finish: Some(Finish::Copy),
+            progress: None,
             retry: Retry::default(),
             clock: Arc::new(RealClock::new()),
             before_final_hold: None,
@@ -122,16 +131,21 @@ pub struct Report {
     pub receiver_had: u64,
     /// The last version sent: the shard's last version at the finish.
     pub last_version: u64,
+    /// Batches, snapshot entries and WAL records sent, each counted once
+    /// however often the transport made its step be sent again.
     pub batches: u64,
     pub entries: u64,
     pub ops: u64,
+    /// Bytes of step frames put on the wire, every retry's copy included:
+    /// what the transfer cost the network, not the size of the shard.
     pub bytes: u64,
     /// Time spent reading batches against time sending them (until acked).
     pub read_time: Duration,
     pub send_time: Duration,
-    /// How long writes were held off for the final drain.
+    /// How long writes were held off for the final drain (both drains
+    /// when a hand-over followed forwarding).
     pub final_hold: Duration,
-    /// The shard was handed over (`TransferOptions::hand_over`).
+    /// The shard was handed over (`Finish::HandOver`).
     pub handed_over: bool,
     /// Most batches the source held at once (built, in flight or being read).
     pub max_batches_in_memory: usize,
@@ -189,31 +203,24 @@ impl Transfers {
     }
 
     /// Sends `shard` (the host's open shard `shard_id`) to `peer` and
-    /// returns once the receiver holds everything durably. Writes to the
-    /// shard continue meanwhile, except during the final drain. BUSY when
+    /// returns once the receiver holds everything durably: `start`, then
+    /// `wait`. `opts.auto_finish` must be a copy or a hand-over. BUSY when
     /// the node's `max_concurrent_transfers` are being sent already. A
     /// step the transport loses is sent again (`TransferOptions::retry`);
     /// when the retries run out the transfer fails, and the receiver keeps
     /// what it acknowledged for the next one to build on.
-    pub fn send_shard(&self, shard: &Shard, shard_id: u32, peer: u64, opts: &TransferOptions) -> Result<Report> {
-        opts.validate()?;
-        let max = self.node.max_concurrent_transfers();
-        if self.sending.fetch_add(1, Ordering::AcqRel) >= max {
-            self.sending.fetch_sub(1, Ordering::AcqRel);
-            return Err(Error::new(KEEL_STATUS_BUSY, format!("{max} transfers are being sent from this node already (max_concurrent_transfers)")));
+    pub fn send_shard(self: &Arc<Self>, shard: &Shard, shard_id: u32, peer: u64, opts: &TransferOptions) -> Result<Report> {
+        match opts.auto_finish {
+            Some(Finish::Copy) | Some(Finish::HandOver) => {}
+            other => {
+                return Err(Error::invalid(format!(
+                    "send_shard waits for the end of the transfer: auto_finish must be a copy or a hand-over, not {other:?}"
+                )))
+            }
         }
-        let result = self.send_counted(shard, shard_id, peer, opts);
-        self.sending.fetch_sub(1, Ordering::AcqRel);
-        result
-    }
-
-    fn send_counted(&self, shard: &Shard, shard_id: u32, peer: u64, opts: &TransferOptions) -> Result<Report> {
-        let id = (self.node.id() << 24) ^ self.next_id.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = crossbeam_channel::unbounded();
-        self.waiting.lock().insert(id, tx);
-        let result = source::run(&self.node, id, rx, shard, shard_id, peer, opts);
-        self.waiting.lock().remove(&id);
-        result
+        let t = self.start(shard, shard_id, peer, opts)?;
+        t.wait(None);
+        t.outcome().unwrap_or_else(|| Err(Error::new(KEEL_STATUS_PANIC, "the transfer settled without an outcome")))
     }
 
     pub fn receiver_stats(&self) -> ReceiverStats {

@@ -1,7 +1,8 @@
 //! The bandwidth cap of one transfer (the node's
 //! `transfer_bandwidth_bytes_per_sec`): a token bucket on the sending
 //! side. Every step's frame takes its bytes from the bucket before it is
-//! sent; a bucket in debt waits until the debt is paid at the capped rate.
+//! sent; a bucket in debt makes the sender wait until the debt is paid at
+//! the capped rate (the sender sleeps it off, so a cancel can cut it short).
 
 use super::clock::Clock;
 use std::time::Duration;
@@ -35,8 +36,8 @@ impl Pace {
         self.burst
     }
 
-    /// Takes `bytes` from the bucket and waits off any debt; returns how
-    /// long it waited.
+    /// Takes `bytes` from the bucket; returns how long the sender must
+    /// wait on `clock` before sending them (zero unless in debt).
     pub fn take(&mut self, bytes: usize, clock: &dyn Clock) -> Duration {
         let now = clock.now();
         let earned = now.saturating_sub(self.at).as_secs_f64() * self.rate;
@@ -45,9 +46,7 @@ impl Pace {
         if self.tokens >= 0.0 {
             return Duration::ZERO;
         }
-        let wait = Duration::from_secs_f64(-self.tokens / self.rate);
-        clock.sleep(wait);
-        wait
+        Duration::from_secs_f64(-self.tokens / self.rate)
     }
 }
 
@@ -76,7 +75,9 @@ mod tests {
         let mut p = Pace::new(1000, &clock).unwrap();
         let (mut sent, mut waited) = (0usize, Duration::ZERO);
         for size in [50, 700, 1, 4000, 20, 20, 20, 999] {
-            waited += p.take(size, &clock);
+            let wait = p.take(size, &clock);
+            clock.sleep(wait);
+            waited += wait;
             sent += size;
         }
         // Time moved only by the waits: everything beyond the first burst

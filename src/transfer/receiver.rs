@@ -160,14 +160,18 @@ impl Receiver {
     }
 
     /// Handles one step from `peer`; returns the ACK to send (None when the
-    /// frame is too damaged to say which transfer it belongs to, or is a
-    /// late copy of a step already answered). At most `max` receptions
-    /// run at once.
+    /// frame is too damaged to say which transfer it belongs to, is a
+    /// late copy of a step already answered, or is a CANCEL, which is not
+    /// a step and not answered). At most `max` receptions run at once.
     pub fn on_step(&self, engine: &Engine, max: usize, peer: u64, ty: u16, payload: &[u8]) -> Option<Ack> {
         let Ok(step) = wire::parse_step(payload) else {
             self.note_malformed();
             return None;
         };
+        if ty == wire::CANCEL {
+            self.cancel(engine, peer, step.id);
+            return None;
+        }
         bump(&self.counters.steps, 1);
         let (id, n, acked, mut body) = (step.id, step.step, step.acked, step.body);
         self.counters.max_in_flight.fetch_max(n.saturating_sub(acked), Ordering::Relaxed);
@@ -239,6 +243,19 @@ impl Receiver {
                 bump(&self.counters.stale_steps, 1);
                 None
             }
+        }
+    }
+
+    /// CANCEL: the source gave transfer `id` up. The reception ends under
+    /// its lock (a step being applied from an older connection completes
+    /// first; a copy waiting behind it then finds it ended) and leaves the
+    /// table; the shard stays incoming for a later transfer to resume.
+    fn cancel(&self, engine: &Engine, peer: u64, id: u64) {
+        let running = self.state.lock().running.get(&(peer, id)).cloned();
+        if let Some(running) = running {
+            let mut inc = running.cell.lock();
+            self.forget(peer, id, &running);
+            abandon(engine, &mut inc);
         }
     }
 
@@ -422,6 +439,14 @@ impl Receiver {
                 let ops = wire::ops(body)?;
                 ack.version = shard_of(inc, false)?.apply_transferred(&ops)?;
                 bump(&self.counters.ops_applied, ops.len() as u64);
+            }
+            wire::FORWARD => {
+                let last = body.u64().map_err(|e| protocol(e.message))?;
+                let have = shard_of(inc, false)?.last_version();
+                if have != last {
+                    return Err(protocol(format!("the source forwards from version {last}, this shard is at {have}")));
+                }
+                ack.version = have;
             }
             wire::FINISH => {
                 let last = body.u64().map_err(|e| protocol(e.message))?;

@@ -4,6 +4,7 @@
 //! the shard's write hold.
 
 use super::clock::Clock;
+use super::control::{Control, Stage};
 use super::pace::Pace;
 use super::retry::{self, Retry};
 use super::wire::{self, Ack, STEP_HEADER};
@@ -13,13 +14,16 @@ use crate::node::Node;
 use crate::shard::{Shard, Snapshot};
 use crate::status::*;
 use crate::wal::Reader;
-use crossbeam_channel::{Receiver, RecvTimeoutError};
+use crossbeam_channel::Receiver;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Backfill rounds (catch up, sync the WAL, catch up again) before the
-/// final drain takes the write hold whatever is left.
+mod finish;
+
+/// Backfill rounds (catch up, sync the WAL, catch up again) after the
+/// finish was asked for, before the final drain takes the write hold
+/// whatever is left.
 const CATCH_UP_ROUNDS: usize = 8;
 
 /// How often a source waiting for an ACK looks whether the connection
@@ -126,6 +130,7 @@ impl Batcher {
 
 /// The source's side of the conversation: one step at a time.
 struct Link<'a> {
+    control: &'a Control,
     node: &'a Node,
     peer: u64,
     id: u64,
@@ -154,10 +159,12 @@ impl Link<'_> {
         let ack = loop {
             match self.attempt(ty, &payload) {
                 Ok(ack) => break ack,
+                // A cancel ends the step whatever the transport did.
+                Err(e) if self.control.check().is_err() => return Err(e),
                 Err(e) if retry::transient(&e) && retries < self.retry.max_retries && !self.node.is_closing() => {
                     retries += 1;
                     self.report.retries += 1;
-                    self.clock.sleep(self.retry.backoff(retries));
+                    self.control.pause(self.clock, self.retry.backoff(retries))?;
                     // A dial that fails is the next attempt's failure.
                     let _ = self.node.reconnect(self.peer);
                 }
@@ -176,10 +183,13 @@ impl Link<'_> {
     }
 
     /// One try at the current step: sends it (within the bandwidth cap)
-    /// and waits for its ACK, giving up early when the connection drops.
+    /// and waits for its ACK, giving up early when the connection drops
+    /// or the host cancels.
     fn attempt(&mut self, ty: u16, payload: &[u8]) -> Result<Ack> {
         if let Some(pace) = &mut self.pace {
-            self.report.paced += pace.take(payload.len(), self.clock);
+            let debt = pace.take(payload.len(), self.clock);
+            self.control.pause(self.clock, debt)?;
+            self.report.paced += debt;
         }
         self.node.send(self.peer, ty, payload)?;
         self.report.bytes += payload.len() as u64;
@@ -192,20 +202,17 @@ impl Link<'_> {
                     format!("no answer from node {} to transfer step {} within {:?}", self.peer, self.step, self.timeout),
                 ));
             }
-            match self.acks.recv_timeout(left.min(CONNECTION_CHECK)) {
-                Ok(ack) if ack.step == self.step => return Ok(ack),
+            match self.control.recv_ack(&self.acks, left.min(CONNECTION_CHECK))? {
+                Some(ack) if ack.step == self.step => return Ok(ack),
                 // An ACK of an earlier step can only be a duplicate.
-                Ok(_) => {}
-                Err(RecvTimeoutError::Timeout) if !self.node.is_ready(self.peer) => {
+                Some(_) => {}
+                None if !self.node.is_ready(self.peer) => {
                     return Err(Error::new(
                         KEEL_STATUS_IO,
                         format!("the connection to node {} dropped before transfer step {} was answered", self.peer, self.step),
                     ))
                 }
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => {
-                    return Err(Error::new(KEEL_STATUS_CLOSED, "the transfer service stopped while a step was in flight"))
-                }
+                None => {}
             }
         }
     }
@@ -216,7 +223,9 @@ impl Link<'_> {
         self.call(ty, payload)
     }
 
+    /// Sends one batch, at a batch boundary: a cancel stops it first.
     fn send(&mut self, b: Batch) -> Result<()> {
+        self.control.check()?;
         self.report.read_time += b.read;
         self.report.batches += 1;
         match b.ty {
@@ -228,22 +237,24 @@ impl Link<'_> {
         }
         let Batch { ty, payload, _held, .. } = b;
         if payload.len() <= self.frame_limit {
-            return self.call(ty, payload).map(drop);
+            self.call(ty, payload)?;
+        } else {
+            // One entry or record larger than a frame: its body goes in
+            // frame-sized PART steps, each acknowledged like any step, and
+            // the last piece as the batch's own type.
+            let pieces: Vec<&[u8]> = payload[STEP_HEADER..].chunks(self.frame_limit - STEP_HEADER).collect();
+            for (i, piece) in pieces.iter().enumerate() {
+                let last = i + 1 == pieces.len();
+                let mut p = Vec::with_capacity(STEP_HEADER + piece.len());
+                p.extend_from_slice(&[0; STEP_HEADER]);
+                p.extend_from_slice(piece);
+                self.call(if last { ty } else { wire::PART }, p)?;
+                self.report.parts += u64::from(!last);
+            }
         }
-        // One entry or record larger than a frame: its body goes in
-        // frame-sized PART steps, each acknowledged like any step, and the
-        // last piece as the batch's own type.
-        let pieces: Vec<&[u8]> = payload[STEP_HEADER..].chunks(self.frame_limit - STEP_HEADER).collect();
-        for (i, piece) in pieces.iter().enumerate() {
-            let last = i + 1 == pieces.len();
-            let mut p = Vec::with_capacity(STEP_HEADER + piece.len());
-            p.extend_from_slice(&[0; STEP_HEADER]);
-            p.extend_from_slice(piece);
-            self.call(if last { ty } else { wire::PART }, p)?;
-            self.report.parts += u64::from(!last);
-        }
-        Ok(())
         // `_held` goes here, once the receiver has the batch.
+        self.control.sent(&self.report);
+        Ok(())
     }
 
     /// Sends what `read` produces until it returns None, reading the next
@@ -319,6 +330,7 @@ fn plan(shard: &Shard, method: Method, had: u64, crc: Option<u32>, report: &mut 
     Ok(Plan::Snapshot)
 }
 
+#[allow(clippy::too_many_arguments)]
 pub(super) fn run(
     node: &Node,
     id: u64,
@@ -327,6 +339,7 @@ pub(super) fn run(
     shard_id: u32,
     peer: u64,
     opts: &TransferOptions,
+    control: &Arc<Control>,
 ) -> Result<Report> {
     let frame_limit = node.max_frame_bytes();
     let batcher = Batcher {
@@ -338,6 +351,7 @@ pub(super) fn run(
     let clock = &*opts.clock;
     let pace = Pace::new(node.transfer_bandwidth(), clock);
     let mut link = Link {
+        control,
         node,
         peer,
         id,
@@ -358,10 +372,11 @@ pub(super) fn run(
     });
     let hello = link.simple(wire::START, &start)?;
     link.report.receiver_had = hello.version;
-    let (mut reader, _pin) = match plan(shard, opts.method, hello.version, hello.crc, &mut link.report)? {
+    let (reader, pin) = match plan(shard, opts.method, hello.version, hello.crc, &mut link.report)? {
         Plan::Delta(pin) => {
             link.simple(wire::BEGIN, &[&[wire::MODE_DELTA][..], &hello.version.to_le_bytes()].concat())?;
             link.report.last_version = hello.version;
+            control.stage(Stage::Backfill, &link.report);
             (shard.wal_reader(hello.version + 1)?, pin)
         }
         Plan::Snapshot => {
@@ -380,6 +395,7 @@ pub(super) fn run(
             link.report.snapshot = true;
             link.report.snapshot_version = Some(snap.version);
             link.report.last_version = snap.version;
+            control.stage(Stage::Backfill, &link.report);
             // With the checksum of its record of the snapshot's version, so
             // a later WAL delta to this receiver can check its history.
             let crc = shard.record_crc(snap.version)?;
@@ -395,38 +411,8 @@ pub(super) fn run(
             (shard.wal_reader(from)?, pin)
         }
     };
-    // Backfill: catch up without holding writes, syncing the WAL when a
-    // read finds nothing more that is durable.
-    for _ in 0..CATCH_UP_ROUNDS {
-        let b = batcher.clone();
-        let (r, sent) = link.pipeline(reader, move |r| b.ops(r))?;
-        reader = r;
-        shard.sync_wal()?;
-        if sent == 0 {
-            break;
-        }
-    }
-    if let Some(hook) = &opts.before_final_hold {
-        (hook.0)();
-    }
-    // The final drain: no write is applied while the hold lives, so a
-    // read under it that comes back empty has seen every write.
-    let hold = shard.hold_writes();
-    let held = Instant::now();
-    shard.sync_wal()?;
-    while let Some(b) = batcher.ops(&mut reader)? {
-        link.send(b)?;
-    }
-    let last = link.report.last_version;
-    link.simple(wire::FINISH, &last.to_le_bytes())?;
-    // The receiver owns the shard now: with a hand-over, later writes here
-    // fail with MOVED; none can slip in, the hold is still taken.
-    if opts.hand_over {
-        hold.hand_over();
-        link.report.handed_over = true;
-    }
-    drop(hold);
-    link.report.final_hold = held.elapsed();
+    control.stage(Stage::CatchingUp, &link.report);
+    finish::run(&mut link, &batcher, reader, pin, shard, control, opts.before_final_hold.as_ref())?;
     link.report.max_batches_in_memory = batcher.memory.max.load(Ordering::Acquire);
     Ok(link.report)
 }

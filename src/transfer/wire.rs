@@ -32,6 +32,16 @@ pub const FINISH: u16 = 0x0105;
 /// batch's last piece travels as ENTRIES or OPS, and the receiver applies
 /// the pieces and it as one body.
 pub const PART: u16 = 0x0106;
+/// Source → receiver: caught up, now forwarding: the receiver checks it
+/// is at the version, keeps the shard incoming and takes the OPS that
+/// follow (each write to the source) until FINISH or CANCEL. Body:
+/// `[u64 last version]`.
+pub const FORWARD: u16 = 0x0107;
+/// Source → receiver: the source gave up (the host cancelled, or the
+/// transfer failed); not a step (its header carries step 0; it may follow
+/// a step whose ACK the source no longer waits for) and not answered. The
+/// receiver ends the reception; the shard stays incoming. Body: empty.
+pub const CANCEL: u16 = 0x0108;
 /// Receiver → source: the answer to one step. Payload: `[u64 transfer
 /// id][u64 step][u32 status][u64 version][u8 has crc][u32 crc][message]`.
 pub const ACK: u16 = 0x0180;
@@ -176,4 +186,19 @@ pub fn ops<'a>(body: &mut Cursor<'a>) -> Result<Vec<(u64, &'a [u8])>> {
     };
     let out = parse(body).map_err(protocol)?;
     body.bytes.is_empty().then_some(out).ok_or_else(|| Error::new(KEEL_STATUS_PROTOCOL, "bytes after the last record"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_frame_type_is_its_own_and_in_the_transfer_range() {
+        let all = [START, BEGIN, ENTRIES, OPS, SNAPSHOT_END, FINISH, PART, FORWARD, CANCEL, ACK];
+        let mut seen = std::collections::HashSet::new();
+        for ty in all {
+            assert!((0x0100..=0x01FF).contains(&ty), "{ty:#06x} is outside the transfer range");
+            assert!(seen.insert(ty), "frame type {ty:#06x} is used twice");
+        }
+    }
 }

@@ -1,0 +1,302 @@
+package keel
+
+import (
+	"errors"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+)
+
+// Shard transfer (StartTransfer, Transfer) between two engines and two
+// nodes in one process over real loopback sockets, under -race: a shard
+// moves while a writer goroutine writes, the host hands it over, the
+// digests agree and the source answers ErrMoved; the progress callback
+// runs through a cgo handle; a cancelled transfer settles cancelled and a
+// restart resumes it by WAL delta; closed transfers and bad options.
+// Waits are on Wait or the callback (a channel), never on time; the
+// bounds only turn a hang into a failure.
+
+// transferSide is an engine without a background flush (its WAL keeps
+// what a restart resumes from) and its node.
+func transferSide(t *testing.T, id uint64) (*Engine, *Node) {
+	t.Helper()
+	e, _ := openEngineT(t, "", &EngineOptions{FlushInterval: NoBackgroundFlush})
+	n, err := OpenNode(e, &NodeOptions{NodeID: id})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if _, err := n.Close(); err != nil && !errors.Is(err, ErrClosed) {
+			t.Error(err)
+		}
+	})
+	return e, n
+}
+
+func transferPair(t *testing.T) (*Engine, *Node, *Engine, *Node) {
+	t.Helper()
+	ea, a := transferSide(t, 1)
+	eb, b := transferSide(t, 2)
+	addr, err := b.Addr()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Connect(2, addr); err != nil {
+		t.Fatal(err)
+	}
+	return ea, a, eb, b
+}
+
+func fillShard(t *testing.T, s *Shard, n int) {
+	t.Helper()
+	for i := 0; i < n; i++ {
+		if _, err := s.Put([]byte(fmt.Sprintf("k%04d", i%700)), []byte(fmt.Sprint(i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// stageSink returns an OnProgress that hands each new stage to a channel.
+func stageSink() (func(TransferProgress), chan TransferStage) {
+	ch := make(chan TransferStage, 1024)
+	var mu sync.Mutex
+	last := TransferStage(99)
+	return func(p TransferProgress) {
+		mu.Lock()
+		defer mu.Unlock()
+		if p.Stage != last {
+			last = p.Stage
+			select {
+			case ch <- p.Stage:
+			default:
+			}
+		}
+	}, ch
+}
+
+func waitStage(t *testing.T, ch <-chan TransferStage, want TransferStage) {
+	t.Helper()
+	deadline := time.After(60 * time.Second)
+	for {
+		select {
+		case s := <-ch:
+			if s == want {
+				return
+			}
+		case <-deadline:
+			t.Fatalf("the transfer never reached %v", want)
+		}
+	}
+}
+
+func digestOf(t *testing.T, s *Shard) [32]byte {
+	t.Helper()
+	d, err := s.Digest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d
+}
+
+func TestTransferHandsAShardOverWhileAWriterWrites(t *testing.T) {
+	ea, a, eb, b := transferPair(t)
+	shard, err := ea.OpenShard(7, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fillShard(t, shard, 1000)
+	if err := b.ExpectTransfer(7, 1); err != nil {
+		t.Fatal(err)
+	}
+	onProgress, stages := stageSink()
+	tr, err := StartTransfer(a, shard, 7, 2, &TransferOptions{MaxBatchRecords: 16, MaxBatchBytes: 4096, OnProgress: onProgress})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr.Close()
+
+	type write struct {
+		key     string
+		version uint64
+	}
+	done := make(chan []write)
+	go func() {
+		var acked []write
+		for i := 0; ; i++ {
+			key := fmt.Sprintf("w%04d", i%500)
+			v, err := shard.Put([]byte(key), []byte(fmt.Sprint(i)))
+			if err != nil {
+				if !errors.Is(err, ErrMoved) {
+					t.Errorf("put: %v", err)
+				}
+				done <- acked
+				return
+			}
+			acked = append(acked, write{key, v})
+		}
+	}()
+	waitStage(t, stages, StageWaitingFinish)
+	if err := tr.Wait(0); !errors.Is(err, ErrTimeout) {
+		t.Fatalf("Wait while it waits for the host: %v", err)
+	}
+	if err := tr.Finish(FinishHandOver); err != nil {
+		t.Fatal(err)
+	}
+	if err := tr.Finish(FinishCopy); !errors.Is(err, ErrBusy) {
+		t.Fatalf("a second finish: %v", err)
+	}
+	if err := tr.Wait(-1); err != nil {
+		t.Fatal(err)
+	}
+	acked := <-done
+	stage, failure, err := tr.Status()
+	if err != nil || failure != nil || stage != StageDone {
+		t.Fatalf("status %v, %v, %v", stage, failure, err)
+	}
+	p, err := tr.Progress()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !p.HandedOver || p.OpsSent != p.OpsTotal || p.MaxBatchesInMemory > 2 {
+		t.Fatalf("progress %+v", p)
+	}
+	if _, err := shard.Put([]byte("late"), []byte("x")); !errors.Is(err, ErrMoved) {
+		t.Fatalf("a write after the hand-over: %v", err)
+	}
+	got, err := eb.OpenShard(7, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if digestOf(t, got) != digestOf(t, shard) {
+		t.Fatal("the digests differ")
+	}
+	if len(acked) > 0 {
+		last := acked[len(acked)-1]
+		v, err := got.Get([]byte(last.key))
+		if err != nil || v.Version != last.version {
+			t.Fatalf("the last acknowledged write %+v: %+v, %v", last, v, err)
+		}
+	}
+	if err := tr.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := tr.Close(); !errors.Is(err, ErrClosed) {
+		t.Fatalf("a second Close: %v", err)
+	}
+	if _, _, err := tr.Status(); !errors.Is(err, ErrClosed) {
+		t.Fatalf("Status after Close: %v", err)
+	}
+}
+
+func TestTransferCancelThenRestart(t *testing.T) {
+	ea, a, eb, b := transferPair(t)
+	shard, err := ea.OpenShard(8, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fillShard(t, shard, 500)
+	if err := b.ExpectTransfer(8, 1); err != nil {
+		t.Fatal(err)
+	}
+	onProgress, stages := stageSink()
+	tr, err := StartTransfer(a, shard, 8, 2, &TransferOptions{MaxRetries: 3, FirstBackoff: 10 * time.Millisecond, MaxBackoff: 40 * time.Millisecond, OnProgress: onProgress})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitStage(t, stages, StageWaitingFinish)
+	// Close from another goroutine ends a Wait in flight: it cancels first.
+	waited := make(chan error)
+	go func() { waited <- tr.Wait(-1) }()
+	if err := tr.Cancel(); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-waited; err != nil {
+		t.Fatal(err)
+	}
+	if stage, failure, err := tr.Status(); err != nil || failure != nil || stage != StageCancelled {
+		t.Fatalf("status %v, %v, %v", stage, failure, err)
+	}
+	if err := tr.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := eb.OpenShard(8, false); !errors.Is(err, ErrBusy) {
+		t.Fatalf("the receiver's shard is still incoming: %v", err)
+	}
+
+	again, err := StartTransfer(a, shard, 8, 2, &TransferOptions{Method: TransferWALDelta, AutoFinish: FinishCopy})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer again.Close()
+	if err := again.Wait(-1); err != nil {
+		t.Fatal(err)
+	}
+	p, err := again.Progress()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.Stage != StageDone || p.Snapshot {
+		t.Fatalf("the restart did not resume by WAL delta: %+v", p)
+	}
+	got, err := eb.OpenShard(8, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if digestOf(t, got) != digestOf(t, shard) {
+		t.Fatal("the digests differ")
+	}
+}
+
+func TestTransferRefusalsAndBadOptions(t *testing.T) {
+	ea, a, _, b := transferPair(t)
+	shard, err := ea.OpenShard(9, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fillShard(t, shard, 10)
+	if _, err := StartTransfer(a, shard, 9, 2, &TransferOptions{Method: 9}); !errors.Is(err, ErrInvalidArgument) {
+		t.Fatalf("method 9: %v", err)
+	}
+	if _, err := StartTransfer(a, shard, 9, 2, &TransferOptions{MaxBatchBytes: 1}); !errors.Is(err, ErrInvalidArgument) {
+		t.Fatalf("tiny batches: %v", err)
+	}
+	for name, o := range map[string]*TransferOptions{
+		"1001 retries":                 {MaxRetries: 1001},
+		"retries and none":             {MaxRetries: 2, NoRetries: true},
+		"a negative backoff":           {FirstBackoff: -time.Millisecond},
+		"a first backoff past the max": {FirstBackoff: 50 * time.Millisecond, MaxBackoff: 10 * time.Millisecond},
+	} {
+		if _, err := StartTransfer(a, shard, 9, 2, o); !errors.Is(err, ErrInvalidArgument) {
+			t.Fatalf("%s: %v", name, err)
+		}
+	}
+	if err := b.ExpectTransfer(9, 0); !errors.Is(err, ErrInvalidArgument) {
+		t.Fatalf("peer 0: %v", err)
+	}
+	// Not announced: the transfer fails with ErrRefused.
+	tr, err := StartTransfer(a, shard, 9, 2, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr.Close()
+	if err := tr.Wait(-1); err != nil {
+		t.Fatal(err)
+	}
+	stage, failure, err := tr.Status()
+	if err != nil || stage != StageFailed || !errors.Is(failure, ErrRefused) {
+		t.Fatalf("status %v, %v, %v", stage, failure, err)
+	}
+	if err := tr.Finish(FinishNone); !errors.Is(err, ErrInvalidArgument) {
+		t.Fatalf("FinishNone: %v", err)
+	}
+	if err := shard.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := shard.Digest(); !errors.Is(err, ErrClosed) {
+		t.Fatalf("Digest of a closed shard: %v", err)
+	}
+	if _, err := StartTransfer(a, shard, 9, 2, nil); !errors.Is(err, ErrClosed) {
+		t.Fatalf("a closed shard: %v", err)
+	}
+}

@@ -1,0 +1,115 @@
+//! A transfer running on its own thread, and the host's handle on it
+//! (docs/TRANSFER.md, "A transfer's life"): finish, cancel, status,
+//! progress, wait.
+
+use super::control::{Control, Finish, Progress, Stage};
+use super::{source, wire, Report, TransferOptions, Transfers};
+use crate::error::{Error, Result};
+use crate::shard::Shard;
+use crate::status::*;
+use parking_lot::Mutex;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// A running (or settled) transfer. Dropping it cancels a transfer that
+/// is not over and waits for its thread (except on that thread itself).
+pub struct Transfer {
+    control: Arc<Control>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Transfers {
+    /// Starts sending `shard` (the host's open shard `shard_id`) to `peer`
+    /// on a thread of its own ("keel-transfer") and returns its handle at
+    /// once. Writes to the shard continue meanwhile. BUSY when the node's
+    /// `max_concurrent_transfers` are being sent already.
+    pub fn start(self: &Arc<Self>, shard: &Shard, shard_id: u32, peer: u64, opts: &TransferOptions) -> Result<Transfer> {
+        opts.validate()?;
+        let max = self.node.max_concurrent_transfers();
+        if self.sending.fetch_add(1, Ordering::AcqRel) >= max {
+            self.sending.fetch_sub(1, Ordering::AcqRel);
+            return Err(Error::new(KEEL_STATUS_BUSY, format!("{max} transfers are being sent from this node already (max_concurrent_transfers)")));
+        }
+        let control = Arc::new(Control::new(shard.clone(), opts.progress.clone(), opts.auto_finish));
+        let id = (self.node.id() << 24) ^ self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = crossbeam_channel::unbounded();
+        self.waiting.lock().insert(id, tx);
+        let (me, c, shard, opts) = (self.clone(), control.clone(), shard.clone(), opts.clone());
+        let spawned = std::thread::Builder::new().name("keel-transfer".into()).spawn(move || {
+            let outcome = source::run(&me.node, id, rx, &shard, shard_id, peer, &opts, &c);
+            me.waiting.lock().remove(&id);
+            if outcome.is_err() {
+                // The receiver ends its side too (best effort: it also
+                // ends it when a later START of the shard arrives).
+                let _ = me.node.send(peer, wire::CANCEL, &wire::step(id, 0, 0));
+            }
+            me.sending.fetch_sub(1, Ordering::AcqRel);
+            c.end(outcome);
+        });
+        match spawned {
+            Ok(thread) => Ok(Transfer { control, thread: Mutex::new(Some(thread)) }),
+            Err(e) => {
+                self.waiting.lock().remove(&id);
+                self.sending.fetch_sub(1, Ordering::AcqRel);
+                Err(Error::io("starting the transfer's thread", e))
+            }
+        }
+    }
+}
+
+impl Transfer {
+    /// Asks the transfer to finish with `mode` once it has caught up
+    /// (`Finish`). INVALID_ARGUMENT once it is over, or for anything but
+    /// a hand-over while it forwards; BUSY when a finish was asked already
+    /// (by `auto_finish` too).
+    pub fn finish(&self, mode: Finish) -> Result<()> {
+        self.control.finish(mode)
+    }
+
+    /// Stops the transfer at its next batch boundary or ACK wait (at once
+    /// while it waits for the host or forwards). The source's WAL pin is
+    /// released; the receiver keeps what it applied, still incoming (its
+    /// host cannot open it), and a later transfer of the shard resumes
+    /// from it by WAL delta when the source still holds the records, or
+    /// replaces it by a snapshot. No-op once the transfer is over.
+    pub fn cancel(&self) {
+        self.control.cancel();
+    }
+
+    /// The stage, and the error when it is `Failed`.
+    pub fn status(&self) -> (Stage, Option<Error>) {
+        self.control.status()
+    }
+
+    pub fn progress(&self) -> Progress {
+        self.control.progress()
+    }
+
+    /// Waits until the transfer is settled (`Stage::is_settled`: over, or
+    /// forwarding with no hand-over asked for yet); false when `timeout`
+    /// passed first.
+    pub fn wait(&self, timeout: Option<Duration>) -> bool {
+        self.control.wait(timeout)
+    }
+
+    /// The source's report once the transfer is over (None before): Ok
+    /// when it is `Done`, else the error that ended it.
+    pub fn outcome(&self) -> Option<Result<Report>> {
+        self.control.outcome()
+    }
+}
+
+impl Drop for Transfer {
+    fn drop(&mut self) {
+        self.control.cancel();
+        if let Some(t) = self.thread.lock().take() {
+            // Dropped by its own progress callback, the thread cannot wait
+            // for itself: it ends on its own after the cancel.
+            if t.thread().id() != std::thread::current().id() {
+                let _ = t.join();
+            }
+        }
+    }
+}

@@ -1,0 +1,163 @@
+//! The source after the backfill (docs/TRANSFER.md, "A transfer's
+//! life"): it keeps streaming new writes until the host asks to finish,
+//! drains the last ones under the shard's write hold, and finishes with
+//! the mode asked for: a copy, a hand-over, or forwarding every later
+//! write until a hand-over or a cancel.
+
+use super::{Batcher, Link, CATCH_UP_ROUNDS};
+use crate::error::Result;
+use crate::shard::{AfterWrite, Shard};
+use crate::transfer::control::{Control, Finish, Request, Stage};
+use crate::transfer::{wire, Hook};
+use crate::wal::{Pin, Reader};
+use std::sync::Arc;
+use std::time::Instant;
+
+pub(super) fn run(
+    link: &mut Link,
+    batcher: &Batcher,
+    reader: Reader,
+    mut pin: Pin,
+    shard: &Shard,
+    control: &Arc<Control>,
+    before_final_hold: Option<&Hook>,
+) -> Result<()> {
+    let (mut reader, mode) = catch_up(link, batcher, reader, shard)?;
+    if let Some(hook) = before_final_hold {
+        (hook.0)();
+    }
+    control.stage(Stage::Draining, &link.report);
+    let hold = shard.hold_writes();
+    let held = Instant::now();
+    drain(link, batcher, &mut reader, shard)?;
+    let last = link.report.last_version.to_le_bytes();
+    if mode != Finish::Forward {
+        link.simple(wire::FINISH, &last)?;
+        // The receiver owns the shard now: with a hand-over, later writes
+        // here fail with MOVED; none can slip in, the hold is still taken.
+        if mode == Finish::HandOver {
+            hold.hand_over();
+            link.report.handed_over = true;
+        }
+        control.finished(mode);
+        drop(hold);
+        link.report.final_hold = held.elapsed();
+        return Ok(());
+    }
+    link.simple(wire::FORWARD, &last)?;
+    control.finished(Finish::Forward);
+    control.forwarded(link.report.last_version);
+    // Under the hold: every write after the last one drained runs the hook.
+    hold.set_after_write(Arc::new(Forwarder(control.clone())));
+    let _unhook = Unhook(shard);
+    drop(hold);
+    link.report.final_hold = held.elapsed();
+    control.stage(Stage::Forwarding, &link.report);
+    loop {
+        match control.next_request() {
+            Request::Cancel => return control.check(),
+            Request::Idle => {}
+            Request::Forward(version) => {
+                // A write with a laxer durability than sync may not be
+                // durable yet, and only durable records are sent.
+                if shard.durable_version() < version {
+                    shard.sync_wal()?;
+                }
+                send_durable(link, batcher, &mut reader)?;
+                pin.advance(link.report.last_version + 1);
+                control.forwarded(link.report.last_version);
+            }
+            Request::Finish(mode) => {
+                debug_assert_eq!(mode, Finish::HandOver, "only a hand-over follows forwarding");
+                control.stage(Stage::Draining, &link.report);
+                let hold = shard.hold_writes();
+                let held = Instant::now();
+                drain(link, batcher, &mut reader, shard)?;
+                link.simple(wire::FINISH, &link.report.last_version.to_le_bytes())?;
+                hold.hand_over();
+                link.report.handed_over = true;
+                control.forwarded(link.report.last_version);
+                control.finished(Finish::HandOver);
+                drop(hold);
+                link.report.final_hold += held.elapsed();
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// Catches up without holding writes until the host asks to finish (or
+/// `auto_finish` did), then until a round sends nothing, for at most
+/// `CATCH_UP_ROUNDS` rounds; returns the finish mode. Caught up and not
+/// asked to finish yet, it waits, streaming new writes as they come.
+fn catch_up(link: &mut Link, batcher: &Batcher, mut reader: Reader, shard: &Shard) -> Result<(Reader, Finish)> {
+    let control = link.control;
+    let mut rounds = 0;
+    loop {
+        control.check()?;
+        let asked = control.finish_asked();
+        // Only durable records are read: make the logged ones durable.
+        shard.sync_wal()?;
+        let b = batcher.clone();
+        let (r, sent) = link.pipeline(reader, move |r| b.ops(r))?;
+        reader = r;
+        if let Some(mode) = asked {
+            rounds += 1;
+            if sent == 0 || rounds >= CATCH_UP_ROUNDS {
+                return Ok((reader, mode));
+            }
+            continue;
+        }
+        if sent > 0 {
+            continue;
+        }
+        control.stage(Stage::WaitingFinish, &link.report);
+        loop {
+            match control.next_request() {
+                Request::Cancel => control.check()?,
+                Request::Finish(_) => break,
+                // Only a forwarding transfer has writers waiting for it.
+                Request::Forward(_) | Request::Idle => {
+                    if shard.last_version() > link.report.last_version {
+                        break;
+                    }
+                }
+            }
+        }
+        control.stage(Stage::CatchingUp, &link.report);
+    }
+}
+
+/// The final drain, under the write hold: no write is applied while it
+/// lives, so a read under it that comes back empty has seen every write.
+fn drain(link: &mut Link, batcher: &Batcher, reader: &mut Reader, shard: &Shard) -> Result<()> {
+    shard.sync_wal()?;
+    send_durable(link, batcher, reader)
+}
+
+/// Sends every durable record left in `reader`, one batch at a time.
+fn send_durable(link: &mut Link, batcher: &Batcher, reader: &mut Reader) -> Result<()> {
+    while let Some(b) = batcher.ops(reader)? {
+        link.send(b)?;
+    }
+    Ok(())
+}
+
+/// The hook of a forwarding shard: a write returns once the receiver has
+/// it, or once forwarding stopped.
+struct Forwarder(Arc<Control>);
+
+impl AfterWrite for Forwarder {
+    fn after_write(&self, last: u64) {
+        self.0.wait_forwarded(last);
+    }
+}
+
+/// Removes the forwarding hook however forwarding ends.
+struct Unhook<'a>(&'a Shard);
+
+impl Drop for Unhook<'_> {
+    fn drop(&mut self) {
+        self.0.clear_after_write();
+    }
+}
