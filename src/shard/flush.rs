@@ -145,6 +145,12 @@ pub fn seal(inner: &Inner) -> Result<()> {
         s.next_id += 1;
         (s.ident(s.next_id - 1), s.applied)
     };
+    // Its first state file says every version up to `start` is persisted,
+    // and F5 acks the WAL (and the manifest records) that far: the WAL
+    // must hold them durably first. The frozen map's newest version, which
+    // its table waits for, can be older: a record that only moved the
+    // replicated state (an applied entry without operations) has no key.
+    inner.wal_durable(start)?;
     let mut fresh = Appendable::create(&inner.fs, &inner.seg_dir, ident, start)?;
     let frozen = {
         let mut s = inner.segs.write();
