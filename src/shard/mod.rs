@@ -88,6 +88,12 @@ pub struct Options {
     /// (`steps.rs`): deterministic schedules, crashes at step k.
     #[doc(hidden)]
     pub steps: Steps,
+    /// Files an engine keeps open at most, for all its shards together
+    /// (its descriptor cache, `fs::FileCache`): past it, the least recently
+    /// used idle file is closed and opened again when next used. 0 means
+    /// half the process's soft `RLIMIT_NOFILE` at engine open; otherwise
+    /// at least `fs::MIN_OPEN_FILES`. A shard opened alone keeps its files open.
+    pub max_open_files: usize,
 }
 
 impl Default for Options {
@@ -104,6 +110,7 @@ impl Default for Options {
             salvage: false,
             flush_threads: pool::default_flush_threads(),
             steps: Steps::default(),
+            max_open_files: 0,
         }
     }
 }
@@ -121,6 +128,13 @@ impl Options {
                 "flush_threads {} is outside 1..={}",
                 self.flush_threads,
                 pool::MAX_FLUSH_THREADS
+            )));
+        }
+        if self.max_open_files != 0 && self.max_open_files < crate::fs::MIN_OPEN_FILES {
+            return Err(Error::invalid(format!(
+                "max_open_files {} is below {} (0 picks half the process's descriptor limit)",
+                self.max_open_files,
+                crate::fs::MIN_OPEN_FILES
             )));
         }
         if self.flush_interval.is_some_and(|d| d.is_zero()) {
@@ -370,11 +384,19 @@ impl Shard {
         opts.validate()?;
         let wal_dir = dir.join("wal");
         let wal = match (host, &fs) {
-            (Some(h), _) => Wal::open_hosted(&wal_dir, opts.wal_options(), fs.clone(), &h.wal)?,
+            (Some(h), _) => {
+                let wal_fs = fs.clone().unwrap_or_else(|| wal::std_fs(opts.durability));
+                Wal::open_hosted(&wal_dir, opts.wal_options(), Some(h.files.wrap(wal_fs)), &h.wal)?
+            }
             (None, Some(fs)) => Wal::open_with_fs(&wal_dir, opts.wal_options(), fs.clone())?,
             (None, None) => Wal::open(&wal_dir, opts.wal_options())?,
         };
         let fs = fs.unwrap_or_else(|| Arc::new(StdFs::direct()));
+        // An engine's shards keep their files in its descriptor cache.
+        let fs = match host {
+            Some(h) => h.files.wrap(fs),
+            None => fs,
+        };
         Self::open_on(fs, dir, opts, wal, host.map(|h| h.flush.clone()), base)
     }
 
