@@ -34,7 +34,9 @@ use super::{File, FileSystem, ReadMap};
 use parking_lot::{Mutex, RwLock};
 use std::any::Any;
 use std::collections::BTreeMap;
+use std::ffi::OsString;
 use std::io;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -79,8 +81,10 @@ struct Slot {
 struct State {
     slots: Vec<Option<Slot>>,
     free: Vec<usize>,
-    /// Name -> slots of handles of that name (several handles may name one file).
-    by_path: BTreeMap<PathBuf, Vec<usize>>,
+    /// Name -> slots of handles of that name (several handles may name one
+    /// file). Keyed by the name's bytes: byte comparisons are cheap, and
+    /// the names below a folder `d` are those from `d/` on that start so.
+    by_path: BTreeMap<Vec<u8>, Vec<usize>>,
     /// Least recently used first.
     head: usize,
     tail: usize,
@@ -165,13 +169,22 @@ impl State {
 
     /// Removes `path` and the names below it from the index.
     fn take_below(&mut self, path: &Path) -> Vec<(PathBuf, Vec<usize>)> {
-        // Ordered by components, the names below `path` follow it.
-        let keys: Vec<PathBuf> = self.by_path.range(path.to_path_buf()..).map(|(k, _)| k).take_while(|k| k.starts_with(path)).cloned().collect();
-        keys.into_iter().map(|k| {
-            let v = self.by_path.remove(&k).expect("listed");
-            (k, v)
-        }).collect()
+        let exact = key(path);
+        let mut folder = exact.clone();
+        folder.push(b'/');
+        let below = self.by_path.range(folder.clone()..).map(|(k, _)| k).take_while(|k| k.starts_with(&folder));
+        let keys: Vec<Vec<u8>> = self.by_path.get_key_value(&exact).map(|(k, _)| k).into_iter().chain(below).cloned().collect();
+        keys.into_iter()
+            .map(|k| {
+                let v = self.by_path.remove(&k).expect("listed");
+                (PathBuf::from(OsString::from_vec(k)), v)
+            })
+            .collect()
     }
+}
+
+fn key(path: &Path) -> Vec<u8> {
+    path.as_os_str().as_bytes().to_vec()
 }
 
 impl FileCache {
@@ -221,7 +234,7 @@ impl FileCache {
                     st.slots.len() - 1
                 }
             };
-            st.by_path.entry(path.to_path_buf()).or_default().push(i);
+            st.by_path.entry(key(path)).or_default().push(i);
             st.open += 1;
             st.push_recent(i);
             (i, self.evict_locked(&mut st))
@@ -305,12 +318,12 @@ impl FileCache {
             let s = st.slots[i].take().expect("released once");
             debug_assert_eq!(s.users, 0, "a handle is dropped with no operation running on it");
             if let Some(path) = &s.path {
-                let emptied = st.by_path.get_mut(path).map(|v| {
+                let emptied = st.by_path.get_mut(&key(path)).map(|v| {
                     v.retain(|&j| j != i);
                     v.is_empty()
                 });
                 if emptied == Some(true) {
-                    st.by_path.remove(path);
+                    st.by_path.remove(&key(path));
                 }
             }
             st.open -= s.file.is_some() as usize;
@@ -334,7 +347,7 @@ impl FileCache {
             for &i in &slots {
                 st.slot(i).path = Some(new.clone());
             }
-            st.by_path.entry(new).or_default().extend(slots);
+            st.by_path.entry(key(&new)).or_default().extend(slots);
         }
     }
 }
@@ -559,9 +572,12 @@ mod tests {
         fs.create_dir_all(&sub).unwrap();
         let inner = fs.create(&sub.join("f")).unwrap();
         inner.write_at(&[b"inner"], 0).unwrap();
+        let sibling = fs.create(&d.0.join("sub.x")).unwrap(); // sorts between `sub` and `sub/f`
+        sibling.write_at(&[b"sibling"], 0).unwrap();
         fs.rename(&sub, &d.0.join("moved")).unwrap();
         let fill: Vec<_> = (0..MIN_OPEN_FILES).map(|i| fs.create(&d.0.join(format!("y{i}"))).unwrap()).collect();
         assert_eq!(read(&*inner), b"inner");
+        assert_eq!(read(&*sibling), b"sibling", "a name that only starts like the folder's stays");
         drop(fill);
         // Removed while closed: gone for reads, nothing left to sync.
         let gone = fs.create(&d.0.join("gone")).unwrap();
