@@ -178,11 +178,45 @@ static void engine_flush_threads(const char *root) {
   free(dir);
 }
 
+/* keel_engine_options_t version 4 adds max_open_files: a version-3 struct
+ * (with non-zero memory after it) gets the default bound (half the
+ * descriptor limit), 0 is the default, 16 and up are taken, 15 is
+ * refused; the stats report the bound in force. */
+static void engine_max_open_files(const char *root) {
+  KT_ERR;
+  keel_engine_t *e = NULL;
+  CHECK_EQ_U64(offsetof(keel_engine_options_t, max_open_files), KEEL_ENGINE_OPTIONS_SIZE_V3);
+  struct { keel_engine_options_t o; uint8_t after[8]; } v3;
+  memset(&v3, CANARY, sizeof v3);
+  CHECK_RC(KEEL_STATUS_OK, keel_engine_options_init_sized(&v3.o, KEEL_ENGINE_OPTIONS_SIZE_V3));
+  CHECK_EQ_U64(v3.o.struct_size, KEEL_ENGINE_OPTIONS_SIZE_V3);
+  CHECK(all_bytes((uint8_t *)&v3.o + KEEL_ENGINE_OPTIONS_SIZE_V3, sizeof v3 - KEEL_ENGINE_OPTIONS_SIZE_V3, CANARY));
+  char *dir = subdir(root, "engine-v3");
+  CHECK_OK(keel_engine_open(dir, &v3.o, &e, &err)); /* reads no max_open_files = 0xA5A5... */
+  keel_engine_stats_t st;
+  st.struct_size = sizeof st;
+  CHECK_RC(KEEL_STATUS_OK, keel_engine_stats(e, &st));
+  CHECK(st.max_open_files >= 16);
+  CHECK_OK(keel_engine_close(e, &err));
+
+  keel_engine_options_t o;
+  CHECK_RC(KEEL_STATUS_OK, keel_engine_options_init_sized(&o, sizeof o));
+  CHECK_EQ_U64(o.max_open_files, 0);
+  o.max_open_files = 16;
+  CHECK_OK(keel_engine_open(dir, &o, &e, &err));
+  CHECK_RC(KEEL_STATUS_OK, keel_engine_stats(e, &st));
+  CHECK_EQ_U64(st.max_open_files, 16);
+  CHECK_OK(keel_engine_close(e, &err));
+  o.max_open_files = 15;
+  CHECK_STATUS(KEEL_STATUS_INVALID_ARGUMENT, keel_engine_open(dir, &o, &e, &err));
+  free(dir);
+}
+
 static void other_options_versions(const char *root) {
   KT_ERR;
   char *dir = subdir(root, "engine");
   keel_engine_t *e = NULL;
-  NEWER_OPTIONS(keel_engine_options_t, KEEL_ENGINE_OPTIONS_SIZE_V1, KEEL_ENGINE_OPTIONS_SIZE_V3, keel_engine_options_init,
+  NEWER_OPTIONS(keel_engine_options_t, KEEL_ENGINE_OPTIONS_SIZE_V1, KEEL_ENGINE_OPTIONS_SIZE_V4, keel_engine_options_init,
                 keel_engine_options_init_sized,
                 { CHECK_OK(keel_engine_open(dir, o_, &e, &err)); CHECK_OK(keel_engine_close(e, &err)); },
                 CHECK_STATUS(KEEL_STATUS_INVALID_ARGUMENT, keel_engine_open(dir, o_, &e, &err)));
@@ -232,7 +266,7 @@ static void stats_versions(const char *root) {
   CHECK_OK(keel_engine_shard_open(e, 1, true, &s, &err));
   CHECK_OK(keel_shard_put(s, (const uint8_t *)"k", 1, (const uint8_t *)"v", 1, NULL, &err));
   NEWER_STATS(keel_shard_stats_t, KEEL_SHARD_STATS_SIZE_V1, keel_shard_stats(s, out_));
-  NEWER_STATS(keel_engine_stats_t, KEEL_ENGINE_STATS_SIZE_V1, keel_engine_stats(e, out_));
+  NEWER_STATS(keel_engine_stats_t, KEEL_ENGINE_STATS_SIZE_V2, keel_engine_stats(e, out_));
   CHECK_OK(keel_shard_close(s, &err));
   CHECK_OK(keel_engine_close(e, &err));
   free(dir);
@@ -423,6 +457,7 @@ int main(void) {
   wal_options_versions(root);
   other_options_versions(root);
   engine_flush_threads(root);
+  engine_max_open_files(root);
   stats_versions(root);
   lease_versions(root);
   filled_buffers_are_refused(root);

@@ -133,9 +133,19 @@
 #define KEEL_ENGINE_OPTIONS_SIZE_V3 56
 
 /**
+ * sizeof(keel_engine_options_t) of version 4 (adds max_open_files).
+ */
+#define KEEL_ENGINE_OPTIONS_SIZE_V4 64
+
+/**
  * sizeof(keel_engine_stats_t) of version 1.
  */
 #define KEEL_ENGINE_STATS_SIZE_V1 48
+
+/**
+ * sizeof(keel_engine_stats_t) of version 2 (adds the descriptor cache's counters).
+ */
+#define KEEL_ENGINE_STATS_SIZE_V2 80
 
 /**
  * sizeof(keel_node_options_t) of version 1.
@@ -679,6 +689,14 @@ typedef struct keel_engine_options_t {
    * padding that ends version 2 and leave its size unchanged).
    */
   uint64_t flush_threads;
+  /**
+   * Files the engine keeps open at most for all its shards together
+   * (version 4): past it, the least recently used idle file is closed
+   * and opened again when next used (docs/STORAGE.md, "Resource
+   * model"). 0 (the default) for half the process's soft RLIMIT_NOFILE
+   * at open; otherwise at least 16.
+   */
+  uint64_t max_open_files;
 } keel_engine_options_t;
 
 /**
@@ -721,6 +739,24 @@ typedef struct keel_engine_stats_t {
    * one on the writer's thread.
    */
   uint64_t stall_nanos;
+  /**
+   * The bound of the engine's descriptor cache: max_open_files, or
+   * what 0 resolved to (version 2).
+   */
+  uint64_t max_open_files;
+  /**
+   * Shard file operations that found their file open in the cache.
+   */
+  uint64_t file_cache_hits;
+  /**
+   * Shard file operations that opened their file again: it had been
+   * closed to stay within max_open_files.
+   */
+  uint64_t file_cache_misses;
+  /**
+   * Idle shard files the cache closed to stay within max_open_files.
+   */
+  uint64_t file_cache_evictions;
 } keel_engine_stats_t;
 
 /**

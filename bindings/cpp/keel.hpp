@@ -729,6 +729,10 @@ class EngineOptions {
   /// (1 to 256); 0, the default, lets the library pick (twice the cores,
   /// 2 to 8).
   EngineOptions& flush_threads(uint64_t n) noexcept { raw_.flush_threads = n; return *this; }
+  /// Files the engine keeps open at most for all its shards (its
+  /// descriptor cache closes the least recently used idle one past it);
+  /// 0, the default, is half the process's soft RLIMIT_NOFILE; else >= 16.
+  EngineOptions& max_open_files(uint64_t n) noexcept { raw_.max_open_files = n; return *this; }
 
   Durability durability() const noexcept { return static_cast<Durability>(raw_.durability); }
   std::chrono::milliseconds sync_interval() const noexcept { return std::chrono::milliseconds(raw_.sync_interval_ms); }
@@ -740,6 +744,7 @@ class EngineOptions {
   uint64_t seal_bytes() const noexcept { return raw_.seal_bytes; }
   bool salvage() const noexcept { return raw_.salvage != 0; }
   uint64_t flush_threads() const noexcept { return raw_.flush_threads; }
+  uint64_t max_open_files() const noexcept { return raw_.max_open_files; }
 
   /// The C struct, for fields this wrapper does not know yet.
   keel_engine_options_t& raw() noexcept { return raw_; }
@@ -1565,6 +1570,10 @@ struct EngineStats {
   uint64_t flush_queue_depth = 0;  ///< shards waiting for a flush worker
   uint64_t wal_queue_depth = 0;    ///< WAL segment preparations and periodic syncs queued
   std::chrono::nanoseconds stalled{0};  ///< time writers waited on the engine's shared workers
+  uint64_t max_open_files = 0;        ///< the descriptor cache's bound in force
+  uint64_t file_cache_hits = 0;       ///< shard file operations that found their file open
+  uint64_t file_cache_misses = 0;     ///< ... that opened it again (it had been closed)
+  uint64_t file_cache_evictions = 0;  ///< idle files closed to stay within the bound
 };
 
 /// An engine: one data directory hosting shards by id (owns a
@@ -1643,6 +1652,10 @@ class Engine : public detail::Handle<keel_engine_t, detail::close_engine> {
     o.flush_queue_depth = s.flush_queue_depth;
     o.wal_queue_depth = s.wal_queue_depth;
     o.stalled = std::chrono::nanoseconds(static_cast<std::chrono::nanoseconds::rep>(s.stall_nanos));
+    o.max_open_files = s.max_open_files;
+    o.file_cache_hits = s.file_cache_hits;
+    o.file_cache_misses = s.file_cache_misses;
+    o.file_cache_evictions = s.file_cache_evictions;
     return o;
   }
 

@@ -58,6 +58,11 @@ type EngineOptions struct {
 	// its shards (1 to 256); 0 lets the library pick (twice the cores, 2
 	// to 8).
 	FlushThreads uint32
+	// MaxOpenFiles bounds the files the engine keeps open for all its
+	// shards: past it, its descriptor cache closes the least recently
+	// used idle file and opens it again when next used. 0 is half the
+	// process's soft RLIMIT_NOFILE; otherwise at least 16.
+	MaxOpenFiles uint64
 }
 
 // durationMs rounds d (> 0) up to whole milliseconds, saturating at limit so
@@ -107,6 +112,7 @@ func (o *EngineOptions) toC() (C.keel_engine_options_t, error) {
 		c.salvage = 1
 	}
 	c.flush_threads = C.uint64_t(o.FlushThreads)
+	c.max_open_files = C.uint64_t(o.MaxOpenFiles)
 	return c, nil
 }
 
@@ -297,6 +303,13 @@ type EngineStats struct {
 	FlushQueueDepth uint64        // shards waiting for a flush worker
 	WALQueueDepth   uint64        // WAL segment preparations and periodic syncs queued
 	Stalled         time.Duration // time writers waited on the engine's shared workers
+	// The descriptor cache: its bound in force, and the shard file
+	// operations that found their file open (hits) or opened it again
+	// (misses), and the idle files it closed to stay within the bound.
+	MaxOpenFiles       uint64
+	FileCacheHits      uint64
+	FileCacheMisses    uint64
+	FileCacheEvictions uint64
 }
 
 // Stats returns the resources the engine holds now.
@@ -318,6 +331,11 @@ func (e *Engine) Stats() (EngineStats, error) {
 		FlushQueueDepth: uint64(c.flush_queue_depth),
 		WALQueueDepth:   uint64(c.wal_queue_depth),
 		Stalled:         time.Duration(c.stall_nanos),
+
+		MaxOpenFiles:       uint64(c.max_open_files),
+		FileCacheHits:      uint64(c.file_cache_hits),
+		FileCacheMisses:    uint64(c.file_cache_misses),
+		FileCacheEvictions: uint64(c.file_cache_evictions),
 	}, nil
 }
 

@@ -33,6 +33,8 @@ pub const KEEL_ENGINE_OPTIONS_SIZE_V1: u32 = 40;
 pub const KEEL_ENGINE_OPTIONS_SIZE_V2: u32 = 48;
 /// sizeof(keel_engine_options_t) of version 3 (adds flush_threads).
 pub const KEEL_ENGINE_OPTIONS_SIZE_V3: u32 = 56;
+/// sizeof(keel_engine_options_t) of version 4 (adds max_open_files).
+pub const KEEL_ENGINE_OPTIONS_SIZE_V4: u32 = 64;
 
 /// Options of keel_engine_open(), applied to every shard it opens.
 /// Versioned by `struct_size` (docs/FFI.md, "Versioned structs"): fill it
@@ -77,16 +79,26 @@ pub struct keel_engine_options_t {
     /// (version 3; 64 bits wide because a 32-bit field would sit in the
     /// padding that ends version 2 and leave its size unchanged).
     pub flush_threads: u64,
+    /// Files the engine keeps open at most for all its shards together
+    /// (version 4): past it, the least recently used idle file is closed
+    /// and opened again when next used (docs/STORAGE.md, "Resource
+    /// model"). 0 (the default) for half the process's soft RLIMIT_NOFILE
+    /// at open; otherwise at least 16.
+    pub max_open_files: u64,
 }
 
 const _: () = assert!(std::mem::offset_of!(keel_engine_options_t, salvage) == KEEL_ENGINE_OPTIONS_SIZE_V1 as usize);
 const _: () = assert!(std::mem::offset_of!(keel_engine_options_t, flush_threads) == KEEL_ENGINE_OPTIONS_SIZE_V2 as usize);
-versioned!(keel_engine_options_t, [KEEL_ENGINE_OPTIONS_SIZE_V1, KEEL_ENGINE_OPTIONS_SIZE_V2, KEEL_ENGINE_OPTIONS_SIZE_V3]);
+const _: () = assert!(std::mem::offset_of!(keel_engine_options_t, max_open_files) == KEEL_ENGINE_OPTIONS_SIZE_V3 as usize);
+versioned!(
+    keel_engine_options_t,
+    [KEEL_ENGINE_OPTIONS_SIZE_V1, KEEL_ENGINE_OPTIONS_SIZE_V2, KEEL_ENGINE_OPTIONS_SIZE_V3, KEEL_ENGINE_OPTIONS_SIZE_V4]
+);
 
 fn default_options() -> keel_engine_options_t {
     let d = shard::Options::default();
     keel_engine_options_t {
-        struct_size: KEEL_ENGINE_OPTIONS_SIZE_V3,
+        struct_size: KEEL_ENGINE_OPTIONS_SIZE_V4,
         durability: KEEL_DURABILITY_SYNC,
         sync_interval_ms: 100,
         max_sealed_segments: d.max_sealed as u32,
@@ -97,6 +109,7 @@ fn default_options() -> keel_engine_options_t {
         // The machine decides (shard::Options's default): zero, as every
         // field added after version 1 defaults to.
         flush_threads: 0,
+        max_open_files: d.max_open_files as u64,
     }
 }
 
@@ -149,6 +162,7 @@ fn options_from_c(p: *const keel_engine_options_t) -> crate::Result<shard::Optio
             0 => shard::Options::default().flush_threads,
             n => n as usize,
         },
+        max_open_files: usize::try_from(o.max_open_files).map_err(|_| Error::invalid("max_open_files is too large"))?,
         ..shard::Options::default()
     };
     opts.validate()?;
@@ -255,6 +269,8 @@ pub extern "C" fn keel_engine_shard_list(
 
 /// sizeof(keel_engine_stats_t) of version 1.
 pub const KEEL_ENGINE_STATS_SIZE_V1: u32 = 48;
+/// sizeof(keel_engine_stats_t) of version 2 (adds the descriptor cache's counters).
+pub const KEEL_ENGINE_STATS_SIZE_V2: u32 = 80;
 
 /// What keel_engine_stats() reports: the resources the engine holds now.
 /// The caller sets `struct_size` to sizeof(keel_engine_stats_t) before
@@ -283,8 +299,19 @@ pub struct keel_engine_stats_t {
     /// WAL segment rotation that found no prepared segment ready and made
     /// one on the writer's thread.
     pub stall_nanos: u64,
+    /// The bound of the engine's descriptor cache: max_open_files, or
+    /// what 0 resolved to (version 2).
+    pub max_open_files: u64,
+    /// Shard file operations that found their file open in the cache.
+    pub file_cache_hits: u64,
+    /// Shard file operations that opened their file again: it had been
+    /// closed to stay within max_open_files.
+    pub file_cache_misses: u64,
+    /// Idle shard files the cache closed to stay within max_open_files.
+    pub file_cache_evictions: u64,
 }
-versioned!(keel_engine_stats_t, [KEEL_ENGINE_STATS_SIZE_V1]);
+const _: () = assert!(std::mem::offset_of!(keel_engine_stats_t, max_open_files) == KEEL_ENGINE_STATS_SIZE_V1 as usize);
+versioned!(keel_engine_stats_t, [KEEL_ENGINE_STATS_SIZE_V1, KEEL_ENGINE_STATS_SIZE_V2]);
 
 /// Fills `*out` with the engine's resource counters.
 /// Errors: NULL_ARGUMENT, INVALID_ARGUMENT (struct_size too small, or not
@@ -294,13 +321,17 @@ pub extern "C" fn keel_engine_stats(engine: *const keel_engine_t, out: *mut keel
     ffi_boundary!(std::ptr::null_mut(), engine, {
         let st = try_handle!(engine).stats()?;
         let value = keel_engine_stats_t {
-            struct_size: KEEL_ENGINE_STATS_SIZE_V1,
+            struct_size: KEEL_ENGINE_STATS_SIZE_V2,
             open_shards: st.open_shards.min(u32::MAX as u64) as u32,
             threads: st.threads,
             open_files: st.open_files,
             flush_queue_depth: st.flush_queue,
             wal_queue_depth: st.wal_queue,
             stall_nanos: st.stalled.as_nanos().min(u64::MAX as u128) as u64,
+            max_open_files: st.max_open_files,
+            file_cache_hits: st.file_cache_hits,
+            file_cache_misses: st.file_cache_misses,
+            file_cache_evictions: st.file_cache_evictions,
         };
         write_stats(out, value)
     })

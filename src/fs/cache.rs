@@ -402,7 +402,8 @@ impl File for CachedFile {
         }
     }
     fn prefault(&self) {
-        // Only worth it while open: a reopened file is mapped afresh.
+        // Best effort, as the call itself: a file that cannot be opened
+        // again is simply not faulted in.
         if let Ok(Some(pinned)) = self.cache.pin(self.slot) {
             pinned.file.prefault();
         }

@@ -301,6 +301,7 @@ TEST(Engine, OneEnginePerDirectoryAndBadOptions) {
   expect_invalid(EngineOptions().seal_bytes(4095), "seal_bytes");
   expect_invalid(EngineOptions().max_sealed_segments(0), "max_sealed");
   expect_invalid(EngineOptions().flush_threads(257), "flush_threads");
+  expect_invalid(EngineOptions().max_open_files(15), "max_open_files");
   expect_invalid(EngineOptions().wal_segment_size(4096), "segment_size");
   expect_invalid(EngineOptions().durability(Durability::Periodic).sync_interval(std::chrono::hours(24 * 365)),
                  "sync_interval_ms");
@@ -340,6 +341,28 @@ TEST(Engine, StatsCountResourcesNotThreadsPerShard) {
   expect_error(Engine().stats(), Status::Closed);
 }
 
+TEST(Engine, DescriptorCacheBoundsOpenFiles) {
+  TempDir tmp;
+  Engine engine;
+  ASSERT_NO_FATAL_FAILURE(open_engine(tmp.engine(), small().max_open_files(16), engine));
+  std::vector<Shard> shards(20);
+  for (uint32_t id = 0; id < shards.size(); id++) {
+    ASSERT_NO_FATAL_FAILURE(open_shard(engine, id, shards[id]));
+    KEEL_ASSERT_OK(shards[id].put("k", std::to_string(id)));
+  }
+  for (uint32_t id = 0; id < shards.size(); id++) {
+    KEEL_ASSERT_OK(shards[id].put("k2", std::to_string(id)));  // files closed meanwhile are opened again
+    expect_value(shards[id], "k", std::to_string(id));
+  }
+  auto st = engine.stats();
+  KEEL_ASSERT_OK(st);
+  EXPECT_EQ(st->max_open_files, 16u);
+  EXPECT_GT(st->file_cache_evictions, 0u) << "20 shards hold more than 16 files";
+  EXPECT_GT(st->file_cache_misses, 0u);
+  EXPECT_GT(st->file_cache_hits, 0u);
+  EXPECT_LE(st->open_files, 16u + 1u) << "the cache's files and the engine's LOCK";
+}
+
 TEST(EngineOptions, BuilderRoundTripsAndDefaultsAreTheLibrarys) {
   const auto o = EngineOptions()
                      .durability(Durability::Periodic)
@@ -348,8 +371,10 @@ TEST(EngineOptions, BuilderRoundTripsAndDefaultsAreTheLibrarys) {
                      .wal_segment_size(1 << 20)
                      .flush_interval(std::chrono::milliseconds(250))
                      .seal_bytes(8192)
-                     .flush_threads(3);
+                     .flush_threads(3)
+                     .max_open_files(100);
   EXPECT_EQ(o.durability(), Durability::Periodic);
+  EXPECT_EQ(o.max_open_files(), 100u);
   EXPECT_EQ(o.flush_threads(), 3u);
   EXPECT_EQ(o.sync_interval(), std::chrono::milliseconds(20));
   EXPECT_EQ(o.max_sealed_segments(), 3u);
@@ -367,6 +392,7 @@ TEST(EngineOptions, BuilderRoundTripsAndDefaultsAreTheLibrarys) {
   EXPECT_EQ(d.flush_interval(), std::chrono::milliseconds(c.flush_interval_ms));
   EXPECT_EQ(d.max_sealed_segments(), c.max_sealed_segments);
   EXPECT_EQ(d.flush_threads(), 0u);  // the library picks
+  EXPECT_EQ(d.max_open_files(), 0u);  // half the descriptor limit
   TempDir tmp;
   KEEL_ASSERT_OK(Engine::open(tmp.engine(), small().flush_threads(1)));
 }
