@@ -18,6 +18,7 @@
 //! - a file whose name was removed or renamed over while it was open: the
 //!   open file is the only way left to it, so it stays open until its
 //!   handle is dropped.
+//!
 //! Pinned files count towards the limit; when they alone exceed it, the
 //! cache is over its limit until they are released (then it evicts).
 //!
