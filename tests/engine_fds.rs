@@ -3,7 +3,7 @@
 //! descriptor cache keeps its shards' files within its bound, closing
 //! idle ones and opening them again when they are used.
 //!
-//! A second test runs the same life with 64 shards in 16 descriptors, in
+//! A second test runs the same life with 40 shards in 16 descriptors, in
 //! this process.
 //!
 //! The work runs in a child process (this test binary run again for this
@@ -140,7 +140,7 @@ fn child_main(dir: &Path) -> ! {
 /// shards hold: every file is closed and opened again many times.
 #[test]
 fn a_few_descriptors_serve_many_shards() {
-    const SHARDS: u32 = 64;
+    const SHARDS: u32 = 40;
     const BOUND: usize = 16;
     let t = TempDir::new("engine-fds-small");
     let engine = Engine::open(&t.path().join("engine"), Options { max_open_files: BOUND, ..options() }).unwrap();
