@@ -186,6 +186,10 @@ demo: $(DEMO) $(SHARD_DEMO)
 	@$(SHARD_DEMO) $(BUILD)/demo-shard
 	@echo "demo: the data is left in $(BUILD)/demo-wal and $(BUILD)/demo-shard; run the demo again to add to it and recover more"
 
+# The benchmark report (bench/README.md). The first run also builds the
+# release RocksDB db_bench it compares with (bench/rocksdb/build.sh, into
+# target/rocksdb-release, about an hour on 2 cores; later runs reuse it) and
+# installs matplotlib for the charts into a venv (target/bench-venv).
 bench: lib
 	CARGO="$(CARGO)" BENCH_DIR="$${BENCH_DIR:-$(BUILD)/bench}" sh bench/run.sh
 

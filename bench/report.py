@@ -2,13 +2,19 @@
 """Turns one bench/run.sh run into bench/results/<stamp>.md and .json.
 
 usage: report.py WORK_DIR OUT_PREFIX
-WORK_DIR holds machine.env, fio-<job>.json, keel.json (bench/wal.rs),
-rocksdb-<benchmark>-<N>w.{cmd,out,err,rc,sst} (db_bench runs; or
-rocksdb-skipped with the reason when db_bench was not available),
-keel-shard-<group>.json (bench/shard.rs) and rocksdb-shard-<case>.{cmd,out,err,rc}
-(the db_bench runs of the shard workloads).
-The targets are the goals of bench/README.md; a miss is reported,
-never turned into a failing exit code.
+WORK_DIR holds machine.env, fio-<job>.json, keel.json (bench/wal.rs, the
+keel-only cases), the pairs of the WAL comparison: keel-wal-<N>w-p<pair>.json
+and rocksdb-p<pair>-<benchmark>-<N>w.{cmd,out,err,rc,sst} (or rocksdb-skipped
+with the reason when there was no db_bench), the reference runs
+rocksdb-ref-fillrandom-<N>w.*, the pairs of the shard comparison:
+keel-shard-<group>-p<pair>.json (bench/shard.rs) and
+rocksdb-shard-<case>-p<pair>.{cmd,out,err,rc}, and the keel-only shard groups
+keel-shard-<group>.json.
+Each comparison is summed up by the median of its per-pair ratios, with
+their min and max; goals are judged on the median. The targets are the goals
+of bench/README.md; a miss is reported, never turned into a failing exit code.
+Charts (bench/charts.py, matplotlib) go beside OUT_PREFIX.md when matplotlib
+can be imported.
 """
 import glob
 import json
@@ -16,7 +22,10 @@ import os
 import re
 import sys
 
-from reportlib import load_env, read_text
+import charts
+from dbbench import db_bench_run
+from reportlib import load_env, median_run, read_text, spread
+from restart_report import restart_markdown, restart_results
 
 
 def fio_job(work, name):
@@ -50,87 +59,106 @@ def fio_fsync(job):
 
 ROCKSDB_THREADS = (1, 4, 16, 64)
 ROCKSDB_BENCHMARKS = ("fillseq", "fillrandom")
-NUM = r"([0-9]+(?:\.[0-9]*)?(?:[eE][-+]?[0-9]+)?)"
+WAL_ORDER = ["sync_4k_1w"] + [f"sync_256_{n}w" for n in ROCKSDB_THREADS] + ["none_128_1w"]
 
 
-def parse_db_bench(bm, text):
-    """One db_bench run's stdout (RocksDB 7.x format), for benchmark bm:
-
-    fillrandom   :    1025.830 micros/op 3840 ops/sec 3.124 seconds 11996 operations;    1.0 MB/s
-    Microseconds per write:
-    Count: 11996 Average: 1029.0197  StdDev: 1929.11
-    Min: 151  Median: 431.9039  Max: 32157
-    Percentiles: P50: 431.90 P75: 559.49 P99: 9461.73 P99.9: 14008.00 P99.99: 31350.55
-
-    Returns a dict (None for what is missing) and a list of problems."""
-    out, problems = {}, []
-    m = re.search(rf"^{re.escape(bm)}\s*:\s*{NUM}\s+micros/op\s+{NUM}\s+ops/sec"
-                  rf"(?:\s+{NUM}\s+seconds\s+([0-9]+)\s+operations)?", text, re.M)
-    if m:
-        out["micros_per_op"] = float(m.group(1))
-        out["seconds"] = float(m.group(3)) if m.group(3) else None
-        out["operations"] = int(m.group(4)) if m.group(4) else None
-        # ops/sec is printed as an integer; operations / seconds is exact.
-        if out["operations"] and out["seconds"]:
-            out["ops_per_s"] = out["operations"] / out["seconds"]
-        else:
-            out["ops_per_s"] = float(m.group(2))
-        rest = text[m.end():]
-    else:
-        problems.append(f"no '{bm} : ... micros/op ... ops/sec' line")
-        out["ops_per_s"] = None
-        rest = text
-    lat = {}
-    m = re.search(r"^Count:\s*([0-9]+)\s+Average:\s*" + NUM, rest, re.M)
-    if m:
-        lat["count"], lat["mean"] = int(m.group(1)), float(m.group(2))
-    m = re.search(r"^Min:\s*" + NUM + r"\s+Median:\s*" + NUM + r"\s+Max:\s*" + NUM, rest, re.M)
-    if m:
-        lat["min"], lat["max"] = float(m.group(1)), float(m.group(3))
-    m = re.search(r"^Percentiles:(.*)$", rest, re.M)
-    if m:
-        ps = {k: float(v) for k, v in re.findall(r"P([0-9.]+):\s*" + NUM, m.group(1))}
-        for key, name in (("50", "p50"), ("75", "p75"), ("99", "p99"), ("99.9", "p999"), ("99.99", "p9999")):
-            lat[name] = ps.get(key)
-    else:
-        problems.append("no 'Percentiles:' line (was --histogram=1 given?)")
-    for name in ("p50", "p99"):
-        lat.setdefault(name, None)
-    out["lat_us"] = lat
-    return out, problems
+def pair_numbers(work, pattern):
+    """The pair numbers of the files matching pattern (one '{}' for the
+    number), ascending."""
+    rx = re.compile(re.escape(pattern).replace(re.escape("{}"), "([0-9]+)") + "$")
+    found = (rx.match(os.path.basename(p)) for p in glob.glob(os.path.join(work, pattern.replace("{}", "*"))))
+    return sorted(int(m.group(1)) for m in found if m)
 
 
-def rocksdb_runs(work):
-    """Every db_bench run found in work, or (None, reason) when skipped."""
+def wal_comparison(work):
+    """keel's sync_256_<N>w against RocksDB's durable puts at N threads, pair
+    by pair. A pair's RocksDB side is the stronger of its fillseq and
+    fillrandom runs (higher rate, lower p99). Returns the comparison rows,
+    every db_bench run, keel's median-rate run per N, and the reason when
+    RocksDB did not run."""
     skipped = os.path.join(work, "rocksdb-skipped")
-    if os.path.exists(skipped):
-        return None, read_text(skipped).strip()
-    runs = []
+    skip = read_text(skipped).strip() if os.path.exists(skipped) else None
+    rows, runs, keel_median = [], [], {}
     for n in ROCKSDB_THREADS:
-        for bm in ROCKSDB_BENCHMARKS:
-            base = os.path.join(work, f"rocksdb-{bm}-{n}w")
-            if not os.path.exists(base + ".out"):
-                continue
-            text = read_text(base + ".out")
-            r, problems = parse_db_bench(bm, text)
-            rc = read_text(base + ".rc", "?").strip()
-            if rc != "0":
-                problems.insert(0, f"db_bench exit status {rc}")
-            sst = read_text(base + ".sst").strip()
-            r.update({
-                "benchmark": bm, "threads": n,
-                "command": read_text(base + ".cmd").strip(),
-                "exit_status": rc,
-                "sst_files_at_end": int(sst) if sst.isdigit() else None,
-                "problems": problems,
-            })
-            ver = re.search(r"RocksDB:\s+version\s+(\S+)", read_text(base + ".err"))
-            r["rocksdb_version"] = ver.group(1) if ver else None
-            r["assertions_enabled"] = "Assertions are enabled" in text
-            runs.append(r)
-    if not runs:
-        return None, "no db_bench output found"
-    return runs, None
+        pairs, keel_runs = [], []
+        for p in pair_numbers(work, f"keel-wal-{n}w-p{{}}.json"):
+            with open(os.path.join(work, f"keel-wal-{n}w-p{p}.json")) as f:
+                k = json.load(f)["cases"][0]
+            k["pair"] = p
+            keel_runs.append(k)
+            rs = [r for r in (db_bench_run(work, f"rocksdb-p{p}-{bm}-{n}w", bm) for bm in ROCKSDB_BENCHMARKS) if r]
+            for r in rs:
+                r.update({"threads": n, "pair": p})
+            runs += rs
+            rates = [r for r in rs if r["ops_per_s"]]
+            p99s = [r for r in rs if r["lat_us"].get("p99") is not None]
+            best = max(rates, key=lambda r: r["ops_per_s"]) if rates else None
+            low = min(p99s, key=lambda r: r["lat_us"]["p99"]) if p99s else None
+            pair = {
+                "pair": p,
+                "keel_appends_per_s": k["appends_per_s"], "keel_p50_us": k["lat_us"]["p50"],
+                "keel_p99_us": k["lat_us"]["p99"],
+                "rocksdb_ops_per_s": best["ops_per_s"] if best else None,
+                "rocksdb_ops_per_s_from": best["benchmark"] if best else None,
+                "rocksdb_p99_us": low["lat_us"]["p99"] if low else None,
+                "rocksdb_p99_us_from": low["benchmark"] if low else None,
+            }
+            pair["rate_ratio"] = (pair["keel_appends_per_s"] / pair["rocksdb_ops_per_s"]
+                                  if pair["keel_appends_per_s"] and pair["rocksdb_ops_per_s"] else None)
+            pair["p99_ratio"] = (pair["keel_p99_us"] / pair["rocksdb_p99_us"]
+                                 if pair["keel_p99_us"] and pair["rocksdb_p99_us"] else None)
+            pairs.append(pair)
+        km = median_run(keel_runs, lambda k: k["appends_per_s"])
+        if km:
+            km = dict(km, runs_appends_per_s=[k["appends_per_s"] for k in keel_runs])
+            keel_median[n] = km
+        ref = db_bench_run(work, f"rocksdb-ref-fillrandom-{n}w", "fillrandom")
+        if ref:
+            ref.update({"threads": n, "pair": None, "reference": True})
+            runs.append(ref)
+        rate, p99 = spread(x["rate_ratio"] for x in pairs), spread(x["p99_ratio"] for x in pairs)
+        med = lambda key: (spread(x[key] for x in pairs) or {}).get("median")
+        rows.append({
+            "threads": n,
+            "pairs": pairs,
+            "keel_case": km["name"] if km else None,
+            "keel_appends_per_s": med("keel_appends_per_s"),
+            "keel_p50_us": med("keel_p50_us"),
+            "keel_p99_us": med("keel_p99_us"),
+            "rocksdb_ops_per_s": med("rocksdb_ops_per_s"),
+            "rocksdb_p99_us": med("rocksdb_p99_us"),
+            "rate_ratio": rate["median"] if rate else None,
+            "rate_ratio_min": rate["min"] if rate else None,
+            "rate_ratio_max": rate["max"] if rate else None,
+            "p99_ratio": p99["median"] if p99 else None,
+            "p99_ratio_min": p99["min"] if p99 else None,
+            "p99_ratio_max": p99["max"] if p99 else None,
+            "reference_ops_per_s": ref["ops_per_s"] if ref else None,
+            "reference_p99_us": ref["lat_us"].get("p99") if ref else None,
+        })
+    return rows, runs, keel_median, skip
+
+
+PAIRS_TEXT = ("Both sides ran in {n} interleaved pairs (keel, RocksDB, keel, RocksDB, ...); a ratio is the median "
+              "of the per-pair ratios, with their min–max in brackets, and goals are judged on the median.")
+
+
+def rocksdb_name(runs, path):
+    """RocksDB <version> (`<db_bench path>`, and whether it was built with
+    assertions), from what the runs printed."""
+    ver = next((r["rocksdb_version"] for r in runs if r.get("rocksdb_version")), "?")
+    asserts = ", **built with assertions enabled**" if any(r.get("assertions_enabled") for r in runs) else ""
+    return f"RocksDB {ver} (`{path or 'db_bench'}`{asserts})"
+
+
+def fmt_ratio(median, lo=None, hi=None, digits=2):
+    """1.34× (1.20–1.41): a median ratio and the spread of its pairs."""
+    if median is None:
+        return "–"
+    out = f"{median:.{digits}f}×"
+    if lo is not None and hi is not None and (lo != median or hi != median):
+        out += f" ({lo:.{digits}f}–{hi:.{digits}f})"
+    return out
 
 
 def fmt(x, digits=0):
@@ -161,74 +189,87 @@ RECOVERY_GOAL = 0.70
 
 
 def shard_results(work, skipped_reason):
-    """keel-shard.json and the db_bench shard runs, paired by case."""
-    # run.sh runs bench/shard.rs once per case group (keel-shard-<group>.json).
-    paths = sorted(glob.glob(os.path.join(work, "keel-shard*.json")))
+    """The keel shard groups and the db_bench shard runs, paired by case and
+    pair number (keel-shard-<group>-p<pair>.json against
+    rocksdb-shard-<case>-p<pair>.*); keel-only groups come without a pair
+    number."""
+    paths = sorted(glob.glob(os.path.join(work, "keel-shard-*.json")))
     if not paths:
         return None
     keel = {"params": {}, "cases": [], "memory": None, "recovery": []}
+    extra = {}
     for path in paths:
         with open(path) as f:
             part = json.load(f)
+        m = re.search(r"-p([0-9]+)\.json$", path)
+        for c in part.get("cases", []):
+            c["pair"] = int(m.group(1)) if m else None
         keel["params"] = part.get("params") or keel["params"]
         keel["cases"] += part.get("cases", [])
         keel["memory"] = part.get("memory") or keel["memory"]
         keel["recovery"] += part.get("recovery", [])
-    kcases = {c["name"]: c for c in keel.get("cases", [])}
-    rows, runs = [], []
+        # Keys other groups may add (kept for the JSON and the charts).
+        for key, value in part.items():
+            if key in keel:
+                continue
+            if isinstance(value, list):
+                extra.setdefault(key, []).extend(value)
+            elif value is not None:
+                extra[key] = value
+    rows, runs, keel_median = [], [], []
     for name, bm, goal in SHARD_CASES:
-        base = os.path.join(work, f"rocksdb-shard-{name}")
-        r = None
-        if os.path.exists(base + ".out"):
-            text = read_text(base + ".out")
-            r, problems = parse_db_bench(bm, text)
-            rc = read_text(base + ".rc", "?").strip()
-            if rc != "0":
-                problems.insert(0, f"db_bench exit status {rc}")
-            m = re.search(r"\(\s*([0-9]+) of ([0-9]+) found\)", text)
-            r.update({
-                "case": name, "benchmark": bm,
-                "command": read_text(base + ".cmd").strip(),
-                "exit_status": rc,
-                "found": int(m.group(1)) if m else None,
-                "reads": int(m.group(2)) if m else None,
-                "problems": problems,
-                "assertions_enabled": "Assertions are enabled" in text,
-            })
-            ver = re.search(r"RocksDB:\s+version\s+(\S+)", read_text(base + ".err") + text)
-            r["rocksdb_version"] = ver.group(1) if ver else None
-            lv = re.search(r"^Level Files Size\(MB\)\n-+\n((?:\s*[0-9]+\s+[0-9]+\s+[0-9]+\n?)+)", text, re.M)
-            if lv:
-                r["levels"] = [[int(x) for x in line.split()] for line in lv.group(1).strip().splitlines()]
-            runs.append(r)
-        k = kcases.get(name)
-        row = {
+        ks = [c for c in keel["cases"] if c["name"] == name]
+        numbers = sorted({c["pair"] for c in ks if c["pair"] is not None}
+                         | set(pair_numbers(work, f"rocksdb-shard-{name}-p{{}}.out")))
+        pairs, rs = [], []
+        for p in numbers:
+            k = next((c for c in ks if c["pair"] == p), None)
+            r = db_bench_run(work, f"rocksdb-shard-{name}-p{p}", bm)
+            if r:
+                r.update({"case": name, "pair": p})
+                rs.append(r)
+            kr, rr = (k or {}).get("ops_per_s"), (r or {}).get("ops_per_s")
+            pairs.append({"pair": p, "keel_ops_per_s": kr, "rocksdb_ops_per_s": rr,
+                          "ratio": kr / rr if kr and rr else None})
+        runs += rs
+        # The runs with the median rate stand for each side in the table.
+        k = median_run(ks, lambda c: c["ops_per_s"])
+        r = median_run(rs, lambda x: x["ops_per_s"])
+        if k:
+            keel_median.append(k)
+        ratio = spread(x["ratio"] for x in pairs)
+        med = lambda key: (spread(x[key] for x in pairs) or {}).get("median")
+        rows.append({
             "case": name,
-            "keel_ops_per_s": k["ops_per_s"] if k else None,
+            "pairs": pairs,
+            "keel_ops_per_s": med("keel_ops_per_s"),
             "keel_p50_us": k["lat_us"]["p50"] if k else None,
             "keel_p99_us": k["lat_us"]["p99"] if k else None,
             "keel_ops": k["ops"] if k else None,
             "keel_found": k["found"] if k and name.startswith("read") else None,
-            "rocksdb_ops_per_s": r["ops_per_s"] if r else None,
+            "rocksdb_ops_per_s": med("rocksdb_ops_per_s"),
             "rocksdb_p50_us": r["lat_us"].get("p50") if r else None,
             "rocksdb_p99_us": r["lat_us"].get("p99") if r else None,
             "rocksdb_ops": r.get("operations") if r else None,
             "rocksdb_found": r.get("found") if r else None,
             "goal": goal,
-        }
-        row["ratio"] = (row["keel_ops_per_s"] / row["rocksdb_ops_per_s"]
-                        if row["keel_ops_per_s"] and row["rocksdb_ops_per_s"] else None)
-        rows.append(row)
+            "ratio": ratio["median"] if ratio else None,
+            "ratio_min": ratio["min"] if ratio else None,
+            "ratio_max": ratio["max"] if ratio else None,
+        })
     if keel.get("memory"):
         keel["memory"]["per_million_keys"] = memory_per_million(keel["memory"])
-    return {
+    out = dict(extra)
+    out.update({
         "params": keel.get("params", {}),
-        "keel": keel.get("cases", []),
+        "keel": keel_median,
+        "keel_runs": keel["cases"],
         "memory": keel.get("memory"),
         "recovery": keel.get("recovery", []),
         "rocksdb": {"skipped": skipped_reason, "runs": runs},
         "comparison": rows,
-    }
+    })
+    return out
 
 
 MEMORY_POINTS = (("after_load", "after load and settle"), ("after_reading_every_key", "after reading every key once"),
@@ -259,7 +300,8 @@ def shard_targets(sh):
     for row in sh["comparison"]:
         if row["goal"] is not None and row["ratio"] is not None:
             out.append({"id": f"shard_{row['case']}", "what": f"Shards: {SHARD_LABELS[row['case']]}: keel ops/s >= "
-                        f"{row['goal']:g} x RocksDB", "value": row["ratio"], "target": row["goal"], "cmp": ">="})
+                        f"{row['goal']:g} x RocksDB", "value": row["ratio"], "target": row["goal"], "cmp": ">=",
+                        "min": row["ratio_min"], "max": row["ratio_max"]})
     for rc in sh["recovery"]:
         for cache in ("warm", "cold"):
             r = rc.get(cache)
@@ -276,18 +318,26 @@ def shard_targets(sh):
 def shard_markdown(sh, m):
     L = ["## Shards vs RocksDB (db_bench, same directory)", ""]
     p = sh["params"]
+    rr_all = sh["rocksdb"]["runs"]
     L.append(f"keel shards (`bench/shard.rs`, one shard, `Options::default()` but for the durability) against "
-             f"RocksDB's db_bench with its defaults (16 B keys, {p.get('value_bytes', 100)} B values, 64 MiB memtable, "
+             f"the db_bench of {rocksdb_name(rr_all, m.get('db_bench'))} with its defaults (16 B keys, "
+             f"{p.get('value_bytes', 100)} B values, 64 MiB memtable, "
              "automatic compactions) plus `--compression_type=none --bloom_bits=10` and a 2 GiB block cache. Keys are "
              "drawn uniformly with repeats from [0, num) on both sides (db_bench `fillrandom`/`readrandom`); both sides "
              "do the same number of operations per thread in each put case. Rates are aggregate ops/s over all "
-             "threads; latencies are per operation.")
+             "threads; latencies are per operation. "
+             f"{PAIRS_TEXT.format(n=max((len(r['pairs']) for r in sh['comparison']), default=0))} "
+             "Rates are the medians of the pairs; latencies and operation counts come from the run with the "
+             "median rate on each side.")
     L.append("")
-    rr = sh["rocksdb"]["runs"]
+    # The db_bench runs with the median rate stand for RocksDB in the notes.
+    rr = [x for x in (median_run([y for y in rr_all if y["case"] == c], lambda y: y["ops_per_s"])
+                      for c, _, _ in SHARD_CASES) if x]
     if sh["rocksdb"]["skipped"]:
         L.append(f"RocksDB not run: {sh['rocksdb']['skipped']}. keel's numbers only.")
         L.append("")
-    L.append("| case | ops (keel / RocksDB) | keel ops/s | p50 µs | p99 µs | RocksDB ops/s | p50 µs | p99 µs | keel / RocksDB | goal |")
+    L.append("| case | ops (keel / RocksDB) | keel ops/s | p50 µs | p99 µs | RocksDB ops/s | p50 µs | p99 µs "
+             "| keel / RocksDB: median (min–max) | goal |")
     L.append("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
     for row in sh["comparison"]:
         goal = "no goal (see below)" if row["goal"] is None else f">= {row['goal']:.2f}×"
@@ -296,7 +346,11 @@ def shard_markdown(sh, m):
         L.append(f"| {SHARD_LABELS[row['case']]} | {fmt(row['keel_ops'])} / {fmt(row['rocksdb_ops'])} | "
                  f"{fmt(row['keel_ops_per_s'])} | {fmt(row['keel_p50_us'], 1)} | {fmt(row['keel_p99_us'], 1)} | "
                  f"{fmt(row['rocksdb_ops_per_s'])} | {fmt(row['rocksdb_p50_us'], 1)} | {fmt(row['rocksdb_p99_us'], 1)} | "
-                 f"{'–' if row['ratio'] is None else format(row['ratio'], '.2f') + '×'} | {goal} |")
+                 f"{fmt_ratio(row['ratio'], row['ratio_min'], row['ratio_max'])} | {goal} |")
+    L.append("")
+    L.append("Per pair, in the order they ran (keel / RocksDB ops/s): "
+             + "; ".join(f"{row['case']} " + ", ".join(fmt_ratio(x["ratio"]) for x in row["pairs"])
+                         for row in sh["comparison"] if row["pairs"]) + ".")
     L.append("")
     kc = {c["name"]: c for c in sh["keel"]}
     notes = []
@@ -332,11 +386,11 @@ def shard_markdown(sh, m):
                  "later, by reads and compactions, while keel appends to the list in place (and copies a list that "
                  "lives in an immutable segment into the appendable one on its first append). So this compares the "
                  "write path only.")
-    if any(x.get("assertions_enabled") for x in rr):
-        notes.append("Debian's db_bench is **built with assertions enabled** (it warns that benchmarks are "
+    if any(x.get("assertions_enabled") for x in rr_all):
+        notes.append("This db_bench is **built with assertions enabled** (it warns that benchmarks are "
                      "unnecessarily slow); this costs RocksDB CPU on every operation, most visible in the buffered "
                      "and read cases.")
-    problems = [f"{x['case']}: {pr}" for x in rr for pr in x["problems"]]
+    problems = [f"{x['case']} pair {x['pair']}: {pr}" for x in rr_all for pr in x["problems"]]
     if problems:
         notes.append("**db_bench problems:** " + "; ".join(problems) + ".")
     for n in notes:
@@ -405,7 +459,7 @@ def shard_markdown(sh, m):
         L.append(f"Raw key + value bytes: {raw:.1f} MiB per million keys.")
     L.append("")
     if rr:
-        L.append("db_bench command lines (shard workloads):")
+        L.append("db_bench command lines (shard workloads; every pair runs the same):")
         L.append("")
         L.append("```")
         for x in rr:
@@ -415,11 +469,94 @@ def shard_markdown(sh, m):
     return L
 
 
+def wal_rocksdb_markdown(comparison, runs, skip, m):
+    """The section that sets keel's sync_256_<N>w against RocksDB's durable
+    puts: medians of the pairs, then every pair, then the command lines."""
+    L = ["## RocksDB (db_bench, same directory)", ""]
+    compared = [r for r in runs if not r.get("reference")]
+    ref = [r for r in runs if r.get("reference")]
+    if not compared:
+        L += [f"Not run: {skip or 'no db_bench output found'}.", ""]
+        return L
+    n_pairs = max(len(c["pairs"]) for c in comparison)
+    L.append(f"{rocksdb_name(compared, m.get('db_bench'))}."
+             + (f" **{m['rocksdb_note']}.**" if m.get("rocksdb_note") else "")
+             + " `--sync=1`: every Put returns after its WAL record is fdatasync'ed; RocksDB group-commits "
+               "concurrent writers too (one leader writes and syncs the WAL for a group). 256 B values, 16 B keys, "
+               "WAL on, no flush during a run. Latency is per Put (db_bench histogram), keel's per append. "
+             + PAIRS_TEXT.format(n=n_pairs)
+             + " A pair's RocksDB side is the stronger of its fillseq and fillrandom runs: the higher rate, the lower "
+               "p99. Rates and p99s below are the medians of the pairs.")
+    L.append("")
+    head = ("| threads | keel sync_256 appends/s | keel p99 µs | RocksDB puts/s | RocksDB p99 µs "
+            "| keel / RocksDB rate | keel / RocksDB p99 |")
+    align = "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+    if ref:
+        head += " reference puts/s | reference p99 µs |"
+        align += " ---: | ---: |"
+    L += [head, align]
+    for c in comparison:
+        cells = [str(c["threads"]), fmt(c["keel_appends_per_s"]), fmt(c["keel_p99_us"], 1),
+                 fmt(c["rocksdb_ops_per_s"]), fmt(c["rocksdb_p99_us"], 1),
+                 fmt_ratio(c["rate_ratio"], c["rate_ratio_min"], c["rate_ratio_max"]),
+                 fmt_ratio(c["p99_ratio"], c["p99_ratio_min"], c["p99_ratio_max"])]
+        if ref:
+            cells += [fmt(c["reference_ops_per_s"]), fmt(c["reference_p99_us"], 1)]
+        L.append("| " + " | ".join(cells) + " |")
+    L.append("")
+    L.append("Goals (in Targets above): keel ≥ 3× RocksDB at 16 and 64 writers, ≥ 0.95× at 1 writer, keel p99 ≤ "
+             "RocksDB p99 at every count.")
+    if ref:
+        L.append("")
+        L.append(f"**Reference** (not judged): {rocksdb_name(ref, m.get('db_bench_ref'))}, Debian package rocksdb-tools "
+                 f"{m.get('rocksdb_tools', '?')}: one fillrandom run per count, after that count's pairs.")
+    L.append("")
+    L.append("Every pair, in the order it ran (keel first):")
+    L.append("")
+    L.append("| threads | pair | keel appends/s | keel p99 µs | RocksDB fillseq puts/s | fillrandom puts/s "
+             "| RocksDB p99 µs (lower) | rate ratio | p99 ratio |")
+    L.append("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for c in comparison:
+        for x in c["pairs"]:
+            rate = {r["benchmark"]: r["ops_per_s"] for r in compared
+                    if r["threads"] == c["threads"] and r["pair"] == x["pair"]}
+            L.append(f"| {c['threads']} | {x['pair']} | {fmt(x['keel_appends_per_s'])} | {fmt(x['keel_p99_us'], 1)} | "
+                     f"{fmt(rate.get('fillseq'))} | {fmt(rate.get('fillrandom'))} | {fmt(x['rocksdb_p99_us'], 1)} | "
+                     f"{fmt_ratio(x['rate_ratio'])} | {fmt_ratio(x['p99_ratio'])} |")
+    sst = sum(r["sst_files_at_end"] or 0 for r in runs)
+    problems = [f"{r['benchmark']} {r['threads']}w {'reference' if r.get('reference') else 'pair ' + str(r['pair'])}: {p}"
+                for r in runs for p in r["problems"]]
+    if sst:
+        L.append("")
+        L.append(f"**Warning:** {sst} .sst file(s) were written during the RocksDB runs (a memtable flush): "
+                 "those runs measured more than the WAL.")
+    if problems:
+        L.append("")
+        L.append("**db_bench problems:** " + "; ".join(problems) + ".")
+    L.append("")
+    L.append("Command lines of the first pair and of the reference (`--db` is a fresh directory under the bench "
+             "directory; fillseq ignores `--duration`, so its per-thread `--num` comes from the fillrandom rate of the "
+             "same pair):")
+    L.append("")
+    L.append("```")
+    for r in runs:
+        if r.get("reference") or r["pair"] == 1:
+            L.append(r["command"])
+    L.append("```")
+    L.append("")
+    return L
+
+
 def main():
     work, prefix = sys.argv[1], sys.argv[2]
     m = load_env(os.path.join(work, "machine.env"))
     with open(os.path.join(work, "keel.json")) as f:
         keel = {c["name"]: c for c in json.load(f)["cases"]}
+    # The paired keel cases: the run with the median rate stands for each.
+    comparison, rruns, keel_median, rskip = wal_comparison(work)
+    for n, k in keel_median.items():
+        keel[k["name"]] = k
+    keel = dict(sorted(keel.items(), key=lambda kv: WAL_ORDER.index(kv[0]) if kv[0] in WAL_ORDER else 99))
 
     base = fio_fsync(fio_job(work, "fsync4k"))
     alloc = fio_fsync(fio_job(work, "fsync4k_alloc"))
@@ -441,47 +578,22 @@ def main():
          "value": none["appends_per_s"], "target": 2e6, "cmp": ">="},
     ]
 
-    # RocksDB side by side: per thread count, the stronger of fillseq and
-    # fillrandom (higher rate, lower p99) against keel's sync_256_<N>w.
-    rruns, rskip = rocksdb_runs(work)
-    comparison = []
-    if rruns:
-        for n in ROCKSDB_THREADS:
-            k = keel.get(f"sync_256_{n}w")
-            rs = [r for r in rruns if r["threads"] == n]
-            rates = [r for r in rs if r["ops_per_s"]]
-            p99s = [r for r in rs if r["lat_us"].get("p99") is not None]
-            best = max(rates, key=lambda r: r["ops_per_s"]) if rates else None
-            low = min(p99s, key=lambda r: r["lat_us"]["p99"]) if p99s else None
-            c = {
-                "threads": n,
-                "rocksdb_ops_per_s": best["ops_per_s"] if best else None,
-                "rocksdb_ops_per_s_from": best["benchmark"] if best else None,
-                "rocksdb_p99_us": low["lat_us"]["p99"] if low else None,
-                "rocksdb_p99_us_from": low["benchmark"] if low else None,
-                "keel_case": k["name"] if k else None,
-                "keel_appends_per_s": k["appends_per_s"] if k else None,
-                "keel_p50_us": k["lat_us"]["p50"] if k else None,
-                "keel_p99_us": k["lat_us"]["p99"] if k else None,
-            }
-            c["rate_ratio"] = (c["keel_appends_per_s"] / c["rocksdb_ops_per_s"]
-                               if c["keel_appends_per_s"] and c["rocksdb_ops_per_s"] else None)
-            c["p99_ratio"] = (c["keel_p99_us"] / c["rocksdb_p99_us"]
-                              if c["keel_p99_us"] and c["rocksdb_p99_us"] else None)
-            comparison.append(c)
+    if any(c["rate_ratio"] is not None or c["p99_ratio"] is not None for c in comparison):
         by_n = {c["threads"]: c for c in comparison}
         for n, goal in ((1, 0.95), (16, 3.0), (64, 3.0)):
             c = by_n[n]
             if c["rate_ratio"] is not None:
                 targets.append({"id": f"rocksdb_rate_{n}w",
                                 "what": f"Sync, 256 B, {n} writer{'s' if n > 1 else ''}: keel appends/s >= {goal:g} x RocksDB durable puts/s",
-                                "value": c["rate_ratio"], "target": goal, "cmp": ">="})
+                                "value": c["rate_ratio"], "target": goal, "cmp": ">=",
+                                "min": c["rate_ratio_min"], "max": c["rate_ratio_max"]})
         for n in ROCKSDB_THREADS:
             c = by_n[n]
             if c["p99_ratio"] is not None:
                 targets.append({"id": f"rocksdb_p99_{n}w",
                                 "what": f"Sync, 256 B, {n} writer{'s' if n > 1 else ''}: keel p99 <= RocksDB p99",
-                                "value": c["p99_ratio"], "target": 1.0, "cmp": "<="})
+                                "value": c["p99_ratio"], "target": 1.0, "cmp": "<=",
+                                "min": c["p99_ratio_min"], "max": c["p99_ratio_max"]})
 
     shards = shard_results(work, rskip)
     if shards:
@@ -506,8 +618,10 @@ def main():
         "rocksdb": {"skipped": rskip, "runs": rruns or [], "comparison": comparison},
         "shards": shards,
         "net": net,
+        "restart_bound": restart_results(work),
         "targets": targets,
     }
+    report["charts"] = charts.draw(report, prefix)
     with open(prefix + ".json", "w") as f:
         json.dump(report, f, indent=2)
         f.write("\n")
@@ -524,7 +638,7 @@ def main():
     L.append("")
     L.append("## Targets")
     L.append("")
-    L.append("| target | measured | goal | result |")
+    L.append("| target | measured (against RocksDB: median of the pairs, min–max) | goal | result |")
     L.append("| --- | ---: | ---: | --- |")
     for t in targets:
         if t["id"] == "none_rate":
@@ -532,9 +646,10 @@ def main():
         elif t.get("unit") == "%":
             val, goal = f"{100 * t['value']:.1f} %", f"{t['cmp']} {100 * t['target']:.0f} %"
         else:
-            val, goal = f"{t['value']:.2f}×", f"{t['cmp']} {t['target']:.2f}×"
+            val, goal = fmt_ratio(t["value"], t.get("min"), t.get("max")), f"{t['cmp']} {t['target']:.2f}×"
         L.append(f"| {t['what']} | {val} | {goal} | {'PASS' if t['pass'] else '**MISS**'} |")
     L.append("")
+    L.extend(charts.markdown(report["charts"]))
     L.append("## fio baseline (same directory)")
     L.append("")
     L.append("| job | ops/s | write(2) mean µs | fdatasync p50 µs | fdatasync p99 µs | op p99 µs (fdatasync p99 + write mean) |")
@@ -555,65 +670,20 @@ def main():
         L.append(f"| {c['name']} | {c['durability']} | {c['writers']} | {c['record_bytes']} B | {fmt(c['appends_per_s'])} | "
                  f"{fmt(lat['p50'], 1)} | {fmt(lat['p99'], 1)} | {fmt(lat['p999'], 1)} | {c['segments']} |")
     L.append("")
+    L.append("The sync_256 cases ran once per pair of the RocksDB comparison; the row is the run with the median rate "
+             "(rates of every run: " + "; ".join(f"{c['name']} " + ", ".join(fmt(x) for x in c["runs_appends_per_s"])
+                                                  for c in keel.values() if c.get("runs_appends_per_s")) + ").")
+    L.append("")
     if none.get("stall_s") is not None:
         L.append(f"None mode: {fmt(none['stall_s'], 3)} s of the {fmt(none['elapsed_s'], 2)} s went to {none['stall_batches']} "
                  f"batches of 256 appends that took over 1 ms (segment rotation). Per-writer-count ratios vs 1 writer (256 B): "
                  + ", ".join(f"{c['writers']}w {c['appends_per_s'] / one['appends_per_s']:.2f}×"
                              for c in keel.values() if c["name"].startswith("sync_256_")) + ".")
         L.append("")
-    L.append("## RocksDB (db_bench, same directory)")
-    L.append("")
-    if not rruns:
-        L.append(f"Not run: {rskip}.")
-    else:
-        r0 = rruns[0]
-        L.append(f"RocksDB {r0.get('rocksdb_version') or '?'} (Debian rocksdb-tools {m.get('rocksdb_tools', '?')})"
-                 + (", **built with assertions enabled** (db_bench warns: benchmarks unnecessarily slow; "
-                    "this costs CPU, not fdatasyncs)" if any(r["assertions_enabled"] for r in rruns) else "")
-                 + ". `--sync=1`: every Put returns after its WAL record is fdatasync'ed; RocksDB group-commits "
-                   "concurrent writers too (one leader writes and syncs the WAL for a group). 256 B values, 16 B keys, "
-                   "WAL on, no flush during a run. Latency is per Put (db_bench histogram), keel's per append.")
-        L.append("")
-        L.append("| threads | RocksDB fillseq puts/s | p50 µs | p99 µs | RocksDB fillrandom puts/s | p50 µs | p99 µs "
-                 "| keel sync_256 appends/s | p50 µs | p99 µs | keel / RocksDB rate | keel / RocksDB p99 |")
-        L.append("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
-        for c in comparison:
-            n = c["threads"]
-            cells = [str(n)]
-            for bm in ROCKSDB_BENCHMARKS:
-                r = next((r for r in rruns if r["threads"] == n and r["benchmark"] == bm), None)
-                if r is None:
-                    cells += ["–", "–", "–"]
-                else:
-                    cells += [fmt(r["ops_per_s"]), fmt(r["lat_us"].get("p50"), 1), fmt(r["lat_us"].get("p99"), 1)]
-            cells += [fmt(c["keel_appends_per_s"]), fmt(c["keel_p50_us"], 1), fmt(c["keel_p99_us"], 1),
-                      "–" if c["rate_ratio"] is None else f"{c['rate_ratio']:.2f}×",
-                      "–" if c["p99_ratio"] is None else f"{c['p99_ratio']:.2f}×"]
-            L.append("| " + " | ".join(cells) + " |")
-        L.append("")
-        L.append("Ratios use the stronger RocksDB run at each count: the higher of the fillseq and fillrandom rates, "
-                 "the lower of their p99s. Goals (in Targets above): keel ≥ 3× RocksDB at 16 and 64 writers, "
-                 "≥ 0.95× at 1 writer, keel p99 ≤ RocksDB p99 at every count.")
-        sst = sum(r["sst_files_at_end"] or 0 for r in rruns)
-        problems = [f"{r['benchmark']} {r['threads']}w: {p}" for r in rruns for p in r["problems"]]
-        if sst:
-            L.append("")
-            L.append(f"**Warning:** {sst} .sst file(s) were written during the RocksDB runs (a memtable flush): "
-                     "those runs measured more than the WAL.")
-        if problems:
-            L.append("")
-            L.append("**db_bench problems:** " + "; ".join(problems) + ".")
-        L.append("")
-        L.append("Command lines (`--db` is a fresh directory under the bench directory; fillseq ignores `--duration`, "
-                 "so its per-thread `--num` comes from the fillrandom rate at the same count):")
-        L.append("")
-        L.append("```")
-        for r in rruns:
-            L.append(r["command"])
-        L.append("```")
-    L.append("")
+    L.extend(wal_rocksdb_markdown(comparison, rruns, rskip, m))
     if shards:
         L.extend(shard_markdown(shards, m))
+        L.extend(restart_markdown(report["restart_bound"]))
     else:
         L.append("## Shards vs RocksDB")
         L.append("")

@@ -26,3 +26,23 @@ def read_text(path, default=""):
             return f.read()
     except OSError:
         return default
+
+
+def spread(values):
+    """Median, min and max of the numbers in values (None ignored): how the
+    report sums up the per-pair ratios of a keel-against-RocksDB comparison.
+    None when there is no number."""
+    v = sorted(x for x in values if x is not None)
+    if not v:
+        return None
+    mid = len(v) // 2
+    median = v[mid] if len(v) % 2 else (v[mid - 1] + v[mid]) / 2
+    return {"median": median, "min": v[0], "max": v[-1], "n": len(v)}
+
+
+def median_run(runs, key):
+    """The run whose key(run) is the (lower) median among those that have
+    one: the run whose latencies and counts stand for all of them. None when
+    no run has a value."""
+    have = sorted((r for r in runs if r is not None and key(r) is not None), key=key)
+    return have[(len(have) - 1) // 2] if have else None

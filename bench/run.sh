@@ -1,8 +1,12 @@
 #!/bin/sh
 # `make bench`: the fio baseline, the keel WAL benchmark, keel shards and
 # RocksDB's db_bench on the same directory, then a report in
-# bench/results/<UTC date-time>.{md,json}.
+# bench/results/<UTC date-time>.{md,json} with charts (<date-time>-*.png).
 # See bench/README.md for the cases and how the ratios are computed.
+#
+# Every keel-against-RocksDB comparison runs in BENCH_PAIRS interleaved
+# pairs (keel, RocksDB, keel, RocksDB, ...): the report judges the goals on
+# the median of the per-pair ratios and shows their spread.
 #
 # Environment:
 #   BENCH_DIR      where the files go (default build/bench; must be on the
@@ -13,10 +17,20 @@
 #   SHARD_SYNC_OPS, SHARD_SYNC16_OPS, SHARD_LOAD_KEYS, SHARD_POSTING_KEYS,
 #   SHARD_POSTING_OPS, SHARD_MEMORY_KEYS, SHARD_RECOVERY_MIB
 #                  shard case sizes (see bench/README.md "Shards vs RocksDB")
+#   SHARD_RESTART_PINNED_MIB  MiB written through a pinned WAL before the
+#                  restart-at-the-bound case fills its unflushed WAL (256; 25 quick)
+#   BENCH_PAIRS    keel/RocksDB pairs per comparison (default 3)
 #   CARGO          cargo binary (default cargo)
-#   DB_BENCH       RocksDB db_bench binary (default: db_bench from the Debian
-#                  package rocksdb-tools); the RocksDB comparison is skipped,
-#                  with a notice, when it is missing and cannot be installed
+#   DB_BENCH       the RocksDB db_bench compared (default: the release build of
+#                  RocksDB 10.4 that bench/rocksdb/build.sh makes once, in
+#                  ROCKSDB_RELEASE_DIR, default target/rocksdb-release; with
+#                  KEEL_BENCH_QUICK=1 it is used only if already built, else
+#                  DB_BENCH_REF stands in and the report says so)
+#   DB_BENCH_REF   a reference db_bench, one run per WAL thread count, not
+#                  judged (default: db_bench of the Debian package
+#                  rocksdb-tools, installed when missing; empty: none)
+#   BENCH_VENV     Python venv for the charts (default target/bench-venv;
+#                  matplotlib from PyPI is installed into it)
 set -eu
 
 cd "$(dirname "$0")/.."
@@ -40,8 +54,14 @@ SHARD_POSTING_KEYS=${SHARD_POSTING_KEYS:-$((100000 / q))}
 SHARD_POSTING_OPS=${SHARD_POSTING_OPS:-$((2000000 / q))}
 SHARD_MEMORY_KEYS=${SHARD_MEMORY_KEYS:-$((1000000 / q))}
 SHARD_RECOVERY_MIB=${SHARD_RECOVERY_MIB:-$qmib}
+BENCH_PAIRS=${BENCH_PAIRS:-3}
+case $BENCH_PAIRS in
+    '' | *[!0-9]* | 0) echo "bench: BENCH_PAIRS must be a whole number >= 1 (got '$BENCH_PAIRS')" >&2; exit 1 ;;
+esac
 CARGO=${CARGO:-cargo}
 RESULTS=bench/results
+BENCH_VENV=${BENCH_VENV:-target/bench-venv}
+MATPLOTLIB=matplotlib==3.9.4
 
 # ---- tools ------------------------------------------------------------------
 if ! command -v fio >/dev/null 2>&1; then
@@ -53,23 +73,63 @@ if ! command -v fio >/dev/null 2>&1; then
         exit 1
     fi
 fi
-# RocksDB (Debian package rocksdb-tools, binary db_bench): a comparison, not
-# the baseline, so a missing db_bench skips that section instead of stopping.
-DB_BENCH=${DB_BENCH:-db_bench}
-ROCKSDB_SKIP=""
-if ! command -v "$DB_BENCH" >/dev/null 2>&1; then
+# RocksDB: a comparison, not the baseline, so a db_bench that cannot be had
+# skips that section instead of stopping. Debian's rocksdb-tools (7.8.3 on
+# Debian 12, built with assertions on) is the reference and the quick-run
+# stand-in; the compared RocksDB is a release build of 10.4.
+DB_BENCH_REF=${DB_BENCH_REF-db_bench}
+if [ -n "$DB_BENCH_REF" ] && ! command -v "$DB_BENCH_REF" >/dev/null 2>&1; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-        echo "bench: installing rocksdb-tools for db_bench (apt-get)"
+        echo "bench: installing rocksdb-tools for the reference db_bench (apt-get)"
         { apt-get update -qq && apt-get install -y -qq rocksdb-tools >/dev/null; } || true
     fi
-    if ! command -v "$DB_BENCH" >/dev/null 2>&1; then
-        ROCKSDB_SKIP="db_bench not found; install the Debian package: sudo apt-get install -y rocksdb-tools"
-        echo "bench: $ROCKSDB_SKIP (the RocksDB comparison is skipped)" >&2
+    if ! command -v "$DB_BENCH_REF" >/dev/null 2>&1; then
+        echo "bench: reference db_bench not found (sudo apt-get install -y rocksdb-tools); no reference column" >&2
+        DB_BENCH_REF=""
     fi
 fi
+[ -z "$DB_BENCH_REF" ] || DB_BENCH_REF=$(command -v "$DB_BENCH_REF")
+ROCKSDB_SKIP="" ROCKSDB_NOTE=""
+if [ -z "${DB_BENCH:-}" ]; then
+    rel=${ROCKSDB_RELEASE_DIR:-target/rocksdb-release}/bin/db_bench
+    if [ -x "$rel" ]; then
+        DB_BENCH=$rel
+    elif [ "$KEEL_BENCH_QUICK" = 1 ]; then
+        ROCKSDB_NOTE="Quick run without the release build of RocksDB 10.4, so Debian's db_bench stands in (make bench builds it once, or sh bench/rocksdb/build.sh)"
+        echo "bench: $ROCKSDB_NOTE" >&2
+        DB_BENCH=$DB_BENCH_REF
+    else
+        echo "bench: building the release db_bench (once; kept in ${ROCKSDB_RELEASE_DIR:-target/rocksdb-release})"
+        DB_BENCH=$(sh bench/rocksdb/build.sh ${ROCKSDB_RELEASE_DIR:+"$ROCKSDB_RELEASE_DIR"}) || {
+            echo "bench: the release db_bench did not build (see the message above); DB_BENCH=/path/to/db_bench picks one" >&2
+            exit 1
+        }
+    fi
+fi
+if [ -z "$DB_BENCH" ] || ! command -v "$DB_BENCH" >/dev/null 2>&1; then
+    ROCKSDB_SKIP="no db_bench to compare with (DB_BENCH='$DB_BENCH'; make bench builds one, or: sudo apt-get install -y rocksdb-tools)"
+    echo "bench: $ROCKSDB_SKIP (the RocksDB comparison is skipped)" >&2
+else
+    DB_BENCH=$(cd "$(dirname "$(command -v "$DB_BENCH")")" && pwd)/$(basename "$DB_BENCH")
+fi
+# The reference column only when it is another binary than the compared one.
+[ "$DB_BENCH_REF" != "$DB_BENCH" ] || DB_BENCH_REF=""
 if ! command -v python3 >/dev/null 2>&1; then
     echo "bench: python3 is needed for the report; install it: sudo apt-get install -y python3" >&2
     exit 1
+fi
+# Charts: matplotlib from PyPI in a venv under the build tree (Debian's
+# python refuses `pip install --user`, PEP 668). Without it the report is
+# written without charts and says why.
+REPORT_PY=python3
+if "$BENCH_VENV/bin/python" -c 'import matplotlib' 2>/dev/null; then
+    REPORT_PY=$BENCH_VENV/bin/python
+elif { [ -x "$BENCH_VENV/bin/pip" ] || python3 -m venv "$BENCH_VENV"; } &&
+    echo "bench: installing $MATPLOTLIB into $BENCH_VENV (pip)" &&
+    "$BENCH_VENV/bin/pip" install -q --disable-pip-version-check "$MATPLOTLIB"; then
+    REPORT_PY=$BENCH_VENV/bin/python
+else
+    echo "bench: no matplotlib (python3 -m venv needs the Debian package python3-venv); the report has no charts" >&2
 fi
 
 mkdir -p "$BENCH_DIR" "$RESULTS"
@@ -94,6 +154,10 @@ bench_dir=$BENCH_DIR
 rustc=$(rustc --version 2>/dev/null || echo unknown)
 fio=$(fio --version)
 rocksdb_tools=$(dpkg-query -W -f='${Version}' rocksdb-tools 2>/dev/null || echo "?")
+db_bench=$DB_BENCH
+db_bench_ref=$DB_BENCH_REF
+rocksdb_note=$ROCKSDB_NOTE
+pairs=$BENCH_PAIRS
 git=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD -- src 2>/dev/null || echo "+dirty-src")
 loadavg_start=$(cut -d' ' -f1-3 /proc/loadavg)
 secs_per_case=$BENCH_SECONDS
@@ -125,26 +189,35 @@ run_fio fsync4k_alloc --rw=write --ioengine=sync --fdatasync=1 --bs=4k --size=25
 run_fio seqwrite --rw=write --ioengine=sync --bs=1m --size=1g --end_fsync=1
 rm -rf "$fio_dir"
 
-# ---- keel -------------------------------------------------------------------
+# ---- keel WAL, then keel against RocksDB in interleaved pairs -----------------
+# The keel-only cases once; then, per thread count, BENCH_PAIRS pairs of
+# keel's sync_256_<N>w and RocksDB's durable puts at N threads, back to back
+# (fdatasync latency on a shared disk drifts over minutes: a pair meets the
+# device in about the same state, the spread across pairs shows the drift).
 echo "bench: keel WAL (${BENCH_SECONDS}s per case)"
-$CARGO bench --locked --bench wal -- --dir "$BENCH_DIR/keel" --out "$WORK/keel.json" --secs "$BENCH_SECONDS"
-rm -rf "$BENCH_DIR/keel"
+run_keel_wal() { # output file, case...
+    out=$1 cases=""
+    shift
+    for c in "$@"; do cases="$cases --case $c"; done
+    # shellcheck disable=SC2086 # one word per case name
+    $CARGO bench --locked --bench wal -- --dir "$BENCH_DIR/keel" --out "$out" --secs "$BENCH_SECONDS" $cases
+    rm -rf "$BENCH_DIR/keel"
+}
+run_keel_wal "$WORK/keel.json" sync_4k_1w none_128_1w
 
-# ---- RocksDB ----------------------------------------------------------------
 # db_bench puts with --sync=1 (WAL written and fdatasync'ed before each Put
 # returns; concurrent writers are group-committed by RocksDB's write thread),
 # 256 B values, 16 B keys, the same thread counts as keel's sync_256_<N>w.
 # The memtable is big enough that nothing is flushed during a run (the .sst
 # files left at the end are counted and reported), so only the WAL is measured.
 # fillrandom stops after BENCH_SECONDS (--duration); fillseq ignores --duration,
-# so it gets --num (per thread) from the fillrandom rate at the same count.
+# so it gets --num (per thread) from the rate of the fillrandom just before it.
 rdb=$BENCH_DIR/rocksdb
-run_db_bench() { # benchmark, threads, extra args...
-    bm=$1 nt=$2
-    shift 2
-    out=$WORK/rocksdb-$bm-${nt}w
+run_db_bench() { # binary, output name, benchmark, threads, extra args...
+    bin=$1 out=$WORK/$2 bm=$3 nt=$4
+    shift 4
     rm -rf "$rdb"
-    set -- "$DB_BENCH" --benchmarks="$bm" --db="$rdb" --threads="$nt" --sync=1 --disable_wal=0 \
+    set -- "$bin" --benchmarks="$bm" --db="$rdb" --threads="$nt" --sync=1 --disable_wal=0 \
         --value_size=256 --key_size=16 --compression_type=none \
         --write_buffer_size=536870912 --max_write_buffer_number=2 --disable_auto_compactions=1 \
         --histogram=1 --seed=1 "$@"
@@ -157,27 +230,37 @@ run_db_bench() { # benchmark, threads, extra args...
     find "$rdb" -name '*.sst' 2>/dev/null | wc -l >"$out.sst"
     rm -rf "$rdb"
 }
-if [ -z "$ROCKSDB_SKIP" ]; then
-    echo "bench: RocksDB db_bench (${BENCH_SECONDS}s per run)"
-    for n in 1 4 16 64; do
-        run_db_bench fillrandom "$n" --duration="$BENCH_SECONDS" --ops_between_duration_checks=1 --num=100000000
-        rate=$(awk '$1 == "fillrandom" { for (i = 1; i < NF; i++) if ($(i + 1) == "ops/sec") print int($i) }' \
-            "$WORK/rocksdb-fillrandom-${n}w.out" | head -1)
-        num=$(( ${rate:-0} * BENCH_SECONDS / n ))
-        [ "$num" -ge 100 ] || num=100
-        run_db_bench fillseq "$n" --num="$num"
+run_db_bench_fill() { # binary, output name prefix, threads: fillrandom then fillseq
+    run_db_bench "$1" "$2-fillrandom-${3}w" fillrandom "$3" \
+        --duration="$BENCH_SECONDS" --ops_between_duration_checks=1 --num=100000000
+    rate=$(awk '$1 == "fillrandom" { for (i = 1; i < NF; i++) if ($(i + 1) == "ops/sec") print int($i) }' \
+        "$WORK/$2-fillrandom-${3}w.out" | head -1)
+    num=$(( ${rate:-0} * BENCH_SECONDS / $3 ))
+    [ "$num" -ge 100 ] || num=100
+    run_db_bench "$1" "$2-fillseq-${3}w" fillseq "$3" --num="$num"
+}
+[ -z "$ROCKSDB_SKIP" ] || echo "$ROCKSDB_SKIP" >"$WORK/rocksdb-skipped"
+for n in 1 4 16 64; do
+    p=1
+    while [ "$p" -le "$BENCH_PAIRS" ]; do
+        echo "bench: pair $p/$BENCH_PAIRS, ${n} writer(s): keel sync_256_${n}w, then RocksDB"
+        run_keel_wal "$WORK/keel-wal-${n}w-p$p.json" "sync_256_${n}w"
+        [ -n "$ROCKSDB_SKIP" ] || run_db_bench_fill "$DB_BENCH" "rocksdb-p$p" "$n"
+        p=$((p + 1))
     done
-else
-    echo "$ROCKSDB_SKIP" >"$WORK/rocksdb-skipped"
-fi
+    # The reference db_bench: once per count, after the pairs, not judged.
+    [ -z "$DB_BENCH_REF" ] || run_db_bench "$DB_BENCH_REF" "rocksdb-ref-fillrandom-${n}w" fillrandom "$n" \
+        --duration="$BENCH_SECONDS" --ops_between_duration_checks=1 --num=100000000
+done
 
 # ---- keel shards and RocksDB on the same workloads ---------------------------
 # bench/shard.rs: durable and buffered puts, random reads, posting appends,
 # resident memory per million keys, recovery of unflushed WAL (README
-# "Shards vs RocksDB"). Each group of keel cases runs right before the
-# db_bench runs of the same workloads, with the same sizes, so that both
-# sides meet the device in about the same state (fdatasync latency on a
-# shared disk drifts over minutes).
+# "Shards vs RocksDB"). Each group of keel cases that has a RocksDB side runs
+# in BENCH_PAIRS pairs: the keel group, then at once the db_bench runs of the
+# same workloads with the same sizes, so that both sides of a pair meet the
+# device in about the same state (fdatasync latency on a shared disk drifts
+# over minutes).
 #
 # db_bench: its defaults (16 B keys, 100 B values, keys uniform in [0, --num)
 # with repeats, 64 MiB memtable, automatic compactions) without compression
@@ -186,19 +269,17 @@ fi
 # its tables through mmap from the page cache). One db_bench run per case,
 # all in BENCH_DIR/rocksdb-shard, which the load leaves for the read runs.
 rsdb=$BENCH_DIR/rocksdb-shard
-run_keel_shard() { # case group
+run_keel_shard() { # case group, output name suffix
     echo "bench: keel shards, $1"
-    $CARGO bench --locked --bench shard -- --dir "$BENCH_DIR/keel-shard" --out "$WORK/keel-shard-$1.json" \
+    $CARGO bench --locked --bench shard -- --dir "$BENCH_DIR/keel-shard" --out "$WORK/keel-shard-$1$2.json" \
         --case "$1" --secs "$BENCH_SECONDS" --sync-ops "$SHARD_SYNC_OPS" --sync16-ops "$SHARD_SYNC16_OPS" \
         --load-keys "$SHARD_LOAD_KEYS" --posting-keys "$SHARD_POSTING_KEYS" --posting-ops "$SHARD_POSTING_OPS" \
         --memory-keys "$SHARD_MEMORY_KEYS" --recovery-mib "$SHARD_RECOVERY_MIB"
     rm -rf "$BENCH_DIR/keel-shard"
 }
-run_db_bench_shard() { # case name, args...
-    [ -z "$ROCKSDB_SKIP" ] || return 0
-    name=$1
-    shift
-    out=$WORK/rocksdb-shard-$name
+run_db_bench_shard() { # case name, pair, args...
+    name=$1 out=$WORK/rocksdb-shard-$1-p$2
+    shift 2
     set -- "$DB_BENCH" --db="$rsdb" --key_size=16 --value_size=100 --compression_type=none \
         --bloom_bits=10 --cache_size=2147483648 --histogram=1 "$@"
     echo "bench: $*"
@@ -208,35 +289,58 @@ run_db_bench_shard() { # case name, args...
     [ "$rc" = 0 ] || echo "bench: db_bench shard case $name failed (exit $rc); see the report" >&2
     echo "$rc" >"$out.rc"
 }
-rm -rf "$rsdb"
-run_keel_shard durable_put
-run_db_bench_shard durable_put_1t --benchmarks=fillrandom --threads=1 --sync=1 --disable_wal=0 \
-    --num="$SHARD_SYNC_OPS" --seed=1
-rm -rf "$rsdb"
-run_db_bench_shard durable_put_16t --benchmarks=fillrandom --threads=16 --sync=1 --disable_wal=0 \
-    --num="$SHARD_SYNC16_OPS" --seed=1
-rm -rf "$rsdb"
-run_keel_shard load_read
-# The load is the buffered-put case; waitforcompaction is keel's settle.
-run_db_bench_shard buffered_put_1t --benchmarks=fillrandom,waitforcompaction,levelstats --threads=1 \
-    --sync=0 --disable_wal=0 --num="$SHARD_LOAD_KEYS" --seed=1
-# Another seed than the load's: with the same seed readrandom would draw
-# exactly the keys the load wrote (every read a hit). keel's reads also draw
-# their own keys from the same range; "found" shows both hit rates.
-for n in 1 2; do
-    run_db_bench_shard "read_random_${n}t" --benchmarks=readrandom --use_existing_db=1 --threads="$n" \
-        --num="$SHARD_LOAD_KEYS" --duration="$BENCH_SECONDS" --seed=2
-done
-rm -rf "$rsdb"
-run_keel_shard posting
-# Posting appends: the stringappend merge operator appends each 8-byte
-# operand to the key's value (',' between items): the same list semantics.
-run_db_bench_shard posting_append_1t --benchmarks=mergerandom --merge_operator=stringappend \
-    --threads=1 --sync=0 --disable_wal=0 --value_size=8 --merge_keys="$SHARD_POSTING_KEYS" \
-    --num="$SHARD_POSTING_OPS" --seed=1
-rm -rf "$rsdb"
-run_keel_shard memory
-run_keel_shard recovery
+rocksdb_durable_put() { # pair
+    run_db_bench_shard durable_put_1t "$1" --benchmarks=fillrandom --threads=1 --sync=1 --disable_wal=0 \
+        --num="$SHARD_SYNC_OPS" --seed=1
+    rm -rf "$rsdb"
+    run_db_bench_shard durable_put_16t "$1" --benchmarks=fillrandom --threads=16 --sync=1 --disable_wal=0 \
+        --num="$SHARD_SYNC16_OPS" --seed=1
+}
+rocksdb_load_read() { # pair
+    # The load is the buffered-put case; waitforcompaction is keel's settle.
+    run_db_bench_shard buffered_put_1t "$1" --benchmarks=fillrandom,waitforcompaction,levelstats --threads=1 \
+        --sync=0 --disable_wal=0 --num="$SHARD_LOAD_KEYS" --seed=1
+    # Another seed than the load's: with the same seed readrandom would draw
+    # exactly the keys the load wrote (every read a hit). keel's reads also
+    # draw their own keys from the same range; "found" shows both hit rates.
+    for n in 1 2; do
+        run_db_bench_shard "read_random_${n}t" "$1" --benchmarks=readrandom --use_existing_db=1 --threads="$n" \
+            --num="$SHARD_LOAD_KEYS" --duration="$BENCH_SECONDS" --seed=2
+    done
+}
+rocksdb_posting() { # pair
+    # Posting appends: the stringappend merge operator appends each 8-byte
+    # operand to the key's value (',' between items): the same list semantics.
+    run_db_bench_shard posting_append_1t "$1" --benchmarks=mergerandom --merge_operator=stringappend \
+        --threads=1 --sync=0 --disable_wal=0 --value_size=8 --merge_keys="$SHARD_POSTING_KEYS" \
+        --num="$SHARD_POSTING_OPS" --seed=1
+}
+run_shard_pairs() { # keel case group, function that runs RocksDB's side of it
+    pair=1
+    while [ "$pair" -le "$BENCH_PAIRS" ]; do
+        echo "bench: pair $pair/$BENCH_PAIRS, shards $1: keel, then RocksDB"
+        run_keel_shard "$1" "-p$pair"
+        rm -rf "$rsdb"
+        [ -n "$ROCKSDB_SKIP" ] || "$2" "$pair"
+        rm -rf "$rsdb"
+        pair=$((pair + 1))
+    done
+}
+run_shard_pairs durable_put rocksdb_durable_put
+run_shard_pairs load_read rocksdb_load_read
+run_shard_pairs posting rocksdb_posting
+# keel only: no pairs.
+run_keel_shard memory ""
+run_keel_shard recovery ""
+
+# ---- keel: restart at the bound of unflushed WAL (bench/shard.rs restart_bound)
+# Its own output file (keel-restart.json, not keel-shard-*): report.py adds
+# its section through bench/restart_report.py.
+SHARD_RESTART_PINNED_MIB=${SHARD_RESTART_PINNED_MIB:-$((256 / q))}
+echo "bench: keel shards, restart_bound"
+$CARGO bench --locked --bench shard -- --dir "$BENCH_DIR/keel-shard" --out "$WORK/keel-restart.json" \
+    --case restart_bound --restart-pinned-mib "$SHARD_RESTART_PINNED_MIB"
+rm -rf "$BENCH_DIR/keel-shard"
 
 # ---- batched socket writers vs naive sends and Redis pub/sub (bench/net) ----
 echo "bench: batched socket writers (bench/net)"
@@ -245,5 +349,5 @@ NET_SKIP_BUILD=1 CARGO="$CARGO" sh bench/net/run.sh "$WORK" \
 echo "loadavg_end=$(cut -d' ' -f1-3 /proc/loadavg)" >>"$WORK/machine.env"
 
 # ---- report -----------------------------------------------------------------
-python3 bench/report.py "$WORK" "$RESULTS/$STAMP"
+"$REPORT_PY" bench/report.py "$WORK" "$RESULTS/$STAMP"
 rm -rf "$WORK"

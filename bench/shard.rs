@@ -4,7 +4,8 @@
 //!
 //! Usage: cargo bench --locked --bench shard -- --dir DIR --out FILE.json [--secs S]
 //!        [--sync-ops N] [--sync16-ops N] [--load-keys N] [--posting-keys N]
-//!        [--posting-ops N] [--memory-keys N] [--recovery-mib N] [--case NAME]...
+//!        [--posting-ops N] [--memory-keys N] [--recovery-mib N] [--restart-pinned-mib N]
+//!        [--case NAME]...
 //!
 //! Keys and values follow db_bench's defaults: 16-byte keys made like
 //! db_bench's `GenerateKeyFromInt` (the key number big-endian in 8 bytes,
@@ -14,20 +15,26 @@
 //! case and the recovery writer run in child processes (this same binary,
 //! `--child ...`): the memory case needs a clean process, the recovery
 //! writer is killed with SIGKILL so that nothing is flushed or closed.
+//!
+//! `restart_bound`: the restart of a shard that holds as much unflushed
+//! WAL as `max_unflushed_wal_bytes` allows (the default, 64 MiB), after a
+//! WAL pinned for `--restart-pinned-mib` MiB of earlier, flushed writes:
+//! what the bound promises a restart costs, whatever the WAL retains.
 
-use keel::shard::{Options, Shard, Stats};
+use keel::shard::{Options, Shard, Stats, Step, StepHook, Steps};
 use keel::wal::{self, Durability, ReadUpto, Wal};
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::Barrier;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 const KEY_BYTES: usize = 16;
 const VALUE_BYTES: usize = 100;
 const POSTING_ITEM_BYTES: usize = 8;
 const SEED: u64 = 0x6b65_656c_6265_6e63;
-const ALL_CASES: &[&str] = &["durable_put", "load_read", "posting", "memory", "recovery"];
+const ALL_CASES: &[&str] = &["durable_put", "load_read", "posting", "memory", "recovery", "restart_bound"];
 
 #[derive(Clone)]
 struct Args {
@@ -41,6 +48,7 @@ struct Args {
     posting_ops: u64,
     memory_keys: u64,
     recovery_mib: u64,
+    restart_pinned_mib: u64,
     cases: Vec<String>,
     child: Option<String>,
     value_bytes: usize,
@@ -58,6 +66,7 @@ fn parse_args() -> Args {
         posting_ops: 2_000_000,
         memory_keys: 1_000_000,
         recovery_mib: 1024,
+        restart_pinned_mib: 256,
         cases: Vec::new(),
         child: None,
         value_bytes: VALUE_BYTES,
@@ -79,6 +88,7 @@ fn parse_args() -> Args {
             "--posting-ops" => a.posting_ops = num("--posting-ops"),
             "--memory-keys" => a.memory_keys = num("--memory-keys"),
             "--recovery-mib" => a.recovery_mib = num("--recovery-mib"),
+            "--restart-pinned-mib" => a.restart_pinned_mib = num("--restart-pinned-mib"),
             "--value-bytes" => a.value_bytes = num("--value-bytes") as usize,
             "--case" => a.cases.push(it.next().expect("--case needs a name")),
             "--child" => a.child = Some(it.next().expect("--child needs a kind")),
@@ -640,8 +650,9 @@ fn recovery_opts() -> Options {
         durability: Durability::None,
         flush_interval: None,
         // Larger than anything written: no seal, everything stays in the WAL
-        // and the appendable segment.
+        // and the appendable segment, and writes never wait for a flush.
         seal_bytes: 16 << 30,
+        max_unflushed_wal_bytes: 1 << 40,
         ..Options::default()
     }
 }
@@ -716,6 +727,9 @@ fn child_shard_open(a: &Args) {
             .int("last_version", stats.last_version)
             .int("appendable_keys", stats.appendable_keys)
             .int("appendable_log_bytes", log_bytes)
+            .int("replayed_records", stats.replayed_records)
+            .int("replayed_bytes", stats.replayed_bytes)
+            .int("wal_first_version", stats.wal_first_seq)
             .int("vm_rss_kib", rss.total)
             .done()
     );
@@ -840,11 +854,34 @@ fn recovery_measure(a: &Args, dir: &Path, files: &[PathBuf], bytes: u64, puts: u
     let out = run_child(&child, "wal-scan", &[]).output().expect("running the WAL scan");
     let scan = String::from_utf8_lossy(&out.stdout).trim().to_string();
     let scan = if out.status.success() && scan.starts_with('{') { scan } else { "null".to_string() };
-    // 3. The shard, in a fresh process, best of OPEN_RUNS: the first open
-    //    after the writer died was sometimes 3x slower than later ones on
-    //    the same bytes (the kernel still busy with the dead writer's
-    //    memory). `Shard::open` persists and truncates the WAL, so each run
-    //    opens its own copy of the directory.
+    // 3. The shard, in a fresh process (`open_best`).
+    let (open_s, opened) = open_best(a, dir, cold, puts);
+    let mib = bytes as f64 / 1048576.0;
+    let (read_mib_s, recovery_mib_s) = (mib / read_s, mib / open_s);
+    println!(
+        "  {} page cache: read {read_mib_s:.0} MiB/s, Shard::open {open_s:.2} s = {recovery_mib_s:.0} MiB/s ({:.1}% of read); WAL alone {scan}",
+        if cold { "cold" } else { "warm" },
+        100.0 * recovery_mib_s / read_mib_s
+    );
+    Obj::default()
+        .num("read_s", read_s)
+        .num("read_mib_s", read_mib_s)
+        .num("open_s", open_s)
+        .num("recovery_mib_s", recovery_mib_s)
+        .num("ratio", recovery_mib_s / read_mib_s)
+        .raw("wal_only", scan)
+        .raw("shard_open", opened)
+        .done()
+}
+
+/// `Shard::open` of a copy of `dir` in a fresh process, with the page
+/// cache cold (every file evicted) or warm (every file read), best of
+/// OPEN_RUNS: the first open after the writer died was sometimes 3x
+/// slower than later ones on the same bytes (the kernel still busy with
+/// the dead writer's memory). `Shard::open` persists and truncates the
+/// WAL, so each run opens its own copy. Returns the time and the child's
+/// report.
+fn open_best(a: &Args, dir: &Path, cold: bool, puts: u64) -> (f64, String) {
     let mut best: Option<(f64, String)> = None;
     for _ in 0..OPEN_RUNS {
         let work = dir.with_extension("open");
@@ -867,23 +904,7 @@ fn recovery_measure(a: &Args, dir: &Path, files: &[PathBuf], bytes: u64, puts: u
             best = Some((open_s, opened));
         }
     }
-    let (open_s, opened) = best.expect("OPEN_RUNS > 0");
-    let mib = bytes as f64 / 1048576.0;
-    let (read_mib_s, recovery_mib_s) = (mib / read_s, mib / open_s);
-    println!(
-        "  {} page cache: read {read_mib_s:.0} MiB/s, Shard::open {open_s:.2} s = {recovery_mib_s:.0} MiB/s ({:.1}% of read); WAL alone {scan}",
-        if cold { "cold" } else { "warm" },
-        100.0 * recovery_mib_s / read_mib_s
-    );
-    Obj::default()
-        .num("read_s", read_s)
-        .num("read_mib_s", read_mib_s)
-        .num("open_s", open_s)
-        .num("recovery_mib_s", recovery_mib_s)
-        .num("ratio", recovery_mib_s / read_mib_s)
-        .raw("wal_only", scan)
-        .raw("shard_open", opened)
-        .done()
+    best.expect("OPEN_RUNS > 0")
 }
 
 fn recovery(a: &Args, value_bytes: usize) -> String {
@@ -926,6 +947,108 @@ fn recovery(a: &Args, value_bytes: usize) -> String {
         .done()
 }
 
+// ---- restart at the bound of unflushed WAL ------------------------------------
+
+/// Parks every flush pass at its start once `hold` is set (and forever:
+/// the writer is killed while it holds).
+#[derive(Default)]
+struct HoldFlush {
+    hold: AtomicBool,
+}
+
+impl StepHook for HoldFlush {
+    fn at(&self, step: Step) {
+        while step == Step::PassStart && self.hold.load(Ordering::Acquire) {
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    }
+}
+
+/// Child: pins the WAL from its first record (as a transfer or a lagging
+/// follower would), writes `restart_pinned_mib` MiB of `value_bytes`
+/// values with the flush running as usual, then holds the flush and
+/// writes until the next put would have to wait for it (the unflushed WAL
+/// at `max_unflushed_wal_bytes`, the default); prints "ready <puts>
+/// <unflushed bytes>" and waits to be killed.
+fn child_restart_writer(a: &Args) {
+    let hook = Arc::new(HoldFlush::default());
+    let opts = Options { durability: Durability::None, steps: Steps::new(hook.clone()), ..Options::default() };
+    let bound = opts.max_unflushed_wal_bytes;
+    let shard = open(&a.dir, opts);
+    shard.set_keep_from(1).expect("pinning the WAL");
+    let values = Values::new();
+    let (mut rng, mut pos, mut puts) = (Rng::new(SEED ^ 0x5e), 0usize, 0u64);
+    let range = 1u64 << 40;
+    let frame = (KEY_BYTES + a.value_bytes + 16) as u64; // a put's record, with some room
+    let mut written = 0u64;
+    while written < a.restart_pinned_mib << 20 {
+        shard.put(&key(rng.below(range)), values.at(&mut pos, a.value_bytes)).expect("put");
+        written += frame;
+        puts += 1;
+    }
+    shard.flush(true).expect("flush");
+    hook.hold.store(true, Ordering::Release);
+    while shard.stats().unflushed_wal_bytes + frame <= bound {
+        shard.put(&key(rng.below(range)), values.at(&mut pos, a.value_bytes)).expect("put");
+        puts += 1;
+    }
+    println!("ready {puts} {}", shard.stats().unflushed_wal_bytes);
+    std::mem::forget(shard);
+    loop {
+        std::thread::sleep(Duration::from_secs(60));
+    }
+}
+
+fn restart_bound(a: &Args, value_bytes: usize) -> String {
+    let name = format!("restart_bound_{}", if value_bytes >= 1024 { format!("{}k", value_bytes / 1024) } else { format!("{value_bytes}b") });
+    let dir = fresh_dir(&a.dir, &name);
+    let child = Args { dir: dir.clone(), value_bytes, ..a.clone() };
+    let t0 = Instant::now();
+    let extra = ["--restart-pinned-mib".into(), a.restart_pinned_mib.to_string(), "--value-bytes".into(), value_bytes.to_string()];
+    let mut w = run_child(&child, "restart-writer", &extra).spawn().expect("starting the restart writer");
+    let mut line = String::new();
+    BufReader::new(w.stdout.take().unwrap()).read_line(&mut line).expect("reading the writer");
+    w.kill().expect("killing the writer (SIGKILL)");
+    let _ = w.wait();
+    let write_s = t0.elapsed().as_secs_f64();
+    let mut words = line.split_whitespace().skip(1).map(|s| s.parse::<u64>().expect("writer did not report"));
+    let (puts, unflushed) = (words.next().expect("puts"), words.next().expect("unflushed bytes"));
+    let wal_bytes: u64 = wal_files(&dir.join("wal")).iter().map(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0)).sum();
+    let bound = Options::default().max_unflushed_wal_bytes;
+    println!(
+        "shard {name}: {puts} puts, {:.0} MiB of WAL retained, {:.1} MiB unflushed (bound {} MiB), written in {write_s:.1} s",
+        wal_bytes as f64 / 1048576.0,
+        unflushed as f64 / 1048576.0,
+        bound >> 20
+    );
+    let measure = |cold: bool| {
+        let (open_s, opened) = open_best(a, &dir, cold, puts);
+        let replayed = json_num(&opened, "replayed_bytes").expect("replayed_bytes") as u64;
+        assert!(replayed <= bound, "{name}: replayed {replayed} bytes past the bound {bound}");
+        println!(
+            "  {} page cache: Shard::open {open_s:.3} s, replayed {:.1} MiB",
+            if cold { "cold" } else { "warm" },
+            replayed as f64 / 1048576.0
+        );
+        Obj::default().num("open_s", open_s).raw("shard_open", opened).done()
+    };
+    let (warm, cold) = (measure(false), measure(true));
+    let _ = std::fs::remove_dir_all(&dir);
+    Obj::default()
+        .str("name", &name)
+        .int("value_bytes", value_bytes as u64)
+        .int("puts", puts)
+        .int("bound_bytes", bound)
+        .int("unflushed_bytes", unflushed)
+        .int("wal_bytes", wal_bytes)
+        .int("pinned_mib", a.restart_pinned_mib)
+        .num("write_s", write_s)
+        .str("cold_cache", "posix_fadvise(POSIX_FADV_DONTNEED) on every file of the shard (no root needed)")
+        .raw("warm", warm)
+        .raw("cold", cold)
+        .done()
+}
+
 fn main() {
     let a = parse_args();
     std::fs::create_dir_all(&a.dir).expect("creating --dir");
@@ -934,6 +1057,7 @@ fn main() {
         Some("recovery-writer") => return child_recovery_writer(&a),
         Some("wal-scan") => return child_wal_scan(&a),
         Some("shard-open") => return child_shard_open(&a),
+        Some("restart-writer") => return child_restart_writer(&a),
         Some(other) => panic!("unknown child {other:?}"),
         None => {}
     }
@@ -941,6 +1065,7 @@ fn main() {
     let mut cases = Vec::new();
     let mut memory_json = "null".to_string();
     let mut recoveries = Vec::new();
+    let mut restarts = Vec::new();
     for c in &a.cases {
         match c.as_str() {
             "durable_put" => durable_puts(&a, &values, &mut cases),
@@ -950,6 +1075,10 @@ fn main() {
             "recovery" => {
                 recoveries.push(recovery(&a, VALUE_BYTES));
                 recoveries.push(recovery(&a, 4096));
+            }
+            "restart_bound" => {
+                restarts.push(restart_bound(&a, VALUE_BYTES));
+                restarts.push(restart_bound(&a, 4096));
             }
             _ => unreachable!(),
         }
@@ -965,12 +1094,14 @@ fn main() {
         .int("posting_item_bytes", POSTING_ITEM_BYTES as u64)
         .int("memory_keys", a.memory_keys)
         .int("recovery_mib", a.recovery_mib)
+        .int("restart_pinned_mib", a.restart_pinned_mib)
         .num("secs", a.secs)
         .done();
     let json = format!(
-        "{{\"params\":{params},\"cases\":[\n{}\n],\n\"memory\":{memory_json},\n\"recovery\":[\n{}\n]}}\n",
+        "{{\"params\":{params},\"cases\":[\n{}\n],\n\"memory\":{memory_json},\n\"recovery\":[\n{}\n],\n\"restart_bound\":[\n{}\n]}}\n",
         cases.join(",\n"),
-        recoveries.join(",\n")
+        recoveries.join(",\n"),
+        restarts.join(",\n")
     );
     if let Some(out) = &a.out {
         std::fs::write(out, json).expect("writing --out");

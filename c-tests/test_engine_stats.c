@@ -48,7 +48,7 @@ static keel_engine_stats_t stats_of(const keel_engine_t *e) {
   memset(&st, 0, sizeof st);
   st.struct_size = sizeof st;
   CHECK_RC(KEEL_STATUS_OK, keel_engine_stats(e, &st));
-  CHECK_EQ_U64(st.struct_size, KEEL_ENGINE_STATS_SIZE_V2);
+  CHECK_EQ_U64(st.struct_size, KEEL_ENGINE_STATS_SIZE_V3);
   return st;
 }
 
@@ -68,6 +68,8 @@ int main(void) {
   CHECK(st.threads > opts.flush_threads); /* flush workers and WAL workers */
   CHECK_EQ_U64(st.open_shards, 0);
   CHECK_EQ_U64(st.flush_queue_depth, 0);
+  CHECK_EQ_U64(st.write_stalls, 0); /* far below max_unflushed_wal_bytes */
+  CHECK_EQ_U64(st.write_stall_nanos, 0);
   const uint64_t idle_files = st.open_files; /* the engine's LOCK */
   CHECK(idle_files >= 1);
 

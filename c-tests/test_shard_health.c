@@ -8,6 +8,8 @@
  *   reads go on (the WAL holds them);
  * - once the directory is back, the next passes succeed, health is OK
  *   again and every write is persisted;
+ * - stats count the unflushed WAL while the flush fails (none after it),
+ *   and a reopen after a clean close replays nothing;
  * - misuse: NULL and closed handles.
  * Root ignores permission bits, so an unwritable directory is no failure
  * for CI (which runs as root); a file in the directory's place is.
@@ -69,6 +71,14 @@ int main(void) {
   /* Writes and reads go on meanwhile. */
   CHECK_OK(keel_shard_put(s, KT_S("c"), KT_S("3"), &v, &err));
   KT_EXPECT_VALUE(s, "b", "2");
+  keel_shard_stats_t stats;
+  memset(&stats, 0, sizeof stats);
+  stats.struct_size = sizeof stats;
+  CHECK_RC(KEEL_STATUS_OK, keel_shard_stats(s, &stats));
+  CHECK_EQ_U64(stats.struct_size, KEEL_SHARD_STATS_SIZE_V2);
+  CHECK(stats.unflushed_wal_bytes > 0); /* b and c, at least */
+  CHECK(stats.unflushed_wal_bytes < 1024);
+  CHECK_EQ_U64(stats.write_stalls, 0);
 
   /* Put back: the next pass succeeds and health clears. */
   CHECK(unlink(seg) == 0);
@@ -77,11 +87,11 @@ int main(void) {
   CHECK_OK(keel_shard_health(s, &err));
   CHECK_EQ_U64(kt_persisted_version(s), v);
 
-  keel_shard_stats_t stats;
   memset(&stats, 0, sizeof stats);
   stats.struct_size = sizeof stats;
   CHECK_RC(KEEL_STATUS_OK, keel_shard_stats(s, &stats));
   CHECK_EQ_U64(stats.last_version, v);
+  CHECK_EQ_U64(stats.unflushed_wal_bytes, 0);
   CHECK_EQ_U64(stats.persisted_version, v);
   CHECK_EQ_U64(stats.appendable_keys, 3);
 
@@ -94,6 +104,11 @@ int main(void) {
   KT_EXPECT_VALUE(s, "b", "2");
   KT_EXPECT_VALUE(s, "c", "3");
   CHECK_OK(keel_shard_health(s, &err));
+  memset(&stats, 0, sizeof stats);
+  stats.struct_size = sizeof stats;
+  CHECK_RC(KEEL_STATUS_OK, keel_shard_stats(s, &stats));
+  CHECK_EQ_U64(stats.replayed_records, 0); /* the close flushed everything */
+  CHECK_EQ_U64(stats.replayed_bytes, 0);
   CHECK_OK(keel_engine_close(engine, &err));
   /* The engine closed the shard: health says CLOSED, the handle still frees. */
   CHECK_STATUS(KEEL_STATUS_CLOSED, keel_shard_health(s, &err));

@@ -178,21 +178,52 @@ static void engine_flush_threads(const char *root) {
   free(dir);
 }
 
-/* keel_engine_options_t version 4 adds max_open_files: a version-3 struct
+/* keel_engine_options_t version 4 adds max_unflushed_wal_bytes and
+ * write_stall_timeout_ms: a version-3 struct (non-zero memory after it)
+ * gets the defaults; 0 is the default; values out of range are refused. */
+static void engine_write_stall_options(const char *root) {
+  KT_ERR;
+  keel_engine_t *e = NULL;
+  CHECK_EQ_U64(offsetof(keel_engine_options_t, max_unflushed_wal_bytes), KEEL_ENGINE_OPTIONS_SIZE_V3);
+  struct { keel_engine_options_t o; uint8_t after[16]; } v3;
+  memset(&v3, CANARY, sizeof v3);
+  CHECK_RC(KEEL_STATUS_OK, keel_engine_options_init_sized(&v3.o, KEEL_ENGINE_OPTIONS_SIZE_V3));
+  CHECK(all_bytes((uint8_t *)&v3.o + KEEL_ENGINE_OPTIONS_SIZE_V3, sizeof v3 - KEEL_ENGINE_OPTIONS_SIZE_V3, CANARY));
+  char *dir = subdir(root, "engine-v3");
+  CHECK_OK(keel_engine_open(dir, &v3.o, &e, &err)); /* reads neither new field */
+  CHECK_OK(keel_engine_close(e, &err));
+
+  keel_engine_options_t o;
+  CHECK_RC(KEEL_STATUS_OK, keel_engine_options_init_sized(&o, sizeof o));
+  CHECK_EQ_U64(o.max_unflushed_wal_bytes, 0);
+  CHECK_EQ_U64(o.write_stall_timeout_ms, 0);
+  o.max_unflushed_wal_bytes = 1 << 20;
+  o.write_stall_timeout_ms = 1;
+  CHECK_OK(keel_engine_open(dir, &o, &e, &err));
+  CHECK_OK(keel_engine_close(e, &err));
+  o.max_unflushed_wal_bytes = (1 << 20) - 1;
+  CHECK_STATUS(KEEL_STATUS_INVALID_ARGUMENT, keel_engine_open(dir, &o, &e, &err));
+  o.max_unflushed_wal_bytes = 0;
+  o.write_stall_timeout_ms = 3600001;
+  CHECK_STATUS(KEEL_STATUS_INVALID_ARGUMENT, keel_engine_open(dir, &o, &e, &err));
+  free(dir);
+}
+
+/* keel_engine_options_t version 5 adds max_open_files: a version-4 struct
  * (with non-zero memory after it) gets the default bound (half the
  * descriptor limit), 0 is the default, 16 and up are taken, 15 is
  * refused; the stats report the bound in force. */
 static void engine_max_open_files(const char *root) {
   KT_ERR;
   keel_engine_t *e = NULL;
-  CHECK_EQ_U64(offsetof(keel_engine_options_t, max_open_files), KEEL_ENGINE_OPTIONS_SIZE_V3);
-  struct { keel_engine_options_t o; uint8_t after[8]; } v3;
-  memset(&v3, CANARY, sizeof v3);
-  CHECK_RC(KEEL_STATUS_OK, keel_engine_options_init_sized(&v3.o, KEEL_ENGINE_OPTIONS_SIZE_V3));
-  CHECK_EQ_U64(v3.o.struct_size, KEEL_ENGINE_OPTIONS_SIZE_V3);
-  CHECK(all_bytes((uint8_t *)&v3.o + KEEL_ENGINE_OPTIONS_SIZE_V3, sizeof v3 - KEEL_ENGINE_OPTIONS_SIZE_V3, CANARY));
-  char *dir = subdir(root, "engine-v3");
-  CHECK_OK(keel_engine_open(dir, &v3.o, &e, &err)); /* reads no max_open_files = 0xA5A5... */
+  CHECK_EQ_U64(offsetof(keel_engine_options_t, max_open_files), KEEL_ENGINE_OPTIONS_SIZE_V4);
+  struct { keel_engine_options_t o; uint8_t after[8]; } v4;
+  memset(&v4, CANARY, sizeof v4);
+  CHECK_RC(KEEL_STATUS_OK, keel_engine_options_init_sized(&v4.o, KEEL_ENGINE_OPTIONS_SIZE_V4));
+  CHECK_EQ_U64(v4.o.struct_size, KEEL_ENGINE_OPTIONS_SIZE_V4);
+  CHECK(all_bytes((uint8_t *)&v4.o + KEEL_ENGINE_OPTIONS_SIZE_V4, sizeof v4 - KEEL_ENGINE_OPTIONS_SIZE_V4, CANARY));
+  char *dir = subdir(root, "engine-v4");
+  CHECK_OK(keel_engine_open(dir, &v4.o, &e, &err)); /* reads no max_open_files = 0xA5A5... */
   keel_engine_stats_t st;
   st.struct_size = sizeof st;
   CHECK_RC(KEEL_STATUS_OK, keel_engine_stats(e, &st));
@@ -216,7 +247,7 @@ static void other_options_versions(const char *root) {
   KT_ERR;
   char *dir = subdir(root, "engine");
   keel_engine_t *e = NULL;
-  NEWER_OPTIONS(keel_engine_options_t, KEEL_ENGINE_OPTIONS_SIZE_V1, KEEL_ENGINE_OPTIONS_SIZE_V4, keel_engine_options_init,
+  NEWER_OPTIONS(keel_engine_options_t, KEEL_ENGINE_OPTIONS_SIZE_V1, KEEL_ENGINE_OPTIONS_SIZE_V5, keel_engine_options_init,
                 keel_engine_options_init_sized,
                 { CHECK_OK(keel_engine_open(dir, o_, &e, &err)); CHECK_OK(keel_engine_close(e, &err)); },
                 CHECK_STATUS(KEEL_STATUS_INVALID_ARGUMENT, keel_engine_open(dir, o_, &e, &err)));
@@ -257,6 +288,19 @@ static void other_options_versions(const char *root) {
     CHECK(all_bytes((uint8_t *)&s_ + 4, sizeof s_ - 4, CANARY));                 \
   } while (0)
 
+/* A caller compiled against version 1 of a stats struct: keel writes its
+ * version-1 fields only and leaves the rest of the caller's memory alone. */
+#define OLDER_STATS(type, v1, call)                                              \
+  do {                                                                           \
+    type s_;                                                                     \
+    memset(&s_, CANARY, sizeof s_);                                              \
+    s_.struct_size = (v1);                                                       \
+    type *out_ = &s_;                                                            \
+    CHECK_RC(KEEL_STATUS_OK, call);                                              \
+    CHECK_EQ_U64(s_.struct_size, v1);                                            \
+    CHECK(all_bytes((uint8_t *)&s_ + (v1), sizeof s_ - (v1), CANARY));           \
+  } while (0)
+
 static void stats_versions(const char *root) {
   KT_ERR;
   char *dir = subdir(root, "stats-engine");
@@ -265,8 +309,15 @@ static void stats_versions(const char *root) {
   CHECK_OK(keel_engine_open(dir, NULL, &e, &err));
   CHECK_OK(keel_engine_shard_open(e, 1, true, &s, &err));
   CHECK_OK(keel_shard_put(s, (const uint8_t *)"k", 1, (const uint8_t *)"v", 1, NULL, &err));
-  NEWER_STATS(keel_shard_stats_t, KEEL_SHARD_STATS_SIZE_V1, keel_shard_stats(s, out_));
-  NEWER_STATS(keel_engine_stats_t, KEEL_ENGINE_STATS_SIZE_V2, keel_engine_stats(e, out_));
+  NEWER_STATS(keel_shard_stats_t, KEEL_SHARD_STATS_SIZE_V2, keel_shard_stats(s, out_));
+  NEWER_STATS(keel_engine_stats_t, KEEL_ENGINE_STATS_SIZE_V3, keel_engine_stats(e, out_));
+  OLDER_STATS(keel_shard_stats_t, KEEL_SHARD_STATS_SIZE_V1, keel_shard_stats(s, out_));
+  OLDER_STATS(keel_engine_stats_t, KEEL_ENGINE_STATS_SIZE_V1, keel_engine_stats(e, out_));
+  OLDER_STATS(keel_engine_stats_t, KEEL_ENGINE_STATS_SIZE_V2, keel_engine_stats(e, out_));
+  /* A result struct: the refused call checks its size before applying. */
+  NEWER_STATS(keel_apply_result_t, KEEL_APPLY_RESULT_SIZE_V1, keel_shard_apply(s, 1, NULL, NULL, out_, &err));
+  keel_error_free(err);
+  err = NULL;
   CHECK_OK(keel_shard_close(s, &err));
   CHECK_OK(keel_engine_close(e, &err));
   free(dir);
@@ -457,6 +508,7 @@ int main(void) {
   wal_options_versions(root);
   other_options_versions(root);
   engine_flush_threads(root);
+  engine_write_stall_options(root);
   engine_max_open_files(root);
   stats_versions(root);
   lease_versions(root);

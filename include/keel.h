@@ -63,6 +63,16 @@
 
 
 /**
+ * sizeof(keel_write_options_t) of version 1.
+ */
+#define KEEL_WRITE_OPTIONS_SIZE_V1 32
+
+/**
+ * sizeof(keel_apply_result_t) of version 1.
+ */
+#define KEEL_APPLY_RESULT_SIZE_V1 40
+
+/**
  * The read uses the shard's default level (keel_lease_options_t.default_level;
  * stale when no consensus is configured).
  */
@@ -133,9 +143,15 @@
 #define KEEL_ENGINE_OPTIONS_SIZE_V3 56
 
 /**
- * sizeof(keel_engine_options_t) of version 4 (adds max_open_files).
+ * sizeof(keel_engine_options_t) of version 4 (adds max_unflushed_wal_bytes
+ * and write_stall_timeout_ms).
  */
-#define KEEL_ENGINE_OPTIONS_SIZE_V4 64
+#define KEEL_ENGINE_OPTIONS_SIZE_V4 72
+
+/**
+ * sizeof(keel_engine_options_t) of version 5 (adds max_open_files).
+ */
+#define KEEL_ENGINE_OPTIONS_SIZE_V5 80
 
 /**
  * sizeof(keel_engine_stats_t) of version 1.
@@ -143,9 +159,15 @@
 #define KEEL_ENGINE_STATS_SIZE_V1 48
 
 /**
- * sizeof(keel_engine_stats_t) of version 2 (adds the descriptor cache's counters).
+ * sizeof(keel_engine_stats_t) of version 2 (adds write_stalls and
+ * write_stall_nanos).
  */
-#define KEEL_ENGINE_STATS_SIZE_V2 80
+#define KEEL_ENGINE_STATS_SIZE_V2 64
+
+/**
+ * sizeof(keel_engine_stats_t) of version 3 (adds the descriptor cache's counters).
+ */
+#define KEEL_ENGINE_STATS_SIZE_V3 96
 
 /**
  * sizeof(keel_node_options_t) of version 1.
@@ -212,6 +234,12 @@
  * sizeof(keel_shard_stats_t) of version 1.
  */
 #define KEEL_SHARD_STATS_SIZE_V1 56
+
+/**
+ * sizeof(keel_shard_stats_t) of version 2 (adds the unflushed WAL, write
+ * stalls and what the open replayed).
+ */
+#define KEEL_SHARD_STATS_SIZE_V2 96
 
 /**
  * ABI version: bumped on every incompatible change of this header. The C++
@@ -472,6 +500,70 @@ typedef struct keel_writer_t keel_writer_t;
 typedef uint32_t keel_status_t;
 
 /**
+ * Options of keel_shard_write_ex() and keel_shard_apply(). Versioned by
+ * `struct_size` (docs/FFI.md): fill it with
+ * keel_write_options_init_sized() first. NULL options mean no fence.
+ */
+typedef struct keel_write_options_t {
+  uint32_t struct_size;
+  /**
+   * 1: the write carries the fence below; 0 (default): it does not.
+   * Anything else is INVALID_ARGUMENT.
+   */
+  uint32_t fenced;
+  /**
+   * The fence's bucket, `fence_bucket_len` bytes (any content; at most
+   * KEEL_SHARD_MAX_KEY_SIZE; NULL when the length is 0). Read during the
+   * call only.
+   */
+  const uint8_t *fence_bucket;
+  size_t fence_bucket_len;
+  /**
+   * The writer's fencing token (keel_fence_try_acquire() hands them
+   * out). Refused (FENCED) when below the highest token this shard
+   * accepted for the bucket, which otherwise becomes this one.
+   */
+  uint64_t fence_token;
+} keel_write_options_t;
+
+/**
+ * What keel_shard_apply() did with an entry. The caller sets
+ * `struct_size` to sizeof(keel_apply_result_t) before the call; keel
+ * writes only the fields both sides know and sets struct_size to their
+ * size (docs/FFI.md, "Versioned structs").
+ */
+typedef struct keel_apply_result_t {
+  uint32_t struct_size;
+  /**
+   * KEEL_STATUS_OK when the entry's operations took effect (or it had
+   * none); otherwise why they were refused, the same on every replica:
+   * FENCED (a stale fence), WRONG_KIND (an append to a value) or
+   * INVALID_ARGUMENT (a key, value or bucket past the limits). The
+   * index moved either way: answer the entry's client with it, never
+   * apply the entry again.
+   */
+  keel_status_t status;
+  /**
+   * 1 when the index was at or below the applied index: nothing was
+   * done (the other fields describe nothing new); 0 otherwise.
+   */
+  uint32_t duplicate;
+  /**
+   * Operations of the entry that took effect (0 when refused).
+   */
+  uint32_t op_count;
+  /**
+   * Versions of the first and last of them (0 when none).
+   */
+  uint64_t first_version;
+  uint64_t last_version;
+  /**
+   * The shard's applied index after the call.
+   */
+  uint64_t applied_index;
+} keel_apply_result_t;
+
+/**
  * A byte buffer allocated by keel and owned by the caller, who releases
  * it with keel_buf_free(). An empty buffer has ptr == NULL and len == 0.
  */
@@ -690,8 +782,22 @@ typedef struct keel_engine_options_t {
    */
   uint64_t flush_threads;
   /**
+   * Most bytes of logged operations a shard holds that its segment
+   * files do not: what reopening the shard replays, so it bounds the
+   * restart. Past half of it the shard's flush is started; a write that
+   * would cross it waits for the flush (write_stall_timeout_ms). 1 MiB
+   * to 1 TiB, or 0 (the default) for 64 MiB (version 4).
+   */
+  uint64_t max_unflushed_wal_bytes;
+  /**
+   * How long a write waits for the flush at max_unflushed_wal_bytes
+   * before it fails with TIMEOUT; 1 to 3600000 ms, or 0 (the default)
+   * for 5000 (version 4).
+   */
+  uint64_t write_stall_timeout_ms;
+  /**
    * Files the engine keeps open at most for all its shards together
-   * (version 4): past it, the least recently used idle file is closed
+   * (version 5): past it, the least recently used idle file is closed
    * and opened again when next used (docs/STORAGE.md, "Resource
    * model"). 0 (the default) for half the process's soft RLIMIT_NOFILE
    * at open; otherwise at least 16.
@@ -740,21 +846,34 @@ typedef struct keel_engine_stats_t {
    */
   uint64_t stall_nanos;
   /**
+   * Writes of all the engine's shards that waited for a flush because
+   * their shard held max_unflushed_wal_bytes of unflushed WAL (those
+   * that then failed with TIMEOUT included), since the engine opened
+   * (version 2).
+   */
+  uint64_t write_stalls;
+  /**
+   * Total nanoseconds those writes waited (version 2).
+   */
+  uint64_t write_stall_nanos;
+  /**
    * The bound of the engine's descriptor cache: max_open_files, or
-   * what 0 resolved to (version 2).
+   * what 0 resolved to (version 3).
    */
   uint64_t max_open_files;
   /**
-   * Shard file operations that found their file open in the cache.
+   * Shard file operations that found their file open in the cache
+   * (version 3).
    */
   uint64_t file_cache_hits;
   /**
    * Shard file operations that opened their file again: it had been
-   * closed to stay within max_open_files.
+   * closed to stay within max_open_files (version 3).
    */
   uint64_t file_cache_misses;
   /**
-   * Idle shard files the cache closed to stay within max_open_files.
+   * Idle shard files the cache closed to stay within max_open_files
+   * (version 3).
    */
   uint64_t file_cache_evictions;
 } keel_engine_stats_t;
@@ -1018,6 +1137,30 @@ typedef struct keel_shard_stats_t {
    * below the persisted version, in whole segment files).
    */
   uint64_t wal_first_version;
+  /**
+   * Bytes of logged operations no segment file holds yet: what a reopen
+   * replays. At most keel_engine_options_t.max_unflushed_wal_bytes,
+   * give or take one write batch (version 2).
+   */
+  uint64_t unflushed_wal_bytes;
+  /**
+   * Writes that waited for the flush at that bound (those that then
+   * failed with TIMEOUT included), since the shard opened (version 2).
+   */
+  uint64_t write_stalls;
+  /**
+   * Total nanoseconds those writes waited (version 2).
+   */
+  uint64_t write_stall_nanos;
+  /**
+   * Operations the shard's open replayed from its WAL: only those past
+   * what its segment files hold, however much WAL is retained (version 2).
+   */
+  uint64_t replayed_records;
+  /**
+   * Their bytes, each with its 4-byte record header (version 2).
+   */
+  uint64_t replayed_bytes;
 } keel_shard_stats_t;
 
 /**
@@ -1412,6 +1555,100 @@ typedef struct keel_publisher_stats_t {
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
+
+/**
+ * Fills the `size` bytes at `opts` (pass sizeof *opts) with the defaults
+ * (no fence). Errors: NULL_ARGUMENT, INVALID_ARGUMENT (size below
+ * KEEL_WRITE_OPTIONS_SIZE_V1 or between two published sizes).
+ */
+keel_status_t keel_write_options_init_sized(struct keel_write_options_t *opts, size_t size);
+
+/**
+ * keel_shard_write() with options: with a fence (`opts->fenced`), the
+ * batch is refused with FENCED, nothing written, when the token is below
+ * the highest one this shard accepted for the bucket; otherwise the token
+ * becomes the highest, logged in the batch's WAL frame (it survives a
+ * reopen; a restart never lowers it). The check runs in the shard's write
+ * order. NULL `opts`: keel_shard_write(). The highest tokens are per
+ * shard, apart from the engine's keel_fence_check(). Nothing to free.
+ * Errors: as keel_shard_write(), FENCED, INVALID_ARGUMENT (bad options).
+ */
+keel_status_t keel_shard_write_ex(const struct keel_shard_t *shard,
+                                  const struct keel_batch_t *batch,
+                                  const struct keel_write_options_t *opts,
+                                  uint64_t *first_version,
+                                  uint64_t *last_version,
+                                  struct keel_error_t **err);
+
+/**
+ * keel_shard_write_ex() with the batch packed as for
+ * keel_shard_write_packed(). Errors: as keel_shard_write_ex(),
+ * INVALID_ARGUMENT for a malformed buffer.
+ */
+keel_status_t keel_shard_write_packed_ex(const struct keel_shard_t *shard,
+                                         const uint8_t *ops,
+                                         size_t ops_len,
+                                         const struct keel_write_options_t *opts,
+                                         uint64_t *first_version,
+                                         uint64_t *last_version,
+                                         struct keel_error_t **err);
+
+/**
+ * Applies the host's committed entry `index` (its consensus log index,
+ * from 1): the operations of `batch` (NULL or empty: the entry only moves
+ * the index, as raft's empty and configuration entries do) with the fence
+ * of `opts` (NULL: none), atomically and in the shard's write order. The
+ * index is logged in the entry's WAL frame: from then on, across crashes
+ * and reopens, keel_shard_applied_index() returns it, and the shard's
+ * lease reads see it as applied (no keel_shard_consensus_set_applied()
+ * needed). Apply entries one call at a time, in index order (gaps are
+ * allowed). Returns once the entry is as durable as the engine's
+ * durability mode says, with `*result` (struct_size set by the caller)
+ * saying what happened:
+ * - an index at or below the applied index: OK, result->duplicate = 1,
+ *   nothing done (a restarted host may hand entries over again);
+ * - operations refused the same way on every replica (FENCED,
+ *   WRONG_KIND, INVALID_ARGUMENT for a key, value or bucket past the
+ *   limits): OK with result->status the refusal; the index moved and no
+ *   operation took effect;
+ * - otherwise OK with result->status OK.
+ *
+ * A non-OK return means the index did not move. The batch is left as it
+ * was. Nothing to free.
+ * Errors: NULL_ARGUMENT (shard or result), INVALID_ARGUMENT (index 0, bad
+ * options, an entry larger than this shard's WAL record limit, a bad
+ * result struct_size), NO_SPACE, IO, POISONED, MOVED, CLOSED.
+ */
+keel_status_t keel_shard_apply(const struct keel_shard_t *shard,
+                               uint64_t index,
+                               const struct keel_batch_t *batch,
+                               const struct keel_write_options_t *opts,
+                               struct keel_apply_result_t *result,
+                               struct keel_error_t **err);
+
+/**
+ * keel_shard_apply() with the entry's operations packed as for
+ * keel_shard_write_packed() (`ops_len` 0: none). Errors: as
+ * keel_shard_apply(), INVALID_ARGUMENT for a malformed buffer (the index
+ * does not move).
+ */
+keel_status_t keel_shard_apply_packed(const struct keel_shard_t *shard,
+                                      uint64_t index,
+                                      const uint8_t *ops,
+                                      size_t ops_len,
+                                      const struct keel_write_options_t *opts,
+                                      struct keel_apply_result_t *result,
+                                      struct keel_error_t **err);
+
+/**
+ * Writes to `*index` the index of the last entry applied with
+ * keel_shard_apply() (0: none), as it stands after any crash and reopen:
+ * where the host's consensus engine resumes applying (etcd raft:
+ * Config.Applied). Errors: NULL_ARGUMENT, CLOSED.
+ */
+keel_status_t keel_shard_applied_index(const struct keel_shard_t *shard,
+                                       uint64_t *index,
+                                       struct keel_error_t **err);
 
 /**
  * Releases the memory of `buf` (if any) and resets it to {NULL, 0}, so a
@@ -1852,7 +2089,9 @@ void keel_shard_read_end(struct keel_read_session_t *session);
  * once the write is as durable as the engine's durability mode says.
  * Errors: NULL_ARGUMENT, INVALID_ARGUMENT (key longer than
  * KEEL_SHARD_MAX_KEY_SIZE, value larger than KEEL_SHARD_MAX_VALUE_SIZE or its WAL record), NO_SPACE,
- * IO, POISONED, CLOSED.
+ * IO, POISONED, CLOSED, TIMEOUT (the shard held
+ * keel_engine_options_t.max_unflushed_wal_bytes of unflushed WAL for
+ * write_stall_timeout_ms while its flush was behind; nothing was written).
  */
 keel_status_t keel_shard_put(const struct keel_shard_t *shard,
                              const uint8_t *key,

@@ -101,6 +101,7 @@ fn check_pipeline(r: &Report, dst: &Side) {
     assert!(r.max_batches_in_memory <= 2, "the source held {} batches at once", r.max_batches_in_memory);
     let s = dst.transfers.receiver_stats();
     assert_eq!((s.out_of_order, s.overlapped, s.malformed), (0, 0, 0), "{s:?}");
+    assert_eq!(s.max_in_flight, 1, "one step in flight at a time: {s:?}");
 }
 
 #[test]
@@ -286,7 +287,8 @@ fn an_unfinished_incoming_shard_is_busy_and_steps_must_come_one_at_a_time_in_ord
     // Step 3 sent before the ACK of step 2: two in flight.
     send(99, wire::OPS, 3, 1, &0u32.to_le_bytes());
     seen(3);
-    assert_eq!(dst.transfers.receiver_stats().overlapped, 1);
+    let s = dst.transfers.receiver_stats();
+    assert_eq!((s.overlapped, s.max_in_flight), (1, 2), "{s:?}");
     busy("after the reception was abandoned");
     // A step skipped.
     send(100, wire::START, 1, 0, &start);

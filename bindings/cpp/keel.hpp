@@ -729,6 +729,17 @@ class EngineOptions {
   /// (1 to 256); 0, the default, lets the library pick (twice the cores,
   /// 2 to 8).
   EngineOptions& flush_threads(uint64_t n) noexcept { raw_.flush_threads = n; return *this; }
+  /// Most bytes of WAL a shard holds that its segment files do not (what a
+  /// reopen replays): past it writes wait for the flush (1 MiB to 1 TiB);
+  /// 0, the default, means 64 MiB.
+  EngineOptions& max_unflushed_wal_bytes(uint64_t bytes) noexcept { raw_.max_unflushed_wal_bytes = bytes; return *this; }
+  /// How long a write waits for the flush at that bound before it fails
+  /// with Status::Timeout (1 ms to 1 hour); zero (or negative), the
+  /// default, means 5 s.
+  EngineOptions& write_stall_timeout(std::chrono::milliseconds ms) noexcept {
+    raw_.write_stall_timeout_ms = ms.count() < 0 ? 0u : static_cast<uint64_t>(ms.count());
+    return *this;
+  }
   /// Files the engine keeps open at most for all its shards (its
   /// descriptor cache closes the least recently used idle one past it);
   /// 0, the default, is half the process's soft RLIMIT_NOFILE; else >= 16.
@@ -744,6 +755,10 @@ class EngineOptions {
   uint64_t seal_bytes() const noexcept { return raw_.seal_bytes; }
   bool salvage() const noexcept { return raw_.salvage != 0; }
   uint64_t flush_threads() const noexcept { return raw_.flush_threads; }
+  uint64_t max_unflushed_wal_bytes() const noexcept { return raw_.max_unflushed_wal_bytes; }
+  std::chrono::milliseconds write_stall_timeout() const noexcept {
+    return std::chrono::milliseconds(static_cast<std::chrono::milliseconds::rep>(raw_.write_stall_timeout_ms));
+  }
   uint64_t max_open_files() const noexcept { return raw_.max_open_files; }
 
   /// The C struct, for fields this wrapper does not know yet.
@@ -1129,6 +1144,50 @@ struct ReadOptions {
   }
 };
 
+/// A fencing token for a bucket, carried by a write (docs/LEASE.md,
+/// "Fenced writes"): refused with Status::Fenced when `token` is below the
+/// highest token the shard accepted for `bucket`, which otherwise becomes
+/// it. `bucket` is read during the call only.
+struct Fence {
+  ByteView bucket;
+  uint64_t token = 0;
+};
+
+/// Options of Shard::write() and Shard::apply() (keel_write_options_t).
+struct WriteOptions {
+  std::optional<Fence> fence;  ///< none by default
+
+  WriteOptions() = default;
+  WriteOptions(Fence f) : fence(f) {}  // NOLINT: implicit on purpose
+
+  keel_write_options_t to_c() const noexcept {
+    keel_write_options_t o{};
+    (void)keel_write_options_init_sized(&o, sizeof o);
+    if (fence) {
+      o.fenced = 1;
+      o.fence_bucket = fence->bucket.data();
+      o.fence_bucket_len = fence->bucket.size();
+      o.fence_token = fence->token;
+    }
+    return o;
+  }
+};
+
+/// What Shard::apply() did with an entry (keel_apply_result_t).
+struct ApplyResult {
+  /// Status::Ok when the entry's operations took effect (or it had none);
+  /// otherwise why they were refused, the same on every replica
+  /// (Status::Fenced, Status::WrongKind, Status::InvalidArgument). The
+  /// index moved either way: answer the entry's client, never retry it.
+  Status status = Status::Ok;
+  /// The index was at or below the applied index: nothing was done.
+  bool duplicate = false;
+  uint32_t op_count = 0;  ///< operations that took effect
+  uint64_t first_version = 0, last_version = 0;  ///< theirs, 0 when none
+  uint64_t applied_index = 0;  ///< the shard's, after the call
+  bool refused() const noexcept { return status != Status::Ok; }
+};
+
 /// The host's read-index round trip: the index to wait for, or an Error
 /// (Status::NotLeader, Status::Timeout, ...). Runs on a reading thread;
 /// must not throw and must not read from the same shard.
@@ -1196,6 +1255,11 @@ struct ShardStats {
   uint64_t last_version = 0;        ///< version of the last applied operation
   uint64_t persisted_version = 0;   ///< as Shard::persisted_version()
   uint64_t wal_first_version = 0;   ///< first version the shard's WAL still holds
+  uint64_t unflushed_wal_bytes = 0; ///< WAL bytes no segment file holds yet (what a reopen replays)
+  uint64_t write_stalls = 0;        ///< writes that waited for the flush at max_unflushed_wal_bytes
+  std::chrono::nanoseconds write_stall_time{0};  ///< total time those writes waited
+  uint64_t replayed_records = 0;    ///< operations the shard's open replayed from its WAL
+  uint64_t replayed_bytes = 0;      ///< their bytes (each with its 4-byte record header)
 };
 
 class Shard : public detail::Handle<keel_shard_t, detail::close_shard> {
@@ -1241,6 +1305,68 @@ class Shard : public detail::Handle<keel_shard_t, detail::close_shard> {
     const keel_status_t st = keel_shard_write(ptr_.get(), batch.raw(), &first, &last, err.out());
     if (st != KEEL_STATUS_OK) return err.take(st);
     return std::make_pair(first, last);
+  }
+
+  /// write() with options: with a fence, Status::Fenced (nothing written)
+  /// when its token is below the highest this shard accepted for its
+  /// bucket; otherwise the token becomes the highest, kept across reopens.
+  Result<std::pair<uint64_t, uint64_t>> write(const Batch& batch, const WriteOptions& opts) const {
+    if (!ptr_) return detail::empty_handle("keel::Shard");
+    if (auto st = batch.status(); !st) return st.err();
+    if (opts.fence) {
+      if (auto ok = detail::check_views({opts.fence->bucket}); !ok) return ok.err();
+    }
+    detail::ErrorOut err;
+    uint64_t first = 0, last = 0;
+    const keel_write_options_t o = opts.to_c();
+    const keel_status_t st = keel_shard_write_ex(ptr_.get(), batch.raw(), &o, &first, &last, err.out());
+    if (st != KEEL_STATUS_OK) return err.take(st);
+    return std::make_pair(first, last);
+  }
+
+  /// Applies the host's committed entry `index` (its consensus log index,
+  /// from 1) with the operations of `batch` (nullptr or empty: the entry
+  /// only moves the index) and the fence of `opts`, atomically, in the
+  /// shard's write order; the index is logged with them and
+  /// applied_index() returns it from then on, across crashes and reopens.
+  /// An index at or below it changes nothing (ApplyResult::duplicate); a
+  /// refusal moves the index (ApplyResult::status). An Error means the
+  /// index did not move. Apply one entry at a time, in index order.
+  Result<ApplyResult> apply(uint64_t index, const Batch* batch = nullptr, const WriteOptions& opts = WriteOptions()) const {
+    if (!ptr_) return detail::empty_handle("keel::Shard");
+    if (batch) {
+      if (auto st = batch->status(); !st) return st.err();
+    }
+    if (opts.fence) {
+      if (auto ok = detail::check_views({opts.fence->bucket}); !ok) return ok.err();
+    }
+    detail::ErrorOut err;
+    keel_apply_result_t r{};
+    r.struct_size = sizeof r;
+    const keel_write_options_t o = opts.to_c();
+    const keel_status_t st = keel_shard_apply(ptr_.get(), index, batch ? batch->raw() : nullptr, &o, &r, err.out());
+    if (st != KEEL_STATUS_OK) return err.take(st);
+    ApplyResult out;
+    out.status = static_cast<Status>(r.status);
+    out.duplicate = r.duplicate != 0;
+    out.op_count = r.op_count;
+    out.first_version = r.first_version;
+    out.last_version = r.last_version;
+    out.applied_index = r.applied_index;
+    return out;
+  }
+  Result<ApplyResult> apply(uint64_t index, const Batch& batch, const WriteOptions& opts = WriteOptions()) const {
+    return apply(index, &batch, opts);
+  }
+
+  /// The index of the last entry applied with apply() (0: none), as it
+  /// stands after any crash and reopen: where the host's consensus engine
+  /// resumes (etcd raft: Config.Applied).
+  Result<uint64_t> applied_index() const {
+    uint64_t i = 0;
+    auto r = run_call([&](keel_error_t** e) { return keel_shard_applied_index(ptr_.get(), &i, e); });
+    if (!r) return r.err();
+    return i;
   }
 
   /// What `key` holds; std::nullopt when it is absent. At the level of
@@ -1393,6 +1519,11 @@ class Shard : public detail::Handle<keel_shard_t, detail::close_shard> {
     o.last_version = s.last_version;
     o.persisted_version = s.persisted_version;
     o.wal_first_version = s.wal_first_version;
+    o.unflushed_wal_bytes = s.unflushed_wal_bytes;
+    o.write_stalls = s.write_stalls;
+    o.write_stall_time = std::chrono::nanoseconds(static_cast<std::chrono::nanoseconds::rep>(s.write_stall_nanos));
+    o.replayed_records = s.replayed_records;
+    o.replayed_bytes = s.replayed_bytes;
     return o;
   }
 
@@ -1570,6 +1701,8 @@ struct EngineStats {
   uint64_t flush_queue_depth = 0;  ///< shards waiting for a flush worker
   uint64_t wal_queue_depth = 0;    ///< WAL segment preparations and periodic syncs queued
   std::chrono::nanoseconds stalled{0};  ///< time writers waited on the engine's shared workers
+  uint64_t write_stalls = 0;       ///< writes of all shards that waited for a flush at max_unflushed_wal_bytes
+  std::chrono::nanoseconds write_stall_time{0};  ///< total time those writes waited
   uint64_t max_open_files = 0;        ///< the descriptor cache's bound in force
   uint64_t file_cache_hits = 0;       ///< shard file operations that found their file open
   uint64_t file_cache_misses = 0;     ///< ... that opened it again (it had been closed)
@@ -1652,6 +1785,8 @@ class Engine : public detail::Handle<keel_engine_t, detail::close_engine> {
     o.flush_queue_depth = s.flush_queue_depth;
     o.wal_queue_depth = s.wal_queue_depth;
     o.stalled = std::chrono::nanoseconds(static_cast<std::chrono::nanoseconds::rep>(s.stall_nanos));
+    o.write_stalls = s.write_stalls;
+    o.write_stall_time = std::chrono::nanoseconds(static_cast<std::chrono::nanoseconds::rep>(s.write_stall_nanos));
     o.max_open_files = s.max_open_files;
     o.file_cache_hits = s.file_cache_hits;
     o.file_cache_misses = s.file_cache_misses;

@@ -58,6 +58,15 @@ type EngineOptions struct {
 	// its shards (1 to 256); 0 lets the library pick (twice the cores, 2
 	// to 8).
 	FlushThreads uint32
+	// MaxUnflushedWALBytes is the most bytes of WAL a shard holds that its
+	// segment files do not (what a reopen replays, so it bounds restart
+	// time): past half of it the flush is started, and a write that would
+	// cross it waits for the flush (1 MiB to 1 TiB); 0 means 64 MiB.
+	MaxUnflushedWALBytes uint64
+	// WriteStallTimeout is how long such a write waits before it fails
+	// with ErrTimeout (rounded up to a whole millisecond, at most an
+	// hour); 0 means 5 s.
+	WriteStallTimeout time.Duration
 	// MaxOpenFiles bounds the files the engine keeps open for all its
 	// shards: past it, its descriptor cache closes the least recently
 	// used idle file and opens it again when next used. 0 is half the
@@ -112,6 +121,13 @@ func (o *EngineOptions) toC() (C.keel_engine_options_t, error) {
 		c.salvage = 1
 	}
 	c.flush_threads = C.uint64_t(o.FlushThreads)
+	c.max_unflushed_wal_bytes = C.uint64_t(o.MaxUnflushedWALBytes)
+	if o.WriteStallTimeout < 0 {
+		return c, newError("OpenEngine", StatusInvalidArgument, fmt.Sprintf("WriteStallTimeout %v is negative", o.WriteStallTimeout))
+	}
+	if o.WriteStallTimeout > 0 {
+		c.write_stall_timeout_ms = C.uint64_t(durationMs(o.WriteStallTimeout, math.MaxUint64))
+	}
 	c.max_open_files = C.uint64_t(o.MaxOpenFiles)
 	return c, nil
 }
@@ -303,6 +319,11 @@ type EngineStats struct {
 	FlushQueueDepth uint64        // shards waiting for a flush worker
 	WALQueueDepth   uint64        // WAL segment preparations and periodic syncs queued
 	Stalled         time.Duration // time writers waited on the engine's shared workers
+	// WriteStalls counts writes of all shards that waited for a flush at
+	// MaxUnflushedWALBytes (those that then failed with ErrTimeout
+	// included); WriteStallTime is how long they waited in all.
+	WriteStalls    uint64
+	WriteStallTime time.Duration
 	// The descriptor cache: its bound in force, and the shard file
 	// operations that found their file open (hits) or opened it again
 	// (misses), and the idle files it closed to stay within the bound.
@@ -331,6 +352,8 @@ func (e *Engine) Stats() (EngineStats, error) {
 		FlushQueueDepth: uint64(c.flush_queue_depth),
 		WALQueueDepth:   uint64(c.wal_queue_depth),
 		Stalled:         time.Duration(c.stall_nanos),
+		WriteStalls:     uint64(c.write_stalls),
+		WriteStallTime:  time.Duration(c.write_stall_nanos),
 
 		MaxOpenFiles:       uint64(c.max_open_files),
 		FileCacheHits:      uint64(c.file_cache_hits),

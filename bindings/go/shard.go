@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"runtime"
 	"sync"
+	"time"
 	"unsafe"
 )
 
@@ -450,6 +451,17 @@ type ShardStats struct {
 	LastVersion      uint64 // version of the last applied operation
 	PersistedVersion uint64 // as PersistedVersion
 	WALFirstVersion  uint64 // first version the shard's WAL still holds
+	// UnflushedWALBytes are WAL bytes no segment file holds yet: what a
+	// reopen replays, at most EngineOptions.MaxUnflushedWALBytes.
+	UnflushedWALBytes uint64
+	// WriteStalls counts writes that waited for the flush at that bound;
+	// WriteStallTime is how long they waited in all.
+	WriteStalls    uint64
+	WriteStallTime time.Duration
+	// ReplayedRecords and ReplayedBytes are what the shard's open replayed
+	// from its WAL (each record with its 4-byte header).
+	ReplayedRecords uint64
+	ReplayedBytes   uint64
 }
 
 // Stats returns the shard's counters.
@@ -465,13 +477,18 @@ func (s *Shard) Stats() (ShardStats, error) {
 		return ShardStats{}, takeError("Stats", st, nil)
 	}
 	return ShardStats{
-		SealedSegments:   uint32(c.sealed_segments),
-		AppendableKeys:   uint64(c.appendable_keys),
-		AppendableBytes:  uint64(c.appendable_bytes),
-		SealedBytes:      uint64(c.sealed_bytes),
-		LastVersion:      uint64(c.last_version),
-		PersistedVersion: uint64(c.persisted_version),
-		WALFirstVersion:  uint64(c.wal_first_version),
+		SealedSegments:    uint32(c.sealed_segments),
+		AppendableKeys:    uint64(c.appendable_keys),
+		AppendableBytes:   uint64(c.appendable_bytes),
+		SealedBytes:       uint64(c.sealed_bytes),
+		LastVersion:       uint64(c.last_version),
+		PersistedVersion:  uint64(c.persisted_version),
+		WALFirstVersion:   uint64(c.wal_first_version),
+		UnflushedWALBytes: uint64(c.unflushed_wal_bytes),
+		WriteStalls:       uint64(c.write_stalls),
+		WriteStallTime:    time.Duration(c.write_stall_nanos),
+		ReplayedRecords:   uint64(c.replayed_records),
+		ReplayedBytes:     uint64(c.replayed_bytes),
 	}, nil
 }
 

@@ -967,13 +967,16 @@ func TestEngineShardsListDropBusy(t *testing.T) {
 
 func TestEngineOptions(t *testing.T) {
 	bad := map[string]*EngineOptions{
-		"SealBytes below 4096":   {SealBytes: 100},
-		"unknown Durability":     {Durability: 9},
-		"tiny WALSegmentSize":    {WALSegmentSize: 1000},
-		"negative SyncInterval":  {SyncInterval: -time.Second},
-		"SyncInterval over 60 s": {Durability: DurabilityPeriodic, SyncInterval: time.Hour},
-		"FlushThreads over 256":  {FlushThreads: 257},
-		"MaxOpenFiles below 16":  {MaxOpenFiles: 15},
+		"SealBytes below 4096":             {SealBytes: 100},
+		"unknown Durability":               {Durability: 9},
+		"tiny WALSegmentSize":              {WALSegmentSize: 1000},
+		"negative SyncInterval":            {SyncInterval: -time.Second},
+		"SyncInterval over 60 s":           {Durability: DurabilityPeriodic, SyncInterval: time.Hour},
+		"FlushThreads over 256":            {FlushThreads: 257},
+		"MaxUnflushedWALBytes below 1 MiB": {MaxUnflushedWALBytes: 4096},
+		"WriteStallTimeout over an hour":   {WriteStallTimeout: 2 * time.Hour},
+		"negative WriteStallTimeout":       {WriteStallTimeout: -time.Second},
+		"MaxOpenFiles below 16":            {MaxOpenFiles: 15},
 	}
 	for what, o := range bad {
 		dir := t.TempDir()
@@ -1147,6 +1150,9 @@ func TestShardStatsAndHealth(t *testing.T) {
 	if err := s.Health(); !errors.Is(err, ErrIO) || !strings.Contains(err.Error(), "segments") {
 		t.Fatalf("Health after a failed pass: %v, want ErrIO naming segments/", err)
 	}
+	if st, _ := s.Stats(); st.UnflushedWALBytes == 0 || st.WriteStalls != 0 {
+		t.Fatalf("Stats while the flush fails: %+v (want a and b unflushed, no stall)", st)
+	}
 
 	if err := os.Remove(seg); err != nil {
 		t.Fatal(err)
@@ -1162,8 +1168,15 @@ func TestShardStatsAndHealth(t *testing.T) {
 	if err := s.Health(); err != nil {
 		t.Fatalf("Health after a good pass: %v", err)
 	}
-	if st, _ := s.Stats(); st.PersistedVersion != 2 {
+	if st, _ := s.Stats(); st.PersistedVersion != 2 || st.UnflushedWALBytes != 0 {
 		t.Fatalf("Stats after the good pass: %+v", st)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s = openShardT(t, e, 4)
+	if st, _ := s.Stats(); st.ReplayedRecords != 0 || st.ReplayedBytes != 0 {
+		t.Fatalf("Stats after a reopen: %+v (the close persisted everything: nothing to replay)", st)
 	}
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
@@ -1241,6 +1254,9 @@ func TestEngineStats(t *testing.T) {
 	}
 	if busy.OpenShards != shards || busy.OpenFiles < idle.OpenFiles+shards {
 		t.Fatalf("%d shards open: %+v", shards, busy)
+	}
+	if busy.WriteStalls != 0 || busy.WriteStallTime != 0 {
+		t.Fatalf("writes far below MaxUnflushedWALBytes stalled: %+v", busy)
 	}
 	for id := range opened {
 		if _, err := os.Stat(filepath.Join(dir, "shards", fmt.Sprint(id), "wal", "LOCK")); !os.IsNotExist(err) {

@@ -91,6 +91,11 @@ pub struct EngineStats {
     /// Total time writers waited on the engine's shared workers: a WAL
     /// rotation that found no prepared segment and made one itself.
     pub stalled: Duration,
+    /// Writes of all its shards that waited for a flush at the bound of
+    /// unflushed WAL (`shard::Options::max_unflushed_wal_bytes`), and how
+    /// long they waited in all, since the engine opened.
+    pub write_stalls: u64,
+    pub write_stall_time: Duration,
     /// The descriptor cache's bound (`Options::max_open_files`, resolved).
     pub max_open_files: u64,
     /// Shard file operations that found their file open in the cache.
@@ -174,6 +179,7 @@ impl Engine {
                 0 => default_open_files(),
                 n => n,
             }),
+            stalls: Default::default(),
         };
         let engine = Engine {
             dir: dir.to_path_buf(),
@@ -381,6 +387,7 @@ impl Engine {
             }
             None => return Err(Error::new(KEEL_STATUS_CLOSED, "engine is closed")),
         };
+        let (write_stalls, write_stall_time) = self.host.stalls.read();
         let files = self.host.files.counts();
         Ok(EngineStats {
             threads: (self.host.flush.size() + self.host.wal.size()) as u64,
@@ -389,6 +396,8 @@ impl Engine {
             flush_queue: self.host.flush.queued() as u64,
             wal_queue: self.host.wal.queued() as u64,
             stalled: self.host.wal.stalled(),
+            write_stalls,
+            write_stall_time,
             max_open_files: self.host.files.limit() as u64,
             file_cache_hits: files.hits,
             file_cache_misses: files.misses,

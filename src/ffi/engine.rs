@@ -33,8 +33,11 @@ pub const KEEL_ENGINE_OPTIONS_SIZE_V1: u32 = 40;
 pub const KEEL_ENGINE_OPTIONS_SIZE_V2: u32 = 48;
 /// sizeof(keel_engine_options_t) of version 3 (adds flush_threads).
 pub const KEEL_ENGINE_OPTIONS_SIZE_V3: u32 = 56;
-/// sizeof(keel_engine_options_t) of version 4 (adds max_open_files).
-pub const KEEL_ENGINE_OPTIONS_SIZE_V4: u32 = 64;
+/// sizeof(keel_engine_options_t) of version 4 (adds max_unflushed_wal_bytes
+/// and write_stall_timeout_ms).
+pub const KEEL_ENGINE_OPTIONS_SIZE_V4: u32 = 72;
+/// sizeof(keel_engine_options_t) of version 5 (adds max_open_files).
+pub const KEEL_ENGINE_OPTIONS_SIZE_V5: u32 = 80;
 
 /// Options of keel_engine_open(), applied to every shard it opens.
 /// Versioned by `struct_size` (docs/FFI.md, "Versioned structs"): fill it
@@ -79,8 +82,18 @@ pub struct keel_engine_options_t {
     /// (version 3; 64 bits wide because a 32-bit field would sit in the
     /// padding that ends version 2 and leave its size unchanged).
     pub flush_threads: u64,
+    /// Most bytes of logged operations a shard holds that its segment
+    /// files do not: what reopening the shard replays, so it bounds the
+    /// restart. Past half of it the shard's flush is started; a write that
+    /// would cross it waits for the flush (write_stall_timeout_ms). 1 MiB
+    /// to 1 TiB, or 0 (the default) for 64 MiB (version 4).
+    pub max_unflushed_wal_bytes: u64,
+    /// How long a write waits for the flush at max_unflushed_wal_bytes
+    /// before it fails with TIMEOUT; 1 to 3600000 ms, or 0 (the default)
+    /// for 5000 (version 4).
+    pub write_stall_timeout_ms: u64,
     /// Files the engine keeps open at most for all its shards together
-    /// (version 4): past it, the least recently used idle file is closed
+    /// (version 5): past it, the least recently used idle file is closed
     /// and opened again when next used (docs/STORAGE.md, "Resource
     /// model"). 0 (the default) for half the process's soft RLIMIT_NOFILE
     /// at open; otherwise at least 16.
@@ -89,16 +102,23 @@ pub struct keel_engine_options_t {
 
 const _: () = assert!(std::mem::offset_of!(keel_engine_options_t, salvage) == KEEL_ENGINE_OPTIONS_SIZE_V1 as usize);
 const _: () = assert!(std::mem::offset_of!(keel_engine_options_t, flush_threads) == KEEL_ENGINE_OPTIONS_SIZE_V2 as usize);
-const _: () = assert!(std::mem::offset_of!(keel_engine_options_t, max_open_files) == KEEL_ENGINE_OPTIONS_SIZE_V3 as usize);
+const _: () = assert!(std::mem::offset_of!(keel_engine_options_t, max_unflushed_wal_bytes) == KEEL_ENGINE_OPTIONS_SIZE_V3 as usize);
+const _: () = assert!(std::mem::offset_of!(keel_engine_options_t, max_open_files) == KEEL_ENGINE_OPTIONS_SIZE_V4 as usize);
 versioned!(
     keel_engine_options_t,
-    [KEEL_ENGINE_OPTIONS_SIZE_V1, KEEL_ENGINE_OPTIONS_SIZE_V2, KEEL_ENGINE_OPTIONS_SIZE_V3, KEEL_ENGINE_OPTIONS_SIZE_V4]
+    [
+        KEEL_ENGINE_OPTIONS_SIZE_V1,
+        KEEL_ENGINE_OPTIONS_SIZE_V2,
+        KEEL_ENGINE_OPTIONS_SIZE_V3,
+        KEEL_ENGINE_OPTIONS_SIZE_V4,
+        KEEL_ENGINE_OPTIONS_SIZE_V5
+    ]
 );
 
 fn default_options() -> keel_engine_options_t {
     let d = shard::Options::default();
     keel_engine_options_t {
-        struct_size: KEEL_ENGINE_OPTIONS_SIZE_V4,
+        struct_size: KEEL_ENGINE_OPTIONS_SIZE_V5,
         durability: KEEL_DURABILITY_SYNC,
         sync_interval_ms: 100,
         max_sealed_segments: d.max_sealed as u32,
@@ -109,6 +129,8 @@ fn default_options() -> keel_engine_options_t {
         // The machine decides (shard::Options's default): zero, as every
         // field added after version 1 defaults to.
         flush_threads: 0,
+        max_unflushed_wal_bytes: 0,
+        write_stall_timeout_ms: 0,
         max_open_files: d.max_open_files as u64,
     }
 }
@@ -161,6 +183,17 @@ fn options_from_c(p: *const keel_engine_options_t) -> crate::Result<shard::Optio
         flush_threads: match o.flush_threads {
             0 => shard::Options::default().flush_threads,
             n => n as usize,
+        },
+        max_unflushed_wal_bytes: match o.max_unflushed_wal_bytes {
+            0 => shard::DEFAULT_MAX_UNFLUSHED_WAL_BYTES,
+            n => n,
+        },
+        write_stall_timeout: match o.write_stall_timeout_ms {
+            0 => shard::DEFAULT_WRITE_STALL_TIMEOUT,
+            ms if ms > shard::MAX_WRITE_STALL_TIMEOUT.as_millis() as u64 => {
+                return Err(Error::invalid(format!("write_stall_timeout_ms {ms} is outside 1..=3600000")))
+            }
+            ms => Duration::from_millis(ms),
         },
         max_open_files: usize::try_from(o.max_open_files).map_err(|_| Error::invalid("max_open_files is too large"))?,
         ..shard::Options::default()
@@ -269,8 +302,11 @@ pub extern "C" fn keel_engine_shard_list(
 
 /// sizeof(keel_engine_stats_t) of version 1.
 pub const KEEL_ENGINE_STATS_SIZE_V1: u32 = 48;
-/// sizeof(keel_engine_stats_t) of version 2 (adds the descriptor cache's counters).
-pub const KEEL_ENGINE_STATS_SIZE_V2: u32 = 80;
+/// sizeof(keel_engine_stats_t) of version 2 (adds write_stalls and
+/// write_stall_nanos).
+pub const KEEL_ENGINE_STATS_SIZE_V2: u32 = 64;
+/// sizeof(keel_engine_stats_t) of version 3 (adds the descriptor cache's counters).
+pub const KEEL_ENGINE_STATS_SIZE_V3: u32 = 96;
 
 /// What keel_engine_stats() reports: the resources the engine holds now.
 /// The caller sets `struct_size` to sizeof(keel_engine_stats_t) before
@@ -299,19 +335,29 @@ pub struct keel_engine_stats_t {
     /// WAL segment rotation that found no prepared segment ready and made
     /// one on the writer's thread.
     pub stall_nanos: u64,
+    /// Writes of all the engine's shards that waited for a flush because
+    /// their shard held max_unflushed_wal_bytes of unflushed WAL (those
+    /// that then failed with TIMEOUT included), since the engine opened
+    /// (version 2).
+    pub write_stalls: u64,
+    /// Total nanoseconds those writes waited (version 2).
+    pub write_stall_nanos: u64,
     /// The bound of the engine's descriptor cache: max_open_files, or
-    /// what 0 resolved to (version 2).
+    /// what 0 resolved to (version 3).
     pub max_open_files: u64,
-    /// Shard file operations that found their file open in the cache.
+    /// Shard file operations that found their file open in the cache
+    /// (version 3).
     pub file_cache_hits: u64,
     /// Shard file operations that opened their file again: it had been
-    /// closed to stay within max_open_files.
+    /// closed to stay within max_open_files (version 3).
     pub file_cache_misses: u64,
-    /// Idle shard files the cache closed to stay within max_open_files.
+    /// Idle shard files the cache closed to stay within max_open_files
+    /// (version 3).
     pub file_cache_evictions: u64,
 }
-const _: () = assert!(std::mem::offset_of!(keel_engine_stats_t, max_open_files) == KEEL_ENGINE_STATS_SIZE_V1 as usize);
-versioned!(keel_engine_stats_t, [KEEL_ENGINE_STATS_SIZE_V1, KEEL_ENGINE_STATS_SIZE_V2]);
+const _: () = assert!(std::mem::offset_of!(keel_engine_stats_t, write_stalls) == KEEL_ENGINE_STATS_SIZE_V1 as usize);
+const _: () = assert!(std::mem::offset_of!(keel_engine_stats_t, max_open_files) == KEEL_ENGINE_STATS_SIZE_V2 as usize);
+versioned!(keel_engine_stats_t, [KEEL_ENGINE_STATS_SIZE_V1, KEEL_ENGINE_STATS_SIZE_V2, KEEL_ENGINE_STATS_SIZE_V3]);
 
 /// Fills `*out` with the engine's resource counters.
 /// Errors: NULL_ARGUMENT, INVALID_ARGUMENT (struct_size too small, or not
@@ -321,13 +367,15 @@ pub extern "C" fn keel_engine_stats(engine: *const keel_engine_t, out: *mut keel
     ffi_boundary!(std::ptr::null_mut(), engine, {
         let st = try_handle!(engine).stats()?;
         let value = keel_engine_stats_t {
-            struct_size: KEEL_ENGINE_STATS_SIZE_V2,
+            struct_size: KEEL_ENGINE_STATS_SIZE_V3,
             open_shards: st.open_shards.min(u32::MAX as u64) as u32,
             threads: st.threads,
             open_files: st.open_files,
             flush_queue_depth: st.flush_queue,
             wal_queue_depth: st.wal_queue,
             stall_nanos: st.stalled.as_nanos().min(u64::MAX as u128) as u64,
+            write_stalls: st.write_stalls,
+            write_stall_nanos: st.write_stall_time.as_nanos().min(u64::MAX as u128) as u64,
             max_open_files: st.max_open_files,
             file_cache_hits: st.file_cache_hits,
             file_cache_misses: st.file_cache_misses,

@@ -15,6 +15,7 @@
 mod boundary;
 #[macro_use]
 mod versioned;
+mod apply;
 mod buf;
 mod consensus;
 mod engine;
@@ -27,6 +28,7 @@ mod version;
 mod wal;
 mod writer;
 
+pub use apply::*;
 pub use boundary::Opaque;
 pub use buf::*;
 pub use consensus::*;

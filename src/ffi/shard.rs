@@ -38,7 +38,7 @@ impl Opaque for keel_shard_t {
 
 /// The packed operations of a batch plus their number.
 pub struct Batch {
-    packed: Vec<u8>,
+    pub(crate) packed: Vec<u8>,
     count: usize,
 }
 
@@ -106,7 +106,7 @@ fn value_bytes(v: &Value) -> Vec<u8> {
 }
 
 /// Writes an optional `uint64_t *` out-parameter of an entry point.
-fn write_version(out: *mut u64, v: u64) {
+pub(crate) fn write_version(out: *mut u64, v: u64) {
     if !out.is_null() {
         debug_assert!(out.is_aligned(), "version out-parameter is misaligned");
         // SAFETY: not NULL (checked above); the C contract makes a non-NULL
@@ -127,7 +127,7 @@ fn pack(out: &mut Vec<u8>, op: u8, key: &[u8], body: &[u8]) -> crate::Result<()>
 }
 
 /// Decodes the packed batch format (see keel_shard_write_packed()).
-fn unpack(mut bytes: &[u8]) -> crate::Result<Vec<Op>> {
+pub(crate) fn unpack(mut bytes: &[u8]) -> crate::Result<Vec<Op>> {
     let mut ops = Vec::new();
     while !bytes.is_empty() {
         let bad = || Error::invalid(format!("packed operation {} is cut short", ops.len()));
@@ -159,7 +159,9 @@ fn unpack(mut bytes: &[u8]) -> crate::Result<Vec<Op>> {
 /// once the write is as durable as the engine's durability mode says.
 /// Errors: NULL_ARGUMENT, INVALID_ARGUMENT (key longer than
 /// KEEL_SHARD_MAX_KEY_SIZE, value larger than KEEL_SHARD_MAX_VALUE_SIZE or its WAL record), NO_SPACE,
-/// IO, POISONED, CLOSED.
+/// IO, POISONED, CLOSED, TIMEOUT (the shard held
+/// keel_engine_options_t.max_unflushed_wal_bytes of unflushed WAL for
+/// write_stall_timeout_ms while its flush was behind; nothing was written).
 #[no_mangle]
 pub extern "C" fn keel_shard_put(
     shard: *const keel_shard_t,
@@ -613,6 +615,9 @@ fn open_shard(s: &Shard) -> crate::Result<&Shard> {
 
 /// sizeof(keel_shard_stats_t) of version 1.
 pub const KEEL_SHARD_STATS_SIZE_V1: u32 = 56;
+/// sizeof(keel_shard_stats_t) of version 2 (adds the unflushed WAL, write
+/// stalls and what the open replayed).
+pub const KEEL_SHARD_STATS_SIZE_V2: u32 = 96;
 
 /// What keel_shard_stats() reports. The caller sets `struct_size` to
 /// sizeof(keel_shard_stats_t) before the call; keel writes only the fields
@@ -637,8 +642,22 @@ pub struct keel_shard_stats_t {
     /// First version the shard's WAL still holds (the WAL is truncated
     /// below the persisted version, in whole segment files).
     pub wal_first_version: u64,
+    /// Bytes of logged operations no segment file holds yet: what a reopen
+    /// replays. At most keel_engine_options_t.max_unflushed_wal_bytes,
+    /// give or take one write batch (version 2).
+    pub unflushed_wal_bytes: u64,
+    /// Writes that waited for the flush at that bound (those that then
+    /// failed with TIMEOUT included), since the shard opened (version 2).
+    pub write_stalls: u64,
+    /// Total nanoseconds those writes waited (version 2).
+    pub write_stall_nanos: u64,
+    /// Operations the shard's open replayed from its WAL: only those past
+    /// what its segment files hold, however much WAL is retained (version 2).
+    pub replayed_records: u64,
+    /// Their bytes, each with its 4-byte record header (version 2).
+    pub replayed_bytes: u64,
 }
-versioned!(keel_shard_stats_t, [KEEL_SHARD_STATS_SIZE_V1]);
+versioned!(keel_shard_stats_t, [KEEL_SHARD_STATS_SIZE_V1, KEEL_SHARD_STATS_SIZE_V2]);
 
 /// Fills `*out` with the shard's counters (one consistent reading).
 /// Errors: NULL_ARGUMENT, INVALID_ARGUMENT (struct_size too small), CLOSED.
@@ -648,7 +667,7 @@ pub extern "C" fn keel_shard_stats(shard: *const keel_shard_t, out: *mut keel_sh
         let s = open_shard(try_handle!(shard))?;
         let st = s.stats();
         let value = keel_shard_stats_t {
-            struct_size: KEEL_SHARD_STATS_SIZE_V1,
+            struct_size: KEEL_SHARD_STATS_SIZE_V2,
             sealed_segments: st.sealed_segments as u32,
             appendable_keys: st.appendable_keys,
             appendable_bytes: st.appendable_bytes,
@@ -656,6 +675,11 @@ pub extern "C" fn keel_shard_stats(shard: *const keel_shard_t, out: *mut keel_sh
             last_version: st.last_version,
             persisted_version: st.persisted_version,
             wal_first_version: st.wal_first_seq,
+            unflushed_wal_bytes: st.unflushed_wal_bytes,
+            write_stalls: st.write_stalls,
+            write_stall_nanos: st.write_stall_time.as_nanos().min(u64::MAX as u128) as u64,
+            replayed_records: st.replayed_records,
+            replayed_bytes: st.replayed_bytes,
         };
         write_stats(out, value)
     })

@@ -133,6 +133,15 @@ pub fn init_options<T: Versioned>(p: *mut T, size: usize, defaults: T) -> Result
     Ok(())
 }
 
+/// Checks, writing nothing, that `write_stats` would accept `p`: for a
+/// result that must not be lost after the work it reports was done.
+pub fn check_stats<T: Versioned>(p: *mut T) -> Result<()> {
+    if p.is_null() {
+        return Err(Error::new(KEEL_STATUS_NULL_ARGUMENT, "out is NULL"));
+    }
+    common_len::<T>(declared_size(p as *const T) as u64, &format!("set it to sizeof({})", T::NAME)).map(|_| ())
+}
+
 /// Writes a stats struct to a caller that set `struct_size`: only the
 /// bytes both know, with `struct_size` set to their number.
 pub fn write_stats<T: Versioned>(p: *mut T, value: T) -> Result<()> {

@@ -31,7 +31,7 @@ const FILE_LEN: usize = 20; // magic, u64 bound, crc32 of both
 
 /// Rejects tokens below the highest accepted per bucket. Deterministic:
 /// the same sequence of checks gives the same answers on every replica.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct FenceCheck {
     highest: HashMap<Vec<u8>, u64>,
 }
@@ -41,24 +41,44 @@ impl FenceCheck {
     /// token was accepted before: then FENCED. An equal token passes (the
     /// same holder writing again).
     pub fn check(&mut self, bucket: &[u8], token: u64) -> Result<()> {
-        match self.highest.get_mut(bucket) {
-            Some(h) if token < *h => Err(Error::new(
-                KEEL_STATUS_FENCED,
-                format!("fencing token {token} is below {h}, the highest accepted for this bucket"),
-            )),
-            Some(h) => {
-                *h = token;
-                Ok(())
-            }
-            None => {
-                self.highest.insert(bucket.to_vec(), token);
-                Ok(())
-            }
-        }
+        check_against(self.highest(bucket), token)?;
+        self.raise(bucket, token);
+        Ok(())
     }
 
     pub fn highest(&self, bucket: &[u8]) -> Option<u64> {
         self.highest.get(bucket).copied()
+    }
+
+    /// Records `token` as accepted for `bucket` unless a larger one was:
+    /// the highest only grows (replay merges tokens accepted earlier, in
+    /// any order).
+    pub fn raise(&mut self, bucket: &[u8], token: u64) {
+        match self.highest.get_mut(bucket) {
+            Some(h) => *h = (*h).max(token),
+            None => {
+                self.highest.insert(bucket.to_vec(), token);
+            }
+        }
+    }
+
+    /// Every bucket with its highest accepted token, in bucket order.
+    pub fn sorted(&self) -> Vec<(&[u8], u64)> {
+        let mut all: Vec<(&[u8], u64)> = self.highest.iter().map(|(b, &t)| (b.as_slice(), t)).collect();
+        all.sort_unstable();
+        all
+    }
+}
+
+/// The fence rule alone: FENCED when `token` is below `highest`, the
+/// highest token accepted so far for its bucket (None: no token yet).
+pub fn check_against(highest: Option<u64>, token: u64) -> Result<()> {
+    match highest {
+        Some(h) if token < h => Err(Error::new(
+            KEEL_STATUS_FENCED,
+            format!("fencing token {token} is below {h}, the highest accepted for this bucket"),
+        )),
+        _ => Ok(()),
     }
 }
 

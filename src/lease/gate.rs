@@ -188,6 +188,17 @@ impl LeaseGate {
         Ok(())
     }
 
+    /// Raises the applied index to `index` if it is below (the shard's
+    /// own applies report here; the host may report the same index too).
+    pub fn advance_applied(&self, index: u64) {
+        let mut st = self.state.lock();
+        if index > st.applied() {
+            st.set_applied(index).expect("a higher applied index is accepted");
+            drop(st);
+            self.applied.notify_all();
+        }
+    }
+
     pub fn set_committed(&self, index: u64) -> Result<()> {
         self.state.lock().set_committed(index)
     }

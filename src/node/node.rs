@@ -27,6 +27,8 @@ struct Registry {
     conns: HashMap<u64, (Arc<Conn>, Option<JoinHandle<()>>)>,
     /// Connections that finished their handshake, by peer node id (the latest wins).
     by_peer: HashMap<u64, Arc<Conn>>,
+    /// The address each peer was last dialed at (`Node::reconnect`).
+    dialed: HashMap<u64, String>,
 }
 
 /// What a node's threads share.
@@ -115,6 +117,11 @@ impl Node {
         self.inner.opts.max_frame_bytes as usize
     }
 
+    /// The bandwidth cap of one transfer in bytes per second (0: none).
+    pub fn transfer_bandwidth(&self) -> u64 {
+        self.inner.opts.transfer_bandwidth_bytes_per_sec
+    }
+
     /// Transfers this node sends at once, and receives at once.
     pub fn max_concurrent_transfers(&self) -> usize {
         self.inner.opts.max_concurrent_transfers as usize
@@ -127,6 +134,7 @@ impl Node {
             return Err(Error::invalid(format!("peer id {peer_id} is 0 or this node's own id")));
         }
         self.inner.check_open()?;
+        self.inner.reg.lock().dialed.insert(peer_id, addr.to_string());
         let timeout = self.inner.opts.handshake_timeout;
         let to = addr
             .to_socket_addrs()
@@ -137,6 +145,34 @@ impl Node {
         add(&self.inner.counters.dialed, 1);
         let conn = self.inner.start(stream, to, Role::Dialer, Some(peer_id))?;
         conn.wait_ready()
+    }
+
+    /// Makes sure a connection to `peer_id` is ready: nothing to do when
+    /// one is, else dials the address `connect` was last given for it.
+    /// NOT_FOUND when this node never dialed that peer (it dials back by
+    /// itself); otherwise what `connect` answers.
+    pub fn reconnect(&self, peer_id: u64) -> Result<()> {
+        let addr = {
+            let reg = self.inner.reg.lock();
+            if reg.by_peer.contains_key(&peer_id) {
+                return Ok(());
+            }
+            reg.dialed.get(&peer_id).cloned()
+        };
+        match addr {
+            Some(addr) => self.connect(peer_id, &addr),
+            None => Err(Error::new(KEEL_STATUS_NOT_FOUND, format!("no connection to peer {peer_id}, and this node never dialed it"))),
+        }
+    }
+
+    /// Whether a connection to `peer_id` is ready now.
+    pub fn is_ready(&self, peer_id: u64) -> bool {
+        self.inner.reg.lock().by_peer.contains_key(&peer_id)
+    }
+
+    /// Whether the node is closing (or closed): it dials and sends no more.
+    pub fn is_closing(&self) -> bool {
+        self.inner.closing.load(Ordering::Acquire)
     }
 
     /// Installs (or with None removes) the handler of a service's frames.
@@ -160,7 +196,12 @@ impl Node {
         let conn = self.inner.reg.lock().by_peer.get(&peer_id).cloned();
         let conn =
             conn.ok_or_else(|| Error::new(KEEL_STATUS_NOT_FOUND, format!("no ready connection to peer {peer_id}")))?;
-        conn.send(&self.inner, ty, payload)
+        conn.send(&self.inner, ty, payload).inspect_err(|_| {
+            // A connection that cannot take a frame is done (its reader
+            // ends it, with the writer's reason): it leaves the peer table
+            // now, so `reconnect` dials afresh instead of finding it there.
+            self.inner.unregister(&conn);
+        })
     }
 
     /// Peers with a ready connection.
@@ -322,13 +363,20 @@ impl Inner {
         self.event(peer, KEEL_STATUS_OK, "peer ready");
     }
 
-    /// Drops an ended connection from the registry (its thread's last act).
-    pub(crate) fn forget(&self, conn: &Conn) {
+    /// Takes the connection out of the peer table, unless a newer one
+    /// to that peer replaced it.
+    fn unregister(&self, conn: &Conn) {
         let mut reg = self.reg.lock();
         let peer = conn.peer_id.load(Ordering::Acquire);
         if reg.by_peer.get(&peer).is_some_and(|c| c.seq == conn.seq) {
             reg.by_peer.remove(&peer);
         }
+    }
+
+    /// Drops an ended connection from the registry (its thread's last act).
+    pub(crate) fn forget(&self, conn: &Conn) {
+        self.unregister(conn);
+        let mut reg = self.reg.lock();
         // While the node closes, its shutdown joins the thread instead.
         if !self.closing.load(Ordering::Acquire) {
             reg.conns.remove(&conn.seq);

@@ -92,11 +92,18 @@ fn acknowledge(inner: &Inner) -> Result<u64> {
     // records the ack itself: a reopen restarts the persisted version
     // there, never lower (the files alone may record older versions).
     inner.sync_manifest(Some(safe))?;
-    if safe > inner.persisted.load(Ordering::Acquire) {
+    // The WAL's own acknowledgement restarts at zero with each open, so
+    // the first pass after an open gives it the version even when the
+    // shard's persisted version has not moved: the WAL segments a clean
+    // close left behind go then, not at the next write's flush.
+    if safe > inner.wal_acked.load(Ordering::Acquire) {
         inner.with_wal(|wal| wal.ack(safe))?;
-        inner.persisted.fetch_max(safe, Ordering::AcqRel);
+        inner.wal_acked.fetch_max(safe, Ordering::AcqRel);
     }
-    Ok(inner.persisted.load(Ordering::Acquire))
+    inner.persisted.fetch_max(safe, Ordering::AcqRel);
+    let persisted = inner.persisted.load(Ordering::Acquire);
+    inner.backlog.acked(persisted);
+    Ok(persisted)
 }
 
 /// Seals a big appendable segment and merges small immutable ones.

@@ -22,13 +22,51 @@
 //! is applied and before any batch queued after it is logged.
 
 use super::op::{OpRef, BATCH_RECORD_HEADER};
+use super::replicated::{Fence, StateChange};
 use crate::error::{Error, Result};
 use parking_lot::{Condvar, Mutex};
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-/// Versions of a batch's first and last operation, or why it failed.
-pub type Outcome = Result<(u64, u64)>;
+/// What a batch got, or why it failed (nothing of it was logged then).
+pub type Outcome = Result<Written>;
+
+/// A batch the leader logged (or, applying an index it had, skipped).
+#[derive(Debug, Clone, Default)]
+pub struct Written {
+    /// Versions of its first and last operation; None when none took
+    /// effect (it had none, they were refused, or the index was applied).
+    pub ops: Option<(u64, u64)>,
+    /// Its last version in the WAL (its state record's when it has one);
+    /// 0 when nothing was logged.
+    pub last: u64,
+    /// Why its operations were refused, while its index still moved (an
+    /// applied entry only; a plain write fails with the error instead).
+    pub refused: Option<Error>,
+}
+
+/// What a batch carries besides its operations.
+#[derive(Debug, Default)]
+pub struct Intent {
+    /// The host's entry index (`Shard::apply`): the batch is skipped when
+    /// the shard applied it already, and a refusal still logs the index.
+    pub index: Option<u64>,
+    /// Refused unless the token is at least the bucket's highest accepted.
+    pub fence: Option<Fence>,
+    /// Refused before it queued (an operation past the shard's limits);
+    /// only an applied entry queues refused, to move its index.
+    pub refused: Option<Error>,
+}
+
+impl Intent {
+    /// Bytes of the state record the batch logs at most (0: none).
+    pub fn state_len(&self) -> usize {
+        match (self.index, &self.fence) {
+            (None, None) => 0,
+            (index, fence) => StateChange { index, fence: fence.clone() }.record_len(),
+        }
+    }
+}
 
 /// One writer's place in the queue: its batch, or nothing for a barrier.
 pub struct Batch {
@@ -36,6 +74,8 @@ pub struct Batch {
     /// record of operation i ends. Empty for a barrier.
     records: Vec<u8>,
     ends: Vec<usize>,
+    pub intent: Intent,
+    barrier: bool,
     /// Bytes the batch adds to a group's frame.
     frame_bytes: u64,
     turn: Mutex<Turn>,
@@ -51,29 +91,43 @@ enum Turn {
 }
 
 impl Batch {
-    /// Encodes `ops` (already checked with `op::check_write`, at least one).
-    pub fn new(ops: &[OpRef]) -> Arc<Batch> {
-        debug_assert!(!ops.is_empty(), "an empty batch would be a barrier");
+    /// Encodes `ops` (already checked with `op::check_write`; at least one
+    /// unless the intent has an index).
+    pub fn new(ops: &[OpRef], intent: Intent) -> Arc<Batch> {
+        debug_assert!(!ops.is_empty() || intent.index.is_some(), "a batch with nothing to log");
         let mut records = Vec::with_capacity(ops.iter().map(|o| o.record_len() as usize).sum());
         let mut ends = Vec::with_capacity(ops.len());
         for op in ops {
             op.encode_into(&mut records);
             ends.push(records.len());
         }
-        let frame_bytes = (records.len() + ops.len() * BATCH_RECORD_HEADER) as u64;
-        Self::queued(records, ends, frame_bytes)
+        let state = intent.state_len();
+        let state_bytes = if state > 0 { state + BATCH_RECORD_HEADER } else { 0 };
+        let frame_bytes = (records.len() + ops.len() * BATCH_RECORD_HEADER + state_bytes) as u64;
+        Self::queued(records, ends, intent, false, frame_bytes)
+    }
+
+    /// Bytes the batch adds to a group's frame (its records with their
+    /// headers).
+    pub fn frame_bytes(&self) -> u64 {
+        self.frame_bytes
     }
 
     fn barrier() -> Arc<Batch> {
-        Self::queued(Vec::new(), Vec::new(), 0)
+        Self::queued(Vec::new(), Vec::new(), Intent::default(), true, 0)
     }
 
-    fn queued(records: Vec<u8>, ends: Vec<usize>, frame_bytes: u64) -> Arc<Batch> {
-        Arc::new(Batch { records, ends, frame_bytes, turn: Mutex::new(Turn::Queued), wake: Condvar::new() })
+    fn queued(records: Vec<u8>, ends: Vec<usize>, intent: Intent, barrier: bool, frame_bytes: u64) -> Arc<Batch> {
+        Arc::new(Batch { records, ends, intent, barrier, frame_bytes, turn: Mutex::new(Turn::Queued), wake: Condvar::new() })
     }
 
     fn is_barrier(&self) -> bool {
-        self.ends.is_empty()
+        self.barrier
+    }
+
+    /// Whether a leader's kind check must see it (it appends).
+    pub fn appends(&self) -> bool {
+        self.ops().any(|op| matches!(op, OpRef::Append { .. }))
     }
 
     /// The operations, decoded from the records (they were encoded from
@@ -240,7 +294,7 @@ mod tests {
 
     /// A one-put batch whose key names it.
     fn batch(id: u8) -> Arc<Batch> {
-        Batch::new(&[OpRef::Put { key: &[id], value: &[0; 100] }])
+        Batch::new(&[OpRef::Put { key: &[id], value: &[0; 100] }], Intent::default())
     }
 
     /// Writers lined up behind a barrier in a known order are led in that
@@ -267,7 +321,7 @@ mod tests {
                         let mut v = next_version.lock();
                         let first = *v;
                         *v += group.len() as u64;
-                        (first..*v).map(|x| Ok((x, x))).collect()
+                        (first..*v).map(|x| Ok(Written { ops: Some((x, x)), last: x, refused: None })).collect()
                     });
                     Some((id, outcome.unwrap()))
                 }));
@@ -277,7 +331,7 @@ mod tests {
             }
         });
         for w in writers {
-            if let Some((id, (first, last))) = w.join().unwrap() {
+            if let Some((id, Written { ops: Some((first, last)), .. })) = w.join().unwrap() {
                 assert_eq!((first, last), (id as u64 + 1, id as u64 + 1), "batch {id} got its queue position");
             }
         }
@@ -292,7 +346,7 @@ mod tests {
         let gate = Gate::default();
         let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| gate.exclusive(|| panic!("boom"))));
         assert!(r.is_err());
-        let outcome = gate.write(batch(7), u64::MAX, |group| group.iter().map(|_| Ok((1, 1))).collect());
-        assert_eq!(outcome.unwrap(), (1, 1));
+        let outcome = gate.write(batch(7), u64::MAX, |group| group.iter().map(|_| Ok(Written { ops: Some((1, 1)), last: 1, refused: None })).collect());
+        assert_eq!(outcome.unwrap().ops, Some((1, 1)));
     }
 }

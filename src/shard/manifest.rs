@@ -3,7 +3,9 @@
 //! can tell a missing, cut or substituted file from a crash's leftovers.
 //!
 //! ```text
-//! body  : [u32 format = 2][u128 shard id][u64 next segment id][u64 persisted][u32 count] entry*
+//! body  : [u32 format = 3][u128 shard id][u64 next segment id][u64 persisted]
+//!         [u64 applied index][u32 fence count] fence* [u32 count] entry*
+//! fence : [u32 bucket length][bucket][u64 highest accepted token]   (in bucket order)
 //! entry : [u8 kind][u64 segment id][u64 size][u64 max version][u32 footer crc32]
 //!         kind 1: an appendable segment (or one being sealed): .log + .state
 //!         kind 2: an immutable segment: .sst of that size and footer + .del
@@ -11,7 +13,9 @@
 //! `persisted` is the version the WAL is acknowledged up to: every
 //! operation at or below it is in the listed files, so a reopen never
 //! reports a lower persisted version than the shard had (format 1, without
-//! it, reads as 0).
+//! it, reads as 0). The applied index and the fences are the replicated
+//! state (replicated.rs) as of `persisted`: the WAL records below it that
+//! changed them may be gone (formats 1 and 2, without them, read as none).
 //! framed like every small file (`files::seal_small`) and replaced whole
 //! (temporary file, fsync, rename, directory fsync).
 //!
@@ -30,6 +34,7 @@
 //! into `segments/unlisted-<unix seconds>/` and reported.
 
 use super::files::{self, Cursor};
+use super::replicated::{Replicated, Tracker};
 use super::segments::Segments;
 use super::steps::{Step, Steps};
 use crate::error::{Error, Result};
@@ -39,9 +44,11 @@ use std::path::{Path, PathBuf};
 
 pub const NAME: &str = "MANIFEST";
 const MAGIC: u64 = 0x314e_414d_4c45_454b; // "KEELMAN1"
-const FORMAT: u32 = 2;
+const FORMAT: u32 = 3;
 /// The first format, without the persisted version; still read.
 const FORMAT_NO_PERSISTED: u32 = 1;
+/// The second, without the replicated state; still read.
+const FORMAT_NO_REPLICATED: u32 = 2;
 const KIND_LOG: u8 = 1;
 const KIND_TABLE: u8 = 2;
 
@@ -71,6 +78,8 @@ pub struct Manifest {
     /// Every version at or below it is in the listed files (the WAL's
     /// acknowledgement); never lowered.
     pub persisted: u64,
+    /// The replicated state as of `persisted`.
+    pub replicated: Replicated,
     pub segments: Vec<Listed>,
 }
 
@@ -91,8 +100,8 @@ pub fn path(dir: &Path) -> PathBuf {
 
 impl Manifest {
     /// The manifest describing `segs` as they are in memory, with every
-    /// version up to `persisted` in its files.
-    pub fn of(segs: &Segments, persisted: u64) -> Manifest {
+    /// version up to `persisted` in its files, and `replicated` as of it.
+    pub fn of(segs: &Segments, persisted: u64, replicated: Replicated) -> Manifest {
         let mut segments: Vec<Listed> = segs
             .sealed
             .iter()
@@ -102,7 +111,7 @@ impl Manifest {
             })
             .collect();
         segments.push(Listed::Log { id: segs.appendable.id });
-        Manifest { shard: segs.shard, next_id: segs.next_id, persisted, segments }
+        Manifest { shard: segs.shard, next_id: segs.next_id, persisted, replicated, segments }
     }
 
     fn encode(&self) -> Vec<u8> {
@@ -111,6 +120,13 @@ impl Manifest {
         b.extend_from_slice(&self.shard.to_le_bytes());
         b.extend_from_slice(&self.next_id.to_le_bytes());
         b.extend_from_slice(&self.persisted.to_le_bytes());
+        b.extend_from_slice(&self.replicated.applied_index.to_le_bytes());
+        let fences = self.replicated.fences.sorted();
+        b.extend_from_slice(&(fences.len() as u32).to_le_bytes());
+        for (bucket, token) in fences {
+            files::put_bytes(&mut b, bucket);
+            b.extend_from_slice(&token.to_le_bytes());
+        }
         b.extend_from_slice(&(self.segments.len() as u32).to_le_bytes());
         for s in &self.segments {
             let (kind, id, size, max_version, crc) = match *s {
@@ -130,12 +146,20 @@ impl Manifest {
         let bad = |why: String| Error::corruption(format!("{}: {why}", path.display()));
         let mut c = Cursor { bytes: files::open_small(MAGIC, bytes, path)? };
         let format = c.u32()?;
-        if format != FORMAT && format != FORMAT_NO_PERSISTED {
+        if ![FORMAT, FORMAT_NO_REPLICATED, FORMAT_NO_PERSISTED].contains(&format) {
             return Err(bad(format!("manifest format {format} is not supported")));
         }
         let shard = u128::from_le_bytes(c.take(16)?.try_into().unwrap());
         let next_id = c.u64()?;
-        let persisted = if format == FORMAT { c.u64()? } else { 0 };
+        let persisted = if format == FORMAT_NO_PERSISTED { 0 } else { c.u64()? };
+        let mut replicated = Replicated::default();
+        if format == FORMAT {
+            replicated.applied_index = c.u64()?;
+            for _ in 0..c.u32()? {
+                let bucket = c.bytes()?;
+                replicated.fences.raise(bucket, c.u64()?);
+            }
+        }
         let count = c.u32()?;
         let mut segments = Vec::new();
         for _ in 0..count {
@@ -153,7 +177,7 @@ impl Manifest {
         if !c.bytes.is_empty() {
             return Err(bad("trailing bytes after the last segment".into()));
         }
-        Ok(Manifest { shard, next_id, persisted, segments })
+        Ok(Manifest { shard, next_id, persisted, replicated, segments })
     }
 
     /// Reads the manifest of `dir`; None when there is none.
@@ -173,12 +197,23 @@ pub struct Written(pub parking_lot::Mutex<Manifest>);
 
 impl Written {
     /// Writes the manifest of `segs`, with every version up to `persisted`
-    /// in its files, unless the one on disk already says the same. Call
-    /// before removing a file it no longer lists, and before acknowledging
-    /// the WAL (with the version to acknowledge).
-    pub fn sync(&self, fs: &dyn FileSystem, dir: &Path, segs: &parking_lot::RwLock<Segments>, persisted: u64, steps: &Steps) -> Result<()> {
+    /// in its files and the replicated state as of it, unless the one on
+    /// disk already says the same. Call before removing a file it no
+    /// longer lists, and before acknowledging the WAL (with the version to
+    /// acknowledge).
+    pub fn sync(
+        &self,
+        fs: &dyn FileSystem,
+        dir: &Path,
+        segs: &parking_lot::RwLock<Segments>,
+        replicated: &parking_lot::Mutex<Tracker>,
+        persisted: u64,
+        steps: &Steps,
+    ) -> Result<()> {
         let mut on_disk = self.0.lock();
-        let now = Manifest::of(&segs.read(), persisted.max(on_disk.persisted));
+        let persisted = persisted.max(on_disk.persisted);
+        let state = replicated.lock().at(persisted);
+        let now = Manifest::of(&segs.read(), persisted, state);
         if now != *on_disk {
             steps.at(Step::Manifest);
             now.write(fs, dir)?;
@@ -192,12 +227,21 @@ impl Written {
 mod tests {
     use super::*;
 
+    fn fences(all: &[(&[u8], u64)]) -> crate::lease::FenceCheck {
+        let mut f = crate::lease::FenceCheck::default();
+        for (b, t) in all {
+            f.raise(b, *t);
+        }
+        f
+    }
+
     #[test]
     fn manifests_round_trip_and_reject_damage() {
         let m = Manifest {
             shard: 0x1234_5678_9abc_def0_1122_3344_5566_7788,
             next_id: 9,
             persisted: 76,
+            replicated: Replicated { applied_index: 41, fences: fences(&[(b"b", 7), (b"", 3)]) },
             segments: vec![Listed::Table { id: 3, size: 4096, max_version: 77, footer_crc: 5 }, Listed::Log { id: 8 }],
         };
         let bytes = m.encode();
@@ -212,11 +256,28 @@ mod tests {
 
     #[test]
     fn a_first_format_manifest_reads_with_persisted_zero() {
-        let m = Manifest { shard: 7, next_id: 3, persisted: 0, segments: vec![Listed::Log { id: 2 }] };
+        let m = Manifest { shard: 7, next_id: 3, persisted: 0, replicated: Replicated::default(), segments: vec![Listed::Log { id: 2 }] };
         let mut body = Vec::new();
         body.extend_from_slice(&FORMAT_NO_PERSISTED.to_le_bytes());
         body.extend_from_slice(&m.shard.to_le_bytes());
         body.extend_from_slice(&m.next_id.to_le_bytes());
+        body.extend_from_slice(&1u32.to_le_bytes());
+        body.push(KIND_LOG);
+        for v in [2u64, 0, 0] {
+            body.extend_from_slice(&v.to_le_bytes());
+        }
+        body.extend_from_slice(&0u32.to_le_bytes());
+        assert_eq!(Manifest::decode(&files::seal_small(MAGIC, &body), Path::new("m")).unwrap(), m);
+    }
+
+    #[test]
+    fn a_second_format_manifest_reads_with_no_replicated_state() {
+        let m = Manifest { shard: 7, next_id: 3, persisted: 12, replicated: Replicated::default(), segments: vec![Listed::Log { id: 2 }] };
+        let mut body = Vec::new();
+        body.extend_from_slice(&FORMAT_NO_REPLICATED.to_le_bytes());
+        body.extend_from_slice(&m.shard.to_le_bytes());
+        body.extend_from_slice(&m.next_id.to_le_bytes());
+        body.extend_from_slice(&m.persisted.to_le_bytes());
         body.extend_from_slice(&1u32.to_le_bytes());
         body.push(KIND_LOG);
         for v in [2u64, 0, 0] {

@@ -10,6 +10,7 @@
 //! group-committed fdatasync outside both.
 
 mod appendable;
+pub(crate) mod backlog;
 mod bloom;
 mod entry;
 pub(crate) mod files;
@@ -21,6 +22,7 @@ mod op;
 pub(crate) mod pool;
 mod reads;
 mod recovery;
+mod replicated;
 mod sealed;
 mod segments;
 mod steps;
@@ -32,6 +34,7 @@ pub use op::{check_key, Op, MAX_KEY_SIZE, MAX_VALUE_SIZE};
 pub use pool::MAX_FLUSH_THREADS;
 pub use reads::Consensus;
 pub use recovery::RecoveryReport;
+pub use replicated::Fence;
 pub use steps::{Step, StepHook, Steps};
 pub use transfer::Snapshot;
 
@@ -41,9 +44,11 @@ use crate::fs::{FileSystem, StdFs};
 use crate::wal::{self, Durability, Wal};
 use pool::{FlushPool, Membership, Request};
 use parking_lot::{Mutex, RwLock};
-use gate::{Batch, Gate};
+use gate::{Batch, Gate, Intent, Written};
 use op::OpRef;
+use replicated::{StateChange, Tracker};
 use segments::{Overlay, Segments};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -88,6 +93,15 @@ pub struct Options {
     /// (`steps.rs`): deterministic schedules, crashes at step k.
     #[doc(hidden)]
     pub steps: Steps,
+    /// Most bytes of logged operations the shard holds that no segment
+    /// file holds yet: what a reopen replays (`backlog.rs`). Past half of
+    /// it the flush is asked for; a write that would cross it waits for
+    /// the flush, up to `write_stall_timeout`. 1 MiB to 1 TiB, default
+    /// 64 MiB.
+    pub max_unflushed_wal_bytes: u64,
+    /// How long a write waits for the flush at that bound before it fails
+    /// with TIMEOUT; 1 ms to 1 hour, default 5 s.
+    pub write_stall_timeout: Duration,
     /// Files an engine keeps open at most, for all its shards together
     /// (its descriptor cache, `fs::FileCache`): past it, the least recently
     /// used idle file is closed and opened again when next used. 0 means
@@ -110,10 +124,21 @@ impl Default for Options {
             salvage: false,
             flush_threads: pool::default_flush_threads(),
             steps: Steps::default(),
+            max_unflushed_wal_bytes: DEFAULT_MAX_UNFLUSHED_WAL_BYTES,
+            write_stall_timeout: DEFAULT_WRITE_STALL_TIMEOUT,
             max_open_files: 0,
         }
     }
 }
+
+/// `Options::max_unflushed_wal_bytes` by default.
+pub const DEFAULT_MAX_UNFLUSHED_WAL_BYTES: u64 = 64 << 20;
+/// `Options::write_stall_timeout` by default.
+pub const DEFAULT_WRITE_STALL_TIMEOUT: Duration = Duration::from_secs(5);
+/// The range of `Options::max_unflushed_wal_bytes`.
+pub const UNFLUSHED_WAL_BYTES_RANGE: std::ops::RangeInclusive<u64> = (1 << 20)..=(1 << 40);
+/// The longest `Options::write_stall_timeout`.
+pub const MAX_WRITE_STALL_TIMEOUT: Duration = Duration::from_secs(3600);
 
 impl Options {
     pub fn validate(&self) -> Result<()> {
@@ -129,6 +154,15 @@ impl Options {
                 self.flush_threads,
                 pool::MAX_FLUSH_THREADS
             )));
+        }
+        if !UNFLUSHED_WAL_BYTES_RANGE.contains(&self.max_unflushed_wal_bytes) {
+            return Err(Error::invalid(format!(
+                "max_unflushed_wal_bytes {} is outside 1 MiB..=1 TiB",
+                self.max_unflushed_wal_bytes
+            )));
+        }
+        if self.write_stall_timeout < Duration::from_millis(1) || self.write_stall_timeout > MAX_WRITE_STALL_TIMEOUT {
+            return Err(Error::invalid(format!("write_stall_timeout {:?} is outside 1 ms..=1 hour", self.write_stall_timeout)));
         }
         if self.max_open_files != 0 && self.max_open_files < crate::fs::MIN_OPEN_FILES {
             return Err(Error::invalid(format!(
@@ -169,6 +203,8 @@ pub(crate) struct Inner {
     /// and durability wait; close takes the write side.
     wal: RwLock<Option<Wal>>,
     persisted: AtomicU64,
+    /// The version this open last acknowledged to the WAL (flush.rs).
+    wal_acked: AtomicU64,
     /// Handed over by a transfer (`WriteHold::hand_over`): writes are MOVED.
     moved: AtomicBool,
     closed: Arc<AtomicBool>,
@@ -183,6 +219,13 @@ pub(crate) struct Inner {
     report: RecoveryReport,
     /// The lease gate of reads at a consistency level (reads.rs).
     reads: reads::Reads,
+    /// The unflushed WAL and the write stall that bounds it (backlog.rs).
+    backlog: backlog::Backlog,
+    /// Operations (and their bytes) the open replayed from the WAL.
+    replayed: recovery::Replayed,
+    /// The host's applied index and the fences (replicated.rs). Changed by
+    /// the write gate's leader only, under the segments' write lock.
+    replicated: Mutex<Tracker>,
 }
 
 impl Inner {
@@ -206,7 +249,7 @@ impl Inner {
     /// acknowledged to the WAL, recorded with it (None keeps the last).
     fn sync_manifest(&self, ack: Option<u64>) -> Result<()> {
         let persisted = ack.unwrap_or(0).max(self.persisted.load(Ordering::Acquire));
-        self.manifest.sync(&*self.fs, &self.seg_dir, &self.segs, persisted, &self.opts.steps)
+        self.manifest.sync(&*self.fs, &self.seg_dir, &self.segs, &self.replicated, persisted, &self.opts.steps)
     }
 
     fn poison(&self, e: Error) {
@@ -254,12 +297,13 @@ impl Inner {
         }
     }
 
-    /// Checks each batch against the segments and the batches before it,
-    /// logs the accepted ones as one WAL frame, then applies them in
-    /// version order under one hold of the segments' write lock. Only the
-    /// gate's leader changes what the segments hold (a flush, seal or
-    /// merge moves entries but keeps every key's kind), so the checks made
-    /// under the read lock still hold when the group is applied.
+    /// Judges each batch against the segments, the replicated state and
+    /// the batches before it (`judge`), logs what it accepted as one WAL
+    /// frame, then applies it in version order under one hold of the
+    /// segments' write lock. Only the gate's leader changes what the
+    /// segments and the replicated state hold (a flush, seal or merge moves
+    /// entries but keeps every key's kind), so the judgement made before
+    /// logging still holds when the group is applied.
     fn log_and_apply(&self, wal: &Wal, group: &[Arc<Batch>]) -> Vec<gate::Outcome> {
         if let Err(e) = self.check_open() {
             return gate::all_failed(group, &e);
@@ -269,44 +313,54 @@ impl Inner {
         if self.moved.load(Ordering::Acquire) {
             return gate::all_failed(group, &Error::new(KEEL_STATUS_MOVED, "the shard was handed over to another node; write there"));
         }
-        let mut outcomes: Vec<gate::Outcome> = vec![Ok((0, 0)); group.len()];
-        // Puts and deletes are valid whatever a key holds: only a group with
-        // an append needs the checks.
-        if group.iter().any(|b| b.ops().any(|op| matches!(op, OpRef::Append { .. }))) {
-            let segs = self.segs.read();
-            let mut earlier = Overlay::new();
-            for (b, out) in group.iter().zip(outcomes.iter_mut()) {
-                if let Err(e) = segs.check(b.ops(), &mut earlier) {
-                    *out = Err(e);
-                }
+        let verdicts = self.judge(group);
+        // Each logged batch: its state record, if it has one.
+        let states: Vec<Option<StateChange>> = group
+            .iter()
+            .zip(&verdicts)
+            .map(|(b, v)| {
+                let change = match v {
+                    Verdict::Accept => StateChange { index: b.intent.index, fence: b.intent.fence.clone() },
+                    Verdict::Refuse(_) => StateChange { index: b.intent.index, fence: None },
+                    Verdict::Skip | Verdict::Fail(_) => return None,
+                };
+                (!change.is_empty()).then_some(change)
+            })
+            .collect();
+        let encoded: Vec<Option<Vec<u8>>> = states.iter().map(|c| c.as_ref().map(StateChange::encode)).collect();
+        let mut records: Vec<&[u8]> = Vec::new();
+        for ((b, v), state) in group.iter().zip(&verdicts).zip(&encoded) {
+            if matches!(v, Verdict::Accept) {
+                records.extend(b.records());
             }
+            records.extend(state.as_deref());
         }
-        let records: Vec<&[u8]> =
-            group.iter().zip(&outcomes).filter(|(_, o)| o.is_ok()).flat_map(|(b, _)| b.records()).collect();
+        let logs = |v: &Verdict| matches!(v, Verdict::Accept | Verdict::Refuse(_));
         if records.is_empty() {
-            return outcomes;
+            return verdicts.into_iter().map(Verdict::unlogged).collect();
         }
         let first = match wal.append_deferred(&records) {
             Ok(first) => first,
             Err(e) => {
                 // Nothing of the group was logged (a failed write poisons
                 // the WAL itself; a full disk consumes nothing).
-                for out in outcomes.iter_mut().filter(|o| o.is_ok()) {
-                    *out = Err(e.clone());
-                }
-                return outcomes;
+                return verdicts.into_iter().map(|v| if logs(&v) { Err(e.clone()) } else { v.unlogged() }).collect();
             }
         };
         let mut segs = self.segs.write();
+        let mut replicated = self.replicated.lock();
         debug_assert_eq!(segs.applied + 1, first, "groups are applied in version order");
         let mut next = first;
         let mut failed: Option<Error> = None;
-        for (b, out) in group.iter().zip(outcomes.iter_mut()) {
-            if out.is_err() {
+        let mut index = None;
+        let mut outcomes = Vec::with_capacity(group.len());
+        for ((b, v), state) in group.iter().zip(verdicts).zip(states) {
+            if !logs(&v) {
+                outcomes.push(v.unlogged());
                 continue;
             }
             let start = next;
-            if failed.is_none() {
+            if failed.is_none() && matches!(v, Verdict::Accept) {
                 for op in b.ops() {
                     if let Err(e) = segs.apply(op, next) {
                         // Logged but not applied: only a reopen (replay)
@@ -319,21 +373,150 @@ impl Inner {
                     next += 1;
                 }
             }
-            *out = match &failed {
-                Some(e) => Err(e.clone()),
-                None => Ok((start, next - 1)),
+            if let Some(e) = &failed {
+                outcomes.push(Err(e.clone()));
+                continue;
+            }
+            let ops = (next > start).then(|| (start, next - 1));
+            if let Some(change) = state {
+                index = change.index.or(index);
+                replicated.logged(next, change);
+                next += 1;
+            }
+            let refused = match v {
+                Verdict::Refuse(e) => Some(e),
+                _ => None,
             };
+            outcomes.push(Ok(Written { ops, last: next - 1, refused }));
         }
         if next > first {
             segs.finish(next - 1);
         }
         let full = segs.appendable.weight >= self.opts.seal_bytes;
+        drop(replicated);
         drop(segs);
+        // Reads waiting for this index (a read-index) may go now: the
+        // segments hold the entry.
+        if let Some(i) = index {
+            self.reads.applied(i);
+        }
         if full {
             let _ = self.request(Request::Maintain);
         }
         outcomes
     }
+
+    /// What the leader does with each batch of its group. Kinds are
+    /// checked (under the segments' read lock) only when the group
+    /// appends: puts and deletes are valid whatever a key holds. Every
+    /// rule here is deterministic (the segments, the replicated state and
+    /// the batches before it), so replicas applying the same entries
+    /// refuse the same ones.
+    fn judge(&self, group: &[Arc<Batch>]) -> Vec<Verdict> {
+        let segs = group.iter().any(|b| b.appends()).then(|| self.segs.read());
+        let replicated = self.replicated.lock();
+        let live = replicated.live();
+        let mut index = live.applied_index;
+        // Tokens accepted by the group's earlier batches, per bucket.
+        let mut tokens: HashMap<&[u8], u64> = HashMap::new();
+        let mut earlier = Overlay::new();
+        // An applied entry that failed fails the entries after it too: the
+        // index must not pass an entry that did not apply.
+        let mut apply_failed: Option<Error> = None;
+        let mut verdicts = Vec::with_capacity(group.len());
+        for b in group {
+            let intent = &b.intent;
+            if let Some(i) = intent.index {
+                if let Some(e) = &apply_failed {
+                    verdicts.push(Verdict::Fail(e.clone()));
+                    continue;
+                }
+                if i <= index {
+                    verdicts.push(Verdict::Skip);
+                    continue;
+                }
+            }
+            let fenced = intent.fence.as_ref().and_then(|f| {
+                let highest = tokens.get(f.bucket.as_slice()).copied().or_else(|| live.fences.highest(&f.bucket));
+                crate::lease::fence::check_against(highest, f.token).err()
+            });
+            let refusal = match intent.refused.clone().or(fenced) {
+                Some(e) => Err(e),
+                None => match &segs {
+                    Some(s) => s.check(b.ops(), &mut earlier),
+                    None => Ok(()),
+                },
+            };
+            let verdict = match refusal {
+                Ok(()) => {
+                    if let Some(f) = &intent.fence {
+                        tokens.insert(&f.bucket, f.token);
+                    }
+                    Verdict::Accept
+                }
+                // A refusal of an applied entry moves its index all the same.
+                Err(e) if intent.index.is_some() && is_refusal(&e) => Verdict::Refuse(e),
+                Err(e) => Verdict::Fail(e),
+            };
+            match (&verdict, intent.index) {
+                (Verdict::Fail(e), Some(_)) => apply_failed = Some(e.clone()),
+                (_, Some(i)) => index = i,
+                _ => {}
+            }
+            verdicts.push(verdict);
+        }
+        verdicts
+    }
+}
+
+/// The leader's judgement of one batch (`Inner::judge`).
+enum Verdict {
+    /// Log its operations and its state record, if any.
+    Accept,
+    /// An applied entry whose operations were refused: log its index alone.
+    Refuse(Error),
+    /// An applied entry whose index the shard applied before: nothing.
+    Skip,
+    /// Fails; nothing of it is logged.
+    Fail(Error),
+}
+
+impl Verdict {
+    /// The outcome of a batch that logged nothing.
+    fn unlogged(self) -> gate::Outcome {
+        match self {
+            Verdict::Fail(e) => Err(e),
+            _ => Ok(Written::default()),
+        }
+    }
+}
+
+/// Whether `e` refuses an entry the same way on every replica (so its
+/// index still moves) rather than failing it on this one.
+fn is_refusal(e: &Error) -> bool {
+    [KEEL_STATUS_FENCED, KEEL_STATUS_WRONG_KIND, KEEL_STATUS_INVALID_ARGUMENT].contains(&e.status)
+}
+
+/// What `Shard::apply` did with an entry.
+#[derive(Debug, Clone)]
+pub struct Applied {
+    /// The index was at or below the applied index: nothing happened.
+    pub duplicate: bool,
+    /// Versions of the entry's first and last operation; None when none
+    /// took effect (no operations, refused, or a duplicate).
+    pub ops: Option<(u64, u64)>,
+    /// Why the operations were refused; the index moved all the same.
+    pub refused: Option<Error>,
+    /// The shard's applied index after the call.
+    pub applied_index: u64,
+}
+
+/// A fence bucket is named like a key, with a key's size limit.
+fn check_bucket(bucket: &[u8]) -> Result<()> {
+    if bucket.len() > MAX_KEY_SIZE {
+        return Err(Error::invalid(format!("fence bucket of {} bytes exceeds the limit of {MAX_KEY_SIZE}", bucket.len())));
+    }
+    Ok(())
 }
 
 /// What `Shard::stats` reports.
@@ -346,6 +529,17 @@ pub struct Stats {
     pub last_version: u64,
     pub persisted_version: u64,
     pub wal_first_seq: u64,
+    /// Bytes of logged operations no segment file holds yet (what a
+    /// reopen would replay), at most `Options::max_unflushed_wal_bytes`
+    /// give or take one batch.
+    pub unflushed_wal_bytes: u64,
+    /// Writes that waited for the flush at that bound, and how long they
+    /// waited in all (TIMEOUTs included).
+    pub write_stalls: u64,
+    pub write_stall_time: Duration,
+    /// Operations the open replayed from the WAL, and their bytes.
+    pub replayed_records: u64,
+    pub replayed_bytes: u64,
 }
 
 /// A shard open on `<dir>`. Cheap to clone; every method may be called
@@ -397,12 +591,22 @@ impl Shard {
             Some(h) => h.files.wrap(fs),
             None => fs,
         };
-        Self::open_on(fs, dir, opts, wal, host.map(|h| h.flush.clone()), base)
+        let shared = host.map(|h| (h.flush.clone(), h.stalls.clone()));
+        Self::open_on(fs, dir, opts, wal, shared, base)
     }
 
     /// `base`: versions up to it are the segments' by construction (an
     /// incoming shard whose snapshot is being installed; 0 otherwise).
-    fn open_on(fs: Arc<dyn FileSystem>, dir: &Path, opts: Options, wal: Wal, pool: Option<Arc<FlushPool>>, base: u64) -> Result<Shard> {
+    /// `host`: the engine's flush pool and write-stall totals.
+    fn open_on(
+        fs: Arc<dyn FileSystem>,
+        dir: &Path,
+        opts: Options,
+        wal: Wal,
+        host: Option<(Arc<FlushPool>, Arc<backlog::Stalls>)>,
+        base: u64,
+    ) -> Result<Shard> {
+        let (pool, stalls) = host.unzip();
         let seg_dir = dir.join("segments");
         let last = wal.last_seq();
         let mut report = RecoveryReport::default();
@@ -428,13 +632,30 @@ impl Shard {
             }
             report.lost_versions = Some((a, b));
         }
+        // Replay starts past the version the manifest records as
+        // acknowledged: the segment files hold every operation up to it and
+        // the manifest the replicated state (applied index, fences) as of
+        // it, so records the WAL keeps only for its other readers (a
+        // transfer, a follower) add nothing to a restart. Not past the
+        // files' own higher floor: a pass that wrote its files but not yet
+        // the manifest left state records there that only the WAL has. A
+        // salvage open that lost files replays all the WAL still has.
+        let from = match report.lost.is_empty() {
+            true => (loaded.manifest.persisted.max(base) + 1).min(last + 1).max(first),
+            false => 0,
+        };
+        let mut replicated = Tracker::new(loaded.manifest.replicated.clone());
+        let replay = recovery::replay_wal(&mut segs, &mut replicated, &wal, from, opts.replay_run_bytes.max(1))?;
         // Everything before the first operation replay had to apply is in
         // the segments already (all of it after a clean close), and so is
         // everything up to the lowest persisted version the files record:
         // replay re-applies a put whose key a later, persisted delete
         // removed, which alone would restart the count below it.
-        let replayed = recovery::replay_wal(&mut segs, &wal, opts.replay_run_bytes.max(1))?.map_or(last, |first| first - 1);
+        let replayed = replay.first_changed.map_or(last, |first| first - 1);
         let persisted = replayed.max(loaded.floor.min(last));
+        let backlog = backlog::Backlog::new(opts.max_unflushed_wal_bytes, opts.write_stall_timeout, persisted, stalls);
+        // Replayed and not yet flushed: the first pass persists it.
+        backlog.logged(last, replay.bytes);
         segs.finish(last);
         let inner = Arc::new(Inner {
             fs,
@@ -443,6 +664,7 @@ impl Shard {
             gate: Gate::default(),
             wal: RwLock::new(Some(wal)),
             persisted: AtomicU64::new(persisted),
+            wal_acked: AtomicU64::new(0),
             moved: AtomicBool::new(false),
             closed: Arc::new(AtomicBool::new(false)),
             poison: Mutex::new(None),
@@ -452,6 +674,9 @@ impl Shard {
             report,
             opts,
             reads: Default::default(),
+            backlog,
+            replayed: replay,
+            replicated: Mutex::new(replicated),
         });
         let pool = match pool {
             Some(p) => p,
@@ -468,44 +693,114 @@ impl Shard {
     /// Applies `ops` atomically; returns the versions of the first and the
     /// last (consecutive WAL sequence numbers, one per operation).
     pub fn write(&self, ops: &[Op]) -> Result<(u64, u64)> {
-        self.write_refs(&ops.iter().map(Op::as_ref).collect::<Vec<_>>())
+        self.write_refs(&ops.iter().map(Op::as_ref).collect::<Vec<_>>(), None)
     }
 
-    fn write_refs(&self, ops: &[OpRef]) -> Result<(u64, u64)> {
+    /// `write` with a fence: FENCED (nothing written) when `fence.token`
+    /// is below the highest token accepted for its bucket, which otherwise
+    /// becomes it, in the same WAL frame as the operations. The check
+    /// runs at the write gate, in the shard's write order.
+    pub fn write_fenced(&self, ops: &[Op], fence: Fence) -> Result<(u64, u64)> {
+        self.write_refs(&ops.iter().map(Op::as_ref).collect::<Vec<_>>(), Some(fence))
+    }
+
+    fn write_refs(&self, ops: &[OpRef], fence: Option<Fence>) -> Result<(u64, u64)> {
         if ops.is_empty() {
             return Err(Error::invalid("a write batch needs at least one operation"));
         }
+        if let Some(f) = &fence {
+            check_bucket(&f.bucket)?;
+        }
+        let limit = self.inner.opts.wal_options().max_record_size;
+        op::check_write(ops, limit)?;
+        let intent = Intent { fence, ..Intent::default() };
+        op::check_frame(ops, intent.state_len() as u64, limit)?;
+        let w = self.submit(Batch::new(ops, intent))?;
+        debug_assert!(w.ops.is_some() && w.refused.is_none(), "a plain write is logged whole or fails");
+        w.ops.ok_or_else(|| Error::new(KEEL_STATUS_PANIC, "a write was logged without its operations"))
+    }
+
+    /// Applies the host's committed entry `index` (its consensus log's
+    /// index, from 1) with its operations `ops` (none: the entry only moves
+    /// the index) and optional `fence`, atomically: the index is logged in
+    /// the entry's WAL frame and `applied_index` returns it from then on,
+    /// across reopens. Entries must be applied one at a time, in index
+    /// order (gaps are allowed).
+    ///
+    /// An index at or below `applied_index` changes nothing and returns
+    /// `Applied { duplicate: true, .. }`. Operations refused the same way
+    /// on every replica (a stale fence: FENCED; an append to a value:
+    /// WRONG_KIND; a key or value past the shard's limits:
+    /// INVALID_ARGUMENT) are not applied, yet the index moves, and
+    /// `Applied::refused` says why. An error means the index did not move
+    /// (IO, NO_SPACE, CLOSED, POISONED, MOVED, INVALID_ARGUMENT for index 0
+    /// or an entry larger than this shard's WAL takes).
+    pub fn apply(&self, index: u64, ops: &[Op], fence: Option<Fence>) -> Result<Applied> {
+        if index == 0 {
+            return Err(Error::invalid("entry index 0: indexes start at 1 (0 means none applied)"));
+        }
+        let refs: Vec<OpRef> = ops.iter().map(Op::as_ref).collect();
+        let mut refused = fence.as_ref().and_then(|f| check_bucket(&f.bucket).err());
+        refused = refused.or_else(|| refs.iter().find_map(|op| op.check().err()));
+        let limit = self.inner.opts.wal_options().max_record_size;
+        // A refused entry logs its index alone.
+        let refs = if refused.is_some() { Vec::new() } else { refs };
+        let intent = Intent { index: Some(index), fence, refused };
+        op::check_frame(&refs, intent.state_len() as u64, limit)?;
+        let w = self.submit(Batch::new(&refs, intent))?;
+        Ok(Applied { duplicate: w.last == 0, ops: w.ops, refused: w.refused, applied_index: self.applied_index() })
+    }
+
+    /// The index of the last entry applied with `apply` (0: none), kept
+    /// across reopens.
+    pub fn applied_index(&self) -> u64 {
+        self.inner.replicated.lock().live().applied_index
+    }
+
+    /// The highest fencing token accepted for `bucket` by a fenced write
+    /// or an applied entry (None: none yet); kept across reopens.
+    pub fn fence_highest(&self, bucket: &[u8]) -> Option<u64> {
+        self.inner.replicated.lock().live().fences.highest(bucket)
+    }
+
+    /// Queues `batch` at the write gate and, in `sync` durability, waits
+    /// until what it logged is durable.
+    fn submit(&self, batch: Arc<Batch>) -> Result<Written> {
         let inner = &*self.inner;
         inner.check_open()?;
-        let record_limit = inner.opts.wal_options().max_record_size;
-        op::check_write(ops, record_limit)?;
-        let batch = Batch::new(ops);
+        // Before the gate and the WAL's lock: a write waiting for the flush
+        // holds nothing the flush or a close needs.
+        let admitted = inner.backlog.admit(batch.frame_bytes(), || {
+            let _ = inner.request(Request::Flush(None));
+        })?;
         // Held from the gate to the durability wait: close waits for it,
         // and the leader logs with it (no second read lock, which could
         // wait behind a pending close while that close waits for us).
         let wal = inner.wal.read();
         let wal = wal.as_ref().ok_or_else(|| Error::new(KEEL_STATUS_CLOSED, "shard is closed"))?;
-        let limit = GROUP_FRAME_BYTES.min(record_limit);
-        let (first, last) = {
+        let limit = GROUP_FRAME_BYTES.min(inner.opts.wal_options().max_record_size);
+        let w = {
             let _on_the_way = wal.on_the_way();
             inner.gate.write(batch, limit, |group| inner.run_group(wal, group))?
         };
-        if wal.durability() == Durability::Sync {
-            wal.wait_durable(last)?;
+        // A duplicate entry logged nothing (its `last` is 0).
+        admitted.logged(w.last);
+        if wal.durability() == Durability::Sync && w.last > 0 {
+            wal.wait_durable(w.last)?;
         }
-        Ok((first, last))
+        Ok(w)
     }
 
     pub fn put(&self, key: &[u8], value: &[u8]) -> Result<u64> {
-        self.write_refs(&[OpRef::Put { key, value }]).map(|v| v.0)
+        self.write_refs(&[OpRef::Put { key, value }], None).map(|v| v.0)
     }
 
     pub fn delete(&self, key: &[u8]) -> Result<u64> {
-        self.write_refs(&[OpRef::Delete { key }]).map(|v| v.0)
+        self.write_refs(&[OpRef::Delete { key }], None).map(|v| v.0)
     }
 
     pub fn append(&self, key: &[u8], item: &[u8]) -> Result<u64> {
-        self.write_refs(&[OpRef::Append { key, item }]).map(|v| v.0)
+        self.write_refs(&[OpRef::Append { key, item }], None).map(|v| v.0)
     }
 
     /// Runs `f` at one point of the shard's write order (its write gate):
@@ -529,6 +824,13 @@ impl Shard {
     #[doc(hidden)]
     pub fn queued_writes(&self) -> usize {
         self.inner.gate.queued()
+    }
+
+    /// Writes waiting for a flush at the bound of unflushed WAL (tests
+    /// wait for a writer to stall before they let the flush go).
+    #[doc(hidden)]
+    pub fn stalled_writes(&self) -> usize {
+        self.inner.backlog.waiting()
     }
 
     fn read<T>(&self, f: impl FnOnce(&Segments) -> Result<T>) -> Result<T> {
@@ -610,6 +912,7 @@ impl Shard {
     }
 
     pub fn stats(&self) -> Stats {
+        let (write_stalls, write_stall_time) = self.inner.backlog.stalls();
         let s = self.inner.segs.read();
         Stats {
             appendable_keys: s.appendable.map.len() as u64,
@@ -619,6 +922,11 @@ impl Shard {
             last_version: s.applied,
             persisted_version: self.persisted_version(),
             wal_first_seq: self.inner.wal.read().as_ref().map_or(0, |w| w.first_seq()),
+            unflushed_wal_bytes: self.inner.backlog.unflushed(),
+            write_stalls,
+            write_stall_time,
+            replayed_records: self.inner.replayed.records,
+            replayed_bytes: self.inner.replayed.bytes,
         }
     }
 
@@ -629,6 +937,7 @@ impl Shard {
         if inner.closed.swap(true, Ordering::AcqRel) {
             return Ok(());
         }
+        inner.backlog.close();
         let mut result = Ok(());
         let member = inner.flusher.lock().take();
         if let Some(member) = member {

@@ -2,8 +2,11 @@
 //!
 //! Record: `[u8 op][u32 key length][key][value or item]`. A write batch is
 //! one all-or-nothing WAL batch frame with one record per operation, so
-//! every operation has its own sequence number (its version).
+//! every operation has its own sequence number (its version). A write that
+//! applies a host's entry or carries a fence adds one state record
+//! (`[u8 4]...`, replicated.rs) after its operations, in the same frame.
 
+use super::replicated::StateChange;
 use crate::error::{Error, Result};
 
 /// Longest key a shard accepts (KEEL_SHARD_MAX_KEY_SIZE in keel.h).
@@ -22,6 +25,25 @@ pub const MAX_RECORD_SIZE: u64 = (RECORD_HEADER + MAX_KEY_SIZE + MAX_VALUE_SIZE)
 const OP_PUT: u8 = 1;
 const OP_DELETE: u8 = 2;
 const OP_APPEND: u8 = 3;
+/// A change of the replicated state (replicated.rs), not a key's.
+pub(super) const OP_STATE: u8 = 4;
+
+/// A shard WAL record: an operation on a key, or a change of the
+/// replicated state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Record<'a> {
+    Op(OpRef<'a>),
+    State(StateChange),
+}
+
+impl<'a> Record<'a> {
+    pub fn decode(record: &'a [u8]) -> Result<Record<'a>> {
+        match record.first() {
+            Some(&OP_STATE) => StateChange::decode(record).map(Record::State),
+            _ => OpRef::decode(record).map(Record::Op),
+        }
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Op {
@@ -147,14 +169,24 @@ pub fn check_write(ops: &[OpRef], record_limit: u64) -> Result<()> {
     for op in ops {
         op.check()?;
     }
-    let need = match ops {
-        [one] => one.record_len(),
-        many => many.iter().map(|op| BATCH_RECORD_HEADER as u64 + op.record_len()).sum(),
+    check_frame(ops, 0, record_limit)
+}
+
+/// Checks that `ops` with a state record of `state_len` bytes (0: none)
+/// fit one WAL record of at most `record_limit` bytes.
+pub fn check_frame(ops: &[OpRef], state_len: u64, record_limit: u64) -> Result<()> {
+    let need = match (ops, state_len) {
+        ([one], 0) => one.record_len(),
+        (many, _) => {
+            let state = if state_len > 0 { BATCH_RECORD_HEADER as u64 + state_len } else { 0 };
+            many.iter().map(|op| BATCH_RECORD_HEADER as u64 + op.record_len()).sum::<u64>() + state
+        }
     };
     if need <= record_limit {
         return Ok(());
     }
     let what = match ops {
+        [] => "a state record".to_string(),
         [one] => format!("a key of {} bytes with a value of {} bytes", one.key().len(), one.body().len()),
         many => format!(
             "a batch of {} operations with {} bytes of keys and values",

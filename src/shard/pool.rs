@@ -128,6 +128,8 @@ pub(crate) struct Host {
     pub flush: Arc<FlushPool>,
     pub wal: crate::wal::Workers,
     pub files: Arc<crate::fs::FileCache>,
+    /// Write stalls of all its shards (`backlog.rs`).
+    pub stalls: Arc<super::backlog::Stalls>,
 }
 
 /// A bounded pool of flush workers (see the module comment).

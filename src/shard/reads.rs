@@ -32,6 +32,14 @@ impl Reads {
     pub(super) fn clear(&self) {
         self.0.write().take();
     }
+
+    /// Tells the gate, if there is one, that entries up to `index` are
+    /// applied (the shard's own applies feed it; the host need not).
+    pub(super) fn applied(&self, index: u64) {
+        if let Some(c) = self.0.read().as_ref() {
+            c.gate.advance_applied(index);
+        }
+    }
 }
 
 impl Shard {
@@ -44,6 +52,8 @@ impl Shard {
         if slot.is_some() {
             return Err(Error::invalid("consensus is already configured for this shard"));
         }
+        // Entries applied through the shard, before this open included.
+        c.gate.advance_applied(self.applied_index());
         *slot = Some(Arc::new(c));
         Ok(())
     }

@@ -8,7 +8,8 @@ use super::appendable::Appendable;
 use super::files::{self, Ident};
 use super::key::prefix;
 use super::manifest::{self, Listed, Manifest};
-use super::op::OpRef;
+use super::op::{OpRef, Record, BATCH_RECORD_HEADER};
+use super::replicated::{StateChange, Tracker};
 use super::sealed::Sealed;
 use super::segments::Segments;
 use super::steps::Steps;
@@ -136,7 +137,7 @@ pub fn load(fs: &Arc<dyn FileSystem>, dir: &Path, wal_has_records: bool, salvage
             if let Some(parent) = dir.parent() {
                 files::sync_dir(fsr, parent)?; // the segments directory's own entry
             }
-            let m = Manifest { shard: manifest::new_shard_id(), next_id: 1, persisted: 0, segments: Vec::new() };
+            let m = Manifest { shard: manifest::new_shard_id(), next_id: 1, persisted: 0, replicated: Default::default(), segments: Vec::new() };
             m.write(fsr, dir)?;
             m
         }
@@ -232,7 +233,7 @@ pub fn load(fs: &Arc<dyn FileSystem>, dir: &Path, wal_has_records: bool, salvage
     let segs = Segments { shard: on_disk.shard, appendable, sealed: tables.into_values().map(Arc::new).collect(), applied: 0, next_id };
     // New files are durable; the manifest naming them goes next, and only
     // then are the files it no longer lists removed.
-    let now = Manifest::of(&segs, on_disk.persisted);
+    let now = Manifest::of(&segs, on_disk.persisted, on_disk.replicated.clone());
     if now != on_disk {
         now.write(fsr, dir)?;
     }
@@ -266,11 +267,28 @@ fn open_table(fs: &dyn FileSystem, dir: &Path, ident: Ident, size: u64, footer_c
     Ok(t)
 }
 
+/// What `replay_wal` did.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Replayed {
+    /// The lowest version that changed anything (everything below it is
+    /// in the segments already); None when nothing changed.
+    pub first_changed: Option<u64>,
+    /// Operations read from the WAL and put through the version gate.
+    pub records: u64,
+    /// Their bytes, each with its record header as a write counts it
+    /// (`backlog.rs`).
+    pub bytes: u64,
+}
+
 /// A run of WAL records, copied out of the log and sorted (see `replay_wal`).
 #[derive(Default)]
 struct Run {
     bytes: Vec<u8>,
     records: Vec<RunRecord>,
+    /// The run's changes of the replicated state, in version order.
+    states: Vec<(u64, StateChange)>,
+    /// The bytes of those state records (not copied into `bytes`).
+    state_bytes: usize,
 }
 
 /// One record of a run: where it and its key sit in the run's bytes.
@@ -293,9 +311,19 @@ impl Run {
     fn read(&mut self, reader: &mut Reader, run_bytes: usize) -> Result<()> {
         self.bytes.clear();
         self.records.clear();
-        while self.bytes.len() < run_bytes {
+        self.states.clear();
+        self.state_bytes = 0;
+        while self.bytes.len() + self.state_bytes < run_bytes {
             let Some((seq, record)) = reader.peek()? else { break };
-            let key = OpRef::decode(record)?.key();
+            let key = match Record::decode(record)? {
+                Record::Op(op) => op.key(),
+                Record::State(change) => {
+                    self.state_bytes += record.len();
+                    self.states.push((seq, change));
+                    reader.advance();
+                    continue;
+                }
+            };
             let key_at = key.as_ptr() as usize - record.as_ptr() as usize;
             self.records.push(RunRecord {
                 prefix: prefix(key),
@@ -314,9 +342,15 @@ impl Run {
         Ok(())
     }
 
-    /// Applies the run in its sorted order; lowers `first_changed` to the
-    /// lowest version that changed anything.
-    fn apply(&self, segs: &mut Segments, first_changed: &mut Option<u64>) -> Result<()> {
+    /// Applies the run in its sorted order, its state changes to
+    /// `replicated`; lowers `first_changed` to the lowest version that
+    /// changed a key (the segments hold no state changes: the manifest
+    /// does, up to the persisted version, and merging one again is
+    /// harmless).
+    fn apply(&self, segs: &mut Segments, replicated: &mut Tracker, first_changed: &mut Option<u64>) -> Result<()> {
+        for (seq, change) in &self.states {
+            replicated.logged(*seq, change.clone());
+        }
         for r in &self.records {
             let op = OpRef::decode(&self.bytes[r.start..r.start + r.len as usize])?;
             if segs.replay(op, r.seq)? {
@@ -327,18 +361,19 @@ impl Run {
     }
 }
 
-/// Replays the whole WAL into `segs`, in runs: the records of a run (up to
+/// Replays the WAL from `from` (the first version the segment files may
+/// lack; 0 for the first retained record) into `segs`, in runs: the
+/// records of a run (up to
 /// `run_bytes`, 64 MiB by default) are copied, sorted by key and then
 /// version, and applied in that order. Operations on different keys
 /// commute and those on one key keep their log order, so the state is the
 /// one replay in log order gives; but in key order each B-tree search
 /// walks the path the previous one left in the cache, where in log order
 /// every search was a string of cache misses. A second thread reads and
-/// sorts the next run while this one applies the current one. Returns the
-/// lowest version replay changed (everything below it is in the segments
-/// already).
-pub fn replay_wal(segs: &mut Segments, wal: &Wal, run_bytes: usize) -> Result<Option<u64>> {
-    let mut reader = wal.reader(0, ReadUpto::Appended)?;
+/// sorts the next run while this one applies the current one. State
+/// records go to `replicated`, in version order.
+pub fn replay_wal(segs: &mut Segments, replicated: &mut Tracker, wal: &Wal, from: u64, run_bytes: usize) -> Result<Replayed> {
+    let mut reader = wal.reader(from, ReadUpto::Appended)?;
     // Two runs circulate: one being applied here, one being read there.
     let (full_tx, full) = crossbeam_channel::bounded::<Result<Run>>(1);
     let (empty, empty_rx) = crossbeam_channel::bounded::<Run>(2);
@@ -351,7 +386,7 @@ pub fn replay_wal(segs: &mut Segments, wal: &Wal, run_bytes: usize) -> Result<Op
             // side has gone (its channel ends dropped).
             while let Ok(mut run) = empty_rx.recv() {
                 let result = run.read(&mut reader, run_bytes).map(|()| run);
-                let last = result.as_ref().map_or(true, |run| run.records.is_empty());
+                let last = result.as_ref().map_or(true, |run| run.records.is_empty() && run.states.is_empty());
                 if full_tx.send(result).is_err() || last {
                     return;
                 }
@@ -360,13 +395,16 @@ pub fn replay_wal(segs: &mut Segments, wal: &Wal, run_bytes: usize) -> Result<Op
         // Owned by this closure: an early return drops them, which ends the
         // reader thread wherever it waits, so the scope's join cannot hang.
         let (full, empty) = (full, empty);
-        let mut first_changed = None;
+        let mut replayed = Replayed::default();
         loop {
             let run = full.recv().map_err(|_| Error::new(KEEL_STATUS_PANIC, "the WAL replay reader stopped"))??;
-            if run.records.is_empty() {
-                return Ok(first_changed);
+            if run.records.is_empty() && run.states.is_empty() {
+                return Ok(replayed);
             }
-            run.apply(segs, &mut first_changed)?;
+            let records = run.records.len() + run.states.len();
+            replayed.records += records as u64;
+            replayed.bytes += (run.bytes.len() + run.state_bytes + records * BATCH_RECORD_HEADER) as u64;
+            run.apply(segs, replicated, &mut replayed.first_changed)?;
             let _ = empty.send(run);
         }
     })

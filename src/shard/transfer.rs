@@ -5,7 +5,7 @@
 
 use super::entry::{Entry, Value};
 use super::key::Key;
-use super::op::OpRef;
+use super::op::{Record, BATCH_RECORD_HEADER};
 use super::pool::Host;
 use super::sealed::Sealed;
 use super::{Options, Shard};
@@ -229,18 +229,28 @@ impl Shard {
                     format!("transferred operations from {first} do not follow this shard's last version {} without a gap", wal.last_seq()),
                 ));
             }
-            let decoded: Vec<OpRef> = fresh.iter().map(|(_, r)| OpRef::decode(r)).collect::<Result<_>>()?;
+            let decoded: Vec<Record> = fresh.iter().map(|(_, r)| Record::decode(r)).collect::<Result<_>>()?;
             let records: Vec<&[u8]> = fresh.iter().map(|(_, r)| *r).collect();
             let at = wal.append_deferred(&records)?;
             debug_assert_eq!(at, first, "the WAL numbers transferred operations with their versions");
-            for (i, op) in decoded.into_iter().enumerate() {
-                if let Err(e) = segs.replay(op, first + i as u64) {
-                    inner.poison(e.clone());
-                    return Err(e);
+            let mut replicated = inner.replicated.lock();
+            for (i, record) in decoded.into_iter().enumerate() {
+                let version = first + i as u64;
+                match record {
+                    Record::Op(op) => {
+                        if let Err(e) = segs.replay(op, version) {
+                            inner.poison(e.clone());
+                            return Err(e);
+                        }
+                    }
+                    Record::State(change) => replicated.logged(version, change),
                 }
             }
             let last = first + fresh.len() as u64 - 1;
             segs.finish(last);
+            // Counted toward the bound, never stalled: the transfer's
+            // sender paces itself by these calls.
+            inner.backlog.logged(last, records.iter().map(|r| (r.len() + BATCH_RECORD_HEADER) as u64).sum());
             last
         };
         wal.wait_durable(last)?;
@@ -278,11 +288,22 @@ mod tests {
         assert_eq!(shard.get(b"k0").unwrap().unwrap().version, 15);
         // A gap is refused.
         assert_eq!(apply(&shard, &ops(17..=18)).unwrap_err().status, KEEL_STATUS_PROTOCOL);
+        // A state record in the delta (an applied entry's index and fence)
+        // reaches the replicated state too.
+        let state = crate::shard::replicated::StateChange {
+            index: Some(42),
+            fence: Some(crate::shard::Fence { bucket: b"b".to_vec(), token: 7 }),
+        };
+        let mut with_state = ops(16..=16);
+        with_state.push((17, state.encode()));
+        assert_eq!(apply(&shard, &with_state).unwrap(), 17);
+        assert_eq!((shard.applied_index(), shard.fence_highest(b"b")), (42, Some(7)));
         // Reopened normally, the shard replays its own WAL at those versions.
         shard.close().unwrap();
         let shard = Shard::open(&dir, opts).unwrap();
-        assert_eq!(shard.last_version(), 15);
-        assert_eq!(shard.get(b"k0").unwrap().unwrap().version, 15);
+        assert_eq!(shard.last_version(), 17);
+        assert_eq!(shard.get(b"k1").unwrap().unwrap().version, 16);
+        assert_eq!((shard.applied_index(), shard.fence_highest(b"b")), (42, Some(7)));
         shard.close().unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
     }

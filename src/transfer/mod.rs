@@ -6,15 +6,22 @@
 //!
 //! One file per part: `wire.rs` (frames), `source.rs` (the sending side:
 //! method choice, pipelined backfill, final drain), `receiver.rs` (the
-//! receiving side) and `digest.rs` (the content digest both sides compare).
+//! receiving side) and `digest.rs` (the content digest both sides compare);
+//! for faults, `retry.rs` (resending a step), `pace.rs` (the bandwidth cap)
+//! and `clock.rs` (the time both wait on).
 
+mod clock;
 mod digest;
+mod pace;
 mod receiver;
+mod retry;
 mod source;
 pub mod wire;
 
+pub use clock::{Clock, RealClock};
 pub use digest::shard_digest;
 pub use receiver::ReceiverStats;
+pub use retry::Retry;
 
 use crate::engine::Engine;
 use crate::error::{Error, Result};
@@ -52,6 +59,23 @@ pub struct TransferOptions {
     /// and drops it). Without it the source keeps its shard writable and
     /// the receiver holds a copy as of the finish.
     pub hand_over: bool,
+    /// How a step that the transport lost is sent again.
+    pub retry: Retry,
+    /// What the retry backoff and the bandwidth cap wait on.
+    pub clock: Arc<dyn Clock>,
+    /// Called once after the last read made without the write hold, just
+    /// before the final drain takes it (tests slip a write into that gap).
+    pub before_final_hold: Option<Hook>,
+}
+
+/// A callback of `TransferOptions`.
+#[derive(Clone)]
+pub struct Hook(pub Arc<dyn Fn() + Send + Sync>);
+
+impl std::fmt::Debug for Hook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Hook")
+    }
 }
 
 impl Default for TransferOptions {
@@ -62,6 +86,9 @@ impl Default for TransferOptions {
             max_batch_records: 1024,
             ack_timeout: Duration::from_secs(30),
             hand_over: false,
+            retry: Retry::default(),
+            clock: Arc::new(RealClock::new()),
+            before_final_hold: None,
         }
     }
 }
@@ -77,7 +104,7 @@ impl TransferOptions {
         if self.ack_timeout.is_zero() {
             return Err(Error::invalid("ack_timeout must be positive"));
         }
-        Ok(())
+        self.retry.validate()
     }
 }
 
@@ -108,6 +135,13 @@ pub struct Report {
     pub handed_over: bool,
     /// Most batches the source held at once (built, in flight or being read).
     pub max_batches_in_memory: usize,
+    /// Steps sent again after the transport lost them (`TransferOptions::retry`).
+    pub retries: u64,
+    /// Time spent waiting for the bandwidth cap, on `TransferOptions::clock`.
+    pub paced: Duration,
+    /// PART steps: pieces of batches too large for one frame (a single
+    /// entry or record), sent ahead of their last piece.
+    pub parts: u64,
 }
 
 /// The transfer service of one node: sends shards of the host's choosing
@@ -131,7 +165,7 @@ impl Transfers {
             node: node.clone(),
             engine,
             waiting: Mutex::new(HashMap::new()),
-            next_id: AtomicU64::new(1),
+            next_id: AtomicU64::new(first_id()),
             sending: AtomicUsize::new(0),
             receiver: receiver::Receiver::default(),
         });
@@ -157,7 +191,10 @@ impl Transfers {
     /// Sends `shard` (the host's open shard `shard_id`) to `peer` and
     /// returns once the receiver holds everything durably. Writes to the
     /// shard continue meanwhile, except during the final drain. BUSY when
-    /// the node's `max_concurrent_transfers` are being sent already.
+    /// the node's `max_concurrent_transfers` are being sent already. A
+    /// step the transport loses is sent again (`TransferOptions::retry`);
+    /// when the retries run out the transfer fails, and the receiver keeps
+    /// what it acknowledged for the next one to build on.
     pub fn send_shard(&self, shard: &Shard, shard_id: u32, peer: u64, opts: &TransferOptions) -> Result<Report> {
         opts.validate()?;
         let max = self.node.max_concurrent_transfers();
@@ -201,6 +238,14 @@ impl Transfers {
             let _ = self.node.send(peer, wire::ACK, &ack.encode());
         }
     }
+}
+
+/// Where this process starts numbering its transfers: a receiver takes a
+/// START under an id it is still receiving as a copy of that START, so a
+/// restarted source must not reuse the ids of the one before.
+fn first_id() -> u64 {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    (now.as_nanos() as u64) << 8
 }
 
 /// The status a receiver's failure carries back to the source.

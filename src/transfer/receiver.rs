@@ -9,8 +9,9 @@ use crate::error::{Error, Result};
 use crate::shard::Shard;
 use crate::status::*;
 use parking_lot::Mutex;
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 /// Counters of the receiving side.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -22,9 +23,21 @@ pub struct ReceiverStats {
     /// A step sent before the source had the previous step's ACK (more
     /// than one send in flight).
     pub overlapped: u64,
+    /// Most steps a source had in flight when one of its steps arrived
+    /// (its number minus the last ACK it had): 1 for a correct source,
+    /// also while it retries.
+    pub max_in_flight: u64,
+    /// Copies of the last step answered (a source retrying a step whose
+    /// ACK it did not get): answered again from memory, applied once.
+    pub resent_steps: u64,
+    /// Copies of older steps arriving late on a connection that broke
+    /// (the source had moved on): dropped unanswered.
+    pub stale_steps: u64,
     /// Frames that could not be decoded.
     pub malformed: u64,
     pub steps: u64,
+    /// PART steps: pieces of a batch too large for one frame.
+    pub parts: u64,
     pub entries_installed: u64,
     pub ops_applied: u64,
     pub finished: u64,
@@ -36,8 +49,12 @@ struct Counters {
     refused_unannounced: AtomicU64,
     out_of_order: AtomicU64,
     overlapped: AtomicU64,
+    max_in_flight: AtomicU64,
+    resent_steps: AtomicU64,
+    stale_steps: AtomicU64,
     malformed: AtomicU64,
     steps: AtomicU64,
+    parts: AtomicU64,
     entries_installed: AtomicU64,
     ops_applied: AtomicU64,
     finished: AtomicU64,
@@ -48,18 +65,49 @@ fn bump(c: &AtomicU64, n: u64) {
     c.fetch_add(n, Ordering::Relaxed);
 }
 
+/// The largest batch body PART steps may assemble.
+const MAX_ASSEMBLED_BYTES: usize = 1 << 30;
+
+/// Finished receptions whose FINISH is remembered, to answer a copy of it
+/// (its first ACK may have been lost with the connection).
+const FINISHED_MEMORY: usize = 64;
+
+/// The last step answered, to answer a copy of it the same way.
+#[derive(Clone)]
+struct Answered {
+    ty: u16,
+    /// crc32 of its body: a copy must carry the same bytes.
+    crc: u32,
+    ack: Ack,
+}
+
 /// One shard being received.
 struct Incoming {
     shard_id: u32,
     peer: u64,
     /// The last step answered.
     step: u64,
+    last: Option<Answered>,
     /// Taken by the engine once BEGIN (or, for a WAL delta, START) opened it.
     shard: Option<Shard>,
     snapshot: bool,
     /// A snapshot's version and the source's crc32 of its record, kept by
     /// the shard once the snapshot is complete (`Shard::set_snapshot_base`).
     base: Option<(u64, u32)>,
+    /// PART pieces of a batch whose last piece has not come yet.
+    pending: Vec<u8>,
+    /// Set when the reception ended (finished or abandoned) while a copy
+    /// of a step waited for it.
+    ended: bool,
+}
+
+/// A reception and the shard it is for. A step works on the reception
+/// under its lock, so a copy of the step that comes in on a newer
+/// connection waits for the one still being applied from the old one.
+#[derive(Clone)]
+struct Running {
+    shard_id: u32,
+    cell: Arc<Mutex<Incoming>>,
 }
 
 #[derive(Default)]
@@ -67,12 +115,18 @@ struct State {
     /// (shard id, peer) pairs the host announced.
     expected: HashSet<(u32, u64)>,
     /// By (peer, transfer id).
-    running: HashMap<(u64, u64), Incoming>,
+    running: HashMap<(u64, u64), Running>,
+    /// The last receptions finished: (peer, transfer id), FINISH's step
+    /// and its answer.
+    finished: VecDeque<((u64, u64), u64, Answered)>,
 }
 
 #[derive(Default)]
 pub(super) struct Receiver {
     state: Mutex<State>,
+    /// Held through a START: a copy of it waits and then finds the
+    /// reception the first one opened.
+    starting: Mutex<()>,
     counters: Counters,
 }
 
@@ -92,8 +146,12 @@ impl Receiver {
             refused_unannounced: g(&c.refused_unannounced),
             out_of_order: g(&c.out_of_order),
             overlapped: g(&c.overlapped),
+            max_in_flight: g(&c.max_in_flight),
+            resent_steps: g(&c.resent_steps),
+            stale_steps: g(&c.stale_steps),
             malformed: g(&c.malformed),
             steps: g(&c.steps),
+            parts: g(&c.parts),
             entries_installed: g(&c.entries_installed),
             ops_applied: g(&c.ops_applied),
             finished: g(&c.finished),
@@ -102,8 +160,9 @@ impl Receiver {
     }
 
     /// Handles one step from `peer`; returns the ACK to send (None when the
-    /// frame is too damaged to say which transfer it belongs to).
-    /// At most `max` receptions run at once.
+    /// frame is too damaged to say which transfer it belongs to, or is a
+    /// late copy of a step already answered). At most `max` receptions
+    /// run at once.
     pub fn on_step(&self, engine: &Engine, max: usize, peer: u64, ty: u16, payload: &[u8]) -> Option<Ack> {
         let Ok(step) = wire::parse_step(payload) else {
             self.note_malformed();
@@ -111,22 +170,40 @@ impl Receiver {
         };
         bump(&self.counters.steps, 1);
         let (id, n, acked, mut body) = (step.id, step.step, step.acked, step.body);
+        self.counters.max_in_flight.fetch_max(n.saturating_sub(acked), Ordering::Relaxed);
+        let crc = crc32fast::hash(body.bytes);
         let mut ack = Ack { id, step: n, status: KEEL_STATUS_OK, version: 0, crc: None, message: String::new() };
-        let result = if ty == wire::START {
-            self.start(engine, max, peer, id, n, &mut body, &mut ack)
-        } else {
-            // Taken out while it is worked on: other transfers go on meanwhile.
-            let taken = self.state.lock().running.remove(&(peer, id));
-            match taken {
-                None => Err(Error::new(KEEL_STATUS_NOT_FOUND, format!("no transfer {id} from node {peer} is running here"))),
-                Some(mut inc) => {
+        let _start = (ty == wire::START).then(|| self.starting.lock());
+        let running = self.state.lock().running.get(&(peer, id)).cloned();
+        let result = match running {
+            None if ty == wire::START => self.start(engine, max, peer, id, n, crc, &mut body, &mut ack),
+            None => match self.finished_answer(peer, id) {
+                Some((step, last)) if n <= step => return self.copy(step, Some(&last), ty, n, crc),
+                _ => Err(Error::new(KEEL_STATUS_NOT_FOUND, format!("no transfer {id} from node {peer} is running here"))),
+            },
+            Some(running) => {
+                let mut inc = running.cell.lock();
+                if inc.ended {
+                    Err(Error::new(KEEL_STATUS_NOT_FOUND, format!("transfer {id} from node {peer} has ended here")))
+                } else if n <= inc.step {
+                    return self.copy(inc.step, inc.last.as_ref(), ty, n, crc);
+                } else {
                     let r = self.step(engine, &mut inc, ty, n, acked, &mut body, &mut ack);
                     match (&r, ty) {
-                        (Ok(()), wire::FINISH) => {}
-                        (Ok(()), _) => {
-                            self.state.lock().running.insert((peer, id), inc);
+                        (Ok(()), wire::FINISH) => {
+                            inc.ended = true;
+                            self.forget(peer, id, &running);
+                            let mut st = self.state.lock();
+                            if st.finished.len() == FINISHED_MEMORY {
+                                st.finished.pop_front();
+                            }
+                            st.finished.push_back(((peer, id), n, Answered { ty, crc, ack: ack.clone() }));
                         }
-                        (Err(_), _) => abandon(engine, inc),
+                        (Ok(()), _) => inc.last = Some(Answered { ty, crc, ack: ack.clone() }),
+                        (Err(_), _) => {
+                            self.forget(peer, id, &running);
+                            abandon(engine, &mut inc);
+                        }
                     }
                     r
                 }
@@ -140,6 +217,45 @@ impl Receiver {
         Some(ack)
     }
 
+    /// A step numbered at or below `step`, the last one answered (as
+    /// `last`): a copy of it (the source retrying it) gets that step's ACK
+    /// again; an older one is a late copy from a broken connection and
+    /// gets none.
+    fn copy(&self, step: u64, last: Option<&Answered>, ty: u16, n: u64, crc: u32) -> Option<Ack> {
+        match last {
+            Some(last) if n == step => {
+                bump(&self.counters.resent_steps, 1);
+                if last.ty == ty && last.crc == crc {
+                    return Some(last.ack.clone());
+                }
+                bump(&self.counters.failed, 1);
+                Some(Ack {
+                    status: KEEL_STATUS_PROTOCOL,
+                    message: format!("step {n} came again with other contents"),
+                    ..last.ack.clone()
+                })
+            }
+            _ => {
+                bump(&self.counters.stale_steps, 1);
+                None
+            }
+        }
+    }
+
+    /// FINISH's step and answer, when transfer `id` from `peer` finished lately.
+    fn finished_answer(&self, peer: u64, id: u64) -> Option<(u64, Answered)> {
+        let st = self.state.lock();
+        st.finished.iter().find(|(k, _, _)| *k == (peer, id)).map(|(_, step, last)| (*step, last.clone()))
+    }
+
+    /// Drops the reception from the table, unless a newer one replaced it.
+    fn forget(&self, peer: u64, id: u64, running: &Running) {
+        let mut st = self.state.lock();
+        if st.running.get(&(peer, id)).is_some_and(|r| Arc::ptr_eq(&r.cell, &running.cell)) {
+            st.running.remove(&(peer, id));
+        }
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn start(
         &self,
@@ -148,6 +264,7 @@ impl Receiver {
         peer: u64,
         id: u64,
         n: u64,
+        crc: u32,
         body: &mut crate::shard::files::Cursor,
         ack: &mut Ack,
     ) -> Result<()> {
@@ -158,7 +275,7 @@ impl Receiver {
             bump(&self.counters.out_of_order, 1);
             return Err(Error::new(KEEL_STATUS_PROTOCOL, format!("START is step {n}, not 1")));
         }
-        let stale: Vec<Incoming> = {
+        let stale: Vec<Running> = {
             let mut st = self.state.lock();
             if !st.expected.contains(&(shard_id, peer)) {
                 bump(&self.counters.refused_unannounced, 1);
@@ -167,17 +284,13 @@ impl Receiver {
                     format!("shard {shard_id} from node {peer} was not announced here (expect it first)"),
                 ));
             }
-            // An earlier attempt of the same shard that never finished
-            // (its source gave up or restarted), or one under the same id
-            // (a restarted source numbers its transfers afresh), ends here.
-            let old: Vec<(u64, u64)> =
-                st.running.iter().filter(|(k, i)| i.shard_id == shard_id || **k == (peer, id)).map(|(k, _)| *k).collect();
-            let old: Vec<Incoming> = old.into_iter().filter_map(|k| st.running.remove(&k)).collect();
+            // An earlier attempt of the same shard that never finished (its
+            // source gave up or restarted) ends here.
+            let old: Vec<(u64, u64)> = st.running.iter().filter(|(_, r)| r.shard_id == shard_id).map(|(k, _)| *k).collect();
+            let old: Vec<Running> = old.into_iter().filter_map(|k| st.running.remove(&k)).collect();
             if st.running.len() >= max {
                 drop(st);
-                for inc in old {
-                    abandon(engine, inc);
-                }
+                end_all(engine, old);
                 return Err(Error::new(
                     KEEL_STATUS_BUSY,
                     format!("{max} transfers are being received here already (max_concurrent_transfers)"),
@@ -185,10 +298,18 @@ impl Receiver {
             }
             old
         };
-        for inc in stale {
-            abandon(engine, inc);
-        }
-        let mut inc = Incoming { shard_id, peer, step: 1, shard: None, snapshot: false, base: None };
+        end_all(engine, stale);
+        let mut inc = Incoming {
+            shard_id,
+            peer,
+            step: 1,
+            last: None,
+            shard: None,
+            snapshot: false,
+            base: None,
+            pending: Vec::new(),
+            ended: false,
+        };
         if mode == wire::MODE_DELTA {
             match engine.receive_shard(shard_id, None) {
                 Ok(shard) => {
@@ -202,7 +323,8 @@ impl Receiver {
                 Err(e) => return Err(e),
             }
         }
-        self.state.lock().running.insert((peer, id), inc);
+        inc.last = Some(Answered { ty: wire::START, crc, ack: ack.clone() });
+        self.state.lock().running.insert((peer, id), Running { shard_id, cell: Arc::new(Mutex::new(inc)) });
         Ok(())
     }
 
@@ -228,6 +350,22 @@ impl Receiver {
                 format!("step {n} was sent before the ACK of step {} arrived (one step may be in flight)", inc.step),
             ));
         }
+        debug_assert_eq!(n - acked, 1, "an accepted step arrives in order with no other in flight");
+        if !inc.pending.is_empty() && !matches!(ty, wire::PART | wire::ENTRIES | wire::OPS) {
+            return Err(Error::new(KEEL_STATUS_PROTOCOL, format!("frame type {ty:#06x} came between the pieces of a batch")));
+        }
+        // The pieces of a batch too large for a frame, and its last piece,
+        // are applied as one body.
+        let assembled = match ty {
+            wire::ENTRIES | wire::OPS if !inc.pending.is_empty() => {
+                let mut all = std::mem::take(&mut inc.pending);
+                all.extend_from_slice(body.bytes);
+                Some(all)
+            }
+            _ => None,
+        };
+        let mut whole = crate::shard::files::Cursor { bytes: assembled.as_deref().unwrap_or(body.bytes) };
+        let body = &mut whole;
         inc.step = n;
         let protocol = |what: String| Error::new(KEEL_STATUS_PROTOCOL, what);
         match ty {
@@ -256,6 +394,13 @@ impl Receiver {
                     other => return Err(protocol(format!("unknown mode {other}"))),
                 }
                 ack.version = base;
+            }
+            wire::PART => {
+                if inc.pending.len() + body.bytes.len() > MAX_ASSEMBLED_BYTES {
+                    return Err(protocol(format!("the pieces of a batch pass {MAX_ASSEMBLED_BYTES} bytes")));
+                }
+                inc.pending.extend_from_slice(body.bytes);
+                bump(&self.counters.parts, 1);
             }
             wire::ENTRIES => {
                 let shard = shard_of(inc, true)?;
@@ -306,8 +451,18 @@ fn shard_of(inc: &Incoming, snapshot: bool) -> Result<&Shard> {
 }
 
 /// Ends a reception that will not finish: the shard stays marked incoming.
-fn abandon(engine: &Engine, inc: Incoming) {
-    if inc.shard.is_some() {
+fn abandon(engine: &Engine, inc: &mut Incoming) {
+    inc.ended = true;
+    inc.pending = Vec::new();
+    if inc.shard.take().is_some() {
         let _ = engine.release_incoming(inc.shard_id, false);
+    }
+}
+
+/// Abandons receptions taken out of the table (each once its step in
+/// progress, if any, is done).
+fn end_all(engine: &Engine, old: Vec<Running>) {
+    for r in old {
+        abandon(engine, &mut r.cell.lock());
     }
 }

@@ -3,6 +3,9 @@
 //! current one is sent; one send in flight) and the final drain under
 //! the shard's write hold.
 
+use super::clock::Clock;
+use super::pace::Pace;
+use super::retry::{self, Retry};
 use super::wire::{self, Ack, STEP_HEADER};
 use super::{failed, Method, Report, TransferOptions};
 use crate::error::{Error, Result};
@@ -10,7 +13,7 @@ use crate::node::Node;
 use crate::shard::{Shard, Snapshot};
 use crate::status::*;
 use crate::wal::Reader;
-use crossbeam_channel::Receiver;
+use crossbeam_channel::{Receiver, RecvTimeoutError};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,6 +21,10 @@ use std::time::{Duration, Instant};
 /// Backfill rounds (catch up, sync the WAL, catch up again) before the
 /// final drain takes the write hold whatever is left.
 const CATCH_UP_ROUNDS: usize = 8;
+
+/// How often a source waiting for an ACK looks whether the connection
+/// still stands (a dropped one is retried without waiting out the timeout).
+const CONNECTION_CHECK: Duration = Duration::from_millis(50);
 
 /// Counts the batches the source holds, and the most at once.
 #[derive(Default)]
@@ -70,23 +77,16 @@ impl Batcher {
         Batch { ty, payload, count: 0, last: 0, read: Duration::ZERO, _held: Held::new(&self.memory) }
     }
 
-    fn close(&self, mut b: Batch, began: Instant) -> Result<Option<Batch>> {
+    /// Finishes a batch (None when empty). One larger than a frame holds a
+    /// single entry or record; `Link::send` sends it in pieces.
+    fn close(&self, mut b: Batch, began: Instant) -> Option<Batch> {
         if b.count == 0 {
-            return Ok(None);
+            return None;
         }
-        if b.payload.len() > self.frame_limit {
-            return Err(Error::new(
-                KEEL_STATUS_UNSUPPORTED,
-                format!(
-                    "a batch of {} bytes (one entry or record alone) exceeds the node's frame limit of {} bytes; large entries are not split yet",
-                    b.payload.len(),
-                    self.frame_limit
-                ),
-            ));
-        }
+        debug_assert!(b.count == 1 || b.payload.len() <= self.frame_limit, "only a lone entry or record outgrows a frame");
         b.payload[STEP_HEADER..STEP_HEADER + 4].copy_from_slice(&(b.count as u32).to_le_bytes());
         b.read = began.elapsed();
-        Ok(Some(b))
+        Some(b)
     }
 
     /// The next WAL records (up to the durable mark) from `reader`.
@@ -103,7 +103,7 @@ impl Batcher {
             b.last = version;
             reader.advance();
         }
-        self.close(b, began)
+        Ok(self.close(b, began))
     }
 
     /// The next snapshot entries after `after`.
@@ -120,7 +120,7 @@ impl Batcher {
         if let Some((last, _)) = chunk.last() {
             *after = Some(last.clone());
         }
-        self.close(b, began)
+        Ok(self.close(b, began))
     }
 }
 
@@ -131,6 +131,10 @@ struct Link<'a> {
     id: u64,
     acks: Receiver<Ack>,
     timeout: Duration,
+    retry: &'a Retry,
+    clock: &'a dyn Clock,
+    pace: Option<Pace>,
+    frame_limit: usize,
     step: u64,
     acked: u64,
     report: Report,
@@ -138,21 +142,29 @@ struct Link<'a> {
 
 impl Link<'_> {
     /// Sends one step (its payload starts with room for the header) and
-    /// waits for its ACK.
+    /// waits for its ACK. A step the transport lost is sent again whole,
+    /// under the same number, after a backoff and a fresh dial: the
+    /// receiver answers a copy of a step it has seen from its memory.
     fn call(&mut self, ty: u16, mut payload: Vec<u8>) -> Result<Ack> {
         debug_assert_eq!(self.acked, self.step, "one step in flight at a time");
         self.step += 1;
         payload[..STEP_HEADER].copy_from_slice(&wire::step(self.id, self.step, self.acked));
         let began = Instant::now();
-        self.node.send(self.peer, ty, &payload)?;
-        self.report.bytes += payload.len() as u64;
+        let mut retries = 0;
         let ack = loop {
-            let ack = self.acks.recv_timeout(self.timeout).map_err(|_| {
-                Error::new(KEEL_STATUS_TIMEOUT, format!("no answer from node {} to transfer step {} within {:?}", self.peer, self.step, self.timeout))
-            })?;
-            // An ACK of an earlier step can only be a duplicate.
-            if ack.step == self.step {
-                break ack;
+            match self.attempt(ty, &payload) {
+                Ok(ack) => break ack,
+                Err(e) if retry::transient(&e) && retries < self.retry.max_retries && !self.node.is_closing() => {
+                    retries += 1;
+                    self.report.retries += 1;
+                    self.clock.sleep(self.retry.backoff(retries));
+                    // A dial that fails is the next attempt's failure.
+                    let _ = self.node.reconnect(self.peer);
+                }
+                Err(e) if retries > 0 => {
+                    return Err(Error::new(e.status, format!("transfer step {} failed after {retries} retries: {}", self.step, e.message)))
+                }
+                Err(e) => return Err(e),
             }
         };
         self.report.send_time += began.elapsed();
@@ -161,6 +173,41 @@ impl Link<'_> {
         }
         self.acked = self.step;
         Ok(ack)
+    }
+
+    /// One try at the current step: sends it (within the bandwidth cap)
+    /// and waits for its ACK, giving up early when the connection drops.
+    fn attempt(&mut self, ty: u16, payload: &[u8]) -> Result<Ack> {
+        if let Some(pace) = &mut self.pace {
+            self.report.paced += pace.take(payload.len(), self.clock);
+        }
+        self.node.send(self.peer, ty, payload)?;
+        self.report.bytes += payload.len() as u64;
+        let deadline = Instant::now() + self.timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(Error::new(
+                    KEEL_STATUS_TIMEOUT,
+                    format!("no answer from node {} to transfer step {} within {:?}", self.peer, self.step, self.timeout),
+                ));
+            }
+            match self.acks.recv_timeout(left.min(CONNECTION_CHECK)) {
+                Ok(ack) if ack.step == self.step => return Ok(ack),
+                // An ACK of an earlier step can only be a duplicate.
+                Ok(_) => {}
+                Err(RecvTimeoutError::Timeout) if !self.node.is_ready(self.peer) => {
+                    return Err(Error::new(
+                        KEEL_STATUS_IO,
+                        format!("the connection to node {} dropped before transfer step {} was answered", self.peer, self.step),
+                    ))
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => {
+                    return Err(Error::new(KEEL_STATUS_CLOSED, "the transfer service stopped while a step was in flight"))
+                }
+            }
+        }
     }
 
     fn simple(&mut self, ty: u16, body: &[u8]) -> Result<Ack> {
@@ -180,7 +227,22 @@ impl Link<'_> {
             }
         }
         let Batch { ty, payload, _held, .. } = b;
-        self.call(ty, payload).map(drop)
+        if payload.len() <= self.frame_limit {
+            return self.call(ty, payload).map(drop);
+        }
+        // One entry or record larger than a frame: its body goes in
+        // frame-sized PART steps, each acknowledged like any step, and the
+        // last piece as the batch's own type.
+        let pieces: Vec<&[u8]> = payload[STEP_HEADER..].chunks(self.frame_limit - STEP_HEADER).collect();
+        for (i, piece) in pieces.iter().enumerate() {
+            let last = i + 1 == pieces.len();
+            let mut p = Vec::with_capacity(STEP_HEADER + piece.len());
+            p.extend_from_slice(&[0; STEP_HEADER]);
+            p.extend_from_slice(piece);
+            self.call(if last { ty } else { wire::PART }, p)?;
+            self.report.parts += u64::from(!last);
+        }
+        Ok(())
         // `_held` goes here, once the receiver has the batch.
     }
 
@@ -273,7 +335,22 @@ pub(super) fn run(
         frame_limit,
         memory: Arc::new(Memory::default()),
     };
-    let mut link = Link { node, peer, id, acks, timeout: opts.ack_timeout, step: 0, acked: 0, report: Report::default() };
+    let clock = &*opts.clock;
+    let pace = Pace::new(node.transfer_bandwidth(), clock);
+    let mut link = Link {
+        node,
+        peer,
+        id,
+        acks,
+        timeout: opts.ack_timeout,
+        retry: &opts.retry,
+        clock,
+        pace,
+        frame_limit,
+        step: 0,
+        acked: 0,
+        report: Report::default(),
+    };
     let mut start = shard_id.to_le_bytes().to_vec();
     start.push(match opts.method {
         Method::Snapshot => wire::MODE_SNAPSHOT,
@@ -328,6 +405,9 @@ pub(super) fn run(
         if sent == 0 {
             break;
         }
+    }
+    if let Some(hook) = &opts.before_final_hold {
+        (hook.0)();
     }
     // The final drain: no write is applied while the hold lives, so a
     // read under it that comes back empty has seen every write.

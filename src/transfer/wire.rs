@@ -27,6 +27,11 @@ pub const OPS: u16 = 0x0103;
 pub const SNAPSHOT_END: u16 = 0x0104;
 /// Source → receiver: the transfer is complete. Body: `[u64 last version]`.
 pub const FINISH: u16 = 0x0105;
+/// Source → receiver: a piece of a batch too large for one frame (one
+/// entry or record alone). Body: the next bytes of the batch's body; the
+/// batch's last piece travels as ENTRIES or OPS, and the receiver applies
+/// the pieces and it as one body.
+pub const PART: u16 = 0x0106;
 /// Receiver → source: the answer to one step. Payload: `[u64 transfer
 /// id][u64 step][u32 status][u64 version][u8 has crc][u32 crc][message]`.
 pub const ACK: u16 = 0x0180;

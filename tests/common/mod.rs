@@ -4,6 +4,7 @@
 pub mod child;
 pub mod faultfs;
 pub mod lockstep;
+pub mod relay;
 pub mod rng;
 pub mod shard_model;
 

@@ -301,6 +301,8 @@ TEST(Engine, OneEnginePerDirectoryAndBadOptions) {
   expect_invalid(EngineOptions().seal_bytes(4095), "seal_bytes");
   expect_invalid(EngineOptions().max_sealed_segments(0), "max_sealed");
   expect_invalid(EngineOptions().flush_threads(257), "flush_threads");
+  expect_invalid(EngineOptions().max_unflushed_wal_bytes(4096), "max_unflushed_wal_bytes");
+  expect_invalid(EngineOptions().write_stall_timeout(std::chrono::hours(2)), "write_stall_timeout");
   expect_invalid(EngineOptions().max_open_files(15), "max_open_files");
   expect_invalid(EngineOptions().wal_segment_size(4096), "segment_size");
   expect_invalid(EngineOptions().durability(Durability::Periodic).sync_interval(std::chrono::hours(24 * 365)),
@@ -331,6 +333,8 @@ TEST(Engine, StatsCountResourcesNotThreadsPerShard) {
   EXPECT_EQ(busy->open_shards, shards.size());
   EXPECT_GE(busy->open_files, idle->open_files + shards.size());
   EXPECT_GE(busy->stalled.count(), 0);
+  EXPECT_EQ(busy->write_stalls, 0u) << "far below max_unflushed_wal_bytes";
+  EXPECT_EQ(busy->write_stall_time.count(), 0);
 
   for (auto& s : shards) KEEL_ASSERT_OK(s.close());
   auto after = engine.stats();
@@ -372,8 +376,12 @@ TEST(EngineOptions, BuilderRoundTripsAndDefaultsAreTheLibrarys) {
                      .flush_interval(std::chrono::milliseconds(250))
                      .seal_bytes(8192)
                      .flush_threads(3)
+                     .max_unflushed_wal_bytes(8 << 20)
+                     .write_stall_timeout(std::chrono::milliseconds(1500))
                      .max_open_files(100);
   EXPECT_EQ(o.durability(), Durability::Periodic);
+  EXPECT_EQ(o.max_unflushed_wal_bytes(), 8u << 20);
+  EXPECT_EQ(o.write_stall_timeout(), std::chrono::milliseconds(1500));
   EXPECT_EQ(o.max_open_files(), 100u);
   EXPECT_EQ(o.flush_threads(), 3u);
   EXPECT_EQ(o.sync_interval(), std::chrono::milliseconds(20));
@@ -392,6 +400,8 @@ TEST(EngineOptions, BuilderRoundTripsAndDefaultsAreTheLibrarys) {
   EXPECT_EQ(d.flush_interval(), std::chrono::milliseconds(c.flush_interval_ms));
   EXPECT_EQ(d.max_sealed_segments(), c.max_sealed_segments);
   EXPECT_EQ(d.flush_threads(), 0u);  // the library picks
+  EXPECT_EQ(d.max_unflushed_wal_bytes(), 0u);  // 64 MiB
+  EXPECT_EQ(d.write_stall_timeout().count(), 0);  // 5 s
   EXPECT_EQ(d.max_open_files(), 0u);  // half the descriptor limit
   TempDir tmp;
   KEEL_ASSERT_OK(Engine::open(tmp.engine(), small().flush_threads(1)));
@@ -723,12 +733,18 @@ TEST(Shard, StatsAndHealthFollowTheBackgroundWork) {
   EXPECT_EQ(bad.err().code(), Status::Io);
   EXPECT_NE(bad.err().message().find("segments"), std::string::npos) << bad.err().message();
   EXPECT_LT(s.stats()->persisted_version, 2u);
+  EXPECT_GT(s.stats()->unflushed_wal_bytes, 0u) << "a and b wait for a flush that fails";
+  EXPECT_EQ(s.stats()->write_stalls, 0u);
 
   ASSERT_EQ(std::remove(seg.c_str()), 0);
   ASSERT_EQ(std::rename((seg + ".moved").c_str(), seg.c_str()), 0);
   for (int i = 0; i < 2; ++i) KEEL_ASSERT_OK(s.flush());
   KEEL_ASSERT_OK(s.health());
   EXPECT_EQ(s.stats()->persisted_version, 2u);
+  EXPECT_EQ(s.stats()->unflushed_wal_bytes, 0u);
+  KEEL_ASSERT_OK(s.close());
+  ASSERT_NO_FATAL_FAILURE(open_shard(engine, 3, s));
+  EXPECT_EQ(s.stats()->replayed_records, 0u) << "the close persisted everything";
 
   expect_error(Shard().stats(), Status::Closed);
   expect_error(Shard().health(), Status::Closed);

@@ -237,6 +237,18 @@ func TestMembershipChange(t *testing.T) {
 		if got := c.Conf(c.WaitLeader()).GetVoters(); len(got) != 5 {
 			t.Fatalf("voters after growing: %v, want 5", got)
 		}
+		// A restarted member resumes at keel's applied index, past the
+		// configuration changes: it restores them from its log.
+		restarted := uint64(4)
+		if c.Node(restarted).IsLeader() {
+			restarted = 5
+		}
+		c.Stop(restarted)
+		c.Restart(restarted)
+		if got := c.Conf(restarted); len(got.GetVoters()) != 5 || len(got.GetLearners()) != 0 {
+			t.Fatalf("restarted node %d has configuration %v, want 5 voters", restarted, got)
+		}
+		c.RunFor(200 * TickEvery)
 		for _, id := range []uint64{1, 2} {
 			if id == 1 {
 				defer c.requireTraffic("the first removal", c.Now(), 100)

@@ -146,9 +146,10 @@ func (p *LeasePath) state(n *Node) *leaseNode {
 			n.c.failf("node %d: ConfigureConsensus: %v", n.id, err)
 		}
 		p.nodes[n.id] = st
-		// The state the shard opened with: the log's initial snapshot on
-		// a fresh node, the recovered index after a restart. raft never
-		// hands those entries to Applied, yet a read index may name them.
+		// The state the shard opened with: keel's gate starts at the
+		// shard's applied index, but a fresh node's state is the log's
+		// initial snapshot, which keel never applied. raft never hands
+		// those entries to Applied, yet a read index may name them.
 		p.must(n, st.cons.SetApplied(n.sm.AppliedIndex()))
 	}
 	p.must(n, st.cons.SetClock(keelNow(n.Now())))
@@ -219,9 +220,10 @@ func (p *LeasePath) received(n *Node, m *pb.Message, at Time) {
 	p.must(n, st.cons.Ack(from, st.term, keelNow(stamp)))
 }
 
+// applied runs after the node applied index through keel, which moved
+// its lease gate's applied index already; only the own-term fact is left.
 func (p *LeasePath) applied(n *Node, index uint64) {
 	st := p.state(n)
-	p.must(n, st.cons.SetApplied(index))
 	if st.leader && !st.termApplied {
 		if term, err := n.storage.Term(index); err == nil && term == st.term {
 			_, err := st.cons.TermApplied(term)

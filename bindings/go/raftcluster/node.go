@@ -2,6 +2,7 @@ package raftcluster
 
 import (
 	"fmt"
+	"math"
 	"path/filepath"
 	"strconv"
 
@@ -25,10 +26,10 @@ const (
 // appends Ready's entries and hard state to it before sending any of
 // Ready's messages, as a disk-backed log would be synced, and it survives
 // a restart of the node. The keel shard is really closed and reopened
-// from its directory; the node then restarts raft from the log's initial
-// snapshot and is handed every committed entry again: configuration
-// changes are re-applied to raft, and the state machine skips the
-// commands at or below the applied index it recovered.
+// from its directory; the node then restarts raft at the applied index
+// keel recovered (Config.Applied), so raft hands over only the committed
+// entries after it, and restores the configuration changes at or below
+// it from the log itself.
 type Node struct {
 	id uint64
 	c  *Cluster
@@ -109,17 +110,19 @@ func (n *Node) start() error {
 		e.Close()
 		return err
 	}
-	sm, err := openKeyIndexStateMachine(sh, snap.GetMetadata().GetIndex())
+	sm, err := openKeelStateMachine(sh, snap.GetMetadata().GetIndex())
 	if err != nil {
 		e.Close()
 		return fmt.Errorf("node %d: %w", n.id, err)
 	}
+	// Applied is where keel's shard says it is: raft hands over only the
+	// entries after it (a restarted node applied the rest before).
 	rn, err := raft.NewRawNode(&raft.Config{
 		ID:                n.id,
 		ElectionTick:      electionTicks,
 		HeartbeatTick:     heartbeatTicks,
 		Storage:           n.storage,
-		Applied:           snap.GetMetadata().GetIndex(),
+		Applied:           sm.AppliedIndex(),
 		MaxSizePerMsg:     1 << 20,
 		MaxInflightMsgs:   256,
 		CheckQuorum:       true,
@@ -131,14 +134,46 @@ func (n *Node) start() error {
 		e.Close()
 		return fmt.Errorf("node %d: %w", n.id, err)
 	}
+	conf, err := restoreConf(rn, n.storage, snap, sm.AppliedIndex())
+	if err != nil {
+		e.Close()
+		return fmt.Errorf("node %d: %w", n.id, err)
+	}
 	n.engine, n.shard, n.sm, n.rn = e, sh, sm, rn
-	n.conf = snap.GetMetadata().GetConfState()
+	n.conf = conf
 	n.up, n.paused, n.backlog = true, false, nil
 	n.leader, n.term, n.lead = false, 0, 0
 	n.pendingReads = map[string]func(uint64){}
 	n.pendingWrites = map[string]func(error){}
 	n.waiters = nil
 	return nil
+}
+
+// restoreConf applies to rn the configuration changes of the log up to
+// applied, which raft does not hand over again (a disk-backed node would
+// keep its configuration in a snapshot instead), and returns the
+// configuration they lead to.
+func restoreConf(rn *raft.RawNode, storage *raft.MemoryStorage, snap *pb.Snapshot, applied uint64) (*pb.ConfState, error) {
+	conf := snap.GetMetadata().GetConfState()
+	from := snap.GetMetadata().GetIndex() + 1
+	if applied < from {
+		return conf, nil
+	}
+	ents, err := storage.Entries(from, applied+1, math.MaxUint64)
+	if err != nil {
+		return nil, fmt.Errorf("reading the log up to the applied index %d: %w", applied, err)
+	}
+	for _, e := range ents {
+		if e.GetType() != pb.EntryConfChange {
+			continue
+		}
+		var cc pb.ConfChange
+		if err := proto.Unmarshal(e.GetData(), &cc); err != nil {
+			return nil, fmt.Errorf("entry %d: %w", e.GetIndex(), err)
+		}
+		conf = rn.ApplyConfChange(&cc)
+	}
+	return conf, nil
 }
 
 // stop closes the node's shard and engine and forgets its raft state in

@@ -1,7 +1,6 @@
 package raftcluster
 
 import (
-	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -37,12 +36,7 @@ func decodeCommand(b []byte) (Command, error) {
 // so a restarted node may be handed entries it applied before. An entry
 // with no command (raft's empty entries, configuration changes) moves
 // only the index. The index survives a restart: AppliedIndex after a
-// reopen is where raft's applied index resumes.
-//
-// keyIndexStateMachine below keeps the index as a reserved key written in
-// the same atomic batch as the command; keel's keel_shard_apply (which
-// stores the index in the WAL frame itself) can replace it behind this
-// interface without touching the cluster.
+// reopen is where raft's applied index resumes (Config.Applied).
 type StateMachine interface {
 	Apply(index uint64, cmd *Command) error
 	AppliedIndex() uint64
@@ -50,61 +44,65 @@ type StateMachine interface {
 	Get(key string) (value string, found bool, err error)
 }
 
-// appliedKey is the reserved key holding the applied index. Client keys
-// never start with a NUL byte.
-var appliedKey = []byte("\x00raft-applied-index")
-
-type keyIndexStateMachine struct {
+// keelStateMachine applies every committed entry through keel's
+// Shard.Apply (keel_shard_apply) with its raft index: keel logs the index
+// in the same WAL frame as the entry's operations, so after a crash or a
+// restart the shard's AppliedIndex names exactly the entries it holds,
+// and keel's lease gate learns the applied index from the apply itself.
+type keelStateMachine struct {
 	shard   *keel.Shard
 	applied uint64
 }
 
-// openKeyIndexStateMachine reads the applied index back from the shard.
-// A fresh shard holds the state of the log's initial snapshot (no keys),
+// openKeelStateMachine reads the applied index back from the shard. A
+// fresh shard holds the state of the log's initial snapshot (no keys),
 // so its applied index is the snapshot's, base.
-func openKeyIndexStateMachine(shard *keel.Shard, base uint64) (*keyIndexStateMachine, error) {
-	sm := &keyIndexStateMachine{shard: shard, applied: base}
-	v, err := shard.Get(appliedKey)
-	switch {
-	case errors.Is(err, keel.ErrNotFound):
-	case err != nil:
+func openKeelStateMachine(shard *keel.Shard, base uint64) (*keelStateMachine, error) {
+	applied, err := shard.AppliedIndex()
+	if err != nil {
 		return nil, fmt.Errorf("reading the applied index: %w", err)
-	case len(v.Bytes) != 8:
-		return nil, fmt.Errorf("applied index key holds %d bytes, want 8", len(v.Bytes))
-	default:
-		sm.applied = binary.BigEndian.Uint64(v.Bytes)
 	}
-	return sm, nil
+	if applied < base {
+		applied = base
+	}
+	return &keelStateMachine{shard: shard, applied: applied}, nil
 }
 
-func (sm *keyIndexStateMachine) AppliedIndex() uint64 { return sm.applied }
+func (sm *keelStateMachine) AppliedIndex() uint64 { return sm.applied }
 
-func (sm *keyIndexStateMachine) Apply(index uint64, cmd *Command) error {
+func (sm *keelStateMachine) Apply(index uint64, cmd *Command) error {
 	if index <= sm.applied {
 		return nil
 	}
 	if index != sm.applied+1 {
 		return fmt.Errorf("apply of index %d after %d: raft skipped entries", index, sm.applied)
 	}
-	var b keel.Batch
+	var b *keel.Batch
 	if cmd != nil {
+		b = &keel.Batch{}
 		if cmd.Delete {
 			b.Delete([]byte(cmd.Key))
 		} else {
 			b.Put([]byte(cmd.Key), []byte(cmd.Value))
 		}
 	}
-	var ix [8]byte
-	binary.BigEndian.PutUint64(ix[:], index)
-	b.Put(appliedKey, ix[:])
-	if _, _, err := sm.shard.Write(&b); err != nil {
+	r, err := sm.shard.Apply(index, b, nil)
+	if err != nil {
 		return fmt.Errorf("applying index %d: %w", index, err)
+	}
+	switch {
+	case r.Duplicate:
+		return fmt.Errorf("applying index %d: keel had applied it already (applied index %d)", index, r.AppliedIndex)
+	case r.Refused != nil:
+		// Puts and deletes carry no fence and are valid whatever a key
+		// holds: a refusal here is a bug, not a client's answer.
+		return fmt.Errorf("applying index %d: refused: %w", index, r.Refused)
 	}
 	sm.applied = index
 	return nil
 }
 
-func (sm *keyIndexStateMachine) Get(key string) (string, bool, error) {
+func (sm *keelStateMachine) Get(key string) (string, bool, error) {
 	v, err := sm.shard.Get([]byte(key))
 	if errors.Is(err, keel.ErrNotFound) {
 		return "", false, nil
