@@ -48,7 +48,7 @@ static keel_engine_stats_t stats_of(const keel_engine_t *e) {
   memset(&st, 0, sizeof st);
   st.struct_size = sizeof st;
   CHECK_RC(KEEL_STATUS_OK, keel_engine_stats(e, &st));
-  CHECK_EQ_U64(st.struct_size, KEEL_ENGINE_STATS_SIZE_V2);
+  CHECK_EQ_U64(st.struct_size, KEEL_ENGINE_STATS_SIZE_V3);
   return st;
 }
 
@@ -84,6 +84,11 @@ int main(void) {
   CHECK_EQ_U64(st.threads, engine_threads);
   CHECK_EQ_U64(st.open_shards, SHARDS);
   CHECK(st.open_files >= idle_files + SHARDS);
+  /* The descriptor cache: bounded by half the descriptor limit, used by
+   * every shard's writes, and too large here to have closed anything. */
+  CHECK(st.max_open_files >= 16);
+  CHECK(st.file_cache_hits > 0);
+  CHECK_EQ_U64(st.file_cache_evictions, 0);
   printf("%d shards: %llu threads, %llu open files, queues %llu/%llu, stalled %llu ns\n", SHARDS,
          (unsigned long long)st.threads, (unsigned long long)st.open_files,
          (unsigned long long)st.flush_queue_depth, (unsigned long long)st.wal_queue_depth,

@@ -209,11 +209,45 @@ static void engine_write_stall_options(const char *root) {
   free(dir);
 }
 
+/* keel_engine_options_t version 5 adds max_open_files: a version-4 struct
+ * (with non-zero memory after it) gets the default bound (half the
+ * descriptor limit), 0 is the default, 16 and up are taken, 15 is
+ * refused; the stats report the bound in force. */
+static void engine_max_open_files(const char *root) {
+  KT_ERR;
+  keel_engine_t *e = NULL;
+  CHECK_EQ_U64(offsetof(keel_engine_options_t, max_open_files), KEEL_ENGINE_OPTIONS_SIZE_V4);
+  struct { keel_engine_options_t o; uint8_t after[8]; } v4;
+  memset(&v4, CANARY, sizeof v4);
+  CHECK_RC(KEEL_STATUS_OK, keel_engine_options_init_sized(&v4.o, KEEL_ENGINE_OPTIONS_SIZE_V4));
+  CHECK_EQ_U64(v4.o.struct_size, KEEL_ENGINE_OPTIONS_SIZE_V4);
+  CHECK(all_bytes((uint8_t *)&v4.o + KEEL_ENGINE_OPTIONS_SIZE_V4, sizeof v4 - KEEL_ENGINE_OPTIONS_SIZE_V4, CANARY));
+  char *dir = subdir(root, "engine-v4");
+  CHECK_OK(keel_engine_open(dir, &v4.o, &e, &err)); /* reads no max_open_files = 0xA5A5... */
+  keel_engine_stats_t st;
+  st.struct_size = sizeof st;
+  CHECK_RC(KEEL_STATUS_OK, keel_engine_stats(e, &st));
+  CHECK(st.max_open_files >= 16);
+  CHECK_OK(keel_engine_close(e, &err));
+
+  keel_engine_options_t o;
+  CHECK_RC(KEEL_STATUS_OK, keel_engine_options_init_sized(&o, sizeof o));
+  CHECK_EQ_U64(o.max_open_files, 0);
+  o.max_open_files = 16;
+  CHECK_OK(keel_engine_open(dir, &o, &e, &err));
+  CHECK_RC(KEEL_STATUS_OK, keel_engine_stats(e, &st));
+  CHECK_EQ_U64(st.max_open_files, 16);
+  CHECK_OK(keel_engine_close(e, &err));
+  o.max_open_files = 15;
+  CHECK_STATUS(KEEL_STATUS_INVALID_ARGUMENT, keel_engine_open(dir, &o, &e, &err));
+  free(dir);
+}
+
 static void other_options_versions(const char *root) {
   KT_ERR;
   char *dir = subdir(root, "engine");
   keel_engine_t *e = NULL;
-  NEWER_OPTIONS(keel_engine_options_t, KEEL_ENGINE_OPTIONS_SIZE_V1, KEEL_ENGINE_OPTIONS_SIZE_V4, keel_engine_options_init,
+  NEWER_OPTIONS(keel_engine_options_t, KEEL_ENGINE_OPTIONS_SIZE_V1, KEEL_ENGINE_OPTIONS_SIZE_V5, keel_engine_options_init,
                 keel_engine_options_init_sized,
                 { CHECK_OK(keel_engine_open(dir, o_, &e, &err)); CHECK_OK(keel_engine_close(e, &err)); },
                 CHECK_STATUS(KEEL_STATUS_INVALID_ARGUMENT, keel_engine_open(dir, o_, &e, &err)));
@@ -276,9 +310,10 @@ static void stats_versions(const char *root) {
   CHECK_OK(keel_engine_shard_open(e, 1, true, &s, &err));
   CHECK_OK(keel_shard_put(s, (const uint8_t *)"k", 1, (const uint8_t *)"v", 1, NULL, &err));
   NEWER_STATS(keel_shard_stats_t, KEEL_SHARD_STATS_SIZE_V2, keel_shard_stats(s, out_));
-  NEWER_STATS(keel_engine_stats_t, KEEL_ENGINE_STATS_SIZE_V2, keel_engine_stats(e, out_));
+  NEWER_STATS(keel_engine_stats_t, KEEL_ENGINE_STATS_SIZE_V3, keel_engine_stats(e, out_));
   OLDER_STATS(keel_shard_stats_t, KEEL_SHARD_STATS_SIZE_V1, keel_shard_stats(s, out_));
   OLDER_STATS(keel_engine_stats_t, KEEL_ENGINE_STATS_SIZE_V1, keel_engine_stats(e, out_));
+  OLDER_STATS(keel_engine_stats_t, KEEL_ENGINE_STATS_SIZE_V2, keel_engine_stats(e, out_));
   /* A result struct: the refused call checks its size before applying. */
   NEWER_STATS(keel_apply_result_t, KEEL_APPLY_RESULT_SIZE_V1, keel_shard_apply(s, 1, NULL, NULL, out_, &err));
   keel_error_free(err);
@@ -474,6 +509,7 @@ int main(void) {
   other_options_versions(root);
   engine_flush_threads(root);
   engine_write_stall_options(root);
+  engine_max_open_files(root);
   stats_versions(root);
   lease_versions(root);
   filled_buffers_are_refused(root);

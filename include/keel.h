@@ -149,6 +149,11 @@
 #define KEEL_ENGINE_OPTIONS_SIZE_V4 72
 
 /**
+ * sizeof(keel_engine_options_t) of version 5 (adds max_open_files).
+ */
+#define KEEL_ENGINE_OPTIONS_SIZE_V5 80
+
+/**
  * sizeof(keel_engine_stats_t) of version 1.
  */
 #define KEEL_ENGINE_STATS_SIZE_V1 48
@@ -158,6 +163,11 @@
  * write_stall_nanos).
  */
 #define KEEL_ENGINE_STATS_SIZE_V2 64
+
+/**
+ * sizeof(keel_engine_stats_t) of version 3 (adds the descriptor cache's counters).
+ */
+#define KEEL_ENGINE_STATS_SIZE_V3 96
 
 /**
  * sizeof(keel_node_options_t) of version 1.
@@ -882,6 +892,14 @@ typedef struct keel_engine_options_t {
    * for 5000 (version 4).
    */
   uint64_t write_stall_timeout_ms;
+  /**
+   * Files the engine keeps open at most for all its shards together
+   * (version 5): past it, the least recently used idle file is closed
+   * and opened again when next used (docs/STORAGE.md, "Resource
+   * model"). 0 (the default) for half the process's soft RLIMIT_NOFILE
+   * at open; otherwise at least 16.
+   */
+  uint64_t max_open_files;
 } keel_engine_options_t;
 
 /**
@@ -935,6 +953,26 @@ typedef struct keel_engine_stats_t {
    * Total nanoseconds those writes waited (version 2).
    */
   uint64_t write_stall_nanos;
+  /**
+   * The bound of the engine's descriptor cache: max_open_files, or
+   * what 0 resolved to (version 3).
+   */
+  uint64_t max_open_files;
+  /**
+   * Shard file operations that found their file open in the cache
+   * (version 3).
+   */
+  uint64_t file_cache_hits;
+  /**
+   * Shard file operations that opened their file again: it had been
+   * closed to stay within max_open_files (version 3).
+   */
+  uint64_t file_cache_misses;
+  /**
+   * Idle shard files the cache closed to stay within max_open_files
+   * (version 3).
+   */
+  uint64_t file_cache_evictions;
 } keel_engine_stats_t;
 
 /**

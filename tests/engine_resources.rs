@@ -158,6 +158,9 @@ fn shards_cost_no_thread_and_little_disk() {
         durability: Durability::Periodic(Duration::from_millis(20)),
         flush_interval: None,
         flush_threads: FLUSH_THREADS,
+        // Room for every shard's files: this test counts them (the
+        // descriptor cache's bound is tests/engine_fds.rs's subject).
+        max_open_files: 4 * SHARDS as usize,
         ..Options::default()
     };
 

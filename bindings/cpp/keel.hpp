@@ -741,6 +741,10 @@ class EngineOptions {
     raw_.write_stall_timeout_ms = ms.count() < 0 ? 0u : static_cast<uint64_t>(ms.count());
     return *this;
   }
+  /// Files the engine keeps open at most for all its shards (its
+  /// descriptor cache closes the least recently used idle one past it);
+  /// 0, the default, is half the process's soft RLIMIT_NOFILE; else >= 16.
+  EngineOptions& max_open_files(uint64_t n) noexcept { raw_.max_open_files = n; return *this; }
 
   Durability durability() const noexcept { return static_cast<Durability>(raw_.durability); }
   std::chrono::milliseconds sync_interval() const noexcept { return std::chrono::milliseconds(raw_.sync_interval_ms); }
@@ -756,6 +760,7 @@ class EngineOptions {
   std::chrono::milliseconds write_stall_timeout() const noexcept {
     return std::chrono::milliseconds(static_cast<std::chrono::milliseconds::rep>(raw_.write_stall_timeout_ms));
   }
+  uint64_t max_open_files() const noexcept { return raw_.max_open_files; }
 
   /// The C struct, for fields this wrapper does not know yet.
   keel_engine_options_t& raw() noexcept { return raw_; }
@@ -1699,6 +1704,10 @@ struct EngineStats {
   std::chrono::nanoseconds stalled{0};  ///< time writers waited on the engine's shared workers
   uint64_t write_stalls = 0;       ///< writes of all shards that waited for a flush at max_unflushed_wal_bytes
   std::chrono::nanoseconds write_stall_time{0};  ///< total time those writes waited
+  uint64_t max_open_files = 0;        ///< the descriptor cache's bound in force
+  uint64_t file_cache_hits = 0;       ///< shard file operations that found their file open
+  uint64_t file_cache_misses = 0;     ///< ... that opened it again (it had been closed)
+  uint64_t file_cache_evictions = 0;  ///< idle files closed to stay within the bound
 };
 
 /// An engine: one data directory hosting shards by id (owns a
@@ -1779,6 +1788,10 @@ class Engine : public detail::Handle<keel_engine_t, detail::close_engine> {
     o.stalled = std::chrono::nanoseconds(static_cast<std::chrono::nanoseconds::rep>(s.stall_nanos));
     o.write_stalls = s.write_stalls;
     o.write_stall_time = std::chrono::nanoseconds(static_cast<std::chrono::nanoseconds::rep>(s.write_stall_nanos));
+    o.max_open_files = s.max_open_files;
+    o.file_cache_hits = s.file_cache_hits;
+    o.file_cache_misses = s.file_cache_misses;
+    o.file_cache_evictions = s.file_cache_evictions;
     return o;
   }
 

@@ -67,6 +67,11 @@ type EngineOptions struct {
 	// with ErrTimeout (rounded up to a whole millisecond, at most an
 	// hour); 0 means 5 s.
 	WriteStallTimeout time.Duration
+	// MaxOpenFiles bounds the files the engine keeps open for all its
+	// shards: past it, its descriptor cache closes the least recently
+	// used idle file and opens it again when next used. 0 is half the
+	// process's soft RLIMIT_NOFILE; otherwise at least 16.
+	MaxOpenFiles uint64
 }
 
 // durationMs rounds d (> 0) up to whole milliseconds, saturating at limit so
@@ -123,6 +128,7 @@ func (o *EngineOptions) toC() (C.keel_engine_options_t, error) {
 	if o.WriteStallTimeout > 0 {
 		c.write_stall_timeout_ms = C.uint64_t(durationMs(o.WriteStallTimeout, math.MaxUint64))
 	}
+	c.max_open_files = C.uint64_t(o.MaxOpenFiles)
 	return c, nil
 }
 
@@ -318,6 +324,13 @@ type EngineStats struct {
 	// included); WriteStallTime is how long they waited in all.
 	WriteStalls    uint64
 	WriteStallTime time.Duration
+	// The descriptor cache: its bound in force, and the shard file
+	// operations that found their file open (hits) or opened it again
+	// (misses), and the idle files it closed to stay within the bound.
+	MaxOpenFiles       uint64
+	FileCacheHits      uint64
+	FileCacheMisses    uint64
+	FileCacheEvictions uint64
 }
 
 // Stats returns the resources the engine holds now.
@@ -341,6 +354,11 @@ func (e *Engine) Stats() (EngineStats, error) {
 		Stalled:         time.Duration(c.stall_nanos),
 		WriteStalls:     uint64(c.write_stalls),
 		WriteStallTime:  time.Duration(c.write_stall_nanos),
+
+		MaxOpenFiles:       uint64(c.max_open_files),
+		FileCacheHits:      uint64(c.file_cache_hits),
+		FileCacheMisses:    uint64(c.file_cache_misses),
+		FileCacheEvictions: uint64(c.file_cache_evictions),
 	}, nil
 }
 

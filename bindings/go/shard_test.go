@@ -976,6 +976,7 @@ func TestEngineOptions(t *testing.T) {
 		"MaxUnflushedWALBytes below 1 MiB": {MaxUnflushedWALBytes: 4096},
 		"WriteStallTimeout over an hour":   {WriteStallTimeout: 2 * time.Hour},
 		"negative WriteStallTimeout":       {WriteStallTimeout: -time.Second},
+		"MaxOpenFiles below 16":            {MaxOpenFiles: 15},
 	}
 	for what, o := range bad {
 		dir := t.TempDir()
@@ -1277,4 +1278,30 @@ func TestEngineStats(t *testing.T) {
 	}
 	_, err = e.Stats()
 	wantCode(t, "Stats after Close", err, ErrClosed)
+}
+
+func TestEngineDescriptorCache(t *testing.T) {
+	const shards = 20
+	o := *fastOpts
+	o.MaxOpenFiles = 16
+	e, _ := openEngineT(t, "", &o)
+	opened := make([]*Shard, shards)
+	for id := range opened {
+		opened[id] = openShardT(t, e, uint32(id))
+		mustPut(t, opened[id], "k", fmt.Sprint(id))
+	}
+	for id, s := range opened {
+		mustPut(t, s, "k2", "again") // files closed meanwhile are opened again
+		wantValue(t, s, "k", fmt.Sprint(id), nil, 0)
+	}
+	st, err := e.Stats()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.MaxOpenFiles != 16 || st.FileCacheEvictions == 0 || st.FileCacheMisses == 0 || st.FileCacheHits == 0 {
+		t.Fatalf("%d shards in 16 files: %+v", shards, st)
+	}
+	if st.OpenFiles > 16+1 {
+		t.Fatalf("%d files open (the cache's and the engine's LOCK), bound 16: %+v", st.OpenFiles, st)
+	}
 }

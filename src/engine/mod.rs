@@ -19,7 +19,7 @@
 mod incoming;
 
 use crate::error::{Error, Result};
-use crate::fs::{FileSystem, StdFs};
+use crate::fs::{FileCache, FileSystem, StdFs, MIN_OPEN_FILES};
 use crate::lease::{Clock, FenceTable};
 use crate::shard::files::{self, Cursor};
 use crate::shard::pool::{FlushPool, Host};
@@ -96,6 +96,14 @@ pub struct EngineStats {
     /// long they waited in all, since the engine opened.
     pub write_stalls: u64,
     pub write_stall_time: Duration,
+    /// The descriptor cache's bound (`Options::max_open_files`, resolved).
+    pub max_open_files: u64,
+    /// Shard file operations that found their file open in the cache.
+    pub file_cache_hits: u64,
+    /// Shard file operations that opened their file again (evicted before).
+    pub file_cache_misses: u64,
+    /// Shard files the cache closed to stay within `max_open_files`.
+    pub file_cache_evictions: u64,
 }
 
 pub struct Engine {
@@ -167,6 +175,10 @@ impl Engine {
         let host = Host {
             flush: FlushPool::new(opts.flush_threads, opts.steps.clone())?,
             wal: crate::wal::Workers::new(crate::wal::ENGINE_WAL_WORKERS)?,
+            files: FileCache::new(match opts.max_open_files {
+                0 => default_open_files(),
+                n => n,
+            }),
             stalls: Default::default(),
         };
         let engine = Engine {
@@ -376,6 +388,7 @@ impl Engine {
             None => return Err(Error::new(KEEL_STATUS_CLOSED, "engine is closed")),
         };
         let (write_stalls, write_stall_time) = self.host.stalls.read();
+        let files = self.host.files.counts();
         Ok(EngineStats {
             threads: (self.host.flush.size() + self.host.wal.size()) as u64,
             open_files: open_files_below(&self.real_dir),
@@ -385,6 +398,10 @@ impl Engine {
             stalled: self.host.wal.stalled(),
             write_stalls,
             write_stall_time,
+            max_open_files: self.host.files.limit() as u64,
+            file_cache_hits: files.hits,
+            file_cache_misses: files.misses,
+            file_cache_evictions: files.evictions,
         })
     }
 
@@ -417,6 +434,19 @@ impl Drop for Engine {
     fn drop(&mut self) {
         let _ = self.close();
     }
+}
+
+/// The descriptor cache's bound when the options leave it at 0: half the
+/// process's soft `RLIMIT_NOFILE` (the other half is the application's),
+/// at least `MIN_OPEN_FILES`.
+fn default_open_files() -> usize {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes one rlimit into the live local `lim`.
+    let soft = match unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } {
+        0 if lim.rlim_cur != libc::RLIM_INFINITY => lim.rlim_cur,
+        _ => 1 << 20,
+    };
+    ((soft / 2).min(1 << 20) as usize).max(MIN_OPEN_FILES)
 }
 
 /// How many of this process's file descriptors name a file below `dir`

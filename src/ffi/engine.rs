@@ -39,6 +39,8 @@ pub const KEEL_ENGINE_OPTIONS_SIZE_V3: u32 = 56;
 /// sizeof(keel_engine_options_t) of version 4 (adds max_unflushed_wal_bytes
 /// and write_stall_timeout_ms).
 pub const KEEL_ENGINE_OPTIONS_SIZE_V4: u32 = 72;
+/// sizeof(keel_engine_options_t) of version 5 (adds max_open_files).
+pub const KEEL_ENGINE_OPTIONS_SIZE_V5: u32 = 80;
 
 /// Options of keel_engine_open(), applied to every shard it opens.
 /// Versioned by `struct_size` (docs/FFI.md, "Versioned structs"): fill it
@@ -93,20 +95,33 @@ pub struct keel_engine_options_t {
     /// before it fails with TIMEOUT; 1 to 3600000 ms, or 0 (the default)
     /// for 5000 (version 4).
     pub write_stall_timeout_ms: u64,
+    /// Files the engine keeps open at most for all its shards together
+    /// (version 5): past it, the least recently used idle file is closed
+    /// and opened again when next used (docs/STORAGE.md, "Resource
+    /// model"). 0 (the default) for half the process's soft RLIMIT_NOFILE
+    /// at open; otherwise at least 16.
+    pub max_open_files: u64,
 }
 
 const _: () = assert!(std::mem::offset_of!(keel_engine_options_t, salvage) == KEEL_ENGINE_OPTIONS_SIZE_V1 as usize);
 const _: () = assert!(std::mem::offset_of!(keel_engine_options_t, flush_threads) == KEEL_ENGINE_OPTIONS_SIZE_V2 as usize);
 const _: () = assert!(std::mem::offset_of!(keel_engine_options_t, max_unflushed_wal_bytes) == KEEL_ENGINE_OPTIONS_SIZE_V3 as usize);
+const _: () = assert!(std::mem::offset_of!(keel_engine_options_t, max_open_files) == KEEL_ENGINE_OPTIONS_SIZE_V4 as usize);
 versioned!(
     keel_engine_options_t,
-    [KEEL_ENGINE_OPTIONS_SIZE_V1, KEEL_ENGINE_OPTIONS_SIZE_V2, KEEL_ENGINE_OPTIONS_SIZE_V3, KEEL_ENGINE_OPTIONS_SIZE_V4]
+    [
+        KEEL_ENGINE_OPTIONS_SIZE_V1,
+        KEEL_ENGINE_OPTIONS_SIZE_V2,
+        KEEL_ENGINE_OPTIONS_SIZE_V3,
+        KEEL_ENGINE_OPTIONS_SIZE_V4,
+        KEEL_ENGINE_OPTIONS_SIZE_V5
+    ]
 );
 
 fn default_options() -> keel_engine_options_t {
     let d = shard::Options::default();
     keel_engine_options_t {
-        struct_size: KEEL_ENGINE_OPTIONS_SIZE_V4,
+        struct_size: KEEL_ENGINE_OPTIONS_SIZE_V5,
         durability: KEEL_DURABILITY_SYNC,
         sync_interval_ms: 100,
         max_sealed_segments: d.max_sealed as u32,
@@ -119,6 +134,7 @@ fn default_options() -> keel_engine_options_t {
         flush_threads: 0,
         max_unflushed_wal_bytes: 0,
         write_stall_timeout_ms: 0,
+        max_open_files: d.max_open_files as u64,
     }
 }
 
@@ -182,6 +198,7 @@ fn options_from_c(p: *const keel_engine_options_t) -> crate::Result<shard::Optio
             }
             ms => Duration::from_millis(ms),
         },
+        max_open_files: usize::try_from(o.max_open_files).map_err(|_| Error::invalid("max_open_files is too large"))?,
         ..shard::Options::default()
     };
     opts.validate()?;
@@ -291,6 +308,8 @@ pub const KEEL_ENGINE_STATS_SIZE_V1: u32 = 48;
 /// sizeof(keel_engine_stats_t) of version 2 (adds write_stalls and
 /// write_stall_nanos).
 pub const KEEL_ENGINE_STATS_SIZE_V2: u32 = 64;
+/// sizeof(keel_engine_stats_t) of version 3 (adds the descriptor cache's counters).
+pub const KEEL_ENGINE_STATS_SIZE_V3: u32 = 96;
 
 /// What keel_engine_stats() reports: the resources the engine holds now.
 /// The caller sets `struct_size` to sizeof(keel_engine_stats_t) before
@@ -326,8 +345,22 @@ pub struct keel_engine_stats_t {
     pub write_stalls: u64,
     /// Total nanoseconds those writes waited (version 2).
     pub write_stall_nanos: u64,
+    /// The bound of the engine's descriptor cache: max_open_files, or
+    /// what 0 resolved to (version 3).
+    pub max_open_files: u64,
+    /// Shard file operations that found their file open in the cache
+    /// (version 3).
+    pub file_cache_hits: u64,
+    /// Shard file operations that opened their file again: it had been
+    /// closed to stay within max_open_files (version 3).
+    pub file_cache_misses: u64,
+    /// Idle shard files the cache closed to stay within max_open_files
+    /// (version 3).
+    pub file_cache_evictions: u64,
 }
-versioned!(keel_engine_stats_t, [KEEL_ENGINE_STATS_SIZE_V1, KEEL_ENGINE_STATS_SIZE_V2]);
+const _: () = assert!(std::mem::offset_of!(keel_engine_stats_t, write_stalls) == KEEL_ENGINE_STATS_SIZE_V1 as usize);
+const _: () = assert!(std::mem::offset_of!(keel_engine_stats_t, max_open_files) == KEEL_ENGINE_STATS_SIZE_V2 as usize);
+versioned!(keel_engine_stats_t, [KEEL_ENGINE_STATS_SIZE_V1, KEEL_ENGINE_STATS_SIZE_V2, KEEL_ENGINE_STATS_SIZE_V3]);
 
 /// Fills `*out` with the engine's resource counters.
 /// Errors: NULL_ARGUMENT, INVALID_ARGUMENT (struct_size too small, or not
@@ -337,7 +370,7 @@ pub extern "C" fn keel_engine_stats(engine: *const keel_engine_t, out: *mut keel
     ffi_boundary!(std::ptr::null_mut(), engine, {
         let st = try_handle!(engine).stats()?;
         let value = keel_engine_stats_t {
-            struct_size: KEEL_ENGINE_STATS_SIZE_V2,
+            struct_size: KEEL_ENGINE_STATS_SIZE_V3,
             open_shards: st.open_shards.min(u32::MAX as u64) as u32,
             threads: st.threads,
             open_files: st.open_files,
@@ -346,6 +379,10 @@ pub extern "C" fn keel_engine_stats(engine: *const keel_engine_t, out: *mut keel
             stall_nanos: st.stalled.as_nanos().min(u64::MAX as u128) as u64,
             write_stalls: st.write_stalls,
             write_stall_nanos: st.write_stall_time.as_nanos().min(u64::MAX as u128) as u64,
+            max_open_files: st.max_open_files,
+            file_cache_hits: st.file_cache_hits,
+            file_cache_misses: st.file_cache_misses,
+            file_cache_evictions: st.file_cache_evictions,
         };
         write_stats(out, value)
     })

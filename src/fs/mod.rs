@@ -6,9 +6,11 @@
 //! faults (lost unsynced data, torn writes, forgotten directory entries,
 //! EIO, ENOSPC) deterministically from a seed.
 
+mod cache;
 mod handles;
 mod replace;
 
+pub use cache::{CacheCounts, FileCache, MIN_OPEN_FILES};
 pub use handles::Handles;
 pub use replace::{replace, tmp_path, TMP_SUFFIX};
 

@@ -102,6 +102,12 @@ pub struct Options {
     /// How long a write waits for the flush at that bound before it fails
     /// with TIMEOUT; 1 ms to 1 hour, default 5 s.
     pub write_stall_timeout: Duration,
+    /// Files an engine keeps open at most, for all its shards together
+    /// (its descriptor cache, `fs::FileCache`): past it, the least recently
+    /// used idle file is closed and opened again when next used. 0 means
+    /// half the process's soft `RLIMIT_NOFILE` at engine open; otherwise
+    /// at least `fs::MIN_OPEN_FILES`. A shard opened alone keeps its files open.
+    pub max_open_files: usize,
 }
 
 impl Default for Options {
@@ -120,6 +126,7 @@ impl Default for Options {
             steps: Steps::default(),
             max_unflushed_wal_bytes: DEFAULT_MAX_UNFLUSHED_WAL_BYTES,
             write_stall_timeout: DEFAULT_WRITE_STALL_TIMEOUT,
+            max_open_files: 0,
         }
     }
 }
@@ -156,6 +163,13 @@ impl Options {
         }
         if self.write_stall_timeout < Duration::from_millis(1) || self.write_stall_timeout > MAX_WRITE_STALL_TIMEOUT {
             return Err(Error::invalid(format!("write_stall_timeout {:?} is outside 1 ms..=1 hour", self.write_stall_timeout)));
+        }
+        if self.max_open_files != 0 && self.max_open_files < crate::fs::MIN_OPEN_FILES {
+            return Err(Error::invalid(format!(
+                "max_open_files {} is below {} (0 picks half the process's descriptor limit)",
+                self.max_open_files,
+                crate::fs::MIN_OPEN_FILES
+            )));
         }
         if self.flush_interval.is_some_and(|d| d.is_zero()) {
             return Err(Error::invalid("flush interval must be positive (or none)"));
@@ -567,11 +581,19 @@ impl Shard {
         opts.validate()?;
         let wal_dir = dir.join("wal");
         let wal = match (host, &fs) {
-            (Some(h), _) => Wal::open_hosted(&wal_dir, opts.wal_options(), fs.clone(), &h.wal)?,
+            (Some(h), _) => {
+                let wal_fs = fs.clone().unwrap_or_else(|| wal::std_fs(opts.durability));
+                Wal::open_hosted(&wal_dir, opts.wal_options(), Some(h.files.wrap(wal_fs)), &h.wal)?
+            }
             (None, Some(fs)) => Wal::open_with_fs(&wal_dir, opts.wal_options(), fs.clone())?,
             (None, None) => Wal::open(&wal_dir, opts.wal_options())?,
         };
         let fs = fs.unwrap_or_else(|| Arc::new(StdFs::direct()));
+        // An engine's shards keep their files in its descriptor cache.
+        let fs = match host {
+            Some(h) => h.files.wrap(fs),
+            None => fs,
+        };
         let shared = host.map(|h| (h.flush.clone(), h.stalls.clone()));
         Self::open_on(fs, dir, opts, wal, shared, base)
     }

@@ -121,11 +121,13 @@ struct Shared {
     turn: Option<Mutex<()>>,
 }
 
-/// What an engine shares among its shards: the flush pool and the workers
-/// that prepare WAL segments and run periodic WAL syncs.
+/// What an engine shares among its shards: the flush pool, the workers
+/// that prepare WAL segments and run periodic WAL syncs, and the cache
+/// that bounds the files they hold open.
 pub(crate) struct Host {
     pub flush: Arc<FlushPool>,
     pub wal: crate::wal::Workers,
+    pub files: Arc<crate::fs::FileCache>,
     /// Write stalls of all its shards (`backlog.rs`).
     pub stalls: Arc<super::backlog::Stalls>,
 }

@@ -258,7 +258,7 @@ pub struct Wal {
 }
 
 /// The real file system in the write strategy that suits `durability`.
-fn std_fs(durability: Durability) -> Arc<dyn FileSystem> {
+pub(crate) fn std_fs(durability: Durability) -> Arc<dyn FileSystem> {
     Arc::new(match durability {
         Durability::Sync => StdFs::direct(),
         Durability::Periodic(_) | Durability::None => StdFs::mapped(),

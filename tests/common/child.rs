@@ -41,7 +41,8 @@ pub fn spawn(test: &str, env: &[(&str, String)], output: Option<std::fs::File>) 
     }
     let (rd, wr) = (fds[0], fds[1]);
     let mut cmd = Command::new(std::env::current_exe().unwrap());
-    cmd.args([test, "--exact", "--nocapture", "--test-threads=1"]).stdin(Stdio::null());
+    // --include-ignored: a test run by hand (#[ignore]) runs its child too.
+    cmd.args([test, "--exact", "--include-ignored", "--nocapture", "--test-threads=1"]).stdin(Stdio::null());
     for (k, v) in env {
         cmd.env(k, v);
     }

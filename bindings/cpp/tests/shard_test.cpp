@@ -303,6 +303,7 @@ TEST(Engine, OneEnginePerDirectoryAndBadOptions) {
   expect_invalid(EngineOptions().flush_threads(257), "flush_threads");
   expect_invalid(EngineOptions().max_unflushed_wal_bytes(4096), "max_unflushed_wal_bytes");
   expect_invalid(EngineOptions().write_stall_timeout(std::chrono::hours(2)), "write_stall_timeout");
+  expect_invalid(EngineOptions().max_open_files(15), "max_open_files");
   expect_invalid(EngineOptions().wal_segment_size(4096), "segment_size");
   expect_invalid(EngineOptions().durability(Durability::Periodic).sync_interval(std::chrono::hours(24 * 365)),
                  "sync_interval_ms");
@@ -344,6 +345,28 @@ TEST(Engine, StatsCountResourcesNotThreadsPerShard) {
   expect_error(Engine().stats(), Status::Closed);
 }
 
+TEST(Engine, DescriptorCacheBoundsOpenFiles) {
+  TempDir tmp;
+  Engine engine;
+  ASSERT_NO_FATAL_FAILURE(open_engine(tmp.engine(), small().max_open_files(16), engine));
+  std::vector<Shard> shards(20);
+  for (uint32_t id = 0; id < shards.size(); id++) {
+    ASSERT_NO_FATAL_FAILURE(open_shard(engine, id, shards[id]));
+    KEEL_ASSERT_OK(shards[id].put("k", std::to_string(id)));
+  }
+  for (uint32_t id = 0; id < shards.size(); id++) {
+    KEEL_ASSERT_OK(shards[id].put("k2", std::to_string(id)));  // files closed meanwhile are opened again
+    expect_value(shards[id], "k", std::to_string(id));
+  }
+  auto st = engine.stats();
+  KEEL_ASSERT_OK(st);
+  EXPECT_EQ(st->max_open_files, 16u);
+  EXPECT_GT(st->file_cache_evictions, 0u) << "20 shards hold more than 16 files";
+  EXPECT_GT(st->file_cache_misses, 0u);
+  EXPECT_GT(st->file_cache_hits, 0u);
+  EXPECT_LE(st->open_files, 16u + 1u) << "the cache's files and the engine's LOCK";
+}
+
 TEST(EngineOptions, BuilderRoundTripsAndDefaultsAreTheLibrarys) {
   const auto o = EngineOptions()
                      .durability(Durability::Periodic)
@@ -354,10 +377,12 @@ TEST(EngineOptions, BuilderRoundTripsAndDefaultsAreTheLibrarys) {
                      .seal_bytes(8192)
                      .flush_threads(3)
                      .max_unflushed_wal_bytes(8 << 20)
-                     .write_stall_timeout(std::chrono::milliseconds(1500));
+                     .write_stall_timeout(std::chrono::milliseconds(1500))
+                     .max_open_files(100);
   EXPECT_EQ(o.durability(), Durability::Periodic);
   EXPECT_EQ(o.max_unflushed_wal_bytes(), 8u << 20);
   EXPECT_EQ(o.write_stall_timeout(), std::chrono::milliseconds(1500));
+  EXPECT_EQ(o.max_open_files(), 100u);
   EXPECT_EQ(o.flush_threads(), 3u);
   EXPECT_EQ(o.sync_interval(), std::chrono::milliseconds(20));
   EXPECT_EQ(o.max_sealed_segments(), 3u);
@@ -377,6 +402,7 @@ TEST(EngineOptions, BuilderRoundTripsAndDefaultsAreTheLibrarys) {
   EXPECT_EQ(d.flush_threads(), 0u);  // the library picks
   EXPECT_EQ(d.max_unflushed_wal_bytes(), 0u);  // 64 MiB
   EXPECT_EQ(d.write_stall_timeout().count(), 0);  // 5 s
+  EXPECT_EQ(d.max_open_files(), 0u);  // half the descriptor limit
   TempDir tmp;
   KEEL_ASSERT_OK(Engine::open(tmp.engine(), small().flush_threads(1)));
 }
