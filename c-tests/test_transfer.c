@@ -150,16 +150,35 @@ static keel_transfer_progress_t progress_of(keel_transfer_t *t) {
   return p;
 }
 
-/* A writer that puts until the source answers MOVED. */
+/* A writer that puts until the source answers MOVED. It pauses after
+ * PAUSE_AFTER writes until the test saw the transfer catch up: a writer
+ * faster than the link would keep it catching up, so the test decides
+ * when it can catch up, not the scheduler. */
+enum { PAUSE_AFTER = 2000 };
 typedef struct {
   keel_shard_t *shard;
   uint64_t writes, last_version;
   char last_key[32];
+  pthread_mutex_t mu;
+  pthread_cond_t cv;
+  int go;
 } writer_t;
+
+static void writer_resume(writer_t *w) {
+  pthread_mutex_lock(&w->mu);
+  w->go = 1;
+  pthread_cond_broadcast(&w->cv);
+  pthread_mutex_unlock(&w->mu);
+}
 
 static void *writer_main(void *arg) {
   writer_t *w = arg;
   for (uint64_t i = 0;; i++) {
+    if (i == PAUSE_AFTER) {
+      pthread_mutex_lock(&w->mu);
+      while (!w->go) pthread_cond_wait(&w->cv, &w->mu);
+      pthread_mutex_unlock(&w->mu);
+    }
     char key[32];
     snprintf(key, sizeof key, "w%05u", (unsigned)(i % 3000));
     uint64_t version = 0;
@@ -183,12 +202,15 @@ static void moves_while_a_writer_writes(side_t *a, side_t *b) {
   keel_transfer_t *t = NULL;
   CHECK_OK(keel_transfer_start(a->node, shard, 7, DST, &o, &t, &err));
   writer_t w = {.shard = shard};
+  CHECK(pthread_mutex_init(&w.mu, NULL) == 0);
+  CHECK(pthread_cond_init(&w.cv, NULL) == 0);
   pthread_t thread;
   CHECK(pthread_create(&thread, NULL, writer_main, &w) == 0);
 
   /* Caught up, it keeps streaming the writer's writes until the finish. */
   seen_wait(&seen, KEEL_TRANSFER_WAITING_FINISH);
   CHECK_RC(KEEL_STATUS_TIMEOUT, keel_transfer_wait(t, 0)); /* it waits for the host */
+  writer_resume(&w);
   CHECK_OK(keel_transfer_finish(t, KEEL_TRANSFER_FINISH_HAND_OVER, &err));
   CHECK_STATUS(KEEL_STATUS_BUSY, keel_transfer_finish(t, KEEL_TRANSFER_FINISH_COPY, &err));
   CHECK_RC(KEEL_STATUS_OK, keel_transfer_wait(t, KEEL_TRANSFER_WAIT_FOREVER));
@@ -228,6 +250,8 @@ static void moves_while_a_writer_writes(side_t *a, side_t *b) {
   keel_buf_free(&value);
   CHECK_OK(keel_shard_close(got, &err));
   CHECK_OK(keel_shard_close(shard, &err));
+  pthread_cond_destroy(&w.cv);
+  pthread_mutex_destroy(&w.mu);
   seen_destroy(&seen);
 }
 

@@ -333,15 +333,20 @@ fn a_receiver_takes_at_most_max_concurrent_transfers_at_once() {
     src.transfers.send_shard(&other, SHARD + 1, 2, &small_batches(Method::Snapshot)).unwrap();
 }
 
-/// A writer that keeps writing to `shard` until a write fails with MOVED
-/// (or `stop` is set); returns every write it saw succeed.
-fn writer(shard: &Shard, stop: Arc<std::sync::atomic::AtomicBool>) -> std::thread::JoinHandle<Vec<(String, u64, u64)>> {
+/// A writer that keeps writing to `shard` until a write fails with MOVED;
+/// returns every write it saw succeed. With `resume`, it pauses after
+/// 2000 writes until the test sends on it: a writer faster than the link
+/// keeps a transfer catching up, so the test, not the scheduler, decides
+/// when the transfer can catch up.
+fn writer(shard: &Shard, resume: Option<std::sync::mpsc::Receiver<()>>) -> std::thread::JoinHandle<Vec<(String, u64, u64)>> {
     let shard = shard.clone();
     std::thread::spawn(move || {
         let mut acked = Vec::new();
         for i in 0u64.. {
-            if stop.load(std::sync::atomic::Ordering::Acquire) {
-                return acked;
+            if i == 2000 {
+                if let Some(resume) = &resume {
+                    resume.recv().unwrap();
+                }
             }
             let key = format!("w{:05}", i % 5000);
             match shard.put(key.as_bytes(), &i.to_le_bytes()) {
@@ -378,11 +383,12 @@ fn a_started_transfer_streams_writes_until_the_host_hands_the_shard_over() {
     };
     let opts = TransferOptions { auto_finish: None, progress: Some(progress), ..small_batches(Method::Snapshot) };
     let t = src.transfers.start(&shard, SHARD, 2, &opts).unwrap();
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let w = writer(&shard, stop);
+    let (resume, paused) = std::sync::mpsc::channel();
+    let w = writer(&shard, Some(paused));
     // Without a finish the transfer catches up and keeps streaming.
     reach(&t, Stage::WaitingFinish);
     assert!(!t.wait(Some(Duration::from_millis(1))), "waiting for the host is not settled");
+    resume.send(()).unwrap();
     t.finish(Finish::HandOver).unwrap();
     assert_eq!(t.finish(Finish::Copy).unwrap_err().status, KEEL_STATUS_BUSY);
     assert!(t.wait(None));
@@ -428,7 +434,7 @@ fn forwarding_applies_every_later_write_on_the_receiver_before_it_returns() {
     }
     // The receiver still holds it as incoming: its host cannot open it.
     assert_eq!(dst.engine.open_shard(SHARD, false).err().map(|e| e.status), Some(KEEL_STATUS_BUSY));
-    let w = writer(&shard, Arc::new(std::sync::atomic::AtomicBool::new(false)));
+    let w = writer(&shard, None);
     t.finish(Finish::HandOver).unwrap();
     assert!(t.wait(None));
     let acked = w.join().unwrap();

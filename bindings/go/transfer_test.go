@@ -120,10 +120,17 @@ func TestTransferHandsAShardOverWhileAWriterWrites(t *testing.T) {
 		key     string
 		version uint64
 	}
+	// The writer pauses after 2000 writes until the test saw the transfer
+	// catch up: a writer faster than the link keeps it catching up, so
+	// the test, not the scheduler, decides when it can.
 	done := make(chan []write)
+	resume := make(chan struct{})
 	go func() {
 		var acked []write
 		for i := 0; ; i++ {
+			if i == 2000 {
+				<-resume
+			}
 			key := fmt.Sprintf("w%04d", i%500)
 			v, err := shard.Put([]byte(key), []byte(fmt.Sprint(i)))
 			if err != nil {
@@ -140,6 +147,7 @@ func TestTransferHandsAShardOverWhileAWriterWrites(t *testing.T) {
 	if err := tr.Wait(0); !errors.Is(err, ErrTimeout) {
 		t.Fatalf("Wait while it waits for the host: %v", err)
 	}
+	close(resume)
 	if err := tr.Finish(FinishHandOver); err != nil {
 		t.Fatal(err)
 	}

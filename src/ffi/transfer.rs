@@ -53,7 +53,11 @@ pub const KEEL_TRANSFER_FINISH_FORWARD: u32 = 3;
 
 /// Stages (keel_transfer_status(), keel_transfer_progress_t.stage), in
 /// the order a transfer goes through them. FORWARDING and the last three
-/// are settled: keel_transfer_wait() returns.
+/// are settled: keel_transfer_wait() returns. CATCHING_UP and
+/// WAITING_FINISH may alternate: WAITING_FINISH means caught up (the
+/// last catch-up round found at most one batch of new writes), and a
+/// steady writer faster than the link keeps the transfer in CATCHING_UP;
+/// keel_transfer_finish() is accepted in either.
 pub const KEEL_TRANSFER_CONNECTING: u32 = 0;
 pub const KEEL_TRANSFER_BACKFILL: u32 = 1;
 pub const KEEL_TRANSFER_CATCHING_UP: u32 = 2;

@@ -9,6 +9,7 @@
 
 #include <atomic>
 #include <condition_variable>
+#include <future>
 #include <mutex>
 #include <thread>
 #include <type_traits>
@@ -97,9 +98,14 @@ TEST(Transfer, MovesAShardWhileAWriterWritesAndHandsItOver) {
                                .on_progress(seen.handler()));
   ASSERT_TRUE(t.ok()) << t.err().to_string();
 
+  // The writer pauses after 2000 writes until the test saw the transfer
+  // catch up: a writer faster than the link keeps it catching up, so the
+  // test, not the scheduler, decides when it can.
   std::atomic<uint64_t> last_version{0};
-  std::thread writer([&] {
+  std::promise<void> resume;
+  std::thread writer([&, resumed = resume.get_future()] {
     for (uint64_t i = 0;; i++) {
+      if (i == 2000) resumed.wait();
       auto v = shard.put("w" + std::to_string(i % 500), std::to_string(i));
       if (!v.ok()) {
         EXPECT_EQ(v.err().code(), Status::Moved);
@@ -110,6 +116,7 @@ TEST(Transfer, MovesAShardWhileAWriterWritesAndHandsItOver) {
   });
   seen.wait_for(TransferStage::WaitingFinish);
   EXPECT_EQ(t->wait(std::chrono::milliseconds(0)).err().code(), Status::Timeout);
+  resume.set_value();
   KEEL_ASSERT_OK(t->finish(FinishMode::HandOver));
   EXPECT_EQ(t->finish(FinishMode::Copy).err().code(), Status::Busy);
   KEEL_ASSERT_OK(t->wait());

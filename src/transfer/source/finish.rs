@@ -88,11 +88,18 @@ pub(super) fn run(
 
 /// Catches up without holding writes until the host asks to finish (or
 /// `auto_finish` did), then until a round sends nothing, for at most
-/// `CATCH_UP_ROUNDS` rounds; returns the finish mode. Caught up and not
-/// asked to finish yet, it waits, streaming new writes as they come.
+/// `CATCH_UP_ROUNDS` rounds; returns the finish mode.
+///
+/// Caught up means a round found at most one batch: what the writers add
+/// during one round trip fits in a batch, so a finish now holds writes for
+/// about one batch. A round that found nothing at all would never come
+/// under a steady writer, and the host waiting for it would wait forever.
+/// Caught up and not asked to finish yet, it streams new writes as they
+/// come, and stays caught up while each round still fits in one batch.
 fn catch_up(link: &mut Link, batcher: &Batcher, mut reader: Reader, shard: &Shard) -> Result<(Reader, Finish)> {
     let control = link.control;
     let mut rounds = 0;
+    let mut caught_up = false;
     loop {
         control.check()?;
         let asked = control.finish_asked();
@@ -108,10 +115,17 @@ fn catch_up(link: &mut Link, batcher: &Batcher, mut reader: Reader, shard: &Shar
             }
             continue;
         }
-        if sent > 0 {
+        if sent > 1 {
+            if caught_up {
+                caught_up = false;
+                control.stage(Stage::CatchingUp, &link.report);
+            }
             continue;
         }
-        control.stage(Stage::WaitingFinish, &link.report);
+        if !caught_up {
+            caught_up = true;
+            control.stage(Stage::WaitingFinish, &link.report);
+        }
         loop {
             match control.next_request() {
                 Request::Cancel => control.check()?,
@@ -124,7 +138,6 @@ fn catch_up(link: &mut Link, batcher: &Batcher, mut reader: Reader, shard: &Shar
                 }
             }
         }
-        control.stage(Stage::CatchingUp, &link.report);
     }
 }
 
