@@ -223,6 +223,8 @@ clean:
 # deterministic mode and then in its exploring mode (timed kills, also in
 # the middle of recovery, seeded pauses in the flush); the shard fault
 # seeds run in exploring mode too (SHARD_EXPLORE_SEEDS, default 2,000).
+# Then the WAL fault seeds run WAL_FAULT_SEEDS (default 20,000, and a
+# quarter as many with growing segments; make test runs 3,000).
 # Last, the Go raft test cluster runs each of its tests on
 # RAFTCLUSTER_SOAK_SEEDS (default 200) fresh seeds besides its fixed one.
 soak: lib
@@ -233,6 +235,8 @@ soak: lib
 	  --test shard_kill9 ordered_flush_survives_kill9 -- --nocapture
 	KEEL_SHARD_FAULT_EXPLORE=1 KEEL_SHARD_FAULT_SEEDS=$${SHARD_EXPLORE_SEEDS:-2000} $(CARGO) test --release --locked \
 	  --test shard_faults -- --nocapture
+	KEEL_FAULT_SEEDS=$${WAL_FAULT_SEEDS:-20000} KEEL_FAULT_SEED_START=100000 $(CARGO) test --release --locked \
+	  --test wal_faults -- --nocapture
 	cd bindings/go/raftcluster && RAFTCLUSTER_SOAK_SEEDS=$${RAFTCLUSTER_SOAK_SEEDS:-200} CGO_ENABLED=1 \
 	  go test -count=1 -timeout 120m .
 

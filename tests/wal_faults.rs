@@ -2,8 +2,9 @@
 //! file system, with simulated power loss, EIO and ENOSPC, checking the
 //! WAL's promises after every crash (docs/WAL.md W3, W4, W9).
 //!
-//! `KEEL_FAULT_SEEDS=N` sets how many seeds run (default 10,000, and a
-//! quarter as many with growing segments); `KEEL_FAULT_SEED=S` replays one
+//! `KEEL_FAULT_SEEDS=N` sets how many seeds run (default 3,000 in `make
+//! test`, 20,000 in `make soak`, and a quarter as many with growing
+//! segments); `KEEL_FAULT_SEED=S` replays one
 //! seed with a trace of what it did. A seed with bit 40 set (`GROWING`)
 //! runs with a 1 MiB maximum segment size and occasional records of up to
 //! 120 KB, so segments grow from 64 KiB and rotations fit large records;
@@ -317,12 +318,18 @@ fn run_checked(seed: u64) {
     }
 }
 
+/// How many seeds a run tries: `KEEL_FAULT_SEEDS`, else 3,000, which keeps
+/// `make test` short on a busy 2-core machine (`make soak` runs more).
+fn seeds() -> u64 {
+    std::env::var("KEEL_FAULT_SEEDS").ok().and_then(|v| v.parse().ok()).unwrap_or(3_000)
+}
+
 #[test]
 fn random_workloads_survive_crashes_and_faults() {
     if std::env::var("KEEL_FAULT_SEED").is_ok() {
         return; // `replay` runs it
     }
-    let n: u64 = std::env::var("KEEL_FAULT_SEEDS").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000);
+    let n = seeds();
     let start: u64 = std::env::var("KEEL_FAULT_SEED_START").ok().and_then(|v| v.parse().ok()).unwrap_or(0);
     for seed in start..start + n {
         run_checked(seed);
@@ -334,7 +341,7 @@ fn random_workloads_with_growing_segments() {
     if std::env::var("KEEL_FAULT_SEED").is_ok() {
         return; // `replay` runs it
     }
-    let n: u64 = std::env::var("KEEL_FAULT_SEEDS").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000) / 4;
+    let n = seeds() / 4;
     for seed in GROWING..GROWING + n.max(1) {
         run_checked(seed);
     }
