@@ -1587,7 +1587,9 @@ typedef struct keel_writer_stats_t {
    */
   uint64_t items;
   /**
-   * Messages handed to a send.
+   * Messages handed to a send (a zero-length message counts once it
+   * reaches the front, with no send of its own); reaches `items` once
+   * everything appended went out.
    */
   uint64_t items_sent;
   /**

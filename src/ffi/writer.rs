@@ -189,7 +189,9 @@ pub struct keel_writer_stats_t {
     pub bytes_sent: u64,
     /// Messages appended.
     pub items: u64,
-    /// Messages handed to a send.
+    /// Messages handed to a send (a zero-length message counts once it
+    /// reaches the front, with no send of its own); reaches `items` once
+    /// everything appended went out.
     pub items_sent: u64,
     /// Control items appended (close requests).
     pub control_items: u64,

@@ -426,6 +426,9 @@ impl Wire {
 /// may go on; otherwise the pass ends with the returned state.
 fn flush(out: &mut Outbox, stats: &mut WriterStats, reason: FlushReason, cfg: &PassCfg, sink: &mut dyn Sink) -> Option<PassEnd> {
     if out.bytes == 0 {
+        // Only zero-length items: nothing to send, and they are delivered
+        // all the same (items_sent must reach items).
+        stats.items_sent += out.items;
         out.items = 0;
         return None;
     }
@@ -527,6 +530,21 @@ mod tests {
         assert_eq!(w.pass(&c, &mut s), PassEnd::Drained);
         assert_eq!(s.sends.iter().map(|v| v.len() / 4).collect::<Vec<_>>(), vec![100, 100, 50]);
         assert_eq!((w.stats.flush_quota, w.stats.flush_idle, w.stats.batched_passes), (2, 1, 3));
+    }
+
+    #[test]
+    fn a_zero_length_item_alone_in_a_flush_still_counts_as_sent() {
+        // Flushed alone (the pass does not batch a lone item), the empty
+        // item makes no send but must still reach items_sent.
+        let mut w = Wire::default();
+        let now = Instant::now();
+        let mut s = Rec { sends: vec![], budget: usize::MAX };
+        w.queue.push_copy(b"", now);
+        assert_eq!(w.pass(&cfg(), &mut s), PassEnd::Drained);
+        w.queue.push_copy(b"x", now);
+        assert_eq!(w.pass(&cfg(), &mut s), PassEnd::Drained);
+        assert_eq!(s.sends, vec![b"x".to_vec()]);
+        assert_eq!((w.stats.items_sent, w.stats.sends), (2, 1));
     }
 
     #[test]
