@@ -602,6 +602,9 @@ def main():
     # shown in its own table rather than the ratio table below).
     net_path = os.path.join(work, "net.json")
     net = json.load(open(net_path)) if os.path.exists(net_path) else None
+    # bench/lease likewise (lease.md, lease.json).
+    lease_path = os.path.join(work, "lease.json")
+    lease = json.load(open(lease_path)) if os.path.exists(lease_path) else None
 
     for t in targets:
         t["pass"] = t["value"] >= t["target"] if t["cmp"] == ">=" else t["value"] <= t["target"]
@@ -618,6 +621,7 @@ def main():
         "rocksdb": {"skipped": rskip, "runs": rruns or [], "comparison": comparison},
         "shards": shards,
         "net": net,
+        "lease": lease,
         "restart_bound": restart_results(work),
         "targets": targets,
     }
@@ -694,6 +698,11 @@ def main():
         L.append("")
     else:
         L += ["## Batched socket writers", "", "Not run (bench/net produced no net.json).", ""]
+    if lease:
+        L += read_text(os.path.join(work, "lease.md")).rstrip("\n").split("\n")
+        L.append("")
+    else:
+        L += ["## Lease reads (bench/lease)", "", "Not run (bench/lease produced no lease.json).", ""]
     L.append("Ratios: keel 4 KiB rate / F; keel 4 KiB p99 / P; 16-writer rate / 1-writer rate (256 B). "
              "See bench/README.md. Numbers from a busy machine (high load average) are noisy.")
     with open(prefix + ".md", "w") as f:

@@ -346,6 +346,10 @@ rm -rf "$BENCH_DIR/keel-shard"
 echo "bench: batched socket writers (bench/net)"
 NET_SKIP_BUILD=1 CARGO="$CARGO" sh bench/net/run.sh "$WORK" \
     || echo "bench: bench/net failed; its section is missing from the report" >&2
+# ---- lease reads through the C API, simulated consensus (bench/lease) ----
+echo "bench: lease reads (bench/lease)"
+LEASE_SKIP_BUILD=1 CARGO="$CARGO" sh bench/lease/run.sh "$WORK" \
+    || echo "bench: bench/lease failed; its section is missing from the report" >&2
 echo "loadavg_end=$(cut -d' ' -f1-3 /proc/loadavg)" >>"$WORK/machine.env"
 
 # ---- report -----------------------------------------------------------------

@@ -212,9 +212,15 @@ impl LeaseGate {
     }
 
     /// The lease gate now, without counting or falling back.
+    ///
+    /// The clock is read under the facts' lock: an ack recorded before we
+    /// took it was checked against a reading taken before its own lock,
+    /// so on a clock that does not go back our reading is at or past it.
+    /// Read before the lock, a heartbeat's ack landing in between would
+    /// look stamped in the future and cost a needless read-index.
     pub fn decide(&self) -> Decision {
-        let now = self.clock.now();
-        decide(&self.state.lock(), self.lease_ns, now)
+        let st = self.state.lock();
+        decide(&st, self.lease_ns, self.clock.now())
     }
 
     /// Begins a read (or a session of reads) at `level`: at most one
@@ -222,7 +228,7 @@ impl LeaseGate {
     /// applied index reaches it, all within `timeout`.
     pub fn begin_read(&self, level: Level, timeout: Duration) -> std::result::Result<ReadPermit, Refused> {
         // No deadline (a timeout too large to add) waits as long as it takes.
-        let deadline = Instant::now().checked_add(timeout).unwrap_or_else(|| Instant::now() + Duration::from_secs(365 * 86_400));
+        let deadline = || Instant::now().checked_add(timeout).unwrap_or_else(|| Instant::now() + Duration::from_secs(365 * 86_400));
         match level {
             Level::Stale => return Ok(ReadPermit { index: self.state.lock().applied(), from_lease: false }),
             Level::Linearizable => {
@@ -234,28 +240,39 @@ impl LeaseGate {
                     return Err(Refused::NotLeader { leader_hint });
                 }
             }
-            Level::Lease => match self.decide() {
-                Decision::Serve { index } => {
-                    let mut s = self.state.lock();
-                    return match wait_applied(&self.applied, &mut s, index, deadline) {
-                        Ok(()) => {
-                            self.metrics.hit();
-                            Ok(ReadPermit { index, from_lease: true })
-                        }
-                        Err(r) => {
-                            self.metrics.timeout();
-                            Err(r)
-                        }
-                    };
+            Level::Lease => {
+                // One lock for the decision and the applied check: a hit is
+                // the common case and should cost about a plain read. The
+                // clock is read under it (see `decide`).
+                let mut s = self.state.lock();
+                match decide(&s, self.lease_ns, self.clock.now()) {
+                    Decision::Serve { index } => {
+                        let waited = if s.applied() < index { wait_applied(&self.applied, &mut s, index, deadline()) } else { Ok(()) };
+                        drop(s);
+                        return match waited {
+                            Ok(()) => {
+                                self.metrics.hit();
+                                Ok(ReadPermit { index, from_lease: true })
+                            }
+                            Err(r) => {
+                                self.metrics.timeout();
+                                Err(r)
+                            }
+                        };
+                    }
+                    Decision::NotLeader { leader_hint } => {
+                        drop(s);
+                        self.metrics.miss(MissReason::NotLeader);
+                        return Err(Refused::NotLeader { leader_hint });
+                    }
+                    Decision::Miss(reason) => {
+                        drop(s);
+                        self.metrics.miss(reason);
+                    }
                 }
-                Decision::NotLeader { leader_hint } => {
-                    self.metrics.miss(MissReason::NotLeader);
-                    return Err(Refused::NotLeader { leader_hint });
-                }
-                Decision::Miss(reason) => self.metrics.miss(reason),
-            },
+            }
         }
-        self.read_index_path(deadline).inspect_err(|r| {
+        self.read_index_path(deadline()).inspect_err(|r| {
             if *r == Refused::Timeout {
                 self.metrics.timeout();
             }
