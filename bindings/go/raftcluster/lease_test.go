@@ -297,3 +297,75 @@ func TestLeaseMembershipChange(t *testing.T) {
 		c.Settle()
 	})
 }
+
+// A node restarts (a follower, then the leader) with the lease path: its
+// reopened shard is configured again from raft's facts, it serves no
+// lease read while it follows, and the leader after the restarts serves
+// lease reads again. The history is linearizable.
+func TestLeaseRestartNode(t *testing.T) {
+	forSeeds(t, 43, func(t *testing.T, seed int64) {
+		p := NewLeasePath()
+		cfg := LeaseConfig(seed, p)
+		cfg.MaxOps = 4000 // clients still read in the last stretch
+		c := NewCluster(t, cfg)
+		c.WaitLeader()
+		c.RunFor(500 * TickEvery)
+		for _, pick := range []string{"follower", "leader"} {
+			l := c.WaitLeader()
+			id := l
+			if pick == "follower" {
+				id = l%3 + 1
+			}
+			defer c.requireTraffic("stopping the "+pick, c.Now(), 50)
+			c.Stop(id)
+			c.RunFor(500 * TickEvery)
+			c.Restart(id)
+			restarted := c.Now()
+			c.RunFor(500 * TickEvery)
+			// The reopened shard was configured again (LeaseStats fails
+			// on a shard without consensus), and as a follower it served
+			// no read from the lease.
+			st := p.stats(c, id)
+			for _, r := range p.servedAfter(id, restarted) {
+				if r.Hit && !r.Leader {
+					t.Fatalf("restarted node %d served a lease read at %d without leading", id, r.At)
+				}
+			}
+			t.Logf("restarted %s %d: %d lease hits, %d read-index calls since", pick, id, st.LeaseHits, st.ReadIndexCalls)
+		}
+		leader := c.WaitLeader()
+		before := p.stats(c, leader)
+		c.RunFor(300 * TickEvery)
+		after := p.stats(c, leader)
+		if c.Leader() == leader && after.LeaseHits == before.LeaseHits {
+			t.Fatalf("leader %d served no lease read in a quiet stretch after the restarts", leader)
+		}
+		c.Settle()
+	})
+}
+
+// Random loss (1 % of messages) and reordering with the lease path: a
+// lost heartbeat or response makes the acks keel gets older, never
+// younger (see LeasePath), so loss may cost lease hits but never safety:
+// the history is linearizable and the lease still serves reads.
+func TestLeaseUnderDropsAndDelays(t *testing.T) {
+	forSeeds(t, 51, func(t *testing.T, seed int64) {
+		p := NewLeasePath()
+		cfg := LeaseConfig(seed, p)
+		cfg.Net.DropRate = 0.01
+		c := NewCluster(t, cfg)
+		c.WaitLeader()
+		c.RunFor(3000 * TickEvery)
+		hits := 0
+		for _, r := range p.served {
+			if r.Hit {
+				hits++
+			}
+		}
+		t.Logf("%d reads served, %d from the lease", len(p.served), hits)
+		if hits == 0 {
+			t.Fatal("no read was served from the lease under 1 % loss")
+		}
+		c.Settle()
+	})
+}

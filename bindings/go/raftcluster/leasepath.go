@@ -79,6 +79,8 @@ type leaseRead struct {
 	// Transferring: the node had started a leadership transfer that raft
 	// had not yet ended.
 	Transferring bool
+	// Leader: the node led (as raft told it) when it served the read.
+	Leader bool
 }
 
 // leaseNode is the path's state for one open of a node's shard.
@@ -292,7 +294,7 @@ func (p *LeasePath) get(n *Node, st *leaseNode, key string) (ReadResult, error) 
 	}
 	// The callback consumes an armed index; one still armed was not used.
 	hit := armed == 0 && !st.wanted || armed != 0 && st.armed != 0
-	p.served = append(p.served, leaseRead{Node: n.id, At: n.Now(), Key: key, Hit: hit, Transferring: st.transferring})
+	p.served = append(p.served, leaseRead{Node: n.id, At: n.Now(), Key: key, Hit: hit, Transferring: st.transferring, Leader: n.leader})
 	if err != nil {
 		return ReadResult{}, nil
 	}
