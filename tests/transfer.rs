@@ -514,3 +514,41 @@ fn a_failed_forward_fails_the_transfer_but_not_the_source_write() {
     assert!(!shard.is_moved());
     assert_eq!(shard.get(b"after").unwrap().unwrap().version, v);
 }
+
+/// A snapshot brings the shard's replicated state along: the applied
+/// index and the highest fencing token per bucket as of the snapshot,
+/// which the WAL delta after it does not repeat. The receiver keeps them
+/// across a reopen, and refuses a stale token as the source does.
+#[test]
+fn a_snapshot_carries_the_applied_index_and_the_fences() {
+    use keel::shard::{Fence, Op};
+    let (src, dst) = pair("replicated");
+    let shard = src.engine.open_shard(SHARD, true).unwrap();
+    for i in 1..=40u64 {
+        let fence = (i % 3 == 0).then(|| Fence { bucket: format!("b{}", i % 4).into_bytes(), token: i });
+        let op = Op::Put { key: format!("k{i:03}").into_bytes(), value: b"v".to_vec() };
+        let a = shard.apply(i, &[op], fence).unwrap();
+        assert!(!a.duplicate);
+    }
+    // Flushed and past the WAL's reach: the state lives in the snapshot only.
+    shard.flush(true).unwrap();
+    dst.transfers.expect(SHARD, 1);
+    let r = src.transfers.send_shard(&shard, SHARD, 2, &small_batches(Method::Snapshot)).unwrap();
+    assert!(r.snapshot, "{r:?}");
+    let check = |got: &Shard| {
+        assert_eq!(got.applied_index(), 40);
+        for b in 0..4u64 {
+            let bucket = format!("b{b}").into_bytes();
+            assert_eq!(got.fence_highest(&bucket), shard.fence_highest(&bucket), "bucket b{b}");
+        }
+        let stale = Fence { bucket: b"b3".to_vec(), token: 1 };
+        let a = got.apply(41, &[Op::Put { key: b"late".to_vec(), value: b"x".to_vec() }], Some(stale)).unwrap();
+        assert_eq!(a.refused.map(|e| e.status), Some(KEEL_STATUS_FENCED));
+    };
+    let got = received(&dst);
+    check(&got);
+    got.close().unwrap();
+    let again = received(&dst);
+    assert_eq!(again.applied_index(), 41, "the refused entry moved the index, and a reopen keeps it");
+    assert_eq!(shard_digest(&again).unwrap(), shard_digest(&shard).unwrap());
+}

@@ -120,13 +120,7 @@ impl Manifest {
         b.extend_from_slice(&self.shard.to_le_bytes());
         b.extend_from_slice(&self.next_id.to_le_bytes());
         b.extend_from_slice(&self.persisted.to_le_bytes());
-        b.extend_from_slice(&self.replicated.applied_index.to_le_bytes());
-        let fences = self.replicated.fences.sorted();
-        b.extend_from_slice(&(fences.len() as u32).to_le_bytes());
-        for (bucket, token) in fences {
-            files::put_bytes(&mut b, bucket);
-            b.extend_from_slice(&token.to_le_bytes());
-        }
+        self.replicated.encode_into(&mut b);
         b.extend_from_slice(&(self.segments.len() as u32).to_le_bytes());
         for s in &self.segments {
             let (kind, id, size, max_version, crc) = match *s {
@@ -152,14 +146,7 @@ impl Manifest {
         let shard = u128::from_le_bytes(c.take(16)?.try_into().unwrap());
         let next_id = c.u64()?;
         let persisted = if format == FORMAT_NO_PERSISTED { 0 } else { c.u64()? };
-        let mut replicated = Replicated::default();
-        if format == FORMAT {
-            replicated.applied_index = c.u64()?;
-            for _ in 0..c.u32()? {
-                let bucket = c.bytes()?;
-                replicated.fences.raise(bucket, c.u64()?);
-            }
-        }
+        let replicated = if format == FORMAT { Replicated::decode(&mut c)? } else { Replicated::default() };
         let count = c.u32()?;
         let mut segments = Vec::new();
         for _ in 0..count {

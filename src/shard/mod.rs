@@ -35,6 +35,7 @@ pub use pool::MAX_FLUSH_THREADS;
 pub use reads::Consensus;
 pub use recovery::RecoveryReport;
 pub use replicated::Fence;
+pub(crate) use replicated::Replicated;
 pub use steps::{Step, StepHook, Steps};
 pub use transfer::Snapshot;
 

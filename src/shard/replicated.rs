@@ -43,6 +43,36 @@ impl Replicated {
             self.fences.raise(&f.bucket, f.token);
         }
     }
+
+    /// Takes in another state of the same shard (both only grow).
+    pub fn absorb(&mut self, other: &Replicated) {
+        self.applied_index = self.applied_index.max(other.applied_index);
+        for (bucket, token) in other.fences.sorted() {
+            self.fences.raise(bucket, token);
+        }
+    }
+
+    /// `[u64 applied index][u32 buckets]` then per bucket, in order,
+    /// `[u32 length][bucket][u64 highest token]`, integers little-endian:
+    /// the manifest's copy and a snapshot transfer's.
+    pub fn encode_into(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.applied_index.to_le_bytes());
+        let fences = self.fences.sorted();
+        out.extend_from_slice(&(fences.len() as u32).to_le_bytes());
+        for (bucket, token) in fences {
+            super::files::put_bytes(out, bucket);
+            out.extend_from_slice(&token.to_le_bytes());
+        }
+    }
+
+    pub fn decode(c: &mut super::files::Cursor) -> Result<Replicated> {
+        let mut r = Replicated { applied_index: c.u64()?, ..Default::default() };
+        for _ in 0..c.u32()? {
+            let bucket = c.bytes()?;
+            r.fences.raise(bucket, c.u64()?);
+        }
+        Ok(r)
+    }
 }
 
 /// One WAL record's change of the replicated state:
@@ -143,6 +173,14 @@ impl Tracker {
         debug_assert!(self.pending.back().map_or(true, |(v, _)| *v < version), "changes are logged in version order");
         self.live.merge(&change);
         self.pending.push_back((version, change));
+    }
+
+    /// Takes in the state a snapshot was taken at: it holds for every
+    /// version the snapshot installed, all at or below anything logged
+    /// here later, so it is durable with the snapshot's first flush.
+    pub fn seed(&mut self, state: &Replicated) {
+        self.live.absorb(state);
+        self.durable.absorb(state);
     }
 
     /// The state as of `persisted`: every change at or below it, for a

@@ -7,6 +7,7 @@ use super::entry::{Entry, Value};
 use super::key::Key;
 use super::op::{Record, BATCH_RECORD_HEADER};
 use super::pool::Host;
+use super::replicated::Replicated;
 use super::sealed::Sealed;
 use super::{Options, Shard};
 use crate::error::{Error, Result};
@@ -28,6 +29,8 @@ const BASE_MAGIC: u64 = 0x3142_5246_4c45_454b; // "KEELFRB1"
 /// readable while it holds them). Deletions after `version` are ignored.
 pub struct Snapshot {
     pub version: u64,
+    /// The replicated state (applied index, highest tokens) as of `version`.
+    pub(crate) replicated: Replicated,
     appendable: BTreeMap<Key, Entry>,
     sealed: Vec<Arc<Sealed>>,
 }
@@ -78,7 +81,10 @@ impl Shard {
     pub fn snapshot(&self) -> Result<Snapshot> {
         self.inner.check_open()?;
         let s = self.inner.segs.read();
-        Ok(Snapshot { version: s.applied, appendable: s.appendable.map.clone(), sealed: s.sealed.clone() })
+        // Writers change the replicated state under the segments' write
+        // lock, so under the read lock it is the state as of `applied`.
+        let replicated = self.inner.replicated.lock().live().clone();
+        Ok(Snapshot { version: s.applied, replicated, appendable: s.appendable.map.clone(), sealed: s.sealed.clone() })
     }
 
     /// Whether a transfer handed this shard over: its writes fail with MOVED.
@@ -143,6 +149,13 @@ impl Shard {
     /// record's checksum for its history check.
     fn base_path(&self) -> std::path::PathBuf {
         self.inner.seg_dir.with_file_name(BASE_FILE)
+    }
+
+    /// Takes in the replicated state of a snapshot being installed, before
+    /// the flush that makes the snapshot durable (its manifest then holds
+    /// the state too).
+    pub(crate) fn seed_replicated(&self, state: &Replicated) {
+        self.inner.replicated.lock().seed(state);
     }
 
     /// Records the snapshot's base (`record_crc` answers from it).

@@ -430,6 +430,15 @@ impl Receiver {
                 // in memory until this flush persists them. Only then may a
                 // later WAL delta build on it.
                 let shard = shard_of(inc, true)?;
+                // The replicated state as of the snapshot (a source before
+                // it was sent sends an empty body).
+                if !body.bytes.is_empty() {
+                    let state = crate::shard::Replicated::decode(body).map_err(|e| protocol(e.message))?;
+                    if !body.bytes.is_empty() {
+                        return Err(protocol("SNAPSHOT_END: trailing bytes after the replicated state".into()));
+                    }
+                    shard.seed_replicated(&state);
+                }
                 ack.version = shard.flush(true)?;
                 if let Some((version, crc)) = inc.base {
                     shard.set_snapshot_base(version, crc)?;

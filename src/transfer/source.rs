@@ -404,9 +404,13 @@ pub(super) fn run(
             begin.push(crc.is_some() as u8);
             begin.extend_from_slice(&crc.unwrap_or(0).to_le_bytes());
             link.simple(wire::BEGIN, &begin)?;
+            // The snapshot's end carries the replicated state as of it:
+            // the WAL delta after it holds only the changes that follow.
+            let mut end = Vec::new();
+            snap.replicated.encode_into(&mut end);
             let b = batcher.clone();
             link.pipeline((snap, None), move |(snap, after)| b.entries(snap, after))?;
-            link.simple(wire::SNAPSHOT_END, &[])?;
+            link.simple(wire::SNAPSHOT_END, &end)?;
             let from = link.report.last_version + 1;
             (shard.wal_reader(from)?, pin)
         }

@@ -23,7 +23,10 @@ pub const ENTRIES: u16 = 0x0102;
 /// Source → receiver: WAL records. Body: `[u32 count]` then per record
 /// `[u64 version][u32 length][record]`.
 pub const OPS: u16 = 0x0103;
-/// Source → receiver: the snapshot is complete. Body: empty.
+/// Source → receiver: the snapshot is complete. Body: the shard's
+/// replicated state as of the snapshot (`[u64 applied index][u32 buckets]`
+/// then per bucket `[u32 length][bucket][u64 highest token]`), or empty
+/// from a source that does not send it.
 pub const SNAPSHOT_END: u16 = 0x0104;
 /// Source → receiver: the transfer is complete. Body: `[u64 last version]`.
 pub const FINISH: u16 = 0x0105;
