@@ -96,17 +96,31 @@ fn die(what: &str, e: impl std::fmt::Display) -> ! {
     std::process::exit(1)
 }
 
+/// A field of /proc/self/status in KiB.
+fn status_kib(status: &str, name: &str) -> u64 {
+    status.lines().find_map(|l| l.strip_prefix(name)).and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok()).unwrap_or(0)
+}
+
 /// Peak resident set (VmHWM) and the current one (VmRSS) in KiB.
 fn memory_kib() -> (u64, u64) {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap_or(0)
-    };
-    (field("VmHWM:"), field("VmRSS:"))
+    (status_kib(&status, "VmHWM:"), status_kib(&status, "VmRSS:"))
+}
+
+/// The anonymous resident set (RssAnon) in KiB: the heap, without the
+/// shard's files mapped for reading, which the peak RSS also counts.
+fn anon_kib() -> u64 {
+    status_kib(&std::fs::read_to_string("/proc/self/status").unwrap_or_default(), "RssAnon:")
+}
+
+/// Samples `anon_kib` every 2 ms until `stop`; returns the highest.
+fn anon_peak(stop: Arc<AtomicBool>) -> u64 {
+    let mut peak = 0;
+    while !stop.load(Ordering::Acquire) {
+        peak = peak.max(anon_kib());
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    peak.max(anon_kib())
 }
 
 /// User and system CPU seconds of this process so far.
@@ -361,6 +375,7 @@ fn case(a: &Flags) {
     // The peak from here on: the transfer's memory, not the shard's open.
     let _ = std::fs::write("/proc/self/clear_refs", "5");
     let (_, rss_before) = memory_kib();
+    let anon_before = anon_kib();
     let cpu_before = cpu_secs();
 
     let end = Arc::new(Mutex::new(BackfillEnd::default()));
@@ -387,12 +402,17 @@ fn case(a: &Flags) {
         let (s, stop) = (shard.clone(), stop.clone());
         std::thread::spawn(move || writer(s, writer_rate, stop))
     });
+    let sampler = {
+        let stop = stop.clone();
+        std::thread::spawn(move || anon_peak(stop))
+    };
     let began = Instant::now();
     let r = transfers.send_shard(&shard, SHARD, RECEIVER_NODE, &opts).unwrap_or_else(|e| die("transfer", e));
     let drain = began.elapsed();
     let tx1 = iface_tx_bytes(&iface);
     stop.store(true, Ordering::Release);
     let mut lat = w.map(|h| h.join().unwrap_or_default()).unwrap_or_default();
+    let anon_peak = sampler.join().unwrap_or_default();
     lat.sort_unstable();
     let (hwm, _) = memory_kib();
     let cpu_after = cpu_secs();
@@ -414,7 +434,7 @@ fn case(a: &Flags) {
             "\"read_s\":{:.6},\"send_s\":{:.6},\"final_hold_us\":{},\"max_batches_in_memory\":{},\"max_batch_bytes\":{},",
             "\"link_bytes\":{},\"link_backfill_bytes\":{},",
             "\"writer_puts\":{},\"writer_p50_us\":{},\"writer_p99_us\":{},",
-            "\"source\":{{\"peak_rss_kib\":{},\"rss_before_kib\":{},\"cpu_user_s\":{:.3},\"cpu_sys_s\":{:.3}}},",
+            "\"source\":{{\"peak_rss_kib\":{},\"rss_before_kib\":{},\"peak_anon_kib\":{},\"anon_before_kib\":{},\"cpu_user_s\":{:.3},\"cpu_sys_s\":{:.3}}},",
             "\"receiver\":{},\"relay\":{}}}"
         ),
         if pipeline { "pipelined" } else { "sequential" },
@@ -440,6 +460,8 @@ fn case(a: &Flags) {
         percentile(&lat, 99.0),
         hwm,
         rss_before,
+        anon_peak,
+        anon_before,
         cpu_after.0 - cpu_before.0,
         cpu_after.1 - cpu_before.1,
         receiver_usage,

@@ -56,6 +56,12 @@ def source_growth_mib(run):
     return (run["source"]["peak_rss_kib"] - run["source"]["rss_before_kib"]) / 1024
 
 
+def source_anon_growth_mib(run):
+    """The heap's growth (sampled RssAnon): the batches and buffers, not
+    the shard's files mapped for reading, which the peak RSS also counts."""
+    return (run["source"]["peak_anon_kib"] - run["source"]["anon_before_kib"]) / 1024
+
+
 def med(values):
     values = [v for v in values if v is not None]
     return statistics.median(values) if values else None
@@ -108,6 +114,7 @@ def summarise(runs):
                 "max_batch_bytes": rs[0]["max_batch_bytes"],
                 "source_peak_rss_mib": max(r["source"]["peak_rss_kib"] for r in rs) / 1024,
                 "source_growth_mib": max(source_growth_mib(r) for r in rs),
+                "source_anon_growth_mib": max(source_anon_growth_mib(r) for r in rs),
                 "receiver_peak_rss_mib": max((r["receiver"] or {}).get("peak_rss_kib", 0) for r in rs) / 1024,
                 "relay_peak_rss_mib": max((r["relay"] or {}).get("peak_rss_kib", 0) for r in rs) / 1024,
                 "cpu_source_s": med([cpu(r["source"]) for r in rs]),
@@ -131,10 +138,11 @@ def goals(s):
     p = eq.get("pipelined", {})
     if p:
         limit = 2 * p["max_batch_bytes"] / 2**20 + MEMORY_CONSTANT_MIB
-        ok = p["max_batches_in_memory"] <= 2 and p["source_growth_mib"] <= limit
-        g.append({"goal": f"source memory ≤ 2 batches + {MEMORY_CONSTANT_MIB} MiB (peak RSS growth during the transfer ≤ {limit:.0f} MiB)",
-                  "value": p["source_growth_mib"],
-                  "shown": f"{p['source_growth_mib']:.1f} MiB, {p['max_batches_in_memory']} batches at once", "pass": ok})
+        ok = p["max_batches_in_memory"] <= 2 and p["source_anon_growth_mib"] <= limit
+        g.append({"goal": f"source memory ≤ 2 batches + {MEMORY_CONSTANT_MIB} MiB (peak anonymous RSS growth during the transfer ≤ {limit:.0f} MiB)",
+                  "value": p["source_anon_growth_mib"],
+                  "shown": f"{p['source_anon_growth_mib']:.1f} MiB, {p['max_batches_in_memory']} batches at once "
+                           f"(peak RSS growth {p['source_growth_mib']:.1f} MiB, with the mapped shard files)", "pass": ok})
     w = s.get("writer", {}).get("pipelined", {})
     hold = w.get("final_hold_ms")
     g.append({"goal": "final hold < 10 ms with a writer at 50 % of the shard's durable rate",
@@ -156,6 +164,14 @@ def main():
     md.append(f"Machine: {env.get('cpu', '?')}, {env.get('cores', '?')} cores, {env.get('kernel', '?')}; "
               f"keel {env.get('git', '?')}; load average {env.get('loadavg_start', '?')} at start, "
               f"{env.get('loadavg_end', '?')} at end.")
+    try:
+        busy = float(env.get("loadavg_start", "0").split()[0]) > int(env.get("cores", "0"))
+    except ValueError:
+        busy = False
+    if busy:
+        md.append("")
+        md.append("**Other work was running**: the load average at start was above the number of cores, "
+                  "so source, receiver and relay competed for CPU with it; the numbers are noisy.")
     if env.get("quick") == "1":
         md.append("")
         md.append("**Quick run** (`KEEL_BENCH_QUICK=1`): a small backlog and few pairs; a smoke test, not numbers to compare.")
@@ -178,7 +194,7 @@ def main():
            "Link busy = bytes on the veth during the backfill ÷ (shaped rate × backfill time). "
            "CPU = user + system seconds of each process during the case.", "",
            "| +RTT | link | mode | drain s | MB/s | speedup | link busy | read s / send s | batches | hold ms | "
-           "src RSS MiB (growth) | rcv RSS MiB | CPU src / rcv / relay s |",
+           "src RSS MiB (growth, anon growth) | rcv RSS MiB | CPU src / rcv / relay s |",
            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
 
     def key(base):
@@ -205,7 +221,7 @@ def main():
                 f"| {r['delay_us'] / 1000:g} ms | {label}, {rate} | {mode} | {fmt(r['drain_s'], '.3f')} | "
                 f"{fmt(r['mb_per_s'], '.1f')} | {sp} | {fmt(None if r['link_busy'] is None else r['link_busy'] * 100, '.0f', ' %')} | "
                 f"{r['read_s']:.3f} / {r['send_s']:.3f} | {r['batches']:.0f} | {fmt(r['final_hold_ms'], '.1f')} | "
-                f"{r['source_peak_rss_mib']:.0f} ({r['source_growth_mib']:.0f}) | {r['receiver_peak_rss_mib']:.0f} | "
+                f"{r['source_peak_rss_mib']:.0f} ({r['source_growth_mib']:.0f}, {r['source_anon_growth_mib']:.1f}) | {r['receiver_peak_rss_mib']:.0f} | "
                 f"{fmt(r['cpu_source_s'])} / {fmt(r['cpu_receiver_s'])} / {fmt(r['cpu_relay_s'])} |")
     w = s.get("writer", {})
     if w:
