@@ -1,7 +1,9 @@
 #!/bin/sh
 # `make bench`: the fio baseline, the keel WAL benchmark, keel shards and
 # RocksDB's db_bench on the same directory, then a report in
-# bench/results/<UTC date-time>.{md,json} with charts (<date-time>-*.png).
+# bench/results/<UTC date-time>.{md,json} with charts (<date-time>-*.png);
+# the socket writers (bench/net) and the shard transfer (bench/transfer,
+# its own report <date-time>-transfer.{md,json}) after them.
 # See bench/README.md for the cases and how the ratios are computed.
 #
 # Every keel-against-RocksDB comparison runs in BENCH_PAIRS interleaved
@@ -350,6 +352,14 @@ NET_SKIP_BUILD=1 CARGO="$CARGO" sh bench/net/run.sh "$WORK" \
 echo "bench: lease reads (bench/lease)"
 LEASE_SKIP_BUILD=1 CARGO="$CARGO" sh bench/lease/run.sh "$WORK" \
     || echo "bench: bench/lease failed; its section is missing from the report" >&2
+
+# ---- shard transfer, pipelined vs sequential (bench/transfer; root) ---------
+# Its own report, bench/results/<stamp>-transfer.{md,json}; skipped with a
+# message when not root or network namespaces are not permitted.
+echo "bench: shard transfer (bench/transfer)"
+KEEL_BENCH_QUICK="$KEEL_BENCH_QUICK" CARGO="$CARGO" BENCH_DIR="$BENCH_DIR" BENCH_PAIRS="$BENCH_PAIRS" \
+    sh bench/transfer/run.sh "$WORK/transfer" \
+    || echo "bench: bench/transfer failed; see its output above" >&2
 echo "loadavg_end=$(cut -d' ' -f1-3 /proc/loadavg)" >>"$WORK/machine.env"
 
 # ---- report -----------------------------------------------------------------

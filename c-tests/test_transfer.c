@@ -12,6 +12,7 @@
 #include "keel_test.h"
 
 #include <pthread.h>
+#include <stddef.h>
 
 enum { SRC = 1, DST = 2 };
 
@@ -120,7 +121,9 @@ static keel_transfer_options_t small_batches(seen_t *seen) {
   keel_transfer_options_t o;
   CHECK_RC(KEEL_STATUS_OK, keel_transfer_options_init_sized(&o, sizeof o));
   CHECK_EQ_U64(o.auto_finish, KEEL_TRANSFER_FINISH_NONE);
-  CHECK_EQ_U64(o.struct_size, KEEL_TRANSFER_OPTIONS_SIZE_V2);
+  CHECK_EQ_U64(o.struct_size, KEEL_TRANSFER_OPTIONS_SIZE_V3);
+  CHECK_EQ_U64(offsetof(keel_transfer_options_t, sequential), KEEL_TRANSFER_OPTIONS_SIZE_V2);
+  CHECK_EQ_U64(o.sequential, 0); /* pipelined */
   /* The retry policy's fields are 0: the library's defaults. */
   CHECK_EQ_U64(o.max_retries, 0);
   CHECK_EQ_U64(o.first_backoff_ms, 0);
@@ -262,6 +265,7 @@ static void forwards_each_write_then_hands_over(side_t *a, side_t *b) {
   CHECK_RC(KEEL_STATUS_OK, keel_transfer_expect(b->node, 9, SRC));
   keel_transfer_options_t o = small_batches(NULL);
   o.auto_finish = KEEL_TRANSFER_FINISH_FORWARD;
+  o.sequential = KEEL_TRANSFER_SEQUENTIAL; /* the benchmark's baseline moves it too */
   keel_transfer_t *t = NULL;
   CHECK_OK(keel_transfer_start(a->node, shard, 9, DST, &o, &t, &err));
   CHECK_RC(KEEL_STATUS_OK, keel_transfer_wait(t, KEEL_TRANSFER_WAIT_FOREVER));
@@ -309,6 +313,9 @@ static void cancel_then_restart(side_t *a, side_t *b) {
   o.method = KEEL_TRANSFER_WAL_DELTA;
   o.auto_finish = KEEL_TRANSFER_FINISH_COPY;
   o.max_retries = KEEL_TRANSFER_NO_RETRIES; /* loopback loses nothing */
+  /* A version-2 caller: keel reads nothing past its struct_size. */
+  o.struct_size = KEEL_TRANSFER_OPTIONS_SIZE_V2;
+  o.sequential = 99;
   CHECK_OK(keel_transfer_start(a->node, shard, 8, DST, &o, &t, &err));
   CHECK_RC(KEEL_STATUS_OK, keel_transfer_wait(t, KEEL_TRANSFER_WAIT_FOREVER));
   CHECK_EQ_U64(stage_of(t), KEEL_TRANSFER_DONE);
@@ -353,6 +360,12 @@ static void bad_arguments_are_refused(side_t *a, side_t *b) {
   o = small_batches(NULL);
   o.max_backoff_ms = 0;
   o.first_backoff_ms = 6000; /* above the default max_backoff_ms of 5000 */
+  CHECK_STATUS(KEEL_STATUS_INVALID_ARGUMENT, keel_transfer_start(a->node, shard, 11, DST, &o, &t, &err));
+  o = small_batches(NULL);
+  o.sequential = 2;
+  CHECK_STATUS(KEEL_STATUS_INVALID_ARGUMENT, keel_transfer_start(a->node, shard, 11, DST, &o, &t, &err));
+  o = small_batches(NULL);
+  o._reserved3 = 1;
   CHECK_STATUS(KEEL_STATUS_INVALID_ARGUMENT, keel_transfer_start(a->node, shard, 11, DST, &o, &t, &err));
   o = small_batches(NULL);
   o._reserved2 = 1;

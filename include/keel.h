@@ -316,6 +316,12 @@
 #define KEEL_TRANSFER_NO_RETRIES UINT32_MAX
 
 /**
+ * keel_transfer_options_t.sequential: read, send and wait for the ACK
+ * one batch at a time instead of reading the next batch during a send.
+ */
+#define KEEL_TRANSFER_SEQUENTIAL 1
+
+/**
  * keel_transfer_wait(): no time limit.
  */
 #define KEEL_TRANSFER_WAIT_FOREVER UINT64_MAX
@@ -329,6 +335,11 @@
  * sizeof(keel_transfer_options_t) of version 2 (adds the retry policy).
  */
 #define KEEL_TRANSFER_OPTIONS_SIZE_V2 64
+
+/**
+ * sizeof(keel_transfer_options_t) of version 3 (adds `sequential`).
+ */
+#define KEEL_TRANSFER_OPTIONS_SIZE_V3 72
 
 /**
  * sizeof(keel_transfer_progress_t) of version 1.
@@ -1399,6 +1410,14 @@ typedef struct keel_transfer_options_t {
    */
   uint32_t max_backoff_ms;
   uint32_t _reserved2;
+  /**
+   * 0 (default): the source reads the next batch while the current one
+   * is sent; KEEL_TRANSFER_SEQUENTIAL: it reads a batch only after the
+   * one before was acknowledged, the baseline a benchmark compares the
+   * pipeline with (version 3).
+   */
+  uint32_t sequential;
+  uint32_t _reserved3;
 } keel_transfer_options_t;
 
 /**

@@ -125,6 +125,40 @@ fn a_snapshot_transfer_gives_the_receiver_the_same_contents() {
     assert_eq!(dst.transfers.receiver_stats().finished, 1);
 }
 
+/// `pipeline: false` (the benchmark's baseline) moves the same shard,
+/// one batch at a time, and its read and send times never overlap.
+#[test]
+fn a_sequential_transfer_moves_the_shard_with_one_batch_in_memory() {
+    let (src, dst) = pair("sequential");
+    let shard = src.engine.open_shard(SHARD, true).unwrap();
+    write_mix(&shard, 21, 1200);
+    shard.flush(true).unwrap();
+    write_mix(&shard, 22, 400);
+    dst.transfers.expect(SHARD, 1);
+    let opts = TransferOptions { pipeline: false, ..small_batches(Method::Snapshot) };
+    let began = Instant::now();
+    let r = src.transfers.send_shard(&shard, SHARD, 2, &opts).unwrap();
+    let wall = began.elapsed();
+    assert!(r.snapshot && r.batches > 10, "{r:?}");
+    assert_eq!(r.max_batches_in_memory, 1, "a batch is read only after the one before was acknowledged: {r:?}");
+    check_pipeline(&r, &dst);
+    // Both times are sums of disjoint spans of the transfer's own thread.
+    assert!(!r.read_time.is_zero() && !r.send_time.is_zero(), "{r:?}");
+    assert!(r.read_time + r.send_time <= wall, "read {:?} + send {:?} past the {wall:?} the transfer took", r.read_time, r.send_time);
+    let got = received(&dst);
+    assert_eq!(shard_digest(&got).unwrap(), shard_digest(&shard).unwrap());
+    got.close().unwrap();
+
+    // And a WAL delta after it, sequential too.
+    shard.set_keep_from(r.last_version + 1).unwrap();
+    write_mix(&shard, 23, 600);
+    dst.transfers.expect(SHARD, 1);
+    let d = src.transfers.send_shard(&shard, SHARD, 2, &TransferOptions { pipeline: false, ..small_batches(Method::WalDelta) }).unwrap();
+    assert!(!d.snapshot && d.ops == shard.last_version() - r.last_version, "{d:?}");
+    assert_eq!(d.max_batches_in_memory, 1, "{d:?}");
+    assert_eq!(shard_digest(&received(&dst)).unwrap(), shard_digest(&shard).unwrap());
+}
+
 #[test]
 fn a_wal_delta_sends_only_the_records_the_receiver_lacks() {
     let (src, dst) = pair("delta");

@@ -2972,6 +2972,13 @@ class TransferOptions {
     raw_.max_backoff_ms = detail::clamp_ms(max);
     return *this;
   }
+  /// Read a batch only after the one before was acknowledged, instead of
+  /// reading the next batch while the current one is sent: the baseline a
+  /// benchmark compares the pipeline with.
+  TransferOptions& sequential(bool on = true) noexcept {
+    raw_.sequential = on ? KEEL_TRANSFER_SEQUENTIAL : 0;
+    return *this;
+  }
   /// The handler moves into the Transfer, which frees it only once the
   /// transfer's thread has ended.
   TransferOptions& on_progress(TransferProgressHandler h) { on_progress_ = std::move(h); return *this; }

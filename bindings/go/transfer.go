@@ -145,6 +145,10 @@ type TransferOptions struct {
 	// retry up to MaxBackoff (whole milliseconds, rounded up).
 	FirstBackoff time.Duration
 	MaxBackoff   time.Duration
+	// Sequential reads a batch only after the one before was
+	// acknowledged, instead of reading the next batch while the current
+	// one is sent: the baseline a benchmark compares the pipeline with.
+	Sequential bool
 	// OnProgress, if not nil, runs on the transfer's own thread after
 	// every acknowledged batch and at every change of stage (the last call
 	// when the transfer is over). Keep it quick (the transfer waits for
@@ -188,6 +192,9 @@ func (o *TransferOptions) toC() (C.keel_transfer_options_t, error) {
 	// Zero stays zero: the library's default.
 	c.first_backoff_ms = C.uint32_t(durationMs(o.FirstBackoff, math.MaxUint32))
 	c.max_backoff_ms = C.uint32_t(durationMs(o.MaxBackoff, math.MaxUint32))
+	if o.Sequential {
+		c.sequential = C.KEEL_TRANSFER_SEQUENTIAL
+	}
 	return c, nil
 }
 

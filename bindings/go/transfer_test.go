@@ -232,7 +232,8 @@ func TestTransferCancelThenRestart(t *testing.T) {
 		t.Fatalf("the receiver's shard is still incoming: %v", err)
 	}
 
-	again, err := StartTransfer(a, shard, 8, 2, &TransferOptions{Method: TransferWALDelta, AutoFinish: FinishCopy})
+	// Sequential: the benchmark's baseline resumes the shard as well.
+	again, err := StartTransfer(a, shard, 8, 2, &TransferOptions{Method: TransferWALDelta, AutoFinish: FinishCopy, Sequential: true})
 	if err != nil {
 		t.Fatal(err)
 	}

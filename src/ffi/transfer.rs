@@ -72,6 +72,10 @@ pub const KEEL_TRANSFER_CANCELLED: u32 = 8;
 /// not sent again; the transfer fails at once.
 pub const KEEL_TRANSFER_NO_RETRIES: u32 = u32::MAX;
 
+/// keel_transfer_options_t.sequential: read, send and wait for the ACK
+/// one batch at a time instead of reading the next batch during a send.
+pub const KEEL_TRANSFER_SEQUENTIAL: u32 = 1;
+
 /// keel_transfer_wait(): no time limit.
 pub const KEEL_TRANSFER_WAIT_FOREVER: u64 = u64::MAX;
 
@@ -160,23 +164,32 @@ pub struct keel_transfer_options_t {
     /// first_backoff_ms; 0 (default): 5000 (version 2).
     pub max_backoff_ms: u32,
     pub _reserved2: u32,
+    /// 0 (default): the source reads the next batch while the current one
+    /// is sent; KEEL_TRANSFER_SEQUENTIAL: it reads a batch only after the
+    /// one before was acknowledged, the baseline a benchmark compares the
+    /// pipeline with (version 3).
+    pub sequential: u32,
+    pub _reserved3: u32,
 }
 
 /// sizeof(keel_transfer_options_t) of version 1.
 pub const KEEL_TRANSFER_OPTIONS_SIZE_V1: u32 = 48;
 /// sizeof(keel_transfer_options_t) of version 2 (adds the retry policy).
 pub const KEEL_TRANSFER_OPTIONS_SIZE_V2: u32 = 64;
+/// sizeof(keel_transfer_options_t) of version 3 (adds `sequential`).
+pub const KEEL_TRANSFER_OPTIONS_SIZE_V3: u32 = 72;
 /// sizeof(keel_transfer_progress_t) of version 1.
 pub const KEEL_TRANSFER_PROGRESS_SIZE_V1: u32 = 104;
 
 const _: () = assert!(std::mem::offset_of!(keel_transfer_options_t, max_retries) == KEEL_TRANSFER_OPTIONS_SIZE_V1 as usize);
-versioned!(keel_transfer_options_t, [KEEL_TRANSFER_OPTIONS_SIZE_V1, KEEL_TRANSFER_OPTIONS_SIZE_V2]);
+const _: () = assert!(std::mem::offset_of!(keel_transfer_options_t, sequential) == KEEL_TRANSFER_OPTIONS_SIZE_V2 as usize);
+versioned!(keel_transfer_options_t, [KEEL_TRANSFER_OPTIONS_SIZE_V1, KEEL_TRANSFER_OPTIONS_SIZE_V2, KEEL_TRANSFER_OPTIONS_SIZE_V3]);
 versioned!(keel_transfer_progress_t, [KEEL_TRANSFER_PROGRESS_SIZE_V1]);
 
 fn default_options() -> keel_transfer_options_t {
     let d = TransferOptions::default();
     keel_transfer_options_t {
-        struct_size: KEEL_TRANSFER_OPTIONS_SIZE_V2,
+        struct_size: KEEL_TRANSFER_OPTIONS_SIZE_V3,
         method: KEEL_TRANSFER_SNAPSHOT,
         auto_finish: KEEL_TRANSFER_FINISH_NONE,
         max_batch_records: d.max_batch_records as u32,
@@ -190,6 +203,8 @@ fn default_options() -> keel_transfer_options_t {
         first_backoff_ms: 0,
         max_backoff_ms: 0,
         _reserved2: 0,
+        sequential: 0,
+        _reserved3: 0,
     }
 }
 
@@ -279,9 +294,14 @@ fn options_from_c(p: *const keel_transfer_options_t) -> crate::Result<TransferOp
         KEEL_TRANSFER_FINISH_NONE => None,
         mode => Some(finish_mode(mode)?),
     };
-    if o._reserved != 0 || o._reserved2 != 0 {
-        return Err(Error::invalid("keel_transfer_options_t._reserved and _reserved2 must be 0"));
+    if o._reserved != 0 || o._reserved2 != 0 || o._reserved3 != 0 {
+        return Err(Error::invalid("keel_transfer_options_t._reserved, _reserved2 and _reserved3 must be 0"));
     }
+    let pipeline = match o.sequential {
+        0 => true,
+        KEEL_TRANSFER_SEQUENTIAL => false,
+        other => return Err(Error::invalid(format!("sequential {other} is not 0 or KEEL_TRANSFER_SEQUENTIAL"))),
+    };
     let progress = o.on_progress.map(|f| {
         let cb = CProgress { f, user: o.user_data as usize };
         ProgressFn(Arc::new(move |p: &Progress| {
@@ -300,6 +320,7 @@ fn options_from_c(p: *const keel_transfer_options_t) -> crate::Result<TransferOp
         auto_finish,
         progress,
         retry: retry_from_c(&o),
+        pipeline,
         ..TransferOptions::default()
     };
     opts.validate()?;

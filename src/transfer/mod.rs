@@ -74,6 +74,11 @@ pub struct TransferOptions {
     /// Called once after the last read made without the write hold, just
     /// before the final drain takes it (tests slip a write into that gap).
     pub before_final_hold: Option<Hook>,
+    /// Read the next batch while the current one is sent (default true).
+    /// False runs the same steps one after another (read a batch, send it,
+    /// wait for its ACK, read the next): the baseline the benchmark
+    /// compares the pipeline with.
+    pub pipeline: bool,
 }
 
 /// A callback of `TransferOptions`.
@@ -98,6 +103,7 @@ impl Default for TransferOptions {
             retry: Retry::default(),
             clock: Arc::new(RealClock::new()),
             before_final_hold: None,
+            pipeline: true,
         }
     }
 }

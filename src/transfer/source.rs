@@ -140,6 +140,9 @@ struct Link<'a> {
     clock: &'a dyn Clock,
     pace: Option<Pace>,
     frame_limit: usize,
+    /// `TransferOptions::pipeline`: false reads a batch only after the
+    /// one before was acknowledged.
+    overlap: bool,
     step: u64,
     acked: u64,
     report: Report,
@@ -259,9 +262,12 @@ impl Link<'_> {
 
     /// Sends what `read` produces until it returns None, reading the next
     /// batch on a second thread while the current one is sent: at most
-    /// one batch in flight and one being read. Returns `state` and the
-    /// number of batches sent.
+    /// one batch in flight and one being read (with `overlap` off, one
+    /// after the other). Returns `state` and the number of batches sent.
     fn pipeline<S: Send>(&mut self, state: S, read: impl FnMut(&mut S) -> Result<Option<Batch>> + Send) -> Result<(S, u64)> {
+        if !self.overlap {
+            return self.sequential(state, read);
+        }
         let (tx, rx) = crossbeam_channel::bounded::<Result<Batch>>(0);
         let mut read = read;
         std::thread::scope(|scope| {
@@ -296,6 +302,18 @@ impl Link<'_> {
             let state = producer.join().map_err(|_| Error::new(KEEL_STATUS_PANIC, "the transfer's batch reader panicked"))?;
             outcome.map(|()| (state, sent))
         })
+    }
+
+    /// `pipeline` without the overlap (`TransferOptions::pipeline` off,
+    /// for the benchmark): read a batch, send it, wait for its ACK, then
+    /// read the next; one batch in memory.
+    fn sequential<S>(&mut self, mut state: S, mut read: impl FnMut(&mut S) -> Result<Option<Batch>>) -> Result<(S, u64)> {
+        let mut sent = 0;
+        while let Some(b) = read(&mut state)? {
+            self.send(b)?;
+            sent += 1;
+        }
+        Ok((state, sent))
     }
 }
 
@@ -361,6 +379,7 @@ pub(super) fn run(
         clock,
         pace,
         frame_limit,
+        overlap: opts.pipeline,
         step: 0,
         acked: 0,
         report: Report::default(),
