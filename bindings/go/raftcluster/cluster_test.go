@@ -187,24 +187,38 @@ func TestRestartNode(t *testing.T) {
 		c := NewCluster(t, DefaultConfig(seed))
 		c.WaitLeader()
 		c.RunFor(500 * TickEvery)
-		for _, pick := range []string{"follower", "leader"} {
-			l := c.WaitLeader()
-			id := l
-			if pick == "follower" {
-				id = l%3 + 1
-			}
-			defer c.requireTraffic("stopping the "+pick, c.Now(), 50)
-			had := c.Node(id).sm.AppliedIndex()
-			c.Stop(id)
-			c.RunFor(500 * TickEvery)
-			c.Restart(id)
-			if got := c.Node(id).sm.AppliedIndex(); got != had || got == 0 {
-				t.Fatalf("restarted %s %d recovered applied index %d, had %d", pick, id, got, had)
-			}
-			c.RunFor(500 * TickEvery)
-		}
+		restartEach(c, nil)
 		c.Settle()
 	})
+}
+
+// restartEach stops a follower, then the leader, for 500 ticks each and
+// restarts it: it must recover the applied index it had, and clients must
+// keep completing operations. after (may be nil) runs 500 ticks after
+// each restart, with the node and the time it restarted.
+func restartEach(c *Cluster, after func(pick string, id uint64, restarted Time)) {
+	c.t.Helper()
+	start := c.Now()
+	for _, pick := range []string{"follower", "leader"} {
+		l := c.WaitLeader()
+		id := l
+		if pick == "follower" {
+			id = l%3 + 1
+		}
+		had := c.Node(id).sm.AppliedIndex()
+		c.Stop(id)
+		c.RunFor(500 * TickEvery)
+		c.Restart(id)
+		restarted := c.Now()
+		if got := c.Node(id).sm.AppliedIndex(); got != had || got == 0 {
+			c.t.Fatalf("restarted %s %d recovered applied index %d, had %d", pick, id, got, had)
+		}
+		c.RunFor(500 * TickEvery)
+		if after != nil {
+			after(pick, id, restarted)
+		}
+	}
+	c.requireTraffic("the restarts began", start, 100)
 }
 
 // Membership 3 -> 5 -> 3: nodes 4 and 5 join as learners, are promoted,

@@ -310,18 +310,7 @@ func TestLeaseRestartNode(t *testing.T) {
 		c := NewCluster(t, cfg)
 		c.WaitLeader()
 		c.RunFor(500 * TickEvery)
-		for _, pick := range []string{"follower", "leader"} {
-			l := c.WaitLeader()
-			id := l
-			if pick == "follower" {
-				id = l%3 + 1
-			}
-			defer c.requireTraffic("stopping the "+pick, c.Now(), 50)
-			c.Stop(id)
-			c.RunFor(500 * TickEvery)
-			c.Restart(id)
-			restarted := c.Now()
-			c.RunFor(500 * TickEvery)
+		restartEach(c, func(pick string, id uint64, restarted Time) {
 			// The reopened shard was configured again (LeaseStats fails
 			// on a shard without consensus), and as a follower it served
 			// no read from the lease.
@@ -332,7 +321,7 @@ func TestLeaseRestartNode(t *testing.T) {
 				}
 			}
 			t.Logf("restarted %s %d: %d lease hits, %d read-index calls since", pick, id, st.LeaseHits, st.ReadIndexCalls)
-		}
+		})
 		leader := c.WaitLeader()
 		before := p.stats(c, leader)
 		c.RunFor(300 * TickEvery)
