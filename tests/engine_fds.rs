@@ -1,5 +1,5 @@
-//! 10,000 shards open at once in one engine of a process allowed 1024
-//! descriptors (docs/STORAGE.md, "Resource model"): the engine's
+//! Thousands of shards open at once in one engine of a process allowed
+//! 1024 descriptors (docs/STORAGE.md, "Resource model"): the engine's
 //! descriptor cache keeps its shards' files within its bound, closing
 //! idle ones and opening them again when they are used.
 //!
@@ -20,9 +20,15 @@ use keel::wal::Durability;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-/// Shards of the test; `KEEL_ENGINE_FDS_SHARDS` overrides it (profiling).
+/// Shards of the test: 10,000 in a release build (`make soak`), 600 in a
+/// debug build, which `make test` runs: each shard's creation, close and
+/// reopen are some 30 small syncs (docs/STORAGE.md, "The descriptor
+/// cache"), so 10,000 take minutes on a busy 2-core machine, while 600
+/// already hold more files than the cache's bound of 512 and make it
+/// evict. `KEEL_ENGINE_FDS_SHARDS` overrides it (profiling).
 fn shards() -> u32 {
-    std::env::var("KEEL_ENGINE_FDS_SHARDS").map_or(10_000, |v| v.parse().expect("KEEL_ENGINE_FDS_SHARDS"))
+    let default = if cfg!(debug_assertions) { 600 } else { 10_000 };
+    std::env::var("KEEL_ENGINE_FDS_SHARDS").map_or(default, |v| v.parse().expect("KEEL_ENGINE_FDS_SHARDS"))
 }
 const NOFILE: u64 = 1024;
 const CHILD_ENV: &str = "KEEL_ENGINE_FDS_CHILD";
@@ -171,11 +177,9 @@ fn a_few_descriptors_serve_many_shards() {
     engine.close().unwrap();
 }
 
-/// Too slow for `make test` on a loaded 2-core machine with a real disk
-/// (docs/STORAGE.md, "The descriptor cache": a shard's creation costs
-/// about 24 syncs); run it with `cargo test --test engine_fds -- --ignored`.
+/// `shards()` shards (10,000 in a release build) under a limit of 1024
+/// descriptors.
 #[test]
-#[ignore]
 fn ten_thousand_shards_in_a_thousand_descriptors() {
     if let Ok(dir) = std::env::var(CHILD_ENV) {
         child_main(Path::new(&dir));
