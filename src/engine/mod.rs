@@ -249,7 +249,7 @@ impl Engine {
     fn is_empty_dir(&self, path: &Path) -> Result<bool> {
         match self.fs.list(path) {
             Ok(names) => Ok(names.is_empty()),
-            Err(e) if e.kind() == io::ErrorKind::NotADirectory => Ok(false),
+            Err(e) if e.raw_os_error() == Some(libc::ENOTDIR) => Ok(false),
             Err(e) => Err(Error::io(format!("listing {}", path.display()), e)),
         }
     }
@@ -470,20 +470,34 @@ const CLOSE_THREADS: usize = 4;
 /// the time of the call (on this one where a thread cannot start); the
 /// first error, if any.
 fn close_all(shards: &[Shard]) -> Result<()> {
-    let close = |part: &[Shard]| part.iter().map(Shard::close).fold(Ok(()), Result::and);
+    // Every shard is closed, whatever fails; the first error is kept.
+    let first = |result: &mut Result<()>, r: Result<()>| {
+        if result.is_ok() {
+            *result = r;
+        }
+    };
+    let close = |part: &[Shard]| {
+        let mut result = Ok(());
+        for shard in part {
+            first(&mut result, shard.close());
+        }
+        result
+    };
     let chunk = shards.len().div_ceil(CLOSE_THREADS).max(1);
     std::thread::scope(|s| {
         let closers: Vec<_> = shards
             .chunks(chunk)
             .map(|part| std::thread::Builder::new().name("keel-close".into()).spawn_scoped(s, move || close(part)).map_err(|_| part))
             .collect();
-        closers.into_iter().fold(Ok(()), |result, closer| {
+        let mut result = Ok(());
+        for closer in closers {
             let closed = match closer {
                 Ok(thread) => thread.join().unwrap_or_else(|_| Err(Error::new(KEEL_STATUS_PANIC, "closing a shard panicked"))),
                 Err(part) => close(part),
             };
-            result.and(closed)
-        })
+            first(&mut result, closed);
+        }
+        result
     })
 }
 
