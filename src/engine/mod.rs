@@ -273,7 +273,7 @@ impl Engine {
     /// open, drop and list meanwhile.
     pub fn open_shard(&self, id: u32, create_if_missing: bool) -> Result<Shard> {
         let dir = self.shard_dir(id);
-        {
+        let create = {
             let mut guard = self.shards.lock();
             let state = guard.as_mut().ok_or_else(|| Error::new(KEEL_STATUS_CLOSED, "engine is closed"))?;
             state.sweep_now();
@@ -285,11 +285,11 @@ impl Engine {
                 Some(Slot::Incoming(_)) => return Err(incoming::busy(id)),
                 _ => {}
             }
-            if !state.list.contains(id) {
+            let create = !state.list.contains(id);
+            if create {
                 if !create_if_missing {
                     return Err(Error::new(KEEL_STATUS_NOT_FOUND, format!("shard {id} does not exist")));
                 }
-                self.create_dir(&mut state.list, id)?;
             } else if !self.exists(&dir)? {
                 return Err(Error::corruption(format!(
                     "{}: missing, but shard {id} is in the engine's shard list ({SHARD_LIST}): its data is gone",
@@ -299,9 +299,22 @@ impl Engine {
                 return Err(incoming::busy(id));
             }
             state.slots.insert(id, Slot::Opening);
-        }
-        let fs = self.injected_fs.then(|| self.fs.clone());
-        let opened = Shard::open_in(&dir, self.opts.clone(), fs, Some(&self.host));
+            create
+        };
+        // The id is reserved (`Opening`): its folder is made and synced
+        // outside the mutex, so creates on several threads overlap those
+        // syncs; only the list's append is one at a time.
+        let created = match create {
+            true => self.make_dir(id).and_then(|()| match &mut *self.shards.lock() {
+                Some(state) => state.list.add(&*self.fs, id),
+                None => Err(Error::new(KEEL_STATUS_CLOSED, "engine closed while the shard was being created")),
+            }),
+            false => Ok(()),
+        };
+        let opened = created.and_then(|()| {
+            let fs = self.injected_fs.then(|| self.fs.clone());
+            Shard::open_in(&dir, self.opts.clone(), fs, Some(&self.host))
+        });
         self.settle(id, opened, Slot::Open)
     }
 
@@ -341,6 +354,13 @@ impl Engine {
     /// listed and, by (2), its folder is there: a listed shard whose
     /// folder is gone is still damage, never a crash.
     fn create_dir(&self, list: &mut ShardList, id: u32) -> Result<()> {
+        self.make_dir(id)?;
+        list.add(&*self.fs, id)
+    }
+
+    /// Steps (1) and (2) of `create_dir`, for an id no one else touches
+    /// meanwhile (held under the mutex, or reserved as `Opening`).
+    fn make_dir(&self, id: u32) -> Result<()> {
         let shards_dir = self.dir.join("shards");
         let dir = self.shard_dir(id);
         // An empty one is a create this session whose listing failed.
@@ -351,8 +371,7 @@ impl Engine {
             )));
         }
         self.fs.create_dir_all(&dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
-        self.sync_dir(&shards_dir)?;
-        list.add(&*self.fs, id)
+        self.sync_dir(&shards_dir)
     }
 
     /// Deletes shard `id` and its data. BUSY while it is open.
