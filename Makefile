@@ -225,6 +225,8 @@ clean:
 # seeds run in exploring mode too (SHARD_EXPLORE_SEEDS, default 2,000).
 # Then the WAL fault seeds run WAL_FAULT_SEEDS (default 20,000, and a
 # quarter as many with growing segments; make test runs 3,000).
+# tests/engine_fds.rs then runs 10,000 shards in one engine under
+# RLIMIT_NOFILE 1024 (make test runs 600, in a debug build).
 # Last, the Go raft test cluster runs each of its tests on
 # RAFTCLUSTER_SOAK_SEEDS (default 200) fresh seeds besides its fixed one.
 soak: lib
@@ -237,6 +239,7 @@ soak: lib
 	  --test shard_faults -- --nocapture
 	KEEL_FAULT_SEEDS=$${WAL_FAULT_SEEDS:-20000} KEEL_FAULT_SEED_START=100000 $(CARGO) test --release --locked \
 	  --test wal_faults -- --nocapture
+	$(CARGO) test --release --locked --features unordered-flush --test engine_fds -- --nocapture
 	cd bindings/go/raftcluster && RAFTCLUSTER_SOAK_SEEDS=$${RAFTCLUSTER_SOAK_SEEDS:-200} CGO_ENABLED=1 \
 	  go test -count=1 -timeout 120m .
 

@@ -36,12 +36,12 @@ impl Engine {
             }
             match base {
                 Some(_) => {
-                    if state.ids.contains(&id) {
+                    if state.list.contains(id) {
                         self.drop_unopened(state, id)?;
                     }
-                    state.ids = self.create_dir(&state.ids, id)?;
+                    self.create_dir(&mut state.list, id)?;
                 }
-                None if !state.ids.contains(&id) => {
+                None if !state.list.contains(id) => {
                     return Err(Error::new(KEEL_STATUS_NOT_FOUND, format!("shard {id} does not exist")))
                 }
                 None => {}

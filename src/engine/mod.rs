@@ -2,8 +2,9 @@
 //!
 //! ```text
 //! <dir>/LOCK                  held (flock) while an engine has the directory open
-//! <dir>/SHARDS                the ids of the engine's shards (checksummed,
-//!                             replaced atomically on create and drop)
+//! <dir>/SHARDS                the ids of the engine's shards: a log of
+//!                             checksummed records, one appended per create
+//!                             and drop (`list.rs`)
 //! <dir>/shards/<id>/wal/      the shard's WAL segments (no LOCK of its own: the engine's covers it)
 //! <dir>/shards/<id>/segments/ the shard's appendable and immutable segments
 //! ```
@@ -11,23 +12,24 @@
 //! The shard list is the truth about which shards exist: a listed shard
 //! whose directory vanished is CORRUPTION (never NOT_FOUND followed by a
 //! silent re-create), and only the ids it holds are listed (a folder
-//! named `01` or `+1` is not shard 1). A shard is created as
-//! `shards/.new-<id>`, then listed, then renamed into place; it is dropped
-//! by renaming it to `shards/.drop-<id>`, then unlisting it, then removing
-//! it; engine open finishes either after a crash.
+//! named `01` or `+1` is not shard 1). A shard is created as an empty
+//! `shards/<id>`, made durable, then listed (`Engine::create_dir`); it is
+//! dropped by renaming it to `shards/.drop-<id>`, then unlisting it, then
+//! removing it; engine open finishes either after a crash.
 
 mod incoming;
+mod list;
 
 use crate::error::{Error, Result};
 use crate::fs::{FileCache, FileSystem, StdFs, MIN_OPEN_FILES};
 use crate::lease::{Clock, FenceTable};
-use crate::shard::files::{self, Cursor};
 use crate::shard::pool::{FlushPool, Host};
 use crate::shard::{self, Shard};
 use crate::status::*;
 use parking_lot::Mutex;
 use std::any::Any;
-use std::collections::{BTreeSet, HashMap};
+use list::ShardList;
+use std::collections::HashMap;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -36,12 +38,13 @@ use std::time::Duration;
 /// Prefix of a shard directory being dropped: renamed first so a crash
 /// never leaves half a shard under its id.
 const DROPPING: &str = ".drop-";
-/// Prefix of a shard directory being created: renamed into place once
-/// the shard list holds its id.
+/// Prefix of a shard directory being created by an older keel, which
+/// renamed it into place once the shard list held its id; engine open
+/// still finishes such a create.
 const CREATING: &str = ".new-";
-/// The engine's list of shard ids.
-const SHARD_LIST: &str = "SHARDS";
-const LIST_MAGIC: u64 = 0x3144_4853_4c45_454b; // "KEELSHD1"
+const SHARD_LIST: &str = list::FILE;
+/// `State::slots` is swept of closed shards when it reaches at least this.
+const SWEEP_MIN: usize = 64;
 
 /// A shard id: its canonical decimal name only.
 fn parse_id(name: &str) -> Option<u32> {
@@ -60,16 +63,34 @@ enum Slot {
 struct State {
     slots: HashMap<u32, Slot>,
     /// The shard list, as it is on disk.
-    ids: BTreeSet<u32>,
+    list: ShardList,
+    /// `slots` is swept when it grows to this many (`sweep_now`).
+    sweep_at: usize,
 }
 
 impl State {
+    fn new(list: ShardList) -> State {
+        State { slots: HashMap::new(), list, sweep_at: SWEEP_MIN }
+    }
+
     /// Lets go of the shards closed since (through `Shard::close`, which
     /// does not tell the engine): a closed shard still holds its
     /// appendable segment's file until its last handle goes, and the
     /// engine's must not be that last handle for long.
     fn forget_closed(&mut self) {
         self.slots.retain(|_, s| !matches!(s, Slot::Open(s) if s.is_closed()));
+        self.sweep_at = (2 * self.slots.len()).max(SWEEP_MIN);
+    }
+
+    /// `forget_closed` once the slots have doubled since the last sweep
+    /// (at least `SWEEP_MIN`): opening shard after shard then costs O(1)
+    /// a shard, not a scan of every slot each, while closed shards held
+    /// stay at most as many as the slots the last sweep left (plus
+    /// `SWEEP_MIN`), and `stats` sweeps them all.
+    fn sweep_now(&mut self) {
+        if self.slots.len() >= self.sweep_at {
+            self.forget_closed();
+        }
     }
 }
 
@@ -171,7 +192,7 @@ impl Engine {
         })?;
         // Nothing is created before the lock is held.
         fs.create_dir_all(&shards_dir).map_err(io_err("creating", &shards_dir))?;
-        let ids = load_list(&*fs, dir, opts.salvage)?;
+        let list = ShardList::load(&*fs, dir, opts.salvage, parse_id)?;
         let host = Host {
             flush: FlushPool::new(opts.flush_threads, opts.steps.clone())?,
             wal: crate::wal::Workers::new(crate::wal::ENGINE_WAL_WORKERS)?,
@@ -188,7 +209,7 @@ impl Engine {
             fences: FenceTable::new(dir.join("FENCE"), fs.clone(), Clock::monotonic()),
             fs,
             injected_fs,
-            shards: Mutex::new(Some(State { slots: HashMap::new(), ids })),
+            shards: Mutex::new(Some(State::new(list))),
             host,
             _lock: lock,
         };
@@ -197,41 +218,40 @@ impl Engine {
         Ok(engine)
     }
 
-    /// Finishes the creates and drops a crash interrupted.
+    /// Finishes the creates and drops a crash interrupted (one pass over
+    /// the shard folder's names, whatever the number of shards).
     fn finish_interrupted(&self) -> Result<()> {
         let shards_dir = self.dir.join("shards");
         let mut guard = self.shards.lock();
         let state = guard.as_mut().expect("open");
+        let remove = |path: &Path| self.fs.remove_dir_all(path).map_err(|e| Error::io(format!("removing {}", path.display()), e));
         for name in self.fs.list(&shards_dir).map_err(|e| Error::io(format!("listing {}", shards_dir.display()), e))? {
             let path = shards_dir.join(&name);
             if let Some(id) = name.strip_prefix(DROPPING).and_then(parse_id) {
-                if state.ids.contains(&id) {
-                    state.ids = self.write_list(&state.ids, Some(id), false)?;
+                if state.list.contains(id) {
+                    state.list.remove(&*self.fs, id)?;
                 }
-                self.fs.remove_dir_all(&path).map_err(|e| Error::io(format!("removing {}", path.display()), e))?;
+                remove(&path)?;
             } else if let Some(id) = name.strip_prefix(CREATING).and_then(parse_id) {
-                if state.ids.contains(&id) && !self.exists(&self.shard_dir(id))? {
+                if state.list.contains(id) && !self.exists(&self.shard_dir(id))? {
                     self.fs.rename(&path, &self.shard_dir(id)).map_err(|e| Error::io(format!("renaming {}", path.display()), e))?;
                 } else {
-                    self.fs.remove_dir_all(&path).map_err(|e| Error::io(format!("removing {}", path.display()), e))?;
+                    remove(&path)?;
                 }
+            } else if parse_id(&name).is_some_and(|id| !state.list.contains(id)) && self.is_empty_dir(&path)? {
+                remove(&path)?; // a create cut before its id was listed (`create_dir`)
             }
         }
         self.sync_dir(&shards_dir)
     }
 
-    /// Writes the shard list with `id` added or removed.
-    fn write_list(&self, ids: &BTreeSet<u32>, id: Option<u32>, add: bool) -> Result<BTreeSet<u32>> {
-        let mut new = ids.clone();
-        if let Some(id) = id {
-            if add {
-                new.insert(id);
-            } else {
-                new.remove(&id);
-            }
+    /// Whether `path` is a folder with nothing in it (false for a file).
+    fn is_empty_dir(&self, path: &Path) -> Result<bool> {
+        match self.fs.list(path) {
+            Ok(names) => Ok(names.is_empty()),
+            Err(e) if e.raw_os_error() == Some(libc::ENOTDIR) => Ok(false),
+            Err(e) => Err(Error::io(format!("listing {}", path.display()), e)),
         }
-        store_list(&*self.fs, &self.dir, &new)?;
-        Ok(new)
     }
 
     fn sync_dir(&self, dir: &Path) -> Result<()> {
@@ -253,10 +273,10 @@ impl Engine {
     /// open, drop and list meanwhile.
     pub fn open_shard(&self, id: u32, create_if_missing: bool) -> Result<Shard> {
         let dir = self.shard_dir(id);
-        {
+        let create = {
             let mut guard = self.shards.lock();
             let state = guard.as_mut().ok_or_else(|| Error::new(KEEL_STATUS_CLOSED, "engine is closed"))?;
-            state.forget_closed();
+            state.sweep_now();
             match state.slots.get(&id) {
                 Some(Slot::Opening) => return Err(Error::new(KEEL_STATUS_BUSY, format!("shard {id} is being opened"))),
                 Some(Slot::Open(s)) if !s.is_closed() => {
@@ -265,11 +285,11 @@ impl Engine {
                 Some(Slot::Incoming(_)) => return Err(incoming::busy(id)),
                 _ => {}
             }
-            if !state.ids.contains(&id) {
+            let create = !state.list.contains(id);
+            if create {
                 if !create_if_missing {
                     return Err(Error::new(KEEL_STATUS_NOT_FOUND, format!("shard {id} does not exist")));
                 }
-                state.ids = self.create_dir(&state.ids, id)?;
             } else if !self.exists(&dir)? {
                 return Err(Error::corruption(format!(
                     "{}: missing, but shard {id} is in the engine's shard list ({SHARD_LIST}): its data is gone",
@@ -279,9 +299,22 @@ impl Engine {
                 return Err(incoming::busy(id));
             }
             state.slots.insert(id, Slot::Opening);
-        }
-        let fs = self.injected_fs.then(|| self.fs.clone());
-        let opened = Shard::open_in(&dir, self.opts.clone(), fs, Some(&self.host));
+            create
+        };
+        // The id is reserved (`Opening`): its folder is made and synced
+        // outside the mutex, so creates on several threads overlap those
+        // syncs; only the list's append is one at a time.
+        let created = match create {
+            true => self.make_dir(id).and_then(|()| match &mut *self.shards.lock() {
+                Some(state) => state.list.add(&*self.fs, id),
+                None => Err(Error::new(KEEL_STATUS_CLOSED, "engine closed while the shard was being created")),
+            }),
+            false => Ok(()),
+        };
+        let opened = created.and_then(|()| {
+            let fs = self.injected_fs.then(|| self.fs.clone());
+            Shard::open_in(&dir, self.opts.clone(), fs, Some(&self.host))
+        });
         self.settle(id, opened, Slot::Open)
     }
 
@@ -308,23 +341,37 @@ impl Engine {
         }
     }
 
-    /// Creates the directory of shard `id` and lists it; returns the new list.
-    fn create_dir(&self, ids: &BTreeSet<u32>, id: u32) -> Result<BTreeSet<u32>> {
+    /// Creates the directory of shard `id`, empty, and lists it: two
+    /// syncs, whatever the number of shards.
+    ///
+    /// Power loss at each step: (1) `mkdir shards/<id>`, (2) fsync
+    /// `shards/`, (3) append `id` to the list and fdatasync it, the
+    /// create's commit point. Cut before (3) is durable, at most an empty
+    /// unlisted `shards/<id>` remains, which engine open removes
+    /// (`finish_interrupted`; the shard's own files are made only after
+    /// this returns, so an unlisted folder with anything in it is never a
+    /// create's leftover and stays for the operator). After (3) the id is
+    /// listed and, by (2), its folder is there: a listed shard whose
+    /// folder is gone is still damage, never a crash.
+    fn create_dir(&self, list: &mut ShardList, id: u32) -> Result<()> {
+        self.make_dir(id)?;
+        list.add(&*self.fs, id)
+    }
+
+    /// Steps (1) and (2) of `create_dir`, for an id no one else touches
+    /// meanwhile (held under the mutex, or reserved as `Opening`).
+    fn make_dir(&self, id: u32) -> Result<()> {
         let shards_dir = self.dir.join("shards");
-        let fresh = shards_dir.join(format!("{CREATING}{id}"));
         let dir = self.shard_dir(id);
-        if self.exists(&dir)? {
+        // An empty one is a create this session whose listing failed.
+        if self.exists(&dir)? && !self.is_empty_dir(&dir)? {
             return Err(Error::corruption(format!(
                 "{}: exists but shard {id} is not in the engine's shard list ({SHARD_LIST})",
                 dir.display()
             )));
         }
-        self.fs.create_dir_all(&fresh).map_err(|e| Error::io(format!("creating {}", fresh.display()), e))?;
-        self.sync_dir(&shards_dir)?;
-        let ids = self.write_list(ids, Some(id), true)?;
-        self.fs.rename(&fresh, &dir).map_err(|e| Error::io(format!("renaming {}", fresh.display()), e))?;
-        self.sync_dir(&shards_dir)?;
-        Ok(ids)
+        self.fs.create_dir_all(&dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+        self.sync_dir(&shards_dir)
     }
 
     /// Deletes shard `id` and its data. BUSY while it is open.
@@ -345,7 +392,7 @@ impl Engine {
     /// Drops shard `id`, which is not open, under the engine's mutex.
     fn drop_unopened(&self, state: &mut State, id: u32) -> Result<()> {
         state.slots.remove(&id);
-        if !state.ids.contains(&id) {
+        if !state.list.contains(id) {
             return Err(Error::new(KEEL_STATUS_NOT_FOUND, format!("shard {id} does not exist")));
         }
         let dir = self.shard_dir(id);
@@ -354,7 +401,7 @@ impl Engine {
             self.fs.rename(&dir, &doomed).map_err(|e| Error::io(format!("renaming {}", dir.display()), e))?;
             self.sync_dir(&self.dir.join("shards"))?;
         }
-        state.ids = self.write_list(&state.ids, Some(id), false)?;
+        state.list.remove(&*self.fs, id)?;
         if self.exists(&doomed)? {
             self.fs.remove_dir_all(&doomed).map_err(|e| Error::io(format!("removing {}", doomed.display()), e))?;
         }
@@ -368,7 +415,7 @@ impl Engine {
     /// Ids of every shard of the engine, open or not, ascending.
     pub fn list_shards(&self) -> Result<Vec<u32>> {
         match &*self.shards.lock() {
-            Some(state) => Ok(state.ids.iter().copied().collect()),
+            Some(state) => Ok(state.list.ids().collect()),
             None => Err(Error::new(KEEL_STATUS_CLOSED, "engine is closed")),
         }
     }
@@ -411,19 +458,17 @@ impl Engine {
     /// Idempotent.
     pub fn close(&self) -> Result<()> {
         let Some(state) = self.shards.lock().take() else { return Ok(()) };
-        let mut result = Ok(());
         // A shard still opening is closed by its opener, which finds the
         // engine closed.
-        for shard in state.slots.into_values().filter_map(|s| match s {
-            Slot::Open(s) | Slot::Incoming(s) => Some(s),
-            Slot::Opening => None,
-        }) {
-            if let Err(e) = shard.close() {
-                if result.is_ok() {
-                    result = Err(e);
-                }
-            }
-        }
+        let shards: Vec<Shard> = state
+            .slots
+            .into_values()
+            .filter_map(|s| match s {
+                Slot::Open(s) | Slot::Incoming(s) => Some(s),
+                Slot::Opening => None,
+            })
+            .collect();
+        let result = close_all(&shards);
         self.host.flush.shutdown();
         self.host.wal.shutdown();
         result
@@ -434,6 +479,45 @@ impl Drop for Engine {
     fn drop(&mut self) {
         let _ = self.close();
     }
+}
+
+/// Threads `Engine::close` closes shards on: each close is a few small
+/// syncs, which the device serves for several shards at once.
+const CLOSE_THREADS: usize = 4;
+
+/// Closes every shard of `shards` on up to `CLOSE_THREADS` threads, for
+/// the time of the call (on this one where a thread cannot start); the
+/// first error, if any.
+fn close_all(shards: &[Shard]) -> Result<()> {
+    // Every shard is closed, whatever fails; the first error is kept.
+    let first = |result: &mut Result<()>, r: Result<()>| {
+        if result.is_ok() {
+            *result = r;
+        }
+    };
+    let close = |part: &[Shard]| {
+        let mut result = Ok(());
+        for shard in part {
+            first(&mut result, shard.close());
+        }
+        result
+    };
+    let chunk = shards.len().div_ceil(CLOSE_THREADS).max(1);
+    std::thread::scope(|s| {
+        let closers: Vec<_> = shards
+            .chunks(chunk)
+            .map(|part| std::thread::Builder::new().name("keel-close".into()).spawn_scoped(s, move || close(part)).map_err(|_| part))
+            .collect();
+        let mut result = Ok(());
+        for closer in closers {
+            let closed = match closer {
+                Ok(thread) => thread.join().unwrap_or_else(|_| Err(Error::new(KEEL_STATUS_PANIC, "closing a shard panicked"))),
+                Err(part) => close(part),
+            };
+            first(&mut result, closed);
+        }
+        result
+    })
 }
 
 /// The descriptor cache's bound when the options leave it at 0: half the
@@ -455,47 +539,6 @@ fn default_open_files() -> usize {
 fn open_files_below(dir: &Path) -> u64 {
     let Ok(fds) = std::fs::read_dir("/proc/self/fd") else { return 0 };
     fds.filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok()).filter(|target| target.starts_with(dir)).count() as u64
-}
-
-/// Reads the shard list of `dir`. A missing list is written empty for a
-/// new engine; with shard directories present it is CORRUPTION (the list
-/// was lost, or an older keel without one wrote the directory), except in
-/// a salvage open, which rebuilds it from the directories' names.
-fn load_list(fs: &dyn FileSystem, dir: &Path, salvage: bool) -> Result<BTreeSet<u32>> {
-    let path = dir.join(SHARD_LIST);
-    if let Some(bytes) = files::read_all(fs, &path)? {
-        let mut c = Cursor { bytes: files::open_small(LIST_MAGIC, &bytes, &path)? };
-        let mut ids = BTreeSet::new();
-        for _ in 0..c.u32()? {
-            ids.insert(c.u32()?);
-        }
-        if !c.bytes.is_empty() {
-            return Err(Error::corruption(format!("{}: trailing bytes", path.display())));
-        }
-        return Ok(ids);
-    }
-    let shards_dir = dir.join("shards");
-    let names = fs.list(&shards_dir).map_err(|e| Error::io(format!("listing {}", shards_dir.display()), e))?;
-    let found: BTreeSet<u32> = names.iter().filter_map(|n| parse_id(n)).collect();
-    if !found.is_empty() && !salvage {
-        return Err(Error::corruption(format!(
-            "{}: missing while {} holds {} shard directories (the shard list was lost, or an older keel wrote the directory); open with salvage to rebuild it",
-            path.display(),
-            shards_dir.display(),
-            found.len()
-        )));
-    }
-    store_list(fs, dir, &found)?;
-    Ok(found)
-}
-
-fn store_list(fs: &dyn FileSystem, dir: &Path, ids: &BTreeSet<u32>) -> Result<()> {
-    let mut body = Vec::with_capacity(4 + 4 * ids.len());
-    body.extend_from_slice(&(ids.len() as u32).to_le_bytes());
-    for id in ids {
-        body.extend_from_slice(&id.to_le_bytes());
-    }
-    crate::fs::replace(fs, &dir.join(SHARD_LIST), &files::seal_small(LIST_MAGIC, &body))
 }
 
 #[cfg(test)]

@@ -234,13 +234,20 @@ pub fn load(fs: &Arc<dyn FileSystem>, dir: &Path, wal_has_records: bool, salvage
     // New files are durable; the manifest naming them goes next, and only
     // then are the files it no longer lists removed.
     let now = Manifest::of(&segs, on_disk.persisted, on_disk.replicated.clone());
-    if now != on_disk {
+    let wrote = now != on_disk;
+    if wrote {
         now.write(fsr, dir)?;
     }
+    let removes = !sealed_now.is_empty();
     for log in sealed_now {
         log.remove_files()?;
     }
-    files::sync_dir(fsr, dir)?;
+    // The manifest's replace ends with a sync of this folder: only the
+    // removes after it, or an open that wrote no manifest (its cleanups
+    // above), still need one (a shard's creation saves a sync).
+    if removes || !wrote {
+        files::sync_dir(fsr, dir)?;
+    }
     // The manifest's own record wins over the files' (a merged table's
     // side-car records the oldest of its inputs); it proves the versions
     // only while every file it lists is there (a salvage open may have

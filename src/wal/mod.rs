@@ -494,6 +494,11 @@ impl Wal {
         if self.shared.closed.load(Ordering::Acquire) {
             return Ok(());
         }
+        // The clean-close mark is a write like any: without this it would
+        // wake the preparer, and a worker could make a spare segment (a
+        // zero-fill and syncs) for a log that is closing; taking the
+        // "queued" flag makes `wake_preparer` queue nothing from here on.
+        self.shared.prepare_queued.store(true, Ordering::Release);
         let result = self.shared.sync().and_then(|_| self.shared.mark_clean_close()).and_then(|_| self.shared.record_extent());
         self.shared.closed.store(true, Ordering::Release);
         // A job a worker took before `closed` finishes first; later ones
