@@ -161,6 +161,7 @@ impl Reader {
             let end = h.seq.saturating_add(h.count as u64);
             self.segment.as_mut().unwrap().offset += h.size();
             if end <= self.next {
+                self.spare.payload = payload;
                 continue; // an earlier frame while positioning
             }
             if h.seq > self.next {
