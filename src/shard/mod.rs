@@ -19,6 +19,7 @@ mod flush;
 mod gate;
 mod key;
 mod op;
+mod prefetch;
 pub(crate) mod pool;
 mod reads;
 mod recovery;

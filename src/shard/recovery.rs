@@ -9,6 +9,7 @@ use super::files::{self, Ident};
 use super::key::prefix;
 use super::manifest::{self, Listed, Manifest};
 use super::op::{OpRef, Record, BATCH_RECORD_HEADER};
+use super::prefetch::prefetch;
 use super::replicated::{StateChange, Tracker};
 use super::sealed::Sealed;
 use super::segments::Segments;
@@ -361,6 +362,9 @@ impl Run {
             if let Some(ahead) = self.records.get(i + PREFETCH_AHEAD) {
                 prefetch(&self.bytes[ahead.start..ahead.start + ahead.len as usize]);
             }
+            if let Some(ahead) = self.records.get(i + PREFETCH_AHEAD / 2) {
+                segs.prefetch_filters(self.key(ahead));
+            }
             let op = OpRef::decode(&self.bytes[r.start..r.start + r.len as usize])?;
             if segs.replay(op, r.seq)? {
                 *first_changed = Some(first_changed.map_or(r.seq, |f: u64| f.min(r.seq)));
@@ -370,23 +374,10 @@ impl Run {
     }
 }
 
-/// How many records ahead of the one being applied `Run::apply` fetches.
-const PREFETCH_AHEAD: usize = 8;
-
-/// A hint that `bytes` (its first two cache lines) will be read soon.
-fn prefetch(bytes: &[u8]) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-        for at in [0, 64].into_iter().filter(|&at| at < bytes.len()) {
-            // SAFETY: a prefetch is only a hint: it reads nothing into the
-            // program and never faults, and the address is inside `bytes`.
-            unsafe { _mm_prefetch::<_MM_HINT_T0>(bytes.as_ptr().add(at).cast()) };
-        }
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = bytes;
-}
+/// How many records ahead of the one being applied `Run::apply` fetches
+/// the record's bytes; the immutable segments' filter bits for its key
+/// are fetched half as far ahead, once the key is in the cache.
+const PREFETCH_AHEAD: usize = 16;
 
 /// Replays the WAL from `from` (the first version the segment files may
 /// lack; 0 for the first retained record) into `segs`, in runs: the
