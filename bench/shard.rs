@@ -659,24 +659,31 @@ fn recovery_opts() -> Options {
 
 /// Child: puts `value_bytes` values until the WAL holds `recovery_mib` MiB
 /// of full segments, prints "ready <puts>" and waits to be killed.
+/// (Bytes, not a count of segments: the WAL's segments start small and
+/// grow with the write rate.)
 fn child_recovery_writer(a: &Args) {
     let shard = open(&a.dir, recovery_opts());
-    let seg = Options::default().wal_segment_size;
-    let full_wanted = (a.recovery_mib << 20).div_ceil(seg) as usize;
     let frame = (32 + 5 + KEY_BYTES + a.value_bytes).div_ceil(8) * 8;
     let range = ((a.recovery_mib << 20) / frame as u64).max(1);
     let values = Values::new();
     let (mut rng, mut pos, mut puts) = (Rng::new(SEED ^ 0x99), 0usize, 0u64);
     let wal_dir = a.dir.join("wal");
+    let mut segments = 0;
     loop {
         for _ in 0..1024 {
             shard.put(&key(rng.below(range)), values.at(&mut pos, a.value_bytes)).expect("put");
         }
         puts += 1024;
-        // Stop right after a rotation: every segment but the active one
-        // (a few records) is full.
-        if wal_files(&wal_dir).len() > full_wanted {
-            break;
+        // Stop right after a rotation (the active segment holds a few
+        // records) once the segments before it, the full ones, hold enough.
+        let mut files = wal_files(&wal_dir);
+        if files.len() > segments {
+            segments = files.len();
+            files.pop();
+            let full: u64 = files.iter().map(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0)).sum();
+            if full >= a.recovery_mib << 20 {
+                break;
+            }
         }
     }
     println!("ready {puts}");

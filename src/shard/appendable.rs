@@ -192,11 +192,22 @@ impl Appendable {
         let (kind, payload): (u8, &[u8]) = match (op, self.map.entry(Key::new(key))) {
             (_, Slot::Occupied(o)) if stale(o.get()) => return Ok(false),
             (OpRef::Put { value, .. }, slot) => {
-                let e = Entry { version, value: Value::Bytes(value.to_vec()) };
                 match slot {
-                    Slot::Occupied(mut o) => *o.get_mut() = e,
+                    Slot::Occupied(mut o) => {
+                        let e = o.get_mut();
+                        e.version = version;
+                        match &mut e.value {
+                            // An overwrite reuses the old value's buffer:
+                            // no allocation when it is large enough.
+                            Value::Bytes(b) => {
+                                b.clear();
+                                b.extend_from_slice(value);
+                            }
+                            old => *old = Value::Bytes(value.to_vec()),
+                        }
+                    }
                     Slot::Vacant(v) => {
-                        v.insert(e);
+                        v.insert(Entry { version, value: Value::Bytes(value.to_vec()) });
                     }
                 }
                 (REC_VALUE, value)
@@ -236,8 +247,21 @@ impl Appendable {
     /// become visible to the flusher together.
     pub fn finish(&mut self, version: u64) {
         let mut st = self.log.state.lock();
-        st.pending.append(&mut self.staged);
+        if st.pending.is_empty() {
+            // Hands the staged buffer over instead of copying it (after a
+            // flush took `pending`, and at the end of a replay, which
+            // stages everything it applied); keeps the empty one's room.
+            std::mem::swap(&mut st.pending, &mut self.staged);
+        } else {
+            st.pending.append(&mut self.staged);
+        }
         st.pending_version = version;
+    }
+
+    /// Room in the staging buffer for `bytes` more bytes of log records
+    /// (replay knows how much a run will stage).
+    pub fn reserve(&mut self, bytes: usize) {
+        self.staged.reserve(bytes);
     }
 }
 

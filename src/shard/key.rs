@@ -68,7 +68,21 @@ impl PartialOrd for Key {
 }
 
 impl Ord for Key {
+    /// Two inline keys are zero-padded past their length, so their first
+    /// 16 bytes read as big-endian numbers order them as their bytes do
+    /// wherever those differ (see `prefix`): one integer compare instead of
+    /// a call to memcmp decides most comparisons of a B-tree search.
     fn cmp(&self, other: &Key) -> Ordering {
+        if let (Key::Inline { bytes: a, .. }, Key::Inline { bytes: b, .. }) = (self, other) {
+            let head = |k: &[u8; INLINE]| u128::from_be_bytes(k[..16].try_into().expect("INLINE >= 16"));
+            match head(a).cmp(&head(b)) {
+                Ordering::Equal => {}
+                unequal => {
+                    debug_assert_eq!(unequal, self.as_slice().cmp(other.as_slice()));
+                    return unequal;
+                }
+            }
+        }
         self.as_slice().cmp(other.as_slice())
     }
 }
@@ -97,5 +111,30 @@ mod tests {
             assert_eq!(m.get(k.as_slice()), Some(&i));
         }
         assert_eq!(m.get(&b"c"[..]), None);
+    }
+
+    #[test]
+    fn inline_keys_compare_like_their_bytes_across_padding() {
+        // Zero bytes inside a key against the padding of a shorter one,
+        // and keys equal in their first 16 bytes.
+        let keys: Vec<Vec<u8>> = vec![
+            vec![],
+            vec![0],
+            vec![0, 0],
+            b"a".to_vec(),
+            b"a\0".to_vec(),
+            b"a\0\x01".to_vec(),
+            vec![7; 16],
+            [vec![7; 16], vec![0]].concat(),
+            [vec![7; 16], vec![1]].concat(),
+            vec![7; 23],
+            vec![7; 24],
+            vec![0xff; 23],
+        ];
+        for a in &keys {
+            for b in &keys {
+                assert_eq!(Key::new(a).cmp(&Key::new(b)), a.cmp(b), "{a:?} vs {b:?}");
+            }
+        }
     }
 }

@@ -19,6 +19,7 @@ mod flush;
 mod gate;
 mod key;
 mod op;
+mod prefetch;
 pub(crate) mod pool;
 mod reads;
 mod recovery;
@@ -211,6 +212,9 @@ pub(crate) struct Inner {
     /// Runs after every successful write while a transfer forwards the
     /// shard's writes (`WriteHold::set_after_write`).
     after_write: RwLock<Option<Arc<dyn AfterWrite>>>,
+    /// Whether `after_write` holds a hook: a write reads this flag, not
+    /// the lock, when no transfer forwards (nearly always).
+    forwarding: AtomicBool,
     closed: Arc<AtomicBool>,
     poison: Mutex<Option<Error>>,
     /// The last error of a background step (flush, seal, merge).
@@ -318,10 +322,14 @@ impl Inner {
             return gate::all_failed(group, &Error::new(KEEL_STATUS_MOVED, "the shard was handed over to another node; write there"));
         }
         let verdicts = self.judge(group);
-        // Each logged batch: its state record, if it has one.
+        // Each logged batch: its state record, if it has one. Plain writes
+        // (no index, no fence: nearly every group) have none, and the two
+        // lists below stay empty: no allocation per write.
+        let stateful = group.iter().any(|b| b.intent.index.is_some() || b.intent.fence.is_some());
         let states: Vec<Option<StateChange>> = group
             .iter()
             .zip(&verdicts)
+            .take(if stateful { group.len() } else { 0 })
             .map(|(b, v)| {
                 let change = match v {
                     Verdict::Accept => StateChange { index: b.intent.index, fence: b.intent.fence.clone() },
@@ -332,12 +340,12 @@ impl Inner {
             })
             .collect();
         let encoded: Vec<Option<Vec<u8>>> = states.iter().map(|c| c.as_ref().map(StateChange::encode)).collect();
-        let mut records: Vec<&[u8]> = Vec::new();
-        for ((b, v), state) in group.iter().zip(&verdicts).zip(&encoded) {
+        let mut records: Vec<&[u8]> = Vec::with_capacity(group.len());
+        for ((b, v), state) in group.iter().zip(&verdicts).zip(encoded.iter().map(Option::as_deref).chain(std::iter::repeat(None))) {
             if matches!(v, Verdict::Accept) {
                 records.extend(b.records());
             }
-            records.extend(state.as_deref());
+            records.extend(state);
         }
         let logs = |v: &Verdict| matches!(v, Verdict::Accept | Verdict::Refuse(_));
         if records.is_empty() {
@@ -358,7 +366,7 @@ impl Inner {
         let mut failed: Option<Error> = None;
         let mut index = None;
         let mut outcomes = Vec::with_capacity(group.len());
-        for ((b, v), state) in group.iter().zip(verdicts).zip(states) {
+        for ((b, v), state) in group.iter().zip(verdicts).zip(states.into_iter().chain(std::iter::repeat_with(|| None))) {
             if !logs(&v) {
                 outcomes.push(v.unlogged());
                 continue;
@@ -671,6 +679,7 @@ impl Shard {
             wal_acked: AtomicU64::new(0),
             moved: AtomicBool::new(false),
             after_write: RwLock::new(None),
+            forwarding: AtomicBool::new(false),
             closed: Arc::new(AtomicBool::new(false)),
             poison: Mutex::new(None),
             last_error: Mutex::new(None),
@@ -798,10 +807,13 @@ impl Shard {
         };
         // Outside the WAL's read lock: the hook reads the WAL itself, and
         // a close waiting for that lock must not wait for the hook.
-        let hook = inner.after_write.read().clone();
-        match hook {
-            Some(hook) if w.last > 0 => hook.after_write(w.last),
-            _ => {}
+        // The flag is set under a write hold, before any write it must
+        // see is logged: the gate's lock orders the two.
+        if w.last > 0 && inner.forwarding.load(Ordering::Acquire) {
+            let hook = inner.after_write.read().clone();
+            if let Some(hook) = hook {
+                hook.after_write(w.last);
+            }
         }
         Ok(w)
     }
@@ -909,12 +921,18 @@ impl Shard {
     /// transfer's final drain reads the WAL under it until a read comes
     /// back empty.
     pub(crate) fn hold_writes(&self) -> WriteHold<'_> {
-        WriteHold { _barrier: self.inner.gate.hold(), moved: &self.inner.moved, after_write: &self.inner.after_write }
+        WriteHold {
+            _barrier: self.inner.gate.hold(),
+            moved: &self.inner.moved,
+            after_write: &self.inner.after_write,
+            forwarding: &self.inner.forwarding,
+        }
     }
 
     /// Removes the hook `WriteHold::set_after_write` installed.
     pub(crate) fn clear_after_write(&self) {
         self.inner.after_write.write().take();
+        self.inner.forwarding.store(false, Ordering::Release);
     }
 
     /// Keeps WAL records >= `seq` even once persisted (a transfer or a
@@ -989,6 +1007,7 @@ pub(crate) struct WriteHold<'a> {
     _barrier: gate::Hold<'a>,
     moved: &'a AtomicBool,
     after_write: &'a RwLock<Option<Arc<dyn AfterWrite>>>,
+    forwarding: &'a AtomicBool,
 }
 
 /// What a transfer that forwards a shard's writes runs after each one.
@@ -1010,6 +1029,7 @@ impl WriteHold<'_> {
     /// the hold, so every write after the one the hold follows runs it.
     pub(crate) fn set_after_write(&self, hook: Arc<dyn AfterWrite>) {
         *self.after_write.write() = Some(hook);
+        self.forwarding.store(true, Ordering::Release);
     }
 }
 

@@ -9,6 +9,7 @@ use super::files::{self, Ident};
 use super::key::prefix;
 use super::manifest::{self, Listed, Manifest};
 use super::op::{OpRef, Record, BATCH_RECORD_HEADER};
+use super::prefetch::prefetch;
 use super::replicated::{StateChange, Tracker};
 use super::sealed::Sealed;
 use super::segments::Segments;
@@ -358,7 +359,19 @@ impl Run {
         for (seq, change) in &self.states {
             replicated.logged(*seq, change.clone());
         }
-        for r in &self.records {
+        // The data log records of the run, staged until the replay ends:
+        // each is the WAL record plus its version, kind and checksum.
+        segs.appendable.reserve(self.bytes.len() + self.records.len() * 16);
+        for (i, r) in self.records.iter().enumerate() {
+            // In key order the records sit anywhere in the run's bytes: ask
+            // for a record a few places ahead so its bytes are in the cache
+            // by the time it is decoded and copied.
+            if let Some(ahead) = self.records.get(i + PREFETCH_AHEAD) {
+                prefetch(&self.bytes[ahead.start..ahead.start + ahead.len as usize]);
+            }
+            if let Some(ahead) = self.records.get(i + PREFETCH_AHEAD / 2) {
+                segs.prefetch_filters(self.key(ahead));
+            }
             let op = OpRef::decode(&self.bytes[r.start..r.start + r.len as usize])?;
             if segs.replay(op, r.seq)? {
                 *first_changed = Some(first_changed.map_or(r.seq, |f: u64| f.min(r.seq)));
@@ -367,6 +380,11 @@ impl Run {
         Ok(())
     }
 }
+
+/// How many records ahead of the one being applied `Run::apply` fetches
+/// the record's bytes; the immutable segments' filter bits for its key
+/// are fetched half as far ahead, once the key is in the cache.
+const PREFETCH_AHEAD: usize = 16;
 
 /// Replays the WAL from `from` (the first version the segment files may
 /// lack; 0 for the first retained record) into `segs`, in runs: the

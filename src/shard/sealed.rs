@@ -157,6 +157,14 @@ impl Sealed {
         Ok(found.filter(|_| !self.deletions.lock().keys.contains_key(probe.key)))
     }
 
+    /// Asks the cache for what a lookup of `hash` reads first (a table's
+    /// filter bits; nothing for a frozen map).
+    pub fn prefetch(&self, hash: u64) {
+        if let Data::Table(t) = &self.data {
+            t.prefetch_filter(hash);
+        }
+    }
+
     /// Whether a live copy of `key` is here, without copying it out.
     pub fn holds(&self, probe: &Probe) -> Result<bool> {
         let found = match &self.data {

@@ -190,6 +190,18 @@ impl Segments {
         self.appendable.finish(version);
     }
 
+    /// Asks the cache for the filter bits of every immutable segment that
+    /// `replay(key)` will read first (replay fetches ahead in key order).
+    pub fn prefetch_filters(&self, key: &[u8]) {
+        if self.sealed.is_empty() {
+            return;
+        }
+        let hash = Probe::new(key).hash;
+        for s in &self.sealed {
+            s.prefetch(hash);
+        }
+    }
+
     /// Replay of one WAL operation (F6). First restores the one-live-copy
     /// invariant for its key (a crash can leave an old copy whose deletion
     /// was not yet saved: only keys of unacknowledged operations can be in

@@ -365,6 +365,12 @@ impl Table {
         self.find(probe)?.map(|(version, kind, value)| to_entry(version, kind, value)).transpose()
     }
 
+    /// Asks the cache for the filter bits a lookup of `hash` reads first.
+    pub fn prefetch_filter(&self, hash: u64) {
+        let (lo, hi) = self.filter;
+        bloom::prefetch(&self.map.get()[lo..hi], hash);
+    }
+
     /// Whether the table holds the key, without decoding its value.
     pub fn contains(&self, probe: &Probe) -> Result<bool> {
         Ok(self.find(probe)?.is_some())

@@ -1,6 +1,6 @@
 //! Streaming records from a sequence number (W6).
 
-use super::format::{records, FrameHeader, FRAME_HEADER_LEN, SEGMENT_HEADER_LEN};
+use super::format::{records, FrameHeader, FRAME_HEADER_LEN, FRAME_RECORD, SEGMENT_HEADER_LEN};
 use super::segment::{self, ReadSegment, SegmentMeta, View};
 use super::{ReadUpto, Shared};
 use crate::error::{Error, Result};
@@ -39,6 +39,9 @@ pub struct Reader {
     next: u64,
     segment: Option<OpenSegment>,
     frame: Option<Frame>,
+    /// The buffers of the last frame read, reused by the next one: a
+    /// replay reads millions of one-record frames.
+    spare: Frame,
     /// Read-ahead window over the current segment when it is read with
     /// pread (no map): `window` holds the bytes at `window_at..`, read when
     /// records up to `window_upto` were written (beyond that it may hold the
@@ -77,6 +80,7 @@ impl Reader {
             next: pin.1,
             segment: None,
             frame: None,
+            spare: Frame { first_seq: 0, payload: Vec::new(), spans: Vec::new() },
             window: Vec::new(),
             window_at: 0,
             window_upto: 0,
@@ -102,7 +106,7 @@ impl Reader {
         if let Some(f) = &self.frame {
             self.next += 1;
             if self.next >= f.first_seq + f.spans.len() as u64 {
-                self.frame = None;
+                self.spare = self.frame.take().expect("checked above");
             }
         }
     }
@@ -142,27 +146,35 @@ impl Reader {
             if room < FRAME_HEADER_LEN as u64 {
                 return Err(corrupt("segment ends before it"));
             }
-            let head = self.bytes(at, FRAME_HEADER_LEN)?.to_vec();
+            let mut head = [0u8; FRAME_HEADER_LEN];
+            head.copy_from_slice(self.bytes(at, FRAME_HEADER_LEN)?);
             let h = FrameHeader::parse(&head).ok_or_else(|| corrupt("segment ends before it"))?;
             if !h.plausible(&head, room) && !h.plausible(&head, self.refresh_len()?.saturating_sub(at)) {
                 return Err(corrupt("malformed frame header"));
             }
-            let payload = self.bytes(at + FRAME_HEADER_LEN as u64, h.len as usize)?.to_vec();
+            let mut payload = std::mem::take(&mut self.spare.payload);
+            payload.clear();
+            payload.extend_from_slice(self.bytes(at + FRAME_HEADER_LEN as u64, h.len as usize)?);
             if !h.checksum_ok(&head, &payload, salt) {
                 return Err(corrupt("checksum mismatch"));
             }
             let end = h.seq.saturating_add(h.count as u64);
             self.segment.as_mut().unwrap().offset += h.size();
             if end <= self.next {
+                self.spare.payload = payload;
                 continue; // an earlier frame while positioning
             }
             if h.seq > self.next {
                 return Err(corrupt(&format!("found sequence {} instead", h.seq)));
             }
-            let spans = {
+            let mut spans = std::mem::take(&mut self.spare.spans);
+            spans.clear();
+            if h.kind == FRAME_RECORD {
+                spans.push((0, payload.len())); // what `records` gives, without its Vec
+            } else {
                 let recs = records(h.kind, h.count, &payload).ok_or_else(|| corrupt("bad batch table"))?;
-                recs.iter().map(|r| (r.as_ptr() as usize - payload.as_ptr() as usize, r.len())).collect()
-            };
+                spans.extend(recs.iter().map(|r| (r.as_ptr() as usize - payload.as_ptr() as usize, r.len())));
+            }
             self.frame = Some(Frame { first_seq: h.seq, payload, spans });
             return Ok(true);
         }
