@@ -289,3 +289,53 @@ fn a_shard_recovering_does_not_hold_up_the_others() {
     others.join().unwrap();
     engine.close().unwrap();
 }
+
+const LOCK_HOLDER_ENV: &str = "KEEL_ENGINE_LOCK_HOLDER";
+
+/// The directory lock (docs/WAL.md, "A forking host and the LOCK"): a
+/// child forked while the engine was open, and not exec'd yet, keeps no
+/// lock once the engine closed, so it opens again at once; an engine open
+/// in another process makes an open BUSY until that process dies.
+#[test]
+fn the_lock_is_busy_across_processes_and_not_kept_by_a_fork() {
+    if let Ok(dir) = std::env::var(LOCK_HOLDER_ENV) {
+        // The holder, in a child process: open, say so, wait to be killed.
+        let _engine = Engine::open(Path::new(&dir), options()).unwrap();
+        common::child::report("open\n");
+        std::thread::sleep(Duration::from_secs(600));
+        return;
+    }
+    let t = common::TempDir::new("engine-lock");
+    let dir = t.path().join("e");
+    let engine = Engine::open(&dir, options()).unwrap();
+    // SAFETY: fork in a threaded process: the child calls only pause and
+    // _exit (async-signal-safe) until the parent kills it.
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        // SAFETY: see above.
+        unsafe {
+            libc::pause();
+            libc::_exit(0);
+        }
+    }
+    assert!(pid > 0, "fork: {}", io::Error::last_os_error());
+    engine.close().unwrap();
+    drop(engine); // the directory is released with the engine
+    let again = Engine::open(&dir, options());
+    // SAFETY: signals and reaps our own child.
+    unsafe {
+        libc::kill(pid, libc::SIGKILL);
+        libc::waitpid(pid, std::ptr::null_mut(), 0);
+    }
+    again.expect("the fork holds a copy of the LOCK's descriptor, but no lock").close().unwrap();
+
+    let common::child::Child { process: mut holder, lines } =
+        common::child::spawn("the_lock_is_busy_across_processes_and_not_kept_by_a_fork", &[(LOCK_HOLDER_ENV, dir.display().to_string())], None)
+            .unwrap();
+    assert_eq!(lines.recv_timeout(Duration::from_secs(120)).unwrap(), "open");
+    let busy = Engine::open(&dir, options()).err().expect("another process holds the LOCK");
+    assert_eq!(busy.status, KEEL_STATUS_BUSY, "{busy}");
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+    Engine::open(&dir, options()).unwrap().close().unwrap();
+}

@@ -1,7 +1,7 @@
 //! The engine: one data directory hosting shards by u32 id.
 //!
 //! ```text
-//! <dir>/LOCK                  held (flock) while an engine has the directory open
+//! <dir>/LOCK                  locked (fcntl) while an engine has the directory open
 //! <dir>/SHARDS                the ids of the engine's shards: a log of
 //!                             checksummed records, one appended per create
 //!                             and drop (`list.rs`)

@@ -7,6 +7,7 @@
 //! EIO, ENOSPC) deterministically from a seed.
 
 mod cache;
+mod dirlock;
 mod handles;
 mod replace;
 
@@ -293,8 +294,6 @@ impl File for StdFile {
     }
 }
 
-struct FlockGuard(#[allow(dead_code)] fs::File); // the lock lives as long as the descriptor
-
 impl FileSystem for StdFs {
     fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
         fs::create_dir_all(dir)
@@ -339,12 +338,7 @@ impl FileSystem for StdFs {
     }
 
     fn lock(&self, path: &Path) -> io::Result<Box<dyn Any + Send + Sync>> {
-        let f = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path)?;
-        // SAFETY: plain system call on a descriptor we own.
-        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(Box::new(FlockGuard(f)))
+        Ok(Box::new(dirlock::lock(path)?))
     }
 
     fn map_readonly(&self, path: &Path) -> io::Result<Option<ReadMap>> {
