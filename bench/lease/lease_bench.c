@@ -18,10 +18,10 @@
  * and prints one JSON line: requests/s, reads/s, p50/p99 request
  * latency, read-index calls and lease hits from keel_shard_lease_stats.
  *
- * Then the cost of the lease check itself: P interleaved pairs of one
- * thread reading the same key sequence with keel_shard_get (a plain local
- * read) and with keel_shard_get_ex at KEEL_READ_LEASE; each pair prints a
- * JSON line with both rates.
+ * Then the cost of the lease check itself: P pairs of one thread reading
+ * the same keys with keel_shard_get (a plain local read) and with
+ * keel_shard_get_ex at KEEL_READ_LEASE, in alternating slices of 2,000
+ * reads; each pair prints a JSON line with both rates.
  */
 #define _POSIX_C_SOURCE 200809L
 #include "keel.h"
@@ -255,26 +255,42 @@ static void run_case(int k, int write_pct, int lease, int threads, double secs, 
   fflush(stdout);
 }
 
-/* One thread, the same key sequence: plain keel_shard_get, then the lease
- * read; reads per second of each. */
-static double read_rate(bool lease, double secs, uint64_t keys, uint64_t seed) {
+/* One thread reads `n` keys of the sequence from `*seed` with plain
+ * keel_shard_get or with the lease read; returns the nanoseconds taken. */
+static uint64_t read_slice(bool lease, uint64_t n, uint64_t keys, uint64_t *seed) {
   keel_read_options_t o = level_opts(KEEL_READ_LEASE);
   uint8_t key[KEY_BYTES];
-  uint64_t n = 0, start = now_ns(), deadline = start + (uint64_t)(secs * 1e9);
-  for (;;) {
-    for (int i = 0; i < 256; i++, n++) {
-      key_of(next_rand(&seed) % keys, key);
-      keel_buf_t v = {NULL, 0};
-      if (lease) {
-        TRY(keel_shard_get_ex(shard, &o, key, KEY_BYTES, &v, NULL, NULL, ERR));
-      } else {
-        TRY(keel_shard_get(shard, key, KEY_BYTES, &v, NULL, NULL, ERR));
-      }
-      keel_buf_free(&v);
+  uint64_t start = now_ns();
+  for (uint64_t i = 0; i < n; i++) {
+    key_of(next_rand(seed) % keys, key);
+    keel_buf_t v = {NULL, 0};
+    if (lease) {
+      TRY(keel_shard_get_ex(shard, &o, key, KEY_BYTES, &v, NULL, NULL, ERR));
+    } else {
+      TRY(keel_shard_get(shard, key, KEY_BYTES, &v, NULL, NULL, ERR));
     }
-    if (now_ns() >= deadline) break;
+    keel_buf_free(&v);
   }
-  return (double)n / ((double)(now_ns() - start) / 1e9);
+  return now_ns() - start;
+}
+
+/* One cost pair: plain and lease reads of the same keys, in alternating
+ * slices of 2,000 reads for about `secs` in all, so that whatever the
+ * machine or the shard's background work does meanwhile falls on both
+ * alike; the reads per second of each. */
+static void cost_pair(double secs, uint64_t keys, uint64_t seed, double *plain, double *lease) {
+  uint64_t t[2] = {0, 0}, n[2] = {0, 0}, deadline = now_ns() + (uint64_t)(secs * 1e9);
+  for (int slice = 0; now_ns() < deadline; slice++) {
+    uint64_t s = seed + (uint64_t)slice;
+    for (int k = 0; k < 2; k++) {
+      int mode = (slice + k) % 2; /* which goes first alternates */
+      uint64_t same = s;
+      t[mode] += read_slice(mode == 1, 2000, keys, &same);
+      n[mode] += 2000;
+    }
+  }
+  *plain = (double)n[0] / ((double)t[0] / 1e9);
+  *lease = (double)n[1] / ((double)t[1] / 1e9);
 }
 
 int main(int argc, char **argv) {
@@ -335,7 +351,8 @@ int main(int argc, char **argv) {
   if (pthread_create(&hb, NULL, heartbeats, NULL) != 0) die("pthread_create", KEEL_STATUS_RESOURCE, NULL);
   while (lease_stats().lease_hits == 0) {
     /* Wait for the first quorum ack before measuring (one lease read). */
-    read_rate(true, 0.001, keys, 7);
+    uint64_t s = 7;
+    read_slice(true, 1, keys, &s);
   }
 
   printf("{\"kind\": \"config\", \"keys\": %" PRIu64 ", \"key_bytes\": %d, \"value_bytes\": %d, \"secs\": %.3f, "
@@ -349,16 +366,8 @@ int main(int argc, char **argv) {
       for (int lease = 1; lease >= 0; lease--) run_case(ks[ki], writes[w], lease, (int)threads, secs, keys, seed++);
 
   for (uint64_t p = 1; p <= pairs; p++) {
-    /* The same keys for both; which goes first alternates per pair. */
-    uint64_t s = 1000 + p;
     double plain, lease;
-    if (p % 2) {
-      plain = read_rate(false, secs, keys, s);
-      lease = read_rate(true, secs, keys, s);
-    } else {
-      lease = read_rate(true, secs, keys, s);
-      plain = read_rate(false, secs, keys, s);
-    }
+    cost_pair(secs, keys, 1000 * p, &plain, &lease);
     printf("{\"kind\": \"cost_pair\", \"pair\": %" PRIu64 ", \"plain_reads_per_s\": %.1f, \"lease_reads_per_s\": %.1f}\n",
            p, plain, lease);
     fflush(stdout);
