@@ -241,36 +241,34 @@ mod tests {
         assert_ne!(new_shard_id(), new_shard_id());
     }
 
-    #[test]
-    fn a_first_format_manifest_reads_with_persisted_zero() {
-        let m = Manifest { shard: 7, next_id: 3, persisted: 0, replicated: Replicated::default(), segments: vec![Listed::Log { id: 2 }] };
+    /// A manifest of an older `format` holding one log segment (id 2),
+    /// with the persisted version when that format has one.
+    fn older_manifest(format: u32, persisted: Option<u64>) -> Vec<u8> {
         let mut body = Vec::new();
-        body.extend_from_slice(&FORMAT_NO_PERSISTED.to_le_bytes());
-        body.extend_from_slice(&m.shard.to_le_bytes());
-        body.extend_from_slice(&m.next_id.to_le_bytes());
+        body.extend_from_slice(&format.to_le_bytes());
+        body.extend_from_slice(&7u128.to_le_bytes());
+        body.extend_from_slice(&3u64.to_le_bytes());
+        if let Some(p) = persisted {
+            body.extend_from_slice(&p.to_le_bytes());
+        }
         body.extend_from_slice(&1u32.to_le_bytes());
         body.push(KIND_LOG);
         for v in [2u64, 0, 0] {
             body.extend_from_slice(&v.to_le_bytes());
         }
         body.extend_from_slice(&0u32.to_le_bytes());
-        assert_eq!(Manifest::decode(&files::seal_small(MAGIC, &body), Path::new("m")).unwrap(), m);
+        files::seal_small(MAGIC, &body)
+    }
+
+    #[test]
+    fn a_first_format_manifest_reads_with_persisted_zero() {
+        let m = Manifest { shard: 7, next_id: 3, persisted: 0, replicated: Replicated::default(), segments: vec![Listed::Log { id: 2 }] };
+        assert_eq!(Manifest::decode(&older_manifest(FORMAT_NO_PERSISTED, None), Path::new("m")).unwrap(), m);
     }
 
     #[test]
     fn a_second_format_manifest_reads_with_no_replicated_state() {
         let m = Manifest { shard: 7, next_id: 3, persisted: 12, replicated: Replicated::default(), segments: vec![Listed::Log { id: 2 }] };
-        let mut body = Vec::new();
-        body.extend_from_slice(&FORMAT_NO_REPLICATED.to_le_bytes());
-        body.extend_from_slice(&m.shard.to_le_bytes());
-        body.extend_from_slice(&m.next_id.to_le_bytes());
-        body.extend_from_slice(&m.persisted.to_le_bytes());
-        body.extend_from_slice(&1u32.to_le_bytes());
-        body.push(KIND_LOG);
-        for v in [2u64, 0, 0] {
-            body.extend_from_slice(&v.to_le_bytes());
-        }
-        body.extend_from_slice(&0u32.to_le_bytes());
-        assert_eq!(Manifest::decode(&files::seal_small(MAGIC, &body), Path::new("m")).unwrap(), m);
+        assert_eq!(Manifest::decode(&older_manifest(FORMAT_NO_REPLICATED, Some(12)), Path::new("m")).unwrap(), m);
     }
 }
