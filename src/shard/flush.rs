@@ -17,14 +17,17 @@ use std::iter::Peekable;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-/// After a job's pass: the seal and merges. The shard's health is the
-/// last background failure, until a pass and the maintenance after it
-/// both succeed.
-pub fn maintain_after(inner: &Inner, pass: Result<u64>) {
-    match pass.and_then(|_| guarded(inner, || maintain(inner))) {
+/// After a job's pass: the seal (forced with `seal`, else when the
+/// appendable segment is big enough) and merges. The shard's health is
+/// the last background failure, until a pass and the maintenance after
+/// it both succeed.
+pub fn maintain_after(inner: &Inner, pass: Result<u64>, seal: bool) -> Result<()> {
+    let outcome = pass.and_then(|_| guarded(inner, || maintain(inner, seal)));
+    match &outcome {
         Ok(()) => *inner.last_error.lock() = None,
-        Err(e) => inner.report(e),
+        Err(e) => inner.report(e.clone()),
     }
+    outcome
 }
 
 /// Runs a step with panics caught: a panic poisons the shard (writes
@@ -106,8 +109,9 @@ fn acknowledge(inner: &Inner) -> Result<u64> {
     Ok(persisted)
 }
 
-/// Seals a big appendable segment and merges small immutable ones.
-fn maintain(inner: &Inner) -> Result<()> {
+/// Seals a big (or, with `force`, any non-empty) appendable segment and
+/// merges small immutable ones.
+fn maintain(inner: &Inner, force: bool) -> Result<()> {
     // A seal that failed earlier left a frozen segment (or a table without
     // its side-car): finish it first.
     let frozen: Vec<Arc<Sealed>> = inner.segs.read().sealed.iter().filter(|s| s.listable().is_none()).cloned().collect();
@@ -115,7 +119,8 @@ fn maintain(inner: &Inner) -> Result<()> {
     for f in frozen {
         write_frozen(inner, &f)?;
     }
-    if inner.segs.read().appendable.weight >= inner.opts.seal_bytes {
+    let weight = inner.segs.read().appendable.weight;
+    if weight >= inner.opts.seal_bytes || (force && weight > 0) {
         seal(inner)?;
         changed = true;
     }

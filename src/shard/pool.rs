@@ -49,6 +49,9 @@ pub enum Request {
     Flush(Option<Sender<Result<u64>>>),
     /// The appendable segment may have grown past the seal threshold.
     Maintain,
+    /// Run a pass, then seal the appendable segment whatever its size;
+    /// reply once the seal (and the rest of the job's maintenance) is done.
+    Seal(Sender<Result<()>>),
     /// Final pass, then the shard leaves the pool.
     Stop(Sender<Result<u64>>),
 }
@@ -69,6 +72,8 @@ struct Sched {
     at: At,
     wanted: bool,
     waiters: Vec<Sender<Result<u64>>>,
+    /// Waiting for a seal (`Request::Seal`).
+    seals: Vec<Sender<Result<()>>>,
     stop: Option<Sender<Result<u64>>>,
     /// When its interval pass is due (idle shards with an interval).
     due: Option<Instant>,
@@ -188,7 +193,7 @@ impl FlushPool {
             return Err(Error::new(KEEL_STATUS_CLOSED, "the flush pool is shut down (engine closed)"));
         }
         st.members += 1;
-        let sched = Sched { at: At::Idle, wanted: false, waiters: Vec::new(), stop: None, due: None, armed: false };
+        let sched = Sched { at: At::Idle, wanted: false, waiters: Vec::new(), seals: Vec::new(), stop: None, due: None, armed: false };
         let member = Arc::new(Member { inner, sched: Mutex::new(sched), running: AtomicBool::new(false) });
         Ok(Membership { pool: self.clone(), member })
     }
@@ -236,6 +241,7 @@ impl Membership {
         match r {
             Request::Flush(reply) => s.waiters.extend(reply),
             Request::Maintain => {}
+            Request::Seal(reply) => s.seals.push(reply),
             Request::Stop(reply) => s.stop = Some(reply),
         }
         s.wanted = true;
@@ -329,13 +335,13 @@ fn fire_due(st: &mut State, now: Instant) {
 fn run_job(shared: &Shared, m: &Arc<Member>) {
     let was_running = m.running.swap(true, Ordering::AcqRel);
     debug_assert!(!was_running, "two flush jobs of one shard at once");
-    let (waiters, stop) = {
+    let (waiters, seals, stop) = {
         let _st = shared.state.lock();
         let mut s = m.sched.lock();
         debug_assert_eq!(s.at, At::Queued);
         s.at = At::Running;
         s.wanted = false;
-        (std::mem::take(&mut s.waiters), s.stop.take())
+        (std::mem::take(&mut s.waiters), std::mem::take(&mut s.seals), s.stop.take())
     };
     let inner = &*m.inner;
     let outcome = flush::guarded(inner, || flush::pass(inner));
@@ -353,7 +359,10 @@ fn run_job(shared: &Shared, m: &Arc<Member>) {
     for w in waiters {
         let _ = w.send(outcome.clone());
     }
-    flush::maintain_after(inner, outcome);
+    let maintained = flush::maintain_after(inner, outcome, !seals.is_empty());
+    for w in seals {
+        let _ = w.send(maintained.clone());
+    }
     m.running.store(false, Ordering::Release);
     let mut st = shared.state.lock();
     let mut s = m.sched.lock();
@@ -388,6 +397,7 @@ fn leave(shared: &Shared, m: &Member) {
     if s.at != At::Gone {
         s.at = At::Gone;
         s.waiters.clear();
+        s.seals.clear();
         s.stop = None;
         st.members -= 1;
         if std::mem::take(&mut s.armed) {

@@ -76,6 +76,22 @@ impl Snapshot {
 }
 
 impl Shard {
+    /// Seals the appendable segment when it holds more than `bytes` of
+    /// keys and values, and returns once its table is written: a snapshot
+    /// taken next shares the table instead of copying the keys, so it
+    /// copies only what was written since (a transfer's source memory stays
+    /// bounded whatever the shard holds). A flush job of the shard's pool
+    /// does the seal, in order with its passes.
+    pub(crate) fn seal_above(&self, bytes: usize) -> Result<()> {
+        self.inner.check_open()?;
+        if self.inner.segs.read().appendable.weight <= bytes {
+            return Ok(());
+        }
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        self.inner.request(super::pool::Request::Seal(tx))?;
+        rx.recv().map_err(|_| Error::new(KEEL_STATUS_CLOSED, "shard closed during the seal"))?
+    }
+
     /// A consistent snapshot at the last applied version, taken under the
     /// read lock (writers wait while the appendable segment is copied).
     pub fn snapshot(&self) -> Result<Snapshot> {
@@ -317,6 +333,31 @@ mod tests {
         assert_eq!(shard.last_version(), 17);
         assert_eq!(shard.get(b"k1").unwrap().unwrap().version, 16);
         assert_eq!((shard.applied_index(), shard.fence_highest(b"b")), (42, Some(7)));
+        shard.close().unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_big_appendable_segment_is_sealed_so_the_snapshot_shares_it_instead_of_copying_it() {
+        let dir = std::env::temp_dir().join(format!("keel-snapshot-seal-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let opts = Options { flush_interval: None, ..Options::default() };
+        let shard = Shard::open(&dir, opts).unwrap();
+        for i in 0..300u32 {
+            shard.put(format!("k{i:04}").as_bytes(), &[i as u8; 4096]).unwrap();
+        }
+        let before = shard.snapshot().unwrap();
+        assert_eq!((before.appendable.len(), before.sealed.len()), (300, 0), "below seal_bytes, all in the appendable segment");
+        // Small enough: left as it is.
+        shard.seal_above(2 << 20).unwrap();
+        assert_eq!(shard.stats().sealed_segments, 0);
+        shard.seal_above(1 << 20).unwrap();
+        assert_eq!(shard.stats().sealed_segments, 1);
+        let after = shard.snapshot().unwrap();
+        assert!(after.appendable.is_empty(), "nothing left to copy: {} keys", after.appendable.len());
+        assert_eq!(after.version, before.version);
+        let all = |s: &Snapshot| s.chunk(None, usize::MAX, usize::MAX).unwrap();
+        assert_eq!(all(&after), all(&before), "the same contents, read from the table");
         shard.close().unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
     }

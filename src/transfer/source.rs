@@ -26,6 +26,10 @@ mod finish;
 /// whatever is left.
 const CATCH_UP_ROUNDS: usize = 8;
 
+/// A snapshot copies the appendable segment's keys up to this size; a
+/// bigger one is sealed into a table first, which the snapshot shares.
+const SNAPSHOT_COPY_BYTES: usize = 1 << 20;
+
 /// How often a source waiting for an ACK looks whether the connection
 /// still stands (a dropped one is retried without waiting out the timeout).
 const CONNECTION_CHECK: Duration = Duration::from_millis(50);
@@ -405,6 +409,9 @@ pub(super) fn run(
             // (a flush truncates only what it persisted), and pinning it
             // in one step leaves no gap for a truncation to slip into.
             let mut pin = shard.pin_wal_retained()?;
+            // Big appendable segments are sealed first, so the snapshot
+            // shares their tables and copies at most this much.
+            shard.seal_above(SNAPSHOT_COPY_BYTES)?;
             let snap = shard.snapshot()?;
             pin.advance(snap.version + 1);
             // Only what the source made durable is sent.
