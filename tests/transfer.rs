@@ -118,11 +118,19 @@ fn a_snapshot_transfer_gives_the_receiver_the_same_contents() {
     assert_eq!(r.snapshot_version, Some(shard.last_version()));
     assert!(r.batches > 10 && r.entries > 100, "{r:?}");
     check_pipeline(&r, &dst);
+    // The finished shard stays open in the receiving engine, for its host
+    // to take without recovering it again.
+    assert_eq!(dst.engine.stats().unwrap().open_shards, 1);
     // Until the transfer finished the host could not open it; now it can.
     let got = received(&dst);
     assert_eq!(got.last_version(), shard.last_version());
     assert_eq!(shard_digest(&got).unwrap(), shard_digest(&shard).unwrap());
     assert_eq!(dst.transfers.receiver_stats().finished, 1);
+    assert_eq!(dst.engine.open_shard(SHARD, false).err().map(|e| e.status), Some(KEEL_STATUS_BUSY), "taken once, like any open shard");
+    // What it holds is durable: closed and recovered, it is the same.
+    got.close().unwrap();
+    let again = received(&dst);
+    assert_eq!(shard_digest(&again).unwrap(), shard_digest(&shard).unwrap());
 }
 
 /// `pipeline: false` (the benchmark's baseline) moves the same shard,

@@ -11,6 +11,7 @@ use crate::status::*;
 
 /// The file that marks a shard whose transfer has not finished.
 pub(super) const MARKER: &str = "INCOMING";
+const MARKER_BODY: &[u8] = b"keel incoming shard\n";
 
 pub(super) fn busy(id: u32) -> Error {
     Error::new(KEEL_STATUS_BUSY, format!("shard {id} is being received by a transfer that has not finished"))
@@ -32,6 +33,19 @@ impl Engine {
                 Some(Slot::Open(s)) if !s.is_closed() => {
                     return Err(Error::new(KEEL_STATUS_BUSY, format!("shard {id} is open here; close it before receiving it")))
                 }
+                Some(Slot::Received(s)) if base.is_none() => {
+                    // Received earlier and not opened since: a WAL delta
+                    // goes on in the shard as it is.
+                    let s = s.clone();
+                    crate::fs::replace(&*self.fs, &dir.join(MARKER), MARKER_BODY)?;
+                    state.slots.insert(id, Slot::Incoming(s.clone()));
+                    return Ok(s);
+                }
+                Some(Slot::Received(s)) => {
+                    // Replaced by a snapshot: closed before it is dropped.
+                    s.close()?;
+                    state.slots.remove(&id);
+                }
                 _ => {}
             }
             match base {
@@ -46,7 +60,7 @@ impl Engine {
                 }
                 None => {}
             }
-            crate::fs::replace(&*self.fs, &dir.join(MARKER), b"keel incoming shard\n")?;
+            crate::fs::replace(&*self.fs, &dir.join(MARKER), MARKER_BODY)?;
             state.slots.insert(id, Slot::Opening);
         }
         let fs = self.injected_fs.then(|| self.fs.clone());
@@ -57,16 +71,23 @@ impl Engine {
         self.settle(id, opened, Slot::Incoming)
     }
 
-    /// Ends the reception of shard `id` and closes it. `finished`: its
-    /// data is complete and durable, so the marker goes and the host may
-    /// open it; otherwise the marker stays (opening it stays BUSY until a
-    /// later transfer finishes it or the host drops it).
+    /// Ends the reception of shard `id`. `finished`: its data is complete
+    /// and durable, so the marker goes and the shard stays open for the
+    /// host, whose next `open_shard` takes it without recovering it again;
+    /// otherwise the shard is closed and the marker stays (opening it stays
+    /// BUSY until a later transfer finishes it or the host drops it).
     pub(crate) fn release_incoming(&self, id: u32, finished: bool) -> Result<()> {
         let shard = {
             let mut guard = self.shards.lock();
             let state = guard.as_mut().ok_or_else(|| Error::new(KEEL_STATUS_CLOSED, "engine is closed"))?;
             match state.slots.remove(&id) {
-                Some(Slot::Incoming(s)) => s,
+                Some(Slot::Incoming(s)) => {
+                    if finished {
+                        // Taken while the marker goes, outside the mutex.
+                        state.slots.insert(id, Slot::Opening);
+                    }
+                    s
+                }
                 Some(other) => {
                     state.slots.insert(id, other);
                     return Err(Error::invalid(format!("shard {id} is not being received")));
@@ -74,14 +95,24 @@ impl Engine {
                 None => return Err(Error::invalid(format!("shard {id} is not being received"))),
             }
         };
-        let closed = shard.close();
-        if finished {
-            closed?;
-            let dir = self.shard_dir(id);
-            let marker = dir.join(MARKER);
-            self.fs.remove(&marker).map_err(|e| Error::io(format!("removing {}", marker.display()), e))?;
-            self.sync_dir(&dir)?;
+        if !finished {
+            return shard.close();
         }
-        Ok(())
+        let dir = self.shard_dir(id);
+        let marker = dir.join(MARKER);
+        let unmarked = self
+            .fs
+            .remove(&marker)
+            .map_err(|e| Error::io(format!("removing {}", marker.display()), e))
+            .and_then(|()| self.sync_dir(&dir));
+        match unmarked {
+            Ok(()) => self.settle(id, Ok(shard), Slot::Received).map(drop),
+            Err(e) => {
+                // Closed, its slot freed: opening it is BUSY while the
+                // marker is there, as for any unfinished reception.
+                let _ = shard.close();
+                self.settle(id, Err(e), Slot::Incoming).map(drop)
+            }
+        }
     }
 }

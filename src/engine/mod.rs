@@ -58,6 +58,9 @@ enum Slot {
     Open(Shard),
     /// Being received by a transfer (`incoming.rs`); opening it is BUSY.
     Incoming(Shard),
+    /// Received by a transfer that finished, still open: the host's next
+    /// `open_shard` takes it as it is, without recovering it again.
+    Received(Shard),
 }
 
 struct State {
@@ -283,6 +286,11 @@ impl Engine {
                     return Err(Error::new(KEEL_STATUS_BUSY, format!("shard {id} is already open; close it first")))
                 }
                 Some(Slot::Incoming(_)) => return Err(incoming::busy(id)),
+                Some(Slot::Received(_)) => {
+                    let Some(Slot::Received(s)) = state.slots.remove(&id) else { unreachable!("matched above") };
+                    state.slots.insert(id, Slot::Open(s.clone()));
+                    return Ok(s);
+                }
                 _ => {}
             }
             let create = !state.list.contains(id);
@@ -384,6 +392,7 @@ impl Engine {
                 return Err(Error::new(KEEL_STATUS_BUSY, format!("shard {id} is open; close it before dropping it")))
             }
             Some(Slot::Incoming(_)) => return Err(incoming::busy(id)),
+            Some(Slot::Received(s)) => s.close()?,
             _ => {}
         }
         self.drop_unopened(state, id)
@@ -430,7 +439,7 @@ impl Engine {
         let open_shards = match &mut *self.shards.lock() {
             Some(state) => {
                 state.forget_closed();
-                state.slots.values().filter(|s| matches!(s, Slot::Open(_))).count() as u64
+                state.slots.values().filter(|s| matches!(s, Slot::Open(_) | Slot::Received(_))).count() as u64
             }
             None => return Err(Error::new(KEEL_STATUS_CLOSED, "engine is closed")),
         };
@@ -464,7 +473,7 @@ impl Engine {
             .slots
             .into_values()
             .filter_map(|s| match s {
-                Slot::Open(s) | Slot::Incoming(s) => Some(s),
+                Slot::Open(s) | Slot::Incoming(s) | Slot::Received(s) => Some(s),
                 Slot::Opening => None,
             })
             .collect();

@@ -464,7 +464,11 @@ impl Receiver {
                 if have != last {
                     return Err(protocol(format!("the source finished at version {last}, this shard is at {have}")));
                 }
-                ack.version = shard.flush(true)?;
+                // Everything acknowledged is durable already (OPS in the
+                // WAL, the snapshot flushed at its end): removing the
+                // marker durably is the finish, and the shard stays open
+                // for its host, not closed and recovered again.
+                ack.version = have;
                 inc.shard = None;
                 engine.release_incoming(inc.shard_id, true)?;
                 self.state.lock().expected.remove(&(inc.shard_id, inc.peer));
