@@ -280,9 +280,22 @@ func (c *Cluster) runAtMost(d Time, done func() bool) {
 // change is harmless).
 func (c *Cluster) ChangeConf(cc *pb.ConfChange) {
 	c.t.Helper()
+	c.changeConf(cc, func(cs *pb.ConfState) bool { return confHas(cs, cc) })
+}
+
+// ChangeConfV2 is ChangeConf for a ConfChangeV2 (entering or leaving a
+// joint configuration); applied tells from the leader's configuration
+// whether the change is in.
+func (c *Cluster) ChangeConfV2(cc *pb.ConfChangeV2, applied func(*pb.ConfState) bool) {
+	c.t.Helper()
+	c.changeConf(cc, applied)
+}
+
+func (c *Cluster) changeConf(cc pb.ConfChangeI, applied func(*pb.ConfState) bool) {
+	c.t.Helper()
 	done := func() bool {
 		l := c.Leader()
-		return l != 0 && confHas(c.nodes[l].conf, cc)
+		return l != 0 && applied(c.nodes[l].conf)
 	}
 	for attempt := 0; !done(); attempt++ {
 		if attempt == 20 {
@@ -290,7 +303,7 @@ func (c *Cluster) ChangeConf(cc *pb.ConfChange) {
 		}
 		l := c.WaitLeader()
 		n := c.nodes[l]
-		if err := n.rn.ProposeConfChange(proto.Clone(cc).(*pb.ConfChange)); err == nil {
+		if err := n.rn.ProposeConfChange(proto.Clone(cc.(proto.Message)).(pb.ConfChangeI)); err == nil {
 			n.handleReady()
 		}
 		c.runAtMost(30*TickEvery, done)
