@@ -14,6 +14,7 @@ import (
 	"math/rand"
 	"sort"
 	"testing"
+	"time"
 
 	pb "go.etcd.io/raft/v3/raftpb"
 	"google.golang.org/protobuf/proto"
@@ -37,6 +38,11 @@ type Config struct {
 	MaxOps int
 	// ClientTimeout is how long a client waits for an answer.
 	ClientTimeout Time
+	// RealTime, when non-zero, runs the cluster in real time, one unit
+	// lasting RealTime on the wall clock (see scheduler), for the
+	// benchmark (bench_test.go). Such a run depends on the machine's
+	// speed and is not replayable from its seed.
+	RealTime time.Duration
 }
 
 // defaultMaxDelay is DefaultConfig's longest delivery; the lease path's
@@ -85,7 +91,7 @@ func NewCluster(t testing.TB, cfg Config) *Cluster {
 		t:        t,
 		cfg:      cfg,
 		dir:      t.TempDir(),
-		sched:    &scheduler{rng: rand.New(rand.NewSource(cfg.Seed))},
+		sched:    &scheduler{rng: rand.New(rand.NewSource(cfg.Seed)), pace: cfg.RealTime, start: time.Now()},
 		observer: cfg.Observer,
 		nodes:    map[uint64]*Node{},
 		leaders:  map[uint64]uint64{},
@@ -165,7 +171,7 @@ func (c *Cluster) RunFor(d Time) {
 	if c.failed {
 		c.t.FailNow()
 	}
-	c.sched.now = end
+	c.sched.advance(end)
 }
 
 // RunUntil advances the clock until cond holds (checked after every
