@@ -142,6 +142,41 @@ func TestLeaseBoundaryTransferAndCounters(t *testing.T) {
 	}
 }
 
+// In a joint configuration the lease needs a quorum ack in each half:
+// old {1,2,3}, new {1,4,5}. Acks of 2 and 3 satisfy only the old half,
+// so the read takes a read-index; once 4 acks, both halves hold. A
+// learner's ack never counts.
+func TestLeaseJointConfigurationNeedsBothHalves(t *testing.T) {
+	s := leaseShard(t)
+	h := &leaseHostT{}
+	lead(t, s, h)
+	c := s.Consensus()
+	lease := &ReadOptions{Level: ReadLease}
+	must(t, c.SetVoters([]uint64{1, 4, 5}, []uint64{1, 2, 3}))
+	must(t, c.Ack(3, 5, t0))
+	must(t, c.Ack(9, 5, t0)) // a learner: ignored
+	if _, err := s.GetWith([]byte("k"), lease); err != nil {
+		t.Fatal(err)
+	}
+	if n := h.calls.Load(); n != 1 {
+		t.Fatalf("a quorum of the old half only: %d read-index calls, want 1", n)
+	}
+	must(t, c.Ack(4, 5, t0))
+	if _, err := s.GetWith([]byte("k"), lease); err != nil {
+		t.Fatal(err)
+	}
+	if n := h.calls.Load(); n != 1 {
+		t.Fatalf("a quorum of both halves: %d read-index calls, want still 1", n)
+	}
+	st, err := s.LeaseStats()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.LeaseHits != 1 || st.AcksIgnoredNotVoter != 1 {
+		t.Fatalf("stats %+v", st)
+	}
+}
+
 func TestLeaseReadIndexWaitsTimesOutAndFails(t *testing.T) {
 	s := leaseShard(t)
 	h := &leaseHostT{}

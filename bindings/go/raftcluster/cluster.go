@@ -14,6 +14,7 @@ import (
 	"math/rand"
 	"sort"
 	"testing"
+	"time"
 
 	pb "go.etcd.io/raft/v3/raftpb"
 	"google.golang.org/protobuf/proto"
@@ -37,6 +38,11 @@ type Config struct {
 	MaxOps int
 	// ClientTimeout is how long a client waits for an answer.
 	ClientTimeout Time
+	// RealTime, when non-zero, runs the cluster in real time, one unit
+	// lasting RealTime on the wall clock (see scheduler), for the
+	// benchmark (bench_test.go). Such a run depends on the machine's
+	// speed and is not replayable from its seed.
+	RealTime time.Duration
 }
 
 // defaultMaxDelay is DefaultConfig's longest delivery; the lease path's
@@ -85,7 +91,7 @@ func NewCluster(t testing.TB, cfg Config) *Cluster {
 		t:        t,
 		cfg:      cfg,
 		dir:      t.TempDir(),
-		sched:    &scheduler{rng: rand.New(rand.NewSource(cfg.Seed))},
+		sched:    &scheduler{rng: rand.New(rand.NewSource(cfg.Seed)), pace: cfg.RealTime, start: time.Now()},
 		observer: cfg.Observer,
 		nodes:    map[uint64]*Node{},
 		leaders:  map[uint64]uint64{},
@@ -165,7 +171,7 @@ func (c *Cluster) RunFor(d Time) {
 	if c.failed {
 		c.t.FailNow()
 	}
-	c.sched.now = end
+	c.sched.advance(end)
 }
 
 // RunUntil advances the clock until cond holds (checked after every
@@ -280,9 +286,22 @@ func (c *Cluster) runAtMost(d Time, done func() bool) {
 // change is harmless).
 func (c *Cluster) ChangeConf(cc *pb.ConfChange) {
 	c.t.Helper()
+	c.changeConf(cc, func(cs *pb.ConfState) bool { return confHas(cs, cc) })
+}
+
+// ChangeConfV2 is ChangeConf for a ConfChangeV2 (entering or leaving a
+// joint configuration); applied tells from the leader's configuration
+// whether the change is in.
+func (c *Cluster) ChangeConfV2(cc *pb.ConfChangeV2, applied func(*pb.ConfState) bool) {
+	c.t.Helper()
+	c.changeConf(cc, applied)
+}
+
+func (c *Cluster) changeConf(cc pb.ConfChangeI, applied func(*pb.ConfState) bool) {
+	c.t.Helper()
 	done := func() bool {
 		l := c.Leader()
-		return l != 0 && confHas(c.nodes[l].conf, cc)
+		return l != 0 && applied(c.nodes[l].conf)
 	}
 	for attempt := 0; !done(); attempt++ {
 		if attempt == 20 {
@@ -290,7 +309,7 @@ func (c *Cluster) ChangeConf(cc *pb.ConfChange) {
 		}
 		l := c.WaitLeader()
 		n := c.nodes[l]
-		if err := n.rn.ProposeConfChange(proto.Clone(cc).(*pb.ConfChange)); err == nil {
+		if err := n.rn.ProposeConfChange(proto.Clone(cc.(proto.Message)).(pb.ConfChangeI)); err == nil {
 			n.handleReady()
 		}
 		c.runAtMost(30*TickEvery, done)

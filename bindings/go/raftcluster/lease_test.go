@@ -2,6 +2,7 @@ package raftcluster
 
 import (
 	"fmt"
+	"sort"
 	"testing"
 
 	"github.com/anishathalye/porcupine"
@@ -357,4 +358,103 @@ func TestLeaseUnderDropsAndDelays(t *testing.T) {
 		}
 		c.Settle()
 	})
+}
+
+// A joint configuration: voter out is replaced by a new node 4 through
+// etcd raft's explicit joint consensus (old {l, keep, out}, new {l,
+// keep, 4}) while clients read with leases. In it the leader l is cut
+// off together with out: l still hears from out, a quorum of the old
+// half, but from nobody of the new half but itself, so keel stops
+// serving lease reads at the cut plus the lease, though raft keeps l the
+// leader until CheckQuorum steps it down. Then the network heals, the
+// cluster leaves the joint configuration, out is stopped, and the
+// history is linearizable.
+func TestLeaseJointConfiguration(t *testing.T) {
+	forSeeds(t, 53, func(t *testing.T, seed int64) {
+		p := NewLeasePath()
+		cfg := LeaseConfig(seed, p)
+		cfg.MaxOps = 4000 // clients still run after the joint configuration
+		c := NewCluster(t, cfg)
+		c.WaitLeader()
+		c.RunFor(300 * TickEvery)
+		l := c.WaitLeader()
+		out := l%3 + 1
+		keep := 6 - l - out
+		c.AddNode(4)
+		single := func(typ pb.ConfChangeType, id uint64) *pb.ConfChangeSingle {
+			return &pb.ConfChangeSingle{Type: typ.Enum(), NodeId: proto.Uint64(id)}
+		}
+		c.ChangeConfV2(&pb.ConfChangeV2{
+			Transition: pb.ConfChangeTransitionJointExplicit.Enum(),
+			Changes:    []*pb.ConfChangeSingle{single(pb.ConfChangeAddNode, 4), single(pb.ConfChangeRemoveNode, out)},
+		}, func(cs *pb.ConfState) bool {
+			return contains(cs.GetVoters(), 4) && contains(cs.GetVotersOutgoing(), out)
+		})
+		if c.Leader() != l {
+			c.TransferLeadership(l)
+		}
+		joint := c.Conf(l)
+		t.Logf("joint configuration: incoming %v, outgoing %v, leader %d", joint.GetVoters(), joint.GetVotersOutgoing(), l)
+
+		// In the joint configuration, with every node reachable, the
+		// leader serves from its lease: both halves ack.
+		before := p.stats(c, l)
+		c.RunFor(300 * TickEvery)
+		if c.Leader() != l {
+			t.Fatalf("leadership moved from %d in the joint configuration", l)
+		}
+		if after := p.stats(c, l); after.LeaseHits == before.LeaseHits {
+			t.Fatalf("leader %d served no lease read in the joint configuration", l)
+		}
+
+		c.Partition(l, out)
+		for i := 0; i < 4; i++ {
+			c.PinClient(i, l)
+		}
+		cut := c.Now()
+		// l keeps leading until CheckQuorum finds no quorum of both
+		// halves, an election timeout or more after the cut. Past the
+		// lease a read on it must miss with a stale ack although out's
+		// acks keep coming: the probe below is one such read (its read
+		// index never completes; it is not in the history).
+		c.RunFor(leaseLength + 1)
+		if !c.Node(l).IsLeader() {
+			t.Fatalf("leader %d stepped down within the lease after the cut", l)
+		}
+		staleBefore := p.stats(c, l).MissAckStale
+		n := c.Node(l)
+		n.deliver(func() { p.Read(n, keyName(0), func(ReadResult) {}) })
+		if got := p.stats(c, l).MissAckStale - staleBefore; got != 1 {
+			t.Fatalf("a read on leader %d past the lease, with only the old half acking: %d stale-ack misses, want 1", l, got)
+		}
+		c.RunUntil("the cut-off leader steps down", 20*electionTicks*TickEvery, func() bool { return !c.Node(l).IsLeader() })
+		for _, r := range p.servedAfter(l, cut) {
+			if r.Hit && r.At >= cut+leaseLength {
+				t.Fatalf("leader %d served a lease read at %d with only the old half acking (cut at %d, lease %d)", l, r.At, cut, leaseLength)
+			}
+		}
+		t.Logf("cut %d and %d off at %d: %d reads served from the lease after it, %d stepped down at %d",
+			l, out, cut, len(p.servedAfter(l, cut)), l, c.Now())
+		for i := 0; i < 4; i++ {
+			c.UnpinClient(i)
+		}
+		c.Heal()
+
+		defer c.requireTraffic("leaving the joint configuration", c.Now(), 100)
+		c.ChangeConfV2(&pb.ConfChangeV2{}, func(cs *pb.ConfState) bool { return len(cs.GetVotersOutgoing()) == 0 })
+		c.Stop(out)
+		if got, want := fmt.Sprint(c.Conf(c.WaitLeader()).GetVoters()), fmt.Sprint(sortedIDs(keep, l, 4)); got != want {
+			t.Fatalf("voters after leaving the joint configuration: %v, want %v", got, want)
+		}
+		c.RunFor(500 * TickEvery)
+		if s := p.stats(c, c.WaitLeader()); s.LeaseHits == 0 {
+			t.Fatalf("the leader after the joint configuration served no lease read")
+		}
+		c.Settle()
+	})
+}
+
+func sortedIDs(ids ...uint64) []uint64 {
+	sort.Slice(ids, func(i, j int) bool { return ids[i] < ids[j] })
+	return ids
 }

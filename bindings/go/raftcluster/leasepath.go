@@ -65,8 +65,12 @@ type LeasePath struct {
 	skipTransferSuspension bool
 
 	nodes map[uint64]*leaseNode
-	// served lists every read this path answered, in order.
-	served []leaseRead
+	// served lists every read this path answered, in order, unless
+	// unrecorded (the benchmark, whose reads would fill the memory).
+	served     []leaseRead
+	unrecorded bool
+	// readIndexRounds counts the raft read-index round trips made.
+	readIndexRounds int
 }
 
 // leaseRead is one answered read: which node served it, when, and
@@ -259,44 +263,92 @@ func (p *LeasePath) syncTransfer(n *Node, st *leaseNode) {
 	}
 }
 
+// Read serves one client read at level lease (ReadPath).
 func (p *LeasePath) Read(n *Node, key string, reply func(ReadResult)) {
+	p.ReadKeys(n, []string{key}, keel.ReadLease, func(rs []ReadResult) { reply(rs[0]) })
+}
+
+// ReadKeys reads keys on n at level (keel.ReadLease or
+// keel.ReadLinearizable) with one check for all of them: one key is one
+// GetWith, several are one keel read session (ReadBegin, one MultiGetWith),
+// so a miss costs one raft read-index round trip whatever their number.
+// reply gets one result per key (the same error in each when the read
+// failed).
+func (p *LeasePath) ReadKeys(n *Node, keys []string, level keel.ReadLevel, reply func([]ReadResult)) {
 	st := p.state(n)
 	p.syncTransfer(n, st)
 	st.armed, st.wanted = 0, false
-	res, err := p.get(n, st, key)
+	res, err := p.read(n, st, keys, level)
 	if err == nil || !st.wanted {
 		reply(res)
 		return
 	}
+	p.readIndexRounds++
 	n.ReadIndex(func(index uint64) {
 		n.WhenApplied(index, func() {
 			st := p.state(n)
 			p.syncTransfer(n, st)
 			st.armed, st.wanted = index, false
-			res, _ := p.get(n, st, key)
+			res, _ := p.read(n, st, keys, level)
 			st.armed = 0
 			reply(res)
 		})
 	})
 }
 
-// get reads key at level lease and records what served it.
-func (p *LeasePath) get(n *Node, st *leaseNode, key string) (ReadResult, error) {
+// read reads keys at level and records what served them.
+func (p *LeasePath) read(n *Node, st *leaseNode, keys []string, level keel.ReadLevel) ([]ReadResult, error) {
 	armed := st.armed
-	v, err := n.shard.GetWith([]byte(key), &keel.ReadOptions{Level: keel.ReadLease})
+	vals, err := fetch(n.shard, keys, level)
 	var ke *keel.Error
 	switch {
-	case errors.Is(err, keel.ErrNotFound):
 	case errors.As(err, &ke) && ke.Code == keel.StatusNotLeader:
-		return ReadResult{Err: ErrNotLeader{Hint: ke.LeaderHint}}, err
+		return failed(len(keys), ErrNotLeader{Hint: ke.LeaderHint}), err
 	case err != nil:
-		return ReadResult{Err: err}, err
+		return failed(len(keys), err), err
 	}
 	// The callback consumes an armed index; one still armed was not used.
 	hit := armed == 0 && !st.wanted || armed != 0 && st.armed != 0
-	p.served = append(p.served, leaseRead{Node: n.id, At: n.Now(), Key: key, Hit: hit, Transferring: st.transferring, Leader: n.leader})
-	if err != nil {
-		return ReadResult{}, nil
+	res := make([]ReadResult, len(keys))
+	for i, key := range keys {
+		if !p.unrecorded {
+			p.served = append(p.served, leaseRead{Node: n.id, At: n.Now(), Key: key, Hit: hit, Transferring: st.transferring, Leader: n.leader})
+		}
+		if vals[i] != nil {
+			res[i] = ReadResult{Value: string(vals[i].Bytes), Found: true}
+		}
 	}
-	return ReadResult{Value: string(v.Bytes), Found: true}, nil
+	return res, nil
+}
+
+// fetch reads keys from shard at level; an absent key's value is nil.
+func fetch(shard *keel.Shard, keys []string, level keel.ReadLevel) ([]*keel.Value, error) {
+	if len(keys) == 1 {
+		v, err := shard.GetWith([]byte(keys[0]), &keel.ReadOptions{Level: level})
+		switch {
+		case errors.Is(err, keel.ErrNotFound):
+			return []*keel.Value{nil}, nil
+		case err != nil:
+			return nil, err
+		}
+		return []*keel.Value{&v}, nil
+	}
+	rs, err := shard.ReadBegin(level, 0)
+	if err != nil {
+		return nil, err
+	}
+	defer rs.End()
+	bkeys := make([][]byte, len(keys))
+	for i, k := range keys {
+		bkeys[i] = []byte(k)
+	}
+	return shard.MultiGetWith(bkeys, &keel.ReadOptions{Session: rs})
+}
+
+func failed(n int, err error) []ReadResult {
+	res := make([]ReadResult, n)
+	for i := range res {
+		res[i].Err = err
+	}
+	return res
 }

@@ -164,16 +164,30 @@ func restoreConf(rn *raft.RawNode, storage *raft.MemoryStorage, snap *pb.Snapsho
 		return nil, fmt.Errorf("reading the log up to the applied index %d: %w", applied, err)
 	}
 	for _, e := range ents {
-		if e.GetType() != pb.EntryConfChange {
-			continue
-		}
-		var cc pb.ConfChange
-		if err := proto.Unmarshal(e.GetData(), &cc); err != nil {
+		cc, ok, err := confChange(e)
+		if err != nil {
 			return nil, fmt.Errorf("entry %d: %w", e.GetIndex(), err)
 		}
-		conf = rn.ApplyConfChange(&cc)
+		if ok {
+			conf = rn.ApplyConfChange(cc)
+		}
 	}
 	return conf, nil
+}
+
+// confChange decodes a configuration change entry, of either version (a
+// ConfChangeV2 enters or leaves a joint configuration); ok is false for
+// an entry of another type.
+func confChange(e *pb.Entry) (cc pb.ConfChangeI, ok bool, err error) {
+	switch e.GetType() {
+	case pb.EntryConfChange:
+		var v1 pb.ConfChange
+		return &v1, true, proto.Unmarshal(e.GetData(), &v1)
+	case pb.EntryConfChangeV2:
+		var v2 pb.ConfChangeV2
+		return &v2, true, proto.Unmarshal(e.GetData(), &v2)
+	}
+	return nil, false, nil
 }
 
 // stop closes the node's shard and engine and forgets its raft state in
@@ -348,13 +362,13 @@ func (n *Node) apply(e *pb.Entry) bool {
 			}
 			cmd = &c
 		}
-	case pb.EntryConfChange:
-		var cc pb.ConfChange
-		if err := proto.Unmarshal(e.GetData(), &cc); err != nil {
+	case pb.EntryConfChange, pb.EntryConfChangeV2:
+		cc, _, err := confChange(e)
+		if err != nil {
 			n.c.failf("node %d: entry %d: %v", n.id, index, err)
 			return false
 		}
-		n.conf = n.rn.ApplyConfChange(&cc)
+		n.conf = n.rn.ApplyConfChange(cc)
 	default:
 		n.c.failf("node %d: entry %d of unexpected type %v", n.id, index, e.GetType())
 		return false

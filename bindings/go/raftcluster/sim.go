@@ -5,12 +5,16 @@ import (
 	cryptorand "crypto/rand"
 	"io"
 	"math/rand"
+	"runtime"
+	"time"
 )
 
 // Time is the cluster's logical clock, in abstract units (think of one
 // unit as a millisecond). Nothing in the cluster reads the wall clock:
 // raft is ticked every TickEvery units by the scheduler, so a slow or
 // busy machine changes how long a run takes, never what happens in it.
+// The one exception is the real-time mode of the benchmark
+// (Config.RealTime), which is never used by a test.
 type Time int64
 
 // TickEvery is the number of time units between two raft Tick() calls.
@@ -51,6 +55,46 @@ type scheduler struct {
 	seq uint64
 	q   eventQueue
 	rng *rand.Rand
+	// pace is zero on the logical clock. In real time (Config.RealTime)
+	// one unit lasts pace from start on the wall clock: an event waits
+	// for its time to come, and runs at the wall clock's time when the
+	// loop is late, so work that schedules more work at once never holds
+	// the clock still.
+	pace  time.Duration
+	start time.Time
+	// maxLate is the most an event ran after its time, in real time.
+	maxLate Time
+}
+
+// wall is the wall clock's time in units since start.
+func (s *scheduler) wall() Time { return Time(time.Since(s.start) / s.pace) }
+
+// waitFor returns once the wall clock reached unit t. Go's timers sleep
+// at least about a millisecond here, longer than a unit of the
+// benchmark's pace, so the last stretch spins (yielding the processor).
+func (s *scheduler) waitFor(t Time) {
+	deadline := s.start.Add(time.Duration(t) * s.pace)
+	for {
+		d := time.Until(deadline)
+		switch {
+		case d <= 0:
+			return
+		case d > 2*time.Millisecond:
+			time.Sleep(d - 2*time.Millisecond)
+		default:
+			runtime.Gosched()
+		}
+	}
+}
+
+// advance moves the clock to end once nothing is left to run before it.
+func (s *scheduler) advance(end Time) {
+	if s.pace > 0 {
+		s.waitFor(end)
+	}
+	if s.now < end {
+		s.now = end
+	}
 }
 
 func (s *scheduler) at(t Time, f func()) {
@@ -80,8 +124,17 @@ func (s *scheduler) next(limit Time) bool {
 	if len(s.q) == 0 || s.q[0].at > limit {
 		return false
 	}
+	if s.pace > 0 {
+		s.waitFor(s.q[0].at)
+	}
 	e := heap.Pop(&s.q).(event)
 	s.now = e.at
+	if s.pace > 0 {
+		if w := s.wall(); w > s.now {
+			s.maxLate = max(s.maxLate, w-s.now)
+			s.now = w
+		}
+	}
 	e.run()
 	return true
 }
