@@ -347,6 +347,43 @@ fn an_unfinished_incoming_shard_is_busy_and_steps_must_come_one_at_a_time_in_ord
     assert_eq!(shard_digest(&received(&dst)).unwrap(), shard_digest(&shard).unwrap());
 }
 
+/// Snapshot batches are acknowledged on arrival and installed after the
+/// ACK goes out; one that cannot be installed (the same key twice, at
+/// different versions) fails the next step, so the snapshot is never
+/// acknowledged as complete.
+#[test]
+fn a_snapshot_batch_that_cannot_be_installed_fails_the_step_after_it() {
+    let (src, dst) = pair("bad-entries");
+    dst.transfers.expect(SHARD, 1);
+    let send = |ty: u16, step: u64, body: &[u8]| {
+        let mut p = wire::step(7, step, step - 1);
+        p.extend_from_slice(body);
+        src.node.send(2, ty, &p).unwrap();
+    };
+    let until = |what: &str, done: &dyn Fn(&keel::transfer::ReceiverStats) -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !done(&dst.transfers.receiver_stats()) {
+            assert!(Instant::now() < deadline, "{what}: {:?}", dst.transfers.receiver_stats());
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    };
+    let mut entries = 2u32.to_le_bytes().to_vec();
+    for version in [3, 4] {
+        let e = keel::shard::Entry { version, value: keel::shard::Value::Bytes(b"v".to_vec()) };
+        wire::put_entry(&mut entries, b"twice", &e);
+    }
+    send(wire::START, 1, &[&SHARD.to_le_bytes()[..], &[wire::MODE_SNAPSHOT]].concat());
+    send(wire::BEGIN, 2, &[&[wire::MODE_SNAPSHOT][..], &5u64.to_le_bytes(), &[0], &0u32.to_le_bytes()].concat());
+    send(wire::ENTRIES, 3, &entries);
+    until("the batch accepted", &|s| s.entries_installed == 2);
+    send(wire::SNAPSHOT_END, 4, &[]);
+    until("the step after it failed", &|s| s.failed == 1);
+    let s = dst.transfers.receiver_stats();
+    assert_eq!((s.steps, s.out_of_order, s.overlapped), (4, 0, 0), "{s:?}");
+    let e = dst.engine.open_shard(SHARD, false).err().expect("the snapshot never completed");
+    assert_eq!(e.status, KEEL_STATUS_BUSY, "{e}");
+}
+
 #[test]
 fn a_receiver_takes_at_most_max_concurrent_transfers_at_once() {
     let (src, dst) = (side("limit-src", 1), side_with("limit-dst", 2, 1));

@@ -246,9 +246,12 @@ impl Transfers {
             return;
         }
         let max = self.node.max_concurrent_transfers();
-        if let Some(ack) = self.receiver.on_step(&self.engine, max, peer, ty, payload) {
+        if let Some((ack, later)) = self.receiver.on_step(&self.engine, max, peer, ty, payload) {
             // A lost ACK times the source out; nothing else to do here.
             let _ = self.node.send(peer, wire::ACK, &ack.encode());
+            if let Some(later) = later {
+                self.receiver.install_after(later);
+            }
         }
     }
 }

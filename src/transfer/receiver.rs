@@ -38,6 +38,8 @@ pub struct ReceiverStats {
     pub steps: u64,
     /// PART steps: pieces of a batch too large for one frame.
     pub parts: u64,
+    /// Snapshot entries accepted (each installed right after its step's
+    /// ACK went out, or the reception fails).
     pub entries_installed: u64,
     pub ops_applied: u64,
     pub finished: u64,
@@ -96,6 +98,14 @@ struct Incoming {
     base: Option<(u64, u32)>,
     /// PART pieces of a batch whose last piece has not come yet.
     pending: Vec<u8>,
+    /// The entries of the last ENTRIES step, not installed yet: a
+    /// snapshot is durable only as a whole (at SNAPSHOT_END), so its
+    /// batches are acknowledged on arrival and installed after the ACK
+    /// went out, while the source's next batch travels (`install_after`).
+    /// Whatever comes next installs them first if that has not run yet.
+    installing: Vec<(Vec<u8>, crate::shard::Entry)>,
+    /// Why installing them failed: the next step fails with it.
+    install_failed: Option<Error>,
     /// Set when the reception ended (finished or abandoned) while a copy
     /// of a step waited for it.
     ended: bool,
@@ -163,7 +173,9 @@ impl Receiver {
     /// frame is too damaged to say which transfer it belongs to, is a
     /// late copy of a step already answered, or is a CANCEL, which is not
     /// a step and not answered). At most `max` receptions run at once.
-    pub fn on_step(&self, engine: &Engine, max: usize, peer: u64, ty: u16, payload: &[u8]) -> Option<Ack> {
+    /// Handles one step; the ACK to send, and the reception whose entries
+    /// to install once it is sent (`install_after`).
+    pub fn on_step(&self, engine: &Engine, max: usize, peer: u64, ty: u16, payload: &[u8]) -> Option<(Ack, Option<Later>)> {
         let Ok(step) = wire::parse_step(payload) else {
             self.note_malformed();
             return None;
@@ -179,10 +191,11 @@ impl Receiver {
         let mut ack = Ack { id, step: n, status: KEEL_STATUS_OK, version: 0, crc: None, message: String::new() };
         let _start = (ty == wire::START).then(|| self.starting.lock());
         let running = self.state.lock().running.get(&(peer, id)).cloned();
+        let mut later = None;
         let result = match running {
             None if ty == wire::START => self.start(engine, max, peer, id, n, crc, &mut body, &mut ack),
             None => match self.finished_answer(peer, id) {
-                Some((step, last)) if n <= step => return self.copy(step, Some(&last), ty, n, crc),
+                Some((step, last)) if n <= step => return self.copy(step, Some(&last), ty, n, crc).map(|a| (a, None)),
                 _ => Err(Error::new(KEEL_STATUS_NOT_FOUND, format!("no transfer {id} from node {peer} is running here"))),
             },
             Some(running) => {
@@ -190,9 +203,12 @@ impl Receiver {
                 if inc.ended {
                     Err(Error::new(KEEL_STATUS_NOT_FOUND, format!("transfer {id} from node {peer} has ended here")))
                 } else if n <= inc.step {
-                    return self.copy(inc.step, inc.last.as_ref(), ty, n, crc);
+                    return self.copy(inc.step, inc.last.as_ref(), ty, n, crc).map(|a| (a, None));
                 } else {
                     let r = self.step(engine, &mut inc, ty, n, acked, &mut body, &mut ack);
+                    if !inc.installing.is_empty() {
+                        later = Some(Later(running.cell.clone()));
+                    }
                     match (&r, ty) {
                         (Ok(()), wire::FINISH) => {
                             inc.ended = true;
@@ -218,7 +234,16 @@ impl Receiver {
             ack.status = e.status;
             ack.message = e.message;
         }
-        Some(ack)
+        Some((ack, later))
+    }
+
+    /// Installs the entries a step left for after its ACK; a failure
+    /// fails the reception's next step.
+    pub fn install_after(&self, later: Later) {
+        let mut inc = later.0.lock();
+        if let Err(e) = install(&mut inc) {
+            inc.install_failed = Some(e);
+        }
     }
 
     /// A step numbered at or below `step`, the last one answered (as
@@ -325,6 +350,8 @@ impl Receiver {
             snapshot: false,
             base: None,
             pending: Vec::new(),
+            installing: Vec::new(),
+            install_failed: None,
             ended: false,
         };
         if mode == wire::MODE_DELTA {
@@ -368,6 +395,7 @@ impl Receiver {
             ));
         }
         debug_assert_eq!(n - acked, 1, "an accepted step arrives in order with no other in flight");
+        install(inc)?;
         if !inc.pending.is_empty() && !matches!(ty, wire::PART | wire::ENTRIES | wire::OPS) {
             return Err(Error::new(KEEL_STATUS_PROTOCOL, format!("frame type {ty:#06x} came between the pieces of a batch")));
         }
@@ -420,10 +448,10 @@ impl Receiver {
                 bump(&self.counters.parts, 1);
             }
             wire::ENTRIES => {
-                let shard = shard_of(inc, true)?;
+                shard_of(inc, true)?;
                 let entries = wire::entries(body)?;
-                shard.install(&entries)?;
                 bump(&self.counters.entries_installed, entries.len() as u64);
+                inc.installing = entries;
             }
             wire::SNAPSHOT_END => {
                 // The snapshot is durable only as a whole: its entries are
@@ -480,6 +508,22 @@ impl Receiver {
     }
 }
 
+/// A reception with entries to install after its ACK went out.
+pub(super) struct Later(Arc<Mutex<Incoming>>);
+
+/// Installs the entries the last ENTRIES step left, if that has not been
+/// done yet (or fails with why it could not be).
+fn install(inc: &mut Incoming) -> Result<()> {
+    if let Some(e) = inc.install_failed.take() {
+        return Err(e);
+    }
+    if inc.installing.is_empty() {
+        return Ok(());
+    }
+    let entries = std::mem::take(&mut inc.installing);
+    shard_of(inc, true)?.install(&entries)
+}
+
 /// The incoming shard, once BEGIN opened it (`snapshot`: only during a snapshot).
 fn shard_of(inc: &Incoming, snapshot: bool) -> Result<&Shard> {
     match &inc.shard {
@@ -492,6 +536,7 @@ fn shard_of(inc: &Incoming, snapshot: bool) -> Result<&Shard> {
 fn abandon(engine: &Engine, inc: &mut Incoming) {
     inc.ended = true;
     inc.pending = Vec::new();
+    inc.installing = Vec::new();
     if inc.shard.take().is_some() {
         let _ = engine.release_incoming(inc.shard_id, false);
     }
