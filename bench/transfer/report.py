@@ -186,10 +186,12 @@ def main():
            "the relay's acks: this adds delay to keel's own step/ACK exchange but does not reproduce TCP's "
            "ack timing over a long path (window growth, delayed acks). Source, receiver and relay share the "
            "machine's cores with whatever else runs (see the load average).", ""]
-    md += ["What the columns include: a send lasts until the receiver acknowledges the batch, and it does so only once "
-           "the batch is durable in its WAL, so send time carries the receiver's write and fsync, not only the link. "
-           "The source's heap growth (anon) includes the snapshot's copy of the shard's appendable segment, "
-           "which is not one of the counted batches.", ""]
+    md += ["What the columns include: a send lasts until the receiver acknowledges the step. A batch of WAL records is "
+           "acknowledged once it is durable in the receiver's WAL, so its send time carries the receiver's write and "
+           "fsync; a batch of snapshot entries on arrival (it is installed while the next one travels); send time "
+           "also holds the BEGIN step (the receiver creates the shard) and SNAPSHOT_END (it flushes the snapshot). "
+           "The source's heap growth (anon) includes the snapshot's copy of the appendable segment's keys: at most "
+           "1 MiB, since a bigger appendable segment is sealed into a table first.", ""]
     md += ["## Goals (at +0.1 ms)", "", "| goal | measured | |", "| --- | --- | --- |"]
     for x in g:
         md.append(f"| {x['goal']} | {x['shown']} | {'pass' if x['pass'] else '**MISS**'} |")
