@@ -213,6 +213,7 @@ static void moves_while_a_writer_writes(side_t *a, side_t *b) {
   /* Caught up, it keeps streaming the writer's writes until the finish. */
   seen_wait(&seen, KEEL_TRANSFER_WAITING_FINISH);
   CHECK_RC(KEEL_STATUS_TIMEOUT, keel_transfer_wait(t, 0)); /* it waits for the host */
+  CHECK_STATUS(KEEL_STATUS_INVALID_ARGUMENT, keel_transfer_confirm_hand_over(t, &err)); /* not handed over */
   writer_resume(&w);
   CHECK_OK(keel_transfer_finish(t, KEEL_TRANSFER_FINISH_HAND_OVER, &err));
   CHECK_STATUS(KEEL_STATUS_BUSY, keel_transfer_finish(t, KEEL_TRANSFER_FINISH_COPY, &err));
@@ -235,7 +236,6 @@ static void moves_while_a_writer_writes(side_t *a, side_t *b) {
   CHECK_EQ_U64(seen.stage, KEEL_TRANSFER_DONE);
   CHECK(!seen.ops_went_back);
   pthread_mutex_unlock(&seen.mu);
-  CHECK_RC(KEEL_STATUS_OK, keel_transfer_free(t));
 
   /* The source refuses writes; the receiver holds the same data. */
   uint64_t v = 0;
@@ -251,6 +251,15 @@ static void moves_while_a_writer_writes(side_t *a, side_t *b) {
   CHECK_OK(keel_shard_get(got, (const uint8_t *)w.last_key, strlen(w.last_key), &value, &kind, &v, &err));
   CHECK_EQ_U64(v, w.last_version); /* the writer's last acknowledged write */
   keel_buf_free(&value);
+  /* The host confirms the hand-over: the source's shard is closed and dropped. */
+  CHECK_OK(keel_transfer_confirm_hand_over(t, &err));
+  CHECK_STATUS(KEEL_STATUS_CLOSED, keel_shard_put(shard, (const uint8_t *)"late", 4, (const uint8_t *)"x", 1, &v, &err));
+  CHECK_STATUS(KEEL_STATUS_NOT_FOUND, keel_transfer_confirm_hand_over(t, &err));
+  keel_shard_t *gone = NULL;
+  CHECK_STATUS(KEEL_STATUS_NOT_FOUND, keel_engine_shard_open(a->engine, 7, false, &gone, &err));
+  CHECK_RC(KEEL_STATUS_OK, keel_transfer_free(t));
+  digest(got, db);
+  CHECK(memcmp(da, db, 32) == 0); /* the receiver's copy is untouched */
   CHECK_OK(keel_shard_close(got, &err));
   CHECK_OK(keel_shard_close(shard, &err));
   pthread_cond_destroy(&w.cv);

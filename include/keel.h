@@ -2762,6 +2762,21 @@ keel_status_t keel_transfer_finish(const struct keel_transfer_t *t,
                                    struct keel_error_t **err);
 
 /**
+ * The host confirms a hand-over (for example once its placement change
+ * is committed): the source's shard, which refuses writes with
+ * KEEL_STATUS_MOVED since the hand-over, is closed (every keel_shard_t
+ * on it then answers KEEL_STATUS_CLOSED; each handle is still
+ * released with keel_shard_close(), which then only frees it) and dropped from the node's engine with its files.
+ * Call it only once the receiving side owns the shard: afterwards its
+ * data exists only there. Returns once the files are gone.
+ * Errors: NULL_ARGUMENT, INVALID_ARGUMENT (not a live transfer, or not
+ * done with a hand-over), NOT_FOUND (confirmed already: the shard is
+ * gone), IO (closing or removing the files failed).
+ */
+keel_status_t keel_transfer_confirm_hand_over(const struct keel_transfer_t *t,
+                                              struct keel_error_t **err);
+
+/**
  * Cancels the transfer: it stops at its next batch boundary or ACK wait
  * (at once while it waits for the host or forwards) and settles on
  * KEEL_TRANSFER_CANCELLED; returns at once. The source's WAL pin is

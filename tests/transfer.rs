@@ -467,6 +467,7 @@ fn a_started_transfer_streams_writes_until_the_host_hands_the_shard_over() {
     // Without a finish the transfer catches up and keeps streaming.
     reach(&t, Stage::WaitingFinish);
     assert!(!t.wait(Some(Duration::from_millis(1))), "waiting for the host is not settled");
+    assert_eq!(t.confirm_hand_over().unwrap_err().status, KEEL_STATUS_INVALID_ARGUMENT, "not handed over yet");
     resume.send(()).unwrap();
     t.finish(Finish::HandOver).unwrap();
     assert_eq!(t.finish(Finish::Copy).unwrap_err().status, KEEL_STATUS_BUSY);
@@ -478,7 +479,8 @@ fn a_started_transfer_streams_writes_until_the_host_hands_the_shard_over() {
     assert_eq!(r.last_version, shard.last_version());
     check_pipeline(&r, &dst);
     let got = received(&dst);
-    assert_eq!(shard_digest(&got).unwrap(), shard_digest(&shard).unwrap());
+    let digest_before_drop = shard_digest(&shard).unwrap();
+    assert_eq!(shard_digest(&got).unwrap(), digest_before_drop);
     if let Some((key, _, v)) = acked.last() {
         assert_eq!(got.get(key.as_bytes()).unwrap().unwrap().version, *v);
     }
@@ -492,6 +494,14 @@ fn a_started_transfer_streams_writes_until_the_host_hands_the_shard_over() {
     let last = seen.last().unwrap();
     assert_eq!((last.stage, last.report.ops, last.ops_total), (Stage::Done, r.ops, r.ops));
     assert_eq!(t.finish(Finish::HandOver).unwrap_err().status, KEEL_STATUS_INVALID_ARGUMENT, "over");
+    // The host confirms the hand-over: the source's copy goes.
+    assert_eq!(shard.put(b"late", b"x").unwrap_err().status, KEEL_STATUS_MOVED);
+    t.confirm_hand_over().unwrap();
+    assert_eq!(shard.put(b"late", b"x").unwrap_err().status, KEEL_STATUS_CLOSED);
+    assert!(!src.engine.list_shards().unwrap().contains(&SHARD), "dropped from the source's engine");
+    assert_eq!(src.engine.open_shard(SHARD, false).err().map(|e| e.status), Some(KEEL_STATUS_NOT_FOUND));
+    assert_eq!(t.confirm_hand_over().unwrap_err().status, KEEL_STATUS_NOT_FOUND, "dropped already");
+    assert_eq!(shard_digest(&got).unwrap(), digest_before_drop, "the receiver's shard is untouched");
 }
 
 #[test]

@@ -3081,6 +3081,17 @@ class Transfer : public detail::Handle<keel_transfer_t, detail::free_transfer> {
     return detail::check(keel_transfer_finish(ptr_.get(), static_cast<uint32_t>(mode), err.out()), err);
   }
 
+  /// The host confirms a hand-over: the source's shard (refusing writes
+  /// with Status::Moved since) is closed, so every Shard on it answers
+  /// Status::Closed, and dropped from the node's engine with its files.
+  /// Status::InvalidArgument unless the transfer is done with a hand-over,
+  /// Status::NotFound once confirmed.
+  Result<void> confirm_hand_over() const {
+    if (!ptr_) return detail::empty_handle("keel::Transfer");
+    detail::ErrorOut err;
+    return detail::check(keel_transfer_confirm_hand_over(ptr_.get(), err.out()), err);
+  }
+
   /// Stops the transfer at its next batch boundary or ACK wait; the
   /// receiver's shard stays incoming and a later transfer resumes it.
   Result<void> cancel() const {

@@ -312,6 +312,25 @@ func (t *Transfer) Finish(mode FinishMode) error {
 	return nil
 }
 
+// ConfirmHandOver tells keel the receiver owns the shard now (for example
+// once the host's placement change is committed): the source's shard,
+// which refuses writes with ErrMoved since the hand-over, is closed (every
+// Shard on it then answers ErrClosed; Close still releases each one) and
+// dropped from the node's engine with its files. ErrInvalidArgument unless
+// the transfer is done with a hand-over; ErrNotFound once confirmed.
+func (t *Transfer) ConfirmHandOver() error {
+	h, err := t.acquire("ConfirmHandOver")
+	if err != nil {
+		return err
+	}
+	defer t.release()
+	var cerr *C.keel_error_t
+	if st := C.keel_transfer_confirm_hand_over(h, &cerr); st != C.KEEL_STATUS_OK {
+		return takeError("ConfirmHandOver", st, cerr)
+	}
+	return nil
+}
+
 // Cancel stops the transfer at its next batch boundary or ACK wait; it
 // settles on StageCancelled. The receiver's shard stays incoming, and a
 // later transfer resumes it (by WAL delta when the source still holds the

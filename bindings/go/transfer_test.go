@@ -147,6 +147,9 @@ func TestTransferHandsAShardOverWhileAWriterWrites(t *testing.T) {
 	if err := tr.Wait(0); !errors.Is(err, ErrTimeout) {
 		t.Fatalf("Wait while it waits for the host: %v", err)
 	}
+	if err := tr.ConfirmHandOver(); !errors.Is(err, ErrInvalidArgument) {
+		t.Fatalf("ConfirmHandOver before the hand-over: %v", err)
+	}
 	close(resume)
 	if err := tr.Finish(FinishHandOver); err != nil {
 		t.Fatal(err)
@@ -185,6 +188,19 @@ func TestTransferHandsAShardOverWhileAWriterWrites(t *testing.T) {
 		if err != nil || v.Version != last.version {
 			t.Fatalf("the last acknowledged write %+v: %+v, %v", last, v, err)
 		}
+	}
+	// The host confirms the hand-over: the source's shard goes.
+	if err := tr.ConfirmHandOver(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := shard.Put([]byte("late"), []byte("x")); !errors.Is(err, ErrClosed) {
+		t.Fatalf("a write after the confirmation: %v", err)
+	}
+	if err := tr.ConfirmHandOver(); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("a second confirmation: %v", err)
+	}
+	if _, err := ea.OpenShard(7, false); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("opening the dropped shard: %v", err)
 	}
 	if err := tr.Close(); err != nil {
 		t.Fatal(err)

@@ -391,6 +391,24 @@ pub extern "C" fn keel_transfer_finish(t: *const keel_transfer_t, mode: u32, err
     })
 }
 
+/// The host confirms a hand-over (for example once its placement change
+/// is committed): the source's shard, which refuses writes with
+/// KEEL_STATUS_MOVED since the hand-over, is closed (every keel_shard_t
+/// on it then answers KEEL_STATUS_CLOSED; each handle is still
+/// released with keel_shard_close(), which then only frees it) and dropped from the node's engine with its files.
+/// Call it only once the receiving side owns the shard: afterwards its
+/// data exists only there. Returns once the files are gone.
+/// Errors: NULL_ARGUMENT, INVALID_ARGUMENT (not a live transfer, or not
+/// done with a hand-over), NOT_FOUND (confirmed already: the shard is
+/// gone), IO (closing or removing the files failed).
+#[no_mangle]
+pub extern "C" fn keel_transfer_confirm_hand_over(t: *const keel_transfer_t, err: *mut *mut keel_error_t) -> keel_status_t {
+    ffi_boundary!(err, t, {
+        let t = try_handle!(t);
+        t.confirm_hand_over()
+    })
+}
+
 /// Cancels the transfer: it stops at its next batch boundary or ACK wait
 /// (at once while it waits for the host or forwards) and settles on
 /// KEEL_TRANSFER_CANCELLED; returns at once. The source's WAL pin is

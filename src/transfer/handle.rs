@@ -18,6 +18,10 @@ use std::time::Duration;
 pub struct Transfer {
     control: Arc<Control>,
     thread: Mutex<Option<JoinHandle<()>>>,
+    /// The source's shard and its id, and the service of its engine.
+    shard: Shard,
+    shard_id: u32,
+    transfers: Arc<Transfers>,
 }
 
 impl Transfers {
@@ -36,9 +40,9 @@ impl Transfers {
         let id = (self.node.id() << 24) ^ self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = crossbeam_channel::unbounded();
         self.waiting.lock().insert(id, tx);
-        let (me, c, shard, opts) = (self.clone(), control.clone(), shard.clone(), opts.clone());
+        let (me, c, source, opts) = (self.clone(), control.clone(), shard.clone(), opts.clone());
         let spawned = std::thread::Builder::new().name("keel-transfer".into()).spawn(move || {
-            let outcome = source::run(&me.node, id, rx, &shard, shard_id, peer, &opts, &c);
+            let outcome = source::run(&me.node, id, rx, &source, shard_id, peer, &opts, &c);
             me.waiting.lock().remove(&id);
             if outcome.is_err() {
                 // The receiver ends its side too (best effort: it also
@@ -49,7 +53,7 @@ impl Transfers {
             c.end(outcome);
         });
         match spawned {
-            Ok(thread) => Ok(Transfer { control, thread: Mutex::new(Some(thread)) }),
+            Ok(thread) => Ok(Transfer { control, thread: Mutex::new(Some(thread)), shard: shard.clone(), shard_id, transfers: self.clone() }),
             Err(e) => {
                 self.waiting.lock().remove(&id);
                 self.sending.fetch_sub(1, Ordering::AcqRel);
@@ -98,6 +102,22 @@ impl Transfer {
     /// when it is `Done`, else the error that ended it.
     pub fn outcome(&self) -> Option<Result<Report>> {
         self.control.outcome()
+    }
+
+    /// The host confirms that the receiver owns the shard now (for
+    /// example once its placement change is committed): the source's
+    /// shard, which refuses writes with MOVED since the hand-over, is
+    /// closed (every handle on it then answers CLOSED) and dropped from
+    /// the source's engine with its files. INVALID_ARGUMENT unless the
+    /// transfer is done with a hand-over; NOT_FOUND once it was dropped.
+    pub fn confirm_hand_over(&self) -> Result<()> {
+        match self.outcome() {
+            Some(Ok(r)) if r.handed_over => {}
+            _ => return Err(Error::invalid("only a transfer done with a hand-over can be confirmed")),
+        }
+        debug_assert!(self.shard.is_moved(), "a handed-over shard refuses writes");
+        self.shard.close()?;
+        self.transfers.engine.drop_shard(self.shard_id)
     }
 }
 

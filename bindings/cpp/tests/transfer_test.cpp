@@ -116,6 +116,7 @@ TEST(Transfer, MovesAShardWhileAWriterWritesAndHandsItOver) {
   });
   seen.wait_for(TransferStage::WaitingFinish);
   EXPECT_EQ(t->wait(std::chrono::milliseconds(0)).err().code(), Status::Timeout);
+  EXPECT_EQ(t->confirm_hand_over().err().code(), Status::InvalidArgument);
   resume.set_value();
   KEEL_ASSERT_OK(t->finish(FinishMode::HandOver));
   EXPECT_EQ(t->finish(FinishMode::Copy).err().code(), Status::Busy);
@@ -139,6 +140,12 @@ TEST(Transfer, MovesAShardWhileAWriterWritesAndHandsItOver) {
   auto da = keel::shard_digest(shard), db = keel::shard_digest(got);
   ASSERT_TRUE(da.ok() && db.ok());
   EXPECT_EQ(*da, *db);
+
+  // The host confirms the hand-over: the source's shard goes.
+  KEEL_ASSERT_OK(t->confirm_hand_over());
+  EXPECT_EQ(shard.put("late", "x").err().code(), Status::Closed);
+  EXPECT_EQ(t->confirm_hand_over().err().code(), Status::NotFound);
+  EXPECT_EQ(a.engine.open_shard(7, false).err().code(), Status::NotFound);
 }
 
 TEST(Transfer, ACancelSettlesCancelledAndARestartFinishes) {
