@@ -52,6 +52,18 @@ func leaseShard(t *testing.T) *Shard {
 
 const t0 = 1000 * ms
 
+// leaseRead reads "k" at lease level and checks how many read-index
+// calls the host has had so far.
+func leaseRead(t *testing.T, s *Shard, h *leaseHostT, calls int64, what string) {
+	t.Helper()
+	if _, err := s.GetWith([]byte("k"), &ReadOptions{Level: ReadLease}); err != nil {
+		t.Fatalf("%s: %v", what, err)
+	}
+	if n := h.calls.Load(); n != calls {
+		t.Fatalf("%s: %d read-index calls, want %d", what, n, calls)
+	}
+}
+
 // lead makes s the leader of term 5 over {1,2,3}, its own-term entry
 // applied at 10, with a fresh ack from voter 2 at t0.
 func lead(t *testing.T, s *Shard, h *leaseHostT) {
@@ -119,20 +131,10 @@ func TestLeaseBoundaryTransferAndCounters(t *testing.T) {
 		t.Fatalf("a fresh lease made %d read-index calls", n)
 	}
 	must(t, c.SetClock(t0+700*ms))
-	if _, err := s.GetWith([]byte("k"), lease); err != nil {
-		t.Fatal(err)
-	}
-	if n := h.calls.Load(); n != 1 {
-		t.Fatalf("now - ack == lease made %d calls, want 1", n)
-	}
+	leaseRead(t, s, h, 1, "now - ack == lease")
 	must(t, c.Ack(3, 5, t0+700*ms))
 	must(t, c.SetTransfer(true))
-	if _, err := s.GetWith([]byte("k"), lease); err != nil {
-		t.Fatal(err)
-	}
-	if n := h.calls.Load(); n != 2 {
-		t.Fatalf("a transfer: %d calls, want 2", n)
-	}
+	leaseRead(t, s, h, 2, "a transfer")
 	st, err := s.LeaseStats()
 	if err != nil {
 		t.Fatal(err)
@@ -151,23 +153,12 @@ func TestLeaseJointConfigurationNeedsBothHalves(t *testing.T) {
 	h := &leaseHostT{}
 	lead(t, s, h)
 	c := s.Consensus()
-	lease := &ReadOptions{Level: ReadLease}
 	must(t, c.SetVoters([]uint64{1, 4, 5}, []uint64{1, 2, 3}))
 	must(t, c.Ack(3, 5, t0))
 	must(t, c.Ack(9, 5, t0)) // a learner: ignored
-	if _, err := s.GetWith([]byte("k"), lease); err != nil {
-		t.Fatal(err)
-	}
-	if n := h.calls.Load(); n != 1 {
-		t.Fatalf("a quorum of the old half only: %d read-index calls, want 1", n)
-	}
+	leaseRead(t, s, h, 1, "a quorum of the old half only")
 	must(t, c.Ack(4, 5, t0))
-	if _, err := s.GetWith([]byte("k"), lease); err != nil {
-		t.Fatal(err)
-	}
-	if n := h.calls.Load(); n != 1 {
-		t.Fatalf("a quorum of both halves: %d read-index calls, want still 1", n)
-	}
+	leaseRead(t, s, h, 1, "a quorum of both halves")
 	st, err := s.LeaseStats()
 	if err != nil {
 		t.Fatal(err)
