@@ -1,6 +1,6 @@
 //! Streaming records from a sequence number (W6).
 
-use super::format::{records, FrameHeader, FRAME_HEADER_LEN, FRAME_RECORD, SEGMENT_HEADER_LEN};
+use super::format::{each_record, FrameHeader, FRAME_HEADER_LEN, SEGMENT_HEADER_LEN};
 use super::segment::{self, ReadSegment, SegmentMeta, View};
 use super::{ReadUpto, Shared};
 use crate::error::{Error, Result};
@@ -169,11 +169,9 @@ impl Reader {
             }
             let mut spans = std::mem::take(&mut self.spare.spans);
             spans.clear();
-            if h.kind == FRAME_RECORD {
-                spans.push((0, payload.len())); // what `records` gives, without its Vec
-            } else {
-                let recs = records(h.kind, h.count, &payload).ok_or_else(|| corrupt("bad batch table"))?;
-                spans.extend(recs.iter().map(|r| (r.as_ptr() as usize - payload.as_ptr() as usize, r.len())));
+            let base = payload.as_ptr() as usize;
+            if !each_record(h.kind, h.count, &payload, |r| spans.push((r.as_ptr() as usize - base, r.len()))) {
+                return Err(corrupt("bad batch table"));
             }
             self.frame = Some(Frame { first_seq: h.seq, payload, spans });
             return Ok(true);
