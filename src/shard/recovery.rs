@@ -386,10 +386,13 @@ impl Run {
 /// are fetched half as far ahead, once the key is in the cache.
 const PREFETCH_AHEAD: usize = 16;
 
+/// The first run of a replay is this fraction of `run_bytes`.
+const FIRST_RUN_PARTS: usize = 16;
+
 /// Replays the WAL from `from` (the first version the segment files may
 /// lack; 0 for the first retained record) into `segs`, in runs: the
 /// records of a run (up to
-/// `run_bytes`, 64 MiB by default) are copied, sorted by key and then
+/// `run_bytes`, 64 MiB by default; the first runs are smaller) are copied, sorted by key and then
 /// version, and applied in that order. Operations on different keys
 /// commute and those on one key keep their log order, so the state is the
 /// one replay in log order gives; but in key order each B-tree search
@@ -407,10 +410,17 @@ pub fn replay_wal(segs: &mut Segments, replicated: &mut Tracker, wal: &Wal, from
     }
     std::thread::scope(|scope| {
         scope.spawn(move || {
+            // The first runs are small and each is twice the last, up to
+            // `run_bytes`: nothing is applied until a whole run is read
+            // and sorted, so a replay of a single full run would leave
+            // this thread alone reading first and then idle. Reading is
+            // faster than applying, so the next run is ready in time.
+            let mut run_bytes_now = (run_bytes / FIRST_RUN_PARTS).max(1);
             // Ends when the log ends, on an error, or when the applying
             // side has gone (its channel ends dropped).
             while let Ok(mut run) = empty_rx.recv() {
-                let result = run.read(&mut reader, run_bytes).map(|()| run);
+                let result = run.read(&mut reader, run_bytes_now).map(|()| run);
+                run_bytes_now = run_bytes_now.saturating_mul(2).min(run_bytes);
                 let last = result.as_ref().map_or(true, |run| run.records.is_empty() && run.states.is_empty());
                 if full_tx.send(result).is_err() || last {
                     return;
