@@ -152,18 +152,23 @@ impl Reader {
             if !h.plausible(&head, room) && !h.plausible(&head, self.refresh_len()?.saturating_sub(at)) {
                 return Err(corrupt("malformed frame header"));
             }
+            let end = h.seq.saturating_add(h.count as u64);
+            if end <= self.next {
+                // An earlier frame while positioning (a replay starts in
+                // the middle of a segment): stepped over by its header.
+                // Nothing of it is handed out, and the frame that is gets
+                // its checksum and its sequence checked below, so a
+                // damaged header here cannot pass for a record.
+                self.segment.as_mut().unwrap().offset += h.size();
+                continue;
+            }
             let mut payload = std::mem::take(&mut self.spare.payload);
             payload.clear();
             payload.extend_from_slice(self.bytes(at + FRAME_HEADER_LEN as u64, h.len as usize)?);
             if !h.checksum_ok(&head, &payload, salt) {
                 return Err(corrupt("checksum mismatch"));
             }
-            let end = h.seq.saturating_add(h.count as u64);
             self.segment.as_mut().unwrap().offset += h.size();
-            if end <= self.next {
-                self.spare.payload = payload;
-                continue; // an earlier frame while positioning
-            }
             if h.seq > self.next {
                 return Err(corrupt(&format!("found sequence {} instead", h.seq)));
             }
