@@ -62,20 +62,6 @@ pub fn build(hashes: &[u64]) -> Vec<u8> {
     bits
 }
 
-/// Asks the cache for the bytes of the first probes of `hash`: those that
-/// decide most lookups of an absent key (each later probe runs only if
-/// the ones before found their bit set).
-pub fn prefetch(bits: &[u8], hash: u64) {
-    let nbits = bits.len() as u64 * 8;
-    if nbits == 0 {
-        return;
-    }
-    for bit in probes(hash, nbits).take(2) {
-        let at = (bit / 8) as usize;
-        super::prefetch::prefetch(&bits[at..at + 1]);
-    }
-}
-
 /// False means the key is certainly absent.
 pub fn may_contain(bits: &[u8], hash: u64) -> bool {
     let nbits = bits.len() as u64 * 8;

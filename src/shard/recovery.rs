@@ -5,6 +5,7 @@
 //! gate (`Segments::replay` applies one operation).
 
 use super::appendable::Appendable;
+use super::bloom::hash64;
 use super::files::{self, Ident};
 use super::key::prefix;
 use super::manifest::{self, Listed, Manifest};
@@ -307,6 +308,9 @@ struct RunRecord {
     len: u32,
     key_start: usize,
     key_len: u32,
+    /// The immutable segments whose filters let the key through
+    /// (`Segments::replay`).
+    candidates: u64,
 }
 
 impl Run {
@@ -315,8 +319,9 @@ impl Run {
     }
 
     /// Refills the run with the next records of the log (up to `run_bytes`;
-    /// none at its end) and sorts them by key, then version.
-    fn read(&mut self, reader: &mut Reader, run_bytes: usize) -> Result<()> {
+    /// none at its end), sorts them by key, then version, and notes which
+    /// of `sealed` (the shard's immutable segments) may hold each key.
+    fn read(&mut self, reader: &mut Reader, run_bytes: usize, sealed: &[Arc<Sealed>]) -> Result<()> {
         self.bytes.clear();
         self.records.clear();
         self.states.clear();
@@ -340,12 +345,28 @@ impl Run {
                 len: record.len() as u32,
                 key_start: self.bytes.len() + key_at,
                 key_len: key.len() as u32,
+                candidates: 0,
             });
             self.bytes.extend_from_slice(record);
             reader.advance();
         }
         let mut records = std::mem::take(&mut self.records);
         records.sort_unstable_by(|a, b| a.prefix.cmp(&b.prefix).then_with(|| self.key(a).cmp(self.key(b))).then(a.seq.cmp(&b.seq)));
+        // Every replayed key is looked up in every immutable segment (the
+        // version gate), and almost always a filter says it is not there.
+        // Asking the filters here, one segment at a time over the whole
+        // run, takes that off the applying thread, and each segment's
+        // filter stays in the cache while it is asked.
+        if !sealed.is_empty() {
+            let hashes: Vec<u64> = records.iter().map(|r| hash64(self.key(r))).collect();
+            for (i, s) in sealed.iter().take(64).enumerate() {
+                for (r, &hash) in records.iter_mut().zip(&hashes) {
+                    if s.may_hold(hash) {
+                        r.candidates |= 1 << i;
+                    }
+                }
+            }
+        }
         self.records = records;
         Ok(())
     }
@@ -369,11 +390,8 @@ impl Run {
             if let Some(ahead) = self.records.get(i + PREFETCH_AHEAD) {
                 prefetch(&self.bytes[ahead.start..ahead.start + ahead.len as usize]);
             }
-            if let Some(ahead) = self.records.get(i + PREFETCH_AHEAD / 2) {
-                segs.prefetch_filters(self.key(ahead));
-            }
             let op = OpRef::decode(&self.bytes[r.start..r.start + r.len as usize])?;
-            if segs.replay(op, r.seq)? {
+            if segs.replay(op, r.seq, r.candidates)? {
                 *first_changed = Some(first_changed.map_or(r.seq, |f: u64| f.min(r.seq)));
             }
         }
@@ -382,14 +400,16 @@ impl Run {
 }
 
 /// How many records ahead of the one being applied `Run::apply` fetches
-/// the record's bytes; the immutable segments' filter bits for its key
-/// are fetched half as far ahead, once the key is in the cache.
+/// the record's bytes.
 const PREFETCH_AHEAD: usize = 16;
+
+/// The first run of a replay is this fraction of `run_bytes`.
+const FIRST_RUN_PARTS: usize = 16;
 
 /// Replays the WAL from `from` (the first version the segment files may
 /// lack; 0 for the first retained record) into `segs`, in runs: the
 /// records of a run (up to
-/// `run_bytes`, 64 MiB by default) are copied, sorted by key and then
+/// `run_bytes`, 64 MiB by default; the first runs are smaller) are copied, sorted by key and then
 /// version, and applied in that order. Operations on different keys
 /// commute and those on one key keep their log order, so the state is the
 /// one replay in log order gives; but in key order each B-tree search
@@ -399,6 +419,9 @@ const PREFETCH_AHEAD: usize = 16;
 /// records go to `replicated`, in version order.
 pub fn replay_wal(segs: &mut Segments, replicated: &mut Tracker, wal: &Wal, from: u64, run_bytes: usize) -> Result<Replayed> {
     let mut reader = wal.reader(from, ReadUpto::Appended)?;
+    // Replay seals nothing: the reader thread asks the same segments'
+    // filters as the applying one searches.
+    let sealed = segs.sealed.clone();
     // Two runs circulate: one being applied here, one being read there.
     let (full_tx, full) = crossbeam_channel::bounded::<Result<Run>>(1);
     let (empty, empty_rx) = crossbeam_channel::bounded::<Run>(2);
@@ -407,10 +430,17 @@ pub fn replay_wal(segs: &mut Segments, replicated: &mut Tracker, wal: &Wal, from
     }
     std::thread::scope(|scope| {
         scope.spawn(move || {
+            // The first runs are small and each is twice the last, up to
+            // `run_bytes`: nothing is applied until a whole run is read
+            // and sorted, so a replay of a single full run would leave
+            // this thread alone reading first and then idle. Reading is
+            // faster than applying, so the next run is ready in time.
+            let mut run_bytes_now = (run_bytes / FIRST_RUN_PARTS).max(1);
             // Ends when the log ends, on an error, or when the applying
             // side has gone (its channel ends dropped).
             while let Ok(mut run) = empty_rx.recv() {
-                let result = run.read(&mut reader, run_bytes).map(|()| run);
+                let result = run.read(&mut reader, run_bytes_now, &sealed).map(|()| run);
+                run_bytes_now = run_bytes_now.saturating_mul(2).min(run_bytes);
                 let last = result.as_ref().map_or(true, |run| run.records.is_empty() && run.states.is_empty());
                 if full_tx.send(result).is_err() || last {
                     return;

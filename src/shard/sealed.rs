@@ -157,11 +157,12 @@ impl Sealed {
         Ok(found.filter(|_| !self.deletions.lock().keys.contains_key(probe.key)))
     }
 
-    /// Asks the cache for what a lookup of `hash` reads first (a table's
-    /// filter bits; nothing for a frozen map).
-    pub fn prefetch(&self, hash: u64) {
-        if let Data::Table(t) = &self.data {
-            t.prefetch_filter(hash);
+    /// False when the data certainly does not hold the key of `hash` (a
+    /// table's Bloom filter; a frozen map has none, so always true).
+    pub fn may_hold(&self, hash: u64) -> bool {
+        match &self.data {
+            Data::Table(t) => t.may_contain(hash),
+            Data::Frozen(_) => true,
         }
     }
 

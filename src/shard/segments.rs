@@ -23,6 +23,9 @@ use std::sync::Arc;
 /// group (None: deleted).
 pub type Overlay<'a> = HashMap<&'a [u8], Option<Kind>>;
 
+/// `Segments::replay` candidates: every immutable segment may hold the key.
+pub const ALL_SEALED: u64 = u64::MAX;
+
 pub struct Segments {
     /// The shard's identity (manifest.rs), carried by every segment file.
     pub shard: u128,
@@ -190,32 +193,28 @@ impl Segments {
         self.appendable.finish(version);
     }
 
-    /// Asks the cache for the filter bits of every immutable segment that
-    /// `replay(key)` will read first (replay fetches ahead in key order).
-    pub fn prefetch_filters(&self, key: &[u8]) {
-        if self.sealed.is_empty() {
-            return;
-        }
-        let hash = Probe::new(key).hash;
-        for s in &self.sealed {
-            s.prefetch(hash);
-        }
-    }
-
     /// Replay of one WAL operation (F6). First restores the one-live-copy
     /// invariant for its key (a crash can leave an old copy whose deletion
     /// was not yet saved: only keys of unacknowledged operations can be in
     /// that state, and replay visits all of them), then applies the
     /// operation only if it is newer than the key's stored version.
     /// Returns whether it changed anything (false: already in the segments).
-    pub fn replay(&mut self, op: OpRef, version: u64) -> Result<bool> {
+    /// `candidates`: the immutable segments that may hold the key, bit i
+    /// for `sealed[i]` (`ALL_SEALED` when unknown; segments past the 64th
+    /// are always searched): replay checks the filters beforehand.
+    pub fn replay(&mut self, op: OpRef, version: u64, candidates: u64) -> Result<bool> {
         let key = op.key();
         // (place, version, entry: only for immutable segments)
         let mut copies: Vec<(Place, u64, Option<Entry>)> = Vec::new();
-        let probe = Probe::new(key);
-        for (i, s) in self.sealed.iter().enumerate() {
-            if let Some(e) = s.get(&probe)? {
-                copies.push((Place::Sealed(i), e.version, Some(e)));
+        if candidates != 0 || self.sealed.len() > 64 {
+            let probe = Probe::new(key);
+            for (i, s) in self.sealed.iter().enumerate() {
+                if i < 64 && candidates & (1 << i) == 0 {
+                    continue;
+                }
+                if let Some(e) = s.get(&probe)? {
+                    copies.push((Place::Sealed(i), e.version, Some(e)));
+                }
             }
         }
         if copies.is_empty() {

@@ -365,10 +365,11 @@ impl Table {
         self.find(probe)?.map(|(version, kind, value)| to_entry(version, kind, value)).transpose()
     }
 
-    /// Asks the cache for the filter bits a lookup of `hash` reads first.
-    pub fn prefetch_filter(&self, hash: u64) {
+    /// False when the table certainly does not hold the key of `hash`
+    /// (its Bloom filter alone).
+    pub fn may_contain(&self, hash: u64) -> bool {
         let (lo, hi) = self.filter;
-        bloom::prefetch(&self.map.get()[lo..hi], hash);
+        bloom::may_contain(&self.map.get()[lo..hi], hash)
     }
 
     /// Whether the table holds the key, without decoding its value.
@@ -379,8 +380,7 @@ impl Table {
     /// The raw (version, kind, value) stored for the key.
     fn find(&self, probe: &Probe) -> Result<Option<(u64, u8, &[u8])>> {
         let key = probe.key;
-        let (lo, hi) = self.filter;
-        if !bloom::may_contain(&self.map.get()[lo..hi], probe.hash) {
+        if !self.may_contain(probe.hash) {
             return Ok(None);
         }
         let Some(b) = self.block_for(key) else { return Ok(None) };

@@ -9,6 +9,7 @@ use super::op::{Record, BATCH_RECORD_HEADER};
 use super::pool::Host;
 use super::replicated::Replicated;
 use super::sealed::Sealed;
+use super::segments::ALL_SEALED;
 use super::{Options, Shard};
 use crate::error::{Error, Result};
 use crate::fs::{FileSystem, StdFs};
@@ -267,7 +268,7 @@ impl Shard {
                 let version = first + i as u64;
                 match record {
                     Record::Op(op) => {
-                        if let Err(e) = segs.replay(op, version) {
+                        if let Err(e) = segs.replay(op, version, ALL_SEALED) {
                             inner.poison(e.clone());
                             return Err(e);
                         }

@@ -267,19 +267,28 @@ impl FrameHeader {
 
 /// Splits a verified frame payload into its records.
 pub fn records(kind: u8, count: u32, payload: &[u8]) -> Option<Vec<&[u8]>> {
+    let mut out = Vec::with_capacity(if kind == FRAME_RECORD { 1 } else { count as usize });
+    each_record(kind, count, payload, |r| out.push(r)).then_some(out)
+}
+
+/// Hands each record of a frame payload to `f`, in order; false (after
+/// some calls, perhaps) when the batch length table does not match the
+/// payload. Allocates nothing: recovery checks millions of frames.
+pub fn each_record<'a>(kind: u8, count: u32, payload: &'a [u8], mut f: impl FnMut(&'a [u8])) -> bool {
     if kind == FRAME_RECORD {
-        return Some(vec![payload]);
+        f(payload);
+        return true;
     }
     let n = count as usize;
-    let table = payload.get(..4 * n)?;
-    let mut out = Vec::with_capacity(n);
+    let Some(table) = payload.get(..4 * n) else { return false };
     let mut at = 4 * n;
     for i in 0..n {
         let len = u32_at(table, 4 * i) as usize;
-        out.push(payload.get(at..at.checked_add(len)?)?);
+        let Some(r) = at.checked_add(len).and_then(|end| payload.get(at..end)) else { return false };
+        f(r);
         at += len;
     }
-    (at == payload.len()).then_some(out)
+    at == payload.len()
 }
 
 /// Outcome of decoding the frame at the start of `b` (the rest of a segment).
@@ -302,7 +311,14 @@ pub fn valid_frame(b: &[u8], salt: u32) -> Option<FrameHeader> {
         return None;
     }
     let payload = &b[FRAME_HEADER_LEN..FRAME_HEADER_LEN + h.len as usize];
-    (h.checksum_ok(b, payload, salt) && records(h.kind, h.count, payload).is_some()).then_some(h)
+    (h.checksum_ok(b, payload, salt) && each_record(h.kind, h.count, payload, |_| ())).then_some(h)
+}
+
+/// Whether every byte of `b` is zero, a block at a time (the unwritten
+/// rest of the active segment is most of a segment).
+fn is_zero(b: &[u8]) -> bool {
+    let mut blocks = b.chunks_exact(64);
+    blocks.all(|c| c.iter().fold(0, |acc, &x| acc | x) == 0) && blocks.remainder().iter().all(|&x| x == 0)
 }
 
 /// Decodes one frame from `b`, which holds everything from the frame's
@@ -311,7 +327,7 @@ pub fn decode_frame(b: &[u8], salt: u32) -> Decoded {
     if let Some(h) = valid_frame(b, salt) {
         return Decoded::Frame(h);
     }
-    if b.iter().all(|&x| x == 0) {
+    if is_zero(b) {
         return Decoded::End;
     }
     let Some(h) = FrameHeader::parse(b) else {

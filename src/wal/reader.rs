@@ -1,6 +1,6 @@
 //! Streaming records from a sequence number (W6).
 
-use super::format::{records, FrameHeader, FRAME_HEADER_LEN, FRAME_RECORD, SEGMENT_HEADER_LEN};
+use super::format::{each_record, FrameHeader, FRAME_HEADER_LEN, SEGMENT_HEADER_LEN};
 use super::segment::{self, ReadSegment, SegmentMeta, View};
 use super::{ReadUpto, Shared};
 use crate::error::{Error, Result};
@@ -17,6 +17,9 @@ struct OpenSegment {
     len: u64,
     /// Offset of the next frame to decode.
     offset: u64,
+    /// The first sequence of the segment after this one, if there was one
+    /// when this one was opened: records below it are in this segment.
+    next_first: Option<u64>,
 }
 
 /// The frame holding the next record, decoded and verified.
@@ -152,28 +155,31 @@ impl Reader {
             if !h.plausible(&head, room) && !h.plausible(&head, self.refresh_len()?.saturating_sub(at)) {
                 return Err(corrupt("malformed frame header"));
             }
+            let end = h.seq.saturating_add(h.count as u64);
+            if end <= self.next {
+                // An earlier frame while positioning (a replay starts in
+                // the middle of a segment): stepped over by its header.
+                // Nothing of it is handed out, and the frame that is gets
+                // its checksum and its sequence checked below, so a
+                // damaged header here cannot pass for a record.
+                self.segment.as_mut().unwrap().offset += h.size();
+                continue;
+            }
             let mut payload = std::mem::take(&mut self.spare.payload);
             payload.clear();
             payload.extend_from_slice(self.bytes(at + FRAME_HEADER_LEN as u64, h.len as usize)?);
             if !h.checksum_ok(&head, &payload, salt) {
                 return Err(corrupt("checksum mismatch"));
             }
-            let end = h.seq.saturating_add(h.count as u64);
             self.segment.as_mut().unwrap().offset += h.size();
-            if end <= self.next {
-                self.spare.payload = payload;
-                continue; // an earlier frame while positioning
-            }
             if h.seq > self.next {
                 return Err(corrupt(&format!("found sequence {} instead", h.seq)));
             }
             let mut spans = std::mem::take(&mut self.spare.spans);
             spans.clear();
-            if h.kind == FRAME_RECORD {
-                spans.push((0, payload.len())); // what `records` gives, without its Vec
-            } else {
-                let recs = records(h.kind, h.count, &payload).ok_or_else(|| corrupt("bad batch table"))?;
-                spans.extend(recs.iter().map(|r| (r.as_ptr() as usize - payload.as_ptr() as usize, r.len())));
+            let base = payload.as_ptr() as usize;
+            if !each_record(h.kind, h.count, &payload, |r| spans.push((r.as_ptr() as usize - base, r.len()))) {
+                return Err(corrupt("bad batch table"));
             }
             self.frame = Some(Frame { first_seq: h.seq, payload, spans });
             return Ok(true);
@@ -192,27 +198,39 @@ impl Reader {
     /// Opens the segment that holds `self.next` when the current one does
     /// not, moving the pin forward.
     fn move_to_segment_of_next(&mut self) -> Result<()> {
+        // Still inside a segment that has a successor: the list is not
+        // consulted (nor locked) per frame. The pin keeps this segment and
+        // every later one, and segments are only added after the last.
+        if self.segment.as_ref().is_some_and(|s| s.next_first.is_some_and(|n| self.next < n)) {
+            return Ok(());
+        }
         let target = {
             let mut st = self.shared.state.lock();
-            let target = st.segments.iter().rev().find(|s| s.first_seq <= self.next).cloned();
-            let Some(target) = target else {
+            let Some(at) = st.segments.iter().rposition(|s| s.first_seq <= self.next) else {
                 return Err(Error::new(KEEL_STATUS_TRUNCATED, format!("record {} is no longer retained", self.next)));
             };
-            if self.segment.as_ref().is_some_and(|s| s.meta.first_seq == target.first_seq) {
-                None
-            } else {
-                st.pins.insert(self.pin, target.first_seq);
-                Some(target)
+            let next_first = st.segments.get(at + 1).map(|s| s.first_seq);
+            let target = &st.segments[at];
+            match &mut self.segment {
+                Some(s) if s.meta.first_seq == target.first_seq => {
+                    s.next_first = next_first;
+                    None
+                }
+                _ => {
+                    let target = target.clone();
+                    st.pins.insert(self.pin, target.first_seq);
+                    Some((target, next_first))
+                }
             }
         };
-        let Some(meta) = target else {
+        let Some((meta, next_first)) = target else {
             return Ok(()); // same segment (its size is fixed when it is created)
         };
         let handle =
             self.shared.segment_handles.get(&meta.path, || segment::open_for_reading(&*self.shared.fs, &meta.path))?;
         let len = handle.view.len().map_err(|e| Error::io(format!("opening {}", meta.path.display()), e))?;
         self.window.clear();
-        self.segment = Some(OpenSegment { meta, handle, len, offset: SEGMENT_HEADER_LEN });
+        self.segment = Some(OpenSegment { meta, handle, len, offset: SEGMENT_HEADER_LEN, next_first });
         Ok(())
     }
 

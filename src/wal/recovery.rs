@@ -2,7 +2,7 @@
 //! `keel-wal verify`), then apply the recovery mode to the first damage
 //! (W5). The outcome table is in docs/WAL.md.
 
-use crate::fs::{File, FileSystem};
+use crate::fs::{File, FileSystem, ReadMap};
 use super::extent::{self, Extent};
 use super::format::Link;
 use super::scan::{find_damage, kept_end, scan_segment, Damage, SegmentFile, SegmentScan};
@@ -58,10 +58,24 @@ pub fn read_all(file: &dyn File) -> std::io::Result<Vec<u8>> {
     Ok(buf)
 }
 
-fn read_and_scan(fs: &dyn FileSystem, name: String, path: std::path::PathBuf, first_seq: u64) -> Result<SegmentScan> {
-    // Mapped when the file system can (no copy, no fresh zeroed buffer per
-    // segment); read into memory otherwise.
-    let mapped = fs.map_readonly(&path).map_err(|e| {
+/// A segment's bytes: mapped when the file system can (no copy, no fresh
+/// zeroed buffer per segment), read into memory otherwise.
+enum SegmentBytes {
+    Map(ReadMap),
+    Owned(Vec<u8>),
+}
+
+impl SegmentBytes {
+    fn get(&self) -> &[u8] {
+        match self {
+            SegmentBytes::Map(m) => m.bytes(),
+            SegmentBytes::Owned(v) => v,
+        }
+    }
+}
+
+fn read_segment(fs: &dyn FileSystem, path: &Path) -> Result<SegmentBytes> {
+    let mapped = fs.map_readonly(path).map_err(|e| {
         let what = match e.raw_os_error() {
             // mmap of a directory (or another non-file) named like a segment.
             Some(libc::ENODEV) | Some(libc::EISDIR) => "is named like a WAL segment but is not a regular file",
@@ -69,17 +83,54 @@ fn read_and_scan(fs: &dyn FileSystem, name: String, path: std::path::PathBuf, fi
         };
         Error::io(format!("{} {what}", path.display()), e)
     })?;
-    let owned;
-    let bytes: &[u8] = match &mapped {
-        Some(m) => m.bytes(),
+    Ok(match mapped {
+        Some(m) => SegmentBytes::Map(m),
         None => {
-            let file = fs.open(&path, false).map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
-            owned = read_all(&*file).map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
-            &owned
+            let file = fs.open(path, false).map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
+            SegmentBytes::Owned(read_all(&*file).map_err(|e| Error::io(format!("reading {}", path.display()), e))?)
         }
-    };
-    let seg = SegmentFile { name, path, first_seq, size: bytes.len() as u64 };
-    Ok(scan_segment(seg, bytes, |_, _| Ok::<(), std::convert::Infallible>(())).unwrap_or_else(|never| match never {}))
+    })
+}
+
+fn scan(name: &str, path: &Path, first_seq: u64, bytes: &SegmentBytes) -> SegmentScan {
+    let bytes = bytes.get();
+    let seg = SegmentFile { name: name.to_string(), path: path.to_path_buf(), first_seq, size: bytes.len() as u64 };
+    scan_segment(seg, bytes, |_, _| Ok::<(), std::convert::Infallible>(())).unwrap_or_else(|never| match never {})
+}
+
+/// Below this many bytes in a pair of segments both are scanned on the
+/// calling thread: a thread costs more than it saves on small segments.
+const SCAN_PAIR_MIN: usize = 1 << 20;
+
+/// Reads and scans the segments `found` (first sequence, name), in order.
+/// Scanning is the checksum of every retained frame, the bulk of an open:
+/// segments go two at a time, the second on a helper thread. The file
+/// system is only called from this thread, in segment order, so it sees
+/// the same calls however the scans are spread.
+fn read_and_scan(fs: &dyn FileSystem, dir: &Path, found: &[(u64, String)]) -> Result<Vec<SegmentScan>> {
+    let mut scans = Vec::with_capacity(found.len());
+    for pair in found.chunks(2) {
+        let read = pair
+            .iter()
+            .map(|(first_seq, name)| {
+                let path = dir.join(name);
+                read_segment(fs, &path).map(|bytes| (name.as_str(), path, *first_seq, bytes))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let scan_one = |(name, path, first_seq, bytes): &(&str, PathBuf, u64, SegmentBytes)| scan(name, path, *first_seq, bytes);
+        match read.as_slice() {
+            [a, b] if a.3.get().len() + b.3.get().len() >= SCAN_PAIR_MIN => {
+                let (sa, sb) = std::thread::scope(|s| {
+                    let helper = s.spawn(|| scan_one(b));
+                    let sa = scan_one(a);
+                    (sa, helper.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+                });
+                scans.extend([sa, sb]);
+            }
+            _ => scans.extend(read.iter().map(scan_one)),
+        }
+    }
+    Ok(scans)
 }
 
 fn describe(d: &Damage, scans: &[SegmentScan]) -> String {
@@ -113,10 +164,7 @@ pub fn recover(fs: &dyn FileSystem, dir: &Path, mode: RecoveryMode) -> Result<Re
     }
     found.sort();
     let meta = extent::read(fs, dir)?;
-    let scans = found
-        .into_iter()
-        .map(|(first_seq, name)| read_and_scan(fs, name.clone(), dir.join(&name), first_seq))
-        .collect::<Result<Vec<_>>>()?;
+    let scans = read_and_scan(fs, dir, &found)?;
 
     // How many segments stay, and where the last one's valid data ends.
     let damage = find_damage(&scans);
