@@ -183,7 +183,7 @@ fn write_frozen(inner: &Inner, frozen: &Arc<Sealed>) -> Result<()> {
             inner.wal_durable(version)?;
             let path = inner.seg_dir.join(files::name(frozen.id, files::TABLE));
             steps.at(Step::TableWrite(frozen.id));
-            let t = table::write(&*inner.fs, &path, map.iter().map(|(k, e)| Ok((k.as_slice().to_vec(), e.clone()))), &[], frozen.ident)?;
+            let t = table::write(&*inner.fs, &path, map.iter().map(|(k, e)| Ok((k.as_slice(), e))), &[], frozen.ident)?;
             steps.at(Step::TableSwap(frozen.id));
             let mut s = inner.segs.write();
             let at = s.sealed.iter().position(|x| Arc::ptr_eq(x, frozen)).expect("frozen segment is in the set");

@@ -70,8 +70,9 @@ impl Intent {
 
 /// One writer's place in the queue: its batch, or nothing for a barrier.
 pub struct Batch {
-    /// The operations' WAL records, back to back; `ends[i]` is where the
-    /// record of operation i ends. Empty for a barrier.
+    /// The operations' WAL records, back to back, and where each record
+    /// but the last ends (the last ends with `records`: a single operation
+    /// allocates no `ends`). Empty for a barrier.
     records: Vec<u8>,
     ends: Vec<usize>,
     pub intent: Intent,
@@ -96,10 +97,12 @@ impl Batch {
     pub fn new(ops: &[OpRef], intent: Intent) -> Arc<Batch> {
         debug_assert!(!ops.is_empty() || intent.index.is_some(), "a batch with nothing to log");
         let mut records = Vec::with_capacity(ops.iter().map(|o| o.record_len() as usize).sum());
-        let mut ends = Vec::with_capacity(ops.len());
-        for op in ops {
+        let mut ends = Vec::with_capacity(ops.len().saturating_sub(1));
+        for (i, op) in ops.iter().enumerate() {
+            if i > 0 {
+                ends.push(records.len());
+            }
             op.encode_into(&mut records);
-            ends.push(records.len());
         }
         let state = intent.state_len();
         let state_bytes = if state > 0 { state + BATCH_RECORD_HEADER } else { 0 };
@@ -138,8 +141,11 @@ impl Batch {
 
     /// The operations' WAL records, in order.
     pub fn records(&self) -> impl Iterator<Item = &[u8]> {
+        // Every record has its header, so only a batch without
+        // operations has no bytes (and no last record).
+        let last = (!self.records.is_empty()).then_some(self.records.len());
         let starts = std::iter::once(0).chain(self.ends.iter().copied());
-        starts.zip(self.ends.iter().copied()).map(|(s, e)| &self.records[s..e])
+        starts.zip(self.ends.iter().copied().chain(last)).map(|(s, e)| &self.records[s..e])
     }
 
     fn finish(&self, outcome: Outcome) {

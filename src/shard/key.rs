@@ -2,11 +2,12 @@
 //! (no heap allocation, and a B-tree search compares bytes already in the
 //! node instead of chasing a pointer per comparison, which dominated
 //! replay and point lookups on large appendable segments). Longer keys
-//! are boxed. It orders and borrows as `[u8]`, so maps are searched with
-//! plain byte slices.
+//! are boxed. It orders, hashes and borrows as `[u8]`, so maps are
+//! searched with plain byte slices.
 
 use std::borrow::Borrow;
 use std::cmp::Ordering;
+use std::hash::{Hash, Hasher};
 
 const INLINE: usize = 23;
 
@@ -60,6 +61,14 @@ impl PartialEq for Key {
 }
 
 impl Eq for Key {}
+
+impl Hash for Key {
+    /// As its bytes hash (`Borrow<[u8]>` requires it): hash maps keyed by
+    /// `Key` are searched with byte slices too.
+    fn hash<H: Hasher>(&self, h: &mut H) {
+        self.as_slice().hash(h)
+    }
+}
 
 impl PartialOrd for Key {
     fn partial_cmp(&self, other: &Key) -> Option<Ordering> {

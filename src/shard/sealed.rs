@@ -13,7 +13,8 @@ use super::table::Table;
 use crate::error::Result;
 use crate::fs::FileSystem;
 use parking_lot::Mutex;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::hash_map::{Entry as Slot, HashMap};
+use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -32,8 +33,9 @@ pub enum Data {
 
 struct Deletions {
     /// key -> version of the operation that deleted or moved it away
-    /// (a hash map: every lookup that finds the key in the data asks it).
-    keys: HashMap<Vec<u8>, u64>,
+    /// (a hash map: every lookup that finds the key in the data asks it;
+    /// `Key`: no allocation per deletion of a short key).
+    keys: HashMap<Key, u64>,
     /// Every deletion <= this is in the side-car file: the segment's
     /// persisted version.
     saved_upto: u64,
@@ -89,7 +91,7 @@ impl Sealed {
                 let mut d = s.deletions.lock();
                 d.saved_upto = d.saved_upto.max(c.u64()?);
                 while !c.bytes.is_empty() {
-                    let key = c.bytes()?.to_vec();
+                    let key = Key::new(c.bytes()?);
                     let v = c.u64()?;
                     d.max_version = d.max_version.max(v);
                     d.keys.insert(key, v);
@@ -166,19 +168,34 @@ impl Sealed {
         }
     }
 
-    /// Whether a live copy of `key` is here, without copying it out.
-    pub fn holds(&self, probe: &Probe) -> Result<bool> {
+    pub fn mark_deleted(&self, key: &[u8], version: u64) {
+        let mut d = self.deletions.lock();
+        d.keys.insert(Key::new(key), version);
+        d.max_version = d.max_version.max(version);
+    }
+
+    /// A put or a delete at `version` moving the key away (copy-on-write):
+    /// if a live copy is here (found in the data, not deleted), marks it
+    /// deleted at `version` and returns true, without copying it out. One
+    /// hold of the deletions' lock and one search of their map for both.
+    pub fn move_out(&self, probe: &Probe, version: u64) -> Result<bool> {
         let found = match &self.data {
             Data::Table(t) => t.contains(probe)?,
             Data::Frozen(m) => m.contains_key(probe.key),
         };
-        Ok(found && !self.deletions.lock().keys.contains_key(probe.key))
-    }
-
-    pub fn mark_deleted(&self, key: &[u8], version: u64) {
-        let mut d = self.deletions.lock();
-        d.keys.insert(key.to_vec(), version);
-        d.max_version = d.max_version.max(version);
+        if !found {
+            return Ok(false);
+        }
+        let mut guard = self.deletions.lock();
+        let d = &mut *guard;
+        match d.keys.entry(Key::new(probe.key)) {
+            Slot::Occupied(_) => Ok(false), // deleted or moved away before
+            Slot::Vacant(v) => {
+                v.insert(version);
+                d.max_version = d.max_version.max(version);
+                Ok(true)
+            }
+        }
     }
 
     /// Has unsaved changes: deletions after the persisted version, or
@@ -214,7 +231,7 @@ impl Sealed {
 
     /// Deletions with version > `since`, for handing over to a merged segment.
     pub fn deletions_after(&self, since: u64) -> Vec<(Vec<u8>, u64)> {
-        self.deletions.lock().keys.iter().filter(|(_, &v)| v > since).map(|(k, &v)| (k.clone(), v)).collect()
+        self.deletions.lock().keys.iter().filter(|(_, &v)| v > since).map(|(k, &v)| (k.as_slice().to_vec(), v)).collect()
     }
 
     /// The flusher of a copy-on-write source (F3, F4): persists every
@@ -264,10 +281,10 @@ impl Sealed {
         let mut body = Vec::new();
         self.ident.encode(&mut body);
         body.extend_from_slice(&bound.to_le_bytes());
-        let mut saved: Vec<(&Vec<u8>, &u64)> = d.keys.iter().filter(|(_, &v)| v <= bound).collect();
+        let mut saved: Vec<(&Key, &u64)> = d.keys.iter().filter(|(_, &v)| v <= bound).collect();
         saved.sort_unstable();
         for (k, &v) in saved {
-            files::put_bytes(&mut body, k);
+            files::put_bytes(&mut body, k.as_slice());
             body.extend_from_slice(&v.to_le_bytes());
         }
         files::seal_small(DEL_MAGIC, &body)
@@ -280,7 +297,7 @@ impl Sealed {
         start: &'a [u8],
         deleted_upto: u64,
     ) -> Box<dyn Iterator<Item = Result<(Vec<u8>, Entry)>> + 'a> {
-        let deleted: HashMap<Vec<u8>, u64> =
+        let deleted: HashMap<Key, u64> =
             self.deletions.lock().keys.iter().filter(|(_, &v)| v <= deleted_upto).map(|(k, &v)| (k.clone(), v)).collect();
         let all: Box<dyn Iterator<Item = Result<(Vec<u8>, Entry)>> + 'a> = match &self.data {
             Data::Table(t) => Box::new(t.iter_from(start)),
@@ -288,7 +305,7 @@ impl Sealed {
                 m.range::<[u8], _>((Bound::Included(start), Bound::Unbounded)).map(|(k, e)| Ok((k.as_slice().to_vec(), e.clone()))),
             ),
         };
-        Box::new(all.filter(move |r| !matches!(r, Ok((k, _)) if deleted.contains_key(k))))
+        Box::new(all.filter(move |r| !matches!(r, Ok((k, _)) if deleted.contains_key(k.as_slice()))))
     }
 
     pub fn remove_files(&self, fs: &dyn FileSystem, dir: &Path) -> Result<()> {

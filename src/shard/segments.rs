@@ -123,24 +123,36 @@ impl Segments {
         // Bloom filters answer "not in an immutable segment" cheaply; then
         // the appendable segment applies it with one search (a key lives in
         // one place, so none of the immutable ones can hold it too).
-        let sealed = match op {
+        let moved = match op {
             // An append extends the list it finds: it needs the entry.
-            OpRef::Append { .. } => self.locate_sealed(key)?.map(|(i, e)| (i, Some(e))),
-            // A put or a delete only needs to know where the old copy is.
+            OpRef::Append { .. } => match self.locate_sealed(key)? {
+                Some((i, e)) => return self.apply_at(op, version, Some((Place::Sealed(i), Some(e)))),
+                None => false,
+            },
+            // A put or a delete only moves the old copy away (the newest
+            // segment holding a live one; no other can hold one too).
             _ => {
-                let (mut at, probe) = (None, Probe::new(key));
-                for (i, s) in self.sealed.iter().enumerate().rev() {
-                    if s.holds(&probe)? {
-                        at = Some((i, None));
+                let probe = Probe::new(key);
+                let mut moved = false;
+                for s in self.sealed.iter().rev() {
+                    if s.move_out(&probe, version)? {
+                        moved = true;
                         break;
                     }
                 }
-                at
+                moved
             }
         };
-        match sealed {
-            None => self.appendable.apply_here(op, version, false).map(|_| ()).map_err(|()| wrong_kind(key)),
-            Some((i, e)) => self.apply_at(op, version, Some((Place::Sealed(i), e))),
+        match op {
+            _ if !moved => self.appendable.apply_here(op, version, false).map(|_| ()).map_err(|()| wrong_kind(key)),
+            // What `apply_at` does past the copy `move_out` marked deleted.
+            OpRef::Put { value, .. } => {
+                self.appendable.put(key, value, version);
+                Ok(())
+            }
+            // A delete is done once the copy is marked deleted (an append
+            // never moves a copy here).
+            _ => Ok(()),
         }
     }
 

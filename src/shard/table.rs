@@ -177,11 +177,13 @@ fn to_entry(version: u64, kind: u8, value: &[u8]) -> Result<Entry> {
 }
 
 /// Writes a table from entries in strictly increasing key order, durably
-/// (temporary file, fsync, rename, directory fsync), and opens it.
-pub fn write(
+/// (temporary file, fsync, rename, directory fsync), and opens it. The
+/// entries may be borrowed (a sealed map's, written without copying each
+/// key and value) or owned (a merge's).
+pub fn write<K: AsRef<[u8]>, E: std::borrow::Borrow<Entry>>(
     fs: &dyn FileSystem,
     path: &Path,
-    entries: impl Iterator<Item = Result<(Vec<u8>, Entry)>>,
+    entries: impl Iterator<Item = Result<(K, E)>>,
     replaced: &[u64],
     ident: Ident,
 ) -> Result<Table> {
@@ -194,6 +196,7 @@ pub fn write(
     let mut block = Vec::with_capacity(2 * BLOCK_TARGET);
     let mut offsets: Vec<u32> = Vec::new();
     let mut first_key: Option<Vec<u8>> = None;
+    // The previous entry's key, in a buffer reused for every entry.
     let mut last_key: Option<Vec<u8>> = None;
     let mut max_version = 0;
     let mut finish_block = |block: &mut Vec<u8>, offsets: &mut Vec<u32>, first: Vec<u8>, w: &mut Writer| -> Result<()> {
@@ -212,15 +215,18 @@ pub fn write(
     };
     for item in entries {
         let (key, entry) = item?;
-        if last_key.as_ref().is_some_and(|l| *l >= key) {
+        let (key, entry) = (key.as_ref(), entry.borrow());
+        if last_key.as_deref().is_some_and(|l| l >= key) {
             return Err(Error::new(crate::status::KEEL_STATUS_PANIC, "table keys out of order (bug)"));
         }
-        hashes.push(bloom::hash64(&key));
+        hashes.push(bloom::hash64(key));
         max_version = max_version.max(entry.version);
-        first_key.get_or_insert_with(|| key.clone());
+        first_key.get_or_insert_with(|| key.to_vec());
         offsets.push(block.len() as u32);
-        encode_entry(&mut block, &key, &entry);
-        last_key = Some(key);
+        encode_entry(&mut block, key, entry);
+        let last = last_key.get_or_insert_with(Vec::new);
+        last.clear();
+        last.extend_from_slice(key);
         if block.len() >= BLOCK_TARGET {
             finish_block(&mut block, &mut offsets, first_key.take().unwrap(), &mut w)?;
         }
