@@ -81,6 +81,23 @@ pub trait FileSystem: Send + Sync {
 /// A read-only memory map of a whole file (`FileSystem::map_readonly`).
 pub struct ReadMap(Mapping);
 
+/// A whole file's bytes, read-only: mapped where the file system maps
+/// (`FileSystem::map_readonly`: no copy, no fresh zeroed buffer), read into
+/// memory otherwise (the fault-injecting file system of the tests).
+pub enum WholeFile {
+    Map(ReadMap),
+    Owned(Vec<u8>),
+}
+
+impl WholeFile {
+    pub fn bytes(&self) -> &[u8] {
+        match self {
+            WholeFile::Map(m) => m.bytes(),
+            WholeFile::Owned(v) => v,
+        }
+    }
+}
+
 impl ReadMap {
     pub fn bytes(&self) -> &[u8] {
         // SAFETY: the mapping covers `len` readable bytes and lives as long

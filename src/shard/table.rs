@@ -24,7 +24,7 @@ use super::entry::{decode_list, encode_list, Entry, Value};
 use super::files::{self, Cursor, Ident};
 use super::key::prefix;
 use crate::error::{Error, Result};
-use crate::fs::{File, FileSystem, ReadMap};
+use crate::fs::{File, FileSystem, WholeFile};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU8, Ordering};
 
@@ -84,21 +84,6 @@ impl SparseIndex {
     }
 }
 
-/// The bytes of a table: mapped on the real file system, read into memory
-/// on others (the fault-injecting one of the tests).
-enum Bytes {
-    Map(ReadMap),
-    Owned(Vec<u8>),
-}
-
-impl Bytes {
-    fn get(&self) -> &[u8] {
-        match self {
-            Bytes::Map(m) => m.bytes(),
-            Bytes::Owned(v) => v,
-        }
-    }
-}
 
 /// Appends to a new file in large writes.
 struct Writer {
@@ -126,7 +111,7 @@ impl Writer {
 /// An open immutable segment file.
 pub struct Table {
     path: PathBuf,
-    map: Bytes,
+    map: WholeFile,
     index: SparseIndex,
     filter: (usize, usize),
     pub replaced: Vec<u64>,
@@ -270,12 +255,12 @@ impl Table {
     pub fn open(fs: &dyn FileSystem, path: &Path) -> Result<Table> {
         let bad = |why: &str| Error::corruption(format!("{}: {why}", path.display()));
         let map = match fs.map_readonly(path).map_err(|e| Error::io(format!("mapping {}", path.display()), e))? {
-            Some(m) => Bytes::Map(m),
-            None => Bytes::Owned(
+            Some(m) => WholeFile::Map(m),
+            None => WholeFile::Owned(
                 files::read_all(fs, path)?.ok_or_else(|| Error::corruption(format!("{} vanished", path.display())))?,
             ),
         };
-        let bytes = map.get();
+        let bytes = map.bytes();
         let len = bytes.len();
         if len < FOOTER {
             return Err(bad("shorter than a table footer"));
@@ -334,13 +319,13 @@ impl Table {
 
     /// Bytes of the file (for merge policy and stats).
     pub fn size(&self) -> usize {
-        self.map.get().len()
+        self.map.bytes().len()
     }
 
     /// Block `i` without its trailer: (entries, entry offsets).
     fn block(&self, i: usize) -> Result<(&[u8], &[u8])> {
         let ix = &self.index.blocks[i];
-        let raw = &self.map.get()[ix.offset..ix.offset + ix.len];
+        let raw = &self.map.bytes()[ix.offset..ix.offset + ix.len];
         let (body, crc) = raw.split_at(raw.len() - 4);
         let bad = |why: &str| Error::corruption(format!("{}: block at offset {} {why}", self.path.display(), ix.offset));
         let (byte, bit) = (&self.verified[i / 8], 1u8 << (i % 8));
@@ -375,7 +360,7 @@ impl Table {
     /// (its Bloom filter alone).
     pub fn may_contain(&self, hash: u64) -> bool {
         let (lo, hi) = self.filter;
-        bloom::may_contain(&self.map.get()[lo..hi], hash)
+        bloom::may_contain(&self.map.bytes()[lo..hi], hash)
     }
 
     /// Whether the table holds the key, without decoding its value.

@@ -2,7 +2,7 @@
 //! `keel-wal verify`), then apply the recovery mode to the first damage
 //! (W5). The outcome table is in docs/WAL.md.
 
-use crate::fs::{File, FileSystem, ReadMap};
+use crate::fs::{File, FileSystem, WholeFile};
 use super::extent::{self, Extent};
 use super::format::Link;
 use super::scan::{find_damage, kept_end, scan_segment, Damage, SegmentFile, SegmentScan};
@@ -58,23 +58,7 @@ pub fn read_all(file: &dyn File) -> std::io::Result<Vec<u8>> {
     Ok(buf)
 }
 
-/// A segment's bytes: mapped when the file system can (no copy, no fresh
-/// zeroed buffer per segment), read into memory otherwise.
-enum SegmentBytes {
-    Map(ReadMap),
-    Owned(Vec<u8>),
-}
-
-impl SegmentBytes {
-    fn get(&self) -> &[u8] {
-        match self {
-            SegmentBytes::Map(m) => m.bytes(),
-            SegmentBytes::Owned(v) => v,
-        }
-    }
-}
-
-fn read_segment(fs: &dyn FileSystem, path: &Path) -> Result<SegmentBytes> {
+fn read_segment(fs: &dyn FileSystem, path: &Path) -> Result<WholeFile> {
     let mapped = fs.map_readonly(path).map_err(|e| {
         let what = match e.raw_os_error() {
             // mmap of a directory (or another non-file) named like a segment.
@@ -84,16 +68,16 @@ fn read_segment(fs: &dyn FileSystem, path: &Path) -> Result<SegmentBytes> {
         Error::io(format!("{} {what}", path.display()), e)
     })?;
     Ok(match mapped {
-        Some(m) => SegmentBytes::Map(m),
+        Some(m) => WholeFile::Map(m),
         None => {
             let file = fs.open(path, false).map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
-            SegmentBytes::Owned(read_all(&*file).map_err(|e| Error::io(format!("reading {}", path.display()), e))?)
+            WholeFile::Owned(read_all(&*file).map_err(|e| Error::io(format!("reading {}", path.display()), e))?)
         }
     })
 }
 
-fn scan(name: &str, path: &Path, first_seq: u64, bytes: &SegmentBytes) -> SegmentScan {
-    let bytes = bytes.get();
+fn scan(name: &str, path: &Path, first_seq: u64, bytes: &WholeFile) -> SegmentScan {
+    let bytes = bytes.bytes();
     let seg = SegmentFile { name: name.to_string(), path: path.to_path_buf(), first_seq, size: bytes.len() as u64 };
     scan_segment(seg, bytes, |_, _| Ok::<(), std::convert::Infallible>(())).unwrap_or_else(|never| match never {})
 }
@@ -117,9 +101,9 @@ fn read_and_scan(fs: &dyn FileSystem, dir: &Path, found: &[(u64, String)]) -> Re
                 read_segment(fs, &path).map(|bytes| (name.as_str(), path, *first_seq, bytes))
             })
             .collect::<Result<Vec<_>>>()?;
-        let scan_one = |(name, path, first_seq, bytes): &(&str, PathBuf, u64, SegmentBytes)| scan(name, path, *first_seq, bytes);
+        let scan_one = |(name, path, first_seq, bytes): &(&str, PathBuf, u64, WholeFile)| scan(name, path, *first_seq, bytes);
         match read.as_slice() {
-            [a, b] if a.3.get().len() + b.3.get().len() >= SCAN_PAIR_MIN => {
+            [a, b] if a.3.bytes().len() + b.3.bytes().len() >= SCAN_PAIR_MIN => {
                 let (sa, sb) = std::thread::scope(|s| {
                     let helper = s.spawn(|| scan_one(b));
                     let sa = scan_one(a);
