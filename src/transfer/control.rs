@@ -157,6 +157,11 @@ impl Control {
         }
     }
 
+    /// The source's shard.
+    pub fn shard(&self) -> &Shard {
+        &self.shard
+    }
+
     // ---- the host's side ----
 
     /// Asks the transfer to finish with `mode` once caught up. A second

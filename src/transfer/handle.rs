@@ -18,8 +18,7 @@ use std::time::Duration;
 pub struct Transfer {
     control: Arc<Control>,
     thread: Mutex<Option<JoinHandle<()>>>,
-    /// The source's shard and its id, and the service of its engine.
-    shard: Shard,
+    /// The source's shard id, and the service of its engine.
     shard_id: u32,
     transfers: Arc<Transfers>,
 }
@@ -53,7 +52,7 @@ impl Transfers {
             c.end(outcome);
         });
         match spawned {
-            Ok(thread) => Ok(Transfer { control, thread: Mutex::new(Some(thread)), shard: shard.clone(), shard_id, transfers: self.clone() }),
+            Ok(thread) => Ok(Transfer { control, thread: Mutex::new(Some(thread)), shard_id, transfers: self.clone() }),
             Err(e) => {
                 self.waiting.lock().remove(&id);
                 self.sending.fetch_sub(1, Ordering::AcqRel);
@@ -115,8 +114,9 @@ impl Transfer {
             Some(Ok(r)) if r.handed_over => {}
             _ => return Err(Error::invalid("only a transfer done with a hand-over can be confirmed")),
         }
-        debug_assert!(self.shard.is_moved(), "a handed-over shard refuses writes");
-        self.shard.close()?;
+        let shard = self.control.shard();
+        debug_assert!(shard.is_moved(), "a handed-over shard refuses writes");
+        shard.close()?;
         self.transfers.engine.drop_shard(self.shard_id)
     }
 }
