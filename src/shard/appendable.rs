@@ -162,6 +162,14 @@ impl Appendable {
         self.map.insert(Key::new(key), Entry { version, value: Value::Bytes(value.to_vec()) });
     }
 
+    /// Places an entry without logging it: only for a snapshot being
+    /// received, which is durable only as a whole, once its seal writes it
+    /// to a table (an unfinished snapshot is received again from scratch).
+    pub fn adopt(&mut self, key: &[u8], e: Entry) {
+        self.weight += key.len() + e.value.weight();
+        self.map.insert(Key::new(key), e);
+    }
+
     /// Places a whole posting list here (a new key or a copy-on-write move).
     pub fn put_list(&mut self, key: &[u8], items: Vec<Vec<u8>>, version: u64) {
         let mut payload = Vec::new();

@@ -41,6 +41,66 @@ pub struct Entry {
     pub value: Value,
 }
 
+/// An entry read where it lies, its bytes not copied: a table's stored
+/// bytes (a posting list in its encoded form, `encode_list`) or an entry
+/// held in memory. What a snapshot hands out while it streams.
+#[derive(Debug, Clone, Copy)]
+pub enum EntryRef<'a> {
+    Stored { version: u64, kind: Kind, bytes: &'a [u8] },
+    Held(&'a Entry),
+}
+
+impl<'a> From<&'a Entry> for EntryRef<'a> {
+    fn from(e: &'a Entry) -> EntryRef<'a> {
+        EntryRef::Held(e)
+    }
+}
+
+impl EntryRef<'_> {
+    pub fn version(&self) -> u64 {
+        match self {
+            EntryRef::Stored { version, .. } => *version,
+            EntryRef::Held(e) => e.version,
+        }
+    }
+
+    pub fn kind(&self) -> Kind {
+        match self {
+            EntryRef::Stored { kind, .. } => *kind,
+            EntryRef::Held(e) => e.value.kind(),
+        }
+    }
+
+    /// `Value::weight` of its value (an encoded posting list is exactly
+    /// its items plus their length fields).
+    pub fn weight(&self) -> usize {
+        match self {
+            EntryRef::Stored { bytes, .. } => bytes.len(),
+            EntryRef::Held(e) => e.value.weight(),
+        }
+    }
+
+    /// Appends the value's bytes: a value as it is, a posting list encoded.
+    pub fn encode_value(&self, out: &mut Vec<u8>) {
+        match self {
+            EntryRef::Stored { bytes, .. } => out.extend_from_slice(bytes),
+            EntryRef::Held(Entry { value: Value::Bytes(b), .. }) => out.extend_from_slice(b),
+            EntryRef::Held(Entry { value: Value::Posting(items), .. }) => encode_list(items, out),
+        }
+    }
+
+    /// A copy that owns its bytes (a stored posting list is decoded).
+    pub fn to_entry(&self) -> Result<Entry> {
+        match self {
+            EntryRef::Stored { version, kind: Kind::Value, bytes } => Ok(Entry { version: *version, value: Value::Bytes(bytes.to_vec()) }),
+            EntryRef::Stored { version, kind: Kind::Posting, bytes } => {
+                Ok(Entry { version: *version, value: Value::Posting(decode_list(bytes)?) })
+            }
+            EntryRef::Held(e) => Ok((*e).clone()),
+        }
+    }
+}
+
 /// Posting lists travel as `[u32 little-endian length][item bytes]`
 /// repeated; the same encoding is handed to C callers (docs/STORAGE.md).
 pub fn encode_list(items: &[Vec<u8>], out: &mut Vec<u8>) {

@@ -6,14 +6,13 @@
 //! and no pass runs in the middle of a seal or a merge (F1).
 
 use super::appendable::Appendable;
-use super::entry::Entry;
+use super::merging::{held_from, Merged};
 use super::sealed::{Data, Sealed};
 use super::steps::Step;
 use super::table;
 use super::{files, Inner};
 use crate::error::{Error, Result};
 use crate::status::KEEL_STATUS_PANIC;
-use std::iter::Peekable;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -183,7 +182,7 @@ fn write_frozen(inner: &Inner, frozen: &Arc<Sealed>) -> Result<()> {
             inner.wal_durable(version)?;
             let path = inner.seg_dir.join(files::name(frozen.id, files::TABLE));
             steps.at(Step::TableWrite(frozen.id));
-            let t = table::write(&*inner.fs, &path, map.iter().map(|(k, e)| Ok((k.as_slice(), e))), &[], frozen.ident)?;
+            let t = table::write(&*inner.fs, &path, held_from(map, b""), &[], frozen.ident)?;
             steps.at(Step::TableSwap(frozen.id));
             let mut s = inner.segs.write();
             let at = s.sealed.iter().position(|x| Arc::ptr_eq(x, frozen)).expect("frozen segment is in the set");
@@ -256,10 +255,10 @@ pub fn merge(inner: &Inner, ids: &[u64]) -> Result<()> {
         (inputs, id)
     };
     let path = inner.seg_dir.join(files::name(id, files::TABLE));
-    let sources = inputs.iter().map(|x| x.live_from(b"", bound).peekable()).collect();
+    let merged = Merged::new(inputs.iter().map(|x| x.live_from(b"", bound)));
     let ident = inner.segs.read().ident(id);
     steps.at(Step::TableWrite(id));
-    let t = table::write(&*inner.fs, &path, MergeIter { sources }, ids, ident)?;
+    let t = table::write(&*inner.fs, &path, merged, ids, ident)?;
     steps.at(Step::TableSwap(id));
     // Deletions after `bound` are carried over unsaved: the merged
     // side-car holds none of them, so it is complete only up to `bound`.
@@ -287,39 +286,6 @@ pub fn merge(inner: &Inner, ids: &[u64]) -> Result<()> {
     pass(inner).map(|_| ())
 }
 
-type Source<'a> = Peekable<Box<dyn Iterator<Item = Result<(Vec<u8>, Entry)>> + 'a>>;
-
-/// K-way merge of sorted sources; a key present in several keeps its
-/// newest version (only possible after a crash, see Segments::replay).
-struct MergeIter<'a> {
-    sources: Vec<Source<'a>>,
-}
-
-impl Iterator for MergeIter<'_> {
-    type Item = Result<(Vec<u8>, Entry)>;
-
-    fn next(&mut self) -> Option<Self::Item> {
-        let mut best: Option<Vec<u8>> = None;
-        for s in &mut self.sources {
-            match s.peek() {
-                Some(Err(_)) => return s.next(),
-                Some(Ok((k, _))) if best.as_ref().map_or(true, |b| k < b) => best = Some(k.clone()),
-                _ => {}
-            }
-        }
-        let key = best?;
-        let mut winner: Option<Entry> = None;
-        for s in &mut self.sources {
-            if matches!(s.peek(), Some(Ok((k, _))) if *k == key) {
-                let (_, e) = s.next().unwrap().unwrap();
-                if winner.as_ref().map_or(true, |w| w.version < e.version) {
-                    winner = Some(e);
-                }
-            }
-        }
-        Some(Ok((key, winner.unwrap())))
-    }
-}
 
 /// The behaviour the ordered flush replaces, kept for tests only (cargo
 /// feature `unordered-flush`, never in the release library): every

@@ -15,6 +15,7 @@ mod bloom;
 mod entry;
 pub(crate) mod files;
 mod manifest;
+mod merging;
 mod flush;
 mod gate;
 mod key;
@@ -30,7 +31,7 @@ mod steps;
 mod table;
 mod transfer;
 
-pub use entry::{decode_list, encode_list, split_item, Entry, Kind, Value};
+pub use entry::{decode_list, encode_list, split_item, Entry, EntryRef, Kind, Value};
 pub use op::{check_key, Op, MAX_KEY_SIZE, MAX_VALUE_SIZE};
 pub use pool::MAX_FLUSH_THREADS;
 pub use reads::Consensus;

@@ -9,6 +9,7 @@ use super::bloom::hash64;
 use super::files::{self, Ident};
 use super::key::prefix;
 use super::manifest::{self, Listed, Manifest};
+use super::merging::held_from;
 use super::op::{OpRef, Record, BATCH_RECORD_HEADER};
 use super::prefetch::prefetch;
 use super::replicated::{StateChange, Tracker};
@@ -217,7 +218,7 @@ pub fn load(fs: &Arc<dyn FileSystem>, dir: &Path, wal_has_records: bool, salvage
     let appendable = newest.and_then(|id| logs.remove(&id));
     let mut sealed_now = Vec::new();
     for (id, a) in logs {
-        let t = table::write(fsr, &dir.join(files::name(id, files::TABLE)), a.map.into_iter().map(|(k, e)| Ok((k.as_slice().to_vec(), e))), &[], ident(id))?;
+        let t = table::write(fsr, &dir.join(files::name(id, files::TABLE)), held_from(&a.map, b""), &[], ident(id))?;
         // Deletions its frozen form saved, if any (the WAL has them all).
         let s = Sealed::load(fsr, dir, ident(id), t, false)?;
         s.write_side_car(fsr, &Steps::default())?; // at open: no background work yet

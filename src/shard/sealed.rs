@@ -6,6 +6,7 @@
 
 use super::bloom::Probe;
 use super::entry::Entry;
+use super::merging::{held_from, Source};
 use super::files::{self, Cursor, Ident};
 use super::key::Key;
 use super::steps::{Step, Steps};
@@ -15,7 +16,6 @@ use crate::fs::FileSystem;
 use parking_lot::Mutex;
 use std::collections::hash_map::{Entry as Slot, HashMap};
 use std::collections::BTreeMap;
-use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -290,22 +290,18 @@ impl Sealed {
         files::seal_small(DEL_MAGIC, &body)
     }
 
-    /// Entries with key >= `start` in key order, without those deleted at
-    /// a version <= `deleted_upto` (u64::MAX: every deletion counts).
-    pub fn live_from<'a>(
-        &'a self,
-        start: &'a [u8],
-        deleted_upto: u64,
-    ) -> Box<dyn Iterator<Item = Result<(Vec<u8>, Entry)>> + 'a> {
-        let deleted: HashMap<Key, u64> =
-            self.deletions.lock().keys.iter().filter(|(_, &v)| v <= deleted_upto).map(|(k, &v)| (k.clone(), v)).collect();
-        let all: Box<dyn Iterator<Item = Result<(Vec<u8>, Entry)>> + 'a> = match &self.data {
-            Data::Table(t) => Box::new(t.iter_from(start)),
-            Data::Frozen(m) => Box::new(
-                m.range::<[u8], _>((Bound::Included(start), Bound::Unbounded)).map(|(k, e)| Ok((k.as_slice().to_vec(), e.clone()))),
-            ),
+    /// Entries with key >= `start` in key order, read in place, without
+    /// those deleted at a version <= `deleted_upto` (u64::MAX: every
+    /// deletion counts). A deletion made while this runs has a version
+    /// past anything applied before, so what a caller's bound leaves out
+    /// does not change under it.
+    pub fn live_from<'a>(&'a self, start: &'a [u8], deleted_upto: u64) -> Source<'a> {
+        let all: Source<'a> = match &self.data {
+            Data::Table(t) => Box::new(t.refs_from(start)),
+            Data::Frozen(m) => held_from(m, start),
         };
-        Box::new(all.filter(move |r| !matches!(r, Ok((k, _)) if deleted.contains_key(k.as_slice()))))
+        let deleted = move |k: &[u8]| self.deletions.lock().keys.get(k).is_some_and(|&v| v <= deleted_upto);
+        Box::new(all.filter(move |r| !matches!(r, Ok((k, _)) if deleted(k))))
     }
 
     pub fn remove_files(&self, fs: &dyn FileSystem, dir: &Path) -> Result<()> {

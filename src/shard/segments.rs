@@ -11,12 +11,12 @@
 use super::appendable::Appendable;
 use super::bloom::Probe;
 use super::entry::{Entry, Kind, Value};
+use super::merging::{held_from, Merged};
 use super::op::OpRef;
 use super::sealed::Sealed;
 use crate::error::{Error, Result};
 use crate::status::KEEL_STATUS_WRONG_KIND;
-use std::collections::{BTreeMap, HashMap};
-use std::ops::Bound;
+use std::collections::HashMap;
 use std::sync::Arc;
 
 /// The kind each key is left with by the batches checked so far in a
@@ -274,25 +274,15 @@ impl Segments {
             return Ok(Vec::new()); // an empty (or reversed) range
         }
         let in_range = |k: &[u8]| end.map_or(true, |e| k < e);
-        let mut out: BTreeMap<Vec<u8>, Entry> = BTreeMap::new();
-        let mut keep = |k: Vec<u8>, e: Entry| {
-            if out.get(&k).map_or(true, |have| have.version < e.version) {
-                out.insert(k, e);
+        let sealed = self.sealed.iter().map(|s| s.live_from(start, u64::MAX));
+        let mut out = Vec::new();
+        for r in Merged::new(sealed.chain([held_from(&self.appendable.map, start)])) {
+            let (k, e) = r?;
+            if !in_range(k) {
+                break;
             }
-        };
-        for s in &self.sealed {
-            for r in s.live_from(start, u64::MAX) {
-                let (k, e) = r?;
-                if !in_range(&k) {
-                    break;
-                }
-                keep(k, e);
-            }
+            out.push((k.to_vec(), e.to_entry()?));
         }
-        let upper = end.map_or(Bound::Unbounded, Bound::Excluded);
-        for (k, e) in self.appendable.map.range::<[u8], _>((Bound::Included(start), upper)) {
-            keep(k.as_slice().to_vec(), e.clone());
-        }
-        Ok(out.into_iter().collect())
+        Ok(out)
     }
 }

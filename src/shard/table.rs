@@ -20,7 +20,7 @@
 //! searches the block's entry offsets.
 
 use super::bloom::{self, Probe};
-use super::entry::{decode_list, encode_list, Entry, Value};
+use super::entry::{Entry, EntryRef, Kind};
 use super::files::{self, Cursor, Ident};
 use super::key::prefix;
 use crate::error::{Error, Result};
@@ -125,21 +125,18 @@ pub struct Table {
     verified: Vec<AtomicU8>,
 }
 
-fn encode_entry(out: &mut Vec<u8>, key: &[u8], e: &Entry) {
+fn encode_entry(out: &mut Vec<u8>, key: &[u8], e: EntryRef) {
     let start = out.len();
     out.extend_from_slice(&(key.len() as u32).to_le_bytes());
     out.extend_from_slice(&[0; 4]); // value length, patched below
-    out.extend_from_slice(&e.version.to_le_bytes());
-    out.push(match e.value {
-        Value::Bytes(_) => KIND_VALUE,
-        Value::Posting(_) => KIND_POSTING,
+    out.extend_from_slice(&e.version().to_le_bytes());
+    out.push(match e.kind() {
+        Kind::Value => KIND_VALUE,
+        Kind::Posting => KIND_POSTING,
     });
     out.extend_from_slice(key);
     let vstart = out.len();
-    match &e.value {
-        Value::Bytes(b) => out.extend_from_slice(b),
-        Value::Posting(items) => encode_list(items, out),
-    }
+    e.encode_value(out);
     let vlen = (out.len() - vstart) as u32;
     out[start + 4..start + 8].copy_from_slice(&vlen.to_le_bytes());
 }
@@ -153,22 +150,25 @@ fn decode_entry<'a>(c: &mut Cursor<'a>) -> Result<(&'a [u8], u64, u8, &'a [u8])>
 }
 
 fn to_entry(version: u64, kind: u8, value: &[u8]) -> Result<Entry> {
-    let value = match kind {
-        KIND_VALUE => Value::Bytes(value.to_vec()),
-        KIND_POSTING => Value::Posting(decode_list(value)?),
-        k => return Err(Error::corruption(format!("segment entry of unknown kind {k}"))),
-    };
-    Ok(Entry { version, value })
+    EntryRef::Stored { version, kind: kind_of(kind)?, bytes: value }.to_entry()
+}
+
+fn kind_of(kind: u8) -> Result<Kind> {
+    match kind {
+        KIND_VALUE => Ok(Kind::Value),
+        KIND_POSTING => Ok(Kind::Posting),
+        k => Err(Error::corruption(format!("segment entry of unknown kind {k}"))),
+    }
 }
 
 /// Writes a table from entries in strictly increasing key order, durably
 /// (temporary file, fsync, rename, directory fsync), and opens it. The
-/// entries may be borrowed (a sealed map's, written without copying each
-/// key and value) or owned (a merge's).
-pub fn write<K: AsRef<[u8]>, E: std::borrow::Borrow<Entry>>(
+/// entries are read in place (a sealed map's, or a merge's straight from
+/// its tables): nothing is copied but into the file's blocks.
+pub fn write<'e>(
     fs: &dyn FileSystem,
     path: &Path,
-    entries: impl Iterator<Item = Result<(K, E)>>,
+    entries: impl Iterator<Item = Result<(&'e [u8], EntryRef<'e>)>>,
     replaced: &[u64],
     ident: Ident,
 ) -> Result<Table> {
@@ -200,12 +200,11 @@ pub fn write<K: AsRef<[u8]>, E: std::borrow::Borrow<Entry>>(
     };
     for item in entries {
         let (key, entry) = item?;
-        let (key, entry) = (key.as_ref(), entry.borrow());
         if last_key.as_deref().is_some_and(|l| l >= key) {
             return Err(Error::new(crate::status::KEEL_STATUS_PANIC, "table keys out of order (bug)"));
         }
         hashes.push(bloom::hash64(key));
-        max_version = max_version.max(entry.version);
+        max_version = max_version.max(entry.version());
         first_key.get_or_insert_with(|| key.to_vec());
         offsets.push(block.len() as u32);
         encode_entry(&mut block, key, entry);
@@ -390,34 +389,51 @@ impl Table {
     }
 
     /// Every entry with key >= `start`, in key order.
-    pub fn iter_from<'a>(&'a self, start: &'a [u8]) -> impl Iterator<Item = Result<(Vec<u8>, Entry)>> + 'a {
-        let first = self.block_for(start).unwrap_or(0);
-        (first..self.index.len())
-            .flat_map(move |b| {
-                let block = match self.block(b) {
-                    Ok((entries, _)) => entries,
-                    Err(e) => return vec![Err(e)],
-                };
-                let mut c = Cursor { bytes: block };
-                let mut out = Vec::new();
-                while !c.bytes.is_empty() {
-                    match decode_entry(&mut c) {
-                        Ok((k, _, _, _)) if k < start => {}
-                        Ok((k, version, kind, value)) => out.push(to_entry(version, kind, value).map(|e| (k.to_vec(), e))),
-                        Err(e) => {
-                            out.push(Err(e));
-                            break;
-                        }
+    /// The entries from the first key at or above `start`, in key order,
+    /// read in place from the mapped file (nothing copied, one block
+    /// decoded at a time). Ends after the first error.
+    pub fn refs_from<'a>(&'a self, start: &'a [u8]) -> impl Iterator<Item = Result<(&'a [u8], EntryRef<'a>)>> + 'a {
+        let mut next_block = self.block_for(start).unwrap_or(0);
+        let mut entries: &'a [u8] = &[];
+        let mut failed = false;
+        std::iter::from_fn(move || loop {
+            if failed {
+                return None;
+            }
+            if entries.is_empty() {
+                if next_block >= self.index.len() {
+                    return None;
+                }
+                match self.block(next_block) {
+                    Ok((e, _)) => entries = e,
+                    Err(e) => {
+                        failed = true;
+                        return Some(Err(e));
                     }
                 }
-                out
-            })
+                next_block += 1;
+                continue;
+            }
+            let mut c = Cursor { bytes: entries };
+            let r = decode_entry(&mut c)
+                .and_then(|(k, version, kind, bytes)| Ok((k, EntryRef::Stored { version, kind: kind_of(kind)?, bytes })));
+            entries = c.bytes;
+            match r {
+                Ok((k, _)) if k < start => {}
+                Ok(found) => return Some(Ok(found)),
+                Err(e) => {
+                    failed = true;
+                    return Some(Err(e));
+                }
+            }
+        })
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::shard::Value;
 
     fn entries(n: u32) -> Vec<(Vec<u8>, Entry)> {
         (0..n)
@@ -466,7 +482,7 @@ mod tests {
         let all = entries(3000);
         let fs = crate::fs::StdFs::direct();
         let ident = Ident { shard: 9, segment: 3 };
-        let t = write(&fs, &path, all.clone().into_iter().map(Ok), &[4, 5], ident).unwrap();
+        let t = write(&fs, &path, all.iter().map(|(k, e)| Ok((k.as_slice(), EntryRef::Held(e)))), &[4, 5], ident).unwrap();
         assert_eq!(t.ident, ident);
         assert_eq!((t.count, t.max_version, t.replaced.clone()), (3000, 3000, vec![4, 5]));
         for (k, e) in &all {
@@ -474,7 +490,7 @@ mod tests {
         }
         assert_eq!(t.get(&Probe::new(b"key-")).unwrap(), None);
         assert_eq!(t.get(&Probe::new(b"zzz")).unwrap(), None);
-        let from: Vec<_> = t.iter_from(b"key-002500").map(|r| r.unwrap()).collect();
+        let from: Vec<_> = t.refs_from(b"key-002500").map(|r| r.and_then(|(k, e)| Ok((k.to_vec(), e.to_entry()?))).unwrap()).collect();
         assert_eq!(from, all[2500..].to_vec());
         drop(t);
         // A flipped byte in a block is caught on read; in the footer, at open.

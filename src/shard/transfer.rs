@@ -3,7 +3,8 @@
 //! on the receiver, an incoming shard that starts at the snapshot's
 //! version and applies operations with their original versions.
 
-use super::entry::{Entry, Value};
+use super::entry::{Entry, EntryRef};
+use super::merging::{held_from, Merged};
 use super::key::Key;
 use super::op::{Record, BATCH_RECORD_HEADER};
 use super::pool::Host;
@@ -16,7 +17,6 @@ use crate::fs::{FileSystem, StdFs};
 use crate::status::*;
 use crate::wal::{extent, Pin, ReadUpto, Reader};
 use std::collections::BTreeMap;
-use std::ops::Bound;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -37,10 +37,18 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    /// The next live entries in key order after `after` (None: from the
-    /// first key): at most `max_keys` and `max_bytes` of keys and values,
-    /// except that a chunk always holds one entry while keys remain.
-    pub fn chunk(&self, after: Option<&[u8]>, max_keys: usize, max_bytes: usize) -> Result<Vec<(Vec<u8>, Entry)>> {
+    /// Visits the next live entries in key order after `after` (None:
+    /// from the first key), read in place: at most `max_keys` and
+    /// `max_bytes` of keys and values, except that a chunk always holds one
+    /// entry while keys remain. Each segment is read only as far as the
+    /// chunk reaches. Returns the last key visited (None: no keys remain).
+    pub fn visit(
+        &self,
+        after: Option<&[u8]>,
+        max_keys: usize,
+        max_bytes: usize,
+        mut f: impl FnMut(&[u8], EntryRef<'_>) -> Result<()>,
+    ) -> Result<Option<Vec<u8>>> {
         let max_keys = max_keys.max(1);
         let start = after.map(|a| {
             let mut s = a.to_vec();
@@ -48,30 +56,27 @@ impl Snapshot {
             s
         });
         let start = start.as_deref().unwrap_or(&[]);
-        let mut merged: BTreeMap<Vec<u8>, Entry> = BTreeMap::new();
-        let mut keep = |k: Vec<u8>, e: Entry| {
-            if merged.get(&k).map_or(true, |have| have.version < e.version) {
-                merged.insert(k, e);
-            }
-        };
-        for s in &self.sealed {
-            for r in s.live_from(start, self.version).take(max_keys) {
-                let (k, e) = r?;
-                keep(k, e);
-            }
-        }
-        for (k, e) in self.appendable.range::<[u8], _>((Bound::Included(start), Bound::Unbounded)).take(max_keys) {
-            keep(k.as_slice().to_vec(), e.clone());
-        }
-        let (mut out, mut bytes) = (Vec::new(), 0);
-        for (k, e) in merged.into_iter().take(max_keys) {
-            let size = k.len() + e.value.weight();
-            if !out.is_empty() && bytes + size > max_bytes {
+        let sealed = self.sealed.iter().map(|s| s.live_from(start, self.version));
+        let (mut count, mut bytes, mut last) = (0, 0, None);
+        for r in Merged::new(sealed.chain([held_from(&self.appendable, start)])) {
+            let (k, e) = r?;
+            let size = k.len() + e.weight();
+            if count == max_keys || (count > 0 && bytes + size > max_bytes) {
                 break;
             }
-            bytes += size;
-            out.push((k, e));
+            f(k, e)?;
+            (count, bytes, last) = (count + 1, bytes + size, Some(k));
         }
+        Ok(last.map(<[u8]>::to_vec))
+    }
+
+    /// `visit`, the entries copied out.
+    pub fn chunk(&self, after: Option<&[u8]>, max_keys: usize, max_bytes: usize) -> Result<Vec<(Vec<u8>, Entry)>> {
+        let mut out = Vec::new();
+        self.visit(after, max_keys, max_bytes, |k, e| {
+            out.push((k.to_vec(), e.to_entry()?));
+            Ok(())
+        })?;
         Ok(out)
     }
 }
@@ -91,6 +96,14 @@ impl Shard {
         let (tx, rx) = crossbeam_channel::bounded(1);
         self.inner.request(super::pool::Request::Seal(tx))?;
         rx.recv().map_err(|_| Error::new(KEEL_STATUS_CLOSED, "shard closed during the seal"))?
+    }
+
+    /// Makes the installed snapshot durable: seals what `install` left in
+    /// the appendable segment (it is not logged) into a table, then runs a
+    /// pass. Returns the persisted version.
+    pub(crate) fn persist_installed(&self) -> Result<u64> {
+        self.seal_above(0)?;
+        self.flush(true)
     }
 
     /// A consistent snapshot at the last applied version, taken under the
@@ -214,27 +227,37 @@ impl Shard {
 
     /// Installs snapshot entries with their versions: a key already here
     /// at the same or a newer version is left alone (a re-sent batch).
-    pub(crate) fn install(&self, entries: &[(Vec<u8>, Entry)]) -> Result<()> {
+    /// They are not logged: the snapshot's end seals them into tables
+    /// (`Appendable::adopt`).
+    pub(crate) fn install(&self, entries: Vec<(Vec<u8>, Entry)>) -> Result<()> {
         self.inner.check_open()?;
         let mut segs = self.inner.segs.write();
         for (key, e) in entries {
-            match segs.get(key)? {
+            match segs.get(&key)? {
                 Some(have) if have.version >= e.version => continue,
                 Some(_) => {
                     return Err(Error::new(
                         KEEL_STATUS_PROTOCOL,
-                        format!("snapshot entry {:?} at version {} arrived twice with different versions", String::from_utf8_lossy(key), e.version),
+                        format!("snapshot entry {:?} at version {} arrived twice with different versions", String::from_utf8_lossy(&key), e.version),
                     ))
                 }
                 None => {}
             }
-            match &e.value {
-                Value::Bytes(b) => segs.appendable.put(key, b, e.version),
-                Value::Posting(items) => segs.appendable.put_list(key, items.clone(), e.version),
-            }
+            segs.appendable.adopt(&key, e);
         }
         let applied = segs.applied;
         segs.finish(applied);
+        let weight = segs.appendable.weight;
+        drop(segs);
+        // A snapshot may be bigger than memory: its entries go to tables
+        // as they come, sealed past seal_bytes like writes, and an install
+        // waits for the seal when the flush falls a whole segment behind.
+        let seal = self.inner.opts.seal_bytes;
+        if weight >= seal.saturating_mul(2) {
+            self.seal_above(seal)?;
+        } else if weight >= seal {
+            let _ = self.inner.request(super::pool::Request::Maintain);
+        }
         Ok(())
     }
 

@@ -455,8 +455,8 @@ impl Receiver {
             }
             wire::SNAPSHOT_END => {
                 // The snapshot is durable only as a whole: its entries are
-                // in memory until this flush persists them. Only then may a
-                // later WAL delta build on it.
+                // not logged but sealed into tables, the last of them here.
+                // Only then may a later WAL delta build on it.
                 let shard = shard_of(inc, true)?;
                 // The replicated state as of the snapshot (a source before
                 // it was sent sends an empty body).
@@ -467,7 +467,7 @@ impl Receiver {
                     }
                     shard.seed_replicated(&state);
                 }
-                ack.version = shard.flush(true)?;
+                ack.version = shard.persist_installed()?;
                 if let Some((version, crc)) = inc.base {
                     shard.set_snapshot_base(version, crc)?;
                 }
@@ -521,7 +521,7 @@ fn install(inc: &mut Incoming) -> Result<()> {
         return Ok(());
     }
     let entries = std::mem::take(&mut inc.installing);
-    shard_of(inc, true)?.install(&entries)
+    shard_of(inc, true)?.install(entries)
 }
 
 /// The incoming shard, once BEGIN opened it (`snapshot`: only during a snapshot).

@@ -120,13 +120,13 @@ impl Batcher {
         let mut b = self.start(wire::ENTRIES);
         // The chunk counts keys and values; the frame adds the rest.
         let framing = STEP_HEADER + 4 + wire::ENTRY_OVERHEAD * self.max_records;
-        let chunk = snap.chunk(after.as_deref(), self.max_records, self.max_bytes.saturating_sub(framing))?;
-        for (key, e) in &chunk {
+        let last = snap.visit(after.as_deref(), self.max_records, self.max_bytes.saturating_sub(framing), |key, e| {
             wire::put_entry(&mut b.payload, key, e);
             b.count += 1;
-        }
-        if let Some((last, _)) = chunk.last() {
-            *after = Some(last.clone());
+            Ok(())
+        })?;
+        if last.is_some() {
+            *after = last;
         }
         Ok(self.close(b, began))
     }

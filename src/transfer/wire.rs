@@ -8,7 +8,7 @@
 
 use crate::error::{Error, Result};
 use crate::shard::files::{put_bytes, Cursor};
-use crate::shard::{encode_list, decode_list, Entry, Value};
+use crate::shard::{decode_list, Entry, EntryRef, Kind, Value};
 use crate::status::*;
 
 /// Source → receiver: asks to send a shard. Body: `[u32 shard id][u8 method]`.
@@ -125,23 +125,20 @@ impl Ack {
     }
 }
 
-pub fn put_entry(out: &mut Vec<u8>, key: &[u8], e: &Entry) {
+pub fn put_entry<'a>(out: &mut Vec<u8>, key: &[u8], e: impl Into<EntryRef<'a>>) {
+    let e = e.into();
     put_bytes(out, key);
-    out.extend_from_slice(&e.version.to_le_bytes());
-    match &e.value {
-        Value::Bytes(b) => {
-            out.push(KIND_VALUE);
-            put_bytes(out, b);
-        }
-        Value::Posting(items) => {
-            out.push(KIND_POSTING);
-            let at = out.len();
-            out.extend_from_slice(&[0; 4]);
-            encode_list(items, out);
-            let len = (out.len() - at - 4) as u32;
-            out[at..at + 4].copy_from_slice(&len.to_le_bytes());
-        }
-    }
+    out.extend_from_slice(&e.version().to_le_bytes());
+    out.push(match e.kind() {
+        Kind::Value => KIND_VALUE,
+        Kind::Posting => KIND_POSTING,
+    });
+    // A value and an encoded posting list alike: length, then bytes.
+    let at = out.len();
+    out.extend_from_slice(&[0; 4]);
+    e.encode_value(out);
+    let len = (out.len() - at - 4) as u32;
+    out[at..at + 4].copy_from_slice(&len.to_le_bytes());
 }
 
 /// Bytes `put_entry` writes for an entry besides its key and its value's
