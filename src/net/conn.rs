@@ -405,6 +405,12 @@ impl Writer {
         self.net.append(&self.conn, &[Piece::Shared(data)], more)
     }
 
+    /// Appends one message made of `head` (copied) and `body`
+    /// (referenced like `send_shared`), both or neither.
+    pub fn send_parts(&self, head: &[u8], body: Arc<[u8]>, more: bool) -> Result<()> {
+        self.net.append(&self.conn, &[Piece::Bytes(head), Piece::Shared(body)], more)
+    }
+
     /// Appends several messages at once (all or none against the caps).
     pub fn send_batch(&self, parts: &[&[u8]], more: bool) -> Result<()> {
         let pieces: Vec<Piece> = parts.iter().map(|p| Piece::Bytes(p)).collect();

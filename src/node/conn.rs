@@ -121,14 +121,26 @@ impl Conn {
 
     /// Queues one frame on the batched writer.
     pub fn send(&self, node: &Inner, ty: u16, payload: &[u8]) -> Result<()> {
+        self.queue(node, &frame::encode(ty, payload), None)
+    }
+
+    /// Queues one frame whose payload is `head` then `body`; the body's
+    /// bytes are referenced, not copied.
+    pub fn send_body(&self, node: &Inner, ty: u16, head: &[u8], body: &frame::Body) -> Result<()> {
+        self.queue(node, &frame::encode_head(ty, head, body), Some(body))
+    }
+
+    fn queue(&self, node: &Inner, start: &[u8], body: Option<&frame::Body>) -> Result<()> {
         let w = self.writer.read();
         let w = w
             .as_ref()
             .ok_or_else(|| Error::new(KEEL_STATUS_CLOSED, format!("connection to {} is closed", self.remote)))?;
-        let bytes = frame::encode(ty, payload);
-        w.send(&bytes, false)?;
+        match body {
+            Some(b) => w.send_parts(start, b.bytes.clone(), false)?,
+            None => w.send(start, false)?,
+        }
         add(&node.counters.frames_out, 1);
-        add(&node.counters.bytes_out, bytes.len() as u64);
+        add(&node.counters.bytes_out, (start.len() + body.map_or(0, frame::Body::len)) as u64);
         Ok(())
     }
 

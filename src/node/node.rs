@@ -4,6 +4,7 @@
 use crate::error::{Error, Result};
 use crate::net::{Net, NetOptions, WriterOptions};
 use crate::node::conn::Conn;
+use crate::node::frame;
 use crate::node::handshake::{ReplayGuard, Role};
 use crate::node::stats::{add, Counters, NodeStats, Reason};
 use crate::node::{Handler, NodeOptions, Service};
@@ -185,18 +186,28 @@ impl Node {
     /// connection to the peer is ready; BUSY when the peer stopped reading
     /// and the connection was cut off.
     pub fn send(&self, peer_id: u64, ty: u16, payload: &[u8]) -> Result<()> {
+        self.send_to(peer_id, ty, payload.len(), |conn| conn.send(&self.inner, ty, payload))
+    }
+
+    /// `send` of the payload `head` then `body`, the body's bytes sent
+    /// as they are (not copied), however often it is sent.
+    pub fn send_body(&self, peer_id: u64, ty: u16, head: &[u8], body: &frame::Body) -> Result<()> {
+        self.send_to(peer_id, ty, head.len() + body.len(), |conn| conn.send_body(&self.inner, ty, head, body))
+    }
+
+    fn send_to(&self, peer_id: u64, ty: u16, len: usize, send: impl FnOnce(&Conn) -> Result<()>) -> Result<()> {
         let max = self.inner.opts.max_frame_bytes as usize;
         if Service::of(ty).is_none() {
             return Err(Error::invalid(format!("frame type {ty:#06x} belongs to no service")));
         }
-        if payload.len() > max {
-            return Err(Error::invalid(format!("payload of {} bytes is above max_frame_bytes {max}", payload.len())));
+        if len > max {
+            return Err(Error::invalid(format!("payload of {len} bytes is above max_frame_bytes {max}")));
         }
         self.inner.check_open()?;
         let conn = self.inner.reg.lock().by_peer.get(&peer_id).cloned();
         let conn =
             conn.ok_or_else(|| Error::new(KEEL_STATUS_NOT_FOUND, format!("no ready connection to peer {peer_id}")))?;
-        conn.send(&self.inner, ty, payload).inspect_err(|_| {
+        send(&conn).inspect_err(|_| {
             // A connection that cannot take a frame is done (its reader
             // ends it, with the writer's reason): it leaves the peer table
             // now, so `reconnect` dials afresh instead of finding it there.

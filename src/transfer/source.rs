@@ -10,6 +10,7 @@ use super::retry::{self, Retry};
 use super::wire::{self, Ack, STEP_HEADER};
 use super::{failed, Method, Report, TransferOptions};
 use crate::error::{Error, Result};
+use crate::node::frame::Body;
 use crate::node::Node;
 use crate::shard::{Shard, Snapshot};
 use crate::status::*;
@@ -58,10 +59,21 @@ impl Drop for Held {
     }
 }
 
-/// An encoded batch: the frame payload with room for the step header.
+/// A batch being filled: the entry or record count, then the entries.
+struct Filling {
+    ty: u16,
+    buf: Vec<u8>,
+    count: u64,
+    last: u64,
+    began: Instant,
+    held: Held,
+}
+
+/// An encoded batch: the step's body after its header, checksummed and
+/// shared by the thread that read it, so its send copies nothing.
 struct Batch {
     ty: u16,
-    payload: Vec<u8>,
+    body: Body,
     count: u64,
     /// OPS: the last version in it.
     last: u64,
@@ -79,56 +91,55 @@ struct Batcher {
 }
 
 impl Batcher {
-    fn start(&self, ty: u16) -> Batch {
-        let mut payload = vec![0; STEP_HEADER];
-        payload.extend_from_slice(&[0; 4]); // the count, set by `close`
-        Batch { ty, payload, count: 0, last: 0, read: Duration::ZERO, _held: Held::new(&self.memory) }
+    fn start(&self, ty: u16) -> Filling {
+        // Room for the whole batch at once: growing it would copy it.
+        let mut buf = Vec::with_capacity(self.max_bytes + 4);
+        buf.extend_from_slice(&[0; 4]); // the count, set by `close`
+        Filling { ty, buf, count: 0, last: 0, began: Instant::now(), held: Held::new(&self.memory) }
     }
 
     /// Finishes a batch (None when empty). One larger than a frame holds a
     /// single entry or record; `Link::send` sends it in pieces.
-    fn close(&self, mut b: Batch, began: Instant) -> Option<Batch> {
-        if b.count == 0 {
+    fn close(&self, mut f: Filling) -> Option<Batch> {
+        if f.count == 0 {
             return None;
         }
-        debug_assert!(b.count == 1 || b.payload.len() <= self.frame_limit, "only a lone entry or record outgrows a frame");
-        b.payload[STEP_HEADER..STEP_HEADER + 4].copy_from_slice(&(b.count as u32).to_le_bytes());
-        b.read = began.elapsed();
-        Some(b)
+        debug_assert!(f.count == 1 || STEP_HEADER + f.buf.len() <= self.frame_limit, "only a lone entry or record outgrows a frame");
+        f.buf[..4].copy_from_slice(&(f.count as u32).to_le_bytes());
+        let body = Body::new(f.buf);
+        Some(Batch { ty: f.ty, body, count: f.count, last: f.last, read: f.began.elapsed(), _held: f.held })
     }
 
     /// The next WAL records (up to the durable mark) from `reader`.
     fn ops(&self, reader: &mut Reader) -> Result<Option<Batch>> {
-        let began = Instant::now();
         let mut b = self.start(wire::OPS);
         while (b.count as usize) < self.max_records {
             let Some((version, record)) = reader.peek()? else { break };
-            if b.count > 0 && b.payload.len() + wire::op_len(record) > self.max_bytes {
+            if b.count > 0 && STEP_HEADER + b.buf.len() + wire::op_len(record) > self.max_bytes {
                 break;
             }
-            wire::put_op(&mut b.payload, version, record);
+            wire::put_op(&mut b.buf, version, record);
             b.count += 1;
             b.last = version;
             reader.advance();
         }
-        Ok(self.close(b, began))
+        Ok(self.close(b))
     }
 
     /// The next snapshot entries after `after`.
     fn entries(&self, snap: &Snapshot, after: &mut Option<Vec<u8>>) -> Result<Option<Batch>> {
-        let began = Instant::now();
         let mut b = self.start(wire::ENTRIES);
         // The chunk counts keys and values; the frame adds the rest.
         let framing = STEP_HEADER + 4 + wire::ENTRY_OVERHEAD * self.max_records;
         let last = snap.visit(after.as_deref(), self.max_records, self.max_bytes.saturating_sub(framing), |key, e| {
-            wire::put_entry(&mut b.payload, key, e);
+            wire::put_entry(&mut b.buf, key, e);
             b.count += 1;
             Ok(())
         })?;
         if last.is_some() {
             *after = last;
         }
-        Ok(self.close(b, began))
+        Ok(self.close(b))
     }
 }
 
@@ -153,18 +164,18 @@ struct Link<'a> {
 }
 
 impl Link<'_> {
-    /// Sends one step (its payload starts with room for the header) and
-    /// waits for its ACK. A step the transport lost is sent again whole,
-    /// under the same number, after a backoff and a fresh dial: the
-    /// receiver answers a copy of a step it has seen from its memory.
-    fn call(&mut self, ty: u16, mut payload: Vec<u8>) -> Result<Ack> {
+    /// Sends one step (its header, then `body`) and waits for its ACK. A
+    /// step the transport lost is sent again whole, under the same number,
+    /// after a backoff and a fresh dial: the receiver answers a copy of a
+    /// step it has seen from its memory.
+    fn call(&mut self, ty: u16, body: &Body) -> Result<Ack> {
         debug_assert_eq!(self.acked, self.step, "one step in flight at a time");
         self.step += 1;
-        payload[..STEP_HEADER].copy_from_slice(&wire::step(self.id, self.step, self.acked));
+        let head = wire::step(self.id, self.step, self.acked);
         let began = Instant::now();
         let mut retries = 0;
         let ack = loop {
-            match self.attempt(ty, &payload) {
+            match self.attempt(ty, &head, body) {
                 Ok(ack) => break ack,
                 // A cancel ends the step whatever the transport did.
                 Err(e) if self.control.check().is_err() => return Err(e),
@@ -192,14 +203,15 @@ impl Link<'_> {
     /// One try at the current step: sends it (within the bandwidth cap)
     /// and waits for its ACK, giving up early when the connection drops
     /// or the host cancels.
-    fn attempt(&mut self, ty: u16, payload: &[u8]) -> Result<Ack> {
+    fn attempt(&mut self, ty: u16, head: &[u8], body: &Body) -> Result<Ack> {
+        let len = head.len() + body.len();
         if let Some(pace) = &mut self.pace {
-            let debt = pace.take(payload.len(), self.clock);
+            let debt = pace.take(len, self.clock);
             self.control.pause(self.clock, debt)?;
             self.report.paced += debt;
         }
-        self.node.send(self.peer, ty, payload)?;
-        self.report.bytes += payload.len() as u64;
+        self.node.send_body(self.peer, ty, head, body)?;
+        self.report.bytes += len as u64;
         let deadline = Instant::now() + self.timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -225,9 +237,7 @@ impl Link<'_> {
     }
 
     fn simple(&mut self, ty: u16, body: &[u8]) -> Result<Ack> {
-        let mut payload = vec![0; STEP_HEADER];
-        payload.extend_from_slice(body);
-        self.call(ty, payload)
+        self.call(ty, &Body::new(body.to_vec()))
     }
 
     /// Sends one batch, at a batch boundary: a cancel stops it first.
@@ -242,20 +252,17 @@ impl Link<'_> {
                 self.report.last_version = b.last;
             }
         }
-        let Batch { ty, payload, _held, .. } = b;
-        if payload.len() <= self.frame_limit {
-            self.call(ty, payload)?;
+        let Batch { ty, body, _held, .. } = b;
+        if STEP_HEADER + body.len() <= self.frame_limit {
+            self.call(ty, &body)?;
         } else {
             // One entry or record larger than a frame: its body goes in
             // frame-sized PART steps, each acknowledged like any step, and
             // the last piece as the batch's own type.
-            let pieces: Vec<&[u8]> = payload[STEP_HEADER..].chunks(self.frame_limit - STEP_HEADER).collect();
+            let pieces: Vec<&[u8]> = body.bytes.chunks(self.frame_limit - STEP_HEADER).collect();
             for (i, piece) in pieces.iter().enumerate() {
                 let last = i + 1 == pieces.len();
-                let mut p = Vec::with_capacity(STEP_HEADER + piece.len());
-                p.extend_from_slice(&[0; STEP_HEADER]);
-                p.extend_from_slice(piece);
-                self.call(if last { ty } else { wire::PART }, p)?;
+                self.call(if last { ty } else { wire::PART }, &Body::new(piece.to_vec()))?;
                 self.report.parts += u64::from(!last);
             }
         }
