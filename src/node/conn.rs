@@ -202,7 +202,11 @@ impl Conn {
             .map_err(|e| (Reason::Reset, format!("{}: set read timeout: {e}", self.remote)))?;
         self.send_or_end(node, types::HELLO, &me.encode())?;
         let limit = o.read_limit();
+        // Input lies in buf[..filled]. The buffer keeps its length (and
+        // its zeroed bytes) from frame to frame, so a read never clears
+        // room again: it grows only for a bigger frame, up to `limit`.
         let mut buf: Vec<u8> = Vec::new();
+        let mut filled = 0;
         let mut stage = Stage::AwaitHello;
         let started = Instant::now();
         let mut heard = started;
@@ -220,11 +224,11 @@ impl Conn {
                 // RST, which throws away what is still on its way to the
                 // peer. (The writer's close may have read part of it too,
                 // so it is not decoded.)
-                buf.clear();
+                filled = 0;
             }
             if !closing {
                 loop {
-                    let f = match frame::decode(&buf, o.max_frame_bytes) {
+                    let f = match frame::decode(&buf[..filled], o.max_frame_bytes) {
                         Ok(Some(f)) => f,
                         Ok(None) => break,
                         Err(e @ FrameError::Oversized { .. }) => return fail(Reason::Oversized, self.say(e)),
@@ -232,7 +236,8 @@ impl Conn {
                     };
                     add(&node.counters.frames_in, 1);
                     self.on_frame(node, &me, &mut stage, f.ty, &buf[HEADER_LEN..f.len])?;
-                    buf.drain(..f.len);
+                    buf.copy_within(f.len..filled, 0);
+                    filled -= f.len;
                 }
             }
             let now = Instant::now();
@@ -259,13 +264,18 @@ impl Conn {
                 );
             }
             // The buffer never holds more than one frame and its header:
-            // a complete frame is decoded above before reading on.
-            let old = buf.len();
-            buf.resize(old + (limit - old).min(64 << 10), 0);
+            // a complete frame is decoded above before reading on. A read
+            // asks for the rest of the frame whose header is in, at least
+            // 64 KiB (the next frames' start may come with it).
+            let want = frame::total_len(&buf[..filled]).map_or(0, |t| t.saturating_sub(filled)).max(64 << 10);
+            let end = (filled + want).min(limit);
+            if buf.len() < end {
+                buf.resize(end, 0);
+            }
             idle = false;
-            match (&self.stream).read(&mut buf[old..]) {
+            let old = filled;
+            match (&self.stream).read(&mut buf[old..end]) {
                 Ok(0) => {
-                    buf.truncate(old);
                     if let Some(e) = self.ended_elsewhere() {
                         return Err(e);
                     }
@@ -278,12 +288,11 @@ impl Conn {
                     );
                 }
                 Ok(n) => {
-                    buf.truncate(old + n);
+                    filled += n;
                     heard = Instant::now();
                     add(&node.counters.bytes_in, n as u64);
                 }
                 Err(e) => {
-                    buf.truncate(old);
                     idle = matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut);
                     if !idle && e.kind() != ErrorKind::Interrupted {
                         if let Some(e) = self.ended_elsewhere() {

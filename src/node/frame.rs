@@ -114,6 +114,13 @@ pub fn encode_head(ty: u16, head: &[u8], body: &Body) -> Vec<u8> {
     out
 }
 
+/// The whole length (header and payload) of the frame at the start of
+/// `buf`, once its header is in; unchecked (`decode` checks it).
+pub fn total_len(buf: &[u8]) -> Option<usize> {
+    let len: [u8; 4] = buf.get(..4)?.try_into().ok()?;
+    (buf.len() >= HEADER_LEN).then(|| HEADER_LEN + u32::from_le_bytes(len) as usize)
+}
+
 /// Decodes the frame at the start of `buf`: `Ok(None)` while it is
 /// incomplete, the frame once all of it is there. The header is checked
 /// as soon as its 12 bytes are in, so the caller never needs room for more
