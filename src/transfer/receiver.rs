@@ -98,12 +98,13 @@ struct Incoming {
     base: Option<(u64, u32)>,
     /// PART pieces of a batch whose last piece has not come yet.
     pending: Vec<u8>,
-    /// The entries of the last ENTRIES step, not installed yet: a
+    /// The body of the last ENTRIES step, checked but not installed yet: a
     /// snapshot is durable only as a whole (at SNAPSHOT_END), so its
-    /// batches are acknowledged on arrival and installed after the ACK
-    /// went out, while the source's next batch travels (`install_after`).
-    /// Whatever comes next installs them first if that has not run yet.
-    installing: Vec<(Vec<u8>, crate::shard::Entry)>,
+    /// batches are acknowledged on arrival, then decoded and installed
+    /// after the ACK went out, while the source's next batch travels
+    /// (`install_after`). Whatever comes next installs them first if that
+    /// has not run yet. The buffer is reused from batch to batch.
+    installing: Vec<u8>,
     /// Why installing them failed: the next step fails with it.
     install_failed: Option<Error>,
     /// Set when the reception ended (finished or abandoned) while a copy
@@ -449,9 +450,9 @@ impl Receiver {
             }
             wire::ENTRIES => {
                 shard_of(inc, true)?;
-                let entries = wire::entries(body)?;
-                bump(&self.counters.entries_installed, entries.len() as u64);
-                inc.installing = entries;
+                let n = wire::check_entries(body.bytes)?;
+                bump(&self.counters.entries_installed, n as u64);
+                inc.installing.extend_from_slice(body.bytes);
             }
             wire::SNAPSHOT_END => {
                 // The snapshot is durable only as a whole: its entries are
@@ -520,8 +521,9 @@ fn install(inc: &mut Incoming) -> Result<()> {
     if inc.installing.is_empty() {
         return Ok(());
     }
-    let entries = std::mem::take(&mut inc.installing);
-    shard_of(inc, true)?.install(entries)
+    let entries = wire::entries(&inc.installing);
+    inc.installing.clear();
+    shard_of(inc, true)?.install(entries?)
 }
 
 /// The incoming shard, once BEGIN opened it (`snapshot`: only during a snapshot).

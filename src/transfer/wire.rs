@@ -8,7 +8,7 @@
 
 use crate::error::{Error, Result};
 use crate::shard::files::{put_bytes, Cursor};
-use crate::shard::{decode_list, Entry, EntryRef, Kind, Value};
+use crate::shard::{decode_list, split_item, Entry, EntryRef, Kind, Value};
 use crate::status::*;
 
 /// Source → receiver: asks to send a shard. Body: `[u32 shard id][u8 method]`.
@@ -145,24 +145,58 @@ pub fn put_entry<'a>(out: &mut Vec<u8>, key: &[u8], e: impl Into<EntryRef<'a>>) 
 /// weight (`Value::weight`, which counts a posting item's length field).
 pub const ENTRY_OVERHEAD: usize = 4 + 8 + 1 + 4;
 
-pub fn entries(body: &mut Cursor) -> Result<Vec<(Vec<u8>, Entry)>> {
-    let parse = |c: &mut Cursor| -> Result<Vec<(Vec<u8>, Entry)>> {
+/// Checks an ENTRIES body whole without copying it (lengths, kinds,
+/// posting list encodings): what `entries` will then decode cannot fail.
+/// Returns the number of entries.
+pub fn check_entries(body: &[u8]) -> Result<usize> {
+    parse_entries(body, |_, _, kind, bytes| match kind {
+        Kind::Value => Ok(()),
+        Kind::Posting => check_list(bytes),
+    })
+}
+
+/// Decodes an ENTRIES body into owned entries.
+pub fn entries(body: &[u8]) -> Result<Vec<(Vec<u8>, Entry)>> {
+    let mut out = Vec::new();
+    parse_entries(body, |key, version, kind, bytes| {
+        let value = match kind {
+            Kind::Value => Value::Bytes(bytes.to_vec()),
+            Kind::Posting => Value::Posting(decode_list(bytes)?),
+        };
+        out.push((key.to_vec(), Entry { version, value }));
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+/// Walks an ENTRIES body (`[u32 count]`, then `put_entry`'s records),
+/// handing each entry's parts to `f`. Returns the count.
+fn parse_entries<'a>(body: &'a [u8], mut f: impl FnMut(&'a [u8], u64, Kind, &'a [u8]) -> Result<()>) -> Result<usize> {
+    let mut c = Cursor { bytes: body };
+    let mut parse = || -> Result<usize> {
         let n = c.u32()? as usize;
-        let mut out = Vec::with_capacity(n.min(1 << 16));
         for _ in 0..n {
-            let key = c.bytes()?.to_vec();
+            let key = c.bytes()?;
             let version = c.u64()?;
-            let value = match c.u8()? {
-                KIND_VALUE => Value::Bytes(c.bytes()?.to_vec()),
-                KIND_POSTING => Value::Posting(decode_list(c.bytes()?)?),
+            let kind = match c.u8()? {
+                KIND_VALUE => Kind::Value,
+                KIND_POSTING => Kind::Posting,
                 other => return Err(Error::corruption(format!("unknown entry kind {other}"))),
             };
-            out.push((key, Entry { version, value }));
+            f(key, version, kind, c.bytes()?)?;
         }
-        Ok(out)
+        Ok(n)
     };
-    let out = parse(body).map_err(protocol)?;
-    body.bytes.is_empty().then_some(out).ok_or_else(|| Error::new(KEEL_STATUS_PROTOCOL, "bytes after the last entry"))
+    let n = parse().map_err(protocol)?;
+    c.bytes.is_empty().then_some(n).ok_or_else(|| Error::new(KEEL_STATUS_PROTOCOL, "bytes after the last entry"))
+}
+
+/// Checks an encoded posting list without copying its items.
+fn check_list(mut bytes: &[u8]) -> Result<()> {
+    while !bytes.is_empty() {
+        bytes = split_item(bytes)?.1;
+    }
+    Ok(())
 }
 
 pub fn put_op(out: &mut Vec<u8>, version: u64, record: &[u8]) {
@@ -200,5 +234,29 @@ mod tests {
             assert!((0x0100..=0x01FF).contains(&ty), "{ty:#06x} is outside the transfer range");
             assert!(seen.insert(ty), "frame type {ty:#06x} is used twice");
         }
+    }
+
+    #[test]
+    fn an_entries_body_is_checked_whole_before_it_is_decoded() {
+        let list = Entry { version: 4, value: Value::Posting(vec![b"x".to_vec(), Vec::new()]) };
+        let value = Entry { version: 9, value: Value::Bytes(b"bee".to_vec()) };
+        let mut body = 2u32.to_le_bytes().to_vec();
+        put_entry(&mut body, b"a", &list);
+        put_entry(&mut body, b"b", &value);
+        assert_eq!(check_entries(&body).unwrap(), 2);
+        assert_eq!(entries(&body).unwrap(), vec![(b"a".to_vec(), list), (b"b".to_vec(), value)]);
+        // A cut anywhere, a byte too many, a bad kind or a bad posting
+        // list: refused by the check, before any ACK.
+        for cut in 0..body.len() {
+            assert!(check_entries(&body[..cut]).is_err(), "cut at {cut}");
+        }
+        assert!(check_entries(&[&body[..], &[0]].concat()).is_err());
+        let kind_at = 4 + 4 + 1 + 8;
+        let mut bad_kind = body.clone();
+        bad_kind[kind_at] = 7;
+        assert!(check_entries(&bad_kind).is_err());
+        let mut bad_list = body.clone();
+        bad_list[kind_at + 1 + 4] = 200; // the first item's length runs past the list
+        assert_eq!(check_entries(&bad_list).unwrap_err().status, KEEL_STATUS_PROTOCOL);
     }
 }
