@@ -44,6 +44,12 @@ pub struct Appendable {
 struct LogState {
     /// Records applied but not yet written to the file.
     pending: Vec<u8>,
+    /// The buffer the last flush wrote, emptied, for the next flush to put
+    /// in `pending`'s place: `pending` then grows into memory already
+    /// touched instead of reallocating (and faulting in fresh pages) from
+    /// nothing after every flush. Dropped by a flush that finds nothing to
+    /// write, so an idle segment does not keep it.
+    spare: Vec<u8>,
     /// Version of the last operation whose records are in `pending` (or
     /// already durable): a batch boundary.
     pending_version: u64,
@@ -247,10 +253,10 @@ impl Appendable {
     /// become visible to the flusher together.
     pub fn finish(&mut self, version: u64) {
         let mut st = self.log.state.lock();
-        if st.pending.is_empty() {
-            // Hands the staged buffer over instead of copying it (after a
-            // flush took `pending`, and at the end of a replay, which
-            // stages everything it applied); keeps the empty one's room.
+        if st.pending.is_empty() && st.pending.capacity() < self.staged.len() {
+            // Hands the staged buffer over instead of copying it (at the
+            // end of a replay, which stages everything it applied, or when
+            // a flush left no room); keeps the empty one's room.
             std::mem::swap(&mut st.pending, &mut self.staged);
         } else {
             st.pending.append(&mut self.staged);
@@ -281,7 +287,7 @@ impl SegmentLog {
             file,
             log_path: dir.join(files::name(ident.segment, files::LOG)),
             state_path: dir.join(files::name(ident.segment, files::STATE)),
-            state: Mutex::new(LogState { pending: Vec::new(), pending_version: persisted, durable_len, crc }),
+            state: Mutex::new(LogState { pending: Vec::new(), spare: Vec::new(), pending_version: persisted, durable_len, crc }),
             persisted: AtomicU64::new(persisted),
         }
     }
@@ -300,9 +306,15 @@ impl SegmentLog {
     pub fn flush(&self, steps: &Steps, wal_durable: impl FnOnce(u64) -> Result<()>) -> Result<u64> {
         let (bytes, version, offset, mut crc) = {
             let mut st = self.state.lock();
-            (std::mem::take(&mut st.pending), st.pending_version, st.durable_len, st.crc.clone())
+            let spare = std::mem::take(&mut st.spare);
+            (std::mem::replace(&mut st.pending, spare), st.pending_version, st.durable_len, st.crc.clone())
         };
         if bytes.is_empty() && version <= self.persisted() {
+            // Nothing was written since the last pass: the room is not needed.
+            let mut st = self.state.lock();
+            if st.pending.is_empty() {
+                st.pending = Vec::new();
+            }
             return Ok(self.persisted());
         }
         // With nothing to write the state file still moves to `version`
@@ -316,6 +328,9 @@ impl SegmentLog {
             Ok(()) => {
                 st.durable_len = offset + bytes.len() as u64;
                 st.crc = crc;
+                let mut bytes = bytes;
+                bytes.clear();
+                st.spare = bytes;
                 drop(st);
                 self.persisted.fetch_max(version, Ordering::AcqRel);
                 Ok(version)
