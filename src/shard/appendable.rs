@@ -5,6 +5,8 @@
 //! `[u64 version][u8 kind][u32 key length][key][payload]`. Kinds: a value,
 //! a whole posting list (a key created or moved here), one posting item
 //! (an append to a list already here), a tombstone (a delete of a key here).
+//! Writes stage records with the crc left zero; the flusher fills it in
+//! just before it writes them, so the write path does not compute it.
 //! The state file `seg-<id>.state` records how much of the log is durable,
 //! the crc32 of those bytes and the segment's identity; bytes past it are a
 //! crash's unsynced tail and are dropped at load. It is written when the
@@ -149,17 +151,17 @@ impl Appendable {
         Ok(Appendable { id, map, weight, staged: Vec::new(), log: Arc::new(log) })
     }
 
+    /// Stages a record without its crc: the flusher fills that in
+    /// (`seal_records`) before the bytes are written, off the write path.
     fn record(&mut self, version: u64, kind: u8, key: &[u8], payload: &[u8]) {
-        let start = self.staged.len();
-        self.staged.extend_from_slice(&[0; 8]); // length and crc, patched below
+        let len = (8 + 1 + 4 + key.len() + payload.len()) as u32;
+        self.staged.reserve(8 + len as usize);
+        self.staged.extend_from_slice(&len.to_le_bytes());
+        self.staged.extend_from_slice(&[0; 4]); // the crc, by the flusher
         self.staged.extend_from_slice(&version.to_le_bytes());
         self.staged.push(kind);
         files::put_bytes(&mut self.staged, key);
         self.staged.extend_from_slice(payload);
-        let body = &self.staged[start + 8..];
-        let (len, crc) = (body.len() as u32, crc32fast::hash(body));
-        self.staged[start..start + 4].copy_from_slice(&len.to_le_bytes());
-        self.staged[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
         self.weight += key.len() + payload.len();
     }
 
@@ -271,6 +273,20 @@ impl Appendable {
     }
 }
 
+/// Fills in the crc32 of every record in `bytes` (whole records, as
+/// staged). Idempotent: records put back after a failed write are sealed
+/// again, to the same bytes.
+fn seal_records(bytes: &mut [u8]) {
+    let mut at = 0;
+    while at < bytes.len() {
+        let len = u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes")) as usize;
+        let (head, body) = bytes[at..at + 8 + len].split_at_mut(8);
+        head[4..].copy_from_slice(&crc32fast::hash(body).to_le_bytes());
+        at += 8 + len;
+    }
+    debug_assert_eq!(at, bytes.len(), "pending bytes are whole records");
+}
+
 impl SegmentLog {
     fn new(
         fs: &Arc<dyn FileSystem>,
@@ -304,7 +320,7 @@ impl SegmentLog {
     /// record (else a power loss could leave segments ahead of the WAL).
     /// Returns the persisted version, a batch boundary (`pending_version`).
     pub fn flush(&self, steps: &Steps, wal_durable: impl FnOnce(u64) -> Result<()>) -> Result<u64> {
-        let (bytes, version, offset, mut crc) = {
+        let (mut bytes, version, offset, mut crc) = {
             let mut st = self.state.lock();
             let spare = std::mem::take(&mut st.spare);
             (std::mem::replace(&mut st.pending, spare), st.pending_version, st.durable_len, st.crc.clone())
@@ -321,6 +337,7 @@ impl SegmentLog {
         // (operations that changed only immutable segments, or nothing):
         // the files then prove every version the WAL is acked past, which
         // open checks against the WAL's first record.
+        seal_records(&mut bytes);
         crc.update(&bytes);
         let written = wal_durable(version).and_then(|()| self.write_durably(steps, &bytes, offset, version, &crc));
         let mut st = self.state.lock();
@@ -328,7 +345,6 @@ impl SegmentLog {
             Ok(()) => {
                 st.durable_len = offset + bytes.len() as u64;
                 st.crc = crc;
-                let mut bytes = bytes;
                 bytes.clear();
                 st.spare = bytes;
                 drop(st);
