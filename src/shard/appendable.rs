@@ -5,6 +5,8 @@
 //! `[u64 version][u8 kind][u32 key length][key][payload]`. Kinds: a value,
 //! a whole posting list (a key created or moved here), one posting item
 //! (an append to a list already here), a tombstone (a delete of a key here).
+//! Writes stage records with the crc left zero; the flusher fills it in
+//! just before it writes them, so the write path does not compute it.
 //! The state file `seg-<id>.state` records how much of the log is durable,
 //! the crc32 of those bytes and the segment's identity; bytes past it are a
 //! crash's unsynced tail and are dropped at load. It is written when the
@@ -44,6 +46,12 @@ pub struct Appendable {
 struct LogState {
     /// Records applied but not yet written to the file.
     pending: Vec<u8>,
+    /// The buffer the last flush wrote, emptied, for the next flush to put
+    /// in `pending`'s place: `pending` then grows into memory already
+    /// touched instead of reallocating (and faulting in fresh pages) from
+    /// nothing after every flush. Dropped by a flush that finds nothing to
+    /// write, so an idle segment does not keep it.
+    spare: Vec<u8>,
     /// Version of the last operation whose records are in `pending` (or
     /// already durable): a batch boundary.
     pending_version: u64,
@@ -143,17 +151,17 @@ impl Appendable {
         Ok(Appendable { id, map, weight, staged: Vec::new(), log: Arc::new(log) })
     }
 
+    /// Stages a record without its crc: the flusher fills that in
+    /// (`seal_records`) before the bytes are written, off the write path.
     fn record(&mut self, version: u64, kind: u8, key: &[u8], payload: &[u8]) {
-        let start = self.staged.len();
-        self.staged.extend_from_slice(&[0; 8]); // length and crc, patched below
+        let len = (8 + 1 + 4 + key.len() + payload.len()) as u32;
+        self.staged.reserve(8 + len as usize);
+        self.staged.extend_from_slice(&len.to_le_bytes());
+        self.staged.extend_from_slice(&[0; 4]); // the crc, by the flusher
         self.staged.extend_from_slice(&version.to_le_bytes());
         self.staged.push(kind);
         files::put_bytes(&mut self.staged, key);
         self.staged.extend_from_slice(payload);
-        let body = &self.staged[start + 8..];
-        let (len, crc) = (body.len() as u32, crc32fast::hash(body));
-        self.staged[start..start + 4].copy_from_slice(&len.to_le_bytes());
-        self.staged[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
         self.weight += key.len() + payload.len();
     }
 
@@ -255,10 +263,10 @@ impl Appendable {
     /// become visible to the flusher together.
     pub fn finish(&mut self, version: u64) {
         let mut st = self.log.state.lock();
-        if st.pending.is_empty() {
-            // Hands the staged buffer over instead of copying it (after a
-            // flush took `pending`, and at the end of a replay, which
-            // stages everything it applied); keeps the empty one's room.
+        if st.pending.is_empty() && st.pending.capacity() < self.staged.len() {
+            // Hands the staged buffer over instead of copying it (at the
+            // end of a replay, which stages everything it applied, or when
+            // a flush left no room); keeps the empty one's room.
             std::mem::swap(&mut st.pending, &mut self.staged);
         } else {
             st.pending.append(&mut self.staged);
@@ -271,6 +279,20 @@ impl Appendable {
     pub fn reserve(&mut self, bytes: usize) {
         self.staged.reserve(bytes);
     }
+}
+
+/// Fills in the crc32 of every record in `bytes` (whole records, as
+/// staged). Idempotent: records put back after a failed write are sealed
+/// again, to the same bytes.
+fn seal_records(bytes: &mut [u8]) {
+    let mut at = 0;
+    while at < bytes.len() {
+        let len = u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes")) as usize;
+        let (head, body) = bytes[at..at + 8 + len].split_at_mut(8);
+        head[4..].copy_from_slice(&crc32fast::hash(body).to_le_bytes());
+        at += 8 + len;
+    }
+    debug_assert_eq!(at, bytes.len(), "pending bytes are whole records");
 }
 
 impl SegmentLog {
@@ -289,7 +311,7 @@ impl SegmentLog {
             file,
             log_path: dir.join(files::name(ident.segment, files::LOG)),
             state_path: dir.join(files::name(ident.segment, files::STATE)),
-            state: Mutex::new(LogState { pending: Vec::new(), pending_version: persisted, durable_len, crc }),
+            state: Mutex::new(LogState { pending: Vec::new(), spare: Vec::new(), pending_version: persisted, durable_len, crc }),
             persisted: AtomicU64::new(persisted),
         }
     }
@@ -306,17 +328,24 @@ impl SegmentLog {
     /// record (else a power loss could leave segments ahead of the WAL).
     /// Returns the persisted version, a batch boundary (`pending_version`).
     pub fn flush(&self, steps: &Steps, wal_durable: impl FnOnce(u64) -> Result<()>) -> Result<u64> {
-        let (bytes, version, offset, mut crc) = {
+        let (mut bytes, version, offset, mut crc) = {
             let mut st = self.state.lock();
-            (std::mem::take(&mut st.pending), st.pending_version, st.durable_len, st.crc.clone())
+            let spare = std::mem::take(&mut st.spare);
+            (std::mem::replace(&mut st.pending, spare), st.pending_version, st.durable_len, st.crc.clone())
         };
         if bytes.is_empty() && version <= self.persisted() {
+            // Nothing was written since the last pass: the room is not needed.
+            let mut st = self.state.lock();
+            if st.pending.is_empty() {
+                st.pending = Vec::new();
+            }
             return Ok(self.persisted());
         }
         // With nothing to write the state file still moves to `version`
         // (operations that changed only immutable segments, or nothing):
         // the files then prove every version the WAL is acked past, which
         // open checks against the WAL's first record.
+        seal_records(&mut bytes);
         crc.update(&bytes);
         let written = wal_durable(version).and_then(|()| self.write_durably(steps, &bytes, offset, version, &crc));
         let mut st = self.state.lock();
@@ -324,6 +353,8 @@ impl SegmentLog {
             Ok(()) => {
                 st.durable_len = offset + bytes.len() as u64;
                 st.crc = crc;
+                bytes.clear();
+                st.spare = bytes;
                 drop(st);
                 self.persisted.fetch_max(version, Ordering::AcqRel);
                 Ok(version)

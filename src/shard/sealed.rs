@@ -42,6 +42,12 @@ struct Deletions {
     max_version: u64,
 }
 
+/// The deletions with version <= `bound`, copied out (inline keys copy
+/// without allocating) so the side-car is built after the lock is released.
+fn upto(d: &Deletions, bound: u64) -> Vec<(Key, u64)> {
+    d.keys.iter().filter(|(_, &v)| v <= bound).map(|(k, &v)| (k.clone(), v)).collect()
+}
+
 pub struct Sealed {
     pub id: u64,
     pub ident: Ident,
@@ -239,7 +245,7 @@ impl Sealed {
     /// version, so a moved key is never deleted here before its copy is
     /// durable there) and then moves the persisted version to `bound`.
     pub fn flush(&self, fs: &dyn FileSystem, steps: &Steps, bound: u64) -> Result<()> {
-        let body = {
+        let saved = {
             let mut d = self.deletions.lock();
             let saved = d.saved_upto;
             if !d.keys.values().any(|&v| v > saved && v <= bound) {
@@ -247,8 +253,9 @@ impl Sealed {
                 d.saved_upto = saved.max(bound);
                 return Ok(());
             }
-            self.side_car(&d, bound)
+            upto(&d, bound)
         };
+        let body = self.side_car(saved, bound);
         steps.at(Step::SideCar(self.id));
         crate::fs::replace(fs, &self.del_path, &body)?;
         self.side_car.store(true, Ordering::Release);
@@ -260,10 +267,11 @@ impl Sealed {
     /// Writes the side-car with the deletions saved so far: when a table
     /// is created, before the manifest lists it.
     pub fn write_side_car(&self, fs: &dyn FileSystem, steps: &Steps) -> Result<()> {
-        let body = {
+        let (saved, bound) = {
             let d = self.deletions.lock();
-            self.side_car(&d, d.saved_upto)
+            (upto(&d, d.saved_upto), d.saved_upto)
         };
+        let body = self.side_car(saved, bound);
         steps.at(Step::SideCar(self.id));
         crate::fs::replace(fs, &self.del_path, &body)?;
         self.side_car.store(true, Ordering::Release);
@@ -276,14 +284,15 @@ impl Sealed {
         self.table().filter(|_| self.side_car.load(Ordering::Acquire))
     }
 
-    /// The side-car file holding every deletion <= `bound`.
-    fn side_car(&self, d: &Deletions, bound: u64) -> Vec<u8> {
+    /// The side-car file holding `saved`, every deletion <= `bound`
+    /// (`upto`). Sorted and encoded without the deletions' lock, which
+    /// every write that moves a key out of this segment takes.
+    fn side_car(&self, mut saved: Vec<(Key, u64)>, bound: u64) -> Vec<u8> {
         let mut body = Vec::new();
         self.ident.encode(&mut body);
         body.extend_from_slice(&bound.to_le_bytes());
-        let mut saved: Vec<(&Key, &u64)> = d.keys.iter().filter(|(_, &v)| v <= bound).collect();
         saved.sort_unstable();
-        for (k, &v) in saved {
+        for (k, v) in saved {
             files::put_bytes(&mut body, k.as_slice());
             body.extend_from_slice(&v.to_le_bytes());
         }

@@ -37,19 +37,20 @@ const KIND_VALUE: u8 = 1;
 const KIND_POSTING: u8 = 2;
 
 /// The sparse index in memory, laid out for the binary search every
-/// lookup (and every write that checks for an older copy) runs: fixed-size
-/// records in one array, each with the first 16 bytes of its block's first
-/// key as a big-endian number, so most steps of the search compare two
-/// integers and touch one cache line; the whole keys sit in one buffer for
-/// the steps the prefix cannot decide. (One heap allocation per key made
-/// each step two cache misses.)
+/// lookup (and every write that checks for an older copy) runs: the first
+/// 16 bytes of each block's first key as a big-endian number, in an array
+/// of their own (four to a cache line, so the search's last steps share
+/// lines and the arrays of all tables stay small enough to be cached),
+/// so most steps compare two integers; the whole keys sit in one buffer
+/// for the blocks the prefix cannot tell apart. (One heap allocation per
+/// key made each step two cache misses.)
 struct SparseIndex {
+    prefixes: Vec<u128>,
     blocks: Vec<IndexEntry>,
     keys: Vec<u8>,
 }
 
 struct IndexEntry {
-    prefix: u128,
     key_at: usize,
     key_len: u32,
     offset: usize,
@@ -57,30 +58,40 @@ struct IndexEntry {
 }
 
 impl SparseIndex {
+    fn new() -> SparseIndex {
+        SparseIndex { prefixes: Vec::new(), blocks: Vec::new(), keys: Vec::new() }
+    }
+
     fn push(&mut self, first_key: &[u8], offset: usize, len: usize) {
-        self.blocks.push(IndexEntry {
-            prefix: prefix(first_key),
-            key_at: self.keys.len(),
-            key_len: first_key.len() as u32,
-            offset,
-            len,
-        });
+        self.prefixes.push(prefix(first_key));
+        self.blocks.push(IndexEntry { key_at: self.keys.len(), key_len: first_key.len() as u32, offset, len });
         self.keys.extend_from_slice(first_key);
+    }
+
+    fn shrink_to_fit(&mut self) {
+        self.prefixes.shrink_to_fit();
+        self.blocks.shrink_to_fit();
+        self.keys.shrink_to_fit();
     }
 
     fn len(&self) -> usize {
         self.blocks.len()
     }
 
-    /// Index of the block that would hold `key`.
+    /// Index of the block that would hold `key`: the last whose first key
+    /// is <= `key`.
     fn block_for(&self, key: &[u8]) -> Option<usize> {
         let p = prefix(key);
-        self.blocks
-            .partition_point(|b| match b.prefix.cmp(&p) {
-                std::cmp::Ordering::Equal => &self.keys[b.key_at..][..b.key_len as usize] <= key,
-                o => o == std::cmp::Ordering::Less,
-            })
-            .checked_sub(1)
+        let below = self.prefixes.partition_point(|&q| q < p);
+        // Blocks whose first keys share the prefix (rare unless keys share
+        // their first 16 bytes) are told apart by their whole first keys.
+        let equal = match self.prefixes.get(below) {
+            Some(&q) if q == p => self.prefixes[below..].partition_point(|&q| q == p),
+            _ => 0,
+        };
+        let first_key = |b: &IndexEntry| &self.keys[b.key_at..][..b.key_len as usize];
+        let at_or_below = self.blocks[below..below + equal].partition_point(|b| first_key(b) <= key);
+        (below + at_or_below).checked_sub(1)
     }
 }
 
@@ -285,7 +296,7 @@ impl Table {
         if crc32fast::hash(&bytes[index_off..meta_end]) != meta_crc {
             return Err(bad("index, filter or replaced list damaged"));
         }
-        let mut index = SparseIndex { blocks: Vec::new(), keys: Vec::new() };
+        let mut index = SparseIndex::new();
         let mut c = Cursor { bytes: &bytes[index_off..filter_off] };
         while !c.bytes.is_empty() {
             let first_key = c.bytes()?;
@@ -295,8 +306,7 @@ impl Table {
             }
             index.push(first_key, offset, len);
         }
-        index.blocks.shrink_to_fit();
-        index.keys.shrink_to_fit();
+        index.shrink_to_fit();
         if (replaced_off..meta_end).len() % 8 != 0 {
             return Err(bad("replaced list is not a whole number of ids"));
         }
@@ -460,7 +470,7 @@ mod tests {
         }
         keys.sort();
         keys.dedup();
-        let mut index = SparseIndex { blocks: Vec::new(), keys: Vec::new() };
+        let mut index = SparseIndex::new();
         for (i, k) in keys.iter().enumerate().step_by(3) {
             index.push(k, i, 1);
         }
