@@ -26,7 +26,7 @@ pub struct Recovered {
     pub report: Option<RecoveryReport>,
     /// The log is exactly what its extent record describes, every record
     /// in it durable (a clean close left it so, and nothing touched it
-    /// since): open needs neither a sync nor a new record (`settled`).
+    /// since): open needs neither a sync nor a new record (`extent_matches`).
     pub settled: bool,
 }
 
@@ -286,7 +286,7 @@ fn open_active(fs: &dyn FileSystem, scan: &SegmentScan, cut: Option<u64>, sync: 
     }
     // Records recovered from the page cache (a process crash in NONE or
     // PERIODIC mode) become durable before D claims them.
-    if sync || cut.is_some() {
+    if sync {
         file.sync_data().map_err(|e| io("syncing", e))?;
     }
     let head = segment::Head { first_seq: scan.file.first_seq, salt: header.salt, prev: header.prev };
