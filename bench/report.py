@@ -26,6 +26,7 @@ import charts
 from dbbench import db_bench_run
 from reportlib import load_env, median_run, read_text, spread
 from restart_report import restart_markdown, restart_results
+from many_shards_report import many_shards_markdown, many_shards_targets
 
 
 def fio_job(work, name):
@@ -598,6 +599,7 @@ def main():
     shards = shard_results(work, rskip)
     if shards:
         targets.extend(shard_targets(shards))
+        targets.extend(many_shards_targets(shards.get("many_shards")))
     # bench/net writes its own section (net.md, net.json with its targets,
     # shown in its own table rather than the ratio table below).
     net_path = os.path.join(work, "net.json")
@@ -649,6 +651,8 @@ def main():
             val, goal = fmt(t["value"]) + " /s", fmt(t["target"]) + " /s"
         elif t.get("unit") == "%":
             val, goal = f"{100 * t['value']:.1f} %", f"{t['cmp']} {100 * t['target']:.0f} %"
+        elif t.get("unit"):
+            val, goal = f"{t['value']:,.2f} {t['unit']}", f"{t['cmp']} {t['target']:,g} {t['unit']}"
         else:
             val, goal = fmt_ratio(t["value"], t.get("min"), t.get("max")), f"{t['cmp']} {t['target']:.2f}×"
         L.append(f"| {t['what']} | {val} | {goal} | {'PASS' if t['pass'] else '**MISS**'} |")
@@ -688,6 +692,7 @@ def main():
     if shards:
         L.extend(shard_markdown(shards, m))
         L.extend(restart_markdown(report["restart_bound"]))
+        L.extend(many_shards_markdown(report["shards"].get("many_shards")))
     else:
         L.append("## Shards vs RocksDB")
         L.append("")

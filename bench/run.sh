@@ -21,6 +21,8 @@
 #                  shard case sizes (see bench/README.md "Shards vs RocksDB")
 #   SHARD_RESTART_PINNED_MIB  MiB written through a pinned WAL before the
 #                  restart-at-the-bound case fills its unflushed WAL (256; 25 quick)
+#   SHARD_MANY     shards in one engine, largest count of the many-shards case
+#                  (10000; 1000 quick)
 #   BENCH_PAIRS    keel/RocksDB pairs per comparison (default 3)
 #   CARGO          cargo binary (default cargo)
 #   DB_BENCH       the RocksDB db_bench compared (default: the release build of
@@ -342,6 +344,15 @@ SHARD_RESTART_PINNED_MIB=${SHARD_RESTART_PINNED_MIB:-$((256 / q))}
 echo "bench: keel shards, restart_bound"
 $CARGO bench --locked --bench shard -- --dir "$BENCH_DIR/keel-shard" --out "$WORK/keel-restart.json" \
     --case restart_bound --restart-pinned-mib "$SHARD_RESTART_PINNED_MIB"
+rm -rf "$BENCH_DIR/keel-shard"
+
+# ---- keel: thousands of shards in one engine (bench/shard.rs many_shards) --
+# 1, 100, 1,000 and SHARD_MANY shards (10,000; 1,000 quick), each in a child;
+# its section comes from bench/many_shards_report.py.
+SHARD_MANY=${SHARD_MANY:-$((10000 / q))}
+echo "bench: keel shards, many_shards"
+$CARGO bench --locked --bench shard -- --dir "$BENCH_DIR/keel-shard" --out "$WORK/keel-shard-many_shards.json" \
+    --case many_shards --many-shards "$SHARD_MANY"
 rm -rf "$BENCH_DIR/keel-shard"
 
 # ---- batched socket writers vs naive sends and Redis pub/sub (bench/net) ----

@@ -5,7 +5,7 @@
 //! Usage: cargo bench --locked --bench shard -- --dir DIR --out FILE.json [--secs S]
 //!        [--sync-ops N] [--sync16-ops N] [--load-keys N] [--posting-keys N]
 //!        [--posting-ops N] [--memory-keys N] [--recovery-mib N] [--restart-pinned-mib N]
-//!        [--case NAME]...
+//!        [--many-shards N] [--case NAME]...
 //!
 //! Keys and values follow db_bench's defaults: 16-byte keys made like
 //! db_bench's `GenerateKeyFromInt` (the key number big-endian in 8 bytes,
@@ -20,6 +20,11 @@
 //! WAL as `max_unflushed_wal_bytes` allows (the default, 64 MiB), after a
 //! WAL pinned for `--restart-pinned-mib` MiB of earlier, flushed writes:
 //! what the bound promises a restart costs, whatever the WAL retains.
+//!
+//! `many_shards`: one engine with 1, 100, 1,000 and `--many-shards`
+//! (10,000) shards, each count in a child allowed 1024 descriptors: the
+//! time to create, open and reopen them (one key each), and the threads,
+//! descriptors, resident memory and disk each shard adds.
 
 use keel::shard::{Options, Shard, Stats, Step, StepHook, Steps};
 use keel::wal::{self, Durability, ReadUpto, Wal};
@@ -34,7 +39,7 @@ const KEY_BYTES: usize = 16;
 const VALUE_BYTES: usize = 100;
 const POSTING_ITEM_BYTES: usize = 8;
 const SEED: u64 = 0x6b65_656c_6265_6e63;
-const ALL_CASES: &[&str] = &["durable_put", "load_read", "posting", "memory", "recovery", "restart_bound"];
+const ALL_CASES: &[&str] = &["durable_put", "load_read", "posting", "memory", "recovery", "restart_bound", "many_shards"];
 
 #[derive(Clone)]
 struct Args {
@@ -49,6 +54,7 @@ struct Args {
     memory_keys: u64,
     recovery_mib: u64,
     restart_pinned_mib: u64,
+    many_shards: u64,
     cases: Vec<String>,
     child: Option<String>,
     value_bytes: usize,
@@ -67,6 +73,7 @@ fn parse_args() -> Args {
         memory_keys: 1_000_000,
         recovery_mib: 1024,
         restart_pinned_mib: 256,
+        many_shards: 10_000,
         cases: Vec::new(),
         child: None,
         value_bytes: VALUE_BYTES,
@@ -89,6 +96,7 @@ fn parse_args() -> Args {
             "--memory-keys" => a.memory_keys = num("--memory-keys"),
             "--recovery-mib" => a.recovery_mib = num("--recovery-mib"),
             "--restart-pinned-mib" => a.restart_pinned_mib = num("--restart-pinned-mib"),
+            "--many-shards" => a.many_shards = num("--many-shards"),
             "--value-bytes" => a.value_bytes = num("--value-bytes") as usize,
             "--case" => a.cases.push(it.next().expect("--case needs a name")),
             "--child" => a.child = Some(it.next().expect("--child needs a kind")),
@@ -1056,6 +1064,160 @@ fn restart_bound(a: &Args, value_bytes: usize) -> String {
         .done()
 }
 
+// ---- many shards in one engine -----------------------------------------------
+
+/// The descriptor limit of a many-shards child, as in tests/engine_fds.rs:
+/// the engine's descriptor cache takes half of it.
+const MANY_NOFILE: u64 = 1024;
+/// Threads that create, open and close the shards, as an application with
+/// many shards would (their syncs overlap on the device).
+const MANY_THREADS: usize = 4;
+
+/// Threads of this process, and its open descriptors (from /proc/self).
+fn threads_and_fds() -> (u64, u64) {
+    let count = |d: &str| std::fs::read_dir(d).map_or(0, |it| it.count() as u64);
+    (count("/proc/self/task"), count("/proc/self/fd"))
+}
+
+/// Disk allocated under `dir` (st_blocks × 512 of every file and folder):
+/// what the shards hold, preallocation included.
+fn blocks_under(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let own = std::fs::symlink_metadata(dir).map_or(0, |m| m.blocks() * 512);
+    let inner: u64 = std::fs::read_dir(dir).map_or(0, |it| {
+        it.flatten()
+            .map(|e| match e.file_type() {
+                Ok(t) if t.is_dir() => blocks_under(&e.path()),
+                _ => e.metadata().map_or(0, |m| m.blocks() * 512),
+            })
+            .sum()
+    });
+    own + inner
+}
+
+/// `f(id)` for every shard id below `n` on `MANY_THREADS` threads; the
+/// phase's seconds and per-call latencies (`run_threads`).
+fn each_shard(n: u32, f: impl Fn(u32) + Sync) -> Run {
+    run_threads(MANY_THREADS, |t, lat| {
+        let mut done = 0;
+        for id in (t as u32..n).step_by(MANY_THREADS) {
+            let t0 = Instant::now();
+            f(id);
+            lat.push(t0.elapsed().as_nanos() as u64);
+            done += 1;
+        }
+        (done, 0)
+    })
+}
+
+/// The process and the engine at rest with `n` shards open: threads,
+/// descriptors and resident memory added since `base` (before the engine
+/// opened), and the disk the shards hold; per shard where it grows.
+fn many_idle(engine: &keel::engine::Engine, dir: &Path, n: u32, base: (Rss, u64, u64)) -> Obj {
+    let st = engine.stats().expect("engine stats");
+    let (threads, fds) = threads_and_fds();
+    let r = rss();
+    let disk = blocks_under(&dir.join("shards"));
+    let per = |v: u64| v as f64 / n as f64;
+    Obj::default()
+        .int("engine_threads", st.threads)
+        .int("threads_added", threads.saturating_sub(base.1))
+        .int("fds_added", fds.saturating_sub(base.2))
+        .int("open_files", st.open_files)
+        .int("max_open_files", st.max_open_files)
+        .int("rss_added_kib", r.total.saturating_sub(base.0.total))
+        .num("rss_kib_per_shard", per(r.total.saturating_sub(base.0.total)))
+        .num("rss_anon_kib_per_shard", per(r.anon.saturating_sub(base.0.anon)))
+        .num("disk_kib_per_shard", per(disk) / 1024.0)
+}
+
+/// Child: one engine with `--many-shards` shards in a process allowed
+/// `MANY_NOFILE` descriptors: creates them, closes and opens them empty,
+/// writes a key to each (durability NONE), closes them, reopens them all
+/// (each a recovered shard) and reads every key back; prints one JSON
+/// object with each phase's time and the process at rest after the
+/// creation and after the reopen.
+fn child_many_shards(a: &Args) {
+    use keel::engine::Engine;
+    use std::sync::OnceLock;
+    let lim = libc::rlimit { rlim_cur: MANY_NOFILE, rlim_max: MANY_NOFILE };
+    // SAFETY: setrlimit reads one rlimit from the live local `lim`.
+    assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) }, 0, "setrlimit: {}", std::io::Error::last_os_error());
+    let n = a.many_shards as u32;
+    let dir = fresh_dir(&a.dir, "many");
+    let (threads, fds) = threads_and_fds();
+    let base = (rss(), threads, fds);
+    let engine = Engine::open(&dir.join("engine"), Options { durability: Durability::None, ..Options::default() }).expect("opening the engine");
+    let dir = dir.join("engine");
+    let key = |id: u32| format!("key-{id}").into_bytes();
+    let slots = || (0..n).map(|_| OnceLock::new()).collect::<Vec<OnceLock<Shard>>>();
+    let open_all = |create: bool, shards: &Vec<OnceLock<Shard>>| {
+        each_shard(n, |id| assert!(shards[id as usize].set(engine.open_shard(id, create).expect("opening a shard")).is_ok()))
+    };
+    let close_all = |shards: Vec<OnceLock<Shard>>| each_shard(n, |id| shards[id as usize].get().unwrap().close().expect("closing a shard"));
+    // Each phase's times, reported (on stderr) as it ends.
+    let mut phases = Obj::default();
+    let mut phase = |key: &str, r: Run| {
+        eprintln!("many_shards {n}: {key} {:.2} s", r.elapsed_s);
+        let ms = r.elapsed_s * 1e3 / n as f64;
+        phases = std::mem::take(&mut phases).raw(key, Obj::default().num("s", r.elapsed_s).num("ms_per_shard", ms).raw("lat_us", r.lat_json()).done());
+        ms
+    };
+
+    let shards = slots();
+    let create_ms = phase("create", open_all(true, &shards));
+    let empty = many_idle(&engine, &dir, n, base).done();
+    phase("close_empty", close_all(shards));
+    let shards = slots();
+    phase("open_empty", open_all(false, &shards));
+    phase("write", each_shard(n, |id| {
+        shards[id as usize].get().unwrap().put(&key(id), &id.to_le_bytes()).expect("put");
+    }));
+    phase("close", close_all(shards));
+    let shards = slots();
+    let reopen_ms = phase("reopen", open_all(false, &shards));
+    let recovered = shards.iter().filter(|s| s.get().unwrap().last_version() == 1).count();
+    assert_eq!(recovered, n as usize, "every reopened shard holds its one write");
+    phase("read", each_shard(n, |id| {
+        let got = shards[id as usize].get().unwrap().get(&key(id)).expect("get").map(|e| e.value);
+        assert_eq!(got, Some(keel::shard::Value::Bytes(id.to_le_bytes().to_vec())), "shard {id} read back");
+    }));
+    let idle = many_idle(&engine, &dir, n, base);
+    let t0 = Instant::now();
+    drop(shards);
+    engine.close().expect("closing the engine");
+    let engine_close_s = t0.elapsed().as_secs_f64();
+    eprintln!("many_shards {n}: engine_close {engine_close_s:.2} s");
+    let _ = std::fs::remove_dir_all(dir.parent().unwrap());
+    let mut json = idle
+        .int("shards", n as u64)
+        .int("nofile", MANY_NOFILE)
+        .int("threads", MANY_THREADS as u64)
+        .num("create_ms_per_shard", create_ms)
+        .num("reopen_ms_per_shard", reopen_ms)
+        .num("engine_close_s", engine_close_s)
+        .raw("empty", empty);
+    json.0.extend(phases.0);
+    let json = json.done();
+    println!("{json}");
+}
+
+/// Shard counts of the many-shards case: 1, 100, 1,000 and `--many-shards`.
+fn many_shards(a: &Args) -> Vec<String> {
+    let mut counts: Vec<u64> = [1, 100, 1000, a.many_shards].into_iter().filter(|&c| c <= a.many_shards).collect();
+    counts.dedup();
+    counts
+        .into_iter()
+        .map(|c| {
+            let out = run_child(a, "many-shards", &["--many-shards".into(), c.to_string()]).output().expect("running the many-shards child");
+            assert!(out.status.success(), "many-shards child ({c} shards) failed: {:?}", out.status);
+            let json = String::from_utf8_lossy(&out.stdout).trim().to_string();
+            println!("shard many_shards ({c}): {json}");
+            json
+        })
+        .collect()
+}
+
 fn main() {
     let a = parse_args();
     std::fs::create_dir_all(&a.dir).expect("creating --dir");
@@ -1065,6 +1227,7 @@ fn main() {
         Some("wal-scan") => return child_wal_scan(&a),
         Some("shard-open") => return child_shard_open(&a),
         Some("restart-writer") => return child_restart_writer(&a),
+        Some("many-shards") => return child_many_shards(&a),
         Some(other) => panic!("unknown child {other:?}"),
         None => {}
     }
@@ -1073,6 +1236,7 @@ fn main() {
     let mut memory_json = "null".to_string();
     let mut recoveries = Vec::new();
     let mut restarts = Vec::new();
+    let mut many = Vec::new();
     for c in &a.cases {
         match c.as_str() {
             "durable_put" => durable_puts(&a, &values, &mut cases),
@@ -1087,6 +1251,7 @@ fn main() {
                 restarts.push(restart_bound(&a, VALUE_BYTES));
                 restarts.push(restart_bound(&a, 4096));
             }
+            "many_shards" => many = many_shards(&a),
             _ => unreachable!(),
         }
     }
@@ -1102,13 +1267,15 @@ fn main() {
         .int("memory_keys", a.memory_keys)
         .int("recovery_mib", a.recovery_mib)
         .int("restart_pinned_mib", a.restart_pinned_mib)
+        .int("many_shards", a.many_shards)
         .num("secs", a.secs)
         .done();
     let json = format!(
-        "{{\"params\":{params},\"cases\":[\n{}\n],\n\"memory\":{memory_json},\n\"recovery\":[\n{}\n],\n\"restart_bound\":[\n{}\n]}}\n",
+        "{{\"params\":{params},\"cases\":[\n{}\n],\n\"memory\":{memory_json},\n\"recovery\":[\n{}\n],\n\"restart_bound\":[\n{}\n],\n\"many_shards\":[\n{}\n]}}\n",
         cases.join(",\n"),
         recoveries.join(",\n"),
-        restarts.join(",\n")
+        restarts.join(",\n"),
+        many.join(",\n")
     );
     if let Some(out) = &a.out {
         std::fs::write(out, json).expect("writing --out");

@@ -9,6 +9,7 @@ use keel::engine::Engine;
 use keel::fs::{File, FileSystem, StdFs};
 use keel::shard::Options;
 use keel::status::*;
+use keel::wal::Durability;
 use std::io;
 use std::path::Path;
 use std::sync::{mpsc, Arc, Mutex};
@@ -49,6 +50,54 @@ fn engine_lock_and_directory_syncs_go_through_the_file_system() {
     assert_eq!(reopened.get(b"k").unwrap().unwrap().value, keel::shard::Value::Bytes(b"v".to_vec()));
     reopened.close().unwrap();
     engine.close().unwrap();
+}
+
+/// A shard closed cleanly reopens, passes its first flush and closes
+/// again without a sync (docs/STORAGE.md, "The price of a shard"); one
+/// whose process was killed after a write still syncs at its reopen, so a
+/// power loss after that keeps what the reopen recovered.
+#[test]
+fn a_clean_reopen_syncs_nothing_and_one_after_a_kill_still_syncs() {
+    for seed in 0..20 {
+        let fs = FaultFs::new(seed);
+        let dir = Path::new("/keel/engine");
+        let open = || Engine::open_with_fs(dir, Options { durability: Durability::None, ..options() }, Arc::new(fs.clone())).unwrap();
+        let value = |s: &keel::shard::Shard, key: &[u8]| s.get(key).unwrap().map(|e| e.value);
+        let bytes = |v: &[u8]| Some(keel::shard::Value::Bytes(v.to_vec()));
+        let engine = open();
+        let s = engine.open_shard(1, true).unwrap();
+        s.put(b"a", b"1").unwrap();
+        s.close().unwrap();
+        let before = fs.syncs();
+        let s = engine.open_shard(1, false).unwrap();
+        assert_eq!(value(&s, b"a"), bytes(b"1"));
+        s.flush(true).unwrap();
+        s.close().unwrap();
+        assert_eq!(fs.syncs(), before, "seed {seed}: a clean reopen, a flush pass and an unwritten close sync nothing");
+
+        // Killed after a write its WAL never synced: the next open finds
+        // the log past its extent record and syncs it before counting the
+        // write durable.
+        let s = engine.open_shard(1, false).unwrap();
+        s.put(b"b", b"2").unwrap();
+        fs.halt();
+        drop(s);
+        drop(engine);
+        fs.resume();
+        let engine = open();
+        let s = engine.open_shard(1, false).unwrap();
+        assert_eq!(value(&s, b"b"), bytes(b"2"), "seed {seed}: the killed process's write");
+        fs.halt();
+        drop(s);
+        drop(engine);
+        fs.crash();
+        let engine = open();
+        let s = engine.open_shard(1, false).unwrap_or_else(|e| panic!("seed {seed}: open after power loss: {e}"));
+        assert_eq!(value(&s, b"a"), bytes(b"1"), "seed {seed}");
+        assert_eq!(value(&s, b"b"), bytes(b"2"), "seed {seed}: recovered, then lost to a power loss");
+        s.close().unwrap();
+        engine.close().unwrap();
+    }
 }
 
 /// The engine's data directory on the real file system.

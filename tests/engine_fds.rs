@@ -21,9 +21,9 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 /// Shards of the test: 10,000 in a release build (`make soak`), 600 in a
-/// debug build, which `make test` runs: each shard's creation, close and
-/// reopen are some 30 small syncs (docs/STORAGE.md, "The descriptor
-/// cache"), so 10,000 take minutes on a busy 2-core machine, while 600
+/// debug build, which `make test` runs: each shard's creation and close
+/// are some 25 small syncs (a clean reopen none: docs/STORAGE.md, "The
+/// descriptor cache"), so 10,000 take minutes on a busy 2-core machine, while 600
 /// already hold more files than the cache's bound of 512 and make it
 /// evict. `KEEL_ENGINE_FDS_SHARDS` overrides it (profiling).
 fn shards() -> u32 {

@@ -98,7 +98,15 @@ fn acknowledge(inner: &Inner) -> Result<u64> {
     // the first pass after an open gives it the version even when the
     // shard's persisted version has not moved: the WAL segments a clean
     // close left behind go then, not at the next write's flush.
-    if safe > inner.wal_acked.load(Ordering::Acquire) {
+    // A reopen that found the files as they were left did not sync their
+    // folder, and the WAL gives up records on the word of a durable
+    // manifest only: while the WAL holds one segment (the active one,
+    // which stays) an ack gives up nothing, so the ack, and the folder's
+    // sync before it, wait for a second segment or a manifest written.
+    if safe > inner.wal_acked.load(Ordering::Acquire)
+        && (inner.manifest.is_durable() || inner.with_wal(|wal| Ok(wal.segments() > 1))?)
+    {
+        inner.manifest.make_durable(&*inner.fs, &inner.seg_dir)?;
         inner.with_wal(|wal| wal.ack(safe))?;
         inner.wal_acked.fetch_max(safe, Ordering::AcqRel);
     }

@@ -41,6 +41,7 @@ use crate::error::{Error, Result};
 use crate::fs::FileSystem;
 use std::hash::{BuildHasher, Hasher};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 pub const NAME: &str = "MANIFEST";
 const MAGIC: u64 = 0x314e_414d_4c45_454b; // "KEELMAN1"
@@ -180,9 +181,34 @@ impl Manifest {
 }
 
 /// The manifest last written, shared by the flush job's steps.
-pub struct Written(pub parking_lot::Mutex<Manifest>);
+pub struct Written {
+    on_disk: parking_lot::Mutex<Manifest>,
+    /// Its folder was synced since it was read or written, so the
+    /// manifest is durable (false after a reopen that left the folder as
+    /// found: `recovery::Loaded::synced`).
+    durable: AtomicBool,
+}
 
 impl Written {
+    pub fn new(on_disk: Manifest, durable: bool) -> Written {
+        Written { on_disk: parking_lot::Mutex::new(on_disk), durable: AtomicBool::new(durable) }
+    }
+
+    pub fn is_durable(&self) -> bool {
+        self.durable.load(Ordering::Acquire)
+    }
+
+    /// Syncs the folder unless the manifest is known durable: a process
+    /// that died between its rename and the folder's sync left a manifest
+    /// that a crash may still take back.
+    pub fn make_durable(&self, fs: &dyn FileSystem, dir: &Path) -> Result<()> {
+        if !self.is_durable() {
+            files::sync_dir(fs, dir)?;
+            self.durable.store(true, Ordering::Release);
+        }
+        Ok(())
+    }
+
     /// Writes the manifest of `segs`, with every version up to `persisted`
     /// in its files and the replicated state as of it, unless the one on
     /// disk already says the same. Call before removing a file it no
@@ -197,7 +223,7 @@ impl Written {
         persisted: u64,
         steps: &Steps,
     ) -> Result<()> {
-        let mut on_disk = self.0.lock();
+        let mut on_disk = self.on_disk.lock();
         let persisted = persisted.max(on_disk.persisted);
         let state = replicated.lock().at(persisted);
         let now = Manifest::of(&segs.read(), persisted, state);
@@ -205,6 +231,7 @@ impl Written {
             steps.at(Step::Manifest);
             now.write(fs, dir)?;
             *on_disk = now;
+            self.durable.store(true, Ordering::Release);
         }
         Ok(())
     }

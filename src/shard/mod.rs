@@ -685,7 +685,7 @@ impl Shard {
             poison: Mutex::new(None),
             last_error: Mutex::new(None),
             flusher: Mutex::new(None),
-            manifest: manifest::Written(Mutex::new(loaded.manifest)),
+            manifest: manifest::Written::new(loaded.manifest, loaded.synced),
             report,
             opts,
             reads: Default::default(),

@@ -76,6 +76,12 @@ pub struct Loaded {
     /// (F3 keeps a source's side-car at or below its destinations), so the
     /// shard's persisted version restarts no lower than this.
     pub floor: u64,
+    /// The open synced the segments directory (or wrote the manifest,
+    /// which does): what it lists is durable. When false, the files were
+    /// left as found, and the manifest's rename may still be in the page
+    /// cache (an earlier process died inside its replace); the WAL is not
+    /// acknowledged on its word before a sync (`flush::acknowledge`).
+    pub synced: bool,
 }
 
 /// Opens the segments of `dir` as its manifest lists them (F6, manifest.rs):
@@ -184,12 +190,14 @@ pub fn load(fs: &Arc<dyn FileSystem>, dir: &Path, wal_has_records: bool, salvage
     }
     let replaced: BTreeSet<u64> = tables.values().filter_map(|s| s.table()).flat_map(|t| t.replaced.iter().copied()).collect();
     let listed: BTreeMap<u64, &Listed> = on_disk.segments.iter().map(|l| (l.id(), l)).collect();
+    let mut cleaned = false;
     for name in if exists { list()? } else { Vec::new() } {
         if name == manifest::NAME || name.starts_with(files::UNLISTED_PREFIX) {
             continue;
         }
         if files::is_temporary(&name) {
             files::remove(fsr, &dir.join(&name))?; // a rename that never happened
+            cleaned = true;
             continue;
         }
         let Some((id, ext)) = files::parse(&name) else {
@@ -207,6 +215,7 @@ pub fn load(fs: &Arc<dyn FileSystem>, dir: &Path, wal_has_records: bool, salvage
         // A salvage open deletes nothing it could be wrong about.
         if leftover && !salvage {
             files::remove(fsr, &dir.join(&name))?;
+            cleaned = true;
         } else {
             move_aside(&name, report)?;
         }
@@ -246,9 +255,11 @@ pub fn load(fs: &Arc<dyn FileSystem>, dir: &Path, wal_has_records: bool, salvage
         log.remove_files()?;
     }
     // The manifest's replace ends with a sync of this folder: only the
-    // removes after it, or an open that wrote no manifest (its cleanups
-    // above), still need one (a shard's creation saves a sync).
-    if removes || !wrote {
+    // removes after it, or an open that wrote no manifest but removed
+    // files above, still need one (a shard's creation saves a sync, and
+    // reopening one that is as it was left, all of them).
+    let synced = removes || wrote || cleaned;
+    if removes || (cleaned && !wrote) {
         files::sync_dir(fsr, dir)?;
     }
     // The manifest's own record wins over the files' (a merged table's
@@ -257,7 +268,7 @@ pub fn load(fs: &Arc<dyn FileSystem>, dir: &Path, wal_has_records: bool, salvage
     // lost some), but the count never restarts below it either way.
     let floor = if floor == u64::MAX { 0 } else { floor }.max(now.persisted);
     let proven = if damaged.is_empty() { proven.max(now.persisted) } else { proven };
-    Ok(Loaded { segs, manifest: now, proven, floor })
+    Ok(Loaded { segs, manifest: now, proven, floor, synced })
 }
 
 /// Opens a listed table and checks it is the one the manifest lists.

@@ -243,6 +243,10 @@ pub(crate) struct Shared {
     has_gap: AtomicBool,
     /// What recovery repaired or gave up at open.
     report: Option<RecoveryReport>,
+    /// The log was settled at open (`recovery::Recovered::settled`): its
+    /// clean-close mark and extent record stand as long as no frame is
+    /// written and no extent record rewritten.
+    settled: bool,
 }
 
 /// A write-ahead log open on one directory. All methods take `&self` and
@@ -293,10 +297,6 @@ impl Wal {
             segment::check_wal_dir(&*fs, dir)?;
         }
         fs.create_dir_all(dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
-        // The directory's own entry must be durable before records in it are.
-        if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
-            fs.sync_dir(parent).map_err(|e| Error::io(format!("syncing {}", parent.display()), e))?;
-        }
         let lock = match host {
             Some(_) => None,
             None => Some(fs.lock(&dir.join("LOCK")).map_err(|e| {
@@ -317,6 +317,13 @@ impl Wal {
                 a
             }
         };
+        // The directory's own entry must be durable before records in it
+        // are: before this open writes its extent record, which a settled
+        // log's earlier open wrote after this same sync.
+        let parent = dir.parent().filter(|p| !p.as_os_str().is_empty() && !rec.settled);
+        if let Some(parent) = parent {
+            fs.sync_dir(parent).map_err(|e| Error::io(format!("syncing {}", parent.display()), e))?;
+        }
         let has_gap = segments.iter().any(|s| s.gap_from.is_some());
         let last = rec.next_seq - 1;
         // Alone, a worker per kind of background job the log has.
@@ -365,9 +372,13 @@ impl Wal {
             extent_written: Mutex::new(0),
             has_gap: AtomicBool::new(has_gap),
             report: rec.report,
+            settled: rec.settled,
         });
-        // The extent of the log as opened, before any record is appended.
-        shared.record_extent()?;
+        // The extent of the log as opened, before any record is appended;
+        // a settled log's record says so already.
+        if !rec.settled {
+            shared.record_extent()?;
+        }
         // A log alone prepares its first spare now. An engine's log waits
         // for its first write (`note_written`): an idle shard then holds
         // one segment file and no spare, and opening thousands of shards
@@ -443,6 +454,12 @@ impl Wal {
         st.segments.first().map_or(st.next_seq, |s| s.first_seq)
     }
 
+    /// The segment files the log retains; an ack removes none while it
+    /// is one (the active segment stays).
+    pub fn segments(&self) -> usize {
+        self.shared.state.lock().segments.len()
+    }
+
     /// Declares records <= `seq` persisted elsewhere and deletes the
     /// segments that are no longer needed (W7).
     pub fn ack(&self, seq: u64) -> Result<()> {
@@ -499,7 +516,11 @@ impl Wal {
         // zero-fill and syncs) for a log that is closing; taking the
         // "queued" flag makes `wake_preparer` queue nothing from here on.
         self.shared.prepare_queued.store(true, Ordering::Release);
-        let result = self.shared.sync().and_then(|_| self.shared.mark_clean_close()).and_then(|_| self.shared.record_extent());
+        let result = match self.shared.untouched() {
+            // Its last close's mark and record still describe it.
+            true => Ok(()),
+            false => self.shared.sync().and_then(|_| self.shared.mark_clean_close()).and_then(|_| self.shared.record_extent()),
+        };
         self.shared.closed.store(true, Ordering::Release);
         // A job a worker took before `closed` finishes first; later ones
         // find the log closed and do nothing.
@@ -1009,6 +1030,12 @@ impl Shared {
         }
         self.durable.fetch_max(target, Ordering::AcqRel);
         Ok(())
+    }
+
+    /// Settled at open and unchanged since: no frame written, no extent
+    /// record rewritten (a truncation), no failure.
+    fn untouched(&self) -> bool {
+        self.settled && !self.wrote.load(Ordering::Acquire) && !self.poisoned.load(Ordering::Acquire) && *self.extent_written.lock() == 0
     }
 
     /// Writes a MARK frame carrying D (= everything) and syncs it, so that

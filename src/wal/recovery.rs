@@ -3,7 +3,7 @@
 //! (W5). The outcome table is in docs/WAL.md.
 
 use crate::fs::{File, FileSystem, WholeFile};
-use super::extent::{self, Extent};
+use super::extent::{self, Extent, MetaFile};
 use super::format::Link;
 use super::scan::{find_damage, kept_end, scan_segment, Damage, SegmentFile, SegmentScan};
 use super::segment::{self, Active, SegmentMeta};
@@ -24,6 +24,10 @@ pub struct Recovered {
     pub prev: Option<Link>,
     /// What a lossy recovery gave up (None when the log was whole).
     pub report: Option<RecoveryReport>,
+    /// The log is exactly what its extent record describes, every record
+    /// in it durable (a clean close left it so, and nothing touched it
+    /// since): open needs neither a sync nor a new record (`extent_matches`).
+    pub settled: bool,
 }
 
 /// What recovery repaired or gave up, for the caller of an explicit
@@ -193,17 +197,18 @@ pub fn recover(fs: &dyn FileSystem, dir: &Path, mode: RecoveryMode) -> Result<Re
     }
 
     let gap = next_seq > kept_end;
+    let settled = !removed_temp && !gap && damage.is_none() && problems.is_empty() && extent_matches(&meta, next_seq, &kept);
     let cut_last = |k: usize| cut.filter(|(s, _)| *s == k - 1).map(|(_, o)| o);
     let (active, prev) = match keep {
         0 => (None, None),
         k if gap => {
             // The last kept segment ends the records before the gap: repair
             // and sync it; appends go to a new segment that declares the gap.
-            drop(open_active(fs, &scans[k - 1], cut_last(k))?);
+            drop(open_active(fs, &scans[k - 1], cut_last(k), true)?);
             let (first_seq, salt, _) = *kept.last().expect("kept segments have valid headers");
             (None, Some(Link { first_seq, salt, end: kept_end }))
         }
-        k => (Some(open_active(fs, &scans[k - 1], cut_last(k))?), None),
+        k => (Some(open_active(fs, &scans[k - 1], cut_last(k), !settled)?), None),
     };
     let report = (damage.is_some() || !problems.is_empty() || gap).then(|| RecoveryReport {
         damage: damage.as_ref().map(|d| describe(d, &scans)),
@@ -213,7 +218,23 @@ pub fn recover(fs: &dyn FileSystem, dir: &Path, mode: RecoveryMode) -> Result<Re
         set_aside: set_aside_in,
     });
     let segments = kept.into_iter().map(|(first, salt, link)| SegmentMeta::new(dir, first, salt, link)).collect();
-    Ok(Recovered { segments, active, next_seq, prev, report })
+    Ok(Recovered { segments, active, next_seq, prev, report, settled })
+}
+
+/// Whether `meta` already records what an open of these `kept` segments
+/// would write (every record below `next_seq` durable, the same segments):
+/// the extent record was written, after a sync that made every record
+/// durable, by an earlier open of this log, which had synced the log's
+/// own folder entry first. A record whose rename was not yet durable
+/// (that process died inside the replace) can only be lost to the one
+/// before it, which a crash before the replace leaves too: recovery
+/// accepts it and still finds every record durable in the segments.
+fn extent_matches(meta: &MetaFile, next_seq: u64, kept: &[(u64, u32, Option<Link>)]) -> bool {
+    let MetaFile::Present(m) = meta else { return false };
+    !kept.is_empty()
+        && m.durable + 1 == next_seq
+        && m.next_seq == next_seq
+        && m.segments.iter().copied().eq(kept.iter().map(|&(f, salt, _)| (f, salt)))
 }
 
 /// Moves the segments that recovery gives up into `<dir>/salvaged-<ns>/`
@@ -243,11 +264,12 @@ fn set_aside(fs: &dyn FileSystem, dir: &Path, scans: &[SegmentScan], d: &Damage)
 }
 
 /// Opens the last retained segment for appends at the end of its valid
-/// data; with `cut`, zeroes everything after that offset first and syncs.
+/// data; with `cut`, zeroes everything after that offset first; syncs it
+/// with `sync` (needless when every record in it is durable already).
 /// Its capacity is its length, whatever `segment_size` is now: segments
 /// differ in size (they grow, and the option may have changed), and a
 /// full one simply rotates at the next append.
-fn open_active(fs: &dyn FileSystem, scan: &SegmentScan, cut: Option<u64>) -> Result<Active> {
+fn open_active(fs: &dyn FileSystem, scan: &SegmentScan, cut: Option<u64>, sync: bool) -> Result<Active> {
     let path = &scan.file.path;
     let io = |what: &str, e| Error::io(format!("{what} {}", path.display()), e);
     let file: Arc<dyn File> = fs.open(path, true).map_err(|e| io("opening", e))?;
@@ -264,7 +286,9 @@ fn open_active(fs: &dyn FileSystem, scan: &SegmentScan, cut: Option<u64>) -> Res
     }
     // Records recovered from the page cache (a process crash in NONE or
     // PERIODIC mode) become durable before D claims them.
-    file.sync_data().map_err(|e| io("syncing", e))?;
+    if sync {
+        file.sync_data().map_err(|e| io("syncing", e))?;
+    }
     let head = segment::Head { first_seq: scan.file.first_seq, salt: header.salt, prev: header.prev };
     Ok(Active { file, head, offset: scan.end, capacity: len })
 }

@@ -52,6 +52,8 @@ struct World {
     injected: Vec<String>,
     /// The process is "dead": every operation fails until `crash()`.
     halted: bool,
+    /// fdatasyncs and directory fsyncs asked for so far.
+    syncs: u64,
 }
 
 #[derive(Clone)]
@@ -93,6 +95,7 @@ impl FaultFs {
             rng: Rng::new(seed),
             injected: Vec::new(),
             halted: false,
+            syncs: 0,
         })))
     }
 
@@ -109,6 +112,21 @@ impl FaultFs {
     /// after the crash), until `crash()`.
     pub fn halt(&self) {
         self.0.lock().halted = true;
+    }
+
+    /// Ends a halt as the next process after a kill finds things: every
+    /// write (synced or not) and every directory entry is still there;
+    /// only the dead process's handles and locks are gone.
+    pub fn resume(&self) {
+        let mut w = self.0.lock();
+        w.halted = false;
+        w.locks.clear();
+        w.generation += 1;
+    }
+
+    /// fdatasyncs and directory fsyncs asked for so far.
+    pub fn syncs(&self) -> u64 {
+        self.0.lock().syncs
     }
 
     /// Simulates power loss: see the module comment.
@@ -215,6 +233,7 @@ impl File for FaultFile {
 
     fn sync_data(&self) -> io::Result<()> {
         self.with(|w| {
+            w.syncs += 1;
             if w.roll(|f| f.eio_sync, "EIO on fdatasync") {
                 // The pending writes are lost for good, yet still visible.
                 w.inodes[self.ino].pending.clear();
@@ -314,6 +333,7 @@ impl FileSystem for FaultFs {
 
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
         let mut w = self.live()?;
+        w.syncs += 1;
         if w.roll(|f| f.eio_sync_dir, "EIO on directory fsync") {
             return Err(err(libc::EIO));
         }
