@@ -82,9 +82,9 @@ pub struct Body {
 }
 
 impl Body {
-    pub fn new(bytes: Vec<u8>) -> Body {
+    pub fn new(bytes: &[u8]) -> Body {
         let mut crc = crc32fast::Hasher::new();
-        crc.update(&bytes);
+        crc.update(bytes);
         Body { bytes: bytes.into(), crc }
     }
 
@@ -159,7 +159,7 @@ mod tests {
     fn a_head_and_a_shared_body_make_the_same_frame() {
         let body: Vec<u8> = (0..5000u32).map(|i| (i * 7) as u8).collect();
         for head in [&b""[..], b"step header"] {
-            let mut split = encode_head(9, head, &Body::new(body.clone()));
+            let mut split = encode_head(9, head, &Body::new(&body));
             split.extend_from_slice(&body);
             assert_eq!(split, encode(9, &[head, &body[..]].concat()));
         }

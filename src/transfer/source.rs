@@ -16,6 +16,7 @@ use crate::shard::{Shard, Snapshot};
 use crate::status::*;
 use crate::wal::Reader;
 use crossbeam_channel::Receiver;
+use parking_lot::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -81,19 +82,23 @@ struct Batch {
     _held: Held,
 }
 
-/// What builds batches: limits and the memory count.
+/// What builds batches: limits, the memory count and the buffer batches
+/// are filled in, reused from one to the next (a fresh megabyte would be
+/// faulted in page by page for every batch).
 #[derive(Clone)]
 struct Batcher {
     max_bytes: usize,
     max_records: usize,
     frame_limit: usize,
     memory: Arc<Memory>,
+    spare: Arc<Mutex<Vec<u8>>>,
 }
 
 impl Batcher {
     fn start(&self, ty: u16) -> Filling {
+        let mut buf = std::mem::take(&mut *self.spare.lock());
         // Room for the whole batch at once: growing it would copy it.
-        let mut buf = Vec::with_capacity(self.max_bytes + 4);
+        buf.reserve(self.max_bytes + 4);
         buf.extend_from_slice(&[0; 4]); // the count, set by `close`
         Filling { ty, buf, count: 0, last: 0, began: Instant::now(), held: Held::new(&self.memory) }
     }
@@ -106,7 +111,9 @@ impl Batcher {
         }
         debug_assert!(f.count == 1 || STEP_HEADER + f.buf.len() <= self.frame_limit, "only a lone entry or record outgrows a frame");
         f.buf[..4].copy_from_slice(&(f.count as u32).to_le_bytes());
-        let body = Body::new(f.buf);
+        let body = Body::new(&f.buf);
+        f.buf.clear();
+        *self.spare.lock() = f.buf;
         Some(Batch { ty: f.ty, body, count: f.count, last: f.last, read: f.began.elapsed(), _held: f.held })
     }
 
@@ -237,7 +244,7 @@ impl Link<'_> {
     }
 
     fn simple(&mut self, ty: u16, body: &[u8]) -> Result<Ack> {
-        self.call(ty, &Body::new(body.to_vec()))
+        self.call(ty, &Body::new(body))
     }
 
     /// Sends one batch, at a batch boundary: a cancel stops it first.
@@ -262,7 +269,7 @@ impl Link<'_> {
             let pieces: Vec<&[u8]> = body.bytes.chunks(self.frame_limit - STEP_HEADER).collect();
             for (i, piece) in pieces.iter().enumerate() {
                 let last = i + 1 == pieces.len();
-                self.call(if last { ty } else { wire::PART }, &Body::new(piece.to_vec()))?;
+                self.call(if last { ty } else { wire::PART }, &Body::new(piece))?;
                 self.report.parts += u64::from(!last);
             }
         }
@@ -376,6 +383,7 @@ pub(super) fn run(
         max_records: opts.max_batch_records,
         frame_limit,
         memory: Arc::new(Memory::default()),
+        spare: Arc::default(),
     };
     let clock = &*opts.clock;
     let pace = Pace::new(node.transfer_bandwidth(), clock);
