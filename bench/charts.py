@@ -14,7 +14,9 @@ benchmark without some case) still renders:
 - restart: restart time against unflushed bytes, from the shard recovery
   case (wal_bytes, warm/cold open_s) and from any records under "shards"
   with "unflushed_bytes" and "restart_s" (grouped by "series" when given),
-  and the restart at the bound of unflushed WAL (report["restart_bound"]).
+  the restart at the bound of unflushed WAL (report["restart_bound"]) and
+  RocksDB's reopen with as many bytes of unflushed WAL
+  (report["restart_rocksdb"]).
 """
 import os
 
@@ -176,17 +178,27 @@ def restart_chart(plt, report, path, title):
             if r and r.get("open_s") and rb.get("unflushed_bytes"):
                 series.setdefault(f"at the bound, {rb.get('value_bytes', '?')} B values, page cache {cache}", []).append(
                     (rb["unflushed_bytes"] / 2**20, r["open_s"]))
+    # RocksDB reopening a database with as many bytes of unflushed WAL
+    # (bench/restart_report.py): one point per pair.
+    for row in (report.get("restart_rocksdb") or {}).get("comparison") or []:
+        for x in row["pairs"]:
+            if x.get("rocksdb_open_s") and x.get("rocksdb_wal_bytes"):
+                series.setdefault(f"RocksDB reopen, {row['value_bytes']} B values, page cache {row['cache']}", []).append(
+                    (x["rocksdb_wal_bytes"] / 2**20, x["rocksdb_open_s"]))
     for r in records(shards, ("unflushed_bytes", "restart_s")):
         if isinstance(r["unflushed_bytes"], (int, float)) and isinstance(r["restart_s"], (int, float)):
             series.setdefault(str(r.get("series", "restart")), []).append((r["unflushed_bytes"] / 2**20, r["restart_s"]))
     if not series:
         return "no restart or recovery results in this run"
     fig, ax = plt.subplots(figsize=(7, 4.2))
+    ax.set_prop_cycle(color=plt.cm.tab20.colors)
     for label, pts in sorted(series.items()):
         pts.sort()
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], "-", marker="o", label=label)
+        rocksdb = label.startswith("RocksDB")
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], "--" if rocksdb else "-", marker="s" if rocksdb else "o",
+                label=label)
     ax.set_xlabel("unflushed WAL, MiB")
-    ax.set_ylabel("restart (Shard::open), s")
+    ax.set_ylabel("restart (Shard::open; RocksDB: reopen), s")
     ax.set_xlim(left=0)
     ax.set_ylim(bottom=0)
     ax.grid(True, alpha=0.3)

@@ -8,8 +8,10 @@ and rocksdb-p<pair>-<benchmark>-<N>w.{cmd,out,err,rc,sst} (or rocksdb-skipped
 with the reason when there was no db_bench), the reference runs
 rocksdb-ref-fillrandom-<N>w.*, the pairs of the shard comparison:
 keel-shard-<group>-p<pair>.json (bench/shard.rs) and
-rocksdb-shard-<case>-p<pair>.{cmd,out,err,rc}, and the keel-only shard groups
-keel-shard-<group>.json.
+rocksdb-shard-<case>-p<pair>.{cmd,out,err,rc}, the keel-only shard groups
+keel-shard-<group>.json, RocksDB's side of the restart pairs
+rocksdb-recovery-p<pair>.json (bench/rocksdb/recovery.py) and the runs of the
+restart at the bound keel-restart-p<run>.json (bench/restart_report.py).
 Each comparison is summed up by the median of its per-pair ratios, with
 their min and max; goals are judged on the median. The targets are the goals
 of bench/README.md; a miss is reported, never turned into a failing exit code.
@@ -24,8 +26,8 @@ import sys
 
 import charts
 from dbbench import db_bench_run
-from reportlib import load_env, median_run, read_text, spread
-from restart_report import restart_markdown, restart_results
+from reportlib import load_env, median_run, pair_numbers, read_text, spread
+from restart_report import recovery_comparison, recovery_markdown, restart_markdown, restart_results, restart_targets
 from many_shards_report import many_shards_markdown, many_shards_targets
 
 
@@ -61,14 +63,6 @@ def fio_fsync(job):
 ROCKSDB_THREADS = (1, 4, 16, 64)
 ROCKSDB_BENCHMARKS = ("fillseq", "fillrandom")
 WAL_ORDER = ["sync_4k_1w"] + [f"sync_256_{n}w" for n in ROCKSDB_THREADS] + ["none_128_1w"]
-
-
-def pair_numbers(work, pattern):
-    """The pair numbers of the files matching pattern (one '{}' for the
-    number), ascending."""
-    rx = re.compile(re.escape(pattern).replace(re.escape("{}"), "([0-9]+)") + "$")
-    found = (rx.match(os.path.basename(p)) for p in glob.glob(os.path.join(work, pattern.replace("{}", "*"))))
-    return sorted(int(m.group(1)) for m in found if m)
 
 
 def wal_comparison(work):
@@ -172,21 +166,25 @@ def fmt(x, digits=0):
 # rate, goal for keel / RocksDB ops/s or None when there is no goal).
 SHARD_CASES = (
     ("durable_put_1t", "fillrandom", 1.0),
-    ("durable_put_16t", "fillrandom", 1.0),
+    ("durable_put_16t", "fillrandom", 3.0),
+    ("durable_put_64t", "fillrandom", 3.0),
     ("buffered_put_1t", "fillrandom", 1.0),
-    ("read_random_1t", "readrandom", 1.0),
-    ("read_random_2t", "readrandom", 1.0),
+    ("read_random_1t", "readrandom", 1.3),
+    ("read_random_2t", "readrandom", 1.3),
     ("posting_append_1t", "mergerandom", None),
 )
 SHARD_LABELS = {
     "durable_put_1t": "durable puts, 1 thread (keel Sync / RocksDB --sync=1)",
     "durable_put_16t": "durable puts, 16 threads (keel Sync / RocksDB --sync=1)",
+    "durable_put_64t": "durable puts, 64 threads (keel Sync / RocksDB --sync=1)",
     "buffered_put_1t": "buffered puts, 1 thread (keel None / RocksDB --sync=0, WAL on)",
     "read_random_1t": "random reads, 1 thread",
     "read_random_2t": "random reads, 2 threads",
     "posting_append_1t": "posting appends, 1 thread (keel append / RocksDB merge, stringappend)",
 }
-RECOVERY_GOAL = 0.70
+# keel only, against durable_put_64t of the same pair: the total over 64
+# shards of one engine is not lower than one shard's.
+SPREAD_CASE, SPREAD_BASE = "durable_put_64shards_64t", "durable_put_64t"
 
 
 def shard_results(work, skipped_reason):
@@ -208,7 +206,7 @@ def shard_results(work, skipped_reason):
         keel["params"] = part.get("params") or keel["params"]
         keel["cases"] += part.get("cases", [])
         keel["memory"] = part.get("memory") or keel["memory"]
-        keel["recovery"] += part.get("recovery", [])
+        keel["recovery"] += [dict(rc, pair=int(m.group(1)) if m else None) for rc in part.get("recovery", [])]
         # Keys other groups may add (kept for the JSON and the charts).
         for key, value in part.items():
             if key in keel:
@@ -269,6 +267,7 @@ def shard_results(work, skipped_reason):
         "recovery": keel.get("recovery", []),
         "rocksdb": {"skipped": skipped_reason, "runs": runs},
         "comparison": rows,
+        "spread": spread_comparison(keel["cases"]),
     })
     return out
 
@@ -303,17 +302,29 @@ def shard_targets(sh):
             out.append({"id": f"shard_{row['case']}", "what": f"Shards: {SHARD_LABELS[row['case']]}: keel ops/s >= "
                         f"{row['goal']:g} x RocksDB", "value": row["ratio"], "target": row["goal"], "cmp": ">=",
                         "min": row["ratio_min"], "max": row["ratio_max"]})
-    for rc in sh["recovery"]:
-        for cache in ("warm", "cold"):
-            r = rc.get(cache)
-            if not r:
-                continue
-            out.append({"id": f"shard_{rc['name']}_{cache}", "unit": "%",
-                        "what": f"Shards: recovery of {rc['wal_bytes'] / 2**20:,.0f} MiB of unflushed WAL "
-                                f"({rc['value_bytes']} B values, page cache {cache}): >= {RECOVERY_GOAL:.0%} of "
-                                "sequential read bandwidth",
-                        "value": r["ratio"], "target": RECOVERY_GOAL, "cmp": ">="})
+    sp = sh["spread"]
+    if sp["ratio"] is not None:
+        out.append({"id": f"shard_{SPREAD_CASE}", "what": "Shards: durable puts over 64 shards of one engine, 64 threads "
+                    "(one per shard) >= 1 x one shard at 64 threads (keel ops/s)", "value": sp["ratio"], "target": 1.0,
+                    "cmp": ">=", "min": sp["ratio_min"], "max": sp["ratio_max"]})
     return out
+
+
+def spread_comparison(keel_runs):
+    """keel's durable puts spread over 64 shards against one shard at 64
+    threads, pair by pair (both in the same durable_put group)."""
+    by_pair = {}
+    for c in keel_runs:
+        if c["name"] in (SPREAD_CASE, SPREAD_BASE):
+            by_pair.setdefault(c["pair"], {})[c["name"]] = c["ops_per_s"]
+    pairs = [{"pair": p, "spread_ops_per_s": x.get(SPREAD_CASE), "one_shard_ops_per_s": x.get(SPREAD_BASE),
+              "ratio": x[SPREAD_CASE] / x[SPREAD_BASE] if x.get(SPREAD_CASE) and x.get(SPREAD_BASE) else None}
+             for p, x in sorted(by_pair.items(), key=lambda kv: (kv[0] is None, kv[0]))]
+    ratio = spread(x["ratio"] for x in pairs)
+    med = lambda key: (spread(x[key] for x in pairs) or {}).get("median")
+    return {"pairs": pairs, "spread_ops_per_s": med("spread_ops_per_s"), "one_shard_ops_per_s": med("one_shard_ops_per_s"),
+            "ratio": ratio["median"] if ratio else None, "ratio_min": ratio["min"] if ratio else None,
+            "ratio_max": ratio["max"] if ratio else None}
 
 
 def shard_markdown(sh, m):
@@ -353,6 +364,15 @@ def shard_markdown(sh, m):
              + "; ".join(f"{row['case']} " + ", ".join(fmt_ratio(x["ratio"]) for x in row["pairs"])
                          for row in sh["comparison"] if row["pairs"]) + ".")
     L.append("")
+    sp = sh.get("spread")
+    if sp and sp["pairs"]:
+        L.append(f"**Durable puts over 64 shards** (keel only, `{SPREAD_CASE}`, "
+                 "in the durable-put group of each pair): one engine, 64 shards, 64 threads each putting into its "
+                 f"own shard (Durability::Sync, {fmt(p.get('sync64_ops'))} puts a thread, as in `{SPREAD_BASE}`): "
+                 f"{fmt(sp['spread_ops_per_s'])} ops/s against {fmt(sp['one_shard_ops_per_s'])} ops/s on one shard, "
+                 f"{fmt_ratio(sp['ratio'], sp['ratio_min'], sp['ratio_max'])} (per pair: "
+                 + ", ".join(fmt_ratio(x["ratio"]) for x in sp["pairs"]) + "; goal: not lower, >= 1.00×).")
+        L.append("")
     kc = {c["name"]: c for c in sh["keel"]}
     notes = []
     reads = [r for r in sh["comparison"] if r["case"].startswith("read")]
@@ -397,36 +417,6 @@ def shard_markdown(sh, m):
     for n in notes:
         L.append(n)
         L.append("")
-
-    L.append("### Recovery of unflushed WAL (keel only)")
-    L.append("")
-    L.append("A child process puts until the WAL holds the given amount in full segments (Durability::None, "
-             "`flush_interval` None, `seal_bytes` 16 GiB: nothing is flushed or sealed) and is killed with SIGKILL; "
-             "the directory is kept as it left it. **Read** = plain 1 MiB read(2) calls over "
-             "the full WAL segment files. **Recovery** = `Shard::open` in a fresh process, best of 2, each on its "
-             "own copy of the directory (open persists and truncates; the first open after the writer died was "
-             "sometimes 3x slower than the next on the same bytes) (segment load, the WAL's "
-             "recovery scan, replay of every record into the appendable segment; the first flush pass runs after "
-             "`open` returns, on the flush thread). **WAL alone** = `Wal::open` and reading every record without a "
-             "shard, also a fresh process: the WAL's part of the recovery. Page cache **warm**: every file is "
-             "fdatasync'ed and read once before each measure (read: best of 3). **Cold**: the files' pages are "
-             "dropped (posix_fadvise DONTNEED, per file) before each measure (read: best of 2), so read is the "
-             "device's sequential bandwidth. Ratio = read time ÷ open time over the same bytes.")
-    L.append("")
-    L.append("| values | puts | WAL MiB | page cache | read MiB/s | Shard::open s | recovery MiB/s | recovery / read | "
-             "WAL alone: open s | WAL alone: read records s |")
-    L.append("| ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
-    for rc in sh["recovery"]:
-        for cache in ("warm", "cold"):
-            r = rc.get(cache)
-            if not r:
-                continue
-            w = r.get("wal_only") or {}
-            L.append(f"| {rc['value_bytes']} B | {fmt(rc['puts'])} | {fmt(rc['wal_bytes'] / 2**20)} | {cache} | "
-                     f"{fmt(r['read_mib_s'])} | {fmt(r['open_s'], 2)} | {fmt(r['recovery_mib_s'])} | "
-                     f"{100 * r['ratio']:.1f} % ({'PASS' if r['ratio'] >= RECOVERY_GOAL else '**MISS**'}, goal "
-                     f"{RECOVERY_GOAL:.0%}) | {fmt(w.get('open_s'), 2)} | {fmt(w.get('read_s'), 2)} |")
-    L.append("")
 
     mem = sh.get("memory")
     L.append("### Resident memory per million keys (keel only)")
@@ -600,6 +590,9 @@ def main():
     if shards:
         targets.extend(shard_targets(shards))
         targets.extend(many_shards_targets(shards.get("many_shards")))
+    restart_bound = restart_results(work)
+    recovery, recovery_rocksdb = recovery_comparison(work, (shards or {}).get("recovery", []))
+    targets.extend(restart_targets(recovery, restart_bound))
     # bench/net writes its own section (net.md, net.json with its targets,
     # shown in its own table rather than the ratio table below).
     net_path = os.path.join(work, "net.json")
@@ -624,7 +617,8 @@ def main():
         "shards": shards,
         "net": net,
         "lease": lease,
-        "restart_bound": restart_results(work),
+        "restart_bound": restart_bound,
+        "restart_rocksdb": {"comparison": recovery, "runs": recovery_rocksdb},
         "targets": targets,
     }
     report["charts"] = charts.draw(report, prefix)
@@ -649,6 +643,9 @@ def main():
     for t in targets:
         if t["id"] == "none_rate":
             val, goal = fmt(t["value"]) + " /s", fmt(t["target"]) + " /s"
+        elif t.get("unit") == "s":
+            val = f"{t['value']:.2f} s" + (f" ({t['min']:.2f}–{t['max']:.2f})" if t.get("min") != t.get("max") else "")
+            goal = f"{t['cmp']} {t['target']:.2f} s"
         elif t.get("unit") == "%":
             val, goal = f"{100 * t['value']:.1f} %", f"{t['cmp']} {100 * t['target']:.0f} %"
         elif t.get("unit"):
@@ -691,7 +688,8 @@ def main():
     L.extend(wal_rocksdb_markdown(comparison, rruns, rskip, m))
     if shards:
         L.extend(shard_markdown(shards, m))
-        L.extend(restart_markdown(report["restart_bound"]))
+        L.extend(recovery_markdown(recovery, recovery_rocksdb, m))
+        L.extend(restart_markdown(restart_bound))
         L.extend(many_shards_markdown(report["shards"].get("many_shards")))
     else:
         L.append("## Shards vs RocksDB")

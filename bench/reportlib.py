@@ -1,5 +1,8 @@
 """Helpers shared by the benchmark report scripts (bench/report.py and
 bench/net/report.py): reading the files a run leaves behind."""
+import glob
+import os
+import re
 
 
 def load_env(path, missing_ok=False):
@@ -46,3 +49,11 @@ def median_run(runs, key):
     no run has a value."""
     have = sorted((r for r in runs if r is not None and key(r) is not None), key=key)
     return have[(len(have) - 1) // 2] if have else None
+
+
+def pair_numbers(work, pattern):
+    """The pair numbers of the files in work matching pattern (one '{}' for
+    the number), ascending."""
+    rx = re.compile(re.escape(pattern).replace(re.escape("{}"), "([0-9]+)") + "$")
+    found = (rx.match(os.path.basename(p)) for p in glob.glob(os.path.join(work, pattern.replace("{}", "*"))))
+    return sorted(int(m.group(1)) for m in found if m)

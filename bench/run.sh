@@ -16,7 +16,7 @@
 #   BENCH_SECONDS  seconds per timed case (default 5; 1 with KEEL_BENCH_QUICK=1)
 #   KEEL_BENCH_QUICK=1  a smoke run: shard sizes divided by 10 (recovery of
 #                  128 MiB instead of 1 GiB) and 1 s cases; not for comparing
-#   SHARD_SYNC_OPS, SHARD_SYNC16_OPS, SHARD_LOAD_KEYS, SHARD_POSTING_KEYS,
+#   SHARD_SYNC_OPS, SHARD_SYNC16_OPS, SHARD_SYNC64_OPS, SHARD_LOAD_KEYS, SHARD_POSTING_KEYS,
 #   SHARD_POSTING_OPS, SHARD_MEMORY_KEYS, SHARD_RECOVERY_MIB
 #                  shard case sizes (see bench/README.md "Shards vs RocksDB")
 #   SHARD_RESTART_PINNED_MIB  MiB written through a pinned WAL before the
@@ -48,11 +48,12 @@ else
 fi
 BENCH_SECONDS=${BENCH_SECONDS:-5}
 # Shard cases (bench/shard.rs and the matching db_bench runs): operations per
-# thread for durable puts at 1 and 16 threads; puts that load the read data
+# thread for durable puts at 1, 16 and 64 threads; puts that load the read data
 # set (also the buffered-put case); posting keys and appends; distinct keys
 # for the memory case; MiB of WAL for the recovery cases.
 SHARD_SYNC_OPS=${SHARD_SYNC_OPS:-$((20000 / q))}
 SHARD_SYNC16_OPS=${SHARD_SYNC16_OPS:-$((5000 / q))}
+SHARD_SYNC64_OPS=${SHARD_SYNC64_OPS:-$((2500 / q))}
 SHARD_LOAD_KEYS=${SHARD_LOAD_KEYS:-$((3000000 / q))}
 SHARD_POSTING_KEYS=${SHARD_POSTING_KEYS:-$((100000 / q))}
 SHARD_POSTING_OPS=${SHARD_POSTING_OPS:-$((2000000 / q))}
@@ -276,7 +277,7 @@ rsdb=$BENCH_DIR/rocksdb-shard
 run_keel_shard() { # case group, output name suffix
     echo "bench: keel shards, $1"
     $CARGO bench --locked --bench shard -- --dir "$BENCH_DIR/keel-shard" --out "$WORK/keel-shard-$1$2.json" \
-        --case "$1" --secs "$BENCH_SECONDS" --sync-ops "$SHARD_SYNC_OPS" --sync16-ops "$SHARD_SYNC16_OPS" \
+        --case "$1" --secs "$BENCH_SECONDS" --sync-ops "$SHARD_SYNC_OPS" --sync16-ops "$SHARD_SYNC16_OPS" --sync64-ops "$SHARD_SYNC64_OPS" \
         --load-keys "$SHARD_LOAD_KEYS" --posting-keys "$SHARD_POSTING_KEYS" --posting-ops "$SHARD_POSTING_OPS" \
         --memory-keys "$SHARD_MEMORY_KEYS" --recovery-mib "$SHARD_RECOVERY_MIB"
     rm -rf "$BENCH_DIR/keel-shard"
@@ -299,6 +300,9 @@ rocksdb_durable_put() { # pair
     rm -rf "$rsdb"
     run_db_bench_shard durable_put_16t "$1" --benchmarks=fillrandom --threads=16 --sync=1 --disable_wal=0 \
         --num="$SHARD_SYNC16_OPS" --seed=1
+    rm -rf "$rsdb"
+    run_db_bench_shard durable_put_64t "$1" --benchmarks=fillrandom --threads=64 --sync=1 --disable_wal=0 \
+        --num="$SHARD_SYNC64_OPS" --seed=1
 }
 rocksdb_load_read() { # pair
     # The load is the buffered-put case; waitforcompaction is keel's settle.
@@ -333,18 +337,31 @@ run_shard_pairs() { # keel case group, function that runs RocksDB's side of it
 run_shard_pairs durable_put rocksdb_durable_put
 run_shard_pairs load_read rocksdb_load_read
 run_shard_pairs posting rocksdb_posting
+# Restart: keel's recovery of unflushed WAL (the recovery group), then
+# RocksDB reopening a database a killed db_bench left with as many bytes of
+# WAL (bench/rocksdb/recovery.py; README "Restart: keel against RocksDB").
+rocksdb_recovery() { # pair
+    python3 bench/rocksdb/recovery.py --db-bench "$DB_BENCH" --dir "$rsdb" --mib "$SHARD_RECOVERY_MIB" \
+        --keel "$WORK/keel-shard-recovery-p$1.json" --out "$WORK/rocksdb-recovery-p$1.json" ||
+        echo "bench: the RocksDB recovery of pair $1 had problems; see the report" >&2
+}
+run_shard_pairs recovery rocksdb_recovery
 # keel only: no pairs.
 run_keel_shard memory ""
-run_keel_shard recovery ""
 
 # ---- keel: restart at the bound of unflushed WAL (bench/shard.rs restart_bound)
-# Its own output file (keel-restart.json, not keel-shard-*): report.py adds
-# its section through bench/restart_report.py.
+# BENCH_PAIRS runs (the goal is judged on their median), each to its own
+# file (keel-restart-p<run>.json, not keel-shard-*): report.py adds its
+# section through bench/restart_report.py.
 SHARD_RESTART_PINNED_MIB=${SHARD_RESTART_PINNED_MIB:-$((256 / q))}
-echo "bench: keel shards, restart_bound"
-$CARGO bench --locked --bench shard -- --dir "$BENCH_DIR/keel-shard" --out "$WORK/keel-restart.json" \
-    --case restart_bound --restart-pinned-mib "$SHARD_RESTART_PINNED_MIB"
-rm -rf "$BENCH_DIR/keel-shard"
+p=1
+while [ "$p" -le "$BENCH_PAIRS" ]; do
+    echo "bench: keel shards, restart_bound, run $p/$BENCH_PAIRS"
+    $CARGO bench --locked --bench shard -- --dir "$BENCH_DIR/keel-shard" --out "$WORK/keel-restart-p$p.json" \
+        --case restart_bound --restart-pinned-mib "$SHARD_RESTART_PINNED_MIB"
+    rm -rf "$BENCH_DIR/keel-shard"
+    p=$((p + 1))
+done
 
 # ---- keel: thousands of shards in one engine (bench/shard.rs many_shards) --
 # 1, 100, 1,000 and SHARD_MANY shards (10,000; 1,000 quick), each in a child;

@@ -3,7 +3,7 @@
 //! directory; bench/README.md "Shards vs RocksDB" lists the pairs).
 //!
 //! Usage: cargo bench --locked --bench shard -- --dir DIR --out FILE.json [--secs S]
-//!        [--sync-ops N] [--sync16-ops N] [--load-keys N] [--posting-keys N]
+//!        [--sync-ops N] [--sync16-ops N] [--sync64-ops N] [--load-keys N] [--posting-keys N]
 //!        [--posting-ops N] [--memory-keys N] [--recovery-mib N] [--restart-pinned-mib N]
 //!        [--many-shards N] [--case NAME]...
 //!
@@ -26,6 +26,7 @@
 //! time to create, open and reopen them (one key each), and the threads,
 //! descriptors, resident memory and disk each shard adds.
 
+use keel::engine::Engine;
 use keel::shard::{Options, Shard, Stats, Step, StepHook, Steps};
 use keel::wal::{self, Durability, ReadUpto, Wal};
 use std::io::{BufRead, BufReader, Read};
@@ -48,6 +49,7 @@ struct Args {
     secs: f64,
     sync_ops: u64,
     sync16_ops: u64,
+    sync64_ops: u64,
     load_keys: u64,
     posting_keys: u64,
     posting_ops: u64,
@@ -67,6 +69,7 @@ fn parse_args() -> Args {
         secs: 5.0,
         sync_ops: 20_000,
         sync16_ops: 5_000,
+        sync64_ops: 2_500,
         load_keys: 3_000_000,
         posting_keys: 100_000,
         posting_ops: 2_000_000,
@@ -90,6 +93,7 @@ fn parse_args() -> Args {
             "--secs" => a.secs = it.next().and_then(|s| s.parse().ok()).expect("--secs needs a number"),
             "--sync-ops" => a.sync_ops = num("--sync-ops"),
             "--sync16-ops" => a.sync16_ops = num("--sync16-ops"),
+            "--sync64-ops" => a.sync64_ops = num("--sync64-ops"),
             "--load-keys" => a.load_keys = num("--load-keys"),
             "--posting-keys" => a.posting_keys = num("--posting-keys"),
             "--posting-ops" => a.posting_ops = num("--posting-ops"),
@@ -360,9 +364,11 @@ fn settle(shard: &Shard) -> f64 {
 // ---- cases -----------------------------------------------------------------
 
 /// `threads` threads each put `ops` keys drawn from [0, ops) (db_bench
-/// `fillrandom --num=ops --threads=N`: each thread writes num keys of that range).
-fn put_run(shard: &Shard, threads: usize, ops: u64, values: &Values) -> Run {
+/// `fillrandom --num=ops --threads=N`: each thread writes num keys of that
+/// range), thread t into `shards[t % shards.len()]`.
+fn put_run(shards: &[Shard], threads: usize, ops: u64, values: &Values) -> Run {
     run_threads(threads, |t, lat| {
+        let shard = &shards[t % shards.len()];
         let mut rng = Rng::new(SEED.wrapping_add(t as u64 * 7919));
         let mut pos = t * 4099;
         for _ in 0..ops {
@@ -377,11 +383,11 @@ fn put_run(shard: &Shard, threads: usize, ops: u64, values: &Values) -> Run {
 }
 
 fn durable_puts(a: &Args, values: &Values, out: &mut Vec<String>) {
-    for (threads, ops) in [(1usize, a.sync_ops), (16, a.sync16_ops)] {
+    for (threads, ops) in [(1usize, a.sync_ops), (16, a.sync16_ops), (64, a.sync64_ops)] {
         let name = format!("durable_put_{threads}t");
         let dir = fresh_dir(&a.dir, &name);
         let shard = open(&dir, Options { durability: Durability::Sync, ..Options::default() });
-        let run = put_run(&shard, threads, ops, values);
+        let run = put_run(std::slice::from_ref(&shard), threads, ops, values);
         let stats = shard.stats();
         shard.close().expect("close");
         let _ = std::fs::remove_dir_all(&dir);
@@ -396,6 +402,35 @@ fn durable_puts(a: &Args, values: &Values, out: &mut Vec<String>) {
         c.print();
         out.push(c.json());
     }
+    spread_durable_puts(a, values, out);
+}
+
+/// Shards a durable put's writers are spread over in `durable_put_64shards_64t`.
+const SPREAD_SHARDS: usize = 64;
+
+/// Durable puts spread over SPREAD_SHARDS shards of one engine, one
+/// thread per shard, as many puts per thread as `durable_put_64t`: what
+/// the engine's shared workers give many shards against one shard's
+/// group commit (keel only; the report compares it with `durable_put_64t`).
+fn spread_durable_puts(a: &Args, values: &Values, out: &mut Vec<String>) {
+    let (n, ops) = (SPREAD_SHARDS, a.sync64_ops);
+    let name = format!("durable_put_{n}shards_{n}t");
+    let dir = fresh_dir(&a.dir, &name);
+    let engine = Engine::open(&dir, Options { durability: Durability::Sync, ..Options::default() }).expect("opening the engine");
+    let shards: Vec<Shard> = (0..n as u32).map(|id| engine.open_shard(id, true).expect("opening a shard")).collect();
+    let run = put_run(&shards, n, ops, values);
+    engine.close().expect("closing the engine (and its shards)");
+    let _ = std::fs::remove_dir_all(&dir);
+    let c = Case {
+        name,
+        what: format!("put, Durability::Sync, {n} shards of one engine, {n} threads, each on its own shard, {ops} puts per thread, keys uniform in [0, {ops})"),
+        durability: "sync",
+        threads: n,
+        run,
+        extra: Obj::default().int("shard_count", n as u64),
+    };
+    c.print();
+    out.push(c.json());
 }
 
 /// Buffered load of `load_keys` puts (the buffered-put rate), settle, then
@@ -406,7 +441,7 @@ fn load_read(a: &Args, values: &Values, out: &mut Vec<String>) {
     let opts = Options { durability: Durability::None, ..Options::default() };
     let seal_bytes = opts.seal_bytes;
     let shard = open(&dir, opts);
-    let run = put_run(&shard, 1, n, values);
+    let run = put_run(std::slice::from_ref(&shard), 1, n, values);
     let at_end = shard.stats();
     let settle_s = settle(&shard);
     let settled = shard.stats();
@@ -1260,6 +1295,7 @@ fn main() {
         .int("value_bytes", VALUE_BYTES as u64)
         .int("sync_ops", a.sync_ops)
         .int("sync16_ops", a.sync16_ops)
+        .int("sync64_ops", a.sync64_ops)
         .int("load_keys", a.load_keys)
         .int("posting_keys", a.posting_keys)
         .int("posting_ops", a.posting_ops)
