@@ -364,7 +364,10 @@ TEST(Engine, DescriptorCacheBoundsOpenFiles) {
   EXPECT_GT(st->file_cache_evictions, 0u) << "20 shards hold more than 16 files";
   EXPECT_GT(st->file_cache_misses, 0u);
   EXPECT_GT(st->file_cache_hits, 0u);
-  EXPECT_LE(st->open_files, 16u + 1u) << "the cache's files and the engine's LOCK";
+  // Beyond the cache's files: the engine's LOCK, and for each of its
+  // workers a file it may have pinned (a spare being prepared) and a
+  // folder it may be syncing at this moment.
+  EXPECT_LE(st->open_files, 16u + 1u + 2 * st->threads) << "the cache's files, the LOCK and what its workers hold";
 }
 
 TEST(EngineOptions, BuilderRoundTripsAndDefaultsAreTheLibrarys) {
