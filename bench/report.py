@@ -26,7 +26,7 @@ import sys
 
 import charts
 from dbbench import db_bench_run
-from reportlib import load_env, median_run, pair_numbers, read_text, spread
+from reportlib import load_env, median_run, pair_numbers, read_text, spread, spread_text
 from restart_report import recovery_comparison, recovery_markdown, restart_markdown, restart_results, restart_targets
 from many_shards_report import many_shards_markdown, many_shards_targets
 
@@ -148,12 +148,7 @@ def rocksdb_name(runs, path):
 
 def fmt_ratio(median, lo=None, hi=None, digits=2):
     """1.34× (1.20–1.41): a median ratio and the spread of its pairs."""
-    if median is None:
-        return "–"
-    out = f"{median:.{digits}f}×"
-    if lo is not None and hi is not None and (lo != median or hi != median):
-        out += f" ({lo:.{digits}f}–{hi:.{digits}f})"
-    return out
+    return spread_text(median, lo, hi, digits, "×")
 
 
 def fmt(x, digits=0):

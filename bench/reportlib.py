@@ -57,3 +57,13 @@ def pair_numbers(work, pattern):
     rx = re.compile(re.escape(pattern).replace(re.escape("{}"), "([0-9]+)") + "$")
     found = (rx.match(os.path.basename(p)) for p in glob.glob(os.path.join(work, pattern.replace("{}", "*"))))
     return sorted(int(m.group(1)) for m in found if m)
+
+
+def spread_text(median, lo, hi, digits, unit=""):
+    """1.34× (1.20–1.41): a median and the min–max it came from."""
+    if median is None:
+        return "–"
+    out = f"{median:.{digits}f}{unit}"
+    if lo is not None and hi is not None and (lo != median or hi != median):
+        out += f" ({lo:.{digits}f}–{hi:.{digits}f})"
+    return out

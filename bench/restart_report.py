@@ -7,7 +7,7 @@ bench/rocksdb/recovery.py), and the restart at the bound of unflushed WAL
 import json
 import os
 
-from reportlib import median_run, pair_numbers, spread
+from reportlib import median_run, pair_numbers, spread, spread_text
 
 # keel recovers at least this many times faster than RocksDB (RocksDB's
 # reopen time over keel's Shard::open time, 1 GiB of unflushed WAL).
@@ -132,16 +132,6 @@ def _n(x, digits=0):
     return "–" if x is None else f"{x:,.{digits}f}"
 
 
-def _spread_text(median, lo, hi, digits, unit=""):
-    """1.34× (1.20–1.41): a median and the min–max it came from."""
-    if median is None:
-        return "–"
-    out = f"{median:.{digits}f}{unit}"
-    if lo is not None and hi is not None and (lo != median or hi != median):
-        out += f" ({lo:.{digits}f}–{hi:.{digits}f})"
-    return out
-
-
 def recovery_markdown(comparison, rruns, m):
     """Markdown lines for keel's recovery against RocksDB's reopen."""
     L = ["### Restart: keel against RocksDB (recovery of unflushed WAL)", ""]
@@ -190,8 +180,8 @@ def recovery_markdown(comparison, rruns, m):
         L.append(f"| {r['value_bytes']} B | {r['cache']} | {_fmt_mib(r['keel_wal_bytes'])} ({_n(r['keel_puts'])}) | "
                  f"{_fmt_mib(r['rocksdb_wal_bytes'])} ({_n(r['rocksdb_puts'])}) | {_n(r['keel_open_s'], 2)} | "
                  f"{_n(r['rocksdb_open_s'], 2)} | "
-                 f"{_spread_text(r['ratio'], r['ratio_min'], r['ratio_max'], 2, '×')} | {goal} | "
-                 f"{_spread_text(pct(r['keel_recovery_to_read']), pct(r['keel_recovery_to_read_min']), pct(r['keel_recovery_to_read_max']), 1, ' %')} | "
+                 f"{spread_text(r['ratio'], r['ratio_min'], r['ratio_max'], 2, '×')} | {goal} | "
+                 f"{spread_text(pct(r['keel_recovery_to_read']), pct(r['keel_recovery_to_read_min']), pct(r['keel_recovery_to_read_max']), 1, ' %')} | "
                  f"{_n(r['keel_read_mib_s'])} |")
     L.append("")
     L.append("Every pair, in the order they ran (keel first). RocksDB reopen = wall − the empty reopen; "
@@ -246,7 +236,7 @@ def restart_markdown(runs):
         o = r[row["cache"]].get("shard_open") or {}
         L.append(f"| {r['value_bytes']} B | {r.get('pinned_mib', '-')} | {_fmt_mib(r.get('wal_bytes'))} | "
                  f"{_fmt_mib(r.get('unflushed_bytes'))} ({_fmt_mib(r.get('bound_bytes'))}) | {row['cache']} | "
-                 f"{_spread_text(t['median'], t['min'], t['max'], 3)} | "
+                 f"{spread_text(t['median'], t['min'], t['max'], 3)} | "
                  f"{o.get('replayed_records', '-'):,} | {_fmt_mib(o.get('replayed_bytes'))} |")
     L.append("")
     return L
