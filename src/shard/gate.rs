@@ -6,10 +6,12 @@
 //! WAL frame), and the shard logs them as a single WAL frame (versions
 //! assigned in queue order, one write for the whole group) and applies
 //! them in version order under one hold of the segments' write lock. The
-//! leader then hands every writer of its group its outcome and passes the
-//! lead to the oldest batch still queued. Writers therefore never take
-//! turns on the WAL one frame at a time, and readers (who take the
-//! segments' read lock) still see each batch whole or not at all.
+//! leader then passes the lead to the oldest batch still queued, waits
+//! (in `sync` durability) for its group's fdatasync while the next leader
+//! logs, and hands every writer of its group its outcome. Writers
+//! therefore never take turns on the WAL one frame at a time, sleep once
+//! per write, and readers (who take the segments' read lock) still see
+//! each batch whole or not at all.
 //!
 //! Several batches in one frame: a frame is recovered all or nothing, so a
 //! crash keeps all of a group or none of it. No batch of a group is
@@ -172,15 +174,39 @@ impl Gate {
     /// Queues `batch` and returns its outcome once a leader (possibly this
     /// caller) has run it. A leader takes the oldest batches whose frame
     /// bytes stay within `frame_limit` (at least its own) and gives them
-    /// to `run`, which returns one outcome per batch, in order.
-    pub fn write(&self, batch: Arc<Batch>, frame_limit: u64, run: impl FnOnce(&[Arc<Batch>]) -> Vec<Outcome>) -> Outcome {
+    /// to `run`, which returns one outcome per batch, in order. It then
+    /// passes the lead on and, outside the gate, calls `settle` with the
+    /// highest WAL version the group logged (0: none): in `sync`
+    /// durability the wait for the group's fdatasync, which so overlaps
+    /// the next group's logging. Every batch gets its outcome only after
+    /// `settle` (its error then fails each batch that logged something),
+    /// so a writer sleeps once per write, not once at the gate and again
+    /// for the sync.
+    pub fn write(
+        &self,
+        batch: Arc<Batch>,
+        frame_limit: u64,
+        run: impl FnOnce(&[Arc<Batch>]) -> Vec<Outcome>,
+        settle: impl FnOnce(u64) -> Result<()>,
+    ) -> Outcome {
         if let Some(outcome) = self.enter(&batch) {
             return outcome;
         }
-        let _lead = Hold(self);
+        let mut lead = Some(Hold(self));
         let group = self.take_group(&batch, frame_limit);
-        let outcomes = run(&group);
+        let mut outcomes = run(&group);
         debug_assert_eq!(outcomes.len(), group.len(), "one outcome per batch");
+        drop(lead.take());
+        let last = outcomes.iter().filter_map(|o| o.as_ref().ok()).map(|w| w.last).max().unwrap_or(0);
+        // A panic in `settle` must still hand each batch an outcome: its
+        // writer would otherwise wait forever.
+        let settled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| settle(last)))
+            .unwrap_or_else(|_| Err(Error::new(crate::status::KEEL_STATUS_PANIC, "waiting for a write group's durability panicked")));
+        if let Err(e) = settled {
+            for o in outcomes.iter_mut().filter(|o| o.as_ref().is_ok_and(|w| w.last > 0)) {
+                *o = Err(e.clone());
+            }
+        }
         let mut own = None;
         for (b, outcome) in group.iter().zip(outcomes) {
             if Arc::ptr_eq(b, &batch) {
@@ -328,7 +354,7 @@ mod tests {
                         let first = *v;
                         *v += group.len() as u64;
                         (first..*v).map(|x| Ok(Written { ops: Some((x, x)), last: x, refused: None })).collect()
-                    });
+                    }, |_| Ok(()));
                     Some((id, outcome.unwrap()))
                 }));
                 while gate.queued() < i + 1 {
@@ -346,13 +372,57 @@ mod tests {
         assert!(!gate.state.lock().leading, "the lead ends with the queue");
     }
 
+    /// The leader settles (in `sync` durability: waits for the fdatasync)
+    /// once for its whole group, with the group's highest logged version,
+    /// before any writer of the group gets its outcome; a failed settle
+    /// fails every batch that logged something and no other.
+    #[test]
+    fn a_group_gets_its_outcomes_after_one_settle() {
+        let gate = Arc::new(Gate::default());
+        let settled = Arc::new(Mutex::new(Vec::<u64>::new()));
+        let mut writers = Vec::new();
+        gate.exclusive(|| {
+            for id in 0..3u8 {
+                let (g, settled) = (gate.clone(), settled.clone());
+                writers.push(thread::spawn(move || {
+                    // Batch 1 logs nothing (a duplicate entry, say).
+                    let log = |group: &[Arc<Batch>]| {
+                        let last = |b: &Arc<Batch>| match b.ops().next().unwrap().key()[0] {
+                            1 => 0,
+                            k => k as u64 + 1,
+                        };
+                        group.iter().map(|b| Ok(Written { ops: None, last: last(b), refused: None })).collect()
+                    };
+                    let settle = |last| {
+                        settled.lock().push(last);
+                        Err(Error::new(crate::status::KEEL_STATUS_IO, "the sync failed"))
+                    };
+                    let outcome = g.write(batch(id), u64::MAX, log, settle);
+                    (id, settled.lock().len(), outcome)
+                }));
+                while gate.queued() < id as usize + 1 {
+                    thread::yield_now();
+                }
+            }
+        });
+        for w in writers {
+            let (id, settles_seen, outcome) = w.join().unwrap();
+            assert_eq!(settles_seen, 1, "batch {id} got its outcome after the settle");
+            match id {
+                1 => assert_eq!(outcome.unwrap().last, 0, "a batch that logged nothing keeps its outcome"),
+                _ => assert_eq!(outcome.unwrap_err().status, crate::status::KEEL_STATUS_IO, "batch {id} logged, so the failed settle fails it"),
+            }
+        }
+        assert_eq!(*settled.lock(), vec![3], "one settle for the group, with its highest version");
+    }
+
     /// A barrier whose closure panics still passes the lead on.
     #[test]
     fn a_panicking_barrier_passes_the_lead_on() {
         let gate = Gate::default();
         let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| gate.exclusive(|| panic!("boom"))));
         assert!(r.is_err());
-        let outcome = gate.write(batch(7), u64::MAX, |group| group.iter().map(|_| Ok(Written { ops: Some((1, 1)), last: 1, refused: None })).collect());
+        let outcome = gate.write(batch(7), u64::MAX, |group| group.iter().map(|_| Ok(Written { ops: Some((1, 1)), last: 1, refused: None })).collect(), |_| Ok(()));
         assert_eq!(outcome.unwrap().ops, Some((1, 1)));
     }
 }

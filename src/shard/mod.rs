@@ -6,8 +6,8 @@
 //! A write passes the shard's write gate (gate.rs): queued writes are
 //! logged as one WAL frame and applied to the segments in version order
 //! under one hold of the segments' write lock (a reader never sees half a
-//! batch), then each writer, in `sync` durability, waits for the
-//! group-committed fdatasync outside both.
+//! batch); in `sync` durability the group's leader then waits for the
+//! group-committed fdatasync outside both, for its whole group.
 
 mod appendable;
 pub(crate) mod backlog;
@@ -795,15 +795,24 @@ impl Shard {
             let wal = inner.wal.read();
             let wal = wal.as_ref().ok_or_else(|| Error::new(KEEL_STATUS_CLOSED, "shard is closed"))?;
             let limit = GROUP_FRAME_BYTES.min(inner.opts.wal_options().max_record_size);
-            let w = {
-                let _on_the_way = wal.on_the_way();
-                inner.gate.write(batch, limit, |group| inner.run_group(wal, group))?
+            // The group's leader waits for its durability once for the
+            // whole group, after passing the gate's lead on.
+            let settle = |last: u64| match wal.durability() {
+                Durability::Sync if last > 0 => wal.wait_durable(last),
+                _ => Ok(()),
             };
-            // A duplicate entry logged nothing (its `last` is 0).
+            let log = |group: &[Arc<Batch>]| {
+                let outcomes = inner.run_group(wal, group);
+                wal.arrived(group.len());
+                outcomes
+            };
+            wal.on_the_way();
+            let w = inner.gate.write(batch, limit, log, settle);
+            // A duplicate entry logged nothing (its `last` is 0). A failed
+            // write or sync releases the reservation (a failed sync
+            // poisons the WAL: nothing more is logged).
+            let w = w?;
             admitted.logged(w.last);
-            if wal.durability() == Durability::Sync && w.last > 0 {
-                wal.wait_durable(w.last)?;
-            }
             w
         };
         // Outside the WAL's read lock: the hook reads the WAL itself, and
