@@ -208,6 +208,54 @@ fn reopen_replays_only_the_unflushed_tail_of_a_pinned_wal() {
     shard.close().unwrap();
 }
 
+/// The reopen of a shard whose WAL is pinned does not read the frames of
+/// segments that hold only persisted versions (a cold restart would read
+/// them from the device): a frame damaged there does not stop the open,
+/// and a reader of the WAL still finds the damage when it reaches it.
+#[test]
+fn reopen_reads_persisted_wal_segments_by_their_headers_and_readers_still_check_their_frames() {
+    let dir = TempDir::new("restart-pinned-headers");
+    let hook = Arc::new(HeldFlush::default());
+    hook.release();
+    let opts = Options { wal_segment_size: 64 << 10, ..options(&hook, 64 * MIB, Duration::from_secs(5)) };
+    let shard = Shard::open(dir.path(), opts.clone()).unwrap();
+    shard.set_keep_from(1).unwrap();
+    for b in 0..50u32 {
+        let ops: Vec<Op> = (0..100u32).map(|i| Op::Put { key: (b * 100 + i).to_be_bytes().to_vec(), value: vec![b as u8; 100] }).collect();
+        shard.write(&ops).unwrap();
+    }
+    assert_eq!(shard.flush(true).unwrap(), 5000);
+    shard.put(b"tail", &[9u8; 100]).unwrap();
+    crash(shard, &hook);
+
+    // The first segment holds versions from 1 on, all persisted (the
+    // segment after it starts well below 5000). Damage a byte in the
+    // middle of its first frame's payload.
+    let mut segs: Vec<_> = std::fs::read_dir(dir.path().join("wal")).unwrap().map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|x| x == "wal")).collect();
+    segs.sort();
+    assert!(segs.len() >= 3, "the 64 KiB segments rotated: {segs:?}");
+    let mut bytes = std::fs::read(&segs[0]).unwrap();
+    bytes[64 + 32 + 200] ^= 0x55;
+    std::fs::write(&segs[0], &bytes).unwrap();
+
+    let held = Arc::new(HeldFlush::default());
+    let shard = Shard::open(dir.path(), Options { steps: Steps::new(held.clone()), ..opts }).unwrap();
+    assert_eq!(shard.stats().replayed_records, 1, "replay starts past the persisted version");
+    assert_eq!(value_of(&shard, b"tail"), vec![9u8; 100]);
+    assert_eq!(value_of(&shard, &0u32.to_be_bytes()), vec![0u8; 100], "the segments hold the persisted versions");
+    let mut reader = shard.wal_reader(1).unwrap();
+    let e = loop {
+        match reader.next_record() {
+            Ok(Some(_)) => continue,
+            Ok(None) => panic!("the reader read past the damaged frame"),
+            Err(e) => break e,
+        }
+    };
+    assert_eq!(e.status, KEEL_STATUS_CORRUPTION, "{e:?}");
+    held.release();
+    shard.close().unwrap();
+}
+
 /// A shard filled to the default bound with its flush held, then crashed:
 /// the reopen replays at most the bound (4 KiB values in 1 MiB batches).
 #[test]

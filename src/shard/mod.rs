@@ -590,15 +590,18 @@ impl Shard {
     fn open_from(dir: &Path, opts: Options, fs: Option<Arc<dyn FileSystem>>, host: Option<&pool::Host>, base: u64) -> Result<Shard> {
         opts.validate()?;
         let wal_dir = dir.join("wal");
-        let wal = match (host, &fs) {
-            (Some(h), _) => {
-                let wal_fs = fs.clone().unwrap_or_else(|| wal::std_fs(opts.durability));
-                Wal::open_hosted(&wal_dir, opts.wal_options(), Some(h.files.wrap(wal_fs)), &h.wal)?
-            }
-            (None, Some(fs)) => Wal::open_with_fs(&wal_dir, opts.wal_options(), fs.clone())?,
-            (None, None) => Wal::open(&wal_dir, opts.wal_options())?,
+        let wal_fs = fs.clone().unwrap_or_else(|| wal::std_fs(opts.durability));
+        let wal_fs = match host {
+            Some(h) => h.files.wrap(wal_fs),
+            None => wal_fs,
         };
-        let fs = fs.unwrap_or_else(|| Arc::new(StdFs::direct()));
+        let seg_fs = fs.unwrap_or_else(|| Arc::new(StdFs::direct()));
+        // What the manifest says is in segment files: the WAL's open need
+        // not read the frames of segments that hold nothing newer. (The
+        // load below proves it, or refuses to open the shard.)
+        let persisted = manifest::Manifest::read(&*seg_fs, &dir.join("segments")).ok().flatten().map_or(0, |m| m.persisted);
+        let wal = Wal::open_owned(&wal_dir, opts.wal_options(), Some(wal_fs), host.map(|h| &h.wal), persisted)?;
+        let fs = seg_fs;
         // An engine's shards keep their files in its descriptor cache.
         let fs = match host {
             Some(h) => h.files.wrap(fs),

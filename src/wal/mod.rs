@@ -281,17 +281,31 @@ impl Wal {
         Self::open_on(dir, opts, fs, None)
     }
 
-    /// Opens a log hosted by an engine: its background work runs on the
-    /// engine's `workers`, it takes no lock of its own (the engine's lock
-    /// covers its directory, and the engine opens a shard once), and it
-    /// prepares no spare segment before its first write.
-    /// Through `fs` if given, else the real file system.
-    pub(crate) fn open_hosted(dir: &Path, opts: Options, fs: Option<Arc<dyn FileSystem>>, workers: &Workers) -> Result<Wal> {
+    /// Opens the log of an owner that has persisted its records up to
+    /// `persisted` elsewhere (a shard, in its segments): the open reads the
+    /// segments that hold only such records by their headers, not their
+    /// frames (docs/WAL.md, "Recovery"), so a log retained for readers does
+    /// not lengthen the owner's restart. Hosted by an engine when
+    /// `workers` is given: its background work runs on them, it takes no
+    /// lock of its own (the engine's lock covers its directory, and the
+    /// engine opens a shard once), and it prepares no spare segment before
+    /// its first write. Through `fs` if given, else the real file system.
+    pub(crate) fn open_owned(
+        dir: &Path,
+        opts: Options,
+        fs: Option<Arc<dyn FileSystem>>,
+        workers: Option<&Workers>,
+        persisted: u64,
+    ) -> Result<Wal> {
         let fs = fs.unwrap_or_else(|| std_fs(opts.durability));
-        Self::open_on(dir, opts, fs, Some(workers))
+        Self::open_at(dir, opts, fs, workers, persisted)
     }
 
     fn open_on(dir: &Path, opts: Options, fs: Arc<dyn FileSystem>, host: Option<&Workers>) -> Result<Wal> {
+        Self::open_at(dir, opts, fs, host, 0)
+    }
+
+    fn open_at(dir: &Path, opts: Options, fs: Arc<dyn FileSystem>, host: Option<&Workers>, persisted: u64) -> Result<Wal> {
         opts.validate()?;
         if !opts.allow_foreign_files {
             segment::check_wal_dir(&*fs, dir)?;
@@ -307,7 +321,7 @@ impl Wal {
                 }
             })?),
         };
-        let rec = recovery::recover(&*fs, dir, opts.recovery)?;
+        let rec = recovery::recover(&*fs, dir, opts.recovery, persisted)?;
         let mut segments = rec.segments;
         let active = match rec.active {
             Some(a) => a,

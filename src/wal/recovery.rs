@@ -4,8 +4,8 @@
 
 use crate::fs::{File, FileSystem, WholeFile};
 use super::extent::{self, Extent, MetaFile};
-use super::format::Link;
-use super::scan::{find_damage, kept_end, scan_segment, Damage, SegmentFile, SegmentScan};
+use super::format::{decode_segment_header, Link};
+use super::scan::{find_damage, header_only, kept_end, scan_segment, Damage, SegmentFile, SegmentScan};
 use super::segment::{self, Active, SegmentMeta};
 use super::RecoveryMode;
 use crate::error::{Error, Result};
@@ -86,18 +86,44 @@ fn scan(name: &str, path: &Path, first_seq: u64, bytes: &WholeFile) -> SegmentSc
     scan_segment(seg, bytes, |_, _| Ok::<(), std::convert::Infallible>(())).unwrap_or_else(|never| match never {})
 }
 
+/// How many leading segments of `found` hold only records up to
+/// `persisted`: each but the last whose successor starts at or below
+/// `persisted + 1`.
+fn persisted_prefix(found: &[(u64, String)], persisted: u64) -> usize {
+    found.get(1..).map_or(0, |rest| rest.partition_point(|(first, _)| *first <= persisted.saturating_add(1)))
+}
+
+/// The first `n` segments of `found`, each by its header and the link of
+/// the segment after it (`scan::header_only`), or scanned in full when
+/// that link does not name it.
+fn headers_only(fs: &dyn FileSystem, dir: &Path, found: &[(u64, String)], n: usize) -> Result<Vec<SegmentScan>> {
+    (0..n)
+        .map(|i| {
+            let (first_seq, name) = &found[i];
+            let path = dir.join(name);
+            let bytes = read_segment(fs, &path)?;
+            let next = read_segment(fs, &dir.join(&found[i + 1].1))?;
+            let end = decode_segment_header(next.bytes()).ok().and_then(|h| h.prev).filter(|l| l.first_seq == *first_seq).map(|l| l.end);
+            let file = SegmentFile { name: name.clone(), path: path.clone(), first_seq: *first_seq, size: bytes.bytes().len() as u64 };
+            Ok(end.and_then(|end| header_only(file, bytes.bytes(), end)).unwrap_or_else(|| scan(name, &path, *first_seq, &bytes)))
+        })
+        .collect()
+}
+
 /// Below this many bytes in a pair of segments both are scanned on the
 /// calling thread: a thread costs more than it saves on small segments.
 const SCAN_PAIR_MIN: usize = 1 << 20;
 
-/// Reads and scans the segments `found` (first sequence, name), in order.
+/// Reads and scans the segments `found` (first sequence, name), in order;
+/// the first `trusted` by their headers only (`headers_only`).
 /// Scanning is the checksum of every retained frame, the bulk of an open:
 /// segments go two at a time, the second on a helper thread. The file
 /// system is only called from this thread, in segment order, so it sees
 /// the same calls however the scans are spread.
-fn read_and_scan(fs: &dyn FileSystem, dir: &Path, found: &[(u64, String)]) -> Result<Vec<SegmentScan>> {
+fn read_and_scan(fs: &dyn FileSystem, dir: &Path, found: &[(u64, String)], trusted: usize) -> Result<Vec<SegmentScan>> {
     let mut scans = Vec::with_capacity(found.len());
-    for pair in found.chunks(2) {
+    scans.extend(headers_only(fs, dir, found, trusted)?);
+    for pair in found[trusted..].chunks(2) {
         let read = pair
             .iter()
             .map(|(first_seq, name)| {
@@ -133,7 +159,13 @@ fn describe(d: &Damage, scans: &[SegmentScan]) -> String {
 }
 
 /// Scans the log in `dir` and repairs it as `mode` allows.
-pub fn recover(fs: &dyn FileSystem, dir: &Path, mode: RecoveryMode) -> Result<Recovered> {
+/// `persisted`: records up to it are persisted elsewhere by the log's
+/// owner (a shard's segments; 0: none). Segments holding only such records
+/// are taken by their headers (`headers_only`) when the extent record is
+/// there to vouch for the list; at the first sign of damage or of a
+/// disagreement with the record, every segment is scanned in full and
+/// judged as without it.
+pub fn recover(fs: &dyn FileSystem, dir: &Path, mode: RecoveryMode, persisted: u64) -> Result<Recovered> {
     let names = fs.list(dir).map_err(|e| Error::io(format!("listing {}", dir.display()), e))?;
     let mut removed_temp = false;
     let mut found = Vec::new();
@@ -152,13 +184,11 @@ pub fn recover(fs: &dyn FileSystem, dir: &Path, mode: RecoveryMode) -> Result<Re
     }
     found.sort();
     let meta = extent::read(fs, dir)?;
-    let scans = read_and_scan(fs, dir, &found)?;
-
+    let trusted = match meta {
+        MetaFile::Present(_) => persisted_prefix(&found, persisted),
+        _ => 0,
+    };
     // How many segments stay, and where the last one's valid data ends.
-    let damage = find_damage(&scans);
-    let keep = damage.as_ref().map_or(scans.len(), |d| d.kept_segments());
-    let cut = damage.as_ref().filter(|d| d.in_frames && !d.bad_header).map(|d| (d.seg, d.offset));
-    let kept_end = kept_end(&scans, damage.as_ref());
     // Damage that no later frame vouches for is the unsynced tail a crash
     // leaves (writeback reaches the disk in any order, so valid frames may
     // follow it, and in NONE/PERIODIC mode a full segment may be unsynced
@@ -167,7 +197,19 @@ pub fn recover(fs: &dyn FileSystem, dir: &Path, mode: RecoveryMode) -> Result<Re
     // is used (W8). Whatever the damage, the extent record must agree: a
     // segment it lists that is gone or replaced, or records it saw durable
     // that are not there, is lost data only SALVAGE accepts.
-    let problems = extent::check(&meta, &scans, kept_end);
+    let judge = |trusted| -> Result<_> {
+        let scans = read_and_scan(fs, dir, &found, trusted)?;
+        let damage = find_damage(&scans);
+        let kept_end = kept_end(&scans, damage.as_ref());
+        let problems = extent::check(&meta, &scans, kept_end);
+        Ok((scans, damage, kept_end, problems))
+    };
+    let (mut scans, mut damage, mut kept_end, mut problems) = judge(trusted)?;
+    if trusted > 0 && (damage.is_some() || !problems.is_empty()) {
+        (scans, damage, kept_end, problems) = judge(0)?;
+    }
+    let keep = damage.as_ref().map_or(scans.len(), |d| d.kept_segments());
+    let cut = damage.as_ref().filter(|d| d.in_frames && !d.bad_header).map(|d| (d.seg, d.offset));
     let refused = damage.as_ref().filter(|d| !d.opens(mode));
     if refused.is_some() || (!problems.is_empty() && mode != RecoveryMode::Salvage) {
         let mut why: Vec<String> = refused.map(|d| describe(d, &scans)).into_iter().collect();

@@ -146,6 +146,28 @@ pub fn scan_segment<E>(
     Ok(s)
 }
 
+/// A segment whose records its owner has persisted elsewhere, taken at its
+/// header's word: its records end before `end` (what the next segment's
+/// link says). Its frames are not read, so a cold open does not read
+/// them from the device; a reader still checks every frame it reads.
+/// None when the header does not check out (a full scan then reports why).
+pub fn header_only(file: SegmentFile, bytes: &[u8], end: u64) -> Option<SegmentScan> {
+    let header = decode_segment_header(bytes).ok().filter(|h| h.first_seq == file.first_seq && file.first_seq > 0)?;
+    Some(SegmentScan {
+        header: Ok(header),
+        frames: 0,
+        records: end.saturating_sub(file.first_seq),
+        end: file.size,
+        next_seq: end,
+        damage: None,
+        max_hint: None,
+        after_damage: 0,
+        prefix_hint: None,
+        last_frame: None,
+        file,
+    })
+}
+
 fn note_hint(max: &mut Option<(u64, u64)>, hint: u64, offset: u64) {
     if max.map_or(true, |(m, _)| hint > m) {
         *max = Some((hint, offset));
