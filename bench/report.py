@@ -533,6 +533,13 @@ def wal_rocksdb_markdown(comparison, runs, skip, m):
     return L
 
 
+def not_run(m, section, why):
+    """The line of a section that has no results: skipped on purpose, or why not."""
+    if section in m.get("skipped", "").split():
+        return "Not run (skipped with BENCH_SKIP)."
+    return f"Not run ({why})."
+
+
 def main():
     work, prefix = sys.argv[1], sys.argv[2]
     m = load_env(os.path.join(work, "machine.env"))
@@ -629,6 +636,7 @@ def main():
              f"keel {m.get('git')}. Load average {m.get('loadavg_start')} at start, {m.get('loadavg_end')} at end; "
              f"{m.get('secs_per_case')} s per case"
              + (" (**KEEL_BENCH_QUICK=1: a smoke run with small sizes, not for comparing**)" if m.get("quick") == "1" else "")
+             + (f"; sections skipped (BENCH_SKIP): {m['skipped']}" if m.get("skipped") else "")
              + ".")
     L.append("")
     L.append("## Targets")
@@ -695,12 +703,12 @@ def main():
         L += read_text(os.path.join(work, "net.md")).rstrip("\n").split("\n")
         L.append("")
     else:
-        L += ["## Batched socket writers", "", "Not run (bench/net produced no net.json).", ""]
+        L += ["## Batched socket writers", "", not_run(m, "net", "bench/net produced no net.json"), ""]
     if lease:
         L += read_text(os.path.join(work, "lease.md")).rstrip("\n").split("\n")
         L.append("")
     else:
-        L += ["## Lease reads (bench/lease)", "", "Not run (bench/lease produced no lease.json).", ""]
+        L += ["## Lease reads (bench/lease)", "", not_run(m, "lease", "bench/lease produced no lease.json"), ""]
     L.append("Ratios: keel 4 KiB rate / F; keel 4 KiB p99 / P; 16-writer rate / 1-writer rate (256 B). "
              "See bench/README.md. Numbers from a busy machine (high load average) are noisy.")
     with open(prefix + ".md", "w") as f:

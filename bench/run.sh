@@ -24,6 +24,9 @@
 #   SHARD_MANY     shards in one engine, largest count of the many-shards case
 #                  (10000; 1000 quick)
 #   BENCH_PAIRS    keel/RocksDB pairs per comparison (default 3)
+#   BENCH_SKIP     sections to leave out, by name, separated by spaces: net,
+#                  lease, transfer (their sections are then missing from
+#                  the report, which says so)
 #   CARGO          cargo binary (default cargo)
 #   DB_BENCH       the RocksDB db_bench compared (default: the release build of
 #                  RocksDB 10.4 that bench/rocksdb/build.sh makes once, in
@@ -163,6 +166,7 @@ db_bench=$DB_BENCH
 db_bench_ref=$DB_BENCH_REF
 rocksdb_note=$ROCKSDB_NOTE
 pairs=$BENCH_PAIRS
+skipped=${BENCH_SKIP:-}
 git=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD -- src 2>/dev/null || echo "+dirty-src")
 loadavg_start=$(cut -d' ' -f1-3 /proc/loadavg)
 secs_per_case=$BENCH_SECONDS
@@ -372,22 +376,35 @@ $CARGO bench --locked --bench shard -- --dir "$BENCH_DIR/keel-shard" --out "$WOR
     --case many_shards --many-shards "$SHARD_MANY"
 rm -rf "$BENCH_DIR/keel-shard"
 
+# Whether section $1 runs (not named in BENCH_SKIP).
+runs() {
+    case " ${BENCH_SKIP:-} " in
+        *" $1 "*) echo "bench: $1 skipped (BENCH_SKIP)"; return 1 ;;
+    esac
+}
+
 # ---- batched socket writers vs naive sends and Redis pub/sub (bench/net) ----
-echo "bench: batched socket writers (bench/net)"
-NET_SKIP_BUILD=1 CARGO="$CARGO" sh bench/net/run.sh "$WORK" \
-    || echo "bench: bench/net failed; its section is missing from the report" >&2
+if runs net; then
+    echo "bench: batched socket writers (bench/net)"
+    NET_SKIP_BUILD=1 CARGO="$CARGO" sh bench/net/run.sh "$WORK" \
+        || echo "bench: bench/net failed; its section is missing from the report" >&2
+fi
 # ---- lease reads through the C API, simulated consensus (bench/lease) ----
-echo "bench: lease reads (bench/lease)"
-LEASE_SKIP_BUILD=1 CARGO="$CARGO" sh bench/lease/run.sh "$WORK" \
-    || echo "bench: bench/lease failed; its section is missing from the report" >&2
+if runs lease; then
+    echo "bench: lease reads (bench/lease)"
+    LEASE_SKIP_BUILD=1 CARGO="$CARGO" sh bench/lease/run.sh "$WORK" \
+        || echo "bench: bench/lease failed; its section is missing from the report" >&2
+fi
 
 # ---- shard transfer, pipelined vs sequential (bench/transfer; root) ---------
 # Its own report, bench/results/<stamp>-transfer.{md,json}; skipped with a
 # message when not root or network namespaces are not permitted.
-echo "bench: shard transfer (bench/transfer)"
-KEEL_BENCH_QUICK="$KEEL_BENCH_QUICK" CARGO="$CARGO" BENCH_DIR="$BENCH_DIR" BENCH_PAIRS="$BENCH_PAIRS" \
-    sh bench/transfer/run.sh "$WORK/transfer" \
-    || echo "bench: bench/transfer failed; see its output above" >&2
+if runs transfer; then
+    echo "bench: shard transfer (bench/transfer)"
+    KEEL_BENCH_QUICK="$KEEL_BENCH_QUICK" CARGO="$CARGO" BENCH_DIR="$BENCH_DIR" BENCH_PAIRS="$BENCH_PAIRS" \
+        sh bench/transfer/run.sh "$WORK/transfer" \
+        || echo "bench: bench/transfer failed; see its output above" >&2
+fi
 echo "loadavg_end=$(cut -d' ' -f1-3 /proc/loadavg)" >>"$WORK/machine.env"
 
 # ---- report -----------------------------------------------------------------
