@@ -168,28 +168,36 @@ fn value_of(shard: &Shard, key: &[u8]) -> Vec<u8> {
     }
 }
 
-/// A WAL pinned from its first record (a transfer or a follower still
-/// reads it) keeps every record through flushes; a reopen still replays
-/// only what the last flush did not persist.
-#[test]
-fn reopen_replays_only_the_unflushed_tail_of_a_pinned_wal() {
-    let dir = TempDir::new("restart-pinned");
+/// A shard with 64 KiB WAL segments, pinned from its first record (a
+/// transfer or a follower still reads it): 5000 puts (keys 0..5000 as
+/// big-endian u32, 50 batches of 100 B values) persisted by a flush, then
+/// a put of each `tail` key (100 B of 9s) that no flush persists, then a
+/// crash. Returns the options it was opened with.
+fn pinned_then_crashed(dir: &std::path::Path, tail: &[Vec<u8>]) -> Options {
     let hook = Arc::new(HeldFlush::default());
     hook.release();
     let opts = Options { wal_segment_size: 64 << 10, ..options(&hook, 64 * MIB, Duration::from_secs(5)) };
-    let shard = Shard::open(dir.path(), opts.clone()).unwrap();
+    let shard = Shard::open(dir, opts.clone()).unwrap();
     shard.set_keep_from(1).unwrap();
     for b in 0..50u32 {
         let ops: Vec<Op> = (0..100u32).map(|i| Op::Put { key: (b * 100 + i).to_be_bytes().to_vec(), value: vec![b as u8; 100] }).collect();
         shard.write(&ops).unwrap();
     }
-    let flushed = shard.flush(true).unwrap();
-    assert_eq!(flushed, 5000);
-    const TAIL: u64 = 37;
-    for i in 0..TAIL {
-        shard.put(format!("tail{i}").as_bytes(), &[9u8; 100]).unwrap();
+    assert_eq!(shard.flush(true).unwrap(), 5000);
+    for k in tail {
+        shard.put(k, &[9u8; 100]).unwrap();
     }
     crash(shard, &hook);
+    opts
+}
+
+/// A WAL pinned from its first record keeps every record through flushes;
+/// a reopen still replays only what the last flush did not persist.
+#[test]
+fn reopen_replays_only_the_unflushed_tail_of_a_pinned_wal() {
+    let dir = TempDir::new("restart-pinned");
+    const TAIL: u64 = 37;
+    let opts = pinned_then_crashed(dir.path(), &(0..TAIL).map(|i| format!("tail{i}").into_bytes()).collect::<Vec<_>>());
 
     // Reopened with its first pass held too, so nothing truncates the WAL
     // before the stats are read.
@@ -215,18 +223,7 @@ fn reopen_replays_only_the_unflushed_tail_of_a_pinned_wal() {
 #[test]
 fn reopen_reads_persisted_wal_segments_by_their_headers_and_readers_still_check_their_frames() {
     let dir = TempDir::new("restart-pinned-headers");
-    let hook = Arc::new(HeldFlush::default());
-    hook.release();
-    let opts = Options { wal_segment_size: 64 << 10, ..options(&hook, 64 * MIB, Duration::from_secs(5)) };
-    let shard = Shard::open(dir.path(), opts.clone()).unwrap();
-    shard.set_keep_from(1).unwrap();
-    for b in 0..50u32 {
-        let ops: Vec<Op> = (0..100u32).map(|i| Op::Put { key: (b * 100 + i).to_be_bytes().to_vec(), value: vec![b as u8; 100] }).collect();
-        shard.write(&ops).unwrap();
-    }
-    assert_eq!(shard.flush(true).unwrap(), 5000);
-    shard.put(b"tail", &[9u8; 100]).unwrap();
-    crash(shard, &hook);
+    let opts = pinned_then_crashed(dir.path(), &[b"tail".to_vec()]);
 
     // The first segment holds versions from 1 on, all persisted (the
     // segment after it starts well below 5000). Damage a byte in the

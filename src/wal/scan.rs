@@ -53,6 +53,23 @@ pub struct SegmentScan {
 }
 
 impl SegmentScan {
+    /// Nothing read yet: no header, no frame, records end where it starts.
+    fn unread(file: SegmentFile) -> SegmentScan {
+        SegmentScan {
+            header: Err(String::new()),
+            frames: 0,
+            records: 0,
+            end: 0,
+            next_seq: file.first_seq,
+            damage: None,
+            max_hint: None,
+            after_damage: 0,
+            prefix_hint: None,
+            last_frame: None,
+            file,
+        }
+    }
+
     pub fn has_frames(&self) -> bool {
         self.max_hint.is_some()
     }
@@ -64,19 +81,7 @@ pub fn scan_segment<E>(
     bytes: &[u8],
     mut visit: impl FnMut(&SegmentFile, Frame<'_>) -> Result<(), E>,
 ) -> Result<SegmentScan, E> {
-    let mut s = SegmentScan {
-        header: Err(String::new()),
-        frames: 0,
-        records: 0,
-        end: 0,
-        next_seq: file.first_seq,
-        damage: None,
-        max_hint: None,
-        after_damage: 0,
-        prefix_hint: None,
-        last_frame: None,
-        file,
-    };
+    let mut s = SegmentScan::unread(file);
     if s.file.first_seq == 0 {
         // Found by fuzzing: recovery then resumed at sequence 0.
         let why = "segment named for sequence 0 (sequence numbers start at 1)".to_string();
@@ -153,19 +158,8 @@ pub fn scan_segment<E>(
 /// None when the header does not check out (a full scan then reports why).
 pub fn header_only(file: SegmentFile, bytes: &[u8], end: u64) -> Option<SegmentScan> {
     let header = decode_segment_header(bytes).ok().filter(|h| h.first_seq == file.first_seq && file.first_seq > 0)?;
-    Some(SegmentScan {
-        header: Ok(header),
-        frames: 0,
-        records: end.saturating_sub(file.first_seq),
-        end: file.size,
-        next_seq: end,
-        damage: None,
-        max_hint: None,
-        after_damage: 0,
-        prefix_hint: None,
-        last_frame: None,
-        file,
-    })
+    let (records, size) = (end.saturating_sub(file.first_seq), file.size);
+    Some(SegmentScan { header: Ok(header), records, end: size, next_seq: end, ..SegmentScan::unread(file) })
 }
 
 fn note_hint(max: &mut Option<(u64, u64)>, hint: u64, offset: u64) {
