@@ -73,6 +73,9 @@ const PREFETCHED: u64 = 2;
 /// another. Changes no result.
 pub fn prefetch(bits: &[u8], hash: u64) {
     let nbits = bits.len() as u64 * 8;
+    if nbits == 0 {
+        return;
+    }
     for bit in probes(hash, nbits).take(PREFETCHED as usize) {
         let at = (bit / 8) as usize;
         super::prefetch::prefetch(&bits[at..=at]);

@@ -129,7 +129,7 @@ impl Segments {
             }
             return self.appendable.apply_here(op, version, false).map(|_| ()).map_err(|()| wrong_kind(key));
         }
-        // A put or a delete replaces whatever copy there is: the appendable
+        // A put or a delete ends whatever copy there is: the appendable
         // segment applies it whether it held the key or not, and every
         // immutable segment that may hold a live copy marks it deleted
         // without searching for it (`Sealed::move_out`). The filters'

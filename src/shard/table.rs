@@ -375,9 +375,7 @@ impl Table {
     /// A hint that `may_contain(hash)` will run soon (`bloom::prefetch`).
     pub fn prefetch_filter(&self, hash: u64) {
         let (lo, hi) = self.filter;
-        if hi > lo {
-            bloom::prefetch(&self.map.bytes()[lo..hi], hash);
-        }
+        bloom::prefetch(&self.map.bytes()[lo..hi], hash);
     }
 
     /// The raw (version, kind, value) stored for the key.
