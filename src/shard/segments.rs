@@ -120,40 +120,30 @@ impl Segments {
     /// Applies one checked operation at `version`.
     pub fn apply(&mut self, op: OpRef, version: u64) -> Result<()> {
         let key = op.key();
-        // Bloom filters answer "not in an immutable segment" cheaply; then
-        // the appendable segment applies it with one search (a key lives in
-        // one place, so none of the immutable ones can hold it too).
-        let moved = match op {
-            // An append extends the list it finds: it needs the entry.
-            OpRef::Append { .. } => match self.locate_sealed(key)? {
-                Some((i, e)) => return self.apply_at(op, version, Some((Place::Sealed(i), Some(e)))),
-                None => false,
-            },
-            // A put or a delete only moves the old copy away (the newest
-            // segment holding a live one; no other can hold one too).
-            _ => {
-                let probe = Probe::new(key);
-                let mut moved = false;
-                for s in self.sealed.iter().rev() {
-                    if s.move_out(&probe, version)? {
-                        moved = true;
-                        break;
-                    }
-                }
-                moved
+        if let OpRef::Append { .. } = op {
+            // An append extends the list it finds: it needs the entry. A key
+            // lives in one place, so when no immutable segment holds it the
+            // appendable segment applies it with one search.
+            if let Some((i, e)) = self.locate_sealed(key)? {
+                return self.apply_at(op, version, Some((Place::Sealed(i), Some(e))));
             }
-        };
-        match op {
-            _ if !moved => self.appendable.apply_here(op, version, false).map(|_| ()).map_err(|()| wrong_kind(key)),
-            // What `apply_at` does past the copy `move_out` marked deleted.
-            OpRef::Put { value, .. } => {
-                self.appendable.put(key, value, version);
-                Ok(())
-            }
-            // A delete is done once the copy is marked deleted (an append
-            // never moves a copy here).
-            _ => Ok(()),
+            return self.appendable.apply_here(op, version, false).map(|_| ()).map_err(|()| wrong_kind(key));
         }
+        // A put or a delete ends whatever copy there is: the appendable
+        // segment applies it whether it held the key or not, and every
+        // immutable segment that may hold a live copy marks it deleted
+        // without searching for it (`Sealed::move_out`). The filters'
+        // bits are asked for first, so their cache misses overlap with each
+        // other and with the appendable segment's search.
+        let probe = Probe::new(key);
+        for s in &self.sealed {
+            s.prefetch(&probe);
+        }
+        self.appendable.apply_here(op, version, false).map_err(|()| wrong_kind(key))?;
+        for s in &self.sealed {
+            s.move_out(&probe, version);
+        }
+        Ok(())
     }
 
     /// Applies `op` to the key's live copy found at `place` (with its entry
@@ -284,5 +274,61 @@ impl Segments {
             out.push((k.to_vec(), e.to_entry()?));
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::shard::bloom::hash64;
+    use crate::shard::entry::EntryRef;
+    use crate::shard::files::Ident;
+    use crate::shard::sealed::Data;
+    use crate::shard::table;
+
+    /// A put or a delete marks every table whose filter may hold the key,
+    /// without searching it: a false positive leaves a deletion of a key
+    /// the table does not hold, which changes no read, and a real copy is
+    /// moved away as before.
+    #[test]
+    fn moves_mark_what_the_filter_may_hold_and_nothing_else_changes() {
+        let dir = std::env::temp_dir().join(format!("keel-segments-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let fs: Arc<dyn crate::fs::FileSystem> = Arc::new(crate::fs::StdFs::direct());
+        let held: Vec<(Vec<u8>, Entry)> =
+            (0..2000u32).map(|i| (format!("held-{i:05}").into_bytes(), Entry { version: 1, value: Value::Bytes(vec![1]) })).collect();
+        let ident = Ident { shard: 5, segment: 1 };
+        let path = dir.join(super::super::files::name(1, super::super::files::TABLE));
+        let t = table::write(&*fs, &path, held.iter().map(|(k, e)| Ok((k.as_slice(), EntryRef::Held(e)))), &[], ident).unwrap();
+        // A key the table does not hold but its filter may (about 1 in 100).
+        let phantom = (0..100_000u32)
+            .map(|i| format!("other-{i}").into_bytes())
+            .find(|k| t.may_contain(hash64(k)) && t.get(&Probe::new(k)).unwrap().is_none())
+            .expect("a false positive among 100000 keys");
+        let sealed = Arc::new(Sealed::new(&dir, ident, Data::Table(t), 1));
+        let appendable = Appendable::create(&fs, &dir, Ident { shard: 5, segment: 2 }, 1).unwrap();
+        let mut segs = Segments { shard: 5, appendable, sealed: vec![sealed.clone()], applied: 1, next_id: 3 };
+        let put = |segs: &mut Segments, key: &[u8], version| segs.apply(OpRef::Put { key, value: b"new" }, version).unwrap();
+        put(&mut segs, &phantom, 2);
+        assert_eq!(sealed.deleted_count(), 1, "the false positive is marked");
+        put(&mut segs, b"held-00007", 3);
+        put(&mut segs, b"held-00007", 4); // already moved: marked once, at 3
+        assert_eq!(sealed.deleted_count(), 2);
+        assert_eq!(sealed.deletions_after(2), vec![(b"held-00007".to_vec(), 3)]);
+        for (key, want) in [(&phantom[..], 2), (b"held-00007", 4)] {
+            assert_eq!(segs.get(key).unwrap(), Some(Entry { version: want, value: Value::Bytes(b"new".to_vec()) }));
+        }
+        assert_eq!(segs.get(b"held-00008").unwrap().map(|e| e.version), Some(1));
+        // What a merge or a snapshot reads: every table key but the moved one.
+        let live: Vec<Vec<u8>> = sealed.live_from(b"", u64::MAX).map(|r| r.unwrap().0.to_vec()).collect();
+        assert_eq!(live.len(), held.len() - 1);
+        assert!(!live.iter().any(|k| k == b"held-00007"));
+        // A delete of a key held in the table, and of one the appendable
+        // segment holds, leaves neither readable.
+        segs.apply(OpRef::Delete { key: b"held-00009" }, 5).unwrap();
+        segs.apply(OpRef::Delete { key: &phantom }, 6).unwrap();
+        assert_eq!((segs.get(b"held-00009").unwrap(), segs.get(&phantom).unwrap()), (None, None));
+        assert_eq!(segs.range(b"", None).unwrap().len(), held.len() - 1);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

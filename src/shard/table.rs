@@ -372,9 +372,10 @@ impl Table {
         bloom::may_contain(&self.map.bytes()[lo..hi], hash)
     }
 
-    /// Whether the table holds the key, without decoding its value.
-    pub fn contains(&self, probe: &Probe) -> Result<bool> {
-        Ok(self.find(probe)?.is_some())
+    /// A hint that `may_contain(hash)` will run soon (`bloom::prefetch`).
+    pub fn prefetch_filter(&self, hash: u64) {
+        let (lo, hi) = self.filter;
+        bloom::prefetch(&self.map.bytes()[lo..hi], hash);
     }
 
     /// The raw (version, kind, value) stored for the key.
