@@ -885,8 +885,9 @@ impl Shared {
         let made = {
             let mut spare = self.spare.lock();
             match spare.take() {
-                Some(s) if s.holds(frame) => segment::install(&*self.fs, &self.dir, s.file, &s.path, head, s.capacity, replacing),
-                // Too small for this frame: kept for a later rotation.
+                Some(s) if s.serves(st.planned, frame, max) => segment::install(&*self.fs, &self.dir, s.file, &s.path, head, s.capacity, replacing),
+                // Smaller than the plan or this frame: kept in the slot,
+                // where the preparer replaces it with one of the plan.
                 kept => {
                     *spare = kept;
                     let started = Instant::now();

@@ -198,9 +198,16 @@ pub struct Spare {
 }
 
 impl Spare {
-    /// Whether a frame of `frame` bytes fits it after the header.
-    pub fn holds(&self, frame: u64) -> bool {
-        SEGMENT_HEADER_LEN + frame <= self.capacity
+    /// Whether a rotation planning `planned` bytes may take it for a
+    /// frame of `frame` bytes: it is at least the segment the rotation
+    /// would make itself (`size_for`, which holds the frame). A spare made
+    /// for an older, smaller plan (the worker read the plan just before a
+    /// rotation that found no spare grew it) is passed over, so segments
+    /// never shrink.
+    pub fn serves(&self, planned: u64, frame: u64, max: u64) -> bool {
+        let wanted = size_for(planned, frame, max);
+        debug_assert!(SEGMENT_HEADER_LEN + frame <= wanted, "size_for holds the frame");
+        self.capacity >= wanted
     }
 }
 
@@ -288,6 +295,23 @@ mod tests {
         assert_eq!(grown(128 << 10, 512 << 10, MAX), MAX, "after a fitted segment, twice that");
         assert_eq!(grown(MAX, MAX, MAX), MAX);
         assert_eq!(grown(4 << 30, 4 << 30, 4 << 30), 4 << 30);
+    }
+
+    /// A spare made for an older plan is passed over (the race that made
+    /// a 128 KiB segment follow a 256 KiB one); one of the plan is taken,
+    /// unless this frame needs more.
+    #[test]
+    fn a_spare_serves_only_the_current_plan() {
+        const MAX: u64 = 1 << 20;
+        let dir = std::env::temp_dir().join(format!("keel-spare-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(spare_name(1));
+        let file = prepare(&crate::fs::StdFs::direct(), &path, 128 << 10).unwrap();
+        let spare = Spare { file, path, capacity: 128 << 10, faulted: false };
+        assert!(spare.serves(128 << 10, 4000, MAX));
+        assert!(!spare.serves(256 << 10, 4000, MAX), "a plan that grew past it");
+        assert!(!spare.serves(128 << 10, 200 << 10, MAX), "a frame larger than it");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
