@@ -4,7 +4,7 @@
 
 use crate::fs::{File, FileSystem, WholeFile};
 use super::extent::{self, Extent, MetaFile};
-use super::format::{decode_segment_header, Link};
+use super::format::{decode_segment_header, Link, SEGMENT_HEADER_LEN};
 use super::scan::{find_damage, header_only, kept_end, scan_segment, Damage, SegmentFile, SegmentScan};
 use super::segment::{self, Active, SegmentMeta};
 use super::RecoveryMode;
@@ -97,17 +97,44 @@ fn persisted_prefix(found: &[(u64, String)], persisted: u64) -> usize {
 /// the segment after it (`scan::header_only`), or scanned in full when
 /// that link does not name it.
 fn headers_only(fs: &dyn FileSystem, dir: &Path, found: &[(u64, String)], n: usize) -> Result<Vec<SegmentScan>> {
+    // Each header is read once: as the segment after one, then as its own.
+    let mut next = if n > 0 { Some(read_header(fs, &dir.join(&found[0].1))?) } else { None };
     (0..n)
         .map(|i| {
             let (first_seq, name) = &found[i];
             let path = dir.join(name);
-            let bytes = read_segment(fs, &path)?;
-            let next = read_segment(fs, &dir.join(&found[i + 1].1))?;
-            let end = decode_segment_header(next.bytes()).ok().and_then(|h| h.prev).filter(|l| l.first_seq == *first_seq).map(|l| l.end);
-            let file = SegmentFile { name: name.clone(), path: path.clone(), first_seq: *first_seq, size: bytes.bytes().len() as u64 };
-            Ok(end.and_then(|end| header_only(file, bytes.bytes(), end)).unwrap_or_else(|| scan(name, &path, *first_seq, &bytes)))
+            let (header, size) = next.take().expect("read before its turn");
+            let after = read_header(fs, &dir.join(&found[i + 1].1))?;
+            let end = decode_segment_header(&after.0).ok().and_then(|h| h.prev).filter(|l| l.first_seq == *first_seq).map(|l| l.end);
+            next = Some(after);
+            let file = SegmentFile { name: name.clone(), path: path.clone(), first_seq: *first_seq, size };
+            match end.and_then(|end| header_only(file, &header, end)) {
+                Some(taken) => Ok(taken),
+                None => Ok(scan(name, &path, *first_seq, &read_segment(fs, &path)?)),
+            }
         })
         .collect()
+}
+
+/// The header of the segment at `path` (fewer bytes when the file is
+/// shorter) and the file's length. Read with one small read, not through a
+/// mapping: the fault of a mapping's first page reads a whole readahead
+/// window (megabytes on many devices), which a segment taken by its
+/// header never needs.
+fn read_header(fs: &dyn FileSystem, path: &Path) -> Result<(Vec<u8>, u64)> {
+    let io = |e| Error::io(format!("reading the header of {}", path.display()), e);
+    let file = fs.open(path, false).map_err(io)?;
+    let size = file.len().map_err(io)?;
+    let mut header = vec![0u8; SEGMENT_HEADER_LEN.min(size) as usize];
+    let mut at = 0;
+    while at < header.len() {
+        match file.read_at(&mut header[at..], at as u64).map_err(io)? {
+            0 => break,
+            n => at += n,
+        }
+    }
+    header.truncate(at);
+    Ok((header, size))
 }
 
 /// Below this many bytes in a pair of segments both are scanned on the
