@@ -194,7 +194,7 @@ impl Sealed {
     /// frozen map, in memory, is searched) and it is not deleted here
     /// already. What this saves is the table search (index, block, entry:
     /// cache misses in a large mapping), which was a quarter of a buffered
-    /// put's CPU. A false positive of the filter (about 1 %) leaves a
+    /// put's CPU. A false positive of the filter (about 0.07 %) leaves a
     /// deletion of a key the data does not hold, which no copy ever meets:
     /// lookups, merges and snapshots ask the deletions only about keys
     /// found in the data, and a merge carries it (like any deletion above

@@ -300,7 +300,7 @@ mod tests {
         let ident = Ident { shard: 5, segment: 1 };
         let path = dir.join(super::super::files::name(1, super::super::files::TABLE));
         let t = table::write(&*fs, &path, held.iter().map(|(k, e)| Ok((k.as_slice(), EntryRef::Held(e)))), &[], ident).unwrap();
-        // A key the table does not hold but its filter may (about 1 in 100).
+        // A key the table does not hold but its filter may (about 1 in 1,400).
         let phantom = (0..100_000u32)
             .map(|i| format!("other-{i}").into_bytes())
             .find(|k| t.may_contain(hash64(k)) && t.get(&Probe::new(k)).unwrap().is_none())
