@@ -98,6 +98,35 @@ impl WholeFile {
     }
 }
 
+impl WholeFile {
+    /// A hint that `range` of the bytes will be read soon: the kernel
+    /// starts reading what of it is not cached, in the background, so
+    /// several such reads are in flight at once instead of each read of a
+    /// cold page waiting for the device in turn. Changes nothing that is
+    /// read; nothing to do for bytes already in memory.
+    pub fn will_need(&self, range: std::ops::Range<usize>) {
+        let WholeFile::Map(m) = self else { return };
+        let page = page_size();
+        let start = range.start.min(m.0.len) / page * page;
+        let end = range.end.min(m.0.len);
+        if end <= start {
+            return;
+        }
+        // SAFETY: [start, end) lies inside the live mapping and `start` is
+        // page-aligned (the mapping itself starts on a page); MADV_WILLNEED
+        // only schedules reads of the file's pages into the page cache and
+        // changes no byte of the mapping. Its result is a hint's: ignored.
+        unsafe { libc::madvise(m.0.ptr.add(start) as *mut libc::c_void, end - start, libc::MADV_WILLNEED) };
+    }
+}
+
+/// The page size (mappings start and `madvise` ranges begin on one).
+fn page_size() -> usize {
+    // SAFETY: sysconf reads a constant of the system; no memory is passed.
+    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if size > 0 { size as usize } else { 4096 }
+}
+
 impl ReadMap {
     pub fn bytes(&self) -> &[u8] {
         // SAFETY: the mapping covers `len` readable bytes and lives as long

@@ -325,6 +325,45 @@ struct RunRecord {
     candidates: u64,
 }
 
+/// The searches of immutable segments a run's apply will make, for the
+/// reading thread to announce (`Sealed::will_search`) as soon as it has
+/// handed the run over. Each search of a table reads a block, which on a
+/// cold page cache is a read from the device; a key's filter lets it
+/// through a table that does not hold it about once in 1,400, which over
+/// a run of hundreds of thousands of keys still reaches most of every
+/// table. Announced, those reads are in flight together while the
+/// applying thread works, instead of the applying thread waiting for each
+/// in turn (a restart at the default bound with a cold cache: 1.07 s to
+/// 0.88 s, the medians of five).
+#[derive(Default)]
+struct Searches {
+    keys: Vec<u8>,
+    /// (segment index, where the key sits in `keys`, its length), in the
+    /// run's key order.
+    searches: Vec<(usize, usize, usize)>,
+}
+
+impl Searches {
+    fn clear(&mut self) {
+        self.keys.clear();
+        self.searches.clear();
+    }
+
+    fn push(&mut self, segment: usize, key: &[u8]) {
+        self.searches.push((segment, self.keys.len(), key.len()));
+        self.keys.extend_from_slice(key);
+    }
+
+    fn announce(&self, sealed: &[Arc<Sealed>]) {
+        // Per segment, the chunk announced last: in key order a segment's
+        // searches move front to back, so each chunk is asked for once.
+        let mut last = vec![None; sealed.len().min(64)];
+        for &(i, at, len) in &self.searches {
+            last[i] = sealed[i].will_search(&self.keys[at..at + len], last[i]);
+        }
+    }
+}
+
 impl Run {
     fn key(&self, r: &RunRecord) -> &[u8] {
         &self.bytes[r.key_start..r.key_start + r.key_len as usize]
@@ -332,8 +371,9 @@ impl Run {
 
     /// Refills the run with the next records of the log (up to `run_bytes`;
     /// none at its end), sorts them by key, then version, and notes which
-    /// of `sealed` (the shard's immutable segments) may hold each key.
-    fn read(&mut self, reader: &mut Reader, run_bytes: usize, sealed: &[Arc<Sealed>]) -> Result<()> {
+    /// of `sealed` (the shard's immutable segments) may hold each key;
+    /// `searches` gets the searches of them the run's apply will make.
+    fn read(&mut self, reader: &mut Reader, run_bytes: usize, sealed: &[Arc<Sealed>], searches: &mut Searches) -> Result<()> {
         self.bytes.clear();
         self.records.clear();
         self.states.clear();
@@ -369,6 +409,7 @@ impl Run {
         // Asking the filters here, one segment at a time over the whole
         // run, takes that off the applying thread, and each segment's
         // filter stays in the cache while it is asked.
+        searches.clear();
         if !sealed.is_empty() {
             let hashes: Vec<u64> = records.iter().map(|r| hash64(self.key(r))).collect();
             for (i, s) in sealed.iter().take(64).enumerate() {
@@ -376,6 +417,11 @@ impl Run {
                     if s.may_hold(hash) {
                         r.candidates |= 1 << i;
                     }
+                }
+            }
+            for r in &records {
+                for i in (0..64).filter(|i| r.candidates & (1 << i) != 0) {
+                    searches.push(i, self.key(r));
                 }
             }
         }
@@ -448,15 +494,17 @@ pub fn replay_wal(segs: &mut Segments, replicated: &mut Tracker, wal: &Wal, from
             // this thread alone reading first and then idle. Reading is
             // faster than applying, so the next run is ready in time.
             let mut run_bytes_now = (run_bytes / FIRST_RUN_PARTS).max(1);
+            let mut searches = Searches::default();
             // Ends when the log ends, on an error, or when the applying
             // side has gone (its channel ends dropped).
             while let Ok(mut run) = empty_rx.recv() {
-                let result = run.read(&mut reader, run_bytes_now, &sealed).map(|()| run);
+                let result = run.read(&mut reader, run_bytes_now, &sealed, &mut searches).map(|()| run);
                 run_bytes_now = run_bytes_now.saturating_mul(2).min(run_bytes);
                 let last = result.as_ref().map_or(true, |run| run.records.is_empty() && run.states.is_empty());
                 if full_tx.send(result).is_err() || last {
                     return;
                 }
+                searches.announce(&sealed);
             }
         });
         // Owned by this closure: an early return drops them, which ends the

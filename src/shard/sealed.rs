@@ -165,6 +165,15 @@ impl Sealed {
         Ok(found.filter(|_| !self.deletions.lock().keys.contains_key(probe.key)))
     }
 
+    /// Starts reading, in the background, what a search of the data for
+    /// `key` reads (`Table::will_search`; a frozen map is in memory).
+    pub fn will_search(&self, key: &[u8], last: Option<usize>) -> Option<usize> {
+        match &self.data {
+            Data::Table(t) => t.will_search(key, last),
+            Data::Frozen(_) => None,
+        }
+    }
+
     /// False when the data certainly does not hold the key of `hash` (a
     /// table's Bloom filter; a frozen map has none, so always true).
     pub fn may_hold(&self, hash: u64) -> bool {

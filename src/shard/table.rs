@@ -33,6 +33,11 @@ const MAGIC: u64 = 0x324c_4254_4c45_454b; // "KEELTBL2"
 const FORMAT: u32 = 2;
 const FOOTER: usize = 88;
 const BLOCK_TARGET: usize = 4096;
+/// What `Table::will_search` asks the kernel to read around a block: big
+/// enough that the device gets few large reads, not a 4 KiB read per
+/// searched block, and small enough that a few searches of a large table
+/// do not read all of it.
+const WILL_NEED_CHUNK: usize = 256 << 10;
 const KIND_VALUE: u8 = 1;
 const KIND_POSTING: u8 = 2;
 
@@ -361,6 +366,21 @@ impl Table {
         self.index.block_for(key)
     }
 
+    /// Starts reading, in the background, the bytes a search for `key`
+    /// would read (`WholeFile::will_need`): its block, widened to the
+    /// `WILL_NEED_CHUNK`s around it so that searches of nearby keys share
+    /// one larger read. `last`: the chunk asked for last, which a caller
+    /// searching in key order does not ask for again. Returns the last
+    /// chunk of the block (None when no block can hold the key).
+    pub fn will_search(&self, key: &[u8], last: Option<usize>) -> Option<usize> {
+        let ix = &self.index.blocks[self.block_for(key)?];
+        let (ask, last) = chunks_to_ask(ix.offset, ix.len, last);
+        if !ask.is_empty() {
+            self.map.will_need(ask.start * WILL_NEED_CHUNK..ask.end * WILL_NEED_CHUNK);
+        }
+        Some(last)
+    }
+
     pub fn get(&self, probe: &Probe) -> Result<Option<Entry>> {
         self.find(probe)?.map(|(version, kind, value)| to_entry(version, kind, value)).transpose()
     }
@@ -441,6 +461,18 @@ impl Table {
     }
 }
 
+/// The chunks (`WILL_NEED_CHUNK` bytes each) holding `len > 0` bytes at
+/// `at`, less `last` (asked for already), and the last of them.
+fn chunks_to_ask(at: usize, len: usize, last: Option<usize>) -> (std::ops::Range<usize>, usize) {
+    debug_assert!(len > 0, "a block is never empty");
+    let (first, end) = (at / WILL_NEED_CHUNK, (at + len).div_ceil(WILL_NEED_CHUNK));
+    let from = match last {
+        Some(l) if (first..end).contains(&l) => l + 1,
+        _ => first,
+    };
+    (from..end, end - 1)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -483,6 +515,38 @@ mod tests {
             let want = firsts.partition_point(|f| f.as_slice() <= p.as_slice()).checked_sub(1);
             assert_eq!(index.block_for(p), want, "probe {p:?}");
         }
+    }
+
+    #[test]
+    fn a_search_announces_its_block_once_per_chunk() {
+        const C: usize = WILL_NEED_CHUNK;
+        assert_eq!(chunks_to_ask(0, 4096, None), (0..1, 0));
+        assert_eq!(chunks_to_ask(100, 4096, Some(0)), (1..1, 0), "its chunk was asked for already");
+        assert_eq!(chunks_to_ask(C - 100, 4096, Some(0)), (1..2, 1), "a block across two chunks asks for the second");
+        assert_eq!(chunks_to_ask(C - 100, 4096, None), (0..2, 1));
+        assert_eq!(chunks_to_ask(3 * C, 4096, Some(1)), (3..4, 3));
+        assert_eq!(chunks_to_ask(C, 4096, Some(7)), (1..2, 1), "a `last` past the block (keys started over) is ignored");
+        // On a table of several chunks, searches in key order announce
+        // every chunk holding a block, in order, and none twice.
+        let dir = std::env::temp_dir().join(format!("keel-table-chunks-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let fs = crate::fs::StdFs::direct();
+        let all: Vec<(Vec<u8>, Entry)> =
+            (0..20_000u32).map(|i| (format!("key-{i:06}").into_bytes(), Entry { version: 1, value: Value::Bytes(vec![7; 100]) })).collect();
+        let t = write(&fs, &dir.join("t.sst"), all.iter().map(|(k, e)| Ok((k.as_slice(), EntryRef::Held(e)))), &[], Ident { shard: 1, segment: 1 }).unwrap();
+        assert_eq!(t.will_search(b"a", None), None, "below the first key no block can hold it");
+        let (mut last, mut asked) = (None, Vec::new());
+        for (k, _) in &all {
+            let b = &t.index.blocks[t.block_for(k).unwrap()];
+            let (ask, end) = chunks_to_ask(b.offset, b.len, last);
+            asked.extend(ask);
+            last = t.will_search(k, last);
+            assert_eq!(last, Some(end));
+        }
+        let data_end = t.index.blocks.last().map(|b| b.offset + b.len).unwrap();
+        assert!(data_end > 4 * WILL_NEED_CHUNK, "the table spans several chunks");
+        assert_eq!(asked, (0..data_end.div_ceil(WILL_NEED_CHUNK)).collect::<Vec<_>>());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
