@@ -96,9 +96,7 @@ impl WholeFile {
             WholeFile::Owned(v) => v,
         }
     }
-}
 
-impl WholeFile {
     /// A hint that `range` of the bytes will be read soon: the kernel
     /// starts reading what of it is not cached, in the background, so
     /// several such reads are in flight at once instead of each read of a
