@@ -329,7 +329,7 @@ def shard_markdown(sh, m):
     L.append(f"keel shards (`bench/shard.rs`, one shard, `Options::default()` but for the durability) against "
              f"the db_bench of {rocksdb_name(rr_all, m.get('db_bench'))} with its defaults (16 B keys, "
              f"{p.get('value_bytes', 100)} B values, 64 MiB memtable, "
-             "automatic compactions) plus `--compression_type=none --bloom_bits=10` and a 2 GiB block cache. Keys are "
+             "automatic compactions) plus `--compression_type=none --bloom_bits=16` and a 2 GiB block cache. Keys are "
              "drawn uniformly with repeats from [0, num) on both sides (db_bench `fillrandom`/`readrandom`); both sides "
              "do the same number of operations per thread in each put case. Rates are aggregate ops/s over all "
              "threads; latencies are per operation. "

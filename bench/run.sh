@@ -273,8 +273,8 @@ done
 #
 # db_bench: its defaults (16 B keys, 100 B values, keys uniform in [0, --num)
 # with repeats, 64 MiB memtable, automatic compactions) without compression
-# (keel does not compress), with --bloom_bits=10 (keel's tables have Bloom
-# filters) and a block cache that holds the whole read data set (keel reads
+# (keel does not compress), with --bloom_bits=16 (keel's tables have Bloom
+# filters of 16 bits a key) and a block cache that holds the whole read data set (keel reads
 # its tables through mmap from the page cache). One db_bench run per case,
 # all in BENCH_DIR/rocksdb-shard, which the load leaves for the read runs.
 rsdb=$BENCH_DIR/rocksdb-shard
@@ -290,7 +290,7 @@ run_db_bench_shard() { # case name, pair, args...
     name=$1 out=$WORK/rocksdb-shard-$1-p$2
     shift 2
     set -- "$DB_BENCH" --db="$rsdb" --key_size=16 --value_size=100 --compression_type=none \
-        --bloom_bits=10 --cache_size=2147483648 --histogram=1 "$@"
+        --bloom_bits=16 --cache_size=2147483648 --histogram=1 "$@"
     echo "bench: $*"
     echo "$*" >"$out.cmd"
     rc=0
