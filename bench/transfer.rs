@@ -209,7 +209,7 @@ fn serve_until_stdin_closes(addr: &str) {
 fn receiver(a: &Flags) {
     let engine = Arc::new(Engine::open(Path::new(&a.s("dir")), Options::default()).unwrap_or_else(|e| die("open the receiver", e)));
     let node = node(&a.s("listen"), RECEIVER_NODE);
-    let transfers = Transfers::attach(node.clone(), engine.clone());
+    let transfers = Transfers::attach(node.clone(), engine.clone()).unwrap();
     transfers.expect(SHARD, SOURCE_NODE);
     serve_until_stdin_closes(&node.addr().to_string());
     let _ = node.close();
@@ -370,7 +370,7 @@ fn case(a: &Flags) {
 
     let (engine, shard) = open_source(&dir.join("source"), Durability::Sync);
     let node = node("0.0.0.0:0", SOURCE_NODE);
-    let transfers = Transfers::attach(node.clone(), engine.clone());
+    let transfers = Transfers::attach(node.clone(), engine.clone()).unwrap();
     node.connect(RECEIVER_NODE, &relay.addr).unwrap_or_else(|e| die("connect", e));
     // The peak from here on: the transfer's memory, not the shard's open.
     let _ = std::fs::write("/proc/self/clear_refs", "5");

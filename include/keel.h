@@ -2239,7 +2239,9 @@ keel_status_t keel_node_options_init_sized(struct keel_node_options_t *opts, siz
 /**
  * Opens a node for `engine` (which must stay open until the node is
  * closed): binds the listen address and starts its threads (an accept
- * thread, a writer reactor, and one reader thread per connection). The
+ * thread, a writer reactor, one reader thread per connection, and the
+ * thread that runs the transfer steps received, "keel-transfer-recv",
+ * so that a long step never stops a connection's heartbeats). The
  * node runs a transfer service: it sends shards (keel_transfer_start())
  * and receives the shards announced with keel_transfer_expect() into
  * `engine`. On
@@ -2299,7 +2301,8 @@ keel_status_t keel_node_last_error(const struct keel_node_t *node,
  * Closes the node: stops accepting, gives every connection up to
  * close_timeout_ms to send what is queued (the rest is cancelled and
  * counted in cancelled_frames), closes the connections and joins every
- * keel thread of the node; no event callback runs after it returns. When
+ * keel thread of the node (the transfer steps received before the close
+ * run to their end first); no event callback runs after it returns. When
  * `final_stats` is not NULL (struct_size set by the caller) it receives
  * the counters as they are at the end. The handle is freed; NULL is a
  * no-op. Must not race with other calls on the node from the host's own

@@ -10,7 +10,7 @@ mod common;
 use common::TempDir;
 use keel::engine::Engine;
 use keel::node::{Node, NodeOptions};
-use keel::shard::{Options, Shard};
+use keel::shard::{Options, Shard, Step, StepHook, Steps};
 use keel::status::*;
 use keel::transfer::{shard_digest, wire, Finish, Method, ProgressFn, Report, Stage, TransferOptions, Transfers};
 use std::sync::Arc;
@@ -44,8 +44,13 @@ fn side(tag: &str, id: u64) -> Side {
 
 /// A side that runs at most `transfers` transfers at once each way.
 fn side_with(tag: &str, id: u64, transfers: u32) -> Side {
+    side_on(tag, id, transfers, shard_options())
+}
+
+/// A side whose engine opens its shards with `opts`.
+fn side_on(tag: &str, id: u64, transfers: u32, opts: Options) -> Side {
     let dir = TempDir::new(tag);
-    let engine = Arc::new(Engine::open(dir.path(), shard_options()).unwrap());
+    let engine = Arc::new(Engine::open(dir.path(), opts).unwrap());
     let node = Arc::new(
         Node::open(NodeOptions {
             node_id: id,
@@ -57,7 +62,7 @@ fn side_with(tag: &str, id: u64, transfers: u32) -> Side {
         })
         .unwrap(),
     );
-    let transfers = Transfers::attach(node.clone(), engine.clone());
+    let transfers = Transfers::attach(node.clone(), engine.clone()).unwrap();
     Side { _dir: dir, engine, node, transfers }
 }
 
@@ -375,6 +380,84 @@ fn an_unfinished_incoming_shard_is_busy_and_steps_must_come_one_at_a_time_in_ord
     let r = src.transfers.send_shard(&shard, SHARD, 2, &small_batches(Method::WalDelta)).unwrap();
     assert!(r.snapshot && r.fallback.is_some(), "{r:?}");
     assert_eq!(shard_digest(&received(&dst)).unwrap(), shard_digest(&shard).unwrap());
+}
+
+/// Holds the first flush pass that starts after `arm` until `release`,
+/// and says when it holds one.
+#[derive(Default)]
+struct PassHold {
+    /// (armed, holding, released)
+    state: std::sync::Mutex<(bool, bool, bool)>,
+    cv: std::sync::Condvar,
+}
+
+impl PassHold {
+    fn set(&self, f: impl FnOnce(&mut (bool, bool, bool))) {
+        f(&mut self.state.lock().unwrap());
+        self.cv.notify_all();
+    }
+
+    fn wait_holding(&self) {
+        let (st, timeout) =
+            self.cv.wait_timeout_while(self.state.lock().unwrap(), Duration::from_secs(60), |s| !s.1).unwrap();
+        assert!(!timeout.timed_out() || st.1, "no flush pass started");
+    }
+}
+
+impl StepHook for PassHold {
+    fn at(&self, step: Step) {
+        if step != Step::PassStart {
+            return;
+        }
+        let mut st = self.state.lock().unwrap();
+        if st.0 && !st.2 {
+            st.1 = true;
+            self.cv.notify_all();
+            drop(self.cv.wait_while(st, |s| !s.2).unwrap());
+        }
+    }
+}
+
+/// A step that waits long (SNAPSHOT_END waits for the flush pass that
+/// seals what was installed, held here by a hook) runs off the
+/// connection's reader thread: the reader goes on answering the source's
+/// heartbeats, where a step run on it used to stop them (and a wait past
+/// the source's silence limit dropped the connection). No timing: the
+/// source's PONG count must grow while the step is held.
+#[test]
+fn a_receiver_answers_heartbeats_while_a_step_waits() {
+    let hold = Arc::new(PassHold::default());
+    let src = side("beat-src", 1);
+    let dst = side_on("beat-dst", 2, 4, Options { steps: Steps::new(hold.clone()), ..shard_options() });
+    src.node.connect(2, &dst.node.addr().to_string()).unwrap();
+    dst.transfers.expect(SHARD, 1);
+    let send = |step: u64, ty: u16, body: &[u8]| {
+        let mut p = wire::step(42, step, step - 1);
+        p.extend_from_slice(body);
+        src.node.send(2, ty, &p).unwrap();
+    };
+    let shard = src.engine.open_shard(SHARD, true).unwrap();
+    write_mix(&shard, 3, 20);
+    let crc = shard.record_crc(5).unwrap().unwrap();
+    send(1, wire::START, &[&SHARD.to_le_bytes()[..], &[wire::MODE_SNAPSHOT]].concat());
+    send(2, wire::BEGIN, &[&[wire::MODE_SNAPSHOT][..], &5u64.to_le_bytes(), &[1], &crc.to_le_bytes()].concat());
+    hold.set(|s| s.0 = true);
+    send(3, wire::SNAPSHOT_END, &[]);
+    hold.wait_holding();
+    let pongs = || src.node.stats().pongs_received;
+    let (before, deadline) = (pongs(), Instant::now() + Duration::from_secs(60));
+    while pongs() < before + 3 {
+        assert!(Instant::now() < deadline, "the receiver stopped answering heartbeats while SNAPSHOT_END waited");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let s = dst.transfers.receiver_stats();
+    assert_eq!((s.steps, s.failed), (3, 0), "{s:?}");
+    hold.set(|s| s.2 = true);
+    // The released step completes on the worker; closing the service
+    // waits for it.
+    dst.node.close().unwrap();
+    dst.transfers.close();
+    assert_eq!(dst.transfers.receiver_stats().failed, 0);
 }
 
 /// Snapshot batches are acknowledged on arrival and installed after the

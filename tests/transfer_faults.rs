@@ -104,7 +104,7 @@ struct Side {
 fn side_at(dir: &Path, opts: NodeOptions, shard_opts: Options) -> Side {
     let engine = Arc::new(Engine::open(dir, shard_opts).unwrap());
     let node = Arc::new(Node::open(opts).unwrap());
-    let transfers = Transfers::attach(node.clone(), engine.clone());
+    let transfers = Transfers::attach(node.clone(), engine.clone()).unwrap();
     Side { _dir: None, engine, node, transfers }
 }
 

@@ -268,7 +268,9 @@ fn options_from_c(p: *const keel_node_options_t) -> crate::Result<NodeOptions> {
 
 /// Opens a node for `engine` (which must stay open until the node is
 /// closed): binds the listen address and starts its threads (an accept
-/// thread, a writer reactor, and one reader thread per connection). The
+/// thread, a writer reactor, one reader thread per connection, and the
+/// thread that runs the transfer steps received, "keel-transfer-recv",
+/// so that a long step never stops a connection's heartbeats). The
 /// node runs a transfer service: it sends shards (keel_transfer_start())
 /// and receives the shards announced with keel_transfer_expect() into
 /// `engine`. On
@@ -287,7 +289,7 @@ pub extern "C" fn keel_node_open(
         let engine = try_handle!(engine);
         let out = out_ptr(out, "out")?;
         let node = Arc::new(Node::open(options_from_c(opts)?)?);
-        let transfers = Transfers::attach(node.clone(), engine.clone());
+        let transfers = Transfers::attach(node.clone(), engine.clone())?;
         *out = into_handle::<keel_node_t>(NodeHandle { node, transfers });
         Ok(())
     })
@@ -405,7 +407,8 @@ pub extern "C" fn keel_node_last_error(
 /// Closes the node: stops accepting, gives every connection up to
 /// close_timeout_ms to send what is queued (the rest is cancelled and
 /// counted in cancelled_frames), closes the connections and joins every
-/// keel thread of the node; no event callback runs after it returns. When
+/// keel thread of the node (the transfer steps received before the close
+/// run to their end first); no event callback runs after it returns. When
 /// `final_stats` is not NULL (struct_size set by the caller) it receives
 /// the counters as they are at the end. The handle is freed; NULL is a
 /// no-op. Must not race with other calls on the node from the host's own
@@ -430,6 +433,8 @@ pub extern "C" fn keel_node_close(node: *mut keel_node_t, final_stats: *mut keel
         // Node is shared-borrowed, which every method allows.
         let n = unsafe { closing_ref(node as *const keel_node_t)? };
         let s = n.close()?;
+        // The node's readers are gone: the steps they handed over run now.
+        n.transfers.close();
         // SAFETY: every thread that could reach the handle is joined, and
         // a second close was answered BUSY above without touching it.
         unsafe { take_handle(node)? };

@@ -9,9 +9,10 @@
 //! the final drain and the finish modes), `receiver.rs` (the receiving
 //! side), `control.rs` (what the host and a running transfer share),
 //! `handle.rs` (the host's handle on a transfer running on its own
-//! thread) and `digest.rs` (the content digest both sides compare); for
-//! faults, `retry.rs` (resending a step), `pace.rs` (the bandwidth cap)
-//! and `clock.rs` (the time both wait on).
+//! thread), `worker.rs` (the thread that runs the steps received) and
+//! `digest.rs` (the content digest both sides compare); for faults,
+//! `retry.rs` (resending a step), `pace.rs` (the bandwidth cap) and
+//! `clock.rs` (the time both wait on).
 
 mod clock;
 mod control;
@@ -22,6 +23,7 @@ mod receiver;
 mod retry;
 mod source;
 pub mod wire;
+mod worker;
 
 pub use clock::{Clock, RealClock};
 pub use control::{Finish, Progress, ProgressFn, Stage};
@@ -174,20 +176,26 @@ pub struct Transfers {
     next_id: AtomicU64,
     /// Transfers this node is sending now.
     sending: AtomicUsize,
-    receiver: receiver::Receiver,
+    receiver: Arc<receiver::Receiver>,
+    /// Runs the steps the node's readers receive (`worker.rs`).
+    steps: worker::StepWorker,
 }
 
 impl Transfers {
     /// Starts the transfer service on `node`, receiving into `engine`
-    /// (it installs the node's transfer handler).
-    pub fn attach(node: Arc<Node>, engine: Arc<Engine>) -> Arc<Transfers> {
+    /// (it installs the node's transfer handler and starts the thread that
+    /// runs received steps: IO when it cannot start).
+    pub fn attach(node: Arc<Node>, engine: Arc<Engine>) -> Result<Arc<Transfers>> {
+        let receiver = Arc::new(receiver::Receiver::default());
+        let steps = worker::StepWorker::start(node.clone(), engine.clone(), receiver.clone())?;
         let t = Arc::new(Transfers {
             node: node.clone(),
             engine,
             waiting: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(first_id()),
             sending: AtomicUsize::new(0),
-            receiver: receiver::Receiver::default(),
+            receiver,
+            steps,
         });
         let weak: Weak<Transfers> = Arc::downgrade(&t);
         node.set_handler(
@@ -198,7 +206,16 @@ impl Transfers {
                 }
             })),
         );
-        t
+        Ok(t)
+    }
+
+    /// Runs the steps received so far and stops the thread that runs them,
+    /// waiting for it. Call it once the node is closed (`Node::close`),
+    /// not on one of the node's threads: steps received after it are
+    /// dropped unanswered. Dropping the service stops the thread too,
+    /// without waiting for it.
+    pub fn close(&self) {
+        self.steps.close();
     }
 
     /// Announces that `from_peer` may send shard `shard` here; anything
@@ -245,14 +262,7 @@ impl Transfers {
             }
             return;
         }
-        let max = self.node.max_concurrent_transfers();
-        if let Some((ack, later)) = self.receiver.on_step(&self.engine, max, peer, ty, payload) {
-            // A lost ACK times the source out; nothing else to do here.
-            let _ = self.node.send(peer, wire::ACK, &ack.encode());
-            if let Some(later) = later {
-                self.receiver.install_after(later);
-            }
-        }
+        self.steps.hand_over(peer, ty, payload);
     }
 }
 
