@@ -5,13 +5,27 @@
 //! leads one group: it takes the oldest queued batches (as many as fit one
 //! WAL frame), and the shard logs them as a single WAL frame (versions
 //! assigned in queue order, one write for the whole group) and applies
-//! them in version order under one hold of the segments' write lock. The
-//! leader then passes the lead to the oldest batch still queued, waits
-//! (in `sync` durability) for its group's fdatasync while the next leader
-//! logs, and hands every writer of its group its outcome. Writers
-//! therefore never take turns on the WAL one frame at a time, sleep once
-//! per write, and readers (who take the segments' read lock) still see
-//! each batch whole or not at all.
+//! them in version order under one hold of the segments' write lock. In
+//! `sync` durability the leader then waits for its group's fdatasync while
+//! still leading: writers arriving meanwhile queue, and the next leader
+//! logs them all in one frame for the next sync. It then passes the lead to
+//! the oldest batch still queued and hands every writer of its group its
+//! outcome. Writers therefore never take turns on the WAL one frame at a
+//! time, sleep once per write, and readers (who take the segments' read
+//! lock) still see each batch whole or not at all.
+//!
+//! Why the sync is waited for under the lead: when the lead passed on
+//! before the sync, the next leader logged whoever had queued by then, so
+//! each fdatasync covered several small frames, each its own wake-up,
+//! write and lock round (16 writers: 1.5 batches a frame, 11 a sync). Held
+//! through the sync, a frame is a sync: 13.6 batches each, a third less
+//! CPU, and 64 writers put 20-30 % more.
+//!
+//! Gathering: a leader that takes over a busy gate (its last group had
+//! more than one batch, or others are queued now) first yields while new
+//! batches keep arriving, so the writers its predecessor just released
+//! rejoin before it logs: one sync then covers nearly every writer instead
+//! of the groups alternating at half each. A lone writer never yields.
 //!
 //! Several batches in one frame: a frame is recovered all or nothing, so a
 //! crash keeps all of a group or none of it. No batch of a group is
@@ -160,6 +174,9 @@ impl Batch {
 #[derive(Default)]
 pub struct Gate {
     state: Mutex<State>,
+    /// Whether a leader gathers before it takes its group (`sync`
+    /// durability: the group then shares one fdatasync).
+    gather: bool,
 }
 
 #[derive(Default)]
@@ -168,17 +185,30 @@ struct State {
     /// that finds no leader is the oldest queued.
     leading: bool,
     queue: VecDeque<Arc<Batch>>,
+    /// Batches ever queued (a gathering leader watches it grow).
+    queued_ever: u64,
+    /// Batches in the last group taken.
+    last_group: usize,
 }
 
+/// How many times a gathering leader yields at most: a stream of new
+/// writers cannot hold its group back for long.
+const GATHER_YIELDS: usize = 64;
+
 impl Gate {
+    /// A gate whose leaders gather (see the module comment) when `gather`.
+    pub fn new(gather: bool) -> Gate {
+        Gate { gather, ..Gate::default() }
+    }
+
     /// Queues `batch` and returns its outcome once a leader (possibly this
     /// caller) has run it. A leader takes the oldest batches whose frame
     /// bytes stay within `frame_limit` (at least its own) and gives them
-    /// to `run`, which returns one outcome per batch, in order. It then
-    /// passes the lead on and, outside the gate, calls `settle` with the
-    /// highest WAL version the group logged (0: none): in `sync`
-    /// durability the wait for the group's fdatasync, which so overlaps
-    /// the next group's logging. Every batch gets its outcome only after
+    /// to `run`, which returns one outcome per batch, in order. Still
+    /// leading, it calls `settle` with the highest WAL version the group
+    /// logged (0: none): in `sync` durability the wait for the group's
+    /// fdatasync, while later writers queue for the next group. It then
+    /// passes the lead on. Every batch gets its outcome only after
     /// `settle` (its error then fails each batch that logged something),
     /// so a writer sleeps once per write, not once at the gate and again
     /// for the sync.
@@ -192,11 +222,11 @@ impl Gate {
         if let Some(outcome) = self.enter(&batch) {
             return outcome;
         }
-        let mut lead = Some(Hold(self));
+        let lead = Hold(self);
+        self.gather_if_busy();
         let group = self.take_group(&batch, frame_limit);
         let mut outcomes = run(&group);
         debug_assert_eq!(outcomes.len(), group.len(), "one outcome per batch");
-        drop(lead.take());
         let last = outcomes.iter().filter_map(|o| o.as_ref().ok()).map(|w| w.last).max().unwrap_or(0);
         // A panic in `settle` must still hand each batch an outcome: its
         // writer would otherwise wait forever.
@@ -207,6 +237,8 @@ impl Gate {
                 *o = Err(e.clone());
             }
         }
+        // The next leader gathers while this group's writers wake.
+        drop(lead);
         let mut own = None;
         for (b, outcome) in group.iter().zip(outcomes) {
             if Arc::ptr_eq(b, &batch) {
@@ -251,6 +283,7 @@ impl Gate {
         let lead_now = {
             let mut st = self.state.lock();
             st.queue.push_back(b.clone());
+            st.queued_ever += 1;
             !std::mem::replace(&mut st.leading, true)
         };
         if lead_now {
@@ -263,6 +296,30 @@ impl Gate {
                 Turn::Lead => return None,
                 Turn::Done(outcome) => return Some(outcome),
             }
+        }
+    }
+
+    /// A gathering leader on a busy gate yields while batches keep
+    /// arriving (at most GATHER_YIELDS times), so its group takes in the
+    /// writers its predecessor just released.
+    fn gather_if_busy(&self) {
+        if !self.gather {
+            return;
+        }
+        let mut seen = {
+            let st = self.state.lock();
+            if st.last_group <= 1 && st.queue.len() <= 1 {
+                return;
+            }
+            st.queued_ever
+        };
+        for _ in 0..GATHER_YIELDS {
+            std::thread::yield_now();
+            let now = self.state.lock().queued_ever;
+            if now == seen {
+                return;
+            }
+            seen = now;
         }
     }
 
@@ -281,6 +338,7 @@ impl Gate {
                 !b.is_barrier() && bytes <= frame_limit
             })
             .count();
+        st.last_group = take;
         st.queue.drain(..take).collect()
     }
 
@@ -414,6 +472,40 @@ mod tests {
             }
         }
         assert_eq!(*settled.lock(), vec![3], "one settle for the group, with its highest version");
+    }
+
+    /// A leader keeps the lead through its settle (the fdatasync): a
+    /// writer that queues meanwhile is not logged before the settle
+    /// returns, and then leads the next group itself.
+    #[test]
+    fn a_writer_queued_during_a_settle_waits_for_the_next_group() {
+        let gate = Arc::new(Gate::new(true));
+        let logged = Arc::new(Mutex::new(Vec::<u8>::new()));
+        let run = |logged: &Arc<Mutex<Vec<u8>>>| {
+            let logged = logged.clone();
+            move |group: &[Arc<Batch>]| {
+                logged.lock().extend(group.iter().map(|b| b.ops().next().unwrap().key()[0]));
+                group.iter().map(|_| Ok(Written { ops: Some((1, 1)), last: 1, refused: None })).collect()
+            }
+        };
+        let mut second = None;
+        let first = gate.write(batch(1), u64::MAX, run(&logged), |_| {
+            let (g, r) = (gate.clone(), run(&logged));
+            second = Some(thread::spawn(move || g.write(batch(2), u64::MAX, r, |_| Ok(()))));
+            // Until it queues, or (were the lead gone) logs on its own;
+            // then it gets time to lead if it could (never needed to pass).
+            while gate.queued() < 1 && logged.lock().len() < 2 {
+                thread::yield_now();
+            }
+            for _ in 0..1000 {
+                thread::yield_now();
+            }
+            assert_eq!(*logged.lock(), vec![1], "the queued writer is not logged during the settle");
+            Ok(())
+        });
+        assert!(first.is_ok());
+        assert!(second.unwrap().join().unwrap().is_ok());
+        assert_eq!(*logged.lock(), vec![1, 2], "the queued writer led the next group");
     }
 
     /// A barrier whose closure panics still passes the lead on.

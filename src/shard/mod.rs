@@ -7,7 +7,8 @@
 //! logged as one WAL frame and applied to the segments in version order
 //! under one hold of the segments' write lock (a reader never sees half a
 //! batch); in `sync` durability the group's leader then waits for the
-//! group-committed fdatasync outside both, for its whole group.
+//! group-committed fdatasync outside both locks, for its whole group,
+//! while the writers that came meanwhile queue for the next group.
 
 mod appendable;
 pub(crate) mod backlog;
@@ -677,7 +678,7 @@ impl Shard {
             fs,
             seg_dir,
             segs: RwLock::new(segs),
-            gate: Gate::default(),
+            gate: Gate::new(opts.durability == Durability::Sync),
             wal: RwLock::new(Some(wal)),
             persisted: AtomicU64::new(persisted),
             wal_acked: AtomicU64::new(0),
@@ -799,17 +800,12 @@ impl Shard {
             let wal = wal.as_ref().ok_or_else(|| Error::new(KEEL_STATUS_CLOSED, "shard is closed"))?;
             let limit = GROUP_FRAME_BYTES.min(inner.opts.wal_options().max_record_size);
             // The group's leader waits for its durability once for the
-            // whole group, after passing the gate's lead on.
+            // whole group, before passing the gate's lead on.
             let settle = |last: u64| match wal.durability() {
                 Durability::Sync if last > 0 => wal.wait_durable(last),
                 _ => Ok(()),
             };
-            let log = |group: &[Arc<Batch>]| {
-                let outcomes = inner.run_group(wal, group);
-                wal.arrived(group.len());
-                outcomes
-            };
-            wal.on_the_way();
+            let log = |group: &[Arc<Batch>]| inner.run_group(wal, group);
             let w = inner.gate.write(batch, limit, log, settle);
             // A duplicate entry logged nothing (its `last` is 0). A failed
             // write or sync releases the reservation (a failed sync

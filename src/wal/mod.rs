@@ -430,24 +430,6 @@ impl Wal {
         self.shared.append_frame(frame, false)
     }
 
-    /// Counts one more appender on its way, as an appender queued for a
-    /// group commit is counted, until `arrived` counts it off: a sync
-    /// leader lets such appenders write their frames first, so one
-    /// fdatasync covers them too. A shard's writer is counted while queued
-    /// at its write gate; the gate's leader, having appended for its group
-    /// with `append_deferred`, counts the group off (a writer that stayed
-    /// counted while it waits for the sync would hold every sync back).
-    pub fn on_the_way(&self) {
-        self.shared.appending.fetch_add(1, Ordering::AcqRel);
-    }
-
-    /// Counts off `n` appenders counted by `on_the_way`: their frames are
-    /// written, or will not be.
-    pub fn arrived(&self, n: usize) {
-        let before = self.shared.appending.fetch_sub(n, Ordering::AcqRel);
-        debug_assert!(before >= n, "more appenders arrived than were on their way");
-    }
-
     /// Waits until every record <= `seq` is on stable storage
     /// (group-committed with the other waiters).
     pub fn wait_durable(&self, seq: u64) -> Result<()> {
