@@ -34,6 +34,18 @@ pub trait File: Send + Sync {
     fn len(&self) -> io::Result<u64>;
     /// Reads up to `buf.len()` bytes at `off`; returns how many were read (0 at end).
     fn read_at(&self, buf: &mut [u8], off: u64) -> io::Result<usize>;
+    /// Reads at `off` until `buf` is full or the file ends; returns how
+    /// many bytes were read (fewer than `buf.len()` only at the end).
+    fn read_up_to(&self, buf: &mut [u8], off: u64) -> io::Result<usize> {
+        let mut got = 0;
+        while got < buf.len() {
+            match self.read_at(&mut buf[got..], off + got as u64)? {
+                0 => break,
+                n => got += n,
+            }
+        }
+        Ok(got)
+    }
     /// Writes all `parts`, back to back, starting at `off`. Callers never
     /// write the same range concurrently.
     fn write_at(&self, parts: &[&[u8]], off: u64) -> io::Result<()>;

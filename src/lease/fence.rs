@@ -202,14 +202,7 @@ impl FenceTable {
             Err(e) => return Err(Error::io(format!("opening {}", self.path.display()), e)),
         };
         let mut buf = [0u8; FILE_LEN + 1];
-        let mut len = 0;
-        loop {
-            let n = f.read_at(&mut buf[len..], len as u64).map_err(|e| Error::io(format!("reading {}", self.path.display()), e))?;
-            len += n;
-            if n == 0 || len == buf.len() {
-                break;
-            }
-        }
+        let len = f.read_up_to(&mut buf, 0).map_err(|e| Error::io(format!("reading {}", self.path.display()), e))?;
         let bad = || Error::corruption(format!("{}: damaged fencing high-water mark; tokens cannot be kept monotonic", self.path.display()));
         if len != FILE_LEN || &buf[..8] != MAGIC {
             return Err(bad());

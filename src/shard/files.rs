@@ -96,17 +96,11 @@ pub fn read_all(fs: &dyn FileSystem, path: &Path) -> Result<Option<Vec<u8>>> {
     Ok(Some(buf))
 }
 
-pub fn read_exact(f: &dyn File, mut buf: &mut [u8], mut off: u64) -> std::io::Result<()> {
-    while !buf.is_empty() {
-        match f.read_at(buf, off)? {
-            0 => return Err(ErrorKind::UnexpectedEof.into()),
-            n => {
-                buf = &mut buf[n..];
-                off += n as u64;
-            }
-        }
+pub fn read_exact(f: &dyn File, buf: &mut [u8], off: u64) -> std::io::Result<()> {
+    match f.read_up_to(buf, off)? {
+        n if n == buf.len() => Ok(()),
+        _ => Err(ErrorKind::UnexpectedEof.into()),
     }
-    Ok(())
 }
 
 /// Moves `name` out of `dir` into `dir/<folder>/` (created if needed),

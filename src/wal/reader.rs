@@ -255,16 +255,7 @@ impl Reader {
             // Every frame up to `written` is in the page cache before the pread.
             self.window_upto = self.shared.written.load(Ordering::Acquire);
             self.window.resize(want, 0);
-            let mut got = 0;
-            while got < want {
-                let n = file
-                    .read_at(&mut self.window[got..], at + got as u64)
-                    .map_err(|e| Error::io(format!("reading {}", seg.meta.path.display()), e))?;
-                if n == 0 {
-                    break;
-                }
-                got += n;
-            }
+            let got = file.read_up_to(&mut self.window, at).map_err(|e| Error::io(format!("reading {}", seg.meta.path.display()), e))?;
             if got < len {
                 return Err(Error::corruption(format!("{} ends inside a frame", seg.meta.path.display())));
             }

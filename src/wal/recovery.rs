@@ -48,17 +48,9 @@ pub struct RecoveryReport {
 }
 
 pub fn read_all(file: &dyn File) -> std::io::Result<Vec<u8>> {
-    let len = file.len()? as usize;
-    let mut buf = vec![0u8; len];
-    let mut at = 0;
-    while at < len {
-        let n = file.read_at(&mut buf[at..], at as u64)?;
-        if n == 0 {
-            buf.truncate(at);
-            break;
-        }
-        at += n;
-    }
+    let mut buf = vec![0u8; file.len()? as usize];
+    let got = file.read_up_to(&mut buf, 0)?;
+    buf.truncate(got);
     Ok(buf)
 }
 
@@ -126,14 +118,8 @@ fn read_header(fs: &dyn FileSystem, path: &Path) -> Result<(Vec<u8>, u64)> {
     let file = fs.open(path, false).map_err(io)?;
     let size = file.len().map_err(io)?;
     let mut header = vec![0u8; SEGMENT_HEADER_LEN.min(size) as usize];
-    let mut at = 0;
-    while at < header.len() {
-        match file.read_at(&mut header[at..], at as u64).map_err(io)? {
-            0 => break,
-            n => at += n,
-        }
-    }
-    header.truncate(at);
+    let got = file.read_up_to(&mut header, 0).map_err(io)?;
+    header.truncate(got);
     Ok((header, size))
 }
 

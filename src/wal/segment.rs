@@ -140,7 +140,7 @@ pub fn open_for_reading(fs: &dyn FileSystem, path: &Path) -> Result<ReadSegment>
         }
         None => {
             let file = fs.open(path, false).map_err(io)?;
-            let n = file.read_at(&mut head, 0).map_err(io)?;
+            let n = file.read_up_to(&mut head, 0).map_err(io)?;
             (View::File(file), n)
         }
     };
