@@ -185,8 +185,6 @@ struct State {
     /// that finds no leader is the oldest queued.
     leading: bool,
     queue: VecDeque<Arc<Batch>>,
-    /// Batches ever queued (a gathering leader watches it grow).
-    queued_ever: u64,
     /// Batches in the last group taken.
     last_group: usize,
 }
@@ -283,7 +281,6 @@ impl Gate {
         let lead_now = {
             let mut st = self.state.lock();
             st.queue.push_back(b.clone());
-            st.queued_ever += 1;
             !std::mem::replace(&mut st.leading, true)
         };
         if lead_now {
@@ -301,7 +298,8 @@ impl Gate {
 
     /// A gathering leader on a busy gate yields while batches keep
     /// arriving (at most GATHER_YIELDS times), so its group takes in the
-    /// writers its predecessor just released.
+    /// writers its predecessor just released. The queue only grows
+    /// meanwhile: only a leader takes batches out of it.
     fn gather_if_busy(&self) {
         if !self.gather {
             return;
@@ -311,11 +309,11 @@ impl Gate {
             if st.last_group <= 1 && st.queue.len() <= 1 {
                 return;
             }
-            st.queued_ever
+            st.queue.len()
         };
         for _ in 0..GATHER_YIELDS {
             std::thread::yield_now();
-            let now = self.state.lock().queued_ever;
+            let now = self.state.lock().queue.len();
             if now == seen {
                 return;
             }
