@@ -296,6 +296,7 @@ fn run_seed(seed: u64, trace: bool) {
         max_record_size: 0,
         prepare_ahead: false, // no background thread: the run is a pure function of the seed
         allow_foreign_files: false,
+        restorable_tail: false,
     };
     let fs = FaultFs::new(rng.next());
     let mut run = Run { seed, rng, fs, faults, opts, model: Model::default(), trace };

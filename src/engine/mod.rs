@@ -7,6 +7,10 @@
 //!                             and drop (`list.rs`)
 //! <dir>/shards/<id>/wal/      the shard's WAL segments (no LOCK of its own: the engine's covers it)
 //! <dir>/shards/<id>/segments/ the shard's appendable and immutable segments
+//! <dir>/commit-log/           in `sync` durability, the log that makes the
+//!                             shards' writes durable with one fdatasync
+//!                             (src/wal/commit_log.rs); its copies go back
+//!                             to their shards' WALs at open
 //! ```
 //!
 //! The shard list is the truth about which shards exist: a listed shard
@@ -25,6 +29,8 @@ use crate::fs::{FileCache, FileSystem, StdFs, MIN_OPEN_FILES};
 use crate::lease::{Clock, FenceTable};
 use crate::shard::pool::{FlushPool, Host};
 use crate::shard::{self, Shard};
+use crate::wal::commit_log::CommitLog;
+use crate::wal::Durability;
 use crate::status::*;
 use parking_lot::Mutex;
 use std::any::Any;
@@ -43,6 +49,8 @@ const DROPPING: &str = ".drop-";
 /// still finishes such a create.
 const CREATING: &str = ".new-";
 const SHARD_LIST: &str = list::FILE;
+/// The commit log's folder in the data directory.
+const COMMIT_LOG: &str = "commit-log";
 /// `State::slots` is swept of closed shards when it reaches at least this.
 const SWEEP_MIN: usize = 64;
 
@@ -128,6 +136,14 @@ pub struct EngineStats {
     pub file_cache_misses: u64,
     /// Shard files the cache closed to stay within `max_open_files`.
     pub file_cache_evictions: u64,
+    /// The commit log (all zero without one): copies of write groups it
+    /// made durable, checkpoints it took and the shard WAL syncs they
+    /// made, and frames its open gave back to shard WALs that had lost
+    /// them (to a power loss), since the engine opened.
+    pub commits: u64,
+    pub checkpoints: u64,
+    pub checkpoint_syncs: u64,
+    pub restored_frames: u64,
 }
 
 pub struct Engine {
@@ -150,6 +166,9 @@ pub struct Engine {
     host: Host,
     /// The node-local fenced lease table; its token high-water mark is `<dir>/FENCE`.
     fences: FenceTable,
+    /// Makes the writes of its shards durable in `sync` durability (None
+    /// in the other modes, or when `Options::commit_log` is false).
+    commit_log: Option<Arc<CommitLog>>,
     _lock: Box<dyn Any + Send + Sync>,
 }
 
@@ -205,7 +224,8 @@ impl Engine {
             }),
             stalls: Default::default(),
         };
-        let engine = Engine {
+        let mut engine = Engine {
+            commit_log: None,
             dir: dir.to_path_buf(),
             real_dir: std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf()),
             opts,
@@ -217,8 +237,49 @@ impl Engine {
             _lock: lock,
         };
         engine.finish_interrupted()?;
+        engine.commit_log = engine.open_commit_log()?;
         engine.sync_dir(dir)?;
         Ok(engine)
+    }
+
+    /// Opens the commit log (in `sync` durability, when enabled) and gives
+    /// each listed shard the frames its WAL lost (`shard::commit`), before
+    /// any shard opens.
+    fn open_commit_log(&self) -> Result<Option<Arc<CommitLog>>> {
+        let log_dir = self.dir.join(COMMIT_LOG);
+        if self.opts.durability != Durability::Sync || !self.opts.commit_log {
+            // Copies written before the log was turned off still go back.
+            if !self.exists(&log_dir)? {
+                return Ok(None);
+            }
+        }
+        let fs = self.host.files.wrap(match self.injected_fs {
+            true => self.fs.clone(),
+            false => crate::wal::std_fs(Durability::Sync),
+        });
+        // A checkpoint every `max_unflushed_wal_bytes` of copies: what an
+        // open restores is bounded like what a shard's open replays.
+        let checkpoint_bytes = self.opts.max_unflushed_wal_bytes;
+        // A scheduler that owns every step owns every file operation (tests).
+        let prepare_ahead = !self.opts.steps.owns_schedule();
+        let log = CommitLog::open(&log_dir, fs, &self.host.wal, self.opts.wal_segment_size, prepare_ahead, checkpoint_bytes)?;
+        log.recover(|id, copies| {
+            let dir = self.shard_dir(id);
+            let listed = self.shards.lock().as_ref().is_some_and(|st| st.list.contains(id));
+            // Dropping a shard takes a checkpoint first, so copies of an
+            // unlisted id are of one whose drop a crash cut after that.
+            if !listed || !self.exists(&dir)? {
+                return Ok(0);
+            }
+            let fs = self.injected_fs.then(|| self.fs.clone());
+            shard::restore_wal(&dir, &self.opts, fs, &self.host, copies)
+                .map_err(|e| Error::new(e.status, format!("restoring shard {id}'s WAL from the engine's commit log: {}", e.message)))
+        })?;
+        if self.opts.durability != Durability::Sync || !self.opts.commit_log {
+            log.close()?;
+            return Ok(None);
+        }
+        Ok(Some(Arc::new(log)))
     }
 
     /// Finishes the creates and drops a crash interrupted (one pass over
@@ -321,7 +382,10 @@ impl Engine {
         };
         let opened = created.and_then(|()| {
             let fs = self.injected_fs.then(|| self.fs.clone());
-            Shard::open_in(&dir, self.opts.clone(), fs, Some(&self.host))
+            match &self.commit_log {
+                Some(log) => Shard::open_committed(&dir, self.opts.clone(), fs, &self.host, log.clone(), id),
+                None => Shard::open_in(&dir, self.opts.clone(), fs, Some(&self.host)),
+            }
         });
         self.settle(id, opened, Slot::Open)
     }
@@ -405,6 +469,11 @@ impl Engine {
             return Err(Error::new(KEEL_STATUS_NOT_FOUND, format!("shard {id} does not exist")));
         }
         let dir = self.shard_dir(id);
+        // No copy of the dropped shard's frames may reach a shard created
+        // later under its id: a checkpoint covers them all first.
+        if let Some(log) = &self.commit_log {
+            log.checkpoint()?;
+        }
         let doomed = self.dir.join("shards").join(format!("{DROPPING}{id}"));
         if self.exists(&dir)? {
             self.fs.rename(&dir, &doomed).map_err(|e| Error::io(format!("renaming {}", dir.display()), e))?;
@@ -445,6 +514,7 @@ impl Engine {
         };
         let (write_stalls, write_stall_time) = self.host.stalls.read();
         let files = self.host.files.counts();
+        let log = self.commit_log.as_ref().map(|l| l.stats()).unwrap_or_default();
         Ok(EngineStats {
             threads: (self.host.flush.size() + self.host.wal.size()) as u64,
             open_files: open_files_below(&self.real_dir),
@@ -458,6 +528,10 @@ impl Engine {
             file_cache_hits: files.hits,
             file_cache_misses: files.misses,
             file_cache_evictions: files.evictions,
+            commits: log.commits,
+            checkpoints: log.checkpoints,
+            checkpoint_syncs: log.checkpoint_syncs,
+            restored_frames: log.restored_frames,
         })
     }
 
@@ -477,7 +551,12 @@ impl Engine {
                 Slot::Opening => None,
             })
             .collect();
-        let result = close_all(&shards);
+        let mut result = close_all(&shards);
+        // After its shards: their closes synced them, so its last
+        // checkpoint covers every copy.
+        if let Some(log) = &self.commit_log {
+            result = result.and(log.close());
+        }
         self.host.flush.shutdown();
         self.host.wal.shutdown();
         result

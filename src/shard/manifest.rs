@@ -174,6 +174,14 @@ impl Manifest {
         files::read_all(fs, &p)?.map(|b| Manifest::decode(&b, &p)).transpose()
     }
 
+    /// The version the manifest of shard folder `shard_dir` records as
+    /// persisted (0 without a readable one): a WAL's open need not read
+    /// the frames of segments that hold nothing newer (the shard's load
+    /// proves the claim, or refuses to open it).
+    pub fn persisted_of(fs: &dyn FileSystem, shard_dir: &Path) -> u64 {
+        Manifest::read(fs, &shard_dir.join("segments")).ok().flatten().map_or(0, |m| m.persisted)
+    }
+
     /// Replaces the manifest of `dir` with this one, durably.
     pub fn write(&self, fs: &dyn FileSystem, dir: &Path) -> Result<()> {
         crate::fs::replace(fs, &path(dir), &self.encode())

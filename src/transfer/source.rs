@@ -345,10 +345,17 @@ fn plan(shard: &Shard, method: Method, had: u64, crc: Option<u32>, report: &mut 
     if method == Method::Snapshot {
         return Ok(Plan::Snapshot);
     }
+    // An engine's shard in `sync` durability syncs its own WAL only now
+    // and then (its writes are durable in the engine's commit log): sync
+    // it before judging the receiver against its durable mark.
+    let durable = match shard.durable_version() {
+        d if d >= had => d,
+        _ => shard.sync_wal()?,
+    };
     let why = if had == 0 && crc.is_none() {
         "the receiver has no copy of the shard".to_string()
-    } else if had > shard.durable_version() {
-        format!("the receiver has version {had}, past this shard's durable version {}", shard.durable_version())
+    } else if had > durable {
+        format!("the receiver has version {had}, past this shard's durable version {durable}")
     } else {
         match shard.pin_wal(had + 1) {
             Err(e) if e.status == KEEL_STATUS_TRUNCATED => format!("the WAL no longer holds version {}", had + 1),

@@ -13,6 +13,7 @@
 //! - a sequence number is assigned only after its frame is written, so a
 //!   failed append never leaves a hole.
 
+pub(crate) mod commit_log;
 pub mod extent;
 pub mod format;
 mod pins;
@@ -86,6 +87,15 @@ pub struct Options {
     /// Open a non-empty directory that holds no keel WAL file (see
     /// `segment::check_wal_dir`); false refuses it with INVALID_ARGUMENT.
     pub allow_foreign_files: bool,
+    /// For a log whose records are made durable elsewhere and given back
+    /// after a power loss (an engine's shard, by the engine's commit log),
+    /// which can only append them at its end: what a power loss leaves of
+    /// the log must be a prefix of what was written, ending where the
+    /// lost records begin. So a full segment is synced before the log
+    /// moves on to the next (SYNC mode always does), and the extent record
+    /// claims no sequence number past the records synced (otherwise
+    /// recovery would declare the unsynced ones lost and go on after them).
+    pub restorable_tail: bool,
 }
 
 impl Default for Options {
@@ -97,6 +107,7 @@ impl Default for Options {
             max_record_size: 0,
             prepare_ahead: true,
             allow_foreign_files: false,
+            restorable_tail: false,
         }
     }
 }
@@ -857,7 +868,8 @@ impl Shared {
             true => active.head,
             false => segment::Head::new(st.next_seq, Some(Self::link_to_active(st))),
         };
-        if self.opts.durability == Durability::Sync && !replacing {
+        let sync_full = self.opts.durability == Durability::Sync || self.opts.restorable_tail;
+        if sync_full && !replacing {
             if let Err(e) = full.sync_data() {
                 return Err(self.poison(st, Error::io("syncing a full WAL segment", e)));
             }
@@ -893,7 +905,7 @@ impl Shared {
                 Ok(())
             }
             Ok(next) => {
-                if self.opts.durability != Durability::Sync {
+                if !sync_full {
                     st.sealed.push(full);
                 }
                 st.segments.push(SegmentMeta::new(&self.dir, head.first_seq, head.salt, head.prev));
@@ -1071,9 +1083,13 @@ impl Shared {
     /// its generation.
     fn extent_snapshot(&self, st: &mut State) -> (u64, extent::Extent) {
         st.extent_gen += 1;
+        let durable = self.durable.load(Ordering::Acquire);
         let extent = extent::Extent {
-            durable: self.durable.load(Ordering::Acquire),
-            next_seq: st.next_seq,
+            durable,
+            next_seq: match self.opts.restorable_tail {
+                true => st.next_seq.min(durable + 1),
+                false => st.next_seq,
+            },
             segments: st.segments.iter().map(|s| (s.first_seq, s.salt)).collect(),
         };
         (st.extent_gen, extent)

@@ -1,0 +1,177 @@
+//! A shard's side of its engine's commit log (src/wal/commit_log.rs): in
+//! `sync` durability an engine's shard writes its WAL frames without
+//! syncing them, and the write gate's leader makes its group durable by
+//! appending a copy of the group's frame to the engine's commit log, one
+//! fdatasync shared by every shard writing at the same time. Its own WAL
+//! is synced when a flush needs it (the write-ahead rule), when a
+//! checkpoint of the commit log asks, and at close.
+//!
+//! Also the repair at engine open: a shard whose WAL lost frames to a
+//! power loss gets them back from their copies before it opens.
+
+use super::{Inner, Options};
+use crate::error::{Error, Result};
+use crate::fs::{FileSystem, StdFs};
+use crate::status::KEEL_STATUS_INVALID_ARGUMENT;
+use crate::wal::commit_log::{encode_copy, CommitLog, Copied, Member};
+use crate::wal::{self, Durability, Wal};
+use parking_lot::Mutex;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
+
+/// The commit log of a shard and its place in it.
+pub(crate) struct Committer {
+    log: Arc<CommitLog>,
+    /// The shard's id in the engine.
+    id: u32,
+    /// The shard itself, as the commit log's checkpoints sync it.
+    me: Weak<dyn Member>,
+    /// In the set of shards the next checkpoint syncs.
+    listed: AtomicBool,
+    /// The copy of the last group's frame: staged by the gate's leader
+    /// once it logged the group, committed by the same leader before it
+    /// passes the lead on (so no other group can stage in between).
+    staged: Mutex<Vec<u8>>,
+    /// Set when closing the shard's WAL failed: its frames may not be
+    /// durable in it, so checkpoints must not drop their copies.
+    close_failed: AtomicBool,
+}
+
+impl Committer {
+    pub fn new(log: Arc<CommitLog>, id: u32, me: Weak<dyn Member>) -> Committer {
+        Committer {
+            log,
+            id,
+            me,
+            listed: AtomicBool::new(false),
+            staged: Mutex::new(Vec::new()),
+            close_failed: AtomicBool::new(false),
+        }
+    }
+}
+
+/// The WAL options of a shard whose writes the commit log makes durable:
+/// its own log only writes (`none`), through the write strategy of `sync`
+/// (the shard's choice, `wal_fs`); the engine syncs it when it must. Its tail is restorable
+/// (`wal::Options::restorable_tail`): frames lost to a power loss are
+/// only at its end, where `restore_wal` gives them back.
+pub(crate) fn committed_wal(opts: &wal::Options) -> wal::Options {
+    debug_assert_eq!(opts.durability, Durability::Sync, "only sync shards commit through the commit log");
+    wal::Options { durability: Durability::None, restorable_tail: true, ..opts.clone() }
+}
+
+impl Inner {
+    /// Stages the copy of the frame just logged (records from `first`).
+    pub(super) fn stage_copy(&self, first: u64, records: &[&[u8]]) {
+        if let Some(c) = &self.commit {
+            encode_copy(c.id, first, records, &mut c.staged.lock());
+        }
+    }
+
+    /// The gate's leader settles its group, which logged up to `last` (0:
+    /// nothing): in `sync` durability it makes the group durable, through
+    /// its staged copy in the commit log or (without one, or when the
+    /// commit log fails or refuses a copy that large) by syncing the
+    /// shard's own WAL up to `last`.
+    pub(super) fn settle(&self, wal: &Wal, last: u64) -> Result<()> {
+        let durable = self.opts.durability == Durability::Sync && last > 0;
+        if let Some(c) = &self.commit {
+            let mut copy = std::mem::take(&mut *c.staged.lock());
+            if durable && !copy.is_empty() {
+                let committed = c.log.commit(&copy, &c.listed, &c.me);
+                // The buffer is kept for the next group's copy.
+                copy.clear();
+                *c.staged.lock() = copy;
+                match committed {
+                    Ok(()) => return Ok(()),
+                    // A copy too large for the commit log's records.
+                    Err(e) if e.status == KEEL_STATUS_INVALID_ARGUMENT => {}
+                    // A failed commit log still leaves the shard's own WAL.
+                    Err(_) => {}
+                }
+            }
+        }
+        match durable {
+            true => wal.wait_durable(last),
+            false => Ok(()),
+        }
+    }
+
+    /// Closing the shard's WAL failed: its copies must stay.
+    pub(super) fn note_close_failed(&self) {
+        if let Some(c) = &self.commit {
+            c.close_failed.store(true, Ordering::Release);
+        }
+    }
+}
+
+impl Member for Inner {
+    fn sync_log(&self) -> Result<()> {
+        // Close holds the write side while it closes the WAL: a shard seen
+        // closed here is closed through its final sync.
+        match self.wal.read_recursive().as_ref() {
+            Some(w) => w.sync().map(drop),
+            None if self.commit.as_ref().is_some_and(|c| c.close_failed.load(Ordering::Acquire)) => {
+                Err(Error::new(crate::status::KEEL_STATUS_IO, "a shard's WAL failed to close; its commit-log copies stay"))
+            }
+            None => Ok(()),
+        }
+    }
+
+    fn listed(&self) -> &AtomicBool {
+        &self.commit.as_ref().expect("only committed shards are members").listed
+    }
+}
+
+/// Gives the WAL of the shard in `dir` back the frames it lost of `copies`
+/// (in sequence order, from the engine's commit log), then syncs it;
+/// returns how many it gave back. A
+/// copy the WAL holds already is skipped; one that starts past the WAL's
+/// end leaves a gap no copy fills: CORRUPTION.
+pub(crate) fn restore_wal(
+    dir: &Path,
+    opts: &Options,
+    fs: Option<Arc<dyn FileSystem>>,
+    host: &super::pool::Host,
+    copies: Vec<Copied>,
+) -> Result<u64> {
+    let wal_opts = committed_wal(&opts.wal_options());
+    let wal_fs = super::wal_fs(&fs, Some(host), opts.durability);
+    let seg_fs = fs.unwrap_or_else(|| Arc::new(StdFs::direct()));
+    let persisted = super::manifest::Manifest::persisted_of(&*seg_fs, dir);
+    let wal = Wal::open_owned(&dir.join("wal"), wal_opts, Some(wal_fs), Some(&host.wal), persisted)?;
+    let mut restored = 0;
+    for c in copies {
+        let last = wal.last_seq();
+        let end = c.first + c.records.len() as u64 - 1;
+        if end <= last {
+            continue;
+        }
+        if c.first > last + 1 {
+            return Err(Error::corruption(format!(
+                "{}: the WAL ends at version {last} and the engine's commit log holds the frame of versions {}..={end} next: versions {}..{} are lost",
+                dir.display(),
+                c.first,
+                last + 1,
+                c.first
+            )));
+        }
+        if c.first <= last {
+            return Err(Error::corruption(format!(
+                "{}: the WAL ends at version {last}, inside the frame of versions {}..={end} that the engine's commit log holds: the two disagree",
+                dir.display(),
+                c.first
+            )));
+        }
+        let records: Vec<&[u8]> = c.records.iter().map(Vec::as_slice).collect();
+        let first = wal.append_deferred(&records)?;
+        debug_assert_eq!(first, c.first, "a restored frame keeps its versions");
+        restored += 1;
+    }
+    if restored > 0 {
+        wal.sync()?;
+    }
+    wal.close()?;
+    Ok(restored)
+}

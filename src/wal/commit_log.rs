@@ -1,0 +1,341 @@
+//! The commit log: one log whose group-committed fdatasync makes the
+//! writes of many logs durable (an engine's shards in `sync` durability).
+//!
+//! Sixty-four shards each syncing a WAL of its own pay sixty-four small
+//! device writes and flushes where one shard with sixty-four writers pays
+//! one: the device, not the CPU, caps them. So a member log writes its
+//! frame to its own file without syncing it, then appends a copy of the
+//! frame (the member's id, its first sequence number and its records) to
+//! the commit log and waits for that log's group commit, which it shares
+//! with every member writing at the same time. A write is durable once its
+//! copy is; the member's own file catches up later.
+//!
+//! A **checkpoint** makes the copies unneeded: it notes the commit log's
+//! last sequence number J, syncs every member written since the last
+//! checkpoint, appends (durably) a checkpoint record saying "every copy up
+//! to J is in its member's file", then acknowledges the log up to J so
+//! whole segments of old copies are deleted. The writer whose commit
+//! crosses `checkpoint_bytes` runs it, after its own write returned to the
+//! gate (it holds no member's lock). A member joins the set to sync before
+//! its copy is appended, so a copy at or below J belongs to a member that
+//! the checkpoint syncs, or that synced after writing it.
+//!
+//! **Recovery** (`recover`, at engine open, before any member opens):
+//! every copy after the last checkpoint record goes back to its member,
+//! which appends the ones its file lost (a power loss keeps only what was
+//! synced) with their original sequence numbers, and syncs; then a
+//! checkpoint covers them all. A copy a member already holds is skipped.
+//!
+//! Copies of a dropped member must never reach a new member with the same
+//! id: dropping one takes a checkpoint first (`checkpoint`).
+
+use super::{Durability, Options, ReadUpto, Wal, Workers};
+use crate::error::{Error, Result};
+use crate::fs::FileSystem;
+use parking_lot::{Mutex, RwLock};
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+
+/// A log whose writes the commit log makes durable.
+pub(crate) trait Member: Send + Sync {
+    /// Makes every frame its log has written so far durable in that log
+    /// (Ok for a log closed cleanly: its close synced it).
+    fn sync_log(&self) -> Result<()>;
+    /// Whether it is in the set of members the next checkpoint syncs.
+    fn listed(&self) -> &AtomicBool;
+}
+
+/// Tags of the commit log's records.
+const COPY: u8 = 1;
+const CHECKPOINT: u8 = 2;
+
+/// A member's frame as the commit log holds it: its records, the first
+/// with sequence number `first`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Copied {
+    pub first: u64,
+    pub records: Vec<Vec<u8>>,
+}
+
+/// Encodes the copy of member `id`'s frame into `out` (cleared first):
+/// tag, id (u32 LE), first (u64 LE), then each record as a u32 LE length
+/// and its bytes. The commit log's own frame checksums it.
+pub(crate) fn encode_copy(id: u32, first: u64, records: &[&[u8]], out: &mut Vec<u8>) {
+    out.clear();
+    out.reserve(13 + records.iter().map(|r| 4 + r.len()).sum::<usize>());
+    out.push(COPY);
+    out.extend_from_slice(&id.to_le_bytes());
+    out.extend_from_slice(&first.to_le_bytes());
+    for r in records {
+        out.extend_from_slice(&(r.len() as u32).to_le_bytes());
+        out.extend_from_slice(r);
+    }
+}
+
+enum Decoded {
+    Copy(u32, Copied),
+    Checkpoint(u64),
+}
+
+/// Reads a record front to back; None past its end.
+struct Cursor<'a>(&'a [u8]);
+
+impl<'a> Cursor<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        if self.0.len() < n {
+            return None;
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Some(head)
+    }
+
+    fn u32(&mut self) -> Option<u32> {
+        self.take(4).map(|p| u32::from_le_bytes(p.try_into().expect("4 bytes")))
+    }
+
+    fn u64(&mut self) -> Option<u64> {
+        self.take(8).map(|p| u64::from_le_bytes(p.try_into().expect("8 bytes")))
+    }
+}
+
+fn decode(seq: u64, b: &[u8]) -> Result<Decoded> {
+    let mut c = Cursor(b);
+    let decoded = match c.take(1).map(|t| t[0]) {
+        Some(COPY) => (|| {
+            let id = c.u32()?;
+            let first = c.u64()?;
+            let mut records = Vec::new();
+            while !c.0.is_empty() {
+                let len = c.u32()? as usize;
+                records.push(c.take(len)?.to_vec());
+            }
+            (first > 0 && !records.is_empty()).then_some(Decoded::Copy(id, Copied { first, records }))
+        })(),
+        Some(CHECKPOINT) => c.u64().filter(|_| c.0.is_empty()).map(Decoded::Checkpoint),
+        _ => None,
+    };
+    decoded.ok_or_else(|| Error::corruption(format!("commit log record {seq} is malformed")))
+}
+
+pub(crate) struct CommitLog {
+    /// None once closed.
+    log: RwLock<Option<Wal>>,
+    /// Members written since the last checkpoint (each also `listed`).
+    members: Mutex<Vec<Weak<dyn Member>>>,
+    /// Bytes of copies appended since the last checkpoint.
+    since: AtomicU64,
+    checkpoint_bytes: u64,
+    /// One checkpoint at a time; a writer finding one running goes on.
+    /// Holds the sequence number of the last checkpoint record appended.
+    checkpointing: Mutex<u64>,
+    stats: Counters,
+}
+
+/// What a commit log did since it opened.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CommitLogStats {
+    /// Copies appended (one per group of a shard's writes).
+    pub commits: u64,
+    /// Checkpoints taken, and members' logs they synced.
+    pub checkpoints: u64,
+    pub checkpoint_syncs: u64,
+    /// Frames the open gave back to members whose logs had lost them.
+    pub restored_frames: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    commits: AtomicU64,
+    checkpoints: AtomicU64,
+    checkpoint_syncs: AtomicU64,
+    restored_frames: AtomicU64,
+}
+
+impl CommitLog {
+    /// Opens the commit log in `dir` (sync durability, hosted by
+    /// `workers`, segments prepared ahead by them if `prepare_ahead`),
+    /// takes a checkpoint every `checkpoint_bytes` of copies.
+    /// A copy larger than its records take is refused (INVALID_ARGUMENT):
+    /// its member syncs its own log instead.
+    pub fn open(
+        dir: &Path,
+        fs: Arc<dyn FileSystem>,
+        workers: &Workers,
+        segment_size: u64,
+        prepare_ahead: bool,
+        checkpoint_bytes: u64,
+    ) -> Result<CommitLog> {
+        let opts = Options {
+            durability: Durability::Sync,
+            segment_size,
+            prepare_ahead,
+            max_record_size: segment_size - super::format::OVERHEAD,
+            ..Default::default()
+        };
+        let log = Wal::open_owned(dir, opts, Some(fs), Some(workers), 0)?;
+        Ok(CommitLog {
+            log: RwLock::new(Some(log)),
+            members: Mutex::new(Vec::new()),
+            since: AtomicU64::new(0),
+            checkpoint_bytes,
+            checkpointing: Mutex::new(0),
+            stats: Counters::default(),
+        })
+    }
+
+    fn with_log<T>(&self, f: impl FnOnce(&Wal) -> Result<T>) -> Result<T> {
+        match &*self.log.read() {
+            Some(log) => f(log),
+            None => Err(Error::new(crate::status::KEEL_STATUS_CLOSED, "the engine's commit log is closed")),
+        }
+    }
+
+    /// Gives every copy written after the last checkpoint to `restore`,
+    /// grouped by member id, in sequence order, which returns how many of
+    /// them its log lacked; once each returned, takes a checkpoint covering
+    /// them. An error of `restore` stops the recovery with nothing
+    /// acknowledged.
+    pub fn recover(&self, mut restore: impl FnMut(u32, Vec<Copied>) -> Result<u64>) -> Result<()> {
+        let mut copies: BTreeMap<u32, Vec<(u64, Copied)>> = BTreeMap::new();
+        let mut covered = 0;
+        self.with_log(|log| {
+            let mut reader = log.reader(0, ReadUpto::Appended)?;
+            while let Some((seq, data)) = reader.peek()? {
+                match decode(seq, data)? {
+                    Decoded::Copy(id, c) => copies.entry(id).or_default().push((seq, c)),
+                    Decoded::Checkpoint(upto) => covered = covered.max(upto),
+                }
+                reader.advance();
+            }
+            Ok(())
+        })?;
+        for (id, list) in copies {
+            let list: Vec<Copied> = list.into_iter().filter(|(seq, _)| *seq > covered).map(|(_, c)| c).collect();
+            if !list.is_empty() {
+                let restored = restore(id, list)?;
+                self.stats.restored_frames.fetch_add(restored, Ordering::Relaxed);
+            }
+        }
+        self.checkpoint()
+    }
+
+    /// Makes `copy` (from `encode_copy`) durable, sharing the fdatasync with
+    /// the other members committing now; `member` (whose `listed` flag is
+    /// `listed`) wrote the frame it copies to its own log before this
+    /// call. Then, past `checkpoint_bytes` since the last checkpoint, takes
+    /// one (its error is not the write's: the copy is durable, and a later
+    /// commit tries again).
+    pub fn commit(&self, copy: &[u8], listed: &AtomicBool, member: &Weak<dyn Member>) -> Result<()> {
+        // Listed before the copy is appended (see the module comment).
+        if !listed.swap(true, Ordering::AcqRel) {
+            self.members.lock().push(member.clone());
+        }
+        self.with_log(|log| log.append(copy))?;
+        self.stats.commits.fetch_add(1, Ordering::Relaxed);
+        let since = self.since.fetch_add(copy.len() as u64, Ordering::AcqRel) + copy.len() as u64;
+        if since >= self.checkpoint_bytes {
+            if let Some(mut last) = self.checkpointing.try_lock() {
+                let _ = self.checkpoint_locked(&mut last);
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes a checkpoint now: on return every copy appended before the
+    /// call is in its member's own durable log and covered by a durable
+    /// checkpoint record.
+    pub fn checkpoint(&self) -> Result<()> {
+        self.checkpoint_locked(&mut self.checkpointing.lock())
+    }
+
+    /// `last`: the sequence number of the last checkpoint record.
+    fn checkpoint_locked(&self, last: &mut u64) -> Result<()> {
+        self.since.store(0, Ordering::Release);
+        // J first, then the set: a copy at or below J was appended after
+        // its member was listed, so the member is in the set taken below.
+        let upto = self.with_log(|log| Ok(log.last_seq()))?;
+        let taken = std::mem::take(&mut *self.members.lock());
+        let mut failed = None;
+        for weak in taken {
+            // A member dropped without close: its log's drop synced it.
+            let Some(m) = weak.upgrade() else { continue };
+            m.listed().store(false, Ordering::Release);
+            self.stats.checkpoint_syncs.fetch_add(1, Ordering::Relaxed);
+            if let Err(e) = m.sync_log() {
+                // Listed again: the next checkpoint tries it once more.
+                if !m.listed().swap(true, Ordering::AcqRel) {
+                    self.members.lock().push(weak);
+                }
+                failed.get_or_insert(e);
+            }
+        }
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        self.with_log(|log| {
+            // Nothing appended since the last checkpoint, or since the log
+            // was last emptied.
+            if upto <= *last || upto < log.first_seq() {
+                return Ok(());
+            }
+            let mut record = vec![CHECKPOINT];
+            record.extend_from_slice(&upto.to_le_bytes());
+            *last = log.append(&record)?;
+            self.stats.checkpoints.fetch_add(1, Ordering::Relaxed);
+            log.ack(upto)
+        })
+    }
+
+    pub fn stats(&self) -> CommitLogStats {
+        let c = &self.stats;
+        CommitLogStats {
+            commits: c.commits.load(Ordering::Relaxed),
+            checkpoints: c.checkpoints.load(Ordering::Relaxed),
+            checkpoint_syncs: c.checkpoint_syncs.load(Ordering::Relaxed),
+            restored_frames: c.restored_frames.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Takes a last checkpoint (its members are closed: their closes
+    /// synced them) and closes the log.
+    pub fn close(&self) -> Result<()> {
+        let checkpoint = self.checkpoint();
+        let closed = match self.log.write().take() {
+            Some(log) => log.close(),
+            None => Ok(()),
+        };
+        checkpoint.and(closed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_copy_decodes_to_what_was_encoded() {
+        let mut out = Vec::new();
+        encode_copy(7, 42, &[b"ab", b"", b"xyz"], &mut out);
+        match decode(1, &out).unwrap() {
+            Decoded::Copy(id, c) => {
+                assert_eq!(id, 7);
+                assert_eq!(c, Copied { first: 42, records: vec![b"ab".to_vec(), vec![], b"xyz".to_vec()] });
+            }
+            Decoded::Checkpoint(_) => panic!("a copy decoded as a checkpoint"),
+        }
+    }
+
+    #[test]
+    fn a_malformed_record_is_corruption_not_a_panic() {
+        let mut out = Vec::new();
+        encode_copy(7, 42, &[b"abc"], &mut out);
+        for cut in 0..out.len() {
+            assert!(decode(1, &out[..cut]).is_err(), "cut at {cut}");
+        }
+        assert!(decode(1, &[9, 0, 0]).is_err(), "unknown tag");
+        assert!(decode(1, &[CHECKPOINT, 1, 0, 0, 0, 0, 0, 0, 0, 5]).is_err(), "trailing bytes");
+    }
+}

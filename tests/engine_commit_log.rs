@@ -1,0 +1,262 @@
+//! The engine's commit log (src/wal/commit_log.rs, src/shard/commit.rs) on
+//! the fault-injecting file system: in `sync` durability an engine's
+//! shards do not sync their own WALs per write, so after a power loss
+//! (unsynced data dropped or torn) their acknowledged writes come back
+//! from the commit log's copies.
+//!
+//! Deterministic: the engine's one flush worker is parked at every step
+//! (tests/common/lockstep.rs) and the seed decides when it may take its
+//! next ones, between the writes of this thread, and no WAL segment is
+//! prepared in the background; so the order of every file operation, and
+//! of every fault and loss the file system rolls, follows from the seed:
+//! `KEEL_COMMIT_LOG_SEED=S` replays seed S exactly,
+//! `KEEL_COMMIT_LOG_SEEDS=N` sets the number of seeds (default 40).
+
+mod common;
+
+use common::faultfs::{FaultFs, Faults};
+use common::lockstep::Lockstep;
+use common::rng::Rng;
+use common::shard_model::{apply, Model};
+use keel::engine::Engine;
+use keel::fs::FileSystem;
+use keel::shard::{Op, Options, Shard, Steps};
+use keel::wal::Durability;
+use std::path::Path;
+use std::sync::Arc;
+
+const SHARDS: u32 = 6;
+
+fn options(steps: Steps) -> Options {
+    Options {
+        steps,
+        flush_threads: 1,
+        durability: Durability::Sync,
+        wal_segment_size: 64 << 10,
+        flush_interval: None,
+        seal_bytes: 16 << 10,
+        // The commit log takes a checkpoint every this many bytes of
+        // copies: a round writes a few of them.
+        max_unflushed_wal_bytes: 1 << 20,
+        ..Options::default()
+    }
+}
+
+fn random_batch(rng: &mut Rng, n: u64) -> Vec<Op> {
+    let count = if rng.chance(150) { 2 + rng.below(3) } else { 1 };
+    (0..count)
+        .map(|j| {
+            let key = format!("k{:02}", rng.below(40)).into_bytes();
+            match rng.chance(80) {
+                true => Op::Delete { key },
+                false => Op::Put { key, value: format!("{n}.{j}:{}", "v".repeat(rng.below(1500) as usize)).into_bytes() },
+            }
+        })
+        .collect()
+}
+
+fn state(s: &Shard) -> Result<Model, String> {
+    s.scan(b"", None).map_err(|e| e.to_string())?.map(|r| r.map(|(k, e)| (k, e.value)).map_err(|e| e.to_string())).collect()
+}
+
+fn open_with(fs: &FaultFs, steps: Steps) -> Result<Engine, String> {
+    Engine::open_with_fs(Path::new("/keel/engine"), options(steps), Arc::new(fs.clone())).map_err(|e| format!("engine open: {e}"))
+}
+
+/// An engine whose flush runs free (the tests below wait for nothing it does).
+fn open(fs: &FaultFs) -> Result<Engine, String> {
+    open_with(fs, Steps::default())
+}
+
+/// What a seed did: frames the engine opens restored in all, the faults
+/// injected, the syncs asked for (the same seed must give the same).
+type Outcome = (u64, Vec<String>, u64);
+
+/// Runs one seed: rounds of writes spread over the shards, each ended by a
+/// power loss.
+fn run_seed(seed: u64) -> Result<Outcome, String> {
+    let fs = FaultFs::new(seed);
+    let mut rng = Rng::new(seed ^ 0xc0_11_06);
+    let mut models: Vec<Model> = vec![Model::new(); SHARDS as usize];
+    // The write that failed, per shard: there whole or not at all.
+    let mut maybe: Vec<Option<Vec<Op>>> = vec![None; SHARDS as usize];
+    let mut restored = 0;
+    let mut n = 0;
+    for round in 0..4 {
+        fs.set_faults(Faults::default());
+        let lockstep = Arc::new(Lockstep::default());
+        let engine = open_with(&fs, Steps::new(lockstep.clone())).inspect_err(|_| lockstep.release())?;
+        restored += engine.stats().map_err(|e| e.to_string())?.restored_frames;
+        let mut shards = Vec::new();
+        for id in 0..SHARDS {
+            let opened = engine.open_shard(id, true).map_err(|e| format!("round {round}: opening shard {id}: {e}"));
+            let s = opened.inspect_err(|_| lockstep.release())?;
+            let got = state(&s).map_err(|e| format!("round {round}: reading shard {id}: {e}"));
+            let got = got.inspect_err(|_| lockstep.release())?;
+            let i = id as usize;
+            if let Some(ops) = maybe[i].take() {
+                let mut with = models[i].clone();
+                apply(&mut with, &ops);
+                if got == with {
+                    models[i] = with;
+                }
+            }
+            if got != models[i] {
+                lockstep.release();
+                let show = |v: Option<&keel::shard::Value>| format!("{v:?}").chars().take(60).collect::<String>();
+                let diff: Vec<String> = models[i]
+                    .keys()
+                    .chain(got.keys())
+                    .filter(|k| got.get(*k) != models[i].get(*k))
+                    .map(|k| format!("{}: got {} want {}", String::from_utf8_lossy(k), show(got.get(k)), show(models[i].get(k))))
+                    .collect();
+                return Err(format!("round {round}: shard {id} recovered another state: {diff:?}; injected {:?}", fs.injected()));
+            }
+            shards.push(s);
+        }
+        if rng.chance(400) {
+            fs.set_faults(Faults { eio_write: rng.below(3), eio_sync: rng.below(3), ..Faults::default() });
+        }
+        let mut broken = vec![false; SHARDS as usize];
+        for _ in 0..200 + rng.below(400) {
+            let i = rng.below(SHARDS as u64) as usize;
+            if broken[i] {
+                continue;
+            }
+            n += 1;
+            let ops = random_batch(&mut rng, n);
+            match shards[i].write(&ops) {
+                Ok(_) => apply(&mut models[i], &ops),
+                Err(_) => {
+                    maybe[i] = Some(ops);
+                    broken[i] = true;
+                }
+            }
+            if rng.chance(15) {
+                let _ = shards[rng.below(SHARDS as u64) as usize].flush(false);
+            }
+            lockstep.advance(rng.below(6));
+        }
+        // The process dies wherever the flush is.
+        fs.halt();
+        lockstep.release();
+        drop(shards);
+        drop(engine);
+        fs.crash();
+    }
+    Ok((restored, fs.injected(), fs.syncs()))
+}
+
+fn seeds() -> std::ops::Range<u64> {
+    match std::env::var("KEEL_COMMIT_LOG_SEED") {
+        Ok(s) => {
+            let s: u64 = s.parse().expect("KEEL_COMMIT_LOG_SEED is a number");
+            s..s + 1
+        }
+        Err(_) => 1..1 + std::env::var("KEEL_COMMIT_LOG_SEEDS").map_or(40, |n| n.parse().expect("KEEL_COMMIT_LOG_SEEDS is a number")),
+    }
+}
+
+#[test]
+fn acknowledged_writes_of_every_shard_survive_power_loss() {
+    let mut restored = 0;
+    for seed in seeds() {
+        match run_seed(seed) {
+            Ok((r, _, _)) => restored += r,
+            Err(e) => panic!("seed {seed}: {e}\nreplay: KEEL_COMMIT_LOG_SEED={seed} cargo test --test engine_commit_log"),
+        }
+    }
+    // Power losses that cost a shard WAL frames the commit log gave back:
+    // the test reaches the path it is about.
+    if seeds().count() > 1 {
+        assert!(restored > 0, "no seed lost a shard WAL frame that the commit log had to give back");
+    }
+}
+
+#[test]
+fn a_seed_replays_exactly() {
+    for seed in [3, 11] {
+        assert_eq!(run_seed(seed), run_seed(seed), "seed {seed}");
+    }
+}
+
+#[test]
+fn a_write_syncs_the_commit_log_not_its_shard_wal() {
+    let fs = FaultFs::new(7);
+    let engine = open(&fs).unwrap();
+    let shards: Vec<Shard> = (0..4).map(|id| engine.open_shard(id, true).unwrap()).collect();
+    let before = engine.stats().unwrap();
+    for i in 0..40u32 {
+        shards[(i % 4) as usize].put(format!("k{i}").as_bytes(), b"v").unwrap();
+    }
+    let after = engine.stats().unwrap();
+    assert_eq!(after.commits - before.commits, 40, "every write's group is copied to the commit log");
+    // Only the commit log was synced: the shard WALs hold the frames
+    // unsynced, and a power loss now must not lose a write.
+    fs.halt();
+    drop(shards);
+    drop(engine);
+    fs.crash();
+    let engine = open(&fs).unwrap();
+    for id in 0..4u32 {
+        let s = engine.open_shard(id, false).unwrap();
+        for i in (id..40).step_by(4) {
+            assert_eq!(s.get(format!("k{i}").as_bytes()).unwrap().map(|e| e.value), Some(keel::shard::Value::Bytes(b"v".to_vec())), "k{i}");
+        }
+    }
+}
+
+#[test]
+fn copies_of_a_dropped_shard_never_reach_the_next_shard_of_its_id() {
+    for seed in 0..10 {
+        let fs = FaultFs::new(seed);
+        let engine = open(&fs).unwrap();
+        let old = engine.open_shard(1, true).unwrap();
+        for i in 0..50 {
+            old.put(format!("old{i}").as_bytes(), b"x").unwrap();
+        }
+        old.close().unwrap();
+        engine.drop_shard(1).unwrap();
+        let new = engine.open_shard(1, true).unwrap();
+        for i in 0..10 {
+            new.put(format!("new{i}").as_bytes(), b"y").unwrap();
+        }
+        // The new shard's WAL frames are not synced: after the power loss
+        // they come back from their copies, and only they do.
+        fs.halt();
+        drop(new);
+        drop(engine);
+        fs.crash();
+        let engine = open(&fs).unwrap();
+        let s = engine.open_shard(1, false).unwrap();
+        let keys: Vec<Vec<u8>> = s.scan(b"", None).unwrap().map(|r| r.unwrap().0).collect();
+        let want: Vec<Vec<u8>> = {
+            let mut k: Vec<Vec<u8>> = (0..10).map(|i| format!("new{i}").into_bytes()).collect();
+            k.sort();
+            k
+        };
+        assert_eq!(keys, want, "seed {seed}: the re-created shard holds its own writes and nothing of the dropped one");
+    }
+}
+
+#[test]
+fn checkpoints_keep_the_commit_log_bounded() {
+    let fs = FaultFs::new(3);
+    let engine = open(&fs).unwrap();
+    let shards: Vec<Shard> = (0..3).map(|id| engine.open_shard(id, true).unwrap()).collect();
+    let value = vec![b'z'; 4000];
+    // 12 MiB of copies against a checkpoint every 1 MiB.
+    for i in 0..3000u32 {
+        shards[(i % 3) as usize].put(format!("k{i}").as_bytes(), &value).unwrap();
+    }
+    let stats = engine.stats().unwrap();
+    assert!(stats.checkpoints >= 8, "{stats:?}");
+    assert!(stats.checkpoint_syncs >= stats.checkpoints, "each checkpoint synced the shards written since the last: {stats:?}");
+    let dir = Path::new("/keel/engine/commit-log");
+    let bytes: u64 = fs.list(dir).unwrap().iter().map(|n| fs.open(&dir.join(n), false).map_or(0, |f| f.len().unwrap_or(0))).sum();
+    assert!(bytes <= 4 << 20, "the commit log holds {bytes} bytes after 12 MiB of copies with a checkpoint every 1 MiB");
+    for s in &shards {
+        s.close().unwrap();
+    }
+    engine.close().unwrap();
+}
