@@ -48,7 +48,7 @@ static keel_engine_stats_t stats_of(const keel_engine_t *e) {
   memset(&st, 0, sizeof st);
   st.struct_size = sizeof st;
   CHECK_RC(KEEL_STATUS_OK, keel_engine_stats(e, &st));
-  CHECK_EQ_U64(st.struct_size, KEEL_ENGINE_STATS_SIZE_V3);
+  CHECK_EQ_U64(st.struct_size, KEEL_ENGINE_STATS_SIZE_V4);
   return st;
 }
 

@@ -247,7 +247,7 @@ static void other_options_versions(const char *root) {
   KT_ERR;
   char *dir = subdir(root, "engine");
   keel_engine_t *e = NULL;
-  NEWER_OPTIONS(keel_engine_options_t, KEEL_ENGINE_OPTIONS_SIZE_V1, KEEL_ENGINE_OPTIONS_SIZE_V5, keel_engine_options_init,
+  NEWER_OPTIONS(keel_engine_options_t, KEEL_ENGINE_OPTIONS_SIZE_V1, KEEL_ENGINE_OPTIONS_SIZE_V6, keel_engine_options_init,
                 keel_engine_options_init_sized,
                 { CHECK_OK(keel_engine_open(dir, o_, &e, &err)); CHECK_OK(keel_engine_close(e, &err)); },
                 CHECK_STATUS(KEEL_STATUS_INVALID_ARGUMENT, keel_engine_open(dir, o_, &e, &err)));
@@ -310,10 +310,11 @@ static void stats_versions(const char *root) {
   CHECK_OK(keel_engine_shard_open(e, 1, true, &s, &err));
   CHECK_OK(keel_shard_put(s, (const uint8_t *)"k", 1, (const uint8_t *)"v", 1, NULL, &err));
   NEWER_STATS(keel_shard_stats_t, KEEL_SHARD_STATS_SIZE_V2, keel_shard_stats(s, out_));
-  NEWER_STATS(keel_engine_stats_t, KEEL_ENGINE_STATS_SIZE_V3, keel_engine_stats(e, out_));
+  NEWER_STATS(keel_engine_stats_t, KEEL_ENGINE_STATS_SIZE_V4, keel_engine_stats(e, out_));
   OLDER_STATS(keel_shard_stats_t, KEEL_SHARD_STATS_SIZE_V1, keel_shard_stats(s, out_));
   OLDER_STATS(keel_engine_stats_t, KEEL_ENGINE_STATS_SIZE_V1, keel_engine_stats(e, out_));
   OLDER_STATS(keel_engine_stats_t, KEEL_ENGINE_STATS_SIZE_V2, keel_engine_stats(e, out_));
+  OLDER_STATS(keel_engine_stats_t, KEEL_ENGINE_STATS_SIZE_V3, keel_engine_stats(e, out_));
   /* A result struct: the refused call checks its size before applying. */
   NEWER_STATS(keel_apply_result_t, KEEL_APPLY_RESULT_SIZE_V1, keel_shard_apply(s, 1, NULL, NULL, out_, &err));
   keel_error_free(err);
@@ -361,6 +362,50 @@ static keel_status_t answer_one(void *user, uint64_t *index) {
   *index = 1;
   return KEEL_STATUS_OK;
 }
+/* keel_engine_options_t version 6 adds disable_commit_log: a version-5
+ * struct (non-zero memory after it) gets the commit log, whose stats
+ * (keel_engine_stats_t version 4) count a SYNC write's group; 1 turns it
+ * off (nothing counted), 2 is refused. */
+static void engine_commit_log(const char *root) {
+  KT_ERR;
+  keel_engine_t *e = NULL;
+  keel_shard_t *s = NULL;
+  CHECK_EQ_U64(offsetof(keel_engine_options_t, disable_commit_log), KEEL_ENGINE_OPTIONS_SIZE_V5);
+  CHECK_EQ_U64(offsetof(keel_engine_stats_t, commit_log_commits), KEEL_ENGINE_STATS_SIZE_V3);
+  struct { keel_engine_options_t o; uint8_t after[8]; } v5;
+  memset(&v5, CANARY, sizeof v5);
+  CHECK_RC(KEEL_STATUS_OK, keel_engine_options_init_sized(&v5.o, KEEL_ENGINE_OPTIONS_SIZE_V5));
+  CHECK(all_bytes((uint8_t *)&v5.o + KEEL_ENGINE_OPTIONS_SIZE_V5, sizeof v5 - KEEL_ENGINE_OPTIONS_SIZE_V5, CANARY));
+  char *dir = subdir(root, "engine-v5");
+  CHECK_OK(keel_engine_open(dir, &v5.o, &e, &err)); /* reads no disable_commit_log = 0xA5A5... */
+  CHECK_OK(keel_engine_shard_open(e, 1, true, &s, &err));
+  CHECK_OK(keel_shard_put(s, (const uint8_t *)"k", 1, (const uint8_t *)"v", 1, NULL, &err));
+  keel_engine_stats_t st;
+  memset(&st, 0, sizeof st);
+  st.struct_size = sizeof st;
+  CHECK_RC(KEEL_STATUS_OK, keel_engine_stats(e, &st));
+  CHECK_EQ_U64(st.struct_size, KEEL_ENGINE_STATS_SIZE_V4);
+  CHECK_EQ_U64(st.commit_log_commits, 1);
+  CHECK_EQ_U64(st.commit_log_restored_frames, 0);
+  CHECK_OK(keel_shard_close(s, &err));
+  CHECK_OK(keel_engine_close(e, &err));
+
+  keel_engine_options_t o;
+  CHECK_RC(KEEL_STATUS_OK, keel_engine_options_init_sized(&o, sizeof o));
+  CHECK_EQ_U64(o.disable_commit_log, 0);
+  o.disable_commit_log = 1;
+  CHECK_OK(keel_engine_open(dir, &o, &e, &err));
+  CHECK_OK(keel_engine_shard_open(e, 1, false, &s, &err));
+  CHECK_OK(keel_shard_put(s, (const uint8_t *)"k", 1, (const uint8_t *)"w", 1, NULL, &err));
+  CHECK_RC(KEEL_STATUS_OK, keel_engine_stats(e, &st));
+  CHECK_EQ_U64(st.commit_log_commits, 0);
+  CHECK_OK(keel_shard_close(s, &err));
+  CHECK_OK(keel_engine_close(e, &err));
+  o.disable_commit_log = 2;
+  CHECK_STATUS(KEEL_STATUS_INVALID_ARGUMENT, keel_engine_open(dir, &o, &e, &err));
+  free(dir);
+}
+
 static void lease_versions(const char *root) {
   KT_ERR;
   char *dir = subdir(root, "lease-engine");
@@ -510,6 +555,7 @@ int main(void) {
   engine_flush_threads(root);
   engine_write_stall_options(root);
   engine_max_open_files(root);
+  engine_commit_log(root);
   stats_versions(root);
   lease_versions(root);
   filled_buffers_are_refused(root);

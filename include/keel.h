@@ -154,6 +154,11 @@
 #define KEEL_ENGINE_OPTIONS_SIZE_V5 80
 
 /**
+ * sizeof(keel_engine_options_t) of version 6 (adds disable_commit_log).
+ */
+#define KEEL_ENGINE_OPTIONS_SIZE_V6 88
+
+/**
  * sizeof(keel_engine_stats_t) of version 1.
  */
 #define KEEL_ENGINE_STATS_SIZE_V1 48
@@ -168,6 +173,11 @@
  * sizeof(keel_engine_stats_t) of version 3 (adds the descriptor cache's counters).
  */
 #define KEEL_ENGINE_STATS_SIZE_V3 96
+
+/**
+ * sizeof(keel_engine_stats_t) of version 4 (adds the commit log's counters).
+ */
+#define KEEL_ENGINE_STATS_SIZE_V4 128
 
 /**
  * sizeof(keel_node_options_t) of version 1.
@@ -915,6 +925,16 @@ typedef struct keel_engine_options_t {
    * at open; otherwise at least 16.
    */
   uint64_t max_open_files;
+  /**
+   * In KEEL_DURABILITY_SYNC the engine makes its shards' writes durable
+   * through one commit log, `<dir>/commit-log/`: a write group's copy
+   * shares one fdatasync with the groups of every shard writing at the
+   * same time, and each shard's own WAL is synced only by flushes,
+   * checkpoints and close (docs/STORAGE.md, "The commit log"). 1 turns
+   * it off: each shard syncs its own WAL per group. 0 (the default) or
+   * 1 (version 6).
+   */
+  uint64_t disable_commit_log;
 } keel_engine_options_t;
 
 /**
@@ -988,6 +1008,26 @@ typedef struct keel_engine_stats_t {
    * (version 3).
    */
   uint64_t file_cache_evictions;
+  /**
+   * The commit log's counters since the engine opened, all zero without
+   * one (see keel_engine_options_t.disable_commit_log; version 4):
+   * copies of write groups it made durable,
+   */
+  uint64_t commit_log_commits;
+  /**
+   * checkpoints it took (each syncs the WALs of the shards written
+   * since the last and lets the copies up to it go),
+   */
+  uint64_t commit_log_checkpoints;
+  /**
+   * shard WAL syncs those checkpoints made,
+   */
+  uint64_t commit_log_checkpoint_syncs;
+  /**
+   * and WAL frames the engine's open gave back to shards that had lost
+   * them to a power loss.
+   */
+  uint64_t commit_log_restored_frames;
 } keel_engine_stats_t;
 
 /**

@@ -745,6 +745,10 @@ class EngineOptions {
   /// descriptor cache closes the least recently used idle one past it);
   /// 0, the default, is half the process's soft RLIMIT_NOFILE; else >= 16.
   EngineOptions& max_open_files(uint64_t n) noexcept { raw_.max_open_files = n; return *this; }
+  /// In Durability::Sync the engine makes its shards' writes durable
+  /// through one commit log shared by all of them (the default);
+  /// commit_log(false) has each shard sync its own WAL instead.
+  EngineOptions& commit_log(bool on) noexcept { raw_.disable_commit_log = on ? 0 : 1; return *this; }
 
   Durability durability() const noexcept { return static_cast<Durability>(raw_.durability); }
   std::chrono::milliseconds sync_interval() const noexcept { return std::chrono::milliseconds(raw_.sync_interval_ms); }
@@ -761,6 +765,7 @@ class EngineOptions {
     return std::chrono::milliseconds(static_cast<std::chrono::milliseconds::rep>(raw_.write_stall_timeout_ms));
   }
   uint64_t max_open_files() const noexcept { return raw_.max_open_files; }
+  bool commit_log() const noexcept { return raw_.disable_commit_log == 0; }
 
   /// The C struct, for fields this wrapper does not know yet.
   keel_engine_options_t& raw() noexcept { return raw_; }
@@ -1708,6 +1713,10 @@ struct EngineStats {
   uint64_t file_cache_hits = 0;       ///< shard file operations that found their file open
   uint64_t file_cache_misses = 0;     ///< ... that opened it again (it had been closed)
   uint64_t file_cache_evictions = 0;  ///< idle files closed to stay within the bound
+  uint64_t commit_log_commits = 0;           ///< write groups the commit log made durable
+  uint64_t commit_log_checkpoints = 0;       ///< its checkpoints
+  uint64_t commit_log_checkpoint_syncs = 0;  ///< shard WAL syncs those made
+  uint64_t commit_log_restored_frames = 0;   ///< WAL frames the open gave back after a power loss
 };
 
 /// An engine: one data directory hosting shards by id (owns a
@@ -1792,6 +1801,10 @@ class Engine : public detail::Handle<keel_engine_t, detail::close_engine> {
     o.file_cache_hits = s.file_cache_hits;
     o.file_cache_misses = s.file_cache_misses;
     o.file_cache_evictions = s.file_cache_evictions;
+    o.commit_log_commits = s.commit_log_commits;
+    o.commit_log_checkpoints = s.commit_log_checkpoints;
+    o.commit_log_checkpoint_syncs = s.commit_log_checkpoint_syncs;
+    o.commit_log_restored_frames = s.commit_log_restored_frames;
     return o;
   }
 

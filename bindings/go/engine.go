@@ -72,6 +72,11 @@ type EngineOptions struct {
 	// used idle file and opens it again when next used. 0 is half the
 	// process's soft RLIMIT_NOFILE; otherwise at least 16.
 	MaxOpenFiles uint64
+	// DisableCommitLog turns off the commit log: in DurabilitySync the
+	// engine makes its shards' writes durable through one log they all
+	// share (one fdatasync for the writes of every shard writing at the
+	// same time); with it off, each shard syncs its own WAL.
+	DisableCommitLog bool
 }
 
 // durationMs rounds d (> 0) up to whole milliseconds, saturating at limit so
@@ -129,6 +134,9 @@ func (o *EngineOptions) toC() (C.keel_engine_options_t, error) {
 		c.write_stall_timeout_ms = C.uint64_t(durationMs(o.WriteStallTimeout, math.MaxUint64))
 	}
 	c.max_open_files = C.uint64_t(o.MaxOpenFiles)
+	if o.DisableCommitLog {
+		c.disable_commit_log = 1
+	}
 	return c, nil
 }
 
@@ -331,6 +339,13 @@ type EngineStats struct {
 	FileCacheHits      uint64
 	FileCacheMisses    uint64
 	FileCacheEvictions uint64
+	// The commit log (all zero without one): write groups it made
+	// durable, its checkpoints and the shard WAL syncs they made, and
+	// the WAL frames the engine's open gave back after a power loss.
+	CommitLogCommits         uint64
+	CommitLogCheckpoints     uint64
+	CommitLogCheckpointSyncs uint64
+	CommitLogRestoredFrames  uint64
 }
 
 // Stats returns the resources the engine holds now.
@@ -359,6 +374,11 @@ func (e *Engine) Stats() (EngineStats, error) {
 		FileCacheHits:      uint64(c.file_cache_hits),
 		FileCacheMisses:    uint64(c.file_cache_misses),
 		FileCacheEvictions: uint64(c.file_cache_evictions),
+
+		CommitLogCommits:         uint64(c.commit_log_commits),
+		CommitLogCheckpoints:     uint64(c.commit_log_checkpoints),
+		CommitLogCheckpointSyncs: uint64(c.commit_log_checkpoint_syncs),
+		CommitLogRestoredFrames:  uint64(c.commit_log_restored_frames),
 	}, nil
 }
 

@@ -1305,3 +1305,26 @@ func TestEngineDescriptorCache(t *testing.T) {
 		t.Fatalf("%d files open (the cache's and the engine's LOCK), bound 16: %+v", st.OpenFiles, st)
 	}
 }
+
+// In DurabilitySync an engine's writes are made durable by its commit log
+// (one sync for every shard writing at once), unless DisableCommitLog.
+func TestEngineCommitLog(t *testing.T) {
+	for _, disable := range []bool{false, true} {
+		o := EngineOptions{Durability: DurabilitySync, WALSegmentSize: 1 << 20, DisableCommitLog: disable}
+		e, _ := openEngineT(t, "", &o)
+		for id := uint32(0); id < 3; id++ {
+			mustPut(t, openShardT(t, e, id), "k", "v")
+		}
+		st, err := e.Stats()
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := uint64(3)
+		if disable {
+			want = 0
+		}
+		if st.CommitLogCommits != want || st.CommitLogRestoredFrames != 0 {
+			t.Fatalf("DisableCommitLog %v: %+v, want %d commits", disable, st, want)
+		}
+	}
+}

@@ -41,6 +41,8 @@ pub const KEEL_ENGINE_OPTIONS_SIZE_V3: u32 = 56;
 pub const KEEL_ENGINE_OPTIONS_SIZE_V4: u32 = 72;
 /// sizeof(keel_engine_options_t) of version 5 (adds max_open_files).
 pub const KEEL_ENGINE_OPTIONS_SIZE_V5: u32 = 80;
+/// sizeof(keel_engine_options_t) of version 6 (adds disable_commit_log).
+pub const KEEL_ENGINE_OPTIONS_SIZE_V6: u32 = 88;
 
 /// Options of keel_engine_open(), applied to every shard it opens.
 /// Versioned by `struct_size` (docs/FFI.md, "Versioned structs"): fill it
@@ -101,12 +103,21 @@ pub struct keel_engine_options_t {
     /// model"). 0 (the default) for half the process's soft RLIMIT_NOFILE
     /// at open; otherwise at least 16.
     pub max_open_files: u64,
+    /// In KEEL_DURABILITY_SYNC the engine makes its shards' writes durable
+    /// through one commit log, `<dir>/commit-log/`: a write group's copy
+    /// shares one fdatasync with the groups of every shard writing at the
+    /// same time, and each shard's own WAL is synced only by flushes,
+    /// checkpoints and close (docs/STORAGE.md, "The commit log"). 1 turns
+    /// it off: each shard syncs its own WAL per group. 0 (the default) or
+    /// 1 (version 6).
+    pub disable_commit_log: u64,
 }
 
 const _: () = assert!(std::mem::offset_of!(keel_engine_options_t, salvage) == KEEL_ENGINE_OPTIONS_SIZE_V1 as usize);
 const _: () = assert!(std::mem::offset_of!(keel_engine_options_t, flush_threads) == KEEL_ENGINE_OPTIONS_SIZE_V2 as usize);
 const _: () = assert!(std::mem::offset_of!(keel_engine_options_t, max_unflushed_wal_bytes) == KEEL_ENGINE_OPTIONS_SIZE_V3 as usize);
 const _: () = assert!(std::mem::offset_of!(keel_engine_options_t, max_open_files) == KEEL_ENGINE_OPTIONS_SIZE_V4 as usize);
+const _: () = assert!(std::mem::offset_of!(keel_engine_options_t, disable_commit_log) == KEEL_ENGINE_OPTIONS_SIZE_V5 as usize);
 versioned!(
     keel_engine_options_t,
     [
@@ -114,14 +125,15 @@ versioned!(
         KEEL_ENGINE_OPTIONS_SIZE_V2,
         KEEL_ENGINE_OPTIONS_SIZE_V3,
         KEEL_ENGINE_OPTIONS_SIZE_V4,
-        KEEL_ENGINE_OPTIONS_SIZE_V5
+        KEEL_ENGINE_OPTIONS_SIZE_V5,
+        KEEL_ENGINE_OPTIONS_SIZE_V6
     ]
 );
 
 fn default_options() -> keel_engine_options_t {
     let d = shard::Options::default();
     keel_engine_options_t {
-        struct_size: KEEL_ENGINE_OPTIONS_SIZE_V5,
+        struct_size: KEEL_ENGINE_OPTIONS_SIZE_V6,
         durability: KEEL_DURABILITY_SYNC,
         sync_interval_ms: 100,
         max_sealed_segments: d.max_sealed as u32,
@@ -135,6 +147,7 @@ fn default_options() -> keel_engine_options_t {
         max_unflushed_wal_bytes: 0,
         write_stall_timeout_ms: 0,
         max_open_files: d.max_open_files as u64,
+        disable_commit_log: !d.commit_log as u64,
     }
 }
 
@@ -199,6 +212,11 @@ fn options_from_c(p: *const keel_engine_options_t) -> crate::Result<shard::Optio
             ms => Duration::from_millis(ms),
         },
         max_open_files: usize::try_from(o.max_open_files).map_err(|_| Error::invalid("max_open_files is too large"))?,
+        commit_log: match o.disable_commit_log {
+            0 => true,
+            1 => false,
+            other => return Err(Error::invalid(format!("disable_commit_log {other} is not 0 or 1"))),
+        },
         ..shard::Options::default()
     };
     opts.validate()?;
@@ -310,6 +328,8 @@ pub const KEEL_ENGINE_STATS_SIZE_V1: u32 = 48;
 pub const KEEL_ENGINE_STATS_SIZE_V2: u32 = 64;
 /// sizeof(keel_engine_stats_t) of version 3 (adds the descriptor cache's counters).
 pub const KEEL_ENGINE_STATS_SIZE_V3: u32 = 96;
+/// sizeof(keel_engine_stats_t) of version 4 (adds the commit log's counters).
+pub const KEEL_ENGINE_STATS_SIZE_V4: u32 = 128;
 
 /// What keel_engine_stats() reports: the resources the engine holds now.
 /// The caller sets `struct_size` to sizeof(keel_engine_stats_t) before
@@ -357,10 +377,26 @@ pub struct keel_engine_stats_t {
     /// Idle shard files the cache closed to stay within max_open_files
     /// (version 3).
     pub file_cache_evictions: u64,
+    /// The commit log's counters since the engine opened, all zero without
+    /// one (see keel_engine_options_t.disable_commit_log; version 4):
+    /// copies of write groups it made durable,
+    pub commit_log_commits: u64,
+    /// checkpoints it took (each syncs the WALs of the shards written
+    /// since the last and lets the copies up to it go),
+    pub commit_log_checkpoints: u64,
+    /// shard WAL syncs those checkpoints made,
+    pub commit_log_checkpoint_syncs: u64,
+    /// and WAL frames the engine's open gave back to shards that had lost
+    /// them to a power loss.
+    pub commit_log_restored_frames: u64,
 }
 const _: () = assert!(std::mem::offset_of!(keel_engine_stats_t, write_stalls) == KEEL_ENGINE_STATS_SIZE_V1 as usize);
 const _: () = assert!(std::mem::offset_of!(keel_engine_stats_t, max_open_files) == KEEL_ENGINE_STATS_SIZE_V2 as usize);
-versioned!(keel_engine_stats_t, [KEEL_ENGINE_STATS_SIZE_V1, KEEL_ENGINE_STATS_SIZE_V2, KEEL_ENGINE_STATS_SIZE_V3]);
+const _: () = assert!(std::mem::offset_of!(keel_engine_stats_t, commit_log_commits) == KEEL_ENGINE_STATS_SIZE_V3 as usize);
+versioned!(
+    keel_engine_stats_t,
+    [KEEL_ENGINE_STATS_SIZE_V1, KEEL_ENGINE_STATS_SIZE_V2, KEEL_ENGINE_STATS_SIZE_V3, KEEL_ENGINE_STATS_SIZE_V4]
+);
 
 /// Fills `*out` with the engine's resource counters.
 /// Errors: NULL_ARGUMENT, INVALID_ARGUMENT (struct_size too small, or not
@@ -370,7 +406,7 @@ pub extern "C" fn keel_engine_stats(engine: *const keel_engine_t, out: *mut keel
     ffi_boundary!(std::ptr::null_mut(), engine, {
         let st = try_handle!(engine).stats()?;
         let value = keel_engine_stats_t {
-            struct_size: KEEL_ENGINE_STATS_SIZE_V3,
+            struct_size: KEEL_ENGINE_STATS_SIZE_V4,
             open_shards: st.open_shards.min(u32::MAX as u64) as u32,
             threads: st.threads,
             open_files: st.open_files,
@@ -383,6 +419,10 @@ pub extern "C" fn keel_engine_stats(engine: *const keel_engine_t, out: *mut keel
             file_cache_hits: st.file_cache_hits,
             file_cache_misses: st.file_cache_misses,
             file_cache_evictions: st.file_cache_evictions,
+            commit_log_commits: st.commits,
+            commit_log_checkpoints: st.checkpoints,
+            commit_log_checkpoint_syncs: st.checkpoint_syncs,
+            commit_log_restored_frames: st.restored_frames,
         };
         write_stats(out, value)
     })

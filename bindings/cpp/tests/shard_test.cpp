@@ -345,6 +345,25 @@ TEST(Engine, StatsCountResourcesNotThreadsPerShard) {
   expect_error(Engine().stats(), Status::Closed);
 }
 
+TEST(Engine, CommitLogMakesSyncWritesDurable) {
+  for (bool on : {true, false}) {
+    TempDir tmp;
+    Engine engine;
+    ASSERT_NO_FATAL_FAILURE(open_engine(tmp.engine(), small(Durability::Sync).commit_log(on), engine));
+    std::vector<Shard> shards(3);
+    for (uint32_t id = 0; id < shards.size(); id++) {
+      ASSERT_NO_FATAL_FAILURE(open_shard(engine, id, shards[id]));
+      KEEL_ASSERT_OK(shards[id].put("k", "v"));
+    }
+    auto st = engine.stats();
+    KEEL_ASSERT_OK(st);
+    EXPECT_EQ(st->commit_log_commits, on ? 3u : 0u) << "a SYNC write's group is copied to the commit log when it is on";
+    EXPECT_EQ(st->commit_log_restored_frames, 0u);
+  }
+  EXPECT_TRUE(EngineOptions().commit_log());
+  EXPECT_FALSE(EngineOptions().commit_log(false).commit_log());
+}
+
 TEST(Engine, DescriptorCacheBoundsOpenFiles) {
   TempDir tmp;
   Engine engine;
