@@ -129,7 +129,8 @@ pub(crate) struct CommitLog {
     since: AtomicU64,
     checkpoint_bytes: u64,
     /// One checkpoint at a time; a writer finding one running goes on.
-    /// Holds the sequence number of the last checkpoint record appended.
+    /// Holds the highest sequence number the checkpoints cover: every
+    /// copy at or below it is in its member's durable log.
     checkpointing: Mutex<u64>,
     stats: Counters,
 }
@@ -251,8 +252,8 @@ impl CommitLog {
         self.checkpoint_locked(&mut self.checkpointing.lock())
     }
 
-    /// `last`: the sequence number of the last checkpoint record.
-    fn checkpoint_locked(&self, last: &mut u64) -> Result<()> {
+    /// `covered`: what the checkpoints cover so far (`checkpointing`).
+    fn checkpoint_locked(&self, covered: &mut u64) -> Result<()> {
         self.since.store(0, Ordering::Release);
         // J first, then the set: a copy at or below J was appended after
         // its member was listed, so the member is in the set taken below.
@@ -276,14 +277,16 @@ impl CommitLog {
             return Err(e);
         }
         self.with_log(|log| {
-            // Nothing appended since the last checkpoint, or since the log
-            // was last emptied.
-            if upto <= *last || upto < log.first_seq() {
+            // No copy since the last checkpoint, or since the log was
+            // last emptied.
+            if upto <= *covered || upto < log.first_seq() {
                 return Ok(());
             }
             let mut record = vec![CHECKPOINT];
             record.extend_from_slice(&upto.to_le_bytes());
-            *last = log.append(&record)?;
+            let at = log.append(&record)?;
+            // The record covers itself unless copies came in between.
+            *covered = if at == upto + 1 { at } else { upto };
             self.stats.checkpoints.fetch_add(1, Ordering::Relaxed);
             log.ack(upto)
         })
