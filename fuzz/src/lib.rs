@@ -384,6 +384,7 @@ fn options(mapped: bool, recovery: RecoveryMode) -> Options {
         max_record_size: 0,
         prepare_ahead: false,
         allow_foreign_files: false,
+        restorable_tail: false,
     }
 }
 
