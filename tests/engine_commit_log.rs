@@ -260,3 +260,29 @@ fn checkpoints_keep_the_commit_log_bounded() {
     }
     engine.close().unwrap();
 }
+
+#[test]
+fn a_group_too_large_for_the_commit_log_syncs_its_own_wal() {
+    let fs = FaultFs::new(5);
+    let engine = open(&fs).unwrap();
+    let s = engine.open_shard(1, true).unwrap();
+    // The largest value a 64 KiB segment's record takes: its copy, with
+    // the copy's own header, is too large for the commit log's records.
+    let mut size = 64 << 10;
+    let value = loop {
+        let v = vec![b'x'; size];
+        match s.put(b"big", &v) {
+            Ok(_) => break v,
+            Err(_) => size -= 16,
+        }
+    };
+    let stats = engine.stats().unwrap();
+    assert_eq!(stats.commits, 0, "the copy was refused, so the write synced its shard's WAL: {stats:?}");
+    fs.halt();
+    drop(s);
+    drop(engine);
+    fs.crash();
+    let engine = open(&fs).unwrap();
+    let s = engine.open_shard(1, false).unwrap();
+    assert_eq!(s.get(b"big").unwrap().map(|e| e.value), Some(keel::shard::Value::Bytes(value)), "durable without its copy");
+}

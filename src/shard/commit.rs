@@ -12,7 +12,6 @@
 use super::{Inner, Options};
 use crate::error::{Error, Result};
 use crate::fs::{FileSystem, StdFs};
-use crate::status::KEEL_STATUS_INVALID_ARGUMENT;
 use crate::wal::commit_log::{encode_copy, CommitLog, Copied, Member};
 use crate::wal::{self, Durability, Wal};
 use parking_lot::Mutex;
@@ -83,12 +82,10 @@ impl Inner {
                 // The buffer is kept for the next group's copy.
                 copy.clear();
                 *c.staged.lock() = copy;
-                match committed {
-                    Ok(()) => return Ok(()),
-                    // A copy too large for the commit log's records.
-                    Err(e) if e.status == KEEL_STATUS_INVALID_ARGUMENT => {}
-                    // A failed commit log still leaves the shard's own WAL.
-                    Err(_) => {}
+                // Refused (a copy larger than the commit log's records) or
+                // failed, the group is made durable in the shard's own WAL.
+                if committed.is_ok() {
+                    return Ok(());
                 }
             }
         }
