@@ -95,6 +95,14 @@ impl Inner {
         }
     }
 
+    /// After a write, outside the gate and the WAL's lock: the commit
+    /// log's checkpoint, when one is due, runs here.
+    pub(super) fn checkpoint_if_due(&self) {
+        if let Some(c) = &self.commit {
+            c.log.checkpoint_if_due();
+        }
+    }
+
     /// Closing the shard's WAL failed: its copies must stay.
     pub(super) fn note_close_failed(&self) {
         if let Some(c) = &self.commit {

@@ -862,6 +862,7 @@ impl Shard {
             admitted.logged(w.last);
             w
         };
+        inner.checkpoint_if_due();
         // Outside the WAL's read lock: the hook reads the WAL itself, and
         // a close waiting for that lock must not wait for the hook.
         // The flag is set under a write hold, before any write it must

@@ -14,9 +14,10 @@
 //! last sequence number J, syncs every member written since the last
 //! checkpoint, appends (durably) a checkpoint record saying "every copy up
 //! to J is in its member's file", then acknowledges the log up to J so
-//! whole segments of old copies are deleted. The writer whose commit
-//! crosses `checkpoint_bytes` runs it, after its own write returned to the
-//! gate (it holds no member's lock). A member joins the set to sync before
+//! whole segments of old copies are deleted. Once `checkpoint_bytes` of
+//! copies came since the last one, a member's writer runs it after its
+//! write (`checkpoint_if_due`), holding none of its member's locks: the
+//! member's other writers go on meanwhile. A member joins the set to sync before
 //! its copy is appended, so a copy at or below J belongs to a member that
 //! the checkpoint syncs, or that synced after writing it.
 //!
@@ -226,9 +227,8 @@ impl CommitLog {
     /// Makes `copy` (from `encode_copy`) durable, sharing the fdatasync with
     /// the other members committing now; `member` (whose `listed` flag is
     /// `listed`) wrote the frame it copies to its own log before this
-    /// call. Then, past `checkpoint_bytes` since the last checkpoint, takes
-    /// one (its error is not the write's: the copy is durable, and a later
-    /// commit tries again).
+    /// call. Past `checkpoint_bytes` of copies since the last checkpoint,
+    /// one is due (`checkpoint_if_due`).
     pub fn commit(&self, copy: &[u8], listed: &AtomicBool, member: &Weak<dyn Member>) -> Result<()> {
         // Listed before the copy is appended (see the module comment).
         if !listed.swap(true, Ordering::AcqRel) {
@@ -236,13 +236,21 @@ impl CommitLog {
         }
         self.with_log(|log| log.append(copy))?;
         self.stats.commits.fetch_add(1, Ordering::Relaxed);
-        let since = self.since.fetch_add(copy.len() as u64, Ordering::AcqRel) + copy.len() as u64;
-        if since >= self.checkpoint_bytes {
-            if let Some(mut last) = self.checkpointing.try_lock() {
-                let _ = self.checkpoint_locked(&mut last);
-            }
-        }
+        self.since.fetch_add(copy.len() as u64, Ordering::AcqRel);
         Ok(())
+    }
+
+    /// Takes a checkpoint if one is due and none is running; for a
+    /// member's writer after its write, holding none of the member's
+    /// locks. Its error is not the write's (the copy is durable): the
+    /// checkpoint is due again after `checkpoint_bytes` more of copies.
+    pub fn checkpoint_if_due(&self) {
+        if self.since.load(Ordering::Acquire) < self.checkpoint_bytes {
+            return;
+        }
+        if let Some(mut covered) = self.checkpointing.try_lock() {
+            let _ = self.checkpoint_locked(&mut covered);
+        }
     }
 
     /// Takes a checkpoint now: on return every copy appended before the
