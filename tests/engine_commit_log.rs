@@ -68,6 +68,16 @@ fn open(fs: &FaultFs) -> Result<Engine, String> {
     open_with(fs, Steps::default())
 }
 
+/// The process dies (its shard handles `held` and `engine` with it), the
+/// power goes, and a new process opens the engine.
+fn power_loss<T>(fs: &FaultFs, held: T, engine: Engine) -> Engine {
+    fs.halt();
+    drop(held);
+    drop(engine);
+    fs.crash();
+    open(fs).unwrap()
+}
+
 /// What a seed did: frames the engine opens restored in all, the faults
 /// injected, the syncs asked for (the same seed must give the same).
 type Outcome = (u64, Vec<String>, u64);
@@ -193,11 +203,7 @@ fn a_write_syncs_the_commit_log_not_its_shard_wal() {
     assert_eq!(after.commits - before.commits, 40, "every write's group is copied to the commit log");
     // Only the commit log was synced: the shard WALs hold the frames
     // unsynced, and a power loss now must not lose a write.
-    fs.halt();
-    drop(shards);
-    drop(engine);
-    fs.crash();
-    let engine = open(&fs).unwrap();
+    let engine = power_loss(&fs, shards, engine);
     for id in 0..4u32 {
         let s = engine.open_shard(id, false).unwrap();
         for i in (id..40).step_by(4) {
@@ -223,11 +229,7 @@ fn copies_of_a_dropped_shard_never_reach_the_next_shard_of_its_id() {
         }
         // The new shard's WAL frames are not synced: after the power loss
         // they come back from their copies, and only they do.
-        fs.halt();
-        drop(new);
-        drop(engine);
-        fs.crash();
-        let engine = open(&fs).unwrap();
+        let engine = power_loss(&fs, new, engine);
         let s = engine.open_shard(1, false).unwrap();
         let keys: Vec<Vec<u8>> = s.scan(b"", None).unwrap().map(|r| r.unwrap().0).collect();
         let want: Vec<Vec<u8>> = {
@@ -278,11 +280,7 @@ fn a_group_too_large_for_the_commit_log_syncs_its_own_wal() {
     };
     let stats = engine.stats().unwrap();
     assert_eq!(stats.commits, 0, "the copy was refused, so the write synced its shard's WAL: {stats:?}");
-    fs.halt();
-    drop(s);
-    drop(engine);
-    fs.crash();
-    let engine = open(&fs).unwrap();
+    let engine = power_loss(&fs, s, engine);
     let s = engine.open_shard(1, false).unwrap();
     assert_eq!(s.get(b"big").unwrap().map(|e| e.value), Some(keel::shard::Value::Bytes(value)), "durable without its copy");
 }

@@ -247,11 +247,10 @@ impl Engine {
     /// any shard opens.
     fn open_commit_log(&self) -> Result<Option<Arc<CommitLog>>> {
         let log_dir = self.dir.join(COMMIT_LOG);
-        if self.opts.durability != Durability::Sync || !self.opts.commit_log {
-            // Copies written before the log was turned off still go back.
-            if !self.exists(&log_dir)? {
-                return Ok(None);
-            }
+        let wanted = self.opts.durability == Durability::Sync && self.opts.commit_log;
+        // Copies written before the log was turned off still go back.
+        if !wanted && !self.exists(&log_dir)? {
+            return Ok(None);
         }
         let fs = self.host.files.wrap(match self.injected_fs {
             true => self.fs.clone(),
@@ -275,7 +274,7 @@ impl Engine {
             shard::restore_wal(&dir, &self.opts, fs, &self.host, copies)
                 .map_err(|e| Error::new(e.status, format!("restoring shard {id}'s WAL from the engine's commit log: {}", e.message)))
         })?;
-        if self.opts.durability != Durability::Sync || !self.opts.commit_log {
+        if !wanted {
             log.close()?;
             return Ok(None);
         }

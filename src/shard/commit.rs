@@ -11,7 +11,7 @@
 
 use super::{Inner, Options};
 use crate::error::{Error, Result};
-use crate::fs::{FileSystem, StdFs};
+use crate::fs::FileSystem;
 use crate::wal::commit_log::{encode_copy, CommitLog, Copied, Member};
 use crate::wal::{self, Durability, Wal};
 use parking_lot::Mutex;
@@ -141,11 +141,7 @@ pub(crate) fn restore_wal(
     host: &super::pool::Host,
     copies: Vec<Copied>,
 ) -> Result<u64> {
-    let wal_opts = committed_wal(&opts.wal_options());
-    let wal_fs = super::wal_fs(&fs, Some(host), opts.durability);
-    let seg_fs = fs.unwrap_or_else(|| Arc::new(StdFs::direct()));
-    let persisted = super::manifest::Manifest::persisted_of(&*seg_fs, dir);
-    let wal = Wal::open_owned(&dir.join("wal"), wal_opts, Some(wal_fs), Some(&host.wal), persisted)?;
+    let wal = super::open_wal(dir, opts, &fs, Some(host), true)?;
     let mut restored = 0;
     for c in copies {
         let last = wal.last_seq();

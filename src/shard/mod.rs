@@ -300,15 +300,30 @@ impl Inner {
     }
 }
 
-/// The file system of a shard's WAL: `fs` if the caller gave one (tests),
-/// otherwise the real one with the write strategy of `durability`; in an
-/// engine's descriptor cache when `host` is given.
-fn wal_fs(fs: &Option<Arc<dyn FileSystem>>, host: Option<&pool::Host>, durability: Durability) -> Arc<dyn FileSystem> {
-    let wal_fs = fs.clone().unwrap_or_else(|| wal::std_fs(durability));
-    match host {
+/// Opens the WAL of the shard in `dir` as its open does (and the commit
+/// log's restore, `committed`): through `fs` if the caller gave one
+/// (tests), otherwise the real file system with the write strategy of the
+/// shard's durability; in an engine's descriptor cache and on its workers
+/// when `host` is given.
+fn open_wal(dir: &Path, opts: &Options, fs: &Option<Arc<dyn FileSystem>>, host: Option<&pool::Host>, committed: bool) -> Result<Wal> {
+    let wal_opts = match committed {
+        true => commit::committed_wal(&opts.wal_options()),
+        false => opts.wal_options(),
+    };
+    // Written as in `sync` mode (no mapping) even when the commit log
+    // syncs it: a mapped `none` log pre-faults its active and spare
+    // segments, up to twice wal_segment_size of memory per written
+    // shard, for about a tenth more puts in the 64-shard bench.
+    let wal_fs = fs.clone().unwrap_or_else(|| wal::std_fs(opts.durability));
+    let wal_fs = match host {
         Some(h) => h.files.wrap(wal_fs),
         None => wal_fs,
-    }
+    };
+    // What the manifest says is in segment files: the WAL's open need not
+    // read the frames of segments that hold nothing newer.
+    let seg_fs = fs.clone().unwrap_or_else(|| Arc::new(StdFs::direct()));
+    let persisted = manifest::Manifest::persisted_of(&*seg_fs, dir);
+    Wal::open_owned(&dir.join("wal"), wal_opts, Some(wal_fs), host.map(|h| &h.wal), persisted)
 }
 
 /// A group's frame stays below this many bytes (a batch larger than it
@@ -637,21 +652,9 @@ impl Shard {
         commit: Option<(Arc<wal::commit_log::CommitLog>, u32)>,
     ) -> Result<Shard> {
         opts.validate()?;
-        let wal_dir = dir.join("wal");
         let commit = commit.filter(|_| opts.durability == Durability::Sync);
-        let wal_opts = match commit {
-            Some(_) => commit::committed_wal(&opts.wal_options()),
-            None => opts.wal_options(),
-        };
-        // Written as in `sync` mode (no mapping) even when the commit log
-        // syncs it: a mapped `none` log pre-faults its active and spare
-        // segments, up to twice wal_segment_size of memory per written
-        // shard, for about a tenth more puts in the 64-shard bench.
-        let wal_fs = wal_fs(&fs, host, opts.durability);
-        let seg_fs = fs.unwrap_or_else(|| Arc::new(StdFs::direct()));
-        let persisted = manifest::Manifest::persisted_of(&*seg_fs, dir);
-        let wal = Wal::open_owned(&wal_dir, wal_opts, Some(wal_fs), host.map(|h| &h.wal), persisted)?;
-        let fs = seg_fs;
+        let wal = open_wal(dir, &opts, &fs, host, commit.is_some())?;
+        let fs = fs.unwrap_or_else(|| Arc::new(StdFs::direct()));
         // An engine's shards keep their files in its descriptor cache.
         let fs = match host {
             Some(h) => h.files.wrap(fs),
