@@ -221,10 +221,13 @@ clean:
 # The shard crash loop (tests/shard_kill9.rs) runs SHARD_SOAK_CYCLES
 # (default 3,000) with the ordered flush after the WAL soak, in its
 # deterministic mode and then in its exploring mode (timed kills, also in
-# the middle of recovery, seeded pauses in the flush); the shard fault
+# the middle of recovery, seeded pauses in the flush), and an engine in
+# sync durability (commit log, write-behind shard WALs) runs
+# COMMITTED_SOAK_CYCLES (default 300); the shard fault
 # seeds run in exploring mode too (SHARD_EXPLORE_SEEDS, default 2,000).
 # Then the WAL fault seeds run WAL_FAULT_SEEDS (default 20,000, and a
-# quarter as many with growing segments; make test runs 3,000).
+# quarter as many each with growing segments and with write-behind;
+# make test runs 3,000).
 # tests/engine_fds.rs then runs 10,000 shards in one engine under
 # RLIMIT_NOFILE 1024 (make test runs 600, in a debug build).
 # Last, the Go raft test cluster runs each of its tests on
@@ -235,6 +238,8 @@ soak: lib
 	  ordered_flush_survives_kill9 -- --nocapture
 	KEEL_SHARD_KILL9_EXPLORE=1 KEEL_SHARD_KILL9_CYCLES=$${SHARD_SOAK_CYCLES:-3000} $(CARGO) test --release --locked \
 	  --test shard_kill9 ordered_flush_survives_kill9 -- --nocapture
+	KEEL_SHARD_KILL9_COMMITTED_CYCLES=$${COMMITTED_SOAK_CYCLES:-300} $(CARGO) test --release --locked --test shard_kill9 \
+	  committed_engine_shards_survive_kill9 -- --nocapture
 	KEEL_SHARD_FAULT_EXPLORE=1 KEEL_SHARD_FAULT_SEEDS=$${SHARD_EXPLORE_SEEDS:-2000} $(CARGO) test --release --locked \
 	  --test shard_faults -- --nocapture
 	KEEL_FAULT_SEEDS=$${WAL_FAULT_SEEDS:-20000} KEEL_FAULT_SEED_START=100000 $(CARGO) test --release --locked \

@@ -28,6 +28,10 @@
 //! workers take turns in lockstep, so the schedule stays the seed's):
 //! most writes go to 4 hot shards, which seal and merge, the others get a
 //! few each (KEEL_SHARD_KILL9_ENGINE_CYCLES, default 30).
+//! `committed_engine_shards_survive_kill9` runs that engine in `sync`
+//! durability: writes durable through its commit log, the shards' WALs
+//! holding their newest frames in memory (KEEL_SHARD_KILL9_COMMITTED_CYCLES,
+//! default 15).
 //! `unordered_flush_loses_posting_items` (cargo feature `unordered-flush`)
 //! flushes the segments in a seeded random order (what F1–F3 prevent) and
 //! must find lost or duplicated items: the proof that the checker sees
@@ -61,11 +65,15 @@ const KILL_RANGE: u64 = 1_000;
 const ENGINE_SHARDS: u32 = 16;
 const ENGINE_FLUSH_THREADS: usize = 2;
 
-fn options(unordered_seed: Option<u64>, steps: Steps) -> Options {
+/// `sync`: the engine's writes are durable through its commit log, and its
+/// shards' own WALs hold their newest frames in memory (write-behind),
+/// which a kill loses and the engine's open gives back from the commit
+/// log. Otherwise `none`: a process crash keeps the page cache.
+fn options(unordered_seed: Option<u64>, steps: Steps, sync: bool) -> Options {
     #[cfg(not(feature = "unordered-flush"))]
     assert!(unordered_seed.is_none(), "the unordered flush needs the cargo feature unordered-flush");
     Options {
-        durability: Durability::None, // a process crash keeps the page cache
+        durability: if sync { Durability::Sync } else { Durability::None },
         wal_segment_size: 64 << 10,
         flush_interval: Some(Duration::from_millis(3)),
         seal_bytes: 6 << 10,
@@ -171,6 +179,8 @@ struct Spec {
     unordered: bool,
     /// `dir` is an engine's (ENGINE_SHARDS shards), not one shard's.
     engine: bool,
+    /// Durability sync (`options`).
+    sync: bool,
     /// Deterministic: SIGKILL itself at this step (0: never, run to the end).
     /// None: exploring, the parent kills it at a random time.
     kill_at: Option<u64>,
@@ -179,7 +189,7 @@ struct Spec {
 impl Spec {
     fn encode(&self) -> String {
         let kill = self.kill_at.map_or("explore".to_string(), |k| k.to_string());
-        format!("{}|{}|{}|{}|{kill}", self.dir.display(), self.seed, self.unordered as u8, self.engine as u8)
+        format!("{}|{}|{}|{}|{}|{kill}", self.dir.display(), self.seed, self.unordered as u8, self.engine as u8, self.sync as u8)
     }
 
     fn decode(s: &str) -> Spec {
@@ -189,7 +199,8 @@ impl Spec {
             seed: p[1].parse().unwrap(),
             unordered: p[2] == "1",
             engine: p[3] == "1",
-            kill_at: p[4].parse().ok(),
+            sync: p[4] == "1",
+            kill_at: p[5].parse().ok(),
         }
     }
 }
@@ -205,7 +216,7 @@ fn child_main(spec: &str) -> ! {
         Some(_) => Steps::new(lockstep.clone()),
         None => Steps::new(Arc::new(Jitter::new(spec.seed, 200))),
     };
-    let target = match Target::open(&spec.dir, spec.engine, options(unordered, steps)) {
+    let target = match Target::open(&spec.dir, spec.engine, options(unordered, steps, spec.sync)) {
         Ok(t) => t,
         Err(e) => {
             report(&format!("E open: {e}\n"));
@@ -331,15 +342,15 @@ fn scanned(s: &Shard) -> Result<Model, String> {
     s.scan(b"", None).map_err(|e| e.to_string())?.map(|r| r.map(|(k, e)| (k, e.value))).collect::<Result<_, _>>().map_err(|e| e.to_string())
 }
 
-fn recovered(dir: &Path, engine: bool) -> Result<Model, String> {
+fn recovered(dir: &Path, engine: bool, sync: bool) -> Result<Model, String> {
     if !engine {
-        let s = Shard::open(dir, options(None, Steps::default())).map_err(|e| format!("reopen: {e}"))?;
+        let s = Shard::open(dir, options(None, Steps::default(), sync)).map_err(|e| format!("reopen: {e}"))?;
         let m = scanned(&s);
         s.close().map_err(|e| format!("close: {e}"))?;
         return m;
     }
     // A child killed before its engine opened every shard lists fewer.
-    let e = Engine::open(dir, options(None, Steps::default())).map_err(|e| format!("reopen: {e}"))?;
+    let e = Engine::open(dir, options(None, Steps::default(), sync)).map_err(|e| format!("reopen: {e}"))?;
     let mut all = Model::new();
     for id in e.list_shards().map_err(|e| e.to_string())? {
         let s = e.open_shard(id, false).map_err(|e| format!("reopen shard {id}: {e}"))?;
@@ -353,7 +364,7 @@ fn recovered(dir: &Path, engine: bool) -> Result<Model, String> {
 
 /// Runs crash cycles; returns the first violation found (with the command
 /// context), or None after `cycles` clean cycles.
-fn crash_loop(test: &str, cycles: u64, unordered: bool, engine: bool, explore: bool, seed: u64) -> Option<String> {
+fn crash_loop(test: &str, cycles: u64, unordered: bool, engine: bool, sync: bool, explore: bool, seed: u64) -> Option<String> {
     let mut rng = Rng::new(seed);
     let mut done = 0;
     let ops = if engine { engine_batch } else { batch };
@@ -369,13 +380,13 @@ fn crash_loop(test: &str, cycles: u64, unordered: bool, engine: bool, explore: b
             let child_seed = rng.next() % 1_000_000_007;
             // One deterministic child in eight runs to the end and closes.
             let kill_at = (!explore).then(|| if rng.chance(125) { 0 } else { 1 + rng.below(KILL_RANGE) });
-            let spec = Spec { dir: dir.clone(), seed: child_seed, unordered, engine, kill_at };
+            let spec = Spec { dir: dir.clone(), seed: child_seed, unordered, engine, sync, kill_at };
             let at = kill_at.map_or("at a random time".into(), |k| format!("at step {k}"));
             let acked = match run_child(test, &spec, &mut rng) {
                 Ok(n) => n,
                 Err(e) => return Some(format!("cycle {done} (child seed {child_seed}, killed {at}): {e}")),
             };
-            let got = match recovered(&dir, engine) {
+            let got = match recovered(&dir, engine, sync) {
                 Ok(m) => m,
                 Err(e) => return Some(format!("cycle {done} (child seed {child_seed}, killed {at}, {acked} acked): {e}")),
             };
@@ -423,7 +434,7 @@ fn ordered_flush_survives_kill9() {
     let cycles = env_u64("KEEL_SHARD_KILL9_CYCLES").unwrap_or(200);
     let (seed, explore) = (seed(), explore());
     let started = Instant::now();
-    if let Some(failure) = crash_loop("ordered_flush_survives_kill9", cycles, false, false, explore, seed) {
+    if let Some(failure) = crash_loop("ordered_flush_survives_kill9", cycles, false, false, false, explore, seed) {
         let how = if explore { "KEEL_SHARD_KILL9_EXPLORE=1 " } else { "" };
         panic!("ordered flush lost data: {failure}\nreplay: {how}KEEL_SHARD_KILL9_SEED={seed} cargo test --test shard_kill9 ordered");
     }
@@ -439,12 +450,34 @@ fn engine_shards_on_a_shared_pool_survive_kill9() {
     let cycles = env_u64("KEEL_SHARD_KILL9_ENGINE_CYCLES").unwrap_or(30);
     let (seed, explore) = (seed(), explore());
     let started = Instant::now();
-    if let Some(failure) = crash_loop("engine_shards_on_a_shared_pool_survive_kill9", cycles, false, true, explore, seed) {
+    if let Some(failure) = crash_loop("engine_shards_on_a_shared_pool_survive_kill9", cycles, false, true, false, explore, seed) {
         let how = if explore { "KEEL_SHARD_KILL9_EXPLORE=1 " } else { "" };
         panic!("an engine's shards lost data: {failure}\nreplay: {how}KEEL_SHARD_KILL9_SEED={seed} cargo test --test shard_kill9 engine_shards");
     }
     println!(
         "shard kill9: {cycles} cycles, {ENGINE_SHARDS} shards on a pool of {ENGINE_FLUSH_THREADS}, 0 violations, {:.1} s (seed {seed})",
+        started.elapsed().as_secs_f64()
+    );
+}
+
+/// The engine in `sync` durability: every acknowledged write is durable in
+/// the engine's commit log, while the shards' own WALs hold their newest
+/// frames in memory, so a kill takes them and the reopened engine must
+/// give them back from their copies before its shards open.
+#[test]
+fn committed_engine_shards_survive_kill9() {
+    if let Ok(spec) = std::env::var(CHILD_ENV) {
+        child_main(&spec);
+    }
+    let cycles = env_u64("KEEL_SHARD_KILL9_COMMITTED_CYCLES").unwrap_or(15);
+    let (seed, explore) = (seed(), explore());
+    let started = Instant::now();
+    if let Some(failure) = crash_loop("committed_engine_shards_survive_kill9", cycles, false, true, true, explore, seed) {
+        let how = if explore { "KEEL_SHARD_KILL9_EXPLORE=1 " } else { "" };
+        panic!("an engine's committed shards lost data: {failure}\nreplay: {how}KEEL_SHARD_KILL9_SEED={seed} cargo test --test shard_kill9 committed");
+    }
+    println!(
+        "shard kill9: {cycles} cycles, {ENGINE_SHARDS} shards in sync durability (commit log, write-behind WALs), 0 violations, {:.1} s (seed {seed})",
         started.elapsed().as_secs_f64()
     );
 }
@@ -459,7 +492,7 @@ fn unordered_flush_loses_posting_items() {
         child_main(&spec);
     }
     let seed = env_u64("KEEL_SHARD_KILL9_SEED").unwrap_or(1);
-    match crash_loop("unordered_flush_loses_posting_items", 400, true, false, false, seed) {
+    match crash_loop("unordered_flush_loses_posting_items", 400, true, false, false, false, seed) {
         Some(found) => println!("unordered flush, as expected: {found}"),
         None => panic!("400 crash cycles with the unordered flush found no loss (seed {seed}): the checker is blind"),
     }

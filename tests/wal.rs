@@ -227,6 +227,52 @@ fn limits_and_locking() {
     assert_eq!(read_all(&wal, seq)[0].1, limit);
 }
 
+/// Whether `needle` occurs in the log's segment files (what a crash of
+/// the process would leave, the page cache being kept).
+fn on_file(dir: &Path, needle: &[u8]) -> bool {
+    segment_files(dir).iter().any(|f| std::fs::read(f).unwrap().windows(needle.len()).any(|w| w == needle))
+}
+
+/// A write-behind log holds its newest frames in memory: they reach the
+/// file when the held bytes reach the limit, and before a reader, a sync
+/// or a close (so each sees or makes durable every record appended). The
+/// option is refused where no other log holds the records.
+#[test]
+fn write_behind_holds_frames_until_the_limit_a_reader_or_a_sync() {
+    let d = TempDir::new("write-behind");
+    let opts = Options { restorable_tail: true, write_behind: 4096, ..small(Durability::None) };
+    for refused in [Options { restorable_tail: false, ..opts.clone() }, Options { durability: Durability::Sync, ..opts.clone() }] {
+        assert_eq!(Wal::open(&d.path().join("refused"), refused).err().unwrap().status, KEEL_STATUS_INVALID_ARGUMENT);
+    }
+    let wal = Wal::open(d.path(), opts).unwrap();
+    let held = |i: u64| format!("held-{i:04}-").repeat(8).into_bytes();
+    wal.append(&held(1)).unwrap();
+    wal.append(&held(2)).unwrap();
+    assert_eq!(wal.last_seq(), 2, "held frames have their sequence numbers");
+    assert!(!on_file(d.path(), &held(1)) && !on_file(d.path(), &held(2)), "held frames are not written yet");
+    // A reader writes them first and reads them.
+    assert_eq!(read_all(&wal, 1), vec![(1, held(1)), (2, held(2))]);
+    assert!(on_file(d.path(), &held(2)));
+    // Past the limit one write takes every held frame.
+    let mut i = 3;
+    while !on_file(d.path(), &held(3)) {
+        assert!(i < 3 + 4096 / 96 + 2, "no frame written after more than the limit");
+        wal.append(&held(i)).unwrap();
+        i += 1;
+    }
+    assert!(on_file(d.path(), &held(i - 1)), "the frames are written together, the last with the first");
+    // A sync writes what is held and makes it durable.
+    wal.append(&held(i)).unwrap();
+    assert!(!on_file(d.path(), &held(i)));
+    assert_eq!(wal.sync().unwrap(), i);
+    assert!(on_file(d.path(), &held(i)));
+    // So does a close (its mark frame included); the reopened log has all.
+    wal.append(&held(i + 1)).unwrap();
+    wal.close().unwrap();
+    let wal = Wal::open(d.path(), small(Durability::None)).unwrap();
+    assert_eq!(read_all(&wal, 1), (1..=i + 1).map(|j| (j, held(j))).collect::<Vec<_>>());
+}
+
 /// Appends `n` records with small segments and closes; returns the records.
 fn fill(dir: &Path, n: u64) -> Vec<(u64, Vec<u8>)> {
     let wal = Wal::open(dir, small(Durability::None)).unwrap();

@@ -96,6 +96,14 @@ pub struct Options {
     /// claims no sequence number past the records synced (otherwise
     /// recovery would declare the unsynced ones lost and go on after them).
     pub restorable_tail: bool,
+    /// Bytes of frames the log may hold in memory, after the last frame
+    /// in its file, before it writes them there with one write (0: every
+    /// frame is written as it is appended). Only for a `none`-mode log
+    /// with a restorable tail, whose records another log makes durable:
+    /// a frame held here is lost to a crash of the process, not only to
+    /// a power loss. Syncs, rotations, readers and close write the held
+    /// frames first, so every guarantee that starts from them holds.
+    pub write_behind: usize,
 }
 
 impl Default for Options {
@@ -108,6 +116,7 @@ impl Default for Options {
             prepare_ahead: true,
             allow_foreign_files: false,
             restorable_tail: false,
+            write_behind: 0,
         }
     }
 }
@@ -124,6 +133,9 @@ impl Options {
                 self.segment_size,
                 format::OVERHEAD
             )));
+        }
+        if self.write_behind > 0 && (self.durability != Durability::None || !self.restorable_tail) {
+            return Err(Error::invalid("write_behind needs durability none and a restorable tail (another log holds the records)"));
         }
         if let Durability::Periodic(d) = self.durability {
             if d.is_zero() {
@@ -160,6 +172,9 @@ struct State {
     /// Size of the next segment (`segment::grown`); preparation makes the
     /// spare this size.
     planned: u64,
+    /// Frames appended but held in memory (`Options::write_behind`): they
+    /// end at the active segment's offset and start where its file ends.
+    behind: Vec<u8>,
 }
 
 /// Group-commit bookkeeping, under `Shared::commit`.
@@ -215,8 +230,12 @@ pub(crate) struct Shared {
     state: Mutex<State>,
     /// D: every record <= durable is on stable storage.
     durable: AtomicU64,
-    /// Last sequence number whose frame is written.
+    /// Last sequence number whose frame is written (to the file, or held
+    /// by `State::behind`).
     written: AtomicU64,
+    /// Last sequence number whose frame is in the file: `written` but for
+    /// frames held by `State::behind`. Readers read up to it.
+    filed: AtomicU64,
     /// Group commit: whether a leader is syncing, and who waits for it.
     commit: Mutex<Commit>,
     /// Appenders between entering `append` and having written or queued
@@ -374,9 +393,11 @@ impl Wal {
                 // Growth starts over at every open, whatever size the
                 // recovered segment has: a log reopened idle stays small.
                 planned: segment::grown(segment::FIRST_SIZE, segment::FIRST_SIZE, opts.segment_size),
+                behind: Vec::new(),
             }),
             durable: AtomicU64::new(last),
             written: AtomicU64::new(last),
+            filed: AtomicU64::new(last),
             commit: Mutex::new(Commit { syncing: false, queue: Vec::new(), waiters: Vec::new() }),
             appending: AtomicUsize::new(0),
             arrived: AtomicU64::new(0),
@@ -512,8 +533,11 @@ impl Wal {
         self.shared.report.as_ref()
     }
 
-    /// Opens a reader at `from` (0 = the first retained record).
+    /// Opens a reader at `from` (0 = the first retained record). Frames
+    /// held back by `Options::write_behind` are written first: the reader
+    /// sees every record appended before the call.
     pub fn reader(&self, from: u64, upto: ReadUpto) -> Result<Reader> {
+        self.shared.file_behind(&mut self.shared.state.lock())?;
         Reader::open(self.shared.clone(), from, upto)
     }
 
@@ -763,18 +787,53 @@ impl Shared {
         let a = st.active.as_mut().unwrap();
         debug_assert!(a.offset + size <= a.capacity, "a rotation makes room for the frame");
         let header = frame.header(a.head.salt, seq, self.durable.load(Ordering::Acquire));
-        if let Err(e) = a.file.write_at(&[&header, &frame.payload, frame.padding()], a.offset) {
+        let parts = [&header[..], &frame.payload, frame.padding()];
+        let held = !st.behind.is_empty() || (size as usize) < self.opts.write_behind;
+        if held {
+            st.behind.reserve(size as usize);
+            for p in parts {
+                st.behind.extend_from_slice(p);
+            }
+        } else if let Err(e) = a.file.write_at(&parts, a.offset) {
             let e = Error::io("writing a WAL frame", e);
             // Disk full fails this append only: the offset and the
             // sequence number are not consumed, so the log stays whole.
             return Err(if e.status == KEEL_STATUS_NO_SPACE { e } else { self.poison(st, e) });
         }
+        let a = st.active.as_mut().unwrap();
         a.offset += size;
         st.next_seq += frame.count as u64;
         let last = st.next_seq - 1;
         self.written.store(last, Ordering::Release);
+        if !held {
+            self.filed.store(last, Ordering::Release);
+        } else if st.behind.len() >= self.opts.write_behind {
+            self.file_behind(st)?;
+        }
         self.note_written();
         Ok(last)
+    }
+
+    /// Writes the frames held by `State::behind` to the file, with one
+    /// write. They have their sequence numbers and the shard applied them,
+    /// so a failure (even a full disk, which the preallocated segment
+    /// should rule out) poisons the log: its appenders get the error and
+    /// the records come back from the log that holds them durably.
+    fn file_behind(&self, st: &mut State) -> Result<()> {
+        if st.behind.is_empty() {
+            return Ok(());
+        }
+        // Poisoned (or closed after a failed close): they stay unwritten.
+        self.check_usable(st)?;
+        let a = st.active.as_ref().unwrap();
+        debug_assert!(a.offset >= format::SEGMENT_HEADER_LEN + st.behind.len() as u64, "held frames are inside the active segment");
+        let at = a.offset - st.behind.len() as u64;
+        if let Err(e) = a.file.write_at(&[&st.behind], at) {
+            return Err(self.poison(st, Error::io("writing held WAL frames", e)));
+        }
+        st.behind.clear();
+        self.filed.store(st.next_seq - 1, Ordering::Release);
+        Ok(())
     }
 
     /// Writes a leader's group in order and returns each frame's first
@@ -825,6 +884,7 @@ impl Shared {
                     st.active.as_mut().unwrap().offset += buf.len() as u64;
                     st.next_seq = seq;
                     self.written.store(seq - 1, Ordering::Release);
+                    self.filed.store(seq - 1, Ordering::Release);
                     self.note_written();
                 }
                 Err(e) => {
@@ -861,6 +921,7 @@ impl Shared {
     /// `wal.meta` and the segment list stay as they are and a crash at any
     /// point leaves one valid empty segment of that name.
     fn rotate(&self, st: &mut State, frame: u64) -> Result<()> {
+        self.file_behind(st)?;
         let active = st.active.as_ref().unwrap();
         let replacing = active.head.first_seq == st.next_seq;
         let full = active.file.clone();
@@ -1029,8 +1090,12 @@ impl Shared {
     /// the group-commit leader calls it.
     fn sync_once(&self) -> Result<()> {
         let (sealed, file, target) = {
-            let st = self.state.lock();
+            let mut st = self.state.lock();
             self.check_usable(&st)?;
+            self.file_behind(&mut st)?;
+            // Its room goes too: a log that was written and then idles
+            // keeps no buffer past its next sync (a checkpoint or a flush).
+            st.behind = Vec::new();
             (st.sealed.clone(), st.active.as_ref().unwrap().file.clone(), st.next_seq - 1)
         };
         if target <= self.durable.load(Ordering::Acquire) {
@@ -1060,8 +1125,9 @@ impl Shared {
     fn mark_clean_close(&self) -> Result<()> {
         self.append(PendingFrame::mark())?;
         let file = {
-            let st = self.state.lock();
+            let mut st = self.state.lock();
             self.check_usable(&st)?;
+            self.file_behind(&mut st)?;
             st.active.as_ref().unwrap().file.clone()
         };
         file.sync_data().map_err(|e| {

@@ -124,7 +124,7 @@ impl Reader {
     fn limit(&self) -> u64 {
         match self.upto {
             ReadUpto::Durable => self.shared.durable.load(Ordering::Acquire),
-            ReadUpto::Appended => self.shared.written.load(Ordering::Acquire),
+            ReadUpto::Appended => self.shared.filed.load(Ordering::Acquire),
         }
     }
 
