@@ -444,20 +444,7 @@ fn ordered_flush_survives_kill9() {
 
 #[test]
 fn engine_shards_on_a_shared_pool_survive_kill9() {
-    if let Ok(spec) = std::env::var(CHILD_ENV) {
-        child_main(&spec);
-    }
-    let cycles = env_u64("KEEL_SHARD_KILL9_ENGINE_CYCLES").unwrap_or(30);
-    let (seed, explore) = (seed(), explore());
-    let started = Instant::now();
-    if let Some(failure) = crash_loop("engine_shards_on_a_shared_pool_survive_kill9", cycles, false, true, false, explore, seed) {
-        let how = if explore { "KEEL_SHARD_KILL9_EXPLORE=1 " } else { "" };
-        panic!("an engine's shards lost data: {failure}\nreplay: {how}KEEL_SHARD_KILL9_SEED={seed} cargo test --test shard_kill9 engine_shards");
-    }
-    println!(
-        "shard kill9: {cycles} cycles, {ENGINE_SHARDS} shards on a pool of {ENGINE_FLUSH_THREADS}, 0 violations, {:.1} s (seed {seed})",
-        started.elapsed().as_secs_f64()
-    );
+    engine_crash_loop("engine_shards_on_a_shared_pool_survive_kill9", "KEEL_SHARD_KILL9_ENGINE_CYCLES", 30, false);
 }
 
 /// The engine in `sync` durability: every acknowledged write is durable in
@@ -466,20 +453,28 @@ fn engine_shards_on_a_shared_pool_survive_kill9() {
 /// give them back from their copies before its shards open.
 #[test]
 fn committed_engine_shards_survive_kill9() {
+    engine_crash_loop("committed_engine_shards_survive_kill9", "KEEL_SHARD_KILL9_COMMITTED_CYCLES", 15, true);
+}
+
+/// The crash loop of an engine's shards (`test` names the calling test,
+/// which the children run): `cycles_var` cycles (else `cycles`), in `sync`
+/// durability or `none`.
+fn engine_crash_loop(test: &str, cycles_var: &str, cycles: u64, sync: bool) {
     if let Ok(spec) = std::env::var(CHILD_ENV) {
         child_main(&spec);
     }
-    let cycles = env_u64("KEEL_SHARD_KILL9_COMMITTED_CYCLES").unwrap_or(15);
+    let cycles = env_u64(cycles_var).unwrap_or(cycles);
     let (seed, explore) = (seed(), explore());
     let started = Instant::now();
-    if let Some(failure) = crash_loop("committed_engine_shards_survive_kill9", cycles, false, true, true, explore, seed) {
+    let what = match sync {
+        true => "in sync durability (commit log, write-behind WALs)".to_string(),
+        false => format!("on a pool of {ENGINE_FLUSH_THREADS}"),
+    };
+    if let Some(failure) = crash_loop(test, cycles, false, true, sync, explore, seed) {
         let how = if explore { "KEEL_SHARD_KILL9_EXPLORE=1 " } else { "" };
-        panic!("an engine's committed shards lost data: {failure}\nreplay: {how}KEEL_SHARD_KILL9_SEED={seed} cargo test --test shard_kill9 committed");
+        panic!("an engine's shards {what} lost data: {failure}\nreplay: {how}KEEL_SHARD_KILL9_SEED={seed} cargo test --test shard_kill9 {test}");
     }
-    println!(
-        "shard kill9: {cycles} cycles, {ENGINE_SHARDS} shards in sync durability (commit log, write-behind WALs), 0 violations, {:.1} s (seed {seed})",
-        started.elapsed().as_secs_f64()
-    );
+    println!("shard kill9: {cycles} cycles, {ENGINE_SHARDS} shards {what}, 0 violations, {:.1} s (seed {seed})", started.elapsed().as_secs_f64());
 }
 
 /// The checker must see what the ordering prevents: with the segments
