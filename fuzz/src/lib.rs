@@ -385,6 +385,7 @@ fn options(mapped: bool, recovery: RecoveryMode) -> Options {
         prepare_ahead: false,
         allow_foreign_files: false,
         restorable_tail: false,
+        write_behind: 0,
     }
 }
 
