@@ -3,6 +3,7 @@
 //! Components live in one folder each; `ffi/` is the C boundary that
 //! `include/keel.h` is generated from.
 
+pub(crate) mod codec;
 pub mod engine;
 pub mod error;
 pub mod ffi;

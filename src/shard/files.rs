@@ -8,6 +8,8 @@ use crate::fs::{File, FileSystem, TMP_SUFFIX};
 use std::io::ErrorKind;
 use std::path::Path;
 
+pub use crate::codec::{put_bytes, Cursor};
+
 /// The appendable segment's data log.
 pub const LOG: &str = "log";
 /// The appendable segment's state: persisted version and durable log length.
@@ -149,40 +151,6 @@ pub fn open_small<'a>(magic: u64, bytes: &'a [u8], path: &Path) -> Result<&'a [u
 }
 
 /// Reads a little-endian integer field; cut input is corruption.
-pub struct Cursor<'a> {
-    pub bytes: &'a [u8],
-}
-
-impl<'a> Cursor<'a> {
-    pub fn take(&mut self, n: usize) -> Result<&'a [u8]> {
-        if self.bytes.len() < n {
-            return Err(Error::corruption("segment record cut short"));
-        }
-        let (head, tail) = self.bytes.split_at(n);
-        self.bytes = tail;
-        Ok(head)
-    }
-    pub fn u8(&mut self) -> Result<u8> {
-        Ok(self.take(1)?[0])
-    }
-    pub fn u32(&mut self) -> Result<u32> {
-        Ok(u32::from_le_bytes(self.take(4)?.try_into().unwrap()))
-    }
-    pub fn u64(&mut self) -> Result<u64> {
-        Ok(u64::from_le_bytes(self.take(8)?.try_into().unwrap()))
-    }
-    /// A `[u32 length][bytes]` field.
-    pub fn bytes(&mut self) -> Result<&'a [u8]> {
-        let n = self.u32()? as usize;
-        self.take(n)
-    }
-}
-
-pub fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
-    out.extend_from_slice(&(b.len() as u32).to_le_bytes());
-    out.extend_from_slice(b);
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -31,6 +31,7 @@
 //! id: dropping one takes a checkpoint first (`checkpoint`).
 
 use super::{Durability, Options, ReadUpto, Wal, Workers};
+use crate::codec::{put_bytes, Cursor};
 use crate::error::{Error, Result};
 use crate::fs::FileSystem;
 use parking_lot::{Mutex, RwLock};
@@ -70,8 +71,7 @@ pub(crate) fn encode_copy(id: u32, first: u64, records: &[&[u8]], out: &mut Vec<
     out.extend_from_slice(&id.to_le_bytes());
     out.extend_from_slice(&first.to_le_bytes());
     for r in records {
-        out.extend_from_slice(&(r.len() as u32).to_le_bytes());
-        out.extend_from_slice(r);
+        put_bytes(out, r);
     }
 }
 
@@ -80,42 +80,19 @@ enum Decoded {
     Checkpoint(u64),
 }
 
-/// Reads a record front to back; None past its end.
-struct Cursor<'a>(&'a [u8]);
-
-impl<'a> Cursor<'a> {
-    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
-        if self.0.len() < n {
-            return None;
-        }
-        let (head, rest) = self.0.split_at(n);
-        self.0 = rest;
-        Some(head)
-    }
-
-    fn u32(&mut self) -> Option<u32> {
-        self.take(4).map(|p| u32::from_le_bytes(p.try_into().expect("4 bytes")))
-    }
-
-    fn u64(&mut self) -> Option<u64> {
-        self.take(8).map(|p| u64::from_le_bytes(p.try_into().expect("8 bytes")))
-    }
-}
-
 fn decode(seq: u64, b: &[u8]) -> Result<Decoded> {
-    let mut c = Cursor(b);
-    let decoded = match c.take(1).map(|t| t[0]) {
-        Some(COPY) => (|| {
-            let id = c.u32()?;
-            let first = c.u64()?;
+    let mut c = Cursor { bytes: b };
+    let decoded = match c.u8() {
+        Ok(COPY) => (|| {
+            let id = c.u32().ok()?;
+            let first = c.u64().ok()?;
             let mut records = Vec::new();
-            while !c.0.is_empty() {
-                let len = c.u32()? as usize;
-                records.push(c.take(len)?.to_vec());
+            while !c.bytes.is_empty() {
+                records.push(c.bytes().ok()?.to_vec());
             }
             (first > 0 && !records.is_empty()).then_some(Decoded::Copy(id, Copied { first, records }))
         })(),
-        Some(CHECKPOINT) => c.u64().filter(|_| c.0.is_empty()).map(Decoded::Checkpoint),
+        Ok(CHECKPOINT) => c.u64().ok().filter(|_| c.bytes.is_empty()).map(Decoded::Checkpoint),
         _ => None,
     };
     decoded.ok_or_else(|| Error::corruption(format!("commit log record {seq} is malformed")))
