@@ -12,7 +12,8 @@
 //! crash's unsynced tail and are dropped at load. It is written when the
 //! segment is created, so a listed segment without one is damage.
 
-use super::entry::{decode_list, encode_list, Entry, Value};
+use super::arena::Arena;
+use super::entry::{decode_list, encode_list, Entry, HeldEntry, Value};
 use super::op::OpRef;
 use super::files::{self, Cursor, Ident};
 use super::key::Key;
@@ -34,7 +35,9 @@ const STATE_MAGIC: u64 = 0x3254_5453_4c45_454b; // "KEELSTT2"
 /// The keys of the appendable segment; lives under the shard's lock.
 pub struct Appendable {
     pub id: u64,
-    pub map: BTreeMap<Key, Entry>,
+    pub map: BTreeMap<Key, HeldEntry>,
+    /// Where the map's values are copied.
+    arena: Arena,
     /// Approximate bytes held; the shard seals past a threshold.
     pub weight: usize,
     /// Log records of the operation being applied, handed to `log` whole
@@ -79,7 +82,7 @@ impl Appendable {
         let file = fs.create(&log_path).map_err(|e| Error::io(format!("creating {}", log_path.display()), e))?;
         let log = SegmentLog::new(fs, dir, ident, file, 0, crc32fast::Hasher::new(), version);
         log.write_state(version, 0, &log.state.lock().crc)?; // syncs the directory
-        Ok(Appendable { id: ident.segment, map: BTreeMap::new(), weight: 0, staged: Vec::new(), log: Arc::new(log) })
+        Ok(Appendable { id: ident.segment, map: BTreeMap::new(), arena: Arena::default(), weight: 0, staged: Vec::new(), log: Arc::new(log) })
     }
 
     /// Loads the durable part of `seg-<id>.log`. Bytes past it (a crash's
@@ -114,6 +117,7 @@ impl Appendable {
         }
         let log = SegmentLog::new(fs, dir, ident, file, len, hasher, persisted);
         let mut map = BTreeMap::new();
+        let mut arena = Arena::default();
         let mut weight = 0;
         let mut c = Cursor { bytes: &bytes };
         while !c.bytes.is_empty() {
@@ -130,7 +134,7 @@ impl Appendable {
             weight += key.len() + payload.len();
             match kind {
                 REC_VALUE => {
-                    map.insert(Key::new(key), Entry { version, value: Value::Bytes(payload.to_vec()) });
+                    map.insert(Key::new(key), Entry { version, value: Value::Bytes(arena.hold(payload)) });
                 }
                 REC_LIST => {
                     map.insert(Key::new(key), Entry { version, value: Value::Posting(decode_list(payload)?) });
@@ -148,7 +152,7 @@ impl Appendable {
                 k => return Err(bad(&format!("record of unknown kind {k}"))),
             }
         }
-        Ok(Appendable { id, map, weight, staged: Vec::new(), log: Arc::new(log) })
+        Ok(Appendable { id, map, arena, weight, staged: Vec::new(), log: Arc::new(log) })
     }
 
     /// Stages a record without its crc: the flusher fills that in
@@ -167,7 +171,8 @@ impl Appendable {
 
     pub fn put(&mut self, key: &[u8], value: &[u8], version: u64) {
         self.record(version, REC_VALUE, key, value);
-        self.map.insert(Key::new(key), Entry { version, value: Value::Bytes(value.to_vec()) });
+        let value = Value::Bytes(self.arena.hold(value));
+        self.map.insert(Key::new(key), Entry { version, value });
     }
 
     /// Places an entry without logging it: only for a snapshot being
@@ -175,7 +180,11 @@ impl Appendable {
     /// to a table (an unfinished snapshot is received again from scratch).
     pub fn adopt(&mut self, key: &[u8], e: Entry) {
         self.weight += key.len() + e.value.weight();
-        self.map.insert(Key::new(key), e);
+        let value = match e.value {
+            Value::Bytes(b) => Value::Bytes(self.arena.hold(&b)),
+            Value::Posting(items) => Value::Posting(items),
+        };
+        self.map.insert(Key::new(key), Entry { version: e.version, value });
     }
 
     /// Places a whole posting list here (a new key or a copy-on-write move).
@@ -204,26 +213,16 @@ impl Appendable {
     /// `Err(())` for an append to a value.
     pub fn apply_here(&mut self, op: OpRef, version: u64, gate: bool) -> std::result::Result<bool, ()> {
         let key = op.key();
-        let stale = |e: &Entry| gate && e.version >= version;
+        let stale = |e: &HeldEntry| gate && e.version >= version;
         let (kind, payload): (u8, &[u8]) = match (op, self.map.entry(Key::new(key))) {
             (_, Slot::Occupied(o)) if stale(o.get()) => return Ok(false),
             (OpRef::Put { value, .. }, slot) => {
                 match slot {
                     Slot::Occupied(mut o) => {
-                        let e = o.get_mut();
-                        e.version = version;
-                        match &mut e.value {
-                            // An overwrite reuses the old value's buffer:
-                            // no allocation when it is large enough.
-                            Value::Bytes(b) => {
-                                b.clear();
-                                b.extend_from_slice(value);
-                            }
-                            old => *old = Value::Bytes(value.to_vec()),
-                        }
+                        *o.get_mut() = Entry { version, value: Value::Bytes(self.arena.hold(value)) };
                     }
                     Slot::Vacant(v) => {
-                        v.insert(Entry { version, value: Value::Bytes(value.to_vec()) });
+                        v.insert(Entry { version, value: Value::Bytes(self.arena.hold(value)) });
                     }
                 }
                 (REC_VALUE, value)

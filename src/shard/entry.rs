@@ -1,6 +1,7 @@
 //! What a key holds: a value or a posting list, stamped with the version
 //! (WAL sequence number) of the operation that last changed it.
 
+use super::arena::Slice;
 use crate::error::{Error, Result};
 
 /// The two kinds of data a key can hold.
@@ -10,14 +11,16 @@ pub enum Kind {
     Posting,
 }
 
+/// A key's data. `B` holds a value's bytes: owned (`Vec<u8>`, what
+/// reads hand out) or, in an in-memory map, a slice of the map's arena.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Value {
-    Bytes(Vec<u8>),
+pub enum Value<B = Vec<u8>> {
+    Bytes(B),
     /// A posting list: items in the order they were appended.
     Posting(Vec<Vec<u8>>),
 }
 
-impl Value {
+impl<B: AsRef<[u8]>> Value<B> {
     pub fn kind(&self) -> Kind {
         match self {
             Value::Bytes(_) => Kind::Value,
@@ -28,7 +31,7 @@ impl Value {
     /// Bytes this value costs in memory and on disk, roughly; drives sealing.
     pub fn weight(&self) -> usize {
         match self {
-            Value::Bytes(b) => b.len(),
+            Value::Bytes(b) => b.as_ref().len(),
             Value::Posting(items) => items.iter().map(|i| i.len() + 4).sum(),
         }
     }
@@ -36,38 +39,56 @@ impl Value {
 
 /// A key's data and the version that wrote it (the version gate of F6).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Entry {
+pub struct Entry<B = Vec<u8>> {
     pub version: u64,
-    pub value: Value,
+    pub value: Value<B>,
 }
 
-/// An entry read where it lies, its bytes not copied: a table's stored
-/// bytes (a posting list in its encoded form, `encode_list`) or an entry
-/// held in memory. What a snapshot hands out while it streams.
+/// An entry of an in-memory map (the appendable segment, a frozen one):
+/// its value's bytes live in the map's arena.
+pub type HeldEntry = Entry<Slice>;
+
+impl<B: AsRef<[u8]>> Entry<B> {
+    /// A copy that owns its bytes.
+    pub fn to_owned_entry(&self) -> Entry {
+        let value = match &self.value {
+            Value::Bytes(b) => Value::Bytes(b.as_ref().to_vec()),
+            Value::Posting(items) => Value::Posting(items.clone()),
+        };
+        Entry { version: self.version, value }
+    }
+}
+
+/// An entry read where it lies, its bytes not copied: bytes in their
+/// stored form (a value's bytes, a posting list encoded with
+/// `encode_list`), or the items of a posting list held in memory. What a
+/// snapshot hands out while it streams.
 #[derive(Debug, Clone, Copy)]
 pub enum EntryRef<'a> {
     Stored { version: u64, kind: Kind, bytes: &'a [u8] },
-    Held(&'a Entry),
+    Items { version: u64, items: &'a [Vec<u8>] },
 }
 
-impl<'a> From<&'a Entry> for EntryRef<'a> {
-    fn from(e: &'a Entry) -> EntryRef<'a> {
-        EntryRef::Held(e)
+impl<'a, B: AsRef<[u8]>> From<&'a Entry<B>> for EntryRef<'a> {
+    fn from(e: &'a Entry<B>) -> EntryRef<'a> {
+        match &e.value {
+            Value::Bytes(b) => EntryRef::Stored { version: e.version, kind: Kind::Value, bytes: b.as_ref() },
+            Value::Posting(items) => EntryRef::Items { version: e.version, items },
+        }
     }
 }
 
 impl EntryRef<'_> {
     pub fn version(&self) -> u64 {
         match self {
-            EntryRef::Stored { version, .. } => *version,
-            EntryRef::Held(e) => e.version,
+            EntryRef::Stored { version, .. } | EntryRef::Items { version, .. } => *version,
         }
     }
 
     pub fn kind(&self) -> Kind {
         match self {
             EntryRef::Stored { kind, .. } => *kind,
-            EntryRef::Held(e) => e.value.kind(),
+            EntryRef::Items { .. } => Kind::Posting,
         }
     }
 
@@ -76,7 +97,7 @@ impl EntryRef<'_> {
     pub fn weight(&self) -> usize {
         match self {
             EntryRef::Stored { bytes, .. } => bytes.len(),
-            EntryRef::Held(e) => e.value.weight(),
+            EntryRef::Items { items, .. } => items.iter().map(|i| i.len() + 4).sum(),
         }
     }
 
@@ -84,8 +105,7 @@ impl EntryRef<'_> {
     pub fn encode_value(&self, out: &mut Vec<u8>) {
         match self {
             EntryRef::Stored { bytes, .. } => out.extend_from_slice(bytes),
-            EntryRef::Held(Entry { value: Value::Bytes(b), .. }) => out.extend_from_slice(b),
-            EntryRef::Held(Entry { value: Value::Posting(items), .. }) => encode_list(items, out),
+            EntryRef::Items { items, .. } => encode_list(items, out),
         }
     }
 
@@ -96,7 +116,7 @@ impl EntryRef<'_> {
             EntryRef::Stored { version, kind: Kind::Posting, bytes } => {
                 Ok(Entry { version: *version, value: Value::Posting(decode_list(bytes)?) })
             }
-            EntryRef::Held(e) => Ok((*e).clone()),
+            EntryRef::Items { version, items } => Ok(Entry { version: *version, value: Value::Posting(items.to_vec()) }),
         }
     }
 }

@@ -2,7 +2,7 @@
 //! key order, read in place (`EntryRef`), and `Merged` interleaves them.
 //! A merge of tables and a snapshot's stream share it.
 
-use super::entry::{Entry, EntryRef};
+use super::entry::{EntryRef, HeldEntry};
 use super::key::Key;
 use crate::error::Result;
 use std::collections::BTreeMap;
@@ -14,8 +14,8 @@ pub type Source<'a> = Box<dyn Iterator<Item = Result<(&'a [u8], EntryRef<'a>)>> 
 
 /// The entries of an in-memory map (an appendable segment or a frozen
 /// one) from `start` on.
-pub fn held_from<'a>(map: &'a BTreeMap<Key, Entry>, start: &[u8]) -> Source<'a> {
-    Box::new(map.range::<[u8], _>((Bound::Included(start), Bound::Unbounded)).map(|(k, e)| Ok((k.as_slice(), EntryRef::Held(e)))))
+pub fn held_from<'a>(map: &'a BTreeMap<Key, HeldEntry>, start: &[u8]) -> Source<'a> {
+    Box::new(map.range::<[u8], _>((Bound::Included(start), Bound::Unbounded)).map(|(k, e)| Ok((k.as_slice(), EntryRef::from(e)))))
 }
 
 /// K-way merge of sorted sources; a key present in several keeps its

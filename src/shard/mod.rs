@@ -11,6 +11,7 @@
 //! while the writers that came meanwhile queue for the next group.
 
 mod appendable;
+mod arena;
 pub(crate) mod backlog;
 mod bloom;
 mod commit;

@@ -5,7 +5,7 @@
 //! and starts with the segment's identity.
 
 use super::bloom::Probe;
-use super::entry::Entry;
+use super::entry::{Entry, HeldEntry};
 use super::merging::{held_from, Source};
 use super::files::{self, Cursor, Ident};
 use super::key::Key;
@@ -27,7 +27,7 @@ const DEL_MAGIC: u64 = 0x324c_4544_4c45_454b; // "KEELDEL2"
 #[allow(clippy::large_enum_variant)]
 pub enum Data {
     /// A sealed appendable segment whose table is being written.
-    Frozen(Arc<BTreeMap<Key, Entry>>),
+    Frozen(Arc<BTreeMap<Key, HeldEntry>>),
     Table(Table),
 }
 
@@ -160,7 +160,7 @@ impl Sealed {
         // The data first: its Bloom filter rejects most keys for free.
         let found = match &self.data {
             Data::Table(t) => t.get(probe)?,
-            Data::Frozen(m) => m.get(probe.key).cloned(),
+            Data::Frozen(m) => m.get(probe.key).map(HeldEntry::to_owned_entry),
         };
         Ok(found.filter(|_| !self.deletions.lock().keys.contains_key(probe.key)))
     }

@@ -54,7 +54,7 @@ impl Segments {
     fn locate(&self, key: &[u8]) -> Result<Option<(Place, Entry)>> {
         if let Some(e) = self.appendable.map.get(key) {
             // Cloned only when asked for; callers below use kind and version.
-            return Ok(Some((Place::Appendable, e.clone())));
+            return Ok(Some((Place::Appendable, e.to_owned_entry())));
         }
         let probe = Probe::new(key);
         for (i, s) in self.sealed.iter().enumerate().rev() {
@@ -299,7 +299,7 @@ mod tests {
             (0..2000u32).map(|i| (format!("held-{i:05}").into_bytes(), Entry { version: 1, value: Value::Bytes(vec![1]) })).collect();
         let ident = Ident { shard: 5, segment: 1 };
         let path = dir.join(super::super::files::name(1, super::super::files::TABLE));
-        let t = table::write(&*fs, &path, held.iter().map(|(k, e)| Ok((k.as_slice(), EntryRef::Held(e)))), &[], ident).unwrap();
+        let t = table::write(&*fs, &path, held.iter().map(|(k, e)| Ok((k.as_slice(), EntryRef::from(e)))), &[], ident).unwrap();
         // A key the table does not hold but its filter may (about 1 in 1,400).
         let phantom = (0..100_000u32)
             .map(|i| format!("other-{i}").into_bytes())

@@ -533,7 +533,7 @@ mod tests {
         let fs = crate::fs::StdFs::direct();
         let all: Vec<(Vec<u8>, Entry)> =
             (0..20_000u32).map(|i| (format!("key-{i:06}").into_bytes(), Entry { version: 1, value: Value::Bytes(vec![7; 100]) })).collect();
-        let t = write(&fs, &dir.join("t.sst"), all.iter().map(|(k, e)| Ok((k.as_slice(), EntryRef::Held(e)))), &[], Ident { shard: 1, segment: 1 }).unwrap();
+        let t = write(&fs, &dir.join("t.sst"), all.iter().map(|(k, e)| Ok((k.as_slice(), EntryRef::from(e)))), &[], Ident { shard: 1, segment: 1 }).unwrap();
         assert_eq!(t.will_search(b"a", None), None, "below the first key no block can hold it");
         let (mut last, mut asked) = (None, Vec::new());
         for (k, _) in &all {
@@ -557,7 +557,7 @@ mod tests {
         let all = entries(3000);
         let fs = crate::fs::StdFs::direct();
         let ident = Ident { shard: 9, segment: 3 };
-        let t = write(&fs, &path, all.iter().map(|(k, e)| Ok((k.as_slice(), EntryRef::Held(e)))), &[4, 5], ident).unwrap();
+        let t = write(&fs, &path, all.iter().map(|(k, e)| Ok((k.as_slice(), EntryRef::from(e)))), &[4, 5], ident).unwrap();
         assert_eq!(t.ident, ident);
         assert_eq!((t.count, t.max_version, t.replaced.clone()), (3000, 3000, vec![4, 5]));
         for (k, e) in &all {

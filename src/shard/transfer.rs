@@ -3,7 +3,7 @@
 //! on the receiver, an incoming shard that starts at the snapshot's
 //! version and applies operations with their original versions.
 
-use super::entry::{Entry, EntryRef};
+use super::entry::{Entry, EntryRef, HeldEntry};
 use super::merging::{held_from, Merged};
 use super::key::Key;
 use super::op::{Record, BATCH_RECORD_HEADER};
@@ -32,7 +32,7 @@ pub struct Snapshot {
     pub version: u64,
     /// The replicated state (applied index, highest tokens) as of `version`.
     pub(crate) replicated: Replicated,
-    appendable: BTreeMap<Key, Entry>,
+    appendable: BTreeMap<Key, HeldEntry>,
     sealed: Vec<Arc<Sealed>>,
 }
 
