@@ -181,7 +181,7 @@ impl Appendable {
     pub fn adopt(&mut self, key: &[u8], e: Entry) {
         self.weight += key.len() + e.value.weight();
         let value = match e.value {
-            Value::Bytes(b) => Value::Bytes(self.arena.hold(&b)),
+            Value::Bytes(b) => Value::Bytes(b.into()),
             Value::Posting(items) => Value::Posting(items),
         };
         self.map.insert(Key::new(key), Entry { version: e.version, value });

@@ -62,8 +62,9 @@ unsafe impl Send for Chunk {}
 unsafe impl Sync for Chunk {}
 
 impl Chunk {
-    fn new(cap: usize) -> Arc<Chunk> {
-        let mut bytes = std::mem::ManuallyDrop::new(Vec::<u8>::with_capacity(cap));
+    /// Takes over `bytes`' memory (its length is the caller's to track).
+    fn from_vec(bytes: Vec<u8>) -> Arc<Chunk> {
+        let mut bytes = std::mem::ManuallyDrop::new(bytes);
         let cap = bytes.capacity();
         Arc::new(Chunk { ptr: NonNull::new(bytes.as_mut_ptr()).expect("a Vec's pointer is never null"), cap })
     }
@@ -71,8 +72,9 @@ impl Chunk {
 
 impl Drop for Chunk {
     fn drop(&mut self) {
-        // SAFETY: `ptr` and `cap` are those of the Vec made in `new`, whose
-        // memory nothing else frees; a length of 0 drops no elements.
+        // SAFETY: `ptr` and `cap` are those of the Vec taken over in
+        // `from_vec`, whose memory nothing else frees; a length of 0 drops
+        // no elements (u8 has no drop anyway).
         unsafe { drop(Vec::from_raw_parts(self.ptr.as_ptr(), 0, self.cap)) }
     }
 }
@@ -81,15 +83,13 @@ impl Arena {
     /// Copies `bytes` into the arena.
     pub fn hold(&mut self, bytes: &[u8]) -> Slice {
         let len = bytes.len();
-        // Values are bounded far below this (op::MAX_VALUE_SIZE).
-        assert!(len <= u32::MAX as usize, "a value of {len} bytes does not fit an arena slice");
         if len >= LARGE {
-            return Self::copy_into(&Chunk::new(len), 0, bytes);
+            return Slice::from(bytes.to_vec());
         }
         let room = self.current.as_ref().map_or(0, |(c, fill)| c.cap - fill);
         if self.current.is_none() || room < len {
             self.next = (self.next * 2).clamp(FIRST_CHUNK, MAX_CHUNK);
-            self.current = Some((Chunk::new(self.next.max(len)), 0));
+            self.current = Some((Chunk::from_vec(Vec::with_capacity(self.next)), 0));
         }
         let (chunk, fill) = self.current.as_mut().expect("a chunk with room was just made");
         let slice = Self::copy_into(chunk, *fill, bytes);
@@ -106,6 +106,17 @@ impl Arena {
         // source is a live borrow, not in this chunk's free tail.
         unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), chunk.ptr.as_ptr().add(at), bytes.len()) };
         Slice { chunk: chunk.clone(), start: at as u32, len: bytes.len() as u32 }
+    }
+}
+
+impl From<Vec<u8>> for Slice {
+    /// A value that is already in memory becomes a chunk of its own,
+    /// without a copy.
+    fn from(bytes: Vec<u8>) -> Slice {
+        let len = bytes.len();
+        // Values are bounded far below this (op::MAX_VALUE_SIZE).
+        assert!(len <= u32::MAX as usize, "a value of {len} bytes does not fit an arena slice");
+        Slice { chunk: Chunk::from_vec(bytes), start: 0, len: len as u32 }
     }
 }
 
@@ -154,6 +165,8 @@ mod tests {
         let slices: Vec<Slice> = values.iter().map(|v| arena.hold(v)).collect();
         let empty = arena.hold(&[]);
         drop(arena);
+        assert!(Slice::from(Vec::new()).is_empty());
+        assert_eq!(&Slice::from(b"taken over".to_vec())[..], b"taken over");
         for (v, s) in values.iter().zip(&slices) {
             assert_eq!(&s[..], &v[..]);
         }
