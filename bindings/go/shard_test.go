@@ -1301,8 +1301,12 @@ func TestEngineDescriptorCache(t *testing.T) {
 	if st.MaxOpenFiles != 16 || st.FileCacheEvictions == 0 || st.FileCacheMisses == 0 || st.FileCacheHits == 0 {
 		t.Fatalf("%d shards in 16 files: %+v", shards, st)
 	}
-	if st.OpenFiles > 16+1 {
-		t.Fatalf("%d files open (the cache's and the engine's LOCK), bound 16: %+v", st.OpenFiles, st)
+	// Besides the cache's files: the engine's LOCK and, for each worker
+	// still busy with the writes above, a spare it is preparing and a
+	// folder it is syncing, opened outside the cache for that step (a
+	// bound of 16+1 failed once under load).
+	if bound := 16 + 1 + 2*st.Threads; st.OpenFiles > bound {
+		t.Fatalf("%d files open, bound %d (the cache's 16, the LOCK, 2 per worker): %+v", st.OpenFiles, bound, st)
 	}
 }
 
