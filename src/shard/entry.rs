@@ -32,9 +32,15 @@ impl<B: AsRef<[u8]>> Value<B> {
     pub fn weight(&self) -> usize {
         match self {
             Value::Bytes(b) => b.as_ref().len(),
-            Value::Posting(items) => items.iter().map(|i| i.len() + 4).sum(),
+            Value::Posting(items) => list_weight(items),
         }
     }
+}
+
+/// Bytes of a posting list encoded (`encode_list`): its items and their
+/// length fields.
+fn list_weight(items: &[Vec<u8>]) -> usize {
+    items.iter().map(|i| i.len() + 4).sum()
 }
 
 /// A key's data and the version that wrote it (the version gate of F6).
@@ -51,11 +57,7 @@ pub type HeldEntry = Entry<Slice>;
 impl<B: AsRef<[u8]>> Entry<B> {
     /// A copy that owns its bytes.
     pub fn to_owned_entry(&self) -> Entry {
-        let value = match &self.value {
-            Value::Bytes(b) => Value::Bytes(b.as_ref().to_vec()),
-            Value::Posting(items) => Value::Posting(items.clone()),
-        };
-        Entry { version: self.version, value }
+        EntryRef::from(self).to_entry().expect("an entry in memory holds no encoded list to decode")
     }
 }
 
@@ -97,7 +99,7 @@ impl EntryRef<'_> {
     pub fn weight(&self) -> usize {
         match self {
             EntryRef::Stored { bytes, .. } => bytes.len(),
-            EntryRef::Items { items, .. } => items.iter().map(|i| i.len() + 4).sum(),
+            EntryRef::Items { items, .. } => list_weight(items),
         }
     }
 
