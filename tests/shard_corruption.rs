@@ -299,7 +299,7 @@ fn damaged_files_of_every_kind_are_corruption_and_salvage_opens_the_rest() {
                 s.put(format!("early{i:03}").as_bytes(), &[b'e'; 500]).unwrap();
             }
             s.close().unwrap();
-            copy_dir(&seg_dir(dir.path()), &dir.path().join("segments-backup"));
+            common::copy_tree(&seg_dir(dir.path()), &dir.path().join("segments-backup"));
         }
         fixture(dir.path(), b'v');
         let names = damage(dir.path(), other.path());
@@ -318,14 +318,6 @@ fn damaged_files_of_every_kind_are_corruption_and_salvage_opens_the_rest() {
         let s = Shard::open(dir.path(), options()).unwrap_or_else(|e| panic!("{what}: reopen after salvage: {e}"));
         assert!(s.get(b"after").unwrap().is_some(), "{what}");
         s.close().unwrap();
-    }
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
     }
 }
 

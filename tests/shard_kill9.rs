@@ -101,7 +101,9 @@ fn batch(seed: u64, i: u64) -> Vec<Op> {
                 if deleting {
                     Op::Delete { key }
                 } else {
-                    Op::Put { key, value: format!("{seed}:{i}:{j}:{}", "v".repeat(r.below(200) as usize)).into_bytes() }
+                    // Now and then a value that replay keeps in the mapped WAL.
+                    let most = if r.chance(10) { 3000 } else { 200 };
+                    Op::Put { key, value: format!("{seed}:{i}:{j}:{}", "v".repeat(r.below(most) as usize)).into_bytes() }
                 }
             } else {
                 let key = format!("p{k:02}").into_bytes();

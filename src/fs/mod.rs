@@ -200,14 +200,22 @@ struct StdFile {
     map: RwLock<Option<Mapping>>,
 }
 
-/// pwritev until every byte of `parts` is written at `off`.
+/// pwritev until every byte of `parts` is written at `off`, at most
+/// `UIO_MAXIOV` parts a call (a data log's flush passes one per record
+/// part, possibly hundreds of thousands).
 fn pwritev_all(fd: libc::c_int, parts: &[&[u8]], mut off: u64) -> io::Result<()> {
-    let mut bufs: Vec<&[u8]> = parts.iter().copied().filter(|p| !p.is_empty()).collect();
-    while !bufs.is_empty() {
-        let iov: Vec<libc::iovec> = bufs
+    let bufs: Vec<&[u8]> = parts.iter().copied().filter(|p| !p.is_empty()).collect();
+    // The next byte to write: bufs[first][skip].
+    let (mut first, mut skip) = (0, 0);
+    while first < bufs.len() {
+        let iov: Vec<libc::iovec> = bufs[first..]
             .iter()
             .take(libc::UIO_MAXIOV as usize)
-            .map(|b| libc::iovec { iov_base: b.as_ptr() as *mut libc::c_void, iov_len: b.len() })
+            .enumerate()
+            .map(|(i, b)| {
+                let b = if i == 0 { &b[skip..] } else { b };
+                libc::iovec { iov_base: b.as_ptr() as *mut libc::c_void, iov_len: b.len() }
+            })
             .collect();
         // SAFETY: every iovec points into a live `&[u8]` of `bufs` for its
         // length, and at most UIO_MAXIOV of them are passed.
@@ -222,11 +230,13 @@ fn pwritev_all(fd: libc::c_int, parts: &[&[u8]], mut off: u64) -> io::Result<()>
         let mut n = n as usize;
         off += n as u64;
         while n > 0 {
-            if n >= bufs[0].len() {
-                n -= bufs[0].len();
-                bufs.remove(0);
+            let left = bufs[first].len() - skip;
+            if n >= left {
+                n -= left;
+                first += 1;
+                skip = 0;
             } else {
-                bufs[0] = &bufs[0][n..];
+                skip += n;
                 n = 0;
             }
         }

@@ -12,7 +12,8 @@
 //! crash's unsynced tail and are dropped at load. It is written when the
 //! segment is created, so a listed segment without one is damage.
 
-use super::arena::Arena;
+use super::arena::{Arena, Slice};
+use super::staged::{Payload, Records};
 use super::entry::{decode_list, encode_list, Entry, HeldEntry, Value};
 use super::op::OpRef;
 use super::files::{self, Cursor, Ident};
@@ -42,19 +43,19 @@ pub struct Appendable {
     pub weight: usize,
     /// Log records of the operation being applied, handed to `log` whole
     /// when it is done so a flush never persists half a batch.
-    staged: Vec<u8>,
+    staged: Records,
     pub log: Arc<SegmentLog>,
 }
 
 struct LogState {
     /// Records applied but not yet written to the file.
-    pending: Vec<u8>,
+    pending: Records,
     /// The buffer the last flush wrote, emptied, for the next flush to put
     /// in `pending`'s place: `pending` then grows into memory already
     /// touched instead of reallocating (and faulting in fresh pages) from
     /// nothing after every flush. Dropped by a flush that finds nothing to
     /// write, so an idle segment does not keep it.
-    spare: Vec<u8>,
+    spare: Records,
     /// Version of the last operation whose records are in `pending` (or
     /// already durable): a batch boundary.
     pending_version: u64,
@@ -82,7 +83,7 @@ impl Appendable {
         let file = fs.create(&log_path).map_err(|e| Error::io(format!("creating {}", log_path.display()), e))?;
         let log = SegmentLog::new(fs, dir, ident, file, 0, crc32fast::Hasher::new(), version);
         log.write_state(version, 0, &log.state.lock().crc)?; // syncs the directory
-        Ok(Appendable { id: ident.segment, map: BTreeMap::new(), arena: Arena::default(), weight: 0, staged: Vec::new(), log: Arc::new(log) })
+        Ok(Appendable { id: ident.segment, map: BTreeMap::new(), arena: Arena::default(), weight: 0, staged: Records::default(), log: Arc::new(log) })
     }
 
     /// Loads the durable part of `seg-<id>.log`. Bytes past it (a crash's
@@ -152,27 +153,20 @@ impl Appendable {
                 k => return Err(bad(&format!("record of unknown kind {k}"))),
             }
         }
-        Ok(Appendable { id, map, arena, weight, staged: Vec::new(), log: Arc::new(log) })
+        Ok(Appendable { id, map, arena, weight, staged: Records::default(), log: Arc::new(log) })
     }
 
     /// Stages a record without its crc: the flusher fills that in
-    /// (`seal_records`) before the bytes are written, off the write path.
-    fn record(&mut self, version: u64, kind: u8, key: &[u8], payload: &[u8]) {
-        let len = (8 + 1 + 4 + key.len() + payload.len()) as u32;
-        self.staged.reserve(8 + len as usize);
-        self.staged.extend_from_slice(&len.to_le_bytes());
-        self.staged.extend_from_slice(&[0; 4]); // the crc, by the flusher
-        self.staged.extend_from_slice(&version.to_le_bytes());
-        self.staged.push(kind);
-        files::put_bytes(&mut self.staged, key);
-        self.staged.extend_from_slice(payload);
+    /// (`Records::seal`) before the bytes are written, off the write path.
+    fn record(&mut self, version: u64, kind: u8, key: &[u8], payload: Payload) {
         self.weight += key.len() + payload.len();
+        self.staged.push(version, kind, key, payload);
     }
 
     pub fn put(&mut self, key: &[u8], value: &[u8], version: u64) {
-        self.record(version, REC_VALUE, key, value);
-        let value = Value::Bytes(self.arena.hold(value));
-        self.map.insert(Key::new(key), Entry { version, value });
+        let value = self.arena.hold(value);
+        self.record(version, REC_VALUE, key, Payload::Held(&value));
+        self.map.insert(Key::new(key), Entry { version, value: Value::Bytes(value) });
     }
 
     /// Places an entry without logging it: only for a snapshot being
@@ -191,13 +185,13 @@ impl Appendable {
     pub fn put_list(&mut self, key: &[u8], items: Vec<Vec<u8>>, version: u64) {
         let mut payload = Vec::new();
         encode_list(&items, &mut payload);
-        self.record(version, REC_LIST, key, &payload);
+        self.record(version, REC_LIST, key, Payload::Bytes(&payload));
         self.map.insert(Key::new(key), Entry { version, value: Value::Posting(items) });
     }
 
     /// Appends to a posting list that is already here.
     pub fn push_item(&mut self, key: &[u8], item: &[u8], version: u64) {
-        self.record(version, REC_ITEM, key, item);
+        self.record(version, REC_ITEM, key, Payload::Bytes(item));
         match self.map.get_mut(key) {
             Some(Entry { version: v, value: Value::Posting(items) }) => {
                 items.push(item.to_vec());
@@ -209,34 +203,40 @@ impl Appendable {
 
     /// Applies `op` to a key that no immutable segment holds, with one
     /// search of the map. With `gate`, an operation not newer than the
-    /// key's version is skipped (replay). Returns whether anything changed;
-    /// `Err(())` for an append to a value.
-    pub fn apply_here(&mut self, op: OpRef, version: u64, gate: bool) -> std::result::Result<bool, ()> {
+    /// key's version is skipped (replay). `held`: a put's value already in
+    /// memory that stays put (replay's values in the mapped WAL), taken
+    /// instead of a copy. Returns whether anything changed; `Err(())` for
+    /// an append to a value.
+    pub fn apply_here(&mut self, op: OpRef, version: u64, gate: bool, held: Option<&Slice>) -> std::result::Result<bool, ()> {
         let key = op.key();
         let stale = |e: &HeldEntry| gate && e.version >= version;
-        let (kind, payload): (u8, &[u8]) = match (op, self.map.entry(Key::new(key))) {
-            (_, Slot::Occupied(o)) if stale(o.get()) => return Ok(false),
+        let slot = self.map.entry(Key::new(key));
+        if matches!(&slot, Slot::Occupied(o) if stale(o.get())) {
+            return Ok(false);
+        }
+        match (op, slot) {
             (OpRef::Put { value, .. }, slot) => {
+                debug_assert!(held.map_or(true, |h| h[..] == *value), "a held value is the put's value");
+                let value = held.cloned().unwrap_or_else(|| self.arena.hold(value));
+                let entry = Entry { version, value: Value::Bytes(value.clone()) };
                 match slot {
-                    Slot::Occupied(mut o) => {
-                        *o.get_mut() = Entry { version, value: Value::Bytes(self.arena.hold(value)) };
-                    }
+                    Slot::Occupied(mut o) => *o.get_mut() = entry,
                     Slot::Vacant(v) => {
-                        v.insert(Entry { version, value: Value::Bytes(self.arena.hold(value)) });
+                        v.insert(entry);
                     }
                 }
-                (REC_VALUE, value)
+                self.record(version, REC_VALUE, key, Payload::Held(&value));
             }
             (OpRef::Delete { .. }, Slot::Occupied(o)) => {
                 o.remove();
-                (REC_TOMBSTONE, &[])
+                self.record(version, REC_TOMBSTONE, key, Payload::Bytes(&[]));
             }
             (OpRef::Delete { .. }, Slot::Vacant(_)) => return Ok(false),
             (OpRef::Append { item, .. }, Slot::Occupied(mut o)) => match &mut o.get_mut().value {
                 Value::Posting(items) => {
                     items.push(item.to_vec());
                     o.get_mut().version = version;
-                    (REC_ITEM, item)
+                    self.record(version, REC_ITEM, key, Payload::Bytes(item));
                 }
                 Value::Bytes(_) => return Err(()),
             },
@@ -244,17 +244,15 @@ impl Appendable {
                 v.insert(Entry { version, value: Value::Posting(vec![item.to_vec()]) });
                 let mut list = Vec::with_capacity(item.len() + 4);
                 encode_list(&[item.to_vec()], &mut list);
-                self.record(version, REC_LIST, key, &list);
-                return Ok(true);
+                self.record(version, REC_LIST, key, Payload::Bytes(&list));
             }
-        };
-        self.record(version, kind, key, payload);
+        }
         Ok(true)
     }
 
     pub fn remove(&mut self, key: &[u8], version: u64) {
         if self.map.remove(key).is_some() {
-            self.record(version, REC_TOMBSTONE, key, &[]);
+            self.record(version, REC_TOMBSTONE, key, Payload::Bytes(&[]));
         }
     }
 
@@ -274,24 +272,10 @@ impl Appendable {
     }
 
     /// Room in the staging buffer for `bytes` more bytes of log records
-    /// (replay knows how much a run will stage).
+    /// (replay knows how much a run will stage, held values left out).
     pub fn reserve(&mut self, bytes: usize) {
         self.staged.reserve(bytes);
     }
-}
-
-/// Fills in the crc32 of every record in `bytes` (whole records, as
-/// staged). Idempotent: records put back after a failed write are sealed
-/// again, to the same bytes.
-fn seal_records(bytes: &mut [u8]) {
-    let mut at = 0;
-    while at < bytes.len() {
-        let len = u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes")) as usize;
-        let (head, body) = bytes[at..at + 8 + len].split_at_mut(8);
-        head[4..].copy_from_slice(&crc32fast::hash(body).to_le_bytes());
-        at += 8 + len;
-    }
-    debug_assert_eq!(at, bytes.len(), "pending bytes are whole records");
 }
 
 impl SegmentLog {
@@ -310,7 +294,7 @@ impl SegmentLog {
             file,
             log_path: dir.join(files::name(ident.segment, files::LOG)),
             state_path: dir.join(files::name(ident.segment, files::STATE)),
-            state: Mutex::new(LogState { pending: Vec::new(), spare: Vec::new(), pending_version: persisted, durable_len, crc }),
+            state: Mutex::new(LogState { pending: Records::default(), spare: Records::default(), pending_version: persisted, durable_len, crc }),
             persisted: AtomicU64::new(persisted),
         }
     }
@@ -336,7 +320,7 @@ impl SegmentLog {
             // Nothing was written since the last pass: the room is not needed.
             let mut st = self.state.lock();
             if st.pending.is_empty() {
-                st.pending = Vec::new();
+                st.pending = Records::default();
             }
             return Ok(self.persisted());
         }
@@ -344,9 +328,13 @@ impl SegmentLog {
         // (operations that changed only immutable segments, or nothing):
         // the files then prove every version the WAL is acked past, which
         // open checks against the WAL's first record.
-        seal_records(&mut bytes);
-        crc.update(&bytes);
-        let written = wal_durable(version).and_then(|()| self.write_durably(steps, &bytes, offset, version, &crc));
+        bytes.seal();
+        let parts = bytes.parts();
+        for p in &parts {
+            crc.update(p);
+        }
+        let written = wal_durable(version).and_then(|()| self.write_durably(steps, &parts, offset, version, &crc));
+        drop(parts);
         let mut st = self.state.lock();
         match written {
             Ok(()) => {
@@ -360,23 +348,24 @@ impl SegmentLog {
             }
             Err(e) => {
                 // Rewritten at the same offset by the next pass.
-                let newer = std::mem::replace(&mut st.pending, bytes);
-                st.pending.extend_from_slice(&newer);
+                let mut newer = std::mem::replace(&mut st.pending, bytes);
+                st.pending.append(&mut newer);
                 Err(e)
             }
         }
     }
 
-    fn write_durably(&self, steps: &Steps, bytes: &[u8], offset: u64, version: u64, crc: &crc32fast::Hasher) -> Result<()> {
-        if !bytes.is_empty() {
+    fn write_durably(&self, steps: &Steps, parts: &[&[u8]], offset: u64, version: u64, crc: &crc32fast::Hasher) -> Result<()> {
+        let len: usize = parts.iter().map(|p| p.len()).sum();
+        if len > 0 {
             let io = |what: &str, e| Error::io(format!("{what} {}", self.log_path.display()), e);
             steps.at(Step::LogWrite);
-            self.file.write_at(&[bytes], offset).map_err(|e| io("writing", e))?;
+            self.file.write_at(parts, offset).map_err(|e| io("writing", e))?;
             steps.at(Step::LogSync);
             self.file.sync_data().map_err(|e| io("syncing", e))?;
         }
         steps.at(Step::LogState);
-        self.write_state(version, offset + bytes.len() as u64, crc)
+        self.write_state(version, offset + len as u64, crc)
     }
 
     /// The state file: persisted version, durable length, crc32 of the

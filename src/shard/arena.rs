@@ -15,6 +15,7 @@
 //! included, so it seals (and its chunks go) before dead bytes pile up
 //! past the seal threshold.
 
+use std::any::Any;
 use std::ptr::NonNull;
 use std::sync::Arc;
 
@@ -27,7 +28,7 @@ const MAX_CHUNK: usize = 64 * 1024;
 /// far more than the allocation saved, and page-sized values packed into
 /// shared chunks made a restart slower (0.80 s against 0.70 s to replay
 /// 576 MiB of 4 KiB puts) where 100 B values made it faster.
-const LARGE: usize = 1024;
+pub const LARGE: usize = 1024;
 
 /// Writes values into chunks; owned by the map whose values they are.
 #[derive(Default)]
@@ -46,15 +47,20 @@ pub struct Slice {
     len: u32,
 }
 
-/// Memory that values are copied into, front to back.
+/// Memory that values are copied into, front to back, or memory that
+/// something else owns and keeps (`Slice::within`).
 struct Chunk {
     ptr: NonNull<u8>,
     cap: usize,
+    /// Who keeps the memory: None for the memory of a Vec this chunk took
+    /// over (freed with it).
+    owner: Option<Arc<dyn Any + Send + Sync>>,
 }
 
 // SAFETY: a chunk's bytes are written only by the one `Arena` that fills
 // it, through `&mut Arena`, and only past every `Slice` handed out; a
-// `Slice` reads bytes written before it was created, never written again.
+// `Slice` reads bytes written before it was created, never written again
+// (an owned chunk's bytes are never written: `Slice::within`'s contract).
 // Threads that receive a `Slice` get it through the map's lock (or a clone
 // made under it), which orders those writes before their reads.
 unsafe impl Send for Chunk {}
@@ -66,12 +72,15 @@ impl Chunk {
     fn from_vec(bytes: Vec<u8>) -> Arc<Chunk> {
         let mut bytes = std::mem::ManuallyDrop::new(bytes);
         let cap = bytes.capacity();
-        Arc::new(Chunk { ptr: NonNull::new(bytes.as_mut_ptr()).expect("a Vec's pointer is never null"), cap })
+        Arc::new(Chunk { ptr: NonNull::new(bytes.as_mut_ptr()).expect("a Vec's pointer is never null"), cap, owner: None })
     }
 }
 
 impl Drop for Chunk {
     fn drop(&mut self) {
+        if self.owner.is_some() {
+            return; // the owner's memory, released with the owner
+        }
         // SAFETY: `ptr` and `cap` are those of the Vec taken over in
         // `from_vec`, whose memory nothing else frees; a length of 0 drops
         // no elements (u8 has no drop anyway).
@@ -106,6 +115,20 @@ impl Arena {
         // source is a live borrow, not in this chunk's free tail.
         unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), chunk.ptr.as_ptr().add(at), bytes.len()) };
         Slice { chunk: chunk.clone(), start: at as u32, len: bytes.len() as u32 }
+    }
+}
+
+impl Slice {
+    /// `bytes` as a value, without a copy: the slice keeps `owner` alive
+    /// instead (a replayed value in the WAL's mapped segment).
+    ///
+    /// # Safety
+    /// `bytes` must lie in memory that `owner` keeps mapped, at the same
+    /// address and unchanged, for as long as `owner` lives.
+    pub unsafe fn within(owner: Arc<dyn Any + Send + Sync>, bytes: &[u8]) -> Slice {
+        assert!(bytes.len() <= u32::MAX as usize, "a value of {} bytes does not fit an arena slice", bytes.len());
+        let ptr = NonNull::new(bytes.as_ptr() as *mut u8).expect("a slice's pointer is never null");
+        Slice { chunk: Arc::new(Chunk { ptr, cap: bytes.len(), owner: Some(owner) }), start: 0, len: bytes.len() as u32 }
     }
 }
 
@@ -174,6 +197,22 @@ mod tests {
         let shared = slices[5].clone();
         drop(slices);
         assert_eq!(&shared[..], &values[5][..]);
+    }
+
+    /// A slice within someone else's memory keeps that owner alive, and
+    /// dropping it frees nothing of the owner's.
+    #[test]
+    fn slices_within_an_owner_keep_it() {
+        let owner: Arc<Vec<u8>> = Arc::new((0..200u8).collect());
+        // SAFETY: the bytes are the Vec's, which the Arc keeps and nobody
+        // changes (no other handle can mutate through a shared Arc).
+        let slice = unsafe { Slice::within(owner.clone(), &owner[10..150]) };
+        assert_eq!(Arc::strong_count(&owner), 2);
+        let copy = slice.clone();
+        drop(slice);
+        assert_eq!(&copy[..], &owner[10..150]);
+        drop(copy);
+        assert_eq!(Arc::strong_count(&owner), 1, "the chunk let go of its owner");
     }
 
     /// Chunks grow from small to the largest size, and a large value gets

@@ -30,6 +30,7 @@ mod recovery;
 mod replicated;
 mod sealed;
 mod segments;
+mod staged;
 mod steps;
 mod table;
 mod transfer;

@@ -5,6 +5,7 @@
 //! gate (`Segments::replay` applies one operation).
 
 use super::appendable::Appendable;
+use super::arena::{Slice, LARGE};
 use super::bloom::hash64;
 use super::files::{self, Ident};
 use super::key::prefix;
@@ -306,6 +307,14 @@ pub struct Replayed {
 struct Run {
     bytes: Vec<u8>,
     records: Vec<RunRecord>,
+    /// Large values of puts read in place: they stay in the mapped WAL
+    /// segment, where the appendable segment's map holds them too, and
+    /// their records in `bytes` stop where the value would begin. A
+    /// restart that replays a gigabyte of 4 KiB puts otherwise spent most
+    /// of its time in the kernel, zeroing fresh pages for the copies.
+    held: Vec<Slice>,
+    /// The sum of the held values' lengths.
+    held_bytes: usize,
     /// The run's changes of the replicated state, in version order.
     states: Vec<(u64, StateChange)>,
     /// The bytes of those state records (not copied into `bytes`).
@@ -323,7 +332,11 @@ struct RunRecord {
     /// The immutable segments whose filters let the key through
     /// (`Segments::replay`).
     candidates: u64,
+    /// The index of the put's value in `Run::held`, or `NOT_HELD`.
+    held: u32,
 }
+
+const NOT_HELD: u32 = u32::MAX;
 
 /// The searches of immutable segments a run's apply will make, for the
 /// reading thread to announce (`Sealed::will_search`) as soon as it has
@@ -378,10 +391,12 @@ impl Run {
         self.records.clear();
         self.states.clear();
         self.state_bytes = 0;
-        while self.bytes.len() + self.state_bytes < run_bytes {
-            let Some((seq, record)) = reader.peek()? else { break };
-            let key = match Record::decode(record)? {
-                Record::Op(op) => op.key(),
+        self.held.clear();
+        self.held_bytes = 0;
+        while self.bytes.len() + self.held_bytes + self.state_bytes < run_bytes {
+            let Some((seq, record, in_place)) = reader.peek_in_place()? else { break };
+            let op = match Record::decode(record)? {
+                Record::Op(op) => op,
                 Record::State(change) => {
                     self.state_bytes += record.len();
                     self.states.push((seq, change));
@@ -389,17 +404,31 @@ impl Run {
                     continue;
                 }
             };
+            let (copied, held) = match (op, in_place) {
+                (OpRef::Put { value, .. }, Some(place)) if value.len() >= LARGE && self.held.len() < NOT_HELD as usize => {
+                    // SAFETY: `value` is part of a record read in place from
+                    // the segment that `place.owner()` keeps mapped, whose
+                    // records never change (`InPlace`).
+                    self.held.push(unsafe { Slice::within(place.owner(), value) });
+                    self.held_bytes += value.len();
+                    // A put's value is the end of its record.
+                    (&record[..record.len() - value.len()], self.held.len() as u32 - 1)
+                }
+                _ => (record, NOT_HELD),
+            };
+            let key = op.key();
             let key_at = key.as_ptr() as usize - record.as_ptr() as usize;
             self.records.push(RunRecord {
                 prefix: prefix(key),
                 seq,
                 start: self.bytes.len(),
-                len: record.len() as u32,
+                len: copied.len() as u32,
                 key_start: self.bytes.len() + key_at,
                 key_len: key.len() as u32,
                 candidates: 0,
+                held,
             });
-            self.bytes.extend_from_slice(record);
+            self.bytes.extend_from_slice(copied);
             reader.advance();
         }
         let mut records = std::mem::take(&mut self.records);
@@ -448,8 +477,12 @@ impl Run {
             if let Some(ahead) = self.records.get(i + PREFETCH_AHEAD) {
                 prefetch(&self.bytes[ahead.start..ahead.start + ahead.len as usize]);
             }
-            let op = OpRef::decode(&self.bytes[r.start..r.start + r.len as usize])?;
-            if segs.replay(op, r.seq, r.candidates)? {
+            let mut op = OpRef::decode(&self.bytes[r.start..r.start + r.len as usize])?;
+            let held = (r.held != NOT_HELD).then(|| &self.held[r.held as usize]);
+            if let Some(value) = held {
+                op = OpRef::Put { key: op.key(), value };
+            }
+            if segs.replay(op, r.seq, r.candidates, held)? {
                 *first_changed = Some(first_changed.map_or(r.seq, |f: u64| f.min(r.seq)));
             }
         }
@@ -518,7 +551,7 @@ pub fn replay_wal(segs: &mut Segments, replicated: &mut Tracker, wal: &Wal, from
             }
             let records = run.records.len() + run.states.len();
             replayed.records += records as u64;
-            replayed.bytes += (run.bytes.len() + run.state_bytes + records * BATCH_RECORD_HEADER) as u64;
+            replayed.bytes += (run.bytes.len() + run.held_bytes + run.state_bytes + records * BATCH_RECORD_HEADER) as u64;
             run.apply(segs, replicated, &mut replayed.first_changed)?;
             let _ = empty.send(run);
         }

@@ -9,6 +9,7 @@
 //! marked deleted in its segment's side-car with the same version.
 
 use super::appendable::Appendable;
+use super::arena::Slice;
 use super::bloom::Probe;
 use super::entry::{Entry, Kind, Value};
 use super::merging::{held_from, Merged};
@@ -127,7 +128,7 @@ impl Segments {
             if let Some((i, e)) = self.locate_sealed(key)? {
                 return self.apply_at(op, version, Some((Place::Sealed(i), Some(e))));
             }
-            return self.appendable.apply_here(op, version, false).map(|_| ()).map_err(|()| wrong_kind(key));
+            return self.appendable.apply_here(op, version, false, None).map(|_| ()).map_err(|()| wrong_kind(key));
         }
         // A put or a delete ends whatever copy there is: the appendable
         // segment applies it whether it held the key or not, and every
@@ -139,7 +140,7 @@ impl Segments {
         for s in &self.sealed {
             s.prefetch(&probe);
         }
-        self.appendable.apply_here(op, version, false).map_err(|()| wrong_kind(key))?;
+        self.appendable.apply_here(op, version, false, None).map_err(|()| wrong_kind(key))?;
         for s in &self.sealed {
             s.move_out(&probe, version);
         }
@@ -204,7 +205,8 @@ impl Segments {
     /// `candidates`: the immutable segments that may hold the key, bit i
     /// for `sealed[i]` (`ALL_SEALED` when unknown; segments past the 64th
     /// are always searched): replay checks the filters beforehand.
-    pub fn replay(&mut self, op: OpRef, version: u64, candidates: u64) -> Result<bool> {
+    /// `held`: the put's value, held where it is (`Appendable::apply_here`).
+    pub fn replay(&mut self, op: OpRef, version: u64, candidates: u64, held: Option<&Slice>) -> Result<bool> {
         let key = op.key();
         // (place, version, entry: only for immutable segments)
         let mut copies: Vec<(Place, u64, Option<Entry>)> = Vec::new();
@@ -222,7 +224,7 @@ impl Segments {
         if copies.is_empty() {
             // The common case: the key can only be in the appendable
             // segment; gate and apply with one search.
-            return self.appendable.apply_here(op, version, true).map_err(|()| {
+            return self.appendable.apply_here(op, version, true, held).map_err(|()| {
                 Error::corruption(format!("WAL operation {version} appends to a value: {}", wrong_kind(key).message))
             });
         }

@@ -291,7 +291,7 @@ impl Shard {
                 let version = first + i as u64;
                 match record {
                     Record::Op(op) => {
-                        if let Err(e) = segs.replay(op, version, ALL_SEALED) {
+                        if let Err(e) = segs.replay(op, version, ALL_SEALED, None) {
                             inner.poison(e.clone());
                             return Err(e);
                         }

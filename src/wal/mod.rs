@@ -24,7 +24,7 @@ mod segment;
 mod workers;
 
 pub use pins::Pin;
-pub use reader::Reader;
+pub use reader::{InPlace, Reader, RecordInPlace};
 pub use recovery::RecoveryReport;
 pub use segment::{file_name as segment_file_name, parse_name as parse_segment_name};
 pub use workers::{Workers, ENGINE_WAL_WORKERS, WORKER_NAME};

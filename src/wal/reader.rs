@@ -22,11 +22,34 @@ struct OpenSegment {
     next_first: Option<u64>,
 }
 
+/// The mapped segment a record was read from in place. The bytes of a
+/// record handed out never change and stay mapped while the segment's
+/// handle lives, even after truncation removes the file: the log only
+/// ever writes past its last record, and removes segments, never rewrites
+/// or shortens them. So a value can stay there instead of being copied
+/// (`shard::arena::Slice::within`).
+pub struct InPlace<'a>(&'a Arc<ReadSegment>);
+
+/// A record's sequence number, its bytes and, when they were read in
+/// place, who keeps them (`Reader::peek_in_place`).
+pub type RecordInPlace<'a> = (u64, &'a [u8], Option<InPlace<'a>>);
+
+impl InPlace<'_> {
+    /// The owner that keeps the record's memory mapped.
+    pub fn owner(&self) -> Arc<dyn std::any::Any + Send + Sync> {
+        self.0.clone()
+    }
+}
+
 /// The frame holding the next record, decoded and verified.
 struct Frame {
     first_seq: u64,
+    /// The frame's records when they were read with pread.
     payload: Vec<u8>,
-    /// (start, len) of each record inside `payload`.
+    /// Where the frame's records are when they are read in place: the
+    /// mapped segment and the offset of the frame's payload in it.
+    mapped: Option<(Arc<ReadSegment>, usize)>,
+    /// (start, len) of each record inside the payload.
     spans: Vec<(usize, usize)>,
 }
 
@@ -83,7 +106,7 @@ impl Reader {
             next: pin.1,
             segment: None,
             frame: None,
-            spare: Frame { first_seq: 0, payload: Vec::new(), spans: Vec::new() },
+            spare: Frame { first_seq: 0, payload: Vec::new(), mapped: None, spans: Vec::new() },
             window: Vec::new(),
             window_at: 0,
             window_upto: 0,
@@ -93,6 +116,12 @@ impl Reader {
     /// The next record without consuming it: `None` when the reader has
     /// caught up with the log (try again later).
     pub fn peek(&mut self) -> Result<Option<(u64, &[u8])>> {
+        Ok(self.peek_in_place()?.map(|(seq, record, _)| (seq, record)))
+    }
+
+    /// `peek`, and when the record is read in place from a mapped segment
+    /// (not copied), who keeps that memory (`InPlace`).
+    pub fn peek_in_place(&mut self) -> Result<Option<RecordInPlace<'_>>> {
         if self.shared.closed.load(Ordering::Acquire) {
             return Err(Error::new(KEEL_STATUS_CLOSED, "the WAL of this reader is closed"));
         }
@@ -101,7 +130,11 @@ impl Reader {
         }
         let f = self.frame.as_ref().unwrap();
         let (start, len) = f.spans[(self.next - f.first_seq) as usize];
-        Ok(Some((self.next, &f.payload[start..start + len])))
+        let (payload, in_place) = match &f.mapped {
+            Some((seg, at)) => (&seg.mapped().expect("a frame read in place is in a mapped segment")[*at..], Some(InPlace(seg))),
+            None => (&f.payload[..], None),
+        };
+        Ok(Some((self.next, &payload[start..start + len], in_place)))
     }
 
     /// Consumes the record returned by the last successful `peek`.
@@ -165,23 +198,39 @@ impl Reader {
                 self.segment.as_mut().unwrap().offset += h.size();
                 continue;
             }
+            let (payload_at, len) = (at + FRAME_HEADER_LEN as u64, h.len as usize);
             let mut payload = std::mem::take(&mut self.spare.payload);
             payload.clear();
-            payload.extend_from_slice(self.bytes(at + FRAME_HEADER_LEN as u64, h.len as usize)?);
-            if !h.checksum_ok(&head, &payload, salt) {
+            let mut spans = std::mem::take(&mut self.spare.spans);
+            spans.clear();
+            self.spare.mapped = None;
+            // A mapped segment's frame is checked and handed out in place,
+            // without a copy.
+            let seg = self.segment.as_ref().unwrap();
+            let mapped = seg.handle.mapped().is_some().then(|| (seg.handle.clone(), payload_at as usize));
+            let (ok, whole) = {
+                let bytes = match mapped {
+                    Some(_) => self.bytes(payload_at, len)?,
+                    None => {
+                        payload.extend_from_slice(self.bytes(payload_at, len)?);
+                        &payload[..]
+                    }
+                };
+                let base = bytes.as_ptr() as usize;
+                let ok = h.checksum_ok(&head, bytes, salt);
+                (ok, ok && each_record(h.kind, h.count, bytes, |r| spans.push((r.as_ptr() as usize - base, r.len()))))
+            };
+            if !ok {
                 return Err(corrupt("checksum mismatch"));
             }
             self.segment.as_mut().unwrap().offset += h.size();
             if h.seq > self.next {
                 return Err(corrupt(&format!("found sequence {} instead", h.seq)));
             }
-            let mut spans = std::mem::take(&mut self.spare.spans);
-            spans.clear();
-            let base = payload.as_ptr() as usize;
-            if !each_record(h.kind, h.count, &payload, |r| spans.push((r.as_ptr() as usize - base, r.len()))) {
+            if !whole {
                 return Err(corrupt("bad batch table"));
             }
-            self.frame = Some(Frame { first_seq: h.seq, payload, spans });
+            self.frame = Some(Frame { first_seq: h.seq, payload, mapped, spans });
             return Ok(true);
         }
     }

@@ -110,6 +110,16 @@ pub struct ReadSegment {
     pub view: View,
 }
 
+impl ReadSegment {
+    /// The whole file, when it is mapped.
+    pub fn mapped(&self) -> Option<&[u8]> {
+        match &self.view {
+            View::Map(m) => Some(m.bytes()),
+            View::File(_) => None,
+        }
+    }
+}
+
 /// How a `ReadSegment` reaches its bytes.
 pub enum View {
     /// A read-only map of the whole file (it holds no descriptor).
