@@ -185,10 +185,12 @@ fn random_workloads_match_a_model() {
     }
 }
 
-/// After a crash, replay keeps large values where they are in the mapped
-/// WAL instead of copying them. They read back, are written to the data
-/// log by the next flush, stay readable once that flush has removed their
-/// WAL segments, and are there after the next restart.
+/// After a crash, replay keeps values where they are in the mapped WAL
+/// instead of copying them (past its first run). They read back, are
+/// written to the data log by the next flush, stay readable once that
+/// flush has removed their WAL segments, are sealed into a table by the
+/// same flush job (which lets the mappings go), and are there after the
+/// next restart.
 #[test]
 fn large_values_replayed_in_place_survive_flush_truncation_and_reopen() {
     let (dir, crashed) = (TempDir::new("shard-held"), TempDir::new("shard-held-crash"));
@@ -213,10 +215,16 @@ fn large_values_replayed_in_place_survive_flush_truncation_and_reopen() {
     assert_eq!(s.stats().replayed_records, 400, "everything was replayed");
     check_all(&s, &model);
     let wal_before = common::segment_files(&crashed.path().join("wal"));
+    assert_eq!(s.stats().sealed_segments, 0);
     s.flush(true).unwrap();
     assert_eq!(s.persisted_version(), 400);
     let wal_after = common::segment_files(&crashed.path().join("wal"));
     assert!(wal_before.iter().any(|p| !wal_after.contains(p)), "the flush removed replayed WAL segments: {wal_after:?}");
+    check_all(&s, &model);
+    // The next job starts once the first has ended, seal included.
+    s.flush(true).unwrap();
+    let st = s.stats();
+    assert_eq!((st.sealed_segments, st.appendable_keys), (1, 0), "the replayed values were sealed into a table");
     check_all(&s, &model);
     let op = Op::Put { key: b"k00".to_vec(), value: vec![9; 2048] };
     apply(&mut model, std::slice::from_ref(&op));

@@ -41,6 +41,9 @@ pub struct Appendable {
     arena: Arena,
     /// Approximate bytes held; the shard seals past a threshold.
     pub weight: usize,
+    /// Some value lives in a mapped WAL segment (kept there by replay):
+    /// the next flush job seals the segment, which lets the mappings go.
+    pub holds_wal: bool,
     /// Log records of the operation being applied, handed to `log` whole
     /// when it is done so a flush never persists half a batch.
     staged: Records,
@@ -83,7 +86,7 @@ impl Appendable {
         let file = fs.create(&log_path).map_err(|e| Error::io(format!("creating {}", log_path.display()), e))?;
         let log = SegmentLog::new(fs, dir, ident, file, 0, crc32fast::Hasher::new(), version);
         log.write_state(version, 0, &log.state.lock().crc)?; // syncs the directory
-        Ok(Appendable { id: ident.segment, map: BTreeMap::new(), arena: Arena::default(), weight: 0, staged: Records::default(), log: Arc::new(log) })
+        Ok(Appendable { id: ident.segment, map: BTreeMap::new(), arena: Arena::default(), weight: 0, holds_wal: false, staged: Records::default(), log: Arc::new(log) })
     }
 
     /// Loads the durable part of `seg-<id>.log`. Bytes past it (a crash's
@@ -153,7 +156,7 @@ impl Appendable {
                 k => return Err(bad(&format!("record of unknown kind {k}"))),
             }
         }
-        Ok(Appendable { id, map, arena, weight, staged: Records::default(), log: Arc::new(log) })
+        Ok(Appendable { id, map, arena, weight, holds_wal: false, staged: Records::default(), log: Arc::new(log) })
     }
 
     /// Stages a record without its crc: the flusher fills that in
@@ -203,9 +206,8 @@ impl Appendable {
 
     /// Applies `op` to a key that no immutable segment holds, with one
     /// search of the map. With `gate`, an operation not newer than the
-    /// key's version is skipped (replay). `held`: a put's value already in
-    /// memory that stays put (replay's values in the mapped WAL), taken
-    /// instead of a copy. Returns whether anything changed; `Err(())` for
+    /// key's version is skipped (replay). `held`: a put's value kept in
+    /// the mapped WAL by replay, taken instead of a copy. Returns whether anything changed; `Err(())` for
     /// an append to a value.
     pub fn apply_here(&mut self, op: OpRef, version: u64, gate: bool, held: Option<&Slice>) -> std::result::Result<bool, ()> {
         let key = op.key();
@@ -217,6 +219,7 @@ impl Appendable {
         match (op, slot) {
             (OpRef::Put { value, .. }, slot) => {
                 debug_assert!(held.map_or(true, |h| h[..] == *value), "a held value is the put's value");
+                self.holds_wal |= held.is_some();
                 let value = held.cloned().unwrap_or_else(|| self.arena.hold(value));
                 let entry = Entry { version, value: Value::Bytes(value.clone()) };
                 match slot {

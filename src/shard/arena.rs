@@ -48,7 +48,7 @@ pub struct Slice {
 }
 
 /// Memory that values are copied into, front to back, or memory that
-/// something else owns and keeps (`Slice::within`).
+/// something else owns and keeps (`Kept`).
 struct Chunk {
     ptr: NonNull<u8>,
     cap: usize,
@@ -60,7 +60,7 @@ struct Chunk {
 // SAFETY: a chunk's bytes are written only by the one `Arena` that fills
 // it, through `&mut Arena`, and only past every `Slice` handed out; a
 // `Slice` reads bytes written before it was created, never written again
-// (an owned chunk's bytes are never written: `Slice::within`'s contract).
+// (kept memory's bytes are never written: `Kept::new`'s contract).
 // Threads that receive a `Slice` get it through the map's lock (or a clone
 // made under it), which orders those writes before their reads.
 unsafe impl Send for Chunk {}
@@ -118,17 +118,35 @@ impl Arena {
     }
 }
 
-impl Slice {
-    /// `bytes` as a value, without a copy: the slice keeps `owner` alive
-    /// instead (a replayed value in the WAL's mapped segment).
+/// Memory that something else owns and keeps, from which values are
+/// taken without a copy (a WAL segment mapped for replay).
+pub struct Kept {
+    chunk: Arc<Chunk>,
+}
+
+impl Kept {
+    /// `bytes`, kept alive by `owner`.
     ///
     /// # Safety
     /// `bytes` must lie in memory that `owner` keeps mapped, at the same
     /// address and unchanged, for as long as `owner` lives.
-    pub unsafe fn within(owner: Arc<dyn Any + Send + Sync>, bytes: &[u8]) -> Slice {
-        assert!(bytes.len() <= u32::MAX as usize, "a value of {} bytes does not fit an arena slice", bytes.len());
+    pub unsafe fn new(owner: Arc<dyn Any + Send + Sync>, bytes: &[u8]) -> Kept {
         let ptr = NonNull::new(bytes.as_ptr() as *mut u8).expect("a slice's pointer is never null");
-        Slice { chunk: Arc::new(Chunk { ptr, cap: bytes.len(), owner: Some(owner) }), start: 0, len: bytes.len() as u32 }
+        Kept { chunk: Arc::new(Chunk { ptr, cap: bytes.len(), owner: Some(owner) }) }
+    }
+
+    /// Whether `part` lies inside the kept memory at an offset a `Slice`
+    /// can hold (below 4 GiB).
+    pub fn holds(&self, part: &[u8]) -> bool {
+        let (base, at) = (self.chunk.ptr.as_ptr() as usize, part.as_ptr() as usize);
+        at >= base && at + part.len() <= base + self.chunk.cap && at + part.len() - base <= u32::MAX as usize
+    }
+
+    /// `part` of the kept memory as a value, sharing it.
+    pub fn slice(&self, part: &[u8]) -> Slice {
+        assert!(self.holds(part), "a kept slice lies inside the kept memory");
+        let start = part.as_ptr() as usize - self.chunk.ptr.as_ptr() as usize;
+        Slice { chunk: self.chunk.clone(), start: start as u32, len: part.len() as u32 }
     }
 }
 
@@ -199,19 +217,22 @@ mod tests {
         assert_eq!(&shared[..], &values[5][..]);
     }
 
-    /// A slice within someone else's memory keeps that owner alive, and
-    /// dropping it frees nothing of the owner's.
+    /// Slices of kept memory share it and keep its owner alive; dropping
+    /// them frees nothing of the owner's.
     #[test]
-    fn slices_within_an_owner_keep_it() {
+    fn kept_slices_keep_their_owner() {
         let owner: Arc<Vec<u8>> = Arc::new((0..200u8).collect());
         // SAFETY: the bytes are the Vec's, which the Arc keeps and nobody
         // changes (no other handle can mutate through a shared Arc).
-        let slice = unsafe { Slice::within(owner.clone(), &owner[10..150]) };
-        assert_eq!(Arc::strong_count(&owner), 2);
-        let copy = slice.clone();
-        drop(slice);
-        assert_eq!(&copy[..], &owner[10..150]);
-        drop(copy);
+        let kept = unsafe { Kept::new(owner.clone(), &owner[..]) };
+        assert!(kept.holds(&owner[10..150]) && kept.holds(&owner[200..]));
+        assert!(!kept.holds(&[1, 2, 3]), "memory elsewhere");
+        let (a, b) = (kept.slice(&owner[10..150]), kept.slice(&owner[0..1]));
+        assert!(Arc::ptr_eq(&kept.chunk, &a.chunk) && Arc::ptr_eq(&a.chunk, &b.chunk));
+        drop(kept);
+        assert_eq!(Arc::strong_count(&owner), 2, "one chunk, shared");
+        assert_eq!((&a[..], &b[..]), (&owner[10..150], &owner[0..1]));
+        drop((a, b));
         assert_eq!(Arc::strong_count(&owner), 1, "the chunk let go of its owner");
     }
 

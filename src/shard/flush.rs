@@ -116,8 +116,9 @@ fn acknowledge(inner: &Inner) -> Result<u64> {
     Ok(persisted)
 }
 
-/// Seals a big (or, with `force`, any non-empty) appendable segment and
-/// merges small immutable ones.
+/// Seals a big (or, with `force`, any non-empty, or one holding replayed
+/// values in the WAL's mapping) appendable segment and merges small
+/// immutable ones.
 fn maintain(inner: &Inner, force: bool) -> Result<()> {
     // A seal that failed earlier left a frozen segment (or a table without
     // its side-car): finish it first.
@@ -126,8 +127,15 @@ fn maintain(inner: &Inner, force: bool) -> Result<()> {
     for f in frozen {
         write_frozen(inner, &f)?;
     }
-    let weight = inner.segs.read().appendable.weight;
-    if weight >= inner.opts.seal_bytes || (force && weight > 0) {
+    let (weight, holds_wal) = {
+        let segs = inner.segs.read();
+        (segs.appendable.weight, segs.appendable.holds_wal)
+    };
+    // Values a replay kept in the mapped WAL are sealed into a table at
+    // once: until then their segments stay mapped, and on disk as unlinked
+    // files once truncated (docs/STORAGE.md, "Replayed values stay in the
+    // WAL's mapping").
+    if weight >= inner.opts.seal_bytes || (force && weight > 0) || holds_wal {
         seal(inner)?;
         changed = true;
     }

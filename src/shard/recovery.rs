@@ -5,7 +5,7 @@
 //! gate (`Segments::replay` applies one operation).
 
 use super::appendable::Appendable;
-use super::arena::{Slice, LARGE};
+use super::arena::{Kept, Slice};
 use super::bloom::hash64;
 use super::files::{self, Ident};
 use super::key::prefix;
@@ -307,12 +307,14 @@ pub struct Replayed {
 struct Run {
     bytes: Vec<u8>,
     records: Vec<RunRecord>,
-    /// Large values of puts read in place: they stay in the mapped WAL
-    /// segment, where the appendable segment's map holds them too, and
-    /// their records in `bytes` stop where the value would begin. A
-    /// restart that replays a gigabyte of 4 KiB puts otherwise spent most
-    /// of its time in the kernel, zeroing fresh pages for the copies.
+    /// Values of puts read in place: they stay in the mapped WAL segment,
+    /// where the appendable segment's map holds them too, and their
+    /// records in `bytes` stop where the value would begin. A restart that
+    /// replays a gigabyte of puts otherwise spent most of its time in the
+    /// kernel, zeroing fresh pages for the copies.
     held: Vec<Slice>,
+    /// The mapped segment the last values were held in.
+    kept: Option<Kept>,
     /// The sum of the held values' lengths.
     held_bytes: usize,
     /// The run's changes of the replicated state, in version order.
@@ -386,7 +388,8 @@ impl Run {
     /// none at its end), sorts them by key, then version, and notes which
     /// of `sealed` (the shard's immutable segments) may hold each key;
     /// `searches` gets the searches of them the run's apply will make.
-    fn read(&mut self, reader: &mut Reader, run_bytes: usize, sealed: &[Arc<Sealed>], searches: &mut Searches) -> Result<()> {
+    /// With `keep`, put values read in place stay where they are (`held`).
+    fn read(&mut self, reader: &mut Reader, run_bytes: usize, keep: bool, sealed: &[Arc<Sealed>], searches: &mut Searches) -> Result<()> {
         self.bytes.clear();
         self.records.clear();
         self.states.clear();
@@ -404,17 +407,27 @@ impl Run {
                     continue;
                 }
             };
-            let (copied, held) = match (op, in_place) {
-                (OpRef::Put { value, .. }, Some(place)) if value.len() >= LARGE && self.held.len() < NOT_HELD as usize => {
-                    // SAFETY: `value` is part of a record read in place from
-                    // the segment that `place.owner()` keeps mapped, whose
-                    // records never change (`InPlace`).
-                    self.held.push(unsafe { Slice::within(place.owner(), value) });
+            let value = match (op, in_place) {
+                (OpRef::Put { value, .. }, Some(place)) if keep && self.held.len() < NOT_HELD as usize => {
+                    if !self.kept.as_ref().is_some_and(|k| k.holds(value)) {
+                        // SAFETY: the segment is mapped memory that
+                        // `place.owner()` keeps, and the records the log
+                        // handed out in it never change (`InPlace`).
+                        self.kept = Some(unsafe { Kept::new(place.owner(), place.segment()) });
+                    }
+                    self.kept.as_ref().filter(|k| k.holds(value)).map(|k| k.slice(value))
+                }
+                _ => None,
+            };
+            let (copied, held) = match value {
+                Some(value) => {
                     self.held_bytes += value.len();
                     // A put's value is the end of its record.
-                    (&record[..record.len() - value.len()], self.held.len() as u32 - 1)
+                    let head = &record[..record.len() - value.len()];
+                    self.held.push(value);
+                    (head, self.held.len() as u32 - 1)
                 }
-                _ => (record, NOT_HELD),
+                None => (record, NOT_HELD),
             };
             let key = op.key();
             let key_at = key.as_ptr() as usize - record.as_ptr() as usize;
@@ -528,11 +541,16 @@ pub fn replay_wal(segs: &mut Segments, replicated: &mut Tracker, wal: &Wal, from
             // faster than applying, so the next run is ready in time.
             let mut run_bytes_now = (run_bytes / FIRST_RUN_PARTS).max(1);
             let mut searches = Searches::default();
+            // Values are kept in place from the second run on: a replay
+            // that fits the first run copies them (they are few, and a
+            // small or idle shard then holds no WAL segment mapped).
+            let mut keep = false;
             // Ends when the log ends, on an error, or when the applying
             // side has gone (its channel ends dropped).
             while let Ok(mut run) = empty_rx.recv() {
-                let result = run.read(&mut reader, run_bytes_now, &sealed, &mut searches).map(|()| run);
+                let result = run.read(&mut reader, run_bytes_now, keep, &sealed, &mut searches).map(|()| run);
                 run_bytes_now = run_bytes_now.saturating_mul(2).min(run_bytes);
+                keep = true;
                 let last = result.as_ref().map_or(true, |run| run.records.is_empty() && run.states.is_empty());
                 if full_tx.send(result).is_err() || last {
                     return;

@@ -27,7 +27,7 @@ struct OpenSegment {
 /// handle lives, even after truncation removes the file: the log only
 /// ever writes past its last record, and removes segments, never rewrites
 /// or shortens them. So a value can stay there instead of being copied
-/// (`shard::arena::Slice::within`).
+/// (`shard::arena::Kept`).
 pub struct InPlace<'a>(&'a Arc<ReadSegment>);
 
 /// A record's sequence number, its bytes and, when they were read in
@@ -38,6 +38,11 @@ impl InPlace<'_> {
     /// The owner that keeps the record's memory mapped.
     pub fn owner(&self) -> Arc<dyn std::any::Any + Send + Sync> {
         self.0.clone()
+    }
+
+    /// The whole mapped segment the record lies in.
+    pub fn segment(&self) -> &[u8] {
+        self.0.mapped().expect("a frame read in place is in a mapped segment")
     }
 }
 
