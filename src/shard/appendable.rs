@@ -162,8 +162,7 @@ impl Appendable {
     /// Stages a record without its crc: the flusher fills that in
     /// (`Records::seal`) before the bytes are written, off the write path.
     fn record(&mut self, version: u64, kind: u8, key: &[u8], payload: Payload) {
-        self.weight += key.len() + payload.len();
-        self.staged.push(version, kind, key, payload);
+        stage(&mut self.staged, &mut self.weight, version, kind, key, payload);
     }
 
     pub fn put(&mut self, key: &[u8], value: &[u8], version: u64) {
@@ -221,14 +220,16 @@ impl Appendable {
                 debug_assert!(held.map_or(true, |h| h[..] == *value), "a held value is the put's value");
                 self.holds_wal |= held.is_some();
                 let value = held.cloned().unwrap_or_else(|| self.arena.hold(value));
-                let entry = Entry { version, value: Value::Bytes(value.clone()) };
+                // Staged before the entry takes the value (no second
+                // reference to count), while the slot borrows the map.
+                stage(&mut self.staged, &mut self.weight, version, REC_VALUE, key, Payload::Held(&value));
+                let entry = Entry { version, value: Value::Bytes(value) };
                 match slot {
                     Slot::Occupied(mut o) => *o.get_mut() = entry,
                     Slot::Vacant(v) => {
                         v.insert(entry);
                     }
                 }
-                self.record(version, REC_VALUE, key, Payload::Held(&value));
             }
             (OpRef::Delete { .. }, Slot::Occupied(o)) => {
                 o.remove();
@@ -279,6 +280,12 @@ impl Appendable {
     pub fn reserve(&mut self, bytes: usize) {
         self.staged.reserve(bytes);
     }
+}
+
+/// `Appendable::record` on the segment's staging fields alone.
+fn stage(staged: &mut Records, weight: &mut usize, version: u64, kind: u8, key: &[u8], payload: Payload) {
+    *weight += key.len() + payload.len();
+    staged.push(version, kind, key, payload);
 }
 
 impl SegmentLog {
