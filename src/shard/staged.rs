@@ -34,14 +34,16 @@ impl Records {
             Payload::Held(s) => s,
         };
         let len = (8 + 1 + 4 + key.len() + bytes.len()) as u32;
-        self.inline.reserve(8 + len as usize);
+        let held = matches!(payload, Payload::Held(_)) && bytes.len() >= LARGE;
+        // Room for what is copied: a held value takes none.
+        self.inline.reserve(8 + len as usize - if held { bytes.len() } else { 0 });
         self.inline.extend_from_slice(&len.to_le_bytes());
         self.inline.extend_from_slice(&[0; 4]); // the crc, by the flusher
         self.inline.extend_from_slice(&version.to_le_bytes());
         self.inline.push(kind);
         files::put_bytes(&mut self.inline, key);
         match payload {
-            Payload::Held(s) if s.len() >= LARGE => {
+            Payload::Held(s) if held => {
                 self.held_len += s.len();
                 self.held.push((self.inline.len(), s.clone()));
             }
