@@ -32,10 +32,20 @@ fn shard_options() -> Options {
 
 /// One side: an engine, its node and its transfer service.
 struct Side {
-    _dir: TempDir,
     engine: Arc<Engine>,
     node: Arc<Node>,
     transfers: Arc<Transfers>,
+    // Last: the engine closes before its directory is removed.
+    _dir: TempDir,
+}
+
+impl Drop for Side {
+    /// Stops the node and the transfer service's thread (which holds the
+    /// engine) so that the engine closes here, before the directory goes.
+    fn drop(&mut self) {
+        let _ = self.node.close();
+        self.transfers.close();
+    }
 }
 
 fn side(tag: &str, id: u64) -> Side {

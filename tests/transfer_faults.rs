@@ -95,10 +95,20 @@ fn node_options(id: u64) -> NodeOptions {
 
 /// One side: an engine, its node and its transfer service.
 struct Side {
-    _dir: Option<TempDir>,
     engine: Arc<Engine>,
     node: Arc<Node>,
     transfers: Arc<Transfers>,
+    // Last: the engine closes before its directory is removed.
+    _dir: Option<TempDir>,
+}
+
+impl Drop for Side {
+    /// Stops the node and the transfer service's thread (which holds the
+    /// engine) so that the engine closes here, before the directory goes.
+    fn drop(&mut self) {
+        let _ = self.node.close();
+        self.transfers.close();
+    }
 }
 
 fn side_at(dir: &Path, opts: NodeOptions, shard_opts: Options) -> Side {
@@ -110,8 +120,9 @@ fn side_at(dir: &Path, opts: NodeOptions, shard_opts: Options) -> Side {
 
 fn side(tag: &str, opts: NodeOptions) -> Side {
     let dir = TempDir::new(tag);
-    let s = side_at(dir.path(), opts, shard_options());
-    Side { _dir: Some(dir), ..s }
+    let mut s = side_at(dir.path(), opts, shard_options());
+    s._dir = Some(dir);
+    s
 }
 
 /// A source (node 1) that reaches the receiver (node 2) through a relay.
