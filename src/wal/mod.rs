@@ -1059,7 +1059,11 @@ impl Shared {
                         true
                     }
                 });
-                wake.extend(next_leader);
+                // The next leader first: its sync starts while the others
+                // are still being woken.
+                if let Some(l) = next_leader {
+                    wake.insert(0, l);
+                }
             }
             wake
         };
