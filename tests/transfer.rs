@@ -7,12 +7,11 @@
 
 mod common;
 
-use common::TempDir;
-use keel::engine::Engine;
-use keel::node::{Node, NodeOptions};
+use common::side::Side;
+use keel::node::NodeOptions;
 use keel::shard::{Options, Shard, Step, StepHook, Steps};
 use keel::status::*;
-use keel::transfer::{shard_digest, wire, Finish, Method, ProgressFn, Report, Stage, TransferOptions, Transfers};
+use keel::transfer::{shard_digest, wire, Finish, Method, ProgressFn, Report, Stage, TransferOptions};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -30,24 +29,6 @@ fn shard_options() -> Options {
     }
 }
 
-/// One side: an engine, its node and its transfer service.
-struct Side {
-    engine: Arc<Engine>,
-    node: Arc<Node>,
-    transfers: Arc<Transfers>,
-    // Last: the engine closes before its directory is removed.
-    _dir: TempDir,
-}
-
-impl Drop for Side {
-    /// Stops the node and the transfer service's thread (which holds the
-    /// engine) so that the engine closes here, before the directory goes.
-    fn drop(&mut self) {
-        let _ = self.node.close();
-        self.transfers.close();
-    }
-}
-
 fn side(tag: &str, id: u64) -> Side {
     side_with(tag, id, 4)
 }
@@ -59,21 +40,15 @@ fn side_with(tag: &str, id: u64, transfers: u32) -> Side {
 
 /// A side whose engine opens its shards with `opts`.
 fn side_on(tag: &str, id: u64, transfers: u32, opts: Options) -> Side {
-    let dir = TempDir::new(tag);
-    let engine = Arc::new(Engine::open(dir.path(), opts).unwrap());
-    let node = Arc::new(
-        Node::open(NodeOptions {
-            node_id: id,
-            max_frame_bytes: 1 << 20,
-            heartbeat_interval: Duration::from_millis(200),
-            heartbeat_misses: 50,
-            max_concurrent_transfers: transfers,
-            ..NodeOptions::default()
-        })
-        .unwrap(),
-    );
-    let transfers = Transfers::attach(node.clone(), engine.clone()).unwrap();
-    Side { _dir: dir, engine, node, transfers }
+    let node = NodeOptions {
+        node_id: id,
+        max_frame_bytes: 1 << 20,
+        heartbeat_interval: Duration::from_millis(200),
+        heartbeat_misses: 50,
+        max_concurrent_transfers: transfers,
+        ..NodeOptions::default()
+    };
+    Side::temp(tag, node, opts)
 }
 
 /// A source (node 1) connected to a receiver (node 2).
@@ -167,7 +142,7 @@ fn a_received_snapshot_goes_to_tables_without_its_log() {
     // 120 KB of snapshot against 16 KiB segments: several seals (merged
     // down to max_sealed as they pile up), nothing left unsealed.
     assert!(st.sealed_segments >= 1 && st.appendable_keys == 0, "{st:?}");
-    let segs = dst._dir.path().join("shards").join(SHARD.to_string()).join("segments");
+    let segs = dst.dir().join("shards").join(SHARD.to_string()).join("segments");
     let logged: u64 = std::fs::read_dir(&segs)
         .unwrap()
         .map(|e| e.unwrap().path())

@@ -16,12 +16,12 @@ mod common;
 use common::child::{self, report};
 use common::relay::Relay;
 use common::rng::Rng;
+use common::side::Side;
 use common::TempDir;
-use keel::engine::Engine;
 use keel::node::{Node, NodeOptions, Service};
 use keel::shard::{Entry, Op, Options, Shard, Step, StepHook, Steps, Value};
 use keel::status::*;
-use keel::transfer::{shard_digest, wire, Clock, Finish, Hook, Method, RealClock, Retry, Stage, TransferOptions, Transfers};
+use keel::transfer::{shard_digest, wire, Clock, Finish, Hook, Method, RealClock, Retry, Stage, TransferOptions};
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -93,36 +93,8 @@ fn node_options(id: u64) -> NodeOptions {
     }
 }
 
-/// One side: an engine, its node and its transfer service.
-struct Side {
-    engine: Arc<Engine>,
-    node: Arc<Node>,
-    transfers: Arc<Transfers>,
-    // Last: the engine closes before its directory is removed.
-    _dir: Option<TempDir>,
-}
-
-impl Drop for Side {
-    /// Stops the node and the transfer service's thread (which holds the
-    /// engine) so that the engine closes here, before the directory goes.
-    fn drop(&mut self) {
-        let _ = self.node.close();
-        self.transfers.close();
-    }
-}
-
-fn side_at(dir: &Path, opts: NodeOptions, shard_opts: Options) -> Side {
-    let engine = Arc::new(Engine::open(dir, shard_opts).unwrap());
-    let node = Arc::new(Node::open(opts).unwrap());
-    let transfers = Transfers::attach(node.clone(), engine.clone()).unwrap();
-    Side { _dir: None, engine, node, transfers }
-}
-
 fn side(tag: &str, opts: NodeOptions) -> Side {
-    let dir = TempDir::new(tag);
-    let mut s = side_at(dir.path(), opts, shard_options());
-    s._dir = Some(dir);
-    s
+    Side::temp(tag, opts, shard_options())
 }
 
 /// A source (node 1) that reaches the receiver (node 2) through a relay.
@@ -424,8 +396,8 @@ fn records_and_entries_larger_than_a_frame_travel_in_pieces() {
     // Segments large enough for 3 MB records; frames of 1 MiB.
     let big = Options { wal_segment_size: 8 << 20, seal_bytes: 4 << 20, ..shard_options() };
     let (sdir, ddir) = (TempDir::new("large-src"), TempDir::new("large-dst"));
-    let src = side_at(sdir.path(), node_options(1), big.clone());
-    let dst = side_at(ddir.path(), node_options(2), big);
+    let src = Side::open(sdir.path(), node_options(1), big.clone());
+    let dst = Side::open(ddir.path(), node_options(2), big);
     let relay = Relay::start(dst.node.addr());
     src.node.connect(2, &relay.addr().to_string()).unwrap();
     let frame = src.node.max_frame_bytes();
@@ -566,7 +538,7 @@ fn run_child_if_one() {
 /// received shard's version and digest (`finished V D`); it runs until
 /// it is killed.
 fn receiver_child(dir: &Path) -> ! {
-    let me = side_at(dir, node_options(2), shard_options());
+    let me = Side::open(dir, node_options(2), shard_options());
     me.transfers.expect(SHARD, 1);
     report(&format!("addr {}\n", me.node.addr()));
     let (mut applied, mut finished) = (0, 0);
@@ -599,7 +571,7 @@ fn source_child(dir: &Path, relay: &str, seed: u64, phase: &str) -> ! {
     // restarted host sets its hold again (everything retained) before
     // that flush may acknowledge the WAL.
     let gate = Arc::new(AckGate::default());
-    let me = side_at(dir, node_options(1), Options { steps: Steps::new(gate.clone()), ..shard_options() });
+    let me = Side::open(dir, node_options(1), Options { steps: Steps::new(gate.clone()), ..shard_options() });
     me.node.connect(2, relay).unwrap();
     let shard = me.engine.open_shard(SHARD, true).unwrap();
     shard.set_keep_from(shard.stats().wal_first_seq).unwrap();

@@ -7,6 +7,7 @@ pub mod lockstep;
 pub mod relay;
 pub mod rng;
 pub mod shard_model;
+pub mod side;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -1,0 +1,51 @@
+//! One node of a transfer test: an engine, its node and its transfer
+//! service, closed in the order that lets the directory go last.
+
+use super::TempDir;
+use keel::engine::Engine;
+use keel::node::{Node, NodeOptions};
+use keel::shard::Options;
+use keel::transfer::Transfers;
+use std::path::Path;
+use std::sync::Arc;
+
+pub struct Side {
+    pub engine: Arc<Engine>,
+    pub node: Arc<Node>,
+    pub transfers: Arc<Transfers>,
+    // Last: the engine closes before its directory is removed.
+    temp: Option<TempDir>,
+}
+
+impl Side {
+    /// An engine in `dir` opening shards with `shard_opts`, a node with
+    /// `node_opts`, and the transfer service between them.
+    pub fn open(dir: &Path, node_opts: NodeOptions, shard_opts: Options) -> Side {
+        let engine = Arc::new(Engine::open(dir, shard_opts).unwrap());
+        let node = Arc::new(Node::open(node_opts).unwrap());
+        let transfers = Transfers::attach(node.clone(), engine.clone()).unwrap();
+        Side { engine, node, transfers, temp: None }
+    }
+
+    /// The same in a fresh temporary directory, removed with the side.
+    pub fn temp(tag: &str, node_opts: NodeOptions, shard_opts: Options) -> Side {
+        let dir = TempDir::new(tag);
+        let mut side = Side::open(dir.path(), node_opts, shard_opts);
+        side.temp = Some(dir);
+        side
+    }
+
+    /// The temporary directory of a side made by `temp`.
+    pub fn dir(&self) -> &Path {
+        self.temp.as_ref().expect("a side made by Side::temp").path()
+    }
+}
+
+impl Drop for Side {
+    /// Stops the node and the transfer service's thread (which holds the
+    /// engine) so that the engine closes here, before the directory goes.
+    fn drop(&mut self) {
+        let _ = self.node.close();
+        self.transfers.close();
+    }
+}
