@@ -206,8 +206,8 @@ impl Appendable {
     /// Applies `op` to a key that no immutable segment holds, with one
     /// search of the map. With `gate`, an operation not newer than the
     /// key's version is skipped (replay). `held`: a put's value kept in
-    /// the mapped WAL by replay, taken instead of a copy. Returns whether anything changed; `Err(())` for
-    /// an append to a value.
+    /// the mapped WAL by replay, taken instead of a copy. Returns whether
+    /// anything changed; `Err(())` for an append to a value.
     pub fn apply_here(&mut self, op: OpRef, version: u64, gate: bool, held: Option<&Slice>) -> std::result::Result<bool, ()> {
         let key = op.key();
         let stale = |e: &HeldEntry| gate && e.version >= version;
