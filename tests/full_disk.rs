@@ -1,0 +1,312 @@
+//! A real full disk. The fault suites (`tests/wal_faults.rs`,
+//! `tests/shard_faults.rs`) fail chosen operations through a fake file
+//! system; here ext4 itself runs out of blocks, on a small image mounted
+//! on a loop device, filled by a file beside the WAL, shard or engine. So
+//! every path that meets it (segment creation and growth, table writes,
+//! the manifest, the commit log and its checkpoints) gets the kernel's own
+//! ENOSPC, wherever it comes. What must hold: each failed call says
+//! NO_SPACE (never IO, POISONED or a panic) and consumes no sequence
+//! number or version; nothing acknowledged is lost or changed, before and
+//! after a reopen; once the filler is removed, writes and flushes succeed
+//! again without a reopen.
+//!
+//! Making and mounting the image needs root, `mkfs.ext4` and a loop
+//! device; without them each test says so and passes without running.
+
+mod common;
+
+use common::rng::Rng;
+use keel::engine::Engine;
+use keel::shard::{self, Shard, Value};
+use keel::status::*;
+use keel::wal::{Durability, ReadUpto, Wal};
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::Command;
+
+/// After this many failures in a row the disk is taken to stay full.
+const FAILURES_IN_A_ROW: usize = 100;
+/// Puts a shard test makes at the most.
+const MAX_PUTS: u64 = 50_000;
+
+/// An ext4 file system of a few MiB on a loop device, unmounted (lazily,
+/// should the test have left files open) and removed on drop.
+struct SmallDisk {
+    base: PathBuf,
+    at: PathBuf,
+}
+
+impl SmallDisk {
+    fn mount(tag: &str, mib: u64) -> Option<SmallDisk> {
+        let base = std::env::temp_dir().join(format!("keel-full-disk-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        let at = base.join("mnt");
+        std::fs::create_dir_all(&at).unwrap();
+        let image = base.join("ext4.img");
+        std::fs::File::create(&image).unwrap().set_len(mib << 20).unwrap();
+        let run = |c: &mut Command| c.output().map(|o| o.status.success()).unwrap_or(false);
+        // -m 0: no blocks reserved for root, which the tests run as.
+        let mounted = run(Command::new("mkfs.ext4").args(["-q", "-F", "-m", "0"]).arg(&image))
+            && run(Command::new("mount").args(["-o", "loop"]).arg(&image).arg(&at));
+        if !mounted {
+            eprintln!("skipped: cannot make and mount an ext4 image (needs root, mkfs.ext4 and a loop device)");
+            let _ = std::fs::remove_dir_all(&base);
+            return None;
+        }
+        Some(SmallDisk { base, at })
+    }
+
+    /// Fills the file system up to `leave` free bytes with a file of its
+    /// own; returns its path.
+    fn fill(&self, leave: u64) -> PathBuf {
+        let path = self.at.join("filler");
+        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&path).unwrap();
+        let chunk = vec![0xAAu8; 64 << 10];
+        loop {
+            let room = self.free().saturating_sub(leave);
+            if room < 4096 || f.write_all(&chunk[..(room as usize).min(chunk.len())]).is_err() {
+                break;
+            }
+        }
+        f.sync_all().unwrap();
+        path
+    }
+
+    fn free(&self) -> u64 {
+        let path = std::ffi::CString::new(self.at.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: `path` is NUL-terminated and `s` is a statvfs the call
+        // fills; a zeroed one is a valid value of that plain C struct.
+        unsafe {
+            let mut s: libc::statvfs = std::mem::zeroed();
+            assert_eq!(libc::statvfs(path.as_ptr(), &mut s), 0, "statvfs {}", self.at.display());
+            s.f_bavail as u64 * s.f_frsize as u64
+        }
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.at).output();
+        let _ = std::fs::remove_dir_all(&self.base);
+    }
+}
+
+/// Counts the failures of a run and checks that each is NO_SPACE.
+#[derive(Default)]
+struct Failures {
+    total: usize,
+    in_a_row: usize,
+}
+
+impl Failures {
+    fn ok(&mut self) {
+        self.in_a_row = 0;
+    }
+    fn failed(&mut self, what: &str, e: &keel::Error) {
+        assert_eq!(e.status, KEEL_STATUS_NO_SPACE, "{what} failed with another status than NO_SPACE: {e}");
+        self.total += 1;
+        self.in_a_row += 1;
+    }
+    fn disk_stays_full(&self) -> bool {
+        self.in_a_row >= FAILURES_IN_A_ROW
+    }
+}
+
+fn read_all(wal: &Wal) -> Vec<(u64, Vec<u8>)> {
+    let mut r = wal.reader(0, ReadUpto::Appended).unwrap();
+    std::iter::from_fn(|| r.next_record().unwrap()).collect()
+}
+
+#[test]
+fn wal_appends_fail_with_no_space_and_go_on_once_space_is_back() {
+    let Some(disk) = SmallDisk::mount("wal", 16) else { return };
+    let dir = disk.at.join("wal");
+    let opts = keel::wal::Options { durability: Durability::Sync, ..keel::wal::Options::default() };
+    let wal = Wal::open(&dir, opts.clone()).unwrap();
+    let filler = disk.fill(1 << 20);
+    let mut acked = Vec::new();
+    let mut failures = Failures::default();
+    for i in 0u64.. {
+        // Record sizes from 100 B to past a starting segment (64 KiB).
+        let payload = vec![i as u8; 100 + (i as usize * 7919) % (80 << 10)];
+        match wal.append(&payload) {
+            Ok(seq) => {
+                failures.ok();
+                assert_eq!(seq, acked.len() as u64 + 1, "sequence numbers stay dense across failed appends");
+                acked.push((seq, payload));
+            }
+            Err(e) => failures.failed("append", &e),
+        }
+        if failures.disk_stays_full() {
+            break;
+        }
+    }
+    assert!(failures.total >= FAILURES_IN_A_ROW && !acked.is_empty(), "the disk filled after some appends");
+    assert_eq!(read_all(&wal), acked, "the log holds what was acknowledged, before space is back");
+
+    std::fs::remove_file(&filler).unwrap();
+    let more = vec![7u8; 100 << 10];
+    let seq = wal.append(&more).expect("space is back: the log goes on without a reopen");
+    assert_eq!(seq, acked.len() as u64 + 1);
+    acked.push((seq, more));
+    wal.close().unwrap();
+    let wal = Wal::open(&dir, opts).unwrap();
+    assert_eq!(read_all(&wal), acked, "after reopen");
+}
+
+/// What a shard should hold: each key's last acknowledged value.
+type Model = BTreeMap<Vec<u8>, Vec<u8>>;
+
+/// Puts random keys into `shards` (each a shard, a model of it and its
+/// last version) until the disk stays full, flushing every 100 operations.
+fn put_until_full(shards: &mut [(&Shard, Model, u64)], seed: u64) {
+    let mut rng = Rng::new(seed);
+    let mut failures = Failures::default();
+    // Bounded, should flushes and merges keep freeing a little room: the
+    // checks hold wherever the loop stops, once some put has failed.
+    for i in 0..MAX_PUTS {
+        let (shard, model, last) = &mut shards[rng.below(shards.len() as u64) as usize];
+        let key = format!("key-{:05}", rng.below(4000)).into_bytes();
+        let value = vec![i as u8; 200 + rng.below(1800) as usize];
+        match shard.put(&key, &value) {
+            Ok(v) => {
+                failures.ok();
+                assert_eq!(v, *last + 1, "versions stay dense across failed puts");
+                *last = v;
+                model.insert(key, value);
+            }
+            Err(e) => failures.failed("put", &e),
+        }
+        if i % 100 == 99 {
+            // A flush may fail too (table writes, the manifest), without
+            // counting towards the disk staying full.
+            if let Err(e) = shard.flush(true) {
+                assert_eq!(e.status, KEEL_STATUS_NO_SPACE, "flush failed with another status than NO_SPACE: {e}");
+            }
+        }
+        if failures.disk_stays_full() {
+            break;
+        }
+    }
+    assert!(failures.total > 0, "the disk never filled");
+    assert!(shards.iter().any(|s| s.2 > 0), "the disk filled before any put");
+}
+
+fn assert_holds(shard: &Shard, model: &Model, when: &str) {
+    let got: BTreeMap<Vec<u8>, Value> = shard.scan(b"", None).unwrap().map(|r| r.map(|(k, e)| (k, e.value))).collect::<keel::Result<_>>().unwrap();
+    let want: BTreeMap<Vec<u8>, Value> = model.iter().map(|(k, v)| (k.clone(), Value::Bytes(v.clone()))).collect();
+    assert!(got == want, "{when}: the shard holds {} keys, the model {}; first difference at {:?}", got.len(), want.len(),
+        got.iter().zip(&want).find(|(a, b)| a != b).map(|(a, _)| String::from_utf8_lossy(a.0).into_owned()));
+}
+
+/// Space back: a put and a flush succeed on the open shard, and no
+/// background error remains.
+fn goes_on(shard: &Shard, model: &mut Model, last: &mut u64) {
+    let v = shard.put(b"after", b"space is back").expect("a put once space is back");
+    assert_eq!(v, *last + 1);
+    *last = v;
+    model.insert(b"after".to_vec(), b"space is back".to_vec());
+    assert_eq!(shard.flush(true).expect("a flush once space is back"), v, "the flush persists everything");
+    assert!(shard.background_error().is_none(), "{:?}", shard.background_error());
+}
+
+fn shard_on_a_full_disk(tag: &str, durability: Durability) {
+    let Some(disk) = SmallDisk::mount(tag, 24) else { return };
+    let dir = disk.at.join("shard");
+    let opts = shard::Options { durability, flush_interval: None, ..shard::Options::default() };
+    let s = Shard::open(&dir, opts.clone()).unwrap();
+    let filler = disk.fill(2 << 20);
+    let mut shards = [(&s, BTreeMap::new(), 0)];
+    put_until_full(&mut shards, 11);
+    let [(_, mut model, mut last)] = shards;
+    assert_holds(&s, &model, "before space is back");
+
+    std::fs::remove_file(&filler).unwrap();
+    goes_on(&s, &mut model, &mut last);
+    s.close().unwrap();
+    let s = Shard::open(&dir, opts).unwrap();
+    assert_holds(&s, &model, "after reopen");
+    assert_eq!(s.last_version(), last);
+    s.close().unwrap();
+}
+
+#[test]
+fn a_sync_shard_on_a_full_disk_loses_nothing_and_goes_on() {
+    shard_on_a_full_disk("shard-sync", Durability::Sync);
+}
+
+#[test]
+fn a_buffered_shard_on_a_full_disk_loses_nothing_and_goes_on() {
+    shard_on_a_full_disk("shard-none", Durability::None);
+}
+
+/// An engine in sync durability writes through its commit log, whose
+/// appends and checkpoints meet the full disk too.
+#[test]
+fn an_engine_on_a_full_disk_loses_nothing_and_goes_on() {
+    let Some(disk) = SmallDisk::mount("engine", 32) else { return };
+    let dir = disk.at.join("engine");
+    let opts = shard::Options { durability: Durability::Sync, flush_interval: None, ..shard::Options::default() };
+    let engine = Engine::open(&dir, opts.clone()).unwrap();
+    let opened: Vec<Shard> = (0..8).map(|id| engine.open_shard(id, true).unwrap()).collect();
+    let filler = disk.fill(2 << 20);
+    let mut shards: Vec<_> = opened.iter().map(|s| (s, BTreeMap::new(), 0)).collect();
+    put_until_full(&mut shards, 12);
+    let mut models: Vec<_> = shards.into_iter().map(|(_, model, last)| (model, last)).collect();
+    for (s, (model, _)) in opened.iter().zip(&models) {
+        assert_holds(s, model, "before space is back");
+    }
+
+    std::fs::remove_file(&filler).unwrap();
+    for (s, (model, last)) in opened.iter().zip(&mut models) {
+        goes_on(s, model, last);
+    }
+    drop(opened);
+    engine.close().unwrap();
+    drop(engine);
+    let engine = Engine::open(&dir, opts).unwrap();
+    for (id, (model, last)) in models.iter().enumerate() {
+        let s = engine.open_shard(id as u32, false).unwrap();
+        assert_holds(&s, model, &format!("shard {id} after reopen"));
+        assert_eq!(s.last_version(), *last);
+    }
+    engine.close().unwrap();
+}
+
+/// A host restarted while the disk is still full: the close (which
+/// flushes) may fail, and so may the reopen (it writes the WAL's extent
+/// record), each with NO_SPACE and losing nothing; one that opens holds
+/// everything. Once space is back the shard opens with every
+/// acknowledged put.
+#[test]
+fn a_shard_restarted_on_a_full_disk_opens_with_everything_once_space_is_back() {
+    for durability in [Durability::Sync, Durability::None] {
+        let Some(disk) = SmallDisk::mount("restart", 24) else { return };
+        let dir = disk.at.join("shard");
+        let opts = shard::Options { durability, flush_interval: None, ..shard::Options::default() };
+        let s = Shard::open(&dir, opts.clone()).unwrap();
+        let filler = disk.fill(2 << 20);
+        let mut shards = [(&s, BTreeMap::new(), 0)];
+        put_until_full(&mut shards, 13);
+        let [(_, model, last)] = shards;
+        if let Err(e) = s.close() {
+            assert_eq!(e.status, KEEL_STATUS_NO_SPACE, "{durability:?}: close on a full disk: {e}");
+        }
+        drop(s);
+        for _ in 0..2 {
+            match Shard::open(&dir, opts.clone()) {
+                Ok(s) => {
+                    assert_holds(&s, &model, "reopened on a full disk");
+                    let _ = s.close();
+                }
+                Err(e) => assert_eq!(e.status, KEEL_STATUS_NO_SPACE, "{durability:?}: reopen on a full disk: {e}"),
+            }
+        }
+        std::fs::remove_file(&filler).unwrap();
+        let s = Shard::open(&dir, opts).unwrap();
+        assert_holds(&s, &model, "reopened once space is back");
+        assert_eq!(s.last_version(), last);
+        s.close().unwrap();
+    }
+}
