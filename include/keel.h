@@ -2660,7 +2660,10 @@ keel_status_t keel_shard_stats(const struct keel_shard_t *shard, struct keel_sha
  * the sealing and merging after it succeeded; otherwise the status of the
  * last failure (details in `*err`): IO or NO_SPACE (retried at the next
  * pass; the WAL keeps every write meanwhile), PANIC (the shard is
- * poisoned). Also CLOSED, NULL_ARGUMENT.
+ * poisoned). A failed pass is cleared by the next pass that succeeds,
+ * before a keel_shard_flush(wait = true) that ran it returns; a failed
+ * seal or merge stays until the sealing and merging after a pass succeed.
+ * Also CLOSED, NULL_ARGUMENT.
  */
 keel_status_t keel_shard_health(const struct keel_shard_t *shard, struct keel_error_t **err);
 

@@ -285,3 +285,53 @@ fn regression_source_keeps_its_copy_while_the_frozen_destination_is_not_durable(
     assert_eq!(got, Some(keel::shard::Value::Posting(items)));
     shard.close().unwrap();
 }
+
+/// The shard's health (`background_error`, C `keel_shard_health`): a
+/// failed pass is resolved by the next pass that succeeds, before the seal
+/// and merges after it run, so a host whose waiting flush succeeded reads
+/// OK; a failed seal stays reported through later passes until the
+/// maintenance after one succeeds.
+#[test]
+fn health_clears_a_failed_pass_at_the_next_pass_and_a_failed_seal_at_the_next_seal() {
+    use keel::shard::Step;
+    use keel::status::*;
+    let fs = FaultFs::new(2);
+    let dir = Path::new("/keel/health");
+    let lock = Arc::new(Lockstep::default());
+    let shard = Shard::open_with_fs(dir, options(Steps::new(lock.clone())), Arc::new(fs.clone())).unwrap();
+    let status = || shard.background_error().map(|e| e.status);
+    let big = "x".repeat(1200);
+    let seal_due = |tag: &str| {
+        for i in 0..4 {
+            shard.put(format!("{tag}{i}").as_bytes(), big.as_bytes()).unwrap();
+        }
+    };
+
+    // A pass whose log write fails.
+    seal_due("a");
+    fs.set_faults(Faults { eio_write: 1000, ..Faults::default() });
+    shard.flush(false).unwrap();
+    lock.advance_until(200, |s| s == Step::Idle);
+    fs.set_faults(Faults::default());
+    assert_eq!(status(), Some(KEEL_STATUS_IO));
+    // The next pass succeeds: healthy before its seal starts.
+    shard.flush(false).unwrap();
+    assert_eq!(lock.advance_until(200, |s| s == Step::Seal || s == Step::Idle), Step::Seal);
+    assert_eq!(status(), None, "a pass that succeeds resolves a failed pass");
+
+    // That seal's table write fails.
+    lock.advance_until(50, |s| matches!(s, Step::TableWrite(_)));
+    fs.set_faults(Faults { nospace_create: 1000, ..Faults::default() });
+    lock.advance_until(50, |s| s == Step::Idle);
+    fs.set_faults(Faults::default());
+    assert_eq!(status(), Some(KEEL_STATUS_NO_SPACE));
+    // A pass that succeeds does not resolve it; the table written again does.
+    shard.put(b"other", b"1").unwrap();
+    shard.flush(false).unwrap();
+    lock.advance_until(200, |s| matches!(s, Step::TableWrite(_)));
+    assert_eq!(status(), Some(KEEL_STATUS_NO_SPACE), "the failed seal is still pending");
+    lock.advance_until(200, |s| s == Step::Idle);
+    assert_eq!(status(), None);
+    lock.release();
+    shard.close().unwrap();
+}

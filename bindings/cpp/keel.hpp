@@ -1537,6 +1537,8 @@ class Shard : public detail::Handle<keel_shard_t, detail::close_shard> {
   /// last flush pass and the sealing and merging after it succeeded; else
   /// the last failure (Status::Io or Status::NoSpace: retried at the next
   /// pass, the WAL keeps every write meanwhile; Status::Panic: poisoned).
+  /// A pass that succeeds clears a failed pass's status before a waiting
+  /// flush() returns; a failed seal or merge stays until one succeeds.
   Result<void> health() const {
     if (!ptr_) return detail::empty_handle("keel::Shard");
     detail::ErrorOut err;

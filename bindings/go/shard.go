@@ -495,7 +495,9 @@ func (s *Shard) Stats() (ShardStats, error) {
 // Health reports the shard's background work: nil when the last flush
 // pass and the sealing and merging after it succeeded; otherwise the last
 // failure (ErrIO or ErrNoSpace: retried at the next pass, the WAL keeps
-// every write meanwhile; ErrPanic: the shard is poisoned).
+// every write meanwhile; ErrPanic: the shard is poisoned). A pass that
+// succeeds clears a failed pass's status before a waiting Flush returns; a
+// failed seal or merge stays until one succeeds.
 func (s *Shard) Health() error {
 	h, err := s.acquire("Health")
 	if err != nil {

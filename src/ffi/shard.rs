@@ -684,7 +684,10 @@ pub extern "C" fn keel_shard_stats(shard: *const keel_shard_t, out: *mut keel_sh
 /// the sealing and merging after it succeeded; otherwise the status of the
 /// last failure (details in `*err`): IO or NO_SPACE (retried at the next
 /// pass; the WAL keeps every write meanwhile), PANIC (the shard is
-/// poisoned). Also CLOSED, NULL_ARGUMENT.
+/// poisoned). A failed pass is cleared by the next pass that succeeds,
+/// before a keel_shard_flush(wait = true) that ran it returns; a failed
+/// seal or merge stays until the sealing and merging after a pass succeed.
+/// Also CLOSED, NULL_ARGUMENT.
 #[no_mangle]
 pub extern "C" fn keel_shard_health(shard: *const keel_shard_t, err: *mut *mut keel_error_t) -> keel_status_t {
     ffi_boundary!(err, shard, {

@@ -16,16 +16,35 @@ use crate::status::KEEL_STATUS_PANIC;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-/// After a job's pass: the seal (forced with `seal`, else when the
-/// appendable segment is big enough) and merges. The shard's health is
-/// the last background failure, until a pass and the maintenance after
-/// it both succeed.
-pub fn maintain_after(inner: &Inner, pass: Result<u64>, seal: bool) -> Result<()> {
-    let outcome = pass.and_then(|_| guarded(inner, || maintain(inner, seal)));
-    match &outcome {
-        Ok(()) => *inner.last_error.lock() = None,
-        Err(e) => inner.report(e.clone()),
+/// The shard's health: its last background failure, until work after it
+/// succeeds.
+pub struct Failure {
+    pub error: Error,
+    /// It failed in a pass, not in the seal or merges after one: a later
+    /// pass that succeeds resolves it.
+    in_pass: bool,
+}
+
+/// Records a job's pass in the shard's health before anyone waiting for
+/// the pass hears of it: a host whose flush just succeeded does not then
+/// find an older pass's failure reported (a seal's or merge's stays until
+/// the maintenance succeeds).
+pub fn note_pass(inner: &Inner, pass: &Result<u64>) {
+    let mut last = inner.last_error.lock();
+    match pass {
+        Ok(_) if last.as_ref().is_some_and(|f| f.in_pass) => *last = None,
+        Ok(_) => {}
+        Err(e) => *last = Some(Failure { error: e.clone(), in_pass: true }),
     }
+}
+
+/// After a job's pass (already in the health, `note_pass`): the seal
+/// (forced with `seal`, else when the appendable segment is big enough)
+/// and merges.
+pub fn maintain_after(inner: &Inner, pass: Result<u64>, seal: bool) -> Result<()> {
+    pass?;
+    let outcome = guarded(inner, || maintain(inner, seal));
+    *inner.last_error.lock() = outcome.as_ref().err().map(|e| Failure { error: e.clone(), in_pass: false });
     outcome
 }
 

@@ -230,8 +230,8 @@ pub(crate) struct Inner {
     forwarding: AtomicBool,
     closed: Arc<AtomicBool>,
     poison: Mutex<Option<Error>>,
-    /// The last error of a background step (flush, seal, merge).
-    last_error: Mutex<Option<Error>>,
+    /// The last failure of a background step (pass, seal, merge).
+    last_error: Mutex<Option<flush::Failure>>,
     /// The shard's place in its flush pool; None once closed.
     flusher: Mutex<Option<Membership>>,
     /// The manifest on disk (manifest.rs).
@@ -278,10 +278,6 @@ impl Inner {
 
     fn poison(&self, e: Error) {
         self.poison.lock().get_or_insert(e);
-    }
-
-    fn report(&self, e: Error) {
-        *self.last_error.lock() = Some(e);
     }
 
     fn check_open(&self) -> Result<()> {
@@ -1007,9 +1003,11 @@ impl Shard {
 
     /// The last failure of a background pass, seal or merge, if the work
     /// after it has not succeeded since (failed work is retried; the WAL
-    /// keeps everything meanwhile).
+    /// keeps everything meanwhile). A failed pass is resolved by the next
+    /// pass that succeeds, before a `flush(true)` that ran it returns; a
+    /// failed seal or merge once the seal and merges after a pass succeed.
     pub fn background_error(&self) -> Option<Error> {
-        self.inner.last_error.lock().clone()
+        self.inner.last_error.lock().as_ref().map(|f| f.error.clone())
     }
 
     pub fn stats(&self) -> Stats {

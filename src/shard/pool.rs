@@ -345,6 +345,7 @@ fn run_job(shared: &Shared, m: &Arc<Member>) {
     };
     let inner = &*m.inner;
     let outcome = flush::guarded(inner, || flush::pass(inner));
+    flush::note_pass(inner, &outcome);
     if let Some(stop) = stop {
         m.running.store(false, Ordering::Release);
         // Out of the pool before anyone hears of the final pass, so a
