@@ -3,8 +3,8 @@
 //! system; here ext4 itself runs out of blocks, on a small image mounted
 //! on a loop device, filled by a file beside the WAL, shard or engine. So
 //! every path that meets it (segment creation and growth, table writes,
-//! the manifest, the commit log and its checkpoints) gets the kernel's own
-//! ENOSPC, wherever it comes. What must hold: each failed call says
+//! the manifest, the commit log and its checkpoints, a transfer's
+//! receiver) gets the kernel's own ENOSPC, wherever it comes. What must hold: each failed call says
 //! NO_SPACE (never IO, POISONED or a panic) and consumes no sequence
 //! number or version; nothing acknowledged is lost or changed, before and
 //! after a reopen; once the filler is removed, writes and flushes succeed
@@ -16,9 +16,12 @@
 mod common;
 
 use common::rng::Rng;
+use common::side::Side;
 use keel::engine::Engine;
+use keel::node::NodeOptions;
 use keel::shard::{self, Shard, Value};
 use keel::status::*;
+use keel::transfer::{shard_digest, Method, TransferOptions};
 use keel::wal::{Durability, ReadUpto, Wal};
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -208,6 +211,9 @@ fn goes_on(shard: &Shard, model: &mut Model, last: &mut u64) {
     *last = v;
     model.insert(b"after".to_vec(), b"space is back".to_vec());
     assert_eq!(shard.flush(true).expect("a flush once space is back"), v, "the flush persists everything");
+    // A second flush's pass runs once the first one's seal and merges are
+    // done, so a seal or merge that failed has been retried too.
+    shard.flush(true).unwrap();
     assert!(shard.background_error().is_none(), "{:?}", shard.background_error());
 }
 
@@ -309,4 +315,42 @@ fn a_shard_restarted_on_a_full_disk_opens_with_everything_once_space_is_back() {
         assert_eq!(s.last_version(), last);
         s.close().unwrap();
     }
+}
+
+/// A shard sent to a node whose disk fills during the snapshot: the
+/// receiver's NO_SPACE reaches the source as the transfer's error, the
+/// source's shard is untouched and writable, and once space is back the
+/// next transfer ends with equal digests.
+#[test]
+fn a_transfer_to_a_full_disk_fails_with_no_space_and_the_next_one_completes() {
+    let Some(disk) = SmallDisk::mount("transfer", 32) else { return };
+    let opts = shard::Options { durability: Durability::Sync, flush_interval: None, ..shard::Options::default() };
+    let node = |node_id| NodeOptions { node_id, max_frame_bytes: 1 << 20, ..NodeOptions::default() };
+    let src = Side::temp("full-disk-source", node(1), opts.clone());
+    let dst = Side::open(&disk.at.join("engine"), node(2), opts);
+    src.node.connect(2, &dst.node.addr().to_string()).unwrap();
+    let shard = src.engine.open_shard(7, true).unwrap();
+    // About 12 MiB, against 4 MiB left on the receiver's disk.
+    for i in 0..12_000u32 {
+        shard.put(format!("key-{i:06}").as_bytes(), &vec![i as u8; 1000]).unwrap();
+    }
+    shard.flush(true).unwrap();
+    let before = shard_digest(&shard).unwrap();
+    let filler = disk.fill(4 << 20);
+
+    dst.transfers.expect(7, 1);
+    let snapshot = TransferOptions { method: Method::Snapshot, ..TransferOptions::default() };
+    let e = src.transfers.send_shard(&shard, 7, 2, &snapshot).expect_err("the receiver's disk is full");
+    assert_eq!(e.status, KEEL_STATUS_NO_SPACE, "{e}");
+    assert_eq!(dst.transfers.receiver_stats().failed, 1);
+    assert_eq!(shard_digest(&shard).unwrap(), before, "the source's shard is untouched");
+    let e = dst.engine.open_shard(7, false).err().expect("the incoming shard never completed");
+    assert_eq!(e.status, KEEL_STATUS_BUSY, "{e}");
+
+    std::fs::remove_file(&filler).unwrap();
+    shard.put(b"after", b"space is back").unwrap();
+    dst.transfers.expect(7, 1);
+    src.transfers.send_shard(&shard, 7, 2, &snapshot).expect("a transfer once space is back");
+    let got = dst.engine.open_shard(7, false).unwrap();
+    assert_eq!(shard_digest(&got).unwrap(), shard_digest(&shard).unwrap());
 }
