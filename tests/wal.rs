@@ -9,7 +9,7 @@ use keel::wal::{Durability, Options, ReadUpto, RecoveryMode, Wal};
 use std::any::Any;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, Ordering};
 use std::sync::Arc;
 
 fn small(durability: Durability) -> Options {
@@ -364,10 +364,10 @@ fn missing_middle_segment_is_corruption_and_stray_temp_files_are_removed() {
     assert!(!d.path().join("00000000000000099999.wal.tmp").exists());
 }
 
-/// The real file system with switches that make syncs fail with EIO or
-/// segment creation fail with ENOSPC.
+/// The real file system with switches that make syncs fail (with the
+/// errno in `sync_errno`, 0 for none) or segment creation fail with ENOSPC.
 struct FlakyFs {
-    eio_on_sync: Arc<AtomicBool>,
+    sync_errno: Arc<AtomicI32>,
     panic_on_sync: Arc<AtomicBool>,
     nospace_on_create: Arc<AtomicBool>,
     /// Writes that carry the bytes `full-` fail with ENOSPC.
@@ -377,7 +377,7 @@ struct FlakyFs {
 
 struct FlakyFile {
     inner: Arc<dyn File>,
-    eio_on_sync: Arc<AtomicBool>,
+    sync_errno: Arc<AtomicI32>,
     panic_on_sync: Arc<AtomicBool>,
     nospace_on_marker: Arc<AtomicBool>,
     syncs: Arc<AtomicU32>,
@@ -401,8 +401,9 @@ impl File for FlakyFile {
     }
     fn sync_data(&self) -> io::Result<()> {
         self.syncs.fetch_add(1, Ordering::SeqCst);
-        if self.eio_on_sync.load(Ordering::SeqCst) {
-            return Err(io::Error::from_raw_os_error(libc::EIO));
+        match self.sync_errno.load(Ordering::SeqCst) {
+            0 => {}
+            errno => return Err(io::Error::from_raw_os_error(errno)),
         }
         if self.panic_on_sync.load(Ordering::SeqCst) {
             panic!("injected panic in fdatasync");
@@ -415,7 +416,7 @@ impl FlakyFs {
     fn wrap(&self, f: Arc<dyn File>) -> Arc<dyn File> {
         Arc::new(FlakyFile {
             inner: f,
-            eio_on_sync: self.eio_on_sync.clone(),
+            sync_errno: self.sync_errno.clone(),
             panic_on_sync: self.panic_on_sync.clone(),
             nospace_on_marker: self.nospace_on_marker.clone(),
             syncs: self.syncs.clone(),
@@ -459,17 +460,17 @@ impl FileSystem for FlakyFs {
     }
 }
 
-fn flaky() -> (Arc<FlakyFs>, Arc<AtomicBool>, Arc<AtomicBool>) {
-    let eio = Arc::new(AtomicBool::new(false));
+fn flaky() -> (Arc<FlakyFs>, Arc<AtomicI32>, Arc<AtomicBool>) {
+    let sync_errno = Arc::new(AtomicI32::new(0));
     let nospace = Arc::new(AtomicBool::new(false));
     let fs = Arc::new(FlakyFs {
-        eio_on_sync: eio.clone(),
+        sync_errno: sync_errno.clone(),
         panic_on_sync: Arc::default(),
         nospace_on_create: nospace.clone(),
         nospace_on_marker: Arc::default(),
         syncs: Arc::default(),
     });
-    (fs, eio, nospace)
+    (fs, sync_errno, nospace)
 }
 
 #[test]
@@ -481,11 +482,11 @@ fn failed_fsync_poisons_and_is_never_retried_into_an_ack() {
     let opts = Options { prepare_ahead: false, ..Options::default() };
     let wal = Wal::open_with_fs(d.path(), opts, fs.clone()).unwrap();
     wal.append(b"one").unwrap();
-    eio.store(true, Ordering::SeqCst);
+    eio.store(libc::EIO, Ordering::SeqCst);
     let err = wal.append(b"two").unwrap_err();
     assert_eq!(err.status, KEEL_STATUS_IO, "{err}");
     assert_eq!(wal.durable_seq(), 1, "D freezes at the last successful sync");
-    eio.store(false, Ordering::SeqCst);
+    eio.store(0, Ordering::SeqCst);
     let syncs = fs.syncs.load(Ordering::SeqCst);
     assert_eq!(wal.append(b"three").unwrap_err().status, KEEL_STATUS_POISONED);
     assert_eq!(wal.sync().unwrap_err().status, KEEL_STATUS_POISONED);
@@ -538,7 +539,17 @@ fn group_sync_failure_wakes_every_parked_appender(name: &str, fail: fn(&FlakyFs)
 
 #[test]
 fn a_failed_group_sync_wakes_every_parked_appender_with_an_error() {
-    group_sync_failure_wakes_every_parked_appender("eio-group", |fs| fs.eio_on_sync.store(true, Ordering::SeqCst), KEEL_STATUS_IO);
+    group_sync_failure_wakes_every_parked_appender("eio-group", |fs| fs.sync_errno.store(libc::EIO, Ordering::SeqCst), KEEL_STATUS_IO);
+}
+
+/// An fdatasync that fails with ENOSPC (writeback found no room, as on a
+/// thin-provisioned device: tests/failing_device.rs meets it for real)
+/// may have lost the written pages as EIO does: the log is poisoned and
+/// the call says IO, not NO_SPACE, which would promise that a retry can
+/// succeed.
+#[test]
+fn a_sync_that_fails_with_enospc_poisons_the_log_and_says_io() {
+    group_sync_failure_wakes_every_parked_appender("enospc-group", |fs| fs.sync_errno.store(libc::ENOSPC, Ordering::SeqCst), KEEL_STATUS_IO);
 }
 
 #[test]

@@ -694,8 +694,16 @@ impl Shared {
     }
 
     /// W9: after a failed write or sync the durable watermark freezes and
-    /// every later append fails; returns `e` for the caller that hit it.
+    /// every later append fails; returns `e` for the caller that hit it,
+    /// as IO when its OS error would have made it NO_SPACE or RESOURCE:
+    /// those promise a usable log and a retry that can succeed, and a
+    /// poisoned log keeps neither (an fdatasync failing with ENOSPC may
+    /// have dropped the pages it could not write back).
     fn poison(&self, st: &mut State, e: Error) -> Error {
+        let e = match e.status {
+            KEEL_STATUS_NO_SPACE | KEEL_STATUS_RESOURCE => Error::new(KEEL_STATUS_IO, e.message),
+            _ => e,
+        };
         if st.poison.is_none() {
             st.poison = Some(e.clone());
         }
