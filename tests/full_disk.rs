@@ -1,20 +1,21 @@
 //! A real full disk. The fault suites (`tests/wal_faults.rs`,
 //! `tests/shard_faults.rs`) fail chosen operations through a fake file
 //! system; here ext4 itself runs out of blocks, on a small image mounted
-//! on a loop device, filled by a file beside the WAL, shard or engine. So
-//! every path that meets it (segment creation and growth, table writes,
-//! the manifest, the commit log and its checkpoints, a transfer's
-//! receiver) gets the kernel's own ENOSPC, wherever it comes. What must hold: each failed call says
-//! NO_SPACE (never IO, POISONED or a panic) and consumes no sequence
-//! number or version; nothing acknowledged is lost or changed, before and
-//! after a reopen; once the filler is removed, writes and flushes succeed
-//! again without a reopen.
+//! on a loop device (tests/common/ext4.rs), filled by a file beside the
+//! WAL, shard or engine. So every path that meets it (segment creation and
+//! growth, table writes, the manifest, the commit log and its checkpoints,
+//! a transfer's receiver) gets the kernel's own ENOSPC, wherever it comes.
+//! What must hold: each failed call says NO_SPACE (never IO, POISONED or
+//! a panic) and consumes no sequence number or version; nothing
+//! acknowledged is lost or changed, before and after a reopen; once the
+//! filler is removed, writes and flushes succeed again without a reopen.
 //!
 //! Making and mounting the image needs root, `mkfs.ext4` and a loop
 //! device; without them each test says so and passes without running.
 
 mod common;
 
+use common::ext4::Ext4Image;
 use common::rng::Rng;
 use common::side::Side;
 use keel::engine::Engine;
@@ -24,76 +25,11 @@ use keel::status::*;
 use keel::transfer::{shard_digest, Method, TransferOptions};
 use keel::wal::{Durability, ReadUpto, Wal};
 use std::collections::BTreeMap;
-use std::io::Write;
-use std::path::PathBuf;
-use std::process::Command;
 
 /// After this many failures in a row the disk is taken to stay full.
 const FAILURES_IN_A_ROW: usize = 100;
 /// Puts a shard test makes at the most.
 const MAX_PUTS: u64 = 50_000;
-
-/// An ext4 file system of a few MiB on a loop device, unmounted (lazily,
-/// should the test have left files open) and removed on drop.
-struct SmallDisk {
-    base: PathBuf,
-    at: PathBuf,
-}
-
-impl SmallDisk {
-    fn mount(tag: &str, mib: u64) -> Option<SmallDisk> {
-        let base = std::env::temp_dir().join(format!("keel-full-disk-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&base);
-        let at = base.join("mnt");
-        std::fs::create_dir_all(&at).unwrap();
-        let image = base.join("ext4.img");
-        std::fs::File::create(&image).unwrap().set_len(mib << 20).unwrap();
-        let run = |c: &mut Command| c.output().map(|o| o.status.success()).unwrap_or(false);
-        // -m 0: no blocks reserved for root, which the tests run as.
-        let mounted = run(Command::new("mkfs.ext4").args(["-q", "-F", "-m", "0"]).arg(&image))
-            && run(Command::new("mount").args(["-o", "loop"]).arg(&image).arg(&at));
-        if !mounted {
-            eprintln!("skipped: cannot make and mount an ext4 image (needs root, mkfs.ext4 and a loop device)");
-            let _ = std::fs::remove_dir_all(&base);
-            return None;
-        }
-        Some(SmallDisk { base, at })
-    }
-
-    /// Fills the file system up to `leave` free bytes with a file of its
-    /// own; returns its path.
-    fn fill(&self, leave: u64) -> PathBuf {
-        let path = self.at.join("filler");
-        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&path).unwrap();
-        let chunk = vec![0xAAu8; 64 << 10];
-        loop {
-            let room = self.free().saturating_sub(leave);
-            if room < 4096 || f.write_all(&chunk[..(room as usize).min(chunk.len())]).is_err() {
-                break;
-            }
-        }
-        f.sync_all().unwrap();
-        path
-    }
-
-    fn free(&self) -> u64 {
-        let path = std::ffi::CString::new(self.at.as_os_str().as_encoded_bytes()).unwrap();
-        // SAFETY: `path` is NUL-terminated and `s` is a statvfs the call
-        // fills; a zeroed one is a valid value of that plain C struct.
-        unsafe {
-            let mut s: libc::statvfs = std::mem::zeroed();
-            assert_eq!(libc::statvfs(path.as_ptr(), &mut s), 0, "statvfs {}", self.at.display());
-            s.f_bavail as u64 * s.f_frsize as u64
-        }
-    }
-}
-
-impl Drop for SmallDisk {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.at).output();
-        let _ = std::fs::remove_dir_all(&self.base);
-    }
-}
 
 /// Counts the failures of a run and checks that each is NO_SPACE.
 #[derive(Default)]
@@ -123,7 +59,7 @@ fn read_all(wal: &Wal) -> Vec<(u64, Vec<u8>)> {
 
 #[test]
 fn wal_appends_fail_with_no_space_and_go_on_once_space_is_back() {
-    let Some(disk) = SmallDisk::mount("wal", 16) else { return };
+    let Some(disk) = Ext4Image::mount("wal", 16) else { return };
     let dir = disk.at.join("wal");
     let opts = keel::wal::Options { durability: Durability::Sync, ..keel::wal::Options::default() };
     let wal = Wal::open(&dir, opts.clone()).unwrap();
@@ -218,7 +154,7 @@ fn goes_on(shard: &Shard, model: &mut Model, last: &mut u64) {
 }
 
 fn shard_on_a_full_disk(tag: &str, durability: Durability) {
-    let Some(disk) = SmallDisk::mount(tag, 24) else { return };
+    let Some(disk) = Ext4Image::mount(tag, 24) else { return };
     let dir = disk.at.join("shard");
     let opts = shard::Options { durability, flush_interval: None, ..shard::Options::default() };
     let s = Shard::open(&dir, opts.clone()).unwrap();
@@ -251,7 +187,7 @@ fn a_buffered_shard_on_a_full_disk_loses_nothing_and_goes_on() {
 /// appends and checkpoints meet the full disk too.
 #[test]
 fn an_engine_on_a_full_disk_loses_nothing_and_goes_on() {
-    let Some(disk) = SmallDisk::mount("engine", 32) else { return };
+    let Some(disk) = Ext4Image::mount("engine", 32) else { return };
     let dir = disk.at.join("engine");
     let opts = shard::Options { durability: Durability::Sync, flush_interval: None, ..shard::Options::default() };
     let engine = Engine::open(&dir, opts.clone()).unwrap();
@@ -288,7 +224,7 @@ fn an_engine_on_a_full_disk_loses_nothing_and_goes_on() {
 #[test]
 fn a_shard_restarted_on_a_full_disk_opens_with_everything_once_space_is_back() {
     for durability in [Durability::Sync, Durability::None] {
-        let Some(disk) = SmallDisk::mount("restart", 24) else { return };
+        let Some(disk) = Ext4Image::mount("restart", 24) else { return };
         let dir = disk.at.join("shard");
         let opts = shard::Options { durability, flush_interval: None, ..shard::Options::default() };
         let s = Shard::open(&dir, opts.clone()).unwrap();
@@ -323,7 +259,7 @@ fn a_shard_restarted_on_a_full_disk_opens_with_everything_once_space_is_back() {
 /// next transfer ends with equal digests.
 #[test]
 fn a_transfer_to_a_full_disk_fails_with_no_space_and_the_next_one_completes() {
-    let Some(disk) = SmallDisk::mount("transfer", 32) else { return };
+    let Some(disk) = Ext4Image::mount("transfer", 32) else { return };
     let opts = shard::Options { durability: Durability::Sync, flush_interval: None, ..shard::Options::default() };
     let node = |node_id| NodeOptions { node_id, max_frame_bytes: 1 << 20, ..NodeOptions::default() };
     let src = Side::temp("full-disk-source", node(1), opts.clone());
@@ -354,3 +290,4 @@ fn a_transfer_to_a_full_disk_fails_with_no_space_and_the_next_one_completes() {
     let got = dst.engine.open_shard(7, false).unwrap();
     assert_eq!(shard_digest(&got).unwrap(), shard_digest(&shard).unwrap());
 }
+

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod child;
+pub mod ext4;
 pub mod faultfs;
 pub mod lockstep;
 pub mod relay;
