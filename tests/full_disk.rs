@@ -217,8 +217,8 @@ fn an_engine_on_a_full_disk_loses_nothing_and_goes_on() {
 }
 
 /// A host restarted while the disk is still full: the close (which
-/// flushes) may fail, and so may the reopen (it writes the WAL's extent
-/// record), each with NO_SPACE and losing nothing; one that opens holds
+/// flushes) may fail, and so may the reopen (after a close that failed it
+/// writes a new WAL extent record), each with NO_SPACE and losing nothing; one that opens holds
 /// everything. Once space is back the shard opens with every
 /// acknowledged put.
 #[test]
