@@ -56,7 +56,7 @@ impl Ext4Image {
         let chunk = vec![0xAAu8; 64 << 10];
         loop {
             let room = self.free().saturating_sub(leave);
-            if room < 4096 || f.write_all(&chunk[..(room as usize).min(chunk.len())]).is_err() {
+            if room == 0 || f.write_all(&chunk[..(room as usize).min(chunk.len())]).is_err() {
                 break;
             }
         }
