@@ -286,6 +286,68 @@ fn regression_source_keeps_its_copy_while_the_frozen_destination_is_not_durable(
     shard.close().unwrap();
 }
 
+/// A seal whose table was written but whose side-car could not be: the
+/// fresh appendable segment it started exists, and takes writes, but the
+/// manifest on disk does not list it yet. A copy-on-write move into it
+/// is durable in its log and yet lost to a reopen, which moves an
+/// unlisted file aside, so a pass must not persist the source's deletion
+/// before the manifest names the destination. Found by the explore mode
+/// (seed 1749, about one run in 400): before the fix the pass wrote the
+/// source's side-car, the crash came before the manifest at the WAL's
+/// acknowledgement, and the list came back as its last item alone.
+#[test]
+fn regression_source_keeps_its_copy_while_the_destination_is_not_listed() {
+    use keel::shard::Step;
+    let fs = FaultFs::new(1);
+    let dir = Path::new("/keel/unlisted");
+    let lock = Arc::new(Lockstep::default());
+    let shard = Shard::open_with_fs(dir, options(Steps::new(lock.clone())), Arc::new(fs.clone())).unwrap();
+    let idle = |s| s == Step::Idle;
+    let big = "x".repeat(1200);
+    let seal_due = |tag: &str| {
+        for i in 0..4 {
+            shard.put(format!("{tag}{i}").as_bytes(), big.as_bytes()).unwrap();
+        }
+    };
+    // The list lives in a table, and the WAL no longer holds its records.
+    let mut items = Vec::new();
+    for i in 0..5 {
+        shard.append(b"list", format!("item{i}").as_bytes()).unwrap();
+        items.push(format!("item{i}").into_bytes());
+    }
+    seal_due("a");
+    lock.advance_until(200, |s| matches!(s, Step::RemoveReplaced(_)));
+    lock.advance_until(200, idle);
+    for i in 0..80 {
+        shard.put(format!("f{}", i % 8).as_bytes(), big.as_bytes()).unwrap();
+        lock.advance(100);
+    }
+    shard.flush(false).unwrap();
+    lock.advance_until(200, idle);
+    assert!(shard.stats().wal_first_seq > 5, "the WAL still holds the list's records: {:?}", shard.stats());
+    // The next seal writes its table, then fails to create its side-car.
+    seal_due("b");
+    lock.advance_until(200, |s| matches!(s, Step::TableSwap(_)));
+    fs.set_faults(Faults { nospace_create: 1000, ..Faults::default() });
+    lock.advance_until(50, idle);
+    fs.set_faults(Faults::default());
+    assert_eq!(shard.background_error().map(|e| e.status), Some(keel::status::KEEL_STATUS_NO_SPACE));
+    // The list moves into the fresh, unlisted segment; a pass persists the
+    // move, and the process dies as the pass acknowledges the WAL.
+    shard.append(b"list", b"item5").unwrap();
+    items.push(b"item5".to_vec());
+    shard.flush(false).unwrap();
+    lock.advance_until(200, |s| s == Step::Ack);
+    fs.halt();
+    lock.release();
+    let _ = shard.close();
+    fs.crash();
+    let shard = Shard::open_with_fs(dir, options(Steps::default()), Arc::new(fs.clone())).unwrap();
+    let got = shard.get(b"list").unwrap().map(|e| e.value);
+    assert_eq!(got, Some(keel::shard::Value::Posting(items)));
+    shard.close().unwrap();
+}
+
 /// The shard's health (`background_error`, C `keel_shard_health`): a
 /// failed pass is resolved by the next pass that succeeds, before the seal
 /// and merges after it run, so a host whose waiting flush succeeded reads

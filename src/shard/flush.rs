@@ -79,6 +79,13 @@ pub fn pass(inner: &Inner) -> Result<u64> {
     // F3: the copy-on-write destination first; its persisted version
     // bounds what the sources may persist.
     let bound = source_bound(log.flush(steps, |v| inner.wal_durable(v))?, &sealed);
+    // A destination is durable only once a reopen finds it: a seal whose
+    // side-car or manifest failed left a fresh appendable segment that the
+    // manifest on disk does not list, and a reopen moves an unlisted file
+    // aside, copies moved into it included. So the manifest names every
+    // destination before any source's deletion is persisted (it is written
+    // only when the set on disk differs from the one in memory).
+    inner.sync_manifest(None)?;
     for s in &sealed {
         s.flush(&*inner.fs, steps, bound)?;
     }
