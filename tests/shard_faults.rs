@@ -25,7 +25,8 @@ use common::faultfs::{FaultFs, Faults};
 use common::lockstep::{Jitter, Lockstep, Trace};
 use common::rng::Rng;
 use common::shard_model::{apply, Model};
-use keel::shard::{Op, Options, Shard, Steps};
+use keel::shard::{Op, Options, Shard, Step, Steps, Value};
+use keel::status::*;
 use keel::wal::Durability;
 use std::path::Path;
 use std::sync::Arc;
@@ -223,6 +224,51 @@ fn acknowledged_writes_survive_faults_and_power_loss() {
     run(explore, 300);
 }
 
+/// Puts enough into the appendable segment that the next job seals it.
+fn seal_due(shard: &Shard, tag: &str) {
+    let big = vec![b'x'; 1200];
+    for i in 0..4 {
+        shard.put(format!("{tag}{i}").as_bytes(), &big).unwrap();
+    }
+}
+
+/// The start of the copy-on-write regressions: a shard in lockstep on the
+/// fault file system whose posting list `list` lives in a table, while
+/// the WAL no longer holds its records (so a reopen can only get its
+/// earlier items from the table, or from a copy moved out of it).
+/// Returns the shard and the list's items.
+fn list_in_a_table(fs: &FaultFs, dir: &Path, lock: &Arc<Lockstep>) -> (Shard, Vec<Vec<u8>>) {
+    let shard = Shard::open_with_fs(dir, options(Steps::new(lock.clone())), Arc::new(fs.clone())).unwrap();
+    let mut items = Vec::new();
+    for i in 0..5 {
+        shard.append(b"list", format!("item{i}").as_bytes()).unwrap();
+        items.push(format!("item{i}").into_bytes());
+    }
+    seal_due(&shard, "a");
+    lock.advance_until(200, |s| matches!(s, Step::RemoveReplaced(_)));
+    lock.advance_until(200, |s| s == Step::Idle);
+    // Enough writes after it that the WAL drops the list's records.
+    let big = vec![b'x'; 1200];
+    for i in 0..80 {
+        shard.put(format!("f{}", i % 8).as_bytes(), &big).unwrap();
+        lock.advance(100);
+    }
+    shard.flush(false).unwrap();
+    lock.advance(200);
+    assert!(shard.stats().wal_first_seq > 5, "the WAL still holds the list's records: {:?}", shard.stats());
+    (shard, items)
+}
+
+/// The process dies where the flush is parked (nothing more reaches the
+/// disk) and the shard opens again.
+fn crash_and_reopen(fs: &FaultFs, dir: &Path, lock: &Lockstep, shard: Shard) -> Shard {
+    fs.halt();
+    lock.release();
+    let _ = shard.close();
+    fs.crash();
+    Shard::open_with_fs(dir, options(Steps::default()), Arc::new(fs.clone())).unwrap()
+}
+
 /// A copy-on-write move into the appendable segment right before it is
 /// sealed, whose table then fails to be written: the moved copy exists
 /// only in memory (the frozen segment) and in the WAL. A pass must not let
@@ -236,53 +282,25 @@ fn regression_source_keeps_its_copy_while_the_frozen_destination_is_not_durable(
     let fs = FaultFs::new(1);
     let dir = Path::new("/keel/frozen");
     let lock = Arc::new(Lockstep::default());
-    let shard = Shard::open_with_fs(dir, options(Steps::new(lock.clone())), Arc::new(fs.clone())).unwrap();
-    let idle = |s| s == keel::shard::Step::Idle;
-    let big = "x".repeat(1200);
-    let seal_now = |tag: &str| {
-        for i in 0..4 {
-            shard.put(format!("{tag}{i}").as_bytes(), big.as_bytes()).unwrap();
-        }
-    };
-    // The list lives in a table.
-    let mut items = Vec::new();
-    for i in 0..5 {
-        shard.append(b"list", format!("item{i}").as_bytes()).unwrap();
-        items.push(format!("item{i}").into_bytes());
-    }
-    seal_now("a");
-    lock.advance_until(200, |s| matches!(s, keel::shard::Step::RemoveReplaced(_)));
-    lock.advance_until(200, idle);
-    // Enough writes after it that the WAL drops the list's records.
-    for i in 0..80 {
-        shard.put(format!("f{}", i % 8).as_bytes(), big.as_bytes()).unwrap();
-        lock.advance(100);
-    }
-    shard.flush(false).unwrap();
-    lock.advance(200);
-    assert!(shard.stats().wal_first_seq > 5, "the WAL still holds the list's records: {:?}", shard.stats());
+    let (shard, mut items) = list_in_a_table(&fs, dir, &lock);
     // Fill the next segment; the flush passes, then stops before sealing.
-    seal_now("b");
-    lock.advance_until(200, |s| s == keel::shard::Step::Seal);
+    seal_due(&shard, "b");
+    lock.advance_until(200, |s| s == Step::Seal);
     // Moved into the appendable segment after its last pass.
     shard.append(b"list", b"item5").unwrap();
     items.push(b"item5".to_vec());
-    let table = lock.advance_until(50, |s| matches!(s, keel::shard::Step::TableWrite(_)));
+    let table = lock.advance_until(50, |s| matches!(s, Step::TableWrite(_)));
     fs.set_faults(Faults { nospace_create: 1000, ..Faults::default() });
-    lock.advance_until(50, idle); // the table write fails: frozen, in memory only
+    lock.advance_until(50, |s| s == Step::Idle); // the table write fails: frozen, in memory only
     fs.set_faults(Faults::default());
     assert!(shard.background_error().is_some());
     shard.put(b"other", b"1").unwrap();
     shard.flush(false).unwrap();
     // A full pass, then the crash as the table is written again.
     lock.advance_until(200, |s| s == table);
-    fs.halt();
-    lock.release();
-    let _ = shard.close();
-    fs.crash();
-    let shard = Shard::open_with_fs(dir, options(Steps::default()), Arc::new(fs.clone())).unwrap();
+    let shard = crash_and_reopen(&fs, dir, &lock, shard);
     let got = shard.get(b"list").unwrap().map(|e| e.value);
-    assert_eq!(got, Some(keel::shard::Value::Posting(items)));
+    assert_eq!(got, Some(Value::Posting(items)));
     shard.close().unwrap();
 }
 
@@ -297,54 +315,26 @@ fn regression_source_keeps_its_copy_while_the_frozen_destination_is_not_durable(
 /// acknowledgement, and the list came back as its last item alone.
 #[test]
 fn regression_source_keeps_its_copy_while_the_destination_is_not_listed() {
-    use keel::shard::Step;
     let fs = FaultFs::new(1);
     let dir = Path::new("/keel/unlisted");
     let lock = Arc::new(Lockstep::default());
-    let shard = Shard::open_with_fs(dir, options(Steps::new(lock.clone())), Arc::new(fs.clone())).unwrap();
-    let idle = |s| s == Step::Idle;
-    let big = "x".repeat(1200);
-    let seal_due = |tag: &str| {
-        for i in 0..4 {
-            shard.put(format!("{tag}{i}").as_bytes(), big.as_bytes()).unwrap();
-        }
-    };
-    // The list lives in a table, and the WAL no longer holds its records.
-    let mut items = Vec::new();
-    for i in 0..5 {
-        shard.append(b"list", format!("item{i}").as_bytes()).unwrap();
-        items.push(format!("item{i}").into_bytes());
-    }
-    seal_due("a");
-    lock.advance_until(200, |s| matches!(s, Step::RemoveReplaced(_)));
-    lock.advance_until(200, idle);
-    for i in 0..80 {
-        shard.put(format!("f{}", i % 8).as_bytes(), big.as_bytes()).unwrap();
-        lock.advance(100);
-    }
-    shard.flush(false).unwrap();
-    lock.advance_until(200, idle);
-    assert!(shard.stats().wal_first_seq > 5, "the WAL still holds the list's records: {:?}", shard.stats());
+    let (shard, mut items) = list_in_a_table(&fs, dir, &lock);
     // The next seal writes its table, then fails to create its side-car.
-    seal_due("b");
+    seal_due(&shard, "b");
     lock.advance_until(200, |s| matches!(s, Step::TableSwap(_)));
     fs.set_faults(Faults { nospace_create: 1000, ..Faults::default() });
-    lock.advance_until(50, idle);
+    lock.advance_until(50, |s| s == Step::Idle);
     fs.set_faults(Faults::default());
-    assert_eq!(shard.background_error().map(|e| e.status), Some(keel::status::KEEL_STATUS_NO_SPACE));
+    assert_eq!(shard.background_error().map(|e| e.status), Some(KEEL_STATUS_NO_SPACE));
     // The list moves into the fresh, unlisted segment; a pass persists the
     // move, and the process dies as the pass acknowledges the WAL.
     shard.append(b"list", b"item5").unwrap();
     items.push(b"item5".to_vec());
     shard.flush(false).unwrap();
     lock.advance_until(200, |s| s == Step::Ack);
-    fs.halt();
-    lock.release();
-    let _ = shard.close();
-    fs.crash();
-    let shard = Shard::open_with_fs(dir, options(Steps::default()), Arc::new(fs.clone())).unwrap();
+    let shard = crash_and_reopen(&fs, dir, &lock, shard);
     let got = shard.get(b"list").unwrap().map(|e| e.value);
-    assert_eq!(got, Some(keel::shard::Value::Posting(items)));
+    assert_eq!(got, Some(Value::Posting(items)));
     shard.close().unwrap();
 }
 
@@ -355,22 +345,14 @@ fn regression_source_keeps_its_copy_while_the_destination_is_not_listed() {
 /// maintenance after one succeeds.
 #[test]
 fn health_clears_a_failed_pass_at_the_next_pass_and_a_failed_seal_at_the_next_seal() {
-    use keel::shard::Step;
-    use keel::status::*;
     let fs = FaultFs::new(2);
     let dir = Path::new("/keel/health");
     let lock = Arc::new(Lockstep::default());
     let shard = Shard::open_with_fs(dir, options(Steps::new(lock.clone())), Arc::new(fs.clone())).unwrap();
     let status = || shard.background_error().map(|e| e.status);
-    let big = "x".repeat(1200);
-    let seal_due = |tag: &str| {
-        for i in 0..4 {
-            shard.put(format!("{tag}{i}").as_bytes(), big.as_bytes()).unwrap();
-        }
-    };
 
     // A pass whose log write fails.
-    seal_due("a");
+    seal_due(&shard, "a");
     fs.set_faults(Faults { eio_write: 1000, ..Faults::default() });
     shard.flush(false).unwrap();
     lock.advance_until(200, |s| s == Step::Idle);
