@@ -94,6 +94,11 @@ fn wal_appends_fail_with_no_space_and_go_on_once_space_is_back() {
     assert_eq!(read_all(&wal), acked, "after reopen");
 }
 
+/// Shard options of these tests: flushes only when asked (or due).
+fn options(durability: Durability) -> shard::Options {
+    shard::Options { durability, flush_interval: None, ..shard::Options::default() }
+}
+
 /// What a shard should hold: each key's last acknowledged value.
 type Model = BTreeMap<Vec<u8>, Vec<u8>>;
 
@@ -156,7 +161,7 @@ fn goes_on(shard: &Shard, model: &mut Model, last: &mut u64) {
 fn shard_on_a_full_disk(tag: &str, durability: Durability) {
     let Some(disk) = Ext4Image::mount(tag, 24) else { return };
     let dir = disk.at.join("shard");
-    let opts = shard::Options { durability, flush_interval: None, ..shard::Options::default() };
+    let opts = options(durability);
     let s = Shard::open(&dir, opts.clone()).unwrap();
     let filler = disk.fill(2 << 20);
     let mut shards = [(&s, BTreeMap::new(), 0)];
@@ -189,7 +194,7 @@ fn a_buffered_shard_on_a_full_disk_loses_nothing_and_goes_on() {
 fn an_engine_on_a_full_disk_loses_nothing_and_goes_on() {
     let Some(disk) = Ext4Image::mount("engine", 32) else { return };
     let dir = disk.at.join("engine");
-    let opts = shard::Options { durability: Durability::Sync, flush_interval: None, ..shard::Options::default() };
+    let opts = options(Durability::Sync);
     let engine = Engine::open(&dir, opts.clone()).unwrap();
     let opened: Vec<Shard> = (0..8).map(|id| engine.open_shard(id, true).unwrap()).collect();
     let filler = disk.fill(2 << 20);
@@ -218,15 +223,15 @@ fn an_engine_on_a_full_disk_loses_nothing_and_goes_on() {
 
 /// A host restarted while the disk is still full: the close (which
 /// flushes) may fail, and so may the reopen (after a close that failed it
-/// writes a new WAL extent record), each with NO_SPACE and losing nothing; one that opens holds
-/// everything. Once space is back the shard opens with every
-/// acknowledged put.
+/// writes a new WAL extent record), each with NO_SPACE and losing
+/// nothing; one that opens holds everything. Once space is back the shard
+/// opens with every acknowledged put.
 #[test]
 fn a_shard_restarted_on_a_full_disk_opens_with_everything_once_space_is_back() {
     for durability in [Durability::Sync, Durability::None] {
         let Some(disk) = Ext4Image::mount("restart", 24) else { return };
         let dir = disk.at.join("shard");
-        let opts = shard::Options { durability, flush_interval: None, ..shard::Options::default() };
+        let opts = options(durability);
         let s = Shard::open(&dir, opts.clone()).unwrap();
         let filler = disk.fill(2 << 20);
         let mut shards = [(&s, BTreeMap::new(), 0)];
@@ -260,7 +265,7 @@ fn a_shard_restarted_on_a_full_disk_opens_with_everything_once_space_is_back() {
 #[test]
 fn a_transfer_to_a_full_disk_fails_with_no_space_and_the_next_one_completes() {
     let Some(disk) = Ext4Image::mount("transfer", 32) else { return };
-    let opts = shard::Options { durability: Durability::Sync, flush_interval: None, ..shard::Options::default() };
+    let opts = options(Durability::Sync);
     let node = |node_id| NodeOptions { node_id, max_frame_bytes: 1 << 20, ..NodeOptions::default() };
     let src = Side::temp("full-disk-source", node(1), opts.clone());
     let dst = Side::open(&disk.at.join("engine"), node(2), opts);
@@ -300,7 +305,7 @@ fn a_transfer_to_a_full_disk_fails_with_no_space_and_the_next_one_completes() {
 fn a_cleanly_closed_shard_opens_and_reads_on_a_full_disk() {
     for durability in [Durability::Sync, Durability::None] {
         let Some(disk) = Ext4Image::mount("clean-close", 24) else { return };
-        let opts = shard::Options { durability, flush_interval: None, ..shard::Options::default() };
+        let opts = options(durability);
         let fill_shard = |s: &Shard| {
             for i in 0..500u32 {
                 s.put(format!("key-{i:03}").as_bytes(), &value(i)).unwrap();
