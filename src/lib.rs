@@ -8,6 +8,7 @@ pub mod engine;
 pub mod error;
 pub mod ffi;
 pub mod fs;
+pub(crate) mod futex;
 pub mod lease;
 pub mod net;
 pub mod node;

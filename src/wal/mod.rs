@@ -31,6 +31,7 @@ pub use workers::{Workers, ENGINE_WAL_WORKERS, WORKER_NAME};
 
 use crate::error::{Error, Result};
 use crate::fs::{File, FileSystem, Handles, StdFs};
+use crate::futex::{Sleepers, Slot, CROWD};
 use crate::status::*;
 use format::PendingFrame;
 use parking_lot::Mutex;
@@ -198,7 +199,8 @@ struct Queued {
 struct Waiter {
     /// The record a `wait_durable` caller waits for (0 for a queued frame).
     seq: u64,
-    thread: std::thread::Thread,
+    /// Its thread's slot among the log's sleepers.
+    slot: Slot,
     woken: AtomicBool,
     /// A queued frame's result, set by the leader that wrote and synced it
     /// (its first sequence number); None when woken to lead.
@@ -207,19 +209,19 @@ struct Waiter {
 
 impl Waiter {
     fn new(seq: u64) -> Arc<Waiter> {
-        Arc::new(Waiter { seq, thread: std::thread::current(), woken: AtomicBool::new(false), outcome: Mutex::new(None) })
+        Arc::new(Waiter { seq, slot: Slot::current(), woken: AtomicBool::new(false), outcome: Mutex::new(None) })
     }
 
-    fn park(&self) {
-        // park() may return spuriously; the flag says whether it was us.
-        while !self.woken.load(Ordering::Acquire) {
-            std::thread::park();
+    /// Sleeps until woken; a sleep may end early (a wake-up for everyone,
+    /// or for a slot-mate), the flag says whether it was for us.
+    fn park(&self, sleepers: &Sleepers) {
+        loop {
+            let ticket = sleepers.ticket();
+            if self.woken.load(Ordering::Acquire) {
+                return;
+            }
+            sleepers.sleep(ticket);
         }
-    }
-
-    fn wake(&self) {
-        self.woken.store(true, Ordering::Release);
-        self.thread.unpark();
     }
 }
 
@@ -238,6 +240,8 @@ pub(crate) struct Shared {
     filed: AtomicU64,
     /// Group commit: whether a leader is syncing, and who waits for it.
     commit: Mutex<Commit>,
+    /// Where parked appenders and `wait_durable` callers sleep.
+    sleepers: Sleepers,
     /// Appenders between entering `append` and having written or queued
     /// their frame; a new leader lets them finish so its sync covers them too.
     appending: AtomicUsize,
@@ -399,6 +403,7 @@ impl Wal {
             written: AtomicU64::new(last),
             filed: AtomicU64::new(last),
             commit: Mutex::new(Commit { syncing: false, queue: Vec::new(), waiters: Vec::new() }),
+            sleepers: Sleepers::default(),
             appending: AtomicUsize::new(0),
             arrived: AtomicU64::new(0),
             poisoned: AtomicBool::new(false),
@@ -735,7 +740,7 @@ impl Shared {
                 // returns is that outcome too.
                 let _ = self.lead();
             } else {
-                w.park();
+                w.park(&self.sleepers);
             }
             if let Some(outcome) = w.outcome.lock().take() {
                 return outcome;
@@ -1019,7 +1024,7 @@ impl Shared {
                 }
             };
             match waiter {
-                Some(w) => w.park(),
+                Some(w) => w.park(&self.sleepers),
                 None => self.lead()?,
             }
         }
@@ -1076,7 +1081,14 @@ impl Shared {
             wake
         };
         for w in &wake {
-            w.wake();
+            w.woken.store(true, Ordering::Release);
+            // The next leader first, on its own; see `futex::CROWD`.
+            if wake.len() <= CROWD || Arc::ptr_eq(w, &wake[0]) {
+                self.sleepers.wake_slot(w.slot);
+            }
+        }
+        if wake.len() > CROWD {
+            self.sleepers.wake_all();
         }
         result
     }

@@ -1,0 +1,209 @@
+//! Threads sleeping on one futex word, so that whoever wakes them can wake
+//! one of them, or all of them with a single system call.
+//!
+//! Why: the write gate's leader hands a whole group of writers their
+//! outcomes at once. Woken one `unpark` at a time, a group of 58 writers
+//! kept the leader busy for ≈ 160 µs on 2 vCPUs, longer than the fdatasync
+//! the group had shared, and the last of them came back too late for the
+//! next group (src/shard/gate.rs has the measurements).
+//!
+//! How: every sleeper waits on the same word with `FUTEX_WAIT_BITSET`. Bit
+//! 0 of its bitset is everyone's; one of bits 1..=31 is its thread's slot.
+//! `wake_all` wakes every sleeper, `wake_slot` the sleepers of one slot:
+//! the thread meant, and the rare other one that shares its slot, which
+//! finds nothing changed for it and sleeps again.
+//!
+//! The protocol that loses no wake-up: a sleeper takes a `ticket`, then
+//! checks what it waits for, and sleeps on that ticket only if it is not
+//! there yet. A waker first makes it true, then wakes, and every wake
+//! moves the word first: a sleeper whose ticket predates the move does not
+//! sleep (the kernel compares the word with the ticket), and one whose
+//! ticket follows it sees what the waker made true.
+
+use std::cell::Cell;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+/// More sleepers than this to wake at once are a crowd, woken with one
+/// `wake_all` (the one meant to go first, such as the next leader, by its
+/// slot just before). Fewer are woken one by one, in order: all at once,
+/// 16 writers came back in a burst that a gathering leader took for the
+/// end of its group, and groups shrank to half (src/shard/gate.rs).
+pub const CROWD: usize = 32;
+
+/// Bit 0: every sleeper's.
+const EVERYONE: u32 = 1;
+/// Slots: bits 1..=31.
+const SLOTS: u32 = 31;
+
+/// A futex word and the threads sleeping on it.
+#[derive(Default)]
+pub struct Sleepers {
+    word: AtomicU32,
+}
+
+/// A thread's slot: which bit besides bit 0 it sleeps with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Slot(u32);
+
+impl Slot {
+    /// The calling thread's slot: threads take slots in the order they
+    /// first ask, so up to 31 threads that wait at the same time have
+    /// distinct ones.
+    pub fn current() -> Slot {
+        use std::sync::atomic::AtomicU32 as Counter;
+        static NEXT: Counter = Counter::new(0);
+        thread_local! {
+            static MINE: Cell<Option<u32>> = const { Cell::new(None) };
+        }
+        MINE.with(|m| {
+            let n = m.get().unwrap_or_else(|| {
+                let n = NEXT.fetch_add(1, Ordering::Relaxed) % SLOTS;
+                m.set(Some(n));
+                n
+            });
+            Slot(n)
+        })
+    }
+
+    fn bit(self) -> u32 {
+        debug_assert!(self.0 < SLOTS, "a slot is one of bits 1..=31");
+        2 << self.0
+    }
+}
+
+impl Sleepers {
+    /// The ticket to sleep on: take it before checking what to wait for.
+    pub fn ticket(&self) -> u32 {
+        self.word.load(Ordering::Acquire)
+    }
+
+    /// Sleeps unless a wake-up came after `ticket` was taken. May return
+    /// early (a signal, a wake-up for a slot-mate): the caller checks again.
+    pub fn sleep(&self, ticket: u32) {
+        let bits = EVERYONE | Slot::current().bit();
+        // SAFETY: `word` is an aligned, live u32 for the whole call (self is
+        // borrowed across it). FUTEX_WAIT_BITSET only reads it and sleeps
+        // while it equals `ticket`; the null timeout means no deadline and
+        // the second address is unused by this operation. Its errors
+        // (EAGAIN: the word moved; EINTR) need no handling: the caller
+        // re-checks its condition either way.
+        unsafe {
+            libc::syscall(
+                libc::SYS_futex,
+                self.word.as_ptr(),
+                libc::FUTEX_WAIT_BITSET | libc::FUTEX_PRIVATE_FLAG,
+                ticket,
+                std::ptr::null::<libc::timespec>(),
+                std::ptr::null::<u32>(),
+                bits,
+            );
+        }
+    }
+
+    /// Wakes the sleepers of `slot` (after making true what they wait for).
+    pub fn wake_slot(&self, slot: Slot) {
+        self.wake(slot.bit());
+    }
+
+    /// Wakes every sleeper (after making true what they wait for).
+    pub fn wake_all(&self) {
+        self.wake(EVERYONE);
+    }
+
+    fn wake(&self, bits: u32) {
+        // Moved first, so that a sleeper about to sleep on an older ticket
+        // returns at once instead of missing this wake-up.
+        self.word.fetch_add(1, Ordering::Release);
+        // SAFETY: as in `sleep`: a live, aligned word; FUTEX_WAKE_BITSET
+        // does not touch memory, wakes at most i32::MAX sleepers whose
+        // bitset shares a bit with `bits`, and its result (how many) is
+        // not needed.
+        unsafe {
+            libc::syscall(
+                libc::SYS_futex,
+                self.word.as_ptr(),
+                libc::FUTEX_WAKE_BITSET | libc::FUTEX_PRIVATE_FLAG,
+                i32::MAX,
+                std::ptr::null::<libc::timespec>(),
+                std::ptr::null::<u32>(),
+                bits,
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicBool;
+    use std::sync::{Arc, Barrier};
+    use std::thread;
+
+    /// Sleeps until `flag` is set, by the protocol above.
+    fn sleep_until(s: &Sleepers, flag: &AtomicBool) {
+        loop {
+            let t = s.ticket();
+            if flag.load(Ordering::Acquire) {
+                return;
+            }
+            s.sleep(t);
+        }
+    }
+
+    #[test]
+    fn a_wake_after_the_ticket_is_not_missed() {
+        let s = Sleepers::default();
+        let t = s.ticket();
+        s.wake_all();
+        // Would sleep forever if the word had not moved.
+        s.sleep(t);
+    }
+
+    #[test]
+    fn wake_slot_wakes_the_thread_of_that_slot() {
+        let s = Arc::new(Sleepers::default());
+        let flag = Arc::new(AtomicBool::new(false));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let sleeper = {
+            let (s, flag) = (s.clone(), flag.clone());
+            thread::spawn(move || {
+                tx.send(Slot::current()).unwrap();
+                sleep_until(&s, &flag);
+            })
+        };
+        let slot = rx.recv().unwrap();
+        flag.store(true, Ordering::Release);
+        s.wake_slot(slot);
+        sleeper.join().unwrap();
+    }
+
+    #[test]
+    fn wake_all_wakes_every_sleeper() {
+        let s = Arc::new(Sleepers::default());
+        let flag = Arc::new(AtomicBool::new(false));
+        let started = Arc::new(Barrier::new(5));
+        let sleepers: Vec<_> = (0..4)
+            .map(|_| {
+                let (s, flag, started) = (s.clone(), flag.clone(), started.clone());
+                thread::spawn(move || {
+                    started.wait();
+                    sleep_until(&s, &flag);
+                })
+            })
+            .collect();
+        started.wait();
+        flag.store(true, Ordering::Release);
+        s.wake_all();
+        for h in sleepers {
+            h.join().unwrap();
+        }
+    }
+
+    #[test]
+    fn a_thread_keeps_its_slot_and_never_takes_everyones_bit() {
+        let (a, b) = thread::spawn(|| (Slot::current(), Slot::current())).join().unwrap();
+        assert_eq!(a, b);
+        assert_eq!(a.bit() & EVERYONE, 0);
+        assert_eq!(a.bit().count_ones(), 1);
+    }
+}
