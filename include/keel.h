@@ -1011,7 +1011,8 @@ typedef struct keel_engine_stats_t {
   /**
    * The commit log's counters since the engine opened, all zero without
    * one (see keel_engine_options_t.disable_commit_log; version 4):
-   * copies of write groups it made durable,
+   * copies of shards' WAL frames it made durable (one per write group;
+   * a lead after a crowd of writers logs a few frames),
    */
   uint64_t commit_log_commits;
   /**

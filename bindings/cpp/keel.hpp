@@ -1715,7 +1715,7 @@ struct EngineStats {
   uint64_t file_cache_hits = 0;       ///< shard file operations that found their file open
   uint64_t file_cache_misses = 0;     ///< ... that opened it again (it had been closed)
   uint64_t file_cache_evictions = 0;  ///< idle files closed to stay within the bound
-  uint64_t commit_log_commits = 0;           ///< write groups the commit log made durable
+  uint64_t commit_log_commits = 0;           ///< shard WAL frames (one per write group) the commit log made durable
   uint64_t commit_log_checkpoints = 0;       ///< its checkpoints
   uint64_t commit_log_checkpoint_syncs = 0;  ///< shard WAL syncs those made
   uint64_t commit_log_restored_frames = 0;   ///< WAL frames the open gave back after a power loss

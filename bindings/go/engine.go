@@ -339,8 +339,8 @@ type EngineStats struct {
 	FileCacheHits      uint64
 	FileCacheMisses    uint64
 	FileCacheEvictions uint64
-	// The commit log (all zero without one): write groups it made
-	// durable, its checkpoints and the shard WAL syncs they made, and
+	// The commit log (all zero without one): shard WAL frames it made
+	// durable (one per write group), its checkpoints and the shard WAL syncs they made, and
 	// the WAL frames the engine's open gave back after a power loss.
 	CommitLogCommits         uint64
 	CommitLogCheckpoints     uint64

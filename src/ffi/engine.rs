@@ -379,7 +379,8 @@ pub struct keel_engine_stats_t {
     pub file_cache_evictions: u64,
     /// The commit log's counters since the engine opened, all zero without
     /// one (see keel_engine_options_t.disable_commit_log; version 4):
-    /// copies of write groups it made durable,
+    /// copies of shards' WAL frames it made durable (one per write group;
+    /// a lead after a crowd of writers logs a few frames),
     pub commit_log_commits: u64,
     /// checkpoints it took (each syncs the WALs of the shards written
     /// since the last and lets the copies up to it go),

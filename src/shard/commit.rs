@@ -28,10 +28,11 @@ pub(crate) struct Committer {
     me: Weak<dyn Member>,
     /// In the set of shards the next checkpoint syncs.
     listed: AtomicBool,
-    /// The copy of the last group's frame: staged by the gate's leader
-    /// once it logged the group, committed by the same leader before it
-    /// passes the lead on (so no other group can stage in between).
-    staged: Mutex<Vec<u8>>,
+    /// The copies of the frames of the gate's current lead: staged by
+    /// its leader as it logs each frame, committed by the same leader
+    /// before it passes the lead on (so no other lead can stage in
+    /// between).
+    staged: Mutex<Staged>,
     /// Set when closing the shard's WAL failed: its frames may not be
     /// durable in it, so checkpoints must not drop their copies.
     close_failed: AtomicBool,
@@ -44,9 +45,38 @@ impl Committer {
             id,
             me,
             listed: AtomicBool::new(false),
-            staged: Mutex::new(Vec::new()),
+            staged: Mutex::new(Staged::default()),
             close_failed: AtomicBool::new(false),
         }
+    }
+}
+
+/// Copies staged for the next commit, back to back.
+#[derive(Default)]
+struct Staged {
+    bytes: Vec<u8>,
+    /// Where each copy but the last ends.
+    ends: Vec<usize>,
+}
+
+impl Staged {
+    fn push(&mut self, id: u32, first: u64, records: &[&[u8]]) {
+        if !self.bytes.is_empty() {
+            self.ends.push(self.bytes.len());
+        }
+        encode_copy(id, first, records, &mut self.bytes);
+    }
+
+    fn copies(&self) -> Vec<&[u8]> {
+        let starts = std::iter::once(0).chain(self.ends.iter().copied());
+        let ends = self.ends.iter().copied().chain(std::iter::once(self.bytes.len()));
+        starts.zip(ends).map(|(s, e)| &self.bytes[s..e]).collect()
+    }
+
+    /// Empties it, keeping the room for the next lead's copies.
+    fn clear(&mut self) {
+        self.bytes.clear();
+        self.ends.clear();
     }
 }
 
@@ -72,26 +102,26 @@ impl Inner {
     /// Stages the copy of the frame just logged (records from `first`).
     pub(super) fn stage_copy(&self, first: u64, records: &[&[u8]]) {
         if let Some(c) = &self.commit {
-            encode_copy(c.id, first, records, &mut c.staged.lock());
+            c.staged.lock().push(c.id, first, records);
         }
     }
 
-    /// The gate's leader settles its group, which logged up to `last` (0:
-    /// nothing): in `sync` durability it makes the group durable, through
-    /// its staged copy in the commit log or (without one, or when the
-    /// commit log fails or refuses a copy that large) by syncing the
-    /// shard's own WAL up to `last`.
+    /// The gate's leader settles its lead, whose frames logged up to
+    /// `last` (0: nothing): in `sync` durability it makes them durable,
+    /// through their staged copies in the commit log or (without them, or
+    /// when the commit log fails or refuses copies that large) by syncing
+    /// the shard's own WAL up to `last`.
     pub(super) fn settle(&self, wal: &Wal, last: u64) -> Result<()> {
         let durable = self.opts.durability == Durability::Sync && last > 0;
         if let Some(c) = &self.commit {
-            let mut copy = std::mem::take(&mut *c.staged.lock());
-            if durable && !copy.is_empty() {
-                let committed = c.log.commit(&copy, &c.listed, &c.me);
-                // The buffer is kept for the next group's copy.
-                copy.clear();
-                *c.staged.lock() = copy;
-                // Refused (a copy larger than the commit log's records) or
-                // failed, the group is made durable in the shard's own WAL.
+            let mut staged = std::mem::take(&mut *c.staged.lock());
+            if durable && !staged.bytes.is_empty() {
+                let committed = c.log.commit(&staged.copies(), &c.listed, &c.me);
+                // The buffers are kept for the next lead's copies.
+                staged.clear();
+                *c.staged.lock() = staged;
+                // Refused (copies larger than the commit log's records) or
+                // failed, the lead is made durable in the shard's own WAL.
                 if committed.is_ok() {
                     return Ok(());
                 }

@@ -61,11 +61,10 @@ pub(crate) struct Copied {
     pub records: Vec<Vec<u8>>,
 }
 
-/// Encodes the copy of member `id`'s frame into `out` (cleared first):
+/// Appends the copy of member `id`'s frame to `out`:
 /// tag, id (u32 LE), first (u64 LE), then each record as a u32 LE length
 /// and its bytes. The commit log's own frame checksums it.
 pub(crate) fn encode_copy(id: u32, first: u64, records: &[&[u8]], out: &mut Vec<u8>) {
-    out.clear();
     out.reserve(13 + records.iter().map(|r| 4 + r.len()).sum::<usize>());
     out.push(COPY);
     out.extend_from_slice(&id.to_le_bytes());
@@ -116,7 +115,7 @@ pub(crate) struct CommitLog {
 /// What a commit log did since it opened.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CommitLogStats {
-    /// Copies appended (one per group of a shard's writes).
+    /// Copies appended (one per WAL frame of a shard's writes).
     pub commits: u64,
     /// Checkpoints taken, and members' logs they synced.
     pub checkpoints: u64,
@@ -201,19 +200,23 @@ impl CommitLog {
         self.checkpoint()
     }
 
-    /// Makes `copy` (from `encode_copy`) durable, sharing the fdatasync with
-    /// the other members committing now; `member` (whose `listed` flag is
-    /// `listed`) wrote the frame it copies to its own log before this
-    /// call. Past `checkpoint_bytes` of copies since the last checkpoint,
-    /// one is due (`checkpoint_if_due`).
-    pub fn commit(&self, copy: &[u8], listed: &AtomicBool, member: &Weak<dyn Member>) -> Result<()> {
+    /// Makes `copies` (each from `encode_copy`, of consecutive frames)
+    /// durable, sharing the fdatasync with the other members committing
+    /// now; `member` (whose `listed` flag is `listed`) wrote the frames
+    /// they copy to its own log before this call. Several copies go in one
+    /// all-or-nothing frame. Past `checkpoint_bytes` of copies since the
+    /// last checkpoint, one is due (`checkpoint_if_due`).
+    pub fn commit(&self, copies: &[&[u8]], listed: &AtomicBool, member: &Weak<dyn Member>) -> Result<()> {
         // Listed before the copy is appended (see the module comment).
         if !listed.swap(true, Ordering::AcqRel) {
             self.members.lock().push(member.clone());
         }
-        self.with_log(|log| log.append(copy))?;
-        self.stats.commits.fetch_add(1, Ordering::Relaxed);
-        self.since.fetch_add(copy.len() as u64, Ordering::AcqRel);
+        self.with_log(|log| match copies {
+            [copy] => log.append(copy),
+            copies => log.append_batch(copies),
+        })?;
+        self.stats.commits.fetch_add(copies.len() as u64, Ordering::Relaxed);
+        self.since.fetch_add(copies.iter().map(|c| c.len() as u64).sum(), Ordering::AcqRel);
         Ok(())
     }
 
@@ -314,6 +317,50 @@ mod tests {
             }
             Decoded::Checkpoint(_) => panic!("a copy decoded as a checkpoint"),
         }
+    }
+
+    /// A lead of several frames commits their copies in one frame of the
+    /// commit log; recovery hands them back one by one, in order, so a
+    /// member whose log kept some of those frames is given only the rest.
+    #[test]
+    fn copies_committed_together_come_back_one_by_one() {
+        struct Quiet(AtomicBool);
+        impl Member for Quiet {
+            fn sync_log(&self) -> Result<()> {
+                Ok(())
+            }
+            fn listed(&self) -> &AtomicBool {
+                &self.0
+            }
+        }
+        let dir = std::env::temp_dir().join(format!("keel-commit-log-unit-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let workers = super::super::Workers::new(0).unwrap();
+        let open = || CommitLog::open(&dir, Arc::new(crate::fs::StdFs::direct()), &workers, 1 << 20, false, u64::MAX).unwrap();
+        let member: Arc<dyn Member> = Arc::new(Quiet(AtomicBool::new(false)));
+        let copy = |first: u64, records: &[&[u8]]| {
+            let mut out = Vec::new();
+            encode_copy(3, first, records, &mut out);
+            out
+        };
+        let (a, b, c) = (copy(10, &[b"x", b"y"]), copy(12, &[b"z"]), copy(13, &[b"w"]));
+        {
+            let log = open();
+            log.commit(&[&a, &b], member.listed(), &Arc::downgrade(&member)).unwrap();
+            log.commit(&[&c], member.listed(), &Arc::downgrade(&member)).unwrap();
+            assert_eq!(log.stats().commits, 3);
+            // Dropped without a checkpoint: every copy is still to restore.
+        }
+        let mut got = Vec::new();
+        open().recover(|id, copies| {
+            got.push((id, copies));
+            Ok(0)
+        })
+        .unwrap();
+        let copied = |first, records: &[&[u8]]| Copied { first, records: records.iter().map(|r| r.to_vec()).collect() };
+        assert_eq!(got, vec![(3, vec![copied(10, &[b"x", b"y"]), copied(12, &[b"z"]), copied(13, &[b"w"])])]);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
