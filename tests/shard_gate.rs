@@ -1,8 +1,8 @@
 //! The shard's write gate (docs/STORAGE.md, "The write gate"): many
 //! writers on one shard, real threads and files.
 //!
-//! - `concurrent_writers_*`: writer threads and reader threads on one
-//!   shard while its flush seals and merges. Readers see every batch whole
+//! - `concurrent_writers_*`: writer threads (8, or 48 for crowds) and
+//!   reader threads on one shard while its flush seals and merges. Readers see every batch whole
 //!   or not at all; the versions the writers get are dense; applying every
 //!   batch in version order to a model gives exactly the shard, before and
 //!   after a close and reopen.
@@ -194,6 +194,13 @@ fn concurrent_writers(durability: Durability, writers: u64, batches: u64) {
 #[test]
 fn concurrent_writers_sync() {
     concurrent_writers(Durability::Sync, 8, 150);
+}
+
+/// More writers than a crowd (docs/STORAGE.md, "Crowds"): groups woken
+/// with one call, leads of several frames; the same checks hold.
+#[test]
+fn concurrent_writers_crowd_sync() {
+    concurrent_writers(Durability::Sync, 48, 30);
 }
 
 #[test]
