@@ -3,10 +3,10 @@
 //!
 //! Writers queue their batches here. The first writer to find no leader
 //! leads one group: it takes the oldest queued batches (as many as fit one
-//! WAL frame; after a crowd, below, a few frames), and the shard logs them
-//! as a single WAL frame (versions
+//! WAL frame), and the shard logs them as a single WAL frame (versions
 //! assigned in queue order, one write for the whole group) and applies
-//! them in version order under one hold of the segments' write lock. In
+//! them in version order under one hold of the segments' write lock (after
+//! a crowd, below, a lead does this for a few frames in a row). In
 //! `sync` durability the leader then waits for its group's fdatasync while
 //! still leading: writers arriving meanwhile queue, and the next leader
 //! logs them all in one frame for the next sync. It then passes the lead to
