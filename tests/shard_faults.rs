@@ -260,13 +260,16 @@ fn list_in_a_table(fs: &FaultFs, dir: &Path, lock: &Arc<Lockstep>) -> (Shard, Ve
 }
 
 /// The process dies where the flush is parked (nothing more reaches the
-/// disk) and the shard opens again.
-fn crash_and_reopen(fs: &FaultFs, dir: &Path, lock: &Lockstep, shard: Shard) -> Shard {
+/// disk), the shard opens again, and its list holds every item.
+fn crash_keeps_the_list(fs: &FaultFs, dir: &Path, lock: &Lockstep, shard: Shard, items: Vec<Vec<u8>>) {
     fs.halt();
     lock.release();
     let _ = shard.close();
     fs.crash();
-    Shard::open_with_fs(dir, options(Steps::default()), Arc::new(fs.clone())).unwrap()
+    let shard = Shard::open_with_fs(dir, options(Steps::default()), Arc::new(fs.clone())).unwrap();
+    let got = shard.get(b"list").unwrap().map(|e| e.value);
+    assert_eq!(got, Some(Value::Posting(items)));
+    shard.close().unwrap();
 }
 
 /// A copy-on-write move into the appendable segment right before it is
@@ -298,10 +301,7 @@ fn regression_source_keeps_its_copy_while_the_frozen_destination_is_not_durable(
     shard.flush(false).unwrap();
     // A full pass, then the crash as the table is written again.
     lock.advance_until(200, |s| s == table);
-    let shard = crash_and_reopen(&fs, dir, &lock, shard);
-    let got = shard.get(b"list").unwrap().map(|e| e.value);
-    assert_eq!(got, Some(Value::Posting(items)));
-    shard.close().unwrap();
+    crash_keeps_the_list(&fs, dir, &lock, shard, items);
 }
 
 /// A seal whose table was written but whose side-car could not be: the
@@ -332,10 +332,7 @@ fn regression_source_keeps_its_copy_while_the_destination_is_not_listed() {
     items.push(b"item5".to_vec());
     shard.flush(false).unwrap();
     lock.advance_until(200, |s| s == Step::Ack);
-    let shard = crash_and_reopen(&fs, dir, &lock, shard);
-    let got = shard.get(b"list").unwrap().map(|e| e.value);
-    assert_eq!(got, Some(Value::Posting(items)));
-    shard.close().unwrap();
+    crash_keeps_the_list(&fs, dir, &lock, shard, items);
 }
 
 /// The shard's health (`background_error`, C `keel_shard_health`): a
