@@ -46,12 +46,11 @@ pub struct Sleepers {
 pub struct Slot(u32);
 
 impl Slot {
-    /// The calling thread's slot: threads take slots in the order they
-    /// first ask, so up to 31 threads that wait at the same time have
-    /// distinct ones.
+    /// The calling thread's slot: threads take slots round-robin in the
+    /// order they first ask, so two threads share one only 31 (or a
+    /// multiple of 31) first asks apart.
     pub fn current() -> Slot {
-        use std::sync::atomic::AtomicU32 as Counter;
-        static NEXT: Counter = Counter::new(0);
+        static NEXT: AtomicU32 = AtomicU32::new(0);
         thread_local! {
             static MINE: Cell<Option<u32>> = const { Cell::new(None) };
         }
