@@ -23,11 +23,12 @@
 use std::cell::Cell;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-/// More sleepers than this to wake at once are a crowd, woken with one
-/// `wake_all` (the one meant to go first, such as the next leader, by its
-/// slot just before). Fewer are woken one by one, in order: all at once,
-/// 16 writers came back in a burst that a gathering leader took for the
-/// end of its group, and groups shrank to half (src/shard/gate.rs).
+/// A group of more than this many (the one that goes first, such as the
+/// next leader, included) is a crowd: `Sleepers::wake_group` wakes the
+/// rest of it with one `wake_all`, once the first is woken by its slot.
+/// Smaller groups are woken one by one, in order: all at once, 16 writers
+/// came back in a burst that a gathering leader took for the end of its
+/// group, and groups shrank to half (src/shard/gate.rs).
 pub const CROWD: usize = 32;
 
 /// Bit 0: every sleeper's.
@@ -107,6 +108,18 @@ impl Sleepers {
     /// Wakes every sleeper (after making true what they wait for).
     pub fn wake_all(&self) {
         self.wake(EVERYONE);
+    }
+
+    /// Wakes the rest of a group whose waits just ended (after making that
+    /// true; its first is woken already): one by one in order or, in a
+    /// crowd (`CROWD`), everyone at once (a sleeper outside the group
+    /// checks its condition and sleeps again).
+    pub fn wake_group(&self, rest: impl ExactSizeIterator<Item = Slot>) {
+        if rest.len() >= CROWD {
+            self.wake_all();
+        } else {
+            rest.for_each(|s| self.wake_slot(s));
+        }
     }
 
     fn wake(&self, bits: u32) {
@@ -195,6 +208,32 @@ mod tests {
         s.wake_all();
         for h in sleepers {
             h.join().unwrap();
+        }
+    }
+
+    /// A small group (slot by slot) and a crowd (everyone at once) both
+    /// wake every member; a member left asleep would hang the join.
+    #[test]
+    fn wake_group_wakes_every_member_of_a_small_group_and_of_a_crowd() {
+        for members in [3, CROWD] {
+            let s = Arc::new(Sleepers::default());
+            let flag = Arc::new(AtomicBool::new(false));
+            let (tx, rx) = std::sync::mpsc::channel();
+            let sleepers: Vec<_> = (0..members)
+                .map(|_| {
+                    let (s, flag, tx) = (s.clone(), flag.clone(), tx.clone());
+                    thread::spawn(move || {
+                        tx.send(Slot::current()).unwrap();
+                        sleep_until(&s, &flag);
+                    })
+                })
+                .collect();
+            let slots: Vec<Slot> = rx.iter().take(members).collect();
+            flag.store(true, Ordering::Release);
+            s.wake_group(slots.into_iter());
+            for h in sleepers {
+                h.join().unwrap();
+            }
         }
     }
 

@@ -279,19 +279,12 @@ impl Gate {
         debug_assert!(Arc::ptr_eq(&group[0], &batch), "a leader's batch heads its group");
         let mut outcomes = outcomes.into_iter();
         let own = outcomes.next().expect("a leader's own batch is in its group");
-        let crowd = group.len() > CROWD;
         for (b, outcome) in group[1..].iter().zip(outcomes) {
             b.set(Turn::Done(outcome));
         }
         // The next leader first: it gathers while this group's writers wake.
         drop(lead);
-        if crowd {
-            self.sleepers.wake_all();
-        } else {
-            for b in &group[1..] {
-                self.sleepers.wake_slot(b.slot);
-            }
-        }
+        self.sleepers.wake_group(group[1..].iter().map(|b| b.slot));
         own
     }
 

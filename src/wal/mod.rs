@@ -31,7 +31,7 @@ pub use workers::{Workers, ENGINE_WAL_WORKERS, WORKER_NAME};
 
 use crate::error::{Error, Result};
 use crate::fs::{File, FileSystem, Handles, StdFs};
-use crate::futex::{Sleepers, Slot, CROWD};
+use crate::futex::{Sleepers, Slot};
 use crate::status::*;
 use format::PendingFrame;
 use parking_lot::Mutex;
@@ -1082,13 +1082,11 @@ impl Shared {
         };
         for w in &wake {
             w.woken.store(true, Ordering::Release);
-            // The next leader first, on its own; see `futex::CROWD`.
-            if wake.len() <= CROWD || Arc::ptr_eq(w, &wake[0]) {
-                self.sleepers.wake_slot(w.slot);
-            }
         }
-        if wake.len() > CROWD {
-            self.sleepers.wake_all();
+        // The next leader first, on its own; see `futex::CROWD`.
+        if let Some((first, rest)) = wake.split_first() {
+            self.sleepers.wake_slot(first.slot);
+            self.sleepers.wake_group(rest.iter().map(|w| w.slot));
         }
         result
     }
