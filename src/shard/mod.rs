@@ -59,7 +59,7 @@ use segments::{Overlay, Segments};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 #[derive(Debug, Clone)]
@@ -229,7 +229,9 @@ pub(crate) struct Inner {
     /// the lock, when no transfer forwards (nearly always).
     forwarding: AtomicBool,
     closed: Arc<AtomicBool>,
-    poison: Mutex<Option<Error>>,
+    /// Why the shard stopped taking writes: set once, the first cause
+    /// stays; every write reads it without taking a lock.
+    poison: OnceLock<Error>,
     /// The last failure of a background step (pass, seal, merge).
     last_error: Mutex<Option<flush::Failure>>,
     /// The shard's place in its flush pool; None once closed.
@@ -277,14 +279,14 @@ impl Inner {
     }
 
     fn poison(&self, e: Error) {
-        self.poison.lock().get_or_insert(e);
+        let _ = self.poison.set(e);
     }
 
     fn check_open(&self) -> Result<()> {
         if self.closed.load(Ordering::Acquire) {
             return Err(Error::new(KEEL_STATUS_CLOSED, "shard is closed"));
         }
-        if let Some(e) = &*self.poison.lock() {
+        if let Some(e) = self.poison.get() {
             return Err(Error::new(KEEL_STATUS_POISONED, format!("shard is poisoned: {}", e.message)));
         }
         Ok(())
@@ -738,7 +740,7 @@ impl Shard {
             after_write: RwLock::new(None),
             forwarding: AtomicBool::new(false),
             closed: Arc::new(AtomicBool::new(false)),
-            poison: Mutex::new(None),
+            poison: OnceLock::new(),
             last_error: Mutex::new(None),
             flusher: Mutex::new(None),
             manifest: manifest::Written::new(loaded.manifest, loaded.synced),
