@@ -86,6 +86,9 @@ impl File for CountedFile {
     fn allocate(&self, len: u64) -> io::Result<()> {
         self.real.allocate(len)
     }
+    fn reserve(&self, len: u64) -> io::Result<()> {
+        self.real.reserve(len)
+    }
     fn sync_data(&self) -> io::Result<()> {
         if let Some(id) = self.shard {
             *self.syncs.lock().unwrap().entry(id).or_default() += 1;

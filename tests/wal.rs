@@ -399,6 +399,9 @@ impl File for FlakyFile {
     fn allocate(&self, len: u64) -> io::Result<()> {
         self.inner.allocate(len)
     }
+    fn reserve(&self, len: u64) -> io::Result<()> {
+        self.inner.reserve(len)
+    }
     fn sync_data(&self) -> io::Result<()> {
         self.syncs.fetch_add(1, Ordering::SeqCst);
         match self.sync_errno.load(Ordering::SeqCst) {

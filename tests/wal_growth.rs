@@ -10,6 +10,7 @@ mod common;
 use common::faultfs::{FaultFs, Faults};
 use common::{segment_files, TempDir};
 use keel::status::*;
+use keel::fs::StdFs;
 use keel::wal::{Durability, Options, ReadUpto, RecoveryMode, Wal};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -163,6 +164,32 @@ fn an_idle_log_faults_no_pages_in() {
         wal.append(b"one").unwrap();
         wal.close().unwrap();
     }
+}
+
+/// A log that does not sync every append, written with `pwrite` as an
+/// engine's committed shards are (the direct strategy, `none`
+/// durability), reserves its segments with fallocate: its spare holds no
+/// page cache (zeros written would) and still reads as zeros. Its
+/// records come back after a reopen.
+#[test]
+fn a_log_synced_rarely_reserves_its_segments_instead_of_writing_zeros() {
+    let d = TempDir::new("growth-reserve");
+    if on_tmpfs(d.path()) {
+        return;
+    }
+    let opts = Options { durability: Durability::None, ..Options::default() };
+    let wal = Wal::open_with_fs(d.path(), opts.clone(), Arc::new(StdFs::direct())).unwrap();
+    let spare = wait_for_spare(d.path(), 128 * KIB);
+    assert_eq!(resident_pages(&spare), 0, "the spare was written, not reserved");
+    assert!(std::fs::read(&spare).unwrap().iter().all(|&b| b == 0), "a reserved spare reads as zeros");
+    let written: Vec<Vec<u8>> = (1..=300).map(|i| payload(i, 1000)).collect();
+    for p in &written {
+        wal.append(p).unwrap();
+    }
+    assert!(segment_files(d.path()).len() >= 3, "the appends rotated into reserved segments");
+    wal.close().unwrap();
+    let wal = Wal::open_with_fs(d.path(), opts, Arc::new(StdFs::direct())).unwrap();
+    assert_eq!(read_all(&wal), written);
 }
 
 /// Without a preparer the sizes are exact: 64 KiB, then each next one

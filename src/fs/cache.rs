@@ -396,6 +396,9 @@ impl File for CachedFile {
     fn allocate(&self, len: u64) -> io::Result<()> {
         self.with(|f| f.allocate(len))
     }
+    fn reserve(&self, len: u64) -> io::Result<()> {
+        self.with(|f| f.reserve(len))
+    }
     fn sync_data(&self) -> io::Result<()> {
         match self.cache.pin(self.slot)? {
             Some(pinned) => pinned.file.sync_data(),

@@ -52,6 +52,12 @@ pub trait File: Send + Sync {
     /// Extends the file with zeros to at least `len` bytes, so that later
     /// writes inside it never allocate (and cannot hit ENOSPC).
     fn allocate(&self, len: u64) -> io::Result<()>;
+    /// Like `allocate`, but with `fallocate` whatever the write strategy:
+    /// the blocks are reserved and read as zeros, nothing is written and
+    /// no page cache is taken; the first fdatasync after writes into them
+    /// also converts the extents those writes touched. For files synced
+    /// rarely. (No default: a wrapper must pass it on, not zero-fill.)
+    fn reserve(&self, len: u64) -> io::Result<()>;
     /// fdatasync: everything written so far reaches stable storage.
     fn sync_data(&self) -> io::Result<()>;
     /// Faults in the pages of the file's writable mapping, if it has one,
@@ -152,6 +158,8 @@ impl ReadMap {
 /// - `StdFs::direct()` (SYNC): `pwritev` per frame; files are allocated by
 ///   writing real zeros, so the fdatasync that follows every append has no
 ///   unwritten extents to convert and writes back only the touched pages.
+///   A log on it that is synced rarely (an engine's committed shard)
+///   reserves its segments with `File::reserve` (fallocate) instead.
 /// - `StdFs::mapped()` (NONE, PERIODIC): files are allocated with
 ///   `fallocate` (fast, and blocks are reserved, so a write into the mapping
 ///   can never hit ENOSPC and raise SIGBUS) and memory-mapped; an append is
@@ -253,6 +261,19 @@ impl StdFile {
         Ok(f)
     }
 
+    /// Reserves the blocks of [cur, len) with `posix_fallocate`.
+    fn fallocate(&self, cur: u64, len: u64) -> io::Result<()> {
+        if cur >= len {
+            return Ok(());
+        }
+        // SAFETY: plain system call on our own descriptor.
+        let r = unsafe { libc::posix_fallocate(self.file.as_raw_fd(), cur as libc::off_t, (len - cur) as libc::off_t) };
+        match r {
+            0 => Ok(()),
+            e => Err(io::Error::from_raw_os_error(e)),
+        }
+    }
+
     fn remap(&self) -> io::Result<()> {
         let len = self.file.metadata()?.len() as usize;
         let mut slot = self.map.write();
@@ -316,12 +337,8 @@ impl File for StdFile {
 
     fn allocate(&self, len: u64) -> io::Result<()> {
         let cur = self.len()?;
-        if cur < len && self.mapped {
-            // SAFETY: plain system call on our own descriptor.
-            let r = unsafe { libc::posix_fallocate(self.file.as_raw_fd(), cur as libc::off_t, (len - cur) as libc::off_t) };
-            if r != 0 {
-                return Err(io::Error::from_raw_os_error(r));
-            }
+        if self.mapped {
+            self.fallocate(cur, len)?;
         } else if cur < len {
             // Real zeros, not fallocate's unwritten extents: writing into an
             // unwritten extent makes every later fdatasync commit metadata.
@@ -337,6 +354,14 @@ impl File for StdFile {
             self.remap()?;
         }
         Ok(())
+    }
+
+    fn reserve(&self, len: u64) -> io::Result<()> {
+        if self.mapped {
+            // The mapping must grow with the file: `allocate` remaps.
+            return self.allocate(len);
+        }
+        self.fallocate(self.len()?, len)
     }
 
     fn sync_data(&self) -> io::Result<()> {

@@ -81,7 +81,7 @@ pub struct Options {
     pub segment_size: u64,
     /// Largest frame payload; 0 means min(16 MiB, segment_size - overhead).
     pub max_record_size: u64,
-    /// Zero-fill the next segment on a background worker so that rotation
+    /// Allocate the next segment on a background worker so that rotation
     /// does not stall appenders (costs one spare segment of disk, sized
     /// like the next segment).
     pub prepare_ahead: bool,
@@ -250,7 +250,7 @@ pub(crate) struct Shared {
     poisoned: AtomicBool,
     closed: AtomicBool,
     truncate_lock: Mutex<()>,
-    /// A zero-filled, synced file ready to become the next segment.
+    /// An allocated, synced file ready to become the next segment.
     spare: Mutex<Option<segment::Spare>>,
     /// A frame was written since open: only then does preparation fault
     /// a spare's pages in (an idle log holds no page cache for them).
@@ -360,7 +360,8 @@ impl Wal {
         let active = match rec.active {
             Some(a) => a,
             None => {
-                let a = segment::create(&*fs, dir, segment::Head::new(rec.next_seq, rec.prev), segment::FIRST_SIZE, false)?;
+                let fill = segment::Fill::for_durability(opts.durability);
+                let a = segment::create(&*fs, dir, segment::Head::new(rec.next_seq, rec.prev), segment::FIRST_SIZE, fill, false)?;
                 segments.push(SegmentMeta::new(dir, rec.next_seq, a.head.salt, rec.prev));
                 a
             }
@@ -556,8 +557,8 @@ impl Wal {
             return Ok(());
         }
         // The clean-close mark is a write like any: without this it would
-        // wake the preparer, and a worker could make a spare segment (a
-        // zero-fill and syncs) for a log that is closing; taking the
+        // wake the preparer, and a worker could make a spare segment (an
+        // allocation and syncs) for a log that is closing; taking the
         // "queued" flag makes `wake_preparer` queue nothing from here on.
         self.shared.prepare_queued.store(true, Ordering::Release);
         let result = match self.shared.untouched() {
@@ -635,7 +636,7 @@ impl Shared {
         }
     }
 
-    /// Keeps one zero-filled spare segment of the planned size ready
+    /// Keeps one allocated spare segment of the planned size ready
     /// (W8's slow half; a worker's job), so a rotation only writes a
     /// header, syncs and renames; a spare left smaller than the plan (a
     /// rotation fitted a large record instead) is replaced. Once the log
@@ -666,7 +667,7 @@ impl Shared {
         // the previous one when the next is created.
         let path = self.dir.join(segment::spare_name(self.spares_made.fetch_add(1, Ordering::Relaxed) + 1));
         let made = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            let file = segment::prepare(&*self.fs, &path, planned)?;
+            let file = segment::prepare(&*self.fs, &path, planned, self.fill())?;
             if wrote {
                 file.prefault();
             }
@@ -758,6 +759,11 @@ impl Shared {
                 w.woken.store(false, Ordering::Release);
             }
         }
+    }
+
+    /// How this log's new segments are allocated.
+    fn fill(&self) -> segment::Fill {
+        segment::Fill::for_durability(self.opts.durability)
     }
 
     fn check_size(&self, frame: &PendingFrame) -> Result<()> {
@@ -959,7 +965,7 @@ impl Shared {
                 kept => {
                     *spare = kept;
                     let started = Instant::now();
-                    let made = segment::create(&*self.fs, &self.dir, head, segment::size_for(st.planned, frame, max), replacing);
+                    let made = segment::create(&*self.fs, &self.dir, head, segment::size_for(st.planned, frame, max), self.fill(), replacing);
                     if self.opts.prepare_ahead {
                         // The workers had no fitting spare ready: this appender waited for one.
                         self.jobs.note_stall(started.elapsed());

@@ -2,6 +2,7 @@
 //! the read handle all readers of a segment share.
 
 use super::format::{decode_segment_header, encode_segment_header, Link, SEGMENT_HEADER_LEN};
+use super::Durability;
 use crate::fs::{File, FileSystem, ReadMap};
 use crate::error::{Error, Result};
 use std::path::{Path, PathBuf};
@@ -198,7 +199,7 @@ pub fn grown(planned: u64, made: u64, max: u64) -> u64 {
     planned.max(made).saturating_mul(2).min(max)
 }
 
-/// A zero-filled, synced file (a temporary name) ready to become a segment.
+/// An allocated, synced file (a temporary name) ready to become a segment.
 pub struct Spare {
     pub file: Arc<dyn File>,
     pub path: PathBuf,
@@ -221,11 +222,38 @@ impl Spare {
     }
 }
 
-/// Zero-fills a new file at `tmp` to `capacity` and syncs it: the slow half
+/// How a new segment's bytes are set aside (docs/WAL.md, "Writes").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fill {
+    /// `File::allocate`: real zeros on the direct write strategy, so that
+    /// the fdatasync after each group of appends has no unwritten extent
+    /// to convert.
+    Zeros,
+    /// `File::reserve`: blocks reserved with fallocate, nothing written,
+    /// no page cache. For a log synced rarely, whose few syncs convert the
+    /// extents written since (an engine's committed shards write as much
+    /// again as zeros otherwise).
+    Reserve,
+}
+
+impl Fill {
+    /// Zeros for a log that syncs every append (SYNC), else Reserve.
+    pub fn for_durability(d: Durability) -> Fill {
+        match d {
+            Durability::Sync => Fill::Zeros,
+            Durability::Periodic(_) | Durability::None => Fill::Reserve,
+        }
+    }
+}
+
+/// Allocates a new file at `tmp` to `capacity` and syncs it: the slow half
 /// of W8, which can run ahead of time on a background worker.
-pub fn prepare(fs: &dyn FileSystem, tmp: &Path, capacity: u64) -> std::io::Result<Arc<dyn File>> {
+pub fn prepare(fs: &dyn FileSystem, tmp: &Path, capacity: u64, fill: Fill) -> std::io::Result<Arc<dyn File>> {
     let file = fs.create(tmp)?;
-    file.allocate(capacity)?;
+    match fill {
+        Fill::Zeros => file.allocate(capacity)?,
+        Fill::Reserve => file.reserve(capacity)?,
+    }
     file.sync_data()?;
     Ok(file)
 }
@@ -277,9 +305,9 @@ pub fn install(
 
 /// Creates a segment in one go (W8), when no prepared spare is at hand
 /// (`replacing`: see `install`).
-pub fn create(fs: &dyn FileSystem, dir: &Path, head: Head, capacity: u64, replacing: bool) -> Result<Active> {
+pub fn create(fs: &dyn FileSystem, dir: &Path, head: Head, capacity: u64, fill: Fill, replacing: bool) -> Result<Active> {
     let tmp = dir.join(format!("{:020}{TEMP_SUFFIX}", head.first_seq));
-    match prepare(fs, &tmp, capacity) {
+    match prepare(fs, &tmp, capacity, fill) {
         Ok(file) => install(fs, dir, file, &tmp, head, capacity, replacing),
         Err(e) => {
             let _ = fs.remove(&tmp);
@@ -316,7 +344,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("keel-spare-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join(spare_name(1));
-        let file = prepare(&crate::fs::StdFs::direct(), &path, 128 << 10).unwrap();
+        let file = prepare(&crate::fs::StdFs::direct(), &path, 128 << 10, Fill::Zeros).unwrap();
         let spare = Spare { file, path, capacity: 128 << 10, faulted: false };
         assert!(spare.serves(128 << 10, 4000, MAX));
         assert!(!spare.serves(256 << 10, 4000, MAX), "a plan that grew past it");

@@ -24,8 +24,8 @@ use std::time::{Duration, Instant};
 /// Name of every worker thread.
 pub const WORKER_NAME: &str = "keel-wal-work";
 
-/// Workers of an engine's logs: preparation is mostly a zero-fill and one
-/// fdatasync per segment, a periodic sync one fdatasync per written log,
+/// Workers of an engine's logs: preparation is mostly an allocation and
+/// one fdatasync per segment, a periodic sync one fdatasync per written log,
 /// so two keep the device busy without a thread per log.
 pub const ENGINE_WAL_WORKERS: usize = 2;
 

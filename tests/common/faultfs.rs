@@ -231,6 +231,12 @@ impl File for FaultFile {
         })
     }
 
+    /// Modelled as `allocate`: a reserved range reads as zeros and, like
+    /// written zeros, is durable once synced.
+    fn reserve(&self, len: u64) -> io::Result<()> {
+        self.allocate(len)
+    }
+
     fn sync_data(&self) -> io::Result<()> {
         self.with(|w| {
             w.syncs += 1;
