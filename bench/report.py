@@ -201,6 +201,8 @@ SHARD_LABELS = {
 # keel only, against durable_put_64t of the same pair: the total over 64
 # shards of one engine is not lower than one shard's.
 SPREAD_CASE, SPREAD_BASE = "durable_put_64shards_64t", "durable_put_64t"
+# The reference beside the spread case: as many shards opened alone.
+SPREAD_ALONE = "durable_put_64alone_64t"
 
 
 def shard_results(work, skipped_reason):
@@ -328,19 +330,26 @@ def shard_targets(sh):
 
 def spread_comparison(keel_runs):
     """keel's durable puts spread over 64 shards against one shard at 64
-    threads, pair by pair (both in the same durable_put group)."""
+    threads, pair by pair (both in the same durable_put group), with the
+    reference of 64 shards opened alone."""
     by_pair = {}
     for c in keel_runs:
-        if c["name"] in (SPREAD_CASE, SPREAD_BASE):
+        if c["name"] in (SPREAD_CASE, SPREAD_BASE, SPREAD_ALONE):
             by_pair.setdefault(c["pair"], {})[c["name"]] = c["ops_per_s"]
+    ratio_of = lambda x, a, b: x[a] / x[b] if x.get(a) and x.get(b) else None
     pairs = [{"pair": p, "spread_ops_per_s": x.get(SPREAD_CASE), "one_shard_ops_per_s": x.get(SPREAD_BASE),
-              "ratio": x[SPREAD_CASE] / x[SPREAD_BASE] if x.get(SPREAD_CASE) and x.get(SPREAD_BASE) else None}
+              "alone_ops_per_s": x.get(SPREAD_ALONE), "ratio": ratio_of(x, SPREAD_CASE, SPREAD_BASE),
+              "over_alone": ratio_of(x, SPREAD_CASE, SPREAD_ALONE)}
              for p, x in sorted(by_pair.items(), key=lambda kv: (kv[0] is None, kv[0]))]
-    ratio = spread(x["ratio"] for x in pairs)
+    ratio, over_alone = spread(x["ratio"] for x in pairs), spread(x["over_alone"] for x in pairs)
     med = lambda key: (spread(x[key] for x in pairs) or {}).get("median")
     return {"pairs": pairs, "spread_ops_per_s": med("spread_ops_per_s"), "one_shard_ops_per_s": med("one_shard_ops_per_s"),
+            "alone_ops_per_s": med("alone_ops_per_s"),
             "ratio": ratio["median"] if ratio else None, "ratio_min": ratio["min"] if ratio else None,
-            "ratio_max": ratio["max"] if ratio else None}
+            "ratio_max": ratio["max"] if ratio else None,
+            "over_alone": over_alone["median"] if over_alone else None,
+            "over_alone_min": over_alone["min"] if over_alone else None,
+            "over_alone_max": over_alone["max"] if over_alone else None}
 
 
 def shard_markdown(sh, m):
@@ -388,6 +397,12 @@ def shard_markdown(sh, m):
                  f"{fmt(sp['spread_ops_per_s'])} ops/s against {fmt(sp['one_shard_ops_per_s'])} ops/s on one shard, "
                  f"{fmt_ratio(sp['ratio'], sp['ratio_min'], sp['ratio_max'])} (per pair: "
                  + ", ".join(fmt_ratio(x["ratio"]) for x in sp["pairs"]) + "; goal: not lower, >= 1.00×).")
+        if sp.get("over_alone") is not None:
+            L.append("")
+            L.append(f"For reference, `{SPREAD_ALONE}` ran the same puts on 64 shards opened alone, each with its own "
+                     f"flush thread, WAL workers and fdatasyncs: {fmt(sp['alone_ops_per_s'])} ops/s. The engine's "
+                     f"shards made {fmt_ratio(sp['over_alone'], sp['over_alone_min'], sp['over_alone_max'])} that "
+                     "(per pair: " + ", ".join(fmt_ratio(x["over_alone"]) for x in sp["pairs"]) + ").")
         L.append("")
     kc = {c["name"]: c for c in sh["keel"]}
     notes = []

@@ -408,29 +408,52 @@ fn durable_puts(a: &Args, values: &Values, out: &mut Vec<String>) {
 /// Shards a durable put's writers are spread over in `durable_put_64shards_64t`.
 const SPREAD_SHARDS: usize = 64;
 
-/// Durable puts spread over SPREAD_SHARDS shards of one engine, one
-/// thread per shard, as many puts per thread as `durable_put_64t`: what
-/// the engine's shared workers give many shards against one shard's
-/// group commit (keel only; the report compares it with `durable_put_64t`).
+/// Durable puts spread over SPREAD_SHARDS shards, one thread per shard, as
+/// many puts per thread as `durable_put_64t` (keel only; the report
+/// compares both with `durable_put_64t`):
+/// - `durable_put_64shards_64t`: the shards of one engine, which share its
+///   flush and WAL workers and make their writes durable through its
+///   commit log;
+/// - `durable_put_64alone_64t`, the reference: as many shards opened alone,
+///   each with its own flush thread, WAL workers and fdatasyncs.
 fn spread_durable_puts(a: &Args, values: &Values, out: &mut Vec<String>) {
     let (n, ops) = (SPREAD_SHARDS, a.sync64_ops);
-    let name = format!("durable_put_{n}shards_{n}t");
-    let dir = fresh_dir(&a.dir, &name);
-    let engine = Engine::open(&dir, Options { durability: Durability::Sync, ..Options::default() }).expect("opening the engine");
-    let shards: Vec<Shard> = (0..n as u32).map(|id| engine.open_shard(id, true).expect("opening a shard")).collect();
-    let run = put_run(&shards, n, ops, values);
-    engine.close().expect("closing the engine (and its shards)");
-    let _ = std::fs::remove_dir_all(&dir);
-    let c = Case {
-        name,
-        what: format!("put, Durability::Sync, {n} shards of one engine, {n} threads, each on its own shard, {ops} puts per thread, keys uniform in [0, {ops})"),
-        durability: "sync",
-        threads: n,
-        run,
-        extra: Obj::default().int("shard_count", n as u64),
-    };
-    c.print();
-    out.push(c.json());
+    let opts = || Options { durability: Durability::Sync, ..Options::default() };
+    for alone in [false, true] {
+        let name = match alone {
+            false => format!("durable_put_{n}shards_{n}t"),
+            true => format!("durable_put_{n}alone_{n}t"),
+        };
+        let dir = fresh_dir(&a.dir, &name);
+        let (engine, shards) = match alone {
+            false => {
+                let engine = Engine::open(&dir, opts()).expect("opening the engine");
+                let shards: Vec<Shard> = (0..n as u32).map(|id| engine.open_shard(id, true).expect("opening a shard")).collect();
+                (Some(engine), shards)
+            }
+            true => (None, (0..n).map(|i| open(&fresh_dir(&dir, &i.to_string()), opts())).collect()),
+        };
+        let run = put_run(&shards, n, ops, values);
+        match engine {
+            Some(e) => e.close().expect("closing the engine (and its shards)"),
+            None => shards.into_iter().for_each(|s| s.close().expect("close")),
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+        let what = match alone {
+            false => format!("{n} shards of one engine"),
+            true => format!("{n} shards opened alone (a flush thread, WAL workers and fdatasyncs each)"),
+        };
+        let c = Case {
+            name,
+            what: format!("put, Durability::Sync, {what}, {n} threads, each on its own shard, {ops} puts per thread, keys uniform in [0, {ops})"),
+            durability: "sync",
+            threads: n,
+            run,
+            extra: Obj::default().int("shard_count", n as u64),
+        };
+        c.print();
+        out.push(c.json());
+    }
 }
 
 /// Buffered load of `load_keys` puts (the buffered-put rate), settle, then
