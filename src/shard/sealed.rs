@@ -52,9 +52,11 @@ pub struct Sealed {
     pub id: u64,
     pub ident: Ident,
     pub data: Data,
-    /// Versions up to this are durable in the data: everything for a
-    /// table; for a frozen map, what its old data log had persisted.
-    data_persisted: u64,
+    /// What its old data log had persisted when it was sealed (for a
+    /// table made otherwise, what the table holds): what a reopen finds of
+    /// it while the manifest still lists it by its log files, that is
+    /// until its table and side-car are both written (`data_persisted`).
+    log_persisted: u64,
     del_path: PathBuf,
     deletions: Mutex<Deletions>,
     /// The side-car file exists (the manifest lists a table only then).
@@ -63,16 +65,12 @@ pub struct Sealed {
 
 impl Sealed {
     pub fn new(dir: &Path, ident: Ident, data: Data, persisted: u64) -> Sealed {
-        let data_persisted = match data {
-            Data::Table(_) => u64::MAX,
-            Data::Frozen(_) => persisted,
-        };
         let id = ident.segment;
         Sealed {
             id,
             ident,
             data,
-            data_persisted,
+            log_persisted: persisted,
             del_path: dir.join(files::name(id, files::DELETIONS)),
             deletions: Mutex::new(Deletions { keys: HashMap::new(), saved_upto: persisted, max_version: 0 }),
             side_car: AtomicBool::new(false),
@@ -114,10 +112,7 @@ impl Sealed {
         Sealed {
             id: self.id,
             ident: self.ident,
-            data_persisted: match data {
-                Data::Table(_) => u64::MAX,
-                Data::Frozen(_) => self.data_persisted,
-            },
+            log_persisted: self.log_persisted,
             data,
             del_path: self.del_path.clone(),
             deletions: Mutex::new(Deletions {
@@ -227,11 +222,11 @@ impl Sealed {
     }
 
     /// Has unsaved changes: deletions after the persisted version, or
-    /// data that is only in memory (a frozen map whose table is not
-    /// written yet counts, so F5 never acks past it).
+    /// data a reopen would not find (a frozen map, or a table without its
+    /// side-car, counts, so F5 never acks past its old log).
     pub fn dirty(&self) -> bool {
         let d = self.deletions.lock();
-        matches!(self.data, Data::Frozen(_)) || d.max_version > d.saved_upto
+        self.listable().is_none() || d.max_version > d.saved_upto
     }
 
     /// Largest version in the data or the side-car.
@@ -243,18 +238,27 @@ impl Sealed {
         data.max(self.deletions.lock().max_version)
     }
 
-    /// Versions up to this are durable in the data (u64::MAX for a table;
-    /// for a frozen map, what its old log had persisted when it was sealed).
+    /// Versions up to this are durable in the data as a reopen finds it:
+    /// all of them (u64::MAX) for a table the manifest can list, one with
+    /// its side-car written; otherwise what the old log had persisted when
+    /// the segment was sealed. The manifest lists a table without its
+    /// side-car by those log files, and a reopen reads them instead of the
+    /// table (which it removes), so a table written but not yet listable
+    /// does not yet hold what its log lacks (F3's bound, F5's ack).
     pub fn data_persisted(&self) -> u64 {
-        self.data_persisted
+        match self.listable() {
+            Some(_) => u64::MAX,
+            None => self.log_persisted,
+        }
     }
 
     /// Every change <= this is durable: the side-car's saved version, but
-    /// never beyond what the data itself has on disk (a frozen map whose
-    /// table failed to be written is only as durable as its old log, however
-    /// far its side-car got: F5 must not ack the WAL past that).
+    /// never beyond what the data itself has on disk as a reopen finds it
+    /// (a frozen map, or a table whose side-car failed to be written, is
+    /// only as durable as its old log, however far its deletions got: F5
+    /// must not ack the WAL past that).
     pub fn persisted(&self) -> u64 {
-        self.deletions.lock().saved_upto.min(self.data_persisted)
+        self.deletions.lock().saved_upto.min(self.data_persisted())
     }
 
     /// Deletions with version > `since`, for handing over to a merged segment.
