@@ -143,7 +143,11 @@ fn run_seed(seed: u64, explore: bool) -> Result<(Vec<String>, Vec<String>), Stri
             }
         }
         if got != model {
-            let lost: Vec<_> = model.keys().filter(|k| got.get(*k) != model.get(*k)).map(|k| String::from_utf8_lossy(k).into_owned()).collect();
+            let lost: Vec<_> = model
+                .keys()
+                .filter(|k| got.get(*k) != model.get(*k))
+                .map(|k| format!("{}: {:?} recovered as {:?}", String::from_utf8_lossy(k), model.get(k), got.get(k)))
+                .collect();
             let extra: Vec<_> = got.keys().filter(|k| !model.contains_key(*k)).map(|k| String::from_utf8_lossy(k).into_owned()).collect();
             mode.release();
             return Err(format!(

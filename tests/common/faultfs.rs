@@ -340,7 +340,8 @@ impl FileSystem for FaultFs {
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
         let mut w = self.live()?;
         w.syncs += 1;
-        if w.roll(|f| f.eio_sync_dir, "EIO on directory fsync") {
+        let what = format!("EIO on directory fsync of {}", dir.display());
+        if w.roll(|f| f.eio_sync_dir, &what) {
             return Err(err(libc::EIO));
         }
         let w = &mut *w;
