@@ -276,6 +276,28 @@ fn crash_keeps_the_list(fs: &FaultFs, dir: &Path, lock: &Lockstep, shard: Shard,
     shard.close().unwrap();
 }
 
+/// `list_in_a_table`, then the list moved by an append into the next
+/// appendable segment after its last pass, with the flush parked at the
+/// start of that segment's seal.
+fn list_moved_before_a_seal(fs: &FaultFs, dir: &Path, lock: &Arc<Lockstep>) -> (Shard, Vec<Vec<u8>>) {
+    let (shard, mut items) = list_in_a_table(fs, dir, lock);
+    // Fill the next segment; the flush passes, then stops before sealing.
+    seal_due(&shard, "b");
+    lock.advance_until(200, |s| s == Step::Seal);
+    shard.append(b"list", b"item5").unwrap();
+    items.push(b"item5".to_vec());
+    (shard, items)
+}
+
+/// The next seal writes its table, then fails to create its side-car.
+fn seal_without_side_car(fs: &FaultFs, lock: &Lockstep, shard: &Shard) {
+    lock.advance_until(200, |s| matches!(s, Step::TableSwap(_)));
+    fs.set_faults(Faults { nospace_create: 1000, ..Faults::default() });
+    lock.advance_until(50, |s| s == Step::Idle);
+    fs.set_faults(Faults::default());
+    assert_eq!(shard.background_error().map(|e| e.status), Some(KEEL_STATUS_NO_SPACE));
+}
+
 /// A copy-on-write move into the appendable segment right before it is
 /// sealed, whose table then fails to be written: the moved copy exists
 /// only in memory (the frozen segment) and in the WAL. A pass must not let
@@ -289,13 +311,7 @@ fn regression_source_keeps_its_copy_while_the_frozen_destination_is_not_durable(
     let fs = FaultFs::new(1);
     let dir = Path::new("/keel/frozen");
     let lock = Arc::new(Lockstep::default());
-    let (shard, mut items) = list_in_a_table(&fs, dir, &lock);
-    // Fill the next segment; the flush passes, then stops before sealing.
-    seal_due(&shard, "b");
-    lock.advance_until(200, |s| s == Step::Seal);
-    // Moved into the appendable segment after its last pass.
-    shard.append(b"list", b"item5").unwrap();
-    items.push(b"item5".to_vec());
+    let (shard, items) = list_moved_before_a_seal(&fs, dir, &lock);
     let table = lock.advance_until(50, |s| matches!(s, Step::TableWrite(_)));
     fs.set_faults(Faults { nospace_create: 1000, ..Faults::default() });
     lock.advance_until(50, |s| s == Step::Idle); // the table write fails: frozen, in memory only
@@ -323,13 +339,8 @@ fn regression_source_keeps_its_copy_while_the_destination_is_not_listed() {
     let dir = Path::new("/keel/unlisted");
     let lock = Arc::new(Lockstep::default());
     let (shard, mut items) = list_in_a_table(&fs, dir, &lock);
-    // The next seal writes its table, then fails to create its side-car.
     seal_due(&shard, "b");
-    lock.advance_until(200, |s| matches!(s, Step::TableSwap(_)));
-    fs.set_faults(Faults { nospace_create: 1000, ..Faults::default() });
-    lock.advance_until(50, |s| s == Step::Idle);
-    fs.set_faults(Faults::default());
-    assert_eq!(shard.background_error().map(|e| e.status), Some(KEEL_STATUS_NO_SPACE));
+    seal_without_side_car(&fs, &lock, &shard);
     // The list moves into the fresh, unlisted segment; a pass persists the
     // move, and the process dies as the pass acknowledges the WAL.
     shard.append(b"list", b"item5").unwrap();
@@ -353,19 +364,8 @@ fn regression_source_keeps_its_copy_while_the_sealed_destination_lacks_its_side_
     let fs = FaultFs::new(1);
     let dir = Path::new("/keel/sidecar");
     let lock = Arc::new(Lockstep::default());
-    let (shard, mut items) = list_in_a_table(&fs, dir, &lock);
-    // Fill the next segment; the flush passes, then stops before sealing.
-    seal_due(&shard, "b");
-    lock.advance_until(200, |s| s == Step::Seal);
-    // Moved into the appendable segment after its last pass.
-    shard.append(b"list", b"item5").unwrap();
-    items.push(b"item5".to_vec());
-    // Its table is written; its side-car cannot be created.
-    lock.advance_until(50, |s| matches!(s, Step::TableSwap(_)));
-    fs.set_faults(Faults { nospace_create: 1000, ..Faults::default() });
-    lock.advance_until(50, |s| s == Step::Idle);
-    fs.set_faults(Faults::default());
-    assert_eq!(shard.background_error().map(|e| e.status), Some(KEEL_STATUS_NO_SPACE));
+    let (shard, items) = list_moved_before_a_seal(&fs, dir, &lock);
+    seal_without_side_car(&fs, &lock, &shard);
     // A full pass, and the process dies as it acknowledges the WAL.
     shard.put(b"other", b"1").unwrap();
     shard.flush(false).unwrap();
