@@ -266,14 +266,18 @@ fn list_in_a_table(fs: &FaultFs, dir: &Path, lock: &Arc<Lockstep>) -> (Shard, Ve
 /// The process dies where the flush is parked (nothing more reaches the
 /// disk), the shard opens again, and its list holds every item.
 fn crash_keeps_the_list(fs: &FaultFs, dir: &Path, lock: &Lockstep, shard: Shard, items: Vec<Vec<u8>>) {
+    let shard = crash_and_reopen(fs, dir, lock, shard);
+    let got = shard.get(b"list").unwrap().map(|e| e.value);
+    assert_eq!(got, Some(Value::Posting(items)));
+    shard.close().unwrap();
+}
+
+fn crash_and_reopen(fs: &FaultFs, dir: &Path, lock: &Lockstep, shard: Shard) -> Shard {
     fs.halt();
     lock.release();
     let _ = shard.close();
     fs.crash();
-    let shard = Shard::open_with_fs(dir, options(Steps::default()), Arc::new(fs.clone())).unwrap();
-    let got = shard.get(b"list").unwrap().map(|e| e.value);
-    assert_eq!(got, Some(Value::Posting(items)));
-    shard.close().unwrap();
+    Shard::open_with_fs(dir, options(Steps::default()), Arc::new(fs.clone())).unwrap()
 }
 
 /// `list_in_a_table`, then the list moved by an append into the next
@@ -371,6 +375,34 @@ fn regression_source_keeps_its_copy_while_the_sealed_destination_lacks_its_side_
     shard.flush(false).unwrap();
     lock.advance_until(200, |s| s == Step::Ack);
     crash_keeps_the_list(&fs, dir, &lock, shard, items);
+}
+
+/// A put into the appendable segment after its last pass, then a seal
+/// that writes the segment's table but not its side-car, then a pass that
+/// acknowledges the WAL. The manifest still lists the segment by its old
+/// log, which lacks the put, so the acknowledgement must stop at that log
+/// (F5). Before the fix the table, having no new deletions, did not count
+/// as unsaved: the pass acked past the log, and after a crash the
+/// acknowledged put was gone.
+#[test]
+fn regression_ack_stops_at_the_old_log_of_a_table_without_its_side_car() {
+    let fs = FaultFs::new(1);
+    let dir = Path::new("/keel/sidecar-ack");
+    let lock = Arc::new(Lockstep::default());
+    let (shard, items) = list_in_a_table(&fs, dir, &lock);
+    seal_due(&shard, "b");
+    lock.advance_until(200, |s| s == Step::Seal);
+    shard.put(b"late", b"1").unwrap();
+    seal_without_side_car(&fs, &lock, &shard);
+    shard.put(b"other", b"1").unwrap();
+    shard.flush(false).unwrap();
+    // The pass acknowledges; the process dies as the seal is retried.
+    lock.advance_until(200, |s| s == Step::Ack);
+    lock.advance_until(200, |s| matches!(s, Step::SideCar(_)));
+    let shard = crash_and_reopen(&fs, dir, &lock, shard);
+    assert_eq!(shard.get(b"late").unwrap().map(|e| e.value), Some(Value::Bytes(b"1".to_vec())));
+    assert_eq!(shard.get(b"list").unwrap().map(|e| e.value), Some(Value::Posting(items)));
+    shard.close().unwrap();
 }
 
 /// The shard's health (`background_error`, C `keel_shard_health`): a
