@@ -420,9 +420,12 @@ fn spread_durable_puts(a: &Args, values: &Values, out: &mut Vec<String>) {
     let (n, ops) = (SPREAD_SHARDS, a.sync64_ops);
     let opts = || Options { durability: Durability::Sync, ..Options::default() };
     for alone in [false, true] {
-        let name = match alone {
-            false => format!("durable_put_{n}shards_{n}t"),
-            true => format!("durable_put_{n}alone_{n}t"),
+        let (name, what) = match alone {
+            false => (format!("durable_put_{n}shards_{n}t"), format!("{n} shards of one engine")),
+            true => (
+                format!("durable_put_{n}alone_{n}t"),
+                format!("{n} shards opened alone (a flush thread, WAL workers and fdatasyncs each)"),
+            ),
         };
         let dir = fresh_dir(&a.dir, &name);
         let (engine, shards) = match alone {
@@ -439,10 +442,6 @@ fn spread_durable_puts(a: &Args, values: &Values, out: &mut Vec<String>) {
             None => shards.into_iter().for_each(|s| s.close().expect("close")),
         }
         let _ = std::fs::remove_dir_all(&dir);
-        let what = match alone {
-            false => format!("{n} shards of one engine"),
-            true => format!("{n} shards opened alone (a flush thread, WAL workers and fdatasyncs each)"),
-        };
         let c = Case {
             name,
             what: format!("put, Durability::Sync, {what}, {n} threads, each on its own shard, {ops} puts per thread, keys uniform in [0, {ops})"),
