@@ -237,15 +237,15 @@ pub fn recover(fs: &dyn FileSystem, dir: &Path, mode: RecoveryMode, persisted: u
     // the extent record (or, without one, the segment headers and durable
     // hints) proves was handed out, even when records before it are gone.
     let next_seq = kept_end.max(extent::next_floor(&meta, &scans));
-    let kept_extent = |s: &SegmentScan| s.header.as_ref().ok().map(|h| (s.file.first_seq, h.salt, h.prev));
-    let kept: Vec<(u64, u32, Option<Link>)> = scans[..keep].iter().filter_map(kept_extent).collect();
+    let kept_extent = |s: &SegmentScan| s.header.as_ref().ok().map(|h| (s.file.first_seq, h.salt, h.prev, s.checked_end));
+    let kept: Vec<(u64, u32, Option<Link>, u64)> = scans[..keep].iter().filter_map(kept_extent).collect();
     let mut set_aside_in = None;
     if let Some(d) = damage.as_ref().filter(|d| d.sets_aside(scans.len())) {
         // The record first, so that it never lists a segment set aside.
         let remains = Extent {
             durable: kept_end.saturating_sub(1),
             next_seq,
-            segments: kept.iter().map(|&(f, salt, _)| (f, salt)).collect(),
+            segments: kept.iter().map(|&(f, salt, ..)| (f, salt)).collect(),
         };
         extent::write(fs, dir, &remains)?;
         set_aside_in = Some(set_aside(fs, dir, &scans, d)?);
@@ -260,7 +260,7 @@ pub fn recover(fs: &dyn FileSystem, dir: &Path, mode: RecoveryMode, persisted: u
             // The last kept segment ends the records before the gap: repair
             // and sync it; appends go to a new segment that declares the gap.
             drop(open_active(fs, &scans[k - 1], cut_last(k), true)?);
-            let (first_seq, salt, _) = *kept.last().expect("kept segments have valid headers");
+            let (first_seq, salt, ..) = *kept.last().expect("kept segments have valid headers");
             (None, Some(Link { first_seq, salt, end: kept_end }))
         }
         k => (Some(open_active(fs, &scans[k - 1], cut_last(k), !settled)?), None),
@@ -272,7 +272,10 @@ pub fn recover(fs: &dyn FileSystem, dir: &Path, mode: RecoveryMode, persisted: u
         skipped: gap.then(|| (kept_end, next_seq - 1)),
         set_aside: set_aside_in,
     });
-    let segments = kept.into_iter().map(|(first, salt, link)| SegmentMeta::new(dir, first, salt, link)).collect();
+    let segments = kept
+        .into_iter()
+        .map(|(first, salt, link, checked_end)| SegmentMeta { checked_end, ..SegmentMeta::new(dir, first, salt, link) })
+        .collect();
     Ok(Recovered { segments, active, next_seq, prev, report, settled })
 }
 
@@ -284,12 +287,12 @@ pub fn recover(fs: &dyn FileSystem, dir: &Path, mode: RecoveryMode, persisted: u
 /// (that process died inside the replace) can only be lost to the one
 /// before it, which a crash before the replace leaves too: recovery
 /// accepts it and still finds every record durable in the segments.
-fn extent_matches(meta: &MetaFile, next_seq: u64, kept: &[(u64, u32, Option<Link>)]) -> bool {
+fn extent_matches(meta: &MetaFile, next_seq: u64, kept: &[(u64, u32, Option<Link>, u64)]) -> bool {
     let MetaFile::Present(m) = meta else { return false };
     !kept.is_empty()
         && m.durable + 1 == next_seq
         && m.next_seq == next_seq
-        && m.segments.iter().copied().eq(kept.iter().map(|&(f, salt, _)| (f, salt)))
+        && m.segments.iter().copied().eq(kept.iter().map(|&(f, salt, ..)| (f, salt)))
 }
 
 /// Moves the segments that recovery gives up into `<dir>/salvaged-<ns>/`

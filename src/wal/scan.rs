@@ -37,6 +37,9 @@ pub struct SegmentScan {
     pub records: u64,
     /// Offset just past the last valid frame (header only: 64).
     pub end: u64,
+    /// Every frame before this offset had its checksum verified by this
+    /// scan: `end` for a full scan, 0 for a segment taken by its header.
+    pub checked_end: u64,
     /// Sequence number after the last valid record.
     pub next_seq: u64,
     /// First damage: offset and reason.
@@ -60,6 +63,7 @@ impl SegmentScan {
             frames: 0,
             records: 0,
             end: 0,
+            checked_end: 0,
             next_seq: file.first_seq,
             damage: None,
             max_hint: None,
@@ -134,6 +138,7 @@ pub fn scan_segment<E>(
         }
     }
     s.end = off as u64;
+    s.checked_end = s.end;
     if let Some((at, _)) = s.damage {
         // Frames are 8-byte aligned: trying every boundary after the damage
         // finds each valid frame that survived it.

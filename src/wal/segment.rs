@@ -66,12 +66,17 @@ pub struct SegmentMeta {
     /// Where the previous segment's records ended, when recovery declared
     /// the sequence numbers from there to `first_seq` lost (never reissued).
     pub gap_from: Option<u64>,
+    /// Every frame before this offset had its checksum verified by the
+    /// open that found the segment (0: none, as for a segment created
+    /// since). The log never writes below its end, so a reader need not
+    /// verify those frames again (`Reader::load_frame`).
+    pub checked_end: u64,
 }
 
 impl SegmentMeta {
     pub fn new(dir: &Path, first_seq: u64, salt: u32, prev: Option<Link>) -> SegmentMeta {
         let gap_from = prev.map(|p| p.end).filter(|&end| end < first_seq);
-        SegmentMeta { first_seq, path: dir.join(file_name(first_seq)), salt, gap_from }
+        SegmentMeta { first_seq, path: dir.join(file_name(first_seq)), salt, gap_from, checked_end: 0 }
     }
 }
 
