@@ -38,7 +38,13 @@ static void options(const char *dir) {
   KT_ERR;
   keel_engine_options_t def;
   CHECK_RC(KEEL_STATUS_NULL_ARGUMENT, keel_engine_options_init(NULL));
-  CHECK_RC(KEEL_STATUS_OK, keel_engine_options_init(&def));
+  CHECK_RC(KEEL_STATUS_NULL_ARGUMENT, keel_engine_options_init_sized(NULL, sizeof def));
+  /* Every field: the legacy init fills version 1 only, and the larger
+   * struct_size below makes the library read the fields after it (the
+   * stack's bytes there once failed the open). The canary makes any field
+   * init_sized leaves unset fail it every time. */
+  memset(&def, 0xA5, sizeof def);
+  CHECK_RC(KEEL_STATUS_OK, keel_engine_options_init_sized(&def, sizeof def));
   keel_engine_options_t o = def;
   o.durability = 3;                        bad_options(dir, o, "durability 3");
   o.durability = UINT32_MAX;               bad_options(dir, o, "durability UINT32_MAX");
