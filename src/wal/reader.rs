@@ -226,7 +226,7 @@ impl Reader {
                 // The open's scan verified every frame below `checked_end`,
                 // walking the same chain of frames from the segment's
                 // header, and those bytes are never written again: a
-                // second checksum of them (half of a replay's time) would
+                // second checksum of them (most of a reader's time) would
                 // find what the first found.
                 let checked = at + h.size() <= checked_end;
                 let ok = checked || h.checksum_ok(&head, bytes, salt);
