@@ -389,15 +389,22 @@ impl Run {
     /// of `sealed` (the shard's immutable segments) may hold each key;
     /// `searches` gets the searches of them the run's apply will make.
     /// With `keep`, put values read in place stay where they are (`held`).
-    fn read(&mut self, reader: &mut Reader, run_bytes: usize, keep: bool, sealed: &[Arc<Sealed>], searches: &mut Searches) -> Result<()> {
+    /// `log_end`: the log's last version; a run takes at most 1/`TAIL_PARTS`
+    /// of the records from its first one to there (`MIN_TAIL_RUN` at least).
+    fn read(&mut self, reader: &mut Reader, run_bytes: usize, log_end: u64, keep: bool, sealed: &[Arc<Sealed>], searches: &mut Searches) -> Result<()> {
         self.bytes.clear();
         self.records.clear();
         self.states.clear();
         self.state_bytes = 0;
         self.held.clear();
         self.held_bytes = 0;
-        while self.bytes.len() + self.held_bytes + self.state_bytes < run_bytes {
+        let mut max_records = usize::MAX;
+        while self.bytes.len() + self.held_bytes + self.state_bytes < run_bytes && self.records.len() + self.states.len() < max_records {
             let Some((seq, record, in_place)) = reader.peek_in_place()? else { break };
+            if max_records == usize::MAX {
+                // Each record of the log has a version of its own.
+                max_records = (log_end.saturating_sub(seq) as usize / TAIL_PARTS).max(MIN_TAIL_RUN);
+            }
             let op = match Record::decode(record)? {
                 Record::Op(op) => op,
                 Record::State(change) => {
@@ -484,11 +491,15 @@ impl Run {
         // each is the WAL record plus its version, kind and checksum.
         segs.appendable.reserve(self.bytes.len() + self.records.len() * 16);
         for (i, r) in self.records.iter().enumerate() {
-            // In key order the records sit anywhere in the run's bytes: ask
-            // for a record a few places ahead so its bytes are in the cache
-            // by the time it is decoded and copied.
+            // In key order the records sit anywhere in the run's bytes, and
+            // held values anywhere in the mapped log: ask for a record a few
+            // places ahead so its bytes are in the cache by the time it is
+            // decoded and copied (the staged record copies its value).
             if let Some(ahead) = self.records.get(i + PREFETCH_AHEAD) {
                 prefetch(&self.bytes[ahead.start..ahead.start + ahead.len as usize]);
+                if let Some(value) = self.held.get(ahead.held as usize) {
+                    prefetch(value);
+                }
             }
             let mut op = OpRef::decode(&self.bytes[r.start..r.start + r.len as usize])?;
             let held = (r.held != NOT_HELD).then(|| &self.held[r.held as usize]);
@@ -510,19 +521,29 @@ const PREFETCH_AHEAD: usize = 16;
 /// The first run of a replay is this fraction of `run_bytes`.
 const FIRST_RUN_PARTS: usize = 16;
 
+/// A run takes at most this fraction of the records left to the log's
+/// end, and at least `MIN_TAIL_RUN` records (see `replay_wal`).
+const TAIL_PARTS: usize = 2;
+const MIN_TAIL_RUN: usize = 65536;
+
 /// Replays the WAL from `from` (the first version the segment files may
 /// lack; 0 for the first retained record) into `segs`, in runs: the
-/// records of a run (up to
-/// `run_bytes`, 64 MiB by default; the first runs are smaller) are copied, sorted by key and then
-/// version, and applied in that order. Operations on different keys
-/// commute and those on one key keep their log order, so the state is the
-/// one replay in log order gives; but in key order each B-tree search
-/// walks the path the previous one left in the cache, where in log order
-/// every search was a string of cache misses. A second thread reads and
-/// sorts the next run while this one applies the current one. State
-/// records go to `replicated`, in version order.
+/// records of a run (up to `run_bytes`, 64 MiB by default) are copied,
+/// sorted by key and then version, and applied in that order. Operations
+/// on different keys commute and those on one key keep their log order,
+/// so the state is the one replay in log order gives; but in key order
+/// each B-tree search walks the path the previous one left in the cache,
+/// where in log order every search was a string of cache misses. A second
+/// thread reads and sorts the next run while this one applies the current
+/// one, so only the first run's read and the last run's apply are not
+/// overlapped: the first runs are small, and near the log's end a run
+/// takes at most half the records left (`TAIL_PARTS`). Without that rule a
+/// replay of 64 MiB of 100 B puts ended with a run of half its records,
+/// applied alone (a quarter of its time). State records go to
+/// `replicated`, in version order.
 pub fn replay_wal(segs: &mut Segments, replicated: &mut Tracker, wal: &Wal, from: u64, run_bytes: usize) -> Result<Replayed> {
     let mut reader = wal.reader(from, ReadUpto::Appended)?;
+    let log_end = wal.last_seq();
     // Replay seals nothing: the reader thread asks the same segments'
     // filters as the applying one searches.
     let sealed = segs.sealed.clone();
@@ -548,7 +569,7 @@ pub fn replay_wal(segs: &mut Segments, replicated: &mut Tracker, wal: &Wal, from
             // Ends when the log ends, on an error, or when the applying
             // side has gone (its channel ends dropped).
             while let Ok(mut run) = empty_rx.recv() {
-                let result = run.read(&mut reader, run_bytes_now, keep, &sealed, &mut searches).map(|()| run);
+                let result = run.read(&mut reader, run_bytes_now, log_end, keep, &sealed, &mut searches).map(|()| run);
                 run_bytes_now = run_bytes_now.saturating_mul(2).min(run_bytes);
                 keep = true;
                 let last = result.as_ref().map_or(true, |run| run.records.is_empty() && run.states.is_empty());
