@@ -364,6 +364,49 @@ fn missing_middle_segment_is_corruption_and_stray_temp_files_are_removed() {
     assert!(!d.path().join("00000000000000099999.wal.tmp").exists());
 }
 
+/// Unfinished files an earlier process left (a spare, a segment never
+/// installed, a stray an earlier open moved aside and never removed) are
+/// out of the writers' names when the open returns, and gone once a
+/// worker or the close has removed them; a log with no worker removes
+/// them during its open. The log's records are untouched.
+#[test]
+fn files_an_earlier_process_left_unfinished_are_moved_aside_then_removed() {
+    let temp_files = |dir: &Path| -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| n.ends_with(".wal.tmp"))
+            .collect();
+        names.sort();
+        names
+    };
+    for prepare_ahead in [true, false] {
+        let d = TempDir::new("strays");
+        let written = fill(d.path(), 500);
+        let left = ["spare-1.wal.tmp", "00000000000000000501.wal.tmp", "stray-4.wal.tmp"];
+        let mark = b"left by an earlier process".repeat(2600);
+        for name in left {
+            std::fs::write(d.path().join(name), &mark).unwrap();
+        }
+        let wal = Wal::open(d.path(), Options { prepare_ahead, ..small(Durability::Sync) }).unwrap();
+        let seen = temp_files(d.path());
+        // The earlier files keep no name a writer of this open may use (a
+        // spare this open prepared may be there, but not with their bytes).
+        let moved = |n: &String| ["stray-4.", "stray-5.", "stray-6."].iter().any(|s| n.starts_with(s));
+        let earlier = |n: &String| std::fs::read(d.path().join(n)).is_ok_and(|b| b.starts_with(&mark[..26]));
+        assert!(seen.iter().all(|n| moved(n) || (n.starts_with("spare-") && !earlier(n))), "{seen:?}");
+        if !prepare_ahead {
+            assert!(seen.is_empty(), "a log without workers removes them during its open: {seen:?}");
+        }
+        assert_eq!(read_all(&wal, 0), written);
+        wal.append(b"after").unwrap();
+        wal.close().unwrap();
+        assert_eq!(temp_files(d.path()), Vec::<String>::new());
+        let wal = Wal::open(d.path(), small(Durability::Sync)).unwrap();
+        assert_eq!(wal.last_seq(), 501);
+    }
+}
+
 /// The real file system with switches that make syncs fail (with the
 /// errno in `sync_errno`, 0 for none) or segment creation fail with ENOSPC.
 struct FlakyFs {

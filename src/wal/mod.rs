@@ -269,6 +269,9 @@ pub(crate) struct Shared {
     syncing: Mutex<()>,
     /// Spares made so far (each gets its own name, `segment::spare_name`).
     spares_made: AtomicU64,
+    /// Unfinished files an earlier process left (`Recovered::strays`),
+    /// until a worker or close removes them; held while removing them.
+    strays: Mutex<Vec<PathBuf>>,
     /// Segments open for reading, one per segment shared by all readers.
     segment_handles: Handles<ReadSegment>,
     /// The newest extent snapshot written to `wal.meta`; held while writing.
@@ -419,6 +422,7 @@ impl Wal {
             preparing: Mutex::new(()),
             syncing: Mutex::new(()),
             spares_made: AtomicU64::new(0),
+            strays: Mutex::new(rec.strays),
             segment_handles: Handles::default(),
             opts,
             extent_written: Mutex::new(0),
@@ -437,6 +441,14 @@ impl Wal {
         // queues no preparation, each with its fdatasync.
         if host.is_none() {
             shared.wake_preparer();
+        }
+        // A worker removes what an earlier process left; with none, the
+        // open does.
+        if !shared.strays.lock().is_empty() {
+            match host.or(own_workers.as_ref()).is_some_and(|w| w.size() > 0) {
+                true => shared.jobs.remove_strays(shared.me.clone()),
+                false => shared.remove_strays(),
+            }
         }
         Ok(Wal { shared, own_workers, _lock: lock })
     }
@@ -577,6 +589,7 @@ impl Wal {
         if let Some(spare) = self.shared.spare.lock().take() {
             let _ = self.shared.fs.remove(&spare.path);
         }
+        self.shared.remove_strays();
         // Unmaps the active segment; readers still holding `shared` see CLOSED.
         self.shared.state.lock().active = None;
         result
@@ -600,6 +613,16 @@ impl Drop for DecrementOnDrop<'_> {
 impl Shared {
     /// Queues a preparation unless one is queued already (or the log
     /// prepares nothing ahead).
+    /// Removes the files an earlier process left unfinished (a worker's
+    /// job, or close's). One that cannot be removed is found again by the
+    /// next open.
+    fn remove_strays(&self) {
+        let mut strays = self.strays.lock();
+        for path in strays.drain(..) {
+            let _ = self.fs.remove(&path);
+        }
+    }
+
     fn wake_preparer(&self) {
         if self.opts.prepare_ahead && !self.prepare_queued.swap(true, Ordering::AcqRel) {
             self.jobs.prepare(self.me.clone());

@@ -185,6 +185,20 @@ pub fn spare_name(n: u64) -> String {
     format!("spare-{n}{TEMP_SUFFIX}")
 }
 
+/// Name recovery gives the n-th unfinished file an earlier process left
+/// (a spare, a segment never installed): no writer makes a file of this
+/// name, so it can be removed later, off the open (`Recovered::strays`).
+pub fn stray_name(n: u64) -> String {
+    format!("{STRAY_PREFIX}{n}{TEMP_SUFFIX}")
+}
+
+const STRAY_PREFIX: &str = "stray-";
+
+/// The n of `stray_name(n)`.
+pub fn parse_stray(name: &str) -> Option<u64> {
+    name.strip_prefix(STRAY_PREFIX)?.strip_suffix(TEMP_SUFFIX)?.parse().ok()
+}
+
 /// The size a log's first segment gets (and the smallest `segment_size`):
 /// an idle log holds this plus a spare of twice it.
 pub const FIRST_SIZE: u64 = 64 << 10;

@@ -1,6 +1,7 @@
 //! Background work of logs on a bounded set of threads: preparing the next
-//! segment (W8's slow half, `Shared::prepare_spare`) and the periodic
-//! syncs of `Durability::Periodic` (`Shared::periodic_sync`).
+//! segment (W8's slow half, `Shared::prepare_spare`), the periodic
+//! syncs of `Durability::Periodic` (`Shared::periodic_sync`) and removing
+//! the unfinished files an earlier process left (`Shared::remove_strays`).
 //!
 //! An engine owns one `Workers` for the logs of all its shards, so its
 //! thread count does not grow with its shards; a log opened alone owns a
@@ -56,6 +57,7 @@ impl Ord for DueSync {
 #[derive(Default)]
 struct Queues {
     prepare: VecDeque<Weak<Shared>>,
+    strays: VecDeque<Weak<Shared>>,
     syncs: BinaryHeap<Reverse<DueSync>>,
     next_seq: u64,
     stopping: bool,
@@ -76,6 +78,11 @@ impl Jobs {
         self.work.notify_one();
     }
 
+    pub(super) fn remove_strays(&self, log: Weak<Shared>) {
+        self.queues.lock().strays.push_back(log);
+        self.work.notify_one();
+    }
+
     pub(super) fn sync_after(&self, every: Duration, log: Weak<Shared>) {
         let mut q = self.queues.lock();
         q.next_seq += 1;
@@ -93,6 +100,7 @@ impl Jobs {
 enum Job {
     Prepare(Weak<Shared>),
     Sync(Weak<Shared>),
+    RemoveStrays(Weak<Shared>),
 }
 
 /// A bounded set of threads serving the background jobs of many logs.
@@ -126,10 +134,11 @@ impl Workers {
         self.threads.lock().len()
     }
 
-    /// Jobs queued and not yet taken (preparations and syncs, due or not).
+    /// Jobs queued and not yet taken (preparations, syncs due or not,
+    /// removals of strays).
     pub fn queued(&self) -> usize {
         let q = self.jobs.queues.lock();
-        q.prepare.len() + q.syncs.len()
+        q.prepare.len() + q.syncs.len() + q.strays.len()
     }
 
     /// Total time appenders of the hosted logs waited for a segment the
@@ -170,6 +179,9 @@ fn work(jobs: &Jobs) {
                 if let Some(log) = q.prepare.pop_front() {
                     break Job::Prepare(log);
                 }
+                if let Some(log) = q.strays.pop_front() {
+                    break Job::RemoveStrays(log);
+                }
                 match q.syncs.peek().map(|d| d.0.at) {
                     Some(at) => {
                         jobs.work.wait_until(&mut q, at);
@@ -188,6 +200,11 @@ fn work(jobs: &Jobs) {
             Job::Sync(log) => {
                 if let Some(log) = log.upgrade() {
                     log.periodic_sync();
+                }
+            }
+            Job::RemoveStrays(log) => {
+                if let Some(log) = log.upgrade() {
+                    log.remove_strays();
                 }
             }
         }

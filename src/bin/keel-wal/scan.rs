@@ -31,7 +31,8 @@ fn io_fail(what: &str, path: &Path, e: std::io::Error) -> IoFail {
 pub struct Listing {
     /// Segments in log order.
     pub segments: Vec<SegmentFile>,
-    /// `*.wal.tmp`: unfinished segments or the spare (open removes them).
+    /// `*.wal.tmp`: unfinished segments or the spare (open moves them aside
+    /// and removes them).
     pub temp: Vec<String>,
     /// `salvaged-*` folders left by lossy recovery.
     pub salvaged: Vec<String>,
