@@ -22,7 +22,7 @@
 //! deterministic regression.
 //!
 //! `ordered_flush_survives_kill9` runs the real ordered flush and must
-//! never find a difference (KEEL_SHARD_KILL9_CYCLES, default 200).
+//! never find a difference (KEEL_SHARD_KILL9_CYCLES, default 150).
 //! `engine_shards_on_a_shared_pool_survive_kill9` runs the same loop on an
 //! engine of 16 shards whose flush work shares a pool of 2 workers (the
 //! workers take turns in lockstep, so the schedule stays the seed's):
@@ -433,7 +433,7 @@ fn ordered_flush_survives_kill9() {
     if let Ok(spec) = std::env::var(CHILD_ENV) {
         child_main(&spec);
     }
-    let cycles = env_u64("KEEL_SHARD_KILL9_CYCLES").unwrap_or(200);
+    let cycles = env_u64("KEEL_SHARD_KILL9_CYCLES").unwrap_or(150);
     let (seed, explore) = (seed(), explore());
     let started = Instant::now();
     if let Some(failure) = crash_loop("ordered_flush_survives_kill9", cycles, false, false, false, explore, seed) {

@@ -6,7 +6,8 @@
 //! in docs/WAL.md ("Recovery", outcome table):
 //!
 //! - the open fails with CORRUPTION and the directory is byte-for-byte as it
-//!   was (stray `*.wal.tmp` files aside: open removes them first, see
+//!   was (stray `*.wal.tmp` files aside: open moves them aside first and
+//!   a refused open removes them, see
 //!   `stray_temp_files_are_removed_even_when_the_open_fails`), or
 //! - the open succeeds, the log holds exactly a dense prefix of what was
 //!   written with byte-identical payloads, D covers it, it accepts a new
@@ -545,7 +546,7 @@ fn check_mode(base: &Base, files: &Files, expect: &Expect, mode: RecoveryMode, d
                 return Err(format!("failed with {e} where CORRUPTION was documented"));
             }
             // A refused open changes nothing, except that stray temporary
-            // files are removed first (they never hold acknowledged records).
+            // files are removed (they never hold acknowledged records).
             let mut want = before;
             want.retain(|k, _| !k.ends_with(".wal.tmp"));
             let after = tree(dir);
@@ -1216,8 +1217,9 @@ fn tails_segments_and_stray_files() {
 }
 
 /// Documented nuance: "open fails: CORRUPTION, nothing changed" holds for
-/// the log's segments; stray temporary files are removed before the scan
-/// decides, because no acknowledged record can be in one (W8).
+/// the log's segments; stray temporary files are moved aside before the
+/// scan decides and removed when it refuses, because no acknowledged
+/// record can be in one (W8).
 #[test]
 fn stray_temp_files_are_removed_even_when_the_open_fails() {
     let (_, clean) = bases();

@@ -2,7 +2,7 @@
 //! file system, with simulated power loss, EIO and ENOSPC, checking the
 //! WAL's promises after every crash (docs/WAL.md W3, W4, W9).
 //!
-//! `KEEL_FAULT_SEEDS=N` sets how many seeds run (default 3,000 in `make
+//! `KEEL_FAULT_SEEDS=N` sets how many seeds run (default 2,000 in `make
 //! test`, 20,000 in `make soak`, and a quarter as many with growing
 //! segments); `KEEL_FAULT_SEED=S` replays one
 //! seed with a trace of what it did. A seed with bit 40 set (`GROWING`)
@@ -329,10 +329,10 @@ fn run_checked(seed: u64) {
     }
 }
 
-/// How many seeds a run tries: `KEEL_FAULT_SEEDS`, else 3,000, which keeps
+/// How many seeds a run tries: `KEEL_FAULT_SEEDS`, else 2,000, which keeps
 /// `make test` short on a busy 2-core machine (`make soak` runs more).
 fn seeds() -> u64 {
-    std::env::var("KEEL_FAULT_SEEDS").ok().and_then(|v| v.parse().ok()).unwrap_or(3_000)
+    std::env::var("KEEL_FAULT_SEEDS").ok().and_then(|v| v.parse().ok()).unwrap_or(2_000)
 }
 
 #[test]

@@ -183,7 +183,32 @@ fn describe(d: &Damage, scans: &[SegmentScan]) -> String {
 /// judged as without it.
 pub fn recover(fs: &dyn FileSystem, dir: &Path, mode: RecoveryMode, persisted: u64) -> Result<Recovered> {
     let names = fs.list(dir).map_err(|e| Error::io(format!("listing {}", dir.display()), e))?;
-    let mut moved_temp = false;
+    let Names { found, strays, moved } = sort_names(fs, dir, names)?;
+    match recover_segments(fs, dir, mode, persisted, found, moved) {
+        Ok(rec) => Ok(Recovered { strays, ..rec }),
+        Err(e) => {
+            // No log will remove them later: the open fails here.
+            for path in &strays {
+                let _ = fs.remove(path);
+            }
+            Err(e)
+        }
+    }
+}
+
+/// A WAL directory's names, sorted out (`sort_names`).
+struct Names {
+    /// The segments: (first sequence number, name), in order.
+    found: Vec<(u64, String)>,
+    /// The unfinished files an earlier process left, renamed out of every
+    /// writer's way (`Recovered::strays`).
+    strays: Vec<PathBuf>,
+    /// Whether the directory changed.
+    moved: bool,
+}
+
+fn sort_names(fs: &dyn FileSystem, dir: &Path, names: Vec<String>) -> Result<Names> {
+    let mut moved = false;
     let mut found = Vec::new();
     let mut strays = Vec::new();
     let mut next_stray = names.iter().filter_map(|n| segment::parse_stray(n)).max().map_or(0, |n| n + 1);
@@ -191,7 +216,7 @@ pub fn recover(fs: &dyn FileSystem, dir: &Path, mode: RecoveryMode, persisted: u
         if name == extent::META_TEMP {
             // An extent record that was never renamed is not the record.
             fs.remove(&dir.join(&name)).map_err(|e| Error::io(format!("removing stray {name}"), e))?;
-            moved_temp = true;
+            moved = true;
         } else if name.ends_with(segment::TEMP_SUFFIX) {
             // A segment that never finished W8 holds no acknowledged record.
             // Unlinking a preallocated one is slow (45 ms for 64 MiB here),
@@ -202,7 +227,7 @@ pub fn recover(fs: &dyn FileSystem, dir: &Path, mode: RecoveryMode, persisted: u
                     let to = dir.join(segment::stray_name(next_stray));
                     next_stray += 1;
                     fs.rename(&dir.join(&name), &to).map_err(|e| Error::io(format!("moving stray {name} aside"), e))?;
-                    moved_temp = true;
+                    moved = true;
                     to
                 }
             };
@@ -211,10 +236,16 @@ pub fn recover(fs: &dyn FileSystem, dir: &Path, mode: RecoveryMode, persisted: u
             found.push((first_seq, name));
         }
     }
-    if moved_temp {
+    if moved {
         fs.sync_dir(dir).map_err(|e| Error::io(format!("syncing {}", dir.display()), e))?;
     }
     found.sort();
+    Ok(Names { found, strays, moved })
+}
+
+/// `recover` once the directory's names are sorted (`moved_temp`: the
+/// directory changed, so the log is not settled).
+fn recover_segments(fs: &dyn FileSystem, dir: &Path, mode: RecoveryMode, persisted: u64, found: Vec<(u64, String)>, moved_temp: bool) -> Result<Recovered> {
     let meta = extent::read(fs, dir)?;
     let trusted = match meta {
         MetaFile::Present(_) => persisted_prefix(&found, persisted),
@@ -295,7 +326,7 @@ pub fn recover(fs: &dyn FileSystem, dir: &Path, mode: RecoveryMode, persisted: u
         .into_iter()
         .map(|(first, salt, link, checked_end)| SegmentMeta { checked_end, ..SegmentMeta::new(dir, first, salt, link) })
         .collect();
-    Ok(Recovered { segments, active, next_seq, prev, report, settled, strays })
+    Ok(Recovered { segments, active, next_seq, prev, report, settled, strays: Vec::new() })
 }
 
 /// Whether `meta` already records what an open of these `kept` segments
