@@ -367,8 +367,8 @@ fn missing_middle_segment_is_corruption_and_stray_temp_files_are_removed() {
 /// Unfinished files an earlier process left (a spare, a segment never
 /// installed, a stray an earlier open moved aside and never removed) are
 /// out of the writers' names when the open returns, and gone once a
-/// worker or the close has removed them; a log with no worker removes
-/// them during its open. The log's records are untouched.
+/// worker or the close has removed them; a log that prepares nothing
+/// ahead removes them during its open. The log's records are untouched.
 #[test]
 fn files_an_earlier_process_left_unfinished_are_moved_aside_then_removed() {
     let temp_files = |dir: &Path| -> Vec<String> {
@@ -396,7 +396,7 @@ fn files_an_earlier_process_left_unfinished_are_moved_aside_then_removed() {
         let earlier = |n: &String| std::fs::read(d.path().join(n)).is_ok_and(|b| b.starts_with(&mark[..26]));
         assert!(seen.iter().all(|n| moved(n) || (n.starts_with("spare-") && !earlier(n))), "{seen:?}");
         if !prepare_ahead {
-            assert!(seen.is_empty(), "a log without workers removes them during its open: {seen:?}");
+            assert!(seen.is_empty(), "a log that prepares nothing ahead removes them during its open: {seen:?}");
         }
         assert_eq!(read_all(&wal, 0), written);
         wal.append(b"after").unwrap();

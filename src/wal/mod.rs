@@ -442,10 +442,11 @@ impl Wal {
         if host.is_none() {
             shared.wake_preparer();
         }
-        // A worker removes what an earlier process left; with none, the
-        // open does.
+        // A worker removes what an earlier process left. A log that
+        // prepares nothing ahead does no file work in the background (a
+        // seeded test's run is then a function of its seed): its open does.
         if !shared.strays.lock().is_empty() {
-            match host.or(own_workers.as_ref()).is_some_and(|w| w.size() > 0) {
+            match shared.opts.prepare_ahead && host.or(own_workers.as_ref()).is_some_and(|w| w.size() > 0) {
                 true => shared.jobs.remove_strays(shared.me.clone()),
                 false => shared.remove_strays(),
             }
@@ -611,11 +612,9 @@ impl Drop for DecrementOnDrop<'_> {
 }
 
 impl Shared {
-    /// Queues a preparation unless one is queued already (or the log
-    /// prepares nothing ahead).
     /// Removes the files an earlier process left unfinished (a worker's
-    /// job, or close's). One that cannot be removed is found again by the
-    /// next open.
+    /// job, or the open's or close's). One that cannot be removed is found
+    /// again by the next open.
     fn remove_strays(&self) {
         let mut strays = self.strays.lock();
         for path in strays.drain(..) {
@@ -623,6 +622,8 @@ impl Shared {
         }
     }
 
+    /// Queues a preparation unless one is queued already (or the log
+    /// prepares nothing ahead).
     fn wake_preparer(&self) {
         if self.opts.prepare_ahead && !self.prepare_queued.swap(true, Ordering::AcqRel) {
             self.jobs.prepare(self.me.clone());
