@@ -39,7 +39,7 @@ struct LoadRecord<'a> {
     /// bytes, and a comparison of two inline keys reads no other memory.
     key: Key,
     /// Its place in the log.
-    at: u32,
+    at: usize,
     version: u64,
     kind: u8,
     payload: Loaded<'a>,
@@ -166,7 +166,7 @@ impl Appendable {
                 k => return Err(bad(&format!("record of unknown kind {k}"))),
             };
             weight += key.len() + b.bytes.len();
-            records.push(LoadRecord { key: Key::new(key), at: records.len() as u32, version, kind, payload });
+            records.push(LoadRecord { key: Key::new(key), at: records.len(), version, kind, payload });
         }
         // By key, each key's records in log order.
         records.sort_unstable_by(|a, b| a.key.cmp(&b.key).then(a.at.cmp(&b.at)));
