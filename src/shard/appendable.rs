@@ -41,16 +41,16 @@ struct LoadRecord<'a> {
     /// Its place in the log.
     at: usize,
     version: u64,
-    kind: u8,
     payload: Loaded<'a>,
 }
 
-/// A loading record's payload: a value is copied in log order, the rest
-/// is decoded when its key is folded.
+/// A loading record by kind: a value is copied in log order, a list is
+/// decoded when its key is folded.
 enum Loaded<'a> {
     Value(Slice),
-    Bytes(&'a [u8]),
-    Gone,
+    List(&'a [u8]),
+    Item(&'a [u8]),
+    Tombstone,
 }
 
 /// The keys of the appendable segment; lives under the shard's lock.
@@ -161,12 +161,13 @@ impl Appendable {
             let payload = match kind {
                 // Copied in log order, where the bytes are read in turn.
                 REC_VALUE => Loaded::Value(arena.hold(b.bytes)),
-                REC_LIST | REC_ITEM => Loaded::Bytes(b.bytes),
-                REC_TOMBSTONE => Loaded::Gone,
+                REC_LIST => Loaded::List(b.bytes),
+                REC_ITEM => Loaded::Item(b.bytes),
+                REC_TOMBSTONE => Loaded::Tombstone,
                 k => return Err(bad(&format!("record of unknown kind {k}"))),
             };
             weight += key.len() + b.bytes.len();
-            records.push(LoadRecord { key: Key::new(key), at: records.len(), version, kind, payload });
+            records.push(LoadRecord { key: Key::new(key), at: records.len(), version, payload });
         }
         // By key, each key's records in log order.
         records.sort_unstable_by(|a, b| a.key.cmp(&b.key).then(a.at.cmp(&b.at)));
@@ -174,16 +175,16 @@ impl Appendable {
         for run in records.chunk_by_mut(|a, b| a.key == b.key) {
             let mut live: Option<(u64, Value<Slice>)> = None;
             for r in run.iter_mut() {
-                let payload = std::mem::replace(&mut r.payload, Loaded::Gone);
-                live = match (r.kind, payload, live) {
-                    (REC_VALUE, Loaded::Value(v), _) => Some((r.version, Value::Bytes(v))),
-                    (REC_LIST, Loaded::Bytes(list), _) => Some((r.version, Value::Posting(decode_list(list)?))),
-                    (REC_ITEM, Loaded::Bytes(item), Some((_, Value::Posting(mut items)))) => {
+                // Taken: each record is folded once.
+                live = match (std::mem::replace(&mut r.payload, Loaded::Tombstone), live) {
+                    (Loaded::Value(v), _) => Some((r.version, Value::Bytes(v))),
+                    (Loaded::List(list), _) => Some((r.version, Value::Posting(decode_list(list)?))),
+                    (Loaded::Item(item), Some((_, Value::Posting(mut items)))) => {
                         items.push(item.to_vec());
                         Some((r.version, Value::Posting(items)))
                     }
-                    (REC_ITEM, _, _) => return Err(bad("posting item for a key that holds no list")),
-                    _ => None, // a tombstone
+                    (Loaded::Item(_), _) => return Err(bad("posting item for a key that holds no list")),
+                    (Loaded::Tombstone, _) => None,
                 };
             }
             if let Some((version, value)) = live {
