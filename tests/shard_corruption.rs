@@ -358,3 +358,48 @@ fn unlisted_files_are_moved_aside_and_leftovers_removed() {
     assert_eq!(s.get(b"key0001").unwrap().unwrap().value, Value::Bytes(vec![b'v'; 500]));
     s.close().unwrap();
 }
+
+/// A shard with `wal_bytes` of WAL kept (the WAL's first segment
+/// pinned), an unlisted file and a half-done rename in its segments
+/// directory, and a WAL segment whose header is damaged. The open fails
+/// on the WAL and leaves the segments directory as it was: the segments'
+/// scan, which runs beside the WAL's open once the WAL is large, writes
+/// nothing before the WAL's verdict.
+fn refused_wal_leaves_segments_alone(wal_bytes: usize) {
+    let dir = TempDir::new("corrupt-refused-wal");
+    let s = Shard::open(dir.path(), options()).unwrap();
+    s.set_keep_from(1).unwrap();
+    let (mut i, mut written) = (0, 0);
+    while written < wal_bytes {
+        s.put(format!("key{i:06}").as_bytes(), &[b'w'; 1000]).unwrap();
+        (i, written) = (i + 1, written + 1000);
+    }
+    s.flush(true).unwrap();
+    s.close().unwrap();
+    let seg = seg_dir(dir.path());
+    std::fs::write(seg.join("notes.txt"), b"an operator's file").unwrap();
+    std::fs::write(seg.join("seg-0000000000000001.sst.tmp"), b"a rename that never happened").unwrap();
+    let before = |seg: &Path| {
+        let mut names: Vec<String> = std::fs::read_dir(seg).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        names.sort();
+        names
+    };
+    let found = before(&seg);
+    let mut wal: Vec<PathBuf> = std::fs::read_dir(dir.path().join("wal")).unwrap().map(|e| e.unwrap().path()).collect();
+    wal.sort();
+    assert!(wal.len() >= 3, "{wal:?}");
+    let walled: u64 = wal.iter().map(|p| std::fs::metadata(p).unwrap().len()).sum();
+    assert!(walled >= wal_bytes as u64, "the WAL keeps {walled} bytes");
+    let mut bytes = std::fs::read(&wal[1]).unwrap();
+    bytes[..8].copy_from_slice(b"NOTAWAL!");
+    std::fs::write(&wal[1], bytes).unwrap();
+    let message = corruption(dir.path(), options());
+    assert!(message.contains(".wal"), "{message}");
+    assert_eq!(before(&seg), found, "the refused open changed the segments directory");
+}
+
+#[test]
+fn a_refused_wal_leaves_the_segments_directory_as_found() {
+    refused_wal_leaves_segments_alone(256 << 10); // scanned after the WAL's open
+    refused_wal_leaves_segments_alone(8 << 20); // scanned beside it
+}

@@ -326,6 +326,28 @@ fn open_wal(dir: &Path, opts: &Options, fs: &Option<Arc<dyn FileSystem>>, host: 
     Wal::open_owned(&dir.join("wal"), wal_opts, Some(wal_fs), host.map(|h| &h.wal), persisted)
 }
 
+/// A shard's open reads its WAL on a thread of its own, beside the
+/// segments' scan, only when the WAL's files hold at least this many
+/// bytes: a smaller WAL opens in less time than a thread takes to start,
+/// which reopening thousands of idle shards would pay for nothing.
+const OVERLAP_WAL_BYTES: u64 = 4 << 20;
+
+/// The bytes of the files in `dir` (0 if it cannot be listed: the open
+/// that follows reports why).
+fn files_bytes(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    entries.filter_map(|e| e.ok()?.metadata().ok()).map(|m| m.len()).sum()
+}
+
+/// What a shard's open read before it loads: its WAL, opened, and its
+/// segments directory, scanned (`recovery::scan`), with what the scan
+/// reported.
+struct Found {
+    wal: Wal,
+    scan: recovery::Scan,
+    report: RecoveryReport,
+}
+
 /// A group's frame stays below this many bytes (a batch larger than it
 /// goes alone): the WAL's segments start small and grow with the write
 /// rate, and one frame must not force an oversized segment early.
@@ -653,15 +675,42 @@ impl Shard {
     ) -> Result<Shard> {
         opts.validate()?;
         let commit = commit.filter(|_| opts.durability == Durability::Sync);
-        let wal = open_wal(dir, &opts, &fs, host, commit.is_some())?;
-        let fs = fs.unwrap_or_else(|| Arc::new(StdFs::direct()));
+        let injected = fs.is_some();
+        let seg_fs = fs.clone().unwrap_or_else(|| Arc::new(StdFs::direct()));
         // An engine's shards keep their files in its descriptor cache.
-        let fs = match host {
-            Some(h) => h.files.wrap(fs),
-            None => fs,
+        let seg_fs = match host {
+            Some(h) => h.files.wrap(seg_fs),
+            None => seg_fs,
         };
+        let seg_dir = dir.join("segments");
+        let mut report = RecoveryReport::default();
+        let open_wal = || open_wal(dir, &opts, &fs, host, commit.is_some());
+        // The WAL's open and the segments' scan read different files and
+        // write nothing the other reads: on the real file system they run
+        // side by side, which a cold restart pays once instead of twice.
+        // An injected file system (tests) sees them one after the other,
+        // so a seed replays the same file operations in the same order.
+        let overlap = !injected && files_bytes(&dir.join("wal")) >= OVERLAP_WAL_BYTES;
+        let (wal, scan) = match overlap {
+            false => {
+                let wal = open_wal()?;
+                (Ok(wal), recovery::scan(&seg_fs, &seg_dir, opts.salvage, &mut report))
+            }
+            true => std::thread::scope(|s| {
+                let wal = std::thread::Builder::new().name("keel-open".into()).spawn_scoped(s, open_wal);
+                let scan = recovery::scan(&seg_fs, &seg_dir, opts.salvage, &mut report);
+                let wal = match wal {
+                    Ok(t) => t.join().unwrap_or_else(|_| Err(Error::new(KEEL_STATUS_PANIC, "the WAL's open panicked"))),
+                    Err(_) => open_wal(), // no thread to spare: one after the other
+                };
+                (wal, scan)
+            }),
+        };
+        // The WAL's verdict first: a refused open leaves the segments
+        // directory as the scan found it.
+        let found = Found { wal: wal?, scan: scan?, report };
         let shared = host.map(|h| (h.flush.clone(), h.stalls.clone()));
-        Self::open_on(fs, dir, opts, wal, shared, base, commit)
+        Self::open_on(seg_fs, dir, found, opts, shared, base, commit)
     }
 
     /// `base`: versions up to it are the segments' by construction (an
@@ -670,17 +719,17 @@ impl Shard {
     fn open_on(
         fs: Arc<dyn FileSystem>,
         dir: &Path,
+        found: Found,
         opts: Options,
-        wal: Wal,
         host: Option<(Arc<FlushPool>, Arc<backlog::Stalls>)>,
         base: u64,
         commit: Option<(Arc<wal::commit_log::CommitLog>, u32)>,
     ) -> Result<Shard> {
         let (pool, stalls) = host.unzip();
+        let Found { wal, scan, mut report } = found;
         let seg_dir = dir.join("segments");
         let last = wal.last_seq();
-        let mut report = RecoveryReport::default();
-        let loaded = recovery::load(&fs, &seg_dir, last > base, opts.salvage, &mut report)?;
+        let loaded = recovery::load(&fs, &seg_dir, scan, last > base, opts.salvage, &mut report)?;
         let mut segs = loaded.segs;
         let stored = segs.max_version().max(loaded.manifest.persisted);
         if stored > last {

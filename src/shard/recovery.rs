@@ -1,8 +1,9 @@
-//! Opening a shard after any crash (F6): `load` checks the files the
-//! manifest lists, finishes or undoes what a seal or a merge left
-//! half-done, drops what was never made durable and loads the rest;
-//! `replay_wal` then replays the WAL through the version
-//! gate (`Segments::replay` applies one operation).
+//! Opening a shard after any crash (F6): `scan` checks and loads the
+//! files the manifest lists, writing nothing (it runs beside the WAL's
+//! open); `load` then finishes or undoes what a seal or a merge left
+//! half-done and drops what was never made durable; `replay_wal` replays
+//! the WAL through the version gate (`Segments::replay` applies one
+//! operation).
 
 use super::appendable::Appendable;
 use super::arena::{Kept, Slice};
@@ -85,15 +86,90 @@ pub struct Loaded {
     pub synced: bool,
 }
 
-/// Opens the segments of `dir` as its manifest lists them (F6, manifest.rs):
-/// checks every listed file (present, right size and identity), finishes
-/// or undoes what a seal or a merge left half-done, moves unlisted files
-/// aside and seals logs that were being sealed. `wal_has_records`: the
-/// shard's WAL is not empty (then a missing manifest is damage, not a new
-/// shard). With `salvage`, missing or damaged files are reported in
-/// `report` and left out instead of failing the open.
-pub fn load(fs: &Arc<dyn FileSystem>, dir: &Path, wal_has_records: bool, salvage: bool, report: &mut RecoveryReport) -> Result<Loaded> {
+/// A missing or damaged listed file is CORRUPTION, or in a salvage open a
+/// line of the report (`held`: what the file held).
+fn lose(e: Error, held: String, salvage: bool, report: &mut RecoveryReport) -> Result<()> {
+    if !salvage || e.status != KEEL_STATUS_CORRUPTION {
+        return Err(e);
+    }
+    report.lost.push(format!("{}{held}", e.message));
+    Ok(())
+}
+
+/// What `scan` read from a segments directory: the manifest and the files
+/// it lists, checked and loaded. `load` finishes the open from it.
+pub struct Scan {
+    exists: bool,
+    /// None when missing, or damaged in a salvage open (`manifest_lost`).
+    manifest: Option<Manifest>,
+    manifest_lost: bool,
+    tables: BTreeMap<u64, Sealed>,
+    logs: BTreeMap<u64, Appendable>,
+    damaged: BTreeSet<u64>,
+    proven: u64,
+    floor: u64,
+}
+
+/// The first half of a shard's open (F6, manifest.rs): reads the manifest
+/// of `dir` and checks every file it lists (present, right size and
+/// identity), loading tables and logs. It changes nothing on disk, so it
+/// runs beside the WAL's open and a WAL that refuses the open leaves the
+/// directory as found. With `salvage`, missing or damaged files are
+/// reported in `report` and left out instead of failing the open.
+pub fn scan(fs: &Arc<dyn FileSystem>, dir: &Path, salvage: bool, report: &mut RecoveryReport) -> Result<Scan> {
     let fsr = &**fs;
+    let exists = fsr.exists(dir).map_err(|e| Error::io(format!("looking for {}", dir.display()), e))?;
+    let mut manifest_lost = false;
+    let manifest = match exists.then(|| Manifest::read(fsr, dir)).transpose() {
+        Err(e) if salvage && e.status == KEEL_STATUS_CORRUPTION => {
+            report.lost.push(e.message);
+            manifest_lost = true;
+            None
+        }
+        other => other?.flatten(),
+    };
+    let mut scan = Scan { exists, manifest, manifest_lost, tables: BTreeMap::new(), logs: BTreeMap::new(), damaged: BTreeSet::new(), proven: 0, floor: u64::MAX };
+    let Some(m) = &scan.manifest else { return Ok(scan) };
+    let ident = |segment| Ident { shard: m.shard, segment };
+    for l in &m.segments {
+        match *l {
+            Listed::Table { id, size, max_version, footer_crc } => {
+                match open_table(fsr, dir, ident(id), size, footer_crc).and_then(|t| Sealed::load(fsr, dir, ident(id), t, true)) {
+                    Ok(s) => {
+                        scan.proven = scan.proven.max(s.persisted());
+                        scan.floor = scan.floor.min(s.persisted());
+                        scan.tables.insert(id, s);
+                    }
+                    Err(e) => {
+                        lose(e, format!(" (segment {id}: versions up to {max_version})"), salvage, report)?;
+                        scan.damaged.insert(id);
+                    }
+                }
+            }
+            Listed::Log { id } => match Appendable::load(fs, dir, ident(id)) {
+                Ok(a) => {
+                    scan.proven = scan.proven.max(a.log.persisted());
+                    scan.floor = scan.floor.min(a.log.persisted());
+                    scan.logs.insert(id, a);
+                }
+                Err(e) => {
+                    lose(e, format!(" (segment {id}: an appendable segment)"), salvage, report)?;
+                    scan.damaged.insert(id);
+                }
+            },
+        }
+    }
+    Ok(scan)
+}
+
+/// The second half of a shard's open, once its WAL opened: finishes or
+/// undoes what a seal or a merge left half-done, moves unlisted files
+/// aside, seals logs that were being sealed and writes the manifest if
+/// that changed it (a missing one too). `wal_has_records`: the shard's WAL
+/// is not empty (then a missing manifest is damage, not a new shard).
+pub fn load(fs: &Arc<dyn FileSystem>, dir: &Path, scan: Scan, wal_has_records: bool, salvage: bool, report: &mut RecoveryReport) -> Result<Loaded> {
+    let fsr = &**fs;
+    let Scan { exists, manifest, manifest_lost, mut tables, mut logs, damaged, proven, floor } = scan;
     let aside = format!(
         "{}{}",
         files::UNLISTED_PREFIX,
@@ -105,28 +181,14 @@ pub fn load(fs: &Arc<dyn FileSystem>, dir: &Path, wal_has_records: bool, salvage
         report.moved_to = Some(aside.clone());
         Ok(())
     };
-    // A lost file is CORRUPTION, or in a salvage open a line of the report.
-    let lose = |e: Error, held: String, report: &mut RecoveryReport| -> Result<()> {
-        if !salvage || e.status != KEEL_STATUS_CORRUPTION {
-            return Err(e);
-        }
-        report.lost.push(format!("{}{held}", e.message));
-        Ok(())
-    };
-    let exists = fsr.exists(dir).map_err(|e| Error::io(format!("looking for {}", dir.display()), e))?;
     let list = || fsr.list(dir).map_err(|e| Error::io(format!("listing {}", dir.display()), e));
-    let names = if exists { list()? } else { Vec::new() };
-    let read = match exists.then(|| Manifest::read(fsr, dir)).transpose() {
-        Err(e) if salvage && e.status == KEEL_STATUS_CORRUPTION => {
-            report.lost.push(e.message);
-            move_aside(manifest::NAME, report)?;
-            None
-        }
-        other => other?.flatten(),
-    };
-    let on_disk = match read {
+    if manifest_lost {
+        move_aside(manifest::NAME, report)?;
+    }
+    let on_disk = match manifest {
         Some(m) => m,
         None => {
+            let names = if exists { list()? } else { Vec::new() };
             let segment_files: Vec<&String> = names.iter().filter(|n| files::parse(n).is_some()).collect();
             if !segment_files.is_empty() || wal_has_records {
                 let what = match (segment_files.len(), wal_has_records) {
@@ -138,7 +200,7 @@ pub fn load(fs: &Arc<dyn FileSystem>, dir: &Path, wal_has_records: bool, salvage
                     "{}: missing while {what} (the list of the shard's files is lost, or an older keel without manifests wrote the shard)",
                     manifest::path(dir).display()
                 ));
-                lose(e, "; every segment file is moved aside and the shard holds what its WAL still has".into(), report)?;
+                lose(e, "; every segment file is moved aside and the shard holds what its WAL still has".into(), salvage, report)?;
                 for n in segment_files {
                     move_aside(n, report)?;
                 }
@@ -153,42 +215,10 @@ pub fn load(fs: &Arc<dyn FileSystem>, dir: &Path, wal_has_records: bool, salvage
         }
     };
     let ident = |segment| Ident { shard: on_disk.shard, segment };
-    let mut damaged = BTreeSet::new();
-    let mut proven = 0;
-    let mut floor = u64::MAX;
 
-    // Listed tables (their replaced lists explain a merge's leftovers) and
-    // logs; nothing is removed or written until all of them are checked.
-    let mut tables = BTreeMap::new();
-    let mut logs = BTreeMap::new();
-    for l in &on_disk.segments {
-        match *l {
-            Listed::Table { id, size, max_version, footer_crc } => {
-                match open_table(fsr, dir, ident(id), size, footer_crc).and_then(|t| Sealed::load(fsr, dir, ident(id), t, true)) {
-                    Ok(s) => {
-                        proven = proven.max(s.persisted());
-                        floor = floor.min(s.persisted());
-                        tables.insert(id, s);
-                    }
-                    Err(e) => {
-                        lose(e, format!(" (segment {id}: versions up to {max_version})"), report)?;
-                        damaged.insert(id);
-                    }
-                }
-            }
-            Listed::Log { id } => match Appendable::load(fs, dir, ident(id)) {
-                Ok(a) => {
-                    proven = proven.max(a.log.persisted());
-                    floor = floor.min(a.log.persisted());
-                    logs.insert(id, a);
-                }
-                Err(e) => {
-                    lose(e, format!(" (segment {id}: an appendable segment)"), report)?;
-                    damaged.insert(id);
-                }
-            },
-        }
-    }
+    // Nothing was removed or written until every listed file was checked
+    // (`scan`); the replaced lists of the listed tables explain a merge's
+    // leftovers.
     let replaced: BTreeSet<u64> = tables.values().filter_map(|s| s.table()).flat_map(|t| t.replaced.iter().copied()).collect();
     let listed: BTreeMap<u64, &Listed> = on_disk.segments.iter().map(|l| (l.id(), l)).collect();
     let mut cleaned = false;
