@@ -14,6 +14,8 @@ pub mod net;
 pub mod node;
 pub mod shard;
 pub mod status;
+#[cfg(test)]
+pub(crate) mod test_dir;
 pub mod transfer;
 pub mod wal;
 

@@ -482,26 +482,12 @@ impl FileSystem for CachedFs {
 mod tests {
     use super::*;
     use crate::fs::StdFs;
+    use crate::test_dir::TestDir;
 
-    struct Dir(PathBuf);
-    impl Dir {
-        fn new(tag: &str) -> Dir {
-            let d = std::env::temp_dir().join(format!("keel-fdcache-{tag}-{}", std::process::id()));
-            let _ = std::fs::remove_dir_all(&d);
-            std::fs::create_dir_all(&d).unwrap();
-            Dir(d)
-        }
-    }
-    impl Drop for Dir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-
-    fn setup(tag: &str, limit: usize) -> (Dir, Arc<FileCache>, Arc<dyn FileSystem>) {
+    fn setup(tag: &str, limit: usize) -> (TestDir, Arc<FileCache>, Arc<dyn FileSystem>) {
         let cache = FileCache::new(limit);
         let fs = cache.wrap(Arc::new(StdFs::direct()));
-        (Dir::new(tag), cache, fs)
+        (TestDir::new(&format!("fdcache-{tag}")), cache, fs)
     }
 
     fn read(f: &dyn File) -> Vec<u8> {
@@ -515,7 +501,7 @@ mod tests {
         let (d, cache, fs) = setup("lru", MIN_OPEN_FILES);
         let files: Vec<_> = (0..MIN_OPEN_FILES + 4)
             .map(|i| {
-                let f = fs.create(&d.0.join(format!("f{i}"))).unwrap();
+                let f = fs.create(&d.join(format!("f{i}"))).unwrap();
                 f.write_at(&[format!("file {i}").as_bytes()], 0).unwrap();
                 f
             })
@@ -537,14 +523,14 @@ mod tests {
     fn a_file_in_use_is_not_evicted() {
         let (d, cache, fs) = setup("pinned", MIN_OPEN_FILES);
         let std: Arc<dyn FileSystem> = Arc::new(StdFs::direct());
-        let path = d.0.join("held");
+        let path = d.join("held");
         let held = cache.register(&std, &path, true, std.create(&path).unwrap());
         held.write_at(&[b"held"], 0).unwrap();
         // While an operation runs on `held`, every other file is opened.
         let mut others = Vec::new();
         let got = held.with(|f| {
             for i in 0..2 * MIN_OPEN_FILES {
-                others.push(fs.create(&d.0.join(format!("o{i}"))).unwrap());
+                others.push(fs.create(&d.join(format!("o{i}"))).unwrap());
             }
             assert!(cache.counts().open > MIN_OPEN_FILES as u64 - 1);
             let mut b = [0u8; 4];
@@ -560,34 +546,34 @@ mod tests {
     #[test]
     fn renames_move_handles_and_replaced_files_stay_reachable_while_open() {
         let (d, cache, fs) = setup("rename", MIN_OPEN_FILES);
-        let (a, b) = (d.0.join("a.tmp"), d.0.join("b"));
+        let (a, b) = (d.join("a.tmp"), d.join("b"));
         let old = fs.create(&b).unwrap();
         old.write_at(&[b"old"], 0).unwrap();
         let new = fs.create(&a).unwrap();
         new.write_at(&[b"new"], 0).unwrap();
         fs.rename(&a, &b).unwrap();
         // Push both out of the cache.
-        let fill: Vec<_> = (0..MIN_OPEN_FILES).map(|i| fs.create(&d.0.join(format!("x{i}"))).unwrap()).collect();
+        let fill: Vec<_> = (0..MIN_OPEN_FILES).map(|i| fs.create(&d.join(format!("x{i}"))).unwrap()).collect();
         assert_eq!(read(&*new), b"new", "reopened under its new name");
         // `old` was open when replaced: it is kept open, so still readable.
         assert_eq!(read(&*old), b"old");
         drop(fill);
         // A folder rename moves the handles below it.
-        let sub = d.0.join("sub");
+        let sub = d.join("sub");
         fs.create_dir_all(&sub).unwrap();
         let inner = fs.create(&sub.join("f")).unwrap();
         inner.write_at(&[b"inner"], 0).unwrap();
-        let sibling = fs.create(&d.0.join("sub.x")).unwrap(); // sorts between `sub` and `sub/f`
+        let sibling = fs.create(&d.join("sub.x")).unwrap(); // sorts between `sub` and `sub/f`
         sibling.write_at(&[b"sibling"], 0).unwrap();
-        fs.rename(&sub, &d.0.join("moved")).unwrap();
-        let fill: Vec<_> = (0..MIN_OPEN_FILES).map(|i| fs.create(&d.0.join(format!("y{i}"))).unwrap()).collect();
+        fs.rename(&sub, &d.join("moved")).unwrap();
+        let fill: Vec<_> = (0..MIN_OPEN_FILES).map(|i| fs.create(&d.join(format!("y{i}"))).unwrap()).collect();
         assert_eq!(read(&*inner), b"inner");
         assert_eq!(read(&*sibling), b"sibling", "a name that only starts like the folder's stays");
         drop(fill);
         // Removed while closed: gone for reads, nothing left to sync.
-        let gone = fs.create(&d.0.join("gone")).unwrap();
-        let fill: Vec<_> = (0..MIN_OPEN_FILES).map(|i| fs.create(&d.0.join(format!("z{i}"))).unwrap()).collect();
-        fs.remove(&d.0.join("gone")).unwrap();
+        let gone = fs.create(&d.join("gone")).unwrap();
+        let fill: Vec<_> = (0..MIN_OPEN_FILES).map(|i| fs.create(&d.join(format!("z{i}"))).unwrap()).collect();
+        fs.remove(&d.join("gone")).unwrap();
         assert_eq!(gone.len().unwrap_err().kind(), io::ErrorKind::NotFound);
         gone.sync_data().unwrap();
         drop(fill);
@@ -599,7 +585,7 @@ mod tests {
         let (d, cache, fs) = setup("race", MIN_OPEN_FILES);
         let files: Vec<Arc<dyn File>> = (0..4 * MIN_OPEN_FILES)
             .map(|i| {
-                let f = fs.create(&d.0.join(format!("f{i}"))).unwrap();
+                let f = fs.create(&d.join(format!("f{i}"))).unwrap();
                 f.write_at(&[&(i as u64).to_le_bytes().repeat(512)], 0).unwrap();
                 f
             })

@@ -95,8 +95,7 @@ mod tests {
 
     #[test]
     fn one_holder_per_process_and_free_again_after_drop() {
-        let dir = std::env::temp_dir().join(format!("keel-dirlock-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = crate::test_dir::TestDir::new("dirlock");
         let path = dir.join("LOCK");
         let first = lock(&path).unwrap();
         assert_eq!(lock(&path).err().map(|e| e.kind()), Some(io::ErrorKind::WouldBlock));
@@ -104,6 +103,5 @@ mod tests {
         assert_eq!(lock(&path).err().map(|e| e.kind()), Some(io::ErrorKind::WouldBlock));
         drop(first);
         drop(lock(&path).unwrap());
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

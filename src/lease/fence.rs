@@ -229,17 +229,11 @@ impl FenceTable {
 mod tests {
     use super::*;
     use crate::fs::StdFs;
+    use crate::test_dir::TestDir;
     use std::path::Path;
 
     fn table(dir: &Path, now: u64) -> FenceTable {
         FenceTable::new(dir.join("FENCE"), Arc::new(StdFs::direct()), Clock::manual(now))
-    }
-
-    fn tempdir(tag: &str) -> PathBuf {
-        let d = std::env::temp_dir().join(format!("keel-fence-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d).unwrap();
-        d
     }
 
     const SEC: Duration = Duration::from_secs(1);
@@ -247,7 +241,7 @@ mod tests {
 
     #[test]
     fn acquire_busy_validate_release_and_expiry() {
-        let dir = tempdir("basic");
+        let dir = TestDir::new("fence-basic");
         let t = table(&dir, 1000);
         let a = t.try_acquire(b"b", SEC).unwrap();
         assert_eq!(t.try_acquire(b"b", SEC).unwrap_err().status, KEEL_STATUS_BUSY);
@@ -267,12 +261,11 @@ mod tests {
         assert!(!t.validate(b"b", b));
         let c = t.try_acquire(b"b", SEC).unwrap();
         assert!(c > b);
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
     fn a_failing_clock_grants_and_validates_nothing() {
-        let dir = tempdir("clock");
+        let dir = TestDir::new("fence-clock");
         let t = table(&dir, 1000);
         let a = t.try_acquire(b"b", SEC).unwrap();
         t.clock().set(0).unwrap();
@@ -283,12 +276,11 @@ mod tests {
         assert_eq!(t.try_acquire(b"c", Duration::ZERO).unwrap_err().status, KEEL_STATUS_INVALID_ARGUMENT);
         t.clock().set(u64::MAX - 1).unwrap();
         assert_eq!(t.try_acquire(b"c", SEC).unwrap_err().status, KEEL_STATUS_INVALID_ARGUMENT);
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
     fn tokens_grow_across_restarts_and_leases_do_not_survive_them() {
-        let dir = tempdir("restart");
+        let dir = TestDir::new("fence-restart");
         let mut last = 0;
         for round in 0..3 {
             let t = table(&dir, 1000);
@@ -303,19 +295,17 @@ mod tests {
                 assert!(t.release(b"b", tok));
             }
         }
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
     fn a_damaged_high_water_mark_is_refused_not_reset() {
-        let dir = tempdir("damaged");
+        let dir = TestDir::new("fence-damaged");
         table(&dir, 1000).try_acquire(b"b", SEC).unwrap();
         let path = dir.join("FENCE");
         let mut bytes = std::fs::read(&path).unwrap();
         bytes[9] ^= 1;
         std::fs::write(&path, &bytes).unwrap();
         assert_eq!(table(&dir, 1000).try_acquire(b"b", SEC).unwrap_err().status, KEEL_STATUS_CORRUPTION);
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -444,9 +444,7 @@ mod tests {
     /// some alike in their first 16 bytes.
     #[test]
     fn a_loaded_log_is_the_map_that_wrote_it() {
-        let dir = std::env::temp_dir().join(format!("keel-appendable-load-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = crate::test_dir::TestDir::new("appendable-load");
         let fs: Arc<dyn FileSystem> = Arc::new(StdFs::direct());
         let ident = Ident { shard: 7, segment: 3 };
         let mut a = Appendable::create(&fs, &dir, ident, 0).unwrap();
@@ -481,6 +479,5 @@ mod tests {
         assert!(kinds(true) > 5 && kinds(false) > 5, "the writes leave keys of both kinds");
         assert!(a.map.iter().eq(loaded.map.iter()));
         assert_eq!(loaded.weight, a.weight);
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }

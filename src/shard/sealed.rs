@@ -353,14 +353,12 @@ mod tests {
 
     #[test]
     fn a_frozen_segment_is_never_more_persisted_than_its_old_log() {
-        let dir = std::env::temp_dir().join(format!("keel-sealed-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = crate::test_dir::TestDir::new("sealed");
         let fs = crate::fs::StdFs::direct();
         let frozen = Sealed::new(&dir, Ident { shard: 1, segment: 7 }, Data::Frozen(Arc::new(BTreeMap::new())), 5);
         frozen.mark_deleted(b"k", 50);
         frozen.flush(&fs, &Steps::default(), 100).unwrap(); // the side-car reaches 100...
         assert_eq!(frozen.persisted(), 5); // ...the data does not
         assert!(frozen.dirty());
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

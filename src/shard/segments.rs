@@ -294,8 +294,7 @@ mod tests {
     /// moved away as before.
     #[test]
     fn moves_mark_what_the_filter_may_hold_and_nothing_else_changes() {
-        let dir = std::env::temp_dir().join(format!("keel-segments-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = crate::test_dir::TestDir::new("segments");
         let fs: Arc<dyn crate::fs::FileSystem> = Arc::new(crate::fs::StdFs::direct());
         let held: Vec<(Vec<u8>, Entry)> =
             (0..2000u32).map(|i| (format!("held-{i:05}").into_bytes(), Entry { version: 1, value: Value::Bytes(vec![1]) })).collect();
@@ -331,6 +330,5 @@ mod tests {
         segs.apply(OpRef::Delete { key: &phantom }, 6).unwrap();
         assert_eq!((segs.get(b"held-00009").unwrap(), segs.get(&phantom).unwrap()), (None, None));
         assert_eq!(segs.range(b"", None).unwrap().len(), held.len() - 1);
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

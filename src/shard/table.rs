@@ -528,8 +528,7 @@ mod tests {
         assert_eq!(chunks_to_ask(C, 4096, Some(7)), (1..2, 1), "a `last` past the block (keys started over) is ignored");
         // On a table of several chunks, searches in key order announce
         // every chunk holding a block, in order, and none twice.
-        let dir = std::env::temp_dir().join(format!("keel-table-chunks-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = crate::test_dir::TestDir::new("table-chunks");
         let fs = crate::fs::StdFs::direct();
         let all: Vec<(Vec<u8>, Entry)> =
             (0..20_000u32).map(|i| (format!("key-{i:06}").into_bytes(), Entry { version: 1, value: Value::Bytes(vec![7; 100]) })).collect();
@@ -546,13 +545,11 @@ mod tests {
         let data_end = t.index.blocks.last().map(|b| b.offset + b.len).unwrap();
         assert!(data_end > 4 * WILL_NEED_CHUNK, "the table spans several chunks");
         assert_eq!(asked, (0..data_end.div_ceil(WILL_NEED_CHUNK)).collect::<Vec<_>>());
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
     fn writes_reads_and_detects_damage() {
-        let dir = std::env::temp_dir().join(format!("keel-table-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = crate::test_dir::TestDir::new("table");
         let path = dir.join("t.sst");
         let all = entries(3000);
         let fs = crate::fs::StdFs::direct();
@@ -580,6 +577,5 @@ mod tests {
         bytes[n - 20] ^= 1;
         std::fs::write(&path, &bytes).unwrap();
         assert_eq!(Table::open(&fs, &path).err().unwrap().status, crate::status::KEEL_STATUS_CORRUPTION);
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

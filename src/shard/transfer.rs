@@ -327,8 +327,7 @@ mod tests {
 
     #[test]
     fn transferred_operations_keep_their_versions_and_a_resent_batch_changes_nothing() {
-        let dir = std::env::temp_dir().join(format!("keel-incoming-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
+        let dir = crate::test_dir::TestDir::new("incoming");
         let opts = Options { flush_interval: None, ..Options::default() };
         let shard = Shard::open_incoming(&dir, opts.clone(), None, None, 10).unwrap();
         assert_eq!(shard.last_version(), 10, "the WAL starts after the snapshot's version");
@@ -358,13 +357,11 @@ mod tests {
         assert_eq!(shard.get(b"k1").unwrap().unwrap().version, 16);
         assert_eq!((shard.applied_index(), shard.fence_highest(b"b")), (42, Some(7)));
         shard.close().unwrap();
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
     fn a_big_appendable_segment_is_sealed_so_the_snapshot_shares_it_instead_of_copying_it() {
-        let dir = std::env::temp_dir().join(format!("keel-snapshot-seal-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
+        let dir = crate::test_dir::TestDir::new("snapshot-seal");
         let opts = Options { flush_interval: None, ..Options::default() };
         let shard = Shard::open(&dir, opts).unwrap();
         for i in 0..300u32 {
@@ -383,6 +380,5 @@ mod tests {
         let all = |s: &Snapshot| s.chunk(None, usize::MAX, usize::MAX).unwrap();
         assert_eq!(all(&after), all(&before), "the same contents, read from the table");
         shard.close().unwrap();
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -333,9 +333,7 @@ mod tests {
                 &self.0
             }
         }
-        let dir = std::env::temp_dir().join(format!("keel-commit-log-unit-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = crate::test_dir::TestDir::new("commit-log-unit");
         let workers = super::super::Workers::new(0).unwrap();
         let open = || CommitLog::open(&dir, Arc::new(crate::fs::StdFs::direct()), &workers, 1 << 20, false, u64::MAX).unwrap();
         let member: Arc<dyn Member> = Arc::new(Quiet(AtomicBool::new(false)));
@@ -360,7 +358,6 @@ mod tests {
         .unwrap();
         let copied = |first, records: &[&[u8]]| Copied { first, records: records.iter().map(|r| r.to_vec()).collect() };
         assert_eq!(got, vec![(3, vec![copied(10, &[b"x", b"y"]), copied(12, &[b"z"]), copied(13, &[b"w"])])]);
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

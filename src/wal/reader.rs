@@ -344,8 +344,7 @@ mod tests {
     /// owner) is verified frame by frame as it is read.
     #[test]
     fn a_reader_verifies_the_frames_of_a_segment_taken_by_its_header() {
-        let dir = std::env::temp_dir().join(format!("keel-reader-checked-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
+        let dir = crate::test_dir::TestDir::new("reader-checked");
         let opts = Options { durability: Durability::None, ..Options::default() };
         let wal = Wal::open(&dir, opts.clone()).unwrap();
         let record = vec![7u8; 1000];
@@ -377,6 +376,5 @@ mod tests {
         // Opened by a full scan, the same damage is found at open.
         let err = Wal::open(&dir, opts).map(|_| ()).expect_err("the damage was not found");
         assert_eq!(err.status, KEEL_STATUS_CORRUPTION, "{}", err.message);
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -360,15 +360,13 @@ mod tests {
     #[test]
     fn a_spare_serves_only_the_current_plan() {
         const MAX: u64 = 1 << 20;
-        let dir = std::env::temp_dir().join(format!("keel-spare-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = crate::test_dir::TestDir::new("spare");
         let path = dir.join(spare_name(1));
         let file = prepare(&crate::fs::StdFs::direct(), &path, 128 << 10, Fill::Zeros).unwrap();
         let spare = Spare { file, path, capacity: 128 << 10, faulted: false };
         assert!(spare.serves(128 << 10, 4000, MAX));
         assert!(!spare.serves(256 << 10, 4000, MAX), "a plan that grew past it");
         assert!(!spare.serves(128 << 10, 200 << 10, MAX), "a frame larger than it");
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
