@@ -214,13 +214,21 @@ run_keel_wal "$WORK/keel.json" none_128_1w
 # segments are in (no block allocation, no unwritten-extent conversion).
 # Each of BENCH_PAIRS pairs runs it and then keel's sync_4k_1w back to
 # back: the two meet the device's fdatasync latency in the same state.
+# After them, for reference, the same fio job writing as many bytes per op
+# as keel's frame of a 4 KiB record (FRAMED_4K: its 32-byte header and the
+# record; the report checks it against the frame size keel reports), so
+# each op dirties two pages as keel's does.
+FRAMED_4K=4128
 p=1
 while [ "$p" -le "$BENCH_PAIRS" ]; do
-    echo "bench: pair $p/$BENCH_PAIRS: fio fsync4k, then keel sync_4k_1w"
+    echo "bench: pair $p/$BENCH_PAIRS: fio fsync4k, then keel sync_4k_1w, then fio fsync4k_framed"
     run_fio "fsync4k-p$p" --rw=write --ioengine=sync --fdatasync=1 --bs=4k --size=256m \
         --runtime="$BENCH_SECONDS" --time_based --overwrite=1
     rm -rf "$fio_dir"
     run_keel_wal "$WORK/keel-4k-p$p.json" sync_4k_1w
+    run_fio "fsync4k_framed-p$p" --rw=write --ioengine=sync --fdatasync=1 --bs="$FRAMED_4K" --size=256m \
+        --runtime="$BENCH_SECONDS" --time_based --overwrite=1
+    rm -rf "$fio_dir"
     p=$((p + 1))
 done
 

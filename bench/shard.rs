@@ -410,33 +410,44 @@ const SPREAD_SHARDS: usize = 64;
 
 /// Durable puts spread over SPREAD_SHARDS shards, one thread per shard, as
 /// many puts per thread as `durable_put_64t` (keel only; the report
-/// compares both with `durable_put_64t`):
+/// compares each with `durable_put_64t`):
 /// - `durable_put_64shards_64t`: the shards of one engine, which share its
 ///   flush and WAL workers and make their writes durable through its
 ///   commit log;
-/// - `durable_put_64alone_64t`, the reference: as many shards opened alone,
+/// - `durable_put_engine_64t`, a reference: the same threads on one shard of
+///   an engine, so its writes go through the commit log as the spread
+///   case's do (what the commit log costs, apart from the spreading);
+/// - `durable_put_64alone_64t`, a reference: as many shards opened alone,
 ///   each with its own flush thread, WAL workers and fdatasyncs.
 fn spread_durable_puts(a: &Args, values: &Values, out: &mut Vec<String>) {
+    enum Layout {
+        Spread,
+        EngineOne,
+        Alone,
+    }
     let (n, ops) = (SPREAD_SHARDS, a.sync64_ops);
     let opts = || Options { durability: Durability::Sync, ..Options::default() };
-    for alone in [false, true] {
-        let (name, what) = match alone {
-            false => (format!("durable_put_{n}shards_{n}t"), format!("{n} shards of one engine")),
-            true => (
+    for layout in [Layout::Spread, Layout::EngineOne, Layout::Alone] {
+        let (name, what) = match layout {
+            Layout::Spread => (format!("durable_put_{n}shards_{n}t"), format!("{n} shards of one engine, each thread on its own shard")),
+            Layout::EngineOne => (format!("durable_put_engine_{n}t"), "one shard of an engine, every thread on it".to_string()),
+            Layout::Alone => (
                 format!("durable_put_{n}alone_{n}t"),
-                format!("{n} shards opened alone (a flush thread, WAL workers and fdatasyncs each)"),
+                format!("{n} shards opened alone (a flush thread, WAL workers and fdatasyncs each), each thread on its own shard"),
             ),
         };
         let dir = fresh_dir(&a.dir, &name);
-        let (engine, shards) = match alone {
-            false => {
+        let (engine, shards) = match layout {
+            Layout::Spread | Layout::EngineOne => {
+                let count = if matches!(layout, Layout::Spread) { n } else { 1 };
                 let engine = Engine::open(&dir, opts()).expect("opening the engine");
-                let shards: Vec<Shard> = (0..n as u32).map(|id| engine.open_shard(id, true).expect("opening a shard")).collect();
+                let shards: Vec<Shard> = (0..count as u32).map(|id| engine.open_shard(id, true).expect("opening a shard")).collect();
                 (Some(engine), shards)
             }
-            true => (None, (0..n).map(|i| open(&fresh_dir(&dir, &i.to_string()), opts())).collect()),
+            Layout::Alone => (None, (0..n).map(|i| open(&fresh_dir(&dir, &i.to_string()), opts())).collect()),
         };
         let run = put_run(&shards, n, ops, values);
+        let shard_count = shards.len();
         match engine {
             Some(e) => e.close().expect("closing the engine (and its shards)"),
             None => shards.into_iter().for_each(|s| s.close().expect("close")),
@@ -444,11 +455,11 @@ fn spread_durable_puts(a: &Args, values: &Values, out: &mut Vec<String>) {
         let _ = std::fs::remove_dir_all(&dir);
         let c = Case {
             name,
-            what: format!("put, Durability::Sync, {what}, {n} threads, each on its own shard, {ops} puts per thread, keys uniform in [0, {ops})"),
+            what: format!("put, Durability::Sync, {what}, {n} threads, {ops} puts per thread, keys uniform in [0, {ops})"),
             durability: "sync",
             threads: n,
             run,
-            extra: Obj::default().int("shard_count", n as u64),
+            extra: Obj::default().int("shard_count", shard_count as u64),
         };
         c.print();
         out.push(c.json());

@@ -96,7 +96,7 @@ impl CaseResult {
                 "{{\"name\":\"{}\",\"durability\":\"{}\",\"writers\":{},\"record_bytes\":{},",
                 "\"appends\":{},\"elapsed_s\":{:.4},\"appends_per_s\":{:.1},",
                 "\"lat_us\":{{\"mean\":{},\"p50\":{},\"p99\":{},\"p999\":{},\"max\":{}}},",
-                "\"stall_s\":{},\"stall_batches\":{},\"segments\":{}}}"
+                "\"stall_s\":{},\"stall_batches\":{},\"segments\":{},\"frame_bytes\":{}}}"
             ),
             self.name,
             self.durability,
@@ -113,6 +113,7 @@ impl CaseResult {
             opt(self.stall_s),
             self.stall_batches.map_or("null".to_string(), |x| x.to_string()),
             self.segments,
+            keel::wal::format::frame_size(self.record_bytes),
         )
     }
 }
