@@ -179,7 +179,9 @@ pub(crate) fn restore_wal(
     host: &super::pool::Host,
     copies: Vec<Copied>,
 ) -> Result<u64> {
-    let wal = super::open_wal(dir, opts, &fs, Some(host), true)?;
+    let seg_fs = fs.clone().unwrap_or_else(|| Arc::new(crate::fs::StdFs::direct()));
+    let persisted = super::manifest::Manifest::persisted_of(&*seg_fs, dir);
+    let wal = super::open_wal(dir, opts, &fs, Some(host), true, persisted)?;
     let mut restored = 0;
     for c in copies {
         let last = wal.last_seq();

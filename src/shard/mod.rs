@@ -305,7 +305,9 @@ impl Inner {
 /// (tests), otherwise the real file system with the write strategy of the
 /// shard's durability; in an engine's descriptor cache and on its workers
 /// when `host` is given.
-fn open_wal(dir: &Path, opts: &Options, fs: &Option<Arc<dyn FileSystem>>, host: Option<&pool::Host>, committed: bool) -> Result<Wal> {
+/// `persisted`: what the manifest says is in segment files; the WAL's open
+/// need not read the frames of segments that hold nothing newer.
+fn open_wal(dir: &Path, opts: &Options, fs: &Option<Arc<dyn FileSystem>>, host: Option<&pool::Host>, committed: bool, persisted: u64) -> Result<Wal> {
     let wal_opts = match committed {
         true => commit::committed_wal(&opts.wal_options()),
         false => opts.wal_options(),
@@ -319,10 +321,6 @@ fn open_wal(dir: &Path, opts: &Options, fs: &Option<Arc<dyn FileSystem>>, host: 
         Some(h) => h.files.wrap(wal_fs),
         None => wal_fs,
     };
-    // What the manifest says is in segment files: the WAL's open need not
-    // read the frames of segments that hold nothing newer.
-    let seg_fs = fs.clone().unwrap_or_else(|| Arc::new(StdFs::direct()));
-    let persisted = manifest::Manifest::persisted_of(&*seg_fs, dir);
     Wal::open_owned(&dir.join("wal"), wal_opts, Some(wal_fs), host.map(|h| &h.wal), persisted)
 }
 
@@ -684,7 +682,11 @@ impl Shard {
         };
         let seg_dir = dir.join("segments");
         let mut report = RecoveryReport::default();
-        let open_wal = || open_wal(dir, &opts, &fs, host, commit.is_some());
+        // Read once, for the WAL's open and the scan; an error is the
+        // scan's, reported after the WAL's verdict.
+        let manifest = recovery::read_manifest(&*seg_fs, &seg_dir, opts.salvage, &mut report);
+        let persisted = manifest.as_ref().map_or(0, recovery::DirManifest::persisted);
+        let open_wal = || open_wal(dir, &opts, &fs, host, commit.is_some(), persisted);
         // The WAL's open and the segments' scan read different files and
         // write nothing the other reads: on the real file system they run
         // side by side, which a cold restart pays once instead of twice.
@@ -694,11 +696,11 @@ impl Shard {
         let (wal, scan) = match overlap {
             false => {
                 let wal = open_wal()?;
-                (Ok(wal), recovery::scan(&seg_fs, &seg_dir, opts.salvage, &mut report))
+                (Ok(wal), manifest.and_then(|m| recovery::scan(&seg_fs, &seg_dir, m, opts.salvage, &mut report)))
             }
             true => std::thread::scope(|s| {
                 let wal = std::thread::Builder::new().name("keel-open".into()).spawn_scoped(s, open_wal);
-                let scan = recovery::scan(&seg_fs, &seg_dir, opts.salvage, &mut report);
+                let scan = manifest.and_then(|m| recovery::scan(&seg_fs, &seg_dir, m, opts.salvage, &mut report));
                 let wal = match wal {
                     Ok(t) => t.join().unwrap_or_else(|_| Err(Error::new(KEEL_STATUS_PANIC, "the WAL's open panicked"))),
                     Err(_) => open_wal(), // no thread to spare: one after the other

@@ -110,17 +110,31 @@ pub struct Scan {
     floor: u64,
 }
 
-/// The first half of a shard's open (F6, manifest.rs): reads the manifest
-/// of `dir` and checks every file it lists (present, right size and
-/// identity), loading tables and logs. It changes nothing on disk, so it
-/// runs beside the WAL's open and a WAL that refuses the open leaves the
-/// directory as found. With `salvage`, missing or damaged files are
-/// reported in `report` and left out instead of failing the open.
-pub fn scan(fs: &Arc<dyn FileSystem>, dir: &Path, salvage: bool, report: &mut RecoveryReport) -> Result<Scan> {
-    let fsr = &**fs;
-    let exists = fsr.exists(dir).map_err(|e| Error::io(format!("looking for {}", dir.display()), e))?;
+/// A shard's segments directory as its open first finds it: whether it
+/// exists and its manifest, read once for the WAL's open (`persisted`)
+/// and the scan.
+pub struct DirManifest {
+    exists: bool,
+    /// None when missing, or damaged in a salvage open (`manifest_lost`).
+    manifest: Option<Manifest>,
+    manifest_lost: bool,
+}
+
+impl DirManifest {
+    /// The version the manifest records as persisted (0 without one): the
+    /// WAL's open need not read the frames of segments that hold nothing
+    /// newer (the load proves the claim, or refuses the open).
+    pub fn persisted(&self) -> u64 {
+        self.manifest.as_ref().map_or(0, |m| m.persisted)
+    }
+}
+
+/// Reads the manifest of the segments directory `dir`; with `salvage` a
+/// damaged one is reported in `report` and taken as lost.
+pub fn read_manifest(fs: &dyn FileSystem, dir: &Path, salvage: bool, report: &mut RecoveryReport) -> Result<DirManifest> {
+    let exists = fs.exists(dir).map_err(|e| Error::io(format!("looking for {}", dir.display()), e))?;
     let mut manifest_lost = false;
-    let manifest = match exists.then(|| Manifest::read(fsr, dir)).transpose() {
+    let manifest = match exists.then(|| Manifest::read(fs, dir)).transpose() {
         Err(e) if salvage && e.status == KEEL_STATUS_CORRUPTION => {
             report.lost.push(e.message);
             manifest_lost = true;
@@ -128,6 +142,18 @@ pub fn scan(fs: &Arc<dyn FileSystem>, dir: &Path, salvage: bool, report: &mut Re
         }
         other => other?.flatten(),
     };
+    Ok(DirManifest { exists, manifest, manifest_lost })
+}
+
+/// The first half of a shard's open (F6, manifest.rs): checks every file
+/// the manifest (`read_manifest`) lists (present, right size and
+/// identity), loading tables and logs. It changes nothing on disk, so it
+/// runs beside the WAL's open and a WAL that refuses the open leaves the
+/// directory as found. With `salvage`, missing or damaged files are
+/// reported in `report` and left out instead of failing the open.
+pub fn scan(fs: &Arc<dyn FileSystem>, dir: &Path, found: DirManifest, salvage: bool, report: &mut RecoveryReport) -> Result<Scan> {
+    let fsr = &**fs;
+    let DirManifest { exists, manifest, manifest_lost } = found;
     let mut scan = Scan { exists, manifest, manifest_lost, tables: BTreeMap::new(), logs: BTreeMap::new(), damaged: BTreeSet::new(), proven: 0, floor: u64::MAX };
     let Some(m) = &scan.manifest else { return Ok(scan) };
     let ident = |segment| Ident { shard: m.shard, segment };
