@@ -344,9 +344,14 @@ impl Wal {
 
     fn open_at(dir: &Path, opts: Options, fs: Arc<dyn FileSystem>, host: Option<&Workers>, persisted: u64) -> Result<Wal> {
         opts.validate()?;
-        if !opts.allow_foreign_files {
-            segment::check_wal_dir(&*fs, dir)?;
-        }
+        let names = match opts.allow_foreign_files {
+            true => None,
+            false => {
+                let names = segment::list_dir(&*fs, dir)?;
+                segment::check_wal_dir(dir, &names)?;
+                Some(names)
+            }
+        };
         fs.create_dir_all(dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
         let lock = match host {
             Some(_) => None,
@@ -358,7 +363,11 @@ impl Wal {
                 }
             })?),
         };
-        let rec = recovery::recover(&*fs, dir, opts.recovery, persisted)?;
+        // A hosted log takes no LOCK (its engine holds one), so nothing
+        // changed its directory since the check's listing, which recovery
+        // reuses; a log that took the LOCK lists it again under it.
+        let names = names.filter(|_| lock.is_none());
+        let rec = recovery::recover(&*fs, dir, opts.recovery, persisted, names)?;
         let mut segments = rec.segments;
         let active = match rec.active {
             Some(a) => a,

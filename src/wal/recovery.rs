@@ -180,9 +180,13 @@ fn describe(d: &Damage, scans: &[SegmentScan]) -> String {
 /// are taken by their headers (`headers_only`) when the extent record is
 /// there to vouch for the list; at the first sign of damage or of a
 /// disagreement with the record, every segment is scanned in full and
-/// judged as without it.
-pub fn recover(fs: &dyn FileSystem, dir: &Path, mode: RecoveryMode, persisted: u64) -> Result<Recovered> {
-    let names = fs.list(dir).map_err(|e| Error::io(format!("listing {}", dir.display()), e))?;
+/// judged as without it. `names`: the directory's names, listed by the
+/// caller where nothing can have changed them since (else listed here).
+pub fn recover(fs: &dyn FileSystem, dir: &Path, mode: RecoveryMode, persisted: u64, names: Option<Vec<String>>) -> Result<Recovered> {
+    let names = match names {
+        Some(names) => names,
+        None => fs.list(dir).map_err(|e| Error::io(format!("listing {}", dir.display()), e))?,
+    };
     let Names { found, strays, moved } = sort_names(fs, dir, names)?;
     match recover_segments(fs, dir, mode, persisted, found, moved) {
         Ok(rec) => Ok(Recovered { strays, ..rec }),

@@ -25,16 +25,21 @@ pub fn parse_name(name: &str) -> Option<u64> {
     digits.parse().ok()
 }
 
+/// The names in a WAL's directory `dir`, none when it does not exist yet.
+pub fn list_dir(fs: &dyn FileSystem, dir: &Path) -> Result<Vec<String>> {
+    match fs.list(dir) {
+        Ok(names) => Ok(names),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(Error::io(format!("listing {}", dir.display()), e)),
+    }
+}
+
 /// Refuses to make `dir` a WAL when it already holds other things: a
-/// non-empty directory none of whose entries is a segment (or its temp
-/// file, or a `salvaged-*` folder recovery made), and that is not just a
-/// `LOCK`, is INVALID_ARGUMENT. A missing directory is fine (it is created).
-pub fn check_wal_dir(fs: &dyn FileSystem, dir: &Path) -> Result<()> {
-    let names = match fs.list(dir) {
-        Ok(names) => names,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(Error::io(format!("listing {}", dir.display()), e)),
-    };
+/// non-empty directory (whose entries are `names`) none of whose entries
+/// is a segment (or its temp file, or a `salvaged-*` folder recovery
+/// made), and that is not just a `LOCK`, is INVALID_ARGUMENT. A missing
+/// or empty directory is fine.
+pub fn check_wal_dir(dir: &Path, names: &[String]) -> Result<()> {
     let wal_file = |n: &String| {
         parse_name(n).is_some()
             || n.ends_with(TEMP_SUFFIX)
