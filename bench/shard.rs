@@ -428,23 +428,24 @@ fn spread_durable_puts(a: &Args, values: &Values, out: &mut Vec<String>) {
     let (n, ops) = (SPREAD_SHARDS, a.sync64_ops);
     let opts = || Options { durability: Durability::Sync, ..Options::default() };
     for layout in [Layout::Spread, Layout::EngineOne, Layout::Alone] {
-        let (name, what) = match layout {
-            Layout::Spread => (format!("durable_put_{n}shards_{n}t"), format!("{n} shards of one engine, each thread on its own shard")),
-            Layout::EngineOne => (format!("durable_put_engine_{n}t"), "one shard of an engine, every thread on it".to_string()),
+        // Name, description, and how many shards of an engine (None: opened alone).
+        let (name, what, engine_shards) = match layout {
+            Layout::Spread => (format!("durable_put_{n}shards_{n}t"), format!("{n} shards of one engine, each thread on its own shard"), Some(n)),
+            Layout::EngineOne => (format!("durable_put_engine_{n}t"), "one shard of an engine, every thread on it".to_string(), Some(1)),
             Layout::Alone => (
                 format!("durable_put_{n}alone_{n}t"),
                 format!("{n} shards opened alone (a flush thread, WAL workers and fdatasyncs each), each thread on its own shard"),
+                None,
             ),
         };
         let dir = fresh_dir(&a.dir, &name);
-        let (engine, shards) = match layout {
-            Layout::Spread | Layout::EngineOne => {
-                let count = if matches!(layout, Layout::Spread) { n } else { 1 };
+        let (engine, shards) = match engine_shards {
+            Some(count) => {
                 let engine = Engine::open(&dir, opts()).expect("opening the engine");
                 let shards: Vec<Shard> = (0..count as u32).map(|id| engine.open_shard(id, true).expect("opening a shard")).collect();
                 (Some(engine), shards)
             }
-            Layout::Alone => (None, (0..n).map(|i| open(&fresh_dir(&dir, &i.to_string()), opts())).collect()),
+            None => (None, (0..n).map(|i| open(&fresh_dir(&dir, &i.to_string()), opts())).collect()),
         };
         let run = put_run(&shards, n, ops, values);
         let shard_count = shards.len();
