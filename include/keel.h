@@ -364,7 +364,8 @@
 
 /**
  * Durability mode (keel_wal_options_t.durability): an append returns only
- * once its record is on stable storage (fdatasync, group-committed).
+ * once its record is on stable storage (a direct write with O_DSYNC, or
+ * fdatasync where the file system takes none; group-committed).
  */
 #define KEEL_DURABILITY_SYNC 0
 

@@ -236,12 +236,14 @@ fn on_file(dir: &Path, needle: &[u8]) -> bool {
 /// A write-behind log holds its newest frames in memory: they reach the
 /// file when the held bytes reach the limit, and before a reader, a sync
 /// or a close (so each sees or makes durable every record appended). The
-/// option is refused where no other log holds the records.
+/// option is refused where no other log holds the records and no caller
+/// waits for them (a `none` log without a restorable tail, `periodic`).
 #[test]
 fn write_behind_holds_frames_until_the_limit_a_reader_or_a_sync() {
     let d = TempDir::new("write-behind");
     let opts = Options { restorable_tail: true, write_behind: 4096, ..small(Durability::None) };
-    for refused in [Options { restorable_tail: false, ..opts.clone() }, Options { durability: Durability::Sync, ..opts.clone() }] {
+    let periodic = Durability::Periodic(std::time::Duration::from_millis(5));
+    for refused in [Options { restorable_tail: false, ..opts.clone() }, Options { durability: periodic, ..opts.clone() }] {
         assert_eq!(Wal::open(&d.path().join("refused"), refused).err().unwrap().status, KEEL_STATUS_INVALID_ARGUMENT);
     }
     let wal = Wal::open(d.path(), opts).unwrap();
@@ -271,6 +273,30 @@ fn write_behind_holds_frames_until_the_limit_a_reader_or_a_sync() {
     wal.close().unwrap();
     let wal = Wal::open(d.path(), small(Durability::None)).unwrap();
     assert_eq!(read_all(&wal, 1), (1..=i + 1).map(|j| (j, held(j))).collect::<Vec<_>>());
+}
+
+/// A `sync` log holds what `append_deferred` logs until its caller waits
+/// for it: the wait writes the held frames with one write and makes them
+/// durable; an `append`, which syncs, writes them before its own frame.
+#[test]
+fn a_sync_log_holds_deferred_frames_until_they_are_waited_for() {
+    let d = TempDir::new("sync-write-behind");
+    let wal = Wal::open(d.path(), Options { write_behind: 4096, ..small(Durability::Sync) }).unwrap();
+    let held = |i: u64| format!("deferred-{i:04}-").repeat(8).into_bytes();
+    assert_eq!(wal.append_deferred(&[&held(1)]).unwrap(), 1);
+    assert_eq!(wal.append_deferred(&[&held(2), &held(3)]).unwrap(), 2);
+    assert!(!on_file(d.path(), &held(1)) && !on_file(d.path(), &held(3)), "held, not written");
+    assert_eq!(wal.durable_seq(), 0);
+    wal.wait_durable(3).unwrap();
+    assert_eq!(wal.durable_seq(), 3);
+    assert!(on_file(d.path(), &held(1)) && on_file(d.path(), &held(3)), "the wait wrote them");
+    assert_eq!(wal.append_deferred(&[&held(4)]).unwrap(), 4);
+    assert_eq!(wal.append(&held(5)).unwrap(), 5, "a synced append after a held one");
+    assert_eq!(wal.durable_seq(), 5);
+    assert!(on_file(d.path(), &held(4)) && on_file(d.path(), &held(5)));
+    wal.close().unwrap();
+    let wal = Wal::open(d.path(), small(Durability::Sync)).unwrap();
+    assert_eq!(read_all(&wal, 1), (1..=5).map(|j| (j, held(j))).collect::<Vec<_>>());
 }
 
 /// Appends `n` records with small segments and closes; returns the records.

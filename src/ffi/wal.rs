@@ -36,7 +36,8 @@ impl Opaque for keel_wal_reader_t {
 }
 
 /// Durability mode (keel_wal_options_t.durability): an append returns only
-/// once its record is on stable storage (fdatasync, group-committed).
+/// once its record is on stable storage (a direct write with O_DSYNC, or
+/// fdatasync where the file system takes none; group-committed).
 pub const KEEL_DURABILITY_SYNC: u32 = 0;
 /// Durability mode: a background worker syncs at most sync_interval_ms
 /// after a write (an idle log is not synced, having nothing to sync); a

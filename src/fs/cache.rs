@@ -2,11 +2,12 @@
 //!
 //! Every file a shard opens through `FileCache::wrap` is a `CachedFile`,
 //! a handle that names the file (its path, and whether it is writable)
-//! and may or may not hold it open. The cache keeps at most `limit` files
-//! open; when an open would go past that, the least recently used file
-//! nobody is using is closed (**evicted**), and the next operation on its
-//! handle opens it again by name (a **miss**; an operation that finds its
-//! file open is a **hit**).
+//! and may or may not hold it open. The cache keeps at most `limit`
+//! descriptors open (a file holds one, or two: `File::descriptors`); when
+//! an open would go past that, the least recently used file nobody is
+//! using is closed (**evicted**), and the next operation on its handle
+//! opens it again by name (a **miss**; an operation that finds its file
+//! open is a **hit**).
 //!
 //! What is never evicted (**pinned**):
 //! - a file while an operation on it runs: the operation holds a counted
@@ -52,7 +53,7 @@ const NIL: usize = usize::MAX;
 /// What the cache has done so far (`FileCache::counts`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CacheCounts {
-    /// Files the cache holds open now (pinned ones included).
+    /// Descriptors the cache holds open now (pinned files included).
     pub open: u64,
     /// Operations that found their file open.
     pub hits: u64,
@@ -89,6 +90,7 @@ struct State {
     /// Least recently used first.
     head: usize,
     tail: usize,
+    /// Descriptors of the open files.
     open: usize,
 }
 
@@ -146,16 +148,17 @@ impl State {
         self.tail = i;
     }
 
-    /// Closes least recently used files until at most `limit` are open or
-    /// every open file is pinned; returns them, to be dropped (closed)
+    /// Closes least recently used files until at most `limit` descriptors
+    /// are open or every open file is pinned; returns them, to be dropped (closed)
     /// once the lock is released.
     fn evict(&mut self, limit: usize) -> Vec<Arc<dyn File>> {
         let mut closed = Vec::new();
         while self.open > limit && self.head != NIL {
             let i = self.head;
             self.unlink(i);
-            closed.push(self.slot(i).file.take().expect("listed slots are open"));
-            self.open -= 1;
+            let file = self.slot(i).file.take().expect("listed slots are open");
+            self.open -= file.descriptors();
+            closed.push(file);
         }
         closed
     }
@@ -222,6 +225,7 @@ impl FileCache {
 
     /// Registers a file just opened (under the names lock) by `path`.
     fn register(self: &Arc<Self>, fs: &Arc<dyn FileSystem>, path: &Path, writable: bool, file: Arc<dyn File>) -> CachedFile {
+        let fds = file.descriptors();
         let slot = Slot { path: Some(path.to_path_buf()), writable, fs: fs.clone(), file: Some(file), users: 0, prev: NIL, next: NIL, listed: false };
         let (i, closed) = {
             let mut st = self.state.lock();
@@ -236,7 +240,7 @@ impl FileCache {
                 }
             };
             st.by_path.entry(key(path)).or_default().push(i);
-            st.open += 1;
+            st.open += fds;
             st.push_recent(i);
             (i, self.evict_locked(&mut st))
         };
@@ -282,7 +286,7 @@ impl FileCache {
         let s = st.slot(i);
         s.file = Some(fresh.clone());
         s.users += 1;
-        st.open += 1;
+        st.open += fresh.descriptors();
         let closed = self.evict_locked(&mut st);
         drop(st);
         drop(closed);
@@ -327,7 +331,7 @@ impl FileCache {
                     st.by_path.remove(&key(path));
                 }
             }
-            st.open -= s.file.is_some() as usize;
+            st.open -= s.file.as_ref().map_or(0, |f| f.descriptors());
             st.free.push(i);
             s.file
         };
@@ -392,6 +396,9 @@ impl File for CachedFile {
     }
     fn write_at(&self, parts: &[&[u8]], off: u64) -> io::Result<()> {
         self.with(|f| f.write_at(parts, off))
+    }
+    fn append_at(&self, parts: &[&[u8]], off: u64) -> io::Result<()> {
+        self.with(|f| f.append_at(parts, off))
     }
     fn allocate(&self, len: u64) -> io::Result<()> {
         self.with(|f| f.allocate(len))

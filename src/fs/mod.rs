@@ -10,6 +10,7 @@ mod cache;
 mod dirlock;
 mod handles;
 mod replace;
+mod synced;
 
 pub use cache::{CacheCounts, FileCache, MIN_OPEN_FILES};
 pub use handles::Handles;
@@ -22,7 +23,9 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::os::unix::io::AsRawFd;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use synced::{Appended, DirectAppends};
 
 /// An open file.
 // A file's length is a fallible I/O query, not a container's size: an
@@ -49,6 +52,14 @@ pub trait File: Send + Sync {
     /// Writes all `parts`, back to back, starting at `off`. Callers never
     /// write the same range concurrently.
     fn write_at(&self, parts: &[&[u8]], off: u64) -> io::Result<()>;
+    /// `write_at` for a log's next bytes: `off` is the end of the data
+    /// written to the file, which holds zeros from there on. The file
+    /// system may write the rest of the last block as zeros too, and may
+    /// put the bytes on stable storage before it returns, sparing the next
+    /// `sync_data` that work (`StdFs::synced()`).
+    fn append_at(&self, parts: &[&[u8]], off: u64) -> io::Result<()> {
+        self.write_at(parts, off)
+    }
     /// Extends the file with zeros to at least `len` bytes, so that later
     /// writes inside it never allocate (and cannot hit ENOSPC).
     fn allocate(&self, len: u64) -> io::Result<()>;
@@ -60,6 +71,10 @@ pub trait File: Send + Sync {
     fn reserve(&self, len: u64) -> io::Result<()>;
     /// fdatasync: everything written so far reaches stable storage.
     fn sync_data(&self) -> io::Result<()>;
+    /// Descriptors the open file holds (the descriptor cache counts them).
+    fn descriptors(&self) -> usize {
+        1
+    }
     /// Faults in the pages of the file's writable mapping, if it has one,
     /// so that writes through it do not stall on the kernel zeroing fresh
     /// pages. Best effort (an old kernel may not offer it); costs page
@@ -152,14 +167,20 @@ impl ReadMap {
     }
 }
 
-/// The real file system, in one of two write strategies chosen by the WAL's
-/// durability mode (see docs/WAL.md, "Writes"):
+/// The real file system, in one of three write strategies chosen by the
+/// WAL's durability mode (see docs/WAL.md, "Writes"):
 ///
-/// - `StdFs::direct()` (SYNC): `pwritev` per frame; files are allocated by
-///   writing real zeros, so the fdatasync that follows every append has no
-///   unwritten extents to convert and writes back only the touched pages.
-///   A log on it that is synced rarely (an engine's committed shard)
-///   reserves its segments with `File::reserve` (fallocate) instead.
+/// - `StdFs::synced()` (SYNC): as `direct()`, and a writable file also
+///   gets a second descriptor, `O_DIRECT | O_DSYNC`, for its appends
+///   (`File::append_at`, `synced.rs`): they are durable when the write
+///   returns, and `sync_data` calls fdatasync only when something went
+///   through the page cache since the last one.
+/// - `StdFs::direct()`: `pwritev` per write; files are allocated by
+///   writing real zeros, so an fdatasync after appends has no unwritten
+///   extents to convert and writes back only the touched pages. Shard
+///   files use it, and so does a log that is synced rarely (an engine's
+///   committed shard), which reserves its segments with `File::reserve`
+///   (fallocate) instead.
 /// - `StdFs::mapped()` (NONE, PERIODIC): files are allocated with
 ///   `fallocate` (fast, and blocks are reserved, so a write into the mapping
 ///   can never hit ENOSPC and raise SIGBUS) and memory-mapped; an append is
@@ -170,14 +191,27 @@ impl ReadMap {
 #[derive(Clone, Copy, Debug)]
 pub struct StdFs {
     map_writes: bool,
+    synced_appends: bool,
 }
 
 impl StdFs {
+    pub const fn synced() -> StdFs {
+        StdFs { map_writes: false, synced_appends: true }
+    }
     pub const fn direct() -> StdFs {
-        StdFs { map_writes: false }
+        StdFs { map_writes: false, synced_appends: false }
     }
     pub const fn mapped() -> StdFs {
-        StdFs { map_writes: true }
+        StdFs { map_writes: true, synced_appends: false }
+    }
+
+    /// A writable file opened as `file` at `path`, in this strategy.
+    fn writable(&self, file: fs::File, path: &Path) -> io::Result<StdFile> {
+        let appends = match self.synced_appends {
+            true => DirectAppends::open(path)?,
+            false => None,
+        };
+        StdFile::new(file, self.map_writes, appends)
     }
 }
 
@@ -206,6 +240,12 @@ struct StdFile {
     /// Writable and `StdFs::mapped()`: writes go through a shared mapping.
     mapped: bool,
     map: RwLock<Option<Mapping>>,
+    /// Writable and `StdFs::synced()`: the descriptor for appends.
+    appends: Option<DirectAppends>,
+    /// With `appends`: something went through the page cache since the
+    /// last fdatasync (set from the start: this process may not be the
+    /// first to write the file).
+    dirty: AtomicBool,
 }
 
 /// pwritev until every byte of `parts` is written at `off`, at most
@@ -253,8 +293,8 @@ fn pwritev_all(fd: libc::c_int, parts: &[&[u8]], mut off: u64) -> io::Result<()>
 }
 
 impl StdFile {
-    fn new(file: fs::File, mapped: bool) -> io::Result<StdFile> {
-        let f = StdFile { file, mapped, map: RwLock::new(None) };
+    fn new(file: fs::File, mapped: bool, appends: Option<DirectAppends>) -> io::Result<StdFile> {
+        let f = StdFile { file, mapped, map: RwLock::new(None), appends, dirty: AtomicBool::new(true) };
         if mapped {
             f.remap()?;
         }
@@ -317,6 +357,10 @@ impl File for StdFile {
 
     fn write_at(&self, parts: &[&[u8]], off: u64) -> io::Result<()> {
         let total: usize = parts.iter().map(|p| p.len()).sum();
+        if let Some(a) = &self.appends {
+            a.overwritten(off, total as u64);
+            self.dirty.store(true, Ordering::Release);
+        }
         let map = self.map.read();
         match map.as_ref() {
             Some(m) if (off as usize).checked_add(total).is_some_and(|end| end <= m.len) => {
@@ -335,7 +379,18 @@ impl File for StdFile {
         }
     }
 
+    fn append_at(&self, parts: &[&[u8]], off: u64) -> io::Result<()> {
+        match &self.appends {
+            Some(a) => match a.append(self, parts, off)? {
+                Appended::Durable => Ok(()),
+                Appended::Refused => self.write_at(parts, off),
+            },
+            None => self.write_at(parts, off),
+        }
+    }
+
     fn allocate(&self, len: u64) -> io::Result<()> {
+        self.dirty.store(true, Ordering::Release);
         let cur = self.len()?;
         if self.mapped {
             self.fallocate(cur, len)?;
@@ -357,6 +412,7 @@ impl File for StdFile {
     }
 
     fn reserve(&self, len: u64) -> io::Result<()> {
+        self.dirty.store(true, Ordering::Release);
         if self.mapped {
             // The mapping must grow with the file: `allocate` remaps.
             return self.allocate(len);
@@ -365,11 +421,21 @@ impl File for StdFile {
     }
 
     fn sync_data(&self) -> io::Result<()> {
+        // Appends made durable as they were written leave nothing to sync.
+        // Cleared before the call: a write meanwhile sets it again.
+        if self.appends.is_some() && !self.dirty.swap(false, Ordering::AcqRel) {
+            return Ok(());
+        }
         // SAFETY: plain system call on our own descriptor.
         if unsafe { libc::fdatasync(self.file.as_raw_fd()) } != 0 {
+            self.dirty.store(true, Ordering::Release);
             return Err(io::Error::last_os_error());
         }
         Ok(())
+    }
+
+    fn descriptors(&self) -> usize {
+        1 + self.appends.is_some() as usize
     }
 
     fn prefault(&self) {
@@ -400,12 +466,15 @@ impl FileSystem for StdFs {
 
     fn open(&self, path: &Path, writable: bool) -> io::Result<Arc<dyn File>> {
         let f = OpenOptions::new().read(true).write(writable).open(path)?;
-        Ok(Arc::new(StdFile::new(f, writable && self.map_writes)?))
+        Ok(Arc::new(match writable {
+            true => self.writable(f, path)?,
+            false => StdFile::new(f, false, None)?,
+        }))
     }
 
     fn create(&self, path: &Path) -> io::Result<Arc<dyn File>> {
         let f = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(path)?;
-        Ok(Arc::new(StdFile::new(f, self.map_writes)?))
+        Ok(Arc::new(self.writable(f, path)?))
     }
 
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {

@@ -80,14 +80,6 @@ impl Staged {
     }
 }
 
-/// Bytes of frames a committed shard's WAL holds in memory before it
-/// writes them to its file (`wal::Options::write_behind`): its records are
-/// durable in the commit log, so it writes many groups with one write
-/// instead of one each (64 shards with a writer each: about a fifth more
-/// durable puts). Each shard written since its last sync holds up to
-/// about this much; a sync (a checkpoint, a flush) frees it.
-const WRITE_BEHIND: usize = 64 << 10;
-
 /// The WAL options of a shard whose writes the commit log makes durable:
 /// its own log only writes (`none`), through the write strategy of `sync`
 /// (the shard's choice, `wal_fs`); the engine syncs it when it must. Its tail is restorable
@@ -95,7 +87,7 @@ const WRITE_BEHIND: usize = 64 << 10;
 /// only at its end, where `restore_wal` gives them back.
 pub(crate) fn committed_wal(opts: &wal::Options) -> wal::Options {
     debug_assert_eq!(opts.durability, Durability::Sync, "only sync shards commit through the commit log");
-    wal::Options { durability: Durability::None, restorable_tail: true, write_behind: WRITE_BEHIND, ..opts.clone() }
+    wal::Options { durability: Durability::None, restorable_tail: true, write_behind: super::WRITE_BEHIND, ..opts.clone() }
 }
 
 impl Inner {

@@ -97,13 +97,20 @@ pub struct Options {
     /// claims no sequence number past the records synced (otherwise
     /// recovery would declare the unsynced ones lost and go on after them).
     pub restorable_tail: bool,
-    /// Bytes of frames the log may hold in memory, after the last frame
-    /// in its file, before it writes them there with one write (0: every
-    /// frame is written as it is appended). Only for a `none`-mode log
-    /// with a restorable tail, whose records another log makes durable:
-    /// a frame held here is lost to a crash of the process, not only to
-    /// a power loss. Syncs, rotations, readers and close write the held
-    /// frames first, so every guarantee that starts from them holds.
+    /// Bytes of frames appended with `append_deferred` that the log may
+    /// hold in memory, after the last frame in its file, before it writes
+    /// them there with one write (0: every frame is written as it is
+    /// appended). A frame held here is lost to a crash of the process, not
+    /// only to a power loss, so only two kinds of log take it:
+    /// - a `sync` log, whose deferred appends are waited for by their
+    ///   caller: the sync writes what is held with one write, which on
+    ///   `StdFs::synced()` is the sync (one device flush for all the
+    ///   frames of a lead, not one per frame);
+    /// - a `none` log with a restorable tail, whose records another log
+    ///   makes durable.
+    ///
+    /// Syncs, rotations, readers and close write the held frames first, so
+    /// every guarantee that starts from them holds.
     pub write_behind: usize,
 }
 
@@ -135,8 +142,15 @@ impl Options {
                 format::OVERHEAD
             )));
         }
-        if self.write_behind > 0 && (self.durability != Durability::None || !self.restorable_tail) {
-            return Err(Error::invalid("write_behind needs durability none and a restorable tail (another log holds the records)"));
+        let holds = match self.durability {
+            Durability::Sync => true,
+            Durability::None => self.restorable_tail,
+            Durability::Periodic(_) => false,
+        };
+        if self.write_behind > 0 && !holds {
+            return Err(Error::invalid(
+                "write_behind needs durability sync, or none and a restorable tail (another log holds the records)",
+            ));
         }
         if let Durability::Periodic(d) = self.durability {
             if d.is_zero() {
@@ -301,7 +315,7 @@ pub struct Wal {
 /// The real file system in the write strategy that suits `durability`.
 pub(crate) fn std_fs(durability: Durability) -> Arc<dyn FileSystem> {
     Arc::new(match durability {
-        Durability::Sync => StdFs::direct(),
+        Durability::Sync => StdFs::synced(),
         Durability::Periodic(_) | Durability::None => StdFs::mapped(),
     })
 }
@@ -846,7 +860,7 @@ impl Shared {
             for p in parts {
                 st.behind.extend_from_slice(p);
             }
-        } else if let Err(e) = a.file.write_at(&parts, a.offset) {
+        } else if let Err(e) = a.file.append_at(&parts, a.offset) {
             let e = Error::io("writing a WAL frame", e);
             // Disk full fails this append only: the offset and the
             // sequence number are not consumed, so the log stays whole.
@@ -880,7 +894,7 @@ impl Shared {
         let a = st.active.as_ref().unwrap();
         debug_assert!(a.offset >= format::SEGMENT_HEADER_LEN + st.behind.len() as u64, "held frames are inside the active segment");
         let at = a.offset - st.behind.len() as u64;
-        if let Err(e) = a.file.write_at(&[&st.behind], at) {
+        if let Err(e) = a.file.append_at(&[&st.behind], at) {
             return Err(self.poison(st, Error::io("writing held WAL frames", e)));
         }
         st.behind.clear();
@@ -895,8 +909,14 @@ impl Shared {
     /// append gets the outcome it would have had on its own (a full disk
     /// fails only the appends it hits, and consumes nothing).
     fn write_group(&self, group: &[Queued]) -> Vec<Result<u64>> {
+        // A wait or a sync leads with no group: the sync writes what is held.
+        if group.is_empty() {
+            return Vec::new();
+        }
         let mut st = self.state.lock();
-        if let Err(e) = self.check_usable(&st) {
+        // Frames held by `append_deferred` (a log that mixes the two kinds
+        // of append) are in the file before the group.
+        if let Err(e) = self.check_usable(&st).and_then(|()| self.file_behind(&mut st)) {
             return group.iter().map(|_| Err(e.clone())).collect();
         }
         let mut out: Vec<Result<u64>> = Vec::with_capacity(group.len());
@@ -925,7 +945,7 @@ impl Shared {
                 i += 1;
                 continue;
             }
-            let written = st.active.as_ref().unwrap().file.write_at(&[&buf], at);
+            let written = st.active.as_ref().unwrap().file.append_at(&[&buf], at);
             match written {
                 Ok(()) => {
                     let mut first = st.next_seq;
