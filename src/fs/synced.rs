@@ -76,14 +76,20 @@ impl Drop for AlignedBuf {
     }
 }
 
-/// What the appends keep between calls.
+/// What the appends keep between calls (allocated by the first: a file
+/// that is never appended to, such as a spare segment not yet in use,
+/// holds no buffer).
+#[derive(Default)]
 struct Tail {
     /// The offset of the last block written, and its bytes.
-    block: Option<u64>,
-    last: AlignedBuf,
-    /// Where an append is assembled (grown as appends need).
-    scratch: AlignedBuf,
+    last: Option<(u64, AlignedBuf)>,
+    /// Where an append is assembled: grown as appends need, and given
+    /// back after an append larger than `SCRATCH_KEPT`.
+    scratch: Option<AlignedBuf>,
 }
+
+/// The largest assembly buffer a file keeps between appends.
+const SCRATCH_KEPT: usize = 1 << 20;
 
 /// A file's second descriptor, `O_DIRECT | O_DSYNC`, for its appends.
 pub struct DirectAppends {
@@ -110,7 +116,7 @@ impl DirectAppends {
         match fs::OpenOptions::new().write(true).custom_flags(libc::O_DIRECT | libc::O_DSYNC).open(path) {
             Ok(fd) => Ok(Some(DirectAppends {
                 fd,
-                tail: Mutex::new(Tail { block: None, last: AlignedBuf::zeroed(BLOCK), scratch: AlignedBuf::zeroed(BLOCK * 4) }),
+                tail: Mutex::new(Tail::default()),
                 usable: AtomicBool::new(true),
             })),
             Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Ok(None),
@@ -128,18 +134,25 @@ impl DirectAppends {
             return Ok(Appended::Refused);
         }
         let total: usize = parts.iter().map(|p| p.len()).sum();
+        if total == 0 {
+            return Ok(Appended::Durable);
+        }
         let start = off - off % BLOCK as u64;
         let before = (off - start) as usize;
         let len = (before + total).div_ceil(BLOCK) * BLOCK;
         let mut guard = self.tail.lock();
         let tail = &mut *guard;
-        if tail.scratch.len < len {
-            tail.scratch = AlignedBuf::zeroed(len.next_power_of_two());
-        }
-        let buf = &mut tail.scratch.bytes_mut()[..len];
+        // Whatever happens next, the kept block is only trusted again
+        // once a write of it succeeds.
+        let last = tail.last.take();
+        let scratch = match tail.scratch.take() {
+            Some(s) if s.len >= len => s,
+            _ => AlignedBuf::zeroed(len.next_power_of_two()),
+        };
+        let buf = &mut tail.scratch.insert(scratch).bytes_mut()[..len];
         if before > 0 {
-            match tail.block {
-                Some(b) if b == start => buf[..before].copy_from_slice(&tail.last.bytes()[..before]),
+            match &last {
+                Some((b, bytes)) if *b == start => buf[..before].copy_from_slice(&bytes.bytes()[..before]),
                 _ => {
                     let got = file.read_up_to(&mut buf[..before], start)?;
                     buf[got..before].fill(0);
@@ -152,15 +165,17 @@ impl DirectAppends {
             at += p.len();
         }
         buf[at..].fill(0);
-        // Whatever happens next, the kept block is only trusted again
-        // once a write of it succeeds.
-        tail.block = None;
-        match pwrite_block_aligned(&self.fd, buf, start) {
-            Ok(()) => {
-                tail.last.bytes_mut().copy_from_slice(&buf[len - BLOCK..]);
-                tail.block = Some(start + (len - BLOCK) as u64);
-                Ok(Appended::Durable)
-            }
+        let written = pwrite_block_aligned(&self.fd, buf, start);
+        if written.is_ok() {
+            let mut kept = last.map_or_else(|| AlignedBuf::zeroed(BLOCK), |(_, bytes)| bytes);
+            kept.bytes_mut().copy_from_slice(&buf[len - BLOCK..]);
+            tail.last = Some((start + (len - BLOCK) as u64, kept));
+        }
+        if len > SCRATCH_KEPT {
+            tail.scratch = None;
+        }
+        match written {
+            Ok(()) => Ok(Appended::Durable),
             Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
                 self.usable.store(false, Ordering::Release);
                 Ok(Appended::Refused)
@@ -173,8 +188,8 @@ impl DirectAppends {
     /// block no longer says what the file holds there.
     pub fn overwritten(&self, off: u64, len: u64) {
         let mut tail = self.tail.lock();
-        if tail.block.is_some_and(|b| b < off + len && off < b + BLOCK as u64) {
-            tail.block = None;
+        if tail.last.as_ref().is_some_and(|(b, _)| *b < off + len && off < b + BLOCK as u64) {
+            tail.last = None;
         }
     }
 }
@@ -277,5 +292,27 @@ mod tests {
         }
         assert_eq!(fs.open(&path, false).unwrap().descriptors(), 1, "a read-only one does not");
         assert_eq!(StdFs::direct().open(&path, true).unwrap().descriptors(), 1);
+    }
+
+    /// An append larger than the buffer a file keeps (a large record),
+    /// then small ones: each lands whole, the kept block still serves.
+    #[test]
+    fn a_large_append_between_small_ones() {
+        let dir = TestDir::new("synced-large");
+        let fs = StdFs::synced();
+        let path = dir.join("log");
+        let file = fs.create(&path).unwrap();
+        let len = 2 * super::SCRATCH_KEPT + 3 * BLOCK;
+        file.allocate(len as u64).unwrap();
+        file.sync_data().unwrap();
+        let mut model = vec![0u8; len];
+        let mut end = 0;
+        for (i, size) in [100, 2 * super::SCRATCH_KEPT + 7, 50, BLOCK].into_iter().enumerate() {
+            let bytes: Vec<u8> = (0..size).map(|j| (i * 31 + j % 251) as u8 | 1).collect();
+            file.append_at(&[&bytes], end as u64).unwrap();
+            model[end..end + size].copy_from_slice(&bytes);
+            end += size;
+            assert_eq!(on_disk(&fs, &path), model, "after append {i} of {size} bytes");
+        }
     }
 }
