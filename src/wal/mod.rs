@@ -97,13 +97,14 @@ pub struct Options {
     /// claims no sequence number past the records synced (otherwise
     /// recovery would declare the unsynced ones lost and go on after them).
     pub restorable_tail: bool,
-    /// Bytes of frames appended with `append_deferred` that the log may
-    /// hold in memory, after the last frame in its file, before it writes
-    /// them there with one write (0: every frame is written as it is
-    /// appended). A frame held here is lost to a crash of the process, not
-    /// only to a power loss, so only two kinds of log take it:
-    /// - a `sync` log, whose deferred appends are waited for by their
-    ///   caller: the sync writes what is held with one write, which on
+    /// Bytes of frames the log may hold in memory, after the last frame in
+    /// its file, before it writes them there with one write (0: every
+    /// frame is written as it is appended). A frame held here is lost to a
+    /// crash of the process, not only to a power loss, so only two kinds
+    /// of log take it:
+    /// - a `sync` log, which holds only what `append_deferred` logs (its
+    ///   `append` writes and syncs at once): the caller waits for those
+    ///   frames, and the sync writes what is held with one write, which on
     ///   `StdFs::synced()` is the sync (one device flush for all the
     ///   frames of a lead, not one per frame);
     /// - a `none` log with a restorable tail, whose records another log
