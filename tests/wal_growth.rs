@@ -249,6 +249,46 @@ fn prepared_segments_grow_to_the_maximum() {
     }
 }
 
+/// The first sequence number of every segment `wal.meta` lists.
+fn listed(dir: &Path) -> Vec<u64> {
+    match keel::wal::extent::read(&StdFs::direct(), dir).unwrap() {
+        keel::wal::extent::MetaFile::Present(e) => e.segments.iter().map(|s| s.0).collect(),
+        other => panic!("no extent record in {}: {other:?}", dir.display()),
+    }
+}
+
+/// The first sequence numbers of the segment files in `dir`, in order.
+fn on_disk(dir: &Path) -> Vec<u64> {
+    segment_files(dir).iter().map(|p| p.file_stem().unwrap().to_str().unwrap().parse().unwrap()).collect()
+}
+
+/// A log that prepares segments ahead leaves the extent record after a
+/// rotation to its worker (the appender does not wait for it): the record
+/// comes to list every segment without a close, rotation after rotation,
+/// and the log recovers whole.
+#[test]
+fn the_preparer_records_each_rotation() {
+    let d = TempDir::new("growth-recorded");
+    let opts = Options { durability: Durability::Sync, segment_size: MIB, ..Options::default() };
+    let wal = Wal::open(d.path(), opts.clone()).unwrap();
+    let mut expected = Vec::new();
+    for rotations in 1..=4 {
+        while on_disk(d.path()).len() <= rotations {
+            let seq = expected.len() as u64 + 1;
+            expected.push(payload(seq, 4000));
+            assert_eq!(wal.append(&expected[seq as usize - 1]).unwrap(), seq);
+        }
+        // Without a deadline that could fail a slow run: up to a minute.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while listed(d.path()) != on_disk(d.path()) {
+            assert!(Instant::now() < deadline, "wal.meta lists {:?}, the folder holds {:?}", listed(d.path()), on_disk(d.path()));
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    wal.close().unwrap();
+    recovers_in_every_mode(d.path(), &opts, &expected);
+}
+
 /// A record larger than the planned segment gets a segment that fits it
 /// (the next power of two), lands intact and is recovered; a batch too.
 #[test]

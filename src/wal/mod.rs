@@ -83,7 +83,8 @@ pub struct Options {
     pub max_record_size: u64,
     /// Allocate the next segment on a background worker so that rotation
     /// does not stall appenders (costs one spare segment of disk, sized
-    /// like the next segment).
+    /// like the next segment); the worker also rewrites `wal.meta` after
+    /// each rotation.
     pub prepare_ahead: bool,
     /// Open a non-empty directory that holds no keel WAL file (see
     /// `segment::check_wal_dir`); false refuses it with INVALID_ARGUMENT.
@@ -291,6 +292,9 @@ pub(crate) struct Shared {
     segment_handles: Handles<ReadSegment>,
     /// The newest extent snapshot written to `wal.meta`; held while writing.
     extent_written: Mutex<u64>,
+    /// The snapshot of the latest rotation, until the preparer writes it
+    /// (`record_rotation`).
+    rotation_extent: Mutex<Option<(u64, extent::Extent)>>,
     /// Whether a retained segment follows a declared gap (readers skip it).
     has_gap: AtomicBool,
     /// What recovery repaired or gave up at open.
@@ -450,6 +454,7 @@ impl Wal {
             segment_handles: Handles::default(),
             opts,
             extent_written: Mutex::new(0),
+            rotation_extent: Mutex::new(None),
             has_gap: AtomicBool::new(has_gap),
             report: rec.report,
             settled: rec.settled,
@@ -684,7 +689,8 @@ impl Shared {
         }
     }
 
-    /// Keeps one allocated spare segment of the planned size ready
+    /// Writes the extent record the last rotation left (`record_rotation`),
+    /// then keeps one allocated spare segment of the planned size ready
     /// (W8's slow half; a worker's job), so a rotation only writes a
     /// header, syncs and renames; a spare left smaller than the plan (a
     /// rotation fitted a large record instead) is replaced. Once the log
@@ -699,6 +705,7 @@ impl Shared {
         if self.closed.load(Ordering::Acquire) {
             return;
         }
+        self.write_rotation_extent();
         let planned = self.state.lock().planned;
         let wrote = self.wrote.load(Ordering::Acquire);
         let current = self.spare.lock().as_ref().map(|s| (s.capacity, s.faulted, s.file.clone(), s.path.clone()));
@@ -1262,15 +1269,36 @@ impl Shared {
         self.write_extent(snapshot)
     }
 
-    /// Records the extent after a rotation, under the state lock. A failure
-    /// does not fail the append: a record one rotation behind is what a
-    /// crash right after the rotation leaves too, and recovery accepts
-    /// segments after the listed ones when their headers link to them;
-    /// the next rotation, truncation or close writes it again (close
-    /// reports a failure).
+    /// Records the extent after a rotation, under the state lock. A record
+    /// behind the rotations is what a crash right after one leaves too:
+    /// recovery accepts segments after the listed ones when their headers
+    /// link to them. So the record is not the append's business: a log
+    /// that prepares ahead leaves it to the preparer, which the rotation
+    /// has queued (its fdatasync, rename and directory sync were two of the
+    /// five device flushes an appender waited for at each rotation, under
+    /// the state lock), and a failure fails no append. The next rotation,
+    /// truncation or close writes it again (close reports a failure).
     fn record_rotation(&self, st: &mut State) {
         let snapshot = self.extent_snapshot(st);
-        let _ = self.write_extent(snapshot);
+        match self.opts.prepare_ahead {
+            true => {
+                *self.rotation_extent.lock() = Some(snapshot);
+                self.wake_preparer();
+            }
+            false => {
+                let _ = self.write_extent(snapshot);
+            }
+        }
+    }
+
+    /// Writes the record a rotation left to the preparer, if any. Like an
+    /// error, a panic is left for the next record to mend: the worker
+    /// goes on serving the engine's other logs.
+    fn write_rotation_extent(&self) {
+        let pending = self.rotation_extent.lock().take();
+        if let Some(snapshot) = pending {
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.write_extent(snapshot)));
+        }
     }
 
     /// The link a new segment's header carries to the active one.

@@ -1,5 +1,6 @@
 //! Background work of logs on a bounded set of threads: preparing the next
-//! segment (W8's slow half, `Shared::prepare_spare`), the periodic
+//! segment (W8's slow half, `Shared::prepare_spare`, which also writes the
+//! extent record of the rotation that queued it), the periodic
 //! syncs of `Durability::Periodic` (`Shared::periodic_sync`) and removing
 //! the unfinished files an earlier process left (`Shared::remove_strays`).
 //!
