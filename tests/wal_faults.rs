@@ -9,9 +9,12 @@
 //! runs with a 1 MiB maximum segment size and occasional records of up to
 //! 120 KB, so segments grow from 64 KiB and rotations fit large records;
 //! the other seeds keep 64 KiB segments (the sizes their regressions had).
-//! A seed with bit 41 set (`WRITE_BEHIND`, a quarter as many too) runs in
-//! `none` mode holding up to 2 KiB of frames in memory (an engine's
-//! committed shard WALs do).
+//! A seed with bit 41 set (`WRITE_BEHIND`, a quarter as many too) holds up
+//! to 2 KiB of frames in memory: half of them in `none` mode with a
+//! restorable tail (an engine's committed shard WALs), half in `sync` mode
+//! appending with `append_deferred` and `wait_durable` beside plain
+//! appends (a shard's WAL, whose gate leader holds its frames until its
+//! one sync).
 //! Every seed that ever failed is kept below as a named regression test.
 
 mod common;
@@ -26,9 +29,9 @@ use std::sync::Arc;
 const DIR: &str = "/faultfs/wal";
 /// Seeds with this bit run with growing segments.
 const GROWING: u64 = 1 << 40;
-/// Seeds with this bit run in `none` mode with a restorable tail and a
-/// small write-behind (frames held in memory until a sync, a reader, a
-/// rotation or the limit writes them).
+/// Seeds with this bit run with a small write-behind (frames held in
+/// memory until a sync, a reader, a rotation or the limit writes them), in
+/// `none` mode with a restorable tail or in `sync` mode.
 const WRITE_BEHIND: u64 = 1 << 41;
 
 /// What the test knows the log must hold.
@@ -109,6 +112,11 @@ impl Run {
         }
     }
 
+    /// A `sync` log that holds frames: the shard's way of appending.
+    fn sync_behind(&self) -> bool {
+        self.opts.durability == Durability::Sync && self.opts.write_behind > 0
+    }
+
     fn append(&mut self, wal: &Wal, batch: bool) {
         let records: Vec<Vec<u8>> = if batch {
             (0..1 + self.rng.below(8)).map(|_| self.payload()).collect()
@@ -116,13 +124,18 @@ impl Run {
             vec![self.payload()]
         };
         let n = records.len() as u64;
-        let result = if batch {
+        // Held until a sync or `wait_durable`, not durable on return.
+        let deferred = self.sync_behind() && self.rng.below(2) == 0;
+        let result = if deferred {
+            let refs: Vec<&[u8]> = records.iter().map(|r| &r[..]).collect();
+            wal.append_deferred(&refs)
+        } else if batch {
             let refs: Vec<&[u8]> = records.iter().map(|r| &r[..]).collect();
             wal.append_batch(&refs)
         } else {
             wal.append(&records[0])
         };
-        self.log(|| format!("append {n} -> {result:?}", result = result.as_ref().map_err(|e| e.status)));
+        self.log(|| format!("append {n} (deferred: {deferred}) -> {result:?}", result = result.as_ref().map_err(|e| e.status)));
         match result {
             Ok(seq) => {
                 assert!(!self.model.poisoned, "an append succeeded on a poisoned WAL");
@@ -131,7 +144,7 @@ impl Run {
                     self.model.batches.push((seq, seq + n - 1));
                 }
                 self.model.records.extend(records);
-                if self.opts.durability == Durability::Sync {
+                if self.opts.durability == Durability::Sync && !deferred {
                     self.model.durable = self.model.last();
                     assert!(wal.durable_seq() >= self.model.last(), "sync append returned before D covered it");
                 }
@@ -227,6 +240,23 @@ impl Run {
         match self.rng.below(100) {
             0..=49 => self.append(&wal, false),
             50..=64 => self.append(&wal, true),
+            65..=74 if self.sync_behind() && self.rng.below(2) == 0 => {
+                let last = self.model.last();
+                let waited = wal.wait_durable(last);
+                self.log(|| format!("wait_durable {last} -> {waited:?}"));
+                match waited {
+                    Ok(()) => {
+                        // Also from a poisoned log, when the records were
+                        // durable before it failed (a rotation syncs the
+                        // full segment before the write that fails): then
+                        // recovery must keep them too.
+                        assert!(wal.durable_seq() >= last, "wait_durable returned before D covered {last}");
+                        self.model.durable = self.model.durable.max(last);
+                    }
+                    Err(e) if e.status == KEEL_STATUS_IO => self.model.poisoned = true,
+                    Err(e) => assert!(self.model.poisoned && e.status == KEEL_STATUS_POISONED, "{e}"),
+                }
+            }
             65..=74 => match wal.sync() {
                 Ok(d) => {
                     assert!(!self.model.poisoned);
@@ -293,7 +323,9 @@ impl Run {
 
 fn run_seed(seed: u64, trace: bool) {
     let mut rng = Rng::new(seed);
-    let durability = if rng.below(2) == 0 && seed & WRITE_BEHIND == 0 { Durability::Sync } else { Durability::None };
+    // Write-behind seeds hold frames either way: `sync` (a shard's WAL) or
+    // `none` with a restorable tail (a committed shard's).
+    let durability = if rng.below(2) == 0 { Durability::Sync } else { Durability::None };
     let faults = match rng.below(3) {
         0 => Faults::default(),
         _ => Faults { eio_write: 2, eio_sync: 8, eio_rename: 20, eio_sync_dir: 20, nospace_create: 60, nospace_allocate: 60 },
@@ -305,7 +337,7 @@ fn run_seed(seed: u64, trace: bool) {
         max_record_size: 0,
         prepare_ahead: false, // no background thread: the run is a pure function of the seed
         allow_foreign_files: false,
-        restorable_tail: seed & WRITE_BEHIND != 0,
+        restorable_tail: seed & WRITE_BEHIND != 0 && durability == Durability::None,
         write_behind: if seed & WRITE_BEHIND != 0 { 2048 } else { 0 },
     };
     let fs = FaultFs::new(rng.next());
@@ -404,4 +436,13 @@ fn regression_growing_seed_64_first_frame_larger_than_the_segment() {
 #[test]
 fn regression_growing_seed_490_gaps_in_a_row() {
     run_checked(GROWING + 490);
+}
+
+/// Write-behind in `sync` mode. WRITE_BEHIND + 50,291: a rotation synced
+/// a held frame's segment, the write after it failed, and `wait_durable`
+/// then rightly returned Ok for the held frame (it was durable); the model
+/// had counted every wait on a poisoned log as a failure.
+#[test]
+fn regression_write_behind_seed_50291_durable_before_the_failure() {
+    run_checked(WRITE_BEHIND + 50_291);
 }

@@ -511,7 +511,8 @@ impl Wal {
     }
 
     /// Waits until every record <= `seq` is on stable storage
-    /// (group-committed with the other waiters).
+    /// (group-committed with the other waiters). Records already durable
+    /// return at once, even from a poisoned log.
     pub fn wait_durable(&self, seq: u64) -> Result<()> {
         self.shared.wait_durable(seq)
     }
