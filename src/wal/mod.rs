@@ -292,9 +292,8 @@ pub(crate) struct Shared {
     segment_handles: Handles<ReadSegment>,
     /// The newest extent snapshot written to `wal.meta`; held while writing.
     extent_written: Mutex<u64>,
-    /// The snapshot of the latest rotation, until the preparer writes it
-    /// (`record_rotation`).
-    rotation_extent: Mutex<Option<(u64, extent::Extent)>>,
+    /// A rotation left its extent record to the preparer (`record_rotation`).
+    extent_due: AtomicBool,
     /// Whether a retained segment follows a declared gap (readers skip it).
     has_gap: AtomicBool,
     /// What recovery repaired or gave up at open.
@@ -454,7 +453,7 @@ impl Wal {
             segment_handles: Handles::default(),
             opts,
             extent_written: Mutex::new(0),
-            rotation_extent: Mutex::new(None),
+            extent_due: AtomicBool::new(false),
             has_gap: AtomicBool::new(has_gap),
             report: rec.report,
             settled: rec.settled,
@@ -1264,7 +1263,8 @@ impl Shared {
         Ok(())
     }
 
-    /// Records the current extent (at open and at close).
+    /// Records the current extent (at open, at close, and for the preparer
+    /// after a rotation).
     fn record_extent(&self) -> Result<()> {
         let snapshot = self.extent_snapshot(&mut self.state.lock());
         self.write_extent(snapshot)
@@ -1280,25 +1280,25 @@ impl Shared {
     /// the state lock), and a failure fails no append. The next rotation,
     /// truncation or close writes it again (close reports a failure).
     fn record_rotation(&self, st: &mut State) {
-        let snapshot = self.extent_snapshot(st);
         match self.opts.prepare_ahead {
             true => {
-                *self.rotation_extent.lock() = Some(snapshot);
+                self.extent_due.store(true, Ordering::Release);
                 self.wake_preparer();
             }
             false => {
+                let snapshot = self.extent_snapshot(st);
                 let _ = self.write_extent(snapshot);
             }
         }
     }
 
-    /// Writes the record a rotation left to the preparer, if any. Like an
-    /// error, a panic is left for the next record to mend: the worker
-    /// goes on serving the engine's other logs.
+    /// Writes the record a rotation left to the preparer, if one is due:
+    /// the extent as it is now, which covers that rotation and any since.
+    /// Like an error, a panic is left for the next record to mend: the
+    /// worker goes on serving the engine's other logs.
     fn write_rotation_extent(&self) {
-        let pending = self.rotation_extent.lock().take();
-        if let Some(snapshot) = pending {
-            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.write_extent(snapshot)));
+        if self.extent_due.swap(false, Ordering::AcqRel) {
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.record_extent()));
         }
     }
 
