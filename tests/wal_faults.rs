@@ -126,11 +126,10 @@ impl Run {
         let n = records.len() as u64;
         // Held until a sync or `wait_durable`, not durable on return.
         let deferred = self.sync_behind() && self.rng.below(2) == 0;
+        let refs: Vec<&[u8]> = records.iter().map(|r| &r[..]).collect();
         let result = if deferred {
-            let refs: Vec<&[u8]> = records.iter().map(|r| &r[..]).collect();
             wal.append_deferred(&refs)
         } else if batch {
-            let refs: Vec<&[u8]> = records.iter().map(|r| &r[..]).collect();
             wal.append_batch(&refs)
         } else {
             wal.append(&records[0])

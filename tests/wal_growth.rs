@@ -36,17 +36,21 @@ fn spares(dir: &Path) -> Vec<PathBuf> {
         .collect()
 }
 
-/// Waits (without a deadline that could fail a slow run: up to a minute)
-/// until the preparer has published a spare of `size` bytes.
-fn wait_for_spare(dir: &Path, size: u64) -> PathBuf {
+/// Waits until `done` holds, for the WAL's worker: without a deadline
+/// that could fail a slow run (up to a minute), then fails saying `what`.
+fn eventually(done: impl Fn() -> bool, what: impl Fn() -> String) {
     let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Some(p) = spares(dir).into_iter().find(|p| std::fs::metadata(p).is_ok_and(|m| m.len() == size)) {
-            return p;
-        }
-        assert!(Instant::now() < deadline, "no spare of {size} bytes in {}: {:?}", dir.display(), spares(dir));
+    while !done() {
+        assert!(Instant::now() < deadline, "{}", what());
         std::thread::sleep(Duration::from_millis(5));
     }
+}
+
+/// Waits until the preparer has published a spare of `size` bytes.
+fn wait_for_spare(dir: &Path, size: u64) -> PathBuf {
+    let find = || spares(dir).into_iter().find(|p| std::fs::metadata(p).is_ok_and(|m| m.len() == size));
+    eventually(|| find().is_some(), || format!("no spare of {size} bytes in {}: {:?}", dir.display(), spares(dir)));
+    find().expect("a published spare stays until a rotation takes it")
 }
 
 fn sizes(dir: &Path) -> Vec<u64> {
@@ -278,12 +282,10 @@ fn the_preparer_records_each_rotation() {
             expected.push(payload(seq, 4000));
             assert_eq!(wal.append(&expected[seq as usize - 1]).unwrap(), seq);
         }
-        // Without a deadline that could fail a slow run: up to a minute.
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while listed(d.path()) != on_disk(d.path()) {
-            assert!(Instant::now() < deadline, "wal.meta lists {:?}, the folder holds {:?}", listed(d.path()), on_disk(d.path()));
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        eventually(
+            || listed(d.path()) == on_disk(d.path()),
+            || format!("wal.meta lists {:?}, the folder holds {:?}", listed(d.path()), on_disk(d.path())),
+        );
     }
     wal.close().unwrap();
     recovers_in_every_mode(d.path(), &opts, &expected);
