@@ -20,18 +20,24 @@
 #define SENTINEL 0x5EEDull
 
 
-static void bad_options(const char *dir, keel_engine_options_t o, const char *what) {
+/* The open must fail with INVALID_ARGUMENT and leave *out untouched. */
+static void bad_options_at(const char *dir, const keel_engine_options_t *o, const char *what) {
   KT_ERR;
-  keel_engine_t *engine = (keel_engine_t *)&o; /* must stay untouched */
-  keel_status_t st = keel_engine_open(dir, &o, &engine, &err);
+  keel_engine_t *const untouched = (keel_engine_t *)o;
+  keel_engine_t *engine = untouched;
+  keel_status_t st = keel_engine_open(dir, o, &engine, &err);
   if (st != KEEL_STATUS_INVALID_ARGUMENT) {
     fprintf(stderr, "engine options with %s: expected INVALID_ARGUMENT, got %s\n", what, keel_status_str(st));
     if (st == KEEL_STATUS_OK) keel_engine_close(engine, NULL);
     CHECK(0);
   }
-  CHECK(engine == (keel_engine_t *)&o);
+  CHECK(engine == untouched);
   CHECK(err != NULL && keel_error_code(err) == st && keel_error_message(err)[0] != '\0');
   keel_error_free(err);
+}
+
+static void bad_options(const char *dir, keel_engine_options_t o, const char *what) {
+  bad_options_at(dir, &o, what);
 }
 
 static void options(const char *dir) {
@@ -60,18 +66,31 @@ static void options(const char *dir) {
   o.sync_interval_ms = 60001;              bad_options(dir, o, "sync_interval_ms 60001");
 
   /* The smallest accepted values, and a larger struct_size (a newer
-   * caller) are fine. */
-  o = def;
-  o.struct_size = sizeof o + 8; /* the library reads only the fields it knows */
-  o.seal_bytes = 4096;
-  o.max_sealed_segments = 1;
-  o.wal_segment_size = 64 << 10;
-  o.durability = KEEL_DURABILITY_PERIODIC;
-  o.sync_interval_ms = 1;
-  o.flush_interval_ms = 0;
+   * caller whose extra fields hold their default, zero) are fine. The
+   * library checks that the bytes it does not know are zero, so they must
+   * exist: a struct_size past the end of `o` made it read the stack beyond
+   * (valgrind: "depends on uninitialised value"), and a non-zero byte there
+   * would have failed the open. */
+  struct {
+    keel_engine_options_t o;
+    uint8_t newer[8];
+  } big;
+  memset(&big, 0, sizeof big);
+  big.o = def;
+  big.o.struct_size = sizeof big;
+  CHECK(big.o.struct_size > sizeof big.o);
+  big.o.seal_bytes = 4096;
+  big.o.max_sealed_segments = 1;
+  big.o.wal_segment_size = 64 << 10;
+  big.o.durability = KEEL_DURABILITY_PERIODIC;
+  big.o.sync_interval_ms = 1;
+  big.o.flush_interval_ms = 0;
   keel_engine_t *engine = NULL;
-  CHECK_OK(keel_engine_open(dir, &o, &engine, &err));
+  CHECK_OK(keel_engine_open(dir, &big.o, &engine, &err));
   CHECK_OK(keel_engine_close(engine, &err));
+  /* A non-zero byte past what the library knows is refused. */
+  big.newer[7] = 1;
+  bad_options_at(dir, &big.o, "a non-zero byte past the known fields");
 }
 
 static void nulls(keel_engine_t *engine, keel_shard_t *s) {
