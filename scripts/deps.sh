@@ -18,6 +18,7 @@ need ninja ninja-build
 need pkg-config pkg-config
 need /usr/include/gtest/gtest.h libgtest-dev
 need git git
+need valgrind valgrind
 
 if [ -n "$missing" ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
