@@ -57,7 +57,7 @@
 use super::op::{OpRef, BATCH_RECORD_HEADER};
 use super::replicated::{Fence, StateChange};
 use crate::error::{Error, Result};
-use crate::futex::{Sleepers, Slot, CROWD};
+use crate::futex::{yield_until, Sleepers, Slot, CROWD};
 use parking_lot::Mutex;
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -326,6 +326,9 @@ impl Gate {
         if lead_now {
             return None;
         }
+        // Yield for a while before sleeping (`futex::yield_until`); the loop
+        // below takes the turn either way.
+        yield_until(|| !matches!(*b.turn.lock(), Turn::Queued));
         loop {
             let ticket = self.sleepers.ticket();
             // The guard drops at the end of this statement: a leader takes

@@ -228,9 +228,13 @@ impl Waiter {
         Arc::new(Waiter { seq, slot: Slot::current(), woken: AtomicBool::new(false), outcome: Mutex::new(None) })
     }
 
-    /// Sleeps until woken; a sleep may end early (a wake-up for everyone,
-    /// or for a slot-mate), the flag says whether it was for us.
+    /// Sleeps until woken, after yielding for a while (`futex::yield_until`);
+    /// a sleep may end early (a wake-up for everyone, or for a slot-mate),
+    /// the flag says whether it was for us.
     fn park(&self, sleepers: &Sleepers) {
+        if crate::futex::yield_until(|| self.woken.load(Ordering::Acquire)) {
+            return;
+        }
         loop {
             let ticket = sleepers.ticket();
             if self.woken.load(Ordering::Acquire) {
