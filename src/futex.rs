@@ -54,7 +54,7 @@ const SLOTS: u32 = 31;
 /// the CPU first; a count rather than a time, so the spin lasts longer the
 /// more threads share the CPUs (measured here: 25, 50 and 100 yields all
 /// beat sleeping at once, 50 the most; a 100 µs bound lost to sleeping).
-pub const SPIN_YIELDS: u32 = 50;
+const SPIN_YIELDS: u32 = 50;
 
 /// A yield that kept the waiter off its CPU this long means a thread that
 /// runs whole time slices had it (another program's, not a keel waiter's,
@@ -99,8 +99,8 @@ pub fn yield_until(done: impl Fn() -> bool) -> bool {
     if !sampled && CREDIT.load(Ordering::Relaxed) < 0 {
         return false;
     }
-    // Paid off: the wait ended during the spin, and no yield was slow (one
-    // that was cost a time slice, even if the wait was over by its end).
+    // Paid off: the wait ended during the spin and no yield was slow (a
+    // slow one cost a time slice, even if the wait was over by its end).
     let mut paid_off = false;
     let mut last = Instant::now();
     for _ in 0..SPIN_YIELDS {
