@@ -10,7 +10,7 @@ export CARGO_TERM_COLOR ?= never
 
 .PHONY: all lib header header-check docs-check deps test clippy test-rust test-c test-cpp test-go \
         test-examples example-c example-pubsub example-readme example-cpp example-go test-install demo bench \
-        install clean valgrind soak fuzz fuzz-smoke
+        install clean valgrind cpp-tests soak fuzz fuzz-smoke
 
 all: lib
 
@@ -87,9 +87,11 @@ test-c: lib
 	     "ASan+UBSan suite $$([ $$asan = 0 ] && echo passed || echo FAILED)"; \
 	[ $$plain = 0 ] && [ $$asan = 0 ]
 
-test-cpp: lib
+cpp-tests: lib
 	cmake -S bindings/cpp/tests -B $(BUILD)/cpp-tests -G Ninja -DCMAKE_BUILD_TYPE=Debug -DKEEL_LIB_DIR=$(CURDIR)/$(RELEASE)
 	cmake --build $(BUILD)/cpp-tests
+
+test-cpp: cpp-tests
 	ctest --test-dir $(BUILD)/cpp-tests --output-on-failure -j2
 
 # The raft test cluster is a module of its own (bindings/go/raftcluster),
@@ -179,13 +181,22 @@ example-go: lib
 
 # Part of `make test`: memcheck sees what ASan cannot, such as the library
 # (Rust, not instrumented) reading bytes the C caller never initialised.
-valgrind: lib
+# The C suite runs test by test under ctest; the C++ suite (the wrapper's
+# RAII and moves over the same calls) as one process, against the static
+# library.
+VALGRIND_ARGS := --error-exitcode=1 --leak-check=full --errors-for-leak-kinds=definite \
+  --suppressions=$(CURDIR)/c-tests/valgrind.supp
+empty :=
+space := $(empty) $(empty)
+valgrind: lib cpp-tests
 	cmake -S c-tests -B $(BUILD)/c-tests-valgrind -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DKEEL_TEST_TIMEOUT=1200 \
-	  "-DKEEL_TEST_WRAPPER=valgrind;--error-exitcode=1;--leak-check=full;--errors-for-leak-kinds=definite;--suppressions=$(CURDIR)/c-tests/valgrind.supp"
+	  "-DKEEL_TEST_WRAPPER=valgrind;$(subst $(space),;,$(strip $(VALGRIND_ARGS)))"
 	cmake --build $(BUILD)/c-tests-valgrind -j 2
-	@# KEEL_TEST_VALGRIND: the io_uring cases are skipped (valgrind does not
-	@# release its thread lock in a blocking io_uring_enter; see README).
+	@# KEEL_TEST_VALGRIND and the filter: the io_uring cases are skipped
+	@# (valgrind does not release its thread lock in a blocking
+	@# io_uring_enter; see README).
 	cd $(BUILD)/c-tests-valgrind && KEEL_TEST_VALGRIND=1 ctest --output-on-failure
+	valgrind $(VALGRIND_ARGS) $(BUILD)/cpp-tests/keel_cpp_tests_static --gtest_filter='-*Uring*'
 
 ## ---- demo, bench, install -----------------------------------------------
 
