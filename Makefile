@@ -196,7 +196,8 @@ valgrind: lib cpp-tests
 	@# (valgrind does not release its thread lock in a blocking
 	@# io_uring_enter; see README).
 	cd $(BUILD)/c-tests-valgrind && KEEL_TEST_VALGRIND=1 ctest --output-on-failure
-	valgrind $(VALGRIND_ARGS) $(BUILD)/cpp-tests/keel_cpp_tests_static --gtest_filter='-*Uring*'
+	@# The same 20-minute bound as each C case (KEEL_TEST_TIMEOUT): a hang fails, with exit status 124.
+	timeout 1200 valgrind $(VALGRIND_ARGS) $(BUILD)/cpp-tests/keel_cpp_tests_static --gtest_filter='-*Uring*'
 
 ## ---- demo, bench, install -----------------------------------------------
 
