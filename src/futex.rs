@@ -118,7 +118,7 @@ pub fn yield_until(done: impl Fn() -> bool) -> bool {
     // A lost update between two waiters only drops one step of a moving sum.
     let c = CREDIT.load(Ordering::Relaxed);
     CREDIT.store(next_credit(c, paid_off), Ordering::Relaxed);
-    done()
+    paid_off || done()
 }
 
 /// A futex word and the threads sleeping on it.

@@ -31,7 +31,7 @@ pub use workers::{Workers, ENGINE_WAL_WORKERS, WORKER_NAME};
 
 use crate::error::{Error, Result};
 use crate::fs::{File, FileSystem, Handles, StdFs};
-use crate::futex::{Sleepers, Slot};
+use crate::futex::{yield_until, Sleepers, Slot};
 use crate::status::*;
 use format::PendingFrame;
 use parking_lot::Mutex;
@@ -232,7 +232,7 @@ impl Waiter {
     /// a sleep may end early (a wake-up for everyone, or for a slot-mate),
     /// the flag says whether it was for us.
     fn park(&self, sleepers: &Sleepers) {
-        if crate::futex::yield_until(|| self.woken.load(Ordering::Acquire)) {
+        if yield_until(|| self.woken.load(Ordering::Acquire)) {
             return;
         }
         loop {
