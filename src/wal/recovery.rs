@@ -133,20 +133,29 @@ const SCAN_PAIR_MIN: usize = 1 << 20;
 /// Reads and scans the segments `found` (first sequence, name), in order;
 /// the first `trusted` by their headers only (`headers_only`).
 /// Scanning is the checksum of every retained frame, the bulk of an open:
-/// segments go two at a time, the second on a helper thread. The file
-/// system is only called from this thread, in segment order, so it sees
-/// the same calls however the scans are spread.
-fn read_and_scan(fs: &dyn FileSystem, dir: &Path, found: &[(u64, String)], trusted: usize) -> Result<Vec<SegmentScan>> {
+/// segments go two at a time, the second on a helper thread. The next
+/// pair is mapped and asked of the kernel (`WholeFile::will_need`) before
+/// this pair is scanned, so on a cold page cache the device reads it
+/// while the checksums run instead of waiting for the scan's page faults.
+/// The file system is only called from this thread, in segment order, so
+/// it sees the same calls however the scans are spread.
+fn read_and_scan<'a>(fs: &dyn FileSystem, dir: &Path, found: &'a [(u64, String)], trusted: usize) -> Result<Vec<SegmentScan>> {
     let mut scans = Vec::with_capacity(found.len());
     scans.extend(headers_only(fs, dir, found, trusted)?);
-    for pair in found[trusted..].chunks(2) {
-        let read = pair
-            .iter()
+    let read_pair = |pair: &'a [(u64, String)]| {
+        pair.iter()
             .map(|(first_seq, name)| {
                 let path = dir.join(name);
-                read_segment(fs, &path).map(|bytes| (name.as_str(), path, *first_seq, bytes))
+                let bytes = read_segment(fs, &path)?;
+                bytes.will_need(0..bytes.bytes().len());
+                Ok((name.as_str(), path, *first_seq, bytes))
             })
-            .collect::<Result<Vec<_>>>()?;
+            .collect::<Result<Vec<_>>>()
+    };
+    let mut pairs = found[trusted..].chunks(2);
+    let mut next = pairs.next().map(read_pair).transpose()?;
+    while let Some(read) = next.take() {
+        next = pairs.next().map(read_pair).transpose()?;
         let scan_one = |(name, path, first_seq, bytes): &(&str, PathBuf, u64, WholeFile)| scan(name, path, *first_seq, bytes);
         match read.as_slice() {
             [a, b] if a.3.bytes().len() + b.3.bytes().len() >= SCAN_PAIR_MIN => {
