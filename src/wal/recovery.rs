@@ -130,13 +130,21 @@ fn read_header(fs: &dyn FileSystem, path: &Path) -> Result<(Vec<u8>, u64)> {
 /// calling thread: a thread costs more than it saves on small segments.
 const SCAN_PAIR_MIN: usize = 1 << 20;
 
+/// How much of each segment of the next pair the scan asks the kernel
+/// for ahead of time (`read_and_scan`): a default-sized segment whole,
+/// while segments configured up to 4 GiB do not pull gigabytes into the
+/// page cache before the scan reaches them (the kernel's own sequential
+/// readahead reads the rest as the scan goes).
+const SCAN_READ_AHEAD: usize = 64 << 20;
+
 /// Reads and scans the segments `found` (first sequence, name), in order;
 /// the first `trusted` by their headers only (`headers_only`).
 /// Scanning is the checksum of every retained frame, the bulk of an open:
 /// segments go two at a time, the second on a helper thread. The next
-/// pair is mapped and asked of the kernel (`WholeFile::will_need`) before
-/// this pair is scanned, so on a cold page cache the device reads it
-/// while the checksums run instead of waiting for the scan's page faults.
+/// pair is mapped and asked of the kernel (`WholeFile::will_need`, up to
+/// SCAN_READ_AHEAD of each) before this pair is scanned, so on a cold
+/// page cache the device reads it while the checksums run instead of
+/// waiting for the scan's page faults.
 /// The file system is only called from this thread, in segment order, so
 /// it sees the same calls however the scans are spread.
 fn read_and_scan<'a>(fs: &dyn FileSystem, dir: &Path, found: &'a [(u64, String)], trusted: usize) -> Result<Vec<SegmentScan>> {
@@ -147,7 +155,7 @@ fn read_and_scan<'a>(fs: &dyn FileSystem, dir: &Path, found: &'a [(u64, String)]
             .map(|(first_seq, name)| {
                 let path = dir.join(name);
                 let bytes = read_segment(fs, &path)?;
-                bytes.will_need(0..bytes.bytes().len());
+                bytes.will_need(0..bytes.bytes().len().min(SCAN_READ_AHEAD));
                 Ok((name.as_str(), path, *first_seq, bytes))
             })
             .collect::<Result<Vec<_>>>()
