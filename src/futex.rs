@@ -121,6 +121,23 @@ pub fn yield_until(done: impl Fn() -> bool) -> bool {
     paid_off || done()
 }
 
+/// Yields the CPU until `done()`, for at most `max`: also ends at the
+/// first slow yield (`SLOW_YIELD`), when the CPUs are busy with work that
+/// needs them more than this wait does. Returns `done()`.
+pub fn yield_for(max: Duration, done: impl Fn() -> bool) -> bool {
+    let start = Instant::now();
+    let mut last = start;
+    while !done() {
+        std::thread::yield_now();
+        let now = Instant::now();
+        if now - last >= SLOW_YIELD || now - start >= max {
+            return done();
+        }
+        last = now;
+    }
+    true
+}
+
 /// A futex word and the threads sleeping on it.
 #[derive(Default)]
 pub struct Sleepers {
