@@ -27,15 +27,17 @@
 //! many batches are queued as the last lead took, so the writers its
 //! predecessor just released rejoin before it logs: one sync then covers
 //! nearly every writer instead of the groups alternating at half each. A
-//! lone writer never yields. The wait is bounded (`GATHER_MAX`) and ends
-//! at the first slow yield (`futex::yield_for`), so fewer writers than
-//! before, or a machine busy with other work, cost a lead little. It used
-//! to end at the first yield that saw no new batch: in alternating runs
-//! on one shard (2026-12-06), waiting for the last group's size made 16
-//! writers 1.05× as fast (median of six pairs; 1.09× over ten pairs
-//! without the time bound) and 64 writers 1.01×; beside two busy loops,
-//! where a yield often saw nobody new and groups stayed small, 16 writers
-//! made 13–41 K puts/s against 3.3–9.9 K.
+//! lone writer never yields. After that the leader yields on while new
+//! batches keep arriving, so two groups of half the writers each merge
+//! again. Both waits are bounded (`GATHER_MAX`) and end at the first slow
+//! yield (`futex::yield_for`), so fewer writers than before, or a machine
+//! busy with other work, cost a lead little. Gathering used to be only
+//! the second part, which ended at the first yield that saw no new batch:
+//! in alternating runs on one shard (2026-12-06), the two parts made 16
+//! writers 1.10× as fast (median of four pairs, 0.96–1.27) and 64
+//! writers 1.00× (0.96–1.22); beside two busy loops 16 writers came out
+//! even (3.5–3.9 K puts/s against 3.3–4.8 K) and 64 writers lower
+//! (8.4–8.9 K against 9.5–10.0 K).
 //!
 //! Crowds: a group of more than `futex::CROWD` writers is woken with one
 //! system call (`futex::Sleepers::wake_all`) instead of one by one, and the
@@ -221,8 +223,10 @@ struct State {
 }
 
 /// How long a gathering leader waits at most for the last group's
-/// writers (a sync here takes 100–300 µs): a lead after the load dropped
-/// pays it once, then gathers for the smaller group.
+/// writers (a sync here takes 100–300 µs), and then at most as long
+/// again while more keep arriving: a lead after the load dropped pays it
+/// once, then gathers for the smaller group, and a stream of new writers
+/// cannot hold a group back for long.
 const GATHER_MAX: std::time::Duration = std::time::Duration::from_micros(250);
 
 impl Gate {
@@ -353,9 +357,10 @@ impl Gate {
     }
 
     /// A gathering leader on a busy gate yields until as many batches are
-    /// queued as the last lead took (within GATHER_MAX, `yield_for`), so
-    /// its group takes in the writers its predecessor just released. The
-    /// queue only grows meanwhile: only a leader takes batches out of it.
+    /// queued as the last lead took, then while more keep arriving (each
+    /// within GATHER_MAX and up to a slow yield, `yield_for`), so its group
+    /// takes in the writers its predecessor just released. The queue only
+    /// grows meanwhile: only a leader takes batches out of it.
     fn gather_if_busy(&self) {
         if !self.gather {
             return;
@@ -367,7 +372,18 @@ impl Gate {
             }
             st.last_group
         };
-        yield_for(GATHER_MAX, || self.state.lock().queue.len() >= want);
+        if !yield_for(GATHER_MAX, || self.state.lock().queue.len() >= want) {
+            return;
+        }
+        // Then on while batches keep arriving: groups that fell to half
+        // the writers (the other half queued during the last sync) merge
+        // again with the half the last leader is waking now. The first
+        // check only notes the length.
+        let seen = std::cell::Cell::new(usize::MAX);
+        yield_for(GATHER_MAX, || {
+            let now = self.state.lock().queue.len();
+            now == seen.replace(now)
+        });
     }
 
     /// The leader's first frame: its own batch and the batches queued
