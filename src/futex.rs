@@ -101,20 +101,7 @@ pub fn yield_until(done: impl Fn() -> bool) -> bool {
     }
     // Paid off: the wait ended during the spin and no yield was slow (a
     // slow one cost a time slice, even if the wait was over by its end).
-    let mut paid_off = false;
-    let mut last = Instant::now();
-    for _ in 0..SPIN_YIELDS {
-        std::thread::yield_now();
-        let now = Instant::now();
-        if now - last >= SLOW_YIELD {
-            break;
-        }
-        last = now;
-        if done() {
-            paid_off = true;
-            break;
-        }
-    }
+    let paid_off = spin(|yields, _| yields < SPIN_YIELDS, &done) == Spin::Done;
     // A lost update between two waiters only drops one step of a moving sum.
     let c = CREDIT.load(Ordering::Relaxed);
     CREDIT.store(next_credit(c, paid_off), Ordering::Relaxed);
@@ -125,17 +112,47 @@ pub fn yield_until(done: impl Fn() -> bool) -> bool {
 /// first slow yield (`SLOW_YIELD`), when the CPUs are busy with work that
 /// needs them more than this wait does. Returns `done()`.
 pub fn yield_for(max: Duration, done: impl Fn() -> bool) -> bool {
+    done()
+        || match spin(|_, spent| spent < max, &done) {
+            Spin::Done => true,
+            Spin::Slow => done(),
+            Spin::Spent => false,
+        }
+}
+
+/// How a `spin` ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Spin {
+    /// `done()` after a yield that was not slow.
+    Done,
+    /// A yield was slow (`SLOW_YIELD`); `done()` was not asked after it.
+    Slow,
+    /// The caller's limit was reached with `done()` still false.
+    Spent,
+}
+
+/// The loop `yield_until` and `yield_for` share: yields the CPU, then
+/// stops at a slow yield, or when `done()`, or when `more(yields so far,
+/// time since the start)` refuses another. At least one yield.
+fn spin(more: impl Fn(u32, Duration) -> bool, done: impl Fn() -> bool) -> Spin {
     let start = Instant::now();
     let mut last = start;
-    while !done() {
+    let mut yields = 0;
+    loop {
         std::thread::yield_now();
+        yields += 1;
         let now = Instant::now();
-        if now - last >= SLOW_YIELD || now - start >= max {
-            return done();
+        if now - last >= SLOW_YIELD {
+            return Spin::Slow;
+        }
+        if done() {
+            return Spin::Done;
+        }
+        if !more(yields, now - start) {
+            return Spin::Spent;
         }
         last = now;
     }
-    true
 }
 
 /// A futex word and the threads sleeping on it.
@@ -292,6 +309,35 @@ mod tests {
         // Never over: it gives up after SPIN_YIELDS yields (or fewer) and
         // leaves the sleep to the caller.
         assert!(!yield_until(|| false));
+    }
+
+    #[test]
+    fn yield_for_returns_what_the_wait_came_to() {
+        assert!(yield_for(Duration::ZERO, || true));
+        // Never over: it gives up at its bound (or at a slow yield).
+        assert!(!yield_for(Duration::from_micros(50), || false));
+        // Over after a few checks: seen by a later one within the bound
+        // (unless a yield was slow, which ends the wait as not over).
+        let checks = Cell::new(0);
+        let over = yield_for(Duration::from_secs(10), || {
+            checks.set(checks.get() + 1);
+            checks.get() > 3
+        });
+        assert!(over || checks.get() <= 3, "{over} after {} checks", checks.get());
+    }
+
+    #[test]
+    fn a_spin_stops_at_its_limit_and_counts_every_yield() {
+        let yields = Cell::new(0);
+        let end = spin(
+            |n, _| {
+                yields.set(n);
+                n < 5
+            },
+            || false,
+        );
+        // A slow yield may end it first on a busy machine.
+        assert!(end == Spin::Spent && yields.get() == 5 || end == Spin::Slow, "{end:?} after {}", yields.get());
     }
 
     #[test]
