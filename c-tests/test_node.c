@@ -192,6 +192,13 @@ static void arguments_are_checked(keel_engine_t *engine) {
   CHECK_STATUS(KEEL_STATUS_INVALID_ARGUMENT, keel_node_open(engine, &o, &node, &err));
   CHECK_RC(KEEL_STATUS_OK, keel_node_options_init_sized(&o, sizeof o));
   o.node_id = 5;
+  /* An address that does not parse is the caller's mistake, not IO. */
+  const char *bad_addrs[] = {"not an address", "", "127.0.0.1:99999"};
+  for (size_t i = 0; i < sizeof bad_addrs / sizeof bad_addrs[0]; i++) {
+    o.listen_addr = bad_addrs[i];
+    CHECK_STATUS(KEEL_STATUS_INVALID_ARGUMENT, keel_node_open(engine, &o, &node, &err));
+  }
+  o.listen_addr = NULL;
   CHECK_STATUS(KEEL_STATUS_NULL_ARGUMENT, keel_node_open(NULL, &o, &node, &err));
   CHECK_OK(keel_node_open(engine, &o, &node, &err));
   char tiny[4];

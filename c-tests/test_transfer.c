@@ -382,6 +382,21 @@ static void bad_arguments_are_refused(side_t *a, side_t *b) {
   o = small_batches(NULL);
   o.struct_size = 12;
   CHECK_STATUS(KEEL_STATUS_INVALID_ARGUMENT, keel_transfer_start(a->node, shard, 11, DST, &o, &t, &err));
+  /* Peer 0 (no node) and this node itself are refused at once. */
+  CHECK_STATUS(KEEL_STATUS_INVALID_ARGUMENT, keel_transfer_start(a->node, shard, 11, 0, NULL, &t, &err));
+  CHECK_STATUS(KEEL_STATUS_INVALID_ARGUMENT, keel_transfer_start(a->node, shard, 11, SRC, NULL, &t, &err));
+  /* The shard must be the node's engine's open shard of that id: a
+   * confirmed hand-over drops that id from that engine. Neither another
+   * id nor a shard of another engine (here the receiver's own shard 11,
+   * which holds data of its own) is accepted, and nothing is dropped. */
+  CHECK_STATUS(KEEL_STATUS_INVALID_ARGUMENT, keel_transfer_start(a->node, shard, 12, DST, NULL, &t, &err));
+  keel_shard_t *other = open_shard(b, 11, true);
+  fill(other, 3);
+  CHECK_STATUS(KEEL_STATUS_INVALID_ARGUMENT, keel_transfer_start(a->node, other, 11, DST, NULL, &t, &err));
+  CHECK_OK(keel_shard_close(other, &err));
+  other = open_shard(b, 11, false); /* still there */
+  CHECK_OK(keel_shard_close(other, &err));
+  CHECK_OK(keel_engine_shard_drop(b->engine, 11, &err));
   CHECK(t == NULL);
   CHECK_RC(KEEL_STATUS_INVALID_ARGUMENT, keel_transfer_expect(b->node, 11, 0));
   CHECK_RC(KEEL_STATUS_NULL_ARGUMENT, keel_transfer_expect(NULL, 11, SRC));

@@ -2290,7 +2290,8 @@ keel_status_t keel_node_options_init_sized(struct keel_node_options_t *opts, siz
  * success `*out` receives a handle the caller releases with
  * keel_node_close().
  * Errors: NULL_ARGUMENT, INVALID_ARGUMENT (an option out of range, not a
- * live engine), IO (the address cannot be bound, a thread cannot start).
+ * live engine, a listen_addr that does not parse or resolves to
+ * nothing), IO (the address cannot be bound, a thread cannot start).
  */
 keel_status_t keel_node_open(const struct keel_engine_t *engine,
                              const struct keel_node_options_t *opts,
@@ -2776,8 +2777,8 @@ keel_status_t keel_transfer_expect(const struct keel_node_t *node,
 
 /**
  * Starts sending `shard` (the host's open shard `shard_id` of this
- * node's engine, or of another engine of the process) from `node` to
- * peer `peer` (connected with keel_node_connect()) and returns at once:
+ * node's engine) from `node` to peer `peer` (connected with
+ * keel_node_connect()) and returns at once:
  * the transfer runs on its own thread. `opts` may be NULL (the defaults:
  * a snapshot, finished by keel_transfer_finish()). On success `*out`
  * receives a handle the caller releases with keel_transfer_free(). The
@@ -2785,8 +2786,10 @@ keel_status_t keel_transfer_expect(const struct keel_node_t *node,
  * after a hand-over). The node and the shard must stay open until
  * keel_transfer_free() returned.
  * Errors: NULL_ARGUMENT, INVALID_ARGUMENT (an option or enum out of
- * range, not a live node or shard), BUSY (the node sends
- * max_concurrent_transfers already), IO (the thread cannot start).
+ * range, not a live node or shard, `shard` not this engine's open shard
+ * `shard_id`, `peer` 0 or this node's own id), CLOSED (the shard is
+ * closed), BUSY (the node sends max_concurrent_transfers already), IO
+ * (the thread cannot start).
  * Failures of the transfer itself come from keel_transfer_status().
  */
 keel_status_t keel_transfer_start(const struct keel_node_t *node,

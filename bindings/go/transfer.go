@@ -231,10 +231,11 @@ type Transfer struct {
 	progress cgo.Handle
 }
 
-// StartTransfer starts sending shard (shard shardID) from n to peer (a
-// peer n connected to) on a keel thread and returns at once. Options out
-// of range are ErrInvalidArgument; ErrBusy when n sends
-// MaxConcurrentTransfers already. How the transfer goes: Status, Wait.
+// StartTransfer starts sending shard (shard shardID of n's engine, open)
+// from n to peer (a peer n connected to) on a keel thread and returns at
+// once. Options out of range, a shard that is not n's engine's open shard
+// shardID, and a peer of 0 or n itself are ErrInvalidArgument; ErrBusy
+// when n sends MaxConcurrentTransfers already. How the transfer goes: Status, Wait.
 func StartTransfer(n *Node, shard *Shard, shardID uint32, peer uint64, opts *TransferOptions) (*Transfer, error) {
 	copts, err := opts.toC()
 	if err != nil {

@@ -296,6 +296,16 @@ func TestTransferRefusalsAndBadOptions(t *testing.T) {
 			t.Fatalf("%s: %v", name, err)
 		}
 	}
+	// Peer 0, the node itself, and a shard id the shard is not are refused
+	// at once (a confirmed hand-over drops that id from the engine).
+	for name, tr := range map[string]struct {
+		id   uint32
+		peer uint64
+	}{"peer 0": {9, 0}, "the node itself": {9, 1}, "another id": {10, 2}} {
+		if _, err := StartTransfer(a, shard, tr.id, tr.peer, nil); !errors.Is(err, ErrInvalidArgument) {
+			t.Fatalf("%s: %v", name, err)
+		}
+	}
 	if err := b.ExpectTransfer(9, 0); !errors.Is(err, ErrInvalidArgument) {
 		t.Fatalf("peer 0: %v", err)
 	}

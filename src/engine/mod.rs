@@ -445,6 +445,15 @@ impl Engine {
         self.sync_dir(&shards_dir)
     }
 
+    /// Whether `shard` is this engine's shard `id`, open (a handle of
+    /// another engine, or of another id, is not).
+    pub fn holds_open(&self, id: u32, shard: &Shard) -> bool {
+        match &*self.shards.lock() {
+            Some(state) => matches!(state.slots.get(&id), Some(Slot::Open(s)) if s.same_shard(shard) && !s.is_closed()),
+            None => false,
+        }
+    }
+
     /// Deletes shard `id` and its data. BUSY while it is open.
     pub fn drop_shard(&self, id: u32) -> Result<()> {
         let mut guard = self.shards.lock();

@@ -7,7 +7,7 @@ use crate::error::Error;
 use crate::ffi::boundary::{in_u64s, out_ptr};
 use crate::ffi::error::keel_error_t;
 use crate::ffi::shard::keel_shard_t;
-use crate::ffi::versioned::{init_options, read_options, write_stats};
+use crate::ffi::versioned::{init_options, read_known_options, write_stats};
 use crate::ffi::writer::keel_user_data_free_fn;
 use crate::lease::{Clock, LeaseConfig, LeaseGate, Level, Role, Voters};
 use crate::shard::Consensus;
@@ -177,9 +177,11 @@ fn consensus_from_c(p: *const keel_lease_options_t) -> crate::Result<Consensus> 
     if p.is_null() {
         return Err(Error::new(KEEL_STATUS_NULL_ARGUMENT, "opts is NULL (self_id, the lease and read_index are required)"));
     }
-    let o = read_options(p, default_options(), "keel_lease_options_init_sized")?;
-    // Owns the user data from here: every error below frees it.
+    let (o, newer) = read_known_options(p, default_options(), "keel_lease_options_init_sized")?;
+    // Owns the user data from here: every error below frees it, an option
+    // of a newer header that this keel cannot honour included.
     let data = UserData { free: o.read_index_free, user: o.read_index_user_data as usize };
+    newer?;
     if o.self_id == 0 {
         return Err(Error::invalid("self_id is 0: give this node's non-zero consensus id"));
     }

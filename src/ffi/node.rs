@@ -277,7 +277,8 @@ fn options_from_c(p: *const keel_node_options_t) -> crate::Result<NodeOptions> {
 /// success `*out` receives a handle the caller releases with
 /// keel_node_close().
 /// Errors: NULL_ARGUMENT, INVALID_ARGUMENT (an option out of range, not a
-/// live engine), IO (the address cannot be bound, a thread cannot start).
+/// live engine, a listen_addr that does not parse or resolves to
+/// nothing), IO (the address cannot be bound, a thread cannot start).
 #[no_mangle]
 pub extern "C" fn keel_node_open(
     engine: *const keel_engine_t,

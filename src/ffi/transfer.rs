@@ -345,8 +345,8 @@ pub extern "C" fn keel_transfer_expect(node: *const keel_node_t, shard_id: u32, 
 }
 
 /// Starts sending `shard` (the host's open shard `shard_id` of this
-/// node's engine, or of another engine of the process) from `node` to
-/// peer `peer` (connected with keel_node_connect()) and returns at once:
+/// node's engine) from `node` to peer `peer` (connected with
+/// keel_node_connect()) and returns at once:
 /// the transfer runs on its own thread. `opts` may be NULL (the defaults:
 /// a snapshot, finished by keel_transfer_finish()). On success `*out`
 /// receives a handle the caller releases with keel_transfer_free(). The
@@ -354,8 +354,10 @@ pub extern "C" fn keel_transfer_expect(node: *const keel_node_t, shard_id: u32, 
 /// after a hand-over). The node and the shard must stay open until
 /// keel_transfer_free() returned.
 /// Errors: NULL_ARGUMENT, INVALID_ARGUMENT (an option or enum out of
-/// range, not a live node or shard), BUSY (the node sends
-/// max_concurrent_transfers already), IO (the thread cannot start).
+/// range, not a live node or shard, `shard` not this engine's open shard
+/// `shard_id`, `peer` 0 or this node's own id), CLOSED (the shard is
+/// closed), BUSY (the node sends max_concurrent_transfers already), IO
+/// (the thread cannot start).
 /// Failures of the transfer itself come from keel_transfer_status().
 #[no_mangle]
 pub extern "C" fn keel_transfer_start(

@@ -90,8 +90,18 @@ fn declared_size<T: Versioned>(p: *const T) -> u32 {
 /// fields over `defaults`, as described in the module comment. `init` names
 /// the function that fills the struct, for the error message.
 pub fn read_options<T: Versioned>(p: *const T, defaults: T, init: &str) -> Result<T> {
+    let (value, newer) = read_known_options(p, defaults, init)?;
+    newer.map(|()| value)
+}
+
+/// `read_options` in two verdicts: the outer error when `struct_size`
+/// cannot be read as any published version; otherwise the fields keel
+/// knows, and the inner error when the caller set a field of a newer
+/// header. For a call that takes ownership of something the known fields
+/// name whatever it returns (it must still see them to give it back).
+pub fn read_known_options<T: Versioned>(p: *const T, defaults: T, init: &str) -> Result<(T, Result<()>)> {
     if p.is_null() {
-        return Ok(defaults);
+        return Ok((defaults, Ok(())));
     }
     let declared = declared_size(p) as usize;
     let n = common_len::<T>(declared as u64, &format!("fill it with {init}()"))?;
@@ -104,15 +114,16 @@ pub fn read_options<T: Versioned>(p: *const T, defaults: T, init: &str) -> Resul
         // SAFETY: the caller declared `declared` bytes at `p`.
         let newer = unsafe { std::slice::from_raw_parts((p as *const u8).add(n), declared - n) };
         if let Some(at) = newer.iter().position(|&b| b != 0) {
-            return Err(Error::invalid(format!(
+            let e = Error::invalid(format!(
                 "{} has a non-zero byte at offset {} past the {n} bytes this keel knows (struct_size {declared}): \
                  an option of a newer keel that this library cannot honour",
                 T::NAME,
                 n + at
-            )));
+            ));
+            return Ok((value, Err(e)));
         }
     }
-    Ok(value)
+    Ok((value, Ok(())))
 }
 
 /// Fills the caller's options struct of `size` bytes with `defaults`:

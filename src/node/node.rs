@@ -73,7 +73,17 @@ impl Node {
     /// and the writer reactor.
     pub fn open(opts: NodeOptions) -> Result<Node> {
         opts.validate()?;
-        let listener = TcpListener::bind(&opts.listen).map_err(|e| Error::io(format!("bind {}", opts.listen), e))?;
+        // An address that does not parse (or resolves to nothing) is the
+        // caller's mistake, as in `connect`; only the bind itself is IO.
+        let listen: Vec<SocketAddr> = opts
+            .listen
+            .to_socket_addrs()
+            .map_err(|e| Error::invalid(format!("listen address {:?}: {e}", opts.listen)))?
+            .collect();
+        if listen.is_empty() {
+            return Err(Error::invalid(format!("listen address {:?} resolves to nothing", opts.listen)));
+        }
+        let listener = TcpListener::bind(&listen[..]).map_err(|e| Error::io(format!("bind {}", opts.listen), e))?;
         let addr = listener.local_addr().map_err(|e| Error::io("getsockname of the node listener", e))?;
         // No event callback: when the reactor closes a connection on its
         // own it shuts the socket down, which wakes the connection's

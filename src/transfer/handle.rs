@@ -24,12 +24,24 @@ pub struct Transfer {
 }
 
 impl Transfers {
-    /// Starts sending `shard` (the host's open shard `shard_id`) to `peer`
-    /// on a thread of its own ("keel-transfer") and returns its handle at
-    /// once. Writes to the shard continue meanwhile. BUSY when the node's
-    /// `max_concurrent_transfers` are being sent already.
+    /// Starts sending `shard` (the host's open shard `shard_id` of the
+    /// node's engine) to `peer` on a thread of its own ("keel-transfer")
+    /// and returns its handle at once. Writes to the shard continue
+    /// meanwhile. INVALID_ARGUMENT when `shard` is not the engine's open
+    /// shard `shard_id` (a confirmed hand-over drops that shard from the
+    /// engine) or `peer` is 0 or this node; CLOSED when `shard` is; BUSY
+    /// when the node's `max_concurrent_transfers` are being sent already.
     pub fn start(self: &Arc<Self>, shard: &Shard, shard_id: u32, peer: u64, opts: &TransferOptions) -> Result<Transfer> {
         opts.validate()?;
+        if peer == 0 || peer == self.node.id() {
+            return Err(Error::invalid(format!("peer {peer} is 0 or this node's own id")));
+        }
+        if shard.is_closed() {
+            return Err(Error::new(KEEL_STATUS_CLOSED, "the shard to send is closed"));
+        }
+        if !self.engine.holds_open(shard_id, shard) {
+            return Err(Error::invalid(format!("the shard given is not shard {shard_id} open in this node's engine")));
+        }
         let max = self.node.max_concurrent_transfers();
         if self.sending.fetch_add(1, Ordering::AcqRel) >= max {
             self.sending.fetch_sub(1, Ordering::AcqRel);
