@@ -41,5 +41,5 @@ if ! cargo clippy --version >/dev/null 2>&1; then
     exit 1
   fi
 fi
-command -v go >/dev/null 2>&1 || { echo "deps: go not found — install Go 1.21 or newer (package golang-go)" >&2; exit 1; }
+command -v go >/dev/null 2>&1 || { echo "deps: go not found — install Go 1.26 or newer (https://go.dev/dl/; the raft cluster tests need it)" >&2; exit 1; }
 echo "deps: all tools present"

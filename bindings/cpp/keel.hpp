@@ -696,7 +696,7 @@ inline constexpr size_t max_key_size = KEEL_SHARD_MAX_KEY_SIZE;
 
 /// Options of Engine::open(), applied to every shard it opens: a copyable
 /// value wrapping keel_engine_options_t, filled with the library defaults
-/// by keel_engine_options_init(). Setters chain; values are validated by
+/// by keel_engine_options_init_sized(). Setters chain; values are validated by
 /// the library when the engine opens.
 class EngineOptions {
  public:
@@ -2616,9 +2616,9 @@ namespace detail {
 struct NodeEvents {
   NodeEventHandler handler;
   // The calls the handler makes on its own Node (NodeCall), counted so
-  // that closing waits for them and fails later ones: keel_node_close()
-  // frees the C handle before it joins the threads that run the handler
-  // (and the close itself reports Status::Closed to it).
+  // that closing waits for them and fails later ones: once the close
+  // begins, the Node's wrapper no longer lends its handle out (and the
+  // close itself reports Status::Closed to the handler).
   std::mutex mu;
   std::condition_variable drained;
   size_t calls = 0;
@@ -3063,10 +3063,11 @@ class Transfer : public detail::Handle<keel_transfer_t, detail::free_transfer> {
     return detail::check(st, none);
   }
 
-  /// Starts sending `shard` (shard `shard_id`) from `node` to peer `peer`
-  /// on a keel thread; returns at once. The node and the shard must
-  /// outlive the Transfer. Status::InvalidArgument (an option out of
-  /// range), Status::Busy (the node sends max_concurrent_transfers
+  /// Starts sending `shard` (the node's engine's open shard `shard_id`)
+  /// from `node` to peer `peer` on a keel thread; returns at once. The
+  /// node and the shard must outlive the Transfer.
+  /// Status::InvalidArgument (an option out of range, `shard` not that
+  /// engine's open shard `shard_id`, `peer` 0 or the node itself), Status::Busy (the node sends max_concurrent_transfers
   /// already), Status::Closed (an empty Node or Shard).
   static Result<Transfer> start(const Node& node, const Shard& shard, uint32_t shard_id, uint64_t peer,
                                 TransferOptions opts = TransferOptions()) {

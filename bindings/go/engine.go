@@ -23,7 +23,7 @@ const NoBackgroundFlush time.Duration = -1
 
 // EngineOptions are the options of OpenEngine, applied to every shard the
 // engine opens. Every zero field means the library default (filled by
-// keel_engine_options_init), so a nil *EngineOptions and &EngineOptions{}
+// keel_engine_options_init_sized), so a nil *EngineOptions and &EngineOptions{}
 // are the same. Values out of range make OpenEngine fail with
 // ErrInvalidArgument.
 type EngineOptions struct {

@@ -65,7 +65,7 @@ const (
 const KeepNone uint64 = C.KEEL_WAL_KEEP_NONE
 
 // Options of Open. Every zero field means the library default (filled by
-// keel_wal_options_init), so a nil *Options and &Options{} are the same.
+// keel_wal_options_init_sized), so a nil *Options and &Options{} are the same.
 // Values out of range make Open fail with ErrInvalidArgument.
 type Options struct {
 	Durability Durability
