@@ -371,6 +371,13 @@ static void bad_arguments_are_refused(side_t *a, side_t *b) {
   o.first_backoff_ms = 6000; /* above the default max_backoff_ms of 5000 */
   CHECK_STATUS(KEEL_STATUS_INVALID_ARGUMENT, keel_transfer_start(a->node, shard, 11, DST, &o, &t, &err));
   o = small_batches(NULL);
+  o.ack_timeout_ms = UINT32_MAX; /* past a day: a negative count made unsigned */
+  CHECK_STATUS(KEEL_STATUS_INVALID_ARGUMENT, keel_transfer_start(a->node, shard, 11, DST, &o, &t, &err));
+  o = small_batches(NULL);
+  o.first_backoff_ms = 1;
+  o.max_backoff_ms = 86400001;
+  CHECK_STATUS(KEEL_STATUS_INVALID_ARGUMENT, keel_transfer_start(a->node, shard, 11, DST, &o, &t, &err));
+  o = small_batches(NULL);
   o.sequential = 2;
   CHECK_STATUS(KEEL_STATUS_INVALID_ARGUMENT, keel_transfer_start(a->node, shard, 11, DST, &o, &t, &err));
   o = small_batches(NULL);

@@ -1421,7 +1421,8 @@ typedef struct keel_transfer_options_t {
   uint64_t max_batch_bytes;
   /**
    * How long the source waits for the receiver's answer to one step
-   * before the transfer fails with TIMEOUT, at least 1; default 30000.
+   * before the transfer fails with TIMEOUT, 1 to 86400000 (a day);
+   * default 30000.
    */
   uint32_t ack_timeout_ms;
   uint32_t _reserved;
@@ -1448,7 +1449,8 @@ typedef struct keel_transfer_options_t {
   uint32_t first_backoff_ms;
   /**
    * The longest wait between two retries in milliseconds, at least
-   * first_backoff_ms; 0 (default): 5000 (version 2).
+   * first_backoff_ms and at most 86400000 (a day); 0 (default): 5000
+   * (version 2).
    */
   uint32_t max_backoff_ms;
   uint32_t _reserved2;

@@ -306,12 +306,14 @@ Result<Class> open_dir(keel_status_t (*open)(const char*, const COptions*, T**, 
   return Class(handle);
 }
 
-/// A millisecond count as the uint32_t option fields take it. Out-of-range
-/// values are clamped to ones the library rejects instead of wrapping.
+/// A millisecond count as the uint32_t option fields take it. A negative
+/// count, or one past UINT32_MAX, becomes UINT32_MAX instead of wrapping:
+/// every millisecond option has an upper bound below it, so the library
+/// rejects it when the options are used (0 would not do: several options
+/// take 0 as a valid value or as "the default").
 inline uint32_t clamp_ms(std::chrono::milliseconds ms) noexcept {
   const auto n = ms.count();
-  return n < 0 ? 0u
-         : static_cast<unsigned long long>(n) > std::numeric_limits<uint32_t>::max()
+  return n < 0 || static_cast<unsigned long long>(n) > std::numeric_limits<uint32_t>::max()
              ? std::numeric_limits<uint32_t>::max()
              : static_cast<uint32_t>(n);
 }
@@ -1139,6 +1141,13 @@ struct ReadOptions {
   ReadOptions() = default;
   ReadOptions(ReadLevel l, std::chrono::milliseconds t = std::chrono::milliseconds(0)) : level(l), timeout(t) {}  // NOLINT: implicit on purpose
   ReadOptions(const ReadSession& s) : session(&s) {}  // NOLINT: implicit on purpose
+  /// A temporary session would end before the read: hold it in a variable.
+  ReadOptions(const ReadSession&&) = delete;
+
+  /// Whether the options name a session that holds no handle (moved from,
+  /// released or ended). Reads answer Status::Closed for it: passed on
+  /// as no session, the read would quietly run at `level` instead.
+  bool names_ended_session() const noexcept { return session != nullptr && !*session; }
 
   keel_read_options_t to_c() const noexcept {
     keel_read_options_t o{};
@@ -1237,7 +1246,8 @@ namespace detail {
 /// through read_index_free at the shard's close).
 inline keel_status_t read_index_call(void* user, uint64_t* index) noexcept {
   Result<uint64_t> r = (*static_cast<const ReadIndexFn*>(user))();
-  if (!r) return static_cast<keel_status_t>(r.err().code());
+  // An error that says Ok is still a failure: no index was produced.
+  if (!r) return r.err().code() == Status::Ok ? KEEL_STATUS_INVALID_ARGUMENT : static_cast<keel_status_t>(r.err().code());
   *index = *r;
   return KEEL_STATUS_OK;
 }
@@ -1386,6 +1396,7 @@ class Shard : public detail::Handle<keel_shard_t, detail::close_shard> {
     detail::Bufs buf(1);
     uint32_t kind = KEEL_KIND_NONE;
     uint64_t version = 0;
+    if (opts.names_ended_session()) return detail::empty_handle("keel::ReadSession");
     const keel_read_options_t o = opts.to_c();
     const keel_status_t st =
         keel_shard_get_ex(ptr_.get(), &o, key.data(), key.size(), &buf.bufs[0], &kind, &version, err.out());
@@ -1406,6 +1417,7 @@ class Shard : public detail::Handle<keel_shard_t, detail::close_shard> {
     std::vector<uint32_t> kinds(n, KEEL_KIND_NONE);
     std::vector<uint64_t> versions(n, 0);
     detail::ErrorOut err;
+    if (opts.names_ended_session()) return detail::empty_handle("keel::ReadSession");
     const keel_read_options_t o = opts.to_c();
     const keel_status_t st = keel_shard_multi_get_ex(ptr_.get(), &o, packed.bytes.data(), packed.lens.data(), n,
                                                      values.bufs.data(), kinds.data(), versions.data(), err.out());
@@ -1449,6 +1461,7 @@ class Shard : public detail::Handle<keel_shard_t, detail::close_shard> {
     }
     detail::ErrorOut err;
     keel_iter_t* it = nullptr;
+    if (opts.names_ended_session()) return detail::empty_handle("keel::ReadSession");
     const keel_read_options_t o = opts.to_c();
     const keel_status_t st =
         keel_shard_scan_ex(ptr_.get(), &o, start.data(), start.size(), end_ptr, end_len, &it, err.out());
@@ -1462,6 +1475,7 @@ class Shard : public detail::Handle<keel_shard_t, detail::close_shard> {
     if (auto ok = detail::check_views({prefix}); !ok) return ok.err();
     detail::ErrorOut err;
     keel_iter_t* it = nullptr;
+    if (opts.names_ended_session()) return detail::empty_handle("keel::ReadSession");
     const keel_read_options_t o = opts.to_c();
     const keel_status_t st = keel_shard_scan_prefix_ex(ptr_.get(), &o, prefix.data(), prefix.size(), &it, err.out());
     if (st != KEEL_STATUS_OK) return err.take(st);
@@ -2291,6 +2305,7 @@ class Writer : public detail::Handle<keel_writer_t, detail::close_writer> {
   /// message i being `lens[i]` bytes long.
   Result<void> send_packed(ByteView data, const size_t* lens, size_t count, bool more = false) const {
     if (!ptr_) return detail::empty_handle("keel::Writer");
+    if (auto ok = detail::check_views({data}); !ok) return ok.err();
     // The total may be 0 (every message empty): keel accepts NULL data then.
     detail::ErrorOut err;
     return detail::check(keel_writer_send_batch(ptr_.get(), data.data(), lens, count, flags(more), err.out()), err);

@@ -144,7 +144,8 @@ pub struct keel_transfer_options_t {
     /// limit); default 1 MiB.
     pub max_batch_bytes: u64,
     /// How long the source waits for the receiver's answer to one step
-    /// before the transfer fails with TIMEOUT, at least 1; default 30000.
+    /// before the transfer fails with TIMEOUT, 1 to 86400000 (a day);
+    /// default 30000.
     pub ack_timeout_ms: u32,
     pub _reserved: u32,
     /// Progress callback (keel_transfer_progress_fn), NULL for none.
@@ -161,7 +162,8 @@ pub struct keel_transfer_options_t {
     /// each retry up to max_backoff_ms; 0 (default): 100 (version 2).
     pub first_backoff_ms: u32,
     /// The longest wait between two retries in milliseconds, at least
-    /// first_backoff_ms; 0 (default): 5000 (version 2).
+    /// first_backoff_ms and at most 86400000 (a day); 0 (default): 5000
+    /// (version 2).
     pub max_backoff_ms: u32,
     pub _reserved2: u32,
     /// 0 (default): the source reads the next batch while the current one

@@ -118,8 +118,8 @@ impl TransferOptions {
         if self.max_batch_records == 0 || self.max_batch_records > u32::MAX as usize {
             return Err(Error::invalid(format!("max_batch_records {} is outside 1..=u32::MAX", self.max_batch_records)));
         }
-        if self.ack_timeout.is_zero() {
-            return Err(Error::invalid("ack_timeout must be positive"));
+        if self.ack_timeout.is_zero() || self.ack_timeout > retry::MAX_WAIT {
+            return Err(Error::invalid(format!("ack_timeout {:?} is not between 1 ms and a day", self.ack_timeout)));
         }
         self.retry.validate()
     }

@@ -24,10 +24,18 @@ impl Default for Retry {
     }
 }
 
+/// The longest wait an option of a transfer may ask for (a step's ACK, a
+/// backoff): a day. Anything longer is a mistake, such as a negative
+/// count turned unsigned, that would hang a transfer for weeks.
+pub const MAX_WAIT: Duration = Duration::from_secs(86_400);
+
 impl Retry {
     pub fn validate(&self) -> Result<()> {
         if self.max_retries > 1000 {
             return Err(Error::invalid(format!("max_retries {} is above 1000", self.max_retries)));
+        }
+        if self.max_backoff > MAX_WAIT {
+            return Err(Error::invalid(format!("max_backoff {:?} is above a day", self.max_backoff)));
         }
         if self.first_backoff > self.max_backoff {
             return Err(Error::invalid(format!(

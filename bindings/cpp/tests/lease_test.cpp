@@ -150,6 +150,15 @@ TEST_F(LeaseTest, ASessionCostsOneReadIndex) {
   ASSERT_TRUE(shard_.scan("", std::nullopt, *session).ok());
   ASSERT_TRUE(shard_.scan_prefix("k", *session).ok());
   EXPECT_EQ(host->calls, 1u);
+  // A moved-from session is refused, never read as "no session" (which
+  // would quietly fall back to the shard's default level).
+  keel::ReadSession taken = std::move(*session);
+  EXPECT_EQ(shard_.get("k", *session).err().code(), Status::Closed);  // NOLINT(bugprone-use-after-move)
+  EXPECT_EQ(shard_.multi_get({"k"}, *session).err().code(), Status::Closed);
+  EXPECT_EQ(shard_.scan("", std::nullopt, *session).err().code(), Status::Closed);
+  EXPECT_EQ(shard_.scan_prefix("k", *session).err().code(), Status::Closed);
+  ASSERT_TRUE(shard_.get("k", taken).ok());
+  EXPECT_EQ(host->calls, 1u);
 }
 
 TEST_F(LeaseTest, RefusedConfigurationsAndTheCallbackReleasedAtClose) {

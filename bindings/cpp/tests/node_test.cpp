@@ -244,7 +244,7 @@ TEST(NodeOptionsTest, DefaultsAndSetters) {
   EXPECT_EQ(o.secret2().size(), 16u);
   EXPECT_TRUE(o.allow_remote_without_secret());
   EXPECT_EQ(o.max_frame_bytes(), 8192u);
-  EXPECT_EQ(o.handshake_timeout(), 0ms);                      // clamped, then rejected by keel
+  EXPECT_EQ(o.raw().handshake_timeout_ms, UINT32_MAX);   // negative: clamped, then rejected by keel
   EXPECT_EQ(o.raw().heartbeat_interval_ms, UINT32_MAX);  // likewise
   EXPECT_EQ(o.heartbeat_misses(), 2u);
   EXPECT_EQ(o.close_timeout(), 0ms);
@@ -267,6 +267,8 @@ TEST_F(NodeTest, OptionsAreValidatedByOpen) {
   expect_error(Node::open(engine, NodeOptions(good).heartbeat_misses(0)), Status::InvalidArgument);
   expect_error(Node::open(engine, NodeOptions(good).handshake_timeout(0ms)), Status::InvalidArgument);
   expect_error(Node::open(engine, NodeOptions(good).close_timeout(std::chrono::hours(1))), Status::InvalidArgument);
+  expect_error(Node::open(engine, NodeOptions(good).close_timeout(-5ms)), Status::InvalidArgument);  // not 0
+  expect_error(Node::open(engine, NodeOptions(good).listen_addr("not an address")), Status::InvalidArgument);
   expect_error(Node::open(engine, NodeOptions(good).max_concurrent_transfers(0)), Status::InvalidArgument);
   expect_error(Node::open(engine, NodeOptions(good).listen_addr(std::string("127.0.0.1:0\0x", 13))),
                Status::InvalidArgument);

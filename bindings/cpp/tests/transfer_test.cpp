@@ -212,6 +212,20 @@ TEST(Transfer, FailuresAndEmptyHandlesAreReported) {
                 .err()
                 .code(),
             Status::InvalidArgument);
+  // Negative or absurd waits are refused, never turned into 0 (the default).
+  EXPECT_EQ(Transfer::start(a.node, shard, 9, kDst, TransferOptions().ack_timeout(std::chrono::milliseconds(-1))).err().code(),
+            Status::InvalidArgument);
+  EXPECT_EQ(Transfer::start(a.node, shard, 9, kDst,
+                            TransferOptions().backoff(std::chrono::milliseconds(-1), std::chrono::milliseconds(-1)))
+                .err()
+                .code(),
+            Status::InvalidArgument);
+  EXPECT_EQ(Transfer::start(a.node, shard, 9, kDst, TransferOptions().ack_timeout(std::chrono::hours(25))).err().code(),
+            Status::InvalidArgument);
+  // Peer 0, this node, another shard id.
+  EXPECT_EQ(Transfer::start(a.node, shard, 9, 0).err().code(), Status::InvalidArgument);
+  EXPECT_EQ(Transfer::start(a.node, shard, 9, kSrc).err().code(), Status::InvalidArgument);
+  EXPECT_EQ(Transfer::start(a.node, shard, 10, kDst).err().code(), Status::InvalidArgument);
   EXPECT_EQ(Transfer::expect(b.node, 9, 0).err().code(), Status::InvalidArgument);
 
   Transfer moved = std::move(*t);

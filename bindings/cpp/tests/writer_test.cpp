@@ -646,11 +646,14 @@ TEST(Net, DefaultsAndBackendNames) {
   wo.quota(7).max_batch_bytes(1000).soft_cap_time(-5ms).close_timeout(std::chrono::hours(24 * 365 * 100));
   EXPECT_EQ(wo.quota(), 7u);
   EXPECT_EQ(wo.raw().max_batch_bytes, 1000u);
-  EXPECT_EQ(wo.soft_cap_time(), 0ms);
-  EXPECT_EQ(wo.raw().close_timeout_ms, UINT32_MAX);  // clamped, then rejected by keel
+  EXPECT_EQ(wo.raw().soft_cap_ms, UINT32_MAX);       // negative: clamped, then rejected by keel
+  EXPECT_EQ(wo.raw().close_timeout_ms, UINT32_MAX);  // too long: likewise
   TcpPair pair;
   ASSERT_NO_FATAL_FAILURE(tcp_pair(pair));
   expect_error(Writer::adopt(net, pair.keel_side.get(), wo), Status::InvalidArgument);
+  // Each alone is refused: a negative time never becomes a valid 0.
+  expect_error(Writer::adopt(net, pair.keel_side.get(), WriterOptions().soft_cap_time(-5ms)), Status::InvalidArgument);
+  expect_error(Writer::adopt(net, pair.keel_side.get(), WriterOptions().close_timeout(-5ms)), Status::InvalidArgument);
 }
 
 // fallback(): nothing fell back for a sendmsg net; a net that asked for
@@ -706,6 +709,8 @@ TEST(WriterMisuse, BadFdsOptionsAndClosedOrEmptyObjects) {
   expect_error(w.send_batch(std::vector<std::string>{}), Status::InvalidArgument);
   const size_t lens[2] = {1, 1};
   expect_error(w.send_packed(keel::ByteView(), lens, 2), Status::NullArgument);
+  const size_t empty[2] = {0, 0};  // a null C string is refused even when nothing is sent
+  expect_error(w.send_packed(static_cast<const char*>(nullptr), empty, 2), Status::NullArgument);
   KEEL_ASSERT_OK(w.send_batch({"", ""}));  // two empty messages: nothing to copy, still fine
 
   // Moved from: the source is empty and answers Closed; the target works.
