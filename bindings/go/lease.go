@@ -60,8 +60,8 @@ const (
 type ReadOptions struct {
 	Level ReadLevel
 	// Timeout bounds the read-index and the wait for the applied index
-	// (whole milliseconds); 0 means the shard's LeaseOptions.ReadTimeout.
-	// Past it the read fails with ErrTimeout.
+	// (rounded up to whole milliseconds); 0 means the shard's
+	// LeaseOptions.ReadTimeout. Past it the read fails with ErrTimeout.
 	Timeout time.Duration
 	// Session, if not nil, is a session of the same shard: the read makes
 	// no check of its own (Level and Timeout are ignored).
@@ -120,11 +120,15 @@ func (h *leaseHost) readIndex() (index uint64, st Status) {
 	return 0, StatusIO
 }
 
+// millis is d in whole milliseconds for keel, rounded up: a part of a
+// millisecond must not vanish, neither from a margin of the lease check
+// (which would then pass a lease it should refuse) nor from a timeout
+// (which would turn into 0, "the default").
 func millis(d time.Duration, name string) (C.uint64_t, error) {
 	if d < 0 {
 		return 0, fmt.Errorf("%s %v is negative", name, d)
 	}
-	return C.uint64_t(d / time.Millisecond), nil
+	return C.uint64_t((d + time.Millisecond - 1) / time.Millisecond), nil
 }
 
 // ConfigureConsensus turns on lease reads for this open of the shard
@@ -142,7 +146,9 @@ func (s *Shard) ConfigureConsensus(opts LeaseOptions) error {
 		dst  *C.uint64_t
 		d    time.Duration
 		name string
-	}{{&o.lease_ms, opts.Lease, "Lease"}, {&o.election_timeout_min_ms, opts.ElectionTimeoutMin, "ElectionTimeoutMin"},
+	}{{&o.lease_ms, opts.Lease, "Lease"},
+		// Rounded down, the one bound that shortens the lease it allows.
+		{&o.election_timeout_min_ms, opts.ElectionTimeoutMin.Truncate(time.Millisecond), "ElectionTimeoutMin"},
 		{&o.max_clock_drift_ms, opts.MaxClockDrift, "MaxClockDrift"}, {&o.max_round_trip_ms, opts.MaxRoundTrip, "MaxRoundTrip"},
 		{&o.read_timeout_ms, opts.ReadTimeout, "ReadTimeout"}} {
 		if f.name == "ReadTimeout" && f.d == 0 {

@@ -258,6 +258,14 @@ func TestLeaseRefusedConfigurationAndRelease(t *testing.T) {
 	if err := s.ConfigureConsensus(bad); !errors.Is(err, ErrInvalidArgument) {
 		t.Fatalf("no ReadIndex: %v", err)
 	}
+	// Parts of a millisecond count: 999 ms is not below 1 s - 0.5 ms -
+	// 0.7 ms (998.8 ms), so the lease is refused, not let through by
+	// margins rounded down to 0.
+	bad = h.options()
+	bad.Lease, bad.MaxClockDrift, bad.MaxRoundTrip = 999*time.Millisecond, 500*time.Microsecond, 700*time.Microsecond
+	if err := s.ConfigureConsensus(bad); !errors.Is(err, ErrInvalidArgument) {
+		t.Fatalf("lease 999ms of 1s - 0.5ms - 0.7ms: %v, want ErrInvalidArgument", err)
+	}
 	lead(t, s, h)
 	must(t, s.Close())
 	if _, err := s.LeaseStats(); !errors.Is(err, ErrClosed) {

@@ -299,18 +299,11 @@ func (ev *nodeEvents) inHandler() bool {
 //
 // Close it when done (before its Engine).
 type Node struct {
-	// mu guards h, closing and inflight. Every call into C on the handle
-	// counts itself in inflight; Close sets closing, waits for inflight to
-	// drain, then takes the handle away (keel_node_close must not race
-	// with other calls). Not an RWMutex: keel runs OnEvent for a peer
-	// before Connect returns, and a pending Close must not block an
-	// OnEvent that calls Stats while a Connect waits for it; once closing
-	// is set, new calls fail with ErrClosed at once.
-	mu       sync.Mutex
-	drained  sync.Cond // signalled when inflight drops to 0 while closing
-	h        *C.keel_node_t
-	closing  bool
-	inflight int
+	// calls holds the handle: keel_node_close must not race with other
+	// calls, and keel runs OnEvent for a peer before Connect returns, so
+	// an OnEvent that calls Stats while a Connect waits for it must not
+	// queue behind a pending Close (calls.go).
+	calls *calls[*C.keel_node_t]
 	// events is the handle of ev, the OnEvent handler (0 and nil: none);
 	// deleted once keel_node_close has returned, after which no callback
 	// runs. Both are set by OpenNode and never change.
@@ -355,8 +348,7 @@ func OpenNode(e *Engine, opts *NodeOptions) (*Node, error) {
 		}
 		return nil, takeError("OpenNode", st, cerr)
 	}
-	n := &Node{h: h, events: events, ev: ev, id: uint64(copts.c.node_id)}
-	n.drained.L = &n.mu
+	n := &Node{calls: newCalls(h), events: events, ev: ev, id: uint64(copts.c.node_id)}
 	n.addr, _ = n.Addr() // for the leak report only
 	runtime.SetFinalizer(n, (*Node).reportLeak)
 	return n, nil
@@ -374,21 +366,15 @@ func (n *Node) acquire(op string) (*C.keel_node_t, error) {
 	if n == nil {
 		return nil, newError(op, StatusInvalidArgument, "nil *Node")
 	}
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	if n.h == nil || n.closing {
+	h := n.calls.enter()
+	if h == nil {
 		return nil, newError(op, StatusClosed, "the node is closed")
 	}
-	n.inflight++
-	return n.h, nil
+	return h, nil
 }
 
 func (n *Node) release() {
-	n.mu.Lock()
-	if n.inflight--; n.inflight == 0 && n.closing {
-		n.drained.Broadcast()
-	}
-	n.mu.Unlock()
+	n.calls.leave()
 	runtime.KeepAlive(n)
 }
 
@@ -495,18 +481,10 @@ func (n *Node) Close() (NodeStats, error) {
 		// keel_node_close would join the thread it runs on.
 		return NodeStats{}, newError("Close", StatusBusy, "Node.Close cannot be called from OnEvent")
 	}
-	n.mu.Lock()
-	if n.h == nil || n.closing {
-		n.mu.Unlock()
+	h := n.calls.close(nil)
+	if h == nil {
 		return NodeStats{}, newError("Close", StatusClosed, "the node is already closed")
 	}
-	n.closing = true
-	for n.inflight > 0 {
-		n.drained.Wait()
-	}
-	h := n.h
-	n.h = nil
-	n.mu.Unlock()
 	// Without the lock: keel_node_close waits for running OnEvent calls,
 	// which may call this Node's methods (they find it closed).
 	s := nodeStatsOut()

@@ -11,7 +11,6 @@ import (
 	"fmt"
 	"math"
 	"runtime"
-	"sync"
 	"syscall"
 )
 
@@ -39,9 +38,10 @@ type PublisherStats struct {
 // Close it when done. A Publisher garbage collected while open is
 // reported as a leak (its subscriber sockets stay open), not closed.
 type Publisher struct {
-	// mu: as Writer.mu.
-	mu sync.RWMutex
-	h  *C.keel_publisher_t // nil once closed
+	// calls holds the handle: keel_publisher_unsubscribe waits for the
+	// subscriber's running OnEvent, which may call this Publisher's
+	// methods, so a pending Close must not make them queue (calls.go).
+	calls *calls[*C.keel_publisher_t]
 }
 
 // NewPublisher creates a Publisher on n whose subscribers use opts (nil:
@@ -61,7 +61,7 @@ func NewPublisher(n *Net, opts *WriterOptions) (*Publisher, error) {
 	if st := C.keel_publisher_new(h, &copts, &ph, &cerr); st != C.KEEL_STATUS_OK {
 		return nil, takeError("NewPublisher", st, cerr)
 	}
-	p := &Publisher{h: ph}
+	p := &Publisher{calls: newCalls(ph)}
 	runtime.SetFinalizer(p, (*Publisher).reportLeak)
 	return p, nil
 }
@@ -74,16 +74,15 @@ func (p *Publisher) acquire(op string) (*C.keel_publisher_t, error) {
 	if p == nil {
 		return nil, newError(op, StatusInvalidArgument, "nil *Publisher")
 	}
-	p.mu.RLock()
-	if p.h == nil {
-		p.mu.RUnlock()
+	h := p.calls.enter()
+	if h == nil {
 		return nil, newError(op, StatusClosed, "the publisher is closed")
 	}
-	return p.h, nil
+	return h, nil
 }
 
 func (p *Publisher) release() {
-	p.mu.RUnlock()
+	p.calls.leave()
 	runtime.KeepAlive(p)
 }
 
@@ -226,10 +225,7 @@ func (p *Publisher) Close() error {
 	if p == nil {
 		return newError("Close", StatusInvalidArgument, "nil *Publisher")
 	}
-	p.mu.Lock()
-	h := p.h
-	p.h = nil
-	p.mu.Unlock()
+	h := p.calls.close(nil)
 	if h == nil {
 		return newError("Close", StatusClosed, "the publisher is already closed")
 	}

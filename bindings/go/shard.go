@@ -308,7 +308,7 @@ func (s *Shard) multiGet(keys [][]byte, o *C.keel_read_options_t) ([]*Value, err
 	// integers.
 	bufs := (*C.keel_buf_t)(C.calloc(C.size_t(n), C.size_t(unsafe.Sizeof(C.keel_buf_t{}))))
 	if bufs == nil {
-		return nil, newError("MultiGet", StatusNoSpace, fmt.Sprintf("calloc of %d buffers failed", n))
+		return nil, newError("MultiGet", StatusResource, fmt.Sprintf("calloc of %d buffers failed", n))
 	}
 	defer C.free(unsafe.Pointer(bufs))
 	kinds := make([]C.uint32_t, n)

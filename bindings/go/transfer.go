@@ -25,7 +25,6 @@ import (
 	"math"
 	"runtime"
 	"runtime/cgo"
-	"sync"
 	"time"
 	"unsafe"
 )
@@ -219,13 +218,9 @@ func (n *Node) ExpectTransfer(shardID uint32, fromPeer uint64) error {
 // transfer that is not over (a forwarding one stops forwarding). The Node
 // and the Shard must stay open until then.
 type Transfer struct {
-	// mu guards h, closing and inflight, as in Node: Close waits for the
-	// calls in flight before keel_transfer_free.
-	mu       sync.Mutex
-	drained  sync.Cond
-	h        *C.keel_transfer_t
-	closing  bool
-	inflight int
+	// calls holds the handle: Close waits for the calls in flight before
+	// keel_transfer_free (calls.go).
+	calls *calls[*C.keel_transfer_t]
 	// progress is the cgo.Handle of OnProgress (0: none), deleted once
 	// keel_transfer_free has joined the transfer's thread.
 	progress cgo.Handle
@@ -264,8 +259,7 @@ func StartTransfer(n *Node, shard *Shard, shardID uint32, peer uint64, opts *Tra
 		}
 		return nil, takeError("StartTransfer", st, cerr)
 	}
-	t := &Transfer{h: h, progress: progress}
-	t.drained.L = &t.mu
+	t := &Transfer{calls: newCalls(h), progress: progress}
 	runtime.SetFinalizer(t, (*Transfer).reportLeak)
 	return t, nil
 }
@@ -278,21 +272,15 @@ func (t *Transfer) acquire(op string) (*C.keel_transfer_t, error) {
 	if t == nil {
 		return nil, newError(op, StatusInvalidArgument, "nil *Transfer")
 	}
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	if t.h == nil || t.closing {
+	h := t.calls.enter()
+	if h == nil {
 		return nil, newError(op, StatusClosed, "the transfer is closed")
 	}
-	t.inflight++
-	return t.h, nil
+	return h, nil
 }
 
 func (t *Transfer) release() {
-	t.mu.Lock()
-	if t.inflight--; t.inflight == 0 && t.closing {
-		t.drained.Broadcast()
-	}
-	t.mu.Unlock()
+	t.calls.leave()
 	runtime.KeepAlive(t)
 }
 
@@ -409,20 +397,12 @@ func (t *Transfer) Close() error {
 	if t == nil {
 		return newError("Close", StatusInvalidArgument, "nil *Transfer")
 	}
-	t.mu.Lock()
-	if t.h == nil || t.closing {
-		t.mu.Unlock()
+	// The cancel is safe beside the calls in flight; it ends a Wait
+	// among them.
+	h := t.calls.close(func(h *C.keel_transfer_t) { C.keel_transfer_cancel(h) })
+	if h == nil {
 		return newError("Close", StatusClosed, "the transfer is closed")
 	}
-	t.closing = true
-	h := t.h
-	// Safe beside the calls in flight; it ends a Wait among them.
-	C.keel_transfer_cancel(h)
-	for t.inflight > 0 {
-		t.drained.Wait()
-	}
-	t.h = nil
-	t.mu.Unlock()
 	runtime.SetFinalizer(t, nil)
 	st := C.keel_transfer_free(h)
 	if t.progress != 0 {

@@ -417,6 +417,79 @@ func TestPublisherFanOut(t *testing.T) {
 	})
 }
 
+// A subscriber's OnEvent calls the Publisher while the host unsubscribes
+// that subscriber (keel waits for the running OnEvent) and closes the
+// Publisher: the OnEvent's call fails with ErrClosed at once instead of
+// queueing behind the Close, which waits for the Unsubscribe, which waits
+// for the OnEvent. Ordered by observations, not by time: the Unsubscribe is
+// inside keel once the subscriber is gone from the list, the Close has
+// begun once the Publisher answers ErrClosed.
+func TestPublisherCloseBesideAnUnsubscribeThatWaitsForOnEvent(t *testing.T) {
+	var p *Publisher
+	inEvent := make(chan uint64, 1)
+	proceed := make(chan struct{})
+	fromEvent := make(chan error, 1)
+	var first sync.Once
+	onEvent := func(id uint64, err error) {
+		first.Do(func() {
+			inEvent <- id
+			<-proceed
+			fromEvent <- p.Unsubscribe(id)
+		})
+	}
+	n := openNetT(t, BackendSendmsg, onEvent)
+	p, err := NewPublisher(n, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keelSide, peer := tcpPair(t)
+	id, err := p.Subscribe(keelSide)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keelSide.Close()
+	must(t, peer.SetLinger(0))
+	peer.Close() // a reset: the next sends fail and OnEvent runs
+	chunk := bytes.Repeat([]byte{'x'}, 8192)
+	var got uint64
+	for waiting := true; waiting; {
+		must(t, p.Publish(chunk, true))
+		select {
+		case got = <-inEvent:
+			waiting = false
+		default:
+			runtime.Gosched()
+		}
+	}
+	if got != id {
+		t.Fatalf("OnEvent for %d, want %d", got, id)
+	}
+	unsubscribed := make(chan error, 1)
+	go func() { unsubscribed <- p.Unsubscribe(id) }()
+	for {
+		if _, err := p.SubscriberStats(id); errors.Is(err, ErrNotFound) {
+			break // removed: the Unsubscribe waits for the OnEvent now
+		}
+		runtime.Gosched()
+	}
+	closed := make(chan error, 1)
+	go func() { closed <- p.Close() }()
+	for {
+		if _, err := p.Stats(); errors.Is(err, ErrClosed) {
+			break
+		}
+		runtime.Gosched()
+	}
+	close(proceed)
+	wantCode(t, "Unsubscribe from OnEvent during Close", <-fromEvent, ErrClosed)
+	if err := <-unsubscribed; err != nil {
+		t.Fatalf("Unsubscribe: %v", err)
+	}
+	if err := <-closed; err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+}
+
 // The peer resets mid-stream (SO_LINGER 0): exactly one event, ErrIO, for
 // this writer's id; the failing Send returns ErrIO (or ErrClosed once keel
 // noticed first), later ones ErrClosed.

@@ -1,0 +1,75 @@
+package keel
+
+import "sync"
+
+// calls guards a C handle whose close must not race with other calls on
+// it and whose callbacks may call methods of the same handle: every call
+// into C on the handle counts itself in; close marks it closing, waits for
+// the calls in flight and takes the handle away. Once closing, new calls
+// fail at once (enter returns no handle).
+//
+// Not an RWMutex: keel runs a handle's callbacks (OnEvent) while some of
+// its calls wait for them (a Node's Connect for the peer's first event, a
+// Publisher's Unsubscribe for the subscriber's running event), and a
+// writer waiting on an RWMutex blocks new readers, so a callback calling a
+// method of its handle while Close waits would deadlock all three.
+//
+// P is the handle's pointer type (cgo's C types are incomplete, so the
+// pointer itself is the type argument); its zero value is no handle.
+type calls[P comparable] struct {
+	mu       sync.Mutex
+	drained  sync.Cond // signalled when inflight drops to 0 while closing
+	h        P         // zero once closed
+	closing  bool
+	inflight int
+}
+
+func newCalls[P comparable](h P) *calls[P] {
+	c := &calls[P]{h: h}
+	c.drained.L = &c.mu
+	return c
+}
+
+// enter counts a call in and returns the handle, or the zero P when the
+// handle is closed or closing; every other enter is paired with a leave.
+func (c *calls[P]) enter() P {
+	var none P
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.h == none || c.closing {
+		return none
+	}
+	c.inflight++
+	return c.h
+}
+
+func (c *calls[P]) leave() {
+	c.mu.Lock()
+	if c.inflight--; c.inflight == 0 && c.closing {
+		c.drained.Broadcast()
+	}
+	c.mu.Unlock()
+}
+
+// close marks the handle closing, runs first (if not nil) on it (with
+// the calls in flight still running: for a call that makes them return
+// sooner), waits until no call is in flight and takes the handle away;
+// the zero P when it was closed or closing already.
+func (c *calls[P]) close(first func(P)) P {
+	var none P
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.h == none || c.closing {
+		return none
+	}
+	c.closing = true
+	if first != nil {
+		first(c.h)
+	}
+	for c.inflight > 0 {
+		c.drained.Wait()
+	}
+	h := c.h
+	c.h = none
+	return h
+}
