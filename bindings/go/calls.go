@@ -8,11 +8,12 @@ import "sync"
 // the calls in flight and takes the handle away. Once closing, new calls
 // fail at once (enter returns no handle).
 //
-// Not an RWMutex: keel runs a handle's callbacks (OnEvent) while some of
-// its calls wait for them (a Node's Connect for the peer's first event, a
-// Publisher's Unsubscribe for the subscriber's running event), and a
-// writer waiting on an RWMutex blocks new readers, so a callback calling a
-// method of its handle while Close waits would deadlock all three.
+// Not an RWMutex: some calls wait for code that may call the same handle
+// (a Node's Connect for the peer's first OnEvent, a Publisher's
+// Unsubscribe for the subscriber's running OnEvent, a Shard's read for
+// the host's ReadIndex, which may wait for the host's apply loop), and a
+// writer waiting on an RWMutex blocks new readers: with a Close pending,
+// that inner call would wait for the Close, which waits for the outer.
 //
 // P is the handle's pointer type (cgo's C types are incomplete, so the
 // pointer itself is the type argument); its zero value is no handle.

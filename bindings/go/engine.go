@@ -259,7 +259,7 @@ func (e *Engine) OpenShard(id uint32, create bool) (*Shard, error) {
 	if st := C.keel_engine_shard_open(h, C.uint32_t(id), C.bool(create), &sh, &cerr); st != C.KEEL_STATUS_OK {
 		return nil, takeError("OpenShard", st, cerr)
 	}
-	s := &Shard{h: sh, id: id, set: e.shards}
+	s := &Shard{calls: newCalls(sh), id: id, set: e.shards}
 	// No finalizer: the engine's set keeps s reachable until it is closed,
 	// by Shard.Close or Engine.Close.
 	e.shards.add(s)
@@ -403,7 +403,8 @@ func (e *Engine) Close() error {
 	var first error
 	// Shards first, through their own handles, so that each Go *Shard is
 	// marked closed (its later calls fail in Go) and its handle freed.
-	// Lock order: Engine.mu, then Shard.mu, then shardSet.mu.
+	// Lock order: Engine.mu, then Shard.closing, then Shard.calls and
+	// shardSet.mu.
 	for _, s := range e.shards.list() {
 		if err := s.close("Close"); err != nil && first == nil && !isClosedErr(err) {
 			first = err

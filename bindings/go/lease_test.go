@@ -272,3 +272,46 @@ func TestLeaseRefusedConfigurationAndRelease(t *testing.T) {
 		t.Fatalf("LeaseStats after Close: %v", err)
 	}
 }
+
+// A host's ReadIndex often waits for its own apply loop, which calls the
+// shard. A Close of the shard while such a read is in flight must not make
+// that call queue behind the Close (which waits for the read, which waits
+// for the ReadIndex): it fails with ErrClosed at once, and the read and
+// the Close end. Ordered by observations: the ReadIndex has begun, the
+// shard answers ErrClosed once the Close has begun.
+func TestLeaseCloseWhileReadIndexWaitsForTheShard(t *testing.T) {
+	s := leaseShard(t)
+	h := &leaseHostT{}
+	inReadIndex := make(chan struct{})
+	applied := make(chan error)
+	var once sync.Once
+	o := h.options()
+	o.ReadIndex = func() (uint64, error) {
+		once.Do(func() { close(inReadIndex) })
+		return 10, <-applied
+	}
+	must(t, s.ConfigureConsensus(o))
+	c := s.Consensus()
+	must(t, c.SetVoters([]uint64{1, 2, 3}, nil))
+	must(t, c.SetRole(RoleLeader, 5, 0))
+	must(t, c.SetApplied(10))
+	read := make(chan error, 1)
+	go func() {
+		_, err := s.GetWith([]byte("k"), &ReadOptions{Level: ReadLinearizable})
+		read <- err
+	}()
+	<-inReadIndex
+	closed := make(chan error, 1)
+	go func() { closed <- s.Close() }()
+	for {
+		if _, err := s.Get([]byte("k")); errors.Is(err, ErrClosed) {
+			break
+		}
+		runtime.Gosched()
+	}
+	_, err := s.Put([]byte("k3"), []byte("x")) // the host's apply loop
+	wantCode(t, "Put while the shard closes", err, ErrClosed)
+	applied <- err
+	<-read // whatever the read-index's failure made of it
+	must(t, <-closed)
+}

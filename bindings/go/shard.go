@@ -98,11 +98,16 @@ func decodePosting(b []byte) ([][]byte, error) {
 // Close it when done; Engine.Close closes the shards still open. Calls on
 // a closed Shard return an error matching ErrClosed.
 type Shard struct {
-	// mu is held shared by every call into C and exclusively by Close,
-	// as in WAL.
-	mu sync.RWMutex
-	h  *C.keel_shard_t // nil once closed
-	id uint32
+	// calls holds the handle (calls.go): a read that misses the lease
+	// runs the host's ReadIndex inside its call, and a ReadIndex that
+	// waits for the host's apply loop (Apply on this shard) must not find
+	// that Apply queued behind a pending Close.
+	calls *calls[*C.keel_shard_t]
+	// closing is held for the whole of a close, keel_shard_close
+	// included, so that a second Close (Engine.Close's) returns only once
+	// the first has freed the handle.
+	closing sync.Mutex
+	id      uint32
 	// set is the engine's set of open shards (not the Engine itself, see
 	// Engine.shards).
 	set *shardSet
@@ -120,16 +125,15 @@ func (s *Shard) acquire(op string) (*C.keel_shard_t, error) {
 	if s == nil {
 		return nil, newError(op, StatusInvalidArgument, "nil *Shard")
 	}
-	s.mu.RLock()
-	if s.h == nil {
-		s.mu.RUnlock()
+	h := s.calls.enter()
+	if h == nil {
 		return nil, newError(op, StatusClosed, "the shard is closed")
 	}
-	return s.h, nil
+	return h, nil
 }
 
 func (s *Shard) release() {
-	s.mu.RUnlock()
+	s.calls.leave()
 	runtime.KeepAlive(s)
 }
 
@@ -562,13 +566,12 @@ func (s *Shard) Close() error {
 }
 
 func (s *Shard) close(op string) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.h == nil {
+	s.closing.Lock()
+	defer s.closing.Unlock()
+	h := s.calls.close(nil)
+	if h == nil {
 		return newError(op, StatusClosed, "the shard is already closed")
 	}
-	h := s.h
-	s.h = nil
 	s.set.remove(s)
 	var cerr *C.keel_error_t
 	if st := C.keel_shard_close(h, &cerr); st != C.KEEL_STATUS_OK {
