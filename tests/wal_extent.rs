@@ -222,3 +222,53 @@ fn logs_written_in_format_version_1_still_open() {
     assert!(dir.path().join("wal.meta").exists(), "the record is written from the first open on");
     Wal::open(dir.path(), opts(RecoveryMode::Absolute)).unwrap().close().unwrap();
 }
+
+/// The extent record is a floor, not the only one: a record left behind
+/// by a rewrite that failed (a transient EIO fails no append) or never ran
+/// before a power loss lists fewer segments than were created. When
+/// recovery then sets the later segments aside (the first one's unsynced
+/// tail torn), their headers, read by the scan, still prove how far the
+/// log went: no number below the last one's first sequence number is
+/// handed out again.
+#[test]
+fn a_stale_extent_record_never_lowers_the_floor_below_the_segments_set_aside() {
+    let dir = TempDir::new("extent-stale-floor");
+    let wal = Wal::open(dir.path(), opts(RecoveryMode::Absolute)).unwrap();
+    let mut n = 0;
+    while segment_files(dir.path()).len() < 2 {
+        n += 1;
+        wal.append(format!("r{n} {}", "y".repeat(400)).as_bytes()).unwrap();
+    }
+    let behind = std::fs::read(dir.path().join("wal.meta")).unwrap();
+    while segment_files(dir.path()).len() < 3 {
+        n += 1;
+        wal.append(format!("r{n} {}", "y".repeat(400)).as_bytes()).unwrap();
+    }
+    wal.close().unwrap();
+    let segs = segment_files(dir.path());
+    let top = first_seq_of(segs[2].file_name().unwrap().to_str().unwrap());
+    std::fs::write(dir.path().join("wal.meta"), &behind).unwrap();
+    // The first segment's last 4 KiB of frames never reached the disk.
+    let first = std::fs::read(&segs[0]).unwrap();
+    let end = first.len() - first.iter().rev().take_while(|&&b| b == 0).count();
+    let mut torn = first.clone();
+    torn[end.saturating_sub(4096).max(4096)..end].fill(0);
+    std::fs::write(&segs[0], &torn).unwrap();
+    for mode in [RecoveryMode::TolerateTail, RecoveryMode::Salvage] {
+        let copy = TempDir::new("extent-stale-floor-open");
+        for s in segment_files(dir.path()) {
+            std::fs::copy(&s, copy.path().join(s.file_name().unwrap())).unwrap();
+        }
+        std::fs::copy(dir.path().join("wal.meta"), copy.path().join("wal.meta")).unwrap();
+        let wal = match Wal::open(copy.path(), opts(mode)) {
+            Ok(wal) => wal,
+            Err(e) => {
+                assert_eq!(e.status, KEEL_STATUS_CORRUPTION, "{mode:?}: {e}");
+                continue;
+            }
+        };
+        let next = wal.append(b"x").unwrap();
+        assert!(next >= top, "{mode:?}: the next append got {next}, below {top}, the first number of a segment that existed");
+        wal.close().unwrap();
+    }
+}

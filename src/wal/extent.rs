@@ -174,19 +174,24 @@ pub fn check(meta: &MetaFile, scans: &[SegmentScan], kept_end: u64) -> Vec<Probl
 }
 
 /// The lowest sequence number the next append may get: above everything
-/// the extent record says was handed out or durable; without a usable
-/// record, above what the segment headers and durable hints prove.
+/// the extent record says was handed out or durable, and above what the
+/// segment headers and durable hints prove. Both count even when the
+/// record is there: a record whose rewrite failed or never ran before a
+/// crash lists fewer segments than were created, and a segment recovery
+/// sets aside still proves the numbers below its first were handed out.
 pub fn next_floor(meta: &MetaFile, scans: &[SegmentScan]) -> u64 {
-    match meta {
+    let recorded = match meta {
         MetaFile::Present(e) => e.next_seq.max(e.durable.saturating_add(1)),
-        _ => scans
-            .iter()
-            .flat_map(|s| {
-                let header = s.header.as_ref().map_or(0, |h| h.first_seq);
-                let hint = s.max_hint.map_or(0, |(h, _)| h.saturating_add(1));
-                [header, hint]
-            })
-            .max()
-            .unwrap_or(0),
-    }
+        _ => 0,
+    };
+    let proven = scans
+        .iter()
+        .flat_map(|s| {
+            let header = s.header.as_ref().map_or(0, |h| h.first_seq);
+            let hint = s.max_hint.map_or(0, |(h, _)| h.saturating_add(1));
+            [header, hint]
+        })
+        .max()
+        .unwrap_or(0);
+    recorded.max(proven)
 }
