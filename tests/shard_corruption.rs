@@ -403,3 +403,40 @@ fn a_refused_wal_leaves_the_segments_directory_as_found() {
     refused_wal_leaves_segments_alone(256 << 10); // scanned after the WAL's open
     refused_wal_leaves_segments_alone(8 << 20); // scanned beside it
 }
+
+/// An older copy of MANIFEST put back (same files listed, a lower applied
+/// index and fence tokens) is CORRUPTION: the WAL starts past what that
+/// manifest records persisted, so the entries and tokens it lacks were
+/// acknowledged out of the WAL, and opening with it would take them again.
+/// Salvage opens and says so.
+#[test]
+fn an_older_manifest_is_corruption_and_salvage_reports_it() {
+    use keel::shard::{Fence, Op};
+    let dir = TempDir::new("shard-older-manifest");
+    let opts = Options { seal_bytes: 1 << 30, ..options() }; // no seal: the old copy lists the same files
+    let s = Shard::open(dir.path(), opts.clone()).unwrap();
+    let big = vec![b'x'; 4000];
+    let fence = |token| Some(Fence { bucket: b"b".to_vec(), token });
+    for i in 1..=5u64 {
+        s.apply(i, &[Op::Put { key: format!("k{i}").into(), value: big.clone() }], fence(i)).unwrap();
+    }
+    s.flush(true).unwrap();
+    let manifest = seg_dir(dir.path()).join("MANIFEST");
+    let old = std::fs::read(&manifest).unwrap();
+    for i in 6..=100u64 {
+        s.apply(i, &[Op::Put { key: format!("k{i}").into(), value: big.clone() }], fence(i)).unwrap();
+    }
+    for i in 0..60 {
+        s.put(format!("p{i}").as_bytes(), &big).unwrap(); // the entries' segments become full
+    }
+    s.flush(true).unwrap();
+    let first = s.stats().wal_first_seq;
+    assert!(first > 6, "the WAL was cut past the entries (it starts at {first})");
+    s.close().unwrap();
+    std::fs::write(&manifest, &old).unwrap();
+    let why = corruption(dir.path(), opts.clone());
+    assert!(why.contains("an older copy of the manifest"), "{why}");
+    let s = Shard::open(dir.path(), Options { salvage: true, ..opts.clone() }).unwrap();
+    assert!(s.recovery_report().lost.iter().any(|l| l.contains("an older copy of the manifest")), "{:?}", s.recovery_report());
+    s.close().unwrap();
+}

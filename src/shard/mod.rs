@@ -774,6 +774,21 @@ impl Shard {
                 )));
             }
             report.lost_versions = Some((a, b));
+        } else if report.lost.is_empty() && first > loaded.manifest.persisted.max(base) + 1 {
+            // The WAL is cut only past what the manifest records persisted
+            // (F5), so a WAL that starts later was cut by a newer manifest:
+            // this one is an older copy, and its applied index and fence
+            // tokens may be behind what was acknowledged (replaying from
+            // it would take entries and tokens again that were taken).
+            let why = format!(
+                "{}: records versions persisted only up to {} but the WAL starts at {first}: an older copy of the manifest (its applied index and fence tokens may be behind what was acknowledged)",
+                manifest::path(&seg_dir).display(),
+                loaded.manifest.persisted
+            );
+            if !opts.salvage {
+                return Err(Error::corruption(why));
+            }
+            report.lost.push(why);
         }
         // Replay starts past the version the manifest records as
         // acknowledged: the segment files hold every operation up to it and
