@@ -265,6 +265,17 @@ fn garbage_oversized_and_unknown_frames_close_the_connection() {
     let s = wait_ended(&a, &ea, Reason::Oversized);
     assert!(s.last_error.contains("above the limit"), "{s:?}");
 
+    // Before the handshake only HELLO and AUTH may come: a header that
+    // announces more, even well within the limit, is refused from the
+    // header alone (not read into a buffer of its size).
+    let mut r = Raw::connect(&a);
+    let mut f = frame::encode(types::HELLO, b"");
+    f[..4].copy_from_slice(&1000u32.to_le_bytes());
+    r.s.write_all(&f[..HEADER_LEN]).unwrap();
+    r.until_closed();
+    let s = wait_for(&a, &ea, "a long frame before the handshake", |s| s.ended(Reason::Oversized) == 2);
+    assert!(s.last_error.contains("above the limit"), "{s:?}");
+
     // A type outside every service, and a service with no handler.
     for (peer, ty) in [(9, 0x7777u16), (10, 0x0200)] {
         let mut r = Raw::ready(&a, peer);

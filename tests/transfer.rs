@@ -448,6 +448,48 @@ fn a_receiver_answers_heartbeats_while_a_step_waits() {
     assert_eq!(dst.transfers.receiver_stats().failed, 0);
 }
 
+/// A snapshot batch that no local write could make is refused on arrival
+/// (PROTOCOL, the step fails) and leaves the receiver working: an entry
+/// newer than the snapshot's version (its seal would wait for the WAL to
+/// become durable at a version the shard never logs, and the receiver's
+/// step thread with it) and a key past MAX_KEY_SIZE (it could be neither
+/// read nor deleted afterwards).
+#[test]
+fn snapshot_entries_no_write_could_make_are_refused() {
+    let big_key = vec![b'k'; keel::shard::MAX_KEY_SIZE + 1];
+    for (what, key, version) in [("an entry past the snapshot's version", &b"z"[..], 1000u64), ("a key past the limit", &big_key[..], 3)] {
+        let (src, dst) = pair("refused-entries");
+        dst.transfers.expect(SHARD, 1);
+        let send = |ty: u16, step: u64, body: &[u8]| {
+            let mut p = wire::step(7, step, step - 1);
+            p.extend_from_slice(body);
+            src.node.send(2, ty, &p).unwrap();
+        };
+        let mut entries = 1u32.to_le_bytes().to_vec();
+        wire::put_entry(&mut entries, key, &keel::shard::Entry { version, value: keel::shard::Value::Bytes(b"v".to_vec()) });
+        send(wire::START, 1, &[&SHARD.to_le_bytes()[..], &[wire::MODE_SNAPSHOT]].concat());
+        send(wire::BEGIN, 2, &[&[wire::MODE_SNAPSHOT][..], &5u64.to_le_bytes(), &[0], &0u32.to_le_bytes()].concat());
+        send(wire::ENTRIES, 3, &entries);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while dst.transfers.receiver_stats().failed == 0 {
+            assert!(Instant::now() < deadline, "{what}: not refused: {:?}", dst.transfers.receiver_stats());
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(dst.transfers.receiver_stats().entries_installed, 0, "{what}");
+        // The receiver is not stuck: a whole transfer of another shard
+        // goes through, and the service closes.
+        let other = src.engine.open_shard(SHARD + 1, true).unwrap();
+        write_mix(&other, 3, 50);
+        dst.transfers.expect(SHARD + 1, 1);
+        let opts = TransferOptions { auto_finish: Some(Finish::Copy), ..small_batches(Method::Snapshot) };
+        let t = src.transfers.start(&other, SHARD + 1, 2, &opts).unwrap();
+        assert!(t.wait(None));
+        assert!(matches!(t.outcome(), Some(Ok(_))), "{what}: {:?}", t.outcome().map(|r| r.map(|_| ())));
+        dst.node.close().unwrap();
+        dst.transfers.close();
+    }
+}
+
 /// Snapshot batches are acknowledged on arrival and installed after the
 /// ACK goes out; one that cannot be installed (the same key twice, at
 /// different versions) fails the next step, so the snapshot is never

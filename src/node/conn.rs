@@ -8,7 +8,7 @@
 use crate::error::{Error, Result};
 use crate::net::Writer;
 use crate::node::frame::{self, FrameError, HEADER_LEN};
-use crate::node::handshake::{self, Hello, Role, Transcript, PROTOCOL_MAX, PROTOCOL_MIN};
+use crate::node::handshake::{self, Hello, Role, Transcript, HELLO_LEN, MAC_LEN, PROTOCOL_MAX, PROTOCOL_MIN};
 use crate::node::node::Inner;
 use crate::node::stats::{add, Reason};
 use crate::node::{types, Service};
@@ -56,6 +56,20 @@ enum Stage {
     AwaitHello,
     AwaitAuth { peer: Hello, version: u16 },
     Ready,
+}
+
+impl Stage {
+    /// The largest payload a frame may announce in this stage. Before the
+    /// handshake is done only HELLO and AUTH may come, so a header that
+    /// announces more ends the connection at once instead of growing the
+    /// read buffer to it (a frame's worth of memory for each 12 bytes an
+    /// unauthenticated peer sends).
+    fn max_payload(&self, ready: u32) -> u32 {
+        match self {
+            Stage::Ready => ready,
+            Stage::AwaitHello | Stage::AwaitAuth { .. } => HELLO_LEN.max(MAC_LEN) as u32,
+        }
+    }
 }
 
 impl Conn {
@@ -228,7 +242,7 @@ impl Conn {
             }
             if !closing {
                 loop {
-                    let f = match frame::decode(&buf[..filled], o.max_frame_bytes) {
+                    let f = match frame::decode(&buf[..filled], stage.max_payload(o.max_frame_bytes)) {
                         Ok(Some(f)) => f,
                         Ok(None) => break,
                         Err(e @ FrameError::Oversized { .. }) => return fail(Reason::Oversized, self.say(e)),

@@ -96,6 +96,8 @@ struct Incoming {
     /// A snapshot's version and the source's crc32 of its record, kept by
     /// the shard once the snapshot is complete (`Shard::set_snapshot_base`).
     base: Option<(u64, u32)>,
+    /// The snapshot's version (BEGIN): no entry of it may be newer.
+    snapshot_version: u64,
     /// PART pieces of a batch whose last piece has not come yet.
     pending: Vec<u8>,
     /// The body of the last ENTRIES step, checked but not installed yet: a
@@ -350,6 +352,7 @@ impl Receiver {
             shard: None,
             snapshot: false,
             base: None,
+            snapshot_version: 0,
             pending: Vec::new(),
             installing: Vec::new(),
             install_failed: None,
@@ -430,6 +433,7 @@ impl Receiver {
                         inc.base = (has_crc == 1).then_some((base, crc));
                         inc.shard = Some(shard);
                         inc.snapshot = true;
+                        inc.snapshot_version = base;
                     }
                     wire::MODE_DELTA => {
                         let have = inc.shard.as_ref().map_or(0, |s| s.last_version());
@@ -450,7 +454,7 @@ impl Receiver {
             }
             wire::ENTRIES => {
                 shard_of(inc, true)?;
-                let n = wire::check_entries(body.bytes)?;
+                let n = wire::check_entries(body.bytes, inc.snapshot_version)?;
                 bump(&self.counters.entries_installed, n as u64);
                 inc.installing.extend_from_slice(body.bytes);
             }

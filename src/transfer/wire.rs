@@ -8,7 +8,7 @@
 
 use crate::error::{Error, Result};
 use crate::shard::files::{put_bytes, Cursor};
-use crate::shard::{decode_list, split_item, Entry, EntryRef, Kind, Value};
+use crate::shard::{check_key, decode_list, split_item, Entry, EntryRef, Kind, Value, MAX_VALUE_SIZE};
 use crate::status::*;
 
 /// Source → receiver: asks to send a shard. Body: `[u32 shard id][u8 method]`.
@@ -146,12 +146,25 @@ pub fn put_entry<'a>(out: &mut Vec<u8>, key: &[u8], e: impl Into<EntryRef<'a>>) 
 pub const ENTRY_OVERHEAD: usize = 4 + 8 + 1 + 4;
 
 /// Checks an ENTRIES body whole without copying it (lengths, kinds,
-/// posting list encodings): what `entries` will then decode cannot fail.
-/// Returns the number of entries.
-pub fn check_entries(body: &[u8]) -> Result<usize> {
-    parse_entries(body, |_, _, kind, bytes| match kind {
-        Kind::Value => Ok(()),
-        Kind::Posting => check_list(bytes),
+/// posting list encodings), and what a local write would refuse or the
+/// snapshot cannot hold: a key or a value past its limit, a version past
+/// the snapshot's `base` (which no WAL record of the shard covers, so its
+/// seal would wait for a durable version that never comes). What
+/// `entries` will then decode and install cannot fail. Returns the number
+/// of entries.
+pub fn check_entries(body: &[u8], base: u64) -> Result<usize> {
+    parse_entries(body, |key, version, kind, bytes| {
+        check_key(key)?;
+        if version > base {
+            return Err(Error::invalid(format!("an entry of version {version}, past the snapshot's version {base}")));
+        }
+        match kind {
+            Kind::Value if bytes.len() > MAX_VALUE_SIZE => {
+                Err(Error::invalid(format!("a value of {} bytes exceeds the limit of {MAX_VALUE_SIZE}", bytes.len())))
+            }
+            Kind::Value => Ok(()),
+            Kind::Posting => check_list(bytes),
+        }
     })
 }
 
@@ -243,20 +256,20 @@ mod tests {
         let mut body = 2u32.to_le_bytes().to_vec();
         put_entry(&mut body, b"a", &list);
         put_entry(&mut body, b"b", &value);
-        assert_eq!(check_entries(&body).unwrap(), 2);
+        assert_eq!(check_entries(&body, u64::MAX).unwrap(), 2);
         assert_eq!(entries(&body).unwrap(), vec![(b"a".to_vec(), list), (b"b".to_vec(), value)]);
         // A cut anywhere, a byte too many, a bad kind or a bad posting
         // list: refused by the check, before any ACK.
         for cut in 0..body.len() {
-            assert!(check_entries(&body[..cut]).is_err(), "cut at {cut}");
+            assert!(check_entries(&body[..cut], u64::MAX).is_err(), "cut at {cut}");
         }
-        assert!(check_entries(&[&body[..], &[0]].concat()).is_err());
+        assert!(check_entries(&[&body[..], &[0]].concat(), u64::MAX).is_err());
         let kind_at = 4 + 4 + 1 + 8;
         let mut bad_kind = body.clone();
         bad_kind[kind_at] = 7;
-        assert!(check_entries(&bad_kind).is_err());
+        assert!(check_entries(&bad_kind, u64::MAX).is_err());
         let mut bad_list = body.clone();
         bad_list[kind_at + 1 + 4] = 200; // the first item's length runs past the list
-        assert_eq!(check_entries(&bad_list).unwrap_err().status, KEEL_STATUS_PROTOCOL);
+        assert_eq!(check_entries(&bad_list, u64::MAX).unwrap_err().status, KEEL_STATUS_PROTOCOL);
     }
 }
