@@ -490,6 +490,48 @@ fn snapshot_entries_no_write_could_make_are_refused() {
     }
 }
 
+/// A transferred operation that no local write could make (an append to
+/// a key that holds a value) is refused before it is logged: the step
+/// fails with PROTOCOL, and the receiver's copy, complete up to its
+/// snapshot, still opens (logged first, the operation made every later
+/// open of it fail in replay).
+#[test]
+fn transferred_operations_no_write_could_make_are_refused_before_they_are_logged() {
+    let src = side("refused-ops-src", 1);
+    let dir = common::TempDir::new("refused-ops-dst");
+    let dst = Side::open(dir.path(), NodeOptions { node_id: 2, max_frame_bytes: 1 << 20, ..NodeOptions::default() }, shard_options());
+    src.node.connect(2, &dst.node.addr().to_string()).unwrap();
+    dst.transfers.expect(SHARD, 1);
+    let send = |ty: u16, step: u64, body: &[u8]| {
+        let mut p = wire::step(7, step, step - 1);
+        p.extend_from_slice(body);
+        src.node.send(2, ty, &p).unwrap();
+    };
+    let until = |what: &str, done: &dyn Fn(&keel::transfer::ReceiverStats) -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !done(&dst.transfers.receiver_stats()) {
+            assert!(Instant::now() < deadline, "{what}: {:?}", dst.transfers.receiver_stats());
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    };
+    let mut entries = 1u32.to_le_bytes().to_vec();
+    wire::put_entry(&mut entries, b"a", &keel::shard::Entry { version: 3, value: keel::shard::Value::Bytes(b"v".to_vec()) });
+    send(wire::START, 1, &[&SHARD.to_le_bytes()[..], &[wire::MODE_SNAPSHOT]].concat());
+    send(wire::BEGIN, 2, &[&[wire::MODE_SNAPSHOT][..], &5u64.to_le_bytes(), &[0], &0u32.to_le_bytes()].concat());
+    send(wire::ENTRIES, 3, &entries);
+    send(wire::SNAPSHOT_END, 4, &[]);
+    until("the snapshot", &|s| s.steps == 4);
+    let mut ops = 1u32.to_le_bytes().to_vec();
+    wire::put_op(&mut ops, 6, &keel::shard::Op::Append { key: b"a".to_vec(), item: b"i".to_vec() }.encode());
+    send(wire::OPS, 5, &ops);
+    until("the operation refused", &|s| s.failed == 1);
+    drop(dst);
+    let shard = Shard::open(&dir.path().join("shards").join(SHARD.to_string()), shard_options()).unwrap();
+    assert_eq!(shard.last_version(), 5, "nothing past the snapshot was logged");
+    assert_eq!(shard.get(b"a").unwrap().map(|e| e.version), Some(3));
+    shard.close().unwrap();
+}
+
 /// Snapshot batches are acknowledged on arrival and installed after the
 /// ACK goes out; one that cannot be installed (the same key twice, at
 /// different versions) fails the next step, so the snapshot is never

@@ -10,7 +10,7 @@ use super::op::{Record, BATCH_RECORD_HEADER};
 use super::pool::Host;
 use super::replicated::Replicated;
 use super::sealed::Sealed;
-use super::segments::ALL_SEALED;
+use super::segments::{Overlay, ALL_SEALED};
 use super::{Options, Shard};
 use crate::error::{Error, Result};
 use crate::fs::{FileSystem, StdFs};
@@ -283,6 +283,20 @@ impl Shard {
                 ));
             }
             let decoded: Vec<Record> = fresh.iter().map(|(_, r)| Record::decode(r)).collect::<Result<_>>()?;
+            // What a local write is checked for, before anything is logged:
+            // a record logged and then refused by replay would poison the
+            // shard, and every later open would refuse its WAL.
+            let mut earlier = Overlay::new();
+            for (i, record) in decoded.iter().enumerate() {
+                if let Record::Op(op) = record {
+                    op.check().and_then(|()| segs.check([*op], &mut earlier)).map_err(|e| {
+                        Error::new(
+                            KEEL_STATUS_PROTOCOL,
+                            format!("transferred operation {} is not one this shard can take: {}", first + i as u64, e.message),
+                        )
+                    })?;
+                }
+            }
             let records: Vec<&[u8]> = fresh.iter().map(|(_, r)| *r).collect();
             let at = wal.append_deferred(&records)?;
             debug_assert_eq!(at, first, "the WAL numbers transferred operations with their versions");

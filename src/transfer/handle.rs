@@ -49,8 +49,8 @@ impl Transfers {
         }
         let control = Arc::new(Control::new(shard.clone(), opts.progress.clone(), opts.auto_finish));
         let id = (self.node.id() << 24) ^ self.next_id.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = crossbeam_channel::unbounded();
-        self.waiting.lock().insert(id, tx);
+        let (tx, rx) = crossbeam_channel::bounded(super::ACK_QUEUE);
+        self.waiting.lock().insert(id, (peer, tx));
         let (me, c, source, opts) = (self.clone(), control.clone(), shard.clone(), opts.clone());
         let spawned = std::thread::Builder::new().name("keel-transfer".into()).spawn(move || {
             let outcome = source::run(&me.node, id, rx, &source, shard_id, peer, &opts, &c);

@@ -166,13 +166,20 @@ pub struct Report {
     pub parts: u64,
 }
 
+/// ACKs a sending transfer may have queued and not yet read: its step in
+/// flight is answered once (again for each retry), so a handful covers
+/// every copy a retry leaves; more are a peer's flood and are dropped.
+const ACK_QUEUE: usize = 16;
+
 /// The transfer service of one node: sends shards of the host's choosing
 /// and receives the shards the host announced, into `engine`.
 pub struct Transfers {
     node: Arc<Node>,
     engine: Arc<Engine>,
-    /// The source's transfers waiting for an ACK, by transfer id.
-    waiting: Mutex<HashMap<u64, Sender<wire::Ack>>>,
+    /// The source's transfers waiting for an ACK, by transfer id: the peer
+    /// each sends to (an ACK from another node is not its answer) and a
+    /// queue of at most ACK_QUEUE answers (`on_frame`).
+    waiting: Mutex<HashMap<u64, (u64, Sender<wire::Ack>)>>,
     next_id: AtomicU64,
     /// Transfers this node is sending now.
     sending: AtomicUsize,
@@ -254,8 +261,13 @@ impl Transfers {
         if ty == wire::ACK {
             match wire::Ack::decode(payload) {
                 Ok(ack) => {
-                    if let Some(tx) = self.waiting.lock().get(&ack.id) {
-                        let _ = tx.send(ack);
+                    // A full queue drops the ACK: the source's current step
+                    // is answered by one ACK (a copy for each retry), so a
+                    // full queue is a peer sending ACKs nobody asked for;
+                    // should the one awaited be lost with them, the step
+                    // times out and is sent again.
+                    if let Some((_, tx)) = self.waiting.lock().get(&ack.id).filter(|(to, _)| *to == peer) {
+                        let _ = tx.try_send(ack);
                     }
                 }
                 Err(_) => self.receiver.note_malformed(),

@@ -85,6 +85,9 @@ pub fn parse_step(payload: &[u8]) -> Result<Step<'_>> {
     Ok(Step { id, step, acked, body: c })
 }
 
+/// The bytes of an ACK's message a source keeps.
+pub const ACK_MESSAGE_MAX: usize = 4096;
+
 /// The receiver's answer to a step.
 #[derive(Debug, Clone)]
 pub struct Ack {
@@ -121,7 +124,10 @@ impl Ack {
             1 => Some(crc),
             other => return Err(Error::new(KEEL_STATUS_PROTOCOL, format!("ACK has-crc flag {other} is not 0 or 1"))),
         };
-        Ok(Ack { id, step, status, version, crc, message: String::from_utf8_lossy(c.bytes).into_owned() })
+        // The message explains a failure to a person: its first
+        // ACK_MESSAGE_MAX bytes are kept, whatever length the peer sent.
+        let message = String::from_utf8_lossy(&c.bytes[..c.bytes.len().min(ACK_MESSAGE_MAX)]).into_owned();
+        Ok(Ack { id, step, status, version, crc, message })
     }
 }
 
