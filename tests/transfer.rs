@@ -532,6 +532,49 @@ fn transferred_operations_no_write_could_make_are_refused_before_they_are_logged
     shard.close().unwrap();
 }
 
+/// Only the transfer's peer answers its steps: an ACK carrying the
+/// transfer's id from another node is ignored (it used to be taken as the
+/// answer, and any number of them were queued).
+#[test]
+fn only_the_transfer_peer_answers_its_steps() {
+    use keel::node::{Node, Service};
+    let src = side("ack-peer-src", 1);
+    let raw = |id| Node::open(NodeOptions { node_id: id, max_frame_bytes: 1 << 20, ..NodeOptions::default() }).unwrap();
+    // Node 2 receives and only records; node 3 is a bystander that knows
+    // the transfer's id.
+    let (receiver, bystander) = (raw(2), raw(3));
+    let (tx, rx) = crossbeam_channel::unbounded();
+    receiver.set_handler(
+        Service::Transfer,
+        Some(Arc::new(move |_peer, ty, p: &[u8]| {
+            let _ = tx.send((ty, p.to_vec()));
+        })),
+    );
+    src.node.connect(2, &receiver.addr().to_string()).unwrap();
+    bystander.connect(1, &src.node.addr().to_string()).unwrap();
+    let shard = src.engine.open_shard(SHARD, true).unwrap();
+    write_mix(&shard, 5, 20);
+    let opts = TransferOptions { auto_finish: Some(Finish::Copy), ..small_batches(Method::Snapshot) };
+    let t = src.transfers.start(&shard, SHARD, 2, &opts).unwrap();
+    let (ty, start) = rx.recv().unwrap();
+    assert_eq!(ty, wire::START);
+    let id = wire::parse_step(&start).unwrap().id;
+    let answer = |message: &str| wire::Ack { id, step: 1, status: KEEL_STATUS_REFUSED, version: 0, crc: None, message: message.into() }.encode();
+    bystander.send(1, wire::ACK, &answer("forged")).unwrap();
+    receiver.send(1, wire::ACK, &answer("genuine")).unwrap();
+    assert!(t.wait(None));
+    match t.outcome() {
+        Some(Err(e)) => {
+            assert_eq!(e.status, KEEL_STATUS_REFUSED, "{e}");
+            assert!(e.message.contains("genuine"), "{e}");
+        }
+        other => panic!("{:?}", other.map(|r| r.map(|_| ()))),
+    }
+    drop(t);
+    receiver.close().unwrap();
+    bystander.close().unwrap();
+}
+
 /// Snapshot batches are acknowledged on arrival and installed after the
 /// ACK goes out; one that cannot be installed (the same key twice, at
 /// different versions) fails the next step, so the snapshot is never
