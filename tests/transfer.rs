@@ -476,6 +476,7 @@ fn snapshot_entries_no_write_could_make_are_refused() {
             std::thread::sleep(Duration::from_millis(5));
         }
         assert_eq!(dst.transfers.receiver_stats().entries_installed, 0, "{what}");
+        assert_eq!(dst.transfers.receiver_stats().steps, 3, "{what}: BEGIN was taken");
         // The receiver is not stuck: a whole transfer of another shard
         // goes through, and the service closes.
         let other = src.engine.open_shard(SHARD + 1, true).unwrap();
@@ -530,6 +531,27 @@ fn transferred_operations_no_write_could_make_are_refused_before_they_are_logged
     assert_eq!(shard.last_version(), 5, "nothing past the snapshot was logged");
     assert_eq!(shard.get(b"a").unwrap().map(|e| e.version), Some(3));
     shard.close().unwrap();
+}
+
+/// A snapshot at version u64::MAX leaves no next version: PROTOCOL at
+/// BEGIN, no shard created.
+#[test]
+fn a_snapshot_at_the_last_version_is_refused() {
+    let (src, dst) = pair("last-version");
+    dst.transfers.expect(SHARD, 1);
+    let send = |ty: u16, step: u64, body: &[u8]| {
+        let mut p = wire::step(9, step, step - 1);
+        p.extend_from_slice(body);
+        src.node.send(2, ty, &p).unwrap();
+    };
+    send(wire::START, 1, &[&SHARD.to_le_bytes()[..], &[wire::MODE_SNAPSHOT]].concat());
+    send(wire::BEGIN, 2, &[&[wire::MODE_SNAPSHOT][..], &u64::MAX.to_le_bytes(), &[0], &0u32.to_le_bytes()].concat());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while dst.transfers.receiver_stats().failed == 0 {
+        assert!(Instant::now() < deadline, "not refused: {:?}", dst.transfers.receiver_stats());
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(!dst.dir().join("shards").join(SHARD.to_string()).join("wal").exists(), "BEGIN made a shard");
 }
 
 /// Only the transfer's peer answers its steps: an ACK carrying the

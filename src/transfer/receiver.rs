@@ -422,6 +422,9 @@ impl Receiver {
                 let mode = body.u8().map_err(|e| protocol(e.message))?;
                 let base = body.u64().map_err(|e| protocol(e.message))?;
                 match mode {
+                    wire::MODE_SNAPSHOT if base == u64::MAX => {
+                        return Err(protocol("a snapshot at version u64::MAX leaves the shard no next version".into()));
+                    }
                     wire::MODE_SNAPSHOT => {
                         if let Some(s) = inc.shard.take() {
                             drop(s);
