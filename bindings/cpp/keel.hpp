@@ -2990,13 +2990,14 @@ class TransferOptions {
   TransferOptions& auto_finish(FinishMode m) noexcept { raw_.auto_finish = static_cast<uint32_t>(m); return *this; }
   TransferOptions& max_batch_records(uint32_t n) noexcept { raw_.max_batch_records = n; return *this; }
   TransferOptions& max_batch_bytes(uint64_t n) noexcept { raw_.max_batch_bytes = n; return *this; }
+  /// The wait for the receiver's answer to one step, 1 ms to a day.
   TransferOptions& ack_timeout(std::chrono::milliseconds t) noexcept { raw_.ack_timeout_ms = detail::clamp_ms(t); return *this; }
   /// Retries of one step the transport lost, 1 to 1000 (0: the default).
   TransferOptions& max_retries(uint32_t n) noexcept { raw_.max_retries = n; return *this; }
   /// A lost step fails the transfer at once.
   TransferOptions& no_retries() noexcept { raw_.max_retries = KEEL_TRANSFER_NO_RETRIES; return *this; }
   /// The wait before a step's first retry, doubled at each retry up to
-  /// `max` (0 ms: each default).
+  /// `max`, at most a day (0 ms: each default).
   TransferOptions& backoff(std::chrono::milliseconds first, std::chrono::milliseconds max) noexcept {
     raw_.first_backoff_ms = detail::clamp_ms(first);
     raw_.max_backoff_ms = detail::clamp_ms(max);

@@ -133,7 +133,7 @@ type TransferOptions struct {
 	MaxBatchRecords uint32
 	MaxBatchBytes   uint64
 	// AckTimeout is how long the source waits for the receiver's answer
-	// to one step (rounded up to a whole millisecond).
+	// to one step (rounded up to a whole millisecond), at most a day.
 	AckTimeout time.Duration
 	// MaxRetries is how often one step the transport lost (no connection,
 	// a dropped one, no ACK within AckTimeout) is sent again before the
@@ -141,7 +141,8 @@ type TransferOptions struct {
 	MaxRetries uint32
 	NoRetries  bool
 	// FirstBackoff is the wait before a step's first retry, doubled at each
-	// retry up to MaxBackoff (whole milliseconds, rounded up).
+	// retry up to MaxBackoff (whole milliseconds, rounded up; MaxBackoff
+	// at most a day).
 	FirstBackoff time.Duration
 	MaxBackoff   time.Duration
 	// Sequential reads a batch only after the one before was
