@@ -6,8 +6,12 @@
 //! engine's directory): before a token is handed out, a bound above it is
 //! durable (temporary file, fsync, rename, directory fsync). Bounds are
 //! reserved a block at a time, so one acquire in `RESERVE_BLOCK` pays the
-//! fsyncs; a restart skips what is left of the block. Leases themselves
-//! live only in memory: after a restart every lease has expired.
+//! fsyncs; a restart skips what is left of the block. The first grant of
+//! an open also starts at the wall clock in nanoseconds or above: a
+//! `FENCE` deleted or put back from an older copy cannot make tokens go
+//! back unless the clock went back as well (no open grants one token per
+//! nanosecond). Leases themselves live only in memory: after a restart
+//! every lease has expired.
 //!
 //! A holder's token and expiry are one value replaced under one lock, so
 //! a release by an expired holder can never clear a newer holder's lease.
@@ -26,6 +30,12 @@ use std::time::Duration;
 
 /// Tokens reserved per durable write of the high-water mark.
 pub const RESERVE_BLOCK: u64 = 1024;
+
+/// The wall clock in nanoseconds since 1970 (0 before it): the floor of an
+/// open's first token. u64 nanoseconds last until the year 2554.
+fn wall_clock_ns() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos().min(u64::MAX as u128) as u64)
+}
 const MAGIC: &[u8; 8] = b"KEELFNC1";
 const FILE_LEN: usize = 20; // magic, u64 bound, crc32 of both
 
@@ -182,7 +192,7 @@ impl FenceTable {
     fn next_token(&self, tokens: &mut Tokens) -> Result<u64> {
         if tokens.next == 0 {
             let mark = self.read_mark()?;
-            *tokens = Tokens { next: mark.max(1), reserved: mark };
+            *tokens = Tokens { next: mark.max(wall_clock_ns()).max(1), reserved: mark };
         }
         if tokens.next >= tokens.reserved {
             let bound = tokens.next.checked_add(RESERVE_BLOCK).ok_or_else(|| Error::invalid("fencing tokens are exhausted"))?;
@@ -195,6 +205,8 @@ impl FenceTable {
     }
 
     /// The durable bound: every token below it may have been granted.
+    /// A missing file reads as 0 (an engine that never granted one looks
+    /// the same): the wall-clock floor of `next_token` covers that case.
     fn read_mark(&self) -> Result<u64> {
         let f = match self.fs.open(&self.path, false) {
             Ok(f) => f,
@@ -295,6 +307,33 @@ mod tests {
                 assert!(t.release(b"b", tok));
             }
         }
+    }
+
+    #[test]
+    fn a_lost_or_older_high_water_mark_never_lets_tokens_go_back() {
+        let dir = TestDir::new("fence-lost");
+        let path = dir.join("FENCE");
+        let t = table(&dir, 1000);
+        let first = t.try_acquire(b"b", SEC).unwrap();
+        assert!(t.release(b"b", first));
+        let older = std::fs::read(&path).unwrap();
+        let mut last = first;
+        for _ in 0..(RESERVE_BLOCK + 5) {
+            last = t.try_acquire(b"b", SEC).unwrap();
+            assert!(t.release(b"b", last));
+        }
+        drop(t);
+        // Put back from an older copy: it bounds fewer tokens than were granted.
+        std::fs::write(&path, &older).unwrap();
+        let t = table(&dir, 1000);
+        let after = t.try_acquire(b"b", SEC).unwrap();
+        assert!(after > last, "{after} after {last} with an older FENCE");
+        assert!(t.release(b"b", after));
+        drop(t);
+        // Deleted.
+        std::fs::remove_file(&path).unwrap();
+        let again = table(&dir, 1000).try_acquire(b"b", SEC).unwrap();
+        assert!(again > after, "{again} after {after} with FENCE deleted");
     }
 
     #[test]
