@@ -81,6 +81,31 @@ fn small_batches(method: Method) -> TransferOptions {
     TransferOptions { method, max_batch_bytes: 4096, max_batch_records: 16, ..TransferOptions::default() }
 }
 
+/// The source's side spoken by hand: step `step` of transfer `id`, the
+/// step before it acknowledged, from `src` to node 2.
+fn send_step(src: &Side, id: u64, ty: u16, step: u64, body: &[u8]) {
+    let mut p = wire::step(id, step, step - 1);
+    p.extend_from_slice(body);
+    src.node.send(2, ty, &p).unwrap();
+}
+
+/// Steps 1 and 2 of a hand-made snapshot of SHARD at version `base`,
+/// without the source's checksum of it.
+fn begin_snapshot(src: &Side, id: u64, base: u64) {
+    send_step(src, id, wire::START, 1, &[&SHARD.to_le_bytes()[..], &[wire::MODE_SNAPSHOT]].concat());
+    send_step(src, id, wire::BEGIN, 2, &[&[wire::MODE_SNAPSHOT][..], &base.to_le_bytes(), &[0], &0u32.to_le_bytes()].concat());
+}
+
+/// Waits until the receiver's counters show what a step did: `steps`
+/// counts a step as it arrives, before the counters its handling moves.
+fn until_received(dst: &Side, what: &str, done: impl Fn(&keel::transfer::ReceiverStats) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !done(&dst.transfers.receiver_stats()) {
+        assert!(Instant::now() < deadline, "{what}: {:?}", dst.transfers.receiver_stats());
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 /// The received shard, opened by its host once the transfer finished.
 fn received(dst: &Side) -> Shard {
     dst.engine.open_shard(SHARD, false).unwrap()
@@ -324,15 +349,7 @@ fn an_unfinished_incoming_shard_is_busy_and_steps_must_come_one_at_a_time_in_ord
         p.extend_from_slice(body);
         src.node.send(2, ty, &p).unwrap();
     };
-    // Waits until the receiver's counters show what a step did: `steps`
-    // counts a step as it arrives, before the counters its handling moves.
-    let until = |what: &str, done: &dyn Fn(&keel::transfer::ReceiverStats) -> bool| {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !done(&dst.transfers.receiver_stats()) {
-            assert!(Instant::now() < deadline, "{what}: {:?}", dst.transfers.receiver_stats());
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    };
+    let until = |what: &str, done: &dyn Fn(&keel::transfer::ReceiverStats) -> bool| until_received(&dst, what, done);
     // The hand-made snapshot claims version 5 of the real shard, with the
     // source's checksum of it, and never completes.
     let shard = src.engine.open_shard(SHARD, true).unwrap();
@@ -460,21 +477,11 @@ fn snapshot_entries_no_write_could_make_are_refused() {
     for (what, key, version) in [("an entry past the snapshot's version", &b"z"[..], 1000u64), ("a key past the limit", &big_key[..], 3)] {
         let (src, dst) = pair("refused-entries");
         dst.transfers.expect(SHARD, 1);
-        let send = |ty: u16, step: u64, body: &[u8]| {
-            let mut p = wire::step(7, step, step - 1);
-            p.extend_from_slice(body);
-            src.node.send(2, ty, &p).unwrap();
-        };
         let mut entries = 1u32.to_le_bytes().to_vec();
         wire::put_entry(&mut entries, key, &keel::shard::Entry { version, value: keel::shard::Value::Bytes(b"v".to_vec()) });
-        send(wire::START, 1, &[&SHARD.to_le_bytes()[..], &[wire::MODE_SNAPSHOT]].concat());
-        send(wire::BEGIN, 2, &[&[wire::MODE_SNAPSHOT][..], &5u64.to_le_bytes(), &[0], &0u32.to_le_bytes()].concat());
-        send(wire::ENTRIES, 3, &entries);
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while dst.transfers.receiver_stats().failed == 0 {
-            assert!(Instant::now() < deadline, "{what}: not refused: {:?}", dst.transfers.receiver_stats());
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        begin_snapshot(&src, 7, 5);
+        send_step(&src, 7, wire::ENTRIES, 3, &entries);
+        until_received(&dst, what, |s| s.failed == 1);
         assert_eq!(dst.transfers.receiver_stats().entries_installed, 0, "{what}");
         assert_eq!(dst.transfers.receiver_stats().steps, 3, "{what}: BEGIN was taken");
         // The receiver is not stuck: a whole transfer of another shard
@@ -503,29 +510,16 @@ fn transferred_operations_no_write_could_make_are_refused_before_they_are_logged
     let dst = Side::open(dir.path(), NodeOptions { node_id: 2, max_frame_bytes: 1 << 20, ..NodeOptions::default() }, shard_options());
     src.node.connect(2, &dst.node.addr().to_string()).unwrap();
     dst.transfers.expect(SHARD, 1);
-    let send = |ty: u16, step: u64, body: &[u8]| {
-        let mut p = wire::step(7, step, step - 1);
-        p.extend_from_slice(body);
-        src.node.send(2, ty, &p).unwrap();
-    };
-    let until = |what: &str, done: &dyn Fn(&keel::transfer::ReceiverStats) -> bool| {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !done(&dst.transfers.receiver_stats()) {
-            assert!(Instant::now() < deadline, "{what}: {:?}", dst.transfers.receiver_stats());
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    };
     let mut entries = 1u32.to_le_bytes().to_vec();
     wire::put_entry(&mut entries, b"a", &keel::shard::Entry { version: 3, value: keel::shard::Value::Bytes(b"v".to_vec()) });
-    send(wire::START, 1, &[&SHARD.to_le_bytes()[..], &[wire::MODE_SNAPSHOT]].concat());
-    send(wire::BEGIN, 2, &[&[wire::MODE_SNAPSHOT][..], &5u64.to_le_bytes(), &[0], &0u32.to_le_bytes()].concat());
-    send(wire::ENTRIES, 3, &entries);
-    send(wire::SNAPSHOT_END, 4, &[]);
-    until("the snapshot", &|s| s.steps == 4);
+    begin_snapshot(&src, 7, 5);
+    send_step(&src, 7, wire::ENTRIES, 3, &entries);
+    send_step(&src, 7, wire::SNAPSHOT_END, 4, &[]);
+    until_received(&dst, "the snapshot", |s| s.steps == 4);
     let mut ops = 1u32.to_le_bytes().to_vec();
     wire::put_op(&mut ops, 6, &keel::shard::Op::Append { key: b"a".to_vec(), item: b"i".to_vec() }.encode());
-    send(wire::OPS, 5, &ops);
-    until("the operation refused", &|s| s.failed == 1);
+    send_step(&src, 7, wire::OPS, 5, &ops);
+    until_received(&dst, "the operation refused", |s| s.failed == 1);
     drop(dst);
     let shard = Shard::open(&dir.path().join("shards").join(SHARD.to_string()), shard_options()).unwrap();
     assert_eq!(shard.last_version(), 5, "nothing past the snapshot was logged");
@@ -539,18 +533,8 @@ fn transferred_operations_no_write_could_make_are_refused_before_they_are_logged
 fn a_snapshot_at_the_last_version_is_refused() {
     let (src, dst) = pair("last-version");
     dst.transfers.expect(SHARD, 1);
-    let send = |ty: u16, step: u64, body: &[u8]| {
-        let mut p = wire::step(9, step, step - 1);
-        p.extend_from_slice(body);
-        src.node.send(2, ty, &p).unwrap();
-    };
-    send(wire::START, 1, &[&SHARD.to_le_bytes()[..], &[wire::MODE_SNAPSHOT]].concat());
-    send(wire::BEGIN, 2, &[&[wire::MODE_SNAPSHOT][..], &u64::MAX.to_le_bytes(), &[0], &0u32.to_le_bytes()].concat());
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while dst.transfers.receiver_stats().failed == 0 {
-        assert!(Instant::now() < deadline, "not refused: {:?}", dst.transfers.receiver_stats());
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    begin_snapshot(&src, 9, u64::MAX);
+    until_received(&dst, "BEGIN refused", |s| s.failed == 1);
     assert!(!dst.dir().join("shards").join(SHARD.to_string()).join("wal").exists(), "BEGIN made a shard");
 }
 
@@ -605,29 +589,16 @@ fn only_the_transfer_peer_answers_its_steps() {
 fn a_snapshot_batch_that_cannot_be_installed_fails_the_step_after_it() {
     let (src, dst) = pair("bad-entries");
     dst.transfers.expect(SHARD, 1);
-    let send = |ty: u16, step: u64, body: &[u8]| {
-        let mut p = wire::step(7, step, step - 1);
-        p.extend_from_slice(body);
-        src.node.send(2, ty, &p).unwrap();
-    };
-    let until = |what: &str, done: &dyn Fn(&keel::transfer::ReceiverStats) -> bool| {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !done(&dst.transfers.receiver_stats()) {
-            assert!(Instant::now() < deadline, "{what}: {:?}", dst.transfers.receiver_stats());
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    };
     let mut entries = 2u32.to_le_bytes().to_vec();
     for version in [3, 4] {
         let e = keel::shard::Entry { version, value: keel::shard::Value::Bytes(b"v".to_vec()) };
         wire::put_entry(&mut entries, b"twice", &e);
     }
-    send(wire::START, 1, &[&SHARD.to_le_bytes()[..], &[wire::MODE_SNAPSHOT]].concat());
-    send(wire::BEGIN, 2, &[&[wire::MODE_SNAPSHOT][..], &5u64.to_le_bytes(), &[0], &0u32.to_le_bytes()].concat());
-    send(wire::ENTRIES, 3, &entries);
-    until("the batch accepted", &|s| s.entries_installed == 2);
-    send(wire::SNAPSHOT_END, 4, &[]);
-    until("the step after it failed", &|s| s.failed == 1);
+    begin_snapshot(&src, 7, 5);
+    send_step(&src, 7, wire::ENTRIES, 3, &entries);
+    until_received(&dst, "the batch accepted", |s| s.entries_installed == 2);
+    send_step(&src, 7, wire::SNAPSHOT_END, 4, &[]);
+    until_received(&dst, "the step after it failed", |s| s.failed == 1);
     let s = dst.transfers.receiver_stats();
     assert_eq!((s.steps, s.out_of_order, s.overlapped), (4, 0, 0), "{s:?}");
     let e = dst.engine.open_shard(SHARD, false).err().expect("the snapshot never completed");

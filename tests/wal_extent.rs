@@ -173,26 +173,34 @@ fn truncation_keeps_the_extent_record_in_step() {
     let _ = records;
 }
 
+/// A log of three segments, closed, and `wal.meta` as it was when the
+/// second segment was installed (one rotation behind); the records
+/// written.
+fn log_with_a_record_one_rotation_behind(dir: &Path) -> (Vec<u8>, usize) {
+    let wal = Wal::open(dir, opts(RecoveryMode::Absolute)).unwrap();
+    let mut n = 0;
+    while segment_files(dir).len() < 2 {
+        n += 1;
+        wal.append(format!("r{n} {}", "y".repeat(400)).as_bytes()).unwrap();
+    }
+    let behind = std::fs::read(dir.join("wal.meta")).unwrap();
+    while segment_files(dir).len() < 3 {
+        n += 1;
+        wal.append(format!("r{n} {}", "y".repeat(400)).as_bytes()).unwrap();
+    }
+    let wal_meta_before = std::fs::read(dir.join("wal.meta")).unwrap();
+    assert_ne!(behind, wal_meta_before, "rotation rewrote the record");
+    wal.close().unwrap();
+    (behind, n)
+}
+
 #[test]
 fn an_extent_record_one_rotation_behind_is_accepted() {
     // A crash between installing a segment and rewriting wal.meta leaves
     // the record listing the segments before it; the new segment's header
     // links to the last listed one, so the log is whole.
     let dir = TempDir::new("extent-behind");
-    let wal = Wal::open(dir.path(), opts(RecoveryMode::Absolute)).unwrap();
-    let mut n = 0;
-    while segment_files(dir.path()).len() < 2 {
-        n += 1;
-        wal.append(format!("r{n} {}", "y".repeat(400)).as_bytes()).unwrap();
-    }
-    let behind = std::fs::read(dir.path().join("wal.meta")).unwrap();
-    while segment_files(dir.path()).len() < 3 {
-        n += 1;
-        wal.append(format!("r{n} {}", "y".repeat(400)).as_bytes()).unwrap();
-    }
-    let wal_meta_before = std::fs::read(dir.path().join("wal.meta")).unwrap();
-    assert_ne!(behind, wal_meta_before, "rotation rewrote the record");
-    wal.close().unwrap();
+    let (behind, n) = log_with_a_record_one_rotation_behind(dir.path());
     std::fs::write(dir.path().join("wal.meta"), &behind).unwrap();
     let wal = Wal::open(dir.path(), opts(RecoveryMode::Absolute)).unwrap();
     assert_eq!(read_all(&wal).len(), n);
@@ -233,18 +241,7 @@ fn logs_written_in_format_version_1_still_open() {
 #[test]
 fn a_stale_extent_record_never_lowers_the_floor_below_the_segments_set_aside() {
     let dir = TempDir::new("extent-stale-floor");
-    let wal = Wal::open(dir.path(), opts(RecoveryMode::Absolute)).unwrap();
-    let mut n = 0;
-    while segment_files(dir.path()).len() < 2 {
-        n += 1;
-        wal.append(format!("r{n} {}", "y".repeat(400)).as_bytes()).unwrap();
-    }
-    let behind = std::fs::read(dir.path().join("wal.meta")).unwrap();
-    while segment_files(dir.path()).len() < 3 {
-        n += 1;
-        wal.append(format!("r{n} {}", "y".repeat(400)).as_bytes()).unwrap();
-    }
-    wal.close().unwrap();
+    let (behind, _) = log_with_a_record_one_rotation_behind(dir.path());
     let segs = segment_files(dir.path());
     let top = first_seq_of(segs[2].file_name().unwrap().to_str().unwrap());
     std::fs::write(dir.path().join("wal.meta"), &behind).unwrap();
