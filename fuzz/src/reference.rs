@@ -149,6 +149,47 @@ pub fn overflows(files: &[(u64, Vec<u8>)]) -> bool {
     })
 }
 
+/// The lowest sequence number a recovery may hand out next, whatever it
+/// keeps (docs/WAL.md, "Sequence numbers are never reissued"): a segment
+/// with a valid header (named as it says, never 0, which recovery does
+/// not take for a segment) was created at its first sequence number, and a
+/// valid frame's durable hint names a record that was durable before it,
+/// so numbers below either were handed out. Hints count as the scan meets
+/// them: the frames in sequence from offset 64, and after the first
+/// damage the valid frames at 8-byte boundaries that carry a sequence
+/// number at or past where the sequence stopped.
+pub fn floor(files: &[(u64, Vec<u8>)]) -> u64 {
+    let mut out = 0;
+    for (name, bytes) in files {
+        let Some(h) = segment_header(bytes).filter(|h| h.first == *name && *name != 0) else { continue };
+        out = out.max(h.first);
+        let (mut next, mut off) = (*name, 64);
+        let damage = loop {
+            let rest = &bytes[off.min(bytes.len())..];
+            match frame(rest, h.salt) {
+                Some(f) if f.seq == next => match next.checked_add(u64::from(f.count)) {
+                    Some(after) => {
+                        out = out.max(f.durable + 1);
+                        next = after;
+                        off += f.size;
+                    }
+                    None => break Some(off),
+                },
+                Some(_) => break Some(off),
+                None => break rest.iter().any(|&x| x != 0).then_some(off),
+            }
+        };
+        if let Some(at) = damage {
+            for probe in (at + 8..bytes.len()).step_by(8) {
+                if let Some(f) = frame(&bytes[probe..], h.salt).filter(|f| f.seq >= next) {
+                    out = out.max(f.durable + 1);
+                }
+            }
+        }
+    }
+    out
+}
+
 /// The records a correct recovery keeps from these segment files (sorted
 /// by the first sequence number in their names), and the sequence number
 /// after them: segments in order while each has a valid header matching
