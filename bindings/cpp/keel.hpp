@@ -1571,7 +1571,13 @@ class Shard : public detail::Handle<keel_shard_t, detail::close_shard> {
       detail::ErrorOut none;
       return none.take(st);
     }
-    const auto ms = [](std::chrono::milliseconds d) { return d.count() > 0 ? static_cast<uint64_t>(d.count()) : 0; };
+    // A negative time is a mistake, never 0: a margin read as 0 would let
+    // through a lease the check must refuse.
+    for (const std::chrono::milliseconds d :
+         {opts.lease, opts.election_timeout_min, opts.max_clock_drift, opts.max_round_trip, opts.read_timeout}) {
+      if (d.count() < 0) return Error(Status::InvalidArgument, "LeaseOptions: a negative duration");
+    }
+    const auto ms = [](std::chrono::milliseconds d) { return static_cast<uint64_t>(d.count()); };
     o.self_id = opts.self_id;
     o.lease_ms = ms(opts.lease);
     o.election_timeout_min_ms = ms(opts.election_timeout_min);

@@ -166,6 +166,11 @@ TEST_F(LeaseTest, RefusedConfigurationsAndTheCallbackReleasedAtClose) {
   auto bad = lease_options(host);
   bad.lease = std::chrono::milliseconds(800);
   EXPECT_EQ(shard_.configure_consensus(bad).err().code(), Status::InvalidArgument);
+  // A negative margin is refused, not read as 0 (which would pass this lease).
+  bad = lease_options(host);
+  bad.lease = std::chrono::milliseconds(850);
+  bad.max_clock_drift = std::chrono::milliseconds(-100);
+  EXPECT_EQ(shard_.configure_consensus(bad).err().code(), Status::InvalidArgument);
   bad = lease_options(host);
   bad.read_index = nullptr;
   EXPECT_EQ(shard_.configure_consensus(bad).err().code(), Status::InvalidArgument);
