@@ -149,6 +149,45 @@ pub fn overflows(files: &[(u64, Vec<u8>)]) -> bool {
     })
 }
 
+/// One segment's frames as the scan walks them: from offset 64, each
+/// valid frame that carries the next sequence number, starting at `first`.
+struct Walk {
+    records: Vec<(u64, Vec<u8>)>,
+    /// The sequence number after the last frame taken.
+    next: u64,
+    /// The highest durable hint + 1 among the frames taken (0: none).
+    hint: u64,
+    /// Where damage stopped the walk; None when the rest is zeros.
+    damage: Option<usize>,
+}
+
+fn walk(bytes: &[u8], first: u64, salt: u32) -> Walk {
+    let mut w = Walk { records: Vec::new(), next: first, hint: 0, damage: None };
+    let mut off = 64;
+    loop {
+        let rest = &bytes[off.min(bytes.len())..];
+        match frame(rest, salt) {
+            Some(f) if f.seq == w.next => {
+                // Sequence numbers that would overflow u64 count as damage.
+                let Some(after) = w.next.checked_add(u64::from(f.count)) else {
+                    w.damage = Some(off);
+                    return w;
+                };
+                w.hint = w.hint.max(f.durable + 1);
+                for (i, r) in f.records.into_iter().enumerate() {
+                    w.records.push((w.next + i as u64, r));
+                }
+                w.next = after;
+                off += f.size;
+            }
+            _ => {
+                w.damage = rest.iter().any(|&x| x != 0).then_some(off);
+                return w;
+            }
+        }
+    }
+}
+
 /// The lowest sequence number a recovery may hand out next, whatever it
 /// keeps (docs/WAL.md, "Sequence numbers are never reissued"): a segment
 /// with a valid header (named as it says, never 0, which recovery does
@@ -162,26 +201,11 @@ pub fn floor(files: &[(u64, Vec<u8>)]) -> u64 {
     let mut out = 0;
     for (name, bytes) in files {
         let Some(h) = segment_header(bytes).filter(|h| h.first == *name && *name != 0) else { continue };
-        out = out.max(h.first);
-        let (mut next, mut off) = (*name, 64);
-        let damage = loop {
-            let rest = &bytes[off.min(bytes.len())..];
-            match frame(rest, h.salt) {
-                Some(f) if f.seq == next => match next.checked_add(u64::from(f.count)) {
-                    Some(after) => {
-                        out = out.max(f.durable + 1);
-                        next = after;
-                        off += f.size;
-                    }
-                    None => break Some(off),
-                },
-                Some(_) => break Some(off),
-                None => break rest.iter().any(|&x| x != 0).then_some(off),
-            }
-        };
-        if let Some(at) = damage {
+        let w = walk(bytes, *name, h.salt);
+        out = out.max(h.first).max(w.hint);
+        if let Some(at) = w.damage {
             for probe in (at + 8..bytes.len()).step_by(8) {
-                if let Some(f) = frame(&bytes[probe..], h.salt).filter(|f| f.seq >= next) {
+                if let Some(f) = frame(&bytes[probe..], h.salt).filter(|f| f.seq >= w.next) {
                     out = out.max(f.durable + 1);
                 }
             }
@@ -197,10 +221,9 @@ pub fn floor(files: &[(u64, Vec<u8>)]) -> u64 {
 /// previous segment's first sequence and salt and where its records end,
 /// which may be below its own first sequence: a declared gap; without a
 /// link it starts where the previous one ended); in each, valid frames
-/// from offset 64 while each carries the next sequence number; the first
-/// damage ends the log. Sequence numbers that would overflow u64 count as
-/// damage. With no segment kept, the log continues at the first file's
-/// name (at least 1).
+/// from offset 64 while each carries the next sequence number (`walk`);
+/// the first damage ends the log. With no segment kept, the log continues
+/// at the first file's name (at least 1).
 pub fn chain(files: &[(u64, Vec<u8>)]) -> (Vec<(u64, Vec<u8>)>, u64) {
     let mut out = Vec::new();
     // (name, salt, end) of the last segment kept.
@@ -215,32 +238,10 @@ pub fn chain(files: &[(u64, Vec<u8>)]) -> (Vec<(u64, Vec<u8>)>, u64) {
         if !follows {
             break;
         }
-        let salt = h.salt;
-        let mut next = *name;
-        let mut off = 64;
-        let damaged;
-        loop {
-            let rest = &bytes[off.min(bytes.len())..];
-            match frame(rest, salt) {
-                Some(f) if f.seq == next => {
-                    let Some(after) = next.checked_add(u64::from(f.count)) else {
-                        damaged = true;
-                        break;
-                    };
-                    for (i, r) in f.records.into_iter().enumerate() {
-                        out.push((next + i as u64, r));
-                    }
-                    next = after;
-                    off += f.size;
-                }
-                _ => {
-                    damaged = rest.iter().any(|&x| x != 0);
-                    break;
-                }
-            }
-        }
-        prev = Some((*name, salt, next));
-        if damaged {
+        let w = walk(bytes, *name, h.salt);
+        out.extend(w.records);
+        prev = Some((*name, h.salt, w.next));
+        if w.damage.is_some() {
             break;
         }
     }
