@@ -387,24 +387,56 @@ fn extent_disagrees(base: &Base, files: &Files, kept_end: u64) -> bool {
         })
 }
 
+/// docs/WAL.md, "A segment cut short": when the segment holding the
+/// damage at `seq` (the last one for `seq` past every record) is a file
+/// shorter than its header says it was allocated, and no next segment's
+/// link proves that its records end at `seq`, its lost bytes may have
+/// held records: its name and the lowest sequence number above all they
+/// could have held (one per 4 bytes after the end of its whole frames).
+fn lost_tail(base: &Base, files: &Files, seq: u64) -> Option<(String, u64)> {
+    let si = base.frames.iter().find(|f| f.seq == seq && f.kind != KIND_MARK).map_or(base.last_seg(), |f| f.seg);
+    let name = &base.segs[si].name;
+    let bytes = files.get(name)?;
+    let h = decode_segment_header(bytes).ok()?;
+    if h.allocated <= bytes.len() as u64 {
+        return None;
+    }
+    let proven_by_next = base.segs.get(si + 1).and_then(|n| files.get(&n.name)).and_then(|b| decode_segment_header(b).ok()).is_some_and(|n| {
+        n.prev.is_some_and(|l| (l.first_seq, l.salt, l.end) == (base.segs[si].first, h.salt, seq))
+    });
+    if proven_by_next {
+        return None;
+    }
+    let whole = base.frames.iter().filter(|f| f.seg == si && f.end() <= bytes.len()).map(|f| f.end()).max().unwrap_or(64);
+    Some((name.clone(), seq + (h.allocated - whole as u64) / 4))
+}
+
 /// The outcome table of docs/WAL.md: None means "open fails: CORRUPTION".
 fn documented(base: &Base, files: &Files, e: &Expect, mode: RecoveryMode) -> Option<Outcome> {
-    let (opens, from, to, aside) = match e {
-        Expect::Clean { from, to } => (true, *from, *to, Vec::new()),
+    let (opens, from, to, aside, lost) = match e {
+        Expect::Clean { from, to } => (true, *from, *to, Vec::new(), None),
         Expect::Damage { seq, proven, header, aside } => {
+            // A cut tail is never a crash's unsynced tail, and the cut
+            // segment is copied aside with what is left of it.
+            let lost = lost_tail(base, files, *seq);
             let opens = match mode {
                 RecoveryMode::Absolute => false,
-                RecoveryMode::TolerateTail => !header && !proven,
+                RecoveryMode::TolerateTail => !header && !proven && lost.is_none(),
                 RecoveryMode::PointInTime => !proven,
                 RecoveryMode::Salvage => true,
             };
             let from = base.segs.iter().find(|s| files.contains_key(&s.name)).map_or(1, |s| s.first);
-            (opens, from, seq - 1, aside.clone())
+            let mut aside = aside.clone();
+            if let Some((name, _)) = lost.as_ref().filter(|(name, _)| !aside.contains(name)) {
+                aside.push(name.clone());
+                aside.sort();
+            }
+            (opens, from, seq - 1, aside, lost.map(|(_, floor)| floor))
         }
     };
     let opens = opens && (mode == RecoveryMode::Salvage || !extent_disagrees(base, files, to + 1));
     let ext = base_extent(base);
-    opens.then(|| Outcome { from, to, aside, next: (to + 1).max(ext.next_seq).max(ext.durable + 1) })
+    opens.then(|| Outcome { from, to, aside, next: (to + 1).max(ext.next_seq).max(ext.durable + 1).max(lost.unwrap_or(0)) })
 }
 
 impl Base {
@@ -464,19 +496,15 @@ impl Base {
     /// The last segment is cut to `len` bytes: what survives is the frames
     /// that end within it; the bytes of a partial frame are damage unless
     /// they are all zero (then it is the clean end of the log).
-    fn cut_last_segment(&self, bytes: &[u8], len: usize) -> Expect {
-        let last = self.last_seg();
-        match self.seg_frames(last).into_iter().find(|&i| self.frames[i].end() > len) {
-            None => self.intact(),
-            Some(i) => {
-                let f = &self.frames[i];
-                if bytes[f.off.min(len)..len].iter().all(|&b| b == 0) {
-                    Expect::Clean { from: 1, to: f.seq - 1 }
-                } else {
-                    Expect::Damage { seq: f.seq, proven: false, header: false, aside: Vec::new() }
-                }
-            }
-        }
+    /// The last segment's file cut to `len` bytes: shorter than its
+    /// header says it was allocated, so damage where its whole frames end
+    /// (`documented` adds what the cut tail implies).
+    fn cut_last_segment(&self, len: usize) -> Expect {
+        let seq = match self.seg_frames(self.last_seg()).into_iter().find(|&i| self.frames[i].end() > len) {
+            None => self.last_seq() + 1,
+            Some(i) => self.frames[i].seq,
+        };
+        Expect::Damage { seq, proven: false, header: false, aside: Vec::new() }
     }
 }
 
@@ -706,13 +734,14 @@ fn reseal_frame(b: &mut [u8], off: usize) {
     b[off..off + 4].copy_from_slice(&crc.to_le_bytes());
 }
 
-const HEADER_FIELDS: [(&str, std::ops::Range<usize>); 7] = [
+const HEADER_FIELDS: [(&str, std::ops::Range<usize>); 8] = [
     ("magic", 0..8),
     ("version", 8..12),
     ("salt", 12..16),
     ("first-seq", 16..24),
     ("prev-link", 24..44),
-    ("reserved", 44..60),
+    ("allocated", 44..52),
+    ("reserved", 52..60),
     ("header-crc", 60..64),
 ];
 
@@ -753,6 +782,15 @@ fn segment_header_fields() {
                             Err(_) => base.header_damage(si),
                             Ok(h) if h.prev.is_none() => base.intact(),
                             Ok(_) => base.link_broken(si),
+                        },
+                        // The allocated length: beyond the largest segment
+                        // is a bad header; 0 (not recorded) or within the
+                        // file changes nothing; beyond the file reads as a
+                        // cut tail, which the next segment's link disproves.
+                        (true, true, "allocated") => match decode_segment_header(seg) {
+                            Err(_) => base.header_damage(si),
+                            Ok(h) if h.allocated <= seg.len() as u64 || si < base.last_seg() => base.intact(),
+                            Ok(_) => base.cut_last_segment(seg.len()),
                         },
                         _ => base.header_damage(si),
                     };
@@ -874,7 +912,7 @@ fn truncation_at_every_offset_of_the_last_two_frames() {
             let case = format!("truncate-last-segment-to-{len}(frames at {}, {}, end {})", a.off, b.off, b.end());
             let mut files = base.files.clone();
             files.get_mut(name).unwrap().truncate(len);
-            let expect = base.cut_last_segment(&files[name], len);
+            let expect = base.cut_last_segment(len);
             failures.extend(run_case(base, &case, &files, &expect, &work.0.join("d")));
             cases += 1;
         }

@@ -269,3 +269,66 @@ fn a_stale_extent_record_never_lowers_the_floor_below_the_segments_set_aside() {
         wal.close().unwrap();
     }
 }
+
+/// A segment file made shorter behind keel's back, at a frame boundary,
+/// leaves no damaged byte: the records simply stop. The header records
+/// the length the segment was allocated with, which no crash takes back
+/// (it is synced before the segment gets a name), so the cut is found:
+/// strict modes refuse, and the lenient ones keep what is left and
+/// continue above every number the lost bytes could have held, here
+/// above all 200 acknowledged in SYNC mode. A header written before the
+/// length was recorded (zeros there) reads as before: a shorter log.
+#[test]
+fn a_segment_cut_short_at_a_frame_boundary_never_reissues_a_number() {
+    const FRAME: u64 = 128; // 32-byte header + a 96-byte record
+    let dir = TempDir::new("extent-cut");
+    let opts = |recovery| Options { durability: Durability::Sync, ..opts(recovery) };
+    let wal = Wal::open(dir.path(), opts(RecoveryMode::Absolute)).unwrap();
+    let record = |i: u64| format!("{i:08} {}", "y".repeat(87)).into_bytes();
+    for i in 1..=200u64 {
+        assert_eq!(wal.append(&record(i)).unwrap(), i);
+    }
+    assert_eq!(wal.durable_seq(), 200);
+    // As a killed process leaves it: no MARK frame, no closing extent
+    // record (the copy leaves the live log's lock behind).
+    std::mem::forget(wal);
+    let base = TempDir::new("extent-cut-base");
+    common::copy_tree(dir.path(), base.path());
+    let segs = segment_files(base.path());
+    assert_eq!(segs.len(), 1, "one 64 KiB segment holds the 200 records");
+    let cut_to = 64 + 150 * FRAME; // records 1..=150 stay whole
+    std::fs::OpenOptions::new().write(true).open(&segs[0]).unwrap().set_len(cut_to).unwrap();
+
+    for mode in [RecoveryMode::Absolute, RecoveryMode::TolerateTail] {
+        let err = Wal::open(base.path(), opts(mode)).err().unwrap_or_else(|| panic!("{mode:?} opened a log cut short"));
+        assert_eq!(err.status, KEEL_STATUS_CORRUPTION, "{mode:?}: {err}");
+        assert!(err.message.contains("its tail was cut"), "{mode:?}: {err}");
+    }
+    for mode in [RecoveryMode::PointInTime, RecoveryMode::Salvage] {
+        let work = TempDir::new("extent-cut-open");
+        common::copy_tree(base.path(), work.path());
+        let wal = Wal::open(work.path(), opts(mode)).unwrap_or_else(|e| panic!("{mode:?}: {e}"));
+        let want: Vec<(u64, Vec<u8>)> = (1..=150).map(|i| (i, record(i))).collect();
+        assert_eq!(read_all(&wal), want, "{mode:?} keeps the records before the cut");
+        // The lost bytes could have held a record every 4 bytes.
+        let floor = 151 + (64 * 1024 - cut_to) / 4;
+        assert_eq!(wal.last_seq(), floor - 1, "{mode:?}: numbers the lost tail may have used stay used");
+        let report = wal.recovery_report().expect("the cut is reported").clone();
+        assert!(report.damage.as_deref().is_some_and(|d| d.contains("its tail was cut")), "{mode:?}: {report:?}");
+        assert_eq!(report.skipped, Some((151, floor - 1)), "{mode:?}");
+        assert_eq!(wal.append(b"after the cut").unwrap(), floor, "{mode:?}: a number was reissued");
+        wal.close().unwrap();
+        let wal = Wal::open(work.path(), opts(RecoveryMode::Absolute)).expect("the repaired log is whole again");
+        assert_eq!(read_all(&wal).last(), Some(&(floor, b"after the cut".to_vec())));
+        wal.close().unwrap();
+    }
+    // The header as keel wrote it before recording the allocated length.
+    let mut b = std::fs::read(&segs[0]).unwrap();
+    b[44..52].fill(0);
+    let crc = crc32fast::hash(&b[0..60]);
+    b[60..64].copy_from_slice(&crc.to_le_bytes());
+    std::fs::write(&segs[0], b).unwrap();
+    let wal = Wal::open(base.path(), opts(RecoveryMode::TolerateTail)).expect("an unrecorded length cannot tell the cut");
+    assert_eq!(wal.last_seq(), 150);
+    wal.close().unwrap();
+}

@@ -88,6 +88,9 @@ pub struct RefHeader {
     /// Version 2: (previous segment's first sequence, its salt, where its
     /// records end); None when the link is all zero, and in version 1.
     pub link: Option<(u64, u32, u64)>,
+    /// Version 2: the file's length when it was installed (0: not
+    /// recorded, and in version 1).
+    pub allocated: u64,
 }
 
 /// The valid segment header at the start of `b`, if any.
@@ -99,21 +102,28 @@ pub fn segment_header(b: &[u8]) -> Option<RefHeader> {
         return None;
     }
     let (version, salt, first) = (le32(&b[8..]), le32(&b[12..]), le64(&b[16..]));
-    let link = match version {
-        1 => None,
+    let (link, allocated) = match version {
+        1 => (None, 0),
         2 => {
             let (pf, end, ps) = (le64(&b[24..]), le64(&b[32..]), le32(&b[40..]));
-            if (pf, end, ps) == (0, 0, 0) {
+            let link = if (pf, end, ps) == (0, 0, 0) {
                 None
             } else if pf != 0 && pf < first && pf <= end && end <= first {
                 Some((pf, ps, end))
             } else {
                 return None;
+            };
+            // Zero, or from the header's own 64 bytes to 4 GiB (the
+            // largest segment).
+            let allocated = le64(&b[44..]);
+            if allocated != 0 && !(64..=4 << 30).contains(&allocated) {
+                return None;
             }
+            (link, allocated)
         }
         _ => return None,
     };
-    Some(RefHeader { version, salt, first, link })
+    Some(RefHeader { version, salt, first, link, allocated })
 }
 
 /// The extent record (`wal.meta`, docs/WAL.md) listing every file whose
@@ -159,12 +169,15 @@ struct Walk {
     hint: u64,
     /// Where damage stopped the walk; None when the rest is zeros.
     damage: Option<usize>,
+    /// Where the walk stopped: the end of the frames taken.
+    end: usize,
 }
 
 fn walk(bytes: &[u8], first: u64, salt: u32) -> Walk {
-    let mut w = Walk { records: Vec::new(), next: first, hint: 0, damage: None };
+    let mut w = Walk { records: Vec::new(), next: first, hint: 0, damage: None, end: 64 };
     let mut off = 64;
     loop {
+        w.end = off;
         let rest = &bytes[off.min(bytes.len())..];
         match frame(rest, salt) {
             Some(f) if f.seq == w.next => {
@@ -188,6 +201,26 @@ fn walk(bytes: &[u8], first: u64, salt: u32) -> Walk {
     }
 }
 
+/// A file shorter than its header's allocated length lost its tail,
+/// unless the next file is a segment that follows it (its link names it
+/// and where its walk ended; without a link, it starts there): then the
+/// lowest sequence number above what the lost bytes could have held, at
+/// one record per 4 bytes after where the walk ended (docs/WAL.md, "A
+/// segment cut short").
+fn lost_tail(files: &[(u64, Vec<u8>)], i: usize, h: &RefHeader, w: &Walk) -> Option<u64> {
+    let (name, bytes) = &files[i];
+    if h.allocated <= bytes.len() as u64 {
+        return None;
+    }
+    let followed = files.get(i + 1).is_some_and(|(next_name, next)| {
+        segment_header(next).filter(|n| n.first == *next_name && *next_name != 0).is_some_and(|n| match n.link {
+            Some(link) => link == (*name, h.salt, w.next),
+            None => n.first == w.next,
+        })
+    });
+    (!followed).then(|| w.next.saturating_add((h.allocated - w.end as u64) / 4))
+}
+
 /// The lowest sequence number a recovery may hand out next, whatever it
 /// keeps (docs/WAL.md, "Sequence numbers are never reissued"): a segment
 /// with a valid header (named as it says, never 0, which recovery does
@@ -196,13 +229,14 @@ fn walk(bytes: &[u8], first: u64, salt: u32) -> Walk {
 /// so numbers below either were handed out. Hints count as the scan meets
 /// them: the frames in sequence from offset 64, and after the first
 /// damage the valid frames at 8-byte boundaries that carry a sequence
-/// number at or past where the sequence stopped.
+/// number at or past where the sequence stopped; and a file cut short
+/// counts the records its lost tail could have held (`lost_tail`).
 pub fn floor(files: &[(u64, Vec<u8>)]) -> u64 {
     let mut out = 0;
-    for (name, bytes) in files {
+    for (i, (name, bytes)) in files.iter().enumerate() {
         let Some(h) = segment_header(bytes).filter(|h| h.first == *name && *name != 0) else { continue };
         let w = walk(bytes, *name, h.salt);
-        out = out.max(h.first).max(w.hint);
+        out = out.max(h.first).max(w.hint).max(lost_tail(files, i, &h, &w).unwrap_or(0));
         if let Some(at) = w.damage {
             for probe in (at + 8..bytes.len()).step_by(8) {
                 if let Some(f) = frame(&bytes[probe..], h.salt).filter(|f| f.seq >= w.next) {
@@ -222,13 +256,14 @@ pub fn floor(files: &[(u64, Vec<u8>)]) -> u64 {
 /// which may be below its own first sequence: a declared gap; without a
 /// link it starts where the previous one ended); in each, valid frames
 /// from offset 64 while each carries the next sequence number (`walk`);
-/// the first damage ends the log. With no segment kept, the log continues
-/// at the first file's name (at least 1).
+/// the first damage ends the log, and so does a file that lost its tail
+/// (`lost_tail`). With no segment kept, the log continues at the first
+/// file's name (at least 1).
 pub fn chain(files: &[(u64, Vec<u8>)]) -> (Vec<(u64, Vec<u8>)>, u64) {
     let mut out = Vec::new();
     // (name, salt, end) of the last segment kept.
     let mut prev: Option<(u64, u32, u64)> = None;
-    for (name, bytes) in files {
+    for (i, (name, bytes)) in files.iter().enumerate() {
         let Some(h) = segment_header(bytes).filter(|h| h.first == *name && *name != 0) else { break };
         let follows = match (prev, h.link) {
             (None, _) => true,
@@ -238,10 +273,10 @@ pub fn chain(files: &[(u64, Vec<u8>)]) -> (Vec<(u64, Vec<u8>)>, u64) {
         if !follows {
             break;
         }
-        let w = walk(bytes, *name, h.salt);
-        out.extend(w.records);
+        let mut w = walk(bytes, *name, h.salt);
+        out.append(&mut w.records);
         prev = Some((*name, h.salt, w.next));
-        if w.damage.is_some() {
+        if w.damage.is_some() || lost_tail(files, i, &h, &w).is_some() {
             break;
         }
     }

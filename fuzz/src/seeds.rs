@@ -5,7 +5,7 @@
 //! committed corpus still holds every deterministic one.
 
 use crate::{Log, ScratchDir, EXPLICIT_NAMES, FIX_FRAME_CRC, FIX_HEADER_CRC, MAPPED};
-use keel::wal::format::{encode_segment_header, Link, PendingFrame};
+use keel::wal::format::{encode_segment_header, Link, PendingFrame, SEGMENT_HEADER_LEN};
 use keel::wal::{Durability, Options, Wal};
 
 pub struct Seed {
@@ -44,18 +44,26 @@ fn frame_bytes(f: &F, salt: u32, seq: u64, durable: u64) -> Vec<u8> {
 }
 
 /// A segment: header, frames (durable hint = `hint(seq)`), then `tail`
-/// zero bytes of the allocated-but-unwritten part. Returns the bytes and
-/// the sequence number after the last record.
-fn segment(salt: u32, first: u64, frames: &[F], hint: impl Fn(u64) -> u64, tail: usize) -> (Vec<u8>, u64) {
-    let mut out = encode_segment_header(salt, first, None).to_vec();
+/// zero bytes of the allocated-but-unwritten part; the header records
+/// `cut` bytes more than that as allocated (0: the file is whole). Returns
+/// the bytes and the sequence number after the last record.
+fn segment_cut(salt: u32, first: u64, frames: &[F], hint: impl Fn(u64) -> u64, tail: usize, cut: u64) -> (Vec<u8>, u64) {
+    let mut body = Vec::new();
     let mut seq = first;
     for f in frames {
         let p = pending(f);
-        out.extend_from_slice(&frame_bytes(f, salt, seq, hint(seq)));
+        body.extend_from_slice(&frame_bytes(f, salt, seq, hint(seq)));
         seq += u64::from(p.count);
     }
-    out.resize(out.len() + tail, 0);
+    body.resize(body.len() + tail, 0);
+    let allocated = SEGMENT_HEADER_LEN + body.len() as u64 + cut;
+    let mut out = encode_segment_header(salt, first, None, allocated).to_vec();
+    out.extend_from_slice(&body);
     (out, seq)
+}
+
+fn segment(salt: u32, first: u64, frames: &[F], hint: impl Fn(u64) -> u64, tail: usize) -> (Vec<u8>, u64) {
+    segment_cut(salt, first, frames, hint, tail, 0)
 }
 
 const RECS: [&[u8]; 5] = [b"alpha", b"", b"a record of thirteen", b"\x00\x01\x02\x03\x04\x05\x06\x07", b"z"];
@@ -114,21 +122,27 @@ pub fn seeds() -> Vec<Seed> {
     // ---- segment_header: [flags][header bytes]
     for (name, salt, first) in [("first", SALT, 1u64), ("later", 0xffff_ffff, 4097), ("big-seq", 0, 1 << 62)] {
         let mut v = vec![0u8];
-        v.extend_from_slice(&encode_segment_header(salt, first, None));
+        v.extend_from_slice(&encode_segment_header(salt, first, None, 64 << 10));
         add("segment_header", name, v);
     }
     {
         let mut v = vec![FIX_HEADER_CRC];
-        v.extend_from_slice(&encode_segment_header(SALT, 77, None));
-        v[1 + 50] = 0xaa; // reserved byte, CRC recomputed by the harness
+        v.extend_from_slice(&encode_segment_header(SALT, 77, None, 64 << 10));
+        v[1 + 55] = 0xaa; // reserved byte, CRC recomputed by the harness
         add("segment_header", "reserved-nonzero-fix", v);
         let mut v = vec![0u8];
-        v.extend_from_slice(&encode_segment_header(SALT, 77, None)[..40]);
+        v.extend_from_slice(&encode_segment_header(SALT, 77, None, 0));
+        add("segment_header", "allocated-not-recorded", v);
+        let mut v = vec![0u8];
+        v.extend_from_slice(&encode_segment_header(SALT, 77, None, 5 << 30));
+        add("segment_header", "allocated-too-large", v);
+        let mut v = vec![0u8];
+        v.extend_from_slice(&encode_segment_header(SALT, 77, None, 0)[..40]);
         add("segment_header", "short", v);
         // Format 2 links: the previous segment, and a declared gap.
         for (name, end) in [("linked", 4097u64), ("linked-gap", 300)] {
             let mut v = vec![0u8];
-            v.extend_from_slice(&encode_segment_header(SALT, 4097, Some(Link { first_seq: 1, salt: 0x0bad_cafe, end })));
+            v.extend_from_slice(&encode_segment_header(SALT, 4097, Some(Link { first_seq: 1, salt: 0x0bad_cafe, end }), 1 << 20));
             add("segment_header", name, v);
         }
     }
@@ -173,6 +187,13 @@ pub fn seeds() -> Vec<Seed> {
         s[second + 16] = 3;
         add("recovery", "sequence-skip-fix", Log::encode(fixed, &[(1, s)]));
         let _ = next;
+        // A file shorter than its header's allocated length: the tail was
+        // cut and may have held records (a gap is declared over them),
+        // unless the next segment starts where the records end.
+        let (c, n1) = segment_cut(SALT, 1, &typical(), hint, 0, 4096);
+        add("recovery", "cut-short", Log::encode(0, &[(1, c.clone())]));
+        let (d, _) = segment(0x2222, n1, &[F::Rec(RECS[2])], hint, 8);
+        add("recovery", "cut-short-then-followed", Log::encode(0, &[(1, c), (n1, d)]));
     }
 
     // ---- node_frame: [flags][frames]
@@ -226,9 +247,14 @@ pub fn seeds() -> Vec<Seed> {
                 let name = e.unwrap().file_name().into_string().unwrap();
                 let seq = name.strip_suffix(".wal")?.parse().ok()?;
                 let mut bytes = std::fs::read(dir.0.join(&name)).unwrap();
-                // Keep the written part and a little of the zero fill.
+                // Keep the written part and a little of the zero fill, as
+                // the header's allocated length says (a whole file).
                 let end = bytes.iter().rposition(|&x| x != 0).map_or(0, |p| p + 1);
                 bytes.truncate((end.div_ceil(8) * 8 + 64).min(bytes.len()));
+                let len = bytes.len() as u64;
+                bytes[44..52].copy_from_slice(&len.to_le_bytes());
+                let crc = crc32fast::hash(&bytes[..60]);
+                bytes[60..64].copy_from_slice(&crc.to_le_bytes());
                 Some((seq, bytes))
             })
             .collect();

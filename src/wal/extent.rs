@@ -11,7 +11,7 @@
 //!   32 per segment, in log order: first sequence u64, salt u32, zero u32
 //!   then the CRC-32 of everything before it.
 
-use super::scan::SegmentScan;
+use super::scan::{self, SegmentScan};
 use super::segment;
 use crate::error::{Error, Result};
 use crate::fs::FileSystem;
@@ -179,6 +179,8 @@ pub fn check(meta: &MetaFile, scans: &[SegmentScan], kept_end: u64) -> Vec<Probl
 /// record is there: a record whose rewrite failed or never ran before a
 /// crash lists fewer segments than were created, and a segment recovery
 /// sets aside still proves the numbers below its first were handed out.
+/// A segment cut short counts as if its lost bytes had been full of the
+/// smallest records (`scan::lost_tail_floor`).
 pub fn next_floor(meta: &MetaFile, scans: &[SegmentScan]) -> u64 {
     let recorded = match meta {
         MetaFile::Present(e) => e.next_seq.max(e.durable.saturating_add(1)),
@@ -186,10 +188,11 @@ pub fn next_floor(meta: &MetaFile, scans: &[SegmentScan]) -> u64 {
     };
     let proven = scans
         .iter()
-        .flat_map(|s| {
+        .enumerate()
+        .flat_map(|(i, s)| {
             let header = s.header.as_ref().map_or(0, |h| h.first_seq);
             let hint = s.max_hint.map_or(0, |(h, _)| h.saturating_add(1));
-            [header, hint]
+            [header, hint, scan::lost_tail_floor(scans, i).unwrap_or(0)]
         })
         .max()
         .unwrap_or(0);

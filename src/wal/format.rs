@@ -4,8 +4,11 @@
 //!   0  magic "KEELWAL\0"   8  format version u32   12 salt u32
 //!   16 first sequence u64
 //!   24 previous segment's first sequence u64 (0: none)   32 its end u64
-//!   40 previous segment's salt u32   44..60 zero          60 CRC-32 of bytes 0..60
-//! (format version 1 has zeros at 24..60: no link to the previous segment.)
+//!   40 previous segment's salt u32   44 allocated length u64   52..60 zero
+//!   60 CRC-32 of bytes 0..60
+//! (format version 1 has zeros at 24..60: no link to the previous segment;
+//! version 2 headers written before the allocated length was recorded
+//! have zeros at 44..52.)
 //! Frame (starts 8-byte aligned, padded with zeros to 8 bytes):
 //!   0  CRC-32 u32 (seeded with the salt; covers bytes 4..32 and the payload)
 //!   4  payload length u32   8 type u8   9 flags u8   10 zero u16
@@ -25,6 +28,8 @@ pub const MAGIC: &[u8; 8] = b"KEELWAL\0";
 pub const FORMAT_VERSION: u32 = 2;
 pub const FORMAT_VERSION_UNLINKED: u32 = 1;
 pub const SEGMENT_HEADER_LEN: u64 = 64;
+/// The largest segment a log makes (`Options::segment_size`).
+pub const MAX_SEGMENT_SIZE: u64 = 4 << 30;
 pub const FRAME_HEADER_LEN: usize = 32;
 pub const FRAME_RECORD: u8 = 1;
 pub const FRAME_BATCH: u8 = 2;
@@ -65,7 +70,14 @@ pub struct Link {
     pub end: u64,
 }
 
-pub fn encode_segment_header(salt: u32, first_seq: u64, prev: Option<Link>) -> [u8; SEGMENT_HEADER_LEN as usize] {
+/// No record takes fewer bytes of a segment than this: a batch frame's
+/// length table gives each 4 (a one-record frame takes a 32-byte header).
+/// Lost bytes thus bound the records they could have held.
+pub const MIN_RECORD_BYTES: u64 = 4;
+
+/// `allocated`: the file's length when the segment is installed, which
+/// nothing but damage makes shorter (0: not recorded).
+pub fn encode_segment_header(salt: u32, first_seq: u64, prev: Option<Link>, allocated: u64) -> [u8; SEGMENT_HEADER_LEN as usize] {
     let mut h = [0u8; SEGMENT_HEADER_LEN as usize];
     h[0..8].copy_from_slice(MAGIC);
     h[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
@@ -76,6 +88,7 @@ pub fn encode_segment_header(salt: u32, first_seq: u64, prev: Option<Link>) -> [
         h[32..40].copy_from_slice(&p.end.to_le_bytes());
         h[40..44].copy_from_slice(&p.salt.to_le_bytes());
     }
+    h[44..52].copy_from_slice(&allocated.to_le_bytes());
     let crc = crc32fast::hash(&h[0..60]);
     h[60..64].copy_from_slice(&crc.to_le_bytes());
     h
@@ -90,6 +103,10 @@ pub struct SegmentHeader {
     /// The segment before it (version 2; None for the first segment of a
     /// log and for version 1 headers).
     pub prev: Option<Link>,
+    /// The file's length when it was installed (0: not recorded, as in
+    /// version 1 and in version 2 before it was). A shorter file lost its
+    /// tail after the fact: no crash shortens a preallocated, synced file.
+    pub allocated: u64,
 }
 
 /// Why a segment header was rejected.
@@ -105,20 +122,27 @@ pub fn decode_segment_header(b: &[u8]) -> Result<SegmentHeader, &'static str> {
     }
     let version = u32_at(b, 8);
     let (salt, first_seq) = (u32_at(b, 12), u64_at(b, 16));
-    let prev = match version {
-        FORMAT_VERSION_UNLINKED => None,
-        FORMAT_VERSION => match (u64_at(b, 24), u64_at(b, 32), u32_at(b, 40)) {
-            (0, 0, 0) => None,
-            (prev_first, end, salt) => {
-                if prev_first == 0 || prev_first >= first_seq || end < prev_first || end > first_seq {
-                    return Err("segment header names an impossible previous segment");
+    let (prev, allocated) = match version {
+        FORMAT_VERSION_UNLINKED => (None, 0),
+        FORMAT_VERSION => {
+            let prev = match (u64_at(b, 24), u64_at(b, 32), u32_at(b, 40)) {
+                (0, 0, 0) => None,
+                (prev_first, end, salt) => {
+                    if prev_first == 0 || prev_first >= first_seq || end < prev_first || end > first_seq {
+                        return Err("segment header names an impossible previous segment");
+                    }
+                    Some(Link { first_seq: prev_first, salt, end })
                 }
-                Some(Link { first_seq: prev_first, salt, end })
+            };
+            let allocated = u64_at(b, 44);
+            if allocated != 0 && !(SEGMENT_HEADER_LEN..=MAX_SEGMENT_SIZE).contains(&allocated) {
+                return Err("segment header records an impossible allocated length");
             }
-        },
+            (prev, allocated)
+        }
         _ => return Err("unsupported segment format version"),
     };
-    Ok(SegmentHeader { version, salt, first_seq, prev })
+    Ok(SegmentHeader { version, salt, first_seq, prev, allocated })
 }
 
 /// Payloads at least this long get their checksum computed before the
@@ -378,23 +402,28 @@ mod tests {
 
     #[test]
     fn segment_header_round_trip() {
-        let h = encode_segment_header(7, 99, None);
-        assert_eq!(decode_segment_header(&h).unwrap(), SegmentHeader { version: 2, salt: 7, first_seq: 99, prev: None });
+        let h = encode_segment_header(7, 99, None, 1 << 16);
+        assert_eq!(decode_segment_header(&h).unwrap(), SegmentHeader { version: 2, salt: 7, first_seq: 99, prev: None, allocated: 1 << 16 });
         let mut bad = h;
         bad[20] ^= 4;
         assert!(decode_segment_header(&bad).is_err());
         let link = Link { first_seq: 40, salt: 9, end: 90 };
-        let h = encode_segment_header(7, 99, Some(link));
+        let h = encode_segment_header(7, 99, Some(link), 0);
         assert_eq!(decode_segment_header(&h).unwrap().prev, Some(link));
+        assert_eq!(decode_segment_header(&h).unwrap().allocated, 0, "0: not recorded");
+        let h = encode_segment_header(7, 99, None, SEGMENT_HEADER_LEN - 1);
+        assert!(decode_segment_header(&h).is_err(), "no segment is shorter than its header");
+        let h = encode_segment_header(7, 99, None, MAX_SEGMENT_SIZE + 1);
+        assert!(decode_segment_header(&h).is_err(), "nor longer than the largest a log makes");
     }
 
     #[test]
     fn version_1_headers_still_decode() {
-        let mut h = encode_segment_header(7, 99, None);
+        let mut h = encode_segment_header(7, 99, None, 0);
         h[8..12].copy_from_slice(&1u32.to_le_bytes());
         let crc = crc32fast::hash(&h[0..60]);
         h[60..64].copy_from_slice(&crc.to_le_bytes());
-        assert_eq!(decode_segment_header(&h).unwrap(), SegmentHeader { version: 1, salt: 7, first_seq: 99, prev: None });
+        assert_eq!(decode_segment_header(&h).unwrap(), SegmentHeader { version: 1, salt: 7, first_seq: 99, prev: None, allocated: 0 });
     }
 
     #[test]

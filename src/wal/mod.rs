@@ -133,7 +133,7 @@ impl Default for Options {
 
 impl Options {
     pub fn validate(&self) -> Result<()> {
-        if !(segment::FIRST_SIZE..=4 << 30).contains(&self.segment_size) {
+        if !(segment::FIRST_SIZE..=format::MAX_SEGMENT_SIZE).contains(&self.segment_size) {
             return Err(Error::invalid(format!("segment_size {} is outside 64 KiB..=4 GiB", self.segment_size)));
         }
         if self.max_record_size > self.segment_size - format::OVERHEAD {

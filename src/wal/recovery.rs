@@ -393,8 +393,10 @@ fn set_aside(fs: &dyn FileSystem, dir: &Path, scans: &[SegmentScan], d: &Damage)
 }
 
 /// Opens the last retained segment for appends at the end of its valid
-/// data; with `cut`, zeroes everything after that offset first; syncs it
-/// with `sync` (needless when every record in it is durable already).
+/// data; with `cut`, zeroes everything after that offset first; gives a
+/// file cut short its allocated length back (zeros), so that the next
+/// open finds a whole segment; syncs it with `sync` (needless when every
+/// record in it is durable already).
 /// Its capacity is its length, whatever `segment_size` is now: segments
 /// differ in size (they grow, and the option may have changed), and a
 /// full one simply rotates at the next append.
@@ -403,7 +405,7 @@ fn open_active(fs: &dyn FileSystem, scan: &SegmentScan, cut: Option<u64>, sync: 
     let io = |what: &str, e| Error::io(format!("{what} {}", path.display()), e);
     let file: Arc<dyn File> = fs.open(path, true).map_err(|e| io("opening", e))?;
     let header = scan.header.as_ref().expect("a kept segment has a valid header");
-    let len = file.len().map_err(|e| io("reading the size of", e))?;
+    let mut len = file.len().map_err(|e| io("reading the size of", e))?;
     if let Some(offset) = cut {
         let zeros = vec![0u8; 1 << 20];
         let mut at = offset;
@@ -412,6 +414,13 @@ fn open_active(fs: &dyn FileSystem, scan: &SegmentScan, cut: Option<u64>, sync: 
             file.write_at(&[&zeros[..n]], at).map_err(|e| io("zeroing the torn tail of", e))?;
             at += n as u64;
         }
+    }
+    if let Some(allocated) = scan.shortened {
+        debug_assert!(allocated > len, "a shortened segment is shorter than allocated");
+        // Reserved, not written: appends continue in a new segment
+        // whenever the lost bytes could have held a record (a gap).
+        file.reserve(allocated).map_err(|e| io("restoring the allocated length of", e))?;
+        len = allocated;
     }
     // Records recovered from the page cache (a process crash in NONE or
     // PERIODIC mode) become durable before D claims them.

@@ -4,7 +4,7 @@
 
 use super::format::{
     decode_frame, decode_segment_header, valid_frame, Decoded, FrameHeader, SegmentHeader, FRAME_HEADER_LEN,
-    SEGMENT_HEADER_LEN,
+    MIN_RECORD_BYTES, SEGMENT_HEADER_LEN,
 };
 use super::RecoveryMode;
 use std::path::PathBuf;
@@ -53,6 +53,10 @@ pub struct SegmentScan {
     pub prefix_hint: Option<u64>,
     /// The last valid frame of the prefix: (kind, durable hint).
     pub last_frame: Option<(u8, u64)>,
+    /// The length the header records as allocated, when the file is
+    /// shorter: its tail was cut after the fact (no crash shortens a
+    /// preallocated, synced segment), with whatever records it held.
+    pub shortened: Option<u64>,
 }
 
 impl SegmentScan {
@@ -70,6 +74,7 @@ impl SegmentScan {
             after_damage: 0,
             prefix_hint: None,
             last_frame: None,
+            shortened: None,
             file,
         }
     }
@@ -139,6 +144,7 @@ pub fn scan_segment<E>(
     }
     s.end = off as u64;
     s.checked_end = s.end;
+    s.shortened = Some(header.allocated).filter(|&a| a > bytes.len() as u64);
     if let Some((at, _)) = s.damage {
         // Frames are 8-byte aligned: trying every boundary after the damage
         // finds each valid frame that survived it.
@@ -163,6 +169,9 @@ pub fn scan_segment<E>(
 /// None when the header does not check out (a full scan then reports why).
 pub fn header_only(file: SegmentFile, bytes: &[u8], end: u64) -> Option<SegmentScan> {
     let header = decode_segment_header(bytes).ok().filter(|h| h.first_seq == file.first_seq && file.first_seq > 0)?;
+    if header.allocated > file.size {
+        return None; // cut short: the full scan says where
+    }
     let (records, size) = (end.saturating_sub(file.first_seq), file.size);
     Some(SegmentScan { header: Ok(header), records, end: size, next_seq: end, ..SegmentScan::unread(file) })
 }
@@ -171,6 +180,22 @@ fn note_hint(max: &mut Option<(u64, u64)>, hint: u64, offset: u64) {
     if max.map_or(true, |(m, _)| hint > m) {
         *max = Some((hint, offset));
     }
+}
+
+/// Whether segment `i` may have lost records with its cut tail
+/// (`SegmentScan::shortened`): yes unless the next segment, with a valid
+/// header, follows it: its link (or, without one, its first sequence
+/// number) proves that the records end where the valid prefix does. If
+/// so, the lowest sequence number above every record the lost bytes
+/// could have held: each record past the prefix took at least
+/// MIN_RECORD_BYTES of the bytes after it.
+pub fn lost_tail_floor(scans: &[SegmentScan], i: usize) -> Option<u64> {
+    let s = &scans[i];
+    let allocated = s.shortened?;
+    if scans.get(i + 1).is_some_and(|next| next.header.is_ok() && does_not_follow(s, next).is_none()) {
+        return None;
+    }
+    Some(s.next_seq.saturating_add(allocated.saturating_sub(s.end) / MIN_RECORD_BYTES))
 }
 
 /// The first place where the log stops being a valid dense prefix.
@@ -191,12 +216,16 @@ pub struct Damage {
     pub proof: Option<(usize, u64, u64)>,
     /// Any valid frame after the damage.
     pub evidence: bool,
+    /// The damaged segment's file is shorter than its header says it was
+    /// allocated and may have lost records with its tail
+    /// (`lost_tail_floor`): never a crash's unsynced tail.
+    pub shortened: bool,
 }
 
 impl Damage {
     /// The unsynced end a crash leaves: nothing after it vouches for it.
     pub fn torn_tail(&self) -> bool {
-        self.proof.is_none() && !self.bad_header
+        self.proof.is_none() && !self.bad_header && !self.shortened
     }
 
     /// Whether `Wal::open` in `mode` accepts this damage (docs/WAL.md table).
@@ -285,20 +314,34 @@ pub fn find_damage(scans: &[SegmentScan]) -> Option<Damage> {
                     in_frames: false,
                     proof: s.max_hint.filter(|(h, _)| *h >= prev.next_seq).map(|(h, at)| (i, at, h)),
                     evidence: s.has_frames(),
+                    shortened: false,
                 });
                 continue;
             }
         }
-        if let Some((offset, reason)) = &s.damage {
+        let shortened = lost_tail_floor(scans, i).is_some();
+        let cut = shortened.then(|| {
+            let (len, allocated) = (s.file.size, s.shortened.unwrap_or_default());
+            format!("the file ends at {len} but its header says {allocated} bytes were allocated: its tail was cut")
+        });
+        let damage = match (&s.damage, cut) {
+            (Some((at, why)), None) => Some((*at, why.clone())),
+            // The damage may be where the cut shows (a frame cut short).
+            (Some((at, why)), Some(cut)) => Some((*at, format!("{why}; {cut}"))),
+            (None, Some(cut)) => Some((s.end, cut)),
+            (None, None) => None,
+        };
+        if let Some((offset, reason)) = damage {
             found = Some(Damage {
                 seg: i,
-                offset: *offset,
+                offset,
                 seq: s.next_seq,
-                reason: reason.clone(),
+                reason,
                 bad_header: s.header.is_err(),
                 in_frames: true,
                 proof: s.max_hint.filter(|(h, _)| *h >= s.next_seq).map(|(h, at)| (i, at, h)),
                 evidence: s.after_damage > 0,
+                shortened,
             });
         }
     }

@@ -306,7 +306,7 @@ pub fn install(
     let path = dir.join(file_name(head.first_seq));
     let mut renamed = false;
     let mut attempt = || -> std::io::Result<()> {
-        file.write_at(&[&encode_segment_header(head.salt, head.first_seq, head.prev)], 0)?;
+        file.write_at(&[&encode_segment_header(head.salt, head.first_seq, head.prev, capacity)], 0)?;
         file.sync_data()?;
         fs.rename(tmp, &path)?;
         renamed = true;
