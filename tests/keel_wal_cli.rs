@@ -364,6 +364,39 @@ fn verify_reports_garbage_after_the_end_as_a_torn_tail() {
 }
 
 #[test]
+fn verify_reports_a_segment_cut_short_as_corruption() {
+    let _serial = serial();
+    let t = TempDir::new("cut");
+    let written = write_log(&t.path().join("wal"), 400);
+    let last = written.last().unwrap().0;
+    let seg = segment_files(&t.path().join("wal")).pop().unwrap();
+    let end = valid_end(&std::fs::read(&seg).unwrap());
+    let allocated = std::fs::metadata(&seg).unwrap().len();
+    // Cut where the frames end: what is left holds no damaged byte.
+    std::fs::OpenOptions::new().write(true).open(&seg).unwrap().set_len(end).unwrap();
+
+    let r = keel_wal(&["verify", s(&t.path().join("wal"))]);
+    assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
+    assert!(line(&r.stdout, "damage: ").starts_with(&format!("segment {} offset {end} sequence {}: ", seg.display(), last + 1)), "{}", r.stdout);
+    assert!(line(&r.stdout, "damage: ").ends_with("its tail was cut"), "{}", r.stdout);
+    assert!(line(&r.stdout, "kind: ").starts_with("corruption (the file was cut short"), "{}", r.stdout);
+    assert!(r.stdout.contains("absolute would fail, point_in_time would open, salvage would open"), "{}", r.stdout);
+    let salvage = keel_wal(&["verify", s(&t.path().join("wal")), "--mode", "salvage"]);
+    let name = seg.file_name().unwrap().to_str().unwrap();
+    assert!(salvage.stdout.contains(&format!("give {name} back its allocated {allocated} bytes")), "{}", salvage.stdout);
+    // The next number is above all the lost bytes could have held.
+    let next = last + 1 + (allocated - end) / 4;
+    assert!(salvage.stdout.contains(&format!("skip sequences {}..{}: the next append gets {next}", last + 1, next - 1)), "{}", salvage.stdout);
+
+    // The library agrees, and the repaired log verifies clean.
+    assert!(Wal::open(&t.path().join("wal"), opts(RecoveryMode::TolerateTail)).is_err());
+    let wal = Wal::open(&t.path().join("wal"), opts(RecoveryMode::Salvage)).unwrap();
+    assert_eq!(wal.append(b"after").unwrap(), next);
+    wal.close().unwrap();
+    assert_eq!(keel_wal(&["verify", s(&t.path().join("wal"))]).code, 0);
+}
+
+#[test]
 fn verify_reports_a_bad_header_and_a_missing_segment_as_corruption() {
     let _serial = serial();
     let t = TempDir::new("header");

@@ -315,13 +315,16 @@ fn report_damage(out: &mut impl Write, scans: &[SegmentScan], d: &Damage) -> io:
     if d.bad_header {
         writeln!(out, "kind: corruption (a damaged segment header; headers are synced before a segment is used)")?;
     }
+    if d.shortened {
+        writeln!(out, "kind: corruption (the file was cut short: no crash shortens a segment, and what was cut may have been durable)")?;
+    }
     match d.proof {
         Some((i, at, hint)) => writeln!(
             out,
             "kind: corruption (the valid frame at {} offset {at} has durable hint {hint} >= {}: it was written after sequence {} was durable)",
             scans[i].file.name, d.seq, d.seq
         )?,
-        None if !d.bad_header => writeln!(
+        None if !d.bad_header && !d.shortened => writeln!(
             out,
             "kind: torn tail (no later valid frame has a durable hint >= {}: the unsynced end a crash leaves{})",
             d.seq,

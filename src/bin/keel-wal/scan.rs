@@ -139,6 +139,9 @@ pub fn repair(d: &Damage, scans: &[SegmentScan]) -> String {
     if d.in_frames && !d.bad_header {
         steps.push(format!("zero {} from offset {} to its end", seg.file.name, d.offset));
     }
+    if let Some(allocated) = seg.shortened.filter(|_| d.shortened) {
+        steps.push(format!("give {} back its allocated {allocated} bytes", seg.file.name));
+    }
     let kept = d.kept_segments();
     let first = scans[0].file.first_seq;
     steps.push(if kept == 0 || d.seq <= first {
