@@ -56,26 +56,6 @@ fn u64_at(b: &[u8], at: usize) -> u64 {
 }
 
 /// Recomputes the CRC of a 64-byte segment header in place.
-/// The most a `recovery` input's segment header may claim as allocated
-/// beyond the file's length when the harness fixes header CRCs
-/// (`cap_allocated`): recovery gives a cut segment its allocated length
-/// back, and gigabytes of zeros (on /dev/shm: of memory) to reserve and
-/// scan again test nothing that a few kilobytes do not.
-const MAX_CUT: u64 = 64 << 10;
-
-/// Brings a plausible allocated length (bytes 44..52, at most 4 GiB) more
-/// than MAX_CUT past the end of `seg` within MAX_CUT of it; impossible
-/// ones stay, for the decoder to reject.
-fn cap_allocated(seg: &mut [u8]) {
-    if seg.len() < 64 {
-        return;
-    }
-    let (allocated, len) = (u64_at(seg, 44), seg.len() as u64);
-    if allocated > len + MAX_CUT && allocated <= 4 << 30 {
-        seg[44..52].copy_from_slice(&(len + allocated % MAX_CUT).to_le_bytes());
-    }
-}
-
 pub fn fix_header_crc(seg: &mut [u8]) {
     if seg.len() >= 64 {
         let crc = crc32fast::hash(&seg[0..60]);
@@ -330,7 +310,6 @@ impl Log {
                 fix_segment_frames(&mut bytes);
             }
             if flags & FIX_HEADER_CRC != 0 {
-                cap_allocated(&mut bytes);
                 fix_header_crc(&mut bytes);
             }
             if !files.iter().any(|(n, _)| *n == name) {

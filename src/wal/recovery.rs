@@ -330,11 +330,15 @@ fn recover_segments(fs: &dyn FileSystem, dir: &Path, mode: RecoveryMode, persist
         k if gap => {
             // The last kept segment ends the records before the gap: repair
             // and sync it; appends go to a new segment that declares the gap.
-            drop(open_active(fs, &scans[k - 1], cut_last(k), true)?);
+            // A segment cut short keeps its length: the new one's link
+            // proves where its records end, so it is whole to the next
+            // open, and a disk too full for the lost length (a copy cut
+            // short by it) still opens.
+            drop(open_active(fs, &scans[k - 1], cut_last(k), false, true)?);
             let (first_seq, salt, ..) = *kept.last().expect("kept segments have valid headers");
             (None, Some(Link { first_seq, salt, end: kept_end }))
         }
-        k => (Some(open_active(fs, &scans[k - 1], cut_last(k), !settled)?), None),
+        k => (Some(open_active(fs, &scans[k - 1], cut_last(k), true, !settled)?), None),
     };
     let report = (damage.is_some() || !problems.is_empty() || gap).then(|| RecoveryReport {
         damage: damage.as_ref().map(|d| describe(d, &scans)),
@@ -393,14 +397,14 @@ fn set_aside(fs: &dyn FileSystem, dir: &Path, scans: &[SegmentScan], d: &Damage)
 }
 
 /// Opens the last retained segment for appends at the end of its valid
-/// data; with `cut`, zeroes everything after that offset first; gives a
-/// file cut short its allocated length back (zeros), so that the next
-/// open finds a whole segment; syncs it with `sync` (needless when every
-/// record in it is durable already).
+/// data; with `cut`, zeroes everything after that offset first; with
+/// `restore`, gives a file cut short its allocated length back (zeros),
+/// so that the next open finds a whole segment; syncs it with `sync`
+/// (needless when every record in it is durable already).
 /// Its capacity is its length, whatever `segment_size` is now: segments
 /// differ in size (they grow, and the option may have changed), and a
 /// full one simply rotates at the next append.
-fn open_active(fs: &dyn FileSystem, scan: &SegmentScan, cut: Option<u64>, sync: bool) -> Result<Active> {
+fn open_active(fs: &dyn FileSystem, scan: &SegmentScan, cut: Option<u64>, restore: bool, sync: bool) -> Result<Active> {
     let path = &scan.file.path;
     let io = |what: &str, e| Error::io(format!("{what} {}", path.display()), e);
     let file: Arc<dyn File> = fs.open(path, true).map_err(|e| io("opening", e))?;
@@ -415,10 +419,11 @@ fn open_active(fs: &dyn FileSystem, scan: &SegmentScan, cut: Option<u64>, sync: 
             at += n as u64;
         }
     }
-    if let Some(allocated) = scan.shortened {
+    if let Some(allocated) = scan.shortened.filter(|_| restore) {
         debug_assert!(allocated > len, "a shortened segment is shorter than allocated");
-        // Reserved, not written: appends continue in a new segment
-        // whenever the lost bytes could have held a record (a gap).
+        // Appends continue here: the lost bytes could not hold a record
+        // (no gap), or the next segment, with a damaged header, proved
+        // where this one's records end.
         file.reserve(allocated).map_err(|e| io("restoring the allocated length of", e))?;
         len = allocated;
     }

@@ -162,6 +162,20 @@ fn dump(out: &mut impl Write, path: &Path, from: Option<u64>, hex: bool) -> Resu
             return Ok(1);
         }
         let s = keel::wal::scan::scan_segment(seg.clone(), &bytes, |f, frame| print_frame(out, f, &frame, from, hex))?;
+        if let Some(allocated) = s.shortened {
+            // Records may follow in the next segment only if it follows
+            // this one; the chain check above says so at its turn.
+            let last = l.segments.last().is_some_and(|f| f.path == seg.path);
+            if last {
+                out.flush()?;
+                eprintln!(
+                    "keel-wal: stopped at the end of segment {}: {} bytes where its header says {allocated} were allocated: its tail was cut; see `keel-wal verify`",
+                    seg.path.display(),
+                    bytes.len()
+                );
+                return Ok(1);
+            }
+        }
         if let Some((offset, why)) = &s.damage {
             out.flush()?;
             eprintln!(
@@ -255,7 +269,9 @@ fn verify(out: &mut impl Write, path: &Path, mode: RecoveryMode) -> Result<u8, F
     let sum = scan::summarize(&scans, damage.as_ref());
     let kept_end = kept_end(&scans, damage.as_ref());
     let problems = l.meta.as_ref().map_or(Vec::new(), |m| extent::check(m, &scans, kept_end));
-    let next = l.meta.as_ref().map_or(kept_end, |m| kept_end.max(extent::next_floor(m, &scans)));
+    // A single segment file has no extent record: its header, hints and
+    // a cut tail still bound the numbers handed out, as for a log without one.
+    let next = kept_end.max(extent::next_floor(l.meta.as_ref().unwrap_or(&extent::MetaFile::Missing), &scans));
     let code = match &damage {
         None if !problems.is_empty() => {
             writeln!(out, "valid log: {}", range(&sum))?;
@@ -362,7 +378,8 @@ fn skips(next: u64, kept_end: u64) -> String {
 fn verdict(scans: &[SegmentScan], d: &Damage, mode: RecoveryMode, opens: bool, next: u64) -> String {
     let name = scan::mode_name(mode);
     if opens {
-        format!("{name} would open after repairing: {}{}", scan::repair(d, scans), skips(next, kept_end(scans, Some(d))))
+        let end = kept_end(scans, Some(d));
+        format!("{name} would open after repairing: {}{}", scan::repair(d, scans, next > end), skips(next, end))
     } else {
         format!("{name} would fail to open (CORRUPTION); nothing would change")
     }

@@ -123,8 +123,9 @@ pub fn scan_all(l: &Listing) -> Result<Vec<SegmentScan>, IoFail> {
         .collect()
 }
 
-/// What a successful open in a mode that accepts the damage `d` does.
-pub fn repair(d: &Damage, scans: &[SegmentScan]) -> String {
+/// What a successful open in a mode that accepts the damage `d` does
+/// (`gap`: the next sequence number skips some after the records kept).
+pub fn repair(d: &Damage, scans: &[SegmentScan], gap: bool) -> String {
     let seg = &scans[d.seg];
     let mut steps = Vec::new();
     let aside = d.sets_aside(scans.len());
@@ -139,7 +140,9 @@ pub fn repair(d: &Damage, scans: &[SegmentScan]) -> String {
     if d.in_frames && !d.bad_header {
         steps.push(format!("zero {} from offset {} to its end", seg.file.name, d.offset));
     }
-    if let Some(allocated) = seg.shortened.filter(|_| d.shortened) {
+    // A cut segment that appends go on in gets its length back; after a
+    // gap the next segment's link proves where its records end.
+    if let Some(allocated) = seg.shortened.filter(|_| d.in_frames && !gap) {
         steps.push(format!("give {} back its allocated {allocated} bytes", seg.file.name));
     }
     let kept = d.kept_segments();
