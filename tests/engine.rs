@@ -154,6 +154,21 @@ fn a_lost_shard_list_is_corruption_and_salvage_rebuilds_it() {
     assert_eq!(salvaged.list_shards().unwrap(), vec![7]);
 }
 
+/// A shard list whose length says 4 TiB (sparse) is CORRUPTION naming
+/// it, found before it is read: reading it whole aborted the process.
+#[test]
+fn a_huge_shard_list_is_corruption_not_an_abort() {
+    let t = common::TempDir::new("engine-list-huge");
+    let engine = engine_at(t.path());
+    engine.open_shard(7, true).unwrap().close().unwrap();
+    engine.close().unwrap();
+    drop(engine);
+    std::fs::OpenOptions::new().write(true).open(t.path().join("SHARDS")).unwrap().set_len(1 << 42).unwrap();
+    let e = Engine::open(t.path(), options()).err().expect("a list of 4 TiB");
+    assert_eq!(e.status, KEEL_STATUS_CORRUPTION, "{e}");
+    assert!(e.message.contains("SHARDS"), "{e}");
+}
+
 /// Power loss after a run of creates and drops, some of them failing on
 /// injected write and sync errors (the fault file system keeps a random
 /// part of what was not synced, its last write maybe cut short): the

@@ -440,3 +440,25 @@ fn an_older_manifest_is_corruption_and_salvage_reports_it() {
     assert!(s.recovery_report().lost.iter().any(|l| l.contains("an older copy of the manifest")), "{:?}", s.recovery_report());
     s.close().unwrap();
 }
+
+/// A small file (MANIFEST, a `.state`, a side-car) whose length says 4
+/// TiB, a sparse file as a bad truncate or a damaged inode leaves: the
+/// open reads its frame first and fails with CORRUPTION, where reading it
+/// whole was an allocation that aborted the process.
+#[test]
+fn a_huge_small_file_is_corruption_not_an_abort() {
+    for which in ["MANIFEST", "state", "del"] {
+        let dir = TempDir::new("corrupt-huge");
+        fixture(dir.path(), b'h');
+        let p = match which {
+            "MANIFEST" => seg_dir(dir.path()).join("MANIFEST"),
+            ext => files(dir.path(), ext)[0].clone(),
+        };
+        std::fs::OpenOptions::new().write(true).open(&p).unwrap().set_len(1 << 42).unwrap();
+        let why = corruption(dir.path(), options());
+        assert!(why.contains(&name(&p)), "{which}: {why}");
+        // Salvage leaves the damaged file out; the MANIFEST is moved aside.
+        let s = Shard::open(dir.path(), Options { salvage: true, ..options() }).unwrap_or_else(|e| panic!("{which}: salvage: {e}"));
+        s.close().unwrap();
+    }
+}

@@ -33,6 +33,9 @@ const LISTED: u32 = 1;
 const UNLISTED: u32 = 2;
 /// Records beyond twice the shards that open tolerates before compacting.
 const SLACK: u64 = 64;
+/// A longer list is damage (89 million creates and drops between two
+/// opens), refused before it is read into memory.
+const MAX_BYTES: u64 = 1 << 30;
 
 pub(super) struct ShardList {
     ids: BTreeSet<u32>,
@@ -51,7 +54,7 @@ impl ShardList {
     /// names. `parse_id` says which names are shard ids.
     pub fn load(fs: &dyn FileSystem, dir: &Path, salvage: bool, parse_id: fn(&str) -> Option<u32>) -> Result<ShardList> {
         let path = dir.join(FILE);
-        let (ids, whole) = match files::read_all(fs, &path)? {
+        let (ids, whole) = match files::read_all(fs, &path, MAX_BYTES)? {
             Some(bytes) => parse(&bytes, &path)?,
             None => {
                 let shards_dir = dir.join("shards");

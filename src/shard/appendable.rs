@@ -116,7 +116,7 @@ impl Appendable {
     pub fn load(fs: &Arc<dyn FileSystem>, dir: &Path, ident: Ident) -> Result<Appendable> {
         let id = ident.segment;
         let state_path = dir.join(files::name(id, files::STATE));
-        let bytes = files::read_all(&**fs, &state_path)?
+        let bytes = files::read_small(&**fs, &state_path)?
             .ok_or_else(|| Error::corruption(format!("{}: missing (the segment's durable length is unknown)", state_path.display())))?;
         let mut c = Cursor { bytes: files::open_small(STATE_MAGIC, &bytes, &state_path)? };
         let (persisted, len, crc) = (c.u64()?, c.u64()?, c.u32()?);

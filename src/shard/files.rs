@@ -85,17 +85,43 @@ pub fn sync_dir(fs: &dyn FileSystem, dir: &Path) -> Result<()> {
     fs.sync_dir(dir).map_err(|e| Error::io(format!("syncing {}", dir.display()), e))
 }
 
-/// The whole content of `path`, or None when it does not exist.
-pub fn read_all(fs: &dyn FileSystem, path: &Path) -> Result<Option<Vec<u8>>> {
+/// The whole content of `path`, or None when it does not exist; a file
+/// longer than `max` bytes is CORRUPTION, found before anything is
+/// allocated (a damaged length, a sparse file of terabytes, must not be
+/// an allocation that aborts the process).
+pub fn read_all(fs: &dyn FileSystem, path: &Path, max: u64) -> Result<Option<Vec<u8>>> {
     let f = match fs.open(path, false) {
         Ok(f) => f,
         Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(Error::io(format!("opening {}", path.display()), e)),
     };
     let len = f.len().map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+    if len > max {
+        return Err(Error::corruption(format!("{}: {len} bytes, more than such a file ever holds ({max})", path.display())));
+    }
     let mut buf = vec![0u8; len as usize];
     read_exact(&*f, &mut buf, 0).map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
     Ok(Some(buf))
+}
+
+/// `read_all` of a small file (`seal_small`): its length is checked
+/// against its frame's before the body is read.
+pub fn read_small(fs: &dyn FileSystem, path: &Path) -> Result<Option<Vec<u8>>> {
+    let f = match fs.open(path, false) {
+        Ok(f) => f,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::io(format!("opening {}", path.display()), e)),
+    };
+    let io = |e| Error::io(format!("reading {}", path.display()), e);
+    let len = f.len().map_err(io)?;
+    let mut head = [0u8; SMALL_HEADER];
+    let got = f.read_up_to(&mut head, 0).map_err(io)?;
+    let framed = SMALL_HEADER as u64 + u64::from(u32::from_le_bytes(head[8..12].try_into().unwrap()));
+    if got < SMALL_HEADER || len != framed {
+        return Err(Error::corruption(format!("{}: {len} bytes where its frame says {framed}: cut short or damaged", path.display())));
+    }
+    drop(f);
+    read_all(fs, path, framed)
 }
 
 pub fn read_exact(f: &dyn File, buf: &mut [u8], off: u64) -> std::io::Result<()> {
@@ -125,9 +151,12 @@ pub fn remove(fs: &dyn FileSystem, path: &Path) -> Result<()> {
     }
 }
 
+/// The frame of a small file before its body (`seal_small`).
+const SMALL_HEADER: usize = 16;
+
 /// Frames a small file: `[magic u64][len u32][crc u32][body]`.
 pub fn seal_small(magic: u64, body: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(16 + body.len());
+    let mut out = Vec::with_capacity(SMALL_HEADER + body.len());
     out.extend_from_slice(&magic.to_le_bytes());
     out.extend_from_slice(&(body.len() as u32).to_le_bytes());
     out.extend_from_slice(&crc32fast::hash(body).to_le_bytes());
@@ -150,7 +179,6 @@ pub fn open_small<'a>(magic: u64, bytes: &'a [u8], path: &Path) -> Result<&'a [u
     Ok(body)
 }
 
-/// Reads a little-endian integer field; cut input is corruption.
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -171,7 +171,7 @@ impl Manifest {
     /// Reads the manifest of `dir`; None when there is none.
     pub fn read(fs: &dyn FileSystem, dir: &Path) -> Result<Option<Manifest>> {
         let p = path(dir);
-        files::read_all(fs, &p)?.map(|b| Manifest::decode(&b, &p)).transpose()
+        files::read_small(fs, &p)?.map(|b| Manifest::decode(&b, &p)).transpose()
     }
 
     /// The version the manifest of shard folder `shard_dir` records as

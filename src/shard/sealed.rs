@@ -83,7 +83,7 @@ impl Sealed {
     pub fn load(fs: &dyn FileSystem, dir: &Path, ident: Ident, table: Table, required: bool) -> Result<Sealed> {
         let persisted = table.max_version;
         let s = Sealed::new(dir, ident, Data::Table(table), persisted);
-        match files::read_all(fs, &s.del_path)? {
+        match files::read_small(fs, &s.del_path)? {
             None if required => {
                 return Err(crate::error::Error::corruption(format!("{}: missing", s.del_path.display())));
             }

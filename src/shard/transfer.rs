@@ -197,7 +197,7 @@ impl Shard {
 
     fn base_crc(&self, version: u64) -> Result<Option<u32>> {
         let path = self.base_path();
-        let Some(bytes) = super::files::read_all(&*self.inner.fs, &path)? else { return Ok(None) };
+        let Some(bytes) = super::files::read_small(&*self.inner.fs, &path)? else { return Ok(None) };
         let mut c = super::files::Cursor { bytes: super::files::open_small(BASE_MAGIC, &bytes, &path)? };
         let (v, crc) = (c.u64()?, c.u32()?);
         Ok((v == version).then_some(crc))
