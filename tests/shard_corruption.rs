@@ -462,3 +462,107 @@ fn a_huge_small_file_is_corruption_not_an_abort() {
         s.close().unwrap();
     }
 }
+
+/// Parks the process at its first flush pass: what a crash right after
+/// the open leaves (the hook panics; the test then drops the shard).
+struct DieAtFirstPass;
+
+impl keel::shard::StepHook for DieAtFirstPass {
+    fn at(&self, step: keel::shard::Step) {
+        if step == keel::shard::Step::PassStart {
+            panic!("the process dies before its first pass");
+        }
+    }
+}
+
+/// A salvage that lost a table replays what the WAL still has of it (here
+/// all of it: the WAL is pinned from 1) into memory. The manifest without
+/// that table is written by the first pass, after the replay is in
+/// segment files: a crash before that leaves the manifest naming the lost
+/// table, so the next open finds the same damage instead of a manifest
+/// claiming versions persisted that no file holds (which silently lost
+/// the replayed keys). A salvage then recovers them again.
+#[test]
+fn a_crash_right_after_a_salvage_loses_nothing_it_recovered() {
+    let dir = TempDir::new("corrupt-salvage-crash");
+    let s = Shard::open(dir.path(), options()).unwrap();
+    s.set_keep_from(1).unwrap(); // a follower pins the WAL
+    for i in 0..300 {
+        s.put(format!("key{i:04}").as_bytes(), &[b'v'; 500]).unwrap();
+        if i % 50 == 49 {
+            s.flush(true).unwrap();
+            s.flush(true).unwrap();
+        }
+    }
+    s.flush(true).unwrap();
+    s.close().unwrap();
+    let lost = files(dir.path(), "sst")[0].clone();
+    std::fs::remove_file(&lost).unwrap();
+
+    let die = Options { steps: keel::shard::Steps::new(std::sync::Arc::new(DieAtFirstPass)), ..options() };
+    let s = Shard::open(dir.path(), Options { salvage: true, ..die.clone() }).unwrap();
+    assert_eq!(s.scan(b"", None).unwrap().count(), 300, "salvage recovered every key from the WAL");
+    let _ = s.close(); // the first pass never ran
+
+    let why = corruption(dir.path(), die);
+    assert!(why.contains(&name(&lost)), "{why}");
+    let s = Shard::open(dir.path(), Options { salvage: true, ..options() }).unwrap();
+    assert_eq!(s.scan(b"", None).unwrap().count(), 300);
+    s.flush(true).unwrap(); // the pass writes the manifest of what is left
+    s.close().unwrap();
+    let s = Shard::open(dir.path(), options()).expect("after a pass the shard opens normally");
+    assert_eq!(s.scan(b"", None).unwrap().count(), 300);
+    s.close().unwrap();
+}
+
+/// Files moved aside by one open are never replaced by another's: two
+/// salvages after a lost manifest (segment ids start at 1 again) move
+/// files of the same names, and within one second they used to share a
+/// folder, the second rename replacing the only copy of the first table.
+#[test]
+fn moving_aside_never_replaces_a_file_moved_aside_before() {
+    let dir = TempDir::new("corrupt-aside-twice");
+    fixture(dir.path(), b'a');
+    let salvage = Options { salvage: true, ..options() };
+    let held = |folder: &Path| -> Vec<(String, Vec<u8>)> {
+        let mut v: Vec<_> = std::fs::read_dir(folder).unwrap().map(|e| e.unwrap().path()).map(|p| (name(&p), std::fs::read(&p).unwrap())).collect();
+        v.sort();
+        v
+    };
+    let mut folders = Vec::new();
+    let mut first_held = Vec::new();
+    for round in 0..2 {
+        std::fs::remove_file(seg_dir(dir.path()).join("MANIFEST")).unwrap();
+        let s = Shard::open(dir.path(), salvage.clone()).unwrap();
+        let folder = seg_dir(dir.path()).join(s.recovery_report().moved_to.clone().expect("the segment files are moved aside"));
+        if round == 0 {
+            first_held = held(&folder);
+            assert!(first_held.iter().any(|(n, _)| n.ends_with(".sst")), "{first_held:?}");
+        }
+        folders.push(folder);
+        for i in 0..300 {
+            s.put(format!("again{i:03}").as_bytes(), &[b'b'; 400]).unwrap();
+        }
+        s.flush(true).unwrap();
+        s.flush(true).unwrap(); // seals: tables numbered from 1 again
+        s.close().unwrap();
+    }
+    assert_ne!(folders[0], folders[1], "two opens moved files into one folder");
+    assert!(held(&folders[0]) == first_held, "the second salvage changed what the first moved aside");
+}
+
+/// A shard whose WAL folder is gone lost its WAL: the open fails with
+/// CORRUPTION naming it and leaves no new WAL behind (the WAL's open used
+/// to make one, empty, before the segments were checked against it).
+#[test]
+fn a_lost_wal_folder_is_corruption_and_is_not_made_again() {
+    for salvage in [false, true] {
+        let dir = TempDir::new("corrupt-wal-lost");
+        fixture(dir.path(), b'w');
+        std::fs::remove_dir_all(dir.path().join("wal")).unwrap();
+        let e = Shard::open(dir.path(), Options { salvage, ..options() }).err().expect("a shard without its WAL");
+        assert_eq!(e.status, KEEL_STATUS_CORRUPTION, "{e}");
+        assert!(e.message.contains("the shard's WAL was lost"), "{e}");
+        assert!(!dir.path().join("wal").exists(), "salvage {salvage}: the failed open made a WAL");
+    }
+}

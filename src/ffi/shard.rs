@@ -698,7 +698,8 @@ pub extern "C" fn keel_shard_health(shard: *const keel_shard_t, err: *mut *mut k
 /// Writes what the shard's open found to `*out` as UTF-8 text (not
 /// NUL-terminated), one finding per line, or an empty buffer ({NULL, 0})
 /// when it found nothing: files its manifest does not list, moved aside into
-/// `segments/unlisted-<unix seconds>/` (any open); after a salvage open
+/// `segments/unlisted-<unix seconds>/` (`-2`, `-3`... added when an earlier
+/// open in the same second made that folder) (any open); after a salvage open
 /// (keel_engine_options_t.salvage) also each missing or damaged segment
 /// file with what it held, and the versions lost. `*out` must be empty
 /// ({NULL, 0}) on entry; the caller frees it with keel_buf_free(). Any

@@ -131,6 +131,25 @@ pub fn read_exact(f: &dyn File, buf: &mut [u8], off: u64) -> std::io::Result<()>
     }
 }
 
+/// A name for a folder of files moved aside that no entry of `dir` has:
+/// `unlisted-<unix seconds>`, or with `-2`, `-3`... after it when an
+/// earlier open in the same second took that.
+pub fn unused_aside_folder(fs: &dyn FileSystem, dir: &Path) -> Result<String> {
+    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let mut n = 1u64;
+    loop {
+        let name = match n {
+            1 => format!("{UNLISTED_PREFIX}{secs}"),
+            n => format!("{UNLISTED_PREFIX}{secs}-{n}"),
+        };
+        let path = dir.join(&name);
+        if !fs.exists(&path).map_err(|e| Error::io(format!("looking for {}", path.display()), e))? {
+            return Ok(name);
+        }
+        n += 1;
+    }
+}
+
 /// Moves `name` out of `dir` into `dir/<folder>/` (created if needed),
 /// durably: files keel does not know are kept for the operator, never
 /// deleted.

@@ -708,6 +708,20 @@ impl Shard {
         // scan's, reported after the WAL's verdict.
         let manifest = recovery::read_manifest(&*seg_fs, &seg_dir, opts.salvage, &mut report);
         let persisted = manifest.as_ref().map_or(0, recovery::DirManifest::persisted);
+        // A shard with a manifest had a WAL before it: a missing WAL
+        // folder is a lost WAL, refused before the WAL's open makes a new
+        // one (a failed open leaves the directory as it found it).
+        let wal_dir = dir.join("wal");
+        let real_fs = fs.clone().unwrap_or_else(|| Arc::new(StdFs::direct()));
+        if manifest.as_ref().is_ok_and(recovery::DirManifest::found)
+            && !real_fs.exists(&wal_dir).map_err(|e| Error::io(format!("looking for {}", wal_dir.display()), e))?
+        {
+            return Err(Error::corruption(format!(
+                "{}: missing while {} exists: the shard's WAL was lost",
+                wal_dir.display(),
+                manifest::path(&seg_dir).display()
+            )));
+        }
         let open_wal = || open_wal(dir, &opts, &fs, host, commit.is_some(), persisted);
         // The WAL's open and the segments' scan read different files and
         // write nothing the other reads: on the real file system they run

@@ -70,6 +70,8 @@ impl std::fmt::Display for RecoveryReport {
 /// WAL may have been acknowledged past).
 pub struct Loaded {
     pub segs: Segments,
+    /// The manifest on disk: the one the open wrote, or the one it read
+    /// (a salvage that lost listed files leaves it to the first pass).
     pub manifest: Manifest,
     pub proven: u64,
     /// The version the manifest records as acknowledged, or (for a
@@ -126,6 +128,12 @@ impl DirManifest {
     /// newer (the load proves the claim, or refuses the open).
     pub fn persisted(&self) -> u64 {
         self.manifest.as_ref().map_or(0, |m| m.persisted)
+    }
+
+    /// A manifest was read: the shard existed, and so did its WAL (an
+    /// open makes the WAL before the first manifest).
+    pub fn found(&self) -> bool {
+        self.manifest.is_some()
     }
 }
 
@@ -196,15 +204,18 @@ pub fn scan(fs: &Arc<dyn FileSystem>, dir: &Path, found: DirManifest, salvage: b
 pub fn load(fs: &Arc<dyn FileSystem>, dir: &Path, scan: Scan, wal_has_records: bool, salvage: bool, report: &mut RecoveryReport) -> Result<Loaded> {
     let fsr = &**fs;
     let Scan { exists, manifest, manifest_lost, mut tables, mut logs, damaged, proven, floor } = scan;
-    let aside = format!(
-        "{}{}",
-        files::UNLISTED_PREFIX,
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
-    );
+    // One folder per open that moves anything, never one an earlier open
+    // used: a rename replaces a file of the same name, and two opens in
+    // one second may move files of the same names (a salvage after a lost
+    // manifest numbers segments from 1 again).
     let move_aside = |name: &str, report: &mut RecoveryReport| -> Result<()> {
-        files::move_aside(fsr, dir, &aside, name)?;
+        let folder = match &report.moved_to {
+            Some(f) => f.clone(),
+            None => files::unused_aside_folder(fsr, dir)?,
+        };
+        files::move_aside(fsr, dir, &folder, name)?;
         report.moved_aside.push(name.to_string());
-        report.moved_to = Some(aside.clone());
+        report.moved_to = Some(folder);
         Ok(())
     };
     let list = || fsr.list(dir).map_err(|e| Error::io(format!("listing {}", dir.display()), e));
@@ -301,15 +312,25 @@ pub fn load(fs: &Arc<dyn FileSystem>, dir: &Path, scan: Scan, wal_has_records: b
     };
     let segs = Segments { shard: on_disk.shard, appendable, sealed: tables.into_values().map(Arc::new).collect(), applied: 0, next_id };
     // New files are durable; the manifest naming them goes next, and only
-    // then are the files it no longer lists removed.
+    // then are the files it no longer lists removed. Except after a
+    // salvage that lost listed files: the manifest without them would
+    // still record their versions persisted, and the WAL's replay of
+    // what it still has of them is in memory only, so a crash before the
+    // first pass would lose it with nothing left to say so. That manifest
+    // is the first pass's to write, once the replay is in segment files;
+    // until then the one on disk names the lost files, and the next open
+    // finds the same damage.
     let now = Manifest::of(&segs, on_disk.persisted, on_disk.replicated.clone());
-    let wrote = now != on_disk;
+    let defer = !damaged.is_empty();
+    let wrote = now != on_disk && !defer;
     if wrote {
         now.write(fsr, dir)?;
     }
-    let removes = !sealed_now.is_empty();
-    for log in sealed_now {
-        log.remove_files()?;
+    let removes = !sealed_now.is_empty() && !defer;
+    if removes {
+        for log in sealed_now {
+            log.remove_files()?;
+        }
     }
     // The manifest's replace ends with a sync of this folder: only the
     // removes after it, or an open that wrote no manifest but removed
@@ -325,7 +346,8 @@ pub fn load(fs: &Arc<dyn FileSystem>, dir: &Path, scan: Scan, wal_has_records: b
     // lost some), but the count never restarts below it either way.
     let floor = if floor == u64::MAX { 0 } else { floor }.max(now.persisted);
     let proven = if damaged.is_empty() { proven.max(now.persisted) } else { proven };
-    Ok(Loaded { segs, manifest: now, proven, floor, synced })
+    let manifest = if defer { on_disk } else { now };
+    Ok(Loaded { segs, manifest, proven, floor, synced })
 }
 
 /// Opens a listed table and checks it is the one the manifest lists.
