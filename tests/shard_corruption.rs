@@ -566,3 +566,21 @@ fn a_lost_wal_folder_is_corruption_and_is_not_made_again() {
         assert!(!dir.path().join("wal").exists(), "salvage {salvage}: the failed open made a WAL");
     }
 }
+
+/// A folder named like a temporary file is not keel's leftover: it is
+/// moved aside like any unknown entry, where removing it failed every
+/// open with IO.
+#[test]
+fn a_folder_named_like_a_temporary_file_is_moved_aside() {
+    let dir = TempDir::new("corrupt-tmp-folder");
+    fixture(dir.path(), b't');
+    let odd = seg_dir(dir.path()).join("seg-0000000000000099.sst.tmp");
+    std::fs::create_dir(&odd).unwrap();
+    std::fs::write(odd.join("inside"), b"an operator's file").unwrap();
+    let s = Shard::open(dir.path(), options()).expect("the open moves the folder aside");
+    let report = s.recovery_report().clone();
+    s.close().unwrap();
+    assert_eq!(report.moved_aside, vec!["seg-0000000000000099.sst.tmp".to_string()], "{report}");
+    let kept = seg_dir(dir.path()).join(report.moved_to.unwrap()).join("seg-0000000000000099.sst.tmp/inside");
+    assert_eq!(std::fs::read(kept).unwrap(), b"an operator's file");
+}

@@ -164,7 +164,12 @@ pub fn move_aside(fs: &dyn FileSystem, dir: &Path, folder: &str, name: &str) -> 
 
 /// Removes `path`; a file already gone is fine.
 pub fn remove(fs: &dyn FileSystem, path: &Path) -> Result<()> {
-    match fs.remove(path) {
+    remove_result(fs.remove(path), path)
+}
+
+/// The outcome of removing `path`, as `remove` reports it.
+pub fn remove_result(r: std::io::Result<()>, path: &Path) -> Result<()> {
+    match r {
         Err(e) if e.kind() != ErrorKind::NotFound => Err(Error::io(format!("removing {}", path.display()), e)),
         _ => Ok(()),
     }

@@ -264,7 +264,12 @@ pub fn load(fs: &Arc<dyn FileSystem>, dir: &Path, scan: Scan, wal_has_records: b
             continue;
         }
         if files::is_temporary(&name) {
-            files::remove(fsr, &dir.join(&name))?; // a rename that never happened
+            // A rename that never happened; but a folder named so is not
+            // keel's, and moved aside like any other unknown entry.
+            match fsr.remove(&dir.join(&name)) {
+                Err(e) if e.raw_os_error() == Some(libc::EISDIR) => move_aside(&name, report)?,
+                other => files::remove_result(other, &dir.join(&name))?,
+            }
             cleaned = true;
             continue;
         }
