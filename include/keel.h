@@ -2132,7 +2132,9 @@ keel_status_t keel_engine_open(const char *dir,
  * (engine closed), CORRUPTION (a segment file missing, cut or
  * substituted; the WAL starts past what the segments hold; the shard's
  * directory vanished while the engine lists it; see docs/STORAGE.md),
- * IO, NO_SPACE.
+ * IO (also: the shard's WAL failed to close since the engine opened, and
+ * its acknowledged writes come back only when the engine reopens),
+ * NO_SPACE.
  */
 keel_status_t keel_engine_shard_open(const struct keel_engine_t *engine,
                                      uint32_t id,

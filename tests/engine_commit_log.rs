@@ -319,3 +319,126 @@ fn a_group_too_large_for_the_commit_log_syncs_its_own_wal() {
     let s = engine.open_shard(1, false).unwrap();
     assert_eq!(s.get(b"big").unwrap().map(|e| e.value), Some(keel::shard::Value::Bytes(value)), "durable without its copy");
 }
+
+// ---- found by a review: each failed on the code before ---------------------
+
+const ENGINE: &str = "/keel/engine";
+
+fn engine_on(fs: &(impl FileSystem + Clone + 'static)) -> keel::Result<Engine> {
+    Engine::open_with_fs(Path::new(ENGINE), options(Steps::default()), Arc::new(fs.clone()))
+}
+
+fn value(s: &Shard, key: &str) -> Option<Vec<u8>> {
+    match s.get(key.as_bytes()).unwrap().map(|e| e.value) {
+        Some(keel::shard::Value::Bytes(v)) => Some(v),
+        _ => None,
+    }
+}
+
+/// A shard whose WAL failed to close (EIO on its fdatasync) has its
+/// acknowledged writes only in the commit log's copies. The flag that kept
+/// checkpoints from dropping them lived in the shard, so once the engine
+/// let go of the closed shard, the next checkpoint took it for one its
+/// close had synced and dropped the copies: a power loss then lost the
+/// writes. The commit log now holds them until the engine reopens (its
+/// close reports why), and the shard cannot be opened again before that.
+#[test]
+fn copies_of_a_shard_whose_close_failed_survive_checkpoints_and_power_loss() {
+    let fs = FaultFs::new(1);
+    let engine = engine_on(&fs).unwrap();
+    let s = engine.open_shard(1, true).unwrap();
+    for i in 0..20 {
+        s.put(format!("k{i}").as_bytes(), b"v").unwrap();
+    }
+    fs.set_faults(Faults { eio_sync: 1000, ..Faults::default() });
+    let closed = s.close();
+    fs.set_faults(Faults::default());
+    assert!(closed.is_err(), "the close was meant to fail");
+    drop(s);
+    engine.stats().unwrap(); // lets go of the closed shard
+    let again = engine.open_shard(1, false).err().expect("a shard whose WAL failed to close waits for the engine's reopen");
+    assert_eq!(again.status, keel::status::KEEL_STATUS_IO, "{again}");
+    let closed = engine.close();
+    assert!(closed.is_err(), "the engine's close says the copies stay");
+    drop(engine);
+    fs.crash();
+    let engine = engine_on(&fs).unwrap();
+    let s = engine.open_shard(1, false).unwrap();
+    let lost: Vec<usize> = (0..20).filter(|i| value(&s, &format!("k{i}")) != Some(b"v".to_vec())).collect();
+    assert!(lost.is_empty(), "acknowledged writes {lost:?} lost after power loss");
+    s.close().unwrap();
+    engine.close().unwrap();
+}
+
+/// The same shard's WAL unable to take its held frames (EIO on writes):
+/// opening it again in the same engine opened the shortened WAL and gave
+/// acknowledged versions out again. Refused now until the engine reopens,
+/// whose recovery gives the frames back from the commit log.
+#[test]
+fn a_shard_whose_wal_failed_is_not_reopened_before_the_engine() {
+    let fs = common::tripfs::TripFs::new(FaultFs::new(1), format!("{ENGINE}/shards/1/wal"));
+    let engine = engine_on(&fs).unwrap();
+    let s = engine.open_shard(1, true).unwrap();
+    let acked: Vec<u64> = (0..10).map(|i| s.put(format!("old{i}").as_bytes(), b"old").unwrap()).collect();
+    fs.fail_writes.store(true, std::sync::atomic::Ordering::SeqCst);
+    let _ = s.flush(true);
+    assert!(s.close().is_err(), "the WAL cannot write its held frames");
+    fs.fail_writes.store(false, std::sync::atomic::Ordering::SeqCst);
+    drop(s);
+    let again = engine.open_shard(1, false).err().expect("refused until the engine reopens");
+    assert_eq!(again.status, keel::status::KEEL_STATUS_IO, "{again}");
+    let _ = engine.close();
+    drop(engine);
+    let engine = engine_on(&fs).unwrap();
+    let s = engine.open_shard(1, false).unwrap();
+    let missing: Vec<usize> = (0..10).filter(|i| value(&s, &format!("old{i}")).is_none()).collect();
+    assert!(missing.is_empty(), "acknowledged writes {missing:?} missing after the engine's reopen");
+    let next = s.put(b"new", b"new").unwrap();
+    assert!(next > *acked.last().unwrap(), "version {next} given out again (acknowledged up to {})", acked.last().unwrap());
+    s.close().unwrap();
+    engine.close().unwrap();
+}
+
+/// A SIGKILL between the shard list's append and its fdatasync, then a
+/// process that reads the unsynced record and acts on it (uses the
+/// created shard; finishes the drop by removing the folder), then a power
+/// loss: the record must not be taken back under what was done on its
+/// word. The engine's open now syncs the list it read.
+#[test]
+fn a_shard_list_record_a_killed_process_never_synced_is_synced_before_use() {
+    for (case, seed) in [("create", 1), ("create", 2), ("drop", 1), ("drop", 2)] {
+        let faultfs = FaultFs::new(seed);
+        let fs = common::tripfs::TripFs::new(faultfs.clone(), format!("{ENGINE}/SHARDS"));
+        let engine = engine_on(&fs).unwrap();
+        let s = engine.open_shard(3, true).unwrap();
+        s.put(b"k", b"v").unwrap();
+        s.close().unwrap();
+        fs.kill_at_sync.store(true, std::sync::atomic::Ordering::SeqCst);
+        match case {
+            "create" => assert!(engine.open_shard(5, true).is_err(), "the create was cut by the kill"),
+            _ => assert!(engine.drop_shard(3).is_err(), "the drop was cut by the kill"),
+        }
+        drop(engine);
+        faultfs.resume(); // the next process after the SIGKILL
+        let engine = engine_on(&fs).unwrap();
+        if case == "create" {
+            let s = engine.open_shard(5, false).expect("shard 5 is listed for the next process");
+            s.put(b"acked", b"v").unwrap();
+            s.close().unwrap();
+        }
+        engine.close().unwrap();
+        drop(engine);
+        faultfs.crash(); // power loss
+        let engine = engine_on(&fs).unwrap();
+        let listed = engine.list_shards().unwrap();
+        match case {
+            "create" => {
+                let s = engine.open_shard(5, false).unwrap_or_else(|e| panic!("{case} seed {seed}: shard 5 lost (listed {listed:?}): {e}"));
+                assert_eq!(value(&s, "acked"), Some(b"v".to_vec()), "{case} seed {seed}");
+                s.close().unwrap();
+            }
+            _ => assert!(!listed.contains(&3), "{case} seed {seed}: the finished drop came back: listed {listed:?}"),
+        }
+        engine.close().unwrap();
+    }
+}

@@ -73,7 +73,15 @@ impl ShardList {
         };
         let mut list = ShardList { ids, path, len: None };
         match whole {
-            Some(len) => list.len = Some(len),
+            Some(len) => {
+                // A killed process may have appended a record it never
+                // synced: acted on now (a folder made or removed, a shard
+                // written), it must not be taken back by a power loss.
+                fs.open(&list.path, true)
+                    .and_then(|f| f.sync_data())
+                    .map_err(|e| Error::io(format!("syncing {}", list.path.display()), e))?;
+                list.len = Some(len)
+            }
             None => list.rewrite(fs, list.ids.clone())?,
         }
         Ok(list)

@@ -353,6 +353,12 @@ impl Engine {
                 }
                 _ => {}
             }
+            if self.commit_log.as_ref().is_some_and(|log| log.holds(id)) {
+                return Err(Error::new(
+                    KEEL_STATUS_IO,
+                    format!("shard {id}'s WAL failed to close: its acknowledged writes are in the engine's commit log, which gives them back when the engine reopens; reopen the engine before the shard"),
+                ));
+            }
             let create = !state.list.contains(id);
             if create {
                 if !create_if_missing {

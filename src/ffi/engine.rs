@@ -254,7 +254,9 @@ pub extern "C" fn keel_engine_open(
 /// (engine closed), CORRUPTION (a segment file missing, cut or
 /// substituted; the WAL starts past what the segments hold; the shard's
 /// directory vanished while the engine lists it; see docs/STORAGE.md),
-/// IO, NO_SPACE.
+/// IO (also: the shard's WAL failed to close since the engine opened, and
+/// its acknowledged writes come back only when the engine reopens),
+/// NO_SPACE.
 #[no_mangle]
 pub extern "C" fn keel_engine_shard_open(
     engine: *const keel_engine_t,

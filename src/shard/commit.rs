@@ -16,7 +16,7 @@ use crate::wal::commit_log::{encode_copy, CommitLog, Copied, Member};
 use crate::wal::{self, Durability, Wal};
 use parking_lot::Mutex;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Weak};
 
 /// The commit log of a shard and its place in it.
@@ -33,9 +33,6 @@ pub(crate) struct Committer {
     /// before it passes the lead on (so no other lead can stage in
     /// between).
     staged: Mutex<Staged>,
-    /// Set when closing the shard's WAL failed: its frames may not be
-    /// durable in it, so checkpoints must not drop their copies.
-    close_failed: AtomicBool,
 }
 
 impl Committer {
@@ -46,7 +43,6 @@ impl Committer {
             me,
             listed: AtomicBool::new(false),
             staged: Mutex::new(Staged::default()),
-            close_failed: AtomicBool::new(false),
         }
     }
 }
@@ -133,10 +129,13 @@ impl Inner {
         }
     }
 
-    /// Closing the shard's WAL failed: its copies must stay.
+    /// Closing the shard's WAL failed: its frames may be in no durable
+    /// file, so the commit log keeps their copies until the engine
+    /// reopens (`CommitLog::hold`; the engine refuses to open the shard
+    /// again until then).
     pub(super) fn note_close_failed(&self) {
         if let Some(c) = &self.commit {
-            c.close_failed.store(true, Ordering::Release);
+            c.log.hold(c.id);
         }
     }
 }
@@ -145,11 +144,9 @@ impl Member for Inner {
     fn sync_log(&self) -> Result<()> {
         // Close holds the write side while it closes the WAL: a shard seen
         // closed here is closed through its final sync.
+        // One whose close failed is held by the commit log (`hold`).
         match self.wal.read_recursive().as_ref() {
             Some(w) => w.sync().map(drop),
-            None if self.commit.as_ref().is_some_and(|c| c.close_failed.load(Ordering::Acquire)) => {
-                Err(Error::new(crate::status::KEEL_STATUS_IO, "a shard's WAL failed to close; its commit-log copies stay"))
-            }
             None => Ok(()),
         }
     }

@@ -35,7 +35,7 @@ use crate::codec::{put_bytes, Cursor};
 use crate::error::{Error, Result};
 use crate::fs::FileSystem;
 use parking_lot::{Mutex, RwLock};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
@@ -102,6 +102,12 @@ pub(crate) struct CommitLog {
     log: RwLock<Option<Wal>>,
     /// Members written since the last checkpoint (each also `listed`).
     members: Mutex<Vec<Weak<dyn Member>>>,
+    /// Ids of members whose log failed to close since the log opened
+    /// (`hold`): their frames may be in no durable file but their copies,
+    /// so no checkpoint is taken until the engine reopens and recovery
+    /// gives the copies back. Kept here, not in the member: a member
+    /// gone is otherwise taken for one its close synced.
+    held: Mutex<BTreeSet<u32>>,
     /// Bytes of copies appended since the last checkpoint.
     since: AtomicU64,
     checkpoint_bytes: u64,
@@ -157,6 +163,7 @@ impl CommitLog {
         Ok(CommitLog {
             log: RwLock::new(Some(log)),
             members: Mutex::new(Vec::new()),
+            held: Mutex::new(BTreeSet::new()),
             since: AtomicU64::new(0),
             checkpoint_bytes,
             checkpointing: Mutex::new(0),
@@ -240,16 +247,34 @@ impl CommitLog {
         self.checkpoint_locked(&mut self.checkpointing.lock())
     }
 
+    /// Member `id`'s log failed to close: its copies, and every later
+    /// one, stay in this log (checkpoints fail) until the engine reopens.
+    pub fn hold(&self, id: u32) {
+        self.held.lock().insert(id);
+    }
+
+    /// Whether member `id`'s log failed to close since this log opened.
+    pub fn holds(&self, id: u32) -> bool {
+        self.held.lock().contains(&id)
+    }
+
     /// `covered`: what the checkpoints cover so far (`checkpointing`).
     fn checkpoint_locked(&self, covered: &mut u64) -> Result<()> {
         self.since.store(0, Ordering::Release);
+        if let Some(ids) = Some(self.held.lock().clone()).filter(|h| !h.is_empty()) {
+            return Err(Error::new(
+                crate::status::KEEL_STATUS_IO,
+                format!("the WAL of shard(s) {ids:?} failed to close: the commit log keeps every copy until the engine reopens"),
+            ));
+        }
         // J first, then the set: a copy at or below J was appended after
         // its member was listed, so the member is in the set taken below.
         let upto = self.with_log(|log| Ok(log.last_seq()))?;
         let taken = std::mem::take(&mut *self.members.lock());
         let mut failed = None;
         for weak in taken {
-            // A member dropped without close: its log's drop synced it.
+            // A member dropped: closed (its close synced it, or it is
+            // held), or dropped without close (its log's drop synced it).
             let Some(m) = weak.upgrade() else { continue };
             m.listed().store(false, Ordering::Release);
             self.stats.checkpoint_syncs.fetch_add(1, Ordering::Relaxed);

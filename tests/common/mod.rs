@@ -9,6 +9,7 @@ pub mod relay;
 pub mod rng;
 pub mod shard_model;
 pub mod side;
+pub mod tripfs;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
