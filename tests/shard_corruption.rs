@@ -584,3 +584,25 @@ fn a_folder_named_like_a_temporary_file_is_moved_aside() {
     let kept = seg_dir(dir.path()).join(report.moved_to.unwrap()).join("seg-0000000000000099.sst.tmp/inside");
     assert_eq!(std::fs::read(kept).unwrap(), b"an operator's file");
 }
+
+/// A listed file replaced by a folder of the same name is damage like a
+/// missing file: CORRUPTION naming it (it was IO, which a salvage open
+/// refused too), and a salvage open leaves it out.
+#[test]
+fn a_listed_file_replaced_by_a_folder_is_corruption() {
+    for which in ["sst", "del", "state", "log", "MANIFEST"] {
+        let dir = TempDir::new("corrupt-folder");
+        fixture(dir.path(), b'f');
+        let p = match which {
+            "MANIFEST" => seg_dir(dir.path()).join("MANIFEST"),
+            ext => files(dir.path(), ext)[0].clone(),
+        };
+        std::fs::remove_file(&p).unwrap();
+        std::fs::create_dir(&p).unwrap();
+        let why = corruption(dir.path(), options());
+        assert!(why.contains(&name(&p)), "{which}: {why}");
+        let s = Shard::open(dir.path(), Options { salvage: true, ..options() }).unwrap_or_else(|e| panic!("{which}: salvage: {e}"));
+        assert!(!s.recovery_report().is_empty(), "{which}: salvage reports the loss");
+        s.close().unwrap();
+    }
+}

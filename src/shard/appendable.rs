@@ -124,8 +124,14 @@ impl Appendable {
         let log_path = dir.join(files::name(id, files::LOG));
         let file = fs.open(&log_path, true).map_err(|e| match e.kind() {
             std::io::ErrorKind::NotFound => Error::corruption(format!("{}: missing", log_path.display())),
-            _ => Error::io(format!("opening {}", log_path.display()), e),
+            _ => files::read_error("opening", &log_path, e),
         })?;
+        // Checked before the buffer is allocated: the length comes from
+        // the state file, and the log must hold at least that much.
+        let have = file.len().map_err(|e| files::read_error("reading", &log_path, e))?;
+        if have < len {
+            return Err(Error::corruption(format!("{}: {have} bytes, shorter than its durable length {len}", log_path.display())));
+        }
         let mut bytes = vec![0u8; len as usize];
         files::read_exact(&*file, &mut bytes, 0).map_err(|e| {
             Error::corruption(format!("{}: shorter than its durable length {len}: {e}", log_path.display()))

@@ -85,6 +85,16 @@ pub fn sync_dir(fs: &dyn FileSystem, dir: &Path) -> Result<()> {
     fs.sync_dir(dir).map_err(|e| Error::io(format!("syncing {}", dir.display()), e))
 }
 
+/// An error reading `path` (`what` it was doing): CORRUPTION when it is a
+/// folder or another non-file where a file is listed (damage, like a
+/// missing file: a salvage open leaves it out), IO otherwise.
+pub fn read_error(what: &str, path: &Path, e: std::io::Error) -> Error {
+    match e.raw_os_error() {
+        Some(libc::EISDIR) | Some(libc::ENODEV) => Error::corruption(format!("{}: not a regular file", path.display())),
+        _ => Error::io(format!("{what} {}", path.display()), e),
+    }
+}
+
 /// The whole content of `path`, or None when it does not exist; a file
 /// longer than `max` bytes is CORRUPTION, found before anything is
 /// allocated (a damaged length, a sparse file of terabytes, must not be
@@ -100,7 +110,7 @@ pub fn read_all(fs: &dyn FileSystem, path: &Path, max: u64) -> Result<Option<Vec
         return Err(Error::corruption(format!("{}: {len} bytes, more than such a file ever holds ({max})", path.display())));
     }
     let mut buf = vec![0u8; len as usize];
-    read_exact(&*f, &mut buf, 0).map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+    read_exact(&*f, &mut buf, 0).map_err(|e| read_error("reading", path, e))?;
     Ok(Some(buf))
 }
 
@@ -112,7 +122,7 @@ pub fn read_small(fs: &dyn FileSystem, path: &Path) -> Result<Option<Vec<u8>>> {
         Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(Error::io(format!("opening {}", path.display()), e)),
     };
-    let io = |e| Error::io(format!("reading {}", path.display()), e);
+    let io = |e| read_error("reading", path, e);
     let len = f.len().map_err(io)?;
     let mut head = [0u8; SMALL_HEADER];
     let got = f.read_up_to(&mut head, 0).map_err(io)?;

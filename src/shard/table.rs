@@ -269,7 +269,7 @@ pub fn write<'e>(
 impl Table {
     pub fn open(fs: &dyn FileSystem, path: &Path) -> Result<Table> {
         let bad = |why: &str| Error::corruption(format!("{}: {why}", path.display()));
-        let map = match fs.map_readonly(path).map_err(|e| Error::io(format!("mapping {}", path.display()), e))? {
+        let map = match fs.map_readonly(path).map_err(|e| files::read_error("mapping", path, e))? {
             Some(m) => WholeFile::Map(m),
             // A file system that cannot map (the tests' in-memory one)
             // holds every file in memory already.
