@@ -463,13 +463,20 @@ fn a_huge_small_file_is_corruption_not_an_abort() {
     }
 }
 
-/// Parks the process at its first flush pass: what a crash right after
-/// the open leaves (the hook panics; the test then drops the shard).
-struct DieAtFirstPass;
+/// Holds every flush pass at its start until `die` is set, then fails it
+/// there: what a crash right after the open leaves. Held, not failed at
+/// once: a failed pass poisons the shard, and the test reads it first.
+#[derive(Default)]
+struct DieAtFirstPass {
+    die: std::sync::atomic::AtomicBool,
+}
 
 impl keel::shard::StepHook for DieAtFirstPass {
     fn at(&self, step: keel::shard::Step) {
         if step == keel::shard::Step::PassStart {
+            while !self.die.load(std::sync::atomic::Ordering::Acquire) {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
             panic!("the process dies before its first pass");
         }
     }
@@ -499,10 +506,12 @@ fn a_crash_right_after_a_salvage_loses_nothing_it_recovered() {
     let lost = files(dir.path(), "sst")[0].clone();
     std::fs::remove_file(&lost).unwrap();
 
-    let die = Options { steps: keel::shard::Steps::new(std::sync::Arc::new(DieAtFirstPass)), ..options() };
+    let hook = std::sync::Arc::new(DieAtFirstPass::default());
+    let die = Options { steps: keel::shard::Steps::new(hook.clone()), ..options() };
     let s = Shard::open(dir.path(), Options { salvage: true, ..die.clone() }).unwrap();
     assert_eq!(s.scan(b"", None).unwrap().count(), 300, "salvage recovered every key from the WAL");
-    let _ = s.close(); // the first pass never ran
+    hook.die.store(true, std::sync::atomic::Ordering::Release);
+    let _ = s.close(); // the first pass never got past its start
 
     let why = corruption(dir.path(), die);
     assert!(why.contains(&name(&lost)), "{why}");
