@@ -1154,6 +1154,8 @@ impl Shard {
         if let Some(w) = wal.take() {
             let closed = w.close();
             if closed.is_err() {
+                // Before the write side is let go: a checkpoint waiting to
+                // sync this shard then finds it held (commit_log.rs).
                 inner.note_close_failed();
             }
             result = result.and(closed);

@@ -261,12 +261,6 @@ impl CommitLog {
     /// `covered`: what the checkpoints cover so far (`checkpointing`).
     fn checkpoint_locked(&self, covered: &mut u64) -> Result<()> {
         self.since.store(0, Ordering::Release);
-        if let Some(ids) = Some(self.held.lock().clone()).filter(|h| !h.is_empty()) {
-            return Err(Error::new(
-                crate::status::KEEL_STATUS_IO,
-                format!("the WAL of shard(s) {ids:?} failed to close: the commit log keeps every copy until the engine reopens"),
-            ));
-        }
         // J first, then the set: a copy at or below J was appended after
         // its member was listed, so the member is in the set taken below.
         let upto = self.with_log(|log| Ok(log.last_seq()))?;
@@ -288,6 +282,15 @@ impl CommitLog {
         }
         if let Some(e) = failed {
             return Err(e);
+        }
+        // Checked after the members' syncs: a close that failed while this
+        // checkpoint waited to sync that member held it before letting the
+        // sync see the member closed.
+        if let Some(ids) = Some(self.held.lock().clone()).filter(|h| !h.is_empty()) {
+            return Err(Error::new(
+                crate::status::KEEL_STATUS_IO,
+                format!("the WAL of shard(s) {ids:?} failed to close: the commit log keeps every copy until the engine reopens"),
+            ));
         }
         self.with_log(|log| {
             // No copy since the last checkpoint, or since the log was
