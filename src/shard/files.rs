@@ -7,6 +7,7 @@ use crate::error::{Error, Result};
 use crate::fs::{File, FileSystem, TMP_SUFFIX};
 use std::io::ErrorKind;
 use std::path::Path;
+use std::sync::Arc;
 
 pub use crate::codec::{put_bytes, Cursor};
 
@@ -100,38 +101,42 @@ pub fn read_error(what: &str, path: &Path, e: std::io::Error) -> Error {
 /// allocated (a damaged length, a sparse file of terabytes, must not be
 /// an allocation that aborts the process).
 pub fn read_all(fs: &dyn FileSystem, path: &Path, max: u64) -> Result<Option<Vec<u8>>> {
-    let f = match fs.open(path, false) {
-        Ok(f) => f,
-        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(Error::io(format!("opening {}", path.display()), e)),
-    };
-    let len = f.len().map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+    let Some((f, len)) = open_existing(fs, path)? else { return Ok(None) };
     if len > max {
         return Err(Error::corruption(format!("{}: {len} bytes, more than such a file ever holds ({max})", path.display())));
     }
-    let mut buf = vec![0u8; len as usize];
-    read_exact(&*f, &mut buf, 0).map_err(|e| read_error("reading", path, e))?;
-    Ok(Some(buf))
+    read_whole(&*f, path, len).map(Some)
 }
 
 /// `read_all` of a small file (`seal_small`): its length is checked
 /// against its frame's before the body is read.
 pub fn read_small(fs: &dyn FileSystem, path: &Path) -> Result<Option<Vec<u8>>> {
+    let Some((f, len)) = open_existing(fs, path)? else { return Ok(None) };
+    let mut head = [0u8; SMALL_HEADER];
+    let got = f.read_up_to(&mut head, 0).map_err(|e| read_error("reading", path, e))?;
+    let framed = SMALL_HEADER as u64 + u64::from(u32::from_le_bytes(head[8..12].try_into().unwrap()));
+    if got < SMALL_HEADER || len != framed {
+        return Err(Error::corruption(format!("{}: {len} bytes where its frame says {framed}: cut short or damaged", path.display())));
+    }
+    read_whole(&*f, path, len).map(Some)
+}
+
+/// `path` opened for reading with its length, or None when it does not exist.
+fn open_existing(fs: &dyn FileSystem, path: &Path) -> Result<Option<(Arc<dyn File>, u64)>> {
     let f = match fs.open(path, false) {
         Ok(f) => f,
         Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(Error::io(format!("opening {}", path.display()), e)),
     };
-    let io = |e| read_error("reading", path, e);
-    let len = f.len().map_err(io)?;
-    let mut head = [0u8; SMALL_HEADER];
-    let got = f.read_up_to(&mut head, 0).map_err(io)?;
-    let framed = SMALL_HEADER as u64 + u64::from(u32::from_le_bytes(head[8..12].try_into().unwrap()));
-    if got < SMALL_HEADER || len != framed {
-        return Err(Error::corruption(format!("{}: {len} bytes where its frame says {framed}: cut short or damaged", path.display())));
-    }
-    drop(f);
-    read_all(fs, path, framed)
+    let len = f.len().map_err(|e| read_error("reading", path, e))?;
+    Ok(Some((f, len)))
+}
+
+/// The first `len` bytes of `f`, the file at `path`.
+fn read_whole(f: &dyn File, path: &Path, len: u64) -> Result<Vec<u8>> {
+    let mut buf = vec![0u8; len as usize];
+    read_exact(f, &mut buf, 0).map_err(|e| read_error("reading", path, e))?;
+    Ok(buf)
 }
 
 pub fn read_exact(f: &dyn File, buf: &mut [u8], off: u64) -> std::io::Result<()> {

@@ -421,9 +421,8 @@ fn open_active(fs: &dyn FileSystem, scan: &SegmentScan, cut: Option<u64>, restor
     }
     if let Some(allocated) = scan.shortened.filter(|_| restore) {
         debug_assert!(allocated > len, "a shortened segment is shorter than allocated");
-        // Appends continue here: the lost bytes could not hold a record
-        // (no gap), or the next segment, with a damaged header, proved
-        // where this one's records end.
+        // Appends continue here: the lost bytes could not hold a record,
+        // so no gap follows them.
         file.reserve(allocated).map_err(|e| io("restoring the allocated length of", e))?;
         len = allocated;
     }
