@@ -615,3 +615,79 @@ fn a_listed_file_replaced_by_a_folder_is_corruption() {
         s.close().unwrap();
     }
 }
+
+/// A shard whose `entries` were applied with fence tokens of the same
+/// numbers in bucket "b", and persisted.
+fn shard_with_entries(dir: &Path, entries: impl IntoIterator<Item = u64>) {
+    use keel::shard::{Fence, Op};
+    let s = Shard::open(dir, options()).unwrap();
+    for i in entries {
+        let fence = Some(Fence { bucket: b"b".to_vec(), token: i });
+        s.apply(i, &[Op::Put { key: format!("e{i:04}").into(), value: vec![b'e'; 4000] }], fence).unwrap();
+    }
+    s.flush(true).unwrap();
+    s.flush(true).unwrap();
+    s.close().unwrap();
+}
+
+/// Another shard's `MANIFEST` copied over this one's: none of the files it
+/// lists is its own. A salvage open that kept it kept the other shard's
+/// applied index and fence tokens (a host would skip the entries it still
+/// has to apply, and refuse its tokens as stale); the manifest is taken
+/// as lost instead, this shard's files are moved aside and the shard holds
+/// what its WAL still has.
+#[test]
+fn salvage_takes_another_shards_manifest_as_lost() {
+    let (dir, other) = (TempDir::new("corrupt-foreign-manifest"), TempDir::new("corrupt-foreign-other"));
+    shard_with_entries(dir.path(), 1..=20);
+    // One entry, far ahead: a manifest that records fewer versions than
+    // this shard's WAL holds, and a higher applied index and token.
+    shard_with_entries(other.path(), [500]);
+    std::fs::copy(seg_dir(other.path()).join("MANIFEST"), seg_dir(dir.path()).join("MANIFEST")).unwrap();
+    corruption(dir.path(), options());
+    let s = Shard::open(dir.path(), Options { salvage: true, ..options() }).unwrap();
+    let r = s.recovery_report().clone();
+    assert!(s.applied_index() <= 20, "the other shard's applied index was kept: {} ({r})", s.applied_index());
+    assert!(s.fence_highest(b"b").is_none_or(|t| t <= 20), "the other shard's tokens were kept: {:?}", s.fence_highest(b"b"));
+    assert!(r.lost.iter().any(|l| l.contains("another shard's manifest")), "{r}");
+    assert!(r.moved_aside.iter().any(|m| m == "MANIFEST") && r.moved_aside.iter().any(|m| m.ends_with(".log")), "{r}");
+    let first = s.stats().wal_first_seq;
+    assert!(first > 1, "the WAL no longer holds the first entries: {:?}", s.stats());
+    assert_eq!(r.lost_versions, Some((1, first - 1)), "{r}");
+    s.put(b"after", b"salvage").unwrap();
+    s.close().unwrap();
+    let s = Shard::open(dir.path(), options()).unwrap();
+    assert!(s.get(b"after").unwrap().is_some());
+    assert!(s.applied_index() <= 20);
+    s.close().unwrap();
+}
+
+/// The appendable segment's log lost while the WAL no longer holds its
+/// writes: those versions are reported lost, though a table's side-car,
+/// rewritten at a later delete, records a version past them (it proves
+/// that table's deletions, not the log's puts).
+#[test]
+fn salvage_reports_the_versions_a_lost_log_held() {
+    let dir = TempDir::new("corrupt-lost-log");
+    shard_with_tables(dir.path()); // tables, then a log that seals no more
+    let opts = Options { seal_bytes: 1 << 30, ..options() };
+    let s = Shard::open(dir.path(), opts.clone()).unwrap();
+    let before = s.stats().last_version;
+    for i in 0..60 {
+        s.put(format!("late{i:02}").as_bytes(), &[b'l'; 4000]).unwrap(); // the WAL rotates past them
+    }
+    s.delete(b"old0000").unwrap(); // a table's key: its side-car is rewritten
+    s.flush(true).unwrap();
+    s.close().unwrap();
+    let s = Shard::open(dir.path(), opts.clone()).unwrap();
+    let first = s.stats().wal_first_seq;
+    assert!(first > before + 2, "the WAL no longer holds the log's puts (it starts at {first}, they begin at {})", before + 1);
+    s.close().unwrap();
+    std::fs::remove_file(&files(dir.path(), "log")[0]).unwrap();
+    let s = Shard::open(dir.path(), Options { salvage: true, ..opts }).unwrap();
+    let r = s.recovery_report().clone();
+    let (a, b) = r.lost_versions.unwrap_or_else(|| panic!("no versions reported lost: {r}"));
+    assert!(a <= before + 1 && b == first - 1, "{a}..={b}, the log held {}..; the WAL starts at {first}: {r}", before + 1);
+    assert!(s.get(b"late00").unwrap().is_none());
+    s.close().unwrap();
+}

@@ -98,6 +98,17 @@ pub struct SegmentLog {
     persisted: AtomicU64,
 }
 
+/// The durable state of segment `id`'s log, from its `.state` file:
+/// persisted version, durable length, checksum of those bytes, and whose
+/// segment the file says it is.
+fn read_state(fs: &dyn FileSystem, state_path: &Path) -> Result<(u64, u64, u32, Ident)> {
+    let bytes = files::read_small(fs, state_path)?
+        .ok_or_else(|| Error::corruption(format!("{}: missing (the segment's durable length is unknown)", state_path.display())))?;
+    let mut c = Cursor { bytes: files::open_small(STATE_MAGIC, &bytes, state_path)? };
+    let (persisted, len, crc) = (c.u64()?, c.u64()?, c.u32()?);
+    Ok((persisted, len, crc, Ident::decode(&mut c)?))
+}
+
 impl Appendable {
     /// Creates an empty appendable segment (its log and its first state
     /// file, durably) persisted up to `version`.
@@ -109,6 +120,12 @@ impl Appendable {
         Ok(Appendable { id: ident.segment, map: BTreeMap::new(), arena: Arena::default(), weight: 0, holds_wal: false, staged: Records::default(), log: Arc::new(log) })
     }
 
+    /// The shard whose segment `id` the `.state` file in `dir` says it
+    /// is, when that file is there and readable.
+    pub fn owner(fs: &dyn FileSystem, dir: &Path, id: u64) -> Option<u128> {
+        read_state(fs, &dir.join(files::name(id, files::STATE))).ok().map(|(.., found)| found.shard)
+    }
+
     /// Loads the durable part of `seg-<id>.log`. Bytes past it (a crash's
     /// unsynced tail) are ignored and overwritten by the next flush. A
     /// missing log or state file, a state file of another segment or a log
@@ -116,11 +133,8 @@ impl Appendable {
     pub fn load(fs: &Arc<dyn FileSystem>, dir: &Path, ident: Ident) -> Result<Appendable> {
         let id = ident.segment;
         let state_path = dir.join(files::name(id, files::STATE));
-        let bytes = files::read_small(&**fs, &state_path)?
-            .ok_or_else(|| Error::corruption(format!("{}: missing (the segment's durable length is unknown)", state_path.display())))?;
-        let mut c = Cursor { bytes: files::open_small(STATE_MAGIC, &bytes, &state_path)? };
-        let (persisted, len, crc) = (c.u64()?, c.u64()?, c.u32()?);
-        ident.check(Ident::decode(&mut c)?, &state_path)?;
+        let (persisted, len, crc, found) = read_state(&**fs, &state_path)?;
+        ident.check(found, &state_path)?;
         let log_path = dir.join(files::name(id, files::LOG));
         let file = fs.open(&log_path, true).map_err(|e| match e.kind() {
             std::io::ErrorKind::NotFound => Error::corruption(format!("{}: missing", log_path.display())),

@@ -112,6 +112,13 @@ pub struct Scan {
     floor: u64,
 }
 
+impl Scan {
+    /// Nothing read yet.
+    fn empty(exists: bool) -> Scan {
+        Scan { exists, manifest: None, manifest_lost: false, tables: BTreeMap::new(), logs: BTreeMap::new(), damaged: BTreeSet::new(), proven: 0, floor: u64::MAX }
+    }
+}
+
 /// A shard's segments directory as its open first finds it: whether it
 /// exists and its manifest, read once for the WAL's open (`persisted`)
 /// and the scan.
@@ -162,9 +169,14 @@ pub fn read_manifest(fs: &dyn FileSystem, dir: &Path, salvage: bool, report: &mu
 pub fn scan(fs: &Arc<dyn FileSystem>, dir: &Path, found: DirManifest, salvage: bool, report: &mut RecoveryReport) -> Result<Scan> {
     let fsr = &**fs;
     let DirManifest { exists, manifest, manifest_lost } = found;
-    let mut scan = Scan { exists, manifest, manifest_lost, tables: BTreeMap::new(), logs: BTreeMap::new(), damaged: BTreeSet::new(), proven: 0, floor: u64::MAX };
+    let mut scan = Scan { manifest, manifest_lost, ..Scan::empty(exists) };
     let Some(m) = &scan.manifest else { return Ok(scan) };
     let ident = |segment| Ident { shard: m.shard, segment };
+    let reported = report.lost.len();
+    // The versions the files' data holds, leaving out what side-cars
+    // record: a side-car rewritten at a later delete proves that table's
+    // deletions up to then, not the puts a lost log held.
+    let (mut data_proven, mut log_lost) = (0, false);
     for l in &m.segments {
         match *l {
             Listed::Table { id, size, max_version, footer_crc } => {
@@ -172,6 +184,7 @@ pub fn scan(fs: &Arc<dyn FileSystem>, dir: &Path, found: DirManifest, salvage: b
                     Ok(s) => {
                         scan.proven = scan.proven.max(s.persisted());
                         scan.floor = scan.floor.min(s.persisted());
+                        data_proven = data_proven.max(max_version);
                         scan.tables.insert(id, s);
                     }
                     Err(e) => {
@@ -184,16 +197,58 @@ pub fn scan(fs: &Arc<dyn FileSystem>, dir: &Path, found: DirManifest, salvage: b
                 Ok(a) => {
                     scan.proven = scan.proven.max(a.log.persisted());
                     scan.floor = scan.floor.min(a.log.persisted());
+                    data_proven = data_proven.max(a.log.persisted());
                     scan.logs.insert(id, a);
                 }
                 Err(e) => {
                     lose(e, format!(" (segment {id}: an appendable segment)"), salvage, report)?;
                     scan.damaged.insert(id);
+                    log_lost = true;
                 }
             },
         }
     }
+    if log_lost {
+        scan.proven = data_proven;
+    }
+    // Not one listed file is the manifest's, and the segment files here
+    // say they are another shard's: the manifest is the stranger (copied
+    // in from another shard). Keeping it would keep that shard's id,
+    // persisted version, applied index and fence tokens, and a host would
+    // skip entries on its word; it is taken as lost instead.
+    let foreign = match salvage && scan.tables.is_empty() && scan.logs.is_empty() {
+        true => foreign_owner(fsr, dir, m.shard)?.map(|owner| (owner, m.shard)),
+        false => None,
+    };
+    if let Some((owner, own)) = foreign {
+        report.lost.truncate(reported);
+        report.lost.push(format!(
+            "{}: of shard {own:032x}, while the segment files here are of shard {owner:032x}: another shard's manifest, taken as lost",
+            manifest::path(dir).display()
+        ));
+        scan = Scan { manifest: None, manifest_lost: true, ..Scan::empty(exists) };
+    }
     Ok(scan)
+}
+
+/// The shard the segment files in `dir` (tables and logs' state files,
+/// listed or not) say they belong to, when none of them says `shard`
+/// (None when one does, or none can be read).
+fn foreign_owner(fs: &dyn FileSystem, dir: &Path, shard: u128) -> Result<Option<u128>> {
+    let names = fs.list(dir).map_err(|e| Error::io(format!("listing {}", dir.display()), e))?;
+    let owners: Vec<u128> = names
+        .iter()
+        .filter_map(|n| files::parse(n))
+        .filter_map(|(id, ext)| match ext {
+            files::TABLE => Table::open(fs, &dir.join(files::name(id, files::TABLE))).ok().map(|t| t.ident.shard),
+            files::STATE => Appendable::owner(fs, dir, id),
+            _ => None,
+        })
+        .collect();
+    Ok(match owners.contains(&shard) {
+        true => None,
+        false => owners.first().copied(),
+    })
 }
 
 /// The second half of a shard's open, once its WAL opened: finishes or
