@@ -165,7 +165,10 @@ int main(void) {
   CHECK_OK(keel_wal_reader_next(r, &u, buf, sizeof buf, &len, &err));
   CHECK_EQ_U64(u, 1);
   CHECK(len == 4 && memcmp(buf, data, 4) == 0);
-  /* Record 2 is empty: buf NULL with cap 0 is fine. */
+  /* Record 2 is empty: buf NULL with cap > 0 is refused all the same,
+   * without consuming it; with cap 0 it is fine. */
+  CHECK_STATUS(KEEL_STATUS_NULL_ARGUMENT, keel_wal_reader_next(r, &u, NULL, sizeof buf, &len, &err));
+  CHECK_EQ_U64(u, 1);
   CHECK_OK(keel_wal_reader_next(r, &u, NULL, 0, &len, &err));
   CHECK(u == 2 && len == 0);
 

@@ -328,8 +328,18 @@ static void closed_handles(const char *dir) {
   keel_engine_t *engine = NULL;
   keel_shard_t *s1 = NULL, *s2 = NULL;
   CHECK_OK(keel_engine_open(dir, &opts, &engine, &err));
+  /* ids NULL with a capacity is refused with no id to copy too. */
+  size_t n = SENTINEL;
+  CHECK_STATUS(KEEL_STATUS_NULL_ARGUMENT, keel_engine_shard_list(engine, NULL, 8, &n, &err));
+  CHECK_EQ_U64(n, SENTINEL);
   CHECK_OK(keel_engine_shard_open(engine, 1, true, &s1, &err));
   CHECK_OK(keel_engine_shard_open(engine, 2, true, &s2, &err));
+  /* No keys is still a read: its options are checked. */
+  keel_read_options_t bad;
+  CHECK_RC(KEEL_STATUS_OK, keel_read_options_init_sized(&bad, sizeof bad));
+  bad.level = 99;
+  CHECK_STATUS(KEEL_STATUS_INVALID_ARGUMENT, keel_shard_multi_get_ex(s2, &bad, NULL, NULL, 0, NULL, NULL, NULL, &err));
+  CHECK_OK(keel_shard_multi_get(s2, NULL, NULL, 0, NULL, NULL, NULL, &err));
   CHECK_OK(keel_shard_put(s1, KT_S("a"), KT_S("1"), NULL, &err));
   CHECK_OK(keel_shard_put(s1, KT_S("b"), KT_S("2"), NULL, &err));
   CHECK_OK(keel_shard_put(s2, KT_S("z"), KT_S("26"), NULL, &err));
@@ -368,6 +378,7 @@ static void closed_handles(const char *dir) {
   CHECK_STATUS(KEEL_STATUS_CLOSED, keel_shard_write(s2, b, &u, &u, &err));
   CHECK_STATUS(KEEL_STATUS_CLOSED, keel_shard_get(s2, KT_S("z"), &buf, NULL, NULL, &err));
   CHECK_STATUS(KEEL_STATUS_CLOSED, keel_shard_multi_get(s2, (const uint8_t *)"z", lens, 1, values, kinds, NULL, &err));
+  CHECK_STATUS(KEEL_STATUS_CLOSED, keel_shard_multi_get(s2, NULL, NULL, 0, NULL, NULL, NULL, &err));
   CHECK_STATUS(KEEL_STATUS_CLOSED, keel_shard_scan(s2, NULL, 0, NULL, 0, &it2, &err));
   CHECK_STATUS(KEEL_STATUS_CLOSED, keel_shard_scan_prefix(s2, NULL, 0, &it2, &err));
   CHECK_STATUS(KEEL_STATUS_CLOSED, keel_shard_flush(s2, true, &u, &err));

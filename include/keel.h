@@ -708,7 +708,10 @@ typedef struct keel_buf_t {
  * (NOT_LEADER when this node no longer leads, TIMEOUT, ...), which the
  * read returns. Runs on the thread of a read that missed the lease;
  * concurrent misses share one call. It may block; it must not read from
- * the same shard. Never called after keel_shard_close() returned.
+ * or close the same shard. Never called after keel_shard_close() (or
+ * keel_engine_close() of its engine) returned: the close waits for a
+ * call in flight to return, and reads that miss the lease from then on
+ * fail with CLOSED without calling it.
  */
 typedef keel_status_t (*keel_read_index_fn)(void *user_data, uint64_t *index);
 
@@ -777,8 +780,9 @@ typedef struct keel_lease_options_t {
    * Optional (NULL: none). When set, keel_shard_consensus_configure()
    * takes ownership of read_index_user_data whatever it returns: keel
    * calls read_index_free(read_index_user_data) exactly once, when it
-   * no longer needs it: when the shard closes (keel_shard_close(), or
-   * keel_engine_close() of its engine), or before configure returns an
+   * no longer needs it: inside the close of the shard (keel_shard_close(),
+   * or keel_engine_close() of its engine), on the closing thread, after
+   * a read-index call in flight returned; or before configure returns an
    * error. Only a NULL `opts`, or one whose struct_size keel cannot
    * read, leaves ownership with the caller.
    */

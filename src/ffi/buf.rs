@@ -86,6 +86,10 @@ pub extern "C" fn keel_bufs_free(bufs: *mut keel_buf_t, count: usize) -> keel_st
 /// Copies `data` into a caller buffer: BUFFER_TOO_SMALL (with the needed
 /// size in `*out_len`) when it does not fit.
 pub(crate) fn copy_out(data: &[u8], buf: *mut u8, cap: usize, out_len: &mut usize) -> crate::Result<()> {
+    // A buffer is NULL only with capacity 0, whatever there is to copy.
+    if buf.is_null() && cap > 0 {
+        return Err(crate::Error::new(KEEL_STATUS_NULL_ARGUMENT, "buf is NULL with a capacity above 0"));
+    }
     if data.len() > cap {
         *out_len = data.len();
         return Err(crate::Error::new(
@@ -94,12 +98,9 @@ pub(crate) fn copy_out(data: &[u8], buf: *mut u8, cap: usize, out_len: &mut usiz
         ));
     }
     if !data.is_empty() {
-        if buf.is_null() {
-            return Err(crate::Error::new(KEEL_STATUS_NULL_ARGUMENT, "buf is NULL"));
-        }
-        // SAFETY: `buf` is not NULL (checked above) and, by the C contract of
-        // a caller buffer, has `cap` >= data.len() writable bytes (checked
-        // above); a caller buffer cannot overlap keel's own `data`.
+        // SAFETY: `buf` is not NULL (cap >= data.len() > 0, checked above)
+        // and, by the C contract of a caller buffer, has `cap` >= data.len()
+        // writable bytes; a caller buffer cannot overlap keel's own `data`.
         unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), buf, data.len()) };
     }
     *out_len = data.len();

@@ -45,7 +45,10 @@ pub const KEEL_CLOCK_MANUAL: u64 = 1;
 /// (NOT_LEADER when this node no longer leads, TIMEOUT, ...), which the
 /// read returns. Runs on the thread of a read that missed the lease;
 /// concurrent misses share one call. It may block; it must not read from
-/// the same shard. Never called after keel_shard_close() returned.
+/// or close the same shard. Never called after keel_shard_close() (or
+/// keel_engine_close() of its engine) returned: the close waits for a
+/// call in flight to return, and reads that miss the lease from then on
+/// fail with CLOSED without calling it.
 pub type keel_read_index_fn = Option<unsafe extern "C" fn(user_data: *mut c_void, index: *mut u64) -> keel_status_t>;
 
 /// sizeof(keel_lease_options_t) of version 1.
@@ -87,8 +90,9 @@ pub struct keel_lease_options_t {
     /// Optional (NULL: none). When set, keel_shard_consensus_configure()
     /// takes ownership of read_index_user_data whatever it returns: keel
     /// calls read_index_free(read_index_user_data) exactly once, when it
-    /// no longer needs it: when the shard closes (keel_shard_close(), or
-    /// keel_engine_close() of its engine), or before configure returns an
+        /// no longer needs it: inside the close of the shard (keel_shard_close(),
+    /// or keel_engine_close() of its engine), on the closing thread, after
+    /// a read-index call in flight returned; or before configure returns an
     /// error. Only a NULL `opts`, or one whose struct_size keel cannot
     /// read, leaves ownership with the caller.
     pub read_index_free: keel_user_data_free_fn,

@@ -300,6 +300,9 @@ pub extern "C" fn keel_engine_shard_list(
     ffi_boundary!(err, engine, {
         let e = try_handle!(engine);
         let count = out_ptr(count, "count")?;
+        if ids.is_null() && capacity > 0 {
+            return Err(Error::new(KEEL_STATUS_NULL_ARGUMENT, "ids is NULL with a capacity above 0"));
+        }
         let list = e.list_shards()?;
         if list.len() > capacity {
             *count = list.len();
@@ -309,11 +312,9 @@ pub extern "C" fn keel_engine_shard_list(
             ));
         }
         if !list.is_empty() {
-            if ids.is_null() {
-                return Err(Error::new(KEEL_STATUS_NULL_ARGUMENT, "ids is NULL"));
-            }
             debug_assert!(ids.is_aligned(), "ids is misaligned");
-            // SAFETY: `ids` is not NULL (checked above) and by the C contract
+            // SAFETY: `ids` is not NULL (capacity >= list.len() > 0, checked
+            // above) and by the C contract
             // has room for `capacity` >= list.len() ids (checked above); it is
             // the caller's memory, so it cannot overlap the Vec `list`.
             unsafe { std::ptr::copy_nonoverlapping(list.as_ptr(), ids, list.len()) };

@@ -361,17 +361,18 @@ pub extern "C" fn keel_shard_multi_get_ex(
 ) -> keel_status_t {
     ffi_boundary!(err, shard, {
         let s = try_handle!(shard);
-        if count == 0 {
-            return Ok(());
-        }
-        if values.is_null() || kinds.is_null() {
+        // No keys is a read of nothing, checked like any other: the
+        // options, the shard's state, and a permit at their level.
+        if count > 0 && (values.is_null() || kinds.is_null()) {
             return Err(Error::new(KEEL_STATUS_NULL_ARGUMENT, "values or kinds is NULL"));
         }
         let split = in_packed(keys, key_lens, count, "keys")?;
-        // SAFETY: the caller passes room for `count` buffers at `values`
-        // (non-NULL, checked above).
-        for (i, b) in unsafe { std::slice::from_raw_parts(values, count) }.iter().enumerate() {
-            check_unfilled(b, &format!("values[{i}]"))?;
+        if count > 0 {
+            // SAFETY: the caller passes room for `count` buffers at `values`
+            // (non-NULL, checked above).
+            for (i, b) in unsafe { std::slice::from_raw_parts(values, count) }.iter().enumerate() {
+                check_unfilled(b, &format!("values[{i}]"))?;
+            }
         }
         read::begin(s, opts)?;
         let found = s.multi_get(&split)?;

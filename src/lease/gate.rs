@@ -136,7 +136,10 @@ pub struct LeaseGate {
     state: Mutex<ConsensusState>,
     /// Signalled when the applied index moves.
     applied: Condvar,
-    read_index: Box<ReadIndexFn>,
+    /// The host's read-index; None once the gate is closed. Held while a
+    /// call runs, so `close` waits for it and then drops the callback (and
+    /// the host's user data) on the closing thread.
+    read_index: Mutex<Option<Box<ReadIndexFn>>>,
     flight: SingleFlight,
     metrics: Metrics,
 }
@@ -150,7 +153,7 @@ impl LeaseGate {
             clock,
             state: Mutex::new(ConsensusState::new(self_id)),
             applied: Condvar::new(),
-            read_index,
+            read_index: Mutex::new(Some(read_index)),
             flight: SingleFlight::default(),
             metrics: Metrics::default(),
         })
@@ -279,9 +282,26 @@ impl LeaseGate {
         })
     }
 
+    /// Ends the read-index path: waits for a call in flight to return,
+    /// then drops the host's callback here. Reads that miss the lease
+    /// from then on fail with CLOSED, without calling the host.
+    pub fn close(&self) {
+        let callback = self.read_index.lock().take();
+        drop(callback);
+    }
+
     fn read_index_path(&self, deadline: Instant) -> std::result::Result<ReadPermit, Refused> {
+        if self.read_index.lock().is_none() {
+            return Err(Refused::ReadIndex(closed()));
+        }
         let ticket = self.flight.ticket();
-        let answer = self.flight.get(ticket, &*self.read_index, deadline);
+        // The lock is held through the host's call (one at a time anyway:
+        // the flight shares it), so `close` cannot drop it meanwhile.
+        let call = || match self.read_index.lock().as_ref() {
+            Some(call) => call(),
+            None => Err(closed()),
+        };
+        let answer = self.flight.get(ticket, &call, deadline);
         if let Some(latency) = answer.made_call {
             self.metrics.read_index(latency, answer.index.is_err());
         }
@@ -298,6 +318,12 @@ impl LeaseGate {
     pub fn stats(&self) -> LeaseStats {
         self.metrics.snapshot()
     }
+}
+
+/// What a read that needs the host's read-index gets once the gate is
+/// closed.
+fn closed() -> Error {
+    Error::new(KEEL_STATUS_CLOSED, "shard is closed")
 }
 
 fn wait_applied(cv: &Condvar, s: &mut MutexGuard<'_, ConsensusState>, index: u64, deadline: Instant) -> std::result::Result<(), Refused> {
@@ -455,6 +481,34 @@ mod tests {
         let g2 = LeaseGate::new(1, config(), Clock::manual(5), Box::new(|| Err(Error::new(KEEL_STATUS_IO, "net down")))).unwrap();
         g2.set_role(Role::Leader, 1, None).unwrap();
         assert_eq!(g2.begin_read(Level::Linearizable, LONG).unwrap_err(), Refused::ReadIndex(Error::new(KEEL_STATUS_IO, "net down")));
+    }
+
+    /// Close lets go of the host's callback (and what it owns) at once,
+    /// with no call in flight, and no read calls the host after it.
+    #[test]
+    fn a_closed_gate_drops_the_callback_and_never_calls_it() {
+        struct Owned(Arc<AtomicU64>);
+        impl Drop for Owned {
+            fn drop(&mut self) {
+                self.0.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        let (calls, dropped) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let (c, owned) = (calls.clone(), Owned(dropped.clone()));
+        let call = move || {
+            let _owns = &owned;
+            c.fetch_add(1, Ordering::SeqCst);
+            Ok(0)
+        };
+        let g = LeaseGate::new(1, config(), Clock::manual(5), Box::new(call)).unwrap();
+        g.set_role(Role::Leader, 1, None).unwrap();
+        assert_eq!(g.begin_read(Level::Linearizable, LONG).map(|p| p.index), Ok(0));
+        g.close();
+        assert_eq!(dropped.load(Ordering::SeqCst), 1, "the callback outlived the close");
+        let e = g.begin_read(Level::Linearizable, LONG).unwrap_err();
+        assert_eq!(e, Refused::ReadIndex(Error::new(KEEL_STATUS_CLOSED, "shard is closed")));
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        g.close(); // twice is fine
     }
 
     #[test]

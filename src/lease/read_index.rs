@@ -56,7 +56,7 @@ impl SingleFlight {
     /// The answer of a call that started after `ticket` was taken, made by
     /// this thread when no call is running. TIMEOUT when `deadline` passes
     /// while waiting for another thread's call.
-    pub fn get(&self, ticket: Ticket, call: &ReadIndexFn, deadline: Instant) -> Answer {
+    pub fn get(&self, ticket: Ticket, call: &dyn Fn() -> Result<u64>, deadline: Instant) -> Answer {
         let need = ticket.0;
         let mut f = self.flights.lock();
         loop {

@@ -27,10 +27,17 @@ pub struct Consensus {
 pub(super) struct Reads(RwLock<Option<Arc<Consensus>>>);
 
 impl Reads {
-    /// Forgets the gate at close, so the host's read-index callback (and
-    /// what it points at) is never called once the shard is closed.
+    /// Forgets the gate at close and closes it: a read-index call in
+    /// flight returns first, and the host's callback and user data are
+    /// let go of here, so neither is touched once the shard is closed
+    /// (reads that began before and still hold the gate get CLOSED).
+    /// Outside the slot's lock: the host's call may wait for applies,
+    /// which read the slot.
     pub(super) fn clear(&self) {
-        self.0.write().take();
+        let consensus = self.0.write().take();
+        if let Some(c) = consensus {
+            c.gate.close();
+        }
     }
 
     /// Tells the gate, if there is one, that entries up to `index` are
