@@ -147,11 +147,14 @@ func (o *EngineOptions) toC() (C.keel_engine_options_t, error) {
 // The Engine owns the shards opened through it: Close closes every Shard
 // still open, after which their methods return errors matching ErrClosed.
 type Engine struct {
-	// mu is held shared by every call into C on the engine handle and
-	// exclusively by Close (keel_engine_close must not race with them).
-	mu  sync.RWMutex
-	h   *C.keel_engine_t // nil once closed
-	dir string
+	// calls counts every call into C on the engine handle; Close, which
+	// must not race with them, waits for those in flight. Not an RWMutex
+	// held through Close: once Close begins, new calls fail at once with
+	// ErrClosed, so a host callback running inside a call Close waits for
+	// (a shard read's ReadIndex, whose apply loop may use the engine)
+	// cannot wait for Close in turn.
+	calls *calls[*C.keel_engine_t]
+	dir   string
 	// shards is shared with the Shards (for their Close to deregister),
 	// which never point back at the Engine: the Engine's finalizer stays
 	// out of any reference cycle.
@@ -207,7 +210,7 @@ func OpenEngine(dir string, opts *EngineOptions) (*Engine, error) {
 	if st := C.keel_engine_open(cdir, &copts, &h, &cerr); st != C.KEEL_STATUS_OK {
 		return nil, takeError("OpenEngine", st, cerr)
 	}
-	e := &Engine{h: h, dir: dir, shards: &shardSet{open: make(map[*Shard]struct{})}}
+	e := &Engine{calls: newCalls(h), dir: dir, shards: &shardSet{open: make(map[*Shard]struct{})}}
 	runtime.SetFinalizer(e, (*Engine).reportLeak)
 	return e, nil
 }
@@ -223,16 +226,15 @@ func (e *Engine) acquire(op string) (*C.keel_engine_t, error) {
 	if e == nil {
 		return nil, newError(op, StatusInvalidArgument, "nil *Engine")
 	}
-	e.mu.RLock()
-	if e.h == nil {
-		e.mu.RUnlock()
+	h := e.calls.enter()
+	if h == nil {
 		return nil, newError(op, StatusClosed, "the engine is closed")
 	}
-	return e.h, nil
+	return h, nil
 }
 
 func (e *Engine) release() {
-	e.mu.RUnlock()
+	e.calls.leave()
 	runtime.KeepAlive(e)
 }
 
@@ -392,19 +394,17 @@ func (e *Engine) Close() error {
 	if e == nil {
 		return newError("Close", StatusInvalidArgument, "nil *Engine")
 	}
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	if e.h == nil {
+	// New engine calls fail from here; those in flight (an OpenShard
+	// included, so its shard is listed below) end first.
+	h := e.calls.close(nil)
+	if h == nil {
 		return newError("Close", StatusClosed, "the engine is already closed")
 	}
-	h := e.h
-	e.h = nil
 	runtime.SetFinalizer(e, nil)
 	var first error
 	// Shards first, through their own handles, so that each Go *Shard is
 	// marked closed (its later calls fail in Go) and its handle freed.
-	// Lock order: Engine.mu, then Shard.closing, then Shard.calls and
-	// shardSet.mu.
+	// Lock order: Shard.closing, then Shard.calls and shardSet.mu.
 	for _, s := range e.shards.list() {
 		if err := s.close("Close"); err != nil && first == nil && !isClosedErr(err) {
 			first = err

@@ -315,3 +315,58 @@ func TestLeaseCloseWhileReadIndexWaitsForTheShard(t *testing.T) {
 	<-read // whatever the read-index's failure made of it
 	must(t, <-closed)
 }
+
+// Engine.Close while a shard read runs the host's ReadIndex, and the host
+// (its apply loop, say) calls the engine: the call fails with ErrClosed
+// at once instead of waiting for the Close, which waits for the read.
+// When Close held a lock through the shards' closes, Stats waited on it
+// and the three never finished. No timing: every wait is on state.
+func TestEngineCloseWhileReadIndexCallsTheEngine(t *testing.T) {
+	e, _ := openEngineT(t, "", nil)
+	s, err := e.OpenShard(1, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	entered, proceed, statsErr := make(chan struct{}), make(chan struct{}), make(chan error, 1)
+	opts := LeaseOptions{
+		SelfID: 1, Lease: 700 * time.Millisecond, ElectionTimeoutMin: time.Second,
+		MaxClockDrift: 100 * time.Millisecond, MaxRoundTrip: 100 * time.Millisecond,
+		ManualClock: true,
+		ReadIndex: func() (uint64, error) {
+			close(entered)
+			<-proceed
+			_, err := e.Stats()
+			statsErr <- err
+			return 0, nil
+		},
+	}
+	must(t, s.ConfigureConsensus(opts))
+	c := s.Consensus()
+	must(t, c.SetVoters([]uint64{1}, nil))
+	must(t, c.SetRole(RoleLeader, 1, 0))
+	readDone := make(chan error, 1)
+	go func() {
+		_, err := s.GetWith([]byte("k"), &ReadOptions{Level: ReadLinearizable})
+		readDone <- err
+	}()
+	<-entered
+	closeDone := make(chan error, 1)
+	go func() { closeDone <- e.Close() }()
+	// Until Close is inside the shard's close, waiting for the read.
+	for {
+		s.calls.mu.Lock()
+		closing := s.calls.closing
+		s.calls.mu.Unlock()
+		if closing {
+			break
+		}
+		runtime.Gosched()
+	}
+	close(proceed)
+	wantCode(t, "Engine.Stats inside ReadIndex during Close", <-statsErr, ErrClosed)
+	// The read ends: served (the key is absent), or found the shard closed.
+	if err := <-readDone; !errors.Is(err, ErrNotFound) && !errors.Is(err, ErrClosed) {
+		t.Errorf("the read: %v", err)
+	}
+	must(t, <-closeDone)
+}
