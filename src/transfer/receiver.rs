@@ -92,6 +92,9 @@ struct Incoming {
     last: Option<Answered>,
     /// Taken by the engine once BEGIN (or, for a WAL delta, START) opened it.
     shard: Option<Shard>,
+    /// Inside a snapshot: from its BEGIN until its SNAPSHOT_END, the only
+    /// stretch that takes ENTRIES, and one that OPS, FORWARD and FINISH
+    /// may not cut short (its entries are durable only at its end).
     snapshot: bool,
     /// A snapshot's version and the source's crc32 of its record, kept by
     /// the shard once the snapshot is complete (`Shard::set_snapshot_base`).
@@ -316,6 +319,9 @@ impl Receiver {
         let malformed = |e: Error| Error::new(KEEL_STATUS_PROTOCOL, format!("malformed START: {}", e.message));
         let shard_id = body.u32().map_err(malformed)?;
         let mode = body.u8().map_err(malformed)?;
+        if mode != wire::MODE_SNAPSHOT && mode != wire::MODE_DELTA {
+            return Err(Error::new(KEEL_STATUS_PROTOCOL, format!("START: unknown method {mode}")));
+        }
         if n != 1 {
             bump(&self.counters.out_of_order, 1);
             return Err(Error::new(KEEL_STATUS_PROTOCOL, format!("START is step {n}, not 1")));
@@ -422,18 +428,26 @@ impl Receiver {
                 let mode = body.u8().map_err(|e| protocol(e.message))?;
                 let base = body.u64().map_err(|e| protocol(e.message))?;
                 match mode {
-                    wire::MODE_SNAPSHOT if base == u64::MAX => {
-                        return Err(protocol("a snapshot at version u64::MAX leaves the shard no next version".into()));
+                    // The log numbers records up to u64::MAX - 1 (its next
+                    // number must fit), and the shard needs one after the
+                    // snapshot's.
+                    wire::MODE_SNAPSHOT if base >= u64::MAX - 1 => {
+                        return Err(protocol(format!("a snapshot at version {base} leaves the shard no next version")));
                     }
                     wire::MODE_SNAPSHOT => {
+                        let has_crc = body.u8().map_err(|e| protocol(e.message))?;
+                        let crc = body.u32().map_err(|e| protocol(e.message))?;
+                        let base_crc = match has_crc {
+                            0 => None,
+                            1 => Some((base, crc)),
+                            other => return Err(protocol(format!("BEGIN: has-crc flag {other} is neither 0 nor 1"))),
+                        };
                         if let Some(s) = inc.shard.take() {
                             drop(s);
                             engine.release_incoming(inc.shard_id, false)?;
                         }
                         let shard = engine.receive_shard(inc.shard_id, Some(base))?;
-                        let has_crc = body.u8().map_err(|e| protocol(e.message))?;
-                        let crc = body.u32().map_err(|e| protocol(e.message))?;
-                        inc.base = (has_crc == 1).then_some((base, crc));
+                        inc.base = base_crc;
                         inc.shard = Some(shard);
                         inc.snapshot = true;
                         inc.snapshot_version = base;
@@ -479,6 +493,7 @@ impl Receiver {
                 if let Some((version, crc)) = inc.base {
                     shard.set_snapshot_base(version, crc)?;
                 }
+                inc.snapshot = false;
             }
             wire::OPS => {
                 let ops = wire::ops(body)?;
@@ -533,11 +548,14 @@ fn install(inc: &mut Incoming) -> Result<()> {
     shard_of(inc, true)?.install(entries?)
 }
 
-/// The incoming shard, once BEGIN opened it (`snapshot`: only during a snapshot).
+/// The incoming shard, once BEGIN opened it, for a step that belongs
+/// inside a snapshot (`snapshot`) or outside one.
 fn shard_of(inc: &Incoming, snapshot: bool) -> Result<&Shard> {
-    match &inc.shard {
-        Some(s) if inc.snapshot || !snapshot => Ok(s),
-        _ => Err(Error::new(KEEL_STATUS_PROTOCOL, "a transfer frame arrived before BEGIN opened the shard (or outside a snapshot)")),
+    match (&inc.shard, inc.snapshot, snapshot) {
+        (Some(s), inside, wanted) if inside == wanted => Ok(s),
+        (None, ..) => Err(Error::new(KEEL_STATUS_PROTOCOL, "a transfer frame arrived before BEGIN opened the shard")),
+        (Some(_), _, true) => Err(Error::new(KEEL_STATUS_PROTOCOL, "a snapshot's frame arrived outside a snapshot (before its BEGIN or after its SNAPSHOT_END)")),
+        (Some(_), _, false) => Err(Error::new(KEEL_STATUS_PROTOCOL, "the snapshot is not complete: SNAPSHOT_END must come first")),
     }
 }
 

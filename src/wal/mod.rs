@@ -856,6 +856,15 @@ impl Shared {
     /// Writes one frame at the end of the log (rotating first if it does
     /// not fit); returns its last sequence number.
     fn write_frame(&self, st: &mut State, frame: &PendingFrame) -> Result<u64> {
+        // Only a transferred shard's history (a peer's snapshot version)
+        // comes near the end of the numbers: refused before anything is
+        // written, as a full disk is, rather than wrapped.
+        if st.next_seq.checked_add(frame.count as u64).is_none() {
+            return Err(Error::new(
+                KEEL_STATUS_INVALID_ARGUMENT,
+                format!("the log's sequence numbers are exhausted: {} records do not fit after {}", frame.count, st.next_seq - 1),
+            ));
+        }
         let size = frame.size();
         let a = st.active.as_ref().unwrap();
         if a.offset + size > a.capacity {

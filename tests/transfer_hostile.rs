@@ -1,0 +1,334 @@
+//! A transfer's receiver against steps a correct source never sends,
+//! spoken by hand over a loopback TcpStream (the node's handshake, then
+//! transfer frames): each is refused with PROTOCOL, or everything it
+//! acknowledged survives a crash. No timing assertions: every wait is a
+//! bounded read (a hang guard) on an event.
+
+mod common;
+
+use common::side::Side;
+use keel::node::frame::{self, HEADER_LEN};
+use keel::node::handshake::{Hello, NONCE_LEN};
+use keel::node::{types, NodeOptions};
+use keel::shard::{Entry, Op, Options, Value};
+use keel::status::*;
+use keel::transfer::wire;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+const SHARD: u32 = 7;
+const HANG_GUARD: Duration = Duration::from_secs(60);
+
+fn shard_options() -> Options {
+    Options { flush_interval: None, ..Options::default() }
+}
+
+fn node_options(id: u64) -> NodeOptions {
+    NodeOptions {
+        node_id: id,
+        max_frame_bytes: 1 << 20,
+        heartbeat_interval: Duration::from_millis(200),
+        heartbeat_misses: 50,
+        ..NodeOptions::default()
+    }
+}
+
+/// A peer spoken by hand: the handshake (no secret, loopback), then frames.
+struct RawPeer {
+    s: TcpStream,
+    buf: Vec<u8>,
+}
+
+fn nonce() -> [u8; NONCE_LEN] {
+    static N: AtomicU64 = AtomicU64::new(0);
+    let mut n = [0u8; NONCE_LEN];
+    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
+    n[..8].copy_from_slice(&t.to_le_bytes());
+    n[8..16].copy_from_slice(&N.fetch_add(1, Ordering::Relaxed).to_le_bytes());
+    n[16..24].copy_from_slice(&(std::process::id() as u64).to_le_bytes());
+    n
+}
+
+impl RawPeer {
+    fn connect(addr: std::net::SocketAddr, my_id: u64) -> RawPeer {
+        let s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(HANG_GUARD)).unwrap();
+        let mut p = RawPeer { s, buf: Vec::new() };
+        let hello = Hello { min_version: 1, max_version: 1, node_id: my_id, nonce: nonce(), has_secret: false };
+        p.send(types::HELLO, &hello.encode());
+        let (ty, _) = p.read_frame().expect("the node's HELLO");
+        assert_eq!(ty, types::HELLO);
+        p
+    }
+
+    fn send(&mut self, ty: u16, payload: &[u8]) {
+        self.s.write_all(&frame::encode(ty, payload)).unwrap();
+    }
+
+    fn send_step(&mut self, ty: u16, id: u64, step: u64, body: &[u8]) {
+        let mut p = wire::step(id, step, step.saturating_sub(1));
+        p.extend_from_slice(body);
+        self.send(ty, &p);
+    }
+
+    /// The next frame (None at the end of the stream); PINGs are answered.
+    fn read_frame(&mut self) -> Option<(u16, Vec<u8>)> {
+        loop {
+            if let Ok(Some(f)) = frame::decode(&self.buf, u32::MAX) {
+                let payload = self.buf[HEADER_LEN..f.len].to_vec();
+                self.buf.drain(..f.len);
+                if f.ty == types::PING {
+                    self.send(types::PONG, &[]);
+                    continue;
+                }
+                if f.ty == types::PONG {
+                    continue;
+                }
+                return Some((f.ty, payload));
+            }
+            let mut chunk = [0u8; 65536];
+            match self.s.read(&mut chunk) {
+                Ok(0) => return None,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut => {
+                    panic!("hang guard: nothing from the node for {HANG_GUARD:?}")
+                }
+                Err(_) => return None,
+            }
+        }
+    }
+
+    /// The ACK of the next step answered.
+    fn ack(&mut self) -> wire::Ack {
+        loop {
+            let (ty, p) = self.read_frame().expect("the node closed the connection before it answered");
+            if ty == wire::ACK {
+                return wire::Ack::decode(&p).unwrap();
+            }
+        }
+    }
+
+    /// Sends a step and returns its ACK.
+    fn call(&mut self, ty: u16, id: u64, step: u64, body: &[u8]) -> wire::Ack {
+        self.send_step(ty, id, step, body);
+        let a = self.ack();
+        assert_eq!(a.step, step, "{a:?}");
+        a
+    }
+}
+
+fn start_body(method: u8) -> Vec<u8> {
+    [&SHARD.to_le_bytes()[..], &[method]].concat()
+}
+
+fn begin_snapshot_body(base: u64) -> Vec<u8> {
+    [&[wire::MODE_SNAPSHOT][..], &base.to_le_bytes(), &[0], &0u32.to_le_bytes()].concat()
+}
+
+fn entries_body(entries: &[(&[u8], Entry)]) -> Vec<u8> {
+    let mut b = (entries.len() as u32).to_le_bytes().to_vec();
+    for (k, e) in entries {
+        wire::put_entry(&mut b, k, e);
+    }
+    b
+}
+
+fn value(version: u64, v: &[u8]) -> Entry {
+    Entry { version, value: Value::Bytes(v.to_vec()) }
+}
+
+fn ok(a: &wire::Ack, what: &str) {
+    assert_eq!(a.status, KEEL_STATUS_OK, "{what}: {a:?}");
+}
+
+/// What a crash right now would leave of shard `id`: the receiver's
+/// directory copied while its engine runs (as `common::copy_tree` does for
+/// every crash test), opened by a fresh engine. The key values found, or
+/// why the shard does not open.
+fn crash_image(dir: &std::path::Path, id: u32, keys: &[&[u8]]) -> Result<Vec<Option<Vec<u8>>>, String> {
+    let crash = common::TempDir::new("hostile-crash-image");
+    common::copy_tree(dir, crash.path());
+    let engine = keel::engine::Engine::open(crash.path(), shard_options()).map_err(|e| format!("engine: {e}"))?;
+    let shard = engine.open_shard(id, false).map_err(|e| format!("shard {id}: {e}"))?;
+    let mut out = Vec::new();
+    for k in keys {
+        out.push(shard.get(k).map_err(|e| e.to_string())?.map(|e| match e.value {
+            Value::Bytes(b) => b,
+            Value::Posting(_) => b"<posting>".to_vec(),
+        }));
+    }
+    let _ = shard.close();
+    let _ = engine.close();
+    Ok(out)
+}
+
+/// A snapshot's entries are not logged: only its SNAPSHOT_END seals them.
+/// FINISH before it, or ENTRIES after it, was answered OK, and a crash
+/// then left a shard the engine refused to open, or one missing entries it
+/// acknowledged. Both are refused now; the correct order (the control)
+/// survives the same crash.
+#[test]
+fn a_snapshot_finished_without_its_end_is_refused_or_survives_a_crash() {
+    let dst = Side::temp("hostile-finish-early", node_options(2), shard_options());
+    let keys: [&[u8]; 3] = [b"a", b"b", b"c"];
+    let want = Ok(vec![Some(b"one".to_vec()), Some(b"two".to_vec()), Some(b"three".to_vec())]);
+    let first = entries_body(&[(b"a", value(3, b"one")), (b"b", value(5, b"two"))]);
+    let second = entries_body(&[(b"c", value(4, b"three"))]);
+    // Control: START, BEGIN, ENTRIES x2, SNAPSHOT_END, FINISH.
+    // Then the two orders a correct source never sends.
+    let orders: [(&str, &[u16]); 3] = [
+        ("control", &[wire::ENTRIES, wire::ENTRIES, wire::SNAPSHOT_END]),
+        ("FINISH without SNAPSHOT_END", &[wire::ENTRIES, wire::ENTRIES]),
+        ("ENTRIES after SNAPSHOT_END", &[wire::ENTRIES, wire::SNAPSHOT_END, wire::ENTRIES]),
+    ];
+    let mut p = RawPeer::connect(dst.node.addr(), 1);
+    let mut failures = Vec::new();
+    for (i, (what, middle)) in orders.iter().enumerate() {
+        let shard = SHARD + i as u32;
+        let id = 100 + i as u64;
+        dst.transfers.expect(shard, 1);
+        ok(&p.call(wire::START, id, 1, &[&shard.to_le_bytes()[..], &[wire::MODE_SNAPSHOT]].concat()), what);
+        ok(&p.call(wire::BEGIN, id, 2, &begin_snapshot_body(5)), what);
+        let mut step = 3;
+        let mut batches = [&first, &second].into_iter();
+        let mut refused = None;
+        for &ty in middle.iter() {
+            let body: &[u8] = if ty == wire::ENTRIES { batches.next().unwrap() } else { &[] };
+            let a = p.call(ty, id, step, body);
+            step += 1;
+            if a.status != KEEL_STATUS_OK {
+                refused = Some(a);
+                break;
+            }
+        }
+        let fin = match refused {
+            Some(a) => a,
+            None => p.call(wire::FINISH, id, step, &5u64.to_le_bytes()),
+        };
+        if fin.status != KEEL_STATUS_OK {
+            assert_ne!(i, 0, "the control must finish: {fin:?}");
+            assert_eq!(fin.status, KEEL_STATUS_PROTOCOL, "{what}: refused, with PROTOCOL: {fin:?}");
+            continue;
+        }
+        // Every step was answered OK and the shard is released to its
+        // host: everything acknowledged must survive a crash now.
+        let got = crash_image(dst.dir(), shard, &keys);
+        if got != want {
+            failures.push(format!("{what}: FINISH answered OK, and a crash then leaves {got:?} (want {want:?})"));
+        }
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
+}
+
+/// A snapshot at u64::MAX - 1 was taken: its one next version, u64::MAX,
+/// was then logged by OPS, which wrapped the WAL's next sequence number to
+/// 0. Every step was answered OK, yet the engine's close failed and the
+/// shard never opened again (CORRUPTION). Such a snapshot is refused now,
+/// or whatever was answered OK must close and reopen.
+#[test]
+fn a_snapshot_just_below_the_last_version_is_refused_or_reopens() {
+    let dir = common::TempDir::new("hostile-max");
+    let dst = Side::open(dir.path(), node_options(2), shard_options());
+    dst.transfers.expect(SHARD, 1);
+    let mut p = RawPeer::connect(dst.node.addr(), 1);
+    let base = u64::MAX - 1;
+    let mut ops = 1u32.to_le_bytes().to_vec();
+    wire::put_op(&mut ops, u64::MAX, &Op::Put { key: b"b".to_vec(), value: b"x".to_vec() }.encode());
+    let steps: [(u16, Vec<u8>); 6] = [
+        (wire::START, start_body(wire::MODE_SNAPSHOT)),
+        (wire::BEGIN, begin_snapshot_body(base)),
+        (wire::ENTRIES, entries_body(&[(b"a", value(base, b"one"))])),
+        (wire::SNAPSHOT_END, Vec::new()),
+        (wire::OPS, ops),
+        (wire::FINISH, u64::MAX.to_le_bytes().to_vec()),
+    ];
+    for (i, (ty, body)) in steps.iter().enumerate() {
+        let a = p.call(*ty, 9, i as u64 + 1, body);
+        if a.status != KEEL_STATUS_OK {
+            // Refused: nothing was taken that cannot be kept.
+            assert_eq!(a.status, KEEL_STATUS_PROTOCOL, "{a:?}");
+            return;
+        }
+    }
+    // Every step answered OK: the shard must close and open again.
+    let shard = dst.engine.open_shard(SHARD, false).unwrap();
+    assert_eq!(shard.get(b"b").unwrap().map(|e| e.version), Some(u64::MAX));
+    drop(shard);
+    dst.node.close().unwrap();
+    dst.transfers.close();
+    let closed = dst.engine.close();
+    drop(p);
+    drop(dst);
+    let engine = keel::engine::Engine::open(dir.path(), shard_options()).unwrap();
+    let reopened = engine.open_shard(SHARD, false).map(|s| s.get(b"b").unwrap().map(|e| e.version));
+    assert!(
+        closed.is_ok() && matches!(reopened, Ok(Some(v)) if v == u64::MAX),
+        "every step was acknowledged, yet the engine's close answered {closed:?} and the shard reopens as {:?}",
+        reopened.map_err(|e| e.to_string())
+    );
+}
+
+/// START's method byte and BEGIN's has-crc flag are checked: a START with
+/// method 9 was taken as a snapshot, and a has-crc flag of 2 as "no
+/// checksum", silently dropping the base checksum a later WAL delta needs.
+#[test]
+fn unknown_start_methods_and_crc_flags_are_protocol_errors() {
+    let dst = Side::temp("hostile-fields", node_options(2), shard_options());
+    dst.transfers.expect(SHARD, 1);
+    let mut p = RawPeer::connect(dst.node.addr(), 1);
+    let start = p.call(wire::START, 31, 1, &start_body(9));
+    dst.transfers.expect(SHARD, 1);
+    ok(&p.call(wire::START, 32, 1, &start_body(wire::MODE_SNAPSHOT)), "a good START");
+    let begin = p.call(wire::BEGIN, 32, 2, &[&[wire::MODE_SNAPSHOT][..], &5u64.to_le_bytes(), &[2], &7u32.to_le_bytes()].concat());
+    assert_eq!(
+        (start.status, begin.status),
+        (KEEL_STATUS_PROTOCOL, KEEL_STATUS_PROTOCOL),
+        "START with method 9: {start:?}; BEGIN with has-crc 2: {begin:?}"
+    );
+}
+
+/// A snapshot two below u64::MAX leaves room for one more version: OPS at
+/// u64::MAX - 1 is logged, one at u64::MAX is refused before anything is
+/// written (the log's numbers would wrap), and the shard finishes at the
+/// version it has, closes and reopens.
+#[test]
+fn the_last_version_that_fits_is_taken_and_the_next_refused() {
+    let dir = common::TempDir::new("hostile-near-max");
+    let dst = Side::open(dir.path(), node_options(2), shard_options());
+    dst.transfers.expect(SHARD, 1);
+    let mut p = RawPeer::connect(dst.node.addr(), 1);
+    let base = u64::MAX - 2;
+    let ops_at = |version: u64, key: &[u8]| {
+        let mut ops = 1u32.to_le_bytes().to_vec();
+        wire::put_op(&mut ops, version, &Op::Put { key: key.to_vec(), value: b"x".to_vec() }.encode());
+        ops
+    };
+    ok(&p.call(wire::START, 9, 1, &start_body(wire::MODE_SNAPSHOT)), "START");
+    ok(&p.call(wire::BEGIN, 9, 2, &begin_snapshot_body(base)), "BEGIN");
+    ok(&p.call(wire::ENTRIES, 9, 3, &entries_body(&[(b"a", value(base, b"one"))])), "ENTRIES");
+    ok(&p.call(wire::SNAPSHOT_END, 9, 4, &[]), "SNAPSHOT_END");
+    ok(&p.call(wire::OPS, 9, 5, &ops_at(u64::MAX - 1, b"b")), "OPS at u64::MAX - 1");
+    let over = p.call(wire::OPS, 9, 6, &ops_at(u64::MAX, b"c"));
+    assert_ne!(over.status, KEEL_STATUS_OK, "OPS at u64::MAX: {over:?}");
+    drop(p);
+    // The refused step ended the reception; a new one finishes it.
+    dst.transfers.expect(SHARD, 1);
+    let mut p = RawPeer::connect(dst.node.addr(), 1);
+    let start = p.call(wire::START, 10, 1, &start_body(wire::MODE_DELTA));
+    ok(&start, "START of a WAL delta");
+    assert_eq!(start.version, u64::MAX - 1, "{start:?}");
+    ok(&p.call(wire::BEGIN, 10, 2, &[&[wire::MODE_DELTA][..], &(u64::MAX - 1).to_le_bytes()].concat()), "BEGIN");
+    ok(&p.call(wire::FINISH, 10, 3, &(u64::MAX - 1).to_le_bytes()), "FINISH");
+    dst.node.close().unwrap();
+    dst.transfers.close();
+    dst.engine.close().unwrap();
+    drop(p);
+    drop(dst);
+    let engine = keel::engine::Engine::open(dir.path(), shard_options()).unwrap();
+    let shard = engine.open_shard(SHARD, false).unwrap();
+    assert_eq!(shard.get(b"b").unwrap().map(|e| e.version), Some(u64::MAX - 1));
+    assert!(shard.get(b"c").unwrap().is_none());
+    assert_eq!(shard.stats().last_version, u64::MAX - 1);
+}
