@@ -332,3 +332,45 @@ fn the_last_version_that_fits_is_taken_and_the_next_refused() {
     assert!(shard.get(b"c").unwrap().is_none());
     assert_eq!(shard.stats().last_version, u64::MAX - 1);
 }
+
+/// A source that STARTs and BEGINs a transfer, then vanishes (no CANCEL),
+/// held one of the receiver's places for good: with every place taken,
+/// each START from any other peer was BUSY until a restart. A START that
+/// finds the places taken now ends the receptions whose source has no
+/// connection here, and the shard left behind can still be received.
+#[test]
+fn a_source_that_vanished_mid_transfer_gives_its_place_up() {
+    let dst = Side::temp("hostile-vanish", NodeOptions { max_concurrent_transfers: 1, ..node_options(2) }, shard_options());
+    dst.transfers.expect(SHARD, 1);
+    dst.transfers.expect(SHARD + 1, 3);
+    {
+        let mut gone = RawPeer::connect(dst.node.addr(), 1);
+        ok(&gone.call(wire::START, 5, 1, &start_body(wire::MODE_SNAPSHOT)), "START");
+        ok(&gone.call(wire::BEGIN, 5, 2, &begin_snapshot_body(5)), "BEGIN");
+        // The source dies here: its connection ends, no CANCEL comes.
+    }
+    let guard = std::time::Instant::now() + HANG_GUARD;
+    while dst.node.peers().contains(&1) {
+        assert!(std::time::Instant::now() < guard, "the node never saw peer 1 go");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // While peer 3 is connected, its own reception holds the one place.
+    let mut other = RawPeer::connect(dst.node.addr(), 3);
+    ok(&other.call(wire::START, 1000, 1, &[&(SHARD + 1).to_le_bytes()[..], &[wire::MODE_SNAPSHOT]].concat()), "peer 3's START");
+    let mut back = RawPeer::connect(dst.node.addr(), 1);
+    let busy = back.call(wire::START, 6, 1, &start_body(wire::MODE_SNAPSHOT));
+    assert_eq!(busy.status, KEEL_STATUS_BUSY, "{busy:?}");
+    // Once peer 3 is gone too, peer 1 takes the place and receives its shard.
+    drop(other);
+    while dst.node.peers().contains(&3) {
+        assert!(std::time::Instant::now() < guard, "the node never saw peer 3 go");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    ok(&back.call(wire::START, 7, 1, &start_body(wire::MODE_SNAPSHOT)), "peer 1's START once back");
+    ok(&back.call(wire::BEGIN, 7, 2, &begin_snapshot_body(5)), "BEGIN");
+    ok(&back.call(wire::ENTRIES, 7, 3, &entries_body(&[(b"a", value(5, b"one"))])), "ENTRIES");
+    ok(&back.call(wire::SNAPSHOT_END, 7, 4, &[]), "SNAPSHOT_END");
+    ok(&back.call(wire::FINISH, 7, 5, &5u64.to_le_bytes()), "FINISH");
+    let shard = dst.engine.open_shard(SHARD, false).unwrap();
+    assert_eq!(shard.get(b"a").unwrap().map(|e| e.version), Some(5));
+}

@@ -181,7 +181,17 @@ impl Receiver {
     /// a step and not answered). At most `max` receptions run at once.
     /// Handles one step; the ACK to send, and the reception whose entries
     /// to install once it is sent (`install_after`).
-    pub fn on_step(&self, engine: &Engine, max: usize, peer: u64, ty: u16, payload: &[u8]) -> Option<(Ack, Option<Later>)> {
+    /// `connected`: the peers with a ready connection now (asked at a
+    /// START that finds every place taken).
+    pub fn on_step(
+        &self,
+        engine: &Engine,
+        max: usize,
+        connected: &dyn Fn() -> Vec<u64>,
+        peer: u64,
+        ty: u16,
+        payload: &[u8],
+    ) -> Option<(Ack, Option<Later>)> {
         let Ok(step) = wire::parse_step(payload) else {
             self.note_malformed();
             return None;
@@ -199,7 +209,7 @@ impl Receiver {
         let running = self.state.lock().running.get(&(peer, id)).cloned();
         let mut later = None;
         let result = match running {
-            None if ty == wire::START => self.start(engine, max, peer, id, n, crc, &mut body, &mut ack),
+            None if ty == wire::START => self.start(engine, (max, connected), peer, id, n, crc, &mut body, &mut ack),
             None => match self.finished_answer(peer, id) {
                 Some((step, last)) if n <= step => return self.copy(step, Some(&last), ty, n, crc).map(|a| (a, None)),
                 _ => Err(Error::new(KEEL_STATUS_NOT_FOUND, format!("no transfer {id} from node {peer} is running here"))),
@@ -308,7 +318,7 @@ impl Receiver {
     fn start(
         &self,
         engine: &Engine,
-        max: usize,
+        (max, connected): (usize, &dyn Fn() -> Vec<u64>),
         peer: u64,
         id: u64,
         n: u64,
@@ -338,7 +348,19 @@ impl Receiver {
             // An earlier attempt of the same shard that never finished (its
             // source gave up or restarted) ends here.
             let old: Vec<(u64, u64)> = st.running.iter().filter(|(_, r)| r.shard_id == shard_id).map(|(k, _)| *k).collect();
-            let old: Vec<Running> = old.into_iter().filter_map(|k| st.running.remove(&k)).collect();
+            let mut old: Vec<Running> = old.into_iter().filter_map(|k| st.running.remove(&k)).collect();
+            if st.running.len() >= max {
+                // A source with no connection here now (it crashed, or
+                // its CANCEL was lost with its connection) gives its place
+                // up: its shard stays incoming, for it to resume once back.
+                // Asked outside this lock, which the node's threads never
+                // wait for while they hold theirs.
+                drop(st);
+                let here = connected();
+                st = self.state.lock();
+                let gone: Vec<(u64, u64)> = st.running.keys().filter(|(p, _)| !here.contains(p)).copied().collect();
+                old.extend(gone.into_iter().filter_map(|k| st.running.remove(&k)));
+            }
             if st.running.len() >= max {
                 drop(st);
                 end_all(engine, old);

@@ -90,7 +90,7 @@ impl StepWorker {
 /// One step: its ACK, then the entries it left to install after the ACK.
 fn run(node: &Node, engine: &Engine, receiver: &Receiver, s: Received) {
     let max = node.max_concurrent_transfers();
-    if let Some((ack, later)) = receiver.on_step(engine, max, s.peer, s.ty, &s.payload) {
+    if let Some((ack, later)) = receiver.on_step(engine, max, &|| node.peers(), s.peer, s.ty, &s.payload) {
         // A lost ACK times the source out; nothing else to do here.
         let _ = node.send(s.peer, wire::ACK, &ack.encode());
         if let Some(later) = later {
