@@ -270,6 +270,9 @@ int main(void) {
   /* The callback's error comes back. */
   h.status = KEEL_STATUS_IO;
   CHECK_STATUS(KEEL_STATUS_IO, get_ex(s, &lin, &err));
+  /* ...unless it is not a keel_status_t value: never handed on. */
+  h.status = (keel_status_t)999;
+  CHECK_STATUS(KEEL_STATUS_INVALID_ARGUMENT, get_ex(s, &lin, &err));
   h.status = KEEL_STATUS_OK;
 
   st = stats(s);
@@ -281,8 +284,8 @@ int main(void) {
   CHECK_EQ_U64(st.miss_not_leader, 2);
   CHECK_EQ_U64(st.miss_ack_stale, 1);
   CHECK_EQ_U64(st.miss_transfer, 1);
-  CHECK_EQ_U64(st.read_index_calls, 7);
-  CHECK_EQ_U64(st.read_index_errors, 1);
+  CHECK_EQ_U64(st.read_index_calls, 8);
+  CHECK_EQ_U64(st.read_index_errors, 2);
   CHECK_EQ_U64(st.read_index_timeouts, 1);
   CHECK_EQ_U64(st.acks_ignored_not_voter, 1);
   CHECK_EQ_U64(st.acks_ignored_bad_time, 1);

@@ -706,7 +706,7 @@ typedef struct keel_buf_t {
  * (etcd raft: ReadIndex, then wait for its ReadState) and writes the
  * index to `*index`, returning KEEL_STATUS_OK; or returns another status
  * (NOT_LEADER when this node no longer leads, TIMEOUT, ...), which the
- * read returns. Runs on the thread of a read that missed the lease;
+ * read returns (a value that is no keel_status_t: INVALID_ARGUMENT). Runs on the thread of a read that missed the lease;
  * concurrent misses share one call. It may block; it must not read from
  * or close the same shard. Never called after keel_shard_close() (or
  * keel_engine_close() of its engine) returned: the close waits for a

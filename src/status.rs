@@ -62,6 +62,12 @@ pub const KEEL_STATUS_PROTOCOL: keel_status_t = 20;
 /// docs/TRANSFER.md).
 pub const KEEL_STATUS_MOVED: keel_status_t = 21;
 
+/// Whether `status` is one of the KEEL_STATUS_* values (a status from
+/// outside keel, a peer's or a host callback's, may be anything).
+pub(crate) fn is_known(status: keel_status_t) -> bool {
+    status_name(status) != "UNKNOWN\0"
+}
+
 /// Name of a status value as a static, NUL-terminated string.
 pub(crate) fn status_name(status: keel_status_t) -> &'static str {
     match status {

@@ -43,7 +43,7 @@ pub const KEEL_CLOCK_MANUAL: u64 = 1;
 /// (etcd raft: ReadIndex, then wait for its ReadState) and writes the
 /// index to `*index`, returning KEEL_STATUS_OK; or returns another status
 /// (NOT_LEADER when this node no longer leads, TIMEOUT, ...), which the
-/// read returns. Runs on the thread of a read that missed the lease;
+/// read returns (a value that is no keel_status_t: INVALID_ARGUMENT). Runs on the thread of a read that missed the lease;
 /// concurrent misses share one call. It may block; it must not read from
 /// or close the same shard. Never called after keel_shard_close() (or
 /// keel_engine_close() of its engine) returned: the close waits for a
@@ -172,6 +172,9 @@ impl CReadIndex {
         let status = unsafe { (self.f)(self.data.user as *mut c_void, &mut index) };
         match status {
             KEEL_STATUS_OK => Ok(index),
+            s if !crate::status::is_known(s) => {
+                Err(Error::invalid(format!("the read-index callback returned {s}, which is not a keel_status_t value")))
+            }
             s => Err(Error::new(s, format!("the read-index callback failed with {}", status_name(s).trim_end_matches('\0')))),
         }
     }

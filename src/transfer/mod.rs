@@ -288,6 +288,32 @@ fn first_id() -> u64 {
 
 /// The status a receiver's failure carries back to the source.
 fn failed(ack: &wire::Ack) -> Error {
-    let status = if ack.status == KEEL_STATUS_OK { KEEL_STATUS_PROTOCOL } else { ack.status };
+    // OK or a code this keel does not know is the receiver's mistake: a
+    // host is never handed a status outside the KEEL_STATUS_* values.
+    let status = match ack.status {
+        KEEL_STATUS_OK => KEEL_STATUS_PROTOCOL,
+        s if !crate::status::is_known(s) => KEEL_STATUS_PROTOCOL,
+        s => s,
+    };
     Error::new(status, format!("the receiver answered step {}: {}", ack.step, ack.message))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ack(status: keel_status_t) -> wire::Ack {
+        wire::Ack { id: 1, step: 3, status, version: 0, crc: None, message: "no".into() }
+    }
+
+    /// A receiver's refusal reaches the host with its status, unless the
+    /// status is OK or no KEEL_STATUS_* value: then PROTOCOL.
+    #[test]
+    fn a_refusal_keeps_its_status_unless_it_is_not_one() {
+        assert_eq!(failed(&ack(KEEL_STATUS_NO_SPACE)).status, KEEL_STATUS_NO_SPACE);
+        assert_eq!(failed(&ack(KEEL_STATUS_OK)).status, KEEL_STATUS_PROTOCOL);
+        let e = failed(&ack(999));
+        assert_eq!(e.status, KEEL_STATUS_PROTOCOL);
+        assert!(e.message.contains("step 3"), "{e}");
+    }
 }
