@@ -16,7 +16,7 @@ use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// HELLO nonces remembered to spot replayed handshakes.
 const REPLAY_MEMORY: usize = 4096;
@@ -310,6 +310,7 @@ impl Inner {
     }
 
     fn accept_loop(self: Arc<Inner>, listener: TcpListener) {
+        let mut pause = AcceptPause::default();
         loop {
             let accepted = listener.accept();
             if self.closing.load(Ordering::Acquire) {
@@ -317,12 +318,21 @@ impl Inner {
             }
             match accepted {
                 Ok((stream, addr)) => {
+                    pause.reset();
                     add(&self.counters.accepted, 1);
                     let _ = self.start(stream, addr, Role::Acceptor, None);
                 }
                 // A failed accept (a connection reset while queued, out of
-                // fds) concerns that connection only.
-                Err(e) => self.counters.note_error(format!("node accept failed: {e}")),
+                // fds) concerns that connection only. Out of descriptors or
+                // memory, accept fails again at once for as long as that
+                // lasts: the loop waits a little longer each time instead
+                // of spinning a core.
+                Err(e) => {
+                    self.counters.note_error(format!("node accept failed: {e}"));
+                    if let Some(libc::EMFILE | libc::ENFILE | libc::ENOMEM | libc::ENOBUFS) = e.raw_os_error() {
+                        std::thread::sleep(pause.next());
+                    }
+                }
             }
         }
     }
@@ -411,8 +421,43 @@ impl Inner {
     }
 }
 
+/// How long the accept loop waits after running out of descriptors or
+/// memory: 5 ms, doubling up to 100 ms (a node's close waits for the loop,
+/// so at most one pause), and back to 5 ms after an accept succeeds.
+#[derive(Default)]
+struct AcceptPause(u32);
+
+impl AcceptPause {
+    const FIRST: Duration = Duration::from_millis(5);
+    const MAX: Duration = Duration::from_millis(100);
+
+    fn next(&mut self) -> Duration {
+        let d = Self::FIRST.saturating_mul(1 << self.0.min(16)).min(Self::MAX);
+        self.0 = self.0.saturating_add(1);
+        d
+    }
+
+    fn reset(&mut self) {
+        self.0 = 0;
+    }
+}
+
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn the_accept_pause_doubles_to_its_bound_and_restarts() {
+        let mut p = AcceptPause::default();
+        let ms: Vec<u128> = (0..8).map(|_| p.next().as_millis()).collect();
+        assert_eq!(ms, [5, 10, 20, 40, 80, 100, 100, 100]);
+        for _ in 0..100 {
+            p.next();
+        }
+        assert_eq!(p.next(), AcceptPause::MAX);
+        p.reset();
+        assert_eq!(p.next(), AcceptPause::FIRST);
+    }
+
     use super::*;
 
     #[test]
