@@ -374,3 +374,35 @@ fn a_source_that_vanished_mid_transfer_gives_its_place_up() {
     let shard = dst.engine.open_shard(SHARD, false).unwrap();
     assert_eq!(shard.get(b"a").unwrap().map(|e| e.version), Some(5));
 }
+
+/// A received shard whose record of its snapshot's base (TRANSFER_BASE)
+/// is damaged: a WAL delta cannot check its history against it, so the
+/// START asks for a snapshot (version 0), which then completes. The START
+/// used to fail with CORRUPTION and leave the shard taken with no
+/// reception, BUSY to every later START until a restart.
+#[test]
+fn a_damaged_record_of_the_base_asks_for_a_snapshot() {
+    let dst = Side::temp("hostile-base", node_options(2), shard_options());
+    dst.transfers.expect(SHARD, 1);
+    let mut p = RawPeer::connect(dst.node.addr(), 1);
+    let begin = [&[wire::MODE_SNAPSHOT][..], &5u64.to_le_bytes(), &[1], &7u32.to_le_bytes()].concat();
+    ok(&p.call(wire::START, 1, 1, &start_body(wire::MODE_SNAPSHOT)), "START");
+    ok(&p.call(wire::BEGIN, 1, 2, &begin), "BEGIN");
+    ok(&p.call(wire::ENTRIES, 1, 3, &entries_body(&[(b"a", value(5, b"one"))])), "ENTRIES");
+    ok(&p.call(wire::SNAPSHOT_END, 1, 4, &[]), "SNAPSHOT_END");
+    // The source stops here; the record of the base is then damaged.
+    let base = dst.dir().join("shards").join(SHARD.to_string()).join("TRANSFER_BASE");
+    assert!(base.exists(), "{} holds the snapshot's base", base.display());
+    std::fs::write(&base, b"not a record of the base").unwrap();
+    for (id, what) in [(2, "a first START"), (3, "the START after it")] {
+        let a = p.call(wire::START, id, 1, &start_body(wire::MODE_DELTA));
+        ok(&a, what);
+        assert_eq!((a.version, a.crc), (0, None), "{what}: a snapshot is asked for: {a:?}");
+    }
+    ok(&p.call(wire::BEGIN, 3, 2, &begin), "BEGIN");
+    ok(&p.call(wire::ENTRIES, 3, 3, &entries_body(&[(b"a", value(5, b"two"))])), "ENTRIES");
+    ok(&p.call(wire::SNAPSHOT_END, 3, 4, &[]), "SNAPSHOT_END");
+    ok(&p.call(wire::FINISH, 3, 5, &5u64.to_le_bytes()), "FINISH");
+    let shard = dst.engine.open_shard(SHARD, false).unwrap();
+    assert_eq!(shard.get(b"a").unwrap().map(|e| e.value), Some(Value::Bytes(b"two".to_vec())));
+}

@@ -388,11 +388,24 @@ impl Receiver {
         };
         if mode == wire::MODE_DELTA {
             match engine.receive_shard(shard_id, None) {
-                Ok(shard) => {
-                    ack.version = shard.last_version();
-                    ack.crc = shard.record_crc(ack.version)?;
-                    inc.shard = Some(shard);
-                }
+                Ok(shard) => match shard.record_crc(shard.last_version()) {
+                    Ok(crc) => {
+                        ack.version = shard.last_version();
+                        ack.crc = crc;
+                        inc.shard = Some(shard);
+                    }
+                    // Given back either way: a shard left taken with no
+                    // reception would be BUSY until a restart. A damaged
+                    // record of its history is nothing to build on: the
+                    // source sends a snapshot, as below.
+                    Err(e) => {
+                        drop(shard);
+                        engine.release_incoming(shard_id, false)?;
+                        if e.status != KEEL_STATUS_CORRUPTION {
+                            return Err(e);
+                        }
+                    }
+                },
                 // Nothing usable here (no such shard, or the remains of a
                 // snapshot that never completed): the source sends a snapshot.
                 Err(e) if e.status == KEEL_STATUS_NOT_FOUND || e.status == KEEL_STATUS_CORRUPTION => {}
