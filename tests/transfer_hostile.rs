@@ -406,3 +406,39 @@ fn a_damaged_record_of_the_base_asks_for_a_snapshot() {
     let shard = dst.engine.open_shard(SHARD, false).unwrap();
     assert_eq!(shard.get(b"a").unwrap().map(|e| e.value), Some(Value::Bytes(b"two".to_vec())));
 }
+
+/// Fence buckets from a peer are held to the limit a write here has
+/// (MAX_KEY_SIZE): past it, SNAPSHOT_END's replicated state and an OPS
+/// state record are refused, not stored in every manifest from then on.
+#[test]
+fn a_fence_bucket_longer_than_a_key_is_refused() {
+    let long = vec![b'b'; keel::shard::MAX_KEY_SIZE + 1];
+    let dst = Side::temp("hostile-bucket", node_options(2), shard_options());
+    let mut p = RawPeer::connect(dst.node.addr(), 1);
+    // SNAPSHOT_END: [u64 applied index][u32 buckets][u32 length][bucket][u64 token].
+    let state = |bucket: &[u8]| [&9u64.to_le_bytes()[..], &1u32.to_le_bytes(), &(bucket.len() as u32).to_le_bytes(), bucket, &3u64.to_le_bytes()].concat();
+    dst.transfers.expect(SHARD, 1);
+    ok(&p.call(wire::START, 1, 1, &start_body(wire::MODE_SNAPSHOT)), "START");
+    ok(&p.call(wire::BEGIN, 1, 2, &begin_snapshot_body(5)), "BEGIN");
+    let end = p.call(wire::SNAPSHOT_END, 1, 3, &state(&long));
+    assert_eq!(end.status, KEEL_STATUS_PROTOCOL, "{end:?}");
+    // A state record of a fenced write: [u8 4][u8 flags: 2 = fence][u32 length][bucket][u64 token].
+    let record = |bucket: &[u8]| [&[4u8, 2][..], &(bucket.len() as u32).to_le_bytes(), bucket, &3u64.to_le_bytes()].concat();
+    let ops = |bucket: &[u8]| {
+        let mut ops = 1u32.to_le_bytes().to_vec();
+        wire::put_op(&mut ops, 6, &record(bucket));
+        ops
+    };
+    ok(&p.call(wire::START, 2, 1, &start_body(wire::MODE_SNAPSHOT)), "START");
+    ok(&p.call(wire::BEGIN, 2, 2, &begin_snapshot_body(5)), "BEGIN");
+    ok(&p.call(wire::SNAPSHOT_END, 2, 3, &state(b"b")), "SNAPSHOT_END");
+    let refused = p.call(wire::OPS, 2, 4, &ops(&long));
+    assert_eq!(refused.status, KEEL_STATUS_PROTOCOL, "{refused:?}");
+    // The same with a bucket of a key's length is taken.
+    ok(&p.call(wire::START, 3, 1, &start_body(wire::MODE_DELTA)), "START");
+    ok(&p.call(wire::BEGIN, 3, 2, &[&[wire::MODE_DELTA][..], &5u64.to_le_bytes()].concat()), "BEGIN");
+    ok(&p.call(wire::OPS, 3, 3, &ops(&long[1..])), "OPS");
+    ok(&p.call(wire::FINISH, 3, 4, &6u64.to_le_bytes()), "FINISH");
+    let shard = dst.engine.open_shard(SHARD, false).unwrap();
+    assert_eq!(shard.fence_highest(&long[1..]), Some(3));
+}

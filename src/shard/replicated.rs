@@ -66,9 +66,23 @@ impl Replicated {
     }
 
     pub fn decode(c: &mut super::files::Cursor) -> Result<Replicated> {
+        Self::decode_within(c, usize::MAX)
+    }
+
+    /// `decode` of a state a peer sent: a bucket no write here could name
+    /// (longer than MAX_KEY_SIZE) is refused, not stored in every
+    /// manifest from then on.
+    pub fn decode_sent(c: &mut super::files::Cursor) -> Result<Replicated> {
+        Self::decode_within(c, super::MAX_KEY_SIZE)
+    }
+
+    fn decode_within(c: &mut super::files::Cursor, max_bucket: usize) -> Result<Replicated> {
         let mut r = Replicated { applied_index: c.u64()?, ..Default::default() };
         for _ in 0..c.u32()? {
             let bucket = c.bytes()?;
+            if bucket.len() > max_bucket {
+                return Err(Error::invalid(format!("a fence bucket of {} bytes (the limit is {max_bucket})", bucket.len())));
+            }
             r.fences.raise(bucket, c.u64()?);
         }
         Ok(r)

@@ -288,14 +288,16 @@ impl Shard {
             // shard, and every later open would refuse its WAL.
             let mut earlier = Overlay::new();
             for (i, record) in decoded.iter().enumerate() {
-                if let Record::Op(op) = record {
-                    op.check().and_then(|()| segs.check([*op], &mut earlier)).map_err(|e| {
-                        Error::new(
-                            KEEL_STATUS_PROTOCOL,
-                            format!("transferred operation {} is not one this shard can take: {}", first + i as u64, e.message),
-                        )
-                    })?;
-                }
+                let checked = match record {
+                    Record::Op(op) => op.check().and_then(|()| segs.check([*op], &mut earlier)),
+                    Record::State(change) => change.fence.as_ref().map_or(Ok(()), |f| super::check_bucket(&f.bucket)),
+                };
+                checked.map_err(|e| {
+                    Error::new(
+                        KEEL_STATUS_PROTOCOL,
+                        format!("transferred operation {} is not one this shard can take: {}", first + i as u64, e.message),
+                    )
+                })?;
             }
             let records: Vec<&[u8]> = fresh.iter().map(|(_, r)| *r).collect();
             let at = wal.append_deferred(&records)?;

@@ -518,7 +518,7 @@ impl Receiver {
                 // The replicated state as of the snapshot (a source before
                 // it was sent sends an empty body).
                 if !body.bytes.is_empty() {
-                    let state = crate::shard::Replicated::decode(body).map_err(|e| protocol(e.message))?;
+                    let state = crate::shard::Replicated::decode_sent(body).map_err(|e| protocol(e.message))?;
                     if !body.bytes.is_empty() {
                         return Err(protocol("SNAPSHOT_END: trailing bytes after the replicated state".into()));
                     }
