@@ -2132,7 +2132,8 @@ keel_status_t keel_engine_open(const char *dir,
  * open at most once at a time.
  * Other shards open, drop and list while one recovers.
  * Errors: NULL_ARGUMENT, NOT_FOUND (missing and create_if_missing is
- * false), BUSY (already open, or being opened by another thread), CLOSED
+ * false), BUSY (already open, being opened by another thread, or still
+ * closing on another thread), CLOSED
  * (engine closed), CORRUPTION (a segment file missing, cut or
  * substituted; the WAL starts past what the segments hold; the shard's
  * directory vanished while the engine lists it; see docs/STORAGE.md),
@@ -2149,7 +2150,8 @@ keel_status_t keel_engine_shard_open(const struct keel_engine_t *engine,
 /**
  * Deletes shard `id` and all its data (atomically: a crash leaves the
  * whole shard or none of it).
- * Errors: NULL_ARGUMENT, NOT_FOUND, BUSY (the shard is open), CLOSED, IO.
+ * Errors: NULL_ARGUMENT, NOT_FOUND, BUSY (the shard is open, or still
+ * closing on another thread), CLOSED, IO.
  */
 keel_status_t keel_engine_shard_drop(const struct keel_engine_t *engine,
                                      uint32_t id,

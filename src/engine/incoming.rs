@@ -30,8 +30,8 @@ impl Engine {
             let state = guard.as_mut().ok_or_else(|| Error::new(KEEL_STATUS_CLOSED, "engine is closed"))?;
             match state.slots.get(&id) {
                 Some(Slot::Opening) | Some(Slot::Incoming(_)) => return Err(busy(id)),
-                Some(Slot::Open(s)) if !s.is_closed() => {
-                    return Err(Error::new(KEEL_STATUS_BUSY, format!("shard {id} is open here; close it before receiving it")))
+                Some(Slot::Open(s)) if !s.close_finished() => {
+                    return Err(Error::new(KEEL_STATUS_BUSY, format!("shard {id} is open (or still closing) here; close it before receiving it")))
                 }
                 Some(Slot::Received(s)) if base.is_none() => {
                     // Received earlier and not opened since: a WAL delta

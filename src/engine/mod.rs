@@ -87,9 +87,10 @@ impl State {
     /// Lets go of the shards closed since (through `Shard::close`, which
     /// does not tell the engine): a closed shard still holds its
     /// appendable segment's file until its last handle goes, and the
-    /// engine's must not be that last handle for long.
+    /// engine's must not be that last handle for long. One still closing
+    /// stays: its slot keeps the id from being opened again meanwhile.
     fn forget_closed(&mut self) {
-        self.slots.retain(|_, s| !matches!(s, Slot::Open(s) if s.is_closed()));
+        self.slots.retain(|_, s| !matches!(s, Slot::Open(s) if s.close_finished()));
         self.sweep_at = (2 * self.slots.len()).max(SWEEP_MIN);
     }
 
@@ -291,7 +292,10 @@ impl Engine {
         for name in self.fs.list(&shards_dir).map_err(|e| Error::io(format!("listing {}", shards_dir.display()), e))? {
             let path = shards_dir.join(&name);
             if let Some(id) = name.strip_prefix(DROPPING).and_then(parse_id) {
-                if state.list.contains(id) {
+                // A drop a crash cut after its rename: finished here. But a
+                // listed id whose folder exists is a shard created after a
+                // drop that failed only to remove this folder: it stays.
+                if state.list.contains(id) && !self.exists(&self.shard_dir(id))? {
                     state.list.remove(&*self.fs, id)?;
                 }
                 remove(&path)?;
@@ -342,8 +346,8 @@ impl Engine {
             state.sweep_now();
             match state.slots.get(&id) {
                 Some(Slot::Opening) => return Err(Error::new(KEEL_STATUS_BUSY, format!("shard {id} is being opened"))),
-                Some(Slot::Open(s)) if !s.is_closed() => {
-                    return Err(Error::new(KEEL_STATUS_BUSY, format!("shard {id} is already open; close it first")))
+                Some(Slot::Open(s)) if !s.close_finished() => {
+                    return Err(Error::new(KEEL_STATUS_BUSY, format!("shard {id} is already open (or still closing); close it first")))
                 }
                 Some(Slot::Incoming(_)) => return Err(incoming::busy(id)),
                 Some(Slot::Received(_)) => {
@@ -466,8 +470,8 @@ impl Engine {
         let state = guard.as_mut().ok_or_else(|| Error::new(KEEL_STATUS_CLOSED, "engine is closed"))?;
         match state.slots.get(&id) {
             Some(Slot::Opening) => return Err(Error::new(KEEL_STATUS_BUSY, format!("shard {id} is being opened"))),
-            Some(Slot::Open(s)) if !s.is_closed() => {
-                return Err(Error::new(KEEL_STATUS_BUSY, format!("shard {id} is open; close it before dropping it")))
+            Some(Slot::Open(s)) if !s.close_finished() => {
+                return Err(Error::new(KEEL_STATUS_BUSY, format!("shard {id} is open (or still closing); close it before dropping it")))
             }
             Some(Slot::Incoming(_)) => return Err(incoming::busy(id)),
             Some(Slot::Received(s)) => s.close()?,
@@ -489,6 +493,11 @@ impl Engine {
             log.checkpoint()?;
         }
         let doomed = self.dir.join("shards").join(format!("{DROPPING}{id}"));
+        // Left by an earlier drop of this id whose removal failed: the
+        // rename below needs its name.
+        if self.exists(&doomed)? {
+            self.fs.remove_dir_all(&doomed).map_err(|e| Error::io(format!("removing {}", doomed.display()), e))?;
+        }
         if self.exists(&dir)? {
             self.fs.rename(&dir, &doomed).map_err(|e| Error::io(format!("renaming {}", dir.display()), e))?;
             self.sync_dir(&self.dir.join("shards"))?;

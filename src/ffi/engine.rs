@@ -250,7 +250,8 @@ pub extern "C" fn keel_engine_open(
 /// open at most once at a time.
 /// Other shards open, drop and list while one recovers.
 /// Errors: NULL_ARGUMENT, NOT_FOUND (missing and create_if_missing is
-/// false), BUSY (already open, or being opened by another thread), CLOSED
+/// false), BUSY (already open, being opened by another thread, or still
+/// closing on another thread), CLOSED
 /// (engine closed), CORRUPTION (a segment file missing, cut or
 /// substituted; the WAL starts past what the segments hold; the shard's
 /// directory vanished while the engine lists it; see docs/STORAGE.md),
@@ -275,7 +276,8 @@ pub extern "C" fn keel_engine_shard_open(
 
 /// Deletes shard `id` and all its data (atomically: a crash leaves the
 /// whole shard or none of it).
-/// Errors: NULL_ARGUMENT, NOT_FOUND, BUSY (the shard is open), CLOSED, IO.
+/// Errors: NULL_ARGUMENT, NOT_FOUND, BUSY (the shard is open, or still
+/// closing on another thread), CLOSED, IO.
 #[no_mangle]
 pub extern "C" fn keel_engine_shard_drop(engine: *const keel_engine_t, id: u32, err: *mut *mut keel_error_t) -> keel_status_t {
     ffi_boundary!(err, engine, {

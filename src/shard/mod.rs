@@ -247,6 +247,10 @@ pub(crate) struct Inner {
     /// the lock, when no transfer forwards (nearly always).
     forwarding: AtomicBool,
     closed: Arc<AtomicBool>,
+    /// Set once `close` has finished, whatever it returned: until then a
+    /// closed shard is still closing (its final pass and WAL close run),
+    /// and the engine does not open, drop or receive it again.
+    close_done: CloseDone,
     /// Why the shard stopped taking writes: set once, the first cause
     /// stays; every write reads it without taking a lock.
     poison: OnceLock<Error>,
@@ -842,6 +846,7 @@ impl Shard {
             after_write: RwLock::new(None),
             forwarding: AtomicBool::new(false),
             closed: Arc::new(AtomicBool::new(false)),
+            close_done: CloseDone::default(),
             poison: OnceLock::new(),
             last_error: Mutex::new(None),
             flusher: Mutex::new(None),
@@ -1138,8 +1143,12 @@ impl Shard {
     pub fn close(&self) -> Result<()> {
         let inner = &*self.inner;
         if inner.closed.swap(true, Ordering::AcqRel) {
+            // Another call is closing it: returns once that is done.
+            inner.close_done.wait();
             return Ok(());
         }
+        // However this close ends (a panic included).
+        let _done = inner.close_done.on_drop();
         inner.backlog.close();
         let mut result = Ok(());
         let member = inner.flusher.lock().take();
@@ -1173,6 +1182,40 @@ impl Shard {
 
     pub fn is_closed(&self) -> bool {
         self.inner.closed.load(Ordering::Acquire)
+    }
+
+    /// Closed, and its close has finished (its final pass and WAL close
+    /// are over): only then may the shard's directory be opened again.
+    pub(crate) fn close_finished(&self) -> bool {
+        *self.inner.close_done.done.lock()
+    }
+}
+
+/// Whether a shard's close has finished; a second close waits for it.
+#[derive(Default)]
+struct CloseDone {
+    done: Mutex<bool>,
+    finished: parking_lot::Condvar,
+}
+
+impl CloseDone {
+    fn wait(&self) {
+        let mut done = self.done.lock();
+        while !*done {
+            self.finished.wait(&mut done);
+        }
+    }
+
+    /// Marks the close finished when the returned guard drops.
+    fn on_drop(&self) -> impl Drop + '_ {
+        struct Finish<'a>(&'a CloseDone);
+        impl Drop for Finish<'_> {
+            fn drop(&mut self) {
+                *self.0.done.lock() = true;
+                self.0.finished.notify_all();
+            }
+        }
+        Finish(self)
     }
 }
 

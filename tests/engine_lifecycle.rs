@@ -1,0 +1,292 @@
+//! The engine's shard lifecycle against a close still running on another
+//! thread, and against a drop that failed halfway.
+//!
+//! Deterministic: a step hook parks the one flush worker at a chosen step
+//! of a shard's final pass (its close) and tells the test through a
+//! channel; the test acts while it is parked, then lets it go. Waits are
+//! bounded only as failure guards.
+
+mod common;
+
+use common::TempDir;
+use crossbeam_channel::{bounded, Receiver, Sender};
+use keel::engine::Engine;
+use keel::shard::{Options, Shard, Step, StepHook, Steps, Value};
+use keel::wal::Durability;
+use parking_lot::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+const GUARD: Duration = Duration::from_secs(60);
+
+/// Parks the flush worker once at `step`, when armed.
+struct ParkAt {
+    step: Step,
+    armed: AtomicBool,
+    reached: Sender<()>,
+    release: Mutex<Option<Receiver<()>>>,
+}
+
+impl StepHook for ParkAt {
+    fn at(&self, step: Step) {
+        if step != self.step || !std::thread::current().name().is_some_and(|n| n == "keel-flush") {
+            return;
+        }
+        if self.armed.swap(false, Ordering::AcqRel) {
+            let release = self.release.lock().take().expect("armed once");
+            self.reached.send(()).unwrap();
+            release.recv_timeout(GUARD).expect("the test never released the flush (failure guard)");
+        }
+    }
+}
+
+struct Park {
+    hook: Arc<ParkAt>,
+    reached: Receiver<()>,
+    release: Sender<()>,
+}
+
+impl Park {
+    fn new(step: Step) -> Park {
+        let (reached_tx, reached) = bounded(1);
+        let (release, release_rx) = bounded(1);
+        let hook = Arc::new(ParkAt { step, armed: AtomicBool::new(false), reached: reached_tx, release: Mutex::new(Some(release_rx)) });
+        Park { hook, reached, release }
+    }
+    fn arm(&self) {
+        self.hook.armed.store(true, Ordering::Release);
+    }
+    fn wait_parked(&self) {
+        self.reached.recv_timeout(GUARD).expect("the flush never reached the awaited step (failure guard)");
+    }
+    fn go(&self) {
+        self.release.send(()).unwrap();
+    }
+}
+
+fn options(steps: Steps, durability: Durability) -> Options {
+    Options {
+        steps,
+        flush_threads: 1,
+        durability,
+        wal_segment_size: 64 << 10,
+        flush_interval: None,
+        seal_bytes: 1 << 20,
+        ..Options::default()
+    }
+}
+
+fn bytes(s: &Shard, key: &str) -> Option<Vec<u8>> {
+    match s.get(key.as_bytes()).unwrap().map(|e| e.value) {
+        Some(Value::Bytes(v)) => Some(v),
+        other => other.map(|v| format!("{v:?}").into_bytes()),
+    }
+}
+
+/// `Shard::close` marks the shard closed before its final pass and WAL
+/// close run. The engine took a closed shard as free, so a second
+/// `open_shard` of its id while the close still ran opened a second live
+/// instance over the same files, and the WAL was damaged (CORRUPTION at
+/// the next open, every acknowledged key unreadable). It is BUSY now.
+#[test]
+fn open_shard_while_its_close_is_still_running_is_busy() {
+    let dir = TempDir::new("lifecycle-open-closing");
+    let park = Park::new(Step::PassStart);
+    let engine = Engine::open(dir.path(), options(Steps::new(park.hook.clone()), Durability::Sync)).unwrap();
+    let s = engine.open_shard(1, true).unwrap();
+    for i in 0..20 {
+        s.put(format!("old{i}").as_bytes(), b"v").unwrap();
+    }
+    s.flush(true).unwrap();
+    for i in 20..40 {
+        s.put(format!("old{i}").as_bytes(), b"v").unwrap();
+    }
+    park.arm();
+    std::thread::scope(|sc| {
+        let closer = sc.spawn(|| s.close());
+        park.wait_parked(); // the old instance's final pass is parked
+        let second = engine.open_shard(1, false);
+        let busy = second.as_ref().err().map(|e| e.status);
+        // Whatever happens, let the old close finish before judging.
+        let mut second_ok = None;
+        if let Ok(n) = &second {
+            n.put(b"new", b"v").unwrap(); // acknowledged on the second instance
+            second_ok = Some(n.clone());
+        }
+        park.go();
+        let closed = closer.join().unwrap();
+        if let Some(n) = second_ok {
+            let _ = n.close();
+        }
+        engine.close().unwrap();
+        drop(engine);
+        let engine = Engine::open(dir.path(), options(Steps::default(), Durability::Sync)).unwrap();
+        let reopened = engine.open_shard(1, false).map_err(|e| e.message);
+        let lost: Option<Vec<String>> = reopened.as_ref().ok().map(|r| {
+            (0..40).map(|i| format!("old{i}")).chain(second.is_ok().then(|| "new".to_string())).filter(|k| bytes(r, k).is_none()).collect()
+        });
+        assert!(
+            second.is_err() && reopened.is_ok() && lost.as_ref().is_some_and(|l| l.is_empty()),
+            "open_shard(1) while shard 1's previous handle was still closing (its final pass parked) returned {:?} (want BUSY); \
+             the old close returned {closed:?}; after an engine reopen shard 1 opens as {:?}, acknowledged keys lost: {lost:?}",
+            second.as_ref().map(|_| "Ok(second live instance)").map_err(|e| e.status),
+            reopened.as_ref().map(|_| "Ok"),
+        );
+        assert_eq!(busy, Some(keel::status::KEEL_STATUS_BUSY));
+    });
+}
+
+/// The same gap on the drop side: `drop_shard` took a shard whose close
+/// was still running for a closed one, renamed its folder away, unlisted
+/// and removed it, and the id was free for a new create while the old
+/// instance's final pass (and WAL close) still wrote by the shard's path.
+/// It is BUSY now.
+#[test]
+fn drop_and_recreate_while_the_old_close_is_still_running() {
+    let dir = TempDir::new("lifecycle-drop-closing");
+    let park = Park::new(Step::PassStart);
+    let engine = Engine::open(dir.path(), options(Steps::new(park.hook.clone()), Durability::Sync)).unwrap();
+    let s = engine.open_shard(1, true).unwrap();
+    for i in 0..20 {
+        s.put(format!("old{i}").as_bytes(), b"v").unwrap();
+    }
+    s.flush(true).unwrap();
+    for i in 20..40 {
+        s.put(format!("old{i}").as_bytes(), b"v").unwrap();
+    }
+    park.arm();
+    std::thread::scope(|sc| {
+        let closer = sc.spawn(|| s.close());
+        park.wait_parked();
+        let dropped = engine.drop_shard(1);
+        let mut created = None;
+        if dropped.is_ok() {
+            let n = engine.open_shard(1, true).unwrap();
+            n.put(b"new", b"v").unwrap();
+            created = Some(n);
+        }
+        park.go();
+        let closed = closer.join().unwrap();
+        let new_close = created.as_ref().map(|n| n.close());
+        engine.close().unwrap();
+        drop(engine);
+        let engine = Engine::open(dir.path(), options(Steps::default(), Durability::Sync)).unwrap();
+        let reopened = engine.open_shard(1, false).map_err(|e| e.message);
+        let seen: Option<(Option<Vec<u8>>, usize)> = reopened
+            .as_ref()
+            .ok()
+            .map(|r| (bytes(r, "new"), (0..40).filter(|i| bytes(r, &format!("old{i}")).is_some()).count()));
+        assert!(
+            dropped.is_err(),
+            "drop_shard(1) while shard 1's close was still running returned Ok; old close: {closed:?}; \
+             new shard's close: {new_close:?}; after reopen shard 1 opens as {:?}, (its key 'new', old keys seen): {seen:?}",
+            reopened.as_ref().map(|_| "Ok"),
+        );
+    });
+}
+
+/// The real file system, except that removing a `.drop-<id>` folder fails
+/// (EIO) while `fail_drop_removal` is set.
+struct FailDropRemoval {
+    real: keel::fs::StdFs,
+    fail: AtomicBool,
+}
+
+impl keel::fs::FileSystem for FailDropRemoval {
+    fn create_dir_all(&self, dir: &std::path::Path) -> std::io::Result<()> {
+        self.real.create_dir_all(dir)
+    }
+    fn list(&self, dir: &std::path::Path) -> std::io::Result<Vec<String>> {
+        self.real.list(dir)
+    }
+    fn open(&self, path: &std::path::Path, writable: bool) -> std::io::Result<Arc<dyn keel::fs::File>> {
+        self.real.open(path, writable)
+    }
+    fn create(&self, path: &std::path::Path) -> std::io::Result<Arc<dyn keel::fs::File>> {
+        self.real.create(path)
+    }
+    fn rename(&self, from: &std::path::Path, to: &std::path::Path) -> std::io::Result<()> {
+        self.real.rename(from, to)
+    }
+    fn remove(&self, path: &std::path::Path) -> std::io::Result<()> {
+        self.real.remove(path)
+    }
+    fn sync_dir(&self, dir: &std::path::Path) -> std::io::Result<()> {
+        self.real.sync_dir(dir)
+    }
+    fn exists(&self, path: &std::path::Path) -> std::io::Result<bool> {
+        self.real.exists(path)
+    }
+    fn remove_dir_all(&self, dir: &std::path::Path) -> std::io::Result<()> {
+        let doomed = dir.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(".drop-"));
+        if doomed && self.fail.load(Ordering::Acquire) {
+            return Err(std::io::Error::from_raw_os_error(libc::EIO));
+        }
+        self.real.remove_dir_all(dir)
+    }
+    fn lock(&self, path: &std::path::Path) -> std::io::Result<Box<dyn std::any::Any + Send + Sync>> {
+        self.real.lock(path)
+    }
+}
+
+/// A drop whose folder removal failed leaves `shards/.drop-5` behind with
+/// shard 5 already unlisted (the drop returns IO). The id is free, so the
+/// host creates shard 5 again and writes to it. The next engine open took
+/// `.drop-5` for a drop a crash cut and unlisted shard 5, the new one:
+/// its acknowledged writes were gone. A listed id whose folder exists now
+/// stays listed, and dropping the new shard removes the leftover first.
+#[test]
+fn a_failed_drop_removal_does_not_unlist_the_next_shard_of_its_id() {
+    let dir = TempDir::new("lifecycle-drop-leftover");
+    let fs = Arc::new(FailDropRemoval { real: keel::fs::StdFs::direct(), fail: AtomicBool::new(false) });
+    let open = || Engine::open_with_fs(dir.path(), options(Steps::default(), Durability::Sync), fs.clone()).unwrap();
+    let engine = open();
+    let old = engine.open_shard(5, true).unwrap();
+    old.put(b"old", b"v").unwrap();
+    old.close().unwrap();
+    fs.fail.store(true, Ordering::Release);
+    let dropped = engine.drop_shard(5);
+    fs.fail.store(false, Ordering::Release);
+    assert!(dropped.is_err(), "the folder's removal was meant to fail");
+    assert_eq!(engine.list_shards().unwrap(), Vec::<u32>::new(), "the failed drop unlisted shard 5");
+    // The id is free: a new shard 5, with an acknowledged write.
+    let new = engine.open_shard(5, true).unwrap();
+    new.put(b"new", b"v").unwrap();
+    new.close().unwrap();
+    engine.close().unwrap();
+    drop(engine);
+    let engine = open();
+    let listed = engine.list_shards().unwrap();
+    let reopened = engine.open_shard(5, false).map_err(|e| (e.status, e.message));
+    let new_key = reopened.as_ref().ok().map(|s| bytes(s, "new"));
+    assert!(
+        listed == vec![5] && new_key == Some(Some(b"v".to_vec())),
+        "after a clean close and reopen the re-created shard 5 is gone: listed {listed:?}, open_shard(5) = {:?}; drop error was {:?}",
+        reopened.as_ref().map(|_| "Ok"),
+        dropped.err().map(|e| e.message),
+    );
+}
+
+/// After a drop whose folder removal failed, the id's next shard drops
+/// cleanly: the leftover `.drop-<id>` folder is removed first (the rename
+/// of the new shard's folder needs its name).
+#[test]
+fn the_next_drop_of_an_id_removes_the_leftover_of_a_failed_one() {
+    let dir = TempDir::new("lifecycle-drop-again");
+    let fs = Arc::new(FailDropRemoval { real: keel::fs::StdFs::direct(), fail: AtomicBool::new(false) });
+    let engine = Engine::open_with_fs(dir.path(), options(Steps::default(), Durability::Sync), fs.clone()).unwrap();
+    engine.open_shard(5, true).unwrap().close().unwrap();
+    fs.fail.store(true, Ordering::Release);
+    assert!(engine.drop_shard(5).is_err(), "the folder's removal was meant to fail");
+    fs.fail.store(false, Ordering::Release);
+    let leftover = dir.path().join("shards").join(".drop-5");
+    assert!(leftover.exists());
+    let new = engine.open_shard(5, true).unwrap();
+    new.put(b"new", b"v").unwrap();
+    new.close().unwrap();
+    engine.drop_shard(5).unwrap();
+    assert!(!leftover.exists() && !dir.path().join("shards").join("5").exists());
+    assert_eq!(engine.list_shards().unwrap(), Vec::<u32>::new());
+    engine.close().unwrap();
+}
