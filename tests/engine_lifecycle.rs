@@ -290,3 +290,127 @@ fn the_next_drop_of_an_id_removes_the_leftover_of_a_failed_one() {
     assert_eq!(engine.list_shards().unwrap(), Vec::<u32>::new());
     engine.close().unwrap();
 }
+
+/// The real file system, except that opening an existing file below
+/// `pattern` by name fails with EMFILE while `emfile` is set: what the
+/// descriptor cache meets when it reopens an evicted file while the
+/// process is out of descriptors (the other half of RLIMIT_NOFILE is the
+/// application's).
+struct Emfile {
+    real: keel::fs::StdFs,
+    pattern: &'static str,
+    emfile: AtomicBool,
+    hit: std::sync::atomic::AtomicU64,
+}
+
+impl keel::fs::FileSystem for Emfile {
+    fn create_dir_all(&self, dir: &std::path::Path) -> std::io::Result<()> {
+        self.real.create_dir_all(dir)
+    }
+    fn list(&self, dir: &std::path::Path) -> std::io::Result<Vec<String>> {
+        self.real.list(dir)
+    }
+    fn open(&self, path: &std::path::Path, writable: bool) -> std::io::Result<Arc<dyn keel::fs::File>> {
+        if self.emfile.load(Ordering::Acquire) && path.to_string_lossy().contains(self.pattern) {
+            self.hit.fetch_add(1, Ordering::AcqRel);
+            return Err(std::io::Error::from_raw_os_error(libc::EMFILE));
+        }
+        self.real.open(path, writable)
+    }
+    fn create(&self, path: &std::path::Path) -> std::io::Result<Arc<dyn keel::fs::File>> {
+        self.real.create(path)
+    }
+    fn rename(&self, from: &std::path::Path, to: &std::path::Path) -> std::io::Result<()> {
+        self.real.rename(from, to)
+    }
+    fn remove(&self, path: &std::path::Path) -> std::io::Result<()> {
+        self.real.remove(path)
+    }
+    fn sync_dir(&self, dir: &std::path::Path) -> std::io::Result<()> {
+        self.real.sync_dir(dir)
+    }
+    fn exists(&self, path: &std::path::Path) -> std::io::Result<bool> {
+        self.real.exists(path)
+    }
+    fn remove_dir_all(&self, dir: &std::path::Path) -> std::io::Result<()> {
+        self.real.remove_dir_all(dir)
+    }
+    fn lock(&self, path: &std::path::Path) -> std::io::Result<Box<dyn std::any::Any + Send + Sync>> {
+        self.real.lock(path)
+    }
+}
+
+/// A write to a shard whose active WAL segment the descriptor cache had
+/// evicted, made while the process is briefly out of descriptors: the
+/// cache's reopen fails with EMFILE before a byte is written. The WAL
+/// poisoned itself (any error but NO_SPACE), so the shard refused every
+/// later write until it was reopened, though descriptors were back at
+/// once. The write fails with RESOURCE now, and the next one succeeds.
+#[test]
+fn a_transient_emfile_on_a_cache_reopen_does_not_poison_the_shard() {
+    let dir = TempDir::new("lifecycle-emfile");
+    let fs = Arc::new(Emfile { real: keel::fs::StdFs::direct(), pattern: "/shards/0/wal/", emfile: AtomicBool::new(false), hit: Default::default() });
+    let opts = Options { max_open_files: 16, ..options(Steps::default(), Durability::None) };
+    let engine = Engine::open_with_fs(dir.path(), opts, fs.clone()).unwrap();
+    let zero = engine.open_shard(0, true).unwrap();
+    zero.put(b"before", b"v").unwrap();
+    // Other shards' files push shard 0's out of the 16 descriptors.
+    let others: Vec<Shard> = (1..=24).map(|id| engine.open_shard(id, true).unwrap()).collect();
+    for (i, s) in others.iter().enumerate() {
+        s.put(format!("k{i}").as_bytes(), b"v").unwrap();
+    }
+    assert!(engine.stats().unwrap().file_cache_evictions > 0);
+    fs.emfile.store(true, Ordering::Release);
+    let during = zero.put(b"during", b"v");
+    fs.emfile.store(false, Ordering::Release);
+    assert!(fs.hit.load(Ordering::Acquire) > 0 && during.is_err(), "precondition: shard 0's segment was evicted and its reopen failed ({during:?})");
+    let status = during.as_ref().err().map(|e| e.status);
+    let after = zero.put(b"after", b"v");
+    assert!(
+        after.is_ok() && status == Some(keel::status::KEEL_STATUS_RESOURCE),
+        "a write during a transient EMFILE failed with status {status:?} ({:?}); with descriptors back, the next write gives {:?}",
+        during.err().map(|e| e.message),
+        after.map_err(|e| (e.status, e.message)),
+    );
+    for s in others {
+        s.close().unwrap();
+    }
+    let _ = zero.close();
+}
+
+/// The same EMFILE in `sync` durability with the commit log: the shard's
+/// WAL holds its frames behind (write_behind) and files them at its next
+/// sync, where the reopen of its evicted segment fails. The WAL was
+/// poisoned, its close failed, and the commit log then refused every
+/// checkpoint until the engine reopened: dropping any other shard failed.
+/// The frames stay held for the next sync now.
+#[test]
+fn a_transient_emfile_in_sync_mode_does_not_block_drops_engine_wide() {
+    let dir = TempDir::new("lifecycle-emfile-sync");
+    let fs = Arc::new(Emfile { real: keel::fs::StdFs::direct(), pattern: "/shards/0/wal/", emfile: AtomicBool::new(false), hit: Default::default() });
+    let opts = Options { max_open_files: 16, ..options(Steps::default(), Durability::Sync) };
+    let engine = Engine::open_with_fs(dir.path(), opts, fs.clone()).unwrap();
+    let zero = engine.open_shard(0, true).unwrap();
+    zero.put(b"before", b"v").unwrap();
+    let others: Vec<Shard> = (1..=24).map(|id| engine.open_shard(id, true).unwrap()).collect();
+    for (i, s) in others.iter().enumerate() {
+        s.put(format!("k{i}").as_bytes(), b"v").unwrap();
+        s.flush(true).unwrap();
+    }
+    zero.put(b"held", b"v").unwrap(); // held behind in memory, durable in the commit log
+    fs.emfile.store(true, Ordering::Release);
+    let during = zero.flush(true);
+    fs.emfile.store(false, Ordering::Release);
+    assert!(fs.hit.load(Ordering::Acquire) > 0, "precondition: shard 0's segment was evicted and reopened ({during:?})");
+    let after = zero.put(b"after", b"v").map_err(|e| (e.status, e.message));
+    let closed = zero.close().map_err(|e| e.message);
+    for s in &others {
+        s.close().unwrap();
+    }
+    let dropped = engine.drop_shard(7).map_err(|e| (e.status, e.message));
+    assert!(
+        after.is_ok() && closed.is_ok() && dropped.is_ok(),
+        "after a transient EMFILE on shard 0's flush ({:?}): its next write {after:?}, its close {closed:?}, and dropping shard 7 {dropped:?}",
+        during.map_err(|e| (e.status, e.message)),
+    );
+}

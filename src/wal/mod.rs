@@ -883,9 +883,12 @@ impl Shared {
             }
         } else if let Err(e) = a.file.append_at(&parts, a.offset) {
             let e = Error::io("writing a WAL frame", e);
-            // Disk full fails this append only: the offset and the
-            // sequence number are not consumed, so the log stays whole.
-            return Err(if e.status == KEEL_STATUS_NO_SPACE { e } else { self.poison(st, e) });
+            // Disk full, or out of descriptors reopening a segment the
+            // engine's descriptor cache closed, fails this append only:
+            // the offset and the sequence number are not consumed, so the
+            // log stays whole (a part written is overwritten by the next
+            // frame at that offset).
+            return Err(if matches!(e.status, KEEL_STATUS_NO_SPACE | KEEL_STATUS_RESOURCE) { e } else { self.poison(st, e) });
         }
         let a = st.active.as_mut().unwrap();
         a.offset += size;
@@ -895,7 +898,13 @@ impl Shared {
         if !held {
             self.filed.store(last, Ordering::Release);
         } else if st.behind.len() >= self.opts.write_behind {
-            self.file_behind(st)?;
+            match self.file_behind(st) {
+                // Out of descriptors: this append's frame stays held with
+                // the others and goes out at the next filing (every later
+                // append or sync tries again; the active segment bounds it).
+                Err(e) if e.status == KEEL_STATUS_RESOURCE => {}
+                other => other?,
+            }
         }
         self.note_written();
         Ok(last)
@@ -905,7 +914,10 @@ impl Shared {
     /// write. They have their sequence numbers and the shard applied them,
     /// so a failure (even a full disk, which the preallocated segment
     /// should rule out) poisons the log: its appenders get the error and
-    /// the records come back from the log that holds them durably.
+    /// the records come back from the log that holds them durably. Except
+    /// RESOURCE (the engine's descriptor cache could not reopen the
+    /// segment): nothing was written, the frames stay held for the next
+    /// try, and the log stays usable.
     fn file_behind(&self, st: &mut State) -> Result<()> {
         if st.behind.is_empty() {
             return Ok(());
@@ -916,7 +928,8 @@ impl Shared {
         debug_assert!(a.offset >= format::SEGMENT_HEADER_LEN + st.behind.len() as u64, "held frames are inside the active segment");
         let at = a.offset - st.behind.len() as u64;
         if let Err(e) = a.file.append_at(&[&st.behind], at) {
-            return Err(self.poison(st, Error::io("writing held WAL frames", e)));
+            let e = Error::io("writing held WAL frames", e);
+            return Err(if e.status == KEEL_STATUS_RESOURCE { e } else { self.poison(st, e) });
         }
         st.behind.clear();
         self.filed.store(st.next_seq - 1, Ordering::Release);
@@ -1025,7 +1038,9 @@ impl Shared {
         let sync_full = self.opts.durability == Durability::Sync || self.opts.restorable_tail;
         if sync_full && !replacing {
             if let Err(e) = full.sync_data() {
-                return Err(self.poison(st, Error::io("syncing a full WAL segment", e)));
+                let e = Error::io("syncing a full WAL segment", e);
+                // As in `sync_once`: no fdatasync ran; the append fails.
+                return Err(if e.status == KEEL_STATUS_RESOURCE { e } else { self.poison(st, e) });
             }
             self.durable.fetch_max(st.next_seq - 1, Ordering::AcqRel);
         }
@@ -1205,8 +1220,15 @@ impl Shared {
         }
         for f in sealed.iter().chain(std::iter::once(&file)) {
             if let Err(e) = f.sync_data() {
+                let e = Error::io("fdatasync of the WAL", e);
+                // RESOURCE: the descriptor cache could not reopen the file,
+                // so no fdatasync ran (and none failed): D stays, retried
+                // by the next sync.
+                if e.status == KEEL_STATUS_RESOURCE {
+                    return Err(e);
+                }
                 let mut st = self.state.lock();
-                return Err(self.poison(&mut st, Error::io("fdatasync of the WAL", e)));
+                return Err(self.poison(&mut st, e));
             }
         }
         if !sealed.is_empty() {
