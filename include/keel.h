@@ -1592,14 +1592,16 @@ typedef struct keel_writer_options_t {
   uint64_t copy_threshold;
   /**
    * Soft cap: when more than this many bytes are queued (appended, not
-   * yet accepted by the kernel) for longer than soft_cap_ms, keel
-   * closes the connection and reports KEEL_STATUS_BUSY. 0 disables it.
-   * Default 8 MiB.
+   * yet accepted by the kernel; each message still queued counts 40
+   * bytes more for its bookkeeping, so empty messages count too) for
+   * longer than soft_cap_ms, keel closes the connection and reports
+   * KEEL_STATUS_BUSY. 0 disables it. Default 8 MiB.
    */
   uint64_t soft_cap_bytes;
   /**
    * Hard cap: an append that would queue more than this many bytes
-   * closes the connection at once (KEEL_STATUS_BUSY). 0 disables it.
+   * (counted as for soft_cap_bytes) closes the connection at once
+   * (KEEL_STATUS_BUSY). 0 disables it.
    * Must not be below soft_cap_bytes. Default 32 MiB.
    */
   uint64_t hard_cap_bytes;

@@ -45,7 +45,8 @@ type WriterOptions struct {
 	// reference (one copy shared by every subscriber), smaller ones are
 	// copied into the connection's buffer; default 4096.
 	CopyThreshold uint64
-	// SoftCapBytes: more than this many bytes queued for longer than
+	// SoftCapBytes: more than this many bytes queued (each message still
+	// queued counts 40 bytes more, for its bookkeeping) for longer than
 	// SoftCapTime closes the connection (reported with ErrBusy); default
 	// 8 MiB; NoCap disables it.
 	SoftCapBytes uint64
@@ -116,8 +117,9 @@ type WriterStats struct {
 	ImmediateSends uint64 // lone messages sent on the caller's goroutine before Send returned
 	BytesSent      uint64 // bytes the kernel accepted
 	Items          uint64 // messages appended
-	// ItemsSent: messages handed to a send. An empty message sent alone
-	// on an idle connection needs no send and is not counted.
+	// ItemsSent: messages delivered: handed to a send, or, when empty,
+	// passed with nothing to send (they count too, so ItemsSent reaches
+	// Items).
 	ItemsSent       uint64
 	ControlItems    uint64 // control items appended (close requests)
 	Passes          uint64 // drain passes

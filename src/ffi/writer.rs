@@ -150,12 +150,14 @@ pub struct keel_writer_options_t {
     /// connection's buffer. Default 4096.
     pub copy_threshold: u64,
     /// Soft cap: when more than this many bytes are queued (appended, not
-    /// yet accepted by the kernel) for longer than soft_cap_ms, keel
-    /// closes the connection and reports KEEL_STATUS_BUSY. 0 disables it.
-    /// Default 8 MiB.
+    /// yet accepted by the kernel; each message still queued counts 40
+    /// bytes more for its bookkeeping, so empty messages count too) for
+    /// longer than soft_cap_ms, keel closes the connection and reports
+    /// KEEL_STATUS_BUSY. 0 disables it. Default 8 MiB.
     pub soft_cap_bytes: u64,
     /// Hard cap: an append that would queue more than this many bytes
-    /// closes the connection at once (KEEL_STATUS_BUSY). 0 disables it.
+    /// (counted as for soft_cap_bytes) closes the connection at once
+    /// (KEEL_STATUS_BUSY). 0 disables it.
     /// Must not be below soft_cap_bytes. Default 32 MiB.
     pub hard_cap_bytes: u64,
     /// iovecs per send; 1 to 1024 (IOV_MAX), default 1024.

@@ -7,7 +7,7 @@
 //! by the reactor thread when the socket becomes writable.
 
 use crate::error::{Error, Result};
-use crate::net::queue::{Control, PassCfg, PassEnd, Wire};
+use crate::net::queue::{Control, PassCfg, PassEnd, Wire, ITEM_COST};
 use crate::net::reactor::{Cmd, Shared};
 use crate::net::sendmsg::{epoll_set, errno_text, SyncSink};
 use crate::net::stats::WriterStats;
@@ -137,10 +137,11 @@ impl Conn {
         }
     }
 
-    /// R7: the caps, checked before `add` more bytes are queued. Returns
-    /// the policy error when the connection must be cut off.
+    /// R7: the caps, checked before `add` more bytes are queued (counted
+    /// as `Wire::charged_bytes` counts them). Returns the policy error
+    /// when the connection must be cut off.
     pub(crate) fn check_caps(&self, st: &mut ConnState, add: u64, now: Instant, net: &Shared) -> Option<Error> {
-        let pending = st.wire.pending_bytes() + add;
+        let pending = st.wire.charged_bytes() + add;
         let o = &self.opts;
         if o.hard_cap_bytes > 0 && pending > o.hard_cap_bytes {
             return Some(Error::new(
@@ -161,7 +162,7 @@ impl Conn {
         if o.soft_cap_bytes == 0 {
             return None;
         }
-        let pending = st.wire.pending_bytes() + add;
+        let pending = st.wire.charged_bytes() + add;
         if pending <= o.soft_cap_bytes {
             if st.over_soft_since.take().is_some() {
                 net.over_soft.fetch_sub(1, Ordering::AcqRel);
@@ -212,7 +213,7 @@ impl Conn {
     /// connection is killed and the policy error returned; the caller must
     /// see that the reactor reports it.
     pub(crate) fn append_locked(&self, st: &mut ConnState, pieces: &[Piece], at: Instant, net: &Shared) -> Result<()> {
-        let add: usize = pieces.iter().map(|p| p.len()).sum();
+        let add: usize = pieces.iter().map(|p| p.len() + ITEM_COST).sum();
         if let Some(e) = self.check_caps(st, add as u64, at, net) {
             self.kill(st, e.clone(), net);
             return Err(e);

@@ -93,14 +93,17 @@ impl Publisher {
                 .iter()
                 .position(|c| c.id == id)
                 .ok_or_else(|| Error::new(KEEL_STATUS_NOT_FOUND, format!("no subscriber {id}")))?;
-            subs.remove(i)
+            let conn = subs.remove(i);
+            // Under the list's lock, which `stats` holds while it reads
+            // both: it counts the subscriber in the list or in the
+            // departed totals, never in neither (totals never go back).
+            let w = conn.stats();
+            let mut gone = self.departed.lock();
+            gone.sends += w.sends;
+            gone.bytes_sent += w.bytes_sent;
+            gone.items_sent += w.items_sent;
+            conn
         };
-        let w = conn.stats();
-        let mut gone = self.departed.lock();
-        gone.sends += w.sends;
-        gone.bytes_sent += w.bytes_sent;
-        gone.items_sent += w.items_sent;
-        drop(gone);
         self.net.close_conn(&conn);
         Ok(())
     }
@@ -166,6 +169,8 @@ impl Publisher {
     }
 
     pub fn stats(&self) -> PublisherStats {
+        // Lock order: the list, then the departed totals (`unsubscribe`).
+        let subs = self.subs.lock();
         let gone = *self.departed.lock();
         let mut s = PublisherStats {
             published: self.published.load(Ordering::Relaxed),
@@ -175,7 +180,7 @@ impl Publisher {
             items_sent: gone.items_sent,
             ..Default::default()
         };
-        for c in self.subs.lock().iter() {
+        for c in subs.iter() {
             let phase = c.st.lock().phase;
             match phase {
                 Phase::Open => s.subscribers += 1,

@@ -25,6 +25,11 @@ pub(crate) enum Control {
     Close,
 }
 
+/// What a queued item costs beyond its payload, as the caps count it (the
+/// documented figure): at least its entry in the queue.
+pub(crate) const ITEM_COST: usize = 40;
+const _: () = assert!(std::mem::size_of::<Item>() <= ITEM_COST, "ITEM_COST covers a queue entry");
+
 /// One entry of the outbound queue.
 pub(crate) enum Item {
     /// A reply-producing item of `len` bytes: either in the queue's arena
@@ -334,9 +339,16 @@ impl Wire {
         self.queue.is_empty() && self.out.bytes == 0
     }
 
-    /// Bytes appended and not yet accepted by the kernel (R7 caps).
+    /// Bytes appended and not yet accepted by the kernel (`queued_bytes`).
     pub fn pending_bytes(&self) -> u64 {
         (self.queue.bytes + self.out.bytes) as u64
+    }
+
+    /// What the caps (R7) count: the unsent bytes, plus each queued item's
+    /// bookkeeping (`ITEM_COST`), so that a flood of empty or tiny
+    /// messages is bounded too.
+    pub fn charged_bytes(&self) -> u64 {
+        self.pending_bytes() + (self.queue.items.len() * ITEM_COST) as u64
     }
 
     /// Age of the oldest byte not yet handed to a send.
@@ -427,9 +439,11 @@ impl Wire {
 fn flush(out: &mut Outbox, stats: &mut WriterStats, reason: FlushReason, cfg: &PassCfg, sink: &mut dyn Sink) -> Option<PassEnd> {
     if out.bytes == 0 {
         // Only zero-length items: nothing to send, and they are delivered
-        // all the same (items_sent must reach items).
+        // all the same (items_sent must reach items). Their append time
+        // goes with them: no byte waits.
         stats.items_sent += out.items;
         out.items = 0;
+        out.oldest = None;
         return None;
     }
     reason.count(stats);

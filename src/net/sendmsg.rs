@@ -145,7 +145,7 @@ pub(crate) fn check_socket(fd: RawFd) -> crate::Result<()> {
     Ok(())
 }
 
-pub(crate) fn getsockopt_int(fd: RawFd, level: i32, name: i32) -> io::Result<i32> {
+fn getsockopt_int(fd: RawFd, level: i32, name: i32) -> io::Result<i32> {
     let mut v: libc::c_int = 0;
     let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
     // SAFETY: `v` is a writable c_int and `len` holds its size, so the kernel
