@@ -2071,8 +2071,12 @@ keel_status_t keel_shard_consensus_term_applied(const struct keel_shard_t *shard
 
 /**
  * Reports that a leadership transfer started (`in_progress` true; call it
- * before the engine tells the target to campaign) or ended without this
- * node losing the lead (false). Lease reads are suspended meanwhile.
+ * before the engine tells the target to campaign). Lease reads are
+ * suspended from then until the term or this node's role changes (reads
+ * take the read-index path): a transfer the engine abandons leaves its
+ * MsgTimeoutNow out there, and the target may still win with it. False
+ * (the transfer ended with this node still leading) is accepted and
+ * changes nothing.
  * Errors: NULL_ARGUMENT, INVALID_ARGUMENT (not configured), CLOSED.
  */
 keel_status_t keel_shard_consensus_set_transfer(const struct keel_shard_t *shard,

@@ -261,8 +261,9 @@ func (c Consensus) TermApplied(term uint64) (bool, error) {
 }
 
 // SetTransfer reports that a leadership transfer started (true; before the
-// engine tells the target to campaign) or ended with this node still
-// leading (false). Lease reads are suspended meanwhile.
+// engine tells the target to campaign). Lease reads are suspended from then
+// until the term or this node's role changes: an abandoned transfer's
+// MsgTimeoutNow may still make its target leader. False changes nothing.
 func (c Consensus) SetTransfer(inProgress bool) error {
 	return c.do("SetTransfer", func(h *C.keel_shard_t, e **C.keel_error_t) C.keel_status_t {
 		return C.keel_shard_consensus_set_transfer(h, C.bool(inProgress), e)

@@ -340,8 +340,12 @@ pub extern "C" fn keel_shard_consensus_term_applied(
 }
 
 /// Reports that a leadership transfer started (`in_progress` true; call it
-/// before the engine tells the target to campaign) or ended without this
-/// node losing the lead (false). Lease reads are suspended meanwhile.
+/// before the engine tells the target to campaign). Lease reads are
+/// suspended from then until the term or this node's role changes (reads
+/// take the read-index path): a transfer the engine abandons leaves its
+/// MsgTimeoutNow out there, and the target may still win with it. False
+/// (the transfer ended with this node still leading) is accepted and
+/// changes nothing.
 /// Errors: NULL_ARGUMENT, INVALID_ARGUMENT (not configured), CLOSED.
 #[no_mangle]
 pub extern "C" fn keel_shard_consensus_set_transfer(shard: *const keel_shard_t, in_progress: bool, err: *mut *mut keel_error_t) -> keel_status_t {

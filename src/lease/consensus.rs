@@ -184,8 +184,10 @@ impl ConsensusState {
             Some(now) if sent_at != 0 && sent_at <= now => {}
             _ => return Err(AckIgnored::BadTime),
         }
+        // Below the quorum cache's "this node, at now" (a manual clock at
+        // u64::MAX could otherwise stamp an ack that reads as now forever).
         let slot = self.acks.entry(peer).or_insert(0);
-        *slot = (*slot).max(sent_at);
+        *slot = (*slot).max(sent_at.min(SELF_AT_NOW - 1));
         self.recompute();
         Ok(())
     }
@@ -217,11 +219,21 @@ impl ConsensusState {
         counts
     }
 
-    /// A leadership transfer started (suspends the lease) or ended. A
-    /// transfer means nothing on a follower; the flag also ends when
-    /// leadership or the term changes.
+    /// A leadership transfer started (suspends the lease) or ended. The
+    /// suspension lasts until leadership or the term changes, whatever
+    /// the host reports after: a transfer raft abandons leaves its
+    /// MsgTimeoutNow out there, and the target may still act on it (the
+    /// voters grant a transfer campaign at once). A transfer means
+    /// nothing on a follower.
     pub fn set_transfer(&mut self, in_progress: bool) {
-        self.transfer = in_progress && self.role == Role::Leader;
+        self.transfer |= in_progress && self.role == Role::Leader;
+    }
+
+    /// These facts as a gate that ignored transfers would hold them (the
+    /// lease tests' broken variant).
+    #[cfg(test)]
+    pub fn forget_transfer(&mut self) {
+        self.transfer = false;
     }
 
     /// The quorum ack at `now`: the latest time T such that a majority of

@@ -426,9 +426,10 @@ mod tests {
         g.clock().set(t0).unwrap();
         g.set_transfer(true);
         assert_eq!(g.decide(), Decision::Miss(MissReason::Transfer));
+        // Ended or not, the transfer's term stays suspended.
         g.set_transfer(false);
-        assert!(matches!(g.decide(), Decision::Serve { .. }));
-        // A new term: acks and the own-term entry are forgotten.
+        assert_eq!(g.decide(), Decision::Miss(MissReason::Transfer));
+        // A new term: acks, the own-term entry and the transfer are forgotten.
         g.set_role(Role::Leader, 6, None).unwrap();
         g.record_ack(2, 6, t0);
         assert_eq!(g.decide(), Decision::Miss(MissReason::TermNotApplied));
@@ -555,7 +556,7 @@ mod tests {
     fn decide_as(variant: Variant, g: &LeaseGate) -> Decision {
         let mut s = g.state();
         if variant == Variant::SkipTransferSuspension {
-            s.set_transfer(false);
+            s.forget_transfer();
         }
         decide(&s, LEASE, g.clock().now())
     }

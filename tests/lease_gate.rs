@@ -1,0 +1,86 @@
+//! The lease gate at the edges a review found (docs/LEASE.md): each test
+//! forces a state with the manual clock and explicit facts.
+
+use keel::lease::{Clock, Decision, LeaseConfig, LeaseGate, Level, MissReason, Role, Voters};
+use std::time::Duration;
+
+const MS: u64 = 1_000_000;
+const LEASE: u64 = 700 * MS;
+
+fn config() -> LeaseConfig {
+    LeaseConfig {
+        lease: Duration::from_nanos(LEASE),
+        election_timeout_min: Duration::from_millis(1000),
+        max_clock_drift: Duration::from_millis(100),
+        max_round_trip: Duration::from_millis(100),
+    }
+}
+
+/// Node 1 of {1,2,3}, leader of term 5 with its own-term entry applied at
+/// index 10; the read-index always answers 10.
+fn leader(now: u64) -> LeaseGate {
+    let g = LeaseGate::new(1, config(), Clock::manual(now), Box::new(|| Ok(10))).unwrap();
+    g.set_voters(Voters { incoming: vec![1, 2, 3], outgoing: vec![] }).unwrap();
+    g.set_role(Role::Leader, 5, None).unwrap();
+    g.set_applied(10).unwrap();
+    assert!(g.note_term_applied(5));
+    g
+}
+
+/// An ack stamped u64::MAX collided with the quorum cache's "this node
+/// alone, at now" sentinel (consensus.rs SELF_AT_NOW): once recorded, the
+/// quorum ack read as "now" whatever the clock said, so after the manual
+/// clock went back the lease held at every time, forever, instead of
+/// missing with "ack in the future" (and, later, "ack stale").
+#[test]
+fn an_ack_at_u64_max_never_makes_a_lease_that_holds_forever() {
+    let g = leader(u64::MAX);
+    g.record_ack(2, 5, u64::MAX); // accepted: sent_at <= now
+    // The clock goes back (a manual clock may be set to anything).
+    let t = 1_000 * MS;
+    g.clock().set(t).unwrap();
+    assert_eq!(g.decide(), Decision::Miss(MissReason::AckFuture), "the only peer ack is after now");
+    // Hours later, still nothing newer than that one ack: no lease either.
+    g.clock().set(t + 3_600_000 * MS).unwrap();
+    assert_ne!(g.decide(), Decision::Serve { index: 10 }, "a lease with no ack inside the last 700 ms");
+    let permit = g.begin_read(Level::Lease, Duration::from_secs(1)).unwrap();
+    assert!(!permit.from_lease, "served from a lease made of a sentinel-valued ack");
+}
+
+/// A transfer's MsgTimeoutNow is not taken back when raft abandons the
+/// transfer (etcd raft: abortLeaderTransfer after an election timeout).
+/// The target may be frozen with the message in its socket buffer; when it
+/// thaws it campaigns at once with the transfer flag, and the voters grant
+/// it although they heard from the leader moments ago (CheckQuorum's
+/// in-lease check is skipped for a transfer campaign). The gate resumed
+/// lease reads as soon as the abort was reported, so the old leader served
+/// a read that missed the new leader's write; the suspension now lasts the
+/// term. Timeline (election timeout 1000 ms, lease 700 ms):
+///   t0          acks of 2 and 3; transfer to 2 starts, MsgTimeoutNow sent;
+///               2 is frozen with it buffered
+///   t0+1000     raft abandons the transfer: set_transfer(false)
+///   t0+1060     3 acks a heartbeat sent at t0+1050; the leader is cut off;
+///               2 thaws, campaigns for term 6 on the buffered MsgTimeoutNow,
+///               3 grants (transfer campaign), 2 leads at t0+1080 and
+///               commits a write at t0+1100
+///   t0+1120     a lease read on the old leader (ack t0+1050, 70 ms old)
+#[test]
+fn an_abandoned_transfer_does_not_resume_the_lease_in_its_term() {
+    let t0 = 1000 * MS;
+    let g = leader(t0);
+    g.record_ack(2, 5, t0);
+    g.record_ack(3, 5, t0);
+    g.set_transfer(true); // before MsgTimeoutNow leaves
+    g.clock().set(t0 + 1000 * MS).unwrap();
+    g.set_transfer(false); // raft abandoned it; the MsgTimeoutNow is still out there
+    g.clock().set(t0 + 1060 * MS).unwrap();
+    g.record_ack(3, 5, t0 + 1050 * MS);
+    let new_leader_commit = t0 + 1100 * MS;
+    let read_at = t0 + 1120 * MS;
+    g.clock().set(read_at).unwrap();
+    let served = matches!(g.decide(), Decision::Serve { .. });
+    assert!(
+        !(served && new_leader_commit < read_at),
+        "the old leader serves a lease read in the term of a transfer whose MsgTimeoutNow was sent"
+    );
+}
