@@ -186,14 +186,33 @@ fn drop_and_recreate_while_the_old_close_is_still_running() {
     });
 }
 
-/// The real file system, except that removing a `.drop-<id>` folder fails
-/// (EIO) while `fail_drop_removal` is set.
-struct FailDropRemoval {
+/// The real file system with two faults to arm: removing a `.drop-<id>`
+/// folder fails with EIO (`fail_drop_removal`), and opening an existing
+/// file whose path contains `emfile_under` fails with EMFILE (`emfile`),
+/// what the descriptor cache meets when it reopens an evicted file while
+/// the process is out of descriptors (the other half of RLIMIT_NOFILE is
+/// the application's).
+struct Faults {
     real: keel::fs::StdFs,
-    fail: AtomicBool,
+    fail_drop_removal: AtomicBool,
+    emfile_under: &'static str,
+    emfile: AtomicBool,
+    emfile_hits: std::sync::atomic::AtomicU64,
 }
 
-impl keel::fs::FileSystem for FailDropRemoval {
+impl Faults {
+    fn new(emfile_under: &'static str) -> Arc<Faults> {
+        Arc::new(Faults {
+            real: keel::fs::StdFs::direct(),
+            fail_drop_removal: AtomicBool::new(false),
+            emfile_under,
+            emfile: AtomicBool::new(false),
+            emfile_hits: Default::default(),
+        })
+    }
+}
+
+impl keel::fs::FileSystem for Faults {
     fn create_dir_all(&self, dir: &std::path::Path) -> std::io::Result<()> {
         self.real.create_dir_all(dir)
     }
@@ -201,6 +220,10 @@ impl keel::fs::FileSystem for FailDropRemoval {
         self.real.list(dir)
     }
     fn open(&self, path: &std::path::Path, writable: bool) -> std::io::Result<Arc<dyn keel::fs::File>> {
+        if self.emfile.load(Ordering::Acquire) && path.to_string_lossy().contains(self.emfile_under) {
+            self.emfile_hits.fetch_add(1, Ordering::AcqRel);
+            return Err(std::io::Error::from_raw_os_error(libc::EMFILE));
+        }
         self.real.open(path, writable)
     }
     fn create(&self, path: &std::path::Path) -> std::io::Result<Arc<dyn keel::fs::File>> {
@@ -220,7 +243,7 @@ impl keel::fs::FileSystem for FailDropRemoval {
     }
     fn remove_dir_all(&self, dir: &std::path::Path) -> std::io::Result<()> {
         let doomed = dir.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(".drop-"));
-        if doomed && self.fail.load(Ordering::Acquire) {
+        if doomed && self.fail_drop_removal.load(Ordering::Acquire) {
             return Err(std::io::Error::from_raw_os_error(libc::EIO));
         }
         self.real.remove_dir_all(dir)
@@ -239,15 +262,15 @@ impl keel::fs::FileSystem for FailDropRemoval {
 #[test]
 fn a_failed_drop_removal_does_not_unlist_the_next_shard_of_its_id() {
     let dir = TempDir::new("lifecycle-drop-leftover");
-    let fs = Arc::new(FailDropRemoval { real: keel::fs::StdFs::direct(), fail: AtomicBool::new(false) });
+    let fs = Faults::new("");
     let open = || Engine::open_with_fs(dir.path(), options(Steps::default(), Durability::Sync), fs.clone()).unwrap();
     let engine = open();
     let old = engine.open_shard(5, true).unwrap();
     old.put(b"old", b"v").unwrap();
     old.close().unwrap();
-    fs.fail.store(true, Ordering::Release);
+    fs.fail_drop_removal.store(true, Ordering::Release);
     let dropped = engine.drop_shard(5);
-    fs.fail.store(false, Ordering::Release);
+    fs.fail_drop_removal.store(false, Ordering::Release);
     assert!(dropped.is_err(), "the folder's removal was meant to fail");
     assert_eq!(engine.list_shards().unwrap(), Vec::<u32>::new(), "the failed drop unlisted shard 5");
     // The id is free: a new shard 5, with an acknowledged write.
@@ -274,12 +297,12 @@ fn a_failed_drop_removal_does_not_unlist_the_next_shard_of_its_id() {
 #[test]
 fn the_next_drop_of_an_id_removes_the_leftover_of_a_failed_one() {
     let dir = TempDir::new("lifecycle-drop-again");
-    let fs = Arc::new(FailDropRemoval { real: keel::fs::StdFs::direct(), fail: AtomicBool::new(false) });
+    let fs = Faults::new("");
     let engine = Engine::open_with_fs(dir.path(), options(Steps::default(), Durability::Sync), fs.clone()).unwrap();
     engine.open_shard(5, true).unwrap().close().unwrap();
-    fs.fail.store(true, Ordering::Release);
+    fs.fail_drop_removal.store(true, Ordering::Release);
     assert!(engine.drop_shard(5).is_err(), "the folder's removal was meant to fail");
-    fs.fail.store(false, Ordering::Release);
+    fs.fail_drop_removal.store(false, Ordering::Release);
     let leftover = dir.path().join("shards").join(".drop-5");
     assert!(leftover.exists());
     let new = engine.open_shard(5, true).unwrap();
@@ -291,55 +314,6 @@ fn the_next_drop_of_an_id_removes_the_leftover_of_a_failed_one() {
     engine.close().unwrap();
 }
 
-/// The real file system, except that opening an existing file below
-/// `pattern` by name fails with EMFILE while `emfile` is set: what the
-/// descriptor cache meets when it reopens an evicted file while the
-/// process is out of descriptors (the other half of RLIMIT_NOFILE is the
-/// application's).
-struct Emfile {
-    real: keel::fs::StdFs,
-    pattern: &'static str,
-    emfile: AtomicBool,
-    hit: std::sync::atomic::AtomicU64,
-}
-
-impl keel::fs::FileSystem for Emfile {
-    fn create_dir_all(&self, dir: &std::path::Path) -> std::io::Result<()> {
-        self.real.create_dir_all(dir)
-    }
-    fn list(&self, dir: &std::path::Path) -> std::io::Result<Vec<String>> {
-        self.real.list(dir)
-    }
-    fn open(&self, path: &std::path::Path, writable: bool) -> std::io::Result<Arc<dyn keel::fs::File>> {
-        if self.emfile.load(Ordering::Acquire) && path.to_string_lossy().contains(self.pattern) {
-            self.hit.fetch_add(1, Ordering::AcqRel);
-            return Err(std::io::Error::from_raw_os_error(libc::EMFILE));
-        }
-        self.real.open(path, writable)
-    }
-    fn create(&self, path: &std::path::Path) -> std::io::Result<Arc<dyn keel::fs::File>> {
-        self.real.create(path)
-    }
-    fn rename(&self, from: &std::path::Path, to: &std::path::Path) -> std::io::Result<()> {
-        self.real.rename(from, to)
-    }
-    fn remove(&self, path: &std::path::Path) -> std::io::Result<()> {
-        self.real.remove(path)
-    }
-    fn sync_dir(&self, dir: &std::path::Path) -> std::io::Result<()> {
-        self.real.sync_dir(dir)
-    }
-    fn exists(&self, path: &std::path::Path) -> std::io::Result<bool> {
-        self.real.exists(path)
-    }
-    fn remove_dir_all(&self, dir: &std::path::Path) -> std::io::Result<()> {
-        self.real.remove_dir_all(dir)
-    }
-    fn lock(&self, path: &std::path::Path) -> std::io::Result<Box<dyn std::any::Any + Send + Sync>> {
-        self.real.lock(path)
-    }
-}
-
 /// A write to a shard whose active WAL segment the descriptor cache had
 /// evicted, made while the process is briefly out of descriptors: the
 /// cache's reopen fails with EMFILE before a byte is written. The WAL
@@ -349,7 +323,7 @@ impl keel::fs::FileSystem for Emfile {
 #[test]
 fn a_transient_emfile_on_a_cache_reopen_does_not_poison_the_shard() {
     let dir = TempDir::new("lifecycle-emfile");
-    let fs = Arc::new(Emfile { real: keel::fs::StdFs::direct(), pattern: "/shards/0/wal/", emfile: AtomicBool::new(false), hit: Default::default() });
+    let fs = Faults::new("/shards/0/wal/");
     let opts = Options { max_open_files: 16, ..options(Steps::default(), Durability::None) };
     let engine = Engine::open_with_fs(dir.path(), opts, fs.clone()).unwrap();
     let zero = engine.open_shard(0, true).unwrap();
@@ -363,7 +337,7 @@ fn a_transient_emfile_on_a_cache_reopen_does_not_poison_the_shard() {
     fs.emfile.store(true, Ordering::Release);
     let during = zero.put(b"during", b"v");
     fs.emfile.store(false, Ordering::Release);
-    assert!(fs.hit.load(Ordering::Acquire) > 0 && during.is_err(), "precondition: shard 0's segment was evicted and its reopen failed ({during:?})");
+    assert!(fs.emfile_hits.load(Ordering::Acquire) > 0 && during.is_err(), "precondition: shard 0's segment was evicted and its reopen failed ({during:?})");
     let status = during.as_ref().err().map(|e| e.status);
     let after = zero.put(b"after", b"v");
     assert!(
@@ -387,7 +361,7 @@ fn a_transient_emfile_on_a_cache_reopen_does_not_poison_the_shard() {
 #[test]
 fn a_transient_emfile_in_sync_mode_does_not_block_drops_engine_wide() {
     let dir = TempDir::new("lifecycle-emfile-sync");
-    let fs = Arc::new(Emfile { real: keel::fs::StdFs::direct(), pattern: "/shards/0/wal/", emfile: AtomicBool::new(false), hit: Default::default() });
+    let fs = Faults::new("/shards/0/wal/");
     let opts = Options { max_open_files: 16, ..options(Steps::default(), Durability::Sync) };
     let engine = Engine::open_with_fs(dir.path(), opts, fs.clone()).unwrap();
     let zero = engine.open_shard(0, true).unwrap();
@@ -401,7 +375,7 @@ fn a_transient_emfile_in_sync_mode_does_not_block_drops_engine_wide() {
     fs.emfile.store(true, Ordering::Release);
     let during = zero.flush(true);
     fs.emfile.store(false, Ordering::Release);
-    assert!(fs.hit.load(Ordering::Acquire) > 0, "precondition: shard 0's segment was evicted and reopened ({during:?})");
+    assert!(fs.emfile_hits.load(Ordering::Acquire) > 0, "precondition: shard 0's segment was evicted and reopened ({during:?})");
     let after = zero.put(b"after", b"v").map_err(|e| (e.status, e.message));
     let closed = zero.close().map_err(|e| e.message);
     for s in &others {

@@ -16,7 +16,7 @@ mod common;
 use common::child::{self, report};
 use common::relay::Relay;
 use common::rng::Rng;
-use common::side::Side;
+use common::side::{node_options, Side};
 use common::TempDir;
 use keel::node::{Node, NodeOptions, Service};
 use keel::shard::{Entry, Op, Options, Shard, Step, StepHook, Steps, Value};
@@ -81,16 +81,6 @@ impl Clock for FakeClock {
 
 fn shard_options() -> Options {
     Options { flush_interval: None, wal_segment_size: 64 << 10, seal_bytes: 64 << 10, max_sealed: 3, ..Options::default() }
-}
-
-fn node_options(id: u64) -> NodeOptions {
-    NodeOptions {
-        node_id: id,
-        max_frame_bytes: 1 << 20,
-        heartbeat_interval: Duration::from_millis(200),
-        heartbeat_misses: 50,
-        ..NodeOptions::default()
-    }
 }
 
 fn side(tag: &str, opts: NodeOptions) -> Side {

@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::side::Side;
+use common::side::{node_options, Side};
 use keel::node::frame::{self, HEADER_LEN};
 use keel::node::handshake::{Hello, NONCE_LEN};
 use keel::node::{types, NodeOptions};
@@ -23,16 +23,6 @@ const HANG_GUARD: Duration = Duration::from_secs(60);
 
 fn shard_options() -> Options {
     Options { flush_interval: None, ..Options::default() }
-}
-
-fn node_options(id: u64) -> NodeOptions {
-    NodeOptions {
-        node_id: id,
-        max_frame_bytes: 1 << 20,
-        heartbeat_interval: Duration::from_millis(200),
-        heartbeat_misses: 50,
-        ..NodeOptions::default()
-    }
 }
 
 /// A peer spoken by hand: the handshake (no secret, loopback), then frames.

@@ -8,6 +8,19 @@ use keel::shard::Options;
 use keel::transfer::Transfers;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
+
+/// Options of node `id` for transfer tests: frames up to 1 MiB, and a
+/// heartbeat that never ends a connection a busy machine was slow on.
+pub fn node_options(id: u64) -> NodeOptions {
+    NodeOptions {
+        node_id: id,
+        max_frame_bytes: 1 << 20,
+        heartbeat_interval: Duration::from_millis(200),
+        heartbeat_misses: 50,
+        ..NodeOptions::default()
+    }
+}
 
 pub struct Side {
     pub engine: Arc<Engine>,
