@@ -1384,11 +1384,21 @@ impl Shared {
             self.state.lock().segments.splice(0..0, victims);
             return Err(e);
         }
+        // Oldest first, stopping at the first that cannot go: what is left
+        // then still chains to the first listed segment, which recovery
+        // keeps (a hole in the middle would be lost data to it). The
+        // segments left go back to the list, for a later ack to retry.
         let mut first_error = None;
+        let mut removed = 0;
         for v in &victims {
             if let Err(e) = self.fs.remove(&v.path) {
-                first_error.get_or_insert(Error::io(format!("removing {}", v.path.display()), e));
+                first_error = Some(Error::io(format!("removing {}", v.path.display()), e));
+                break;
             }
+            removed += 1;
+        }
+        if removed < victims.len() {
+            self.state.lock().segments.splice(0..0, victims.into_iter().skip(removed));
         }
         if let Err(e) = self.fs.sync_dir(&self.dir) {
             first_error.get_or_insert(Error::io(format!("syncing {}", self.dir.display()), e));

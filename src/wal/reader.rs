@@ -313,8 +313,9 @@ impl Reader {
         let covered = at >= self.window_at && at + len as u64 <= self.window_at + self.window.len() as u64;
         if !covered {
             let want = len.max(READ_CHUNK).min((seg.len - at) as usize).max(len);
-            // Every frame up to `written` is in the page cache before the pread.
-            self.window_upto = self.shared.written.load(Ordering::Acquire);
+            // Every frame up to `filed` is in the file before the pread;
+            // frames held behind it (written, not yet filed) are zeros here.
+            self.window_upto = self.shared.filed.load(Ordering::Acquire);
             self.window.resize(want, 0);
             let got = file.read_up_to(&mut self.window, at).map_err(|e| Error::io(format!("reading {}", seg.meta.path.display()), e))?;
             if got < len {
