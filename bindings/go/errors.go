@@ -70,7 +70,7 @@ func (e *Error) Error() string {
 // sentinels match every error of their code whatever the message.
 func (e *Error) Is(target error) bool {
 	t, ok := target.(*Error)
-	return ok && t.Code == e.Code
+	return ok && t != nil && e != nil && t.Code == e.Code
 }
 
 // Sentinels for errors.Is, one per status code.

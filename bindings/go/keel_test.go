@@ -857,3 +857,12 @@ func TestForeignDirectoryIsRefusedUnlessAllowed(t *testing.T) {
 		t.Fatalf("Close: %v", err)
 	}
 }
+
+// errors.Is with a typed nil *Error target (an unset `var want *keel.Error`)
+// answers false; it dereferenced the target and panicked.
+func TestErrorIsWithATypedNilTarget(t *testing.T) {
+	var target *Error
+	if errors.Is(error(newError("Get", StatusNotFound, "key absent")), target) {
+		t.Fatal("errors.Is matched a nil *Error")
+	}
+}

@@ -81,7 +81,8 @@ type NetOptions struct {
 	// while it runs no socket of the net makes progress. It may call the
 	// methods of Writers and Publishers (also Close/Unsubscribe of the
 	// connection it reports; a Writer already being closed on another
-	// goroutine then answers ErrClosed), but not Net.Close (ErrBusy). A
+	// goroutine then answers ErrClosed), but not Net.Close or
+	// Publisher.Close (both answer ErrBusy). A
 	// panic in it crashes the program, as in any goroutine.
 	OnEvent func(connID uint64, err error)
 }

@@ -42,6 +42,9 @@ type Publisher struct {
 	// subscriber's running OnEvent, which may call this Publisher's
 	// methods, so a pending Close must not make them queue (calls.go).
 	calls *calls[*C.keel_publisher_t]
+	// ev is the Net's callback state (nil without OnEvent): Close tells
+	// from it whether it runs inside an OnEvent.
+	ev *netEvents
 }
 
 // NewPublisher creates a Publisher on n whose subscribers use opts (nil:
@@ -61,7 +64,7 @@ func NewPublisher(n *Net, opts *WriterOptions) (*Publisher, error) {
 	if st := C.keel_publisher_new(h, &copts, &ph, &cerr); st != C.KEEL_STATUS_OK {
 		return nil, takeError("NewPublisher", st, cerr)
 	}
-	p := &Publisher{calls: newCalls(ph)}
+	p := &Publisher{calls: newCalls(ph), ev: n.ev}
 	runtime.SetFinalizer(p, (*Publisher).reportLeak)
 	return p, nil
 }
@@ -220,10 +223,15 @@ func (p *Publisher) SubscriberStats(id uint64) (WriterStats, error) {
 // Close unsubscribes every subscriber (what they queued is still sent)
 // and frees the handle. It waits for calls in flight; no OnEvent call for
 // its subscribers starts after it returns. A second Close returns an
-// error matching ErrClosed.
+// error matching ErrClosed. Called from OnEvent it returns an error
+// matching ErrBusy and leaves the publisher open: a call in flight (an
+// Unsubscribe) may be waiting for that very OnEvent to return.
 func (p *Publisher) Close() error {
 	if p == nil {
 		return newError("Close", StatusInvalidArgument, "nil *Publisher")
+	}
+	if p.ev != nil && p.ev.onReactor() {
+		return newError("Close", StatusBusy, "Publisher.Close cannot be called from OnEvent")
 	}
 	h := p.calls.close(nil)
 	if h == nil {

@@ -875,3 +875,72 @@ func TestNetFallback(t *testing.T) {
 		t.Fatalf("Fallback of a closed net: %v", err)
 	}
 }
+
+// Publisher.Close called from OnEvent answers ErrBusy and leaves the
+// publisher open, as Net.Close does: an Unsubscribe of that subscriber in
+// flight on another goroutine waits, inside keel, for the running OnEvent,
+// and Close waiting for the Unsubscribe deadlocked. Waits are on state; the
+// 30 s bound is a failure guard.
+func TestPublisherCloseFromOnEventIsBusy(t *testing.T) {
+	var p *Publisher
+	inEvent := make(chan uint64, 1)
+	proceed := make(chan struct{})
+	fromEvent := make(chan error, 1)
+	var first sync.Once
+	onEvent := func(id uint64, err error) {
+		first.Do(func() {
+			inEvent <- id
+			<-proceed
+			fromEvent <- p.Close()
+		})
+	}
+	// No t.Cleanup on the Net: on a deadlock its Close would hang too.
+	n, err := OpenNet(&NetOptions{Backend: BackendSendmsg, OnEvent: onEvent})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err = NewPublisher(n, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keelSide, peer := tcpPair(t)
+	id, err := p.Subscribe(keelSide)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keelSide.Close()
+	must(t, peer.SetLinger(0))
+	peer.Close() // a reset: the next sends fail and OnEvent runs
+	chunk := bytes.Repeat([]byte{'x'}, 8192)
+	for waiting := true; waiting; {
+		must(t, p.Publish(chunk, true))
+		select {
+		case got := <-inEvent:
+			if got != id {
+				t.Fatalf("OnEvent for %d, want %d", got, id)
+			}
+			waiting = false
+		default:
+			runtime.Gosched()
+		}
+	}
+	unsubscribed := make(chan error, 1)
+	go func() { unsubscribed <- p.Unsubscribe(id) }()
+	for {
+		// Off the list: the Unsubscribe now waits for the OnEvent.
+		if _, err := p.SubscriberStats(id); errors.Is(err, ErrNotFound) {
+			break
+		}
+		runtime.Gosched()
+	}
+	close(proceed)
+	select {
+	case err := <-fromEvent:
+		wantCode(t, "Publisher.Close from OnEvent", err, ErrBusy)
+	case <-time.After(30 * time.Second):
+		t.Fatal("deadlock: Publisher.Close from OnEvent waits for an Unsubscribe in flight, which waits for that OnEvent")
+	}
+	must(t, <-unsubscribed)
+	must(t, p.Close())
+	must(t, n.Close())
+}
