@@ -1132,7 +1132,8 @@ class ReadSession : public detail::Handle<keel_read_session_t, detail::end_read_
 struct ReadOptions {
   ReadLevel level = ReadLevel::Default;
   /// Bound on the read-index and the wait for the applied index; 0: the
-  /// shard's LeaseOptions::read_timeout.
+  /// shard's LeaseOptions::read_timeout. A negative value is a budget
+  /// already spent: the shortest bound (1 ms), never the shard's default.
   std::chrono::milliseconds timeout{0};
   /// A session of the same shard, or nullptr; with one, level and timeout
   /// are ignored.
@@ -1153,7 +1154,7 @@ struct ReadOptions {
     keel_read_options_t o{};
     (void)keel_read_options_init_sized(&o, sizeof o);
     o.level = static_cast<uint32_t>(level);
-    o.timeout_ms = timeout.count() > 0 ? static_cast<uint64_t>(timeout.count()) : 0;
+    o.timeout_ms = timeout.count() > 0 ? static_cast<uint64_t>(timeout.count()) : timeout.count() < 0 ? 1 : 0;
     o.session = session ? session->raw() : nullptr;
     return o;
   }
@@ -2506,10 +2507,10 @@ class NodeOptions {
   /// The cluster secret (16 to 1024 bytes), copied: handshake MACs are
   /// made with it and accepted with it. Empty: no secret (no
   /// authentication; loopback peers only unless allow_remote_without_secret).
-  NodeOptions& secret(ByteView s) { return set_bytes(secret_, s); }
+  NodeOptions& secret(ByteView s) { return set_bytes(secret_, secret_null_, s); }
   /// A second secret accepted alongside secret() during a rotation (never
   /// used to send); empty for none. Not without secret().
-  NodeOptions& secret2(ByteView s) { return set_bytes(secret2_, s); }
+  NodeOptions& secret2(ByteView s) { return set_bytes(secret2_, secret2_null_, s); }
   /// Let peers that are not on loopback connect without a secret (default false).
   NodeOptions& allow_remote_without_secret(bool allow) noexcept {
     raw_.allow_remote_without_secret = allow ? 1 : 0;
@@ -2584,8 +2585,11 @@ class NodeOptions {
  private:
   friend class Node;
 
-  NodeOptions& set_bytes(std::vector<uint8_t>& out, ByteView s) {
-    null_string_ = null_string_ || s.null_string();  // reported by Node::open()
+  /// `null` remembers whether this field's value came from a null const
+  /// char* (reported by Node::open()); the next value of the field
+  /// replaces it.
+  NodeOptions& set_bytes(std::vector<uint8_t>& out, bool& null, ByteView s) {
+    null = s.null_string();
     out.assign(s.data(), s.data() + s.size());
     return *this;
   }
@@ -2594,7 +2598,8 @@ class NodeOptions {
   std::string listen_;
   std::vector<uint8_t> secret_;
   std::vector<uint8_t> secret2_;
-  bool null_string_ = false;  ///< a secret was given as a null const char*
+  bool secret_null_ = false;   ///< secret() was last given a null const char*
+  bool secret2_null_ = false;  ///< secret2() was last given a null const char*
   NodeEventHandler on_event_;
 };
 
@@ -2800,7 +2805,7 @@ class Node : public detail::Handle<keel_node_t, detail::close_node> {
   static Result<Node> open(const Engine& engine, NodeOptions opts) {
     if (!engine) return detail::empty_handle("keel::Engine");
     if (const auto& abi = detail::abi_once(); !abi) return abi.err();
-    if (opts.null_string_) return detail::null_string_error();
+    if (opts.secret_null_ || opts.secret2_null_) return detail::null_string_error();
     keel_node_options_t raw = opts.raw_;
     if (!opts.listen_.empty()) {
       if (opts.listen_.find('\0') != std::string::npos) {

@@ -135,6 +135,24 @@ TEST_F(LeaseTest, ReadIndexWaitsForTheAppliedIndexOrTimesOut) {
   EXPECT_EQ(st->read_index_errors, 1u);
 }
 
+// A negative timeout is a budget already spent: the shortest bound, not
+// the shard's default (it became 0, which keel reads as "the shard's
+// read_timeout"; here 10 minutes, so the reads below would have hung).
+TEST_F(LeaseTest, ANegativeTimeoutIsTheShortestNotTheDefault) {
+  EXPECT_EQ(ReadOptions(ReadLevel::Linearizable, std::chrono::milliseconds(-1)).to_c().timeout_ms, 1u);
+  EXPECT_EQ(ReadOptions(ReadLevel::Linearizable, std::chrono::milliseconds(0)).to_c().timeout_ms, 0u);
+  EXPECT_EQ(ReadOptions(ReadLevel::Linearizable, std::chrono::milliseconds(7)).to_c().timeout_ms, 7u);
+  auto host = std::make_shared<Host>();
+  LeaseOptions o = lease_options(host);
+  o.read_timeout = std::chrono::minutes(10);
+  ASSERT_TRUE(shard_.configure_consensus(o).ok());
+  ASSERT_TRUE(shard_.consensus_set_role(Role::Leader, 5).ok());
+  ASSERT_TRUE(shard_.consensus_set_applied(10).ok());
+  host->index = 12;  // never applied: the read waits until its bound
+  EXPECT_EQ(shard_.get("k", ReadOptions(ReadLevel::Linearizable, std::chrono::milliseconds(-1))).err().code(), Status::Timeout);
+  EXPECT_EQ(shard_.read_begin(ReadLevel::Linearizable, std::chrono::milliseconds(-1)).err().code(), Status::Timeout);
+}
+
 TEST_F(LeaseTest, ASessionCostsOneReadIndex) {
   auto host = std::make_shared<Host>();
   lead(host);

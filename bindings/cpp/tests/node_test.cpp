@@ -263,6 +263,17 @@ TEST_F(NodeTest, OptionsAreValidatedByOpen) {
   expect_error(Node::open(engine, NodeOptions(good).secret(std::string(1025, 's'))), Status::InvalidArgument);
   expect_error(Node::open(engine, NodeOptions(good).secret2(kSecret)), Status::InvalidArgument);  // without secret
   expect_error(Node::open(engine, NodeOptions(good).secret(static_cast<const char*>(nullptr))), Status::NullArgument);
+  // A null secret replaced by a valid one is forgotten (each field keeps
+  // its own), while a null secret2 is still reported.
+  {
+    NodeOptions replaced = NodeOptions(good).listen_addr("127.0.0.1:0");
+    replaced.secret(static_cast<const char*>(nullptr)).secret(kSecret);
+    auto n = Node::open(engine, replaced);
+    ASSERT_TRUE(n.ok()) << n.err().to_string();
+    KEEL_ASSERT_OK(n->close());
+    replaced.secret2(static_cast<const char*>(nullptr));
+    expect_error(Node::open(engine, replaced), Status::NullArgument);
+  }
   expect_error(Node::open(engine, NodeOptions(good).max_frame_bytes(100)), Status::InvalidArgument);
   expect_error(Node::open(engine, NodeOptions(good).heartbeat_misses(0)), Status::InvalidArgument);
   expect_error(Node::open(engine, NodeOptions(good).handshake_timeout(0ms)), Status::InvalidArgument);
