@@ -210,12 +210,16 @@ class [[nodiscard]] Result {
     return std::get<1>(v_);
   }
 
-  /// The value; on error throws (KEEL_CPP_EXCEPTIONS) or aborts.
+  /// The value; on error throws (KEEL_CPP_EXCEPTIONS) or aborts. On a
+  /// temporary Result it is moved out by value, so
+  /// `for (auto e : shard.scan().value())` iterates an Iterator that
+  /// lives through the loop (a reference into the temporary would not).
   T& value() & { check(); return std::get<0>(v_); }
   const T& value() const& { check(); return std::get<0>(v_); }
-  T&& value() && { check(); return std::get<0>(std::move(v_)); }
+  T value() && { check(); return std::get<0>(std::move(v_)); }
   T& operator*() & { return value(); }
   const T& operator*() const& { return value(); }
+  T operator*() && { return std::move(*this).value(); }
   T* operator->() { return &value(); }
   const T* operator->() const { return &value(); }
 

@@ -15,6 +15,12 @@ static_assert(!std::is_convertible_v<Result<uint64_t>, bool>);
 static_assert(!std::is_convertible_v<Result<void>, bool>);
 // ... but `if (r)` works (explicit operator bool).
 static_assert(std::is_constructible_v<bool, Result<void>>);
+// A temporary Result hands its value out by value, never as a reference
+// into itself: `for (auto e : shard.scan().value())` must iterate an
+// Iterator that outlives the Result (a T&& dangled once the loop began).
+static_assert(std::is_same_v<decltype(std::declval<Result<uint64_t>>().value()), uint64_t>);
+static_assert(std::is_same_v<decltype(*std::declval<Result<uint64_t>>()), uint64_t>);
+static_assert(std::is_same_v<decltype(std::declval<Result<uint64_t>&>().value()), uint64_t&>);
 // Results are built implicitly from a value or an Error (how the wrapper returns).
 static_assert(std::is_convertible_v<uint64_t, Result<uint64_t>>);
 static_assert(std::is_convertible_v<Error, Result<uint64_t>>);

@@ -598,6 +598,13 @@ TEST(Shard, ScansAreOrderedBoundedAndConsistent) {
   EXPECT_EQ(keys_of(s.scan_prefix("\xff")), (V{"\xff", "\xff\xff"}));
   EXPECT_EQ(keys_of(s.scan_prefix("")), all);
   EXPECT_EQ(keys_of(s.scan_prefix("zzz")), V{});
+  // Straight from the temporary Result: the Iterator lives through the loop.
+  V direct;
+  for (const auto& e : s.scan_prefix("a").value()) {
+    ASSERT_TRUE(e) << e.err().to_string();
+    direct.emplace_back(e->key_view());
+  }
+  EXPECT_EQ(direct, (V{"a", "ab", "abc"}));
 
   // Values, kinds and versions come with the keys; next() copies out.
   auto it = s.scan_prefix("ab");
