@@ -84,16 +84,12 @@ fn bytes(s: &Shard, key: &str) -> Option<Vec<u8>> {
     }
 }
 
-/// `Shard::close` marks the shard closed before its final pass and WAL
-/// close run. The engine took a closed shard as free, so a second
-/// `open_shard` of its id while the close still ran opened a second live
-/// instance over the same files, and the WAL was damaged (CORRUPTION at
-/// the next open, every acknowledged key unreadable). It is BUSY now.
-#[test]
-fn open_shard_while_its_close_is_still_running_is_busy() {
-    let dir = TempDir::new("lifecycle-open-closing");
+/// An engine in `dir` whose shard 1 holds keys old0..old39 (the first
+/// half persisted), and a hook armed to park the shard's next flush pass
+/// (its close's final pass) at its start.
+fn shard_whose_close_parks(dir: &std::path::Path) -> (Park, Engine, Shard) {
     let park = Park::new(Step::PassStart);
-    let engine = Engine::open(dir.path(), options(Steps::new(park.hook.clone()), Durability::Sync)).unwrap();
+    let engine = Engine::open(dir, options(Steps::new(park.hook.clone()), Durability::Sync)).unwrap();
     let s = engine.open_shard(1, true).unwrap();
     for i in 0..20 {
         s.put(format!("old{i}").as_bytes(), b"v").unwrap();
@@ -103,6 +99,18 @@ fn open_shard_while_its_close_is_still_running_is_busy() {
         s.put(format!("old{i}").as_bytes(), b"v").unwrap();
     }
     park.arm();
+    (park, engine, s)
+}
+
+/// `Shard::close` marks the shard closed before its final pass and WAL
+/// close run. The engine took a closed shard as free, so a second
+/// `open_shard` of its id while the close still ran opened a second live
+/// instance over the same files, and the WAL was damaged (CORRUPTION at
+/// the next open, every acknowledged key unreadable). It is BUSY now.
+#[test]
+fn open_shard_while_its_close_is_still_running_is_busy() {
+    let dir = TempDir::new("lifecycle-open-closing");
+    let (park, engine, s) = shard_whose_close_parks(dir.path());
     std::thread::scope(|sc| {
         let closer = sc.spawn(|| s.close());
         park.wait_parked(); // the old instance's final pass is parked
@@ -145,17 +153,7 @@ fn open_shard_while_its_close_is_still_running_is_busy() {
 #[test]
 fn drop_and_recreate_while_the_old_close_is_still_running() {
     let dir = TempDir::new("lifecycle-drop-closing");
-    let park = Park::new(Step::PassStart);
-    let engine = Engine::open(dir.path(), options(Steps::new(park.hook.clone()), Durability::Sync)).unwrap();
-    let s = engine.open_shard(1, true).unwrap();
-    for i in 0..20 {
-        s.put(format!("old{i}").as_bytes(), b"v").unwrap();
-    }
-    s.flush(true).unwrap();
-    for i in 20..40 {
-        s.put(format!("old{i}").as_bytes(), b"v").unwrap();
-    }
-    park.arm();
+    let (park, engine, s) = shard_whose_close_parks(dir.path());
     std::thread::scope(|sc| {
         let closer = sc.spawn(|| s.close());
         park.wait_parked();

@@ -417,6 +417,47 @@ func TestPublisherFanOut(t *testing.T) {
 	})
 }
 
+// subscribeAndReset subscribes a socket whose peer then resets it, and
+// publishes until OnEvent reports that subscriber on inEvent; its id.
+func subscribeAndReset(t *testing.T, p *Publisher, inEvent <-chan uint64) uint64 {
+	t.Helper()
+	keelSide, peer := tcpPair(t)
+	id, err := p.Subscribe(keelSide)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keelSide.Close()
+	must(t, peer.SetLinger(0))
+	peer.Close() // a reset: the next sends fail and OnEvent runs
+	chunk := bytes.Repeat([]byte{'x'}, 8192)
+	for {
+		must(t, p.Publish(chunk, true))
+		select {
+		case got := <-inEvent:
+			if got != id {
+				t.Fatalf("OnEvent for %d, want %d", got, id)
+			}
+			return id
+		default:
+			runtime.Gosched()
+		}
+	}
+}
+
+// unsubscribeInFlight starts Unsubscribe(id) on a goroutine and returns
+// once it is inside keel (the subscriber is off the list), where it waits
+// for the subscriber's running OnEvent; its result comes on the channel.
+func unsubscribeInFlight(p *Publisher, id uint64) <-chan error {
+	unsubscribed := make(chan error, 1)
+	go func() { unsubscribed <- p.Unsubscribe(id) }()
+	for {
+		if _, err := p.SubscriberStats(id); errors.Is(err, ErrNotFound) {
+			return unsubscribed
+		}
+		runtime.Gosched()
+	}
+}
+
 // A subscriber's OnEvent calls the Publisher while the host unsubscribes
 // that subscriber (keel waits for the running OnEvent) and closes the
 // Publisher: the OnEvent's call fails with ErrClosed at once instead of
@@ -442,36 +483,8 @@ func TestPublisherCloseBesideAnUnsubscribeThatWaitsForOnEvent(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	keelSide, peer := tcpPair(t)
-	id, err := p.Subscribe(keelSide)
-	if err != nil {
-		t.Fatal(err)
-	}
-	keelSide.Close()
-	must(t, peer.SetLinger(0))
-	peer.Close() // a reset: the next sends fail and OnEvent runs
-	chunk := bytes.Repeat([]byte{'x'}, 8192)
-	var got uint64
-	for waiting := true; waiting; {
-		must(t, p.Publish(chunk, true))
-		select {
-		case got = <-inEvent:
-			waiting = false
-		default:
-			runtime.Gosched()
-		}
-	}
-	if got != id {
-		t.Fatalf("OnEvent for %d, want %d", got, id)
-	}
-	unsubscribed := make(chan error, 1)
-	go func() { unsubscribed <- p.Unsubscribe(id) }()
-	for {
-		if _, err := p.SubscriberStats(id); errors.Is(err, ErrNotFound) {
-			break // removed: the Unsubscribe waits for the OnEvent now
-		}
-		runtime.Gosched()
-	}
+	id := subscribeAndReset(t, p, inEvent)
+	unsubscribed := unsubscribeInFlight(p, id)
 	closed := make(chan error, 1)
 	go func() { closed <- p.Close() }()
 	for {
@@ -903,36 +916,8 @@ func TestPublisherCloseFromOnEventIsBusy(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	keelSide, peer := tcpPair(t)
-	id, err := p.Subscribe(keelSide)
-	if err != nil {
-		t.Fatal(err)
-	}
-	keelSide.Close()
-	must(t, peer.SetLinger(0))
-	peer.Close() // a reset: the next sends fail and OnEvent runs
-	chunk := bytes.Repeat([]byte{'x'}, 8192)
-	for waiting := true; waiting; {
-		must(t, p.Publish(chunk, true))
-		select {
-		case got := <-inEvent:
-			if got != id {
-				t.Fatalf("OnEvent for %d, want %d", got, id)
-			}
-			waiting = false
-		default:
-			runtime.Gosched()
-		}
-	}
-	unsubscribed := make(chan error, 1)
-	go func() { unsubscribed <- p.Unsubscribe(id) }()
-	for {
-		// Off the list: the Unsubscribe now waits for the OnEvent.
-		if _, err := p.SubscriberStats(id); errors.Is(err, ErrNotFound) {
-			break
-		}
-		runtime.Gosched()
-	}
+	id := subscribeAndReset(t, p, inEvent)
+	unsubscribed := unsubscribeInFlight(p, id)
 	close(proceed)
 	select {
 	case err := <-fromEvent:
