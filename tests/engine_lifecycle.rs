@@ -312,6 +312,26 @@ fn the_next_drop_of_an_id_removes_the_leftover_of_a_failed_one() {
     engine.close().unwrap();
 }
 
+/// An engine in `dir` with at most 16 descriptors, shard 0 holding one
+/// key, and shards 1..=24 written after it (flushed in sync durability),
+/// whose files push shard 0's out of the descriptor cache. EMFILE is armed
+/// for shard 0's WAL through the returned file system.
+fn shard_zero_among_24(dir: &std::path::Path, durability: Durability) -> (Arc<Faults>, Engine, Shard, Vec<Shard>) {
+    let fs = Faults::new("/shards/0/wal/");
+    let opts = Options { max_open_files: 16, ..options(Steps::default(), durability) };
+    let engine = Engine::open_with_fs(dir, opts, fs.clone()).unwrap();
+    let zero = engine.open_shard(0, true).unwrap();
+    zero.put(b"before", b"v").unwrap();
+    let others: Vec<Shard> = (1..=24).map(|id| engine.open_shard(id, true).unwrap()).collect();
+    for (i, s) in others.iter().enumerate() {
+        s.put(format!("k{i}").as_bytes(), b"v").unwrap();
+        if durability == Durability::Sync {
+            s.flush(true).unwrap();
+        }
+    }
+    (fs, engine, zero, others)
+}
+
 /// A write to a shard whose active WAL segment the descriptor cache had
 /// evicted, made while the process is briefly out of descriptors: the
 /// cache's reopen fails with EMFILE before a byte is written. The WAL
@@ -321,16 +341,7 @@ fn the_next_drop_of_an_id_removes_the_leftover_of_a_failed_one() {
 #[test]
 fn a_transient_emfile_on_a_cache_reopen_does_not_poison_the_shard() {
     let dir = TempDir::new("lifecycle-emfile");
-    let fs = Faults::new("/shards/0/wal/");
-    let opts = Options { max_open_files: 16, ..options(Steps::default(), Durability::None) };
-    let engine = Engine::open_with_fs(dir.path(), opts, fs.clone()).unwrap();
-    let zero = engine.open_shard(0, true).unwrap();
-    zero.put(b"before", b"v").unwrap();
-    // Other shards' files push shard 0's out of the 16 descriptors.
-    let others: Vec<Shard> = (1..=24).map(|id| engine.open_shard(id, true).unwrap()).collect();
-    for (i, s) in others.iter().enumerate() {
-        s.put(format!("k{i}").as_bytes(), b"v").unwrap();
-    }
+    let (fs, engine, zero, others) = shard_zero_among_24(dir.path(), Durability::None);
     assert!(engine.stats().unwrap().file_cache_evictions > 0);
     fs.emfile.store(true, Ordering::Release);
     let during = zero.put(b"during", b"v");
@@ -359,16 +370,7 @@ fn a_transient_emfile_on_a_cache_reopen_does_not_poison_the_shard() {
 #[test]
 fn a_transient_emfile_in_sync_mode_does_not_block_drops_engine_wide() {
     let dir = TempDir::new("lifecycle-emfile-sync");
-    let fs = Faults::new("/shards/0/wal/");
-    let opts = Options { max_open_files: 16, ..options(Steps::default(), Durability::Sync) };
-    let engine = Engine::open_with_fs(dir.path(), opts, fs.clone()).unwrap();
-    let zero = engine.open_shard(0, true).unwrap();
-    zero.put(b"before", b"v").unwrap();
-    let others: Vec<Shard> = (1..=24).map(|id| engine.open_shard(id, true).unwrap()).collect();
-    for (i, s) in others.iter().enumerate() {
-        s.put(format!("k{i}").as_bytes(), b"v").unwrap();
-        s.flush(true).unwrap();
-    }
+    let (fs, engine, zero, others) = shard_zero_among_24(dir.path(), Durability::Sync);
     zero.put(b"held", b"v").unwrap(); // held behind in memory, durable in the commit log
     fs.emfile.store(true, Ordering::Release);
     let during = zero.flush(true);

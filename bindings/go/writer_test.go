@@ -417,6 +417,22 @@ func TestPublisherFanOut(t *testing.T) {
 	})
 }
 
+// parkedOnEvent returns an OnEvent that, the first time it runs, reports
+// its connection id on inEvent, waits until proceed is closed, then sends
+// what act returns on fromEvent.
+func parkedOnEvent(act func(id uint64) error) (onEvent func(uint64, error), inEvent <-chan uint64, proceed chan<- struct{}, fromEvent <-chan error) {
+	in, release, from := make(chan uint64, 1), make(chan struct{}), make(chan error, 1)
+	var first sync.Once
+	onEvent = func(id uint64, err error) {
+		first.Do(func() {
+			in <- id
+			<-release
+			from <- act(id)
+		})
+	}
+	return onEvent, in, release, from
+}
+
 // subscribeAndReset subscribes a socket whose peer then resets it, and
 // publishes until OnEvent reports that subscriber on inEvent; its id.
 func subscribeAndReset(t *testing.T, p *Publisher, inEvent <-chan uint64) uint64 {
@@ -467,17 +483,7 @@ func unsubscribeInFlight(p *Publisher, id uint64) <-chan error {
 // begun once the Publisher answers ErrClosed.
 func TestPublisherCloseBesideAnUnsubscribeThatWaitsForOnEvent(t *testing.T) {
 	var p *Publisher
-	inEvent := make(chan uint64, 1)
-	proceed := make(chan struct{})
-	fromEvent := make(chan error, 1)
-	var first sync.Once
-	onEvent := func(id uint64, err error) {
-		first.Do(func() {
-			inEvent <- id
-			<-proceed
-			fromEvent <- p.Unsubscribe(id)
-		})
-	}
+	onEvent, inEvent, proceed, fromEvent := parkedOnEvent(func(id uint64) error { return p.Unsubscribe(id) })
 	n := openNetT(t, BackendSendmsg, onEvent)
 	p, err := NewPublisher(n, nil)
 	if err != nil {
@@ -896,17 +902,7 @@ func TestNetFallback(t *testing.T) {
 // 30 s bound is a failure guard.
 func TestPublisherCloseFromOnEventIsBusy(t *testing.T) {
 	var p *Publisher
-	inEvent := make(chan uint64, 1)
-	proceed := make(chan struct{})
-	fromEvent := make(chan error, 1)
-	var first sync.Once
-	onEvent := func(id uint64, err error) {
-		first.Do(func() {
-			inEvent <- id
-			<-proceed
-			fromEvent <- p.Close()
-		})
-	}
+	onEvent, inEvent, proceed, fromEvent := parkedOnEvent(func(id uint64) error { return p.Close() })
 	// No t.Cleanup on the Net: on a deadlock its Close would hang too.
 	n, err := OpenNet(&NetOptions{Backend: BackendSendmsg, OnEvent: onEvent})
 	if err != nil {
