@@ -69,5 +69,7 @@ func keelGoReadIndexFree(handle C.uintptr_t) {
 //
 //export keelGoTransferProgress
 func keelGoTransferProgress(handle C.uintptr_t, progress *C.keel_transfer_progress_t) {
-	cgo.Handle(handle).Value().(func(TransferProgress))(toProgress(progress))
+	ev := cgo.Handle(handle).Value().(*transferEvents)
+	ev.tid.Store(int64(syscall.Gettid()))
+	ev.onProgress(toProgress(progress))
 }

@@ -23,6 +23,9 @@ type calls[P comparable] struct {
 	h        P         // zero once closed
 	closing  bool
 	inflight int
+	// released is made by the first close and closed by its done, once
+	// the caller has released the handle; later closes wait on it.
+	released chan struct{}
 }
 
 func newCalls[P comparable](h P) *calls[P] {
@@ -54,23 +57,43 @@ func (c *calls[P]) leave() {
 
 // close marks the handle closing, runs first (if not nil) on it (with
 // the calls in flight still running: for a call that makes them return
-// sooner), waits until no call is in flight and takes the handle away;
-// the zero P when it was closed or closing already.
-func (c *calls[P]) close(first func(P)) P {
+// sooner), waits until no call is in flight and takes the handle away.
+// The caller releases the handle (the C close or free) and then calls
+// done.
+//
+// A later close returns the zero P and a no-op done; with wait it
+// returns only once the first close's done ran, so that every Close
+// returns with the handle released. Pass wait false from a callback the
+// first close may be waiting for.
+func (c *calls[P]) close(first func(P), wait bool) (h P, done func()) {
 	var none P
 	c.mu.Lock()
-	defer c.mu.Unlock()
 	if c.h == none || c.closing {
-		return none
+		released := c.released
+		c.mu.Unlock()
+		if wait && released != nil {
+			if testHookCloseWaits != nil {
+				testHookCloseWaits()
+			}
+			<-released
+		}
+		return none, func() {}
 	}
+	defer c.mu.Unlock()
 	c.closing = true
+	released := make(chan struct{})
+	c.released = released
 	if first != nil {
 		first(c.h)
 	}
 	for c.inflight > 0 {
 		c.drained.Wait()
 	}
-	h := c.h
+	h = c.h
 	c.h = none
-	return h
+	return h, func() { close(released) }
 }
+
+// testHookCloseWaits, when set by a test, runs when a close starts
+// waiting for an earlier one.
+var testHookCloseWaits func()

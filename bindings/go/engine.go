@@ -388,7 +388,8 @@ func (e *Engine) Stats() (EngineStats, error) {
 // flush), then releases the directory and frees the handle; it waits for
 // calls in flight on the engine and on those shards. Everything is
 // released even when a close fails; the first error is returned. A second
-// Close returns an error matching ErrClosed. Iterators stay valid but
+// Close returns an error matching ErrClosed once the first has returned.
+// Iterators stay valid but
 // their Next reports ErrClosed.
 func (e *Engine) Close() error {
 	if e == nil {
@@ -396,7 +397,8 @@ func (e *Engine) Close() error {
 	}
 	// New engine calls fail from here; those in flight (an OpenShard
 	// included, so its shard is listed below) end first.
-	h := e.calls.close(nil)
+	h, done := e.calls.close(nil, true)
+	defer done()
 	if h == nil {
 		return newError("Close", StatusClosed, "the engine is already closed")
 	}
@@ -404,7 +406,6 @@ func (e *Engine) Close() error {
 	var first error
 	// Shards first, through their own handles, so that each Go *Shard is
 	// marked closed (its later calls fail in Go) and its handle freed.
-	// Lock order: Shard.closing, then Shard.calls and shardSet.mu.
 	for _, s := range e.shards.list() {
 		if err := s.close("Close"); err != nil && first == nil && !isClosedErr(err) {
 			first = err

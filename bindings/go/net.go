@@ -26,7 +26,6 @@ import (
 	"fmt"
 	"runtime"
 	"runtime/cgo"
-	"sync"
 	"sync/atomic"
 	"syscall"
 	"unsafe"
@@ -111,11 +110,9 @@ func (ev *netEvents) onReactor() bool {
 // Close it when done. Writers and Publishers may outlive it: their calls
 // then fail with ErrClosed, and their Close still releases them.
 type Net struct {
-	// mu is held shared by every call into C on the net handle and
-	// exclusively while Close takes the handle away (keel_net_close must
-	// not race with other calls).
-	mu sync.RWMutex
-	h  *C.keel_net_t // nil once closed
+	// calls holds the handle: keel_net_close must not race with other
+	// calls on it (calls.go).
+	calls *calls[*C.keel_net_t]
 	// events is the handle of ev, the OnEvent handler (0 and nil: none);
 	// deleted once keel_net_close has returned, after which no callback
 	// runs. Both are set by OpenNet and never change.
@@ -149,7 +146,7 @@ func OpenNet(opts *NetOptions) (*Net, error) {
 		}
 		return nil, takeError("OpenNet", st, cerr)
 	}
-	n := &Net{h: h, events: events, ev: ev}
+	n := &Net{calls: newCalls(h), events: events, ev: ev}
 	runtime.SetFinalizer(n, (*Net).reportLeak)
 	return n, nil
 }
@@ -165,16 +162,15 @@ func (n *Net) acquire(op string) (*C.keel_net_t, error) {
 	if n == nil {
 		return nil, newError(op, StatusInvalidArgument, "nil *Net")
 	}
-	n.mu.RLock()
-	if n.h == nil {
-		n.mu.RUnlock()
+	h := n.calls.enter()
+	if h == nil {
 		return nil, newError(op, StatusClosed, "the net is closed")
 	}
-	return n.h, nil
+	return h, nil
 }
 
 func (n *Net) release() {
-	n.mu.RUnlock()
+	n.calls.leave()
 	runtime.KeepAlive(n)
 }
 
@@ -241,7 +237,7 @@ const (
 // within its WriterOptions.CloseTimeout, 2 s by default), never for an idle
 // peer to close its side. Writers and Publishers stay valid and
 // answer ErrClosed; close them as usual. A second Close returns an error
-// matching ErrClosed. Called from OnEvent it returns an error matching
+// matching ErrClosed once the first has returned. Called from OnEvent it returns an error matching
 // ErrBusy and leaves the net open.
 func (n *Net) Close() error {
 	if n == nil {
@@ -252,25 +248,19 @@ func (n *Net) Close() error {
 		// handle alone, so a Close racing on another goroutine is unaffected.
 		return newError("Close", StatusBusy, "Net.Close cannot be called from OnEvent")
 	}
-	n.mu.Lock()
-	h := n.h
-	n.h = nil
-	n.mu.Unlock()
+	h, done := n.calls.close(nil, true)
+	defer done()
 	if h == nil {
 		return newError("Close", StatusClosed, "the net is already closed")
 	}
-	// keel_net_close runs without the lock: it waits for a running
-	// OnEvent, which may call Adopt or NewPublisher on this Net and must
-	// find it closed instead of blocking on mu. Once the handle is nil no
-	// other call can use it, so close does not race with them.
+	// keel_net_close waits for a running OnEvent, which may call Adopt or
+	// NewPublisher on this Net: they find it closed.
 	var cerr *C.keel_error_t
 	st := C.keel_net_close(h, &cerr)
 	if st == C.KEEL_STATUS_BUSY {
-		// On the reactor thread after all (not expected past the check
-		// above): nothing was closed.
-		n.mu.Lock()
-		n.h = h
-		n.mu.Unlock()
+		// Only on the reactor thread, which the check above rules out (a
+		// Net without OnEvent runs no Go code there). The net stays open
+		// but unusable: better than deleting the handle its callbacks use.
 		return takeError("Close", st, cerr)
 	}
 	runtime.SetFinalizer(n, nil)

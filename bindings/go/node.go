@@ -471,7 +471,7 @@ func (n *Node) LastError() (string, error) {
 // cancelled and counted), closes the connections and joins the node's
 // threads. No OnEvent call runs after it returns. It returns the counters
 // as they are at the end. A second Close returns an error matching
-// ErrClosed. Called from OnEvent it returns an error matching ErrBusy and
+// ErrClosed once the first has returned. Called from OnEvent it returns an error matching ErrBusy and
 // leaves the node open.
 func (n *Node) Close() (NodeStats, error) {
 	if n == nil {
@@ -481,7 +481,8 @@ func (n *Node) Close() (NodeStats, error) {
 		// keel_node_close would join the thread it runs on.
 		return NodeStats{}, newError("Close", StatusBusy, "Node.Close cannot be called from OnEvent")
 	}
-	h := n.calls.close(nil)
+	h, done := n.calls.close(nil, true)
+	defer done()
 	if h == nil {
 		return NodeStats{}, newError("Close", StatusClosed, "the node is already closed")
 	}

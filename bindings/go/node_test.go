@@ -433,3 +433,54 @@ func TestNodeOnEventDuringCloseSeesClosed(t *testing.T) {
 		t.Fatalf("%d more events", len(ch))
 	}
 }
+
+// A second Close returns only once the first has closed the node: a
+// caller that gets ErrClosed may then rely on the node being gone. The
+// first Close is held inside by an OnEvent call it waits for.
+func TestNodeSecondCloseWaitsForTheFirst(t *testing.T) {
+	e := nodeEngineT(t)
+	a := openNodeT(t, e, &NodeOptions{NodeID: 1})
+	parked := make(chan struct{})
+	release := make(chan struct{})
+	var released atomic.Bool
+	b, err := OpenNode(e, &NodeOptions{NodeID: 2, CloseTimeout: NoCloseWait, OnEvent: func(peer uint64, err error) {
+		if errors.Is(err, ErrClosed) {
+			close(parked)
+			<-release
+		}
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Connect(1, addrOf(t, a)); err != nil {
+		t.Fatal(err)
+	}
+	first := make(chan error, 1)
+	go func() { _, err := b.Close(); first <- err }()
+	<-parked // the first Close waits for this OnEvent call
+	waiting := make(chan struct{})
+	testHookCloseWaits = func() { close(waiting) }
+	defer func() { testHookCloseWaits = nil }()
+	type result struct {
+		err      error
+		released bool
+	}
+	second := make(chan result, 1)
+	go func() { _, err := b.Close(); second <- result{err, released.Load()} }()
+	select {
+	case <-waiting:
+	case r := <-second:
+		close(release)
+		t.Fatalf("the second Close returned (%v) while the first was still closing", r.err)
+	}
+	released.Store(true)
+	close(release)
+	if err := <-first; err != nil {
+		t.Fatalf("first Close: %v", err)
+	}
+	r := <-second
+	wantCode(t, "second Close", r.err, ErrClosed)
+	if !r.released {
+		t.Fatal("the second Close returned before the first")
+	}
+}

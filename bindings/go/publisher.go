@@ -223,7 +223,7 @@ func (p *Publisher) SubscriberStats(id uint64) (WriterStats, error) {
 // Close unsubscribes every subscriber (what they queued is still sent)
 // and frees the handle. It waits for calls in flight; no OnEvent call for
 // its subscribers starts after it returns. A second Close returns an
-// error matching ErrClosed. Called from OnEvent it returns an error
+// error matching ErrClosed once the first has returned. Called from OnEvent it returns an error
 // matching ErrBusy and leaves the publisher open: a call in flight (an
 // Unsubscribe) may be waiting for that very OnEvent to return.
 func (p *Publisher) Close() error {
@@ -233,7 +233,8 @@ func (p *Publisher) Close() error {
 	if p.ev != nil && p.ev.onReactor() {
 		return newError("Close", StatusBusy, "Publisher.Close cannot be called from OnEvent")
 	}
-	h := p.calls.close(nil)
+	h, done := p.calls.close(nil, true)
+	defer done()
 	if h == nil {
 		return newError("Close", StatusClosed, "the publisher is already closed")
 	}

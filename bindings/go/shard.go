@@ -10,7 +10,6 @@ import (
 	"encoding/binary"
 	"fmt"
 	"runtime"
-	"sync"
 	"time"
 	"unsafe"
 )
@@ -102,12 +101,10 @@ type Shard struct {
 	// runs the host's ReadIndex inside its call, and a ReadIndex that
 	// waits for the host's apply loop (Apply on this shard) must not find
 	// that Apply queued behind a pending Close.
+	// A second Close (Engine.Close's) returns only once the first has
+	// freed the handle.
 	calls *calls[*C.keel_shard_t]
-	// closing is held for the whole of a close, keel_shard_close
-	// included, so that a second Close (Engine.Close's) returns only once
-	// the first has freed the handle.
-	closing sync.Mutex
-	id      uint32
+	id    uint32
 	// set is the engine's set of open shards (not the Engine itself, see
 	// Engine.shards).
 	set *shardSet
@@ -556,7 +553,8 @@ func (s *Shard) SetKeepFrom(version uint64) error {
 // its WAL and frees the handle; it waits for calls in flight on other
 // goroutines. The handle is freed even when the flush fails (that error is
 // returned; the WAL still holds everything). A second Close, or a Close
-// after Engine.Close, returns an error matching ErrClosed. Open Iterators
+// after Engine.Close, returns an error matching ErrClosed once the first
+// has returned. Open Iterators
 // stay valid but their Next reports ErrClosed.
 func (s *Shard) Close() error {
 	if s == nil {
@@ -566,9 +564,8 @@ func (s *Shard) Close() error {
 }
 
 func (s *Shard) close(op string) error {
-	s.closing.Lock()
-	defer s.closing.Unlock()
-	h := s.calls.close(nil)
+	h, done := s.calls.close(nil, true)
+	defer done()
 	if h == nil {
 		return newError(op, StatusClosed, "the shard is already closed")
 	}

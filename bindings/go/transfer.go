@@ -25,6 +25,8 @@ import (
 	"math"
 	"runtime"
 	"runtime/cgo"
+	"sync/atomic"
+	"syscall"
 	"time"
 	"unsafe"
 )
@@ -153,7 +155,8 @@ type TransferOptions struct {
 	// every acknowledged batch and at every change of stage (the last call
 	// when the transfer is over). Keep it quick (the transfer waits for
 	// it); it may call Status, Progress, Finish and Cancel on its Transfer
-	// but not Wait or Close. A panic in it crashes the program.
+	// (Wait and Close answer ErrBusy there). A panic in it crashes the
+	// program.
 	OnProgress func(TransferProgress)
 }
 
@@ -222,9 +225,29 @@ type Transfer struct {
 	// calls holds the handle: Close waits for the calls in flight before
 	// keel_transfer_free (calls.go).
 	calls *calls[*C.keel_transfer_t]
-	// progress is the cgo.Handle of OnProgress (0: none), deleted once
-	// keel_transfer_free has joined the transfer's thread.
+	// progress is the cgo.Handle of ev (0 and nil: no OnProgress),
+	// deleted once keel_transfer_free has joined the transfer's thread.
 	progress cgo.Handle
+	ev       *transferEvents
+}
+
+// transferEvents is what the cgo.Handle of OnProgress holds.
+type transferEvents struct {
+	onProgress func(TransferProgress)
+	// tid is the OS thread id of the transfer's thread, recorded by each
+	// callback (0 before the first), so that Wait and Close can tell they
+	// are called from OnProgress: both would wait for that very thread.
+	tid atomic.Int64
+}
+
+// inCallback tells whether the calling goroutine is the OnProgress
+// callback.
+func (ev *transferEvents) inCallback() bool {
+	if ev == nil {
+		return false
+	}
+	tid := ev.tid.Load()
+	return tid != 0 && tid == int64(syscall.Gettid())
 }
 
 // StartTransfer starts sending shard (shard shardID of n's engine, open)
@@ -248,8 +271,10 @@ func StartTransfer(n *Node, shard *Shard, shardID uint32, peer uint64, opts *Tra
 	}
 	defer shard.release()
 	var progress cgo.Handle
+	var ev *transferEvents
 	if opts != nil && opts.OnProgress != nil {
-		progress = cgo.NewHandle(opts.OnProgress)
+		ev = &transferEvents{onProgress: opts.OnProgress}
+		progress = cgo.NewHandle(ev)
 		C.keel_go_transfer_set_progress(&copts, C.uintptr_t(progress))
 	}
 	var h *C.keel_transfer_t
@@ -260,7 +285,7 @@ func StartTransfer(n *Node, shard *Shard, shardID uint32, peer uint64, opts *Tra
 		}
 		return nil, takeError("StartTransfer", st, cerr)
 	}
-	t := &Transfer{calls: newCalls(h), progress: progress}
+	t := &Transfer{calls: newCalls(h), progress: progress, ev: ev}
 	runtime.SetFinalizer(t, (*Transfer).reportLeak)
 	return t, nil
 }
@@ -373,8 +398,13 @@ func (t *Transfer) Progress() (TransferProgress, error) {
 
 // Wait waits until the transfer is settled (done, failed, cancelled, or
 // forwarding with no hand-over asked for), at most timeout (negative: no
-// limit); ErrTimeout when it is not. Status says how it went.
+// limit); ErrTimeout when it is not. Status says how it went. Called
+// from OnProgress it returns an error matching ErrBusy: the transfer
+// waits for that callback.
 func (t *Transfer) Wait(timeout time.Duration) error {
+	if t != nil && t.ev.inCallback() {
+		return newError("Wait", StatusBusy, "Transfer.Wait cannot be called from OnProgress")
+	}
 	h, err := t.acquire("Wait")
 	if err != nil {
 		return err
@@ -393,21 +423,30 @@ func (t *Transfer) Wait(timeout time.Duration) error {
 // Close cancels the transfer if it is not over, waits for the calls in
 // flight (a Wait returns once the cancel took effect) and for the
 // transfer's thread, and frees it; no OnProgress call runs after it
-// returns. Closing twice is ErrClosed.
+// returns. A second Close returns ErrClosed once the first has returned.
+// Called from OnProgress it returns an error matching ErrBusy and leaves
+// the transfer alone: Close joins that callback's thread.
 func (t *Transfer) Close() error {
 	if t == nil {
 		return newError("Close", StatusInvalidArgument, "nil *Transfer")
 	}
+	if t.ev.inCallback() {
+		return newError("Close", StatusBusy, "Transfer.Close cannot be called from OnProgress")
+	}
 	// The cancel is safe beside the calls in flight; it ends a Wait
 	// among them.
-	h := t.calls.close(func(h *C.keel_transfer_t) { C.keel_transfer_cancel(h) })
+	h, done := t.calls.close(func(h *C.keel_transfer_t) { C.keel_transfer_cancel(h) }, true)
+	defer done()
 	if h == nil {
 		return newError("Close", StatusClosed, "the transfer is closed")
 	}
 	runtime.SetFinalizer(t, nil)
 	st := C.keel_transfer_free(h)
 	if t.progress != 0 {
-		t.progress.Delete() // keel_transfer_free joined the thread that calls it
+		// keel_transfer_free joined the thread that calls it, whose id
+		// another thread may take from now on.
+		t.ev.tid.Store(0)
+		t.progress.Delete()
 	}
 	if st != C.KEEL_STATUS_OK {
 		return takeError("Close", st, nil)

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -333,5 +334,47 @@ func TestTransferRefusalsAndBadOptions(t *testing.T) {
 	}
 	if _, err := StartTransfer(a, shard, 9, 2, nil); !errors.Is(err, ErrClosed) {
 		t.Fatalf("a closed shard: %v", err)
+	}
+}
+
+// Wait and Close from OnProgress would wait for the transfer's own thread,
+// which runs the callback: both answer ErrBusy and leave the transfer
+// running to the end.
+func TestTransferWaitAndCloseFromOnProgressAreBusy(t *testing.T) {
+	ea, a, _, b := transferPair(t)
+	shard, err := ea.OpenShard(9, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fillShard(t, shard, 50)
+	if err := b.ExpectTransfer(9, 1); err != nil {
+		t.Fatal(err)
+	}
+	var tr atomic.Pointer[Transfer]
+	started := make(chan struct{})
+	type answers struct{ wait, close error }
+	inCallback := make(chan answers, 1)
+	var once sync.Once
+	onProgress := func(TransferProgress) {
+		<-started // the test has stored the Transfer
+		once.Do(func() { inCallback <- answers{tr.Load().Wait(0), tr.Load().Close()} })
+	}
+	got, err := StartTransfer(a, shard, 9, 2, &TransferOptions{AutoFinish: FinishCopy, OnProgress: onProgress})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr.Store(got)
+	close(started)
+	r := <-inCallback
+	wantCode(t, "Wait from OnProgress", r.wait, ErrBusy)
+	wantCode(t, "Close from OnProgress", r.close, ErrBusy)
+	if err := got.Wait(-1); err != nil {
+		t.Fatal(err)
+	}
+	if stage, failure, err := got.Status(); err != nil || failure != nil || stage != StageDone {
+		t.Fatalf("status %v, %v, %v", stage, failure, err)
+	}
+	if err := got.Close(); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -20,7 +20,6 @@ import (
 	"fmt"
 	"math"
 	"runtime"
-	"sync"
 	"syscall"
 	"time"
 )
@@ -235,11 +234,12 @@ func dupConn(op string, conn syscall.Conn) (C.int, error) {
 // connection and closes keel's descriptor. A Writer garbage collected
 // while open is reported as a leak (its socket stays open), not closed.
 type Writer struct {
-	// mu is held shared by every call into C and exclusively while Close
-	// takes the handle away.
-	mu sync.RWMutex
-	h  *C.keel_writer_t // nil once closed
-	id uint64
+	// calls holds the handle (calls.go).
+	calls *calls[*C.keel_writer_t]
+	id    uint64
+	// ev is the Net's OnEvent handler (nil: none), for Close to tell it
+	// runs inside it.
+	ev *netEvents
 }
 
 // Adopt hands conn (a connected *net.TCPConn or *net.UnixConn, or any
@@ -310,7 +310,7 @@ func adopt(n *Net, fd C.int, copts *C.keel_writer_options_t, op string) (*Writer
 	}
 	var id C.uint64_t
 	C.keel_writer_id(wh, &id) // cannot fail on the handle just made
-	w := &Writer{h: wh, id: uint64(id)}
+	w := &Writer{calls: newCalls(wh), id: uint64(id), ev: n.ev}
 	runtime.SetFinalizer(w, (*Writer).reportLeak)
 	return w, nil
 }
@@ -323,16 +323,15 @@ func (w *Writer) acquire(op string) (*C.keel_writer_t, error) {
 	if w == nil {
 		return nil, newError(op, StatusInvalidArgument, "nil *Writer")
 	}
-	w.mu.RLock()
-	if w.h == nil {
-		w.mu.RUnlock()
+	h := w.calls.enter()
+	if h == nil {
 		return nil, newError(op, StatusClosed, "the writer is closed")
 	}
-	return w.h, nil
+	return h, nil
 }
 
 func (w *Writer) release() {
-	w.mu.RUnlock()
+	w.calls.leave()
 	runtime.KeepAlive(w)
 }
 
@@ -449,22 +448,22 @@ func (w *Writer) Stats() (WriterStats, error) {
 // itself does not wait for that. It waits for calls in flight on other
 // goroutines; no OnEvent call for this connection starts after it
 // returns. It may be called from OnEvent. A second Close returns an error
-// matching ErrClosed.
+// matching ErrClosed once the first has returned (from OnEvent: at once).
 func (w *Writer) Close() error {
 	if w == nil {
 		return newError("Close", StatusInvalidArgument, "nil *Writer")
 	}
-	w.mu.Lock()
-	h := w.h
-	w.h = nil
-	w.mu.Unlock()
+	// From OnEvent, a Close running on another goroutine may be waiting
+	// for this very callback: answer at once instead of waiting for it.
+	h, done := w.calls.close(nil, w.ev == nil || !w.ev.onReactor())
+	defer done()
 	if h == nil {
 		return newError("Close", StatusClosed, "the writer is already closed")
 	}
 	runtime.SetFinalizer(w, nil)
-	// Outside the lock: keel_writer_close waits for an OnEvent call of
-	// this connection running on the reactor, which may itself call this
-	// Writer's methods and must find it closed instead of blocking on mu.
+	// keel_writer_close waits for an OnEvent call of this connection
+	// running on the reactor, which may itself call this Writer's methods:
+	// they find it closed.
 	var cerr *C.keel_error_t
 	if st := C.keel_writer_close(h, &cerr); st != C.KEEL_STATUS_OK {
 		return takeError("Close", st, cerr)
