@@ -359,3 +359,44 @@ fn applies_feed_the_lease_gates_applied_index() {
     assert_eq!(c.gate.state().applied(), 8, "a refused entry moves the gate too");
     s.close().unwrap();
 }
+
+/// A failed sync poisons the shard after the entry (or the fenced write)
+/// changed the state in memory. A retry of the entry is not answered
+/// "duplicate" (OK for an entry that is not durable), and the token of the
+/// write that failed fences no one.
+#[test]
+fn a_write_whose_sync_failed_leaves_no_trace_a_retry_or_a_token_sees() {
+    use common::faultfs::Faults;
+    let fs = FaultFs::new(1);
+    let s = Shard::open_with_fs(Path::new("/apply-io"), options(Durability::Sync), Arc::new(fs.clone())).unwrap();
+    s.apply(1, &[put("a", "1")], None).unwrap();
+    fs.set_faults(Faults { eio_sync: 1000, ..Faults::default() });
+    assert_eq!(s.apply(2, &[put("a", "2")], None).unwrap_err().status, KEEL_STATUS_IO);
+    let retry = s.apply(2, &[put("a", "2")], None);
+    assert_eq!(retry.as_ref().err().map(|e| e.status), Some(KEEL_STATUS_POISONED), "entry 2 failed with IO, its retry answered {retry:?}");
+    let fs2 = FaultFs::new(2);
+    let s2 = Shard::open_with_fs(Path::new("/fence-io"), options(Durability::Sync), Arc::new(fs2.clone())).unwrap();
+    s2.write_fenced(&[put("a", "1")], fence("b", 5)).unwrap();
+    fs2.set_faults(Faults { eio_sync: 1000, ..Faults::default() });
+    assert_eq!(s2.write_fenced(&[put("a", "2")], fence("b", 9)).unwrap_err().status, KEEL_STATUS_IO);
+    let later = s2.write_fenced(&[put("a", "3")], fence("b", 7)).unwrap_err();
+    assert_eq!(later.status, KEEL_STATUS_POISONED, "token 7 judged against token 9, whose write failed: {later:?}");
+}
+
+/// A bucket past the key limit is refused (OK, the index moves) the same
+/// way whatever this node's WAL record limit: the refused entry logs its
+/// index alone, not the bucket.
+#[test]
+fn an_oversized_bucket_is_refused_whatever_the_wal_record_limit() {
+    let fs = FaultFs::new(3);
+    let opts = Options { wal_segment_size: 64 << 10, ..options(Durability::Sync) };
+    let s = Shard::open_with_fs(Path::new("/bucket"), opts, Arc::new(fs)).unwrap();
+    let big = |len: usize| Some(Fence { bucket: vec![b'b'; len], token: 1 });
+    let a = s.apply(1, &[put("a", "1")], big(5000)).unwrap();
+    assert_eq!((a.refused.map(|e| e.status), a.applied_index), (Some(KEEL_STATUS_INVALID_ARGUMENT), 1));
+    let a = s.apply(2, &[put("a", "2")], big(100 << 10));
+    assert!(
+        matches!(&a, Ok(a) if a.refused.as_ref().map(|e| e.status) == Some(KEEL_STATUS_INVALID_ARGUMENT) && a.applied_index == 2),
+        "a bucket of 100 KiB must be refused with the index moved: {a:?}"
+    );
+}

@@ -390,3 +390,36 @@ fn persisted_version_survives_a_reopen() {
     s.close().unwrap();
     assert!(reopened >= at_close, "persisted {reopened} after reopen, {at_close} at close");
 }
+
+/// Passes each `Step::Idle` to a channel: the flush worker reaches it
+/// before every look for work, so the second one comes after its first
+/// job (the open's pass) has ended.
+struct IdleSignal(parking_lot::Mutex<crossbeam_channel::Sender<()>>);
+
+impl keel::shard::StepHook for IdleSignal {
+    fn at(&self, step: keel::shard::Step) {
+        if step == keel::shard::Step::Idle {
+            let _ = self.0.lock().send(());
+        }
+    }
+}
+
+/// A flush interval too long to be a time (Duration::MAX, "never") is
+/// either refused or works; it used to overflow at the end of the first
+/// job and poison the shard.
+#[test]
+fn a_flush_interval_of_duration_max_never_comes_due() {
+    let dir = TempDir::new("shard-interval-max");
+    let (idle_tx, idle) = crossbeam_channel::unbounded();
+    let opts = Options {
+        flush_interval: Some(Duration::MAX),
+        durability: Durability::None,
+        steps: Steps::new(Arc::new(IdleSignal(parking_lot::Mutex::new(idle_tx)))),
+        ..Options::default()
+    };
+    let shard = Shard::open(dir.path(), opts).unwrap();
+    idle.recv().unwrap();
+    idle.recv().unwrap();
+    shard.put(b"k", b"v").unwrap();
+    shard.close().unwrap();
+}

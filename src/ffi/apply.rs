@@ -193,8 +193,11 @@ pub(crate) fn write_ex(s: &crate::shard::Shard, ops: &[Op], opts: *const keel_wr
 ///   operation took effect;
 /// - otherwise OK with result->status OK.
 ///
-/// A non-OK return means the index did not move. The batch is left as it
-/// was. Nothing to free.
+/// A non-OK return means the index did not move durably. The batch is left
+/// as it was. Nothing to free. After IO (a failed sync) the shard is
+/// poisoned: keel_shard_applied_index() may count the entry already, every
+/// later entry (a retry included) fails with POISONED, and a reopen tells
+/// the durable index.
 /// Errors: NULL_ARGUMENT (shard or result), INVALID_ARGUMENT (index 0, bad
 /// options, an entry larger than this shard's WAL record limit, a bad
 /// result struct_size), NO_SPACE, IO, POISONED, MOVED, CLOSED.

@@ -222,12 +222,28 @@ pub struct Admitted<'a> {
 }
 
 impl Admitted<'_> {
-    /// The write was logged, its last operation at `version`.
-    pub fn logged(mut self, version: u64) {
+    /// The write was logged, its last operation at `version`. `kick` asks
+    /// for a flush, as in `admit`: a pass that ran while this write was in
+    /// the gate cleared the request, and the bytes now logged past its
+    /// acknowledgement need the next one.
+    pub fn logged(mut self, version: u64, kick: impl Fn()) {
         let b = &self.backlog;
         let mut st = b.state.lock();
         st.reserved -= self.bytes;
+        let before = st.pending;
         st.push(version, std::mem::take(&mut self.bytes), b.mark_bytes);
+        // Acknowledged already (a pass covered it while it was in the
+        // gate): its bytes left the count, room for a waiting writer.
+        let freed = st.pending == before && st.waiting > 0;
+        let kick_now = !st.kicked && st.used() >= b.limit / 2;
+        st.kicked |= kick_now;
+        drop(st);
+        if freed {
+            b.freed.notify_all();
+        }
+        if kick_now {
+            kick();
+        }
     }
 }
 
@@ -254,9 +270,9 @@ mod tests {
         let kick = || {
             kicks.fetch_add(1, Ordering::Relaxed);
         };
-        b.admit(400, kick).unwrap().logged(1);
+        b.admit(400, kick).unwrap().logged(1, kick);
         assert_eq!(kicks.load(Ordering::Relaxed), 0);
-        b.admit(400, kick).unwrap().logged(2);
+        b.admit(400, kick).unwrap().logged(2, kick);
         assert_eq!(kicks.load(Ordering::Relaxed), 1, "past half the bound the flush is asked for once");
         assert_eq!(b.unflushed(), 800);
         let e = b.admit(400, kick).err().unwrap();
@@ -267,11 +283,11 @@ mod tests {
         assert_eq!(b.unflushed(), 800);
         b.acked(1);
         assert_eq!(b.unflushed(), 400, "version 1's mark is freed, version 2's is not");
-        b.admit(400, kick).unwrap().logged(3);
+        b.admit(400, kick).unwrap().logged(3, kick);
         b.acked(3);
         assert_eq!(b.unflushed(), 0);
         // A batch larger than the bound goes alone.
-        b.admit(5000, kick).unwrap().logged(4);
+        b.admit(5000, kick).unwrap().logged(4, kick);
         // Logged at a version already acknowledged: nothing to count.
         b.acked(10);
         b.logged(9, 100);
@@ -295,19 +311,66 @@ mod tests {
     #[test]
     fn a_waiting_writer_is_freed_by_the_ack_or_by_close() {
         let b = Arc::new(Backlog::new(1000, Duration::from_secs(3600), 0, None));
-        b.admit(1000, || {}).unwrap().logged(1);
+        b.admit(1000, || {}).unwrap().logged(1, || {});
         let waiter = {
             let b = b.clone();
-            std::thread::spawn(move || b.admit(10, || {}).map(|a| a.logged(2)))
+            std::thread::spawn(move || b.admit(10, || {}).map(|a| a.logged(2, || {})))
         };
         b.acked(1);
         waiter.join().unwrap().unwrap();
-        b.admit(990, || {}).unwrap().logged(3);
+        b.admit(990, || {}).unwrap().logged(3, || {});
         let waiter = {
             let b = b.clone();
             std::thread::spawn(move || b.admit(10, || {}).map(|_| ()))
         };
         b.close();
         assert_eq!(waiter.join().unwrap().unwrap_err().status, KEEL_STATUS_CLOSED);
+    }
+
+    /// A pass acknowledged a write while it was still in the gate (applied,
+    /// not yet counted as logged): when it is counted, its bytes leave at
+    /// once, and a writer waiting at the bound must hear of that room.
+    #[test]
+    fn a_write_acknowledged_before_it_counted_wakes_the_waiting_writer() {
+        let b = Arc::new(Backlog::new(1000, Duration::from_secs(3600), 0, None));
+        let in_gate = b.admit(700, || {}).unwrap();
+        let (done, result) = crossbeam_channel::bounded(1);
+        {
+            let b = b.clone();
+            std::thread::spawn(move || done.send(b.admit(400, || {}).map(|_| ())));
+        }
+        while b.waiting() == 0 {
+            std::thread::yield_now();
+        }
+        b.acked(1); // the pass covered version 1, the write in the gate
+        in_gate.logged(1, || {});
+        assert_eq!(b.unflushed(), 0);
+        // The bound only turns a writer nobody woke into a failure; a woken
+        // one returns at once.
+        let r = result.recv_timeout(Duration::from_secs(60)).unwrap_or_else(|_| {
+            b.close();
+            panic!("the waiting writer slept on with nothing unflushed: {:?}", result.recv())
+        });
+        r.unwrap();
+    }
+
+    /// The pass a writer asked for ran while a large write was in the gate;
+    /// logged after that acknowledgement (which cleared the request), the
+    /// write leaves the WAL past half the bound, so it asks for the next.
+    #[test]
+    fn a_write_counted_past_half_the_bound_after_an_ack_asks_for_a_flush() {
+        let b = Backlog::new(1000, Duration::from_secs(3600), 0, None);
+        let kicks = AtomicUsize::new(0);
+        let kick = || {
+            kicks.fetch_add(1, Ordering::Relaxed);
+        };
+        let small = b.admit(10, kick).unwrap();
+        let large = b.admit(700, kick).unwrap();
+        assert_eq!(kicks.load(Ordering::Relaxed), 1, "past half the bound at admission");
+        b.acked(0); // a pass ran and freed nothing: the request is cleared
+        small.logged(1, kick);
+        large.logged(2, kick);
+        assert_eq!(b.unflushed(), 710);
+        assert_eq!(kicks.load(Ordering::Relaxed), 2, "710 of 1000 bytes unflushed and no flush asked for");
     }
 }

@@ -402,6 +402,13 @@ impl Inner {
         if let Err(e) = self.check_open() {
             return gate::all_failed(group, &e);
         }
+        // An earlier group changed the replicated state in memory and then
+        // failed its write or sync, poisoning the WAL: judged against that
+        // state, a retried entry would be answered "duplicate" (OK) and a
+        // token "fenced" on the word of a write that failed.
+        if wal.is_poisoned() {
+            return gate::all_failed(group, &Error::new(KEEL_STATUS_POISONED, "the shard's WAL is poisoned by a failed write or sync"));
+        }
         // Set under a write hold (a barrier of the gate): no group logged
         // after the hand-over can get past this.
         if self.moved.load(Ordering::Acquire) {
@@ -923,8 +930,10 @@ impl Shard {
         let mut refused = fence.as_ref().and_then(|f| check_bucket(&f.bucket).err());
         refused = refused.or_else(|| refs.iter().find_map(|op| op.check().err()));
         let limit = self.inner.opts.wal_options().max_record_size;
-        // A refused entry logs its index alone.
-        let refs = if refused.is_some() { Vec::new() } else { refs };
+        // A refused entry logs its index alone: neither its operations nor
+        // its fence count against the WAL's record limit, which differs
+        // between replicas.
+        let (refs, fence) = if refused.is_some() { (Vec::new(), None) } else { (refs, fence) };
         let intent = Intent { index: Some(index), fence, refused };
         op::check_frame(&refs, intent.state_len() as u64, limit)?;
         let w = self.submit(Batch::new(&refs, intent))?;
@@ -950,9 +959,10 @@ impl Shard {
         inner.check_open()?;
         // Before the gate and the WAL's lock: a write waiting for the flush
         // holds nothing the flush or a close needs.
-        let admitted = inner.backlog.admit(batch.frame_bytes(), || {
+        let kick = || {
             let _ = inner.request(Request::Flush(None));
-        })?;
+        };
+        let admitted = inner.backlog.admit(batch.frame_bytes(), kick)?;
         // Held from the gate to the durability wait: close waits for it,
         // and the leader logs with it (no second read lock, which could
         // wait behind a pending close while that close waits for us).
@@ -969,7 +979,7 @@ impl Shard {
             // write or sync releases the reservation (a failed sync
             // poisons the WAL: nothing more is logged).
             let w = w?;
-            admitted.logged(w.last);
+            admitted.logged(w.last, kick);
             w
         };
         inner.checkpoint_if_due();

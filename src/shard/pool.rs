@@ -376,8 +376,9 @@ fn run_job(shared: &Shared, m: &Arc<Member>) {
         return;
     }
     s.at = At::Idle;
-    if let Some(every) = inner.opts.flush_interval.filter(|_| shared.turn.is_none()) {
-        let due = Instant::now() + every;
+    // An interval too long to be a time (Duration::MAX) never comes due.
+    let due = inner.opts.flush_interval.filter(|_| shared.turn.is_none()).and_then(|every| Instant::now().checked_add(every));
+    if let Some(due) = due {
         s.due = Some(due);
         if !s.armed {
             s.armed = true;

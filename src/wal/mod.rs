@@ -533,6 +533,11 @@ impl Wal {
         self.shared.durable.load(Ordering::Acquire)
     }
 
+    /// Whether a failed write or sync poisoned the log.
+    pub fn is_poisoned(&self) -> bool {
+        self.shared.poisoned.load(Ordering::Acquire)
+    }
+
     pub fn last_seq(&self) -> u64 {
         self.shared.written.load(Ordering::Acquire)
     }

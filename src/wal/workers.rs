@@ -85,10 +85,12 @@ impl Jobs {
     }
 
     pub(super) fn sync_after(&self, every: Duration, log: Weak<Shared>) {
+        // An interval too long to be a time (Duration::MAX) never comes due.
+        let Some(at) = Instant::now().checked_add(every) else { return };
         let mut q = self.queues.lock();
         q.next_seq += 1;
         let seq = q.next_seq;
-        q.syncs.push(Reverse(DueSync { at: Instant::now() + every, seq, log }));
+        q.syncs.push(Reverse(DueSync { at, seq, log }));
         drop(q);
         self.work.notify_one();
     }
