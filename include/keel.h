@@ -2329,6 +2329,8 @@ keel_status_t keel_node_addr(const struct keel_node_t *node, char *buf, size_t c
 /**
  * Dials peer `peer_id` at `addr` ("host:port", NUL-terminated) and runs
  * the handshake; returns once the peer is ready, on the calling thread.
+ * A peer this node has a ready connection to already: OK at once, that
+ * connection is used (only the address for later reconnects changes).
  * Errors: NULL_ARGUMENT, INVALID_ARGUMENT (peer_id 0 or this node's own,
  * an address that does not resolve), IO (connect failed, or the
  * connection broke), REFUSED (the handshake refused the peer, or the
@@ -2808,8 +2810,8 @@ keel_status_t keel_transfer_expect(const struct keel_node_t *node,
  * Errors: NULL_ARGUMENT, INVALID_ARGUMENT (an option or enum out of
  * range, not a live node or shard, `shard` not this engine's open shard
  * `shard_id`, `peer` 0 or this node's own id), CLOSED (the shard is
- * closed), BUSY (the node sends max_concurrent_transfers already), IO
- * (the thread cannot start).
+ * closed), MOVED (the shard was handed over already), BUSY (the node
+ * sends max_concurrent_transfers already), IO (the thread cannot start).
  * Failures of the transfer itself come from keel_transfer_status().
  */
 keel_status_t keel_transfer_start(const struct keel_node_t *node,
@@ -2842,7 +2844,8 @@ keel_status_t keel_transfer_finish(const struct keel_transfer_t *t,
  * data exists only there. Returns once the files are gone.
  * Errors: NULL_ARGUMENT, INVALID_ARGUMENT (not a live transfer, or not
  * done with a hand-over), NOT_FOUND (confirmed already: the shard is
- * gone), IO (closing or removing the files failed).
+ * gone, and a shard of that id made or received since is left alone),
+ * IO (closing or removing the files failed).
  */
 keel_status_t keel_transfer_confirm_hand_over(const struct keel_transfer_t *t,
                                               struct keel_error_t **err);
@@ -2850,7 +2853,8 @@ keel_status_t keel_transfer_confirm_hand_over(const struct keel_transfer_t *t,
 /**
  * Cancels the transfer: it stops at its next batch boundary or ACK wait
  * (at once while it waits for the host or forwards) and settles on
- * KEEL_TRANSFER_CANCELLED; returns at once. The source's WAL pin is
+ * KEEL_TRANSFER_CANCELLED; returns at once. A FINISH already sent is
+ * not recalled: the transfer waits for its answer and settles as it says. The source's WAL pin is
  * released. The receiver keeps what it applied, still incoming (its host
  * cannot open the shard: BUSY); a later transfer of the shard resumes
  * from there by WAL delta when the source still holds the records, or

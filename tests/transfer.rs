@@ -862,3 +862,147 @@ fn a_snapshot_carries_the_applied_index_and_the_fences() {
     assert_eq!(again.applied_index(), 41, "the refused entry moved the index, and a reopen keeps it");
     assert_eq!(shard_digest(&again).unwrap(), shard_digest(&shard).unwrap());
 }
+
+fn hand_over() -> TransferOptions {
+    TransferOptions { auto_finish: Some(Finish::HandOver), ..small_batches(Method::Snapshot) }
+}
+
+fn fill(shard: &Shard, n: u64) {
+    for i in 0..n {
+        shard.put(format!("k{i:04}").as_bytes(), &i.to_le_bytes()).unwrap();
+    }
+}
+
+/// `confirm_hand_over` drops the shard by id: a second confirm (a host
+/// retrying it) must answer NOT_FOUND, not drop the shard that came back
+/// to this node under the same id.
+#[test]
+fn a_second_confirm_does_not_drop_a_shard_that_came_back_under_the_same_id() {
+    let (a, b) = pair("confirm-twice");
+    let shard = a.engine.open_shard(SHARD, true).unwrap();
+    fill(&shard, 300);
+    b.transfers.expect(SHARD, 1);
+    let t = a.transfers.start(&shard, SHARD, 2, &hand_over()).unwrap();
+    assert!(t.wait(None));
+    assert!(t.outcome().unwrap().unwrap().handed_over);
+    t.confirm_hand_over().unwrap();
+    // The shard moves back from B to A, with a write made on B.
+    let on_b = b.engine.open_shard(SHARD, false).unwrap();
+    on_b.put(b"written-on-b", b"x").unwrap();
+    a.transfers.expect(SHARD, 2);
+    b.node.connect(1, &a.node.addr().to_string()).unwrap();
+    assert!(b.transfers.send_shard(&on_b, SHARD, 1, &hand_over()).unwrap().handed_over);
+    let second = t.confirm_hand_over();
+    assert_eq!(second.as_ref().err().map(|e| e.status), Some(KEEL_STATUS_NOT_FOUND), "{second:?}");
+    let back = a.engine.open_shard(SHARD, false).unwrap();
+    assert!(back.get(b"written-on-b").unwrap().is_some(), "the shard that came back was dropped");
+}
+
+/// The receiver parks in FINISH (removing its INCOMING marker) while the
+/// source is cancelled. A sent FINISH cannot be recalled: the source waits
+/// for its ACK and settles done and moved, never CANCELLED with its shard
+/// writable while the receiver's host owns the shard too.
+#[test]
+fn a_cancel_during_the_finish_step_does_not_leave_two_owners() {
+    let src = side("cancel-finish-src", 1);
+    let (entered_tx, entered) = crossbeam_channel::unbounded();
+    let (release, release_rx) = crossbeam_channel::unbounded::<()>();
+    let fs = common::hookfs::HookFs::new(move |call, path| {
+        if call == common::hookfs::Call::Remove && path.file_name().is_some_and(|n| n == "INCOMING") {
+            let _ = entered_tx.send(());
+            let _ = release_rx.recv();
+        }
+        Ok(())
+    });
+    let dst = Side::temp_on("cancel-finish-dst", common::side::node_options(2), shard_options(), fs);
+    src.node.connect(2, &dst.node.addr().to_string()).unwrap();
+    let shard = src.engine.open_shard(SHARD, true).unwrap();
+    fill(&shard, 200);
+    dst.transfers.expect(SHARD, 1);
+    let t = src.transfers.start(&shard, SHARD, 2, &hand_over()).unwrap();
+    entered.recv().unwrap(); // the source waits for FINISH's ACK
+    assert_eq!(t.status().0, Stage::Draining);
+    t.cancel();
+    // A source that gave the FINISH up would settle here at once; the
+    // bound only keeps one that waits (as it must) from hanging the test.
+    let early = t.wait(Some(Duration::from_millis(200))).then(|| t.status().0);
+    release.send(()).unwrap();
+    assert_eq!(early, None, "settled while the receiver was inside FINISH");
+    assert!(t.wait(None));
+    let (stage, _) = t.status();
+    assert_eq!(stage, Stage::Done);
+    assert!(dst.engine.open_shard(SHARD, false).is_ok(), "the receiver owns the shard");
+    assert_eq!(shard.put(b"after", b"x").unwrap_err().status, KEEL_STATUS_MOVED);
+}
+
+/// A handed-over shard stays moved across a close and reopen (the host
+/// restarted before it confirmed): it takes no write the receiver never
+/// gets. Brought back by a WAL delta it is the node's to write again.
+#[test]
+fn a_handed_over_shard_stays_moved_across_a_reopen_until_it_comes_back() {
+    let (a, b) = pair("moved-reopen");
+    let shard = a.engine.open_shard(SHARD, true).unwrap();
+    fill(&shard, 100);
+    b.transfers.expect(SHARD, 1);
+    assert!(a.transfers.send_shard(&shard, SHARD, 2, &hand_over()).unwrap().handed_over);
+    shard.close().unwrap();
+    let again = a.engine.open_shard(SHARD, false).unwrap();
+    let late = again.put(b"late", b"x");
+    assert_eq!(late.as_ref().err().map(|e| e.status), Some(KEEL_STATUS_MOVED), "the handed-over shard took a write: {late:?}");
+    again.close().unwrap();
+    // B writes, then sends the shard back by WAL delta onto A's copy.
+    let on_b = b.engine.open_shard(SHARD, false).unwrap();
+    on_b.put(b"written-on-b", b"x").unwrap();
+    a.transfers.expect(SHARD, 2);
+    b.node.connect(1, &a.node.addr().to_string()).unwrap();
+    let back = TransferOptions { auto_finish: Some(Finish::HandOver), ..small_batches(Method::WalDelta) };
+    let r = b.transfers.send_shard(&on_b, SHARD, 1, &back).unwrap();
+    assert!(r.handed_over && !r.snapshot, "{r:?}");
+    let home = a.engine.open_shard(SHARD, false).unwrap();
+    assert!(home.get(b"written-on-b").unwrap().is_some());
+    home.put(b"home", b"x").unwrap();
+}
+
+/// A progress callback that panics (a Rust host's bug) neither kills the
+/// transfer's thread before it settles nor keeps its send slot.
+#[test]
+fn a_panicking_progress_callback_does_not_leak_the_transfer_slot() {
+    let a = side_with("panic-cb-a", 1, 1);
+    let b = side("panic-cb-b", 2);
+    a.node.connect(2, &b.node.addr().to_string()).unwrap();
+    let shard = a.engine.open_shard(SHARD, true).unwrap();
+    shard.put(b"k", b"v").unwrap();
+    b.transfers.expect(SHARD, 1);
+    let progress = ProgressFn(Arc::new(|p: &keel::transfer::Progress| {
+        if p.stage == Stage::Backfill {
+            panic!("a host's bug in its progress callback");
+        }
+    }));
+    let opts = TransferOptions { auto_finish: Some(Finish::Copy), progress: Some(progress), ..small_batches(Method::Snapshot) };
+    let t = a.transfers.start(&shard, SHARD, 2, &opts).unwrap();
+    // The bound turns a thread that died unsettled into a failure.
+    assert!(t.wait(Some(Duration::from_secs(60))), "the transfer never settled");
+    assert!(t.outcome().unwrap().is_ok(), "{:?}", t.outcome());
+    drop(t);
+    b.transfers.expect(SHARD, 1);
+    let next = a.transfers.start(&shard, SHARD, 2, &TransferOptions { progress: None, ..opts });
+    assert!(next.is_ok(), "the panicked transfer still holds its slot: {:?}", next.err());
+}
+
+/// A shard handed over is no longer the source's to give: a transfer of
+/// it started afterwards (a rebalancer retrying a move) is refused MOVED
+/// instead of handing it to a second owner.
+#[test]
+fn a_handed_over_shard_is_not_handed_over_again() {
+    let (a, b, c) = (side("twice-a", 1), side("twice-b", 2), side("twice-c", 3));
+    a.node.connect(2, &b.node.addr().to_string()).unwrap();
+    a.node.connect(3, &c.node.addr().to_string()).unwrap();
+    let shard = a.engine.open_shard(SHARD, true).unwrap();
+    fill(&shard, 100);
+    b.transfers.expect(SHARD, 1);
+    c.transfers.expect(SHARD, 1);
+    assert!(a.transfers.send_shard(&shard, SHARD, 2, &hand_over()).unwrap().handed_over);
+    let second = a.transfers.send_shard(&shard, SHARD, 3, &hand_over());
+    assert_eq!(second.as_ref().err().map(|e| e.status), Some(KEEL_STATUS_MOVED), "{second:?}");
+    assert!(c.engine.open_shard(SHARD, false).is_err(), "node 3 owns the shard too");
+}

@@ -61,6 +61,15 @@ impl Engine {
                 None => {}
             }
             crate::fs::replace(&*self.fs, &dir.join(MARKER), MARKER_BODY)?;
+            // A copy this engine handed over earlier (and never dropped)
+            // comes back by WAL delta: once finished it is this node's to
+            // write again. The marker is durable first, so a crash in
+            // between leaves it incoming, not writable.
+            let moved = dir.join(crate::shard::MOVED_FILE);
+            if base.is_none() && self.exists(&moved)? {
+                self.fs.remove(&moved).map_err(|e| Error::io(format!("removing {}", moved.display()), e))?;
+                self.sync_dir(&dir)?;
+            }
             state.slots.insert(id, Slot::Opening);
         }
         let fs = self.injected_fs.then(|| self.fs.clone());

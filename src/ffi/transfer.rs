@@ -358,8 +358,8 @@ pub extern "C" fn keel_transfer_expect(node: *const keel_node_t, shard_id: u32, 
 /// Errors: NULL_ARGUMENT, INVALID_ARGUMENT (an option or enum out of
 /// range, not a live node or shard, `shard` not this engine's open shard
 /// `shard_id`, `peer` 0 or this node's own id), CLOSED (the shard is
-/// closed), BUSY (the node sends max_concurrent_transfers already), IO
-/// (the thread cannot start).
+/// closed), MOVED (the shard was handed over already), BUSY (the node
+/// sends max_concurrent_transfers already), IO (the thread cannot start).
 /// Failures of the transfer itself come from keel_transfer_status().
 #[no_mangle]
 pub extern "C" fn keel_transfer_start(
@@ -404,7 +404,8 @@ pub extern "C" fn keel_transfer_finish(t: *const keel_transfer_t, mode: u32, err
 /// data exists only there. Returns once the files are gone.
 /// Errors: NULL_ARGUMENT, INVALID_ARGUMENT (not a live transfer, or not
 /// done with a hand-over), NOT_FOUND (confirmed already: the shard is
-/// gone), IO (closing or removing the files failed).
+/// gone, and a shard of that id made or received since is left alone),
+/// IO (closing or removing the files failed).
 #[no_mangle]
 pub extern "C" fn keel_transfer_confirm_hand_over(t: *const keel_transfer_t, err: *mut *mut keel_error_t) -> keel_status_t {
     ffi_boundary!(err, t, {
@@ -415,7 +416,8 @@ pub extern "C" fn keel_transfer_confirm_hand_over(t: *const keel_transfer_t, err
 
 /// Cancels the transfer: it stops at its next batch boundary or ACK wait
 /// (at once while it waits for the host or forwards) and settles on
-/// KEEL_TRANSFER_CANCELLED; returns at once. The source's WAL pin is
+/// KEEL_TRANSFER_CANCELLED; returns at once. A FINISH already sent is
+/// not recalled: the transfer waits for its answer and settles as it says. The source's WAL pin is
 /// released. The receiver keeps what it applied, still incoming (its host
 /// cannot open the shard: BUSY); a later transfer of the shard resumes
 /// from there by WAL delta when the source still holds the records, or

@@ -44,6 +44,7 @@ pub use replicated::Fence;
 pub(crate) use replicated::Replicated;
 pub use steps::{Step, StepHook, Steps};
 pub use transfer::Snapshot;
+pub(crate) use transfer::MOVED_FILE;
 pub(crate) use commit::restore_wal;
 
 use crate::error::{Error, Result};
@@ -840,6 +841,8 @@ impl Shard {
         // Replayed and not yet flushed: the first pass persists it.
         backlog.logged(last, replay.bytes);
         segs.finish(last);
+        // A shard handed over by a transfer stays handed over (`MOVED`).
+        let moved = fs.exists(&seg_dir.with_file_name(transfer::MOVED_FILE)).map_err(|e| Error::io("looking for MOVED", e))?;
         let inner = Arc::new_cyclic(|me: &std::sync::Weak<Inner>| Inner {
             commit: commit.map(|(log, id)| commit::Committer::new(log, id, me.clone())),
             fs,
@@ -849,7 +852,7 @@ impl Shard {
             wal: RwLock::new(Some(wal)),
             persisted: AtomicU64::new(persisted),
             wal_acked: AtomicU64::new(0),
-            moved: AtomicBool::new(false),
+            moved: AtomicBool::new(moved),
             after_write: RwLock::new(None),
             forwarding: AtomicBool::new(false),
             closed: Arc::new(AtomicBool::new(false)),

@@ -23,6 +23,10 @@ use std::sync::Arc;
 /// `<shard dir>/TRANSFER_BASE` (`Shard::set_snapshot_base`).
 const BASE_FILE: &str = "TRANSFER_BASE";
 const BASE_MAGIC: u64 = 0x3142_5246_4c45_454b; // "KEELFRB1"
+/// `<shard dir>/MOVED`: a transfer handed the shard over
+/// (`Shard::persist_moved`), so a reopen refuses writes with MOVED too,
+/// until a transfer brings the shard back (`Engine::receive_shard`).
+pub(crate) const MOVED_FILE: &str = "MOVED";
 
 /// The shard's state at one version: the appendable segment's keys
 /// (copied) and the immutable segments (shared: a merge that replaces them
@@ -115,6 +119,12 @@ impl Shard {
         // lock, so under the read lock it is the state as of `applied`.
         let replicated = self.inner.replicated.lock().live().clone();
         Ok(Snapshot { version: s.applied, replicated, appendable: s.appendable.map.clone(), sealed: s.sealed.clone() })
+    }
+
+    /// Records durably that a transfer handed this shard over, so that a
+    /// reopen refuses writes with MOVED too.
+    pub(crate) fn persist_moved(&self) -> Result<()> {
+        crate::fs::replace(&*self.inner.fs, &self.inner.seg_dir.with_file_name(MOVED_FILE), b"moved")
     }
 
     /// Whether a transfer handed this shard over: its writes fail with MOVED.

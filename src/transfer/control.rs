@@ -204,9 +204,10 @@ impl Control {
 
     /// Waits until the transfer is settled and no finish it was asked for
     /// is pending (a hand-over asked while forwarding is waited for);
-    /// false when `timeout` passed first.
+    /// false when `timeout` passed first. A timeout too long to be a time
+    /// (Duration::MAX) waits without one.
     pub fn wait(&self, timeout: Option<Duration>) -> bool {
-        let deadline = timeout.map(|t| Instant::now() + t);
+        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
         let mut s = self.state.lock();
         let settled = |s: &State| s.reported.is_over() || (s.reported.is_settled() && s.finish.is_none());
         while !settled(&s) {
@@ -289,7 +290,9 @@ impl Control {
     /// Runs the progress callback, then marks its stage reported.
     fn report(&self, p: Progress) {
         if let Some(f) = &self.on_progress {
-            (f.0)(&p);
+            // A panicking callback must not kill the transfer's thread
+            // before it settles (its slot and `wait` depend on it).
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (f.0)(&p)));
         }
         let mut s = self.state.lock();
         s.reported = p.stage;

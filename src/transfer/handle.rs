@@ -21,6 +21,10 @@ pub struct Transfer {
     /// The source's shard id, and the service of its engine.
     shard_id: u32,
     transfers: Arc<Transfers>,
+    /// Set once `confirm_hand_over` dropped the shard: the id may name
+    /// another shard of the engine later, which a second confirm must not
+    /// drop.
+    confirmed: Mutex<bool>,
 }
 
 impl Transfers {
@@ -39,6 +43,9 @@ impl Transfers {
         if shard.is_closed() {
             return Err(Error::new(KEEL_STATUS_CLOSED, "the shard to send is closed"));
         }
+        if shard.is_moved() {
+            return Err(Error::new(KEEL_STATUS_MOVED, "the shard to send was handed over to another node already"));
+        }
         if !self.engine.holds_open(shard_id, shard) {
             return Err(Error::invalid(format!("the shard given is not shard {shard_id} open in this node's engine")));
         }
@@ -53,7 +60,8 @@ impl Transfers {
         self.waiting.lock().insert(id, (peer, tx));
         let (me, c, source, opts) = (self.clone(), control.clone(), shard.clone(), opts.clone());
         let spawned = std::thread::Builder::new().name("keel-transfer".into()).spawn(move || {
-            let outcome = source::run(&me.node, id, rx, &source, shard_id, peer, &opts, &c);
+            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| source::run(&me.node, id, rx, &source, shard_id, peer, &opts, &c)))
+                .unwrap_or_else(|_| Err(Error::new(KEEL_STATUS_PANIC, "the transfer panicked")));
             me.waiting.lock().remove(&id);
             if outcome.is_err() {
                 // The receiver ends its side too (best effort: it also
@@ -64,7 +72,7 @@ impl Transfers {
             c.end(outcome);
         });
         match spawned {
-            Ok(thread) => Ok(Transfer { control, thread: Mutex::new(Some(thread)), shard_id, transfers: self.clone() }),
+            Ok(thread) => Ok(Transfer { control, thread: Mutex::new(Some(thread)), shard_id, transfers: self.clone(), confirmed: Mutex::new(false) }),
             Err(e) => {
                 self.waiting.lock().remove(&id);
                 self.sending.fetch_sub(1, Ordering::AcqRel);
@@ -126,10 +134,16 @@ impl Transfer {
             Some(Ok(r)) if r.handed_over => {}
             _ => return Err(Error::invalid("only a transfer done with a hand-over can be confirmed")),
         }
+        let mut confirmed = self.confirmed.lock();
+        if *confirmed {
+            return Err(Error::new(KEEL_STATUS_NOT_FOUND, format!("the hand-over of shard {} was confirmed already", self.shard_id)));
+        }
         let shard = self.control.shard();
         debug_assert!(shard.is_moved(), "a handed-over shard refuses writes");
         shard.close()?;
-        self.transfers.engine.drop_shard(self.shard_id)
+        self.transfers.engine.drop_shard(self.shard_id)?;
+        *confirmed = true;
+        Ok(())
     }
 }
 

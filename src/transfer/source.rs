@@ -181,15 +181,25 @@ impl Link<'_> {
         let head = wire::step(self.id, self.step, self.acked);
         let began = Instant::now();
         let mut retries = 0;
+        // FINISH cannot be recalled once sent: the receiver may have
+        // released the shard to its host. A cancel does not cut its wait
+        // short, or the source would report CANCELLED (and keep taking
+        // writes) while the receiver owns the shard.
+        let firm = ty == wire::FINISH;
         let ack = loop {
-            match self.attempt(ty, &head, body) {
+            match self.attempt(ty, &head, body, firm) {
                 Ok(ack) => break ack,
                 // A cancel ends the step whatever the transport did.
-                Err(e) if self.control.check().is_err() => return Err(e),
+                Err(e) if !firm && self.control.check().is_err() => return Err(e),
                 Err(e) if retry::transient(&e) && retries < self.retry.max_retries && !self.node.is_closing() => {
                     retries += 1;
                     self.report.retries += 1;
-                    self.control.pause(self.clock, self.retry.backoff(retries))?;
+                    let backoff = self.retry.backoff(retries);
+                    if firm {
+                        self.clock.sleep(backoff);
+                    } else {
+                        self.control.pause(self.clock, backoff)?;
+                    }
                     // A dial that fails is the next attempt's failure.
                     let _ = self.node.reconnect(self.peer);
                 }
@@ -210,11 +220,15 @@ impl Link<'_> {
     /// One try at the current step: sends it (within the bandwidth cap)
     /// and waits for its ACK, giving up early when the connection drops
     /// or the host cancels.
-    fn attempt(&mut self, ty: u16, head: &[u8], body: &Body) -> Result<Ack> {
+    fn attempt(&mut self, ty: u16, head: &[u8], body: &Body, firm: bool) -> Result<Ack> {
         let len = head.len() + body.len();
         if let Some(pace) = &mut self.pace {
             let debt = pace.take(len, self.clock);
-            self.control.pause(self.clock, debt)?;
+            if firm {
+                self.clock.sleep(debt);
+            } else {
+                self.control.pause(self.clock, debt)?;
+            }
             self.report.paced += debt;
         }
         self.node.send_body(self.peer, ty, head, body)?;
@@ -228,7 +242,15 @@ impl Link<'_> {
                     format!("no answer from node {} to transfer step {} within {:?}", self.peer, self.step, self.timeout),
                 ));
             }
-            match self.control.recv_ack(&self.acks, left.min(CONNECTION_CHECK))? {
+            let got = match firm {
+                true => match self.acks.recv_timeout(left.min(CONNECTION_CHECK)) {
+                    Ok(a) => Some(a),
+                    Err(crossbeam_channel::RecvTimeoutError::Timeout) => None,
+                    Err(_) => return Err(Error::new(KEEL_STATUS_CLOSED, "the transfer service stopped")),
+                },
+                false => self.control.recv_ack(&self.acks, left.min(CONNECTION_CHECK))?,
+            };
+            match got {
                 Some(ack) if ack.step == self.step => return Ok(ack),
                 // An ACK of an earlier step can only be a duplicate.
                 Some(_) => {}

@@ -4,6 +4,7 @@
 pub mod child;
 pub mod ext4;
 pub mod faultfs;
+pub mod hookfs;
 pub mod lockstep;
 pub mod relay;
 pub mod rng;

@@ -3,6 +3,7 @@
 
 use super::TempDir;
 use keel::engine::Engine;
+use keel::fs::FileSystem;
 use keel::node::{Node, NodeOptions};
 use keel::shard::Options;
 use keel::transfer::Transfers;
@@ -34,7 +35,11 @@ impl Side {
     /// An engine in `dir` opening shards with `shard_opts`, a node with
     /// `node_opts`, and the transfer service between them.
     pub fn open(dir: &Path, node_opts: NodeOptions, shard_opts: Options) -> Side {
-        let engine = Arc::new(Engine::open(dir, shard_opts).unwrap());
+        Side::with_engine(Engine::open(dir, shard_opts).unwrap(), node_opts)
+    }
+
+    fn with_engine(engine: Engine, node_opts: NodeOptions) -> Side {
+        let engine = Arc::new(engine);
         let node = Arc::new(Node::open(node_opts).unwrap());
         let transfers = Transfers::attach(node.clone(), engine.clone()).unwrap();
         Side { engine, node, transfers, temp: None }
@@ -44,6 +49,14 @@ impl Side {
     pub fn temp(tag: &str, node_opts: NodeOptions, shard_opts: Options) -> Side {
         let dir = TempDir::new(tag);
         let mut side = Side::open(dir.path(), node_opts, shard_opts);
+        side.temp = Some(dir);
+        side
+    }
+
+    /// The same on the file system `fs`.
+    pub fn temp_on(tag: &str, node_opts: NodeOptions, shard_opts: Options, fs: Arc<dyn FileSystem>) -> Side {
+        let dir = TempDir::new(tag);
+        let mut side = Side::with_engine(Engine::open_with_fs(dir.path(), shard_opts, fs).unwrap(), node_opts);
         side.temp = Some(dir);
         side
     }

@@ -31,13 +31,20 @@ pub(super) fn run(
     let held = Instant::now();
     drain(link, batcher, &mut reader, shard)?;
     let last = link.report.last_version.to_le_bytes();
+    // A concurrent transfer of this shard may have handed it over: under
+    // the hold, nobody else can now.
+    if mode != Finish::Copy && shard.is_moved() {
+        return Err(crate::error::Error::new(crate::status::KEEL_STATUS_MOVED, "the shard was handed over by another transfer"));
+    }
     if mode != Finish::Forward {
         link.simple(wire::FINISH, &last)?;
         // The receiver owns the shard now: with a hand-over, later writes
         // here fail with MOVED; none can slip in, the hold is still taken.
         if mode == Finish::HandOver {
+            let persisted = shard.persist_moved();
             hold.hand_over();
             link.report.handed_over = true;
+            persisted?;
         }
         control.finished(mode);
         drop(hold);
@@ -73,8 +80,13 @@ pub(super) fn run(
                 let hold = shard.hold_writes();
                 let held = Instant::now();
                 drain(link, batcher, &mut reader, shard)?;
+                if shard.is_moved() {
+                    return Err(crate::error::Error::new(crate::status::KEEL_STATUS_MOVED, "the shard was handed over by another transfer"));
+                }
                 link.simple(wire::FINISH, &link.report.last_version.to_le_bytes())?;
+                let persisted = shard.persist_moved();
                 hold.hand_over();
+                persisted?;
                 link.report.handed_over = true;
                 control.forwarded(link.report.last_version);
                 control.finished(Finish::HandOver);
