@@ -7,7 +7,7 @@
 
 use crossbeam_channel::{unbounded, Receiver};
 use keel::node::frame::{self, HEADER_LEN};
-use keel::node::handshake::{self, Hello, Role, Transcript};
+use keel::node::handshake::{self, Hello, Role, Transcript, PROTOCOL_MAX, PROTOCOL_MIN};
 use keel::node::{types, Node, NodeOptions, NodeStats, Reason, Service};
 use keel::status::*;
 use std::io::{Read, Write};
@@ -115,14 +115,16 @@ impl Raw {
     }
 
     fn hello(id: u64, has_secret: bool) -> Hello {
-        Hello { min_version: 1, max_version: 1, node_id: id, nonce: handshake::nonce().unwrap(), has_secret }
+        Hello { min_version: PROTOCOL_MIN, max_version: PROTOCOL_MAX, node_id: id, nonce: handshake::nonce().unwrap(), has_secret }
     }
 
     /// Handshake with a node that has no secret.
     fn ready(node: &Node, id: u64) -> Raw {
         let mut r = Raw::connect(node);
         r.send(types::HELLO, &Raw::hello(id, false).encode());
+        r.send(types::READY, b"");
         assert_eq!(r.read_frame().0, types::HELLO);
+        assert_eq!(r.read_frame().0, types::READY);
         r
     }
 
@@ -191,9 +193,11 @@ fn a_recorded_handshake_cannot_be_replayed() {
     let (ty, p) = r.read_frame();
     assert_eq!(ty, types::HELLO);
     let theirs = Hello::decode(&p).unwrap();
-    let mac = Transcript { sender_role: Role::Dialer, version: 1, sender: &me, receiver: &theirs }.sign(OLD);
+    let mac = Transcript { sender_role: Role::Dialer, version: PROTOCOL_MAX, sender: &me, receiver: &theirs }.sign(OLD);
     r.send(types::AUTH, &mac);
+    r.send(types::READY, b"");
     assert_eq!(r.read_frame().0, types::AUTH);
+    assert_eq!(r.read_frame().0, types::READY);
     wait_for(&a, &ea, "the honest handshake", |s| s.handshakes == 1);
 
     // The same bytes again on a new connection: the nonce gives it away.
@@ -438,4 +442,76 @@ fn options_are_validated() {
     let limits = NodeOptions { max_concurrent_transfers: 2, transfer_bandwidth_bytes_per_sec: 1 << 20, ..ok };
     let n = Node::open(limits).unwrap();
     assert_ne!(n.addr().port(), 0, "port 0 picks one");
+}
+
+
+
+/// Mid-rotation, out of order: a accepts only OLD, b sends with NEW (and
+/// accepts OLD). a refuses b's AUTH; b verifies a's AUTH, and its
+/// `connect` must not report the peer ready: keel.h says connect returns
+/// "REFUSED (the handshake refused the peer, or the peer refused this
+/// node: the message says why)".
+#[test]
+fn connect_fails_when_the_acceptor_refused_the_dialer() {
+    let (a, ea) = open(1, &[OLD]);
+    let (b, eb) = open(2, &[NEW, OLD]);
+    let r = b.connect(1, &a.addr().to_string());
+    wait_for(&a, &ea, "a's refusal of b", |s| s.ended(Reason::BadMac) == 1);
+    let s = wait_for(&b, &eb, "b's connection to end", |s| s.ended.iter().sum::<u64>() == 1);
+    assert_eq!(r.as_ref().err().map(|e| e.status), Some(KEEL_STATUS_REFUSED), "connect answered {r:?}; b {s:?}");
+    assert_eq!((s.handshakes, s.ended(Reason::BadMac)), (0, 1), "{s:?}");
+}
+
+/// Without secrets: b dials "node 99" at a's address and refuses a (it is
+/// node 1). a must not count a handshake nor report b ready: b never
+/// accepted it, and frames a sends in the meantime are lost.
+#[test]
+fn a_refused_acceptor_never_sees_the_dialer_ready() {
+    let (a, ea) = open(1, &[]);
+    let (b, _eb) = open(2, &[]);
+    let e = b.connect(99, &a.addr().to_string()).unwrap_err();
+    assert_eq!(e.status, KEEL_STATUS_REFUSED, "{e}");
+    let s = wait_for(&a, &ea, "a's side to end", |s| s.ended.iter().sum::<u64>() == 1);
+    assert_eq!((s.handshakes, s.ended(Reason::WrongNode)), (0, 1), "a counted a handshake b refused: {s:?}");
+}
+
+/// An AUTH whose payload is not a MAC's 32 bytes is a malformed handshake
+/// frame (docs: "a handshake frame out of order or malformed" is PROTOCOL,
+/// counted in malformed_frames), not a MAC that matches no secret.
+#[test]
+fn an_auth_of_the_wrong_length_is_malformed_not_a_bad_mac() {
+    let (a, ea) = open(1, &[OLD]);
+    for (i, len) in [0usize, 31, 45].into_iter().enumerate() {
+        let mut r = Raw::connect(&a);
+        r.send(types::HELLO, &Raw::hello(7, true).encode());
+        assert_eq!(r.read_frame().0, types::HELLO);
+        assert_eq!(r.read_frame().0, types::AUTH);
+        r.send(types::AUTH, &vec![0xA5; len]);
+        r.until_closed();
+        let s = wait_for(&a, &ea, "the end", |s| s.ended.iter().sum::<u64>() == i as u64 + 1);
+        assert_eq!((s.ended(Reason::Malformed), s.ended(Reason::BadMac)), (i as u64 + 1, 0), "AUTH of {len} bytes: {s:?}");
+    }
+}
+
+fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").unwrap().count()
+}
+
+/// keel_node_connect on a peer that is already connected (the C API has no
+/// other way to make sure a peer is connected) opens one more connection
+/// each time; the one it replaces in the peer table is never closed: it
+/// keeps two threads, four descriptors and its heartbeats until the node
+/// closes. Repeated, that grows without bound.
+#[test]
+fn connecting_to_a_connected_peer_does_not_pile_up_connections() {
+    let (a, ea) = open(1, &[]);
+    let (b, _eb) = open(2, &[]);
+    b.connect(1, &a.addr().to_string()).unwrap();
+    wait_for(&a, &ea, "a's side", |s| s.peers == 1);
+    let fds = open_fds();
+    for _ in 0..20 {
+        b.connect(1, &a.addr().to_string()).unwrap();
+    }
+    let s = b.stats();
+    assert_eq!(s.peers, 1, "20 more connections to the one peer 1 stay open ({} fds more): {s:?}", open_fds() as i64 - fds as i64);
 }

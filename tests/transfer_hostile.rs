@@ -8,7 +8,7 @@ mod common;
 
 use common::side::{node_options, Side};
 use keel::node::frame::{self, HEADER_LEN};
-use keel::node::handshake::{Hello, NONCE_LEN};
+use keel::node::handshake::{Hello, NONCE_LEN, PROTOCOL_MAX, PROTOCOL_MIN};
 use keel::node::{types, NodeOptions};
 use keel::shard::{Entry, Op, Options, Value};
 use keel::status::*;
@@ -46,10 +46,13 @@ impl RawPeer {
         let s = TcpStream::connect(addr).unwrap();
         s.set_read_timeout(Some(HANG_GUARD)).unwrap();
         let mut p = RawPeer { s, buf: Vec::new() };
-        let hello = Hello { min_version: 1, max_version: 1, node_id: my_id, nonce: nonce(), has_secret: false };
+        let hello = Hello { min_version: PROTOCOL_MIN, max_version: PROTOCOL_MAX, node_id: my_id, nonce: nonce(), has_secret: false };
         p.send(types::HELLO, &hello.encode());
+        p.send(types::READY, &[]);
         let (ty, _) = p.read_frame().expect("the node's HELLO");
         assert_eq!(ty, types::HELLO);
+        let (ty, _) = p.read_frame().expect("the node's READY");
+        assert_eq!(ty, types::READY);
         p
     }
 

@@ -96,7 +96,7 @@ fn check_hello(p: &[u8]) {
         assert!(v >= h.min_version && v <= h.max_version);
     }
     let peer = Hello { node_id: h.node_id.wrapping_add(1).max(1), ..h };
-    let t = Transcript { sender_role: Role::Dialer, version: 1, sender: &h, receiver: &peer };
+    let t = Transcript { sender_role: Role::Dialer, version: handshake::PROTOCOL_MAX, sender: &h, receiver: &peer };
     assert!(t.verify(&[SECRETS[0].to_vec(), SECRETS[1].to_vec()], &t.sign(SECRETS[1])), "rotation: the second secret");
     assert!(!t.verify(&[SECRETS[0].to_vec()], &t.sign(SECRETS[1])), "a MAC under another secret verified");
     let reflected = Transcript { sender_role: Role::Acceptor, sender: &peer, receiver: &h, ..t };
@@ -104,9 +104,9 @@ fn check_hello(p: &[u8]) {
 }
 
 fn check_auth(p: &[u8]) {
-    let a = Hello { min_version: 1, max_version: 1, node_id: 1, nonce: [1; 32], has_secret: true };
+    let a = Hello { min_version: handshake::PROTOCOL_MIN, max_version: handshake::PROTOCOL_MAX, node_id: 1, nonce: [1; 32], has_secret: true };
     let b = Hello { node_id: 2, nonce: [2; 32], ..a };
-    let t = Transcript { sender_role: Role::Acceptor, version: 1, sender: &a, receiver: &b };
+    let t = Transcript { sender_role: Role::Acceptor, version: handshake::PROTOCOL_MAX, sender: &a, receiver: &b };
     // Arbitrary bytes as a MAC: never a panic, and accepted only if they
     // are the MAC itself.
     let ok = t.verify(&[SECRETS[0].to_vec()], p);

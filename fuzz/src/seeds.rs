@@ -200,17 +200,17 @@ pub fn seeds() -> Vec<Seed> {
     {
         use crate::node::NODE_FIX_CRC;
         use keel::node::frame::encode;
-        use keel::node::handshake::{Hello, Role, Transcript};
+        use keel::node::handshake::{Hello, Role, Transcript, PROTOCOL_MAX, PROTOCOL_MIN};
         use keel::node::types;
-        let a = Hello { min_version: 1, max_version: 1, node_id: 1, nonce: [0xa5; 32], has_secret: true };
+        let a = Hello { min_version: PROTOCOL_MIN, max_version: PROTOCOL_MAX, node_id: 1, nonce: [0xa5; 32], has_secret: true };
         let b = Hello { node_id: 2, nonce: [0x5a; 32], ..a };
-        let mac = Transcript { sender_role: Role::Dialer, version: 1, sender: &a, receiver: &b }.sign(b"fuzz secret number one");
+        let mac = Transcript { sender_role: Role::Dialer, version: PROTOCOL_MAX, sender: &a, receiver: &b }.sign(b"fuzz secret number one");
         let with = |flags: u8, frames: &[Vec<u8>]| {
             let mut v = vec![flags];
             frames.iter().for_each(|f| v.extend_from_slice(f));
             v
         };
-        let handshake = [encode(types::HELLO, &a.encode()), encode(types::AUTH, &mac)];
+        let handshake = [encode(types::HELLO, &a.encode()), encode(types::AUTH, &mac), encode(types::READY, &[])];
         add("node_frame", "handshake", with(0, &handshake));
         add("node_frame", "handshake-fix", with(NODE_FIX_CRC, &handshake));
         add("node_frame", "hello-no-secret", with(0, &[encode(types::HELLO, &Hello { has_secret: false, ..b }.encode())]));

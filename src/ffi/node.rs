@@ -317,6 +317,8 @@ pub extern "C" fn keel_node_addr(
 
 /// Dials peer `peer_id` at `addr` ("host:port", NUL-terminated) and runs
 /// the handshake; returns once the peer is ready, on the calling thread.
+/// A peer this node has a ready connection to already: OK at once, that
+/// connection is used (only the address for later reconnects changes).
 /// Errors: NULL_ARGUMENT, INVALID_ARGUMENT (peer_id 0 or this node's own,
 /// an address that does not resolve), IO (connect failed, or the
 /// connection broke), REFUSED (the handshake refused the peer, or the

@@ -55,6 +55,9 @@ fn fail<T>(r: Reason, msg: impl Into<String>) -> std::result::Result<T, Ended> {
 enum Stage {
     AwaitHello,
     AwaitAuth { peer: Hello, version: u16 },
+    /// This side accepted the peer and sent READY; the peer's READY (or
+    /// REFUSE) comes next.
+    AwaitReady,
     Ready,
 }
 
@@ -67,7 +70,7 @@ impl Stage {
     fn max_payload(&self, ready: u32) -> u32 {
         match self {
             Stage::Ready => ready,
-            Stage::AwaitHello | Stage::AwaitAuth { .. } => HELLO_LEN.max(MAC_LEN) as u32,
+            Stage::AwaitHello | Stage::AwaitAuth { .. } | Stage::AwaitReady => HELLO_LEN.max(MAC_LEN) as u32,
         }
     }
 }
@@ -249,7 +252,14 @@ impl Conn {
                         Err(e) => return fail(Reason::Malformed, self.say(e)),
                     };
                     add(&node.counters.frames_in, 1);
-                    self.on_frame(node, &me, &mut stage, f.ty, &buf[HEADER_LEN..f.len])?;
+                    if let Err((r, msg)) = self.on_frame(node, &me, &mut stage, f.ty, &buf[HEADER_LEN..f.len]) {
+                        // Tell the peer it is refused (and why), unless it
+                        // is the peer that refused this node.
+                        if r.is_refusal() && f.ty != types::REFUSE {
+                            let _ = self.send(node, types::REFUSE, &[r.code()]);
+                        }
+                        return Err((r, msg));
+                    }
                     buf.copy_within(f.len..filled, 0);
                     filled -= f.len;
                 }
@@ -378,8 +388,9 @@ impl Conn {
                 }
                 self.peer_id.store(peer.node_id, Ordering::Release);
                 if !me.has_secret {
-                    *stage = Stage::Ready;
-                    return self.ready(node);
+                    self.send_or_end(node, types::READY, &[])?;
+                    *stage = Stage::AwaitReady;
+                    return Ok(());
                 }
                 let mine = Transcript { sender_role: self.role, version, sender: me, receiver: &peer };
                 self.send_or_end(node, types::AUTH, &mine.sign(&secrets[0]))?;
@@ -391,14 +402,31 @@ impl Conn {
                     Role::Dialer => Role::Acceptor,
                     Role::Acceptor => Role::Dialer,
                 };
+                if p.len() != MAC_LEN {
+                    return fail(
+                        Reason::Malformed,
+                        self.say(format!("AUTH payload is {} bytes, expected {MAC_LEN}", p.len())),
+                    );
+                }
                 let theirs = Transcript { sender_role: other, version: *version, sender: peer, receiver: me };
                 if !theirs.verify(secrets, p) {
                     return fail(Reason::BadMac, self.say("AUTH MAC matches no active secret"));
                 }
+                self.send_or_end(node, types::READY, &[])?;
+                *stage = Stage::AwaitReady;
+                Ok(())
+            }
+            (Stage::AwaitReady, types::READY) if p.is_empty() => {
                 *stage = Stage::Ready;
                 self.ready(node)
             }
-            (Stage::AwaitHello | Stage::AwaitAuth { .. }, _) => {
+            (Stage::AwaitHello | Stage::AwaitAuth { .. } | Stage::AwaitReady, types::REFUSE) => {
+                match <[u8; 1]>::try_from(p).ok().and_then(|[c]| Reason::refusal(c)) {
+                    Some(r) => fail(r, self.say(format!("the peer refused this node ({r:?})"))),
+                    None => fail(Reason::Malformed, self.say(format!("REFUSE payload {p:02x?} names no refusal"))),
+                }
+            }
+            (Stage::AwaitHello | Stage::AwaitAuth { .. } | Stage::AwaitReady, _) => {
                 fail(Reason::Malformed, self.say(format!("frame type {ty:#06x} arrived before the handshake finished")))
             }
             (Stage::Ready, types::PING) if p.is_empty() => self.send_or_end(node, types::PONG, &[]),
@@ -406,7 +434,7 @@ impl Conn {
                 add(&node.counters.pongs_received, 1);
                 Ok(())
             }
-            (Stage::Ready, types::HELLO | types::AUTH | types::PING | types::PONG) => fail(
+            (Stage::Ready, types::HELLO | types::AUTH | types::PING | types::PONG | types::READY | types::REFUSE) => fail(
                 Reason::Malformed,
                 self.say(format!("unexpected frame type {ty:#06x} with {} payload bytes", p.len())),
             ),

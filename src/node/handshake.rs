@@ -22,9 +22,11 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use std::collections::{HashSet, VecDeque};
 
-/// Protocol versions this build speaks.
-pub const PROTOCOL_MIN: u16 = 1;
-pub const PROTOCOL_MAX: u16 = 1;
+/// Protocol versions this build speaks. Version 2 added READY and REFUSE
+/// (a side is ready only once the peer accepted it too); a version 1 peer
+/// never sends READY, so it is refused by version instead.
+pub const PROTOCOL_MIN: u16 = 2;
+pub const PROTOCOL_MAX: u16 = 2;
 pub const NONCE_LEN: usize = 32;
 pub const HELLO_LEN: usize = 45;
 pub const MAC_LEN: usize = 32;
@@ -179,7 +181,7 @@ mod tests {
     use super::*;
 
     fn hello(id: u64, fill: u8) -> Hello {
-        Hello { min_version: 1, max_version: 1, node_id: id, nonce: [fill; NONCE_LEN], has_secret: true }
+        Hello { min_version: PROTOCOL_MIN, max_version: PROTOCOL_MAX, node_id: id, nonce: [fill; NONCE_LEN], has_secret: true }
     }
 
     #[test]
@@ -191,17 +193,18 @@ mod tests {
         b[44] = 2;
         assert!(Hello::decode(&b).is_err());
         assert!(Hello::decode(&hello(0, 1).encode()).is_err());
-        assert_eq!(negotiate(&Hello { min_version: 2, max_version: 9, ..h }), None);
+        assert_eq!(negotiate(&Hello { min_version: PROTOCOL_MAX + 1, max_version: 9, ..h }), None);
+        assert_eq!(negotiate(&Hello { min_version: 1, max_version: 1, ..h }), None, "version 1 has no READY");
     }
 
     #[test]
     fn mac_binds_direction_nonces_and_secret() {
         let (a, b) = (hello(1, 1), hello(2, 2));
         let secrets = vec![b"old secret 0123456789".to_vec(), b"new secret 0123456789".to_vec()];
-        let t = Transcript { sender_role: Role::Dialer, version: 1, sender: &a, receiver: &b };
+        let t = Transcript { sender_role: Role::Dialer, version: PROTOCOL_MAX, sender: &a, receiver: &b };
         assert!(t.verify(&secrets, &t.sign(&secrets[1])), "either secret is accepted");
         assert!(!t.verify(&secrets[..1], &t.sign(b"another secret 0123")));
-        let reflected = Transcript { sender_role: Role::Acceptor, version: 1, sender: &b, receiver: &a };
+        let reflected = Transcript { sender_role: Role::Acceptor, version: PROTOCOL_MAX, sender: &b, receiver: &a };
         assert!(!reflected.verify(&secrets, &t.sign(&secrets[0])));
         let b2 = hello(2, 9);
         let fresh = Transcript { receiver: &b2, ..t };

@@ -37,6 +37,12 @@ pub mod types {
     pub const AUTH: u16 = 0x0002;
     pub const PING: u16 = 0x0003;
     pub const PONG: u16 = 0x0004;
+    /// Empty: the sender accepted the peer (its HELLO, and its AUTH with
+    /// secrets). A side is ready once it accepted the peer and got its READY.
+    pub const READY: u16 = 0x0005;
+    /// One byte, the refusal (index in `Reason::ALL`): the sender refused
+    /// the peer and closes the connection.
+    pub const REFUSE: u16 = 0x0006;
 }
 
 /// The services a node carries frames for, each with its own range of

@@ -139,13 +139,24 @@ impl Node {
     }
 
     /// Dials `addr` and runs the handshake; returns once `peer_id` is
-    /// ready (or why not: REFUSED, TIMEOUT, IO, PROTOCOL, CLOSED).
+    /// ready (or why not: REFUSED, TIMEOUT, IO, PROTOCOL, CLOSED). With a
+    /// ready connection to `peer_id` already, returns at once and keeps
+    /// it (`addr` is remembered for later reconnects).
     pub fn connect(&self, peer_id: u64, addr: &str) -> Result<()> {
         if peer_id == 0 || peer_id == self.id() {
             return Err(Error::invalid(format!("peer id {peer_id} is 0 or this node's own id")));
         }
         self.inner.check_open()?;
-        self.inner.reg.lock().dialed.insert(peer_id, addr.to_string());
+        {
+            let mut reg = self.inner.reg.lock();
+            reg.dialed.insert(peer_id, addr.to_string());
+            // A ready connection to the peer is used, not doubled: the one
+            // a new connection replaced in `by_peer` would stay open (two
+            // threads, its descriptors, its heartbeats) until the close.
+            if reg.by_peer.contains_key(&peer_id) {
+                return Ok(());
+            }
+        }
         let timeout = self.inner.opts.handshake_timeout;
         let to = addr
             .to_socket_addrs()
@@ -348,6 +359,8 @@ impl Inner {
     ) -> Result<Arc<Conn>> {
         self.check_open()?;
         if let Some(msg) = policy_refusal(&self.opts, &remote) {
+            use std::io::Write;
+            let _ = (&stream).write_all(&frame::encode(crate::node::types::REFUSE, &[Reason::NotLoopback.code()]));
             self.counters.ended(Reason::NotLoopback, &msg, false);
             self.event(0, KEEL_STATUS_REFUSED, &msg);
             return Err(Error::new(KEEL_STATUS_REFUSED, msg));

@@ -75,6 +75,16 @@ impl Reason {
         }
     }
 
+    /// The byte a REFUSE frame carries for this reason.
+    pub fn code(self) -> u8 {
+        Reason::ALL.iter().position(|r| *r == self).expect("every reason is in ALL") as u8
+    }
+
+    /// The refusal a REFUSE frame's byte names, if it names one.
+    pub fn refusal(code: u8) -> Option<Reason> {
+        Reason::ALL.get(code as usize).copied().filter(|r| r.is_refusal())
+    }
+
     /// True for the refusals of the handshake.
     pub fn is_refusal(self) -> bool {
         self.status() == KEEL_STATUS_REFUSED
