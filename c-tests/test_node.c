@@ -214,6 +214,41 @@ static void arguments_are_checked(keel_engine_t *engine) {
   CHECK_RC(KEEL_STATUS_OK, keel_node_close(NULL, NULL));
 }
 
+/* Version 2 of the node structs adds max_handshakes and
+ * refused_handshake_limit at their ends: a version-1 caller gets the
+ * default bound, and its stats struct is written up to its own size. */
+static void version_2_adds_the_handshake_bound(keel_engine_t *engine) {
+  KT_ERR;
+  CHECK_EQ_U64(offsetof(keel_node_options_t, max_handshakes), KEEL_NODE_OPTIONS_SIZE_V1);
+  CHECK_EQ_U64(sizeof(keel_node_options_t), KEEL_NODE_OPTIONS_SIZE_V2);
+  CHECK_EQ_U64(offsetof(keel_node_stats_t, refused_handshake_limit), KEEL_NODE_STATS_SIZE_V1);
+  CHECK_EQ_U64(sizeof(keel_node_stats_t), KEEL_NODE_STATS_SIZE_V2);
+  keel_node_options_t o;
+  keel_node_t *node = NULL;
+  CHECK_RC(KEEL_STATUS_OK, keel_node_options_init_sized(&o, sizeof o));
+  CHECK_EQ_U64(o.max_handshakes, 64);
+  o.node_id = 5;
+  o.max_handshakes = 0;
+  CHECK_STATUS(KEEL_STATUS_INVALID_ARGUMENT, keel_node_open(engine, &o, &node, &err));
+  o.max_handshakes = 65537;
+  CHECK_STATUS(KEEL_STATUS_INVALID_ARGUMENT, keel_node_open(engine, &o, &node, &err));
+  /* A version-1 caller: whatever lies past its struct is not read. */
+  memset(&o, 0xA5, sizeof o);
+  CHECK_RC(KEEL_STATUS_OK, keel_node_options_init_sized(&o, KEEL_NODE_OPTIONS_SIZE_V1));
+  CHECK_EQ_U64(o.max_handshakes, 0xA5A5A5A5u);
+  o.node_id = 5;
+  CHECK_OK(keel_node_open(engine, &o, &node, &err));
+  keel_node_stats_t s;
+  memset(&s, 0xA5, sizeof s);
+  s.struct_size = KEEL_NODE_STATS_SIZE_V1;
+  CHECK_RC(KEEL_STATUS_OK, keel_node_stats(node, &s));
+  CHECK_EQ_U64(s.refused_handshake_limit, 0xA5A5A5A5A5A5A5A5ull);
+  s = stats_of(node);
+  CHECK_EQ_U64(s.struct_size, KEEL_NODE_STATS_SIZE_V2);
+  CHECK_EQ_U64(s.refused_handshake_limit, 0);
+  CHECK_RC(KEEL_STATUS_OK, keel_node_close(node, NULL));
+}
+
 int main(void) {
   KT_ERR;
   char *dir = kt_tempdir();
@@ -222,6 +257,7 @@ int main(void) {
   two_nodes_with_a_secret_connect(engine);
   a_wrong_secret_is_refused_and_counted(engine);
   arguments_are_checked(engine);
+  version_2_adds_the_handshake_bound(engine);
   CHECK_OK(keel_engine_close(engine, &err));
   kt_rmdir(dir);
   printf("test_node: ok\n");

@@ -185,9 +185,19 @@
 #define KEEL_NODE_OPTIONS_SIZE_V1 112
 
 /**
+ * sizeof(keel_node_options_t) of version 2 (adds max_handshakes).
+ */
+#define KEEL_NODE_OPTIONS_SIZE_V2 120
+
+/**
  * sizeof(keel_node_stats_t) of version 1.
  */
 #define KEEL_NODE_STATS_SIZE_V1 208
+
+/**
+ * sizeof(keel_node_stats_t) of version 2 (adds refused_handshake_limit).
+ */
+#define KEEL_NODE_STATS_SIZE_V2 216
 
 /**
  * sizeof(keel_read_options_t) of version 1.
@@ -1142,6 +1152,15 @@ typedef struct keel_node_options_t {
    * stay valid until keel_node_close() returned.
    */
   void *user_data;
+  /**
+   * Accepted connections in their handshake at once, 1 to 65536;
+   * default 64 (version 2). Each holds a thread and a read buffer before
+   * its peer proved anything: past this a new connection is refused at
+   * once (refused_handshake_limit). Connections this node dials do not
+   * count.
+   */
+  uint32_t max_handshakes;
+  uint32_t _reserved2;
 } keel_node_options_t;
 
 /**
@@ -1229,6 +1248,11 @@ typedef struct keel_node_stats_t {
    * Connections closed by keel_node_close().
    */
   uint64_t closed_by_shutdown;
+  /**
+   * Connections refused at once because max_handshakes accepted ones
+   * were in their handshake (version 2).
+   */
+  uint64_t refused_handshake_limit;
 } keel_node_stats_t;
 
 /**

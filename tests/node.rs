@@ -50,7 +50,8 @@ fn open(id: u64, secrets: &[&[u8]]) -> (Node, Events) {
     (Node::open(o).unwrap(), rx)
 }
 
-/// Waits (on the node's events) until `pred` holds for its stats.
+/// Waits until `pred` holds for the node's stats: woken by its events,
+/// and looking every 10 ms for counters no event reports (an accept).
 fn wait_for(node: &Node, events: &Events, what: &str, pred: impl Fn(&NodeStats) -> bool) -> NodeStats {
     let deadline = Instant::now() + HANG_GUARD;
     loop {
@@ -58,10 +59,10 @@ fn wait_for(node: &Node, events: &Events, what: &str, pred: impl Fn(&NodeStats) 
         if pred(&s) {
             return s;
         }
-        let left = deadline.saturating_duration_since(Instant::now());
-        if events.recv_timeout(left).is_err() {
+        if Instant::now() >= deadline {
             panic!("hang guard: still waiting for {what}; stats {s:?}");
         }
+        let _ = events.recv_timeout(Duration::from_millis(10));
     }
 }
 
@@ -514,4 +515,32 @@ fn connecting_to_a_connected_peer_does_not_pile_up_connections() {
     }
     let s = b.stats();
     assert_eq!(s.peers, 1, "20 more connections to the one peer 1 stay open ({} fds more): {s:?}", open_fds() as i64 - fds as i64);
+}
+
+/// Accepted connections still in their handshake are bounded: past
+/// `max_handshakes` a new one is refused at once (told why with REFUSE)
+/// and counted; once one of them ends, a connection is accepted again.
+#[test]
+fn connections_in_their_handshake_are_bounded() {
+    let (o, ev) = options(1, &[]);
+    // The strangers never time out: only the test decides who leaves.
+    let n = Node::open(NodeOptions { max_handshakes: 2, handshake_timeout: Duration::from_secs(3600), ..o }).unwrap();
+    // Two strangers that connect and say nothing.
+    let mut silent: Vec<Raw> = (0..2).map(|_| Raw::connect(&n)).collect();
+    wait_for(&n, &ev, "two accepted", |s| s.accepted == 2);
+    let mut third = Raw::connect(&n);
+    let (ty, p) = third.read_frame();
+    assert_eq!((ty, p), (types::REFUSE, vec![Reason::HandshakeLimit.code()]));
+    third.until_closed();
+    let s = wait_for(&n, &ev, "the refusal", |s| s.ended(Reason::HandshakeLimit) == 1);
+    assert_eq!(s.accepted, 3, "{s:?}");
+    // One stranger leaves (unread, the node's HELLO makes its close a
+    // reset): its place is free again.
+    drop(silent.remove(0));
+    wait_for(&n, &ev, "the stranger's end", |s| s.ended.iter().sum::<u64>() == 2);
+    Raw::ready(&n, 7);
+    let s = wait_for(&n, &ev, "the handshake", |s| s.handshakes == 1);
+    assert_eq!(s.ended(Reason::HandshakeLimit), 1, "{s:?}");
+    let bad = NodeOptions { node_id: 1, max_handshakes: 0, ..NodeOptions::default() };
+    assert_eq!(Node::open(bad).err().map(|e| e.status), Some(KEEL_STATUS_INVALID_ARGUMENT));
 }

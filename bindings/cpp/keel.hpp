@@ -2529,6 +2529,9 @@ class NodeOptions {
     raw_.handshake_timeout_ms = detail::clamp_ms(ms);
     return *this;
   }
+  /// Accepted connections in their handshake at once, 1 to 65536 (default
+  /// 64); past it a new one is refused at once (refused_handshake_limit).
+  NodeOptions& max_handshakes(uint32_t n) noexcept { raw_.max_handshakes = n; return *this; }
   /// Bytes one connection may buffer (one inbound frame plus queued
   /// outbound bytes); at least twice max_frame_bytes plus headers
   /// (default 64 MiB).
@@ -2568,6 +2571,7 @@ class NodeOptions {
   std::chrono::milliseconds handshake_timeout() const noexcept {
     return std::chrono::milliseconds(raw_.handshake_timeout_ms);
   }
+  uint32_t max_handshakes() const noexcept { return raw_.max_handshakes; }
   uint64_t conn_memory_bytes() const noexcept { return raw_.conn_memory_bytes; }
   std::chrono::milliseconds heartbeat_interval() const noexcept {
     return std::chrono::milliseconds(raw_.heartbeat_interval_ms);
@@ -2636,6 +2640,7 @@ struct NodeStats {
   uint64_t resets = 0;                ///< connections reset, failed to send, or ended inside a frame
   uint64_t closed_by_peer = 0;        ///< connections the peer closed between frames
   uint64_t closed_by_shutdown = 0;    ///< connections closed by Node::close()
+  uint64_t refused_handshake_limit = 0;  ///< refused at once: max_handshakes accepted ones were in their handshake
 };
 
 namespace detail {
@@ -2738,6 +2743,7 @@ inline NodeStats to_stats(const keel_node_stats_t& s) noexcept {
   o.resets = s.resets;
   o.closed_by_peer = s.closed_by_peer;
   o.closed_by_shutdown = s.closed_by_shutdown;
+  o.refused_handshake_limit = s.refused_handshake_limit;
   return o;
 }
 

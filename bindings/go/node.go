@@ -67,6 +67,12 @@ type NodeOptions struct {
 	// by then, 1 ms to 1 h (rounded up to a whole millisecond); default 5 s.
 	// Also the TCP connect timeout of Connect.
 	HandshakeTimeout time.Duration
+	// MaxHandshakes bounds the accepted connections still in their
+	// handshake, 1 to 65536; default 64. Each holds a thread and a read
+	// buffer before its peer proved anything: past the bound a new one is
+	// refused at once (RefusedHandshakeLimit). Dialed connections do not
+	// count.
+	MaxHandshakes uint32
 	// ConnMemoryBytes is what one connection may buffer (one inbound frame
 	// plus queued outbound bytes), at least twice MaxFrameBytes plus
 	// headers; default 64 MiB. A peer that stops reading is cut off past it.
@@ -166,6 +172,9 @@ func (o *NodeOptions) toC() (*cNodeOptions, error) {
 	if o.HandshakeTimeout > 0 {
 		c.handshake_timeout_ms = C.uint32_t(durationMs(o.HandshakeTimeout, math.MaxUint32))
 	}
+	if o.MaxHandshakes != 0 {
+		c.max_handshakes = C.uint32_t(o.MaxHandshakes)
+	}
 	if o.ConnMemoryBytes != 0 {
 		c.conn_memory_bytes = C.uint64_t(o.ConnMemoryBytes)
 	}
@@ -218,6 +227,9 @@ type NodeStats struct {
 	Resets             uint64 // connections reset, failed to send, or ended inside a frame
 	ClosedByPeer       uint64 // connections the peer closed between frames
 	ClosedByShutdown   uint64 // connections closed by Close
+	// connections refused at once: MaxHandshakes accepted ones were in
+	// their handshake
+	RefusedHandshakeLimit uint64
 }
 
 func nodeStatsOut() C.keel_node_stats_t {
@@ -228,31 +240,32 @@ func nodeStatsOut() C.keel_node_stats_t {
 
 func toNodeStats(s *C.keel_node_stats_t) NodeStats {
 	return NodeStats{
-		Peers:              uint64(s.peers),
-		Accepted:           uint64(s.accepted),
-		Dialed:             uint64(s.dialed),
-		Handshakes:         uint64(s.handshakes),
-		FramesIn:           uint64(s.frames_in),
-		FramesOut:          uint64(s.frames_out),
-		BytesIn:            uint64(s.bytes_in),
-		BytesOut:           uint64(s.bytes_out),
-		PingsSent:          uint64(s.pings_sent),
-		PongsReceived:      uint64(s.pongs_received),
-		CancelledFrames:    uint64(s.cancelled_frames),
-		RefusedBadMAC:      uint64(s.refused_bad_mac),
-		RefusedReplay:      uint64(s.refused_replay),
-		RefusedVersion:     uint64(s.refused_version),
-		RefusedNotLoopback: uint64(s.refused_not_loopback),
-		RefusedWrongNode:   uint64(s.refused_wrong_node),
-		HandshakeTimeouts:  uint64(s.handshake_timeouts),
-		MalformedFrames:    uint64(s.malformed_frames),
-		OversizedFrames:    uint64(s.oversized_frames),
-		UnknownTypes:       uint64(s.unknown_types),
-		HeartbeatTimeouts:  uint64(s.heartbeat_timeouts),
-		OutboundOverflows:  uint64(s.outbound_overflows),
-		Resets:             uint64(s.resets),
-		ClosedByPeer:       uint64(s.closed_by_peer),
-		ClosedByShutdown:   uint64(s.closed_by_shutdown),
+		Peers:                 uint64(s.peers),
+		Accepted:              uint64(s.accepted),
+		Dialed:                uint64(s.dialed),
+		Handshakes:            uint64(s.handshakes),
+		FramesIn:              uint64(s.frames_in),
+		FramesOut:             uint64(s.frames_out),
+		BytesIn:               uint64(s.bytes_in),
+		BytesOut:              uint64(s.bytes_out),
+		PingsSent:             uint64(s.pings_sent),
+		PongsReceived:         uint64(s.pongs_received),
+		CancelledFrames:       uint64(s.cancelled_frames),
+		RefusedBadMAC:         uint64(s.refused_bad_mac),
+		RefusedReplay:         uint64(s.refused_replay),
+		RefusedVersion:        uint64(s.refused_version),
+		RefusedNotLoopback:    uint64(s.refused_not_loopback),
+		RefusedWrongNode:      uint64(s.refused_wrong_node),
+		HandshakeTimeouts:     uint64(s.handshake_timeouts),
+		MalformedFrames:       uint64(s.malformed_frames),
+		OversizedFrames:       uint64(s.oversized_frames),
+		UnknownTypes:          uint64(s.unknown_types),
+		HeartbeatTimeouts:     uint64(s.heartbeat_timeouts),
+		OutboundOverflows:     uint64(s.outbound_overflows),
+		Resets:                uint64(s.resets),
+		ClosedByPeer:          uint64(s.closed_by_peer),
+		ClosedByShutdown:      uint64(s.closed_by_shutdown),
+		RefusedHandshakeLimit: uint64(s.refused_handshake_limit),
 	}
 }
 

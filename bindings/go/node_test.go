@@ -223,6 +223,7 @@ func TestNodeOptionsAreValidated(t *testing.T) {
 		{"negative heartbeat", NodeOptions{NodeID: 5, HeartbeatInterval: -1}, ErrInvalidArgument},
 		{"long close", NodeOptions{NodeID: 5, CloseTimeout: 11 * time.Minute}, ErrInvalidArgument},
 		{"transfers", NodeOptions{NodeID: 5, MaxConcurrentTransfers: 1025}, ErrInvalidArgument},
+		{"handshakes", NodeOptions{NodeID: 5, MaxHandshakes: 65537}, ErrInvalidArgument},
 		{"NUL in address", NodeOptions{NodeID: 5, ListenAddr: "127.0.0.1:0\x00x"}, ErrInvalidArgument},
 		// TEST-NET-1: a valid address no local interface has (no DNS involved).
 		{"unbindable", NodeOptions{NodeID: 5, ListenAddr: "192.0.2.1:0"}, ErrIO},

@@ -113,6 +113,13 @@ pub struct keel_node_options_t {
     /// Passed to on_event as `user`; keel never dereferences it. It must
     /// stay valid until keel_node_close() returned.
     pub user_data: *mut c_void,
+    /// Accepted connections in their handshake at once, 1 to 65536;
+    /// default 64 (version 2). Each holds a thread and a read buffer before
+    /// its peer proved anything: past this a new connection is refused at
+    /// once (refused_handshake_limit). Connections this node dials do not
+    /// count.
+    pub max_handshakes: u32,
+    pub _reserved2: u32,
 }
 
 /// Counters of a node (keel_node_stats()). Set struct_size to
@@ -166,20 +173,29 @@ pub struct keel_node_stats_t {
     pub closed_by_peer: u64,
     /// Connections closed by keel_node_close().
     pub closed_by_shutdown: u64,
+    /// Connections refused at once because max_handshakes accepted ones
+    /// were in their handshake (version 2).
+    pub refused_handshake_limit: u64,
 }
 
 /// sizeof(keel_node_options_t) of version 1.
 pub const KEEL_NODE_OPTIONS_SIZE_V1: u32 = 112;
+/// sizeof(keel_node_options_t) of version 2 (adds max_handshakes).
+pub const KEEL_NODE_OPTIONS_SIZE_V2: u32 = 120;
 /// sizeof(keel_node_stats_t) of version 1.
 pub const KEEL_NODE_STATS_SIZE_V1: u32 = 208;
+/// sizeof(keel_node_stats_t) of version 2 (adds refused_handshake_limit).
+pub const KEEL_NODE_STATS_SIZE_V2: u32 = 216;
 
-versioned!(keel_node_options_t, [KEEL_NODE_OPTIONS_SIZE_V1]);
-versioned!(keel_node_stats_t, [KEEL_NODE_STATS_SIZE_V1]);
+const _: () = assert!(std::mem::offset_of!(keel_node_options_t, max_handshakes) == KEEL_NODE_OPTIONS_SIZE_V1 as usize);
+const _: () = assert!(std::mem::offset_of!(keel_node_stats_t, refused_handshake_limit) == KEEL_NODE_STATS_SIZE_V1 as usize);
+versioned!(keel_node_options_t, [KEEL_NODE_OPTIONS_SIZE_V1, KEEL_NODE_OPTIONS_SIZE_V2]);
+versioned!(keel_node_stats_t, [KEEL_NODE_STATS_SIZE_V1, KEEL_NODE_STATS_SIZE_V2]);
 
 fn default_options() -> keel_node_options_t {
     let d = NodeOptions::default();
     keel_node_options_t {
-            struct_size: KEEL_NODE_OPTIONS_SIZE_V1,
+            struct_size: KEEL_NODE_OPTIONS_SIZE_V2,
             allow_remote_without_secret: 0,
             node_id: 0,
             listen_addr: std::ptr::null(),
@@ -197,6 +213,8 @@ fn default_options() -> keel_node_options_t {
             transfer_bandwidth_bytes_per_sec: d.transfer_bandwidth_bytes_per_sec,
             on_event: None,
             user_data: std::ptr::null_mut(),
+            max_handshakes: d.max_handshakes,
+            _reserved2: 0,
         }
 }
 
@@ -257,6 +275,7 @@ fn options_from_c(p: *const keel_node_options_t) -> crate::Result<NodeOptions> {
         max_frame_bytes: o.max_frame_bytes,
         conn_memory_bytes: o.conn_memory_bytes,
         handshake_timeout: ms(o.handshake_timeout_ms),
+        max_handshakes: o.max_handshakes,
         heartbeat_interval: ms(o.heartbeat_interval_ms),
         heartbeat_misses: o.heartbeat_misses,
         close_timeout: ms(o.close_timeout_ms),
@@ -346,7 +365,7 @@ pub extern "C" fn keel_node_connect(
 fn stats_out(s: &NodeStats, out: *mut keel_node_stats_t) -> crate::Result<()> {
     let e = |r: Reason| s.ended(r);
     let value = keel_node_stats_t {
-        struct_size: KEEL_NODE_STATS_SIZE_V1,
+        struct_size: KEEL_NODE_STATS_SIZE_V2,
         _reserved: 0,
         peers: s.peers,
         accepted: s.accepted,
@@ -373,6 +392,7 @@ fn stats_out(s: &NodeStats, out: *mut keel_node_stats_t) -> crate::Result<()> {
         resets: e(Reason::Reset),
         closed_by_peer: e(Reason::ClosedByPeer),
         closed_by_shutdown: e(Reason::Shutdown),
+        refused_handshake_limit: e(Reason::HandshakeLimit),
     };
     write_stats(out, value)
 }

@@ -196,6 +196,9 @@ impl Conn {
         // Counted before the state changes, so that whoever waits on the
         // state (Node::connect) sees the counters already updated.
         let mut st = self.state.lock();
+        if *st == State::Handshake && self.role == Role::Acceptor {
+            node.handshake_over();
+        }
         node.counters.ended(r, &msg, *st == State::Ready);
         *st = State::Ended(r, msg.clone());
         self.cv.notify_all();
@@ -290,8 +293,14 @@ impl Conn {
             // The buffer never holds more than one frame and its header:
             // a complete frame is decoded above before reading on. A read
             // asks for the rest of the frame whose header is in, at least
-            // 64 KiB (the next frames' start may come with it).
-            let want = frame::total_len(&buf[..filled]).map_or(0, |t| t.saturating_sub(filled)).max(64 << 10);
+            // 64 KiB once the peer is ready (the next frames' start may
+            // come with it); before, one handshake frame at most, so a
+            // stranger makes the node hold no more than that.
+            let least = match stage {
+                Stage::Ready => 64 << 10,
+                _ => HEADER_LEN + stage.max_payload(o.max_frame_bytes) as usize,
+            };
+            let want = frame::total_len(&buf[..filled]).map_or(0, |t| t.saturating_sub(filled)).max(least);
             let end = (filled + want).min(limit);
             if buf.len() < end {
                 buf.resize(end, 0);
@@ -453,6 +462,9 @@ impl Conn {
     /// Registered (and counted) before the state changes, so that
     /// `Node::connect` returns with the peer already reachable by `send`.
     fn ready(&self, node: &Inner) -> std::result::Result<(), Ended> {
+        if self.role == Role::Acceptor {
+            node.handshake_over();
+        }
         node.ready(self);
         *self.state.lock() = State::Ready;
         self.cv.notify_all();

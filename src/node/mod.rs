@@ -104,6 +104,11 @@ pub struct NodeOptions {
     pub conn_memory_bytes: u64,
     /// A connection whose handshake has not finished by then is closed.
     pub handshake_timeout: Duration,
+    /// Accepted connections still in their handshake at once, 1..=65536:
+    /// each holds a thread and a read buffer before its peer proved
+    /// anything, so past this a new one is refused at once
+    /// (`Reason::HandshakeLimit`). Connections this node dials do not count.
+    pub max_handshakes: u32,
     /// A PING goes out every interval; a peer heard nothing from for
     /// `heartbeat_misses` intervals is dropped.
     pub heartbeat_interval: Duration,
@@ -129,6 +134,7 @@ impl Default for NodeOptions {
             max_frame_bytes: 16 << 20,
             conn_memory_bytes: 64 << 20,
             handshake_timeout: Duration::from_secs(5),
+            max_handshakes: 64,
             heartbeat_interval: Duration::from_secs(1),
             heartbeat_misses: 5,
             close_timeout: Duration::from_secs(2),
@@ -172,6 +178,9 @@ impl NodeOptions {
             if !(1..=3_600_000).contains(&ms(d)) {
                 return Err(Error::invalid(format!("{name} of {} ms is outside 1..=3600000 ms", ms(d))));
             }
+        }
+        if !(1..=65536).contains(&self.max_handshakes) {
+            return Err(Error::invalid(format!("max_handshakes {} is outside 1..=65536", self.max_handshakes)));
         }
         if !(1..=1000).contains(&self.heartbeat_misses) {
             return Err(Error::invalid(format!("heartbeat_misses {} is outside 1..=1000", self.heartbeat_misses)));

@@ -13,7 +13,7 @@ use parking_lot::{Mutex, RwLock};
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -42,6 +42,10 @@ pub(crate) struct Inner {
     net: Mutex<Option<Net>>,
     writer_opts: WriterOptions,
     closing: AtomicBool,
+    /// Accepted connections whose handshake has not ended yet (bounded by
+    /// `max_handshakes`): counted up by the accept loop, down by the
+    /// connection's thread once it is ready or over.
+    handshaking: AtomicU32,
 }
 
 /// A node: listens, dials, and carries typed frames between authenticated
@@ -104,6 +108,7 @@ impl Node {
             net: Mutex::new(Some(net)),
             writer_opts,
             closing: AtomicBool::new(false),
+            handshaking: AtomicU32::new(0),
         });
         let l = listener.try_clone().map_err(|e| Error::io("dup the node listener", e))?;
         let i = inner.clone();
@@ -359,11 +364,17 @@ impl Inner {
     ) -> Result<Arc<Conn>> {
         self.check_open()?;
         if let Some(msg) = policy_refusal(&self.opts, &remote) {
-            use std::io::Write;
-            let _ = (&stream).write_all(&frame::encode(crate::node::types::REFUSE, &[Reason::NotLoopback.code()]));
-            self.counters.ended(Reason::NotLoopback, &msg, false);
-            self.event(0, KEEL_STATUS_REFUSED, &msg);
-            return Err(Error::new(KEEL_STATUS_REFUSED, msg));
+            return Err(self.refuse_at_once(&stream, Reason::NotLoopback, msg));
+        }
+        let accepted = role == Role::Acceptor;
+        // Only the accept loop counts up, so the check and the count
+        // cannot race with another accept.
+        if accepted && self.handshaking.load(Ordering::Acquire) >= self.opts.max_handshakes {
+            let msg = format!(
+                "node refused a connection from {remote}: {} accepted connections are in their handshake already (max_handshakes)",
+                self.opts.max_handshakes
+            );
+            return Err(self.refuse_at_once(&stream, Reason::HandshakeLimit, msg));
         }
         let wfd = stream.try_clone().map_err(|e| Error::io("dup a node socket", e))?.into_raw_fd();
         let adopted = match &*self.net.lock() {
@@ -379,6 +390,10 @@ impl Inner {
         reg.next_seq += 1;
         let seq = reg.next_seq;
         let conn = Arc::new(Conn::new(seq, role, remote, expect, stream, writer));
+        if accepted {
+            // Before its thread starts, which counts it down at its end.
+            self.handshaking.fetch_add(1, Ordering::AcqRel);
+        }
         let (c, me) = (conn.clone(), self.clone());
         let thread = std::thread::Builder::new().name("keel-node-conn".into()).spawn(move || c.run(me));
         match thread {
@@ -388,11 +403,30 @@ impl Inner {
             }
             Err(e) => {
                 drop(reg);
+                if accepted {
+                    self.handshake_over();
+                }
                 let err = Error::io("spawn a node connection thread", e);
                 conn.end(Reason::Reset, err.to_string());
                 Err(err)
             }
         }
+    }
+
+    /// Refuses a connection before it has a thread: tells the peer why (a
+    /// REFUSE frame, best effort), counts and reports the refusal.
+    fn refuse_at_once(&self, stream: &TcpStream, r: Reason, msg: String) -> Error {
+        use std::io::Write;
+        let _ = (&*stream).write_all(&frame::encode(crate::node::types::REFUSE, &[r.code()]));
+        self.counters.ended(r, &msg, false);
+        self.event(0, r.status(), &msg);
+        Error::new(r.status(), msg)
+    }
+
+    /// An accepted connection's handshake ended (ready, refused or cut).
+    pub(crate) fn handshake_over(&self) {
+        let before = self.handshaking.fetch_sub(1, Ordering::AcqRel);
+        debug_assert!(before > 0, "a handshake ended that was never counted");
     }
 
     pub(crate) fn ready(&self, conn: &Conn) {

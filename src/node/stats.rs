@@ -39,9 +39,14 @@ pub enum Reason {
     ClosedByPeer,
     /// This node closed it (keel_node_close).
     Shutdown,
+    /// Refused: `max_handshakes` accepted connections were in their
+    /// handshake already.
+    HandshakeLimit,
 }
 
-pub const REASONS: usize = 14;
+/// Reasons keep their place (their index is the byte of a REFUSE frame and
+/// of the stats array): new ones go at the end.
+pub const REASONS: usize = 15;
 
 impl Reason {
     pub const ALL: [Reason; REASONS] = [
@@ -59,14 +64,18 @@ impl Reason {
         Reason::Reset,
         Reason::ClosedByPeer,
         Reason::Shutdown,
+        Reason::HandshakeLimit,
     ];
 
     /// The status a caller sees for a connection that ended this way.
     pub fn status(self) -> keel_status_t {
         match self {
-            Reason::BadMac | Reason::Replay | Reason::Version | Reason::NotLoopback | Reason::WrongNode => {
-                KEEL_STATUS_REFUSED
-            }
+            Reason::BadMac
+            | Reason::Replay
+            | Reason::Version
+            | Reason::NotLoopback
+            | Reason::WrongNode
+            | Reason::HandshakeLimit => KEEL_STATUS_REFUSED,
             Reason::HandshakeTimeout | Reason::HeartbeatTimeout => KEEL_STATUS_TIMEOUT,
             Reason::Malformed | Reason::Oversized | Reason::UnknownType => KEEL_STATUS_PROTOCOL,
             Reason::OutboundOverflow => KEEL_STATUS_BUSY,

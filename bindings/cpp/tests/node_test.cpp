@@ -229,13 +229,14 @@ TEST(NodeOptionsTest, DefaultsAndSetters) {
   EXPECT_EQ(o.close_timeout(), 2000ms);
   EXPECT_EQ(o.max_concurrent_transfers(), 4u);
   EXPECT_EQ(o.transfer_bandwidth_bytes_per_sec(), 0u);
+  EXPECT_EQ(o.max_handshakes(), 64u);
   EXPECT_FALSE(o.on_event());
 
   std::string secret = "a secret of some length";
   o.node_id(9).listen_addr("127.0.0.1:0").secret(secret).secret2(std::vector<uint8_t>(16, 7));
   o.allow_remote_without_secret(true).max_frame_bytes(8192).handshake_timeout(-3ms);
   o.conn_memory_bytes(1 << 20).heartbeat_interval(std::chrono::hours(24 * 365 * 100)).heartbeat_misses(2);
-  o.close_timeout(0ms).max_concurrent_transfers(8).transfer_bandwidth_bytes_per_sec(1000);
+  o.close_timeout(0ms).max_concurrent_transfers(8).transfer_bandwidth_bytes_per_sec(1000).max_handshakes(3);
   secret.assign(secret.size(), 'x');  // the options hold their own copy
   EXPECT_EQ(o.node_id(), 9u);
   EXPECT_EQ(o.listen_addr(), "127.0.0.1:0");
@@ -250,6 +251,7 @@ TEST(NodeOptionsTest, DefaultsAndSetters) {
   EXPECT_EQ(o.close_timeout(), 0ms);
   EXPECT_EQ(o.max_concurrent_transfers(), 8u);
   EXPECT_EQ(o.transfer_bandwidth_bytes_per_sec(), 1000u);
+  EXPECT_EQ(o.max_handshakes(), 3u);
   // The setters never point the raw struct at their copies: open() does,
   // on its own copy, so copies of the options never dangle.
   EXPECT_EQ(o.raw().secret, nullptr);
