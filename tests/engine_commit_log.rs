@@ -446,3 +446,136 @@ fn a_shard_list_record_a_killed_process_never_synced_is_synced_before_use() {
         engine.close().unwrap();
     }
 }
+
+fn engine_with(fs: &FaultFs, opts: Options) -> keel::Result<Engine> {
+    Engine::open_with_fs(Path::new(ENGINE), opts, Arc::new(fs.clone()))
+}
+
+/// Writes acknowledged in SYNC durability live only in the commit log
+/// after a kill -9 (the shard WAL held them in memory). The next open is
+/// in another durability mode: docs/STORAGE.md says an engine opened
+/// without the commit log "still restores the copies an earlier open
+/// left". It must open and hold the writes.
+#[test]
+fn copies_go_back_when_the_engine_reopens_in_another_durability() {
+    for durability in [Durability::None, Durability::Periodic(std::time::Duration::from_secs(1))] {
+        let fs = FaultFs::new(1);
+        let engine = engine_with(&fs, options(Steps::default())).unwrap();
+        let s = engine.open_shard(1, true).unwrap();
+        s.flush(true).unwrap();
+        for i in 0..10 {
+            s.put(format!("k{i}").as_bytes(), b"v").unwrap();
+        }
+        // SIGKILL: the shard WAL's held frames die with the process.
+        fs.halt();
+        drop(s);
+        drop(engine);
+        fs.resume();
+        let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| engine_with(&fs, Options { durability, ..options(Steps::default()) })));
+        let engine = match opened {
+            Ok(Ok(e)) => e,
+            Ok(Err(e)) => panic!("{durability:?}: the engine did not open: {e}"),
+            Err(_) => panic!("{durability:?}: the engine's open panicked"),
+        };
+        let s = engine.open_shard(1, false).unwrap();
+        for i in 0..10 {
+            assert!(s.get(format!("k{i}").as_bytes()).unwrap().is_some(), "{durability:?}: k{i} lost");
+        }
+        s.close().unwrap();
+        engine.close().unwrap();
+    }
+}
+
+/// A large write acknowledged through the commit log with 1 MiB WAL
+/// segments; the power goes (the shard WAL never synced the frame); the
+/// engine reopens with 64 KiB segments (a valid option: a shard WAL that
+/// kept the frame replays it whatever the option). The restore of the
+/// frame from its copy refused it for the new limit on new records, and
+/// the engine did not open. Deterministic: the flush thread is parked
+/// (lockstep), no segment is prepared in the background, and the seeds
+/// are ones whose power loss drops the frame (asserted by the stats).
+#[test]
+fn a_restored_frame_is_not_refused_for_a_smaller_segment_size() {
+    let value = vec![b'x'; 200 << 10];
+    let mut restored = 0;
+    for seed in 0..8 {
+        let fs = FaultFs::new(seed);
+        let lockstep = Arc::new(Lockstep::default());
+        let big = Options { wal_segment_size: 1 << 20, steps: Steps::new(lockstep.clone()), ..options(Steps::default()) };
+        let engine = engine_with(&fs, big).unwrap();
+        let s = engine.open_shard(1, true).unwrap();
+        s.put(b"small", b"v").unwrap();
+        s.put(b"big", &value).unwrap();
+        fs.halt();
+        lockstep.release();
+        drop(s);
+        drop(engine);
+        fs.crash();
+        let engine = engine_with(&fs, options(Steps::default())).unwrap_or_else(|e| panic!("seed {seed}: the engine did not open: {e}"));
+        restored += engine.stats().unwrap().restored_frames;
+        let s = engine.open_shard(1, false).unwrap_or_else(|e| panic!("seed {seed}: shard: {e}"));
+        assert_eq!(s.get(b"big").unwrap().map(|e| e.value), Some(keel::shard::Value::Bytes(value.clone())), "seed {seed}");
+        s.close().unwrap();
+        engine.close().unwrap();
+    }
+    assert!(restored > 0, "no seed needed a restore");
+}
+
+/// docs/STORAGE.md, "The commit log": a shard whose WAL failed to close
+/// "may have acknowledged writes in no durable file but their copies ...
+/// Opening that shard again before then [the engine's reopen] is IO: the
+/// shortened WAL would hand its versions out again". `Engine::open_shard`
+/// refuses it, but a WAL-delta transfer's reception (`receive_shard(id,
+/// None)`) opened the shortened WAL all the same: the receiver announced
+/// the version its WAL ends at (below what it acknowledged), the source
+/// sent nothing, the host got the shard back without its acknowledged
+/// writes and handed their versions out again.
+#[test]
+fn a_transfer_does_not_reopen_a_shard_whose_wal_failed_to_close() {
+    use common::side::{node_options, Side};
+    use keel::node::Node;
+    use keel::transfer::{Method, TransferOptions, Transfers};
+    const SHARD: u32 = 7;
+    let opts = Options { flush_interval: None, wal_segment_size: 64 << 10, ..Options::default() };
+    let src = Side::temp("held-src", node_options(1), opts.clone());
+    let dst_dir = Path::new("/keel/dst");
+    let fs = common::tripfs::TripFs::new(FaultFs::new(1), dst_dir.join("shards").join(SHARD.to_string()).join("wal"));
+    let dst_engine = Arc::new(Engine::open_with_fs(dst_dir, opts, Arc::new(fs.clone())).unwrap());
+    let dst_node = Arc::new(Node::open(node_options(2)).unwrap());
+    let dst = Transfers::attach(dst_node.clone(), dst_engine.clone()).unwrap();
+    src.node.connect(2, &dst_node.addr().to_string()).unwrap();
+
+    let shard = src.engine.open_shard(SHARD, true).unwrap();
+    for i in 0..20 {
+        shard.put(format!("src{i}").as_bytes(), b"s").unwrap();
+    }
+    dst.expect(SHARD, 1);
+    let first = src.transfers.send_shard(&shard, SHARD, 2, &TransferOptions { method: Method::Snapshot, ..Default::default() }).unwrap();
+    let had = first.last_version;
+    shard.set_keep_from(had + 1).unwrap();
+
+    // The receiver's host opens the copy, closes it and opens it again:
+    // now its writes are made durable by the commit log.
+    dst_engine.open_shard(SHARD, false).unwrap().close().unwrap();
+    let s = dst_engine.open_shard(SHARD, false).unwrap();
+    s.flush(true).unwrap();
+    let before = dst_engine.stats().unwrap().commits;
+    let acked: Vec<u64> = (0..5).map(|i| s.put(format!("local{i}").as_bytes(), b"l").unwrap()).collect();
+    assert_eq!(dst_engine.stats().unwrap().commits - before, 5, "committed through the commit log");
+    // Its WAL cannot write the held frames: the close fails.
+    fs.fail_writes.store(true, std::sync::atomic::Ordering::SeqCst);
+    assert!(s.close().is_err());
+    fs.fail_writes.store(false, std::sync::atomic::Ordering::SeqCst);
+    drop(s);
+    let refused = dst_engine.open_shard(SHARD, false).err().expect("refused until the engine reopens");
+    assert_eq!(refused.status, keel::status::KEEL_STATUS_IO, "{refused}");
+
+    // The source refreshes its copy with a WAL delta.
+    dst.expect(SHARD, 1);
+    let delta = src.transfers.send_shard(&shard, SHARD, 2, &TransferOptions { method: Method::WalDelta, ..Default::default() });
+    assert!(delta.is_err(), "a WAL delta went onto the shortened WAL, below the acknowledged {acked:?}: {delta:?}");
+    let still = dst_engine.open_shard(SHARD, false).err().map(|e| e.status);
+    assert_eq!(still, Some(keel::status::KEEL_STATUS_IO), "refused until the engine reopens");
+    let _ = dst_node.close();
+    dst.close();
+}

@@ -48,6 +48,7 @@ impl Engine {
                 }
                 _ => {}
             }
+            self.check_not_held(id)?;
             match base {
                 Some(_) => {
                     if state.list.contains(id) {

@@ -357,12 +357,7 @@ impl Engine {
                 }
                 _ => {}
             }
-            if self.commit_log.as_ref().is_some_and(|log| log.holds(id)) {
-                return Err(Error::new(
-                    KEEL_STATUS_IO,
-                    format!("shard {id}'s WAL failed to close: its acknowledged writes are in the engine's commit log, which gives them back when the engine reopens; reopen the engine before the shard"),
-                ));
-            }
+            self.check_not_held(id)?;
             let create = !state.list.contains(id);
             if create {
                 if !create_if_missing {
@@ -397,6 +392,20 @@ impl Engine {
             }
         });
         self.settle(id, opened, Slot::Open)
+    }
+
+    /// IO when shard `id`'s WAL failed to close since the engine opened:
+    /// its acknowledged writes are in the commit log only, and opening its
+    /// shortened WAL (a host's open, a transfer's reception) would hand
+    /// their versions out again.
+    pub(super) fn check_not_held(&self, id: u32) -> Result<()> {
+        if self.commit_log.as_ref().is_some_and(|log| log.holds(id)) {
+            return Err(Error::new(
+                KEEL_STATUS_IO,
+                format!("shard {id}'s WAL failed to close: its acknowledged writes are in the engine's commit log, which gives them back when the engine reopens; reopen the engine before the shard"),
+            ));
+        }
+        Ok(())
     }
 
     /// Puts the outcome of opening shard `id` (whose slot is `Opening`)

@@ -81,8 +81,9 @@ impl Staged {
 /// (the shard's choice, `wal_fs`); the engine syncs it when it must. Its tail is restorable
 /// (`wal::Options::restorable_tail`): frames lost to a power loss are
 /// only at its end, where `restore_wal` gives them back.
+/// (Also the WAL a restore at engine open writes, whatever durability
+/// that open has: copies an earlier `sync` open left still go back.)
 pub(crate) fn committed_wal(opts: &wal::Options) -> wal::Options {
-    debug_assert_eq!(opts.durability, Durability::Sync, "only sync shards commit through the commit log");
     wal::Options { durability: Durability::None, restorable_tail: true, write_behind: super::WRITE_BEHIND, ..opts.clone() }
 }
 
@@ -168,6 +169,12 @@ pub(crate) fn restore_wal(
     host: &super::pool::Host,
     copies: Vec<Copied>,
 ) -> Result<u64> {
+    // A frame logged under a larger `wal_segment_size` than this open's
+    // goes back whole: the limit on new writes' records is not the
+    // restore's business (a WAL that kept the frame replays it too).
+    let need = copies.iter().map(|c| c.records.iter().map(|r| 4 + r.len() as u64).sum::<u64>()).max().unwrap_or(0);
+    let segment = (need + wal::format::OVERHEAD).next_power_of_two().min(wal::format::MAX_SEGMENT_SIZE);
+    let opts = &Options { wal_segment_size: opts.wal_segment_size.max(segment), ..opts.clone() };
     let seg_fs = fs.clone().unwrap_or_else(|| Arc::new(crate::fs::StdFs::direct()));
     let persisted = super::manifest::Manifest::persisted_of(&*seg_fs, dir);
     let wal = super::open_wal(dir, opts, &fs, Some(host), true, persisted)?;
