@@ -43,7 +43,9 @@
  *   closed handle is reported as KEEL_STATUS_INVALID_ARGUMENT (best effort).
  *   A panic inside keel never crosses this boundary: the call returns
  *   KEEL_STATUS_PANIC and the handle is poisoned (later calls return
- *   KEEL_STATUS_POISONED; close it and open again).
+ *   KEEL_STATUS_POISONED; close it and open again). One exception: a read
+ *   returns the status the host's read-index callback returned, and PANIC
+ *   or POISONED from there say nothing about the shard.
  */
 
 #ifndef KEEL_H
@@ -716,7 +718,8 @@ typedef struct keel_buf_t {
  * (etcd raft: ReadIndex, then wait for its ReadState) and writes the
  * index to `*index`, returning KEEL_STATUS_OK; or returns another status
  * (NOT_LEADER when this node no longer leads, TIMEOUT, ...), which the
- * read returns (a value that is no keel_status_t: INVALID_ARGUMENT). Runs on the thread of a read that missed the lease;
+ * read returns (a value that is no keel_status_t: INVALID_ARGUMENT; PANIC
+ * or POISONED as they are, though the shard is neither). Runs on the thread of a read that missed the lease;
  * concurrent misses share one call. It may block; it must not read from
  * or close the same shard. Never called after keel_shard_close() (or
  * keel_engine_close() of its engine) returned: the close waits for a
@@ -1817,7 +1820,9 @@ typedef struct keel_publisher_stats_t {
 #define KEEL_STATUS_POISONED 9
 
 /**
- * keel panicked inside this call; the panic was caught and the handle poisoned.
+ * keel panicked inside this call; the panic was caught and the handle
+ * poisoned. (A read passes on what the host's read-index callback
+ * returned: PANIC from there poisons nothing.)
  */
 #define KEEL_STATUS_PANIC 10
 

@@ -28,7 +28,9 @@ pub const KEEL_STATUS_TIMEOUT: keel_status_t = 7;
 pub const KEEL_STATUS_CLOSED: keel_status_t = 8;
 /// An earlier unrecoverable failure (failed write or fsync, caught panic) disabled the handle; reopen it.
 pub const KEEL_STATUS_POISONED: keel_status_t = 9;
-/// keel panicked inside this call; the panic was caught and the handle poisoned.
+/// keel panicked inside this call; the panic was caught and the handle
+/// poisoned. (A read passes on what the host's read-index callback
+/// returned: PANIC from there poisons nothing.)
 pub const KEEL_STATUS_PANIC: keel_status_t = 10;
 /// The caller buffer is too small; the length out-parameter holds the size needed.
 pub const KEEL_STATUS_BUFFER_TOO_SMALL: keel_status_t = 11;

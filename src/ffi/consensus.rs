@@ -43,7 +43,8 @@ pub const KEEL_CLOCK_MANUAL: u64 = 1;
 /// (etcd raft: ReadIndex, then wait for its ReadState) and writes the
 /// index to `*index`, returning KEEL_STATUS_OK; or returns another status
 /// (NOT_LEADER when this node no longer leads, TIMEOUT, ...), which the
-/// read returns (a value that is no keel_status_t: INVALID_ARGUMENT). Runs on the thread of a read that missed the lease;
+/// read returns (a value that is no keel_status_t: INVALID_ARGUMENT; PANIC
+/// or POISONED as they are, though the shard is neither). Runs on the thread of a read that missed the lease;
 /// concurrent misses share one call. It may block; it must not read from
 /// or close the same shard. Never called after keel_shard_close() (or
 /// keel_engine_close() of its engine) returned: the close waits for a
