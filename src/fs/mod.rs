@@ -451,6 +451,19 @@ impl File for StdFile {
     }
 }
 
+/// Opens `path` without blocking: a FIFO (or another special file) named
+/// like one of the log's files would make open(2) wait for a writer
+/// forever. O_NONBLOCK changes nothing for regular files and folders.
+fn open_no_fifo(opts: &mut OpenOptions, path: &Path) -> io::Result<fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = opts.custom_flags(libc::O_NONBLOCK).open(path)?;
+    let t = f.metadata()?.file_type();
+    if !t.is_file() && !t.is_dir() {
+        return Err(io::Error::from_raw_os_error(libc::ENODEV));
+    }
+    Ok(f)
+}
+
 impl FileSystem for StdFs {
     fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
         fs::create_dir_all(dir)
@@ -465,7 +478,10 @@ impl FileSystem for StdFs {
     }
 
     fn open(&self, path: &Path, writable: bool) -> io::Result<Arc<dyn File>> {
-        let f = OpenOptions::new().read(true).write(writable).open(path)?;
+        let f = match writable {
+            true => OpenOptions::new().read(true).write(true).open(path)?,
+            false => open_no_fifo(OpenOptions::new().read(true), path)?,
+        };
         Ok(Arc::new(match writable {
             true => self.writable(f, path)?,
             false => StdFile::new(f, false, None)?,
@@ -502,7 +518,7 @@ impl FileSystem for StdFs {
     }
 
     fn map_readonly(&self, path: &Path) -> io::Result<Option<ReadMap>> {
-        let f = fs::File::open(path)?;
+        let f = open_no_fifo(OpenOptions::new().read(true), path)?;
         let len = f.metadata()?.len() as usize;
         if len == 0 {
             return Ok(None);

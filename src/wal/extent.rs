@@ -23,6 +23,8 @@ pub const META_TEMP: &str = "wal.meta.tmp";
 const MAGIC: &[u8; 8] = b"KEELWMT\0";
 const VERSION: u32 = 1;
 const FIXED: usize = 32;
+/// The bytes of a record before its list of segments.
+pub const FIXED_LEN: usize = FIXED;
 const PER_SEGMENT: usize = 16;
 
 /// What `wal.meta` records.
@@ -92,6 +94,19 @@ impl MetaFile {
     }
 }
 
+/// A record is its fixed part, 16 bytes per segment its count field names
+/// and a checksum: given the first `FIXED` bytes of a file of `len` bytes,
+/// why a file of another length is damaged whatever it holds. It is then
+/// not read into memory (it may be a sparse file of any size).
+pub fn wrong_length(head: &[u8], len: u64) -> Option<String> {
+    if head.len() < FIXED || &head[0..8] != MAGIC {
+        return None; // decoding says what is wrong
+    }
+    let count = u32::from_le_bytes(head[12..16].try_into().expect("4 bytes")) as u64;
+    let expected = FIXED as u64 + PER_SEGMENT as u64 * count + 4;
+    (len != expected).then(|| format!("{len} bytes where a record of {count} segments has {expected}"))
+}
+
 pub fn read(fs: &dyn FileSystem, dir: &Path) -> Result<MetaFile> {
     let path = dir.join(META_NAME);
     let io = |e| Error::io(format!("reading {}", path.display()), e);
@@ -99,6 +114,11 @@ pub fn read(fs: &dyn FileSystem, dir: &Path) -> Result<MetaFile> {
         return Ok(MetaFile::Missing);
     }
     let file = fs.open(&path, false).map_err(io)?;
+    let mut head = [0u8; FIXED];
+    let got = file.read_up_to(&mut head, 0).map_err(io)?;
+    if let Some(wrong) = wrong_length(&head[..got], file.len().map_err(io)?) {
+        return Ok(MetaFile::Damaged(wrong));
+    }
     let bytes = super::recovery::read_all(&*file).map_err(io)?;
     Ok(MetaFile::from_bytes(Some(&bytes)))
 }

@@ -51,7 +51,11 @@ pub struct RecoveryReport {
 }
 
 pub fn read_all(file: &dyn File) -> std::io::Result<Vec<u8>> {
-    let mut buf = vec![0u8; file.len()? as usize];
+    let len = file.len()? as usize;
+    // A crafted (sparse) file may be far larger than memory: fail, do not abort.
+    let mut buf = Vec::new();
+    buf.try_reserve_exact(len).map_err(|_| std::io::Error::from(std::io::ErrorKind::OutOfMemory))?;
+    buf.resize(len, 0);
     let got = file.read_up_to(&mut buf, 0)?;
     buf.truncate(got);
     Ok(buf)
@@ -343,7 +347,7 @@ fn recover_segments(fs: &dyn FileSystem, dir: &Path, mode: RecoveryMode, persist
     let report = (damage.is_some() || !problems.is_empty() || gap).then(|| RecoveryReport {
         damage: damage.as_ref().map(|d| describe(d, &scans)),
         extent: problems.iter().map(|p| p.to_string()).collect(),
-        lost: problems.iter().filter_map(|p| p.lost).collect(),
+        lost: lost_ranges(&problems, damage.as_ref(), kept_end),
         skipped: gap.then(|| (kept_end, next_seq - 1)),
         set_aside: set_aside_in,
     });
@@ -352,6 +356,19 @@ fn recover_segments(fs: &dyn FileSystem, dir: &Path, mode: RecoveryMode, persist
         .map(|(first, salt, link, checked_end)| SegmentMeta { checked_end, ..SegmentMeta::new(dir, first, salt, link) })
         .collect();
     Ok(Recovered { segments, active, next_seq, prev, report, settled, strays: Vec::new() })
+}
+
+/// The sequence numbers recovery knows it lost: the extent record's, and
+/// the records a later frame's durable hint proves were durable at and
+/// after the first damage (the record may not cover them yet).
+fn lost_ranges(problems: &[extent::Problem], damage: Option<&Damage>, kept_end: u64) -> Vec<(u64, u64)> {
+    let mut lost: Vec<(u64, u64)> = problems.iter().filter_map(|p| p.lost).collect();
+    if let Some((_, _, hint)) = damage.and_then(|d| d.proof).filter(|&(_, _, h)| h >= kept_end) {
+        if !lost.iter().any(|&(a, b)| a <= kept_end && hint <= b) {
+            lost.push((kept_end, hint));
+        }
+    }
+    lost
 }
 
 /// Whether `meta` already records what an open of these `kept` segments

@@ -5,7 +5,7 @@
 //! directory, reads files and summarises. Nothing here opens a file for
 //! writing, takes the LOCK or repairs anything.
 
-use keel::wal::extent::{MetaFile, META_NAME, META_TEMP};
+use keel::wal::extent::{wrong_length, MetaFile, FIXED_LEN, META_NAME, META_TEMP};
 use keel::wal::format::{decode_segment_header, FRAME_MARK};
 use keel::wal::scan::{scan_segment, Damage, SegmentFile, SegmentScan};
 use keel::wal::{parse_segment_name, RecoveryMode};
@@ -58,14 +58,24 @@ pub fn list(path: &Path) -> Result<Listing, IoFail> {
         let is_dir = entry.file_type().map(|t| t.is_dir()).unwrap_or(false);
         if let Some(first_seq) = parse_segment_name(&name) {
             let p = entry.path();
-            let m = entry.metadata().map_err(|e| io_fail("stat", &p, e))?;
+            // Followed through a symlink, as Wal::open reads it.
+            let m = std::fs::metadata(&p).map_err(|e| io_fail("stat", &p, e))?;
             if !m.is_file() {
                 // Wal::open would try to read it as a segment and fail.
                 return Err(IoFail(format!("{} is named like a WAL segment but is not a regular file", p.display())));
             }
             l.segments.push(SegmentFile { name, path: p, first_seq, size: m.len() });
-        } else if name == META_NAME && !is_dir {
-            meta = Some(read_segment(&entry.path())?);
+        } else if name == META_NAME {
+            let p = entry.path();
+            let m = std::fs::metadata(&p).map_err(|e| io_fail("stat", &p, e))?;
+            if !m.is_file() {
+                // Wal::open cannot read it (and a FIFO would block the read).
+                return Err(IoFail(format!("cannot read {}: not a regular file", p.display())));
+            }
+            meta = Some(read_meta(&p, m.len())?);
+        } else if name == META_TEMP && is_dir {
+            // Wal::open removes wal.meta.tmp first, and cannot remove a folder.
+            return Err(IoFail(format!("{} is a folder: Wal::open cannot remove it", entry.path().display())));
         } else if name.ends_with(".wal.tmp") || name == META_TEMP {
             l.temp.push(name);
         } else if is_dir && name.starts_with("salvaged-") {
@@ -78,7 +88,7 @@ pub fn list(path: &Path) -> Result<Listing, IoFail> {
     l.temp.sort();
     l.salvaged.sort();
     l.other.sort();
-    if l.segments.is_empty() && meta.is_none() && !l.other.is_empty() {
+    if l.segments.is_empty() && meta.is_none() && l.temp.is_empty() && l.salvaged.is_empty() && !l.other.is_empty() {
         // Not an empty log: something else (an engine's data directory, a
         // shard directory: its log is in shards/<id>/wal).
         return Err(IoFail(format!(
@@ -106,6 +116,20 @@ fn list_single(path: &Path, size: u64) -> Result<Listing, IoFail> {
     };
     let seg = SegmentFile { name, path: path.to_path_buf(), first_seq, size };
     Ok(Listing { segments: vec![seg], temp: Vec::new(), salvaged: Vec::new(), other: Vec::new(), meta: None })
+}
+
+/// `wal.meta`'s bytes; only its head when its length is wrong for the
+/// count it names (damaged whatever else it holds, and a sparse file of
+/// any size is not read into memory), as recovery does.
+fn read_meta(path: &Path, len: u64) -> Result<Vec<u8>, IoFail> {
+    use std::io::Read;
+    let f = std::fs::File::open(path).map_err(|e| io_fail("read", path, e))?;
+    let mut head = Vec::new();
+    f.take(FIXED_LEN as u64).read_to_end(&mut head).map_err(|e| io_fail("read", path, e))?;
+    match wrong_length(&head, len) {
+        Some(_) => Ok(head),
+        None => read_segment(path),
+    }
 }
 
 pub fn read_segment(path: &Path) -> Result<Vec<u8>, IoFail> {
