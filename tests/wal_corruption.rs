@@ -411,6 +411,34 @@ fn lost_tail(base: &Base, files: &Files, seq: u64) -> Option<(String, u64)> {
     Some((name.clone(), seq + (h.allocated - whole as u64) / 4))
 }
 
+/// docs/WAL.md, "Sequence numbers are never reissued": every valid frame
+/// recovery reads was handed out, so the next number is above its records
+/// even when the frame is set aside. A frame is read when its segment's
+/// header is as written under the segment's own name, its own bytes are as
+/// written, and the scan reaches it: every frame before it in the segment
+/// is intact, or the first that is not still has a header (damage, after
+/// which the scan probes for valid frames) rather than zeros (the end).
+fn seen_end(base: &Base, files: &Files) -> u64 {
+    let intact = |f: &Frame, b: &[u8]| b.get(f.off..f.end()) == base.seg_bytes(f.seg).get(f.off..f.end());
+    base.frames
+        .iter()
+        .filter(|f| {
+            let seg = &base.segs[f.seg];
+            let Some(b) = files.get(&seg.name) else { return false };
+            let salt = |b: &[u8]| decode_segment_header(b).ok().filter(|h| h.first_seq == seg.first).map(|h| h.salt);
+            if salt(b).is_none() || salt(b) != salt(base.seg_bytes(f.seg)) || !intact(f, b) {
+                return false;
+            }
+            match base.frames.iter().find(|g| g.seg == f.seg && g.off < f.off && !intact(g, b)) {
+                None => true,
+                Some(g) => b.get(g.off..g.off + FRAME_HEADER).is_some_and(|h| h.iter().any(|&x| x != 0)),
+            }
+        })
+        .map(|f| f.seq + f.count as u64)
+        .max()
+        .unwrap_or(0)
+}
+
 /// The outcome table of docs/WAL.md: None means "open fails: CORRUPTION".
 fn documented(base: &Base, files: &Files, e: &Expect, mode: RecoveryMode) -> Option<Outcome> {
     let (opens, from, to, aside, lost) = match e {
@@ -436,7 +464,8 @@ fn documented(base: &Base, files: &Files, e: &Expect, mode: RecoveryMode) -> Opt
     };
     let opens = opens && (mode == RecoveryMode::Salvage || !extent_disagrees(base, files, to + 1));
     let ext = base_extent(base);
-    opens.then(|| Outcome { from, to, aside, next: (to + 1).max(ext.next_seq).max(ext.durable + 1).max(lost.unwrap_or(0)) })
+    let next = (to + 1).max(ext.next_seq).max(ext.durable + 1).max(lost.unwrap_or(0)).max(seen_end(base, files));
+    opens.then(|| Outcome { from, to, aside, next })
 }
 
 impl Base {

@@ -226,21 +226,22 @@ fn lost_tail(files: &[(u64, Vec<u8>)], i: usize, h: &RefHeader, w: &Walk) -> Opt
 /// with a valid header (named as it says, never 0, which recovery does
 /// not take for a segment) was created at its first sequence number, and a
 /// valid frame's durable hint names a record that was durable before it,
-/// so numbers below either were handed out. Hints count as the scan meets
-/// them: the frames in sequence from offset 64, and after the first
-/// damage the valid frames at 8-byte boundaries that carry a sequence
-/// number at or past where the sequence stopped; and a file cut short
-/// counts the records its lost tail could have held (`lost_tail`).
+/// so numbers below either were handed out, and so were the numbers of
+/// every valid frame's records. Frames count as the scan meets them: the
+/// frames in sequence from offset 64, and after the first damage the valid
+/// frames at 8-byte boundaries that carry a sequence number at or past
+/// where the sequence stopped; and a file cut short counts the records its
+/// lost tail could have held (`lost_tail`).
 pub fn floor(files: &[(u64, Vec<u8>)]) -> u64 {
     let mut out = 0;
     for (i, (name, bytes)) in files.iter().enumerate() {
         let Some(h) = segment_header(bytes).filter(|h| h.first == *name && *name != 0) else { continue };
         let w = walk(bytes, *name, h.salt);
-        out = out.max(h.first).max(w.hint).max(lost_tail(files, i, &h, &w).unwrap_or(0));
+        out = out.max(h.first).max(w.next).max(w.hint).max(lost_tail(files, i, &h, &w).unwrap_or(0));
         if let Some(at) = w.damage {
             for probe in (at + 8..bytes.len()).step_by(8) {
                 if let Some(f) = frame(&bytes[probe..], h.salt).filter(|f| f.seq >= w.next) {
-                    out = out.max(f.durable + 1);
+                    out = out.max(f.durable + 1).max(f.seq.saturating_add(u64::from(f.count)));
                 }
             }
         }

@@ -212,7 +212,7 @@ pub fn next_floor(meta: &MetaFile, scans: &[SegmentScan]) -> u64 {
         .flat_map(|(i, s)| {
             let header = s.header.as_ref().map_or(0, |h| h.first_seq);
             let hint = s.max_hint.map_or(0, |(h, _)| h.saturating_add(1));
-            [header, hint, scan::lost_tail_floor(scans, i).unwrap_or(0)]
+            [header, hint, s.seen_end, scan::lost_tail_floor(scans, i).unwrap_or(0)]
         })
         .max()
         .unwrap_or(0);

@@ -57,6 +57,10 @@ pub struct SegmentScan {
     /// shorter: its tail was cut after the fact (no crash shortens a
     /// preallocated, synced segment), with whatever records it held.
     pub shortened: Option<u64>,
+    /// The sequence number after the last record of any valid frame found
+    /// (in the prefix or, by probing, after the damage; 0: none): each
+    /// was handed out, and recovery may set it aside but never reissue it.
+    pub seen_end: u64,
 }
 
 impl SegmentScan {
@@ -75,6 +79,7 @@ impl SegmentScan {
             prefix_hint: None,
             last_frame: None,
             shortened: None,
+            seen_end: 0,
             file,
         }
     }
@@ -130,6 +135,7 @@ pub fn scan_segment<E>(
                 s.last_frame = Some((h.kind, h.durable));
                 s.prefix_hint = s.prefix_hint.max(Some(h.durable));
                 note_hint(&mut s.max_hint, h.durable, off as u64 - h.size());
+                s.seen_end = after;
             }
             Decoded::Frame(h) => {
                 s.damage = Some((off as u64, format!("frame has sequence {} where {} was expected", h.seq, s.next_seq)));
@@ -154,6 +160,7 @@ pub fn scan_segment<E>(
                 if h.seq >= s.next_seq {
                     s.after_damage += 1;
                     note_hint(&mut s.max_hint, h.durable, probe as u64);
+                    s.seen_end = s.seen_end.max(h.seq.saturating_add(h.count as u64));
                 }
             }
             probe += 8;
