@@ -5,8 +5,9 @@
 mod common;
 
 use common::faultfs::{FaultFs, Faults};
+use common::hookfs::{Call, HookFs};
 use keel::engine::Engine;
-use keel::fs::{File, FileSystem, StdFs};
+use keel::fs::FileSystem;
 use keel::shard::Options;
 use keel::status::*;
 use keel::wal::Durability;
@@ -268,62 +269,24 @@ fn an_empty_unlisted_shard_folder_is_a_cut_create() {
     assert_eq!(e.status, KEEL_STATUS_CORRUPTION, "{e}");
 }
 
-/// The real file system, except that the first look at shard 1's segment
-/// folder waits until the test lets it go: shard 1's recovery is then
-/// in progress for as long as the test needs.
-struct Gate {
-    real: StdFs,
-    entered: Mutex<Option<mpsc::Sender<()>>>,
-    release: Mutex<Option<mpsc::Receiver<()>>>,
-}
-
-impl FileSystem for Gate {
-    fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
-        self.real.create_dir_all(dir)
-    }
-    fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
-        self.real.list(dir)
-    }
-    fn open(&self, path: &Path, writable: bool) -> io::Result<Arc<dyn File>> {
-        self.real.open(path, writable)
-    }
-    fn create(&self, path: &Path) -> io::Result<Arc<dyn File>> {
-        self.real.create(path)
-    }
-    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
-        self.real.rename(from, to)
-    }
-    fn remove(&self, path: &Path) -> io::Result<()> {
-        self.real.remove(path)
-    }
-    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
-        self.real.sync_dir(dir)
-    }
-    fn exists(&self, path: &Path) -> io::Result<bool> {
-        if path.ends_with("shards/1/segments") {
-            if let Some(entered) = self.entered.lock().unwrap().take() {
-                entered.send(()).unwrap();
-                let release = self.release.lock().unwrap().take().unwrap();
-                release.recv().unwrap();
-            }
-        }
-        self.real.exists(path)
-    }
-    fn remove_dir_all(&self, dir: &Path) -> io::Result<()> {
-        self.real.remove_dir_all(dir)
-    }
-    fn lock(&self, path: &Path) -> io::Result<Box<dyn std::any::Any + Send + Sync>> {
-        self.real.lock(path)
-    }
-}
-
 #[test]
 fn a_shard_recovering_does_not_hold_up_the_others() {
     let t = common::TempDir::new("engine-concurrent");
     let (entered_tx, entered) = mpsc::channel();
     let (release, release_rx) = mpsc::channel();
-    let gate = Gate { real: StdFs::direct(), entered: Mutex::new(Some(entered_tx)), release: Mutex::new(Some(release_rx)) };
-    let engine = Arc::new(Engine::open_with_fs(t.path(), options(), Arc::new(gate)).unwrap());
+    // The first look at shard 1's segment folder waits until the test
+    // lets it go: shard 1's recovery is in progress as long as needed.
+    let (entered_tx, release_rx) = (Mutex::new(Some(entered_tx)), Mutex::new(Some(release_rx)));
+    let gate = HookFs::new(move |call, path| {
+        if call == Call::Exists && path.ends_with("shards/1/segments") {
+            if let Some(entered) = entered_tx.lock().unwrap().take() {
+                entered.send(()).unwrap();
+                release_rx.lock().unwrap().take().unwrap().recv().unwrap();
+            }
+        }
+        Ok(())
+    });
+    let engine = Arc::new(Engine::open_with_fs(t.path(), options(), gate).unwrap());
     let opener = {
         let engine = engine.clone();
         std::thread::spawn(move || engine.open_shard(1, true).map(|s| s.close()))

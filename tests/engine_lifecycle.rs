@@ -8,6 +8,7 @@
 
 mod common;
 
+use common::hookfs::{Call, HookFs};
 use common::TempDir;
 use crossbeam_channel::{bounded, Receiver, Sender};
 use keel::engine::Engine;
@@ -184,14 +185,13 @@ fn drop_and_recreate_while_the_old_close_is_still_running() {
     });
 }
 
-/// The real file system with two faults to arm: removing a `.drop-<id>`
-/// folder fails with EIO (`fail_drop_removal`), and opening an existing
-/// file whose path contains `emfile_under` fails with EMFILE (`emfile`),
-/// what the descriptor cache meets when it reopens an evicted file while
-/// the process is out of descriptors (the other half of RLIMIT_NOFILE is
-/// the application's).
+/// Two faults to arm on the real file system (`Faults::fs`): removing a
+/// `.drop-<id>` folder fails with EIO (`fail_drop_removal`), and opening
+/// an existing file whose path contains `emfile_under` fails with EMFILE
+/// (`emfile`), what the descriptor cache meets when it reopens an evicted
+/// file while the process is out of descriptors (the other half of
+/// RLIMIT_NOFILE is the application's).
 struct Faults {
-    real: keel::fs::StdFs,
     fail_drop_removal: AtomicBool,
     emfile_under: &'static str,
     emfile: AtomicBool,
@@ -201,53 +201,31 @@ struct Faults {
 impl Faults {
     fn new(emfile_under: &'static str) -> Arc<Faults> {
         Arc::new(Faults {
-            real: keel::fs::StdFs::direct(),
             fail_drop_removal: AtomicBool::new(false),
             emfile_under,
             emfile: AtomicBool::new(false),
             emfile_hits: Default::default(),
         })
     }
-}
 
-impl keel::fs::FileSystem for Faults {
-    fn create_dir_all(&self, dir: &std::path::Path) -> std::io::Result<()> {
-        self.real.create_dir_all(dir)
-    }
-    fn list(&self, dir: &std::path::Path) -> std::io::Result<Vec<String>> {
-        self.real.list(dir)
-    }
-    fn open(&self, path: &std::path::Path, writable: bool) -> std::io::Result<Arc<dyn keel::fs::File>> {
-        if self.emfile.load(Ordering::Acquire) && path.to_string_lossy().contains(self.emfile_under) {
-            self.emfile_hits.fetch_add(1, Ordering::AcqRel);
-            return Err(std::io::Error::from_raw_os_error(libc::EMFILE));
-        }
-        self.real.open(path, writable)
-    }
-    fn create(&self, path: &std::path::Path) -> std::io::Result<Arc<dyn keel::fs::File>> {
-        self.real.create(path)
-    }
-    fn rename(&self, from: &std::path::Path, to: &std::path::Path) -> std::io::Result<()> {
-        self.real.rename(from, to)
-    }
-    fn remove(&self, path: &std::path::Path) -> std::io::Result<()> {
-        self.real.remove(path)
-    }
-    fn sync_dir(&self, dir: &std::path::Path) -> std::io::Result<()> {
-        self.real.sync_dir(dir)
-    }
-    fn exists(&self, path: &std::path::Path) -> std::io::Result<bool> {
-        self.real.exists(path)
-    }
-    fn remove_dir_all(&self, dir: &std::path::Path) -> std::io::Result<()> {
-        let doomed = dir.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(".drop-"));
-        if doomed && self.fail_drop_removal.load(Ordering::Acquire) {
-            return Err(std::io::Error::from_raw_os_error(libc::EIO));
-        }
-        self.real.remove_dir_all(dir)
-    }
-    fn lock(&self, path: &std::path::Path) -> std::io::Result<Box<dyn std::any::Any + Send + Sync>> {
-        self.real.lock(path)
+    fn fs(self: &Arc<Self>) -> Arc<HookFs> {
+        let f = self.clone();
+        HookFs::new(move |call, path| {
+            let os = |e| Err(std::io::Error::from_raw_os_error(e));
+            match call {
+                Call::Open if f.emfile.load(Ordering::Acquire) && path.to_string_lossy().contains(f.emfile_under) => {
+                    f.emfile_hits.fetch_add(1, Ordering::AcqRel);
+                    os(libc::EMFILE)
+                }
+                Call::RemoveDirAll
+                    if f.fail_drop_removal.load(Ordering::Acquire)
+                        && path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(".drop-")) =>
+                {
+                    os(libc::EIO)
+                }
+                _ => Ok(()),
+            }
+        })
     }
 }
 
@@ -261,7 +239,7 @@ impl keel::fs::FileSystem for Faults {
 fn a_failed_drop_removal_does_not_unlist_the_next_shard_of_its_id() {
     let dir = TempDir::new("lifecycle-drop-leftover");
     let fs = Faults::new("");
-    let open = || Engine::open_with_fs(dir.path(), options(Steps::default(), Durability::Sync), fs.clone()).unwrap();
+    let open = || Engine::open_with_fs(dir.path(), options(Steps::default(), Durability::Sync), fs.fs()).unwrap();
     let engine = open();
     let old = engine.open_shard(5, true).unwrap();
     old.put(b"old", b"v").unwrap();
@@ -296,7 +274,7 @@ fn a_failed_drop_removal_does_not_unlist_the_next_shard_of_its_id() {
 fn the_next_drop_of_an_id_removes_the_leftover_of_a_failed_one() {
     let dir = TempDir::new("lifecycle-drop-again");
     let fs = Faults::new("");
-    let engine = Engine::open_with_fs(dir.path(), options(Steps::default(), Durability::Sync), fs.clone()).unwrap();
+    let engine = Engine::open_with_fs(dir.path(), options(Steps::default(), Durability::Sync), fs.fs()).unwrap();
     engine.open_shard(5, true).unwrap().close().unwrap();
     fs.fail_drop_removal.store(true, Ordering::Release);
     assert!(engine.drop_shard(5).is_err(), "the folder's removal was meant to fail");
@@ -319,7 +297,7 @@ fn the_next_drop_of_an_id_removes_the_leftover_of_a_failed_one() {
 fn shard_zero_among_24(dir: &std::path::Path, durability: Durability) -> (Arc<Faults>, Engine, Shard, Vec<Shard>) {
     let fs = Faults::new("/shards/0/wal/");
     let opts = Options { max_open_files: 16, ..options(Steps::default(), durability) };
-    let engine = Engine::open_with_fs(dir, opts, fs.clone()).unwrap();
+    let engine = Engine::open_with_fs(dir, opts, fs.fs()).unwrap();
     let zero = engine.open_shard(0, true).unwrap();
     zero.put(b"before", b"v").unwrap();
     let others: Vec<Shard> = (1..=24).map(|id| engine.open_shard(id, true).unwrap()).collect();

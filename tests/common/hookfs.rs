@@ -1,5 +1,6 @@
 //! The real file system with a hook before the directory-level calls a
-//! test wants to stop or fail: `remove`, `remove_dir_all` and `open`. The
+//! test wants to stop or fail: `remove`, `remove_dir_all`, `open` (of an
+//! existing file) and `exists`. The
 //! hook sees the call and the path, and may park the thread (a channel
 //! the test controls) or answer an error instead of the real call.
 
@@ -14,6 +15,7 @@ pub enum Call {
     Remove,
     RemoveDirAll,
     Open,
+    Exists,
 }
 
 pub type Hook = Box<dyn Fn(Call, &Path) -> io::Result<()> + Send + Sync>;
@@ -54,6 +56,7 @@ impl FileSystem for HookFs {
         self.real.sync_dir(dir)
     }
     fn exists(&self, path: &Path) -> io::Result<bool> {
+        (self.hook)(Call::Exists, path)?;
         self.real.exists(path)
     }
     fn remove_dir_all(&self, dir: &Path) -> io::Result<()> {
