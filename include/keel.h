@@ -311,7 +311,8 @@
  * WAITING_FINISH may alternate: WAITING_FINISH means caught up (the
  * last catch-up round found at most one batch of new writes), and a
  * steady writer faster than the link keeps the transfer in CATCHING_UP;
- * keel_transfer_finish() is accepted in either.
+ * keel_transfer_finish() is accepted in either. A hand-over asked for
+ * while FORWARDING goes back to DRAINING for its final drain.
  */
 #define KEEL_TRANSFER_CONNECTING 0
 

@@ -57,7 +57,8 @@ pub const KEEL_TRANSFER_FINISH_FORWARD: u32 = 3;
 /// WAITING_FINISH may alternate: WAITING_FINISH means caught up (the
 /// last catch-up round found at most one batch of new writes), and a
 /// steady writer faster than the link keeps the transfer in CATCHING_UP;
-/// keel_transfer_finish() is accepted in either.
+/// keel_transfer_finish() is accepted in either. A hand-over asked for
+/// while FORWARDING goes back to DRAINING for its final drain.
 pub const KEEL_TRANSFER_CONNECTING: u32 = 0;
 pub const KEEL_TRANSFER_BACKFILL: u32 = 1;
 pub const KEEL_TRANSFER_CATCHING_UP: u32 = 2;
