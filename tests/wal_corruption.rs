@@ -465,7 +465,7 @@ fn documented(base: &Base, files: &Files, e: &Expect, mode: RecoveryMode) -> Opt
     let opens = opens && (mode == RecoveryMode::Salvage || !extent_disagrees(base, files, to + 1));
     let ext = base_extent(base);
     let next = (to + 1).max(ext.next_seq).max(ext.durable + 1).max(lost.unwrap_or(0)).max(seen_end(base, files));
-    opens.then(|| Outcome { from, to, aside, next })
+    opens.then_some(Outcome { from, to, aside, next })
 }
 
 impl Base {
