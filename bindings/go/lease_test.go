@@ -106,6 +106,10 @@ func TestLeaseFollowerAnswersNotLeaderWithTheHint(t *testing.T) {
 	if !errors.As(err, &ke) || ke.Code != StatusNotLeader || ke.LeaderHint != 2 {
 		t.Fatalf("follower read: %v, want NOT_LEADER with hint 2", err)
 	}
+	// No keys is a read of nothing, checked like any other.
+	if _, err := s.MultiGetWith(nil, &ReadOptions{Level: ReadLinearizable}); !errors.Is(err, ErrNotLeader) {
+		t.Fatalf("follower MultiGetWith of no keys: %v, want ErrNotLeader", err)
+	}
 	if v, err := s.Get([]byte("k")); err != nil || string(v.Bytes) != "v" {
 		t.Fatalf("default (stale) Get = %q, %v", v.Bytes, err)
 	}

@@ -302,6 +302,12 @@ func (s *Shard) multiGet(keys [][]byte, o *C.keel_read_options_t) ([]*Value, err
 	defer s.release()
 	n := len(keys)
 	if n == 0 {
+		// Still a read at o's level: keel checks the options, the shard
+		// and the permit (a follower answers NOT_LEADER) as for any other.
+		var cerr *C.keel_error_t
+		if st := C.keel_shard_multi_get_ex(h, o, nil, nil, 0, nil, nil, nil, &cerr); st != C.KEEL_STATUS_OK {
+			return nil, takeError("MultiGet", st, cerr)
+		}
 		return []*Value{}, nil
 	}
 	// The keel_buf_t array is C memory, so the pointers the library writes
