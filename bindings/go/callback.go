@@ -21,6 +21,7 @@ import (
 func keelGoNetEvent(handle C.uintptr_t, connID C.uint64_t, status C.keel_status_t, message *C.char) {
 	ev := cgo.Handle(handle).Value().(*netEvents)
 	ev.reactorTid.Store(int64(syscall.Gettid()))
+	defer netEventThreads.leave(netEventThreads.enter())
 	// message is borrowed for the call only: copied by GoString.
 	ev.onEvent(uint64(connID), &Error{Code: Status(status), Op: "OnEvent", Message: C.GoString(message)})
 }
@@ -48,6 +49,7 @@ func keelGoNodeEvent(handle C.uintptr_t, peerID C.uint64_t, status C.keel_status
 //export keelGoReadIndex
 func keelGoReadIndex(handle C.uintptr_t, index *C.uint64_t) C.keel_status_t {
 	host := cgo.Handle(handle).Value().(*leaseHost)
+	defer readIndexThreads.leave(readIndexThreads.enter())
 	i, st := host.readIndex()
 	if st == StatusOK {
 		*index = C.uint64_t(i)

@@ -1,6 +1,9 @@
 package keel
 
-import "sync"
+import (
+	"sync"
+	"syscall"
+)
 
 // calls guards a C handle whose close must not race with other calls on
 // it and whose callbacks may call methods of the same handle: every call
@@ -97,3 +100,37 @@ func (c *calls[P]) close(first func(P), wait bool) (h P, done func()) {
 // testHookCloseWaits, when set by a test, runs when a close starts
 // waiting for an earlier one.
 var testHookCloseWaits func()
+
+// threadSet counts the host callbacks of one kind running per OS thread
+// id (a goroutine running a callback is locked to the calling C thread).
+// A Close called from such a callback must not wait for an earlier Close,
+// which may be waiting for that very callback.
+type threadSet struct {
+	mu sync.Mutex
+	m  map[int]int
+}
+
+// ReadIndex calls (of any shard) and Net OnEvent calls (of any Net).
+var readIndexThreads, netEventThreads = &threadSet{m: map[int]int{}}, &threadSet{m: map[int]int{}}
+
+func (s *threadSet) enter() int {
+	tid := syscall.Gettid()
+	s.mu.Lock()
+	s.m[tid]++
+	s.mu.Unlock()
+	return tid
+}
+
+func (s *threadSet) leave(tid int) {
+	s.mu.Lock()
+	if s.m[tid]--; s.m[tid] == 0 {
+		delete(s.m, tid)
+	}
+	s.mu.Unlock()
+}
+
+func (s *threadSet) has() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.m[syscall.Gettid()] > 0
+}

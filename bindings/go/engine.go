@@ -388,7 +388,8 @@ func (e *Engine) Stats() (EngineStats, error) {
 // flush), then releases the directory and frees the handle; it waits for
 // calls in flight on the engine and on those shards. Everything is
 // released even when a close fails; the first error is returned. A second
-// Close returns an error matching ErrClosed once the first has returned.
+// Close returns an error matching ErrClosed once the first has returned
+// (from a ReadIndex: at once).
 // Iterators stay valid but
 // their Next reports ErrClosed.
 func (e *Engine) Close() error {
@@ -397,7 +398,9 @@ func (e *Engine) Close() error {
 	}
 	// New engine calls fail from here; those in flight (an OpenShard
 	// included, so its shard is listed below) end first.
-	h, done := e.calls.close(nil, true)
+	// From a ReadIndex, an Engine.Close running elsewhere may be waiting
+	// for the read that runs it: answer at once instead.
+	h, done := e.calls.close(nil, !readIndexThreads.has())
 	defer done()
 	if h == nil {
 		return newError("Close", StatusClosed, "the engine is already closed")

@@ -374,3 +374,61 @@ func TestEngineCloseWhileReadIndexCallsTheEngine(t *testing.T) {
 	}
 	must(t, <-closeDone)
 }
+
+// Engine.Close while a shard read runs the host's ReadIndex, and the host
+// (its ReadIndex, or an apply loop it waits for) calls Engine.Close too, as
+// a shutdown path does: that Close answers ErrClosed at once. Waiting for
+// the first Close would never end: it waits for the read, which waits for
+// the ReadIndex. Ordered by observations only (testHookCloseWaits fires
+// if the inner Close starts waiting).
+func TestEngineCloseFromReadIndexDuringACloseAnswersAtOnce(t *testing.T) {
+	e, err := OpenEngine(t.TempDir(), nil) // no Cleanup Close: it would hang too
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := e.OpenShard(1, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	entered, proceed := make(chan struct{}), make(chan struct{})
+	innerClose := make(chan error, 1)
+	opts := LeaseOptions{
+		SelfID: 1, Lease: 700 * time.Millisecond, ElectionTimeoutMin: time.Second,
+		MaxClockDrift: 100 * time.Millisecond, MaxRoundTrip: 100 * time.Millisecond,
+		ManualClock: true,
+		ReadIndex: func() (uint64, error) {
+			close(entered)
+			<-proceed
+			innerClose <- e.Close()
+			return 0, nil
+		},
+	}
+	must(t, s.ConfigureConsensus(opts))
+	c := s.Consensus()
+	must(t, c.SetVoters([]uint64{1}, nil))
+	must(t, c.SetRole(RoleLeader, 1, 0))
+	go func() { _, _ = s.GetWith([]byte("k"), &ReadOptions{Level: ReadLinearizable}) }()
+	<-entered
+	firstDone := make(chan error, 1)
+	go func() { firstDone <- e.Close() }()
+	for { // until the first Close waits for the read
+		s.calls.mu.Lock()
+		closing := s.calls.closing
+		s.calls.mu.Unlock()
+		if closing {
+			break
+		}
+		runtime.Gosched()
+	}
+	waiting := make(chan struct{})
+	testHookCloseWaits = func() { close(waiting) }
+	defer func() { testHookCloseWaits = nil }()
+	close(proceed)
+	select {
+	case err := <-innerClose:
+		wantCode(t, "Engine.Close inside ReadIndex during Close", err, ErrClosed)
+		must(t, <-firstDone)
+	case <-waiting:
+		t.Fatal("Engine.Close inside ReadIndex waits for the first Close, which waits for this read: deadlock (three goroutines stuck for good)")
+	}
+}

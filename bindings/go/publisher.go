@@ -223,8 +223,9 @@ func (p *Publisher) SubscriberStats(id uint64) (WriterStats, error) {
 // Close unsubscribes every subscriber (what they queued is still sent)
 // and frees the handle. It waits for calls in flight; no OnEvent call for
 // its subscribers starts after it returns. A second Close returns an
-// error matching ErrClosed once the first has returned. Called from OnEvent it returns an error
-// matching ErrBusy and leaves the publisher open: a call in flight (an
+// error matching ErrClosed once the first has returned (from another
+// Net's OnEvent: at once). Called from its own Net's OnEvent it returns an
+// error matching ErrBusy and leaves the publisher open: a call in flight (an
 // Unsubscribe) may be waiting for that very OnEvent to return.
 func (p *Publisher) Close() error {
 	if p == nil {
@@ -233,7 +234,7 @@ func (p *Publisher) Close() error {
 	if p.ev != nil && p.ev.onReactor() {
 		return newError("Close", StatusBusy, "Publisher.Close cannot be called from OnEvent")
 	}
-	h, done := p.calls.close(nil, true)
+	h, done := p.calls.close(nil, !netEventThreads.has())
 	defer done()
 	if h == nil {
 		return newError("Close", StatusClosed, "the publisher is already closed")

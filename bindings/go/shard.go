@@ -560,8 +560,8 @@ func (s *Shard) SetKeepFrom(version uint64) error {
 // goroutines. The handle is freed even when the flush fails (that error is
 // returned; the WAL still holds everything). A second Close, or a Close
 // after Engine.Close, returns an error matching ErrClosed once the first
-// has returned. Open Iterators
-// stay valid but their Next reports ErrClosed.
+// has returned (from a ReadIndex: at once). Open Iterators stay valid but
+// their Next reports ErrClosed.
 func (s *Shard) Close() error {
 	if s == nil {
 		return newError("Close", StatusInvalidArgument, "nil *Shard")
@@ -570,7 +570,7 @@ func (s *Shard) Close() error {
 }
 
 func (s *Shard) close(op string) error {
-	h, done := s.calls.close(nil, true)
+	h, done := s.calls.close(nil, !readIndexThreads.has())
 	defer done()
 	if h == nil {
 		return newError(op, StatusClosed, "the shard is already closed")

@@ -237,9 +237,6 @@ type Writer struct {
 	// calls holds the handle (calls.go).
 	calls *calls[*C.keel_writer_t]
 	id    uint64
-	// ev is the Net's OnEvent handler (nil: none), for Close to tell it
-	// runs inside it.
-	ev *netEvents
 }
 
 // Adopt hands conn (a connected *net.TCPConn or *net.UnixConn, or any
@@ -310,7 +307,7 @@ func adopt(n *Net, fd C.int, copts *C.keel_writer_options_t, op string) (*Writer
 	}
 	var id C.uint64_t
 	C.keel_writer_id(wh, &id) // cannot fail on the handle just made
-	w := &Writer{calls: newCalls(wh), id: uint64(id), ev: n.ev}
+	w := &Writer{calls: newCalls(wh), id: uint64(id)}
 	runtime.SetFinalizer(w, (*Writer).reportLeak)
 	return w, nil
 }
@@ -448,14 +445,15 @@ func (w *Writer) Stats() (WriterStats, error) {
 // itself does not wait for that. It waits for calls in flight on other
 // goroutines; no OnEvent call for this connection starts after it
 // returns. It may be called from OnEvent. A second Close returns an error
-// matching ErrClosed once the first has returned (from OnEvent: at once).
+// matching ErrClosed once the first has returned (from the OnEvent of
+// any Net: at once).
 func (w *Writer) Close() error {
 	if w == nil {
 		return newError("Close", StatusInvalidArgument, "nil *Writer")
 	}
-	// From OnEvent, a Close running on another goroutine may be waiting
-	// for this very callback: answer at once instead of waiting for it.
-	h, done := w.calls.close(nil, w.ev == nil || !w.ev.onReactor())
+	// From an OnEvent (of any Net), a Close running on another goroutine
+	// may be waiting for this very callback: answer at once instead.
+	h, done := w.calls.close(nil, !netEventThreads.has())
 	defer done()
 	if h == nil {
 		return newError("Close", StatusClosed, "the writer is already closed")

@@ -925,3 +925,85 @@ func TestPublisherCloseFromOnEventIsBusy(t *testing.T) {
 	must(t, p.Close())
 	must(t, n.Close())
 }
+
+// A Writer's Close from the OnEvent of another Net answers at once while a
+// first Close runs (a proxy bridging a connection on Net A with one on Net
+// B closes the pair when either side ends): the first Close waits in
+// keel_writer_close for A's running OnEvent, which waits for what B's
+// does. Ordered by observations (testHookCloseWaits), no timing.
+func TestWriterCloseFromAnotherNetsOnEventAnswersAtOnce(t *testing.T) {
+	var wa atomic.Pointer[Writer]
+	inA, bDone, abort := make(chan struct{}), make(chan struct{}), make(chan struct{})
+	fromB := make(chan error, 1)
+	var onceA, onceB sync.Once
+	na := openNetT(t, BackendSendmsg, func(uint64, error) {
+		onceA.Do(func() {
+			close(inA)
+			select { // the proxy: the pair ends once B's side did
+			case <-bDone:
+			case <-abort:
+			}
+		})
+	})
+	nb := openNetT(t, BackendSendmsg, func(uint64, error) {
+		onceB.Do(func() {
+			fromB <- wa.Load().Close()
+			close(bDone)
+		})
+	})
+	ka, peerA := tcpPair(t)
+	kb, peerB := tcpPair(t)
+	w1, err := Adopt(na, ka, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wa.Store(w1)
+	w2, err := Adopt(nb, kb, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w2.Close()
+	chunk := bytes.Repeat([]byte{'x'}, 8192)
+	must(t, peerA.SetLinger(0))
+	peerA.Close()
+	for done := false; !done; {
+		select {
+		case <-inA:
+			done = true
+		default:
+			_ = w1.Send(chunk)
+			runtime.Gosched()
+		}
+	}
+	first := make(chan error, 1)
+	go func() { first <- w1.Close() }() // waits for A's running OnEvent
+	for {
+		w1.calls.mu.Lock()
+		closing := w1.calls.closing
+		w1.calls.mu.Unlock()
+		if closing {
+			break
+		}
+		runtime.Gosched()
+	}
+	waiting := make(chan struct{})
+	testHookCloseWaits = func() { close(waiting) }
+	defer func() { testHookCloseWaits = nil }()
+	must(t, peerB.SetLinger(0))
+	peerB.Close()
+	for done := false; !done; {
+		select {
+		case err := <-fromB:
+			wantCode(t, "Writer.Close from another Net's OnEvent", err, ErrClosed)
+			done = true
+		case <-waiting:
+			t.Errorf("Writer.Close from Net B's OnEvent waits for the first Close, which waits for Net A's OnEvent: with A's OnEvent waiting for B's, a deadlock")
+			done = true
+		default:
+			_ = w2.Send(chunk)
+			runtime.Gosched()
+		}
+	}
+	close(abort)
+	<-first
+}
