@@ -201,7 +201,11 @@ pub fn check(meta: &MetaFile, scans: &[SegmentScan], kept_end: u64) -> Vec<Probl
 /// sets aside still proves the numbers below its first were handed out.
 /// A segment cut short counts as if its lost bytes had been full of the
 /// smallest records (`scan::lost_tail_floor`).
-pub fn next_floor(meta: &MetaFile, scans: &[SegmentScan]) -> u64 {
+/// `restorable_tail`: the frames after the first damage are the log's
+/// unsynced tail, which its owner gives back at their own numbers
+/// (`wal::Options::restorable_tail`): their ends are no floor, or the
+/// log would reopen past the frames it must take back.
+pub fn next_floor(meta: &MetaFile, scans: &[SegmentScan], restorable_tail: bool) -> u64 {
     let recorded = match meta {
         MetaFile::Present(e) => e.next_seq.max(e.durable.saturating_add(1)),
         _ => 0,
@@ -212,7 +216,7 @@ pub fn next_floor(meta: &MetaFile, scans: &[SegmentScan]) -> u64 {
         .flat_map(|(i, s)| {
             let header = s.header.as_ref().map_or(0, |h| h.first_seq);
             let hint = s.max_hint.map_or(0, |(h, _)| h.saturating_add(1));
-            [header, hint, s.seen_end, scan::lost_tail_floor(scans, i).unwrap_or(0)]
+            [header, hint, if restorable_tail { 0 } else { s.seen_end }, scan::lost_tail_floor(scans, i).unwrap_or(0)]
         })
         .max()
         .unwrap_or(0);

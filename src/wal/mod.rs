@@ -389,7 +389,7 @@ impl Wal {
         // changed its directory since the check's listing, which recovery
         // reuses; a log that took the LOCK lists it again under it.
         let names = names.filter(|_| lock.is_none());
-        let rec = recovery::recover(&*fs, dir, opts.recovery, persisted, names)?;
+        let rec = recovery::recover(&*fs, dir, opts.recovery, persisted, names, opts.restorable_tail)?;
         let mut segments = rec.segments;
         let active = match rec.active {
             Some(a) => a,

@@ -203,13 +203,13 @@ fn describe(d: &Damage, scans: &[SegmentScan]) -> String {
 /// disagreement with the record, every segment is scanned in full and
 /// judged as without it. `names`: the directory's names, listed by the
 /// caller where nothing can have changed them since (else listed here).
-pub fn recover(fs: &dyn FileSystem, dir: &Path, mode: RecoveryMode, persisted: u64, names: Option<Vec<String>>) -> Result<Recovered> {
+pub fn recover(fs: &dyn FileSystem, dir: &Path, mode: RecoveryMode, persisted: u64, names: Option<Vec<String>>, restorable_tail: bool) -> Result<Recovered> {
     let names = match names {
         Some(names) => names,
         None => fs.list(dir).map_err(|e| Error::io(format!("listing {}", dir.display()), e))?,
     };
     let Names { found, strays, moved } = sort_names(fs, dir, names)?;
-    match recover_segments(fs, dir, mode, persisted, found, moved) {
+    match recover_segments(fs, dir, mode, persisted, found, moved, restorable_tail) {
         Ok(rec) => Ok(Recovered { strays, ..rec }),
         Err(e) => {
             // No log will remove them later: the open fails here.
@@ -270,7 +270,7 @@ fn sort_names(fs: &dyn FileSystem, dir: &Path, names: Vec<String>) -> Result<Nam
 
 /// `recover` once the directory's names are sorted (`moved_temp`: the
 /// directory changed, so the log is not settled).
-fn recover_segments(fs: &dyn FileSystem, dir: &Path, mode: RecoveryMode, persisted: u64, found: Vec<(u64, String)>, moved_temp: bool) -> Result<Recovered> {
+fn recover_segments(fs: &dyn FileSystem, dir: &Path, mode: RecoveryMode, persisted: u64, found: Vec<(u64, String)>, moved_temp: bool, restorable_tail: bool) -> Result<Recovered> {
     let meta = extent::read(fs, dir)?;
     let trusted = match meta {
         MetaFile::Present(_) => persisted_prefix(&found, persisted),
@@ -311,7 +311,7 @@ fn recover_segments(fs: &dyn FileSystem, dir: &Path, mode: RecoveryMode, persist
     // Never reissue a sequence number: the next one is above everything
     // the extent record (or, without one, the segment headers and durable
     // hints) proves was handed out, even when records before it are gone.
-    let next_seq = kept_end.max(extent::next_floor(&meta, &scans));
+    let next_seq = kept_end.max(extent::next_floor(&meta, &scans, restorable_tail));
     let kept_extent = |s: &SegmentScan| s.header.as_ref().ok().map(|h| (s.file.first_seq, h.salt, h.prev, s.checked_end));
     let kept: Vec<(u64, u32, Option<Link>, u64)> = scans[..keep].iter().filter_map(kept_extent).collect();
     let mut set_aside_in = None;

@@ -271,7 +271,7 @@ fn verify(out: &mut impl Write, path: &Path, mode: RecoveryMode) -> Result<u8, F
     let problems = l.meta.as_ref().map_or(Vec::new(), |m| extent::check(m, &scans, kept_end));
     // A single segment file has no extent record: its header, hints and
     // a cut tail still bound the numbers handed out, as for a log without one.
-    let next = kept_end.max(extent::next_floor(l.meta.as_ref().unwrap_or(&extent::MetaFile::Missing), &scans));
+    let next = kept_end.max(extent::next_floor(l.meta.as_ref().unwrap_or(&extent::MetaFile::Missing), &scans, false));
     let code = match &damage {
         None if !problems.is_empty() => {
             writeln!(out, "valid log: {}", range(&sum))?;
