@@ -1006,3 +1006,32 @@ fn a_handed_over_shard_is_not_handed_over_again() {
     assert_eq!(second.as_ref().err().map(|e| e.status), Some(KEEL_STATUS_MOVED), "{second:?}");
     assert!(c.engine.open_shard(SHARD, false).is_err(), "node 3 owns the shard too");
 }
+
+/// The hand-over's MOVED mark is durable before FINISH goes out: when it
+/// cannot be written (no room), the transfer fails before the receiver
+/// finishes, so the source stays the only owner. (Written after FINISH's
+/// ACK, a failed mark left the receiver owning the shard and a reopened
+/// source taking writes.)
+#[test]
+fn a_moved_mark_that_cannot_be_written_fails_the_hand_over_before_finish() {
+    let no_room = common::hookfs::HookFs::new(|call, path| match call {
+        common::hookfs::Call::Create if path.file_name().is_some_and(|n| n.to_string_lossy().starts_with("MOVED")) => {
+            Err(std::io::Error::from_raw_os_error(libc::ENOSPC))
+        }
+        _ => Ok(()),
+    });
+    let src = Side::temp_on("moved-no-room-src", common::side::node_options(1), shard_options(), no_room);
+    let dst = side("moved-no-room-dst", 2);
+    src.node.connect(2, &dst.node.addr().to_string()).unwrap();
+    let shard = src.engine.open_shard(SHARD, true).unwrap();
+    fill(&shard, 100);
+    dst.transfers.expect(SHARD, 1);
+    let t = src.transfers.start(&shard, SHARD, 2, &hand_over()).unwrap();
+    assert!(t.wait(None));
+    let outcome = t.outcome().unwrap();
+    assert_eq!(outcome.as_ref().err().map(|e| e.status), Some(KEEL_STATUS_NO_SPACE), "{outcome:?}");
+    assert_eq!(dst.engine.open_shard(SHARD, false).err().map(|e| e.status), Some(KEEL_STATUS_BUSY), "the receiver never finished");
+    shard.close().unwrap();
+    let again = src.engine.open_shard(SHARD, false).unwrap();
+    again.put(b"late", b"x").unwrap();
+}

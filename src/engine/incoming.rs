@@ -66,10 +66,8 @@ impl Engine {
             // comes back by WAL delta: once finished it is this node's to
             // write again. The marker is durable first, so a crash in
             // between leaves it incoming, not writable.
-            let moved = dir.join(crate::shard::MOVED_FILE);
-            if base.is_none() && self.exists(&moved)? {
-                self.fs.remove(&moved).map_err(|e| Error::io(format!("removing {}", moved.display()), e))?;
-                self.sync_dir(&dir)?;
+            if base.is_none() {
+                crate::shard::remove_moved(&*self.fs, &dir)?;
             }
             state.slots.insert(id, Slot::Opening);
         }

@@ -44,7 +44,7 @@ pub use replicated::Fence;
 pub(crate) use replicated::Replicated;
 pub use steps::{Step, StepHook, Steps};
 pub use transfer::Snapshot;
-pub(crate) use transfer::MOVED_FILE;
+pub(crate) use transfer::remove_moved;
 pub(crate) use commit::restore_wal;
 
 use crate::error::{Error, Result};

@@ -26,7 +26,19 @@ const BASE_MAGIC: u64 = 0x3142_5246_4c45_454b; // "KEELFRB1"
 /// `<shard dir>/MOVED`: a transfer handed the shard over
 /// (`Shard::persist_moved`), so a reopen refuses writes with MOVED too,
 /// until a transfer brings the shard back (`Engine::receive_shard`).
-pub(crate) const MOVED_FILE: &str = "MOVED";
+pub(super) const MOVED_FILE: &str = "MOVED";
+
+/// Removes the `MOVED` mark of the shard in `shard_dir`, if there is one,
+/// durably.
+pub(crate) fn remove_moved(fs: &dyn crate::fs::FileSystem, shard_dir: &std::path::Path) -> Result<()> {
+    let path = shard_dir.join(MOVED_FILE);
+    let io = |what: &str, p: &std::path::Path, e| crate::error::Error::io(format!("{what} {}", p.display()), e);
+    if !fs.exists(&path).map_err(|e| io("looking for", &path, e))? {
+        return Ok(());
+    }
+    fs.remove(&path).map_err(|e| io("removing", &path, e))?;
+    fs.sync_dir(shard_dir).map_err(|e| io("syncing", shard_dir, e))
+}
 
 /// The shard's state at one version: the appendable segment's keys
 /// (copied) and the immutable segments (shared: a merge that replaces them
@@ -125,6 +137,12 @@ impl Shard {
     /// reopen refuses writes with MOVED too.
     pub(crate) fn persist_moved(&self) -> Result<()> {
         crate::fs::replace(&*self.inner.fs, &self.inner.seg_dir.with_file_name(MOVED_FILE), b"moved")
+    }
+
+    /// Removes the mark of `persist_moved` (a FINISH that failed).
+    pub(crate) fn unpersist_moved(&self) -> Result<()> {
+        let dir = self.inner.seg_dir.parent().unwrap_or(std::path::Path::new("."));
+        remove_moved(&*self.inner.fs, dir)
     }
 
     /// Whether a transfer handed this shard over: its writes fail with MOVED.

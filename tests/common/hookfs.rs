@@ -1,6 +1,6 @@
 //! The real file system with a hook before the directory-level calls a
 //! test wants to stop or fail: `remove`, `remove_dir_all`, `open` (of an
-//! existing file) and `exists`. The
+//! existing file), `create` and `exists`. The
 //! hook sees the call and the path, and may park the thread (a channel
 //! the test controls) or answer an error instead of the real call.
 
@@ -15,6 +15,7 @@ pub enum Call {
     Remove,
     RemoveDirAll,
     Open,
+    Create,
     Exists,
 }
 
@@ -43,6 +44,7 @@ impl FileSystem for HookFs {
         self.real.open(path, writable)
     }
     fn create(&self, path: &Path) -> io::Result<Arc<dyn File>> {
+        (self.hook)(Call::Create, path)?;
         self.real.create(path)
     }
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {

@@ -37,14 +37,23 @@ pub(super) fn run(
         return Err(crate::error::Error::new(crate::status::KEEL_STATUS_MOVED, "the shard was handed over by another transfer"));
     }
     if mode != Finish::Forward {
-        link.simple(wire::FINISH, &last)?;
+        // The mark is durable before FINISH can release the shard to the
+        // receiver's host: a crash or a failed write after it would leave
+        // this copy writable while the receiver owns the shard.
+        if mode == Finish::HandOver {
+            shard.persist_moved()?;
+        }
+        if let Err(e) = link.simple(wire::FINISH, &last) {
+            if mode == Finish::HandOver {
+                let _ = shard.unpersist_moved(); // best effort: a mark left is the safe side
+            }
+            return Err(e);
+        }
         // The receiver owns the shard now: with a hand-over, later writes
         // here fail with MOVED; none can slip in, the hold is still taken.
         if mode == Finish::HandOver {
-            let persisted = shard.persist_moved();
             hold.hand_over();
             link.report.handed_over = true;
-            persisted?;
         }
         control.finished(mode);
         drop(hold);
@@ -83,10 +92,12 @@ pub(super) fn run(
                 if shard.is_moved() {
                     return Err(crate::error::Error::new(crate::status::KEEL_STATUS_MOVED, "the shard was handed over by another transfer"));
                 }
-                link.simple(wire::FINISH, &link.report.last_version.to_le_bytes())?;
-                let persisted = shard.persist_moved();
+                shard.persist_moved()?;
+                if let Err(e) = link.simple(wire::FINISH, &link.report.last_version.to_le_bytes()) {
+                    let _ = shard.unpersist_moved();
+                    return Err(e);
+                }
                 hold.hand_over();
-                persisted?;
                 link.report.handed_over = true;
                 control.forwarded(link.report.last_version);
                 control.finished(Finish::HandOver);
