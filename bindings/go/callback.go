@@ -33,7 +33,7 @@ func keelGoNetEvent(handle C.uintptr_t, connID C.uint64_t, status C.keel_status_
 //export keelGoNodeEvent
 func keelGoNodeEvent(handle C.uintptr_t, peerID C.uint64_t, status C.keel_status_t, message *C.char) {
 	ev := cgo.Handle(handle).Value().(*nodeEvents)
-	defer ev.leave(ev.enter())
+	defer ev.threads.leave(ev.threads.enter())
 	var err error
 	if status != C.KEEL_STATUS_OK {
 		// message is borrowed for the call only: copied by GoString.

@@ -110,8 +110,10 @@ type threadSet struct {
 	m  map[int]int
 }
 
+func newThreadSet() *threadSet { return &threadSet{m: map[int]int{}} }
+
 // ReadIndex calls (of any shard) and Net OnEvent calls (of any Net).
-var readIndexThreads, netEventThreads = &threadSet{m: map[int]int{}}, &threadSet{m: map[int]int{}}
+var readIndexThreads, netEventThreads = newThreadSet(), newThreadSet()
 
 func (s *threadSet) enter() int {
 	tid := syscall.Gettid()

@@ -28,8 +28,6 @@ import (
 	"runtime"
 	"runtime/cgo"
 	"strings"
-	"sync"
-	"syscall"
 	"time"
 	"unsafe"
 )
@@ -272,36 +270,9 @@ func toNodeStats(s *C.keel_node_stats_t) NodeStats {
 // nodeEvents is what the cgo.Handle in keel_node_options_t.user_data holds.
 type nodeEvents struct {
 	onEvent func(peer uint64, err error)
-	// running counts the OnEvent calls in progress per OS thread id, so
-	// that Close can tell it is called from OnEvent: a goroutine running
-	// a callback is locked to the calling C thread, and no other
-	// goroutine runs on that thread meanwhile.
-	mu      sync.Mutex
-	running map[int]int
-}
-
-func (ev *nodeEvents) enter() int {
-	tid := syscall.Gettid()
-	ev.mu.Lock()
-	ev.running[tid]++
-	ev.mu.Unlock()
-	return tid
-}
-
-func (ev *nodeEvents) leave(tid int) {
-	ev.mu.Lock()
-	if ev.running[tid]--; ev.running[tid] == 0 {
-		delete(ev.running, tid)
-	}
-	ev.mu.Unlock()
-}
-
-// inHandler tells whether the calling goroutine is an OnEvent callback.
-func (ev *nodeEvents) inHandler() bool {
-	tid := syscall.Gettid()
-	ev.mu.Lock()
-	defer ev.mu.Unlock()
-	return ev.running[tid] > 0
+	// threads are those running this node's OnEvent now, so that Close
+	// can tell it is called from OnEvent.
+	threads *threadSet
 }
 
 // Node is a node of keel's authenticated transport to other keel
@@ -348,7 +319,7 @@ func OpenNode(e *Engine, opts *NodeOptions) (*Node, error) {
 	var events cgo.Handle
 	var ev *nodeEvents
 	if opts != nil && opts.OnEvent != nil {
-		ev = &nodeEvents{onEvent: opts.OnEvent, running: make(map[int]int)}
+		ev = &nodeEvents{onEvent: opts.OnEvent, threads: newThreadSet()}
 		events = cgo.NewHandle(ev)
 		C.keel_go_node_set_event(&copts.c, C.uintptr_t(events))
 	}
@@ -490,7 +461,7 @@ func (n *Node) Close() (NodeStats, error) {
 	if n == nil {
 		return NodeStats{}, newError("Close", StatusInvalidArgument, "nil *Node")
 	}
-	if n.ev != nil && n.ev.inHandler() {
+	if n.ev != nil && n.ev.threads.has() {
 		// keel_node_close would join the thread it runs on.
 		return NodeStats{}, newError("Close", StatusBusy, "Node.Close cannot be called from OnEvent")
 	}
