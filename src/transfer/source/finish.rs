@@ -30,25 +30,14 @@ pub(super) fn run(
     let hold = shard.hold_writes();
     let held = Instant::now();
     drain(link, batcher, &mut reader, shard)?;
-    let last = link.report.last_version.to_le_bytes();
+    let last = link.report.last_version;
     // A concurrent transfer of this shard may have handed it over: under
     // the hold, nobody else can now.
     if mode != Finish::Copy && shard.is_moved() {
         return Err(crate::error::Error::new(crate::status::KEEL_STATUS_MOVED, "the shard was handed over by another transfer"));
     }
     if mode != Finish::Forward {
-        // The mark is durable before FINISH can release the shard to the
-        // receiver's host: a crash or a failed write after it would leave
-        // this copy writable while the receiver owns the shard.
-        if mode == Finish::HandOver {
-            shard.persist_moved()?;
-        }
-        if let Err(e) = link.simple(wire::FINISH, &last) {
-            if mode == Finish::HandOver {
-                let _ = shard.unpersist_moved(); // best effort: a mark left is the safe side
-            }
-            return Err(e);
-        }
+        send_finish(link, shard, last, mode == Finish::HandOver)?;
         // The receiver owns the shard now: with a hand-over, later writes
         // here fail with MOVED; none can slip in, the hold is still taken.
         if mode == Finish::HandOver {
@@ -60,7 +49,7 @@ pub(super) fn run(
         link.report.final_hold = held.elapsed();
         return Ok(());
     }
-    link.simple(wire::FORWARD, &last)?;
+    link.simple(wire::FORWARD, &last.to_le_bytes())?;
     control.finished(Finish::Forward);
     control.forwarded(link.report.last_version);
     // Under the hold: every write after the last one drained runs the hook.
@@ -92,11 +81,7 @@ pub(super) fn run(
                 if shard.is_moved() {
                     return Err(crate::error::Error::new(crate::status::KEEL_STATUS_MOVED, "the shard was handed over by another transfer"));
                 }
-                shard.persist_moved()?;
-                if let Err(e) = link.simple(wire::FINISH, &link.report.last_version.to_le_bytes()) {
-                    let _ = shard.unpersist_moved();
-                    return Err(e);
-                }
+                send_finish(link, shard, link.report.last_version, true)?;
                 hold.hand_over();
                 link.report.handed_over = true;
                 control.forwarded(link.report.last_version);
@@ -107,6 +92,22 @@ pub(super) fn run(
             }
         }
     }
+}
+
+/// Sends FINISH (`last`: the last version sent), after which the receiver
+/// may own the shard. With a hand-over the MOVED mark is durable before it
+/// goes out and removed again when it fails: no crash or failed write then
+/// leaves this copy writable while the receiver owns the shard (a mark
+/// whose removal fails is the safe side: the shard takes no write).
+fn send_finish(link: &mut Link, shard: &Shard, last: u64, hand_over: bool) -> Result<()> {
+    if hand_over {
+        shard.persist_moved()?;
+    }
+    let sent = link.simple(wire::FINISH, &last.to_le_bytes());
+    if sent.is_err() && hand_over {
+        let _ = shard.unpersist_moved();
+    }
+    sent.map(drop)
 }
 
 /// Catches up without holding writes until the host asks to finish (or
