@@ -1035,3 +1035,72 @@ fn a_moved_mark_that_cannot_be_written_fails_the_hand_over_before_finish() {
     let again = src.engine.open_shard(SHARD, false).unwrap();
     again.put(b"late", b"x").unwrap();
 }
+
+/// As `a_cancel_during_the_finish_step_does_not_leave_two_owners`,
+/// but FINISH's ACK does not come back in time (the receiver is slow in
+/// FINISH, or the link drops after the receiver finished) instead of a
+/// cancel: FINISH was sent and cannot be recalled, yet the source removes
+/// its durable MOVED mark and takes writes again while the receiver's
+/// host owns the shard too (before and after a reopen).
+#[test]
+fn a_finish_whose_ack_times_out_does_not_leave_two_owners() {
+    let src = side("finish-timeout-src", 1);
+    let (entered_tx, entered) = crossbeam_channel::unbounded();
+    let (release, release_rx) = crossbeam_channel::unbounded::<()>();
+    let fs = common::hookfs::HookFs::new(move |call, path| {
+        if call == common::hookfs::Call::Remove && path.file_name().is_some_and(|n| n == "INCOMING") {
+            let _ = entered_tx.send(());
+            let _ = release_rx.recv();
+        }
+        Ok(())
+    });
+    let dst = Side::temp_on("finish-timeout-dst", common::side::node_options(2), shard_options(), fs);
+    src.node.connect(2, &dst.node.addr().to_string()).unwrap();
+    let shard = src.engine.open_shard(SHARD, true).unwrap();
+    fill(&shard, 200);
+    dst.transfers.expect(SHARD, 1);
+    let opts = TransferOptions {
+        ack_timeout: Duration::from_secs(2),
+        retry: keel::transfer::Retry { max_retries: 1, first_backoff: Duration::from_millis(1), max_backoff: Duration::from_millis(1) },
+        ..hand_over()
+    };
+    let t = src.transfers.start(&shard, SHARD, 2, &opts).unwrap();
+    entered.recv().unwrap(); // the receiver is inside FINISH: it was sent
+    assert!(t.wait(None)); // the receiver stays parked until the source settled
+    let outcome = t.outcome().unwrap();
+    release.send(()).unwrap();
+    assert!(outcome.is_err(), "{outcome:?}");
+    until_received(&dst, "the receiver finishes", |s| s.finished == 1);
+    assert!(dst.engine.open_shard(SHARD, false).is_ok(), "the receiver owns the shard");
+    let late = shard.put(b"after", b"x");
+    assert_eq!(late.as_ref().err().map(|e| e.status), Some(KEEL_STATUS_MOVED), "outcome {outcome:?}; the source took a write while the receiver owns the shard: {late:?}");
+}
+
+/// The MOVED mark is renamed into place but its directory sync
+/// fails: the hand-over fails before FINISH is ever sent (the receiver
+/// never finishes), and the live shard keeps taking writes, yet the mark
+/// stays on disk. After a restart the shard refuses every write (MOVED)
+/// and cannot be sent again, though it was never handed over.
+#[test]
+fn a_moved_mark_whose_directory_sync_fails_is_not_left_behind() {
+    let fail_sync = common::hookfs::HookFs::new(|call, path| match call {
+        common::hookfs::Call::SyncDir if path.join("MOVED").exists() => Err(std::io::Error::from_raw_os_error(libc::EIO)),
+        _ => Ok(()),
+    });
+    let src = Side::temp_on("moved-sync-src", common::side::node_options(1), shard_options(), fail_sync);
+    let dst = side("moved-sync-dst", 2);
+    src.node.connect(2, &dst.node.addr().to_string()).unwrap();
+    let shard = src.engine.open_shard(SHARD, true).unwrap();
+    fill(&shard, 100);
+    dst.transfers.expect(SHARD, 1);
+    let t = src.transfers.start(&shard, SHARD, 2, &hand_over()).unwrap();
+    assert!(t.wait(None));
+    let outcome = t.outcome().unwrap();
+    assert_eq!(outcome.as_ref().err().map(|e| e.status), Some(KEEL_STATUS_IO), "{outcome:?}");
+    assert_eq!(dst.engine.open_shard(SHARD, false).err().map(|e| e.status), Some(KEEL_STATUS_BUSY), "the receiver never finished");
+    shard.put(b"acked", b"x").unwrap(); // the source is still the owner
+    shard.close().unwrap();
+    let again = src.engine.open_shard(SHARD, false).unwrap();
+    let w = again.put(b"late", b"x");
+    assert!(w.is_ok(), "a shard never handed over refuses writes after a reopen: {w:?}");
+}

@@ -131,6 +131,16 @@ func (s *threadSet) leave(tid int) {
 	s.mu.Unlock()
 }
 
+// running reports whether such a callback runs on any thread: a Close
+// that waited for an earlier one could be what that callback waits for,
+// from its own thread or from a goroutine it waits for (a ReadIndex
+// waiting for the host's apply loop, which closes the engine).
+func (s *threadSet) running() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.m) > 0
+}
+
 func (s *threadSet) has() bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()

@@ -389,7 +389,7 @@ func (e *Engine) Stats() (EngineStats, error) {
 // calls in flight on the engine and on those shards. Everything is
 // released even when a close fails; the first error is returned. A second
 // Close returns an error matching ErrClosed once the first has returned
-// (from a ReadIndex: at once).
+// (while a ReadIndex runs: at once).
 // Iterators stay valid but
 // their Next reports ErrClosed.
 func (e *Engine) Close() error {
@@ -400,7 +400,7 @@ func (e *Engine) Close() error {
 	// included, so its shard is listed below) end first.
 	// From a ReadIndex, an Engine.Close running elsewhere may be waiting
 	// for the read that runs it: answer at once instead.
-	h, done := e.calls.close(nil, !readIndexThreads.has())
+	h, done := e.calls.close(nil, !readIndexThreads.running())
 	defer done()
 	if h == nil {
 		return newError("Close", StatusClosed, "the engine is already closed")

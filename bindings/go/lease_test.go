@@ -432,3 +432,65 @@ func TestEngineCloseFromReadIndexDuringACloseAnswersAtOnce(t *testing.T) {
 		t.Fatal("Engine.Close inside ReadIndex waits for the first Close, which waits for this read: deadlock (three goroutines stuck for good)")
 	}
 }
+
+// The host's ReadIndex waits for its apply loop, and the apply loop, on
+// another goroutine, calls Engine.Close on its shutdown path while a first
+// Engine.Close waits for the read: it answers ErrClosed at once (while any
+// ReadIndex runs a Close does not wait), or three goroutines would wait
+// for each other for good. Ordered by observations only.
+func TestEngineCloseFromTheApplyLoopAReadIndexWaitsForAnswersAtOnce(t *testing.T) {
+	e, err := OpenEngine(t.TempDir(), nil) // no Cleanup Close: it would hang too
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := e.OpenShard(1, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	entered, proceed := make(chan struct{}), make(chan struct{})
+	applied := make(chan struct{}) // the apply loop reached the read index
+	applyClose := make(chan error, 1)
+	go func() { // the host's apply loop
+		<-proceed
+		applyClose <- e.Close() // shutting down
+		close(applied)
+	}()
+	opts := LeaseOptions{
+		SelfID: 1, Lease: 700 * time.Millisecond, ElectionTimeoutMin: time.Second,
+		MaxClockDrift: 100 * time.Millisecond, MaxRoundTrip: 100 * time.Millisecond,
+		ManualClock: true,
+		ReadIndex: func() (uint64, error) {
+			close(entered)
+			<-applied
+			return 0, nil
+		},
+	}
+	must(t, s.ConfigureConsensus(opts))
+	c := s.Consensus()
+	must(t, c.SetVoters([]uint64{1}, nil))
+	must(t, c.SetRole(RoleLeader, 1, 0))
+	go func() { _, _ = s.GetWith([]byte("k"), &ReadOptions{Level: ReadLinearizable}) }()
+	<-entered
+	firstDone := make(chan error, 1)
+	go func() { firstDone <- e.Close() }()
+	for { // until the first Close waits for the read
+		s.calls.mu.Lock()
+		closing := s.calls.closing
+		s.calls.mu.Unlock()
+		if closing {
+			break
+		}
+		runtime.Gosched()
+	}
+	waiting := make(chan struct{})
+	testHookCloseWaits = func() { close(waiting) }
+	defer func() { testHookCloseWaits = nil }()
+	close(proceed)
+	select {
+	case err := <-applyClose:
+		wantCode(t, "Engine.Close from the apply loop during Close", err, ErrClosed)
+		must(t, <-firstDone)
+	case <-waiting:
+		t.Fatal("Engine.Close from the apply loop the ReadIndex waits for waits for the first Close, which waits for the read: deadlock (three goroutines stuck for good)")
+	}
+}

@@ -560,7 +560,7 @@ func (s *Shard) SetKeepFrom(version uint64) error {
 // goroutines. The handle is freed even when the flush fails (that error is
 // returned; the WAL still holds everything). A second Close, or a Close
 // after Engine.Close, returns an error matching ErrClosed once the first
-// has returned (from a ReadIndex: at once). Open Iterators stay valid but
+// has returned (while a ReadIndex runs: at once). Open Iterators stay valid but
 // their Next reports ErrClosed.
 func (s *Shard) Close() error {
 	if s == nil {
@@ -570,7 +570,7 @@ func (s *Shard) Close() error {
 }
 
 func (s *Shard) close(op string) error {
-	h, done := s.calls.close(nil, !readIndexThreads.has())
+	h, done := s.calls.close(nil, !readIndexThreads.running())
 	defer done()
 	if h == nil {
 		return newError(op, StatusClosed, "the shard is already closed")

@@ -147,7 +147,8 @@ impl Member for Inner {
         // closed here is closed through its final sync.
         // One whose close failed is held by the commit log (`hold`).
         match self.wal.read_recursive().as_ref() {
-            Some(w) => w.sync().map(drop),
+            // The checkpoint drops the copies of what this sync covers.
+            Some(w) => w.sync_recorded().map(drop),
             None => Ok(()),
         }
     }

@@ -167,6 +167,9 @@ struct Link<'a> {
     overlap: bool,
     step: u64,
     acked: u64,
+    /// The last step failed because the receiver answered it with an
+    /// error (it did not take it), not because no answer came.
+    refused: bool,
     report: Report,
 }
 
@@ -178,6 +181,7 @@ impl Link<'_> {
     fn call(&mut self, ty: u16, body: &Body) -> Result<Ack> {
         debug_assert_eq!(self.acked, self.step, "one step in flight at a time");
         self.step += 1;
+        self.refused = false;
         let head = wire::step(self.id, self.step, self.acked);
         let began = Instant::now();
         let mut retries = 0;
@@ -210,6 +214,7 @@ impl Link<'_> {
             }
         };
         self.report.send_time += began.elapsed();
+        self.refused = ack.status != KEEL_STATUS_OK;
         if ack.status != KEEL_STATUS_OK {
             return Err(failed(&ack));
         }
@@ -430,6 +435,7 @@ pub(super) fn run(
         overlap: opts.pipeline,
         step: 0,
         acked: 0,
+        refused: false,
         report: Report::default(),
     };
     let mut start = shard_id.to_le_bytes().to_vec();

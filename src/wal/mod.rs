@@ -529,6 +529,17 @@ impl Wal {
         self.shared.sync()
     }
 
+    /// `sync`, then records the extent with the new durable watermark:
+    /// for a log with a restorable tail, whose owner drops its copies of
+    /// the records synced, so that a damage among them later still keeps
+    /// their numbers from being reissued (the recorded D is a floor; the
+    /// frames past a damage are not, `extent::next_floor`).
+    pub fn sync_recorded(&self) -> Result<u64> {
+        let durable = self.shared.sync()?;
+        self.shared.record_extent()?;
+        Ok(durable)
+    }
+
     pub fn durable_seq(&self) -> u64 {
         self.shared.durable.load(Ordering::Acquire)
     }

@@ -17,6 +17,7 @@ pub enum Call {
     Open,
     Create,
     Exists,
+    SyncDir,
 }
 
 pub type Hook = Box<dyn Fn(Call, &Path) -> io::Result<()> + Send + Sync>;
@@ -55,6 +56,7 @@ impl FileSystem for HookFs {
         self.real.remove(path)
     }
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        (self.hook)(Call::SyncDir, dir)?;
         self.real.sync_dir(dir)
     }
     fn exists(&self, path: &Path) -> io::Result<bool> {

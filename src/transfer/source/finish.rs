@@ -6,7 +6,7 @@
 
 use super::{Batcher, Link, CATCH_UP_ROUNDS};
 use crate::error::Result;
-use crate::shard::{AfterWrite, Shard};
+use crate::shard::{AfterWrite, Shard, WriteHold};
 use crate::transfer::control::{Control, Finish, Request, Stage};
 use crate::transfer::{wire, Hook};
 use crate::wal::{Pin, Reader};
@@ -37,7 +37,7 @@ pub(super) fn run(
         return Err(crate::error::Error::new(crate::status::KEEL_STATUS_MOVED, "the shard was handed over by another transfer"));
     }
     if mode != Finish::Forward {
-        send_finish(link, shard, last, mode == Finish::HandOver)?;
+        send_finish(link, shard, &hold, last, mode == Finish::HandOver)?;
         // The receiver owns the shard now: with a hand-over, later writes
         // here fail with MOVED; none can slip in, the hold is still taken.
         if mode == Finish::HandOver {
@@ -81,7 +81,7 @@ pub(super) fn run(
                 if shard.is_moved() {
                     return Err(crate::error::Error::new(crate::status::KEEL_STATUS_MOVED, "the shard was handed over by another transfer"));
                 }
-                send_finish(link, shard, link.report.last_version, true)?;
+                send_finish(link, shard, &hold, link.report.last_version, true)?;
                 hold.hand_over();
                 link.report.handed_over = true;
                 control.forwarded(link.report.last_version);
@@ -96,16 +96,24 @@ pub(super) fn run(
 
 /// Sends FINISH (`last`: the last version sent), after which the receiver
 /// may own the shard. With a hand-over the MOVED mark is durable before it
-/// goes out and removed again when it fails: no crash or failed write then
-/// leaves this copy writable while the receiver owns the shard (a mark
-/// whose removal fails is the safe side: the shard takes no write).
-fn send_finish(link: &mut Link, shard: &Shard, last: u64, hand_over: bool) -> Result<()> {
+/// goes out, so no crash leaves this copy writable while the receiver owns
+/// the shard. When the mark or FINISH fails, the mark goes again only if
+/// the shard is surely still the source's: the mark never went out (its
+/// directory sync failed), or the receiver answered FINISH with an error.
+/// Otherwise (FINISH unanswered: the receiver may have finished; or the
+/// mark cannot be removed) the shard refuses writes from now on, as after
+/// a reopen, until the host decides (docs/TRANSFER.md).
+fn send_finish(link: &mut Link, shard: &Shard, hold: &WriteHold<'_>, last: u64, hand_over: bool) -> Result<()> {
     if hand_over {
-        shard.persist_moved()?;
+        shard.persist_moved().inspect_err(|_| {
+            if shard.unpersist_moved().is_err() {
+                hold.hand_over();
+            }
+        })?;
     }
     let sent = link.simple(wire::FINISH, &last.to_le_bytes());
-    if sent.is_err() && hand_over {
-        let _ = shard.unpersist_moved();
+    if sent.is_err() && hand_over && !(link.refused && shard.unpersist_moved().is_ok()) {
+        hold.hand_over();
     }
     sent.map(drop)
 }
