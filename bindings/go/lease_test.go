@@ -320,6 +320,64 @@ func TestLeaseCloseWhileReadIndexWaitsForTheShard(t *testing.T) {
 	must(t, <-closed)
 }
 
+// soleLeader makes shard 1 of e lead alone, its reads that miss the lease
+// calling readIndex.
+func soleLeader(t *testing.T, e *Engine, readIndex func() (uint64, error)) *Shard {
+	t.Helper()
+	s, err := e.OpenShard(1, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	opts := LeaseOptions{
+		SelfID: 1, Lease: 700 * time.Millisecond, ElectionTimeoutMin: time.Second,
+		MaxClockDrift: 100 * time.Millisecond, MaxRoundTrip: 100 * time.Millisecond,
+		ManualClock: true, ReadIndex: readIndex,
+	}
+	must(t, s.ConfigureConsensus(opts))
+	c := s.Consensus()
+	must(t, c.SetVoters([]uint64{1}, nil))
+	must(t, c.SetRole(RoleLeader, 1, 0))
+	return s
+}
+
+// closeDuringARead starts a linearizable read of s, waits until its
+// ReadIndex closed entered, then starts e.Close and returns once that
+// Close waits for the read: the read's and the Close's results come on
+// the channels.
+func closeDuringARead(e *Engine, s *Shard, entered <-chan struct{}) (read, closed <-chan error) {
+	readDone, closeDone := make(chan error, 1), make(chan error, 1)
+	go func() {
+		_, err := s.GetWith([]byte("k"), &ReadOptions{Level: ReadLinearizable})
+		readDone <- err
+	}()
+	<-entered
+	go func() { closeDone <- e.Close() }()
+	untilClosing(s.calls)
+	return readDone, closeDone
+}
+
+// untilClosing returns once a close of c has begun.
+func untilClosing[P comparable](c *calls[P]) {
+	for {
+		c.mu.Lock()
+		closing := c.closing
+		c.mu.Unlock()
+		if closing {
+			return
+		}
+		runtime.Gosched()
+	}
+}
+
+// onCloseWait returns a channel closed when a Close starts waiting for an
+// earlier one (testHookCloseWaits, for the rest of the test).
+func onCloseWait(t *testing.T) <-chan struct{} {
+	waiting := make(chan struct{})
+	testHookCloseWaits = func() { close(waiting) }
+	t.Cleanup(func() { testHookCloseWaits = nil })
+	return waiting
+}
+
 // Engine.Close while a shard read runs the host's ReadIndex, and the host
 // (its apply loop, say) calls the engine: the call fails with ErrClosed
 // at once instead of waiting for the Close, which waits for the read.
@@ -327,170 +385,78 @@ func TestLeaseCloseWhileReadIndexWaitsForTheShard(t *testing.T) {
 // and the three never finished. No timing: every wait is on state.
 func TestEngineCloseWhileReadIndexCallsTheEngine(t *testing.T) {
 	e, _ := openEngineT(t, "", nil)
-	s, err := e.OpenShard(1, true)
-	if err != nil {
-		t.Fatal(err)
-	}
 	entered, proceed, statsErr := make(chan struct{}), make(chan struct{}), make(chan error, 1)
-	opts := LeaseOptions{
-		SelfID: 1, Lease: 700 * time.Millisecond, ElectionTimeoutMin: time.Second,
-		MaxClockDrift: 100 * time.Millisecond, MaxRoundTrip: 100 * time.Millisecond,
-		ManualClock: true,
-		ReadIndex: func() (uint64, error) {
-			close(entered)
-			<-proceed
-			_, err := e.Stats()
-			statsErr <- err
-			return 0, nil
-		},
-	}
-	must(t, s.ConfigureConsensus(opts))
-	c := s.Consensus()
-	must(t, c.SetVoters([]uint64{1}, nil))
-	must(t, c.SetRole(RoleLeader, 1, 0))
-	readDone := make(chan error, 1)
-	go func() {
-		_, err := s.GetWith([]byte("k"), &ReadOptions{Level: ReadLinearizable})
-		readDone <- err
-	}()
-	<-entered
-	closeDone := make(chan error, 1)
-	go func() { closeDone <- e.Close() }()
-	// Until Close is inside the shard's close, waiting for the read.
-	for {
-		s.calls.mu.Lock()
-		closing := s.calls.closing
-		s.calls.mu.Unlock()
-		if closing {
-			break
-		}
-		runtime.Gosched()
-	}
+	s := soleLeader(t, e, func() (uint64, error) {
+		close(entered)
+		<-proceed
+		_, err := e.Stats()
+		statsErr <- err
+		return 0, nil
+	})
+	read, closed := closeDuringARead(e, s, entered)
 	close(proceed)
 	wantCode(t, "Engine.Stats inside ReadIndex during Close", <-statsErr, ErrClosed)
 	// The read ends: served (the key is absent), or found the shard closed.
-	if err := <-readDone; !errors.Is(err, ErrNotFound) && !errors.Is(err, ErrClosed) {
+	if err := <-read; !errors.Is(err, ErrNotFound) && !errors.Is(err, ErrClosed) {
 		t.Errorf("the read: %v", err)
 	}
-	must(t, <-closeDone)
+	must(t, <-closed)
 }
 
-// Engine.Close while a shard read runs the host's ReadIndex, and the host
-// (its ReadIndex, or an apply loop it waits for) calls Engine.Close too, as
-// a shutdown path does: that Close answers ErrClosed at once. Waiting for
-// the first Close would never end: it waits for the read, which waits for
-// the ReadIndex. Ordered by observations only (testHookCloseWaits fires
-// if the inner Close starts waiting).
-func TestEngineCloseFromReadIndexDuringACloseAnswersAtOnce(t *testing.T) {
-	e, err := OpenEngine(t.TempDir(), nil) // no Cleanup Close: it would hang too
+// secondCloseDuringARead runs a first Engine.Close that waits for a read
+// whose ReadIndex the host made with readIndex(entered, proceed, second),
+// then closes proceed: the host's code closes the engine again and sends
+// the result on second. It must be ErrClosed at once; waiting for the
+// first Close would never end (it waits for the read, which waits for the
+// host). Ordered by observations only: testHookCloseWaits fires if the
+// second Close starts waiting.
+func secondCloseDuringARead(t *testing.T, what string, readIndex func(e *Engine, entered, proceed chan struct{}, second chan<- error) func() (uint64, error)) {
+	e, err := OpenEngine(t.TempDir(), nil) // no Cleanup Close: a failure would hang it
 	if err != nil {
 		t.Fatal(err)
 	}
-	s, err := e.OpenShard(1, true)
-	if err != nil {
-		t.Fatal(err)
-	}
-	entered, proceed := make(chan struct{}), make(chan struct{})
-	innerClose := make(chan error, 1)
-	opts := LeaseOptions{
-		SelfID: 1, Lease: 700 * time.Millisecond, ElectionTimeoutMin: time.Second,
-		MaxClockDrift: 100 * time.Millisecond, MaxRoundTrip: 100 * time.Millisecond,
-		ManualClock: true,
-		ReadIndex: func() (uint64, error) {
-			close(entered)
-			<-proceed
-			innerClose <- e.Close()
-			return 0, nil
-		},
-	}
-	must(t, s.ConfigureConsensus(opts))
-	c := s.Consensus()
-	must(t, c.SetVoters([]uint64{1}, nil))
-	must(t, c.SetRole(RoleLeader, 1, 0))
-	go func() { _, _ = s.GetWith([]byte("k"), &ReadOptions{Level: ReadLinearizable}) }()
-	<-entered
-	firstDone := make(chan error, 1)
-	go func() { firstDone <- e.Close() }()
-	for { // until the first Close waits for the read
-		s.calls.mu.Lock()
-		closing := s.calls.closing
-		s.calls.mu.Unlock()
-		if closing {
-			break
-		}
-		runtime.Gosched()
-	}
-	waiting := make(chan struct{})
-	testHookCloseWaits = func() { close(waiting) }
-	defer func() { testHookCloseWaits = nil }()
+	entered, proceed, second := make(chan struct{}), make(chan struct{}), make(chan error, 1)
+	s := soleLeader(t, e, readIndex(e, entered, proceed, second))
+	_, first := closeDuringARead(e, s, entered)
+	waiting := onCloseWait(t)
 	close(proceed)
 	select {
-	case err := <-innerClose:
-		wantCode(t, "Engine.Close inside ReadIndex during Close", err, ErrClosed)
-		must(t, <-firstDone)
+	case err := <-second:
+		wantCode(t, what, err, ErrClosed)
+		must(t, <-first)
 	case <-waiting:
-		t.Fatal("Engine.Close inside ReadIndex waits for the first Close, which waits for this read: deadlock (three goroutines stuck for good)")
+		t.Fatalf("%s waits for the first Close, which waits for the read: deadlock", what)
 	}
+}
+
+// Engine.Close inside the ReadIndex of a read a first Engine.Close waits
+// for (a host's shutdown path) answers at once.
+func TestEngineCloseFromReadIndexDuringACloseAnswersAtOnce(t *testing.T) {
+	secondCloseDuringARead(t, "Engine.Close inside ReadIndex during Close", func(e *Engine, entered, proceed chan struct{}, second chan<- error) func() (uint64, error) {
+		return func() (uint64, error) {
+			close(entered)
+			<-proceed
+			second <- e.Close()
+			return 0, nil
+		}
+	})
 }
 
 // The host's ReadIndex waits for its apply loop, and the apply loop, on
-// another goroutine, calls Engine.Close on its shutdown path while a first
-// Engine.Close waits for the read: it answers ErrClosed at once (while any
-// ReadIndex runs a Close does not wait), or three goroutines would wait
-// for each other for good. Ordered by observations only.
+// another goroutine, calls Engine.Close on its shutdown path: it answers
+// at once (while any ReadIndex runs, a Close does not wait).
 func TestEngineCloseFromTheApplyLoopAReadIndexWaitsForAnswersAtOnce(t *testing.T) {
-	e, err := OpenEngine(t.TempDir(), nil) // no Cleanup Close: it would hang too
-	if err != nil {
-		t.Fatal(err)
-	}
-	s, err := e.OpenShard(1, true)
-	if err != nil {
-		t.Fatal(err)
-	}
-	entered, proceed := make(chan struct{}), make(chan struct{})
-	applied := make(chan struct{}) // the apply loop reached the read index
-	applyClose := make(chan error, 1)
-	go func() { // the host's apply loop
-		<-proceed
-		applyClose <- e.Close() // shutting down
-		close(applied)
-	}()
-	opts := LeaseOptions{
-		SelfID: 1, Lease: 700 * time.Millisecond, ElectionTimeoutMin: time.Second,
-		MaxClockDrift: 100 * time.Millisecond, MaxRoundTrip: 100 * time.Millisecond,
-		ManualClock: true,
-		ReadIndex: func() (uint64, error) {
+	secondCloseDuringARead(t, "Engine.Close from the apply loop during Close", func(e *Engine, entered, proceed chan struct{}, second chan<- error) func() (uint64, error) {
+		applied := make(chan struct{}) // the apply loop reached the read index
+		go func() {
+			<-proceed
+			second <- e.Close() // shutting down
+			close(applied)
+		}()
+		return func() (uint64, error) {
 			close(entered)
 			<-applied
 			return 0, nil
-		},
-	}
-	must(t, s.ConfigureConsensus(opts))
-	c := s.Consensus()
-	must(t, c.SetVoters([]uint64{1}, nil))
-	must(t, c.SetRole(RoleLeader, 1, 0))
-	go func() { _, _ = s.GetWith([]byte("k"), &ReadOptions{Level: ReadLinearizable}) }()
-	<-entered
-	firstDone := make(chan error, 1)
-	go func() { firstDone <- e.Close() }()
-	for { // until the first Close waits for the read
-		s.calls.mu.Lock()
-		closing := s.calls.closing
-		s.calls.mu.Unlock()
-		if closing {
-			break
 		}
-		runtime.Gosched()
-	}
-	waiting := make(chan struct{})
-	testHookCloseWaits = func() { close(waiting) }
-	defer func() { testHookCloseWaits = nil }()
-	close(proceed)
-	select {
-	case err := <-applyClose:
-		wantCode(t, "Engine.Close from the apply loop during Close", err, ErrClosed)
-		must(t, <-firstDone)
-	case <-waiting:
-		t.Fatal("Engine.Close from the apply loop the ReadIndex waits for waits for the first Close, which waits for the read: deadlock (three goroutines stuck for good)")
-	}
+	})
 }

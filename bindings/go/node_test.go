@@ -459,9 +459,7 @@ func TestNodeSecondCloseWaitsForTheFirst(t *testing.T) {
 	first := make(chan error, 1)
 	go func() { _, err := b.Close(); first <- err }()
 	<-parked // the first Close waits for this OnEvent call
-	waiting := make(chan struct{})
-	testHookCloseWaits = func() { close(waiting) }
-	defer func() { testHookCloseWaits = nil }()
+	waiting := onCloseWait(t)
 	type result struct {
 		err      error
 		released bool

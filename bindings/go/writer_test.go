@@ -977,18 +977,8 @@ func TestWriterCloseFromAnotherNetsOnEventAnswersAtOnce(t *testing.T) {
 	}
 	first := make(chan error, 1)
 	go func() { first <- w1.Close() }() // waits for A's running OnEvent
-	for {
-		w1.calls.mu.Lock()
-		closing := w1.calls.closing
-		w1.calls.mu.Unlock()
-		if closing {
-			break
-		}
-		runtime.Gosched()
-	}
-	waiting := make(chan struct{})
-	testHookCloseWaits = func() { close(waiting) }
-	defer func() { testHookCloseWaits = nil }()
+	untilClosing(w1.calls)
+	waiting := onCloseWait(t)
 	must(t, peerB.SetLinger(0))
 	peerB.Close()
 	for done := false; !done; {
