@@ -580,6 +580,37 @@ fn a_transfer_does_not_reopen_a_shard_whose_wal_failed_to_close() {
     dst.close();
 }
 
+/// Value `i` of the damage tests: 4 KiB, incompressible after a tag that
+/// names the write.
+fn tagged_value(i: usize) -> Vec<u8> {
+    let mut v = format!("value-{i:04}-value-{i:04}-").into_bytes();
+    let mut x = i as u64 + 1;
+    while v.len() < 4096 {
+        x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        v.push((x >> 56) as u8);
+    }
+    v
+}
+
+/// Zeroes 512 bytes inside the value of one write (of `0..n`, tagged by
+/// `tagged_value`) in shard 1's active WAL segment, as a page that never
+/// reached the disk; `pick` chooses it among the writes the segment holds.
+/// Returns the write damaged.
+fn damage_the_active_segment(fs: &FaultFs, n: usize, pick: impl Fn(&[usize]) -> usize) -> usize {
+    let wal = Path::new(ENGINE).join("shards/1/wal");
+    let active = fs.list(&wal).unwrap().into_iter().filter(|n| n.ends_with(".wal") && !n.starts_with("spare")).max().unwrap();
+    let f = fs.open(&wal.join(&active), true).unwrap();
+    let mut bytes = vec![0u8; f.len().unwrap() as usize];
+    let got = f.read_up_to(&mut bytes, 0).unwrap();
+    let tag = |i: usize| format!("value-{i:04}-value-{i:04}-").into_bytes();
+    let at = |i: usize| bytes[..got].windows(22).position(|w| w == tag(i).as_slice());
+    let present: Vec<usize> = (0..n).filter(|&i| at(i).is_some()).collect();
+    assert!(present.len() >= 4, "the active segment {active} holds writes {present:?}");
+    let victim = pick(&present);
+    f.write_at(&[&[0u8; 512]], (at(victim).unwrap() + 1024) as u64).unwrap();
+    victim
+}
+
 /// A shard WAL whose records the commit log makes durable is written, not
 /// synced: after a power loss its segment may keep a later page and lose
 /// an earlier one (writeback runs in any order, as src/wal/recovery.rs
@@ -599,19 +630,9 @@ fn frames_set_aside_after_a_lost_middle_page_are_restored() {
     let opts = Options { wal_segment_size: 1 << 20, ..options(Steps::default()) };
     let engine = engine_with(&fs, opts.clone()).unwrap();
     let s = engine.open_shard(1, true).unwrap();
-    // 4 KB each, incompressible after a tag that names the write.
-    let val = |i: usize| {
-        let mut v = format!("value-{i:04}-value-{i:04}-").into_bytes();
-        let mut x = i as u64 + 1;
-        while v.len() < 4096 {
-            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            v.push((x >> 56) as u8);
-        }
-        v
-    };
     const N: usize = 90;
     for i in 0..N {
-        s.put(format!("k{i:02}").as_bytes(), &val(i)).unwrap(); // SYNC: acknowledged by the commit log
+        s.put(format!("k{i:02}").as_bytes(), &tagged_value(i)).unwrap(); // SYNC: acknowledged by the commit log
     }
     fs.halt();
     drop(s);
@@ -620,18 +641,8 @@ fn frames_set_aside_after_a_lost_middle_page_are_restored() {
     // A page of the active segment (the one the WAL writes, unsynced)
     // holding part of one write's frame never reached the disk; frames of
     // later writes in that segment did.
-    let wal = Path::new(ENGINE).join("shards/1/wal");
-    let active = fs.list(&wal).unwrap().into_iter().filter(|n| n.ends_with(".wal") && !n.starts_with("spare")).max().unwrap();
-    let f = fs.open(&wal.join(&active), true).unwrap();
-    let mut bytes = vec![0u8; f.len().unwrap() as usize];
-    let got = f.read_up_to(&mut bytes, 0).unwrap();
-    let tag = |i: usize| format!("value-{i:04}-value-{i:04}-").into_bytes();
-    let at = |i: usize| bytes[..got].windows(22).position(|w| w == tag(i).as_slice());
-    let present: Vec<usize> = (0..N).filter(|&i| at(i).is_some()).collect();
-    assert!(present.len() >= 4, "the active segment {active} holds writes {present:?}");
-    let victim = present[present.len() - 3]; // after the last sync of the segment
-    f.write_at(&[&[0u8; 512]], (at(victim).unwrap() + 1024) as u64).unwrap(); // inside its value
-        let engine = engine_with(&fs, opts).unwrap_or_else(|e| panic!("the engine did not open: {e}"));
+    damage_the_active_segment(&fs, N, |present| present[present.len() - 3]); // after its last sync
+    let engine = engine_with(&fs, opts).unwrap_or_else(|e| panic!("the engine did not open: {e}"));
     let s = engine.open_shard(1, false).unwrap_or_else(|e| panic!("shard: {e}"));
     let lost: Vec<usize> = (0..N).filter(|&i| s.get(format!("k{i:02}").as_bytes()).unwrap().is_none()).collect();
     assert!(lost.is_empty(), "acknowledged writes lost: {lost:?} (restored frames: {})", engine.stats().unwrap().restored_frames);
@@ -656,19 +667,10 @@ fn versions_past_a_damage_are_not_reissued_when_their_copies_were_checkpointed()
     let engine = engine_with(&fs, opts.clone()).unwrap();
     let s = engine.open_shard(1, true).unwrap();
     let other = engine.open_shard(2, true).unwrap();
-    let val = |i: usize| {
-        let mut v = format!("value-{i:04}-value-{i:04}-").into_bytes();
-        let mut x = i as u64 + 1;
-        while v.len() < 4096 {
-            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            v.push((x >> 56) as u8);
-        }
-        v
-    };
     const N: usize = 90;
     let mut acked = 0;
     for i in 0..N {
-        acked = s.put(format!("k{i:02}").as_bytes(), &val(i)).unwrap();
+        acked = s.put(format!("k{i:02}").as_bytes(), &tagged_value(i)).unwrap();
     }
     other.close().unwrap();
     engine.drop_shard(2).unwrap(); // a checkpoint first: shard 1's WAL synced, its copies gone
@@ -677,18 +679,7 @@ fn versions_past_a_damage_are_not_reissued_when_their_copies_were_checkpointed()
     drop(s);
     drop(engine);
     fs.resume();
-    let wal = Path::new(ENGINE).join("shards/1/wal");
-    let active = fs.list(&wal).unwrap().into_iter().filter(|n| n.ends_with(".wal") && !n.starts_with("spare")).max().unwrap();
-    let f = fs.open(&wal.join(&active), true).unwrap();
-    let mut bytes = vec![0u8; f.len().unwrap() as usize];
-    let got = f.read_up_to(&mut bytes, 0).unwrap();
-    let tag = |i: usize| format!("value-{i:04}-value-{i:04}-").into_bytes();
-    let at = |i: usize| bytes[..got].windows(22).position(|w| w == tag(i).as_slice());
-    let present: Vec<usize> = (0..N).filter(|&i| at(i).is_some()).collect();
-    assert!(present.len() >= 4, "the active segment {active} holds writes {present:?}");
-    let victim = present[present.len() / 2];
-    f.write_at(&[&[0u8; 512]], (at(victim).unwrap() + 1024) as u64).unwrap(); // inside its value
-    drop(f);
+    let victim = damage_the_active_segment(&fs, N, |present| present[present.len() / 2]);
     // A reopen that refuses (the recorded durable point proves the loss)
     // reissues nothing either.
     let opened = engine_with(&fs, opts).and_then(|e| e.open_shard(1, false).map(|s| (e, s)));

@@ -898,13 +898,21 @@ fn a_second_confirm_does_not_drop_a_shard_that_came_back_under_the_same_id() {
     assert!(back.get(b"written-on-b").unwrap().is_some(), "the shard that came back was dropped");
 }
 
-/// The receiver parks in FINISH (removing its INCOMING marker) while the
-/// source is cancelled. A sent FINISH cannot be recalled: the source waits
-/// for its ACK and settles done and moved, never CANCELLED with its shard
-/// writable while the receiver's host owns the shard too.
-#[test]
-fn a_cancel_during_the_finish_step_does_not_leave_two_owners() {
-    let src = side("cancel-finish-src", 1);
+/// A source (node 1) holding shard SHARD with 200 keys, connected to a
+/// receiver (node 2) announced for it whose FINISH parks (as it removes its
+/// INCOMING marker) until `release` is sent or dropped; `entered` hears
+/// when it parks. `release` is the first field, so a failing test drops it
+/// first and the receiver's close does not wait for a parked step.
+struct ParkedFinish {
+    release: crossbeam_channel::Sender<()>,
+    entered: crossbeam_channel::Receiver<()>,
+    shard: Shard,
+    src: Side,
+    dst: Side,
+}
+
+fn parked_finish(tag: &str) -> ParkedFinish {
+    let src = side(&format!("{tag}-src"), 1);
     let (entered_tx, entered) = crossbeam_channel::unbounded();
     let (release, release_rx) = crossbeam_channel::unbounded::<()>();
     let fs = common::hookfs::HookFs::new(move |call, path| {
@@ -914,12 +922,23 @@ fn a_cancel_during_the_finish_step_does_not_leave_two_owners() {
         }
         Ok(())
     });
-    let dst = Side::temp_on("cancel-finish-dst", common::side::node_options(2), shard_options(), fs);
+    let dst = Side::temp_on(&format!("{tag}-dst"), common::side::node_options(2), shard_options(), fs);
     src.node.connect(2, &dst.node.addr().to_string()).unwrap();
     let shard = src.engine.open_shard(SHARD, true).unwrap();
     fill(&shard, 200);
     dst.transfers.expect(SHARD, 1);
-    let t = src.transfers.start(&shard, SHARD, 2, &hand_over()).unwrap();
+    ParkedFinish { release, entered, shard, src, dst }
+}
+
+/// The receiver parks in FINISH (removing its INCOMING marker) while the
+/// source is cancelled. A sent FINISH cannot be recalled: the source waits
+/// for its ACK and settles done and moved, never CANCELLED with its shard
+/// writable while the receiver's host owns the shard too.
+#[test]
+fn a_cancel_during_the_finish_step_does_not_leave_two_owners() {
+    let p = parked_finish("cancel-finish");
+    let (shard, release, entered, dst) = (&p.shard, &p.release, &p.entered, &p.dst);
+    let t = p.src.transfers.start(shard, SHARD, 2, &hand_over()).unwrap();
     entered.recv().unwrap(); // the source waits for FINISH's ACK
     assert_eq!(t.status().0, Stage::Draining);
     t.cancel();
@@ -1044,33 +1063,20 @@ fn a_moved_mark_that_cannot_be_written_fails_the_hand_over_before_finish() {
 /// host owns the shard too (before and after a reopen).
 #[test]
 fn a_finish_whose_ack_times_out_does_not_leave_two_owners() {
-    let src = side("finish-timeout-src", 1);
-    let (entered_tx, entered) = crossbeam_channel::unbounded();
-    let (release, release_rx) = crossbeam_channel::unbounded::<()>();
-    let fs = common::hookfs::HookFs::new(move |call, path| {
-        if call == common::hookfs::Call::Remove && path.file_name().is_some_and(|n| n == "INCOMING") {
-            let _ = entered_tx.send(());
-            let _ = release_rx.recv();
-        }
-        Ok(())
-    });
-    let dst = Side::temp_on("finish-timeout-dst", common::side::node_options(2), shard_options(), fs);
-    src.node.connect(2, &dst.node.addr().to_string()).unwrap();
-    let shard = src.engine.open_shard(SHARD, true).unwrap();
-    fill(&shard, 200);
-    dst.transfers.expect(SHARD, 1);
+    let p = parked_finish("finish-timeout");
+    let (shard, release, entered, dst) = (&p.shard, &p.release, &p.entered, &p.dst);
     let opts = TransferOptions {
         ack_timeout: Duration::from_secs(2),
         retry: keel::transfer::Retry { max_retries: 1, first_backoff: Duration::from_millis(1), max_backoff: Duration::from_millis(1) },
         ..hand_over()
     };
-    let t = src.transfers.start(&shard, SHARD, 2, &opts).unwrap();
+    let t = p.src.transfers.start(shard, SHARD, 2, &opts).unwrap();
     entered.recv().unwrap(); // the receiver is inside FINISH: it was sent
     assert!(t.wait(None)); // the receiver stays parked until the source settled
     let outcome = t.outcome().unwrap();
     release.send(()).unwrap();
     assert!(outcome.is_err(), "{outcome:?}");
-    until_received(&dst, "the receiver finishes", |s| s.finished == 1);
+    until_received(dst, "the receiver finishes", |s| s.finished == 1);
     assert!(dst.engine.open_shard(SHARD, false).is_ok(), "the receiver owns the shard");
     let late = shard.put(b"after", b"x");
     assert_eq!(late.as_ref().err().map(|e| e.status), Some(KEEL_STATUS_MOVED), "outcome {outcome:?}; the source took a write while the receiver owns the shard: {late:?}");
