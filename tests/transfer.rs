@@ -1039,8 +1039,19 @@ fn a_moved_mark_that_cannot_be_written_fails_the_hand_over_before_finish() {
         }
         _ => Ok(()),
     });
-    let src = Side::temp_on("moved-no-room-src", common::side::node_options(1), shard_options(), no_room);
-    let dst = side("moved-no-room-dst", 2);
+    let (src, _dst, shard) = hand_over_whose_mark_fails("moved-no-room", no_room, KEEL_STATUS_NO_SPACE);
+    shard.close().unwrap();
+    let again = src.engine.open_shard(SHARD, false).unwrap();
+    again.put(b"late", b"x").unwrap();
+}
+
+/// A hand-over from a source on `fs` (where the MOVED mark fails) to a
+/// receiver: it fails with `status` before FINISH (the receiver's copy
+/// stays incoming) and the source's shard still takes writes. Returns the
+/// two sides and the source's shard.
+fn hand_over_whose_mark_fails(tag: &str, fs: Arc<common::hookfs::HookFs>, status: keel_status_t) -> (Side, Side, Shard) {
+    let src = Side::temp_on(&format!("{tag}-src"), common::side::node_options(1), shard_options(), fs);
+    let dst = side(&format!("{tag}-dst"), 2);
     src.node.connect(2, &dst.node.addr().to_string()).unwrap();
     let shard = src.engine.open_shard(SHARD, true).unwrap();
     fill(&shard, 100);
@@ -1048,11 +1059,10 @@ fn a_moved_mark_that_cannot_be_written_fails_the_hand_over_before_finish() {
     let t = src.transfers.start(&shard, SHARD, 2, &hand_over()).unwrap();
     assert!(t.wait(None));
     let outcome = t.outcome().unwrap();
-    assert_eq!(outcome.as_ref().err().map(|e| e.status), Some(KEEL_STATUS_NO_SPACE), "{outcome:?}");
+    assert_eq!(outcome.as_ref().err().map(|e| e.status), Some(status), "{outcome:?}");
     assert_eq!(dst.engine.open_shard(SHARD, false).err().map(|e| e.status), Some(KEEL_STATUS_BUSY), "the receiver never finished");
-    shard.close().unwrap();
-    let again = src.engine.open_shard(SHARD, false).unwrap();
-    again.put(b"late", b"x").unwrap();
+    shard.put(b"acked", b"x").unwrap(); // the source is still the owner
+    (src, dst, shard)
 }
 
 /// As `a_cancel_during_the_finish_step_does_not_leave_two_owners`,
@@ -1093,18 +1103,7 @@ fn a_moved_mark_whose_directory_sync_fails_is_not_left_behind() {
         common::hookfs::Call::SyncDir if path.join("MOVED").exists() => Err(std::io::Error::from_raw_os_error(libc::EIO)),
         _ => Ok(()),
     });
-    let src = Side::temp_on("moved-sync-src", common::side::node_options(1), shard_options(), fail_sync);
-    let dst = side("moved-sync-dst", 2);
-    src.node.connect(2, &dst.node.addr().to_string()).unwrap();
-    let shard = src.engine.open_shard(SHARD, true).unwrap();
-    fill(&shard, 100);
-    dst.transfers.expect(SHARD, 1);
-    let t = src.transfers.start(&shard, SHARD, 2, &hand_over()).unwrap();
-    assert!(t.wait(None));
-    let outcome = t.outcome().unwrap();
-    assert_eq!(outcome.as_ref().err().map(|e| e.status), Some(KEEL_STATUS_IO), "{outcome:?}");
-    assert_eq!(dst.engine.open_shard(SHARD, false).err().map(|e| e.status), Some(KEEL_STATUS_BUSY), "the receiver never finished");
-    shard.put(b"acked", b"x").unwrap(); // the source is still the owner
+    let (src, _dst, shard) = hand_over_whose_mark_fails("moved-sync", fail_sync, KEEL_STATUS_IO);
     shard.close().unwrap();
     let again = src.engine.open_shard(SHARD, false).unwrap();
     let w = again.put(b"late", b"x");
