@@ -1157,11 +1157,11 @@ typedef struct keel_node_options_t {
    */
   void *user_data;
   /**
-   * Accepted connections in their handshake at once, 1 to 65536;
-   * default 64 (version 2). Each holds a thread and a read buffer before
-   * its peer proved anything: past this a new connection is refused at
-   * once (refused_handshake_limit). Connections this node dials do not
-   * count.
+   * Accepted connections in their handshake at once, 1 to 65536, or 0
+   * (the default) for 64 (version 2). Each holds a thread and a read
+   * buffer before its peer proved anything: past this a new connection
+   * is refused at once (refused_handshake_limit). Connections this node
+   * dials do not count.
    */
   uint32_t max_handshakes;
   uint32_t _reserved2;

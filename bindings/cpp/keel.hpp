@@ -2529,8 +2529,9 @@ class NodeOptions {
     raw_.handshake_timeout_ms = detail::clamp_ms(ms);
     return *this;
   }
-  /// Accepted connections in their handshake at once, 1 to 65536 (default
-  /// 64); past it a new one is refused at once (refused_handshake_limit).
+  /// Accepted connections in their handshake at once, 1 to 65536, or 0
+  /// (the default) for 64; past it a new one is refused at once
+  /// (refused_handshake_limit).
   NodeOptions& max_handshakes(uint32_t n) noexcept { raw_.max_handshakes = n; return *this; }
   /// Bytes one connection may buffer (one inbound frame plus queued
   /// outbound bytes); at least twice max_frame_bytes plus headers

@@ -113,11 +113,11 @@ pub struct keel_node_options_t {
     /// Passed to on_event as `user`; keel never dereferences it. It must
     /// stay valid until keel_node_close() returned.
     pub user_data: *mut c_void,
-    /// Accepted connections in their handshake at once, 1 to 65536;
-    /// default 64 (version 2). Each holds a thread and a read buffer before
-    /// its peer proved anything: past this a new connection is refused at
-    /// once (refused_handshake_limit). Connections this node dials do not
-    /// count.
+    /// Accepted connections in their handshake at once, 1 to 65536, or 0
+    /// (the default) for 64 (version 2). Each holds a thread and a read
+    /// buffer before its peer proved anything: past this a new connection
+    /// is refused at once (refused_handshake_limit). Connections this node
+    /// dials do not count.
     pub max_handshakes: u32,
     pub _reserved2: u32,
 }
@@ -213,7 +213,7 @@ fn default_options() -> keel_node_options_t {
             transfer_bandwidth_bytes_per_sec: d.transfer_bandwidth_bytes_per_sec,
             on_event: None,
             user_data: std::ptr::null_mut(),
-            max_handshakes: d.max_handshakes,
+            max_handshakes: 0,
             _reserved2: 0,
         }
 }
@@ -275,7 +275,10 @@ fn options_from_c(p: *const keel_node_options_t) -> crate::Result<NodeOptions> {
         max_frame_bytes: o.max_frame_bytes,
         conn_memory_bytes: o.conn_memory_bytes,
         handshake_timeout: ms(o.handshake_timeout_ms),
-        max_handshakes: o.max_handshakes,
+        max_handshakes: match o.max_handshakes {
+            0 => NodeOptions::default().max_handshakes,
+            n => n,
+        },
         heartbeat_interval: ms(o.heartbeat_interval_ms),
         heartbeat_misses: o.heartbeat_misses,
         close_timeout: ms(o.close_timeout_ms),
