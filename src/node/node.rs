@@ -491,6 +491,7 @@ impl AcceptPause {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
 
     #[test]
     fn the_accept_pause_doubles_to_its_bound_and_restarts() {
@@ -504,8 +505,6 @@ mod tests {
         p.reset();
         assert_eq!(p.next(), AcceptPause::FIRST);
     }
-
-    use super::*;
 
     #[test]
     fn without_a_secret_only_loopback_peers_are_let_in() {

@@ -167,9 +167,6 @@ struct Link<'a> {
     overlap: bool,
     step: u64,
     acked: u64,
-    /// The last step failed because the receiver answered it with an
-    /// error (it did not take it), not because no answer came.
-    refused: bool,
     report: Report,
 }
 
@@ -179,9 +176,27 @@ impl Link<'_> {
     /// after a backoff and a fresh dial: the receiver answers a copy of a
     /// step it has seen from its memory.
     fn call(&mut self, ty: u16, body: &Body) -> Result<Ack> {
+        let ack = self.exchange(ty, body)?;
+        self.settle(ack)
+    }
+
+    /// The receiver's answer to the step in flight: the step is acked, or
+    /// refused with the receiver's error.
+    fn settle(&mut self, ack: Ack) -> Result<Ack> {
+        if ack.status != KEEL_STATUS_OK {
+            return Err(failed(&ack));
+        }
+        self.acked = self.step;
+        Ok(ack)
+    }
+
+    /// `call` up to the receiver's answer, whatever its status: Err only
+    /// when no answer came (the transport, the retries, a cancel), so a
+    /// caller can tell a step the receiver refused from one it may have
+    /// taken.
+    fn exchange(&mut self, ty: u16, body: &Body) -> Result<Ack> {
         debug_assert_eq!(self.acked, self.step, "one step in flight at a time");
         self.step += 1;
-        self.refused = false;
         let head = wire::step(self.id, self.step, self.acked);
         let began = Instant::now();
         let mut retries = 0;
@@ -198,12 +213,7 @@ impl Link<'_> {
                 Err(e) if retry::transient(&e) && retries < self.retry.max_retries && !self.node.is_closing() => {
                     retries += 1;
                     self.report.retries += 1;
-                    let backoff = self.retry.backoff(retries);
-                    if firm {
-                        self.clock.sleep(backoff);
-                    } else {
-                        self.control.pause(self.clock, backoff)?;
-                    }
+                    self.pause(self.retry.backoff(retries), firm)?;
                     // A dial that fails is the next attempt's failure.
                     let _ = self.node.reconnect(self.peer);
                 }
@@ -214,12 +224,17 @@ impl Link<'_> {
             }
         };
         self.report.send_time += began.elapsed();
-        self.refused = ack.status != KEEL_STATUS_OK;
-        if ack.status != KEEL_STATUS_OK {
-            return Err(failed(&ack));
-        }
-        self.acked = self.step;
         Ok(ack)
+    }
+
+    /// Waits `d` (a backoff, the bandwidth cap's debt); a cancel cuts it
+    /// short unless the step is `firm`.
+    fn pause(&self, d: Duration, firm: bool) -> Result<()> {
+        if !firm {
+            return self.control.pause(self.clock, d);
+        }
+        self.clock.sleep(d);
+        Ok(())
     }
 
     /// One try at the current step: sends it (within the bandwidth cap)
@@ -229,12 +244,8 @@ impl Link<'_> {
         let len = head.len() + body.len();
         if let Some(pace) = &mut self.pace {
             let debt = pace.take(len, self.clock);
-            if firm {
-                self.clock.sleep(debt);
-            } else {
-                self.control.pause(self.clock, debt)?;
-            }
             self.report.paced += debt;
+            self.pause(debt, firm)?;
         }
         self.node.send_body(self.peer, ty, head, body)?;
         self.report.bytes += len as u64;
@@ -435,7 +446,6 @@ pub(super) fn run(
         overlap: opts.pipeline,
         step: 0,
         acked: 0,
-        refused: false,
         report: Report::default(),
     };
     let mut start = shard_id.to_le_bytes().to_vec();

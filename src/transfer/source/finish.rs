@@ -8,6 +8,7 @@ use super::{Batcher, Link, CATCH_UP_ROUNDS};
 use crate::error::Result;
 use crate::shard::{AfterWrite, Shard, WriteHold};
 use crate::transfer::control::{Control, Finish, Request, Stage};
+use crate::node::frame::Body;
 use crate::transfer::{wire, Hook};
 use crate::wal::{Pin, Reader};
 use std::sync::Arc;
@@ -111,11 +112,21 @@ fn send_finish(link: &mut Link, shard: &Shard, hold: &WriteHold<'_>, last: u64, 
             }
         })?;
     }
-    let sent = link.simple(wire::FINISH, &last.to_le_bytes());
-    if sent.is_err() && hand_over && !(link.refused && shard.unpersist_moved().is_ok()) {
-        hold.hand_over();
+    match link.exchange(wire::FINISH, &Body::new(&last.to_le_bytes())).map(|ack| link.settle(ack)) {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(refused)) => {
+            if hand_over && shard.unpersist_moved().is_err() {
+                hold.hand_over();
+            }
+            Err(refused)
+        }
+        Err(unanswered) => {
+            if hand_over {
+                hold.hand_over();
+            }
+            Err(unanswered)
+        }
     }
-    sent.map(drop)
 }
 
 /// Catches up without holding writes until the host asks to finish (or
