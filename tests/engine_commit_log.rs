@@ -622,19 +622,25 @@ fn damage_the_active_segment(fs: &FaultFs, n: usize, pick: impl Fn(&[usize]) -> 
 /// valid frame it read, it reopened past the frames it set aside, and the
 /// restore took their copies for frames the WAL "holds already":
 /// acknowledged writes were gone. A log with a restorable tail does not
-/// count those frames. Deterministic: the lost page is made by
-/// zeroing part of the frame of write 10 (a SIGKILL keeps everything else).
+/// count those frames. Deterministic: the lost page is made by zeroing
+/// part of the frame of a write after the active segment's last sync (a
+/// SIGKILL keeps everything else), and the flush is held (lockstep), so no
+/// background pass or segment preparation syncs the WAL at a moment of its
+/// own (a later frame's durable hint would then prove the damaged record
+/// durable, and the open refuse).
 #[test]
 fn frames_set_aside_after_a_lost_middle_page_are_restored() {
     let fs = FaultFs::new(1);
-    let opts = Options { wal_segment_size: 1 << 20, ..options(Steps::default()) };
-    let engine = engine_with(&fs, opts.clone()).unwrap();
+    let lockstep = Arc::new(Lockstep::default());
+    let held = Options { wal_segment_size: 1 << 20, steps: Steps::new(lockstep.clone()), ..options(Steps::default()) };
+    let engine = engine_with(&fs, held).unwrap();
     let s = engine.open_shard(1, true).unwrap();
     const N: usize = 90;
     for i in 0..N {
         s.put(format!("k{i:02}").as_bytes(), &tagged_value(i)).unwrap(); // SYNC: acknowledged by the commit log
     }
     fs.halt();
+    lockstep.release();
     drop(s);
     drop(engine);
     fs.resume();
@@ -642,6 +648,7 @@ fn frames_set_aside_after_a_lost_middle_page_are_restored() {
     // holding part of one write's frame never reached the disk; frames of
     // later writes in that segment did.
     damage_the_active_segment(&fs, N, |present| present[present.len() - 3]); // after its last sync
+    let opts = Options { wal_segment_size: 1 << 20, ..options(Steps::default()) };
     let engine = engine_with(&fs, opts).unwrap_or_else(|e| panic!("the engine did not open: {e}"));
     let s = engine.open_shard(1, false).unwrap_or_else(|e| panic!("shard: {e}"));
     let lost: Vec<usize> = (0..N).filter(|&i| s.get(format!("k{i:02}").as_bytes()).unwrap().is_none()).collect();
