@@ -269,6 +269,43 @@ fn an_empty_unlisted_shard_folder_is_a_cut_create() {
     assert_eq!(e.status, KEEL_STATUS_CORRUPTION, "{e}");
 }
 
+/// One bit flipped in the last record of SHARDS, that of shard 2, whose
+/// create returned and whose folder holds its files. A torn append (a
+/// create cut by a power loss) looks the same in the list, but it cannot
+/// leave files: a shard's files are made only once its record is durable.
+/// So a normal open is CORRUPTION, not an engine without shard 2 (which
+/// would then answer NOT_FOUND for it and rewrite the list without it),
+/// and a salvage open lists shard 2 again.
+#[test]
+fn a_damaged_last_record_of_an_acknowledged_create_is_corruption() {
+    let t = common::TempDir::new("engine-list-last-damaged");
+    let engine = engine_at(t.path());
+    for id in [1, 2] {
+        let s = engine.open_shard(id, true).unwrap();
+        s.put(b"k", format!("shard {id}").as_bytes()).unwrap();
+        s.close().unwrap();
+    }
+    engine.close().unwrap();
+    drop(engine);
+    let list = t.path().join("SHARDS");
+    let mut bytes = std::fs::read(&list).unwrap();
+    assert_eq!((&bytes[..8], (bytes.len() - 8) % 12), (&b"KEELSHD2"[..], 0), "{} bytes", bytes.len());
+    let n = bytes.len();
+    bytes[n - 12] ^= 0x01; // shard 2's id becomes 3; the record's checksum no longer matches
+    std::fs::write(&list, &bytes).unwrap();
+    let e = Engine::open(t.path(), options()).err().expect("a damaged record of an acknowledged create");
+    assert_eq!(e.status, KEEL_STATUS_CORRUPTION, "{e}");
+    assert!(e.message.contains("SHARDS") && e.message.contains("shard 2"), "{e}");
+    let engine = Engine::open(t.path(), Options { salvage: true, ..options() }).unwrap();
+    assert_eq!(engine.list_shards().unwrap(), vec![1, 2]);
+    let s = engine.open_shard(2, false).unwrap();
+    assert_eq!(s.get(b"k").unwrap().map(|e| e.value), Some(keel::shard::Value::Bytes(b"shard 2".to_vec())));
+    s.close().unwrap();
+    engine.close().unwrap();
+    drop(engine);
+    assert_eq!(engine_at(t.path()).list_shards().unwrap(), vec![1, 2], "the salvage wrote the list again whole");
+}
+
 #[test]
 fn a_shard_recovering_does_not_hold_up_the_others() {
     let t = common::TempDir::new("engine-concurrent");

@@ -55,7 +55,32 @@ impl ShardList {
     pub fn load(fs: &dyn FileSystem, dir: &Path, salvage: bool, parse_id: fn(&str) -> Option<u32>) -> Result<ShardList> {
         let path = dir.join(FILE);
         let (ids, whole) = match files::read_all(fs, &path, MAX_BYTES)? {
-            Some(bytes) => parse(&bytes, &path)?,
+            Some(bytes) => {
+                let (mut ids, whole, torn) = parse(&bytes, &path)?;
+                if torn {
+                    // A torn append is a create or drop that never returned:
+                    // a create's folder is then empty (its files are made
+                    // only once its record is durable), a drop's renamed.
+                    // An unlisted folder with files in it means the last
+                    // record was an acknowledged create, damaged.
+                    let shards_dir = dir.join("shards");
+                    let names = fs.list(&shards_dir).unwrap_or_default();
+                    let unlisted: Vec<u32> = names.iter().filter_map(|n| parse_id(n)).filter(|id| !ids.contains(id)).collect();
+                    for id in unlisted {
+                        let held = fs.list(&shards_dir.join(id.to_string())).is_ok_and(|v| !v.is_empty());
+                        if held && !salvage {
+                            return Err(Error::corruption(format!(
+                                "{}: its last record is damaged, and shard {id}'s folder holds files but is not listed (the record was an acknowledged create); open with salvage to list it again",
+                                path.display()
+                            )));
+                        }
+                        if held {
+                            ids.insert(id);
+                        }
+                    }
+                }
+                (ids, whole)
+            }
             None => {
                 let shards_dir = dir.join("shards");
                 let names = fs.list(&shards_dir).map_err(|e| Error::io(format!("listing {}", shards_dir.display()), e))?;
@@ -158,7 +183,7 @@ fn record(id: u32, op: u32) -> [u8; RECORD] {
 
 /// The ids `bytes` lists, and the length of its whole records when the
 /// file can be appended to as it is (None: open writes it again whole).
-fn parse(bytes: &[u8], path: &Path) -> Result<(BTreeSet<u32>, Option<u64>)> {
+fn parse(bytes: &[u8], path: &Path) -> Result<(BTreeSet<u32>, Option<u64>, bool)> {
     let bad = |why: String| Error::corruption(format!("{}: {why}", path.display()));
     let magic = bytes.get(..8).map(|m| u64::from_le_bytes(m.try_into().unwrap()));
     if magic == Some(MAGIC_V1) {
@@ -170,7 +195,7 @@ fn parse(bytes: &[u8], path: &Path) -> Result<(BTreeSet<u32>, Option<u64>)> {
         if !c.bytes.is_empty() {
             return Err(bad("trailing bytes".into()));
         }
-        return Ok((ids, None));
+        return Ok((ids, None, false));
     }
     if magic != Some(MAGIC) {
         return Err(bad("bad magic or cut short".into()));
@@ -190,7 +215,7 @@ fn parse(bytes: &[u8], path: &Path) -> Result<(BTreeSet<u32>, Option<u64>)> {
         }
     }
     let compact = torn || records.len() as u64 > 2 * ids.len() as u64 + SLACK;
-    Ok((ids, (!compact).then_some(bytes.len() as u64)))
+    Ok((ids, (!compact).then_some(bytes.len() as u64), torn))
 }
 
 #[cfg(test)]
@@ -209,13 +234,13 @@ mod tests {
     fn records_replay_and_a_torn_last_one_is_dropped() {
         let p = Path::new("SHARDS");
         let b = log(&[(1, LISTED), (2, LISTED), (1, UNLISTED)]);
-        let (ids, len) = parse(&b, p).unwrap();
+        let (ids, len, _) = parse(&b, p).unwrap();
         assert_eq!(ids.into_iter().collect::<Vec<_>>(), vec![2]);
         assert_eq!(len, Some(b.len() as u64));
         // Cut anywhere inside the last record, or its bytes zero: dropped,
         // and open writes the list again.
         for cut in b.len() - RECORD + 1..b.len() {
-            let (ids, len) = parse(&b[..cut], p).unwrap();
+            let (ids, len, _) = parse(&b[..cut], p).unwrap();
             assert_eq!((ids.into_iter().collect::<Vec<_>>(), len), (vec![1, 2], None), "cut at {cut}");
         }
         let mut zeroed = b.clone();
@@ -232,7 +257,7 @@ mod tests {
         let mut body = 2u32.to_le_bytes().to_vec();
         body.extend_from_slice(&5u32.to_le_bytes());
         body.extend_from_slice(&9u32.to_le_bytes());
-        let (ids, len) = parse(&files::seal_small(MAGIC_V1, &body), Path::new("SHARDS")).unwrap();
+        let (ids, len, _) = parse(&files::seal_small(MAGIC_V1, &body), Path::new("SHARDS")).unwrap();
         assert_eq!((ids.into_iter().collect::<Vec<_>>(), len), (vec![5, 9], None));
     }
 

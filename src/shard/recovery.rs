@@ -180,7 +180,12 @@ pub fn scan(fs: &Arc<dyn FileSystem>, dir: &Path, found: DirManifest, salvage: b
     for l in &m.segments {
         match *l {
             Listed::Table { id, size, max_version, footer_crc } => {
-                match open_table(fsr, dir, ident(id), size, footer_crc).and_then(|t| Sealed::load(fsr, dir, ident(id), t, true)) {
+                // A salvage open checks every block: a damaged one met
+                // later (by the replay's version gate, a merge) would fail
+                // the open, or every merge, instead of being set aside.
+                let checked = open_table(fsr, dir, ident(id), size, footer_crc)
+                    .and_then(|t| if salvage { t.verify_blocks().map(|()| t) } else { Ok(t) });
+                match checked.and_then(|t| Sealed::load(fsr, dir, ident(id), t, true)) {
                     Ok(s) => {
                         scan.proven = scan.proven.max(s.persisted());
                         scan.floor = scan.floor.min(s.persisted());
