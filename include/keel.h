@@ -1728,7 +1728,8 @@ typedef struct keel_writer_stats_t {
    */
   uint64_t queued_bytes;
   /**
-   * Age of the oldest byte not yet handed to a send, now (ns; 0 if none).
+   * Age of the oldest byte the kernel has not taken yet, now (ns; 0 if
+   * none), counted from the append of the first item of its batch.
    */
   uint64_t oldest_unflushed_ns;
   /**

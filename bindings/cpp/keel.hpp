@@ -2039,7 +2039,7 @@ struct WriterStats {
   uint64_t writable_waits = 0;      ///< waits for the socket to become writable
   uint64_t max_items_per_send = 0;  ///< most messages one send carried
   uint64_t queued_bytes = 0;        ///< appended, not yet accepted by the kernel, now
-  std::chrono::nanoseconds oldest_unflushed{0};  ///< age of the oldest byte not yet handed to a send, now
+  std::chrono::nanoseconds oldest_unflushed{0};  ///< age of the oldest byte the kernel has not taken, now
   std::chrono::nanoseconds max_flush_wait{0};    ///< longest append-to-send wait of a byte
 
   /// Batch density: messages per send (0 before the first send).

@@ -134,8 +134,8 @@ type WriterStats struct {
 	WritableWaits   uint64 // waits for the socket to become writable
 	MaxItemsPerSend uint64 // most messages one send carried
 	QueuedBytes     uint64 // appended and not yet accepted by the kernel, now
-	// OldestUnflushed is the age of the oldest byte not yet handed to a
-	// send, now (0 if none).
+	// OldestUnflushed is the age of the oldest byte the kernel has not
+	// taken yet, now (0 if none), counted from its batch's first append.
 	OldestUnflushed time.Duration
 	// MaxFlushWait is the longest a byte waited between its append and
 	// its first send.

@@ -219,7 +219,8 @@ pub struct keel_writer_stats_t {
     pub max_items_per_send: u64,
     /// Bytes appended and not yet accepted by the kernel, now.
     pub queued_bytes: u64,
-    /// Age of the oldest byte not yet handed to a send, now (ns; 0 if none).
+    /// Age of the oldest byte the kernel has not taken yet, now (ns; 0 if
+    /// none), counted from the append of the first item of its batch.
     pub oldest_unflushed_ns: u64,
     /// Longest time a byte waited between its append and its first send (ns).
     pub max_flush_wait_ns: u64,

@@ -115,6 +115,7 @@ impl Queue {
                         self.compact();
                     }
                 }
+                out.mark(at);
                 Some(Popped::Reply)
             }
             Item::Control(c) => Some(Popped::Control(c)),
@@ -165,9 +166,20 @@ pub(crate) struct Outbox {
     head: usize,
     /// Unsent bytes in all chunks.
     pub bytes: usize,
-    /// Append time of the oldest item in the outbox (conservative after a
-    /// short send: the suffix is at most this old).
-    pub oldest: Option<Instant>,
+    /// (end offset in the stream of bytes pushed, append time of its
+    /// oldest item) of every batch whose bytes are not all sent yet, oldest
+    /// first: the age of the oldest unsent byte (R12 oldest_unflushed),
+    /// without counting a batch's spread. One per batch, not per item: a
+    /// backlog of tiny messages adds no bookkeeping per message.
+    marks: VecDeque<(u64, Instant)>,
+    /// Whether the batch since the last flush has its mark yet.
+    batch_marked: bool,
+    /// Bytes ever pushed and ever accepted (the offsets of `marks`).
+    pushed: u64,
+    sent: u64,
+    /// Append time of the oldest item added since the last flush: the
+    /// wait the next flush ends (R12 max_flush_wait).
+    batch_oldest: Option<Instant>,
     /// Items added since the last flush (batch density).
     items: u64,
     /// Copy buffers kept for reuse.
@@ -177,16 +189,47 @@ pub(crate) struct Outbox {
 impl Outbox {
     fn note_item(&mut self, at: Instant) {
         self.items += 1;
-        if self.oldest.is_none() {
-            self.oldest = Some(at);
+        if self.batch_oldest.is_none() {
+            self.batch_oldest = Some(at);
         }
+    }
+
+    /// Records the bytes of the item just pushed, appended at `at`, in its
+    /// batch's mark.
+    fn mark(&mut self, at: Instant) {
+        if self.pushed == self.marks.back().map_or(self.sent, |m| m.0) {
+            return; // a zero-length item
+        }
+        match self.marks.back_mut() {
+            Some(m) if self.batch_marked => m.0 = self.pushed,
+            _ => {
+                self.marks.push_back((self.pushed, at));
+                self.batch_marked = true;
+            }
+        }
+    }
+
+    /// Ends the batch (a flush takes it): how many items it held and the
+    /// append time of its oldest.
+    fn end_batch(&mut self) -> (u64, Option<Instant>) {
+        self.batch_marked = false;
+        (std::mem::take(&mut self.items), self.batch_oldest.take())
+    }
+
+    /// Append time of the oldest byte not yet accepted by the kernel.
+    pub fn oldest(&self) -> Option<Instant> {
+        self.marks.front().map(|m| m.1)
     }
 
     fn push_copy(&mut self, data: &[u8]) {
         if data.is_empty() {
             return;
         }
-        if let Some(Chunk::Copy(v)) = self.chunks.back_mut() {
+        // Extend the last copy buffer, unless it is the front one and
+        // already partly sent: its sent prefix is released only once the
+        // whole buffer is, which a steady backlog would put off forever.
+        let extend = self.chunks.len() > 1 || self.head == 0;
+        if let (true, Some(Chunk::Copy(v))) = (extend, self.chunks.back_mut()) {
             v.extend_from_slice(data);
         } else {
             let mut v = self.spare.pop().unwrap_or_default();
@@ -194,6 +237,7 @@ impl Outbox {
             self.chunks.push_back(Chunk::Copy(v));
         }
         self.bytes += data.len();
+        self.pushed += data.len() as u64;
     }
 
     fn push_shared(&mut self, data: Arc<[u8]>) {
@@ -201,6 +245,7 @@ impl Outbox {
             return;
         }
         self.bytes += data.len();
+        self.pushed += data.len() as u64;
         self.chunks.push_back(Chunk::Shared(data));
     }
 
@@ -223,6 +268,10 @@ impl Outbox {
     pub fn advance(&mut self, mut n: usize) {
         debug_assert!(n <= self.bytes);
         self.bytes -= n;
+        self.sent += n as u64;
+        while self.marks.front().is_some_and(|m| m.0 <= self.sent) {
+            self.marks.pop_front();
+        }
         while n > 0 {
             let first_len = self.chunks.front().map_or(0, |c| c.bytes().len()) - self.head;
             if n < first_len {
@@ -239,7 +288,7 @@ impl Outbox {
             }
         }
         if self.bytes == 0 {
-            self.oldest = None;
+            debug_assert!(self.marks.is_empty());
             debug_assert!(self.chunks.iter().all(|c| c.bytes().is_empty()) || self.chunks.is_empty());
             self.chunks.clear();
             self.head = 0;
@@ -252,8 +301,10 @@ impl Outbox {
         self.spare.clear();
         self.head = 0;
         self.bytes = 0;
-        self.oldest = None;
-        self.items = 0;
+        self.marks.clear();
+        self.pushed = 0;
+        self.sent = 0;
+        self.end_batch();
     }
 }
 
@@ -351,9 +402,10 @@ impl Wire {
         self.pending_bytes() + (self.queue.items.len() * ITEM_COST) as u64
     }
 
-    /// Age of the oldest byte not yet handed to a send.
+    /// Append time of the oldest byte the kernel has not taken yet (of
+    /// the oldest item of its batch), queued or in the outbox.
     pub fn oldest(&self) -> Option<Instant> {
-        match (self.out.oldest, self.queue.front_time()) {
+        match (self.out.oldest(), self.queue.front_time()) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         }
@@ -441,16 +493,16 @@ fn flush(out: &mut Outbox, stats: &mut WriterStats, reason: FlushReason, cfg: &P
         // Only zero-length items: nothing to send, and they are delivered
         // all the same (items_sent must reach items). Their append time
         // goes with them: no byte waits.
-        stats.items_sent += out.items;
-        out.items = 0;
-        out.oldest = None;
+        stats.items_sent += out.end_batch().0;
         return None;
     }
     reason.count(stats);
-    stats.items_sent += out.items;
-    stats.max_items_per_send = stats.max_items_per_send.max(out.items);
-    out.items = 0;
-    if let Some(t) = out.oldest {
+    let (items, oldest) = out.end_batch();
+    stats.items_sent += items;
+    stats.max_items_per_send = stats.max_items_per_send.max(items);
+    // Only the items this flush carries for the first time: a suffix
+    // left by a short send had its wait counted when it was first sent.
+    if let Some(t) = oldest {
         stats.max_flush_wait_ns = stats.max_flush_wait_ns.max(t.elapsed().as_nanos() as u64);
     }
     // More chunks than iovecs only happens for a suffix; loop while the

@@ -9,7 +9,7 @@ use crate::error::{Error, Result};
 use crate::net::conn::{send_error, Conn, ConnState, Phase, Writer};
 use crate::net::publisher::Publisher;
 use crate::net::queue::PassEnd;
-use crate::net::sendmsg::{check_socket, discard_input, epoll_del, epoll_set, SyncSink};
+use crate::net::sendmsg::{check_socket, discard_arrived, discard_input, epoll_del, epoll_set, SyncSink};
 use crate::net::uring::{self, Fallback, UringSink, OP_POLLIN, OP_POLLOUT, OP_SEND, UD_CANCEL, UD_WAKE};
 use crate::net::{Backend, BackendChoice, EventFn, NetOptions, WriterOptions};
 use crate::status::*;
@@ -591,7 +591,7 @@ impl Reactor {
                     // keel_net_close waits for queued bytes only, never
                     // for an idle peer's EOF: what arrived is read, then
                     // the fd is closed.
-                    discard_input(conn.fd);
+                    discard_arrived(conn.fd);
                     return Next::Finalize;
                 }
                 st.lingering = true;
@@ -796,7 +796,7 @@ impl Reactor {
             let flushed = st.lingering;
             drop(st);
             if flushed {
-                discard_input(conn.fd);
+                discard_arrived(conn.fd);
                 self.finalize(&conn);
                 continue;
             }

@@ -54,8 +54,22 @@ pub(crate) fn errno_text(e: i32) -> String {
 /// shutdown(SHUT_WR) (R10). Returns true when the peer is done (EOF or an
 /// error) and false when the socket has nothing more right now.
 pub(crate) fn discard_input(fd: RawFd) -> bool {
+    discard_reads(fd, 64).unwrap_or(false)
+}
+
+/// keel_net_close: reads and discards everything that has arrived, since
+/// the fd is closed right after and unread input would turn close(2) into
+/// a RST that drops what is still in the send queue. Bounded (64 MiB) so
+/// that a peer that never stops sending cannot hold the reactor.
+pub(crate) fn discard_arrived(fd: RawFd) {
+    let _ = discard_reads(fd, (64 << 20) / 4096);
+}
+
+/// Some(true): EOF or an error; Some(false): nothing more right now;
+/// None: `reads` reads done and there may be more.
+fn discard_reads(fd: RawFd, reads: usize) -> Option<bool> {
     let mut buf = [0u8; 4096];
-    for _ in 0..64 {
+    for _ in 0..reads {
         // SAFETY: `buf` is a local array of exactly buf.len() writable bytes;
         // recv writes at most that many.
         let r = unsafe { libc::recv(fd, buf.as_mut_ptr() as *mut libc::c_void, buf.len(), libc::MSG_DONTWAIT) };
@@ -63,15 +77,15 @@ pub(crate) fn discard_input(fd: RawFd) -> bool {
             continue;
         }
         if r == 0 {
-            return true;
+            return Some(true);
         }
         match errno() {
             libc::EINTR => continue,
-            libc::EAGAIN => return false,
-            _ => return true,
+            libc::EAGAIN => return Some(false),
+            _ => return Some(true),
         }
     }
-    false
+    None
 }
 
 /// epoll registration of connection `id` (data = id). `events` 0 keeps the

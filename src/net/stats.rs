@@ -40,7 +40,8 @@ pub struct WriterStats {
     pub max_items_per_send: u64,
     /// Bytes appended but not yet accepted by the kernel (gauge).
     pub queued_bytes: u64,
-    /// Age of the oldest byte not yet handed to a send, in nanoseconds (gauge; 0 when none).
+    /// Age of the oldest byte the kernel has not taken yet (counted from the
+    /// append of the oldest item of its batch), in nanoseconds (gauge; 0 when none).
     pub oldest_unflushed_ns: u64,
     /// Longest time any byte waited between its append and the send that
     /// first carried it, in nanoseconds.
