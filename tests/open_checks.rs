@@ -109,3 +109,24 @@ fn a_16_mib_value_with_a_4_kib_key_is_accepted_at_default_options_and_errors_nam
     s.close().unwrap();
     engine.close().unwrap();
 }
+
+/// The WAL of an engine's open shard takes no LOCK of its own (the
+/// engine's covers it), and `Wal::open` of that directory once succeeded:
+/// a second writer ran recovery on a live log and appended under numbers
+/// the shard handed out again, and the shard's reopen lost its record.
+/// It is BUSY, as any second open of a WAL directory is, and so is a
+/// standalone open of the shard.
+#[test]
+fn the_wal_of_an_engines_open_shard_is_busy() {
+    let d = TempDir::new("engine-shard-wal-busy");
+    let engine = Engine::open(d.path(), shard::Options { durability: Durability::None, ..shard::Options::default() }).unwrap();
+    let s = engine.open_shard(5, true).unwrap();
+    s.put(b"a", b"engine").unwrap();
+    let shard_dir = d.path().join("shards").join("5");
+    let e = Wal::open(&shard_dir.join("wal"), wal_opts()).err().expect("the WAL of an open engine shard");
+    assert_eq!(e.status, KEEL_STATUS_BUSY, "{e}");
+    let e = shard::Shard::open(&shard_dir, shard::Options::default()).err().expect("an open engine shard, opened alone");
+    assert_eq!(e.status, KEEL_STATUS_BUSY, "{e}");
+    s.close().unwrap();
+    engine.close().unwrap();
+}

@@ -377,13 +377,30 @@ impl Wal {
         fs.create_dir_all(dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
         let lock = match host {
             Some(_) => None,
-            None => Some(fs.lock(&dir.join("LOCK")).map_err(|e| {
-                if e.kind() == std::io::ErrorKind::WouldBlock {
-                    Error::new(KEEL_STATUS_BUSY, format!("{} is already open (LOCK held)", dir.display()))
-                } else {
-                    Error::io(format!("locking {}", dir.display()), e)
-                }
-            })?),
+            None => {
+                let busy = |what: &Path| {
+                    let what = what.to_path_buf();
+                    move |e: std::io::Error| match e.kind() {
+                        std::io::ErrorKind::WouldBlock => Error::new(KEEL_STATUS_BUSY, format!("{} is already open (LOCK held)", what.display())),
+                        _ => Error::io(format!("locking {}", what.display()), e),
+                    }
+                };
+                let own = fs.lock(&dir.join("LOCK")).map_err(busy(dir))?;
+                // The WAL of an engine's shard (`<engine>/shards/<id>/wal`)
+                // takes no LOCK of its own: the engine's covers it, so that
+                // one is taken too, for as long as this log is open.
+                let engine = dir
+                    .parent()
+                    .and_then(Path::parent)
+                    .filter(|p| p.file_name().is_some_and(|n| n == "shards"))
+                    .and_then(Path::parent)
+                    .filter(|e| fs.exists(&e.join("SHARDS")).unwrap_or(false));
+                let engine_lock = match engine {
+                    Some(e) => Some(fs.lock(&e.join("LOCK")).map_err(busy(e))?),
+                    None => None,
+                };
+                Some(Box::new((own, engine_lock)) as Box<dyn Any + Send + Sync>)
+            }
         };
         // A hosted log takes no LOCK (its engine holds one), so nothing
         // changed its directory since the check's listing, which recovery
