@@ -2754,7 +2754,10 @@ keel_status_t keel_shard_set_keep_from(const struct keel_shard_t *shard,
  * returned and the WAL still holds everything). Open scans then return
  * CLOSED. A handle whose engine was closed first frees with OK. NULL is
  * a no-op. Must not race with other calls on the same handle.
- * Errors: IO, NO_SPACE, POISONED, INVALID_ARGUMENT (not a live handle).
+ * Errors: IO, NO_SPACE, POISONED, INVALID_ARGUMENT (not a live handle),
+ * RESOURCE (out of descriptors or memory: the close is left unfinished
+ * and the engine retries it before its next open or drop of the shard,
+ * and at its close).
  */
 keel_status_t keel_shard_close(struct keel_shard_t *shard, struct keel_error_t **err);
 

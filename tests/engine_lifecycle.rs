@@ -290,6 +290,49 @@ fn the_next_drop_of_an_id_removes_the_leftover_of_a_failed_one() {
     engine.close().unwrap();
 }
 
+/// `drop_shard(5)` fails with RESOURCE after renaming `shards/5` to
+/// `shards/.drop-5` (the fsync of `shards/`, or the open of `SHARDS` for
+/// the unlisting, meets EMFILE). A failed drop leaves the shard whole: its
+/// folder renamed back, still listed, its data there. It once stayed
+/// listed with its folder gone, which open_shard reports as CORRUPTION
+/// ("its data is gone") and the next engine open finished as a drop.
+#[test]
+fn a_drop_that_fails_after_its_rename_leaves_the_shard_whole() {
+    for fail_at in ["sync shards/", "open SHARDS"] {
+        let dir = TempDir::new("lifecycle-drop-fails-late");
+        let armed = Arc::new(AtomicBool::new(false));
+        let a = armed.clone();
+        let fs = HookFs::new(move |call, path| {
+            let hit = match (fail_at, call) {
+                ("sync shards/", Call::SyncDir) => path.ends_with("shards"),
+                ("open SHARDS", Call::Open) => path.ends_with("SHARDS"),
+                _ => false,
+            };
+            match hit && a.load(Ordering::Acquire) {
+                true => Err(std::io::Error::from_raw_os_error(libc::EMFILE)),
+                false => Ok(()),
+            }
+        });
+        let engine = Engine::open_with_fs(dir.path(), options(Steps::default(), Durability::Sync), fs).unwrap();
+        let s = engine.open_shard(5, true).unwrap();
+        s.put(b"k", b"v").unwrap();
+        s.close().unwrap();
+        armed.store(true, Ordering::Release);
+        let dropped = engine.drop_shard(5).map_err(|e| (e.status, e.message));
+        armed.store(false, Ordering::Release);
+        assert_eq!(dropped.as_ref().err().map(|e| e.0), Some(keel::status::KEEL_STATUS_RESOURCE), "precondition ({fail_at}): {dropped:?}");
+        assert_eq!(engine.list_shards().unwrap(), vec![5], "{fail_at}");
+        let s = engine.open_shard(5, false).unwrap_or_else(|e| panic!("{fail_at}: after drop_shard(5) failed with {dropped:?}: {e}"));
+        assert_eq!(s.get(b"k").unwrap().map(|e| e.value), Some(Value::Bytes(b"v".to_vec())), "{fail_at}");
+        s.close().unwrap();
+        engine.close().unwrap();
+        drop(engine);
+        let engine = Engine::open(dir.path(), options(Steps::default(), Durability::Sync)).unwrap();
+        assert_eq!(engine.list_shards().unwrap(), vec![5], "{fail_at}: the engine's next open keeps the shard");
+        engine.close().unwrap();
+    }
+}
+
 /// An engine in `dir` with at most 16 descriptors, shard 0 holding one
 /// key, and shards 1..=24 written after it (flushed in sync durability),
 /// whose files push shard 0's out of the descriptor cache. EMFILE is armed
@@ -308,6 +351,40 @@ fn shard_zero_among_24(dir: &std::path::Path, durability: Durability) -> (Arc<Fa
         }
     }
     (fs, engine, zero, others)
+}
+
+/// Shard 0's close meets a transient EMFILE (its evicted WAL segment
+/// cannot be reopened to write the frames it holds behind) and returns
+/// RESOURCE, which promises a retry once descriptors are freed. It once
+/// consumed the WAL and left the commit log holding the shard: until the
+/// engine reopened, the shard could not be opened, no shard of the engine
+/// could be dropped and the engine's close failed. Now the WAL stays open
+/// and the close unfinished: a retried close, or the engine (the C API
+/// frees the handle even on error), finishes it.
+#[test]
+fn a_transient_emfile_at_a_shard_close_is_retried() {
+    for retry_close in [true, false] {
+        let dir = TempDir::new("lifecycle-emfile-close");
+        let (fs, engine, zero, others) = shard_zero_among_24(dir.path(), Durability::Sync);
+        for s in &others {
+            s.close().unwrap();
+        }
+        zero.put(b"held", b"v").unwrap(); // durable in the commit log, held in memory
+        fs.emfile.store(true, Ordering::Release);
+        let during = zero.close().map_err(|e| (e.status, e.message));
+        fs.emfile.store(false, Ordering::Release);
+        assert!(fs.emfile_hits.load(Ordering::Acquire) > 0, "precondition: shard 0's segment was evicted ({during:?})");
+        assert_eq!(during.as_ref().err().map(|e| e.0), Some(keel::status::KEEL_STATUS_RESOURCE), "precondition: {during:?}");
+        match retry_close {
+            true => zero.close().unwrap(),
+            false => drop(zero),
+        }
+        let reopened = engine.open_shard(0, false).unwrap_or_else(|e| panic!("retried close {retry_close}: open_shard(0): {e}"));
+        assert_eq!(reopened.get(b"held").unwrap().map(|e| e.value), Some(Value::Bytes(b"v".to_vec())));
+        reopened.close().unwrap();
+        engine.drop_shard(7).unwrap();
+        engine.close().unwrap();
+    }
 }
 
 /// A write to a shard whose active WAL segment the descriptor cache had

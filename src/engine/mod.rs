@@ -344,6 +344,7 @@ impl Engine {
             let mut guard = self.shards.lock();
             let state = guard.as_mut().ok_or_else(|| Error::new(KEEL_STATUS_CLOSED, "engine is closed"))?;
             state.sweep_now();
+            finish_pending_close(state, id)?;
             match state.slots.get(&id) {
                 Some(Slot::Opening) => return Err(Error::new(KEEL_STATUS_BUSY, format!("shard {id} is being opened"))),
                 Some(Slot::Open(s)) if !s.close_finished() => {
@@ -477,6 +478,7 @@ impl Engine {
     pub fn drop_shard(&self, id: u32) -> Result<()> {
         let mut guard = self.shards.lock();
         let state = guard.as_mut().ok_or_else(|| Error::new(KEEL_STATUS_CLOSED, "engine is closed"))?;
+        finish_pending_close(state, id)?;
         match state.slots.get(&id) {
             Some(Slot::Opening) => return Err(Error::new(KEEL_STATUS_BUSY, format!("shard {id} is being opened"))),
             Some(Slot::Open(s)) if !s.close_finished() => {
@@ -507,11 +509,25 @@ impl Engine {
         if self.exists(&doomed)? {
             self.fs.remove_dir_all(&doomed).map_err(|e| Error::io(format!("removing {}", doomed.display()), e))?;
         }
-        if self.exists(&dir)? {
+        let renamed = self.exists(&dir)?;
+        if renamed {
             self.fs.rename(&dir, &doomed).map_err(|e| Error::io(format!("renaming {}", dir.display()), e))?;
-            self.sync_dir(&self.dir.join("shards"))?;
         }
-        state.list.remove(&*self.fs, id)?;
+        let synced = if renamed { self.sync_dir(&self.dir.join("shards")) } else { Ok(()) };
+        let unlisted = synced.and_then(|()| state.list.remove(&*self.fs, id));
+        if let Err(e) = unlisted {
+            // The drop failed before its commit point: the shard stays
+            // whole under its id (listed, its folder back), never listed
+            // with its folder gone (CORRUPTION to the next open). A crash
+            // before the rename back leaves `.drop-<id>`, which engine
+            // open finishes as a drop a crash cut; the list, which may or
+            // may not hold the unlisting, is written again whole.
+            if renamed && self.fs.rename(&doomed, &dir).is_ok() {
+                let _ = self.sync_dir(&self.dir.join("shards"));
+                let _ = state.list.add(&*self.fs, id);
+            }
+            return Err(e);
+        }
         if self.exists(&doomed)? {
             self.fs.remove_dir_all(&doomed).map_err(|e| Error::io(format!("removing {}", doomed.display()), e))?;
         }
@@ -598,6 +614,15 @@ impl Engine {
 impl Drop for Engine {
     fn drop(&mut self) {
         let _ = self.close();
+    }
+}
+
+/// A close of shard `id` that stopped at RESOURCE (its handle may be
+/// gone: the C API frees it) is finished here, or fails again.
+fn finish_pending_close(state: &State, id: u32) -> Result<()> {
+    match state.slots.get(&id) {
+        Some(Slot::Open(s)) if s.close_pending() => s.close(),
+        _ => Ok(()),
     }
 }
 

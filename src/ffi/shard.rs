@@ -736,7 +736,10 @@ pub extern "C" fn keel_shard_set_keep_from(shard: *const keel_shard_t, version: 
 /// returned and the WAL still holds everything). Open scans then return
 /// CLOSED. A handle whose engine was closed first frees with OK. NULL is
 /// a no-op. Must not race with other calls on the same handle.
-/// Errors: IO, NO_SPACE, POISONED, INVALID_ARGUMENT (not a live handle).
+/// Errors: IO, NO_SPACE, POISONED, INVALID_ARGUMENT (not a live handle),
+/// RESOURCE (out of descriptors or memory: the close is left unfinished
+/// and the engine retries it before its next open or drop of the shard,
+/// and at its close).
 #[no_mangle]
 pub extern "C" fn keel_shard_close(shard: *mut keel_shard_t, err: *mut *mut keel_error_t) -> keel_status_t {
     ffi_boundary!(err, std::ptr::null::<u8>(), {

@@ -1156,12 +1156,16 @@ impl Shard {
     pub fn close(&self) -> Result<()> {
         let inner = &*self.inner;
         if inner.closed.swap(true, Ordering::AcqRel) {
-            // Another call is closing it: returns once that is done.
-            inner.close_done.wait();
-            return Ok(());
+            // Another call is closing it: returns once that is done, or
+            // finishes it when that one stopped at RESOURCE with the WAL
+            // still open (`close_wal`).
+            if !inner.close_done.wait_or_take() {
+                return Ok(());
+            }
+            return self.close_wal(&mut inner.close_done.on_drop());
         }
         // However this close ends (a panic included).
-        let _done = inner.close_done.on_drop();
+        let mut done = inner.close_done.on_drop();
         inner.backlog.close();
         let mut result = Ok(());
         let member = inner.flusher.lock().take();
@@ -1170,9 +1174,28 @@ impl Shard {
                 result = Err(e);
             }
         }
+        result.and(self.close_wal(&mut done))
+    }
+
+    /// Closes the WAL and marks the close finished, however it ends (a
+    /// panic included), but for RESOURCE (out of descriptors or memory)
+    /// before the WAL's held frames were written: the WAL then stays open
+    /// and the close unfinished (opening or dropping the shard is BUSY),
+    /// and the next `close` tries again, as RESOURCE promises.
+    fn close_wal(&self, done: &mut Finish<'_>) -> Result<()> {
+        let inner = &*self.inner;
         // The write side is held until the WAL is closed (synced): the
         // commit log's checkpoints take a shard seen closed as synced.
         let mut wal = inner.wal.write();
+        if let Some(w) = wal.as_ref() {
+            if let Err(e) = w.sync() {
+                if e.status == crate::status::KEEL_STATUS_RESOURCE {
+                    done.stop_pending();
+                    return Err(e);
+                }
+            }
+        }
+        let mut result = Ok(());
         if let Some(w) = wal.take() {
             let closed = w.close();
             if closed.is_err() {
@@ -1180,7 +1203,7 @@ impl Shard {
                 // sync this shard then finds it held (commit_log.rs).
                 inner.note_close_failed();
             }
-            result = result.and(closed);
+            result = closed;
         }
         drop(wal);
         inner.reads.clear();
@@ -1202,33 +1225,64 @@ impl Shard {
     pub(crate) fn close_finished(&self) -> bool {
         *self.inner.close_done.done.lock()
     }
+
+    /// Its close stopped at RESOURCE with the WAL still open: the next
+    /// `close` (on any clone) finishes it.
+    pub(crate) fn close_pending(&self) -> bool {
+        self.inner.close_done.pending.load(Ordering::Acquire)
+    }
 }
 
 /// Whether a shard's close has finished; a second close waits for it.
 #[derive(Default)]
 struct CloseDone {
     done: Mutex<bool>,
+    /// A close stopped at RESOURCE with its WAL open; the next takes over.
+    pending: AtomicBool,
     finished: parking_lot::Condvar,
 }
 
 impl CloseDone {
-    fn wait(&self) {
+    /// Waits until the close has finished (false), or takes over one that
+    /// stopped at RESOURCE (true: the caller finishes it).
+    fn wait_or_take(&self) -> bool {
         let mut done = self.done.lock();
-        while !*done {
+        loop {
+            if *done {
+                return false;
+            }
+            if self.pending.swap(false, Ordering::AcqRel) {
+                return true;
+            }
             self.finished.wait(&mut done);
         }
     }
 
-    /// Marks the close finished when the returned guard drops.
-    fn on_drop(&self) -> impl Drop + '_ {
-        struct Finish<'a>(&'a CloseDone);
-        impl Drop for Finish<'_> {
-            fn drop(&mut self) {
-                *self.0.done.lock() = true;
-                self.0.finished.notify_all();
-            }
+    /// Marks the close finished when the returned guard drops, unless
+    /// `stop_pending` was called on it.
+    fn on_drop(&self) -> Finish<'_> {
+        Finish(self, true)
+    }
+}
+
+struct Finish<'a>(&'a CloseDone, bool);
+
+impl Finish<'_> {
+    /// The close stopped unfinished: the next close takes over.
+    fn stop_pending(&mut self) {
+        self.1 = false;
+        let _done = self.0.done.lock();
+        self.0.pending.store(true, Ordering::Release);
+        self.0.finished.notify_all();
+    }
+}
+
+impl Drop for Finish<'_> {
+    fn drop(&mut self) {
+        if self.1 {
+            *self.0.done.lock() = true;
+            self.0.finished.notify_all();
         }
-        Finish(self)
     }
 }
 
