@@ -387,6 +387,38 @@ fn a_transient_emfile_at_a_shard_close_is_retried() {
     }
 }
 
+/// A shard close left pending (RESOURCE) that meets RESOURCE again when
+/// the engine closes: the engine closes its WAL anyway, as a failed close
+/// (the commit log keeps the copies and the next open gives them back).
+/// Left pending, the WAL stayed open in this process after the engine
+/// released its LOCK, for as long as any handle held the shard, and a
+/// second engine opened the same shard: two live WALs on one log.
+#[test]
+fn an_engine_close_does_not_leave_a_shard_close_pending() {
+    let dir = TempDir::new("lifecycle-emfile-engine-close");
+    let (fs, engine, zero, others) = shard_zero_among_24(dir.path(), Durability::Sync);
+    for s in &others {
+        s.close().unwrap();
+    }
+    zero.put(b"held", b"v").unwrap();
+    fs.emfile.store(true, Ordering::Release);
+    let first = zero.close().map_err(|e| e.status);
+    assert_eq!(first, Err(keel::status::KEEL_STATUS_RESOURCE), "precondition: shard 0's segment was evicted");
+    let engine_close = engine.close().map_err(|e| e.status);
+    fs.emfile.store(false, Ordering::Release);
+    drop(engine);
+    // `zero` is still held, and its WAL closed (a WAL's stats read 0).
+    assert_eq!(zero.stats().wal_first_seq, 0, "after the engine's close returned {engine_close:?}, shard 0's WAL is still open");
+    // A second engine opens the folder and shard 0, whose acknowledged
+    // write the commit log gives back; the old handle's close is done.
+    let engine = Engine::open(dir.path(), options(Steps::default(), Durability::Sync)).unwrap();
+    let s = engine.open_shard(0, false).unwrap();
+    assert_eq!(s.get(b"held").unwrap().map(|e| e.value), Some(Value::Bytes(b"v".to_vec())));
+    zero.close().unwrap();
+    s.close().unwrap();
+    engine.close().unwrap();
+}
+
 /// A write to a shard whose active WAL segment the descriptor cache had
 /// evicted, made while the process is briefly out of descriptors: the
 /// cache's reopen fails with EMFILE before a byte is written. The WAL

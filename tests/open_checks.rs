@@ -127,6 +127,12 @@ fn the_wal_of_an_engines_open_shard_is_busy() {
     assert_eq!(e.status, KEEL_STATUS_BUSY, "{e}");
     let e = shard::Shard::open(&shard_dir, shard::Options::default()).err().expect("an open engine shard, opened alone");
     assert_eq!(e.status, KEEL_STATUS_BUSY, "{e}");
+    // However the folder is spelled (here through a symlink; a relative
+    // path from inside the shard's folder is resolved the same way).
+    let link = d.path().join("shard-5-link");
+    std::os::unix::fs::symlink(&shard_dir, &link).unwrap();
+    let e = Wal::open(&link.join("wal"), wal_opts()).err().expect("the same WAL through a symlink");
+    assert_eq!(e.status, KEEL_STATUS_BUSY, "{e}");
     s.close().unwrap();
     engine.close().unwrap();
 }

@@ -43,7 +43,7 @@ impl Engine {
                 }
                 Some(Slot::Received(s)) => {
                     // Replaced by a snapshot: closed before it is dropped.
-                    s.close()?;
+                    s.close_for_good()?;
                     state.slots.remove(&id);
                 }
                 _ => {}
@@ -104,7 +104,7 @@ impl Engine {
             }
         };
         if !finished {
-            return shard.close();
+            return shard.close_for_good();
         }
         let dir = self.shard_dir(id);
         let marker = dir.join(MARKER);
@@ -118,7 +118,7 @@ impl Engine {
             Err(e) => {
                 // Closed, its slot freed: opening it is BUSY while the
                 // marker is there, as for any unfinished reception.
-                let _ = shard.close();
+                let _ = shard.close_for_good();
                 self.settle(id, Err(e), Slot::Incoming).map(drop)
             }
         }

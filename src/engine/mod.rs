@@ -416,7 +416,7 @@ impl Engine {
         let mut guard = self.shards.lock();
         let Some(state) = guard.as_mut() else {
             if let Ok(s) = opened {
-                let _ = s.close();
+                let _ = s.close_for_good();
             }
             return Err(Error::new(KEEL_STATUS_CLOSED, "engine closed while the shard was opening"));
         };
@@ -485,7 +485,7 @@ impl Engine {
                 return Err(Error::new(KEEL_STATUS_BUSY, format!("shard {id} is open (or still closing); close it before dropping it")))
             }
             Some(Slot::Incoming(_)) => return Err(incoming::busy(id)),
-            Some(Slot::Received(s)) => s.close()?,
+            Some(Slot::Received(s)) => s.close_for_good()?,
             _ => {}
         }
         self.drop_unopened(state, id)
@@ -643,7 +643,7 @@ fn close_all(shards: &[Shard]) -> Result<()> {
     let close = |part: &[Shard]| {
         let mut result = Ok(());
         for shard in part {
-            first(&mut result, shard.close());
+            first(&mut result, shard.close_for_good());
         }
         result
     };

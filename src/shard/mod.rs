@@ -1162,7 +1162,7 @@ impl Shard {
             if !inner.close_done.wait_or_take() {
                 return Ok(());
             }
-            return self.close_wal(&mut inner.close_done.on_drop());
+            return self.close_wal(&mut inner.close_done.on_drop(), true);
         }
         // However this close ends (a panic included).
         let mut done = inner.close_done.on_drop();
@@ -1174,20 +1174,34 @@ impl Shard {
                 result = Err(e);
             }
         }
-        result.and(self.close_wal(&mut done))
+        result.and(self.close_wal(&mut done, true))
+    }
+
+    /// A close the engine makes on its own behalf (the engine closing, a
+    /// received shard replaced or dropped, a reception ended): never left
+    /// pending, since no handle may be there to retry it and the WAL would
+    /// outlive its slot, or the engine's LOCK. On RESOURCE again the WAL is
+    /// closed as a close that failed: the commit log keeps its copies.
+    pub(crate) fn close_for_good(&self) -> Result<()> {
+        let result = self.close();
+        let inner = &*self.inner;
+        if inner.close_done.pending.load(Ordering::Acquire) && inner.close_done.wait_or_take() {
+            let _ = self.close_wal(&mut inner.close_done.on_drop(), false);
+        }
+        result
     }
 
     /// Closes the WAL and marks the close finished, however it ends (a
     /// panic included), but for RESOURCE (out of descriptors or memory)
-    /// before the WAL's held frames were written: the WAL then stays open
-    /// and the close unfinished (opening or dropping the shard is BUSY),
-    /// and the next `close` tries again, as RESOURCE promises.
-    fn close_wal(&self, done: &mut Finish<'_>) -> Result<()> {
+    /// before the WAL's held frames were written when `retryable`: the WAL
+    /// then stays open and the close unfinished, and the next `close`
+    /// tries again, as RESOURCE promises.
+    fn close_wal(&self, done: &mut Finish<'_>, retryable: bool) -> Result<()> {
         let inner = &*self.inner;
         // The write side is held until the WAL is closed (synced): the
         // commit log's checkpoints take a shard seen closed as synced.
         let mut wal = inner.wal.write();
-        if let Some(w) = wal.as_ref() {
+        if let Some(w) = wal.as_ref().filter(|_| retryable) {
             if let Err(e) = w.sync() {
                 if e.status == crate::status::KEEL_STATUS_RESOURCE {
                     done.stop_pending();

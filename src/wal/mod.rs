@@ -389,7 +389,10 @@ impl Wal {
                 // The WAL of an engine's shard (`<engine>/shards/<id>/wal`)
                 // takes no LOCK of its own: the engine's covers it, so that
                 // one is taken too, for as long as this log is open.
-                let engine = dir
+                // Resolved first (symlinks, a relative path): the folder is
+                // the engine's however the caller spells it.
+                let real = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+                let engine = real
                     .parent()
                     .and_then(Path::parent)
                     .filter(|p| p.file_name().is_some_and(|n| n == "shards"))
