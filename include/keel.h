@@ -2179,7 +2179,8 @@ keel_status_t keel_engine_open(const char *dir,
  * directory vanished while the engine lists it; see docs/STORAGE.md),
  * IO (also: the shard's WAL failed to close since the engine opened, and
  * its acknowledged writes come back only when the engine reopens),
- * NO_SPACE.
+ * NO_SPACE, RESOURCE (a close of this shard left unfinished by RESOURCE
+ * was retried first and failed again).
  */
 keel_status_t keel_engine_shard_open(const struct keel_engine_t *engine,
                                      uint32_t id,
@@ -2191,7 +2192,9 @@ keel_status_t keel_engine_shard_open(const struct keel_engine_t *engine,
  * Deletes shard `id` and all its data (atomically: a crash leaves the
  * whole shard or none of it).
  * Errors: NULL_ARGUMENT, NOT_FOUND, BUSY (the shard is open, or still
- * closing on another thread), CLOSED, IO.
+ * closing on another thread), CLOSED, IO, RESOURCE (out of descriptors:
+ * nothing is dropped; a close of this shard left unfinished by RESOURCE
+ * is retried first).
  */
 keel_status_t keel_engine_shard_drop(const struct keel_engine_t *engine,
                                      uint32_t id,
@@ -2224,8 +2227,10 @@ keel_status_t keel_engine_stats(const struct keel_engine_t *engine,
  * to close (the first error is returned). Shard handles still held stay
  * valid to free: their calls return CLOSED. NULL is a no-op. Must not
  * race with other calls on the same engine handle.
- * Errors: IO, POISONED (a shard could not flush), INVALID_ARGUMENT (not
- * a live handle).
+ * Errors: IO, POISONED (a shard could not flush), RESOURCE (a shard's
+ * close ran out of descriptors: its WAL is closed all the same, and the
+ * commit log keeps what it needs for the next open), INVALID_ARGUMENT
+ * (not a live handle).
  */
 keel_status_t keel_engine_close(struct keel_engine_t *engine, struct keel_error_t **err);
 

@@ -15,7 +15,7 @@ use keel::engine::Engine;
 use keel::shard::{Options, Shard, Step, StepHook, Steps, Value};
 use keel::wal::Durability;
 use parking_lot::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -474,4 +474,128 @@ fn a_transient_emfile_in_sync_mode_does_not_block_drops_engine_wide() {
         "after a transient EMFILE on shard 0's flush ({:?}): its next write {after:?}, its close {closed:?}, and dropping shard 7 {dropped:?}",
         during.map_err(|e| (e.status, e.message)),
     );
+}
+
+/// EMFILE for the creation of shard 0's `wal.meta.tmp` while armed.
+fn meta_emfile_fs(armed: Arc<AtomicBool>, hits: Arc<AtomicU64>) -> Arc<HookFs> {
+    HookFs::new(move |call, path| {
+        let p = path.to_string_lossy();
+        match call {
+            Call::Create if armed.load(Ordering::Acquire) && p.contains("/shards/0/wal/") && p.ends_with("wal.meta.tmp") => {
+                hits.fetch_add(1, Ordering::AcqRel);
+                Err(std::io::Error::from_raw_os_error(libc::EMFILE))
+            }
+            _ => Ok(()),
+        }
+    })
+}
+
+/// EMFILE at the close's write of `wal.meta` (after its sync): the close
+/// is RESOURCE and retried, as one that met it at the sync. It once
+/// consumed the WAL and left the commit log holding the shard though every
+/// frame was synced: until the engine reopened, the shard could not be
+/// opened, no shard dropped, and the engine's close failed.
+#[test]
+fn a_transient_emfile_at_the_close_s_extent_record_is_retried() {
+    let dir = TempDir::new("lifecycle-emfile-meta");
+    let armed = Arc::new(AtomicBool::new(false));
+    let hits = Arc::new(AtomicU64::new(0));
+    let engine = Engine::open_with_fs(dir.path(), options(Steps::default(), Durability::Sync), meta_emfile_fs(armed.clone(), hits.clone())).unwrap();
+    let seven = engine.open_shard(7, true).unwrap();
+    seven.put(b"k7", b"v").unwrap();
+    seven.close().unwrap();
+    let zero = engine.open_shard(0, true).unwrap();
+    zero.put(b"held", b"v").unwrap();
+    armed.store(true, Ordering::Release);
+    let during = zero.close().map_err(|e| (e.status, e.message));
+    armed.store(false, Ordering::Release);
+    assert!(hits.load(Ordering::Acquire) > 0, "precondition: the close wrote wal.meta ({during:?})");
+    assert_eq!(during.as_ref().err().map(|e| e.0), Some(keel::status::KEEL_STATUS_RESOURCE), "precondition: {during:?}");
+    // Descriptors are back: the retry RESOURCE promises.
+    let retried = zero.close().map_err(|e| (e.status, e.message));
+    drop(zero);
+    let reopened = engine.open_shard(0, false).map_err(|e| (e.status, e.message));
+    let held = reopened.as_ref().ok().map(|s| s.get(b"held").unwrap().map(|e| e.value));
+    if let Ok(s) = &reopened {
+        s.close().unwrap();
+    }
+    let dropped = engine.drop_shard(7).map_err(|e| (e.status, e.message));
+    let closed = engine.close().map_err(|e| (e.status, e.message));
+    assert!(
+        reopened.is_ok() && dropped.is_ok() && closed.is_ok(),
+        "close returned RESOURCE ({during:?}), retried: {retried:?}; with descriptors back: open_shard(0) {:?}, drop_shard(7) {dropped:?}, engine close {closed:?}",
+        reopened.as_ref().map(|_| ())
+    );
+    assert_eq!(held, Some(Some(Value::Bytes(b"v".to_vec()))));
+}
+
+/// EMFILE for every open below `/shards/0/wal/` while armed.
+fn wal_emfile_fs(armed: Arc<AtomicBool>, hits: Arc<AtomicU64>) -> Arc<HookFs> {
+    HookFs::new(move |call, path| match call {
+        Call::Open if armed.load(Ordering::Acquire) && path.to_string_lossy().contains("/shards/0/wal/") => {
+            hits.fetch_add(1, Ordering::AcqRel);
+            Err(std::io::Error::from_raw_os_error(libc::EMFILE))
+        }
+        _ => Ok(()),
+    })
+}
+
+/// A consensus setup whose read-index closure keeps `alive` alive.
+fn consensus(alive: &Arc<AtomicU64>) -> keel::shard::Consensus {
+    use keel::lease::{Clock, LeaseConfig, LeaseGate, Level};
+    let c = alive.clone();
+    let config = LeaseConfig {
+        lease: std::time::Duration::from_millis(700),
+        election_timeout_min: std::time::Duration::from_secs(1),
+        max_clock_drift: std::time::Duration::from_millis(100),
+        max_round_trip: std::time::Duration::from_millis(100),
+    };
+    let read_index = Box::new(move || {
+        c.fetch_add(1, Ordering::SeqCst);
+        Ok(7)
+    });
+    keel::shard::Consensus {
+        gate: LeaseGate::new(1, config, Clock::manual(0), read_index).unwrap(),
+        default_level: Level::Stale,
+        read_timeout: std::time::Duration::from_secs(60),
+    }
+}
+
+/// A close left pending (RESOURCE) lets go of the host's read-index
+/// callback inside that close, as keel.h promises (`read_index_free` runs
+/// in the shard's close, on the closing thread), not at a retry later on
+/// another thread.
+#[test]
+fn a_close_left_pending_still_lets_go_of_the_read_index_callback() {
+    let dir = TempDir::new("lifecycle-pending-gate");
+    let armed = Arc::new(AtomicBool::new(false));
+    let hits = Arc::new(AtomicU64::new(0));
+    let opts = Options { max_open_files: 16, ..options(Steps::default(), Durability::Sync) };
+    let engine = Engine::open_with_fs(dir.path(), opts, wal_emfile_fs(armed.clone(), hits.clone())).unwrap();
+    let zero = engine.open_shard(0, true).unwrap();
+    let alive = Arc::new(AtomicU64::new(0));
+    zero.configure_consensus(consensus(&alive)).unwrap();
+    zero.put(b"before", b"v").unwrap();
+    let others: Vec<_> = (1..=24).map(|id| engine.open_shard(id, true).unwrap()).collect();
+    for (i, s) in others.iter().enumerate() {
+        s.put(format!("k{i}").as_bytes(), b"v").unwrap();
+        s.flush(true).unwrap();
+    }
+    for s in &others {
+        s.close().unwrap();
+    }
+    zero.put(b"held", b"v").unwrap();
+    assert_eq!(Arc::strong_count(&alive), 2, "precondition: keel holds the callback");
+    armed.store(true, Ordering::Release);
+    let closed = zero.close().map_err(|e| e.status);
+    armed.store(false, Ordering::Release);
+    assert!(hits.load(Ordering::Acquire) > 0, "precondition: shard 0's segment was evicted ({closed:?})");
+    assert_eq!(closed, Err(keel::status::KEEL_STATUS_RESOURCE), "precondition");
+    drop(zero); // keel_shard_close frees the handle even on error
+    assert_eq!(
+        Arc::strong_count(&alive),
+        1,
+        "the shard's close returned {closed:?} and its handle is gone, but keel still holds the host's read-index callback"
+    );
+    engine.close().unwrap();
 }

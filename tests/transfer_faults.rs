@@ -16,6 +16,7 @@ mod common;
 use common::child::{self, report};
 use common::relay::Relay;
 use common::rng::Rng;
+use common::hookfs::{Call, HookFs};
 use common::side::{node_options, Side};
 use common::TempDir;
 use keel::node::{Node, NodeOptions, Service};
@@ -24,7 +25,7 @@ use keel::status::*;
 use keel::transfer::{shard_digest, wire, Clock, Finish, Hook, Method, RealClock, Retry, Stage, TransferOptions};
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
@@ -723,4 +724,113 @@ fn a_source_killed_mid_transfer_resumes_by_wal_delta_after_its_restart() {
     assert_eq!((got.last_version(), hex(shard_digest(&got).unwrap())), (last, w[4].clone()));
     assert!(tx.process.wait().unwrap().success());
     assert_in_order(&dst);
+}
+
+// ---- A receiver's shard whose close fails ------------------------------------
+
+fn received_shard_options() -> Options {
+    Options { flush_interval: None, wal_segment_size: 64 << 10, seal_bytes: 16 << 10, max_sealed: 3, ..Options::default() }
+}
+
+fn write_some(shard: &Shard, from: u32, n: u32) {
+    for i in from..from + n {
+        shard.put(format!("k{i:05}").as_bytes(), &[i as u8; 100]).unwrap();
+    }
+}
+
+/// A received shard whose drop fails (a transient EMFILE on its files)
+/// is closed all the same; its slot goes too, so the next open recovers
+/// it from disk. The slot once kept the closed shard, and open_shard
+/// handed it out: every call on it answered CLOSED.
+#[test]
+fn open_shard_after_a_failed_drop_of_a_received_shard_gives_a_live_shard() {
+    let armed = Arc::new(AtomicBool::new(false));
+    let hits = Arc::new(AtomicU64::new(0));
+    let (a, h) = (armed.clone(), hits.clone());
+    let fs = HookFs::new(move |call, path| match call {
+        Call::Create | Call::Open if a.load(Ordering::Acquire) && path.to_string_lossy().contains(&format!("/shards/{SHARD}/")) => {
+            h.fetch_add(1, Ordering::AcqRel);
+            Err(std::io::Error::from_raw_os_error(libc::EMFILE))
+        }
+        _ => Ok(()),
+    });
+    let src = Side::temp("transfer-faults-received-drop-src", node_options(1), received_shard_options());
+    let dst = Side::temp_on("transfer-faults-received-drop-dst", node_options(2), received_shard_options(), fs);
+    src.node.connect(2, &dst.node.addr().to_string()).unwrap();
+    let shard = src.engine.open_shard(SHARD, true).unwrap();
+    write_some(&shard, 0, 200);
+    let small = |method| TransferOptions { method, max_batch_bytes: 4096, max_batch_records: 16, ..TransferOptions::default() };
+    dst.transfers.expect(SHARD, 1);
+    let first = src.transfers.send_shard(&shard, SHARD, 2, &small(Method::Snapshot)).unwrap();
+    shard.set_keep_from(first.last_version + 1).unwrap();
+    dst.engine.open_shard(SHARD, false).unwrap().close().unwrap();
+    write_some(&shard, 200, 100); // what the delta brings: logged in the receiver's WAL
+    dst.transfers.expect(SHARD, 1);
+    let r = src.transfers.send_shard(&shard, SHARD, 2, &small(Method::WalDelta)).unwrap();
+    assert!(!r.snapshot && r.ops > 0, "precondition: a WAL delta ({r:?})");
+
+    armed.store(true, Ordering::Release);
+    let dropped = dst.engine.drop_shard(SHARD).map_err(|e| e.status);
+    armed.store(false, Ordering::Release);
+    assert!(hits.load(Ordering::Acquire) > 0 && dropped.is_err(), "precondition: the received shard's close failed ({dropped:?})");
+
+    // Descriptors are back: the host opens the shard (or drops it again).
+    let opened = dst.engine.open_shard(SHARD, false).map_err(|e| e.status);
+    let read = opened.as_ref().map(|s| s.get(b"k00250").map(|e| e.is_some()).map_err(|e| e.status));
+    assert_eq!(
+        read,
+        Ok(Ok(true)),
+        "drop_shard failed with {dropped:?}; then open_shard returned {:?} and a read on it {read:?}",
+        opened.as_ref().map(|s| format!("a shard, is_closed={}", s.is_closed()))
+    );
+}
+
+/// The host's close of shard 7 returned RESOURCE and left the close
+/// pending (its C handle is freed). A snapshot of shard 7 arriving once
+/// descriptors are back retries that close, as an open or a drop would;
+/// it once answered BUSY ("close it before receiving it"), which a host
+/// without a handle cannot clear.
+#[test]
+fn a_snapshot_reception_finishes_a_pending_close_of_that_shard() {
+    use keel::wal::Durability;
+    let armed = Arc::new(AtomicBool::new(false));
+    let hits = Arc::new(AtomicU64::new(0));
+    let (a, h) = (armed.clone(), hits.clone());
+    let fs = HookFs::new(move |call, path| match call {
+        Call::Open if a.load(Ordering::Acquire) && path.to_string_lossy().contains(&format!("/shards/{SHARD}/wal/")) => {
+            h.fetch_add(1, Ordering::AcqRel);
+            Err(std::io::Error::from_raw_os_error(libc::EMFILE))
+        }
+        _ => Ok(()),
+    });
+    let tight = Options { durability: Durability::Sync, max_open_files: 16, flush_threads: 1, ..received_shard_options() };
+    let src = Side::temp("transfer-faults-pending-close-src", node_options(1), received_shard_options());
+    let dst = Side::temp_on("transfer-faults-pending-close-dst", node_options(2), tight, fs);
+    src.node.connect(2, &dst.node.addr().to_string()).unwrap();
+
+    // The receiver's own shard 7, its WAL segment evicted by 24 others.
+    let seven = dst.engine.open_shard(SHARD, true).unwrap();
+    seven.put(b"before", b"v").unwrap();
+    let others: Vec<Shard> = (100..124).map(|id| dst.engine.open_shard(id, true).unwrap()).collect();
+    for (i, s) in others.iter().enumerate() {
+        s.put(format!("k{i}").as_bytes(), b"v").unwrap();
+        s.flush(true).unwrap();
+    }
+    for s in &others {
+        s.close().unwrap();
+    }
+    seven.put(b"held", b"v").unwrap();
+    armed.store(true, Ordering::Release);
+    let closed = seven.close().map_err(|e| e.status);
+    armed.store(false, Ordering::Release);
+    assert!(hits.load(Ordering::Acquire) > 0, "precondition: shard 7's segment was evicted ({closed:?})");
+    assert_eq!(closed, Err(KEEL_STATUS_RESOURCE), "precondition");
+    drop(seven); // as keel_shard_close frees the handle
+
+    let shard = src.engine.open_shard(SHARD, true).unwrap();
+    write_some(&shard, 0, 50);
+    dst.transfers.expect(SHARD, 1);
+    let opts = TransferOptions { method: Method::Snapshot, ..TransferOptions::default() };
+    let sent = src.transfers.send_shard(&shard, SHARD, 2, &opts).map(|r| r.last_version).map_err(|e| (e.status, e.message));
+    assert_eq!(sent, Ok(shard.last_version()), "a snapshot of shard 7 to a receiver whose host's close of shard 7 returned RESOURCE");
 }

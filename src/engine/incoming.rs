@@ -28,6 +28,9 @@ impl Engine {
         {
             let mut guard = self.shards.lock();
             let state = guard.as_mut().ok_or_else(|| Error::new(KEEL_STATUS_CLOSED, "engine is closed"))?;
+            // A host's close left pending (RESOURCE, its handle maybe
+            // gone) is retried here too, as before an open or a drop.
+            super::finish_pending_close(state, id)?;
             match state.slots.get(&id) {
                 Some(Slot::Opening) | Some(Slot::Incoming(_)) => return Err(busy(id)),
                 Some(Slot::Open(s)) if !s.close_finished() => {
@@ -43,8 +46,9 @@ impl Engine {
                 }
                 Some(Slot::Received(s)) => {
                     // Replaced by a snapshot: closed before it is dropped.
-                    s.close_for_good()?;
+                    let closed = s.clone().close_for_good();
                     state.slots.remove(&id);
+                    closed?;
                 }
                 _ => {}
             }

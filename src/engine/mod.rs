@@ -485,7 +485,16 @@ impl Engine {
                 return Err(Error::new(KEEL_STATUS_BUSY, format!("shard {id} is open (or still closing); close it before dropping it")))
             }
             Some(Slot::Incoming(_)) => return Err(incoming::busy(id)),
-            Some(Slot::Received(s)) => s.close_for_good()?,
+            Some(Slot::Received(s)) => {
+                let s = s.clone();
+                if let Err(e) = s.close_for_good() {
+                    // Closed all the same (never left pending): its slot
+                    // goes, as a host's shard whose close failed, so the
+                    // next open recovers it instead of handing it out closed.
+                    state.slots.remove(&id);
+                    return Err(e);
+                }
+            }
             _ => {}
         }
         self.drop_unopened(state, id)

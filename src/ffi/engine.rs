@@ -257,7 +257,8 @@ pub extern "C" fn keel_engine_open(
 /// directory vanished while the engine lists it; see docs/STORAGE.md),
 /// IO (also: the shard's WAL failed to close since the engine opened, and
 /// its acknowledged writes come back only when the engine reopens),
-/// NO_SPACE.
+/// NO_SPACE, RESOURCE (a close of this shard left unfinished by RESOURCE
+/// was retried first and failed again).
 #[no_mangle]
 pub extern "C" fn keel_engine_shard_open(
     engine: *const keel_engine_t,
@@ -277,7 +278,9 @@ pub extern "C" fn keel_engine_shard_open(
 /// Deletes shard `id` and all its data (atomically: a crash leaves the
 /// whole shard or none of it).
 /// Errors: NULL_ARGUMENT, NOT_FOUND, BUSY (the shard is open, or still
-/// closing on another thread), CLOSED, IO.
+/// closing on another thread), CLOSED, IO, RESOURCE (out of descriptors:
+/// nothing is dropped; a close of this shard left unfinished by RESOURCE
+/// is retried first).
 #[no_mangle]
 pub extern "C" fn keel_engine_shard_drop(engine: *const keel_engine_t, id: u32, err: *mut *mut keel_error_t) -> keel_status_t {
     ffi_boundary!(err, engine, {
@@ -439,8 +442,10 @@ pub extern "C" fn keel_engine_stats(engine: *const keel_engine_t, out: *mut keel
 /// to close (the first error is returned). Shard handles still held stay
 /// valid to free: their calls return CLOSED. NULL is a no-op. Must not
 /// race with other calls on the same engine handle.
-/// Errors: IO, POISONED (a shard could not flush), INVALID_ARGUMENT (not
-/// a live handle).
+/// Errors: IO, POISONED (a shard could not flush), RESOURCE (a shard's
+/// close ran out of descriptors: its WAL is closed all the same, and the
+/// commit log keeps what it needs for the next open), INVALID_ARGUMENT
+/// (not a live handle).
 #[no_mangle]
 pub extern "C" fn keel_engine_close(engine: *mut keel_engine_t, err: *mut *mut keel_error_t) -> keel_status_t {
     ffi_boundary!(err, std::ptr::null::<u8>(), {

@@ -652,10 +652,29 @@ pub struct Stats {
 }
 
 /// A shard open on `<dir>`. Cheap to clone; every method may be called
-/// from any thread. Close it with `close` (the engine closes its shards).
+/// from any thread. Close it with `close` (the engine closes its shards);
+/// dropping the last handle of a shard that is not closed closes it (its
+/// error, if any, is lost: call `close` to see it).
 #[derive(Clone)]
 pub struct Shard {
     inner: Arc<Inner>,
+    /// Shared by the handles: the last one to go closes the shard. The
+    /// shard's flush membership holds `inner`, so without it a shard
+    /// dropped unclosed would keep its threads, WAL and LOCK for the life
+    /// of the process.
+    _handles: Arc<Handles>,
+}
+
+/// Closes its shard when the last handle is dropped.
+struct Handles(std::sync::Weak<Inner>);
+
+impl Drop for Handles {
+    fn drop(&mut self) {
+        if let Some(inner) = self.0.upgrade() {
+            // A handle of its own, with nothing to close on its drop.
+            let _ = Shard { inner, _handles: Arc::new(Handles(std::sync::Weak::new())) }.close();
+        }
+    }
 }
 
 impl Shard {
@@ -877,7 +896,8 @@ impl Shard {
         // open path (recovery time is load + replay only).
         member.request(Request::Flush(None))?;
         *inner.flusher.lock() = Some(member);
-        Ok(Shard { inner })
+        let handles = Arc::new(Handles(Arc::downgrade(&inner)));
+        Ok(Shard { inner, _handles: handles })
     }
 
     /// Applies `ops` atomically; returns the versions of the first and the
@@ -1184,9 +1204,11 @@ impl Shard {
     /// closed as a close that failed: the commit log keeps its copies.
     pub(crate) fn close_for_good(&self) -> Result<()> {
         let result = self.close();
-        let inner = &*self.inner;
-        if inner.close_done.pending.load(Ordering::Acquire) && inner.close_done.wait_or_take() {
-            let _ = self.close_wal(&mut inner.close_done.on_drop(), false);
+        let done = &self.inner.close_done;
+        // Until it is done: a retry on another handle may have taken the
+        // close over and left it pending again.
+        while done.wait_or_take() {
+            let _ = self.close_wal(&mut done.on_drop(), false);
         }
         result
     }
@@ -1201,18 +1223,35 @@ impl Shard {
         // The write side is held until the WAL is closed (synced): the
         // commit log's checkpoints take a shard seen closed as synced.
         let mut wal = inner.wal.write();
+        // A committed shard's sync also records its durable point in
+        // `wal.meta`, as a checkpoint's does: once it succeeded, every
+        // acknowledged frame is where a checkpoint needs it, and a close
+        // that fails later (its clean-close mark or extent record) leaves
+        // the commit log nothing to hold.
+        let mut recorded = false;
         if let Some(w) = wal.as_ref().filter(|_| retryable) {
-            if let Err(e) = w.sync() {
-                if e.status == crate::status::KEEL_STATUS_RESOURCE {
+            let synced = match inner.commit.is_some() {
+                true => w.sync_for_close(),
+                false => w.sync().map(drop),
+            };
+            match synced {
+                Ok(_) => recorded = inner.commit.is_some(),
+                Err(e) if e.status == crate::status::KEEL_STATUS_RESOURCE => {
+                    // The shard is closed to every call already: the host's
+                    // read-index callback is let go of now, inside this
+                    // close (keel.h), not at a retry on another thread.
+                    drop(wal);
+                    inner.reads.clear();
                     done.stop_pending();
                     return Err(e);
                 }
+                Err(_) => {}
             }
         }
         let mut result = Ok(());
         if let Some(w) = wal.take() {
             let closed = w.close();
-            if closed.is_err() {
+            if closed.is_err() && !recorded {
                 // Before the write side is let go: a checkpoint waiting to
                 // sync this shard then finds it held (commit_log.rs).
                 inner.note_close_failed();

@@ -629,6 +629,16 @@ impl Wal {
         Reader::open(self.shared.clone(), from, upto)
     }
 
+    /// `sync_recorded` before a close that may be retried, unless the log
+    /// is untouched since its last close (which then writes nothing): an
+    /// error here leaves the log open and usable.
+    pub(crate) fn sync_for_close(&self) -> Result<()> {
+        if self.shared.untouched() {
+            return Ok(());
+        }
+        self.sync_recorded().map(drop)
+    }
+
     /// Syncs, waits for its background jobs to end and releases the directory.
     pub fn close(mut self) -> Result<()> {
         self.shutdown()
