@@ -77,3 +77,49 @@ fn reads_follow_the_shards_default_level_and_configuration() {
     assert_eq!(s.begin_read(Some(Level::Stale), None).unwrap_err().status, KEEL_STATUS_CLOSED);
     assert_eq!(s.consensus().err().unwrap().status, KEEL_STATUS_CLOSED);
 }
+
+/// The last handle of a shard dropped inside its own read-index callback
+/// (a host's registry lets go of the shard there; the read runs on the
+/// gate it got from `Shard::consensus`). The drop closes the shard, and
+/// the close let go of the callback by waiting for the gate's call lock,
+/// which this very thread held through the call: the read never returned.
+/// The call now lets go of the callback once it returns.
+#[test]
+fn the_last_handle_dropped_inside_the_read_index_callback() {
+    let dir = TempDir::new("lease-reads-drop-in-callback");
+    let s = Shard::open(dir.path(), opts()).unwrap();
+    let registry = Arc::new(parking_lot::Mutex::new(Some(s.clone())));
+    let (r, calls) = (registry.clone(), Arc::new(AtomicU64::new(0)));
+    let c = calls.clone();
+    let read_index = Box::new(move || {
+        c.fetch_add(1, Ordering::SeqCst);
+        drop(r.lock().take());
+        Ok(0)
+    });
+    let config = LeaseConfig {
+        lease: Duration::from_millis(700),
+        election_timeout_min: Duration::from_secs(1),
+        max_clock_drift: Duration::from_millis(100),
+        max_round_trip: Duration::from_millis(100),
+    };
+    s.configure_consensus(Consensus {
+        gate: LeaseGate::new(1, config, Clock::manual(0), read_index).unwrap(),
+        default_level: Level::Stale,
+        read_timeout: Duration::from_secs(60),
+    })
+    .unwrap();
+    let consensus = s.consensus().unwrap();
+    consensus.gate.set_role(Role::Leader, 3, None).unwrap();
+    drop(s);
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    std::thread::spawn(move || {
+        let _ = tx.send(consensus.gate.begin_read(Level::Linearizable, Duration::from_secs(5)).map(|p| p.index));
+    });
+    // A failure guard only: when it hangs, it hangs for good.
+    let read = rx.recv_timeout(Duration::from_secs(60)).expect("the read whose callback dropped the shard's last handle never returned");
+    assert!(registry.lock().is_none() && calls.load(Ordering::SeqCst) == 1, "precondition: the callback ran and dropped the handle");
+    assert_eq!(read, Ok(0));
+    assert_eq!(Arc::strong_count(&calls), 1, "the shard's close let go of its callback");
+    let reopened = Shard::open(dir.path(), opts()).unwrap_or_else(|e| panic!("the dropped shard was closed: {e}"));
+    reopened.close().unwrap();
+}

@@ -140,8 +140,33 @@ pub struct LeaseGate {
     /// call runs, so `close` waits for it and then drops the callback (and
     /// the host's user data) on the closing thread.
     read_index: Mutex<Option<Box<ReadIndexFn>>>,
+    /// `close` was asked from inside a read-index call, on that call's
+    /// thread (the last handle of the shard dropped there): the call drops
+    /// the callback once it returns, instead of `close` waiting for the
+    /// lock its own thread holds.
+    close_asked: std::sync::atomic::AtomicBool,
     flight: SingleFlight,
     metrics: Metrics,
+}
+
+thread_local! {
+    /// The gate whose read-index callback this thread is running (0: none).
+    static IN_CALL: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Marks this thread as inside `gate`'s read-index call while it lives.
+struct InCall(usize);
+
+impl InCall {
+    fn enter(gate: &LeaseGate) -> InCall {
+        InCall(IN_CALL.with(|c| c.replace(gate as *const LeaseGate as usize)))
+    }
+}
+
+impl Drop for InCall {
+    fn drop(&mut self) {
+        IN_CALL.with(|c| c.set(self.0));
+    }
 }
 
 impl LeaseGate {
@@ -154,6 +179,7 @@ impl LeaseGate {
             state: Mutex::new(ConsensusState::new(self_id)),
             applied: Condvar::new(),
             read_index: Mutex::new(Some(read_index)),
+            close_asked: std::sync::atomic::AtomicBool::new(false),
             flight: SingleFlight::default(),
             metrics: Metrics::default(),
         })
@@ -286,6 +312,13 @@ impl LeaseGate {
     /// then drops the host's callback here. Reads that miss the lease
     /// from then on fail with CLOSED, without calling the host.
     pub fn close(&self) {
+        if IN_CALL.with(|c| c.get()) == self as *const LeaseGate as usize {
+            // Inside this gate's own call, whose thread holds the lock:
+            // that call lets go of the callback once it returns, on this
+            // same thread.
+            self.close_asked.store(true, std::sync::atomic::Ordering::Release);
+            return;
+        }
         let callback = self.read_index.lock().take();
         drop(callback);
     }
@@ -297,9 +330,22 @@ impl LeaseGate {
         let ticket = self.flight.ticket();
         // The lock is held through the host's call (one at a time anyway:
         // the flight shares it), so `close` cannot drop it meanwhile.
-        let call = || match self.read_index.lock().as_ref() {
-            Some(call) => call(),
-            None => Err(closed()),
+        let call = || {
+            let mut held = self.read_index.lock();
+            let answer = match held.as_ref() {
+                Some(call) => {
+                    let _in = InCall::enter(self);
+                    call()
+                }
+                None => Err(closed()),
+            };
+            if self.close_asked.load(std::sync::atomic::Ordering::Acquire) {
+                // The callback asked for this gate's close (the last handle
+                // of its shard dropped in it): let go of it now, still
+                // under the lock, on the thread that asked.
+                drop(held.take());
+            }
+            answer
         };
         let answer = self.flight.get(ticket, &call, deadline);
         if let Some(latency) = answer.made_call {
