@@ -558,7 +558,10 @@ func (s *Shard) SetKeepFrom(version uint64) error {
 // Close runs a final flush pass, takes the shard out of the flush pool, closes
 // its WAL and frees the handle; it waits for calls in flight on other
 // goroutines. The handle is freed even when the flush fails (that error is
-// returned; the WAL still holds everything). A second Close, or a Close
+// returned; the WAL still holds everything). An error matching ErrResource
+// (out of descriptors or memory) leaves the close unfinished, and the engine
+// finishes it before it next opens or drops that shard, and when it closes:
+// retry those, not Close. A second Close, or a Close
 // after Engine.Close, returns an error matching ErrClosed once the first
 // has returned (while a ReadIndex runs: at once). Open Iterators stay valid but
 // their Next reports ErrClosed.
