@@ -529,17 +529,6 @@ fn a_transient_emfile_at_the_close_s_extent_record_is_retried() {
     assert_eq!(held, Some(Some(Value::Bytes(b"v".to_vec()))));
 }
 
-/// EMFILE for every open below `/shards/0/wal/` while armed.
-fn wal_emfile_fs(armed: Arc<AtomicBool>, hits: Arc<AtomicU64>) -> Arc<HookFs> {
-    HookFs::new(move |call, path| match call {
-        Call::Open if armed.load(Ordering::Acquire) && path.to_string_lossy().contains("/shards/0/wal/") => {
-            hits.fetch_add(1, Ordering::AcqRel);
-            Err(std::io::Error::from_raw_os_error(libc::EMFILE))
-        }
-        _ => Ok(()),
-    })
-}
-
 /// A consensus setup whose read-index closure keeps `alive` alive.
 fn consensus(alive: &Arc<AtomicU64>) -> keel::shard::Consensus {
     use keel::lease::{Clock, LeaseConfig, LeaseGate, Level};
@@ -568,28 +557,18 @@ fn consensus(alive: &Arc<AtomicU64>) -> keel::shard::Consensus {
 #[test]
 fn a_close_left_pending_still_lets_go_of_the_read_index_callback() {
     let dir = TempDir::new("lifecycle-pending-gate");
-    let armed = Arc::new(AtomicBool::new(false));
-    let hits = Arc::new(AtomicU64::new(0));
-    let opts = Options { max_open_files: 16, ..options(Steps::default(), Durability::Sync) };
-    let engine = Engine::open_with_fs(dir.path(), opts, wal_emfile_fs(armed.clone(), hits.clone())).unwrap();
-    let zero = engine.open_shard(0, true).unwrap();
+    let (fs, engine, zero, others) = shard_zero_among_24(dir.path(), Durability::Sync);
     let alive = Arc::new(AtomicU64::new(0));
     zero.configure_consensus(consensus(&alive)).unwrap();
-    zero.put(b"before", b"v").unwrap();
-    let others: Vec<_> = (1..=24).map(|id| engine.open_shard(id, true).unwrap()).collect();
-    for (i, s) in others.iter().enumerate() {
-        s.put(format!("k{i}").as_bytes(), b"v").unwrap();
-        s.flush(true).unwrap();
-    }
     for s in &others {
         s.close().unwrap();
     }
     zero.put(b"held", b"v").unwrap();
     assert_eq!(Arc::strong_count(&alive), 2, "precondition: keel holds the callback");
-    armed.store(true, Ordering::Release);
+    fs.emfile.store(true, Ordering::Release);
     let closed = zero.close().map_err(|e| e.status);
-    armed.store(false, Ordering::Release);
-    assert!(hits.load(Ordering::Acquire) > 0, "precondition: shard 0's segment was evicted ({closed:?})");
+    fs.emfile.store(false, Ordering::Release);
+    assert!(fs.emfile_hits.load(Ordering::Acquire) > 0, "precondition: shard 0's segment was evicted ({closed:?})");
     assert_eq!(closed, Err(keel::status::KEEL_STATUS_RESOURCE), "precondition");
     drop(zero); // keel_shard_close frees the handle even on error
     assert_eq!(

@@ -738,22 +738,28 @@ fn write_some(shard: &Shard, from: u32, n: u32) {
     }
 }
 
+/// A file system whose `calls` on paths under `under` fail with EMFILE
+/// while the returned flag is set; the counter says how many did.
+fn emfile_under(under: String, calls: &'static [Call]) -> (Arc<AtomicBool>, Arc<AtomicU64>, Arc<HookFs>) {
+    let (armed, hits) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)));
+    let (a, h) = (armed.clone(), hits.clone());
+    let fs = HookFs::new(move |call, path| {
+        if calls.contains(&call) && a.load(Ordering::Acquire) && path.to_string_lossy().contains(&under) {
+            h.fetch_add(1, Ordering::AcqRel);
+            return Err(std::io::Error::from_raw_os_error(libc::EMFILE));
+        }
+        Ok(())
+    });
+    (armed, hits, fs)
+}
+
 /// A received shard whose drop fails (a transient EMFILE on its files)
 /// is closed all the same; its slot goes too, so the next open recovers
 /// it from disk. The slot once kept the closed shard, and open_shard
 /// handed it out: every call on it answered CLOSED.
 #[test]
 fn open_shard_after_a_failed_drop_of_a_received_shard_gives_a_live_shard() {
-    let armed = Arc::new(AtomicBool::new(false));
-    let hits = Arc::new(AtomicU64::new(0));
-    let (a, h) = (armed.clone(), hits.clone());
-    let fs = HookFs::new(move |call, path| match call {
-        Call::Create | Call::Open if a.load(Ordering::Acquire) && path.to_string_lossy().contains(&format!("/shards/{SHARD}/")) => {
-            h.fetch_add(1, Ordering::AcqRel);
-            Err(std::io::Error::from_raw_os_error(libc::EMFILE))
-        }
-        _ => Ok(()),
-    });
+    let (armed, hits, fs) = emfile_under(format!("/shards/{SHARD}/"), &[Call::Create, Call::Open]);
     let src = Side::temp("transfer-faults-received-drop-src", node_options(1), received_shard_options());
     let dst = Side::temp_on("transfer-faults-received-drop-dst", node_options(2), received_shard_options(), fs);
     src.node.connect(2, &dst.node.addr().to_string()).unwrap();
@@ -793,16 +799,7 @@ fn open_shard_after_a_failed_drop_of_a_received_shard_gives_a_live_shard() {
 #[test]
 fn a_snapshot_reception_finishes_a_pending_close_of_that_shard() {
     use keel::wal::Durability;
-    let armed = Arc::new(AtomicBool::new(false));
-    let hits = Arc::new(AtomicU64::new(0));
-    let (a, h) = (armed.clone(), hits.clone());
-    let fs = HookFs::new(move |call, path| match call {
-        Call::Open if a.load(Ordering::Acquire) && path.to_string_lossy().contains(&format!("/shards/{SHARD}/wal/")) => {
-            h.fetch_add(1, Ordering::AcqRel);
-            Err(std::io::Error::from_raw_os_error(libc::EMFILE))
-        }
-        _ => Ok(()),
-    });
+    let (armed, hits, fs) = emfile_under(format!("/shards/{SHARD}/wal/"), &[Call::Open]);
     let tight = Options { durability: Durability::Sync, max_open_files: 16, flush_threads: 1, ..received_shard_options() };
     let src = Side::temp("transfer-faults-pending-close-src", node_options(1), received_shard_options());
     let dst = Side::temp_on("transfer-faults-pending-close-dst", node_options(2), tight, fs);

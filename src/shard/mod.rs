@@ -1230,10 +1230,7 @@ impl Shard {
         // the commit log nothing to hold.
         let mut recorded = false;
         if let Some(w) = wal.as_ref().filter(|_| retryable) {
-            let synced = match inner.commit.is_some() {
-                true => w.sync_for_close(),
-                false => w.sync().map(drop),
-            };
+            let synced = if inner.commit.is_some() { w.sync_for_close() } else { w.sync().map(drop) };
             match synced {
                 Ok(_) => recorded = inner.commit.is_some(),
                 Err(e) if e.status == crate::status::KEEL_STATUS_RESOURCE => {
