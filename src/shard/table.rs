@@ -83,6 +83,14 @@ impl SparseIndex {
         self.blocks.len()
     }
 
+    fn first_key(&self, i: usize) -> &[u8] {
+        self.key_of(&self.blocks[i])
+    }
+
+    fn key_of(&self, b: &IndexEntry) -> &[u8] {
+        &self.keys[b.key_at..][..b.key_len as usize]
+    }
+
     /// Index of the block that would hold `key`: the last whose first key
     /// is <= `key`.
     fn block_for(&self, key: &[u8]) -> Option<usize> {
@@ -94,8 +102,7 @@ impl SparseIndex {
             Some(&q) if q == p => self.prefixes[below..].partition_point(|&q| q == p),
             _ => 0,
         };
-        let first_key = |b: &IndexEntry| &self.keys[b.key_at..][..b.key_len as usize];
-        let at_or_below = self.blocks[below..below + equal].partition_point(|b| first_key(b) <= key);
+        let at_or_below = self.blocks[below..below + equal].partition_point(|b| self.key_of(b) <= key);
         (below + at_or_below).checked_sub(1)
     }
 }
@@ -320,15 +327,25 @@ impl Table {
         if crc32fast::hash(&bytes[index_off..meta_end]) != meta_crc {
             return Err(bad("index, filter or replaced list damaged"));
         }
+        // The blocks tile the bytes before the index, in key order: a
+        // search trusts both (`block_for`).
         let mut index = SparseIndex::new();
         let mut c = Cursor { bytes: &bytes[index_off..filter_off] };
+        let (mut end, mut last_key) = (0, None);
         while !c.bytes.is_empty() {
             let first_key = c.bytes()?;
             let (offset, len) = (c.u64()? as usize, c.u32()? as usize);
-            if offset.checked_add(len).map_or(true, |end| end > index_off) || len < 8 {
+            if offset != end || offset.checked_add(len).map_or(true, |end| end > index_off) || len < 8 {
                 return Err(bad("index entry points outside the blocks"));
             }
+            if last_key.is_some_and(|k: &[u8]| k >= first_key) {
+                return Err(bad("index keys out of order"));
+            }
             index.push(first_key, offset, len);
+            (end, last_key) = (offset + len, Some(first_key));
+        }
+        if end != index_off {
+            return Err(bad("index entry points outside the blocks"));
         }
         index.shrink_to_fit();
         if (replaced_off..meta_end).len() % 8 != 0 {
@@ -368,16 +385,19 @@ impl Table {
         let (body, crc) = raw.split_at(raw.len() - 4);
         let bad = |why: &str| Error::corruption(format!("{}: block at offset {} {why}", self.path.display(), ix.offset));
         let (byte, bit) = (&self.verified[i / 8], 1u8 << (i % 8));
-        if byte.load(Ordering::Relaxed) & bit == 0 {
-            if crc32fast::hash(body) != u32::from_le_bytes(crc.try_into().unwrap()) {
-                return Err(bad("fails its checksum"));
-            }
-            byte.fetch_or(bit, Ordering::Relaxed);
+        let checked = byte.load(Ordering::Relaxed) & bit != 0;
+        if !checked && crc32fast::hash(body) != u32::from_le_bytes(crc.try_into().unwrap()) {
+            return Err(bad("fails its checksum"));
         }
         let (rest, n) = body.split_at(body.len() - 4);
         let n = u32::from_le_bytes(n.try_into().unwrap()) as usize;
         let table_len = n.checked_mul(4).filter(|&t| t <= rest.len()).ok_or_else(|| bad("has a bad entry count"))?;
-        Ok(rest.split_at(rest.len() - table_len))
+        let (entries, offsets) = rest.split_at(rest.len() - table_len);
+        if !checked {
+            check_layout(entries, offsets, self.index.first_key(i)).map_err(bad)?;
+            byte.fetch_or(bit, Ordering::Relaxed);
+        }
+        Ok((entries, offsets))
     }
 
     /// The entry at `offset` of a block's entries.
@@ -486,6 +506,37 @@ impl Table {
     }
 }
 
+/// Checks that a block whose checksum holds is laid out as `write`
+/// writes one: at least one entry, entries back to back from the start,
+/// each at the offset the block's offset table gives, keys strictly
+/// increasing from `first_key` (the index's for it). A checksum proves
+/// only that the bytes are the ones written; a file that was not written
+/// by keel (or by a keel with a bug) but passes it would otherwise give
+/// wrong answers (a search missing a key that is there) or reach a merge
+/// as keys out of order. Runs once per block, with its checksum.
+fn check_layout(entries: &[u8], offsets: &[u8], first_key: &[u8]) -> std::result::Result<(), &'static str> {
+    if offsets.is_empty() {
+        return Err("holds no entry");
+    }
+    let mut c = Cursor { bytes: entries };
+    let mut prev: Option<&[u8]> = None;
+    for at in offsets.chunks_exact(4) {
+        if u32::from_le_bytes(at.try_into().unwrap()) as usize != entries.len() - c.bytes.len() {
+            return Err("has an entry offset that does not match its entries");
+        }
+        let (key, ..) = decode_entry(&mut c).map_err(|_| "has an entry cut short")?;
+        match prev {
+            None if key != first_key => return Err("starts with a key other than the one the index names"),
+            Some(p) if p >= key => return Err("holds keys out of order"),
+            _ => prev = Some(key),
+        }
+    }
+    if !c.bytes.is_empty() {
+        return Err("has bytes after its last entry");
+    }
+    Ok(())
+}
+
 /// The chunks (`WILL_NEED_CHUNK` bytes each) holding `len > 0` bytes at
 /// `at`, less `last` (asked for already), and the last of them.
 fn chunks_to_ask(at: usize, len: usize, last: Option<usize>) -> (std::ops::Range<usize>, usize) {
@@ -570,6 +621,68 @@ mod tests {
         let data_end = t.index.blocks.last().map(|b| b.offset + b.len).unwrap();
         assert!(data_end > 4 * WILL_NEED_CHUNK, "the table spans several chunks");
         assert_eq!(asked, (0..data_end.div_ceil(WILL_NEED_CHUNK)).collect::<Vec<_>>());
+    }
+
+    /// A block whose checksum holds but whose entries are not what
+    /// `write` writes (a file keel did not write) is CORRUPTION on its
+    /// first read, for a search and for a merge's iteration alike: never
+    /// a wrong answer, never keys out of order handed on.
+    #[test]
+    fn a_block_that_passes_its_checksum_but_is_out_of_order_is_corruption() {
+        let dir = crate::test_dir::TestDir::new("table-order");
+        let path = dir.join("t.sst");
+        let all = entries(3000);
+        let fs = crate::fs::StdFs::direct();
+        let t = write(&fs, &path, all.iter().map(|(k, e)| Ok((k.as_slice(), EntryRef::from(e)))), &[], Ident { shard: 9, segment: 3 }).unwrap();
+        let (at, len) = (t.index.blocks[0].offset, t.index.blocks[0].len);
+        drop(t);
+        let good = std::fs::read(&path).unwrap();
+        // The key of an entry at `entry` of block 0 (every key is 10 bytes).
+        let key_at = |bytes: &[u8], entry: usize| {
+            let (body, _) = bytes[at..at + len].split_at(len - 4);
+            let n = u32::from_le_bytes(body[body.len() - 4..].try_into().unwrap()) as usize;
+            let offsets = &body[body.len() - 4 - 4 * n..body.len() - 4];
+            at + u32::from_le_bytes(offsets[entry * 4..entry * 4 + 4].try_into().unwrap()) as usize + 17
+        };
+        let reseal = |bytes: &mut Vec<u8>| {
+            let crc = crc32fast::hash(&bytes[at..at + len - 4]);
+            bytes[at + len - 4..at + len].copy_from_slice(&crc.to_le_bytes());
+        };
+        // 1. The keys of entries 1 and 2 swapped; 2. the first key lowered
+        // below the one the index names for the block.
+        let mut swapped = good.clone();
+        let (k1, k2) = (key_at(&good, 1), key_at(&good, 2));
+        swapped[k1..k1 + 10].copy_from_slice(&good[k2..k2 + 10]);
+        swapped[k2..k2 + 10].copy_from_slice(&good[k1..k1 + 10]);
+        reseal(&mut swapped);
+        let mut lowered = good.clone();
+        lowered[key_at(&good, 0) + 9] -= 1;
+        reseal(&mut lowered);
+        for (bytes, why) in [(swapped, "holds keys out of order"), (lowered, "starts with a key other than the one the index names")] {
+            std::fs::write(&path, &bytes).unwrap();
+            let t = Table::open(&fs, &path).unwrap();
+            for probe in [&all[0].0, &all[1].0, &all[2].0] {
+                let e = t.get(&Probe::new(probe)).unwrap_err();
+                assert_eq!(e.status, crate::status::KEEL_STATUS_CORRUPTION, "{e}");
+                assert!(e.message.contains(why), "{e}");
+            }
+            let t = Table::open(&fs, &path).unwrap();
+            let e = t.refs_from(b"").find_map(|r| r.err()).expect("the iteration fails");
+            assert!(e.message.contains(why), "{e}");
+        }
+        // The index itself must tile the blocks in key order: checked at open.
+        let mut bytes = good.clone();
+        let n = bytes.len();
+        let index_off = u64::from_le_bytes(bytes[n - FOOTER + 16..n - FOOTER + 24].try_into().unwrap()) as usize;
+        bytes[index_off + 4 + 10] ^= 1; // the first block's offset, in the index
+        let meta_end = n - FOOTER;
+        let meta_crc = crc32fast::hash(&bytes[index_off..meta_end]);
+        bytes[n - 8..n - 4].copy_from_slice(&meta_crc.to_le_bytes());
+        let footer_crc = crc32fast::hash(&bytes[n - FOOTER..n - 4]);
+        bytes[n - 4..].copy_from_slice(&footer_crc.to_le_bytes());
+        std::fs::write(&path, &bytes).unwrap();
+        let e = Table::open(&fs, &path).err().expect("refused at open");
+        assert!(e.message.contains("index entry points outside the blocks"), "{e}");
     }
 
     #[test]
