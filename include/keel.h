@@ -910,7 +910,9 @@ typedef struct keel_engine_options_t {
    * segments, opens with what is left instead of failing with
    * CORRUPTION; keel_shard_salvage_report() says what is lost. The
    * first flush then makes that the shard's state. Also rebuilds a lost
-   * shard list from the shard directories' names. 0 or 1 (version 2).
+   * shard list from the shard directories' names, and lists again a
+   * shard directory holding files that the list lacks. 0 or 1
+   * (version 2).
    */
   uint32_t salvage;
   /**
@@ -2176,7 +2178,9 @@ keel_status_t keel_engine_open(const char *dir,
  * closing on another thread), CLOSED
  * (engine closed), CORRUPTION (a segment file missing, cut or
  * substituted; the WAL starts past what the segments hold; the shard's
- * directory vanished while the engine lists it; see docs/STORAGE.md),
+ * directory vanished while the engine lists it, or holds files while
+ * the engine does not list it: a salvage open lists it again; see
+ * docs/STORAGE.md),
  * IO (also: the shard's WAL failed to close since the engine opened, and
  * its acknowledged writes come back only when the engine reopens),
  * NO_SPACE, RESOURCE (a close of this shard left unfinished by RESOURCE

@@ -306,6 +306,44 @@ fn a_damaged_last_record_of_an_acknowledged_create_is_corruption() {
     assert_eq!(engine_at(t.path()).list_shards().unwrap(), vec![1, 2], "the salvage wrote the list again whole");
 }
 
+/// SHARDS cut at a record boundary (shard 2's acknowledged create lost
+/// whole, no torn tail to tell): the engine opens, but shard 2, whose
+/// folder holds its files, answers CORRUPTION whether or not the open may
+/// create it, never NOT_FOUND or a new empty shard over its data; a
+/// salvage open lists it again.
+#[test]
+fn a_shard_list_cut_at_a_record_boundary_leaves_the_unlisted_shard_to_salvage() {
+    let t = common::TempDir::new("engine-list-cut-whole");
+    let engine = engine_at(t.path());
+    for id in [1, 2] {
+        let s = engine.open_shard(id, true).unwrap();
+        s.put(b"k", format!("shard {id}").as_bytes()).unwrap();
+        s.close().unwrap();
+    }
+    engine.close().unwrap();
+    drop(engine);
+    let list = t.path().join("SHARDS");
+    let bytes = std::fs::read(&list).unwrap();
+    std::fs::write(&list, &bytes[..bytes.len() - 12]).unwrap();
+    let engine = engine_at(t.path());
+    assert_eq!(engine.list_shards().unwrap(), vec![1]);
+    for create in [false, true] {
+        let e = engine.open_shard(2, create).err().expect("an unlisted shard with files");
+        assert_eq!(e.status, KEEL_STATUS_CORRUPTION, "create_if_missing {create}: {e}");
+        assert!(e.message.contains("salvage"), "{e}");
+    }
+    engine.close().unwrap();
+    drop(engine);
+    let engine = Engine::open(t.path(), Options { salvage: true, ..options() }).unwrap();
+    assert_eq!(engine.list_shards().unwrap(), vec![1, 2]);
+    let s = engine.open_shard(2, false).unwrap();
+    assert_eq!(s.get(b"k").unwrap().map(|e| e.value), Some(keel::shard::Value::Bytes(b"shard 2".to_vec())));
+    s.close().unwrap();
+    engine.close().unwrap();
+    drop(engine);
+    assert_eq!(engine_at(t.path()).list_shards().unwrap(), vec![1, 2], "the salvage wrote the list again");
+}
+
 #[test]
 fn a_shard_recovering_does_not_hold_up_the_others() {
     let t = common::TempDir::new("engine-concurrent");

@@ -56,27 +56,26 @@ impl ShardList {
         let path = dir.join(FILE);
         let (ids, whole) = match files::read_all(fs, &path, MAX_BYTES)? {
             Some(bytes) => {
-                let (mut ids, whole, torn) = parse(&bytes, &path)?;
-                if torn {
-                    // A torn append is a create or drop that never returned:
-                    // a create's folder is then empty (its files are made
-                    // only once its record is durable), a drop's renamed.
-                    // An unlisted folder with files in it means the last
-                    // record was an acknowledged create, damaged.
-                    let shards_dir = dir.join("shards");
-                    let names = fs.list(&shards_dir).unwrap_or_default();
-                    let unlisted: Vec<u32> = names.iter().filter_map(|n| parse_id(n)).filter(|id| !ids.contains(id)).collect();
-                    for id in unlisted {
-                        let held = fs.list(&shards_dir.join(id.to_string())).is_ok_and(|v| !v.is_empty());
-                        if held && !salvage {
+                let (mut ids, mut whole, torn) = parse(&bytes, &path)?;
+                // A torn append is a create or drop that never returned: a
+                // create's folder is then empty (its files are made only
+                // once its record is durable), a drop's renamed. An
+                // unlisted folder with files in it beside a torn tail
+                // means the last record was an acknowledged create,
+                // damaged. Without a torn tail it is a list cut at a
+                // record boundary, or a folder copied in: the engine opens
+                // and that id answers CORRUPTION (`Engine::open_shard`).
+                // A salvage open lists every such folder again.
+                if torn || salvage {
+                    for id in unlisted_with_files(fs, dir, &ids, parse_id) {
+                        if !salvage {
                             return Err(Error::corruption(format!(
                                 "{}: its last record is damaged, and shard {id}'s folder holds files but is not listed (the record was an acknowledged create); open with salvage to list it again",
                                 path.display()
                             )));
                         }
-                        if held {
-                            ids.insert(id);
-                        }
+                        ids.insert(id);
+                        whole = None;
                     }
                 }
                 (ids, whole)
@@ -163,6 +162,19 @@ impl ShardList {
         self.ids = ids;
         Ok(())
     }
+}
+
+/// The ids of the shard folders in `dir` that hold files and are not in
+/// `ids`.
+fn unlisted_with_files(fs: &dyn FileSystem, dir: &Path, ids: &BTreeSet<u32>, parse_id: fn(&str) -> Option<u32>) -> Vec<u32> {
+    let shards_dir = dir.join("shards");
+    let names = fs.list(&shards_dir).unwrap_or_default();
+    names
+        .iter()
+        .filter_map(|n| parse_id(n))
+        .filter(|id| !ids.contains(id))
+        .filter(|id| fs.list(&shards_dir.join(id.to_string())).is_ok_and(|v| !v.is_empty()))
+        .collect()
 }
 
 fn apply(ids: &mut BTreeSet<u32>, id: u32, op: u32) {

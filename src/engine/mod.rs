@@ -312,6 +312,23 @@ impl Engine {
         self.sync_dir(&shards_dir)
     }
 
+    /// CORRUPTION when the folder of `id`, which the shard list does not
+    /// have, holds files: never a create's leftover (a create makes no
+    /// file before its id is listed), so the list lost the id's record or
+    /// the folder was put there by hand. Neither a NOT_FOUND nor a create
+    /// over it: the data stays for a salvage open, which lists it again.
+    /// (An empty one is a create whose listing failed: taken over.)
+    fn check_unlisted(&self, id: u32) -> Result<()> {
+        let dir = self.shard_dir(id);
+        if self.exists(&dir)? && !self.is_empty_dir(&dir)? {
+            return Err(Error::corruption(format!(
+                "{}: holds files but shard {id} is not in the engine's shard list ({SHARD_LIST}): the list lost its record, or the folder was put there by hand; open the engine with salvage to list it again",
+                dir.display()
+            )));
+        }
+        Ok(())
+    }
+
     /// Whether `path` is a folder with nothing in it (false for a file).
     fn is_empty_dir(&self, path: &Path) -> Result<bool> {
         match self.fs.list(path) {
@@ -336,7 +353,7 @@ impl Engine {
     /// Opens shard `id`. NOT_FOUND when it does not exist and
     /// `create_if_missing` is false; BUSY when it is already open or being
     /// opened; CORRUPTION when the shard list has it but its directory is
-    /// gone. The recovery runs outside the engine's mutex: other shards
+    /// gone, or does not have it but its directory holds files. The recovery runs outside the engine's mutex: other shards
     /// open, drop and list meanwhile.
     pub fn open_shard(&self, id: u32, create_if_missing: bool) -> Result<Shard> {
         let dir = self.shard_dir(id);
@@ -362,6 +379,7 @@ impl Engine {
             let create = !state.list.contains(id);
             if create {
                 if !create_if_missing {
+                    self.check_unlisted(id)?;
                     return Err(Error::new(KEEL_STATUS_NOT_FOUND, format!("shard {id} does not exist")));
                 }
             } else if !self.exists(&dir)? {
@@ -454,13 +472,7 @@ impl Engine {
     fn make_dir(&self, id: u32) -> Result<()> {
         let shards_dir = self.dir.join("shards");
         let dir = self.shard_dir(id);
-        // An empty one is a create this session whose listing failed.
-        if self.exists(&dir)? && !self.is_empty_dir(&dir)? {
-            return Err(Error::corruption(format!(
-                "{}: exists but shard {id} is not in the engine's shard list ({SHARD_LIST})",
-                dir.display()
-            )));
-        }
+        self.check_unlisted(id)?;
         self.fs.create_dir_all(&dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
         self.sync_dir(&shards_dir)
     }

@@ -78,7 +78,9 @@ pub struct keel_engine_options_t {
     /// segments, opens with what is left instead of failing with
     /// CORRUPTION; keel_shard_salvage_report() says what is lost. The
     /// first flush then makes that the shard's state. Also rebuilds a lost
-    /// shard list from the shard directories' names. 0 or 1 (version 2).
+    /// shard list from the shard directories' names, and lists again a
+    /// shard directory holding files that the list lacks. 0 or 1
+    /// (version 2).
     pub salvage: u32,
     /// Worker threads of the engine's flush pool, which runs the
     /// background flushes, seals and merges of all its shards: the
@@ -254,7 +256,9 @@ pub extern "C" fn keel_engine_open(
 /// closing on another thread), CLOSED
 /// (engine closed), CORRUPTION (a segment file missing, cut or
 /// substituted; the WAL starts past what the segments hold; the shard's
-/// directory vanished while the engine lists it; see docs/STORAGE.md),
+/// directory vanished while the engine lists it, or holds files while
+/// the engine does not list it: a salvage open lists it again; see
+/// docs/STORAGE.md),
 /// IO (also: the shard's WAL failed to close since the engine opened, and
 /// its acknowledged writes come back only when the engine reopens),
 /// NO_SPACE, RESOURCE (a close of this shard left unfinished by RESOURCE
