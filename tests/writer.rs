@@ -11,9 +11,10 @@ use common::rng::Rng;
 use keel::net::{BackendChoice, Net, NetOptions, Writer, WriterOptions};
 use keel::status::*;
 use parking_lot::Mutex;
-use std::io::Read;
+use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, IntoRawFd, RawFd};
+use std::os::unix::net::UnixStream;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -640,6 +641,35 @@ fn publisher_totals_never_go_backwards(backend: BackendChoice) {
     net.close().unwrap();
 }
 
+/// R10: keel_net_close reads what the peer had sent before it closes a
+/// socket (unread input would turn close(2) into a reset), but no longer
+/// than the connection's close timeout: with 0 it reads nothing and the
+/// peer sees the reset; with a long one it reads everything and the peer
+/// sees EOF after the last reply.
+fn net_close_discards_input_within_the_close_timeout(backend: BackendChoice) {
+    let (net, events) = open_net(backend);
+    let mut peers = Vec::new();
+    let mut writers = Vec::new();
+    for timeout in [Duration::ZERO, Duration::from_secs(600)] {
+        let (ours, mut peer) = UnixStream::pair().unwrap();
+        let w = net.adopt(ours.into_raw_fd(), &WriterOptions { close_timeout: timeout, ..Default::default() }).unwrap();
+        peer.write_all(&[9u8; 16 << 10]).unwrap(); // in keel's receive queue now
+        w.send(b"bye", false).unwrap();
+        peers.push(peer);
+        writers.push(w);
+    }
+    net.close().unwrap();
+    let mut got = Vec::new();
+    let e = peers[0].read_to_end(&mut got).expect_err("close timeout 0: nothing was read, so the close resets");
+    assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}");
+    assert_eq!(got, b"bye");
+    got.clear();
+    peers[1].read_to_end(&mut got).expect("close timeout 600 s: the input was read, so the close is orderly");
+    assert_eq!(got, b"bye");
+    drop(writers);
+    assert!(events.lock().is_empty());
+}
+
 macro_rules! per_backend {
     ($($name:ident),* $(,)?) => {
         mod sendmsg {
@@ -667,6 +697,7 @@ per_backend!(
     empty_messages_hit_the_hard_cap,
     an_idle_peer_reset_is_noticed_by_the_next_send,
     publisher_totals_never_go_backwards,
+    net_close_discards_input_within_the_close_timeout,
 );
 
 #[test]

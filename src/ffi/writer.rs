@@ -436,8 +436,10 @@ pub extern "C" fn keel_net_backend(net: *const keel_net_t, out: *mut u32) -> kee
 /// flushed, each within its close_timeout_ms), stops the reactor thread,
 /// then calls user_data_free. It waits for queued bytes only, never for an
 /// idle peer's EOF: once a connection is flushed it is half-closed, what
-/// already arrived is read and the fd closed (also for writers closed
-/// earlier that were still waiting for their peer). An fd adopted here
+/// already arrived is read (up to 64 MiB, and never past the
+/// connection's close_timeout_ms: a peer that keeps sending does not hold
+/// the net's other connections) and the fd closed (also for writers
+/// closed earlier that were still waiting for their peer). An fd adopted here
 /// cannot be adopted by another net until keel closed it (INVALID_ARGUMENT).
 /// No callback runs after it returns. Writer
 /// and publisher handles stay valid and answer KEEL_STATUS_CLOSED; close

@@ -590,8 +590,8 @@ impl Reactor {
                 if self.stopping {
                     // keel_net_close waits for queued bytes only, never
                     // for an idle peer's EOF: what arrived is read, then
-                    // the fd is closed.
-                    discard_arrived(conn.fd);
+                    // the fd is closed (no longer than the close timeout).
+                    discard_arrived(conn.fd, st.deadline);
                     return Next::Finalize;
                 }
                 st.lingering = true;
@@ -794,9 +794,10 @@ impl Reactor {
             // Closed earlier by the host and flushed, now waiting for the
             // peer's EOF: the net closing does not wait for it.
             let flushed = st.lingering;
+            let deadline = st.deadline;
             drop(st);
             if flushed {
-                discard_arrived(conn.fd);
+                discard_arrived(conn.fd, deadline);
                 self.finalize(&conn);
                 continue;
             }

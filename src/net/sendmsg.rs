@@ -6,6 +6,7 @@
 use crate::net::queue::{SendResult, Sink};
 use std::io;
 use std::os::fd::RawFd;
+use std::time::Instant;
 
 /// Sends synchronously on the calling thread.
 pub(crate) struct SyncSink {
@@ -54,22 +55,29 @@ pub(crate) fn errno_text(e: i32) -> String {
 /// shutdown(SHUT_WR) (R10). Returns true when the peer is done (EOF or an
 /// error) and false when the socket has nothing more right now.
 pub(crate) fn discard_input(fd: RawFd) -> bool {
-    discard_reads(fd, 64).unwrap_or(false)
+    discard_reads(fd, 64, None).unwrap_or(false)
 }
 
 /// keel_net_close: reads and discards everything that has arrived, since
 /// the fd is closed right after and unread input would turn close(2) into
-/// a RST that drops what is still in the send queue. Bounded (64 MiB) so
-/// that a peer that never stops sending cannot hold the reactor.
-pub(crate) fn discard_arrived(fd: RawFd) {
-    let _ = discard_reads(fd, (64 << 20) / 4096);
+/// a RST that drops what is still in the send queue. This runs on the
+/// reactor thread, which every other connection of the net waits for, so
+/// a peer that never stops sending must not hold it: the reads stop at
+/// 64 MiB or at the connection's close deadline (R10: after it the socket
+/// is closed whatever is left), whichever comes first.
+pub(crate) fn discard_arrived(fd: RawFd, deadline: Option<Instant>) {
+    let _ = discard_reads(fd, (64 << 20) / 4096, deadline);
 }
 
 /// Some(true): EOF or an error; Some(false): nothing more right now;
-/// None: `reads` reads done and there may be more.
-fn discard_reads(fd: RawFd, reads: usize) -> Option<bool> {
+/// None: `reads` reads done, or `deadline` passed (before any read, too),
+/// and there may be more.
+fn discard_reads(fd: RawFd, reads: usize, deadline: Option<Instant>) -> Option<bool> {
     let mut buf = [0u8; 4096];
     for _ in 0..reads {
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            return None;
+        }
         // SAFETY: `buf` is a local array of exactly buf.len() writable bytes;
         // recv writes at most that many.
         let r = unsafe { libc::recv(fd, buf.as_mut_ptr() as *mut libc::c_void, buf.len(), libc::MSG_DONTWAIT) };
