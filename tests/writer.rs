@@ -641,6 +641,79 @@ fn publisher_totals_never_go_backwards(backend: BackendChoice) {
     net.close().unwrap();
 }
 
+/// A net whose event callback holds the reactor thread: `entered`
+/// receives once the reactor is in the callback, which returns once
+/// `release` is dropped (also when the test panics first, as it is
+/// declared after the net and dropped before it).
+fn net_with_a_gate(backend: BackendChoice) -> (Net, std::sync::mpsc::Receiver<()>, std::sync::mpsc::Sender<()>) {
+    let (entered_tx, entered) = std::sync::mpsc::channel::<()>();
+    let (release, release_rx) = std::sync::mpsc::channel::<()>();
+    let (entered_tx, release_rx) = (Mutex::new(entered_tx), Mutex::new(release_rx));
+    let net = Net::open(NetOptions {
+        backend: Some(backend),
+        on_event: Some(Arc::new(move |_, _, _: &str| {
+            let _ = entered_tx.lock().send(());
+            let _ = release_rx.lock().recv();
+        })),
+    })
+    .unwrap();
+    if let Some((_, why)) = net.fallback() {
+        eprintln!("io_uring unavailable, running on sendmsg: {why}");
+    }
+    (net, entered, release)
+}
+
+/// Holds the reactor thread in the event callback: a connection cut off
+/// by its hard cap is reported there.
+fn hold_the_reactor(net: &Net, entered: &std::sync::mpsc::Receiver<()>) -> (Writer, UnixStream) {
+    let (ours, peer) = UnixStream::pair().unwrap();
+    let o = WriterOptions { hard_cap_bytes: 1024, soft_cap_bytes: 0, ..Default::default() };
+    let w = net.adopt(ours.into_raw_fd(), &o).unwrap();
+    assert_eq!(w.send(&[0u8; 2048], false).unwrap_err().status, KEEL_STATUS_BUSY);
+    entered.recv().unwrap();
+    (w, peer)
+}
+
+/// R12: `short_sends` counts sends the kernel took only part of, on both
+/// backends. A message refused with EAGAIN stays in the outbox; with
+/// iov_max 1 the next send offers it alone while a second message waits
+/// behind it. The kernel takes a 100-byte message on a Unix socket whole
+/// or not at all, so no send here is short; the io_uring backend counted
+/// the first completion as short because bytes were still left.
+fn a_full_send_with_more_left_is_not_short(backend: BackendChoice) {
+    let (net, entered, release) = net_with_a_gate(backend);
+    let (_cut, _cut_peer) = hold_the_reactor(&net, &entered);
+    let (ours, mut peer) = UnixStream::pair().unwrap();
+    let fd = ours.into_raw_fd();
+    set_buf(fd, libc::SO_SNDBUF, 4096);
+    let mut prefill = 0usize;
+    loop {
+        // SAFETY: the buffer is a live local array of the length passed.
+        let r = unsafe { libc::send(fd, [0u8; 512].as_ptr() as *const libc::c_void, 512, libc::MSG_DONTWAIT) };
+        if r < 0 {
+            assert_eq!(std::io::Error::last_os_error().raw_os_error(), Some(libc::EAGAIN));
+            break;
+        }
+        prefill += r as usize;
+    }
+    let o = WriterOptions { copy_threshold: 1, iov_max: 1, ..Default::default() };
+    let w = net.adopt(fd, &o).unwrap();
+    w.send(&[1u8; 100], false).unwrap(); // the socket is full: EAGAIN
+    w.send(&[2u8; 100], false).unwrap(); // queued behind it
+    let s = w.stats();
+    assert_eq!((s.eagain, s.bytes_sent, s.short_sends), (1, 0, 0), "{s:?}");
+    drop(release); // the reactor offers the first message alone
+    let mut got = vec![0u8; prefill + 200];
+    peer.read_exact(&mut got).unwrap();
+    assert!(got[prefill..prefill + 100].iter().all(|&b| b == 1) && got[prefill + 100..].iter().all(|&b| b == 2));
+    wait_for("the completions", Duration::from_secs(10), || w.stats().queued_bytes == 0);
+    let s = w.stats();
+    assert_eq!((s.bytes_sent, s.items_sent), (200, 2), "{s:?}");
+    assert_eq!(s.short_sends, 0, "no send was taken in part: {s:?}");
+    drop(w);
+    net.close().unwrap();
+}
+
 /// R10: keel_net_close reads what the peer had sent before it closes a
 /// socket (unread input would turn close(2) into a reset), but no longer
 /// than the connection's close timeout: with 0 it reads nothing and the
@@ -697,6 +770,7 @@ per_backend!(
     empty_messages_hit_the_hard_cap,
     an_idle_peer_reset_is_noticed_by_the_next_send,
     publisher_totals_never_go_backwards,
+    a_full_send_with_more_left_is_not_short,
     net_close_discards_input_within_the_close_timeout,
 );
 

@@ -184,6 +184,10 @@ pub(crate) struct Outbox {
     items: u64,
     /// Copy buffers kept for reuse.
     spare: Vec<Vec<u8>>,
+    /// Bytes the io_uring send in flight offered: its completion is short
+    /// only if it took fewer. Unsent bytes alone do not say so, since a
+    /// send offers at most iov_max chunks and more may wait behind them.
+    offered: usize,
 }
 
 impl Outbox {
@@ -304,6 +308,7 @@ impl Outbox {
         self.marks.clear();
         self.pushed = 0;
         self.sent = 0;
+        self.offered = 0;
         self.end_batch();
     }
 }
@@ -421,7 +426,7 @@ impl Wire {
     pub fn completed(&mut self, n: usize) {
         self.stats.bytes_sent += n as u64;
         self.out.advance(n);
-        if self.out.bytes > 0 {
+        if n < std::mem::take(&mut self.out.offered) {
             self.stats.short_sends += 1;
         }
     }
@@ -529,6 +534,7 @@ fn flush(out: &mut Outbox, stats: &mut WriterStats, reason: FlushReason, cfg: &P
             }
             SendResult::Submitted => {
                 stats.uring_sends += 1;
+                out.offered = offered;
                 return Some(PassEnd::InFlight);
             }
             SendResult::Failed(e) => return Some(PassEnd::Failed(e)),
@@ -611,6 +617,43 @@ mod tests {
         assert_eq!(w.pass(&cfg(), &mut s), PassEnd::Drained);
         assert_eq!(s.sends, vec![b"x".to_vec()]);
         assert_eq!((w.stats.items_sent, w.stats.sends), (2, 1));
+    }
+
+    /// Stands for the io_uring sink: records what each submission offered.
+    struct Ring {
+        offered: Vec<usize>,
+    }
+    impl Sink for Ring {
+        fn send(&mut self, iov: &[libc::iovec]) -> SendResult {
+            self.offered.push(iov.iter().map(|v| v.iov_len).sum());
+            SendResult::Submitted
+        }
+    }
+
+    #[test]
+    fn a_full_completion_with_more_left_is_not_a_short_send() {
+        // iov_max 1 and referenced payloads: after an EAGAIN leaves A in
+        // the outbox, the next pass adds B and offers A alone. The kernel
+        // taking all of A is a full send even though B is still left; a
+        // completion taking part of what it was offered is a short one.
+        let mut w = Wire::default();
+        let now = Instant::now();
+        let c = PassCfg { copy_threshold: 1, iov_max: 1, ..cfg() };
+        w.queue.push_shared(vec![1u8; 10].into(), now);
+        assert_eq!(w.pass(&c, &mut Rec { sends: vec![], budget: 0 }), PassEnd::Blocked);
+        w.queue.push_shared(vec![2u8; 6].into(), now);
+        let mut ring = Ring { offered: vec![] };
+        assert_eq!(w.pass(&c, &mut ring), PassEnd::InFlight);
+        w.completed(10);
+        assert_eq!(w.stats.short_sends, 0, "A was offered alone and taken whole: {:?}", w.stats);
+        assert_eq!(w.pass(&c, &mut ring), PassEnd::InFlight);
+        w.completed(4);
+        assert_eq!(w.stats.short_sends, 1, "4 of B's 6 bytes");
+        assert_eq!(w.pass(&c, &mut ring), PassEnd::InFlight);
+        w.completed(2);
+        assert_eq!(ring.offered, vec![10, 6, 2]);
+        assert_eq!((w.stats.short_sends, w.stats.eagain, w.stats.bytes_sent), (1, 1, 16));
+        assert!(w.is_idle());
     }
 
     #[test]
