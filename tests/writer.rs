@@ -714,6 +714,38 @@ fn a_full_send_with_more_left_is_not_short(backend: BackendChoice) {
     net.close().unwrap();
 }
 
+/// R12: a message appended in parts (head and body) is one item: it was
+/// counted once per part in `items`, `items_sent` and
+/// `max_items_per_send`, and a lone one was not lone (R1).
+fn a_message_in_parts_is_one_item(backend: BackendChoice) {
+    let (net, events) = open_net(backend);
+    let (fd, mut peer) = tcp_pair();
+    let w = net.adopt(fd, &WriterOptions::default()).unwrap();
+    let body: Arc<[u8]> = vec![7u8; 1000].into();
+    w.send_parts(b"head 0:", body.clone(), false).unwrap();
+    let s = w.stats();
+    assert_eq!((s.items, s.items_sent, s.sends, s.immediate_sends, s.max_items_per_send), (1, 1, 1, 1, 1), "{s:?}");
+    for i in 1..4 {
+        w.send_parts(format!("head {i}:").as_bytes(), body.clone(), true).unwrap();
+    }
+    w.send(b"end", false).unwrap();
+    wait_for("the queue to drain", Duration::from_secs(10), || w.stats().queued_bytes == 0);
+    let s = w.stats();
+    assert_eq!((s.items, s.items_sent, s.max_items_per_send), (5, 5, 4), "{s:?}");
+    let mut want = Vec::new();
+    for i in 0..4 {
+        want.extend_from_slice(format!("head {i}:").as_bytes());
+        want.extend_from_slice(&body);
+    }
+    want.extend_from_slice(b"end");
+    let mut got = vec![0u8; want.len()];
+    peer.read_exact(&mut got).unwrap();
+    assert!(got == want, "bytes differ");
+    drop(w);
+    net.close().unwrap();
+    assert!(events.lock().is_empty());
+}
+
 /// R10: keel_net_close reads what the peer had sent before it closes a
 /// socket (unread input would turn close(2) into a reset), but no longer
 /// than the connection's close timeout: with 0 it reads nothing and the
@@ -771,6 +803,7 @@ per_backend!(
     an_idle_peer_reset_is_noticed_by_the_next_send,
     publisher_totals_never_go_backwards,
     a_full_send_with_more_left_is_not_short,
+    a_message_in_parts_is_one_item,
     net_close_discards_input_within_the_close_timeout,
 );
 

@@ -209,25 +209,35 @@ impl Conn {
         }
     }
 
-    /// Appends `pieces` (all or none) under the lock. On a cap violation the
-    /// connection is killed and the policy error returned; the caller must
-    /// see that the reactor reports it.
-    pub(crate) fn append_locked(&self, st: &mut ConnState, pieces: &[Piece], at: Instant, net: &Shared) -> Result<()> {
+    /// Appends `pieces` (all or none) under the lock: one message made of
+    /// them all when `one_message`, else one message each. On a cap
+    /// violation the connection is killed and the policy error returned;
+    /// the caller must see that the reactor reports it.
+    pub(crate) fn append_locked(
+        &self,
+        st: &mut ConnState,
+        pieces: &[Piece],
+        one_message: bool,
+        at: Instant,
+        net: &Shared,
+    ) -> Result<()> {
         let add: usize = pieces.iter().map(|p| p.len() + ITEM_COST).sum();
         if let Some(e) = self.check_caps(st, add as u64, at, net) {
             self.kill(st, e.clone(), net);
             return Err(e);
         }
-        for p in pieces {
-            match p {
-                Piece::Bytes(b) if b.len() >= self.opts.copy_threshold => {
-                    st.wire.queue.push_shared(Arc::from(*b), at)
-                }
-                Piece::Bytes(b) => st.wire.queue.push_copy(b, at),
-                Piece::Shared(a) => st.wire.queue.push_shared(a.clone(), at),
+        let (q, small) = (&mut st.wire.queue, self.opts.copy_threshold);
+        for (i, p) in pieces.iter().enumerate() {
+            match (p, one_message && i > 0) {
+                (Piece::Bytes(b), false) if b.len() < small => q.push_copy(b, at),
+                (Piece::Bytes(b), true) if b.len() < small => q.push_part_copy(b),
+                (Piece::Bytes(b), false) => q.push_shared(Arc::from(*b), at),
+                (Piece::Bytes(b), true) => q.push_part_shared(Arc::from(*b)),
+                (Piece::Shared(a), false) => q.push_shared(a.clone(), at),
+                (Piece::Shared(a), true) => q.push_part_shared(a.clone()),
             }
         }
-        st.wire.stats.items += pieces.len() as u64;
+        st.wire.stats.items += if one_message { pieces.len().min(1) } else { pieces.len() } as u64;
         Ok(())
     }
 
@@ -245,11 +255,12 @@ impl Conn {
 const CALLER_PASSES: usize = 16;
 
 impl Shared {
-    /// Host side: append and, unless `more`, drain (R1).
-    pub(crate) fn append(&self, conn: &Arc<Conn>, pieces: &[Piece], more: bool) -> Result<()> {
+    /// Host side: append (see `Conn::append_locked`) and, unless `more`,
+    /// drain (R1).
+    pub(crate) fn append(&self, conn: &Arc<Conn>, pieces: &[Piece], one_message: bool, more: bool) -> Result<()> {
         let mut st = conn.st.lock();
         conn.check_open(&st, self)?;
-        if let Err(e) = conn.append_locked(&mut st, pieces, Instant::now(), self) {
+        if let Err(e) = conn.append_locked(&mut st, pieces, one_message, Instant::now(), self) {
             drop(st);
             self.cmd(Cmd::Report(conn.clone()));
             return Err(e);
@@ -397,25 +408,26 @@ impl Writer {
     /// pending ones. `more` only queues (no syscall) until the next call
     /// without it or `flush`.
     pub fn send(&self, data: &[u8], more: bool) -> Result<()> {
-        self.net.append(&self.conn, &[Piece::Bytes(data)], more)
+        self.net.append(&self.conn, &[Piece::Bytes(data)], true, more)
     }
 
     /// Appends a payload that is referenced, not copied, when it is at
     /// least copy_threshold long (R5).
     pub fn send_shared(&self, data: Arc<[u8]>, more: bool) -> Result<()> {
-        self.net.append(&self.conn, &[Piece::Shared(data)], more)
+        self.net.append(&self.conn, &[Piece::Shared(data)], true, more)
     }
 
     /// Appends one message made of `head` (copied) and `body`
-    /// (referenced like `send_shared`), both or neither.
+    /// (referenced like `send_shared`), both or neither. It counts as one
+    /// item (`WriterStats::items`), like any message.
     pub fn send_parts(&self, head: &[u8], body: Arc<[u8]>, more: bool) -> Result<()> {
-        self.net.append(&self.conn, &[Piece::Bytes(head), Piece::Shared(body)], more)
+        self.net.append(&self.conn, &[Piece::Bytes(head), Piece::Shared(body)], true, more)
     }
 
     /// Appends several messages at once (all or none against the caps).
     pub fn send_batch(&self, parts: &[&[u8]], more: bool) -> Result<()> {
         let pieces: Vec<Piece> = parts.iter().map(|p| Piece::Bytes(p)).collect();
-        self.net.append(&self.conn, &pieces, more)
+        self.net.append(&self.conn, &pieces, false, more)
     }
 
     /// Appends a marker, a control item that writes nothing (a fence:

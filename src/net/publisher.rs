@@ -127,7 +127,7 @@ impl Publisher {
                 }
                 // A cap violation kills the subscriber here; the drain
                 // point hands the report to the reactor.
-                let _ = c.append_locked(&mut st, std::slice::from_ref(&piece), at, &self.net);
+                let _ = c.append_locked(&mut st, std::slice::from_ref(&piece), true, at, &self.net);
                 if !st.dirty {
                     st.dirty = true;
                     self.dirty.lock().push(c.clone());

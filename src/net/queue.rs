@@ -35,6 +35,10 @@ pub(crate) enum Item {
     /// A reply-producing item of `len` bytes: either in the queue's arena
     /// (copied, `shared` None) or a referenced payload (R5).
     Reply { len: usize, shared: Option<Arc<[u8]>>, at: Instant },
+    /// A further piece of the message of the `Reply` just before it
+    /// (`Writer::send_parts`): the pass takes it with that message, so a
+    /// message is one item (R2, R4, R12) whatever its pieces.
+    Part { len: usize, shared: Option<Arc<[u8]>> },
     Control(Control),
 }
 
@@ -45,8 +49,11 @@ pub(crate) struct Queue {
     items: VecDeque<Item>,
     arena: Vec<u8>,
     head: usize,
-    /// Reply-producing items queued (R2 counts these, never control items).
+    /// Reply-producing items (messages) queued (R2 counts these, never
+    /// control items or the further parts of a message).
     pub replies: usize,
+    /// `Part` entries queued.
+    parts: usize,
     /// Bytes of the queued reply items.
     pub bytes: usize,
 }
@@ -71,6 +78,21 @@ impl Queue {
         self.items.push_back(Item::Reply { len: data.len(), shared: Some(data), at });
     }
 
+    /// Appends a further piece of the message pushed last (copied).
+    pub fn push_part_copy(&mut self, data: &[u8]) {
+        self.arena.extend_from_slice(data);
+        self.items.push_back(Item::Part { len: data.len(), shared: None });
+        self.parts += 1;
+        self.bytes += data.len();
+    }
+
+    /// Appends a further piece of the message pushed last (referenced).
+    pub fn push_part_shared(&mut self, data: Arc<[u8]>) {
+        self.parts += 1;
+        self.bytes += data.len();
+        self.items.push_back(Item::Part { len: data.len(), shared: Some(data) });
+    }
+
     pub fn push_control(&mut self, c: Control) {
         self.items.push_back(Item::Control(c));
     }
@@ -84,42 +106,61 @@ impl Queue {
         self.items.is_empty()
     }
 
-    /// True when the queue holds exactly one item and it produces a reply:
-    /// the R1 case of a lone message.
+    /// True when the queue holds exactly one message (in one piece or
+    /// several) and no control item: the R1 case of a lone message.
     pub fn is_lone_reply(&self) -> bool {
-        self.items.len() == 1 && self.replies == 1
+        self.replies == 1 && self.items.len() == 1 + self.parts
     }
 
     /// Append time of the first queued reply item, if the front is one.
     pub fn front_time(&self) -> Option<Instant> {
         self.items.iter().find_map(|i| match i {
             Item::Reply { at, .. } => Some(*at),
-            Item::Control(_) => None,
+            Item::Part { .. } | Item::Control(_) => None,
         })
     }
 
-    /// Moves the front item into the outbox (copying arena bytes into the
-    /// outbox's copy buffer, or referencing a shared payload).
+    /// Moves the front item, with the further parts of its message, into
+    /// the outbox (copying arena bytes into the outbox's copy buffer, or
+    /// referencing a shared payload).
     fn pop_into(&mut self, out: &mut Outbox, copy_threshold: usize) -> Option<Popped> {
-        match self.items.pop_front()? {
+        let (len, shared, at) = match self.items.pop_front()? {
             Item::Reply { len, shared, at } => {
                 self.replies -= 1;
-                self.bytes -= len;
-                out.note_item(at);
-                match shared {
-                    Some(a) if a.len() >= copy_threshold => out.push_shared(a),
-                    Some(a) => out.push_copy(&a),
-                    None => {
-                        out.push_copy(&self.arena[self.head..self.head + len]);
-                        self.head += len;
-                        self.compact();
-                    }
-                }
-                out.mark(at);
-                Some(Popped::Reply)
+                (len, shared, at)
             }
-            Item::Control(c) => Some(Popped::Control(c)),
+            // Never at the front: a message's parts leave with it. Were
+            // one there, it would go as a message of its own.
+            Item::Part { len, shared } => {
+                self.parts -= 1;
+                (len, shared, Instant::now())
+            }
+            Item::Control(c) => return Some(Popped::Control(c)),
+        };
+        out.note_item(at);
+        self.take_piece(out, len, shared, copy_threshold, at);
+        while let Some(Item::Part { .. }) = self.items.front() {
+            if let Some(Item::Part { len, shared }) = self.items.pop_front() {
+                self.parts -= 1;
+                self.take_piece(out, len, shared, copy_threshold, at);
+            }
         }
+        Some(Popped::Reply)
+    }
+
+    /// Moves the bytes of one piece of a message appended at `at`.
+    fn take_piece(&mut self, out: &mut Outbox, len: usize, shared: Option<Arc<[u8]>>, copy_threshold: usize, at: Instant) {
+        self.bytes -= len;
+        match shared {
+            Some(a) if a.len() >= copy_threshold => out.push_shared(a),
+            Some(a) => out.push_copy(&a),
+            None => {
+                out.push_copy(&self.arena[self.head..self.head + len]);
+                self.head += len;
+                self.compact();
+            }
+        }
+        out.mark(at);
     }
 
     fn compact(&mut self) {
@@ -138,6 +179,7 @@ impl Queue {
         self.arena = Vec::new();
         self.head = 0;
         self.replies = 0;
+        self.parts = 0;
         self.bytes = 0;
     }
 }
@@ -617,6 +659,27 @@ mod tests {
         assert_eq!(w.pass(&cfg(), &mut s), PassEnd::Drained);
         assert_eq!(s.sends, vec![b"x".to_vec()]);
         assert_eq!((w.stats.items_sent, w.stats.sends), (2, 1));
+    }
+
+    #[test]
+    fn a_message_in_parts_is_one_item_of_a_pass() {
+        // R1/R4/R12: the parts of a message count once, are lone together
+        // and leave together, even with a quota of one item per pass.
+        let mut w = Wire::default();
+        let now = Instant::now();
+        w.queue.push_copy(b"one", now);
+        w.queue.push_part_copy(b"+1");
+        assert!(w.queue.is_lone_reply());
+        w.queue.push_copy(b"two", now);
+        w.queue.push_part_shared(Arc::from(&b"+2"[..]));
+        assert!(!w.queue.is_lone_reply());
+        let mut s = Rec { sends: vec![], budget: usize::MAX };
+        let c = PassCfg { quota: 1, ..cfg() };
+        assert_eq!(w.pass(&c, &mut s), PassEnd::Quota);
+        assert_eq!(w.pass(&c, &mut s), PassEnd::Drained);
+        assert_eq!(s.sends, vec![b"one+1".to_vec(), b"two+2".to_vec()]);
+        assert_eq!((w.stats.items_sent, w.stats.max_items_per_send, w.stats.batched_passes), (2, 1, 1));
+        assert!(w.is_idle());
     }
 
     /// Stands for the io_uring sink: records what each submission offered.

@@ -15,9 +15,11 @@ pub struct WriterStats {
     pub immediate_sends: u64,
     /// Bytes the kernel accepted.
     pub bytes_sent: u64,
-    /// Reply-producing items appended (messages).
+    /// Messages appended: one each, also for a message appended in pieces
+    /// (`Writer::send_parts`).
     pub items: u64,
-    /// Reply-producing items handed to a send (each counted once).
+    /// Messages handed to a send (each counted once); reaches `items` once
+    /// everything appended went out.
     pub items_sent: u64,
     /// Control items appended (markers, close requests).
     pub control_items: u64,
