@@ -910,9 +910,12 @@ typedef struct keel_engine_options_t {
    * segments, opens with what is left instead of failing with
    * CORRUPTION; keel_shard_salvage_report() says what is lost. The
    * first flush then makes that the shard's state. Also rebuilds a lost
-   * shard list from the shard directories' names, and lists again a
-   * shard directory holding files that the list lacks. 0 or 1
-   * (version 2).
+   * shard list from the shard directories' names, lists again a shard
+   * directory holding files that the list lacks, and opens a damaged
+   * commit log (sync durability), which a normal open refuses with
+   * CORRUPTION: the copies before the damage are restored, and the
+   * salvage report of every shard listed then says which copies were
+   * lost. 0 or 1 (version 2).
    */
   uint32_t salvage;
   /**
@@ -2738,7 +2741,10 @@ keel_status_t keel_shard_health(const struct keel_shard_t *shard, struct keel_er
  * `segments/unlisted-<unix seconds>/` (`-2`, `-3`... added when an earlier
  * open in the same second made that folder) (any open); after a salvage open
  * (keel_engine_options_t.salvage) also each missing or damaged segment
- * file with what it held, and the versions lost. `*out` must be empty
+ * file with what it held, the versions lost, and, when that engine open
+ * found its commit log damaged, which of the commit log's copies were
+ * lost (writes to this shard among them are missing where the shard's
+ * own WAL lost them too). `*out` must be empty
  * ({NULL, 0}) on entry; the caller frees it with keel_buf_free(). Any
  * thread, any time while the shard is open.
  * Errors: NULL_ARGUMENT, INVALID_ARGUMENT (`*out` not empty), CLOSED.

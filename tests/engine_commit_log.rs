@@ -700,3 +700,112 @@ fn versions_past_a_damage_are_not_reissued_when_their_copies_were_checkpointed()
     s.close().unwrap();
     engine.close().unwrap();
 }
+
+/// Value `i` of the commit-log damage test: a tag that names the write,
+/// then filler. Small: no shard seals, asks for a flush or writes the WAL
+/// frames it holds back (write-behind) to its file before the process dies.
+fn small_tagged(i: usize) -> Vec<u8> {
+    let mut v = format!("copy-{i:04}-").into_bytes();
+    v.resize(120, b'.');
+    v
+}
+
+/// Flips one byte of the value inside the commit log's copy of write `i`
+/// (tagged by `small_tagged`), as bit rot in a synced frame would.
+fn flip_in_commit_log(fs: &FaultFs, i: usize) {
+    let dir = Path::new(ENGINE).join("commit-log");
+    let tag = format!("copy-{i:04}-").into_bytes();
+    for name in fs.list(&dir).unwrap().into_iter().filter(|n| keel::wal::parse_segment_name(n).is_some()) {
+        let f = fs.open(&dir.join(&name), true).unwrap();
+        let mut bytes = vec![0u8; f.len().unwrap() as usize];
+        let got = f.read_up_to(&mut bytes, 0).unwrap();
+        if let Some(at) = bytes[..got].windows(tag.len()).position(|w| w == tag.as_slice()) {
+            let at = at + tag.len() + 20;
+            f.write_at(&[&[bytes[at] ^ 0x10]], at as u64).unwrap();
+            return;
+        }
+    }
+    panic!("no copy of write {i} in the commit log");
+}
+
+/// Bit rot in one frame in the middle of the commit log, valid frames
+/// after it: a normal engine open fails with CORRUPTION (a later frame
+/// proves the damaged copy was durable, so it is no unsynced tail), and
+/// its message says that a salvage open gets at the rest. The salvage
+/// open then opened the commit log in the WAL's strict mode all the same
+/// and failed just as the normal open did: the engine's data was out of
+/// reach. Now it opens the commit log by salvage, restores every copy
+/// before the damage, and the salvage report of every shard it lists
+/// says which copies the commit log lost. Deterministic: each open's
+/// first pass is waited for, after which nothing asks for a flush; the
+/// shards' WALs hold their frames in memory (write-behind), so the
+/// SIGKILL leaves their writes in the commit log only, except shard 4's,
+/// which its close synced.
+#[test]
+fn a_damaged_copy_in_the_middle_of_the_commit_log_opens_by_salvage_and_is_reported() {
+    let fs = FaultFs::new(1);
+    let engine = engine_on(&fs).unwrap();
+    let shards: Vec<Shard> = (0..5).map(|id| engine.open_shard(id, true).unwrap()).collect();
+    for s in &shards {
+        s.flush(true).unwrap();
+    }
+    let key = |i: usize| format!("k{i:02}");
+    // Writes 0..20 and 30..40 go round robin to shards 0..3, writes
+    // 20..30 to shard 4, which is closed before the last ten.
+    let owner = |i: usize| if (20..30).contains(&i) { 4 } else { i % 4 };
+    for i in 0..40 {
+        shards[owner(i)].put(key(i).as_bytes(), &small_tagged(i)).unwrap();
+        if i == 29 {
+            shards[4].close().unwrap();
+        }
+    }
+    // SIGKILL: the shard WALs' held frames die with the process.
+    fs.halt();
+    drop(shards);
+    drop(engine);
+    fs.resume();
+    const DAMAGED: usize = 10;
+    flip_in_commit_log(&fs, DAMAGED);
+
+    let strict = engine_on(&fs).err().expect("a damaged copy with valid frames after it fails a normal open");
+    assert_eq!(strict.status, keel::status::KEEL_STATUS_CORRUPTION, "{strict}");
+    assert!(strict.message.contains("salvage"), "the error says how to open the engine anyway: {strict}");
+
+    let salvage = Options { salvage: true, ..options(Steps::default()) };
+    let engine = engine_with(&fs, salvage).unwrap_or_else(|e| panic!("the salvage open failed: {e}"));
+    assert_eq!(engine.stats().unwrap().restored_frames, DAMAGED as u64, "every copy before the damage went back to its shard");
+    let mut versions = Vec::new();
+    for id in 0..5 {
+        let s = engine.open_shard(id, false).unwrap();
+        let report = s.recovery_report().to_string();
+        assert!(report.contains("commit log") && report.contains("lost"), "shard {id}: the salvage report names the commit log's loss: {report:?}");
+        for i in (0..40).filter(|&i| owner(i) == id as usize) {
+            // Held by the commit log's surviving copies, or by the
+            // shard's own WAL (shard 4): never lost.
+            let kept = i < DAMAGED || id == 4;
+            assert_eq!(value(&s, &key(i)).is_some(), kept, "shard {id} write {i} (damaged copy: write {DAMAGED})");
+            if kept {
+                assert_eq!(value(&s, &key(i)), Some(small_tagged(i)), "shard {id} write {i}");
+            }
+        }
+        versions.push(s.put(b"after", format!("salvaged {id}").as_bytes()).unwrap());
+        s.close().unwrap();
+    }
+    engine.close().unwrap();
+    drop(engine); // lets go of the LOCK
+    let dir = Path::new(ENGINE).join("commit-log");
+    assert!(fs.list(&dir).unwrap().iter().any(|n| n.starts_with("salvaged-")), "the damaged segment is kept aside: {:?}", fs.list(&dir));
+
+    // The engine is whole again: a normal open, reports empty, the
+    // writes made after the salvage there.
+    let engine = engine_on(&fs).unwrap_or_else(|e| panic!("the reopen after the salvage failed: {e}"));
+    for id in 0..5 {
+        let s = engine.open_shard(id, false).unwrap();
+        assert!(s.recovery_report().is_empty(), "shard {id}: {}", s.recovery_report());
+        let got = s.get(b"after").unwrap().unwrap();
+        assert_eq!((got.value, got.version), (keel::shard::Value::Bytes(format!("salvaged {id}").into_bytes()), versions[id as usize]), "shard {id}");
+        s.put(b"again", b"x").unwrap();
+        s.close().unwrap();
+    }
+    engine.close().unwrap();
+}

@@ -25,7 +25,7 @@ impl Engine {
     /// the shard is open or already being received.
     pub(crate) fn receive_shard(&self, id: u32, base: Option<u64>) -> Result<Shard> {
         let dir = self.shard_dir(id);
-        {
+        let lost_copies = {
             let mut guard = self.shards.lock();
             let state = guard.as_mut().ok_or_else(|| Error::new(KEEL_STATUS_CLOSED, "engine is closed"))?;
             // A host's close left pending (RESOURCE, its handle maybe
@@ -74,11 +74,14 @@ impl Engine {
                 crate::shard::remove_moved(&*self.fs, &dir)?;
             }
             state.slots.insert(id, Slot::Opening);
-        }
+            state.lost_copies_of(id)
+        };
         let fs = self.injected_fs.then(|| self.fs.clone());
         let opened = match base {
             Some(v) => Shard::open_incoming(&dir, self.opts.clone(), fs, Some(&self.host), v),
-            None => Shard::open_in(&dir, self.opts.clone(), fs, Some(&self.host)),
+            // The shard as it is, WAL delta to come: what the commit log
+            // lost of it is lost from the copy the delta starts from.
+            None => Shard::open_hosted(&dir, self.opts.clone(), fs, &self.host, None, lost_copies),
         };
         self.settle(id, opened, Slot::Incoming)
     }

@@ -20,6 +20,10 @@
 //! `shards/<id>`, made durable, then listed (`Engine::create_dir`); it is
 //! dropped by renaming it to `shards/.drop-<id>`, then unlisting it, then
 //! removing it; engine open finishes either after a crash.
+//!
+//! A salvage open (`shard::Options::salvage`) also opens a damaged commit
+//! log: what it lost goes into the salvage report of every shard listed
+//! then, each time the engine opens one (`State::lost_copies`).
 
 mod incoming;
 mod list;
@@ -35,7 +39,7 @@ use crate::status::*;
 use parking_lot::Mutex;
 use std::any::Any;
 use list::ShardList;
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -77,11 +81,24 @@ struct State {
     list: ShardList,
     /// `slots` is swept when it grows to this many (`sweep_now`).
     sweep_at: usize,
+    /// What the salvage open of the commit log lost, as a line of a
+    /// shard's salvage report, and the ids it concerns: every shard listed
+    /// at that open (whose copies were the log's to give back), until it
+    /// is dropped (a shard created again under its id lost nothing).
+    /// Which shards owned the lost copies cannot be told: the damaged one
+    /// is unreadable, so none is left out.
+    lost_copies: Option<(String, BTreeSet<u32>)>,
 }
 
 impl State {
     fn new(list: ShardList) -> State {
-        State { slots: HashMap::new(), list, sweep_at: SWEEP_MIN }
+        State { slots: HashMap::new(), list, sweep_at: SWEEP_MIN, lost_copies: None }
+    }
+
+    /// The line of shard `id`'s salvage report about the commit log, if
+    /// the engine's salvage open found copies lost that may be its.
+    fn lost_copies_of(&self, id: u32) -> Option<String> {
+        self.lost_copies.as_ref().filter(|(_, ids)| ids.contains(&id)).map(|(line, _)| line.clone())
     }
 
     /// Lets go of the shards closed since (through `Shard::close`, which
@@ -245,7 +262,8 @@ impl Engine {
 
     /// Opens the commit log (in `sync` durability, when enabled) and gives
     /// each listed shard the frames its WAL lost (`shard::commit`), before
-    /// any shard opens.
+    /// any shard opens. A salvage open that finds it damaged notes what it
+    /// lost for the listed shards' reports (`State::lost_copies`).
     fn open_commit_log(&self) -> Result<Option<Arc<CommitLog>>> {
         let log_dir = self.dir.join(COMMIT_LOG);
         let wanted = self.opts.durability == Durability::Sync && self.opts.commit_log;
@@ -262,7 +280,15 @@ impl Engine {
         let checkpoint_bytes = self.opts.max_unflushed_wal_bytes;
         // A scheduler that owns every step owns every file operation (tests).
         let prepare_ahead = !self.opts.steps.owns_schedule();
-        let log = CommitLog::open(&log_dir, fs, &self.host.wal, self.opts.wal_segment_size, prepare_ahead, checkpoint_bytes)?;
+        let log = CommitLog::open(&log_dir, fs, &self.host.wal, self.opts.wal_segment_size, prepare_ahead, checkpoint_bytes, self.opts.salvage)?;
+        if let Some(lost) = log.lost() {
+            let line = format!(
+                "the engine's commit log was damaged and opened by salvage: it lost {lost}. A write to this shard acknowledged before the engine stopped is missing if it was among those copies and the shard's own WAL lost it too (its unsynced tail, to a power loss or a killed process); the version of such a write may be handed out again"
+            );
+            if let Some(state) = &mut *self.shards.lock() {
+                state.lost_copies = Some((line, state.list.ids().collect()));
+            }
+        }
         log.recover(|id, copies| {
             let dir = self.shard_dir(id);
             let listed = self.shards.lock().as_ref().is_some_and(|st| st.list.contains(id));
@@ -357,7 +383,7 @@ impl Engine {
     /// open, drop and list meanwhile.
     pub fn open_shard(&self, id: u32, create_if_missing: bool) -> Result<Shard> {
         let dir = self.shard_dir(id);
-        let create = {
+        let (create, lost_copies) = {
             let mut guard = self.shards.lock();
             let state = guard.as_mut().ok_or_else(|| Error::new(KEEL_STATUS_CLOSED, "engine is closed"))?;
             state.sweep_now();
@@ -391,7 +417,7 @@ impl Engine {
                 return Err(incoming::busy(id));
             }
             state.slots.insert(id, Slot::Opening);
-            create
+            (create, state.lost_copies_of(id))
         };
         // The id is reserved (`Opening`): its folder is made and synced
         // outside the mutex, so creates on several threads overlap those
@@ -405,10 +431,8 @@ impl Engine {
         };
         let opened = created.and_then(|()| {
             let fs = self.injected_fs.then(|| self.fs.clone());
-            match &self.commit_log {
-                Some(log) => Shard::open_committed(&dir, self.opts.clone(), fs, &self.host, log.clone(), id),
-                None => Shard::open_in(&dir, self.opts.clone(), fs, Some(&self.host)),
-            }
+            let commit = self.commit_log.as_ref().map(|log| (log.clone(), id));
+            Shard::open_hosted(&dir, self.opts.clone(), fs, &self.host, commit, lost_copies)
         });
         self.settle(id, opened, Slot::Open)
     }
@@ -517,6 +541,11 @@ impl Engine {
         state.slots.remove(&id);
         if !state.list.contains(id) {
             return Err(Error::new(KEEL_STATUS_NOT_FOUND, format!("shard {id} does not exist")));
+        }
+        // Gone whether or not the drop below finishes: the shard's data
+        // may be, and a shard created under its id lost nothing.
+        if let Some((_, ids)) = &mut state.lost_copies {
+            ids.remove(&id);
         }
         let dir = self.shard_dir(id);
         // No copy of the dropped shard's frames may reach a shard created

@@ -78,9 +78,12 @@ pub struct keel_engine_options_t {
     /// segments, opens with what is left instead of failing with
     /// CORRUPTION; keel_shard_salvage_report() says what is lost. The
     /// first flush then makes that the shard's state. Also rebuilds a lost
-    /// shard list from the shard directories' names, and lists again a
-    /// shard directory holding files that the list lacks. 0 or 1
-    /// (version 2).
+    /// shard list from the shard directories' names, lists again a shard
+    /// directory holding files that the list lacks, and opens a damaged
+    /// commit log (sync durability), which a normal open refuses with
+    /// CORRUPTION: the copies before the damage are restored, and the
+    /// salvage report of every shard listed then says which copies were
+    /// lost. 0 or 1 (version 2).
     pub salvage: u32,
     /// Worker threads of the engine's flush pool, which runs the
     /// background flushes, seals and merges of all its shards: the

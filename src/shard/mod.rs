@@ -697,25 +697,28 @@ impl Shard {
     /// WAL of its own; through `fs` if given, otherwise the real file
     /// system (with the WAL's own write strategy).
     pub(crate) fn open_in(dir: &Path, opts: Options, fs: Option<Arc<dyn FileSystem>>, host: Option<&pool::Host>) -> Result<Shard> {
-        Self::open_from(dir, opts, fs, host, 0, None)
+        Self::open_from(dir, opts, fs, host, 0, None, None)
     }
 
-    /// `open_in` for an engine's shard `id` whose writes, in `sync`
-    /// durability, the engine's commit log makes durable (commit.rs).
-    pub(crate) fn open_committed(
+    /// `open_in` for an engine's shard: its writes, in `sync` durability,
+    /// made durable by `commit` (the engine's commit log and the shard's
+    /// id in it; commit.rs) if given; `commit_log_loss`, what the engine's
+    /// salvage open lost of its commit log, goes into the shard's report.
+    pub(crate) fn open_hosted(
         dir: &Path,
         opts: Options,
         fs: Option<Arc<dyn FileSystem>>,
         host: &pool::Host,
-        log: Arc<wal::commit_log::CommitLog>,
-        id: u32,
+        commit: Option<(Arc<wal::commit_log::CommitLog>, u32)>,
+        commit_log_loss: Option<String>,
     ) -> Result<Shard> {
-        Self::open_from(dir, opts, fs, Some(host), 0, Some((log, id)))
+        Self::open_from(dir, opts, fs, Some(host), 0, commit, commit_log_loss)
     }
 
     /// `open_in` for a shard whose versions up to `base` are the
     /// segments' by construction (an incoming shard; 0 otherwise), made
-    /// durable by `commit` (a commit log and the shard's id in it) if given.
+    /// durable by `commit` (a commit log and the shard's id in it) if given,
+    /// reporting `commit_log_loss` (`open_hosted`).
     fn open_from(
         dir: &Path,
         opts: Options,
@@ -723,6 +726,7 @@ impl Shard {
         host: Option<&pool::Host>,
         base: u64,
         commit: Option<(Arc<wal::commit_log::CommitLog>, u32)>,
+        commit_log_loss: Option<String>,
     ) -> Result<Shard> {
         opts.validate()?;
         let commit = commit.filter(|_| opts.durability == Durability::Sync);
@@ -734,7 +738,7 @@ impl Shard {
             None => seg_fs,
         };
         let seg_dir = dir.join("segments");
-        let mut report = RecoveryReport::default();
+        let mut report = RecoveryReport { commit_log: commit_log_loss, ..RecoveryReport::default() };
         // Read once, for the WAL's open and the scan; an error is the
         // scan's, reported after the WAL's verdict.
         let manifest = recovery::read_manifest(&*seg_fs, &seg_dir, opts.salvage, &mut report);

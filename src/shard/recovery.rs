@@ -42,6 +42,10 @@ pub struct RecoveryReport {
     /// `moved_to` under the segments directory.
     pub moved_aside: Vec<String>,
     pub moved_to: Option<String>,
+    /// An engine's salvage open found its commit log damaged: which
+    /// copies of its shards' writes it lost, and what that means for this
+    /// shard (given to every shard the engine listed then).
+    pub commit_log: Option<String>,
 }
 
 impl RecoveryReport {
@@ -60,6 +64,9 @@ impl std::fmt::Display for RecoveryReport {
         }
         for m in &self.moved_aside {
             writeln!(f, "moved aside: {m} -> segments/{}/{m}", self.moved_to.as_deref().unwrap_or(""))?;
+        }
+        if let Some(l) = &self.commit_log {
+            writeln!(f, "lost: {l}")?;
         }
         Ok(())
     }

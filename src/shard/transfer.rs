@@ -250,7 +250,7 @@ impl Shard {
         // it claims no durable record, as there is none in this log.
         let start = extent::Extent { durable: 0, next_seq: base + 1, segments: Vec::new() };
         crate::fs::replace(&*real, &wal_dir.join(extent::META_NAME), &start.encode())?;
-        Self::open_from(dir, opts, fs, host, base, None)
+        Self::open_from(dir, opts, fs, host, base, None, None)
     }
 
     /// Installs snapshot entries with their versions: a key already here

@@ -29,8 +29,16 @@
 //!
 //! Copies of a dropped member must never reach a new member with the same
 //! id: dropping one takes a checkpoint first (`checkpoint`).
+//!
+//! **Damage.** The log opens in the WAL's default mode, which cuts an
+//! unsynced tail (a copy never acknowledged) and refuses anything else
+//! with CORRUPTION. With `salvage` such a log opens by the WAL's salvage
+//! instead: the copies before the damage are kept and restored, those
+//! from it on are set aside (`salvaged-<ns>/`) and their sequence numbers
+//! are never handed out again; `lost` says what the log gave up, for the
+//! owner to tell the members it may concern.
 
-use super::{Durability, Options, ReadUpto, Wal, Workers};
+use super::{Durability, Options, ReadUpto, RecoveryMode, RecoveryReport, Wal, Workers};
 use crate::codec::{put_bytes, Cursor};
 use crate::error::{Error, Result};
 use crate::fs::FileSystem;
@@ -116,6 +124,9 @@ pub(crate) struct CommitLog {
     /// copy at or below it is in its member's durable log.
     checkpointing: Mutex<u64>,
     stats: Counters,
+    /// What a salvage open gave up (`lost`); None when the log was whole
+    /// enough for the default mode.
+    lost: Option<String>,
 }
 
 /// What a commit log did since it opened.
@@ -144,6 +155,9 @@ impl CommitLog {
     /// takes a checkpoint every `checkpoint_bytes` of copies.
     /// A copy larger than its records take is refused (INVALID_ARGUMENT):
     /// its member syncs its own log instead.
+    /// Damage the WAL's default mode refuses is CORRUPTION that says to
+    /// open with `salvage`; with it the log opens by the WAL's salvage, and
+    /// `lost` says what it gave up.
     pub fn open(
         dir: &Path,
         fs: Arc<dyn FileSystem>,
@@ -151,6 +165,7 @@ impl CommitLog {
         segment_size: u64,
         prepare_ahead: bool,
         checkpoint_bytes: u64,
+        salvage: bool,
     ) -> Result<CommitLog> {
         let opts = Options {
             durability: Durability::Sync,
@@ -159,7 +174,24 @@ impl CommitLog {
             max_record_size: segment_size - super::format::OVERHEAD,
             ..Default::default()
         };
-        let log = Wal::open_owned(dir, opts, Some(fs), Some(workers), 0)?;
+        // The default mode first, even with salvage: an unsynced tail it
+        // cuts holds no acknowledged copy, so only what it refuses is a
+        // loss to report (a failed open changes nothing it would read).
+        let (log, lost) = match Wal::open_owned(dir, opts.clone(), Some(fs.clone()), Some(workers), 0) {
+            Ok(log) => (log, None),
+            Err(e) if e.status == crate::status::KEEL_STATUS_CORRUPTION && salvage => {
+                let log = Wal::open_owned(dir, Options { recovery: RecoveryMode::Salvage, ..opts }, Some(fs), Some(workers), 0)?;
+                let lost = log.recovery_report().map(describe_loss);
+                (log, lost)
+            }
+            Err(e) if e.status == crate::status::KEEL_STATUS_CORRUPTION => {
+                return Err(Error::corruption(format!(
+                    "the engine's commit log is damaged: {}; open the engine with salvage to open it anyway (the copies from the damage on are set aside, and every shard's salvage report says which were lost)",
+                    e.message
+                )))
+            }
+            Err(e) => return Err(e),
+        };
         Ok(CommitLog {
             log: RwLock::new(Some(log)),
             members: Mutex::new(Vec::new()),
@@ -168,7 +200,15 @@ impl CommitLog {
             checkpoint_bytes,
             checkpointing: Mutex::new(0),
             stats: Counters::default(),
+            lost,
         })
+    }
+
+    /// What the salvage open gave up: the copies at a range of the log's
+    /// sequence numbers, why, and where they were set aside. None when
+    /// the log opened in the default mode.
+    pub fn lost(&self) -> Option<&str> {
+        self.lost.as_deref()
     }
 
     fn with_log<T>(&self, f: impl FnOnce(&Wal) -> Result<T>) -> Result<T> {
@@ -330,9 +370,39 @@ impl CommitLog {
     }
 }
 
+/// The copies a salvage open of the log gave up, from its WAL's report:
+/// every sequence number it knows lost or skips (a copy set aside keeps
+/// its number, so none is reused), the damage and the folder set aside.
+fn describe_loss(r: &RecoveryReport) -> String {
+    let ranges = r.lost.iter().chain(&r.skipped);
+    let copies = match (ranges.clone().map(|&(a, _)| a).min(), ranges.map(|&(_, b)| b).max()) {
+        (Some(a), Some(b)) => format!("its copies at sequence numbers {a}..={b}"),
+        _ => "its copies from the damage on".to_string(),
+    };
+    let mut why: Vec<String> = r.damage.iter().cloned().collect();
+    if !r.extent.is_empty() {
+        why.push(format!("its extent record disagrees with its segments: {}", r.extent.join("; ")));
+    }
+    if let Some(aside) = &r.set_aside {
+        why.push(format!("set aside in {}", aside.display()));
+    }
+    format!("{copies} ({})", why.join("; "))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A member whose log is always durable.
+    struct Quiet(AtomicBool);
+    impl Member for Quiet {
+        fn sync_log(&self) -> Result<()> {
+            Ok(())
+        }
+        fn listed(&self) -> &AtomicBool {
+            &self.0
+        }
+    }
 
     #[test]
     fn a_copy_decodes_to_what_was_encoded() {
@@ -352,18 +422,9 @@ mod tests {
     /// member whose log kept some of those frames is given only the rest.
     #[test]
     fn copies_committed_together_come_back_one_by_one() {
-        struct Quiet(AtomicBool);
-        impl Member for Quiet {
-            fn sync_log(&self) -> Result<()> {
-                Ok(())
-            }
-            fn listed(&self) -> &AtomicBool {
-                &self.0
-            }
-        }
         let dir = crate::test_dir::TestDir::new("commit-log-unit");
         let workers = super::super::Workers::new(0).unwrap();
-        let open = || CommitLog::open(&dir, Arc::new(crate::fs::StdFs::direct()), &workers, 1 << 20, false, u64::MAX).unwrap();
+        let open = || CommitLog::open(&dir, Arc::new(crate::fs::StdFs::direct()), &workers, 1 << 20, false, u64::MAX, false).unwrap();
         let member: Arc<dyn Member> = Arc::new(Quiet(AtomicBool::new(false)));
         let copy = |first: u64, records: &[&[u8]]| {
             let mut out = Vec::new();
@@ -386,6 +447,54 @@ mod tests {
         .unwrap();
         let copied = |first, records: &[&[u8]]| Copied { first, records: records.iter().map(|r| r.to_vec()).collect() };
         assert_eq!(got, vec![(3, vec![copied(10, &[b"x", b"y"]), copied(12, &[b"z"]), copied(13, &[b"w"])])]);
+    }
+
+    /// Bit rot in a copy with valid frames after it: the default mode
+    /// refuses the log and says to salvage; salvage gives back the copies
+    /// before it, says which it lost, and hands none of their sequence
+    /// numbers out again.
+    #[test]
+    fn a_damaged_copy_is_salvaged_and_its_numbers_are_not_reused() {
+        let dir = crate::test_dir::TestDir::new("commit-log-salvage");
+        let workers = super::super::Workers::new(0).unwrap();
+        let open = |salvage| CommitLog::open(&dir, Arc::new(crate::fs::StdFs::direct()), &workers, 1 << 20, false, u64::MAX, salvage);
+        let member: Arc<dyn Member> = Arc::new(Quiet(AtomicBool::new(false)));
+        let copy = |first: u64| {
+            let mut out = Vec::new();
+            encode_copy(3, first, &[format!("record-{first}-record").as_bytes()], &mut out);
+            out
+        };
+        {
+            let log = open(false).unwrap();
+            for first in 1..=6 {
+                log.commit(&[&copy(first)], member.listed(), &Arc::downgrade(&member)).unwrap();
+            }
+            // Dropped without a checkpoint: every copy is still to restore.
+        }
+        let segment = std::fs::read_dir(&*dir).unwrap().map(|e| e.unwrap().path()).find(|p| p.extension().is_some_and(|x| x == "wal")).unwrap();
+        let mut bytes = std::fs::read(&segment).unwrap();
+        let at = bytes.windows(15).position(|w| w == b"record-3-record").unwrap();
+        bytes[at + 7] ^= 1;
+        std::fs::write(&segment, &bytes).unwrap();
+
+        let strict = open(false).err().expect("a damaged copy with later ones fails the default mode");
+        assert_eq!(strict.status, crate::status::KEEL_STATUS_CORRUPTION, "{strict}");
+        assert!(strict.message.contains("salvage"), "{strict}");
+        let log = open(true).unwrap();
+        let lost = log.lost().expect("the salvage open says what it lost").to_string();
+        assert!(lost.contains("3..=6"), "{lost}");
+        let mut got = Vec::new();
+        log.recover(|id, copies| {
+            got.extend(copies.into_iter().map(|c| (id, c.first)));
+            Ok(0)
+        })
+        .unwrap();
+        assert_eq!(got, vec![(3, 1), (3, 2)], "the copies before the damage come back");
+        log.commit(&[&copy(7)], member.listed(), &Arc::downgrade(&member)).unwrap();
+        let last = log.with_log(|l| Ok(l.last_seq())).unwrap();
+        assert!(last > 7, "the new copy took number {last}, one of the copies set aside");
+        log.close().unwrap();
+        assert!(open(false).unwrap().lost().is_none(), "whole again after the salvage");
     }
 
     #[test]
