@@ -753,8 +753,9 @@ fn a_damaged_copy_in_the_middle_of_the_commit_log_opens_by_salvage_and_is_report
     // Writes 0..20 and 30..40 go round robin to shards 0..3, writes
     // 20..30 to shard 4, which is closed before the last ten.
     let owner = |i: usize| if (20..30).contains(&i) { 4 } else { i % 4 };
+    let mut acked = [0u64; 5];
     for i in 0..40 {
-        shards[owner(i)].put(key(i).as_bytes(), &small_tagged(i)).unwrap();
+        acked[owner(i)] = shards[owner(i)].put(key(i).as_bytes(), &small_tagged(i)).unwrap();
         if i == 29 {
             shards[4].close().unwrap();
         }
@@ -788,9 +789,14 @@ fn a_damaged_copy_in_the_middle_of_the_commit_log_opens_by_salvage_and_is_report
                 assert_eq!(value(&s, &key(i)), Some(small_tagged(i)), "shard {id} write {i}");
             }
         }
-        versions.push(s.put(b"after", format!("salvaged {id}").as_bytes()).unwrap());
+        let after = s.put(b"after", format!("salvaged {id}").as_bytes()).unwrap();
+        // The shard's WAL lost the versions of its writes from 10 on, and
+        // so did the commit log: they are skipped, never handed out again.
+        assert!(after > acked[id as usize], "shard {id}: version {after} after the salvage, {} acknowledged before", acked[id as usize]);
+        versions.push(after);
         s.close().unwrap();
     }
+    assert!(!fs.exists(&Path::new(ENGINE).join("commit-log.skip")).unwrap(), "every shard skipped: the count is removed");
     engine.close().unwrap();
     drop(engine); // lets go of the LOCK
     let dir = Path::new(ENGINE).join("commit-log");
@@ -804,7 +810,37 @@ fn a_damaged_copy_in_the_middle_of_the_commit_log_opens_by_salvage_and_is_report
         assert!(s.recovery_report().is_empty(), "shard {id}: {}", s.recovery_report());
         let got = s.get(b"after").unwrap().unwrap();
         assert_eq!((got.value, got.version), (keel::shard::Value::Bytes(format!("salvaged {id}").into_bytes()), versions[id as usize]), "shard {id}");
-        s.put(b"again", b"x").unwrap();
+        assert_eq!(s.put(b"again", b"x").unwrap(), versions[id as usize] + 1, "shard {id}: versions go on from there");
+        s.close().unwrap();
+    }
+    engine.close().unwrap();
+}
+
+/// A salvage open that lost copies writes down how many versions every
+/// shard must skip before it repairs the commit log, and removes the note
+/// once each shard's WAL skipped them. A crash in between leaves the note:
+/// the next open, salvage or not, makes every listed shard skip them,
+/// whether or not the commit log gives it anything back.
+#[test]
+fn versions_a_cut_salvage_left_to_skip_are_skipped_at_the_next_open() {
+    let fs = FaultFs::new(2);
+    let engine = engine_on(&fs).unwrap();
+    let mut last = Vec::new();
+    for id in 0..3 {
+        let s = engine.open_shard(id, true).unwrap();
+        last.push(s.put(b"k", b"v").unwrap());
+        s.close().unwrap();
+    }
+    engine.close().unwrap();
+    drop(engine);
+    let note = Path::new(ENGINE).join("commit-log.skip");
+    keel::fs::replace(&fs, &note, b"1000").unwrap();
+    let engine = engine_on(&fs).unwrap();
+    assert!(!fs.exists(&note).unwrap(), "the note is removed once every shard skipped");
+    for id in 0..3 {
+        let s = engine.open_shard(id, false).unwrap();
+        let v = s.put(b"k", b"w").unwrap();
+        assert!(v > last[id as usize] + 1000, "shard {id}: version {v}, {} before the skip of 1000", last[id as usize]);
         s.close().unwrap();
     }
     engine.close().unwrap();

@@ -51,7 +51,11 @@ type EngineOptions struct {
 	MaxSealedSegments uint32
 	// Salvage opens shards whose segment files are missing or damaged
 	// with what is left, instead of failing with ErrCorruption;
-	// Shard.SalvageReport says what is lost. Never the default.
+	// Shard.SalvageReport says what is lost. It also rebuilds a lost
+	// shard list, lists again a shard directory the list lacks, and
+	// opens a damaged commit log (the copies from the damage on are
+	// lost, every listed shard's report says so, and its versions skip
+	// past what they could have held). Never the default.
 	Salvage bool
 	// FlushThreads is the number of worker threads of the engine's flush
 	// pool, which runs the background flushes, seals and merges of all

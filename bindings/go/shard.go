@@ -521,7 +521,8 @@ func (s *Shard) Health() error {
 // SalvageReport returns what the shard's open found, one finding per line
 // (empty when nothing): files moved aside because the shard's manifest
 // does not list them and, after a salvage open (EngineOptions.Salvage),
-// the segment files and versions lost.
+// the segment files and versions lost, and the copies of its writes the
+// engine's commit log lost.
 func (s *Shard) SalvageReport() (string, error) {
 	h, err := s.acquire("SalvageReport")
 	if err != nil {

@@ -55,6 +55,11 @@ const CREATING: &str = ".new-";
 const SHARD_LIST: &str = list::FILE;
 /// The commit log's folder in the data directory.
 const COMMIT_LOG: &str = "commit-log";
+/// Versions every listed shard skips past its WAL's end, written before a
+/// salvage open of the commit log and removed once every shard skipped
+/// them (`Engine::open_commit_log`): a crash in between leaves it for the
+/// next open to finish.
+const SKIP_FILE: &str = "commit-log.skip";
 /// `State::slots` is swept of closed shards when it reaches at least this.
 const SWEEP_MIN: usize = 64;
 
@@ -280,32 +285,76 @@ impl Engine {
         let checkpoint_bytes = self.opts.max_unflushed_wal_bytes;
         // A scheduler that owns every step owns every file operation (tests).
         let prepare_ahead = !self.opts.steps.owns_schedule();
+        // A salvage may lose copies of acknowledged writes whose versions
+        // a shard's WAL lost too: every listed shard then skips as many
+        // versions as the lost copies could hold, so that none is handed
+        // out again. The count is written down before the log is opened
+        // (the salvage repairs it for good), and a crash before every
+        // shard skipped leaves it for the next open, salvage or not.
+        let skip_path = self.dir.join(SKIP_FILE);
+        let pending = self.read_skip(&skip_path)?;
+        let bound = match self.opts.salvage && self.exists(&log_dir)? {
+            true => Some(crate::wal::commit_log::versions_bound(&*fs, &log_dir)?.max(pending.unwrap_or(0))),
+            false => None,
+        };
+        if let Some(b) = bound.filter(|&b| Some(b) != pending) {
+            crate::fs::replace(&*self.fs, &skip_path, b.to_string().as_bytes())?;
+        }
         let log = CommitLog::open(&log_dir, fs, &self.host.wal, self.opts.wal_segment_size, prepare_ahead, checkpoint_bytes, self.opts.salvage)?;
+        let skip = match log.lost() {
+            Some(_) => bound.or(pending).unwrap_or(0),
+            None => pending.unwrap_or(0),
+        };
         if let Some(lost) = log.lost() {
             let line = format!(
-                "the engine's commit log was damaged and opened by salvage: it lost {lost}. A write to this shard acknowledged before the engine stopped is missing if it was among those copies and the shard's own WAL lost it too (its unsynced tail, to a power loss or a killed process); the version of such a write may be handed out again"
+                "the engine's commit log was damaged and opened by salvage: it lost {lost}. A write to this shard acknowledged before the engine stopped is missing if it was among those copies and the shard's own WAL lost it too (its unsynced tail, to a power loss or a killed process); the shard's versions skip {skip} numbers past its WAL's end, so that no version of such a write is handed out again"
             );
             if let Some(state) = &mut *self.shards.lock() {
                 state.lost_copies = Some((line, state.list.ids().collect()));
             }
         }
-        log.recover(|id, copies| {
+        // The listed shards whose folders exist: copies of an unlisted id
+        // are of one whose drop a crash cut after its checkpoint (dropping
+        // a shard takes one first).
+        let live = |id: u32| -> Result<Option<PathBuf>> {
             let dir = self.shard_dir(id);
             let listed = self.shards.lock().as_ref().is_some_and(|st| st.list.contains(id));
-            // Dropping a shard takes a checkpoint first, so copies of an
-            // unlisted id are of one whose drop a crash cut after that.
-            if !listed || !self.exists(&dir)? {
-                return Ok(0);
-            }
+            Ok((listed && self.exists(&dir)?).then_some(dir))
+        };
+        let restore = |id: u32, copies| -> Result<u64> {
+            let Some(dir) = live(id)? else { return Ok(0) };
             let fs = self.injected_fs.then(|| self.fs.clone());
-            shard::restore_wal(&dir, &self.opts, fs, &self.host, copies)
+            shard::restore_wal(&dir, &self.opts, fs, &self.host, copies, skip)
                 .map_err(|e| Error::new(e.status, format!("restoring shard {id}'s WAL from the engine's commit log: {}", e.message)))
+        };
+        let mut restored = BTreeSet::new();
+        log.recover(|id, copies| {
+            restored.insert(id);
+            restore(id, copies)
         })?;
+        if skip > 0 {
+            let ids: Vec<u32> = self.shards.lock().as_ref().map(|st| st.list.ids().collect()).unwrap_or_default();
+            for id in ids.into_iter().filter(|id| !restored.contains(id)) {
+                restore(id, Vec::new())?;
+            }
+        }
+        if pending.is_some() || bound.is_some() {
+            self.fs.remove(&skip_path).map_err(|e| Error::io(format!("removing {}", skip_path.display()), e))?;
+            self.sync_dir(&self.dir)?;
+        }
         if !wanted {
             log.close()?;
             return Ok(None);
         }
         Ok(Some(Arc::new(log)))
+    }
+
+    /// The versions `SKIP_FILE` at `path` says every shard still has to
+    /// skip (None: no such file).
+    fn read_skip(&self, path: &Path) -> Result<Option<u64>> {
+        let Some(bytes) = shard::files::read_all(&*self.fs, path, 64)? else { return Ok(None) };
+        let n = std::str::from_utf8(&bytes).ok().and_then(|t| t.parse().ok());
+        n.map(Some).ok_or_else(|| Error::corruption(format!("{}: not a count of versions", path.display())))
     }
 
     /// Finishes the creates and drops a crash interrupted (one pass over

@@ -160,7 +160,10 @@ impl Member for Inner {
 
 /// Gives the WAL of the shard in `dir` back the frames it lost of `copies`
 /// (in sequence order, from the engine's commit log), then syncs it;
-/// returns how many it gave back. A
+/// returns how many it gave back. With `skip`, the WAL's next version is
+/// then that many past its end (its extent record says so, and its next
+/// open declares the gap): copies the commit log lost may have held
+/// versions this WAL lost too, which must not be handed out again. A
 /// copy the WAL holds already is skipped; one that starts past the WAL's
 /// end leaves a gap no copy fills: CORRUPTION.
 pub(crate) fn restore_wal(
@@ -169,6 +172,7 @@ pub(crate) fn restore_wal(
     fs: Option<Arc<dyn FileSystem>>,
     host: &super::pool::Host,
     copies: Vec<Copied>,
+    skip: u64,
 ) -> Result<u64> {
     // A frame logged under a larger `wal_segment_size` than this open's
     // goes back whole: the limit on new writes' records is not the
@@ -211,5 +215,15 @@ pub(crate) fn restore_wal(
         wal.sync()?;
     }
     wal.close()?;
+    if skip > 0 {
+        // A clean close left an extent record ending where the log ends.
+        let wal_dir = dir.join("wal");
+        let mut e = match wal::extent::read(&*seg_fs, &wal_dir)? {
+            wal::extent::MetaFile::Present(e) => e,
+            _ => return Err(Error::corruption(format!("{}: no extent record after a clean close", wal_dir.display()))),
+        };
+        e.next_seq = e.next_seq.max(e.durable.saturating_add(1)).saturating_add(skip);
+        wal::extent::write(&*seg_fs, &wal_dir, &e)?;
+    }
     Ok(restored)
 }

@@ -370,6 +370,21 @@ impl CommitLog {
     }
 }
 
+/// The most versions of one member that the copies in the log at `dir`
+/// can hold: each record of a copy takes at least the 4 bytes of its
+/// length, so there are no more of them than a quarter of the bytes of
+/// the log's segment files. A salvage that loses copies makes each member
+/// skip this many versions past its own log's end, so that none of a lost
+/// write is handed out again.
+pub(crate) fn versions_bound(fs: &dyn FileSystem, dir: &Path) -> Result<u64> {
+    let io = |e| Error::io(format!("sizing {}", dir.display()), e);
+    let mut bytes = 0u64;
+    for name in fs.list(dir).map_err(io)?.iter().filter(|n| n.ends_with(".wal")) {
+        bytes = bytes.saturating_add(fs.open(&dir.join(name), false).and_then(|f| f.len()).map_err(io)?);
+    }
+    Ok(bytes / 4 + 1)
+}
+
 /// The copies a salvage open of the log gave up, from its WAL's report:
 /// every sequence number it knows lost or skips (a copy set aside keeps
 /// its number, so none is reused), the damage and the folder set aside.
