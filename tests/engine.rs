@@ -269,6 +269,33 @@ fn an_empty_unlisted_shard_folder_is_a_cut_create() {
     assert_eq!(e.status, KEEL_STATUS_CORRUPTION, "{e}");
 }
 
+/// An engine at `dir` with shards 1 and 2, a key each, closed; returns
+/// the path of its shard list.
+fn shards_1_and_2(dir: &Path) -> std::path::PathBuf {
+    let engine = engine_at(dir);
+    for id in [1, 2] {
+        let s = engine.open_shard(id, true).unwrap();
+        s.put(b"k", format!("shard {id}").as_bytes()).unwrap();
+        s.close().unwrap();
+    }
+    engine.close().unwrap();
+    dir.join("SHARDS")
+}
+
+/// A salvage open of `dir` (from `shards_1_and_2`, its list missing shard
+/// 2) lists shard 2 again with its key, and writes the list so that a
+/// normal open lists it too.
+fn salvage_lists_shard_2_again(dir: &Path) {
+    let engine = Engine::open(dir, Options { salvage: true, ..options() }).unwrap();
+    assert_eq!(engine.list_shards().unwrap(), vec![1, 2]);
+    let s = engine.open_shard(2, false).unwrap();
+    assert_eq!(s.get(b"k").unwrap().map(|e| e.value), Some(keel::shard::Value::Bytes(b"shard 2".to_vec())));
+    s.close().unwrap();
+    engine.close().unwrap();
+    drop(engine);
+    assert_eq!(engine_at(dir).list_shards().unwrap(), vec![1, 2], "the salvage wrote the list again");
+}
+
 /// One bit flipped in the last record of SHARDS, that of shard 2, whose
 /// create returned and whose folder holds its files. A torn append (a
 /// create cut by a power loss) looks the same in the list, but it cannot
@@ -279,15 +306,7 @@ fn an_empty_unlisted_shard_folder_is_a_cut_create() {
 #[test]
 fn a_damaged_last_record_of_an_acknowledged_create_is_corruption() {
     let t = common::TempDir::new("engine-list-last-damaged");
-    let engine = engine_at(t.path());
-    for id in [1, 2] {
-        let s = engine.open_shard(id, true).unwrap();
-        s.put(b"k", format!("shard {id}").as_bytes()).unwrap();
-        s.close().unwrap();
-    }
-    engine.close().unwrap();
-    drop(engine);
-    let list = t.path().join("SHARDS");
+    let list = shards_1_and_2(t.path());
     let mut bytes = std::fs::read(&list).unwrap();
     assert_eq!((&bytes[..8], (bytes.len() - 8) % 12), (&b"KEELSHD2"[..], 0), "{} bytes", bytes.len());
     let n = bytes.len();
@@ -296,14 +315,7 @@ fn a_damaged_last_record_of_an_acknowledged_create_is_corruption() {
     let e = Engine::open(t.path(), options()).err().expect("a damaged record of an acknowledged create");
     assert_eq!(e.status, KEEL_STATUS_CORRUPTION, "{e}");
     assert!(e.message.contains("SHARDS") && e.message.contains("shard 2"), "{e}");
-    let engine = Engine::open(t.path(), Options { salvage: true, ..options() }).unwrap();
-    assert_eq!(engine.list_shards().unwrap(), vec![1, 2]);
-    let s = engine.open_shard(2, false).unwrap();
-    assert_eq!(s.get(b"k").unwrap().map(|e| e.value), Some(keel::shard::Value::Bytes(b"shard 2".to_vec())));
-    s.close().unwrap();
-    engine.close().unwrap();
-    drop(engine);
-    assert_eq!(engine_at(t.path()).list_shards().unwrap(), vec![1, 2], "the salvage wrote the list again whole");
+    salvage_lists_shard_2_again(t.path());
 }
 
 /// SHARDS cut at a record boundary (shard 2's acknowledged create lost
@@ -314,15 +326,7 @@ fn a_damaged_last_record_of_an_acknowledged_create_is_corruption() {
 #[test]
 fn a_shard_list_cut_at_a_record_boundary_leaves_the_unlisted_shard_to_salvage() {
     let t = common::TempDir::new("engine-list-cut-whole");
-    let engine = engine_at(t.path());
-    for id in [1, 2] {
-        let s = engine.open_shard(id, true).unwrap();
-        s.put(b"k", format!("shard {id}").as_bytes()).unwrap();
-        s.close().unwrap();
-    }
-    engine.close().unwrap();
-    drop(engine);
-    let list = t.path().join("SHARDS");
+    let list = shards_1_and_2(t.path());
     let bytes = std::fs::read(&list).unwrap();
     std::fs::write(&list, &bytes[..bytes.len() - 12]).unwrap();
     let engine = engine_at(t.path());
@@ -334,14 +338,7 @@ fn a_shard_list_cut_at_a_record_boundary_leaves_the_unlisted_shard_to_salvage() 
     }
     engine.close().unwrap();
     drop(engine);
-    let engine = Engine::open(t.path(), Options { salvage: true, ..options() }).unwrap();
-    assert_eq!(engine.list_shards().unwrap(), vec![1, 2]);
-    let s = engine.open_shard(2, false).unwrap();
-    assert_eq!(s.get(b"k").unwrap().map(|e| e.value), Some(keel::shard::Value::Bytes(b"shard 2".to_vec())));
-    s.close().unwrap();
-    engine.close().unwrap();
-    drop(engine);
-    assert_eq!(engine_at(t.path()).list_shards().unwrap(), vec![1, 2], "the salvage wrote the list again");
+    salvage_lists_shard_2_again(t.path());
 }
 
 #[test]
