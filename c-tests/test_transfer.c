@@ -5,7 +5,9 @@
  * digests agree and the source answers MOVED. A forwarding transfer
  * applies each later write on the receiver before it returns. A cancelled
  * transfer leaves the receiver's shard incoming, and a restart resumes it
- * by WAL delta. Bad arguments are refused with the right status. Waits
+ * by WAL delta. Freeing a running transfer lets its callback, which
+ * reports the cancel meanwhile, still ask the handle for its status. Bad
+ * arguments are refused with the right status. Waits
  * are on the progress callback (a condition variable) or on
  * keel_transfer_wait(), never on time.
  */
@@ -342,6 +344,74 @@ static void cancel_then_restart(side_t *a, side_t *b) {
   seen_destroy(&seen);
 }
 
+/* A callback that asks its transfer for the stage, as the progress
+ * callback may: the handle comes from the host once the start returned. */
+typedef struct {
+  seen_t seen;
+  keel_transfer_t *t; /* under seen.mu */
+  uint32_t last_stage;
+  keel_status_t status_rc, progress_rc;
+} asking_t;
+
+static void asks_its_transfer(void *user, const keel_transfer_progress_t *p) {
+  asking_t *a = user;
+  pthread_mutex_lock(&a->seen.mu);
+  keel_transfer_t *t = a->t;
+  pthread_mutex_unlock(&a->seen.mu);
+  keel_status_t status_rc = KEEL_STATUS_OK, progress_rc = KEEL_STATUS_OK;
+  uint32_t stage = 99;
+  if (t != NULL) {
+    status_rc = keel_transfer_status(t, &stage, NULL);
+    keel_transfer_progress_t q;
+    memset(&q, 0, sizeof q);
+    q.struct_size = sizeof q;
+    progress_rc = keel_transfer_progress(t, &q);
+  }
+  pthread_mutex_lock(&a->seen.mu);
+  a->seen.stage = p->stage;
+  if (t != NULL) {
+    a->last_stage = stage;
+    a->status_rc = status_rc;
+    a->progress_rc = progress_rc;
+  }
+  pthread_cond_broadcast(&a->seen.cv);
+  pthread_mutex_unlock(&a->seen.mu);
+}
+
+/* Freeing a transfer that is not over cancels it, and its thread then
+ * reports CANCELLED to the progress callback while keel_transfer_free()
+ * waits for it. The callback may ask its transfer for the status and
+ * progress then, as at any other time: the handle stays valid until the
+ * free has joined that thread (it was freed before, and this read freed
+ * memory). */
+static void freed_while_running(side_t *a, side_t *b) {
+  KT_ERR;
+  keel_shard_t *shard = open_shard(a, 13, true);
+  fill(shard, 100);
+  CHECK_RC(KEEL_STATUS_OK, keel_transfer_expect(b->node, 13, SRC));
+  asking_t ask;
+  memset(&ask, 0, sizeof ask);
+  seen_init(&ask.seen);
+  keel_transfer_options_t o = small_batches(NULL);
+  o.on_progress = asks_its_transfer;
+  o.user_data = &ask;
+  keel_transfer_t *t = NULL;
+  CHECK_OK(keel_transfer_start(a->node, shard, 13, DST, &o, &t, &err));
+  pthread_mutex_lock(&ask.seen.mu);
+  ask.t = t;
+  pthread_mutex_unlock(&ask.seen.mu);
+  /* No finish was asked for: it waits for one, never over on its own. */
+  seen_wait(&ask.seen, KEEL_TRANSFER_WAITING_FINISH);
+  CHECK_RC(KEEL_STATUS_OK, keel_transfer_free(t));
+  /* The free joined the thread that ran the callback: no lock needed. */
+  CHECK_EQ_U64(ask.seen.stage, KEEL_TRANSFER_CANCELLED);
+  CHECK_RC(KEEL_STATUS_OK, ask.status_rc);
+  CHECK_RC(KEEL_STATUS_OK, ask.progress_rc);
+  CHECK_EQ_U64(ask.last_stage, KEEL_TRANSFER_CANCELLED);
+  seen_destroy(&ask.seen);
+  CHECK_OK(keel_shard_close(shard, &err));
+}
+
 static void bad_arguments_are_refused(side_t *a, side_t *b) {
   KT_ERR;
   keel_shard_t *shard = open_shard(a, 11, true);
@@ -448,6 +518,7 @@ int main(void) {
   moves_while_a_writer_writes(&a, &b);
   forwards_each_write_then_hands_over(&a, &b);
   cancel_then_restart(&a, &b);
+  freed_while_running(&a, &b);
   bad_arguments_are_refused(&a, &b);
   close_side(&a);
   close_side(&b);

@@ -2947,9 +2947,13 @@ keel_status_t keel_transfer_progress(const struct keel_transfer_t *t,
 /**
  * Frees the transfer: cancels it if it is not over (a forwarding
  * transfer stops forwarding) and waits for its thread, so no progress
- * callback runs after it returns. NULL is a no-op. Must be the last
- * call on the handle and must not race with others; not from the
- * transfer's own progress callback.
+ * callback runs after it returns. The callback may run during the free
+ * (a cancelled transfer reports CANCELLED) and may still call
+ * keel_transfer_status(), _progress(), _finish() and _cancel() on the
+ * handle then: it is freed only once that thread has ended. NULL is a
+ * no-op. Must be the last call on the handle from the host's threads and
+ * must not race with their other calls; not from the transfer's own
+ * progress callback.
  * Errors: INVALID_ARGUMENT (not a live transfer).
  */
 keel_status_t keel_transfer_free(struct keel_transfer_t *t);

@@ -2,7 +2,7 @@
 //! docs/TRANSFER.md, "A transfer's life" and "The C API").
 
 use crate::error::Error;
-use crate::ffi::boundary::{into_handle, out_ptr, take_handle, Opaque};
+use crate::ffi::boundary::{into_handle, out_ptr, take_handle_after_drop, Opaque};
 use crate::ffi::error::{error_out, keel_error_t};
 use crate::ffi::node::keel_node_t;
 use crate::ffi::shard::keel_shard_t;
@@ -490,18 +490,26 @@ pub extern "C" fn keel_transfer_progress(t: *const keel_transfer_t, out: *mut ke
 
 /// Frees the transfer: cancels it if it is not over (a forwarding
 /// transfer stops forwarding) and waits for its thread, so no progress
-/// callback runs after it returns. NULL is a no-op. Must be the last
-/// call on the handle and must not race with others; not from the
-/// transfer's own progress callback.
+/// callback runs after it returns. The callback may run during the free
+/// (a cancelled transfer reports CANCELLED) and may still call
+/// keel_transfer_status(), _progress(), _finish() and _cancel() on the
+/// handle then: it is freed only once that thread has ended. NULL is a
+/// no-op. Must be the last call on the handle from the host's threads and
+/// must not race with their other calls; not from the transfer's own
+/// progress callback.
 /// Errors: INVALID_ARGUMENT (not a live transfer).
 #[no_mangle]
 pub extern "C" fn keel_transfer_free(t: *mut keel_transfer_t) -> keel_status_t {
     ffi_boundary!(std::ptr::null_mut(), std::ptr::null::<u8>(), {
-        // SAFETY: by the C contract `t` is NULL or a transfer keel made,
-        // and this is its last call, racing with none; take_handle checks
-        // the magic before it takes it back.
-        drop(unsafe { take_handle(t)? });
-        Ok(())
+        // SAFETY: by the C contract `t` is NULL or a transfer keel made and
+        // this is the host's last call on it, racing with none of theirs;
+        // the transfer's own thread may call in from the progress callback
+        // until the drop has joined it, which take_handle_after_drop
+        // allows for. A Transfer's calls reach its Control and its
+        // Transfers through Arcs the moved value holds until its drop
+        // returns, and its own mutexes, never the JoinHandle the drop
+        // takes, so its moved-out bytes stay sound to borrow meanwhile.
+        unsafe { take_handle_after_drop(t) }
     })
 }
 
