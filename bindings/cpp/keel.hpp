@@ -365,6 +365,38 @@ inline Result<void> check_views(std::initializer_list<ByteView> views) {
   }
   return {};
 }
+
+/// Byte strings packed back to back plus their lengths: the form the batch
+/// calls take (keel_wal_append_batch, keel_shard_multi_get,
+/// keel_writer_send_batch). Each element is copied in by the expression
+/// that reads it, because a range may make its elements on the fly (a
+/// transform, a generator): such an element is a temporary, gone by the
+/// next statement, so no view of it may be kept.
+struct Packed {
+  std::vector<uint8_t> bytes;
+  std::vector<size_t> lens;
+  bool null_string = false;  ///< an element came from a null const char*
+
+  template <class It>
+  Packed(It first, It last) {
+    if constexpr (std::is_base_of_v<std::forward_iterator_tag, typename std::iterator_traits<It>::iterator_category>) {
+      // A range that can be walked twice gets its sizes first, so the
+      // bytes are allocated once (only sizes are kept from this pass).
+      size_t count = 0, total = 0;
+      for (It it = first; it != last; ++it, ++count) total += ByteView(*it).size();
+      lens.reserve(count);
+      bytes.reserve(total);
+    }
+    for (; first != last; ++first) add(*first);
+  }
+
+ private:
+  void add(ByteView v) {
+    null_string = null_string || v.null_string();
+    lens.push_back(v.size());
+    bytes.insert(bytes.end(), v.data(), v.data() + v.size());
+  }
+};
 }  // namespace detail
 
 // ---- options --------------------------------------------------------------
@@ -599,33 +631,16 @@ class Wal : public detail::Handle<keel_wal_t, detail::close_wal> {
   /// with consecutive sequence numbers; returns the first. They are packed
   /// into the contiguous data + lens layout keel_wal_append_batch takes.
   Result<uint64_t> append_batch(const ByteView* records, size_t count) const {
-    if (!ptr_) return detail::empty_handle("keel::Wal");
-    std::vector<size_t> lens(count);
-    size_t total = 0;
-    for (size_t i = 0; i < count; ++i) {
-      if (records[i].null_string()) return detail::null_string_error();
-      lens[i] = records[i].size();
-      total += lens[i];
-    }
-    std::vector<uint8_t> packed;
-    packed.reserve(total);
-    for (size_t i = 0; i < count; ++i) {
-      packed.insert(packed.end(), records[i].data(), records[i].data() + records[i].size());
-    }
-    detail::ErrorOut err;
-    uint64_t first = 0;
-    const keel_status_t st =
-        keel_wal_append_batch(ptr_.get(), packed.data(), lens.data(), count, &first, err.out());
-    if (st != KEEL_STATUS_OK) return err.take(st);
-    return first;
+    return append_packed(detail::Packed(records, records + count));
   }
   /// Any range whose elements convert to ByteView: std::vector<std::string_view>,
-  /// std::vector<std::string>, std::array<std::vector<uint8_t>, N>, ...
+  /// std::vector<std::string>, std::array<std::vector<uint8_t>, N>, or one
+  /// that makes its elements on the fly (each is copied as it is read).
   template <class Range>
   Result<uint64_t> append_batch(const Range& records) const {
-    std::vector<ByteView> views;
-    for (const auto& r : records) views.emplace_back(r);
-    return append_batch(views.data(), views.size());
+    using std::begin;
+    using std::end;
+    return append_packed(detail::Packed(begin(records), end(records)));
   }
   Result<uint64_t> append_batch(std::initializer_list<std::string_view> records) const {
     return append_batch<std::initializer_list<std::string_view>>(records);
@@ -682,6 +697,17 @@ class Wal : public detail::Handle<keel_wal_t, detail::close_wal> {
   }
 
  private:
+  Result<uint64_t> append_packed(const detail::Packed& packed) const {
+    if (!ptr_) return detail::empty_handle("keel::Wal");
+    if (packed.null_string) return detail::null_string_error();
+    detail::ErrorOut err;
+    uint64_t first = 0;
+    const keel_status_t st = keel_wal_append_batch(ptr_.get(), packed.bytes.data(), packed.lens.data(),
+                                                   packed.lens.size(), &first, err.out());
+    if (st != KEEL_STATUS_OK) return err.take(st);
+    return first;
+  }
+
   Result<uint64_t> get(keel_status_t (*fn)(const keel_wal_t*, uint64_t*)) const {
     if (!ptr_) return detail::empty_handle("keel::Wal");
     uint64_t v = 0;
@@ -901,21 +927,6 @@ struct Bufs {
   }
 };
 
-/// Keys packed back to back plus their lengths, as keel_shard_multi_get takes them.
-struct PackedKeys {
-  std::vector<uint8_t> bytes;
-  std::vector<size_t> lens;
-  bool null_string = false;  ///< a key came from a null const char*
-  PackedKeys(const ByteView* keys, size_t n) : lens(n) {
-    size_t total = 0;
-    for (size_t i = 0; i < n; ++i) {
-      total += (lens[i] = keys[i].size());
-      null_string = null_string || keys[i].null_string();
-    }
-    bytes.reserve(total);
-    for (size_t i = 0; i < n; ++i) bytes.insert(bytes.end(), keys[i].data(), keys[i].data() + keys[i].size());
-  }
-};
 }  // namespace detail
 
 // ---- scans ----------------------------------------------------------------------
@@ -1415,35 +1426,15 @@ class Shard : public detail::Handle<keel_shard_t, detail::close_shard> {
   /// all of them.
   Result<std::vector<std::optional<Value>>> multi_get(const ByteView* keys, size_t n,
                                                       const ReadOptions& opts = ReadOptions()) const {
-    if (!ptr_) return detail::empty_handle("keel::Shard");
-    const detail::PackedKeys packed(keys, n);
-    if (packed.null_string) return detail::null_string_error();
-    detail::Bufs values(n);
-    std::vector<uint32_t> kinds(n, KEEL_KIND_NONE);
-    std::vector<uint64_t> versions(n, 0);
-    detail::ErrorOut err;
-    if (opts.names_ended_session()) return detail::empty_handle("keel::ReadSession");
-    const keel_read_options_t o = opts.to_c();
-    const keel_status_t st = keel_shard_multi_get_ex(ptr_.get(), &o, packed.bytes.data(), packed.lens.data(), n,
-                                                     values.bufs.data(), kinds.data(), versions.data(), err.out());
-    if (st != KEEL_STATUS_OK) return err.take(st);
-    std::vector<std::optional<Value>> out;
-    out.reserve(n);
-    for (size_t i = 0; i < n; ++i) {
-      if (kinds[i] == KEEL_KIND_NONE) {
-        out.emplace_back();
-      } else {
-        out.emplace_back(Value{static_cast<Kind>(kinds[i]), versions[i], values.bytes(i)});
-      }
-    }
-    return {std::move(out)};
+    return multi_get_packed(detail::Packed(keys, keys + n), opts);
   }
-  /// Any range whose elements convert to ByteView.
+  /// Any range whose elements convert to ByteView, also one that makes its
+  /// elements on the fly (each is copied as it is read).
   template <class Range>
   Result<std::vector<std::optional<Value>>> multi_get(const Range& keys, const ReadOptions& opts = ReadOptions()) const {
-    std::vector<ByteView> views;
-    for (const auto& k : keys) views.emplace_back(k);
-    return multi_get(views.data(), views.size(), opts);
+    using std::begin;
+    using std::end;
+    return multi_get_packed(detail::Packed(begin(keys), end(keys)), opts);
   }
   Result<std::vector<std::optional<Value>>> multi_get(std::initializer_list<std::string_view> keys,
                                                       const ReadOptions& opts = ReadOptions()) const {
@@ -1694,6 +1685,31 @@ class Shard : public detail::Handle<keel_shard_t, detail::close_shard> {
   }
 
  private:
+  Result<std::vector<std::optional<Value>>> multi_get_packed(const detail::Packed& packed, const ReadOptions& opts) const {
+    if (!ptr_) return detail::empty_handle("keel::Shard");
+    if (packed.null_string) return detail::null_string_error();
+    const size_t n = packed.lens.size();
+    detail::Bufs values(n);
+    std::vector<uint32_t> kinds(n, KEEL_KIND_NONE);
+    std::vector<uint64_t> versions(n, 0);
+    detail::ErrorOut err;
+    if (opts.names_ended_session()) return detail::empty_handle("keel::ReadSession");
+    const keel_read_options_t o = opts.to_c();
+    const keel_status_t st = keel_shard_multi_get_ex(ptr_.get(), &o, packed.bytes.data(), packed.lens.data(), n,
+                                                     values.bufs.data(), kinds.data(), versions.data(), err.out());
+    if (st != KEEL_STATUS_OK) return err.take(st);
+    std::vector<std::optional<Value>> out;
+    out.reserve(n);
+    for (size_t i = 0; i < n; ++i) {
+      if (kinds[i] == KEEL_KIND_NONE) {
+        out.emplace_back();
+      } else {
+        out.emplace_back(Value{static_cast<Kind>(kinds[i]), versions[i], values.bytes(i)});
+      }
+    }
+    return {std::move(out)};
+  }
+
   template <class F>
   Result<void> run_call(F&& c) const {
     if (!ptr_) return detail::empty_handle("keel::Shard");
@@ -2205,31 +2221,6 @@ class Net : public detail::Handle<keel_net_t, detail::close_net> {
   }
 };
 
-namespace detail {
-/// Messages packed back to back plus their lengths, as
-/// keel_writer_send_batch takes them.
-struct PackedMessages {
-  std::vector<uint8_t> bytes;
-  std::vector<size_t> lens;
-  bool null_string = false;  ///< a message came from a null const char*
-  template <class It>
-  PackedMessages(It first, It last) {
-    size_t total = 0;
-    for (It it = first; it != last; ++it) {
-      const ByteView v(*it);
-      null_string = null_string || v.null_string();
-      lens.push_back(v.size());
-      total += v.size();
-    }
-    bytes.reserve(total);
-    for (It it = first; it != last; ++it) {
-      const ByteView v(*it);
-      bytes.insert(bytes.end(), v.data(), v.data() + v.size());
-    }
-  }
-};
-}  // namespace detail
-
 /// One connected stream socket (TCP or Unix) adopted into a Net for
 /// batched writing (owns a keel_writer_t). A send without `more` on an
 /// idle connection is one send(2) before it returns; messages queued
@@ -2295,17 +2286,18 @@ class Writer : public detail::Handle<keel_writer_t, detail::close_writer> {
   /// send_packed() to skip the copy). An empty batch is
   /// Status::InvalidArgument.
   Result<void> send_batch(const ByteView* msgs, size_t count, bool more = false) const {
-    const detail::PackedMessages packed(msgs, msgs + count);
+    const detail::Packed packed(msgs, msgs + count);
     if (packed.null_string) return detail::null_string_error();
     return send_packed(ByteView(packed.bytes.data(), packed.bytes.size()), packed.lens.data(), count, more);
   }
   /// Any range whose elements convert to ByteView: std::vector<std::string_view>,
-  /// std::vector<std::string>, std::array<std::vector<uint8_t>, N>, ...
+  /// std::vector<std::string>, std::array<std::vector<uint8_t>, N>, or one
+  /// that makes its elements on the fly (each is copied as it is read).
   template <class Range, class = std::enable_if_t<!std::is_pointer_v<std::decay_t<Range>>>>
   Result<void> send_batch(const Range& msgs, bool more = false) const {
     using std::begin;
     using std::end;
-    const detail::PackedMessages packed(begin(msgs), end(msgs));
+    const detail::Packed packed(begin(msgs), end(msgs));
     if (packed.null_string) return detail::null_string_error();
     return send_packed(ByteView(packed.bytes.data(), packed.bytes.size()), packed.lens.data(), packed.lens.size(), more);
   }

@@ -567,6 +567,24 @@ TEST(Shard, MultiGetReadsPresentAndAbsentKeys) {
   expect_error(s.multi_get({"v", std::string(keel::max_key_size + 1, 'k')}), Status::InvalidArgument);
 }
 
+// Keys made on the fly (each a temporary) are each read under their own
+// bytes (the views kept to the temporaries once read freed memory).
+TEST(Shard, MultiGetOfGeneratedKeysReadsEachKey) {
+  TempDir tmp;
+  Engine engine;
+  Shard s;
+  ASSERT_NO_FATAL_FAILURE(open_engine(tmp.engine(), small(), engine));
+  ASSERT_NO_FATAL_FAILURE(open_shard(engine, 1, s));
+  for (size_t i = 0; i < 4; ++i) KEEL_ASSERT_OK(s.put(GeneratedStrings::make("key", i), "value " + std::to_string(i)));
+  auto got = s.multi_get(GeneratedStrings("key", 4));
+  KEEL_ASSERT_OK(got);
+  ASSERT_EQ(got->size(), 4u);
+  for (size_t i = 0; i < 4; ++i) {
+    ASSERT_TRUE((*got)[i]) << "key " << i << " read as absent";
+    EXPECT_EQ((*got)[i]->str(), "value " + std::to_string(i));
+  }
+}
+
 TEST(Shard, ScansAreOrderedBoundedAndConsistent) {
   TempDir tmp;
   Engine engine;

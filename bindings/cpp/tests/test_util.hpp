@@ -7,6 +7,8 @@
 
 #include <gtest/gtest.h>
 
+#include <cstddef>
+#include <iterator>
 #include <string>
 #include <vector>
 
@@ -58,5 +60,43 @@ inline std::vector<uint8_t> pattern(size_t size, uint32_t seed) {
   }
   return v;
 }
+
+// A range whose elements are made on the fly: its iterator yields each
+// std::string by value (as a transform view or a generator does), so an
+// element lives only until the end of the expression that read it. Each is
+// longer than the small-string buffer, so it lives on the heap.
+class GeneratedStrings {
+ public:
+  GeneratedStrings(std::string prefix, size_t count) : prefix_(std::move(prefix)), count_(count) {}
+  static std::string make(const std::string& prefix, size_t i) {
+    return prefix + " number " + std::to_string(i) + ", long enough to be on the heap";
+  }
+  class iterator {
+   public:
+    using iterator_category = std::input_iterator_tag;
+    using value_type = std::string;
+    using difference_type = std::ptrdiff_t;
+    using pointer = void;
+    using reference = std::string;
+    iterator(const GeneratedStrings* range, size_t i) : range_(range), i_(i) {}
+    std::string operator*() const { return make(range_->prefix_, i_); }
+    iterator& operator++() {
+      ++i_;
+      return *this;
+    }
+    bool operator==(const iterator& o) const { return i_ == o.i_; }
+    bool operator!=(const iterator& o) const { return i_ != o.i_; }
+
+   private:
+    const GeneratedStrings* range_;
+    size_t i_;
+  };
+  iterator begin() const { return iterator(this, 0); }
+  iterator end() const { return iterator(this, count_); }
+
+ private:
+  std::string prefix_;
+  size_t count_;
+};
 
 #endif

@@ -79,6 +79,24 @@ TEST(Wal, ReaderFollowsTheLogAfterCatchingUp) {
   EXPECT_EQ((*next)->view(), "later");
 }
 
+// A range whose elements are made on the fly (each a temporary) is packed
+// while each element lives: every record keeps its own bytes (the views
+// kept to the temporaries once wrote freed memory into the log).
+TEST(Wal, BatchOfGeneratedRecordsKeepsEachRecord) {
+  TempDir tmp;
+  Wal wal;
+  ASSERT_NO_FATAL_FAILURE(open_wal(tmp.wal(), WalOptions().durability(Durability::None), wal));
+  auto first = wal.append_batch(GeneratedStrings("record", 4));
+  KEEL_ASSERT_OK(first);
+  EXPECT_EQ(first.value(), 1u);
+  auto reader = wal.reader(0, keel::ReadUpto::Appended);
+  KEEL_ASSERT_OK(reader);
+  std::vector<keel::Record> got;
+  ASSERT_NO_FATAL_FAILURE(read_all(*reader, got));
+  ASSERT_EQ(got.size(), 4u);
+  for (size_t i = 0; i < got.size(); ++i) EXPECT_EQ(got[i].str(), GeneratedStrings::make("record", i));
+}
+
 TEST(Wal, BatchesArePackedInOrderWithConsecutiveSeqs) {
   TempDir tmp;
   Wal wal;
