@@ -30,6 +30,17 @@ template class keel::Result<keel::PublisherStats>;
 template class keel::Result<keel::Node>;
 template class keel::Result<keel::NodeStats>;
 template class keel::Result<std::string>;
+template class keel::Result<bool>;
+template class keel::Result<keel::ShardStats>;
+template class keel::Result<keel::EngineStats>;
+template class keel::Result<keel::ApplyResult>;
+template class keel::Result<keel::LeaseStats>;
+template class keel::Result<keel::ReadSession>;
+template class keel::Result<keel::Net::Fallback>;
+template class keel::Result<keel::Transfer>;
+template class keel::Result<keel::TransferStatus>;
+template class keel::Result<keel::TransferProgress>;
+template class keel::Result<std::array<uint8_t, 32>>;
 
 // The member templates and the range-for protocol, which explicit
 // instantiation of the Result classes does not reach.

@@ -34,8 +34,8 @@ constexpr bool are_move_only_handles() {
   return (is_move_only_handle<H>() && ...);
 }
 static_assert(are_move_only_handles<keel::WalReader, keel::Wal, keel::Iterator, keel::Batch, keel::Shard,
-                                    keel::Engine, keel::Net, keel::Writer, keel::Publisher,
-                                    keel::Node>());
+                                    keel::ReadSession, keel::Engine, keel::Net, keel::Writer, keel::Publisher,
+                                    keel::Node, keel::Transfer>());
 
 namespace {
 void expect_closed(const keel::Result<uint64_t>& r) {

@@ -628,6 +628,9 @@ TEST(Net, DefaultsAndBackendNames) {
   NetOptions opts;
   EXPECT_EQ(opts.backend(), Backend::Default);
   EXPECT_FALSE(opts.on_event());
+  // The whole struct this header declares, so a field set through raw() is read.
+  EXPECT_EQ(opts.raw().struct_size, sizeof(keel_net_options_t));
+  EXPECT_EQ(WriterOptions().raw().struct_size, sizeof(keel_writer_options_t));
   Net net;
   ASSERT_NO_FATAL_FAILURE(open_net(opts, net));
   auto b = net.backend();
