@@ -1233,8 +1233,11 @@ struct ApplyResult {
 };
 
 /// The host's read-index round trip: the index to wait for, or an Error
-/// (Status::NotLeader, Status::Timeout, ...). Runs on a reading thread;
-/// must not throw and must not read from the same shard.
+/// (Status::NotLeader, Status::Timeout, ...; only its code reaches the
+/// read). Runs on a reading thread and must not read from the same shard.
+/// It must not throw (with KEEL_CPP_EXCEPTIONS, return the Error instead
+/// of calling value() on it): the bridge is noexcept, so an escaping
+/// exception calls std::terminate rather than unwinding through keel.
 using ReadIndexFn = std::function<Result<uint64_t>()>;
 
 /// Options of Shard::configure_consensus() (keel_lease_options_t). The
