@@ -15,9 +15,6 @@ const DEAD_MAGIC: u64 = 0xDEAD_DEAD_DEAD_DEAD;
 pub struct HandleHeader {
     magic: AtomicU64,
     poisoned: AtomicBool,
-    /// Set by `take_handle_after_drop` while it drops the value, so that a
-    /// second close in that window is refused instead of dropping it twice.
-    closing: AtomicBool,
 }
 
 /// A heap object handed to C as an opaque pointer. `repr(C)` so that any
@@ -40,11 +37,7 @@ pub trait Opaque {
 /// Boxes `value` and returns it as the opaque C pointer.
 pub fn into_handle<C: Opaque>(value: C::Inner) -> *mut C {
     let h = Box::new(Handle {
-        header: HandleHeader {
-            magic: AtomicU64::new(C::MAGIC),
-            poisoned: AtomicBool::new(false),
-            closing: AtomicBool::new(false),
-        },
+        header: HandleHeader { magic: AtomicU64::new(C::MAGIC), poisoned: AtomicBool::new(false) },
         value,
     });
     Box::into_raw(h) as *mut C
@@ -128,40 +121,6 @@ pub unsafe fn take_handle<C: Opaque>(p: *mut C) -> Result<Option<C::Inner>> {
         )));
     }
     Ok(Some(Box::from_raw(h).value))
-}
-
-/// `take_handle` for a value whose drop waits for keel threads that may
-/// call entry points on the handle until then (a transfer's thread reports
-/// its last stage to the progress callback while keel_transfer_free()
-/// joins it). The handle stays allocated and live until the value's drop
-/// returned, so those calls are answered instead of reading freed memory;
-/// only then is it marked closed and freed. NULL gives Ok; a second close
-/// during the first is refused.
-///
-/// # Safety
-/// As `take_handle`. Besides, `C::Inner` must stay sound to use through a
-/// shared reference to the bytes it was moved out of until its drop
-/// returns (what its methods reach lies behind pointers the moved value
-/// keeps alive until then), since that is what calls made during the drop
-/// borrow.
-pub unsafe fn take_handle_after_drop<C: Opaque>(p: *mut C) -> Result<()> {
-    if p.is_null() {
-        return Ok(());
-    }
-    live_header(p as *const C)?;
-    let h = p as *mut Handle<C::Inner>;
-    if (*h).header.closing.swap(true, Ordering::AcqRel) {
-        return Err(Error::invalid(format!("{} is being closed already", C::NAME)));
-    }
-    // Moved out, not dropped in place: the threads the drop waits for may
-    // borrow the handle's bytes meanwhile, and a drop in place would need
-    // a `&mut` to them. The bytes left behind are never dropped.
-    drop(std::ptr::read(std::ptr::addr_of!((*h).value)));
-    // Nothing calls in any more (the drop waited for the threads that
-    // could): mark it closed and free the memory without a second drop.
-    (*h).header.magic.store(DEAD_MAGIC, Ordering::Release);
-    drop(Box::from_raw(h as *mut std::mem::ManuallyDrop<Handle<C::Inner>>));
-    Ok(())
 }
 
 /// Marks the handle at `p` poisoned after a panic, if it still looks live.
@@ -389,48 +348,6 @@ mod tests {
         // Closing still works on a poisoned handle; afterwards it is dead.
         // SAFETY: `h` came from into_handle::<probe_t> and was not taken yet.
         assert_eq!(unsafe { take_handle(h) }.unwrap(), Some(7));
-    }
-
-    /// A value whose drop calls in through its own handle, as a
-    /// transfer's progress callback does while keel_transfer_free() joins
-    /// the transfer's thread.
-    struct calls_in_t;
-    impl Opaque for calls_in_t {
-        type Inner = CallsIn;
-        const MAGIC: u64 = 0x6361_6c6c_7369_6e21;
-        const NAME: &'static str = "calls_in_t";
-    }
-    struct CallsIn {
-        me: std::sync::Arc<std::sync::atomic::AtomicPtr<calls_in_t>>,
-        seen: std::sync::Arc<AtomicU64>,
-    }
-    impl Drop for CallsIn {
-        fn drop(&mut self) {
-            let p = self.me.load(Ordering::Acquire);
-            // SAFETY: `p` is this value's handle, which
-            // take_handle_after_drop keeps allocated during this drop.
-            if let Ok(v) = unsafe { handle_ref(p) } {
-                v.seen.fetch_add(1, Ordering::AcqRel);
-            }
-            // SAFETY: as above; a second close while the first drops the
-            // value is refused before anything is read past the header.
-            if unsafe { take_handle_after_drop(p) }.is_err() {
-                self.seen.fetch_add(10, Ordering::AcqRel);
-            }
-        }
-    }
-
-    #[test]
-    fn a_handle_stays_live_while_its_value_drops_and_is_closed_once() {
-        let me = std::sync::Arc::new(std::sync::atomic::AtomicPtr::new(std::ptr::null_mut()));
-        let seen = std::sync::Arc::new(AtomicU64::new(0));
-        let h = into_handle::<calls_in_t>(CallsIn { me: me.clone(), seen: seen.clone() });
-        me.store(h, Ordering::Release);
-        // SAFETY: `h` came from into_handle::<calls_in_t> and is live.
-        assert!(unsafe { take_handle_after_drop(h) }.is_ok());
-        assert_eq!(seen.load(Ordering::Acquire), 11, "the drop saw its handle live, and a second close refused");
-        // SAFETY: NULL is allowed and gives Ok.
-        assert!(unsafe { take_handle_after_drop::<calls_in_t>(std::ptr::null_mut()) }.is_ok());
     }
 
     #[test]

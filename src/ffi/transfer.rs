@@ -2,7 +2,7 @@
 //! docs/TRANSFER.md, "A transfer's life" and "The C API").
 
 use crate::error::Error;
-use crate::ffi::boundary::{into_handle, out_ptr, take_handle_after_drop, Opaque};
+use crate::ffi::boundary::{closing_ref, into_handle, out_ptr, take_handle, Opaque};
 use crate::ffi::error::{error_out, keel_error_t};
 use crate::ffi::node::keel_node_t;
 use crate::ffi::shard::keel_shard_t;
@@ -501,15 +501,20 @@ pub extern "C" fn keel_transfer_progress(t: *const keel_transfer_t, out: *mut ke
 #[no_mangle]
 pub extern "C" fn keel_transfer_free(t: *mut keel_transfer_t) -> keel_status_t {
     ffi_boundary!(std::ptr::null_mut(), std::ptr::null::<u8>(), {
-        // SAFETY: by the C contract `t` is NULL or a transfer keel made and
-        // this is the host's last call on it, racing with none of theirs;
-        // the transfer's own thread may call in from the progress callback
-        // until the drop has joined it, which take_handle_after_drop
-        // allows for. A Transfer's calls reach its Control and its
-        // Transfers through Arcs the moved value holds until its drop
-        // returns, and its own mutexes, never the JoinHandle the drop
-        // takes, so its moved-out bytes stay sound to borrow meanwhile.
-        unsafe { take_handle_after_drop(t) }
+        if t.is_null() {
+            return Ok(());
+        }
+        // First stopped in place, the handle live: the transfer's thread
+        // may call in on it from its last progress callback until it has
+        // been joined. SAFETY: by the C contract `t` is a transfer keel
+        // made and this is the host's last call on it, racing with none of
+        // theirs; closing_ref checks the magic (a poisoned transfer is
+        // freed all the same), and the reference is not used past the stop.
+        unsafe { closing_ref(t)? }.stop();
+        // SAFETY: as above; nothing calls in any more (its thread ended),
+        // and take_handle checks the magic before it takes it back.
+        drop(unsafe { take_handle(t)? });
+        Ok(())
     })
 }
 

@@ -147,15 +147,26 @@ impl Transfer {
     }
 }
 
-impl Drop for Transfer {
-    fn drop(&mut self) {
+impl Transfer {
+    /// Cancels the transfer if it is not over and waits for its thread,
+    /// through a shared reference: the thread's last progress callback may
+    /// still call in on this transfer meanwhile (keel_transfer_free stops
+    /// it before it frees the handle). Called from that callback, it
+    /// cannot wait for its own thread, which ends on its own after the
+    /// cancel.
+    pub fn stop(&self) {
         self.control.cancel();
-        if let Some(t) = self.thread.lock().take() {
-            // Dropped by its own progress callback, the thread cannot wait
-            // for itself: it ends on its own after the cancel.
+        let thread = self.thread.lock().take();
+        if let Some(t) = thread {
             if t.thread().id() != std::thread::current().id() {
                 let _ = t.join();
             }
         }
+    }
+}
+
+impl Drop for Transfer {
+    fn drop(&mut self) {
+        self.stop();
     }
 }
