@@ -769,7 +769,11 @@ class EngineOptions {
   EngineOptions& seal_bytes(uint64_t bytes) noexcept { raw_.seal_bytes = bytes; return *this; }
   /// Salvage open (never the default): a shard with missing or damaged
   /// segment files opens with what is left instead of failing with
-  /// Status::Corruption; Shard::salvage_report() says what is lost.
+  /// Status::Corruption; Shard::salvage_report() says what is lost. It
+  /// also rebuilds a lost shard list, lists again a shard directory the
+  /// list lacks, and opens a damaged commit log (the copies from the
+  /// damage on are lost, every listed shard's report says so, and its
+  /// versions skip past what they could have held).
   EngineOptions& salvage(bool on) noexcept { raw_.salvage = on ? 1 : 0; return *this; }
   /// Worker threads of the engine's flush pool, shared by all its shards
   /// (1 to 256); 0, the default, lets the library pick (twice the cores,
@@ -1512,7 +1516,8 @@ class Shard : public detail::Handle<keel_shard_t, detail::close_shard> {
 
   /// What the shard's open found, one finding per line (empty when
   /// nothing): files moved aside because the manifest does not list them
-  /// and, after a salvage open, the files and versions lost.
+  /// and, after a salvage open, the files and versions lost, and the
+  /// copies of its writes the engine's commit log lost.
   Result<std::string> salvage_report() const {
     if (!ptr_) return detail::empty_handle("keel::Shard");
     detail::ErrorOut err;
