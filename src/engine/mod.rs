@@ -428,8 +428,9 @@ impl Engine {
     /// Opens shard `id`. NOT_FOUND when it does not exist and
     /// `create_if_missing` is false; BUSY when it is already open or being
     /// opened; CORRUPTION when the shard list has it but its directory is
-    /// gone, or does not have it but its directory holds files. The recovery runs outside the engine's mutex: other shards
-    /// open, drop and list meanwhile.
+    /// gone, or does not have it but its directory holds files. The
+    /// recovery runs outside the engine's mutex: other shards open, drop
+    /// and list meanwhile.
     pub fn open_shard(&self, id: u32, create_if_missing: bool) -> Result<Shard> {
         let dir = self.shard_dir(id);
         let (create, lost_copies) = {
