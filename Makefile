@@ -6,6 +6,10 @@ PREFIX     ?= /usr/local
 BUILD      ?= build
 CARGO      ?= cargo
 RELEASE    := target/release
+# Every recipe, the C/C++ suites, the Go package's static link and the bench
+# scripts find the library in target/release, so cargo builds there even
+# when the environment names another target directory.
+export CARGO_TARGET_DIR := $(CURDIR)/target
 export CARGO_TERM_COLOR ?= never
 
 .PHONY: all lib header header-check docs-check deps test clippy test-rust test-c test-cpp test-go \
@@ -275,5 +279,5 @@ fuzz:
 # through every target, then mutates each for FUZZ_SMOKE_SECONDS (seeded).
 FUZZ_SMOKE_SECONDS ?= 4
 fuzz-smoke:
-	cd fuzz && FUZZ_SMOKE_SECONDS=$(FUZZ_SMOKE_SECONDS) CARGO_TARGET_DIR=$(CURDIR)/target \
+	cd fuzz && FUZZ_SMOKE_SECONDS=$(FUZZ_SMOKE_SECONDS) \
 	  $(CARGO) test --locked --no-default-features --tests -- --nocapture
