@@ -1195,10 +1195,27 @@ struct ReadOptions {
 /// A fencing token for a bucket, carried by a write (docs/LEASE.md,
 /// "Fenced writes"): refused with Status::Fenced when `token` is below the
 /// highest token the shard accepted for `bucket`, which otherwise becomes
-/// it. `bucket` is read during the call only.
+/// it. A Fence owns a copy of its bucket: it is a value that is built once
+/// and then kept (in WriteOptions, a member, a queue of writes), so a view
+/// of the caller's bytes would dangle as soon as those were a temporary.
 struct Fence {
-  ByteView bucket;
+  std::string bucket;
   uint64_t token = 0;
+
+  Fence() = default;
+  /// Copies the bucket's bytes. One made from a null `const char*` is no
+  /// bucket at all (not ""): writes with it answer Status::NullArgument.
+  Fence(ByteView bucket_bytes, uint64_t fence_token)
+      : bucket(bucket_bytes.empty() ? std::string()
+                                    : std::string(reinterpret_cast<const char*>(bucket_bytes.data()), bucket_bytes.size())),
+        token(fence_token),
+        null_bucket_(bucket_bytes.null_string()) {}
+
+  /// Built from a null `const char*`.
+  bool null_bucket() const noexcept { return null_bucket_; }
+
+ private:
+  bool null_bucket_ = false;
 };
 
 /// Options of Shard::write() and Shard::apply() (keel_write_options_t).
@@ -1206,14 +1223,15 @@ struct WriteOptions {
   std::optional<Fence> fence;  ///< none by default
 
   WriteOptions() = default;
-  WriteOptions(Fence f) : fence(f) {}  // NOLINT: implicit on purpose
+  WriteOptions(Fence f) : fence(std::move(f)) {}  // NOLINT: implicit on purpose
 
+  /// Points into this object's Fence: valid while it lives unchanged.
   keel_write_options_t to_c() const noexcept {
     keel_write_options_t o{};
     (void)keel_write_options_init_sized(&o, sizeof o);
     if (fence) {
       o.fenced = 1;
-      o.fence_bucket = fence->bucket.data();
+      o.fence_bucket = reinterpret_cast<const uint8_t*>(fence->bucket.data());
       o.fence_bucket_len = fence->bucket.size();
       o.fence_token = fence->token;
     }
@@ -1365,9 +1383,7 @@ class Shard : public detail::Handle<keel_shard_t, detail::close_shard> {
   Result<std::pair<uint64_t, uint64_t>> write(const Batch& batch, const WriteOptions& opts) const {
     if (!ptr_) return detail::empty_handle("keel::Shard");
     if (auto st = batch.status(); !st) return st.err();
-    if (opts.fence) {
-      if (auto ok = detail::check_views({opts.fence->bucket}); !ok) return ok.err();
-    }
+    if (opts.fence && opts.fence->null_bucket()) return detail::null_string_error();
     detail::ErrorOut err;
     uint64_t first = 0, last = 0;
     const keel_write_options_t o = opts.to_c();
@@ -1389,9 +1405,7 @@ class Shard : public detail::Handle<keel_shard_t, detail::close_shard> {
     if (batch) {
       if (auto st = batch->status(); !st) return st.err();
     }
-    if (opts.fence) {
-      if (auto ok = detail::check_views({opts.fence->bucket}); !ok) return ok.err();
-    }
+    if (opts.fence && opts.fence->null_bucket()) return detail::null_string_error();
     detail::ErrorOut err;
     keel_apply_result_t r{};
     r.struct_size = sizeof r;

@@ -5,6 +5,7 @@
 #include "test_util.hpp"
 
 #include <algorithm>
+#include <string>
 #include <mutex>
 #include <thread>
 
@@ -89,6 +90,45 @@ TEST(ApplyTest, EntriesMoveTheIndexAndSurviveAReopen) {
   Shard empty;
   EXPECT_EQ(empty.applied_index().err().code(), Status::Closed);
   EXPECT_EQ(empty.apply(5).err().code(), Status::Closed);
+}
+
+// A Fence keeps its own copy of the bucket: one held in a variable (or in
+// WriteOptions) is not changed by what later happens to the string it was
+// made from. Before the Fence owned its bytes it viewed them, so the write
+// below fenced whatever the string held then (here "xxxx"), and a Fence
+// made from a temporary read freed memory (ASan: heap-use-after-free).
+TEST(ApplyTest, AFenceOwnsItsBucket) {
+  TempDir dir;
+  Engine engine;
+  Shard shard;
+  open_engine(dir.engine(), options(), engine);
+  open_shard(engine, 1, shard);
+  Batch put;
+  put.put("k", "v");
+
+  std::string name = "jobs";
+  const WriteOptions held = Fence{name, 5};
+  name = "xxxx";  // the same length, so a view would read these bytes
+  KEEL_ASSERT_OK(shard.write(put, held));
+  auto w = shard.write(put, Fence{"jobs", 4});
+  ASSERT_FALSE(w.ok()) << "the held fence did not record its token for \"jobs\"";
+  EXPECT_EQ(w.err().code(), Status::Fenced);
+  EXPECT_TRUE(shard.write(put, Fence{"xxxx", 1}).ok()) << "the held fence recorded its token for \"xxxx\"";
+
+  // Longer than any small-string buffer, so the bytes are on the heap and
+  // freed with the temporary at the end of the line.
+  const std::string bucket(64, 'q');
+  const Fence from_temporary{std::string(bucket), 9};
+  KEEL_ASSERT_OK(shard.write(put, from_temporary));
+  w = shard.write(put, Fence{bucket, 8});
+  ASSERT_FALSE(w.ok()) << "the fence made from a temporary did not record its token for its bucket";
+  EXPECT_EQ(w.err().code(), Status::Fenced);
+
+  // A null const char* is still no bucket at all (not "").
+  const char* no_bucket = nullptr;
+  w = shard.write(put, Fence{no_bucket, 10});
+  ASSERT_FALSE(w.ok());
+  EXPECT_EQ(w.err().code(), Status::NullArgument);
 }
 
 // Threads race fenced writes: accepted tokens never go down in version
