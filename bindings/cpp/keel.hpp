@@ -2520,6 +2520,7 @@ class Publisher : public detail::Handle<keel_publisher_t, detail::close_publishe
 using NodeEventHandler = std::function<void(uint64_t peer_id, Status status, std::string_view message)>;
 
 class Node;
+class Transfer;
 
 /// Options of Node::open(): a copyable value wrapping keel_node_options_t,
 /// filled with the library defaults by keel_node_options_init_sized(), plus
@@ -2965,6 +2966,10 @@ class Node : public detail::Handle<keel_node_t, detail::close_node> {
     events_->drained.wait(lock, [this] { return events_->calls == 0; });
   }
 
+  // Transfer::expect() and start() reach the node through its handle too,
+  // so they take the same guard as the members above (detail::NodeCall).
+  friend class Transfer;
+
   std::unique_ptr<detail::NodeEvents> events_;
 };
 
@@ -3121,9 +3126,14 @@ class Transfer : public detail::Handle<keel_transfer_t, detail::free_transfer> {
 
   /// Announces on `node` that peer `from_peer` may send shard `shard_id`
   /// there (used up once a transfer of it finishes). Status::InvalidArgument
-  /// for from_peer 0, Status::Closed for an empty Node.
+  /// for from_peer 0, Status::Closed for an empty Node, or from the
+  /// node's own event handler once the node is closing.
   static Result<void> expect(const Node& node, uint32_t shard_id, uint64_t from_peer) {
-    if (!node) return detail::empty_handle("keel::Node");
+    // As in Node's own members: from the node's handler the call is counted
+    // (its close waits for it before it empties the Node) or refused once
+    // the close began (the Node may already hold another node's handle).
+    const detail::NodeCall call(node.events_.get());
+    if (call.closed() || !node) return detail::empty_handle("keel::Node");
     const keel_status_t st = keel_transfer_expect(node.raw(), shard_id, from_peer);
     detail::ErrorOut none;  // this call carries no error object
     return detail::check(st, none);
@@ -3134,10 +3144,12 @@ class Transfer : public detail::Handle<keel_transfer_t, detail::free_transfer> {
   /// node and the shard must outlive the Transfer.
   /// Status::InvalidArgument (an option out of range, `shard` not that
   /// engine's open shard `shard_id`, `peer` 0 or the node itself), Status::Busy (the node sends max_concurrent_transfers
-  /// already), Status::Closed (an empty Node or Shard).
+  /// already), Status::Closed (an empty Node or Shard, or a call from the
+  /// node's own event handler once the node is closing).
   static Result<Transfer> start(const Node& node, const Shard& shard, uint32_t shard_id, uint64_t peer,
                                 TransferOptions opts = TransferOptions()) {
-    if (!node) return detail::empty_handle("keel::Node");
+    const detail::NodeCall call(node.events_.get());  // as in expect()
+    if (call.closed() || !node) return detail::empty_handle("keel::Node");
     if (!shard) return detail::empty_handle("keel::Shard");
     keel_transfer_options_t raw = opts.raw_;
     std::unique_ptr<detail::TransferEvents> events;

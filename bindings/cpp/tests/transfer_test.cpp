@@ -3,14 +3,16 @@
 // while a writer thread writes, the host hands it over, the digests agree
 // and the source answers Status::Moved; a cancelled transfer settles
 // Cancelled and a restart finishes; the handle is move-only and empty
-// handles answer Status::Closed. Waits are on wait() or the progress
-// handler (a condition variable), never on time.
+// handles answer Status::Closed, as do expect() and start() from the
+// node's handler while its node closes. Waits are on wait() or the
+// progress handler (a condition variable), never on time.
 #include "test_util.hpp"
 
 #include <atomic>
 #include <condition_variable>
 #include <future>
 #include <mutex>
+#include <optional>
 #include <thread>
 #include <type_traits>
 
@@ -235,6 +237,57 @@ TEST(Transfer, FailuresAndEmptyHandlesAreReported) {
   EXPECT_EQ(stage_of(moved), TransferStage::Failed);
   EXPECT_EQ(Transfer::start(keel::Node(), shard, 9, kDst).err().code(), Status::Closed);
   EXPECT_EQ(keel::shard_digest(keel::Shard()).err().code(), Status::Closed);
+}
+
+// A node's handler that calls Transfer::expect() or Transfer::start() on
+// its own Node while that node closes gets Status::Closed, as the Node's
+// own members answer: the transfer calls take the Node's handler-call
+// guard (detail::NodeCall). Without it they read the Node's handle beside
+// the close: a data race with close() on another thread (not testable
+// without timing), and, here deterministically, a move assigned over the
+// Node closes the old node while the Node already holds the new one's
+// handle, so the old node's handler announced and started transfers on a
+// node it never belonged to (both calls answered Ok).
+TEST(Transfer, HandlerCallsOnItsClosingNodeAnswerClosed) {
+  Side b;
+  open_side(b, kDst);
+  TempDir dir;
+  keel::Engine engine;
+  open_engine(dir.engine(), keel::EngineOptions().flush_interval(std::chrono::milliseconds(0)), engine);
+  keel::Shard shard;
+  open_shard(engine, 7, shard);
+  keel::Node a;  // declared before `started`, so a transfer started in error goes before the node it runs on
+
+  std::mutex mu;
+  std::optional<keel::Result<void>> expected;
+  std::optional<keel::Result<Transfer>> started;
+  std::atomic<keel::Node*> self{nullptr};  // set before any event can arrive (connect() below)
+  auto opts = keel::NodeOptions().node_id(kSrc).on_event([&](uint64_t, Status st, std::string_view) {
+    if (st != Status::Closed) return;
+    auto e = Transfer::expect(*self.load(), 7, kDst);
+    auto t = Transfer::start(*self.load(), shard, 7, kDst, TransferOptions().no_retries());
+    std::lock_guard<std::mutex> lock(mu);
+    if (!expected) expected.emplace(std::move(e));
+    if (!started) started.emplace(std::move(t));  // destroyed by the test, not on the node's thread
+  });
+  auto opened = keel::Node::open(engine, opts);
+  ASSERT_TRUE(opened.ok()) << opened.err().to_string();
+  a = std::move(opened).value();
+  self.store(&a);
+  auto addr = a.addr();
+  ASSERT_TRUE(addr.ok());
+  KEEL_ASSERT_OK(b.node.connect(kSrc, *addr));
+
+  auto other = keel::Node::open(engine, keel::NodeOptions().node_id(3));
+  ASSERT_TRUE(other.ok()) << other.err().to_string();
+  a = std::move(other).value();  // closes node kSrc: Status::Closed (b's connection) to its handler, during the close
+
+  std::lock_guard<std::mutex> lock(mu);
+  ASSERT_TRUE(expected.has_value() && started.has_value()) << "the handler saw no Status::Closed";
+  ASSERT_FALSE(expected->ok()) << "Transfer::expect() reached the node that replaced the closing one";
+  EXPECT_EQ(expected->err().code(), Status::Closed);
+  ASSERT_FALSE(started->ok()) << "Transfer::start() reached the node that replaced the closing one";
+  EXPECT_EQ(started->err().code(), Status::Closed);
 }
 
 }  // namespace
