@@ -63,6 +63,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <array>
 #include <functional>
 #include <initializer_list>
@@ -3078,7 +3079,15 @@ class TransferOptions {
 namespace detail {
 inline void free_transfer(keel_transfer_t* t) noexcept { (void)keel_transfer_free(t); }
 
-inline TransferProgress to_progress(const keel_transfer_progress_t& p) noexcept {
+/// A keel_transfer_progress_t as its producer wrote it: only the first
+/// `struct_size` bytes are read (docs/FFI.md, "Versioned structs"), since
+/// a library built with an older header passes the progress callback a
+/// smaller struct, and the memory past it is not the struct's. They are
+/// copied into a zeroed struct, so every field past them reads as zero,
+/// which is each TransferProgress field's default (Connecting, false, 0).
+inline TransferProgress to_progress(const keel_transfer_progress_t* given) noexcept {
+  keel_transfer_progress_t p{};
+  std::memcpy(&p, given, std::min<size_t>(given->struct_size, sizeof p));
   TransferProgress o;
   o.stage = static_cast<TransferStage>(p.stage);
   o.snapshot = p.snapshot != 0;
@@ -3101,7 +3110,7 @@ inline TransferProgress to_progress(const keel_transfer_progress_t& p) noexcept 
 struct TransferEvents {
   TransferProgressHandler fn;
   static void on_progress(void* user, const keel_transfer_progress_t* p) noexcept {
-    static_cast<TransferEvents*>(user)->fn(to_progress(*p));
+    static_cast<TransferEvents*>(user)->fn(to_progress(p));
   }
 };
 }  // namespace detail
@@ -3213,7 +3222,7 @@ class Transfer : public detail::Handle<keel_transfer_t, detail::free_transfer> {
     const keel_status_t st = keel_transfer_progress(ptr_.get(), &p);
     detail::ErrorOut none;
     if (st != KEEL_STATUS_OK) return none.take(st);
-    return detail::to_progress(p);
+    return detail::to_progress(&p);
   }
 
   /// Waits until the transfer is settled (done, failed, cancelled, or

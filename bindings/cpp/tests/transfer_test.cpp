@@ -4,17 +4,21 @@
 // and the source answers Status::Moved; a cancelled transfer settles
 // Cancelled and a restart finishes; the handle is move-only and empty
 // handles answer Status::Closed, as do expect() and start() from the
-// node's handler while its node closes. Waits are on wait() or the
-// progress handler (a condition variable), never on time.
+// node's handler while its node closes; the progress bridge reads only
+// what struct_size covers. Waits are on wait() or the progress handler (a
+// condition variable), never on time.
 #include "test_util.hpp"
 
 #include <atomic>
 #include <condition_variable>
+#include <cstddef>
+#include <cstring>
 #include <future>
 #include <mutex>
 #include <optional>
 #include <thread>
 #include <type_traits>
+#include <vector>
 
 using keel::FinishMode;
 using keel::Status;
@@ -288,6 +292,60 @@ TEST(Transfer, HandlerCallsOnItsClosingNodeAnswerClosed) {
   EXPECT_EQ(expected->err().code(), Status::Closed);
   ASSERT_FALSE(started->ok()) << "Transfer::start() reached the node that replaced the closing one";
   EXPECT_EQ(started->err().code(), Status::Closed);
+}
+
+// The progress bridge reads only the bytes the producer's struct_size
+// covers (docs/FFI.md, "Versioned structs"); the fields past it take
+// TransferProgress's defaults. A library built with an older header
+// passes a smaller struct, and what lies past it is not the struct's. The
+// bridge used to read the whole struct: here it reported the sentinel
+// bytes past struct_size as counters.
+TEST(Transfer, TheProgressBridgeReadsOnlyStructSize) {
+  std::vector<TransferProgress> got;
+  keel::detail::TransferEvents events{[&](const TransferProgress& p) { got.push_back(p); }};
+
+  keel_transfer_progress_t p;
+  std::memset(&p, 0xab, sizeof p);  // what the producer did not write
+  p.struct_size = static_cast<uint32_t>(offsetof(keel_transfer_progress_t, ops_total));
+  p.stage = KEEL_TRANSFER_BACKFILL;
+  p.snapshot = 1;
+  p.handed_over = 0;
+  p.ops_sent = 42;
+  keel::detail::TransferEvents::on_progress(&events, &p);
+
+  // Only struct_size itself: every field takes its default.
+  p.struct_size = static_cast<uint32_t>(sizeof p.struct_size);
+  keel::detail::TransferEvents::on_progress(&events, &p);
+
+  // The whole struct: every field is read.
+  p.struct_size = static_cast<uint32_t>(sizeof p);
+  keel::detail::TransferEvents::on_progress(&events, &p);
+
+  ASSERT_EQ(got.size(), 3u);
+  const TransferProgress defaults;
+  EXPECT_EQ(got[0].stage, TransferStage::Backfill);
+  EXPECT_TRUE(got[0].snapshot);
+  EXPECT_FALSE(got[0].handed_over);
+  EXPECT_EQ(got[0].ops_sent, 42u);
+  EXPECT_EQ(got[0].ops_total, defaults.ops_total);
+  EXPECT_EQ(got[0].entries_sent, defaults.entries_sent);
+  EXPECT_EQ(got[0].bytes_sent, defaults.bytes_sent);
+  EXPECT_EQ(got[0].batches, defaults.batches);
+  EXPECT_EQ(got[0].receiver_had, defaults.receiver_had);
+  EXPECT_EQ(got[0].last_version, defaults.last_version);
+  EXPECT_EQ(got[0].read_time, defaults.read_time);
+  EXPECT_EQ(got[0].send_time, defaults.send_time);
+  EXPECT_EQ(got[0].final_hold, defaults.final_hold);
+  EXPECT_EQ(got[0].max_batches_in_memory, defaults.max_batches_in_memory);
+
+  EXPECT_EQ(got[1].stage, defaults.stage);
+  EXPECT_EQ(got[1].snapshot, defaults.snapshot);
+  EXPECT_EQ(got[1].ops_sent, defaults.ops_sent);
+
+  const uint64_t sentinel = 0xabababababababab;
+  EXPECT_EQ(got[2].ops_sent, 42u);
+  EXPECT_EQ(got[2].ops_total, sentinel);
+  EXPECT_EQ(got[2].max_batches_in_memory, sentinel);
 }
 
 }  // namespace
