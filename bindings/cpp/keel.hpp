@@ -3070,6 +3070,13 @@ class TransferOptions {
   /// transfer's thread has ended.
   TransferOptions& on_progress(TransferProgressHandler h) { on_progress_ = std::move(h); return *this; }
 
+  /// The C struct, for fields this wrapper does not know yet (as the
+  /// other options classes give theirs). Transfer::start() starts with a
+  /// copy of it in which on_progress/user_data are its bridge when
+  /// on_progress() holds a handler; otherwise they are used as they are.
+  keel_transfer_options_t& raw() noexcept { return raw_; }
+  const keel_transfer_options_t& raw() const noexcept { return raw_; }
+
  private:
   friend class Transfer;
   keel_transfer_options_t raw_{};

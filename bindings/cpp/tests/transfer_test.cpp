@@ -228,6 +228,15 @@ TEST(Transfer, FailuresAndEmptyHandlesAreReported) {
             Status::InvalidArgument);
   EXPECT_EQ(Transfer::start(a.node, shard, 9, kDst, TransferOptions().ack_timeout(std::chrono::hours(25))).err().code(),
             Status::InvalidArgument);
+  // raw(): the C struct keel_transfer_options_init_sized() filled, which
+  // the setters write and start() reads.
+  TransferOptions raw_opts;
+  const TransferOptions& const_opts = raw_opts;
+  EXPECT_EQ(const_opts.raw().struct_size, sizeof(keel_transfer_options_t));
+  EXPECT_EQ(const_opts.raw().max_batch_records, 1024u);
+  EXPECT_EQ(raw_opts.max_retries(7).raw().max_retries, 7u);
+  raw_opts.raw().max_batch_bytes = 1;  // below the 4096 minimum
+  EXPECT_EQ(Transfer::start(a.node, shard, 9, kDst, raw_opts).err().code(), Status::InvalidArgument);
   // Peer 0, this node, another shard id.
   EXPECT_EQ(Transfer::start(a.node, shard, 9, 0).err().code(), Status::InvalidArgument);
   EXPECT_EQ(Transfer::start(a.node, shard, 9, kSrc).err().code(), Status::InvalidArgument);
