@@ -10,7 +10,8 @@
 //! prepared in the background; so the order of every file operation, and
 //! of every fault and loss the file system rolls, follows from the seed:
 //! `KEEL_COMMIT_LOG_SEED=S` replays seed S exactly,
-//! `KEEL_COMMIT_LOG_SEEDS=N` sets the number of seeds (default 30).
+//! `KEEL_COMMIT_LOG_SEEDS=N` sets the number of seeds (default 30),
+//! `KEEL_COMMIT_LOG_SEED_START=S` the first (default 1).
 //! One test is not seeded: `a_crowd_of_writers_on_one_shard_survives_power_loss`
 //! runs 48 writer threads, so its file operations come in the machine's
 //! order, and it checks only what must hold in any order.
@@ -166,7 +167,10 @@ fn seeds() -> std::ops::Range<u64> {
             let s: u64 = s.parse().expect("KEEL_COMMIT_LOG_SEED is a number");
             s..s + 1
         }
-        Err(_) => 1..1 + std::env::var("KEEL_COMMIT_LOG_SEEDS").map_or(30, |n| n.parse().expect("KEEL_COMMIT_LOG_SEEDS is a number")),
+        Err(_) => {
+            let start = std::env::var("KEEL_COMMIT_LOG_SEED_START").map_or(1, |n| n.parse().expect("KEEL_COMMIT_LOG_SEED_START is a number"));
+            start..start + std::env::var("KEEL_COMMIT_LOG_SEEDS").map_or(30, |n| n.parse().expect("KEEL_COMMIT_LOG_SEEDS is a number"))
+        }
     }
 }
 

@@ -12,7 +12,9 @@
 //! may take its next one, between the writes of this thread, so the order
 //! of every file operation and every injected fault follows from the seed:
 //! `KEEL_SHARD_FAULT_SEED=S` replays seed S exactly.
-//! `KEEL_SHARD_FAULT_SEEDS=N` sets the number of seeds (default 300).
+//! `KEEL_SHARD_FAULT_SEEDS=N` sets the number of seeds (default 300),
+//! `KEEL_SHARD_FAULT_SEED_START=S` the first (default 1), so that a soak
+//! can go on where the last one stopped.
 //!
 //! Exploring (`KEEL_SHARD_FAULT_EXPLORE=1`, `make soak`): the flush runs
 //! free with a seeded random pause at every step and between writes, to
@@ -200,7 +202,10 @@ fn run_seed(seed: u64, explore: bool) -> Result<(Vec<String>, Vec<String>), Stri
 fn run(explore: bool, default_seeds: u64) {
     let (first, count) = match std::env::var("KEEL_SHARD_FAULT_SEED") {
         Ok(s) => (s.parse().unwrap(), 1),
-        Err(_) => (1, std::env::var("KEEL_SHARD_FAULT_SEEDS").map_or(default_seeds, |n| n.parse().unwrap())),
+        Err(_) => (
+            std::env::var("KEEL_SHARD_FAULT_SEED_START").map_or(1, |n| n.parse().unwrap()),
+            std::env::var("KEEL_SHARD_FAULT_SEEDS").map_or(default_seeds, |n| n.parse().unwrap()),
+        ),
     };
     for seed in first..first + count {
         if let Err(e) = run_seed(seed, explore) {
