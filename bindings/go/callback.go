@@ -10,7 +10,9 @@ package keel
 import "C"
 
 import (
+	"fmt"
 	"runtime/cgo"
+	"runtime/debug"
 	"syscall"
 )
 
@@ -32,6 +34,9 @@ func keelGoNetEvent(handle C.uintptr_t, connID C.uint64_t, status C.keel_status_
 //
 //export keelGoNodeEvent
 func keelGoNodeEvent(handle C.uintptr_t, peerID C.uint64_t, status C.keel_status_t, message *C.char) {
+	// Connect's goroutine is one of Go's threads: a panic there would
+	// otherwise unwind through keel's frames into Connect's caller.
+	defer crashOnPanic("Node OnEvent")
 	ev := cgo.Handle(handle).Value().(*nodeEvents)
 	defer ev.threads.leave(ev.threads.enter())
 	var err error
@@ -74,4 +79,38 @@ func keelGoTransferProgress(handle C.uintptr_t, progress *C.keel_transfer_progre
 	ev := cgo.Handle(handle).Value().(*transferEvents)
 	ev.tid.Store(int64(syscall.Gettid()))
 	ev.onProgress(toProgress(progress))
+}
+
+// crashOnPanic, deferred by a callback that has no error to return, ends
+// the program on a panic in it, as the docs promise ("a panic in it
+// crashes the program"). On keel's own threads an unrecovered panic does
+// that anyway, but keel also runs Node's OnEvent on the goroutine of a
+// Connect (a peer refused at once): there the panic would unwind through
+// keel's C and Rust frames, skipping their cleanup (the dialed socket
+// leaked, keel's own panic guard jumped over), into Connect's caller,
+// where a recover would catch it and the program would carry on.
+func crashOnPanic(callback string) {
+	r := recover()
+	if r == nil {
+		return
+	}
+	// Taken here, the stack still shows where the callback panicked.
+	p := &callbackPanic{callback: callback, value: r, stack: debug.Stack()}
+	// Nothing can recover a panic on a goroutine of its own: it ends the
+	// program with the usual report and exit status 2. This callback must
+	// not return into keel meanwhile.
+	go func() { panic(p) }()
+	select {}
+}
+
+// callbackPanic is the value crashOnPanic panics with: the callback's own
+// panic value and the stack of its goroutine.
+type callbackPanic struct {
+	callback string
+	value    any
+	stack    []byte
+}
+
+func (p *callbackPanic) Error() string {
+	return fmt.Sprintf("%v\n\n[keel: the panic above came out of a %s callback, on this goroutine:]\n%s", p.value, p.callback, p.stack)
 }

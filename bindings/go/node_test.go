@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
+	"os/exec"
 	"runtime"
 	"strconv"
 	"strings"
@@ -482,4 +484,74 @@ func TestNodeSecondCloseWaitsForTheFirst(t *testing.T) {
 	if !r.released {
 		t.Fatal("the second Close returned before the first")
 	}
+}
+
+// nonLoopbackIP returns an IPv4 address of this host that is not loopback,
+// or skips the test when there is none.
+func nonLoopbackIP(t *testing.T) string {
+	t.Helper()
+	addrs, err := net.InterfaceAddrs()
+	if err != nil {
+		t.Skipf("no interface addresses: %v", err)
+	}
+	for _, a := range addrs {
+		if n, ok := a.(*net.IPNet); ok && !n.IP.IsLoopback() && n.IP.To4() != nil {
+			return n.IP.String()
+		}
+	}
+	t.Skip("this host has no non-loopback IPv4 address")
+	return ""
+}
+
+// A Node without a secret refuses a non-loopback peer at once, and keel
+// reports it to OnEvent on the goroutine that called Connect: the one
+// OnEvent call that runs on a Go thread. A panic there must crash the
+// program, as NodeOptions.OnEvent says. It must not unwind through keel's
+// frames (skipping their cleanup: the dialed socket, Rust's own panic
+// guard) into Connect's caller, where a recover would catch it and the
+// program would carry on.
+//
+// The panicking program runs as a child process (this test binary, run
+// again with KEEL_TEST_ONEVENT_PANIC set to the address to dial), which
+// recovers around Connect: it must die of the panic all the same.
+func TestNodeOnEventPanicInConnectCrashes(t *testing.T) {
+	if addr := os.Getenv("KEEL_TEST_ONEVENT_PANIC"); addr != "" {
+		onEventPanicChild(t, addr)
+		return
+	}
+	ln, err := net.Listen("tcp", nonLoopbackIP(t)+":0")
+	if err != nil {
+		t.Skipf("cannot listen on a non-loopback address: %v", err)
+	}
+	defer ln.Close()
+	cmd := exec.Command(os.Args[0], "-test.run=^TestNodeOnEventPanicInConnectCrashes$", "-test.count=1", "-test.v")
+	cmd.Env = append(os.Environ(), "KEEL_TEST_ONEVENT_PANIC="+ln.Addr().String())
+	out, err := cmd.CombinedOutput()
+	if strings.Contains(string(out), "recovered from OnEvent") {
+		t.Fatalf("a panic in OnEvent came out of Connect and was recovered; child output:\n%s", out)
+	}
+	ee, ok := err.(*exec.ExitError)
+	if !ok || ee.ExitCode() != 2 || !strings.Contains(string(out), "panic: ") || !strings.Contains(string(out), "OnEvent panics on purpose") {
+		t.Fatalf("the child did not die of the OnEvent panic (%v); output:\n%s", err, out)
+	}
+}
+
+func onEventPanicChild(t *testing.T, addr string) {
+	e := nodeEngineT(t)
+	n := openNodeT(t, e, &NodeOptions{NodeID: 1, OnEvent: func(peer uint64, err error) {
+		if err != nil {
+			panic("OnEvent panics on purpose")
+		}
+	}})
+	err := func() (err error) {
+		defer func() {
+			if r := recover(); r != nil {
+				err = fmt.Errorf("recovered from OnEvent: %v", r)
+			}
+		}()
+		return n.Connect(2, addr)
+	}()
+	// Reached only when the panic did not end the program.
+	t.Logf("Connect: %v", err)
+	fmt.Println(err)
 }
