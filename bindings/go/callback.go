@@ -77,7 +77,11 @@ func keelGoReadIndexFree(handle C.uintptr_t) {
 //export keelGoTransferProgress
 func keelGoTransferProgress(handle C.uintptr_t, progress *C.keel_transfer_progress_t) {
 	ev := cgo.Handle(handle).Value().(*transferEvents)
-	ev.tid.Store(int64(syscall.Gettid()))
+	// Only while the callback runs: once the transfer is over its thread
+	// ends, and the kernel may give its id to a thread that later calls
+	// Wait or Close, which must not be taken for this callback.
+	ev.tid.Store(int64(threadID()))
+	defer ev.tid.Store(0)
 	ev.onProgress(toProgress(progress))
 }
 

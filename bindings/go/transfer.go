@@ -234,8 +234,8 @@ type Transfer struct {
 // transferEvents is what the cgo.Handle of OnProgress holds.
 type transferEvents struct {
 	onProgress func(TransferProgress)
-	// tid is the OS thread id of the transfer's thread, recorded by each
-	// callback (0 before the first), so that Wait and Close can tell they
+	// tid is the OS thread id of the transfer's thread while an OnProgress
+	// call runs on it (0 otherwise), so that Wait and Close can tell they
 	// are called from OnProgress: both would wait for that very thread.
 	tid atomic.Int64
 }
@@ -247,8 +247,12 @@ func (ev *transferEvents) inCallback() bool {
 		return false
 	}
 	tid := ev.tid.Load()
-	return tid != 0 && tid == int64(syscall.Gettid())
+	return tid != 0 && tid == int64(threadID())
 }
+
+// threadID is syscall.Gettid; a variable so that a test can play the
+// kernel handing the id of a thread that ended to another thread.
+var threadID = syscall.Gettid
 
 // StartTransfer starts sending shard (shard shardID of n's engine, open)
 // from n to peer (a peer n connected to) on a keel thread and returns at
@@ -443,9 +447,8 @@ func (t *Transfer) Close() error {
 	runtime.SetFinalizer(t, nil)
 	st := C.keel_transfer_free(h)
 	if t.progress != 0 {
-		// keel_transfer_free joined the thread that calls it, whose id
-		// another thread may take from now on.
-		t.ev.tid.Store(0)
+		// keel_transfer_free joined the thread that calls it (each call
+		// cleared ev.tid on its way out).
 		t.progress.Delete()
 	}
 	if st != C.KEEL_STATUS_OK {

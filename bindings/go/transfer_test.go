@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -376,5 +377,45 @@ func TestTransferWaitAndCloseFromOnProgressAreBusy(t *testing.T) {
 	}
 	if err := got.Close(); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// A Transfer outlives its thread: once the transfer is over, keel's
+// thread for it ends, and Linux may give that thread's id to a new
+// thread, one of Go's say. A goroutine there that calls Wait or Close is
+// not in OnProgress and must not be answered ErrBusy (a Close refused so
+// leaks the transfer's handle). The test plays the kernel: once the
+// transfer is settled, the calling thread's id reads as the one
+// OnProgress ran on.
+func TestTransferWaitAndCloseOnAThreadThatGotItsThreadsIDAreNotBusy(t *testing.T) {
+	ea, a, _, b := transferPair(t)
+	shard, err := ea.OpenShard(10, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fillShard(t, shard, 50)
+	if err := b.ExpectTransfer(10, 1); err != nil {
+		t.Fatal(err)
+	}
+	var callbackThread atomic.Int64
+	onProgress := func(TransferProgress) { callbackThread.Store(int64(syscall.Gettid())) }
+	tr, err := StartTransfer(a, shard, 10, 2, &TransferOptions{AutoFinish: FinishCopy, OnProgress: onProgress})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Settled: the last OnProgress call has returned.
+	if err := tr.Wait(-1); err != nil {
+		t.Fatal(err)
+	}
+	if callbackThread.Load() == 0 {
+		t.Fatal("OnProgress never ran")
+	}
+	defer func(real func() int) { threadID = real }(threadID)
+	threadID = func() int { return int(callbackThread.Load()) }
+	if err := tr.Wait(0); err != nil {
+		t.Fatalf("Wait on a thread that got the transfer thread's id: %v", err)
+	}
+	if err := tr.Close(); err != nil {
+		t.Fatalf("Close on a thread that got the transfer thread's id: %v", err)
 	}
 }
