@@ -34,9 +34,10 @@ func keelGoNetEvent(handle C.uintptr_t, connID C.uint64_t, status C.keel_status_
 //
 //export keelGoNodeEvent
 func keelGoNodeEvent(handle C.uintptr_t, peerID C.uint64_t, status C.keel_status_t, message *C.char) {
-	// Connect's goroutine is one of Go's threads: a panic there would
-	// otherwise unwind through keel's frames into Connect's caller.
-	defer crashOnPanic("Node OnEvent")
+	// Connect's goroutine is one of Go's threads: a panic or Goexit there
+	// would otherwise unwind through keel's frames into Connect's caller.
+	returned := false
+	defer mustReturn("Node OnEvent", &returned)
 	ev := cgo.Handle(handle).Value().(*nodeEvents)
 	defer ev.threads.leave(ev.threads.enter())
 	var err error
@@ -45,6 +46,7 @@ func keelGoNodeEvent(handle C.uintptr_t, peerID C.uint64_t, status C.keel_status
 		err = &Error{Code: Status(status), Op: "OnEvent", Message: C.GoString(message)}
 	}
 	ev.onEvent(uint64(peerID), err)
+	returned = true
 }
 
 // keelGoReadIndex is a shard's read-index callback, called by
@@ -53,12 +55,19 @@ func keelGoNodeEvent(handle C.uintptr_t, peerID C.uint64_t, status C.keel_status
 //
 //export keelGoReadIndex
 func keelGoReadIndex(handle C.uintptr_t, index *C.uint64_t) C.keel_status_t {
+	// readIndex turns a panic into StatusPanic, but a Goexit cannot be
+	// stopped: it would end the read's goroutine inside keel, whose
+	// read-index call then never finishes (later reads and the shard's
+	// close wait for it forever).
+	returned := false
+	defer mustReturn("ReadIndex", &returned)
 	host := cgo.Handle(handle).Value().(*leaseHost)
 	defer readIndexThreads.leave(readIndexThreads.enter())
 	i, st := host.readIndex()
 	if st == StatusOK {
 		*index = C.uint64_t(i)
 	}
+	returned = true
 	return C.keel_status_t(st)
 }
 
@@ -85,18 +94,25 @@ func keelGoTransferProgress(handle C.uintptr_t, progress *C.keel_transfer_progre
 	ev.onProgress(toProgress(progress))
 }
 
-// crashOnPanic, deferred by a callback that has no error to return, ends
-// the program on a panic in it, as the docs promise ("a panic in it
-// crashes the program"). On keel's own threads an unrecovered panic does
-// that anyway, but keel also runs Node's OnEvent on the goroutine of a
-// Connect (a peer refused at once): there the panic would unwind through
-// keel's C and Rust frames, skipping their cleanup (the dialed socket
-// leaked, keel's own panic guard jumped over), into Connect's caller,
-// where a recover would catch it and the program would carry on.
-func crashOnPanic(callback string) {
+// mustReturn, deferred by a callback with the address of a flag the
+// callback sets as its last act, ends the program when the callback does
+// not return to keel: on a panic in it (as the docs promise: "a panic in
+// it crashes the program"), or on runtime.Goexit (t.FailNow, t.Fatal and
+// t.SkipNow call it). On keel's own threads an unrecovered panic ends the
+// program anyway, but keel also runs callbacks on Go's threads: Node's
+// OnEvent on the goroutine of a Connect (a peer refused at once), a
+// shard's ReadIndex on the goroutine of a read. There the panic or Goexit
+// would unwind through keel's C and Rust frames without their cleanup
+// (the dialed socket leaked, a read-index call never finished, keel's own
+// panic guard jumped over), and a recover in the caller would catch the
+// panic and the program would carry on.
+func mustReturn(callback string, returned *bool) {
+	if *returned {
+		return
+	}
 	r := recover()
 	if r == nil {
-		return
+		r = "runtime.Goexit (t.FailNow, t.Fatal, t.SkipNow, ...) called in the callback: it cannot unwind through keel"
 	}
 	// Taken here, the stack still shows where the callback panicked.
 	p := &callbackPanic{callback: callback, value: r, stack: debug.Stack()}
@@ -107,7 +123,7 @@ func crashOnPanic(callback string) {
 	select {}
 }
 
-// callbackPanic is the value crashOnPanic panics with: the callback's own
+// callbackPanic is the value mustReturn panics with: the callback's own
 // panic value and the stack of its goroutine.
 type callbackPanic struct {
 	callback string

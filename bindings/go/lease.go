@@ -94,7 +94,8 @@ type LeaseOptions struct {
 	// that missed the lease (concurrent misses share one call) and must
 	// not read from the same shard. A *keel.Error passes its Code through
 	// (ErrNotLeader, ErrTimeout, ...); any other error is ErrIO, a panic
-	// ErrPanic.
+	// ErrPanic. runtime.Goexit in it (t.FailNow, t.Fatal) ends the
+	// program: it cannot unwind through keel.
 	ReadIndex func() (uint64, error)
 }
 

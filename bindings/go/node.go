@@ -105,7 +105,9 @@ type NodeOptions struct {
 	// Connect (the peer's ready event comes before Connect returns). It
 	// may call the Node's methods (once Close has begun they answer
 	// ErrClosed) but not Close (ErrBusy). A panic in it crashes the
-	// program, as in any goroutine.
+	// program, as in any goroutine, even on Connect's goroutine (no
+	// recover around Connect catches it); so does runtime.Goexit
+	// (t.FailNow, t.Fatal).
 	OnEvent func(peer uint64, err error)
 }
 
