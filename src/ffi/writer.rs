@@ -6,7 +6,7 @@ use crate::ffi::boundary::{handle_ref, in_bytes, in_packed, into_handle, out_ptr
 use crate::ffi::buf::copy_out_c_string;
 use crate::ffi::error::keel_error_t;
 use crate::ffi::versioned::{init_options, read_options, write_stats};
-use crate::net::{Backend, BackendChoice, Fallback, Net, NetOptions, Publisher, PublisherStats, Writer, WriterOptions, WriterStats};
+use crate::net::{Backend, BackendChoice, CloseWaitHook, Fallback, Net, NetOptions, Publisher, PublisherStats, Writer, WriterOptions, WriterStats};
 use crate::status::*;
 use std::ffi::CString;
 use std::os::raw::{c_char, c_int, c_void};
@@ -411,6 +411,18 @@ pub extern "C" fn keel_net_open(
         // On failure nothing is released: user_data stays the caller's.
         let net = Net::open(options)?;
         *out = into_handle::<keel_net_t>(NetHandle { net, callback });
+        Ok(())
+    })
+}
+
+/// Test-only and not in keel.h (no C symbol): installs
+/// `Net::set_close_wait_hook` on a net opened with keel_net_open(), so that
+/// a Rust test can drive the C API through a close that waits for a running
+/// event callback. Errors: as keel_net_backend().
+#[doc(hidden)]
+pub fn set_net_close_wait_hook(net: *const keel_net_t, hook: CloseWaitHook) -> keel_status_t {
+    ffi_boundary!(std::ptr::null_mut(), net, {
+        try_handle!(net).net.set_close_wait_hook(hook);
         Ok(())
     })
 }

@@ -8,7 +8,7 @@
 
 use crate::error::{Error, Result};
 use crate::net::queue::{Control, PassCfg, PassEnd, Wire, ITEM_COST};
-use crate::net::reactor::{Cmd, Shared};
+use crate::net::reactor::{CloseWait, Cmd, Shared};
 use crate::net::sendmsg::{epoll_set, errno_text, SyncSink};
 use crate::net::stats::WriterStats;
 use crate::net::uring::ConnIo;
@@ -373,7 +373,8 @@ impl Shared {
             st.wire.queue.push_control(Control::Close);
             st.wire.stats.control_items += 1;
         }
-        if !self.on_reactor_thread() {
+        if !self.on_reactor_thread() && st.in_callback {
+            self.close_waits(CloseWait::Callback(conn.id));
             while st.in_callback {
                 conn.cv.wait(&mut st);
             }

@@ -19,7 +19,7 @@ mod uring;
 
 pub use conn::Writer;
 pub use publisher::{Publisher, PublisherStats};
-pub use reactor::Net;
+pub use reactor::{CloseWait, CloseWaitHook, Net};
 pub use stats::WriterStats;
 pub use uring::Fallback;
 

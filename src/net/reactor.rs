@@ -67,7 +67,25 @@ pub(crate) struct Shared {
     min_soft_ms: AtomicU64,
     on_event: Option<EventFn>,
     reactor: OnceLock<ThreadId>,
+    /// Test-only (`Net::set_close_wait_hook`).
+    close_wait: OnceLock<CloseWaitHook>,
 }
+
+/// Test-only: where a close on a host thread is about to wait for the
+/// reactor thread (`Net::set_close_wait_hook`).
+#[doc(hidden)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CloseWait {
+    /// A writer's close (or a subscriber's, by unsubscribe or publisher
+    /// close) waits for the event callback of connection `id`, which runs.
+    Callback(u64),
+    /// A net's close is about to join the reactor thread.
+    Reactor,
+}
+
+/// Test-only: receives every `CloseWait` of a net on the closing thread.
+#[doc(hidden)]
+pub type CloseWaitHook = Arc<dyn Fn(CloseWait) + Send + Sync>;
 
 const WAKE_ID: u64 = u64::MAX;
 
@@ -95,6 +113,13 @@ impl Shared {
 
     pub(crate) fn on_reactor_thread(&self) -> bool {
         self.reactor.get() == Some(&std::thread::current().id())
+    }
+
+    /// Passes `at` to the test hook, if one is installed.
+    pub(crate) fn close_waits(&self, at: CloseWait) {
+        if let Some(hook) = self.close_wait.get() {
+            hook(at);
+        }
     }
 
     pub(crate) fn check_running(&self) -> Result<()> {
@@ -244,6 +269,7 @@ impl Net {
             min_soft_ms: AtomicU64::new(u64::MAX),
             on_event: opts.on_event,
             reactor: OnceLock::new(),
+            close_wait: OnceLock::new(),
         });
         let io = match ring {
             Some(ring) => Io::Uring(Box::new(UringState { ring, slots: Vec::new(), free: Vec::new(), wake_armed: false })),
@@ -302,6 +328,17 @@ impl Net {
         self.shared.on_reactor_thread()
     }
 
+    /// Test-only: `hook` is called on the closing thread each time a close
+    /// is about to wait for this net's reactor thread (a running event
+    /// callback, or the thread's end), so that a test can make that
+    /// callback call in exactly then. A writer's close calls it with the
+    /// connection's lock held: the hook must not call into that writer,
+    /// but may wake a thread that does. Only the first hook set is kept.
+    #[doc(hidden)]
+    pub fn set_close_wait_hook(&self, hook: CloseWaitHook) {
+        let _ = self.shared.close_wait.set(hook);
+    }
+
     /// Closes every connection (flushing each within its close timeout)
     /// and stops the reactor thread; no callback runs after this returns.
     pub fn close(mut self) -> Result<()> {
@@ -315,6 +352,7 @@ impl Net {
         if self.on_reactor_thread() {
             return Err(Error::new(KEEL_STATUS_BUSY, "the net handle cannot be closed from its own callback"));
         }
+        self.shared.close_waits(CloseWait::Reactor);
         let _ = thread.join();
         if self.shared.broken.load(Ordering::Acquire) {
             return Err(Error::new(KEEL_STATUS_POISONED, "the reactor thread panicked"));
