@@ -1560,7 +1560,10 @@ typedef struct keel_wal_options_t {
  * returned. It must not block for long (it holds up every socket of the
  * net). It may call keel_writer_close() / keel_publisher_unsubscribe()
  * (also for the connection it reports) and any send or publish function,
- * but not keel_net_close() (which then returns KEEL_STATUS_BUSY).
+ * but not keel_net_close() (which then returns KEEL_STATUS_BUSY). A
+ * keel_writer_close() on another thread waits for the callback of its
+ * connection, and the writer stays valid for that callback until it
+ * returns (see keel_writer_close()).
  */
 typedef void (*keel_net_event_fn)(void *user,
                                   uint64_t conn_id,
@@ -3309,10 +3312,17 @@ keel_status_t keel_writer_stats(const struct keel_writer_t *writer,
  * then the socket is shut down for writing, the peer's input is read
  * until EOF and the fd is closed — on the reactor thread, within
  * close_timeout_ms; the call itself does not wait for that. No event
- * callback for this writer starts after it returns (one running on
- * another thread is waited for). May be called from the event callback.
- * NULL is a no-op returning OK. Must be the last call on the writer.
- * Errors: INVALID_ARGUMENT (not a live handle).
+ * callback for this writer starts after it returns; one running on
+ * another thread is waited for, and until it has returned the handle
+ * stays valid for it: there keel_writer_send(), _send_batch() and
+ * _flush() answer CLOSED, keel_writer_id() and _stats() answer as usual,
+ * and keel_writer_close() of this writer answers BUSY and frees nothing.
+ * May be called from the event callback (also for the connection it
+ * reports). NULL is a no-op returning OK. Must be the last call on the
+ * writer from the host's own threads.
+ * Errors: INVALID_ARGUMENT (not a live handle), BUSY (called from the
+ * writer's event callback while another thread closes it: nothing is
+ * done, that close frees the handle).
  */
 keel_status_t keel_writer_close(struct keel_writer_t *writer, struct keel_error_t **err);
 

@@ -8,13 +8,16 @@
 mod common;
 
 use common::rng::Rng;
-use keel::net::{BackendChoice, Net, NetOptions, Writer, WriterOptions};
+use keel::ffi as c;
+use keel::net::{BackendChoice, CloseWait, Net, NetOptions, Writer, WriterOptions};
 use keel::status::*;
 use parking_lot::Mutex;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, IntoRawFd, RawFd};
 use std::os::unix::net::UnixStream;
+use std::sync::atomic::Ordering::SeqCst;
+use std::sync::atomic::{AtomicPtr, AtomicUsize};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -775,6 +778,135 @@ fn net_close_discards_input_within_the_close_timeout(backend: BackendChoice) {
     assert!(events.lock().is_empty());
 }
 
+/// What calls made from an event callback returned, by name.
+type Calls = Vec<(&'static str, keel_status_t)>;
+
+/// What the C event callback of the close races below shares with its
+/// test (its user_data): the callback says when it has started, waits
+/// until the close it races waits for it (the net's close-wait hook), then
+/// makes `calls` on the handles being closed and records what they
+/// returned, all before it returns.
+struct Race {
+    writer: AtomicPtr<c::keel_writer_t>,
+    net: AtomicPtr<c::keel_net_t>,
+    calls: fn(&Race) -> Calls,
+    entered: std::sync::mpsc::Sender<()>,
+    go: Mutex<std::sync::mpsc::Receiver<CloseWait>>,
+    /// Where the close waited, then what the calls returned.
+    seen: Mutex<(Vec<CloseWait>, Calls)>,
+    frees: AtomicUsize,
+}
+
+unsafe extern "C" fn race_event(user: *mut libc::c_void, _: u64, _: keel_status_t, _: *const libc::c_char) {
+    // SAFETY: user_data is the test's Race, leaked, so alive for ever.
+    let race = unsafe { &*(user as *const Race) };
+    let _ = race.entered.send(());
+    let Ok(at) = race.go.lock().recv() else { return };
+    let got = (race.calls)(race);
+    let mut seen = race.seen.lock();
+    seen.0.push(at);
+    seen.1.extend(got);
+}
+
+unsafe extern "C" fn race_free(user: *mut libc::c_void) {
+    // SAFETY: as in race_event.
+    let race = unsafe { &*(user as *const Race) };
+    race.frees.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+}
+
+/// A net opened through the C API whose event callback runs the race's
+/// calls once a close waits for it; `entered` receives when a callback
+/// has started.
+fn race_net(backend: BackendChoice, calls: fn(&Race) -> Calls) -> (&'static Race, *mut c::keel_net_t, std::sync::mpsc::Receiver<()>) {
+    let (entered_tx, entered) = std::sync::mpsc::channel();
+    let (go_tx, go) = std::sync::mpsc::channel();
+    let race: &'static Race = Box::leak(Box::new(Race {
+        writer: AtomicPtr::default(),
+        net: AtomicPtr::default(),
+        calls,
+        entered: entered_tx,
+        go: Mutex::new(go),
+        seen: Mutex::default(),
+        frees: AtomicUsize::new(0),
+    }));
+    // SAFETY: keel_net_options_t is plain data (integers, pointers and
+    // Options of fn pointers), for which all-zero bytes are valid; the
+    // init call below fills it.
+    let mut o: c::keel_net_options_t = unsafe { std::mem::zeroed() };
+    assert_eq!(c::keel_net_options_init_sized(&mut o, std::mem::size_of_val(&o)), KEEL_STATUS_OK);
+    o.backend = match backend {
+        BackendChoice::Sendmsg => c::KEEL_NET_BACKEND_SENDMSG,
+        BackendChoice::IoUring => c::KEEL_NET_BACKEND_IO_URING,
+        BackendChoice::Default => c::KEEL_NET_BACKEND_DEFAULT,
+    };
+    o.on_event = Some(race_event);
+    o.user_data = race as *const Race as *mut libc::c_void;
+    o.user_data_free = Some(race_free);
+    let mut net = std::ptr::null_mut();
+    assert_eq!(c::keel_net_open(&o, &mut net, std::ptr::null_mut()), KEEL_STATUS_OK);
+    race.net.store(net, SeqCst);
+    let hook = move |at| {
+        let _ = go_tx.send(at);
+    };
+    assert_eq!(c::set_net_close_wait_hook(net, Arc::new(hook)), KEEL_STATUS_OK);
+    (race, net, entered)
+}
+
+/// Writer options that cut a connection off at its first 2 KiB message.
+fn capped() -> c::keel_writer_options_t {
+    // SAFETY: plain integers, valid all-zero; filled by the init call.
+    let mut o: c::keel_writer_options_t = unsafe { std::mem::zeroed() };
+    assert_eq!(c::keel_writer_options_init_sized(&mut o, std::mem::size_of_val(&o)), KEEL_STATUS_OK);
+    o.hard_cap_bytes = 1024;
+    o.soft_cap_bytes = 0;
+    o
+}
+
+fn writer_stats() -> c::keel_writer_stats_t {
+    // SAFETY: plain integers, valid all-zero.
+    let mut s: c::keel_writer_stats_t = unsafe { std::mem::zeroed() };
+    s.struct_size = std::mem::size_of_val(&s) as u32;
+    s
+}
+
+/// keel_writer_close while the writer's own event callback runs on the
+/// reactor: the close waits for it, and meanwhile the callback may call in
+/// on the writer, as keel.h lets it. The handle must stay valid until the
+/// close returns: sends answer CLOSED, stats answer, and a second close is
+/// refused (BUSY) without freeing anything. It was freed before the wait,
+/// so these calls read freed memory.
+fn writer_close_waits_for_a_callback_that_calls_in(backend: BackendChoice) {
+    let (race, net, entered) = race_net(backend, |r| {
+        let w = r.writer.load(SeqCst);
+        let mut s = writer_stats();
+        vec![
+            ("send", c::keel_writer_send(w, b"late".as_ptr(), 4, 0, std::ptr::null_mut())),
+            ("stats", c::keel_writer_stats(w, &mut s)),
+            ("close", c::keel_writer_close(w, std::ptr::null_mut())),
+        ]
+    });
+    let (ours, mut peer) = UnixStream::pair().unwrap();
+    let mut w = std::ptr::null_mut();
+    assert_eq!(c::keel_writer_adopt(net, ours.into_raw_fd(), &capped(), &mut w, std::ptr::null_mut()), KEEL_STATUS_OK);
+    let mut id = 0;
+    assert_eq!(c::keel_writer_id(w, &mut id), KEEL_STATUS_OK);
+    race.writer.store(w, SeqCst);
+    // Over the hard cap: cut off, and its callback starts on the reactor.
+    assert_eq!(c::keel_writer_send(w, [0u8; 2048].as_ptr(), 2048, 0, std::ptr::null_mut()), KEEL_STATUS_BUSY);
+    entered.recv().unwrap();
+    assert_eq!(c::keel_writer_close(w, std::ptr::null_mut()), KEEL_STATUS_OK);
+    // The close waited for the callback, which has made its calls.
+    let seen = race.seen.lock().clone();
+    assert_eq!(seen.0, [CloseWait::Callback(id)]);
+    assert_eq!(seen.1, [("send", KEEL_STATUS_CLOSED), ("stats", KEEL_STATUS_OK), ("close", KEEL_STATUS_BUSY)]);
+    assert_eq!(c::keel_net_close(net, std::ptr::null_mut()), KEEL_STATUS_OK);
+    assert_eq!(race.frees.load(SeqCst), 1);
+    // The fd was closed: the peer reads EOF (nothing was ever sent).
+    let mut rest = Vec::new();
+    peer.read_to_end(&mut rest).unwrap();
+    assert!(rest.is_empty());
+}
+
 macro_rules! per_backend {
     ($($name:ident),* $(,)?) => {
         mod sendmsg {
@@ -805,6 +937,7 @@ per_backend!(
     a_full_send_with_more_left_is_not_short,
     a_message_in_parts_is_one_item,
     net_close_discards_input_within_the_close_timeout,
+    writer_close_waits_for_a_callback_that_calls_in,
 );
 
 #[test]

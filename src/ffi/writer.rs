@@ -2,7 +2,7 @@
 //! `keel_publisher_*`). The rules behind it: docs/WRITER.md.
 
 use crate::error::Error;
-use crate::ffi::boundary::{handle_ref, in_bytes, in_packed, into_handle, out_ptr, take_handle, Opaque};
+use crate::ffi::boundary::{closing_ref, handle_ref, in_bytes, in_packed, into_handle, out_ptr, take_handle, Opaque};
 use crate::ffi::buf::copy_out_c_string;
 use crate::ffi::error::keel_error_t;
 use crate::ffi::versioned::{init_options, read_options, write_stats};
@@ -95,7 +95,10 @@ pub const KEEL_PUBLISH_FLUSH: u32 = 1;
 /// returned. It must not block for long (it holds up every socket of the
 /// net). It may call keel_writer_close() / keel_publisher_unsubscribe()
 /// (also for the connection it reports) and any send or publish function,
-/// but not keel_net_close() (which then returns KEEL_STATUS_BUSY).
+/// but not keel_net_close() (which then returns KEEL_STATUS_BUSY). A
+/// keel_writer_close() on another thread waits for the callback of its
+/// connection, and the writer stays valid for that callback until it
+/// returns (see keel_writer_close()).
 pub type keel_net_event_fn =
     Option<unsafe extern "C" fn(user: *mut c_void, conn_id: u64, status: keel_status_t, message: *const c_char)>;
 
@@ -637,16 +640,39 @@ pub extern "C" fn keel_writer_stats(writer: *const keel_writer_t, out: *mut keel
 /// then the socket is shut down for writing, the peer's input is read
 /// until EOF and the fd is closed — on the reactor thread, within
 /// close_timeout_ms; the call itself does not wait for that. No event
-/// callback for this writer starts after it returns (one running on
-/// another thread is waited for). May be called from the event callback.
-/// NULL is a no-op returning OK. Must be the last call on the writer.
-/// Errors: INVALID_ARGUMENT (not a live handle).
+/// callback for this writer starts after it returns; one running on
+/// another thread is waited for, and until it has returned the handle
+/// stays valid for it: there keel_writer_send(), _send_batch() and
+/// _flush() answer CLOSED, keel_writer_id() and _stats() answer as usual,
+/// and keel_writer_close() of this writer answers BUSY and frees nothing.
+/// May be called from the event callback (also for the connection it
+/// reports). NULL is a no-op returning OK. Must be the last call on the
+/// writer from the host's own threads.
+/// Errors: INVALID_ARGUMENT (not a live handle), BUSY (called from the
+/// writer's event callback while another thread closes it: nothing is
+/// done, that close frees the handle).
 #[no_mangle]
 pub extern "C" fn keel_writer_close(writer: *mut keel_writer_t, err: *mut *mut keel_error_t) -> keel_status_t {
     ffi_boundary!(err, std::ptr::null::<u8>(), {
-        // SAFETY: by the C contract `writer` is NULL or a writer keel made and
-        // this is its last call, racing with none; take_handle checks the
-        // magic before taking it back.
+        if writer.is_null() {
+            return Ok(());
+        }
+        // Closed in place, the handle live: the writer's event callback may
+        // call in on it until `shut` has waited for it. SAFETY: by the C
+        // contract `writer` is a writer keel made and this is the host's
+        // last call on it, racing with no other call of the host's; only
+        // this call frees the handle, after that wait. closing_ref checks
+        // the magic (a poisoned writer is closed all the same), and the
+        // Writer is shared-borrowed, which every method allows.
+        if !unsafe { closing_ref(writer as *const keel_writer_t)? }.shut() {
+            return Err(Error::new(
+                KEEL_STATUS_BUSY,
+                "the writer is being closed by another thread, which waits for this event callback",
+            ));
+        }
+        // SAFETY: as above; no callback of this writer runs any more (shut
+        // waited for it, or this call is that callback), and take_handle
+        // checks the magic before it takes the handle back.
         drop(unsafe { take_handle(writer)? });
         Ok(())
     })

@@ -16,7 +16,7 @@ use crate::net::{Backend, WriterOptions};
 use crate::status::*;
 use parking_lot::{Condvar, Mutex, MutexGuard};
 use std::os::fd::RawFd;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -396,6 +396,8 @@ pub(crate) fn send_error(id: u64, errno: i32) -> Error {
 pub struct Writer {
     pub(crate) conn: Arc<Conn>,
     pub(crate) net: Arc<Shared>,
+    /// Set by the first `shut`; a second one is refused.
+    pub(crate) closing: AtomicBool,
 }
 
 impl Writer {
@@ -456,10 +458,25 @@ impl Writer {
     /// Closes the writer (R10): queued bytes are still sent, then the
     /// socket is shut down and closed by the reactor.
     pub fn close(self) {}
+
+    /// `close` through a shared reference, for keel_writer_close, which
+    /// frees the handle only once this returned: the writer's event
+    /// callback, which this waits for when it runs on another thread, may
+    /// call in on the handle until then (its sends answer CLOSED). False,
+    /// doing nothing, when the writer is being closed already: that is
+    /// such a callback closing its writer under the close that waits for
+    /// it, which must not free the handle.
+    pub(crate) fn shut(&self) -> bool {
+        if self.closing.swap(true, Ordering::AcqRel) {
+            return false;
+        }
+        self.net.close_conn(&self.conn);
+        true
+    }
 }
 
 impl Drop for Writer {
     fn drop(&mut self) {
-        self.net.close_conn(&self.conn);
+        self.shut();
     }
 }

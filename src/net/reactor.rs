@@ -314,7 +314,7 @@ impl Net {
     /// from then on (it closes it); on error it stays the caller's.
     pub fn adopt(&self, fd: RawFd, opts: &WriterOptions) -> Result<Writer> {
         let conn = self.shared.adopt(fd, opts)?;
-        Ok(Writer { conn, net: self.shared.clone() })
+        Ok(Writer { conn, net: self.shared.clone(), closing: AtomicBool::new(false) })
     }
 
     /// A publisher whose subscribers use `opts`.
