@@ -1561,9 +1561,9 @@ typedef struct keel_wal_options_t {
  * net). It may call keel_writer_close() / keel_publisher_unsubscribe()
  * (also for the connection it reports) and any send or publish function,
  * but not keel_net_close() (which then returns KEEL_STATUS_BUSY). A
- * keel_writer_close() on another thread waits for the callback of its
- * connection, and the writer stays valid for that callback until it
- * returns (see keel_writer_close()).
+ * keel_writer_close() or keel_publisher_close() on another thread waits
+ * for the callback of its connection, and the writer or publisher stays
+ * valid for that callback until it returns (see those functions).
  */
 typedef void (*keel_net_event_fn)(void *user,
                                   uint64_t conn_id,
@@ -3408,13 +3408,18 @@ keel_status_t keel_publisher_subscriber_stats(const struct keel_publisher_t *pub
 
 /**
  * Unsubscribes every subscriber (queued messages are still sent, see
- * keel_publisher_unsubscribe()) and frees the handle. NULL is a no-op
- * returning OK. Must be the last call on the publisher, including calls
- * from the event callback: if the callback uses the publisher (e.g. to
- * unsubscribe the connection it reports), close the keel_net_t first —
- * keel_net_close() returns only once no callback runs — or have the
- * callback hand the id to a host thread instead.
- * Errors: INVALID_ARGUMENT (not a live handle).
+ * keel_publisher_unsubscribe()) and frees the handle. No event callback
+ * for its subscribers starts after it returns; one running on another
+ * thread is waited for, and until it has returned the handle stays valid
+ * for it: there keel_publisher_publish(), _flush(), _subscribe() and
+ * _unsubscribe() answer CLOSED, keel_publisher_stats() answers as usual,
+ * and keel_publisher_close() of this publisher answers BUSY and frees
+ * nothing. May be called from the event callback. NULL is a no-op
+ * returning OK. Must be the last call on the publisher from the host's
+ * own threads.
+ * Errors: INVALID_ARGUMENT (not a live handle), BUSY (called from a
+ * subscriber's event callback while another thread closes the publisher:
+ * nothing is done, that close frees the handle).
  */
 keel_status_t keel_publisher_close(struct keel_publisher_t *publisher, struct keel_error_t **err);
 

@@ -17,7 +17,7 @@ use std::net::{TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, IntoRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::Ordering::SeqCst;
-use std::sync::atomic::{AtomicPtr, AtomicUsize};
+use std::sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -788,6 +788,9 @@ type Calls = Vec<(&'static str, keel_status_t)>;
 /// returned, all before it returns.
 struct Race {
     writer: AtomicPtr<c::keel_writer_t>,
+    publisher: AtomicPtr<c::keel_publisher_t>,
+    /// The subscriber of `publisher` the callback reports.
+    sub: AtomicU64,
     net: AtomicPtr<c::keel_net_t>,
     calls: fn(&Race) -> Calls,
     entered: std::sync::mpsc::Sender<()>,
@@ -822,6 +825,8 @@ fn race_net(backend: BackendChoice, calls: fn(&Race) -> Calls) -> (&'static Race
     let (go_tx, go) = std::sync::mpsc::channel();
     let race: &'static Race = Box::leak(Box::new(Race {
         writer: AtomicPtr::default(),
+        publisher: AtomicPtr::default(),
+        sub: AtomicU64::new(0),
         net: AtomicPtr::default(),
         calls,
         entered: entered_tx,
@@ -907,6 +912,51 @@ fn writer_close_waits_for_a_callback_that_calls_in(backend: BackendChoice) {
     assert!(rest.is_empty());
 }
 
+/// keel_publisher_close while the event callback of one of its
+/// subscribers runs: the close waits for it, and the callback may call in
+/// on the publisher meanwhile (to unsubscribe the connection it reports,
+/// say). The handle must stay valid until the close returns: publish and
+/// unsubscribe answer CLOSED, stats answer, and a second close is refused
+/// (BUSY) without freeing anything. It was freed before the wait, so these
+/// calls read freed memory.
+fn publisher_close_waits_for_a_callback_that_calls_in(backend: BackendChoice) {
+    let (race, net, entered) = race_net(backend, |r| {
+        let p = r.publisher.load(SeqCst);
+        // SAFETY: plain integers, valid all-zero.
+        let mut s: c::keel_publisher_stats_t = unsafe { std::mem::zeroed() };
+        s.struct_size = std::mem::size_of_val(&s) as u32;
+        vec![
+            ("publish", c::keel_publisher_publish(p, b"late".as_ptr(), 4, 0, std::ptr::null_mut())),
+            ("unsubscribe", c::keel_publisher_unsubscribe(p, r.sub.load(SeqCst), std::ptr::null_mut())),
+            ("stats", c::keel_publisher_stats(p, &mut s)),
+            ("close", c::keel_publisher_close(p, std::ptr::null_mut())),
+        ]
+    });
+    let mut p = std::ptr::null_mut();
+    assert_eq!(c::keel_publisher_new(net, &capped(), &mut p, std::ptr::null_mut()), KEEL_STATUS_OK);
+    race.publisher.store(p, SeqCst);
+    let (ours, mut peer) = UnixStream::pair().unwrap();
+    let mut id = 0;
+    assert_eq!(c::keel_publisher_subscribe(p, ours.into_raw_fd(), &mut id, std::ptr::null_mut()), KEEL_STATUS_OK);
+    race.sub.store(id, SeqCst);
+    // Over the hard cap: cut off, and reported at the drain point.
+    let big = [0u8; 2048];
+    assert_eq!(c::keel_publisher_publish(p, big.as_ptr(), big.len(), c::KEEL_PUBLISH_FLUSH, std::ptr::null_mut()), KEEL_STATUS_OK);
+    entered.recv().unwrap();
+    assert_eq!(c::keel_publisher_close(p, std::ptr::null_mut()), KEEL_STATUS_OK);
+    let seen = race.seen.lock().clone();
+    assert_eq!(seen.0, [CloseWait::Callback(id)]);
+    assert_eq!(
+        seen.1,
+        [("publish", KEEL_STATUS_CLOSED), ("unsubscribe", KEEL_STATUS_CLOSED), ("stats", KEEL_STATUS_OK), ("close", KEEL_STATUS_BUSY)]
+    );
+    assert_eq!(c::keel_net_close(net, std::ptr::null_mut()), KEEL_STATUS_OK);
+    assert_eq!(race.frees.load(SeqCst), 1);
+    let mut rest = Vec::new();
+    peer.read_to_end(&mut rest).unwrap();
+    assert!(rest.is_empty());
+}
+
 macro_rules! per_backend {
     ($($name:ident),* $(,)?) => {
         mod sendmsg {
@@ -938,6 +988,7 @@ per_backend!(
     a_message_in_parts_is_one_item,
     net_close_discards_input_within_the_close_timeout,
     writer_close_waits_for_a_callback_that_calls_in,
+    publisher_close_waits_for_a_callback_that_calls_in,
 );
 
 #[test]

@@ -96,9 +96,9 @@ pub const KEEL_PUBLISH_FLUSH: u32 = 1;
 /// net). It may call keel_writer_close() / keel_publisher_unsubscribe()
 /// (also for the connection it reports) and any send or publish function,
 /// but not keel_net_close() (which then returns KEEL_STATUS_BUSY). A
-/// keel_writer_close() on another thread waits for the callback of its
-/// connection, and the writer stays valid for that callback until it
-/// returns (see keel_writer_close()).
+/// keel_writer_close() or keel_publisher_close() on another thread waits
+/// for the callback of its connection, and the writer or publisher stays
+/// valid for that callback until it returns (see those functions).
 pub type keel_net_event_fn =
     Option<unsafe extern "C" fn(user: *mut c_void, conn_id: u64, status: keel_status_t, message: *const c_char)>;
 
@@ -807,19 +807,40 @@ pub extern "C" fn keel_publisher_subscriber_stats(
 }
 
 /// Unsubscribes every subscriber (queued messages are still sent, see
-/// keel_publisher_unsubscribe()) and frees the handle. NULL is a no-op
-/// returning OK. Must be the last call on the publisher, including calls
-/// from the event callback: if the callback uses the publisher (e.g. to
-/// unsubscribe the connection it reports), close the keel_net_t first —
-/// keel_net_close() returns only once no callback runs — or have the
-/// callback hand the id to a host thread instead.
-/// Errors: INVALID_ARGUMENT (not a live handle).
+/// keel_publisher_unsubscribe()) and frees the handle. No event callback
+/// for its subscribers starts after it returns; one running on another
+/// thread is waited for, and until it has returned the handle stays valid
+/// for it: there keel_publisher_publish(), _flush(), _subscribe() and
+/// _unsubscribe() answer CLOSED, keel_publisher_stats() answers as usual,
+/// and keel_publisher_close() of this publisher answers BUSY and frees
+/// nothing. May be called from the event callback. NULL is a no-op
+/// returning OK. Must be the last call on the publisher from the host's
+/// own threads.
+/// Errors: INVALID_ARGUMENT (not a live handle), BUSY (called from a
+/// subscriber's event callback while another thread closes the publisher:
+/// nothing is done, that close frees the handle).
 #[no_mangle]
 pub extern "C" fn keel_publisher_close(publisher: *mut keel_publisher_t, err: *mut *mut keel_error_t) -> keel_status_t {
     ffi_boundary!(err, std::ptr::null::<u8>(), {
-        // SAFETY: by the C contract `publisher` is NULL or a publisher keel
-        // made and this is its last call, including from the event callback
-        // (documented above); take_handle checks the magic.
+        if publisher.is_null() {
+            return Ok(());
+        }
+        // Closed in place, the handle live: a subscriber's event callback
+        // may call in on it until `shut` has waited for it. SAFETY: by the
+        // C contract `publisher` is a publisher keel made and this is the
+        // host's last call on it, racing with no other call of the host's;
+        // only this call frees the handle, after that wait. closing_ref
+        // checks the magic (a poisoned publisher is closed all the same),
+        // and the Publisher is shared-borrowed, which every method allows.
+        if !unsafe { closing_ref(publisher as *const keel_publisher_t)? }.shut() {
+            return Err(Error::new(
+                KEEL_STATUS_BUSY,
+                "the publisher is being closed by another thread, which waits for this event callback",
+            ));
+        }
+        // SAFETY: as above; no callback of its subscribers runs any more
+        // (shut waited for them, or this call is one), and take_handle
+        // checks the magic before it takes the handle back.
         drop(unsafe { take_handle(publisher)? });
         Ok(())
     })

@@ -207,16 +207,41 @@ impl Publisher {
 
     /// Unsubscribes everyone (queued messages are still sent).
     pub fn close(self) {}
+
+    /// `close` through a shared reference, for keel_publisher_close, which
+    /// frees the handle only once this returned: the event callback of a
+    /// subscriber, which this waits for when it runs on another thread,
+    /// may call in on the handle until then (publish and unsubscribe
+    /// answer CLOSED). False, doing nothing, when the publisher is being
+    /// closed already: that is such a callback closing the publisher under
+    /// the close that waits for it, which must not free the handle.
+    pub(crate) fn shut(&self) -> bool {
+        if self.closed.swap(true, Ordering::AcqRel) {
+            return false;
+        }
+        let subs = {
+            let mut subs = self.subs.lock();
+            // Counted as departed, as `unsubscribe` does, so that the
+            // totals `stats` gives while the close waits never go back.
+            let mut gone = self.departed.lock();
+            for c in subs.iter() {
+                let w = c.stats();
+                gone.sends += w.sends;
+                gone.bytes_sent += w.bytes_sent;
+                gone.items_sent += w.items_sent;
+            }
+            drop(gone);
+            std::mem::take(&mut *subs)
+        };
+        for c in subs {
+            self.net.close_conn(&c);
+        }
+        true
+    }
 }
 
 impl Drop for Publisher {
     fn drop(&mut self) {
-        if self.closed.swap(true, Ordering::AcqRel) {
-            return;
-        }
-        let subs = std::mem::take(&mut *self.subs.lock());
-        for c in subs {
-            self.net.close_conn(&c);
-        }
+        self.shut();
     }
 }
