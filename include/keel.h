@@ -1562,8 +1562,9 @@ typedef struct keel_wal_options_t {
  * (also for the connection it reports) and any send or publish function,
  * but not keel_net_close() (which then returns KEEL_STATUS_BUSY). A
  * keel_writer_close() or keel_publisher_close() on another thread waits
- * for the callback of its connection, and the writer or publisher stays
- * valid for that callback until it returns (see those functions).
+ * for the callback of its connection, keel_net_close() for any callback,
+ * and the handle being closed stays valid for that callback until it
+ * returns (see those functions).
  */
 typedef void (*keel_net_event_fn)(void *user,
                                   uint64_t conn_id,
@@ -3222,10 +3223,14 @@ keel_status_t keel_net_backend(const struct keel_net_t *net, uint32_t *out);
  * the net's other connections) and the fd closed (also for writers
  * closed earlier that were still waiting for their peer). An fd adopted here
  * cannot be adopted by another net until keel closed it (INVALID_ARGUMENT).
- * No callback runs after it returns. Writer
- * and publisher handles stay valid and answer KEEL_STATUS_CLOSED; close
- * them as usual. NULL is a no-op returning OK. Must not race with other
- * calls on the net handle.
+ * No callback runs after it returns; one running meanwhile may still
+ * call in on the net, whose handle stays valid until then: there
+ * keel_writer_adopt() and keel_publisher_new() answer CLOSED,
+ * keel_net_backend() and _fallback() answer as usual, and
+ * keel_net_close() answers BUSY. Writer and publisher handles stay valid
+ * and answer KEEL_STATUS_CLOSED; close them as usual. NULL is a no-op
+ * returning OK. Must not race with other calls on the net handle from
+ * the host's own threads.
  * Errors: BUSY (called from the event callback; nothing was closed),
  * POISONED (the reactor thread had panicked; the handle is freed anyway),
  * INVALID_ARGUMENT (not a live handle).

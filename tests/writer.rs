@@ -957,6 +957,49 @@ fn publisher_close_waits_for_a_callback_that_calls_in(backend: BackendChoice) {
     assert!(rest.is_empty());
 }
 
+/// keel_net_close while an event callback runs: the close joins the
+/// reactor thread, which is in the callback, and the callback may call in
+/// on its net meanwhile (keel.h: a keel_net_close from it answers BUSY).
+/// The handle must stay valid until the close returns: the callback's
+/// close answers BUSY, keel_net_backend answers, an adopt answers CLOSED
+/// (the fd stays the caller's) and so does a send on the net's writer. It
+/// was freed before the join, so these calls read freed memory.
+fn net_close_waits_for_a_callback_that_calls_in(backend: BackendChoice) {
+    let (race, net, entered) = race_net(backend, |r| {
+        let n = r.net.load(SeqCst);
+        let mut running = 0u32;
+        let (ours, _peer) = UnixStream::pair().unwrap();
+        let mut w = std::ptr::null_mut();
+        vec![
+            ("close", c::keel_net_close(n, std::ptr::null_mut())),
+            ("backend", c::keel_net_backend(n, &mut running)),
+            ("adopt", c::keel_writer_adopt(n, ours.as_raw_fd(), std::ptr::null(), &mut w, std::ptr::null_mut())),
+            ("send", c::keel_writer_send(r.writer.load(SeqCst), b"late".as_ptr(), 4, 0, std::ptr::null_mut())),
+        ]
+    });
+    let (ours, mut peer) = UnixStream::pair().unwrap();
+    let mut w = std::ptr::null_mut();
+    assert_eq!(c::keel_writer_adopt(net, ours.into_raw_fd(), &capped(), &mut w, std::ptr::null_mut()), KEEL_STATUS_OK);
+    race.writer.store(w, SeqCst);
+    // Over the hard cap: cut off, and its callback starts on the reactor.
+    assert_eq!(c::keel_writer_send(w, [0u8; 2048].as_ptr(), 2048, 0, std::ptr::null_mut()), KEEL_STATUS_BUSY);
+    entered.recv().unwrap();
+    assert_eq!(c::keel_net_close(net, std::ptr::null_mut()), KEEL_STATUS_OK);
+    // The close joined the reactor, so the callback has made its calls.
+    let seen = race.seen.lock().clone();
+    assert_eq!(seen.0, [CloseWait::Reactor]);
+    assert_eq!(
+        seen.1,
+        [("close", KEEL_STATUS_BUSY), ("backend", KEEL_STATUS_OK), ("adopt", KEEL_STATUS_CLOSED), ("send", KEEL_STATUS_CLOSED)]
+    );
+    assert_eq!(race.frees.load(SeqCst), 1);
+    // The writer outlives its net, and closes as usual.
+    assert_eq!(c::keel_writer_close(w, std::ptr::null_mut()), KEEL_STATUS_OK);
+    let mut rest = Vec::new();
+    peer.read_to_end(&mut rest).unwrap();
+    assert!(rest.is_empty());
+}
+
 macro_rules! per_backend {
     ($($name:ident),* $(,)?) => {
         mod sendmsg {
@@ -989,6 +1032,7 @@ per_backend!(
     net_close_discards_input_within_the_close_timeout,
     writer_close_waits_for_a_callback_that_calls_in,
     publisher_close_waits_for_a_callback_that_calls_in,
+    net_close_waits_for_a_callback_that_calls_in,
 );
 
 #[test]

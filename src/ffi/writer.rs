@@ -2,7 +2,7 @@
 //! `keel_publisher_*`). The rules behind it: docs/WRITER.md.
 
 use crate::error::Error;
-use crate::ffi::boundary::{closing_ref, handle_ref, in_bytes, in_packed, into_handle, out_ptr, take_handle, Opaque};
+use crate::ffi::boundary::{closing_ref, in_bytes, in_packed, into_handle, out_ptr, take_handle, Opaque};
 use crate::ffi::buf::copy_out_c_string;
 use crate::ffi::error::keel_error_t;
 use crate::ffi::versioned::{init_options, read_options, write_stats};
@@ -97,8 +97,9 @@ pub const KEEL_PUBLISH_FLUSH: u32 = 1;
 /// (also for the connection it reports) and any send or publish function,
 /// but not keel_net_close() (which then returns KEEL_STATUS_BUSY). A
 /// keel_writer_close() or keel_publisher_close() on another thread waits
-/// for the callback of its connection, and the writer or publisher stays
-/// valid for that callback until it returns (see those functions).
+/// for the callback of its connection, keel_net_close() for any callback,
+/// and the handle being closed stays valid for that callback until it
+/// returns (see those functions).
 pub type keel_net_event_fn =
     Option<unsafe extern "C" fn(user: *mut c_void, conn_id: u64, status: keel_status_t, message: *const c_char)>;
 
@@ -456,10 +457,14 @@ pub extern "C" fn keel_net_backend(net: *const keel_net_t, out: *mut u32) -> kee
 /// the net's other connections) and the fd closed (also for writers
 /// closed earlier that were still waiting for their peer). An fd adopted here
 /// cannot be adopted by another net until keel closed it (INVALID_ARGUMENT).
-/// No callback runs after it returns. Writer
-/// and publisher handles stay valid and answer KEEL_STATUS_CLOSED; close
-/// them as usual. NULL is a no-op returning OK. Must not race with other
-/// calls on the net handle.
+/// No callback runs after it returns; one running meanwhile may still
+/// call in on the net, whose handle stays valid until then: there
+/// keel_writer_adopt() and keel_publisher_new() answer CLOSED,
+/// keel_net_backend() and _fallback() answer as usual, and
+/// keel_net_close() answers BUSY. Writer and publisher handles stay valid
+/// and answer KEEL_STATUS_CLOSED; close them as usual. NULL is a no-op
+/// returning OK. Must not race with other calls on the net handle from
+/// the host's own threads.
 /// Errors: BUSY (called from the event callback; nothing was closed),
 /// POISONED (the reactor thread had panicked; the handle is freed anyway),
 /// INVALID_ARGUMENT (not a live handle).
@@ -469,19 +474,23 @@ pub extern "C" fn keel_net_close(net: *mut keel_net_t, err: *mut *mut keel_error
         if net.is_null() {
             return Ok(());
         }
-        // SAFETY: by the C contract `net` is a net keel made and not closed
-        // (NULL returned above); handle_ref checks the magic, and the borrow
-        // ends before take_handle below frees the handle.
-        if let Ok(n) = unsafe { handle_ref(net as *const keel_net_t) } {
-            if n.net.on_reactor_thread() {
-                return Err(Error::new(KEEL_STATUS_BUSY, "keel_net_close() cannot be called from the event callback"));
-            }
+        // Stopped in place, the handle live: an event callback running
+        // until the reactor thread ends may call in on it. SAFETY: by the
+        // C contract `net` is a net keel made and this is the host's last
+        // call on it, racing with no other call of the host's; only this
+        // call frees the handle, once the reactor thread has ended.
+        // closing_ref checks the magic (not the poison mark: a net whose
+        // reactor panicked is freed all the same), and the NetHandle is
+        // shared-borrowed, which its methods allow.
+        let n = unsafe { closing_ref(net as *const keel_net_t)? };
+        if n.net.on_reactor_thread() {
+            return Err(Error::new(KEEL_STATUS_BUSY, "keel_net_close() cannot be called from the event callback"));
         }
-        // SAFETY: this close is the net's last call and races with none (C
-        // contract), nor with its own callback (refused above); take_handle
-        // checks the magic before taking it back.
+        let result = n.net.stop();
+        // SAFETY: as above; the reactor thread, the only one that runs
+        // callbacks, has ended, and take_handle checks the magic before it
+        // takes the handle back.
         let Some(h) = (unsafe { take_handle(net)? }) else { return Ok(()) };
-        let result = h.net.close();
         if let Some(cb) = h.callback {
             cb.release();
         }

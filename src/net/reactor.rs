@@ -210,7 +210,8 @@ impl Drop for Shared {
 /// A reactor thread with its backend: the home of adopted sockets.
 pub struct Net {
     shared: Arc<Shared>,
-    thread: Option<JoinHandle<()>>,
+    /// Taken by the first `stop`.
+    thread: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl Net {
@@ -297,7 +298,7 @@ impl Net {
                 }
             })
             .map_err(|e| Error::io("spawn the keel-net reactor thread", e))?;
-        Ok(Net { shared, thread: Some(thread) })
+        Ok(Net { shared, thread: Mutex::new(Some(thread)) })
     }
 
     pub fn backend(&self) -> Backend {
@@ -341,12 +342,16 @@ impl Net {
 
     /// Closes every connection (flushing each within its close timeout)
     /// and stops the reactor thread; no callback runs after this returns.
-    pub fn close(mut self) -> Result<()> {
+    pub fn close(self) -> Result<()> {
         self.stop()
     }
 
-    fn stop(&mut self) -> Result<()> {
-        let Some(thread) = self.thread.take() else { return Ok(()) };
+    /// `close` through a shared reference, for keel_net_close, which frees
+    /// the handle only once this returned: an event callback running
+    /// until the reactor thread ends may call in on the handle meanwhile
+    /// (adopts then answer CLOSED). Later calls do nothing.
+    pub(crate) fn stop(&self) -> Result<()> {
+        let Some(thread) = self.thread.lock().take() else { return Ok(()) };
         self.shared.stopping.store(true, Ordering::SeqCst);
         self.shared.cmd(Cmd::Stop);
         if self.on_reactor_thread() {
