@@ -782,7 +782,8 @@ fn net_close_discards_input_within_the_close_timeout(backend: BackendChoice) {
 type Calls = Vec<(&'static str, keel_status_t)>;
 
 /// What the C event callback of the close races below shares with its
-/// test (its user_data): the callback says when it has started, waits
+/// test (its user_data, one reference of an Arc that keel releases with
+/// user_data_free at net close): the callback says when it has started, waits
 /// until the close it races waits for it (the net's close-wait hook), then
 /// makes `calls` on the handles being closed and records what they
 /// returned, all before it returns.
@@ -801,7 +802,8 @@ struct Race {
 }
 
 unsafe extern "C" fn race_event(user: *mut libc::c_void, _: u64, _: keel_status_t, _: *const libc::c_char) {
-    // SAFETY: user_data is the test's Race, leaked, so alive for ever.
+    // SAFETY: user_data is a reference of the test's Arc<Race>, released
+    // only by race_free, which keel calls after the last callback.
     let race = unsafe { &*(user as *const Race) };
     let _ = race.entered.send(());
     let Ok(at) = race.go.lock().recv() else { return };
@@ -812,18 +814,20 @@ unsafe extern "C" fn race_event(user: *mut libc::c_void, _: u64, _: keel_status_
 }
 
 unsafe extern "C" fn race_free(user: *mut libc::c_void) {
-    // SAFETY: as in race_event.
-    let race = unsafe { &*(user as *const Race) };
-    race.frees.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+    // SAFETY: user_data came from Arc::into_raw in race_net, and keel
+    // calls this once, after the last callback: the reference is given
+    // back here and never used again.
+    let race = unsafe { Arc::from_raw(user as *const Race) };
+    race.frees.fetch_add(1, SeqCst);
 }
 
 /// A net opened through the C API whose event callback runs the race's
 /// calls once a close waits for it; `entered` receives when a callback
 /// has started.
-fn race_net(backend: BackendChoice, calls: fn(&Race) -> Calls) -> (&'static Race, *mut c::keel_net_t, std::sync::mpsc::Receiver<()>) {
+fn race_net(backend: BackendChoice, calls: fn(&Race) -> Calls) -> (Arc<Race>, *mut c::keel_net_t, std::sync::mpsc::Receiver<()>) {
     let (entered_tx, entered) = std::sync::mpsc::channel();
     let (go_tx, go) = std::sync::mpsc::channel();
-    let race: &'static Race = Box::leak(Box::new(Race {
+    let race = Arc::new(Race {
         writer: AtomicPtr::default(),
         publisher: AtomicPtr::default(),
         sub: AtomicU64::new(0),
@@ -833,7 +837,7 @@ fn race_net(backend: BackendChoice, calls: fn(&Race) -> Calls) -> (&'static Race
         go: Mutex::new(go),
         seen: Mutex::default(),
         frees: AtomicUsize::new(0),
-    }));
+    });
     // SAFETY: keel_net_options_t is plain data (integers, pointers and
     // Options of fn pointers), for which all-zero bytes are valid; the
     // init call below fills it.
@@ -845,7 +849,7 @@ fn race_net(backend: BackendChoice, calls: fn(&Race) -> Calls) -> (&'static Race
         BackendChoice::Default => c::KEEL_NET_BACKEND_DEFAULT,
     };
     o.on_event = Some(race_event);
-    o.user_data = race as *const Race as *mut libc::c_void;
+    o.user_data = Arc::into_raw(race.clone()) as *mut libc::c_void;
     o.user_data_free = Some(race_free);
     let mut net = std::ptr::null_mut();
     assert_eq!(c::keel_net_open(&o, &mut net, std::ptr::null_mut()), KEEL_STATUS_OK);
@@ -905,7 +909,7 @@ fn writer_close_waits_for_a_callback_that_calls_in(backend: BackendChoice) {
     assert_eq!(seen.0, [CloseWait::Callback(id)]);
     assert_eq!(seen.1, [("send", KEEL_STATUS_CLOSED), ("stats", KEEL_STATUS_OK), ("close", KEEL_STATUS_BUSY)]);
     assert_eq!(c::keel_net_close(net, std::ptr::null_mut()), KEEL_STATUS_OK);
-    assert_eq!(race.frees.load(SeqCst), 1);
+    assert_eq!((race.frees.load(SeqCst), Arc::strong_count(&race)), (1, 1), "user_data released once");
     // The fd was closed: the peer reads EOF (nothing was ever sent).
     let mut rest = Vec::new();
     peer.read_to_end(&mut rest).unwrap();
@@ -951,7 +955,7 @@ fn publisher_close_waits_for_a_callback_that_calls_in(backend: BackendChoice) {
         [("publish", KEEL_STATUS_CLOSED), ("unsubscribe", KEEL_STATUS_CLOSED), ("stats", KEEL_STATUS_OK), ("close", KEEL_STATUS_BUSY)]
     );
     assert_eq!(c::keel_net_close(net, std::ptr::null_mut()), KEEL_STATUS_OK);
-    assert_eq!(race.frees.load(SeqCst), 1);
+    assert_eq!((race.frees.load(SeqCst), Arc::strong_count(&race)), (1, 1), "user_data released once");
     let mut rest = Vec::new();
     peer.read_to_end(&mut rest).unwrap();
     assert!(rest.is_empty());
@@ -992,7 +996,7 @@ fn net_close_waits_for_a_callback_that_calls_in(backend: BackendChoice) {
         seen.1,
         [("close", KEEL_STATUS_BUSY), ("backend", KEEL_STATUS_OK), ("adopt", KEEL_STATUS_CLOSED), ("send", KEEL_STATUS_CLOSED)]
     );
-    assert_eq!(race.frees.load(SeqCst), 1);
+    assert_eq!((race.frees.load(SeqCst), Arc::strong_count(&race)), (1, 1), "user_data released once");
     // The writer outlives its net, and closes as usual.
     assert_eq!(c::keel_writer_close(w, std::ptr::null_mut()), KEEL_STATUS_OK);
     let mut rest = Vec::new();
