@@ -6,10 +6,19 @@
 //!
 //! Needs root, `mkfs.ext4`, `e2fsck` and a loop device; `mount` says so
 //! and returns None where they are missing.
+//!
+//! One image at a time per test process (`ONE_AT_A_TIME`): a process
+//! forked to run `mount`, `umount` or `e2fsck` for one test holds a copy
+//! of every descriptor of the test process until it calls exec, those of
+//! another test's files in its image too, and that test's umount then
+//! fails with EBUSY though it closed them all.
 
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::Command;
+use std::sync::{Mutex, MutexGuard};
+
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 pub struct Ext4Image {
     base: PathBuf,
@@ -18,15 +27,29 @@ pub struct Ext4Image {
     image: PathBuf,
     /// Where the file system is mounted.
     pub at: PathBuf,
+    /// Held from the mount until the image is dropped (unmounted).
+    _alone: MutexGuard<'static, ()>,
 }
 
 fn run(c: &mut Command) -> bool {
     c.output().map(|o| o.status.success()).unwrap_or(false)
 }
 
+/// Runs `c`; on failure, what it printed.
+fn run_or_say(c: &mut Command) -> Result<(), String> {
+    match c.output() {
+        Ok(o) if o.status.success() => Ok(()),
+        Ok(o) => Err(format!("{}: {}{}", o.status, String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 impl Ext4Image {
     /// A fresh file system of `mib` MiB, mounted.
     pub fn mount(tag: &str, mib: u64) -> Option<Ext4Image> {
+        // A test that failed holding it poisoned it; the image it held is
+        // unmounted all the same (Drop).
+        let alone = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
         let base = std::env::temp_dir().join(format!("keel-ext4-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&base);
         let backing = base.join("backing");
@@ -40,7 +63,7 @@ impl Ext4Image {
             && std::fs::File::create(&image).and_then(|f| f.set_len(mib << 20)).is_ok()
             && run(Command::new("mkfs.ext4").args(["-q", "-F", "-m", "0"]).arg(&image))
             && run(Command::new("mount").args(["-o", "loop"]).arg(&image).arg(&at));
-        let disk = Ext4Image { base, backing, image, at };
+        let disk = Ext4Image { base, backing, image, at, _alone: alone };
         if !mounted {
             eprintln!("skipped: cannot make and mount an ext4 image (needs root, mkfs.ext4 and a loop device)");
             return None;
@@ -97,11 +120,19 @@ impl Ext4Image {
     /// Unmounts the file system, repairs it as an operator would after a
     /// device failure (`e2fsck -fy`) and mounts it again.
     pub fn remount(&self) {
-        assert!(run(Command::new("umount").arg(&self.at)), "umount {}", self.at.display());
+        if let Err(e) = run_or_say(Command::new("umount").arg(&self.at)) {
+            panic!("umount {}: {e}; open in it: {:?}", self.at.display(), self.open_in_it());
+        }
         // 0: clean, 1 or 2: errors corrected; more: not repaired.
         let fsck = Command::new("e2fsck").arg("-fy").arg(&self.image).output().unwrap();
         assert!(fsck.status.code().is_some_and(|c| c <= 2), "e2fsck: {}", String::from_utf8_lossy(&fsck.stdout));
         assert!(run(Command::new("mount").args(["-o", "loop"]).arg(&self.image).arg(&self.at)), "mount again");
+    }
+
+    /// This process's descriptors of files in the mounted file system.
+    fn open_in_it(&self) -> Vec<PathBuf> {
+        let fds = std::fs::read_dir("/proc/self/fd").into_iter().flatten().flatten();
+        fds.filter_map(|fd| std::fs::read_link(fd.path()).ok()).filter(|p| p.starts_with(&self.at)).collect()
     }
 }
 
