@@ -29,6 +29,10 @@ fn shard_options() -> Options {
 struct RawPeer {
     s: TcpStream,
     buf: Vec<u8>,
+    /// While an answer is awaited: when to give up on it. The node's PINGs
+    /// keep every read short, so the socket's read timeout alone never
+    /// ends a wait for an ACK that does not come.
+    until: Option<std::time::Instant>,
 }
 
 fn nonce() -> [u8; NONCE_LEN] {
@@ -45,7 +49,7 @@ impl RawPeer {
     fn connect(addr: std::net::SocketAddr, my_id: u64) -> RawPeer {
         let s = TcpStream::connect(addr).unwrap();
         s.set_read_timeout(Some(HANG_GUARD)).unwrap();
-        let mut p = RawPeer { s, buf: Vec::new() };
+        let mut p = RawPeer { s, buf: Vec::new(), until: None };
         let hello = Hello { min_version: PROTOCOL_MIN, max_version: PROTOCOL_MAX, node_id: my_id, nonce: nonce(), has_secret: false };
         p.send(types::HELLO, &hello.encode());
         p.send(types::READY, &[]);
@@ -69,6 +73,9 @@ impl RawPeer {
     /// The next frame (None at the end of the stream); PINGs are answered.
     fn read_frame(&mut self) -> Option<(u16, Vec<u8>)> {
         loop {
+            if self.until.is_some_and(|u| std::time::Instant::now() > u) {
+                panic!("hang guard: no answer from the node within {HANG_GUARD:?}");
+            }
             if let Ok(Some(f)) = frame::decode(&self.buf, u32::MAX) {
                 let payload = self.buf[HEADER_LEN..f.len].to_vec();
                 self.buf.drain(..f.len);
@@ -95,12 +102,15 @@ impl RawPeer {
 
     /// The ACK of the next step answered.
     fn ack(&mut self) -> wire::Ack {
-        loop {
+        self.until = Some(std::time::Instant::now() + HANG_GUARD);
+        let ack = loop {
             let (ty, p) = self.read_frame().expect("the node closed the connection before it answered");
             if ty == wire::ACK {
-                return wire::Ack::decode(&p).unwrap();
+                break wire::Ack::decode(&p).unwrap();
             }
-        }
+        };
+        self.until = None;
+        ack
     }
 
     /// Sends a step and returns its ACK.
