@@ -433,7 +433,10 @@ fn a_fence_bucket_longer_than_a_key_is_refused() {
         ops
     };
     ok(&p.call(wire::START, 2, 1, &start_body(wire::MODE_SNAPSHOT)), "START");
-    ok(&p.call(wire::BEGIN, 2, 2, &begin_snapshot_body(5)), "BEGIN");
+    // With the source's checksum of its base record: the WAL delta below
+    // builds on the snapshot, and START must show that record for it.
+    let begin = [&[wire::MODE_SNAPSHOT][..], &5u64.to_le_bytes(), &[1], &7u32.to_le_bytes()].concat();
+    ok(&p.call(wire::BEGIN, 2, 2, &begin), "BEGIN");
     ok(&p.call(wire::SNAPSHOT_END, 2, 3, &state(b"b")), "SNAPSHOT_END");
     let refused = p.call(wire::OPS, 2, 4, &ops(&long));
     assert_eq!(refused.status, KEEL_STATUS_PROTOCOL, "{refused:?}");
@@ -444,4 +447,65 @@ fn a_fence_bucket_longer_than_a_key_is_refused() {
     ok(&p.call(wire::FINISH, 3, 4, &6u64.to_le_bytes()), "FINISH");
     let shard = dst.engine.open_shard(SHARD, false).unwrap();
     assert_eq!(shard.fence_highest(&long[1..]), Some(3));
+}
+
+/// A snapshot cancelled before its SNAPSHOT_END leaves a shard that holds
+/// only some of its entries, yet says it is at the snapshot's version. A
+/// START of a WAL delta then answered that version (with no record of it
+/// to show), and a source that skipped the history check finished the
+/// shard there: with BEGIN, or with FINISH straight after START. The host
+/// got a shard missing entries, no longer marked incoming. A WAL delta now
+/// begins only with BEGIN, and only from a version whose record START
+/// showed; until a snapshot completes the shard stays BUSY, and one does.
+#[test]
+fn a_wal_delta_cannot_finish_the_remains_of_a_snapshot() {
+    let dst = Side::temp("hostile-remains", node_options(2), Options { seal_bytes: 4096, ..shard_options() });
+    dst.transfers.expect(SHARD, 1);
+    let mut p = RawPeer::connect(dst.node.addr(), 1);
+    let big = vec![7u8; 3000];
+    let begin = [&[wire::MODE_SNAPSHOT][..], &5u64.to_le_bytes(), &[1], &0x1234u32.to_le_bytes()].concat();
+    ok(&p.call(wire::START, 1, 1, &start_body(wire::MODE_SNAPSHOT)), "START");
+    ok(&p.call(wire::BEGIN, 1, 2, &begin), "BEGIN");
+    // Past seal_bytes: the first batch is sealed into a table at once.
+    ok(&p.call(wire::ENTRIES, 1, 3, &entries_body(&[(b"a", value(3, &big)), (b"b", value(4, &big))])), "ENTRIES");
+    ok(&p.call(wire::ENTRIES, 1, 4, &entries_body(&[(b"c", value(5, &big))])), "ENTRIES");
+    // The source gives up before SNAPSHOT_END.
+    p.send_step(wire::CANCEL, 1, 0, &[]);
+    let delta_begin = [&[wire::MODE_DELTA][..], &5u64.to_le_bytes()].concat();
+    type Steps<'a> = &'a [(u16, &'a [u8])];
+    let attempts: [(&str, Steps); 2] = [
+        ("BEGIN of a delta, then FINISH", &[(wire::BEGIN, &delta_begin), (wire::FINISH, &5u64.to_le_bytes())]),
+        ("FINISH without BEGIN", &[(wire::FINISH, &5u64.to_le_bytes())]),
+    ];
+    for (i, (what, steps)) in attempts.iter().enumerate() {
+        let id = 10 + i as u64;
+        let start = p.call(wire::START, id, 1, &start_body(wire::MODE_DELTA));
+        ok(&start, what);
+        assert_eq!(start.crc, None, "{what}: no record of version {} to show: {start:?}", start.version);
+        let mut refused = None;
+        for (n, (ty, body)) in steps.iter().enumerate() {
+            let a = p.call(*ty, id, n as u64 + 2, body);
+            if a.status != KEEL_STATUS_OK {
+                refused = Some(a);
+                break;
+            }
+        }
+        let refused = refused.unwrap_or_else(|| {
+            let shard = dst.engine.open_shard(SHARD, false).unwrap();
+            let got: Vec<_> = [b"a", b"b", b"c"].iter().map(|k| shard.get(*k).unwrap().map(|e| e.version)).collect();
+            panic!("{what}: the remains of a snapshot were finished and handed to the host, holding {got:?}")
+        });
+        assert_eq!(refused.status, KEEL_STATUS_PROTOCOL, "{what}: {refused:?}");
+        let busy = dst.engine.open_shard(SHARD, false).map(drop).unwrap_err();
+        assert_eq!(busy.status, KEEL_STATUS_BUSY, "{what}: the shard stays incoming: {busy}");
+    }
+    // A snapshot then completes in its place.
+    ok(&p.call(wire::START, 20, 1, &start_body(wire::MODE_SNAPSHOT)), "START");
+    ok(&p.call(wire::BEGIN, 20, 2, &begin), "BEGIN");
+    ok(&p.call(wire::ENTRIES, 20, 3, &entries_body(&[(b"a", value(3, b"one")), (b"c", value(5, b"three"))])), "ENTRIES");
+    ok(&p.call(wire::SNAPSHOT_END, 20, 4, &[]), "SNAPSHOT_END");
+    ok(&p.call(wire::FINISH, 20, 5, &5u64.to_le_bytes()), "FINISH");
+    let shard = dst.engine.open_shard(SHARD, false).unwrap();
+    let got: Vec<_> = [b"a", b"b", b"c"].iter().map(|k| shard.get(*k).unwrap().map(|e| e.value)).collect();
+    assert_eq!(got, [Some(Value::Bytes(b"one".to_vec())), None, Some(Value::Bytes(b"three".to_vec()))]);
 }

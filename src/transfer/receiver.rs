@@ -92,6 +92,17 @@ struct Incoming {
     last: Option<Answered>,
     /// Taken by the engine once BEGIN (or, for a WAL delta, START) opened it.
     shard: Option<Shard>,
+    /// BEGIN was taken: only then may the shard take OPS, FORWARD or
+    /// FINISH (a WAL delta's START opens the shard to answer its version,
+    /// not to build on it unchecked).
+    begun: bool,
+    /// The version whose record START showed the source (its crc32 in the
+    /// ACK), the one version a WAL delta may begin from. None when START
+    /// had no record to show: no shard, the remains of a snapshot that
+    /// never reached its end (which claim the snapshot's version while
+    /// holding only the entries that arrived), or a record gone. Then only
+    /// a snapshot may follow, as the source's history check decides too.
+    shown: Option<u64>,
     /// Inside a snapshot: from its BEGIN until its SNAPSHOT_END, the only
     /// stretch that takes ENTRIES, and one that OPS, FORWARD and FINISH
     /// may not cut short (its entries are durable only at its end).
@@ -378,6 +389,8 @@ impl Receiver {
             step: 1,
             last: None,
             shard: None,
+            begun: false,
+            shown: None,
             snapshot: false,
             base: None,
             snapshot_version: 0,
@@ -392,6 +405,7 @@ impl Receiver {
                     Ok(crc) => {
                         ack.version = shard.last_version();
                         ack.crc = crc;
+                        inc.shown = crc.map(|_| ack.version);
                         inc.shard = Some(shard);
                     }
                     // Given back either way: a shard left taken with no
@@ -486,15 +500,27 @@ impl Receiver {
                         inc.shard = Some(shard);
                         inc.snapshot = true;
                         inc.snapshot_version = base;
+                        // The shard START showed is gone: nothing is left
+                        // for a WAL delta to begin from but this snapshot.
+                        inc.shown = None;
                     }
                     wire::MODE_DELTA => {
                         let have = inc.shard.as_ref().map_or(0, |s| s.last_version());
                         if inc.shard.is_none() || have != base {
                             return Err(protocol(format!("a WAL delta after version {base}, but this shard is at {have}")));
                         }
+                        // Without a record START showed, the source could
+                        // not check the histories agree: a correct one
+                        // sends a snapshot then.
+                        if inc.shown != Some(base) {
+                            return Err(protocol(format!(
+                                "a WAL delta after version {base}, but START showed no record of that version to check the histories against (send a snapshot)"
+                            )));
+                        }
                     }
                     other => return Err(protocol(format!("unknown mode {other}"))),
                 }
+                inc.begun = true;
                 ack.version = base;
             }
             wire::PART => {
@@ -587,6 +613,7 @@ fn install(inc: &mut Incoming) -> Result<()> {
 /// inside a snapshot (`snapshot`) or outside one.
 fn shard_of(inc: &Incoming, snapshot: bool) -> Result<&Shard> {
     match (&inc.shard, inc.snapshot, snapshot) {
+        _ if !inc.begun => Err(Error::new(KEEL_STATUS_PROTOCOL, "a transfer frame arrived before BEGIN")),
         (Some(s), inside, wanted) if inside == wanted => Ok(s),
         (None, ..) => Err(Error::new(KEEL_STATUS_PROTOCOL, "a transfer frame arrived before BEGIN opened the shard")),
         (Some(_), _, true) => Err(Error::new(KEEL_STATUS_PROTOCOL, "a snapshot's frame arrived outside a snapshot (before its BEGIN or after its SNAPSHOT_END)")),
