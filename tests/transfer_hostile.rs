@@ -509,3 +509,40 @@ fn a_wal_delta_cannot_finish_the_remains_of_a_snapshot() {
     let got: Vec<_> = [b"a", b"b", b"c"].iter().map(|k| shard.get(*k).unwrap().map(|e| e.value)).collect();
     assert_eq!(got, [Some(Value::Bytes(b"one".to_vec())), None, Some(Value::Bytes(b"three".to_vec()))]);
 }
+
+/// The records of one OPS batch carry versions that follow one another.
+/// A batch whose second record repeated the last version a log can number
+/// (u64::MAX, u64::MAX) overflowed the shard's gap check: in a debug build
+/// the step thread panicked and the step was never answered. Such a batch
+/// is refused now, before the shard sees it, and the shard goes on.
+#[test]
+fn ops_whose_versions_do_not_follow_one_another_are_refused() {
+    let dst = Side::temp("hostile-ops-order", node_options(2), shard_options());
+    dst.transfers.expect(SHARD, 1);
+    let mut p = RawPeer::connect(dst.node.addr(), 1);
+    let put = |key: &[u8]| Op::Put { key: key.to_vec(), value: b"x".to_vec() }.encode();
+    let batch = |versions: &[u64]| {
+        let mut ops = (versions.len() as u32).to_le_bytes().to_vec();
+        for v in versions {
+            wire::put_op(&mut ops, *v, &put(b"c"));
+        }
+        ops
+    };
+    let base = u64::MAX - 2;
+    let begin = [&[wire::MODE_SNAPSHOT][..], &base.to_le_bytes(), &[1], &7u32.to_le_bytes()].concat();
+    ok(&p.call(wire::START, 9, 1, &start_body(wire::MODE_SNAPSHOT)), "START");
+    ok(&p.call(wire::BEGIN, 9, 2, &begin), "BEGIN");
+    ok(&p.call(wire::SNAPSHOT_END, 9, 3, &[]), "SNAPSHOT_END");
+    ok(&p.call(wire::OPS, 9, 4, &batch(&[u64::MAX - 1])), "OPS at u64::MAX - 1");
+    let refused = p.call(wire::OPS, 9, 5, &batch(&[u64::MAX, u64::MAX]));
+    assert_eq!(refused.status, KEEL_STATUS_PROTOCOL, "{refused:?}");
+    // The shard took nothing of it and finishes where it was.
+    dst.transfers.expect(SHARD, 1);
+    let start = p.call(wire::START, 10, 1, &start_body(wire::MODE_DELTA));
+    ok(&start, "START of a WAL delta");
+    assert_eq!(start.version, u64::MAX - 1, "{start:?}");
+    ok(&p.call(wire::BEGIN, 10, 2, &[&[wire::MODE_DELTA][..], &(u64::MAX - 1).to_le_bytes()].concat()), "BEGIN");
+    ok(&p.call(wire::FINISH, 10, 3, &(u64::MAX - 1).to_le_bytes()), "FINISH");
+    let shard = dst.engine.open_shard(SHARD, false).unwrap();
+    assert_eq!(shard.get(b"c").unwrap().map(|e| e.version), Some(u64::MAX - 1));
+}

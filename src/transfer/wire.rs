@@ -228,6 +228,10 @@ pub fn op_len(record: &[u8]) -> usize {
     12 + record.len()
 }
 
+/// Decodes an OPS body. Its records carry versions that follow one
+/// another (a source reads them from its WAL in order): anything else is
+/// refused here, before the shard's version arithmetic sees it (a
+/// repeated u64::MAX would overflow it).
 pub fn ops<'a>(body: &mut Cursor<'a>) -> Result<Vec<(u64, &'a [u8])>> {
     let parse = |c: &mut Cursor<'a>| -> Result<Vec<(u64, &'a [u8])>> {
         let n = c.u32()? as usize;
@@ -238,7 +242,16 @@ pub fn ops<'a>(body: &mut Cursor<'a>) -> Result<Vec<(u64, &'a [u8])>> {
         Ok(out)
     };
     let out = parse(body).map_err(protocol)?;
-    body.bytes.is_empty().then_some(out).ok_or_else(|| Error::new(KEEL_STATUS_PROTOCOL, "bytes after the last record"))
+    if !body.bytes.is_empty() {
+        return Err(Error::new(KEEL_STATUS_PROTOCOL, "bytes after the last record"));
+    }
+    if let Some(w) = out.windows(2).find(|w| w[0].0.checked_add(1) != Some(w[1].0)) {
+        return Err(Error::new(
+            KEEL_STATUS_PROTOCOL,
+            format!("malformed transfer frame: record of version {} follows version {} in one batch", w[1].0, w[0].0),
+        ));
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -252,6 +265,25 @@ mod tests {
         for ty in all {
             assert!((0x0100..=0x01FF).contains(&ty), "{ty:#06x} is outside the transfer range");
             assert!(seen.insert(ty), "frame type {ty:#06x} is used twice");
+        }
+    }
+
+    #[test]
+    fn the_records_of_a_batch_carry_versions_that_follow_one_another() {
+        let body = |versions: &[u64]| {
+            let mut b = (versions.len() as u32).to_le_bytes().to_vec();
+            for v in versions {
+                put_op(&mut b, *v, b"rec");
+            }
+            b
+        };
+        let decode = |b: &[u8]| ops(&mut Cursor { bytes: b }).map(|o| o.iter().map(|(v, _)| *v).collect::<Vec<_>>());
+        assert_eq!(decode(&body(&[])).unwrap(), Vec::<u64>::new());
+        assert_eq!(decode(&body(&[7, 8, 9])).unwrap(), [7, 8, 9]);
+        assert_eq!(decode(&body(&[u64::MAX - 1, u64::MAX])).unwrap(), [u64::MAX - 1, u64::MAX]);
+        for bad in [&[7, 7][..], &[7, 9], &[8, 7], &[u64::MAX, u64::MAX], &[u64::MAX, 0]] {
+            let e = decode(&body(bad)).unwrap_err();
+            assert_eq!(e.status, KEEL_STATUS_PROTOCOL, "{bad:?}: {e}");
         }
     }
 
