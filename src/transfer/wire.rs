@@ -153,11 +153,11 @@ pub const ENTRY_OVERHEAD: usize = 4 + 8 + 1 + 4;
 
 /// Checks an ENTRIES body whole without copying it (lengths, kinds,
 /// posting list encodings), and what a local write would refuse or the
-/// snapshot cannot hold: a key or a value past its limit, a version past
-/// the snapshot's `base` (which no WAL record of the shard covers, so its
-/// seal would wait for a durable version that never comes). What
-/// `entries` will then decode and install cannot fail. Returns the number
-/// of entries.
+/// snapshot cannot hold: a key, a value or a posting item past its limit,
+/// a version past the snapshot's `base` (which no WAL record of the shard
+/// covers, so its seal would wait for a durable version that never
+/// comes). What `entries` will then decode and install cannot fail.
+/// Returns the number of entries.
 pub fn check_entries(body: &[u8], base: u64) -> Result<usize> {
     parse_entries(body, |key, version, kind, bytes| {
         check_key(key)?;
@@ -210,10 +210,15 @@ fn parse_entries<'a>(body: &'a [u8], mut f: impl FnMut(&'a [u8], u64, Kind, &'a 
     c.bytes.is_empty().then_some(n).ok_or_else(|| Error::new(KEEL_STATUS_PROTOCOL, "bytes after the last entry"))
 }
 
-/// Checks an encoded posting list without copying its items.
+/// Checks an encoded posting list without copying its items, each held
+/// to the limit an append has (a list holds only items some write made).
 fn check_list(mut bytes: &[u8]) -> Result<()> {
     while !bytes.is_empty() {
-        bytes = split_item(bytes)?.1;
+        let (item, rest) = split_item(bytes)?;
+        if item.len() > MAX_VALUE_SIZE {
+            return Err(Error::invalid(format!("a posting item of {} bytes exceeds the limit of {MAX_VALUE_SIZE}", item.len())));
+        }
+        bytes = rest;
     }
     Ok(())
 }
@@ -266,6 +271,23 @@ mod tests {
             assert!((0x0100..=0x01FF).contains(&ty), "{ty:#06x} is outside the transfer range");
             assert!(seen.insert(ty), "frame type {ty:#06x} is used twice");
         }
+    }
+
+    /// An item is held to the limit an append here has, as a value is:
+    /// a posting list with a larger item was installed, an item no write
+    /// on this shard could have made.
+    #[test]
+    fn a_posting_item_past_the_value_limit_is_refused() {
+        let body = |item_len: usize| {
+            let list: Entry = Entry { version: 1, value: Value::Posting(vec![b"x".to_vec(), vec![0; item_len]]) };
+            let mut b = 1u32.to_le_bytes().to_vec();
+            put_entry(&mut b, b"k", &list);
+            b
+        };
+        assert_eq!(check_entries(&body(MAX_VALUE_SIZE), u64::MAX).unwrap(), 1);
+        let e = check_entries(&body(MAX_VALUE_SIZE + 1), u64::MAX).unwrap_err();
+        assert_eq!(e.status, KEEL_STATUS_PROTOCOL, "{e}");
+        assert!(e.message.contains("posting item"), "{e}");
     }
 
     #[test]
