@@ -14,7 +14,7 @@
 set -eu
 seconds=${1:-60}
 [ $# -gt 0 ] && shift
-targets=${*:-frame segment_header recovery}
+targets=${*:-frame segment_header recovery node_frame}
 cd "$(dirname "$0")"
 
 have_nightly() { rustup run nightly rustc --version >/dev/null 2>&1; }
