@@ -8,7 +8,12 @@
 //! for its type and payload, and every prefix of it is either incomplete
 //! or fails with the same header error. HELLO payloads (and the raw bytes)
 //! go through `Hello::decode`, which must round-trip what it accepts, and
-//! AUTH payloads through the MAC check.
+//! AUTH payloads through the MAC check. Payloads of the transfer service's
+//! frames go through the receiver's decoders (`keel::transfer::wire`):
+//! the step header, ENTRIES (and PART, whose pieces end as one) through
+//! `check_entries` and `entries`, OPS through `ops`, and ACK through
+//! `Ack::decode`; what they accept must re-encode to the same bytes, and
+//! what `check_entries` passes must decode.
 
 use keel::node::frame::{self, FrameError, HEADER_LEN};
 use keel::node::handshake::{self, Hello, Role, Transcript};
@@ -113,6 +118,66 @@ fn check_auth(p: &[u8]) {
     assert_eq!(ok, p == t.sign(SECRETS[0]), "verify disagrees with sign");
 }
 
+/// A transfer frame's payload through the receiver's decoders: never a
+/// panic, a refusal is PROTOCOL, and an accepted payload is what the
+/// encoders write for what was decoded.
+fn check_transfer(ty: u16, p: &[u8]) {
+    use keel::status::KEEL_STATUS_PROTOCOL;
+    use keel::transfer::wire;
+    if ty == wire::ACK {
+        let Ok(a) = wire::Ack::decode(p) else { return };
+        // Fixed fields, then the message. Re-encoded as it was when the
+        // crc field of an ACK without one is 0 and the message is UTF-8
+        // within the bytes kept.
+        let (fixed, message) = p.split_at(33);
+        let canonical = fixed[28] == 1 || fixed[29..33] == [0; 4];
+        if canonical && message.len() <= wire::ACK_MESSAGE_MAX && std::str::from_utf8(message).is_ok() {
+            assert_eq!(a.encode(), p, "an accepted ACK does not re-encode to its bytes");
+        }
+        return;
+    }
+    let Ok(mut step) = wire::parse_step(p) else {
+        assert!(p.len() < wire::STEP_HEADER, "a step header of {} bytes was refused", p.len());
+        return;
+    };
+    assert_eq!(wire::step(step.id, step.step, step.acked), p[..wire::STEP_HEADER], "the step header");
+    let body = step.body.bytes;
+    match ty {
+        wire::ENTRIES | wire::PART => {
+            // `acked` stands in for the snapshot's version, so the
+            // version check is exercised both ways.
+            let base = step.acked;
+            match wire::check_entries(body, base) {
+                Ok(n) => {
+                    let entries = wire::entries(body).expect("a body check_entries passed decodes");
+                    assert_eq!(entries.len(), n, "check_entries and entries count differently");
+                    let mut again = (n as u32).to_le_bytes().to_vec();
+                    for (k, e) in &entries {
+                        assert!(e.version <= base, "an entry of version {} passed a snapshot at {base}", e.version);
+                        wire::put_entry(&mut again, k, e);
+                    }
+                    assert_eq!(again, body, "accepted entries do not re-encode to their bytes");
+                }
+                Err(e) => assert_eq!(e.status, KEEL_STATUS_PROTOCOL, "{e}"),
+            }
+        }
+        wire::OPS => match wire::ops(&mut step.body) {
+            Ok(ops) => {
+                let mut again = (ops.len() as u32).to_le_bytes().to_vec();
+                for w in ops.windows(2) {
+                    assert_eq!(w[0].0.checked_add(1), Some(w[1].0), "a batch's versions do not follow one another");
+                }
+                for (v, r) in &ops {
+                    wire::put_op(&mut again, *v, r);
+                }
+                assert_eq!(again, body, "accepted records do not re-encode to their bytes");
+            }
+            Err(e) => assert_eq!(e.status, KEEL_STATUS_PROTOCOL, "{e}"),
+        },
+        _ => {}
+    }
+}
+
 pub fn node_frame(data: &[u8]) {
     let Some((&flags, rest)) = data.split_first() else { return };
     let mut b = rest.to_vec();
@@ -149,6 +214,7 @@ pub fn node_frame(data: &[u8]) {
         match ty {
             types::HELLO => check_hello(payload),
             types::AUTH => check_auth(payload),
+            0x0100..=0x01FF => check_transfer(ty, payload),
             _ => {}
         }
         at += len;

@@ -229,6 +229,37 @@ pub fn seeds() -> Vec<Seed> {
         let mut hello = vec![0u8];
         hello.extend_from_slice(&a.encode());
         add("node_frame", "bare-hello", hello);
+        // A transfer as the receiver sees it: each step's header, then its
+        // body; a posting list among the entries, and the receiver's ACK.
+        {
+            use keel::shard::{Entry, Op, Value};
+            use keel::transfer::wire;
+            let step = |ty: u16, n: u64, body: &[u8]| {
+                let mut p = wire::step(9, n, n - 1);
+                p.extend_from_slice(body);
+                encode(ty, &p)
+            };
+            let mut entries = 2u32.to_le_bytes().to_vec();
+            let list: Entry = Entry { version: 3, value: Value::Posting(vec![b"one".to_vec(), Vec::new()]) };
+            wire::put_entry(&mut entries, b"a", &list);
+            wire::put_entry(&mut entries, b"b", &Entry { version: 4, value: Value::Bytes(b"bee".to_vec()) });
+            let mut ops = 2u32.to_le_bytes().to_vec();
+            wire::put_op(&mut ops, 6, &Op::Put { key: b"c".to_vec(), value: b"x".to_vec() }.encode());
+            wire::put_op(&mut ops, 7, &Op::Delete { key: b"a".to_vec() }.encode());
+            let begin = [&[wire::MODE_SNAPSHOT][..], &5u64.to_le_bytes(), &[1], &7u32.to_le_bytes()].concat();
+            let ack = wire::Ack { id: 9, step: 3, status: 0, version: 5, crc: Some(7), message: "ok".into() };
+            let transfer = [
+                step(wire::START, 1, &[&7u32.to_le_bytes()[..], &[wire::MODE_SNAPSHOT]].concat()),
+                step(wire::BEGIN, 2, &begin),
+                step(wire::ENTRIES, 6, &entries),
+                step(wire::SNAPSHOT_END, 4, &[]),
+                step(wire::OPS, 5, &ops),
+                step(wire::FINISH, 6, &7u64.to_le_bytes()),
+                encode(wire::ACK, &ack.encode()),
+            ];
+            add("node_frame", "transfer", with(0, &transfer));
+            add("node_frame", "transfer-fix", with(NODE_FIX_CRC, &transfer));
+        }
     }
 
     // Logs written by the real WAL (random salts: not byte-reproducible).
