@@ -546,3 +546,55 @@ fn ops_whose_versions_do_not_follow_one_another_are_refused() {
     let shard = dst.engine.open_shard(SHARD, false).unwrap();
     assert_eq!(shard.get(b"c").unwrap().map(|e| e.version), Some(u64::MAX - 1));
 }
+
+/// A source that drops its connection after any step, without a CANCEL,
+/// and comes back on a new connection: until a transfer finishes, the
+/// host cannot open the shard (it is not left half-received and usable),
+/// and a fresh snapshot then replaces whatever the abandoned reception
+/// left: the shard holds exactly what the finished transfer sent.
+#[test]
+fn a_source_that_drops_after_any_step_can_start_over() {
+    let dst = Side::temp("hostile-drop", node_options(2), Options { seal_bytes: 4096, ..shard_options() });
+    let big = vec![3u8; 3000];
+    let mut ops = 1u32.to_le_bytes().to_vec();
+    wire::put_op(&mut ops, 6, &Op::Put { key: b"z".to_vec(), value: b"op".to_vec() }.encode());
+    let entries = entries_body(&[(b"a", value(3, &big)), (b"b", value(5, &big))]);
+    let begin = [&[wire::MODE_SNAPSHOT][..], &5u64.to_le_bytes(), &[1], &9u32.to_le_bytes()].concat();
+    let steps: [(u16, &[u8]); 6] = [
+        (wire::START, &start_body(wire::MODE_SNAPSHOT)),
+        (wire::BEGIN, &begin),
+        (wire::PART, &entries[..10]),
+        (wire::ENTRIES, &entries[10..]),
+        (wire::SNAPSHOT_END, &[]),
+        (wire::OPS, &ops),
+    ];
+    for cut in 1..=steps.len() {
+        dst.transfers.expect(SHARD, 1);
+        let id = 100 * cut as u64;
+        {
+            let mut p = RawPeer::connect(dst.node.addr(), 1);
+            for (n, (ty, body)) in steps[..cut].iter().enumerate() {
+                ok(&p.call(*ty, id, n as u64 + 1, body), &format!("step {} of the attempt cut after {cut}", n + 1));
+            }
+        }
+        match dst.engine.open_shard(SHARD, false) {
+            Err(e) if e.status == KEEL_STATUS_BUSY => {}
+            // Only a START has been taken: nothing was received yet.
+            Err(e) if e.status == KEEL_STATUS_NOT_FOUND && cut == 1 => {}
+            other => panic!("cut after step {cut}: the host opens the shard: {:?}", other.map(drop)),
+        }
+        // The same source, back on a new connection, sends it all again.
+        let mut p = RawPeer::connect(dst.node.addr(), 1);
+        let id = id + 1;
+        for (n, (ty, body)) in steps.iter().enumerate() {
+            ok(&p.call(*ty, id, n as u64 + 1, body), &format!("step {} of the retry after a cut after {cut}", n + 1));
+        }
+        ok(&p.call(wire::FINISH, id, steps.len() as u64 + 1, &6u64.to_le_bytes()), "FINISH");
+        let shard = dst.engine.open_shard(SHARD, false).unwrap();
+        let got: Vec<_> = [&b"a"[..], b"b", b"z"].iter().map(|k| shard.get(k).unwrap().map(|e| e.version)).collect();
+        assert_eq!(got, [Some(3), Some(5), Some(6)], "cut after step {cut}");
+        assert_eq!(shard.stats().last_version, 6, "cut after step {cut}");
+        shard.close().unwrap();
+        drop(p);
+    }
+}
