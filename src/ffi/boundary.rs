@@ -103,6 +103,33 @@ pub unsafe fn closing_ref<'a, C: Opaque>(p: *const C) -> Result<&'a C::Inner> {
     live_header(p).map(|h| &h.value)
 }
 
+/// A `_close`/`_free` that waits for a callback running on another
+/// thread, which may call in on the handle until it returns: `shut`
+/// closes the value in place through a shared reference (the handle live
+/// for that callback meanwhile), and only then is the handle freed. `shut`
+/// answers false when a close of this handle already waits (this call is
+/// then that callback's): BUSY, nothing freed. NULL is a no-op.
+///
+/// # Safety
+/// `p` is NULL or points at a live `Handle` of type `C` whose host makes
+/// no other call on it (only callbacks `shut` waits for may call in).
+pub unsafe fn close_in_place<C: Opaque>(p: *mut C, shut: impl FnOnce(&C::Inner) -> bool) -> Result<()> {
+    if p.is_null() {
+        return Ok(());
+    }
+    // closing_ref checks the magic (a poisoned handle is closed all the
+    // same); the reference is not used past `shut`.
+    if !shut(closing_ref(p as *const C)?) {
+        return Err(Error::new(
+            KEEL_STATUS_BUSY,
+            format!("the {} is being closed by another thread, which waits for this callback", C::NAME),
+        ));
+    }
+    // No callback `shut` waited for runs any more (or this call is one);
+    // take_handle checks the magic again before it takes the handle back.
+    take_handle(p).map(drop)
+}
+
 /// Takes ownership back from C for `_close`/`_free`: NULL gives `None`, a
 /// poisoned handle is still released (closing is how a host recovers).
 ///

@@ -2,7 +2,7 @@
 //! docs/TRANSFER.md, "A transfer's life" and "The C API").
 
 use crate::error::Error;
-use crate::ffi::boundary::{closing_ref, into_handle, out_ptr, take_handle, Opaque};
+use crate::ffi::boundary::{close_in_place, into_handle, out_ptr, Opaque};
 use crate::ffi::error::{error_out, keel_error_t};
 use crate::ffi::node::keel_node_t;
 use crate::ffi::shard::keel_shard_t;
@@ -501,20 +501,16 @@ pub extern "C" fn keel_transfer_progress(t: *const keel_transfer_t, out: *mut ke
 #[no_mangle]
 pub extern "C" fn keel_transfer_free(t: *mut keel_transfer_t) -> keel_status_t {
     ffi_boundary!(std::ptr::null_mut(), std::ptr::null::<u8>(), {
-        if t.is_null() {
-            return Ok(());
+        // SAFETY: by the C contract `t` is NULL or a transfer keel made and
+        // this is the host's last call on it, racing with none of theirs;
+        // the transfer's thread may call in from its last progress
+        // callback until `stop` has joined it.
+        unsafe {
+            close_in_place(t, |t| {
+                t.stop();
+                true
+            })
         }
-        // First stopped in place, the handle live: the transfer's thread
-        // may call in on it from its last progress callback until it has
-        // been joined. SAFETY: by the C contract `t` is a transfer keel
-        // made and this is the host's last call on it, racing with none of
-        // theirs; closing_ref checks the magic (a poisoned transfer is
-        // freed all the same), and the reference is not used past the stop.
-        unsafe { closing_ref(t)? }.stop();
-        // SAFETY: as above; nothing calls in any more (its thread ended),
-        // and take_handle checks the magic before it takes it back.
-        drop(unsafe { take_handle(t)? });
-        Ok(())
     })
 }
 

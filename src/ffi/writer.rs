@@ -2,7 +2,7 @@
 //! `keel_publisher_*`). The rules behind it: docs/WRITER.md.
 
 use crate::error::Error;
-use crate::ffi::boundary::{closing_ref, in_bytes, in_packed, into_handle, out_ptr, take_handle, Opaque};
+use crate::ffi::boundary::{close_in_place, closing_ref, in_bytes, in_packed, into_handle, out_ptr, take_handle, Opaque};
 use crate::ffi::buf::copy_out_c_string;
 use crate::ffi::error::keel_error_t;
 use crate::ffi::versioned::{init_options, read_options, write_stats};
@@ -663,27 +663,11 @@ pub extern "C" fn keel_writer_stats(writer: *const keel_writer_t, out: *mut keel
 #[no_mangle]
 pub extern "C" fn keel_writer_close(writer: *mut keel_writer_t, err: *mut *mut keel_error_t) -> keel_status_t {
     ffi_boundary!(err, std::ptr::null::<u8>(), {
-        if writer.is_null() {
-            return Ok(());
-        }
-        // Closed in place, the handle live: the writer's event callback may
-        // call in on it until `shut` has waited for it. SAFETY: by the C
-        // contract `writer` is a writer keel made and this is the host's
-        // last call on it, racing with no other call of the host's; only
-        // this call frees the handle, after that wait. closing_ref checks
-        // the magic (a poisoned writer is closed all the same), and the
-        // Writer is shared-borrowed, which every method allows.
-        if !unsafe { closing_ref(writer as *const keel_writer_t)? }.shut() {
-            return Err(Error::new(
-                KEEL_STATUS_BUSY,
-                "the writer is being closed by another thread, which waits for this event callback",
-            ));
-        }
-        // SAFETY: as above; no callback of this writer runs any more (shut
-        // waited for it, or this call is that callback), and take_handle
-        // checks the magic before it takes the handle back.
-        drop(unsafe { take_handle(writer)? });
-        Ok(())
+        // SAFETY: by the C contract `writer` is NULL or a writer keel made
+        // and this is the host's last call on it; the writer's event
+        // callback, which `shut` waits for, may call in until then (every
+        // Writer method takes a shared reference).
+        unsafe { close_in_place(writer, Writer::shut) }
     })
 }
 
@@ -831,27 +815,11 @@ pub extern "C" fn keel_publisher_subscriber_stats(
 #[no_mangle]
 pub extern "C" fn keel_publisher_close(publisher: *mut keel_publisher_t, err: *mut *mut keel_error_t) -> keel_status_t {
     ffi_boundary!(err, std::ptr::null::<u8>(), {
-        if publisher.is_null() {
-            return Ok(());
-        }
-        // Closed in place, the handle live: a subscriber's event callback
-        // may call in on it until `shut` has waited for it. SAFETY: by the
-        // C contract `publisher` is a publisher keel made and this is the
-        // host's last call on it, racing with no other call of the host's;
-        // only this call frees the handle, after that wait. closing_ref
-        // checks the magic (a poisoned publisher is closed all the same),
-        // and the Publisher is shared-borrowed, which every method allows.
-        if !unsafe { closing_ref(publisher as *const keel_publisher_t)? }.shut() {
-            return Err(Error::new(
-                KEEL_STATUS_BUSY,
-                "the publisher is being closed by another thread, which waits for this event callback",
-            ));
-        }
-        // SAFETY: as above; no callback of its subscribers runs any more
-        // (shut waited for them, or this call is one), and take_handle
-        // checks the magic before it takes the handle back.
-        drop(unsafe { take_handle(publisher)? });
-        Ok(())
+        // SAFETY: by the C contract `publisher` is NULL or a publisher keel
+        // made and this is the host's last call on it; its subscribers'
+        // event callbacks, which `shut` waits for, may call in until then
+        // (every Publisher method takes a shared reference).
+        unsafe { close_in_place(publisher, Publisher::shut) }
     })
 }
 
