@@ -1,7 +1,7 @@
 //! The lease gate at the edges a review found (docs/LEASE.md): each test
 //! forces a state with the manual clock and explicit facts.
 
-use keel::lease::{Clock, Decision, LeaseConfig, LeaseGate, Level, MissReason, Role, Voters};
+use keel::lease::{Clock, Decision, LeaseConfig, LeaseGate, Level, MissReason, Refused, Role, Voters};
 use std::time::Duration;
 
 const MS: u64 = 1_000_000;
@@ -83,4 +83,54 @@ fn an_abandoned_transfer_does_not_resume_the_lease_in_its_term() {
         !(served && new_leader_commit < read_at),
         "the old leader serves a lease read in the term of a transfer whose MsgTimeoutNow was sent"
     );
+}
+
+/// A read that misses while another read's read-index call is running
+/// must give up at its own deadline (docs/LEASE.md, "The read-index
+/// path": the path is bounded by the read's timeout). The gate checked
+/// "closed?" by taking the callback's lock, which the running call holds
+/// for as long as the host takes, so the second read waited for the
+/// first read's call to return, whatever its own timeout: a host whose
+/// read-index hung stalled every reader of the shard, not just one. The
+/// first call is held open with a channel; the watchdog only bounds how
+/// long the test waits before it reports the hang.
+#[test]
+fn a_read_waiting_behind_a_running_read_index_call_times_out_on_its_own_deadline() {
+    use std::sync::Arc;
+    let (entered_tx, entered_rx) = crossbeam_channel::unbounded::<()>();
+    let (release_tx, release_rx) = crossbeam_channel::unbounded::<()>();
+    let g = LeaseGate::new(
+        1,
+        config(),
+        Clock::manual(1000 * MS),
+        Box::new(move || {
+            entered_tx.send(()).unwrap();
+            release_rx.recv().unwrap();
+            Ok(10)
+        }),
+    )
+    .unwrap();
+    g.set_voters(Voters { incoming: vec![1, 2, 3], outgoing: vec![] }).unwrap();
+    g.set_role(Role::Leader, 5, None).unwrap();
+    g.set_applied(10).unwrap();
+    let g = Arc::new(g);
+    let first = {
+        let g = g.clone();
+        std::thread::spawn(move || g.begin_read(Level::Linearizable, Duration::from_secs(3600)))
+    };
+    entered_rx.recv().unwrap(); // the first read's call is running
+    let (done_tx, done_rx) = crossbeam_channel::unbounded();
+    let second = {
+        let g = g.clone();
+        std::thread::spawn(move || done_tx.send(g.begin_read(Level::Linearizable, Duration::ZERO)).unwrap())
+    };
+    let waited = done_rx.recv_timeout(Duration::from_secs(30));
+    release_tx.send(()).unwrap(); // let the first call (and a stuck second read) finish
+    assert_eq!(
+        waited.expect("the second read waited for the first read's call past its own deadline"),
+        Err(Refused::Timeout)
+    );
+    second.join().unwrap();
+    assert!(first.join().unwrap().is_ok());
+    assert_eq!(g.stats().read_index_calls, 1, "the read that gave up made no call");
 }

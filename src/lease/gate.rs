@@ -145,6 +145,11 @@ pub struct LeaseGate {
     /// the callback once it returns, instead of `close` waiting for the
     /// lock its own thread holds.
     close_asked: std::sync::atomic::AtomicBool,
+    /// `close` was called. Reads check this, not `read_index`, before
+    /// starting or joining a call: that lock is held for as long as the
+    /// host's call runs, and a read waiting on it would ignore its own
+    /// deadline.
+    closed: std::sync::atomic::AtomicBool,
     flight: SingleFlight,
     metrics: Metrics,
 }
@@ -180,6 +185,7 @@ impl LeaseGate {
             applied: Condvar::new(),
             read_index: Mutex::new(Some(read_index)),
             close_asked: std::sync::atomic::AtomicBool::new(false),
+            closed: std::sync::atomic::AtomicBool::new(false),
             flight: SingleFlight::default(),
             metrics: Metrics::default(),
         })
@@ -312,6 +318,7 @@ impl LeaseGate {
     /// then drops the host's callback here. Reads that miss the lease
     /// from then on fail with CLOSED, without calling the host.
     pub fn close(&self) {
+        self.closed.store(true, std::sync::atomic::Ordering::Release);
         if IN_CALL.with(|c| c.get()) == self as *const LeaseGate as usize {
             // Inside this gate's own call, whose thread holds the lock:
             // that call lets go of the callback once it returns, on this
@@ -324,7 +331,11 @@ impl LeaseGate {
     }
 
     fn read_index_path(&self, deadline: Instant) -> std::result::Result<ReadPermit, Refused> {
-        if self.read_index.lock().is_none() {
+        // Not `self.read_index.lock()`: a running call holds that lock,
+        // and this read must be able to time out while it waits for the
+        // next call. A read that slips past this during a close gets
+        // CLOSED from the call itself, which finds the callback gone.
+        if self.closed.load(std::sync::atomic::Ordering::Acquire) {
             return Err(Refused::ReadIndex(closed()));
         }
         let ticket = self.flight.ticket();
