@@ -721,8 +721,11 @@ typedef struct keel_buf_t {
  * (NOT_LEADER when this node no longer leads, TIMEOUT, ...), which the
  * read returns (a value that is no keel_status_t: INVALID_ARGUMENT; PANIC
  * or POISONED as they are, though the shard is neither). Runs on the thread of a read that missed the lease;
- * concurrent misses share one call. It may block; it must not read from
- * or close the same shard. Never called after keel_shard_close() (or
+ * concurrent misses share one call. It may block, but keel cannot
+ * interrupt it: the read that makes the call waits for it to return
+ * whatever its timeout (reads sharing the call give up at theirs), so
+ * bound the round trip here. It must not read from or close the same
+ * shard. Never called after keel_shard_close() (or
  * keel_engine_close() of its engine) returned: the close waits for a
  * call in flight to return, and reads that miss the lease from then on
  * fail with CLOSED without calling it.
@@ -774,7 +777,8 @@ typedef struct keel_lease_options_t {
   uint64_t max_round_trip_ms;
   /**
    * Timeout of reads that do not name one (keel_read_options_t.timeout_ms
-   * 0): the read-index and the wait for the applied index. Default 5000.
+   * 0): the wait for a read-index and for the applied index (not the
+   * host's own call, see keel_read_index_fn). Default 5000.
    */
   uint64_t read_timeout_ms;
   /**
@@ -1277,9 +1281,11 @@ typedef struct keel_read_options_t {
    */
   uint32_t level;
   /**
-   * Bound on the read-index and the wait for the applied index, in
-   * milliseconds; past it the read fails with TIMEOUT. 0 (default): the
-   * shard's keel_lease_options_t.read_timeout_ms.
+   * Bound on the wait for a read-index and for the applied index, in
+   * milliseconds; past it the read fails with TIMEOUT. A read that makes
+   * the host's read-index call waits for it to return (keel cannot
+   * interrupt it; see keel_read_index_fn). 0 (default): the shard's
+   * keel_lease_options_t.read_timeout_ms.
    */
   uint64_t timeout_ms;
   /**

@@ -45,8 +45,11 @@ pub const KEEL_CLOCK_MANUAL: u64 = 1;
 /// (NOT_LEADER when this node no longer leads, TIMEOUT, ...), which the
 /// read returns (a value that is no keel_status_t: INVALID_ARGUMENT; PANIC
 /// or POISONED as they are, though the shard is neither). Runs on the thread of a read that missed the lease;
-/// concurrent misses share one call. It may block; it must not read from
-/// or close the same shard. Never called after keel_shard_close() (or
+/// concurrent misses share one call. It may block, but keel cannot
+/// interrupt it: the read that makes the call waits for it to return
+/// whatever its timeout (reads sharing the call give up at theirs), so
+/// bound the round trip here. It must not read from or close the same
+/// shard. Never called after keel_shard_close() (or
 /// keel_engine_close() of its engine) returned: the close waits for a
 /// call in flight to return, and reads that miss the lease from then on
 /// fail with CLOSED without calling it.
@@ -79,7 +82,8 @@ pub struct keel_lease_options_t {
     /// The longest round trip between the leader and a voter.
     pub max_round_trip_ms: u64,
     /// Timeout of reads that do not name one (keel_read_options_t.timeout_ms
-    /// 0): the read-index and the wait for the applied index. Default 5000.
+    /// 0): the wait for a read-index and for the applied index (not the
+    /// host's own call, see keel_read_index_fn). Default 5000.
     pub read_timeout_ms: u64,
     /// KEEL_CLOCK_MONOTONIC (default) or KEEL_CLOCK_MANUAL.
     pub clock: u64,

@@ -46,9 +46,11 @@ pub struct keel_read_options_t {
     /// KEEL_READ_* (default KEEL_READ_DEFAULT: the shard's default level).
     /// Lease and linearizable need keel_shard_consensus_configure().
     pub level: u32,
-    /// Bound on the read-index and the wait for the applied index, in
-    /// milliseconds; past it the read fails with TIMEOUT. 0 (default): the
-    /// shard's keel_lease_options_t.read_timeout_ms.
+    /// Bound on the wait for a read-index and for the applied index, in
+    /// milliseconds; past it the read fails with TIMEOUT. A read that makes
+    /// the host's read-index call waits for it to return (keel cannot
+    /// interrupt it; see keel_read_index_fn). 0 (default): the shard's
+    /// keel_lease_options_t.read_timeout_ms.
     pub timeout_ms: u64,
     /// A session of the same shard (keel_shard_read_begin()), or NULL. With
     /// a session the read makes no check of its own: level and timeout are
