@@ -1164,9 +1164,12 @@ class ReadSession : public detail::Handle<keel_read_session_t, detail::end_read_
 /// shard's default level and timeout.
 struct ReadOptions {
   ReadLevel level = ReadLevel::Default;
-  /// Bound on the read-index and the wait for the applied index; 0: the
+  /// Bound on the wait for a read-index and for the applied index; 0: the
   /// shard's LeaseOptions::read_timeout. A negative value is a budget
   /// already spent: the shortest bound (1 ms), never the shard's default.
+  /// A read that makes the host's read-index call itself waits for it to
+  /// return (keel cannot interrupt it): the callback bounds its own round
+  /// trip.
   std::chrono::milliseconds timeout{0};
   /// A session of the same shard, or nullptr; with one, level and timeout
   /// are ignored.

@@ -59,9 +59,12 @@ const (
 // *ReadOptions reads at the shard's default level and timeout.
 type ReadOptions struct {
 	Level ReadLevel
-	// Timeout bounds the read-index and the wait for the applied index
+	// Timeout bounds the wait for a read-index and for the applied index
 	// (rounded up to whole milliseconds); 0 means the shard's
 	// LeaseOptions.ReadTimeout. Past it the read fails with ErrTimeout.
+	// A read that makes the ReadIndex call itself waits for it to return
+	// (keel cannot interrupt it), so ReadIndex must bound its own round
+	// trip.
 	Timeout time.Duration
 	// Session, if not nil, is a session of the same shard: the read makes
 	// no check of its own (Level and Timeout are ignored).
@@ -92,7 +95,8 @@ type LeaseOptions struct {
 	// ReadIndex performs the consensus read-index round trip and returns
 	// the index to wait for. Required. It runs on the goroutine of a read
 	// that missed the lease (concurrent misses share one call) and must
-	// not read from the same shard. A *keel.Error passes its Code through
+	// not read from the same shard. It should give up within the reads'
+	// timeout: keel cannot interrupt it. A *keel.Error passes its Code through
 	// (ErrNotLeader, ErrTimeout, ...); any other error is ErrIO, a panic
 	// ErrPanic. runtime.Goexit in it (t.FailNow, t.Fatal) ends the
 	// program: it cannot unwind through keel.
