@@ -5,7 +5,7 @@
  * - an unconfigured shard reads stale; lease and linearizable reads and a
  *   bad level are INVALID_ARGUMENT; a lease that does not fit the election
  *   timeout minus drift and round trip is refused, as are self_id 0, a
- *   missing callback and a second configuration;
+ *   read timeout of 0, a missing callback and a second configuration;
  * - a follower answers NOT_LEADER with the leader hint in the error
  *   object, through the _ex read and through keel_shard_get() with a
  *   default level of lease; stale reads still work;
@@ -138,6 +138,9 @@ int main(void) {
   lo.self_id = 0;
   CHECK_STATUS(KEEL_STATUS_INVALID_ARGUMENT, keel_shard_consensus_configure(s, &lo, &err));
   lo = lease_options(&h);
+  lo.read_timeout_ms = 0; /* every read naming no timeout would fail at once */
+  CHECK_STATUS(KEEL_STATUS_INVALID_ARGUMENT, keel_shard_consensus_configure(s, &lo, &err));
+  lo = lease_options(&h);
   lo.read_index = NULL;
   CHECK_STATUS(KEEL_STATUS_INVALID_ARGUMENT, keel_shard_consensus_configure(s, &lo, &err));
   lo = lease_options(&h);
@@ -155,19 +158,19 @@ int main(void) {
   big.o.struct_size = sizeof big;
   big.newer = 1;
   CHECK_STATUS(KEEL_STATUS_INVALID_ARGUMENT, keel_shard_consensus_configure(s, &big.o, &err));
-  CHECK_EQ_U64(h.frees, 5); /* every refused configuration handed its user data back */
+  CHECK_EQ_U64(h.frees, 6); /* every refused configuration handed its user data back */
   /* A struct_size no header had: keel cannot read the struct, so the
    * user data stays the caller's. */
   lo = lease_options(&h);
   lo.struct_size = 12;
   CHECK_STATUS(KEEL_STATUS_INVALID_ARGUMENT, keel_shard_consensus_configure(s, &lo, &err));
-  CHECK_EQ_U64(h.frees, 5);
+  CHECK_EQ_U64(h.frees, 6);
 
   lo = lease_options(&h);
   lo.default_level = KEEL_READ_LEASE;
   CHECK_OK(keel_shard_consensus_configure(s, &lo, &err));
   CHECK_STATUS(KEEL_STATUS_INVALID_ARGUMENT, keel_shard_consensus_configure(s, &lo, &err));
-  CHECK_EQ_U64(h.frees, 6);
+  CHECK_EQ_U64(h.frees, 7);
 
   /* A follower: NOT_LEADER with the hint, for _ex and for the default level. */
   CHECK_OK(keel_shard_consensus_set_role(s, KEEL_ROLE_FOLLOWER, 3, 2, &err));
@@ -301,11 +304,11 @@ int main(void) {
   CHECK_RC(KEEL_STATUS_INVALID_ARGUMENT, keel_read_options_init_sized(&small, 8));
   CHECK_RC(KEEL_STATUS_NULL_ARGUMENT, keel_read_options_init_sized(NULL, sizeof small));
 
-  CHECK_EQ_U64(h.frees, 6);
-  CHECK_OK(keel_shard_close(other, &err));
   CHECK_EQ_U64(h.frees, 7);
+  CHECK_OK(keel_shard_close(other, &err));
+  CHECK_EQ_U64(h.frees, 8);
   CHECK_OK(keel_shard_close(s, &err));
-  CHECK_EQ_U64(h.frees, 8); /* once per configured shard, at its close */
+  CHECK_EQ_U64(h.frees, 9); /* once per configured shard, at its close */
   unsigned calls = h.calls;
   CHECK_OK(keel_engine_close(e, &err));
   CHECK_EQ_U64(h.calls, calls);

@@ -778,7 +778,8 @@ typedef struct keel_lease_options_t {
   /**
    * Timeout of reads that do not name one (keel_read_options_t.timeout_ms
    * 0): the wait for a read-index and for the applied index (not the
-   * host's own call, see keel_read_index_fn). Default 5000.
+   * host's own call, see keel_read_index_fn). Default 5000; 0 is
+   * refused.
    */
   uint64_t read_timeout_ms;
   /**
@@ -2038,10 +2039,10 @@ keel_status_t keel_lease_options_init_sized(struct keel_lease_options_t *opts, s
  * facts and the callback live until keel_shard_close()).
  * With read_index_free set, the user data is keel's from this call on,
  * whatever it returns (see there).
- * Errors: NULL_ARGUMENT, INVALID_ARGUMENT (self_id 0, read_index NULL, a
- * lease not below election_timeout_min_ms − max_clock_drift_ms −
- * max_round_trip_ms, a bad level or clock, struct_size, already
- * configured), CLOSED.
+ * Errors: NULL_ARGUMENT, INVALID_ARGUMENT (self_id 0, read_timeout_ms 0,
+ * read_index NULL, a lease not below election_timeout_min_ms −
+ * max_clock_drift_ms − max_round_trip_ms, a bad level or clock,
+ * struct_size, already configured), CLOSED.
  */
 keel_status_t keel_shard_consensus_configure(const struct keel_shard_t *shard,
                                              const struct keel_lease_options_t *opts,

@@ -1275,7 +1275,7 @@ struct LeaseOptions {
   std::chrono::milliseconds election_timeout_min{0};
   std::chrono::milliseconds max_clock_drift{0};
   std::chrono::milliseconds max_round_trip{0};
-  std::chrono::milliseconds read_timeout{5000};  ///< of reads that name none
+  std::chrono::milliseconds read_timeout{5000};  ///< of reads that name none; 0 is refused
   ReadLevel default_level = ReadLevel::Stale;    ///< of reads that name none
   /// The clock is the value set with Shard::consensus_set_clock() (tests,
   /// simulations) instead of CLOCK_MONOTONIC.

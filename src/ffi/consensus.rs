@@ -83,7 +83,8 @@ pub struct keel_lease_options_t {
     pub max_round_trip_ms: u64,
     /// Timeout of reads that do not name one (keel_read_options_t.timeout_ms
     /// 0): the wait for a read-index and for the applied index (not the
-    /// host's own call, see keel_read_index_fn). Default 5000.
+    /// host's own call, see keel_read_index_fn). Default 5000; 0 is
+    /// refused.
     pub read_timeout_ms: u64,
     /// KEEL_CLOCK_MONOTONIC (default) or KEEL_CLOCK_MANUAL.
     pub clock: u64,
@@ -197,6 +198,9 @@ fn consensus_from_c(p: *const keel_lease_options_t) -> crate::Result<Consensus> 
     if o.self_id == 0 {
         return Err(Error::invalid("self_id is 0: give this node's non-zero consensus id"));
     }
+    if o.read_timeout_ms == 0 {
+        return Err(Error::invalid("read_timeout_ms is 0: every read that names no timeout would time out at once (default 5000)"));
+    }
     let f = o.read_index.ok_or_else(|| Error::invalid("read_index is NULL: lease misses need the host's read-index"))?;
     let default_level = level_from_c(o.default_level)?.unwrap_or(Level::Stale);
     let clock = match o.clock {
@@ -222,10 +226,10 @@ fn consensus_from_c(p: *const keel_lease_options_t) -> crate::Result<Consensus> 
 /// facts and the callback live until keel_shard_close()).
 /// With read_index_free set, the user data is keel's from this call on,
 /// whatever it returns (see there).
-/// Errors: NULL_ARGUMENT, INVALID_ARGUMENT (self_id 0, read_index NULL, a
-/// lease not below election_timeout_min_ms − max_clock_drift_ms −
-/// max_round_trip_ms, a bad level or clock, struct_size, already
-/// configured), CLOSED.
+/// Errors: NULL_ARGUMENT, INVALID_ARGUMENT (self_id 0, read_timeout_ms 0,
+/// read_index NULL, a lease not below election_timeout_min_ms −
+/// max_clock_drift_ms − max_round_trip_ms, a bad level or clock,
+/// struct_size, already configured), CLOSED.
 #[no_mangle]
 pub extern "C" fn keel_shard_consensus_configure(
     shard: *const keel_shard_t,
