@@ -880,6 +880,14 @@ fn writer_stats() -> c::keel_writer_stats_t {
     s
 }
 
+/// The peer of a close race's connection, which was closed with nothing
+/// ever sent: it reads EOF at once.
+fn reads_nothing_but_eof(peer: &mut UnixStream) {
+    let mut rest = Vec::new();
+    peer.read_to_end(&mut rest).unwrap();
+    assert!(rest.is_empty(), "the peer read {} bytes", rest.len());
+}
+
 /// keel_writer_close while the writer's own event callback runs on the
 /// reactor: the close waits for it, and meanwhile the callback may call in
 /// on the writer, as keel.h lets it. The handle must stay valid until the
@@ -913,9 +921,7 @@ fn writer_close_waits_for_a_callback_that_calls_in(backend: BackendChoice) {
     assert_eq!(c::keel_net_close(net, std::ptr::null_mut()), KEEL_STATUS_OK);
     assert_eq!((race.frees.load(SeqCst), Arc::strong_count(&race)), (1, 1), "user_data released once");
     // The fd was closed: the peer reads EOF (nothing was ever sent).
-    let mut rest = Vec::new();
-    peer.read_to_end(&mut rest).unwrap();
-    assert!(rest.is_empty());
+    reads_nothing_but_eof(&mut peer);
 }
 
 /// keel_publisher_close while the event callback of one of its
@@ -958,9 +964,7 @@ fn publisher_close_waits_for_a_callback_that_calls_in(backend: BackendChoice) {
     );
     assert_eq!(c::keel_net_close(net, std::ptr::null_mut()), KEEL_STATUS_OK);
     assert_eq!((race.frees.load(SeqCst), Arc::strong_count(&race)), (1, 1), "user_data released once");
-    let mut rest = Vec::new();
-    peer.read_to_end(&mut rest).unwrap();
-    assert!(rest.is_empty());
+    reads_nothing_but_eof(&mut peer);
 }
 
 /// keel_net_close while an event callback runs: the close joins the
@@ -1001,9 +1005,7 @@ fn net_close_waits_for_a_callback_that_calls_in(backend: BackendChoice) {
     assert_eq!((race.frees.load(SeqCst), Arc::strong_count(&race)), (1, 1), "user_data released once");
     // The writer outlives its net, and closes as usual.
     assert_eq!(c::keel_writer_close(w, std::ptr::null_mut()), KEEL_STATUS_OK);
-    let mut rest = Vec::new();
-    peer.read_to_end(&mut rest).unwrap();
-    assert!(rest.is_empty());
+    reads_nothing_but_eof(&mut peer);
 }
 
 macro_rules! per_backend {
