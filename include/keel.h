@@ -2275,7 +2275,8 @@ const char *keel_error_message(const struct keel_error_t *err);
 /**
  * Returns the consensus id of the leader a NOT_LEADER error names, or 0
  * when the leader is unknown, the error is of another status, or `err` is
- * NULL or not a live error object. Safe from any thread.
+ * NULL or not a live error object. Never the id of the node that refused
+ * (docs/LEASE.md, "Levels"). Safe from any thread.
  */
 uint64_t keel_error_leader_hint(const struct keel_error_t *err);
 

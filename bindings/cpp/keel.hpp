@@ -137,7 +137,8 @@ class Error {
   Status code() const noexcept { return code_; }
   const std::string& message() const noexcept { return message_; }
   /// For Status::NotLeader: the leader's consensus id when this node knows
-  /// it (keel_error_leader_hint()); 0 when unknown or for other errors.
+  /// it (keel_error_leader_hint()), never the node that refused; 0 when
+  /// unknown or for other errors.
   uint64_t leader_hint() const noexcept { return leader_hint_; }
   /// "INVALID_ARGUMENT: segment_size 1024 is outside ..." for logs.
   std::string to_string() const { return std::string(keel::to_string(code_)) + ": " + message_; }

@@ -78,7 +78,8 @@ pub extern "C" fn keel_error_message(err: *const keel_error_t) -> *const c_char 
 
 /// Returns the consensus id of the leader a NOT_LEADER error names, or 0
 /// when the leader is unknown, the error is of another status, or `err` is
-/// NULL or not a live error object. Safe from any thread.
+/// NULL or not a live error object. Never the id of the node that refused
+/// (docs/LEASE.md, "Levels"). Safe from any thread.
 #[no_mangle]
 pub extern "C" fn keel_error_leader_hint(err: *const keel_error_t) -> u64 {
     // SAFETY: by the C contract `err` is NULL or an error object keel made and

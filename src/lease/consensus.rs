@@ -121,6 +121,13 @@ impl ConsensusState {
     pub fn leader(&self) -> Option<PeerId> {
         self.leader
     }
+    /// Where a refused read should go: the leader when known and not this
+    /// node. A follower whose host names it, or a leader whose host's
+    /// read-index call said NOT_LEADER before the step-down was reported,
+    /// knows no other leader; naming itself would send the client back.
+    pub fn leader_elsewhere(&self) -> Option<PeerId> {
+        self.leader.filter(|&l| l != self.self_id)
+    }
     pub fn applied(&self) -> u64 {
         self.applied
     }
@@ -343,7 +350,9 @@ mod tests {
         s.set_transfer(true);
         s.set_role(Role::Follower, 3, Some(2)).unwrap();
         assert_eq!((s.quorum_ack(100), s.term_applied(), s.transfer_in_progress()), (None, false, false));
-        assert_eq!(s.leader(), Some(2));
+        assert_eq!((s.leader(), s.leader_elsewhere()), (Some(2), Some(2)));
+        s.set_role(Role::Follower, 3, Some(1)).unwrap();
+        assert_eq!((s.leader(), s.leader_elsewhere()), (Some(1), None), "a hint naming this node is no hint");
         assert_eq!(s.record_ack(2, 3, 60, Some(100)), Err(AckIgnored::NotLeader));
         s.set_role(Role::Leader, 4, None).unwrap();
         assert!(!s.note_term_applied(3), "an entry of an older term does not count");

@@ -62,7 +62,7 @@ pub enum Decision {
 /// The lease gate on a snapshot of the facts at `now` (`None`: no clock).
 pub fn decide(state: &ConsensusState, lease_ns: u64, now: Option<u64>) -> Decision {
     if state.role() != Role::Leader {
-        return Decision::NotLeader { leader_hint: state.leader() };
+        return Decision::NotLeader { leader_hint: state.leader_elsewhere() };
     }
     let Some(now) = now.filter(|&n| n != 0) else { return Decision::Miss(MissReason::Clock) };
     if !state.term_applied() {
@@ -269,7 +269,7 @@ impl LeaseGate {
             Level::Linearizable => {
                 let leader_hint = {
                     let s = self.state.lock();
-                    (s.role() != Role::Leader).then(|| s.leader())
+                    (s.role() != Role::Leader).then(|| s.leader_elsewhere())
                 };
                 if let Some(leader_hint) = leader_hint {
                     return Err(Refused::NotLeader { leader_hint });
@@ -364,7 +364,7 @@ impl LeaseGate {
         }
         let index = answer.index.map_err(|e| match e.status {
             KEEL_STATUS_TIMEOUT => Refused::Timeout,
-            KEEL_STATUS_NOT_LEADER => Refused::NotLeader { leader_hint: self.state.lock().leader() },
+            KEEL_STATUS_NOT_LEADER => Refused::NotLeader { leader_hint: self.state.lock().leader_elsewhere() },
             _ => Refused::ReadIndex(e),
         })?;
         let mut s = self.state.lock();
@@ -523,7 +523,7 @@ mod tests {
     }
 
     #[test]
-    fn a_read_index_error_is_returned_and_not_leader_carries_the_hint() {
+    fn a_read_index_error_is_returned_and_not_leader_never_names_this_node() {
         let g = LeaseGate::new(
             1,
             config(),
@@ -533,7 +533,9 @@ mod tests {
         .unwrap();
         g.set_voters(Voters { incoming: vec![1, 2, 3], outgoing: vec![] }).unwrap();
         g.set_role(Role::Leader, 1, None).unwrap();
-        assert_eq!(g.begin_read(Level::Lease, LONG), Err(Refused::NotLeader { leader_hint: Some(1) }));
+        // keel still has this node as the leader when the host's call says
+        // otherwise: the refusal must not send the client back here.
+        assert_eq!(g.begin_read(Level::Lease, LONG), Err(Refused::NotLeader { leader_hint: None }));
         let st = g.stats();
         assert_eq!((st.miss_term_not_applied, st.read_index_calls, st.read_index_errors), (1, 1, 1));
         let g2 = LeaseGate::new(1, config(), Clock::manual(5), Box::new(|| Err(Error::new(KEEL_STATUS_IO, "net down")))).unwrap();
