@@ -17,13 +17,17 @@
  *   a session of another shard is refused;
  * - the callback's error comes back; the counters say all of it;
  * - read_index_free runs once per configuration: at once when it is
- *   refused, at the shard's close otherwise.
+ *   refused, at the shard's close otherwise;
+ * - keel_shard_consensus_now() reads the shard's clock (manual, or
+ *   CLOCK_MONOTONIC or CLOCK_BOOTTIME, between two reads of it by the
+ *   test), and an ack stamped with it holds a lease.
  */
 #include "keel_test.h"
 
 #include <pthread.h>
 #include <sched.h>
 #include <stdbool.h>
+#include <time.h>
 
 #define MS 1000000ull
 
@@ -103,6 +107,54 @@ static void *linearizable_reader(void *arg) {
   r->status = get_ex(r->shard, &o, &err);
   keel_error_free(err);
   return NULL;
+}
+
+static uint64_t clock_ns(clockid_t id) {
+  struct timespec ts;
+  CHECK(clock_gettime(id, &ts) == 0);
+  return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+/* KEEL_CLOCK_BOOTTIME: keel_shard_consensus_now() reads CLOCK_BOOTTIME, and
+ * an ack stamped with it serves a lease read with no read-index call (a
+ * lease of 59 minutes: no scheduling delay can age it out). */
+static void boottime_clock(keel_engine_t *e) {
+  KT_ERR;
+  keel_shard_t *b = NULL;
+  CHECK_OK(keel_engine_shard_open(e, 3, true, &b, &err));
+  uint64_t now = 0;
+  CHECK_STATUS(KEEL_STATUS_INVALID_ARGUMENT, keel_shard_consensus_now(b, &now, &err)); /* not configured */
+  struct host hb = {1, KEEL_STATUS_OK, 0, 0};
+  keel_lease_options_t o = lease_options(&hb);
+  o.clock = 3;
+  CHECK_STATUS(KEEL_STATUS_INVALID_ARGUMENT, keel_shard_consensus_configure(b, &o, &err));
+  o = lease_options(&hb);
+  o.clock = KEEL_CLOCK_BOOTTIME;
+  o.election_timeout_min_ms = 3600 * 1000;
+  o.lease_ms = 59 * 60 * 1000;
+  CHECK_OK(keel_shard_consensus_configure(b, &o, &err));
+  CHECK_STATUS(KEEL_STATUS_INVALID_ARGUMENT, keel_shard_consensus_set_clock(b, 5, &err));
+  uint64_t before = clock_ns(CLOCK_BOOTTIME);
+  CHECK_OK(keel_shard_consensus_now(b, &now, &err));
+  CHECK(before <= now && now <= clock_ns(CLOCK_BOOTTIME));
+  const uint64_t voters[] = {1, 2, 3};
+  CHECK_OK(keel_shard_consensus_set_voters(b, voters, 3, NULL, 0, &err));
+  CHECK_OK(keel_shard_consensus_set_role(b, KEEL_ROLE_LEADER, 1, 0, &err));
+  CHECK_OK(keel_shard_consensus_term_applied(b, 1, NULL, &err));
+  uint64_t sent = 0;
+  CHECK_OK(keel_shard_consensus_now(b, &sent, &err));
+  CHECK_OK(keel_shard_consensus_ack(b, 2, 1, sent, &err));
+  CHECK_OK(keel_shard_put(b, KT_S("k"), KT_S("v"), NULL, &err));
+  keel_read_options_t lease = read_opts(KEEL_READ_LEASE, 0);
+  CHECK_OK(get_ex(b, &lease, &err));
+  CHECK_EQ_U64(hb.calls, 0);
+  keel_lease_stats_t st;
+  st.struct_size = sizeof st;
+  CHECK_OK(keel_shard_lease_stats(b, &st, &err));
+  CHECK_EQ_U64(st.lease_hits, 1);
+  CHECK_EQ_U64(st.acks_ignored_bad_time, 0);
+  CHECK_OK(keel_shard_close(b, &err));
+  CHECK_EQ_U64(hb.frees, 2); /* the refused configuration and the close */
 }
 
 int main(void) {
@@ -300,9 +352,17 @@ int main(void) {
   lo.clock = KEEL_CLOCK_MONOTONIC;
   CHECK_OK(keel_shard_consensus_configure(other, &lo, &err));
   CHECK_STATUS(KEEL_STATUS_INVALID_ARGUMENT, keel_shard_consensus_set_clock(other, 5, &err));
+  uint64_t before = clock_ns(CLOCK_MONOTONIC), now = 0;
+  CHECK_OK(keel_shard_consensus_now(other, &now, &err));
+  CHECK(before <= now && now <= clock_ns(CLOCK_MONOTONIC));
+  CHECK_OK(keel_shard_consensus_now(s, &now, &err));
+  CHECK_EQ_U64(now, t0 + 700 * MS); /* a manual clock reads what was set last */
+  CHECK_STATUS(KEEL_STATUS_NULL_ARGUMENT, keel_shard_consensus_now(s, NULL, &err));
   keel_read_options_t small;
   CHECK_RC(KEEL_STATUS_INVALID_ARGUMENT, keel_read_options_init_sized(&small, 8));
   CHECK_RC(KEEL_STATUS_NULL_ARGUMENT, keel_read_options_init_sized(NULL, sizeof small));
+
+  boottime_clock(e);
 
   CHECK_EQ_U64(h.frees, 7);
   CHECK_OK(keel_shard_close(other, &err));

@@ -108,7 +108,10 @@
 #define KEEL_ROLE_LEADER 1
 
 /**
- * keel_lease_options_t.clock: keel reads CLOCK_MONOTONIC.
+ * keel_lease_options_t.clock: keel reads CLOCK_MONOTONIC. It stops while
+ * the machine is suspended: a leader that slept resumes believing less
+ * time passed than its voters waited. Prefer KEEL_CLOCK_BOOTTIME where
+ * the leader's machine may suspend.
  */
 #define KEEL_CLOCK_MONOTONIC 0
 
@@ -118,6 +121,12 @@
  * miss until it is set). For tests and simulations.
  */
 #define KEEL_CLOCK_MANUAL 1
+
+/**
+ * keel_lease_options_t.clock: keel reads CLOCK_BOOTTIME, CLOCK_MONOTONIC
+ * plus the time the machine was suspended, so a suspend ages the lease.
+ */
+#define KEEL_CLOCK_BOOTTIME 2
 
 /**
  * sizeof(keel_lease_options_t) of version 1.
@@ -783,7 +792,9 @@ typedef struct keel_lease_options_t {
    */
   uint64_t read_timeout_ms;
   /**
-   * KEEL_CLOCK_MONOTONIC (default) or KEEL_CLOCK_MANUAL.
+   * KEEL_CLOCK_MONOTONIC (default), KEEL_CLOCK_BOOTTIME or
+   * KEEL_CLOCK_MANUAL. Acks must be stamped on this clock
+   * (keel_shard_consensus_now() reads it).
    */
   uint64_t clock;
   /**
@@ -2078,8 +2089,8 @@ keel_status_t keel_shard_consensus_set_voters(const struct keel_shard_t *shard,
 
 /**
  * Reports that voter `peer_id` acknowledged a heartbeat or append of
- * `term` that this leader SENT at `sent_at_ns` (the clock keel reads:
- * CLOCK_MONOTONIC, or the manual value). An ack keel cannot use (not the
+ * `term` that this leader SENT at `sent_at_ns`, on the shard's clock
+ * (keel_lease_options_t.clock; keel_shard_consensus_now() reads it). An ack keel cannot use (not the
  * leader, another term, not a voter, a time of 0 or after now) is counted
  * in keel_lease_stats_t and otherwise ignored: OK all the same.
  * Errors: NULL_ARGUMENT, INVALID_ARGUMENT (not configured), CLOSED.
@@ -2136,12 +2147,24 @@ keel_status_t keel_shard_consensus_set_transfer(const struct keel_shard_t *shard
 /**
  * Sets the time of a KEEL_CLOCK_MANUAL shard, in nanoseconds (0: no time;
  * lease reads and acks fail closed). Tests drive time this way.
- * Errors: NULL_ARGUMENT, INVALID_ARGUMENT (the shard reads
- * CLOCK_MONOTONIC; not configured), CLOSED.
+ * Errors: NULL_ARGUMENT, INVALID_ARGUMENT (the shard reads a kernel
+ * clock; not configured), CLOSED.
  */
 keel_status_t keel_shard_consensus_set_clock(const struct keel_shard_t *shard,
                                              uint64_t now_ns,
                                              struct keel_error_t **err);
+
+/**
+ * Writes the time on the shard's lease clock to `*now_ns`: what the host
+ * stamps a message with when it sends it, to pass to
+ * keel_shard_consensus_ack() with the message's ack. 0 when the clock
+ * reads no time (a manual clock not set yet, or the kernel clock failed).
+ * Safe from any thread.
+ * Errors: NULL_ARGUMENT, INVALID_ARGUMENT (not configured), CLOSED.
+ */
+keel_status_t keel_shard_consensus_now(const struct keel_shard_t *shard,
+                                       uint64_t *now_ns,
+                                       struct keel_error_t **err);
 
 /**
  * Fills `*out` with the shard's lease facts and counters.

@@ -1282,6 +1282,10 @@ struct LeaseOptions {
   /// simulations) instead of CLOCK_MONOTONIC.
   bool manual_clock = false;
   ReadIndexFn read_index;  ///< required
+  /// keel reads CLOCK_BOOTTIME instead of CLOCK_MONOTONIC: it counts the
+  /// time the machine was suspended, so a suspend ages the lease
+  /// (docs/LEASE.md, "The clock"). Not with manual_clock.
+  bool boottime_clock = false;
 };
 
 /// A shard's lease facts and counters (keel_lease_stats_t).
@@ -1621,7 +1625,10 @@ class Shard : public detail::Handle<keel_shard_t, detail::close_shard> {
     o.max_round_trip_ms = ms(opts.max_round_trip);
     o.read_timeout_ms = ms(opts.read_timeout);
     o.default_level = static_cast<uint32_t>(opts.default_level);
-    o.clock = opts.manual_clock ? KEEL_CLOCK_MANUAL : KEEL_CLOCK_MONOTONIC;
+    if (opts.manual_clock && opts.boottime_clock) {
+      return Error(Status::InvalidArgument, "LeaseOptions: manual_clock and boottime_clock are both set");
+    }
+    o.clock = opts.manual_clock ? KEEL_CLOCK_MANUAL : opts.boottime_clock ? KEEL_CLOCK_BOOTTIME : KEEL_CLOCK_MONOTONIC;
     o.read_index = &detail::read_index_call;
     // keel owns it from here, and deletes it through read_index_free.
     o.read_index_user_data = new ReadIndexFn(std::move(opts.read_index));
@@ -1666,6 +1673,14 @@ class Shard : public detail::Handle<keel_shard_t, detail::close_shard> {
   /// The time of a manual clock, in nanoseconds (0: no time).
   Result<void> consensus_set_clock(uint64_t now_ns) const {
     return run_call([&](keel_error_t** e) { return keel_shard_consensus_set_clock(ptr_.get(), now_ns, e); });
+  }
+  /// Now on the shard's lease clock, in nanoseconds (0: no time): stamp a
+  /// message with it when sending, for consensus_ack() of its ack.
+  Result<uint64_t> consensus_now() const {
+    uint64_t now = 0;
+    auto r = run_call([&](keel_error_t** e) { return keel_shard_consensus_now(ptr_.get(), &now, e); });
+    if (!r) return r.err();
+    return now;
   }
 
   /// Begins a read session: the lease check or one read-index now, none

@@ -92,6 +92,10 @@ type LeaseOptions struct {
 	// ManualClock: the time is the value set with Consensus.SetClock
 	// (tests, simulations) instead of CLOCK_MONOTONIC.
 	ManualClock bool
+	// BootTimeClock: keel reads CLOCK_BOOTTIME instead of CLOCK_MONOTONIC.
+	// It counts the time the machine was suspended, so a suspend ages the
+	// lease (docs/LEASE.md, "The clock"). Not with ManualClock.
+	BootTimeClock bool
 	// ReadIndex performs the consensus read-index round trip and returns
 	// the index to wait for. Required. It runs on the goroutine of a read
 	// that missed the lease (concurrent misses share one call) and must
@@ -168,8 +172,13 @@ func (s *Shard) ConfigureConsensus(opts LeaseOptions) error {
 	if opts.DefaultLevel != ReadDefault {
 		o.default_level = C.uint32_t(opts.DefaultLevel)
 	}
-	if opts.ManualClock {
+	switch {
+	case opts.ManualClock && opts.BootTimeClock:
+		return newError("ConfigureConsensus", StatusInvalidArgument, "ManualClock and BootTimeClock are both set")
+	case opts.ManualClock:
 		o.clock = C.KEEL_CLOCK_MANUAL
+	case opts.BootTimeClock:
+		o.clock = C.KEEL_CLOCK_BOOTTIME
 	}
 	h, err := s.acquire("ConfigureConsensus")
 	if err != nil {
@@ -280,6 +289,16 @@ func (c Consensus) SetClock(nowNs uint64) error {
 	return c.do("SetClock", func(h *C.keel_shard_t, e **C.keel_error_t) C.keel_status_t {
 		return C.keel_shard_consensus_set_clock(h, C.uint64_t(nowNs), e)
 	})
+}
+
+// Now reads the shard's lease clock, in nanoseconds (0: no time): stamp a
+// message with it when sending it, and pass that to Ack with its ack.
+func (c Consensus) Now() (uint64, error) {
+	var now C.uint64_t
+	err := c.do("Now", func(h *C.keel_shard_t, e **C.keel_error_t) C.keel_status_t {
+		return C.keel_shard_consensus_now(h, &now, e)
+	})
+	return uint64(now), err
 }
 
 // LeaseStats are a shard's lease facts and counters (keel_lease_stats_t).

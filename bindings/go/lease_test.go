@@ -277,6 +277,48 @@ func TestLeaseRefusedConfigurationAndRelease(t *testing.T) {
 	}
 }
 
+// A BootTimeClock shard reads its own kernel clock: Now moves forward and
+// an ack stamped with it holds a lease (59 minutes: no scheduling delay
+// ages it out). Both clocks at once are refused.
+func TestLeaseBootTimeClockStampsAcks(t *testing.T) {
+	s := leaseShard(t)
+	h := &leaseHostT{}
+	c := s.Consensus()
+	if _, err := c.Now(); !errors.Is(err, ErrInvalidArgument) {
+		t.Fatalf("Now before ConfigureConsensus: %v, want ErrInvalidArgument", err)
+	}
+	o := h.options()
+	o.BootTimeClock = true
+	if err := s.ConfigureConsensus(o); !errors.Is(err, ErrInvalidArgument) {
+		t.Fatalf("ManualClock and BootTimeClock: %v, want ErrInvalidArgument", err)
+	}
+	o.ManualClock = false
+	o.ElectionTimeoutMin, o.Lease = time.Hour, 59*time.Minute
+	must(t, s.ConfigureConsensus(o))
+	if err := c.SetClock(5); !errors.Is(err, ErrInvalidArgument) {
+		t.Fatalf("SetClock of a kernel clock: %v, want ErrInvalidArgument", err)
+	}
+	sent, err := c.Now()
+	if err != nil || sent == 0 {
+		t.Fatalf("Now = %d, %v", sent, err)
+	}
+	must(t, c.SetVoters([]uint64{1, 2, 3}, nil))
+	must(t, c.SetRole(RoleLeader, 1, 0))
+	if _, err := c.TermApplied(1); err != nil {
+		t.Fatal(err)
+	}
+	must(t, c.Ack(2, 1, sent))
+	if later, err := c.Now(); err != nil || later < sent {
+		t.Fatalf("Now went from %d to %d, %v", sent, later, err)
+	}
+	if v, err := s.GetWith([]byte("k"), &ReadOptions{Level: ReadLease}); err != nil || string(v.Bytes) != "v" {
+		t.Fatalf("lease read = %v, %v", v, err)
+	}
+	if st, err := s.LeaseStats(); err != nil || st.LeaseHits != 1 || h.calls.Load() != 0 {
+		t.Fatalf("stats %+v, %v, %d read-index calls", st, err, h.calls.Load())
+	}
+}
+
 // A host's ReadIndex often waits for its own apply loop, which calls the
 // shard. A Close of the shard while such a read is in flight must not make
 // that call queue behind the Close (which waits for the read, which waits

@@ -32,12 +32,18 @@ pub const KEEL_ROLE_FOLLOWER: u32 = 0;
 /// keel_shard_consensus_set_role(): this node leads.
 pub const KEEL_ROLE_LEADER: u32 = 1;
 
-/// keel_lease_options_t.clock: keel reads CLOCK_MONOTONIC.
+/// keel_lease_options_t.clock: keel reads CLOCK_MONOTONIC. It stops while
+/// the machine is suspended: a leader that slept resumes believing less
+/// time passed than its voters waited. Prefer KEEL_CLOCK_BOOTTIME where
+/// the leader's machine may suspend.
 pub const KEEL_CLOCK_MONOTONIC: u64 = 0;
 /// keel_lease_options_t.clock: the time is the value the host last set with
 /// keel_shard_consensus_set_clock() (starts at 0, "no time": lease reads
 /// miss until it is set). For tests and simulations.
 pub const KEEL_CLOCK_MANUAL: u64 = 1;
+/// keel_lease_options_t.clock: keel reads CLOCK_BOOTTIME, CLOCK_MONOTONIC
+/// plus the time the machine was suspended, so a suspend ages the lease.
+pub const KEEL_CLOCK_BOOTTIME: u64 = 2;
 
 /// The host's read-index round trip: performs a consensus read-index
 /// (etcd raft: ReadIndex, then wait for its ReadState) and writes the
@@ -86,7 +92,9 @@ pub struct keel_lease_options_t {
     /// host's own call, see keel_read_index_fn). Default 5000; 0 is
     /// refused.
     pub read_timeout_ms: u64,
-    /// KEEL_CLOCK_MONOTONIC (default) or KEEL_CLOCK_MANUAL.
+    /// KEEL_CLOCK_MONOTONIC (default), KEEL_CLOCK_BOOTTIME or
+    /// KEEL_CLOCK_MANUAL. Acks must be stamped on this clock
+    /// (keel_shard_consensus_now() reads it).
     pub clock: u64,
     /// Required: the read-index round trip (keel_read_index_fn).
     pub read_index: keel_read_index_fn,
@@ -205,6 +213,7 @@ fn consensus_from_c(p: *const keel_lease_options_t) -> crate::Result<Consensus> 
     let default_level = level_from_c(o.default_level)?.unwrap_or(Level::Stale);
     let clock = match o.clock {
         KEEL_CLOCK_MONOTONIC => Clock::monotonic(),
+        KEEL_CLOCK_BOOTTIME => Clock::boottime(),
         KEEL_CLOCK_MANUAL => Clock::manual(0),
         other => return Err(Error::invalid(format!("clock {other} is not a KEEL_CLOCK_* value"))),
     };
@@ -293,8 +302,8 @@ pub extern "C" fn keel_shard_consensus_set_voters(
 }
 
 /// Reports that voter `peer_id` acknowledged a heartbeat or append of
-/// `term` that this leader SENT at `sent_at_ns` (the clock keel reads:
-/// CLOCK_MONOTONIC, or the manual value). An ack keel cannot use (not the
+/// `term` that this leader SENT at `sent_at_ns`, on the shard's clock
+/// (keel_lease_options_t.clock; keel_shard_consensus_now() reads it). An ack keel cannot use (not the
 /// leader, another term, not a voter, a time of 0 or after now) is counted
 /// in keel_lease_stats_t and otherwise ignored: OK all the same.
 /// Errors: NULL_ARGUMENT, INVALID_ARGUMENT (not configured), CLOSED.
@@ -366,11 +375,26 @@ pub extern "C" fn keel_shard_consensus_set_transfer(shard: *const keel_shard_t, 
 
 /// Sets the time of a KEEL_CLOCK_MANUAL shard, in nanoseconds (0: no time;
 /// lease reads and acks fail closed). Tests drive time this way.
-/// Errors: NULL_ARGUMENT, INVALID_ARGUMENT (the shard reads
-/// CLOCK_MONOTONIC; not configured), CLOSED.
+/// Errors: NULL_ARGUMENT, INVALID_ARGUMENT (the shard reads a kernel
+/// clock; not configured), CLOSED.
 #[no_mangle]
 pub extern "C" fn keel_shard_consensus_set_clock(shard: *const keel_shard_t, now_ns: u64, err: *mut *mut keel_error_t) -> keel_status_t {
     ffi_boundary!(err, shard, { try_handle!(shard).consensus()?.gate.clock().set(now_ns) })
+}
+
+/// Writes the time on the shard's lease clock to `*now_ns`: what the host
+/// stamps a message with when it sends it, to pass to
+/// keel_shard_consensus_ack() with the message's ack. 0 when the clock
+/// reads no time (a manual clock not set yet, or the kernel clock failed).
+/// Safe from any thread.
+/// Errors: NULL_ARGUMENT, INVALID_ARGUMENT (not configured), CLOSED.
+#[no_mangle]
+pub extern "C" fn keel_shard_consensus_now(shard: *const keel_shard_t, now_ns: *mut u64, err: *mut *mut keel_error_t) -> keel_status_t {
+    ffi_boundary!(err, shard, {
+        let out = out_ptr(now_ns, "now_ns")?;
+        *out = try_handle!(shard).consensus()?.gate.clock().now().unwrap_or(0);
+        Ok(())
+    })
 }
 
 /// sizeof(keel_lease_stats_t) of version 1.

@@ -2,9 +2,11 @@
 //!
 //! Times are nanoseconds on one monotonic clock shared by keel and the
 //! host: ack send times, "now", TTL expiries. Either the host sets the
-//! value (tests, simulations: never a callback per read) or keel reads
-//! `CLOCK_MONOTONIC`. Zero means "no time": a clock that reads zero or
-//! fails gives `None`, and every caller fails closed on `None`.
+//! value (tests, simulations: never a callback per read) or keel reads a
+//! kernel clock: `CLOCK_MONOTONIC`, or `CLOCK_BOOTTIME`, which also counts
+//! the time the machine was suspended. Zero means "no time": a clock that
+//! reads zero or fails gives `None`, and every caller fails closed on
+//! `None`.
 
 use crate::error::{Error, Result};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -12,8 +14,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 pub enum Clock {
     /// The value the host last set (starts at the given value; 0 = unset).
     Manual(AtomicU64),
-    /// `clock_gettime(CLOCK_MONOTONIC)`.
+    /// `clock_gettime(CLOCK_MONOTONIC)`. It stops while the machine is
+    /// suspended, so a leader that slept would resume with its lease's
+    /// elapsed time short by the sleep.
     Monotonic,
+    /// `clock_gettime(CLOCK_BOOTTIME)`: `CLOCK_MONOTONIC` plus the time
+    /// suspended, so a suspend ages the lease as it ages the voters' wait.
+    Boottime,
 }
 
 impl Clock {
@@ -25,14 +32,18 @@ impl Clock {
         Clock::Monotonic
     }
 
-    /// Sets a manual clock. A monotonic clock cannot be set.
+    pub fn boottime() -> Clock {
+        Clock::Boottime
+    }
+
+    /// Sets a manual clock. A kernel clock cannot be set.
     pub fn set(&self, now_ns: u64) -> Result<()> {
         match self {
             Clock::Manual(v) => {
                 v.store(now_ns, Ordering::Release);
                 Ok(())
             }
-            Clock::Monotonic => Err(Error::invalid("the monotonic clock cannot be set; configure a manual clock")),
+            Clock::Monotonic | Clock::Boottime => Err(Error::invalid("the shard reads a kernel clock, which cannot be set; configure a manual clock")),
         }
     }
 
@@ -40,17 +51,18 @@ impl Clock {
     pub fn now(&self) -> Option<u64> {
         let ns = match self {
             Clock::Manual(v) => v.load(Ordering::Acquire),
-            Clock::Monotonic => monotonic_ns()?,
+            Clock::Monotonic => kernel_ns(libc::CLOCK_MONOTONIC)?,
+            Clock::Boottime => kernel_ns(libc::CLOCK_BOOTTIME)?,
         };
         (ns != 0).then_some(ns)
     }
 }
 
-/// `CLOCK_MONOTONIC` in nanoseconds; `None` when the call fails.
-pub fn monotonic_ns() -> Option<u64> {
+/// `clock_gettime(id)` in nanoseconds; `None` when the call fails.
+fn kernel_ns(id: libc::clockid_t) -> Option<u64> {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: `ts` is a valid, writable timespec for the duration of the call.
-    if unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) } != 0 {
+    if unsafe { libc::clock_gettime(id, &mut ts) } != 0 {
         return None;
     }
     u64::try_from(ts.tv_sec).ok()?.checked_mul(1_000_000_000)?.checked_add(u64::try_from(ts.tv_nsec).ok()?)
@@ -71,10 +83,15 @@ mod tests {
     }
 
     #[test]
-    fn the_monotonic_clock_reads_and_cannot_be_set() {
-        let c = Clock::monotonic();
-        let a = c.now().expect("CLOCK_MONOTONIC works on Linux");
-        assert!(c.now().unwrap() >= a);
-        assert_eq!(c.set(1).unwrap_err().status, crate::status::KEEL_STATUS_INVALID_ARGUMENT);
+    fn the_kernel_clocks_read_their_own_clock_and_cannot_be_set() {
+        for (c, id) in [(Clock::monotonic(), libc::CLOCK_MONOTONIC), (Clock::boottime(), libc::CLOCK_BOOTTIME)] {
+            let before = kernel_ns(id).expect("the clock works on Linux");
+            let now = c.now().unwrap();
+            assert!(before <= now && now <= kernel_ns(id).unwrap(), "read between two reads of clock {id}");
+            assert_eq!(c.set(1).unwrap_err().status, crate::status::KEEL_STATUS_INVALID_ARGUMENT);
+        }
+        // CLOCK_BOOTTIME counts what CLOCK_MONOTONIC does plus suspends.
+        let mono = Clock::monotonic().now().unwrap();
+        assert!(Clock::boottime().now().unwrap() >= mono);
     }
 }

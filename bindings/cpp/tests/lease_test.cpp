@@ -2,8 +2,8 @@
 // follower's NotLeader with the leader hint, a fresh lease with no
 // read-index, the strict boundary, a transfer, the read-index waiting for
 // the applied index or timing out, a session costing one read-index for
-// several reads, the counters, refused configurations, and the callback
-// released at close.
+// several reads, the counters, refused configurations, the callback
+// released at close, and a CLOCK_BOOTTIME shard's own clock.
 #include "test_util.hpp"
 
 #include <atomic>
@@ -190,6 +190,9 @@ TEST_F(LeaseTest, RefusedConfigurationsAndTheCallbackReleasedAtClose) {
   bad.max_clock_drift = std::chrono::milliseconds(-100);
   EXPECT_EQ(shard_.configure_consensus(bad).err().code(), Status::InvalidArgument);
   bad = lease_options(host);
+  bad.boottime_clock = true;  // and manual_clock: which one?
+  EXPECT_EQ(shard_.configure_consensus(bad).err().code(), Status::InvalidArgument);
+  bad = lease_options(host);
   bad.read_index = nullptr;
   EXPECT_EQ(shard_.configure_consensus(bad).err().code(), Status::InvalidArgument);
   EXPECT_EQ(host.use_count(), 1) << "refused configurations hold nothing";
@@ -197,6 +200,33 @@ TEST_F(LeaseTest, RefusedConfigurationsAndTheCallbackReleasedAtClose) {
   EXPECT_EQ(host.use_count(), 2) << "keel holds the callback";
   ASSERT_TRUE(shard_.close().ok());
   EXPECT_EQ(host.use_count(), 1) << "released when the shard closed";
+}
+
+// CLOCK_BOOTTIME: consensus_now() reads it, and an ack stamped with it
+// holds a lease (59 minutes long: no scheduling delay ages it out).
+TEST_F(LeaseTest, ABoottimeShardStampsAcksWithItsOwnClock) {
+  auto host = std::make_shared<Host>();
+  auto o = lease_options(host);
+  o.manual_clock = false;
+  o.boottime_clock = true;
+  o.election_timeout_min = std::chrono::hours(1);
+  o.lease = std::chrono::minutes(59);
+  EXPECT_EQ(shard_.consensus_now().err().code(), Status::InvalidArgument) << "not configured yet";
+  ASSERT_TRUE(shard_.configure_consensus(o).ok());
+  EXPECT_EQ(shard_.consensus_set_clock(5).err().code(), Status::InvalidArgument);
+  timespec ts{};
+  ASSERT_EQ(clock_gettime(CLOCK_BOOTTIME, &ts), 0);
+  const uint64_t before = static_cast<uint64_t>(ts.tv_sec) * 1000000000u + static_cast<uint64_t>(ts.tv_nsec);
+  auto sent = shard_.consensus_now();
+  ASSERT_TRUE(sent.ok());
+  EXPECT_GE(*sent, before);
+  ASSERT_TRUE(shard_.consensus_set_voters({1, 2, 3}).ok());
+  ASSERT_TRUE(shard_.consensus_set_role(Role::Leader, 1).ok());
+  ASSERT_TRUE(shard_.consensus_term_applied(1).ok());
+  ASSERT_TRUE(shard_.consensus_ack(2, 1, *sent).ok());
+  ASSERT_TRUE(shard_.get("k", ReadLevel::Lease).ok());
+  EXPECT_EQ(host->calls, 0u);
+  EXPECT_EQ(shard_.lease_stats()->lease_hits, 1u);
 }
 
 }  // namespace
