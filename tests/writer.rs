@@ -927,8 +927,8 @@ fn writer_close_waits_for_a_callback_that_calls_in(backend: BackendChoice) {
 /// keel_publisher_close while the event callback of one of its
 /// subscribers runs: the close waits for it, and the callback may call in
 /// on the publisher meanwhile (to unsubscribe the connection it reports,
-/// say). The handle must stay valid until the close returns: publish and
-/// unsubscribe answer CLOSED, stats answer, and a second close is refused
+/// say). The handle must stay valid until the close returns: publish,
+/// subscribe (leaving the fd the caller's) and unsubscribe answer CLOSED, stats answer, and a second close is refused
 /// (BUSY) without freeing anything. It was freed before the wait, so these
 /// calls read freed memory.
 fn publisher_close_waits_for_a_callback_that_calls_in(backend: BackendChoice) {
@@ -937,8 +937,14 @@ fn publisher_close_waits_for_a_callback_that_calls_in(backend: BackendChoice) {
         // SAFETY: plain integers, valid all-zero.
         let mut s: c::keel_publisher_stats_t = unsafe { std::mem::zeroed() };
         s.struct_size = std::mem::size_of_val(&s) as u32;
+        let (ours, _peer) = UnixStream::pair().unwrap();
+        let mut id = 0;
         vec![
             ("publish", c::keel_publisher_publish(p, b"late".as_ptr(), 4, 0, std::ptr::null_mut())),
+            ("subscribe", c::keel_publisher_subscribe(p, ours.as_raw_fd(), &mut id, std::ptr::null_mut())),
+            // A refused subscribe leaves the fd the caller's: still open.
+            // SAFETY: fcntl(F_GETFD) only reads the descriptor's flags.
+            ("fd still open", if unsafe { libc::fcntl(ours.as_raw_fd(), libc::F_GETFD) } == -1 { KEEL_STATUS_IO } else { KEEL_STATUS_OK }),
             ("unsubscribe", c::keel_publisher_unsubscribe(p, r.sub.load(SeqCst), std::ptr::null_mut())),
             ("stats", c::keel_publisher_stats(p, &mut s)),
             ("close", c::keel_publisher_close(p, std::ptr::null_mut())),
@@ -960,7 +966,14 @@ fn publisher_close_waits_for_a_callback_that_calls_in(backend: BackendChoice) {
     assert_eq!(seen.0, [CloseWait::Callback(id)]);
     assert_eq!(
         seen.1,
-        [("publish", KEEL_STATUS_CLOSED), ("unsubscribe", KEEL_STATUS_CLOSED), ("stats", KEEL_STATUS_OK), ("close", KEEL_STATUS_BUSY)]
+        [
+            ("publish", KEEL_STATUS_CLOSED),
+            ("subscribe", KEEL_STATUS_CLOSED),
+            ("fd still open", KEEL_STATUS_OK),
+            ("unsubscribe", KEEL_STATUS_CLOSED),
+            ("stats", KEEL_STATUS_OK),
+            ("close", KEEL_STATUS_BUSY)
+        ]
     );
     assert_eq!(c::keel_net_close(net, std::ptr::null_mut()), KEEL_STATUS_OK);
     assert_eq!((race.frees.load(SeqCst), Arc::strong_count(&race)), (1, 1), "user_data released once");

@@ -76,10 +76,18 @@ impl Publisher {
     /// Adopts connected stream socket `fd` as a subscriber (keel owns the
     /// fd from then on) and returns its id.
     pub fn subscribe(&self, fd: RawFd) -> Result<u64> {
+        // The check, the adoption and the listing happen under the list's
+        // lock, which `shut` takes only after marking the publisher closed:
+        // a subscriber is listed before `shut` takes the list (and closed
+        // with the rest), or refused with its fd still the caller's. An
+        // event callback subscribing while the host closes the publisher
+        // could otherwise list a connection after `shut` took the list,
+        // one nothing would close until the net's own close.
+        let mut subs = self.subs.lock();
         self.check_open()?;
         let conn = self.net.adopt(fd, &self.opts)?;
         let id = conn.id;
-        self.subs.lock().push(conn);
+        subs.push(conn);
         Ok(id)
     }
 
