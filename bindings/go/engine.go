@@ -7,7 +7,6 @@ package keel
 import "C"
 
 import (
-	"fmt"
 	"math"
 	"runtime"
 	"sync"
@@ -83,20 +82,6 @@ type EngineOptions struct {
 	DisableCommitLog bool
 }
 
-// durationMs rounds d (> 0) up to whole milliseconds, saturating at limit so
-// that an out-of-range value stays out of range for the library to reject
-// instead of wrapping around.
-func durationMs(d time.Duration, limit uint64) uint64 {
-	ms := uint64(d / time.Millisecond)
-	if d%time.Millisecond != 0 {
-		ms++
-	}
-	if ms > limit {
-		ms = limit
-	}
-	return ms
-}
-
 // toC starts from the library defaults and overrides the non-zero fields.
 func (o *EngineOptions) toC() (C.keel_engine_options_t, error) {
 	var c C.keel_engine_options_t
@@ -105,11 +90,12 @@ func (o *EngineOptions) toC() (C.keel_engine_options_t, error) {
 		return c, nil
 	}
 	c.durability = C.uint32_t(o.Durability)
-	if o.SyncInterval < 0 {
-		return c, newError("OpenEngine", StatusInvalidArgument, fmt.Sprintf("SyncInterval %v is negative", o.SyncInterval))
-	}
-	if o.SyncInterval > 0 {
-		c.sync_interval_ms = C.uint32_t(durationMs(o.SyncInterval, math.MaxUint32))
+	if o.SyncInterval != 0 {
+		ms, err := millis("OpenEngine", "SyncInterval", o.SyncInterval, math.MaxUint32)
+		if err != nil {
+			return c, err
+		}
+		c.sync_interval_ms = C.uint32_t(ms)
 	}
 	if o.WALSegmentSize != 0 {
 		c.wal_segment_size = C.uint64_t(o.WALSegmentSize)
@@ -118,7 +104,8 @@ func (o *EngineOptions) toC() (C.keel_engine_options_t, error) {
 	case o.FlushInterval < 0:
 		c.flush_interval_ms = 0
 	case o.FlushInterval > 0:
-		c.flush_interval_ms = C.uint64_t(durationMs(o.FlushInterval, math.MaxUint64))
+		ms, _ := millis("OpenEngine", "FlushInterval", o.FlushInterval, math.MaxUint64) // not negative here
+		c.flush_interval_ms = C.uint64_t(ms)
 	}
 	if o.SealBytes != 0 {
 		c.seal_bytes = C.uint64_t(o.SealBytes)
@@ -131,11 +118,12 @@ func (o *EngineOptions) toC() (C.keel_engine_options_t, error) {
 	}
 	c.flush_threads = C.uint64_t(o.FlushThreads)
 	c.max_unflushed_wal_bytes = C.uint64_t(o.MaxUnflushedWALBytes)
-	if o.WriteStallTimeout < 0 {
-		return c, newError("OpenEngine", StatusInvalidArgument, fmt.Sprintf("WriteStallTimeout %v is negative", o.WriteStallTimeout))
-	}
-	if o.WriteStallTimeout > 0 {
-		c.write_stall_timeout_ms = C.uint64_t(durationMs(o.WriteStallTimeout, math.MaxUint64))
+	if o.WriteStallTimeout != 0 {
+		ms, err := millis("OpenEngine", "WriteStallTimeout", o.WriteStallTimeout, math.MaxUint64)
+		if err != nil {
+			return c, err
+		}
+		c.write_stall_timeout_ms = C.uint64_t(ms)
 	}
 	c.max_open_files = C.uint64_t(o.MaxOpenFiles)
 	if o.DisableCommitLog {

@@ -5,7 +5,10 @@ package keel
 */
 import "C"
 
-import "time"
+import (
+	"math"
+	"time"
+)
 
 // The fenced lease table of an engine (docs/LEASE.md): per engine and
 // local to this node; after a reopen every lease has expired, and tokens
@@ -16,15 +19,17 @@ import "time"
 // every token this engine's directory ever granted. ErrBusy while another
 // holder's lease runs; ErrInvalidArgument for a ttl under 1 ms.
 func (e *Engine) FenceTryAcquire(bucket []byte, ttl time.Duration) (uint64, error) {
+	// Rounded down: the lease never outlasts what was asked. 0 (under
+	// 1 ms) is keel's to refuse.
+	ms, err := millis("FenceTryAcquire", "ttl", ttl.Truncate(time.Millisecond), math.MaxUint64)
+	if err != nil {
+		return 0, err
+	}
 	h, err := e.acquire("FenceTryAcquire")
 	if err != nil {
 		return 0, err
 	}
 	defer e.release()
-	ms := ttl.Milliseconds()
-	if ms < 0 {
-		ms = 0
-	}
 	var token C.uint64_t
 	var cerr *C.keel_error_t
 	if st := C.keel_fence_try_acquire(h, bytesPtr(bucket), C.size_t(len(bucket)), C.uint64_t(ms), &token, &cerr); st != C.KEEL_STATUS_OK {

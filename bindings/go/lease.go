@@ -25,7 +25,7 @@ import "C"
 
 import (
 	"errors"
-	"fmt"
+	"math"
 	"runtime/cgo"
 	"sync"
 	"time"
@@ -129,17 +129,6 @@ func (h *leaseHost) readIndex() (index uint64, st Status) {
 	return 0, StatusIO
 }
 
-// millis is d in whole milliseconds for keel, rounded up: a part of a
-// millisecond must not vanish, neither from a margin of the lease check
-// (which would then pass a lease it should refuse) nor from a timeout
-// (which would turn into 0, "the default").
-func millis(d time.Duration, name string) (C.uint64_t, error) {
-	if d < 0 {
-		return 0, fmt.Errorf("%s %v is negative", name, d)
-	}
-	return C.uint64_t((d + time.Millisecond - 1) / time.Millisecond), nil
-}
-
 // ConfigureConsensus turns on lease reads for this open of the shard
 // (once). keel keeps opts.ReadIndex until the shard closes.
 func (s *Shard) ConfigureConsensus(opts LeaseOptions) error {
@@ -163,11 +152,11 @@ func (s *Shard) ConfigureConsensus(opts LeaseOptions) error {
 		if f.name == "ReadTimeout" && f.d == 0 {
 			continue // the library default
 		}
-		v, err := millis(f.d, f.name)
+		v, err := millis("ConfigureConsensus", f.name, f.d, math.MaxUint64)
 		if err != nil {
-			return newError("ConfigureConsensus", StatusInvalidArgument, err.Error())
+			return err
 		}
-		*f.dst = v
+		*f.dst = C.uint64_t(v)
 	}
 	if opts.DefaultLevel != ReadDefault {
 		o.default_level = C.uint32_t(opts.DefaultLevel)
@@ -396,11 +385,11 @@ func readOptionsC(opts *ReadOptions) (C.keel_read_options_t, error) {
 		return o, nil
 	}
 	o.level = C.uint32_t(opts.Level)
-	ms, err := millis(opts.Timeout, "Timeout")
+	ms, err := millis("ReadOptions", "Timeout", opts.Timeout, math.MaxUint64)
 	if err != nil {
-		return o, newError("ReadOptions", StatusInvalidArgument, err.Error())
+		return o, err
 	}
-	o.timeout_ms = ms
+	o.timeout_ms = C.uint64_t(ms)
 	if opts.Session != nil {
 		if opts.Session.h == nil {
 			return o, newError("ReadOptions", StatusClosed, "the read session has ended")

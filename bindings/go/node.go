@@ -23,7 +23,6 @@ static void keel_go_node_set_event(keel_node_options_t *o, uintptr_t handle) {
 import "C"
 
 import (
-	"fmt"
 	"math"
 	"runtime"
 	"runtime/cgo"
@@ -147,10 +146,16 @@ func (o *NodeOptions) toC() (*cNodeOptions, error) {
 	for _, d := range []struct {
 		name string
 		v    time.Duration
-	}{{"HandshakeTimeout", o.HandshakeTimeout}, {"HeartbeatInterval", o.HeartbeatInterval}} {
-		if d.v < 0 {
-			return nil, newError("OpenNode", StatusInvalidArgument, fmt.Sprintf("%s %v is negative", d.name, d.v))
+		dst  *C.uint32_t
+	}{{"HandshakeTimeout", o.HandshakeTimeout, &c.handshake_timeout_ms}, {"HeartbeatInterval", o.HeartbeatInterval, &c.heartbeat_interval_ms}} {
+		if d.v == 0 {
+			continue // the library's default
 		}
+		ms, err := millis("OpenNode", d.name, d.v, math.MaxUint32)
+		if err != nil {
+			return nil, err
+		}
+		*d.dst = C.uint32_t(ms)
 	}
 	if strings.IndexByte(o.ListenAddr, 0) >= 0 {
 		return nil, newError("OpenNode", StatusInvalidArgument, "ListenAddr contains a NUL byte")
@@ -169,17 +174,11 @@ func (o *NodeOptions) toC() (*cNodeOptions, error) {
 	if o.MaxFrameBytes != 0 {
 		c.max_frame_bytes = C.uint32_t(o.MaxFrameBytes)
 	}
-	if o.HandshakeTimeout > 0 {
-		c.handshake_timeout_ms = C.uint32_t(durationMs(o.HandshakeTimeout, math.MaxUint32))
-	}
 	if o.MaxHandshakes != 0 {
 		c.max_handshakes = C.uint32_t(o.MaxHandshakes)
 	}
 	if o.ConnMemoryBytes != 0 {
 		c.conn_memory_bytes = C.uint64_t(o.ConnMemoryBytes)
-	}
-	if o.HeartbeatInterval > 0 {
-		c.heartbeat_interval_ms = C.uint32_t(durationMs(o.HeartbeatInterval, math.MaxUint32))
 	}
 	if o.HeartbeatMisses != 0 {
 		c.heartbeat_misses = C.uint32_t(o.HeartbeatMisses)
@@ -188,7 +187,8 @@ func (o *NodeOptions) toC() (*cNodeOptions, error) {
 	case o.CloseTimeout < 0:
 		c.close_timeout_ms = 0
 	case o.CloseTimeout > 0:
-		c.close_timeout_ms = C.uint32_t(durationMs(o.CloseTimeout, math.MaxUint32))
+		ms, _ := millis("OpenNode", "CloseTimeout", o.CloseTimeout, math.MaxUint32) // not negative here
+		c.close_timeout_ms = C.uint32_t(ms)
 	}
 	if o.MaxConcurrentTransfers != 0 {
 		c.max_concurrent_transfers = C.uint32_t(o.MaxConcurrentTransfers)

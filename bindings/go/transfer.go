@@ -166,9 +166,15 @@ func (o *TransferOptions) toC() (C.keel_transfer_options_t, error) {
 	if o == nil {
 		return c, nil
 	}
-	for name, d := range map[string]time.Duration{"AckTimeout": o.AckTimeout, "FirstBackoff": o.FirstBackoff, "MaxBackoff": o.MaxBackoff} {
-		if d < 0 {
-			return c, newError("StartTransfer", StatusInvalidArgument, fmt.Sprintf("%s %v is negative", name, d))
+	// Zero stays zero: the library's default.
+	var ms [3]uint64
+	for i, d := range []struct {
+		name string
+		v    time.Duration
+	}{{"AckTimeout", o.AckTimeout}, {"FirstBackoff", o.FirstBackoff}, {"MaxBackoff", o.MaxBackoff}} {
+		var err error
+		if ms[i], err = millis("StartTransfer", d.name, d.v, math.MaxUint32); err != nil {
+			return c, err
 		}
 	}
 	if o.MaxRetries > 1000 {
@@ -185,16 +191,15 @@ func (o *TransferOptions) toC() (C.keel_transfer_options_t, error) {
 	if o.MaxBatchBytes != 0 {
 		c.max_batch_bytes = C.uint64_t(o.MaxBatchBytes)
 	}
-	if o.AckTimeout > 0 {
-		c.ack_timeout_ms = C.uint32_t(durationMs(o.AckTimeout, math.MaxUint32))
+	if ms[0] != 0 {
+		c.ack_timeout_ms = C.uint32_t(ms[0])
 	}
 	c.max_retries = C.uint32_t(o.MaxRetries)
 	if o.NoRetries {
 		c.max_retries = C.KEEL_TRANSFER_NO_RETRIES
 	}
-	// Zero stays zero: the library's default.
-	c.first_backoff_ms = C.uint32_t(durationMs(o.FirstBackoff, math.MaxUint32))
-	c.max_backoff_ms = C.uint32_t(durationMs(o.MaxBackoff, math.MaxUint32))
+	c.first_backoff_ms = C.uint32_t(ms[1])
+	c.max_backoff_ms = C.uint32_t(ms[2])
 	if o.Sequential {
 		c.sequential = C.KEEL_TRANSFER_SEQUENTIAL
 	}
@@ -416,7 +421,9 @@ func (t *Transfer) Wait(timeout time.Duration) error {
 	defer t.release()
 	ms := C.uint64_t(C.KEEL_TRANSFER_WAIT_FOREVER)
 	if timeout >= 0 {
-		ms = C.uint64_t(durationMs(timeout, math.MaxUint64-1))
+		// Below KEEL_TRANSFER_WAIT_FOREVER; not negative here.
+		limited, _ := millis("Wait", "timeout", timeout, math.MaxUint64-1)
+		ms = C.uint64_t(limited)
 	}
 	if st := C.keel_transfer_wait(h, ms); st != C.KEEL_STATUS_OK {
 		return takeError("Wait", st, nil)

@@ -97,15 +97,10 @@ func (o *Options) toC() (C.keel_wal_options_t, error) {
 	}
 	c.durability = C.uint32_t(o.Durability)
 	c.recovery_mode = C.uint32_t(o.RecoveryMode)
-	if o.SyncInterval < 0 {
-		return c, newError("Open", StatusInvalidArgument, fmt.Sprintf("SyncInterval %v is negative", o.SyncInterval))
-	}
-	if o.SyncInterval > 0 {
-		ms := (o.SyncInterval + time.Millisecond - 1) / time.Millisecond
-		// Out of range values stay out of range (the library rejects
-		// them) instead of wrapping around uint32.
-		if ms > math.MaxUint32 {
-			ms = math.MaxUint32
+	if o.SyncInterval != 0 {
+		ms, err := millis("Open", "SyncInterval", o.SyncInterval, math.MaxUint32)
+		if err != nil {
+			return c, err
 		}
 		c.sync_interval_ms = C.uint32_t(ms)
 	}

@@ -95,14 +95,19 @@ func (o *WriterOptions) toC(op string) (C.keel_writer_options_t, error) {
 	if o.IOVMax != 0 {
 		c.iov_max = C.uint32_t(o.IOVMax)
 	}
-	if o.SoftCapTime < 0 || o.CloseTimeout < 0 {
-		return c, newError(op, StatusInvalidArgument, fmt.Sprintf("SoftCapTime %v or CloseTimeout %v is negative", o.SoftCapTime, o.CloseTimeout))
-	}
-	if o.SoftCapTime > 0 {
-		c.soft_cap_ms = C.uint32_t(durationMs(o.SoftCapTime, math.MaxUint32))
-	}
-	if o.CloseTimeout > 0 {
-		c.close_timeout_ms = C.uint32_t(durationMs(o.CloseTimeout, math.MaxUint32))
+	for _, d := range []struct {
+		name string
+		v    time.Duration
+		dst  *C.uint32_t
+	}{{"SoftCapTime", o.SoftCapTime, &c.soft_cap_ms}, {"CloseTimeout", o.CloseTimeout, &c.close_timeout_ms}} {
+		if d.v == 0 {
+			continue // the library's default
+		}
+		ms, err := millis(op, d.name, d.v, math.MaxUint32)
+		if err != nil {
+			return c, err
+		}
+		*d.dst = C.uint32_t(ms)
 	}
 	return c, nil
 }

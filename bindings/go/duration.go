@@ -1,0 +1,35 @@
+package keel
+
+import (
+	"fmt"
+	"time"
+)
+
+// millis is d in whole milliseconds for a C field whose largest value is
+// limit; the one conversion of a time.Duration to keel's milliseconds.
+//
+//   - Rounded up: a part of a millisecond must not vanish, neither from a
+//     margin of the lease check (which would then pass a lease it should
+//     refuse) nor from a timeout (which would turn into 0, "the default").
+//     A caller that must round down (a lease granted, a bound that
+//     shortens what it allows) passes d.Truncate(time.Millisecond).
+//   - Never wraps: d/time.Millisecond cannot overflow, where
+//     d+time.Millisecond-1 would for a d near math.MaxInt64 (a caller's
+//     "forever"), turning it negative and then huge or small in C.
+//   - Saturates at limit: a duration out of the field's range stays out of
+//     range, for keel to refuse (ErrInvalidArgument) or to take as "as
+//     long as it gets" when the field has no bound, instead of wrapping
+//     around the C type.
+//   - Negative d is ErrInvalidArgument for op, naming the field: a caller
+//     for which a negative value means something (NoBackgroundFlush,
+//     NoCloseWait, Transfer.Wait's no limit) handles it first.
+func millis(op, name string, d time.Duration, limit uint64) (uint64, error) {
+	if d < 0 {
+		return 0, newError(op, StatusInvalidArgument, fmt.Sprintf("%s %v is negative", name, d))
+	}
+	ms := uint64(d / time.Millisecond)
+	if d%time.Millisecond != 0 {
+		ms++
+	}
+	return min(ms, limit), nil
+}
