@@ -101,7 +101,9 @@ type LeaseOptions struct {
 	// that missed the lease (concurrent misses share one call) and must
 	// not read from the same shard. It should give up within the reads'
 	// timeout: keel cannot interrupt it. A *keel.Error passes its Code through
-	// (ErrNotLeader, ErrTimeout, ...); any other error is ErrIO, a panic
+	// (ErrNotLeader, ErrTimeout, ...); any other non-nil error is ErrIO,
+	// a nil *keel.Error returned as a non-nil error and an *Error with
+	// Code StatusOK included (a failure without a code), a panic
 	// ErrPanic. runtime.Goexit in it (t.FailNow, t.Fatal) ends the
 	// program: it cannot unwind through keel.
 	ReadIndex func() (uint64, error)
@@ -122,8 +124,11 @@ func (h *leaseHost) readIndex() (index uint64, st Status) {
 	if err == nil {
 		return i, StatusOK
 	}
+	// A nil *Error in the error (var e *keel.Error; ...; return i, e) is
+	// a failure all the same, as for any caller of a Go function: it has
+	// no code, so it is ErrIO like an *Error whose Code is StatusOK.
 	var ke *Error
-	if errors.As(err, &ke) && ke.Code != StatusOK {
+	if errors.As(err, &ke) && ke != nil && ke.Code != StatusOK {
 		return 0, ke.Code
 	}
 	return 0, StatusIO

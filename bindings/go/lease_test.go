@@ -2,6 +2,7 @@ package keel
 
 import (
 	"errors"
+	"fmt"
 	"runtime"
 	"sync"
 	"sync/atomic"
@@ -501,4 +502,30 @@ func TestEngineCloseFromTheApplyLoopAReadIndexWaitsForAnswersAtOnce(t *testing.T
 			return 0, nil
 		}
 	})
+}
+
+// A ReadIndex that returns a nil *Error as its error (var e *keel.Error;
+// ...; return i, e) returns a non-nil error interface: Go's classic
+// mistake. It is a failure with no code, so the read fails with ErrIO, as
+// for any other error; the package neither dereferences the nil pointer
+// nor reports a panic that did not happen (ErrPanic), wrapped or not.
+func TestLeaseReadIndexTypedNilErrorIsIONotPanic(t *testing.T) {
+	for _, c := range []struct {
+		what string
+		err  func() error
+	}{
+		{"a nil *Error", func() error { var e *Error; return e }},
+		{"a wrapped nil *Error", func() error { var e *Error; return fmt.Errorf("raft: %w", e) }},
+		{"an *Error with code OK", func() error { return &Error{Code: StatusOK, Message: "fine?"} }},
+	} {
+		t.Run(c.what, func(t *testing.T) {
+			e, _ := openEngineT(t, "", nil)
+			var calls atomic.Int64
+			s := soleLeader(t, e, func() (uint64, error) { calls.Add(1); return 0, c.err() })
+			_, err := s.GetWith([]byte("k"), &ReadOptions{Level: ReadLinearizable})
+			if !errors.Is(err, ErrIO) || calls.Load() != 1 {
+				t.Fatalf("read after ReadIndex returned %s: %v after %d calls, want ErrIO after 1", c.what, err, calls.Load())
+			}
+		})
+	}
 }
