@@ -106,6 +106,14 @@ type LeaseOptions struct {
 	// Code StatusOK included (a failure without a code), a panic
 	// ErrPanic. runtime.Goexit in it (t.FailNow, t.Fatal) ends the
 	// program: it cannot unwind through keel.
+	//
+	// Only the code reaches the read: keel's read-index callback returns
+	// a status alone, so the read's error carries keel's Message, not the
+	// error's, and for ErrNotLeader the LeaderHint keel knows from
+	// Consensus.SetRole, not the error's. Before returning ErrNotLeader,
+	// report the engine's new role, term and leader with SetRole (ReadIndex
+	// may call it); otherwise the hint names the leader keel last heard of,
+	// which is this node when it still believed it led.
 	ReadIndex func() (uint64, error)
 }
 

@@ -529,3 +529,25 @@ func TestLeaseReadIndexTypedNilErrorIsIONotPanic(t *testing.T) {
 		})
 	}
 }
+
+// keel's read-index callback returns a status alone (keel_read_index_fn):
+// the code of ReadIndex's *Error reaches the read, its Message and
+// LeaderHint cannot. The read's LeaderHint is the leader keel knows from
+// Consensus.SetRole, which ReadIndex may call before it returns
+// ErrNotLeader (as LeaseOptions.ReadIndex says).
+func TestLeaseReadIndexNotLeaderTakesTheHintFromSetRole(t *testing.T) {
+	e, _ := openEngineT(t, "", nil)
+	var s *Shard
+	s = soleLeader(t, e, func() (uint64, error) {
+		// The engine learned in the round trip that node 3 leads term 2.
+		if err := s.Consensus().SetRole(RoleFollower, 2, 3); err != nil {
+			return 0, err
+		}
+		return 0, &Error{Code: StatusNotLeader, Message: "raft: stepped down", LeaderHint: 3}
+	})
+	_, err := s.GetWith([]byte("k"), &ReadOptions{Level: ReadLinearizable})
+	var ke *Error
+	if !errors.As(err, &ke) || ke.Code != StatusNotLeader || ke.LeaderHint != 3 {
+		t.Fatalf("read whose ReadIndex stepped down: %v, want NOT_LEADER with hint 3", err)
+	}
+}
