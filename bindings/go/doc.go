@@ -43,13 +43,15 @@
 // (errors.Is(err, keel.ErrTruncated)) or read the Code with errors.As.
 //
 // Resources: Close is the way to release a WAL, an Engine, a Shard, a
-// Reader, an Iterator, a Net, a Writer, a Publisher or a Node.
+// Reader, an Iterator, a Net, a Writer, a Publisher, a Node or a
+// Transfer, and End the way to release a ReadSession.
 // Engine.Close also closes the engine's shards still open; Net.Close
 // closes the sockets of its Writers and Publishers (whose Close is still
 // needed to free them); a Node must be closed before its Engine.
-// A WAL, Engine, Reader, Iterator, Net, Writer, Publisher or Node that is
-// garbage collected while still open is reported on the standard logger
-// as a leak; it is never closed behind the caller's back. Data read from
+// A WAL, Engine, Reader, Iterator, Net, Writer, Publisher, Node or
+// Transfer that is garbage collected while still open, or a ReadSession
+// before its End, is reported on the standard logger as a leak; it is
+// never closed behind the caller's back. Data read from
 // keel (Get, MultiGet, Iterator, Reader) is copied into Go memory owned
 // by the caller.
 package keel

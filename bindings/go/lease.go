@@ -26,6 +26,7 @@ import "C"
 import (
 	"errors"
 	"math"
+	"runtime"
 	"runtime/cgo"
 	"sync"
 	"time"
@@ -344,7 +345,9 @@ func (s *Shard) LeaseStats() (LeaseStats, error) {
 // ReadSession is a session of reads (keel_read_session_t): the lease check
 // or one read-index when it begins, none for the reads that name it in
 // ReadOptions.Session. Safe for concurrent use; End it before closing its
-// shard.
+// shard. A session garbage collected before End is reported as a leak
+// (its handle holds the shard's memory, past the shard's Close), not
+// ended.
 type ReadSession struct {
 	mu    sync.RWMutex
 	h     *C.keel_read_session_t // nil once ended
@@ -369,7 +372,15 @@ func (s *Shard) ReadBegin(level ReadLevel, timeout time.Duration) (*ReadSession,
 	if st := C.keel_shard_read_begin(h, &o, &rs, &index, &cerr); st != C.KEEL_STATUS_OK {
 		return nil, takeError("ReadBegin", st, cerr)
 	}
-	return &ReadSession{h: rs, index: uint64(index)}, nil
+	r := &ReadSession{h: rs, index: uint64(index)}
+	runtime.SetFinalizer(r, (*ReadSession).reportLeak)
+	return r, nil
+}
+
+// reportLeak runs on the finalizer goroutine and only logs (see
+// WAL.reportLeak); End clears it.
+func (r *ReadSession) reportLeak() {
+	leakf("keel: ReadSession was garbage collected without End; its handle and the shard's memory it holds leak")
 }
 
 // Index is the index the session waited for (0: a stale session of a
@@ -384,6 +395,7 @@ func (r *ReadSession) End() {
 	if r.h != nil {
 		C.keel_shard_read_end(r.h)
 		r.h = nil
+		runtime.SetFinalizer(r, nil)
 	}
 }
 

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"runtime"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -549,5 +550,48 @@ func TestLeaseReadIndexNotLeaderTakesTheHintFromSetRole(t *testing.T) {
 	var ke *Error
 	if !errors.As(err, &ke) || ke.Code != StatusNotLeader || ke.LeaderHint != 3 {
 		t.Fatalf("read whose ReadIndex stepped down: %v, want NOT_LEADER with hint 3", err)
+	}
+}
+
+// A ReadSession dropped without End is reported by its finalizer, like
+// every other handle of the package, not ended behind the program's back.
+func TestReadSessionLeakIsReported(t *testing.T) {
+	s := leaseShard(t)
+	reported := make(chan string, 4)
+	old := setLeakf(func(format string, args ...any) { reported <- fmt.Sprintf(format, args...) })
+	defer setLeakf(old)
+	func() {
+		rs, err := s.ReadBegin(ReadStale, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_ = rs
+	}()
+	// An ended session is not reported.
+	rs, err := s.ReadBegin(ReadStale, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rs.End()
+	deadline := time.After(10 * time.Second)
+	for {
+		runtime.GC()
+		select {
+		case msg := <-reported:
+			if !strings.Contains(msg, "ReadSession") {
+				t.Fatalf("leak report %q does not name the ReadSession", msg)
+			}
+			runtime.GC()
+			time.Sleep(50 * time.Millisecond)
+			for len(reported) != 0 {
+				if msg := <-reported; strings.Contains(msg, "ReadSession") {
+					t.Fatalf("a second ReadSession report: %q (the ended session?)", msg)
+				}
+			}
+			return
+		case <-deadline:
+			t.Fatal("no leak report after the ReadSession became unreachable")
+		case <-time.After(10 * time.Millisecond):
+		}
 	}
 }
