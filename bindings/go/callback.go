@@ -13,7 +13,6 @@ import (
 	"fmt"
 	"runtime/cgo"
 	"runtime/debug"
-	"syscall"
 )
 
 // keelGoNetEvent is the Net event callback, called by keel_go_net_event
@@ -22,7 +21,9 @@ import (
 //export keelGoNetEvent
 func keelGoNetEvent(handle C.uintptr_t, connID C.uint64_t, status C.keel_status_t, message *C.char) {
 	ev := cgo.Handle(handle).Value().(*netEvents)
-	ev.reactorTid.Store(int64(syscall.Gettid()))
+	// Only while the callback runs (see callbackThread).
+	ev.thread.enter()
+	defer ev.thread.leave()
 	defer netEventThreads.leave(netEventThreads.enter())
 	// message is borrowed for the call only: copied by GoString.
 	ev.onEvent(uint64(connID), &Error{Code: Status(status), Op: "OnEvent", Message: C.GoString(message)})
@@ -86,11 +87,9 @@ func keelGoReadIndexFree(handle C.uintptr_t) {
 //export keelGoTransferProgress
 func keelGoTransferProgress(handle C.uintptr_t, progress *C.keel_transfer_progress_t) {
 	ev := cgo.Handle(handle).Value().(*transferEvents)
-	// Only while the callback runs: once the transfer is over its thread
-	// ends, and the kernel may give its id to a thread that later calls
-	// Wait or Close, which must not be taken for this callback.
-	ev.tid.Store(int64(threadID()))
-	defer ev.tid.Store(0)
+	// Only while the callback runs (see callbackThread).
+	ev.thread.enter()
+	defer ev.thread.leave()
 	ev.onProgress(toProgress(progress))
 }
 

@@ -2,6 +2,7 @@ package keel
 
 import (
 	"sync"
+	"sync/atomic"
 	"syscall"
 )
 
@@ -146,3 +147,30 @@ func (s *threadSet) has() bool {
 	defer s.mu.Unlock()
 	return s.m[syscall.Gettid()] > 0
 }
+
+// callbackThread is the OS thread id of a handle's host callback while a
+// call of it runs (0 otherwise), for a handle whose callbacks run one at
+// a time on one keel thread (a Net's reactor thread, a Transfer's
+// thread): a method that would wait for that thread (Net.Close,
+// Transfer.Wait and Close) tells by it that it is called from the
+// callback, and answers ErrBusy. Only while the call runs: once it
+// returned, the thread may end (a transfer over, a reactor that
+// panicked) and the kernel may give its id to another thread, one of
+// Go's say, whose goroutine is not in the callback.
+type callbackThread struct{ tid atomic.Int64 }
+
+// enter, first thing in the callback, records its thread; the callback
+// defers leave.
+func (c *callbackThread) enter() { c.tid.Store(int64(threadID())) }
+
+func (c *callbackThread) leave() { c.tid.Store(0) }
+
+// current tells whether the calling goroutine is in the callback.
+func (c *callbackThread) current() bool {
+	tid := c.tid.Load()
+	return tid != 0 && tid == int64(threadID())
+}
+
+// threadID is syscall.Gettid; a variable so that a test can play the
+// kernel handing the id of a thread that ended to another thread.
+var threadID = syscall.Gettid

@@ -26,8 +26,6 @@ import (
 	"fmt"
 	"runtime"
 	"runtime/cgo"
-	"sync/atomic"
-	"syscall"
 	"unsafe"
 )
 
@@ -89,18 +87,14 @@ type NetOptions struct {
 // netEvents is what the cgo.Handle in keel_net_options_t.user_data holds.
 type netEvents struct {
 	onEvent func(connID uint64, err error)
-	// reactorTid is the OS thread id of the keel-net thread, recorded by
-	// each callback (0 before the first), so that Net.Close can tell it
-	// is called from OnEvent. No other goroutine ever runs on that thread:
-	// it is keel's, and Go only borrows it for the callback.
-	reactorTid atomic.Int64
+	// thread is the keel-net thread while an OnEvent call runs on it, so
+	// that Net.Close can tell it is called from OnEvent: it would wait for
+	// that very thread.
+	thread callbackThread
 }
 
 // onReactor tells whether the calling goroutine is an OnEvent callback.
-func (ev *netEvents) onReactor() bool {
-	tid := ev.reactorTid.Load()
-	return tid != 0 && tid == int64(syscall.Gettid())
-}
+func (ev *netEvents) onReactor() bool { return ev.thread.current() }
 
 // Net is a reactor: one keel thread ("keel-net") that owns the waiting
 // side of every socket adopted into it, and one send backend. Writers
@@ -265,9 +259,7 @@ func (n *Net) Close() error {
 	}
 	runtime.SetFinalizer(n, nil)
 	if n.events != 0 {
-		// No callback runs any more: the reactor thread is gone, and its
-		// thread id may be reused by another thread from now on.
-		n.ev.reactorTid.Store(0)
+		// No callback runs any more: the reactor thread is gone.
 		n.events.Delete()
 	}
 	if st != C.KEEL_STATUS_OK {

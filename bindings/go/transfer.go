@@ -25,8 +25,6 @@ import (
 	"math"
 	"runtime"
 	"runtime/cgo"
-	"sync/atomic"
-	"syscall"
 	"time"
 	"unsafe"
 )
@@ -239,10 +237,10 @@ type Transfer struct {
 // transferEvents is what the cgo.Handle of OnProgress holds.
 type transferEvents struct {
 	onProgress func(TransferProgress)
-	// tid is the OS thread id of the transfer's thread while an OnProgress
-	// call runs on it (0 otherwise), so that Wait and Close can tell they
-	// are called from OnProgress: both would wait for that very thread.
-	tid atomic.Int64
+	// thread is the transfer's thread while an OnProgress call runs on
+	// it, so that Wait and Close can tell they are called from OnProgress:
+	// both would wait for that very thread.
+	thread callbackThread
 }
 
 // inCallback tells whether the calling goroutine is the OnProgress
@@ -251,13 +249,8 @@ func (ev *transferEvents) inCallback() bool {
 	if ev == nil {
 		return false
 	}
-	tid := ev.tid.Load()
-	return tid != 0 && tid == int64(threadID())
+	return ev.thread.current()
 }
-
-// threadID is syscall.Gettid; a variable so that a test can play the
-// kernel handing the id of a thread that ended to another thread.
-var threadID = syscall.Gettid
 
 // StartTransfer starts sending shard (shard shardID of n's engine, open)
 // from n to peer (a peer n connected to) on a keel thread and returns at
@@ -455,7 +448,7 @@ func (t *Transfer) Close() error {
 	st := C.keel_transfer_free(h)
 	if t.progress != 0 {
 		// keel_transfer_free joined the thread that calls it (each call
-		// cleared ev.tid on its way out).
+		// left ev.thread on its way out).
 		t.progress.Delete()
 	}
 	if st != C.KEEL_STATUS_OK {

@@ -12,6 +12,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -996,4 +997,52 @@ func TestWriterCloseFromAnotherNetsOnEventAnswersAtOnce(t *testing.T) {
 	}
 	close(abort)
 	<-first
+}
+
+// The reactor thread's id is the OnEvent callback's only while it runs:
+// a thread that ended may have its id given to another by the kernel (the
+// reactor thread ends while the Net is open when keel's reactor
+// panics), and a goroutine there that calls Net.Close is not in OnEvent
+// and must not be answered ErrBusy (a Close refused so leaks the net).
+// The test plays the kernel: once an OnEvent call has returned, the
+// calling thread's id reads as the one OnEvent ran on.
+func TestNetCloseOnAThreadThatGotTheReactorsIDIsNotBusy(t *testing.T) {
+	var callbackThread atomic.Int64
+	events := make(chan struct{}, 16)
+	n, err := OpenNet(&NetOptions{Backend: BackendSendmsg, OnEvent: func(uint64, error) {
+		callbackThread.Store(int64(syscall.Gettid()))
+		select {
+		case events <- struct{}{}:
+		default:
+		}
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = n.Close() }) // after threadID is restored
+	keelSide, peer := tcpPair(t)
+	w, err := Adopt(n, keelSide, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	peer.SetLinger(0)
+	peer.Close() // RST: the sends fail and OnEvent runs
+	chunk := make([]byte, 8192)
+	for i := 0; i < 5000 && w.Send(chunk) == nil; i++ {
+		time.Sleep(time.Millisecond)
+	}
+	select {
+	case <-events:
+	case <-time.After(5 * time.Second):
+		t.Fatal("no event after the reset")
+	}
+	// Returns once the OnEvent call for w has returned (keel waits for it).
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	defer func(real func() int) { threadID = real }(threadID)
+	threadID = func() int { return int(callbackThread.Load()) }
+	if err := n.Close(); err != nil {
+		t.Fatalf("Net.Close on a thread that got the reactor thread's id: %v", err)
+	}
 }
