@@ -113,8 +113,8 @@ type LeaseOptions struct {
 	// error's, and for ErrNotLeader the LeaderHint keel knows from
 	// Consensus.SetRole, not the error's. Before returning ErrNotLeader,
 	// report the engine's new role, term and leader with SetRole (ReadIndex
-	// may call it); otherwise the hint names the leader keel last heard of,
-	// which is this node when it still believed it led.
+	// may call it); otherwise the hint is the leader keel last heard of, or
+	// none (0) while keel still has this node leading.
 	ReadIndex func() (uint64, error)
 }
 

@@ -50,7 +50,10 @@ pub const KEEL_CLOCK_BOOTTIME: u64 = 2;
 /// index to `*index`, returning KEEL_STATUS_OK; or returns another status
 /// (NOT_LEADER when this node no longer leads, TIMEOUT, ...), which the
 /// read returns (a value that is no keel_status_t: INVALID_ARGUMENT; PANIC
-/// or POISONED as they are, though the shard is neither). Runs on the thread of a read that missed the lease;
+/// or POISONED as they are, though the shard is neither). Only the status
+/// reaches the read: a NOT_LEADER read's leader hint is the one keel knows
+/// from keel_shard_consensus_set_role(), which the callback may call
+/// before it returns (none while keel still has this node leading). Runs on the thread of a read that missed the lease;
 /// concurrent misses share one call. It may block, but keel cannot
 /// interrupt it: the read that makes the call waits for it to return
 /// whatever its timeout (reads sharing the call give up at theirs), so
