@@ -27,6 +27,19 @@ impl<'a> Cursor<'a> {
     pub fn u64(&mut self) -> Result<u64> {
         Ok(u64::from_le_bytes(self.take(8)?.try_into().unwrap()))
     }
+    /// A `[u32 count]` of records that take at least `min_len` bytes each,
+    /// refused when the bytes left cannot hold that many: a decoder may
+    /// then reserve room for the count, which the input bounds.
+    pub fn count(&mut self, min_len: usize) -> Result<usize> {
+        let n = self.u32()? as usize;
+        if n.saturating_mul(min_len) > self.bytes.len() {
+            return Err(Error::corruption(format!(
+                "{n} records of at least {min_len} bytes each do not fit in the {} bytes left",
+                self.bytes.len()
+            )));
+        }
+        Ok(n)
+    }
     /// A `[u32 length][bytes]` field.
     pub fn bytes(&mut self) -> Result<&'a [u8]> {
         let n = self.u32()? as usize;

@@ -78,7 +78,8 @@ impl Replicated {
 
     fn decode_within(c: &mut super::files::Cursor, max_bucket: usize) -> Result<Replicated> {
         let mut r = Replicated { applied_index: c.u64()?, ..Default::default() };
-        for _ in 0..c.u32()? {
+        // A bucket takes its length and its token at least.
+        for _ in 0..c.count(4 + 8)? {
             let bucket = c.bytes()?;
             if bucket.len() > max_bucket {
                 return Err(Error::invalid(format!("a fence bucket of {} bytes (the limit is {max_bucket})", bucket.len())));

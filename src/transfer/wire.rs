@@ -193,7 +193,7 @@ pub fn entries(body: &[u8]) -> Result<Vec<(Vec<u8>, Entry)>> {
 fn parse_entries<'a>(body: &'a [u8], mut f: impl FnMut(&'a [u8], u64, Kind, &'a [u8]) -> Result<()>) -> Result<usize> {
     let mut c = Cursor { bytes: body };
     let mut parse = || -> Result<usize> {
-        let n = c.u32()? as usize;
+        let n = c.count(ENTRY_OVERHEAD)?;
         for _ in 0..n {
             let key = c.bytes()?;
             let version = c.u64()?;
@@ -239,8 +239,8 @@ pub fn op_len(record: &[u8]) -> usize {
 /// repeated u64::MAX would overflow it).
 pub fn ops<'a>(body: &mut Cursor<'a>) -> Result<Vec<(u64, &'a [u8])>> {
     let parse = |c: &mut Cursor<'a>| -> Result<Vec<(u64, &'a [u8])>> {
-        let n = c.u32()? as usize;
-        let mut out = Vec::with_capacity(n.min(1 << 16));
+        let n = c.count(op_len(b""))?;
+        let mut out = Vec::with_capacity(n);
         for _ in 0..n {
             out.push((c.u64()?, c.bytes()?));
         }
@@ -307,6 +307,35 @@ mod tests {
             let e = decode(&body(bad)).unwrap_err();
             assert_eq!(e.status, KEEL_STATUS_PROTOCOL, "{bad:?}: {e}");
         }
+    }
+
+    /// A count is held to what the bytes after it can hold before
+    /// anything is decoded or reserved: an OPS frame of four bytes that
+    /// claimed 2^32 - 1 records made the receiver reserve room for 65536
+    /// of them (1.5 MiB) before it found the first one missing.
+    #[test]
+    fn a_count_past_what_its_bytes_can_hold_is_refused_first() {
+        let huge = u32::MAX.to_le_bytes();
+        let e = ops(&mut Cursor { bytes: &huge }).unwrap_err();
+        assert_eq!(e.status, KEEL_STATUS_PROTOCOL, "{e}");
+        assert!(e.message.contains("4294967295 records"), "the count is checked first: {e}");
+        let e = check_entries(&huge, u64::MAX).unwrap_err();
+        assert_eq!(e.status, KEEL_STATUS_PROTOCOL, "{e}");
+        assert!(e.message.contains("4294967295 records"), "{e}");
+        let state = [&7u64.to_le_bytes()[..], &huge].concat();
+        let e = crate::shard::Replicated::decode_sent(&mut Cursor { bytes: &state }).unwrap_err();
+        assert!(e.message.contains("4294967295 records"), "{e}");
+        // One record of the smallest size each still fits exactly.
+        let mut one = 1u32.to_le_bytes().to_vec();
+        put_op(&mut one, 9, b"");
+        assert_eq!(ops(&mut Cursor { bytes: &one }).unwrap(), vec![(9, &b""[..])]);
+        let mut two = 2u32.to_le_bytes().to_vec();
+        put_op(&mut two, 9, b"");
+        assert!(ops(&mut Cursor { bytes: &two }).unwrap_err().message.contains("2 records"));
+        let mut entry = 1u32.to_le_bytes().to_vec();
+        put_entry(&mut entry, b"", &Entry { version: 1, value: Value::Bytes(Vec::new()) });
+        assert_eq!(entry.len(), 4 + ENTRY_OVERHEAD);
+        assert_eq!(check_entries(&entry, 1).unwrap(), 1);
     }
 
     #[test]
