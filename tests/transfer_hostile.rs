@@ -598,3 +598,27 @@ fn a_source_that_drops_after_any_step_can_start_over() {
         drop(p);
     }
 }
+
+/// A step sent again under its number is a copy only with the same bytes.
+/// With other bytes it was answered PROTOCOL, yet the reception went on:
+/// the next step was taken, and the shard stayed held for the source that
+/// had sent two different steps under one number. Any failure ends the
+/// reception now: the next step finds it over, and the host can drop the
+/// shard it left incoming.
+#[test]
+fn a_step_resent_with_other_bytes_ends_the_reception() {
+    let dst = Side::temp("hostile-resent", node_options(2), shard_options());
+    dst.transfers.expect(SHARD, 1);
+    let mut p = RawPeer::connect(dst.node.addr(), 1);
+    ok(&p.call(wire::START, 4, 1, &start_body(wire::MODE_SNAPSHOT)), "START");
+    ok(&p.call(wire::BEGIN, 4, 2, &begin_snapshot_body(5)), "BEGIN");
+    ok(&p.call(wire::ENTRIES, 4, 3, &entries_body(&[(b"a", value(3, b"one"))])), "ENTRIES");
+    ok(&p.call(wire::ENTRIES, 4, 3, &entries_body(&[(b"a", value(3, b"one"))])), "the same ENTRIES again");
+    let other = p.call(wire::ENTRIES, 4, 3, &entries_body(&[(b"a", value(3, b"two"))]));
+    assert_eq!(other.status, KEEL_STATUS_PROTOCOL, "{other:?}");
+    let next = p.call(wire::SNAPSHOT_END, 4, 4, &[]);
+    assert_eq!(next.status, KEEL_STATUS_NOT_FOUND, "the reception has ended: {next:?}");
+    let s = dst.transfers.receiver_stats();
+    assert_eq!((s.resent_steps, s.finished), (2, 0), "{s:?}");
+    dst.engine.drop_shard(SHARD).unwrap();
+}

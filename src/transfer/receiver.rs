@@ -222,7 +222,8 @@ impl Receiver {
         let result = match running {
             None if ty == wire::START => self.start(engine, (max, connected), peer, id, n, crc, &mut body, &mut ack),
             None => match self.finished_answer(peer, id) {
-                Some((step, last)) if n <= step => return self.copy(step, Some(&last), ty, n, crc).map(|a| (a, None)),
+                // Over already: a copy with other bytes has nothing left to end.
+                Some((step, last)) if n <= step => return self.copy(step, Some(&last), ty, n, crc, || {}).map(|a| (a, None)),
                 _ => Err(Error::new(KEEL_STATUS_NOT_FOUND, format!("no transfer {id} from node {peer} is running here"))),
             },
             Some(running) => {
@@ -230,7 +231,12 @@ impl Receiver {
                 if inc.ended {
                     Err(Error::new(KEEL_STATUS_NOT_FOUND, format!("transfer {id} from node {peer} has ended here")))
                 } else if n <= inc.step {
-                    return self.copy(inc.step, inc.last.as_ref(), ty, n, crc).map(|a| (a, None));
+                    let (step, last) = (inc.step, inc.last.clone());
+                    let end = || {
+                        self.forget(peer, id, &running);
+                        abandon(engine, &mut inc);
+                    };
+                    return self.copy(step, last.as_ref(), ty, n, crc, end).map(|a| (a, None));
                 } else {
                     let r = self.step(engine, &mut inc, ty, n, acked, &mut body, &mut ack);
                     if !inc.installing.is_empty() {
@@ -276,14 +282,17 @@ impl Receiver {
     /// A step numbered at or below `step`, the last one answered (as
     /// `last`): a copy of it (the source retrying it) gets that step's ACK
     /// again; an older one is a late copy from a broken connection and
-    /// gets none.
-    fn copy(&self, step: u64, last: Option<&Answered>, ty: u16, n: u64, crc: u32) -> Option<Ack> {
+    /// gets none. The same number with other bytes is no copy but a source
+    /// that sent two steps under one number: like any failure, it ends the
+    /// reception (`end`), and is answered PROTOCOL.
+    fn copy(&self, step: u64, last: Option<&Answered>, ty: u16, n: u64, crc: u32, end: impl FnOnce()) -> Option<Ack> {
         match last {
             Some(last) if n == step => {
                 bump(&self.counters.resent_steps, 1);
                 if last.ty == ty && last.crc == crc {
                     return Some(last.ack.clone());
                 }
+                end();
                 bump(&self.counters.failed, 1);
                 Some(Ack {
                     status: KEEL_STATUS_PROTOCOL,
