@@ -1154,7 +1154,8 @@ typedef struct keel_node_options_t {
   /**
    * A PING goes out every interval (1 to 3600000 ms; default 1000); a
    * peer silent for heartbeat_misses intervals (1 to 1000; default 5)
-   * is dropped.
+   * is dropped, and a transfer source without a connection for as long
+   * loses its receptions here (their shards stay incoming).
    */
   uint32_t heartbeat_interval_ms;
   uint32_t heartbeat_misses;

@@ -622,3 +622,70 @@ fn a_step_resent_with_other_bytes_ends_the_reception() {
     assert_eq!((s.resent_steps, s.finished), (2, 0), "{s:?}");
     dst.engine.drop_shard(SHARD).unwrap();
 }
+
+/// Waits (up to the hang guard) until `done` holds.
+fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+    let guard = std::time::Instant::now() + HANG_GUARD;
+    while !done() {
+        assert!(std::time::Instant::now() < guard, "hang guard: {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A source whose connection ended mid-transfer (it crashed, or its link
+/// went) and that did not come back kept its reception until another
+/// START happened to need the place: the reception held its place, its
+/// PART buffer and the shard, which the host could not drop (BUSY). Once
+/// the source has had no connection here for the node's silence limit
+/// (`heartbeat_interval` x `heartbeat_misses`), its reception ends now:
+/// the shard stays incoming, and the host may drop it.
+#[test]
+fn a_source_whose_connection_ended_lets_its_reception_go() {
+    let opts = NodeOptions { heartbeat_interval: Duration::from_millis(50), heartbeat_misses: 4, ..node_options(2) };
+    let dst = Side::temp("hostile-gone", opts, shard_options());
+    dst.transfers.expect(SHARD, 1);
+    let entries = entries_body(&[(b"a", value(3, &[1; 3000]))]);
+    {
+        let mut gone = RawPeer::connect(dst.node.addr(), 1);
+        ok(&gone.call(wire::START, 5, 1, &start_body(wire::MODE_SNAPSHOT)), "START");
+        ok(&gone.call(wire::BEGIN, 5, 2, &begin_snapshot_body(5)), "BEGIN");
+        ok(&gone.call(wire::PART, 5, 3, &entries[..1000]), "PART");
+        ok(&gone.call(wire::PART, 5, 4, &entries[1000..2000]), "PART");
+        assert_eq!(dst.transfers.receiver_stats().receiving, 1);
+        // The source dies here: its connection ends, no CANCEL comes.
+    }
+    wait_for("the node sees peer 1 go", || !dst.node.is_ready(1));
+    wait_for("the reception ends", || dst.transfers.receiver_stats().receiving == 0);
+    let s = dst.transfers.receiver_stats();
+    assert_eq!((s.sources_gone, s.finished, s.parts), (1, 0, 2), "{s:?}");
+    let busy = dst.engine.open_shard(SHARD, false).map(drop).unwrap_err();
+    assert_eq!(busy.status, KEEL_STATUS_BUSY, "the shard stays incoming: {busy}");
+    dst.engine.drop_shard(SHARD).unwrap();
+}
+
+/// A source whose connection broke and that dials again within the
+/// silence limit goes on where it was, as its retries do: the copy of its
+/// last step is answered from memory, and the batch split across PART
+/// pieces before the break is assembled whole.
+#[test]
+fn a_source_back_within_the_silence_limit_goes_on() {
+    let dst = Side::temp("hostile-back", node_options(2), shard_options());
+    dst.transfers.expect(SHARD, 1);
+    let entries = entries_body(&[(b"a", value(3, &[1; 3000])), (b"b", value(5, b"bee"))]);
+    {
+        let mut p = RawPeer::connect(dst.node.addr(), 1);
+        ok(&p.call(wire::START, 5, 1, &start_body(wire::MODE_SNAPSHOT)), "START");
+        ok(&p.call(wire::BEGIN, 5, 2, &begin_snapshot_body(5)), "BEGIN");
+        ok(&p.call(wire::PART, 5, 3, &entries[..1000]), "PART");
+    }
+    wait_for("the node sees peer 1 go", || !dst.node.is_ready(1));
+    let mut p = RawPeer::connect(dst.node.addr(), 1);
+    ok(&p.call(wire::PART, 5, 3, &entries[..1000]), "the PART again, on the new connection");
+    ok(&p.call(wire::ENTRIES, 5, 4, &entries[1000..]), "the batch's last piece");
+    ok(&p.call(wire::SNAPSHOT_END, 5, 5, &[]), "SNAPSHOT_END");
+    ok(&p.call(wire::FINISH, 5, 6, &5u64.to_le_bytes()), "FINISH");
+    let s = dst.transfers.receiver_stats();
+    assert_eq!((s.resent_steps, s.sources_gone, s.receiving), (1, 0, 0), "{s:?}");
+    let shard = dst.engine.open_shard(SHARD, false).unwrap();
+    assert_eq!(shard.get(b"b").unwrap().map(|e| e.version), Some(5));
+}

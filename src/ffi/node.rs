@@ -98,7 +98,8 @@ pub struct keel_node_options_t {
     pub conn_memory_bytes: u64,
     /// A PING goes out every interval (1 to 3600000 ms; default 1000); a
     /// peer silent for heartbeat_misses intervals (1 to 1000; default 5)
-    /// is dropped.
+    /// is dropped, and a transfer source without a connection for as long
+    /// loses its receptions here (their shards stay incoming).
     pub heartbeat_interval_ms: u32,
     pub heartbeat_misses: u32,
     /// keel_node_close() waits up to this long (0 to 600000 ms; default

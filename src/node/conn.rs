@@ -199,12 +199,19 @@ impl Conn {
         if *st == State::Handshake && self.role == Role::Acceptor {
             node.handshake_over();
         }
-        node.counters.ended(r, &msg, *st == State::Ready);
+        let was_ready = *st == State::Ready;
+        node.counters.ended(r, &msg, was_ready);
         *st = State::Ended(r, msg.clone());
         self.cv.notify_all();
         drop(st);
-        node.event(self.peer_id.load(Ordering::Acquire), r.status(), &msg);
+        let peer = self.peer_id.load(Ordering::Acquire);
+        node.event(peer, r.status(), &msg);
         node.forget(self);
+        // Out of the peer table first, so a service that asks finds the
+        // peer without a connection unless a newer one replaced this one.
+        if was_ready {
+            node.peer_gone(peer);
+        }
     }
 
     fn serve(&self, node: &Inner) -> std::result::Result<std::convert::Infallible, Ended> {
@@ -231,7 +238,7 @@ impl Conn {
         let started = Instant::now();
         let mut heard = started;
         let mut pinged = started;
-        let silent_limit = o.heartbeat_interval * o.heartbeat_misses;
+        let silent_limit = o.silence_limit();
         // The last read timed out without a byte.
         let mut idle = false;
         loop {

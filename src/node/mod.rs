@@ -76,6 +76,12 @@ impl Service {
 /// payload). Runs on the connection's reader thread, in arrival order.
 pub type Handler = Arc<dyn Fn(u64, u16, &[u8]) + Send + Sync>;
 
+/// Told that a ready connection to a peer (its node id) ended: the peer
+/// may have another one, or none any more (`Node::is_ready`). Runs on the
+/// connection's reader thread, after every frame it read was handed to
+/// its service.
+pub type PeerGone = Arc<dyn Fn(u64) + Send + Sync>;
+
 /// Called when a peer finished its handshake (status OK) and when a
 /// connection ended (its status and the reason's text). Arguments: the
 /// peer's node id (0 when the handshake did not get that far), status,
@@ -110,7 +116,9 @@ pub struct NodeOptions {
     /// (`Reason::HandshakeLimit`). Connections this node dials do not count.
     pub max_handshakes: u32,
     /// A PING goes out every interval; a peer heard nothing from for
-    /// `heartbeat_misses` intervals is dropped.
+    /// `heartbeat_misses` intervals is dropped (`silence_limit`), and a
+    /// transfer source without a connection for as long loses its
+    /// receptions here.
     pub heartbeat_interval: Duration,
     pub heartbeat_misses: u32,
     /// How long closing waits for queued frames to be sent; what is left
@@ -149,6 +157,12 @@ impl NodeOptions {
     /// Bytes of the read buffer: one frame with its header.
     pub(crate) fn read_limit(&self) -> usize {
         frame::HEADER_LEN + self.max_frame_bytes as usize
+    }
+
+    /// How long a peer may go unheard before it is taken for gone:
+    /// `heartbeat_misses` heartbeat intervals.
+    pub fn silence_limit(&self) -> Duration {
+        self.heartbeat_interval * self.heartbeat_misses
     }
 
     pub fn validate(&self) -> Result<()> {

@@ -7,7 +7,7 @@ use crate::node::conn::Conn;
 use crate::node::frame;
 use crate::node::handshake::{ReplayGuard, Role};
 use crate::node::stats::{add, Counters, NodeStats, Reason};
-use crate::node::{Handler, NodeOptions, Service};
+use crate::node::{Handler, NodeOptions, PeerGone, Service};
 use crate::status::*;
 use parking_lot::{Mutex, RwLock};
 use std::collections::HashMap;
@@ -38,6 +38,8 @@ pub(crate) struct Inner {
     pub counters: Counters,
     pub replay: Mutex<ReplayGuard>,
     handlers: RwLock<[Option<Handler>; 2]>,
+    /// Each service's `PeerGone`.
+    gone: RwLock<[Option<PeerGone>; 2]>,
     reg: Mutex<Registry>,
     net: Mutex<Option<Net>>,
     writer_opts: WriterOptions,
@@ -104,6 +106,7 @@ impl Node {
             counters: Counters::default(),
             replay: Mutex::new(ReplayGuard::new(REPLAY_MEMORY)),
             handlers: RwLock::new([None, None]),
+            gone: RwLock::new([None, None]),
             reg: Mutex::new(Registry::default()),
             net: Mutex::new(Some(net)),
             writer_opts,
@@ -205,6 +208,17 @@ impl Node {
     /// Installs (or with None removes) the handler of a service's frames.
     pub fn set_handler(&self, service: Service, handler: Option<Handler>) {
         self.inner.handlers.write()[service as usize] = handler;
+    }
+
+    /// Installs (or with None removes) what a service is told when a
+    /// ready connection to a peer ends.
+    pub fn set_peer_gone(&self, service: Service, gone: Option<PeerGone>) {
+        self.inner.gone.write()[service as usize] = gone;
+    }
+
+    /// The node's silence limit (`NodeOptions::silence_limit`).
+    pub fn silence_limit(&self) -> Duration {
+        self.inner.opts.silence_limit()
     }
 
     /// Sends one frame to a ready peer: `ty` must lie in a service's range
@@ -458,6 +472,14 @@ impl Inner {
         // While the node closes, its shutdown joins the thread instead.
         if !self.closing.load(Ordering::Acquire) {
             reg.conns.remove(&conn.seq);
+        }
+    }
+
+    /// Tells every service a ready connection to `peer` ended.
+    pub(crate) fn peer_gone(&self, peer: u64) {
+        let gone: Vec<PeerGone> = self.gone.read().iter().flatten().cloned().collect();
+        for g in gone {
+            g(peer);
         }
     }
 

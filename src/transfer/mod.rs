@@ -213,6 +213,17 @@ impl Transfers {
                 }
             })),
         );
+        // After the connection's last step, in the same queue: the
+        // receptions of a source that does not come back end (worker.rs).
+        let weak: Weak<Transfers> = Arc::downgrade(&t);
+        node.set_peer_gone(
+            Service::Transfer,
+            Some(Arc::new(move |peer| {
+                if let Some(t) = weak.upgrade() {
+                    t.steps.peer_gone(peer);
+                }
+            })),
+        );
         Ok(t)
     }
 

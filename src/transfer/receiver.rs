@@ -12,6 +12,7 @@ use parking_lot::Mutex;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// Counters of the receiving side.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -44,6 +45,13 @@ pub struct ReceiverStats {
     pub ops_applied: u64,
     pub finished: u64,
     pub failed: u64,
+    /// Receptions ended because their source had no connection here: for
+    /// the node's silence limit after its connection ended, or when a
+    /// START needed the place.
+    pub sources_gone: u64,
+    /// Receptions running now, each holding one of the node's
+    /// `max_concurrent_transfers` places.
+    pub receiving: u64,
 }
 
 #[derive(Default)]
@@ -61,6 +69,7 @@ struct Counters {
     ops_applied: AtomicU64,
     finished: AtomicU64,
     failed: AtomicU64,
+    sources_gone: AtomicU64,
 }
 
 fn bump(c: &AtomicU64, n: u64) {
@@ -146,6 +155,17 @@ struct State {
     /// The last receptions finished: (peer, transfer id), FINISH's step
     /// and its answer.
     finished: VecDeque<((u64, u64), u64, Answered)>,
+    /// Peers with receptions here whose ready connection ended, and when
+    /// it last did (`reap`).
+    gone: HashMap<u64, Instant>,
+}
+
+impl State {
+    /// Takes out of the table the receptions whose source `gone` says is.
+    fn take_gone(&mut self, gone: impl Fn(u64) -> bool) -> Vec<Running> {
+        let keys: Vec<(u64, u64)> = self.running.keys().filter(|(p, _)| gone(*p)).copied().collect();
+        keys.into_iter().filter_map(|k| self.running.remove(&k)).collect()
+    }
 }
 
 #[derive(Default)]
@@ -183,6 +203,8 @@ impl Receiver {
             ops_applied: g(&c.ops_applied),
             finished: g(&c.finished),
             failed: g(&c.failed),
+            sources_gone: g(&c.sources_gone),
+            receiving: self.state.lock().running.len() as u64,
         }
     }
 
@@ -320,6 +342,40 @@ impl Receiver {
         }
     }
 
+    /// A ready connection to `peer` ended (handed over behind its steps):
+    /// its receptions end at the next `reap` a silence limit from now,
+    /// unless it is connected again by then.
+    pub fn peer_gone(&self, peer: u64) {
+        let mut st = self.state.lock();
+        if st.running.keys().any(|(p, _)| *p == peer) {
+            st.gone.insert(peer, Instant::now());
+        }
+    }
+
+    /// Ends the receptions of every source whose connection ended
+    /// `linger` ago or more and that has none `ready` now (a source that
+    /// crashed, or lost its link and gave up: no CANCEL came, and a
+    /// retrying one dials back within its backoff). Their shards stay
+    /// incoming, for a later transfer to resume or the host to drop.
+    /// Returns when the next is due.
+    pub fn reap(&self, engine: &Engine, linger: Duration, ready: &dyn Fn(u64) -> bool) -> Option<Instant> {
+        let now = Instant::now();
+        let due: Vec<u64> = self.state.lock().gone.iter().filter(|(_, at)| **at + linger <= now).map(|(p, _)| *p).collect();
+        if !due.is_empty() {
+            // Asked outside the lock, as at a START. Only this thread
+            // writes `gone`, so the entries are still these.
+            let back: Vec<u64> = due.iter().copied().filter(|p| ready(*p)).collect();
+            let old = {
+                let mut st = self.state.lock();
+                st.gone.retain(|p, _| !due.contains(p));
+                st.take_gone(|p| due.contains(&p) && !back.contains(&p))
+            };
+            bump(&self.counters.sources_gone, old.len() as u64);
+            end_all(engine, old);
+        }
+        self.state.lock().gone.values().min().map(|at| *at + linger)
+    }
+
     /// FINISH's step and answer, when transfer `id` from `peer` finished lately.
     fn finished_answer(&self, peer: u64, id: u64) -> Option<(u64, Answered)> {
         let st = self.state.lock();
@@ -372,14 +428,16 @@ impl Receiver {
             if st.running.len() >= max {
                 // A source with no connection here now (it crashed, or
                 // its CANCEL was lost with its connection) gives its place
-                // up: its shard stays incoming, for it to resume once back.
+                // up before its silence limit ran out (`reap`): its shard
+                // stays incoming, for it to resume once back.
                 // Asked outside this lock, which the node's threads never
                 // wait for while they hold theirs.
                 drop(st);
                 let here = connected();
                 st = self.state.lock();
-                let gone: Vec<(u64, u64)> = st.running.keys().filter(|(p, _)| !here.contains(p)).copied().collect();
-                old.extend(gone.into_iter().filter_map(|k| st.running.remove(&k)));
+                let gone = st.take_gone(|p| !here.contains(&p));
+                bump(&self.counters.sources_gone, gone.len() as u64);
+                old.extend(gone);
             }
             if st.running.len() >= max {
                 drop(st);

@@ -11,13 +11,19 @@
 //! reception of the node one after another, in the order the readers
 //! handed them over (each reception's steps come in order on one
 //! connection, and a correct source has one in flight).
+//!
+//! It also ends the receptions of a source that went away: the node
+//! tells the service when a ready connection ended, behind that
+//! connection's steps in the same queue, and a source with no connection
+//! here a silence limit later (`Node::silence_limit`) loses its
+//! receptions (`Receiver::reap`), each once its step in progress is done.
 
 use super::receiver::Receiver;
 use super::wire;
 use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::node::Node;
-use crossbeam_channel::Sender;
+use crossbeam_channel::{RecvTimeoutError, Sender};
 use parking_lot::Mutex;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -31,11 +37,12 @@ const STEP_QUEUE: usize = 4;
 /// Name of the thread.
 const WORKER_NAME: &str = "keel-transfer-recv";
 
-/// A step as its connection's reader received it.
-struct Received {
-    peer: u64,
-    ty: u16,
-    payload: Vec<u8>,
+/// What the node's readers hand over.
+enum Received {
+    /// A step as its connection's reader received it.
+    Step { peer: u64, ty: u16, payload: Vec<u8> },
+    /// A ready connection to this peer ended.
+    Gone(u64),
 }
 
 pub(super) struct StepWorker {
@@ -51,13 +58,29 @@ impl StepWorker {
         let thread = std::thread::Builder::new()
             .name(WORKER_NAME.into())
             .spawn(move || {
-                // Ends when the queue's sender is dropped (`close`) and
-                // every step handed over before that has run.
-                for s in rx {
-                    // A step that panics goes unanswered (its source times
-                    // out and sends it again) instead of ending the thread
-                    // every later step needs.
-                    let _ = std::panic::catch_unwind(AssertUnwindSafe(|| run(&node, &engine, &receiver, s)));
+                let linger = node.silence_limit();
+                let ready = |peer| node.is_ready(peer);
+                loop {
+                    // Due receptions end first, so a stream of steps from
+                    // other peers does not hold them off. A panic here or
+                    // in a step (which then goes unanswered: its source
+                    // times out and sends it again) does not end the
+                    // thread every later step needs.
+                    let next = std::panic::catch_unwind(AssertUnwindSafe(|| receiver.reap(&engine, linger, &ready)));
+                    let got = match next.ok().flatten() {
+                        Some(at) => rx.recv_deadline(at),
+                        None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
+                    };
+                    match got {
+                        Ok(Received::Step { peer, ty, payload }) => {
+                            let _ = std::panic::catch_unwind(AssertUnwindSafe(|| run(&node, &engine, &receiver, peer, ty, &payload)));
+                        }
+                        Ok(Received::Gone(peer)) => receiver.peer_gone(peer),
+                        Err(RecvTimeoutError::Timeout) => {}
+                        // The queue's sender was dropped (`close`) and every
+                        // step handed over before that has run.
+                        Err(RecvTimeoutError::Disconnected) => break,
+                    }
                 }
             })
             .map_err(|e| Error::io("spawn the transfer step thread", e))?;
@@ -66,10 +89,20 @@ impl StepWorker {
 
     /// Hands a step over (on the connection's reader thread).
     pub fn hand_over(&self, peer: u64, ty: u16, payload: &[u8]) {
+        self.queue_up(Received::Step { peer, ty, payload: payload.to_vec() });
+    }
+
+    /// Hands over that a ready connection to `peer` ended (on that
+    /// connection's reader thread, after its last step).
+    pub fn peer_gone(&self, peer: u64) {
+        self.queue_up(Received::Gone(peer));
+    }
+
+    fn queue_up(&self, r: Received) {
         // The sender is cloned out of the lock: a full queue must not
         // hold `close`, or another reader, behind this one.
         let Some(tx) = self.queue.lock().clone() else { return };
-        let _ = tx.send(Received { peer, ty, payload: payload.to_vec() });
+        let _ = tx.send(r);
     }
 
     /// Runs the steps handed over so far and ends the thread, waiting for
@@ -88,11 +121,11 @@ impl StepWorker {
 }
 
 /// One step: its ACK, then the entries it left to install after the ACK.
-fn run(node: &Node, engine: &Engine, receiver: &Receiver, s: Received) {
+fn run(node: &Node, engine: &Engine, receiver: &Receiver, peer: u64, ty: u16, payload: &[u8]) {
     let max = node.max_concurrent_transfers();
-    if let Some((ack, later)) = receiver.on_step(engine, max, &|| node.peers(), s.peer, s.ty, &s.payload) {
+    if let Some((ack, later)) = receiver.on_step(engine, max, &|| node.peers(), peer, ty, payload) {
         // A lost ACK times the source out; nothing else to do here.
-        let _ = node.send(s.peer, wire::ACK, &ack.encode());
+        let _ = node.send(peer, wire::ACK, &ack.encode());
         if let Some(later) = later {
             receiver.install_after(later);
         }
