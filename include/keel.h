@@ -1154,7 +1154,8 @@ typedef struct keel_node_options_t {
   /**
    * A PING goes out every interval (1 to 3600000 ms; default 1000); a
    * peer silent for heartbeat_misses intervals (1 to 1000; default 5)
-   * is dropped, and a transfer source without a connection for as long
+   * is dropped, and so is one whose frame is not whole that long after
+   * its first byte; a transfer source without a connection for as long
    * loses its receptions here (their shards stay incoming).
    */
   uint32_t heartbeat_interval_ms;
@@ -1260,6 +1261,10 @@ typedef struct keel_node_stats_t {
    * Frames of a type no service handles.
    */
   uint64_t unknown_types;
+  /**
+   * Peers silent for heartbeat_misses intervals, or whose frame was not
+   * whole that long after its first byte.
+   */
   uint64_t heartbeat_timeouts;
   /**
    * Peers cut off because they stopped reading (conn_memory_bytes).

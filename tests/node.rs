@@ -544,3 +544,25 @@ fn connections_in_their_handshake_are_bounded() {
     let bad = NodeOptions { node_id: 1, max_handshakes: 0, ..NodeOptions::default() };
     assert_eq!(Node::open(bad).err().map(|e| e.status), Some(KEEL_STATUS_INVALID_ARGUMENT));
 }
+
+/// A peer that trickles a frame (a byte every 10 ms, well within the
+/// silence limit of 20 × 50 ms) is heard from all the time, but the frame
+/// never completes and its read buffer stays allocated. A frame that has
+/// begun must be whole within the silence limit of its first byte; the
+/// trickle runs for at least ten of them unless the node drops it.
+#[test]
+fn a_peer_that_trickles_a_frame_is_dropped_at_the_frame_deadline() {
+    let (a, ea) = open(1, &[]);
+    let mut r = Raw::ready(&a, 7);
+    let f = frame::encode(TRANSFER, &[3u8; 60 << 10]);
+    r.s.write_all(&f[..HEADER_LEN + 1]).unwrap();
+    for (i, b) in f[HEADER_LEN + 1..].iter().enumerate() {
+        if a.stats().ended(Reason::HeartbeatTimeout) >= 1 || r.s.write_all(&[*b]).is_err() {
+            break;
+        }
+        assert!(i < 1000, "a frame trickled for 10 s is still being read: {:?}", a.stats());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let s = wait_ended(&a, &ea, Reason::HeartbeatTimeout);
+    assert!(s.last_error.contains("frame begun"), "{s:?}");
+}

@@ -98,7 +98,8 @@ pub struct keel_node_options_t {
     pub conn_memory_bytes: u64,
     /// A PING goes out every interval (1 to 3600000 ms; default 1000); a
     /// peer silent for heartbeat_misses intervals (1 to 1000; default 5)
-    /// is dropped, and a transfer source without a connection for as long
+    /// is dropped, and so is one whose frame is not whole that long after
+    /// its first byte; a transfer source without a connection for as long
     /// loses its receptions here (their shards stay incoming).
     pub heartbeat_interval_ms: u32,
     pub heartbeat_misses: u32,
@@ -165,6 +166,8 @@ pub struct keel_node_stats_t {
     pub oversized_frames: u64,
     /// Frames of a type no service handles.
     pub unknown_types: u64,
+    /// Peers silent for heartbeat_misses intervals, or whose frame was not
+    /// whole that long after its first byte.
     pub heartbeat_timeouts: u64,
     /// Peers cut off because they stopped reading (conn_memory_bytes).
     pub outbound_overflows: u64,

@@ -237,6 +237,10 @@ impl Conn {
         let mut stage = Stage::AwaitHello;
         let started = Instant::now();
         let mut heard = started;
+        // When the last read returned, and when the first byte of the
+        // frame partly in the buffer arrived (None while it holds none).
+        let mut looked = started;
+        let mut begun: Option<Instant> = None;
         let mut pinged = started;
         let silent_limit = o.silence_limit();
         // The last read timed out without a byte.
@@ -272,12 +276,29 @@ impl Conn {
                     }
                     buf.copy_within(f.len..filled, 0);
                     filled -= f.len;
+                    // What is left came with the last read.
+                    begun = (filled > 0).then_some(heard);
                 }
             }
             let now = Instant::now();
             if closing {
                 // No timers while the node closes: its shutdown bounds it.
             } else if matches!(stage, Stage::Ready) {
+                // A frame must be whole within the silence limit of its
+                // first byte: a peer trickling one (a byte now and then) is
+                // heard from all along, and would hold its read buffer, up
+                // to a frame's worth, for as long as it liked. Judged by
+                // when the last read returned: that read asked for the
+                // rest of the frame and did not get it.
+                if let Some(b) = begun.filter(|b| looked.duration_since(*b) >= silent_limit) {
+                    return fail(
+                        Reason::HeartbeatTimeout,
+                        self.say(format!(
+                            "frame begun {} ms ago is not complete ({filled} bytes of it in)",
+                            looked.duration_since(b).as_millis()
+                        )),
+                    );
+                }
                 // Judged only after a read found nothing: a reader that was
                 // not scheduled for a while must look at its socket first.
                 if idle && now.duration_since(heard) >= silent_limit {
@@ -314,7 +335,9 @@ impl Conn {
             }
             idle = false;
             let old = filled;
-            match (&self.stream).read(&mut buf[old..end]) {
+            let read = (&self.stream).read(&mut buf[old..end]);
+            looked = Instant::now();
+            match read {
                 Ok(0) => {
                     if let Some(e) = self.ended_elsewhere() {
                         return Err(e);
@@ -329,7 +352,8 @@ impl Conn {
                 }
                 Ok(n) => {
                     filled += n;
-                    heard = Instant::now();
+                    heard = looked;
+                    begun.get_or_insert(looked);
                     add(&node.counters.bytes_in, n as u64);
                 }
                 Err(e) => {

@@ -116,7 +116,8 @@ pub struct NodeOptions {
     /// (`Reason::HandshakeLimit`). Connections this node dials do not count.
     pub max_handshakes: u32,
     /// A PING goes out every interval; a peer heard nothing from for
-    /// `heartbeat_misses` intervals is dropped (`silence_limit`), and a
+    /// `heartbeat_misses` intervals is dropped (`silence_limit`), and so is
+    /// one whose frame is not whole that long after its first byte; a
     /// transfer source without a connection for as long loses its
     /// receptions here.
     pub heartbeat_interval: Duration,

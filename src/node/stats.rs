@@ -29,7 +29,8 @@ pub enum Reason {
     Oversized,
     /// A frame type with no registered service.
     UnknownType,
-    /// Nothing heard for heartbeat_misses heartbeat intervals.
+    /// Nothing heard for heartbeat_misses heartbeat intervals, or a frame
+    /// not whole that long after its first byte.
     HeartbeatTimeout,
     /// The peer stopped reading: queued outbound bytes passed the limit.
     OutboundOverflow,
