@@ -222,7 +222,8 @@ static void version_2_adds_the_handshake_bound(keel_engine_t *engine) {
   CHECK_EQ_U64(offsetof(keel_node_options_t, max_handshakes), KEEL_NODE_OPTIONS_SIZE_V1);
   CHECK_EQ_U64(sizeof(keel_node_options_t), KEEL_NODE_OPTIONS_SIZE_V2);
   CHECK_EQ_U64(offsetof(keel_node_stats_t, refused_handshake_limit), KEEL_NODE_STATS_SIZE_V1);
-  CHECK_EQ_U64(sizeof(keel_node_stats_t), KEEL_NODE_STATS_SIZE_V2);
+  CHECK_EQ_U64(offsetof(keel_node_stats_t, replaced_connections), KEEL_NODE_STATS_SIZE_V2);
+  CHECK_EQ_U64(sizeof(keel_node_stats_t), KEEL_NODE_STATS_SIZE_V3);
   keel_node_options_t o;
   keel_node_t *node = NULL;
   CHECK_RC(KEEL_STATUS_OK, keel_node_options_init_sized(&o, sizeof o));
@@ -245,7 +246,7 @@ static void version_2_adds_the_handshake_bound(keel_engine_t *engine) {
   CHECK_RC(KEEL_STATUS_OK, keel_node_stats(node, &s));
   CHECK_EQ_U64(s.refused_handshake_limit, 0xA5A5A5A5A5A5A5A5ull);
   s = stats_of(node);
-  CHECK_EQ_U64(s.struct_size, KEEL_NODE_STATS_SIZE_V2);
+  CHECK_EQ_U64(s.struct_size, KEEL_NODE_STATS_SIZE_V3);
   CHECK_EQ_U64(s.refused_handshake_limit, 0);
   CHECK_RC(KEEL_STATUS_OK, keel_node_close(node, NULL));
 }

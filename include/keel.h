@@ -211,6 +211,11 @@
 #define KEEL_NODE_STATS_SIZE_V2 216
 
 /**
+ * sizeof(keel_node_stats_t) of version 3 (adds replaced_connections).
+ */
+#define KEEL_NODE_STATS_SIZE_V3 224
+
+/**
  * sizeof(keel_read_options_t) of version 1.
  */
 #define KEEL_READ_OPTIONS_SIZE_V1 24
@@ -1080,8 +1085,10 @@ typedef struct keel_engine_stats_t {
  * replay, version, wrong node id, non-loopback peer without a secret),
  * PROTOCOL (malformed, oversized or unknown frame), TIMEOUT (handshake
  * or heartbeats), BUSY (the peer stopped reading), IO (reset, send
- * error) or CLOSED (closed by the peer or by keel_node_close()).
- * `peer_id` is 0 when the handshake did not get as far as the peer's id.
+ * error) or CLOSED (closed by the peer or by keel_node_close()). A
+ * second ready connection to a peer, closed so that one stays
+ * (replaced_connections), is reported by neither: the peer stays
+ * connected. `peer_id` is 0 when the handshake did not get as far as the peer's id.
  * `message` is borrowed and valid only during the call.
  *
  * It runs on a keel thread: the connection's reader thread
@@ -1287,6 +1294,12 @@ typedef struct keel_node_stats_t {
    * were in their handshake (version 2).
    */
   uint64_t refused_handshake_limit;
+  /**
+   * Second ready connections to a peer that had one, closed so that one
+   * stays (crossing dials, or the peer connecting again); no event
+   * reports them (version 3).
+   */
+  uint64_t replaced_connections;
 } keel_node_stats_t;
 
 /**
@@ -2418,6 +2431,7 @@ keel_status_t keel_node_addr(const struct keel_node_t *node, char *buf, size_t c
  * the handshake; returns once the peer is ready, on the calling thread.
  * A peer this node has a ready connection to already: OK at once, that
  * connection is used (only the address for later reconnects changes).
+ * While another thread dials the same peer, waits for that dial first.
  * Errors: NULL_ARGUMENT, INVALID_ARGUMENT (peer_id 0 or this node's own,
  * an address that does not resolve), IO (connect failed, or the
  * connection broke), REFUSED (the handshake refused the peer, or the

@@ -566,3 +566,84 @@ fn a_peer_that_trickles_a_frame_is_dropped_at_the_frame_deadline() {
     let s = wait_ended(&a, &ea, Reason::HeartbeatTimeout);
     assert!(s.last_error.contains("frame begun"), "{s:?}");
 }
+
+/// A node whose raw peers need not answer PINGs: its heartbeats never
+/// come due in a test.
+fn open_quiet(id: u64) -> (Node, Events) {
+    let (o, rx) = options(id, &[]);
+    (Node::open(NodeOptions { heartbeat_interval: Duration::from_secs(600), ..o }).unwrap(), rx)
+}
+
+/// A raw peer dialed by the node (the test listens as node `id`).
+fn dialed(listener: &std::net::TcpListener, id: u64) -> Raw {
+    let (s, _) = listener.accept().unwrap();
+    s.set_read_timeout(Some(HANG_GUARD)).unwrap();
+    let mut r = Raw { s, buf: Vec::new() };
+    r.send(types::HELLO, &Raw::hello(id, false).encode());
+    r.send(types::READY, b"");
+    assert_eq!(r.read_frame().0, types::HELLO);
+    assert_eq!(r.read_frame().0, types::READY);
+    r
+}
+
+impl Raw {
+    /// The next frame of a service, past the node's PINGs.
+    fn next_service_frame(&mut self) -> (u16, Vec<u8>) {
+        loop {
+            match self.read_frame() {
+                (types::PING, _) => {}
+                other => return other,
+            }
+        }
+    }
+}
+
+/// Two dials crossing (each node dials the other before either
+/// connection is ready) leave two ready connections to one peer. Both
+/// sides keep the one the lower node id dialed and close the other, so
+/// they agree without a word: node 1 keeps its own, node 3 the peer's.
+#[test]
+fn crossing_dials_settle_on_the_connection_the_lower_id_dialed() {
+    for me in [1u64, 3] {
+        let (a, ea) = open_quiet(me);
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let to = listener.local_addr().unwrap().to_string();
+        let dialing = std::thread::scope(|sc| {
+            let a = &a;
+            let dial = sc.spawn(move || a.connect(2, &to));
+            let outbound = dialed(&listener, 2);
+            dial.join().unwrap().unwrap();
+            let inbound = Raw::ready(a, 2);
+            (outbound, inbound)
+        });
+        let (mut keep, mut lose) = if me < 2 { dialing } else { (dialing.1, dialing.0) };
+        // The node half-closes the one it drops and reads until the peer
+        // closes it too.
+        lose.until_closed();
+        drop(lose);
+        let s = wait_for(&a, &ea, "the second connection closed", |s| s.handshakes == 2 && s.ended(Reason::Replaced) == 1);
+        assert_eq!((s.peers, a.peers()), (1, vec![2]), "{s:?}");
+        a.send(2, TRANSFER, b"on the kept one").unwrap();
+        assert_eq!(keep.next_service_frame(), (TRANSFER, b"on the kept one".to_vec()), "node {me}");
+        drop(keep);
+        wait_for(&a, &ea, "the kept one's end", |s| s.peers == 0);
+    }
+}
+
+/// A peer that connects again while its old connection still looks alive
+/// here (it restarted; the old one has not missed its heartbeats yet):
+/// the new connection replaces the old one, which is closed and counted,
+/// and frames to the peer take the new one.
+#[test]
+fn a_peer_that_connects_again_replaces_its_old_connection() {
+    let (a, ea) = open_quiet(1);
+    let (b, eb) = open_quiet(2);
+    b.connect(1, &a.addr().to_string()).unwrap();
+    wait_for(&a, &ea, "b ready", |s| s.peers == 1);
+    let mut again = Raw::ready(&a, 2);
+    let s = wait_for(&a, &ea, "the old connection closed", |s| s.handshakes == 2 && s.ended(Reason::Replaced) == 1);
+    assert_eq!((s.peers, a.peers()), (1, vec![2]), "{s:?}");
+    wait_for(&b, &eb, "b's side closed", |s| s.peers == 0);
+    a.send(2, TRANSFER, b"on the new one").unwrap();
+    assert_eq!(again.next_service_frame(), (TRANSFER, b"on the new one".to_vec()));
+}

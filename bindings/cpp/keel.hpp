@@ -2691,6 +2691,7 @@ struct NodeStats {
   uint64_t closed_by_peer = 0;        ///< connections the peer closed between frames
   uint64_t closed_by_shutdown = 0;    ///< connections closed by Node::close()
   uint64_t refused_handshake_limit = 0;  ///< refused at once: max_handshakes accepted ones were in their handshake
+  uint64_t replaced_connections = 0;  ///< second ready connections to a peer, closed so that one stays
 };
 
 namespace detail {
@@ -2794,6 +2795,7 @@ inline NodeStats to_stats(const keel_node_stats_t& s) noexcept {
   o.closed_by_peer = s.closed_by_peer;
   o.closed_by_shutdown = s.closed_by_shutdown;
   o.refused_handshake_limit = s.refused_handshake_limit;
+  o.replaced_connections = s.replaced_connections;
   return o;
 }
 

@@ -230,6 +230,8 @@ type NodeStats struct {
 	// connections refused at once: MaxHandshakes accepted ones were in
 	// their handshake
 	RefusedHandshakeLimit uint64
+	// second ready connections to a peer, closed so that one stays
+	ReplacedConnections uint64
 }
 
 func nodeStatsOut() C.keel_node_stats_t {
@@ -266,6 +268,7 @@ func toNodeStats(s *C.keel_node_stats_t) NodeStats {
 		ClosedByPeer:          uint64(s.closed_by_peer),
 		ClosedByShutdown:      uint64(s.closed_by_shutdown),
 		RefusedHandshakeLimit: uint64(s.refused_handshake_limit),
+		ReplacedConnections:   uint64(s.replaced_connections),
 	}
 }
 

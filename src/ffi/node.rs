@@ -47,8 +47,10 @@ impl std::ops::Deref for NodeHandle {
 /// replay, version, wrong node id, non-loopback peer without a secret),
 /// PROTOCOL (malformed, oversized or unknown frame), TIMEOUT (handshake
 /// or heartbeats), BUSY (the peer stopped reading), IO (reset, send
-/// error) or CLOSED (closed by the peer or by keel_node_close()).
-/// `peer_id` is 0 when the handshake did not get as far as the peer's id.
+/// error) or CLOSED (closed by the peer or by keel_node_close()). A
+/// second ready connection to a peer, closed so that one stays
+/// (replaced_connections), is reported by neither: the peer stays
+/// connected. `peer_id` is 0 when the handshake did not get as far as the peer's id.
 /// `message` is borrowed and valid only during the call.
 ///
 /// It runs on a keel thread: the connection's reader thread
@@ -180,6 +182,10 @@ pub struct keel_node_stats_t {
     /// Connections refused at once because max_handshakes accepted ones
     /// were in their handshake (version 2).
     pub refused_handshake_limit: u64,
+    /// Second ready connections to a peer that had one, closed so that one
+    /// stays (crossing dials, or the peer connecting again); no event
+    /// reports them (version 3).
+    pub replaced_connections: u64,
 }
 
 /// sizeof(keel_node_options_t) of version 1.
@@ -190,11 +196,14 @@ pub const KEEL_NODE_OPTIONS_SIZE_V2: u32 = 120;
 pub const KEEL_NODE_STATS_SIZE_V1: u32 = 208;
 /// sizeof(keel_node_stats_t) of version 2 (adds refused_handshake_limit).
 pub const KEEL_NODE_STATS_SIZE_V2: u32 = 216;
+/// sizeof(keel_node_stats_t) of version 3 (adds replaced_connections).
+pub const KEEL_NODE_STATS_SIZE_V3: u32 = 224;
 
 const _: () = assert!(std::mem::offset_of!(keel_node_options_t, max_handshakes) == KEEL_NODE_OPTIONS_SIZE_V1 as usize);
 const _: () = assert!(std::mem::offset_of!(keel_node_stats_t, refused_handshake_limit) == KEEL_NODE_STATS_SIZE_V1 as usize);
+const _: () = assert!(std::mem::offset_of!(keel_node_stats_t, replaced_connections) == KEEL_NODE_STATS_SIZE_V2 as usize);
 versioned!(keel_node_options_t, [KEEL_NODE_OPTIONS_SIZE_V1, KEEL_NODE_OPTIONS_SIZE_V2]);
-versioned!(keel_node_stats_t, [KEEL_NODE_STATS_SIZE_V1, KEEL_NODE_STATS_SIZE_V2]);
+versioned!(keel_node_stats_t, [KEEL_NODE_STATS_SIZE_V1, KEEL_NODE_STATS_SIZE_V2, KEEL_NODE_STATS_SIZE_V3]);
 
 fn default_options() -> keel_node_options_t {
     let d = NodeOptions::default();
@@ -345,6 +354,7 @@ pub extern "C" fn keel_node_addr(
 /// the handshake; returns once the peer is ready, on the calling thread.
 /// A peer this node has a ready connection to already: OK at once, that
 /// connection is used (only the address for later reconnects changes).
+/// While another thread dials the same peer, waits for that dial first.
 /// Errors: NULL_ARGUMENT, INVALID_ARGUMENT (peer_id 0 or this node's own,
 /// an address that does not resolve), IO (connect failed, or the
 /// connection broke), REFUSED (the handshake refused the peer, or the
@@ -372,7 +382,7 @@ pub extern "C" fn keel_node_connect(
 fn stats_out(s: &NodeStats, out: *mut keel_node_stats_t) -> crate::Result<()> {
     let e = |r: Reason| s.ended(r);
     let value = keel_node_stats_t {
-        struct_size: KEEL_NODE_STATS_SIZE_V2,
+        struct_size: KEEL_NODE_STATS_SIZE_V3,
         _reserved: 0,
         peers: s.peers,
         accepted: s.accepted,
@@ -400,6 +410,7 @@ fn stats_out(s: &NodeStats, out: *mut keel_node_stats_t) -> crate::Result<()> {
         closed_by_peer: e(Reason::ClosedByPeer),
         closed_by_shutdown: e(Reason::Shutdown),
         refused_handshake_limit: e(Reason::HandshakeLimit),
+        replaced_connections: e(Reason::Replaced),
     };
     write_stats(out, value)
 }

@@ -98,8 +98,22 @@ impl Conn {
         }
     }
 
-    fn node_closing(&self) -> bool {
-        matches!(*self.end.lock(), Some((Reason::Shutdown, _)))
+    /// Why the connection ends, when the node is closing or the
+    /// connection was replaced: its writer sends what is queued and
+    /// half-closes, and the reader drains.
+    fn draining(&self) -> Option<Ended> {
+        self.end.lock().clone().filter(|(r, _)| matches!(r, Reason::Shutdown | Reason::Replaced))
+    }
+
+    /// Closes a second ready connection to a peer the way the node's close
+    /// does (docs/TRANSFER.md, "One connection per peer"): what is queued
+    /// is still sent, READY among it, so that the peer finishes the
+    /// handshake and makes the same choice instead of seeing a reset.
+    pub fn replace(&self, msg: String) {
+        self.end_reason_only(Reason::Replaced, &msg);
+        if let Some(w) = &*self.writer.read() {
+            w.shut();
+        }
     }
 
     /// Why the connection ends when the socket broke under the reader:
@@ -168,6 +182,9 @@ impl Conn {
             match &*st {
                 State::Handshake => self.cv.wait(&mut st),
                 State::Ready => return Ok(()),
+                // Ready, then closed as the second connection to a peer
+                // that has one: the peer is reachable through that one.
+                State::Ended(Reason::Replaced, _) => return Ok(()),
                 State::Ended(r, msg) => return Err(Error::new(r.status(), msg.clone())),
             }
         }
@@ -204,12 +221,16 @@ impl Conn {
         *st = State::Ended(r, msg.clone());
         self.cv.notify_all();
         drop(st);
+        // A replaced connection's peer is still connected through the
+        // other one: an event or a gone notice would say it left.
         let peer = self.peer_id.load(Ordering::Acquire);
-        node.event(peer, r.status(), &msg);
+        if r != Reason::Replaced {
+            node.event(peer, r.status(), &msg);
+        }
         node.forget(self);
         // Out of the peer table first, so a service that asks finds the
         // peer without a connection unless a newer one replaced this one.
-        if was_ready {
+        if was_ready && r != Reason::Replaced {
             node.peer_gone(peer);
         }
     }
@@ -245,11 +266,13 @@ impl Conn {
         let silent_limit = o.silence_limit();
         // The last read timed out without a byte.
         let mut idle = false;
+        let mut drain_began: Option<Instant> = None;
         loop {
-            let closing = self.node_closing();
+            let drain = self.draining();
+            let closing = drain.is_some();
             if closing {
-                // The node's shutdown sent what was queued and half-closed;
-                // it waits for the peer's EOF. Input is read and dropped
+                // The writer sends what was queued and half-closes (the
+                // node's shutdown, or `replace`); the peer's EOF ends it. Input is read and dropped
                 // until then: input left unread when the socket is shut
                 // down for reading or closed makes the kernel answer with a
                 // RST, which throws away what is still on its way to the
@@ -281,8 +304,13 @@ impl Conn {
                 }
             }
             let now = Instant::now();
-            if closing {
-                // No timers while the node closes: its shutdown bounds it.
+            if let Some(end) = drain {
+                // No heartbeats while draining; a peer that does not close
+                // its side is given close_timeout (the node's shutdown
+                // ends its connections by then too).
+                if now.duration_since(*drain_began.get_or_insert(now)) >= o.close_timeout {
+                    return Err(end);
+                }
             } else if matches!(stage, Stage::Ready) {
                 // A frame must be whole within the silence limit of its
                 // first byte: a peer trickling one (a byte now and then) is
@@ -384,7 +412,7 @@ impl Conn {
             Ok(()) => Ok(()),
             // While the node closes, a frame the writer no longer takes is
             // dropped and the reader keeps reading until the drain is done.
-            Err(_) if self.node_closing() => Ok(()),
+            Err(_) if self.draining().is_some() => Ok(()),
             Err(e) => Err(self.ended_elsewhere().unwrap_or_else(|| (Reason::Reset, self.say(e)))),
         }
     }
@@ -496,9 +524,12 @@ impl Conn {
         if self.role == Role::Acceptor {
             node.handshake_over();
         }
-        node.ready(self);
+        let superseded = node.ready(self);
         *self.state.lock() = State::Ready;
         self.cv.notify_all();
+        if let Some(msg) = superseded {
+            self.replace(msg);
+        }
         Ok(())
     }
 }

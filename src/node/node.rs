@@ -9,8 +9,8 @@ use crate::node::handshake::{ReplayGuard, Role};
 use crate::node::stats::{add, Counters, NodeStats, Reason};
 use crate::node::{Handler, NodeOptions, PeerGone, Service};
 use crate::status::*;
-use parking_lot::{Mutex, RwLock};
-use std::collections::HashMap;
+use parking_lot::{Condvar, Mutex, RwLock};
+use std::collections::{HashMap, HashSet};
 use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -30,6 +30,10 @@ struct Registry {
     by_peer: HashMap<u64, Arc<Conn>>,
     /// The address each peer was last dialed at (`Node::reconnect`).
     dialed: HashMap<u64, String>,
+    /// Peers being dialed now: a node dials a peer once at a time, so
+    /// that of two connections it dialed the peer and it agree on which
+    /// is newer (`keeps_new`).
+    dialing: HashSet<u64>,
 }
 
 /// What a node's threads share.
@@ -41,6 +45,8 @@ pub(crate) struct Inner {
     /// Each service's `PeerGone`.
     gone: RwLock<[Option<PeerGone>; 2]>,
     reg: Mutex<Registry>,
+    /// Signalled when a dial ends (`Registry::dialing`).
+    dial_ended: Condvar,
     net: Mutex<Option<Net>>,
     writer_opts: WriterOptions,
     closing: AtomicBool,
@@ -108,6 +114,7 @@ impl Node {
             handlers: RwLock::new([None, None]),
             gone: RwLock::new([None, None]),
             reg: Mutex::new(Registry::default()),
+            dial_ended: Condvar::new(),
             net: Mutex::new(Some(net)),
             writer_opts,
             closing: AtomicBool::new(false),
@@ -149,7 +156,8 @@ impl Node {
     /// Dials `addr` and runs the handshake; returns once `peer_id` is
     /// ready (or why not: REFUSED, TIMEOUT, IO, PROTOCOL, CLOSED). With a
     /// ready connection to `peer_id` already, returns at once and keeps
-    /// it (`addr` is remembered for later reconnects).
+    /// it (`addr` is remembered for later reconnects); while another
+    /// thread dials the peer, waits for that dial and then does the same.
     pub fn connect(&self, peer_id: u64, addr: &str) -> Result<()> {
         if peer_id == 0 || peer_id == self.id() {
             return Err(Error::invalid(format!("peer id {peer_id} is 0 or this node's own id")));
@@ -158,13 +166,25 @@ impl Node {
         {
             let mut reg = self.inner.reg.lock();
             reg.dialed.insert(peer_id, addr.to_string());
-            // A ready connection to the peer is used, not doubled: the one
-            // a new connection replaced in `by_peer` would stay open (two
-            // threads, its descriptors, its heartbeats) until the close.
-            if reg.by_peer.contains_key(&peer_id) {
-                return Ok(());
+            // A ready connection to the peer is used, not doubled.
+            loop {
+                if reg.by_peer.contains_key(&peer_id) {
+                    return Ok(());
+                }
+                if reg.dialing.insert(peer_id) {
+                    break;
+                }
+                self.inner.dial_ended.wait(&mut reg);
             }
         }
+        let dialed = self.dial(peer_id, addr);
+        self.inner.reg.lock().dialing.remove(&peer_id);
+        self.inner.dial_ended.notify_all();
+        dialed
+    }
+
+    /// One dial of `connect`, the only one to `peer_id` running.
+    fn dial(&self, peer_id: u64, addr: &str) -> Result<()> {
         let timeout = self.inner.opts.handshake_timeout;
         let to = addr
             .to_socket_addrs()
@@ -443,16 +463,46 @@ impl Inner {
         debug_assert!(before > 0, "a handshake ended that was never counted");
     }
 
-    pub(crate) fn ready(&self, conn: &Conn) {
+    /// Registers a connection that finished its handshake. With another
+    /// ready connection to the peer, one of the two is closed
+    /// (`Conn::replace`): the other one, here, or this one, by the
+    /// message returned.
+    pub(crate) fn ready(&self, conn: &Conn) -> Option<String> {
         let peer = conn.peer_id.load(Ordering::Acquire);
         let mut reg = self.reg.lock();
+        let old = reg.by_peer.get(&peer).cloned();
+        if old.as_ref().is_some_and(|old| !self.keeps_new(conn, old)) {
+            drop(reg);
+            self.counters.ready();
+            return Some(format!("a connection to peer {peer} is ready already and stays: this one is closed"));
+        }
         if let Some((c, _)) = reg.conns.get(&conn.seq) {
             let c = c.clone();
             reg.by_peer.insert(peer, c);
         }
         drop(reg);
         self.counters.ready();
+        if let Some(old) = old {
+            old.replace(format!("a newer connection to peer {peer} ({}) replaced this one", conn.remote));
+        }
         self.event(peer, KEEL_STATUS_OK, "peer ready");
+        None
+    }
+
+    /// Of two ready connections to one peer, whether the new one stays:
+    /// the same choice on both sides, without a word between them. Of two
+    /// dials that crossed (each side dialed one), the one the lower node
+    /// id dialed stays. Of two dialed by the same side, the newer stays
+    /// (the peer connected again before its old connection was found
+    /// dead here); that side dials once at a time, so it made them in the
+    /// order they were accepted.
+    fn keeps_new(&self, new: &Conn, old: &Conn) -> bool {
+        if new.role == old.role {
+            return new.seq > old.seq;
+        }
+        let peer = new.peer_id.load(Ordering::Acquire);
+        let lower_dialed = if self.opts.node_id < peer { Role::Dialer } else { Role::Acceptor };
+        new.role == lower_dialed
     }
 
     /// Takes the connection out of the peer table, unless a newer one

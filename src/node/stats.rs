@@ -43,11 +43,14 @@ pub enum Reason {
     /// Refused: `max_handshakes` accepted connections were in their
     /// handshake already.
     HandshakeLimit,
+    /// A second ready connection to a peer: this node closed one of the two
+    /// (docs/TRANSFER.md, "One connection per peer").
+    Replaced,
 }
 
 /// Reasons keep their place (their index is the byte of a REFUSE frame and
 /// of the stats array): new ones go at the end.
-pub const REASONS: usize = 15;
+pub const REASONS: usize = 16;
 
 impl Reason {
     pub const ALL: [Reason; REASONS] = [
@@ -66,6 +69,7 @@ impl Reason {
         Reason::ClosedByPeer,
         Reason::Shutdown,
         Reason::HandshakeLimit,
+        Reason::Replaced,
     ];
 
     /// The status a caller sees for a connection that ended this way.
@@ -81,7 +85,7 @@ impl Reason {
             Reason::Malformed | Reason::Oversized | Reason::UnknownType => KEEL_STATUS_PROTOCOL,
             Reason::OutboundOverflow => KEEL_STATUS_BUSY,
             Reason::Reset => KEEL_STATUS_IO,
-            Reason::ClosedByPeer | Reason::Shutdown => KEEL_STATUS_CLOSED,
+            Reason::ClosedByPeer | Reason::Shutdown | Reason::Replaced => KEEL_STATUS_CLOSED,
         }
     }
 
@@ -104,7 +108,8 @@ impl Reason {
 /// A snapshot of a node's counters (`Node::stats`).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct NodeStats {
-    /// Connections with a finished handshake right now (gauge).
+    /// Connections with a finished handshake right now (gauge; a second
+    /// one to a peer counts until it is closed, `Reason::Replaced`).
     pub peers: u64,
     pub accepted: u64,
     pub dialed: u64,
@@ -172,7 +177,7 @@ impl Counters {
             self.peers.fetch_sub(1, Ordering::Relaxed);
         }
         add(&self.ended[r as usize], 1);
-        if !matches!(r, Reason::ClosedByPeer | Reason::Shutdown) {
+        if !matches!(r, Reason::ClosedByPeer | Reason::Shutdown | Reason::Replaced) {
             *last = message.to_string();
         }
     }
