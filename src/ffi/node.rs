@@ -101,8 +101,9 @@ pub struct keel_node_options_t {
     /// A PING goes out every interval (1 to 3600000 ms; default 1000); a
     /// peer silent for heartbeat_misses intervals (1 to 1000; default 5)
     /// is dropped, and so is one whose frame is not whole that long after
-    /// its first byte; a transfer source without a connection for as long
-    /// loses its receptions here (their shards stay incoming).
+    /// its first byte plus a second per 64 KiB of it received; a transfer
+    /// source without a connection for as long loses its receptions here
+    /// (their shards stay incoming).
     pub heartbeat_interval_ms: u32,
     pub heartbeat_misses: u32,
     /// keel_node_close() waits up to this long (0 to 600000 ms; default

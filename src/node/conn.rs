@@ -18,7 +18,7 @@ use std::io::{ErrorKind, Read};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Where a connection is in its life.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -73,6 +73,20 @@ impl Stage {
             Stage::AwaitHello | Stage::AwaitAuth { .. } | Stage::AwaitReady => HELLO_LEN.max(MAC_LEN) as u32,
         }
     }
+}
+
+/// The slowest a frame may arrive once its first `silence_limit` is over:
+/// 64 KiB a second. A link that slow still carries a 16 MiB frame (in
+/// about four minutes); a peer sending a byte now and then does not hold
+/// a frame open for long.
+const FRAME_MIN_RATE: u64 = 64 << 10;
+
+/// How long after its first byte a frame of which `received` bytes are in
+/// may still be incomplete: the silence limit, plus a second for every
+/// `FRAME_MIN_RATE` bytes that came (Apache's `mod_reqtimeout` MinRate
+/// rule): slow links pass, a trickle does not.
+fn frame_allowance(silence_limit: Duration, received: usize) -> Duration {
+    silence_limit.saturating_add(Duration::from_millis((received as u64).saturating_mul(1000) / FRAME_MIN_RATE))
 }
 
 impl Conn {
@@ -312,13 +326,13 @@ impl Conn {
                     return Err(end);
                 }
             } else if matches!(stage, Stage::Ready) {
-                // A frame must be whole within the silence limit of its
-                // first byte: a peer trickling one (a byte now and then) is
-                // heard from all along, and would hold its read buffer, up
-                // to a frame's worth, for as long as it liked. Judged by
-                // when the last read returned: that read asked for the
-                // rest of the frame and did not get it.
-                if let Some(b) = begun.filter(|b| looked.duration_since(*b) >= silent_limit) {
+                // A frame must keep coming (`frame_allowance`): a peer
+                // trickling one (a byte now and then) is heard from all
+                // along, and would hold its read buffer, up to a frame's
+                // worth, for as long as it liked. Judged by when the last
+                // read returned: that read asked for the rest of the frame
+                // and did not get it.
+                if let Some(b) = begun.filter(|b| looked.duration_since(*b) >= frame_allowance(silent_limit, filled)) {
                     return fail(
                         Reason::HeartbeatTimeout,
                         self.say(format!(
@@ -531,5 +545,19 @@ impl Conn {
             self.replace(msg);
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_frame_may_take_the_silence_limit_plus_a_second_per_64_kib() {
+        let limit = Duration::from_secs(5);
+        assert_eq!(frame_allowance(limit, 0), limit);
+        assert_eq!(frame_allowance(limit, 100), limit + Duration::from_millis(1), "a trickle earns next to nothing");
+        assert_eq!(frame_allowance(limit, 16 << 20), limit + Duration::from_secs(256), "16 MiB at 64 KiB/s");
+        assert_eq!(frame_allowance(Duration::MAX, usize::MAX), Duration::MAX);
     }
 }

@@ -117,9 +117,9 @@ pub struct NodeOptions {
     pub max_handshakes: u32,
     /// A PING goes out every interval; a peer heard nothing from for
     /// `heartbeat_misses` intervals is dropped (`silence_limit`), and so is
-    /// one whose frame is not whole that long after its first byte; a
-    /// transfer source without a connection for as long loses its
-    /// receptions here.
+    /// one whose frame is not whole that long after its first byte plus a
+    /// second per 64 KiB of it received; a transfer source without a
+    /// connection for as long loses its receptions here.
     pub heartbeat_interval: Duration,
     pub heartbeat_misses: u32,
     /// How long closing waits for queued frames to be sent; what is left

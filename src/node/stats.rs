@@ -30,7 +30,7 @@ pub enum Reason {
     /// A frame type with no registered service.
     UnknownType,
     /// Nothing heard for heartbeat_misses heartbeat intervals, or a frame
-    /// not whole that long after its first byte.
+    /// trickled in slower than that allows (docs/TRANSFER.md, Heartbeats).
     HeartbeatTimeout,
     /// The peer stopped reading: queued outbound bytes passed the limit.
     OutboundOverflow,
