@@ -677,21 +677,38 @@ fn a_started_transfer_streams_writes_until_the_host_hands_the_shard_over() {
     write_mix(&shard, 18, 800);
     dst.transfers.expect(SHARD, 1);
     let seen = Arc::new(parking_lot::Mutex::new(Vec::<keel::transfer::Progress>::new()));
+    // The callback holds the transfer's thread at its first WaitingFinish
+    // report until the test lets go: the two finishes below then meet a
+    // transfer that cannot act on the first yet, so the second is BUSY
+    // (a transfer that finished in between would answer "over").
+    let (held_tx, held) = std::sync::mpsc::channel::<()>();
+    let (release, release_rx) = std::sync::mpsc::channel::<()>();
+    let hold = parking_lot::Mutex::new(Some((held_tx, release_rx)));
     let progress = {
         let seen = seen.clone();
-        ProgressFn(Arc::new(move |p: &keel::transfer::Progress| seen.lock().push(p.clone())))
+        ProgressFn(Arc::new(move |p: &keel::transfer::Progress| {
+            seen.lock().push(p.clone());
+            if p.stage == Stage::WaitingFinish {
+                if let Some((held_tx, release_rx)) = hold.lock().take() {
+                    held_tx.send(()).unwrap();
+                    let _ = release_rx.recv();
+                }
+            }
+        }))
     };
     let opts = TransferOptions { auto_finish: None, progress: Some(progress), ..small_batches(Method::Snapshot) };
     let t = src.transfers.start(&shard, SHARD, 2, &opts).unwrap();
     let (resume, paused) = std::sync::mpsc::channel();
     let w = writer(&shard, Some(paused));
     // Without a finish the transfer catches up and keeps streaming.
-    reach(&t, Stage::WaitingFinish);
+    held.recv().unwrap();
+    assert_eq!(t.status().0, Stage::WaitingFinish);
     assert!(!t.wait(Some(Duration::from_millis(1))), "waiting for the host is not settled");
     assert_eq!(t.confirm_hand_over().unwrap_err().status, KEEL_STATUS_INVALID_ARGUMENT, "not handed over yet");
     resume.send(()).unwrap();
     t.finish(Finish::HandOver).unwrap();
     assert_eq!(t.finish(Finish::Copy).unwrap_err().status, KEEL_STATUS_BUSY);
+    release.send(()).unwrap();
     assert!(t.wait(None));
     let acked = w.join().unwrap();
     let r = t.outcome().unwrap().unwrap();

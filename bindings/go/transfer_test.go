@@ -111,12 +111,26 @@ func TestTransferHandsAShardOverWhileAWriterWrites(t *testing.T) {
 	if err := b.ExpectTransfer(7, 1); err != nil {
 		t.Fatal(err)
 	}
-	onProgress, stages := stageSink()
+	sink, stages := stageSink()
+	// OnProgress holds the transfer's thread at its first WaitingFinish
+	// report until release: the two Finish calls below then meet a
+	// transfer that cannot act on the first yet, so the second is ErrBusy
+	// (one that finished in between would answer that it is over).
+	held := make(chan struct{})
+	release := sync.OnceFunc(func() { close(held) })
+	var holdOnce sync.Once
+	onProgress := func(p TransferProgress) {
+		sink(p)
+		if p.Stage == StageWaitingFinish {
+			holdOnce.Do(func() { <-held })
+		}
+	}
 	tr, err := StartTransfer(a, shard, 7, 2, &TransferOptions{MaxBatchRecords: 16, MaxBatchBytes: 4096, OnProgress: onProgress})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer tr.Close()
+	defer release() // before Close, which waits for the transfer's thread
 
 	type write struct {
 		key     string
@@ -159,6 +173,7 @@ func TestTransferHandsAShardOverWhileAWriterWrites(t *testing.T) {
 	if err := tr.Finish(FinishCopy); !errors.Is(err, ErrBusy) {
 		t.Fatalf("a second finish: %v", err)
 	}
+	release()
 	if err := tr.Wait(-1); err != nil {
 		t.Fatal(err)
 	}

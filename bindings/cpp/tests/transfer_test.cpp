@@ -14,6 +14,7 @@
 #include <cstddef>
 #include <cstring>
 #include <future>
+#include <memory>
 #include <mutex>
 #include <optional>
 #include <thread>
@@ -66,12 +67,25 @@ struct Seen {
   std::mutex mu;
   std::condition_variable cv;
   std::vector<TransferStage> stages;
+  // When set, the handler holds the transfer's thread at its first
+  // WaitingFinish report until release(): calls the test makes meanwhile
+  // meet a transfer that cannot act on them yet.
+  bool hold = false, holding = false, released = false;
   keel::TransferProgressHandler handler() {
     return [this](const TransferProgress& p) {
-      std::lock_guard<std::mutex> lock(mu);
+      std::unique_lock<std::mutex> lock(mu);
       if (stages.empty() || stages.back() != p.stage) stages.push_back(p.stage);
       cv.notify_all();
+      if (hold && !holding && p.stage == TransferStage::WaitingFinish) {
+        holding = true;
+        cv.wait(lock, [&] { return released; });
+      }
     };
+  }
+  void release() {
+    std::lock_guard<std::mutex> lock(mu);
+    released = true;
+    cv.notify_all();
   }
   void wait_for(TransferStage s) {
     std::unique_lock<std::mutex> lock(mu);
@@ -95,6 +109,7 @@ TEST(Transfer, MovesAShardWhileAWriterWritesAndHandsItOver) {
   fill(shard, 1000);
   KEEL_ASSERT_OK(Transfer::expect(b.node, 7, kSrc));
   Seen seen;
+  seen.hold = true;  // so that the second finish below is BUSY, not "over"
   auto t = Transfer::start(a.node, shard, 7, kDst,
                            TransferOptions()
                                .max_batch_records(16)
@@ -103,6 +118,9 @@ TEST(Transfer, MovesAShardWhileAWriterWritesAndHandsItOver) {
                                .backoff(std::chrono::milliseconds(10), std::chrono::milliseconds(40))
                                .on_progress(seen.handler()));
   ASSERT_TRUE(t.ok()) << t.err().to_string();
+  // Lets the handler go on every way out, before `t` waits for its thread.
+  auto release = [](Seen* s) { s->release(); };
+  std::unique_ptr<Seen, decltype(release)> release_on_exit(&seen, release);
 
   // The writer pauses after 2000 writes until the test saw the transfer
   // catch up: a writer faster than the link keeps it catching up, so the
@@ -126,6 +144,7 @@ TEST(Transfer, MovesAShardWhileAWriterWritesAndHandsItOver) {
   resume.set_value();
   KEEL_ASSERT_OK(t->finish(FinishMode::HandOver));
   EXPECT_EQ(t->finish(FinishMode::Copy).err().code(), Status::Busy);
+  release_on_exit.reset();
   KEEL_ASSERT_OK(t->wait());
   writer.join();
   EXPECT_EQ(stage_of(*t), TransferStage::Done);
