@@ -156,6 +156,11 @@ int main(void) {
   r = fresh_result();
   CHECK_STATUS(KEEL_STATUS_INVALID_ARGUMENT, keel_shard_apply(s, 0, b, NULL, &r, &err));
   CHECK_STATUS(KEEL_STATUS_NULL_ARGUMENT, keel_shard_apply(s, 8, b, NULL, NULL, &err));
+  /* The message names the parameter the caller passed NULL: `result`. */
+  CHECK(keel_shard_apply(s, 8, b, NULL, NULL, &err) == KEEL_STATUS_NULL_ARGUMENT);
+  CHECK(strstr(keel_error_message(err), "result") != NULL);
+  keel_error_free(err);
+  err = NULL;
   keel_apply_result_t bad = fresh_result();
   bad.struct_size = 3;
   CHECK_STATUS(KEEL_STATUS_INVALID_ARGUMENT, keel_shard_apply(s, 8, b, NULL, &bad, &err));

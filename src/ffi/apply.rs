@@ -238,7 +238,11 @@ pub extern "C" fn keel_shard_apply_packed(
 
 fn apply(s: &crate::shard::Shard, index: u64, ops: &[Op], opts: *const keel_write_options_t, result: *mut keel_apply_result_t) -> crate::Result<()> {
     // Checked before the entry is applied: a bad result struct must not
-    // leave an applied entry unreported.
+    // leave an applied entry unreported. NULL first, so that the message
+    // names this parameter (check_stats calls every struct `out`).
+    if result.is_null() {
+        return Err(Error::new(KEEL_STATUS_NULL_ARGUMENT, "result is NULL"));
+    }
     check_stats(result)?;
     let fence = fence_of(opts)?;
     let applied = s.apply(index, ops, fence)?;
