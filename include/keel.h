@@ -2008,9 +2008,13 @@ keel_status_t keel_shard_write_packed_ex(const struct keel_shard_t *shard,
  * poisoned: keel_shard_applied_index() may count the entry already, every
  * later entry (a retry included) fails with POISONED, and a reopen tells
  * the durable index.
- * Errors: NULL_ARGUMENT (shard or result), INVALID_ARGUMENT (index 0, bad
- * options, an entry larger than this shard's WAL record limit, a bad
- * result struct_size), NO_SPACE, IO, POISONED, MOVED, CLOSED.
+ * Errors: NULL_ARGUMENT (shard or result; a NULL fence_bucket with a
+ * length above 0), INVALID_ARGUMENT (index 0, bad options, an entry larger
+ * than this shard's WAL record limit, a bad result struct_size), NO_SPACE,
+ * IO, POISONED, MOVED, CLOSED, TIMEOUT (an entry waits for the flush at
+ * keel_engine_options_t.max_unflushed_wal_bytes as a write does, see
+ * keel_shard_put()), RESOURCE (out of descriptors or memory before
+ * anything was written). The index did not move on any of them.
  */
 keel_status_t keel_shard_apply(const struct keel_shard_t *shard,
                                uint64_t index,
@@ -2022,8 +2026,9 @@ keel_status_t keel_shard_apply(const struct keel_shard_t *shard,
 /**
  * keel_shard_apply() with the entry's operations packed as for
  * keel_shard_write_packed() (`ops_len` 0: none). Errors: as
- * keel_shard_apply(), INVALID_ARGUMENT for a malformed buffer (the index
- * does not move).
+ * keel_shard_apply(), INVALID_ARGUMENT for a malformed buffer,
+ * NULL_ARGUMENT for a NULL `ops` with `ops_len` above 0 (the index does
+ * not move).
  */
 keel_status_t keel_shard_apply_packed(const struct keel_shard_t *shard,
                                       uint64_t index,
@@ -2522,7 +2527,10 @@ void keel_shard_read_end(struct keel_read_session_t *session);
  * KEEL_SHARD_MAX_KEY_SIZE, value larger than KEEL_SHARD_MAX_VALUE_SIZE or its WAL record), NO_SPACE,
  * IO, POISONED, CLOSED, TIMEOUT (the shard held
  * keel_engine_options_t.max_unflushed_wal_bytes of unflushed WAL for
- * write_stall_timeout_ms while its flush was behind; nothing was written).
+ * write_stall_timeout_ms while its flush was behind; nothing was written),
+ * MOVED (a transfer handed the shard over to another node: write there;
+ * docs/TRANSFER.md), RESOURCE (out of descriptors or memory before
+ * anything was written; the shard is still usable: retry once freed).
  */
 keel_status_t keel_shard_put(const struct keel_shard_t *shard,
                              const uint8_t *key,
@@ -2816,7 +2824,9 @@ keel_status_t keel_shard_salvage_report(const struct keel_shard_t *shard,
  * Keeps the shard's WAL records with version >= `version` even after
  * they are persisted (for a reader that still needs them, e.g. a shard
  * transfer); KEEL_WAL_KEEP_NONE releases the hold.
- * Errors: TRUNCATED (already gone), CLOSED.
+ * Errors: NULL_ARGUMENT, TRUNCATED (already gone), IO (deleting the
+ * segments the hold no longer keeps failed; the hold is set), POISONED,
+ * CLOSED.
  */
 keel_status_t keel_shard_set_keep_from(const struct keel_shard_t *shard,
                                        uint64_t version,
@@ -3080,9 +3090,11 @@ keel_status_t keel_wal_open(const char *dir,
  * record is durable in SYNC mode, and once it is in the OS page cache in
  * the other modes. Thread-safe; concurrent appends are group-committed.
  * Errors: NULL_ARGUMENT, INVALID_ARGUMENT (record larger than
- * max_record_size), NO_SPACE (nothing written, log still usable), IO or
- * POISONED (a write or sync failed: the WAL refuses further appends; reopen),
- * CLOSED.
+ * max_record_size), NO_SPACE (nothing written, log still usable), RESOURCE
+ * (out of descriptors or memory while making the next segment: nothing
+ * written, no sequence number used, log still usable; retry once freed),
+ * IO or POISONED (a write or sync failed: the WAL refuses further appends;
+ * reopen), CLOSED.
  */
 keel_status_t keel_wal_append(const struct keel_wal_t *wal,
                               const uint8_t *data,
@@ -3164,7 +3176,9 @@ keel_status_t keel_wal_set_keep_from(const struct keel_wal_t *wal,
  * by later calls to _next. Release it with keel_wal_reader_close(); it may
  * outlive the WAL handle (calls then return CLOSED).
  * Errors: NULL_ARGUMENT, INVALID_ARGUMENT (upto out of range, from_seq >
- * last_seq + 1), TRUNCATED (from_seq below first_seq), IO, CLOSED.
+ * last_seq + 1), TRUNCATED (from_seq below first_seq), IO, RESOURCE (out
+ * of descriptors or memory opening a segment; retry), POISONED (the WAL
+ * is poisoned), CLOSED.
  */
 keel_status_t keel_wal_reader_open(const struct keel_wal_t *wal,
                                    uint64_t from_seq,
@@ -3180,7 +3194,8 @@ keel_status_t keel_wal_reader_open(const struct keel_wal_t *wal,
  * BUFFER_TOO_SMALL with the needed size in `*out_len` and does not advance:
  * the next call returns the same record. `buf` may be NULL when cap is 0.
  * Errors: NULL_ARGUMENT, BUFFER_TOO_SMALL, NOT_FOUND, TRUNCATED, CORRUPTION,
- * IO, CLOSED (the WAL was closed).
+ * IO, RESOURCE (out of descriptors or memory opening the next segment: the
+ * reader does not advance; retry), CLOSED (the WAL was closed).
  */
 keel_status_t keel_wal_reader_next(struct keel_wal_reader_t *reader,
                                    uint64_t *out_seq,

@@ -110,6 +110,37 @@ fn writers_past_the_bound_time_out_while_the_flush_is_held_and_succeed_after_it(
     shard.close().unwrap();
 }
 
+/// An applied entry passes the same admission as a write
+/// (keel_shard_apply's errors list TIMEOUT): past the bound while the flush
+/// is held it fails with TIMEOUT and its index does not move; once the
+/// flush ran, the same entry applies.
+#[test]
+fn an_applied_entry_past_the_bound_times_out_and_its_index_does_not_move() {
+    let dir = TempDir::new("restart-apply-stall");
+    let hook = Arc::new(HeldFlush::default());
+    let shard = Shard::open(dir.path(), options(&hook, MIB, Duration::from_millis(20))).unwrap();
+    let entry = |i: u64| vec![Op::Put { key: i.to_be_bytes().to_vec(), value: vec![3u8; 64 << 10] }];
+    let mut timed_out = None;
+    for i in 1..=64u64 {
+        match shard.apply(i, &entry(i), None) {
+            Ok(a) => assert!(!a.duplicate && a.refused.is_none(), "{a:?}"),
+            Err(e) => {
+                assert_eq!(e.status, KEEL_STATUS_TIMEOUT, "{e}");
+                timed_out = Some(i);
+                break;
+            }
+        }
+    }
+    let i = timed_out.expect("64 entries of 64 KiB cannot all fit a 1 MiB bound while the flush is held");
+    assert_eq!(shard.applied_index(), i - 1, "the entry that timed out did not move the index");
+    hook.release();
+    shard.flush(true).unwrap();
+    let a = shard.apply(i, &entry(i), None).unwrap();
+    assert!(!a.duplicate && a.ops.is_some(), "{a:?}");
+    assert_eq!(shard.applied_index(), i);
+    shard.close().unwrap();
+}
+
 #[test]
 fn a_stalled_writer_is_let_through_by_the_flush() {
     let dir = TempDir::new("restart-wait");

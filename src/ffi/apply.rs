@@ -198,9 +198,13 @@ pub(crate) fn write_ex(s: &crate::shard::Shard, ops: &[Op], opts: *const keel_wr
 /// poisoned: keel_shard_applied_index() may count the entry already, every
 /// later entry (a retry included) fails with POISONED, and a reopen tells
 /// the durable index.
-/// Errors: NULL_ARGUMENT (shard or result), INVALID_ARGUMENT (index 0, bad
-/// options, an entry larger than this shard's WAL record limit, a bad
-/// result struct_size), NO_SPACE, IO, POISONED, MOVED, CLOSED.
+/// Errors: NULL_ARGUMENT (shard or result; a NULL fence_bucket with a
+/// length above 0), INVALID_ARGUMENT (index 0, bad options, an entry larger
+/// than this shard's WAL record limit, a bad result struct_size), NO_SPACE,
+/// IO, POISONED, MOVED, CLOSED, TIMEOUT (an entry waits for the flush at
+/// keel_engine_options_t.max_unflushed_wal_bytes as a write does, see
+/// keel_shard_put()), RESOURCE (out of descriptors or memory before
+/// anything was written). The index did not move on any of them.
 #[no_mangle]
 pub extern "C" fn keel_shard_apply(
     shard: *const keel_shard_t,
@@ -218,8 +222,9 @@ pub extern "C" fn keel_shard_apply(
 
 /// keel_shard_apply() with the entry's operations packed as for
 /// keel_shard_write_packed() (`ops_len` 0: none). Errors: as
-/// keel_shard_apply(), INVALID_ARGUMENT for a malformed buffer (the index
-/// does not move).
+/// keel_shard_apply(), INVALID_ARGUMENT for a malformed buffer,
+/// NULL_ARGUMENT for a NULL `ops` with `ops_len` above 0 (the index does
+/// not move).
 #[no_mangle]
 pub extern "C" fn keel_shard_apply_packed(
     shard: *const keel_shard_t,

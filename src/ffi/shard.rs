@@ -162,7 +162,10 @@ pub(crate) fn unpack(mut bytes: &[u8]) -> crate::Result<Vec<Op>> {
 /// KEEL_SHARD_MAX_KEY_SIZE, value larger than KEEL_SHARD_MAX_VALUE_SIZE or its WAL record), NO_SPACE,
 /// IO, POISONED, CLOSED, TIMEOUT (the shard held
 /// keel_engine_options_t.max_unflushed_wal_bytes of unflushed WAL for
-/// write_stall_timeout_ms while its flush was behind; nothing was written).
+/// write_stall_timeout_ms while its flush was behind; nothing was written),
+/// MOVED (a transfer handed the shard over to another node: write there;
+/// docs/TRANSFER.md), RESOURCE (out of descriptors or memory before
+/// anything was written; the shard is still usable: retry once freed).
 #[no_mangle]
 pub extern "C" fn keel_shard_put(
     shard: *const keel_shard_t,
@@ -725,7 +728,9 @@ pub extern "C" fn keel_shard_salvage_report(shard: *const keel_shard_t, out: *mu
 /// Keeps the shard's WAL records with version >= `version` even after
 /// they are persisted (for a reader that still needs them, e.g. a shard
 /// transfer); KEEL_WAL_KEEP_NONE releases the hold.
-/// Errors: TRUNCATED (already gone), CLOSED.
+/// Errors: NULL_ARGUMENT, TRUNCATED (already gone), IO (deleting the
+/// segments the hold no longer keeps failed; the hold is set), POISONED,
+/// CLOSED.
 #[no_mangle]
 pub extern "C" fn keel_shard_set_keep_from(shard: *const keel_shard_t, version: u64, err: *mut *mut keel_error_t) -> keel_status_t {
     ffi_boundary!(err, shard, {

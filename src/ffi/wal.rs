@@ -213,9 +213,11 @@ pub extern "C" fn keel_wal_open(
 /// record is durable in SYNC mode, and once it is in the OS page cache in
 /// the other modes. Thread-safe; concurrent appends are group-committed.
 /// Errors: NULL_ARGUMENT, INVALID_ARGUMENT (record larger than
-/// max_record_size), NO_SPACE (nothing written, log still usable), IO or
-/// POISONED (a write or sync failed: the WAL refuses further appends; reopen),
-/// CLOSED.
+/// max_record_size), NO_SPACE (nothing written, log still usable), RESOURCE
+/// (out of descriptors or memory while making the next segment: nothing
+/// written, no sequence number used, log still usable; retry once freed),
+/// IO or POISONED (a write or sync failed: the WAL refuses further appends;
+/// reopen), CLOSED.
 #[no_mangle]
 pub extern "C" fn keel_wal_append(
     wal: *const keel_wal_t,
@@ -356,7 +358,9 @@ pub extern "C" fn keel_wal_set_keep_from(wal: *const keel_wal_t, seq: u64, err: 
 /// by later calls to _next. Release it with keel_wal_reader_close(); it may
 /// outlive the WAL handle (calls then return CLOSED).
 /// Errors: NULL_ARGUMENT, INVALID_ARGUMENT (upto out of range, from_seq >
-/// last_seq + 1), TRUNCATED (from_seq below first_seq), IO, CLOSED.
+/// last_seq + 1), TRUNCATED (from_seq below first_seq), IO, RESOURCE (out
+/// of descriptors or memory opening a segment; retry), POISONED (the WAL
+/// is poisoned), CLOSED.
 #[no_mangle]
 pub extern "C" fn keel_wal_reader_open(
     wal: *const keel_wal_t,
@@ -385,7 +389,8 @@ pub extern "C" fn keel_wal_reader_open(
 /// BUFFER_TOO_SMALL with the needed size in `*out_len` and does not advance:
 /// the next call returns the same record. `buf` may be NULL when cap is 0.
 /// Errors: NULL_ARGUMENT, BUFFER_TOO_SMALL, NOT_FOUND, TRUNCATED, CORRUPTION,
-/// IO, CLOSED (the WAL was closed).
+/// IO, RESOURCE (out of descriptors or memory opening the next segment: the
+/// reader does not advance; retry), CLOSED (the WAL was closed).
 #[no_mangle]
 pub extern "C" fn keel_wal_reader_next(
     reader: *mut keel_wal_reader_t,
