@@ -318,6 +318,16 @@ int main(void) {
   keel_iter_close(it);
   CHECK_EQ_U64(h.calls, 7);
   CHECK_STATUS(KEEL_STATUS_INVALID_ARGUMENT, get_ex(other, &in, &err)); /* another shard's session */
+  /* A session's read uses no level or timeout, yet refuses a level that is
+   * no KEEL_READ_* value, as a read without one does. */
+  in.level = KEEL_READ_LINEARIZABLE + 1;
+  CHECK_STATUS(KEEL_STATUS_INVALID_ARGUMENT, get_ex(s, &in, &err));
+  in.level = KEEL_READ_STALE;
+  in.timeout_ms = 1;
+  CHECK_OK(get_ex(s, &in, &err));
+  CHECK_EQ_U64(h.calls, 7);
+  in.level = KEEL_READ_DEFAULT;
+  in.timeout_ms = 0;
   keel_read_session_t *nested = NULL;
   CHECK_STATUS(KEEL_STATUS_INVALID_ARGUMENT, keel_shard_read_begin(s, &in, &nested, NULL, &err));
   keel_shard_read_end(session);

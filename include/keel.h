@@ -1326,7 +1326,8 @@ typedef struct keel_read_options_t {
   /**
    * A session of the same shard (keel_shard_read_begin()), or NULL. With
    * a session the read makes no check of its own: level and timeout are
-   * ignored.
+   * not used (a level that is no KEEL_READ_* value is still refused
+   * with INVALID_ARGUMENT, as without a session).
    */
   const struct keel_read_session_t *session;
 } keel_read_options_t;

@@ -54,7 +54,8 @@ pub struct keel_read_options_t {
     pub timeout_ms: u64,
     /// A session of the same shard (keel_shard_read_begin()), or NULL. With
     /// a session the read makes no check of its own: level and timeout are
-    /// ignored.
+    /// not used (a level that is no KEEL_READ_* value is still refused
+    /// with INVALID_ARGUMENT, as without a session).
     pub session: *const keel_read_session_t,
 }
 versioned!(keel_read_options_t, [KEEL_READ_OPTIONS_SIZE_V1]);
