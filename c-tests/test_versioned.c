@@ -453,6 +453,8 @@ static void filled_buffers_are_refused(const char *root) {
   uint8_t *held = b.ptr;
   CHECK_STATUS(KEEL_STATUS_INVALID_ARGUMENT, keel_shard_get(s, (const uint8_t *)"b", 1, &b, NULL, NULL, &err));
   CHECK(b.ptr == held && b.len == 2 && memcmp(b.ptr, "va", 2) == 0);
+  CHECK_STATUS(KEEL_STATUS_INVALID_ARGUMENT, keel_shard_salvage_report(s, &b, &err));
+  CHECK(b.ptr == held && b.len == 2);
   CHECK_RC(KEEL_STATUS_OK, keel_buf_free(&b));
   CHECK_OK(keel_shard_get(s, (const uint8_t *)"b", 1, &b, NULL, NULL, &err));
   CHECK(b.len == 2 && memcmp(b.ptr, "vb", 2) == 0);
