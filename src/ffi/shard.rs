@@ -370,9 +370,15 @@ pub extern "C" fn keel_shard_multi_get_ex(
             return Err(Error::new(KEEL_STATUS_NULL_ARGUMENT, "values or kinds is NULL"));
         }
         let split = in_packed(keys, key_lens, count, "keys")?;
+        // A keel_buf_t is larger than a length: `count` lengths fitting in
+        // memory does not make `count` buffers fit.
+        if count > isize::MAX as usize / std::mem::size_of::<keel_buf_t>() {
+            return Err(Error::invalid(format!("count {count} of values is too large")));
+        }
         if count > 0 {
             // SAFETY: the caller passes room for `count` buffers at `values`
-            // (non-NULL, checked above).
+            // (non-NULL, checked above), and `count` of them fit in isize
+            // (checked above).
             for (i, b) in unsafe { std::slice::from_raw_parts(values, count) }.iter().enumerate() {
                 check_unfilled(b, &format!("values[{i}]"))?;
             }

@@ -947,8 +947,10 @@ impl Shard {
     /// WRONG_KIND; a key or value past the shard's limits:
     /// INVALID_ARGUMENT) are not applied, yet the index moves, and
     /// `Applied::refused` says why. An error means the index did not move
-    /// (IO, NO_SPACE, CLOSED, POISONED, MOVED, INVALID_ARGUMENT for index 0
-    /// or an entry larger than this shard's WAL takes).
+    /// (IO, NO_SPACE, CLOSED, POISONED, MOVED, RESOURCE, TIMEOUT at the
+    /// write stall of `max_unflushed_wal_bytes` like any write,
+    /// INVALID_ARGUMENT for index 0 or an entry larger than this shard's
+    /// WAL takes).
     pub fn apply(&self, index: u64, ops: &[Op], fence: Option<Fence>) -> Result<Applied> {
         if index == 0 {
             return Err(Error::invalid("entry index 0: indexes start at 1 (0 means none applied)"));
