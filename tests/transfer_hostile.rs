@@ -292,6 +292,23 @@ fn unknown_start_methods_and_crc_flags_are_protocol_errors() {
     );
 }
 
+/// A step of no running transfer, numbered far past what it says was
+/// acknowledged, is answered NOT_FOUND and leaves the receiver's
+/// `max_in_flight` alone: that counter describes the sources' pipelines,
+/// and counting a refused step put the wild gap in it.
+#[test]
+fn a_refused_step_does_not_count_as_in_flight() {
+    let dst = Side::temp("hostile-in-flight", node_options(2), shard_options());
+    let mut p = RawPeer::connect(dst.node.addr(), 1);
+    let mut step = wire::step(41, 1 << 40, 0);
+    step.extend_from_slice(&[0; 4]);
+    p.send(wire::OPS, &step);
+    let a = p.ack();
+    assert_eq!((a.step, a.status), (1 << 40, KEEL_STATUS_NOT_FOUND), "{a:?}");
+    let s = dst.transfers.receiver_stats();
+    assert_eq!((s.steps, s.max_in_flight), (1, 0), "{s:?}");
+}
+
 /// A snapshot two below u64::MAX leaves room for one more version: OPS at
 /// u64::MAX - 1 is logged, one at u64::MAX is refused before anything is
 /// written (the log's numbers would wrap), and the shard finishes at the

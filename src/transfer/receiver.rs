@@ -235,7 +235,6 @@ impl Receiver {
         }
         bump(&self.counters.steps, 1);
         let (id, n, acked, mut body) = (step.id, step.step, step.acked, step.body);
-        self.counters.max_in_flight.fetch_max(n.saturating_sub(acked), Ordering::Relaxed);
         let crc = crc32fast::hash(body.bytes);
         let mut ack = Ack { id, step: n, status: KEEL_STATUS_OK, version: 0, crc: None, message: String::new() };
         let _start = (ty == wire::START).then(|| self.starting.lock());
@@ -260,6 +259,10 @@ impl Receiver {
                     };
                     return self.copy(step, last.as_ref(), ty, n, crc, end).map(|a| (a, None));
                 } else {
+                    // Only a new step of a running reception says how deep
+                    // its source's pipeline is: a refused one may carry
+                    // any numbers.
+                    self.counters.max_in_flight.fetch_max(n.saturating_sub(acked), Ordering::Relaxed);
                     let r = self.step(engine, &mut inc, ty, n, acked, &mut body, &mut ack);
                     if !inc.installing.is_empty() {
                         later = Some(Later(running.cell.clone()));
