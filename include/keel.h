@@ -2240,8 +2240,8 @@ keel_status_t keel_engine_open(const char *dir,
  * open at most once at a time.
  * Other shards open, drop and list while one recovers.
  * Errors: NULL_ARGUMENT, NOT_FOUND (missing and create_if_missing is
- * false), BUSY (already open, being opened by another thread, or still
- * closing on another thread), CLOSED
+ * false), BUSY (already open, being opened or dropped by another thread,
+ * or still closing on another thread), CLOSED
  * (engine closed), CORRUPTION (a segment file missing, cut or
  * substituted; the WAL starts past what the segments hold; the shard's
  * directory vanished while the engine lists it, or holds files while
@@ -2260,11 +2260,13 @@ keel_status_t keel_engine_shard_open(const struct keel_engine_t *engine,
 
 /**
  * Deletes shard `id` and all its data (atomically: a crash leaves the
- * whole shard or none of it).
- * Errors: NULL_ARGUMENT, NOT_FOUND, BUSY (the shard is open, or still
- * closing on another thread), CLOSED, IO, RESOURCE (out of descriptors:
- * nothing is dropped; a close of this shard left unfinished by RESOURCE
- * is retried first).
+ * whole shard or none of it). Other shards open, drop and list while it
+ * runs.
+ * Errors: NULL_ARGUMENT, NOT_FOUND, BUSY (the shard is open, being opened
+ * or dropped by another thread, or still closing on another thread),
+ * CLOSED (also when the engine closed while the drop ran: the shard is
+ * left whole), IO, RESOURCE (out of descriptors: nothing is dropped; a
+ * close of this shard left unfinished by RESOURCE is retried first).
  */
 keel_status_t keel_engine_shard_drop(const struct keel_engine_t *engine,
                                      uint32_t id,

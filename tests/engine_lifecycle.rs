@@ -578,3 +578,162 @@ fn a_close_left_pending_still_lets_go_of_the_read_index_callback() {
     );
     engine.close().unwrap();
 }
+
+/// A file system that parks the first `exists` of `shards/.drop-1` once
+/// armed: the step of `drop_shard(1)` right after its commit log
+/// checkpoint, before its rename. Tells the test through `reached`, then
+/// waits for `release`.
+fn drop_parking_fs(armed: Arc<AtomicBool>, reached: Sender<()>, release: Receiver<()>) -> Arc<HookFs> {
+    HookFs::new(move |call, path| {
+        if call == Call::Exists && path.ends_with("shards/.drop-1") && armed.swap(false, Ordering::AcqRel) {
+            reached.send(()).unwrap();
+            // Longer than the test's own guard, which releases it.
+            release.recv_timeout(2 * GUARD).expect("the test never released the drop (failure guard)");
+        }
+        Ok(())
+    })
+}
+
+/// An engine whose shards 1 and 2 hold a key each and are closed (sync
+/// durability, so a drop takes a commit log checkpoint first).
+fn two_closed_shards(dir: &std::path::Path, fs: Arc<HookFs>) -> Engine {
+    let engine = Engine::open_with_fs(dir, options(Steps::default(), Durability::Sync), fs).unwrap();
+    for id in [1, 2] {
+        let s = engine.open_shard(id, true).unwrap();
+        s.put(b"k", format!("v{id}").as_bytes()).unwrap();
+        s.close().unwrap();
+    }
+    engine
+}
+
+/// `drop_shard` ran its commit log checkpoint (a sync of every shard WAL
+/// written since the last one), the folder's rename, the directory sync,
+/// the list's append and the folder's removal under the engine-wide
+/// mutex: every other shard's open, drop and listing waited behind one
+/// drop's I/O. The dropped id is reserved now and the I/O runs outside:
+/// while the drop is parked after its checkpoint, shard 2 opens and reads,
+/// the shard list answers, and shard 1 itself is BUSY to an open and to a
+/// second drop.
+#[test]
+fn a_drop_in_progress_does_not_hold_up_other_shards() {
+    let dir = TempDir::new("lifecycle-drop-unlocked");
+    let armed = Arc::new(AtomicBool::new(false));
+    let (reached_tx, reached) = bounded(1);
+    let (release, release_rx) = bounded(1);
+    let engine = two_closed_shards(dir.path(), drop_parking_fs(armed.clone(), reached_tx, release_rx));
+    armed.store(true, Ordering::Release);
+    std::thread::scope(|sc| {
+        let dropper = sc.spawn(|| engine.drop_shard(1));
+        reached.recv_timeout(GUARD).expect("the drop never reached its rename (failure guard)");
+        let (done_tx, done) = bounded(1);
+        let engine = &engine;
+        let probe = sc.spawn(move || {
+            let two = engine.open_shard(2, false).map(|s| {
+                let v = bytes(&s, "k");
+                s.close().unwrap();
+                v
+            });
+            let listed = engine.list_shards();
+            let open_one = engine.open_shard(1, false).map(drop).map_err(|e| e.status);
+            let drop_one = engine.drop_shard(1).map_err(|e| e.status);
+            done_tx.send(()).unwrap();
+            (two.map_err(|e| e.message), listed.map_err(|e| e.message), open_one, drop_one)
+        });
+        // Bounded only as a failure guard: a probe held up by the drop
+        // finishes once the drop is let go.
+        let waited = done.recv_timeout(GUARD).is_ok();
+        release.send(()).unwrap();
+        let (two, listed, open_one, drop_one) = probe.join().unwrap();
+        let dropped = dropper.join().unwrap().map_err(|e| e.message);
+        assert!(
+            waited,
+            "while drop_shard(1) was parked after its checkpoint, opening shard 2 waited for it (the engine's mutex was held across the drop's I/O); \
+             it then gave {two:?}, list {listed:?}, open_shard(1) {open_one:?}, drop_shard(1) {drop_one:?}"
+        );
+        assert_eq!(two, Ok(Some(b"v2".to_vec())));
+        assert_eq!(listed, Ok(vec![1, 2]), "shard 1 is listed until its drop unlists it");
+        assert_eq!(open_one, Err(keel::status::KEEL_STATUS_BUSY), "shard 1 is being dropped");
+        assert_eq!(drop_one, Err(keel::status::KEEL_STATUS_BUSY), "shard 1 is being dropped");
+        assert_eq!(dropped, Ok(()));
+    });
+    assert_eq!(engine.list_shards().unwrap(), vec![2]);
+    assert_eq!(engine.open_shard(1, false).map(drop).map_err(|e| e.status), Err(keel::status::KEEL_STATUS_NOT_FOUND));
+    assert!(!dir.path().join("shards/1").exists() && !dir.path().join("shards/.drop-1").exists());
+    engine.close().unwrap();
+}
+
+/// A close of the engine while a drop is parked after its checkpoint: the
+/// drop finishes or is undone, never half done (the shard listed with its
+/// folder gone, or unlisted with its folder left), and the engine's next
+/// open sees shard 1 whole or not at all.
+#[test]
+fn an_engine_close_during_a_drop_leaves_the_shard_whole_or_gone() {
+    let dir = TempDir::new("lifecycle-drop-engine-close");
+    let armed = Arc::new(AtomicBool::new(false));
+    let (reached_tx, reached) = bounded(1);
+    let (release, release_rx) = bounded(1);
+    let engine = two_closed_shards(dir.path(), drop_parking_fs(armed.clone(), reached_tx, release_rx));
+    armed.store(true, Ordering::Release);
+    let (dropped, closed) = std::thread::scope(|sc| {
+        let dropper = sc.spawn(|| engine.drop_shard(1));
+        reached.recv_timeout(GUARD).expect("the drop never reached its rename (failure guard)");
+        let (done_tx, done) = bounded(1);
+        let engine = &engine;
+        let closer = sc.spawn(move || {
+            let closed = engine.close();
+            done_tx.send(()).unwrap();
+            closed
+        });
+        let _ = done.recv_timeout(GUARD); // failure guard: the close may wait for the drop
+        release.send(()).unwrap();
+        (dropper.join().unwrap().map_err(|e| e.status), closer.join().unwrap().map_err(|e| e.message))
+    });
+    assert_eq!(closed, Ok(()));
+    drop(engine);
+    let engine = Engine::open(dir.path(), options(Steps::default(), Durability::Sync)).unwrap();
+    let listed = engine.list_shards().unwrap();
+    let one = engine.open_shard(1, false).map(|s| {
+        let v = bytes(&s, "k");
+        s.close().unwrap();
+        v
+    });
+    match dropped {
+        Ok(()) => assert!(listed == vec![2] && one.is_err() && !dir.path().join("shards/1").exists(), "dropped, yet {listed:?}"),
+        Err(status) => assert!(
+            listed == vec![1, 2] && one.as_ref().is_ok_and(|v| v.as_deref() == Some(b"v1".as_slice())),
+            "the drop failed ({status}) and left shard 1 listed {listed:?}, opening as {:?}",
+            one.map_err(|e| e.message)
+        ),
+    }
+    assert!(!dir.path().join("shards/.drop-1").exists());
+    engine.close().unwrap();
+}
+
+/// A panic while shard 3 was being opened (here from the file system;
+/// the C API turns any panic into PANIC and the engine goes on) left its
+/// slot reserved as opening: every later open or drop of shard 3 was
+/// BUSY "being opened" for the life of the engine. The reservation is
+/// let go when the open unwinds.
+#[test]
+fn a_panic_while_opening_a_shard_does_not_leave_its_id_busy() {
+    let dir = TempDir::new("lifecycle-open-panic");
+    let armed = Arc::new(AtomicBool::new(false));
+    let a = armed.clone();
+    let fs = HookFs::new(move |call, path| {
+        if call == Call::Create && path.to_string_lossy().contains("/shards/3/") && a.swap(false, Ordering::AcqRel) {
+            panic!("injected: a panic while shard 3 opens");
+        }
+        Ok(())
+    });
+    let engine = Engine::open_with_fs(dir.path(), options(Steps::default(), Durability::Sync), fs).unwrap();
+    armed.store(true, Ordering::Release);
+    let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| engine.open_shard(3, true).map(drop)));
+    assert!(panicked.is_err(), "precondition: the open panicked ({panicked:?})");
+    let again = engine.open_shard(3, true).map_err(|e| (e.status, e.message));
+    assert!(again.is_ok(), "after a panic in its open, open_shard(3) answers {:?}", again.as_ref().err());
+    let s = again.unwrap();
+    s.put(b"k", b"v").unwrap();
+    s.close().unwrap();
+    engine.drop_shard(3).unwrap();
+    engine.close().unwrap();
+}

@@ -25,14 +25,15 @@ impl Engine {
     /// the shard is open or already being received.
     pub(crate) fn receive_shard(&self, id: u32, base: Option<u64>) -> Result<Shard> {
         let dir = self.shard_dir(id);
-        let lost_copies = {
+        let (reserved, replaced, listed, lost_copies) = {
             let mut guard = self.shards.lock();
             let state = guard.as_mut().ok_or_else(|| Error::new(KEEL_STATUS_CLOSED, "engine is closed"))?;
             // A host's close left pending (RESOURCE, its handle maybe
             // gone) is retried here too, as before an open or a drop.
             super::finish_pending_close(state, id)?;
-            match state.slots.get(&id) {
+            let replaced = match state.slots.get(&id) {
                 Some(Slot::Opening) | Some(Slot::Incoming(_)) => return Err(busy(id)),
+                Some(Slot::Dropping) => return Err(super::dropping(id)),
                 Some(Slot::Open(s)) if !s.close_finished() => {
                     return Err(Error::new(KEEL_STATUS_BUSY, format!("shard {id} is open (or still closing) here; close it before receiving it")))
                 }
@@ -44,38 +45,36 @@ impl Engine {
                     state.slots.insert(id, Slot::Incoming(s.clone()));
                     return Ok(s);
                 }
-                Some(Slot::Received(s)) => {
-                    // Replaced by a snapshot: closed before it is dropped.
-                    let closed = s.clone().close_for_good();
-                    state.slots.remove(&id);
-                    closed?;
-                }
-                _ => {}
-            }
+                // Replaced by a snapshot: closed before it is dropped.
+                Some(Slot::Received(s)) => Some(s.clone()),
+                _ => None,
+            };
             self.check_not_held(id)?;
-            match base {
-                Some(_) => {
-                    if state.list.contains(id) {
-                        self.drop_unopened(state, id)?;
-                    }
-                    self.create_dir(&mut state.list, id)?;
-                }
-                None if !state.list.contains(id) => {
-                    return Err(Error::new(KEEL_STATUS_NOT_FOUND, format!("shard {id} does not exist")))
-                }
-                None => {}
+            let listed = state.list.contains(id);
+            if base.is_none() && !listed {
+                return Err(super::not_found(id));
             }
-            crate::fs::replace(&*self.fs, &dir.join(MARKER), MARKER_BODY)?;
-            // A copy this engine handed over earlier (and never dropped)
-            // comes back by WAL delta: once finished it is this node's to
-            // write again. The marker is durable first, so a crash in
-            // between leaves it incoming, not writable.
-            if base.is_none() {
-                crate::shard::remove_moved(&*self.fs, &dir)?;
-            }
-            state.slots.insert(id, Slot::Opening);
-            state.lost_copies_of(id)
+            (self.reserve(state, id, Slot::Opening), replaced, listed, state.lost_copies_of(id))
         };
+        // The id is reserved (`Opening`): the drop of the shard a snapshot
+        // replaces and the new shard's create run outside the mutex.
+        if let Some(s) = replaced {
+            s.close_for_good()?;
+        }
+        if base.is_some() {
+            if listed {
+                self.drop_reserved(&reserved)?;
+            }
+            self.create_reserved(id)?;
+        }
+        crate::fs::replace(&*self.fs, &dir.join(MARKER), MARKER_BODY)?;
+        // A copy this engine handed over earlier (and never dropped)
+        // comes back by WAL delta: once finished it is this node's to
+        // write again. The marker is durable first, so a crash in
+        // between leaves it incoming, not writable.
+        if base.is_none() {
+            crate::shard::remove_moved(&*self.fs, &dir)?;
+        }
         let fs = self.injected_fs.then(|| self.fs.clone());
         let opened = match base {
             Some(v) => Shard::open_incoming(&dir, self.opts.clone(), fs, Some(&self.host), v),
@@ -83,7 +82,7 @@ impl Engine {
             // lost of it is lost from the copy the delta starts from.
             None => Shard::open_hosted(&dir, self.opts.clone(), fs, &self.host, None, lost_copies),
         };
-        self.settle(id, opened, Slot::Incoming)
+        self.settle(reserved, opened, Slot::Incoming)
     }
 
     /// Ends the reception of shard `id`. `finished`: its data is complete
@@ -92,17 +91,12 @@ impl Engine {
     /// otherwise the shard is closed and the marker stays (opening it stays
     /// BUSY until a later transfer finishes it or the host drops it).
     pub(crate) fn release_incoming(&self, id: u32, finished: bool) -> Result<()> {
-        let shard = {
+        let (shard, reserved) = {
             let mut guard = self.shards.lock();
             let state = guard.as_mut().ok_or_else(|| Error::new(KEEL_STATUS_CLOSED, "engine is closed"))?;
             match state.slots.remove(&id) {
-                Some(Slot::Incoming(s)) => {
-                    if finished {
-                        // Taken while the marker goes, outside the mutex.
-                        state.slots.insert(id, Slot::Opening);
-                    }
-                    s
-                }
+                // Reserved while the marker goes, outside the mutex.
+                Some(Slot::Incoming(s)) => (s, finished.then(|| self.reserve(state, id, Slot::Opening))),
                 Some(other) => {
                     state.slots.insert(id, other);
                     return Err(Error::invalid(format!("shard {id} is not being received")));
@@ -110,9 +104,7 @@ impl Engine {
                 None => return Err(Error::invalid(format!("shard {id} is not being received"))),
             }
         };
-        if !finished {
-            return shard.close_for_good();
-        }
+        let Some(reserved) = reserved else { return shard.close_for_good() };
         let dir = self.shard_dir(id);
         let marker = dir.join(MARKER);
         let unmarked = self
@@ -121,12 +113,12 @@ impl Engine {
             .map_err(|e| Error::io(format!("removing {}", marker.display()), e))
             .and_then(|()| self.sync_dir(&dir));
         match unmarked {
-            Ok(()) => self.settle(id, Ok(shard), Slot::Received).map(drop),
+            Ok(()) => self.settle(reserved, Ok(shard), Slot::Received).map(drop),
             Err(e) => {
                 // Closed, its slot freed: opening it is BUSY while the
                 // marker is there, as for any unfinished reception.
                 let _ = shard.close_for_good();
-                self.settle(id, Err(e), Slot::Incoming).map(drop)
+                self.settle(reserved, Err(e), Slot::Incoming).map(drop)
             }
         }
     }

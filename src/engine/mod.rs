@@ -72,6 +72,9 @@ fn parse_id(name: &str) -> Option<u32> {
 enum Slot {
     /// Being recovered, outside the engine's mutex; a second open is BUSY.
     Opening,
+    /// Being dropped, outside the engine's mutex (`Engine::drop_reserved`);
+    /// opening, dropping or receiving it is BUSY.
+    Dropping,
     Open(Shard),
     /// Being received by a transfer (`incoming.rs`); opening it is BUSY.
     Incoming(Shard),
@@ -433,13 +436,14 @@ impl Engine {
     /// and list meanwhile.
     pub fn open_shard(&self, id: u32, create_if_missing: bool) -> Result<Shard> {
         let dir = self.shard_dir(id);
-        let (create, lost_copies) = {
+        let (reserved, create, lost_copies) = {
             let mut guard = self.shards.lock();
             let state = guard.as_mut().ok_or_else(|| Error::new(KEEL_STATUS_CLOSED, "engine is closed"))?;
             state.sweep_now();
             finish_pending_close(state, id)?;
             match state.slots.get(&id) {
                 Some(Slot::Opening) => return Err(Error::new(KEEL_STATUS_BUSY, format!("shard {id} is being opened"))),
+                Some(Slot::Dropping) => return Err(dropping(id)),
                 Some(Slot::Open(s)) if !s.close_finished() => {
                     return Err(Error::new(KEEL_STATUS_BUSY, format!("shard {id} is already open (or still closing); close it first")))
                 }
@@ -466,25 +470,36 @@ impl Engine {
             } else if self.exists(&dir.join(incoming::MARKER))? {
                 return Err(incoming::busy(id));
             }
-            state.slots.insert(id, Slot::Opening);
-            (create, state.lost_copies_of(id))
+            (self.reserve(state, id, Slot::Opening), create, state.lost_copies_of(id))
         };
         // The id is reserved (`Opening`): its folder is made and synced
         // outside the mutex, so creates on several threads overlap those
         // syncs; only the list's append is one at a time.
-        let created = match create {
-            true => self.make_dir(id).and_then(|()| match &mut *self.shards.lock() {
-                Some(state) => state.list.add(&*self.fs, id),
-                None => Err(Error::new(KEEL_STATUS_CLOSED, "engine closed while the shard was being created")),
-            }),
-            false => Ok(()),
-        };
+        let created = if create { self.create_reserved(id) } else { Ok(()) };
         let opened = created.and_then(|()| {
             let fs = self.injected_fs.then(|| self.fs.clone());
             let commit = self.commit_log.as_ref().map(|log| (log.clone(), id));
             Shard::open_hosted(&dir, self.opts.clone(), fs, &self.host, commit, lost_copies)
         });
-        self.settle(id, opened, Slot::Open)
+        self.settle(reserved, opened, Slot::Open)
+    }
+
+    /// Reserves shard `id`, free in `state`, as `slot` (`Opening` or
+    /// `Dropping`) for I/O its caller runs outside the mutex.
+    fn reserve(&self, state: &mut State, id: u32, slot: Slot) -> Reserved<'_> {
+        debug_assert!(matches!(slot, Slot::Opening | Slot::Dropping));
+        state.slots.insert(id, slot);
+        Reserved { engine: self, id }
+    }
+
+    /// Runs `f` on the shard list under the engine's mutex (the list's
+    /// appends are one at a time); CLOSED, naming `during`, once the
+    /// engine is closed.
+    fn with_list<T>(&self, during: &str, f: impl FnOnce(&mut ShardList) -> Result<T>) -> Result<T> {
+        match &mut *self.shards.lock() {
+            Some(state) => f(&mut state.list),
+            None => Err(Error::new(KEEL_STATUS_CLOSED, format!("engine closed while {during}"))),
+        }
     }
 
     /// IO when shard `id`'s WAL failed to close since the engine opened:
@@ -501,31 +516,34 @@ impl Engine {
         Ok(())
     }
 
-    /// Puts the outcome of opening shard `id` (whose slot is `Opening`)
-    /// in its slot: the shard, as `slot` makes it, or nothing after an
-    /// error. A shard whose engine closed during its recovery is closed.
-    fn settle(&self, id: u32, opened: Result<Shard>, slot: fn(Shard) -> Slot) -> Result<Shard> {
-        let mut guard = self.shards.lock();
-        let Some(state) = guard.as_mut() else {
-            if let Ok(s) = opened {
+    /// Puts the outcome of opening a shard (whose slot is `reserved` as
+    /// `Opening`) in its slot: the shard, as `slot` makes it, or nothing
+    /// after an error. A shard whose engine closed during its recovery is
+    /// closed (outside the mutex).
+    fn settle(&self, reserved: Reserved<'_>, opened: Result<Shard>, slot: fn(Shard) -> Slot) -> Result<Shard> {
+        let id = reserved.id;
+        let kept = reserved.end(|state| match (state, opened) {
+            (Some(state), Ok(shard)) => {
+                state.slots.insert(id, slot(shard.clone()));
+                Ok(Ok(shard))
+            }
+            (Some(state), Err(e)) => {
+                state.slots.remove(&id);
+                Ok(Err(e))
+            }
+            (None, opened) => Err(opened.ok()),
+        });
+        kept.unwrap_or_else(|orphan| {
+            if let Some(s) = orphan {
                 let _ = s.close_for_good();
             }
-            return Err(Error::new(KEEL_STATUS_CLOSED, "engine closed while the shard was opening"));
-        };
-        match opened {
-            Ok(shard) => {
-                state.slots.insert(id, slot(shard.clone()));
-                Ok(shard)
-            }
-            Err(e) => {
-                state.slots.remove(&id);
-                Err(e)
-            }
-        }
+            Err(Error::new(KEEL_STATUS_CLOSED, "engine closed while the shard was opening"))
+        })
     }
 
-    /// Creates the directory of shard `id`, empty, and lists it: two
-    /// syncs, whatever the number of shards.
+    /// Creates the directory of shard `id`, reserved by the caller, empty,
+    /// and lists it: two syncs, whatever the number of shards; only the
+    /// list's append takes the engine's mutex.
     ///
     /// Power loss at each step: (1) `mkdir shards/<id>`, (2) fsync
     /// `shards/`, (3) append `id` to the list and fdatasync it, the
@@ -536,19 +554,13 @@ impl Engine {
     /// create's leftover and stays for the operator). After (3) the id is
     /// listed and, by (2), its folder is there: a listed shard whose
     /// folder is gone is still damage, never a crash.
-    fn create_dir(&self, list: &mut ShardList, id: u32) -> Result<()> {
-        self.make_dir(id)?;
-        list.add(&*self.fs, id)
-    }
-
-    /// Steps (1) and (2) of `create_dir`, for an id no one else touches
-    /// meanwhile (held under the mutex, or reserved as `Opening`).
-    fn make_dir(&self, id: u32) -> Result<()> {
+    fn create_reserved(&self, id: u32) -> Result<()> {
         let shards_dir = self.dir.join("shards");
         let dir = self.shard_dir(id);
         self.check_unlisted(id)?;
         self.fs.create_dir_all(&dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
-        self.sync_dir(&shards_dir)
+        self.sync_dir(&shards_dir)?;
+        self.with_list("the shard was being created", |list| list.add(&*self.fs, id))
     }
 
     /// Whether `shard` is this engine's shard `id`, open (a handle of
@@ -560,46 +572,58 @@ impl Engine {
         }
     }
 
-    /// Deletes shard `id` and its data. BUSY while it is open.
+    /// Deletes shard `id` and its data. BUSY while it is open, being
+    /// opened or dropped. The id is reserved (`Dropping`) and the drop's
+    /// I/O runs outside the engine's mutex: other shards open, drop and
+    /// list meanwhile.
     pub fn drop_shard(&self, id: u32) -> Result<()> {
-        let mut guard = self.shards.lock();
-        let state = guard.as_mut().ok_or_else(|| Error::new(KEEL_STATUS_CLOSED, "engine is closed"))?;
-        finish_pending_close(state, id)?;
-        match state.slots.get(&id) {
-            Some(Slot::Opening) => return Err(Error::new(KEEL_STATUS_BUSY, format!("shard {id} is being opened"))),
-            Some(Slot::Open(s)) if !s.close_finished() => {
-                return Err(Error::new(KEEL_STATUS_BUSY, format!("shard {id} is open (or still closing); close it before dropping it")))
-            }
-            Some(Slot::Incoming(_)) => return Err(incoming::busy(id)),
-            Some(Slot::Received(s)) => {
-                let s = s.clone();
-                if let Err(e) = s.close_for_good() {
-                    // Closed all the same (never left pending): its slot
-                    // goes, as a host's shard whose close failed, so the
-                    // next open recovers it instead of handing it out closed.
-                    state.slots.remove(&id);
-                    return Err(e);
+        let (reserved, received) = {
+            let mut guard = self.shards.lock();
+            let state = guard.as_mut().ok_or_else(|| Error::new(KEEL_STATUS_CLOSED, "engine is closed"))?;
+            finish_pending_close(state, id)?;
+            let received = match state.slots.get(&id) {
+                Some(Slot::Opening) => return Err(Error::new(KEEL_STATUS_BUSY, format!("shard {id} is being opened"))),
+                Some(Slot::Dropping) => return Err(dropping(id)),
+                Some(Slot::Open(s)) if !s.close_finished() => {
+                    return Err(Error::new(KEEL_STATUS_BUSY, format!("shard {id} is open (or still closing); close it before dropping it")))
                 }
-            }
-            _ => {}
+                Some(Slot::Incoming(_)) => return Err(incoming::busy(id)),
+                Some(Slot::Received(s)) => Some(s.clone()),
+                _ => None,
+            };
+            (self.reserve(state, id, Slot::Dropping), received)
+        };
+        if let Some(s) = received {
+            // Closed all the same on error (never left pending), and its
+            // slot goes with the reservation, as a host's shard whose
+            // close failed: the next open recovers it instead of handing
+            // it out closed.
+            s.close_for_good()?;
         }
-        self.drop_unopened(state, id)
+        self.drop_reserved(&reserved)
     }
 
-    /// Drops shard `id`, which is not open, under the engine's mutex.
-    fn drop_unopened(&self, state: &mut State, id: u32) -> Result<()> {
-        state.slots.remove(&id);
-        if !state.list.contains(id) {
-            return Err(Error::new(KEEL_STATUS_NOT_FOUND, format!("shard {id} does not exist")));
-        }
-        // Gone whether or not the drop below finishes: the shard's data
-        // may be, and a shard created under its id lost nothing.
-        if let Some((_, ids)) = &mut state.lost_copies {
-            ids.remove(&id);
+    /// Drops the shard `reserved` holds (not open; reserved as `Dropping`,
+    /// or as `Opening` by a reception that replaces it), outside the
+    /// engine's mutex but for the list's append.
+    fn drop_reserved(&self, reserved: &Reserved<'_>) -> Result<()> {
+        let id = reserved.id;
+        {
+            let mut guard = self.shards.lock();
+            let state = guard.as_mut().ok_or_else(|| Error::new(KEEL_STATUS_CLOSED, "engine is closed"))?;
+            if !state.list.contains(id) {
+                return Err(not_found(id));
+            }
+            // Gone whether or not the drop below finishes: the shard's
+            // data may be, and a shard created under its id lost nothing.
+            if let Some((_, ids)) = &mut state.lost_copies {
+                ids.remove(&id);
+            }
         }
         let dir = self.shard_dir(id);
         // No copy of the dropped shard's frames may reach a shard created
-        // later under its id: a checkpoint covers them all first.
+        // later under its id: a checkpoint covers them all first (the id
+        // is reserved, so no shard of it writes meanwhile).
         if let Some(log) = &self.commit_log {
             log.checkpoint()?;
         }
@@ -614,17 +638,18 @@ impl Engine {
             self.fs.rename(&dir, &doomed).map_err(|e| Error::io(format!("renaming {}", dir.display()), e))?;
         }
         let synced = if renamed { self.sync_dir(&self.dir.join("shards")) } else { Ok(()) };
-        let unlisted = synced.and_then(|()| state.list.remove(&*self.fs, id));
+        let unlisted = synced.and_then(|()| self.with_list("the shard was being dropped", |list| list.remove(&*self.fs, id)));
         if let Err(e) = unlisted {
-            // The drop failed before its commit point: the shard stays
-            // whole under its id (listed, its folder back), never listed
-            // with its folder gone (CORRUPTION to the next open). A crash
-            // before the rename back leaves `.drop-<id>`, which engine
-            // open finishes as a drop a crash cut; the list, which may or
-            // may not hold the unlisting, is written again whole.
+            // The drop failed before its commit point (or the engine
+            // closed before it, leaving the list untouched): the shard
+            // stays whole under its id (listed, its folder back), never
+            // listed with its folder gone (CORRUPTION to the next open). A
+            // crash before the rename back leaves `.drop-<id>`, which
+            // engine open finishes as a drop a crash cut; the list, which
+            // may or may not hold the unlisting, is written again whole.
             if renamed && self.fs.rename(&doomed, &dir).is_ok() {
                 let _ = self.sync_dir(&self.dir.join("shards"));
-                let _ = state.list.add(&*self.fs, id);
+                let _ = self.with_list("the shard was being dropped", |list| list.add(&*self.fs, id));
             }
             return Err(e);
         }
@@ -690,13 +715,15 @@ impl Engine {
     pub fn close(&self) -> Result<()> {
         let Some(state) = self.shards.lock().take() else { return Ok(()) };
         // A shard still opening is closed by its opener, which finds the
-        // engine closed.
+        // engine closed; a drop still running finishes or is undone by
+        // its caller, which finds it closed before or after its commit
+        // point (the list's append).
         let shards: Vec<Shard> = state
             .slots
             .into_values()
             .filter_map(|s| match s {
                 Slot::Open(s) | Slot::Incoming(s) | Slot::Received(s) => Some(s),
-                Slot::Opening => None,
+                Slot::Opening | Slot::Dropping => None,
             })
             .collect();
         let mut result = close_all(&shards);
@@ -723,6 +750,48 @@ fn finish_pending_close(state: &State, id: u32) -> Result<()> {
     match state.slots.get(&id) {
         Some(Slot::Open(s)) if s.close_pending() => s.close(),
         _ => Ok(()),
+    }
+}
+
+/// BUSY: shard `id` is being dropped.
+fn dropping(id: u32) -> Error {
+    Error::new(KEEL_STATUS_BUSY, format!("shard {id} is being dropped"))
+}
+
+fn not_found(id: u32) -> Error {
+    Error::new(KEEL_STATUS_NOT_FOUND, format!("shard {id} does not exist"))
+}
+
+/// Shard `id`'s slot reserved (`Slot::Opening` or `Slot::Dropping`) while
+/// its caller runs I/O on it outside the engine's mutex: other calls on
+/// the id are BUSY meanwhile. Dropped without `end` (an error, or a panic
+/// unwinding), it frees the slot, so the id is never left BUSY for the
+/// life of the engine.
+struct Reserved<'a> {
+    engine: &'a Engine,
+    id: u32,
+}
+
+impl Reserved<'_> {
+    /// Ends the reservation under the engine's mutex: `f` gives the slot
+    /// its next state (None: the engine closed meanwhile).
+    fn end<T>(self, f: impl FnOnce(Option<&mut State>) -> T) -> T {
+        let mut guard = self.engine.shards.lock();
+        let t = f(guard.as_mut());
+        drop(guard);
+        // Settled by `f`: the slot is no longer this reservation's.
+        std::mem::forget(self);
+        t
+    }
+}
+
+impl Drop for Reserved<'_> {
+    fn drop(&mut self) {
+        if let Some(state) = &mut *self.engine.shards.lock() {
+            if matches!(state.slots.get(&self.id), Some(Slot::Opening | Slot::Dropping)) {
+                state.slots.remove(&self.id);
+            }
+        }
     }
 }
 
