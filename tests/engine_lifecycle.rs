@@ -737,3 +737,75 @@ fn a_panic_while_opening_a_shard_does_not_leave_its_id_busy() {
     engine.drop_shard(3).unwrap();
     engine.close().unwrap();
 }
+
+/// A close of shard 0 left pending by RESOURCE (EMFILE at its `wal.meta`
+/// record) is finished by the engine before the next `open_shard(0)`.
+/// That retry (a WAL sync and the record's write, rename and folder sync)
+/// ran under the engine-wide mutex, so opening any other shard waited
+/// for it. It runs outside now: parked at that record, shard 7 opens
+/// meanwhile, and shard 0 is BUSY (still closing) to a second open.
+#[test]
+fn finishing_a_pending_close_does_not_hold_up_other_shards() {
+    let dir = TempDir::new("lifecycle-pending-close-unlocked");
+    // 0: pass, 1: EMFILE at shard 0's wal.meta.tmp, 2: park there once.
+    let mode = Arc::new(AtomicU64::new(0));
+    let (reached_tx, reached) = bounded(1);
+    let (release, release_rx) = bounded::<()>(1);
+    let m = mode.clone();
+    let fs = HookFs::new(move |call, path| {
+        let p = path.to_string_lossy();
+        if call != Call::Create || !p.contains("/shards/0/wal/") || !p.ends_with("wal.meta.tmp") {
+            return Ok(());
+        }
+        match m.load(Ordering::Acquire) {
+            1 => Err(std::io::Error::from_raw_os_error(libc::EMFILE)),
+            2 if m.swap(0, Ordering::AcqRel) == 2 => {
+                reached_tx.send(()).unwrap();
+                // Longer than the test's own guard, which releases it.
+                release_rx.recv_timeout(2 * GUARD).expect("the test never released the close (failure guard)");
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    });
+    let engine = Engine::open_with_fs(dir.path(), options(Steps::default(), Durability::Sync), fs).unwrap();
+    let seven = engine.open_shard(7, true).unwrap();
+    seven.put(b"k7", b"v").unwrap();
+    seven.close().unwrap();
+    let zero = engine.open_shard(0, true).unwrap();
+    zero.put(b"held", b"v").unwrap();
+    mode.store(1, Ordering::Release);
+    let during = zero.close().map_err(|e| e.status);
+    assert_eq!(during, Err(keel::status::KEEL_STATUS_RESOURCE), "precondition: the close wrote wal.meta");
+    drop(zero); // the C API frees the handle even on error
+    mode.store(2, Ordering::Release);
+    std::thread::scope(|sc| {
+        let engine = &engine;
+        let retrier = sc.spawn(move || engine.open_shard(0, false));
+        reached.recv_timeout(GUARD).expect("the engine never retried shard 0's close (failure guard)");
+        let (done_tx, done) = bounded(1);
+        let probe = sc.spawn(move || {
+            let seven = engine.open_shard(7, false).map(|s| {
+                let v = bytes(&s, "k7");
+                s.close().unwrap();
+                v
+            });
+            let zero = engine.open_shard(0, false).map(drop).map_err(|e| e.status);
+            done_tx.send(()).unwrap();
+            (seven.map_err(|e| e.message), zero)
+        });
+        // Bounded only as a failure guard: a probe held up by the retried
+        // close finishes once it is let go.
+        let waited = done.recv_timeout(GUARD).is_ok();
+        release.send(()).unwrap();
+        let (seven, second) = probe.join().unwrap();
+        let reopened = retrier.join().unwrap().map_err(|e| e.message);
+        assert!(waited, "while the engine finished shard 0's pending close, opening shard 7 waited for it; it then gave {seven:?}");
+        assert_eq!(seven, Ok(Some(b"v".to_vec())));
+        assert_eq!(second, Err(keel::status::KEEL_STATUS_BUSY), "shard 0 is still closing");
+        let zero = reopened.unwrap();
+        assert_eq!(bytes(&zero, "held"), Some(b"v".to_vec()));
+        zero.close().unwrap();
+    });
+    engine.close().unwrap();
+}

@@ -26,11 +26,10 @@ impl Engine {
     pub(crate) fn receive_shard(&self, id: u32, base: Option<u64>) -> Result<Shard> {
         let dir = self.shard_dir(id);
         let (reserved, replaced, listed, lost_copies) = {
-            let mut guard = self.shards.lock();
-            let state = guard.as_mut().ok_or_else(|| Error::new(KEEL_STATUS_CLOSED, "engine is closed"))?;
             // A host's close left pending (RESOURCE, its handle maybe
             // gone) is retried here too, as before an open or a drop.
-            super::finish_pending_close(state, id)?;
+            let mut guard = self.lock_for(id)?;
+            let state = guard.as_mut().ok_or_else(|| Error::new(KEEL_STATUS_CLOSED, "engine is closed"))?;
             let replaced = match state.slots.get(&id) {
                 Some(Slot::Opening) | Some(Slot::Incoming(_)) => return Err(busy(id)),
                 Some(Slot::Dropping) => return Err(super::dropping(id)),

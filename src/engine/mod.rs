@@ -437,10 +437,9 @@ impl Engine {
     pub fn open_shard(&self, id: u32, create_if_missing: bool) -> Result<Shard> {
         let dir = self.shard_dir(id);
         let (reserved, create, lost_copies) = {
-            let mut guard = self.shards.lock();
+            let mut guard = self.lock_for(id)?;
             let state = guard.as_mut().ok_or_else(|| Error::new(KEEL_STATUS_CLOSED, "engine is closed"))?;
             state.sweep_now();
-            finish_pending_close(state, id)?;
             match state.slots.get(&id) {
                 Some(Slot::Opening) => return Err(Error::new(KEEL_STATUS_BUSY, format!("shard {id} is being opened"))),
                 Some(Slot::Dropping) => return Err(dropping(id)),
@@ -482,6 +481,25 @@ impl Engine {
             Shard::open_hosted(&dir, self.opts.clone(), fs, &self.host, commit, lost_copies)
         });
         self.settle(reserved, opened, Slot::Open)
+    }
+
+    /// The engine's state, locked for a call on shard `id`, once a close
+    /// of it that stopped at RESOURCE (its handle may be gone: the C API
+    /// frees it) is finished; its error if it fails again. That close (a
+    /// WAL sync and its extent record) runs outside the mutex: other
+    /// shards open, drop and list meanwhile, while the id is BUSY (still
+    /// closing).
+    fn lock_for(&self, id: u32) -> Result<parking_lot::MutexGuard<'_, Option<State>>> {
+        loop {
+            let guard = self.shards.lock();
+            let pending = match guard.as_ref().and_then(|state| state.slots.get(&id)) {
+                Some(Slot::Open(s)) if s.close_pending() => s.clone(),
+                _ => return Ok(guard),
+            };
+            drop(guard);
+            // Ok only once the close has finished, so the loop ends.
+            pending.close()?;
+        }
     }
 
     /// Reserves shard `id`, free in `state`, as `slot` (`Opening` or
@@ -578,9 +596,8 @@ impl Engine {
     /// list meanwhile.
     pub fn drop_shard(&self, id: u32) -> Result<()> {
         let (reserved, received) = {
-            let mut guard = self.shards.lock();
+            let mut guard = self.lock_for(id)?;
             let state = guard.as_mut().ok_or_else(|| Error::new(KEEL_STATUS_CLOSED, "engine is closed"))?;
-            finish_pending_close(state, id)?;
             let received = match state.slots.get(&id) {
                 Some(Slot::Opening) => return Err(Error::new(KEEL_STATUS_BUSY, format!("shard {id} is being opened"))),
                 Some(Slot::Dropping) => return Err(dropping(id)),
@@ -741,15 +758,6 @@ impl Engine {
 impl Drop for Engine {
     fn drop(&mut self) {
         let _ = self.close();
-    }
-}
-
-/// A close of shard `id` that stopped at RESOURCE (its handle may be
-/// gone: the C API frees it) is finished here, or fails again.
-fn finish_pending_close(state: &State, id: u32) -> Result<()> {
-    match state.slots.get(&id) {
-        Some(Slot::Open(s)) if s.close_pending() => s.close(),
-        _ => Ok(()),
     }
 }
 
