@@ -19,6 +19,9 @@
 //     it they print the error to stderr and call std::abort().
 //   * keel::Error copies the code and message out of keel_error_t, so it is
 //     an ordinary value type; the C error object is freed immediately.
+//   * Times are taken in any std::chrono unit that converts to
+//     milliseconds exactly (detail::Millis); one past what milliseconds
+//     can count saturates instead of overflowing into a wrapped value.
 //
 // Threads: keel::Wal, keel::Engine and keel::Shard are internally
 // synchronised; any number of threads may call their const members on one
@@ -325,13 +328,48 @@ Result<Class> open_dir(keel_status_t (*open)(const char*, const COptions*, T**, 
   return Class(handle);
 }
 
+/// A duration argument in whole milliseconds. Every call and option setter
+/// that takes a time takes it as this, built implicitly from any
+/// std::chrono::duration that converts to milliseconds without losing
+/// precision (milliseconds, seconds, minutes, hours, ...). The conversion
+/// saturates: a duration past what milliseconds can count becomes
+/// milliseconds::max() (or min() when negative) instead of overflowing,
+/// which would wrap it around to an arbitrary, possibly valid, value
+/// (std::chrono::seconds::max() is -1000 ms once multiplied out).
+struct Millis {
+  std::chrono::milliseconds value;
+
+  template <class Rep, class Period,
+            class = std::enable_if_t<std::is_convertible_v<std::chrono::duration<Rep, Period>, std::chrono::milliseconds>>>
+  constexpr Millis(std::chrono::duration<Rep, Period> d) noexcept  // NOLINT: implicit on purpose
+      : value(saturate(d)) {}
+
+ private:
+  template <class Rep, class Period>
+  static constexpr std::chrono::milliseconds saturate(std::chrono::duration<Rep, Period> d) noexcept {
+    using ms = std::chrono::milliseconds;
+    // Convertible without loss: Period is a whole number of milliseconds.
+    using per_ms = std::ratio_divide<Period, std::milli>;
+    static_assert(per_ms::den == 1, "a duration that converts to milliseconds exactly");
+    using wide = std::common_type_t<Rep, ms::rep>;
+    constexpr ms::rep limit = std::numeric_limits<ms::rep>::max() / static_cast<ms::rep>(per_ms::num);
+    const Rep n = d.count();
+    if (static_cast<wide>(n) > static_cast<wide>(limit)) return ms::max();
+    if constexpr (std::is_signed_v<Rep>) {
+      if (static_cast<wide>(n) < static_cast<wide>(-limit)) return ms::min();
+    }
+    return ms(static_cast<ms::rep>(n) * static_cast<ms::rep>(per_ms::num));
+  }
+};
+
 /// A millisecond count as the uint32_t option fields take it. A negative
-/// count, or one past UINT32_MAX, becomes UINT32_MAX instead of wrapping:
+/// count, or one past UINT32_MAX (also one that saturated in Millis),
+/// becomes UINT32_MAX instead of wrapping:
 /// every millisecond option has an upper bound below it, so the library
 /// rejects it when the options are used (0 would not do: several options
 /// take 0 as a valid value or as "the default").
-inline uint32_t clamp_ms(std::chrono::milliseconds ms) noexcept {
-  const auto n = ms.count();
+inline uint32_t clamp_ms(Millis ms) noexcept {
+  const auto n = ms.value.count();
   return n < 0 || static_cast<unsigned long long>(n) > std::numeric_limits<uint32_t>::max()
              ? std::numeric_limits<uint32_t>::max()
              : static_cast<uint32_t>(n);
@@ -447,7 +485,7 @@ class WalOptions {
   WalOptions& durability(Durability d) noexcept { raw_.durability = static_cast<uint32_t>(d); return *this; }
   /// Interval of Durability::Periodic (1 ms to 60 s). Out-of-range values
   /// are clamped to ones the library rejects instead of wrapping around.
-  WalOptions& sync_interval(std::chrono::milliseconds ms) noexcept {
+  WalOptions& sync_interval(detail::Millis ms) noexcept {
     raw_.sync_interval_ms = detail::clamp_ms(ms);
     return *this;
   }
@@ -752,7 +790,7 @@ class EngineOptions {
   /// When a write returns (every shard's WAL mode); default Durability::Sync.
   EngineOptions& durability(Durability d) noexcept { raw_.durability = static_cast<uint32_t>(d); return *this; }
   /// Interval of Durability::Periodic (1 ms to 60 s), clamped as WalOptions does.
-  EngineOptions& sync_interval(std::chrono::milliseconds ms) noexcept {
+  EngineOptions& sync_interval(detail::Millis ms) noexcept {
     raw_.sync_interval_ms = detail::clamp_ms(ms);
     return *this;
   }
@@ -762,9 +800,10 @@ class EngineOptions {
   /// and double per rotation up to it).
   EngineOptions& wal_segment_size(uint64_t bytes) noexcept { raw_.wal_segment_size = bytes; return *this; }
   /// Period of the background flush; zero (or negative) turns it off, so
-  /// shards flush only on Shard::flush(), when sealing and on close.
-  EngineOptions& flush_interval(std::chrono::milliseconds ms) noexcept {
-    raw_.flush_interval_ms = ms.count() < 0 ? 0u : static_cast<uint64_t>(ms.count());
+  /// shards flush only on Shard::flush(), when sealing and on close. One
+  /// too long to count in milliseconds is the longest count.
+  EngineOptions& flush_interval(detail::Millis ms) noexcept {
+    raw_.flush_interval_ms = ms.value.count() < 0 ? 0u : static_cast<uint64_t>(ms.value.count());
     return *this;
   }
   /// The appendable segment is sealed past this many bytes (>= 4096).
@@ -786,10 +825,13 @@ class EngineOptions {
   /// 0, the default, means 64 MiB.
   EngineOptions& max_unflushed_wal_bytes(uint64_t bytes) noexcept { raw_.max_unflushed_wal_bytes = bytes; return *this; }
   /// How long a write waits for the flush at that bound before it fails
-  /// with Status::Timeout (1 ms to 1 hour); zero (or negative), the
-  /// default, means 5 s.
-  EngineOptions& write_stall_timeout(std::chrono::milliseconds ms) noexcept {
-    raw_.write_stall_timeout_ms = ms.count() < 0 ? 0u : static_cast<uint64_t>(ms.count());
+  /// with Status::Timeout (1 ms to 1 hour); zero, the default, means 5 s.
+  /// A negative time is a mistake, never the default: it becomes
+  /// UINT64_MAX, which the engine's open refuses (Status::InvalidArgument),
+  /// as it refuses any time past an hour.
+  EngineOptions& write_stall_timeout(detail::Millis ms) noexcept {
+    raw_.write_stall_timeout_ms =
+        ms.value.count() < 0 ? std::numeric_limits<uint64_t>::max() : static_cast<uint64_t>(ms.value.count());
     return *this;
   }
   /// Files the engine keeps open at most for all its shards (its
@@ -1177,7 +1219,7 @@ struct ReadOptions {
   const ReadSession* session = nullptr;
 
   ReadOptions() = default;
-  ReadOptions(ReadLevel l, std::chrono::milliseconds t = std::chrono::milliseconds(0)) : level(l), timeout(t) {}  // NOLINT: implicit on purpose
+  ReadOptions(ReadLevel l, detail::Millis t = std::chrono::milliseconds(0)) : level(l), timeout(t.value) {}  // NOLINT: implicit on purpose
   ReadOptions(const ReadSession& s) : session(&s) {}  // NOLINT: implicit on purpose
   /// A temporary session would end before the read: hold it in a variable.
   ReadOptions(const ReadSession&&) = delete;
@@ -1686,9 +1728,9 @@ class Shard : public detail::Handle<keel_shard_t, detail::close_shard> {
   /// Begins a read session: the lease check or one read-index now, none
   /// for the reads that name it (pass it as their ReadOptions).
   Result<ReadSession> read_begin(ReadLevel level = ReadLevel::Default,
-                                 std::chrono::milliseconds timeout = std::chrono::milliseconds(0)) const {
+                                 detail::Millis timeout = std::chrono::milliseconds(0)) const {
     if (!ptr_) return detail::empty_handle("keel::Shard");
-    const keel_read_options_t o = ReadOptions(level, timeout).to_c();
+    const keel_read_options_t o = ReadOptions(level, timeout.value).to_c();
     keel_read_session_t* session = nullptr;
     uint64_t index = 0;
     detail::ErrorOut err;
@@ -1912,13 +1954,13 @@ class Engine : public detail::Handle<keel_engine_t, detail::close_engine> {
 
   /// Grants the lease on `bucket` for `ttl` (at least 1 ms) and returns its
   /// fencing token. Status::Busy while another holder's lease runs;
-  /// Status::InvalidArgument for a zero or negative ttl.
-  Result<uint64_t> fence_try_acquire(ByteView bucket, std::chrono::milliseconds ttl) const {
+  /// Status::InvalidArgument for a zero, negative or too large ttl.
+  Result<uint64_t> fence_try_acquire(ByteView bucket, detail::Millis ttl) const {
     if (!ptr_) return detail::empty_handle("keel::Engine");
     if (auto ok = detail::check_views({bucket}); !ok) return ok.err();
     detail::ErrorOut err;
     uint64_t token = 0;
-    const uint64_t ms = ttl.count() < 0 ? 0u : static_cast<uint64_t>(ttl.count());
+    const uint64_t ms = ttl.value.count() < 0 ? 0u : static_cast<uint64_t>(ttl.value.count());
     const keel_status_t st = keel_fence_try_acquire(ptr_.get(), bucket.data(), bucket.size(), ms, &token, err.out());
     if (st != KEEL_STATUS_OK) return err.take(st);
     return token;
@@ -2059,14 +2101,14 @@ class WriterOptions {
   WriterOptions& iov_max(uint32_t n) noexcept { raw_.iov_max = n; return *this; }
   /// How long the soft cap may be exceeded (at most 24 h; default 60 s);
   /// clamped as WalOptions::sync_interval() is.
-  WriterOptions& soft_cap_time(std::chrono::milliseconds ms) noexcept {
+  WriterOptions& soft_cap_time(detail::Millis ms) noexcept {
     raw_.soft_cap_ms = detail::clamp_ms(ms);
     return *this;
   }
   /// Closing flushes, shuts the socket down for writing and drains the
   /// peer's input to EOF; after this long the socket is closed whatever
   /// is left (at most 10 min; default 2 s).
-  WriterOptions& close_timeout(std::chrono::milliseconds ms) noexcept {
+  WriterOptions& close_timeout(detail::Millis ms) noexcept {
     raw_.close_timeout_ms = detail::clamp_ms(ms);
     return *this;
   }
@@ -2574,7 +2616,7 @@ class NodeOptions {
   /// A connection without a finished handshake is closed after this long,
   /// 1 ms to 1 h (default 5 s); also the TCP connect timeout of connect().
   /// Durations are clamped as WalOptions::sync_interval() is.
-  NodeOptions& handshake_timeout(std::chrono::milliseconds ms) noexcept {
+  NodeOptions& handshake_timeout(detail::Millis ms) noexcept {
     raw_.handshake_timeout_ms = detail::clamp_ms(ms);
     return *this;
   }
@@ -2587,7 +2629,7 @@ class NodeOptions {
   /// (default 64 MiB).
   NodeOptions& conn_memory_bytes(uint64_t bytes) noexcept { raw_.conn_memory_bytes = bytes; return *this; }
   /// A PING goes out every interval, 1 ms to 1 h (default 1 s).
-  NodeOptions& heartbeat_interval(std::chrono::milliseconds ms) noexcept {
+  NodeOptions& heartbeat_interval(detail::Millis ms) noexcept {
     raw_.heartbeat_interval_ms = detail::clamp_ms(ms);
     return *this;
   }
@@ -2595,7 +2637,7 @@ class NodeOptions {
   NodeOptions& heartbeat_misses(uint32_t n) noexcept { raw_.heartbeat_misses = n; return *this; }
   /// How long Node::close() waits for queued frames to be sent, 0 to 10 min
   /// (default 2 s); the rest is cancelled and counted.
-  NodeOptions& close_timeout(std::chrono::milliseconds ms) noexcept {
+  NodeOptions& close_timeout(detail::Millis ms) noexcept {
     raw_.close_timeout_ms = detail::clamp_ms(ms);
     return *this;
   }
@@ -3068,14 +3110,14 @@ class TransferOptions {
   TransferOptions& max_batch_records(uint32_t n) noexcept { raw_.max_batch_records = n; return *this; }
   TransferOptions& max_batch_bytes(uint64_t n) noexcept { raw_.max_batch_bytes = n; return *this; }
   /// The wait for the receiver's answer to one step, 1 ms to a day.
-  TransferOptions& ack_timeout(std::chrono::milliseconds t) noexcept { raw_.ack_timeout_ms = detail::clamp_ms(t); return *this; }
+  TransferOptions& ack_timeout(detail::Millis t) noexcept { raw_.ack_timeout_ms = detail::clamp_ms(t); return *this; }
   /// Retries of one step the transport lost, 1 to 1000 (0: the default).
   TransferOptions& max_retries(uint32_t n) noexcept { raw_.max_retries = n; return *this; }
   /// A lost step fails the transfer at once.
   TransferOptions& no_retries() noexcept { raw_.max_retries = KEEL_TRANSFER_NO_RETRIES; return *this; }
   /// The wait before a step's first retry, doubled at each retry up to
   /// `max`, at most a day (0 ms: each default).
-  TransferOptions& backoff(std::chrono::milliseconds first, std::chrono::milliseconds max) noexcept {
+  TransferOptions& backoff(detail::Millis first, detail::Millis max) noexcept {
     raw_.first_backoff_ms = detail::clamp_ms(first);
     raw_.max_backoff_ms = detail::clamp_ms(max);
     return *this;
@@ -3256,9 +3298,9 @@ class Transfer : public detail::Handle<keel_transfer_t, detail::free_transfer> {
   /// Waits until the transfer is settled (done, failed, cancelled, or
   /// forwarding with no hand-over asked for); Status::Timeout when
   /// `timeout` passed first. status() says how it went.
-  Result<void> wait(std::chrono::milliseconds timeout) const {
+  Result<void> wait(detail::Millis timeout) const {
     if (!ptr_) return detail::empty_handle("keel::Transfer");
-    const uint64_t ms = timeout.count() < 0 ? 0 : static_cast<uint64_t>(timeout.count());
+    const uint64_t ms = timeout.value.count() < 0 ? 0 : static_cast<uint64_t>(timeout.value.count());
     detail::ErrorOut none;
     return detail::check(keel_transfer_wait(ptr_.get(), ms == KEEL_TRANSFER_WAIT_FOREVER ? ms - 1 : ms), none);
   }
