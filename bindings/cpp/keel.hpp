@@ -894,6 +894,13 @@ inline Result<std::vector<std::string_view>> posting_item_views(ByteView list) {
   }
 }
 
+/// The views would point into a string or vector destroyed at the end of
+/// the statement: call posting_items() for copies, or hold the bytes in a
+/// variable first.
+Result<std::vector<std::string_view>> posting_item_views(std::string&&) = delete;
+Result<std::vector<std::string_view>> posting_item_views(std::vector<uint8_t>&&) = delete;
+Result<std::vector<std::string_view>> posting_item_views(std::vector<char>&&) = delete;
+
 /// As posting_item_views(), each item copied into its own string.
 inline Result<std::vector<std::string>> posting_items(ByteView list) {
   auto views = posting_item_views(list);
@@ -922,11 +929,14 @@ struct Value {
     if (!is_posting()) return not_posting();
     return posting_items(bytes);
   }
-  /// As items(), viewing into `bytes`: valid while this Value is alive and unchanged.
-  Result<std::vector<std::string_view>> item_views() const {
+  /// As items(), viewing into `bytes`: valid while this Value is alive and
+  /// unchanged. Not on a temporary Value (its views would dangle at the end
+  /// of the statement): hold it in a variable, or call items().
+  Result<std::vector<std::string_view>> item_views() const& {
     if (!is_posting()) return not_posting();
     return posting_item_views(bytes);
   }
+  Result<std::vector<std::string_view>> item_views() const&& = delete;
 
  private:
   Error not_posting() const {

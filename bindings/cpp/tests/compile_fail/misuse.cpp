@@ -83,6 +83,16 @@ void misuse(keel::Wal& w, keel::WalReader& r, keel::Engine& e, keel::Shard& s, k
 #ifdef KEEL_MISUSE_IGNORED_CONNECT
   node.connect(2, "127.0.0.1:1");  // a refused peer (wrong secret) would go unnoticed
 #endif
+#ifdef KEEL_MISUSE_TEMPORARY_ITEM_VIEWS
+  // Views into a Value destroyed at the end of the statement.
+  auto views = s.get("tags").value().value().item_views();
+  (void)views;
+#endif
+#ifdef KEEL_MISUSE_TEMPORARY_POSTING_LIST
+  // Views into a string destroyed at the end of the statement.
+  auto views = keel::posting_item_views(std::string("\x01\x00\x00\x00x", 5));
+  (void)views;
+#endif
 #ifdef KEEL_MISUSE_VALUE_OF_VOID
   int nothing = w.sync().value();  // Result<void> carries no value
   (void)nothing;
