@@ -729,3 +729,32 @@ fn a_spare_segment_is_prepared_ahead_and_removed_on_close() {
     let wal = Wal::open(d.path(), small(Durability::Sync)).unwrap();
     assert_eq!(read_all(&wal, 0).len(), 20);
 }
+
+/// The last numbers of the 64-bit range: an append that would pass
+/// u64::MAX - 1 is refused before anything is written, whichever path
+/// writes it (a SYNC append goes through the group commit's combined
+/// write, the other modes write their own frame), and nothing wraps.
+#[test]
+fn appends_past_the_last_sequence_number_are_refused_in_every_mode() {
+    for durability in [Durability::Sync, Durability::None] {
+        let d = TempDir::new("exhausted");
+        // An extent record alone starts a log high (as a shard received
+        // from a peer's snapshot does).
+        let start = keel::wal::extent::Extent { durable: 0, next_seq: u64::MAX - 2, segments: Vec::new() };
+        keel::wal::extent::write(&StdFs::direct(), d.path(), &start).unwrap();
+        let wal = Wal::open(d.path(), small(durability)).unwrap();
+        assert_eq!(wal.append(b"a").unwrap(), u64::MAX - 2, "{durability:?}");
+        let err = wal.append_batch(&[b"b", b"c"]).expect_err("a batch past u64::MAX - 1 was taken");
+        assert_eq!(err.status, KEEL_STATUS_INVALID_ARGUMENT, "{durability:?}: {}", err.message);
+        assert_eq!(wal.last_seq(), u64::MAX - 2, "{durability:?}: the refused batch took no number");
+        assert_eq!(wal.append(b"d").unwrap(), u64::MAX - 1, "{durability:?}: the log is still usable");
+        let err = wal.append(b"e").expect_err("a record numbered u64::MAX was taken");
+        assert_eq!(err.status, KEEL_STATUS_INVALID_ARGUMENT, "{durability:?}: {}", err.message);
+        assert_eq!(wal.last_seq(), u64::MAX - 1, "{durability:?}");
+        wal.close().unwrap();
+        let wal = Wal::open(d.path(), small(durability)).unwrap();
+        assert_eq!(wal.last_seq(), u64::MAX - 1, "{durability:?}: reopened");
+        let got: Vec<(u64, Vec<u8>)> = read_all(&wal, 0);
+        assert_eq!(got, vec![(u64::MAX - 2, b"a".to_vec()), (u64::MAX - 1, b"d".to_vec())], "{durability:?}");
+    }
+}

@@ -1013,14 +1013,17 @@ impl Shared {
             buf.clear();
             while i < group.len() && at + buf.len() as u64 + group[i].frame.size() <= capacity {
                 let f = &group[i].frame;
+                // A frame whose numbers would pass u64::MAX - 1 is left
+                // to `write_frame`, which refuses it before writing.
+                let Some(after) = seq.checked_add(f.count as u64) else { break };
                 buf.extend_from_slice(&f.header(salt, seq, durable));
                 buf.extend_from_slice(&f.payload);
                 buf.extend_from_slice(f.padding());
-                seq += f.count as u64;
+                seq = after;
                 i += 1;
             }
             if i == start {
-                // It needs a rotation: written alone.
+                // It needs a rotation (or is refused): written alone.
                 out.push(self.write_frame(&mut st, &group[i].frame).map(|last| last + 1 - group[i].frame.count as u64));
                 i += 1;
                 continue;
