@@ -758,3 +758,21 @@ fn appends_past_the_last_sequence_number_are_refused_in_every_mode() {
         assert_eq!(got, vec![(u64::MAX - 2, b"a".to_vec()), (u64::MAX - 1, b"d".to_vec())], "{durability:?}");
     }
 }
+
+/// Waiting for a record that was never appended is a bad argument, not a
+/// wait: no sync can make it durable (the caller would spin forever,
+/// leading one empty group commit after another).
+#[test]
+fn waiting_for_a_record_never_appended_is_refused() {
+    for durability in [Durability::Sync, Durability::None] {
+        let d = TempDir::new("wait-beyond");
+        let wal = Wal::open(d.path(), small(durability)).unwrap();
+        let last = wal.append(b"a").unwrap();
+        wal.wait_durable(last).unwrap();
+        let err = wal.wait_durable(last + 1).expect_err("a wait for a record never appended returned");
+        assert_eq!(err.status, KEEL_STATUS_INVALID_ARGUMENT, "{durability:?}: {}", err.message);
+        assert_eq!(wal.append(b"b").unwrap(), last + 1, "{durability:?}: the log is still usable");
+        wal.wait_durable(last + 1).unwrap();
+        wal.close().unwrap();
+    }
+}

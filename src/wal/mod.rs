@@ -535,8 +535,14 @@ impl Wal {
 
     /// Waits until every record <= `seq` is on stable storage
     /// (group-committed with the other waiters). Records already durable
-    /// return at once, even from a poisoned log.
+    /// return at once, even from a poisoned log. A `seq` past the last
+    /// record appended is INVALID_ARGUMENT: no sync could cover it, and
+    /// the caller would lead empty group commits forever.
     pub fn wait_durable(&self, seq: u64) -> Result<()> {
+        let last = self.last_seq();
+        if seq > last {
+            return Err(Error::invalid(format!("cannot wait for record {seq}: the last record appended is {last}")));
+        }
         self.shared.wait_durable(seq)
     }
 
