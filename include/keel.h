@@ -3079,8 +3079,8 @@ keel_status_t keel_wal_options_init_sized(struct keel_wal_options_t *opts, size_
  * directory (in any process) fails with BUSY.
  * Errors: NULL_ARGUMENT (dir or out NULL), INVALID_ARGUMENT (bad option or
  * struct_size; `dir` is a non-empty directory holding no keel WAL file and
- * allow_foreign_files is 0), IO, NO_SPACE, CORRUPTION (damage the recovery
- * mode does not accept), BUSY.
+ * allow_foreign_files is 0), IO, NO_SPACE, RESOURCE (out of descriptors
+ * or memory), CORRUPTION (damage the recovery mode does not accept), BUSY.
  */
 keel_status_t keel_wal_open(const char *dir,
                             const struct keel_wal_options_t *opts,
@@ -3156,7 +3156,9 @@ keel_status_t keel_wal_first_seq(const struct keel_wal_t *wal, uint64_t *out);
  * value than before is ignored). Whole segments whose records are all <=
  * min(seq, keep_from - 1) and that no reader still needs are deleted, then
  * the directory is synced; the active segment is never deleted.
- * Errors: INVALID_ARGUMENT (seq > last_seq), IO, POISONED, CLOSED.
+ * Errors: INVALID_ARGUMENT (seq > last_seq), NO_SPACE or RESOURCE (the
+ * extent record could not be rewritten: the ack still counts, the
+ * segments stay, a later ack retries), IO, POISONED, CLOSED.
  */
 keel_status_t keel_wal_ack(const struct keel_wal_t *wal, uint64_t seq, struct keel_error_t **err);
 
@@ -3165,7 +3167,9 @@ keel_status_t keel_wal_ack(const struct keel_wal_t *wal, uint64_t seq, struct ke
  * lagging replica still needs them), whatever keel_wal_ack() says.
  * KEEL_WAL_KEEP_NONE releases the hold. It may move down again, but not
  * below the first retained record.
- * Errors: TRUNCATED (seq below first_seq), IO, POISONED, CLOSED.
+ * Errors: TRUNCATED (seq below first_seq), NO_SPACE or RESOURCE (as
+ * keel_wal_ack(): the hold is set, the truncation it allows waits for a
+ * later call), IO, POISONED, CLOSED.
  */
 keel_status_t keel_wal_set_keep_from(const struct keel_wal_t *wal,
                                      uint64_t seq,
@@ -3230,8 +3234,11 @@ void keel_wal_reader_close(struct keel_wal_reader_t *reader);
  * the handle. The handle is freed even when the final sync fails (the
  * error is returned). NULL is a no-op returning OK. Must not race with
  * other calls on the same handle. Readers stay valid but return CLOSED.
- * Errors: IO (final sync failed), POISONED (the WAL was poisoned earlier:
- * unsynced records may be lost), INVALID_ARGUMENT (not a live handle).
+ * Errors: IO (final sync failed), NO_SPACE or RESOURCE (every record was
+ * synced, but the clean-close mark or the extent record could not be
+ * written: the next open recovers the log as after a crash, losing
+ * nothing), POISONED (the WAL was poisoned earlier: unsynced records may
+ * be lost), INVALID_ARGUMENT (not a live handle).
  */
 keel_status_t keel_wal_close(struct keel_wal_t *wal, struct keel_error_t **err);
 

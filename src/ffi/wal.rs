@@ -189,8 +189,8 @@ fn options_from_c(p: *const keel_wal_options_t) -> crate::Result<Options> {
 /// directory (in any process) fails with BUSY.
 /// Errors: NULL_ARGUMENT (dir or out NULL), INVALID_ARGUMENT (bad option or
 /// struct_size; `dir` is a non-empty directory holding no keel WAL file and
-/// allow_foreign_files is 0), IO, NO_SPACE, CORRUPTION (damage the recovery
-/// mode does not accept), BUSY.
+/// allow_foreign_files is 0), IO, NO_SPACE, RESOURCE (out of descriptors
+/// or memory), CORRUPTION (damage the recovery mode does not accept), BUSY.
 #[no_mangle]
 pub extern "C" fn keel_wal_open(
     dir: *const c_char,
@@ -329,7 +329,9 @@ pub extern "C" fn keel_wal_first_seq(wal: *const keel_wal_t, out: *mut u64) -> k
 /// value than before is ignored). Whole segments whose records are all <=
 /// min(seq, keep_from - 1) and that no reader still needs are deleted, then
 /// the directory is synced; the active segment is never deleted.
-/// Errors: INVALID_ARGUMENT (seq > last_seq), IO, POISONED, CLOSED.
+/// Errors: INVALID_ARGUMENT (seq > last_seq), NO_SPACE or RESOURCE (the
+/// extent record could not be rewritten: the ack still counts, the
+/// segments stay, a later ack retries), IO, POISONED, CLOSED.
 #[no_mangle]
 pub extern "C" fn keel_wal_ack(wal: *const keel_wal_t, seq: u64, err: *mut *mut keel_error_t) -> keel_status_t {
     ffi_boundary!(err, wal, {
@@ -342,7 +344,9 @@ pub extern "C" fn keel_wal_ack(wal: *const keel_wal_t, seq: u64, err: *mut *mut 
 /// lagging replica still needs them), whatever keel_wal_ack() says.
 /// KEEL_WAL_KEEP_NONE releases the hold. It may move down again, but not
 /// below the first retained record.
-/// Errors: TRUNCATED (seq below first_seq), IO, POISONED, CLOSED.
+/// Errors: TRUNCATED (seq below first_seq), NO_SPACE or RESOURCE (as
+/// keel_wal_ack(): the hold is set, the truncation it allows waits for a
+/// later call), IO, POISONED, CLOSED.
 #[no_mangle]
 pub extern "C" fn keel_wal_set_keep_from(wal: *const keel_wal_t, seq: u64, err: *mut *mut keel_error_t) -> keel_status_t {
     ffi_boundary!(err, wal, {
@@ -457,8 +461,11 @@ pub extern "C" fn keel_wal_reader_close(reader: *mut keel_wal_reader_t) {
 /// the handle. The handle is freed even when the final sync fails (the
 /// error is returned). NULL is a no-op returning OK. Must not race with
 /// other calls on the same handle. Readers stay valid but return CLOSED.
-/// Errors: IO (final sync failed), POISONED (the WAL was poisoned earlier:
-/// unsynced records may be lost), INVALID_ARGUMENT (not a live handle).
+/// Errors: IO (final sync failed), NO_SPACE or RESOURCE (every record was
+/// synced, but the clean-close mark or the extent record could not be
+/// written: the next open recovers the log as after a crash, losing
+/// nothing), POISONED (the WAL was poisoned earlier: unsynced records may
+/// be lost), INVALID_ARGUMENT (not a live handle).
 #[no_mangle]
 pub extern "C" fn keel_wal_close(wal: *mut keel_wal_t, err: *mut *mut keel_error_t) -> keel_status_t {
     ffi_boundary!(err, std::ptr::null::<u8>(), {
