@@ -908,6 +908,9 @@ impl Shared {
     /// Writes one frame at the end of the log (rotating first if it does
     /// not fit); returns its last sequence number.
     fn write_frame(&self, st: &mut State, frame: &PendingFrame) -> Result<u64> {
+        // Its callers checked the log before, but a group's frames are
+        // written one after another and an earlier one may have failed.
+        self.check_usable(st)?;
         // Only a transferred shard's history (a peer's snapshot version)
         // comes near the end of the numbers: refused before anything is
         // written, as a full disk is, rather than wrapped.
@@ -1009,6 +1012,13 @@ impl Shared {
         let mut buf = Vec::new();
         let mut i = 0;
         while i < group.len() {
+            // A frame written alone below (a rotation, or the retry of a
+            // write that found the disk full) may have poisoned the log:
+            // nothing more goes to a device that failed (W9).
+            if let Err(e) = self.check_usable(&st) {
+                out.extend(group[i..].iter().map(|_| Err(e.clone())));
+                return out;
+            }
             // Collect the frames that fit the active segment.
             let (start, salt, at, capacity) = {
                 let a = st.active.as_ref().unwrap();
