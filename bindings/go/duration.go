@@ -1,7 +1,11 @@
 package keel
 
+// #include <stdint.h>
+import "C"
+
 import (
 	"fmt"
+	"math"
 	"time"
 )
 
@@ -32,4 +36,28 @@ func millis(op, name string, d time.Duration, limit uint64) (uint64, error) {
 		ms++
 	}
 	return min(ms, limit), nil
+}
+
+// msOption is a uint32_t millisecond field of a C options struct and the
+// duration for it; 0 keeps the library's default.
+type msOption struct {
+	name string
+	d    time.Duration
+	dst  *C.uint32_t
+}
+
+// setMillis32 writes each option's duration into its field, converted by
+// millis; the first negative one is ErrInvalidArgument for op.
+func setMillis32(op string, opts ...msOption) error {
+	for _, o := range opts {
+		if o.d == 0 {
+			continue // the library's default
+		}
+		ms, err := millis(op, o.name, o.d, math.MaxUint32)
+		if err != nil {
+			return err
+		}
+		*o.dst = C.uint32_t(ms)
+	}
+	return nil
 }

@@ -143,19 +143,9 @@ func (o *NodeOptions) toC() (*cNodeOptions, error) {
 	if o == nil {
 		return out, nil
 	}
-	for _, d := range []struct {
-		name string
-		v    time.Duration
-		dst  *C.uint32_t
-	}{{"HandshakeTimeout", o.HandshakeTimeout, &c.handshake_timeout_ms}, {"HeartbeatInterval", o.HeartbeatInterval, &c.heartbeat_interval_ms}} {
-		if d.v == 0 {
-			continue // the library's default
-		}
-		ms, err := millis("OpenNode", d.name, d.v, math.MaxUint32)
-		if err != nil {
-			return nil, err
-		}
-		*d.dst = C.uint32_t(ms)
+	if err := setMillis32("OpenNode", msOption{"HandshakeTimeout", o.HandshakeTimeout, &c.handshake_timeout_ms},
+		msOption{"HeartbeatInterval", o.HeartbeatInterval, &c.heartbeat_interval_ms}); err != nil {
+		return nil, err
 	}
 	if strings.IndexByte(o.ListenAddr, 0) >= 0 {
 		return nil, newError("OpenNode", StatusInvalidArgument, "ListenAddr contains a NUL byte")

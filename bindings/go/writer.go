@@ -95,21 +95,8 @@ func (o *WriterOptions) toC(op string) (C.keel_writer_options_t, error) {
 	if o.IOVMax != 0 {
 		c.iov_max = C.uint32_t(o.IOVMax)
 	}
-	for _, d := range []struct {
-		name string
-		v    time.Duration
-		dst  *C.uint32_t
-	}{{"SoftCapTime", o.SoftCapTime, &c.soft_cap_ms}, {"CloseTimeout", o.CloseTimeout, &c.close_timeout_ms}} {
-		if d.v == 0 {
-			continue // the library's default
-		}
-		ms, err := millis(op, d.name, d.v, math.MaxUint32)
-		if err != nil {
-			return c, err
-		}
-		*d.dst = C.uint32_t(ms)
-	}
-	return c, nil
+	err := setMillis32(op, msOption{"SoftCapTime", o.SoftCapTime, &c.soft_cap_ms}, msOption{"CloseTimeout", o.CloseTimeout, &c.close_timeout_ms})
+	return c, err
 }
 
 // WriterStats are the counters of one Writer or subscriber
