@@ -394,7 +394,8 @@ impl Table {
         let table_len = n.checked_mul(4).filter(|&t| t <= rest.len()).ok_or_else(|| bad("has a bad entry count"))?;
         let (entries, offsets) = rest.split_at(rest.len() - table_len);
         if !checked {
-            check_layout(entries, offsets, self.index.first_key(i)).map_err(bad)?;
+            let next_first = (i + 1 < self.index.len()).then(|| self.index.first_key(i + 1));
+            check_layout(entries, offsets, self.index.first_key(i), next_first).map_err(bad)?;
             byte.fetch_or(bit, Ordering::Relaxed);
         }
         Ok((entries, offsets))
@@ -509,12 +510,14 @@ impl Table {
 /// Checks that a block whose checksum holds is laid out as `write`
 /// writes one: at least one entry, entries back to back from the start,
 /// each at the offset the block's offset table gives, keys strictly
-/// increasing from `first_key` (the index's for it). A checksum proves
+/// increasing from `first_key` (the index's for it) and below `next_first`
+/// (the next block's, when there is one: a search for a key at or past it
+/// goes to that block). A checksum proves
 /// only that the bytes are the ones written; a file that was not written
 /// by keel (or by a keel with a bug) but passes it would otherwise give
 /// wrong answers (a search missing a key that is there) or reach a merge
 /// as keys out of order. Runs once per block, with its checksum.
-fn check_layout(entries: &[u8], offsets: &[u8], first_key: &[u8]) -> std::result::Result<(), &'static str> {
+fn check_layout(entries: &[u8], offsets: &[u8], first_key: &[u8], next_first: Option<&[u8]>) -> std::result::Result<(), &'static str> {
     if offsets.is_empty() {
         return Err("holds no entry");
     }
@@ -533,6 +536,9 @@ fn check_layout(entries: &[u8], offsets: &[u8], first_key: &[u8]) -> std::result
     }
     if !c.bytes.is_empty() {
         return Err("has bytes after its last entry");
+    }
+    if prev.zip(next_first).is_some_and(|(last, next)| last >= next) {
+        return Err("holds a key at or past the next block's first key");
     }
     Ok(())
 }
@@ -658,7 +664,19 @@ mod tests {
         let mut lowered = good.clone();
         lowered[key_at(&good, 0) + 9] -= 1;
         reseal(&mut lowered);
-        for (bytes, why) in [(swapped, "holds keys out of order"), (lowered, "starts with a key other than the one the index names")] {
+        // 3. The block's last key raised past the first key of the next
+        // block: in order within its block, but a search for it goes to
+        // the next block, and a merge would get keys out of order.
+        let mut raised = good.clone();
+        let in_block = u32::from_le_bytes(good[at + len - 8..at + len - 4].try_into().unwrap()) as usize;
+        let k = key_at(&good, in_block - 1);
+        raised[k..k + 10].copy_from_slice(b"key-zzzzzz");
+        reseal(&mut raised);
+        for (bytes, why) in [
+            (swapped, "holds keys out of order"),
+            (lowered, "starts with a key other than the one the index names"),
+            (raised, "holds a key at or past the next block's first key"),
+        ] {
             std::fs::write(&path, &bytes).unwrap();
             let t = Table::open(&fs, &path).unwrap();
             for probe in [&all[0].0, &all[1].0, &all[2].0] {
