@@ -54,8 +54,12 @@ impl Shard {
     /// call is INVALID_ARGUMENT (the host's callback must stay valid until
     /// close, and replacing the gate would forget the facts).
     pub fn configure_consensus(&self, c: Consensus) -> Result<()> {
-        self.inner.check_open()?;
+        // Checked under the slot's lock: a close marks the shard closed
+        // before it empties the slot (`Reads::clear`), so a gate stored
+        // here is one that close still finds and lets go of, never one
+        // that outlives it with the host's callback.
         let mut slot = self.inner.reads.0.write();
+        self.inner.check_open()?;
         if slot.is_some() {
             return Err(Error::invalid("consensus is already configured for this shard"));
         }
