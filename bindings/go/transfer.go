@@ -164,16 +164,9 @@ func (o *TransferOptions) toC() (C.keel_transfer_options_t, error) {
 	if o == nil {
 		return c, nil
 	}
-	// Zero stays zero: the library's default.
-	var ms [3]uint64
-	for i, d := range []struct {
-		name string
-		v    time.Duration
-	}{{"AckTimeout", o.AckTimeout}, {"FirstBackoff", o.FirstBackoff}, {"MaxBackoff", o.MaxBackoff}} {
-		var err error
-		if ms[i], err = millis("StartTransfer", d.name, d.v, math.MaxUint32); err != nil {
-			return c, err
-		}
+	if err := setMillis32("StartTransfer", msOption{"AckTimeout", o.AckTimeout, &c.ack_timeout_ms},
+		msOption{"FirstBackoff", o.FirstBackoff, &c.first_backoff_ms}, msOption{"MaxBackoff", o.MaxBackoff, &c.max_backoff_ms}); err != nil {
+		return c, err
 	}
 	if o.MaxRetries > 1000 {
 		return c, newError("StartTransfer", StatusInvalidArgument, fmt.Sprintf("MaxRetries %d is above 1000", o.MaxRetries))
@@ -189,15 +182,10 @@ func (o *TransferOptions) toC() (C.keel_transfer_options_t, error) {
 	if o.MaxBatchBytes != 0 {
 		c.max_batch_bytes = C.uint64_t(o.MaxBatchBytes)
 	}
-	if ms[0] != 0 {
-		c.ack_timeout_ms = C.uint32_t(ms[0])
-	}
 	c.max_retries = C.uint32_t(o.MaxRetries)
 	if o.NoRetries {
 		c.max_retries = C.KEEL_TRANSFER_NO_RETRIES
 	}
-	c.first_backoff_ms = C.uint32_t(ms[1])
-	c.max_backoff_ms = C.uint32_t(ms[2])
 	if o.Sequential {
 		c.sequential = C.KEEL_TRANSFER_SEQUENTIAL
 	}

@@ -286,12 +286,12 @@ impl Conn {
             let closing = drain.is_some();
             if closing {
                 // The writer sends what was queued and half-closes (the
-                // node's shutdown, or `replace`); the peer's EOF ends it. Input is read and dropped
-                // until then: input left unread when the socket is shut
-                // down for reading or closed makes the kernel answer with a
-                // RST, which throws away what is still on its way to the
-                // peer. (The writer's close may have read part of it too,
-                // so it is not decoded.)
+                // node's shutdown, or `replace`); the peer's EOF ends it.
+                // Input is read and dropped until then: input left unread
+                // when the socket is shut down for reading or closed makes
+                // the kernel answer with a RST, which throws away what is
+                // still on its way to the peer. (The writer's close may
+                // have read part of it too, so it is not decoded.)
                 filled = 0;
             }
             if !closing {
