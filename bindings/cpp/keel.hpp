@@ -1205,8 +1205,16 @@ class ReadSession : public detail::Handle<keel_read_session_t, detail::end_read_
  public:
   ReadSession() noexcept = default;
   ReadSession(keel_read_session_t* owned, uint64_t index) noexcept : Handle(owned), index_(index) {}
+  // The index moves with the handle: a moved-from session is empty and
+  // says 0, as a default-made one does.
+  ReadSession(ReadSession&& o) noexcept : Handle(std::move(o)), index_(std::exchange(o.index_, 0)) {}
+  ReadSession& operator=(ReadSession&& o) noexcept {
+    Handle::operator=(std::move(o));
+    index_ = std::exchange(o.index_, 0);
+    return *this;
+  }
   /// The index the session waited for (0: a stale session of a shard
-  /// without consensus).
+  /// without consensus, or no session held).
   uint64_t index() const noexcept { return index_; }
 
  private:

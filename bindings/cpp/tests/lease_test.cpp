@@ -171,11 +171,18 @@ TEST_F(LeaseTest, ASessionCostsOneReadIndex) {
   // A moved-from session is refused, never read as "no session" (which
   // would quietly fall back to the shard's default level).
   keel::ReadSession taken = std::move(*session);
-  EXPECT_EQ(shard_.get("k", *session).err().code(), Status::Closed);  // NOLINT(bugprone-use-after-move)
+  EXPECT_EQ(taken.index(), 10u);
+  EXPECT_EQ(session->index(), 0u);  // NOLINT(bugprone-use-after-move)
+  EXPECT_EQ(shard_.get("k", *session).err().code(), Status::Closed);
   EXPECT_EQ(shard_.multi_get({"k"}, *session).err().code(), Status::Closed);
   EXPECT_EQ(shard_.scan("", std::nullopt, *session).err().code(), Status::Closed);
   EXPECT_EQ(shard_.scan_prefix("k", *session).err().code(), Status::Closed);
   ASSERT_TRUE(shard_.get("k", taken).ok());
+  keel::ReadSession assigned;
+  assigned = std::move(taken);
+  EXPECT_EQ(assigned.index(), 10u);
+  EXPECT_EQ(taken.index(), 0u);  // NOLINT(bugprone-use-after-move)
+  ASSERT_TRUE(shard_.get("k", assigned).ok());
   EXPECT_EQ(host->calls, 1u);
 }
 
