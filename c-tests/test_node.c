@@ -251,6 +251,69 @@ static void version_2_adds_the_handshake_bound(keel_engine_t *engine) {
   CHECK_RC(KEEL_STATUS_OK, keel_node_close(node, NULL));
 }
 
+/* A node's event callback that closes its own node gets BUSY and nothing
+ * is done: the close would wait for, and join, the very thread the
+ * callback runs on. The node stays usable and the host closes it. */
+typedef struct {
+  pthread_mutex_t mu;
+  pthread_cond_t cv;
+  keel_node_t *node;
+  int calls;
+  keel_status_t close_rc;
+} self_closer_t;
+
+static void closes_its_node(void *user, uint64_t peer_id, keel_status_t status, const char *message) {
+  self_closer_t *c = user;
+  (void)peer_id;
+  (void)message;
+  if (status != KEEL_STATUS_OK) return; /* only the peer's ready event */
+  pthread_mutex_lock(&c->mu);
+  keel_node_t *node = c->node;
+  pthread_mutex_unlock(&c->mu);
+  keel_status_t rc = keel_node_close(node, NULL);
+  pthread_mutex_lock(&c->mu);
+  c->close_rc = rc;
+  c->calls++;
+  pthread_cond_broadcast(&c->cv);
+  pthread_mutex_unlock(&c->mu);
+}
+
+static void a_callback_cannot_close_its_own_node(keel_engine_t *engine) {
+  KT_ERR;
+  self_closer_t closer;
+  memset(&closer, 0, sizeof closer);
+  CHECK(pthread_mutex_init(&closer.mu, NULL) == 0);
+  CHECK(pthread_cond_init(&closer.cv, NULL) == 0);
+  keel_node_options_t o;
+  CHECK_RC(KEEL_STATUS_OK, keel_node_options_init_sized(&o, sizeof o));
+  o.node_id = 1;
+  o.close_timeout_ms = 0; /* a close from the callback waits for nothing */
+  o.on_event = closes_its_node;
+  o.user_data = &closer;
+  keel_node_t *a = NULL;
+  CHECK_OK(keel_node_open(engine, &o, &a, &err));
+  pthread_mutex_lock(&closer.mu);
+  closer.node = a;
+  pthread_mutex_unlock(&closer.mu);
+  CHECK_RC(KEEL_STATUS_OK, keel_node_options_init_sized(&o, sizeof o));
+  o.node_id = 2;
+  keel_node_t *b = NULL;
+  CHECK_OK(keel_node_open(engine, &o, &b, &err));
+  char addr[64];
+  addr_of(a, addr, sizeof addr);
+  keel_status_t connect_rc = keel_node_connect(b, 1, addr, NULL);
+  pthread_mutex_lock(&closer.mu);
+  while (closer.calls < 1) pthread_cond_wait(&closer.cv, &closer.mu);
+  pthread_mutex_unlock(&closer.mu);
+  CHECK_RC(KEEL_STATUS_BUSY, closer.close_rc);
+  CHECK_RC(KEEL_STATUS_OK, connect_rc);
+  CHECK_EQ_U64(stats_of(a).peers, 1); /* nothing was closed */
+  CHECK_RC(KEEL_STATUS_OK, keel_node_close(b, NULL));
+  CHECK_RC(KEEL_STATUS_OK, keel_node_close(a, NULL));
+  pthread_cond_destroy(&closer.cv);
+  pthread_mutex_destroy(&closer.mu);
+}
+
 int main(void) {
   KT_ERR;
   char *dir = kt_tempdir();
@@ -260,6 +323,7 @@ int main(void) {
   a_wrong_secret_is_refused_and_counted(engine);
   arguments_are_checked(engine);
   version_2_adds_the_handshake_bound(engine);
+  a_callback_cannot_close_its_own_node(engine);
   CHECK_OK(keel_engine_close(engine, &err));
   kt_rmdir(dir);
   printf("test_node: ok\n");

@@ -412,6 +412,73 @@ static void freed_while_running(side_t *a, side_t *b) {
   CHECK_OK(keel_shard_close(shard, &err));
 }
 
+/* A progress callback cannot wait for or free its own transfer: the
+ * transfer waits for the callback, so such a wait could never succeed (nor
+ * return, without a time limit), and such a free could neither join the
+ * thread it runs on nor stop the callbacks still to come. Both answer BUSY
+ * and change nothing; the transfer goes on and the host frees it. */
+typedef struct {
+  seen_t seen;
+  keel_transfer_t *t; /* under seen.mu, set once the transfer waits for a finish */
+  int tried;
+  keel_status_t wait_rc, free_rc;
+} self_waiting_t;
+
+static void waits_for_and_frees_itself(void *user, const keel_transfer_progress_t *p) {
+  self_waiting_t *w = user;
+  pthread_mutex_lock(&w->seen.mu);
+  keel_transfer_t *t = w->t;
+  int try_now = t != NULL && !w->tried;
+  pthread_mutex_unlock(&w->seen.mu);
+  keel_status_t wait_rc = KEEL_STATUS_OK, free_rc = KEEL_STATUS_OK;
+  if (try_now) {
+    wait_rc = keel_transfer_wait(t, 0);
+    free_rc = keel_transfer_free(t);
+  }
+  pthread_mutex_lock(&w->seen.mu);
+  if (try_now) {
+    w->tried = 1;
+    w->wait_rc = wait_rc;
+    w->free_rc = free_rc;
+  }
+  w->seen.stage = p->stage;
+  pthread_cond_broadcast(&w->seen.cv);
+  pthread_mutex_unlock(&w->seen.mu);
+}
+
+static void a_callback_cannot_wait_for_or_free_its_transfer(side_t *a, side_t *b) {
+  KT_ERR;
+  keel_shard_t *shard = open_shard(a, 14, true);
+  fill(shard, 100);
+  CHECK_RC(KEEL_STATUS_OK, keel_transfer_expect(b->node, 14, SRC));
+  self_waiting_t w;
+  memset(&w, 0, sizeof w);
+  seen_init(&w.seen);
+  keel_transfer_options_t o = small_batches(NULL);
+  o.on_progress = waits_for_and_frees_itself;
+  o.user_data = &w;
+  keel_transfer_t *t = NULL;
+  CHECK_OK(keel_transfer_start(a->node, shard, 14, DST, &o, &t, &err));
+  seen_wait(&w.seen, KEEL_TRANSFER_WAITING_FINISH);
+  pthread_mutex_lock(&w.seen.mu);
+  w.t = t;
+  pthread_mutex_unlock(&w.seen.mu);
+  /* The finish's DRAINING stage is the callback's next call. */
+  CHECK_OK(keel_transfer_finish(t, KEEL_TRANSFER_FINISH_COPY, &err));
+  pthread_mutex_lock(&w.seen.mu);
+  while (!w.tried) pthread_cond_wait(&w.seen.cv, &w.seen.mu);
+  pthread_mutex_unlock(&w.seen.mu);
+  CHECK_RC(KEEL_STATUS_BUSY, w.wait_rc);
+  CHECK_RC(KEEL_STATUS_BUSY, w.free_rc);
+  CHECK_RC(KEEL_STATUS_OK, keel_transfer_wait(t, KEEL_TRANSFER_WAIT_FOREVER));
+  CHECK_EQ_U64(stage_of(t), KEEL_TRANSFER_DONE);
+  CHECK_RC(KEEL_STATUS_OK, keel_transfer_free(t));
+  seen_destroy(&w.seen);
+  CHECK_OK(keel_shard_close(shard, &err));
+  shard = open_shard(b, 14, false); /* the copy arrived */
+  CHECK_OK(keel_shard_close(shard, &err));
+}
+
 static void bad_arguments_are_refused(side_t *a, side_t *b) {
   KT_ERR;
   keel_shard_t *shard = open_shard(a, 11, true);
@@ -519,6 +586,7 @@ int main(void) {
   forwards_each_write_then_hands_over(&a, &b);
   cancel_then_restart(&a, &b);
   freed_while_running(&a, &b);
+  a_callback_cannot_wait_for_or_free_its_transfer(&a, &b);
   bad_arguments_are_refused(&a, &b);
   close_side(&a);
   close_side(&b);

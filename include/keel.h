@@ -1096,8 +1096,8 @@ typedef struct keel_engine_stats_t {
  * accept thread, or the caller of keel_node_connect()). Never after
  * keel_node_close() returned; during it, yes (every connection ends with
  * CLOSED), and it may then still call keel_node_stats() and
- * keel_node_last_error() on its node. It must not block for long and must
- * not call keel_node_close() (while the node closes that answers BUSY).
+ * keel_node_last_error() on its node. It must not block for long;
+ * keel_node_close() of its own node answers BUSY there.
  */
 typedef void (*keel_node_event_fn)(void *user,
                                    uint64_t peer_id,
@@ -1465,10 +1465,10 @@ typedef struct keel_transfer_progress_t {
  * Progress callback: called on the transfer's own thread
  * ("keel-transfer") after every acknowledged batch and at every change of
  * stage, the last time when the transfer is over. `progress` is borrowed
- * for the call. It must be quick (the transfer waits for it), and must
- * not call keel_transfer_wait() or keel_transfer_free() on its own
- * transfer (a wait would never return); keel_transfer_status(),
- * _progress(), _finish() and _cancel() are fine.
+ * for the call. It must be quick (the transfer waits for it).
+ * keel_transfer_status(), _progress(), _finish() and _cancel() are fine
+ * on its own transfer; keel_transfer_wait() and keel_transfer_free()
+ * answer BUSY there (they wait for the thread it runs on).
  */
 typedef void (*keel_transfer_progress_fn)(void *user,
                                           const struct keel_transfer_progress_t *progress);
@@ -2486,7 +2486,8 @@ keel_status_t keel_node_last_error(const struct keel_node_t *node,
  * valid until the close returns.
  * Errors: INVALID_ARGUMENT (not a live node, or final_stats'
  * struct_size too small: the node is closed anyway), BUSY (called from
- * the node's own event callback while it closes: nothing is done).
+ * the node's own event callback, which the close would wait for: nothing
+ * is done).
  */
 keel_status_t keel_node_close(struct keel_node_t *node, struct keel_node_stats_t *final_stats);
 
@@ -3001,9 +3002,9 @@ keel_status_t keel_transfer_status(const struct keel_transfer_t *t,
  * forwarding with no hand-over asked for yet, and its progress callback
  * for that stage has returned. OK then
  * (keel_transfer_status() says how it went).
- * Must not be called from the transfer's own progress callback.
  * Errors: NULL_ARGUMENT, INVALID_ARGUMENT (not a live transfer), TIMEOUT
- * (not settled in time).
+ * (not settled in time), BUSY (called from the transfer's own progress
+ * callback, which the transfer waits for: it could not settle meanwhile).
  */
 keel_status_t keel_transfer_wait(const struct keel_transfer_t *t, uint64_t timeout_ms);
 
@@ -3024,9 +3025,10 @@ keel_status_t keel_transfer_progress(const struct keel_transfer_t *t,
  * keel_transfer_status(), _progress(), _finish() and _cancel() on the
  * handle then: it is freed only once that thread has ended. NULL is a
  * no-op. Must be the last call on the handle from the host's threads and
- * must not race with their other calls; not from the transfer's own
- * progress callback.
- * Errors: INVALID_ARGUMENT (not a live transfer).
+ * must not race with their other calls.
+ * Errors: INVALID_ARGUMENT (not a live transfer), BUSY (called from the
+ * transfer's own progress callback, whose thread the free would wait
+ * for: nothing is done).
  */
 keel_status_t keel_transfer_free(struct keel_transfer_t *t);
 

@@ -130,6 +130,39 @@ pub unsafe fn close_in_place<C: Opaque>(p: *mut C, shut: impl FnOnce(&C::Inner) 
     take_handle(p).map(drop)
 }
 
+thread_local! {
+    /// The `CallbackScope`s whose host callback runs on this thread now,
+    /// innermost last: a callback may call into another handle that runs
+    /// its own callback on this same thread.
+    static RUNNING: std::cell::RefCell<Vec<usize>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// The host callbacks of one handle (a node's events, a transfer's
+/// progress), so that a call that would wait for the thread one of them
+/// runs on (a close, a wait) can tell that it is made from that very
+/// callback, and answer BUSY instead of waiting for itself.
+#[derive(Clone, Default)]
+pub struct CallbackScope(std::sync::Arc<u8>);
+
+impl CallbackScope {
+    fn id(&self) -> usize {
+        std::sync::Arc::as_ptr(&self.0) as usize
+    }
+
+    /// Runs `call` (the host's callback, which cannot unwind: it is an
+    /// `extern "C"` function) marked as one of this scope on this thread.
+    pub fn run(&self, call: impl FnOnce()) {
+        RUNNING.with(|r| r.borrow_mut().push(self.id()));
+        call();
+        RUNNING.with(|r| r.borrow_mut().pop());
+    }
+
+    /// Whether the calling thread is inside `run` of this scope.
+    pub fn is_current(&self) -> bool {
+        RUNNING.with(|r| r.borrow().contains(&self.id()))
+    }
+}
+
 /// Takes ownership back from C for `_close`/`_free`: NULL gives `None`, a
 /// poisoned handle is still released (closing is how a host recovers).
 ///

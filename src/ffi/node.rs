@@ -2,7 +2,7 @@
 //! node transport").
 
 use crate::error::Error;
-use crate::ffi::boundary::{closing_ref, in_bytes, into_handle, out_ptr, take_handle, Opaque};
+use crate::ffi::boundary::{closing_ref, in_bytes, into_handle, out_ptr, take_handle, CallbackScope, Opaque};
 use crate::ffi::buf::copy_out_c_string;
 use crate::ffi::versioned::{init_options, read_options, write_stats};
 use crate::ffi::engine::keel_engine_t;
@@ -33,6 +33,8 @@ impl Opaque for keel_node_t {
 pub struct NodeHandle {
     pub(crate) node: Arc<Node>,
     pub(crate) transfers: Arc<Transfers>,
+    /// Marks the threads running this node's event callback.
+    events: CallbackScope,
 }
 
 impl std::ops::Deref for NodeHandle {
@@ -58,8 +60,8 @@ impl std::ops::Deref for NodeHandle {
 /// accept thread, or the caller of keel_node_connect()). Never after
 /// keel_node_close() returned; during it, yes (every connection ends with
 /// CLOSED), and it may then still call keel_node_stats() and
-/// keel_node_last_error() on its node. It must not block for long and must
-/// not call keel_node_close() (while the node closes that answers BUSY).
+/// keel_node_last_error() on its node. It must not block for long;
+/// keel_node_close() of its own node answers BUSY there.
 pub type keel_node_event_fn =
     Option<unsafe extern "C" fn(user: *mut c_void, peer_id: u64, status: keel_status_t, message: *const c_char)>;
 
@@ -247,7 +249,7 @@ struct CEvent {
     user: usize,
 }
 
-fn options_from_c(p: *const keel_node_options_t) -> crate::Result<NodeOptions> {
+fn options_from_c(p: *const keel_node_options_t, events: &CallbackScope) -> crate::Result<NodeOptions> {
     if p.is_null() {
         return Err(Error::new(KEEL_STATUS_NULL_ARGUMENT, "opts is NULL (node_id is required)"));
     }
@@ -273,12 +275,13 @@ fn options_from_c(p: *const keel_node_options_t) -> crate::Result<NodeOptions> {
     };
     let on_event = o.on_event.map(|f| {
         let cb = CEvent { f, user: o.user_data as usize };
+        let events = events.clone();
         Arc::new(move |peer, status, msg: &str| {
             let m = CString::new(msg.replace('\0', "\\0")).unwrap_or_default();
             // SAFETY: the host gave this function and promised its user
             // data stays valid until keel_node_close() returned, after
             // which no callback runs; `m` outlives the call.
-            unsafe { (cb.f)(cb.user as *mut c_void, peer, status, m.as_ptr()) };
+            events.run(|| unsafe { (cb.f)(cb.user as *mut c_void, peer, status, m.as_ptr()) });
         }) as crate::node::NodeEventFn
     });
     Ok(NodeOptions {
@@ -325,9 +328,10 @@ pub extern "C" fn keel_node_open(
     ffi_boundary!(err, std::ptr::null::<u8>(), {
         let engine = try_handle!(engine);
         let out = out_ptr(out, "out")?;
-        let node = Arc::new(Node::open(options_from_c(opts)?)?);
+        let events = CallbackScope::default();
+        let node = Arc::new(Node::open(options_from_c(opts, &events)?)?);
         let transfers = Transfers::attach(node.clone(), engine.clone())?;
-        *out = into_handle::<keel_node_t>(NodeHandle { node, transfers });
+        *out = into_handle::<keel_node_t>(NodeHandle { node, transfers, events });
         Ok(())
     })
 }
@@ -460,7 +464,8 @@ pub extern "C" fn keel_node_last_error(
 /// valid until the close returns.
 /// Errors: INVALID_ARGUMENT (not a live node, or final_stats'
 /// struct_size too small: the node is closed anyway), BUSY (called from
-/// the node's own event callback while it closes: nothing is done).
+/// the node's own event callback, which the close would wait for: nothing
+/// is done).
 #[no_mangle]
 pub extern "C" fn keel_node_close(node: *mut keel_node_t, final_stats: *mut keel_node_stats_t) -> keel_status_t {
     ffi_boundary!(std::ptr::null_mut(), std::ptr::null::<u8>(), {
@@ -474,6 +479,10 @@ pub extern "C" fn keel_node_close(node: *mut keel_node_t, final_stats: *mut keel
         // magic (not the poison mark: closing is how a host recovers); the
         // Node is shared-borrowed, which every method allows.
         let n = unsafe { closing_ref(node as *const keel_node_t)? };
+        if n.events.is_current() {
+            // The close joins the thread this callback runs on.
+            return Err(Error::new(KEEL_STATUS_BUSY, "keel_node_close() cannot be called from its node's event callback"));
+        }
         let s = n.close()?;
         // The node's readers are gone: the steps they handed over run now.
         n.transfers.close();

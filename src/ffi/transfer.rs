@@ -2,7 +2,7 @@
 //! docs/TRANSFER.md, "A transfer's life" and "The C API").
 
 use crate::error::Error;
-use crate::ffi::boundary::{close_in_place, into_handle, out_ptr, Opaque};
+use crate::ffi::boundary::{close_in_place, closing_ref, into_handle, out_ptr, CallbackScope, Opaque};
 use crate::ffi::error::{error_out, keel_error_t};
 use crate::ffi::node::keel_node_t;
 use crate::ffi::shard::keel_shard_t;
@@ -21,9 +21,35 @@ pub struct keel_transfer_t {
 }
 
 impl Opaque for keel_transfer_t {
-    type Inner = Transfer;
+    type Inner = TransferHandle;
     const MAGIC: u64 = 0x6b65_656c_5846_4552; // "keelXFER"
     const NAME: &'static str = "keel_transfer_t";
+}
+
+/// A transfer and the scope of its progress callback.
+pub struct TransferHandle {
+    transfer: Transfer,
+    /// Marks the transfer's thread while it runs the progress callback:
+    /// keel_transfer_wait() and _free() wait for that thread.
+    progress: CallbackScope,
+}
+
+impl std::ops::Deref for TransferHandle {
+    type Target = Transfer;
+    fn deref(&self) -> &Transfer {
+        &self.transfer
+    }
+}
+
+impl TransferHandle {
+    /// BUSY when called from this transfer's own progress callback, which
+    /// `what` would wait for.
+    fn refuse_own_callback(&self, what: &str) -> crate::Result<()> {
+        if self.progress.is_current() {
+            return Err(Error::new(KEEL_STATUS_BUSY, format!("{what} cannot be called from its transfer's progress callback, which it would wait for")));
+        }
+        Ok(())
+    }
 }
 
 /// keel_transfer_options_t.method: a consistent snapshot, then the WAL
@@ -122,10 +148,10 @@ pub struct keel_transfer_progress_t {
 /// Progress callback: called on the transfer's own thread
 /// ("keel-transfer") after every acknowledged batch and at every change of
 /// stage, the last time when the transfer is over. `progress` is borrowed
-/// for the call. It must be quick (the transfer waits for it), and must
-/// not call keel_transfer_wait() or keel_transfer_free() on its own
-/// transfer (a wait would never return); keel_transfer_status(),
-/// _progress(), _finish() and _cancel() are fine.
+/// for the call. It must be quick (the transfer waits for it).
+/// keel_transfer_status(), _progress(), _finish() and _cancel() are fine
+/// on its own transfer; keel_transfer_wait() and keel_transfer_free()
+/// answer BUSY there (they wait for the thread it runs on).
 pub type keel_transfer_progress_fn = Option<unsafe extern "C" fn(user: *mut c_void, progress: *const keel_transfer_progress_t)>;
 
 /// Options of keel_transfer_start(). Versioned by `struct_size`: fill it
@@ -286,7 +312,7 @@ struct CProgress {
     user: usize,
 }
 
-fn options_from_c(p: *const keel_transfer_options_t) -> crate::Result<TransferOptions> {
+fn options_from_c(p: *const keel_transfer_options_t, scope: &CallbackScope) -> crate::Result<TransferOptions> {
     let o = read_options(p, default_options(), "keel_transfer_options_init_sized")?;
     let method = match o.method {
         KEEL_TRANSFER_SNAPSHOT => Method::Snapshot,
@@ -307,12 +333,13 @@ fn options_from_c(p: *const keel_transfer_options_t) -> crate::Result<TransferOp
     };
     let progress = o.on_progress.map(|f| {
         let cb = CProgress { f, user: o.user_data as usize };
+        let scope = scope.clone();
         ProgressFn(Arc::new(move |p: &Progress| {
             let c = progress_to_c(p);
             // SAFETY: the host gave this function and promised its user
             // data stays valid until keel_transfer_free() returned, which
             // joins the thread this runs on; `c` outlives the call.
-            unsafe { (cb.f)(cb.user as *mut c_void, &c) };
+            scope.run(|| unsafe { (cb.f)(cb.user as *mut c_void, &c) });
         }))
     });
     let opts = TransferOptions {
@@ -376,8 +403,10 @@ pub extern "C" fn keel_transfer_start(
         let n = try_handle!(node);
         let s = try_handle!(shard);
         let out = out_ptr(out, "out")?;
-        let opts = options_from_c(opts)?;
-        *out = into_handle::<keel_transfer_t>(n.transfers.start(s, shard_id, peer, &opts)?);
+        let progress = CallbackScope::default();
+        let opts = options_from_c(opts, &progress)?;
+        let transfer = n.transfers.start(s, shard_id, peer, &opts)?;
+        *out = into_handle::<keel_transfer_t>(TransferHandle { transfer, progress });
         Ok(())
     })
 }
@@ -460,13 +489,14 @@ pub extern "C" fn keel_transfer_status(t: *const keel_transfer_t, stage: *mut u3
 /// forwarding with no hand-over asked for yet, and its progress callback
 /// for that stage has returned. OK then
 /// (keel_transfer_status() says how it went).
-/// Must not be called from the transfer's own progress callback.
 /// Errors: NULL_ARGUMENT, INVALID_ARGUMENT (not a live transfer), TIMEOUT
-/// (not settled in time).
+/// (not settled in time), BUSY (called from the transfer's own progress
+/// callback, which the transfer waits for: it could not settle meanwhile).
 #[no_mangle]
 pub extern "C" fn keel_transfer_wait(t: *const keel_transfer_t, timeout_ms: u64) -> keel_status_t {
     ffi_boundary!(std::ptr::null_mut(), t, {
         let t = try_handle!(t);
+        t.refuse_own_callback("keel_transfer_wait()")?;
         let timeout = (timeout_ms != KEEL_TRANSFER_WAIT_FOREVER).then(|| Duration::from_millis(timeout_ms));
         if t.wait(timeout) {
             Ok(())
@@ -495,16 +525,23 @@ pub extern "C" fn keel_transfer_progress(t: *const keel_transfer_t, out: *mut ke
 /// keel_transfer_status(), _progress(), _finish() and _cancel() on the
 /// handle then: it is freed only once that thread has ended. NULL is a
 /// no-op. Must be the last call on the handle from the host's threads and
-/// must not race with their other calls; not from the transfer's own
-/// progress callback.
-/// Errors: INVALID_ARGUMENT (not a live transfer).
+/// must not race with their other calls.
+/// Errors: INVALID_ARGUMENT (not a live transfer), BUSY (called from the
+/// transfer's own progress callback, whose thread the free would wait
+/// for: nothing is done).
 #[no_mangle]
 pub extern "C" fn keel_transfer_free(t: *mut keel_transfer_t) -> keel_status_t {
     ffi_boundary!(std::ptr::null_mut(), std::ptr::null::<u8>(), {
-        // SAFETY: by the C contract `t` is NULL or a transfer keel made and
-        // this is the host's last call on it, racing with none of theirs;
-        // the transfer's thread may call in from its last progress
-        // callback until `stop` has joined it.
+        if t.is_null() {
+            return Ok(());
+        }
+        // SAFETY: by the C contract `t` is a transfer keel made and this is
+        // the host's last call on it, racing with none of theirs (or a call
+        // from its progress callback, refused here); closing_ref checks the
+        // magic, not the poison mark, and the borrow ends with the statement.
+        unsafe { closing_ref(t as *const keel_transfer_t)? }.refuse_own_callback("keel_transfer_free()")?;
+        // SAFETY: as above; the transfer's thread may call in from its last
+        // progress callback until `stop` has joined it.
         unsafe {
             close_in_place(t, |t| {
                 t.stop();
