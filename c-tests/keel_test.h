@@ -93,6 +93,38 @@ static inline int kt_skip_io_uring(void) {
   return v && *v && strcmp(v, "0") != 0;
 }
 
+/*
+ * Fills this process's descriptor table, its soft limit lowered to
+ * KT_FD_LIMIT first (which bounds the loop): every call that needs a new
+ * descriptor then fails with EMFILE, until kt_fds_release() closes them
+ * and restores the limit.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <sys/resource.h>
+enum { KT_FD_LIMIT = 256 };
+typedef struct {
+  struct rlimit saved;
+  int fds[KT_FD_LIMIT];
+  int n;
+} kt_fds_t;
+
+static inline void kt_fds_fill(kt_fds_t *f) {
+  CHECK(getrlimit(RLIMIT_NOFILE, &f->saved) == 0);
+  struct rlimit low = f->saved;
+  if (low.rlim_cur > KT_FD_LIMIT) low.rlim_cur = KT_FD_LIMIT;
+  CHECK(setrlimit(RLIMIT_NOFILE, &low) == 0);
+  f->n = 0;
+  int fd;
+  while (f->n < KT_FD_LIMIT && (fd = open("/dev/null", O_RDONLY)) >= 0) f->fds[f->n++] = fd;
+  CHECK(f->n < KT_FD_LIMIT && errno == EMFILE);
+}
+
+static inline void kt_fds_release(kt_fds_t *f) {
+  while (f->n > 0) close(f->fds[--f->n]);
+  CHECK(setrlimit(RLIMIT_NOFILE, &f->saved) == 0);
+}
+
 /* A fresh directory under $TMPDIR (or /tmp); kt_rmdir removes it. */
 static inline char *kt_tempdir(void) {
   const char *base = getenv("TMPDIR");

@@ -212,6 +212,8 @@ int main(void) {
   CHECK_EQ_U64(r.duplicate, 1);
   CHECK_OK(keel_shard_close(s, &err));
   CHECK_STATUS(KEEL_STATUS_NULL_ARGUMENT, keel_shard_applied_index(NULL, &last, &err));
+  /* A handle that is not a live shard (here the engine's). */
+  CHECK_STATUS(KEEL_STATUS_INVALID_ARGUMENT, keel_shard_applied_index((keel_shard_t *)e, &last, &err));
 
   keel_batch_free(b);
   keel_batch_free(stale);

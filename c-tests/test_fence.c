@@ -8,7 +8,10 @@
  *   a smaller one with FENCED (named "FENCED");
  * - tokens keep growing across a close and reopen of the engine, and every
  *   lease has expired after the reopen;
- * - misuse: NULL handle, out-pointers and bucket, zero TTL.
+ * - out of descriptors, the first grant (which reads the high-water mark)
+ *   fails with RESOURCE and grants nothing;
+ * - misuse: NULL handle, out-pointers and bucket, zero TTL, a handle that
+ *   is not a live engine.
  */
 #include "keel_test.h"
 
@@ -22,6 +25,14 @@ int main(void) {
 
   uint64_t t1 = 0, t2 = 0, other = 0, empty = 0;
   bool ok = false;
+  /* The first grant reads the token high-water mark: out of descriptors
+   * it fails with RESOURCE, grants nothing, and works once they are free. */
+  kt_fds_t fds;
+  kt_fds_fill(&fds);
+  keel_status_t rc = keel_fence_try_acquire(e, KT_S("jobs/7"), 60000, &t1, NULL);
+  kt_fds_release(&fds);
+  CHECK_RC(KEEL_STATUS_RESOURCE, rc);
+  CHECK(t1 == 0);
   CHECK_OK(keel_fence_try_acquire(e, KT_S("jobs/7"), 60000, &t1, &err));
   CHECK(t1 > 0);
   CHECK_STATUS(KEEL_STATUS_BUSY, keel_fence_try_acquire(e, KT_S("jobs/7"), 60000, &t2, &err));
@@ -59,6 +70,15 @@ int main(void) {
   CHECK_STATUS(KEEL_STATUS_NULL_ARGUMENT, keel_fence_validate(e, KT_S("x"), 1, NULL, &err));
   CHECK_STATUS(KEEL_STATUS_NULL_ARGUMENT, keel_fence_release(e, KT_S("x"), 1, NULL, &err));
   CHECK_STATUS(KEEL_STATUS_NULL_ARGUMENT, keel_fence_check(NULL, KT_S("x"), 1, &err));
+  /* A handle that is not a live engine (here a shard's). */
+  keel_shard_t *shard = NULL;
+  CHECK_OK(keel_engine_shard_open(e, 1, true, &shard, &err));
+  keel_engine_t *not_engine = (keel_engine_t *)shard;
+  CHECK_STATUS(KEEL_STATUS_INVALID_ARGUMENT, keel_fence_try_acquire(not_engine, KT_S("x"), 1, &t1, &err));
+  CHECK_STATUS(KEEL_STATUS_INVALID_ARGUMENT, keel_fence_validate(not_engine, KT_S("x"), 1, &ok, &err));
+  CHECK_STATUS(KEEL_STATUS_INVALID_ARGUMENT, keel_fence_release(not_engine, KT_S("x"), 1, &ok, &err));
+  CHECK_STATUS(KEEL_STATUS_INVALID_ARGUMENT, keel_fence_check(not_engine, KT_S("x"), 1, &err));
+  CHECK_OK(keel_shard_close(shard, &err));
 
   /* Reopen: leases are gone, tokens keep growing past every earlier one. */
   CHECK_OK(keel_engine_close(e, &err));

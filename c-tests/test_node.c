@@ -9,7 +9,10 @@
  */
 #include "keel_test.h"
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <pthread.h>
+#include <sys/socket.h>
 
 static const char SECRET[] = "cluster secret 0123456789";
 static const char WRONG[] = "not the cluster secret 42";
@@ -314,6 +317,92 @@ static void a_callback_cannot_close_its_own_node(keel_engine_t *engine) {
   pthread_mutex_destroy(&closer.mu);
 }
 
+/* A peer that closes the connection before the handshake finished: the
+ * dial fails with CLOSED, though this node is open and dials on. */
+typedef struct {
+  int listener;
+  int conn;
+} half_closer_t;
+
+static void *accept_and_end_writing(void *arg) {
+  half_closer_t *h = arg;
+  h->conn = accept(h->listener, NULL, NULL);
+  CHECK(h->conn >= 0);
+  /* A FIN, not a reset: the HELLO it got stays unread until close(). */
+  CHECK(shutdown(h->conn, SHUT_WR) == 0);
+  return NULL;
+}
+
+static void a_peer_that_closes_in_the_handshake_is_closed(keel_engine_t *engine) {
+  KT_ERR;
+  half_closer_t h;
+  h.listener = socket(AF_INET, SOCK_STREAM, 0);
+  CHECK(h.listener >= 0);
+  struct sockaddr_in sa;
+  memset(&sa, 0, sizeof sa);
+  sa.sin_family = AF_INET;
+  sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  CHECK(bind(h.listener, (struct sockaddr *)&sa, sizeof sa) == 0);
+  CHECK(listen(h.listener, 1) == 0);
+  socklen_t sl = sizeof sa;
+  CHECK(getsockname(h.listener, (struct sockaddr *)&sa, &sl) == 0);
+  char raw[64];
+  snprintf(raw, sizeof raw, "127.0.0.1:%u", (unsigned)ntohs(sa.sin_port));
+  pthread_t th;
+  CHECK(pthread_create(&th, NULL, accept_and_end_writing, &h) == 0);
+
+  events_t ea, eb;
+  events_init(&ea);
+  events_init(&eb);
+  keel_node_t *a = open_node(engine, 1, SECRET, &ea);
+  keel_node_t *b = open_node(engine, 2, SECRET, &eb);
+  CHECK_RC(KEEL_STATUS_CLOSED, keel_node_connect(b, 7, raw, &err));
+  CHECK(strstr(keel_error_message(err), "closed by the peer") != NULL);
+  keel_error_free(err);
+  err = NULL;
+  CHECK(pthread_join(th, NULL) == 0);
+  close(h.conn);
+  close(h.listener);
+  CHECK_EQ_U64(stats_of(b).closed_by_peer, 1);
+  /* Not the node closing: the next dial goes through. */
+  char addr[64];
+  addr_of(a, addr, sizeof addr);
+  CHECK_OK(keel_node_connect(b, 1, addr, &err));
+  CHECK_RC(KEEL_STATUS_OK, keel_node_close(b, NULL));
+  CHECK_RC(KEEL_STATUS_OK, keel_node_close(a, NULL));
+  events_destroy(&ea);
+  events_destroy(&eb);
+}
+
+/* Out of descriptors, opening a node (its listening socket) and dialing a
+ * peer (the socket) fail with RESOURCE, and both work once descriptors
+ * are free again. */
+static void out_of_descriptors_is_resource(keel_engine_t *engine) {
+  KT_ERR;
+  keel_node_options_t o;
+  CHECK_RC(KEEL_STATUS_OK, keel_node_options_init_sized(&o, sizeof o));
+  o.node_id = 1;
+  keel_node_t *a = NULL, *b = NULL;
+  CHECK_OK(keel_node_open(engine, &o, &a, &err));
+  char addr[64];
+  addr_of(a, addr, sizeof addr);
+  o.node_id = 2;
+  kt_fds_t fds;
+  kt_fds_fill(&fds);
+  keel_status_t open_rc = keel_node_open(engine, &o, &b, NULL);
+  kt_fds_release(&fds);
+  CHECK_RC(KEEL_STATUS_RESOURCE, open_rc);
+  CHECK(b == NULL);
+  CHECK_OK(keel_node_open(engine, &o, &b, &err));
+  kt_fds_fill(&fds);
+  keel_status_t connect_rc = keel_node_connect(b, 1, addr, NULL);
+  kt_fds_release(&fds);
+  CHECK_RC(KEEL_STATUS_RESOURCE, connect_rc);
+  CHECK_OK(keel_node_connect(b, 1, addr, &err));
+  CHECK_RC(KEEL_STATUS_OK, keel_node_close(b, NULL));
+  CHECK_RC(KEEL_STATUS_OK, keel_node_close(a, NULL));
+}
+
 int main(void) {
   KT_ERR;
   char *dir = kt_tempdir();
@@ -324,6 +413,8 @@ int main(void) {
   arguments_are_checked(engine);
   version_2_adds_the_handshake_bound(engine);
   a_callback_cannot_close_its_own_node(engine);
+  a_peer_that_closes_in_the_handshake_is_closed(engine);
+  out_of_descriptors_is_resource(engine);
   CHECK_OK(keel_engine_close(engine, &err));
   kt_rmdir(dir);
   printf("test_node: ok\n");

@@ -2043,7 +2043,8 @@ keel_status_t keel_shard_apply_packed(const struct keel_shard_t *shard,
  * Writes to `*index` the index of the last entry applied with
  * keel_shard_apply() (0: none), as it stands after any crash and reopen:
  * where the host's consensus engine resumes applying (etcd raft:
- * Config.Applied). Errors: NULL_ARGUMENT, CLOSED.
+ * Config.Applied). Errors: NULL_ARGUMENT, INVALID_ARGUMENT (not a live
+ * shard), CLOSED.
  */
 keel_status_t keel_shard_applied_index(const struct keel_shard_t *shard,
                                        uint64_t *index,
@@ -2346,10 +2347,12 @@ void keel_error_free(struct keel_error_t *err);
  * every token this engine's directory ever granted. Nothing to free.
  * Any thread. Leases live in memory only: after the engine is reopened
  * every lease has expired.
- * Errors: NULL_ARGUMENT, INVALID_ARGUMENT (ttl_ms is 0 or too large),
- * BUSY (another holder's lease has not expired), IO or NO_SPACE (the
- * token high-water mark could not be made durable; no lease granted, or
- * the clock failed), CORRUPTION (the high-water mark file is damaged).
+ * Errors: NULL_ARGUMENT, INVALID_ARGUMENT (not a live engine, ttl_ms is
+ * 0 or too large), BUSY (another holder's lease has not expired), IO or
+ * NO_SPACE (the token high-water mark could not be made durable; no
+ * lease granted, or the clock failed), RESOURCE (out of descriptors or
+ * memory reading or writing the high-water mark; no lease granted),
+ * CORRUPTION (the high-water mark file is damaged).
  */
 keel_status_t keel_fence_try_acquire(const struct keel_engine_t *engine,
                                      const uint8_t *bucket,
@@ -2362,7 +2365,7 @@ keel_status_t keel_fence_try_acquire(const struct keel_engine_t *engine,
  * Writes to `*valid` whether `token` holds the lease on `bucket` now
  * (granted, not released, not expired); false as well when the clock
  * fails. Any thread.
- * Errors: NULL_ARGUMENT.
+ * Errors: NULL_ARGUMENT, INVALID_ARGUMENT (not a live engine).
  */
 keel_status_t keel_fence_validate(const struct keel_engine_t *engine,
                                   const uint8_t *bucket,
@@ -2375,7 +2378,7 @@ keel_status_t keel_fence_validate(const struct keel_engine_t *engine,
  * Releases the lease on `bucket` if `token` holds it and it has not
  * expired, and writes to `*released` whether it did: an expired or
  * superseded holder's release never clears a newer holder. Any thread.
- * Errors: NULL_ARGUMENT.
+ * Errors: NULL_ARGUMENT, INVALID_ARGUMENT (not a live engine).
  */
 keel_status_t keel_fence_release(const struct keel_engine_t *engine,
                                  const uint8_t *bucket,
@@ -2390,7 +2393,7 @@ keel_status_t keel_fence_release(const struct keel_engine_t *engine,
  * highest and returns OK (an equal token passes). No clock is involved,
  * so the same checks give the same answers anywhere. The highest tokens
  * are kept in memory, per engine. Any thread.
- * Errors: NULL_ARGUMENT, FENCED.
+ * Errors: NULL_ARGUMENT, INVALID_ARGUMENT (not a live engine), FENCED.
  */
 keel_status_t keel_fence_check(const struct keel_engine_t *engine,
                                const uint8_t *bucket,
@@ -2419,7 +2422,8 @@ keel_status_t keel_node_options_init_sized(struct keel_node_options_t *opts, siz
  * keel_node_close().
  * Errors: NULL_ARGUMENT, INVALID_ARGUMENT (an option out of range, not a
  * live engine, a listen_addr that does not parse or resolves to
- * nothing), IO (the address cannot be bound, a thread cannot start).
+ * nothing), IO (the address cannot be bound, a thread cannot start),
+ * RESOURCE (out of descriptors or memory).
  */
 keel_status_t keel_node_open(const struct keel_engine_t *engine,
                              const struct keel_node_options_t *opts,
@@ -2445,7 +2449,9 @@ keel_status_t keel_node_addr(const struct keel_node_t *node, char *buf, size_t c
  * an address that does not resolve), IO (connect failed, or the
  * connection broke), REFUSED (the handshake refused the peer, or the
  * peer refused this node: the message says why), TIMEOUT (no handshake
- * within handshake_timeout_ms), PROTOCOL, CLOSED (the node is closing).
+ * within handshake_timeout_ms), PROTOCOL, CLOSED (the node is closing,
+ * or the peer closed the connection before the handshake finished),
+ * RESOURCE (out of descriptors or memory).
  */
 keel_status_t keel_node_connect(const struct keel_node_t *node,
                                 uint64_t peer_id,

@@ -296,7 +296,7 @@ type Node struct {
 // OpenNode opens a node for e, which must stay open until the node is
 // closed: binds the listen address and starts the node's threads. Options
 // out of range are ErrInvalidArgument, an address that cannot be bound
-// ErrIO, a closed Engine ErrClosed.
+// ErrIO, running out of descriptors ErrResource, a closed Engine ErrClosed.
 func OpenNode(e *Engine, opts *NodeOptions) (*Node, error) {
 	if abiErr != nil {
 		return nil, abiErr
@@ -397,8 +397,9 @@ func (n *Node) Addr() (string, error) {
 // it returns once the peer is ready. Errors match ErrRefused (the
 // handshake refused the peer, or the peer refused this node: the message
 // says why), ErrInvalidArgument (peerID 0 or this node's own, an address
-// that does not resolve), ErrIO (connect failed), ErrTimeout, ErrProtocol
-// or ErrClosed (the node is closing).
+// that does not resolve), ErrIO (connect failed), ErrTimeout, ErrProtocol,
+// ErrClosed (the node is closing, or the peer closed the connection before
+// the handshake finished) or ErrResource (out of descriptors).
 func (n *Node) Connect(peerID uint64, addr string) error {
 	if strings.IndexByte(addr, 0) >= 0 {
 		return newError("Connect", StatusInvalidArgument, "the peer address contains a NUL byte")

@@ -257,7 +257,8 @@ fn apply(s: &crate::shard::Shard, index: u64, ops: &[Op], opts: *const keel_writ
 /// Writes to `*index` the index of the last entry applied with
 /// keel_shard_apply() (0: none), as it stands after any crash and reopen:
 /// where the host's consensus engine resumes applying (etcd raft:
-/// Config.Applied). Errors: NULL_ARGUMENT, CLOSED.
+/// Config.Applied). Errors: NULL_ARGUMENT, INVALID_ARGUMENT (not a live
+/// shard), CLOSED.
 #[no_mangle]
 pub extern "C" fn keel_shard_applied_index(shard: *const keel_shard_t, index: *mut u64, err: *mut *mut keel_error_t) -> keel_status_t {
     ffi_boundary!(err, shard, {

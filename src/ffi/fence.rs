@@ -14,10 +14,12 @@ use std::time::Duration;
 /// every token this engine's directory ever granted. Nothing to free.
 /// Any thread. Leases live in memory only: after the engine is reopened
 /// every lease has expired.
-/// Errors: NULL_ARGUMENT, INVALID_ARGUMENT (ttl_ms is 0 or too large),
-/// BUSY (another holder's lease has not expired), IO or NO_SPACE (the
-/// token high-water mark could not be made durable; no lease granted, or
-/// the clock failed), CORRUPTION (the high-water mark file is damaged).
+/// Errors: NULL_ARGUMENT, INVALID_ARGUMENT (not a live engine, ttl_ms is
+/// 0 or too large), BUSY (another holder's lease has not expired), IO or
+/// NO_SPACE (the token high-water mark could not be made durable; no
+/// lease granted, or the clock failed), RESOURCE (out of descriptors or
+/// memory reading or writing the high-water mark; no lease granted),
+/// CORRUPTION (the high-water mark file is damaged).
 #[no_mangle]
 pub extern "C" fn keel_fence_try_acquire(
     engine: *const keel_engine_t,
@@ -39,7 +41,7 @@ pub extern "C" fn keel_fence_try_acquire(
 /// Writes to `*valid` whether `token` holds the lease on `bucket` now
 /// (granted, not released, not expired); false as well when the clock
 /// fails. Any thread.
-/// Errors: NULL_ARGUMENT.
+/// Errors: NULL_ARGUMENT, INVALID_ARGUMENT (not a live engine).
 #[no_mangle]
 pub extern "C" fn keel_fence_validate(
     engine: *const keel_engine_t,
@@ -61,7 +63,7 @@ pub extern "C" fn keel_fence_validate(
 /// Releases the lease on `bucket` if `token` holds it and it has not
 /// expired, and writes to `*released` whether it did: an expired or
 /// superseded holder's release never clears a newer holder. Any thread.
-/// Errors: NULL_ARGUMENT.
+/// Errors: NULL_ARGUMENT, INVALID_ARGUMENT (not a live engine).
 #[no_mangle]
 pub extern "C" fn keel_fence_release(
     engine: *const keel_engine_t,
@@ -85,7 +87,7 @@ pub extern "C" fn keel_fence_release(
 /// highest and returns OK (an equal token passes). No clock is involved,
 /// so the same checks give the same answers anywhere. The highest tokens
 /// are kept in memory, per engine. Any thread.
-/// Errors: NULL_ARGUMENT, FENCED.
+/// Errors: NULL_ARGUMENT, INVALID_ARGUMENT (not a live engine), FENCED.
 #[no_mangle]
 pub extern "C" fn keel_fence_check(
     engine: *const keel_engine_t,

@@ -317,7 +317,8 @@ fn options_from_c(p: *const keel_node_options_t, events: &CallbackScope) -> crat
 /// keel_node_close().
 /// Errors: NULL_ARGUMENT, INVALID_ARGUMENT (an option out of range, not a
 /// live engine, a listen_addr that does not parse or resolves to
-/// nothing), IO (the address cannot be bound, a thread cannot start).
+/// nothing), IO (the address cannot be bound, a thread cannot start),
+/// RESOURCE (out of descriptors or memory).
 #[no_mangle]
 pub extern "C" fn keel_node_open(
     engine: *const keel_engine_t,
@@ -364,7 +365,9 @@ pub extern "C" fn keel_node_addr(
 /// an address that does not resolve), IO (connect failed, or the
 /// connection broke), REFUSED (the handshake refused the peer, or the
 /// peer refused this node: the message says why), TIMEOUT (no handshake
-/// within handshake_timeout_ms), PROTOCOL, CLOSED (the node is closing).
+/// within handshake_timeout_ms), PROTOCOL, CLOSED (the node is closing,
+/// or the peer closed the connection before the handshake finished),
+/// RESOURCE (out of descriptors or memory).
 #[no_mangle]
 pub extern "C" fn keel_node_connect(
     node: *const keel_node_t,
