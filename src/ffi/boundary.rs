@@ -411,6 +411,22 @@ mod tests {
     }
 
     #[test]
+    fn a_callback_scope_is_current_inside_its_runs_on_their_thread_only() {
+        let (a, b) = (CallbackScope::default(), CallbackScope::default());
+        assert!(!a.is_current());
+        a.run(|| {
+            assert!(a.is_current() && !b.is_current());
+            // A callback that calls into another handle whose callback runs
+            // on this thread: the outer one is still running.
+            b.run(|| assert!(a.is_current() && b.is_current()));
+            assert!(a.is_current() && !b.is_current());
+            let same = a.clone();
+            std::thread::spawn(move || assert!(!same.is_current(), "another thread is not in the callback")).join().unwrap();
+        });
+        assert!(!a.is_current() && !b.is_current());
+    }
+
+    #[test]
     fn handles_are_checked_for_null_and_type() {
         assert_eq!(call(std::ptr::null_mut(), std::ptr::null_mut(), false), KEEL_STATUS_NULL_ARGUMENT);
         let other = into_handle::<other_t>(1);
