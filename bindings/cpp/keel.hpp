@@ -2971,7 +2971,9 @@ class Node : public detail::Handle<keel_node_t, detail::close_node> {
   /// the peer or the peer refused this node: the message says why),
   /// Status::InvalidArgument (peer_id 0 or this node's own, an address that
   /// does not resolve), Status::Io (connect failed), Status::Timeout,
-  /// Status::Protocol, Status::Closed (the node is closing).
+  /// Status::Protocol, Status::Closed (the node is closing, or the peer
+  /// closed the connection before the handshake finished),
+  /// Status::Resource (out of descriptors or memory).
   Result<void> connect(uint64_t peer_id, const std::string& addr) const {
     const detail::NodeCall call(events_.get());
     if (call.closed() || !ptr_) return detail::empty_handle("keel::Node");
