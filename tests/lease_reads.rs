@@ -1,7 +1,8 @@
 //! A shard's reads at a consistency level through the Rust API
 //! (`Shard::configure_consensus`, `Shard::begin_read`): the default level,
-//! unconfigured shards, the once-only configuration, and the gate (with the
-//! host's read-index) forgotten when the shard closes.
+//! unconfigured shards, the once-only configuration, the gate (with the
+//! host's read-index) forgotten when the shard closes, and a poisoned
+//! shard that still takes the host's facts.
 
 mod common;
 
@@ -122,4 +123,50 @@ fn the_last_handle_dropped_inside_the_read_index_callback() {
     assert_eq!(Arc::strong_count(&calls), 1, "the shard's close let go of its callback");
     let reopened = Shard::open(dir.path(), opts()).unwrap_or_else(|e| panic!("the dropped shard was closed: {e}"));
     reopened.close().unwrap();
+}
+
+/// Panics the flush pass that starts once `armed` is set: a panic in the
+/// shard's background work poisons the shard.
+#[derive(Default)]
+struct PanicAtPass {
+    armed: std::sync::atomic::AtomicBool,
+}
+
+impl keel::shard::StepHook for PanicAtPass {
+    fn at(&self, step: keel::shard::Step) {
+        if step == keel::shard::Step::PassStart && self.armed.load(Ordering::Acquire) {
+            panic!("a flush pass panics");
+        }
+    }
+}
+
+/// A poisoned shard refuses writes but still serves reads, so it still
+/// takes the host's consensus facts: a step-down reported after the
+/// poisoning ends its leadership for reads (it used to be refused as
+/// POISONED, the gate keeping the old role and the reads going on).
+#[test]
+fn a_poisoned_shard_still_takes_the_hosts_consensus_facts() {
+    let dir = TempDir::new("lease-poisoned");
+    let hook = Arc::new(PanicAtPass::default());
+    let s = Shard::open(dir.path(), Options { steps: keel::shard::Steps::new(hook.clone()), ..opts() }).unwrap();
+    s.put(b"k", b"v").unwrap();
+    let calls = Arc::new(AtomicU64::new(0));
+    s.configure_consensus(consensus(&calls, Level::Linearizable)).unwrap();
+    let c = s.consensus().unwrap();
+    c.gate.set_voters(Voters { incoming: vec![1], outgoing: vec![] }).unwrap();
+    c.gate.set_role(Role::Leader, 3, None).unwrap();
+    c.gate.set_applied(7).unwrap();
+    assert_eq!(s.begin_read(None, None).map(|p| p.index), Ok(7));
+
+    hook.armed.store(true, Ordering::Release);
+    assert_eq!(s.flush(true).unwrap_err().status, KEEL_STATUS_PANIC);
+    assert_eq!(s.put(b"k2", b"w").unwrap_err().status, KEEL_STATUS_POISONED, "the panic poisoned the shard");
+    let c = s.consensus();
+    assert!(c.is_ok(), "a poisoned shard refused the host's consensus facts: {:?}", c.err());
+    c.unwrap().gate.set_role(Role::Follower, 4, Some(2)).unwrap();
+    let e = s.begin_read(None, None).unwrap_err();
+    assert_eq!((e.status, e.leader_hint), (KEEL_STATUS_NOT_LEADER, Some(2)), "the step-down reached the gate");
+    assert!(s.get(b"k").unwrap().is_some(), "a poisoned shard still serves reads");
+    let _ = s.close();
+    assert_eq!(s.consensus().err().map(|e| e.status), Some(KEEL_STATUS_CLOSED));
 }

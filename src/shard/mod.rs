@@ -306,11 +306,18 @@ impl Inner {
     }
 
     fn check_open(&self) -> Result<()> {
-        if self.closed.load(Ordering::Acquire) {
-            return Err(Error::new(KEEL_STATUS_CLOSED, "shard is closed"));
-        }
+        self.check_not_closed()?;
         if let Some(e) = self.poison.get() {
             return Err(Error::new(KEEL_STATUS_POISONED, format!("shard is poisoned: {}", e.message)));
+        }
+        Ok(())
+    }
+
+    /// What reads, and the consensus facts that decide them, check: a
+    /// poisoned shard still serves what it holds (its writes are refused).
+    fn check_not_closed(&self) -> Result<()> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(Error::new(KEEL_STATUS_CLOSED, "shard is closed"));
         }
         Ok(())
     }
@@ -1068,9 +1075,7 @@ impl Shard {
     }
 
     fn read<T>(&self, f: impl FnOnce(&Segments) -> Result<T>) -> Result<T> {
-        if self.inner.closed.load(Ordering::Acquire) {
-            return Err(Error::new(KEEL_STATUS_CLOSED, "shard is closed"));
-        }
+        self.inner.check_not_closed()?;
         f(&self.inner.segs.read())
     }
 

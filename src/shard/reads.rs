@@ -7,9 +7,7 @@
 use super::Shard;
 use crate::error::{Error, Result};
 use crate::lease::{LeaseGate, Level, ReadPermit};
-use crate::status::*;
 use parking_lot::RwLock;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -59,7 +57,7 @@ impl Shard {
         // here is one that close still finds and lets go of, never one
         // that outlives it with the host's callback.
         let mut slot = self.inner.reads.0.write();
-        self.inner.check_open()?;
+        self.inner.check_not_closed()?;
         if slot.is_some() {
             return Err(Error::invalid("consensus is already configured for this shard"));
         }
@@ -70,9 +68,10 @@ impl Shard {
     }
 
     /// The shard's gate, to feed it facts; INVALID_ARGUMENT before
-    /// `configure_consensus`.
+    /// `configure_consensus`. A poisoned shard takes them too: it still
+    /// serves reads, so a step-down must still end its lease.
     pub fn consensus(&self) -> Result<Arc<Consensus>> {
-        self.inner.check_open()?;
+        self.inner.check_not_closed()?;
         self.inner.reads.0.read().clone().ok_or_else(not_configured)
     }
 
@@ -83,9 +82,7 @@ impl Shard {
     /// TIMEOUT, the read-index callback's error, INVALID_ARGUMENT (lease or
     /// linearizable without consensus configured), CLOSED.
     pub fn begin_read(&self, level: Option<Level>, timeout: Option<Duration>) -> Result<ReadPermit> {
-        if self.inner.closed.load(Ordering::Acquire) {
-            return Err(Error::new(KEEL_STATUS_CLOSED, "shard is closed"));
-        }
+        self.inner.check_not_closed()?;
         let consensus = self.inner.reads.0.read().clone();
         match consensus {
             Some(c) => {
