@@ -2973,7 +2973,10 @@ keel_status_t keel_transfer_finish(const struct keel_transfer_t *t,
  * Errors: NULL_ARGUMENT, INVALID_ARGUMENT (not a live transfer, or not
  * done with a hand-over), NOT_FOUND (confirmed already: the shard is
  * gone, and a shard of that id made or received since is left alone),
- * IO (closing or removing the files failed).
+ * IO, NO_SPACE or RESOURCE (closing or removing the files failed), BUSY
+ * (another call of the host is opening or dropping that id in the
+ * engine), CLOSED (the engine was closed, which the host must not do
+ * while its node runs).
  */
 keel_status_t keel_transfer_confirm_hand_over(const struct keel_transfer_t *t,
                                               struct keel_error_t **err);

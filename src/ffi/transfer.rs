@@ -435,7 +435,10 @@ pub extern "C" fn keel_transfer_finish(t: *const keel_transfer_t, mode: u32, err
 /// Errors: NULL_ARGUMENT, INVALID_ARGUMENT (not a live transfer, or not
 /// done with a hand-over), NOT_FOUND (confirmed already: the shard is
 /// gone, and a shard of that id made or received since is left alone),
-/// IO (closing or removing the files failed).
+/// IO, NO_SPACE or RESOURCE (closing or removing the files failed), BUSY
+/// (another call of the host is opening or dropping that id in the
+/// engine), CLOSED (the engine was closed, which the host must not do
+/// while its node runs).
 #[no_mangle]
 pub extern "C" fn keel_transfer_confirm_hand_over(t: *const keel_transfer_t, err: *mut *mut keel_error_t) -> keel_status_t {
     ffi_boundary!(err, t, {
