@@ -564,6 +564,29 @@ fn empty_messages_hit_the_hard_cap(backend: BackendChoice) {
     net.close().unwrap();
 }
 
+/// R7: a marker takes a queue entry as an empty message does and is
+/// counted by the caps the same way (40 bytes), so markers queued behind
+/// a stopped reader hit the hard cap too. They were appended without any
+/// cap check: here 1,000 of them (40,000 bytes counted) went in under a
+/// 4 KiB hard cap, and a host marking a stalled connection grew without
+/// bound.
+fn markers_hit_the_hard_cap(backend: BackendChoice) {
+    let (net, events) = open_net(backend);
+    let (ours, _peer) = UnixStream::pair().unwrap();
+    let opts = WriterOptions { hard_cap_bytes: 4096, soft_cap_bytes: 0, ..Default::default() };
+    let w = net.adopt(ours.into_raw_fd(), &opts).unwrap();
+    // With `more` nothing is drained: every marker stays queued.
+    let refused = (0..1000).find_map(|i| w.mark(true).err().map(|e| (i, e)));
+    let (i, e) = refused.expect("1,000 markers queued under a 4 KiB hard cap");
+    assert_eq!(e.status, KEEL_STATUS_BUSY, "{e}");
+    assert_eq!(i, 4096 / 40, "refused at the first marker past the cap (40 bytes each)");
+    wait_for("the cut-off report", Duration::from_secs(5), || !events.lock().is_empty());
+    assert_eq!(events.lock()[0].1, KEEL_STATUS_BUSY);
+    assert_eq!(w.mark(false).unwrap_err().status, KEEL_STATUS_CLOSED);
+    drop(w);
+    net.close().unwrap();
+}
+
 /// R9, alike on both backends: a peer that resets a connection with
 /// nothing queued for it is noticed by the next send, which returns IO
 /// and is reported once. The sendmsg backend used to notice it from its
@@ -1046,6 +1069,7 @@ per_backend!(
     net_close_does_not_wait_for_idle_peers,
     an_empty_message_leaves_no_age,
     empty_messages_hit_the_hard_cap,
+    markers_hit_the_hard_cap,
     an_idle_peer_reset_is_noticed_by_the_next_send,
     publisher_totals_never_go_backwards,
     a_full_send_with_more_left_is_not_short,

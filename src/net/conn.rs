@@ -209,10 +209,22 @@ impl Conn {
         }
     }
 
+    /// R7: admits `add` more bytes (as `check_caps` counts them) or, past
+    /// a cap, kills the connection and returns the policy error; the
+    /// caller must see that the reactor reports it.
+    fn admit(&self, st: &mut ConnState, add: u64, at: Instant, net: &Shared) -> Result<()> {
+        match self.check_caps(st, add, at, net) {
+            Some(e) => {
+                self.kill(st, e.clone(), net);
+                Err(e)
+            }
+            None => Ok(()),
+        }
+    }
+
     /// Appends `pieces` (all or none) under the lock: one message made of
-    /// them all when `one_message`, else one message each. On a cap
-    /// violation the connection is killed and the policy error returned;
-    /// the caller must see that the reactor reports it.
+    /// them all when `one_message`, else one message each. Errors as
+    /// `admit`.
     pub(crate) fn append_locked(
         &self,
         st: &mut ConnState,
@@ -222,10 +234,7 @@ impl Conn {
         net: &Shared,
     ) -> Result<()> {
         let add: usize = pieces.iter().map(|p| p.len() + ITEM_COST).sum();
-        if let Some(e) = self.check_caps(st, add as u64, at, net) {
-            self.kill(st, e.clone(), net);
-            return Err(e);
-        }
+        self.admit(st, add as u64, at, net)?;
         let (q, small) = (&mut st.wire.queue, self.opts.copy_threshold);
         for (i, p) in pieces.iter().enumerate() {
             match (p, one_message && i > 0) {
@@ -238,6 +247,17 @@ impl Conn {
             }
         }
         st.wire.stats.items += if one_message { pieces.len().min(1) } else { pieces.len() } as u64;
+        Ok(())
+    }
+
+    /// Appends a marker under the lock. It takes a queue entry as an empty
+    /// message does, so the caps count it the same way (else markers
+    /// behind a stopped reader would grow the queue without bound).
+    /// Errors as `admit`.
+    fn append_marker_locked(&self, st: &mut ConnState, at: Instant, net: &Shared) -> Result<()> {
+        self.admit(st, ITEM_COST as u64, at, net)?;
+        st.wire.queue.push_control(Control::Marker);
+        st.wire.stats.control_items += 1;
         Ok(())
     }
 
@@ -258,25 +278,29 @@ impl Shared {
     /// Host side: append (see `Conn::append_locked`) and, unless `more`,
     /// drain (R1).
     pub(crate) fn append(&self, conn: &Arc<Conn>, pieces: &[Piece], one_message: bool, more: bool) -> Result<()> {
-        let mut st = conn.st.lock();
-        conn.check_open(&st, self)?;
-        if let Err(e) = conn.append_locked(&mut st, pieces, one_message, Instant::now(), self) {
-            drop(st);
-            self.cmd(Cmd::Report(conn.clone()));
-            return Err(e);
-        }
-        if more {
-            return Ok(());
-        }
-        self.kick(conn, st)
+        self.append_with(conn, more, |st, at| conn.append_locked(st, pieces, one_message, at, self))
     }
 
     /// Host side: a control item (a marker), then drain unless `more`.
     pub(crate) fn append_control(&self, conn: &Arc<Conn>, more: bool) -> Result<()> {
+        self.append_with(conn, more, |st, at| conn.append_marker_locked(st, at, self))
+    }
+
+    /// Runs `add` under the lock of an open connection; a connection it
+    /// cut off (caps) is handed to the reactor to report.
+    fn append_with(
+        &self,
+        conn: &Arc<Conn>,
+        more: bool,
+        add: impl FnOnce(&mut ConnState, Instant) -> Result<()>,
+    ) -> Result<()> {
         let mut st = conn.st.lock();
         conn.check_open(&st, self)?;
-        st.wire.queue.push_control(Control::Marker);
-        st.wire.stats.control_items += 1;
+        if let Err(e) = add(&mut st, Instant::now()) {
+            drop(st);
+            self.cmd(Cmd::Report(conn.clone()));
+            return Err(e);
+        }
         if more {
             return Ok(());
         }
@@ -435,6 +459,7 @@ impl Writer {
 
     /// Appends a marker, a control item that writes nothing (a fence:
     /// what was appended before it is flushed before the pass passes it).
+    /// The caps count it as an empty message (R7), with the same errors.
     pub fn mark(&self, more: bool) -> Result<()> {
         self.net.append_control(&self.conn, more)
     }
