@@ -169,6 +169,44 @@ fn a_stalled_writer_is_let_through_by_the_flush() {
     shard.close().unwrap();
 }
 
+/// The pass a stalled writer asked for runs while the write in its way
+/// is still queued at the gate (behind `under_gate`), so it frees nothing
+/// and the request is answered. That write, logged below half the bound,
+/// asks for no flush, and no interval pass comes: the stalled writer asks
+/// again, and goes through once that pass persists the write.
+#[test]
+fn a_stalled_writer_asks_again_for_a_write_logged_after_its_pass() {
+    let dir = TempDir::new("restart-ask-again");
+    let hook = Arc::new(HeldFlush::default());
+    hook.release();
+    let shard = Shard::open(dir.path(), options(&hook, MIB, Duration::from_secs(20))).unwrap();
+    let (first, stalled) = shard
+        .under_gate(|_| {
+            let put = |key: &'static [u8], kib: usize| {
+                let shard = shard.clone();
+                std::thread::spawn(move || shard.put(key, &vec![5u8; kib << 10]))
+            };
+            // Under half the bound, and past it with the second.
+            let first = put(b"first", 400);
+            while shard.queued_writes() == 0 {
+                std::thread::yield_now();
+            }
+            let stalled = put(b"stalled", 700);
+            while shard.stalled_writes() == 0 {
+                std::thread::yield_now();
+            }
+            // The pass it asked for (or one after it) is done.
+            assert_eq!(shard.flush(true).unwrap(), 0);
+            (first, stalled)
+        })
+        .unwrap();
+    assert_eq!(first.join().unwrap().unwrap(), 1);
+    assert_eq!(stalled.join().unwrap().unwrap(), 2, "the stalled writer was let through, not timed out");
+    assert_eq!(shard.stats().write_stalls, 1);
+    assert_eq!(value_of(&shard, b"stalled").len(), 700 << 10);
+    shard.close().unwrap();
+}
+
 #[test]
 fn a_write_past_the_bound_fails_with_closed_when_the_shard_closes() {
     let dir = TempDir::new("restart-close");

@@ -9,7 +9,11 @@
 //! for, and a writer whose batch would cross the bound waits, holding no
 //! lock the flush needs, until a flush acknowledges enough or the stall
 //! timeout ends (TIMEOUT). A batch larger than the bound is let in alone,
-//! when nothing else is unflushed.
+//! when nothing else is unflushed. The pass a writer asked for may have
+//! started before the writes in its way were applied, so the writes counted
+//! meanwhile ask for the next one: at once when a writer waits and none is
+//! asked for, or through a waiting writer when that pass's acknowledgement
+//! leaves them.
 //!
 //! Logged bytes are kept in marks of about `limit / 64` bytes, each with
 //! the largest version it holds; an acknowledgement at version P frees
@@ -18,7 +22,7 @@
 
 use crate::error::{Error, Result};
 use crate::status::{KEEL_STATUS_CLOSED, KEEL_STATUS_TIMEOUT};
-use parking_lot::{Condvar, Mutex};
+use parking_lot::{Condvar, Mutex, MutexGuard};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -61,6 +65,12 @@ struct State {
     acked: u64,
     /// The flush was asked for since the last acknowledgement.
     kicked: bool,
+    /// Bytes were counted since then: the pass asked for may have started
+    /// before they were applied, and its acknowledgement not cover them.
+    late: bool,
+    /// The last acknowledgement left such bytes: a waiting writer asks for
+    /// the next pass.
+    again: bool,
     closed: bool,
     /// Writers waiting now.
     waiting: usize,
@@ -101,9 +111,10 @@ impl Backlog {
 
     /// Reserves `bytes` for a write, waiting while they would take the
     /// unflushed WAL past the bound. `kick` asks for a flush; it is called
-    /// without the lock, once past half the bound and by every writer that
-    /// starts to wait. TIMEOUT after the stall timeout; CLOSED when the
-    /// shard closes meanwhile.
+    /// without the lock, once past half the bound, by every writer that
+    /// starts to wait, and by a waiting one after an acknowledgement that
+    /// left bytes counted during its pass. TIMEOUT after the stall timeout;
+    /// CLOSED when the shard closes meanwhile.
     pub fn admit(&self, bytes: u64, kick: impl Fn()) -> Result<Admitted<'_>> {
         let mut st = self.state.lock();
         if st.closed {
@@ -119,6 +130,11 @@ impl Backlog {
             st = self.state.lock();
             st.waiting += 1;
             while !fits(&st) && !st.closed {
+                if std::mem::take(&mut st.again) && !st.kicked {
+                    st.kicked = true;
+                    MutexGuard::unlocked(&mut st, &kick);
+                    continue;
+                }
                 if self.freed.wait_until(&mut st, deadline).timed_out() && !fits(&st) {
                     break;
                 }
@@ -171,8 +187,13 @@ impl Backlog {
             st.pending -= m.bytes;
             freed = true;
         }
+        // Bytes counted during the pass and left by it were applied after
+        // it started: the next pass frees them. Others it left, it could
+        // not persist, and asking again at once would only loop.
+        st.again = std::mem::take(&mut st.late) && !st.marks.is_empty();
+        let wake = freed || (st.again && st.waiting > 0);
         drop(st);
-        if freed {
+        if wake {
             self.freed.notify_all();
         }
     }
@@ -204,6 +225,7 @@ impl State {
         if version <= self.acked || bytes == 0 {
             return; // a flush already covers it
         }
+        self.late |= self.kicked;
         self.pending += bytes;
         match self.marks.back_mut() {
             Some(m) if m.bytes < mark_bytes => {
@@ -235,7 +257,9 @@ impl Admitted<'_> {
         // Acknowledged already (a pass covered it while it was in the
         // gate): its bytes left the count, room for a waiting writer.
         let freed = st.pending == before && st.waiting > 0;
-        let kick_now = !st.kicked && st.used() >= b.limit / 2;
+        // Counted after the acknowledgement that answered a waiting
+        // writer's request: no pass asked for will free them.
+        let kick_now = !st.kicked && (st.used() >= b.limit / 2 || (st.pending > before && st.waiting > 0));
         st.kicked |= kick_now;
         drop(st);
         if freed {
@@ -352,6 +376,54 @@ mod tests {
             panic!("the waiting writer slept on with nothing unflushed: {:?}", result.recv())
         });
         r.unwrap();
+    }
+
+    /// The pass a waiting writer asked for started before a write in its
+    /// way was applied: that write is counted during the pass (no new
+    /// request, one is pending), and the pass's acknowledgement frees the
+    /// bytes before it, if any, and clears the request. The waiting writer
+    /// asks again, and the pass it gets frees the room.
+    #[test]
+    fn a_waiting_writer_asks_again_for_bytes_its_pass_did_not_cover() {
+        for before in [0, 100] {
+            let b = Backlog::new(1000, Duration::from_secs(10), 0, None);
+            if before > 0 {
+                b.admit(before, || {}).unwrap().logged(1, || {});
+            }
+            let in_gate = Mutex::new(Some(b.admit(600, || {}).unwrap()));
+            let passes = AtomicUsize::new(0);
+            // A pass: persists what was applied when it started, while the
+            // write in the gate is applied and counted (the first pass only).
+            let pass = || {
+                let applied = 1 + passes.fetch_add(1, Ordering::Relaxed) as u64;
+                if let Some(w) = in_gate.lock().take() {
+                    w.logged(2, || panic!("a flush is asked for already"));
+                }
+                b.acked(applied);
+            };
+            b.admit(450, pass).unwrap().logged(3, || {});
+            assert_eq!(passes.load(Ordering::Relaxed), 2, "one pass more, for the write counted during the first");
+            assert_eq!(b.unflushed(), 450);
+        }
+    }
+
+    /// A pass that frees nothing, with nothing counted since it was asked
+    /// for, is not asked for again: a flush that cannot persist what is
+    /// unflushed is not run in a loop while a writer waits.
+    #[test]
+    fn a_pass_that_freed_nothing_new_is_not_asked_for_again() {
+        let b = Backlog::new(1000, Duration::from_millis(50), 0, None);
+        b.admit(600, || {}).unwrap().logged(1, || {});
+        // The pass asked for past half the bound could persist nothing,
+        // and later ones cannot either.
+        b.acked(0);
+        let passes = AtomicUsize::new(0);
+        let pass = || {
+            passes.fetch_add(1, Ordering::Relaxed);
+            b.acked(0);
+        };
+        assert_eq!(b.admit(450, pass).err().unwrap().status, KEEL_STATUS_TIMEOUT);
+        assert_eq!(passes.load(Ordering::Relaxed), 1);
     }
 
     /// The pass a writer asked for ran while a large write was in the gate;
