@@ -166,9 +166,12 @@ impl std::ops::Deref for Slice {
 
     fn deref(&self) -> &[u8] {
         debug_assert!(self.start as usize + self.len as usize <= self.chunk.cap);
-        // SAFETY: the range was written by `copy_into` before this slice
-        // existed and is never written again; the chunk lives as long as
-        // the Arc this slice holds.
+        // SAFETY: the range lies inside the chunk and its bytes are never
+        // written once this slice exists: copied in by `copy_into` before
+        // it was made, the whole of a Vec taken over (`From<Vec<u8>>`), or
+        // kept memory checked by `Kept::holds` (unchanged while its owner
+        // lives: `Kept::new`'s contract). The chunk, and the owner it
+        // holds, live as long as the Arc this slice holds.
         unsafe { std::slice::from_raw_parts(self.chunk.ptr.as_ptr().add(self.start as usize), self.len as usize) }
     }
 }
