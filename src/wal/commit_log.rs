@@ -97,7 +97,11 @@ fn decode(seq: u64, b: &[u8]) -> Result<Decoded> {
             while !c.bytes.is_empty() {
                 records.push(c.bytes().ok()?.to_vec());
             }
-            (first > 0 && !records.is_empty()).then_some(Decoded::Copy(id, Copied { first, records }))
+            // Versions first..first+n-1, every one a sequence number a
+            // WAL can hand out (below u64::MAX): a crafted copy whose
+            // range wrapped would otherwise be taken for one its member holds.
+            let fits = first.checked_add(records.len() as u64).is_some();
+            (first > 0 && !records.is_empty() && fits).then_some(Decoded::Copy(id, Copied { first, records }))
         })(),
         Ok(CHECKPOINT) => c.u64().ok().filter(|_| c.bytes.is_empty()).map(Decoded::Checkpoint),
         _ => None,
@@ -429,6 +433,21 @@ mod tests {
                 assert_eq!(c, Copied { first: 42, records: vec![b"ab".to_vec(), vec![], b"xyz".to_vec()] });
             }
             Decoded::Checkpoint(_) => panic!("a copy decoded as a checkpoint"),
+        }
+    }
+
+    /// A copy is malformed unless its versions are ones a WAL hands out:
+    /// from 1, none past u64::MAX − 1 (the restore adds them up).
+    #[test]
+    fn a_copy_whose_versions_would_wrap_is_malformed() {
+        for (first, n, ok) in [(u64::MAX - 2, 2, true), (u64::MAX - 1, 2, false), (u64::MAX, 1, false), (0, 1, false)] {
+            let mut out = Vec::new();
+            encode_copy(1, first, &vec![&b"r"[..]; n], &mut out);
+            let d = decode(9, &out);
+            assert_eq!(d.is_ok(), ok, "first {first}, {n} records: {:?}", d.err());
+            if let Err(e) = d {
+                assert_eq!(e.status, crate::status::KEEL_STATUS_CORRUPTION);
+            }
         }
     }
 
