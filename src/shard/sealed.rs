@@ -152,12 +152,21 @@ impl Sealed {
 
     /// The live entry for `key` (None when absent or deleted).
     pub fn get(&self, probe: &Probe) -> Result<Option<Entry>> {
-        // The data first: its Bloom filter rejects most keys for free.
-        let found = match &self.data {
-            Data::Table(t) => t.get(probe)?,
-            Data::Frozen(m) => m.get(probe.key).map(HeldEntry::to_owned_entry),
-        };
-        Ok(found.filter(|_| !self.deletions.lock().keys.contains_key(probe.key)))
+        let deleted = || self.deletions.lock().keys.contains_key(probe.key);
+        match &self.data {
+            // The filter first: it rejects most keys for free. Then the
+            // deletions, before the block: a key moved away is not read,
+            // so an append after a delete in one batch reads nothing the
+            // check before logging did not (a damaged block would fail it
+            // halfway through the batch).
+            Data::Table(t) => {
+                if !t.may_contain(probe.hash) || deleted() {
+                    return Ok(None);
+                }
+                t.get(probe)
+            }
+            Data::Frozen(m) => Ok(m.get(probe.key).map(HeldEntry::to_owned_entry).filter(|_| !deleted())),
+        }
     }
 
     /// Starts reading, in the background, what a search of the data for
