@@ -300,13 +300,27 @@ pub fn merge(inner: &Inner, ids: &[u64]) -> Result<()> {
     let merged = Merged::new(inputs.iter().map(|x| x.live_from(b"", bound)));
     let ident = inner.segs.read().ident(id);
     steps.at(Step::TableWrite(id));
-    let t = table::write(&*inner.fs, &path, merged, ids, ident)?;
-    steps.at(Step::TableSwap(id));
     // Deletions after `bound` are carried over unsaved: the merged
     // side-car holds none of them, so it is complete only up to `bound`.
     let persisted = inputs.iter().map(|x| x.persisted()).min().unwrap_or(0).min(bound);
-    let merged = Sealed::new(&inner.seg_dir, ident, Data::Table(t), persisted);
-    merged.write_side_car(&*inner.fs, steps)?;
+    let written = table::write(&*inner.fs, &path, merged, ids, ident).and_then(|t| {
+        steps.at(Step::TableSwap(id));
+        let merged = Sealed::new(&inner.seg_dir, ident, Data::Table(t), persisted);
+        merged.write_side_car(&*inner.fs, steps).map(|()| merged)
+    });
+    let merged = match written {
+        Ok(merged) => merged,
+        Err(e) => {
+            // No manifest will list this segment id (a retry takes another),
+            // so its files would hold their room until a reopen, which
+            // would not even remove them but move them aside as strangers.
+            // Best effort: a file left behind is only that.
+            for ext in [files::TABLE, files::DELETIONS] {
+                let _ = inner.fs.remove(&inner.seg_dir.join(files::name(id, ext)));
+            }
+            return Err(e);
+        }
+    };
     {
         let mut s = inner.segs.write();
         for x in &inputs {
