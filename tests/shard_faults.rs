@@ -495,6 +495,11 @@ fn seal_until_a_merge(shard: &Shard, lock: &Lockstep) {
     panic!("no merge came due");
 }
 
+/// The segment files in `seg_dir` with extension `ext`.
+fn count_files(seg_dir: &Path, ext: &str) -> u64 {
+    std::fs::read_dir(seg_dir).unwrap().filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().ends_with(&format!(".{ext}"))).count() as u64
+}
+
 /// The shard reopens with no file it cannot explain and every put of
 /// `seal_due` for `tags`.
 fn reopens_clean(dir: &Path, fs: Arc<dyn keel::fs::FileSystem>, tags: &[&str]) {
@@ -529,6 +534,63 @@ fn a_merge_that_fails_after_its_table_leaves_no_file_behind() {
     // The merge is retried (under another id) and succeeds.
     shard.flush(false).unwrap();
     lock.advance_until(400, |s| matches!(s, Step::RemoveReplaced(_)));
+    lock.release();
+    shard.close().unwrap();
+    reopens_clean(&tmp.path().join("shard"), fs, &["a", "b", "c"]);
+}
+
+/// A seal whose table and side-car are in place but whose manifest
+/// cannot be written (no room): the old log and state can go only once a
+/// manifest lists the table instead. The next job writes one, and must
+/// then remove them. Before the fix nothing did until a reopen.
+#[test]
+fn a_sealed_log_goes_once_a_later_manifest_lists_its_table() {
+    let tmp = common::TempDir::new("sealed-log-stays");
+    let lock = Arc::new(Lockstep::default());
+    let (shard, fs, fail) = shard_failing_creates(&tmp, "MANIFEST.tmp", &lock);
+    let _release = ReleaseOnDrop(lock.clone());
+    seal_due(&shard, "a");
+    let Step::TableSwap(sealed) = lock.advance_until(200, |s| matches!(s, Step::TableSwap(_))) else { unreachable!() };
+    lock.advance_until(50, |s| matches!(s, Step::SideCar(_)));
+    fail.store(true, std::sync::atomic::Ordering::SeqCst);
+    lock.advance_until(50, |s| s == Step::Idle);
+    fail.store(false, std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(shard.background_error().map(|e| e.status), Some(KEEL_STATUS_NO_SPACE));
+    shard.flush(false).unwrap();
+    lock.advance_until(200, |s| s == Step::Idle);
+    assert_eq!(shard.background_error(), None);
+    let seg_dir = tmp.path().join("shard/segments");
+    for ext in ["log", "state"] {
+        assert!(!seg_dir.join(format!("seg-{sealed:016}.{ext}")).exists(), "the sealed segment's {ext} file stayed");
+    }
+    lock.release();
+    shard.close().unwrap();
+    reopens_clean(&tmp.path().join("shard"), fs, &["a"]);
+}
+
+/// The same for a merge: the input tables and side-cars it replaced can
+/// go only once a manifest lists the merged table. Before the fix they
+/// stayed until a reopen: on a full disk a merge freed nothing however
+/// much room came back, and its new table only took more.
+#[test]
+fn a_merges_inputs_go_once_a_later_manifest_lists_the_merged_table() {
+    let tmp = common::TempDir::new("merge-inputs-stay");
+    let lock = Arc::new(Lockstep::default());
+    let (shard, fs, fail) = shard_failing_creates(&tmp, "MANIFEST.tmp", &lock);
+    let _release = ReleaseOnDrop(lock.clone());
+    seal_until_a_merge(&shard, &lock);
+    lock.advance_until(200, |s| matches!(s, Step::TableSwap(_)));
+    lock.advance_until(50, |s| matches!(s, Step::SideCar(_)));
+    fail.store(true, std::sync::atomic::Ordering::SeqCst);
+    lock.advance_until(50, |s| s == Step::Idle);
+    fail.store(false, std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(shard.background_error().map(|e| e.status), Some(KEEL_STATUS_NO_SPACE));
+    shard.flush(false).unwrap();
+    lock.advance_until(200, |s| s == Step::Idle);
+    assert_eq!(shard.background_error(), None);
+    let seg_dir = tmp.path().join("shard/segments");
+    let tables = shard.stats().sealed_segments;
+    assert_eq!((count_files(&seg_dir, "sst"), count_files(&seg_dir, "del")), (tables, tables), "files of replaced tables stayed");
     lock.release();
     shard.close().unwrap();
     reopens_clean(&tmp.path().join("shard"), fs, &["a", "b", "c"]);

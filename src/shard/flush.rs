@@ -13,6 +13,7 @@ use super::table;
 use super::{files, Inner};
 use crate::error::{Error, Result};
 use crate::status::KEEL_STATUS_PANIC;
+use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -146,8 +147,14 @@ fn acknowledge(inner: &Inner) -> Result<u64> {
 /// values in the WAL's mapping) appendable segment and merges small
 /// immutable ones.
 fn maintain(inner: &Inner, force: bool) -> Result<()> {
+    // Files a seal or merge left because its manifest failed go first,
+    // before another table takes more room.
+    let left = inner.replaced.lock().take();
+    if let Some(r) = left {
+        remove_replaced(inner, r)?;
+    }
     // A seal that failed earlier left a frozen segment (or a table without
-    // its side-car): finish it first.
+    // its side-car): finish it next.
     let frozen: Vec<Arc<Sealed>> = inner.segs.read().sealed.iter().filter(|s| s.listable().is_none()).cloned().collect();
     let mut changed = !frozen.is_empty();
     for f in frozen {
@@ -239,12 +246,35 @@ fn write_frozen(inner: &Inner, frozen: &Arc<Sealed>) -> Result<()> {
     table.write_side_car(&*inner.fs, steps)?;
     // The table holds everything the log did: once the manifest says so,
     // the log goes.
+    let old = [files::LOG, files::STATE].map(|ext| inner.seg_dir.join(files::name(frozen.id, ext)));
+    remove_replaced(inner, Replaced { by: frozen.id, files: old.into() })
+}
+
+/// The files of segments a new table (segment `by`) replaced.
+pub struct Replaced {
+    by: u64,
+    files: Vec<PathBuf>,
+}
+
+/// Removes `replaced` once a manifest lists the table that replaced them,
+/// not before (a reopen would read them). Until that is done they stay
+/// in the shard (`Inner::replaced`) for the next job's maintenance to
+/// finish before anything else: a manifest that failed (no room for it)
+/// must not leave them on disk, taking the room a merge was to free,
+/// until a reopen.
+fn remove_replaced(inner: &Inner, replaced: Replaced) -> Result<()> {
+    let mut left = inner.replaced.lock();
+    debug_assert!(left.is_none(), "a seal or merge runs only once the last one's files are gone");
+    let r = left.insert(replaced);
     inner.sync_manifest(None)?;
-    steps.at(Step::RemoveReplaced(frozen.id));
-    for ext in [files::LOG, files::STATE] {
-        files::remove(&*inner.fs, &inner.seg_dir.join(files::name(frozen.id, ext)))?;
+    inner.opts.steps.at(Step::RemoveReplaced(r.by));
+    while let Some(path) = r.files.last() {
+        files::remove(&*inner.fs, path)?;
+        r.files.pop();
     }
-    files::sync_dir(&*inner.fs, &inner.seg_dir)
+    files::sync_dir(&*inner.fs, &inner.seg_dir)?;
+    *left = None;
+    Ok(())
 }
 
 /// Hands the memory of a sealed map (many small allocations, freed at
@@ -333,12 +363,8 @@ pub fn merge(inner: &Inner, ids: &[u64]) -> Result<()> {
         let at = at.min(s.sealed.len());
         s.sealed.insert(at, Arc::new(merged));
     }
-    inner.sync_manifest(None)?;
-    steps.at(Step::RemoveReplaced(id));
-    for x in &inputs {
-        x.remove_files(&*inner.fs, &inner.seg_dir)?;
-    }
-    files::sync_dir(&*inner.fs, &inner.seg_dir)?;
+    let old = inputs.iter().flat_map(|x| x.files(&inner.seg_dir)).collect();
+    remove_replaced(inner, Replaced { by: id, files: old })?;
     pass(inner).map(|_| ())
 }
 

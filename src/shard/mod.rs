@@ -257,6 +257,10 @@ pub(crate) struct Inner {
     poison: OnceLock<Error>,
     /// The last failure of a background step (pass, seal, merge).
     last_error: Mutex<Option<flush::Failure>>,
+    /// Files a new table replaced that are still to be removed: the
+    /// manifest that stops listing them, or a removal, failed
+    /// (`flush::remove_replaced`).
+    replaced: Mutex<Option<flush::Replaced>>,
     /// The shard's place in its flush pool; None once closed.
     flusher: Mutex<Option<Membership>>,
     /// The manifest on disk (manifest.rs).
@@ -889,6 +893,7 @@ impl Shard {
             close_done: CloseDone::default(),
             poison: OnceLock::new(),
             last_error: Mutex::new(None),
+            replaced: Mutex::new(None),
             flusher: Mutex::new(None),
             manifest: manifest::Written::new(loaded.manifest, loaded.synced),
             report,

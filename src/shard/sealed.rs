@@ -350,9 +350,9 @@ impl Sealed {
         Box::new(all.filter(move |r| !matches!(r, Ok((k, _)) if deleted(k))))
     }
 
-    pub fn remove_files(&self, fs: &dyn FileSystem, dir: &Path) -> Result<()> {
-        files::remove(fs, &dir.join(files::name(self.id, files::TABLE)))?;
-        files::remove(fs, &self.del_path)
+    /// Its files in `dir`: the table and the side-car.
+    pub fn files(&self, dir: &Path) -> [PathBuf; 2] {
+        [dir.join(files::name(self.id, files::TABLE)), self.del_path.clone()]
     }
 }
 
