@@ -595,3 +595,31 @@ fn a_merges_inputs_go_once_a_later_manifest_lists_the_merged_table() {
     shard.close().unwrap();
     reopens_clean(&tmp.path().join("shard"), fs, &["a", "b", "c"]);
 }
+
+/// A seal whose fresh appendable segment cannot be created (its log is,
+/// its first state file is not: no room): the seal fails and is retried
+/// under the next segment id, so the half-made segment's files, which no
+/// manifest will list, must go at once. Before the fix its log stayed,
+/// and a reopen moved it aside and reported it as a file it could not
+/// explain.
+#[test]
+fn a_seal_whose_fresh_segment_fails_leaves_no_file_behind() {
+    let tmp = common::TempDir::new("seal-orphan");
+    let lock = Arc::new(Lockstep::default());
+    let (shard, fs, fail) = shard_failing_creates(&tmp, ".state.tmp", &lock);
+    let _release = ReleaseOnDrop(lock.clone());
+    seal_due(&shard, "a");
+    lock.advance_until(200, |s| s == Step::Seal);
+    fail.store(true, std::sync::atomic::Ordering::SeqCst);
+    lock.advance_until(50, |s| s == Step::Idle);
+    fail.store(false, std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(shard.background_error().map(|e| e.status), Some(KEEL_STATUS_NO_SPACE));
+    let seg_dir = tmp.path().join("shard/segments");
+    assert_eq!((count_files(&seg_dir, "log"), count_files(&seg_dir, "state")), (1, 1), "the half-made segment's files stayed");
+    // The seal is retried and succeeds.
+    shard.flush(false).unwrap();
+    lock.advance_until(200, |s| matches!(s, Step::RemoveReplaced(_)));
+    lock.release();
+    shard.close().unwrap();
+    reopens_clean(&tmp.path().join("shard"), fs, &["a"]);
+}

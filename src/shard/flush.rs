@@ -204,7 +204,10 @@ pub fn seal(inner: &Inner) -> Result<()> {
     // its table waits for, can be older: a record that only moved the
     // replicated state (an applied entry without operations) has no key.
     inner.wal_durable(start)?;
-    let mut fresh = Appendable::create(&inner.fs, &inner.seg_dir, ident, start)?;
+    let mut fresh = Appendable::create(&inner.fs, &inner.seg_dir, ident, start).inspect_err(|_| {
+        // Its log may be made, its state file too (a failed directory sync).
+        remove_unlisted(inner, ident.segment, &[files::LOG, files::STATE]);
+    })?;
     let frozen = {
         let mut s = inner.segs.write();
         // Empty, it is persisted up to any version; the next pass records
@@ -277,6 +280,17 @@ fn remove_replaced(inner: &Inner, replaced: Replaced) -> Result<()> {
     Ok(())
 }
 
+/// Removes the files `exts` of segment `id`, made by a seal or merge
+/// that failed: no manifest will list its id (a retry takes another), so
+/// they would hold their room until a reopen, which would not even
+/// remove them but move them aside as strangers. Best effort: a file
+/// left behind is only that.
+fn remove_unlisted(inner: &Inner, id: u64, exts: &[&str]) {
+    for ext in exts {
+        let _ = inner.fs.remove(&inner.seg_dir.join(files::name(id, ext)));
+    }
+}
+
 /// Hands the memory of a sealed map (many small allocations, freed at
 /// once) back to the system; glibc otherwise keeps most of it.
 fn release_freed_memory() {
@@ -341,13 +355,7 @@ pub fn merge(inner: &Inner, ids: &[u64]) -> Result<()> {
     let merged = match written {
         Ok(merged) => merged,
         Err(e) => {
-            // No manifest will list this segment id (a retry takes another),
-            // so its files would hold their room until a reopen, which
-            // would not even remove them but move them aside as strangers.
-            // Best effort: a file left behind is only that.
-            for ext in [files::TABLE, files::DELETIONS] {
-                let _ = inner.fs.remove(&inner.seg_dir.join(files::name(id, ext)));
-            }
+            remove_unlisted(inner, id, &[files::TABLE, files::DELETIONS]);
             return Err(e);
         }
     };
