@@ -456,14 +456,24 @@ fn health_clears_a_failed_pass_at_the_next_pass_and_a_failed_seal_at_the_next_se
 /// creates of files named `*<suffix>` fail with ENOSPC while the returned
 /// switch is on.
 fn shard_failing_creates(tmp: &common::TempDir, suffix: &'static str, lock: &Arc<Lockstep>) -> (Shard, Arc<dyn keel::fs::FileSystem>, Arc<std::sync::atomic::AtomicBool>) {
-    use common::hookfs::{Call, HookFs};
+    shard_failing(tmp, common::hookfs::Call::Create, libc::ENOSPC, suffix, lock)
+}
+
+/// `shard_failing_creates` for any `call`, failing with `errno`.
+fn shard_failing(
+    tmp: &common::TempDir,
+    failing: common::hookfs::Call,
+    errno: i32,
+    suffix: &'static str,
+    lock: &Arc<Lockstep>,
+) -> (Shard, Arc<dyn keel::fs::FileSystem>, Arc<std::sync::atomic::AtomicBool>) {
     let on = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let fs: Arc<dyn keel::fs::FileSystem> = {
         let on = on.clone();
-        HookFs::new(move |call, path| {
+        common::hookfs::HookFs::new(move |call, path| {
             let named = path.to_string_lossy().ends_with(suffix);
-            match call == Call::Create && named && on.load(std::sync::atomic::Ordering::SeqCst) {
-                true => Err(std::io::Error::from_raw_os_error(libc::ENOSPC)),
+            match call == failing && named && on.load(std::sync::atomic::Ordering::SeqCst) {
+                true => Err(std::io::Error::from_raw_os_error(errno)),
                 false => Ok(()),
             }
         })
@@ -622,4 +632,28 @@ fn a_seal_whose_fresh_segment_fails_leaves_no_file_behind() {
     lock.release();
     shard.close().unwrap();
     reopens_clean(&tmp.path().join("shard"), fs, &["a"]);
+}
+
+/// A merge whose table cannot be renamed into place (EIO): the merge
+/// fails, and its temporary file, which a retry (under another segment
+/// id) never writes again, must go with it. Before the fix a failed
+/// rename left the whole table under its temporary name until a reopen.
+#[test]
+fn a_table_that_cannot_be_renamed_leaves_no_temporary_file() {
+    let tmp = common::TempDir::new("table-rename");
+    let lock = Arc::new(Lockstep::default());
+    let (shard, fs, fail) = shard_failing(&tmp, common::hookfs::Call::Rename, libc::EIO, ".sst.tmp", &lock);
+    let _release = ReleaseOnDrop(lock.clone());
+    seal_until_a_merge(&shard, &lock);
+    fail.store(true, std::sync::atomic::Ordering::SeqCst);
+    lock.advance_until(200, |s| s == Step::Idle);
+    fail.store(false, std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(shard.background_error().map(|e| e.status), Some(KEEL_STATUS_IO));
+    let seg_dir = tmp.path().join("shard/segments");
+    assert_eq!(count_files(&seg_dir, "tmp"), 0, "the table's temporary file stayed");
+    shard.flush(false).unwrap();
+    lock.advance_until(400, |s| matches!(s, Step::RemoveReplaced(_)));
+    lock.release();
+    shard.close().unwrap();
+    reopens_clean(&tmp.path().join("shard"), fs, &["a", "b", "c"]);
 }

@@ -196,14 +196,15 @@ pub fn write<'e>(
     ident: Ident,
 ) -> Result<Table> {
     let tmp = crate::fs::tmp_path(path);
-    // A failed write (a damaged input block, a full disk) removes its
-    // temporary file: a merge retried takes a new segment id each time,
-    // so leftovers would pile up until the next open.
-    if let Err(e) = write_tmp(fs, &tmp, entries, replaced, ident) {
+    // A failed write (a damaged input block, a full disk) or rename
+    // removes its temporary file: a merge retried takes a new segment id
+    // each time, so leftovers would pile up until the next open.
+    let written = write_tmp(fs, &tmp, entries, replaced, ident)
+        .and_then(|()| fs.rename(&tmp, path).map_err(|e| Error::io(format!("renaming {}", tmp.display()), e)));
+    if let Err(e) = written {
         let _ = fs.remove(&tmp);
         return Err(e);
     }
-    fs.rename(&tmp, path).map_err(|e| Error::io(format!("renaming {}", tmp.display()), e))?;
     files::sync_dir(fs, path.parent().unwrap())?;
     Table::open(fs, path)
 }

@@ -1,7 +1,7 @@
 //! The real file system with a hook before the directory-level calls a
 //! test wants to stop or fail: `remove`, `remove_dir_all`, `open` (of an
-//! existing file), `create` and `exists`. The
-//! hook sees the call and the path, and may park the thread (a channel
+//! existing file), `create`, `rename` (with its source path) and
+//! `exists`. The hook sees the call and the path, and may park the thread (a channel
 //! the test controls) or answer an error instead of the real call.
 
 use keel::fs::{File, FileSystem, ReadMap, StdFs};
@@ -18,6 +18,7 @@ pub enum Call {
     Create,
     Exists,
     SyncDir,
+    Rename,
 }
 
 pub type Hook = Box<dyn Fn(Call, &Path) -> io::Result<()> + Send + Sync>;
@@ -49,6 +50,7 @@ impl FileSystem for HookFs {
         self.real.create(path)
     }
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        (self.hook)(Call::Rename, from)?;
         self.real.rename(from, to)
     }
     fn remove(&self, path: &Path) -> io::Result<()> {
