@@ -21,6 +21,10 @@ import (
 //
 // P is the handle's pointer type (cgo's C types are incomplete, so the
 // pointer itself is the type argument); its zero value is no handle.
+//
+// A nil *calls is a handle never opened: the field of a zero-value
+// struct (var s keel.Shard), whose methods then report ErrClosed as a
+// closed one's do instead of crashing.
 type calls[P comparable] struct {
 	mu       sync.Mutex
 	drained  sync.Cond // signalled when inflight drops to 0 while closing
@@ -42,6 +46,9 @@ func newCalls[P comparable](h P) *calls[P] {
 // handle is closed or closing; every other enter is paired with a leave.
 func (c *calls[P]) enter() P {
 	var none P
+	if c == nil {
+		return none
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.h == none || c.closing {
@@ -71,6 +78,9 @@ func (c *calls[P]) leave() {
 // first close may be waiting for.
 func (c *calls[P]) close(first func(P), wait bool) (h P, done func()) {
 	var none P
+	if c == nil {
+		return none, func() {}
+	}
 	c.mu.Lock()
 	if c.h == none || c.closing {
 		released := c.released

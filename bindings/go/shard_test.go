@@ -884,6 +884,65 @@ func TestShardMisuse(t *testing.T) {
 	wantClosed("DropShard after Engine.Close", e.DropShard(1))
 }
 
+// A zero-value Shard or Engine (never opened) answers like a closed one:
+// ErrClosed from every method, not a nil-pointer panic.
+func TestZeroValueShardAndEngineAreClosed(t *testing.T) {
+	wantClosed := func(what string, err error) {
+		t.Helper()
+		if !errors.Is(err, ErrClosed) {
+			t.Fatalf("%s = %v, want ErrClosed", what, err)
+		}
+	}
+	var s Shard
+	var b Batch
+	b.Put([]byte("k"), []byte("v"))
+	_, err := s.Put([]byte("k"), nil)
+	wantClosed("Shard{}.Put", err)
+	_, err = s.Delete([]byte("k"))
+	wantClosed("Shard{}.Delete", err)
+	_, err = s.Append([]byte("k"), nil)
+	wantClosed("Shard{}.Append", err)
+	_, _, err = s.Write(&b)
+	wantClosed("Shard{}.Write", err)
+	_, _, err = s.WriteFenced(&b, Fence{Token: 1})
+	wantClosed("Shard{}.WriteFenced", err)
+	_, err = s.Apply(1, &b, nil)
+	wantClosed("Shard{}.Apply", err)
+	_, err = s.AppliedIndex()
+	wantClosed("Shard{}.AppliedIndex", err)
+	_, err = s.Get([]byte("k"))
+	wantClosed("Shard{}.Get", err)
+	_, err = s.MultiGet([][]byte{[]byte("k")})
+	wantClosed("Shard{}.MultiGet", err)
+	_, err = s.Scan(nil, nil)
+	wantClosed("Shard{}.Scan", err)
+	_, err = s.ScanPrefix(nil)
+	wantClosed("Shard{}.ScanPrefix", err)
+	_, err = s.Flush(true)
+	wantClosed("Shard{}.Flush", err)
+	_, err = s.PersistedVersion()
+	wantClosed("Shard{}.PersistedVersion", err)
+	_, err = s.LastVersion()
+	wantClosed("Shard{}.LastVersion", err)
+	_, err = s.Stats()
+	wantClosed("Shard{}.Stats", err)
+	wantClosed("Shard{}.Health", s.Health())
+	_, err = s.SalvageReport()
+	wantClosed("Shard{}.SalvageReport", err)
+	wantClosed("Shard{}.SetKeepFrom", s.SetKeepFrom(1))
+	wantClosed("Shard{}.Close", s.Close())
+
+	var e Engine
+	_, err = e.OpenShard(1, true)
+	wantClosed("Engine{}.OpenShard", err)
+	wantClosed("Engine{}.DropShard", e.DropShard(1))
+	_, err = e.ListShards()
+	wantClosed("Engine{}.ListShards", err)
+	_, err = e.Stats()
+	wantClosed("Engine{}.Stats", err)
+	wantClosed("Engine{}.Close", e.Close())
+}
+
 func TestEngineShardsListDropBusy(t *testing.T) {
 	e, dir := openEngineT(t, "", fastOpts)
 	if ids, err := e.ListShards(); err != nil || len(ids) != 0 || ids == nil {
