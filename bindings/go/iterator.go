@@ -24,15 +24,18 @@ import "runtime"
 // ErrClosed. Close releases it (it is reported as a leak when garbage
 // collected still holding its copy of the range).
 type Iterator struct {
-	h      *C.keel_iter_t // nil once released (closed, or at the end)
-	closed bool           // Close was called
+	h *C.keel_iter_t // nil once released (closed, or at the end)
+	// opened: made by a scan. A zero-value Iterator was never opened and
+	// answers as a closed one, not as an empty range.
+	opened bool
+	closed bool // Close was called
 	key    []byte
 	val    Value
 	err    error
 }
 
 func newIterator(h *C.keel_iter_t) *Iterator {
-	it := &Iterator{h: h}
+	it := &Iterator{h: h, opened: true}
 	runtime.SetFinalizer(it, (*Iterator).reportLeak)
 	return it
 }
@@ -47,7 +50,7 @@ func (it *Iterator) reportLeak() {
 // false at the end of the range or on an error (see Err); the library's
 // copy of the range is released then, without waiting for Close.
 func (it *Iterator) Next() bool {
-	if it == nil || it.closed {
+	if it == nil || it.closed || !it.opened {
 		if it != nil && it.err == nil {
 			it.err = newError("Next", StatusClosed, "the iterator is closed")
 		}
@@ -101,7 +104,8 @@ func (it *Iterator) Value() Value {
 }
 
 // Err returns the error that stopped Next (one matching ErrClosed when the
-// shard or the iterator was closed), or nil at the end of the range.
+// shard or the iterator was closed, or the Iterator is a zero value that
+// no scan opened), or nil at the end of the range.
 func (it *Iterator) Err() error {
 	if it == nil {
 		return newError("Err", StatusInvalidArgument, "nil *Iterator")
@@ -112,7 +116,7 @@ func (it *Iterator) Err() error {
 // Close releases the iterator. A second Close returns an error matching
 // ErrClosed.
 func (it *Iterator) Close() error {
-	if it == nil || it.closed {
+	if it == nil || it.closed || !it.opened {
 		return newError("Close", StatusClosed, "the iterator is already closed")
 	}
 	it.closed = true

@@ -884,9 +884,9 @@ func TestShardMisuse(t *testing.T) {
 	wantClosed("DropShard after Engine.Close", e.DropShard(1))
 }
 
-// A zero-value Shard or Engine (never opened) answers like a closed one:
-// ErrClosed from every method, not a nil-pointer panic.
-func TestZeroValueShardAndEngineAreClosed(t *testing.T) {
+// A zero-value Shard, Engine or Iterator (never opened) answers like a
+// closed one: ErrClosed from every method, not a nil-pointer panic.
+func TestZeroValuesAreClosed(t *testing.T) {
 	wantClosed := func(what string, err error) {
 		t.Helper()
 		if !errors.Is(err, ErrClosed) {
@@ -941,6 +941,14 @@ func TestZeroValueShardAndEngineAreClosed(t *testing.T) {
 	_, err = e.Stats()
 	wantClosed("Engine{}.Stats", err)
 	wantClosed("Engine{}.Close", e.Close())
+
+	// Nor is a zero-value Iterator an empty range that ended cleanly.
+	var it Iterator
+	if it.Next() {
+		t.Fatal("Iterator{}.Next returned a key")
+	}
+	wantClosed("Iterator{}.Err after Next", it.Err())
+	wantClosed("Iterator{}.Close", it.Close())
 }
 
 func TestEngineShardsListDropBusy(t *testing.T) {
