@@ -8,8 +8,9 @@
 //!   holds (every i <= I, none above), in sync durability I is every
 //!   acknowledged entry, and re-applying entries 1..=I changes nothing (no
 //!   item twice in the list). `KEEL_APPLY_SEED=S` replays a seed.
-//! - refusals: a stale fence, an append to a value and a key past the
-//!   limit are refused, yet move the index; two shards applying the same
+//! - refusals: a stale fence, an append to a value, a key past the limit
+//!   and appends that together pass the list limit are refused, yet move
+//!   the index; two shards applying the same
 //!   entries end identical, and so does each after a reopen.
 //! - concurrent fenced writers: accepted tokens never go down in version
 //!   order, every refused token is below the final highest.
@@ -164,7 +165,16 @@ fn refusal_entries() -> Vec<TestEntry> {
         (8, vec![put("z", "1")], Some(fence("other", 1)), None),
         (9, vec![put("w", "1")], Some(fence("b", 9)), None),
         (10, vec![put("x", "late")], Some(fence("b", 5)), Some(KEEL_STATUS_FENCED)),
+        // Each append fits the list limit alone, not both (`list_limited`).
+        (11, vec![append("list", "b"), append("list", &"c".repeat(52))], None, Some(KEEL_STATUS_INVALID_ARGUMENT)),
+        (12, vec![append("list", "b")], None, None),
     ]
+}
+
+/// The refusal test's shards: a list of 64 encoded bytes at most ("a" and
+/// "b" take 5 each; 52 bytes take 56).
+fn list_limited() -> Options {
+    Options { max_list_size: 64, ..options(Durability::Sync) }
 }
 
 /// Keys, applied index, highest tokens of buckets "b" and "other".
@@ -178,7 +188,7 @@ fn state(s: &Shard) -> ReplicaState {
 #[test]
 fn a_refused_entry_moves_the_index_the_same_way_on_every_replica() {
     let dirs = [TempDir::new("apply-replica-a"), TempDir::new("apply-replica-b")];
-    let shards: Vec<Shard> = dirs.iter().map(|d| Shard::open(d.path(), options(Durability::Sync)).unwrap()).collect();
+    let shards: Vec<Shard> = dirs.iter().map(|d| Shard::open(d.path(), list_limited()).unwrap()).collect();
     for s in &shards {
         assert_eq!(s.apply(0, &[], None).unwrap_err().status, KEEL_STATUS_INVALID_ARGUMENT, "index 0 is none");
         for (index, ops, f, refused) in refusal_entries() {
@@ -208,14 +218,15 @@ fn a_refused_entry_moves_the_index_the_same_way_on_every_replica() {
     }
     let a = state(&shards[0]);
     assert_eq!(a, state(&shards[1]), "replicas applying the same entries agree");
-    assert_eq!((a.1, a.2, a.3), (10, Some(9), Some(1)));
+    assert_eq!((a.1, a.2, a.3), (12, Some(9), Some(1)));
+    assert_eq!(a.0[&b"list"[..]], Value::Posting(vec![b"a".to_vec(), b"b".to_vec()]));
     for (s, d) in shards.into_iter().zip(&dirs) {
         s.close().unwrap();
-        let s = Shard::open(d.path(), options(Durability::Sync)).unwrap();
+        let s = Shard::open(d.path(), list_limited()).unwrap();
         assert_eq!(state(&s), a, "a reopen replays the same state");
         s.flush(true).unwrap();
         s.close().unwrap();
-        let s = Shard::open(d.path(), options(Durability::Sync)).unwrap();
+        let s = Shard::open(d.path(), list_limited()).unwrap();
         assert_eq!(state(&s), a, "and so does one from the manifest");
         s.close().unwrap();
     }

@@ -9,7 +9,7 @@ use common::rng::Rng;
 use common::shard_model::{apply, Model};
 use common::lockstep::Lockstep;
 use common::TempDir;
-use keel::shard::{Entry, Op, Options, Shard, Steps, Value, MAX_KEY_SIZE};
+use keel::shard::{Entry, Op, Options, Shard, Steps, Value, MAX_KEY_SIZE, MAX_LIST_SIZE};
 use keel::status::*;
 use keel::wal::Durability;
 use std::sync::Arc;
@@ -79,6 +79,87 @@ fn a_batch_applies_whole_or_not_at_all() {
     assert_eq!(s.get(b"b").unwrap().unwrap().version, last);
     assert_eq!(s.write(&[]).unwrap_err().status, KEEL_STATUS_INVALID_ARGUMENT);
     s.close().unwrap();
+}
+
+/// A posting list grows to its limit of encoded bytes, exactly, and no
+/// further: an append past it, a batch whose appends together pass it and
+/// an applied entry that would are refused with INVALID_ARGUMENT before
+/// anything is logged (the entry logs its index alone), and a reopen finds
+/// the list as the accepted appends left it, its size known again. The
+/// limit is lowered (`Options::max_list_size`): the real one takes 1 GiB
+/// of appends; `MAX_LIST_SIZE` is held by the same code.
+#[test]
+fn a_posting_list_stops_at_its_limit_and_what_would_pass_it_logs_nothing() {
+    const LIMIT: usize = 1 << 20;
+    let dir = TempDir::new("list-limit");
+    let opts = || Options { max_list_size: LIMIT, seal_bytes: 64 << 20, ..small() };
+    assert!(Shard::open(dir.path(), Options { max_list_size: MAX_LIST_SIZE + 1, ..small() }).is_err());
+    let append = |item: &[u8]| Op::Append { key: b"list".to_vec(), item: item.to_vec() };
+    let refused = |r: keel::Result<u64>, list: usize, item: usize| {
+        let e = r.expect_err("past the limit");
+        assert_eq!(e.status, KEEL_STATUS_INVALID_ARGUMENT, "{e}");
+        for part in ["key \"list\"".to_string(), format!("list has {list} bytes"), format!("item of {item} bytes"), format!("limit of {LIMIT}")] {
+            assert!(e.message.contains(&part), "{part:?} in {e}");
+        }
+    };
+    let s = Shard::open(dir.path(), opts()).unwrap();
+    // 64 items of 16 KiB would pass the limit by 64 * 4 bytes (their
+    // lengths): the last one is shorter, and leaves 8 bytes of room.
+    let big = vec![7u8; LIMIT / 64];
+    for _ in 0..63 {
+        s.append(b"list", &big).unwrap();
+    }
+    let full = LIMIT - 8;
+    s.append(b"list", &big[..full - 64 * 4 - 63 * big.len()]).unwrap();
+    let last = s.last_version();
+    // Each append of a 1-byte item needs 5 bytes: one fits, two do not,
+    // and the batch fails whole (its other key included).
+    let batch = [Op::Append { key: b"other".to_vec(), item: b"x".to_vec() }, append(b"x"), append(b"x")];
+    refused(s.write(&batch).map(|(_, l)| l), full + 5, 1);
+    assert_eq!((s.last_version(), s.get(b"other").unwrap()), (last, None), "the refused batch logged nothing");
+    // An applied entry refused alike on every replica moves the index
+    // (its state record takes a version) and applies none of its
+    // operations.
+    let a = s.apply(1, &batch, None).unwrap();
+    assert_eq!((a.refused.map(|e| e.status), a.ops, a.applied_index), (Some(KEEL_STATUS_INVALID_ARGUMENT), None, 1));
+    assert_eq!((s.last_version(), s.get(b"other").unwrap()), (last + 1, None));
+    // The last 8 bytes: one item of 4.
+    s.append(b"list", b"abcd").unwrap();
+    let last = s.last_version();
+    refused(s.append(b"list", b""), LIMIT, 0);
+    assert_eq!(s.last_version(), last);
+    let check_reopened = |s: &Shard, what: &str| {
+        assert_eq!((s.last_version(), s.applied_index()), (last, 1), "{what}");
+        refused(s.append(b"list", b""), LIMIT, 0);
+        refused(s.write(&batch).map(|(_, l)| l), LIMIT, 1);
+        assert_eq!(s.last_version(), last, "{what}");
+        match s.get(b"list").unwrap().map(|e| e.value) {
+            Some(Value::Posting(items)) => {
+                assert_eq!(items.len(), 65, "{what}");
+                assert_eq!(items.iter().map(|i| i.len() + 4).sum::<usize>(), LIMIT, "{what}");
+                assert_eq!(items.last().unwrap(), b"abcd", "{what}");
+            }
+            other => panic!("{what}: the list is gone: {other:?}"),
+        }
+    };
+    // A copy taken while the shard is open is a crash: the list comes
+    // back from the WAL.
+    let crashed = TempDir::new("list-limit-crash");
+    common::copy_tree(dir.path(), crashed.path());
+    s.close().unwrap();
+    drop(s);
+    check_reopened(&Shard::open(crashed.path(), opts()).unwrap(), "replayed");
+    // From the appendable segment's log, then from a table: a list found
+    // in an immutable segment is summed where it is found.
+    let s = Shard::open(dir.path(), Options { seal_bytes: 8 << 10, ..opts() }).unwrap();
+    check_reopened(&s, "loaded");
+    // The first flush job seals after answering; the second answers
+    // after the first is done.
+    s.flush(true).unwrap();
+    s.flush(true).unwrap();
+    let st = s.stats();
+    assert_eq!((st.sealed_segments, st.appendable_keys), (1, 0), "{st:?}");
+    check_reopened(&s, "sealed");
 }
 
 #[test]

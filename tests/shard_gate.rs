@@ -11,6 +11,10 @@
 //!   key checks refuse (an append to a value, judged with the batches
 //!   before it in the group) gets WRONG_KIND and no version, its
 //!   neighbours get consecutive versions in queue order.
+//! - `a_group_counts_its_appends_against_the_list_limit`: likewise, a
+//!   batch that takes a posting list past its limit only with the appends
+//!   of the batches before it in the group gets INVALID_ARGUMENT, and a
+//!   refused batch's appends do not count for the ones after it.
 //! - `concurrent_writers_survive_kill9`: a child process runs writer
 //!   threads and reports every acknowledged batch; the parent kills it
 //!   with SIGKILL after a seeded number of acknowledgements, reopens, and
@@ -26,7 +30,7 @@ use common::rng::Rng;
 use common::shard_model::{apply, Model};
 use common::TempDir;
 use keel::shard::{Op, Options, Shard, Value};
-use keel::status::KEEL_STATUS_WRONG_KIND;
+use keel::status::{KEEL_STATUS_INVALID_ARGUMENT, KEEL_STATUS_WRONG_KIND};
 use keel::wal::Durability;
 use std::collections::HashMap;
 use std::os::unix::process::ExitStatusExt;
@@ -271,6 +275,49 @@ fn a_refused_batch_leaves_its_group_alone() {
     shard.close().unwrap();
     let shard = Shard::open(tmp.path(), options(Durability::Sync)).unwrap();
     assert!(scanned(&shard) == model, "replay gives the same state");
+    shard.close().unwrap();
+}
+
+#[test]
+fn a_group_counts_its_appends_against_the_list_limit() {
+    const LIMIT: usize = 4096;
+    let tmp = TempDir::new("shard-gate-list-limit");
+    let shard = Shard::open(tmp.path(), Options { max_list_size: LIMIT, ..options(Durability::Sync) }).unwrap();
+    let append = |item: &[u8]| Op::Append { key: b"list".to_vec(), item: item.to_vec() };
+    // 10 bytes of room: an item of n bytes takes n + 4.
+    let before = vec![append(&[0; LIMIT - 14])];
+    shard.write(&before).unwrap();
+    let batches = [
+        vec![append(b"a")],
+        vec![append(b"bc"), Op::Put { key: b"k".to_vec(), value: b"v".to_vec() }], // refused: a byte past the limit after the first
+        vec![append(b"d")],  // accepted: the refused batch took nothing
+        vec![append(b"")],   // refused: the list is full
+    ];
+    let refused = [false, true, false, true];
+    let mut writers = Vec::new();
+    shard
+        .under_gate(|_| {
+            for b in &batches {
+                writers.push(queue_write(&shard, b.clone()));
+            }
+        })
+        .unwrap();
+    let mut model = Model::new();
+    apply(&mut model, &before);
+    for ((w, b), refused) in writers.into_iter().zip(&batches).zip(refused) {
+        match w.join().unwrap() {
+            Err(e) => {
+                assert!(refused, "{b:?} failed: {e}");
+                assert_eq!(e.status, KEEL_STATUS_INVALID_ARGUMENT, "{e}");
+            }
+            Ok(_) => {
+                assert!(!refused, "{b:?} was accepted");
+                apply(&mut model, b);
+            }
+        }
+    }
+    assert_eq!(shard.last_version(), 3);
+    assert!(scanned(&shard) == model);
     shard.close().unwrap();
 }
 

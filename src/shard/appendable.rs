@@ -14,8 +14,8 @@
 
 use super::arena::{Arena, Slice};
 use super::staged::{Payload, Records};
-use super::entry::{decode_list, encode_list, Entry, HeldEntry, Value};
-use super::op::OpRef;
+use super::entry::{decode_list, encode_list, Entry, HeldEntry, Items, Value};
+use super::op::{check_append, wrong_kind, OpRef, MAX_LIST_SIZE};
 use super::files::{self, Cursor, Ident};
 use super::key::Key;
 use super::steps::{Step, Steps};
@@ -198,9 +198,9 @@ impl Appendable {
                 // Taken: each record is folded once.
                 live = match (std::mem::replace(&mut r.payload, Loaded::Tombstone), live) {
                     (Loaded::Value(v), _) => Some((r.version, Value::Bytes(v))),
-                    (Loaded::List(list), _) => Some((r.version, Value::Posting(decode_list(list)?))),
+                    (Loaded::List(list), _) => Some((r.version, Value::Posting(decode_list(list)?.into()))),
                     (Loaded::Item(item), Some((_, Value::Posting(mut items)))) => {
-                        items.push(item.to_vec());
+                        items.push(item);
                         Some((r.version, Value::Posting(items)))
                     }
                     (Loaded::Item(_), _) => return Err(bad("posting item for a key that holds no list")),
@@ -235,7 +235,7 @@ impl Appendable {
         self.weight += key.len() + e.value.weight();
         let value = match e.value {
             Value::Bytes(b) => Value::Bytes(b.into()),
-            Value::Posting(items) => Value::Posting(items),
+            Value::Posting(items) => Value::Posting(items.into()),
         };
         self.map.insert(Key::new(key), Entry { version: e.version, value });
     }
@@ -245,7 +245,7 @@ impl Appendable {
         let mut payload = Vec::new();
         encode_list(&items, &mut payload);
         self.record(version, REC_LIST, key, Payload::Bytes(&payload));
-        self.map.insert(Key::new(key), Entry { version, value: Value::Posting(items) });
+        self.map.insert(Key::new(key), Entry { version, value: Value::Posting(items.into()) });
     }
 
     /// Appends to a posting list that is already here.
@@ -253,7 +253,7 @@ impl Appendable {
         self.record(version, REC_ITEM, key, Payload::Bytes(item));
         match self.map.get_mut(key) {
             Some(Entry { version: v, value: Value::Posting(items) }) => {
-                items.push(item.to_vec());
+                items.push(item);
                 *v = version;
             }
             _ => unreachable!("push_item on a key without a posting list here"),
@@ -264,8 +264,9 @@ impl Appendable {
     /// search of the map. With `gate`, an operation not newer than the
     /// key's version is skipped (replay). `held`: a put's value kept in
     /// the mapped WAL by replay, taken instead of a copy. Returns whether
-    /// anything changed; `Err(())` for an append to a value.
-    pub fn apply_here(&mut self, op: OpRef, version: u64, gate: bool, held: Option<&Slice>) -> std::result::Result<bool, ()> {
+    /// anything changed. An append to a value, or one that would take its
+    /// list past `MAX_LIST_SIZE`, fails as `Segments::check` refuses it.
+    pub fn apply_here(&mut self, op: OpRef, version: u64, gate: bool, held: Option<&Slice>) -> Result<bool> {
         let key = op.key();
         let stale = |e: &HeldEntry| gate && e.version >= version;
         let slot = self.map.entry(Key::new(key));
@@ -295,14 +296,15 @@ impl Appendable {
             (OpRef::Delete { .. }, Slot::Vacant(_)) => return Ok(false),
             (OpRef::Append { item, .. }, Slot::Occupied(mut o)) => match &mut o.get_mut().value {
                 Value::Posting(items) => {
-                    items.push(item.to_vec());
+                    check_append(key, items.encoded_len(), item.len(), MAX_LIST_SIZE)?;
+                    items.push(item);
                     o.get_mut().version = version;
                     self.record(version, REC_ITEM, key, Payload::Bytes(item));
                 }
-                Value::Bytes(_) => return Err(()),
+                Value::Bytes(_) => return Err(wrong_kind(key)),
             },
             (OpRef::Append { item, .. }, Slot::Vacant(v)) => {
-                v.insert(Entry { version, value: Value::Posting(vec![item.to_vec()]) });
+                v.insert(Entry { version, value: Value::Posting(vec![item.to_vec()].into()) });
                 let mut list = Vec::with_capacity(item.len() + 4);
                 encode_list(&[item.to_vec()], &mut list);
                 self.record(version, REC_LIST, key, Payload::Bytes(&list));

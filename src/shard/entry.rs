@@ -11,16 +11,81 @@ pub enum Kind {
     Posting,
 }
 
-/// A key's data. `B` holds a value's bytes: owned (`Vec<u8>`, what
-/// reads hand out) or, in an in-memory map, a slice of the map's arena.
+/// A key's data. `B` holds a value's bytes, and its `List` a posting
+/// list's items: owned (`Vec<u8>`, `Vec<Vec<u8>>`: what reads hand out)
+/// or, in an in-memory map, a slice of the map's arena and a `HeldList`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Value<B = Vec<u8>> {
+pub enum Value<B: Holding = Vec<u8>> {
     Bytes(B),
     /// A posting list: items in the order they were appended.
-    Posting(Vec<Vec<u8>>),
+    Posting(B::List),
 }
 
-impl<B: AsRef<[u8]>> Value<B> {
+/// Where a `Value` keeps its data: a value's bytes in `Self`, a list's
+/// items in `List`. An associated type rather than a second parameter, so
+/// that `Value::Bytes(bytes)` needs no annotation.
+pub trait Holding: AsRef<[u8]> {
+    /// Bounded as an `Entry`'s derives need it.
+    type List: Items + Clone + std::fmt::Debug + Eq;
+}
+
+impl Holding for Vec<u8> {
+    type List = Vec<Vec<u8>>;
+}
+
+impl Holding for Slice {
+    type List = HeldList;
+}
+
+/// A posting list's items and the bytes of its encoding (`encode_list`).
+pub trait Items {
+    fn items(&self) -> &[Vec<u8>];
+    fn encoded_len(&self) -> usize;
+}
+
+impl Items for Vec<Vec<u8>> {
+    fn items(&self) -> &[Vec<u8>] {
+        self
+    }
+
+    fn encoded_len(&self) -> usize {
+        list_weight(self)
+    }
+}
+
+/// A posting list of an in-memory map, its encoded length kept as it
+/// grows: every append checks that length against `MAX_LIST_SIZE`, and a
+/// list of the appendable segment can hold millions of items.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeldList {
+    items: Vec<Vec<u8>>,
+    encoded_len: usize,
+}
+
+impl HeldList {
+    pub fn push(&mut self, item: &[u8]) {
+        self.encoded_len += item.len() + 4;
+        self.items.push(item.to_vec());
+    }
+}
+
+impl From<Vec<Vec<u8>>> for HeldList {
+    fn from(items: Vec<Vec<u8>>) -> HeldList {
+        HeldList { encoded_len: list_weight(&items), items }
+    }
+}
+
+impl Items for HeldList {
+    fn items(&self) -> &[Vec<u8>] {
+        &self.items
+    }
+
+    fn encoded_len(&self) -> usize {
+        self.encoded_len
+    }
+}
+
+impl<B: Holding> Value<B> {
     pub fn kind(&self) -> Kind {
         match self {
             Value::Bytes(_) => Kind::Value,
@@ -32,7 +97,7 @@ impl<B: AsRef<[u8]>> Value<B> {
     pub fn weight(&self) -> usize {
         match self {
             Value::Bytes(b) => b.as_ref().len(),
-            Value::Posting(items) => list_weight(items),
+            Value::Posting(items) => items.encoded_len(),
         }
     }
 }
@@ -45,7 +110,7 @@ fn list_weight(items: &[Vec<u8>]) -> usize {
 
 /// A key's data and the version that wrote it (the version gate of F6).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Entry<B = Vec<u8>> {
+pub struct Entry<B: Holding = Vec<u8>> {
     pub version: u64,
     pub value: Value<B>,
 }
@@ -54,7 +119,7 @@ pub struct Entry<B = Vec<u8>> {
 /// its value's bytes live in the map's arena.
 pub type HeldEntry = Entry<Slice>;
 
-impl<B: AsRef<[u8]>> Entry<B> {
+impl<B: Holding> Entry<B> {
     /// A copy that owns its bytes.
     pub fn to_owned_entry(&self) -> Entry {
         EntryRef::from(self).to_entry().expect("an entry in memory holds no encoded list to decode")
@@ -71,11 +136,11 @@ pub enum EntryRef<'a> {
     Items { version: u64, items: &'a [Vec<u8>] },
 }
 
-impl<'a, B: AsRef<[u8]>> From<&'a Entry<B>> for EntryRef<'a> {
+impl<'a, B: Holding> From<&'a Entry<B>> for EntryRef<'a> {
     fn from(e: &'a Entry<B>) -> EntryRef<'a> {
         match &e.value {
             Value::Bytes(b) => EntryRef::Stored { version: e.version, kind: Kind::Value, bytes: b.as_ref() },
-            Value::Posting(items) => EntryRef::Items { version: e.version, items },
+            Value::Posting(items) => EntryRef::Items { version: e.version, items: items.items() },
         }
     }
 }

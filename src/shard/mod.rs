@@ -36,7 +36,7 @@ mod table;
 mod transfer;
 
 pub use entry::{decode_list, encode_list, split_item, Entry, EntryRef, Kind, Value};
-pub use op::{check_key, Op, MAX_KEY_SIZE, MAX_VALUE_SIZE};
+pub use op::{check_key, Op, MAX_KEY_SIZE, MAX_LIST_SIZE, MAX_VALUE_SIZE};
 pub use pool::MAX_FLUSH_THREADS;
 pub use reads::Consensus;
 pub use recovery::RecoveryReport;
@@ -87,6 +87,12 @@ pub struct Options {
     /// many run boundaries.
     #[doc(hidden)]
     pub replay_run_bytes: usize,
+    /// Test-only: the encoded size past which an append to a posting list
+    /// is refused, `MAX_LIST_SIZE` (the default) at most, so that tests
+    /// reach it without gigabytes of appends. Replay holds lists to
+    /// `MAX_LIST_SIZE` whatever it is: a list up to that is a valid one.
+    #[doc(hidden)]
+    pub max_list_size: usize,
     /// Salvage open: missing or damaged segment files and a WAL that no
     /// longer reaches the segments are reported (`Shard::recovery_report`)
     /// instead of failing the open with CORRUPTION; the shard opens with
@@ -136,6 +142,7 @@ impl Default for Options {
             #[cfg(feature = "unordered-flush")]
             unordered_flush_seed: None,
             replay_run_bytes: 64 << 20,
+            max_list_size: MAX_LIST_SIZE,
             salvage: false,
             flush_threads: pool::default_flush_threads(),
             steps: Steps::default(),
@@ -163,6 +170,9 @@ impl Options {
         }
         if self.max_sealed < 1 {
             return Err(Error::invalid("max_sealed must be at least 1"));
+        }
+        if self.max_list_size > MAX_LIST_SIZE {
+            return Err(Error::invalid(format!("max_list_size {} is above {MAX_LIST_SIZE}", self.max_list_size)));
         }
         if !(1..=pool::MAX_FLUSH_THREADS).contains(&self.flush_threads) {
             return Err(Error::invalid(format!(
@@ -563,7 +573,7 @@ impl Inner {
             let refusal = match intent.refused.clone().or(fenced) {
                 Some(e) => Err(e),
                 None => match &segs {
-                    Some(s) => s.check(b.ops(), &mut earlier),
+                    Some(s) => s.check(b.ops(), &mut earlier, self.opts.max_list_size),
                     None => Ok(()),
                 },
             };

@@ -14,6 +14,13 @@ pub const MAX_KEY_SIZE: usize = 4096;
 /// Largest value or posting item a shard accepts, 16 MiB included
 /// (KEEL_SHARD_MAX_VALUE_SIZE in keel.h).
 pub const MAX_VALUE_SIZE: usize = 16 << 20;
+/// Largest posting list a shard makes, in bytes of its encoding
+/// (`encode_list`: each item and its u32 length), 1 GiB included
+/// (KEEL_SHARD_MAX_LIST_SIZE in keel.h). The formats hold a list's length
+/// in u32 fields (data-log records, table entries and blocks, transfer
+/// entries): with the largest key and their headers, a list of this size
+/// needs about a quarter of what they hold (docs/STORAGE.md, "Data model").
+pub const MAX_LIST_SIZE: usize = 1 << 30;
 /// Bytes a record adds to its key and value: `[u8 op][u32 key length]`.
 const RECORD_HEADER: usize = 5;
 /// Bytes a WAL batch frame adds per record (its length).
@@ -198,6 +205,29 @@ pub fn check_frame(ops: &[OpRef], state_len: u64, record_limit: u64) -> Result<(
         "{what} needs a WAL record of {need} bytes; this shard's WAL takes at most {record_limit} \
          (set by wal_segment_size)"
     )))
+}
+
+/// An append to a key that holds a value.
+pub(super) fn wrong_kind(key: &[u8]) -> Error {
+    Error::new(
+        crate::status::KEEL_STATUS_WRONG_KIND,
+        format!("key {:?} holds a value; append needs a posting list or an absent key", String::from_utf8_lossy(key)),
+    )
+}
+
+/// The encoded length of a posting list of `list` encoded bytes once
+/// `item` is appended to it; INVALID_ARGUMENT past `limit` bytes
+/// (`MAX_LIST_SIZE` but in tests).
+pub(super) fn check_append(key: &[u8], list: usize, item: usize, limit: usize) -> Result<usize> {
+    let after = list + 4 + item;
+    if after > limit {
+        return Err(Error::invalid(format!(
+            "appending a posting item of {item} bytes to key {:?}, whose posting list has {list} bytes, would take \
+             the list to {after} bytes, past the limit of {limit} bytes",
+            String::from_utf8_lossy(key)
+        )));
+    }
+    Ok(after)
 }
 
 pub fn check_key(key: &[u8]) -> Result<()> {

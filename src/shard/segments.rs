@@ -11,18 +11,35 @@
 use super::appendable::Appendable;
 use super::arena::Slice;
 use super::bloom::Probe;
-use super::entry::{Entry, Kind, Value};
+use super::entry::{Entry, Holding, Items, Value};
 use super::merging::{held_from, Merged};
-use super::op::OpRef;
+use super::op::{check_append, wrong_kind, OpRef, MAX_LIST_SIZE};
 use super::sealed::Sealed;
 use crate::error::{Error, Result};
-use crate::status::KEEL_STATUS_WRONG_KIND;
+use crate::status::{KEEL_STATUS_INVALID_ARGUMENT, KEEL_STATUS_WRONG_KIND};
 use std::collections::HashMap;
 use std::sync::Arc;
 
-/// The kind each key is left with by the batches checked so far in a
+/// What a key holds, as far as an append cares.
+#[derive(Clone, Copy)]
+pub enum Holds {
+    Value,
+    /// A posting list of this many encoded bytes.
+    List(usize),
+}
+
+impl Holds {
+    fn of<B: Holding>(value: &Value<B>) -> Holds {
+        match value {
+            Value::Bytes(_) => Holds::Value,
+            Value::Posting(items) => Holds::List(items.encoded_len()),
+        }
+    }
+}
+
+/// What each key is left holding by the batches checked so far in a
 /// group (None: deleted).
-pub type Overlay<'a> = HashMap<&'a [u8], Option<Kind>>;
+pub type Overlay<'a> = HashMap<&'a [u8], Option<Holds>>;
 
 /// `Segments::replay` candidates: every immutable segment may hold the key.
 pub const ALL_SEALED: u64 = u64::MAX;
@@ -44,11 +61,11 @@ enum Place {
     Sealed(usize),
 }
 
-fn wrong_kind(key: &[u8]) -> Error {
-    Error::new(
-        KEEL_STATUS_WRONG_KIND,
-        format!("key {:?} holds a value; append needs a posting list or an absent key", String::from_utf8_lossy(key)),
-    )
+/// A WAL operation that `Segments::check` would have refused: a log keel
+/// wrote holds none (it checks writes before it logs them), a damaged or
+/// foreign one, or one written before a limit existed, can.
+fn unwritable(version: u64, e: Error) -> Error {
+    Error::corruption(format!("WAL operation {version} is one no write can make: {}", e.message))
 }
 
 impl Segments {
@@ -66,39 +83,45 @@ impl Segments {
         Ok(None)
     }
 
-    /// Version and kind of the live copy, without copying posting lists
-    /// held in memory.
-    fn peek(&self, key: &[u8]) -> Result<Option<(u64, Kind)>> {
+    /// What the live copy holds, without copying posting lists held in
+    /// memory (whose encoded length is kept with them). A list found in an
+    /// immutable segment is decoded whole by the search, so summing it
+    /// costs nothing more.
+    fn peek(&self, key: &[u8]) -> Result<Option<Holds>> {
         if let Some(e) = self.appendable.map.get(key) {
-            return Ok(Some((e.version, e.value.kind())));
+            return Ok(Some(Holds::of(&e.value)));
         }
-        Ok(self.locate(key)?.map(|(_, e)| (e.version, e.value.kind())))
+        Ok(self.locate(key)?.map(|(_, e)| Holds::of(&e.value)))
     }
 
     pub fn get(&self, key: &[u8]) -> Result<Option<Entry>> {
         Ok(self.locate(key)?.map(|(_, e)| e))
     }
 
-    /// Rejects a batch that would append to a value, before it reaches
-    /// the WAL (so replay never meets it). Earlier operations of the batch
-    /// count, and so do the batches of the same group before it, whose
-    /// effects `earlier` holds; a batch that passes adds its own.
-    pub fn check<'a>(&self, ops: impl IntoIterator<Item = OpRef<'a>>, earlier: &mut Overlay<'a>) -> Result<()> {
+    /// Rejects a batch that would append to a value (WRONG_KIND) or take a
+    /// posting list past `max_list` bytes (`Options::max_list_size`;
+    /// INVALID_ARGUMENT), before it reaches the WAL (so replay never meets
+    /// it). Earlier operations of the batch count, and so do the batches of
+    /// the same group before it, whose effects `earlier` holds; a batch
+    /// that passes adds its own.
+    pub fn check<'a>(&self, ops: impl IntoIterator<Item = OpRef<'a>>, earlier: &mut Overlay<'a>, max_list: usize) -> Result<()> {
         let mut batch: Overlay<'a> = HashMap::new();
         for op in ops {
             let key = op.key();
             let after = match op {
-                OpRef::Put { .. } => Some(Kind::Value),
+                OpRef::Put { .. } => Some(Holds::Value),
                 OpRef::Delete { .. } => None,
-                OpRef::Append { .. } => {
+                OpRef::Append { item, .. } => {
                     let now = match batch.get(key).or_else(|| earlier.get(key)) {
-                        Some(k) => *k,
-                        None => self.peek(key)?.map(|(_, k)| k),
+                        Some(h) => *h,
+                        None => self.peek(key)?,
                     };
-                    if now == Some(Kind::Value) {
-                        return Err(wrong_kind(key));
-                    }
-                    Some(Kind::Posting)
+                    let list = match now {
+                        Some(Holds::Value) => return Err(wrong_kind(key)),
+                        Some(Holds::List(len)) => len,
+                        None => 0,
+                    };
+                    Some(Holds::List(check_append(key, list, item.len(), max_list)?))
                 }
             };
             batch.insert(key, after);
@@ -128,7 +151,7 @@ impl Segments {
             if let Some((i, e)) = self.locate_sealed(key)? {
                 return self.apply_at(op, version, Some((Place::Sealed(i), Some(e))));
             }
-            return self.appendable.apply_here(op, version, false, None).map(|_| ()).map_err(|()| wrong_kind(key));
+            return self.appendable.apply_here(op, version, false, None).map(|_| ());
         }
         // A put or a delete ends whatever copy there is: the appendable
         // segment applies it whether it held the key or not, and every
@@ -140,7 +163,7 @@ impl Segments {
         for s in &self.sealed {
             s.prefetch(&probe);
         }
-        self.appendable.apply_here(op, version, false, None).map_err(|()| wrong_kind(key))?;
+        self.appendable.apply_here(op, version, false, None)?;
         for s in &self.sealed {
             s.move_out(&probe, version);
         }
@@ -164,11 +187,15 @@ impl Segments {
                 None => {}
             },
             OpRef::Append { item, .. } => match place {
-                Some((Place::Appendable, _)) => match self.appendable.map[key].value {
-                    Value::Posting(_) => self.appendable.push_item(key, item, version),
+                Some((Place::Appendable, _)) => match &self.appendable.map[key].value {
+                    Value::Posting(items) => {
+                        check_append(key, items.encoded_len(), item.len(), MAX_LIST_SIZE)?;
+                        self.appendable.push_item(key, item, version)
+                    }
                     Value::Bytes(_) => return Err(wrong_kind(key)),
                 },
                 Some((Place::Sealed(i), Some(Entry { value: Value::Posting(mut items), .. }))) => {
+                    check_append(key, items.encoded_len(), item.len(), MAX_LIST_SIZE)?;
                     items.push(item.to_vec());
                     self.sealed[i].mark_deleted(key, version);
                     self.appendable.put_list(key, items, version);
@@ -224,9 +251,7 @@ impl Segments {
         if copies.is_empty() {
             // The common case: the key can only be in the appendable
             // segment; gate and apply with one search.
-            return self.appendable.apply_here(op, version, true, held).map_err(|()| {
-                Error::corruption(format!("WAL operation {version} appends to a value: {}", wrong_kind(key).message))
-            });
+            return self.appendable.apply_here(op, version, true, held).map_err(|e| unwritable(version, e));
         }
         if let Some(e) = self.appendable.map.get(key) {
             copies.push((Place::Appendable, e.version, None));
@@ -250,11 +275,7 @@ impl Segments {
             return Ok(deduplicated); // deleting what is not there
         }
         match self.apply_at(op, version, live.map(|(p, _, e)| (p, e))).map(|()| true) {
-            // Cannot happen for a log written by keel (writes are checked
-            // before they are logged); a damaged or foreign log can.
-            Err(e) if e.status == KEEL_STATUS_WRONG_KIND => {
-                Err(Error::corruption(format!("WAL operation {version} appends to a value: {}", e.message)))
-            }
+            Err(e) if [KEEL_STATUS_WRONG_KIND, KEEL_STATUS_INVALID_ARGUMENT].contains(&e.status) => Err(unwritable(version, e)),
             other => other,
         }
     }

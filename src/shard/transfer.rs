@@ -317,7 +317,7 @@ impl Shard {
             let mut earlier = Overlay::new();
             for (i, record) in decoded.iter().enumerate() {
                 let checked = match record {
-                    Record::Op(op) => op.check().and_then(|()| segs.check([*op], &mut earlier)),
+                    Record::Op(op) => op.check().and_then(|()| segs.check([*op], &mut earlier, inner.opts.max_list_size)),
                     Record::State(change) => change.fence.as_ref().map_or(Ok(()), |f| super::check_bucket(&f.bucket)),
                 };
                 checked.map_err(|e| {
