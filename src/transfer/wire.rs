@@ -8,7 +8,7 @@
 
 use crate::error::{Error, Result};
 use crate::shard::files::{put_bytes, Cursor};
-use crate::shard::{check_key, decode_list, split_item, Entry, EntryRef, Kind, Value, MAX_VALUE_SIZE};
+use crate::shard::{check_key, decode_list, split_item, Entry, EntryRef, Kind, Value, MAX_LIST_SIZE, MAX_VALUE_SIZE};
 use crate::status::*;
 
 /// Source → receiver: asks to send a shard. Body: `[u32 shard id][u8 method]`.
@@ -153,7 +153,7 @@ pub const ENTRY_OVERHEAD: usize = 4 + 8 + 1 + 4;
 
 /// Checks an ENTRIES body whole without copying it (lengths, kinds,
 /// posting list encodings), and what a local write would refuse or the
-/// snapshot cannot hold: a key, a value or a posting item past its limit,
+/// snapshot cannot hold: a key, a value, a posting list or item past its limit,
 /// a version past the snapshot's `base` (which no WAL record of the shard
 /// covers, so its seal would wait for a durable version that never
 /// comes). What `entries` will then decode and install cannot fail.
@@ -169,6 +169,9 @@ pub fn check_entries(body: &[u8], base: u64) -> Result<usize> {
                 Err(Error::invalid(format!("a value of {} bytes exceeds the limit of {MAX_VALUE_SIZE}", bytes.len())))
             }
             Kind::Value => Ok(()),
+            Kind::Posting if bytes.len() > MAX_LIST_SIZE => {
+                Err(Error::invalid(format!("a posting list of {} bytes exceeds the limit of {MAX_LIST_SIZE}", bytes.len())))
+            }
             Kind::Posting => check_list(bytes),
         }
     })
