@@ -235,6 +235,14 @@
 #define KEEL_SHARD_MAX_VALUE_SIZE (16 << 20)
 
 /**
+ * Largest posting list a shard makes, in bytes of its encoding (each
+ * item and its 4-byte length, as keel_shard_get() hands it out; 1 GiB,
+ * included): an append that would take a list past it is
+ * INVALID_ARGUMENT, and the list stays as it was.
+ */
+#define KEEL_SHARD_MAX_LIST_SIZE (1 << 30)
+
+/**
  * Kind reported for a key that does not exist (keel_shard_multi_get()).
  */
 #define KEEL_KIND_NONE 0
@@ -688,9 +696,9 @@ typedef struct keel_apply_result_t {
    * KEEL_STATUS_OK when the entry's operations took effect (or it had
    * none); otherwise why they were refused, the same on every replica:
    * FENCED (a stale fence), WRONG_KIND (an append to a value) or
-   * INVALID_ARGUMENT (a key, value or bucket past the limits). The
-   * index moved either way: answer the entry's client with it, never
-   * apply the entry again.
+   * INVALID_ARGUMENT (a key, value, posting list or bucket past the
+   * limits). The index moved either way: answer the entry's client with
+   * it, never apply the entry again.
    */
   keel_status_t status;
   /**
@@ -1999,9 +2007,9 @@ keel_status_t keel_shard_write_packed_ex(const struct keel_shard_t *shard,
  * - an index at or below the applied index: OK, result->duplicate = 1,
  *   nothing done (a restarted host may hand entries over again);
  * - operations refused the same way on every replica (FENCED,
- *   WRONG_KIND, INVALID_ARGUMENT for a key, value or bucket past the
- *   limits): OK with result->status the refusal; the index moved and no
- *   operation took effect;
+ *   WRONG_KIND, INVALID_ARGUMENT for a key, value, posting list or
+ *   bucket past the limits): OK with result->status the refusal; the
+ *   index moved and no operation took effect;
  * - otherwise OK with result->status OK.
  *
  * A non-OK return means the index did not move durably. The batch is left
@@ -2563,7 +2571,8 @@ keel_status_t keel_shard_delete(const struct keel_shard_t *shard,
 /**
  * Appends `item` to the posting list of `key`, creating the list when
  * the key is absent. Errors: as keel_shard_put(), plus WRONG_KIND when
- * the key holds a value (nothing is written).
+ * the key holds a value and INVALID_ARGUMENT when the item would take the
+ * list past KEEL_SHARD_MAX_LIST_SIZE (nothing is written).
  */
 keel_status_t keel_shard_append(const struct keel_shard_t *shard,
                                 const uint8_t *key,
@@ -2578,8 +2587,9 @@ keel_status_t keel_shard_append(const struct keel_shard_t *shard,
  * all of them or none. They get consecutive versions, the first and last
  * written to `*first_version` / `*last_version` (each may be NULL). The
  * batch is left as it was (clear it to reuse it).
- * Errors: as keel_shard_append() (WRONG_KIND fails the whole batch;
- * earlier operations of the batch count), INVALID_ARGUMENT (empty batch).
+ * Errors: as keel_shard_append() (WRONG_KIND, or INVALID_ARGUMENT for a
+ * list past KEEL_SHARD_MAX_LIST_SIZE, fails the whole batch; earlier
+ * operations of the batch count), INVALID_ARGUMENT (empty batch).
  */
 keel_status_t keel_shard_write(const struct keel_shard_t *shard,
                                const struct keel_batch_t *batch,

@@ -81,9 +81,9 @@ pub struct keel_apply_result_t {
     /// KEEL_STATUS_OK when the entry's operations took effect (or it had
     /// none); otherwise why they were refused, the same on every replica:
     /// FENCED (a stale fence), WRONG_KIND (an append to a value) or
-    /// INVALID_ARGUMENT (a key, value or bucket past the limits). The
-    /// index moved either way: answer the entry's client with it, never
-    /// apply the entry again.
+    /// INVALID_ARGUMENT (a key, value, posting list or bucket past the
+    /// limits). The index moved either way: answer the entry's client with
+    /// it, never apply the entry again.
     pub status: keel_status_t,
     /// 1 when the index was at or below the applied index: nothing was
     /// done (the other fields describe nothing new); 0 otherwise.
@@ -188,9 +188,9 @@ pub(crate) fn write_ex(s: &crate::shard::Shard, ops: &[Op], opts: *const keel_wr
 /// - an index at or below the applied index: OK, result->duplicate = 1,
 ///   nothing done (a restarted host may hand entries over again);
 /// - operations refused the same way on every replica (FENCED,
-///   WRONG_KIND, INVALID_ARGUMENT for a key, value or bucket past the
-///   limits): OK with result->status the refusal; the index moved and no
-///   operation took effect;
+///   WRONG_KIND, INVALID_ARGUMENT for a key, value, posting list or
+///   bucket past the limits): OK with result->status the refusal; the
+///   index moved and no operation took effect;
 /// - otherwise OK with result->status OK.
 ///
 /// A non-OK return means the index did not move durably. The batch is left

@@ -70,6 +70,12 @@ const _: () = assert!(KEEL_SHARD_MAX_KEY_SIZE == crate::shard::MAX_KEY_SIZE);
 /// value and 5 bytes; 4 more per operation in a batch).
 pub const KEEL_SHARD_MAX_VALUE_SIZE: usize = 16 << 20;
 const _: () = assert!(KEEL_SHARD_MAX_VALUE_SIZE == crate::shard::MAX_VALUE_SIZE);
+/// Largest posting list a shard makes, in bytes of its encoding (each
+/// item and its 4-byte length, as keel_shard_get() hands it out; 1 GiB,
+/// included): an append that would take a list past it is
+/// INVALID_ARGUMENT, and the list stays as it was.
+pub const KEEL_SHARD_MAX_LIST_SIZE: usize = 1 << 30;
+const _: () = assert!(KEEL_SHARD_MAX_LIST_SIZE == crate::shard::MAX_LIST_SIZE);
 
 /// Kind reported for a key that does not exist (keel_shard_multi_get()).
 pub const KEEL_KIND_NONE: u32 = 0;
@@ -203,7 +209,8 @@ pub extern "C" fn keel_shard_delete(
 
 /// Appends `item` to the posting list of `key`, creating the list when
 /// the key is absent. Errors: as keel_shard_put(), plus WRONG_KIND when
-/// the key holds a value (nothing is written).
+/// the key holds a value and INVALID_ARGUMENT when the item would take the
+/// list past KEEL_SHARD_MAX_LIST_SIZE (nothing is written).
 #[no_mangle]
 pub extern "C" fn keel_shard_append(
     shard: *const keel_shard_t,
@@ -226,8 +233,9 @@ pub extern "C" fn keel_shard_append(
 /// all of them or none. They get consecutive versions, the first and last
 /// written to `*first_version` / `*last_version` (each may be NULL). The
 /// batch is left as it was (clear it to reuse it).
-/// Errors: as keel_shard_append() (WRONG_KIND fails the whole batch;
-/// earlier operations of the batch count), INVALID_ARGUMENT (empty batch).
+/// Errors: as keel_shard_append() (WRONG_KIND, or INVALID_ARGUMENT for a
+/// list past KEEL_SHARD_MAX_LIST_SIZE, fails the whole batch; earlier
+/// operations of the batch count), INVALID_ARGUMENT (empty batch).
 #[no_mangle]
 pub extern "C" fn keel_shard_write(
     shard: *const keel_shard_t,
