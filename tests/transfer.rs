@@ -1126,3 +1126,58 @@ fn a_moved_mark_whose_directory_sync_fails_is_not_left_behind() {
     let w = again.put(b"late", b"x");
     assert!(w.is_ok(), "a shard never handed over refuses writes after a reopen: {w:?}");
 }
+
+/// The host cancels just before the final hold (the hook runs where the
+/// last unheld read ended), with nothing left to drain: the cancel came
+/// before FINISH went out, so the transfer stops there. (FINISH was sent
+/// anyway, no batch boundary having looked at the cancel: the shard was
+/// handed over and the transfer settled DONE though the host cancelled.)
+#[test]
+fn a_cancel_before_the_finish_step_stops_the_hand_over() {
+    let (src, dst) = pair("cancel-before-finish");
+    let shard = src.engine.open_shard(SHARD, true).unwrap();
+    fill(&shard, 100);
+    dst.transfers.expect(SHARD, 1);
+    let (entered_tx, entered) = crossbeam_channel::unbounded();
+    let (go, go_rx) = crossbeam_channel::unbounded::<()>();
+    let hook = keel::transfer::Hook(Arc::new(move || {
+        let _ = entered_tx.send(());
+        let _ = go_rx.recv();
+    }));
+    let opts = TransferOptions { before_final_hold: Some(hook), ..hand_over() };
+    let t = src.transfers.start(&shard, SHARD, 2, &opts).unwrap();
+    entered.recv().unwrap();
+    t.cancel();
+    go.send(()).unwrap();
+    assert!(t.wait(None));
+    let (stage, err) = t.status();
+    assert_eq!(stage, Stage::Cancelled, "{err:?} {:?}", t.outcome());
+    shard.put(b"after", b"x").unwrap(); // still the source's
+    assert_eq!(dst.engine.open_shard(SHARD, false).err().map(|e| e.status), Some(KEEL_STATUS_BUSY), "the receiver finished");
+}
+
+/// A cancel while FINISH waits for its ACK, which never comes in time:
+/// the receiver may own the shard (it finishes once released), so the
+/// transfer fails with the timeout instead of settling CANCELLED, which
+/// tells the host the receiver was left incoming.
+#[test]
+fn a_cancelled_finish_left_unanswered_fails_instead_of_cancelling() {
+    let p = parked_finish("cancel-finish-timeout");
+    let (shard, release, entered, dst) = (&p.shard, &p.release, &p.entered, &p.dst);
+    let opts = TransferOptions {
+        ack_timeout: Duration::from_secs(2),
+        retry: keel::transfer::Retry { max_retries: 1, first_backoff: Duration::from_millis(1), max_backoff: Duration::from_millis(1) },
+        ..hand_over()
+    };
+    let t = p.src.transfers.start(shard, SHARD, 2, &opts).unwrap();
+    entered.recv().unwrap(); // FINISH was sent
+    t.cancel();
+    assert!(t.wait(None));
+    let (stage, err) = t.status();
+    release.send(()).unwrap();
+    assert_eq!(stage, Stage::Failed, "{err:?}");
+    assert!(err.is_some(), "a failed transfer says why");
+    until_received(dst, "the receiver finishes", |s| s.finished == 1);
+    assert!(dst.engine.open_shard(SHARD, false).is_ok(), "the receiver owns the shard");
+    assert_eq!(shard.put(b"after", b"x").unwrap_err().status, KEEL_STATUS_MOVED);
+}

@@ -112,6 +112,9 @@ struct State {
     /// The finish mode in effect (Forward while forwarding).
     finished_with: Option<Finish>,
     cancelled: bool,
+    /// FINISH is going out (`commit_finish`): the receiver may own the
+    /// shard from then on, so a cancel no longer settles it CANCELLED.
+    finish_sent: bool,
     /// Forwarding: the last version a writer waits for, and the last one
     /// the receiver has.
     wanted: u64,
@@ -235,6 +238,20 @@ impl Control {
         if self.state.lock().cancelled {
             return Err(cancelled());
         }
+        Ok(())
+    }
+
+    /// FINISH is about to go out: CLOSED ("cancelled") when the host
+    /// cancelled first, so the cancel stops the transfer before the step
+    /// it could not recall. From here the transfer settles as FINISH's
+    /// answer says: an unanswered FINISH may have released the shard to
+    /// the receiver's host, which CANCELLED would deny.
+    pub fn commit_finish(&self) -> Result<()> {
+        let mut s = self.state.lock();
+        if s.cancelled {
+            return Err(cancelled());
+        }
+        s.finish_sent = true;
         Ok(())
     }
 
@@ -366,13 +383,14 @@ impl Control {
     }
 
     /// The transfer's thread ends: the stage settles on Done, Cancelled
-    /// (a cancel asked for, whatever error it caused) or Failed.
+    /// (a cancel asked for before FINISH went out, whatever error it
+    /// caused) or Failed.
     pub fn end(&self, outcome: Result<Report>) {
         let p = {
             let mut s = self.state.lock();
             let stage = match &outcome {
                 Ok(_) => Stage::Done,
-                Err(_) if s.cancelled => Stage::Cancelled,
+                Err(_) if s.cancelled && !s.finish_sent => Stage::Cancelled,
                 Err(_) => Stage::Failed,
             };
             s.progress.stage = stage;

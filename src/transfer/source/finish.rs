@@ -105,6 +105,9 @@ pub(super) fn run(
 /// mark cannot be removed) the shard refuses writes from now on, as after
 /// a reopen, until the host decides (docs/TRANSFER.md).
 fn send_finish(link: &mut Link, shard: &Shard, hold: &WriteHold<'_>, last: u64, hand_over: bool) -> Result<()> {
+    // A drain with nothing left passes no batch boundary: the cancel is
+    // looked at here, before anything that cannot be taken back.
+    link.control.commit_finish()?;
     if hand_over {
         shard.persist_moved().inspect_err(|_| {
             if shard.unpersist_moved().is_err() {
