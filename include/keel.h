@@ -3019,7 +3019,7 @@ keel_status_t keel_transfer_status(const struct keel_transfer_t *t,
 /**
  * Waits up to `timeout_ms` milliseconds (KEEL_TRANSFER_WAIT_FOREVER: no
  * limit) until the transfer is settled: done, failed, cancelled, or
- * forwarding with no hand-over asked for yet, and its progress callback
+ * forwarding with no hand-over or cancel asked for yet, and its progress callback
  * for that stage has returned. OK then
  * (keel_transfer_status() says how it went).
  * Errors: NULL_ARGUMENT, INVALID_ARGUMENT (not a live transfer), TIMEOUT

@@ -1181,3 +1181,36 @@ fn a_cancelled_finish_left_unanswered_fails_instead_of_cancelling() {
     assert!(dst.engine.open_shard(SHARD, false).is_ok(), "the receiver owns the shard");
     assert_eq!(shard.put(b"after", b"x").unwrap_err().status, KEEL_STATUS_MOVED);
 }
+
+/// A forwarding transfer is settled, so `wait` returns at once; once it
+/// is cancelled it waits for the cancel, like a hand-over asked for.
+/// (It went on returning at once, while the transfer still forwarded and
+/// its CANCELLED callback had not run: a host that cancelled and waited
+/// read FORWARDING.)
+#[test]
+fn wait_after_a_cancel_of_a_forwarding_transfer_waits_for_the_cancel() {
+    let (src, dst) = pair("forward-cancel-wait");
+    let shard = src.engine.open_shard(SHARD, true).unwrap();
+    fill(&shard, 50);
+    dst.transfers.expect(SHARD, 1);
+    let (entered_tx, entered) = crossbeam_channel::unbounded();
+    let (release, release_rx) = crossbeam_channel::unbounded::<()>();
+    let progress = ProgressFn(Arc::new(move |p: &keel::transfer::Progress| {
+        if p.stage == Stage::Cancelled {
+            let _ = entered_tx.send(());
+            let _ = release_rx.recv();
+        }
+    }));
+    let opts = TransferOptions { auto_finish: Some(Finish::Forward), progress: Some(progress), ..small_batches(Method::Snapshot) };
+    let t = src.transfers.start(&shard, SHARD, 2, &opts).unwrap();
+    // Dropped before `t` if the test fails: `t`'s drop joins the thread.
+    let release = release;
+    assert!(t.wait(None));
+    assert_eq!(t.status().0, Stage::Forwarding);
+    t.cancel();
+    entered.recv().unwrap(); // the CANCELLED callback runs, and is held
+    assert!(!t.wait(Some(Duration::ZERO)), "settled before the callback of the cancel returned");
+    release.send(()).unwrap();
+    assert!(t.wait(None));
+    assert_eq!(t.status().0, Stage::Cancelled);
+}

@@ -205,14 +205,14 @@ impl Control {
         self.state.lock().progress.clone()
     }
 
-    /// Waits until the transfer is settled and no finish it was asked for
-    /// is pending (a hand-over asked while forwarding is waited for);
-    /// false when `timeout` passed first. A timeout too long to be a time
-    /// (Duration::MAX) waits without one.
+    /// Waits until the transfer is settled and no finish or cancel it was
+    /// asked for is pending (a hand-over or a cancel asked while
+    /// forwarding is waited for); false when `timeout` passed first. A
+    /// timeout too long to be a time (Duration::MAX) waits without one.
     pub fn wait(&self, timeout: Option<Duration>) -> bool {
         let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
         let mut s = self.state.lock();
-        let settled = |s: &State| s.reported.is_over() || (s.reported.is_settled() && s.finish.is_none());
+        let settled = |s: &State| s.reported.is_over() || (s.reported.is_settled() && s.finish.is_none() && !s.cancelled);
         while !settled(&s) {
             match deadline {
                 None => self.changed.wait(&mut s),

@@ -113,8 +113,8 @@ impl Transfer {
     }
 
     /// Waits until the transfer is settled (`Stage::is_settled`: over, or
-    /// forwarding with no hand-over asked for yet); false when `timeout`
-    /// passed first.
+    /// forwarding with no hand-over or cancel asked for yet); false when
+    /// `timeout` passed first.
     pub fn wait(&self, timeout: Option<Duration>) -> bool {
         self.control.wait(timeout)
     }
