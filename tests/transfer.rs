@@ -1214,3 +1214,40 @@ fn wait_after_a_cancel_of_a_forwarding_transfer_waits_for_the_cancel() {
     assert!(t.wait(None));
     assert_eq!(t.status().0, Stage::Cancelled);
 }
+
+/// One shard forwarded to two receivers at once: each write returns once
+/// both have it, and cancelling one forward leaves the other forwarding.
+/// (The second forward replaced the first one's hook, so writes waited
+/// for node 3 only while node 2's transfer still said FORWARDING; the
+/// cancel of the second then removed every hook.)
+#[test]
+fn two_forwarding_transfers_of_one_shard_each_get_every_write() {
+    let (a, b, c) = (side("fwd-two-a", 1), side("fwd-two-b", 2), side("fwd-two-c", 3));
+    a.node.connect(2, &b.node.addr().to_string()).unwrap();
+    a.node.connect(3, &c.node.addr().to_string()).unwrap();
+    let shard = a.engine.open_shard(SHARD, true).unwrap();
+    fill(&shard, 50);
+    b.transfers.expect(SHARD, 1);
+    c.transfers.expect(SHARD, 1);
+    let opts = TransferOptions { auto_finish: Some(Finish::Forward), ..small_batches(Method::Snapshot) };
+    let to_b = a.transfers.start(&shard, SHARD, 2, &opts).unwrap();
+    assert!(to_b.wait(None));
+    assert_eq!(to_b.status().0, Stage::Forwarding, "{:?}", to_b.status());
+    let to_c = a.transfers.start(&shard, SHARD, 3, &opts).unwrap();
+    assert!(to_c.wait(None));
+    assert_eq!(to_c.status().0, Stage::Forwarding, "{:?}", to_c.status());
+    let v = shard.put(b"both", b"x").unwrap();
+    for (t, node) in [(&to_b, 2), (&to_c, 3)] {
+        assert!(t.progress().report.last_version >= v, "write {v} returned before node {node} had it");
+    }
+    to_c.cancel();
+    assert!(to_c.wait(None));
+    assert_eq!(to_c.status().0, Stage::Cancelled);
+    let v = shard.put(b"after-cancel", b"x").unwrap();
+    assert_eq!(to_b.status().0, Stage::Forwarding);
+    assert!(to_b.progress().report.last_version >= v, "write {v} returned before node 2 had it");
+    to_b.finish(Finish::HandOver).unwrap();
+    assert!(to_b.wait(None));
+    assert!(to_b.outcome().unwrap().unwrap().handed_over);
+    assert_eq!(shard_digest(&received(&b)).unwrap(), shard_digest(&shard).unwrap());
+}

@@ -251,9 +251,10 @@ pub(crate) struct Inner {
     wal_acked: AtomicU64,
     /// Handed over by a transfer (`WriteHold::hand_over`): writes are MOVED.
     moved: AtomicBool,
-    /// Runs after every successful write while a transfer forwards the
-    /// shard's writes (`WriteHold::set_after_write`).
-    after_write: RwLock<Option<Arc<dyn AfterWrite>>>,
+    /// Run after every successful write, one per transfer that forwards
+    /// the shard's writes (`WriteHold::set_after_write`): a shard may be
+    /// forwarded to several receivers at once, each waiting for its own.
+    after_write: RwLock<Vec<Arc<dyn AfterWrite>>>,
     /// Whether `after_write` holds a hook: a write reads this flag, not
     /// the lock, when no transfer forwards (nearly always).
     forwarding: AtomicBool,
@@ -897,7 +898,7 @@ impl Shard {
             persisted: AtomicU64::new(persisted),
             wal_acked: AtomicU64::new(0),
             moved: AtomicBool::new(moved),
-            after_write: RwLock::new(None),
+            after_write: RwLock::new(Vec::new()),
             forwarding: AtomicBool::new(false),
             closed: Arc::new(AtomicBool::new(false)),
             close_done: CloseDone::default(),
@@ -1039,8 +1040,8 @@ impl Shard {
         // The flag is set under a write hold, before any write it must
         // see is logged: the gate's lock orders the two.
         if w.last > 0 && inner.forwarding.load(Ordering::Acquire) {
-            let hook = inner.after_write.read().clone();
-            if let Some(hook) = hook {
+            let hooks = inner.after_write.read().clone();
+            for hook in hooks {
                 hook.after_write(w.last);
             }
         }
@@ -1156,10 +1157,12 @@ impl Shard {
         }
     }
 
-    /// Removes the hook `WriteHold::set_after_write` installed.
-    pub(crate) fn clear_after_write(&self) {
-        self.inner.after_write.write().take();
-        self.inner.forwarding.store(false, Ordering::Release);
+    /// Removes `hook`, which `WriteHold::set_after_write` installed; the
+    /// hooks of other forwarding transfers stay.
+    pub(crate) fn clear_after_write(&self, hook: &Arc<dyn AfterWrite>) {
+        let mut hooks = self.inner.after_write.write();
+        hooks.retain(|h| !Arc::ptr_eq(h, hook));
+        self.inner.forwarding.store(!hooks.is_empty(), Ordering::Release);
     }
 
     /// Keeps WAL records >= `seq` even once persisted (a transfer or a
@@ -1366,7 +1369,7 @@ impl Drop for Finish<'_> {
 pub(crate) struct WriteHold<'a> {
     _barrier: gate::Hold<'a>,
     moved: &'a AtomicBool,
-    after_write: &'a RwLock<Option<Arc<dyn AfterWrite>>>,
+    after_write: &'a RwLock<Vec<Arc<dyn AfterWrite>>>,
     forwarding: &'a AtomicBool,
 }
 
@@ -1385,10 +1388,10 @@ impl WriteHold<'_> {
         self.moved.store(true, Ordering::Release);
     }
 
-    /// Installs the hook every later write runs once it succeeded. Under
-    /// the hold, so every write after the one the hold follows runs it.
+    /// Adds a hook every later write runs once it succeeded. Under the
+    /// hold, so every write after the one the hold follows runs it.
     pub(crate) fn set_after_write(&self, hook: Arc<dyn AfterWrite>) {
-        *self.after_write.write() = Some(hook);
+        self.after_write.write().push(hook);
         self.forwarding.store(true, Ordering::Release);
     }
 }

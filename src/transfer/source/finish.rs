@@ -54,8 +54,9 @@ pub(super) fn run(
     control.finished(Finish::Forward);
     control.forwarded(link.report.last_version);
     // Under the hold: every write after the last one drained runs the hook.
-    hold.set_after_write(Arc::new(Forwarder(control.clone())));
-    let _unhook = Unhook(shard);
+    let hook: Arc<dyn AfterWrite> = Arc::new(Forwarder(control.clone()));
+    hold.set_after_write(hook.clone());
+    let _unhook = Unhook(shard, hook);
     drop(hold);
     link.report.final_hold = held.elapsed();
     control.stage(Stage::Forwarding, &link.report);
@@ -212,11 +213,11 @@ impl AfterWrite for Forwarder {
     }
 }
 
-/// Removes the forwarding hook however forwarding ends.
-struct Unhook<'a>(&'a Shard);
+/// Removes this transfer's forwarding hook however forwarding ends.
+struct Unhook<'a>(&'a Shard, Arc<dyn AfterWrite>);
 
 impl Drop for Unhook<'_> {
     fn drop(&mut self) {
-        self.0.clear_after_write();
+        self.0.clear_after_write(&self.1);
     }
 }
