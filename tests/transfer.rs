@@ -1251,3 +1251,37 @@ fn two_forwarding_transfers_of_one_shard_each_get_every_write() {
     assert!(to_b.outcome().unwrap().unwrap().handed_over);
     assert_eq!(shard_digest(&received(&b)).unwrap(), shard_digest(&shard).unwrap());
 }
+
+/// A transfer streaming new writes while it waits for the host's finish
+/// (which may be a long time: the C default never finishes by itself)
+/// holds only the WAL records its receiver has not acknowledged: a flush
+/// may then truncate the rest. (Its pin stayed at the snapshot's version
+/// until the transfer ended, and the WAL grew with every write.)
+#[test]
+fn a_streaming_transfer_lets_the_wal_go_once_the_receiver_has_it() {
+    let (src, dst) = pair("stream-pin");
+    let shard = src.engine.open_shard(SHARD, true).unwrap();
+    fill(&shard, 50);
+    dst.transfers.expect(SHARD, 1);
+    let opts = TransferOptions { auto_finish: None, ..small_batches(Method::Snapshot) };
+    let t = src.transfers.start(&shard, SHARD, 2, &opts).unwrap();
+    reach(&t, Stage::WaitingFinish);
+    let base = t.progress().report.snapshot_version.unwrap();
+    // About six WAL segments of 64 KiB.
+    for i in 0..400u32 {
+        shard.put(format!("s{i:04}").as_bytes(), &[7; 1024]).unwrap();
+    }
+    let last = shard.last_version();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while t.progress().report.last_version < last {
+        assert!(Instant::now() < deadline, "the receiver never caught up: {:?}", t.progress());
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    shard.flush(true).unwrap();
+    let first = shard.stats().wal_first_seq;
+    assert!(first > base + 1, "the WAL still starts at {first}, after the snapshot at {base}, though the receiver has {last}");
+    t.finish(Finish::Copy).unwrap();
+    assert!(t.wait(None));
+    assert!(t.outcome().unwrap().is_ok(), "{:?}", t.outcome());
+    assert_eq!(shard_digest(&received(&dst)).unwrap(), shard_digest(&shard).unwrap());
+}

@@ -14,7 +14,7 @@ use crate::node::frame::Body;
 use crate::node::Node;
 use crate::shard::{Shard, Snapshot};
 use crate::status::*;
-use crate::wal::Reader;
+use crate::wal::{Pin, Reader};
 use crossbeam_channel::Receiver;
 use parking_lot::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -168,6 +168,11 @@ struct Link<'a> {
     step: u64,
     acked: u64,
     report: Report,
+    /// The WAL pin (from the method's choice on): it keeps the records
+    /// after the last one the receiver acknowledged, and no more, so a
+    /// transfer streaming writes for long holds back no more of the WAL
+    /// than one batch.
+    pin: Option<Pin>,
 }
 
 impl Link<'_> {
@@ -311,6 +316,11 @@ impl Link<'_> {
                 self.report.parts += u64::from(!last);
             }
         }
+        if ty == wire::OPS {
+            if let Some(pin) = &mut self.pin {
+                pin.advance(self.report.last_version + 1);
+            }
+        }
         // `_held` goes here, once the receiver has the batch.
         self.control.sent(&self.report);
         Ok(())
@@ -447,6 +457,7 @@ pub(super) fn run(
         step: 0,
         acked: 0,
         report: Report::default(),
+        pin: None,
     };
     let mut start = shard_id.to_le_bytes().to_vec();
     start.push(match opts.method {
@@ -455,12 +466,13 @@ pub(super) fn run(
     });
     let hello = link.simple(wire::START, &start)?;
     link.report.receiver_had = hello.version;
-    let (reader, pin) = match plan(shard, opts.method, hello.version, hello.crc, &mut link.report)? {
+    let reader = match plan(shard, opts.method, hello.version, hello.crc, &mut link.report)? {
         Plan::Delta(pin) => {
             link.simple(wire::BEGIN, &[&[wire::MODE_DELTA][..], &hello.version.to_le_bytes()].concat())?;
             link.report.last_version = hello.version;
+            link.pin = Some(pin);
             control.stage(Stage::Backfill, &link.report);
-            (shard.wal_reader(hello.version + 1)?, pin)
+            shard.wal_reader(hello.version + 1)?
         }
         Plan::Snapshot => {
             // Pinned before the capture: nothing after the snapshot's
@@ -474,6 +486,7 @@ pub(super) fn run(
             shard.seal_above(SNAPSHOT_COPY_BYTES)?;
             let snap = shard.snapshot()?;
             pin.advance(snap.version + 1);
+            link.pin = Some(pin);
             // Only what the source made durable is sent.
             if shard.durable_version() < snap.version {
                 shard.sync_wal()?;
@@ -498,11 +511,11 @@ pub(super) fn run(
             link.pipeline((snap, None), move |(snap, after)| b.entries(snap, after))?;
             link.simple(wire::SNAPSHOT_END, &end)?;
             let from = link.report.last_version + 1;
-            (shard.wal_reader(from)?, pin)
+            shard.wal_reader(from)?
         }
     };
     control.stage(Stage::CatchingUp, &link.report);
-    finish::run(&mut link, &batcher, reader, pin, shard, control, opts.before_final_hold.as_ref())?;
+    finish::run(&mut link, &batcher, reader, shard, control, opts.before_final_hold.as_ref())?;
     link.report.max_batches_in_memory = batcher.memory.max.load(Ordering::Acquire);
     Ok(link.report)
 }

@@ -10,7 +10,7 @@ use crate::shard::{AfterWrite, Shard, WriteHold};
 use crate::transfer::control::{Control, Finish, Request, Stage};
 use crate::node::frame::Body;
 use crate::transfer::{wire, Hook};
-use crate::wal::{Pin, Reader};
+use crate::wal::Reader;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -18,7 +18,6 @@ pub(super) fn run(
     link: &mut Link,
     batcher: &Batcher,
     reader: Reader,
-    mut pin: Pin,
     shard: &Shard,
     control: &Arc<Control>,
     before_final_hold: Option<&Hook>,
@@ -71,7 +70,6 @@ pub(super) fn run(
                     shard.sync_wal()?;
                 }
                 send_durable(link, batcher, &mut reader)?;
-                pin.advance(link.report.last_version + 1);
                 control.forwarded(link.report.last_version);
             }
             Request::Finish(mode) => {
