@@ -13,7 +13,8 @@ pub enum Kind {
 
 /// A key's data. `B` holds a value's bytes, and its `List` a posting
 /// list's items: owned (`Vec<u8>`, `Vec<Vec<u8>>`: what reads hand out)
-/// or, in an in-memory map, a slice of the map's arena and a `HeldList`.
+/// or, in an in-memory map, a slice of the map's arena and a boxed
+/// `HeldList`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Value<B: Holding = Vec<u8>> {
     Bytes(B),
@@ -34,7 +35,9 @@ impl Holding for Vec<u8> {
 }
 
 impl Holding for Slice {
-    type List = HeldList;
+    // Boxed: a map entry stays as small as a value's (32 bytes); the
+    // list's own 32 would make every entry of the map 40, values too.
+    type List = Box<HeldList>;
 }
 
 /// A posting list's items and the bytes of its encoding (`encode_list`).
@@ -69,13 +72,13 @@ impl HeldList {
     }
 }
 
-impl From<Vec<Vec<u8>>> for HeldList {
-    fn from(items: Vec<Vec<u8>>) -> HeldList {
-        HeldList { encoded_len: list_weight(&items), items }
+impl From<Vec<Vec<u8>>> for Box<HeldList> {
+    fn from(items: Vec<Vec<u8>>) -> Box<HeldList> {
+        Box::new(HeldList { encoded_len: list_weight(&items), items })
     }
 }
 
-impl Items for HeldList {
+impl Items for Box<HeldList> {
     fn items(&self) -> &[Vec<u8>] {
         &self.items
     }
@@ -118,6 +121,11 @@ pub struct Entry<B: Holding = Vec<u8>> {
 /// An entry of an in-memory map (the appendable segment, a frozen one):
 /// its value's bytes live in the map's arena.
 pub type HeldEntry = Entry<Slice>;
+
+// The appendable segment's map holds one per key: its size is what a
+// buffered put pays in cache misses (`Holding for Slice` boxes lists).
+#[cfg(target_pointer_width = "64")]
+const _: () = assert!(std::mem::size_of::<HeldEntry>() <= 24);
 
 impl<B: Holding> Entry<B> {
     /// A copy that owns its bytes.
