@@ -134,3 +134,27 @@ fn a_read_waiting_behind_a_running_read_index_call_times_out_on_its_own_deadline
     assert!(first.join().unwrap().is_ok());
     assert_eq!(g.stats().read_index_calls, 1, "the read that gave up made no call");
 }
+
+/// A manual clock is whatever the host last set, and it may go back (two
+/// host threads racing to set it, a time source stepped back). The gate
+/// only refused an ack AFTER now, so a clock set back below a time it had
+/// already read, but still above the ack, made the ack look younger than
+/// the clock had already shown it to be: a lease that had run out served
+/// reads again, for as long as the clock had gone back.
+#[test]
+fn a_clock_set_back_never_revives_a_lease_that_ran_out() {
+    let t0 = 1000 * MS;
+    let g = leader(t0);
+    g.record_ack(2, 5, t0);
+    g.clock().set(t0 + LEASE).unwrap();
+    assert_eq!(g.decide(), Decision::Miss(MissReason::AckStale), "the lease has run out");
+    g.clock().set(t0 + LEASE / 2).unwrap();
+    assert_eq!(g.decide(), Decision::Miss(MissReason::AckFuture), "the clock went back");
+    let permit = g.begin_read(Level::Lease, Duration::from_secs(1)).unwrap();
+    assert!(!permit.from_lease, "served from a lease that ran out before the clock went back");
+    // Past the latest time read, a fresh ack makes a lease again.
+    let t1 = t0 + LEASE + MS;
+    g.clock().set(t1).unwrap();
+    g.record_ack(3, 5, t1);
+    assert_eq!(g.decide(), Decision::Serve { index: 10 });
+}

@@ -86,6 +86,10 @@ pub struct ConsensusState {
     /// Cached quorum ack (`SELF_AT_NOW` when this node alone is a quorum of
     /// every half); `None` when some half lacks a majority of acks.
     quorum: Option<u64>,
+    /// The latest time the clock was read at (0: never). A clock that
+    /// goes back below it must not make acks look younger than the clock
+    /// already showed them to be.
+    latest_now: u64,
 }
 
 impl ConsensusState {
@@ -103,6 +107,7 @@ impl ConsensusState {
             term_applied: false,
             transfer: false,
             quorum: None,
+            latest_now: 0,
         };
         s.recompute();
         s
@@ -139,6 +144,16 @@ impl ConsensusState {
     }
     pub fn transfer_in_progress(&self) -> bool {
         self.transfer
+    }
+    /// The latest time the clock was read at (see `note_now`).
+    pub fn latest_now(&self) -> u64 {
+        self.latest_now
+    }
+
+    /// Remembers a reading of the clock: a later one below it means the
+    /// clock went back, and the lease gate misses until it passes again.
+    pub fn note_now(&mut self, now: u64) {
+        self.latest_now = self.latest_now.max(now);
     }
 
     /// Role and term. Terms never go back (INVALID_ARGUMENT). A new term,
@@ -178,6 +193,11 @@ impl ConsensusState {
     /// Records that `peer` acknowledged a message of `term` that this
     /// leader sent at `sent_at`. Only the latest send time per peer is kept.
     pub fn record_ack(&mut self, peer: PeerId, term: u64, sent_at: u64, now: Option<u64>) -> std::result::Result<(), AckIgnored> {
+        // Every accepted ack is at or before a noted time, so the gate's
+        // "clock went back" check covers an ack after now as well.
+        if let Some(now) = now {
+            self.note_now(now);
+        }
         if self.role != Role::Leader {
             return Err(AckIgnored::NotLeader);
         }

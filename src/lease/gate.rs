@@ -6,7 +6,8 @@
 //! that, its applied state may lack entries an earlier leader committed);
 //! no leadership transfer is in progress (the target may win an election
 //! at once, without waiting for an election timeout); the clock reads a
-//! time; the quorum ack is non-zero and not in the future; and
+//! time; the quorum ack is non-zero; the clock has not gone back (below
+//! the ack, or below any time it was read at before); and
 //! now − quorum ack < lease, strictly. Any miss falls back to the
 //! read-index path; a follower gets NOT_LEADER with the leader hint.
 
@@ -37,6 +38,7 @@ pub enum MissReason {
     NotLeader,
     AckStale,
     AckMissing,
+    /// The clock went back: below the quorum ack or an earlier reading.
     AckFuture,
     Transfer,
     TermNotApplied,
@@ -75,7 +77,11 @@ pub fn decide(state: &ConsensusState, lease_ns: u64, now: Option<u64>) -> Decisi
         None | Some(0) => return Decision::Miss(MissReason::AckMissing),
         Some(ack) => ack,
     };
-    if ack > now {
+    // The clock went back: below a time it was read at already (every
+    // recorded ack is at or before one, so this covers an ack after now).
+    // Measured against it, an ack would look younger than the clock has
+    // already shown it to be, and a lease that ran out would serve again.
+    if now < state.latest_now() {
         return Decision::Miss(MissReason::AckFuture);
     }
     if now - ack >= lease_ns {
@@ -254,8 +260,18 @@ impl LeaseGate {
     /// Read before the lock, a heartbeat's ack landing in between would
     /// look stamped in the future and cost a needless read-index.
     pub fn decide(&self) -> Decision {
-        let st = self.state.lock();
-        decide(&st, self.lease_ns, self.clock.now())
+        self.decide_locked(&mut self.state.lock())
+    }
+
+    /// The lease gate on the locked facts, at a clock reading it then
+    /// remembers, so that a clock going back misses (see `decide`).
+    fn decide_locked(&self, st: &mut ConsensusState) -> Decision {
+        let now = self.clock.now();
+        let decision = decide(st, self.lease_ns, now);
+        if let Some(now) = now {
+            st.note_now(now);
+        }
+        decision
     }
 
     /// Begins a read (or a session of reads) at `level`: at most one
@@ -280,7 +296,7 @@ impl LeaseGate {
                 // the common case and should cost about a plain read. The
                 // clock is read under it (see `decide`).
                 let mut s = self.state.lock();
-                match decide(&s, self.lease_ns, self.clock.now()) {
+                match self.decide_locked(&mut s) {
                     Decision::Serve { index } => {
                         let waited = if s.applied() < index { wait_applied(&self.applied, &mut s, index, deadline()) } else { Ok(()) };
                         drop(s);
