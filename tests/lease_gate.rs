@@ -158,3 +158,25 @@ fn a_clock_set_back_never_revives_a_lease_that_ran_out() {
     g.record_ack(3, 5, t1);
     assert_eq!(g.decide(), Decision::Serve { index: 10 });
 }
+
+/// The gate started with this node as the only voter, so a host that
+/// reported role, term and the own-term entry before the voters (raft
+/// restored them from its log, and "when it changes" had not come yet)
+/// had a leader that was its own quorum: it served lease reads with no
+/// ack from anyone, while the real voters could elect another leader.
+/// Until the voters are reported there is no quorum ack.
+#[test]
+fn a_leader_whose_voters_were_never_reported_has_no_lease() {
+    let t0 = 1000 * MS;
+    let g = LeaseGate::new(1, config(), Clock::manual(t0), Box::new(|| Ok(10))).unwrap();
+    g.set_role(Role::Leader, 5, None).unwrap();
+    g.set_applied(10).unwrap();
+    assert!(g.note_term_applied(5));
+    assert_eq!(g.decide(), Decision::Miss(MissReason::AckMissing), "a lease with no voter's ack");
+    g.record_ack(2, 5, t0); // not a known voter
+    assert_eq!(g.decide(), Decision::Miss(MissReason::AckMissing));
+    assert_eq!(g.stats().acks_ignored_not_voter, 1);
+    // Reported as a single-voter cluster, it is its own quorum.
+    g.set_voters(Voters { incoming: vec![1], outgoing: vec![] }).unwrap();
+    assert_eq!(g.decide(), Decision::Serve { index: 10 });
+}

@@ -233,9 +233,11 @@ fn consensus_from_c(p: *const keel_lease_options_t) -> crate::Result<Consensus> 
 
 /// Turns on lease reads for this open of the shard: validates the lease
 /// against the election timeout and margins (a violating configuration is
-/// refused) and starts the shard as a follower of term 0 with itself as
-/// the only voter, until the host reports its facts. Once per open (the
-/// facts and the callback live until keel_shard_close()).
+/// refused) and starts the shard as a follower of term 0 with no voters
+/// known, until the host reports its facts: no lease read is served
+/// before keel_shard_consensus_set_voters() names them (this node alone
+/// too). Once per open (the facts and the callback live until
+/// keel_shard_close()).
 /// With read_index_free set, the user data is keel's from this call on,
 /// whatever it returns (see there).
 /// Errors: NULL_ARGUMENT, INVALID_ARGUMENT (self_id 0, read_timeout_ms 0,

@@ -35,8 +35,9 @@ pub enum AckIgnored {
     BadTime,
 }
 
-/// The voters: `incoming` always, `outgoing` too during a joint
-/// configuration (empty otherwise). Learners are never listed.
+/// The voters: `incoming` always (empty only before the host reports
+/// them), `outgoing` too during a joint configuration (empty otherwise).
+/// Learners are never listed.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Voters {
     pub incoming: Vec<PeerId>,
@@ -93,14 +94,16 @@ pub struct ConsensusState {
 }
 
 impl ConsensusState {
-    /// A follower of term 0 with this node as the only voter.
+    /// A follower of term 0 with no voters known: until the host reports
+    /// them there is no quorum ack (assuming this node the only voter
+    /// would let a leader of a larger group lease with nobody's ack).
     pub fn new(self_id: PeerId) -> ConsensusState {
         let mut s = ConsensusState {
             self_id,
             role: Role::Follower,
             term: 0,
             leader: None,
-            voters: Voters { incoming: vec![self_id], outgoing: Vec::new() },
+            voters: Voters::default(),
             acks: HashMap::new(),
             applied: 0,
             committed: 0,
