@@ -438,3 +438,78 @@ fn the_lock_is_busy_across_processes_and_not_kept_by_a_fork() {
     holder.wait().unwrap();
     Engine::open(&dir, options()).unwrap().close().unwrap();
 }
+
+/// docs/STORAGE.md, "Create": a snapshot's reception lists its new shard
+/// only once the shard's folder holds the INCOMING marker. It once
+/// listed the empty folder first and wrote the marker after: a failure
+/// (or a crash) in between left a listed shard with no marker, which the
+/// host's `open_shard` handed out as its own empty shard, the reception
+/// unfinished (and the shard it replaced already dropped).
+#[test]
+fn a_snapshot_reception_cut_before_its_marker_never_opens_as_a_normal_shard() {
+    // Every write below shard 7's folder fails: the reception's first one
+    // there stops it.
+    let (running, after) = cut_reception(3, "shards/7", false);
+    assert_eq!(running, Some(Ok(true)), "after the failed reception");
+    assert_eq!(after, Ok(true), "after a power loss");
+    // Killed at the fdatasync of the listing, then power loss, which keeps
+    // the listing or not: the shard is incoming (its staged folder renamed
+    // into place by engine open) or absent, never a normal shard.
+    let mut busy = 0;
+    for seed in 0..6 {
+        let (_, after) = cut_reception(seed, "SHARDS", true);
+        match after {
+            Ok(b) => busy += b as u32,
+            Err(e) => panic!("seed {seed}: after a power loss: {e}"),
+        }
+    }
+    assert!(busy > 0, "no power loss kept the listing");
+}
+
+/// Sends a snapshot of shard 7 to an engine on a `TripFs` below
+/// `/keel/dst/<under>`, armed once it is open to halt the process at the
+/// next fdatasync there (`killed`) or to fail every write there; the
+/// transfer fails. Then how `open_shard(7)` answers: the running engine
+/// (None once halted), and after a power loss. Ok(true) is BUSY, Ok(false)
+/// NOT_FOUND, Err anything else.
+fn cut_reception(seed: u64, under: &str, killed: bool) -> (Option<Result<bool, String>>, Result<bool, String>) {
+    use std::sync::atomic::Ordering::SeqCst;
+    use common::side::{node_options, Side};
+    use keel::node::Node;
+    use keel::transfer::{Method, Retry, TransferOptions, Transfers};
+    const SHARD: u32 = 7;
+    let src = Side::temp("engine-incoming-src", node_options(1), options());
+    let dst_dir = Path::new("/keel/dst");
+    let fs = common::tripfs::TripFs::new(FaultFs::new(seed), dst_dir.join(under));
+    let dst_engine = Arc::new(Engine::open_with_fs(dst_dir, options(), Arc::new(fs.clone())).unwrap());
+    let dst_node = Arc::new(Node::open(node_options(2)).unwrap());
+    let dst = Transfers::attach(dst_node.clone(), dst_engine.clone()).unwrap();
+    src.node.connect(2, &dst_node.addr().to_string()).unwrap();
+    let shard = src.engine.open_shard(SHARD, true).unwrap();
+    shard.put(b"k", b"v").unwrap();
+    dst.expect(SHARD, 1);
+    match killed {
+        true => fs.kill_at_sync.store(true, SeqCst),
+        false => fs.fail_writes.store(true, SeqCst),
+    }
+    let once = TransferOptions { method: Method::Snapshot, retry: Retry { max_retries: 0, ..Retry::default() }, ..Default::default() };
+    let sent = src.transfers.send_shard(&shard, SHARD, 2, &once);
+    assert!(sent.is_err(), "seed {seed}: the reception failed: {sent:?}");
+    fs.fail_writes.store(false, SeqCst);
+    let answer = |e: &Engine| match e.open_shard(SHARD, false) {
+        Ok(_) => Err("opened as a normal shard".to_string()),
+        Err(e) if e.status == KEEL_STATUS_BUSY => Ok(true),
+        Err(e) if e.status == KEEL_STATUS_NOT_FOUND => Ok(false),
+        Err(e) => Err(format!("{e}")),
+    };
+    let running = (!killed).then(|| answer(&dst_engine));
+    let _ = dst_node.close();
+    dst.close();
+    let _ = dst_engine.close();
+    drop(dst_engine);
+    fs.fs.crash();
+    let reopened = Engine::open_with_fs(dst_dir, options(), Arc::new(fs.fs.clone())).unwrap();
+    let after = answer(&reopened);
+    reopened.close().unwrap();
+    (running, after)
+}

@@ -4,7 +4,7 @@
 //! directory says so across restarts too, until a transfer finishes it
 //! (or the host drops the shard).
 
-use super::{Engine, Slot};
+use super::{Engine, Slot, CREATING};
 use crate::error::{Error, Result};
 use crate::shard::Shard;
 use crate::status::*;
@@ -64,14 +64,13 @@ impl Engine {
             if listed {
                 self.drop_reserved(&reserved)?;
             }
-            self.create_reserved(id)?;
-        }
-        crate::fs::replace(&*self.fs, &dir.join(MARKER), MARKER_BODY)?;
-        // A copy this engine handed over earlier (and never dropped)
-        // comes back by WAL delta: once finished it is this node's to
-        // write again. The marker is durable first, so a crash in
-        // between leaves it incoming, not writable.
-        if base.is_none() {
+            self.create_incoming(id)?;
+        } else {
+            crate::fs::replace(&*self.fs, &dir.join(MARKER), MARKER_BODY)?;
+            // A copy this engine handed over earlier (and never dropped)
+            // comes back by WAL delta: once finished it is this node's to
+            // write again. The marker is durable first, so a crash in
+            // between leaves it incoming, not writable.
             crate::shard::remove_moved(&*self.fs, &dir)?;
         }
         let fs = self.injected_fs.then(|| self.fs.clone());
@@ -82,6 +81,35 @@ impl Engine {
             None => Shard::open_hosted(&dir, self.opts.clone(), fs, &self.host, None, lost_copies),
         };
         self.settle(reserved, opened, Slot::Incoming)
+    }
+
+    /// Creates shard `id`, reserved by the caller, for a snapshot, and
+    /// lists it already marked incoming: listed before its marker, a
+    /// failure or a crash in between left an empty shard that the host
+    /// opened as its own. The folder is made as `shards/.new-<id>` with
+    /// the marker in it, listed (the commit point), then renamed into
+    /// place; engine open removes a `.new-<id>` whose id is not listed
+    /// and renames a listed one into place (`Engine::finish_interrupted`).
+    fn create_incoming(&self, id: u32) -> Result<()> {
+        let shards_dir = self.dir.join("shards");
+        let dir = self.shard_dir(id);
+        let staged = shards_dir.join(format!("{CREATING}{id}"));
+        self.check_unlisted(id)?;
+        // An empty folder of the id (a create cut before its listing)
+        // would keep engine open from renaming the staged one into
+        // place; a staged one is an earlier attempt's. The directory sync
+        // below makes both removals durable before the listing.
+        for stale in [&dir, &staged] {
+            if self.exists(stale)? {
+                self.fs.remove_dir_all(stale).map_err(|e| Error::io(format!("removing {}", stale.display()), e))?;
+            }
+        }
+        self.fs.create_dir_all(&staged).map_err(|e| Error::io(format!("creating {}", staged.display()), e))?;
+        crate::fs::replace(&*self.fs, &staged.join(MARKER), MARKER_BODY)?;
+        self.sync_dir(&shards_dir)?;
+        self.with_list("the shard was being received", |list| list.add(&*self.fs, id))?;
+        self.fs.rename(&staged, &dir).map_err(|e| Error::io(format!("renaming {}", staged.display()), e))?;
+        self.sync_dir(&shards_dir)
     }
 
     /// Ends the reception of shard `id`. `finished`: its data is complete

@@ -48,9 +48,9 @@ use std::time::Duration;
 /// Prefix of a shard directory being dropped: renamed first so a crash
 /// never leaves half a shard under its id.
 const DROPPING: &str = ".drop-";
-/// Prefix of a shard directory being created by an older keel, which
-/// renamed it into place once the shard list held its id; engine open
-/// still finishes such a create.
+/// Prefix of a shard directory being created by a snapshot's reception
+/// (`incoming.rs`; older keel created every shard so), renamed into place
+/// once the shard list holds its id; engine open finishes such a create.
 const CREATING: &str = ".new-";
 const SHARD_LIST: &str = list::FILE;
 /// The commit log's folder in the data directory.
