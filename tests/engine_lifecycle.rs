@@ -809,3 +809,68 @@ fn finishing_a_pending_close_does_not_hold_up_other_shards() {
     });
     engine.close().unwrap();
 }
+
+/// A reception that will not finish closes its shard
+/// (`Engine::release_incoming`). It freed the shard's slot before that
+/// close ran, so while the close was still writing the shard's files a
+/// drop of the id went ahead (as would a second reception, opening a
+/// second instance over the same files). Its id is BUSY until the close
+/// is done now, as for a host's close.
+#[test]
+fn a_reception_still_closing_its_shard_keeps_the_id_busy() {
+    use common::side::{node_options, Side};
+    use keel::node::Node;
+    use keel::transfer::{Method, Retry, TransferOptions, Transfers};
+    // Armed: the table the snapshot's end seals fails with EMFILE, which
+    // ends the reception; after that, the WAL extent record its close
+    // writes parks once.
+    let (fail, failed) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
+    let (reached_tx, reached) = bounded(1);
+    let (release, release_rx) = bounded::<()>(1);
+    let (f, fd) = (fail.clone(), failed.clone());
+    let fs = HookFs::new(move |call, path| {
+        let p = path.to_string_lossy();
+        if call != Call::Create || !p.contains("/shards/7/") {
+            return Ok(());
+        }
+        if p.ends_with("wal.meta.tmp") {
+            if fd.swap(false, Ordering::AcqRel) {
+                reached_tx.send(()).unwrap();
+                release_rx.recv_timeout(2 * GUARD).expect("the test never released the close (failure guard)");
+            }
+            return Ok(());
+        }
+        // The table the snapshot's end seals, a step of the reception.
+        if p.ends_with(".sst.tmp") && f.swap(false, Ordering::AcqRel) {
+            fd.store(true, Ordering::Release);
+            return Err(std::io::Error::from_raw_os_error(libc::EMFILE));
+        }
+        Ok(())
+    });
+    let opts = options(Steps::default(), Durability::Sync);
+    let src = Side::temp("lifecycle-reception-src", node_options(1), opts.clone());
+    let dst_dir = TempDir::new("lifecycle-reception-dst");
+    let dst_engine = Arc::new(Engine::open_with_fs(dst_dir.path(), opts, fs).unwrap());
+    let dst_node = Arc::new(Node::open(node_options(2)).unwrap());
+    let dst = Transfers::attach(dst_node.clone(), dst_engine.clone()).unwrap();
+    src.node.connect(2, &dst_node.addr().to_string()).unwrap();
+    let shard = src.engine.open_shard(7, true).unwrap();
+    for i in 0..20 {
+        shard.put(format!("k{i}").as_bytes(), b"v").unwrap();
+    }
+    dst.expect(7, 1);
+    fail.store(true, Ordering::Release);
+    let once = TransferOptions { method: Method::Snapshot, retry: Retry { max_retries: 0, ..Retry::default() }, ..Default::default() };
+    std::thread::scope(|sc| {
+        let sender = sc.spawn(|| src.transfers.send_shard(&shard, 7, 2, &once));
+        reached.recv_timeout(GUARD).expect("the reception never closed its shard (failure guard)");
+        let dropped = dst_engine.drop_shard(7).map_err(|e| e.status);
+        release.send(()).unwrap();
+        assert!(sender.join().unwrap().is_err(), "precondition: the reception failed");
+        assert_eq!(dropped, Err(keel::status::KEEL_STATUS_BUSY), "a drop while the reception's close ran");
+    });
+    // Once closed, the host drops it.
+    dst_engine.drop_shard(7).unwrap();
+    let _ = dst_node.close();
+    dst.close();
+}

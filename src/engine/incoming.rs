@@ -122,8 +122,10 @@ impl Engine {
             let mut guard = self.shards.lock();
             let state = guard.as_mut().ok_or_else(|| Error::new(KEEL_STATUS_CLOSED, "engine is closed"))?;
             match state.slots.remove(&id) {
-                // Reserved while the marker goes, outside the mutex.
-                Some(Slot::Incoming(s)) => (s, finished.then(|| self.reserve(state, id, Slot::Opening))),
+                // Reserved while the marker goes or the shard closes,
+                // outside the mutex: a drop or another reception of the
+                // id meanwhile would work on files the close still writes.
+                Some(Slot::Incoming(s)) => (s, self.reserve(state, id, Slot::Opening)),
                 Some(other) => {
                     state.slots.insert(id, other);
                     return Err(Error::invalid(format!("shard {id} is not being received")));
@@ -131,7 +133,11 @@ impl Engine {
                 None => return Err(Error::invalid(format!("shard {id} is not being received"))),
             }
         };
-        let Some(reserved) = reserved else { return shard.close_for_good() };
+        if !finished {
+            let closed = shard.close_for_good();
+            drop(reserved);
+            return closed;
+        }
         let dir = self.shard_dir(id);
         let marker = dir.join(MARKER);
         let unmarked = self
