@@ -318,6 +318,33 @@ fn a_damaged_last_record_of_an_acknowledged_create_is_corruption() {
     salvage_lists_shard_2_again(t.path());
 }
 
+/// As above, and the first look into shard 2's folder fails (EIO). Open
+/// took the failure for an empty folder: it opened, and wrote the list
+/// again whole without the damaged record, so the next open found no
+/// damage to report and opened without shard 2. Now that open is IO and
+/// the list stays as it was.
+#[test]
+fn an_error_looking_into_an_unlisted_folder_beside_a_damaged_list_is_no_empty_folder() {
+    let t = common::TempDir::new("engine-list-last-damaged-eio");
+    let list = shards_1_and_2(t.path());
+    let mut bytes = std::fs::read(&list).unwrap();
+    let n = bytes.len();
+    bytes[n - 12] ^= 0x01;
+    std::fs::write(&list, &bytes).unwrap();
+    let failed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let f = failed.clone();
+    let shard_2 = t.path().join("shards").join("2");
+    let fs = HookFs::new(move |call, path| match call == Call::List && path == shard_2 && !f.swap(true, std::sync::atomic::Ordering::AcqRel) {
+        true => Err(io::Error::from_raw_os_error(libc::EIO)),
+        false => Ok(()),
+    });
+    let e = Engine::open_with_fs(t.path(), options(), fs).err().expect("shard 2's folder could not be listed");
+    assert_eq!(e.status, KEEL_STATUS_IO, "{e}");
+    assert_eq!(std::fs::read(&list).unwrap(), bytes, "the list is as it was");
+    let e = Engine::open(t.path(), options()).err().expect("a damaged record of an acknowledged create");
+    assert_eq!(e.status, KEEL_STATUS_CORRUPTION, "{e}");
+}
+
 /// SHARDS cut at a record boundary (shard 2's acknowledged create lost
 /// whole, no torn tail to tell): the engine opens, but shard 2, whose
 /// folder holds its files, answers CORRUPTION whether or not the open may

@@ -67,7 +67,7 @@ impl ShardList {
                 // and that id answers CORRUPTION (`Engine::open_shard`).
                 // A salvage open lists every such folder again.
                 if torn || salvage {
-                    for id in unlisted_with_files(fs, dir, &ids, parse_id) {
+                    for id in unlisted_with_files(fs, dir, &ids, parse_id)? {
                         if !salvage {
                             return Err(Error::corruption(format!(
                                 "{}: its last record is damaged, and shard {id}'s folder holds files but is not listed (the record was an acknowledged create); open with salvage to list it again",
@@ -165,16 +165,27 @@ impl ShardList {
 }
 
 /// The ids of the shard folders in `dir` that hold files and are not in
-/// `ids`.
-fn unlisted_with_files(fs: &dyn FileSystem, dir: &Path, ids: &BTreeSet<u32>, parse_id: fn(&str) -> Option<u32>) -> Vec<u32> {
+/// `ids`. A folder that cannot be listed is an error, not an empty one:
+/// taken for empty, a damaged record of an acknowledged create passed for
+/// a torn append, and the list was written again without it.
+fn unlisted_with_files(fs: &dyn FileSystem, dir: &Path, ids: &BTreeSet<u32>, parse_id: fn(&str) -> Option<u32>) -> Result<Vec<u32>> {
     let shards_dir = dir.join("shards");
-    let names = fs.list(&shards_dir).unwrap_or_default();
-    names
-        .iter()
-        .filter_map(|n| parse_id(n))
-        .filter(|id| !ids.contains(id))
-        .filter(|id| fs.list(&shards_dir.join(id.to_string())).is_ok_and(|v| !v.is_empty()))
-        .collect()
+    let failed = |d: &Path, e| Error::io(format!("listing {}", d.display()), e);
+    let mut found = Vec::new();
+    let names = fs.list(&shards_dir).map_err(|e| failed(&shards_dir, e))?;
+    for id in names.iter().filter_map(|n| parse_id(n)).filter(|id| !ids.contains(id)) {
+        let folder = shards_dir.join(id.to_string());
+        let has_files = match fs.list(&folder) {
+            Ok(names) => !names.is_empty(),
+            // A file of that name is no shard folder.
+            Err(e) if e.raw_os_error() == Some(libc::ENOTDIR) => false,
+            Err(e) => return Err(failed(&folder, e)),
+        };
+        if has_files {
+            found.push(id);
+        }
+    }
+    Ok(found)
 }
 
 fn apply(ids: &mut BTreeSet<u32>, id: u32, op: u32) {

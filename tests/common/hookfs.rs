@@ -1,7 +1,7 @@
 //! The real file system with a hook before the directory-level calls a
 //! test wants to stop or fail: `remove`, `remove_dir_all`, `open` (of an
-//! existing file), `create`, `rename` (with its source path) and
-//! `exists`. The hook sees the call and the path, and may park the thread (a channel
+//! existing file), `create`, `rename` (with its source path), `exists`
+//! and `list`. The hook sees the call and the path, and may park the thread (a channel
 //! the test controls) or answer an error instead of the real call.
 
 use keel::fs::{File, FileSystem, ReadMap, StdFs};
@@ -19,6 +19,7 @@ pub enum Call {
     Exists,
     SyncDir,
     Rename,
+    List,
 }
 
 pub type Hook = Box<dyn Fn(Call, &Path) -> io::Result<()> + Send + Sync>;
@@ -39,6 +40,7 @@ impl FileSystem for HookFs {
         self.real.create_dir_all(dir)
     }
     fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
+        (self.hook)(Call::List, dir)?;
         self.real.list(dir)
     }
     fn open(&self, path: &Path, writable: bool) -> io::Result<Arc<dyn File>> {
