@@ -549,6 +549,20 @@ fn a_merge_that_fails_after_its_table_leaves_no_file_behind() {
     reopens_clean(&tmp.path().join("shard"), fs, &["a", "b", "c"]);
 }
 
+/// From a table swapped in: its side-car is written, the manifest that
+/// would list it fails (no room) and the job ends with NO_SPACE; room
+/// comes back and the next job runs to its end without an error.
+fn manifest_fails_once_after_the_side_car(shard: &Shard, lock: &Lockstep, fail: &std::sync::atomic::AtomicBool) {
+    lock.advance_until(50, |s| matches!(s, Step::SideCar(_)));
+    fail.store(true, std::sync::atomic::Ordering::SeqCst);
+    lock.advance_until(50, |s| s == Step::Idle);
+    fail.store(false, std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(shard.background_error().map(|e| e.status), Some(KEEL_STATUS_NO_SPACE));
+    shard.flush(false).unwrap();
+    lock.advance_until(200, |s| s == Step::Idle);
+    assert_eq!(shard.background_error(), None);
+}
+
 /// A seal whose table and side-car are in place but whose manifest
 /// cannot be written (no room): the old log and state can go only once a
 /// manifest lists the table instead. The next job writes one, and must
@@ -561,14 +575,7 @@ fn a_sealed_log_goes_once_a_later_manifest_lists_its_table() {
     let _release = ReleaseOnDrop(lock.clone());
     seal_due(&shard, "a");
     let Step::TableSwap(sealed) = lock.advance_until(200, |s| matches!(s, Step::TableSwap(_))) else { unreachable!() };
-    lock.advance_until(50, |s| matches!(s, Step::SideCar(_)));
-    fail.store(true, std::sync::atomic::Ordering::SeqCst);
-    lock.advance_until(50, |s| s == Step::Idle);
-    fail.store(false, std::sync::atomic::Ordering::SeqCst);
-    assert_eq!(shard.background_error().map(|e| e.status), Some(KEEL_STATUS_NO_SPACE));
-    shard.flush(false).unwrap();
-    lock.advance_until(200, |s| s == Step::Idle);
-    assert_eq!(shard.background_error(), None);
+    manifest_fails_once_after_the_side_car(&shard, &lock, &fail);
     let seg_dir = tmp.path().join("shard/segments");
     for ext in ["log", "state"] {
         assert!(!seg_dir.join(format!("seg-{sealed:016}.{ext}")).exists(), "the sealed segment's {ext} file stayed");
@@ -590,14 +597,7 @@ fn a_merges_inputs_go_once_a_later_manifest_lists_the_merged_table() {
     let _release = ReleaseOnDrop(lock.clone());
     seal_until_a_merge(&shard, &lock);
     lock.advance_until(200, |s| matches!(s, Step::TableSwap(_)));
-    lock.advance_until(50, |s| matches!(s, Step::SideCar(_)));
-    fail.store(true, std::sync::atomic::Ordering::SeqCst);
-    lock.advance_until(50, |s| s == Step::Idle);
-    fail.store(false, std::sync::atomic::Ordering::SeqCst);
-    assert_eq!(shard.background_error().map(|e| e.status), Some(KEEL_STATUS_NO_SPACE));
-    shard.flush(false).unwrap();
-    lock.advance_until(200, |s| s == Step::Idle);
-    assert_eq!(shard.background_error(), None);
+    manifest_fails_once_after_the_side_car(&shard, &lock, &fail);
     let seg_dir = tmp.path().join("shard/segments");
     let tables = shard.stats().sealed_segments;
     assert_eq!((count_files(&seg_dir, "sst"), count_files(&seg_dir, "del")), (tables, tables), "files of replaced tables stayed");
