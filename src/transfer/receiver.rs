@@ -46,8 +46,8 @@ pub struct ReceiverStats {
     pub finished: u64,
     pub failed: u64,
     /// Receptions ended because their source had no connection here: for
-    /// the node's silence limit after its connection ended, or when a
-    /// START needed the place.
+    /// the node's silence limit after its connection ended (counted once
+    /// their shards are closed), or when a START needed the place.
     pub sources_gone: u64,
     /// Receptions running now, each holding one of the node's
     /// `max_concurrent_transfers` places.
@@ -373,8 +373,11 @@ impl Receiver {
                 st.gone.retain(|p, _| !due.contains(p));
                 st.take_gone(|p| due.contains(&p) && !back.contains(&p))
             };
-            bump(&self.counters.sources_gone, old.len() as u64);
+            // Counted once their shards are closed: a host that sees the
+            // count may drop them at once (until then their ids are busy).
+            let gone = old.len() as u64;
             end_all(engine, old);
+            bump(&self.counters.sources_gone, gone);
         }
         self.state.lock().gone.values().min().map(|at| *at + linger)
     }
