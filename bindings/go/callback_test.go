@@ -23,10 +23,12 @@ import (
 // runCrashingChild runs the calling test again in a child process with
 // env set, and fails unless the child dies as a Go panic does (exit
 // status 2, "panic: " and want in its output). It returns the output.
+// The child's temporary directories go under this test's own: a child
+// that dies runs no cleanup, and its t.TempDir would stay behind.
 func runCrashingChild(t *testing.T, env, want string) string {
 	t.Helper()
 	cmd := exec.Command(os.Args[0], "-test.run=^"+t.Name()+"$", "-test.count=1", "-test.v")
-	cmd.Env = append(os.Environ(), env)
+	cmd.Env = append(os.Environ(), env, "TMPDIR="+t.TempDir())
 	out, err := cmd.CombinedOutput()
 	ee, ok := err.(*exec.ExitError)
 	if !ok || ee.ExitCode() != 2 || !strings.Contains(string(out), "panic: ") || !strings.Contains(string(out), want) {
