@@ -339,11 +339,13 @@ impl FileCache {
     }
 
     /// After `from` was renamed to `to`: handles of `to` (replaced) are
-    /// detached, handles of `from` and below are renamed.
+    /// detached, handles of `from` and below are renamed. Those of `from`
+    /// are taken first: a name renamed onto itself replaced nothing.
     fn renamed(&self, from: &Path, to: &Path) {
         let mut st = self.state.lock();
+        let moved = st.take_below(from);
         st.detach_below(to);
-        for (old, slots) in st.take_below(from) {
+        for (old, slots) in moved {
             // (joining an empty rest would add a trailing slash)
             let new = match old.strip_prefix(from).expect("below from") {
                 rest if rest.as_os_str().is_empty() => to.to_path_buf(),
@@ -585,6 +587,33 @@ mod tests {
         gone.sync_data().unwrap();
         drop(fill);
         assert!(cache.counts().evictions > 0);
+    }
+
+    /// rename(2) of a name onto itself succeeds and changes nothing
+    /// (POSIX): the handles of that name still reach their file, so a
+    /// closed one is opened again for its writes and its sync, never
+    /// taken for a replaced file (NotFound, and a sync that syncs nothing).
+    #[test]
+    fn a_rename_onto_the_same_name_keeps_its_handles() {
+        let (d, cache, fs) = setup("rename-self", MIN_OPEN_FILES);
+        let (a, dir) = (d.join("a"), d.join("sub"));
+        let f = fs.create(&a).unwrap();
+        fs.create_dir_all(&dir).unwrap();
+        let inner = fs.create(&dir.join("f")).unwrap();
+        // Both closed by the cache.
+        let fill: Vec<_> = (0..MIN_OPEN_FILES).map(|i| fs.create(&d.join(format!("x{i}"))).unwrap()).collect();
+        fs.rename(&a, &a).unwrap();
+        fs.rename(&dir, &dir).unwrap();
+        f.write_at(&[b"still a"], 0).unwrap();
+        inner.write_at(&[b"still f"], 0).unwrap();
+        let misses = cache.counts().misses;
+        drop(fill);
+        let fill: Vec<_> = (0..MIN_OPEN_FILES).map(|i| fs.create(&d.join(format!("y{i}"))).unwrap()).collect();
+        f.sync_data().unwrap();
+        assert!(cache.counts().misses > misses, "the sync opened the file again to sync it");
+        assert_eq!(read(&*f), b"still a");
+        assert_eq!(read(&*inner), b"still f");
+        drop(fill);
     }
 
     #[test]
