@@ -301,6 +301,17 @@ impl StdFile {
         Ok(f)
     }
 
+    /// Runs `change` (a write, an allocation), then marks the file
+    /// `dirty`, whatever it returned (a failed one may have changed some
+    /// bytes). After, not before: a `sync_data` that clears the mark while
+    /// the change runs may miss its bytes, so the change must leave the
+    /// mark for the next one.
+    fn dirtying<R>(&self, change: impl FnOnce() -> io::Result<R>) -> io::Result<R> {
+        let changed = change();
+        self.dirty.store(true, Ordering::Release);
+        changed
+    }
+
     /// Reserves the blocks of [cur, len) with `posix_fallocate`.
     fn fallocate(&self, cur: u64, len: u64) -> io::Result<()> {
         if cur >= len {
@@ -359,24 +370,26 @@ impl File for StdFile {
         let total: usize = parts.iter().map(|p| p.len()).sum();
         if let Some(a) = &self.appends {
             a.overwritten(off, total as u64);
-            self.dirty.store(true, Ordering::Release);
         }
-        let map = self.map.read();
-        match map.as_ref() {
-            Some(m) if (off as usize).checked_add(total).is_some_and(|end| end <= m.len) => {
-                let mut at = off as usize;
-                for p in parts {
-                    // SAFETY: off + total <= m.len was checked above, so
-                    // [at, at + p.len()) is inside the writable mapping; the
-                    // source is a separate buffer; callers never write one
-                    // range concurrently (File::write_at's contract).
-                    unsafe { std::ptr::copy_nonoverlapping(p.as_ptr(), m.ptr.add(at), p.len()) };
-                    at += p.len();
+        self.dirtying(|| {
+            let map = self.map.read();
+            match map.as_ref() {
+                Some(m) if (off as usize).checked_add(total).is_some_and(|end| end <= m.len) => {
+                    let mut at = off as usize;
+                    for p in parts {
+                        // SAFETY: off + total <= m.len was checked above, so
+                        // [at, at + p.len()) is inside the writable mapping;
+                        // the source is a separate buffer; callers never
+                        // write one range concurrently (File::write_at's
+                        // contract).
+                        unsafe { std::ptr::copy_nonoverlapping(p.as_ptr(), m.ptr.add(at), p.len()) };
+                        at += p.len();
+                    }
+                    Ok(())
                 }
-                Ok(())
+                _ => pwritev_all(self.file.as_raw_fd(), parts, off),
             }
-            _ => pwritev_all(self.file.as_raw_fd(), parts, off),
-        }
+        })
     }
 
     fn append_at(&self, parts: &[&[u8]], off: u64) -> io::Result<()> {
@@ -390,34 +403,35 @@ impl File for StdFile {
     }
 
     fn allocate(&self, len: u64) -> io::Result<()> {
-        self.dirty.store(true, Ordering::Release);
-        let cur = self.len()?;
-        if self.mapped {
-            self.fallocate(cur, len)?;
-        } else if cur < len {
-            // Real zeros, not fallocate's unwritten extents: writing into an
-            // unwritten extent makes every later fdatasync commit metadata.
-            let zeros = vec![0u8; 1 << 20];
-            let mut at = cur;
-            while at < len {
-                let n = ((len - at) as usize).min(zeros.len());
-                self.file.write_all_at(&zeros[..n], at)?;
-                at += n as u64;
+        self.dirtying(|| {
+            let cur = self.len()?;
+            if self.mapped {
+                self.fallocate(cur, len)?;
+            } else if cur < len {
+                // Real zeros, not fallocate's unwritten extents: writing into
+                // an unwritten extent makes every later fdatasync commit
+                // metadata.
+                let zeros = vec![0u8; 1 << 20];
+                let mut at = cur;
+                while at < len {
+                    let n = ((len - at) as usize).min(zeros.len());
+                    self.file.write_all_at(&zeros[..n], at)?;
+                    at += n as u64;
+                }
             }
-        }
-        if self.mapped {
-            self.remap()?;
-        }
-        Ok(())
+            if self.mapped {
+                self.remap()?;
+            }
+            Ok(())
+        })
     }
 
     fn reserve(&self, len: u64) -> io::Result<()> {
-        self.dirty.store(true, Ordering::Release);
         if self.mapped {
             // The mapping must grow with the file: `allocate` remaps.
             return self.allocate(len);
         }
-        self.fallocate(self.len()?, len)
+        self.dirtying(|| self.fallocate(self.len()?, len))
     }
 
     fn sync_data(&self) -> io::Result<()> {
@@ -531,5 +545,52 @@ impl FileSystem for StdFs {
             return Err(io::Error::last_os_error());
         }
         Ok(Some(ReadMap(Mapping { ptr: ptr as *mut u8, len })))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_dir::TestDir;
+    use std::sync::atomic::AtomicI32;
+
+    /// Whether thread `tid` of this process is asleep (blocked).
+    fn asleep(tid: i32) -> bool {
+        let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).unwrap();
+        // The state follows the command name, which ends with the last ')'.
+        stat[stat.rfind(')').unwrap() + 1..].trim_start().starts_with('S')
+    }
+
+    /// A sync that begins while a write through the page cache is under
+    /// way need not cover it, but the next one must: the write may not
+    /// leave the file marked clean, or that sync (of a `StdFs::synced()`
+    /// file, which skips fdatasync when nothing went through the page
+    /// cache) returns without syncing it. The write is held inside
+    /// `write_at`, just before its bytes are written, by the map's lock.
+    #[test]
+    fn a_write_that_a_sync_overlapped_is_synced_by_the_next() {
+        let dir = TestDir::new("fs-dirty");
+        let path = dir.join("log");
+        let f = StdFs::synced().writable(fs::File::create(&path).unwrap(), &path).unwrap();
+        if f.appends.is_none() {
+            return; // no O_DIRECT here: every sync runs fdatasync
+        }
+        f.sync_data().unwrap();
+        let tid = AtomicI32::new(0);
+        std::thread::scope(|s| {
+            let held = f.map.write();
+            let writer = s.spawn(|| {
+                // SAFETY: gettid takes no argument and cannot fail.
+                tid.store(unsafe { libc::gettid() }, Ordering::Release);
+                f.write_at(&[b"record"], 0)
+            });
+            while tid.load(Ordering::Acquire) == 0 || !asleep(tid.load(Ordering::Acquire)) {
+                std::thread::yield_now();
+            }
+            f.sync_data().unwrap();
+            drop(held);
+            writer.join().unwrap().unwrap();
+        });
+        assert!(f.dirty.load(Ordering::Acquire), "the next sync_data would skip the fdatasync the write needs");
     }
 }
