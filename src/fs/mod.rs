@@ -275,6 +275,10 @@ fn pwritev_all(fd: libc::c_int, parts: &[&[u8]], mut off: u64) -> io::Result<()>
             }
             return Err(e);
         }
+        if n == 0 {
+            // Possible on some file systems (FUSE); calling again would spin.
+            return Err(io::Error::new(io::ErrorKind::WriteZero, "pwritev wrote nothing"));
+        }
         let mut n = n as usize;
         off += n as u64;
         while n > 0 {
