@@ -708,3 +708,33 @@ fn a_source_back_within_the_silence_limit_goes_on() {
     let shard = dst.engine.open_shard(SHARD, false).unwrap();
     assert_eq!(shard.get(b"b").unwrap().map(|e| e.version), Some(5));
 }
+
+/// An OPS record is the source's WAL record, carried in a frame: one
+/// that does not decode is a malformed frame, like a count its bytes
+/// cannot hold. It was answered CORRUPTION, which tells the source's host
+/// that data is damaged on a disk when only a frame was wrong. It is
+/// PROTOCOL now, and the shard takes nothing of it.
+#[test]
+fn an_ops_record_that_does_not_decode_is_a_protocol_error() {
+    let dst = Side::temp("hostile-ops-garbage", node_options(2), shard_options());
+    dst.transfers.expect(SHARD, 1);
+    let mut p = RawPeer::connect(dst.node.addr(), 1);
+    ok(&p.call(wire::START, 9, 1, &start_body(wire::MODE_SNAPSHOT)), "START");
+    ok(&p.call(wire::BEGIN, 9, 2, &begin_snapshot_body(5)), "BEGIN");
+    ok(&p.call(wire::SNAPSHOT_END, 9, 3, &[]), "SNAPSHOT_END");
+    let mut garbage = 1u32.to_le_bytes().to_vec();
+    wire::put_op(&mut garbage, 6, &[0xEE, 1, 2, 3]);
+    let refused = p.call(wire::OPS, 9, 4, &garbage);
+    assert_eq!(refused.status, KEEL_STATUS_PROTOCOL, "{refused:?}");
+    // A snapshot again, finished: the shard holds none of it.
+    let put = Op::Put { key: b"k".to_vec(), value: b"v".to_vec() }.encode();
+    let mut ops = 1u32.to_le_bytes().to_vec();
+    wire::put_op(&mut ops, 6, &put);
+    ok(&p.call(wire::START, 10, 1, &start_body(wire::MODE_SNAPSHOT)), "START again");
+    ok(&p.call(wire::BEGIN, 10, 2, &begin_snapshot_body(5)), "BEGIN again");
+    ok(&p.call(wire::SNAPSHOT_END, 10, 3, &[]), "SNAPSHOT_END again");
+    ok(&p.call(wire::OPS, 10, 4, &ops), "OPS");
+    ok(&p.call(wire::FINISH, 10, 5, &6u64.to_le_bytes()), "FINISH");
+    let shard = dst.engine.open_shard(SHARD, false).unwrap();
+    assert_eq!(shard.get(b"k").unwrap().map(|e| e.version), Some(6));
+}

@@ -310,7 +310,17 @@ impl Shard {
                     format!("transferred operations from {first} do not follow this shard's last version {} without a gap", wal.last_seq()),
                 ));
             }
-            let decoded: Vec<Record> = fresh.iter().map(|(_, r)| Record::decode(r)).collect::<Result<_>>()?;
+            // The records came in a frame, not from a disk: one that does
+            // not decode is the source's malformed frame (PROTOCOL), not
+            // damage here (CORRUPTION).
+            let refused = |i: usize, e: Error| {
+                Error::new(
+                    KEEL_STATUS_PROTOCOL,
+                    format!("transferred operation {} is not one this shard can take: {}", first + i as u64, e.message),
+                )
+            };
+            let decoded: Vec<Record> =
+                fresh.iter().enumerate().map(|(i, (_, r))| Record::decode(r).map_err(|e| refused(i, e))).collect::<Result<_>>()?;
             // What a local write is checked for, before anything is logged:
             // a record logged and then refused by replay would poison the
             // shard, and every later open would refuse its WAL.
@@ -320,12 +330,7 @@ impl Shard {
                     Record::Op(op) => op.check().and_then(|()| segs.check([*op], &mut earlier, inner.opts.max_list_size)),
                     Record::State(change) => change.fence.as_ref().map_or(Ok(()), |f| super::check_bucket(&f.bucket)),
                 };
-                checked.map_err(|e| {
-                    Error::new(
-                        KEEL_STATUS_PROTOCOL,
-                        format!("transferred operation {} is not one this shard can take: {}", first + i as u64, e.message),
-                    )
-                })?;
+                checked.map_err(|e| refused(i, e))?;
             }
             let records: Vec<&[u8]> = fresh.iter().map(|(_, r)| *r).collect();
             let at = wal.append_deferred(&records)?;
