@@ -647,3 +647,34 @@ fn a_peer_that_connects_again_replaces_its_old_connection() {
     a.send(2, TRANSFER, b"on the new one").unwrap();
     assert_eq!(again.next_service_frame(), (TRANSFER, b"on the new one".to_vec()));
 }
+
+/// `close` joins the node's threads, so a callback running on one of them
+/// (here the event of a peer ready, on its connection's reader) cannot
+/// close its own node. It waited out close_timeout for its own connection
+/// and then panicked joining its own thread, leaving the node half closed
+/// (a close from the host then answered BUSY and joined nothing). It
+/// answers BUSY now and changes nothing: the host closes the node.
+#[test]
+fn close_from_the_nodes_own_callback_is_busy() {
+    use std::sync::{OnceLock, Weak};
+    let me: Arc<OnceLock<Weak<Node>>> = Arc::default();
+    let (tx, rx) = unbounded();
+    let (mut o, _events) = options(1, &[]);
+    let m = me.clone();
+    o.on_event = Some(Arc::new(move |_, status, _: &str| {
+        if let Some(node) = m.get().and_then(Weak::upgrade).filter(|_| status == KEEL_STATUS_OK) {
+            let closed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| node.close().map(drop).map_err(|e| e.status)));
+            let _ = tx.send(closed.map_err(|_| "close panicked"));
+        }
+    }));
+    let a = Arc::new(Node::open(o).unwrap());
+    me.set(Arc::downgrade(&a)).unwrap();
+    let (b, _) = open(2, &[]);
+    b.connect(1, &a.addr().to_string()).unwrap();
+    let closed = rx.recv_timeout(HANG_GUARD).expect("hang guard: the peer-ready event never ran");
+    assert_eq!(closed, Ok(Err(KEEL_STATUS_BUSY)));
+    assert!(!a.is_closing(), "a close that answered BUSY closed nothing");
+    let s = a.close().expect("the host's close");
+    assert_eq!(s.peers, 0, "{s:?}");
+    b.close().unwrap();
+}

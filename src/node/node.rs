@@ -292,13 +292,27 @@ impl Node {
     /// closes them and joins every thread. Returns the final counters.
     /// The node stays usable by reference meanwhile (its event handlers may
     /// read its stats; dialing and sending answer CLOSED). BUSY when a
-    /// close already runs (a handler closing its own node).
+    /// close already runs, or when called on one of the node's own
+    /// threads (from a handler or an event callback), which it would join:
+    /// nothing is done then.
     pub fn close(&self) -> Result<NodeStats> {
+        if self.on_own_thread() {
+            return Err(Error::new(KEEL_STATUS_BUSY, "a node cannot be closed from its own handler or event callback, which the close waits for"));
+        }
         if self.inner.closing.swap(true, Ordering::SeqCst) {
             return Err(Error::new(KEEL_STATUS_BUSY, "the node is already closing"));
         }
         self.shutdown();
         Ok(self.stats())
+    }
+
+    /// Whether the caller runs on the accept thread or a connection's
+    /// reader, the threads `shutdown` joins.
+    fn on_own_thread(&self) -> bool {
+        let me = std::thread::current().id();
+        let mine = |t: &Option<JoinHandle<()>>| t.as_ref().is_some_and(|t| t.thread().id() == me);
+        let accepting = mine(&self.acceptor.lock());
+        accepting || self.inner.reg.lock().conns.values().any(|(_, t)| mine(t))
     }
 
     /// Runs once, after `closing` is set.
