@@ -738,3 +738,30 @@ fn an_ops_record_that_does_not_decode_is_a_protocol_error() {
     let shard = dst.engine.open_shard(SHARD, false).unwrap();
     assert_eq!(shard.get(b"k").unwrap().map(|e| e.version), Some(6));
 }
+
+/// A late copy of a finished transfer's START (its first step, older than
+/// the FINISH the receiver answered) is a step the source moved on from:
+/// dropped unanswered, like any stale step. It opened a new reception
+/// under the old id instead once the host announced the shard again: a
+/// WAL delta's START took the finished shard back as incoming (the host's
+/// open answered BUSY), for a reception no source would ever drive.
+#[test]
+fn a_late_start_of_a_finished_transfer_is_stale() {
+    let dst = Side::temp("hostile-late-start", node_options(2), shard_options());
+    dst.transfers.expect(SHARD, 1);
+    let mut p = RawPeer::connect(dst.node.addr(), 1);
+    ok(&p.call(wire::START, 9, 1, &start_body(wire::MODE_SNAPSHOT)), "START");
+    ok(&p.call(wire::BEGIN, 9, 2, &begin_snapshot_body(5)), "BEGIN");
+    ok(&p.call(wire::SNAPSHOT_END, 9, 3, &[]), "SNAPSHOT_END");
+    ok(&p.call(wire::FINISH, 9, 4, &5u64.to_le_bytes()), "FINISH");
+    // The host announces the shard again (a later transfer may come).
+    dst.transfers.expect(SHARD, 1);
+    let stale = dst.transfers.receiver_stats().stale_steps;
+    p.send_step(wire::START, 9, 1, &start_body(wire::MODE_DELTA));
+    // The next answer is the FINISH copy's: the START got none.
+    ok(&p.call(wire::FINISH, 9, 4, &5u64.to_le_bytes()), "a copy of FINISH");
+    let s = dst.transfers.receiver_stats();
+    assert_eq!((s.stale_steps, s.receiving), (stale + 1, 0), "{s:?}");
+    let shard = dst.engine.open_shard(SHARD, false).expect("the finished shard is the host's");
+    assert_eq!(shard.last_version(), 5);
+}

@@ -241,10 +241,11 @@ impl Receiver {
         let running = self.state.lock().running.get(&(peer, id)).cloned();
         let mut later = None;
         let result = match running {
-            None if ty == wire::START => self.start(engine, (max, connected), peer, id, n, crc, &mut body, &mut ack),
             None => match self.finished_answer(peer, id) {
-                // Over already: a copy with other bytes has nothing left to end.
+                // Over already: a copy with other bytes has nothing left to
+                // end, and a START of it (a late copy) opens nothing.
                 Some((step, last)) if n <= step => return self.copy(step, Some(&last), ty, n, crc, || {}).map(|a| (a, None)),
+                _ if ty == wire::START => self.start(engine, (max, connected), peer, id, n, crc, &mut body, &mut ack),
                 _ => Err(Error::new(KEEL_STATUS_NOT_FOUND, format!("no transfer {id} from node {peer} is running here"))),
             },
             Some(running) => {
