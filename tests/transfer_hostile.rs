@@ -765,3 +765,31 @@ fn a_late_start_of_a_finished_transfer_is_stale() {
     let shard = dst.engine.open_shard(SHARD, false).expect("the finished shard is the host's");
     assert_eq!(shard.last_version(), 5);
 }
+
+/// An ACK carries the receiver's error message, which may quote what the
+/// source sent (here a 4000-byte key, escaped): with the smallest frame
+/// a node allows (4 KiB), the ACK no longer fit a frame, was never sent,
+/// and the source could only time out and retry into the same silence,
+/// failing with TIMEOUT instead of the receiver's PROTOCOL. The message
+/// is cut to fit now (a source keeps only its first 4 KiB anyway).
+#[test]
+fn a_refusal_with_a_long_message_is_still_answered_in_a_small_frame() {
+    let dst = Side::temp("hostile-long-refusal", NodeOptions { max_frame_bytes: 4096, ..node_options(2) }, shard_options());
+    dst.transfers.expect(SHARD, 1);
+    let mut p = RawPeer::connect(dst.node.addr(), 1);
+    let key = vec![1u8; 4000];
+    ok(&p.call(wire::START, 9, 1, &start_body(wire::MODE_SNAPSHOT)), "START");
+    ok(&p.call(wire::BEGIN, 9, 2, &begin_snapshot_body(5)), "BEGIN");
+    ok(&p.call(wire::ENTRIES, 9, 3, &entries_body(&[(&key, value(1, b"a"))])), "ENTRIES");
+    // The same key at another version: refused when it is installed, and
+    // the refusal (quoting the key, cut) answers the next step.
+    ok(&p.call(wire::ENTRIES, 9, 4, &entries_body(&[(&key, value(2, b"b"))])), "ENTRIES again");
+    // A step after it is answered in any case (the reception is over):
+    // the first answer read is SNAPSHOT_END's, not this one's.
+    p.send_step(wire::SNAPSHOT_END, 9, 5, &[]);
+    p.send_step(wire::FINISH, 9, 6, &5u64.to_le_bytes());
+    let refused = p.ack();
+    assert_eq!((refused.step, refused.status), (5, KEEL_STATUS_PROTOCOL), "{}", refused.message);
+    assert!(refused.message.starts_with("snapshot entry"), "{}", refused.message);
+    assert_eq!(p.ack().status, KEEL_STATUS_NOT_FOUND);
+}

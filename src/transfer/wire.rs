@@ -88,6 +88,15 @@ pub fn parse_step(payload: &[u8]) -> Result<Step<'_>> {
 /// The bytes of an ACK's message a source keeps.
 pub const ACK_MESSAGE_MAX: usize = 4096;
 
+/// Bytes of an ACK before its message.
+const ACK_HEAD: usize = 33;
+
+/// The bytes of its message an ACK carries at most: a message may quote
+/// what the source sent (a key), and a longer one would not fit the
+/// smallest frame a node allows (4 KiB, `ACK_MESSAGE_MAX`): such an ACK
+/// was never sent, and its source could only time out.
+const ACK_MESSAGE_SENT: usize = ACK_MESSAGE_MAX - ACK_HEAD;
+
 /// The receiver's answer to a step.
 #[derive(Debug, Clone)]
 pub struct Ack {
@@ -104,14 +113,18 @@ pub struct Ack {
 
 impl Ack {
     pub fn encode(&self) -> Vec<u8> {
-        let mut b = Vec::with_capacity(33 + self.message.len());
+        let mut cut = self.message.len().min(ACK_MESSAGE_SENT);
+        while !self.message.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        let mut b = Vec::with_capacity(ACK_HEAD + cut);
         b.extend_from_slice(&self.id.to_le_bytes());
         b.extend_from_slice(&self.step.to_le_bytes());
         b.extend_from_slice(&self.status.to_le_bytes());
         b.extend_from_slice(&self.version.to_le_bytes());
         b.push(self.crc.is_some() as u8);
         b.extend_from_slice(&self.crc.unwrap_or(0).to_le_bytes());
-        b.extend_from_slice(self.message.as_bytes());
+        b.extend_from_slice(&self.message.as_bytes()[..cut]);
         b
     }
 
@@ -291,6 +304,18 @@ mod tests {
         let e = check_entries(&body(MAX_VALUE_SIZE + 1), u64::MAX).unwrap_err();
         assert_eq!(e.status, KEEL_STATUS_PROTOCOL, "{e}");
         assert!(e.message.contains("posting item"), "{e}");
+    }
+
+    #[test]
+    fn an_ack_fits_the_smallest_frame_whatever_its_message() {
+        let long = format!("{}é{}", "x".repeat(ACK_MESSAGE_SENT - 1), "y".repeat(10_000));
+        let ack = Ack { id: 1, step: 2, status: KEEL_STATUS_PROTOCOL, version: 3, crc: Some(4), message: long };
+        let b = ack.encode();
+        assert!(b.len() <= ACK_MESSAGE_MAX, "{} bytes", b.len());
+        // Cut before the character that would straddle the limit.
+        assert_eq!(Ack::decode(&b).unwrap().message, "x".repeat(ACK_MESSAGE_SENT - 1));
+        let short = Ack { message: "refused".into(), ..ack };
+        assert_eq!(Ack::decode(&short.encode()).unwrap().message, "refused");
     }
 
     #[test]
