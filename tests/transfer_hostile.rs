@@ -793,3 +793,51 @@ fn a_refusal_with_a_long_message_is_still_answered_in_a_small_frame() {
     assert!(refused.message.starts_with("snapshot entry"), "{}", refused.message);
     assert_eq!(p.ack().status, KEEL_STATUS_NOT_FOUND);
 }
+
+/// A START that needs the place of a source with no connection here ends
+/// that source's reception: counted in `sources_gone`, like the end the
+/// silence limit brings, only once its shard is closed, so a host that
+/// sees the count and drops the shard does not find its id still busy.
+/// It was counted before the close, which is parked here on the shard's
+/// first file call: the host saw the count while the id was busy.
+#[test]
+fn a_reception_ended_for_a_start_is_counted_once_its_shard_is_closed() {
+    use common::hookfs::HookFs;
+    use std::sync::atomic::AtomicBool;
+    use std::sync::Arc;
+    let armed = Arc::new(AtomicBool::new(false));
+    let (parked_tx, parked) = crossbeam_channel::bounded::<()>(1);
+    let (release, release_rx) = crossbeam_channel::bounded::<()>(1);
+    let a = armed.clone();
+    let fs = HookFs::new(move |_, path| {
+        if path.to_string_lossy().contains(&format!("/shards/{SHARD}/")) && a.swap(false, Ordering::AcqRel) {
+            let _ = parked_tx.send(());
+            let _ = release_rx.recv();
+        }
+        Ok(())
+    });
+    // A silence limit far past the test: only the START ends the reception.
+    let opts = NodeOptions { max_concurrent_transfers: 1, heartbeat_misses: 1000, ..node_options(2) };
+    let dst = Side::temp_on("hostile-gone-count", opts, shard_options(), fs);
+    dst.transfers.expect(SHARD, 1);
+    dst.transfers.expect(SHARD + 1, 3);
+    {
+        let mut gone = RawPeer::connect(dst.node.addr(), 1);
+        ok(&gone.call(wire::START, 5, 1, &start_body(wire::MODE_SNAPSHOT)), "START");
+        ok(&gone.call(wire::BEGIN, 5, 2, &begin_snapshot_body(5)), "BEGIN");
+    }
+    wait_for("the node sees peer 1 go", || !dst.node.is_ready(1));
+    armed.store(true, Ordering::Release);
+    let addr = dst.node.addr();
+    let other = std::thread::spawn(move || {
+        let mut p = RawPeer::connect(addr, 3);
+        p.call(wire::START, 1000, 1, &[&(SHARD + 1).to_le_bytes()[..], &[wire::MODE_SNAPSHOT]].concat())
+    });
+    parked.recv_timeout(HANG_GUARD).expect("hang guard: the shard's close never reached its files");
+    let counted = dst.transfers.receiver_stats().sources_gone;
+    release.send(()).unwrap();
+    ok(&other.join().unwrap(), "peer 3's START");
+    assert_eq!(counted, 0, "counted while the shard was still closing");
+    assert_eq!(dst.transfers.receiver_stats().sources_gone, 1);
+    dst.engine.drop_shard(SHARD).unwrap();
+}

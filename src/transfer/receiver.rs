@@ -46,8 +46,8 @@ pub struct ReceiverStats {
     pub finished: u64,
     pub failed: u64,
     /// Receptions ended because their source had no connection here: for
-    /// the node's silence limit after its connection ended (counted once
-    /// their shards are closed), or when a START needed the place.
+    /// the node's silence limit after its connection ended, or when a
+    /// START needed the place; counted once their shards are closed.
     pub sources_gone: u64,
     /// Receptions running now, each holding one of the node's
     /// `max_concurrent_transfers` places.
@@ -419,6 +419,9 @@ impl Receiver {
             bump(&self.counters.out_of_order, 1);
             return Err(Error::new(KEEL_STATUS_PROTOCOL, format!("START is step {n}, not 1")));
         }
+        // Receptions of sources gone, counted once their shards are
+        // closed (as in `reap`).
+        let mut gone = 0;
         let stale: Vec<Running> = {
             let mut st = self.state.lock();
             if !st.expected.contains(&(shard_id, peer)) {
@@ -442,13 +445,14 @@ impl Receiver {
                 drop(st);
                 let here = connected();
                 st = self.state.lock();
-                let gone = st.take_gone(|p| !here.contains(&p));
-                bump(&self.counters.sources_gone, gone.len() as u64);
-                old.extend(gone);
+                let taken = st.take_gone(|p| !here.contains(&p));
+                gone = taken.len() as u64;
+                old.extend(taken);
             }
             if st.running.len() >= max {
                 drop(st);
                 end_all(engine, old);
+                bump(&self.counters.sources_gone, gone);
                 return Err(Error::new(
                     KEEL_STATUS_BUSY,
                     format!("{max} transfers are being received here already (max_concurrent_transfers)"),
@@ -457,6 +461,7 @@ impl Receiver {
             old
         };
         end_all(engine, stale);
+        bump(&self.counters.sources_gone, gone);
         let mut inc = Incoming {
             shard_id,
             peer,
