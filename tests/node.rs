@@ -678,3 +678,37 @@ fn close_from_the_nodes_own_callback_is_busy() {
     assert_eq!(s.peers, 0, "{s:?}");
     b.close().unwrap();
 }
+
+/// A callback may hold the node (a strong handle it upgraded) when the
+/// host lets its own go: the last handle then drops on the node's own
+/// thread, whose shutdown joined that thread and panicked ("failed to
+/// join thread"), leaving the other threads unjoined. The shutdown now
+/// leaves the thread it runs on, which ends once its callback returns.
+#[test]
+fn the_last_handle_dropped_in_a_callback_shuts_the_node_down() {
+    use std::sync::{OnceLock, Weak};
+    let me: Arc<OnceLock<Weak<Node>>> = Arc::default();
+    let (held_tx, held) = crossbeam_channel::bounded::<()>(1);
+    let (let_go, let_go_rx) = crossbeam_channel::bounded::<()>(1);
+    let (tx, rx) = unbounded();
+    let (mut o, _events) = options(1, &[]);
+    let m = me.clone();
+    o.on_event = Some(Arc::new(move |_, status, _: &str| {
+        if let Some(node) = m.get().and_then(Weak::upgrade).filter(|_| status == KEEL_STATUS_OK) {
+            let _ = held_tx.send(());
+            let _ = let_go_rx.recv();
+            let _ = tx.send(std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(node))).is_ok());
+        }
+    }));
+    let a = Arc::new(Node::open(o).unwrap());
+    me.set(Arc::downgrade(&a)).unwrap();
+    let (b, b_events) = open(2, &[]);
+    b.connect(1, &a.addr().to_string()).unwrap();
+    held.recv_timeout(HANG_GUARD).expect("hang guard: the peer-ready event never ran");
+    drop(a);
+    let_go.send(()).unwrap();
+    assert_eq!(rx.recv_timeout(HANG_GUARD), Ok(true), "the drop in the callback panicked");
+    assert!(me.get().unwrap().upgrade().is_none(), "the node is gone");
+    wait_for(&b, &b_events, "node 1 closing its connection", |s| s.peers == 0);
+    b.close().unwrap();
+}

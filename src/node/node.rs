@@ -319,12 +319,21 @@ impl Node {
     fn shutdown(&self) {
         debug_assert!(self.inner.closing.load(Ordering::Acquire));
         let Some(acceptor) = self.acceptor.lock().take() else { return };
+        // The last handle may go on one of the node's own threads (a
+        // callback held one; `close` there answers BUSY instead): that
+        // thread is neither waited for nor joined, and ends once its
+        // callback returns.
+        let me = std::thread::current().id();
+        let theirs = |t: &JoinHandle<()>| t.thread().id() != me;
         // SAFETY: the listener's fd is open (self owns it); shutdown(2)
         // wakes the accept thread blocked on its dup.
         unsafe { libc::shutdown(self.listener.as_raw_fd(), libc::SHUT_RDWR) };
-        let _ = acceptor.join();
-        let conns: Vec<Arc<Conn>> = self.inner.reg.lock().conns.values().map(|(c, _)| c.clone()).collect();
-        for c in &conns {
+        if theirs(&acceptor) {
+            let _ = acceptor.join();
+        }
+        let conns: Vec<(Arc<Conn>, bool)> =
+            self.inner.reg.lock().conns.values().map(|(c, t)| (c.clone(), t.as_ref().map_or(true, theirs))).collect();
+        for (c, _) in &conns {
             // The reason only: the socket stays open while the writers drain.
             c.end_reason_only(Reason::Shutdown, "the node is closing");
         }
@@ -339,16 +348,16 @@ impl Node {
         // down for reading or closed while the peer still sends (a PING)
         // answers with a RST and drops them. So each reader reads on until
         // the peer, having read everything, closes its side too.
-        for c in &conns {
+        for (c, _) in conns.iter().filter(|(_, theirs)| *theirs) {
             c.wait_ended(deadline);
         }
         // What is left is a peer that did not close within close_timeout.
-        for c in &conns {
+        for (c, _) in &conns {
             c.end(Reason::Shutdown, "the node is closing");
         }
         let threads: Vec<JoinHandle<()>> =
             self.inner.reg.lock().conns.values_mut().filter_map(|(_, t)| t.take()).collect();
-        for t in threads {
+        for t in threads.into_iter().filter(theirs) {
             let _ = t.join();
         }
     }
