@@ -553,6 +553,50 @@ fn verify_finds_deleted_renamed_and_swapped_segments_in_every_mode() {
     }
 }
 
+/// Every segment gone and `wal.meta` left (or left damaged): open refuses
+/// the log in every strict mode, and salvage opens it above the recorded
+/// numbers; verify must say so, not call it an empty log.
+#[test]
+fn verify_finds_every_segment_removed_and_a_damaged_record_without_segments() {
+    let _serial = serial();
+    for damaged_meta in [false, true] {
+        let what = if damaged_meta { "damaged wal.meta" } else { "wal.meta intact" };
+        let t = TempDir::new("extent-none");
+        let dir = t.path().join("wal");
+        write_log(&dir, 600);
+        for seg in segment_files(&dir) {
+            std::fs::remove_file(seg).unwrap();
+        }
+        if damaged_meta {
+            let meta = dir.join("wal.meta");
+            let mut b = std::fs::read(&meta).unwrap();
+            b[20] ^= 1;
+            std::fs::write(&meta, b).unwrap();
+        }
+        for mode in ["tolerate_tail", "absolute", "point_in_time", "salvage"] {
+            let r = keel_wal(&["verify", s(&dir), "--mode", mode]);
+            assert_eq!(r.code, 1, "{what}, {mode}: {}{}", r.stdout, r.stderr);
+            assert!(r.stdout.contains("wal.meta"), "{what}, {mode}: the record is not named:\n{}", r.stdout);
+            let verdict = line(&r.stdout, "verdict: ");
+            if mode == "salvage" {
+                let next = if damaged_meta { " 1" } else { " 721" };
+                assert!(verdict.starts_with("salvage would open") && verdict.ends_with(next), "{what}: {verdict}");
+            } else {
+                assert!(verdict.contains("would fail to open (CORRUPTION)"), "{what}, {mode}: {verdict}");
+            }
+            let opened = Wal::open(&dir, opts(scan_mode(mode)));
+            assert_eq!(opened.is_ok(), mode == "salvage", "{what}, {mode}");
+            match opened {
+                Ok(wal) => {
+                    assert_eq!(wal.append(b"after").unwrap(), if damaged_meta { 1 } else { 721 }, "{what}");
+                    wal.close().unwrap();
+                }
+                Err(e) => assert_eq!(e.status, keel::status::KEEL_STATUS_CORRUPTION, "{what}, {mode}: {e}"),
+            }
+        }
+    }
+}
+
 fn scan_mode(name: &str) -> RecoveryMode {
     match name {
         "tolerate_tail" => RecoveryMode::TolerateTail,

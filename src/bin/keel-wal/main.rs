@@ -259,16 +259,22 @@ fn verify(out: &mut impl Write, path: &Path, mode: RecoveryMode) -> Result<u8, F
     let l = scan::list(path)?;
     let scans = scan::scan_all(&l)?;
     writeln!(out, "verify {} (mode {})", path.display(), scan::mode_name(mode))?;
-    let (Some(first), Some(last)) = (scans.first(), scans.last()) else {
-        writeln!(out, "clean: no segments (an empty log; Wal::open would create the first one)")?;
-        writeln!(out, "verdict: {} would open", scan::mode_name(mode))?;
-        return Ok(0);
-    };
-    writeln!(out, "segments: {} checked ({} .. {})", scans.len(), first.file.name, last.file.name)?;
     let damage = keel::wal::scan::find_damage(&scans);
     let sum = scan::summarize(&scans, damage.as_ref());
     let kept_end = kept_end(&scans, damage.as_ref());
     let problems = l.meta.as_ref().map_or(Vec::new(), |m| extent::check(m, &scans, kept_end));
+    match (scans.first(), scans.last()) {
+        (Some(first), Some(last)) => writeln!(out, "segments: {} checked ({} .. {})", scans.len(), first.file.name, last.file.name)?,
+        // No segment, but an extent record that lists some, or is damaged:
+        // every segment is lost, and open refuses the log as it does any
+        // other loss the record proves.
+        _ if !problems.is_empty() => writeln!(out, "segments: none")?,
+        _ => {
+            writeln!(out, "clean: no segments (an empty log; Wal::open would create the first one)")?;
+            writeln!(out, "verdict: {} would open", scan::mode_name(mode))?;
+            return Ok(0);
+        }
+    }
     // A single segment file has no extent record: its header, hints and
     // a cut tail still bound the numbers handed out, as for a log without one.
     let next = kept_end.max(extent::next_floor(l.meta.as_ref().unwrap_or(&extent::MetaFile::Missing), &scans, false));
