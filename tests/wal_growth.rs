@@ -483,3 +483,44 @@ fn replacing_a_segment_without_records_survives_faults() {
         wal.close().unwrap();
     }
 }
+
+/// A segment that held only MARK frames when the log opened was verified
+/// up to their end by the open's scan; once a record too large for it
+/// replaces it with a new file, the frames written there from its header
+/// on were never verified, and a reader must check them.
+#[test]
+fn a_reader_verifies_the_frames_of_a_replaced_segment() {
+    use keel::fs::FileSystem;
+    use keel::wal::format::{decode_segment_header, PendingFrame, FRAME_HEADER_LEN, SEGMENT_HEADER_LEN};
+    let fs = FaultFs::new(13);
+    let opts = Options { durability: Durability::None, segment_size: 64 * KIB, prepare_ahead: false, ..Options::default() };
+    let open = || Wal::open_with_fs(Path::new("/faultfs/wal"), opts.clone(), Arc::new(fs.clone())).unwrap();
+    open().close().unwrap();
+    // The MARK frames of many clean closes, written here in one go.
+    let seg = Path::new("/faultfs/wal").join(keel::wal::segment_file_name(1));
+    let file = fs.open(&seg, true).unwrap();
+    let mut head = [0u8; SEGMENT_HEADER_LEN as usize];
+    file.read_at(&mut head, 0).unwrap();
+    let salt = decode_segment_header(&head).unwrap().salt;
+    let marks = 1500;
+    for i in 0..marks {
+        file.write_at(&[&PendingFrame::mark().header(salt, 1, 0)], SEGMENT_HEADER_LEN + FRAME_HEADER_LEN as u64 * i).unwrap();
+    }
+    file.sync_data().unwrap();
+    drop(file);
+
+    let wal = open();
+    let record = payload(1, 20 * KIB as usize);
+    assert_eq!(wal.append(&record).unwrap(), 1);
+    assert_eq!(wal.segments(), 1, "the segment of MARK frames was replaced, not followed");
+    // The record's bytes change on the device after it was written.
+    let file = fs.open(&seg, true).unwrap();
+    let at = SEGMENT_HEADER_LEN + FRAME_HEADER_LEN as u64 + 100;
+    file.write_at(&[&[!record[100]]], at).unwrap();
+    let got = wal.reader(1, ReadUpto::Appended).unwrap().next_record();
+    match got {
+        Err(e) => assert_eq!(e.status, KEEL_STATUS_CORRUPTION, "{e}"),
+        Ok(r) => panic!("a damaged record was handed out unverified: {:?}", r.map(|(s, d)| (s, d[100]))),
+    }
+    drop(wal);
+}

@@ -1135,6 +1135,10 @@ impl Shared {
         match made {
             // Same identity: the segment list and wal.meta already say it.
             Ok(next) if replacing => {
+                // A new file: the frames the open's scan verified in the
+                // old one (MARK frames) are gone, and the ones written
+                // here from the header on are for readers to verify.
+                st.segments.last_mut().expect("the active segment is listed").checked_end = 0;
                 st.active = Some(next);
                 Ok(())
             }
