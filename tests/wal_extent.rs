@@ -332,3 +332,25 @@ fn a_segment_cut_short_at_a_frame_boundary_never_reissues_a_number() {
     assert_eq!(wal.last_seq(), 150);
     wal.close().unwrap();
 }
+
+/// An extent record with a valid checksum but numbers no log reaches (D
+/// at u64::MAX) is damage to report, not arithmetic to overflow: the
+/// strict modes refuse it and SALVAGE opens with no number left to give.
+#[test]
+fn an_extent_record_claiming_the_last_numbers_is_refused_without_a_panic() {
+    use keel::wal::extent::{self, Extent, MetaFile};
+    let t = TempDir::new("extent-max");
+    let dir = t.path().join("wal");
+    write_log(&dir);
+    let fs = keel::fs::StdFs::direct();
+    let MetaFile::Present(e) = extent::read(&fs, &dir).unwrap() else { panic!("the log has an extent record") };
+    extent::write(&fs, &dir, &Extent { durable: u64::MAX, next_seq: u64::MAX, ..e }).unwrap();
+    for mode in STRICT {
+        let err = Wal::open(&dir, opts(mode)).err().unwrap_or_else(|| panic!("{mode:?} opened it"));
+        assert_eq!(err.status, KEEL_STATUS_CORRUPTION, "{mode:?}: {err}");
+    }
+    let wal = Wal::open(&dir, opts(RecoveryMode::Salvage)).unwrap();
+    let err = wal.append(b"one more").unwrap_err();
+    assert_eq!(err.status, keel::status::KEEL_STATUS_INVALID_ARGUMENT, "{err}");
+    wal.close().unwrap();
+}

@@ -167,7 +167,8 @@ pub fn check(meta: &MetaFile, scans: &[SegmentScan], kept_end: u64) -> Vec<Probl
             return out;
         }
     };
-    let high = e.next_seq.max(e.durable + 1);
+    // Saturating: a record with a valid checksum may still claim D = u64::MAX.
+    let high = e.next_seq.max(e.durable.saturating_add(1));
     for (j, &(first, salt)) in e.segments.iter().enumerate() {
         let upto = e.segments.get(j + 1).map_or(high, |n| n.0);
         let lost = (upto > first).then(|| (first, upto - 1));

@@ -382,7 +382,7 @@ fn lost_ranges(problems: &[extent::Problem], damage: Option<&Damage>, kept_end: 
 fn extent_matches(meta: &MetaFile, next_seq: u64, kept: &[(u64, u32, Option<Link>, u64)]) -> bool {
     let MetaFile::Present(m) = meta else { return false };
     !kept.is_empty()
-        && m.durable + 1 == next_seq
+        && m.durable.checked_add(1) == Some(next_seq)
         && m.next_seq == next_seq
         && m.segments.iter().copied().eq(kept.iter().map(|&(f, salt, ..)| (f, salt)))
 }
