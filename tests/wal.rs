@@ -776,3 +776,35 @@ fn waiting_for_a_record_never_appended_is_refused() {
         wal.close().unwrap();
     }
 }
+
+/// An open that recovers the log and then fails (here the disk is too
+/// full for its extent record) removes the unfinished files an earlier
+/// process left, as a refused recovery does: nothing else would, and a
+/// stray spare holds the very space the next open needs.
+#[test]
+fn an_open_that_fails_after_recovery_removes_the_stray_files() {
+    use common::hookfs::{Call, HookFs};
+    for prepare_ahead in [false, true] {
+        let d = TempDir::new("stray-nospace");
+        let opts = Options { durability: Durability::None, prepare_ahead, ..Options::default() };
+        let wal = Wal::open(d.path(), opts.clone()).unwrap();
+        wal.append(b"one").unwrap();
+        wal.close().unwrap();
+        std::fs::write(d.path().join("spare-3.wal.tmp"), vec![0u8; 64 << 10]).unwrap();
+        let fs = HookFs::new(|call, path| match call == Call::Create && path.file_name().is_some_and(|n| n == "wal.meta.tmp") {
+            true => Err(io::Error::from_raw_os_error(libc::ENOSPC)),
+            false => Ok(()),
+        });
+        let err = Wal::open_with_fs(d.path(), opts.clone(), fs).err().expect("the extent record cannot be written");
+        assert_eq!(err.status, KEEL_STATUS_NO_SPACE, "{err}");
+        let left: Vec<String> = std::fs::read_dir(d.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| n.ends_with(".wal.tmp"))
+            .collect();
+        assert!(left.is_empty(), "prepare_ahead {prepare_ahead}: the failed open left {left:?}");
+        let wal = Wal::open(d.path(), opts).unwrap();
+        assert_eq!(wal.append(b"two").unwrap(), 2);
+        wal.close().unwrap();
+    }
+}

@@ -410,6 +410,25 @@ impl Wal {
         // reuses; a log that took the LOCK lists it again under it.
         let names = names.filter(|_| lock.is_none());
         let rec = recovery::recover(&*fs, dir, opts.recovery, persisted, names, opts.restorable_tail)?;
+        let strays = rec.strays.clone();
+        match Self::open_recovered(dir, opts, fs.clone(), host, rec) {
+            Ok(mut wal) => {
+                wal._lock = lock;
+                Ok(wal)
+            }
+            Err(e) => {
+                // As when recovery refuses the log (the LOCK still held): no
+                // log will remove them later, and a stray spare may hold the
+                // space a retry needs.
+                recovery::remove_strays(&*fs, &strays);
+                Err(e)
+            }
+        }
+    }
+
+    /// The rest of an open once recovery is done: the active segment, the
+    /// log's state and its workers (the caller gives it its LOCK).
+    fn open_recovered(dir: &Path, opts: Options, fs: Arc<dyn FileSystem>, host: Option<&Workers>, rec: recovery::Recovered) -> Result<Wal> {
         let mut segments = rec.segments;
         let active = match rec.active {
             Some(a) => a,
@@ -503,7 +522,7 @@ impl Wal {
                 false => shared.remove_strays(),
             }
         }
-        Ok(Wal { shared, own_workers, _lock: lock })
+        Ok(Wal { shared, own_workers, _lock: None })
     }
 
     /// Appends one record; returns its sequence number.
@@ -702,9 +721,8 @@ impl Shared {
     /// again by the next open.
     fn remove_strays(&self) {
         let mut strays = self.strays.lock();
-        for path in strays.drain(..) {
-            let _ = self.fs.remove(&path);
-        }
+        recovery::remove_strays(&*self.fs, &strays);
+        strays.clear();
     }
 
     /// Queues a preparation unless one is queued already (or the log

@@ -213,11 +213,17 @@ pub fn recover(fs: &dyn FileSystem, dir: &Path, mode: RecoveryMode, persisted: u
         Ok(rec) => Ok(Recovered { strays, ..rec }),
         Err(e) => {
             // No log will remove them later: the open fails here.
-            for path in &strays {
-                let _ = fs.remove(path);
-            }
+            remove_strays(fs, &strays);
             Err(e)
         }
+    }
+}
+
+/// Removes the unfinished files an earlier process left (`Recovered::strays`);
+/// one that cannot be removed is found again by the next open.
+pub fn remove_strays(fs: &dyn FileSystem, strays: &[PathBuf]) {
+    for path in strays {
+        let _ = fs.remove(path);
     }
 }
 
