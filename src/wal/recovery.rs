@@ -242,7 +242,9 @@ fn sort_names(fs: &dyn FileSystem, dir: &Path, names: Vec<String>) -> Result<Nam
     let mut moved = false;
     let mut found = Vec::new();
     let mut strays = Vec::new();
-    let mut next_stray = names.iter().filter_map(|n| segment::parse_stray(n)).max().map_or(0, |n| n + 1);
+    // Wrapping: a name left in the folder may take the last number, and a
+    // stray renamed over another stray loses nothing (both are removed).
+    let mut next_stray = names.iter().filter_map(|n| segment::parse_stray(n)).max().map_or(0, |n| n.wrapping_add(1));
     for name in names {
         if name == extent::META_TEMP {
             // An extent record that was never renamed is not the record.
@@ -256,7 +258,7 @@ fn sort_names(fs: &dyn FileSystem, dir: &Path, names: Vec<String>) -> Result<Nam
                 Some(_) => dir.join(&name),
                 None => {
                     let to = dir.join(segment::stray_name(next_stray));
-                    next_stray += 1;
+                    next_stray = next_stray.wrapping_add(1);
                     fs.rename(&dir.join(&name), &to).map_err(|e| Error::io(format!("moving stray {name} aside"), e))?;
                     moved = true;
                     to
