@@ -832,3 +832,45 @@ fn a_stray_named_with_the_last_number_is_removed_like_any() {
     assert_eq!(wal.append(b"two").unwrap(), 2);
     wal.close().unwrap();
 }
+
+/// A rotation whose directory sync fails after the new segment was
+/// renamed into place, with an error that leaves the log usable (ENOSPC),
+/// leaves the log as it was: appends that fit go on in the old segment,
+/// and the log, closed cleanly, opens even in ABSOLUTE mode with exactly
+/// the acknowledged records (no segment named for a number the old one
+/// went on to use is left behind).
+#[test]
+fn a_rotation_whose_directory_sync_fails_leaves_no_segment_behind() {
+    use common::hookfs::{Call, HookFs};
+    let d = TempDir::new("syncdir-nospace");
+    let full = Arc::new(AtomicBool::new(false));
+    let f = full.clone();
+    let fs = HookFs::new(move |call, _| match call == Call::SyncDir && f.swap(false, Ordering::SeqCst) {
+        true => Err(io::Error::from_raw_os_error(libc::ENOSPC)),
+        false => Ok(()),
+    });
+    let opts = Options { prepare_ahead: false, ..small(Durability::Sync) };
+    let wal = Wal::open_with_fs(d.path(), opts.clone(), fs).unwrap();
+    let mut acked = Vec::new();
+    for i in 1..=60 {
+        let r = vec![i as u8; 1000];
+        assert_eq!(wal.append(&r).unwrap(), i);
+        acked.push((i, r));
+    }
+    full.store(true, Ordering::SeqCst);
+    let big = vec![0xEE; 8000];
+    match wal.append(&big) {
+        Ok(seq) => acked.push((seq, big)),
+        Err(e) => assert_eq!(e.status, KEEL_STATUS_NO_SPACE, "{e}"),
+    }
+    // A record that still fits the first segment.
+    let small_rec = b"fits".to_vec();
+    if let Ok(seq) = wal.append(&small_rec) {
+        acked.push((seq, small_rec));
+    }
+    wal.close().unwrap();
+    let wal = Wal::open(d.path(), Options { recovery: RecoveryMode::Absolute, ..small(Durability::Sync) })
+        .unwrap_or_else(|e| panic!("a cleanly closed log that lost nothing: {e}"));
+    assert_eq!(read_all(&wal, 0), acked);
+    wal.close().unwrap();
+}

@@ -284,8 +284,9 @@ pub fn prepare(fs: &dyn FileSystem, tmp: &Path, capacity: u64, fill: Fill) -> st
 
 /// The fast half of W8: header, fdatasync, rename to the segment name,
 /// directory fsync. Nothing is acknowledged in the segment before this
-/// returns. On failure the temporary file is removed (best effort) and the
-/// log is as it was.
+/// returns. On failure the file is removed (best effort: the temporary
+/// one, or the segment when the directory sync failed after the rename)
+/// and the log is as it was.
 ///
 /// With `replacing`, the rename replaces the active segment of that name,
 /// which holds no record yet, by this larger one with the same header
@@ -319,9 +320,10 @@ pub fn install(
             format!("syncing {} after replacing segment {}: {e}", dir.display(), path.display()),
         )),
         Err(e) => {
-            if !renamed {
-                let _ = fs.remove(tmp);
-            }
+            // Renamed before the directory sync failed: the segment goes
+            // too. Left there, it would name a number the active segment
+            // goes on to use, a hole to the next open.
+            let _ = fs.remove(if renamed { &path } else { tmp });
             Err(Error::io(format!("creating WAL segment {}", path.display()), e))
         }
     }
