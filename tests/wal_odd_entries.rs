@@ -94,10 +94,11 @@ fn verify_judges_entry_types_as_open_does() {
 fn verify_calls_a_wal_what_open_opens_as_one() {
     let t = TempDir::new("auditf-notwal");
     let mut wrong = Vec::new();
-    for mark in ["spare-0.wal.tmp", "salvaged-1"] {
+    // A `salvaged-*` entry marks a WAL for open whether a folder or not.
+    for mark in ["spare-0.wal.tmp", "salvaged-1", "salvaged-2"] {
         let dir = t.path().join(mark);
         std::fs::create_dir_all(&dir).unwrap();
-        if mark.starts_with("salvaged") {
+        if mark == "salvaged-1" {
             std::fs::create_dir(dir.join(mark)).unwrap();
         } else {
             std::fs::write(dir.join(mark), b"").unwrap();

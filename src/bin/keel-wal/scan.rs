@@ -88,7 +88,9 @@ pub fn list(path: &Path) -> Result<Listing, IoFail> {
     l.temp.sort();
     l.salvaged.sort();
     l.other.sort();
-    if l.segments.is_empty() && meta.is_none() && l.temp.is_empty() && l.salvaged.is_empty() && !l.other.is_empty() {
+    // As Wal::open judges it: any `salvaged-*` entry, a folder or not, marks a WAL's directory.
+    let salvaged = !l.salvaged.is_empty() || l.other.iter().any(|n| n.starts_with("salvaged-"));
+    if l.segments.is_empty() && meta.is_none() && l.temp.is_empty() && !salvaged && !l.other.is_empty() {
         // Not an empty log: something else (an engine's data directory, a
         // shard directory: its log is in shards/<id>/wal).
         return Err(IoFail(format!(
