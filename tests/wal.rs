@@ -441,6 +441,9 @@ struct FlakyFs {
     nospace_on_create: Arc<AtomicBool>,
     /// Writes that carry the bytes `full-` fail with ENOSPC.
     nospace_on_marker: Arc<AtomicBool>,
+    /// Such a write first writes half its bytes, as a write(2) that the
+    /// disk filled during returns short and the next one fails.
+    nospace_partial: Arc<AtomicBool>,
     syncs: Arc<AtomicU32>,
 }
 
@@ -449,6 +452,7 @@ struct FlakyFile {
     sync_errno: Arc<AtomicI32>,
     panic_on_sync: Arc<AtomicBool>,
     nospace_on_marker: Arc<AtomicBool>,
+    nospace_partial: Arc<AtomicBool>,
     syncs: Arc<AtomicU32>,
 }
 
@@ -461,6 +465,10 @@ impl File for FlakyFile {
     }
     fn write_at(&self, parts: &[&[u8]], off: u64) -> io::Result<()> {
         if self.nospace_on_marker.load(Ordering::SeqCst) && parts.iter().any(|p| p.windows(5).any(|w| w == b"full-")) {
+            if self.nospace_partial.load(Ordering::SeqCst) {
+                let bytes = parts.concat();
+                self.inner.write_at(&[&bytes[..bytes.len() / 2]], off)?;
+            }
             return Err(io::Error::from_raw_os_error(libc::ENOSPC));
         }
         self.inner.write_at(parts, off)
@@ -491,6 +499,7 @@ impl FlakyFs {
             sync_errno: self.sync_errno.clone(),
             panic_on_sync: self.panic_on_sync.clone(),
             nospace_on_marker: self.nospace_on_marker.clone(),
+            nospace_partial: self.nospace_partial.clone(),
             syncs: self.syncs.clone(),
         })
     }
@@ -540,6 +549,7 @@ fn flaky() -> (Arc<FlakyFs>, Arc<AtomicI32>, Arc<AtomicBool>) {
         panic_on_sync: Arc::default(),
         nospace_on_create: nospace.clone(),
         nospace_on_marker: Arc::default(),
+        nospace_partial: Arc::default(),
         syncs: Arc::default(),
     });
     (fs, sync_errno, nospace)
@@ -873,4 +883,30 @@ fn a_rotation_whose_directory_sync_fails_leaves_no_segment_behind() {
         .unwrap_or_else(|e| panic!("a cleanly closed log that lost nothing: {e}"));
     assert_eq!(read_all(&wal, 0), acked);
     wal.close().unwrap();
+}
+
+/// A write that the disk filled during may have put part of its frame in
+/// the file before it failed. The next frame, shorter, goes to the same
+/// offset; what the failed one left past it must not stay, or a log
+/// closed cleanly after it ends in garbage that ABSOLUTE refuses as a
+/// torn tail.
+#[test]
+fn a_frame_write_cut_short_by_a_full_disk_leaves_nothing_past_the_log() {
+    for durability in [Durability::Sync, Durability::None] {
+        let d = TempDir::new("nospace-partial");
+        let (fs, _, _) = flaky();
+        fs.nospace_on_marker.store(true, Ordering::SeqCst);
+        fs.nospace_partial.store(true, Ordering::SeqCst);
+        let opts = Options { prepare_ahead: false, ..small(durability) };
+        let wal = Wal::open_with_fs(d.path(), opts, fs.clone()).unwrap();
+        assert_eq!(wal.append(b"one").unwrap(), 1);
+        let err = wal.append(format!("full-{}", "x".repeat(3000)).as_bytes()).unwrap_err();
+        assert_eq!(err.status, KEEL_STATUS_NO_SPACE, "{durability:?}: {err}");
+        assert_eq!(wal.append(b"two").unwrap(), 2, "{durability:?}: the failed append consumed nothing");
+        wal.close().unwrap();
+        let wal = Wal::open(d.path(), Options { recovery: RecoveryMode::Absolute, ..small(durability) })
+            .unwrap_or_else(|e| panic!("{durability:?}: a cleanly closed log that lost nothing: {e}"));
+        assert_eq!(read_all(&wal, 0), [(1, b"one".to_vec()), (2, b"two".to_vec())]);
+        wal.close().unwrap();
+    }
 }

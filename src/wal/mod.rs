@@ -959,8 +959,10 @@ impl Shared {
             // Disk full, or out of descriptors reopening a segment the
             // engine's descriptor cache closed, fails this append only:
             // the offset and the sequence number are not consumed, so the
-            // log stays whole (a part written is overwritten by the next
-            // frame at that offset).
+            // log stays whole.
+            if e.status == KEEL_STATUS_NO_SPACE {
+                Self::clear_failed_write(&*a.file, a.offset, size);
+            }
             return Err(if matches!(e.status, KEEL_STATUS_NO_SPACE | KEEL_STATUS_RESOURCE) { e } else { self.poison(st, e) });
         }
         let a = st.active.as_mut().unwrap();
@@ -981,6 +983,17 @@ impl Shared {
         }
         self.note_written();
         Ok(last)
+    }
+
+    /// A write that met a full disk may have put part of its bytes in the
+    /// file (a write(2) returns short, the next one fails). The frames
+    /// that follow go to the same offset and may be shorter, so the rest
+    /// gets its zeros back: past the end of the log a segment holds zeros
+    /// (recovery takes anything else for a torn tail, and ABSOLUTE refuses
+    /// it in a cleanly closed log). Best effort: the segment's blocks are
+    /// allocated, so zeros over them need no room.
+    fn clear_failed_write(file: &dyn File, at: u64, len: u64) {
+        let _ = segment::zero(file, at, at + len);
     }
 
     /// Writes the frames held by `State::behind` to the file, with one
@@ -1079,6 +1092,7 @@ impl Shared {
                 Err(e) => {
                     let e = Error::io("writing WAL frames", e);
                     if e.status == KEEL_STATUS_NO_SPACE {
+                        Self::clear_failed_write(&*st.active.as_ref().unwrap().file, at, buf.len() as u64);
                         for q in &group[start..i] {
                             out.push(self.write_frame(&mut st, &q.frame).map(|last| last + 1 - q.frame.count as u64));
                         }

@@ -436,13 +436,7 @@ fn open_active(fs: &dyn FileSystem, scan: &SegmentScan, cut: Option<u64>, restor
     let header = scan.header.as_ref().expect("a kept segment has a valid header");
     let mut len = file.len().map_err(|e| io("reading the size of", e))?;
     if let Some(offset) = cut {
-        let zeros = vec![0u8; 1 << 20];
-        let mut at = offset;
-        while at < len {
-            let n = ((len - at) as usize).min(zeros.len());
-            file.write_at(&[&zeros[..n]], at).map_err(|e| io("zeroing the torn tail of", e))?;
-            at += n as u64;
-        }
+        segment::zero(&*file, offset, len).map_err(|e| io("zeroing the torn tail of", e))?;
     }
     if let Some(allocated) = scan.shortened.filter(|_| restore) {
         debug_assert!(allocated > len, "a shortened segment is shorter than allocated");

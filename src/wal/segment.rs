@@ -329,6 +329,20 @@ pub fn install(
     }
 }
 
+/// Writes zeros over `from..to` of `file`, a megabyte at a time: what a
+/// segment holds past the end of its log (a torn tail cut off, the part
+/// of a frame a failed write left).
+pub fn zero(file: &dyn File, from: u64, to: u64) -> std::io::Result<()> {
+    let zeros = vec![0u8; ((to.saturating_sub(from)) as usize).min(1 << 20)];
+    let mut at = from;
+    while at < to {
+        let n = ((to - at) as usize).min(zeros.len());
+        file.write_at(&[&zeros[..n]], at)?;
+        at += n as u64;
+    }
+    Ok(())
+}
+
 /// Creates a segment in one go (W8), when no prepared spare is at hand
 /// (`replacing`: see `install`).
 pub fn create(fs: &dyn FileSystem, dir: &Path, head: Head, capacity: u64, fill: Fill, replacing: bool) -> Result<Active> {
