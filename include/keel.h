@@ -1921,8 +1921,9 @@ typedef struct keel_publisher_stats_t {
 
 /**
  * The process or system ran out of a resource (EMFILE, ENFILE: too many
- * open files; ENOMEM: memory or mappings) before anything was written. The
- * log is still usable: retry once the resource is freed.
+ * open files; ENOMEM: memory or mappings; EAGAIN: threads, as when a
+ * worker thread cannot be started) before anything was written. The log
+ * is still usable: retry once the resource is freed.
  */
 #define KEEL_STATUS_RESOURCE 17
 

@@ -31,15 +31,36 @@ impl Error {
         Self::new(KEEL_STATUS_CORRUPTION, message)
     }
     /// Wraps an OS error with what keel was doing; ENOSPC and EDQUOT become
-    /// NO_SPACE and EMFILE, ENFILE and ENOMEM become RESOURCE, so hosts can
-    /// tell "disk full" and "out of descriptors or memory" (both pass) from
-    /// a failing device.
+    /// NO_SPACE and EMFILE, ENFILE, ENOMEM and EAGAIN become RESOURCE, so
+    /// hosts can tell "disk full" and "out of descriptors, memory or
+    /// threads" (both pass) from a failing device. (EAGAIN is what a thread
+    /// that cannot be started reports; keel's files and sockets that can
+    /// answer it otherwise handle it before it gets here.)
     pub fn io(context: impl std::fmt::Display, e: io::Error) -> Self {
         let status = match e.raw_os_error() {
             Some(libc::ENOSPC) | Some(libc::EDQUOT) => KEEL_STATUS_NO_SPACE,
-            Some(libc::EMFILE) | Some(libc::ENFILE) | Some(libc::ENOMEM) => KEEL_STATUS_RESOURCE,
+            Some(libc::EMFILE) | Some(libc::ENFILE) | Some(libc::ENOMEM) | Some(libc::EAGAIN) => KEEL_STATUS_RESOURCE,
             _ => KEEL_STATUS_IO,
         };
         Self::new(status, format!("{context}: {e}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What a host can retry (RESOURCE, NO_SPACE) is told apart from a
+    /// failing device (IO). EAGAIN is what std reports when a thread cannot
+    /// be started (pthread_create), as each keel open starts some.
+    #[test]
+    fn os_errors_map_to_the_status_a_host_acts_on() {
+        let status = |errno| Error::io("x", io::Error::from_raw_os_error(errno)).status;
+        assert_eq!(status(libc::ENOSPC), KEEL_STATUS_NO_SPACE);
+        assert_eq!(status(libc::EDQUOT), KEEL_STATUS_NO_SPACE);
+        for errno in [libc::EMFILE, libc::ENFILE, libc::ENOMEM, libc::EAGAIN] {
+            assert_eq!(status(errno), KEEL_STATUS_RESOURCE, "errno {errno}");
+        }
+        assert_eq!(status(libc::EIO), KEEL_STATUS_IO);
     }
 }

@@ -47,8 +47,9 @@ pub const KEEL_STATUS_NO_SPACE: keel_status_t = 15;
 /// value (a put replaces a posting list; an append never replaces a value).
 pub const KEEL_STATUS_WRONG_KIND: keel_status_t = 16;
 /// The process or system ran out of a resource (EMFILE, ENFILE: too many
-/// open files; ENOMEM: memory or mappings) before anything was written. The
-/// log is still usable: retry once the resource is freed.
+/// open files; ENOMEM: memory or mappings; EAGAIN: threads, as when a
+/// worker thread cannot be started) before anything was written. The log
+/// is still usable: retry once the resource is freed.
 pub const KEEL_STATUS_RESOURCE: keel_status_t = 17;
 /// A write or fence check carried a fencing token below the highest one
 /// already accepted for its bucket: a newer lease holder has written since.

@@ -2973,7 +2973,7 @@ class Node : public detail::Handle<keel_node_t, detail::close_node> {
   /// does not resolve), Status::Io (connect failed), Status::Timeout,
   /// Status::Protocol, Status::Closed (the node is closing, or the peer
   /// closed the connection before the handshake finished),
-  /// Status::Resource (out of descriptors or memory).
+  /// Status::Resource (out of descriptors, memory or threads).
   Result<void> connect(uint64_t peer_id, const std::string& addr) const {
     const detail::NodeCall call(events_.get());
     if (call.closed() || !ptr_) return detail::empty_handle("keel::Node");

@@ -93,8 +93,9 @@ var (
 	// ErrWrongKind: an append to a key that holds a value (nothing was
 	// written), or Value.Items on a value that is not a posting list.
 	ErrWrongKind = &Error{Code: StatusWrongKind}
-	// ErrResource: out of file descriptors or memory before anything was
-	// written; the log is still usable, retry once the resource is freed.
+	// ErrResource: out of file descriptors, memory or threads before
+	// anything was written; the log is still usable, retry once the
+	// resource is freed.
 	ErrResource = &Error{Code: StatusResource}
 	// ErrFenced: a fencing token below the highest accepted for its
 	// bucket (a newer lease holder has written since).
