@@ -3163,8 +3163,11 @@ keel_status_t keel_wal_sync(const struct keel_wal_t *wal, struct keel_error_t **
 keel_status_t keel_wal_durable_seq(const struct keel_wal_t *wal, uint64_t *out);
 
 /**
- * Writes the sequence number of the last appended record to `*out` (0 when
- * the log has never held a record). Sequence numbers start at 1.
+ * Writes the last sequence number the log has used to `*out`: the last
+ * appended record's, or, when a recovery declared numbers lost after it,
+ * the end of that gap (no record has it; the next append takes the one
+ * after). 0 when the log has never held a record. Sequence numbers start
+ * at 1.
  * Errors: NULL_ARGUMENT, INVALID_ARGUMENT.
  */
 keel_status_t keel_wal_last_seq(const struct keel_wal_t *wal, uint64_t *out);

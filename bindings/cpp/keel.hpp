@@ -708,7 +708,8 @@ class Wal : public detail::Handle<keel_wal_t, detail::close_wal> {
 
   /// Durable watermark: every record <= it is on stable storage (0: none).
   Result<uint64_t> durable_seq() const { return get(keel_wal_durable_seq); }
-  /// Sequence number of the last appended record (0: never held one).
+  /// Last sequence number used: the last appended record's, or the end of
+  /// a gap a recovery declared after it (0: never held a record).
   Result<uint64_t> last_seq() const { return get(keel_wal_last_seq); }
   /// First retained record (last_seq + 1 when none is retained).
   Result<uint64_t> first_seq() const { return get(keel_wal_first_seq); }

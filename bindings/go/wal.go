@@ -332,8 +332,9 @@ func (w *WAL) DurableSeq() (uint64, error) {
 	})
 }
 
-// LastSeq returns the sequence number of the last appended record (0 when
-// the log never held one). Sequence numbers start at 1.
+// LastSeq returns the last sequence number the log has used: the last
+// appended record's, or the end of a gap a recovery declared after it (0
+// when the log never held a record). Sequence numbers start at 1.
 func (w *WAL) LastSeq() (uint64, error) {
 	return w.getSeq("LastSeq", func(h *C.keel_wal_t, v *C.uint64_t) C.keel_status_t {
 		return C.keel_wal_last_seq(h, v)

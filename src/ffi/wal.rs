@@ -301,8 +301,11 @@ pub extern "C" fn keel_wal_durable_seq(wal: *const keel_wal_t, out: *mut u64) ->
     })
 }
 
-/// Writes the sequence number of the last appended record to `*out` (0 when
-/// the log has never held a record). Sequence numbers start at 1.
+/// Writes the last sequence number the log has used to `*out`: the last
+/// appended record's, or, when a recovery declared numbers lost after it,
+/// the end of that gap (no record has it; the next append takes the one
+/// after). 0 when the log has never held a record. Sequence numbers start
+/// at 1.
 /// Errors: NULL_ARGUMENT, INVALID_ARGUMENT.
 #[no_mangle]
 pub extern "C" fn keel_wal_last_seq(wal: *const keel_wal_t, out: *mut u64) -> keel_status_t {
