@@ -163,7 +163,10 @@ impl Member for Inner {
 /// returns how many it gave back. With `skip`, the WAL's next version is
 /// then that many past its end (its extent record says so, and its next
 /// open declares the gap): copies the commit log lost may have held
-/// versions this WAL lost too, which must not be handed out again. A
+/// versions this WAL lost too, which must not be handed out again. Not
+/// a shard with neither a manifest nor a record: its first open never
+/// got past its WAL (a create a crash cut), so it acknowledged nothing,
+/// and a WAL that skipped would make it one whose manifest is lost. A
 /// copy the WAL holds already is skipped; one that starts past the WAL's
 /// end leaves a gap no copy fills: CORRUPTION.
 pub(crate) fn restore_wal(
@@ -214,8 +217,11 @@ pub(crate) fn restore_wal(
     if restored > 0 {
         wal.sync()?;
     }
+    let empty = wal.last_seq() == 0;
     wal.close()?;
-    if skip > 0 {
+    let manifest = super::manifest::path(&dir.join("segments"));
+    let found = |p: &Path| seg_fs.exists(p).map_err(|e| Error::io(format!("looking for {}", p.display()), e));
+    if skip > 0 && (!empty || found(&manifest)?) {
         // A clean close left an extent record ending where the log ends.
         let wal_dir = dir.join("wal");
         let mut e = match wal::extent::read(&*seg_fs, &wal_dir)? {
