@@ -11,6 +11,8 @@
 //!                             shards' writes durable with one fdatasync
 //!                             (src/wal/commit_log.rs); its copies go back
 //!                             to their shards' WALs at open
+//! <dir>/commit-log.covered    what the checkpoint of the last drop (or of
+//!                             an open without the commit log) covered
 //! ```
 //!
 //! The shard list is the truth about which shards exist: a listed shard
@@ -60,6 +62,11 @@ const COMMIT_LOG: &str = "commit-log";
 /// them (`Engine::open_commit_log`): a crash in between leaves it for the
 /// next open to finish.
 const SKIP_FILE: &str = "commit-log.skip";
+/// What the checkpoint a drop took covered (`Engine::drop_reserved`): a
+/// salvage of the commit log that loses that checkpoint's record must not
+/// give the dropped shard's copies, which stay in the log's active
+/// segment, to a shard created later under its id.
+const COVERED_FILE: &str = "commit-log.covered";
 /// `State::slots` is swept of closed shards when it reaches at least this.
 const SWEEP_MIN: usize = 64;
 
@@ -275,9 +282,17 @@ impl Engine {
     fn open_commit_log(&self) -> Result<Option<Arc<CommitLog>>> {
         let log_dir = self.dir.join(COMMIT_LOG);
         let wanted = self.opts.durability == Durability::Sync && self.opts.commit_log;
+        let found = self.exists(&log_dir)?;
         // Copies written before the log was turned off still go back.
-        if !wanted && !self.exists(&log_dir)? {
+        if !wanted && !found {
             return Ok(None);
+        }
+        // The note is of the log found: one made anew numbers from 1 again.
+        let covered_path = self.dir.join(COVERED_FILE);
+        let mut floor = self.read_number(&covered_path)?;
+        if !found && floor.take().is_some() {
+            self.fs.remove(&covered_path).map_err(|e| Error::io(format!("removing {}", covered_path.display()), e))?;
+            self.sync_dir(&self.dir)?;
         }
         let fs = self.host.files.wrap(match self.injected_fs {
             true => self.fs.clone(),
@@ -295,8 +310,8 @@ impl Engine {
         // (the salvage repairs it for good), and a crash before every
         // shard skipped leaves it for the next open, salvage or not.
         let skip_path = self.dir.join(SKIP_FILE);
-        let pending = self.read_skip(&skip_path)?;
-        let bound = match self.opts.salvage && self.exists(&log_dir)? {
+        let pending = self.read_number(&skip_path)?;
+        let bound = match self.opts.salvage && found {
             true => Some(crate::wal::commit_log::versions_bound(&*fs, &log_dir)?.max(pending.unwrap_or(0))),
             false => None,
         };
@@ -331,7 +346,7 @@ impl Engine {
                 .map_err(|e| Error::new(e.status, format!("restoring shard {id}'s WAL from the engine's commit log: {}", e.message)))
         };
         let mut restored = BTreeSet::new();
-        log.recover(|id, copies| {
+        log.recover(floor.unwrap_or(0), |id, copies| {
             restored.insert(id);
             restore(id, copies)
         })?;
@@ -346,18 +361,28 @@ impl Engine {
             self.sync_dir(&self.dir)?;
         }
         if !wanted {
+            // No checkpoint notes what it covered before this log opens
+            // again, whatever is dropped meanwhile: this one does.
+            if log.covered() > floor.unwrap_or(0) {
+                self.note_covered(&log)?;
+            }
             log.close()?;
             return Ok(None);
         }
         Ok(Some(Arc::new(log)))
     }
 
-    /// The versions `SKIP_FILE` at `path` says every shard still has to
-    /// skip (None: no such file).
-    fn read_skip(&self, path: &Path) -> Result<Option<u64>> {
+    /// The number the note at `path` holds (`SKIP_FILE`: versions every
+    /// shard still has to skip; `COVERED_FILE`); None: no such file.
+    fn read_number(&self, path: &Path) -> Result<Option<u64>> {
         let Some(bytes) = shard::files::read_all(&*self.fs, path, 64)? else { return Ok(None) };
         let n = std::str::from_utf8(&bytes).ok().and_then(|t| t.parse().ok());
-        n.map(Some).ok_or_else(|| Error::corruption(format!("{}: not a count of versions", path.display())))
+        n.map(Some).ok_or_else(|| Error::corruption(format!("{}: not a number", path.display())))
+    }
+
+    /// Notes durably what the checkpoints of `log` cover (`COVERED_FILE`).
+    fn note_covered(&self, log: &CommitLog) -> Result<()> {
+        crate::fs::replace(&*self.fs, &self.dir.join(COVERED_FILE), log.covered().to_string().as_bytes())
     }
 
     /// Finishes the creates and drops a crash interrupted (one pass over
@@ -640,9 +665,11 @@ impl Engine {
         let dir = self.shard_dir(id);
         // No copy of the dropped shard's frames may reach a shard created
         // later under its id: a checkpoint covers them all first (the id
-        // is reserved, so no shard of it writes meanwhile).
+        // is reserved, so no shard of it writes meanwhile), noted outside
+        // the log too, since a salvage of it may lose the record.
         if let Some(log) = &self.commit_log {
             log.checkpoint()?;
+            self.note_covered(log)?;
         }
         let doomed = self.dir.join("shards").join(format!("{DROPPING}{id}"));
         // Left by an earlier drop of this id whose removal failed: the

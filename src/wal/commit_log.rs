@@ -28,7 +28,10 @@
 //! checkpoint covers them all. A copy a member already holds is skipped.
 //!
 //! Copies of a dropped member must never reach a new member with the same
-//! id: dropping one takes a checkpoint first (`checkpoint`).
+//! id: dropping one takes a checkpoint first (`checkpoint`), and its
+//! owner notes what that covered (`covered`) outside the log, for
+//! `recover`: they stay in the active segment, and a salvage that loses
+//! the checkpoint's record would give them back otherwise.
 //!
 //! **Damage.** The log opens in the WAL's default mode, which cuts an
 //! unsynced tail (a copy never acknowledged) and refuses anything else
@@ -222,14 +225,15 @@ impl CommitLog {
         }
     }
 
-    /// Gives every copy written after the last checkpoint to `restore`,
-    /// grouped by member id, in sequence order, which returns how many of
-    /// them its log lacked; once each returned, takes a checkpoint covering
-    /// them. An error of `restore` stops the recovery with nothing
-    /// acknowledged.
-    pub fn recover(&self, mut restore: impl FnMut(u32, Vec<Copied>) -> Result<u64>) -> Result<()> {
+    /// Gives every copy written after the last checkpoint, and after
+    /// `floor` (what a checkpoint covered, noted outside the log: a salvage
+    /// may lose its record), to `restore`, grouped by member id, in
+    /// sequence order, which returns how many of them its log lacked; once
+    /// each returned, takes a checkpoint covering them. An error of
+    /// `restore` stops the recovery with nothing acknowledged.
+    pub fn recover(&self, floor: u64, mut restore: impl FnMut(u32, Vec<Copied>) -> Result<u64>) -> Result<()> {
         let mut copies: BTreeMap<u32, Vec<(u64, Copied)>> = BTreeMap::new();
-        let mut covered = 0;
+        let mut covered = floor;
         self.with_log(|log| {
             let mut reader = log.reader(0, ReadUpto::Appended)?;
             while let Some((seq, data)) = reader.peek()? {
@@ -289,6 +293,13 @@ impl CommitLog {
     /// checkpoint record.
     pub fn checkpoint(&self) -> Result<()> {
         self.checkpoint_locked(&mut self.checkpointing.lock())
+    }
+
+    /// The highest sequence number the checkpoints taken since the log
+    /// opened cover: every copy at or below it is in its member's durable
+    /// log.
+    pub fn covered(&self) -> u64 {
+        *self.checkpointing.lock()
     }
 
     /// Member `id`'s log failed to close: its copies, and every later
@@ -474,7 +485,7 @@ mod tests {
             // Dropped without a checkpoint: every copy is still to restore.
         }
         let mut got = Vec::new();
-        open().recover(|id, copies| {
+        open().recover(0, |id, copies| {
             got.push((id, copies));
             Ok(0)
         })
@@ -518,7 +529,7 @@ mod tests {
         let lost = log.lost().expect("the salvage open says what it lost").to_string();
         assert!(lost.contains("3..=6"), "{lost}");
         let mut got = Vec::new();
-        log.recover(|id, copies| {
+        log.recover(0, |id, copies| {
             got.extend(copies.into_iter().map(|c| (id, c.first)));
             Ok(0)
         })
