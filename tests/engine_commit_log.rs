@@ -966,3 +966,42 @@ fn a_commit_log_made_anew_is_not_held_to_the_last_ones_note() {
     s.close().unwrap();
     engine.close().unwrap();
 }
+
+/// A salvage open that lost copies of the commit log and then failed (a
+/// shard's WAL could not take back its frames: EIO) has already repaired
+/// the log: the open that retries it finds it whole. It still skipped
+/// versions (the note a cut salvage leaves), but no shard's report said
+/// what the commit log lost: the loss went unreported.
+#[test]
+fn a_salvage_open_that_failed_still_reports_the_loss_when_retried() {
+    let faultfs = FaultFs::new(1);
+    let fs = common::tripfs::TripFs::new(faultfs.clone(), format!("{ENGINE}/shards/1/wal"));
+    let engine = engine_on(&fs).unwrap();
+    let shards: Vec<Shard> = (0..2).map(|id| engine.open_shard(id, true).unwrap()).collect();
+    for s in &shards {
+        s.flush(true).unwrap();
+    }
+    for i in 0..20 {
+        shards[i % 2].put(format!("k{i:02}").as_bytes(), &small_tagged(i)).unwrap();
+    }
+    // SIGKILL: the shard WALs' held frames die with the process.
+    faultfs.halt();
+    drop(shards);
+    drop(engine);
+    faultfs.resume();
+    flip_in_commit_log(&faultfs, 10);
+    let salvage = Options { salvage: true, ..options(Steps::default()) };
+    fs.fail_writes.store(true, std::sync::atomic::Ordering::SeqCst);
+    let failed = Engine::open_with_fs(Path::new(ENGINE), salvage.clone(), Arc::new(fs.clone()));
+    assert!(failed.is_err(), "shard 1's WAL cannot take its frames back");
+    drop(failed);
+    fs.fail_writes.store(false, std::sync::atomic::Ordering::SeqCst);
+    let engine = Engine::open_with_fs(Path::new(ENGINE), salvage, Arc::new(fs.clone())).unwrap_or_else(|e| panic!("the retried salvage open: {e}"));
+    for id in 0..2 {
+        let s = engine.open_shard(id, false).unwrap();
+        let report = s.recovery_report().to_string();
+        assert!(report.contains("commit log"), "shard {id}: the report names the commit log's loss: {report:?}");
+        s.close().unwrap();
+    }
+    engine.close().unwrap();
+}

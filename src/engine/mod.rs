@@ -289,7 +289,7 @@ impl Engine {
         }
         // The note is of the log found: one made anew numbers from 1 again.
         let covered_path = self.dir.join(COVERED_FILE);
-        let mut floor = self.read_number(&covered_path)?;
+        let mut floor = self.read_note(&covered_path)?.map(|(n, _)| n);
         if !found && floor.take().is_some() {
             self.fs.remove(&covered_path).map_err(|e| Error::io(format!("removing {}", covered_path.display()), e))?;
             self.sync_dir(&self.dir)?;
@@ -307,16 +307,23 @@ impl Engine {
         // a shard's WAL lost too: every listed shard then skips as many
         // versions as the lost copies could hold, so that none is handed
         // out again. The count is written down before the log is opened
-        // (the salvage repairs it for good), and a crash before every
-        // shard skipped leaves it for the next open, salvage or not.
+        // (the salvage repairs it for good), what it lost once it opened,
+        // and a crash or a failure before every shard skipped leaves both
+        // for the next open, salvage or not, which finds the log whole
+        // and would otherwise report nothing.
         let skip_path = self.dir.join(SKIP_FILE);
-        let pending = self.read_number(&skip_path)?;
+        let (pending, noted) = self.read_note(&skip_path)?.unzip();
+        let noted = noted.flatten();
+        let note = |n: u64, lost: Option<&str>| {
+            let text = lost.map_or(n.to_string(), |l| format!("{n}\n{l}"));
+            crate::fs::replace(&*self.fs, &skip_path, text.as_bytes())
+        };
         let bound = match self.opts.salvage && found {
             true => Some(crate::wal::commit_log::versions_bound(&*fs, &log_dir)?.max(pending.unwrap_or(0))),
             false => None,
         };
         if let Some(b) = bound.filter(|&b| Some(b) != pending) {
-            crate::fs::replace(&*self.fs, &skip_path, b.to_string().as_bytes())?;
+            note(b, noted.as_deref())?;
         }
         let log = CommitLog::open(&log_dir, fs, &self.host.wal, self.opts.wal_segment_size, prepare_ahead, checkpoint_bytes, self.opts.salvage)?;
         let skip = match log.lost() {
@@ -324,6 +331,9 @@ impl Engine {
             None => pending.unwrap_or(0),
         };
         if let Some(lost) = log.lost() {
+            note(skip, Some(lost))?;
+        }
+        if let Some(lost) = log.lost().or(noted.as_deref()) {
             let line = format!(
                 "the engine's commit log was damaged and opened by salvage: it lost {lost}. A write to this shard acknowledged before the engine stopped is missing if it was among those copies and the shard's own WAL lost it too (its unsynced tail, to a power loss or a killed process); the shard's versions skip {skip} numbers past its WAL's end, so that no version of such a write is handed out again"
             );
@@ -373,11 +383,15 @@ impl Engine {
     }
 
     /// The number the note at `path` holds (`SKIP_FILE`: versions every
-    /// shard still has to skip; `COVERED_FILE`); None: no such file.
-    fn read_number(&self, path: &Path) -> Result<Option<u64>> {
-        let Some(bytes) = shard::files::read_all(&*self.fs, path, 64)? else { return Ok(None) };
-        let n = std::str::from_utf8(&bytes).ok().and_then(|t| t.parse().ok());
-        n.map(Some).ok_or_else(|| Error::corruption(format!("{}: not a number", path.display())))
+    /// shard still has to skip; `COVERED_FILE`), and the text on the lines
+    /// after it, if any (`SKIP_FILE`: what the salvage lost); None: no
+    /// such file.
+    fn read_note(&self, path: &Path) -> Result<Option<(u64, Option<String>)>> {
+        let Some(bytes) = shard::files::read_all(&*self.fs, path, 64 << 10)? else { return Ok(None) };
+        let text = std::str::from_utf8(&bytes).ok();
+        let (n, rest) = text.map_or(("", None), |t| t.split_once('\n').map_or((t, None), |(n, rest)| (n, Some(rest))));
+        let n = n.parse().map_err(|_| Error::corruption(format!("{}: not a number", path.display())))?;
+        Ok(Some((n, rest.map(str::to_string))))
     }
 
     /// Notes durably what the checkpoints of `log` cover (`COVERED_FILE`).

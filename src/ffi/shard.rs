@@ -720,9 +720,10 @@ pub extern "C" fn keel_shard_health(shard: *const keel_shard_t, err: *mut *mut k
 /// open in the same second made that folder) (any open); after a salvage open
 /// (keel_engine_options_t.salvage) also each missing or damaged segment
 /// file with what it held, the versions lost, and, when that engine open
-/// found its commit log damaged, which of the commit log's copies were
-/// lost (writes to this shard among them are missing where the shard's
-/// own WAL lost them too). `*out` must be empty
+/// found its commit log damaged (or finished the salvage of one that an
+/// earlier open began and failed, salvage or not), which of the commit
+/// log's copies were lost (writes to this shard among them are missing
+/// where the shard's own WAL lost them too). `*out` must be empty
 /// ({NULL, 0}) on entry; the caller frees it with keel_buf_free(). Any
 /// thread, any time while the shard is open.
 /// Errors: NULL_ARGUMENT, INVALID_ARGUMENT (`*out` not empty), CLOSED.
