@@ -1005,3 +1005,46 @@ fn a_salvage_open_that_failed_still_reports_the_loss_when_retried() {
     }
     engine.close().unwrap();
 }
+
+/// A shard whose `wal/` folder is lost while its manifest exists is
+/// CORRUPTION, and the folder "is not made again" (docs/STORAGE.md). The
+/// commit log's restore opened that WAL all the same, which made it
+/// anew, and the shard then opened with an empty report, as if nothing
+/// had been lost: with versions to skip (a cut salvage's note), and with
+/// copies from its first version on, which went into the new WAL (copies
+/// are not the whole log: a frame too large for the commit log has none).
+/// The restore makes no WAL for it now, and refuses to give copies to it.
+#[test]
+fn the_commit_logs_restore_does_not_make_a_lost_shard_wal_again() {
+    let wal = Path::new(ENGINE).join("shards/1/wal");
+    for copies in [false, true] {
+        let fs = FaultFs::new(1);
+        let engine = engine_on(&fs).unwrap();
+        let s = engine.open_shard(1, true).unwrap();
+        s.flush(true).unwrap();
+        for i in 0..10 {
+            s.put(format!("k{i}").as_bytes(), b"v").unwrap();
+        }
+        if copies {
+            // SIGKILL: the writes are in the commit log's copies.
+            fs.halt();
+            drop(s);
+            drop(engine);
+            fs.resume();
+        } else {
+            s.flush(true).unwrap();
+            s.close().unwrap();
+            engine.close().unwrap();
+            drop(engine);
+            keel::fs::replace(&fs, &Path::new(ENGINE).join("commit-log.skip"), b"1000").unwrap();
+        }
+        fs.remove_dir_all(&wal).unwrap();
+        let lost = match engine_on(&fs) {
+            Ok(engine) => engine.open_shard(1, false).err().expect("a shard whose WAL was lost does not open"),
+            Err(e) => e,
+        };
+        assert_eq!(lost.status, keel::status::KEEL_STATUS_CORRUPTION, "{lost}");
+        assert!(lost.message.contains("WAL was lost"), "copies {copies}: {lost}");
+        assert!(!fs.exists(&wal).unwrap(), "copies {copies}: the lost WAL was made again");
+    }
+}

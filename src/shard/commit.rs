@@ -166,9 +166,11 @@ impl Member for Inner {
 /// versions this WAL lost too, which must not be handed out again. Not
 /// a shard with neither a manifest nor a record: its first open never
 /// got past its WAL (a create a crash cut), so it acknowledged nothing,
-/// and a WAL that skipped would make it one whose manifest is lost. A
-/// copy the WAL holds already is skipped; one that starts past the WAL's
-/// end leaves a gap no copy fills: CORRUPTION.
+/// and a WAL that skipped would make it one whose manifest is lost. Nor
+/// one whose WAL folder was lost: it is not made again, and the shard's
+/// open reports the loss (with copies to give back, the restore fails as
+/// that open would). A copy the WAL holds already is skipped; one that
+/// starts past the WAL's end leaves a gap no copy fills: CORRUPTION.
 pub(crate) fn restore_wal(
     dir: &Path,
     opts: &Options,
@@ -184,6 +186,12 @@ pub(crate) fn restore_wal(
     let segment = (need + wal::format::OVERHEAD).next_power_of_two().min(wal::format::MAX_SEGMENT_SIZE);
     let opts = &Options { wal_segment_size: opts.wal_segment_size.max(segment), ..opts.clone() };
     let seg_fs = fs.clone().unwrap_or_else(|| Arc::new(crate::fs::StdFs::direct()));
+    let manifest = super::manifest::path(&dir.join("segments"));
+    let has_manifest = seg_fs.exists(&manifest).map_err(|e| Error::io(format!("looking for {}", manifest.display()), e))?;
+    match super::check_wal_kept(&*seg_fs, dir, has_manifest) {
+        Err(e) if copies.is_empty() && e.status == crate::status::KEEL_STATUS_CORRUPTION => return Ok(0),
+        checked => checked?,
+    }
     let persisted = super::manifest::Manifest::persisted_of(&*seg_fs, dir);
     let wal = super::open_wal(dir, opts, &fs, Some(host), true, persisted)?;
     let mut restored = 0;
@@ -219,9 +227,7 @@ pub(crate) fn restore_wal(
     }
     let empty = wal.last_seq() == 0;
     wal.close()?;
-    let manifest = super::manifest::path(&dir.join("segments"));
-    let found = |p: &Path| seg_fs.exists(p).map_err(|e| Error::io(format!("looking for {}", p.display()), e));
-    if skip > 0 && (!empty || found(&manifest)?) {
+    if skip > 0 && (!empty || has_manifest) {
         // A clean close left an extent record ending where the log ends.
         let wal_dir = dir.join("wal");
         let mut e = match wal::extent::read(&*seg_fs, &wal_dir)? {

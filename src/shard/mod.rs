@@ -373,6 +373,21 @@ fn open_wal(dir: &Path, opts: &Options, fs: &Option<Arc<dyn FileSystem>>, host: 
     Wal::open_owned(&dir.join("wal"), wal_opts, Some(wal_fs), host.map(|h| &h.wal), persisted)
 }
 
+/// CORRUPTION when the shard in `dir` has a manifest (`has_manifest`) but
+/// no WAL folder: its WAL was lost, and is not made again (the segment
+/// files cannot tell which versions were handed out after them).
+fn check_wal_kept(fs: &dyn FileSystem, dir: &Path, has_manifest: bool) -> Result<()> {
+    let wal_dir = dir.join("wal");
+    if has_manifest && !fs.exists(&wal_dir).map_err(|e| Error::io(format!("looking for {}", wal_dir.display()), e))? {
+        return Err(Error::corruption(format!(
+            "{}: missing while {} exists: the shard's WAL was lost",
+            wal_dir.display(),
+            manifest::path(&dir.join("segments")).display()
+        )));
+    }
+    Ok(())
+}
+
 /// A shard's open reads its WAL on a thread of its own, beside the
 /// segments' scan, only when the WAL's files hold at least this many
 /// bytes: a smaller WAL opens in less time than a thread takes to start,
@@ -768,17 +783,8 @@ impl Shard {
         // A shard with a manifest had a WAL before it: a missing WAL
         // folder is a lost WAL, refused before the WAL's open makes a new
         // one (a failed open leaves the directory as it found it).
-        let wal_dir = dir.join("wal");
         let real_fs = fs.clone().unwrap_or_else(|| Arc::new(StdFs::direct()));
-        if manifest.as_ref().is_ok_and(recovery::DirManifest::found)
-            && !real_fs.exists(&wal_dir).map_err(|e| Error::io(format!("looking for {}", wal_dir.display()), e))?
-        {
-            return Err(Error::corruption(format!(
-                "{}: missing while {} exists: the shard's WAL was lost",
-                wal_dir.display(),
-                manifest::path(&seg_dir).display()
-            )));
-        }
+        check_wal_kept(&*real_fs, dir, manifest.as_ref().is_ok_and(recovery::DirManifest::found))?;
         let open_wal = || open_wal(dir, &opts, &fs, host, commit.is_some(), persisted);
         // The WAL's open and the segments' scan read different files and
         // write nothing the other reads: on the real file system they run
