@@ -26,7 +26,7 @@ use keel::transfer::{shard_digest, wire, Clock, Finish, Hook, Method, RealClock,
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{mpsc, Arc, Condvar, Mutex};
 use std::time::Duration;
 
 const SHARD: u32 = 7;
@@ -829,4 +829,90 @@ fn a_snapshot_reception_finishes_a_pending_close_of_that_shard() {
     let opts = TransferOptions { method: Method::Snapshot, ..TransferOptions::default() };
     let sent = src.transfers.send_shard(&shard, SHARD, 2, &opts).map(|r| r.last_version).map_err(|e| (e.status, e.message));
     assert_eq!(sent, Ok(shard.last_version()), "a snapshot of shard 7 to a receiver whose host's close of shard 7 returned RESOURCE");
+}
+
+/// A clock whose sleeps wait for the test: each says it began, then
+/// returns once the gate is open (time moves only when slept on).
+#[derive(Debug)]
+struct GateClock {
+    time: Mutex<Duration>,
+    open: Mutex<bool>,
+    opened: Condvar,
+    sleeping: Mutex<mpsc::Sender<()>>,
+}
+
+impl GateClock {
+    fn new(sleeping: mpsc::Sender<()>) -> Arc<GateClock> {
+        Arc::new(GateClock { time: Mutex::default(), open: Mutex::new(false), opened: Condvar::new(), sleeping: Mutex::new(sleeping) })
+    }
+
+    fn open(&self) {
+        *self.open.lock().unwrap() = true;
+        self.opened.notify_all();
+    }
+}
+
+impl Clock for GateClock {
+    fn now(&self) -> Duration {
+        *self.time.lock().unwrap()
+    }
+    fn sleep(&self, d: Duration) {
+        let _ = self.sleeping.lock().unwrap().send(());
+        let mut open = self.open.lock().unwrap();
+        while !*open {
+            open = self.opened.wait(open).unwrap();
+        }
+        *self.time.lock().unwrap() += d;
+    }
+}
+
+/// The receiver applies a hand-over's FINISH, but its ACK is lost with
+/// the connection, and the receiver restarts on its directory before the
+/// source resends FINISH: the shard is durably the receiver's, yet the new
+/// process remembers no such transfer and answers the copy NOT_FOUND. That
+/// is no proof the shard is still the source's: the source keeps its MOVED
+/// mark and fails saying the receiver may own the shard. (It once took the
+/// answer for a refusal, removed the mark and took writes: two owners.)
+#[test]
+fn a_finish_resent_to_a_receiver_that_forgot_it_does_not_leave_two_owners() {
+    let src = side("forgot-finish-src", node_options(1));
+    let dst_dir = TempDir::new("forgot-finish-dst");
+    // The receiver's FINISH parks as it removes its INCOMING marker.
+    let (entered_tx, entered) = crossbeam_channel::unbounded();
+    let (release, release_rx) = crossbeam_channel::unbounded::<()>();
+    let park = HookFs::new(move |call, path| {
+        if call == Call::Remove && path.file_name().is_some_and(|n| n == "INCOMING") {
+            let _ = entered_tx.send(());
+            let _ = release_rx.recv();
+        }
+        Ok(())
+    });
+    let dst = Side::open_on(dst_dir.path(), node_options(2), shard_options(), park);
+    let relay = Relay::start(dst.node.addr());
+    src.node.connect(2, &relay.addr().to_string()).unwrap();
+    let shard = src.engine.open_shard(SHARD, true).unwrap();
+    write_some(&shard, 0, 200);
+    dst.transfers.expect(SHARD, 1);
+    let (sleeping_tx, sleeping) = mpsc::channel();
+    let clock = GateClock::new(sleeping_tx);
+    let opts = TransferOptions { auto_finish: Some(Finish::HandOver), clock: clock.clone(), ..faulty(Method::Snapshot, 3) };
+    let t = src.transfers.start(&shard, SHARD, 2, &opts).unwrap();
+    entered.recv().unwrap(); // FINISH reached the receiver
+    relay.cut_after(0); // the source's next byte (a PING) resets the connection
+    sleeping.recv().unwrap(); // the source saw it drop: FINISH's ACK cannot come back
+    release.send(()).unwrap();
+    // The receiver's close lets FINISH complete; the restarted one owns the
+    // shard and knows nothing of the transfer.
+    drop(dst);
+    let dst = Side::open(dst_dir.path(), node_options(2), shard_options());
+    relay.set_target(dst.node.addr());
+    clock.open(); // the source dials again and resends FINISH
+    assert!(t.wait(None));
+    let outcome = t.outcome().unwrap();
+    assert_eq!(outcome.as_ref().err().map(|e| e.status), Some(KEEL_STATUS_NOT_FOUND), "{outcome:?}");
+    let owned = dst.engine.open_shard(SHARD, false).map(|s| s.get(b"k00199").map(|e| e.is_some()));
+    assert!(matches!(owned, Ok(Ok(true))), "the receiver owns the shard: {owned:?}");
+    let late = shard.put(b"after", b"x");
+    assert_eq!(late.as_ref().err().map(|e| e.status), Some(KEEL_STATUS_MOVED), "outcome {outcome:?}; the source took a write while the receiver owns the shard: {late:?}");
+    assert!(outcome.unwrap_err().message.contains("may have finished the hand-over"));
 }

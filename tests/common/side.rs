@@ -53,10 +53,15 @@ impl Side {
         side
     }
 
+    /// As `open`, on the file system `fs`.
+    pub fn open_on(dir: &Path, node_opts: NodeOptions, shard_opts: Options, fs: Arc<dyn FileSystem>) -> Side {
+        Side::with_engine(Engine::open_with_fs(dir, shard_opts, fs).unwrap(), node_opts)
+    }
+
     /// The same on the file system `fs`.
     pub fn temp_on(tag: &str, node_opts: NodeOptions, shard_opts: Options, fs: Arc<dyn FileSystem>) -> Side {
         let dir = TempDir::new(tag);
-        let mut side = Side::with_engine(Engine::open_with_fs(dir.path(), shard_opts, fs).unwrap(), node_opts);
+        let mut side = Side::open_on(dir.path(), node_opts, shard_opts, fs);
         side.temp = Some(dir);
         side
     }

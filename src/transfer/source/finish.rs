@@ -5,7 +5,8 @@
 //! write until a hand-over or a cancel.
 
 use super::{Batcher, Link, CATCH_UP_ROUNDS};
-use crate::error::Result;
+use crate::error::{Error, Result};
+use crate::status::KEEL_STATUS_NOT_FOUND;
 use crate::shard::{AfterWrite, Shard, WriteHold};
 use crate::transfer::control::{Control, Finish, Request, Stage};
 use crate::node::frame::Body;
@@ -99,10 +100,11 @@ pub(super) fn run(
 /// goes out, so no crash leaves this copy writable while the receiver owns
 /// the shard. When the mark or FINISH fails, the mark goes again only if
 /// the shard is surely still the source's: the mark never went out (its
-/// directory sync failed), or the receiver answered FINISH with an error.
-/// Otherwise (FINISH unanswered: the receiver may have finished; or the
-/// mark cannot be removed) the shard refuses writes from now on, as after
-/// a reopen, until the host decides (docs/TRANSFER.md).
+/// directory sync failed), or the receiver, still running the reception,
+/// refused FINISH. Otherwise (FINISH unanswered, or answered NOT_FOUND:
+/// the receiver may have finished; or the mark cannot be removed) the
+/// shard refuses writes from now on, as after a reopen, until the host
+/// decides (docs/TRANSFER.md).
 fn send_finish(link: &mut Link, shard: &Shard, hold: &WriteHold<'_>, last: u64, hand_over: bool) -> Result<()> {
     // A drain with nothing left passes no batch boundary: the cancel is
     // looked at here, before anything that cannot be taken back.
@@ -116,17 +118,28 @@ fn send_finish(link: &mut Link, shard: &Shard, hold: &WriteHold<'_>, last: u64, 
     }
     match link.exchange(wire::FINISH, &Body::new(&last.to_le_bytes())).map(|ack| link.settle(ack)) {
         Ok(Ok(_)) => Ok(()),
-        Ok(Err(refused)) => {
+        Ok(Err(refused)) if refused.status != KEEL_STATUS_NOT_FOUND => {
             if hand_over && shard.unpersist_moved().is_err() {
                 hold.hand_over();
             }
             Err(refused)
         }
-        Err(unanswered) => {
-            if hand_over {
-                hold.hand_over();
+        // "No such transfer here" is no refusal: a receiver that applied an
+        // earlier copy of this FINISH (its ACK lost) and then forgot the
+        // transfer (it restarted, or has finished FINISHED_MEMORY others
+        // since) answers so too, and owns the shard.
+        Ok(Err(unanswered)) | Err(unanswered) => {
+            if !hand_over {
+                return Err(unanswered);
             }
-            Err(unanswered)
+            hold.hand_over();
+            Err(Error::new(
+                unanswered.status,
+                format!(
+                    "{}; the receiver may have finished the hand-over and own the shard: this shard refuses writes (MOVED) until the host decides",
+                    unanswered.message
+                ),
+            ))
         }
     }
 }
