@@ -712,3 +712,32 @@ fn the_last_handle_dropped_in_a_callback_shuts_the_node_down() {
     wait_for(&b, &b_events, "node 1 closing its connection", |s| s.peers == 0);
     b.close().unwrap();
 }
+
+/// A dial racing the node's close: its connection passed the open check
+/// and got its writer, then the close ran to its end before the
+/// connection entered the registry (the start hook holds it there). It
+/// was registered all the same: its reader thread, neither ended nor
+/// joined by the close, ran after `close` returned, moving the counters
+/// `close` had returned as final (and calling the event callback). It
+/// now ends with CLOSED before it runs.
+#[test]
+fn a_dial_racing_close_ends_closed_and_runs_nothing_after_it() {
+    let (a, _a_events) = open(1, &[]);
+    let (b, _b_events) = open(2, &[]);
+    let (entered_tx, entered) = crossbeam_channel::bounded::<()>(1);
+    let (go, go_rx) = crossbeam_channel::bounded::<()>(1);
+    a.set_start_hook(Arc::new(move || {
+        let _ = entered_tx.send(());
+        let _ = go_rx.recv();
+    }));
+    let a = Arc::new(a);
+    let (dialing, to) = (a.clone(), b.addr().to_string());
+    let dialer = std::thread::spawn(move || dialing.connect(2, &to));
+    entered.recv_timeout(HANG_GUARD).expect("hang guard: the dial never started its connection");
+    let last = a.close().unwrap();
+    go.send(()).unwrap();
+    let dialed = dialer.join().unwrap();
+    assert_eq!(dialed.as_ref().err().map(|e| e.status), Some(KEEL_STATUS_CLOSED), "{dialed:?}");
+    assert_eq!(a.stats(), last, "the connection ran after close returned its final counters");
+    b.close().unwrap();
+}

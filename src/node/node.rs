@@ -14,12 +14,16 @@ use std::collections::{HashMap, HashSet};
 use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 /// HELLO nonces remembered to spot replayed handshakes.
 const REPLAY_MEMORY: usize = 4096;
+
+/// Test-only: called as a connection starts (`Node::set_start_hook`).
+#[doc(hidden)]
+pub type StartHook = Arc<dyn Fn() + Send + Sync>;
 
 #[derive(Default)]
 struct Registry {
@@ -54,6 +58,8 @@ pub(crate) struct Inner {
     /// `max_handshakes`): counted up by the accept loop, down by the
     /// connection's thread once it is ready or over.
     handshaking: AtomicU32,
+    /// Test-only (`Node::set_start_hook`).
+    start_hook: OnceLock<StartHook>,
 }
 
 /// A node: listens, dials, and carries typed frames between authenticated
@@ -119,6 +125,7 @@ impl Node {
             writer_opts,
             closing: AtomicBool::new(false),
             handshaking: AtomicU32::new(0),
+            start_hook: OnceLock::new(),
         });
         let l = listener.try_clone().map_err(|e| Error::io("dup the node listener", e))?;
         let i = inner.clone();
@@ -286,6 +293,15 @@ impl Node {
         self.inner.counters.snapshot()
     }
 
+    /// Test-only: `hook` is called on the thread that starts a connection
+    /// (dialing, or the accept thread), between its writer's setup and its
+    /// entry in the node's registry; it may block there while the node
+    /// closes. Only the first hook set is kept.
+    #[doc(hidden)]
+    pub fn set_start_hook(&self, hook: StartHook) {
+        let _ = self.inner.start_hook.set(hook);
+    }
+
     /// Stops accepting, gives every connection up to close_timeout to send
     /// what is queued (the rest is cancelled and counted in
     /// `cancelled_frames`) and for the peer to read it and close its side,
@@ -443,7 +459,19 @@ impl Inner {
             // by nothing else; the TcpStream closes it.
             drop(unsafe { TcpStream::from_raw_fd(wfd) });
         })?;
+        if let Some(hook) = self.start_hook.get() {
+            hook();
+        }
         let mut reg = self.reg.lock();
+        // Checked again under the registry's lock, which `shutdown` holds
+        // as it collects the connections: one registered after that would
+        // be neither ended nor joined, its thread running after the close
+        // returned.
+        if let Err(e) = self.check_open() {
+            drop(reg);
+            let _ = stream.shutdown(std::net::Shutdown::Both);
+            return Err(e);
+        }
         reg.next_seq += 1;
         let seq = reg.next_seq;
         let conn = Arc::new(Conn::new(seq, role, remote, expect, stream, writer));
