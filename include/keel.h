@@ -3000,10 +3000,11 @@ keel_status_t keel_transfer_confirm_hand_over(const struct keel_transfer_t *t,
  * (at once while it waits for the host or forwards) and settles on
  * KEEL_TRANSFER_CANCELLED; returns at once. A FINISH already sent is
  * not recalled: the transfer waits for its answer and settles as it says
- * (FAILED when none comes, or when the receiver answers that it has no
- * such transfer, which a receiver that finished it and then forgot it
- * answers too: the receiver may own the shard, and the source's shard
- * refuses writes until the host decides). The source's WAL pin is
+ * (FAILED when none comes, or when the receiver answers with an error
+ * other than PROTOCOL, such as NOT_FOUND from a receiver that finished
+ * it and then forgot it: the receiver may own the shard, and the
+ * source's shard refuses writes until the host decides). The source's
+ * WAL pin is
  * released. The receiver keeps what it applied, still incoming (its host
  * cannot open the shard: BUSY); a later transfer of the shard resumes
  * from there by WAL delta when the source still holds the records, or

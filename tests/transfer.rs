@@ -1285,3 +1285,35 @@ fn a_streaming_transfer_lets_the_wal_go_once_the_receiver_has_it() {
     assert!(t.outcome().unwrap().is_ok(), "{:?}", t.outcome());
     assert_eq!(shard_digest(&received(&dst)).unwrap(), shard_digest(&shard).unwrap());
 }
+
+/// The receiver removes its INCOMING marker in FINISH, but the directory
+/// sync that makes the removal durable fails: it answers FINISH with IO,
+/// yet the marker is gone and its host opens the shard. That answer is
+/// no refusal made before the shard was released: the source keeps its
+/// MOVED mark. (It once removed the mark and took writes: two owners.)
+#[test]
+fn a_finish_whose_marker_removal_fails_to_sync_on_the_receiver_does_not_leave_two_owners() {
+    let removed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let r = removed.clone();
+    let fs = common::hookfs::HookFs::new(move |call, path| {
+        use std::sync::atomic::Ordering::SeqCst;
+        match call {
+            common::hookfs::Call::Remove if path.file_name().is_some_and(|n| n == "INCOMING") => r.store(true, SeqCst),
+            common::hookfs::Call::SyncDir if r.swap(false, SeqCst) => return Err(std::io::Error::from_raw_os_error(libc::EIO)),
+            _ => {}
+        }
+        Ok(())
+    });
+    let src = side("unsynced-finish-src", 1);
+    let dst = Side::temp_on("unsynced-finish-dst", common::side::node_options(2), shard_options(), fs);
+    src.node.connect(2, &dst.node.addr().to_string()).unwrap();
+    let shard = src.engine.open_shard(SHARD, true).unwrap();
+    fill(&shard, 100);
+    dst.transfers.expect(SHARD, 1);
+    let outcome = src.transfers.send_shard(&shard, SHARD, 2, &hand_over());
+    assert_eq!(outcome.as_ref().err().map(|e| e.status), Some(KEEL_STATUS_IO), "{outcome:?}");
+    let owned = dst.engine.open_shard(SHARD, false).map(|s| s.get(b"k0099").map(|e| e.is_some()));
+    assert!(matches!(owned, Ok(Ok(true))), "precondition: the receiver's host opens the shard: {owned:?}");
+    let late = shard.put(b"late", b"x");
+    assert_eq!(late.as_ref().err().map(|e| e.status), Some(KEEL_STATUS_MOVED), "outcome {outcome:?}; the source took a write while the receiver's host has the shard: {late:?}");
+}

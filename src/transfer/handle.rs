@@ -94,9 +94,9 @@ impl Transfer {
     /// Stops the transfer at its next batch boundary or ACK wait (at once
     /// while it waits for the host or forwards), and before FINISH; a
     /// FINISH already sent settles as its answer says (Failed when none
-    /// comes, or when the receiver answers that it has no such transfer,
-    /// which one that finished it and then forgot it answers too: the
-    /// receiver may own the shard). The source's WAL pin is
+    /// comes, or when the receiver answers with an error other than
+    /// PROTOCOL, such as NOT_FOUND from one that finished it and then
+    /// forgot it: the receiver may own the shard). The source's WAL pin is
     /// released; the receiver keeps what it applied, still incoming (its
     /// host cannot open it), and a later transfer of the shard resumes
     /// from it by WAL delta when the source still holds the records, or

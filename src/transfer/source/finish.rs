@@ -6,7 +6,7 @@
 
 use super::{Batcher, Link, CATCH_UP_ROUNDS};
 use crate::error::{Error, Result};
-use crate::status::KEEL_STATUS_NOT_FOUND;
+use crate::status::KEEL_STATUS_PROTOCOL;
 use crate::shard::{AfterWrite, Shard, WriteHold};
 use crate::transfer::control::{Control, Finish, Request, Stage};
 use crate::node::frame::Body;
@@ -100,8 +100,9 @@ pub(super) fn run(
 /// goes out, so no crash leaves this copy writable while the receiver owns
 /// the shard. When the mark or FINISH fails, the mark goes again only if
 /// the shard is surely still the source's: the mark never went out (its
-/// directory sync failed), or the receiver, still running the reception,
-/// refused FINISH. Otherwise (FINISH unanswered, or answered NOT_FOUND:
+/// directory sync failed), or the receiver refused FINISH itself (PROTOCOL:
+/// its order, body or version), which it checks before it releases the
+/// shard. Otherwise (FINISH unanswered, or answered with another error:
 /// the receiver may have finished; or the mark cannot be removed) the
 /// shard refuses writes from now on, as after a reopen, until the host
 /// decides (docs/TRANSFER.md).
@@ -118,16 +119,18 @@ fn send_finish(link: &mut Link, shard: &Shard, hold: &WriteHold<'_>, last: u64, 
     }
     match link.exchange(wire::FINISH, &Body::new(&last.to_le_bytes())).map(|ack| link.settle(ack)) {
         Ok(Ok(_)) => Ok(()),
-        Ok(Err(refused)) if refused.status != KEEL_STATUS_NOT_FOUND => {
+        Ok(Err(refused)) if refused.status == KEEL_STATUS_PROTOCOL => {
             if hand_over && shard.unpersist_moved().is_err() {
                 hold.hand_over();
             }
             Err(refused)
         }
-        // "No such transfer here" is no refusal: a receiver that applied an
-        // earlier copy of this FINISH (its ACK lost) and then forgot the
-        // transfer (it restarted, or has finished FINISHED_MEMORY others
-        // since) answers so too, and owns the shard.
+        // Any other error may come after the receiver released the shard:
+        // one that applied an earlier copy of this FINISH (its ACK lost) and
+        // then forgot the transfer (it restarted, or has finished
+        // FINISHED_MEMORY others since) answers NOT_FOUND, and one whose
+        // marker removal did not sync (IO) or whose engine closed just after
+        // it (CLOSED) answers that, its marker gone.
         Ok(Err(unanswered)) | Err(unanswered) => {
             if !hand_over {
                 return Err(unanswered);
