@@ -11,11 +11,16 @@
  * - a handle of the wrong type → INVALID_ARGUMENT;
  * - a scan after its shard closed, and a shard after its engine closed
  *   → CLOSED (and the handles are still freed with OK);
+ * - out of descriptors an engine or shard open answers RESOURCE and
+ *   opens nothing (the same call works afterwards); an engine whose
+ *   shard list is lost beside shard directories answers CORRUPTION;
  * - out-parameters are left untouched on failure, and every error object
  *   has the returned code and a non-empty message (CHECK_STATUS checks
  *   that for each failing call).
  */
 #include "keel_test.h"
+
+#include <sys/stat.h>
 
 #define SENTINEL 0x5EEDull
 
@@ -403,6 +408,46 @@ static void closed_handles(const char *dir) {
   CHECK_OK(keel_shard_close(s2, &err));
 }
 
+/* The statuses an engine open and a shard open return past their
+ * arguments, each listed in keel.h: RESOURCE out of descriptors (nothing
+ * left open: the same call works once they are freed), and CORRUPTION
+ * for a shard list lost while shard directories remain. */
+static void open_failures(const char *dir) {
+  KT_ERR;
+  char path[512];
+  keel_engine_t *e = NULL;
+  keel_shard_t *s = NULL;
+  kt_fds_t fds;
+  snprintf(path, sizeof path, "%s/fds", dir);
+  kt_fds_fill(&fds);
+  CHECK_STATUS(KEEL_STATUS_RESOURCE, keel_engine_open(path, NULL, &e, &err));
+  kt_fds_release(&fds);
+  CHECK(e == NULL);
+  CHECK_OK(keel_engine_open(path, NULL, &e, &err));
+  CHECK_OK(keel_engine_shard_open(e, 1, true, &s, &err));
+  CHECK_OK(keel_shard_close(s, &err));
+  s = NULL;
+  kt_fds_fill(&fds);
+  CHECK_STATUS(KEEL_STATUS_RESOURCE, keel_engine_shard_open(e, 1, false, &s, &err));
+  CHECK_STATUS(KEEL_STATUS_RESOURCE, keel_engine_shard_open(e, 2, true, &s, &err));
+  kt_fds_release(&fds);
+  CHECK(s == NULL);
+  CHECK_OK(keel_engine_shard_open(e, 1, false, &s, &err));
+  CHECK_OK(keel_shard_close(s, &err));
+  CHECK_OK(keel_engine_close(e, &err));
+
+  snprintf(path, sizeof path, "%s/lost", dir);
+  CHECK(mkdir(path, 0700) == 0);
+  snprintf(path, sizeof path, "%s/lost/shards", dir);
+  CHECK(mkdir(path, 0700) == 0);
+  snprintf(path, sizeof path, "%s/lost/shards/7", dir);
+  CHECK(mkdir(path, 0700) == 0);
+  snprintf(path, sizeof path, "%s/lost", dir);
+  e = NULL;
+  CHECK_STATUS(KEEL_STATUS_CORRUPTION, keel_engine_open(path, NULL, &e, &err));
+  CHECK(e == NULL);
+}
+
 static void reversed_scan(const keel_shard_t *s) {
   KT_ERR;
   keel_iter_t *it = NULL;
@@ -441,6 +486,10 @@ int main(void) {
 
   dir = kt_tempdir();
   closed_handles(dir);
+  kt_rmdir(dir);
+
+  dir = kt_tempdir();
+  open_failures(dir);
   kt_rmdir(dir);
   KT_PASS();
 }

@@ -2239,7 +2239,10 @@ keel_status_t keel_engine_options_init_sized(struct keel_engine_options_t *opts,
  * releases with keel_engine_close().
  * Errors: NULL_ARGUMENT, INVALID_ARGUMENT (bad option or struct_size;
  * `dir` is a keel WAL directory), BUSY (another engine has the directory
- * open), IO, NO_SPACE.
+ * open), CORRUPTION (the shard list is lost or its last record damaged
+ * while shard directories hold files, or the commit log is damaged: see
+ * keel_engine_options_t.salvage), IO, NO_SPACE, RESOURCE (out of
+ * descriptors, memory or threads: nothing is left open; retry once freed).
  */
 keel_status_t keel_engine_open(const char *dir,
                                const struct keel_engine_options_t *opts,
@@ -2261,8 +2264,9 @@ keel_status_t keel_engine_open(const char *dir,
  * docs/STORAGE.md),
  * IO (also: the shard's WAL failed to close since the engine opened, and
  * its acknowledged writes come back only when the engine reopens),
- * NO_SPACE, RESOURCE (a close of this shard left unfinished by RESOURCE
- * was retried first and failed again).
+ * NO_SPACE, RESOURCE (out of descriptors or memory opening the shard's
+ * files, or a close of this shard left unfinished by RESOURCE was retried
+ * first and failed again: the shard is not open; retry once freed).
  */
 keel_status_t keel_engine_shard_open(const struct keel_engine_t *engine,
                                      uint32_t id,

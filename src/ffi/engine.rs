@@ -233,7 +233,10 @@ fn options_from_c(p: *const keel_engine_options_t) -> crate::Result<shard::Optio
 /// releases with keel_engine_close().
 /// Errors: NULL_ARGUMENT, INVALID_ARGUMENT (bad option or struct_size;
 /// `dir` is a keel WAL directory), BUSY (another engine has the directory
-/// open), IO, NO_SPACE.
+/// open), CORRUPTION (the shard list is lost or its last record damaged
+/// while shard directories hold files, or the commit log is damaged: see
+/// keel_engine_options_t.salvage), IO, NO_SPACE, RESOURCE (out of
+/// descriptors, memory or threads: nothing is left open; retry once freed).
 #[no_mangle]
 pub extern "C" fn keel_engine_open(
     dir: *const c_char,
@@ -264,8 +267,9 @@ pub extern "C" fn keel_engine_open(
 /// docs/STORAGE.md),
 /// IO (also: the shard's WAL failed to close since the engine opened, and
 /// its acknowledged writes come back only when the engine reopens),
-/// NO_SPACE, RESOURCE (a close of this shard left unfinished by RESOURCE
-/// was retried first and failed again).
+/// NO_SPACE, RESOURCE (out of descriptors or memory opening the shard's
+/// files, or a close of this shard left unfinished by RESOURCE was retried
+/// first and failed again: the shard is not open; retry once freed).
 #[no_mangle]
 pub extern "C" fn keel_engine_shard_open(
     engine: *const keel_engine_t,
