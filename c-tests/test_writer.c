@@ -339,6 +339,13 @@ static void misuse(void) {
   no.struct_size = 4;
   CHECK_STATUS(KEEL_STATUS_INVALID_ARGUMENT, keel_net_open(&no, &net, &err));
   CHECK(net == NULL);
+  /* Out of descriptors: RESOURCE (a listed status), nothing left open,
+   * and the same open works once they are freed. */
+  kt_fds_t fds;
+  kt_fds_fill(&fds);
+  CHECK_STATUS(KEEL_STATUS_RESOURCE, keel_net_open(NULL, &net, &err));
+  kt_fds_release(&fds);
+  CHECK(net == NULL);
   CHECK_OK(keel_net_open(NULL, &net, &err)); /* defaults, no callback */
 
   int sv[2];

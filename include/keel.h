@@ -3317,7 +3317,9 @@ keel_status_t keel_writer_options_init_sized(struct keel_writer_options_t *opts,
  * keel_net_close(), which calls `user_data_free` once. On failure keel
  * never calls `user_data_free`: `user_data` is still the caller's.
  * Errors: NULL_ARGUMENT, INVALID_ARGUMENT (struct_size, backend out of
- * range), IO (eventfd, epoll or the thread could not be created).
+ * range), RESOURCE (out of descriptors, memory or threads creating the
+ * eventfd, the epoll instance or the thread: nothing is left open; retry
+ * once freed), IO (they could not be created for another reason).
  */
 keel_status_t keel_net_open(const struct keel_net_options_t *opts,
                             struct keel_net_t **out,

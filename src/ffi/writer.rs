@@ -370,7 +370,9 @@ fn writer_options_from_c(opts: *const keel_writer_options_t) -> crate::Result<Wr
 /// keel_net_close(), which calls `user_data_free` once. On failure keel
 /// never calls `user_data_free`: `user_data` is still the caller's.
 /// Errors: NULL_ARGUMENT, INVALID_ARGUMENT (struct_size, backend out of
-/// range), IO (eventfd, epoll or the thread could not be created).
+/// range), RESOURCE (out of descriptors, memory or threads creating the
+/// eventfd, the epoll instance or the thread: nothing is left open; retry
+/// once freed), IO (they could not be created for another reason).
 #[no_mangle]
 pub extern "C" fn keel_net_open(
     opts: *const keel_net_options_t,
