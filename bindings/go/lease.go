@@ -384,12 +384,21 @@ func (r *ReadSession) reportLeak() {
 }
 
 // Index is the index the session waited for (0: a stale session of a
-// shard without consensus).
-func (r *ReadSession) Index() uint64 { return r.index }
+// shard without consensus, or a nil session).
+func (r *ReadSession) Index() uint64 {
+	if r == nil {
+		return 0
+	}
+	return r.index
+}
 
 // End frees the session; reads naming it afterwards fail with ErrClosed.
-// Ending twice is a no-op.
+// Ending twice is a no-op, and so is ending a nil session (what a failed
+// ReadBegin returns), so that End may be deferred before the error check.
 func (r *ReadSession) End() {
+	if r == nil {
+		return
+	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.h != nil {

@@ -595,3 +595,19 @@ func TestReadSessionLeakIsReported(t *testing.T) {
 		}
 	}
 }
+
+// End on a nil *ReadSession (what a failed ReadBegin returns, so a
+// deferred End taken before the error check) is a no-op, as ending twice
+// is, instead of a nil dereference; Index is 0.
+func TestReadSessionNilEndIsANoOp(t *testing.T) {
+	s := leaseShard(t)
+	rs, err := s.ReadBegin(ReadLinearizable, 0) // no consensus configured
+	defer rs.End()
+	if !errors.Is(err, ErrInvalidArgument) || rs != nil {
+		t.Fatalf("ReadBegin without consensus: %v, %v", rs, err)
+	}
+	if i := rs.Index(); i != 0 {
+		t.Fatalf("Index of a nil session: %d", i)
+	}
+	rs.End()
+}
