@@ -23,7 +23,9 @@
  *     1. a caller buffer (buf, cap, &len): too small gives
  *        KEEL_STATUS_BUFFER_TOO_SMALL with the needed size in len;
  *     2. a keel_buf_t owned by the caller, released with keel_buf_free();
- *     3. a borrowed pointer, valid until the next call on the same handle.
+ *     3. a borrowed pointer, valid as long as its function says (a
+ *        message until keel_error_free(); a callback's arguments only
+ *        during the call).
  *   A (pointer, length) pair with length 0 may have a NULL pointer.
  *
  * Threads
