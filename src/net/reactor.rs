@@ -152,7 +152,14 @@ impl Shared {
         if self.backend == Backend::Sendmsg {
             if let Err(e) = epoll_set(self.epfd, libc::EPOLL_CTL_ADD, fd, 0, id) {
                 forget_adopted(fd);
-                return Err(Error::io(format!("epoll_ctl(ADD) for fd {fd}"), e));
+                // ENOSPC here is the user's epoll watch limit, not a full disk.
+                return Err(match e.raw_os_error() {
+                    Some(libc::ENOSPC) => Error::new(
+                        KEEL_STATUS_RESOURCE,
+                        format!("epoll_ctl(ADD) for fd {fd}: {e} (the limit fs.epoll.max_user_watches)"),
+                    ),
+                    _ => Error::io(format!("epoll_ctl(ADD) for fd {fd}"), e),
+                });
             }
         }
         let conn = Arc::new(Conn::new(id, fd, opts.clone()));
