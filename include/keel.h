@@ -2283,8 +2283,9 @@ keel_status_t keel_engine_shard_open(const struct keel_engine_t *engine,
  * Errors: NULL_ARGUMENT, NOT_FOUND, BUSY (the shard is open, being opened
  * or dropped by another thread, or still closing on another thread),
  * CLOSED (also when the engine closed while the drop ran: the shard is
- * left whole), IO, RESOURCE (out of descriptors: nothing is dropped; a
- * close of this shard left unfinished by RESOURCE is retried first).
+ * left whole), IO, NO_SPACE (the disk is full: nothing is dropped),
+ * RESOURCE (out of descriptors: nothing is dropped; a close of this
+ * shard left unfinished by RESOURCE is retried first).
  */
 keel_status_t keel_engine_shard_drop(const struct keel_engine_t *engine,
                                      uint32_t id,
@@ -2317,10 +2318,11 @@ keel_status_t keel_engine_stats(const struct keel_engine_t *engine,
  * to close (the first error is returned). Shard handles still held stay
  * valid to free: their calls return CLOSED. NULL is a no-op. Must not
  * race with other calls on the same engine handle.
- * Errors: IO, POISONED (a shard could not flush), RESOURCE (a shard's
- * close ran out of descriptors: its WAL is closed all the same, and the
- * commit log keeps what it needs for the next open), INVALID_ARGUMENT
- * (not a live handle).
+ * Errors: IO, NO_SPACE (a failing or full disk: the next open recovers
+ * what was acknowledged from the logs), POISONED (a shard could not
+ * flush), RESOURCE (a shard's close ran out of descriptors: its WAL is
+ * closed all the same, and the commit log keeps what it needs for the
+ * next open), INVALID_ARGUMENT (not a live handle).
  */
 keel_status_t keel_engine_close(struct keel_engine_t *engine, struct keel_error_t **err);
 
@@ -2439,8 +2441,8 @@ keel_status_t keel_node_options_init_sized(struct keel_node_options_t *opts, siz
  * keel_node_close().
  * Errors: NULL_ARGUMENT, INVALID_ARGUMENT (an option out of range, not a
  * live engine, a listen_addr that does not parse or resolves to
- * nothing), IO (the address cannot be bound, a thread cannot start),
- * RESOURCE (out of descriptors or memory).
+ * nothing), IO (the address cannot be bound), RESOURCE (out of
+ * descriptors, memory or threads).
  */
 keel_status_t keel_node_open(const struct keel_engine_t *engine,
                              const struct keel_node_options_t *opts,
@@ -2959,7 +2961,8 @@ keel_status_t keel_transfer_expect(const struct keel_node_t *node,
  * range, not a live node or shard, `shard` not this engine's open shard
  * `shard_id`, `peer` 0 or this node's own id), CLOSED (the shard is
  * closed), MOVED (the shard was handed over already), BUSY (the node
- * sends max_concurrent_transfers already), IO (the thread cannot start).
+ * sends max_concurrent_transfers already), RESOURCE (the thread cannot
+ * start).
  * Failures of the transfer itself come from keel_transfer_status().
  */
 keel_status_t keel_transfer_start(const struct keel_node_t *node,
@@ -3369,7 +3372,9 @@ keel_status_t keel_net_close(struct keel_net_t *net, struct keel_error_t **err);
  * writer, released with keel_writer_close().
  * Errors: NULL_ARGUMENT, INVALID_ARGUMENT (negative or closed fd, not a
  * socket, not a stream socket, not connected, already adopted by this
- * net, bad option), IO, CLOSED (the net is closed).
+ * net, bad option), RESOURCE (out of memory, or the epoll watch limit
+ * `fs.epoll.max_user_watches` reached; the fd is still the caller's),
+ * IO, CLOSED (the net is closed).
  */
 keel_status_t keel_writer_adopt(const struct keel_net_t *net,
                                 int fd,

@@ -80,7 +80,9 @@ type NetOptions struct {
 	// connection it reports; a Writer already being closed on another
 	// goroutine then answers ErrClosed), but not Net.Close or
 	// Publisher.Close (both answer ErrBusy). A
-	// panic in it crashes the program, as in any goroutine.
+	// panic in it crashes the program, as in any goroutine; so does
+	// runtime.Goexit (t.FailNow, t.Fatal), which cannot unwind through
+	// keel.
 	OnEvent func(connID uint64, err error)
 }
 

@@ -154,7 +154,8 @@ type TransferOptions struct {
 	// when the transfer is over). Keep it quick (the transfer waits for
 	// it); it may call Status, Progress, Finish and Cancel on its Transfer
 	// (Wait and Close answer ErrBusy there). A panic in it crashes the
-	// program.
+	// program, and so does runtime.Goexit (t.FailNow, t.Fatal), which
+	// cannot unwind through keel.
 	OnProgress func(TransferProgress)
 }
 
@@ -244,7 +245,10 @@ func (ev *transferEvents) inCallback() bool {
 // from n to peer (a peer n connected to) on a keel thread and returns at
 // once. Options out of range, a shard that is not n's engine's open shard
 // shardID, and a peer of 0 or n itself are ErrInvalidArgument; ErrBusy
-// when n sends MaxConcurrentTransfers already. How the transfer goes: Status, Wait.
+// when n sends MaxConcurrentTransfers already; ErrClosed for a closed
+// shard or node; ErrMoved when the shard was handed over already;
+// ErrResource when its thread cannot start. How the transfer goes:
+// Status, Wait.
 func StartTransfer(n *Node, shard *Shard, shardID uint32, peer uint64, opts *TransferOptions) (*Transfer, error) {
 	copts, err := opts.toC()
 	if err != nil {

@@ -292,8 +292,9 @@ pub extern "C" fn keel_engine_shard_open(
 /// Errors: NULL_ARGUMENT, NOT_FOUND, BUSY (the shard is open, being opened
 /// or dropped by another thread, or still closing on another thread),
 /// CLOSED (also when the engine closed while the drop ran: the shard is
-/// left whole), IO, RESOURCE (out of descriptors: nothing is dropped; a
-/// close of this shard left unfinished by RESOURCE is retried first).
+/// left whole), IO, NO_SPACE (the disk is full: nothing is dropped),
+/// RESOURCE (out of descriptors: nothing is dropped; a close of this
+/// shard left unfinished by RESOURCE is retried first).
 #[no_mangle]
 pub extern "C" fn keel_engine_shard_drop(engine: *const keel_engine_t, id: u32, err: *mut *mut keel_error_t) -> keel_status_t {
     ffi_boundary!(err, engine, {
@@ -455,10 +456,11 @@ pub extern "C" fn keel_engine_stats(engine: *const keel_engine_t, out: *mut keel
 /// to close (the first error is returned). Shard handles still held stay
 /// valid to free: their calls return CLOSED. NULL is a no-op. Must not
 /// race with other calls on the same engine handle.
-/// Errors: IO, POISONED (a shard could not flush), RESOURCE (a shard's
-/// close ran out of descriptors: its WAL is closed all the same, and the
-/// commit log keeps what it needs for the next open), INVALID_ARGUMENT
-/// (not a live handle).
+/// Errors: IO, NO_SPACE (a failing or full disk: the next open recovers
+/// what was acknowledged from the logs), POISONED (a shard could not
+/// flush), RESOURCE (a shard's close ran out of descriptors: its WAL is
+/// closed all the same, and the commit log keeps what it needs for the
+/// next open), INVALID_ARGUMENT (not a live handle).
 #[no_mangle]
 pub extern "C" fn keel_engine_close(engine: *mut keel_engine_t, err: *mut *mut keel_error_t) -> keel_status_t {
     ffi_boundary!(err, std::ptr::null::<u8>(), {

@@ -317,8 +317,8 @@ fn options_from_c(p: *const keel_node_options_t, events: &CallbackScope) -> crat
 /// keel_node_close().
 /// Errors: NULL_ARGUMENT, INVALID_ARGUMENT (an option out of range, not a
 /// live engine, a listen_addr that does not parse or resolves to
-/// nothing), IO (the address cannot be bound, a thread cannot start),
-/// RESOURCE (out of descriptors or memory).
+/// nothing), IO (the address cannot be bound), RESOURCE (out of
+/// descriptors, memory or threads).
 #[no_mangle]
 pub extern "C" fn keel_node_open(
     engine: *const keel_engine_t,

@@ -387,7 +387,8 @@ pub extern "C" fn keel_transfer_expect(node: *const keel_node_t, shard_id: u32, 
 /// range, not a live node or shard, `shard` not this engine's open shard
 /// `shard_id`, `peer` 0 or this node's own id), CLOSED (the shard is
 /// closed), MOVED (the shard was handed over already), BUSY (the node
-/// sends max_concurrent_transfers already), IO (the thread cannot start).
+/// sends max_concurrent_transfers already), RESOURCE (the thread cannot
+/// start).
 /// Failures of the transfer itself come from keel_transfer_status().
 #[no_mangle]
 pub extern "C" fn keel_transfer_start(
