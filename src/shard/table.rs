@@ -20,7 +20,7 @@
 //! searches the block's entry offsets.
 
 use super::bloom::{self, Probe};
-use super::entry::{Entry, EntryRef, Kind};
+use super::entry::{split_item, Entry, EntryRef, Kind};
 use super::files::{self, Cursor, Ident};
 use super::key::prefix;
 use crate::error::{Error, Result};
@@ -513,7 +513,8 @@ impl Table {
 /// each at the offset the block's offset table gives, keys strictly
 /// increasing from `first_key` (the index's for it) and below `next_first`
 /// (the next block's, when there is one: a search for a key at or past it
-/// goes to that block). A checksum proves
+/// goes to that block), each of a known kind, and each posting list made
+/// of whole items. A checksum proves
 /// only that the bytes are the ones written; a file that was not written
 /// by keel (or by a keel with a bug) but passes it would otherwise give
 /// wrong answers (a search missing a key that is there) or reach a merge
@@ -528,7 +529,21 @@ fn check_layout(entries: &[u8], offsets: &[u8], first_key: &[u8], next_first: Op
         if u32::from_le_bytes(at.try_into().unwrap()) as usize != entries.len() - c.bytes.len() {
             return Err("has an entry offset that does not match its entries");
         }
-        let (key, ..) = decode_entry(&mut c).map_err(|_| "has an entry cut short")?;
+        let (key, _, kind, value) = decode_entry(&mut c).map_err(|_| "has an entry cut short")?;
+        // Checked here, with the table's name and the block's offset in
+        // the error, rather than when a read decodes the entry; and a merge
+        // copies stored lists as they are, so one cut short would otherwise
+        // pass into a new table under a checksum of keel's own.
+        match kind {
+            KIND_VALUE => {}
+            KIND_POSTING => {
+                let mut rest = value;
+                while !rest.is_empty() {
+                    rest = split_item(rest).map_err(|_| "has a posting list cut short")?.1;
+                }
+            }
+            _ => return Err("has an entry of unknown kind"),
+        }
         match prev {
             None if key != first_key => return Err("starts with a key other than the one the index names"),
             Some(p) if p >= key => return Err("holds keys out of order"),
@@ -702,6 +717,46 @@ mod tests {
         std::fs::write(&path, &bytes).unwrap();
         let e = Table::open(&fs, &path).err().expect("refused at open");
         assert!(e.message.contains("index entry points outside the blocks"), "{e}");
+    }
+
+    /// An entry's kind and a posting list's encoding are the block's
+    /// layout too: a block whose checksum holds but whose entry has no
+    /// known kind, or whose list runs past its value, is CORRUPTION naming
+    /// the table on its first read, and a merge's iteration gets it too
+    /// instead of copying the list into a new table.
+    #[test]
+    fn a_block_with_a_bad_kind_or_list_that_passes_its_checksum_is_corruption() {
+        let dir = crate::test_dir::TestDir::new("table-kinds");
+        let path = dir.join("t.sst");
+        let all = entries(3000);
+        let fs = crate::fs::StdFs::direct();
+        let t = write(&fs, &path, all.iter().map(|(k, e)| Ok((k.as_slice(), EntryRef::from(e)))), &[], Ident { shard: 9, segment: 3 }).unwrap();
+        let (at, len) = (t.index.blocks[0].offset, t.index.blocks[0].len);
+        drop(t);
+        let good = std::fs::read(&path).unwrap();
+        let reseal = |bytes: &mut Vec<u8>| {
+            let crc = crc32fast::hash(&bytes[at..at + len - 4]);
+            bytes[at + len - 4..at + len].copy_from_slice(&crc.to_le_bytes());
+        };
+        // Entry 0 is a posting list: its kind byte follows the 16 bytes of
+        // lengths and version; its first item's length follows its 10-byte key.
+        assert!(matches!(all[0].1.value, Value::Posting(_)));
+        let mut kind = good.clone();
+        kind[at + 16] = 9;
+        reseal(&mut kind);
+        let mut list = good.clone();
+        list[at + 27..at + 31].copy_from_slice(&1000u32.to_le_bytes());
+        reseal(&mut list);
+        for (bytes, why) in [(kind, "has an entry of unknown kind"), (list, "has a posting list cut short")] {
+            std::fs::write(&path, &bytes).unwrap();
+            let t = Table::open(&fs, &path).unwrap();
+            let e = t.get(&Probe::new(&all[0].0)).unwrap_err();
+            assert_eq!(e.status, crate::status::KEEL_STATUS_CORRUPTION, "{e}");
+            assert!(e.message.contains(why) && e.message.contains(&*path.to_string_lossy()), "{e}");
+            let t = Table::open(&fs, &path).unwrap();
+            let e = t.refs_from(b"").find_map(|r| r.err()).expect("the iteration fails");
+            assert!(e.message.contains(why), "{e}");
+        }
     }
 
     #[test]
