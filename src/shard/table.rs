@@ -334,8 +334,11 @@ impl Table {
         let mut c = Cursor { bytes: &bytes[index_off..filter_off] };
         let (mut end, mut last_key) = (0, None);
         while !c.bytes.is_empty() {
-            let first_key = c.bytes()?;
-            let (offset, len) = (c.u64()? as usize, c.u32()? as usize);
+            // The checksum held: an entry cut short is a table keel did
+            // not write, named as such.
+            let cut = |_| bad("index entry cut short");
+            let first_key = c.bytes().map_err(cut)?;
+            let (offset, len) = (c.u64().map_err(cut)? as usize, c.u32().map_err(cut)? as usize);
             if offset != end || offset.checked_add(len).map_or(true, |end| end > index_off) || len < 8 {
                 return Err(bad("index entry points outside the blocks"));
             }
@@ -717,6 +720,18 @@ mod tests {
         std::fs::write(&path, &bytes).unwrap();
         let e = Table::open(&fs, &path).err().expect("refused at open");
         assert!(e.message.contains("index entry points outside the blocks"), "{e}");
+        // An index entry whose key runs past the index, under checksums
+        // that hold: refused at open, naming the table.
+        let mut bytes = good.clone();
+        bytes[index_off..index_off + 4].copy_from_slice(&u32::MAX.to_le_bytes());
+        let meta_crc = crc32fast::hash(&bytes[index_off..meta_end]);
+        bytes[n - 8..n - 4].copy_from_slice(&meta_crc.to_le_bytes());
+        let footer_crc = crc32fast::hash(&bytes[n - FOOTER..n - 4]);
+        bytes[n - 4..].copy_from_slice(&footer_crc.to_le_bytes());
+        std::fs::write(&path, &bytes).unwrap();
+        let e = Table::open(&fs, &path).err().expect("refused at open");
+        assert_eq!(e.status, crate::status::KEEL_STATUS_CORRUPTION, "{e}");
+        assert!(e.message.contains("index entry cut short") && e.message.contains(&*path.to_string_lossy()), "{e}");
     }
 
     /// An entry's kind and a posting list's encoding are the block's
