@@ -170,14 +170,17 @@ impl Appendable {
         let mut c = Cursor { bytes: &bytes };
         let bad = |why: &str| Error::corruption(format!("{}: {why}", log.log_path.display()));
         while !c.bytes.is_empty() {
-            let (blen, crc) = (c.u32()? as usize, c.u32()?);
-            let body = c.take(blen).map_err(|_| bad("record cut short inside the durable length"))?;
+            // The checksums hold from here on: bytes that do not decode
+            // are a log keel did not write, named as such.
+            let cut = |_| bad("record cut short inside the durable length");
+            let (blen, crc) = (c.u32().map_err(cut)? as usize, c.u32().map_err(cut)?);
+            let body = c.take(blen).map_err(cut)?;
             if crc32fast::hash(body) != crc {
                 return Err(bad("record fails its checksum inside the durable length"));
             }
             let mut b = Cursor { bytes: body };
-            let (version, kind) = (b.u64()?, b.u8()?);
-            let key = b.bytes()?;
+            let (version, kind) = (b.u64().map_err(cut)?, b.u8().map_err(cut)?);
+            let key = b.bytes().map_err(cut)?;
             let payload = match kind {
                 // Copied in log order, where the bytes are read in turn.
                 REC_VALUE => Loaded::Value(arena.hold(b.bytes)),
@@ -198,7 +201,10 @@ impl Appendable {
                 // Taken: each record is folded once.
                 live = match (std::mem::replace(&mut r.payload, Loaded::Tombstone), live) {
                     (Loaded::Value(v), _) => Some((r.version, Value::Bytes(v))),
-                    (Loaded::List(list), _) => Some((r.version, Value::Posting(decode_list(list)?.into()))),
+                    (Loaded::List(list), _) => {
+                        let items = decode_list(list).map_err(|_| bad("posting list record cut short"))?;
+                        Some((r.version, Value::Posting(items.into())))
+                    }
                     (Loaded::Item(item), Some((_, Value::Posting(mut items)))) => {
                         items.push(item);
                         Some((r.version, Value::Posting(items)))
@@ -501,5 +507,24 @@ mod tests {
         assert!(kinds(true) > 5 && kinds(false) > 5, "the writes leave keys of both kinds");
         assert!(a.map.iter().eq(loaded.map.iter()));
         assert_eq!(loaded.weight, a.weight);
+    }
+
+    /// A log whose checksums hold but whose records do not decode (a log
+    /// keel did not write) fails the load with CORRUPTION naming the log.
+    #[test]
+    fn a_record_that_does_not_decode_names_the_log() {
+        let dir = crate::test_dir::TestDir::new("appendable-undecodable");
+        let fs: Arc<dyn FileSystem> = Arc::new(StdFs::direct());
+        let ident = Ident { shard: 7, segment: 3 };
+        let mut a = Appendable::create(&fs, &dir, ident, 0).unwrap();
+        a.put(b"fine", b"value", 1);
+        // A posting list whose one item claims 9 bytes and holds 1.
+        a.record(2, REC_LIST, b"list", Payload::Bytes(&[9, 0, 0, 0, 1]));
+        a.finish(2);
+        a.log.flush(&Steps::default(), |_| Ok(())).unwrap();
+        let e = Appendable::load(&fs, &dir, ident).err().expect("the load fails");
+        assert_eq!(e.status, crate::status::KEEL_STATUS_CORRUPTION, "{e}");
+        let log = dir.join(files::name(ident.segment, files::LOG));
+        assert!(e.message.contains(&*log.to_string_lossy()) && e.message.contains("posting list"), "{e}");
     }
 }
