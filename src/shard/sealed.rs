@@ -90,13 +90,16 @@ impl Sealed {
             None => {}
             Some(bytes) => {
                 let mut c = Cursor { bytes: files::open_small(DEL_MAGIC, &bytes, &s.del_path)? };
-                ident.check(Ident::decode(&mut c)?, &s.del_path)?;
+                // The frame's checksum held: a body that does not decode is
+                // a file keel did not write, named as such.
+                let cut = |_| crate::error::Error::corruption(format!("{}: deletions cut short", s.del_path.display()));
+                ident.check(Ident::decode(&mut c).map_err(cut)?, &s.del_path)?;
                 s.side_car.store(true, Ordering::Release);
                 let mut d = s.deletions.lock();
-                d.saved_upto = d.saved_upto.max(c.u64()?);
+                d.saved_upto = d.saved_upto.max(c.u64().map_err(cut)?);
                 while !c.bytes.is_empty() {
-                    let key = Key::new(c.bytes()?);
-                    let v = c.u64()?;
+                    let key = Key::new(c.bytes().map_err(cut)?);
+                    let v = c.u64().map_err(cut)?;
                     d.max_version = d.max_version.max(v);
                     d.keys.insert(key, v);
                 }
@@ -369,5 +372,29 @@ mod tests {
         frozen.flush(&fs, &Steps::default(), 100).unwrap(); // the side-car reaches 100...
         assert_eq!(frozen.persisted(), 5); // ...the data does not
         assert!(frozen.dirty());
+    }
+
+    /// A side-car whose frame's checksum holds but whose deletions do not
+    /// decode (a file keel did not write) fails the load with CORRUPTION
+    /// naming the side-car.
+    #[test]
+    fn a_side_car_that_does_not_decode_names_itself() {
+        let dir = crate::test_dir::TestDir::new("sealed-side-car");
+        let fs = crate::fs::StdFs::direct();
+        let ident = Ident { shard: 1, segment: 7 };
+        let entry = crate::shard::Entry { version: 1, value: crate::shard::Value::Bytes(b"v".to_vec()) };
+        let rows = [(b"k".as_slice(), super::super::entry::EntryRef::from(&entry))];
+        let path = dir.join(files::name(7, files::TABLE));
+        let table = super::super::table::write(&fs, &path, rows.into_iter().map(Ok), &[], ident).unwrap();
+        let mut body = Vec::new();
+        ident.encode(&mut body);
+        body.extend_from_slice(&1u64.to_le_bytes());
+        body.extend_from_slice(&100u32.to_le_bytes()); // a key of 100 bytes, with 1 there
+        body.push(b'k');
+        let del_path = dir.join(files::name(7, files::DELETIONS));
+        std::fs::write(&del_path, files::seal_small(DEL_MAGIC, &body)).unwrap();
+        let e = Sealed::load(&fs, &dir, ident, table, true).err().expect("the load fails");
+        assert_eq!(e.status, crate::status::KEEL_STATUS_CORRUPTION, "{e}");
+        assert!(e.message.contains(&*del_path.to_string_lossy()), "{e}");
     }
 }
