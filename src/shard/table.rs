@@ -652,16 +652,84 @@ mod tests {
     /// `write` writes (a file keel did not write) is CORRUPTION on its
     /// first read, for a search and for a merge's iteration alike: never
     /// a wrong answer, never keys out of order handed on.
+    /// A table of 3,000 entries written by `write`, to be damaged under
+    /// checksums that hold: its bytes, and where its first block is.
+    struct Forged {
+        _dir: crate::test_dir::TestDir,
+        path: std::path::PathBuf,
+        all: Vec<(Vec<u8>, Entry)>,
+        fs: crate::fs::StdFs,
+        /// Offset and length of block 0 (its checksum in the last 4 bytes).
+        at: usize,
+        len: usize,
+        good: Vec<u8>,
+    }
+
+    impl Forged {
+        fn new(name: &str) -> Forged {
+            let dir = crate::test_dir::TestDir::new(name);
+            let path = dir.join("t.sst");
+            let all = entries(3000);
+            let fs = crate::fs::StdFs::direct();
+            let t = write(&fs, &path, all.iter().map(|(k, e)| Ok((k.as_slice(), EntryRef::from(e)))), &[], Ident { shard: 9, segment: 3 }).unwrap();
+            let (at, len) = (t.index.blocks[0].offset, t.index.blocks[0].len);
+            drop(t);
+            let good = std::fs::read(&path).unwrap();
+            Forged { _dir: dir, path, all, fs, at, len, good }
+        }
+
+        /// Gives block 0 of `bytes` a checksum that holds.
+        fn reseal_block(&self, bytes: &mut [u8]) {
+            let (at, len) = (self.at, self.len);
+            let crc = crc32fast::hash(&bytes[at..at + len - 4]);
+            bytes[at + len - 4..at + len].copy_from_slice(&crc.to_le_bytes());
+        }
+
+        /// Where the index starts in `bytes` (the footer says).
+        fn index_offset(bytes: &[u8]) -> usize {
+            let n = bytes.len();
+            u64::from_le_bytes(bytes[n - FOOTER + 16..n - FOOTER + 24].try_into().unwrap()) as usize
+        }
+
+        /// Gives the index and the footer of `bytes` checksums that hold.
+        fn reseal_index(bytes: &mut [u8]) {
+            let (n, index_off) = (bytes.len(), Self::index_offset(bytes));
+            let meta_crc = crc32fast::hash(&bytes[index_off..n - FOOTER]);
+            bytes[n - 8..n - 4].copy_from_slice(&meta_crc.to_le_bytes());
+            let footer_crc = crc32fast::hash(&bytes[n - FOOTER..n - 4]);
+            bytes[n - 4..].copy_from_slice(&footer_crc.to_le_bytes());
+        }
+
+        /// With `bytes` as the table, a get of each of `probes` and a
+        /// merge's iteration are CORRUPTION saying `why` and naming the
+        /// table.
+        fn refused_on_read(&self, bytes: &[u8], probes: &[&[u8]], why: &str) {
+            std::fs::write(&self.path, bytes).unwrap();
+            let t = Table::open(&self.fs, &self.path).unwrap();
+            for probe in probes {
+                let e = t.get(&Probe::new(probe)).unwrap_err();
+                assert_eq!(e.status, crate::status::KEEL_STATUS_CORRUPTION, "{e}");
+                assert!(e.message.contains(why) && e.message.contains(&*self.path.to_string_lossy()), "{e}");
+            }
+            let t = Table::open(&self.fs, &self.path).unwrap();
+            let e = t.refs_from(b"").find_map(|r| r.err()).expect("the iteration fails");
+            assert!(e.message.contains(why), "{e}");
+        }
+
+        /// With `bytes` as the table, the open is CORRUPTION saying `why`
+        /// and naming the table.
+        fn refused_at_open(&self, bytes: &[u8], why: &str) {
+            std::fs::write(&self.path, bytes).unwrap();
+            let e = Table::open(&self.fs, &self.path).err().expect("refused at open");
+            assert_eq!(e.status, crate::status::KEEL_STATUS_CORRUPTION, "{e}");
+            assert!(e.message.contains(why) && e.message.contains(&*self.path.to_string_lossy()), "{e}");
+        }
+    }
+
     #[test]
     fn a_block_that_passes_its_checksum_but_is_out_of_order_is_corruption() {
-        let dir = crate::test_dir::TestDir::new("table-order");
-        let path = dir.join("t.sst");
-        let all = entries(3000);
-        let fs = crate::fs::StdFs::direct();
-        let t = write(&fs, &path, all.iter().map(|(k, e)| Ok((k.as_slice(), EntryRef::from(e)))), &[], Ident { shard: 9, segment: 3 }).unwrap();
-        let (at, len) = (t.index.blocks[0].offset, t.index.blocks[0].len);
-        drop(t);
-        let good = std::fs::read(&path).unwrap();
+        let f = Forged::new("table-order");
+        let (at, len, good) = (f.at, f.len, &f.good);
         // The key of an entry at `entry` of block 0 (every key is 10 bytes).
         let key_at = |bytes: &[u8], entry: usize| {
             let (body, _) = bytes[at..at + len].split_at(len - 4);
@@ -669,69 +737,39 @@ mod tests {
             let offsets = &body[body.len() - 4 - 4 * n..body.len() - 4];
             at + u32::from_le_bytes(offsets[entry * 4..entry * 4 + 4].try_into().unwrap()) as usize + 17
         };
-        let reseal = |bytes: &mut Vec<u8>| {
-            let crc = crc32fast::hash(&bytes[at..at + len - 4]);
-            bytes[at + len - 4..at + len].copy_from_slice(&crc.to_le_bytes());
-        };
         // 1. The keys of entries 1 and 2 swapped; 2. the first key lowered
         // below the one the index names for the block.
         let mut swapped = good.clone();
-        let (k1, k2) = (key_at(&good, 1), key_at(&good, 2));
+        let (k1, k2) = (key_at(good, 1), key_at(good, 2));
         swapped[k1..k1 + 10].copy_from_slice(&good[k2..k2 + 10]);
         swapped[k2..k2 + 10].copy_from_slice(&good[k1..k1 + 10]);
-        reseal(&mut swapped);
+        f.reseal_block(&mut swapped);
         let mut lowered = good.clone();
-        lowered[key_at(&good, 0) + 9] -= 1;
-        reseal(&mut lowered);
+        lowered[key_at(good, 0) + 9] -= 1;
+        f.reseal_block(&mut lowered);
         // 3. The block's last key raised past the first key of the next
         // block: in order within its block, but a search for it goes to
         // the next block, and a merge would get keys out of order.
         let mut raised = good.clone();
         let in_block = u32::from_le_bytes(good[at + len - 8..at + len - 4].try_into().unwrap()) as usize;
-        let k = key_at(&good, in_block - 1);
+        let k = key_at(good, in_block - 1);
         raised[k..k + 10].copy_from_slice(b"key-zzzzzz");
-        reseal(&mut raised);
-        for (bytes, why) in [
-            (swapped, "holds keys out of order"),
-            (lowered, "starts with a key other than the one the index names"),
-            (raised, "holds a key at or past the next block's first key"),
-        ] {
-            std::fs::write(&path, &bytes).unwrap();
-            let t = Table::open(&fs, &path).unwrap();
-            for probe in [&all[0].0, &all[1].0, &all[2].0] {
-                let e = t.get(&Probe::new(probe)).unwrap_err();
-                assert_eq!(e.status, crate::status::KEEL_STATUS_CORRUPTION, "{e}");
-                assert!(e.message.contains(why), "{e}");
-            }
-            let t = Table::open(&fs, &path).unwrap();
-            let e = t.refs_from(b"").find_map(|r| r.err()).expect("the iteration fails");
-            assert!(e.message.contains(why), "{e}");
-        }
+        f.reseal_block(&mut raised);
+        let probes = [f.all[0].0.as_slice(), &f.all[1].0, &f.all[2].0];
+        f.refused_on_read(&swapped, &probes, "holds keys out of order");
+        f.refused_on_read(&lowered, &probes, "starts with a key other than the one the index names");
+        f.refused_on_read(&raised, &probes, "holds a key at or past the next block's first key");
         // The index itself must tile the blocks in key order: checked at open.
+        let index_off = Forged::index_offset(good);
         let mut bytes = good.clone();
-        let n = bytes.len();
-        let index_off = u64::from_le_bytes(bytes[n - FOOTER + 16..n - FOOTER + 24].try_into().unwrap()) as usize;
         bytes[index_off + 4 + 10] ^= 1; // the first block's offset, in the index
-        let meta_end = n - FOOTER;
-        let meta_crc = crc32fast::hash(&bytes[index_off..meta_end]);
-        bytes[n - 8..n - 4].copy_from_slice(&meta_crc.to_le_bytes());
-        let footer_crc = crc32fast::hash(&bytes[n - FOOTER..n - 4]);
-        bytes[n - 4..].copy_from_slice(&footer_crc.to_le_bytes());
-        std::fs::write(&path, &bytes).unwrap();
-        let e = Table::open(&fs, &path).err().expect("refused at open");
-        assert!(e.message.contains("index entry points outside the blocks"), "{e}");
-        // An index entry whose key runs past the index, under checksums
-        // that hold: refused at open, naming the table.
+        Forged::reseal_index(&mut bytes);
+        f.refused_at_open(&bytes, "index entry points outside the blocks");
+        // An index entry whose key runs past the index.
         let mut bytes = good.clone();
         bytes[index_off..index_off + 4].copy_from_slice(&u32::MAX.to_le_bytes());
-        let meta_crc = crc32fast::hash(&bytes[index_off..meta_end]);
-        bytes[n - 8..n - 4].copy_from_slice(&meta_crc.to_le_bytes());
-        let footer_crc = crc32fast::hash(&bytes[n - FOOTER..n - 4]);
-        bytes[n - 4..].copy_from_slice(&footer_crc.to_le_bytes());
-        std::fs::write(&path, &bytes).unwrap();
-        let e = Table::open(&fs, &path).err().expect("refused at open");
-        assert_eq!(e.status, crate::status::KEEL_STATUS_CORRUPTION, "{e}");
-        assert!(e.message.contains("index entry cut short") && e.message.contains(&*path.to_string_lossy()), "{e}");
+        Forged::reseal_index(&mut bytes);
+        f.refused_at_open(&bytes, "index entry cut short");
     }
 
     /// An entry's kind and a posting list's encoding are the block's
@@ -741,37 +779,19 @@ mod tests {
     /// instead of copying the list into a new table.
     #[test]
     fn a_block_with_a_bad_kind_or_list_that_passes_its_checksum_is_corruption() {
-        let dir = crate::test_dir::TestDir::new("table-kinds");
-        let path = dir.join("t.sst");
-        let all = entries(3000);
-        let fs = crate::fs::StdFs::direct();
-        let t = write(&fs, &path, all.iter().map(|(k, e)| Ok((k.as_slice(), EntryRef::from(e)))), &[], Ident { shard: 9, segment: 3 }).unwrap();
-        let (at, len) = (t.index.blocks[0].offset, t.index.blocks[0].len);
-        drop(t);
-        let good = std::fs::read(&path).unwrap();
-        let reseal = |bytes: &mut Vec<u8>| {
-            let crc = crc32fast::hash(&bytes[at..at + len - 4]);
-            bytes[at + len - 4..at + len].copy_from_slice(&crc.to_le_bytes());
-        };
+        let f = Forged::new("table-kinds");
+        let at = f.at;
         // Entry 0 is a posting list: its kind byte follows the 16 bytes of
         // lengths and version; its first item's length follows its 10-byte key.
-        assert!(matches!(all[0].1.value, Value::Posting(_)));
-        let mut kind = good.clone();
+        assert!(matches!(f.all[0].1.value, Value::Posting(_)));
+        let mut kind = f.good.clone();
         kind[at + 16] = 9;
-        reseal(&mut kind);
-        let mut list = good.clone();
+        f.reseal_block(&mut kind);
+        let mut list = f.good.clone();
         list[at + 27..at + 31].copy_from_slice(&1000u32.to_le_bytes());
-        reseal(&mut list);
-        for (bytes, why) in [(kind, "has an entry of unknown kind"), (list, "has a posting list cut short")] {
-            std::fs::write(&path, &bytes).unwrap();
-            let t = Table::open(&fs, &path).unwrap();
-            let e = t.get(&Probe::new(&all[0].0)).unwrap_err();
-            assert_eq!(e.status, crate::status::KEEL_STATUS_CORRUPTION, "{e}");
-            assert!(e.message.contains(why) && e.message.contains(&*path.to_string_lossy()), "{e}");
-            let t = Table::open(&fs, &path).unwrap();
-            let e = t.refs_from(b"").find_map(|r| r.err()).expect("the iteration fails");
-            assert!(e.message.contains(why), "{e}");
-        }
+        f.reseal_block(&mut list);
+        f.refused_on_read(&kind, &[&f.all[0].0], "has an entry of unknown kind");
+        f.refused_on_read(&list, &[&f.all[0].0], "has a posting list cut short");
     }
 
     #[test]
