@@ -180,3 +180,53 @@ fn a_leader_whose_voters_were_never_reported_has_no_lease() {
     g.set_voters(Voters { incoming: vec![1], outgoing: vec![] }).unwrap();
     assert_eq!(g.decide(), Decision::Serve { index: 10 });
 }
+
+/// A read waiting for the applied index to reach its read-index (or, for
+/// a lease read, the commit index) was only woken by applies. A close
+/// ends applies for good, so such a read slept on to its deadline (with a
+/// timeout too large to add, a year) and then failed with TIMEOUT,
+/// though the shard it would read from was closed: a host thread held
+/// long past the close. Like a read that misses the lease after the
+/// close, it fails with CLOSED, at once. The watchdog only bounds how
+/// long the test waits before it reports the hang.
+#[test]
+fn a_read_waiting_for_the_applied_index_fails_with_closed_when_the_gate_closes() {
+    use keel::{status::KEEL_STATUS_CLOSED, Error};
+    use std::sync::Arc;
+    let t0 = 1000 * MS;
+    let (entered_tx, entered_rx) = crossbeam_channel::unbounded::<()>();
+    let g = LeaseGate::new(
+        1,
+        config(),
+        Clock::manual(t0),
+        Box::new(move || {
+            entered_tx.send(()).unwrap();
+            Ok(20)
+        }),
+    )
+    .unwrap();
+    g.set_voters(Voters { incoming: vec![1, 2, 3], outgoing: vec![] }).unwrap();
+    g.set_role(Role::Leader, 5, None).unwrap();
+    g.set_applied(10).unwrap();
+    assert!(g.note_term_applied(5));
+    g.record_ack(2, 5, t0);
+    g.set_committed(20).unwrap();
+    assert_eq!(g.decide(), Decision::Serve { index: 20 }, "a lease read waits for index 20");
+    let g = Arc::new(g);
+    let (done_tx, done_rx) = crossbeam_channel::unbounded();
+    let readers: Vec<_> = [Level::Linearizable, Level::Lease]
+        .into_iter()
+        .map(|level| {
+            let (g, done_tx) = (g.clone(), done_tx.clone());
+            std::thread::spawn(move || done_tx.send((level, g.begin_read(level, Duration::from_secs(3600)))).unwrap())
+        })
+        .collect();
+    entered_rx.recv().unwrap(); // the linearizable read's call answered 20
+    g.close();
+    for _ in 0..2 {
+        let (level, r) = done_rx.recv_timeout(Duration::from_secs(30)).expect("a read waited for an apply past the close");
+        assert_eq!(Error::from(r.unwrap_err()).status, KEEL_STATUS_CLOSED, "{level:?}");
+    }
+    readers.into_iter().for_each(|r| r.join().unwrap());
+    assert_eq!(g.stats().read_index_timeouts, 0);
+}

@@ -298,7 +298,7 @@ impl LeaseGate {
                 let mut s = self.state.lock();
                 match self.decide_locked(&mut s) {
                     Decision::Serve { index } => {
-                        let waited = if s.applied() < index { wait_applied(&self.applied, &mut s, index, deadline()) } else { Ok(()) };
+                        let waited = if s.applied() < index { self.wait_applied(&mut s, index, deadline()) } else { Ok(()) };
                         drop(s);
                         return match waited {
                             Ok(()) => {
@@ -306,7 +306,9 @@ impl LeaseGate {
                                 Ok(ReadPermit { index, from_lease: true })
                             }
                             Err(r) => {
-                                self.metrics.timeout();
+                                if r == Refused::Timeout {
+                                    self.metrics.timeout();
+                                }
                                 Err(r)
                             }
                         };
@@ -332,9 +334,16 @@ impl LeaseGate {
 
     /// Ends the read-index path: waits for a call in flight to return,
     /// then drops the host's callback here. Reads that miss the lease
-    /// from then on fail with CLOSED, without calling the host.
+    /// from then on fail with CLOSED, without calling the host, and so do
+    /// reads waiting for the applied index.
     pub fn close(&self) {
         self.closed.store(true, std::sync::atomic::Ordering::Release);
+        // A close ends the applies that would wake reads waiting for the
+        // applied index: wake them to fail now, not at their deadline.
+        // Under the facts' lock, so a read that has not seen the flag yet
+        // is not between its check and its wait.
+        drop(self.state.lock());
+        self.applied.notify_all();
         if IN_CALL.with(|c| c.get()) == self as *const LeaseGate as usize {
             // Inside this gate's own call, whose thread holds the lock:
             // that call lets go of the callback once it returns, on this
@@ -384,12 +393,26 @@ impl LeaseGate {
             _ => Refused::ReadIndex(e),
         })?;
         let mut s = self.state.lock();
-        wait_applied(&self.applied, &mut s, index, deadline)?;
+        self.wait_applied(&mut s, index, deadline)?;
         Ok(ReadPermit { index, from_lease: false })
     }
 
     pub fn stats(&self) -> LeaseStats {
         self.metrics.snapshot()
+    }
+
+    /// Waits until the applied index reaches `index`: TIMEOUT past
+    /// `deadline`, CLOSED once the gate is closed (nothing applies then).
+    fn wait_applied(&self, s: &mut MutexGuard<'_, ConsensusState>, index: u64, deadline: Instant) -> std::result::Result<(), Refused> {
+        while s.applied() < index {
+            if self.closed.load(std::sync::atomic::Ordering::Acquire) {
+                return Err(Refused::ReadIndex(closed()));
+            }
+            if self.applied.wait_until(s, deadline).timed_out() && s.applied() < index {
+                return Err(Refused::Timeout);
+            }
+        }
+        Ok(())
     }
 }
 
@@ -397,15 +420,6 @@ impl LeaseGate {
 /// closed.
 fn closed() -> Error {
     Error::new(KEEL_STATUS_CLOSED, "shard is closed")
-}
-
-fn wait_applied(cv: &Condvar, s: &mut MutexGuard<'_, ConsensusState>, index: u64, deadline: Instant) -> std::result::Result<(), Refused> {
-    while s.applied() < index {
-        if cv.wait_until(s, deadline).timed_out() && s.applied() < index {
-            return Err(Refused::Timeout);
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]
