@@ -2108,7 +2108,7 @@ keel_status_t keel_shard_consensus_configure(const struct keel_shard_t *shard,
  * change, before any ack of a new term. A new term, or losing the lead,
  * forgets every ack, the own-term entry and any transfer.
  * Errors: NULL_ARGUMENT, INVALID_ARGUMENT (term below the current one,
- * a bad role, not configured), CLOSED.
+ * KEEL_ROLE_LEADER with term 0, a bad role, not configured), CLOSED.
  */
 keel_status_t keel_shard_consensus_set_role(const struct keel_shard_t *shard,
                                             uint32_t role,

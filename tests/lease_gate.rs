@@ -230,3 +230,25 @@ fn a_read_waiting_for_the_applied_index_fails_with_closed_when_the_gate_closes()
     readers.into_iter().for_each(|r| r.join().unwrap());
     assert_eq!(g.stats().read_index_timeouts, 0);
 }
+
+/// Term 0 is the term before any election (the gate starts as a follower
+/// of it; etcd raft's first leader has term 1), and 0 is also what an
+/// unset term field reads as. A leader of term 0 was accepted, and with it
+/// acks and an own-term entry of "term 0": a host passing an unset term
+/// got lease reads from facts that named no real term. It is refused.
+#[test]
+fn a_leader_of_term_0_is_refused_and_its_acks_are_not_a_lease() {
+    use keel::status::KEEL_STATUS_INVALID_ARGUMENT;
+    let t0 = 1000 * MS;
+    let g = LeaseGate::new(1, config(), Clock::manual(t0), Box::new(|| Ok(10))).unwrap();
+    g.set_voters(Voters { incoming: vec![1, 2, 3], outgoing: vec![] }).unwrap();
+    g.set_applied(10).unwrap();
+    assert_eq!(g.set_role(Role::Leader, 0, None).unwrap_err().status, KEEL_STATUS_INVALID_ARGUMENT);
+    assert!(!g.note_term_applied(0), "an entry of term 0 counted");
+    g.record_ack(2, 0, t0);
+    assert_eq!(g.decide(), Decision::NotLeader { leader_hint: None });
+    assert_eq!(g.stats().acks_ignored_not_leader, 1);
+    // A follower of term 0 is the starting state: reporting it is fine.
+    g.set_role(Role::Follower, 0, Some(2)).unwrap();
+    assert_eq!(g.decide(), Decision::NotLeader { leader_hint: Some(2) });
+}

@@ -263,7 +263,7 @@ pub extern "C" fn keel_shard_consensus_configure(
 /// change, before any ack of a new term. A new term, or losing the lead,
 /// forgets every ack, the own-term entry and any transfer.
 /// Errors: NULL_ARGUMENT, INVALID_ARGUMENT (term below the current one,
-/// a bad role, not configured), CLOSED.
+/// KEEL_ROLE_LEADER with term 0, a bad role, not configured), CLOSED.
 #[no_mangle]
 pub extern "C" fn keel_shard_consensus_set_role(
     shard: *const keel_shard_t,

@@ -159,13 +159,20 @@ impl ConsensusState {
         self.latest_now = self.latest_now.max(now);
     }
 
-    /// Role and term. Terms never go back (INVALID_ARGUMENT). A new term,
+    /// Role and term. Terms never go back, and a leader's is at least 1
+    /// (INVALID_ARGUMENT). A new term,
     /// or leaving the leader role, forgets every ack, the "own-term entry
     /// applied" fact and any transfer in progress. `leader` is the hint of
     /// a follower (ignored for a leader: it is this node).
     pub fn set_role(&mut self, role: Role, term: u64, leader: Option<PeerId>) -> Result<()> {
         if term < self.term {
             return Err(Error::invalid(format!("term {term} is older than the current term {}", self.term)));
+        }
+        // Term 0 comes before any election (the state starts there), and
+        // is what an unset term reads as: acks and an own-term entry of it
+        // would make a lease from facts of no real term.
+        if role == Role::Leader && term == 0 {
+            return Err(Error::invalid("a leader of term 0: no election happens in term 0 (leaders' terms start at 1)"));
         }
         let lost_or_new = term != self.term || role != self.role;
         if lost_or_new {
