@@ -9,10 +9,16 @@ mod common;
 
 use common::rng::Rng;
 use common::TempDir;
+use keel::fs::{File, FileSystem, ReadMap};
 use keel::shard::{Entry, Fence, Op, Options, Shard, Value};
 use keel::status::*;
 use keel::wal::Durability;
+use std::any::Any;
+use std::io;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Barrier};
 
 fn options() -> Options {
     Options {
@@ -728,6 +734,176 @@ fn a_batch_that_deletes_then_appends_reads_no_old_copy() {
     assert!(w.is_ok(), "the batch failed after its put became visible ({x}): {w:?}");
     assert_eq!(s.get(b"k").unwrap().map(|e| e.value), Some(Value::Posting(vec![b"fresh".to_vec()])));
     s.close().unwrap();
+}
+
+/// The real file system, whose WAL files' next frame write parks (once
+/// armed) at `parked` until `go`: a writer stopped between the check of
+/// its batch and the batch's apply, holding no segment lock.
+struct ParkWal {
+    real: keel::fs::StdFs,
+    wal: PathBuf,
+    armed: Arc<AtomicBool>,
+    parked: Arc<Barrier>,
+    go: Arc<Barrier>,
+}
+
+struct ParkedFile(Arc<ParkWal>, Arc<dyn File>);
+
+impl File for ParkedFile {
+    fn len(&self) -> io::Result<u64> {
+        self.1.len()
+    }
+    fn read_at(&self, buf: &mut [u8], off: u64) -> io::Result<usize> {
+        self.1.read_at(buf, off)
+    }
+    fn write_at(&self, parts: &[&[u8]], off: u64) -> io::Result<()> {
+        self.1.write_at(parts, off)
+    }
+    fn append_at(&self, parts: &[&[u8]], off: u64) -> io::Result<()> {
+        if self.0.armed.swap(false, Ordering::SeqCst) {
+            self.0.parked.wait();
+            self.0.go.wait();
+        }
+        self.1.append_at(parts, off)
+    }
+    fn allocate(&self, len: u64) -> io::Result<()> {
+        self.1.allocate(len)
+    }
+    fn reserve(&self, len: u64) -> io::Result<()> {
+        self.1.reserve(len)
+    }
+    fn sync_data(&self) -> io::Result<()> {
+        self.1.sync_data()
+    }
+}
+
+struct ParkWalFs(Arc<ParkWal>);
+
+impl ParkWalFs {
+    fn wrap(&self, path: &Path, f: Arc<dyn File>) -> Arc<dyn File> {
+        match path.starts_with(&self.0.wal) {
+            true => Arc::new(ParkedFile(self.0.clone(), f)),
+            false => f,
+        }
+    }
+}
+
+impl FileSystem for ParkWalFs {
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
+        self.0.real.create_dir_all(dir)
+    }
+    fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
+        self.0.real.list(dir)
+    }
+    fn open(&self, path: &Path, writable: bool) -> io::Result<Arc<dyn File>> {
+        Ok(self.wrap(path, self.0.real.open(path, writable)?))
+    }
+    fn create(&self, path: &Path) -> io::Result<Arc<dyn File>> {
+        Ok(self.wrap(path, self.0.real.create(path)?))
+    }
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        self.0.real.rename(from, to)
+    }
+    fn remove(&self, path: &Path) -> io::Result<()> {
+        self.0.real.remove(path)
+    }
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        self.0.real.sync_dir(dir)
+    }
+    fn exists(&self, path: &Path) -> io::Result<bool> {
+        self.0.real.exists(path)
+    }
+    fn remove_dir_all(&self, dir: &Path) -> io::Result<()> {
+        self.0.real.remove_dir_all(dir)
+    }
+    fn lock(&self, path: &Path) -> io::Result<Box<dyn Any + Send + Sync>> {
+        self.0.real.lock(path)
+    }
+    fn map_readonly(&self, path: &Path) -> io::Result<Option<ReadMap>> {
+        self.0.real.map_readonly(path)
+    }
+}
+
+/// Parks the first seal at its start until `go`; damages the table the
+/// seal wrote just before it is swapped in, then lets the parked writer
+/// on (`writer`) once the swap is done (at the table's side-car).
+struct SealBetween {
+    dir: PathBuf,
+    at_seal: AtomicBool,
+    parked: Barrier,
+    go: Barrier,
+    swapped: AtomicBool,
+    released: AtomicBool,
+    writer: Arc<Barrier>,
+}
+
+impl keel::shard::StepHook for SealBetween {
+    fn at(&self, step: keel::shard::Step) {
+        match step {
+            keel::shard::Step::Seal if !self.at_seal.swap(true, Ordering::SeqCst) => {
+                self.parked.wait();
+                self.go.wait();
+            }
+            keel::shard::Step::TableSwap(_) if !self.swapped.load(Ordering::SeqCst) => {
+                // The new table holds "k" alone: a byte of its list flipped
+                // fails the block's checksum when the block is first read.
+                let tables = files(&self.dir, "sst");
+                assert_eq!(tables.len(), 1, "{tables:?}");
+                let f = std::fs::OpenOptions::new().read(true).write(true).open(&tables[0]).unwrap();
+                let mut b = [0u8];
+                f.read_exact_at(&mut b, 100).unwrap();
+                f.write_all_at(&[b[0] ^ 0xff], 100).unwrap();
+                self.swapped.store(true, Ordering::SeqCst);
+            }
+            keel::shard::Step::SideCar(_) if self.swapped.load(Ordering::SeqCst) && !self.released.swap(true, Ordering::SeqCst) => {
+                self.writer.wait();
+            }
+            _ => {}
+        }
+    }
+}
+
+/// A seal between the check of a batch (which found the appended-to key
+/// in the appendable segment, reading no table) and its apply moves the
+/// key into a new table whose blocks no read has checked. A damaged block
+/// there must not fail the apply after the batch's put became visible.
+#[test]
+fn a_table_swapped_in_between_check_and_apply_leaves_no_batch_half_visible() {
+    let dir = TempDir::new("corrupt-swap-between");
+    let go = Arc::new(Barrier::new(2));
+    let wal = Arc::new(ParkWal {
+        real: keel::fs::StdFs::direct(),
+        wal: dir.path().join("wal"),
+        armed: Arc::new(AtomicBool::new(false)),
+        parked: Arc::new(Barrier::new(2)),
+        go: go.clone(),
+    });
+    let hook = Arc::new(SealBetween {
+        dir: dir.path().to_path_buf(),
+        at_seal: AtomicBool::new(false),
+        parked: Barrier::new(2),
+        go: Barrier::new(2),
+        swapped: AtomicBool::new(false),
+        released: AtomicBool::new(false),
+        writer: go,
+    });
+    let opts = Options { steps: keel::shard::Steps::new(hook.clone()), ..options() };
+    let s = Shard::open_with_fs(dir.path(), opts, Arc::new(ParkWalFs(wal.clone()))).unwrap();
+    for _ in 0..3 {
+        s.append(b"k", &[b'i'; 3000]).unwrap();
+    }
+    hook.parked.wait(); // the third append filled the segment: its seal waits at its start
+    wal.armed.store(true, Ordering::SeqCst);
+    let batch = [Op::Put { key: b"x".to_vec(), value: b"new".to_vec() }, Op::Append { key: b"k".to_vec(), item: b"more".to_vec() }];
+    let w = std::thread::scope(|scope| {
+        let writer = scope.spawn(|| s.write(&batch));
+        wal.parked.wait(); // checked, logging
+        hook.go.wait(); // the seal writes the table, damaged, and swaps it in
+        writer.join().unwrap()
+    });
+    let x = s.get(b"x").unwrap().is_some();
+    assert_eq!(w.is_ok(), x, "the batch answered {w:?} with its put visible: {x}");
+    let _ = s.close();
 }
 
 // ---- One flipped byte ------------------------------------------------------

@@ -218,6 +218,7 @@ pub fn seal(inner: &Inner) -> Result<()> {
         // until the table is written; `dirty()` says so to F5.
         let f = Arc::new(Sealed::new(&inner.seg_dir, s.ident(old.id), Data::Frozen(Arc::new(old.map)), old.log.persisted()));
         s.sealed.push(f.clone());
+        s.layout += 1;
         f
     };
     write_frozen(inner, &frozen)
@@ -241,6 +242,7 @@ fn write_frozen(inner: &Inner, frozen: &Arc<Sealed>) -> Result<()> {
             // Every version in the map is durable now; deletions made while
             // the table was written carry over, unsaved.
             s.sealed[at] = Arc::new(frozen.with_data(Data::Table(t), version.max(frozen.persisted())));
+            s.layout += 1;
             s.sealed[at].clone()
         }
     };
@@ -370,6 +372,7 @@ pub fn merge(inner: &Inner, ids: &[u64]) -> Result<()> {
         s.sealed.retain(|x| !ids.contains(&x.id));
         let at = at.min(s.sealed.len());
         s.sealed.insert(at, Arc::new(merged));
+        s.layout += 1;
     }
     let old = inputs.iter().flat_map(|x| x.files(&inner.seg_dir)).collect();
     remove_replaced(inner, Replaced { by: id, files: old })?;

@@ -452,7 +452,7 @@ impl Inner {
         if self.moved.load(Ordering::Acquire) {
             return gate::all_failed(group, &Error::new(KEEL_STATUS_MOVED, "the shard was handed over to another node; write there"));
         }
-        let verdicts = self.judge(group);
+        let (verdicts, checked) = self.judge(group);
         // Each logged batch: its state record, if it has one. Plain writes
         // (no index, no fence: nearly every group) have none, and the two
         // lists below stay empty: no allocation per write.
@@ -499,6 +499,21 @@ impl Inner {
         let mut next = first;
         let mut failed: Option<Error> = None;
         let mut index = None;
+        // A seal or merge that swapped segments in since the judgement may
+        // have moved a key the group appends to into a table block no read
+        // has checked: the appends read it again here, before anything of
+        // the group is applied, so that a damaged block fails the group
+        // whole instead of halfway through a batch with its first
+        // operations visible. (Under the same layout the apply reads only
+        // blocks the judgement read.)
+        if checked.is_some_and(|layout| layout != segs.layout) {
+            let mut earlier = Overlay::new();
+            let mut accepted = group.iter().zip(&verdicts).filter(|(_, v)| matches!(v, Verdict::Accept));
+            if let Err(e) = accepted.try_for_each(|(b, _)| segs.check(b.ops(), &mut earlier, self.opts.max_list_size)) {
+                self.poison(e.clone());
+                failed = Some(e);
+            }
+        }
         let mut outcomes = Vec::with_capacity(group.len());
         for ((b, v), state) in group.iter().zip(verdicts).zip(states.into_iter().chain(std::iter::repeat_with(|| None))) {
             if !logs(&v) {
@@ -557,8 +572,9 @@ impl Inner {
     /// appends: puts and deletes are valid whatever a key holds. Every
     /// rule here is deterministic (the segments, the replicated state and
     /// the batches before it), so replicas applying the same entries
-    /// refuse the same ones.
-    fn judge(&self, group: &[Arc<Batch>]) -> Vec<Verdict> {
+    /// refuse the same ones. Also returns the segments' layout the kinds
+    /// were read in, if they were.
+    fn judge(&self, group: &[Arc<Batch>]) -> (Vec<Verdict>, Option<u64>) {
         let segs = group.iter().any(|b| b.appends()).then(|| self.segs.read());
         let replicated = self.replicated.lock();
         let live = replicated.live();
@@ -611,7 +627,7 @@ impl Inner {
             }
             verdicts.push(verdict);
         }
-        verdicts
+        (verdicts, segs.map(|s| s.layout))
     }
 }
 

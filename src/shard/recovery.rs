@@ -382,7 +382,7 @@ pub fn load(fs: &Arc<dyn FileSystem>, dir: &Path, scan: Scan, wal_has_records: b
             Appendable::create(fs, dir, ident(next_id - 1), proven)?
         }
     };
-    let segs = Segments { shard: on_disk.shard, appendable, sealed: tables.into_values().map(Arc::new).collect(), applied: 0, next_id };
+    let segs = Segments { shard: on_disk.shard, appendable, sealed: tables.into_values().map(Arc::new).collect(), layout: 0, applied: 0, next_id };
     // New files are durable; the manifest naming them goes next, and only
     // then are the files it no longer lists removed. Except after a
     // salvage that lost listed files: the manifest without them would

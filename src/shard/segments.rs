@@ -50,6 +50,10 @@ pub struct Segments {
     pub appendable: Appendable,
     /// Immutable segments, oldest first.
     pub sealed: Vec<Arc<Sealed>>,
+    /// Changes whenever `sealed` does (a seal, a table swapped in, a
+    /// merge): keys may have moved into table blocks no read has checked
+    /// since (`Inner::log_and_apply`).
+    pub layout: u64,
     /// Version of the last operation applied (whole batches only).
     pub applied: u64,
     pub next_id: u64,
@@ -329,7 +333,7 @@ mod tests {
             .expect("a false positive among 100000 keys");
         let sealed = Arc::new(Sealed::new(&dir, ident, Data::Table(t), 1));
         let appendable = Appendable::create(&fs, &dir, Ident { shard: 5, segment: 2 }, 1).unwrap();
-        let mut segs = Segments { shard: 5, appendable, sealed: vec![sealed.clone()], applied: 1, next_id: 3 };
+        let mut segs = Segments { shard: 5, appendable, sealed: vec![sealed.clone()], layout: 0, applied: 1, next_id: 3 };
         let put = |segs: &mut Segments, key: &[u8], version| segs.apply(OpRef::Put { key, value: b"new" }, version).unwrap();
         put(&mut segs, &phantom, 2);
         assert_eq!(sealed.deleted_count(), 1, "the false positive is marked");
