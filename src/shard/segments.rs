@@ -150,10 +150,16 @@ impl Segments {
         let key = op.key();
         if let OpRef::Append { .. } = op {
             // An append extends the list it finds: it needs the entry. A key
-            // lives in one place, so when no immutable segment holds it the
-            // appendable segment applies it with one search.
-            if let Some((i, e)) = self.locate_sealed(key)? {
-                return self.apply_at(op, version, Some((Place::Sealed(i), Some(e))));
+            // lives in one place: one the appendable segment holds is in no
+            // immutable segment, whose blocks are not read then (a filter's
+            // false positive would read a block the check before logging,
+            // which found the key here, did not: a damaged one would fail
+            // the batch halfway). Otherwise, when no immutable segment
+            // holds it, the appendable segment applies it with one search.
+            if !self.appendable.map.contains_key(key) {
+                if let Some((i, e)) = self.locate_sealed(key)? {
+                    return self.apply_at(op, version, Some((Place::Sealed(i), Some(e))));
+                }
             }
             return self.appendable.apply_here(op, version, false, None).map(|_| ());
         }
@@ -355,5 +361,35 @@ mod tests {
         segs.apply(OpRef::Delete { key: &phantom }, 6).unwrap();
         assert_eq!((segs.get(b"held-00009").unwrap(), segs.get(&phantom).unwrap()), (None, None));
         assert_eq!(segs.range(b"", None).unwrap().len(), held.len() - 1);
+    }
+
+    /// An append to a key the appendable segment holds reads no table: a
+    /// table whose filter falsely may hold the key would have its block
+    /// read, one the check before logging (which found the key in the
+    /// appendable segment) never read, and a damaged block there failed
+    /// the apply in the middle of a batch.
+    #[test]
+    fn an_append_to_a_list_held_in_memory_reads_no_table_block() {
+        let dir = crate::test_dir::TestDir::new("segments-fp");
+        let fs: Arc<dyn crate::fs::FileSystem> = Arc::new(crate::fs::StdFs::direct());
+        let held = Entry { version: 1, value: Value::Bytes(vec![b'v'; 200]) };
+        let ident = Ident { shard: 5, segment: 1 };
+        let path = dir.join(super::super::files::name(1, super::super::files::TABLE));
+        let t = table::write(&*fs, &path, std::iter::once(Ok((&b"held"[..], EntryRef::from(&held)))), &[], ident).unwrap();
+        // Its one block, damaged before anything read it.
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[100] ^= 0xff;
+        std::os::unix::fs::FileExt::write_all_at(&std::fs::File::options().write(true).open(&path).unwrap(), &bytes[100..101], 100).unwrap();
+        let phantom = (0..1_000_000u32)
+            .map(|i| format!("other-{i}").into_bytes())
+            .find(|k| t.may_contain(hash64(k)))
+            .expect("a false positive among 1000000 keys");
+        let sealed = Arc::new(Sealed::new(&dir, ident, Data::Table(t), 1));
+        let appendable = Appendable::create(&fs, &dir, Ident { shard: 5, segment: 2 }, 1).unwrap();
+        let mut segs = Segments { shard: 5, appendable, sealed: vec![sealed], layout: 0, applied: 1, next_id: 3 };
+        segs.appendable.apply_here(OpRef::Append { key: &phantom, item: b"a" }, 2, false, None).unwrap();
+        segs.apply(OpRef::Append { key: &phantom, item: b"b" }, 3).unwrap();
+        assert_eq!(segs.appendable.map.get(&phantom[..]).map(|e| e.to_owned_entry().value), Some(Value::Posting(vec![b"a".to_vec(), b"b".to_vec()])));
+        assert!(segs.get(b"held").is_err(), "the block is damaged");
     }
 }
