@@ -71,8 +71,12 @@ impl Shard {
     /// `configure_consensus`. A poisoned shard takes them too: it still
     /// serves reads, so a step-down must still end its lease.
     pub fn consensus(&self) -> Result<Arc<Consensus>> {
+        let consensus = self.inner.reads.0.read().clone();
+        // After the slot is read: a close marks the shard closed before it
+        // empties the slot, so a slot emptied by a close in between is
+        // CLOSED here, not "not configured".
         self.inner.check_not_closed()?;
-        self.inner.reads.0.read().clone().ok_or_else(not_configured)
+        consensus.ok_or_else(not_configured)
     }
 
     /// Permission for a read, or a session of reads, at `level` (None: the
@@ -82,8 +86,10 @@ impl Shard {
     /// TIMEOUT, the read-index callback's error, INVALID_ARGUMENT (lease or
     /// linearizable without consensus configured), CLOSED.
     pub fn begin_read(&self, level: Option<Level>, timeout: Option<Duration>) -> Result<ReadPermit> {
-        self.inner.check_not_closed()?;
         let consensus = self.inner.reads.0.read().clone();
+        // After the slot is read, as in `consensus`: a close racing this
+        // read answers CLOSED, never INVALID_ARGUMENT.
+        self.inner.check_not_closed()?;
         match consensus {
             Some(c) => {
                 let level = level.unwrap_or(c.default_level);
