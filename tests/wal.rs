@@ -444,6 +444,8 @@ struct FlakyFs {
     /// Such a write first writes half its bytes, as a write(2) that the
     /// disk filled during returns short and the next one fails.
     nospace_partial: Arc<AtomicBool>,
+    /// Writes that carry the record `t0-50` panic.
+    panic_on_marker: Arc<AtomicBool>,
     syncs: Arc<AtomicU32>,
 }
 
@@ -453,6 +455,7 @@ struct FlakyFile {
     panic_on_sync: Arc<AtomicBool>,
     nospace_on_marker: Arc<AtomicBool>,
     nospace_partial: Arc<AtomicBool>,
+    panic_on_marker: Arc<AtomicBool>,
     syncs: Arc<AtomicU32>,
 }
 
@@ -464,6 +467,9 @@ impl File for FlakyFile {
         self.inner.read_at(buf, off)
     }
     fn write_at(&self, parts: &[&[u8]], off: u64) -> io::Result<()> {
+        if self.panic_on_marker.load(Ordering::SeqCst) && parts.iter().any(|p| p.windows(5).any(|w| w == b"t0-50")) {
+            panic!("injected panic in a write");
+        }
         if self.nospace_on_marker.load(Ordering::SeqCst) && parts.iter().any(|p| p.windows(5).any(|w| w == b"full-")) {
             if self.nospace_partial.load(Ordering::SeqCst) {
                 let bytes = parts.concat();
@@ -500,6 +506,7 @@ impl FlakyFs {
             panic_on_sync: self.panic_on_sync.clone(),
             nospace_on_marker: self.nospace_on_marker.clone(),
             nospace_partial: self.nospace_partial.clone(),
+            panic_on_marker: self.panic_on_marker.clone(),
             syncs: self.syncs.clone(),
         })
     }
@@ -550,6 +557,7 @@ fn flaky() -> (Arc<FlakyFs>, Arc<AtomicI32>, Arc<AtomicBool>) {
         nospace_on_create: nospace.clone(),
         nospace_on_marker: Arc::default(),
         nospace_partial: Arc::default(),
+        panic_on_marker: Arc::default(),
         syncs: Arc::default(),
     });
     (fs, sync_errno, nospace)
@@ -637,6 +645,14 @@ fn a_sync_that_fails_with_enospc_poisons_the_log_and_says_io() {
 #[test]
 fn a_panicking_group_sync_poisons_and_wakes_every_parked_appender() {
     group_sync_failure_wakes_every_parked_appender("panic-group", |fs| fs.panic_on_sync.store(true, Ordering::SeqCst), KEEL_STATUS_PANIC);
+}
+
+/// As above, with the panic in the leader's write of the group's frames
+/// (thread 0's 50th record): the leader must still hand over, or every
+/// appender parked behind it waits forever.
+#[test]
+fn a_panicking_group_write_poisons_and_wakes_every_parked_appender() {
+    group_sync_failure_wakes_every_parked_appender("panic-write", |fs| fs.panic_on_marker.store(true, Ordering::SeqCst), KEEL_STATUS_PANIC);
 }
 
 /// SYNC-mode appenders hand their frames to the group-commit leader, which

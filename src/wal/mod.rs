@@ -1231,9 +1231,14 @@ impl Shared {
     fn lead(&self) -> Result<()> {
         self.let_appenders_finish();
         let group = std::mem::take(&mut self.commit.lock().queue);
-        let written = self.write_group(&group);
-        // A panic here must still hand over below: parked appenders would
-        // otherwise wait forever for a leader that is gone.
+        // A panic in the write or the sync must still hand over below:
+        // parked appenders would otherwise wait forever for a leader that
+        // is gone.
+        let written = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.write_group(&group))).unwrap_or_else(|_| {
+            let mut st = self.state.lock();
+            let e = self.poison(&mut st, Error::new(KEEL_STATUS_PANIC, "writing the WAL's frames panicked"));
+            vec![Err(e); group.len()]
+        });
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.sync_once())).unwrap_or_else(|_| {
             let mut st = self.state.lock();
             Err(self.poison(&mut st, Error::new(KEEL_STATUS_PANIC, "WAL sync panicked")))
