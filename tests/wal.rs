@@ -390,6 +390,17 @@ fn missing_middle_segment_is_corruption_and_stray_temp_files_are_removed() {
     assert!(!d.path().join("00000000000000099999.wal.tmp").exists());
 }
 
+/// The unfinished files (`*.wal.tmp`) in `dir`, sorted.
+fn temp_files(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.ends_with(".wal.tmp"))
+        .collect();
+    names.sort();
+    names
+}
+
 /// Unfinished files an earlier process left (a spare, a segment never
 /// installed, a stray an earlier open moved aside and never removed) are
 /// out of the writers' names when the open returns, and gone once a
@@ -397,15 +408,6 @@ fn missing_middle_segment_is_corruption_and_stray_temp_files_are_removed() {
 /// ahead removes them during its open. The log's records are untouched.
 #[test]
 fn files_an_earlier_process_left_unfinished_are_moved_aside_then_removed() {
-    let temp_files = |dir: &Path| -> Vec<String> {
-        let mut names: Vec<String> = std::fs::read_dir(dir)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().into_string().unwrap())
-            .filter(|n| n.ends_with(".wal.tmp"))
-            .collect();
-        names.sort();
-        names
-    };
     for prepare_ahead in [true, false] {
         let d = TempDir::new("strays");
         let written = fill(d.path(), 500);
@@ -823,11 +825,7 @@ fn an_open_that_fails_after_recovery_removes_the_stray_files() {
         });
         let err = Wal::open_with_fs(d.path(), opts.clone(), fs).err().expect("the extent record cannot be written");
         assert_eq!(err.status, KEEL_STATUS_NO_SPACE, "{err}");
-        let left: Vec<String> = std::fs::read_dir(d.path())
-            .unwrap()
-            .map(|e| e.unwrap().file_name().into_string().unwrap())
-            .filter(|n| n.ends_with(".wal.tmp"))
-            .collect();
+        let left = temp_files(d.path());
         assert!(left.is_empty(), "prepare_ahead {prepare_ahead}: the failed open left {left:?}");
         let wal = Wal::open(d.path(), opts).unwrap();
         assert_eq!(wal.append(b"two").unwrap(), 2);
@@ -849,11 +847,7 @@ fn a_stray_named_with_the_last_number_is_removed_like_any() {
         std::fs::write(d.path().join(name), b"left by an earlier process").unwrap();
     }
     let wal = Wal::open(d.path(), opts).unwrap();
-    let left: Vec<String> = std::fs::read_dir(d.path())
-        .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .filter(|n| n.ends_with(".wal.tmp"))
-        .collect();
+    let left = temp_files(d.path());
     assert!(left.is_empty(), "{left:?}");
     assert_eq!(wal.append(b"two").unwrap(), 2);
     wal.close().unwrap();
