@@ -1611,12 +1611,13 @@ typedef struct keel_wal_options_t {
  * connection after keel_writer_close()/keel_publisher_unsubscribe() of it
  * returned. It must not block for long (it holds up every socket of the
  * net). It may call keel_writer_close() / keel_publisher_unsubscribe()
- * (also for the connection it reports) and any send or publish function,
- * but not keel_net_close() (which then returns KEEL_STATUS_BUSY). A
- * keel_writer_close() or keel_publisher_close() on another thread waits
- * for the callback of its connection, keel_net_close() for any callback,
- * and the handle being closed stays valid for that callback until it
- * returns (see those functions).
+ * (also for the connection it reports, or one of another net) and any
+ * send or publish function, but not keel_net_close() (which then returns
+ * KEEL_STATUS_BUSY). A keel_writer_close() or keel_publisher_close() on
+ * a host thread waits for the callback of its connection (one on a
+ * reactor thread does not wait, see those functions),
+ * keel_net_close() for any callback, and the handle being closed stays
+ * valid for that callback until it returns.
  */
 typedef void (*keel_net_event_fn)(void *user,
                                   uint64_t conn_id,
@@ -3443,14 +3444,18 @@ keel_status_t keel_writer_stats(const struct keel_writer_t *writer,
  * then the socket is shut down for writing, the peer's input is read
  * until EOF and the fd is closed — on the reactor thread, within
  * close_timeout_ms; the call itself does not wait for that. No event
- * callback for this writer starts after it returns; one running on
- * another thread is waited for, and until it has returned the handle
- * stays valid for it: there keel_writer_send(), _send_batch() and
- * _flush() answer CLOSED, keel_writer_id() and _stats() answer as usual,
- * and keel_writer_close() of this writer answers BUSY and frees nothing.
- * May be called from the event callback (also for the connection it
- * reports). NULL is a no-op returning OK. Must be the last call on the
- * writer from the host's own threads.
+ * callback for this writer starts after it returns; until one already
+ * running has returned the handle stays valid for it: there
+ * keel_writer_send(), _send_batch() and _flush() answer CLOSED,
+ * keel_writer_id() and _stats() answer as usual, and
+ * keel_writer_close() of this writer answers BUSY and frees nothing.
+ * Called on a host thread, it waits for that callback. Called from an
+ * event callback (of this net, also for the connection it reports, or
+ * of another net) it never waits: it marks the writer closed and the
+ * writer's own reactor frees the handle once its running callback
+ * returns, so two nets whose callbacks close each other's writers do
+ * not deadlock. NULL is a no-op returning OK. Must be the last call on
+ * the writer from the host's own threads.
  * Errors: INVALID_ARGUMENT (not a live handle), BUSY (called from the
  * writer's event callback while another thread closes it: nothing is
  * done, that close frees the handle).
@@ -3540,14 +3545,16 @@ keel_status_t keel_publisher_subscriber_stats(const struct keel_publisher_t *pub
 /**
  * Unsubscribes every subscriber (queued messages are still sent, see
  * keel_publisher_unsubscribe()) and frees the handle. No event callback
- * for its subscribers starts after it returns; one running on another
- * thread is waited for, and until it has returned the handle stays valid
- * for it: there keel_publisher_publish(), _flush(), _subscribe() and
- * _unsubscribe() answer CLOSED, keel_publisher_stats() answers as usual,
- * and keel_publisher_close() of this publisher answers BUSY and frees
- * nothing. May be called from the event callback. NULL is a no-op
- * returning OK. Must be the last call on the publisher from the host's
- * own threads.
+ * for its subscribers starts after it returns; until one already
+ * running has returned the handle stays valid for it: there
+ * keel_publisher_publish(), _flush(), _subscribe() and _unsubscribe()
+ * answer CLOSED, keel_publisher_stats() answers as usual, and
+ * keel_publisher_close() of this publisher answers BUSY and frees
+ * nothing. Called on a host thread, it waits for that callback. Called
+ * from an event callback (of this net or another) it never waits: the
+ * publisher's own reactor frees the handle once its running callback
+ * returns. NULL is a no-op returning OK. Must be the last call on the
+ * publisher from the host's own threads.
  * Errors: INVALID_ARGUMENT (not a live handle), BUSY (called from a
  * subscriber's event callback while another thread closes the publisher:
  * nothing is done, that close frees the handle).

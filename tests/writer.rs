@@ -1044,6 +1044,173 @@ fn net_close_waits_for_a_callback_that_calls_in(backend: BackendChoice) {
     reads_nothing_but_eof(&mut peer);
 }
 
+/// One of two nets whose event callbacks close each other's handles.
+struct Cross {
+    /// Closes a handle of the other net (set before any callback runs).
+    close: std::sync::OnceLock<Box<dyn Fn() -> keel_status_t + Send + Sync>>,
+    /// Calls in on the handle of this net whose callback runs, once the
+    /// other net closed it.
+    calls: std::sync::OnceLock<Box<dyn Fn() -> Calls + Send + Sync>>,
+    /// Shared by both callbacks: each closes only once both run, and
+    /// calls in on its own handle only once both closes returned.
+    both: Arc<std::sync::Barrier>,
+    done: Mutex<std::sync::mpsc::Sender<Calls>>,
+    frees: AtomicUsize,
+}
+
+unsafe extern "C" fn cross_event(user: *mut libc::c_void, _: u64, _: keel_status_t, _: *const libc::c_char) {
+    // SAFETY: user_data is a reference of the test's Arc<Cross>, released
+    // only by cross_free, which keel calls after the last callback.
+    let x = unsafe { &*(user as *const Cross) };
+    x.both.wait();
+    let close = (x.close.get().expect("set before the first callback"))();
+    x.both.wait();
+    let mut calls = vec![("close other", close)];
+    calls.extend((x.calls.get().expect("set before the first callback"))());
+    let _ = x.done.lock().send(calls);
+}
+
+unsafe extern "C" fn cross_free(user: *mut libc::c_void) {
+    // SAFETY: user_data came from Arc::into_raw in cross_net, and keel
+    // calls this once, after the last callback.
+    let x = unsafe { Arc::from_raw(user as *const Cross) };
+    x.frees.fetch_add(1, SeqCst);
+}
+
+/// A net opened through the C API whose event callback runs its `Cross`.
+/// A close on a reactor thread that would wait for another net's reactor
+/// deadlocks these tests: the net's close-wait hook fails such a close
+/// instead (the panic is caught at the C boundary), so they never hang.
+fn cross_net(backend: BackendChoice, both: &Arc<std::sync::Barrier>, done: &std::sync::mpsc::Sender<Calls>) -> (Arc<Cross>, *mut c::keel_net_t) {
+    let x = Arc::new(Cross {
+        close: std::sync::OnceLock::new(),
+        calls: std::sync::OnceLock::new(),
+        both: both.clone(),
+        done: Mutex::new(done.clone()),
+        frees: AtomicUsize::new(0),
+    });
+    // SAFETY: plain data, valid all-zero; filled by the init call.
+    let mut o: c::keel_net_options_t = unsafe { std::mem::zeroed() };
+    assert_eq!(c::keel_net_options_init_sized(&mut o, std::mem::size_of_val(&o)), KEEL_STATUS_OK);
+    o.backend = match backend {
+        BackendChoice::Sendmsg => c::KEEL_NET_BACKEND_SENDMSG,
+        BackendChoice::IoUring => c::KEEL_NET_BACKEND_IO_URING,
+        BackendChoice::Default => c::KEEL_NET_BACKEND_DEFAULT,
+    };
+    o.on_event = Some(cross_event);
+    o.user_data = Arc::into_raw(x.clone()) as *mut libc::c_void;
+    o.user_data_free = Some(cross_free);
+    let mut net = std::ptr::null_mut();
+    assert_eq!(c::keel_net_open(&o, &mut net, std::ptr::null_mut()), KEEL_STATUS_OK);
+    let hook = |at| {
+        if std::thread::current().name() == Some("keel-net") {
+            panic!("a close on a keel-net reactor thread waits for another net's reactor ({at:?}): deadlock");
+        }
+    };
+    assert_eq!(c::set_net_close_wait_hook(net, Arc::new(hook)), KEEL_STATUS_OK);
+    (x, net)
+}
+
+/// Net A's writer and, on net B, a writer or (`publisher`) a publisher's
+/// subscriber, each on loopback TCP and cut off at once, so that both
+/// event callbacks run together; each closes the other net's handle (A's
+/// the writer or the publisher of B). Neither close may wait for the
+/// other net's reactor, which is in a callback waiting for this one (they
+/// waited, and both reactors hung for good). Each handle stays valid for
+/// its own callback until that returns (sends and publishes answer
+/// CLOSED, stats answer), then its reactor frees it and closes the
+/// sockets.
+fn closes_across_two_nets(backend: BackendChoice, publisher: bool) {
+    let both = Arc::new(std::sync::Barrier::new(2));
+    let (done_tx, done) = std::sync::mpsc::channel();
+    let (xa, na) = cross_net(backend, &both, &done_tx);
+    let (xb, nb) = cross_net(backend, &both, &done_tx);
+    let (fd, peer_a) = tcp_pair();
+    let mut wa = std::ptr::null_mut();
+    assert_eq!(c::keel_writer_adopt(na, fd, &capped(), &mut wa, std::ptr::null_mut()), KEEL_STATUS_OK);
+    let (fd, peer_b) = tcp_pair();
+    // Handles as integers, so the closures are Send.
+    let (wa, b) = (wa as usize, if publisher {
+        let mut p = std::ptr::null_mut();
+        assert_eq!(c::keel_publisher_new(nb, &capped(), &mut p, std::ptr::null_mut()), KEEL_STATUS_OK);
+        let mut id = 0;
+        assert_eq!(c::keel_publisher_subscribe(p, fd, &mut id, std::ptr::null_mut()), KEEL_STATUS_OK);
+        p as usize
+    } else {
+        let mut w = std::ptr::null_mut();
+        assert_eq!(c::keel_writer_adopt(nb, fd, &capped(), &mut w, std::ptr::null_mut()), KEEL_STATUS_OK);
+        w as usize
+    });
+    let writer_calls = |w: usize| {
+        let w = w as *mut c::keel_writer_t;
+        let mut s = writer_stats();
+        vec![
+            ("send", c::keel_writer_send(w, b"late".as_ptr(), 4, 0, std::ptr::null_mut())),
+            ("stats", c::keel_writer_stats(w, &mut s)),
+        ]
+    };
+    let _ = xa.close.set(Box::new(move || match publisher {
+        true => c::keel_publisher_close(b as *mut c::keel_publisher_t, std::ptr::null_mut()),
+        false => c::keel_writer_close(b as *mut c::keel_writer_t, std::ptr::null_mut()),
+    }));
+    let _ = xa.calls.set(Box::new(move || writer_calls(wa)));
+    let _ = xb.close.set(Box::new(move || c::keel_writer_close(wa as *mut c::keel_writer_t, std::ptr::null_mut())));
+    let _ = xb.calls.set(Box::new(move || match publisher {
+        true => {
+            let p = b as *mut c::keel_publisher_t;
+            // SAFETY: plain integers, valid all-zero.
+            let mut s: c::keel_publisher_stats_t = unsafe { std::mem::zeroed() };
+            s.struct_size = std::mem::size_of_val(&s) as u32;
+            vec![
+                ("publish", c::keel_publisher_publish(p, b"late".as_ptr(), 4, 0, std::ptr::null_mut())),
+                ("stats", c::keel_publisher_stats(p, &mut s)),
+            ]
+        }
+        false => writer_calls(b),
+    }));
+    // Over the hard cap: both cut off, each callback starts on its reactor.
+    let big = [0u8; 2048];
+    assert_eq!(c::keel_writer_send(wa as *mut _, big.as_ptr(), big.len(), 0, std::ptr::null_mut()), KEEL_STATUS_BUSY);
+    if publisher {
+        let p = b as *mut c::keel_publisher_t;
+        assert_eq!(c::keel_publisher_publish(p, big.as_ptr(), big.len(), c::KEEL_PUBLISH_FLUSH, std::ptr::null_mut()), KEEL_STATUS_OK);
+    } else {
+        assert_eq!(c::keel_writer_send(b as *mut _, big.as_ptr(), big.len(), 0, std::ptr::null_mut()), KEEL_STATUS_BUSY);
+    }
+    let mut seen = Vec::new();
+    for _ in 0..2 {
+        // Only a watchdog: the hook fails a close that would wait.
+        seen.push(done.recv_timeout(Duration::from_secs(120)).expect("the event callbacks never returned: deadlock"));
+    }
+    seen.sort();
+    let writer_seen = vec![("close other", KEEL_STATUS_OK), ("send", KEEL_STATUS_CLOSED), ("stats", KEEL_STATUS_OK)];
+    let b_seen = match publisher {
+        true => vec![("close other", KEEL_STATUS_OK), ("publish", KEEL_STATUS_CLOSED), ("stats", KEEL_STATUS_OK)],
+        false => writer_seen.clone(),
+    };
+    let mut want = vec![writer_seen, b_seen];
+    want.sort();
+    assert_eq!(seen, want);
+    for (net, x) in [(na, &xa), (nb, &xb)] {
+        assert_eq!(c::keel_net_close(net, std::ptr::null_mut()), KEEL_STATUS_OK);
+        assert_eq!((x.frees.load(SeqCst), Arc::strong_count(x)), (1, 1), "user_data released once");
+    }
+    // Each fd was closed with nothing ever sent: its peer reads EOF.
+    for mut p in [peer_a, peer_b] {
+        let mut rest = Vec::new();
+        p.read_to_end(&mut rest).unwrap();
+        assert!(rest.is_empty(), "the peer read {} bytes", rest.len());
+    }
+}
+
+fn closes_across_two_nets_do_not_deadlock(backend: BackendChoice) {
+    closes_across_two_nets(backend, false);
+}
+
+fn a_publisher_closed_from_another_nets_callback_outlives_its_subscribers_callback(backend: BackendChoice) {
+    closes_across_two_nets(backend, true);
+}
+
 macro_rules! per_backend {
     ($($name:ident),* $(,)?) => {
         mod sendmsg {
@@ -1078,6 +1245,8 @@ per_backend!(
     writer_close_waits_for_a_callback_that_calls_in,
     publisher_close_waits_for_a_callback_that_calls_in,
     net_close_waits_for_a_callback_that_calls_in,
+    closes_across_two_nets_do_not_deadlock,
+    a_publisher_closed_from_another_nets_callback_outlives_its_subscribers_callback,
 );
 
 #[test]

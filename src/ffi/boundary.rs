@@ -120,14 +120,55 @@ pub unsafe fn close_in_place<C: Opaque>(p: *mut C, shut: impl FnOnce(&C::Inner) 
     // closing_ref checks the magic (a poisoned handle is closed all the
     // same); the reference is not used past `shut`.
     if !shut(closing_ref(p as *const C)?) {
-        return Err(Error::new(
-            KEEL_STATUS_BUSY,
-            format!("the {} is being closed by another thread, which waits for this callback", C::NAME),
-        ));
+        return Err(closing_elsewhere::<C>());
     }
     // No callback `shut` waited for runs any more (or this call is one);
     // take_handle checks the magic again before it takes the handle back.
     take_handle(p).map(drop)
+}
+
+/// The BUSY of a close made by a callback that a close of the same handle
+/// waits for.
+fn closing_elsewhere<C: Opaque>() -> Error {
+    Error::new(
+        KEEL_STATUS_BUSY,
+        format!("the {} is being closed by another thread, which waits for this callback", C::NAME),
+    )
+}
+
+/// `close_in_place` for a handle whose callbacks run on a thread the close
+/// may not wait for (a net's reactor, when the close runs on another
+/// net's): `shut` answers None as `close_in_place`'s answers false, else
+/// what takes the handle's release and runs it once no callback that may
+/// call in on the handle runs any more, at once or later on that
+/// callback's thread.
+///
+/// # Safety
+/// As `close_in_place`.
+pub unsafe fn close_then_free<C: Opaque + 'static, R: FnOnce(Box<dyn FnOnce() + Send>)>(
+    p: *mut C,
+    shut: impl FnOnce(&C::Inner) -> Option<R>,
+) -> Result<()>
+where
+    C::Inner: Send,
+{
+    if p.is_null() {
+        return Ok(());
+    }
+    // As in close_in_place: the reference is not used past `shut`.
+    let Some(release) = shut(closing_ref(p as *const C)?) else {
+        return Err(closing_elsewhere::<C>());
+    };
+    let addr = p as usize;
+    release(Box::new(move || {
+        // SAFETY: `shut` answered Some to this close alone (a second one
+        // answers None), so the handle is live and no one else frees it;
+        // this runs once no callback may call in on it. The value is Send,
+        // so dropping it on the thread this runs on is sound. The magic
+        // was checked by closing_ref, so take_handle cannot fail.
+        let _ = unsafe { take_handle(addr as *mut C) };
+    }));
+    Ok(())
 }
 
 thread_local! {

@@ -52,6 +52,9 @@ pub(crate) struct ConnState {
     pub death: Option<Error>,
     pub reported: bool,
     pub in_callback: bool,
+    /// Run by the reactor once the running callback returns: the release
+    /// of a handle closed by a thread that did not wait for it.
+    pub release: Option<Release>,
     pub fd_closed: bool,
     /// The fd must be closed once the in-flight io_uring op completes.
     pub finalize_pending: bool,
@@ -68,6 +71,30 @@ pub(crate) struct Conn {
     pub cfg: PassCfg,
     pub st: Mutex<ConnState>,
     pub cv: Condvar,
+}
+
+/// Frees what a closed handle held (see `AfterCallbacks`).
+pub(crate) type Release = Box<dyn FnOnce() + Send>;
+
+/// The connections a handle closed whose event callbacks may still run:
+/// a close on a reactor thread does not wait for them, and the handle
+/// they may call in on is freed once they returned.
+pub(crate) struct AfterCallbacks(pub(super) Vec<Arc<Conn>>);
+
+impl AfterCallbacks {
+    /// Runs `release` once no callback of these connections runs: at
+    /// once, or on their reactor as the running one returns. They are
+    /// closed, so none starts any more.
+    pub(crate) fn run(mut self, release: Release) {
+        while let Some(conn) = self.0.pop() {
+            let mut st = conn.st.lock();
+            if st.in_callback {
+                st.release = Some(Box::new(move || self.run(release)));
+                return;
+            }
+        }
+        release()
+    }
 }
 
 /// One payload appended by the host.
@@ -110,6 +137,7 @@ impl Conn {
                 death: None,
                 reported: false,
                 in_callback: false,
+                release: None,
                 fd_closed: false,
                 finalize_pending: false,
                 over_soft_since: None,
@@ -383,8 +411,11 @@ impl Shared {
     /// Host side of R10: queue a close request behind everything appended
     /// and hand the connection to the reactor, which flushes, shuts down,
     /// drains input and closes the fd. No callback for this connection
-    /// starts after this returns (one already running is waited for,
-    /// unless this is the reactor thread, i.e. a call from the callback).
+    /// starts after this returns. One already running is waited for,
+    /// unless this is a reactor thread: this net's (a call from the
+    /// callback) or another net's, whose own callback may be closing a
+    /// writer of that net meanwhile, waiting for it. What must outlive
+    /// the callback waits in `AfterCallbacks`.
     pub(crate) fn close_conn(&self, conn: &Arc<Conn>) {
         let mut st = conn.st.lock();
         if st.host_closed {
@@ -397,7 +428,7 @@ impl Shared {
             st.wire.queue.push_control(Control::Close);
             st.wire.stats.control_items += 1;
         }
-        if !self.on_reactor_thread() && st.in_callback {
+        if !Shared::on_any_reactor_thread() && st.in_callback {
             self.close_waits(CloseWait::Callback(conn.id));
             while st.in_callback {
                 conn.cv.wait(&mut st);
@@ -485,18 +516,19 @@ impl Writer {
     pub fn close(self) {}
 
     /// `close` through a shared reference, for keel_writer_close, which
-    /// frees the handle only once this returned: the writer's event
-    /// callback, which this waits for when it runs on another thread, may
-    /// call in on the handle until then (its sends answer CLOSED). False,
-    /// doing nothing, when the writer is being closed already: that is
-    /// such a callback closing its writer under the close that waits for
-    /// it, which must not free the handle.
-    pub(crate) fn shut(&self) -> bool {
+    /// frees the handle only through the answer: the writer's event
+    /// callback, which this waits for when it runs on a host thread and
+    /// the answer waits for otherwise, may call in on the handle until
+    /// then (its sends answer CLOSED). None, doing nothing, when the
+    /// writer is being closed already: that is such a callback closing its
+    /// writer under the close that waits for it, which must not free the
+    /// handle.
+    pub(crate) fn shut(&self) -> Option<AfterCallbacks> {
         if self.closing.swap(true, Ordering::AcqRel) {
-            return false;
+            return None;
         }
         self.net.close_conn(&self.conn);
-        true
+        Some(AfterCallbacks(vec![self.conn.clone()]))
     }
 }
 

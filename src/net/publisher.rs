@@ -10,7 +10,7 @@
 //! it is cut off (R7) and reported once through the event callback.
 
 use crate::error::{Error, Result};
-use crate::net::conn::{Conn, Phase, Piece};
+use crate::net::conn::{AfterCallbacks, Conn, Phase, Piece};
 use crate::net::reactor::{Cmd, Shared};
 use crate::net::{WriterOptions, WriterStats};
 use crate::status::*;
@@ -217,15 +217,16 @@ impl Publisher {
     pub fn close(self) {}
 
     /// `close` through a shared reference, for keel_publisher_close, which
-    /// frees the handle only once this returned: the event callback of a
-    /// subscriber, which this waits for when it runs on another thread,
-    /// may call in on the handle until then (publish and unsubscribe
-    /// answer CLOSED). False, doing nothing, when the publisher is being
-    /// closed already: that is such a callback closing the publisher under
-    /// the close that waits for it, which must not free the handle.
-    pub(crate) fn shut(&self) -> bool {
+    /// frees the handle only through the answer: the event callback of a
+    /// subscriber, which this waits for when it runs on a host thread and
+    /// the answer waits for otherwise, may call in on the handle until
+    /// then (publish and unsubscribe answer CLOSED). None, doing nothing,
+    /// when the publisher is being closed already: that is such a callback
+    /// closing the publisher under the close that waits for it, which must
+    /// not free the handle.
+    pub(crate) fn shut(&self) -> Option<AfterCallbacks> {
         if self.closed.swap(true, Ordering::AcqRel) {
-            return false;
+            return None;
         }
         let subs = {
             let mut subs = self.subs.lock();
@@ -241,10 +242,10 @@ impl Publisher {
             drop(gone);
             std::mem::take(&mut *subs)
         };
-        for c in subs {
-            self.net.close_conn(&c);
+        for c in &subs {
+            self.net.close_conn(c);
         }
-        true
+        Some(AfterCallbacks(subs))
     }
 }
 

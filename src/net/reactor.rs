@@ -89,6 +89,11 @@ pub type CloseWaitHook = Arc<dyn Fn(CloseWait) + Send + Sync>;
 
 const WAKE_ID: u64 = u64::MAX;
 
+thread_local! {
+    /// Set on every net's reactor thread (`Shared::on_any_reactor_thread`).
+    static ON_A_REACTOR: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
 impl Shared {
     /// Hands `c` to the reactor; wakes it when the queue was empty.
     pub(crate) fn cmd(&self, c: Cmd) {
@@ -113,6 +118,13 @@ impl Shared {
 
     pub(crate) fn on_reactor_thread(&self) -> bool {
         self.reactor.get() == Some(&std::thread::current().id())
+    }
+
+    /// This thread is the reactor of some net, maybe another one: it must
+    /// not wait for a reactor (two nets whose callbacks close each other's
+    /// writers would each wait for the other for good).
+    pub(crate) fn on_any_reactor_thread() -> bool {
+        ON_A_REACTOR.get()
     }
 
     /// Passes `at` to the test hook, if one is installed.
@@ -296,6 +308,7 @@ impl Net {
             .name("keel-net".into())
             .spawn(move || {
                 let _ = sh.reactor.set(std::thread::current().id());
+                ON_A_REACTOR.set(true);
                 if catch_unwind(AssertUnwindSafe(|| reactor.run())).is_err() {
                     sh.broken.store(true, Ordering::Release);
                     sh.stopping.store(true, Ordering::Release);
@@ -813,6 +826,11 @@ impl Reactor {
         let mut st = conn.st.lock();
         st.in_callback = false;
         conn.cv.notify_all();
+        let release = st.release.take();
+        drop(st);
+        if let Some(release) = release {
+            release();
+        }
     }
 
     fn on_close(&mut self, conn: &Arc<Conn>) {
