@@ -70,8 +70,8 @@ func (s *Shard) WriteFenced(b *Batch, f Fence) (first, last uint64, err error) {
 	if b == nil {
 		return 0, 0, newError("WriteFenced", StatusInvalidArgument, "nil *Batch")
 	}
-	if b.err != nil {
-		return 0, 0, b.err
+	if err := b.packErr("WriteFenced"); err != nil {
+		return 0, 0, err
 	}
 	h, err := s.acquire("WriteFenced")
 	if err != nil {
@@ -107,8 +107,8 @@ func (s *Shard) WriteFenced(b *Batch, f Fence) (first, last uint64, err error) {
 func (s *Shard) Apply(index uint64, b *Batch, fence *Fence) (ApplyResult, error) {
 	var ops []byte
 	if b != nil {
-		if b.err != nil {
-			return ApplyResult{}, b.err
+		if err := b.packErr("Apply"); err != nil {
+			return ApplyResult{}, err
 		}
 		ops = b.ops
 	}

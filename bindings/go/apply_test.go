@@ -3,8 +3,10 @@ package keel
 import (
 	"errors"
 	"fmt"
+	"math"
 	"sort"
 	"sync"
+	"syscall"
 	"testing"
 )
 
@@ -137,5 +139,43 @@ func TestFencedWritesConcurrently(t *testing.T) {
 		if tok >= highest {
 			t.Fatalf("token %d refused, highest %d", tok, highest)
 		}
+	}
+}
+
+// A batch holding an operation that does not fit the packed format fails
+// Write, WriteFenced and Apply with ErrInvalidArgument whose Op names the
+// call the user made (each said "Write"), and writes nothing.
+func TestPackingErrorNamesTheCall(t *testing.T) {
+	e, _ := openEngineT(t, "", fastOpts)
+	s := openShardT(t, e, 1)
+	// A body of 4 GiB: address space only, never touched (the length
+	// check refuses it before any byte is read).
+	huge, err := syscall.Mmap(-1, 0, math.MaxUint32+1, syscall.PROT_NONE, syscall.MAP_PRIVATE|syscall.MAP_ANON|syscall.MAP_NORESERVE)
+	if err != nil {
+		t.Fatalf("mmap 4 GiB of address space: %v", err)
+	}
+	defer syscall.Munmap(huge)
+	var b Batch
+	b.Put([]byte("k"), huge)
+	calls := []struct {
+		op   string
+		call func() error
+	}{
+		{"Write", func() error { _, _, err := s.Write(&b); return err }},
+		{"WriteFenced", func() error { _, _, err := s.WriteFenced(&b, Fence{Bucket: []byte("jobs"), Token: 1}); return err }},
+		{"Apply", func() error { _, err := s.Apply(1, &b, nil); return err }},
+	}
+	for _, c := range calls {
+		err := c.call()
+		var ke *Error
+		if !errors.As(err, &ke) || ke.Code != StatusInvalidArgument || ke.Op != c.op {
+			t.Errorf("%s of an unpackable batch: %v; want ErrInvalidArgument with Op %q", c.op, err, c.op)
+		}
+	}
+	if got := appliedIndexT(t, s); got != 0 {
+		t.Errorf("applied index %d after a refused Apply", got)
+	}
+	if _, err := s.Get([]byte("k")); !errors.Is(err, ErrNotFound) {
+		t.Errorf("an unpackable batch wrote k: %v", err)
 	}
 }

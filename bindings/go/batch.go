@@ -24,9 +24,10 @@ import (
 type Batch struct {
 	ops []byte
 	n   int
-	// err is the first operation that cannot be packed (a body of 4 GiB
-	// or more); Write reports it and writes nothing.
-	err error
+	// bad describes the first operation that cannot be packed (a body of
+	// 4 GiB or more); Write, WriteFenced and Apply report it (packErr)
+	// and write nothing.
+	bad string
 }
 
 // Packed operation codes (KEEL_OP_*).
@@ -46,15 +47,14 @@ func (b *Batch) Delete(key []byte) { b.add(opDelete, "Delete", key, nil) }
 func (b *Batch) Append(key, item []byte) { b.add(opAppend, "Append", key, item) }
 
 func (b *Batch) add(op byte, name string, key, body []byte) {
-	if b.err != nil {
+	if b.bad != "" {
 		return
 	}
 	// Lengths are u32 in the packed format: larger ones must not wrap.
 	// (Keys longer than MaxKeySize are left to the library, which rejects
 	// the whole batch with INVALID_ARGUMENT.)
 	if uint64(len(key)) > math.MaxUint32 || uint64(len(body)) > math.MaxUint32 {
-		b.err = newError("Write", StatusInvalidArgument,
-			fmt.Sprintf("batch operation %d (%s): key of %d or body of %d bytes does not fit the packed format", b.n, name, len(key), len(body)))
+		b.bad = fmt.Sprintf("batch operation %d (%s): key of %d or body of %d bytes does not fit the packed format", b.n, name, len(key), len(body))
 		return
 	}
 	b.ops = append(b.ops, op)
@@ -63,6 +63,16 @@ func (b *Batch) add(op byte, name string, key, body []byte) {
 	b.ops = append(b.ops, key...)
 	b.ops = append(b.ops, body...)
 	b.n++
+}
+
+// packErr is the error the call op (the Shard method the user called)
+// reports for an operation that could not be packed; nil when there is
+// none.
+func (b *Batch) packErr(op string) error {
+	if b.bad == "" {
+		return nil
+	}
+	return newError(op, StatusInvalidArgument, b.bad)
 }
 
 // Len returns the number of operations in the batch.
@@ -76,5 +86,5 @@ func (b *Batch) Size() int { return len(b.ops) }
 func (b *Batch) Reset() {
 	b.ops = b.ops[:0]
 	b.n = 0
-	b.err = nil
+	b.bad = ""
 }

@@ -207,8 +207,8 @@ func (s *Shard) Write(b *Batch) (first, last uint64, err error) {
 	if b == nil {
 		return 0, 0, newError("Write", StatusInvalidArgument, "nil *Batch")
 	}
-	if b.err != nil {
-		return 0, 0, b.err
+	if err := b.packErr("Write"); err != nil {
+		return 0, 0, err
 	}
 	h, err := s.acquire("Write")
 	if err != nil {
