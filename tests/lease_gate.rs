@@ -252,3 +252,17 @@ fn a_leader_of_term_0_is_refused_and_its_acks_are_not_a_lease() {
     g.set_role(Role::Follower, 0, Some(2)).unwrap();
     assert_eq!(g.decide(), Decision::NotLeader { leader_hint: Some(2) });
 }
+
+/// A follower whose host names this node as the leader (a stale hint)
+/// knows no leader: the facts keel_shard_lease_stats reports said
+/// leader_id = this node next to role FOLLOWER, which its doc keeps for a
+/// node that leads.
+#[test]
+fn a_follower_hinted_to_itself_reports_no_leader() {
+    let g = leader(1000 * MS);
+    g.set_role(Role::Follower, 6, Some(1)).unwrap();
+    let facts = g.state();
+    assert_eq!((facts.role(), facts.leader()), (Role::Follower, None));
+    g.set_role(Role::Follower, 6, Some(2)).unwrap();
+    assert_eq!(g.state().leader(), Some(2), "a hint naming another node is kept");
+}

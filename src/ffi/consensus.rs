@@ -259,7 +259,8 @@ pub extern "C" fn keel_shard_consensus_configure(
 }
 
 /// Reports role and term: KEEL_ROLE_LEADER or KEEL_ROLE_FOLLOWER, with the
-/// leader's id when a follower knows it (0: unknown). Call it on every
+/// leader's id when a follower knows it (0, or this node's own id: unknown;
+/// keel_shard_lease_stats() then reports leader_id 0). Call it on every
 /// change, before any ack of a new term. A new term, or losing the lead,
 /// forgets every ack, the own-term entry and any transfer.
 /// Errors: NULL_ARGUMENT, INVALID_ARGUMENT (term below the current one,

@@ -130,9 +130,9 @@ impl ConsensusState {
         self.leader
     }
     /// Where a refused read should go: the leader when known and not this
-    /// node. A follower whose host names it, or a leader whose host's
-    /// read-index call said NOT_LEADER before the step-down was reported,
-    /// knows no other leader; naming itself would send the client back.
+    /// node. A leader whose host's read-index call said NOT_LEADER before
+    /// the step-down was reported knows no other leader; naming itself
+    /// would send the client back.
     pub fn leader_elsewhere(&self) -> Option<PeerId> {
         self.leader.filter(|&l| l != self.self_id)
     }
@@ -163,7 +163,8 @@ impl ConsensusState {
     /// (INVALID_ARGUMENT). A new term,
     /// or leaving the leader role, forgets every ack, the "own-term entry
     /// applied" fact and any transfer in progress. `leader` is the hint of
-    /// a follower (ignored for a leader: it is this node).
+    /// a follower (ignored for a leader: it is this node); one naming this
+    /// node is no hint (a stale one: this node does not lead).
     pub fn set_role(&mut self, role: Role, term: u64, leader: Option<PeerId>) -> Result<()> {
         if term < self.term {
             return Err(Error::invalid(format!("term {term} is older than the current term {}", self.term)));
@@ -184,7 +185,7 @@ impl ConsensusState {
         self.term = term;
         self.leader = match role {
             Role::Leader => Some(self.self_id),
-            Role::Follower => leader,
+            Role::Follower => leader.filter(|&l| l != self.self_id),
         };
         self.recompute();
         Ok(())
@@ -382,7 +383,7 @@ mod tests {
         assert_eq!((s.quorum_ack(100), s.term_applied(), s.transfer_in_progress()), (None, false, false));
         assert_eq!((s.leader(), s.leader_elsewhere()), (Some(2), Some(2)));
         s.set_role(Role::Follower, 3, Some(1)).unwrap();
-        assert_eq!((s.leader(), s.leader_elsewhere()), (Some(1), None), "a hint naming this node is no hint");
+        assert_eq!((s.leader(), s.leader_elsewhere()), (None, None), "a hint naming this node is no hint");
         assert_eq!(s.record_ack(2, 3, 60, Some(100)), Err(AckIgnored::NotLeader));
         s.set_role(Role::Leader, 4, None).unwrap();
         assert!(!s.note_term_applied(3), "an entry of an older term does not count");
