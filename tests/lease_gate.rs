@@ -266,3 +266,17 @@ fn a_follower_hinted_to_itself_reports_no_leader() {
     g.set_role(Role::Follower, 6, Some(2)).unwrap();
     assert_eq!(g.state().leader(), Some(2), "a hint naming another node is kept");
 }
+
+/// A read-index callback that panics was called all the same: the read's
+/// caller gets the panic, and the stats count the call as made and failed
+/// (they counted nothing, as if no call had been made).
+#[test]
+fn a_panicking_read_index_callback_is_counted() {
+    let g = LeaseGate::new(1, config(), Clock::manual(1000 * MS), Box::new(|| panic!("host read-index blew up"))).unwrap();
+    g.set_voters(Voters { incoming: vec![1, 2, 3], outgoing: vec![] }).unwrap();
+    g.set_role(Role::Leader, 5, None).unwrap();
+    let read = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| g.begin_read(Level::Linearizable, Duration::from_secs(3600))));
+    assert!(read.is_err(), "the panic reaches the reader");
+    let st = g.stats();
+    assert_eq!((st.read_index_calls, st.read_index_errors), (1, 1));
+}

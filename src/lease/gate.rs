@@ -180,6 +180,21 @@ impl Drop for InCall {
     }
 }
 
+/// Counts one read-index call in `metrics` when dropped: its latency, and
+/// whether it failed (unless cleared, as a panic leaves it).
+struct CountCall<'a> {
+    metrics: &'a Metrics,
+    start: Instant,
+    failed: bool,
+}
+
+impl Drop for CountCall<'_> {
+    fn drop(&mut self) {
+        let latency = self.start.elapsed().as_nanos().min(u64::MAX as u128) as u64;
+        self.metrics.read_index(latency, self.failed);
+    }
+}
+
 impl LeaseGate {
     /// A gate for node `self_id`; INVALID_ARGUMENT for a bad `config`.
     pub fn new(self_id: PeerId, config: LeaseConfig, clock: Clock, read_index: Box<ReadIndexFn>) -> Result<LeaseGate> {
@@ -367,6 +382,9 @@ impl LeaseGate {
         // The lock is held through the host's call (one at a time anyway:
         // the flight shares it), so `close` cannot drop it meanwhile.
         let call = || {
+            // Counted when the call ends, also by a panic of the host's
+            // callback (which unwinds through here to the reader).
+            let mut count = CountCall { metrics: &self.metrics, start: Instant::now(), failed: true };
             let mut held = self.read_index.lock();
             let answer = match held.as_ref() {
                 Some(call) => {
@@ -381,13 +399,10 @@ impl LeaseGate {
                 // under the lock, on the thread that asked.
                 drop(held.take());
             }
+            count.failed = answer.is_err();
             answer
         };
-        let answer = self.flight.get(ticket, &call, deadline);
-        if let Some(latency) = answer.made_call {
-            self.metrics.read_index(latency, answer.index.is_err());
-        }
-        let index = answer.index.map_err(|e| match e.status {
+        let index = self.flight.get(ticket, &call, deadline).map_err(|e| match e.status {
             KEEL_STATUS_TIMEOUT => Refused::Timeout,
             KEEL_STATUS_NOT_LEADER => Refused::NotLeader { leader_hint: self.state.lock().leader_elsewhere() },
             _ => Refused::ReadIndex(e),

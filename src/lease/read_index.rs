@@ -40,13 +40,6 @@ pub struct SingleFlight {
 #[derive(Clone, Copy, Debug)]
 pub struct Ticket(u64);
 
-/// What a caller of `SingleFlight::get` got.
-pub struct Answer {
-    pub index: Result<u64>,
-    /// Set when this caller made the call: its latency in nanoseconds.
-    pub made_call: Option<u64>,
-}
-
 impl SingleFlight {
     /// A ticket for a read beginning now: only calls that start later count.
     pub fn ticket(&self) -> Ticket {
@@ -56,13 +49,12 @@ impl SingleFlight {
     /// The answer of a call that started after `ticket` was taken, made by
     /// this thread when no call is running. TIMEOUT when `deadline` passes
     /// while waiting for another thread's call.
-    pub fn get(&self, ticket: Ticket, call: &dyn Fn() -> Result<u64>, deadline: Instant) -> Answer {
+    pub fn get(&self, ticket: Ticket, call: &dyn Fn() -> Result<u64>, deadline: Instant) -> Result<u64> {
         let need = ticket.0;
         let mut f = self.flights.lock();
         loop {
             if f.finished >= need {
-                let index = f.answer.clone().expect("a finished flight has an answer");
-                return Answer { index, made_call: None };
+                return f.answer.clone().expect("a finished flight has an answer");
             }
             if !f.running {
                 f.started += 1;
@@ -70,17 +62,14 @@ impl SingleFlight {
                 let generation = f.started;
                 drop(f);
                 // Ends the flight even if `call` panics, so waiters are not stranded.
-                let finish = Finish { flight: self, generation, answer: None };
-                let t = Instant::now();
+                let mut finish = Finish { flight: self, generation, answer: None };
                 let index = call();
-                let latency = t.elapsed().as_nanos().min(u64::MAX as u128) as u64;
-                let mut finish = finish;
                 finish.answer = Some(index.clone());
                 drop(finish);
-                return Answer { index, made_call: Some(latency) };
+                return index;
             }
             if self.done.wait_until(&mut f, deadline).timed_out() && f.finished < need {
-                return Answer { index: Err(Error::new(KEEL_STATUS_TIMEOUT, "timed out waiting for a shared read-index")), made_call: None };
+                return Err(Error::new(KEEL_STATUS_TIMEOUT, "timed out waiting for a shared read-index"));
             }
         }
     }
@@ -121,10 +110,9 @@ mod tests {
     fn a_lone_caller_makes_the_call() {
         let sf = SingleFlight::default();
         let a = sf.get(sf.ticket(), &|| Ok(42), far());
-        assert_eq!(a.index.unwrap(), 42);
-        assert!(a.made_call.is_some());
+        assert_eq!(a.unwrap(), 42);
         let b = sf.get(sf.ticket(), &|| Err(Error::new(crate::status::KEEL_STATUS_NOT_LEADER, "x")), far());
-        assert_eq!(b.index.unwrap_err().status, crate::status::KEEL_STATUS_NOT_LEADER);
+        assert_eq!(b.unwrap_err().status, crate::status::KEEL_STATUS_NOT_LEADER);
     }
 
     /// While call 1 is held open, N readers arrive. None of them may take
@@ -147,7 +135,7 @@ mod tests {
         };
         let first = {
             let (sf, call) = (sf.clone(), call.clone());
-            std::thread::spawn(move || sf.get(sf.ticket(), &*call, far()).index.unwrap())
+            std::thread::spawn(move || sf.get(sf.ticket(), &*call, far()).unwrap())
         };
         assert_eq!(enter_rx.recv().unwrap(), 1, "call 1 is running");
         // N reads begin while call 1 runs: their tickets exclude call 1.
@@ -157,7 +145,7 @@ mod tests {
             .into_iter()
             .map(|t| {
                 let (sf, call) = (sf.clone(), call.clone());
-                std::thread::spawn(move || sf.get(t, &*call, far()).index.unwrap())
+                std::thread::spawn(move || sf.get(t, &*call, far()).unwrap())
             })
             .collect();
         release_tx.send(()).unwrap();
@@ -189,11 +177,11 @@ mod tests {
         enter_rx.recv().unwrap();
         // A deadline already passed: the waiter returns TIMEOUT at once.
         let late = sf.get(sf.ticket(), &|| Ok(1), Instant::now());
-        assert_eq!(late.index.unwrap_err().status, KEEL_STATUS_TIMEOUT);
+        assert_eq!(late.unwrap_err().status, KEEL_STATUS_TIMEOUT);
         release_tx.send(()).unwrap();
         assert!(holder.join().unwrap(), "the panic reached its caller");
-        // The flight is free again: the next caller makes a fresh call.
-        let next = sf.get(sf.ticket(), &|| Ok(9), far());
-        assert_eq!((next.index.unwrap(), next.made_call.is_some()), (9, true));
+        // The flight is free again: the next caller makes a fresh call
+        // (the panicked one's answer is PANIC).
+        assert_eq!(sf.get(sf.ticket(), &|| Ok(9), far()).unwrap(), 9);
     }
 }
