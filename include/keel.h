@@ -1612,8 +1612,8 @@ typedef struct keel_wal_options_t {
  * returned. It must not block for long (it holds up every socket of the
  * net). It may call keel_writer_close() / keel_publisher_unsubscribe()
  * (also for the connection it reports, or one of another net) and any
- * send or publish function, but not keel_net_close() (which then returns
- * KEEL_STATUS_BUSY). A keel_writer_close() or keel_publisher_close() on
+ * send or publish function, but not keel_net_close() of any net (which
+ * then returns KEEL_STATUS_BUSY). A keel_writer_close() or keel_publisher_close() on
  * a host thread waits for the callback of its connection (one on a
  * reactor thread does not wait, see those functions),
  * keel_net_close() for any callback, and the handle being closed stays
@@ -3357,11 +3357,13 @@ keel_status_t keel_net_backend(const struct keel_net_t *net, uint32_t *out);
  * and answer KEEL_STATUS_CLOSED; close them as usual. NULL is a no-op
  * returning OK. Must not race with other calls on the net handle from
  * the host's own threads.
- * Errors: BUSY (called from the event callback; nothing was closed),
- * POISONED (the reactor thread had panicked; the handle is freed anyway),
+ * Errors: BUSY (called from an event callback, of this net or another:
+ * the close would wait for a reactor thread to end, which may be waiting
+ * for this one; nothing was closed), POISONED (the reactor thread had panicked; the handle is freed anyway),
  * INVALID_ARGUMENT (not a live handle).
  */
-keel_status_t keel_net_close(struct keel_net_t *net, struct keel_error_t **err);
+keel_status_t keel_net_close(struct keel_net_t *net,
+                             struct keel_error_t **err);
 
 /**
  * Adopts `fd`, a connected stream socket (TCP or Unix), as a writer.

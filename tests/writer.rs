@@ -1211,6 +1211,55 @@ fn a_publisher_closed_from_another_nets_callback_outlives_its_subscribers_callba
     closes_across_two_nets(backend, true);
 }
 
+/// Each of two nets' event callbacks closes the other net: a net's close
+/// waits for its reactor thread to end, which here is in a callback
+/// waiting for this one, so both must answer BUSY at once, closing
+/// nothing (they waited for good). The nets then close as usual from the
+/// test's thread.
+fn net_close_from_another_nets_callback_is_refused(backend: BackendChoice) {
+    let both = Arc::new(std::sync::Barrier::new(2));
+    let (done_tx, done) = std::sync::mpsc::channel();
+    let (xa, na) = cross_net(backend, &both, &done_tx);
+    let (xb, nb) = cross_net(backend, &both, &done_tx);
+    let mut writers = Vec::new();
+    let mut peers = Vec::new();
+    for net in [na, nb] {
+        let (fd, peer) = tcp_pair();
+        let mut w = std::ptr::null_mut();
+        assert_eq!(c::keel_writer_adopt(net, fd, &capped(), &mut w, std::ptr::null_mut()), KEEL_STATUS_OK);
+        writers.push(w);
+        peers.push(peer);
+    }
+    // Handles as integers, so the closures are Send.
+    let (a, b) = (na as usize, nb as usize);
+    let _ = xa.close.set(Box::new(move || c::keel_net_close(b as *mut c::keel_net_t, std::ptr::null_mut())));
+    let _ = xb.close.set(Box::new(move || c::keel_net_close(a as *mut c::keel_net_t, std::ptr::null_mut())));
+    for x in [&xa, &xb] {
+        let _ = x.calls.set(Box::new(Vec::new));
+    }
+    // Over the hard cap: both cut off, each callback starts on its reactor.
+    for &w in &writers {
+        assert_eq!(c::keel_writer_send(w, [0u8; 2048].as_ptr(), 2048, 0, std::ptr::null_mut()), KEEL_STATUS_BUSY);
+    }
+    for _ in 0..2 {
+        // Only a watchdog: the hook fails a close that would wait.
+        let seen = done.recv_timeout(Duration::from_secs(120)).expect("the event callbacks never returned: deadlock");
+        assert_eq!(seen, [("close other", KEEL_STATUS_BUSY)]);
+    }
+    for w in writers {
+        assert_eq!(c::keel_writer_close(w, std::ptr::null_mut()), KEEL_STATUS_OK);
+    }
+    for (net, x) in [(na, &xa), (nb, &xb)] {
+        assert_eq!(c::keel_net_close(net, std::ptr::null_mut()), KEEL_STATUS_OK);
+        assert_eq!((x.frees.load(SeqCst), Arc::strong_count(x)), (1, 1), "user_data released once");
+    }
+    for mut p in peers {
+        let mut rest = Vec::new();
+        p.read_to_end(&mut rest).unwrap();
+        assert!(rest.is_empty(), "the peer read {} bytes", rest.len());
+    }
+}
+
 macro_rules! per_backend {
     ($($name:ident),* $(,)?) => {
         mod sendmsg {
@@ -1247,6 +1296,7 @@ per_backend!(
     net_close_waits_for_a_callback_that_calls_in,
     closes_across_two_nets_do_not_deadlock,
     a_publisher_closed_from_another_nets_callback_outlives_its_subscribers_callback,
+    net_close_from_another_nets_callback_is_refused,
 );
 
 #[test]

@@ -95,8 +95,8 @@ pub const KEEL_PUBLISH_FLUSH: u32 = 1;
 /// returned. It must not block for long (it holds up every socket of the
 /// net). It may call keel_writer_close() / keel_publisher_unsubscribe()
 /// (also for the connection it reports, or one of another net) and any
-/// send or publish function, but not keel_net_close() (which then returns
-/// KEEL_STATUS_BUSY). A keel_writer_close() or keel_publisher_close() on
+/// send or publish function, but not keel_net_close() of any net (which
+/// then returns KEEL_STATUS_BUSY). A keel_writer_close() or keel_publisher_close() on
 /// a host thread waits for the callback of its connection (one on a
 /// reactor thread does not wait, see those functions),
 /// keel_net_close() for any callback, and the handle being closed stays
@@ -468,8 +468,9 @@ pub extern "C" fn keel_net_backend(net: *const keel_net_t, out: *mut u32) -> kee
 /// and answer KEEL_STATUS_CLOSED; close them as usual. NULL is a no-op
 /// returning OK. Must not race with other calls on the net handle from
 /// the host's own threads.
-/// Errors: BUSY (called from the event callback; nothing was closed),
-/// POISONED (the reactor thread had panicked; the handle is freed anyway),
+/// Errors: BUSY (called from an event callback, of this net or another:
+/// the close would wait for a reactor thread to end, which may be waiting
+/// for this one; nothing was closed), POISONED (the reactor thread had panicked; the handle is freed anyway),
 /// INVALID_ARGUMENT (not a live handle).
 #[no_mangle]
 pub extern "C" fn keel_net_close(net: *mut keel_net_t, err: *mut *mut keel_error_t) -> keel_status_t {
@@ -486,8 +487,8 @@ pub extern "C" fn keel_net_close(net: *mut keel_net_t, err: *mut *mut keel_error
         // reactor panicked is freed all the same), and the NetHandle is
         // shared-borrowed, which its methods allow.
         let n = unsafe { closing_ref(net as *const keel_net_t)? };
-        if n.net.on_reactor_thread() {
-            return Err(Error::new(KEEL_STATUS_BUSY, "keel_net_close() cannot be called from the event callback"));
+        if n.net.on_a_reactor_thread() {
+            return Err(Error::new(KEEL_STATUS_BUSY, "keel_net_close() cannot be called from an event callback (of any net)"));
         }
         let result = n.net.stop();
         // SAFETY: as above; the reactor thread, the only one that runs

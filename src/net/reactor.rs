@@ -21,7 +21,7 @@ use std::os::fd::RawFd;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::thread::{JoinHandle, ThreadId};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 /// Work handed from host threads to the reactor.
@@ -66,7 +66,6 @@ pub(crate) struct Shared {
     pub over_soft: AtomicUsize,
     min_soft_ms: AtomicU64,
     on_event: Option<EventFn>,
-    reactor: OnceLock<ThreadId>,
     /// Test-only (`Net::set_close_wait_hook`).
     close_wait: OnceLock<CloseWaitHook>,
 }
@@ -114,10 +113,6 @@ impl Shared {
         // live u64 (an eventfd takes exactly 8). A full counter (EAGAIN)
         // still leaves the reactor woken, so the result is not needed.
         unsafe { libc::write(self.wake_fd, &one as *const u64 as *const libc::c_void, 8) };
-    }
-
-    pub(crate) fn on_reactor_thread(&self) -> bool {
-        self.reactor.get() == Some(&std::thread::current().id())
     }
 
     /// This thread is the reactor of some net, maybe another one: it must
@@ -288,7 +283,6 @@ impl Net {
             over_soft: AtomicUsize::new(0),
             min_soft_ms: AtomicU64::new(u64::MAX),
             on_event: opts.on_event,
-            reactor: OnceLock::new(),
             close_wait: OnceLock::new(),
         });
         let io = match ring {
@@ -307,7 +301,6 @@ impl Net {
         let thread = std::thread::Builder::new()
             .name("keel-net".into())
             .spawn(move || {
-                let _ = sh.reactor.set(std::thread::current().id());
                 ON_A_REACTOR.set(true);
                 if catch_unwind(AssertUnwindSafe(|| reactor.run())).is_err() {
                     sh.broken.store(true, Ordering::Release);
@@ -345,8 +338,11 @@ impl Net {
         Ok(Publisher::new(self.shared.clone(), opts.clone()))
     }
 
-    pub(crate) fn on_reactor_thread(&self) -> bool {
-        self.shared.on_reactor_thread()
+    /// This thread is a reactor, this net's or another's: a close here
+    /// must not wait for a reactor thread to end (two callbacks closing
+    /// each other's nets would each wait for the other for good).
+    pub(crate) fn on_a_reactor_thread(&self) -> bool {
+        Shared::on_any_reactor_thread()
     }
 
     /// Test-only: `hook` is called on the closing thread each time a close
@@ -374,8 +370,8 @@ impl Net {
         let Some(thread) = self.thread.lock().take() else { return Ok(()) };
         self.shared.stopping.store(true, Ordering::SeqCst);
         self.shared.cmd(Cmd::Stop);
-        if self.on_reactor_thread() {
-            return Err(Error::new(KEEL_STATUS_BUSY, "the net handle cannot be closed from its own callback"));
+        if self.on_a_reactor_thread() {
+            return Err(Error::new(KEEL_STATUS_BUSY, "a net cannot be closed from an event callback (of any net)"));
         }
         self.shared.close_waits(CloseWait::Reactor);
         let _ = thread.join();
