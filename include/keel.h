@@ -2707,7 +2707,8 @@ keel_status_t keel_shard_multi_get_ex(const struct keel_shard_t *shard,
  * key. A reversed range (end < start) is empty. Release with keel_iter_close(). The scan reads a consistent copy of
  * the range taken now; after the shard is closed its calls return CLOSED.
  * At the shard's default level, as keel_shard_get().
- * Errors: NULL_ARGUMENT, CORRUPTION, CLOSED.
+ * Errors: NULL_ARGUMENT, CORRUPTION (a damaged segment block holding keys
+ * of the range; blocks past its end are not read), CLOSED.
  */
 keel_status_t keel_shard_scan(const struct keel_shard_t *shard,
                               const uint8_t *start,

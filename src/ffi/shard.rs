@@ -422,7 +422,8 @@ pub extern "C" fn keel_shard_multi_get_ex(
 /// key. A reversed range (end < start) is empty. Release with keel_iter_close(). The scan reads a consistent copy of
 /// the range taken now; after the shard is closed its calls return CLOSED.
 /// At the shard's default level, as keel_shard_get().
-/// Errors: NULL_ARGUMENT, CORRUPTION, CLOSED.
+/// Errors: NULL_ARGUMENT, CORRUPTION (a damaged segment block holding keys
+/// of the range; blocks past its end are not read), CLOSED.
 #[no_mangle]
 pub extern "C" fn keel_shard_scan(
     shard: *const keel_shard_t,

@@ -343,7 +343,7 @@ pub fn merge(inner: &Inner, ids: &[u64]) -> Result<()> {
         (inputs, id)
     };
     let path = inner.seg_dir.join(files::name(id, files::TABLE));
-    let merged = Merged::new(inputs.iter().map(|x| x.live_from(b"", bound)));
+    let merged = Merged::new(inputs.iter().map(|x| x.live_from(b"", None, bound)));
     let ident = inner.segs.read().ident(id);
     steps.at(Step::TableWrite(id));
     // Deletions after `bound` are carried over unsaved: the merged

@@ -343,10 +343,12 @@ impl Sealed {
     /// those deleted at a version <= `deleted_upto` (u64::MAX: every
     /// deletion counts). A deletion made while this runs has a version
     /// past anything applied before, so what a caller's bound leaves out
-    /// does not change under it.
-    pub fn live_from<'a>(&'a self, start: &'a [u8], deleted_upto: u64) -> Source<'a> {
+    /// does not change under it. A table reads no block that starts at or
+    /// past `end` (`Table::refs_range`); a frozen map may yield keys past
+    /// it, read from memory, which cannot fail.
+    pub fn live_from<'a>(&'a self, start: &'a [u8], end: Option<&'a [u8]>, deleted_upto: u64) -> Source<'a> {
         let all: Source<'a> = match &self.data {
-            Data::Table(t) => Box::new(t.refs_from(start)),
+            Data::Table(t) => Box::new(t.refs_range(start, end)),
             Data::Frozen(m) => held_from(m, start),
         };
         let deleted = move |k: &[u8]| self.deletions.lock().keys.get(k).is_some_and(|&v| v <= deleted_upto);

@@ -292,12 +292,15 @@ impl Segments {
 
     /// Every live key in [start, end) (end None = unbounded), in order.
     /// Copies the range: the caller holds the read lock only this long.
+    /// Reads no table block past the range (`Sealed::live_from`), so
+    /// damage there does not fail it; in-memory maps may yield a key past
+    /// `end`, which ends the copy.
     pub fn range(&self, start: &[u8], end: Option<&[u8]>) -> Result<Vec<(Vec<u8>, Entry)>> {
         if end.is_some_and(|e| e <= start) {
             return Ok(Vec::new()); // an empty (or reversed) range
         }
         let in_range = |k: &[u8]| end.map_or(true, |e| k < e);
-        let sealed = self.sealed.iter().map(|s| s.live_from(start, u64::MAX));
+        let sealed = self.sealed.iter().map(|s| s.live_from(start, end, u64::MAX));
         let mut out = Vec::new();
         for r in Merged::new(sealed.chain([held_from(&self.appendable.map, start)])) {
             let (k, e) = r?;
@@ -352,7 +355,7 @@ mod tests {
         }
         assert_eq!(segs.get(b"held-00008").unwrap().map(|e| e.version), Some(1));
         // What a merge or a snapshot reads: every table key but the moved one.
-        let live: Vec<Vec<u8>> = sealed.live_from(b"", u64::MAX).map(|r| r.unwrap().0.to_vec()).collect();
+        let live: Vec<Vec<u8>> = sealed.live_from(b"", None, u64::MAX).map(|r| r.unwrap().0.to_vec()).collect();
         assert_eq!(live.len(), held.len() - 1);
         assert!(!live.iter().any(|k| k == b"held-00007"));
         // A delete of a key held in the table, and of one the appendable

@@ -469,26 +469,31 @@ impl Table {
         Ok(None)
     }
 
-    /// Every entry with key >= `start`, in key order.
-    /// The entries from the first key at or above `start`, in key order,
-    /// read in place from the mapped file (nothing copied, one block
-    /// decoded at a time). Ends after the first error.
-    pub fn refs_from<'a>(&'a self, start: &'a [u8]) -> impl Iterator<Item = Result<(&'a [u8], EntryRef<'a>)>> + 'a {
+    /// The entries from the first key at or above `start` to the last
+    /// below `end` (None: to the table's last), in key order, read in
+    /// place from the mapped file (nothing copied, one block decoded at a
+    /// time). A block whose first key (in the sparse index) is at or past
+    /// `end` is never read: a merge peeks at each source's next entry, and
+    /// a damaged block past a range must not fail a read of the range.
+    /// Ends after the first error.
+    pub fn refs_range<'a>(&'a self, start: &'a [u8], end: Option<&'a [u8]>) -> impl Iterator<Item = Result<(&'a [u8], EntryRef<'a>)>> + 'a {
         let mut next_block = self.block_for(start).unwrap_or(0);
         let mut entries: &'a [u8] = &[];
-        let mut failed = false;
+        let mut done = false;
+        let past_end = move |k: &[u8]| end.is_some_and(|e| k >= e);
         std::iter::from_fn(move || loop {
-            if failed {
+            if done {
                 return None;
             }
             if entries.is_empty() {
-                if next_block >= self.index.len() {
+                if next_block >= self.index.len() || past_end(self.index.first_key(next_block)) {
+                    done = true;
                     return None;
                 }
                 match self.block(next_block) {
                     Ok((e, _)) => entries = e,
                     Err(e) => {
-                        failed = true;
+                        done = true;
                         return Some(Err(e));
                     }
                 }
@@ -501,9 +506,13 @@ impl Table {
             entries = c.bytes;
             match r {
                 Ok((k, _)) if k < start => {}
+                Ok((k, _)) if past_end(k) => {
+                    done = true;
+                    return None;
+                }
                 Ok(found) => return Some(Ok(found)),
                 Err(e) => {
-                    failed = true;
+                    done = true;
                     return Some(Err(e));
                 }
             }
@@ -712,7 +721,7 @@ mod tests {
                 assert!(e.message.contains(why) && e.message.contains(&*self.path.to_string_lossy()), "{e}");
             }
             let t = Table::open(&self.fs, &self.path).unwrap();
-            let e = t.refs_from(b"").find_map(|r| r.err()).expect("the iteration fails");
+            let e = t.refs_range(b"", None).find_map(|r| r.err()).expect("the iteration fails");
             assert!(e.message.contains(why), "{e}");
         }
 
@@ -809,7 +818,7 @@ mod tests {
         }
         assert_eq!(t.get(&Probe::new(b"key-")).unwrap(), None);
         assert_eq!(t.get(&Probe::new(b"zzz")).unwrap(), None);
-        let from: Vec<_> = t.refs_from(b"key-002500").map(|r| r.and_then(|(k, e)| Ok((k.to_vec(), e.to_entry()?))).unwrap()).collect();
+        let from: Vec<_> = t.refs_range(b"key-002500", None).map(|r| r.and_then(|(k, e)| Ok((k.to_vec(), e.to_entry()?))).unwrap()).collect();
         assert_eq!(from, all[2500..].to_vec());
         drop(t);
         // A flipped byte in a block is caught on read; in the footer, at open.

@@ -72,7 +72,7 @@ impl Snapshot {
             s
         });
         let start = start.as_deref().unwrap_or(&[]);
-        let sealed = self.sealed.iter().map(|s| s.live_from(start, self.version));
+        let sealed = self.sealed.iter().map(|s| s.live_from(start, None, self.version));
         let (mut count, mut bytes, mut last) = (0, 0, None);
         for r in Merged::new(sealed.chain([held_from(&self.appendable, start)])) {
             let (k, e) = r?;
