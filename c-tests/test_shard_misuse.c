@@ -6,8 +6,9 @@
  * - bad options (durability out of range, struct_size too small, values
  *   out of range) → INVALID_ARGUMENT;
  * - a key of KEEL_SHARD_MAX_KEY_SIZE + 1 bytes → INVALID_ARGUMENT in every
- *   call taking a key (KEEL_SHARD_MAX_KEY_SIZE itself works); a value
- *   larger than a WAL record → INVALID_ARGUMENT, nothing written;
+ *   call taking a key or a scan bound (KEEL_SHARD_MAX_KEY_SIZE itself
+ *   works); a value larger than a WAL record → INVALID_ARGUMENT, nothing
+ *   written;
  * - a handle of the wrong type → INVALID_ARGUMENT;
  * - a scan after its shard closed, and a shard after its engine closed
  *   → CLOSED (and the handles are still freed with OK);
@@ -232,6 +233,14 @@ static void nulls(keel_engine_t *engine, keel_shard_t *s) {
   CHECK(off == 5 && len == 1 && item == list + 4);
 }
 
+/* A scan that must fail with INVALID_ARGUMENT, its message naming `what`. */
+static void refused_bound(keel_status_t got, keel_error_t **err, const char *what) {
+  CHECK(got == KEEL_STATUS_INVALID_ARGUMENT);
+  CHECK(*err != NULL && strstr(keel_error_message(*err), what) != NULL);
+  keel_error_free(*err);
+  *err = NULL;
+}
+
 /* Every call that takes a key refuses KEEL_SHARD_MAX_KEY_SIZE + 1 bytes. */
 static void long_keys(const keel_shard_t *s) {
   KT_ERR;
@@ -275,10 +284,28 @@ static void long_keys(const keel_shard_t *s) {
   CHECK_STATUS(KEEL_STATUS_INVALID_ARGUMENT, keel_shard_write_packed(s, packed, sizeof packed, NULL, NULL, &err));
   CHECK_EQ_U64(kt_last_version(s), before);
 
-  /* The longest key is fine everywhere. */
+  /* So are a scan's bounds and prefix (a reversed range too), each named;
+   * *out stays untouched. */
+  keel_iter_t *it = NULL;
+  refused_bound(keel_shard_scan(s, key, over, NULL, 0, &it, &err), &err, "scan start bound");
+  refused_bound(keel_shard_scan(s, KT_S(""), key, over, &it, &err), &err, "scan end bound");
+  refused_bound(keel_shard_scan(s, key, over, KT_S("a"), &it, &err), &err, "scan start bound");
+  refused_bound(keel_shard_scan_prefix(s, key, over, &it, &err), &err, "scan prefix");
+  CHECK(it == NULL);
+
+  /* The longest key is fine everywhere, as a scan's bound too. */
   CHECK_OK(keel_shard_put(s, key, max, KT_S("longest"), &u, &err));
   CHECK_OK(keel_shard_append(s, key + 1, max - 1, KT_S("item"), NULL, &err));
   KT_EXPECT_GET(s, key, max, KEEL_KIND_VALUE, "longest", 7);
+  CHECK_OK(keel_shard_scan(s, key, max, NULL, 0, &it, &err));
+  const uint8_t *k = NULL, *v = NULL;
+  size_t klen = 0, vlen = 0;
+  CHECK_OK(keel_iter_next(it, &k, &klen, &v, &vlen, NULL, NULL, &err));
+  CHECK(klen == max && vlen == 7 && memcmp(v, "longest", 7) == 0);
+  keel_iter_close(it);
+  it = NULL;
+  CHECK_OK(keel_shard_scan_prefix(s, key, max, &it, &err));
+  keel_iter_close(it);
   CHECK_OK(keel_shard_delete(s, key, max, NULL, &err));
   KT_EXPECT_ABSENT(s, key, max);
 }

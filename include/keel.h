@@ -2707,8 +2707,11 @@ keel_status_t keel_shard_multi_get_ex(const struct keel_shard_t *shard,
  * key. A reversed range (end < start) is empty. Release with keel_iter_close(). The scan reads a consistent copy of
  * the range taken now; after the shard is closed its calls return CLOSED.
  * At the shard's default level, as keel_shard_get().
- * Errors: NULL_ARGUMENT, CORRUPTION (a damaged segment block holding keys
- * of the range; blocks past its end are not read), CLOSED.
+ * Errors: NULL_ARGUMENT, INVALID_ARGUMENT (start or end longer than
+ * KEEL_SHARD_MAX_KEY_SIZE, as keel_shard_get() refuses such a key: no key
+ * is longer, so no range needs such a bound), CORRUPTION (a damaged
+ * segment block holding keys of the range; blocks past its end are not
+ * read), CLOSED.
  */
 keel_status_t keel_shard_scan(const struct keel_shard_t *shard,
                               const uint8_t *start,
@@ -2733,7 +2736,8 @@ keel_status_t keel_shard_scan_ex(const struct keel_shard_t *shard,
 
 /**
  * Opens a scan over every key that starts with `prefix` (all keys when
- * prefix_len is 0). As keel_shard_scan().
+ * prefix_len is 0). As keel_shard_scan(); a prefix longer than
+ * KEEL_SHARD_MAX_KEY_SIZE is INVALID_ARGUMENT.
  */
 keel_status_t keel_shard_scan_prefix(const struct keel_shard_t *shard,
                                      const uint8_t *prefix,

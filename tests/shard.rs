@@ -185,6 +185,33 @@ fn misuse_is_reported() {
     assert_eq!(Shard::open(dir.path(), bad).err().unwrap().status, KEEL_STATUS_INVALID_ARGUMENT);
 }
 
+/// A scan's bounds are held to the key limit, as `get` holds its key:
+/// each one too long is INVALID_ARGUMENT naming it (a reversed range
+/// too), and bounds of the longest key's length work.
+#[test]
+fn a_scan_bound_longer_than_any_key_is_refused_by_name() {
+    let dir = TempDir::new("shard-scan-bounds");
+    let s = Shard::open(dir.path(), small()).unwrap();
+    let longest = vec![b'k'; MAX_KEY_SIZE];
+    let over = vec![b'k'; MAX_KEY_SIZE + 1];
+    s.put(b"a", b"1").unwrap();
+    s.put(&longest, b"2").unwrap();
+    for (r, what) in [
+        (s.scan(&over, None), "scan start bound"),
+        (s.scan(b"", Some(&over)), "scan end bound"),
+        (s.scan(&over, Some(b"a")), "scan start bound"),
+        (s.scan_prefix(&over), "scan prefix"),
+    ] {
+        let e = r.err().unwrap_or_else(|| panic!("a {what} of {} bytes was taken", over.len()));
+        assert_eq!(e.status, KEEL_STATUS_INVALID_ARGUMENT, "{e}");
+        assert!(e.message.contains(what) && e.message.contains(&format!("{}", MAX_KEY_SIZE + 1)), "{e}");
+    }
+    let keys = |r: keel::Result<keel::shard::Scan>| r.unwrap().map(|x| x.unwrap().0).collect::<Vec<_>>();
+    assert_eq!(keys(s.scan(&longest, None)), [&longest[..]]);
+    assert_eq!(keys(s.scan(b"", Some(&longest))), [b"a".to_vec()]);
+    assert_eq!(keys(s.scan_prefix(&longest)), [&longest[..]]);
+    s.close().unwrap();
+}
 
 fn random_op(rng: &mut Rng, model: &Model, n: u64) -> Op {
     let k = rng.below(48);

@@ -1546,7 +1546,8 @@ class Shard : public detail::Handle<keel_shard_t, detail::close_shard> {
   }
 
   /// Keys in [start, end) in key (byte) order; no `end` means no upper
-  /// bound, an empty `start` the first key.
+  /// bound, an empty `start` the first key. A bound longer than
+  /// max_key_size is Status::InvalidArgument, as a key is to get().
   Result<Iterator> scan(ByteView start = ByteView(), std::optional<ByteView> end = std::nullopt,
                         const ReadOptions& opts = ReadOptions()) const {
     if (!ptr_) return detail::empty_handle("keel::Shard");
@@ -1569,7 +1570,8 @@ class Shard : public detail::Handle<keel_shard_t, detail::close_shard> {
     return Iterator(it);
   }
 
-  /// Every key starting with `prefix` (every key when it is empty).
+  /// Every key starting with `prefix` (every key when it is empty); a
+  /// prefix longer than max_key_size is Status::InvalidArgument.
   Result<Iterator> scan_prefix(ByteView prefix, const ReadOptions& opts = ReadOptions()) const {
     if (!ptr_) return detail::empty_handle("keel::Shard");
     if (auto ok = detail::check_views({prefix}); !ok) return ok.err();

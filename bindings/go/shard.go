@@ -343,7 +343,9 @@ func (s *Shard) multiGet(keys [][]byte, o *C.keel_read_options_t) ([]*Value, err
 // Scan returns an Iterator over the keys in [start, end), in key order. An
 // empty start is the first key; an empty (or nil) end means no upper
 // bound. The iterator reads a consistent copy of the range taken now
-// (memory proportional to the range). At the shard's default level, as Get.
+// (memory proportional to the range). A bound longer than MaxKeySize fails
+// with ErrInvalidArgument, as such a key does in Get. At the shard's
+// default level, as Get.
 func (s *Shard) Scan(start, end []byte) (*Iterator, error) { return s.ScanWith(start, end, nil) }
 
 // ScanWith is Scan at the consistency of opts (checked once, when the
@@ -373,7 +375,8 @@ func (s *Shard) scan(start, end []byte, o *C.keel_read_options_t) (*Iterator, er
 }
 
 // ScanPrefix returns an Iterator over every key that starts with prefix
-// (all keys for an empty prefix), in key order; as Scan.
+// (all keys for an empty prefix), in key order; as Scan (a prefix longer
+// than MaxKeySize fails with ErrInvalidArgument).
 func (s *Shard) ScanPrefix(prefix []byte) (*Iterator, error) { return s.ScanPrefixWith(prefix, nil) }
 
 // ScanPrefixWith is ScanPrefix at the consistency of opts, as ScanWith.

@@ -770,6 +770,12 @@ func TestShardMisuse(t *testing.T) {
 	wantCode(t, "Delete with a huge key", err, ErrInvalidArgument)
 	_, err = s.Get(huge)
 	wantCode(t, "Get with a huge key", err, ErrInvalidArgument)
+	_, err = s.Scan(huge, nil)
+	wantCode(t, "Scan from a huge start", err, ErrInvalidArgument)
+	_, err = s.Scan(nil, huge)
+	wantCode(t, "Scan to a huge end", err, ErrInvalidArgument)
+	_, err = s.ScanPrefix(huge)
+	wantCode(t, "ScanPrefix with a huge prefix", err, ErrInvalidArgument)
 	if v := lastVersion(t, s); v != 2 {
 		t.Fatalf("refused writes used versions: LastVersion %d", v)
 	}

@@ -422,8 +422,11 @@ pub extern "C" fn keel_shard_multi_get_ex(
 /// key. A reversed range (end < start) is empty. Release with keel_iter_close(). The scan reads a consistent copy of
 /// the range taken now; after the shard is closed its calls return CLOSED.
 /// At the shard's default level, as keel_shard_get().
-/// Errors: NULL_ARGUMENT, CORRUPTION (a damaged segment block holding keys
-/// of the range; blocks past its end are not read), CLOSED.
+/// Errors: NULL_ARGUMENT, INVALID_ARGUMENT (start or end longer than
+/// KEEL_SHARD_MAX_KEY_SIZE, as keel_shard_get() refuses such a key: no key
+/// is longer, so no range needs such a bound), CORRUPTION (a damaged
+/// segment block holding keys of the range; blocks past its end are not
+/// read), CLOSED.
 #[no_mangle]
 pub extern "C" fn keel_shard_scan(
     shard: *const keel_shard_t,
@@ -462,7 +465,8 @@ pub extern "C" fn keel_shard_scan_ex(
 }
 
 /// Opens a scan over every key that starts with `prefix` (all keys when
-/// prefix_len is 0). As keel_shard_scan().
+/// prefix_len is 0). As keel_shard_scan(); a prefix longer than
+/// KEEL_SHARD_MAX_KEY_SIZE is INVALID_ARGUMENT.
 #[no_mangle]
 pub extern "C" fn keel_shard_scan_prefix(
     shard: *const keel_shard_t,

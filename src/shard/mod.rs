@@ -1131,13 +1131,22 @@ impl Shard {
     }
 
     /// Keys in [start, end) (end None: to the last key), from one
-    /// consistent state copied when the scan is created.
+    /// consistent state copied when the scan is created. A bound longer
+    /// than MAX_KEY_SIZE is INVALID_ARGUMENT naming it, as a key is to
+    /// `get` (docs/STORAGE.md, "Scans").
     pub fn scan(&self, start: &[u8], end: Option<&[u8]>) -> Result<Scan> {
+        op::check_key_named("scan start bound", start)?;
+        if let Some(end) = end {
+            op::check_key_named("scan end bound", end)?;
+        }
         let items = self.read(|s| s.range(start, end))?;
         Ok(Scan { items: items.into_iter(), closed: self.inner.closed.clone() })
     }
 
+    /// Keys that start with `prefix`; one longer than MAX_KEY_SIZE is
+    /// INVALID_ARGUMENT, as in `scan`.
     pub fn scan_prefix(&self, prefix: &[u8]) -> Result<Scan> {
+        op::check_key_named("scan prefix", prefix)?;
         let end = prefix_end(prefix);
         self.scan(prefix, end.as_deref())
     }

@@ -231,8 +231,15 @@ pub(super) fn check_append(key: &[u8], list: usize, item: usize, limit: usize) -
 }
 
 pub fn check_key(key: &[u8]) -> Result<()> {
+    check_key_named("key", key)
+}
+
+/// `check_key` for bytes that stand for a key, the error naming them (a
+/// scan's bound or prefix: no key is longer, so no range needs a longer
+/// one).
+pub(super) fn check_key_named(what: &str, key: &[u8]) -> Result<()> {
     if key.len() > MAX_KEY_SIZE {
-        return Err(Error::invalid(format!("key of {} bytes exceeds the limit of {MAX_KEY_SIZE}", key.len())));
+        return Err(Error::invalid(format!("{what} of {} bytes exceeds the limit of {MAX_KEY_SIZE}", key.len())));
     }
     Ok(())
 }

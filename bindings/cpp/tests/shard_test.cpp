@@ -921,9 +921,15 @@ TEST(ShardMisuse, KeysLongerThanTheLimitAreInvalidArgument) {
   expect_error(s.del(over), Status::InvalidArgument);
   expect_error(s.append(over, "i"), Status::InvalidArgument);
   expect_error(s.get(over), Status::InvalidArgument);
+  // A scan's bounds and prefix are held to the same limit.
+  expect_error(s.scan(over), Status::InvalidArgument);
+  expect_error(s.scan("", over), Status::InvalidArgument);
+  expect_error(s.scan_prefix(over), Status::InvalidArgument);
   EXPECT_EQ(last_version(s), 0u);
   KEEL_ASSERT_OK(s.put(longest, "fine"));
   expect_value(s, longest, "fine");
+  EXPECT_EQ(keys_of(s.scan(longest)), std::vector<std::string>{longest});
+  EXPECT_EQ(keys_of(s.scan_prefix(longest)), std::vector<std::string>{longest});
   // A value larger than one WAL record (64 KiB segments): nothing written.
   expect_error(s.put("big", std::string(64 * 1024, 'v')), Status::InvalidArgument);
   expect_absent(s, "big");
