@@ -930,8 +930,10 @@ fn a_salvage_gives_no_copy_of_a_dropped_shard_to_the_next_shard_of_its_id() {
 
 /// The note of what a drop's checkpoint covered names sequence numbers of
 /// the commit log it was taken in: a commit log made anew (its folder
-/// gone after a clean close) numbers from 1 again, and its copies of
-/// acknowledged writes still go back.
+/// gone after a clean close, which only a salvage open takes) numbers
+/// from 1 again, and its copies of acknowledged writes still go back.
+/// The engine is one an older keel left, without the commit log's
+/// marker: the note alone says the folder is lost.
 #[test]
 fn a_commit_log_made_anew_is_not_held_to_the_last_ones_note() {
     let fs = FaultFs::new(1);
@@ -947,8 +949,11 @@ fn a_commit_log_made_anew_is_not_held_to_the_last_ones_note() {
     engine.close().unwrap();
     drop(engine);
     assert!(fs.exists(&Path::new(ENGINE).join("commit-log.covered")).unwrap());
+    fs.remove(&Path::new(ENGINE).join("commit-log.made")).unwrap();
     fs.remove_dir_all(&Path::new(ENGINE).join("commit-log")).unwrap();
-    let engine = engine_on(&fs).unwrap();
+    let strict = engine_on(&fs).err().expect("the note says the engine had a commit log");
+    assert!(strict.status == keel::status::KEEL_STATUS_CORRUPTION && strict.message.contains("commit-log.covered"), "{strict}");
+    let engine = engine_with(&fs, Options { salvage: true, ..options(Steps::default()) }).unwrap();
     let s = engine.open_shard(1, false).unwrap();
     s.flush(true).unwrap();
     for i in 0..5 {
@@ -1047,4 +1052,101 @@ fn the_commit_logs_restore_does_not_make_a_lost_shard_wal_again() {
         assert!(lost.message.contains("WAL was lost"), "copies {copies}: {lost}");
         assert!(!fs.exists(&wal).unwrap(), "copies {copies}: the lost WAL was made again");
     }
+}
+
+/// The commit log's folder lost after a SIGKILL (deleted, or left behind
+/// by an operator copying the engine's directory): the writes only its
+/// copies held went with it. The next open made a new, empty commit log
+/// silently: the writes were gone, no salvage report said so, and the
+/// shards handed their versions out again. Now a normal open fails with
+/// CORRUPTION naming the folder, and a salvage open makes it anew, says
+/// in every listed shard's salvage report what was lost and skips the
+/// versions, as a salvage of a damaged commit log does.
+#[test]
+fn a_lost_commit_log_folder_fails_the_open_and_a_salvage_reports_it() {
+    let fs = FaultFs::new(1);
+    let engine = engine_on(&fs).unwrap();
+    let shards: Vec<Shard> = (0..2).map(|id| engine.open_shard(id, true).unwrap()).collect();
+    for s in &shards {
+        s.flush(true).unwrap();
+    }
+    let mut acked = [0u64; 2];
+    for i in 0..10 {
+        acked[i % 2] = shards[i % 2].put(format!("k{i}").as_bytes(), b"v").unwrap();
+    }
+    // SIGKILL: the shard WALs' held frames die with the process; their
+    // writes are in the commit log only.
+    fs.halt();
+    drop(shards);
+    drop(engine);
+    fs.resume();
+    fs.remove_dir_all(&Path::new(ENGINE).join("commit-log")).unwrap();
+
+    let strict = match engine_on(&fs) {
+        Err(e) => e,
+        Ok(engine) => {
+            // What the silent open gave up, for the failure message.
+            let s = engine.open_shard(0, false).unwrap();
+            let missing: Vec<usize> = (0..10).step_by(2).filter(|i| value(&s, &format!("k{i}")).is_none()).collect();
+            let report = s.recovery_report().to_string();
+            let next = s.put(b"next", b"x").unwrap();
+            panic!("the open made a new commit log silently: shard 0 lost acknowledged writes {missing:?}, its report says {report:?}, and its next version {next} was handed out before (acknowledged up to {})", acked[0]);
+        }
+    };
+    assert_eq!(strict.status, keel::status::KEEL_STATUS_CORRUPTION, "{strict}");
+    assert!(strict.message.contains("commit-log") && strict.message.contains("salvage"), "the error names the folder and says how to open anyway: {strict}");
+
+    let salvage = Options { salvage: true, ..options(Steps::default()) };
+    let engine = engine_with(&fs, salvage).unwrap_or_else(|e| panic!("the salvage open failed: {e}"));
+    let mut versions = Vec::new();
+    for id in 0..2 {
+        let s = engine.open_shard(id, false).unwrap();
+        let report = s.recovery_report().to_string();
+        assert!(report.contains("commit log") && report.contains("missing"), "shard {id}: the salvage report names the commit log's loss: {report:?}");
+        let after = s.put(b"after", b"x").unwrap();
+        assert!(after > acked[id as usize], "shard {id}: version {after} after the salvage, {} acknowledged before", acked[id as usize]);
+        versions.push(after);
+        s.close().unwrap();
+    }
+    assert!(!fs.exists(&Path::new(ENGINE).join("commit-log.skip")).unwrap(), "every shard skipped: the count is removed");
+    engine.close().unwrap();
+    drop(engine);
+
+    // Whole again: a normal open, reports empty, versions go on.
+    let engine = engine_on(&fs).unwrap_or_else(|e| panic!("the reopen after the salvage failed: {e}"));
+    for id in 0..2 {
+        let s = engine.open_shard(id, false).unwrap();
+        assert!(s.recovery_report().is_empty(), "shard {id}: {}", s.recovery_report());
+        assert_eq!(s.put(b"again", b"x").unwrap(), versions[id as usize] + 1, "shard {id}");
+        s.close().unwrap();
+    }
+    engine.close().unwrap();
+}
+
+/// An engine that never needed a commit log has neither it nor its
+/// marker, and opens as before, in `sync` durability too, which makes
+/// both. One an older keel left has the folder without the marker: it
+/// opens and is given one, so a folder lost later is told apart from a
+/// log never made.
+#[test]
+fn engines_without_the_commit_logs_marker_open_and_are_given_one() {
+    let fs = FaultFs::new(1);
+    let (log, marker) = (Path::new(ENGINE).join("commit-log"), Path::new(ENGINE).join("commit-log.made"));
+    let session = |opts: Options| {
+        let engine = engine_with(&fs, opts).unwrap_or_else(|e| panic!("the engine did not open: {e}"));
+        let s = engine.open_shard(1, true).unwrap();
+        s.put(b"k", b"v").unwrap();
+        s.close().unwrap();
+        engine.close().unwrap();
+    };
+    session(Options { durability: Durability::None, ..options(Steps::default()) });
+    assert!(!fs.exists(&log).unwrap() && !fs.exists(&marker).unwrap(), "no commit log in `none` durability");
+    session(options(Steps::default()));
+    assert!(fs.exists(&log).unwrap() && fs.exists(&marker).unwrap(), "the first `sync` open makes the log and its marker");
+    fs.remove(&marker).unwrap();
+    session(options(Steps::default()));
+    assert!(fs.exists(&marker).unwrap(), "an older keel's engine is given the marker");
+    fs.remove_dir_all(&log).unwrap();
+    let strict = engine_on(&fs).err().expect("the marker says the engine had a commit log");
+    assert!(strict.status == keel::status::KEEL_STATUS_CORRUPTION && strict.message.contains("commit-log.made"), "{strict}");
 }

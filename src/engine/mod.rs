@@ -13,6 +13,8 @@
 //!                             to their shards' WALs at open
 //! <dir>/commit-log.covered    what the checkpoint of the last drop (or of
 //!                             an open without the commit log) covered
+//! <dir>/commit-log.made       the engine has had a commit log: its folder
+//!                             missing is CORRUPTION, not a log never made
 //! ```
 //!
 //! The shard list is the truth about which shards exist: a listed shard
@@ -24,8 +26,9 @@
 //! removing it; engine open finishes either after a crash.
 //!
 //! A salvage open (`shard::Options::salvage`) also opens a damaged commit
-//! log: what it lost goes into the salvage report of every shard listed
-//! then, each time the engine opens one (`State::lost_copies`).
+//! log, or makes anew one whose folder was lost: what it lost goes into
+//! the salvage report of every shard listed then, each time the engine
+//! opens one (`State::lost_copies`).
 
 mod incoming;
 mod list;
@@ -67,6 +70,16 @@ const SKIP_FILE: &str = "commit-log.skip";
 /// give the dropped shard's copies, which stay in the log's active
 /// segment, to a shard created later under its id.
 const COVERED_FILE: &str = "commit-log.covered";
+/// Marks that the engine has a commit log: written once its folder is
+/// durable, before any write is acknowledged through it, so that a folder
+/// lost later is told apart from a log never made (`open_commit_log`).
+const MADE_FILE: &str = "commit-log.made";
+/// Versions every listed shard skips after a salvage open that found the
+/// commit log's folder lost: how many its copies held cannot be told
+/// without it. More than copies between two checkpoints hold at the
+/// largest `max_unflushed_wal_bytes` (1 TiB, each version at least 4
+/// bytes of a copy: 2^38), and 2^24 such losses still fit in a version.
+const LOST_LOG_SKIP: u64 = 1 << 40;
 /// `State::slots` is swept of closed shards when it reaches at least this.
 const SWEEP_MIN: usize = 64;
 
@@ -277,23 +290,38 @@ impl Engine {
 
     /// Opens the commit log (in `sync` durability, when enabled) and gives
     /// each listed shard the frames its WAL lost (`shard::commit`), before
-    /// any shard opens. A salvage open that finds it damaged notes what it
-    /// lost for the listed shards' reports (`State::lost_copies`).
+    /// any shard opens. CORRUPTION when its folder is missing but the
+    /// engine had one. A salvage open that finds it damaged, or its folder
+    /// lost, notes what it lost for the listed shards' reports
+    /// (`State::lost_copies`).
     fn open_commit_log(&self) -> Result<Option<Arc<CommitLog>>> {
         let log_dir = self.dir.join(COMMIT_LOG);
         let wanted = self.opts.durability == Durability::Sync && self.opts.commit_log;
         let found = self.exists(&log_dir)?;
+        // A log that existed and is gone (deleted, or left behind when the
+        // directory was copied) took the copies it held with it, and one
+        // made anew numbers from 1 again: never done silently. Its marker
+        // says it existed, or a note only a log's owner writes (an older
+        // keel wrote no marker).
+        let mut witness = None;
+        for name in [MADE_FILE, COVERED_FILE, SKIP_FILE].into_iter().filter(|_| !found) {
+            if self.exists(&self.dir.join(name))? {
+                witness = Some(name);
+                break;
+            }
+        }
         // Copies written before the log was turned off still go back.
-        if !wanted && !found {
+        if !wanted && !found && witness.is_none() {
             return Ok(None);
         }
-        // The note is of the log found: one made anew numbers from 1 again.
+        if let Some(name) = witness.filter(|_| !self.opts.salvage) {
+            return Err(Error::corruption(format!(
+                "{}: missing, but {name} says the engine had a commit log: the copies of acknowledged writes it held are lost, and a new one would hand out its sequence numbers again; open the engine with salvage to make it anew (every shard's salvage report then says what may be lost, and its versions skip past it)",
+                log_dir.display()
+            )));
+        }
         let covered_path = self.dir.join(COVERED_FILE);
         let mut floor = self.read_note(&covered_path)?.map(|(n, _)| n);
-        if !found && floor.take().is_some() {
-            self.fs.remove(&covered_path).map_err(|e| Error::io(format!("removing {}", covered_path.display()), e))?;
-            self.sync_dir(&self.dir)?;
-        }
         let fs = self.host.files.wrap(match self.injected_fs {
             true => self.fs.clone(),
             false => crate::wal::std_fs(Durability::Sync),
@@ -318,22 +346,42 @@ impl Engine {
             let text = lost.map_or(n.to_string(), |l| format!("{n}\n{l}"));
             crate::fs::replace(&*self.fs, &skip_path, text.as_bytes())
         };
-        let bound = match self.opts.salvage && found {
-            true => Some(crate::wal::commit_log::versions_bound(&*fs, &log_dir)?.max(pending.unwrap_or(0))),
-            false => None,
+        // A lost folder loses every copy, which is known before the open.
+        let gone = witness.map(|name| format!("every copy it held: {} was missing, though {name} says the engine had it, and was made anew", log_dir.display()));
+        let bound = match (self.opts.salvage, found) {
+            (true, true) => Some(crate::wal::commit_log::versions_bound(&*fs, &log_dir)?),
+            (true, false) => gone.as_ref().map(|_| LOST_LOG_SKIP),
+            (false, _) => None,
         };
+        let bound = bound.map(|b| b.max(pending.unwrap_or(0)));
         if let Some(b) = bound.filter(|&b| Some(b) != pending) {
-            note(b, noted.as_deref())?;
+            note(b, gone.as_deref().or(noted.as_deref()))?;
+        }
+        // The note is of the log found: one made anew numbers from 1 again.
+        // Removed once the count above is down, which stands for it as
+        // the witness of a lost folder until every shard skipped.
+        if !found && floor.take().is_some() {
+            self.fs.remove(&covered_path).map_err(|e| Error::io(format!("removing {}", covered_path.display()), e))?;
+            self.sync_dir(&self.dir)?;
         }
         let log = CommitLog::open(&log_dir, fs, &self.host.wal, self.opts.wal_segment_size, prepare_ahead, checkpoint_bytes, self.opts.salvage)?;
-        let skip = match log.lost() {
+        // Once the folder is durable, before any copy is committed to it:
+        // the marker never claims a log that was not made, and every log
+        // a write was acknowledged through has one.
+        let made = self.dir.join(MADE_FILE);
+        if !self.exists(&made)? {
+            self.sync_dir(&self.dir)?;
+            crate::fs::replace(&*self.fs, &made, b"")?;
+        }
+        let lost = log.lost().or(gone.as_deref());
+        let skip = match lost {
             Some(_) => bound.or(pending).unwrap_or(0),
             None => pending.unwrap_or(0),
         };
         if let Some(lost) = log.lost() {
             note(skip, Some(lost))?;
         }
-        if let Some(lost) = log.lost().or(noted.as_deref()) {
+        if let Some(lost) = lost.or(noted.as_deref()) {
             let line = format!(
                 "the engine's commit log was damaged and opened by salvage: it lost {lost}. A write to this shard acknowledged before the engine stopped is missing if it was among those copies and the shard's own WAL lost it too (its unsynced tail, to a power loss or a killed process); the shard's versions skip {skip} numbers past its WAL's end, so that no version of such a write is handed out again"
             );
