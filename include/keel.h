@@ -949,10 +949,10 @@ typedef struct keel_engine_options_t {
    * commit log (sync durability), which a normal open refuses with
    * CORRUPTION: the copies before the damage are restored, and the
    * salvage report of every shard listed then says which copies were
-   * lost. The same for a commit log whose folder is missing though the
-   * engine had one (`commit-log.made` says so): it is made anew, and
-   * every listed shard's report says its copies were all lost. 0 or 1
-   * (version 2).
+   * lost. The same for a commit log whose folder is missing or empty
+   * though the engine had one (`commit-log.made` says so): it is made
+   * anew, and every listed shard's report says its copies were all
+   * lost. 0 or 1 (version 2).
    */
   uint32_t salvage;
   /**
@@ -2248,7 +2248,7 @@ keel_status_t keel_engine_options_init_sized(struct keel_engine_options_t *opts,
  * `dir` is a keel WAL directory), BUSY (another engine has the directory
  * open), CORRUPTION (the shard list is lost or its last record damaged
  * while shard directories hold files, or the commit log is damaged, or
- * its folder missing though the engine had one: see
+ * its folder missing or empty though the engine had one: see
  * keel_engine_options_t.salvage), IO, NO_SPACE, RESOURCE (out of
  * descriptors, memory or threads: nothing is left open; retry once freed).
  */

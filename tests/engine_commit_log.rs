@@ -1064,6 +1064,24 @@ fn the_commit_logs_restore_does_not_make_a_lost_shard_wal_again() {
 /// versions, as a salvage of a damaged commit log does.
 #[test]
 fn a_lost_commit_log_folder_fails_the_open_and_a_salvage_reports_it() {
+    lose_the_commit_log(|fs| fs.remove_dir_all(&Path::new(ENGINE).join("commit-log")).unwrap());
+}
+
+/// The same with the folder left but emptied (its files deleted): the
+/// open took it for a log never made, and made one in it silently.
+#[test]
+fn an_emptied_commit_log_folder_is_lost_too() {
+    lose_the_commit_log(|fs| {
+        let dir = Path::new(ENGINE).join("commit-log");
+        for name in fs.list(&dir).unwrap() {
+            fs.remove(&dir.join(name)).unwrap();
+        }
+    });
+}
+
+/// Writes acknowledged through the commit log only, then `lose` takes
+/// the log; see `a_lost_commit_log_folder_fails_the_open_and_a_salvage_reports_it`.
+fn lose_the_commit_log(lose: impl Fn(&FaultFs)) {
     let fs = FaultFs::new(1);
     let engine = engine_on(&fs).unwrap();
     let shards: Vec<Shard> = (0..2).map(|id| engine.open_shard(id, true).unwrap()).collect();
@@ -1080,7 +1098,7 @@ fn a_lost_commit_log_folder_fails_the_open_and_a_salvage_reports_it() {
     drop(shards);
     drop(engine);
     fs.resume();
-    fs.remove_dir_all(&Path::new(ENGINE).join("commit-log")).unwrap();
+    lose(&fs);
 
     let strict = match engine_on(&fs) {
         Err(e) => e,

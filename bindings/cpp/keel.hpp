@@ -816,8 +816,8 @@ class EngineOptions {
   /// list lacks, and opens a damaged commit log (the copies from the
   /// damage on are lost, every listed shard's report says so, and its
   /// versions skip past what they could have held), or makes anew one
-  /// whose folder is missing though the engine had one (all its copies
-  /// lost, reported the same way).
+  /// whose folder is missing or empty though the engine had one (all its
+  /// copies lost, reported the same way).
   EngineOptions& salvage(bool on) noexcept { raw_.salvage = on ? 1 : 0; return *this; }
   /// Worker threads of the engine's flush pool, shared by all its shards
   /// (1 to 256); 0, the default, lets the library pick (twice the cores,

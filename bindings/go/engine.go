@@ -55,8 +55,8 @@ type EngineOptions struct {
 	// opens a damaged commit log (the copies from the damage on are
 	// lost, every listed shard's report says so, and its versions skip
 	// past what they could have held), or makes anew one whose folder is
-	// missing though the engine had one (all its copies lost, reported
-	// the same way). Never the default.
+	// missing or empty though the engine had one (all its copies lost,
+	// reported the same way). Never the default.
 	Salvage bool
 	// FlushThreads is the number of worker threads of the engine's flush
 	// pool, which runs the background flushes, seals and merges of all

@@ -14,7 +14,8 @@
 //! <dir>/commit-log.covered    what the checkpoint of the last drop (or of
 //!                             an open without the commit log) covered
 //! <dir>/commit-log.made       the engine has had a commit log: its folder
-//!                             missing is CORRUPTION, not a log never made
+//!                             missing or empty is CORRUPTION, not a log
+//!                             never made
 //! ```
 //!
 //! The shard list is the truth about which shards exist: a listed shard
@@ -290,19 +291,21 @@ impl Engine {
 
     /// Opens the commit log (in `sync` durability, when enabled) and gives
     /// each listed shard the frames its WAL lost (`shard::commit`), before
-    /// any shard opens. CORRUPTION when its folder is missing but the
-    /// engine had one. A salvage open that finds it damaged, or its folder
+    /// any shard opens. CORRUPTION when its folder is missing or empty
+    /// but the engine had one. A salvage open that finds it damaged, or its folder
     /// lost, notes what it lost for the listed shards' reports
     /// (`State::lost_copies`).
     fn open_commit_log(&self) -> Result<Option<Arc<CommitLog>>> {
         let log_dir = self.dir.join(COMMIT_LOG);
         let wanted = self.opts.durability == Durability::Sync && self.opts.commit_log;
-        let found = self.exists(&log_dir)?;
-        // A log that existed and is gone (deleted, or left behind when the
-        // directory was copied) took the copies it held with it, and one
-        // made anew numbers from 1 again: never done silently. Its marker
-        // says it existed, or a note only a log's owner writes (an older
-        // keel wrote no marker).
+        // An empty folder holds no log: a log's open leaves its extent
+        // record there, durably, before the marker below is written.
+        let found = self.exists(&log_dir)? && !self.is_empty_dir(&log_dir)?;
+        // A log that existed and is gone (deleted or emptied, or left
+        // behind when the directory was copied) took the copies it held
+        // with it, and one made anew numbers from 1 again: never done
+        // silently. Its marker says it existed, or a note only a log's
+        // owner writes (an older keel wrote no marker).
         let mut witness = None;
         for name in [MADE_FILE, COVERED_FILE, SKIP_FILE].into_iter().filter(|_| !found) {
             if self.exists(&self.dir.join(name))? {
@@ -316,7 +319,7 @@ impl Engine {
         }
         if let Some(name) = witness.filter(|_| !self.opts.salvage) {
             return Err(Error::corruption(format!(
-                "{}: missing, but {name} says the engine had a commit log: the copies of acknowledged writes it held are lost, and a new one would hand out its sequence numbers again; open the engine with salvage to make it anew (every shard's salvage report then says what may be lost, and its versions skip past it)",
+                "{}: missing or empty, but {name} says the engine had a commit log: the copies of acknowledged writes it held are lost, and a new one would hand out its sequence numbers again; open the engine with salvage to make it anew (every shard's salvage report then says what may be lost, and its versions skip past it)",
                 log_dir.display()
             )));
         }
@@ -347,7 +350,7 @@ impl Engine {
             crate::fs::replace(&*self.fs, &skip_path, text.as_bytes())
         };
         // A lost folder loses every copy, which is known before the open.
-        let gone = witness.map(|name| format!("every copy it held: {} was missing, though {name} says the engine had it, and was made anew", log_dir.display()));
+        let gone = witness.map(|name| format!("every copy it held: {} was missing or empty, though {name} says the engine had it, and was made anew", log_dir.display()));
         let bound = match (self.opts.salvage, found) {
             (true, true) => Some(crate::wal::commit_log::versions_bound(&*fs, &log_dir)?),
             (true, false) => gone.as_ref().map(|_| LOST_LOG_SKIP),
@@ -365,12 +368,12 @@ impl Engine {
             self.sync_dir(&self.dir)?;
         }
         let log = CommitLog::open(&log_dir, fs, &self.host.wal, self.opts.wal_segment_size, prepare_ahead, checkpoint_bytes, self.opts.salvage)?;
-        // Once the folder is durable, before any copy is committed to it:
-        // the marker never claims a log that was not made, and every log
-        // a write was acknowledged through has one.
+        // Once the folder is durable (the log's open synced its entry, then
+        // wrote its extent record in it), before any copy is committed to
+        // it: the marker never claims a log that was not made, and every
+        // log a write was acknowledged through has one.
         let made = self.dir.join(MADE_FILE);
         if !self.exists(&made)? {
-            self.sync_dir(&self.dir)?;
             crate::fs::replace(&*self.fs, &made, b"")?;
         }
         let lost = log.lost().or(gone.as_deref());

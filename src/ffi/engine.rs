@@ -83,10 +83,10 @@ pub struct keel_engine_options_t {
     /// commit log (sync durability), which a normal open refuses with
     /// CORRUPTION: the copies before the damage are restored, and the
     /// salvage report of every shard listed then says which copies were
-    /// lost. The same for a commit log whose folder is missing though the
-    /// engine had one (`commit-log.made` says so): it is made anew, and
-    /// every listed shard's report says its copies were all lost. 0 or 1
-    /// (version 2).
+    /// lost. The same for a commit log whose folder is missing or empty
+    /// though the engine had one (`commit-log.made` says so): it is made
+    /// anew, and every listed shard's report says its copies were all
+    /// lost. 0 or 1 (version 2).
     pub salvage: u32,
     /// Worker threads of the engine's flush pool, which runs the
     /// background flushes, seals and merges of all its shards: the
@@ -238,7 +238,7 @@ fn options_from_c(p: *const keel_engine_options_t) -> crate::Result<shard::Optio
 /// `dir` is a keel WAL directory), BUSY (another engine has the directory
 /// open), CORRUPTION (the shard list is lost or its last record damaged
 /// while shard directories hold files, or the commit log is damaged, or
-/// its folder missing though the engine had one: see
+/// its folder missing or empty though the engine had one: see
 /// keel_engine_options_t.salvage), IO, NO_SPACE, RESOURCE (out of
 /// descriptors, memory or threads: nothing is left open; retry once freed).
 #[no_mangle]
