@@ -30,19 +30,25 @@ impl Error {
     pub fn corruption(message: impl Into<String>) -> Self {
         Self::new(KEEL_STATUS_CORRUPTION, message)
     }
-    /// Wraps an OS error with what keel was doing; ENOSPC and EDQUOT become
-    /// NO_SPACE and EMFILE, ENFILE, ENOMEM and EAGAIN become RESOURCE, so
-    /// hosts can tell "disk full" and "out of descriptors, memory or
-    /// threads" (both pass) from a failing device. (EAGAIN is what a thread
-    /// that cannot be started reports; keel's files and sockets that can
-    /// answer it otherwise handle it before it gets here.)
+    /// Wraps an OS error with what keel was doing, with the status
+    /// `status_of` gives it.
     pub fn io(context: impl std::fmt::Display, e: io::Error) -> Self {
-        let status = match e.raw_os_error() {
-            Some(libc::ENOSPC) | Some(libc::EDQUOT) => KEEL_STATUS_NO_SPACE,
-            Some(libc::EMFILE) | Some(libc::ENFILE) | Some(libc::ENOMEM) | Some(libc::EAGAIN) => KEEL_STATUS_RESOURCE,
-            _ => KEEL_STATUS_IO,
-        };
-        Self::new(status, format!("{context}: {e}"))
+        Self::new(status_of(&e), format!("{context}: {e}"))
+    }
+}
+
+/// The status of an OS error: ENOSPC and EDQUOT are NO_SPACE and EMFILE,
+/// ENFILE, ENOMEM and EAGAIN are RESOURCE, so hosts can tell "disk full"
+/// and "out of descriptors, memory or threads" (both pass) from a failing
+/// device. (EAGAIN is what a thread that cannot be started reports; keel's
+/// files and sockets that can answer it otherwise handle it before it gets
+/// here.) The descriptor cache's failure to reopen a file has the status
+/// of the open's error (`fs::reopen_failure`).
+pub(crate) fn status_of(e: &io::Error) -> keel_status_t {
+    match e.raw_os_error().or_else(|| crate::fs::reopen_failure(e).and_then(io::Error::raw_os_error)) {
+        Some(libc::ENOSPC) | Some(libc::EDQUOT) => KEEL_STATUS_NO_SPACE,
+        Some(libc::EMFILE) | Some(libc::ENFILE) | Some(libc::ENOMEM) | Some(libc::EAGAIN) => KEEL_STATUS_RESOURCE,
+        _ => KEEL_STATUS_IO,
     }
 }
 

@@ -448,6 +448,9 @@ struct FlakyFs {
     nospace_partial: Arc<AtomicBool>,
     /// Writes that carry the record `t0-50` panic.
     panic_on_marker: Arc<AtomicBool>,
+    /// Writes that carry the bytes `oom-` write half their bytes, then
+    /// fail with ENOMEM (the page cache could not take the rest).
+    enomem_on_marker: Arc<AtomicBool>,
     syncs: Arc<AtomicU32>,
 }
 
@@ -458,6 +461,7 @@ struct FlakyFile {
     nospace_on_marker: Arc<AtomicBool>,
     nospace_partial: Arc<AtomicBool>,
     panic_on_marker: Arc<AtomicBool>,
+    enomem_on_marker: Arc<AtomicBool>,
     syncs: Arc<AtomicU32>,
 }
 
@@ -478,6 +482,11 @@ impl File for FlakyFile {
                 self.inner.write_at(&[&bytes[..bytes.len() / 2]], off)?;
             }
             return Err(io::Error::from_raw_os_error(libc::ENOSPC));
+        }
+        if self.enomem_on_marker.load(Ordering::SeqCst) && parts.iter().any(|p| p.windows(4).any(|w| w == b"oom-")) {
+            let bytes = parts.concat();
+            self.inner.write_at(&[&bytes[..bytes.len() / 2]], off)?;
+            return Err(io::Error::from_raw_os_error(libc::ENOMEM));
         }
         self.inner.write_at(parts, off)
     }
@@ -509,6 +518,7 @@ impl FlakyFs {
             nospace_on_marker: self.nospace_on_marker.clone(),
             nospace_partial: self.nospace_partial.clone(),
             panic_on_marker: self.panic_on_marker.clone(),
+            enomem_on_marker: self.enomem_on_marker.clone(),
             syncs: self.syncs.clone(),
         })
     }
@@ -560,6 +570,7 @@ fn flaky() -> (Arc<FlakyFs>, Arc<AtomicI32>, Arc<AtomicBool>) {
         nospace_on_marker: Arc::default(),
         nospace_partial: Arc::default(),
         panic_on_marker: Arc::default(),
+        enomem_on_marker: Arc::default(),
         syncs: Arc::default(),
     });
     (fs, sync_errno, nospace)
@@ -589,6 +600,78 @@ fn failed_fsync_poisons_and_is_never_retried_into_an_ack() {
     let wal = Wal::open(d.path(), Options::default()).unwrap();
     assert!(wal.last_seq() >= 1);
     assert_eq!(read_all(&wal, 0)[0], (1, b"one".to_vec()));
+}
+
+/// An fdatasync that itself fails with ENOMEM or EAGAIN, which keel
+/// reports as RESOURCE (out of memory), may have dropped the pages it
+/// could not write back, as one failing with EIO: the log is poisoned and
+/// D stays. The WAL took every RESOURCE from a sync for the engine's
+/// descriptor cache failing to reopen the segment (no fdatasync ran): it
+/// stayed usable and the next sync, which found nothing left to write,
+/// reported the record durable. Both syncs: a group commit's, and the
+/// one of a full segment at a rotation (a log with a restorable tail).
+#[test]
+fn an_fdatasync_failing_with_enomem_or_eagain_poisons_the_log() {
+    for errno in [libc::ENOMEM, libc::EAGAIN] {
+        let d = TempDir::new("enomem-sync");
+        let (fs, sync_errno, _) = flaky();
+        let opts = Options { prepare_ahead: false, ..Options::default() };
+        let wal = Wal::open_with_fs(d.path(), opts, fs.clone()).unwrap();
+        wal.append(b"one").unwrap();
+        sync_errno.store(errno, Ordering::SeqCst);
+        let err = wal.append(b"two").unwrap_err();
+        sync_errno.store(0, Ordering::SeqCst);
+        let later = wal.sync().map_err(|e| e.status);
+        assert!(
+            err.status == KEEL_STATUS_IO && later == Err(KEEL_STATUS_POISONED) && wal.durable_seq() == 1,
+            "errno {errno}: the failed sync returned {err}; the next sync {later:?}, D {}",
+            wal.durable_seq()
+        );
+
+        let d = TempDir::new("enomem-rotation");
+        let (fs, sync_errno, _) = flaky();
+        let opts = Options { prepare_ahead: false, restorable_tail: true, ..small(Durability::None) };
+        let wal = Wal::open_with_fs(d.path(), opts, fs.clone()).unwrap();
+        sync_errno.store(errno, Ordering::SeqCst);
+        let err = loop {
+            if let Err(e) = wal.append(&[7u8; 4000]) {
+                break e;
+            }
+        };
+        sync_errno.store(0, Ordering::SeqCst);
+        assert_eq!(wal.segments(), 1, "errno {errno}: the append that failed was the first rotation's ({err})");
+        let later = wal.append(&[7u8; 4000]).map_err(|e| e.status);
+        assert!(
+            err.status == KEEL_STATUS_IO && later == Err(KEEL_STATUS_POISONED) && wal.durable_seq() == 0,
+            "errno {errno}: the full segment's failed sync returned {err}; the next append {later:?}, D {}",
+            wal.durable_seq()
+        );
+    }
+}
+
+/// A frame write that fails with ENOMEM after part of its bytes reached
+/// the file poisons the log, as any failed frame write but a full disk
+/// (W9). It was taken for the descriptor cache's failed reopen (RESOURCE):
+/// the next, shorter frame went to the same offset and the failed one's
+/// tail stayed after it, garbage past the end of a cleanly closed log.
+#[test]
+fn a_frame_write_failing_with_enomem_poisons_the_log() {
+    let d = TempDir::new("enomem-write");
+    let (fs, _, _) = flaky();
+    fs.enomem_on_marker.store(true, Ordering::SeqCst);
+    let opts = Options { prepare_ahead: false, ..small(Durability::None) };
+    let wal = Wal::open_with_fs(d.path(), opts, fs.clone()).unwrap();
+    assert_eq!(wal.append(b"one").unwrap(), 1);
+    let err = wal.append(format!("oom-{}", "x".repeat(3000)).as_bytes()).unwrap_err();
+    let later = wal.append(b"two").map_err(|e| e.status);
+    assert!(
+        err.status == KEEL_STATUS_IO && later == Err(KEEL_STATUS_POISONED),
+        "the failed write returned {err}; the next append {later:?}"
+    );
+    drop(wal);
+    let wal = Wal::open(d.path(), small(Durability::None)).unwrap();
+    assert_eq!(read_all(&wal, 0), [(1, b"one".to_vec())]);
+    wal.close().unwrap();
 }
 
 /// Group commit parks appenders behind a leader: when the leader's sync

@@ -275,7 +275,7 @@ impl FileCache {
         };
         // Outside the cache's lock (a slow open holds up no other file);
         // the names lock keeps `path` naming this handle's file.
-        let fresh = fs.open(&path, writable)?;
+        let fresh = fs.open(&path, writable).map_err(|e| io::Error::new(e.kind(), ReopenFailed(e)))?;
         self.misses.fetch_add(1, Ordering::Relaxed);
         let mut st = self.state.lock();
         if let Some(p) = self.pin_open(i, &mut st) {
@@ -376,6 +376,22 @@ impl Drop for Pinned<'_> {
 pub struct CachedFile {
     cache: Arc<FileCache>,
     slot: usize,
+}
+
+/// The error of an operation on a `CachedFile` whose file the cache had
+/// closed and could not open again (the open's error inside): the
+/// operation itself never ran, so nothing was written and no fdatasync
+/// ran, let alone failed. Callers that may retry only then (the WAL) tell
+/// it apart with `reopen_failure`; the errno alone cannot, as a write or
+/// an fdatasync may fail with ENOMEM or EAGAIN itself.
+#[derive(Debug, thiserror::Error)]
+#[error("reopening a file the descriptor cache had closed: {0}")]
+struct ReopenFailed(io::Error);
+
+/// The open's error, when `e` is an operation's failure to open its file
+/// again (`ReopenFailed`); None for an error of the operation itself.
+pub fn reopen_failure(e: &io::Error) -> Option<&io::Error> {
+    e.get_ref()?.downcast_ref::<ReopenFailed>().map(|r| &r.0)
 }
 
 fn detached() -> io::Error {
@@ -613,6 +629,22 @@ mod tests {
         assert!(cache.counts().misses > misses, "the sync opened the file again to sync it");
         assert_eq!(read(&*f), b"still a");
         assert_eq!(read(&*inner), b"still f");
+        drop(fill);
+    }
+
+    /// An operation whose file cannot be opened again says so, whatever
+    /// the errno (`reopen_failure`): its caller tells it from an error of
+    /// the operation itself, which may carry the same errno.
+    #[test]
+    fn a_failed_reopen_is_told_apart_from_the_operation_s_own_error() {
+        let (d, _cache, fs) = setup("reopen-failure", MIN_OPEN_FILES);
+        let f = fs.create(&d.join("f")).unwrap();
+        let fill: Vec<_> = (0..MIN_OPEN_FILES).map(|i| fs.create(&d.join(format!("x{i}"))).unwrap()).collect();
+        // Renamed behind the cache's back: the reopen by name finds nothing.
+        std::fs::rename(d.join("f"), d.join("g")).unwrap();
+        let e = f.sync_data().unwrap_err();
+        assert_eq!(reopen_failure(&e).and_then(io::Error::raw_os_error), Some(libc::ENOENT), "{e}");
+        assert!(reopen_failure(&io::Error::from_raw_os_error(libc::ENOMEM)).is_none());
         drop(fill);
     }
 

@@ -12,7 +12,7 @@ mod handles;
 mod replace;
 mod synced;
 
-pub use cache::{CacheCounts, FileCache, MIN_OPEN_FILES};
+pub use cache::{reopen_failure, CacheCounts, FileCache, MIN_OPEN_FILES};
 pub use handles::Handles;
 pub use replace::{replace, tmp_path, TMP_SUFFIX};
 

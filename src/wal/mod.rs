@@ -846,6 +846,26 @@ impl Shared {
         e
     }
 
+    /// `e`, from a write or an fdatasync of a segment, as its caller's
+    /// error: the log is poisoned (W9) unless the call never reached the
+    /// file, because the engine's descriptor cache had closed it and could
+    /// not open it again for lack of descriptors or memory (RESOURCE,
+    /// `fs::reopen_failure`). Then nothing was written and no fdatasync
+    /// ran, let alone failed: the call fails alone and the next one tries
+    /// again. ENOMEM or EAGAIN from the write or the fdatasync itself is
+    /// RESOURCE too, yet poisons: a failed fdatasync may have dropped the
+    /// pages it could not write back, so a later one that succeeds proves
+    /// nothing, and a failed write may have put part of its bytes in the
+    /// file, past which a shorter frame would leave them.
+    fn segment_failed(&self, st: &mut State, context: &str, e: std::io::Error) -> Error {
+        let unreached = crate::fs::reopen_failure(&e).is_some();
+        let e = Error::io(context, e);
+        match unreached && e.status == KEEL_STATUS_RESOURCE {
+            true => e,
+            false => self.poison(st, e),
+        }
+    }
+
     /// An append that returns once durable in SYNC mode: the frame joins
     /// the queue and the group-commit leader writes the whole queue with
     /// one write and syncs it (see `lead`). In the other modes it is
@@ -955,15 +975,13 @@ impl Shared {
                 st.behind.extend_from_slice(p);
             }
         } else if let Err(e) = a.file.append_at(&parts, a.offset) {
-            let e = Error::io("writing a WAL frame", e);
-            // Disk full, or out of descriptors reopening a segment the
-            // engine's descriptor cache closed, fails this append only:
-            // the offset and the sequence number are not consumed, so the
-            // log stays whole.
-            if e.status == KEEL_STATUS_NO_SPACE {
+            // Disk full fails this append only: the offset and the
+            // sequence number are not consumed, so the log stays whole.
+            if crate::error::status_of(&e) == KEEL_STATUS_NO_SPACE {
                 Self::clear_failed_write(&*a.file, a.offset, size);
+                return Err(Error::io("writing a WAL frame", e));
             }
-            return Err(if matches!(e.status, KEEL_STATUS_NO_SPACE | KEEL_STATUS_RESOURCE) { e } else { self.poison(st, e) });
+            return Err(self.segment_failed(st, "writing a WAL frame", e));
         }
         let a = st.active.as_mut().unwrap();
         a.offset += size;
@@ -974,9 +992,10 @@ impl Shared {
             self.filed.store(last, Ordering::Release);
         } else if st.behind.len() >= self.opts.write_behind {
             match self.file_behind(st) {
-                // Out of descriptors: this append's frame stays held with
-                // the others and goes out at the next filing (every later
-                // append or sync tries again; the active segment bounds it).
+                // The segment could not be reopened (`segment_failed`):
+                // this append's frame stays held with the others and goes
+                // out at the next filing (every later append or sync tries
+                // again; the active segment bounds it).
                 Err(e) if e.status == KEEL_STATUS_RESOURCE => {}
                 other => other?,
             }
@@ -1001,9 +1020,8 @@ impl Shared {
     /// so a failure (even a full disk, which the preallocated segment
     /// should rule out) poisons the log: its appenders get the error and
     /// the records come back from the log that holds them durably. Except
-    /// RESOURCE (the engine's descriptor cache could not reopen the
-    /// segment): nothing was written, the frames stay held for the next
-    /// try, and the log stays usable.
+    /// when the write never reached the file (`segment_failed`): the
+    /// frames stay held for the next try, and the log stays usable.
     fn file_behind(&self, st: &mut State) -> Result<()> {
         if st.behind.is_empty() {
             return Ok(());
@@ -1014,8 +1032,7 @@ impl Shared {
         debug_assert!(a.offset >= format::SEGMENT_HEADER_LEN + st.behind.len() as u64, "held frames are inside the active segment");
         let at = a.offset - st.behind.len() as u64;
         if let Err(e) = a.file.append_at(&[&st.behind], at) {
-            let e = Error::io("writing held WAL frames", e);
-            return Err(if e.status == KEEL_STATUS_RESOURCE { e } else { self.poison(st, e) });
+            return Err(self.segment_failed(st, "writing held WAL frames", e));
         }
         st.behind.clear();
         self.filed.store(st.next_seq - 1, Ordering::Release);
@@ -1135,9 +1152,7 @@ impl Shared {
         let sync_full = self.opts.durability == Durability::Sync || self.opts.restorable_tail;
         if sync_full && !replacing {
             if let Err(e) = full.sync_data() {
-                let e = Error::io("syncing a full WAL segment", e);
-                // As in `sync_once`: no fdatasync ran; the append fails.
-                return Err(if e.status == KEEL_STATUS_RESOURCE { e } else { self.poison(st, e) });
+                return Err(self.segment_failed(st, "syncing a full WAL segment", e));
             }
             self.durable.fetch_max(st.next_seq - 1, Ordering::AcqRel);
         }
@@ -1185,7 +1200,9 @@ impl Shared {
             }
             // Out of disk, descriptors or memory before the new segment
             // took a byte of a frame: this append fails, the log is as it
-            // was and the next append tries the rotation again.
+            // was and the next append tries the rotation again. (Even an
+            // fdatasync of the new file that failed so: what it may have
+            // dropped was that file's, and the file is gone.)
             Err(e) if matches!(e.status, KEEL_STATUS_NO_SPACE | KEEL_STATUS_RESOURCE) => Err(e),
             Err(e) => Err(self.poison(st, e)),
         }
@@ -1326,15 +1343,9 @@ impl Shared {
         }
         for f in sealed.iter().chain(std::iter::once(&file)) {
             if let Err(e) = f.sync_data() {
-                let e = Error::io("fdatasync of the WAL", e);
-                // RESOURCE: the descriptor cache could not reopen the file,
-                // so no fdatasync ran (and none failed): D stays, retried
-                // by the next sync.
-                if e.status == KEEL_STATUS_RESOURCE {
-                    return Err(e);
-                }
+                // D stays; unless this poisons the log, the next sync tries again.
                 let mut st = self.state.lock();
-                return Err(self.poison(&mut st, e));
+                return Err(self.segment_failed(&mut st, "fdatasync of the WAL", e));
             }
         }
         if !sealed.is_empty() {
