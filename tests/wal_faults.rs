@@ -21,6 +21,8 @@ mod common;
 
 use common::faultfs::{FaultFs, Faults};
 use common::rng::Rng;
+use common::tripfs::TripFs;
+use keel::fs::FileSystem;
 use keel::status::*;
 use keel::wal::{Durability, Options, ReadUpto, RecoveryMode, Wal};
 use std::path::Path;
@@ -444,4 +446,53 @@ fn regression_growing_seed_490_gaps_in_a_row() {
 #[test]
 fn regression_write_behind_seed_50291_durable_before_the_failure() {
     run_checked(WRITE_BEHIND + 50_291);
+}
+
+/// A lossy open (TOLERATE_TAIL cutting an unsynced tail and setting the
+/// segment after it aside) after a process crash in `none` mode, whose
+/// records were still only in the page cache, then a power cut right
+/// after the open's new extent record (`wal.meta`) became durable. The
+/// record claimed the kept records durable before the kept segment was
+/// synced: the power cut lost them, and the next open refused the log
+/// (CORRUPTION, durable records gone) though nothing durable was ever
+/// lost. The kept segment is synced before the record names it now, so
+/// the next open finds what the record says.
+#[test]
+fn a_lossy_open_syncs_the_kept_segment_before_the_extent_record_names_it() {
+    let dir = Path::new(DIR);
+    let fs = FaultFs::new(7);
+    let trip = TripFs::new(fs.clone(), dir.join("wal.meta"));
+    let opts = Options { durability: Durability::None, segment_size: 64 << 10, prepare_ahead: false, ..Options::default() };
+    let wal = Wal::open_with_fs(dir, opts.clone(), Arc::new(trip.clone())).unwrap();
+    let record = |i: u64| vec![i as u8; 1000];
+    // The first segment full, three records in the second.
+    while wal.segments() < 2 {
+        wal.append(&record(wal.last_seq() + 1)).unwrap();
+    }
+    for _ in 0..2 {
+        wal.append(&record(wal.last_seq() + 1)).unwrap();
+    }
+    assert_eq!(wal.durable_seq(), 0, "precondition: nothing synced");
+    // Record 6 of the first segment is damaged in the page cache (frames
+    // of 1,032 bytes from offset 64), as a crash's unsynced tail may be.
+    let first = dir.join(keel::wal::segment_file_name(1));
+    fs.open(&first, true).unwrap().write_at(&[&[0xFF; 16]], 64 + 5 * 1032 + 40).unwrap();
+    // The process dies; the page cache keeps everything.
+    fs.halt();
+    drop(wal);
+    fs.resume();
+    trip.kill_after_replace.store(true, std::sync::atomic::Ordering::SeqCst);
+    let opened = Wal::open_with_fs(dir, opts.clone(), Arc::new(trip.clone())).map(|w| w.last_seq());
+    assert!(opened.is_err(), "precondition: the open wrote an extent record and died after it ({opened:?})");
+    fs.crash_losing_unsynced();
+    let wal = Wal::open_with_fs(dir, opts, Arc::new(fs.clone()))
+        .unwrap_or_else(|e| panic!("the open after the power cut refused the log: {e}"));
+    let mut r = wal.reader(0, ReadUpto::Durable).unwrap();
+    let mut back = Vec::new();
+    while let Some((seq, data)) = r.next_record().unwrap() {
+        assert_eq!(data, record(seq), "record {seq}");
+        back.push(seq);
+    }
+    assert_eq!(back, (1..=5).collect::<Vec<u64>>(), "the records before the damage, as the extent record said");
+    wal.close().unwrap();
 }

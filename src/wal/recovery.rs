@@ -322,17 +322,9 @@ fn recover_segments(fs: &dyn FileSystem, dir: &Path, mode: RecoveryMode, persist
     let next_seq = kept_end.max(extent::next_floor(&meta, &scans, restorable_tail));
     let kept_extent = |s: &SegmentScan| s.header.as_ref().ok().map(|h| (s.file.first_seq, h.salt, h.prev, s.checked_end));
     let kept: Vec<(u64, u32, Option<Link>, u64)> = scans[..keep].iter().filter_map(kept_extent).collect();
-    let mut set_aside_in = None;
-    if let Some(d) = damage.as_ref().filter(|d| d.sets_aside(scans.len())) {
-        // The record first, so that it never lists a segment set aside.
-        let remains = Extent {
-            durable: kept_end.saturating_sub(1),
-            next_seq,
-            segments: kept.iter().map(|&(f, salt, ..)| (f, salt)).collect(),
-        };
-        extent::write(fs, dir, &remains)?;
-        set_aside_in = Some(set_aside(fs, dir, &scans, d)?);
-    }
+    let aside = damage.as_ref().filter(|d| d.sets_aside(scans.len()));
+    // A damaged segment is copied aside whole before its tail is cut below.
+    let set_aside_in = aside.map(|d| start_set_aside(fs, dir, &scans, d)).transpose()?;
 
     let gap = next_seq > kept_end;
     let settled = !moved_temp && !gap && damage.is_none() && problems.is_empty() && extent_matches(&meta, next_seq, &kept);
@@ -352,6 +344,19 @@ fn recover_segments(fs: &dyn FileSystem, dir: &Path, mode: RecoveryMode, persist
         }
         k => (Some(open_active(fs, &scans[k - 1], cut_last(k), true, !settled)?), None),
     };
+    if let (Some(d), Some(folder)) = (aside, &set_aside_in) {
+        // The record before the moves, so that it never lists a segment
+        // set aside; after the kept segment's cut and sync above, so that
+        // no power cut takes a record it claims durable (the kept records
+        // may have been in the page cache only, after a process crash).
+        let remains = Extent {
+            durable: kept_end.saturating_sub(1),
+            next_seq,
+            segments: kept.iter().map(|&(f, salt, ..)| (f, salt)).collect(),
+        };
+        extent::write(fs, dir, &remains)?;
+        finish_set_aside(fs, dir, folder, &scans[d.kept_segments()..])?;
+    }
     let report = (damage.is_some() || !problems.is_empty() || gap).then(|| RecoveryReport {
         damage: damage.as_ref().map(|d| describe(d, &scans)),
         extent: problems.iter().map(|p| p.to_string()).collect(),
@@ -395,13 +400,13 @@ fn extent_matches(meta: &MetaFile, next_seq: u64, kept: &[(u64, u32, Option<Link
         && m.segments.iter().copied().eq(kept.iter().map(|&(f, salt, ..)| (f, salt)))
 }
 
-/// Moves the segments that recovery gives up into `<dir>/salvaged-<ns>/`
-/// (never deleting data): segments after the damage are moved, a damaged
-/// segment whose prefix stays in the log is copied first.
-fn set_aside(fs: &dyn FileSystem, dir: &Path, scans: &[SegmentScan], d: &Damage) -> Result<PathBuf> {
+/// Makes `<dir>/salvaged-<ns>/` for the segments recovery gives up (it
+/// never deletes data), and copies a damaged segment whose prefix stays
+/// in the log into it, durably: the original's tail is cut after this.
+fn start_set_aside(fs: &dyn FileSystem, dir: &Path, scans: &[SegmentScan], d: &Damage) -> Result<PathBuf> {
     let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();
     let aside = dir.join(format!("salvaged-{stamp}"));
-    let io = |what: &str, e| Error::io(format!("{what} while setting damaged WAL segments aside in {}", aside.display()), e);
+    let io = |what: &str, e| aside_error(&aside, what, e);
     fs.create_dir_all(&aside).map_err(|e| io("creating the folder", e))?;
     let damaged = &scans[d.seg];
     if !d.bad_header && d.in_frames {
@@ -411,14 +416,26 @@ fn set_aside(fs: &dyn FileSystem, dir: &Path, scans: &[SegmentScan], d: &Damage)
         let copy = fs.create(&aside.join(name)).map_err(|e| io("creating a copy", e))?;
         copy.write_at(&[&bytes], 0).map_err(|e| io("copying", e))?;
         copy.sync_data().map_err(|e| io("syncing a copy", e))?;
+        fs.sync_dir(&aside).map_err(|e| io("syncing", e))?;
+        fs.sync_dir(dir).map_err(|e| io("syncing", e))?;
     }
-    for s in &scans[d.kept_segments()..] {
+    Ok(aside)
+}
+
+/// Moves `given_up`, the segments after the damage, into `aside`
+/// (`start_set_aside`), durably.
+fn finish_set_aside(fs: &dyn FileSystem, dir: &Path, aside: &Path, given_up: &[SegmentScan]) -> Result<()> {
+    let io = |what: &str, e| aside_error(aside, what, e);
+    for s in given_up {
         let name = s.file.path.file_name().unwrap();
         fs.rename(&s.file.path, &aside.join(name)).map_err(|e| io("moving", e))?;
     }
-    fs.sync_dir(&aside).map_err(|e| io("syncing", e))?;
-    fs.sync_dir(dir).map_err(|e| io("syncing", e))?;
-    Ok(aside)
+    fs.sync_dir(aside).map_err(|e| io("syncing", e))?;
+    fs.sync_dir(dir).map_err(|e| io("syncing", e))
+}
+
+fn aside_error(aside: &Path, what: &str, e: std::io::Error) -> Error {
+    Error::io(format!("{what} while setting damaged WAL segments aside in {}", aside.display()), e)
 }
 
 /// Opens the last retained segment for appends at the end of its valid

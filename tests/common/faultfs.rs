@@ -131,15 +131,25 @@ impl FaultFs {
 
     /// Simulates power loss: see the module comment.
     pub fn crash(&self) {
+        self.lose_power(false)
+    }
+
+    /// A power loss that keeps none of the writes not yet synced (one of
+    /// the outcomes `crash` may pick), for a test that needs that one.
+    pub fn crash_losing_unsynced(&self) {
+        self.lose_power(true)
+    }
+
+    fn lose_power(&self, keep_none: bool) {
         let mut w = self.0.lock();
         let w = &mut *w;
         w.halted = false;
         for ino in &mut w.inodes {
             let pending = std::mem::take(&mut ino.pending);
             let n = pending.len();
-            let keep: Vec<bool> = match w.rng.below(3) {
-                0 => vec![false; n],
-                1 => vec![true; n],
+            let keep: Vec<bool> = match (keep_none, w.rng.below(3)) {
+                (true, _) | (_, 0) => vec![false; n],
+                (_, 1) => vec![true; n],
                 _ => (0..n).map(|_| w.rng.below(2) == 0).collect(),
             };
             let last_kept = keep.iter().rposition(|&k| k);

@@ -1,7 +1,9 @@
 //! The fault-injecting file system behind a trip wire on the files under
 //! one path: armed, the next fdatasync of such a file halts the world
 //! first (a SIGKILL between a write and its sync), or every write to them
-//! fails with EIO. Everything else passes through.
+//! fails with EIO, or the next rename onto such a path halts the world
+//! once the directory sync after it is done (a crash right after a
+//! replace). Everything else passes through.
 #![allow(dead_code)]
 
 use super::faultfs::FaultFs;
@@ -20,11 +22,23 @@ pub struct TripFs {
     pub kill_at_sync: Arc<AtomicBool>,
     /// While set, writes to files under `under` fail with EIO.
     pub fail_writes: Arc<AtomicBool>,
+    /// One-shot: the next rename onto a path under `under` halts the world
+    /// after the next directory sync (the one that makes it durable).
+    pub kill_after_replace: Arc<AtomicBool>,
+    /// Such a rename happened: the next directory sync halts after it.
+    replaced: Arc<AtomicBool>,
 }
 
 impl TripFs {
     pub fn new(fs: FaultFs, under: impl Into<PathBuf>) -> TripFs {
-        TripFs { fs, under: under.into(), kill_at_sync: Default::default(), fail_writes: Default::default() }
+        TripFs {
+            fs,
+            under: under.into(),
+            kill_at_sync: Default::default(),
+            fail_writes: Default::default(),
+            kill_after_replace: Default::default(),
+            replaced: Default::default(),
+        }
     }
 
     fn wrap(&self, path: &Path, f: Arc<dyn File>) -> Arc<dyn File> {
@@ -78,13 +92,21 @@ impl FileSystem for TripFs {
         Ok(self.wrap(path, self.fs.create(path)?))
     }
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
-        self.fs.rename(from, to)
+        self.fs.rename(from, to)?;
+        if to.starts_with(&self.under) && self.kill_after_replace.swap(false, Ordering::SeqCst) {
+            self.replaced.store(true, Ordering::SeqCst);
+        }
+        Ok(())
     }
     fn remove(&self, path: &Path) -> io::Result<()> {
         self.fs.remove(path)
     }
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
-        self.fs.sync_dir(dir)
+        self.fs.sync_dir(dir)?;
+        if self.replaced.swap(false, Ordering::SeqCst) {
+            self.fs.halt();
+        }
+        Ok(())
     }
     fn exists(&self, path: &Path) -> io::Result<bool> {
         self.fs.exists(path)
