@@ -141,9 +141,12 @@ fn main() -> ExitCode {
 
 fn dump(out: &mut impl Write, path: &Path, from: Option<u64>, hex: bool) -> Result<u8, Fail> {
     let l = scan::list(path)?;
+    if let Some(meta) = &l.meta {
+        print_extent(out, meta)?;
+    }
     let Some(first) = l.segments.first() else {
         eprintln!("keel-wal: {} holds no WAL segments", path.display());
-        return Ok(0);
+        return Ok(complain_of_extent(out, &l, &[])?);
     };
     let from = from.unwrap_or(0);
     if from != 0 && from < first.first_seq {
@@ -151,13 +154,13 @@ fn dump(out: &mut impl Write, path: &Path, from: Option<u64>, hex: bool) -> Resu
     }
     // Segments that end before `from` are not read at all.
     let start = l.segments.iter().rposition(|s| s.first_seq <= from).unwrap_or(0);
-    let mut prev: Option<SegmentScan> = None;
+    let mut scans: Vec<SegmentScan> = Vec::new();
     let mut end = first.first_seq;
     for seg in &l.segments[start..] {
         let bytes = scan::read_segment(&seg.path)?;
         // The same chain check as recovery (a declared gap is no damage).
         let quiet = keel::wal::scan::scan_segment(seg.clone(), &bytes, |_, _| Ok::<(), io::Error>(()))?;
-        if let Some(why) = prev.as_ref().and_then(|p| keel::wal::scan::does_not_follow(p, &quiet)) {
+        if let Some(why) = scans.last().and_then(|p| keel::wal::scan::does_not_follow(p, &quiet)) {
             eprintln!("keel-wal: stopped before segment {}: {why}; see `keel-wal verify`", seg.path.display());
             return Ok(1);
         }
@@ -186,13 +189,41 @@ fn dump(out: &mut impl Write, path: &Path, from: Option<u64>, hex: bool) -> Resu
             return Ok(1);
         }
         end = s.next_seq;
-        prev = Some(s);
+        scans.push(s);
     }
     if from >= end {
         let last = if end > first.first_seq { format!("the last record is {}", end - 1) } else { "the log holds no record".to_string() };
         return Err(Fail::Beyond(format!("sequence {from} is beyond the end of the log in {}: {last}", path.display())));
     }
-    Ok(0)
+    // Segments before `from` were not read: nothing to compare them with.
+    match start {
+        0 => Ok(complain_of_extent(out, &l, &scans)?),
+        _ => Ok(0),
+    }
+}
+
+/// What `wal.meta` says, as a `#` line before the records.
+fn print_extent(out: &mut impl Write, meta: &extent::MetaFile) -> io::Result<()> {
+    match meta {
+        extent::MetaFile::Present(e) => {
+            let names: Vec<String> = e.segments.iter().map(|&(first, _)| keel::wal::segment_file_name(first)).collect();
+            writeln!(out, "# extent durable={} next={} segments={}", e.durable, e.next_seq, names.join(","))
+        }
+        extent::MetaFile::Damaged(why) => writeln!(out, "# extent {} is damaged: {why}", extent::META_NAME),
+        extent::MetaFile::Missing => writeln!(out, "# extent none (no {})", extent::META_NAME),
+    }
+}
+
+/// The extent record's complaints about `scans`, every segment of the
+/// log read without damage, on stderr as `verify` reports them; 1 when
+/// there are any (`Wal::open` would refuse the log), else 0.
+fn complain_of_extent(out: &mut impl Write, l: &Listing, scans: &[SegmentScan]) -> io::Result<u8> {
+    let problems = l.meta.as_ref().map_or(Vec::new(), |m| extent::check(m, scans, kept_end(scans, None)));
+    out.flush()?;
+    for p in &problems {
+        eprintln!("keel-wal: missing: {p}; see `keel-wal verify`");
+    }
+    Ok(!problems.is_empty() as u8)
 }
 
 fn print_frame(out: &mut impl Write, seg: &SegmentFile, f: &Frame<'_>, from: u64, hex: bool) -> io::Result<()> {
