@@ -496,3 +496,42 @@ fn a_lossy_open_syncs_the_kept_segment_before_the_extent_record_names_it() {
     assert_eq!(back, (1..=5).collect::<Vec<u64>>(), "the records before the damage, as the extent record said");
     wal.close().unwrap();
 }
+
+/// An open after a process crash in `none` mode, whose full segments were
+/// never synced (a rotation leaves them to the next sync) and are in the
+/// page cache only, then a power cut. The open synced only the last
+/// segment, yet set D to the last record and wrote it into the extent
+/// record: readers of durable records were given ones the power cut then
+/// took, and the next open refused the log (CORRUPTION, durable records
+/// gone). Every kept segment holding a record above what is proven
+/// durable is synced before the open claims it now.
+#[test]
+fn an_open_after_a_crash_syncs_every_segment_before_claiming_its_records_durable() {
+    let dir = Path::new(DIR);
+    let fs = FaultFs::new(11);
+    let opts = Options { durability: Durability::None, segment_size: 64 << 10, prepare_ahead: false, ..Options::default() };
+    let wal = Wal::open_with_fs(dir, opts.clone(), Arc::new(fs.clone())).unwrap();
+    let record = |i: u64| vec![i as u8; 1000];
+    while wal.segments() < 3 {
+        wal.append(&record(wal.last_seq() + 1)).unwrap();
+    }
+    let last = wal.last_seq();
+    assert_eq!(wal.durable_seq(), 0, "precondition: nothing synced");
+    fs.halt();
+    drop(wal);
+    fs.resume();
+    let wal = Wal::open_with_fs(dir, opts.clone(), Arc::new(fs.clone())).unwrap();
+    assert_eq!((wal.last_seq(), wal.durable_seq()), (last, last), "the open after the kill claims every record durable");
+    drop(wal);
+    fs.crash_losing_unsynced();
+    let wal = Wal::open_with_fs(dir, opts, Arc::new(fs.clone()))
+        .unwrap_or_else(|e| panic!("the open after the power cut refused the log: {e}"));
+    let mut r = wal.reader(0, ReadUpto::Durable).unwrap();
+    let mut back = 0;
+    while let Some((seq, data)) = r.next_record().unwrap() {
+        assert_eq!((seq, data), (back + 1, record(back + 1)));
+        back = seq;
+    }
+    assert_eq!(back, last, "every record the open before claimed durable");
+    wal.close().unwrap();
+}

@@ -322,6 +322,21 @@ fn recover_segments(fs: &dyn FileSystem, dir: &Path, mode: RecoveryMode, persist
     let next_seq = kept_end.max(extent::next_floor(&meta, &scans, restorable_tail));
     let kept_extent = |s: &SegmentScan| s.header.as_ref().ok().map(|h| (s.file.first_seq, h.salt, h.prev, s.checked_end));
     let kept: Vec<(u64, u32, Option<Link>, u64)> = scans[..keep].iter().filter_map(kept_extent).collect();
+    // Records a process crash left in the page cache only (in none and
+    // periodic mode a full segment waits for the next sync) become durable
+    // before the open claims them (D, the extent record): every kept
+    // segment holding a record above what is proven durable, by the extent
+    // record's D or a frame's durable hint, is synced (the last one by
+    // `open_active` below, with its cut).
+    let recorded = match &meta {
+        MetaFile::Present(e) => e.durable,
+        _ => 0,
+    };
+    let proven = scans[..keep].iter().filter_map(|s| s.prefix_hint).fold(recorded, u64::max);
+    for s in scans[..keep.saturating_sub(1)].iter().filter(|s| s.next_seq.saturating_sub(1) > proven) {
+        let synced = fs.open(&s.file.path, false).and_then(|f| f.sync_data());
+        synced.map_err(|e| Error::io(format!("syncing {}", s.file.path.display()), e))?;
+    }
     let aside = damage.as_ref().filter(|d| d.sets_aside(scans.len()));
     // A damaged segment is copied aside whole before its tail is cut below.
     let set_aside_in = aside.map(|d| start_set_aside(fs, dir, &scans, d)).transpose()?;
