@@ -740,6 +740,12 @@ impl Shared {
         if !self.wrote.load(Ordering::Relaxed) && !self.wrote.swap(true, Ordering::AcqRel) {
             self.wake_preparer();
         }
+        self.queue_periodic_sync();
+    }
+
+    /// In PERIODIC mode, queues a sync one interval from now unless one
+    /// is queued already.
+    fn queue_periodic_sync(&self) {
         if let Durability::Periodic(every) = self.opts.durability {
             if !self.sync_queued.load(Ordering::Relaxed) && !self.sync_queued.swap(true, Ordering::AcqRel) {
                 self.jobs.sync_after(every, self.me.clone());
@@ -749,7 +755,10 @@ impl Shared {
 
     /// A periodic sync (a worker's job): D then covers every frame
     /// written before it. A failed sync poisons the log, which its
-    /// appenders then see; a panic does too.
+    /// appenders then see; a panic does too. One that leaves the log
+    /// usable (RESOURCE: the descriptor cache could not reopen a segment)
+    /// is queued again for the next interval: the log may never be
+    /// written again, and its written frames are owed a sync all the same.
     fn periodic_sync(&self) {
         let _one = self.syncing.lock();
         // Cleared first: a frame written during this sync queues the next.
@@ -757,9 +766,13 @@ impl Shared {
         if self.closed.load(Ordering::Acquire) {
             return;
         }
-        if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.sync())).is_err() {
-            let mut st = self.state.lock();
-            self.poison(&mut st, Error::new(KEEL_STATUS_PANIC, "WAL periodic sync panicked"));
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.sync())) {
+            Ok(Err(_)) if !self.poisoned.load(Ordering::Acquire) && !self.closed.load(Ordering::Acquire) => self.queue_periodic_sync(),
+            Ok(_) => {}
+            Err(_) => {
+                let mut st = self.state.lock();
+                self.poison(&mut st, Error::new(KEEL_STATUS_PANIC, "WAL periodic sync panicked"));
+            }
         }
     }
 

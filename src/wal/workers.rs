@@ -10,8 +10,10 @@
 //! always had). A log queues itself: for a preparation when a rotation
 //! took its spare (at most one queued per log), for a sync when a frame
 //! is written after its last periodic sync (due one interval later; at
-//! most one queued per log). Idle logs queue nothing, so a periodic sync
-//! visits only the logs written since their last one.
+//! most one queued per log), and again when that sync failed and left the
+//! log usable (the descriptor cache could not reopen a segment). Idle logs
+//! queue nothing, so a periodic sync visits only the logs written since
+//! their last one.
 
 use super::Shared;
 use crate::error::{Error, Result};
@@ -211,5 +213,139 @@ fn work(jobs: &Jobs) {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fs::{File, FileCache, FileSystem, ReadMap, StdFs, MIN_OPEN_FILES};
+    use crate::test_dir::TestDir;
+    use crate::wal::{Durability, Options, Wal};
+    use std::any::Any;
+    use std::io;
+    use std::path::Path;
+    use std::sync::atomic::AtomicBool;
+
+    /// A failure guard only: every wait below ends on its condition.
+    const GUARD: Duration = Duration::from_secs(60);
+
+    /// Called before each `open` (false) and `create` (true) of a path;
+    /// may fail it or hold it up.
+    type Hook = Box<dyn Fn(bool, &Path) -> io::Result<()> + Send + Sync>;
+
+    /// The real file system of a PERIODIC log, with a hook.
+    struct Hooked {
+        real: StdFs,
+        hook: Hook,
+    }
+
+    impl FileSystem for Hooked {
+        fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
+            self.real.create_dir_all(dir)
+        }
+        fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
+            self.real.list(dir)
+        }
+        fn open(&self, path: &Path, writable: bool) -> io::Result<Arc<dyn File>> {
+            (self.hook)(false, path)?;
+            self.real.open(path, writable)
+        }
+        fn create(&self, path: &Path) -> io::Result<Arc<dyn File>> {
+            (self.hook)(true, path)?;
+            self.real.create(path)
+        }
+        fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+            self.real.rename(from, to)
+        }
+        fn remove(&self, path: &Path) -> io::Result<()> {
+            self.real.remove(path)
+        }
+        fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+            self.real.sync_dir(dir)
+        }
+        fn exists(&self, path: &Path) -> io::Result<bool> {
+            self.real.exists(path)
+        }
+        fn remove_dir_all(&self, dir: &Path) -> io::Result<()> {
+            self.real.remove_dir_all(dir)
+        }
+        fn lock(&self, path: &Path) -> io::Result<Box<dyn Any + Send + Sync>> {
+            self.real.lock(path)
+        }
+        fn map_readonly(&self, path: &Path) -> io::Result<Option<ReadMap>> {
+            self.real.map_readonly(path)
+        }
+    }
+
+    /// Two logs of an engine on its workers (one here): the periodic sync
+    /// of log `a` finds its segment closed by the descriptor cache and
+    /// cannot open it again (EMFILE, once). That sync fails with RESOURCE
+    /// and leaves the log usable, D short of the acknowledged record. It
+    /// was queued again only by the log's next write: a shard written no
+    /// more kept that record out of D for good, past the interval its
+    /// durability promises. The sync is retried without a write now.
+    #[test]
+    fn a_periodic_sync_that_could_not_reopen_its_segment_is_retried_without_a_write() {
+        let dir = TestDir::new("wal-periodic-retry");
+        let workers = Workers::new(1).unwrap();
+        // Log `b`'s first preparation holds the worker until released, so
+        // that `a`'s sync runs only once its segment is evicted.
+        let (parked_tx, parked) = crossbeam_channel::bounded(1);
+        let (release, release_rx) = crossbeam_channel::bounded::<()>(1);
+        let once = AtomicBool::new(true);
+        let hold = Hooked {
+            real: StdFs::mapped(),
+            hook: Box::new(move |create, path| {
+                let spare = path.file_name().is_some_and(|n| n.to_string_lossy().starts_with("spare-"));
+                if create && spare && once.swap(false, Ordering::AcqRel) {
+                    parked_tx.send(()).unwrap();
+                    release_rx.recv_timeout(GUARD).expect("the test never released the worker (failure guard)");
+                }
+                Ok(())
+            }),
+        };
+        let b = Wal::open_owned(&dir.join("b"), Options { durability: Durability::None, ..Options::default() }, Some(Arc::new(hold)), Some(&workers), 0).unwrap();
+        let armed = Arc::new(AtomicBool::new(false));
+        let hits = Arc::new(AtomicU64::new(0));
+        let (a_armed, a_hits) = (armed.clone(), hits.clone());
+        let fail = Hooked {
+            real: StdFs::mapped(),
+            hook: Box::new(move |create, path| match !create && path.extension().is_some_and(|x| x == "wal") && a_armed.swap(false, Ordering::AcqRel) {
+                true => {
+                    a_hits.fetch_add(1, Ordering::AcqRel);
+                    Err(io::Error::from_raw_os_error(libc::EMFILE))
+                }
+                false => Ok(()),
+            }),
+        };
+        let cache = FileCache::new(MIN_OPEN_FILES);
+        let fs = cache.wrap(Arc::new(fail));
+        let opts = Options { durability: Durability::Periodic(Duration::from_millis(1)), prepare_ahead: false, ..Options::default() };
+        let a = Wal::open_owned(&dir.join("a"), opts, Some(fs.clone()), Some(&workers), 0).unwrap();
+
+        b.append(b"b").unwrap();
+        parked.recv_timeout(GUARD).expect("log b's preparation never started (failure guard)");
+        let seq = a.append(b"acknowledged").unwrap();
+        // Other files push `a`'s segment out of the cache.
+        let fill: Vec<_> = (0..MIN_OPEN_FILES).map(|i| fs.create(&dir.join(format!("fill-{i}"))).unwrap()).collect();
+        assert!(cache.counts().evictions > 0, "precondition: {:?}", cache.counts());
+        armed.store(true, Ordering::Release);
+        release.send(()).unwrap();
+
+        let deadline = Instant::now() + GUARD;
+        while a.durable_seq() < seq && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let failed = hits.load(Ordering::Acquire);
+        assert!(
+            failed == 1 && a.durable_seq() >= seq && !a.is_poisoned(),
+            "record {seq} appended, its periodic sync failed to reopen the segment {failed} time(s); D is {} (poisoned: {}) with no write since",
+            a.durable_seq(),
+            a.is_poisoned(),
+        );
+        drop(fill);
+        a.close().unwrap();
+        b.close().unwrap();
     }
 }
