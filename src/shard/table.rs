@@ -148,10 +148,23 @@ pub struct Table {
     verified: Vec<AtomicU8>,
 }
 
-fn encode_entry(out: &mut Vec<u8>, key: &[u8], e: EntryRef) {
-    let start = out.len();
-    out.extend_from_slice(&(key.len() as u32).to_le_bytes());
-    out.extend_from_slice(&[0; 4]); // value length, patched below
+/// Appends `key`'s entry to a block. A key or value longer than its u32
+/// length field holds is refused before anything is copied, not wrapped
+/// into a table that misstates it: only a posting list loaded from a data
+/// log written before `MAX_LIST_SIZE` existed can be that long.
+fn encode_entry(out: &mut Vec<u8>, key: &[u8], e: EntryRef, file: &Path) -> Result<()> {
+    let too_long = |what: &str, len: usize| {
+        Error::corruption(format!(
+            "{}: the {what} of key {:?} is {len} bytes, more than a table entry can hold (a data log written before \
+             the posting list size limit?)",
+            file.display(),
+            String::from_utf8_lossy(key)
+        ))
+    };
+    let klen = u32::try_from(key.len()).map_err(|_| too_long("key", key.len()))?;
+    let vlen = u32::try_from(e.weight()).map_err(|_| too_long("value", e.weight()))?;
+    out.extend_from_slice(&klen.to_le_bytes());
+    out.extend_from_slice(&vlen.to_le_bytes());
     out.extend_from_slice(&e.version().to_le_bytes());
     out.push(match e.kind() {
         Kind::Value => KIND_VALUE,
@@ -160,8 +173,8 @@ fn encode_entry(out: &mut Vec<u8>, key: &[u8], e: EntryRef) {
     out.extend_from_slice(key);
     let vstart = out.len();
     e.encode_value(out);
-    let vlen = (out.len() - vstart) as u32;
-    out[start + 4..start + 8].copy_from_slice(&vlen.to_le_bytes());
+    debug_assert_eq!(out.len() - vstart, vlen as usize, "an entry's weight is its encoded length");
+    Ok(())
 }
 
 fn decode_entry<'a>(c: &mut Cursor<'a>) -> Result<(&'a [u8], u64, u8, &'a [u8])> {
@@ -236,8 +249,19 @@ fn write_tmp<'e>(
         offsets.clear();
         let crc = crc32fast::hash(block);
         block.extend_from_slice(&crc.to_le_bytes());
+        // A block of one entry just under encode_entry's limit can still
+        // pass the index's u32 length field.
+        let len = u32::try_from(block.len()).map_err(|_| {
+            Error::corruption(format!(
+                "{}: a block of {} bytes (key {:?}) is more than a table can index (a data log written before the \
+                 posting list size limit?)",
+                tmp.display(),
+                block.len(),
+                String::from_utf8_lossy(&first)
+            ))
+        })?;
         w.write(block).map_err(io)?;
-        index.push((first, offset, block.len()));
+        index.push((first, offset, len));
         offset += block.len();
         block.clear();
         Ok(())
@@ -250,8 +274,9 @@ fn write_tmp<'e>(
         hashes.push(bloom::hash64(key));
         max_version = max_version.max(entry.version());
         first_key.get_or_insert_with(|| key.to_vec());
+        // Under BLOCK_TARGET: a longer block was finished after its last entry.
         offsets.push(block.len() as u32);
-        encode_entry(&mut block, key, entry);
+        encode_entry(&mut block, key, entry, tmp)?;
         let last = last_key.get_or_insert_with(Vec::new);
         last.clear();
         last.extend_from_slice(key);
@@ -266,7 +291,7 @@ fn write_tmp<'e>(
     for (first_key, offset, len) in &index {
         files::put_bytes(&mut meta, first_key);
         meta.extend_from_slice(&(*offset as u64).to_le_bytes());
-        meta.extend_from_slice(&(*len as u32).to_le_bytes());
+        meta.extend_from_slice(&len.to_le_bytes());
     }
     let filter_off = offset + meta.len();
     meta.extend_from_slice(&bloom::build(&hashes));
@@ -801,6 +826,38 @@ mod tests {
         f.reseal_block(&mut list);
         f.refused_on_read(&kind, &[&f.all[0].0], "has an entry of unknown kind");
         f.refused_on_read(&list, &[&f.all[0].0], "has a posting list cut short");
+    }
+
+    /// A posting list longer than a table entry's u32 length field holds
+    /// (a data log written before MAX_LIST_SIZE can carry one) is refused
+    /// naming the table and the key, not wrapped. Its bytes are address
+    /// space reserved and never touched: the check comes before any copy,
+    /// so the test needs no 4 GiB of memory.
+    #[test]
+    fn a_value_too_long_for_a_table_entry_is_refused_not_wrapped() {
+        let len = u32::MAX as usize + 5;
+        let flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE;
+        // SAFETY: a new private anonymous mapping, no existing memory is affected.
+        let at = unsafe { libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ, flags, -1, 0) };
+        assert_ne!(at, libc::MAP_FAILED, "reserving {len} bytes of address space");
+        // SAFETY: the mapping is `len` readable bytes, unmapped only after
+        // `write` (which consumes every reference to them) returned.
+        let huge = unsafe { std::slice::from_raw_parts(at as *const u8, len) };
+        let dir = crate::test_dir::TestDir::new("table-huge");
+        let path = dir.join("t.sst");
+        let small = Entry { version: 1, value: Value::Bytes(b"v".to_vec()) };
+        let entries = [
+            (b"a".as_slice(), EntryRef::from(&small)),
+            (b"big".as_slice(), EntryRef::Stored { version: 2, kind: Kind::Posting, bytes: huge }),
+        ];
+        let fs = crate::fs::StdFs::direct();
+        let got = write(&fs, &path, entries.into_iter().map(Ok), &[], Ident { shard: 1, segment: 1 });
+        // SAFETY: `at`/`len` are the mapping made above; nothing refers to it any more.
+        assert_eq!(unsafe { libc::munmap(at, len) }, 0);
+        let e = got.err().expect("a table with a wrapped length was written");
+        assert_eq!(e.status, crate::status::KEEL_STATUS_CORRUPTION, "{}", e.message);
+        assert!(e.message.contains("t.sst") && e.message.contains("\"big\"") && e.message.contains(&len.to_string()), "{}", e.message);
+        assert!(!path.exists() && !crate::fs::tmp_path(&path).exists(), "nothing is left behind");
     }
 
     #[test]
