@@ -264,6 +264,32 @@ fn a_wal_delta_falls_back_to_a_snapshot_when_the_records_are_gone() {
     assert_eq!(shard_digest(&received(&dst)).unwrap(), shard_digest(&shard).unwrap());
 }
 
+/// A listed shard whose folder is gone on the receiver is damage
+/// (CORRUPTION, as to an open there), no copy to build a WAL delta on: the
+/// source sends a snapshot in its place. Its START failed as IO before,
+/// the marker written into a folder that is not there.
+#[test]
+fn a_wal_delta_to_a_listed_shard_whose_folder_is_gone_sends_a_snapshot() {
+    let (src, dst) = pair("gone");
+    let shard = src.engine.open_shard(SHARD, true).unwrap();
+    write_mix(&shard, 21, 300);
+    dst.transfers.expect(SHARD, 1);
+    src.transfers.send_shard(&shard, SHARD, 2, &small_batches(Method::Snapshot)).unwrap();
+    received(&dst).close().unwrap();
+    let folder = dst.dir().join("shards").join(SHARD.to_string());
+    std::fs::remove_dir_all(&folder).unwrap();
+    let e = dst.engine.open_shard(SHARD, false).map(drop).unwrap_err();
+    assert_eq!(e.status, KEEL_STATUS_CORRUPTION, "{e}");
+    write_mix(&shard, 22, 100);
+
+    dst.transfers.expect(SHARD, 1);
+    let r = src.transfers.send_shard(&shard, SHARD, 2, &small_batches(Method::WalDelta)).unwrap();
+    assert!(r.snapshot, "{r:?}");
+    assert_eq!(r.fallback.as_deref(), Some("the receiver has no copy of the shard"), "{r:?}");
+    check_pipeline(&r, &dst);
+    assert_eq!(shard_digest(&received(&dst)).unwrap(), shard_digest(&shard).unwrap());
+}
+
 #[test]
 fn a_receiver_refuses_a_shard_its_host_did_not_announce() {
     let (src, dst) = pair("refuse");

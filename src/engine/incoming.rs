@@ -21,8 +21,9 @@ impl Engine {
     /// Takes shard `id` in for a transfer. With `base`, a new empty shard
     /// whose versions up to `base` come from a snapshot (an existing shard
     /// of that id is dropped first); without, the existing shard, which
-    /// then receives a WAL delta (NOT_FOUND when there is none). BUSY when
-    /// the shard is open or already being received.
+    /// then receives a WAL delta (NOT_FOUND when there is none, CORRUPTION
+    /// when it is listed but its folder is gone). BUSY when the shard is
+    /// open or already being received.
     pub(crate) fn receive_shard(&self, id: u32, base: Option<u64>) -> Result<Shard> {
         let dir = self.shard_dir(id);
         let (reserved, replaced, listed, lost_copies) = {
@@ -52,6 +53,12 @@ impl Engine {
             let listed = state.list.contains(id);
             if base.is_none() && !listed {
                 return Err(super::not_found(id));
+            }
+            // Checked before the marker is written into it, which would
+            // fail as IO: the source then sends a snapshot, as for any
+            // damaged copy.
+            if base.is_none() && !self.exists(&dir)? {
+                return Err(super::missing_listed(&dir, id));
             }
             (self.reserve(state, id, Slot::Opening), replaced, listed, state.lost_copies_of(id))
         };

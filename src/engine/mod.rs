@@ -552,10 +552,7 @@ impl Engine {
                     return Err(Error::new(KEEL_STATUS_NOT_FOUND, format!("shard {id} does not exist")));
                 }
             } else if !self.exists(&dir)? {
-                return Err(Error::corruption(format!(
-                    "{}: missing, but shard {id} is in the engine's shard list ({SHARD_LIST}): its data is gone",
-                    dir.display()
-                )));
+                return Err(missing_listed(&dir, id));
             } else if self.exists(&dir.join(incoming::MARKER))? {
                 return Err(incoming::busy(id));
             }
@@ -860,6 +857,12 @@ fn dropping(id: u32) -> Error {
 
 fn not_found(id: u32) -> Error {
     Error::new(KEEL_STATUS_NOT_FOUND, format!("shard {id} does not exist"))
+}
+
+/// Shard `id` is listed but its folder (`dir`) is gone: damage, for an open
+/// and for a WAL delta alike, not a shard that does not exist.
+fn missing_listed(dir: &Path, id: u32) -> Error {
+    Error::corruption(format!("{}: missing, but shard {id} is in the engine's shard list ({SHARD_LIST}): its data is gone", dir.display()))
 }
 
 /// Shard `id`'s slot reserved (`Slot::Opening` or `Slot::Dropping`) while
