@@ -834,10 +834,49 @@ fn a_reception_ended_for_a_start_is_counted_once_its_shard_is_closed() {
         p.call(wire::START, 1000, 1, &[&(SHARD + 1).to_le_bytes()[..], &[wire::MODE_SNAPSHOT]].concat())
     });
     parked.recv_timeout(HANG_GUARD).expect("hang guard: the shard's close never reached its files");
-    let counted = dst.transfers.receiver_stats().sources_gone;
+    let during = dst.transfers.receiver_stats();
     release.send(()).unwrap();
     ok(&other.join().unwrap(), "peer 3's START");
-    assert_eq!(counted, 0, "counted while the shard was still closing");
+    assert_eq!(during.sources_gone, 0, "counted while the shard was still closing");
+    assert_eq!(during.receiving, 1, "the reception's shard is still closing");
     assert_eq!(dst.transfers.receiver_stats().sources_gone, 1);
+    dst.engine.drop_shard(SHARD).unwrap();
+}
+
+/// A reception the source cancels leaves the table before its shard is
+/// closed; `receiving` fell right then, so a host that waited for it to
+/// reach 0 before dropping or opening the shard found its id still busy.
+/// It falls once the shard is closed now: the close is parked here on the
+/// shard's first file call.
+#[test]
+fn receiving_counts_a_cancelled_reception_until_its_shard_is_closed() {
+    use common::hookfs::HookFs;
+    use std::sync::atomic::AtomicBool;
+    use std::sync::Arc;
+    let armed = Arc::new(AtomicBool::new(false));
+    let (parked_tx, parked) = crossbeam_channel::bounded::<()>(1);
+    let (release, release_rx) = crossbeam_channel::bounded::<()>(1);
+    let a = armed.clone();
+    let fs = HookFs::new(move |_, path| {
+        if path.to_string_lossy().contains(&format!("/shards/{SHARD}/")) && a.swap(false, Ordering::AcqRel) {
+            let _ = parked_tx.send(());
+            let _ = release_rx.recv();
+        }
+        Ok(())
+    });
+    let dst = Side::temp_on("hostile-cancel-count", node_options(2), shard_options(), fs);
+    dst.transfers.expect(SHARD, 1);
+    let mut p = RawPeer::connect(dst.node.addr(), 1);
+    ok(&p.call(wire::START, 5, 1, &start_body(wire::MODE_SNAPSHOT)), "START");
+    ok(&p.call(wire::BEGIN, 5, 2, &begin_snapshot_body(5)), "BEGIN");
+    armed.store(true, Ordering::Release);
+    p.send_step(wire::CANCEL, 5, 0, &[]);
+    parked.recv_timeout(HANG_GUARD).expect("hang guard: the shard's close never reached its files");
+    let during = dst.transfers.receiver_stats().receiving;
+    release.send(()).unwrap();
+    assert_eq!(during, 1, "the cancelled reception's shard is still closing");
+    wait_for("the shard is closed", || dst.transfers.receiver_stats().receiving == 0);
+    let busy = dst.engine.open_shard(SHARD, false).map(drop).unwrap_err();
+    assert_eq!(busy.status, KEEL_STATUS_BUSY, "the shard stays incoming: {busy}");
     dst.engine.drop_shard(SHARD).unwrap();
 }

@@ -50,7 +50,10 @@ pub struct ReceiverStats {
     /// START needed the place; counted once their shards are closed.
     pub sources_gone: u64,
     /// Receptions running now, each holding one of the node's
-    /// `max_concurrent_transfers` places.
+    /// `max_concurrent_transfers` places, and those ended whose shards
+    /// are still closing (their places free already): once it is 0, no
+    /// reception holds a shard, so a host that waits for that finds none
+    /// of their ids busy.
     pub receiving: u64,
 }
 
@@ -158,13 +161,24 @@ struct State {
     /// Peers with receptions here whose ready connection ended, and when
     /// it last did (`reap`).
     gone: HashMap<u64, Instant>,
+    /// Receptions taken out of `running` to be ended whose shards are not
+    /// closed yet: counted in `receiving` until they are (`Receiver::end_all`).
+    ending: u64,
 }
 
 impl State {
     /// Takes out of the table the receptions whose source `gone` says is.
+    /// They count as `ending` until `Receiver::end_all` closed them.
     fn take_gone(&mut self, gone: impl Fn(u64) -> bool) -> Vec<Running> {
         let keys: Vec<(u64, u64)> = self.running.keys().filter(|(p, _)| gone(*p)).copied().collect();
-        keys.into_iter().filter_map(|k| self.running.remove(&k)).collect()
+        self.take(keys)
+    }
+
+    /// Takes receptions `keys` out of the table, to be ended (`ending`).
+    fn take(&mut self, keys: Vec<(u64, u64)>) -> Vec<Running> {
+        let taken: Vec<Running> = keys.into_iter().filter_map(|k| self.running.remove(&k)).collect();
+        self.ending += taken.len() as u64;
+        taken
     }
 }
 
@@ -204,7 +218,10 @@ impl Receiver {
             finished: g(&c.finished),
             failed: g(&c.failed),
             sources_gone: g(&c.sources_gone),
-            receiving: self.state.lock().running.len() as u64,
+            receiving: {
+                let st = self.state.lock();
+                st.running.len() as u64 + st.ending
+            },
         }
     }
 
@@ -254,10 +271,7 @@ impl Receiver {
                     Err(Error::new(KEEL_STATUS_NOT_FOUND, format!("transfer {id} from node {peer} has ended here")))
                 } else if n <= inc.step {
                     let (step, last) = (inc.step, inc.last.clone());
-                    let end = || {
-                        self.forget(peer, id, &running);
-                        abandon(engine, &mut inc);
-                    };
+                    let end = || self.end(engine, peer, id, &running, &mut inc);
                     return self.copy(step, last.as_ref(), ty, n, crc, end).map(|a| (a, None));
                 } else {
                     // Only a new step of a running reception says how deep
@@ -270,8 +284,9 @@ impl Receiver {
                     }
                     match (&r, ty) {
                         (Ok(()), wire::FINISH) => {
+                            // The shard is the host's already: nothing left to close.
                             inc.ended = true;
-                            self.forget(peer, id, &running);
+                            self.forget(peer, id, &running, false);
                             let mut st = self.state.lock();
                             if st.finished.len() == FINISHED_MEMORY {
                                 st.finished.pop_front();
@@ -279,10 +294,7 @@ impl Receiver {
                             st.finished.push_back(((peer, id), n, Answered { ty, crc, ack: ack.clone() }));
                         }
                         (Ok(()), _) => inc.last = Some(Answered { ty, crc, ack: ack.clone() }),
-                        (Err(_), _) => {
-                            self.forget(peer, id, &running);
-                            abandon(engine, &mut inc);
-                        }
+                        (Err(_), _) => self.end(engine, peer, id, &running, &mut inc),
                     }
                     r
                 }
@@ -340,9 +352,7 @@ impl Receiver {
     fn cancel(&self, engine: &Engine, peer: u64, id: u64) {
         let running = self.state.lock().running.get(&(peer, id)).cloned();
         if let Some(running) = running {
-            let mut inc = running.cell.lock();
-            self.forget(peer, id, &running);
-            abandon(engine, &mut inc);
+            self.end(engine, peer, id, &running, &mut running.cell.lock());
         }
     }
 
@@ -377,7 +387,7 @@ impl Receiver {
             // Counted once their shards are closed: a host that sees the
             // count may drop them at once (until then their ids are busy).
             let gone = old.len() as u64;
-            end_all(engine, old);
+            self.end_all(engine, old);
             bump(&self.counters.sources_gone, gone);
         }
         self.state.lock().gone.values().min().map(|at| *at + linger)
@@ -389,12 +399,38 @@ impl Receiver {
         st.finished.iter().find(|(k, _, _)| *k == (peer, id)).map(|(_, step, last)| (*step, last.clone()))
     }
 
-    /// Drops the reception from the table, unless a newer one replaced it.
-    fn forget(&self, peer: u64, id: u64, running: &Running) {
+    /// Drops the reception from the table, unless a newer one replaced it
+    /// or an end took it out already; whether it did. `closing`: its shard
+    /// is still to be closed (`ending` until then).
+    fn forget(&self, peer: u64, id: u64, running: &Running, closing: bool) -> bool {
         let mut st = self.state.lock();
-        if st.running.get(&(peer, id)).is_some_and(|r| Arc::ptr_eq(&r.cell, &running.cell)) {
+        let ours = st.running.get(&(peer, id)).is_some_and(|r| Arc::ptr_eq(&r.cell, &running.cell));
+        if ours {
             st.running.remove(&(peer, id));
+            st.ending += u64::from(closing);
         }
+        ours
+    }
+
+    /// Ends reception `inc` (locked, from `running`): out of the table and
+    /// its shard closed. One another end took out already stays counted
+    /// by that end until its `end_all` is done.
+    fn end(&self, engine: &Engine, peer: u64, id: u64, running: &Running, inc: &mut Incoming) {
+        let ours = self.forget(peer, id, running, true);
+        abandon(engine, inc);
+        if ours {
+            self.state.lock().ending -= 1;
+        }
+    }
+
+    /// Abandons receptions taken out of the table (each once its step in
+    /// progress, if any, is done); `receiving` counts them until then.
+    fn end_all(&self, engine: &Engine, old: Vec<Running>) {
+        let n = old.len() as u64;
+        for r in old {
+            abandon(engine, &mut r.cell.lock());
+        }
+        self.state.lock().ending -= n;
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -434,7 +470,7 @@ impl Receiver {
             // An earlier attempt of the same shard that never finished (its
             // source gave up or restarted) ends here.
             let old: Vec<(u64, u64)> = st.running.iter().filter(|(_, r)| r.shard_id == shard_id).map(|(k, _)| *k).collect();
-            let mut old: Vec<Running> = old.into_iter().filter_map(|k| st.running.remove(&k)).collect();
+            let mut old = st.take(old);
             if st.running.len() >= max {
                 // A source with no connection here now (it crashed, or
                 // its CANCEL was lost with its connection) gives its place
@@ -451,7 +487,7 @@ impl Receiver {
             }
             if st.running.len() >= max {
                 drop(st);
-                end_all(engine, old);
+                self.end_all(engine, old);
                 bump(&self.counters.sources_gone, gone);
                 return Err(Error::new(
                     KEEL_STATUS_BUSY,
@@ -460,7 +496,7 @@ impl Receiver {
             }
             old
         };
-        end_all(engine, stale);
+        self.end_all(engine, stale);
         bump(&self.counters.sources_gone, gone);
         let mut inc = Incoming {
             shard_id,
@@ -707,13 +743,5 @@ fn abandon(engine: &Engine, inc: &mut Incoming) {
     inc.installing = Vec::new();
     if inc.shard.take().is_some() {
         let _ = engine.release_incoming(inc.shard_id, false);
-    }
-}
-
-/// Abandons receptions taken out of the table (each once its step in
-/// progress, if any, is done).
-fn end_all(engine: &Engine, old: Vec<Running>) {
-    for r in old {
-        abandon(engine, &mut r.cell.lock());
     }
 }
