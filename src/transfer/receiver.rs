@@ -416,21 +416,17 @@ impl Receiver {
     /// its shard closed. One another end took out already stays counted
     /// by that end until its `end_all` is done.
     fn end(&self, engine: &Engine, peer: u64, id: u64, running: &Running, inc: &mut Incoming) {
-        let ours = self.forget(peer, id, running, true);
+        let _ending = Ending(&self.state, u64::from(self.forget(peer, id, running, true)));
         abandon(engine, inc);
-        if ours {
-            self.state.lock().ending -= 1;
-        }
     }
 
     /// Abandons receptions taken out of the table (each once its step in
     /// progress, if any, is done); `receiving` counts them until then.
     fn end_all(&self, engine: &Engine, old: Vec<Running>) {
-        let n = old.len() as u64;
+        let _ending = Ending(&self.state, old.len() as u64);
         for r in old {
             abandon(engine, &mut r.cell.lock());
         }
-        self.state.lock().ending -= n;
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -737,6 +733,17 @@ fn shard_of(inc: &Incoming, snapshot: bool) -> Result<&Shard> {
 }
 
 /// Ends a reception that will not finish: the shard stays marked incoming.
+/// Takes `n` ended receptions off `State::ending` once dropped, also when
+/// a shard's close panicked: left counted, `receiving` would never fall
+/// to 0 again.
+struct Ending<'a>(&'a Mutex<State>, u64);
+
+impl Drop for Ending<'_> {
+    fn drop(&mut self) {
+        self.0.lock().ending -= self.1;
+    }
+}
+
 fn abandon(engine: &Engine, inc: &mut Incoming) {
     inc.ended = true;
     inc.pending = Vec::new();
