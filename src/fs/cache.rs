@@ -23,6 +23,15 @@
 //! Pinned files count towards the limit; when they alone exceed it, the
 //! cache is over its limit until they are released (then it evicts).
 //!
+//! A file evicted with changes (writes, allocations) that no successful
+//! `sync_data` through its handle has covered is synced and closed first,
+//! after the cache's lock is released: a write-back error must not wait
+//! for the next descriptor opened on the file, which sees it only if the
+//! inode stayed in memory, and NFS or FUSE may report it at close(2)
+//! alone. A failed sync or close is kept for the handle and returned by
+//! its next `sync_data` (once, as fdatasync reports an error once per
+//! descriptor); until the outcome is known, the handle's users wait.
+//!
 //! Names change under open handles (a prepared WAL segment is renamed into
 //! place, a shard's folder is renamed when it is dropped), so renames and
 //! removals go through the cache too: they move or detach the handles of
@@ -33,7 +42,7 @@
 //! file system with its last name; there is nothing to make durable).
 
 use super::{File, FileSystem, ReadMap};
-use parking_lot::{Mutex, RwLock};
+use parking_lot::{Condvar, Mutex, RwLock};
 use std::any::Any;
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -65,6 +74,8 @@ pub struct CacheCounts {
 
 /// One handle's entry.
 struct Slot {
+    /// Tells this handle from a later one in the same slot.
+    id: u64,
     /// None once its name was removed or renamed over (detached).
     path: Option<PathBuf>,
     writable: bool,
@@ -73,6 +84,14 @@ struct Slot {
     file: Option<Arc<dyn File>>,
     /// Operations running on it.
     users: usize,
+    /// Changes made through it, and how many of them the last successful
+    /// sync covered: it has unsynced changes while the two differ.
+    changes: u64,
+    synced: u64,
+    /// Evicted with unsynced changes, being synced and closed.
+    closing: bool,
+    /// That sync or close failed: for the next `sync_data`.
+    lost: Option<io::Error>,
     /// LRU links; only open, unused, attached slots are on the list.
     prev: usize,
     next: usize,
@@ -92,6 +111,8 @@ struct State {
     tail: usize,
     /// Descriptors of the open files.
     open: usize,
+    /// Slot ids handed out.
+    ids: u64,
 }
 
 /// The descriptor cache of an engine (see the module comment).
@@ -102,6 +123,8 @@ pub struct FileCache {
     /// a name cannot change between the moment a handle's name is read and
     /// the moment the file is opened by it.
     names: RwLock<()>,
+    /// Signalled when an evicted file's sync and close are done.
+    settled: Condvar,
     hits: AtomicU64,
     misses: AtomicU64,
     evictions: AtomicU64,
@@ -148,17 +171,21 @@ impl State {
         self.tail = i;
     }
 
-    /// Closes least recently used files until at most `limit` descriptors
-    /// are open or every open file is pinned; returns them, to be dropped (closed)
-    /// once the lock is released.
-    fn evict(&mut self, limit: usize) -> Vec<Arc<dyn File>> {
+    /// Takes least recently used files out of their slots until at most
+    /// `limit` descriptors are open or every open file is pinned; returns
+    /// them, to be closed once the lock is released (`Evictions`).
+    fn evict(&mut self, limit: usize) -> Vec<Evicted> {
         let mut closed = Vec::new();
         while self.open > limit && self.head != NIL {
             let i = self.head;
             self.unlink(i);
-            let file = self.slot(i).file.take().expect("listed slots are open");
+            let s = self.slot(i);
+            let file = s.file.take().expect("listed slots are open");
+            let unsynced = (s.changes != s.synced).then_some(s.changes);
+            s.closing = unsynced.is_some();
+            let id = s.id;
             self.open -= file.descriptors();
-            closed.push(file);
+            closed.push(Evicted { slot: i, id, file, unsynced });
         }
         closed
     }
@@ -199,6 +226,7 @@ impl FileCache {
             limit,
             state: Mutex::new(State { head: NIL, tail: NIL, ..State::default() }),
             names: RwLock::new(()),
+            settled: Condvar::new(),
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
             evictions: AtomicU64::new(0),
@@ -223,35 +251,71 @@ impl FileCache {
         }
     }
 
-    /// Registers a file just opened (under the names lock) by `path`.
-    fn register(self: &Arc<Self>, fs: &Arc<dyn FileSystem>, path: &Path, writable: bool, file: Arc<dyn File>) -> CachedFile {
+    /// Registers a file just opened (under the names lock) by `path`; the
+    /// files it evicts are closed when the returned `Evictions` is dropped
+    /// (after the names lock: a rename need not wait for their syncs).
+    fn register(self: &Arc<Self>, fs: &Arc<dyn FileSystem>, path: &Path, writable: bool, file: Arc<dyn File>) -> (CachedFile, Evictions<'_>) {
         let fds = file.descriptors();
-        let slot = Slot { path: Some(path.to_path_buf()), writable, fs: fs.clone(), file: Some(file), users: 0, prev: NIL, next: NIL, listed: false };
-        let (i, closed) = {
-            let mut st = self.state.lock();
-            let i = match st.free.pop() {
-                Some(i) => {
-                    st.slots[i] = Some(slot);
-                    i
-                }
-                None => {
-                    st.slots.push(Some(slot));
-                    st.slots.len() - 1
-                }
-            };
-            st.by_path.entry(key(path)).or_default().push(i);
-            st.open += fds;
-            st.push_recent(i);
-            (i, self.evict_locked(&mut st))
+        let mut st = self.state.lock();
+        st.ids += 1;
+        let slot = Slot {
+            id: st.ids,
+            path: Some(path.to_path_buf()),
+            writable,
+            fs: fs.clone(),
+            file: Some(file),
+            users: 0,
+            changes: 0,
+            synced: 0,
+            closing: false,
+            lost: None,
+            prev: NIL,
+            next: NIL,
+            listed: false,
         };
-        drop(closed);
-        CachedFile { cache: self.clone(), slot: i }
+        let i = match st.free.pop() {
+            Some(i) => {
+                st.slots[i] = Some(slot);
+                i
+            }
+            None => {
+                st.slots.push(Some(slot));
+                st.slots.len() - 1
+            }
+        };
+        st.by_path.entry(key(path)).or_default().push(i);
+        st.open += fds;
+        st.push_recent(i);
+        let closed = self.evict_locked(&mut st);
+        (CachedFile { cache: self.clone(), slot: i }, closed)
     }
 
-    fn evict_locked(&self, st: &mut State) -> Vec<Arc<dyn File>> {
-        let closed = st.evict(self.limit);
-        self.evictions.fetch_add(closed.len() as u64, Ordering::Relaxed);
-        closed
+    fn evict_locked(&self, st: &mut State) -> Evictions<'_> {
+        let files = st.evict(self.limit);
+        self.evictions.fetch_add(files.len() as u64, Ordering::Relaxed);
+        Evictions { cache: self, files }
+    }
+
+    /// Syncs and closes an evicted file with unsynced changes, keeping a
+    /// failure for its handle's next `sync_data`; drops (closes) the rest.
+    fn close_evicted(&self, e: Evicted) {
+        let Some(changes) = e.unsynced else { return };
+        let synced = e.file.sync_data();
+        // The only reference (`Pinned` lets go of its own before it
+        // unpins), so close(2)'s error is this one's to see.
+        let closed = e.file.close();
+        let mut st = self.state.lock();
+        // A handle dropped meanwhile has no one left to tell.
+        if let Some(s) = st.slots[e.slot].as_mut().filter(|s| s.id == e.id) {
+            s.closing = false;
+            match synced.and(closed) {
+                Ok(()) => s.synced = changes,
+                Err(err) => {
+                    s.lost.get_or_insert(err);
+                }
+            }
+        }
+        self.settled.notify_all();
     }
 
     /// The open file of slot `i`, pinned until the guard is dropped;
@@ -262,9 +326,14 @@ impl FileCache {
             self.hits.fetch_add(1, Ordering::Relaxed);
             return Ok(Some(p));
         }
-        let _names = self.names.read();
+        let names = self.names.read();
         let (fs, path, writable) = {
             let mut st = self.state.lock();
+            // Its eviction is syncing it: that outcome comes before any use
+            // (a sync through a new descriptor could miss its error).
+            while st.slot(i).closing {
+                self.settled.wait(&mut st);
+            }
             if let Some(p) = self.pin_open(i, &mut st) {
                 self.hits.fetch_add(1, Ordering::Relaxed); // reopened by another user meanwhile
                 return Ok(Some(p));
@@ -286,25 +355,34 @@ impl FileCache {
         let s = st.slot(i);
         s.file = Some(fresh.clone());
         s.users += 1;
+        let changes = s.changes;
         st.open += fresh.descriptors();
         let closed = self.evict_locked(&mut st);
         drop(st);
+        drop(names);
         drop(closed);
-        Ok(Some(Pinned { cache: self, slot: i, file: fresh }))
+        Ok(Some(Pinned::new(self, i, fresh, changes)))
     }
 
     fn pin_open(&self, i: usize, st: &mut State) -> Option<Pinned<'_>> {
         let file = st.slot(i).file.clone()?;
         st.unlink(i);
-        st.slot(i).users += 1;
-        Some(Pinned { cache: self, slot: i, file })
+        let s = st.slot(i);
+        s.users += 1;
+        Some(Pinned::new(self, i, file, s.changes))
     }
 
-    fn unpin(&self, i: usize) {
+    /// Ends an operation on slot `i`; `p` tells whether it changed the
+    /// file and whether it synced the changes made before it began.
+    fn unpin(&self, i: usize, p: &Pinned<'_>) {
         let closed = {
             let mut st = self.state.lock();
             let s = st.slot(i);
             debug_assert!(s.users > 0);
+            s.changes += p.changed as u64;
+            if p.synced {
+                s.synced = s.synced.max(p.changes);
+            }
             s.users -= 1;
             if s.users > 0 {
                 return;
@@ -314,6 +392,12 @@ impl FileCache {
             self.evict_locked(&mut st)
         };
         drop(closed);
+    }
+
+    /// The failure of the sync or close of slot `i`'s file at its last
+    /// eviction, if nobody was told yet (see the module comment).
+    fn take_lost(&self, i: usize) -> Option<io::Error> {
+        self.state.lock().slot(i).lost.take()
     }
 
     fn release(&self, i: usize) {
@@ -363,12 +447,57 @@ impl FileCache {
 struct Pinned<'a> {
     cache: &'a FileCache,
     slot: usize,
-    file: Arc<dyn File>,
+    /// None only while it is dropped.
+    file: Option<Arc<dyn File>>,
+    /// The slot's changes when the operation began.
+    changes: u64,
+    /// The operation changed the file.
+    changed: bool,
+    /// The operation synced the file.
+    synced: bool,
+}
+
+impl<'a> Pinned<'a> {
+    fn new(cache: &'a FileCache, slot: usize, file: Arc<dyn File>, changes: u64) -> Pinned<'a> {
+        Pinned { cache, slot, file: Some(file), changes, changed: false, synced: false }
+    }
+
+    fn file(&self) -> &dyn File {
+        self.file.as_deref().expect("held until dropped")
+    }
 }
 
 impl Drop for Pinned<'_> {
     fn drop(&mut self) {
-        self.cache.unpin(self.slot);
+        // Let go first: an eviction in `unpin` needs the only reference.
+        self.file = None;
+        self.cache.unpin(self.slot, self);
+    }
+}
+
+/// Files `State::evict` took out of their slots, closed when this is
+/// dropped, which its taker does once it holds none of the cache's locks:
+/// a file with unsynced changes is synced first (`close_evicted`), and a
+/// slow fdatasync holds up only that file's own users.
+struct Evictions<'a> {
+    cache: &'a FileCache,
+    files: Vec<Evicted>,
+}
+
+/// An evicted file; `unsynced`: the slot's changes, when its last
+/// successful sync did not cover them all.
+struct Evicted {
+    slot: usize,
+    id: u64,
+    file: Arc<dyn File>,
+    unsynced: Option<u64>,
+}
+
+impl Drop for Evictions<'_> {
+    fn drop(&mut self) {
+        for e in self.files.drain(..) {
+            self.cache.close_evicted(e);
+        }
     }
 }
 
@@ -401,7 +530,15 @@ fn detached() -> io::Error {
 impl CachedFile {
     fn with<R>(&self, op: impl FnOnce(&dyn File) -> io::Result<R>) -> io::Result<R> {
         let pinned = self.cache.pin(self.slot)?.ok_or_else(detached)?;
-        op(&*pinned.file)
+        op(pinned.file())
+    }
+
+    /// `with` for an operation that changes the file (counted whatever it
+    /// returns: a failed one may have changed some bytes).
+    fn changing(&self, op: impl FnOnce(&dyn File) -> io::Result<()>) -> io::Result<()> {
+        let mut pinned = self.cache.pin(self.slot)?.ok_or_else(detached)?;
+        pinned.changed = true;
+        op(pinned.file())
     }
 }
 
@@ -413,20 +550,29 @@ impl File for CachedFile {
         self.with(|f| f.read_at(buf, off))
     }
     fn write_at(&self, parts: &[&[u8]], off: u64) -> io::Result<()> {
-        self.with(|f| f.write_at(parts, off))
+        self.changing(|f| f.write_at(parts, off))
     }
     fn append_at(&self, parts: &[&[u8]], off: u64) -> io::Result<()> {
-        self.with(|f| f.append_at(parts, off))
+        self.changing(|f| f.append_at(parts, off))
     }
     fn allocate(&self, len: u64) -> io::Result<()> {
-        self.with(|f| f.allocate(len))
+        self.changing(|f| f.allocate(len))
     }
     fn reserve(&self, len: u64) -> io::Result<()> {
-        self.with(|f| f.reserve(len))
+        self.changing(|f| f.reserve(len))
     }
     fn sync_data(&self) -> io::Result<()> {
-        match self.cache.pin(self.slot)? {
-            Some(pinned) => pinned.file.sync_data(),
+        let pinned = self.cache.pin(self.slot);
+        // Checked once the pin waited out an eviction syncing the file.
+        if let Some(e) = self.cache.take_lost(self.slot) {
+            return Err(e);
+        }
+        match pinned? {
+            Some(mut pinned) => {
+                pinned.file().sync_data()?;
+                pinned.synced = true;
+                Ok(())
+            }
             None => Ok(()), // detached while closed: see the module comment
         }
     }
@@ -434,7 +580,7 @@ impl File for CachedFile {
         // Best effort, as the call itself: a file that cannot be opened
         // again is simply not faulted in.
         if let Ok(Some(pinned)) = self.cache.pin(self.slot) {
-            pinned.file.prefault();
+            pinned.file().prefault();
         }
     }
 }
@@ -459,14 +605,20 @@ impl FileSystem for CachedFs {
         self.fs.list(dir)
     }
     fn open(&self, path: &Path, writable: bool) -> io::Result<Arc<dyn File>> {
-        let _names = self.cache.names.read();
-        let file = self.fs.open(path, writable)?;
-        Ok(Arc::new(self.cache.register(&self.fs, path, writable, file)))
+        let (file, _evicted) = {
+            let _names = self.cache.names.read();
+            let file = self.fs.open(path, writable)?;
+            self.cache.register(&self.fs, path, writable, file)
+        };
+        Ok(Arc::new(file))
     }
     fn create(&self, path: &Path) -> io::Result<Arc<dyn File>> {
-        let _names = self.cache.names.read();
-        let file = self.fs.create(path)?;
-        Ok(Arc::new(self.cache.register(&self.fs, path, true, file)))
+        let (file, _evicted) = {
+            let _names = self.cache.names.read();
+            let file = self.fs.create(path)?;
+            self.cache.register(&self.fs, path, true, file)
+        };
+        Ok(Arc::new(file))
     }
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
         let _names = self.cache.names.write();
@@ -549,7 +701,7 @@ mod tests {
         let (d, cache, fs) = setup("pinned", MIN_OPEN_FILES);
         let std: Arc<dyn FileSystem> = Arc::new(StdFs::direct());
         let path = d.join("held");
-        let held = cache.register(&std, &path, true, std.create(&path).unwrap());
+        let (held, _) = cache.register(&std, &path, true, std.create(&path).unwrap());
         held.write_at(&[b"held"], 0).unwrap();
         // While an operation runs on `held`, every other file is opened.
         let mut others = Vec::new();
@@ -646,6 +798,187 @@ mod tests {
         assert_eq!(reopen_failure(&e).and_then(io::Error::raw_os_error), Some(libc::ENOENT), "{e}");
         assert!(reopen_failure(&io::Error::from_raw_os_error(libc::ENOMEM)).is_none());
         drop(fill);
+    }
+
+    /// How the write-back of `Losing`'s file named "bad" fails.
+    #[derive(Clone, Copy, Debug)]
+    enum Fails {
+        Sync,
+        Close,
+    }
+
+    /// The real file system, but the write-back of the file named "bad"
+    /// fails, and only a descriptor written through reports it (by
+    /// fdatasync or by close(2)): one opened later syncs cleanly, as after
+    /// the kernel dropped the inode that held the error.
+    struct Losing {
+        fails: Fails,
+        syncs: Arc<AtomicU64>,
+        /// Taken by the first failing sync, which says it began and waits
+        /// for the word to go on.
+        park: Arc<Mutex<Option<Park>>>,
+    }
+
+    type Park = (std::sync::mpsc::Sender<()>, std::sync::mpsc::Receiver<()>);
+
+    struct LosingFile {
+        real: Arc<dyn File>,
+        fails: Option<Fails>,
+        written: std::sync::atomic::AtomicBool,
+        syncs: Arc<AtomicU64>,
+        park: Arc<Mutex<Option<Park>>>,
+    }
+
+    impl LosingFile {
+        fn fails(&self, how: Fails) -> io::Result<()> {
+            let fails = matches!((self.fails, how), (Some(Fails::Sync), Fails::Sync) | (Some(Fails::Close), Fails::Close));
+            match fails && self.written.load(Ordering::Acquire) {
+                true => Err(io::Error::from_raw_os_error(libc::EIO)),
+                false => Ok(()),
+            }
+        }
+    }
+
+    impl File for LosingFile {
+        fn len(&self) -> io::Result<u64> {
+            self.real.len()
+        }
+        fn read_at(&self, buf: &mut [u8], off: u64) -> io::Result<usize> {
+            self.real.read_at(buf, off)
+        }
+        fn write_at(&self, parts: &[&[u8]], off: u64) -> io::Result<()> {
+            self.written.store(true, Ordering::Release);
+            self.real.write_at(parts, off)
+        }
+        fn allocate(&self, len: u64) -> io::Result<()> {
+            self.real.allocate(len)
+        }
+        fn reserve(&self, len: u64) -> io::Result<()> {
+            self.real.reserve(len)
+        }
+        fn sync_data(&self) -> io::Result<()> {
+            self.syncs.fetch_add(1, Ordering::Relaxed);
+            if self.fails(Fails::Sync).is_err() {
+                if let Some((began, go)) = self.park.lock().take() {
+                    began.send(()).unwrap();
+                    go.recv().unwrap();
+                }
+            }
+            self.fails(Fails::Sync)?;
+            self.real.sync_data()
+        }
+        fn close(self: Arc<Self>) -> io::Result<()> {
+            self.fails(Fails::Close)
+        }
+    }
+
+    impl Losing {
+        fn wrap(&self, path: &Path, real: Arc<dyn File>) -> Arc<dyn File> {
+            let fails = (path.file_name() == Some("bad".as_ref())).then_some(self.fails);
+            Arc::new(LosingFile { real, fails, written: Default::default(), syncs: self.syncs.clone(), park: self.park.clone() })
+        }
+    }
+
+    impl FileSystem for Losing {
+        fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
+            StdFs::direct().create_dir_all(dir)
+        }
+        fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
+            StdFs::direct().list(dir)
+        }
+        fn open(&self, path: &Path, writable: bool) -> io::Result<Arc<dyn File>> {
+            Ok(self.wrap(path, StdFs::direct().open(path, writable)?))
+        }
+        fn create(&self, path: &Path) -> io::Result<Arc<dyn File>> {
+            Ok(self.wrap(path, StdFs::direct().create(path)?))
+        }
+        fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+            StdFs::direct().rename(from, to)
+        }
+        fn remove(&self, path: &Path) -> io::Result<()> {
+            StdFs::direct().remove(path)
+        }
+        fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+            StdFs::direct().sync_dir(dir)
+        }
+        fn exists(&self, path: &Path) -> io::Result<bool> {
+            StdFs::direct().exists(path)
+        }
+        fn remove_dir_all(&self, dir: &Path) -> io::Result<()> {
+            StdFs::direct().remove_dir_all(dir)
+        }
+        fn lock(&self, path: &Path) -> io::Result<Box<dyn Any + Send + Sync>> {
+            StdFs::direct().lock(path)
+        }
+    }
+
+    /// A file closed with unsynced writes whose write-back fails (at
+    /// fdatasync, or at close(2) as on NFS): the next sync through its
+    /// handle, which opens it again, must fail, not sync a descriptor that
+    /// never saw the error and report the writes durable.
+    #[test]
+    fn a_write_back_error_of_an_evicted_file_reaches_its_next_sync() {
+        for fails in [Fails::Sync, Fails::Close] {
+            let d = TestDir::new(&format!("fdcache-lost-{fails:?}"));
+            let cache = FileCache::new(MIN_OPEN_FILES);
+            let syncs = Arc::new(AtomicU64::new(0));
+            let fs = cache.wrap(Arc::new(Losing { fails, syncs: syncs.clone(), park: Default::default() }));
+            let bad = fs.create(&d.join("bad")).unwrap();
+            bad.write_at(&[b"lost"], 0).unwrap();
+            let clean = fs.create(&d.join("clean")).unwrap();
+            clean.write_at(&[b"synced"], 0).unwrap();
+            clean.sync_data().unwrap();
+            let before = syncs.load(Ordering::Relaxed);
+            // Both closed by the cache.
+            let fill: Vec<_> = (0..MIN_OPEN_FILES).map(|i| fs.create(&d.join(format!("x{i}"))).unwrap()).collect();
+            assert!(cache.counts().evictions >= 2);
+            let e = bad.sync_data().expect_err("a write-back error vanished with the descriptor that had it");
+            assert_eq!(e.raw_os_error(), Some(libc::EIO), "{fails:?}: {e}");
+            assert!(reopen_failure(&e).is_none(), "an fdatasync failure, not a failed reopen");
+            // `bad` was synced as it was closed, and the sync that reported
+            // its failure ran none; `clean`, synced already, was closed
+            // without one.
+            assert_eq!(syncs.load(Ordering::Relaxed) - before, 1, "{fails:?}");
+            // Reported once, as fdatasync reports an error once per
+            // descriptor: a caller that goes on writes its data again (a
+            // segment's log) or never syncs again (a poisoned WAL).
+            bad.sync_data().unwrap();
+            drop(fill);
+        }
+    }
+
+    /// A sync of a file whose eviction is still syncing it waits for that
+    /// outcome: opening the file again meanwhile and syncing the new
+    /// descriptor could succeed before the eviction's sync fails.
+    #[test]
+    fn a_sync_waits_for_the_eviction_that_is_syncing_its_file() {
+        let d = TestDir::new("fdcache-lost-wait");
+        let cache = FileCache::new(MIN_OPEN_FILES);
+        let (began, began_rx) = std::sync::mpsc::channel();
+        let (go, go_rx) = std::sync::mpsc::channel();
+        let losing = Losing { fails: Fails::Sync, syncs: Default::default(), park: Arc::new(Mutex::new(Some((began, go_rx)))) };
+        let fs = cache.wrap(Arc::new(losing));
+        let bad = fs.create(&d.join("bad")).unwrap();
+        bad.write_at(&[b"lost"], 0).unwrap();
+        let tid = std::sync::atomic::AtomicI32::new(0);
+        std::thread::scope(|s| {
+            // Evicts `bad`, and parks in its sync.
+            let evictor = s.spawn(|| (0..MIN_OPEN_FILES).map(|i| fs.create(&d.join(format!("x{i}"))).unwrap()).collect::<Vec<_>>());
+            began_rx.recv().unwrap();
+            let syncer = s.spawn(|| {
+                // SAFETY: gettid takes no argument and cannot fail.
+                tid.store(unsafe { libc::gettid() }, Ordering::Release);
+                bad.sync_data()
+            });
+            while !syncer.is_finished() && !crate::fs::tests::asleep(tid.load(Ordering::Acquire)) {
+                std::thread::yield_now();
+            }
+            go.send(()).unwrap();
+            let synced = syncer.join().unwrap();
+            drop(evictor.join().unwrap());
+            let e = synced.expect_err("synced a new descriptor while the eviction's sync was failing");
+            assert_eq!(e.raw_os_error(), Some(libc::EIO), "{e}");
+        });
     }
 
     #[test]

@@ -21,7 +21,7 @@ use std::any::Any;
 use std::fs::{self, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
-use std::os::unix::io::AsRawFd;
+use std::os::unix::io::{AsRawFd, IntoRawFd};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -80,6 +80,13 @@ pub trait File: Send + Sync {
     /// pages. Best effort (an old kernel may not offer it); costs page
     /// cache, so callers do it only for files about to be written.
     fn prefault(&self) {}
+    /// Drops this reference; the last one closes the file and returns
+    /// close(2)'s error, which some file systems (NFS, FUSE) use to report
+    /// a failed write-back. An earlier reference closes nothing: `Ok`.
+    fn close(self: Arc<Self>) -> io::Result<()> {
+        drop(self);
+        Ok(())
+    }
 }
 
 /// Directory-level operations and file opening.
@@ -467,6 +474,19 @@ impl File for StdFile {
             unsafe { libc::madvise(m.ptr as *mut libc::c_void, m.len, libc::MADV_POPULATE_READ) };
         }
     }
+
+    fn close(self: Arc<Self>) -> io::Result<()> {
+        let Ok(StdFile { file, map, appends, .. }) = Arc::try_unwrap(self) else { return Ok(()) };
+        // The appends descriptor's writes were durable when they returned.
+        drop((map, appends));
+        let fd = file.into_raw_fd();
+        // SAFETY: `fd` is this file's own descriptor, taken from its
+        // `fs::File` (which no longer closes it) and closed once, here.
+        if unsafe { libc::close(fd) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
 }
 
 /// Opens `path` without blocking: a FIFO (or another special file) named
@@ -558,9 +578,10 @@ mod tests {
     use crate::test_dir::TestDir;
     use std::sync::atomic::AtomicI32;
 
-    /// Whether thread `tid` of this process is asleep (blocked).
-    fn asleep(tid: i32) -> bool {
-        let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).unwrap();
+    /// Whether thread `tid` of this process is asleep (blocked); not once
+    /// it has ended.
+    pub(super) fn asleep(tid: i32) -> bool {
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")) else { return false };
         // The state follows the command name, which ends with the last ')'.
         stat[stat.rfind(')').unwrap() + 1..].trim_start().starts_with('S')
     }
