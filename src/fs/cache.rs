@@ -300,15 +300,21 @@ impl FileCache {
     /// failure for its handle's next `sync_data`; drops (closes) the rest.
     fn close_evicted(&self, e: Evicted) {
         let Some(changes) = e.unsynced else { return };
-        let synced = e.file.sync_data();
+        let file = e.file;
         // The only reference (`Pinned` lets go of its own before it
-        // unpins), so close(2)'s error is this one's to see.
-        let closed = e.file.close();
+        // unpins), so close(2)'s error is this one's to see. A panic
+        // counts as a failure: the slot must leave `closing`, or its
+        // users would wait for good.
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let synced = file.sync_data();
+            synced.and(file.close())
+        }))
+        .unwrap_or_else(|_| Err(io::Error::other("syncing a file the descriptor cache closed panicked")));
         let mut st = self.state.lock();
         // A handle dropped meanwhile has no one left to tell.
         if let Some(s) = st.slots[e.slot].as_mut().filter(|s| s.id == e.id) {
             s.closing = false;
-            match synced.and(closed) {
+            match outcome {
                 Ok(()) => s.synced = changes,
                 Err(err) => {
                     s.lost.get_or_insert(err);
