@@ -794,6 +794,33 @@ fn a_refusal_with_a_long_message_is_still_answered_in_a_small_frame() {
     assert_eq!(p.ack().status, KEEL_STATUS_NOT_FOUND);
 }
 
+/// A file system that, once `armed`, parks the first call on shard
+/// SHARD's files (its close, in these tests): `parked` says it is there,
+/// `release` lets it go on.
+struct ParkedClose {
+    fs: std::sync::Arc<common::hookfs::HookFs>,
+    armed: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    parked: crossbeam_channel::Receiver<()>,
+    release: crossbeam_channel::Sender<()>,
+}
+
+impl ParkedClose {
+    fn new() -> ParkedClose {
+        let armed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (parked_tx, parked) = crossbeam_channel::bounded::<()>(1);
+        let (release, release_rx) = crossbeam_channel::bounded::<()>(1);
+        let a = armed.clone();
+        let fs = common::hookfs::HookFs::new(move |_, path| {
+            if path.to_string_lossy().contains(&format!("/shards/{SHARD}/")) && a.swap(false, Ordering::AcqRel) {
+                let _ = parked_tx.send(());
+                let _ = release_rx.recv();
+            }
+            Ok(())
+        });
+        ParkedClose { fs, armed, parked, release }
+    }
+}
+
 /// A START that needs the place of a source with no connection here ends
 /// that source's reception: counted in `sources_gone`, like the end the
 /// silence limit brings, only once its shard is closed, so a host that
@@ -802,20 +829,7 @@ fn a_refusal_with_a_long_message_is_still_answered_in_a_small_frame() {
 /// first file call: the host saw the count while the id was busy.
 #[test]
 fn a_reception_ended_for_a_start_is_counted_once_its_shard_is_closed() {
-    use common::hookfs::HookFs;
-    use std::sync::atomic::AtomicBool;
-    use std::sync::Arc;
-    let armed = Arc::new(AtomicBool::new(false));
-    let (parked_tx, parked) = crossbeam_channel::bounded::<()>(1);
-    let (release, release_rx) = crossbeam_channel::bounded::<()>(1);
-    let a = armed.clone();
-    let fs = HookFs::new(move |_, path| {
-        if path.to_string_lossy().contains(&format!("/shards/{SHARD}/")) && a.swap(false, Ordering::AcqRel) {
-            let _ = parked_tx.send(());
-            let _ = release_rx.recv();
-        }
-        Ok(())
-    });
+    let ParkedClose { fs, armed, parked, release } = ParkedClose::new();
     // A silence limit far past the test: only the START ends the reception.
     let opts = NodeOptions { max_concurrent_transfers: 1, heartbeat_misses: 1000, ..node_options(2) };
     let dst = Side::temp_on("hostile-gone-count", opts, shard_options(), fs);
@@ -850,20 +864,7 @@ fn a_reception_ended_for_a_start_is_counted_once_its_shard_is_closed() {
 /// shard's first file call.
 #[test]
 fn receiving_counts_a_cancelled_reception_until_its_shard_is_closed() {
-    use common::hookfs::HookFs;
-    use std::sync::atomic::AtomicBool;
-    use std::sync::Arc;
-    let armed = Arc::new(AtomicBool::new(false));
-    let (parked_tx, parked) = crossbeam_channel::bounded::<()>(1);
-    let (release, release_rx) = crossbeam_channel::bounded::<()>(1);
-    let a = armed.clone();
-    let fs = HookFs::new(move |_, path| {
-        if path.to_string_lossy().contains(&format!("/shards/{SHARD}/")) && a.swap(false, Ordering::AcqRel) {
-            let _ = parked_tx.send(());
-            let _ = release_rx.recv();
-        }
-        Ok(())
-    });
+    let ParkedClose { fs, armed, parked, release } = ParkedClose::new();
     let dst = Side::temp_on("hostile-cancel-count", node_options(2), shard_options(), fs);
     dst.transfers.expect(SHARD, 1);
     let mut p = RawPeer::connect(dst.node.addr(), 1);

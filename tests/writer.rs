@@ -846,6 +846,29 @@ unsafe extern "C" fn race_free(user: *mut libc::c_void) {
     race.frees.fetch_add(1, SeqCst);
 }
 
+type EventFn = unsafe extern "C" fn(*mut libc::c_void, u64, keel_status_t, *const libc::c_char);
+
+/// A net opened through the C API on `backend` whose event callback is
+/// `on_event` with `user`, which keel gives back to `free` at net close.
+fn c_net(backend: BackendChoice, on_event: EventFn, free: unsafe extern "C" fn(*mut libc::c_void), user: *mut libc::c_void) -> *mut c::keel_net_t {
+    // SAFETY: keel_net_options_t is plain data (integers, pointers and
+    // Options of fn pointers), for which all-zero bytes are valid; the
+    // init call below fills it.
+    let mut o: c::keel_net_options_t = unsafe { std::mem::zeroed() };
+    assert_eq!(c::keel_net_options_init_sized(&mut o, std::mem::size_of_val(&o)), KEEL_STATUS_OK);
+    o.backend = match backend {
+        BackendChoice::Sendmsg => c::KEEL_NET_BACKEND_SENDMSG,
+        BackendChoice::IoUring => c::KEEL_NET_BACKEND_IO_URING,
+        BackendChoice::Default => c::KEEL_NET_BACKEND_DEFAULT,
+    };
+    o.on_event = Some(on_event);
+    o.user_data = user;
+    o.user_data_free = Some(free);
+    let mut net = std::ptr::null_mut();
+    assert_eq!(c::keel_net_open(&o, &mut net, std::ptr::null_mut()), KEEL_STATUS_OK);
+    net
+}
+
 /// A net opened through the C API whose event callback runs the race's
 /// calls once a close waits for it; `entered` receives when a callback
 /// has started.
@@ -863,21 +886,7 @@ fn race_net(backend: BackendChoice, calls: fn(&Race) -> Calls) -> (Arc<Race>, *m
         seen: Mutex::default(),
         frees: AtomicUsize::new(0),
     });
-    // SAFETY: keel_net_options_t is plain data (integers, pointers and
-    // Options of fn pointers), for which all-zero bytes are valid; the
-    // init call below fills it.
-    let mut o: c::keel_net_options_t = unsafe { std::mem::zeroed() };
-    assert_eq!(c::keel_net_options_init_sized(&mut o, std::mem::size_of_val(&o)), KEEL_STATUS_OK);
-    o.backend = match backend {
-        BackendChoice::Sendmsg => c::KEEL_NET_BACKEND_SENDMSG,
-        BackendChoice::IoUring => c::KEEL_NET_BACKEND_IO_URING,
-        BackendChoice::Default => c::KEEL_NET_BACKEND_DEFAULT,
-    };
-    o.on_event = Some(race_event);
-    o.user_data = Arc::into_raw(race.clone()) as *mut libc::c_void;
-    o.user_data_free = Some(race_free);
-    let mut net = std::ptr::null_mut();
-    assert_eq!(c::keel_net_open(&o, &mut net, std::ptr::null_mut()), KEEL_STATUS_OK);
+    let net = c_net(backend, race_event, race_free, Arc::into_raw(race.clone()) as *mut libc::c_void);
     race.net.store(net, SeqCst);
     let hook = move |at| {
         let _ = go_tx.send(at);
@@ -1089,19 +1098,7 @@ fn cross_net(backend: BackendChoice, both: &Arc<std::sync::Barrier>, done: &std:
         done: Mutex::new(done.clone()),
         frees: AtomicUsize::new(0),
     });
-    // SAFETY: plain data, valid all-zero; filled by the init call.
-    let mut o: c::keel_net_options_t = unsafe { std::mem::zeroed() };
-    assert_eq!(c::keel_net_options_init_sized(&mut o, std::mem::size_of_val(&o)), KEEL_STATUS_OK);
-    o.backend = match backend {
-        BackendChoice::Sendmsg => c::KEEL_NET_BACKEND_SENDMSG,
-        BackendChoice::IoUring => c::KEEL_NET_BACKEND_IO_URING,
-        BackendChoice::Default => c::KEEL_NET_BACKEND_DEFAULT,
-    };
-    o.on_event = Some(cross_event);
-    o.user_data = Arc::into_raw(x.clone()) as *mut libc::c_void;
-    o.user_data_free = Some(cross_free);
-    let mut net = std::ptr::null_mut();
-    assert_eq!(c::keel_net_open(&o, &mut net, std::ptr::null_mut()), KEEL_STATUS_OK);
+    let net = c_net(backend, cross_event, cross_free, Arc::into_raw(x.clone()) as *mut libc::c_void);
     let hook = |at| {
         if std::thread::current().name() == Some("keel-net") {
             panic!("a close on a keel-net reactor thread waits for another net's reactor ({at:?}): deadlock");
