@@ -664,6 +664,7 @@ impl FileSystem for CachedFs {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fs::opened::Opened;
     use crate::fs::StdFs;
     use crate::test_dir::TestDir;
 
@@ -813,8 +814,8 @@ mod tests {
         Close,
     }
 
-    /// The real file system, but the write-back of the file named "bad"
-    /// fails, and only a descriptor written through reports it (by
+    /// A real file system (`fs`) whose file named "bad" loses its
+    /// write-back, and only a descriptor written through reports it (by
     /// fdatasync or by close(2)): one opened later syncs cleanly, as after
     /// the kernel dropped the inode that held the error.
     struct Losing {
@@ -879,42 +880,17 @@ mod tests {
     }
 
     impl Losing {
-        fn wrap(&self, path: &Path, real: Arc<dyn File>) -> Arc<dyn File> {
-            let fails = (path.file_name() == Some("bad".as_ref())).then_some(self.fails);
-            Arc::new(LosingFile { real, fails, written: Default::default(), syncs: self.syncs.clone(), park: self.park.clone() })
-        }
-    }
-
-    impl FileSystem for Losing {
-        fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
-            StdFs::direct().create_dir_all(dir)
-        }
-        fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
-            StdFs::direct().list(dir)
-        }
-        fn open(&self, path: &Path, writable: bool) -> io::Result<Arc<dyn File>> {
-            Ok(self.wrap(path, StdFs::direct().open(path, writable)?))
-        }
-        fn create(&self, path: &Path) -> io::Result<Arc<dyn File>> {
-            Ok(self.wrap(path, StdFs::direct().create(path)?))
-        }
-        fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
-            StdFs::direct().rename(from, to)
-        }
-        fn remove(&self, path: &Path) -> io::Result<()> {
-            StdFs::direct().remove(path)
-        }
-        fn sync_dir(&self, dir: &Path) -> io::Result<()> {
-            StdFs::direct().sync_dir(dir)
-        }
-        fn exists(&self, path: &Path) -> io::Result<bool> {
-            StdFs::direct().exists(path)
-        }
-        fn remove_dir_all(&self, dir: &Path) -> io::Result<()> {
-            StdFs::direct().remove_dir_all(dir)
-        }
-        fn lock(&self, path: &Path) -> io::Result<Box<dyn Any + Send + Sync>> {
-            StdFs::direct().lock(path)
+        /// The real file system, its files named "bad" losing their
+        /// write-back as `self` says.
+        fn fs(self) -> Opened {
+            Opened {
+                real: StdFs::direct(),
+                before: Box::new(|_, _| Ok(())),
+                wrap: Box::new(move |path, real| {
+                    let fails = (path.file_name() == Some("bad".as_ref())).then_some(self.fails);
+                    Arc::new(LosingFile { real, fails, written: Default::default(), syncs: self.syncs.clone(), park: self.park.clone() })
+                }),
+            }
         }
     }
 
@@ -928,7 +904,7 @@ mod tests {
             let d = TestDir::new(&format!("fdcache-lost-{fails:?}"));
             let cache = FileCache::new(MIN_OPEN_FILES);
             let syncs = Arc::new(AtomicU64::new(0));
-            let fs = cache.wrap(Arc::new(Losing { fails, syncs: syncs.clone(), park: Default::default() }));
+            let fs = cache.wrap(Arc::new(Losing { fails, syncs: syncs.clone(), park: Default::default() }.fs()));
             let bad = fs.create(&d.join("bad")).unwrap();
             bad.write_at(&[b"lost"], 0).unwrap();
             let clean = fs.create(&d.join("clean")).unwrap();
@@ -963,7 +939,7 @@ mod tests {
         let (began, began_rx) = std::sync::mpsc::channel();
         let (go, go_rx) = std::sync::mpsc::channel();
         let losing = Losing { fails: Fails::Sync, syncs: Default::default(), park: Arc::new(Mutex::new(Some((began, go_rx)))) };
-        let fs = cache.wrap(Arc::new(losing));
+        let fs = cache.wrap(Arc::new(losing.fs()));
         let bad = fs.create(&d.join("bad")).unwrap();
         bad.write_at(&[b"lost"], 0).unwrap();
         let tid = std::sync::atomic::AtomicI32::new(0);

@@ -9,6 +9,8 @@
 mod cache;
 mod dirlock;
 mod handles;
+#[cfg(test)]
+pub(crate) mod opened;
 mod replace;
 mod synced;
 

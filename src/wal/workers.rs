@@ -219,64 +219,15 @@ fn work(jobs: &Jobs) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fs::{File, FileCache, FileSystem, ReadMap, StdFs, MIN_OPEN_FILES};
+    use crate::fs::opened::Opened;
+    use crate::fs::{FileCache, StdFs, MIN_OPEN_FILES};
     use crate::test_dir::TestDir;
     use crate::wal::{Durability, Options, Wal};
-    use std::any::Any;
     use std::io;
-    use std::path::Path;
     use std::sync::atomic::AtomicBool;
 
     /// A failure guard only: every wait below ends on its condition.
     const GUARD: Duration = Duration::from_secs(60);
-
-    /// Called before each `open` (false) and `create` (true) of a path;
-    /// may fail it or hold it up.
-    type Hook = Box<dyn Fn(bool, &Path) -> io::Result<()> + Send + Sync>;
-
-    /// The real file system of a PERIODIC log, with a hook.
-    struct Hooked {
-        real: StdFs,
-        hook: Hook,
-    }
-
-    impl FileSystem for Hooked {
-        fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
-            self.real.create_dir_all(dir)
-        }
-        fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
-            self.real.list(dir)
-        }
-        fn open(&self, path: &Path, writable: bool) -> io::Result<Arc<dyn File>> {
-            (self.hook)(false, path)?;
-            self.real.open(path, writable)
-        }
-        fn create(&self, path: &Path) -> io::Result<Arc<dyn File>> {
-            (self.hook)(true, path)?;
-            self.real.create(path)
-        }
-        fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
-            self.real.rename(from, to)
-        }
-        fn remove(&self, path: &Path) -> io::Result<()> {
-            self.real.remove(path)
-        }
-        fn sync_dir(&self, dir: &Path) -> io::Result<()> {
-            self.real.sync_dir(dir)
-        }
-        fn exists(&self, path: &Path) -> io::Result<bool> {
-            self.real.exists(path)
-        }
-        fn remove_dir_all(&self, dir: &Path) -> io::Result<()> {
-            self.real.remove_dir_all(dir)
-        }
-        fn lock(&self, path: &Path) -> io::Result<Box<dyn Any + Send + Sync>> {
-            self.real.lock(path)
-        }
-        fn map_readonly(&self, path: &Path) -> io::Result<Option<ReadMap>> {
-            self.real.map_readonly(path)
-        }
-    }
 
     /// Two logs of an engine on its workers (one here): the periodic sync
     /// of log `a` finds its segment closed by the descriptor cache and
@@ -294,9 +245,9 @@ mod tests {
         let (parked_tx, parked) = crossbeam_channel::bounded(1);
         let (release, release_rx) = crossbeam_channel::bounded::<()>(1);
         let once = AtomicBool::new(true);
-        let hold = Hooked {
-            real: StdFs::mapped(),
-            hook: Box::new(move |create, path| {
+        let hold = Opened::before(
+            StdFs::mapped(),
+            Box::new(move |create, path| {
                 let spare = path.file_name().is_some_and(|n| n.to_string_lossy().starts_with("spare-"));
                 if create && spare && once.swap(false, Ordering::AcqRel) {
                     parked_tx.send(()).unwrap();
@@ -304,21 +255,21 @@ mod tests {
                 }
                 Ok(())
             }),
-        };
+        );
         let b = Wal::open_owned(&dir.join("b"), Options { durability: Durability::None, ..Options::default() }, Some(Arc::new(hold)), Some(&workers), 0).unwrap();
         let armed = Arc::new(AtomicBool::new(false));
         let hits = Arc::new(AtomicU64::new(0));
         let (a_armed, a_hits) = (armed.clone(), hits.clone());
-        let fail = Hooked {
-            real: StdFs::mapped(),
-            hook: Box::new(move |create, path| match !create && path.extension().is_some_and(|x| x == "wal") && a_armed.swap(false, Ordering::AcqRel) {
+        let fail = Opened::before(
+            StdFs::mapped(),
+            Box::new(move |create, path| match !create && path.extension().is_some_and(|x| x == "wal") && a_armed.swap(false, Ordering::AcqRel) {
                 true => {
                     a_hits.fetch_add(1, Ordering::AcqRel);
                     Err(io::Error::from_raw_os_error(libc::EMFILE))
                 }
                 false => Ok(()),
             }),
-        };
+        );
         let cache = FileCache::new(MIN_OPEN_FILES);
         let fs = cache.wrap(Arc::new(fail));
         let opts = Options { durability: Durability::Periodic(Duration::from_millis(1)), prepare_ahead: false, ..Options::default() };
