@@ -225,7 +225,8 @@ func (c *Cluster) Pause(id uint64)  { c.nodes[id].pause() }
 func (c *Cluster) Resume(id uint64) { c.nodes[id].resume() }
 
 // Stop closes a node (its keel engine included); Restart reopens it from
-// its directory and its log.
+// its directory and its log, voting for nobody for an election timeout
+// (see Node.receive).
 func (c *Cluster) Stop(id uint64) {
 	c.t.Helper()
 	if err := c.nodes[id].stop(); err != nil {
@@ -235,10 +236,12 @@ func (c *Cluster) Stop(id uint64) {
 
 func (c *Cluster) Restart(id uint64) {
 	c.t.Helper()
-	if err := c.nodes[id].start(); err != nil {
+	n := c.nodes[id]
+	if err := n.start(); err != nil {
 		c.t.Fatalf("restarting node %d: %v", id, err)
 	}
-	c.nodes[id].handleReady()
+	n.votesFrom = c.Now() + electionTicks*TickEvery
+	n.handleReady()
 }
 
 // TransferLeadership asks the leader to hand over to target and runs

@@ -458,3 +458,79 @@ func sortedIDs(ids ...uint64) []uint64 {
 	sort.Slice(ids, func(i, j int) bool { return ids[i] < ids[j] })
 	return ids
 }
+
+// A voter that restarts has forgotten the leader it heard from: etcd
+// raft's CheckQuorum refuses a vote only within an election timeout of
+// hearing from a leader it knows, and a restarted node knows none. Its
+// ack may still hold the old leader's lease, so it must vote for nobody
+// for an election timeout after it restarted (the cluster's Restart does
+// that), or another node may win its vote at once and commit while the
+// old leader still serves reads from that ack. Timeline: other, cut off
+// alone while the cluster is idle (its log stays up to date), stops
+// hearing from the leader l and its election timer runs out. Then l is
+// cut off right after a acked a heartbeat round (l's lease now rests on
+// a's ack), a crashes and restarts at once, and other campaigns while l
+// keeps reading. No read may be served by l after other's first write.
+func TestLeaseRestartedVoterDoesNotVoteWithinTheLease(t *testing.T) {
+	forSeeds(t, 61, func(t *testing.T, seed int64) {
+		p := NewLeasePath()
+		cfg := LeaseConfig(seed, p)
+		cfg.Clients = 0 // the test writes and reads itself
+		c := NewCluster(t, cfg)
+		l := c.WaitLeader()
+		a, other := l%3+1, (l+1)%3+1
+		write := func(at uint64, value string) *Time {
+			done := new(Time)
+			*done = -1
+			n := c.Node(at)
+			n.deliver(func() {
+				if err := n.propose(Command{Req: value, Key: keyName(0), Value: value}, func(error) { *done = c.Now() }); err != nil {
+					t.Fatalf("node %d: writing %s: %v", at, value, err)
+				}
+			})
+			return done
+		}
+		first := write(l, "old")
+		c.RunUntil("the first write", 20*electionTicks*TickEvery, func() bool { return *first >= 0 })
+		c.RunFor(30 * TickEvery)
+
+		c.Partition(other)
+		c.RunFor(3 * electionTicks * TickEvery)
+		if c.Leader() != l {
+			t.Fatalf("leadership moved from %d while %d was cut off", l, other)
+		}
+		c.RunFor(TickEvery - c.Now()%TickEvery + 2*leaseMaxRoundTrip + 1) // a's acks of a heartbeat round are in
+		c.Partition(l)
+		cut := c.Now()
+		old := c.Node(l)
+		for d := Time(1); d <= 2*leaseLength; d++ {
+			c.sched.at(cut+d, func() { old.deliver(func() { p.Read(old, keyName(0), func(ReadResult) {}) }) })
+		}
+		c.Stop(a)
+		c.Restart(a)
+		n := c.Node(other)
+		n.deliver(func() {
+			if err := n.rn.Campaign(); err != nil {
+				t.Fatalf("node %d: Campaign: %v", other, err)
+			}
+		})
+		var done *Time
+		var newLeader uint64
+		c.RunUntil("a new leader's first write", 20*electionTicks*TickEvery, func() bool {
+			if nl := c.Leader(); done == nil && nl != 0 && nl != l {
+				newLeader, done = nl, write(nl, "new")
+			}
+			return done != nil && *done >= 0
+		})
+		c.RunFor(2 * leaseLength)
+		if len(p.servedAfter(l, cut)) == 0 {
+			t.Fatalf("old leader %d served no read from its lease after the cut at %d", l, cut)
+		}
+		for _, r := range p.servedAfter(l, *done) {
+			t.Fatalf("old leader %d, cut off at %d, served a read from its lease at %d after restarted voter %d let %d commit at %d",
+				l, cut, r.At, a, newLeader, *done)
+		}
+		t.Logf("cut %d at %d, restarted %d; %d led and wrote at %d", l, cut, a, newLeader, *done)
+		c.Settle()
+	})
+}

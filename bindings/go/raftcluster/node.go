@@ -44,6 +44,9 @@ type Node struct {
 	up      bool
 	paused  bool
 	backlog []func() // work that arrived while paused, in arrival order
+	// votesFrom: before this time the node, restarted, grants no vote
+	// (see receive).
+	votesFrom Time
 
 	leader bool
 	term   uint64
@@ -222,6 +225,15 @@ func (n *Node) receive(m *pb.Message) {
 	n.deliver(func() {
 		if o := n.c.observer.Received; o != nil {
 			o(n, m, n.c.sched.now)
+		}
+		// A restarted node has forgotten the leader it heard from, and
+		// raft's CheckQuorum guards only a leader the node knows: it
+		// would grant a vote at once, while the leader may still serve
+		// lease reads on an ack the node sent before it went down. So,
+		// as CheckQuorum does for a leader it knows, it ignores vote
+		// requests for an election timeout after it restarted.
+		if t := m.GetType(); n.c.sched.now < n.votesFrom && (t == pb.MsgVote || t == pb.MsgPreVote) {
+			return
 		}
 		// Step refuses only messages meant for another node or local
 		// message types, which the network never carries.
