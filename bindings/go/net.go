@@ -78,8 +78,8 @@ type NetOptions struct {
 	// while it runs no socket of the net makes progress. It may call the
 	// methods of Writers and Publishers (also Close/Unsubscribe of the
 	// connection it reports; a Writer already being closed on another
-	// goroutine then answers ErrClosed), but not Net.Close or
-	// Publisher.Close (both answer ErrBusy). A
+	// goroutine then answers ErrClosed), but not Close of any Net or
+	// this Net's Publisher.Close (both answer ErrBusy). A
 	// panic in it crashes the program, as in any goroutine; so does
 	// runtime.Goexit (t.FailNow, t.Fatal), which cannot unwind through
 	// keel.
@@ -90,8 +90,7 @@ type NetOptions struct {
 type netEvents struct {
 	onEvent func(connID uint64, err error)
 	// thread is the keel-net thread while an OnEvent call runs on it, so
-	// that Net.Close can tell it is called from OnEvent: it would wait for
-	// that very thread.
+	// that Publisher.Close can tell it is called from its Net's OnEvent.
 	thread callbackThread
 }
 
@@ -233,16 +232,18 @@ const (
 // within its WriterOptions.CloseTimeout, 2 s by default), never for an idle
 // peer to close its side. Writers and Publishers stay valid and
 // answer ErrClosed; close them as usual. A second Close returns an error
-// matching ErrClosed once the first has returned. Called from OnEvent it returns an error matching
-// ErrBusy and leaves the net open.
+// matching ErrClosed once the first has returned. Called from the OnEvent
+// of any Net it returns an error matching ErrBusy and leaves the net open.
 func (n *Net) Close() error {
 	if n == nil {
 		return newError("Close", StatusInvalidArgument, "nil *Net")
 	}
-	if n.ev != nil && n.ev.onReactor() {
-		// keel_net_close would say BUSY too; answering here leaves the
-		// handle alone, so a Close racing on another goroutine is unaffected.
-		return newError("Close", StatusBusy, "Net.Close cannot be called from OnEvent")
+	if netEventThreads.has() {
+		// In the OnEvent of any Net: keel_net_close would say BUSY too (it
+		// joins a reactor, which may be in a callback closing this Net).
+		// Answering before calls.close leaves the handle alone, so the Net
+		// stays open and a Close racing on another goroutine is unaffected.
+		return newError("Close", StatusBusy, "Net.Close cannot be called from OnEvent (of any Net)")
 	}
 	h, done := n.calls.close(nil, true)
 	defer done()
@@ -254,7 +255,7 @@ func (n *Net) Close() error {
 	var cerr *C.keel_error_t
 	st := C.keel_net_close(h, &cerr)
 	if st == C.KEEL_STATUS_BUSY {
-		// Only on the reactor thread, which the check above rules out (a
+		// Only on a reactor thread, which the check above rules out (a
 		// Net without OnEvent runs no Go code there). The net stays open
 		// but unusable: better than deleting the handle its callbacks use.
 		return takeError("Close", st, cerr)

@@ -623,6 +623,48 @@ func TestOnEventClosesWriterNotNet(t *testing.T) {
 	})
 }
 
+// Net.Close from the OnEvent of another Net answers ErrBusy (keel's
+// keel_net_close refuses any reactor thread: it would join a reactor that
+// may be in a callback closing this one) and leaves that Net open, as
+// from its own OnEvent: it still answers, and a later Close closes it.
+// The Net was left half closed instead: Go had taken its handle away
+// before keel refused, so every later call answered ErrClosed and no
+// Close could free it.
+func TestNetCloseFromAnotherNetsOnEventLeavesItOpen(t *testing.T) {
+	nb := openNetT(t, BackendSendmsg, nil)
+	fromEvent := make(chan error, 1)
+	var once sync.Once
+	na := openNetT(t, BackendSendmsg, func(uint64, error) {
+		once.Do(func() { fromEvent <- nb.Close() })
+	})
+	keelSide, peer := tcpPair(t)
+	w, err := Adopt(na, keelSide, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	must(t, peer.SetLinger(0))
+	peer.Close() // RST: the sends fail and A's OnEvent runs
+	chunk := bytes.Repeat([]byte{'x'}, 8192)
+	var got error
+	for done := false; !done; {
+		select {
+		case got = <-fromEvent:
+			done = true
+		default:
+			_ = w.Send(chunk)
+			runtime.Gosched()
+		}
+	}
+	wantCode(t, "Net B's Close from Net A's OnEvent", got, ErrBusy)
+	if _, err := nb.Backend(); err != nil {
+		t.Fatalf("Net B must stay open: %v", err)
+	}
+	if err := nb.Close(); err != nil {
+		t.Fatalf("Net B's Close after the refused one: %v", err)
+	}
+}
+
 // Many goroutines send on one Writer while the peer checks that each
 // goroutine's messages arrive whole and in its order; then Close races
 // with senders, which see nil or ErrClosed.
