@@ -64,6 +64,7 @@ func keelGoReadIndex(handle C.uintptr_t, index *C.uint64_t) C.keel_status_t {
 	defer mustReturn("ReadIndex", &returned)
 	host := cgo.Handle(handle).Value().(*leaseHost)
 	defer readIndexThreads.leave(readIndexThreads.enter())
+	defer host.threads.leave(host.threads.enter())
 	i, st := host.readIndex()
 	if st == StatusOK {
 		*index = C.uint64_t(i)

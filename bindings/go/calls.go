@@ -58,6 +58,17 @@ func (c *calls[P]) enter() P {
 	return c.h
 }
 
+// open reports whether the handle is open and no close of it has begun.
+func (c *calls[P]) open() bool {
+	if c == nil {
+		return false
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var none P
+	return c.h != none && !c.closing
+}
+
 func (c *calls[P]) leave() {
 	c.mu.Lock()
 	if c.inflight--; c.inflight == 0 && c.closing {

@@ -173,6 +173,17 @@ func (s *shardSet) remove(sh *Shard) {
 	s.mu.Unlock()
 }
 
+// readIndexHere tells whether the calling goroutine runs the ReadIndex of
+// one of the shards.
+func (s *shardSet) readIndexHere() bool {
+	for _, sh := range s.list() {
+		if sh.readIndex.has() {
+			return true
+		}
+	}
+	return false
+}
+
 func (s *shardSet) list() []*Shard {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -255,7 +266,7 @@ func (e *Engine) OpenShard(id uint32, create bool) (*Shard, error) {
 	if st := C.keel_engine_shard_open(h, C.uint32_t(id), C.bool(create), &sh, &cerr); st != C.KEEL_STATUS_OK {
 		return nil, takeError("OpenShard", st, cerr)
 	}
-	s := &Shard{calls: newCalls(sh), id: id, set: e.shards}
+	s := &Shard{calls: newCalls(sh), id: id, set: e.shards, readIndex: newThreadSet()}
 	// No finalizer: the engine's set keeps s reachable until it is closed,
 	// by Shard.Close or Engine.Close.
 	e.shards.add(s)
@@ -383,12 +394,18 @@ func (e *Engine) Stats() (EngineStats, error) {
 // calls in flight on the engine and on those shards. Everything is
 // released even when a close fails; the first error is returned. A second
 // Close returns an error matching ErrClosed once the first has returned
-// (while a ReadIndex runs: at once).
-// Iterators stay valid but
-// their Next reports ErrClosed.
+// (while a ReadIndex runs: at once). Called from the ReadIndex of one of
+// its shards before any close began, it returns an error matching ErrBusy
+// and leaves the engine open: closing that shard would wait for the read
+// that runs it. Iterators stay valid but their Next reports ErrClosed.
 func (e *Engine) Close() error {
 	if e == nil {
 		return newError("Close", StatusInvalidArgument, "nil *Engine")
+	}
+	if e.calls.open() && e.shards.readIndexHere() {
+		// As Shard.Close from its own ReadIndex, checked before the engine
+		// is marked closing so that it stays open.
+		return newError("Close", StatusBusy, "the engine cannot be closed from the ReadIndex of one of its shards")
 	}
 	// New engine calls fail from here; those in flight (an OpenShard
 	// included, so its shard is listed below) end first.

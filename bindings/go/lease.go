@@ -100,8 +100,11 @@ type LeaseOptions struct {
 	// ReadIndex performs the consensus read-index round trip and returns
 	// the index to wait for. Required. It runs on the goroutine of a read
 	// that missed the lease (concurrent misses share one call) and must
-	// not read from the same shard. It should give up within the reads'
-	// timeout: keel cannot interrupt it. A *keel.Error passes its Code through
+	// not read from the same shard. Close of the shard or of its Engine
+	// called from it answers at once instead of waiting for the read that
+	// runs it: ErrBusy, leaving it open, or ErrClosed once another Close
+	// has begun. It should give up within the reads' timeout: keel cannot
+	// interrupt it. A *keel.Error passes its Code through
 	// (ErrNotLeader, ErrTimeout, ...); any other non-nil error is ErrIO,
 	// a nil *keel.Error returned as a non-nil error and an *Error with
 	// Code StatusOK included (a failure without a code), a panic
@@ -121,6 +124,8 @@ type LeaseOptions struct {
 // leaseHost is what the cgo.Handle in read_index_user_data holds.
 type leaseHost struct {
 	readIndex0 func() (uint64, error)
+	// threads is the shard's Shard.readIndex.
+	threads *threadSet
 }
 
 func (h *leaseHost) readIndex() (index uint64, st Status) {
@@ -191,7 +196,7 @@ func (s *Shard) ConfigureConsensus(opts LeaseOptions) error {
 	// From here keel owns the handle: it deletes it through
 	// keelGoReadIndexFree at the shard's close, or at once when it refuses
 	// the configuration.
-	C.keel_go_lease_set_read_index(&o, C.uintptr_t(cgo.NewHandle(&leaseHost{readIndex0: opts.ReadIndex})))
+	C.keel_go_lease_set_read_index(&o, C.uintptr_t(cgo.NewHandle(&leaseHost{readIndex0: opts.ReadIndex, threads: s.readIndex})))
 	var cerr *C.keel_error_t
 	if st := C.keel_shard_consensus_configure(h, &o, &cerr); st != C.KEEL_STATUS_OK {
 		return takeError("ConfigureConsensus", st, cerr)

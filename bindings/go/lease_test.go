@@ -505,6 +505,72 @@ func TestEngineCloseFromTheApplyLoopAReadIndexWaitsForAnswersAtOnce(t *testing.T
 	})
 }
 
+// Shard.Close and Engine.Close inside the ReadIndex of a read of that
+// shard, with no other Close under way (a host's shutdown path), answer
+// ErrBusy and leave both open: the close waits for the calls in flight,
+// the read among them, which waits for the ReadIndex that called it, so
+// they never returned. Ordered by observations only: the shard closing
+// while the read is still in flight is the deadlock.
+func TestCloseFromItsShardsReadIndexIsBusy(t *testing.T) {
+	for _, c := range []struct {
+		what  string
+		close func(e *Engine, s *Shard) error
+	}{
+		{"Shard.Close", func(_ *Engine, s *Shard) error { return s.Close() }},
+		{"Engine.Close", func(e *Engine, _ *Shard) error { return e.Close() }},
+	} {
+		t.Run(c.what, func(t *testing.T) {
+			e, err := OpenEngine(t.TempDir(), nil) // no Cleanup Close: a failure would hang it
+			if err != nil {
+				t.Fatal(err)
+			}
+			var s *Shard
+			fromReadIndex := make(chan error, 1)
+			s = soleLeader(t, e, func() (uint64, error) {
+				fromReadIndex <- c.close(e, s)
+				return 0, nil
+			})
+			read := make(chan error, 1)
+			go func() {
+				_, err := s.GetWith([]byte("k"), &ReadOptions{Level: ReadLinearizable})
+				read <- err
+			}()
+			deadlock, stop := make(chan struct{}), make(chan struct{})
+			go func() {
+				for {
+					s.calls.mu.Lock()
+					stuck := s.calls.closing && s.calls.inflight > 0
+					s.calls.mu.Unlock()
+					if stuck {
+						close(deadlock)
+						return
+					}
+					select {
+					case <-stop:
+						return
+					default:
+						runtime.Gosched()
+					}
+				}
+			}()
+			select {
+			case err := <-fromReadIndex:
+				close(stop)
+				wantCode(t, c.what+" inside ReadIndex", err, ErrBusy)
+			case <-deadlock:
+				t.Fatalf("%s inside ReadIndex waits for the read that runs it: deadlock", c.what)
+			}
+			if err := <-read; !errors.Is(err, ErrNotFound) {
+				t.Fatalf("the read: %v", err)
+			}
+			if _, err := s.Put([]byte("k"), []byte("v")); err != nil {
+				t.Fatalf("Put after the refused close: %v", err)
+			}
+			must(t, e.Close())
+		})
+	}
+}
+
 // A ReadIndex that returns a nil *Error as its error (var e *keel.Error;
 // ...; return i, e) returns a non-nil error interface: Go's classic
 // mistake. It is a failure with no code, so the read fails with ErrIO, as

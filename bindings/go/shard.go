@@ -108,6 +108,10 @@ type Shard struct {
 	// set is the engine's set of open shards (not the Engine itself, see
 	// Engine.shards).
 	set *shardSet
+	// readIndex are the threads running this shard's ReadIndex now: a
+	// Close there (of the shard or its engine) would wait for the read
+	// that runs it.
+	readIndex *threadSet
 }
 
 // ID returns the shard's id.
@@ -567,8 +571,11 @@ func (s *Shard) SetKeepFrom(version uint64) error {
 // finishes it before it next opens or drops that shard, and when it closes:
 // retry those, not Close. A second Close, or a Close
 // after Engine.Close, returns an error matching ErrClosed once the first
-// has returned (while a ReadIndex runs: at once). Open Iterators stay valid but
-// their Next reports ErrClosed.
+// has returned (while a ReadIndex runs: at once). Called from this
+// shard's own ReadIndex before any close began, it returns an error
+// matching ErrBusy and leaves the shard open: the close would wait for the
+// read that runs it. Open Iterators stay valid but their Next reports
+// ErrClosed.
 func (s *Shard) Close() error {
 	if s == nil {
 		return newError("Close", StatusInvalidArgument, "nil *Shard")
@@ -577,6 +584,12 @@ func (s *Shard) Close() error {
 }
 
 func (s *Shard) close(op string) error {
+	if s.calls.open() && s.readIndex.has() {
+		// The close would wait for the read that runs this ReadIndex (and
+		// keel's close for this ReadIndex): never returning. Once another
+		// close has begun, the one below answers at once.
+		return newError(op, StatusBusy, "the shard cannot be closed from its own ReadIndex")
+	}
 	h, done := s.calls.close(nil, !readIndexThreads.running())
 	defer done()
 	if h == nil {
