@@ -38,6 +38,24 @@ func millis(op, name string, d time.Duration, limit uint64) (uint64, error) {
 	return min(ms, limit), nil
 }
 
+// nsDuration is a count of nanoseconds from keel (a stats field) as a
+// time.Duration, saturating at its largest value instead of wrapping
+// negative: the one conversion of keel's durations back to Go.
+func nsDuration(ns uint64) time.Duration {
+	if ns > math.MaxInt64 {
+		return math.MaxInt64
+	}
+	return time.Duration(ns)
+}
+
+// usDuration is nsDuration for a count of microseconds.
+func usDuration(us uint64) time.Duration {
+	if us > math.MaxInt64/uint64(time.Microsecond) {
+		return math.MaxInt64
+	}
+	return time.Duration(us) * time.Microsecond
+}
+
 // msOption is a uint32_t millisecond field of a C options struct and the
 // duration for it; 0 keeps the library's default.
 type msOption struct {

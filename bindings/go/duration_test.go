@@ -106,3 +106,29 @@ func TestDurationsToMillisecondsRoundUpSaturateAndNeverWrap(t *testing.T) {
 		t.Errorf("FenceTryAcquire ttl forever: %v", err)
 	}
 }
+
+// Durations keel reports (stats) saturate at the largest time.Duration
+// instead of wrapping negative: a counter of nanoseconds or microseconds
+// past it is still "very long", never "before it began".
+func TestReportedDurationsSaturate(t *testing.T) {
+	for _, c := range []struct {
+		name string
+		got  time.Duration
+		want time.Duration
+	}{
+		{"ns 0", nsDuration(0), 0},
+		{"ns 1", nsDuration(1), 1},
+		{"ns MaxInt64", nsDuration(math.MaxInt64), math.MaxInt64},
+		{"ns MaxInt64+1", nsDuration(math.MaxInt64 + 1), math.MaxInt64},
+		{"ns MaxUint64", nsDuration(math.MaxUint64), math.MaxInt64},
+		{"us 0", usDuration(0), 0},
+		{"us 7", usDuration(7), 7 * time.Microsecond},
+		{"us largest exact", usDuration(math.MaxInt64 / 1000), time.Duration(math.MaxInt64/1000) * time.Microsecond},
+		{"us one past", usDuration(math.MaxInt64/1000 + 1), math.MaxInt64},
+		{"us MaxUint64", usDuration(math.MaxUint64), math.MaxInt64},
+	} {
+		if c.got != c.want {
+			t.Errorf("%s: %d, want %d", c.name, int64(c.got), int64(c.want))
+		}
+	}
+}

@@ -373,9 +373,9 @@ func (e *Engine) Stats() (EngineStats, error) {
 		OpenFiles:       uint64(c.open_files),
 		FlushQueueDepth: uint64(c.flush_queue_depth),
 		WALQueueDepth:   uint64(c.wal_queue_depth),
-		Stalled:         time.Duration(c.stall_nanos),
+		Stalled:         nsDuration(uint64(c.stall_nanos)),
 		WriteStalls:     uint64(c.write_stalls),
-		WriteStallTime:  time.Duration(c.write_stall_nanos),
+		WriteStallTime:  nsDuration(uint64(c.write_stall_nanos)),
 
 		MaxOpenFiles:       uint64(c.max_open_files),
 		FileCacheHits:      uint64(c.file_cache_hits),

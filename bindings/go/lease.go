@@ -340,7 +340,7 @@ func (s *Shard) LeaseStats() (LeaseStats, error) {
 		MissAckMissing: uint64(c.miss_ack_missing), MissAckFuture: uint64(c.miss_ack_future),
 		MissTransfer: uint64(c.miss_transfer), MissTermNotApplied: uint64(c.miss_term_not_applied), MissClock: uint64(c.miss_clock),
 		ReadIndexCalls: uint64(c.read_index_calls), ReadIndexErrors: uint64(c.read_index_errors),
-		ReadIndexLatencyTotal: time.Duration(c.read_index_latency_ns_total), ReadIndexLatencyMax: time.Duration(c.read_index_latency_ns_max),
+		ReadIndexLatencyTotal: nsDuration(uint64(c.read_index_latency_ns_total)), ReadIndexLatencyMax: nsDuration(uint64(c.read_index_latency_ns_max)),
 		ReadIndexTimeouts:    uint64(c.read_index_timeouts),
 		AcksIgnoredNotLeader: uint64(c.acks_ignored_not_leader), AcksIgnoredOtherTerm: uint64(c.acks_ignored_other_term),
 		AcksIgnoredNotVoter: uint64(c.acks_ignored_not_voter), AcksIgnoredBadTime: uint64(c.acks_ignored_bad_time),

@@ -500,7 +500,7 @@ func (s *Shard) Stats() (ShardStats, error) {
 		WALFirstVersion:   uint64(c.wal_first_version),
 		UnflushedWALBytes: uint64(c.unflushed_wal_bytes),
 		WriteStalls:       uint64(c.write_stalls),
-		WriteStallTime:    time.Duration(c.write_stall_nanos),
+		WriteStallTime:    nsDuration(uint64(c.write_stall_nanos)),
 		ReplayedRecords:   uint64(c.replayed_records),
 		ReplayedBytes:     uint64(c.replayed_bytes),
 	}, nil

@@ -102,7 +102,7 @@ type TransferProgress struct {
 }
 
 func toProgress(p *C.keel_transfer_progress_t) TransferProgress {
-	us := func(v C.uint64_t) time.Duration { return time.Duration(v) * time.Microsecond }
+	us := func(v C.uint64_t) time.Duration { return usDuration(uint64(v)) }
 	return TransferProgress{
 		Stage:              TransferStage(p.stage),
 		Snapshot:           p.snapshot != 0,

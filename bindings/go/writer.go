@@ -176,14 +176,6 @@ func writerStatsFromC(s *C.keel_writer_stats_t) WriterStats {
 	}
 }
 
-// nsDuration converts nanoseconds, saturating instead of wrapping negative.
-func nsDuration(ns uint64) time.Duration {
-	if ns > math.MaxInt64 {
-		return math.MaxInt64
-	}
-	return time.Duration(ns)
-}
-
 // dupConn returns a close-on-exec duplicate of conn's socket, made inside
 // SyscallConn().Control so that conn's descriptor cannot be closed while
 // it is duplicated. conn itself is not changed: it stays open, attached to
