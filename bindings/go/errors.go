@@ -67,9 +67,14 @@ func (e *Error) Error() string {
 }
 
 // Is makes errors.Is(err, keel.ErrX) compare status codes only, so the
-// sentinels match every error of their code whatever the message.
+// sentinels match every error of their code whatever the message; but
+// ErrNoMore, a state of a Reader rather than a status, matches only itself
+// (a Get's NOT_FOUND is not "no more records").
 func (e *Error) Is(target error) bool {
 	t, ok := target.(*Error)
+	if t == ErrNoMore {
+		return e == ErrNoMore
+	}
 	return ok && t != nil && e != nil && t.Code == e.Code
 }
 
@@ -115,7 +120,8 @@ var (
 // ErrNoMore is what Reader.Next returns when the reader has caught up with
 // the log: not a failure, call Next again later to follow new records. It is
 // returned as this exact value (err == keel.ErrNoMore works) and also
-// matches errors.Is(err, keel.ErrNotFound), the library's status for it.
+// matches errors.Is(err, keel.ErrNotFound), the library's status for it;
+// no other NOT_FOUND error matches errors.Is(err, keel.ErrNoMore).
 var ErrNoMore = &Error{Code: StatusNotFound, Message: "no more records yet"}
 
 // takeError turns a failed status and its optional keel_error_t into an

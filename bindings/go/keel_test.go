@@ -866,3 +866,19 @@ func TestErrorIsWithATypedNilTarget(t *testing.T) {
 		t.Fatal("errors.Is matched a nil *Error")
 	}
 }
+
+// ErrNoMore, a Reader's "caught up", is NOT_FOUND to errors.Is(err,
+// ErrNotFound), but no other NOT_FOUND error is ErrNoMore: a Get of an
+// absent key matched it.
+func TestOnlyErrNoMoreIsErrNoMore(t *testing.T) {
+	absent := error(newError("Get", StatusNotFound, "key absent"))
+	if errors.Is(absent, ErrNoMore) {
+		t.Error("a Get's NOT_FOUND matched ErrNoMore")
+	}
+	if !errors.Is(absent, ErrNotFound) {
+		t.Error("a Get's NOT_FOUND did not match ErrNotFound")
+	}
+	if !errors.Is(fmt.Errorf("following the log: %w", ErrNoMore), ErrNoMore) || !errors.Is(ErrNoMore, ErrNotFound) {
+		t.Error("ErrNoMore, wrapped or not, did not match itself and ErrNotFound")
+	}
+}
