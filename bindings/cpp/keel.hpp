@@ -329,7 +329,9 @@ Result<Class> open_dir(keel_status_t (*open)(const char*, const COptions*, T**, 
 }
 
 /// A duration argument in whole milliseconds. Every call and option setter
-/// that takes a time takes it as this, built implicitly from any
+/// that takes a time takes it as this, and so do the time fields of
+/// LeaseOptions and ReadOptions (read a field's count as `.value`), so
+/// that an assignment converts the same way. Built implicitly from any
 /// std::chrono::duration that converts to milliseconds without losing
 /// precision (milliseconds, seconds, minutes, hours, ...). The conversion
 /// saturates: a duration past what milliseconds can count becomes
@@ -1234,13 +1236,13 @@ struct ReadOptions {
   /// A read that makes the host's read-index call itself waits for it to
   /// return (keel cannot interrupt it): the callback bounds its own round
   /// trip.
-  std::chrono::milliseconds timeout{0};
+  detail::Millis timeout{std::chrono::milliseconds(0)};
   /// A session of the same shard, or nullptr; with one, level and timeout
   /// are ignored.
   const ReadSession* session = nullptr;
 
   ReadOptions() = default;
-  ReadOptions(ReadLevel l, detail::Millis t = std::chrono::milliseconds(0)) : level(l), timeout(t.value) {}  // NOLINT: implicit on purpose
+  ReadOptions(ReadLevel l, detail::Millis t = std::chrono::milliseconds(0)) : level(l), timeout(t) {}  // NOLINT: implicit on purpose
   ReadOptions(const ReadSession& s) : session(&s) {}  // NOLINT: implicit on purpose
   /// A temporary session would end before the read: hold it in a variable.
   ReadOptions(const ReadSession&&) = delete;
@@ -1254,7 +1256,8 @@ struct ReadOptions {
     keel_read_options_t o{};
     (void)keel_read_options_init_sized(&o, sizeof o);
     o.level = static_cast<uint32_t>(level);
-    o.timeout_ms = timeout.count() > 0 ? static_cast<uint64_t>(timeout.count()) : timeout.count() < 0 ? 1 : 0;
+    const auto ms = timeout.value.count();
+    o.timeout_ms = ms > 0 ? static_cast<uint64_t>(ms) : ms < 0 ? 1 : 0;
     o.session = session ? session->raw() : nullptr;
     return o;
   }
@@ -1335,11 +1338,14 @@ using ReadIndexFn = std::function<Result<uint64_t>()>;
 /// max_round_trip; a configuration that is not is refused.
 struct LeaseOptions {
   uint64_t self_id = 0;  ///< this node's consensus id, non-zero
-  std::chrono::milliseconds lease{0};
-  std::chrono::milliseconds election_timeout_min{0};
-  std::chrono::milliseconds max_clock_drift{0};
-  std::chrono::milliseconds max_round_trip{0};
-  std::chrono::milliseconds read_timeout{5000};  ///< of reads that name none; 0 is refused
+  // Times as detail::Millis: one past what milliseconds can count
+  // saturates (and is refused) instead of wrapping to a margin that would
+  // let a lease through.
+  detail::Millis lease{std::chrono::milliseconds(0)};
+  detail::Millis election_timeout_min{std::chrono::milliseconds(0)};
+  detail::Millis max_clock_drift{std::chrono::milliseconds(0)};
+  detail::Millis max_round_trip{std::chrono::milliseconds(0)};
+  detail::Millis read_timeout{std::chrono::milliseconds(5000)};  ///< of reads that name none; 0 is refused
   ReadLevel default_level = ReadLevel::Stale;    ///< of reads that name none
   /// The clock is the value set with Shard::consensus_set_clock() (tests,
   /// simulations) instead of CLOCK_MONOTONIC.
@@ -1678,11 +1684,11 @@ class Shard : public detail::Handle<keel_shard_t, detail::close_shard> {
     }
     // A negative time is a mistake, never 0: a margin read as 0 would let
     // through a lease the check must refuse.
-    for (const std::chrono::milliseconds d :
+    for (const detail::Millis d :
          {opts.lease, opts.election_timeout_min, opts.max_clock_drift, opts.max_round_trip, opts.read_timeout}) {
-      if (d.count() < 0) return Error(Status::InvalidArgument, "LeaseOptions: a negative duration");
+      if (d.value.count() < 0) return Error(Status::InvalidArgument, "LeaseOptions: a negative duration");
     }
-    const auto ms = [](std::chrono::milliseconds d) { return static_cast<uint64_t>(d.count()); };
+    const auto ms = [](detail::Millis d) { return static_cast<uint64_t>(d.value.count()); };
     o.self_id = opts.self_id;
     o.lease_ms = ms(opts.lease);
     o.election_timeout_min_ms = ms(opts.election_timeout_min);
@@ -1753,7 +1759,7 @@ class Shard : public detail::Handle<keel_shard_t, detail::close_shard> {
   Result<ReadSession> read_begin(ReadLevel level = ReadLevel::Default,
                                  detail::Millis timeout = std::chrono::milliseconds(0)) const {
     if (!ptr_) return detail::empty_handle("keel::Shard");
-    const keel_read_options_t o = ReadOptions(level, timeout.value).to_c();
+    const keel_read_options_t o = ReadOptions(level, timeout).to_c();
     keel_read_session_t* session = nullptr;
     uint64_t index = 0;
     detail::ErrorOut err;

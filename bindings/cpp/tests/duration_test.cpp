@@ -41,6 +41,11 @@ TEST(Durations, CoarseUnitsPastTheMillisecondRangeDoNotWrap) {
   // A read's timeout: a huge one is not the 1 ms of a spent budget.
   EXPECT_EQ(keel::ReadOptions(keel::ReadLevel::Lease, std::chrono::seconds::max()).to_c().timeout_ms, ms_max);
   EXPECT_EQ(keel::ReadOptions(keel::ReadLevel::Lease, wraps_to_1h).to_c().timeout_ms, ms_max);
+  // ... and so does one given to its field: no wrap to 1 s, 1 h or 0 (the
+  // shard's default). An unsigned count keeps this conversion defined.
+  keel::ReadOptions read(keel::ReadLevel::Lease);
+  read.timeout = std::chrono::duration<uint64_t>((uint64_t{1} << 61) + 1);
+  EXPECT_EQ(read.to_c().timeout_ms, ms_max);
   // Below the bound the units convert exactly.
   EXPECT_EQ(keel::WalOptions().sync_interval(std::chrono::seconds(2)).sync_interval(), std::chrono::milliseconds(2000));
   EXPECT_EQ(keel::EngineOptions().flush_interval(std::chrono::minutes(-1)).raw().flush_interval_ms, 0u);

@@ -209,6 +209,22 @@ TEST_F(LeaseTest, RefusedConfigurationsAndTheCallbackReleasedAtClose) {
   EXPECT_EQ(host.use_count(), 1) << "released when the shard closed";
 }
 
+// A margin past what milliseconds can count saturates as every other time
+// the wrapper takes does: (2^61 + 1) s is 1000 ms modulo 2^64, and read as
+// that it would make room for this lease, which must be refused (a drift
+// that long leaves none). The unsigned count keeps the test's own
+// conversion defined.
+TEST_F(LeaseTest, AMarginPastTheMillisecondRangeSaturatesNotWraps) {
+  auto host = std::make_shared<Host>();
+  auto o = lease_options(host);
+  o.election_timeout_min = std::chrono::seconds(10);
+  o.lease = std::chrono::seconds(5);
+  o.max_clock_drift = std::chrono::duration<uint64_t>((uint64_t{1} << 61) + 1);
+  auto r = shard_.configure_consensus(o);
+  ASSERT_FALSE(r.ok()) << "a lease of 5 s was accepted beside a drift of 2^61 s";
+  EXPECT_EQ(r.err().code(), Status::InvalidArgument);
+}
+
 // CLOCK_BOOTTIME: consensus_now() reads it, and an ack stamped with it
 // holds a lease (59 minutes long: no scheduling delay ages it out).
 TEST_F(LeaseTest, ABoottimeShardStampsAcksWithItsOwnClock) {
