@@ -3022,17 +3022,24 @@ class Node : public detail::Handle<keel_node_t, detail::close_node> {
   /// frees the event handler: no handler call runs after it returns.
   /// Returns the counters as they are at the end. The Node is empty
   /// afterwards. Status::Closed for an empty Node (there are no counters
-  /// to return); Status::Busy from the node's own event handler, which
-  /// leaves the node open.
+  /// to return); Status::Busy from the node's own event handler (or C
+  /// event callback, for a node taken from the C API), which leaves the
+  /// node open.
   Result<NodeStats> close() {
-    if (events_ && detail::NodeEvents::running() == events_.get()) {
+    const auto own_handler = [] {
       return Error(Status::Busy, "keel::Node::close() cannot run in the node's own event handler");
-    }
+    };
+    if (events_ && detail::NodeEvents::running() == events_.get()) return own_handler();
     if (!ptr_) return detail::empty_handle("keel::Node");
     stop_handler_calls();
     keel_node_stats_t s = detail::node_stats_out();
-    const keel_status_t st = keel_node_close(ptr_.release(), &s);
-    events_.reset();  // keel_node_close joined every thread that calls it
+    const keel_status_t st = keel_node_close(ptr_.get(), &s);
+    // Nothing was closed: keel saw its own event callback, a C one of a
+    // handle taken from the C API (the check above knows only the
+    // wrapper's handler). The node stays open, so this Node keeps it.
+    if (st == KEEL_STATUS_BUSY) return own_handler();
+    (void)ptr_.release();  // freed by keel (also on the other errors)
+    events_.reset();       // keel_node_close joined every thread that calls it
     if (st != KEEL_STATUS_OK) {
       detail::ErrorOut none;  // this call carries no error object
       return none.take(st);

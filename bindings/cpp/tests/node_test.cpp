@@ -420,6 +420,54 @@ TEST_F(NodeTest, CloseFromItsOwnHandlerIsBusy) {
   KEEL_ASSERT_OK(a.close());
 }
 
+namespace {
+// A C event callback that closes the keel::Node holding its node.
+struct ClosingCallback {
+  std::atomic<Node*> self{nullptr};
+  std::mutex mu;
+  std::condition_variable cv;
+  std::optional<keel::Result<NodeStats>> from_handler;
+
+  static void on_event(void* user, uint64_t, keel_status_t st, const char*) {
+    auto* c = static_cast<ClosingCallback*>(user);
+    if (st != KEEL_STATUS_OK) return;
+    auto r = c->self.load()->close();
+    std::lock_guard<std::mutex> lock(c->mu);
+    if (!c->from_handler) c->from_handler.emplace(std::move(r));
+    c->cv.notify_all();
+  }
+};
+}  // namespace
+
+// The same for a Node holding a handle opened through the C API with a C
+// event callback, which the wrapper cannot recognise as the node's own:
+// keel answers BUSY, and the Node keeps the node it could not close (an
+// empty one could never close it).
+TEST_F(NodeTest, CloseFromTheCCallbackOfAnAdoptedHandleIsBusy) {
+  ClosingCallback callback;  // outlives the node
+  keel_node_options_t o;
+  ASSERT_EQ(keel_node_options_init_sized(&o, sizeof o), KEEL_STATUS_OK);
+  o.node_id = 1;
+  o.on_event = &ClosingCallback::on_event;
+  o.user_data = &callback;
+  keel_node_t* raw = nullptr;
+  ASSERT_EQ(keel_node_open(engine.raw(), &o, &raw, nullptr), KEEL_STATUS_OK);
+  Node a(raw), b;
+  callback.self.store(&a);
+  ASSERT_NO_FATAL_FAILURE(open_node(engine, NodeOptions().node_id(2), b));
+  std::string addr;
+  ASSERT_NO_FATAL_FAILURE(addr_of(a, addr));
+  KEEL_ASSERT_OK(b.connect(1, addr));
+  {
+    std::unique_lock<std::mutex> lock(callback.mu);
+    ASSERT_TRUE(callback.cv.wait_for(lock, 60s, [&] { return callback.from_handler.has_value(); }));
+    expect_error(*callback.from_handler, Status::Busy);
+  }
+  EXPECT_EQ(a.raw(), raw) << "the Node let go of a node that is still open";
+  KEEL_ASSERT_OK(b.close());
+  KEEL_ASSERT_OK(a.close());
+}
+
 // keel reports Status::Closed to the handler while close() runs: the
 // handler's own calls on its Node then answer Status::Closed without
 // reaching keel (the wrapper's rule: the Node is being emptied, and its
