@@ -2072,10 +2072,13 @@ inline const char* to_string(Backend b) noexcept {
 /// the Net's destructor) returned, and never for a connection after its
 /// Writer::close() / Publisher::unsubscribe() returned. Keep it short: it
 /// holds up every socket of the net. It may send, publish, close a Writer
-/// or unsubscribe (also the connection it reports), but not close its own
-/// Net (Status::Busy). It must not throw: the bridge is noexcept, so an
-/// escaping exception calls std::terminate. Whatever it captures must be
-/// safe to use from the reactor thread and must outlive the Net.
+/// or unsubscribe (also the connection it reports, or one of another Net),
+/// but not close a Net, its own or another (Status::Busy, the Net stays
+/// open: the close would wait for a reactor thread, which may be waiting
+/// for this one; a Net destroyed there is never closed). It must not
+/// throw: the bridge is noexcept, so an escaping exception calls
+/// std::terminate. Whatever it captures must be safe to use from the
+/// reactor thread and must outlive the Net.
 using EventHandler = std::function<void(uint64_t conn_id, Status status, std::string_view message)>;
 
 /// Options of Net::open(): a copyable value wrapping keel_net_options_t
@@ -2260,7 +2263,8 @@ inline keel_writer_stats_t stats_out() noexcept {
 /// of Writers and Publishers (owns a keel_net_t). The destructor closes it
 /// (see close()) and ignores errors. Const members are safe to call from
 /// many threads at once; close(), moving and destruction must not race
-/// with them, and must not happen on the net's own event handler.
+/// with them, and must not happen in an event handler (of this net or
+/// another: see EventHandler).
 class Net : public detail::Handle<keel_net_t, detail::close_net> {
  public:
   /// Net() is empty: every call returns Status::Closed. explicit
@@ -2335,8 +2339,9 @@ class Net : public detail::Handle<keel_net_t, detail::close_net> {
   /// It waits for queued bytes only (each within its close_timeout, 2 s by
   /// default), never for an idle peer to close its side, also not for
   /// writers closed earlier that are still waiting for their peer.
-  /// The Net is empty afterwards, except when called from its own event
-  /// handler: that returns Status::Busy and leaves the net open. Writers
+  /// The Net is empty afterwards, except when called from an event handler
+  /// (of this net or another): that returns Status::Busy and leaves the
+  /// net open. Writers
   /// and Publishers stay valid, answer Status::Closed, and are closed as
   /// usual. Closing an empty Net succeeds.
   Result<void> close() {
