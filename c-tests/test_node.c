@@ -202,6 +202,10 @@ static void arguments_are_checked(keel_engine_t *engine) {
     CHECK_STATUS(KEEL_STATUS_INVALID_ARGUMENT, keel_node_open(engine, &o, &node, &err));
   }
   o.listen_addr = NULL;
+  /* The padding of version 2 may mean something later: 0 only. */
+  o._reserved2 = 1;
+  CHECK_STATUS(KEEL_STATUS_INVALID_ARGUMENT, keel_node_open(engine, &o, &node, &err));
+  o._reserved2 = 0;
   CHECK_STATUS(KEEL_STATUS_NULL_ARGUMENT, keel_node_open(NULL, &o, &node, &err));
   CHECK_OK(keel_node_open(engine, &o, &node, &err));
   char tiny[4];

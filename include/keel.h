@@ -1211,6 +1211,10 @@ typedef struct keel_node_options_t {
    * dials do not count.
    */
   uint32_t max_handshakes;
+  /**
+   * Must be 0 (INVALID_ARGUMENT otherwise): a later version may give
+   * it a meaning, and a struct of this size could not tell it apart.
+   */
   uint32_t _reserved2;
 } keel_node_options_t;
 
@@ -2445,8 +2449,8 @@ keel_status_t keel_node_options_init_sized(struct keel_node_options_t *opts, siz
  * `engine`. On
  * success `*out` receives a handle the caller releases with
  * keel_node_close().
- * Errors: NULL_ARGUMENT, INVALID_ARGUMENT (an option out of range, not a
- * live engine, a listen_addr that does not parse or resolves to
+ * Errors: NULL_ARGUMENT, INVALID_ARGUMENT (an option out of range,
+ * _reserved2 not 0, not a live engine, a listen_addr that does not parse or resolves to
  * nothing), IO (the address cannot be bound), RESOURCE (out of
  * descriptors, memory or threads).
  */

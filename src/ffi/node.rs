@@ -126,6 +126,8 @@ pub struct keel_node_options_t {
     /// is refused at once (refused_handshake_limit). Connections this node
     /// dials do not count.
     pub max_handshakes: u32,
+    /// Must be 0 (INVALID_ARGUMENT otherwise): a later version may give
+    /// it a meaning, and a struct of this size could not tell it apart.
     pub _reserved2: u32,
 }
 
@@ -254,6 +256,9 @@ fn options_from_c(p: *const keel_node_options_t, events: &CallbackScope) -> crat
         return Err(Error::new(KEEL_STATUS_NULL_ARGUMENT, "opts is NULL (node_id is required)"));
     }
     let o = &read_options(p, default_options(), "keel_node_options_init_sized")?;
+    if o._reserved2 != 0 {
+        return Err(Error::invalid("keel_node_options_t._reserved2 must be 0"));
+    }
     let ms = |v: u32| Duration::from_millis(v as u64);
     let mut secrets = Vec::new();
     for (p, len, name) in [(o.secret, o.secret_len, "secret"), (o.secret2, o.secret2_len, "secret2")] {
@@ -315,8 +320,8 @@ fn options_from_c(p: *const keel_node_options_t, events: &CallbackScope) -> crat
 /// `engine`. On
 /// success `*out` receives a handle the caller releases with
 /// keel_node_close().
-/// Errors: NULL_ARGUMENT, INVALID_ARGUMENT (an option out of range, not a
-/// live engine, a listen_addr that does not parse or resolves to
+/// Errors: NULL_ARGUMENT, INVALID_ARGUMENT (an option out of range,
+/// _reserved2 not 0, not a live engine, a listen_addr that does not parse or resolves to
 /// nothing), IO (the address cannot be bound), RESOURCE (out of
 /// descriptors, memory or threads).
 #[no_mangle]
