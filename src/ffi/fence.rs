@@ -15,7 +15,8 @@ use std::time::Duration;
 /// Any thread. Leases live in memory only: after the engine is reopened
 /// every lease has expired.
 /// Errors: NULL_ARGUMENT, INVALID_ARGUMENT (not a live engine, ttl_ms is
-/// 0 or too large), BUSY (another holder's lease has not expired), IO or
+/// 0 or too large, or the tokens are exhausted: the high-water mark is
+/// within 1024 of UINT64_MAX), BUSY (another holder's lease has not expired), IO or
 /// NO_SPACE (the token high-water mark could not be made durable; no
 /// lease granted, or the clock failed), RESOURCE (out of descriptors or
 /// memory reading or writing the high-water mark; no lease granted),
