@@ -87,7 +87,10 @@ pub extern "C" fn keel_fence_release(
 /// this engine accepted for `bucket`; otherwise records `token` as the
 /// highest and returns OK (an equal token passes). No clock is involved,
 /// so the same checks give the same answers anywhere. The highest tokens
-/// are kept in memory, per engine. Any thread.
+/// are kept in memory, per engine: once the engine is reopened any token
+/// passes again. A check that survives restarts is a fenced shard write
+/// (keel_write_options_t.fenced), whose highest tokens are in the shard's
+/// WAL and manifest. Any thread.
 /// Errors: NULL_ARGUMENT, INVALID_ARGUMENT (not a live engine), FENCED.
 #[no_mangle]
 pub extern "C" fn keel_fence_check(
