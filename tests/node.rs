@@ -741,3 +741,34 @@ fn a_dial_racing_close_ends_closed_and_runs_nothing_after_it() {
     assert_eq!(a.stats(), last, "the connection ran after close returned its final counters");
     b.close().unwrap();
 }
+
+/// The event of a ready connection's end ran while the connection was
+/// still in the peer table (its reader took it out only afterwards): a
+/// host reconnecting from that event, as hosts do, found the peer ready
+/// (`is_ready`, `peers`, and `reconnect`/`connect` answered OK without
+/// dialing), and a new connection of the peer finishing its handshake
+/// meanwhile could be closed in favour of the dead one. The `peers`
+/// counter had already dropped. The ended connection is out of the peer
+/// table before its event runs now.
+#[test]
+fn a_connection_that_ended_is_not_ready_in_its_end_event() {
+    use std::sync::{OnceLock, Weak};
+    let me: Arc<OnceLock<Weak<Node>>> = Arc::default();
+    let (tx, rx) = unbounded();
+    let (mut o, _events) = options(1, &[]);
+    let m = me.clone();
+    o.on_event = Some(Arc::new(move |peer, status, _: &str| {
+        if let Some(node) = m.get().and_then(Weak::upgrade).filter(|_| status != KEEL_STATUS_OK) {
+            let seen = (peer, node.is_ready(7), node.peers(), node.stats().peers, node.reconnect(7).map_err(|e| e.status));
+            let _ = tx.send(seen);
+        }
+    }));
+    let a = Arc::new(Node::open(o).unwrap());
+    me.set(Arc::downgrade(&a)).unwrap();
+    let mut r = Raw::ready(&a, 7);
+    r.s.shutdown(std::net::Shutdown::Write).unwrap();
+    r.until_closed();
+    let seen = rx.recv_timeout(HANG_GUARD).expect("hang guard: the end event never ran");
+    // This node never dialed 7: with no connection, reconnect is NOT_FOUND.
+    assert_eq!(seen, (7, false, vec![], 0, Err(KEEL_STATUS_NOT_FOUND)), "(peer, is_ready, peers, stats.peers, reconnect)");
+}

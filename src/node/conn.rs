@@ -218,6 +218,11 @@ impl Conn {
 
     fn finish(&self, node: &Inner, r: Reason, msg: String) {
         let (r, msg) = self.end.lock().get_or_insert((r, msg)).clone();
+        // Out of the peer table before anything tells that it ended (the
+        // state `Node::connect` waits on, the event, the services' notice):
+        // a host reconnecting from the event must find the peer without
+        // it, and so must a new connection of the peer getting ready.
+        node.unregister(self);
         let _ = self.stream.shutdown(Shutdown::Both);
         if let Some(w) = self.writer.write().take() {
             let s = w.stats();
@@ -242,8 +247,6 @@ impl Conn {
             node.event(peer, r.status(), &msg);
         }
         node.forget(self);
-        // Out of the peer table first, so a service that asks finds the
-        // peer without a connection unless a newer one replaced this one.
         if was_ready && r != Reason::Replaced {
             node.peer_gone(peer);
         }

@@ -558,7 +558,7 @@ impl Inner {
 
     /// Takes the connection out of the peer table, unless a newer one
     /// to that peer replaced it.
-    fn unregister(&self, conn: &Conn) {
+    pub(crate) fn unregister(&self, conn: &Conn) {
         let mut reg = self.reg.lock();
         let peer = conn.peer_id.load(Ordering::Acquire);
         if reg.by_peer.get(&peer).is_some_and(|c| c.seq == conn.seq) {
@@ -566,9 +566,9 @@ impl Inner {
         }
     }
 
-    /// Drops an ended connection from the registry (its thread's last act).
+    /// Drops an ended connection, out of the peer table already, from the
+    /// registry (its thread's last act).
     pub(crate) fn forget(&self, conn: &Conn) {
-        self.unregister(conn);
         let mut reg = self.reg.lock();
         // While the node closes, its shutdown joins the thread instead.
         if !self.closing.load(Ordering::Acquire) {
