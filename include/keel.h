@@ -2481,10 +2481,11 @@ keel_status_t keel_node_addr(const struct keel_node_t *node, char *buf, size_t c
  * Errors: NULL_ARGUMENT, INVALID_ARGUMENT (peer_id 0 or this node's own,
  * an address that does not resolve), IO (connect failed, or the
  * connection broke), REFUSED (the handshake refused the peer, or the
- * peer refused this node: the message says why), TIMEOUT (no handshake
- * within handshake_timeout_ms), PROTOCOL, CLOSED (the node is closing,
- * or the peer closed the connection before the handshake finished),
- * RESOURCE (out of descriptors or memory).
+ * peer refused this node: the message says why), TIMEOUT (no answer to
+ * the TCP connect, or no handshake, within handshake_timeout_ms),
+ * PROTOCOL, CLOSED (the node is closing, or the peer closed the
+ * connection before the handshake finished), RESOURCE (out of
+ * descriptors or memory).
  */
 keel_status_t keel_node_connect(const struct keel_node_t *node,
                                 uint64_t peer_id,

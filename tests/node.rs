@@ -772,3 +772,50 @@ fn a_connection_that_ended_is_not_ready_in_its_end_event() {
     // This node never dialed 7: with no connection, reconnect is NOT_FOUND.
     assert_eq!(seen, (7, false, vec![], 0, Err(KEEL_STATUS_NOT_FOUND)), "(peer, is_ready, peers, stats.peers, reconnect)");
 }
+
+/// A peer address whose SYNs go unanswered, as a host that is down or a
+/// firewall that drops them: a listening socket with a backlog of 0 whose
+/// one queued connection is never accepted (the kernel drops further
+/// SYNs while the accept queue is full). Kept open while the values live.
+fn unanswered_address() -> (std::os::fd::OwnedFd, TcpStream, String) {
+    use std::os::fd::FromRawFd;
+    // SAFETY: socket(2) returns a new descriptor or -1 (checked), which
+    // the OwnedFd then owns alone.
+    let fd = unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+        assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+        std::os::fd::OwnedFd::from_raw_fd(fd)
+    };
+    // SAFETY: a zeroed sockaddr_in is a valid value of it.
+    let mut sa: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+    sa.sin_family = libc::AF_INET as libc::sa_family_t;
+    sa.sin_addr.s_addr = u32::from_ne_bytes([127, 0, 0, 1]);
+    let mut len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    let p = &mut sa as *mut libc::sockaddr_in as *mut libc::sockaddr;
+    // SAFETY: the fd is open; `p` points to a sockaddr_in of `len` bytes
+    // that outlives the calls.
+    unsafe {
+        assert_eq!(libc::bind(fd.as_raw_fd(), p, len), 0, "bind: {}", std::io::Error::last_os_error());
+        assert_eq!(libc::listen(fd.as_raw_fd(), 0), 0, "listen: {}", std::io::Error::last_os_error());
+        assert_eq!(libc::getsockname(fd.as_raw_fd(), p, &mut len), 0);
+    }
+    let addr = format!("127.0.0.1:{}", u16::from_be(sa.sin_port));
+    let queued = TcpStream::connect(&addr).unwrap();
+    (fd, queued, addr)
+}
+
+/// handshake_timeout is also the TCP connect's timeout (docs/TRANSFER.md,
+/// Limits): a peer that never answers the connect makes `connect` fail
+/// with TIMEOUT, the status of a deadline that passed, as a peer that
+/// never finishes the handshake does. It failed with IO, the status of a
+/// socket that broke, so a host could not tell an unreachable peer from
+/// a local failure.
+#[test]
+fn a_connect_nobody_answers_times_out() {
+    let (_listener, _queued, addr) = unanswered_address();
+    let (o, _events) = options(2, &[]);
+    let b = Node::open(NodeOptions { handshake_timeout: Duration::from_millis(100), ..o }).unwrap();
+    let e = b.connect(1, &addr).unwrap_err();
+    assert_eq!(e.status, KEEL_STATUS_TIMEOUT, "{e}");
+    assert!(e.message.contains(&addr), "{e}");
+}

@@ -369,10 +369,11 @@ pub extern "C" fn keel_node_addr(
 /// Errors: NULL_ARGUMENT, INVALID_ARGUMENT (peer_id 0 or this node's own,
 /// an address that does not resolve), IO (connect failed, or the
 /// connection broke), REFUSED (the handshake refused the peer, or the
-/// peer refused this node: the message says why), TIMEOUT (no handshake
-/// within handshake_timeout_ms), PROTOCOL, CLOSED (the node is closing,
-/// or the peer closed the connection before the handshake finished),
-/// RESOURCE (out of descriptors or memory).
+/// peer refused this node: the message says why), TIMEOUT (no answer to
+/// the TCP connect, or no handshake, within handshake_timeout_ms),
+/// PROTOCOL, CLOSED (the node is closing, or the peer closed the
+/// connection before the handshake finished), RESOURCE (out of
+/// descriptors or memory).
 #[no_mangle]
 pub extern "C" fn keel_node_connect(
     node: *const keel_node_t,

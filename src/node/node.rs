@@ -198,7 +198,12 @@ impl Node {
             .map_err(|e| Error::invalid(format!("peer address {addr:?}: {e}")))?
             .next()
             .ok_or_else(|| Error::invalid(format!("peer address {addr:?} resolves to nothing")))?;
-        let stream = TcpStream::connect_timeout(&to, timeout).map_err(|e| Error::io(format!("connect to {to}"), e))?;
+        let stream = TcpStream::connect_timeout(&to, timeout).map_err(|e| match e.kind() {
+            // No answer within handshake_timeout (or the kernel's own SYN
+            // retries ran out first): a deadline passed, nothing broke.
+            std::io::ErrorKind::TimedOut => Error::new(KEEL_STATUS_TIMEOUT, format!("connect to {to}: {e}")),
+            _ => Error::io(format!("connect to {to}"), e),
+        })?;
         add(&self.inner.counters.dialed, 1);
         let conn = self.inner.start(stream, to, Role::Dialer, Some(peer_id))?;
         conn.wait_ready()
