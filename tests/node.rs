@@ -819,3 +819,32 @@ fn a_connect_nobody_answers_times_out() {
     assert_eq!(e.status, KEEL_STATUS_TIMEOUT, "{e}");
     assert!(e.message.contains(&addr), "{e}");
 }
+
+/// conn_memory_bytes may be as small as twice a full frame: one for the
+/// read buffer, one for the outbound queue. But the writer's cap counts
+/// each queued piece's bookkeeping besides its bytes, so a frame of
+/// max_frame_bytes sent on an idle connection, its queue empty, passed
+/// the cap by those few bytes and cut the connection off (BUSY,
+/// outbound_overflows): the largest frame `send` accepts could never be
+/// sent. Both sends (one piece, and a head with a shared body) pass now.
+#[test]
+fn a_full_frame_fits_the_smallest_connection_memory() {
+    let (o, ea) = options(1, &[]);
+    let max = o.max_frame_bytes as usize;
+    let o = NodeOptions {
+        conn_memory_bytes: 2 * (HEADER_LEN + max) as u64,
+        heartbeat_interval: Duration::from_secs(600),
+        ..o
+    };
+    let a = Node::open(o).unwrap();
+    let mut r = Raw::ready(&a, 7);
+    wait_for(&a, &ea, "the handshake", |s| s.peers == 1);
+    a.send(7, TRANSFER, &vec![1; max]).expect("a full frame on an idle connection");
+    assert_eq!(r.read_frame(), (TRANSFER, vec![1; max]));
+    let body = frame::Body::new(&vec![2; max - 10]);
+    a.send_body(7, TRANSFER, &[3; 10], &body).expect("a full frame made of a head and a body");
+    let (ty, p) = r.read_frame();
+    assert_eq!((ty, &p[..10], &p[10..]), (TRANSFER, &[3; 10][..], &vec![2; max - 10][..]));
+    let s = a.stats();
+    assert_eq!((s.peers, s.ended(Reason::OutboundOverflow)), (1, 0), "{s:?}");
+}

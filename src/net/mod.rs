@@ -18,6 +18,7 @@ mod stats;
 mod uring;
 
 pub use conn::Writer;
+pub(crate) use queue::ITEM_COST;
 pub use publisher::{Publisher, PublisherStats};
 pub use reactor::{CloseWait, CloseWaitHook, Net};
 pub use stats::WriterStats;

@@ -2,7 +2,7 @@
 //! registry of connections, sending, and shutdown.
 
 use crate::error::{Error, Result};
-use crate::net::{Net, NetOptions, WriterOptions};
+use crate::net::{Net, NetOptions, WriterOptions, ITEM_COST};
 use crate::node::conn::Conn;
 use crate::node::frame;
 use crate::node::handshake::{ReplayGuard, Role};
@@ -109,7 +109,11 @@ impl Node {
         let net = Net::open(NetOptions::default())?;
         let writer_opts = WriterOptions {
             soft_cap_bytes: 0,
-            hard_cap_bytes: opts.conn_memory_bytes - opts.read_limit() as u64,
+            // The outbound share of conn_memory_bytes, a whole frame at
+            // least. The caps also count each queued piece's bookkeeping
+            // (a frame has two at most, head and shared body), which must
+            // not keep one whole frame out of an empty queue.
+            hard_cap_bytes: opts.conn_memory_bytes - opts.read_limit() as u64 + 2 * ITEM_COST as u64,
             close_timeout: opts.close_timeout,
             ..WriterOptions::default()
         };
