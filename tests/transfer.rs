@@ -264,6 +264,61 @@ fn a_wal_delta_falls_back_to_a_snapshot_when_the_records_are_gone() {
     assert_eq!(shard_digest(&received(&dst)).unwrap(), shard_digest(&shard).unwrap());
 }
 
+/// A source whose WAL holds a gap after the receiver's version (versions
+/// its recovery declared lost: a crash's unsynced tail, the skip a
+/// salvage writes into each shard's extent record) sends a snapshot. The
+/// WAL delta read across the gap, and the receiver refused its records
+/// (PROTOCOL: 76 follows 25), so every later WAL delta of the shard
+/// failed the same way and left the receiver's copy incoming.
+#[test]
+fn a_wal_delta_across_a_gap_in_the_source_wal_falls_back_to_a_snapshot() {
+    let dst = side("gap-dst", 2);
+    let crash = common::TempDir::new("gap-src-crash");
+    let had = {
+        let src = side("gap-src", 1);
+        src.node.connect(2, &dst.node.addr().to_string()).unwrap();
+        let shard = src.engine.open_shard(SHARD, true).unwrap();
+        write_mix(&shard, 13, 20);
+        dst.transfers.expect(SHARD, 1);
+        let had = src.transfers.send_shard(&shard, SHARD, 2, &small_batches(Method::Snapshot)).unwrap().last_version;
+        write_mix(&shard, 14, 5);
+        shard.sync_wal().unwrap();
+        // The source crashes here.
+        common::copy_tree(src.dir(), crash.path());
+        had
+    };
+    received(&dst).close().unwrap();
+    // Its WAL's extent record says numbers up to 75 were handed out: the
+    // next open declares those after its last record a gap.
+    let meta = crash.path().join(format!("shards/{SHARD}/wal")).join(keel::wal::extent::META_NAME);
+    let mut extent = keel::wal::extent::Extent::decode(&std::fs::read(&meta).unwrap()).unwrap();
+    assert!(extent.next_seq <= had + 6, "{extent:?}");
+    extent.next_seq = 76;
+    std::fs::write(&meta, extent.encode()).unwrap();
+    // Restarted, the host keeps the records its follower lacks (before
+    // the first pass after the open could drop them).
+    let hold = Arc::new(PassHold::default());
+    hold.set(|s| s.0 = true);
+    let src = Side::open(crash.path(), common::side::node_options(1), Options { steps: Steps::new(hold.clone()), ..shard_options() });
+    src.node.connect(2, &dst.node.addr().to_string()).unwrap();
+    let shard = src.engine.open_shard(SHARD, false).unwrap();
+    shard.set_keep_from(had + 1).unwrap();
+    hold.set(|s| s.2 = true);
+    assert_eq!(shard.last_version(), 75);
+    write_mix(&shard, 15, 5);
+    shard.flush(true).unwrap();
+    assert!(shard.stats().wal_first_seq <= had + 1, "{:?}", shard.stats());
+
+    dst.transfers.expect(SHARD, 1);
+    let r = src.transfers.send_shard(&shard, SHARD, 2, &small_batches(Method::WalDelta)).unwrap();
+    assert!(r.snapshot, "{r:?}");
+    let why = r.fallback.as_deref().expect("the fallback says why");
+    assert!(why.contains("26..=75"), "{why}");
+    let got = received(&dst);
+    assert_eq!(got.last_version(), shard.last_version());
+    assert_eq!(shard_digest(&got).unwrap(), shard_digest(&shard).unwrap());
+}
+
 /// A listed shard whose folder is gone on the receiver is damage
 /// (CORRUPTION, as to an open there), no copy to build a WAL delta on: the
 /// source sends a snapshot in its place. Its START failed as IO before,

@@ -163,6 +163,13 @@ impl Shard {
         self.inner.with_wal(|w| w.pin_retained())
     }
 
+    /// The first and last version of the lowest gap above `version` in
+    /// the shard's WAL (versions its recovery declared lost), if any.
+    pub(crate) fn wal_gap_above(&self, version: u64) -> Result<Option<(u64, u64)>> {
+        self.inner.check_open()?;
+        self.inner.with_wal(|w| Ok(w.gap_above(version)))
+    }
+
     /// A reader of the shard's WAL from `from`, up to its durable mark.
     pub fn wal_reader(&self, from: u64) -> Result<Reader> {
         self.inner.check_open()?;

@@ -409,11 +409,17 @@ fn plan(shard: &Shard, method: Method, had: u64, crc: Option<u32>, report: &mut 
             Err(e) if e.status == KEEL_STATUS_TRUNCATED => format!("the WAL no longer holds version {}", had + 1),
             Err(e) => return Err(e),
             // The pin comes first: record `had` stays while it is checked.
-            Ok(pin) => match (shard.record_crc(had)?, crc) {
-                (Some(mine), Some(theirs)) if mine == theirs => return Ok(Plan::Delta(pin)),
-                (None, _) => format!("the WAL no longer holds version {had} to check the receiver's history against"),
-                (_, None) => format!("the receiver cannot show its record of version {had}"),
-                _ => format!("the receiver's record of version {had} differs from this shard's: the histories diverged"),
+            Ok(pin) => match shard.wal_gap_above(had)? {
+                // Versions a recovery declared lost (a crash's unsynced
+                // tail, a salvage): the records after `had` skip them, and
+                // the receiver refuses records that do not follow its own.
+                Some((from, to)) => format!("the WAL lost versions {from}..={to} after version {had} (a gap its recovery declared)"),
+                None => match (shard.record_crc(had)?, crc) {
+                    (Some(mine), Some(theirs)) if mine == theirs => return Ok(Plan::Delta(pin)),
+                    (None, _) => format!("the WAL no longer holds version {had} to check the receiver's history against"),
+                    (_, None) => format!("the receiver cannot show its record of version {had}"),
+                    _ => format!("the receiver's record of version {had} differs from this shard's: the histories diverged"),
+                },
             },
         }
     };

@@ -603,6 +603,21 @@ impl Wal {
         st.segments.first().map_or(st.next_seq, |s| s.first_seq)
     }
 
+    /// The lowest gap (numbers recovery declared lost, which readers step
+    /// over) holding numbers above `seq`: its first and last number above
+    /// `seq`. None when every retained record after `seq` follows the one
+    /// before it.
+    pub(crate) fn gap_above(&self, seq: u64) -> Option<(u64, u64)> {
+        if !self.shared.has_gap.load(Ordering::Acquire) {
+            return None;
+        }
+        let st = self.shared.state.lock();
+        st.segments
+            .iter()
+            .filter_map(|s| Some((s.gap_from?.max(seq.saturating_add(1)), s.first_seq - 1)))
+            .find(|(from, to)| from <= to)
+    }
+
     /// The segment files the log retains; an ack removes none while it
     /// is one (the active segment stays).
     pub fn segments(&self) -> usize {
