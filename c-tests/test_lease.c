@@ -8,7 +8,9 @@
  *   read timeout of 0, a missing callback and a second configuration;
  * - a follower answers NOT_LEADER with the leader hint in the error
  *   object, through the _ex read and through keel_shard_get() with a
- *   default level of lease; stale reads still work;
+ *   default level of lease; stale reads still work; a key, scan bound
+ *   or prefix too long is INVALID_ARGUMENT there, as on the leader, where
+ *   it costs no read-index;
  * - a fresh ack serves with no read-index call; now - ack == lease and a
  *   transfer in progress fall back to exactly one call; a read-index past
  *   the applied index waits for it (another thread applies it) or times
@@ -238,6 +240,20 @@ int main(void) {
   err = NULL;
   CHECK_EQ_U64(keel_error_leader_hint(NULL), 0);
   CHECK_OK(get_ex(s, &stale, &err));
+  /* A key, bound or prefix longer than any key is INVALID_ARGUMENT before
+   * the level's check: a follower does not send the caller to a leader
+   * that would refuse it too. */
+  static uint8_t over[KEEL_SHARD_MAX_KEY_SIZE + 1];
+  const size_t over_len[] = {sizeof over};
+  keel_buf_t over_vals[1] = {{NULL, 0}};
+  uint32_t over_kinds[1];
+  keel_iter_t *none = NULL;
+  CHECK_STATUS(KEEL_STATUS_INVALID_ARGUMENT, keel_shard_get_ex(s, &lin, over, sizeof over, &b, NULL, NULL, &err));
+  CHECK_STATUS(KEEL_STATUS_INVALID_ARGUMENT, keel_shard_multi_get_ex(s, &lin, over, over_len, 1, over_vals, over_kinds, NULL, &err));
+  CHECK_STATUS(KEEL_STATUS_INVALID_ARGUMENT, keel_shard_scan_ex(s, &lin, over, sizeof over, NULL, 0, &none, &err));
+  CHECK_STATUS(KEEL_STATUS_INVALID_ARGUMENT, keel_shard_scan_ex(s, &lin, NULL, 0, over, sizeof over, &none, &err));
+  CHECK_STATUS(KEEL_STATUS_INVALID_ARGUMENT, keel_shard_scan_prefix_ex(s, &lin, over, sizeof over, &none, &err));
+  CHECK(b.ptr == NULL && over_vals[0].ptr == NULL && none == NULL);
   CHECK_STATUS(KEEL_STATUS_INVALID_ARGUMENT, keel_shard_consensus_set_role(s, 5, 3, 0, &err));
   CHECK_STATUS(KEEL_STATUS_INVALID_ARGUMENT, keel_shard_consensus_set_role(s, KEEL_ROLE_FOLLOWER, 2, 0, &err));
 
@@ -280,6 +296,10 @@ int main(void) {
   CHECK_EQ_U64(h.calls, 3);
   /* Linearizable always asks. */
   CHECK_OK(get_ex(s, &lin, &err));
+  CHECK_EQ_U64(h.calls, 4);
+  /* ...but not for a read refused for its arguments. */
+  CHECK_STATUS(KEEL_STATUS_INVALID_ARGUMENT, keel_shard_get_ex(s, &lin, over, sizeof over, &b, NULL, NULL, &err));
+  CHECK_STATUS(KEEL_STATUS_INVALID_ARGUMENT, keel_shard_scan_prefix_ex(s, &lin, over, sizeof over, &none, &err));
   CHECK_EQ_U64(h.calls, 4);
 
   /* A read-index past the applied index: TIMEOUT, or the wait until it applies. */

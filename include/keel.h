@@ -2663,10 +2663,12 @@ keel_status_t keel_shard_get(const struct keel_shard_t *shard,
  * keel_shard_get() at the consistency of `opts` (NULL: the shard's
  * default level, as keel_shard_get()): the lease check, or a read-index
  * and the wait for the applied index to reach it, before the read; or
- * the session named in `opts`. Errors: as keel_shard_get(), plus
- * INVALID_ARGUMENT (a bad level or struct_size; lease or linearizable
- * without consensus configured), NOT_LEADER (keel_error_leader_hint()
- * names the leader when known), TIMEOUT, the read-index callback's status.
+ * the session named in `opts`. The arguments are checked first: a key
+ * too long is INVALID_ARGUMENT without a lease check or read-index, on a
+ * follower too. Errors: as keel_shard_get(), plus INVALID_ARGUMENT (a bad
+ * level or struct_size; lease or linearizable without consensus
+ * configured), NOT_LEADER (keel_error_leader_hint() names the leader when
+ * known), TIMEOUT, the read-index callback's status.
  */
 keel_status_t keel_shard_get_ex(const struct keel_shard_t *shard,
                                 const struct keel_read_options_t *opts,
@@ -2700,7 +2702,8 @@ keel_status_t keel_shard_multi_get(const struct keel_shard_t *shard,
 
 /**
  * keel_shard_multi_get() at the consistency of `opts`: one lease check or
- * one read-index for all `count` keys. Errors: as keel_shard_multi_get()
+ * one read-index for all `count` keys, made once every key is checked (as
+ * keel_shard_get_ex() checks its key). Errors: as keel_shard_multi_get()
  * and keel_shard_get_ex().
  */
 keel_status_t keel_shard_multi_get_ex(const struct keel_shard_t *shard,
@@ -2736,7 +2739,8 @@ keel_status_t keel_shard_scan(const struct keel_shard_t *shard,
 
 /**
  * keel_shard_scan() at the consistency of `opts` (checked once, when the
- * scan opens). Errors: as keel_shard_scan() and keel_shard_get_ex().
+ * scan opens, after its bounds, as keel_shard_get_ex() checks its key).
+ * Errors: as keel_shard_scan() and keel_shard_get_ex().
  */
 keel_status_t keel_shard_scan_ex(const struct keel_shard_t *shard,
                                  const struct keel_read_options_t *opts,
@@ -2759,7 +2763,8 @@ keel_status_t keel_shard_scan_prefix(const struct keel_shard_t *shard,
                                      struct keel_error_t **err);
 
 /**
- * keel_shard_scan_prefix() at the consistency of `opts`. Errors: as
+ * keel_shard_scan_prefix() at the consistency of `opts`, checked after
+ * the prefix, as keel_shard_scan_ex() checks its bounds. Errors: as
  * keel_shard_scan_ex().
  */
 keel_status_t keel_shard_scan_prefix_ex(const struct keel_shard_t *shard,

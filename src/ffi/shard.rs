@@ -8,7 +8,7 @@ use crate::ffi::buf::{buf_out, check_unfilled, keel_buf_t};
 use crate::ffi::versioned::write_stats;
 use crate::ffi::error::keel_error_t;
 use crate::ffi::read::{self, keel_read_options_t};
-use crate::shard::{split_item, Entry, Op, Scan, Shard, Value};
+use crate::shard::{check_key, check_scan_bounds, check_scan_prefix, split_item, Entry, Op, Scan, Shard, Value};
 use crate::status::*;
 
 /// One shard of an engine: keys → values and posting lists. Internally
@@ -299,10 +299,12 @@ pub extern "C" fn keel_shard_get(
 /// keel_shard_get() at the consistency of `opts` (NULL: the shard's
 /// default level, as keel_shard_get()): the lease check, or a read-index
 /// and the wait for the applied index to reach it, before the read; or
-/// the session named in `opts`. Errors: as keel_shard_get(), plus
-/// INVALID_ARGUMENT (a bad level or struct_size; lease or linearizable
-/// without consensus configured), NOT_LEADER (keel_error_leader_hint()
-/// names the leader when known), TIMEOUT, the read-index callback's status.
+/// the session named in `opts`. The arguments are checked first: a key
+/// too long is INVALID_ARGUMENT without a lease check or read-index, on a
+/// follower too. Errors: as keel_shard_get(), plus INVALID_ARGUMENT (a bad
+/// level or struct_size; lease or linearizable without consensus
+/// configured), NOT_LEADER (keel_error_leader_hint() names the leader when
+/// known), TIMEOUT, the read-index callback's status.
 #[no_mangle]
 pub extern "C" fn keel_shard_get_ex(
     shard: *const keel_shard_t,
@@ -318,6 +320,10 @@ pub extern "C" fn keel_shard_get_ex(
         let s = try_handle!(shard);
         let out = buf_out(value, "value")?;
         let key = in_bytes(key, key_len, "key")?;
+        // Before the level's check, as every argument: a read no node can
+        // serve is not sent to the leader (NOT_LEADER) nor charged a
+        // read-index.
+        check_key(key)?;
         read::begin(s, opts)?;
         let e = s.get(key)?.ok_or_else(|| Error::new(KEEL_STATUS_NOT_FOUND, "key not found"))?;
         *out = keel_buf_t::from_vec(value_bytes(&e.value));
@@ -356,7 +362,8 @@ pub extern "C" fn keel_shard_multi_get(
 }
 
 /// keel_shard_multi_get() at the consistency of `opts`: one lease check or
-/// one read-index for all `count` keys. Errors: as keel_shard_multi_get()
+/// one read-index for all `count` keys, made once every key is checked (as
+/// keel_shard_get_ex() checks its key). Errors: as keel_shard_multi_get()
 /// and keel_shard_get_ex().
 #[no_mangle]
 pub extern "C" fn keel_shard_multi_get_ex(
@@ -391,6 +398,8 @@ pub extern "C" fn keel_shard_multi_get_ex(
                 check_unfilled(b, &format!("values[{i}]"))?;
             }
         }
+        // Before the level's check, as in keel_shard_get_ex().
+        split.iter().try_for_each(|k| check_key(k))?;
         read::begin(s, opts)?;
         let found = s.multi_get(&split)?;
         for (i, e) in found.into_iter().enumerate() {
@@ -441,7 +450,8 @@ pub extern "C" fn keel_shard_scan(
 }
 
 /// keel_shard_scan() at the consistency of `opts` (checked once, when the
-/// scan opens). Errors: as keel_shard_scan() and keel_shard_get_ex().
+/// scan opens, after its bounds, as keel_shard_get_ex() checks its key).
+/// Errors: as keel_shard_scan() and keel_shard_get_ex().
 #[no_mangle]
 pub extern "C" fn keel_shard_scan_ex(
     shard: *const keel_shard_t,
@@ -458,6 +468,8 @@ pub extern "C" fn keel_shard_scan_ex(
         let out = out_ptr(out, "out")?;
         let start = in_bytes(start, start_len, "start")?;
         let end = if end.is_null() { None } else { Some(in_bytes(end, end_len, "end")?) };
+        // Before the level's check, as in keel_shard_get_ex().
+        check_scan_bounds(start, end)?;
         read::begin(s, opts)?;
         *out = into_handle::<keel_iter_t>(Iter { scan: s.scan(start, end)?, current: None });
         Ok(())
@@ -478,7 +490,8 @@ pub extern "C" fn keel_shard_scan_prefix(
     keel_shard_scan_prefix_ex(shard, std::ptr::null(), prefix, prefix_len, out, err)
 }
 
-/// keel_shard_scan_prefix() at the consistency of `opts`. Errors: as
+/// keel_shard_scan_prefix() at the consistency of `opts`, checked after
+/// the prefix, as keel_shard_scan_ex() checks its bounds. Errors: as
 /// keel_shard_scan_ex().
 #[no_mangle]
 pub extern "C" fn keel_shard_scan_prefix_ex(
@@ -493,6 +506,8 @@ pub extern "C" fn keel_shard_scan_prefix_ex(
         let s = try_handle!(shard);
         let out = out_ptr(out, "out")?;
         let prefix = in_bytes(prefix, prefix_len, "prefix")?;
+        // Before the level's check, as in keel_shard_get_ex().
+        check_scan_prefix(prefix)?;
         read::begin(s, opts)?;
         let scan = s.scan_prefix(prefix)?;
         *out = into_handle::<keel_iter_t>(Iter { scan, current: None });

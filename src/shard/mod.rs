@@ -1135,10 +1135,7 @@ impl Shard {
     /// than MAX_KEY_SIZE is INVALID_ARGUMENT naming it, as a key is to
     /// `get` (docs/STORAGE.md, "Scans").
     pub fn scan(&self, start: &[u8], end: Option<&[u8]>) -> Result<Scan> {
-        op::check_key_named("scan start bound", start)?;
-        if let Some(end) = end {
-            op::check_key_named("scan end bound", end)?;
-        }
+        check_scan_bounds(start, end)?;
         let items = self.read(|s| s.range(start, end))?;
         Ok(Scan { items: items.into_iter(), closed: self.inner.closed.clone() })
     }
@@ -1146,7 +1143,7 @@ impl Shard {
     /// Keys that start with `prefix`; one longer than MAX_KEY_SIZE is
     /// INVALID_ARGUMENT, as in `scan`.
     pub fn scan_prefix(&self, prefix: &[u8]) -> Result<Scan> {
-        op::check_key_named("scan prefix", prefix)?;
+        check_scan_prefix(prefix)?;
         let end = prefix_end(prefix);
         self.scan(prefix, end.as_deref())
     }
@@ -1425,6 +1422,20 @@ impl WriteHold<'_> {
         self.after_write.write().push(hook);
         self.forwarding.store(true, Ordering::Release);
     }
+}
+
+/// The checks `Shard::scan` makes of its bounds: each one longer than
+/// MAX_KEY_SIZE is INVALID_ARGUMENT naming it. The C reads make them
+/// before their level's check too (a lease check, a read-index).
+pub(crate) fn check_scan_bounds(start: &[u8], end: Option<&[u8]>) -> Result<()> {
+    op::check_key_named("scan start bound", start)?;
+    end.map_or(Ok(()), |end| op::check_key_named("scan end bound", end))
+}
+
+/// The check `Shard::scan_prefix` makes of its prefix, as
+/// `check_scan_bounds` of a bound.
+pub(crate) fn check_scan_prefix(prefix: &[u8]) -> Result<()> {
+    op::check_key_named("scan prefix", prefix)
 }
 
 /// The smallest key greater than every key starting with `prefix`
