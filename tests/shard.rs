@@ -185,6 +185,29 @@ fn misuse_is_reported() {
     assert_eq!(Shard::open(dir.path(), bad).err().unwrap().status, KEEL_STATUS_INVALID_ARGUMENT);
 }
 
+/// A scan whose shard closes yields CLOSED once and then ends, as the C++
+/// and Go iterators do: an error that came back on every call made
+/// `flatten()`, `count()` or a loop that logs an error and goes on spin
+/// forever once the shard was closed under it.
+#[test]
+fn a_scan_whose_shard_closed_ends_after_its_error() {
+    let dir = TempDir::new("shard-scan-closed");
+    let s = Shard::open(dir.path(), small()).unwrap();
+    for k in [b"a", b"b", b"c"] {
+        s.put(k, b"v").unwrap();
+    }
+    let mut started = s.scan(b"", None).unwrap();
+    assert_eq!(started.next().unwrap().unwrap().0, b"a");
+    let unread = s.scan(b"", None).unwrap();
+    s.close().unwrap();
+    for (what, scan) in [("started", started), ("unread", unread)] {
+        // At most a few items: one that never ends must fail, not hang.
+        let got: Vec<_> = scan.take(5).collect();
+        assert_eq!(got.len(), 1, "{what}: {got:?}");
+        assert_eq!(got[0].as_ref().unwrap_err().status, KEEL_STATUS_CLOSED, "{what}");
+    }
+}
+
 /// A scan's bounds are held to the key limit, as `get` holds its key:
 /// each one too long is INVALID_ARGUMENT naming it (a reversed range
 /// too), and bounds of the longest key's length work.

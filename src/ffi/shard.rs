@@ -536,6 +536,9 @@ pub extern "C" fn keel_iter_next(
         let it = try_handle!(mut iter);
         let (key, key_len) = (out_ptr(key, "key")?, out_ptr(key_len, "key_len")?);
         let (value, value_len) = (out_ptr(value, "value")?, out_ptr(value_len, "value_len")?);
+        // CLOSED at every call once the shard is closed (the scan itself
+        // yields it once, then ends).
+        it.scan.check_open()?;
         let (k, e) = it.scan.next().ok_or_else(|| Error::new(KEEL_STATUS_NOT_FOUND, "end of scan"))??;
         let bytes = value_bytes(&e.value);
         let (k, e, bytes) = it.current.insert((k, e, bytes));

@@ -1137,7 +1137,7 @@ impl Shard {
     pub fn scan(&self, start: &[u8], end: Option<&[u8]>) -> Result<Scan> {
         check_scan_bounds(start, end)?;
         let items = self.read(|s| s.range(start, end))?;
-        Ok(Scan { items: items.into_iter(), closed: self.inner.closed.clone() })
+        Ok(Scan { items: items.into_iter(), closed: self.inner.closed.clone(), ended: false })
     }
 
     /// Keys that start with `prefix`; one longer than MAX_KEY_SIZE is
@@ -1229,7 +1229,8 @@ impl Shard {
     }
 
     /// Final flush pass, leaves the flush pool, closes the WAL. Later
-    /// calls on any clone (and on scans) fail with CLOSED. Idempotent.
+    /// calls on any clone fail with CLOSED; an open scan yields CLOSED
+    /// once and ends. Idempotent.
     pub fn close(&self) -> Result<()> {
         let inner = &*self.inner;
         if inner.closed.swap(true, Ordering::AcqRel) {
@@ -1451,19 +1452,39 @@ fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
     None
 }
 
-/// The result of a scan: entries in key order. Fails with CLOSED once the
-/// shard is closed.
+/// The result of a scan: entries in key order. Once the shard is closed
+/// it yields CLOSED, once, and ends.
 pub struct Scan {
     items: std::vec::IntoIter<(Vec<u8>, Entry)>,
     closed: Arc<AtomicBool>,
+    /// It yielded CLOSED: nothing follows.
+    ended: bool,
+}
+
+impl Scan {
+    /// CLOSED once the shard is closed, at every call (what the C
+    /// iterator answers each call then; `next` yields it once).
+    pub(crate) fn check_open(&self) -> Result<()> {
+        match self.closed.load(Ordering::Acquire) {
+            true => Err(Error::new(KEEL_STATUS_CLOSED, "the shard of this scan is closed")),
+            false => Ok(()),
+        }
+    }
 }
 
 impl Iterator for Scan {
     type Item = Result<(Vec<u8>, Entry)>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        if self.closed.load(Ordering::Acquire) {
-            return Some(Err(Error::new(KEEL_STATUS_CLOSED, "the shard of this scan is closed")));
+        if self.ended {
+            return None;
+        }
+        if let Err(e) = self.check_open() {
+            // Once, then the end, as the C++ and Go iterators do: an error
+            // at every call kept `flatten()`, `count()` or a loop that goes
+            // on after an error spinning forever.
+            self.ended = true;
+            return Some(Err(e));
         }
         self.items.next().map(Ok)
     }
