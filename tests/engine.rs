@@ -540,3 +540,26 @@ fn cut_reception(seed: u64, under: &str, killed: bool) -> (Option<Result<bool, S
     reopened.close().unwrap();
     (running, after)
 }
+
+/// Creates and drops in one engine session keep the shard list within
+/// the bound its open compacts it to (twice the records of the shards
+/// listed, plus 64): it grew by two records a create and drop for as
+/// long as the engine stayed open, until an open refused it as damage
+/// past 1 GiB.
+#[test]
+fn creates_and_drops_do_not_grow_the_shard_list_while_the_engine_runs() {
+    let t = common::TempDir::new("engine-list-churn");
+    let engine = Engine::open(t.path(), Options { durability: Durability::None, ..options() }).unwrap();
+    engine.open_shard(1, true).unwrap().close().unwrap();
+    let bound = 8 + 12 * (2 * 2 + 64 + 1);
+    for cycle in 0..100 {
+        engine.open_shard(7, true).unwrap().close().unwrap();
+        engine.drop_shard(7).unwrap();
+        let len = std::fs::metadata(t.path().join("SHARDS")).unwrap().len();
+        assert!(len <= bound, "cycle {cycle}: SHARDS holds {len} bytes for 1 shard");
+    }
+    assert_eq!(engine.list_shards().unwrap(), vec![1]);
+    engine.close().unwrap();
+    drop(engine);
+    assert_eq!(engine_at(t.path()).list_shards().unwrap(), vec![1]);
+}

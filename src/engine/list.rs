@@ -16,7 +16,9 @@
 //! when the tail was torn, when the log holds more than twice as many
 //! records as shards (plus `SLACK`), or when it is in format 1 (older keel:
 //! `[u32 count][u32 id]*` in the checksummed small-file frame), so appends
-//! always follow whole records.
+//! always follow whole records. A change whose append takes the log past
+//! that bound writes it again whole too, so it stays bounded however long
+//! the engine stays open: one rewrite per `SLACK` changes at least.
 
 use crate::error::{Error, Result};
 use crate::fs::FileSystem;
@@ -31,7 +33,8 @@ const HEADER: u64 = 8;
 const RECORD: usize = 12;
 const LISTED: u32 = 1;
 const UNLISTED: u32 = 2;
-/// Records beyond twice the shards that open tolerates before compacting.
+/// Records beyond twice the shards that the list holds before it is
+/// compacted (at open, and after the change that crossed it).
 const SLACK: u64 = 64;
 /// A longer list is damage (89 million creates and drops between two
 /// opens), refused before it is read into memory.
@@ -145,8 +148,17 @@ impl ShardList {
             f.sync_data()
         })();
         appended.map_err(|e| Error::io(format!("appending to {}", self.path.display()), e))?;
-        self.len = Some(len + RECORD as u64);
+        let len = len + RECORD as u64;
+        self.len = Some(len);
         apply(&mut self.ids, id, op);
+        // Compacted as open would compact it, or an engine that stays open
+        // through creates and drops grows its list without bound (and an
+        // open refuses one past `MAX_BYTES` as damage). The change is
+        // durable already: a failed compaction does not undo it, and
+        // leaves the list to be written whole by the next change.
+        if too_long((len - HEADER) / RECORD as u64, self.ids.len()) && self.rewrite(fs, self.ids.clone()).is_err() {
+            self.len = None;
+        }
         Ok(())
     }
 
@@ -186,6 +198,12 @@ fn unlisted_with_files(fs: &dyn FileSystem, dir: &Path, ids: &BTreeSet<u32>, par
         }
     }
     Ok(found)
+}
+
+/// Whether a list of `records` records for `shards` shards is to be
+/// written again whole, one record per shard.
+fn too_long(records: u64, shards: usize) -> bool {
+    records > 2 * shards as u64 + SLACK
 }
 
 fn apply(ids: &mut BTreeSet<u32>, id: u32, op: u32) {
@@ -237,7 +255,7 @@ fn parse(bytes: &[u8], path: &Path) -> Result<(BTreeSet<u32>, Option<u64>, bool)
             return Err(bad(format!("record {i} of {} is damaged", records.len())));
         }
     }
-    let compact = torn || records.len() as u64 > 2 * ids.len() as u64 + SLACK;
+    let compact = torn || too_long(records.len() as u64, ids.len());
     Ok((ids, (!compact).then_some(bytes.len() as u64), torn))
 }
 
