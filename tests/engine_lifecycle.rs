@@ -874,3 +874,85 @@ fn a_reception_still_closing_its_shard_keeps_the_id_busy() {
     let _ = dst_node.close();
     dst.close();
 }
+
+/// Whether thread `tid` of this process is asleep (state S): blocked on a
+/// lock, or parked by a hook.
+fn asleep(tid: i32) -> bool {
+    let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).unwrap_or_default();
+    stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('S'))
+}
+
+/// Two drops at once (shards 1 and 2, sync durability) each note what
+/// their commit log checkpoint covered in `commit-log.covered`, through
+/// the one temporary file `commit-log.covered.tmp`: the second's create
+/// truncated the first's, the first renamed it into place, and the
+/// second's rename found nothing, so `drop_shard(2)` failed with IO
+/// ("renaming into place …: No such file or directory"); a crash in
+/// between could leave the note empty (the engine's next open then
+/// CORRUPTION), or holding the smaller of the two numbers. Drop 1 is
+/// parked at the rename of its note; drop 2 runs until it reaches its own
+/// (the race), or sleeps before its note begins (waiting for drop 1's).
+#[test]
+fn two_drops_at_once_do_not_share_the_commit_logs_note() {
+    let dir = TempDir::new("lifecycle-drop-notes");
+    let armed = Arc::new(AtomicBool::new(false));
+    let (creates, renames) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let (one_parked_tx, one_parked) = bounded(1);
+    let (go_one, go_one_rx) = bounded(1);
+    let (two_parked_tx, two_parked) = bounded(1);
+    let (go_two, go_two_rx) = bounded(1);
+    let fs = {
+        let (armed, creates, renames) = (armed.clone(), creates.clone(), renames.clone());
+        HookFs::new(move |call, path| {
+            if !armed.load(Ordering::Acquire) || !path.ends_with("commit-log.covered.tmp") {
+                return Ok(());
+            }
+            let (parked, go) = match call {
+                Call::Create => {
+                    creates.fetch_add(1, Ordering::AcqRel);
+                    return Ok(());
+                }
+                Call::Rename => match renames.fetch_add(1, Ordering::AcqRel) {
+                    0 => (&one_parked_tx, &go_one_rx),
+                    1 => (&two_parked_tx, &go_two_rx),
+                    _ => return Ok(()),
+                },
+                _ => return Ok(()),
+            };
+            parked.send(()).unwrap();
+            go.recv_timeout(GUARD).expect("the test never released the note's rename (failure guard)");
+            Ok(())
+        })
+    };
+    let engine = two_closed_shards(dir.path(), fs);
+    armed.store(true, Ordering::Release);
+    let (one, two) = std::thread::scope(|sc| {
+        let one = sc.spawn(|| engine.drop_shard(1));
+        one_parked.recv_timeout(GUARD).expect("drop 1 never reached its note's rename (failure guard)");
+        let (tid_tx, tid) = bounded(1);
+        let engine = &engine;
+        let two = sc.spawn(move || {
+            // SAFETY: gettid has no preconditions.
+            tid_tx.send(unsafe { libc::gettid() }).unwrap();
+            engine.drop_shard(2)
+        });
+        let tid = tid.recv().unwrap();
+        // Polled, not timed: either event ends it.
+        while two_parked.try_recv().is_err() && !(creates.load(Ordering::Acquire) == 1 && asleep(tid)) {
+            std::thread::yield_now();
+        }
+        go_one.send(()).unwrap();
+        let one = one.join().unwrap().map_err(|e| e.message);
+        go_two.send(()).unwrap();
+        (one, two.join().unwrap().map_err(|e| e.message))
+    });
+    assert_eq!((one, two), (Ok(()), Ok(())), "two drops at once");
+    assert_eq!(engine.list_shards().unwrap(), Vec::<u32>::new());
+    engine.close().unwrap();
+    drop(engine);
+    let note = std::fs::read_to_string(dir.path().join("commit-log.covered")).unwrap();
+    assert!(note.parse::<u64>().is_ok(), "commit-log.covered holds {note:?}");
+    let engine = Engine::open(dir.path(), options(Steps::default(), Durability::Sync)).unwrap();
+    assert_eq!(engine.list_shards().unwrap(), Vec::<u32>::new());
+    engine.close().unwrap();
+}

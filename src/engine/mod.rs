@@ -216,6 +216,8 @@ pub struct Engine {
     /// Makes the writes of its shards durable in `sync` durability (None
     /// in the other modes, or when `Options::commit_log` is false).
     commit_log: Option<Arc<CommitLog>>,
+    /// Held while `COVERED_FILE` is replaced (`note_covered`).
+    noting: Mutex<()>,
     _lock: Box<dyn Any + Send + Sync>,
 }
 
@@ -273,6 +275,7 @@ impl Engine {
         };
         let mut engine = Engine {
             commit_log: None,
+            noting: Mutex::new(()),
             dir: dir.to_path_buf(),
             real_dir: std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf()),
             opts,
@@ -446,7 +449,13 @@ impl Engine {
     }
 
     /// Notes durably what the checkpoints of `log` cover (`COVERED_FILE`).
+    /// One note at a time: drops of other ids run at once, and each
+    /// replace goes through the same temporary file, which another's
+    /// create would truncate and its rename take away (failing this one's
+    /// rename, or putting a half-written note in place). The number is read
+    /// under the lock, so the last note written is the largest.
     fn note_covered(&self, log: &CommitLog) -> Result<()> {
+        let _one = self.noting.lock();
         crate::fs::replace(&*self.fs, &self.dir.join(COVERED_FILE), log.covered().to_string().as_bytes())
     }
 
