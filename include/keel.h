@@ -2268,7 +2268,8 @@ keel_status_t keel_engine_open(const char *dir,
  * Other shards open, drop and list while one recovers.
  * Errors: NULL_ARGUMENT, NOT_FOUND (missing and create_if_missing is
  * false), BUSY (already open, being opened or dropped by another thread,
- * or still closing on another thread), CLOSED
+ * still closing on another thread, being received by a transfer, or left
+ * unfinished by one: a later transfer finishes it, or drop it), CLOSED
  * (engine closed), CORRUPTION (a segment file missing, cut or
  * substituted; the WAL starts past what the segments hold; the shard's
  * directory vanished while the engine lists it, or holds files while
@@ -2291,7 +2292,8 @@ keel_status_t keel_engine_shard_open(const struct keel_engine_t *engine,
  * whole shard or none of it). Other shards open, drop and list while it
  * runs.
  * Errors: NULL_ARGUMENT, NOT_FOUND, BUSY (the shard is open, being opened
- * or dropped by another thread, or still closing on another thread),
+ * or dropped by another thread, still closing on another thread, or being
+ * received by a transfer; one a transfer left unfinished is dropped),
  * CLOSED (also when the engine closed while the drop ran: the shard is
  * left whole), IO, NO_SPACE (the disk is full: nothing is dropped),
  * RESOURCE (out of descriptors: nothing is dropped; a close of this
