@@ -885,6 +885,32 @@ fn a_cancelled_transfer_leaves_the_receiver_resumable_and_a_restart_converges() 
     assert_eq!(shard_digest(&received(&dst)).unwrap(), shard_digest(&shard).unwrap());
 }
 
+/// A snapshot the receiver refuses at BEGIN (its host has the shard
+/// open: BUSY) was never acknowledged: no progress may show its version
+/// as the receiver's, or a host keeping the WAL from there would keep the
+/// wrong records.
+#[test]
+fn a_snapshot_refused_at_begin_reports_no_acknowledged_version() {
+    let (src, dst) = pair("begin-busy");
+    let shard = src.engine.open_shard(SHARD, true).unwrap();
+    write_mix(&shard, 23, 100);
+    dst.transfers.expect(SHARD, 1);
+    let _open = dst.engine.open_shard(SHARD, true).unwrap();
+    let seen = Arc::new(parking_lot::Mutex::new(Vec::<keel::transfer::Progress>::new()));
+    let progress = {
+        let seen = seen.clone();
+        ProgressFn(Arc::new(move |p: &keel::transfer::Progress| seen.lock().push(p.clone())))
+    };
+    let opts = TransferOptions { progress: Some(progress), ..small_batches(Method::Snapshot) };
+    let t = src.transfers.start(&shard, SHARD, 2, &opts).unwrap();
+    assert!(t.wait(None));
+    let (stage, err) = t.status();
+    assert_eq!((stage, err.map(|e| e.status)), (Stage::Failed, Some(KEEL_STATUS_BUSY)));
+    for p in seen.lock().iter().chain([&t.progress()]) {
+        assert_eq!(p.report.last_version, 0, "the receiver acknowledged no version: {:?} {:?}", p.stage, p.report);
+    }
+}
+
 #[test]
 fn send_shard_refuses_to_wait_for_a_finish_nobody_will_ask_for() {
     let (src, _dst) = pair("nofinish");

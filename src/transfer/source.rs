@@ -499,8 +499,6 @@ pub(super) fn run(
             }
             link.report.snapshot = true;
             link.report.snapshot_version = Some(snap.version);
-            link.report.last_version = snap.version;
-            control.stage(Stage::Backfill, &link.report);
             // With the checksum of its record of the snapshot's version, so
             // a later WAL delta to this receiver can check its history.
             let crc = shard.record_crc(snap.version)?;
@@ -509,6 +507,10 @@ pub(super) fn run(
             begin.push(crc.is_some() as u8);
             begin.extend_from_slice(&crc.unwrap_or(0).to_le_bytes());
             link.simple(wire::BEGIN, &begin)?;
+            // Only once the receiver acknowledged BEGIN: a refused one
+            // (BUSY: its host has the shard open) leaves it at nothing.
+            link.report.last_version = snap.version;
+            control.stage(Stage::Backfill, &link.report);
             // The snapshot's end carries the replicated state as of it:
             // the WAL delta after it holds only the changes that follow.
             let mut end = Vec::new();
