@@ -608,6 +608,31 @@ fn transferred_operations_no_write_could_make_are_refused_before_they_are_logged
     shard.close().unwrap();
 }
 
+/// A receiver holds a snapshot's posting lists to its own list limit, as
+/// it does the operations of a WAL delta: a list past it is refused with
+/// its key, its size and the limit, before its batch is acknowledged, and
+/// the snapshot never completes (a list installed past the limit would
+/// make every later append to it fail the transfer).
+#[test]
+fn a_snapshot_list_past_the_receivers_list_limit_is_refused() {
+    let limited = Options { max_list_size: 64, ..shard_options() };
+    let (src, dst) = (side("list-limit-src", 1), side_on("list-limit-dst", 2, 4, limited));
+    src.node.connect(2, &dst.node.addr().to_string()).unwrap();
+    let shard = src.engine.open_shard(SHARD, true).unwrap();
+    shard.put(b"a", b"small").unwrap();
+    for i in 0..5u8 {
+        shard.append(b"big", &[i; 20]).unwrap(); // 5 x (4 + 20) = 120 encoded bytes
+    }
+    dst.transfers.expect(SHARD, 1);
+    let e = src.transfers.send_shard(&shard, SHARD, 2, &small_batches(Method::Snapshot)).unwrap_err();
+    assert_eq!(e.status, KEEL_STATUS_PROTOCOL, "{e}");
+    assert!(e.message.contains("\"big\"") && e.message.contains("120 bytes") && e.message.contains("64"), "{e}");
+    let s = dst.transfers.receiver_stats();
+    assert_eq!(s.entries_installed, 0, "the batch holding the list was refused whole: {s:?}");
+    let e = dst.engine.open_shard(SHARD, false).err().expect("the snapshot never completed");
+    assert_eq!(e.status, KEEL_STATUS_BUSY, "{e}");
+}
+
 /// A snapshot at version u64::MAX leaves no next version: PROTOCOL at
 /// BEGIN, no shard created.
 #[test]

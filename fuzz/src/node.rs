@@ -147,7 +147,7 @@ fn check_transfer(ty: u16, p: &[u8]) {
             // `acked` stands in for the snapshot's version, so the
             // version check is exercised both ways.
             let base = step.acked;
-            match wire::check_entries(body, base) {
+            match wire::check_entries(body, base, keel::shard::MAX_LIST_SIZE) {
                 Ok(n) => {
                     let entries = wire::entries(body).expect("a body check_entries passed decodes");
                     assert_eq!(entries.len(), n, "check_entries and entries count differently");

@@ -260,6 +260,12 @@ impl Shard {
         Self::open_from(dir, opts, fs, host, base, None, None)
     }
 
+    /// The encoded size past which this shard refuses a posting list
+    /// (`Options::max_list_size`): a snapshot it receives is held to it too.
+    pub(crate) fn max_list_size(&self) -> usize {
+        self.inner.opts.max_list_size
+    }
+
     /// Installs snapshot entries with their versions: a key already here
     /// at the same or a newer version is left alone (a re-sent batch).
     /// They are not logged: the snapshot's end seals them into tables

@@ -642,8 +642,8 @@ impl Receiver {
                 bump(&self.counters.parts, 1);
             }
             wire::ENTRIES => {
-                shard_of(inc, true)?;
-                let n = wire::check_entries(body.bytes, inc.snapshot_version)?;
+                let max_list = shard_of(inc, true)?.max_list_size();
+                let n = wire::check_entries(body.bytes, inc.snapshot_version, max_list)?;
                 bump(&self.counters.entries_installed, n as u64);
                 inc.installing.extend_from_slice(body.bytes);
             }

@@ -8,7 +8,7 @@
 
 use crate::error::{Error, Result};
 use crate::shard::files::{put_bytes, Cursor};
-use crate::shard::{check_key, decode_list, split_item, Entry, EntryRef, Kind, Value, MAX_LIST_SIZE, MAX_VALUE_SIZE};
+use crate::shard::{check_key, decode_list, split_item, Entry, EntryRef, Kind, Value, MAX_VALUE_SIZE};
 use crate::status::*;
 
 /// Source → receiver: asks to send a shard. Body: `[u32 shard id][u8 method]`.
@@ -169,9 +169,11 @@ pub const ENTRY_OVERHEAD: usize = 4 + 8 + 1 + 4;
 /// snapshot cannot hold: a key, a value, a posting list or item past its limit,
 /// a version past the snapshot's `base` (which no WAL record of the shard
 /// covers, so its seal would wait for a durable version that never
-/// comes). What `entries` will then decode and install cannot fail.
-/// Returns the number of entries.
-pub fn check_entries(body: &[u8], base: u64) -> Result<usize> {
+/// comes). A posting list is held to the receiving shard's `max_list`
+/// (`Options::max_list_size`), as its transferred operations are: one
+/// installed past it would fail every later append to it. What `entries`
+/// will then decode and install cannot fail. Returns the number of entries.
+pub fn check_entries(body: &[u8], base: u64, max_list: usize) -> Result<usize> {
     parse_entries(body, |key, version, kind, bytes| {
         check_key(key)?;
         if version > base {
@@ -182,9 +184,11 @@ pub fn check_entries(body: &[u8], base: u64) -> Result<usize> {
                 Err(Error::invalid(format!("a value of {} bytes exceeds the limit of {MAX_VALUE_SIZE}", bytes.len())))
             }
             Kind::Value => Ok(()),
-            Kind::Posting if bytes.len() > MAX_LIST_SIZE => {
-                Err(Error::invalid(format!("a posting list of {} bytes exceeds the limit of {MAX_LIST_SIZE}", bytes.len())))
-            }
+            Kind::Posting if bytes.len() > max_list => Err(Error::invalid(format!(
+                "the posting list of key {:?} has {} bytes, past this shard's limit of {max_list} bytes",
+                String::from_utf8_lossy(key),
+                bytes.len()
+            ))),
             Kind::Posting => check_list(bytes),
         }
     })
@@ -278,6 +282,7 @@ pub fn ops<'a>(body: &mut Cursor<'a>) -> Result<Vec<(u64, &'a [u8])>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::shard::MAX_LIST_SIZE;
 
     #[test]
     fn every_frame_type_is_its_own_and_in_the_transfer_range() {
@@ -300,8 +305,8 @@ mod tests {
             put_entry(&mut b, b"k", &list);
             b
         };
-        assert_eq!(check_entries(&body(MAX_VALUE_SIZE), u64::MAX).unwrap(), 1);
-        let e = check_entries(&body(MAX_VALUE_SIZE + 1), u64::MAX).unwrap_err();
+        assert_eq!(check_entries(&body(MAX_VALUE_SIZE), u64::MAX, MAX_LIST_SIZE).unwrap(), 1);
+        let e = check_entries(&body(MAX_VALUE_SIZE + 1), u64::MAX, MAX_LIST_SIZE).unwrap_err();
         assert_eq!(e.status, KEEL_STATUS_PROTOCOL, "{e}");
         assert!(e.message.contains("posting item"), "{e}");
     }
@@ -347,7 +352,7 @@ mod tests {
         let e = ops(&mut Cursor { bytes: &huge }).unwrap_err();
         assert_eq!(e.status, KEEL_STATUS_PROTOCOL, "{e}");
         assert!(e.message.contains("4294967295 records"), "the count is checked first: {e}");
-        let e = check_entries(&huge, u64::MAX).unwrap_err();
+        let e = check_entries(&huge, u64::MAX, MAX_LIST_SIZE).unwrap_err();
         assert_eq!(e.status, KEEL_STATUS_PROTOCOL, "{e}");
         assert!(e.message.contains("4294967295 records"), "{e}");
         let state = [&7u64.to_le_bytes()[..], &huge].concat();
@@ -363,7 +368,7 @@ mod tests {
         let mut entry = 1u32.to_le_bytes().to_vec();
         put_entry(&mut entry, b"", &Entry { version: 1, value: Value::Bytes(Vec::new()) });
         assert_eq!(entry.len(), 4 + ENTRY_OVERHEAD);
-        assert_eq!(check_entries(&entry, 1).unwrap(), 1);
+        assert_eq!(check_entries(&entry, 1, MAX_LIST_SIZE).unwrap(), 1);
     }
 
     #[test]
@@ -373,20 +378,20 @@ mod tests {
         let mut body = 2u32.to_le_bytes().to_vec();
         put_entry(&mut body, b"a", &list);
         put_entry(&mut body, b"b", &value);
-        assert_eq!(check_entries(&body, u64::MAX).unwrap(), 2);
+        assert_eq!(check_entries(&body, u64::MAX, MAX_LIST_SIZE).unwrap(), 2);
         assert_eq!(entries(&body).unwrap(), vec![(b"a".to_vec(), list), (b"b".to_vec(), value)]);
         // A cut anywhere, a byte too many, a bad kind or a bad posting
         // list: refused by the check, before any ACK.
         for cut in 0..body.len() {
-            assert!(check_entries(&body[..cut], u64::MAX).is_err(), "cut at {cut}");
+            assert!(check_entries(&body[..cut], u64::MAX, MAX_LIST_SIZE).is_err(), "cut at {cut}");
         }
-        assert!(check_entries(&[&body[..], &[0]].concat(), u64::MAX).is_err());
+        assert!(check_entries(&[&body[..], &[0]].concat(), u64::MAX, MAX_LIST_SIZE).is_err());
         let kind_at = 4 + 4 + 1 + 8;
         let mut bad_kind = body.clone();
         bad_kind[kind_at] = 7;
-        assert!(check_entries(&bad_kind, u64::MAX).is_err());
+        assert!(check_entries(&bad_kind, u64::MAX, MAX_LIST_SIZE).is_err());
         let mut bad_list = body.clone();
         bad_list[kind_at + 1 + 4] = 200; // the first item's length runs past the list
-        assert_eq!(check_entries(&bad_list, u64::MAX).unwrap_err().status, KEEL_STATUS_PROTOCOL);
+        assert_eq!(check_entries(&bad_list, u64::MAX, MAX_LIST_SIZE).unwrap_err().status, KEEL_STATUS_PROTOCOL);
     }
 }
