@@ -1456,7 +1456,10 @@ typedef struct keel_transfer_progress_t {
    */
   uint64_t batches;
   /**
-   * The receiver's version when the transfer started.
+   * The receiver's version when the transfer started, as a WAL delta
+   * asks for it (also one that falls back to a snapshot); 0 when it had
+   * no shard to build on, and always 0 for KEEL_TRANSFER_SNAPSHOT,
+   * which replaces the receiver's shard without opening it.
    */
   uint64_t receiver_had;
   /**

@@ -260,7 +260,19 @@ fn a_wal_delta_falls_back_to_a_snapshot_when_the_records_are_gone() {
     assert!(r.snapshot, "{r:?}");
     let why = r.fallback.as_deref().expect("the fallback says why");
     assert!(why.contains("no longer holds"), "{why}");
+    // A WAL delta's START showed the receiver's version, fallback or not.
+    assert_eq!(r.receiver_had, had, "{r:?}");
     check_pipeline(&r, &dst);
+    let got = received(&dst);
+    assert_eq!(shard_digest(&got).unwrap(), shard_digest(&shard).unwrap());
+    got.close().unwrap();
+
+    // A snapshot's START does not open the receiver's shard (the snapshot
+    // replaces it, whatever it holds): it has no version to report.
+    write_mix(&shard, 12, 100);
+    dst.transfers.expect(SHARD, 1);
+    let s = src.transfers.send_shard(&shard, SHARD, 2, &small_batches(Method::Snapshot)).unwrap();
+    assert_eq!((s.snapshot, s.receiver_had), (true, 0), "the receiver had {}: {s:?}", r.last_version);
     assert_eq!(shard_digest(&received(&dst)).unwrap(), shard_digest(&shard).unwrap());
 }
 

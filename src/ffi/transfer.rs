@@ -132,7 +132,10 @@ pub struct keel_transfer_progress_t {
     pub bytes_sent: u64,
     /// Batches (ENTRIES and OPS steps) sent and acknowledged.
     pub batches: u64,
-    /// The receiver's version when the transfer started.
+    /// The receiver's version when the transfer started, as a WAL delta
+    /// asks for it (also one that falls back to a snapshot); 0 when it had
+    /// no shard to build on, and always 0 for KEEL_TRANSFER_SNAPSHOT,
+    /// which replaces the receiver's shard without opening it.
     pub receiver_had: u64,
     /// The last version the receiver has acknowledged.
     pub last_version: u64,

@@ -135,7 +135,11 @@ pub struct Report {
     /// The snapshot's version, when one was sent.
     pub snapshot_version: Option<u64>,
     /// The receiver's version when the transfer started (WAL delta: the
-    /// records after it were sent).
+    /// records after it were sent), as its START showed it; 0 when it had
+    /// no shard to build on, and for a transfer asked as a snapshot, whose
+    /// START does not open the receiver's shard (the snapshot replaces
+    /// whatever it holds, so its version is never looked at). A WAL delta
+    /// that fell back to a snapshot reports it.
     pub receiver_had: u64,
     /// The last version sent: the shard's last version at the finish.
     pub last_version: u64,
