@@ -3119,7 +3119,7 @@ struct TransferProgress {
   uint64_t entries_sent = 0; ///< snapshot entries sent and acknowledged
   uint64_t bytes_sent = 0;
   uint64_t batches = 0;
-  uint64_t receiver_had = 0; ///< the receiver's version at the start
+  uint64_t receiver_had = 0; ///< the receiver's version at the start; 0 with none, and always for a snapshot
   uint64_t last_version = 0; ///< the last version the receiver acknowledged
   std::chrono::microseconds read_time{0}, send_time{0}, final_hold{0};
   uint64_t max_batches_in_memory = 0;

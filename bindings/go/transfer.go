@@ -92,7 +92,7 @@ type TransferProgress struct {
 	EntriesSent uint64 // snapshot entries sent and acknowledged
 	BytesSent   uint64
 	Batches     uint64
-	ReceiverHad uint64 // the receiver's version at the start
+	ReceiverHad uint64 // the receiver's version at the start; 0 with none, and always for TransferSnapshot
 	LastVersion uint64 // the last version the receiver acknowledged
 	ReadTime    time.Duration
 	SendTime    time.Duration
