@@ -742,6 +742,42 @@ fn a_full_send_with_more_left_is_not_short(backend: BackendChoice) {
     net.close().unwrap();
 }
 
+/// R7: the soft cap cuts off a connection whose queue stayed above it
+/// for soft_cap without a break. One that went above it and emptied again
+/// starts afresh at its next append. The period used to restart only at an
+/// append that left the queue at or below the cap, or at the reactor's
+/// periodic check if it happened to see the queue empty: two messages
+/// larger than the cap, sent more than soft_cap apart to a peer that read
+/// each one, cut the connection off when no check ran in between (BUSY,
+/// "queued for 50 ms"). Here the reactor is held in an event callback, so
+/// none runs; the wait only lets the cap's time pass with nothing queued.
+fn soft_cap_restarts_once_the_queue_emptied(backend: BackendChoice) {
+    let (net, entered, release) = net_with_a_gate(backend);
+    let (_cut, _cut_peer) = hold_the_reactor(&net, &entered);
+    let (ours, mut peer) = UnixStream::pair().unwrap();
+    let soft = Duration::from_millis(50);
+    let o = WriterOptions { soft_cap_bytes: 1024, soft_cap: soft, hard_cap_bytes: 0, ..Default::default() };
+    let w = net.adopt(ours.into_raw_fd(), &o).unwrap();
+    let mut got = [0u8; 2048];
+    w.send(&[1u8; 2048], false).unwrap(); // above the cap until sent, at once (R1)
+    assert_eq!(w.stats().queued_bytes, 0);
+    peer.read_exact(&mut got).unwrap();
+    let emptied = Instant::now();
+    while emptied.elapsed() <= soft {
+        std::thread::sleep(soft);
+    }
+    let second = w.send(&[2u8; 2048], false);
+    // Released before any check: unwinding past the held callback would
+    // wait for it for good (dropping `_cut` waits for its callback).
+    drop(release);
+    second.expect("the queue was empty until this append");
+    peer.read_exact(&mut got).unwrap();
+    assert!(got.iter().all(|&b| b == 2));
+    assert!(w.death().is_none());
+    drop(w);
+    net.close().unwrap();
+}
+
 /// R12: a message appended in parts (head and body) is one item: it was
 /// counted once per part in `items`, `items_sent` and
 /// `max_items_per_send`, and a lone one was not lone (R1).
@@ -1286,6 +1322,7 @@ per_backend!(
     an_idle_peer_reset_is_noticed_by_the_next_send,
     publisher_totals_never_go_backwards,
     a_full_send_with_more_left_is_not_short,
+    soft_cap_restarts_once_the_queue_emptied,
     a_message_in_parts_is_one_item,
     net_close_discards_input_within_the_close_timeout,
     writer_close_waits_for_a_callback_that_calls_in,

@@ -190,12 +190,21 @@ impl Conn {
         if o.soft_cap_bytes == 0 {
             return None;
         }
-        let pending = st.wire.charged_bytes() + add;
+        let before = st.wire.charged_bytes();
+        let pending = before + add;
         if pending <= o.soft_cap_bytes {
             if st.over_soft_since.take().is_some() {
                 net.over_soft.fetch_sub(1, Ordering::AcqRel);
             }
             return None;
+        }
+        if before <= o.soft_cap_bytes {
+            // This append takes the queue above the cap from at or below
+            // it: a new period starts, whatever an earlier one left here
+            // (the queue may have emptied since without a check seeing it).
+            if let Some(since) = st.over_soft_since.as_mut() {
+                *since = now;
+            }
         }
         let since = *st.over_soft_since.get_or_insert_with(|| {
             // The reactor checks soft-cap deadlines only while some
