@@ -3535,7 +3535,9 @@ keel_status_t keel_publisher_unsubscribe(const struct keel_publisher_t *publishe
  * point, keel_publisher_flush() or KEEL_PUBLISH_FLUSH, where each dirty
  * subscriber gets one send. A subscriber over its caps is cut off and
  * reported through the event callback (after the next drain point); it
- * never slows the others. `flags`: 0 or KEEL_PUBLISH_FLUSH.
+ * never slows the others. A message above the hard cap on its own is
+ * never copied: it cuts every open subscriber off (KEEL_STATUS_BUSY), as
+ * keel_writer_send() refuses one. `flags`: 0 or KEEL_PUBLISH_FLUSH.
  * Errors: NULL_ARGUMENT, INVALID_ARGUMENT (unknown flag), CLOSED.
  */
 keel_status_t keel_publisher_publish(const struct keel_publisher_t *publisher,

@@ -1340,3 +1340,52 @@ fn default_backend_is_sendmsg() {
     let _unused: Option<Writer> = None;
     net.close().unwrap();
 }
+
+/// R7 for fan-out: a message above the hard cap cuts every subscriber off
+/// (BUSY, "hard cap"), as keel_writer_send refuses one (BUSY), without
+/// being copied first. publish copied a message of copy_threshold bytes
+/// or more before any cap was looked at, so a huge one (a mapped file, a
+/// wrong length) aborted the process when that allocation failed: here
+/// 1 TiB, mapped and never touched. The publish runs in a child process,
+/// as that abort would end the test binary.
+#[test]
+fn a_message_above_the_hard_cap_is_never_copied() {
+    const CHILD_ENV: &str = "KEEL_WRITER_HUGE_PUBLISH";
+    if std::env::var_os(CHILD_ENV).is_some() {
+        return publish_above_the_hard_cap();
+    }
+    let common::child::Child { process: mut child, lines } =
+        common::child::spawn("a_message_above_the_hard_cap_is_never_copied", &[(CHILD_ENV, "1".into())], None).unwrap();
+    let reports: Vec<String> = lines.iter().collect();
+    let status = child.wait().unwrap();
+    assert!(status.success() && reports == ["cut off"], "the child ended with {status}, reporting {reports:?}");
+}
+
+fn publish_above_the_hard_cap() {
+    const HUGE: usize = 1 << 40;
+    let (net, events) = open_net(BackendChoice::Default);
+    let publ = net.publisher(&WriterOptions::default()).unwrap();
+    let (ours, peer) = UnixStream::pair().unwrap();
+    let id = publ.subscribe(ours.into_raw_fd()).unwrap();
+    // SAFETY: an anonymous read-only mapping at an address the kernel
+    // picks: no pointer in, and nothing else uses the range.
+    let p = unsafe {
+        libc::mmap(std::ptr::null_mut(), HUGE, libc::PROT_READ, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE, -1, 0)
+    };
+    assert_ne!(p, libc::MAP_FAILED, "mmap: {}", std::io::Error::last_os_error());
+    // SAFETY: `p` maps HUGE readable bytes (zero pages) until the munmap
+    // below, after the last use of the slice.
+    let huge = unsafe { std::slice::from_raw_parts(p as *const u8, HUGE) };
+    publ.publish(huge, true).unwrap();
+    wait_for("the report", Duration::from_secs(10), || !events.lock().is_empty());
+    let ev = events.lock().clone();
+    assert_eq!((ev.len(), ev[0].0, ev[0].1), (1, id, KEEL_STATUS_BUSY), "{ev:?}");
+    assert!(ev[0].2.contains("hard cap"), "{}", ev[0].2);
+    assert_eq!(publ.stats().cut_off, 1);
+    // SAFETY: the mapping made above, no longer borrowed (`huge` is dead).
+    assert_eq!(unsafe { libc::munmap(p, HUGE) }, 0);
+    drop(publ);
+    drop(peer);
+    net.close().unwrap();
+    common::child::report("cut off\n");
+}

@@ -745,7 +745,9 @@ pub extern "C" fn keel_publisher_unsubscribe(
 /// point, keel_publisher_flush() or KEEL_PUBLISH_FLUSH, where each dirty
 /// subscriber gets one send. A subscriber over its caps is cut off and
 /// reported through the event callback (after the next drain point); it
-/// never slows the others. `flags`: 0 or KEEL_PUBLISH_FLUSH.
+/// never slows the others. A message above the hard cap on its own is
+/// never copied: it cuts every open subscriber off (KEEL_STATUS_BUSY), as
+/// keel_writer_send() refuses one. `flags`: 0 or KEEL_PUBLISH_FLUSH.
 /// Errors: NULL_ARGUMENT, INVALID_ARGUMENT (unknown flag), CLOSED.
 #[no_mangle]
 pub extern "C" fn keel_publisher_publish(

@@ -171,7 +171,7 @@ impl Conn {
     pub(crate) fn check_caps(&self, st: &mut ConnState, add: u64, now: Instant, net: &Shared) -> Option<Error> {
         let pending = st.wire.charged_bytes() + add;
         let o = &self.opts;
-        if o.hard_cap_bytes > 0 && pending > o.hard_cap_bytes {
+        if o.above_hard_cap(pending) {
             return Some(Error::new(
                 KEEL_STATUS_BUSY,
                 format!(

@@ -100,6 +100,11 @@ impl Default for WriterOptions {
 }
 
 impl WriterOptions {
+    /// R7: whether `bytes` queued (as the caps count them) exceed the hard cap.
+    pub(crate) fn above_hard_cap(&self, bytes: u64) -> bool {
+        self.hard_cap_bytes > 0 && bytes > self.hard_cap_bytes
+    }
+
     pub fn validate(&self) -> Result<()> {
         if self.max_batch_bytes == 0 || self.max_batch_bytes > 64 << 20 {
             return Err(Error::invalid(format!("max_batch_bytes {} is outside 1..=64 MiB", self.max_batch_bytes)));

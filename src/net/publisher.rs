@@ -11,6 +11,7 @@
 
 use crate::error::{Error, Result};
 use crate::net::conn::{AfterCallbacks, Conn, Phase, Piece};
+use crate::net::queue::ITEM_COST;
 use crate::net::reactor::{Cmd, Shared};
 use crate::net::{WriterOptions, WriterStats};
 use crate::status::*;
@@ -121,7 +122,11 @@ impl Publisher {
     pub fn publish(&self, data: &[u8], flush: bool) -> Result<()> {
         self.check_open()?;
         let at = Instant::now();
-        let piece = if data.len() >= self.opts.copy_threshold {
+        // A message above the hard cap on its own is refused by every
+        // subscriber (and cuts it off): it is not copied first, which for a
+        // huge one could only end in a failed allocation, an abort.
+        let refused = self.opts.above_hard_cap(data.len() as u64 + ITEM_COST as u64);
+        let piece = if data.len() >= self.opts.copy_threshold && !refused {
             Piece::Shared(Arc::from(data)) // encoded once, referenced by all
         } else {
             Piece::Bytes(data)
