@@ -3431,8 +3431,9 @@ keel_status_t keel_writer_id(const struct keel_writer_t *writer, uint64_t *out);
  * Errors: NULL_ARGUMENT, INVALID_ARGUMENT (unknown flag), CLOSED (the
  * writer was closed by keel earlier — the message names why — or the net
  * is closed), IO (the send failed now; the connection is closed and the
- * event callback reports it once), BUSY (the hard cap: the connection is
- * closed by policy and reported).
+ * event callback reports it once), BUSY (the hard cap, or the soft cap
+ * exceeded for longer than soft_cap_ms: the connection is closed by
+ * policy and reported).
  */
 keel_status_t keel_writer_send(const struct keel_writer_t *writer,
                                const uint8_t *data,

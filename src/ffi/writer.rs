@@ -559,8 +559,9 @@ fn check_flags(flags: u32, known: u32, name: &str) -> crate::Result<()> {
 /// Errors: NULL_ARGUMENT, INVALID_ARGUMENT (unknown flag), CLOSED (the
 /// writer was closed by keel earlier — the message names why — or the net
 /// is closed), IO (the send failed now; the connection is closed and the
-/// event callback reports it once), BUSY (the hard cap: the connection is
-/// closed by policy and reported).
+/// event callback reports it once), BUSY (the hard cap, or the soft cap
+/// exceeded for longer than soft_cap_ms: the connection is closed by
+/// policy and reported).
 #[no_mangle]
 pub extern "C" fn keel_writer_send(
     writer: *const keel_writer_t,
