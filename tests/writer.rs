@@ -482,6 +482,64 @@ fn fd_adopted_by_two_nets_is_refused(backend: BackendChoice) {
     b.close().unwrap();
 }
 
+/// A new descriptor of `fd`'s file (what the Go binding hands keel).
+fn dup(fd: RawFd) -> RawFd {
+    // SAFETY: no pointers; fcntl reports a bad fd as -1.
+    let copy = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
+    assert!(copy >= 0, "dup: {}", std::io::Error::last_os_error());
+    copy
+}
+
+/// Whether `a` and `b` are open descriptors of one file.
+fn same_file(a: RawFd, b: RawFd) -> bool {
+    let id = |fd| {
+        // SAFETY: stat is a plain C struct of integers: all zeroes is valid.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: `st` is a writable stat on the stack; fstat fills only it.
+        (unsafe { libc::fstat(fd, &mut st) } == 0).then_some((st.st_dev, st.st_ino))
+    };
+    id(a).is_some() && id(a) == id(b)
+}
+
+/// A dup of an adopted fd is another number for the same socket: adopted
+/// too, two writers would interleave their messages on it. The net
+/// refuses it, as a writer or a subscriber, either way round, and leaves
+/// it alone; once keel closed its own fd the dup can be adopted.
+fn a_dup_of_an_adopted_socket_is_refused(backend: BackendChoice) {
+    let (net, _) = open_net(backend);
+    let o = WriterOptions::default();
+    let (ours, mut peer) = UnixStream::pair().unwrap();
+    let fd = ours.into_raw_fd();
+    let copy = dup(fd);
+    let w = net.adopt(fd, &o).unwrap();
+    let e = net.adopt(copy, &o).err().unwrap();
+    assert_eq!(e.status, KEEL_STATUS_INVALID_ARGUMENT);
+    assert!(e.message.contains(&format!("fd {copy} is the socket of fd {fd}")), "{}", e.message);
+    let publ = net.publisher(&o).unwrap();
+    assert_eq!(publ.subscribe(copy).unwrap_err().status, KEEL_STATUS_INVALID_ARGUMENT);
+    let (sub, _sub_peer) = tcp_pair();
+    let sub_copy = dup(sub);
+    publ.subscribe(sub).unwrap();
+    assert_eq!(net.adopt(sub_copy, &o).err().unwrap().status, KEEL_STATUS_INVALID_ARGUMENT);
+    assert_eq!(publ.subscribe(sub_copy).unwrap_err().status, KEEL_STATUS_INVALID_ARGUMENT);
+    // One writer on the socket: its message arrives alone.
+    w.send(b"one writer", false).unwrap();
+    drop(w);
+    let mut got = Vec::new();
+    peer.read_to_end(&mut got).unwrap();
+    assert_eq!(got, b"one writer");
+    // The peer's EOF ends the close (R10): keel closes its fd, and the
+    // socket, still open through the dup, is no longer the net's.
+    peer.shutdown(std::net::Shutdown::Write).unwrap();
+    wait_for("keel to close its fd", Duration::from_secs(10), || !same_file(fd, copy));
+    let w2 = net.adopt(copy, &o).unwrap();
+    drop(w2);
+    drop(publ);
+    net.close().unwrap();
+    // SAFETY: keel refused sub_copy, so it is still the test's own.
+    unsafe { libc::close(sub_copy) };
+}
+
 /// keel_net_close waits for queued bytes only, never for an idle peer's
 /// EOF: neither an open writer nor one the host closed earlier keeps it
 /// waiting while the peer stays connected. The close timeout is 600 s (the
@@ -1315,6 +1373,7 @@ per_backend!(
     adopt_refuses_bad_fds,
     net_close_flushes_queued_bytes,
     fd_adopted_by_two_nets_is_refused,
+    a_dup_of_an_adopted_socket_is_refused,
     net_close_does_not_wait_for_idle_peers,
     an_empty_message_leaves_no_age,
     empty_messages_hit_the_hard_cap,

@@ -243,6 +243,13 @@ type Writer struct {
 //   - deadlines and socket options set on conn apply to the shared socket
 //     but deadlines do not affect keel's sends; keel sets TCP_NODELAY.
 //
+// A conn whose socket n already has (as a Writer or a subscriber, through
+// any descriptor: each Adopt or Subscribe hands keel a new duplicate) is
+// refused with ErrInvalidArgument, as two writers on one socket would
+// interleave their messages. keel forgets the socket when it closes its
+// duplicate, at the end of the Writer's Close (after the flush and the
+// peer's EOF, or CloseTimeout); from then on conn can be adopted again.
+//
 // On failure nothing changes: the duplicate is closed and conn is
 // untouched. opts may be nil for the defaults.
 func Adopt(n *Net, conn syscall.Conn, opts *WriterOptions) (*Writer, error) {
@@ -265,8 +272,9 @@ func Adopt(n *Net, conn syscall.Conn, opts *WriterOptions) (*Writer, error) {
 // AdoptFD hands the connected stream socket fd to keel as a Writer on n.
 // On success keel owns fd: it closes it when the Writer is closed; you may
 // keep reading from it until then, but must never write to it or close
-// it. On failure fd is still yours. (To adopt a Go connection use Adopt,
-// which hands keel a duplicate.)
+// it. On failure fd is still yours. A socket n already has, through this
+// or another descriptor, is refused as in Adopt. (To adopt a Go
+// connection use Adopt, which hands keel a duplicate.)
 func AdoptFD(n *Net, fd int, opts *WriterOptions) (*Writer, error) {
 	copts, err := opts.toC("AdoptFD")
 	if err != nil {

@@ -665,6 +665,38 @@ func TestNetCloseFromAnotherNetsOnEventLeavesItOpen(t *testing.T) {
 	}
 }
 
+// Adopt and Subscribe hand keel a new duplicate of conn's descriptor each
+// time: the same conn adopted twice on one Net would be two Writers on
+// one socket, interleaving their messages. The second is refused (as a
+// Writer or a subscriber) and the first keeps the socket.
+func TestAdoptingOneConnTwiceIsRefused(t *testing.T) {
+	forBackends(t, func(t *testing.T, b Backend) {
+		n := openNetT(t, b, nil)
+		keelSide, peer := tcpPair(t)
+		w, err := Adopt(n, keelSide, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer w.Close()
+		w2, err := Adopt(n, keelSide, nil)
+		if err == nil {
+			w2.Close()
+		}
+		wantCode(t, "Adopt of an adopted conn", err, ErrInvalidArgument)
+		p, err := NewPublisher(n, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer p.Close()
+		_, err = p.Subscribe(keelSide)
+		wantCode(t, "Subscribe of an adopted conn", err, ErrInvalidArgument)
+		must(t, w.Send([]byte("one writer")))
+		if got := readN(t, peer, 10); string(got) != "one writer" {
+			t.Fatalf("the peer read %q", got)
+		}
+	})
+}
+
 // Many goroutines send on one Writer while the peer checks that each
 // goroutine's messages arrive whole and in its order; then Close races
 // with senders, which see nil or ErrClosed.

@@ -9,7 +9,7 @@ use crate::error::{Error, Result};
 use crate::net::conn::{send_error, Conn, ConnState, Phase, Writer};
 use crate::net::publisher::Publisher;
 use crate::net::queue::PassEnd;
-use crate::net::sendmsg::{check_socket, discard_arrived, discard_input, epoll_del, epoll_set, SyncSink};
+use crate::net::sendmsg::{check_socket, discard_arrived, discard_input, epoll_del, epoll_set, SocketId, SyncSink};
 use crate::net::uring::{self, Fallback, UringSink, OP_POLLIN, OP_POLLOUT, OP_SEND, UD_CANCEL, UD_WAKE};
 use crate::net::{Backend, BackendChoice, EventFn, NetOptions, WriterOptions};
 use crate::status::*;
@@ -38,7 +38,12 @@ pub(crate) enum Cmd {
 #[derive(Default)]
 struct Registry {
     by_id: HashMap<u64, Arc<Conn>>,
-    fds: HashMap<RawFd, u64>,
+    /// fd -> (connection id, its socket).
+    fds: HashMap<RawFd, (u64, SocketId)>,
+    /// The sockets of `fds` -> their fd: a dup of an adopted fd is another
+    /// number for the same socket, and a second connection on it would
+    /// interleave its bytes with the first's.
+    sockets: HashMap<SocketId, RawFd>,
 }
 
 /// Every fd some net of this process owns: keel closes an adopted fd, so
@@ -144,11 +149,16 @@ impl Shared {
     pub(crate) fn adopt(&self, fd: RawFd, opts: &WriterOptions) -> Result<Arc<Conn>> {
         self.check_running()?;
         opts.validate()?;
-        check_socket(fd)?;
+        let socket = check_socket(fd)?;
         let mut reg = self.registry.lock();
         self.check_running()?;
         if reg.fds.contains_key(&fd) {
             return Err(Error::invalid(format!("fd {fd} is already adopted by this net handle")));
+        }
+        if let Some(other) = reg.sockets.get(&socket) {
+            return Err(Error::invalid(format!(
+                "fd {fd} is the socket of fd {other} (a dup of it), already adopted by this net handle"
+            )));
         }
         if !ADOPTED_FDS.lock().get_or_insert_with(HashSet::new).insert(fd) {
             return Err(Error::invalid(format!(
@@ -170,7 +180,8 @@ impl Shared {
             }
         }
         let conn = Arc::new(Conn::new(id, fd, opts.clone()));
-        reg.fds.insert(fd, id);
+        reg.fds.insert(fd, (id, socket));
+        reg.sockets.insert(socket, fd);
         reg.by_id.insert(id, conn.clone());
         if opts.soft_cap_bytes > 0 {
             self.min_soft_ms.fetch_min(opts.soft_cap.as_millis() as u64, Ordering::Relaxed);
@@ -189,8 +200,9 @@ impl Shared {
     fn unregister(&self, conn: &Conn) {
         let mut reg = self.registry.lock();
         reg.by_id.remove(&conn.id);
-        if reg.fds.get(&conn.fd) == Some(&conn.id) {
+        if let Some(&(_, socket)) = reg.fds.get(&conn.fd).filter(|(id, _)| *id == conn.id) {
             reg.fds.remove(&conn.fd);
+            reg.sockets.remove(&socket);
             forget_adopted(conn.fd);
         }
     }
@@ -325,7 +337,9 @@ impl Net {
     }
 
     /// Adopts connected stream socket `fd` as a writer. keel owns the fd
-    /// from then on (it closes it); on error it stays the caller's.
+    /// from then on (it closes it); on error it stays the caller's. A
+    /// socket this net has already, through `fd` or another fd (a dup),
+    /// is refused.
     pub fn adopt(&self, fd: RawFd, opts: &WriterOptions) -> Result<Writer> {
         let conn = self.shared.adopt(fd, opts)?;
         Ok(Writer { conn, net: self.shared.clone(), closing: AtomicBool::new(false) })

@@ -114,9 +114,14 @@ pub(crate) fn epoll_del(epfd: RawFd, fd: RawFd) {
     unsafe { libc::epoll_ctl(epfd, libc::EPOLL_CTL_DEL, fd, &mut ev) };
 }
 
+/// A socket itself, whatever fd refers to it: its device and inode
+/// numbers, unique among open files (a dup of an fd has the same ones).
+pub(crate) type SocketId = (u64, u64);
+
 /// Checks that `fd` is a connected stream socket and sets TCP_NODELAY on
-/// TCP sockets (R11). Nothing else about the fd changes.
-pub(crate) fn check_socket(fd: RawFd) -> crate::Result<()> {
+/// TCP sockets (R11); returns the socket's identity. Nothing else about
+/// the fd changes.
+pub(crate) fn check_socket(fd: RawFd) -> crate::Result<SocketId> {
     use crate::error::Error;
     if fd < 0 {
         return Err(Error::invalid(format!("fd {fd} is negative")));
@@ -164,7 +169,7 @@ pub(crate) fn check_socket(fd: RawFd) -> crate::Result<()> {
             return Err(Error::io(format!("setsockopt(TCP_NODELAY) on fd {fd}"), io::Error::last_os_error()));
         }
     }
-    Ok(())
+    Ok((st.st_dev, st.st_ino))
 }
 
 fn getsockopt_int(fd: RawFd, level: i32, name: i32) -> io::Result<i32> {
