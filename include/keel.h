@@ -3403,9 +3403,10 @@ keel_status_t keel_net_close(struct keel_net_t *net,
  * caller's. `opts` may be NULL for the defaults. `*out` receives the
  * writer, released with keel_writer_close().
  * Errors: NULL_ARGUMENT, INVALID_ARGUMENT (negative or closed fd, not a
- * socket, not a stream socket, not connected, already adopted by this
- * net as a writer or a subscriber, through this fd or another fd of the
- * same socket such as a dup (until keel has closed that fd), bad
+ * socket, not a stream socket, not connected, already adopted by a net of
+ * this process (this one or another) as a writer or a subscriber, through
+ * this fd or another fd of the same socket such as a dup (until keel has
+ * closed that fd), bad
  * option), RESOURCE (out of memory, or the epoll watch limit
  * `fs.epoll.max_user_watches` reached; the fd is still the caller's),
  * IO, CLOSED (the net is closed).

@@ -522,6 +522,17 @@ fn a_dup_of_an_adopted_socket_is_refused(backend: BackendChoice) {
     publ.subscribe(sub).unwrap();
     assert_eq!(net.adopt(sub_copy, &o).err().unwrap().status, KEEL_STATUS_INVALID_ARGUMENT);
     assert_eq!(publ.subscribe(sub_copy).unwrap_err().status, KEEL_STATUS_INVALID_ARGUMENT);
+    // Another net of the process refuses them too: its bytes would
+    // interleave on the one socket as well.
+    let (net2, _) = open_net(backend);
+    for (copy, of) in [(copy, fd), (sub_copy, sub)] {
+        let e = net2.adopt(copy, &o).err().unwrap();
+        assert_eq!(e.status, KEEL_STATUS_INVALID_ARGUMENT);
+        let want = format!("fd {copy} is the socket of fd {of} (a dup of it), already adopted by another keel net handle");
+        assert!(e.message.contains(&want), "{}", e.message);
+        assert_eq!(net2.publisher(&o).unwrap().subscribe(copy).unwrap_err().status, KEEL_STATUS_INVALID_ARGUMENT);
+    }
+    net2.close().unwrap();
     // One writer on the socket: its message arrives alone.
     w.send(b"one writer", false).unwrap();
     drop(w);

@@ -93,7 +93,8 @@ func (p *Publisher) release() {
 // returns its id, the connID OnEvent reports for it. conn is handled as
 // by Adopt: keel owns a duplicate of its descriptor, conn stays yours and
 // open — never write to it, close it when you no longer read from it.
-// As in Adopt, a conn whose socket n already has is refused.
+// As in Adopt, a conn whose socket a Net of this process already has is
+// refused.
 // The subscriber receives every message published after this call.
 func (p *Publisher) Subscribe(conn syscall.Conn) (uint64, error) {
 	fd, err := dupConn("Subscribe", conn)

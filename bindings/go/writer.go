@@ -243,8 +243,9 @@ type Writer struct {
 //   - deadlines and socket options set on conn apply to the shared socket
 //     but deadlines do not affect keel's sends; keel sets TCP_NODELAY.
 //
-// A conn whose socket n already has (as a Writer or a subscriber, through
-// any descriptor: each Adopt or Subscribe hands keel a new duplicate) is
+// A conn whose socket a Net of this process already has (n or another, as
+// a Writer or a subscriber, through any descriptor: each Adopt or
+// Subscribe hands keel a new duplicate) is
 // refused with ErrInvalidArgument, as two writers on one socket would
 // interleave their messages. keel forgets the socket when it closes its
 // duplicate, at the end of the Writer's Close (after the flush and the

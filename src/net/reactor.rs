@@ -15,7 +15,7 @@ use crate::net::{Backend, BackendChoice, EventFn, NetOptions, WriterOptions};
 use crate::status::*;
 use io_uring::{types, IoUring};
 use parking_lot::Mutex;
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::os::fd::RawFd;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -46,12 +46,20 @@ struct Registry {
     sockets: HashMap<SocketId, RawFd>,
 }
 
-/// Every fd some net of this process owns: keel closes an adopted fd, so
-/// a second net adopting it would close it twice (the second time maybe
-/// someone else's file that got the number). An fd leaves the set just
-/// before keel closes it, so the number can be adopted again afterwards.
-/// Taken inside a net's registry lock, never the other way round.
-static ADOPTED_FDS: parking_lot::Mutex<Option<HashSet<RawFd>>> = parking_lot::const_mutex(None);
+/// Every fd some net of this process owns, with its socket: keel closes
+/// an adopted fd, so a second net adopting it would close it twice (the
+/// second time maybe someone else's file that got the number); and a
+/// second net given a dup of it would interleave its bytes with the
+/// first's on the one socket. An fd leaves just before keel closes it, so
+/// the number and the socket can be adopted again afterwards. Taken
+/// inside a net's registry lock, never the other way round.
+static ADOPTED: parking_lot::Mutex<Option<Adopted>> = parking_lot::const_mutex(None);
+
+#[derive(Default)]
+struct Adopted {
+    fds: HashMap<RawFd, SocketId>,
+    sockets: HashMap<SocketId, RawFd>,
+}
 
 /// What host threads and the reactor share.
 pub(crate) struct Shared {
@@ -160,10 +168,21 @@ impl Shared {
                 "fd {fd} is the socket of fd {other} (a dup of it), already adopted by this net handle"
             )));
         }
-        if !ADOPTED_FDS.lock().get_or_insert_with(HashSet::new).insert(fd) {
-            return Err(Error::invalid(format!(
-                "fd {fd} is already adopted by another keel net handle (which will close it)"
-            )));
+        {
+            let mut adopted = ADOPTED.lock();
+            let adopted = adopted.get_or_insert_with(Adopted::default);
+            if adopted.fds.contains_key(&fd) {
+                return Err(Error::invalid(format!(
+                    "fd {fd} is already adopted by another keel net handle (which will close it)"
+                )));
+            }
+            if let Some(other) = adopted.sockets.get(&socket) {
+                return Err(Error::invalid(format!(
+                    "fd {fd} is the socket of fd {other} (a dup of it), already adopted by another keel net handle"
+                )));
+            }
+            adopted.fds.insert(fd, socket);
+            adopted.sockets.insert(socket, fd);
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         if self.backend == Backend::Sendmsg {
@@ -215,8 +234,10 @@ impl Shared {
 /// Takes `fd` out of the process-wide set (before keel closes it, or when
 /// an adoption fails and the fd stays the caller's).
 fn forget_adopted(fd: RawFd) {
-    if let Some(set) = ADOPTED_FDS.lock().as_mut() {
-        set.remove(&fd);
+    if let Some(adopted) = ADOPTED.lock().as_mut() {
+        if let Some(socket) = adopted.fds.remove(&fd) {
+            adopted.sockets.remove(&socket);
+        }
     }
 }
 
