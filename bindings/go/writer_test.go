@@ -57,6 +57,17 @@ func openNetT(t *testing.T, b Backend, onEvent func(uint64, error)) *Net {
 	return n
 }
 
+// adoptT adopts conn on n with the default options, failing the test if
+// keel refuses it.
+func adoptT(t *testing.T, n *Net, conn *net.TCPConn) *Writer {
+	t.Helper()
+	w, err := Adopt(n, conn, nil)
+	if err != nil {
+		t.Fatalf("Adopt: %v", err)
+	}
+	return w
+}
+
 // tcpPair returns both ends of a loopback TCP connection: keelSide for
 // keel, peer to read from. Both are closed at the end of the test (before
 // the Net: cleanups run last-registered first).
@@ -172,10 +183,7 @@ func TestWriterRoundTripByteExact(t *testing.T) {
 	forBackends(t, func(t *testing.T, b Backend) {
 		n := openNetT(t, b, nil)
 		keelSide, peer := tcpPair(t)
-		w, err := Adopt(n, keelSide, nil)
-		if err != nil {
-			t.Fatalf("Adopt: %v", err)
-		}
+		w := adoptT(t, n, keelSide)
 		// The documented ownership: closing the Go conn closes only Go's
 		// descriptor; keel's duplicate keeps the connection up.
 		if err := keelSide.Close(); err != nil {
@@ -275,10 +283,7 @@ func TestWriterStatsCounters(t *testing.T) {
 	forBackends(t, func(t *testing.T, b Backend) {
 		n := openNetT(t, b, nil)
 		keelSide, peer := tcpPair(t)
-		w, err := Adopt(n, keelSide, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
+		w := adoptT(t, n, keelSide)
 		defer w.Close()
 		if w.ID() == 0 {
 			t.Fatal("ID() is 0")
@@ -518,10 +523,7 @@ func TestWriterPeerResetOneEvent(t *testing.T) {
 		onEvent, events := eventSink()
 		n := openNetT(t, b, onEvent)
 		keelSide, peer := tcpPair(t)
-		w, err := Adopt(n, keelSide, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
+		w := adoptT(t, n, keelSide)
 		defer w.Close()
 		if err := w.Send([]byte("hello")); err != nil {
 			t.Fatal(err)
@@ -673,10 +675,7 @@ func TestAdoptingOneConnTwiceIsRefused(t *testing.T) {
 	forBackends(t, func(t *testing.T, b Backend) {
 		n := openNetT(t, b, nil)
 		keelSide, peer := tcpPair(t)
-		w, err := Adopt(n, keelSide, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
+		w := adoptT(t, n, keelSide)
 		defer w.Close()
 		w2, err := Adopt(n, keelSide, nil)
 		if err == nil {
@@ -703,10 +702,7 @@ func TestAdoptingOneConnTwiceIsRefused(t *testing.T) {
 func TestWriterConcurrentSenders(t *testing.T) {
 	n := openNetT(t, BackendDefault, nil)
 	keelSide, peer := tcpPair(t)
-	w, err := Adopt(n, keelSide, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	w := adoptT(t, n, keelSide)
 	const senders, each, size = 8, 300, 16
 	total := senders * each * size
 	got := readAllAsync(peer, total)
@@ -906,10 +902,7 @@ func TestNetAndWriterLeaksAreReported(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		w, err := Adopt(n, keelSide, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
+		w := adoptT(t, n, keelSide)
 		if err := w.Send([]byte("still here")); err != nil {
 			t.Fatal(err)
 		}
@@ -1095,10 +1088,7 @@ func TestNetCloseOnAThreadThatGotTheReactorsIDIsNotBusy(t *testing.T) {
 	}
 	t.Cleanup(func() { _ = n.Close() }) // after threadID is restored
 	keelSide, peer := tcpPair(t)
-	w, err := Adopt(n, keelSide, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	w := adoptT(t, n, keelSide)
 	peer.SetLinger(0)
 	peer.Close() // RST: the sends fail and OnEvent runs
 	chunk := make([]byte, 8192)
