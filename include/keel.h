@@ -2146,8 +2146,9 @@ keel_status_t keel_shard_consensus_set_voters(const struct keel_shard_t *shard,
  * Reports that voter `peer_id` acknowledged a heartbeat or append of
  * `term` that this leader SENT at `sent_at_ns`, on the shard's clock
  * (keel_lease_options_t.clock; keel_shard_consensus_now() reads it). An ack keel cannot use (not the
- * leader, another term, not a voter, a time of 0 or after now) is counted
- * in keel_lease_stats_t and otherwise ignored: OK all the same.
+ * leader, another term, not a voter, a time of 0, after now, or before
+ * keel_shard_consensus_set_role() reported this node leader of the term)
+ * is counted in keel_lease_stats_t and otherwise ignored: OK all the same.
  * Errors: NULL_ARGUMENT, INVALID_ARGUMENT (not configured), CLOSED.
  */
 keel_status_t keel_shard_consensus_ack(const struct keel_shard_t *shard,

@@ -31,7 +31,8 @@ pub enum AckIgnored {
     /// The peer is not a voter of the current configuration (a learner, a
     /// removed peer, or this node itself).
     NotVoter,
-    /// Send time zero, after "now", or no valid "now" to compare with.
+    /// Send time zero, after "now", before this node was reported leader
+    /// of the term, or no valid "now" to compare with.
     BadTime,
 }
 
@@ -91,6 +92,11 @@ pub struct ConsensusState {
     /// goes back below it must not make acks look younger than the clock
     /// already showed them to be.
     latest_now: u64,
+    /// `latest_now` when this node was reported leader of the current
+    /// term. A message sent before then was not this leadership's
+    /// heartbeat or append (a vote reply a host counted as an ack, say):
+    /// its ack restarted no voter's election timer for this leader.
+    leader_since: u64,
 }
 
 impl ConsensusState {
@@ -111,6 +117,7 @@ impl ConsensusState {
             transfer: false,
             quorum: None,
             latest_now: 0,
+            leader_since: 0,
         };
         s.recompute();
         s
@@ -164,7 +171,9 @@ impl ConsensusState {
     /// or leaving the leader role, forgets every ack, the "own-term entry
     /// applied" fact and any transfer in progress. `leader` is the hint of
     /// a follower (ignored for a leader: it is this node); one naming this
-    /// node is no hint (a stale one: this node does not lead).
+    /// node is no hint (a stale one: this node does not lead). Becoming
+    /// leader of a term marks the latest noted time (see `note_now`): acks
+    /// of messages sent before it are ignored.
     pub fn set_role(&mut self, role: Role, term: u64, leader: Option<PeerId>) -> Result<()> {
         if term < self.term {
             return Err(Error::invalid(format!("term {term} is older than the current term {}", self.term)));
@@ -180,6 +189,7 @@ impl ConsensusState {
             self.acks.clear();
             self.term_applied = false;
             self.transfer = false;
+            self.leader_since = self.latest_now;
         }
         self.role = role;
         self.term = term;
@@ -219,7 +229,7 @@ impl ConsensusState {
             return Err(AckIgnored::NotVoter);
         }
         match now {
-            Some(now) if sent_at != 0 && sent_at <= now => {}
+            Some(now) if sent_at != 0 && sent_at >= self.leader_since && sent_at <= now => {}
             _ => return Err(AckIgnored::BadTime),
         }
         // Below the quorum cache's "this node, at now" (a manual clock at
@@ -388,10 +398,12 @@ mod tests {
         s.set_role(Role::Leader, 4, None).unwrap();
         assert!(!s.note_term_applied(3), "an entry of an older term does not count");
         assert_eq!(s.record_ack(2, 3, 60, Some(100)), Err(AckIgnored::OtherTerm));
-        s.record_ack(2, 4, 60, Some(100)).unwrap();
+        // Leading term 4 since the clock read 100.
+        assert_eq!(s.record_ack(2, 4, 60, Some(150)), Err(AckIgnored::BadTime), "sent before this node led");
+        s.record_ack(2, 4, 120, Some(150)).unwrap();
         // Same role and term again (a repeated report) keeps everything.
         s.set_role(Role::Leader, 4, None).unwrap();
-        assert_eq!(s.quorum_ack(100), Some(60));
+        assert_eq!(s.quorum_ack(150), Some(120));
         assert_eq!(s.set_role(Role::Leader, 3, None).unwrap_err().status, crate::status::KEEL_STATUS_INVALID_ARGUMENT);
     }
 

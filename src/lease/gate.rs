@@ -221,8 +221,15 @@ impl LeaseGate {
         self.state.lock().clone()
     }
 
+    /// Reports role and term at a fresh clock reading, so that acks of
+    /// messages sent before a new leadership are ignored.
     pub fn set_role(&self, role: Role, term: u64, leader: Option<PeerId>) -> Result<()> {
-        self.state.lock().set_role(role, term, leader)
+        let now = self.clock.now();
+        let mut st = self.state.lock();
+        if let Some(now) = now {
+            st.note_now(now);
+        }
+        st.set_role(role, term, leader)
     }
 
     pub fn set_voters(&self, voters: Voters) -> Result<()> {
@@ -621,6 +628,24 @@ mod tests {
         let cfg = LeaseConfig { lease: Duration::from_millis(900), ..config() };
         let e = LeaseGate::new(1, cfg, Clock::monotonic(), Box::new(|| Ok(0))).err().unwrap();
         assert_eq!(e.status, KEEL_STATUS_INVALID_ARGUMENT);
+    }
+
+    /// A host that counts vote or pre-vote replies as acks reports acks
+    /// of the new term for messages sent before it led that term: no
+    /// voter's election timer restarted for this leader then, so they
+    /// must not extend its lease.
+    #[test]
+    fn an_ack_sent_before_the_leadership_was_reported_is_ignored() {
+        let t0 = 1000 * MS;
+        let (g, _) = gate(t0, 10);
+        g.record_ack(2, 5, t0 - 100 * MS); // the vote request's send time
+        g.clock().set(t0 + MS).unwrap();
+        assert_eq!(g.decide(), Decision::Miss(MissReason::AckMissing));
+        assert_eq!(g.begin_read(Level::Lease, LONG), Ok(ReadPermit { index: 10, from_lease: false }));
+        assert_eq!(g.stats().acks_ignored_bad_time, 1);
+        // A heartbeat sent at the moment of the report counts.
+        g.record_ack(2, 5, t0);
+        assert_eq!(g.decide(), Decision::Serve { index: 10 });
     }
 
     #[test]
