@@ -869,7 +869,8 @@ typedef struct keel_lease_stats_t {
   uint64_t miss_term_not_applied;
   uint64_t miss_clock;
   /**
-   * Read-index callbacks made (one per shared call, not per read).
+   * Read-index callbacks made (one per shared call, not per read; none
+   * for a read that finds the shard closed).
    */
   uint64_t read_index_calls;
   /**

@@ -429,7 +429,8 @@ pub struct keel_lease_stats_t {
     pub miss_transfer: u64,
     pub miss_term_not_applied: u64,
     pub miss_clock: u64,
-    /// Read-index callbacks made (one per shared call, not per read).
+    /// Read-index callbacks made (one per shared call, not per read; none
+    /// for a read that finds the shard closed).
     pub read_index_calls: u64,
     /// Callbacks that returned an error.
     pub read_index_errors: u64,

@@ -389,14 +389,18 @@ impl LeaseGate {
         // The lock is held through the host's call (one at a time anyway:
         // the flight shares it), so `close` cannot drop it meanwhile.
         let call = || {
-            // Counted when the call ends, also by a panic of the host's
-            // callback (which unwinds through here to the reader).
-            let mut count = CountCall { metrics: &self.metrics, start: Instant::now(), failed: true };
             let mut held = self.read_index.lock();
             let answer = match held.as_ref() {
                 Some(call) => {
+                    // Counted when the call ends, also by a panic of the
+                    // host's callback (which unwinds through here to the
+                    // reader). Only here: a read that finds the callback
+                    // gone never called the host.
+                    let mut count = CountCall { metrics: &self.metrics, start: Instant::now(), failed: true };
                     let _in = InCall::enter(self);
-                    call()
+                    let answer = call();
+                    count.failed = answer.is_err();
+                    answer
                 }
                 None => Err(closed()),
             };
@@ -406,7 +410,6 @@ impl LeaseGate {
                 // under the lock, on the thread that asked.
                 drop(held.take());
             }
-            count.failed = answer.is_err();
             answer
         };
         let index = self.flight.get(ticket, &call, deadline).map_err(|e| match e.status {
@@ -621,6 +624,33 @@ mod tests {
         assert_eq!(e, Refused::ReadIndex(Error::new(KEEL_STATUS_CLOSED, "shard is closed")));
         assert_eq!(calls.load(Ordering::SeqCst), 1);
         g.close(); // twice is fine
+    }
+
+    /// A read past the closed check when a close takes the callback gets
+    /// CLOSED from the call itself; the host was never called, so no call
+    /// (nor error) is counted.
+    #[test]
+    fn a_read_that_slips_past_close_counts_no_read_index_call() {
+        let (g, calls) = gate(5, 10);
+        let g = Arc::new(g);
+        // Held as a running call holds it: the read, past its closed
+        // check, starts its flight and waits here.
+        let mut held = g.read_index.lock();
+        let reader = {
+            let g = g.clone();
+            std::thread::spawn(move || g.begin_read(Level::Linearizable, LONG))
+        };
+        while g.flight.started() == 0 {
+            std::thread::yield_now();
+        }
+        // What `close` does once it gets the lock.
+        g.closed.store(true, Ordering::Release);
+        drop(held.take());
+        drop(held);
+        assert_eq!(reader.join().unwrap(), Err(Refused::ReadIndex(closed())));
+        assert_eq!(calls.load(Ordering::SeqCst), 0);
+        let st = g.stats();
+        assert_eq!((st.read_index_calls, st.read_index_errors), (0, 0), "counted a call the host never got");
     }
 
     #[test]

@@ -18,7 +18,8 @@ pub struct LeaseStats {
     pub miss_transfer: u64,
     pub miss_term_not_applied: u64,
     pub miss_clock: u64,
-    /// Read-index callbacks made (one per shared flight, not per waiter).
+    /// Read-index callbacks made (one per shared flight, not per waiter;
+    /// none for a read that finds the gate closed).
     pub read_index_calls: u64,
     /// Callbacks that returned an error.
     pub read_index_errors: u64,

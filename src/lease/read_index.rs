@@ -46,6 +46,12 @@ impl SingleFlight {
         Ticket(self.flights.lock().started + 1)
     }
 
+    /// Calls started so far (tests wait on it to know a read began its call).
+    #[cfg(test)]
+    pub fn started(&self) -> u64 {
+        self.flights.lock().started
+    }
+
     /// The answer of a call that started after `ticket` was taken, made by
     /// this thread when no call is running. TIMEOUT when `deadline` passes
     /// while waiting for another thread's call.
