@@ -874,7 +874,8 @@ typedef struct keel_lease_stats_t {
    */
   uint64_t read_index_calls;
   /**
-   * Callbacks that returned an error.
+   * Callbacks that returned an error (TIMEOUT too: its read also
+   * counts in read_index_timeouts).
    */
   uint64_t read_index_errors;
   /**

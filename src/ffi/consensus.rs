@@ -432,7 +432,8 @@ pub struct keel_lease_stats_t {
     /// Read-index callbacks made (one per shared call, not per read; none
     /// for a read that finds the shard closed).
     pub read_index_calls: u64,
-    /// Callbacks that returned an error.
+    /// Callbacks that returned an error (TIMEOUT too: its read also
+    /// counts in read_index_timeouts).
     pub read_index_errors: u64,
     /// Sum and maximum of the callbacks' latency, in nanoseconds.
     pub read_index_latency_ns_total: u64,

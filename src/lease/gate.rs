@@ -598,6 +598,17 @@ mod tests {
         assert_eq!(g2.begin_read(Level::Linearizable, LONG).unwrap_err(), Refused::ReadIndex(Error::new(KEEL_STATUS_IO, "net down")));
     }
 
+    /// A callback that returns TIMEOUT is a call that failed, and its read
+    /// one that gave up with TIMEOUT: counted once in each.
+    #[test]
+    fn a_read_index_timeout_counts_as_an_error_and_a_read_timeout() {
+        let g = LeaseGate::new(1, config(), Clock::manual(5), Box::new(|| Err(Error::new(KEEL_STATUS_TIMEOUT, "no quorum")))).unwrap();
+        g.set_role(Role::Leader, 1, None).unwrap();
+        assert_eq!(g.begin_read(Level::Linearizable, LONG), Err(Refused::Timeout));
+        let st = g.stats();
+        assert_eq!((st.read_index_calls, st.read_index_errors, st.read_index_timeouts), (1, 1, 1));
+    }
+
     /// Close lets go of the host's callback (and what it owns) at once,
     /// with no call in flight, and no read calls the host after it.
     #[test]

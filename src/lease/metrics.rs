@@ -21,7 +21,8 @@ pub struct LeaseStats {
     /// Read-index callbacks made (one per shared flight, not per waiter;
     /// none for a read that finds the gate closed).
     pub read_index_calls: u64,
-    /// Callbacks that returned an error.
+    /// Callbacks that returned an error (TIMEOUT too: its read also
+    /// counts in `read_index_timeouts`).
     pub read_index_errors: u64,
     /// Sum and maximum of the callbacks' latency, in nanoseconds.
     pub read_index_latency_ns_total: u64,
