@@ -524,6 +524,16 @@ namespace detail {
 // destructor has nowhere to report it (each class's close() returns it), so
 // no error object is asked for either. noexcept, as Handle requires, because
 // they run in destructors and in the noexcept move assignments.
+//
+// The closes passed to report_leak() do not ignore one status: BUSY, from
+// a close (or free) made in a handler that it would wait for, which each
+// class forbids. keel then does nothing, so the handle, its thread and its
+// handler stay alive and the object forgets them: a leak, the only safe
+// outcome there, which report_leak() writes on stderr (one line) so that
+// it can be found.
+inline void report_leak(keel_status_t st, const char* what) noexcept {
+  if (st == KEEL_STATUS_BUSY) std::fprintf(stderr, "keel: %s\n", what);
+}
 inline void close_wal_reader(keel_wal_reader_t* r) noexcept { keel_wal_reader_close(r); }
 inline void close_wal(keel_wal_t* w) noexcept { (void)keel_wal_close(w, nullptr); }
 inline void close_iter(keel_iter_t* i) noexcept { keel_iter_close(i); }
@@ -3135,7 +3145,12 @@ struct TransferStatus {
 /// acknowledged batch and at every change of stage (the last call when the
 /// transfer is over). It must be quick, must not throw (the bridge is
 /// noexcept: an escaping exception calls std::terminate) and must not
-/// wait() for, or destroy, its own Transfer.
+/// wait() for, or destroy, its own Transfer: both would wait for the
+/// thread the handler runs on. wait() answers Status::Busy there; a
+/// Transfer destroyed (or assigned to) there cannot free its transfer, so
+/// the transfer runs on to its end and it and the handler are leaked,
+/// never freed (a line on stderr says so). Destroy a Transfer on another
+/// thread, e.g. one the handler wakes.
 using TransferProgressHandler = std::function<void(const TransferProgress&)>;
 
 /// Options of Transfer::start(): a copyable builder over
@@ -3190,7 +3205,11 @@ class TransferOptions {
 };
 
 namespace detail {
-inline void free_transfer(keel_transfer_t* t) noexcept { (void)keel_transfer_free(t); }
+inline void free_transfer(keel_transfer_t* t) noexcept {
+  report_leak(keel_transfer_free(t),
+              "keel::Transfer destroyed in its own progress handler: keel cannot free it there, so the transfer, "
+              "its thread and its handler are leaked (destroy it from another thread)");
+}
 
 /// A keel_transfer_progress_t as its producer wrote it: only the first
 /// `struct_size` bytes are read (docs/FFI.md, "Versioned structs"), since
@@ -3222,8 +3241,20 @@ inline TransferProgress to_progress(const keel_transfer_progress_t* given) noexc
 /// The C callback's user data: the host's handler, owned by its Transfer.
 struct TransferEvents {
   TransferProgressHandler fn;
+
+  /// The TransferEvents whose handler runs on this thread now (nullptr
+  /// when none), so that a Transfer destroyed there can tell that keel's
+  /// thread is running its handler.
+  static const TransferEvents*& running() noexcept {
+    static thread_local const TransferEvents* current = nullptr;
+    return current;
+  }
+
   static void on_progress(void* user, const keel_transfer_progress_t* p) noexcept {
-    static_cast<TransferEvents*>(user)->fn(to_progress(p));
+    const auto* self = static_cast<const TransferEvents*>(user);
+    const TransferEvents* outer = std::exchange(running(), self);  // restored as NodeEvents restores it
+    self->fn(to_progress(p));
+    running() = outer;
   }
 };
 }  // namespace detail
@@ -3231,7 +3262,9 @@ struct TransferEvents {
 /// A shard transfer running on its own keel thread (owns a
 /// keel_transfer_t). Move-only; the destructor cancels a transfer that is
 /// not over, waits for its thread and then frees the progress handler.
-/// Const members are safe from many threads at once.
+/// Const members are safe from many threads at once. Destroying it (or
+/// assigning to it) in its own progress handler is forbidden: see
+/// TransferProgressHandler.
 class Transfer : public detail::Handle<keel_transfer_t, detail::free_transfer> {
  public:
   using Handle::Handle;
@@ -3239,12 +3272,16 @@ class Transfer : public detail::Handle<keel_transfer_t, detail::free_transfer> {
   Transfer(Transfer&&) noexcept = default;
   Transfer& operator=(Transfer&& o) noexcept {
     if (this != &o) {
+      keep_running_handler();
       Handle::operator=(std::move(o));  // frees the transfer before its handler below
       events_ = std::move(o.events_);
     }
     return *this;
   }
-  ~Transfer() { ptr_.reset(); }
+  ~Transfer() {
+    keep_running_handler();
+    ptr_.reset();
+  }
 
   /// Announces on `node` that peer `from_peer` may send shard `shard_id`
   /// there (used up once a transfer of it finishes). Status::InvalidArgument
@@ -3364,6 +3401,15 @@ class Transfer : public detail::Handle<keel_transfer_t, detail::free_transfer> {
  private:
   Transfer(keel_transfer_t* owned, std::unique_ptr<detail::TransferEvents> events) noexcept
       : Handle(owned), events_(std::move(events)) {}
+
+  /// Before the transfer is freed: in its own progress handler keel
+  /// refuses the free (BUSY, which detail::free_transfer reports) and its
+  /// thread, running the handler now, calls it again until the transfer
+  /// is over, so the handler is leaked with the transfer, never freed
+  /// under that thread.
+  void keep_running_handler() noexcept {
+    if (events_ && detail::TransferEvents::running() == events_.get()) (void)events_.release();
+  }
 
   std::unique_ptr<detail::TransferEvents> events_;
 };

@@ -12,6 +12,8 @@
 #include <atomic>
 #include <condition_variable>
 #include <cstddef>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <future>
 #include <memory>
@@ -320,6 +322,80 @@ TEST(Transfer, HandlerCallsOnItsClosingNodeAnswerClosed) {
   EXPECT_EQ(expected->err().code(), Status::Closed);
   ASSERT_FALSE(started->ok()) << "Transfer::start() reached the node that replaced the closing one";
   EXPECT_EQ(started->err().code(), Status::Closed);
+}
+
+bool is_over(TransferStage s) {
+  return s == TransferStage::Done || s == TransferStage::Failed || s == TransferStage::Cancelled;
+}
+
+// The body of the death test below, in its own process: what the misuse
+// leaks stays there. Exits 0 once keel's thread made its last progress
+// call after the handler destroyed its own Transfer, 1 when that
+// destruction freed the handler while keel's thread was running it, 2
+// when the set-up failed or nothing happened in time.
+[[noreturn]] void destroy_transfer_in_its_own_handler() {
+  const auto fail = [](const char* why) {
+    std::fprintf(stderr, "%s\n", why);
+    std::_Exit(2);
+  };
+  Side a, b;
+  open_side(a, kSrc);
+  open_side(b, kDst);
+  connect(a, b);
+  keel::Shard shard;
+  open_shard(a.engine, 11, shard);
+  fill(shard, 100);
+  if (!a.node || !b.node || !shard || !Transfer::expect(b.node, 11, kSrc).ok()) fail("set-up failed");
+
+  struct Slot {
+    std::mutex mu;
+    std::condition_variable cv;
+    std::optional<Transfer> transfer;
+    std::atomic<bool> handler_gone{false};  // the handler's captures were destroyed
+    bool destroyed = false, gone_in_handler = false, over = false;
+  } slot;
+  // Destroyed with the last copy of the handler (the Transfer's).
+  std::shared_ptr<void> canary(nullptr, [&slot](void*) { slot.handler_gone = true; });
+  auto handler = [s = &slot, canary](const TransferProgress& p) {
+    Slot* const slot = s;  // the captures may be gone once the Transfer is
+    std::unique_lock<std::mutex> lock(slot->mu);
+    if (!slot->destroyed) {
+      slot->cv.wait(lock, [&] { return slot->transfer.has_value(); });
+      slot->transfer.reset();  // the misuse: keel's thread is running this very handler
+      slot->destroyed = true;
+      slot->gone_in_handler = slot->handler_gone;
+    }
+    if (is_over(p.stage)) slot->over = true;
+    slot->cv.notify_all();
+  };
+  canary.reset();
+  auto t = Transfer::start(a.node, shard, 11, kDst,
+                           TransferOptions().auto_finish(FinishMode::Copy).on_progress(std::move(handler)));
+  if (!t.ok()) fail("start failed");
+  std::unique_lock<std::mutex> lock(slot.mu);
+  slot.transfer.emplace(std::move(t).value());
+  slot.cv.notify_all();
+  // The bound only turns a hang into a failure.
+  if (!slot.cv.wait_for(lock, std::chrono::seconds(60), [&] { return slot.gone_in_handler || slot.over; })) {
+    fail("the transfer did not end");
+  }
+  if (slot.gone_in_handler) {
+    std::fprintf(stderr, "the handler was freed while keel's thread ran it\n");
+    std::_Exit(1);
+  }
+  std::_Exit(0);
+}
+
+// A Transfer destroyed in its own progress handler (forbidden: keel cannot
+// free a transfer from the thread that runs its handler, and answers
+// BUSY) leaves the transfer and its handler running, leaked, and says so
+// on stderr; keel's thread goes on calling the handler to the end. The
+// destructor used to ignore the BUSY and free the handler: keel's thread
+// was still running it and called it again, a use-after-free.
+TEST(TransferDeathTest, DestroyedInItsOwnHandlerLeaksAndSaysSo) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  EXPECT_EXIT(destroy_transfer_in_its_own_handler(), ::testing::ExitedWithCode(0),
+              "keel::Transfer destroyed in its own progress handler");
 }
 
 // The progress bridge reads only the bytes the producer's struct_size
