@@ -544,7 +544,11 @@ inline void close_engine(keel_engine_t* e) noexcept { (void)keel_engine_close(e,
 inline void close_net(keel_net_t* n) noexcept { (void)keel_net_close(n, nullptr); }
 inline void close_writer(keel_writer_t* w) noexcept { (void)keel_writer_close(w, nullptr); }
 inline void close_publisher(keel_publisher_t* p) noexcept { (void)keel_publisher_close(p, nullptr); }
-inline void close_node(keel_node_t* n) noexcept { (void)keel_node_close(n, nullptr); }
+inline void close_node(keel_node_t* n) noexcept {
+  report_leak(keel_node_close(n, nullptr),
+              "keel::Node destroyed in its own event handler: keel cannot close it there, so the node, its "
+              "threads and its handler are leaked (close it from another thread)");
+}
 
 /// The ownership every handle class shares (WalReader, Wal, Iterator,
 /// Batch, Shard, Engine, Net, Writer, Publisher, Node), written once so the
@@ -2620,9 +2624,14 @@ class Publisher : public detail::Handle<keel_publisher_t, detail::close_publishe
 /// the destructor) returned. Keep it short. It may call its Node's const
 /// members (they answer Status::Closed once the node is closing, which
 /// also reports Status::Closed to it) but must not close its own Node
-/// (Status::Busy) nor throw: the bridge is noexcept, so an escaping
-/// exception calls std::terminate. Whatever it captures must be safe to use
-/// from those threads and must outlive the Node.
+/// nor throw: the bridge is noexcept, so an escaping exception calls
+/// std::terminate. The close would join the thread the handler runs on:
+/// Node::close() answers Status::Busy there and leaves the node open; a
+/// Node destroyed (or assigned to) there cannot close its node, which
+/// runs on, leaked with its threads and this handler, never freed (a line
+/// on stderr says so). Close a Node from another thread, e.g. one the
+/// handler wakes. Whatever it captures must be safe to use from those
+/// threads and must outlive the Node.
 using NodeEventHandler = std::function<void(uint64_t peer_id, Status status, std::string_view message)>;
 
 class Node;
@@ -2916,7 +2925,8 @@ Result<std::string> string_out(Call call, size_t first_cap) {
 /// connection to every peer that passed the handshake. The destructor
 /// closes it (see close()). Const members are safe to call from many
 /// threads at once; close(), moving and destruction must not race with
-/// them, and must not happen in the node's own event handler.
+/// them, and must not happen in the node's own event handler (a Node
+/// destroyed there leaks its node: see NodeEventHandler).
 ///
 /// The Node owns its event handler and frees it only once the node's
 /// threads are joined, so a handler never outlives its storage.
@@ -2932,7 +2942,7 @@ class Node : public detail::Handle<keel_node_t, detail::close_node> {
   /// Closes the node this one held (as the destructor does) and takes `o`'s.
   Node& operator=(Node&& o) noexcept {
     if (this != &o) {
-      stop_handler_calls();
+      prepare_close();
       Handle::operator=(std::move(o));  // closes the node before its handler is freed below
       events_ = std::move(o.events_);
     }
@@ -2940,7 +2950,7 @@ class Node : public detail::Handle<keel_node_t, detail::close_node> {
   }
   /// Closes the node first, then frees its handler (members would go first).
   ~Node() {
-    stop_handler_calls();
+    prepare_close();
     ptr_.reset();
   }
 
@@ -3073,6 +3083,21 @@ class Node : public detail::Handle<keel_node_t, detail::close_node> {
  private:
   Node(keel_node_t* owned, std::unique_ptr<detail::NodeEvents> events) noexcept
       : Handle(owned), events_(std::move(events)) {}
+
+  /// Before the destructor or a move assignment closes the node. In the
+  /// node's own handler keel refuses the close (BUSY, which
+  /// detail::close_node reports) and its threads, one of them running the
+  /// handler now, go on calling it, so the handler is leaked with the
+  /// node, never freed under them (nothing is closed, so there are no
+  /// handler calls to stop either). Elsewhere the handler's calls on this
+  /// Node stop first.
+  void prepare_close() noexcept {
+    if (events_ && detail::NodeEvents::running() == events_.get()) {
+      (void)events_.release();
+    } else {
+      stop_handler_calls();
+    }
+  }
 
   /// From now on the handler's calls on this Node answer Status::Closed;
   /// waits for those in flight (see detail::NodeEvents).

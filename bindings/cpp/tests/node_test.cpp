@@ -10,6 +10,8 @@
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <cstdio>
+#include <cstdlib>
 #include <functional>
 #include <memory>
 #include <mutex>
@@ -507,4 +509,76 @@ TEST_F(NodeTest, HandlerCallsDuringCloseAnswerClosed) {
   EXPECT_EQ(seen[0].second, Status::Ok);  // a live node answers its handler
   EXPECT_EQ(seen[1].first, Status::Closed);
   EXPECT_EQ(seen[1].second, Status::Closed);
+}
+
+namespace {
+// The body of the death test below, in its own process: what the misuse
+// leaks stays there. Exits 0 once the node's handler, after it destroyed
+// its own Node, saw the connection the peer then closed; 1 when that
+// destruction freed the handler while the node's thread was running it;
+// 2 when the set-up failed or nothing happened in time.
+[[noreturn]] void destroy_node_in_its_own_handler(const keel::Engine& engine) {
+  const auto fail = [](const char* why) {
+    std::fprintf(stderr, "%s\n", why);
+    std::_Exit(2);
+  };
+  struct Slot {
+    std::mutex mu;
+    std::condition_variable cv;
+    std::optional<Node> node;
+    std::atomic<bool> handler_gone{false};  // the handler's captures were destroyed
+    bool destroyed = false, gone_in_handler = false, closed_after = false;
+  } slot;
+  // Destroyed with the last copy of the handler (the Node's).
+  std::shared_ptr<void> canary(nullptr, [&slot](void*) { slot.handler_gone = true; });
+  auto handler = [s = &slot, canary](uint64_t, Status st, std::string_view) {
+    Slot* const slot = s;  // the captures may be gone once the Node is
+    std::lock_guard<std::mutex> lock(slot->mu);
+    if (st == Status::Ok && !slot->destroyed) {
+      slot->node.reset();  // the misuse: the node's thread is running this very handler
+      slot->destroyed = true;
+      slot->gone_in_handler = slot->handler_gone;
+    } else if (st == Status::Closed && slot->destroyed) {
+      slot->closed_after = true;
+    }
+    slot->cv.notify_all();
+  };
+  canary.reset();
+  auto a = Node::open(engine, NodeOptions().node_id(1).on_event(std::move(handler)));
+  auto b = Node::open(engine, NodeOptions().node_id(2));
+  if (!a.ok() || !b.ok()) fail("open failed");
+  auto addr = a->addr();
+  if (!addr.ok()) fail("addr failed");
+  {
+    std::lock_guard<std::mutex> lock(slot.mu);
+    slot.node.emplace(std::move(a).value());
+  }
+  if (!b->connect(1, *addr).ok()) fail("connect failed");
+  std::unique_lock<std::mutex> lock(slot.mu);
+  // The bounds only turn a hang into a failure.
+  if (!slot.cv.wait_for(lock, 60s, [&] { return slot.destroyed; })) fail("no handshake");
+  if (slot.gone_in_handler) {
+    std::fprintf(stderr, "the handler was freed while the node's thread ran it\n");
+    std::_Exit(1);
+  }
+  lock.unlock();
+  if (!b->close().ok()) fail("close failed");  // ends the connection: Status::Closed to the leaked node's handler
+  lock.lock();
+  if (!slot.cv.wait_for(lock, 60s, [&] { return slot.closed_after; })) fail("no Status::Closed after the destruction");
+  std::_Exit(0);
+}
+
+using NodeDeathTest = NodeTest;
+}  // namespace
+
+// A Node destroyed in its own event handler (forbidden: keel cannot close
+// a node from its event callback, and answers BUSY) leaves the node and
+// its handler running, leaked, and says so on stderr; the node's threads
+// go on calling the handler. The destructor used to ignore the BUSY and
+// free the handler: the node's thread was still running it and called it
+// again at the next event, a use-after-free.
+TEST_F(NodeDeathTest, DestroyedInItsOwnHandlerLeaksAndSaysSo) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  EXPECT_EXIT(destroy_node_in_its_own_handler(engine), ::testing::ExitedWithCode(0),
+              "keel::Node destroyed in its own event handler");
 }
