@@ -541,7 +541,11 @@ inline void free_batch(keel_batch_t* b) noexcept { keel_batch_free(b); }
 inline void close_shard(keel_shard_t* s) noexcept { (void)keel_shard_close(s, nullptr); }
 inline void end_read_session(keel_read_session_t* s) noexcept { keel_shard_read_end(s); }
 inline void close_engine(keel_engine_t* e) noexcept { (void)keel_engine_close(e, nullptr); }
-inline void close_net(keel_net_t* n) noexcept { (void)keel_net_close(n, nullptr); }
+inline void close_net(keel_net_t* n) noexcept {
+  report_leak(keel_net_close(n, nullptr),
+              "keel::Net destroyed in a net's event handler: keel cannot close it there, so the net and its "
+              "reactor thread are leaked (close it from another thread)");
+}
 inline void close_writer(keel_writer_t* w) noexcept { (void)keel_writer_close(w, nullptr); }
 inline void close_publisher(keel_publisher_t* p) noexcept { (void)keel_publisher_close(p, nullptr); }
 inline void close_node(keel_node_t* n) noexcept {
@@ -2089,7 +2093,9 @@ inline const char* to_string(Backend b) noexcept {
 /// or unsubscribe (also the connection it reports, or one of another Net),
 /// but not close a Net, its own or another (Status::Busy, the Net stays
 /// open: the close would wait for a reactor thread, which may be waiting
-/// for this one; a Net destroyed there is never closed). It must not
+/// for this one; a Net destroyed or assigned to there cannot close its
+/// net, which stays open, leaked with its reactor thread and handler, and
+/// a line on stderr says so: close a Net from another thread). It must not
 /// throw: the bridge is noexcept, so an escaping exception calls
 /// std::terminate. Whatever it captures must be safe to use from the
 /// reactor thread and must outlive the Net.
@@ -2278,7 +2284,7 @@ inline keel_writer_stats_t stats_out() noexcept {
 /// (see close()) and ignores errors. Const members are safe to call from
 /// many threads at once; close(), moving and destruction must not race
 /// with them, and must not happen in an event handler (of this net or
-/// another: see EventHandler).
+/// another, where a Net destroyed leaks its net: see EventHandler).
 class Net : public detail::Handle<keel_net_t, detail::close_net> {
  public:
   /// Net() is empty: every call returns Status::Closed. explicit

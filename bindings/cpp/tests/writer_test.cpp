@@ -17,9 +17,12 @@
 #include <cerrno>
 #include <chrono>
 #include <condition_variable>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <functional>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 #include <type_traits>
@@ -628,6 +631,57 @@ TEST(Net, HandlerStateIsReleasedOnCloseAndOnFailedOpen) {
   bad.raw().struct_size = 4;
   expect_error(Net::open(bad), Status::InvalidArgument);
   EXPECT_EQ(token.use_count(), 2);
+}
+
+namespace {
+// The body of the death test below, in its own process: what the misuse
+// leaks stays there. Exits 0 once the handler destroyed its own Net, 2
+// when the set-up failed or nothing happened in time.
+[[noreturn]] void destroy_net_in_its_own_handler() {
+  const auto fail = [](const char* why) {
+    std::fprintf(stderr, "%s\n", why);
+    std::_Exit(2);
+  };
+  struct Slot {
+    std::mutex mu;
+    std::condition_variable cv;
+    std::optional<Net> net;
+    bool destroyed = false;
+  } slot;
+  auto opened = Net::open(NetOptions().on_event([&slot](uint64_t, Status, std::string_view) {
+    std::lock_guard<std::mutex> lock(slot.mu);
+    slot.net.reset();  // the misuse: the net's reactor thread is running this very handler
+    slot.destroyed = true;
+    slot.cv.notify_all();
+  }));
+  if (!opened.ok()) fail("open failed");
+  int fds[2];
+  if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds) != 0) fail("socketpair failed");
+  Fd keel_side(fds[0]), peer(fds[1]);
+  auto w = Writer::adopt(*opened, keel_side.get());
+  if (!w.ok()) fail("adopt failed");
+  (void)keel_side.release();  // keel's now
+  {
+    std::lock_guard<std::mutex> lock(slot.mu);
+    slot.net.emplace(std::move(opened).value());
+  }
+  peer.reset();
+  (void)w->send("x");  // fails (the peer is gone): the connection is closed and reported to the handler
+  std::unique_lock<std::mutex> lock(slot.mu);
+  // The bound only turns a hang into a failure.
+  if (!slot.cv.wait_for(lock, 60s, [&] { return slot.destroyed; })) fail("no event");
+  std::_Exit(0);
+}
+}  // namespace
+
+// A Net destroyed in its own event handler (forbidden: keel cannot close a
+// net from an event handler, and answers BUSY) is left open, leaked with
+// its reactor thread; the destructor used to leak it silently, and now
+// says so on stderr.
+TEST(NetDeathTest, DestroyedInItsOwnHandlerLeaksAndSaysSo) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  EXPECT_EXIT(destroy_net_in_its_own_handler(), ::testing::ExitedWithCode(0),
+              "keel::Net destroyed in a net's event handler");
 }
 
 TEST(Net, DefaultsAndBackendNames) {
