@@ -518,10 +518,6 @@ namespace {
 // destruction freed the handler while the node's thread was running it;
 // 2 when the set-up failed or nothing happened in time.
 [[noreturn]] void destroy_node_in_its_own_handler(const keel::Engine& engine) {
-  const auto fail = [](const char* why) {
-    std::fprintf(stderr, "%s\n", why);
-    std::_Exit(2);
-  };
   struct Slot {
     std::mutex mu;
     std::condition_variable cv;
@@ -546,25 +542,25 @@ namespace {
   canary.reset();
   auto a = Node::open(engine, NodeOptions().node_id(1).on_event(std::move(handler)));
   auto b = Node::open(engine, NodeOptions().node_id(2));
-  if (!a.ok() || !b.ok()) fail("open failed");
+  if (!a.ok() || !b.ok()) child_fail("open failed");
   auto addr = a->addr();
-  if (!addr.ok()) fail("addr failed");
+  if (!addr.ok()) child_fail("addr failed");
   {
     std::lock_guard<std::mutex> lock(slot.mu);
     slot.node.emplace(std::move(a).value());
   }
-  if (!b->connect(1, *addr).ok()) fail("connect failed");
+  if (!b->connect(1, *addr).ok()) child_fail("connect failed");
   std::unique_lock<std::mutex> lock(slot.mu);
   // The bounds only turn a hang into a failure.
-  if (!slot.cv.wait_for(lock, 60s, [&] { return slot.destroyed; })) fail("no handshake");
+  if (!slot.cv.wait_for(lock, 60s, [&] { return slot.destroyed; })) child_fail("no handshake");
   if (slot.gone_in_handler) {
     std::fprintf(stderr, "the handler was freed while the node's thread ran it\n");
     std::_Exit(1);
   }
   lock.unlock();
-  if (!b->close().ok()) fail("close failed");  // ends the connection: Status::Closed to the leaked node's handler
+  if (!b->close().ok()) child_fail("close failed");  // ends the connection: Status::Closed to the leaked node's handler
   lock.lock();
-  if (!slot.cv.wait_for(lock, 60s, [&] { return slot.closed_after; })) fail("no Status::Closed after the destruction");
+  if (!slot.cv.wait_for(lock, 60s, [&] { return slot.closed_after; })) child_fail("no Status::Closed after the destruction");
   std::_Exit(0);
 }
 

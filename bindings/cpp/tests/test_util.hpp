@@ -8,6 +8,8 @@
 #include <gtest/gtest.h>
 
 #include <cstddef>
+#include <cstdio>
+#include <cstdlib>
 #include <iterator>
 #include <string>
 #include <vector>
@@ -18,6 +20,15 @@
     const auto& keel_r_ = (expr);                                              \
     ASSERT_TRUE(keel_r_.ok()) << #expr << " failed: " << keel_r_.err().to_string(); \
   } while (0)
+
+// In the child process of a death test (where gtest's failures do not
+// reach the parent): says why on stderr and exits with 2, "the set-up
+// failed or nothing happened in time", which the death tests tell apart
+// from the outcomes they check (0 and 1).
+[[noreturn]] inline void child_fail(const char* why) {
+  std::fprintf(stderr, "%s\n", why);
+  std::_Exit(2);
+}
 
 // Opens a WAL or fails the test (fatal failures need a void function).
 inline void open_wal(const std::string& dir, const keel::WalOptions& opts, keel::Wal& out) {

@@ -334,10 +334,6 @@ bool is_over(TransferStage s) {
 // destruction freed the handler while keel's thread was running it, 2
 // when the set-up failed or nothing happened in time.
 [[noreturn]] void destroy_transfer_in_its_own_handler() {
-  const auto fail = [](const char* why) {
-    std::fprintf(stderr, "%s\n", why);
-    std::_Exit(2);
-  };
   Side a, b;
   open_side(a, kSrc);
   open_side(b, kDst);
@@ -345,7 +341,7 @@ bool is_over(TransferStage s) {
   keel::Shard shard;
   open_shard(a.engine, 11, shard);
   fill(shard, 100);
-  if (!a.node || !b.node || !shard || !Transfer::expect(b.node, 11, kSrc).ok()) fail("set-up failed");
+  if (!a.node || !b.node || !shard || !Transfer::expect(b.node, 11, kSrc).ok()) child_fail("set-up failed");
 
   struct Slot {
     std::mutex mu;
@@ -371,13 +367,13 @@ bool is_over(TransferStage s) {
   canary.reset();
   auto t = Transfer::start(a.node, shard, 11, kDst,
                            TransferOptions().auto_finish(FinishMode::Copy).on_progress(std::move(handler)));
-  if (!t.ok()) fail("start failed");
+  if (!t.ok()) child_fail("start failed");
   std::unique_lock<std::mutex> lock(slot.mu);
   slot.transfer.emplace(std::move(t).value());
   slot.cv.notify_all();
   // The bound only turns a hang into a failure.
   if (!slot.cv.wait_for(lock, std::chrono::seconds(60), [&] { return slot.gone_in_handler || slot.over; })) {
-    fail("the transfer did not end");
+    child_fail("the transfer did not end");
   }
   if (slot.gone_in_handler) {
     std::fprintf(stderr, "the handler was freed while keel's thread ran it\n");

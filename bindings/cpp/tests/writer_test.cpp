@@ -638,10 +638,6 @@ namespace {
 // leaks stays there. Exits 0 once the handler destroyed its own Net, 2
 // when the set-up failed or nothing happened in time.
 [[noreturn]] void destroy_net_in_its_own_handler() {
-  const auto fail = [](const char* why) {
-    std::fprintf(stderr, "%s\n", why);
-    std::_Exit(2);
-  };
   struct Slot {
     std::mutex mu;
     std::condition_variable cv;
@@ -654,12 +650,12 @@ namespace {
     slot.destroyed = true;
     slot.cv.notify_all();
   }));
-  if (!opened.ok()) fail("open failed");
+  if (!opened.ok()) child_fail("open failed");
   int fds[2];
-  if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds) != 0) fail("socketpair failed");
+  if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds) != 0) child_fail("socketpair failed");
   Fd keel_side(fds[0]), peer(fds[1]);
   auto w = Writer::adopt(*opened, keel_side.get());
-  if (!w.ok()) fail("adopt failed");
+  if (!w.ok()) child_fail("adopt failed");
   (void)keel_side.release();  // keel's now
   {
     std::lock_guard<std::mutex> lock(slot.mu);
@@ -669,7 +665,7 @@ namespace {
   (void)w->send("x");  // fails (the peer is gone): the connection is closed and reported to the handler
   std::unique_lock<std::mutex> lock(slot.mu);
   // The bound only turns a hang into a failure.
-  if (!slot.cv.wait_for(lock, 60s, [&] { return slot.destroyed; })) fail("no event");
+  if (!slot.cv.wait_for(lock, 60s, [&] { return slot.destroyed; })) child_fail("no event");
   std::_Exit(0);
 }
 }  // namespace
